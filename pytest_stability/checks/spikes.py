@@ -1,0 +1,214 @@
+"""``loss_spike``: no step whose loss stands far above its recent trend.
+
+Minibatch losses are noisy and heavy-tailed, and a falling loss spans orders of
+magnitude, so the comparison is robust and in log space.  For each step ``t``
+(after ``warmup_steps``) against the trailing window ``loss[t-W:t]``, which
+excludes ``t`` itself:
+
+* ``m`` = median of ``log(loss)`` over the window, ``s`` = 1.4826 x MAD
+  (floored at ``log(1.01)`` so a perfectly flat plateau does not make any wobble
+  infinite);
+* ``z = (log(loss[t]) - m) / s`` (the robust z-score) and
+  ``ratio = loss[t] / exp(m)``.
+
+Step ``t`` is a spike when **all three** hold: ``z > spike_zscore``,
+``ratio > spike_ratio`` and ``loss[t] - exp(m) > spike_min_rise * L0``, where
+``L0`` is the median loss of the first window (the initial loss level).  The
+last condition keeps a jump from 1e-5 to 1e-4, harmless once a model has fit,
+from counting.
+
+When the loss is not strictly positive (some custom losses), the same rule runs
+on the loss itself instead of its logarithm, without the ratio condition.
+
+Consecutive spike steps less than one window apart form one *event*.  An event
+whose following window keeps a median above ``spike_ratio`` x the pre-spike
+level did not recover (``kind="spike_no_recovery"``); if the loss is then also
+flat, it is ``stuck`` at a constant (dead units, saturated outputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..trace import Trace
+from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
+
+NAME = "loss_spike"
+_MAD_TO_SIGMA = 1.4826
+_LOG_SCALE_FLOOR = float(np.log(1.01))
+
+
+def _trailing_median_mad(values: np.ndarray, window: int, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and MAD of ``values[t-window:t]`` for every ``t`` (NaN-aware).
+
+    Returns (median, mad, count) arrays of ``len(values)``; entries with fewer
+    than ``min_count`` finite values in their window are NaN.
+    """
+    n = values.shape[0]
+    padded = np.concatenate([np.full(window, np.nan), values])
+    # windows[t] = padded[t : t+window] = values[t-window : t]
+    windows = sliding_window_view(padded, window)[:n]
+    count = np.sum(np.isfinite(windows), axis=1)
+    med = np.full(n, np.nan)
+    mad = np.full(n, np.nan)
+    ok = count >= min_count
+    if ok.any():
+        with np.errstate(all="ignore"):
+            w = windows[ok]
+            m = np.nanmedian(w, axis=1)
+            med[ok] = m
+            mad[ok] = np.nanmedian(np.abs(w - m[:, None]), axis=1)
+    return med, mad, count
+
+
+def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> dict[str, np.ndarray | bool | float]:
+    """Per-step spike statistics (used by the check, the diagnosis and the calibration).
+
+    Returns a dict with ``z`` (robust z-score), ``ratio`` (loss / trailing
+    median), ``baseline`` (trailing median loss), ``rise``, ``flag`` (bool per
+    step), ``log_space`` and ``initial_level``.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    n = loss.shape[0]
+    window = int(thresholds.spike_window)
+    min_count = max(5, window // 2)
+    finite = np.isfinite(loss)
+    log_space = bool(finite.any() and np.all(loss[finite] > 0))
+    with np.errstate(all="ignore"):
+        values = np.where(finite, np.log(loss) if log_space else loss, np.nan)
+    med, mad, _ = _trailing_median_mad(values, window, min_count)
+    first = loss[:window][finite[:window]]
+    initial_level = float(np.median(np.abs(first))) if first.size else float("nan")
+    with np.errstate(all="ignore"):
+        if log_space:
+            scale = np.maximum(_MAD_TO_SIGMA * mad, _LOG_SCALE_FLOOR)
+            z = (values - med) / scale
+            baseline = np.exp(med)
+            ratio = loss / baseline
+        else:
+            floor = 0.01 * max(initial_level, 1e-12)
+            scale = np.maximum(_MAD_TO_SIGMA * mad, floor)
+            z = (values - med) / scale
+            baseline = med
+            ratio = np.full(n, np.inf)
+        rise = loss - baseline
+        flag = (
+            finite
+            & np.isfinite(z)
+            & (np.arange(n) >= thresholds.warmup_steps)
+            & (z > thresholds.spike_zscore)
+            & (ratio > thresholds.spike_ratio)
+            & (rise > thresholds.spike_min_rise * initial_level)
+        )
+    return {
+        "z": z,
+        "ratio": ratio,
+        "baseline": baseline,
+        "rise": rise,
+        "flag": flag,
+        "log_space": log_space,
+        "initial_level": initial_level,
+    }
+
+
+def _events(flag: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """Group flagged steps into (start, end) events separated by more than ``gap``."""
+    steps = np.flatnonzero(flag)
+    if steps.size == 0:
+        return []
+    events = []
+    start = prev = int(steps[0])
+    for s in steps[1:]:
+        s = int(s)
+        if s - prev > gap:
+            events.append((start, prev))
+            start = s
+        prev = s
+    events.append((start, prev))
+    return events
+
+
+def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> CheckResult:
+    """Fail when the raw minibatch loss spikes (see the module docstring for the rule).
+
+    Returns:
+        A result whose findings hold one entry per spike event, in step order;
+        ``stats["max_ratio"]`` is the largest loss / trailing-median ratio seen
+        (the "largest spike factor" of the report), spike or not.
+    """
+    t = thresholds or Thresholds()
+    loss = trace.loss
+    n = loss.shape[0]
+    min_steps = max(5, t.spike_window // 2) + t.warmup_steps + 1
+    if n < min_steps:
+        return CheckResult(
+            NAME, SKIPPED,
+            detail=f"needs at least {min_steps} steps (warmup_steps + half a spike_window), ran {n}",
+        )
+    sc = spike_scores(loss, t)
+    ratio, z, baseline, flag = sc["ratio"], sc["z"], sc["baseline"], sc["flag"]
+    judged = np.isfinite(z) & (np.arange(n) >= t.warmup_steps) & np.isfinite(loss)
+    max_ratio = float(np.nanmax(np.where(judged, ratio, np.nan))) if judged.any() and sc["log_space"] else None
+    max_z = float(np.nanmax(np.where(judged, z, np.nan))) if judged.any() else None
+    findings = []
+    for start, end in _events(flag, t.spike_window):
+        seg = slice(start, end + 1)
+        peak = start + int(np.nanargmax(np.where(flag[seg], loss[seg], -np.inf)))
+        base = float(baseline[start])
+        after = loss[end + 1:end + 1 + t.spike_window]
+        after = after[np.isfinite(after)]
+        if after.size < max(5, t.spike_window // 5):
+            recovered = None
+        else:
+            after_med = float(np.median(after))
+            recovered = after_med <= base * t.spike_ratio if sc["log_space"] else after_med <= base + (loss[peak] - base) / 2
+        tail = loss[start:]
+        tail = tail[np.isfinite(tail)]
+        stuck = bool(
+            recovered is False
+            and tail.size >= 10
+            and float(np.std(tail[-min(tail.size, t.spike_window):])) <= 1e-3 * max(abs(float(np.median(tail))), 1e-12)
+        )
+        kind = "spike" if recovered is not False else "spike_no_recovery"
+        if sc["log_space"]:
+            what = (f"loss {loss[peak]:.4g} at step {peak} is {ratio[peak]:.1f}x its trailing median "
+                    f"{baseline[peak]:.4g} (limit {t.spike_ratio:g}x; robust z {z[peak]:.1f}, limit {t.spike_zscore:g})")
+        else:
+            what = (f"loss {loss[peak]:.4g} at step {peak} is {z[peak]:.1f} robust deviations above its trailing "
+                    f"median {baseline[peak]:.4g} (limit {t.spike_zscore:g})")
+        if recovered is None:
+            what += "; too few steps after it to tell whether it recovers"
+        elif not recovered:
+            what += "; the loss did not recover" + (" and is stuck at a constant" if stuck else "")
+        findings.append(
+            Finding(
+                check=NAME,
+                kind=kind,
+                step=int(peak),
+                value=float(loss[peak]),
+                limit=float(base * t.spike_ratio) if sc["log_space"] else float(base),
+                message=what,
+                evidence={
+                    "start": int(start),
+                    "end": int(end),
+                    "ratio": float(ratio[peak]) if sc["log_space"] else None,
+                    "zscore": float(z[peak]),
+                    "trailing_median": base,
+                    "recovered": recovered,
+                    "stuck": stuck,
+                    "initial_loss": sc["initial_level"],
+                    "min_loss_before": float(np.nanmin(loss[:start])) if start else None,
+                },
+            )
+        )
+    if len(findings) >= 3:
+        starts = np.array([f.evidence["start"] for f in findings])
+        gaps = np.diff(starts)
+        cv = float(np.std(gaps) / np.mean(gaps)) if gaps.size and np.mean(gaps) > 0 else None
+        for i, f in enumerate(findings):
+            ev = dict(f.evidence)
+            ev.update(n_events=len(findings), mean_interval=float(np.mean(gaps)), interval_cv=cv)
+            findings[i] = Finding(**{**f.__dict__, "evidence": ev})
+    stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings)}
+    return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)

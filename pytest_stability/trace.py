@@ -1,0 +1,212 @@
+"""The recorded training trajectory: plain numpy arrays, and their builtins form.
+
+A :class:`Trace` is what the training engine records and what every check
+reads.  It knows nothing of TensorFlow or pytest, so a trace from your own
+training loop works too::
+
+    from pytest_stability import Trace, run_checks
+    trace = Trace(loss=np.array(my_losses), grad_norm=np.array(my_norms))
+    for result in run_checks(trace):
+        print(result.name, result.status)
+
+Steps are 0-based optimizer steps: ``loss[k]`` is the raw minibatch loss of the
+k-th update.  ``val_steps[j]`` is the number of updates done when
+``val_loss[j]`` was measured (0 = before training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+# Bits of Trace.nonfinite: which quantity was NaN/Inf at a step.
+LOSS = 1
+GRADS = 2
+WEIGHTS = 4
+OPTIMIZER = 8
+INPUT = 16
+#: A mixed-precision loss-scale overflow: the optimizer skipped the update and
+#: lowered the scale.  Expected behaviour, never counted as instability.
+OVERFLOW = 32
+
+FLAG_NAMES = {
+    LOSS: "loss",
+    GRADS: "gradients",
+    WEIGHTS: "weights",
+    OPTIMIZER: "optimizer state",
+    INPUT: "input batch",
+    OVERFLOW: "loss-scale overflow",
+}
+
+
+def _array(value: Any, dtype: Any, name: str, ndim: int = 1) -> np.ndarray:
+    arr = np.asarray(value, dtype=dtype)
+    if arr.ndim != ndim:
+        raise ValueError(
+            f"Trace.{name} must be a {ndim}-d array, received shape {arr.shape}"
+        )
+    return arr
+
+
+@dataclass
+class Trace:
+    """Per-step training data.
+
+    Args:
+        loss: raw minibatch loss per step (float).  Required.
+        grad_norm: global L2 norm of the gradients before clipping, per step.
+        var_grad_norms: per-variable gradient norms, shape ``(steps, n_vars)``.
+        var_names: names of the variables, ``len == var_grad_norms.shape[1]``.
+        nonfinite: per-step bitmask of :data:`LOSS`, :data:`GRADS`, ... .  When
+            omitted it is derived from ``loss`` and ``grad_norm``.
+        lr: learning rate in effect at each step.
+        val_steps / val_loss: validation measurements.
+        opt_stats: optional per-step optimizer statistics (diagnostics), e.g.
+            ``{"v_median": ..., "g2_over_v_max": ...}`` for Adam.
+        first_nonfinite: where non-finite values first appeared, when they did:
+            ``{"step": k, "source": "weights", "variable": "dense/kernel"}``.
+        steps_planned: how many steps training was asked to run.
+        info: facts about the run (optimizer name and config, model layers,
+            device...), builtins only.
+    """
+
+    loss: np.ndarray
+    grad_norm: np.ndarray | None = None
+    var_grad_norms: np.ndarray | None = None
+    var_names: tuple[str, ...] = ()
+    nonfinite: np.ndarray | None = None
+    lr: np.ndarray | None = None
+    val_steps: np.ndarray | None = None
+    val_loss: np.ndarray | None = None
+    opt_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    first_nonfinite: dict[str, Any] | None = None
+    steps_planned: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.loss = _array(self.loss, np.float64, "loss")
+        n = self.loss.shape[0]
+        if self.grad_norm is not None:
+            self.grad_norm = _array(self.grad_norm, np.float64, "grad_norm")
+            self._same_length("grad_norm", self.grad_norm, n)
+        if self.var_grad_norms is not None:
+            self.var_grad_norms = _array(self.var_grad_norms, np.float64, "var_grad_norms", ndim=2)
+            self._same_length("var_grad_norms", self.var_grad_norms, n)
+            self.var_names = tuple(self.var_names) or tuple(
+                f"var{i}" for i in range(self.var_grad_norms.shape[1])
+            )
+            if len(self.var_names) != self.var_grad_norms.shape[1]:
+                raise ValueError(
+                    f"Trace.var_names has {len(self.var_names)} names but var_grad_norms "
+                    f"has {self.var_grad_norms.shape[1]} columns"
+                )
+        if self.nonfinite is None:
+            mask = np.where(np.isfinite(self.loss), 0, LOSS)
+            if self.grad_norm is not None:
+                mask = mask | np.where(np.isfinite(self.grad_norm), 0, GRADS)
+            self.nonfinite = mask.astype(np.int32)
+        else:
+            self.nonfinite = _array(self.nonfinite, np.int32, "nonfinite")
+            self._same_length("nonfinite", self.nonfinite, n)
+        if self.lr is not None:
+            self.lr = _array(self.lr, np.float64, "lr")
+            self._same_length("lr", self.lr, n)
+        if (self.val_steps is None) != (self.val_loss is None):
+            raise ValueError("Trace.val_steps and Trace.val_loss must be given together")
+        if self.val_steps is not None:
+            self.val_steps = _array(self.val_steps, np.int64, "val_steps")
+            self.val_loss = _array(self.val_loss, np.float64, "val_loss")
+            self._same_length("val_loss", self.val_loss, self.val_steps.shape[0])
+        self.opt_stats = {
+            k: self._same_length(k, _array(v, np.float64, k), n) for k, v in self.opt_stats.items()
+        }
+
+    @staticmethod
+    def _same_length(name: str, arr: np.ndarray, n: int) -> np.ndarray:
+        if arr.shape[0] != n:
+            raise ValueError(f"Trace.{name} has {arr.shape[0]} steps, loss has {n}")
+        return arr
+
+    @property
+    def steps(self) -> int:
+        """Number of recorded optimizer steps."""
+        return int(self.loss.shape[0])
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_loss is not None and self.val_loss.shape[0] > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Builtins-only form (lists, floats, None for NaN is NOT used: see encode_float)."""
+        def floats(arr: np.ndarray | None) -> list[Any] | None:
+            return None if arr is None else [encode_float(v) for v in arr.tolist()]
+
+        return {
+            "loss": floats(self.loss),
+            "grad_norm": floats(self.grad_norm),
+            "var_grad_norms": None
+            if self.var_grad_norms is None
+            else [[encode_float(v) for v in row] for row in self.var_grad_norms.tolist()],
+            "var_names": list(self.var_names),
+            "nonfinite": None if self.nonfinite is None else self.nonfinite.tolist(),
+            "lr": floats(self.lr),
+            "val_steps": None if self.val_steps is None else self.val_steps.tolist(),
+            "val_loss": floats(self.val_loss),
+            "opt_stats": {k: floats(v) for k, v in self.opt_stats.items()},
+            "first_nonfinite": self.first_nonfinite,
+            "steps_planned": self.steps_planned,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Trace":
+        """Inverse of :meth:`to_dict`."""
+        def floats(v: Any) -> np.ndarray | None:
+            if v is None:
+                return None
+            return np.asarray([decode_float(x) for x in v], dtype=np.float64)
+
+        vg = data.get("var_grad_norms")
+        return cls(
+            loss=floats(data["loss"]),
+            grad_norm=floats(data.get("grad_norm")),
+            var_grad_norms=None if vg is None else np.asarray(
+                [[decode_float(x) for x in row] for row in vg], dtype=np.float64
+            ).reshape(len(vg), -1),
+            var_names=tuple(data.get("var_names") or ()),
+            nonfinite=data.get("nonfinite"),
+            lr=floats(data.get("lr")),
+            val_steps=data.get("val_steps"),
+            val_loss=floats(data.get("val_loss")),
+            opt_stats={k: floats(v) for k, v in (data.get("opt_stats") or {}).items()},
+            first_nonfinite=data.get("first_nonfinite"),
+            steps_planned=data.get("steps_planned"),
+            info=dict(data.get("info") or {}),
+        )
+
+
+def encode_float(value: float) -> float | str:
+    """A float for strict JSON: NaN and infinities become the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
+    value = float(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def decode_float(value: Any) -> float:
+    """Inverse of :func:`encode_float`."""
+    if isinstance(value, str):
+        return float(value)  # float("nan"), float("inf"), float("-inf")
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def describe_flags(mask: int) -> list[str]:
+    """Names of the quantities set in a :attr:`Trace.nonfinite` bitmask."""
+    return [name for bit, name in FLAG_NAMES.items() if mask & bit]

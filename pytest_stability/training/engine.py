@@ -1,0 +1,503 @@
+"""The instrumented training loop: Keras' own train step, plus recording.
+
+What runs per optimizer step, inside one compiled ``tf.function`` chunk of up
+to ``readback_every`` steps (a ``tf.while_loop``, like Keras'
+``steps_per_execution``):
+
+* the forward pass and loss exactly as ``keras.Model.train_step`` computes
+  them (``model._compute_loss``, regularisation losses, loss scaling), the
+  gradients, and ``optimizer.apply`` -- so the compiled optimizer's
+  clipnorm / clipvalue / global_clipnorm and a ``LossScaleOptimizer`` act as in
+  ``model.fit``; compiled metrics are updated too;
+* recorded into ``TensorArray``s on the device, with no host sync: the raw
+  minibatch loss (not Keras' running mean), the global and per-variable
+  gradient norms *before* clipping and unscaled, the learning rate, and a
+  bitmask saying whether loss, gradients, weights, optimizer state and the
+  input batch were finite;
+* the loop stops at the first non-finite step.
+
+The host reads the arrays back once per chunk (one sync), evaluates the
+validation loss at ``validate_every`` boundaries, and assembles a
+:class:`~pytest_stability.trace.Trace`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import StabilityUsageError
+from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, OVERFLOW, WEIGHTS, Trace
+from .data import make_train_data, make_validation_data
+
+_DETERMINISM_ENABLED = False
+
+
+def _import_tf() -> tuple[Any, Any]:
+    try:
+        import tensorflow as tf
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise StabilityUsageError(
+            "pytest-stability needs TensorFlow to train: pip install 'pytest-stability[cpu]' "
+            "(tensorflow-cpu) or 'pytest-stability[tensorflow]'. Import failed with: " + str(exc)
+        ) from None
+    import keras
+
+    if not keras.__version__.startswith("3"):
+        raise StabilityUsageError(f"pytest-stability needs Keras 3; found keras {keras.__version__}")
+    if keras.backend.backend() != "tensorflow":
+        raise StabilityUsageError(
+            "pytest-stability trains with the TensorFlow backend of Keras 3; "
+            f"KERAS_BACKEND is {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+        )
+    return tf, keras
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy, TensorFlow and Keras; optionally enable op determinism.
+
+    Op determinism is process-wide in TensorFlow and cannot be switched off
+    again, so it is enabled once, by the first stability test that asks for it.
+    """
+    global _DETERMINISM_ENABLED
+    tf, keras = _import_tf()
+    keras.utils.set_random_seed(int(seed))
+    if deterministic and not _DETERMINISM_ENABLED:
+        tf.config.experimental.enable_op_determinism()
+        _DETERMINISM_ENABLED = True
+
+
+def resolve_device(requested: str) -> tuple[str | None, str]:
+    """Map ``auto`` / ``cpu`` / ``gpu`` to a TF device string and a label.
+
+    Returns (tf_device, label); tf_device None means "no GPU for device='gpu'".
+    """
+    tf, _ = _import_tf()
+    gpus = tf.config.list_physical_devices("GPU")
+    if requested == "cpu":
+        return "/CPU:0", "CPU"
+    if requested == "gpu" and not gpus:
+        return None, "no GPU"
+    if gpus:
+        return "/GPU:0", "GPU"
+    return "/CPU:0", "CPU"
+
+
+def _placed_on(tensor: Any) -> str:
+    dev = getattr(tensor, "device", "") or ""
+    if "GPU" in dev.upper():
+        return "GPU:" + dev.rsplit(":", 1)[-1]
+    return "CPU"
+
+
+def _is_float(t: Any) -> bool:
+    """True for float tensors and variables (Keras variables give dtype as a string)."""
+    dtype = getattr(t, "dtype", None)
+    name = getattr(dtype, "name", dtype)
+    return isinstance(name, str) and ("float" in name or name == "bfloat16")
+
+
+def _var_name(v: Any) -> str:
+    return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
+
+
+def validate_model(model: Any) -> None:
+    """Reject what the engine cannot train faithfully, naming what was received."""
+    tf, keras = _import_tf()
+    if not isinstance(model, keras.Model):
+        raise StabilityUsageError(
+            f"stability.train() expects a compiled keras.Model (or a zero-argument callable returning one); "
+            f"received {type(model).__name__}"
+        )
+    if not getattr(model, "compiled", False) or model.optimizer is None:
+        raise StabilityUsageError(
+            f"the model {model.name!r} is not compiled: call model.compile(optimizer=..., loss=...) "
+            "before stability.train(); the optimizer and loss it is compiled with are the ones trained"
+        )
+    if getattr(model, "_compile_loss", None) is None and type(model).compute_loss is keras.Model.compute_loss:
+        raise StabilityUsageError(
+            f"the model {model.name!r} was compiled without a loss (and does not override compute_loss); "
+            "pass loss=... to model.compile()"
+        )
+    if type(model).train_step is not keras.Model.train_step:
+        raise StabilityUsageError(
+            f"{type(model).__name__} overrides train_step; pytest-stability trains with its own instrumented "
+            "copy of Keras' default train_step and would silently ignore yours. Move custom logic into "
+            "compute_loss(), or record your own trace and use pytest_stability.run_checks()."
+        )
+
+
+@dataclass
+class RunResult:
+    trace: Trace
+    device: str
+    wall_time: float
+    data_kind: str
+    exhausted_at: int | None = None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class InstrumentedTrainer:
+    """Compiles the instrumented chunk and validation functions for one model.
+
+    Reused across seeds of the same model so tracing is paid once.
+    """
+
+    def __init__(self, model: Any, *, diagnostics: bool, jit_compile: bool) -> None:
+        tf, keras = _import_tf()
+        self.tf, self.keras = tf, keras
+        self.model = model
+        self.diagnostics = diagnostics
+        self.jit_compile = jit_compile
+        self.optimizer = model.optimizer
+        self.is_loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        self.inner = self.optimizer.inner_optimizer if self.is_loss_scaled else self.optimizer
+        self._chunk_fn = None
+        self._val_fn = None
+
+    # -- building ------------------------------------------------------------
+
+    def build(self, first_batch: Any) -> None:
+        """Build model, compiled loss/metrics and optimizer from one batch."""
+        model = self.model
+        x, y, w = first_batch
+        try:
+            if hasattr(model, "_symbolic_build"):
+                model._symbolic_build(data_batch=first_batch)
+            else:  # pragma: no cover - older Keras 3
+                model(x)
+            if not self.optimizer.built:
+                self.optimizer.build(model.trainable_variables)
+        except Exception as exc:
+            raise StabilityUsageError(
+                f"the model {model.name!r} could not be built on the first training batch "
+                f"(x: {_describe(x)}, y: {_describe(y)}): {type(exc).__name__}: {exc}"
+            ) from exc
+        if not model.trainable_variables:
+            raise StabilityUsageError(f"the model {model.name!r} has no trainable weights: nothing to train")
+        self.tvars = list(model.trainable_variables)
+        self.var_names = tuple(_var_name(v) for v in self.tvars)
+        self.opt_vars = [v for v in self.optimizer.variables if _is_float(v)]
+        self.velocities = None
+        if self.diagnostics and hasattr(self.inner, "_velocities"):
+            self.velocities = [self.inner._velocities[self.inner._get_variable_index(v)] for v in self.tvars]
+
+    def _compute_loss(self, x: Any, y: Any, y_pred: Any, w: Any, training: bool) -> Any:
+        model = self.model
+        if hasattr(model, "_compute_loss"):
+            return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=training)
+        return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w)  # pragma: no cover
+
+    def _nonfinite_any(self, tensors: list[Any]) -> Any:
+        """True when any element of any float tensor is NaN/Inf.
+
+        Uses one sum per tensor (cheaper than is_finite + reduce_all): a sum is
+        non-finite iff an element is, or the sum overflows float32 (|values|
+        around 1e38/size), itself a sign of divergence.
+        """
+        tf = self.tf
+        sums = [tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors
+                if t is not None and _is_float(t)]
+        if not sums:
+            return tf.constant(False)
+        return tf.logical_not(tf.math.is_finite(tf.add_n(sums)))
+
+    def _step(self, batch: Any) -> tuple[Any, ...]:
+        tf = self.tf
+        model, opt = self.model, self.optimizer
+        x, y, w = batch
+        input_bad = self._nonfinite_any(tf.nest.flatten(x) + tf.nest.flatten(y))
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
+            loss = self._compute_loss(x, y, y_pred, w, True)
+            scaled = opt.scale_loss(loss)
+        tracker = getattr(model, "_loss_tracker", None)
+        if tracker is not None:  # keep model.metrics' "loss" as model.fit would
+            tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        grads = tape.gradient(scaled, self.tvars)
+        unscale = 1.0 / tf.cast(opt.dynamic_scale, tf.float32) if self.is_loss_scaled else 1.0
+        sq = [tf.constant(0.0) if g is None else tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads]
+        var_norms = tf.sqrt(tf.stack(sq)) * unscale
+        grad_norm = tf.sqrt(tf.add_n(sq)) * unscale
+        lr = tf.cast(opt.learning_rate, tf.float32)
+        diag = []
+        if self.velocities is not None:
+            eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
+            # Before the update: how far today's g^2 stands above Adam's running v.
+            ratios = [tf.reduce_max(tf.square(tf.cast(g, tf.float32) * unscale) / (v + eps * eps))
+                      for g, v in zip(grads, self.velocities) if g is not None]
+            diag.append(tf.reduce_max(tf.stack(ratios)))
+        opt.apply(grads, self.tvars)
+        if self.velocities is not None:
+            total = sum(int(np.prod(v.shape)) for v in self.velocities)
+            diag.append(tf.sqrt(tf.add_n([tf.reduce_sum(v) for v in self.velocities]) / total))
+        loss_bad = tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32)))
+        grads_bad = tf.logical_not(tf.math.is_finite(grad_norm))
+        flags = tf.where(loss_bad, LOSS, 0)
+        if self.is_loss_scaled:
+            # Non-finite *scaled* gradients with a finite loss: the loss scale
+            # overflowed; the optimizer skipped the update and lowered the scale.
+            overflow = tf.logical_and(grads_bad, tf.logical_not(loss_bad))
+            flags += tf.where(overflow, OVERFLOW, 0) + tf.where(tf.logical_and(grads_bad, loss_bad), GRADS, 0)
+        else:
+            flags += tf.where(grads_bad, GRADS, 0)
+        flags += tf.where(self._nonfinite_any(self.tvars), WEIGHTS, 0)
+        flags += tf.where(self._nonfinite_any(self.opt_vars), OPTIMIZER, 0)
+        flags += tf.where(input_bad, INPUT, 0)
+        if getattr(model, "_compile_metrics", None) is not None:
+            model.compute_metrics(x, y, y_pred, sample_weight=w)
+        return tf.cast(loss, tf.float32), grad_norm, var_norms, lr, flags, diag
+
+    def chunk_fn(self) -> Any:
+        if self._chunk_fn is not None:
+            return self._chunk_fn
+        tf = self.tf
+        n_vars = len(self.tvars)
+        n_diag = 2 if self.velocities is not None else 0
+        stop_mask = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
+
+        def chunk(iterator: Any, n: Any) -> Any:
+            tas = [tf.TensorArray(tf.float32, size=n, element_shape=[]),       # loss
+                   tf.TensorArray(tf.float32, size=n, element_shape=[]),       # grad norm
+                   tf.TensorArray(tf.float32, size=n, element_shape=[n_vars]),  # per-variable norms
+                   tf.TensorArray(tf.float32, size=n, element_shape=[]),       # lr
+                   tf.TensorArray(tf.int32, size=n, element_shape=[])]         # flags
+            tas += [tf.TensorArray(tf.float32, size=n, element_shape=[]) for _ in range(n_diag)]
+
+            def cond(i: Any, stop: Any, exhausted: Any, *_: Any) -> Any:
+                return tf.logical_and(i < n, tf.logical_not(tf.logical_or(stop, exhausted)))
+
+            def body(i: Any, stop: Any, exhausted: Any, *arrays: Any) -> Any:
+                optional = iterator.get_next_as_optional()
+
+                def run() -> Any:
+                    loss, gn, vn, lr, flags, diag = self._step(optional.get_value())
+                    return (loss, gn, vn, lr, flags, *diag, tf.constant(False))
+
+                def empty() -> Any:
+                    return (tf.constant(np.nan, tf.float32), tf.constant(np.nan, tf.float32),
+                            tf.fill([n_vars], np.nan), tf.constant(np.nan, tf.float32), tf.constant(0),
+                            *[tf.constant(np.nan, tf.float32)] * n_diag, tf.constant(True))
+
+                values = tf.cond(optional.has_value(), run, empty)
+                *row, ran_out = values
+                arrays = tuple(ta.write(i, v) for ta, v in zip(arrays, row))
+                now_stop = tf.not_equal(tf.bitwise.bitwise_and(row[4], stop_mask), 0)
+                return (i + tf.where(ran_out, 0, 1), now_stop, ran_out, *arrays)
+
+            out = tf.while_loop(cond, body, (tf.constant(0), tf.constant(False), tf.constant(False), *tas),
+                                maximum_iterations=n)
+            count, stop, exhausted = out[:3]
+            stacked = [ta.stack() for ta in out[3:]]
+            return count, stop, exhausted, stacked
+
+        self._chunk_fn = tf.function(chunk, jit_compile=self.jit_compile, reduce_retracing=True)
+        return self._chunk_fn
+
+    def val_fn(self) -> Any:
+        if self._val_fn is not None:
+            return self._val_fn
+        tf, model = self.tf, self.model
+
+        def evaluate(ds: Any) -> Any:
+            def add(state: Any, batch: Any) -> Any:
+                x, y, w = batch
+                # Inference mode: BatchNorm uses (and does not update) its moving statistics.
+                y_pred = model(x, training=False) if model._call_has_training_arg else model(x)
+                loss = tf.cast(self._compute_loss(x, y, y_pred, w, False), tf.float32)
+                size = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
+                return state[0] + loss * size, state[1] + size
+
+            total, count = ds.reduce((tf.constant(0.0), tf.constant(0.0)), add)
+            return total / count
+
+        self._val_fn = tf.function(evaluate)
+        return self._val_fn
+
+
+def _describe(obj: Any) -> str:
+    if obj is None:
+        return "None"
+    try:
+        import tensorflow as tf
+
+        return ", ".join(f"{tuple(t.shape)} {t.dtype.name}" for t in tf.nest.flatten(obj))
+    except Exception:  # pragma: no cover - description only
+        return type(obj).__name__
+
+
+def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_data: Any,
+          steps: int, batch_size: int, batch_size_explicit: bool, seed: int, spec: Any,
+          trainer: InstrumentedTrainer | None = None) -> tuple[RunResult, InstrumentedTrainer]:
+    """Train ``model`` for exactly ``steps`` optimizer steps and record a Trace.
+
+    Returns:
+        (result, trainer): the trainer can be passed back for another seed of
+        the same model so the compiled functions are reused.
+    """
+    tf, keras = _import_tf()
+    validate_model(model)
+    device, label = resolve_device(spec.device)
+    seed_everything(seed, spec.deterministic)
+    data = make_train_data(x, y, sample_weight, batch_size=batch_size,
+                           batch_size_explicit=batch_size_explicit, seed=seed, shuffle=spec.shuffle)
+    val_ds = make_validation_data(validation_data, batch_size=batch_size) if validation_data is not None else None
+    ds = data.dataset if data.one_shot else data.dataset.repeat()
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if trainer is None:
+        trainer = InstrumentedTrainer(model, diagnostics=spec.diagnostics, jit_compile=spec.jit_compile)
+        with tf.device(device):
+            trainer.build(data.first_batch)
+    chunk = trainer.chunk_fn()
+    evaluate = trainer.val_fn() if val_ds is not None else None
+    n_diag = 2 if trainer.velocities is not None else 0
+
+    losses, gnorms, vnorms, lrs, flags = [], [], [], [], []
+    diags: list[list[np.ndarray]] = [[] for _ in range(n_diag)]
+    val_steps: list[int] = []
+    val_losses: list[float] = []
+    placed = label
+    done = 0
+    exhausted_at = None
+    started = time.perf_counter()
+    with tf.device(device):
+        iterator = iter(ds)
+        if evaluate is not None:
+            val_steps.append(0)
+            val_losses.append(float(evaluate(val_ds).numpy()))
+        first_call = True
+        while done < steps:
+            boundary = min(steps, (done // spec.readback_every + 1) * spec.readback_every)
+            if evaluate is not None:
+                boundary = min(boundary, (done // spec.validate_every + 1) * spec.validate_every)
+            n = boundary - done
+            try:
+                count, stop, ran_out, stacked = chunk(iterator, tf.constant(n, tf.int32))
+                count = int(count.numpy())  # the one host sync per chunk
+            except Exception as exc:
+                if not first_call:
+                    raise
+                raise StabilityUsageError(
+                    f"the training step failed on the first batch (x: {_describe(data.first_batch[0])}, "
+                    f"y: {_describe(data.first_batch[1])}): {type(exc).__name__}: {_short(exc)}"
+                ) from exc
+            if first_call:
+                placed = _placed_on(stacked[0])
+                first_call = False
+            arrays = [a.numpy() for a in stacked]
+            losses.append(arrays[0][:count])
+            gnorms.append(arrays[1][:count])
+            vnorms.append(arrays[2][:count])
+            lrs.append(arrays[3][:count])
+            flags.append(arrays[4][:count])
+            for k in range(n_diag):
+                diags[k].append(arrays[5 + k][:count])
+            done += count
+            if bool(ran_out.numpy()):
+                exhausted_at = done
+                break
+            if bool(stop.numpy()):
+                break
+            if evaluate is not None and (done % spec.validate_every == 0 or done == steps):
+                val_steps.append(done)
+                val_losses.append(float(evaluate(val_ds).numpy()))
+    wall = time.perf_counter() - started
+
+    if exhausted_at is not None:
+        raise StabilityUsageError(
+            f"the training data ran out after {exhausted_at} batches, but steps={steps} needs {steps}: "
+            f"a {data.kind} can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
+            f"or a zero-argument function returning a fresh generator, or lower steps to <= {exhausted_at}."
+        )
+
+    cat = lambda parts, dt=np.float64: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
+    flag_arr = cat(flags, np.int32)
+    trace = Trace(
+        loss=cat(losses),
+        grad_norm=cat(gnorms),
+        var_grad_norms=np.concatenate(vnorms).astype(np.float64) if vnorms else np.zeros((0, len(trainer.tvars))),
+        var_names=trainer.var_names,
+        nonfinite=flag_arr,
+        lr=cat(lrs),
+        val_steps=np.asarray(val_steps, dtype=np.int64) if evaluate is not None else None,
+        val_loss=np.asarray(val_losses, dtype=np.float64) if evaluate is not None else None,
+        opt_stats={name: cat(diags[k]) for k, name in enumerate(("g2_over_v_max", "v_rms")[:n_diag])},
+        steps_planned=steps,
+        info=model_info(model, trainer),
+    )
+    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
+    bad = np.flatnonzero(flag_arr & stop_bits)
+    if bad.size:
+        trace.first_nonfinite = _locate_nonfinite(trainer, trace, int(bad[0]))
+    metrics = {}
+    for m in model.metrics:
+        try:
+            result = m.result()
+            if isinstance(result, dict):
+                metrics.update({k: float(v) for k, v in result.items()})
+            else:
+                metrics[m.name] = float(result)
+        except Exception:  # metrics are informational only
+            pass
+    return RunResult(trace, placed, wall, data.kind, exhausted_at, metrics), trainer
+
+
+def _short(exc: BaseException, limit: int = 600) -> str:
+    text = str(exc).strip()
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _locate_nonfinite(trainer: InstrumentedTrainer, trace: Trace, step: int) -> dict[str, Any]:
+    """Name the first quantity / variable that went non-finite at ``step``."""
+    flags = int(trace.nonfinite[step])
+    out: dict[str, Any] = {"step": step}
+    if flags & LOSS and not flags & GRADS:
+        out.update(source="loss", variable=None)
+        return out
+    if flags & GRADS and trace.var_grad_norms is not None:
+        row = trace.var_grad_norms[step]
+        k = int(np.argmax(~np.isfinite(row))) if (~np.isfinite(row)).any() else None
+        out.update(source="gradients" if not flags & LOSS else "loss", variable=None if k is None else trace.var_names[k])
+        return out
+    for source, variables in (("weights", trainer.tvars), ("optimizer state", trainer.optimizer.variables)):
+        for v in variables:
+            if _is_float(v) and not np.all(np.isfinite(np.asarray(v.numpy(), dtype=np.float64))):
+                out.update(source=source, variable=_var_name(v))
+                return out
+    out.update(source="input batch" if flags & INPUT else "loss", variable=None)
+    return out
+
+
+def model_info(model: Any, trainer: InstrumentedTrainer) -> dict[str, Any]:
+    """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
+    inner = trainer.inner
+    try:
+        config = inner.get_config()
+    except Exception:  # pragma: no cover - exotic optimizers
+        config = {}
+    keep = ("learning_rate", "epsilon", "amsgrad", "beta_1", "beta_2", "momentum", "nesterov",
+            "clipnorm", "clipvalue", "global_clipnorm", "weight_decay", "rho")
+    opt_cfg = {}
+    for k in keep:
+        if k in config:
+            v = config[k]
+            opt_cfg[k] = v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)[:80]
+    layers = [type(layer).__name__ for layer in model._flatten_layers(include_self=False)]
+    bn = [layer for layer in model._flatten_layers(include_self=False) if type(layer).__name__ == "BatchNormalization"]
+    return {
+        "model": model.name,
+        "model_class": type(model).__name__,
+        "parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
+        "optimizer": type(inner).__name__,
+        "optimizer_config": opt_cfg,
+        "loss_scale": trainer.is_loss_scaled,
+        "dtype_policy": str(getattr(getattr(model, "dtype_policy", None), "name", "")),
+        "layers": sorted(set(layers)),
+        "batchnorm_layers": len(bn),
+        "batchnorm_momentum": [float(layer.momentum) for layer in bn][:5],
+        "jit_compile": trainer.jit_compile,
+        "diagnostics": trainer.velocities is not None,
+    }
