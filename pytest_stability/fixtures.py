@@ -1,0 +1,232 @@
+"""The ``stability`` fixture: train a model, run the checks, fail with an explanation.
+
+Thin on purpose: settings come from :mod:`~pytest_stability.marker`, training
+from :mod:`~pytest_stability.training.engine` (imported lazily: only tests that
+train pay for TensorFlow), verdicts from :mod:`~pytest_stability.checks` and
+:mod:`~pytest_stability.diagnosis`.  After the test, a builtins-only record of
+what happened goes into ``item.stash`` for the session (terminal report, JSON,
+baselines), also when the test crashed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Callable
+
+import pytest
+
+from .errors import StabilityError, StabilityUsageError
+from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec
+
+RECORD_KEY = pytest.StashKey[dict]()
+
+class Stability:
+    """What the ``stability`` fixture gives a test.
+
+    Example::
+
+        @pytest.mark.stable_training(steps=300)
+        def test_classifier(stability):
+            model = build_classifier()  # compiled keras.Model
+            stability.train(model, x, y, validation_data=(x_val, y_val), batch_size=32)
+    """
+
+    def __init__(self, nodeid: str, spec: RunSpec, config: pytest.Config, cli_values: dict[str, Any]) -> None:
+        self.nodeid = nodeid
+        self.spec = spec
+        self._config = config
+        self._cli_values = cli_values
+        #: every StabilityReport returned by train() in this test
+        self.reports: list[Any] = []
+        self.error: str | None = None
+
+    # -- public API -----------------------------------------------------------
+
+    def train(self, model: Any, x: Any = None, y: Any = None, *, validation_data: Any = None,
+              batch_size: int | None = None, steps: int | None = None, seed: int | None = None,
+              check: bool = True, sample_weight: Any = None) -> Any:
+        """Train ``model`` for ``steps`` optimizer steps and check its stability.
+
+        Args:
+            model: a compiled ``keras.Model``, or a zero-argument function that
+                builds and compiles one (called once per seed, after seeding:
+                the way to vary the initialisation with ``seeds=K``).
+            x, y: numpy arrays (or lists/dicts of them), or ``x`` alone as a
+                ``tf.data.Dataset`` / ``keras.utils.PyDataset`` / generator of
+                ``(x, y[, sample_weight])`` batches.  Cycled when shorter than
+                ``steps``; a generator that runs out is an error.
+            validation_data: ``(x_val, y_val)``, a finite ``tf.data.Dataset`` or a
+                ``PyDataset``; its loss is measured every ``validate_every``
+                steps on the same batches, in inference mode.
+            batch_size, steps, seed: override the marker / command line / ini.
+            check: when False, return the report without raising.
+            sample_weight: per-sample weights for array inputs.
+
+        Returns:
+            A :class:`~pytest_stability.report.StabilityReport`.
+
+        Raises:
+            StabilityError: (an ``AssertionError``) when a check fails and
+                ``check`` is true; its message is the explanation.
+        """
+        __tracebackhide__ = True
+        try:
+            report = self._train(model, x, y, validation_data=validation_data, batch_size=batch_size,
+                                 steps=steps, seed=seed, sample_weight=sample_weight)
+        except StabilityUsageError as exc:
+            self.error = str(exc)
+            pytest.fail(f"stability.train(): {exc}", pytrace=False)
+        self.reports.append(report)
+        self._config.hook.pytest_stability_run_finished(nodeid=self.nodeid, report=report)
+        if check and not report.ok:
+            raise StabilityError(report.explain(), report)
+        return report
+
+    # -- internals ------------------------------------------------------------
+
+    def _override(self, name: str, value: Any) -> Any:
+        if value is None:
+            return self.spec.values[name]
+        try:
+            return OPTIONS_BY_NAME[name].parse(value)
+        except OptionValueError as exc:
+            raise StabilityUsageError(f"{name} must be {exc}") from None
+
+    def seeds_for(self, base_seed: int) -> list[int]:
+        replay = self._config.getoption("stability_replay", None)
+        if replay is not None:
+            return [int(replay)]
+        return [base_seed + i for i in range(self.spec.seeds)]
+
+    def _train(self, model: Any, x: Any, y: Any, *, validation_data: Any, batch_size: Any, steps: Any,
+               seed: Any, sample_weight: Any) -> Any:
+        from .checks import Thresholds, run_checks
+        from .diagnosis import diagnose
+        from .report import RunReport, StabilityReport
+        from .training import engine
+
+        steps = self._override("steps", steps)
+        batch_size_explicit = batch_size is not None
+        batch_size = self._override("batch_size", batch_size)
+        base_seed = self._override("seed", seed)
+        spec = self.spec
+        thresholds = Thresholds.from_mapping(spec.values)
+        runs = []
+        for s in self.seeds_for(base_seed):
+            # Each seed trains a distinct model (the user's instance for the
+            # first seed, a fresh build or clone for the others).
+            run_model = self._model_for_seed(model, s, first=(s == base_seed))
+            result, _ = engine.train(
+                run_model, x, y, sample_weight=sample_weight, validation_data=validation_data, steps=steps,
+                batch_size=batch_size, batch_size_explicit=batch_size_explicit, seed=s, spec=spec,
+            )
+            results = run_checks(result.trace, thresholds, spec.checks)
+            results = [
+                type(r)(r.name, r.status, tuple(diagnose(r.findings, result.trace)), r.detail, r.stats)
+                if r.findings else r for r in results
+            ]
+            runs.append(RunReport(
+                seed=s, trace=result.trace, results=results, device=result.device,
+                wall_time=result.wall_time, replay=self.replay_command(s), data_kind=result.data_kind,
+                final_metrics=result.final_metrics,
+            ))
+        return StabilityReport(self.nodeid, runs)
+
+    def _model_for_seed(self, model: Any, seed: int, first: bool) -> Any:
+        """The model to train under ``seed``: a fresh build, the user's instance, or a clone."""
+        from .training import engine
+
+        tf, keras = engine._import_tf()
+        if not isinstance(model, keras.Model) and callable(model):
+            engine.seed_everything(seed, self.spec.deterministic)
+            built = model()
+            if not isinstance(built, keras.Model):
+                raise StabilityUsageError(
+                    f"the model function {getattr(model, '__name__', model)!r} must return a compiled "
+                    f"keras.Model; it returned {type(built).__name__}"
+                )
+            return built
+        if first:
+            return model
+        engine.seed_everything(seed, self.spec.deterministic)
+        return _clone_compiled(keras, model)
+
+    def replay_command(self, seed: int) -> str:
+        """The command that re-runs this test with exactly this seed's run."""
+        parts = ["pytest", self.nodeid, f"--stability-replay={seed}"]
+        for name, value in sorted(self._cli_values.items()):
+            if name in ("seed", "seeds") or name in self.spec.from_marker:
+                continue
+            opt = OPTIONS_BY_NAME[name]
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            parts.append(f"{opt.cli}={text}")
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def record(self) -> dict[str, Any]:
+        """Builtins-only summary of this test's stability runs (for the session)."""
+        if self.error is not None:
+            verdict = "error"
+        elif not self.reports:
+            verdict = "error"
+        else:
+            verdict = "stable" if all(r.ok for r in self.reports) else "unstable"
+        return {
+            "nodeid": self.nodeid,
+            "verdict": verdict,
+            "error": self.error if self.error is not None else (
+                None if self.reports else "the test did not complete a stability.train() call"),
+            "settings": _builtins_spec(self.spec),
+            "calls": [r.to_dict() for r in self.reports],
+        }
+
+
+def _builtins_spec(spec: RunSpec) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.values.items()}
+
+
+def _clone_compiled(keras: Any, model: Any) -> Any:
+    """A freshly initialised, identically compiled copy of ``model`` (for extra seeds)."""
+    try:
+        clone = keras.models.clone_model(model)
+        try:
+            clone.compile_from_config(model.get_compile_config())
+        except Exception:
+            raw = dict(model._compile_config.config)
+            opt = model.optimizer
+            raw["optimizer"] = type(opt).from_config(opt.get_config())
+            clone.compile(**raw)
+        if clone.optimizer is None:
+            raise ValueError("the clone has no optimizer after compiling")
+        return clone
+    except Exception as exc:
+        raise StabilityUsageError(
+            f"seeds > 1 trains a fresh copy of the model per seed, but {type(model).__name__} "
+            f"{model.name!r} could not be cloned and recompiled ({type(exc).__name__}: {exc}). "
+            "Pass a zero-argument function that builds and compiles the model instead: "
+            "stability.train(build_model, x, y, ...)"
+        ) from None
+
+
+def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple[RunSpec, dict[str, Any]]]) -> Any:
+    """Generator body of the ``stability`` fixture (registered in plugin.py).
+
+    Seeds everything *before* the test body runs, so the model the test builds
+    is initialised deterministically too.
+    """
+    from .training import engine
+
+    spec, cli_values = spec_for(request.node)
+    try:
+        if spec.device == "gpu" and engine.resolve_device("gpu")[0] is None:
+            pytest.skip("stable_training(device='gpu'): TensorFlow sees no GPU on this machine")
+        engine.seed_everything(spec.seed, spec.deterministic)
+    except StabilityUsageError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
+    try:
+        yield fixture
+    finally:
+        request.node.stash[RECORD_KEY] = fixture.record()
+
+
+__all__ = ["RECORD_KEY", "Stability", "make_fixture"]

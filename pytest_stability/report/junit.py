@@ -1,0 +1,29 @@
+"""Flat stability properties for ``--junitxml`` (``<property name=... value=...>``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_KEYS = ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm", "val_trend", "steps_run")
+
+
+def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """``stability_verdict``, the seed(s), finding checks and the headline metrics of the first call."""
+    props = [("stability_verdict", record.get("verdict", "error"))]
+    calls = record.get("calls") or []
+    if calls:
+        call = calls[0]
+        runs = call["runs"]
+        run = next((r for r in runs if r["verdict"] != "stable"), runs[0])
+        props.append(("stability_seeds", ",".join(str(s) for s in call["seeds"])))
+        props.append(("stability_device", run["device"]))
+        for key in _KEYS:
+            value = run["summary"].get(key)
+            if value is not None:
+                props.append((f"stability_{key}", str(value)))
+        if run["findings"]:
+            f = run["findings"][0]
+            props.append(("stability_finding", f"{f['check']} at step {f['step']}: {f['message']}"))
+    elif record.get("error"):
+        props.append(("stability_error", str(record["error"])))
+    return props
