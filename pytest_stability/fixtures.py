@@ -226,7 +226,12 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
     try:
         yield fixture
     finally:
-        request.node.stash[RECORD_KEY] = fixture.record()
+        try:
+            record = fixture.record()
+        except Exception as exc:  # never lose the test's entry in the report
+            record = {"nodeid": fixture.nodeid, "verdict": "error", "calls": [], "settings": {},
+                      "error": f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}"}
+        request.node.stash[RECORD_KEY] = record
 
 
 __all__ = ["RECORD_KEY", "Stability", "make_fixture"]

@@ -160,8 +160,7 @@ def make_train_data(x: Any, y: Any, sample_weight: Any, *, batch_size: int,
                     yield _normalise_element(x[i])
                 x.on_epoch_end()
 
-        ds = tf.data.Dataset.from_generator(cycle, output_signature=_signature(tf, first))
-        return TrainData(ds, "pydataset", False, None, first)
+        return TrainData(_from_python(tf, cycle, first), "pydataset", False, None, first)
     if isinstance(x, types.GeneratorType) or (hasattr(x, "__next__") and not _is_array_like(x)):
         _no_extra("a generator", y, sample_weight, batch_size_explicit)
         try:
@@ -170,9 +169,7 @@ def make_train_data(x: Any, y: Any, sample_weight: Any, *, batch_size: int,
             raise StabilityUsageError("the generator passed as x yielded nothing") from None
         first = _normalise_element(first_raw)
         chained = itertools.chain([first_raw], x)
-        ds = tf.data.Dataset.from_generator(
-            lambda: (_normalise_element(e) for e in chained), output_signature=_signature(tf, first)
-        )
+        ds = _from_python(tf, lambda: (_normalise_element(e) for e in chained), first)
         return TrainData(ds, "generator", True, None, first)
     if not _is_array_like(x):
         raise StabilityUsageError(
@@ -208,9 +205,7 @@ def make_validation_data(validation_data: Any, *, batch_size: int) -> Any:
         batches = [_normalise_element(validation_data[i]) for i in range(len(validation_data))]
         if not batches:
             raise StabilityUsageError("validation_data is an empty keras.utils.PyDataset")
-        return tf.data.Dataset.from_generator(
-            lambda: iter(batches), output_signature=_signature(tf, batches[0])
-        ).cache()
+        return _from_python(tf, lambda: iter(batches), batches[0]).cache()
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise StabilityUsageError(
             "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), "
@@ -231,6 +226,26 @@ def _no_extra(what: str, y: Any, sample_weight: Any, batch_size_explicit: bool) 
         raise StabilityUsageError(f"sample_weight must be None when x is {what}")
     if batch_size_explicit:
         raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
+
+
+def _from_python(tf: Any, make_iter: Any, first: Any) -> Any:
+    """A dataset over Python-produced (x, y, sw) batches.
+
+    ``tf.data.Dataset.from_generator`` cannot carry None components, so the
+    absent ones (no y, no sample weights) are dropped and put back in a map.
+    """
+    present = tuple(part is not None for part in first)
+    signature = tuple(_signature(tf, part) for part in first if part is not None)
+
+    def parts() -> Any:
+        for element in make_iter():
+            yield tuple(part for part in element if part is not None)
+
+    def rebuild(*values: Any) -> Any:
+        it = iter(values)
+        return tuple(next(it) if here else None for here in present)
+
+    return tf.data.Dataset.from_generator(parts, output_signature=signature).map(rebuild)
 
 
 def _signature(tf: Any, element: Any) -> Any:

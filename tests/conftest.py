@@ -1,0 +1,45 @@
+"""Shared test setup.
+
+numpy and keras are imported here, at the top, on purpose: pytester's
+in-process runs restore ``sys.modules`` after each run, and numpy 2 refuses to
+be loaded twice in one process ("cannot load module more than once").
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402,F401
+import numpy  # noqa: E402,F401
+import tensorflow  # noqa: E402,F401
+
+pytest_plugins = ["pytester"]
+
+import pytest  # noqa: E402
+
+#: A tiny, fast, healthy training problem that pytester test files start with.
+TINY_PROBLEM = '''
+import numpy as np
+import keras
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype("float32")
+XV = rng.normal(size=(64, 8)).astype("float32")
+YV = (XV[:, 0] + 0.5 * XV[:, 1] > 0).astype("float32")
+
+
+def build(lr=1e-2, optimizer=None, loss="binary_crossentropy", compile=True):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    if compile:
+        model.compile(optimizer=optimizer or keras.optimizers.Adam(lr), loss=loss)
+    return model
+'''
+
+
+@pytest.fixture
+def tiny_problem() -> str:
+    """Source text defining X, Y, XV, YV and build(): prepend it to a pytester test file."""
+    return TINY_PROBLEM

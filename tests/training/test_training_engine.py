@@ -1,0 +1,134 @@
+"""The fixture's training: data kinds, determinism, what is recorded, seeds, replay."""
+
+import pytest
+
+
+def run(pytester, source, *args):
+    pytester.makepyfile(source)
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def test_same_seed_same_trace_and_different_seed_differs(pytester, tiny_problem):
+    result = run(pytester, tiny_problem + '''
+TRACES = {}
+
+@pytest.mark.parametrize("seed", [3, 3, 4])
+def test_model(stability, seed):
+    report = stability.train(build(), X, Y, steps=60, seed=seed)
+    TRACES.setdefault(seed, []).append(report.trace.loss.copy())
+
+def test_compare():
+    a, b = TRACES[3]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, TRACES[4][0])
+''')
+    result.assert_outcomes(passed=4)
+
+
+def test_records_raw_minibatch_loss_not_the_running_mean(pytester, tiny_problem):
+    result = run(pytester, tiny_problem + '''
+@pytest.mark.stable_training(steps=16, shuffle=False)
+def test_model(stability):
+    model = build()
+    w0 = [v.numpy() for v in model.trainable_variables]
+    report = stability.train(model, X, Y, batch_size=32)
+    # Recompute the first step's loss by hand from the initial weights and batch 0.
+    check = build()
+    for v, w in zip(check.trainable_variables, w0):
+        v.assign(w)
+    expected = float(keras.losses.binary_crossentropy(Y[:32, None], check(X[:32])).numpy().mean())
+    assert report.trace.loss[0] == pytest.approx(expected, rel=1e-5)
+    # A running mean would be smooth; raw minibatch losses jump when the data cycles (8 batches/epoch).
+    assert report.trace.loss[8] != pytest.approx(np.mean(report.trace.loss[:9]), rel=1e-3)
+    assert report.trace.steps == 16 and report.trace.grad_norm.shape == (16,)
+    assert np.all(report.trace.nonfinite == 0)
+''')
+    result.assert_outcomes(passed=1)
+
+
+DATA_KINDS = {
+    "tf_data": "import tensorflow as tf; rep = stability.train(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), validation_data=tf.data.Dataset.from_tensor_slices((XV, YV)).batch(32))",
+    "pydataset": '''
+    class Seq(keras.utils.PyDataset):
+        def __len__(self):
+            return 8
+        def __getitem__(self, i):
+            return X[i * 32:(i + 1) * 32], Y[i * 32:(i + 1) * 32]
+    rep = stability.train(build(), Seq(), validation_data=Seq())''',
+    "sample_weight": "rep = stability.train(build(), X, Y, sample_weight=np.ones(len(X), 'float32'), validation_data=(XV, YV, np.ones(len(XV), 'float32')))",
+    "dict_inputs": '''
+    inp = keras.Input((8,), name="features")
+    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8, activation="relu")(inp))
+    model = keras.Model({"features": inp}, out)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    rep = stability.train(model, {"features": X}, Y, validation_data=({"features": XV}, YV))''',
+    "factory": "rep = stability.train(build, X, Y)",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DATA_KINDS))
+def test_data_kinds_train_for_exactly_the_steps(pytester, tiny_problem, kind):
+    result = run(pytester, tiny_problem + f'''
+@pytest.mark.stable_training(steps=20, validate_every=10)
+def test_model(stability):
+    {DATA_KINDS[kind]}
+    assert rep.trace.steps == 20
+    assert rep.ok
+    if rep.trace.has_validation:
+        assert rep.trace.val_steps.tolist() == [0, 10, 20]
+''')
+    result.assert_outcomes(passed=1)
+
+
+def test_validation_does_not_update_batchnorm_statistics(pytester, tiny_problem):
+    result = run(pytester, tiny_problem + '''
+def bn_model():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.BatchNormalization(), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    return model
+
+@pytest.mark.stable_training(steps=20, validate_every=5)
+def test_model(stability):
+    keras.utils.set_random_seed(0)
+    m1 = bn_model()
+    keras.utils.set_random_seed(0)
+    m2 = bn_model()
+    with_val = stability.train(m1, X, Y, validation_data=(XV * 100 + 50, YV))
+    stability.train(m2, X, Y)
+    assert with_val.trace.val_steps.tolist() == [0, 5, 10, 15, 20]
+    # Same seed, same training: had validation (inputs shifted by +50) updated the
+    # moving statistics, m1's moving mean would have been dragged towards 50.
+    mean1, mean2 = m1.layers[0].moving_mean.numpy(), m2.layers[0].moving_mean.numpy()
+    assert np.abs(mean2).max() < 1.0
+    np.testing.assert_array_equal(mean1, mean2)
+''')
+    result.assert_outcomes(passed=1)
+
+
+def test_seeds_run_each_seed_and_replay_runs_one(pytester, tiny_problem):
+    source = tiny_problem + '''
+@pytest.mark.stable_training(steps=30, seeds=3, seed=10)
+def test_model(stability):
+    rep = stability.train(build(), X, Y)
+    print("SEEDS", rep.seeds, [r.replay for r in rep.runs])
+'''
+    result = run(pytester, source, "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*SEEDS [[]10, 11, 12] [[]'pytest test_seeds_run_each_seed_and_replay_runs_one.py::test_model --stability-replay=10', *"])
+    result = pytester.runpytest("-p", "no:cacheprovider", "-s", "--stability-replay=11")
+    result.stdout.fnmatch_lines(["*SEEDS [[]11] *"])
+
+
+def test_train_returns_metrics_and_device(pytester, tiny_problem):
+    result = run(pytester, tiny_problem + '''
+@pytest.mark.stable_training(steps=20, device="cpu")
+def test_model(stability):
+    model = build()
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    rep = stability.train(model, X, Y)
+    assert rep.device == "CPU"
+    assert 0.0 <= rep.primary.final_metrics["accuracy"] <= 1.0
+    assert rep.primary.final_metrics["loss"] > 0
+    assert rep.trace.info["optimizer"] == "Adam" and rep.trace.info["optimizer_config"]["epsilon"] == 1e-7
+''')
+    result.assert_outcomes(passed=1)
