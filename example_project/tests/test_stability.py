@@ -1,0 +1,52 @@
+"""Stability tests of the example project's models, as a user writes them."""
+
+import keras
+import pytest
+
+from models import (batchnorm_classifier, blobs_segmentation, convnet_classifier, shapes_dataset,
+                    small_unet)
+
+X, Y = shapes_dataset(512, seed=0)
+XV, YV = shapes_dataset(128, seed=1)
+XS, MS = blobs_segmentation(256, seed=0)
+XSV, MSV = blobs_segmentation(64, seed=1)
+
+
+@pytest.mark.stable_training(steps=300)
+def test_convnet_trains_stably(stability):
+    stability.train(convnet_classifier(), X, Y, validation_data=(XV, YV), batch_size=32)
+
+
+@pytest.mark.stable_training(steps=300)
+def test_batchnorm_convnet_trains_stably(stability):
+    stability.train(batchnorm_classifier(momentum=0.9), X, Y, validation_data=(XV, YV), batch_size=32)
+
+
+@pytest.mark.stable_training(steps=300)
+def test_unet_soft_jaccard_trains_stably(stability):
+    stability.train(small_unet(keras.optimizers.Adam(3e-3)), XS, MS, validation_data=(XSV, MSV), batch_size=16)
+
+
+def jump_schedule(peak):
+    """Learning rate 1e-3 for 150 steps, then `peak` (a mis-typed schedule, say)."""
+    return keras.optimizers.schedules.PiecewiseConstantDecay([150], [1e-3, peak])
+
+
+@pytest.mark.stable_training(steps=300)
+def test_known_unstable_schedule_is_detected(stability):
+    """A known-unstable configuration, kept as a regression test of the detector."""
+    model = convnet_classifier()
+    model.compile(optimizer=keras.optimizers.SGD(jump_schedule(20.0), momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    report = stability.train(model, X, Y, batch_size=32, check=False)
+    assert report.verdict == "unstable"
+    assert report.findings[0].step > 150
+
+
+@pytest.mark.stable_training(steps=300)
+def test_fixed_schedule_is_stable(stability):
+    """The fix: a peak learning rate the model can take."""
+    model = convnet_classifier()
+    model.compile(optimizer=keras.optimizers.SGD(jump_schedule(3e-2), momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    stability.train(model, X, Y, validation_data=(XV, YV), batch_size=32)
