@@ -20,7 +20,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .checks.base import Thresholds
+from .thresholds import Thresholds
 
 CHECK_NAMES = ("loss_spike", "nonfinite", "grad_norm", "val_loss")
 #: Threshold defaults live on checks.base.Thresholds (the calibrated values).

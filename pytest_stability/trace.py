@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._floats import decode_float, encode_float  # noqa: F401  (re-exported)
+
 # Bits of Trace.nonfinite: which quantity was NaN/Inf at a step.
 LOSS = 1
 GRADS = 2
@@ -186,25 +188,6 @@ class Trace:
             steps_planned=data.get("steps_planned"),
             info=dict(data.get("info") or {}),
         )
-
-
-def encode_float(value: float) -> float | str:
-    """A float for strict JSON: NaN and infinities become the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
-    value = float(value)
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
-
-
-def decode_float(value: Any) -> float:
-    """Inverse of :func:`encode_float`."""
-    if isinstance(value, str):
-        return float(value)  # float("nan"), float("inf"), float("-inf")
-    if value is None:
-        return math.nan
-    return float(value)
 
 
 def describe_flags(mask: int) -> list[str]:

@@ -1,263 +1,30 @@
-"""Reports: what :meth:`stability.train() <pytest_stability.fixtures.Stability.train>` returns.
+"""Reports: per-run results, terminal summary, JSON, baselines, plots.
 
-A :class:`RunReport` is one seed's training run: the trace, every check's
-result (diagnosed), and summary metrics.  A :class:`StabilityReport` gathers
-the runs of one ``train()`` call (one per seed) and gives the verdict.
-
-Pure numpy: importing this module does not import TensorFlow.
+The package itself imports nothing heavy (no numpy): its submodules that are
+on the plugin's load path (``json_report``, ``baseline``, ``junit``) must stay
+cheap.  :class:`RunReport` and :class:`StabilityReport` (in ``runs``) are
+served lazily.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+_LAZY = {
+    "RunReport": "runs",
+    "StabilityReport": "runs",
+    "downsample": "runs",
+    "sparkline": "render",
+    "fmt": "render",
+}
 
-from ..checks import FAILED, SKIPPED, CheckResult, Finding
-from ..checks.validation import smooth
-from ..trace import Trace, encode_float
-from .render import fmt, sparkline, window_sparkline
-
-SCHEMA_CURVE_POINTS = 500
-
-STABLE, UNSTABLE, ERROR, SKIPPED_VERDICT = "stable", "unstable", "error", "skipped"
-
-
-def downsample(values: np.ndarray, steps: np.ndarray | None = None, max_points: int = SCHEMA_CURVE_POINTS
-               ) -> tuple[list[int], list[Any]]:
-    """At most ``max_points`` (step, value) pairs, keeping each bin's extreme so spikes survive.
-
-    Each bin contributes the point farthest (in log space for positive data)
-    from the bin median; non-finite points always win their bin.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    steps = np.arange(values.shape[0]) if steps is None else np.asarray(steps)
-    if values.shape[0] <= max_points:
-        return steps.tolist(), [encode_float(v) for v in values.tolist()]
-    edges = np.linspace(0, values.shape[0], max_points + 1).astype(int)
-    out_s, out_v = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        seg = values[a:b]
-        bad = ~np.isfinite(seg)
-        if bad.any():
-            k = int(np.argmax(bad))
-        else:
-            k = int(np.argmax(np.abs(seg - np.median(seg))))
-        out_s.append(int(steps[a + k]))
-        out_v.append(encode_float(float(seg[k])))
-    return out_s, out_v
+__all__ = list(_LAZY)
 
 
-@dataclass
-class RunReport:
-    """One training run (one seed) and what the checks made of it."""
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_stability.report' has no attribute {name!r}")
+    import importlib
 
-    seed: int
-    trace: Trace
-    results: list[CheckResult]
-    device: str
-    wall_time: float
-    replay: str = ""
-    data_kind: str = ""
-    final_metrics: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def findings(self) -> list[Finding]:
-        """Findings of the failed checks, in step order."""
-        found = [f for r in self.results if r.status == FAILED for f in r.findings]
-        return sorted(found, key=lambda f: f.step)
-
-    @property
-    def ok(self) -> bool:
-        return not any(r.status == FAILED for r in self.results)
-
-    @property
-    def verdict(self) -> str:
-        return STABLE if self.ok else UNSTABLE
-
-    def result(self, name: str) -> CheckResult:
-        for r in self.results:
-            if r.name == name:
-                return r
-        raise KeyError(f"no check named {name!r}; checks are {[r.name for r in self.results]}")
-
-    def summary(self) -> dict[str, Any]:
-        """Headline metrics (builtins; NaN encoded as strings)."""
-        t = self.trace
-        loss = t.loss[np.isfinite(t.loss)]
-        tail = loss[-max(1, min(20, loss.size // 10)):] if loss.size else loss
-        g = t.grad_norm[np.isfinite(t.grad_norm)] if t.grad_norm is not None else np.zeros(0)
-        spike = self.result("loss_spike").stats if any(r.name == "loss_spike" for r in self.results) else {}
-        val = self.result("val_loss").stats if any(r.name == "val_loss" for r in self.results) else {}
-        out = {
-            "steps_run": t.steps,
-            "steps_planned": t.steps_planned,
-            "final_loss": float(np.median(tail)) if tail.size else None,
-            "min_loss": float(loss.min()) if loss.size else None,
-            "largest_spike": spike.get("max_ratio"),
-            "spikes": spike.get("n_spikes", 0),
-            "max_grad_norm": float(g.max()) if g.size else None,
-            "p99_grad_norm": float(np.percentile(g, 99)) if g.size else None,
-            "val_trend": val.get("trend"),
-            "final_val_loss": val.get("final_smoothed"),
-            "findings": len(self.findings),
-        }
-        return {k: (encode_float(v) if isinstance(v, float) else v) for k, v in out.items()}
-
-    def explain(self, nodeid: str = "") -> str:
-        """The failure explanation: check, step, value, limit, curve, cause, fix, replay."""
-        t = self.trace
-        failed = [r for r in self.results if r.status == FAILED]
-        head = (f"stable_training: {len(failed)} of {sum(r.status != SKIPPED for r in self.results)} checks "
-                f"failed ({', '.join(r.name for r in failed)}) - seed {self.seed}, "
-                f"{t.steps}/{t.steps_planned} steps on {self.device}")
-        if nodeid:
-            head = f"{nodeid}: {head}"
-        lines = [head]
-        for f in self.findings[:5]:
-            lines.append("")
-            lines.append(f"[{f.check}] step {f.step}: {f.message}")
-            curve, label = (t.loss, "loss")
-            if f.check == "grad_norm" and t.grad_norm is not None:
-                curve, label = t.grad_norm, "grad norm"
-            if f.check == "val_loss" and t.has_validation:
-                lines.append(f"  val loss (smoothed)  {sparkline(smooth(t.val_loss, 0.0), 40)}  "
-                             f"steps {int(t.val_steps[0])}-{int(t.val_steps[-1])}")
-            elif curve.size:
-                line, a, b = window_sparkline(curve, min(f.step, curve.size - 1))
-                lines.append(f"  {label:<9} {line}  steps {a}-{b}")
-            if f.cause:
-                conf = f" ({f.confidence})" if f.confidence else ""
-                lines.append(f"  likely cause{conf}: {f.cause}")
-            if f.fix:
-                lines.append(f"  fix to try: {f.fix}")
-        if len(self.findings) > 5:
-            lines.append(f"... and {len(self.findings) - 5} more finding(s)")
-        if self.replay:
-            lines.append("")
-            lines.append(f"replay: {self.replay}")
-        return "\n".join(lines)
-
-    def to_dict(self, max_points: int = SCHEMA_CURVE_POINTS) -> dict[str, Any]:
-        """Builtins-only form for the JSON report and xdist (curves downsampled)."""
-        t = self.trace
-        curves: dict[str, Any] = {}
-        s, v = downsample(t.loss, max_points=max_points)
-        curves["loss"] = {"step": s, "value": v}
-        if t.grad_norm is not None:
-            s, v = downsample(t.grad_norm, max_points=max_points)
-            curves["grad_norm"] = {"step": s, "value": v}
-        if t.has_validation:
-            s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
-            curves["val_loss"] = {"step": s, "value": v}
-        return {
-            "seed": int(self.seed),
-            "verdict": self.verdict,
-            "device": self.device,
-            "wall_time": float(self.wall_time),
-            "steps_planned": t.steps_planned,
-            "steps_run": t.steps,
-            "data": self.data_kind,
-            "replay": self.replay,
-            "checks": [r.to_dict() for r in self.results],
-            "findings": [f.to_dict() for f in self.findings],
-            "summary": self.summary(),
-            "metrics": {k: encode_float(v) for k, v in self.final_metrics.items()},
-            "first_nonfinite": t.first_nonfinite,
-            "model": t.info,
-            "curves": curves,
-        }
-
-
-@dataclass
-class StabilityReport:
-    """The result of one ``stability.train()`` call: one :class:`RunReport` per seed.
-
-    Convenience properties (``trace``, ``findings``, ``summary()``...) refer to
-    the first unstable run, or to the first run when all are stable.
-    """
-
-    nodeid: str
-    runs: list[RunReport]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.runs)
-
-    @property
-    def verdict(self) -> str:
-        return STABLE if self.ok else UNSTABLE
-
-    @property
-    def failed_seeds(self) -> list[int]:
-        return [r.seed for r in self.runs if not r.ok]
-
-    @property
-    def seeds(self) -> list[int]:
-        return [r.seed for r in self.runs]
-
-    @property
-    def primary(self) -> RunReport:
-        for r in self.runs:
-            if not r.ok:
-                return r
-        return self.runs[0]
-
-    @property
-    def trace(self) -> Trace:
-        return self.primary.trace
-
-    @property
-    def results(self) -> list[CheckResult]:
-        return self.primary.results
-
-    @property
-    def findings(self) -> list[Finding]:
-        return self.primary.findings
-
-    @property
-    def device(self) -> str:
-        return self.primary.device
-
-    def result(self, name: str) -> CheckResult:
-        return self.primary.result(name)
-
-    def summary(self) -> dict[str, Any]:
-        return self.primary.summary()
-
-    def spread(self) -> dict[str, dict[str, Any]]:
-        """min / median / max of each numeric summary metric across seeds."""
-        out: dict[str, dict[str, Any]] = {}
-        sums = [r.summary() for r in self.runs]
-        for key in sums[0]:
-            vals = [s[key] for s in sums if isinstance(s[key], (int, float)) and not isinstance(s[key], bool)]
-            if vals:
-                out[key] = {"min": float(np.min(vals)), "median": float(np.median(vals)), "max": float(np.max(vals))}
-        return out
-
-    def explain(self) -> str:
-        if self.ok:
-            return f"{self.nodeid}: stable over seeds {self.seeds}"
-        text = self.primary.explain(self.nodeid)
-        if len(self.runs) > 1:
-            extra = [f"unstable under {len(self.failed_seeds)} of {len(self.runs)} seeds: {self.failed_seeds}"]
-            for r in self.runs:
-                if not r.ok and r is not self.primary:
-                    first = r.findings[0]
-                    extra.append(f"  seed {r.seed}: [{first.check}] step {first.step}: {first.message}"
-                                 f"  (replay: {r.replay})")
-            text += "\n" + "\n".join(extra)
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "seeds": self.seeds,
-            "failed_seeds": self.failed_seeds,
-            "runs": [r.to_dict() for r in self.runs],
-            "spread": self.spread() if len(self.runs) > 1 else {},
-        }
-
-
-__all__ = ["RunReport", "StabilityReport", "downsample", "fmt", "sparkline"]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

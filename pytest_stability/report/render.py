@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .._floats import fmt  # noqa: F401  (re-exported)
+
 BARS = "▁▂▃▄▅▆▇█"
 NONFINITE_MARK = "×"
 
@@ -58,14 +60,3 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
     first = max(0, step - radius)
     last = min(values.shape[0] - 1, step + radius)
     return sparkline(values[first:last + 1], width=width), first, last
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """Compact number: ``0.00123``, ``3.4e+05``, ``nan``, ``-``."""
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if not np.isfinite(value):
-        return str(value)
-    return f"{value:.{digits}g}"

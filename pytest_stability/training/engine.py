@@ -13,8 +13,14 @@ to ``readback_every`` steps (a ``tf.while_loop``, like Keras'
   minibatch loss (not Keras' running mean), the global and per-variable
   gradient norms *before* clipping and unscaled, the learning rate, and a
   bitmask saying whether loss, gradients, weights, optimizer state and the
-  input batch were finite;
+  input batch were finite (numpy inputs are checked once on the host
+  instead); a mixed-precision loss-scale overflow is flagged OVERFLOW, not
+  as a non-finite gradient;
 * the loop stops at the first non-finite step.
+
+With ``jit_compile`` XLA compiles the step; the loop around it stays a plain
+graph because the dataset iterator has no XLA kernel (as in Keras' own
+``jit_compile=True``).
 
 The host reads the arrays back once per chunk (one sync), evaluates the
 validation loss at ``validate_every`` boundaries, and assembles a
@@ -93,6 +99,18 @@ def _placed_on(tensor: Any) -> str:
     return "CPU"
 
 
+def _verified_placement(recorded: Any, variable: Any) -> str:
+    """Where training actually ran: the device of the recorded loss and of the weights.
+
+    Read from the tensors, not from what was asked for: a model built before
+    ``train()`` keeps its weights where they were created.  Untested on a GPU
+    here (no GPU in the development environment).
+    """
+    ran = _placed_on(recorded)
+    stored = _placed_on(getattr(variable, "value", variable))
+    return ran if ran == stored else f"{ran} (weights on {stored})"
+
+
 def _is_float(t: Any) -> bool:
     """True for float tensors and variables (Keras variables give dtype as a string)."""
     dtype = getattr(t, "dtype", None)
@@ -155,7 +173,7 @@ class InstrumentedTrainer:
         self.optimizer = model.optimizer
         self.is_loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.inner = self.optimizer.inner_optimizer if self.is_loss_scaled else self.optimizer
-        self._chunk_fn = None
+        self._chunk_fns: dict[bool, Any] = {}
         self._val_fn = None
 
     # -- building ------------------------------------------------------------
@@ -205,11 +223,11 @@ class InstrumentedTrainer:
             return tf.constant(False)
         return tf.logical_not(tf.math.is_finite(tf.add_n(sums)))
 
-    def _step(self, batch: Any) -> tuple[Any, ...]:
+    def _step(self, batch: Any, check_inputs: bool = True) -> tuple[Any, ...]:
         tf = self.tf
         model, opt = self.model, self.optimizer
         x, y, w = batch
-        input_bad = self._nonfinite_any(tf.nest.flatten(x) + tf.nest.flatten(y))
+        input_bad = self._nonfinite_any(tf.nest.flatten(x) + tf.nest.flatten(y)) if check_inputs else None
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
             loss = self._compute_loss(x, y, y_pred, w, True)
@@ -244,17 +262,41 @@ class InstrumentedTrainer:
             flags += tf.where(overflow, OVERFLOW, 0) + tf.where(tf.logical_and(grads_bad, loss_bad), GRADS, 0)
         else:
             flags += tf.where(grads_bad, GRADS, 0)
-        flags += tf.where(self._nonfinite_any(self.tvars), WEIGHTS, 0)
-        flags += tf.where(self._nonfinite_any(self.opt_vars), OPTIMIZER, 0)
-        flags += tf.where(input_bad, INPUT, 0)
+        # Weights and optimizer state are checked every step, so a NaN weight is
+        # reported at the step it first appears (an update can go non-finite
+        # with finite gradients: a NaN learning rate, an overflowing moment).
+        # One combined test; which of the two went bad is worked out only then.
+        state_bad = self._nonfinite_any(self.tvars + self.opt_vars)
+        flags += tf.cond(
+            state_bad,
+            lambda: (tf.where(self._nonfinite_any(self.tvars), WEIGHTS, 0)
+                     + tf.where(self._nonfinite_any(self.opt_vars), OPTIMIZER, 0)),
+            lambda: tf.constant(0))
+        if input_bad is not None:
+            flags += tf.where(input_bad, INPUT, 0)
         if getattr(model, "_compile_metrics", None) is not None:
             model.compute_metrics(x, y, y_pred, sample_weight=w)
         return tf.cast(loss, tf.float32), grad_norm, var_norms, lr, flags, diag
 
-    def chunk_fn(self) -> Any:
-        if self._chunk_fn is not None:
-            return self._chunk_fn
+    def chunk_fn(self, check_inputs: bool = True) -> Any:
+        """The compiled chunk: up to ``n`` steps in one ``tf.while_loop``.
+
+        Args:
+            check_inputs: test each batch for NaN/Inf on the device.  False for
+                numpy arrays, which :func:`make_train_data` checked on the host
+                before training (batching and shuffling cannot create a NaN).
+        """
+        if check_inputs in self._chunk_fns:
+            return self._chunk_fns[check_inputs]
         tf = self.tf
+        if self.jit_compile:
+            # XLA compiles the step, not the loop around it: the dataset
+            # iterator ops have no XLA kernel.  Keras' own jit_compile=True
+            # does the same (a jit-compiled one_step_on_data in a plain loop).
+            step = tf.function(lambda batch: self._step(batch, check_inputs), jit_compile=True,
+                               reduce_retracing=True)
+        else:
+            step = lambda batch: self._step(batch, check_inputs)  # noqa: E731
         n_vars = len(self.tvars)
         n_diag = 2 if self.velocities is not None else 0
         stop_mask = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
@@ -274,7 +316,7 @@ class InstrumentedTrainer:
                 optional = iterator.get_next_as_optional()
 
                 def run() -> Any:
-                    loss, gn, vn, lr, flags, diag = self._step(optional.get_value())
+                    loss, gn, vn, lr, flags, diag = step(optional.get_value())
                     return (loss, gn, vn, lr, flags, *diag, tf.constant(False))
 
                 def empty() -> Any:
@@ -294,8 +336,9 @@ class InstrumentedTrainer:
             stacked = [ta.stack() for ta in out[3:]]
             return count, stop, exhausted, stacked
 
-        self._chunk_fn = tf.function(chunk, jit_compile=self.jit_compile, reduce_retracing=True)
-        return self._chunk_fn
+        fn = tf.function(chunk, reduce_retracing=True)
+        self._chunk_fns[check_inputs] = fn
+        return fn
 
     def val_fn(self) -> Any:
         if self._val_fn is not None:
@@ -351,7 +394,7 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
         trainer = InstrumentedTrainer(model, diagnostics=spec.diagnostics, jit_compile=spec.jit_compile)
         with tf.device(device):
             trainer.build(data.first_batch)
-    chunk = trainer.chunk_fn()
+    chunk = trainer.chunk_fn(check_inputs=data.kind != "arrays")
     evaluate = trainer.val_fn() if val_ds is not None else None
     n_diag = 2 if trainer.velocities is not None else 0
 
@@ -385,7 +428,7 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
                     f"y: {_describe(data.first_batch[1])}): {type(exc).__name__}: {_short(exc)}"
                 ) from exc
             if first_call:
-                placed = _placed_on(stacked[0])
+                placed = _verified_placement(stacked[0], trainer.tvars[0])
                 first_call = False
             arrays = [a.numpy() for a in stacked]
             losses.append(arrays[0][:count])
