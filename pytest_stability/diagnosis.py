@@ -1,53 +1,458 @@
 """Name the likely cause of each finding, the evidence for it, and the fix to try.
 
 Pure: reads findings and a :class:`~pytest_stability.trace.Trace` (including
-``trace.info``, the optimizer and model facts the engine records); knows
+``trace.info``, the optimizer and model facts the engine records, and
+``trace.opt_stats``, Adam's slot statistics when ``diagnostics=True``); knows
 nothing of pytest or TensorFlow.
+
+Every diagnosed finding gets
+
+* ``cause``: one sentence naming the cause, with the numbers that point to it;
+* ``fix``: a concrete change to try (``Adam(epsilon=1e-3)``, ``clipnorm=2.3``);
+* ``confidence``: ``"likely"`` when the evidence is specific to the cause,
+  ``"uncertain"`` when it is only consistent with it;
+* ``evidence["cause_key"]``: a machine-readable key from :data:`CAUSES`, and
+  ``evidence["diagnosis"]``: the numbers the rule used.
+
+The rules, in the order they are tried:
+
+``nonfinite``
+    input batch non-finite -> ``nan_in_data``; loss or gradient norms grew
+    at least :data:`GROWTH_BEFORE_NAN` x over their earlier level in the
+    steps before the NaN -> ``lr_too_high``; a finite, steady loss that turns
+    NaN/Inf in one step -> ``unsafe_loss_op`` (log(0), 0/0, sqrt at 0).
+``loss_spike``
+    Adam-family optimizer, the loss had fallen at least :data:`NEAR_ZERO` x
+    below its initial level, and Adam's state shows the collapse (``g^2/v``
+    just before the spike :data:`G2V_JUMP` x above its median, or the gradient
+    norm had fallen :data:`GRAD_COLLAPSE` x) -> ``adam_second_moment``;
+    loss stuck at a constant after the spike -> ``collapse_constant``;
+    gradient norm at the spike above :data:`EXPLOSION_FACTOR` x the 90th
+    percentile before it -> ``gradient_explosion``; else ``lr_too_high``
+    (uncertain).
+``grad_norm``
+    the loss is stuck at a constant after the explosion ->
+    ``collapse_constant``; otherwise ``gradient_explosion``.
+``val_loss``
+    BatchNorm layers and an erratic validation curve (or a measured
+    train/inference gap ``trace.info["bn_train_infer_gap"]`` of at least
+    :data:`BN_GAP`) -> ``batchnorm_mismatch``; otherwise ``overfitting``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import math
+from typing import Any, Sequence
+
+import numpy as np
 
 from .checks.base import Finding
 from .trace import Trace
 
+#: cause key -> short title (used by reports and the detection benchmark).
+CAUSES = {
+    "adam_second_moment": "Adam second-moment collapse",
+    "gradient_explosion": "gradient explosion",
+    "collapse_constant": "collapse to a constant loss after an explosion",
+    "lr_too_high": "learning rate too high",
+    "unsafe_loss_op": "numerically unsafe op in the loss or model",
+    "nan_in_data": "NaN/Inf in the input data",
+    "batchnorm_mismatch": "BatchNorm train/inference mismatch",
+    "overfitting": "overfitting or late-training drift",
+    "unknown": "unknown",
+}
+
+LIKELY = "likely"
+UNCERTAIN = "uncertain"
+
+ADAM_FAMILY = ("Adam", "AdamW", "Nadam", "Adamax", "Lamb", "Lion")
+#: the loss fell this many times below its initial level: "near zero".
+NEAR_ZERO = 100.0
+#: g^2/v just before a spike vs its run median that signals a collapsed v.
+G2V_JUMP = 100.0
+#: early gradient norm / gradient norm before the spike that signals a collapsed v.
+GRAD_COLLAPSE = 100.0
+#: growth of loss or gradient norm in the steps before a NaN that means divergence.
+GROWTH_BEFORE_NAN = 10.0
+#: gradient norm at a spike / 90th percentile before it that means explosion.
+EXPLOSION_FACTOR = 10.0
+#: relative train/inference loss gap of one batch that confirms a BatchNorm mismatch.
+BN_GAP = 0.10
+#: relative std of the loss after an event below which it is "stuck".
+STUCK_RTOL = 1e-3
+
 
 def diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
-    """Return ``findings`` with ``cause``, ``fix`` and ``confidence`` filled in."""
-    return [_diagnose_one(f, trace) for f in findings]
+    """Return ``findings`` with ``cause``, ``fix``, ``confidence`` and a cause key filled in.
+
+    Args:
+        findings: findings from :func:`~pytest_stability.checks.run_checks`.
+        trace: the trace they were found in.
+
+    Returns:
+        New findings (the inputs are frozen), in the same order.
+
+    Raises:
+        TypeError: when an element of ``findings`` is not a :class:`Finding`.
+
+    Example:
+        >>> fs = [f for r in run_checks(trace) for f in r.findings]
+        >>> [f.evidence["cause_key"] for f in diagnose(fs, trace)]
+        ['adam_second_moment']
+    """
+    if not isinstance(trace, Trace):
+        raise TypeError(f"diagnose() expects a Trace, received {type(trace).__name__}")
+    out = []
+    for f in findings:
+        if not isinstance(f, Finding):
+            raise TypeError(f"diagnose() expects Finding objects, received {type(f).__name__}")
+        rule = _RULES.get(f.check, _unknown)
+        key, cause, fix, confidence, numbers = rule(f, trace)
+        evidence = {**dict(f.evidence), "cause_key": key, "diagnosis": _clean(numbers)}
+        out.append(dataclasses.replace(f, cause=cause, fix=fix, confidence=confidence, evidence=evidence))
+    return out
 
 
-def _diagnose_one(f: Finding, trace: Trace) -> Finding:
+# -- helpers -------------------------------------------------------------------
+
+
+def _clean(numbers: dict[str, Any]) -> dict[str, Any]:
+    """Builtins only: numpy scalars become floats, non-finite floats None."""
+    out: dict[str, Any] = {}
+    for k, v in numbers.items():
+        if isinstance(v, (bool, str)) or v is None:
+            out[k] = v
+        elif isinstance(v, (int, np.integer)):
+            out[k] = int(v)
+        else:
+            v = float(v)
+            out[k] = v if math.isfinite(v) else None
+    return out
+
+
+def _finite(a: np.ndarray | None) -> np.ndarray:
+    if a is None:
+        return np.zeros(0)
+    a = np.asarray(a, dtype=np.float64)
+    return a[np.isfinite(a)]
+
+
+def _median(a: np.ndarray | None) -> float:
+    a = _finite(a)
+    return float(np.median(a)) if a.size else math.nan
+
+
+def _g(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def _round_clip(x: float) -> str:
+    """A clipnorm value people can paste: two significant digits."""
+    return f"{float(f'{x:.2g}'):g}"
+
+
+def _optimizer(trace: Trace) -> tuple[str, dict[str, Any]]:
     info = trace.info or {}
-    opt = info.get("optimizer", "")
-    cfg = info.get("optimizer_config", {}) or {}
-    if f.check == "nonfinite":
-        if f.evidence.get("input_nonfinite"):
-            cause, fix = "NaN/Inf in the input data, not produced by training", "clean the input pipeline (check for NaN/Inf before batching)"
-        else:
-            cause = "training produced NaN/Inf: learning rate too high, or a numerically unsafe op in the loss (log(0), division by zero)"
-            fix = f"lower the learning rate (now {cfg.get('learning_rate')}), add clipnorm, or guard log/division with an epsilon"
-        return dataclasses.replace(f, cause=cause, fix=fix, confidence="uncertain")
-    if f.check == "loss_spike":
-        if opt.startswith("Adam") or opt in ("Nadam", "Adamax"):
-            cause = "Adam second-moment collapse: a tiny v makes m/(sqrt(v)+epsilon) explode"
-            fix = f"Adam(epsilon=1e-4) or larger (now {cfg.get('epsilon')}), or Adam(amsgrad=True)"
-        else:
-            cause = "gradient explosion / learning rate too high"
-            fix = "clipnorm on the optimizer, or a lower learning rate"
-        return dataclasses.replace(f, cause=cause, fix=fix, confidence="uncertain")
-    if f.check == "grad_norm":
-        p90 = f.evidence.get("p90_before")
-        clip = f"clipnorm={p90:.3g}" if p90 else "clipnorm"
-        return dataclasses.replace(f, cause="gradient explosion", fix=f"{clip} on the optimizer, or a lower learning rate", confidence="uncertain")
-    if f.check == "val_loss":
-        if info.get("batchnorm_layers"):
-            cause = "BatchNorm train/inference mismatch (moving statistics lag the weights)"
-            fix = "lower BatchNorm momentum (e.g. 0.9) or use larger batches"
-        else:
-            cause = "overfitting or a learning rate too high for late training"
-            fix = "a lower or decaying learning rate, regularisation, or early stopping"
-        return dataclasses.replace(f, cause=cause, fix=fix, confidence="uncertain")
-    return f
+    return str(info.get("optimizer") or ""), dict(info.get("optimizer_config") or {})
+
+
+def _lr(trace: Trace, step: int, cfg: dict[str, Any]) -> float:
+    if trace.lr is not None and trace.lr.size:
+        vals = _finite(trace.lr[: max(step, 1)])
+        if vals.size:
+            return float(vals[-1])
+    lr = cfg.get("learning_rate")
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else math.nan
+
+
+def _window(trace: Trace) -> int:
+    return max(10, min(50, trace.steps // 10))
+
+
+def _initial_loss(trace: Trace) -> float:
+    return _median(trace.loss[: _window(trace)])
+
+
+def _p90_before(trace: Trace, step: int, warmup: int = 0) -> float:
+    """90th percentile of the finite gradient norms before ``step`` (a clipnorm to try)."""
+    if trace.grad_norm is None:
+        return math.nan
+    g = _finite(trace.grad_norm[min(warmup, max(step - 5, 0)):step])
+    return float(np.percentile(g, 90)) if g.size else math.nan
+
+
+def _clip_fix(p90: float, what: str) -> str:
+    if math.isfinite(p90) and p90 > 0:
+        return (f"clipnorm={_round_clip(p90)} on the optimizer (the 90th percentile of this run's gradient "
+                f"norms {what})")
+    return "clipnorm on the optimizer (about the 90th percentile of the healthy gradient norms)"
+
+
+def _lower_lr(lr: float, factor: float = 10.0) -> str:
+    return f"learning_rate={lr / factor:.2g} (now {lr:.2g})" if math.isfinite(lr) and lr > 0 else "a lower learning rate"
+
+
+def _stuck_after(trace: Trace, step: int) -> tuple[bool, float, float, int]:
+    """Whether the loss from ``step + 5`` on is flat: (stuck, level, rel_std, n_steps)."""
+    tail = _finite(trace.loss[step + 5:])
+    if tail.size < 10:
+        return False, math.nan, math.nan, int(tail.size)
+    tail = tail[-min(tail.size, 200):]
+    level = float(np.median(tail))
+    rel = float(np.std(tail) / max(abs(level), 1e-12))
+    return rel <= STUCK_RTOL, level, rel, int(tail.size)
+
+
+# -- rules ---------------------------------------------------------------------
+
+Diagnosis = tuple[str, str, str, str, dict[str, Any]]
+
+
+def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
+    _, cfg = _optimizer(trace)
+    step = int(f.step)
+    if f.kind == "input" or f.evidence.get("input_nonfinite"):
+        return ("nan_in_data",
+                f"the input batch of step {step} already held NaN/Inf before the model saw it: the data, "
+                "not training, produced it",
+                "clean the data pipeline: drop or impute non-finite rows (np.isfinite(x).all(axis=1)), or "
+                "add ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x))) / tf.debugging.check_numerics "
+                "to the tf.data pipeline",
+                LIKELY, {"step": step})
+    if f.kind == "validation":
+        return ("nan_in_data",
+                f"the validation loss became non-finite after {step} steps while every training quantity "
+                "stayed finite: most likely NaN/Inf in the validation data (or an op that only the inference "
+                "path runs)",
+                "check the validation data for NaN/Inf (np.isfinite(x_val).all())",
+                UNCERTAIN, {"step": step})
+    lr = _lr(trace, step, cfg)
+    loss = trace.loss[:step]
+    finite_loss = _finite(loss)
+    w = _window(trace)
+    numbers: dict[str, Any] = {"step": step, "learning_rate": lr}
+    if finite_loss.size < 3:
+        return ("lr_too_high" if step > 0 else "unsafe_loss_op",
+                f"the loss became NaN/Inf at step {step}, only {finite_loss.size} finite steps after the start "
+                "with a finite input batch: a learning rate far too high, a bad initialisation, or an unsafe op "
+                "(log(0), 0/0) in the loss",
+                f"try {_lower_lr(lr)}; guard log/division in custom losses with an epsilon",
+                UNCERTAIN, numbers)
+    ref_loss = float(np.min(finite_loss[: max(3, finite_loss.size - 5)]))
+    last = finite_loss[-5:]
+    loss_growth = float(np.max(last) / ref_loss) if ref_loss > 0 else math.nan
+    grad_growth = math.nan
+    if trace.grad_norm is not None:
+        g = trace.grad_norm[:step]
+        gref = _median(g[: max(3, min(w, g.size - 5))])
+        glast = _finite(g[-5:])
+        if glast.size and gref > 0:
+            grad_growth = float(np.max(glast) / gref)
+    numbers.update(loss_growth=loss_growth, grad_growth=grad_growth, last_finite_loss=float(finite_loss[-1]),
+                   initial_loss=_initial_loss(trace))
+    p90 = _p90_before(trace, max(step - 5, 1))
+    diverged = (math.isfinite(loss_growth) and loss_growth >= GROWTH_BEFORE_NAN) or (
+        math.isfinite(grad_growth) and grad_growth >= GROWTH_BEFORE_NAN)
+    if diverged:
+        return ("lr_too_high",
+                f"training diverged before the NaN at step {step}: in the last 5 steps the loss reached "
+                f"{_g(loss_growth)}x its lowest earlier value and the gradient norm {_g(grad_growth)}x its early "
+                f"median, at learning rate {_g(lr)}",
+                f"{_lower_lr(lr)}, or {_clip_fix(p90, 'before the divergence')}",
+                LIKELY, numbers)
+    src = (trace.first_nonfinite or {}).get("source")
+    numbers["source"] = src
+    return ("unsafe_loss_op",
+            f"the loss was finite and steady ({_g(float(finite_loss[-1]))}, at most {_g(loss_growth)}x its "
+            f"lowest value; gradient norm {_g(grad_growth)}x its early median) and turned NaN/Inf in one step "
+            f"({src or 'loss'} first): a numerically unsafe op such as log(0), 0/0 or sqrt(0) in the loss or "
+            "model, hit once predictions saturate",
+            "guard the op: keras.ops.log(keras.ops.clip(p, 1e-7, 1.0)) instead of log(p), add an epsilon to "
+            "denominators, or use the built-in loss with from_logits=True",
+            LIKELY if src in (None, "loss", "gradients") else UNCERTAIN, numbers)
+
+
+def _adam_numbers(trace: Trace, start: int) -> dict[str, Any]:
+    """Evidence of a collapsed Adam second moment just before ``start``."""
+    w = _window(trace)
+    out: dict[str, Any] = {}
+    g2v = trace.opt_stats.get("g2_over_v_max")
+    if g2v is not None and start > 2:
+        # Step 0 divides by v = 0: skip the first window.
+        base = _median(g2v[min(w, start // 2):start])
+        pre = _finite(g2v[max(0, start - 5):start + 1])
+        out["g2_over_v_before"] = float(np.max(pre)) if pre.size else math.nan
+        out["g2_over_v_median"] = base
+        out["g2_over_v_jump"] = out["g2_over_v_before"] / base if base > 0 else math.nan
+    v = trace.opt_stats.get("v_rms")
+    if v is not None and start > 1:
+        peak = _finite(v[:start])
+        out["v_rms_peak"] = float(np.max(peak)) if peak.size else math.nan
+        out["v_rms_before"] = float(v[start - 1])
+        out["v_decay"] = out["v_rms_peak"] / out["v_rms_before"] if out["v_rms_before"] > 0 else math.nan
+    if trace.grad_norm is not None and start > w:
+        early = _median(trace.grad_norm[:w])
+        pre = _median(trace.grad_norm[max(0, start - w):start])
+        out["grad_norm_early"] = early
+        out["grad_norm_before"] = pre
+        out["grad_collapse"] = early / pre if pre > 0 else math.nan
+    return out
+
+
+def _ok(x: Any, limit: float) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x >= limit
+
+
+def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
+    opt, cfg = _optimizer(trace)
+    start = int(f.evidence.get("start", f.step))
+    step = int(f.step)
+    lr = _lr(trace, start, cfg)
+    l0 = _initial_loss(trace)
+    before = _finite(trace.loss[:start])
+    min_before = float(np.min(before)) if before.size else math.nan
+    fell = l0 / min_before if min_before > 0 and math.isfinite(l0) else math.nan
+    stuck, level, rel_std, n_tail = _stuck_after(trace, step)
+    p90 = _p90_before(trace, start, warmup=_window(trace) // 5)
+    gn_spike = math.nan
+    if trace.grad_norm is not None:
+        seg = _finite(trace.grad_norm[max(0, start - 3):step + 1])
+        gn_spike = float(np.max(seg)) if seg.size else math.nan
+    numbers: dict[str, Any] = {"initial_loss": l0, "min_loss_before": min_before, "loss_fell": fell,
+                               "learning_rate": lr, "grad_norm_p90_before": p90, "grad_norm_at_spike": gn_spike,
+                               "stuck": stuck, "stuck_level": level if stuck else math.nan}
+    periodic = ""
+    if f.evidence.get("n_events"):
+        periodic = (f"; {f.evidence['n_events']} spikes about every {_g(f.evidence.get('mean_interval'))} steps "
+                    f"(interval CV {_g(f.evidence.get('interval_cv'))})")
+    if opt in ADAM_FAMILY:
+        ad = _adam_numbers(trace, start)
+        numbers.update(ad)
+        eps = cfg.get("epsilon")
+        beta_2 = cfg.get("beta_2")
+        amsgrad = bool(cfg.get("amsgrad"))
+        near_zero = _ok(fell, NEAR_ZERO)
+        state = _ok(ad.get("g2_over_v_jump"), G2V_JUMP) or _ok(ad.get("grad_collapse"), GRAD_COLLAPSE)
+        if near_zero or state:
+            parts = [f"the loss had fallen {_g(fell)}x (from {_g(l0)} to {_g(min_before)}) before jumping to "
+                     f"{_g(f.value)} at step {step}"]
+            if "grad_collapse" in ad:
+                parts.append(f"the gradient norm had fallen {_g(ad['grad_collapse'])}x "
+                             f"({_g(ad['grad_norm_early'])} -> {_g(ad['grad_norm_before'])}), so Adam's v followed")
+            if "g2_over_v_jump" in ad:
+                parts.append(f"max g^2/v just before the spike was {_g(ad['g2_over_v_before'])}, "
+                             f"{_g(ad['g2_over_v_jump'])}x its run median")
+            if "v_decay" in ad and _ok(ad["v_decay"], 3.0):
+                parts.append(f"sqrt(mean v) had decayed {_g(ad['v_decay'])}x from its peak")
+            cause = ("Adam second-moment collapse: " + "; ".join(parts)
+                     + f"{periodic}; a tiny v makes m/(sqrt(v)+epsilon) explode (epsilon={eps})")
+            if stuck:
+                cause += f"; afterwards the loss is stuck at {_g(level)} (dead units)"
+            fixes = []
+            if not (isinstance(eps, (int, float)) and eps >= 1e-3):
+                fixes.append(f"{opt}(epsilon=1e-3) (now {eps})")
+            if not amsgrad and opt in ("Adam", "AdamW"):
+                fixes.append(f"{opt}(amsgrad=True)")
+            if isinstance(beta_2, (int, float)) and beta_2 > 0.99:
+                fixes.append(f"beta_2=0.99 (now {beta_2})")
+            fixes.append(_lower_lr(lr))
+            confident = near_zero and state and "g2_over_v_jump" in ad
+            return ("adam_second_moment", cause, ", or ".join(fixes), LIKELY if confident else UNCERTAIN, numbers)
+    if stuck:
+        return ("collapse_constant",
+                f"the loss jumped to {_g(f.value)} at step {step} and then stayed at {_g(level)} (relative std "
+                f"{rel_std:.1e} over {n_tail} steps): an explosion pushed units dead or outputs into saturation"
+                f" (gradient norm {_g(gn_spike)} vs a 90th percentile of {_g(p90)} before)",
+                f"{_clip_fix(p90, 'before the spike')} or clipvalue, or {_lower_lr(lr)}",
+                LIKELY, numbers)
+    if _ok(gn_spike, 0.0) and _ok(p90, 1e-30) and gn_spike >= EXPLOSION_FACTOR * p90:
+        return ("gradient_explosion",
+                f"the gradient norm reached {_g(gn_spike)} at the spike, {_g(gn_spike / p90)}x the 90th "
+                f"percentile {_g(p90)} of the norms before it{periodic}",
+                f"{_clip_fix(p90, 'before the spike')}, or {_lower_lr(lr)}",
+                LIKELY, numbers)
+    return ("lr_too_high",
+            f"the loss jumped to {_g(f.value)} at step {step}{periodic} without a matching gradient explosion "
+            f"(gradient norm {_g(gn_spike)}, 90th percentile before {_g(p90)}): a learning rate of {_g(lr)} may be "
+            "too high for this point of training, or the batch was unusual",
+            f"{_lower_lr(lr, 3)} or a decaying schedule; {_clip_fix(p90, 'before the spike')}",
+            UNCERTAIN, numbers)
+
+
+def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
+    _, cfg = _optimizer(trace)
+    step = int(f.step)
+    lr = _lr(trace, step, cfg)
+    p90 = _p90_before(trace, step, warmup=_window(trace) // 5)
+    ref = f.evidence.get("reference")
+    growth = f.value / ref if isinstance(ref, (int, float)) and ref and ref > 0 else math.nan
+    stuck, level, rel_std, n_tail = _stuck_after(trace, step)
+    numbers = {"learning_rate": lr, "grad_norm_p90_before": p90, "growth": growth, "stuck": stuck,
+               "stuck_level": level if stuck else math.nan}
+    var = f.evidence.get("variable")
+    where = f" (largest in {var})" if var else ""
+    if stuck:
+        return ("collapse_constant",
+                f"the gradient norm exploded to {_g(f.value)} at step {step} ({_g(growth)}x its early median)"
+                f"{where}, then the loss stayed at {_g(level)} (relative std {rel_std:.1e} over {n_tail} steps): "
+                "units died or outputs saturated",
+                f"{_clip_fix(p90, 'before the explosion')} or clipvalue, or {_lower_lr(lr)}",
+                LIKELY, numbers)
+    return ("gradient_explosion",
+            f"the gradient norm grew to {_g(f.value)} at step {step}, {_g(growth)}x its early-training median"
+            f"{where}",
+            f"{_clip_fix(p90, 'before the explosion')}, or {_lower_lr(lr)}",
+            LIKELY if _ok(growth, 100.0) else UNCERTAIN, numbers)
+
+
+def _val_loss(f: Finding, trace: Trace) -> Diagnosis:
+    info = trace.info or {}
+    n_bn = int(info.get("batchnorm_layers") or 0)
+    v = trace.val_loss if trace.val_loss is not None else np.zeros(0)
+    v = v[np.isfinite(v)]
+    # Erratic curve: count direction reversals with a relative move of >= 20 %.
+    reversals = 0
+    if v.size >= 3:
+        with np.errstate(all="ignore"):
+            rel = np.diff(v) / np.maximum(np.abs(v[:-1]), 1e-12)
+        big = np.sign(rel[np.abs(rel) >= 0.2])
+        reversals = int(np.count_nonzero(np.diff(big) != 0)) if big.size > 1 else 0
+    train_trend = math.nan
+    loss = _finite(trace.loss)
+    if loss.size >= 20:
+        q = loss.size // 4
+        train_trend = float(np.median(loss[-q:]) / np.median(loss[:q]))
+    gap = info.get("bn_train_infer_gap")
+    numbers = {"batchnorm_layers": n_bn, "val_reversals": reversals, "train_loss_trend": train_trend,
+               "bn_train_infer_gap": gap if isinstance(gap, (int, float)) else None}
+    rise = f"the smoothed validation loss rose to {_g(f.value)} from its best {_g(f.evidence.get('best'))}"
+    if n_bn:
+        moms = info.get("batchnorm_momentum") or []
+        mom = f" (now {moms[0]:g})" if moms else ""
+        fix = (f"BatchNormalization(momentum=0.9){mom} so the moving statistics keep up, and a larger batch "
+               "size (>= 32) so batch statistics are less noisy")
+        if isinstance(gap, (int, float)) and math.isfinite(gap):
+            conf = LIKELY if gap >= BN_GAP else UNCERTAIN
+            return ("batchnorm_mismatch",
+                    f"{rise}; the same batch's loss differs by {gap:.0%} between training and inference mode "
+                    f"across {n_bn} BatchNorm layer(s): the moving statistics do not match the batch statistics",
+                    fix, conf, numbers)
+        return ("batchnorm_mismatch",
+                f"{rise}, with {reversals} up/down swings of >= 20% in the raw validation curve, in a model with "
+                f"{n_bn} BatchNorm layer(s): pits and peaks like these come from moving statistics that do not "
+                "match the batch statistics (not measured: no train/inference gap in the trace)",
+                fix, LIKELY if reversals >= 2 else UNCERTAIN, numbers)
+    return ("overfitting",
+            f"{rise} while the training loss went to {_g(train_trend)}x its early level: overfitting, or a "
+            "learning rate too high for late training",
+            "regularisation (dropout, weight decay), more data, a decaying learning rate, or early stopping",
+            LIKELY if _ok(-train_trend + 1, 0.5) else UNCERTAIN, numbers)
+
+
+def _unknown(f: Finding, trace: Trace) -> Diagnosis:
+    del trace
+    return ("unknown", f"no diagnosis rule for check {f.check!r}", "", UNCERTAIN, {})
+
+
+_RULES = {"nonfinite": _nonfinite, "loss_spike": _loss_spike, "grad_norm": _grad_norm, "val_loss": _val_loss}

@@ -1,0 +1,410 @@
+"""Seeded, CPU-sized training scenarios: each reproduces one pathology, or is a healthy control.
+
+A builder ``(seed) -> Scenario`` makes the data from ``seed`` (numpy) and a
+zero-argument model factory, called *after* ``engine.seed_everything(seed)``
+so the weights are seeded too.  :func:`run_scenario` trains one scenario with
+the real engine and returns its trace, check results and diagnosed findings.
+
+Pathologies (``expected_check`` fails with ``expected_cause``):
+
+* ``adam_collapse``: Adam, default epsilon, full-batch regression trained to a
+  near-zero loss; v shrinks with the gradients and the loss blows up.
+* ``lr_too_high``: SGD with a learning rate the model cannot take -> NaN.
+* ``log_zero``: a hand-written cross-entropy ``log(p)`` hits ``log(0)`` once
+  predictions saturate -> NaN from a finite, falling loss.
+* ``nan_in_data``: a ``tf.data.Dataset`` with a NaN in one sample.
+* ``deep_explosion``: a deep plain (no normalisation) ReLU network whose
+  gradients explode under SGD with momentum.
+* ``seg_dice_collapse``: SGD + Nesterov momentum on a small segmentation net
+  with a soft Dice loss: explodes, then the sigmoid saturates and the loss is
+  stuck at a constant.
+* ``bn_small_batch``: BatchNorm trained with batches of 4: the validation
+  curve (inference mode, moving statistics) has pits and peaks.
+
+Healthy controls: the same models with the fix applied, and ordinary noisy
+small-batch training.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+HEALTHY = "healthy"
+SEG_LR = 10.0
+
+
+@dataclass
+class Scenario:
+    """One seeded training run and what the checks should say about it.
+
+    Attributes:
+        name: scenario name (unique).
+        pathology: the pathology reproduced, or ``"healthy"``.
+        build: zero-argument factory returning a compiled ``keras.Model``.
+        x, y: training data (``y`` None for a ``tf.data.Dataset``).
+        validation_data: passed to the engine, or None.
+        steps, batch_size: training length and batch size.
+        spec_overrides: ``RunSpec.replace`` keywords (diagnostics, readback_every...).
+        expected_check: the check that must fail (None for healthy runs).
+        expected_cause: the ``cause_key`` its first finding must carry.
+        expected_step: the exact step the finding must name, when known.
+    """
+
+    name: str
+    pathology: str
+    build: Callable[[], Any]
+    x: Any
+    y: Any
+    validation_data: Any = None
+    steps: int = 300
+    batch_size: int = 32
+    spec_overrides: dict[str, Any] = field(default_factory=dict)
+    expected_check: str | None = None
+    expected_cause: str | None = None
+    expected_step: int | None = None
+
+
+# -- shared pieces ---------------------------------------------------------------
+
+
+def _keras() -> Any:
+    import keras
+
+    return keras
+
+
+def _regression_data(seed: int, n: int = 64, d: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    y = (np.sin(1.5 * x[:, :1]) + 0.5 * x[:, 1:2] * x[:, 2:3]).astype("float32")
+    return x, y
+
+
+def _mlp(d_in: int, widths: tuple[int, ...], act: str, out: Any, **dense_kw: Any) -> Any:
+    keras = _keras()
+    layers = [keras.Input((d_in,))] + [keras.layers.Dense(w, activation=act, **dense_kw) for w in widths]
+    return keras.Sequential(layers + [out])
+
+
+def _classification_data(seed: int, n: int, d: int = 8, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype("float32")
+    w = rng.normal(size=(d,))
+    y = ((x @ w + noise * rng.normal(size=n)) > 0).astype("float32")[:, None]
+    return x, y
+
+
+# -- Adam second-moment collapse ------------------------------------------------
+
+
+def _adam_collapse(seed: int, *, epsilon: float = 1e-7, amsgrad: bool = False, name: str,
+                   pathology: str) -> Scenario:
+    keras = _keras()
+    x, y = _regression_data(seed)
+
+    def build() -> Any:
+        m = _mlp(4, (32, 32), "relu", keras.layers.Dense(1))
+        m.compile(optimizer=keras.optimizers.Adam(3e-3, beta_2=0.99, epsilon=epsilon, amsgrad=amsgrad),
+                  loss="mse")
+        return m
+
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, steps=2000, batch_size=64,
+                    spec_overrides={"diagnostics": True, "readback_every": 500},
+                    expected_check="loss_spike" if sick else None,
+                    expected_cause="adam_second_moment" if sick else None)
+
+
+def adam_collapse(seed: int) -> Scenario:
+    return _adam_collapse(seed, name="adam_collapse", pathology="adam_collapse")
+
+
+def adam_collapse_fixed_eps(seed: int) -> Scenario:
+    return _adam_collapse(seed, epsilon=1e-2, name="adam_fixed_epsilon", pathology=HEALTHY)
+
+
+def adam_collapse_fixed_amsgrad(seed: int) -> Scenario:
+    return _adam_collapse(seed, amsgrad=True, name="adam_fixed_amsgrad", pathology=HEALTHY)
+
+
+# -- learning rate too high -> NaN ------------------------------------------------
+
+
+def _lr_scenario(seed: int, lr: float, name: str, pathology: str) -> Scenario:
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1)) * 3.0).astype("float32")
+
+    def build() -> Any:
+        m = _mlp(8, (32,), "relu", keras.layers.Dense(1))
+        m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
+        return m
+
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, steps=300, batch_size=32,
+                    spec_overrides={"readback_every": 100},
+                    expected_check="nonfinite" if sick else None,
+                    expected_cause="lr_too_high" if sick else None)
+
+
+def lr_too_high(seed: int) -> Scenario:
+    return _lr_scenario(seed, 0.2, "lr_too_high", "lr_too_high")
+
+
+def lr_fixed(seed: int) -> Scenario:
+    return _lr_scenario(seed, 0.002, "lr_fixed", HEALTHY)
+
+
+# -- log(0) in a custom loss -> NaN ------------------------------------------------
+
+
+def _unsafe_bce(y_true: Any, y_pred: Any) -> Any:
+    keras = _keras()
+    ops = keras.ops
+    return -ops.mean(y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred))
+
+
+def _log_scenario(seed: int, safe: bool, name: str, pathology: str) -> Scenario:
+    keras = _keras()
+    x, y = _classification_data(seed, 256, noise=0.0)
+    x = x * 3.0
+
+    def build() -> Any:
+        m = _mlp(8, (16,), "relu", keras.layers.Dense(1, activation="sigmoid"))
+        m.compile(optimizer=keras.optimizers.Adam(0.05),
+                  loss="binary_crossentropy" if safe else _unsafe_bce)
+        return m
+
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, steps=600, batch_size=32,
+                    spec_overrides={"readback_every": 200},
+                    expected_check="nonfinite" if sick else None,
+                    expected_cause="unsafe_loss_op" if sick else None)
+
+
+def log_zero(seed: int) -> Scenario:
+    return _log_scenario(seed, False, "log_zero", "log_zero")
+
+
+def log_zero_fixed(seed: int) -> Scenario:
+    return _log_scenario(seed, True, "log_zero_fixed", HEALTHY)
+
+
+# -- NaN in the input data -------------------------------------------------------
+
+
+def nan_in_data(seed: int) -> Scenario:
+    import tensorflow as tf
+
+    keras = _keras()
+    x, y = _classification_data(seed, 512)
+    rng = np.random.default_rng(seed + 10_000)
+    row = int(rng.integers(64, 512))
+    x[row, int(rng.integers(0, x.shape[1]))] = np.nan
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()
+
+    def build() -> Any:
+        m = _mlp(8, (16,), "relu", keras.layers.Dense(1, activation="sigmoid"))
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        return m
+
+    return Scenario("nan_in_data", "nan_in_data", build, ds, None, steps=40, batch_size=32,
+                    spec_overrides={"readback_every": 40},
+                    expected_check="nonfinite", expected_cause="nan_in_data", expected_step=row // 32)
+
+
+# -- exploding gradients in a deep plain network ----------------------------------
+
+
+def _deep_scenario(seed: int, clipnorm: float | None, lr: float, name: str, pathology: str) -> Scenario:
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(256, 16)).astype("float32")
+    y = np.tanh(x[:, :4].sum(axis=1, keepdims=True)).astype("float32")
+
+    def build() -> Any:
+        m = _mlp(16, (32,) * 12, "relu", keras.layers.Dense(1), kernel_initializer="he_normal")
+        m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9, clipnorm=clipnorm), loss="mse")
+        return m
+
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, steps=300, batch_size=32,
+                    spec_overrides={"readback_every": 100},
+                    expected_check="grad_norm" if sick else None,
+                    expected_cause="gradient_explosion" if sick else None)
+
+
+def deep_explosion(seed: int) -> Scenario:
+    return _deep_scenario(seed, None, 0.035, "deep_explosion", "deep_explosion")
+
+
+def deep_fixed(seed: int) -> Scenario:
+    return _deep_scenario(seed, None, 0.002, "deep_fixed", HEALTHY)
+
+
+# -- SGD + Nesterov on a segmentation net with a soft Dice loss --------------------
+
+
+def _soft_dice(y_true: Any, y_pred: Any) -> Any:
+    ops = _keras().ops
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    total = ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3))
+    return 1.0 - ops.mean((2.0 * inter + 1.0) / (total + 1.0))
+
+
+def _seg_data(seed: int, n: int = 64, size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    x = np.empty((n, size, size, 1), "float32")
+    y = np.empty((n, size, size, 1), "float32")
+    for i in range(n):
+        cy, cx = rng.uniform(4, size - 4, 2)
+        r = rng.uniform(2, 4)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype("float32")
+        y[i, ..., 0] = mask
+        x[i, ..., 0] = mask + 0.3 * rng.normal(size=(size, size))
+    return x, y
+
+
+def _seg_scenario(seed: int, clipnorm: float | None, name: str, pathology: str) -> Scenario:
+    keras = _keras()
+    x, y = _seg_data(seed)
+
+    def build() -> Any:
+        m = keras.Sequential([
+            keras.Input((16, 16, 1)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(1, 1, activation="sigmoid"),
+        ])
+        m.compile(optimizer=keras.optimizers.SGD(SEG_LR, momentum=0.99, nesterov=True, clipnorm=clipnorm),
+                  loss=_soft_dice)
+        return m
+
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, steps=300, batch_size=8,
+                    spec_overrides={"readback_every": 100},
+                    expected_check="grad_norm" if sick else None,
+                    expected_cause="collapse_constant" if sick else None)
+
+
+def seg_dice_collapse(seed: int) -> Scenario:
+    return _seg_scenario(seed, None, "seg_dice_collapse", "seg_dice_collapse")
+
+
+def seg_dice_fixed(seed: int) -> Scenario:
+    return _seg_scenario(seed, 0.1, "seg_dice_clipnorm", HEALTHY)
+
+
+# -- BatchNorm with small batches -------------------------------------------------
+
+
+def _bn_scenario(seed: int, batch_size: int, momentum: float, name: str, pathology: str) -> Scenario:
+    keras = _keras()
+    x, y = _classification_data(seed, 8192 + 512, noise=0.5)
+    x, y, xv, yv = x[:8192], y[:8192], x[8192:], y[8192:]
+
+    def build() -> Any:
+        m = keras.Sequential([
+            keras.Input((8,)),
+            keras.layers.Dense(32), keras.layers.BatchNormalization(momentum=momentum), keras.layers.ReLU(),
+            keras.layers.Dense(32), keras.layers.BatchNormalization(momentum=momentum), keras.layers.ReLU(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ])
+        m.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+        return m
+
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, validation_data=(xv, yv), steps=300, batch_size=batch_size,
+                    spec_overrides={"readback_every": 10, "validate_every": 10},
+                    expected_check="val_loss" if sick else None,
+                    expected_cause="batchnorm_mismatch" if sick else None)
+
+
+def bn_small_batch(seed: int) -> Scenario:
+    return _bn_scenario(seed, 4, 0.99, "bn_small_batch", "bn_small_batch")
+
+
+def bn_fixed(seed: int) -> Scenario:
+    return _bn_scenario(seed, 64, 0.9, "bn_fixed", HEALTHY)
+
+
+# -- ordinary noisy small-batch training ----------------------------------------
+
+
+def noisy_small_batch(seed: int) -> Scenario:
+    keras = _keras()
+    x, y = _classification_data(seed, 4096 + 512, noise=0.5)
+    x, y, xv, yv = x[:4096], y[:4096], x[4096:], y[4096:]
+
+    def build() -> Any:
+        m = _mlp(8, (32, 32), "relu", keras.layers.Dense(1, activation="sigmoid"))
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        return m
+
+    return Scenario("noisy_small_batch", HEALTHY, build, x, y, validation_data=(xv, yv), steps=500,
+                    batch_size=8, spec_overrides={"readback_every": 100, "validate_every": 25})
+
+
+PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
+    "adam_collapse": adam_collapse,
+    "lr_too_high": lr_too_high,
+    "log_zero": log_zero,
+    "nan_in_data": nan_in_data,
+    "deep_explosion": deep_explosion,
+    "seg_dice_collapse": seg_dice_collapse,
+    "bn_small_batch": bn_small_batch,
+}
+
+HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
+    "adam_fixed_epsilon": adam_collapse_fixed_eps,
+    "adam_fixed_amsgrad": adam_collapse_fixed_amsgrad,
+    "lr_fixed": lr_fixed,
+    "log_zero_fixed": log_zero_fixed,
+    "deep_fixed": deep_fixed,
+    "seg_dice_clipnorm": seg_dice_fixed,
+    "bn_fixed": bn_fixed,
+    "noisy_small_batch": noisy_small_batch,
+}
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    seed: int
+    trace: Any
+    results: list[Any]
+    findings: list[Any]
+    seconds: float
+
+
+def run_scenario(sc: Scenario, seed: int, thresholds: Any = None) -> Outcome:
+    """Train ``sc`` under ``seed`` with the real engine, run every check and diagnose."""
+    import time
+
+    from pytest_stability.checks import run_checks
+    from pytest_stability.diagnosis import diagnose
+    from pytest_stability.options import resolve_config_defaults
+    from pytest_stability.training import engine
+
+    spec = resolve_config_defaults(lambda n: None, lambda n: None)
+    if sc.spec_overrides:
+        spec = spec.replace(**sc.spec_overrides)
+    engine.seed_everything(seed, True)
+    model = sc.build()
+    started = time.perf_counter()
+    res, _ = engine.train(model, sc.x, sc.y, validation_data=sc.validation_data, steps=sc.steps,
+                          batch_size=sc.batch_size, batch_size_explicit=sc.y is not None, seed=seed, spec=spec)
+    results = run_checks(res.trace, thresholds)
+    findings = diagnose([f for r in results for f in r.findings], res.trace)
+    return Outcome(sc, seed, res.trace, results, findings, time.perf_counter() - started)

@@ -1,0 +1,39 @@
+"""Real Keras training: each reproduced pathology is detected with the right cause; fixes pass.
+
+Runs the scenarios of ``benchmarks/scenarios.py`` with the engine directly
+(seconds each on a CPU).  The full seed sweep is ``benchmarks/detection.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tensorflow")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks import scenarios as S  # noqa: E402
+
+
+@pytest.mark.parametrize("name, seed", [
+    ("lr_too_high", 0), ("log_zero", 0), ("nan_in_data", 0), ("deep_explosion", 0),
+])
+def test_pathology_detected_with_cause(name, seed):
+    sc = S.PATHOLOGIES[name](seed)
+    o = S.run_scenario(sc, seed)
+    mine = [f for f in o.findings if f.check == sc.expected_check]
+    assert mine, f"{sc.expected_check} did not fire: {[r.to_dict() for r in o.results]}"
+    assert mine[0].evidence["cause_key"] == sc.expected_cause, mine[0].cause
+    assert mine[0].cause and mine[0].fix
+    if sc.expected_step is not None:
+        assert mine[0].step == sc.expected_step
+
+
+@pytest.mark.parametrize("name", ["lr_fixed", "log_zero_fixed", "deep_fixed", "noisy_small_batch"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_healthy_control_passes(name, seed):
+    o = S.run_scenario(S.HEALTHY_SCENARIOS[name](seed), seed)
+    failed = [(r.name, r.findings[0].message) for r in o.results if r.failed]
+    assert failed == []

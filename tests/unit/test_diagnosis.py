@@ -1,0 +1,121 @@
+"""Unit tests of the diagnosis rules on synthetic traces (no TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_stability.checks import run_checks
+from pytest_stability.diagnosis import CAUSES, diagnose
+from pytest_stability.trace import INPUT, Trace
+
+
+def _diag(trace):
+    return diagnose([f for r in run_checks(trace) for f in r.findings], trace)
+
+
+def _adam_trace(opt="Adam", eps=1e-7):
+    n = 400
+    loss = np.concatenate([np.exp(-np.linspace(0, 12, 300)), np.full(100, 1e-5)])
+    loss[350] = 0.5
+    g = np.concatenate([np.full(60, 1.0), np.geomspace(1.0, 1e-4, 340)])
+    g2v = np.ones(n)
+    g2v[345:351] = 1e6
+    return Trace(loss=loss, grad_norm=g, opt_stats={"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, n)},
+                 info={"optimizer": opt, "optimizer_config": {"learning_rate": 1e-3, "epsilon": eps,
+                                                              "beta_2": 0.999, "amsgrad": False}})
+
+
+def test_adam_collapse_named_with_numbers():
+    f = next(f for f in _diag(_adam_trace()) if f.check == "loss_spike")
+    assert f.evidence["cause_key"] == "adam_second_moment"
+    assert f.confidence == "likely"
+    assert "epsilon=1e-3" in f.fix and "amsgrad=True" in f.fix and "beta_2=0.99" in f.fix
+    assert f.evidence["diagnosis"]["g2_over_v_jump"] >= 1e5
+
+
+def test_spike_with_sgd_is_not_adam():
+    f = next(f for f in _diag(_adam_trace(opt="SGD")) if f.check == "loss_spike")
+    assert f.evidence["cause_key"] != "adam_second_moment"
+
+
+def test_nan_in_data():
+    flags = np.zeros(20, np.int32)
+    flags[7] = INPUT
+    (f,) = _diag(Trace(loss=np.ones(20), nonfinite=flags))
+    assert f.evidence["cause_key"] == "nan_in_data" and f.step == 7 and f.confidence == "likely"
+
+
+def test_divergence_before_nan_is_lr_too_high():
+    loss = np.concatenate([np.full(30, 1.0), np.geomspace(1.0, 1e8, 10), [np.nan]])
+    g = np.concatenate([np.full(30, 1.0), np.geomspace(1.0, 1e6, 10), [np.nan]])
+    trace = Trace(loss=loss, grad_norm=g, lr=np.full(41, 0.5), info={"optimizer": "SGD"})
+    f = next(f for f in _diag(trace) if f.check == "nonfinite")
+    assert f.evidence["cause_key"] == "lr_too_high"
+    assert "learning_rate=0.05" in f.fix
+
+
+def test_sudden_nan_from_steady_loss_is_unsafe_op():
+    loss = np.concatenate([np.geomspace(1.0, 0.05, 40), [np.nan]])
+    trace = Trace(loss=loss, grad_norm=np.concatenate([np.full(40, 0.3), [np.nan]]),
+                  first_nonfinite={"step": 40, "source": "loss"})
+    f = next(f for f in _diag(trace) if f.check == "nonfinite")
+    assert f.evidence["cause_key"] == "unsafe_loss_op" and "log" in f.fix
+
+
+def test_grad_explosion_gives_clipnorm_number():
+    g = np.concatenate([np.linspace(1.0, 2.0, 200), [500.0], np.full(99, 2.0)])
+    rng = np.random.default_rng(0)
+    trace = Trace(loss=np.exp(0.1 * rng.normal(size=300)), grad_norm=g)
+    f = next(f for f in _diag(trace) if f.check == "grad_norm")
+    assert f.evidence["cause_key"] == "gradient_explosion"
+    p90 = f.evidence["diagnosis"]["grad_norm_p90_before"]
+    assert 1.8 < p90 < 2.0 and f"clipnorm={float(f'{p90:.2g}'):g}" in f.fix
+
+
+def test_explosion_then_constant_is_collapse():
+    g = np.concatenate([np.full(100, 1.0), [1e4], np.full(199, 1e-9)])
+    loss = np.concatenate([np.linspace(0.9, 0.3, 100), np.full(200, 0.96)])
+    f = next(f for f in _diag(Trace(loss=loss, grad_norm=g)) if f.check == "grad_norm")
+    assert f.evidence["cause_key"] == "collapse_constant" and "clipnorm=1" in f.fix
+
+
+def _val_trace(bn, gap=None):
+    info = {"batchnorm_layers": bn, "batchnorm_momentum": [0.99] * bn}
+    if gap is not None:
+        info["bn_train_infer_gap"] = gap
+    v = [0.7, 0.5, 1.2, 0.45, 1.5, 0.5, 1.4]
+    return Trace(loss=np.geomspace(1, 0.1, 70), val_steps=np.arange(7) * 10, val_loss=np.array(v), info=info)
+
+
+def test_batchnorm_without_gap_is_flagged_from_curve():
+    f = next(f for f in _diag(_val_trace(2)) if f.check == "val_loss")
+    assert f.evidence["cause_key"] == "batchnorm_mismatch" and "not measured" in f.cause
+    assert "momentum=0.9" in f.fix
+
+
+@pytest.mark.parametrize("gap, conf", [(0.5, "likely"), (0.01, "uncertain")])
+def test_batchnorm_gap_sets_confidence(gap, conf):
+    f = next(f for f in _diag(_val_trace(2, gap)) if f.check == "val_loss")
+    assert f.confidence == conf and f"{gap:.0%}" in f.cause
+
+
+def test_no_batchnorm_is_overfitting():
+    f = next(f for f in _diag(_val_trace(0)) if f.check == "val_loss")
+    assert f.evidence["cause_key"] == "overfitting"
+
+
+def test_every_cause_key_is_known_and_evidence_is_builtins():
+    for trace in (_adam_trace(), _val_trace(1)):
+        for f in _diag(trace):
+            assert f.evidence["cause_key"] in CAUSES
+            assert f.cause and f.confidence in ("likely", "uncertain")
+            for v in f.evidence["diagnosis"].values():
+                assert v is None or isinstance(v, (bool, int, float, str))
+
+
+def test_diagnose_rejects_bad_input():
+    with pytest.raises(TypeError, match="Finding"):
+        diagnose(["nope"], Trace(loss=np.ones(3)))
+    with pytest.raises(TypeError, match="Trace"):
+        diagnose([], np.ones(3))
