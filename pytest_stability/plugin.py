@@ -67,6 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     session = StabilitySession(config)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "stability-session")
+    gating.configure(config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..trace import decode_float
+from .._floats import decode_float
 from .render import fmt, sparkline
 
 _VERDICT_STYLE = {
@@ -20,9 +20,16 @@ def _curve(call: dict[str, Any], name: str) -> list[float]:
     return [decode_float(v) for v in curve["value"]] if curve else []
 
 
+def _regressed(record: dict[str, Any]) -> bool:
+    """Whether the test failed its --stability-baseline comparison."""
+    return any(c.get("baseline", {}).get("failed") for c in record.get("calls") or [])
+
+
 def _row(record: dict[str, Any]) -> tuple[str, dict[str, bool], str]:
     verdict = record.get("verdict", "error")
     label, style = _VERDICT_STYLE.get(verdict, ("?", {}))
+    if verdict == "stable" and _regressed(record):
+        label, style = "REGR", {"red": True, "bold": True}
     calls = record.get("calls") or []
     if not calls:
         reason = record.get("error") or record.get("skip_reason") or ""
@@ -42,8 +49,12 @@ def _row(record: dict[str, Any]) -> tuple[str, dict[str, bool], str]:
             f = run["findings"][0]
             text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"
         if "baseline" in call:
-            text += "\n      " + call["baseline"].get("line", "")
+            # baseline against now, one line per seed (report.baseline.compare_call)
+            for line in call["baseline"].get("lines", []):
+                text += "\n      " + line
         parts.append(text)
+    if record.get("outcome") == "interrupted":
+        parts[-1] += "  (interrupted)"
     return label, style, f"{record['nodeid']}  " + "\n    ".join(parts)
 
 
@@ -56,13 +67,18 @@ def write_summary(tr: Any, records: list[dict[str, Any]], footer: list[str]) -> 
     title = f"stability report: {len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
     if errors:
         title += f", {errors} error{'s' if errors != 1 else ''}"
-    tr.write_sep("=", title, red=bool(unstable or errors), green=not (unstable or errors))
+    regressed = sum(_regressed(r) for r in records)
+    if regressed:
+        title += f", {regressed} regressed against the baseline"
+    bad = bool(unstable or errors or regressed)
+    tr.write_sep("=", title, red=bad, green=not bad)
     for record in sorted(records, key=lambda r: r["nodeid"]):
         label, style, text = _row(record)
         tr.write(f"{label:<5} ", **style)
         tr.write_line(text)
     for line in footer:
-        tr.write_sep("-", line)
+        # a failed side effect (file NOT written) is red
+        tr.write_sep("-", line, **({"red": True, "bold": True} if " NOT " in line else {}))
 
 
 __all__ = ["write_summary"]

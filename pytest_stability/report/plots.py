@@ -1,0 +1,128 @@
+"""One PNG per stability test: loss (log scale), gradient norm and validation loss against the step.
+
+Drawn on the controller from the downsampled curves in the session records,
+so it works the same under pytest-xdist.  Each finding is marked where it
+happened: a dashed line across the panels at its step and, on the panel of
+its quantity, a marker at its value labelled with the check.
+
+matplotlib is an optional extra (``pip install 'pytest-stability[plots]'``):
+it is imported by :func:`write_plots` only, and drawn through the Agg canvas
+directly, never through ``pyplot``, so the run's global matplotlib backend
+and figure state are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..trace import decode_float
+from .json_report import write_atomic
+
+PLOTS_INSTALL_HINT = "pip install 'pytest-stability[plots]'"
+
+_PANELS = (("loss", "training loss"), ("grad_norm", "gradient norm"), ("val_loss", "validation loss"))
+#: which panel a finding of each check is drawn on
+_PANEL_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "grad_norm": "grad_norm", "val_loss": "val_loss"}
+
+
+def plot_filename(nodeid: str, taken: set[str]) -> str:
+    """A file name for ``nodeid``: readable, safe on every OS, unique within ``taken``."""
+    stem = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__")).strip("._") or "test"
+    digest = hashlib.sha1(nodeid.encode("utf-8")).hexdigest()[:8]
+    if len(stem) > 120:
+        stem = f"{stem[:110]}-{digest}"
+    name = f"{stem}.png"
+    if name.lower() in taken:
+        name = f"{stem}-{digest}.png"
+    taken.add(name.lower())
+    return name
+
+
+def _series(curve: Mapping[str, Any] | None) -> tuple[list[int], list[float]]:
+    if not curve:
+        return [], []
+    values = [decode_float(v) for v in curve["value"]]
+    return list(curve["step"]), [v if math.isfinite(v) else math.nan for v in values]
+
+
+def render_png(record: Mapping[str, Any]) -> bytes:
+    """The PNG bytes of one test's figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 7.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(_PANELS), 1, sharex=True)
+    calls = record.get("calls") or []
+    runs = [(i, run) for i, call in enumerate(calls) for run in call["runs"]]
+    multi_call = len(calls) > 1
+    for ax, (key, title) in zip(axes, _PANELS):
+        drawn = False
+        positive = True
+        for i, run in runs:
+            steps, values = _series(run.get("curves", {}).get(key))
+            if not steps:
+                continue
+            label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
+            ax.plot(steps, values, lw=1.0, marker="o" if key == "val_loss" else None, ms=3, label=label)
+            drawn = True
+            positive = positive and all(v > 0 for v in values if not math.isnan(v))
+            bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]))
+                   if not math.isfinite(v)]
+            if bad:
+                ax.axvline(bad[0], color="black", lw=0.8, ls=":")
+                ax.annotate("non-finite", xy=(bad[0], 0.5), xycoords=("data", "axes fraction"), fontsize=7,
+                            rotation=90, va="center", ha="right")
+        if drawn and positive and key in ("loss", "grad_norm"):
+            ax.set_yscale("log")
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {title} recorded", transform=ax.transAxes, ha="center", va="center",
+                    color="gray")
+        ax.set_ylabel(title + (" (log)" if drawn and positive and key in ("loss", "grad_norm") else ""))
+        ax.grid(True, alpha=0.3)
+        if drawn and len(runs) > 1:
+            ax.legend(fontsize=7, loc="best")
+    # Findings: a dashed line across all panels; a labelled marker on the panel of its quantity.
+    panel = dict(zip((k for k, _ in _PANELS), axes))
+    for _, run in runs:
+        for f in run.get("findings") or ():
+            for ax in axes:
+                ax.axvline(f["step"], color="red", lw=0.8, ls="--", alpha=0.7)
+            ax = panel[_PANEL_OF_CHECK.get(f["check"], "loss")]
+            value = decode_float(f.get("value"))
+            if math.isfinite(value) and (value > 0 or ax.get_yscale() != "log"):
+                ax.plot([f["step"]], [value], marker="v", color="red", ms=8)
+                xy, coords = (f["step"], value), "data"
+            else:
+                xy, coords = (f["step"], 0.95), ("data", "axes fraction")
+            ax.annotate(f"{f['check']} @ {f['step']}", xy=xy, xycoords=coords, xytext=(-4, -12),
+                        textcoords="offset points", color="red", fontsize=8, ha="right")
+    axes[-1].set_xlabel("optimizer step")
+    verdict = record.get("verdict", "?")
+    fig.suptitle(f"{record['nodeid']}  [{verdict}]", fontsize=9,
+                 color="firebrick" if verdict == "unstable" else "black")  # pure red marks findings only
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_plots(records: Iterable[Mapping[str, Any]], directory: str | Path) -> list[Path]:
+    """Write one PNG per test that trained; returns the paths, in node id order."""
+    directory = Path(directory)
+    taken: set[str] = set()
+    written = []
+    for record in sorted(records, key=lambda r: r["nodeid"]):
+        if not record.get("calls"):
+            continue
+        path = directory / plot_filename(record["nodeid"], taken)
+        write_atomic(path, render_png(record))
+        written.append(path)
+    return written
+
+
+__all__ = ["PLOTS_INSTALL_HINT", "plot_filename", "render_png", "write_plots"]

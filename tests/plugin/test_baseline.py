@@ -1,0 +1,309 @@
+"""--stability-save-baseline / --stability-baseline: pass, regression, missing tests, tolerances."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_stability.options import OPTIONS_BY_NAME
+from pytest_stability.report import baseline as baseline_mod
+from pytest_stability.report.render import fmt
+
+# test_a's training and validation data are switched by VARIANT: "grad" scales
+# the inputs (gradient norms and the validation loss grow ~10x), "val" flips 30%
+# of the validation labels (only the validation loss grows; val_tolerance=5
+# keeps the in-run val_loss check quiet), "nan" makes it diverge.
+SCENARIO = '''
+VARIANT = {variant!r}
+XS = 10.0 if VARIANT == "grad" else 1.0
+flip = np.random.default_rng(1).random(64) < 0.3
+YV_A = np.where(flip, 1 - YV, YV) if VARIANT == "val" else YV
+
+
+@pytest.mark.stable_training(steps=60, validate_every=20, val_tolerance=5.0)
+def test_a(stability):
+    if VARIANT == "nan":
+        stability.train(build_diverging(), X, Y * 100, batch_size=16)
+    else:
+        stability.train(build(), X * XS, Y, validation_data=(XV * XS, YV_A), batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40, seeds={seeds_b})
+def test_b(stability):
+    stability.train(build(name="mlp_b"), X, Y, validation_data=(XV, YV), batch_size=16)
+'''
+
+NEW_TEST = '''
+
+@pytest.mark.stable_training(steps=30)
+def test_c(stability):
+    stability.train(build(name="mlp_c"), X, Y, batch_size=16)
+'''
+
+RUN = ("-p", "no:cacheprovider")
+
+
+def _write(pytester, named_problem, variant="same", seeds_b=1, extra=""):
+    pytester.makepyfile(test_gate=named_problem + SCENARIO.format(variant=variant, seeds_b=seeds_b) + extra)
+
+
+#: base.json and saved.json of the unchanged scenario: made by the first test that needs them (training
+#: is deterministic, so every test would save the same baseline; once keeps the module fast).
+_SAVED: dict[str, str] = {}
+
+
+@pytest.fixture
+def saved(pytester, named_problem, gating):
+    """A baseline of the unchanged scenario in base.json (and its JSON report, saved.json); returns the baseline."""
+    _write(pytester, named_problem)
+    if not _SAVED:
+        result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", "--stability-report=saved.json")
+        result.assert_outcomes(passed=2)
+        result.stdout.fnmatch_lines(["*- stability baseline saved to */base.json (2 tests) -*"])
+        _SAVED.update({name: (pytester.path / name).read_text() for name in ("base.json", "saved.json")})
+    else:
+        for name, text in _SAVED.items():
+            (pytester.path / name).write_text(text)
+    return gating.load_strict(pytester.path / "base.json")
+
+
+def _base_summary(doc, test):
+    return doc["tests"][f"test_gate.py::{test}"]["calls"][0]["runs"]["0"]["summary"]
+
+
+def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
+    assert (saved["kind"], saved["schema_version"]) == ("pytest-stability-baseline", 1)
+    assert sorted(saved["tests"]) == ["test_gate.py::test_a", "test_gate.py::test_b"]
+    report = gating.tests_by_id(gating.load_strict(pytester.path / "saved.json"))
+    for name in ("test_a", "test_b"):
+        entry = saved["tests"][f"test_gate.py::{name}"]
+        (call,) = entry["calls"]
+        assert list(call["runs"]) == ["0"]
+        run = call["runs"]["0"]
+        (reported,) = report[f"test_gate.py::{name}"]["calls"][0]["runs"]
+        assert run["summary"] == {k: reported["summary"][k] for k in baseline_mod.BASELINE_METRICS}
+        assert (run["verdict"], run["findings"]) == ("stable", [])
+
+
+def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_problem, saved, gating):
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+    result.assert_outcomes(passed=2)
+    a = _base_summary(saved, "test_a")
+    result.stdout.fnmatch_lines([
+        "*stability report: 2 tests, 0 unstable*",
+        "PASS  test_gate.py::test_a  *",
+        f"      baseline -> now: spikes 0 -> 0, p99|g| {fmt(a['p99_grad_norm'], 3)} -> {fmt(a['p99_grad_norm'], 3)}, "
+        f"val {fmt(a['final_val_loss'], 3)} -> {fmt(a['final_val_loss'], 3)}, findings 0 -> 0  ok",
+        "PASS  test_gate.py::test_b  *",
+        "      baseline -> now: *  ok",
+        "*- stability baseline */base.json: 2 compared, 0 regressed, 0 not in the baseline -*",
+        "*- stability JSON written to */now.json -*",
+    ])
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
+    comparison = tests["test_gate.py::test_a"]["calls"][0]["baseline"]
+    assert (comparison["status"], comparison["failed"], tests["test_gate.py::test_a"]["baseline"]) == (
+        "ok", False, "ok")
+    metrics = comparison["seeds"]["0"]["metrics"]
+    assert metrics["p99_grad_norm"] == {"baseline": a["p99_grad_norm"], "now": a["p99_grad_norm"],
+                                        "limit": 2 * a["p99_grad_norm"], "regressed": False}
+    assert metrics["spikes"] == {"baseline": 0, "now": 0, "limit": 0, "regressed": False}
+
+
+def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, named_problem, saved, gating):
+    _write(pytester, named_problem, variant="grad")
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+    result.assert_outcomes(passed=1, failed=1)
+    a = _base_summary(saved, "test_a")
+    (now,) = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))["test_gate.py::test_a"]["calls"][0]["runs"]
+    g_b, g_n = a["p99_grad_norm"], now["summary"]["p99_grad_norm"]
+    v_b, v_n = a["final_val_loss"], now["summary"]["final_val_loss"]
+    assert g_n > 2 * g_b and v_n > 1.1 * v_b  # the variant does regress (else this test proves nothing)
+    result.stdout.fnmatch_lines([
+        "*_ test_a _*",
+        "test_gate.py::test_a: training stability regressed against the baseline */base.json:",
+        f"  seed 0: 99th-percentile gradient norm: baseline {fmt(g_b, 4)}, now {fmt(g_n, 4)} "
+        f"(tolerance: x2, limit {fmt(2 * g_b, 4)})",
+        f"  seed 0: final smoothed validation loss: baseline {fmt(v_b, 4)}, now {fmt(v_n, 4)} "
+        f"(tolerance: +10%, limit {fmt(v_b * 1.1, 4)})",
+        "  tolerances: baseline_grad_factor=2, baseline_val_tolerance=0.1, baseline_extra_spikes=0",
+        "*stability report: 2 tests, 0 unstable, 1 regressed against the baseline*",
+        "REGR  test_gate.py::test_a  *",
+        "      baseline -> now: spikes 0 -> 0, p99|g| * -> * !, val * -> * !, findings 0 -> 0  REGRESSED",
+        "PASS  test_gate.py::test_b  *",
+        "*- stability baseline */base.json: 2 compared, 1 regressed, 0 not in the baseline -*",
+        "FAILED test_gate.py::test_a - Failed: test_gate.py::test_a: training stabilit*",
+    ])
+    result.stdout.no_fnmatch_line("*pluggy/_*.py*")  # no traceback through the hook machinery
+
+    # Tolerances from the command line, then the ini file (the command line wins).
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.no_fnmatch_line("*99th-percentile gradient norm*")
+    result.stdout.fnmatch_lines(["  seed 0: final smoothed validation loss: *(tolerance: +10%*",
+                                 "  tolerances: baseline_grad_factor=100, baseline_val_tolerance=0.1, *"])
+    pytester.makeini("[pytest]\nstability_baseline_val_tolerance = 5\nstability_baseline_grad_factor = 1.5\n")
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
+    result.assert_outcomes(passed=2)
+
+
+def test_validation_loss_regression(pytester, named_problem, saved):
+    _write(pytester, named_problem, variant="val")
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
+    result.assert_outcomes(passed=1, failed=1)
+    v_b = _base_summary(saved, "test_a")["final_val_loss"]
+    result.stdout.fnmatch_lines([
+        "test_gate.py::test_a: training stability regressed against the baseline */base.json:",
+        f"  seed 0: final smoothed validation loss: baseline {fmt(v_b, 4)}, now * "
+        f"(tolerance: +10%, limit {fmt(v_b * 1.1, 4)})",
+        "  tolerances: *",
+    ])
+    result.stdout.no_fnmatch_line("*99th-percentile gradient norm*")
+
+
+def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, named_problem, saved):
+    _write(pytester, named_problem, variant="nan")
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "test_gate.py::test_a: training stability regressed against the baseline */base.json:",
+        "  seed 0: new finding [[]nonfinite[]] training at step 2 (not in the baseline): non-finite *",
+        "*test_gate.py::test_a: stable_training: 1 of * checks failed (nonfinite) - seed 0, 3/60 steps on CPU",
+        "*replay: pytest test_gate.py::test_a --stability-replay=0",
+    ])
+
+
+def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, named_problem, saved, gating):
+    _write(pytester, named_problem, seeds_b=2, extra=NEW_TEST)
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines([
+        "PASS  test_gate.py::test_b  *seeds=2*",
+        "      baseline -> now: seed 0: spikes 0 -> 0, * ok",
+        "      baseline: seed 1 not in the baseline (not compared)",
+        "PASS  test_gate.py::test_c  *",
+        "      baseline: test not in the baseline (not compared)",
+        "*- stability baseline */base.json: 1 compared, 0 regressed, 2 not in the baseline -*",
+    ])
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
+    assert [tests[f"test_gate.py::test_{n}"]["baseline"] for n in "abc"] == ["ok", "missing", "missing"]
+
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines([
+        "test_gate.py::test_b: missing from the baseline */base.json, and --stability-baseline-strict fails what "
+        "the baseline does not cover (save a new baseline with --stability-save-baseline=PATH):",
+        "  seed 1 not in the baseline (--stability-baseline-strict)",
+        "*_ test_c _*",
+        "test_gate.py::test_c: missing from the baseline */base.json, *",
+        "  test not in the baseline (--stability-baseline-strict)",
+        "*stability report: 3 tests, 0 unstable, 2 regressed against the baseline*",
+        "PASS  test_gate.py::test_a  *",
+        "REGR  test_gate.py::test_b  *",
+        "      baseline: seed 1 not in the baseline (failed: --stability-baseline-strict)",
+        "REGR  test_gate.py::test_c  *",
+        "      baseline: test not in the baseline (failed: --stability-baseline-strict)",
+    ])
+
+    pytester.makeini("[pytest]\nstability_baseline_strict = true\nstability_baseline = base.json\n")
+    result = pytester.runpytest(*RUN)
+    result.assert_outcomes(passed=1, failed=2)
+
+
+def test_bad_baseline_settings_are_one_usage_error(pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    (pytester.path / "notjson.json").write_text("{not json")
+    result = pytester.runpytest("--stability-baseline=notjson.json", "--stability-baseline-grad-factor=0.5",
+                                "--stability-baseline-extra-spikes=-1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "*pytest-stability: invalid settings:",
+        "*--stability-baseline-grad-factor: expected a finite number >= 1, received '0.5'",
+        "*--stability-baseline-extra-spikes: expected an int >= 0, received '-1'",
+        "*--stability-baseline: the baseline */notjson.json is not valid JSON: *",
+    ])
+
+    (pytester.path / "report.json").write_text(json.dumps({"schema_version": 1, "tests": []}))
+    result = pytester.runpytest("--stability-baseline=report.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(['*--stability-baseline: */report.json is not a pytest-stability baseline '
+                                 '(no "kind": "pytest-stability-baseline"); write one with --stability-save-baseline=PATH'])
+
+    result = pytester.runpytest("--stability-baseline=absent.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--stability-baseline: cannot read the baseline */absent.json: No such file or directory"])
+
+    result = pytester.runpytest("--stability-baseline-strict")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)"])
+
+
+def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem):
+    (pytester.path / "base.json").write_text("previous baseline")
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=20)
+def test_one(stability):
+    stability.train(build(), X, Y, batch_size=16)
+    raise KeyboardInterrupt
+''')
+    result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*stability baseline NOT saved to */base.json: the run was interrupted*"])
+    assert (pytester.path / "base.json").read_text() == "previous baseline"
+
+
+# -- the comparison itself (pure) ---------------------------------------------------------------
+
+TOL = dict(baseline_mod.TOLERANCE_DEFAULTS)
+
+
+def _summary(**kw):
+    out = {"spikes": 0, "p99_grad_norm": 1.0, "final_val_loss": 0.5}
+    out.update(kw)
+    return out
+
+
+@pytest.mark.parametrize(
+    "now, tolerances, expected",
+    [
+        (_summary(), TOL, []),
+        (_summary(spikes=1), TOL, ["loss spikes: baseline 0, now 1 (tolerance: +0)"]),
+        (_summary(spikes=1), dict(TOL, baseline_extra_spikes=1), []),
+        (_summary(p99_grad_norm=2.0), TOL, []),  # exactly at the limit
+        (_summary(p99_grad_norm=2.01), TOL,
+         ["99th-percentile gradient norm: baseline 1, now 2.01 (tolerance: x2, limit 2)"]),
+        (_summary(p99_grad_norm="nan"), TOL,
+         ["99th-percentile gradient norm: baseline 1, now nan (tolerance: x2, limit 2)"]),
+        (_summary(final_val_loss=0.55), TOL, []),
+        (_summary(final_val_loss=0.56), TOL,
+         ["final smoothed validation loss: baseline 0.5, now 0.56 (tolerance: +10%, limit 0.55)"]),
+        (_summary(final_val_loss="inf"), TOL,
+         ["final smoothed validation loss: baseline 0.5, now inf (tolerance: +10%, limit 0.55)"]),
+        (_summary(final_val_loss=None, p99_grad_norm=None), TOL, []),  # not measured now: nothing to compare
+    ],
+)
+def test_compare_run(now, tolerances, expected):
+    result = baseline_mod.compare_run({"summary": _summary(), "findings": []}, now, [], tolerances)
+    assert result["regressions"] == expected
+    assert result["status"] == ("regressed" if expected else "ok")
+    json.dumps(result, allow_nan=False)  # builtins, NaN encoded
+
+
+def test_compare_run_new_findings_only():
+    base = {"summary": _summary(spikes=1), "findings": [{"check": "loss_spike", "kind": "spike", "step": 40}]}
+    seen = {"check": "loss_spike", "kind": "spike", "step": 55, "message": "loss spike"}
+    new = {"check": "grad_norm", "kind": "growth", "step": 70, "message": "gradient norm grew 150x"}
+    assert baseline_mod.compare_run(base, _summary(spikes=1), [seen], TOL)["regressions"] == []
+    assert baseline_mod.compare_run(base, _summary(spikes=1), [seen, new], TOL)["regressions"] == [
+        "new finding [grad_norm] growth at step 70 (not in the baseline): gradient norm grew 150x"]
+
+
+@pytest.mark.skipif("baseline_grad_factor" not in OPTIONS_BY_NAME,
+                    reason="per-marker tolerances need the baseline_* entries in options.OPTIONS")
+def test_marker_tolerance_overrides_cli(pytester, named_problem, saved):
+    _write(pytester, named_problem, variant="grad")
+    src = (pytester.path / "test_gate.py").read_text().replace(
+        "val_tolerance=5.0)", "val_tolerance=5.0, baseline_grad_factor=100.0, baseline_val_tolerance=5.0)")
+    (pytester.path / "test_gate.py").write_text(src)
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5")
+    result.assert_outcomes(passed=2)

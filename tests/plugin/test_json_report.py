@@ -1,0 +1,342 @@
+"""--stability-report: schema, strict JSON, atomic and complete writes, the JSON hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from importlib import metadata
+
+import pytest
+
+import pytest_stability
+from pytest_stability.report import json_report
+
+SCENARIO = '''
+
+@pytest.fixture
+def broken_data():
+    raise RuntimeError("the data fixture is broken")
+
+
+@pytest.mark.stable_training(steps=60, validate_every=20)
+def test_healthy(stability):
+    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40)
+def test_diverges(stability):
+    stability.train(build_diverging(), X, Y * 100, batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40)
+def test_crashes_after_training(stability):
+    stability.train(build(name="mlp_crash"), X, Y, batch_size=16)
+    raise RuntimeError("the test body crashed")
+
+
+@pytest.mark.stable_training(steps=40)
+def test_setup_error(broken_data, stability):
+    stability.train(build(), X, Y)
+
+
+@pytest.mark.skip(reason="not today")
+@pytest.mark.stable_training(steps=40)
+def test_skipped(stability):
+    stability.train(build(), X, Y)
+
+
+def test_plain():
+    pass
+'''
+
+TOP_KEYS = {"schema_version", "plugin", "environment", "devices", "started_at", "finished_at", "duration",
+            "complete", "interrupted", "exitstatus", "counts", "tests"}
+TEST_KEYS = {"nodeid", "outcome", "verdict", "error", "skip_reason", "seeds", "failed_seeds", "device", "wall_time", "baseline",
+             "steps_planned", "steps_run", "findings", "settings", "calls"}
+SUMMARY_KEYS = {"final_loss", "min_loss", "largest_spike", "spikes", "max_grad_norm", "p99_grad_norm", "val_trend",
+                "final_val_loss", "findings", "steps_run", "steps_planned"}
+FINDING_KEYS = {"check", "kind", "step", "value", "limit", "message", "evidence", "cause", "fix", "confidence"}
+
+
+def _tf_version() -> tuple[str, str]:
+    for dist in json_report.TENSORFLOW_DISTRIBUTIONS:
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    raise AssertionError("no TensorFlow distribution installed")
+
+
+def test_report_schema_and_content(pytester, named_problem, gating):
+    pytester.makepyfile(test_scenario=named_problem + SCENARIO)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=reports/stability.json")
+    result.assert_outcomes(passed=2, failed=2, errors=1, skipped=1)
+    result.stdout.fnmatch_lines(["*- stability JSON written to *reports/stability.json -*",
+                                 "*short test summary info*"])
+    report_dir = pytester.path / "reports"
+    assert sorted(p.name for p in report_dir.iterdir()) == ["stability.json"]  # no temp file left behind
+    doc = gating.load_strict(report_dir / "stability.json")
+
+    assert set(doc) == TOP_KEYS
+    assert doc["schema_version"] == 1
+    assert doc["plugin"] == {"name": "pytest-stability", "version": pytest_stability.__version__}
+    env = doc["environment"]
+    dist, version = _tf_version()
+    assert (env["tensorflow_distribution"], env["tensorflow"]) == (dist, version)
+    assert env["keras"] == metadata.version("keras")
+    assert env["pytest"] == pytest.__version__
+    assert env["python"] == ".".join(map(str, __import__("sys").version_info[:3]))
+    assert doc["devices"] == ["CPU"]
+    assert (doc["complete"], doc["interrupted"], doc["exitstatus"]) == (True, False, 1)
+    assert doc["started_at"] <= doc["finished_at"] and doc["duration"] > 0
+    assert doc["counts"] == {"tests": 5, "stable": 2, "unstable": 1, "error": 1, "skipped": 1}
+
+    tests = gating.tests_by_id(doc)
+    assert [t["nodeid"] for t in doc["tests"]] == sorted(tests)  # sorted; the plain test is not a stability test
+    assert sorted(tests) == [f"test_scenario.py::test_{n}" for n in
+                             ("crashes_after_training", "diverges", "healthy", "setup_error", "skipped")]
+    for t in doc["tests"]:
+        assert set(t) == TEST_KEYS, t["nodeid"]
+
+    healthy = tests["test_scenario.py::test_healthy"]
+    assert (healthy["outcome"], healthy["verdict"], healthy["error"]) == ("passed", "stable", None)
+    assert (healthy["seeds"], healthy["failed_seeds"], healthy["device"]) == ([0], [], "CPU")
+    assert (healthy["steps_planned"], healthy["steps_run"]) == (60, 60)
+    assert healthy["wall_time"] > 0 and healthy["findings"] == []
+    assert healthy["settings"]["steps"] == 60 and healthy["settings"]["validate_every"] == 20
+    (call,) = healthy["calls"]
+    (run,) = call["runs"]
+    assert (run["seed"], run["verdict"], run["steps_run"]) == (0, "stable", 60)
+    assert run["replay"] == "pytest test_scenario.py::test_healthy --stability-replay=0"
+    assert set(run["summary"]) == SUMMARY_KEYS
+    s = run["summary"]
+    assert all(isinstance(s[k], float) for k in ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm",
+                                                  "val_trend", "final_val_loss"))
+    assert s["p99_grad_norm"] <= s["max_grad_norm"] and s["val_trend"] < 0 and s["spikes"] == 0
+    assert run["curves"]["loss"]["step"] == list(range(60))
+    assert len(run["curves"]["grad_norm"]["value"]) == 60
+    assert run["curves"]["val_loss"]["step"] == [0, 20, 40, 60]
+
+    diverges = tests["test_scenario.py::test_diverges"]
+    assert (diverges["outcome"], diverges["verdict"], diverges["failed_seeds"]) == ("failed", "unstable", [0])
+    assert diverges["steps_planned"] == 40 and diverges["steps_run"] < 40
+    (finding,) = diverges["findings"]
+    assert set(finding) == FINDING_KEYS | {"call", "seed"}
+    assert (finding["check"], finding["call"], finding["seed"]) == ("nonfinite", 0, 0)
+    assert finding["step"] == diverges["steps_run"] - 1
+    assert finding["cause"] and finding["fix"] and "first variable affected: mlp_nan/" in finding["message"]
+    (run,) = diverges["calls"][0]["runs"]
+    assert run["findings"] == [{k: v for k, v in finding.items() if k not in ("call", "seed")}]
+    # the non-finite gradient norm is encoded, not written as a NaN/Infinity token
+    assert run["curves"]["grad_norm"]["value"][-1] in ("nan", "inf")
+    assert all(isinstance(v, float) for v in run["curves"]["grad_norm"]["value"][:-1])
+
+    crashed = tests["test_scenario.py::test_crashes_after_training"]
+    assert (crashed["outcome"], crashed["verdict"], crashed["steps_run"]) == ("failed", "stable", 40)
+
+    setup_error = tests["test_scenario.py::test_setup_error"]
+    assert (setup_error["outcome"], setup_error["verdict"], setup_error["calls"]) == ("error", "error", [])
+    assert setup_error["error"] == "the test errored before the stability fixture was set up"
+
+    skipped = tests["test_scenario.py::test_skipped"]
+    assert (skipped["outcome"], skipped["verdict"], skipped["calls"]) == ("skipped", "skipped", [])
+    assert skipped["skip_reason"] == "Skipped: not today"
+
+
+def test_curves_are_downsampled_to_at_most_500_points(pytester, named_problem, gating):
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=700, readback_every=350)
+def test_long(stability):
+    stability.train(build(), X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=1)
+    (run,) = gating.load_strict(pytester.path / "r.json")["tests"][0]["calls"][0]["runs"]
+    assert run["steps_run"] == 700
+    for name in ("loss", "grad_norm"):
+        steps = run["curves"][name]["step"]
+        assert len(steps) == len(run["curves"][name]["value"]) == 500
+        assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 698
+
+
+def test_ini_twin_and_no_report_without_option(pytester, named_problem, gating):
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=20)
+def test_short(stability):
+    stability.train(build(), X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*stability JSON*")
+    assert not list(pytester.path.glob("*.json"))
+
+    pytester.makeini("[pytest]\nstability_report = out/from_ini.json\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert [t["verdict"] for t in gating.load_strict(pytester.path / "out/from_ini.json")["tests"]] == ["stable"]
+    # the command line wins over the ini value
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=cli.json")
+    assert (pytester.path / "cli.json").is_file()
+
+
+def test_report_path_that_is_a_directory_is_a_usage_error(pytester):
+    pytester.mkdir("reports")
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("--stability-report=reports")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--stability-report: */reports is a directory; give a file path*"])
+
+
+def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, named_problem):
+    # The second test reads the report while the run is still going: the first
+    # test is already in it, and the document says it is not complete.
+    pytester.makepyfile(named_problem + '''
+import json
+
+
+@pytest.mark.stable_training(steps=20)
+def test_first(stability):
+    stability.train(build(), X, Y, batch_size=16)
+
+
+def test_reads_partial_report():
+    doc = json.load(open("partial.json"))
+    assert doc["complete"] is False and doc["exitstatus"] is None and doc["finished_at"] is None
+    assert [(t["nodeid"], t["verdict"], t["outcome"]) for t in doc["tests"]] == [
+        ("test_written_after_each_test_so_a_killed_run_leaves_what_ran.py::test_first", "stable", "passed")]
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=partial.json")
+    result.assert_outcomes(passed=2)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "report.json"
+    json_report.write_atomic(target, '{"old": true}\n')
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        json_report.write_atomic(target, '{"new": true}\n')
+    assert target.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_strict_encoding_of_nonfinite_and_numpy_values():
+    np = pytest.importorskip("numpy")
+    doc = {"a": float("nan"), "b": [float("inf"), -float("inf")], "c": np.float32(1.5), "d": np.int64(3),
+           "e": (1, 2)}
+    text = json_report.dumps(doc)
+    assert json.loads(text, parse_constant=lambda t: pytest.fail(f"token {t}")) == {
+        "a": "nan", "b": ["inf", "-inf"], "c": 1.5, "d": 3, "e": [1, 2]}
+    with pytest.raises(TypeError, match=r"document\['x'\] is a object, which JSON cannot hold"):
+        json_report.dumps({"x": object()})
+
+
+HOOKS_CONFTEST = '''
+import numpy as np
+
+
+def pytest_stability_update_json(config, document):
+    document["commit"] = "abc123"
+    document["nan_from_hook"] = float("nan")
+    document["numpy_from_hook"] = np.float64(2.5)
+'''
+
+
+def test_update_json_hook_and_strictness(pytester, named_problem, gating):
+    pytester.makeconftest(HOOKS_CONFTEST)
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=20)
+def test_diverges(stability):
+    stability.train(build_diverging(), X, Y * 100, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(failed=1)
+    text = (pytester.path / "r.json").read_text()
+    assert '"nan_from_hook":"nan"' in text
+    doc = gating.load_strict(pytester.path / "r.json")  # raises on a NaN / Infinity token
+    assert (doc["commit"], doc["nan_from_hook"], doc["numpy_from_hook"]) == ("abc123", "nan", 2.5)
+    assert doc["tests"][0]["verdict"] == "unstable"
+
+
+def test_generate_json_hook_replaces_the_document(pytester, named_problem, gating):
+    pytester.makeconftest(HOOKS_CONFTEST + '''
+
+def pytest_stability_generate_json(config, records):
+    return {"custom": True, "nodeids": [r["nodeid"] for r in records]}
+''')
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=20)
+def test_one(stability):
+    stability.train(build(), X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert gating.load_strict(pytester.path / "r.json") == {
+        "custom": True, "nodeids": ["test_generate_json_hook_replaces_the_document.py::test_one"],
+        "commit": "abc123", "nan_from_hook": "nan", "numpy_from_hook": 2.5}
+
+
+def test_unwritable_document_fails_the_run_with_a_message(pytester, named_problem):
+    pytester.makeconftest('''
+def pytest_stability_update_json(document):
+    document["bad"] = object()
+''')
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=20)
+def test_one(stability):
+    stability.train(build(), X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*stability JSON NOT written to */r.json: TypeError: document[[]'bad'[]] is a object, "
+                                 "which JSON cannot hold: <object object at *"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+    assert not (pytester.path / "r.json").exists()
+
+
+INTERRUPTED = '''
+import os
+import signal
+import time
+
+
+@pytest.mark.stable_training(steps=20)
+def test_1_completes(stability):
+    stability.train(build(), X, Y, batch_size=16)
+
+
+@pytest.mark.stable_training(steps=20)
+def test_2_interrupted(stability):
+    stability.train(build(name="mlp2"), X, Y, batch_size=16)
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+    time.sleep(30)
+
+
+@pytest.mark.stable_training(steps=20)
+def test_3_never_runs(stability):
+    stability.train(build(), X, Y, batch_size=16)
+'''
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt", reason="POSIX signals")
+def test_interrupted_run_writes_what_ran(pytester, named_problem, gating):
+    pytester.makepyfile(test_int=named_problem + INTERRUPTED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--stability-report=r.json")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*stability JSON written to */r.json*"])
+    result.stdout.fnmatch_lines(["*!! KeyboardInterrupt !!*"])
+    result.stdout.fnmatch_lines(["*test_2_interrupted  steps=20/20 seed=0 CPU*(interrupted)*"])
+    doc = gating.load_strict(pytester.path / "r.json")
+    assert (doc["complete"], doc["interrupted"], doc["exitstatus"]) == (True, True, 2)
+    tests = gating.tests_by_id(doc)
+    assert sorted(tests) == ["test_int.py::test_1_completes", "test_int.py::test_2_interrupted"]
+    assert (tests["test_int.py::test_1_completes"]["outcome"], tests["test_int.py::test_1_completes"]["verdict"]) == (
+        "passed", "stable")
+    interrupted = tests["test_int.py::test_2_interrupted"]
+    # it trained before Ctrl-C: that training is in the report
+    assert (interrupted["outcome"], interrupted["verdict"], interrupted["steps_run"]) == ("interrupted", "stable", 20)

@@ -1,0 +1,98 @@
+"""--stability-plots=DIR: one non-empty PNG per stability test, findings marked; a clear error without matplotlib."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from pytest_stability.gating import PLOTS_MISSING_MESSAGE
+from pytest_stability.report.plots import plot_filename
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+PLOTTED = '''
+
+@pytest.mark.stable_training(steps=40, validate_every=10)
+def test_healthy(stability):
+    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40)
+def test_diverges(stability):
+    stability.train(build_diverging(), X, Y * 100, batch_size=16)
+
+
+@pytest.mark.skip(reason="no plot for a test that did not train")
+@pytest.mark.stable_training(steps=40)
+def test_skipped(stability):
+    pass
+
+
+@pytest.mark.parametrize("lr", [1e-2])
+@pytest.mark.stable_training(steps=20)
+def test_param(stability, lr):
+    stability.train(build(lr), X, Y, batch_size=16)
+
+
+def test_plain():
+    pass
+'''
+
+
+def _red_pixels(path) -> int:
+    """Pure-red pixels: the colour findings are marked in (titles and curves use other colours)."""
+    image = pytest.importorskip("matplotlib.image").imread(path)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return int(((r > 0.9) & (g < 0.15) & (b < 0.15)).sum())
+
+
+def test_one_png_per_test_with_findings_marked(pytester, named_problem):
+    pytest.importorskip("matplotlib")
+    pytester.makepyfile(test_plotted=named_problem + PLOTTED)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots/run1")
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*- stability plots: 3 PNG files written to */plots/run1 -*"])
+    files = sorted(p.name for p in (pytester.path / "plots/run1").iterdir())
+    assert files == ["test_plotted.py__test_diverges.png", "test_plotted.py__test_healthy.png",
+                     "test_plotted.py__test_param[0.01].png"]
+    for name in files:
+        data = (pytester.path / "plots/run1" / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, name
+    # the finding of the diverging run is drawn (red); the healthy run has none
+    assert _red_pixels(pytester.path / "plots/run1/test_plotted.py__test_diverges.png") > 50
+    assert _red_pixels(pytester.path / "plots/run1/test_plotted.py__test_healthy.png") == 0
+
+
+def test_plots_ini_twin(pytester, named_problem):
+    pytest.importorskip("matplotlib")
+    pytester.makeini("[pytest]\nstability_plots = figures\n")
+    pytester.makepyfile(named_problem + '''
+@pytest.mark.stable_training(steps=20)
+def test_one(stability):
+    stability.train(build(), X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert [p.name for p in (pytester.path / "figures").iterdir()] == ["test_plots_ini_twin.py__test_one.png"]
+
+
+def test_without_matplotlib_the_option_is_a_usage_error(pytester, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("--stability-plots=plots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert PLOTS_MISSING_MESSAGE == "--stability-plots needs matplotlib: pip install 'pytest-stability[plots]'"
+    result.stderr.fnmatch_lines([f"ERROR: {PLOTS_MISSING_MESSAGE}"])
+    assert not (pytester.path / "plots").exists()
+    # without the option, matplotlib is not needed
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+
+
+def test_plot_file_names_are_safe_and_unique():
+    taken: set[str] = set()
+    assert plot_filename("tests/test_a.py::TestX::test_y[a/b c]", taken) == "tests_test_a.py__TestX__test_y[a_b_c].png"
+    second = plot_filename("tests/test_a.py::TestX::test_y[a b/c]", taken)  # same sanitised stem
+    assert second.startswith("tests_test_a.py__TestX__test_y[a_b_c]-") and second.endswith(".png")
+    assert len(plot_filename("t.py::test_" + "x" * 300, taken)) < 130

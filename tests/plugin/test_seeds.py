@@ -1,0 +1,86 @@
+"""seeds=K / --stability-seeds=K: every seed trains; any unstable seed fails the test; spread and replay."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+# build_for_seed() runs right after the fixture seeds Python's `random` with the
+# run's seed, so its first draw decides, per seed, whether that seed diverges.
+BAD_DRAW = 0.5
+SEEDS_PROBLEM = '''
+import random
+
+
+def build_for_seed():
+    if random.random() < {bad_draw}:
+        return build_diverging()
+    return build()
+'''
+
+
+def _diverging_seeds(seeds):
+    out = []
+    for s in seeds:
+        random.seed(s)
+        if random.random() < BAD_DRAW:
+            out.append(s)
+    return out
+
+
+def test_any_unstable_seed_fails_the_test_and_is_named_with_its_replay(pytester, named_problem, gating):
+    assert _diverging_seeds([0, 1, 2]) == [1]  # the premise of this test
+    pytester.makepyfile(test_multi_seed=named_problem + SEEDS_PROBLEM.format(bad_draw=BAD_DRAW) + '''
+
+@pytest.mark.stable_training(steps=30, seeds=3)
+def test_three_seeds(stability):
+    stability.train(build_for_seed, X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "E * test_multi_seed.py::test_three_seeds: stable_training: 1 of * checks failed (nonfinite) - seed 1, *",
+        "E *replay: pytest test_multi_seed.py::test_three_seeds --stability-replay=1",
+        "E *unstable under 1 of 3 seeds: [[]1[]]",
+        "FAIL  test_multi_seed.py::test_three_seeds  steps=*/30 seeds=3 failed=[[]1[]] CPU *",
+    ])
+    (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
+    assert (test["verdict"], test["seeds"], test["failed_seeds"]) == ("unstable", [0, 1, 2], [1])
+    (call,) = test["calls"]
+    assert (call["seeds"], call["failed_seeds"]) == ([0, 1, 2], [1])
+    assert [(r["seed"], r["verdict"]) for r in call["runs"]] == [(0, "stable"), (1, "unstable"), (2, "stable")]
+    assert [r["replay"] for r in call["runs"]] == [
+        f"pytest test_multi_seed.py::test_three_seeds --stability-replay={s}" for s in (0, 1, 2)]
+    # the spread across seeds: min / median / max of each summary metric
+    final = [r["summary"]["steps_run"] for r in call["runs"]]
+    assert call["spread"]["steps_run"] == {"min": min(final), "median": sorted(final)[1], "max": max(final)}
+    assert set(call["spread"]["p99_grad_norm"]) == {"min", "median", "max"}
+    assert call["spread"]["p99_grad_norm"]["min"] < call["spread"]["p99_grad_norm"]["max"]
+
+    # the printed replay command reproduces exactly the failing seed
+    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds", "--stability-replay=1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["FAIL  test_multi_seed.py::test_three_seeds  steps=*/30 seed=1 CPU *"])
+    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds", "--stability-replay=2")
+    result.assert_outcomes(passed=1)
+
+
+def test_seeds_from_the_command_line(pytester, named_problem, gating):
+    pytester.makepyfile(test_cli_seeds=named_problem + '''
+
+@pytest.mark.stable_training(steps=30)
+def test_stable(stability):
+    stability.train(build, X, Y, batch_size=16)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-seeds=2", "--stability-seed=5",
+                                "--stability-report=r.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["PASS  test_cli_seeds.py::test_stable  steps=30/30 seeds=2 CPU *"])
+    (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
+    assert (test["verdict"], test["seeds"], test["failed_seeds"]) == ("stable", [5, 6], [])
+    runs = test["calls"][0]["runs"]
+    assert [r["replay"] for r in runs] == [
+        f"pytest test_cli_seeds.py::test_stable --stability-replay={s}" for s in (5, 6)]
+    # different seeds, different initialisations: the runs differ
+    assert runs[0]["curves"]["loss"]["value"] != runs[1]["curves"]["loss"]["value"]

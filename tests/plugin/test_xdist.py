@@ -1,0 +1,127 @@
+"""pytest -n 2 gives the same JSON report, baseline and verdicts as a serial run (apart from timings)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("xdist")
+
+# STABILITY_VARIANT=grad (set for the compared runs) makes test_regresses' gradient
+# norms ~10x those of the baseline run, so the baseline comparison fails it.
+SCENARIO = '''
+import os
+
+XS = 10.0 if os.environ.get("STABILITY_VARIANT") == "grad" else 1.0
+
+
+@pytest.fixture
+def broken_data():
+    raise RuntimeError("the data fixture is broken")
+
+
+@pytest.mark.stable_training(steps=40, validate_every=20)
+def test_healthy(stability):
+    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40)
+def test_diverges(stability):
+    stability.train(build_diverging(), X, Y * 100, batch_size=16)
+
+
+@pytest.mark.stable_training(steps=30, seeds=2)
+def test_two_seeds(stability):
+    stability.train(build, X, Y, batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40)
+def test_regresses(stability):
+    stability.train(build(name="mlp_r"), X * XS, Y, batch_size=16)
+
+
+@pytest.mark.stable_training(steps=40)
+def test_crashes(stability):
+    stability.train(build(name="mlp_c"), X, Y, batch_size=16)
+    raise RuntimeError("the test body crashed")
+
+
+@pytest.mark.stable_training(steps=40)
+def test_setup_error(broken_data, stability):
+    stability.train(build(), X, Y)
+
+
+@pytest.mark.skip(reason="not today")
+@pytest.mark.stable_training(steps=40)
+def test_skipped(stability):
+    pass
+
+
+def test_plain():
+    pass
+'''
+
+NEW_TEST = '''
+
+@pytest.mark.stable_training(steps=20)
+def test_not_in_baseline(stability):
+    stability.train(build(name="mlp_n"), X, Y, batch_size=16)
+'''
+
+
+def test_xdist_report_equals_serial_report(pytester, named_problem, gating, monkeypatch):
+    pytester.makepyfile(test_dist=named_problem + SCENARIO)
+    # the baseline, from a serial run of the original code
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json")
+    result.assert_outcomes(passed=4, failed=2, errors=1, skipped=1)
+
+    pytester.makepyfile(test_dist=named_problem + SCENARIO + NEW_TEST)
+    monkeypatch.setenv("STABILITY_VARIANT", "grad")
+    common = ("-p", "no:cacheprovider", "--stability-baseline=base.json")
+    serial = pytester.runpytest(*common, "--stability-report=serial.json", "--stability-save-baseline=serial_base.json")
+    serial.assert_outcomes(passed=4, failed=3, errors=1, skipped=1)
+
+    dist = pytester.runpytest_subprocess(*common, "-n", "2", "--stability-report=xdist.json",
+                                         "--stability-save-baseline=xdist_base.json", "--stability-plots=plots")
+    dist.assert_outcomes(passed=4, failed=3, errors=1, skipped=1)
+    dist.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+    # The controller alone prints the section, once, with every row and the footer.
+    out = dist.stdout.str()
+    assert out.count("stability report: 8 tests, 1 unstable, 1 error, 1 regressed against the baseline") == 1
+    dist.stdout.fnmatch_lines_random([
+        "PASS  test_dist.py::test_healthy  steps=40/40 seed=0 CPU *",
+        "FAIL  test_dist.py::test_diverges  steps=3/40 seed=0 CPU *",
+        "PASS  test_dist.py::test_two_seeds  steps=30/30 seeds=2 CPU *",
+        "REGR  test_dist.py::test_regresses  steps=40/40 seed=0 CPU *",
+        "      baseline -> now: spikes 0 -> 0, p99|g| * -> * !, findings 0 -> 0  REGRESSED",
+        "PASS  test_dist.py::test_not_in_baseline  steps=20/20 seed=0 CPU *",
+        "      baseline: test not in the baseline (not compared)",
+        "ERROR test_dist.py::test_setup_error  the test errored before the stability fixture was set up",
+        "SKIP  test_dist.py::test_skipped  Skipped: not today",
+        "test_dist.py::test_regresses: training stability regressed against the baseline */base.json:",
+        "  seed 0: 99th-percentile gradient norm: baseline *, now * (tolerance: x2, limit *)",
+        "*- stability baseline */base.json: 5 compared, 1 regressed, 1 not in the baseline -*",
+        "*- stability plots: 6 PNG files written to */plots -*",
+        "*- stability JSON written to */xdist.json -*",
+    ])
+    assert out.count("test_dist.py::test_regresses: training stability regressed against the baseline") == 1
+
+    serial_doc = gating.load_strict(pytester.path / "serial.json")
+    dist_doc = gating.load_strict(pytester.path / "xdist.json")
+    assert dist_doc["counts"] == {"tests": 8, "stable": 5, "unstable": 1, "error": 1, "skipped": 1}
+    assert [t["outcome"] for t in dist_doc["tests"]] == [
+        "failed", "failed", "passed", "passed", "failed", "error", "skipped", "passed"]
+    assert [t["baseline"] for t in dist_doc["tests"]] == [
+        "ok", "ok", "ok", "missing", "regressed", None, None, "ok"]
+    assert gating.without_timings(dist_doc) == gating.without_timings(serial_doc)
+    # timings exist in both (they are the only difference allowed)
+    assert all(t["wall_time"] > 0 for t in dist_doc["tests"] if t["calls"])
+
+    # the saved baselines are the same too
+    assert gating.without_timings(gating.load_strict(pytester.path / "xdist_base.json")) == gating.without_timings(
+        gating.load_strict(pytester.path / "serial_base.json"))
+    # plots, drawn by the controller from the records the workers sent
+    plots = sorted(p.name for p in (pytester.path / "plots").iterdir())
+    assert plots == [f"test_dist.py__test_{n}.png" for n in
+                     ("crashes", "diverges", "healthy", "not_in_baseline", "regresses", "two_seeds")]
+    assert all((pytester.path / "plots" / p).stat().st_size > 10_000 for p in plots)
