@@ -340,3 +340,48 @@ def test_interrupted_run_writes_what_ran(pytester, named_problem, gating):
     interrupted = tests["test_int.py::test_2_interrupted"]
     # it trained before Ctrl-C: that training is in the report
     assert (interrupted["outcome"], interrupted["verdict"], interrupted["steps_run"]) == ("interrupted", "stable", 20)
+
+
+def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
+    """Against a bare plugin manager: the default runs last, whatever the registration order."""
+    import types
+
+    import pluggy
+
+    from pytest_stability import hookspecs
+    from pytest_stability.gating import GatingPlugin, GatingSettings
+    from pytest_stability.session import SESSION_KEY
+
+    config = types.SimpleNamespace(stash=pytest.Stash())
+    config.stash[SESSION_KEY] = types.SimpleNamespace(started=0.0, finished=1.0, exitstatus=0, interrupted=False)
+
+    class UserPlugin:
+        @pluggy.HookimplMarker("pytest")
+        def pytest_stability_generate_json(self, records):
+            return {"user": len(records)}
+
+    pm = pluggy.PluginManager("pytest")
+    pm.add_hookspecs(hookspecs)
+    user = UserPlugin()
+    pm.register(user)
+    pm.register(GatingPlugin(config, GatingSettings(), None))  # registered later: called first, were it not trylast
+    assert pm.hook.pytest_stability_generate_json(config=config, records=[{}]) == {"user": 1}
+    pm.unregister(user)
+    default = pm.hook.pytest_stability_generate_json(config=config, records=[])
+    assert (default["schema_version"], default["tests"], default["exitstatus"], default["complete"]) == (1, [], 0, True)
+
+
+def test_report_of_a_run_without_stability_tests_does_not_import_tensorflow(pytester, gating):
+    pytester.makeconftest('''
+import sys
+
+
+def pytest_stability_update_json(document):
+    document["heavy_modules"] = sorted(m for m in ("tensorflow", "keras", "matplotlib") if m in sys.modules)
+''')
+    pytester.makepyfile("def test_plain():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=1)
+    doc = gating.load_strict(pytester.path / "r.json")
+    assert doc["heavy_modules"] == [] and doc["tests"] == [] and doc["counts"]["tests"] == 0
+    assert doc["environment"]["tensorflow"] is not None and doc["environment"]["keras"] is not None
