@@ -17,7 +17,6 @@ Every option has an ini twin; a command-line value wins over the ini value.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,12 @@ import pytest
 
 from . import __version__
 from .options import OPTIONS_BY_NAME, Option, OptionValueError, _float, _int, parse_text
-from .report import baseline as baseline_mod
-from .report import json_report
+from .report import baseline as baseline_mod  # light: math only
 from .session import SESSION_KEY, is_worker
+
+# report.json_report (json, tempfile, platform, importlib.metadata) and
+# report.plots (matplotlib) are imported where used: this module is on the
+# plugin's load path, which every pytest run pays for.
 
 GATING_KEY = pytest.StashKey["GatingPlugin"]()
 
@@ -38,7 +40,8 @@ REPORT_HELP = "write the JSON stability report (strict JSON, schema-versioned, w
 SAVE_BASELINE_HELP = "save each stability test's summary metrics (per seed) as a baseline file at PATH"
 BASELINE_HELP = ("compare each stability test with the baseline file at PATH and fail it when its stability "
                  "regressed beyond the baseline_* tolerances")
-BASELINE_STRICT_HELP = "with --stability-baseline: fail a stability test that is not in the baseline (default: report it)"
+BASELINE_STRICT_HELP = ("with --stability-baseline: fail a stability test (or seed) that is not in the baseline "
+                        "(default: report it)")
 PLOTS_HELP = ("write one PNG per stability test (loss, gradient norm, validation loss, findings) into DIR; "
               "needs matplotlib")
 PLOTS_MISSING_MESSAGE = "--stability-plots needs matplotlib: pip install 'pytest-stability[plots]'"
@@ -157,6 +160,8 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise baseline_mod.BaselineFileError(f"cannot read the baseline {path}: {exc.strerror or exc}") from None
 
+    import json
+
     def no_constants(token: str) -> Any:
         raise ValueError(f"non-standard JSON token {token}")
 
@@ -225,7 +230,7 @@ class GatingPlugin:
             return None
         lines = []
         if s.report:
-            lines.append(f"stability report: {s.report}")
+            lines.append(f"stability JSON report: {s.report}")
         if s.baseline:
             tol = ", ".join(f"{k}={v}" for k, v in sorted(s.tolerances.items()))
             lines.append(f"stability baseline: {s.baseline}" + (" (strict)" if s.baseline_strict else "")
@@ -291,6 +296,8 @@ class GatingPlugin:
 
     @pytest.hookimpl(trylast=True)
     def pytest_stability_generate_json(self, config: pytest.Config, records: list) -> dict | None:
+        from .report import json_report
+
         state = config.stash[SESSION_KEY]
         return json_report.build_document(
             records, plugin_version=__version__, started=state.started, finished=state.finished, now=time.time(),
@@ -308,6 +315,8 @@ class GatingPlugin:
         """
         if self.settings.report is None:
             return True
+        from .report import json_report
+
         now = time.monotonic()
         if not final and now - self._last_write < 10 * self._write_cost:
             return True
@@ -329,6 +338,8 @@ class GatingPlugin:
 
     def finish(self, records: list[dict[str, Any]], *, interrupted: bool) -> tuple[list[str], bool]:
         """Write plots, the baseline and the JSON report; returns footer lines and whether all went well."""
+        from .report import json_report
+
         s = self.settings
         footer: list[str] = []
         ok = True

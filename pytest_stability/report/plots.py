@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..trace import decode_float
+from .._floats import decode_float
 from .json_report import write_atomic
 
 PLOTS_INSTALL_HINT = "pip install 'pytest-stability[plots]'"

@@ -61,6 +61,7 @@ def _row(record: dict[str, Any]) -> tuple[str, dict[str, bool], str]:
 def write_summary(tr: Any, records: list[dict[str, Any]], footer: list[str]) -> None:
     """Write the section: one heading, sorted rows, red/green, file paths last."""
     if not records:
+        _write_footer(tr, footer)  # e.g. the JSON report of a run without stability tests
         return
     unstable = sum(r.get("verdict") == "unstable" for r in records)
     errors = sum(r.get("verdict") == "error" for r in records)
@@ -76,6 +77,10 @@ def write_summary(tr: Any, records: list[dict[str, Any]], footer: list[str]) -> 
         label, style, text = _row(record)
         tr.write(f"{label:<5} ", **style)
         tr.write_line(text)
+    _write_footer(tr, footer)
+
+
+def _write_footer(tr: Any, footer: list[str]) -> None:
     for line in footer:
         # a failed side effect (file NOT written) is red
         tr.write_sep("-", line, **({"red": True, "bold": True} if " NOT " in line else {}))

@@ -91,6 +91,9 @@ def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_pro
     result.assert_outcomes(passed=2)
     a = _base_summary(saved, "test_a")
     result.stdout.fnmatch_lines([
+        "stability JSON report: */now.json",
+        "stability baseline: */base.json; baseline_extra_spikes=0, baseline_grad_factor=2.0, "
+        "baseline_val_tolerance=0.1",
         "*stability report: 2 tests, 0 unstable*",
         "PASS  test_gate.py::test_a  *",
         f"      baseline -> now: spikes 0 -> 0, p99|g| {fmt(a['p99_grad_norm'], 3)} -> {fmt(a['p99_grad_norm'], 3)}, "
@@ -115,7 +118,8 @@ def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, 
     result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=1, failed=1)
     a = _base_summary(saved, "test_a")
-    (now,) = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))["test_gate.py::test_a"]["calls"][0]["runs"]
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
+    (now,) = tests["test_gate.py::test_a"]["calls"][0]["runs"]
     g_b, g_n = a["p99_grad_norm"], now["summary"]["p99_grad_norm"]
     v_b, v_n = a["final_val_loss"], now["summary"]["final_val_loss"]
     assert g_n > 2 * g_b and v_n > 1.1 * v_b  # the variant does regress (else this test proves nothing)
@@ -227,15 +231,18 @@ def test_bad_baseline_settings_are_one_usage_error(pytester):
     result = pytester.runpytest("--stability-baseline=report.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(['*--stability-baseline: */report.json is not a pytest-stability baseline '
-                                 '(no "kind": "pytest-stability-baseline"); write one with --stability-save-baseline=PATH'])
+                                 '(no "kind": "pytest-stability-baseline"); '
+                                 'write one with --stability-save-baseline=PATH'])
 
     result = pytester.runpytest("--stability-baseline=absent.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--stability-baseline: cannot read the baseline */absent.json: No such file or directory"])
+    result.stderr.fnmatch_lines(
+        ["*--stability-baseline: cannot read the baseline */absent.json: No such file or directory"])
 
     result = pytester.runpytest("--stability-baseline-strict")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)"])
+    result.stderr.fnmatch_lines(
+        ["*--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)"])
 
 
 def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem):

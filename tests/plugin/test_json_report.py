@@ -52,8 +52,8 @@ def test_plain():
 
 TOP_KEYS = {"schema_version", "plugin", "environment", "devices", "started_at", "finished_at", "duration",
             "complete", "interrupted", "exitstatus", "counts", "tests"}
-TEST_KEYS = {"nodeid", "outcome", "verdict", "error", "skip_reason", "seeds", "failed_seeds", "device", "wall_time", "baseline",
-             "steps_planned", "steps_run", "findings", "settings", "calls"}
+TEST_KEYS = {"nodeid", "outcome", "verdict", "error", "skip_reason", "seeds", "failed_seeds", "device", "wall_time",
+             "baseline", "steps_planned", "steps_run", "findings", "settings", "calls"}
 SUMMARY_KEYS = {"final_loss", "min_loss", "largest_spike", "spikes", "max_grad_norm", "p99_grad_norm", "val_trend",
                 "final_val_loss", "findings", "steps_run", "steps_planned"}
 FINDING_KEYS = {"check", "kind", "step", "value", "limit", "message", "evidence", "cause", "fix", "confidence"}
@@ -176,8 +176,10 @@ def test_short(stability):
     result.assert_outcomes(passed=1)
     assert [t["verdict"] for t in gating.load_strict(pytester.path / "out/from_ini.json")["tests"]] == ["stable"]
     # the command line wins over the ini value
+    (pytester.path / "out/from_ini.json").unlink()
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=cli.json")
-    assert (pytester.path / "cli.json").is_file()
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "cli.json").is_file() and not (pytester.path / "out/from_ini.json").exists()
 
 
 def test_report_path_that_is_a_directory_is_a_usage_error(pytester):
@@ -382,6 +384,8 @@ def pytest_stability_update_json(document):
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*- stability JSON written to */r.json -*"])
+    result.stdout.no_fnmatch_line("*== stability report:*")
     doc = gating.load_strict(pytester.path / "r.json")
     assert doc["heavy_modules"] == [] and doc["tests"] == [] and doc["counts"]["tests"] == 0
     assert doc["environment"]["tensorflow"] is not None and doc["environment"]["keras"] is not None

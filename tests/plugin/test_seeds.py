@@ -59,10 +59,12 @@ def test_three_seeds(stability):
     assert call["spread"]["p99_grad_norm"]["min"] < call["spread"]["p99_grad_norm"]["max"]
 
     # the printed replay command reproduces exactly the failing seed
-    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds", "--stability-replay=1")
+    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds",
+                                "--stability-replay=1")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["FAIL  test_multi_seed.py::test_three_seeds  steps=*/30 seed=1 CPU *"])
-    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds", "--stability-replay=2")
+    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds",
+                                "--stability-replay=2")
     result.assert_outcomes(passed=1)
 
 
