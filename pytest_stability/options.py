@@ -310,11 +310,6 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     return RunSpec(values, frozenset(kwargs))
 
 
-def spec_fields() -> list[str]:
-    """Names of all options, in table order (for docs and tests)."""
-    return [o.name for o in OPTIONS]
-
-
 __all__ = [
     "CHECK_NAMES",
     "DEVICES",

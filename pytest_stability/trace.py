@@ -16,7 +16,6 @@ k-th update.  ``val_steps[j]`` is the number of updates done when
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 
 # build_for_seed() runs right after the fixture seeds Python's `random` with the
 # run's seed, so its first draw decides, per seed, whether that seed diverges.
