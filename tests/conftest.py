@@ -43,3 +43,10 @@ def build(lr=1e-2, optimizer=None, loss="binary_crossentropy", compile=True):
 def tiny_problem() -> str:
     """Source text defining X, Y, XV, YV and build(): prepend it to a pytester test file."""
     return TINY_PROBLEM
+
+
+@pytest.fixture(autouse=True)
+def _fixed_terminal_width(monkeypatch):
+    """pytester output wraps and truncates at the terminal width: pin it so that
+    tests match the same lines on every machine (CI runners differ in COLUMNS)."""
+    monkeypatch.setenv("COLUMNS", "80")
