@@ -46,8 +46,8 @@ def _score_pathology(o: S.Outcome) -> tuple[bool, bool, bool | None]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=10, help="seeds per pathology (default 10)")
-    ap.add_argument("--healthy-seeds", type=int, default=13, help="seeds per healthy scenario (default 13)")
+    ap.add_argument("--seeds", type=int, default=20, help="seeds per pathology (default 20)")
+    ap.add_argument("--healthy-seeds", type=int, default=12, help="seeds per healthy scenario (default 12)")
     ap.add_argument("--quick", action="store_true", help="3 seeds per pathology, 2 per healthy scenario")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.healthy_seeds < 1:

@@ -22,10 +22,13 @@ The rules, in the order they are tried:
     steps before the NaN -> ``lr_too_high``; a finite, steady loss that turns
     NaN/Inf in one step -> ``unsafe_loss_op`` (log(0), 0/0, sqrt at 0).
 ``loss_spike``
-    Adam-family optimizer, the loss had fallen at least :data:`NEAR_ZERO` x
-    below its initial level, and Adam's state shows the collapse (``g^2/v``
-    just before the spike :data:`G2V_JUMP` x above its median, or the gradient
-    norm had fallen :data:`GRAD_COLLAPSE` x) -> ``adam_second_moment``;
+    Adam-family optimizer and any of: the loss had fallen at least
+    :data:`NEAR_ZERO` x below its initial level; Adam's state shows the
+    collapse (``g^2/v`` just before the spike :data:`G2V_JUMP` x above its
+    median, or the gradient norm had fallen :data:`GRAD_COLLAPSE` x); at least
+    :data:`PERIODIC_EVENTS` separate spikes after the loss fell
+    :data:`PERIODIC_FELL` x -> ``adam_second_moment`` ("likely" only when
+    the loss was near zero and the slot statistics confirm it);
     loss stuck at a constant after the spike -> ``collapse_constant``;
     gradient norm at the spike above :data:`EXPLOSION_FACTOR` x the 90th
     percentile before it -> ``gradient_explosion``; else ``lr_too_high``
@@ -48,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checks.base import Finding
+from .checks.spikes import STUCK_RTOL as _SPIKE_STUCK_RTOL
 from .trace import Trace
 
 #: cause key -> short title (used by reports and the detection benchmark).
@@ -73,6 +77,9 @@ NEAR_ZERO = 100.0
 G2V_JUMP = 100.0
 #: early gradient norm / gradient norm before the spike that signals a collapsed v.
 GRAD_COLLAPSE = 100.0
+#: spike events (with the loss fallen at least PERIODIC_FELL x) that make Adam's repeated spikes.
+PERIODIC_EVENTS = 3
+PERIODIC_FELL = 10.0
 #: growth of loss or gradient norm in the steps before a NaN that means divergence.
 GROWTH_BEFORE_NAN = 10.0
 #: gradient norm at a spike / 90th percentile before it that means explosion.
@@ -80,7 +87,9 @@ EXPLOSION_FACTOR = 10.0
 #: relative train/inference loss gap of one batch that confirms a BatchNorm mismatch.
 BN_GAP = 0.10
 #: relative std of the loss after an event below which it is "stuck".
-STUCK_RTOL = 1e-3
+STUCK_RTOL = _SPIKE_STUCK_RTOL
+#: gradient norm after an event / 90th percentile before it below which the gradients "vanished".
+VANISHED = 1e-3
 
 
 def diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
@@ -194,14 +203,29 @@ def _lower_lr(lr: float, factor: float = 10.0) -> str:
 
 
 def _stuck_after(trace: Trace, step: int) -> tuple[bool, float, float, int]:
-    """Whether the loss from ``step + 5`` on is flat: (stuck, level, rel_std, n_steps)."""
+    """Whether training is stuck from ``step + 5`` on: (stuck, level, rel_std, n_steps).
+
+    Stuck: the loss is flat (relative std at most :data:`STUCK_RTOL`), or the
+    gradients vanished (median norm after at most :data:`VANISHED` x the 90th
+    percentile before) while the loss stayed above its best level before.
+    """
     tail = _finite(trace.loss[step + 5:])
     if tail.size < 10:
         return False, math.nan, math.nan, int(tail.size)
     tail = tail[-min(tail.size, 200):]
     level = float(np.median(tail))
     rel = float(np.std(tail) / max(abs(level), 1e-12))
-    return rel <= STUCK_RTOL, level, rel, int(tail.size)
+    if rel <= STUCK_RTOL:
+        return True, level, rel, int(tail.size)
+    vanished = False
+    if trace.grad_norm is not None:
+        g_after = _finite(trace.grad_norm[step + 5:])
+        p90 = _p90_before(trace, step)
+        best = _finite(trace.loss[:step])
+        vanished = bool(g_after.size >= 10 and math.isfinite(p90) and p90 > 0
+                        and float(np.median(g_after)) <= VANISHED * p90
+                        and best.size and level > 2 * float(np.min(best)))
+    return vanished, level, rel, int(tail.size)
 
 
 # -- rules ---------------------------------------------------------------------
@@ -334,7 +358,11 @@ def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
         amsgrad = bool(cfg.get("amsgrad"))
         near_zero = _ok(fell, NEAR_ZERO)
         state = _ok(ad.get("g2_over_v_jump"), G2V_JUMP) or _ok(ad.get("grad_collapse"), GRAD_COLLAPSE)
-        if near_zero or state:
+        # Repeated spikes once the loss has flattened are Adam's signature too
+        # (each spike refills v, which then decays again until the next one).
+        repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS and _ok(fell, PERIODIC_FELL)
+        numbers["repeated_spikes"] = repeated
+        if near_zero or state or repeated:
             parts = [f"the loss had fallen {_g(fell)}x (from {_g(l0)} to {_g(min_before)}) before jumping to "
                      f"{_g(f.value)} at step {step}"]
             if "grad_collapse" in ad:
@@ -394,13 +422,13 @@ def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
     where = f" (largest in {var})" if var else ""
     if stuck:
         return ("collapse_constant",
-                f"the gradient norm exploded to {_g(f.value)} at step {step} ({_g(growth)}x its early median)"
+                f"the gradient norm exploded to {_g(f.value)} at step {step} ({_g(growth)}x its early-training reference)"
                 f"{where}, then the loss stayed at {_g(level)} (relative std {rel_std:.1e} over {n_tail} steps): "
                 "units died or outputs saturated",
                 f"{_clip_fix(p90, 'before the explosion')} or clipvalue, or {_lower_lr(lr)}",
                 LIKELY, numbers)
     return ("gradient_explosion",
-            f"the gradient norm grew to {_g(f.value)} at step {step}, {_g(growth)}x its early-training median"
+            f"the gradient norm grew to {_g(f.value)} at step {step}, {_g(growth)}x its early-training reference"
             f"{where}",
             f"{_clip_fix(p90, 'before the explosion')}, or {_lower_lr(lr)}",
             LIKELY if _ok(growth, 100.0) else UNCERTAIN, numbers)

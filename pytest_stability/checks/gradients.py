@@ -1,10 +1,21 @@
 """``grad_norm``: the global gradient norm stays bounded.
 
 With ``max_grad_norm`` set, any step whose global norm (before clipping)
-exceeds it fails.  Otherwise the limit is relative: ``grad_growth`` x the
-median norm over the early-training reference window
-``[warmup_steps, warmup_steps + spike_window)``; steps before the reference
-window ends are judged too, except the warmup.
+exceeds it fails.  Otherwise the limit is relative to the early-training
+norms, ``grad_growth`` x a reference that is robust to how training starts:
+
+* the reference is the larger of the median norm over the warmup steps
+  ``[0, warmup_steps)`` (the norms at initialisation) and the median over the
+  window after them ``[warmup_steps, warmup_steps + spike_window)``.  Taking
+  the larger keeps a run whose gradients fade early (a saturated output, a
+  loss that flattens in a few steps) from getting a near-zero reference that
+  any later, healthy norm would exceed 100 times;
+* steps from ``warmup_steps`` on are judged against ``grad_growth`` x that
+  reference;
+* the warmup steps themselves are judged against ``grad_growth`` x the norm of
+  step 0, so an explosion in the first few steps (a learning rate far too
+  high) is caught at the step it happens, not missed because the reference
+  window comes after it.
 """
 
 from __future__ import annotations
@@ -35,33 +46,34 @@ def check_grad_norm(trace: Trace, thresholds: Thresholds | None = None) -> Check
         "max": float(np.max(g[finite])) if finite.any() else None,
         "p99": float(np.percentile(g[finite], 99)) if finite.any() else None,
     }
+    steps = np.arange(g.shape[0])
+    ref = None
     if t.max_grad_norm is not None:
-        limit = float(t.max_grad_norm)
-        judged = np.arange(g.shape[0]) >= 0
-        basis = f"max_grad_norm={limit:g}"
-        ref = None
+        limits = np.full(g.shape[0], float(t.max_grad_norm))
+        stats.update(reference=None, limit=float(t.max_grad_norm))
     else:
-        ref_slice = g[t.warmup_steps:t.warmup_steps + t.spike_window]
-        ref_vals = ref_slice[np.isfinite(ref_slice)]
-        if ref_vals.size < 5:
-            return CheckResult(
-                NAME, SKIPPED, stats=stats,
-                detail=f"needs at least {t.warmup_steps + 5} steps for an early-training reference "
-                "norm (or set max_grad_norm)",
-            )
-        ref = float(np.median(ref_vals))
-        if ref <= 0:
-            return CheckResult(NAME, SKIPPED, stats=stats,
-                               detail="early-training gradient norms are zero; set max_grad_norm")
-        limit = t.grad_growth * ref
-        judged = np.arange(g.shape[0]) >= t.warmup_steps
-        basis = f"{t.grad_growth:g}x the early-training median {ref:.4g}"
-    stats["reference"] = ref
-    stats["limit"] = limit
-    over = judged & finite & (g > limit)
+        ref = reference_norm(g, t)
+        first = float(g[0]) if g.size and finite[0] else 0.0
+        in_warmup = steps < t.warmup_steps
+        limits = np.where(in_warmup, t.grad_growth * first if first > 0 else np.inf,
+                          t.grad_growth * ref if ref else np.inf)
+        stats.update(reference=ref, limit=float(t.grad_growth * ref) if ref else None)
+        if ref is None and not (in_warmup & finite & (g > limits)).any():
+            detail = (f"needs at least {t.warmup_steps + 5} steps for an early-training reference norm "
+                      "(or set max_grad_norm)" if g.shape[0] < t.warmup_steps + 5 else
+                      "early-training gradient norms are zero; set max_grad_norm")
+            return CheckResult(NAME, SKIPPED, stats=stats, detail=detail)
+    over = finite & (g > limits)
     if not over.any():
         return CheckResult(NAME, PASSED, stats=stats)
     step = int(np.argmax(over))
+    limit = float(limits[step])
+    if t.max_grad_norm is not None:
+        basis = f"max_grad_norm={limit:g}"
+    elif step < t.warmup_steps:
+        basis = f"{t.grad_growth:g}x the norm at step 0, {first:.4g}; step {step} is a warmup step"
+    else:
+        basis = f"{t.grad_growth:g}x the early-training reference {ref:.4g}"
     top_var, top_norm = None, None
     if trace.var_grad_norms is not None and trace.var_names:
         row = np.where(np.isfinite(trace.var_grad_norms[step]), trace.var_grad_norms[step], -np.inf)
@@ -85,10 +97,26 @@ def check_grad_norm(trace: Trace, thresholds: Thresholds | None = None) -> Check
         evidence={
             "variable": top_var,
             "variable_norm": top_norm,
-            "reference": ref,
+            "reference": limit / t.grad_growth if t.max_grad_norm is None else None,
             "p90_before": p90,
             "steps_over": n_over,
             "peak": float(np.max(g[over])),
         },
     )
     return CheckResult(NAME, FAILED, (finding,), stats=stats)
+
+
+def reference_norm(g: np.ndarray, thresholds: Thresholds) -> float | None:
+    """The early-training reference norm (see the module docstring), or None
+    when there are fewer than 5 finite norms after the warmup or all are zero.
+    """
+    t = thresholds
+    g = np.asarray(g, dtype=np.float64)
+    after = g[t.warmup_steps:t.warmup_steps + t.spike_window]
+    after = after[np.isfinite(after)]
+    if after.size < 5:
+        return None
+    initial = g[:t.warmup_steps]
+    initial = initial[np.isfinite(initial)]
+    ref = max(float(np.median(after)), float(np.median(initial)) if initial.size else 0.0)
+    return ref if ref > 0 else None

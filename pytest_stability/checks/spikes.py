@@ -20,6 +20,17 @@ from counting.
 When the loss is not strictly positive (some custom losses), the same rule runs
 on the loss itself instead of its logarithm, without the ratio condition.
 
+A loss that jumps to a new, higher level and stays there is caught even when
+the steps before it were too noisy for the z-score: step ``t`` is also flagged
+as a *level shift* when the median of the next ``spike_window // 5`` steps
+(at least 5) is more than ``spike_ratio`` x the trailing median, every one of
+those steps stands above the 90th percentile of the trailing window, and the
+rise clears ``LEVEL_SHIFT_MIN_RISE * L0`` (10 % of the initial loss).
+
+A run that ends flat at a level ``spike_ratio`` x above its best (a rise too
+gradual or too early for either rule) is reported as a collapse to a constant
+(see :func:`_collapse`).
+
 Consecutive spike steps less than one window apart form one *event*.  An event
 whose following window keeps a median above ``spike_ratio`` x the pre-spike
 level did not recover (``kind="spike_no_recovery"``); if the loss is then also
@@ -27,6 +38,8 @@ flat, it is ``stuck`` at a constant (dead units, saturated outputs).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -37,6 +50,11 @@ from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 NAME = "loss_spike"
 _MAD_TO_SIGMA = 1.4826
 _LOG_SCALE_FLOOR = float(np.log(1.01))
+#: a level shift must rise by at least this fraction of the initial loss (calibrated: healthy
+#: near-zero runs shift by up to 4 % of it; benchmarks/results/detection.md).
+LEVEL_SHIFT_MIN_RISE = 0.10
+#: relative std of the loss after an unrecovered spike at or below which it is "stuck" at a constant.
+STUCK_RTOL = 0.01
 
 
 def _trailing_median_mad(values: np.ndarray, window: int, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,23 +111,96 @@ def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> dict[str, np.ndarr
             baseline = med
             ratio = np.full(n, np.inf)
         rise = loss - baseline
-        flag = (
-            finite
-            & np.isfinite(z)
-            & (np.arange(n) >= thresholds.warmup_steps)
-            & (z > thresholds.spike_zscore)
-            & (ratio > thresholds.spike_ratio)
-            & (rise > thresholds.spike_min_rise * initial_level)
-        )
+        judged = finite & np.isfinite(z) & (np.arange(n) >= thresholds.warmup_steps)
+        big_enough = rise > thresholds.spike_min_rise * initial_level
+        flag = judged & (z > thresholds.spike_zscore) & (ratio > thresholds.spike_ratio) & big_enough
+        shift = judged & (rise > LEVEL_SHIFT_MIN_RISE * initial_level) & _level_shift(values, med, window, log_space, thresholds.spike_ratio,
+                                                   initial_level)
     return {
         "z": z,
         "ratio": ratio,
         "baseline": baseline,
         "rise": rise,
-        "flag": flag,
+        "flag": flag | shift,
+        "shift": shift,
         "log_space": log_space,
         "initial_level": initial_level,
     }
+
+
+def _level_shift(values: np.ndarray, med: np.ndarray, window: int, log_space: bool, ratio: float,
+                 initial_level: float) -> np.ndarray:
+    """Steps where the loss moves to a new level (see the module docstring).
+
+    ``values`` are the (log) losses, ``med`` their trailing medians.
+    """
+    n = values.shape[0]
+    ahead = max(5, window // 5)
+    out = np.zeros(n, dtype=bool)
+    if n < ahead + 1:
+        return out
+    # next[t] = values[t : t + ahead]; the last steps have too few to judge.
+    nxt = sliding_window_view(values, ahead)
+    padded = np.concatenate([np.full(window, np.nan), values])
+    trailing = sliding_window_view(padded, window)[:n]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows at the start
+        nxt_med = np.nanmedian(nxt, axis=1)
+        nxt_min = np.nanmin(nxt, axis=1)
+        high = np.nanpercentile(trailing[: nxt.shape[0]], 90, axis=1)
+    m = med[: nxt.shape[0]]
+    if log_space:
+        up = nxt_med - m > np.log(ratio)
+    else:
+        up = nxt_med - m > (ratio - 1.0) * max(abs(initial_level), 1e-12)
+    ok = np.isfinite(nxt_med) & np.isfinite(m) & np.isfinite(high) & np.all(np.isfinite(nxt), axis=1)
+    out[: nxt.shape[0]] = ok & up & (nxt_min > high)
+    return out
+
+
+def _collapse(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: float) -> Finding | None:
+    """A run that ends flat at a level ``spike_ratio`` x above its best: collapsed to a constant.
+
+    Catches the rise that is too gradual, or too early, for a spike: the last
+    ``spike_window`` steps have a relative std of at most :data:`STUCK_RTOL`
+    and a median more than ``spike_ratio`` x the best rolling median before
+    them (rolling over ``spike_window // 5`` steps), by more than
+    ``spike_min_rise * L0``.
+    """
+    n, w = loss.shape[0], t.spike_window
+    k = max(5, w // 5)
+    if not log_space or n < w + k + t.warmup_steps:
+        return None
+    tail = loss[n - w:]
+    if not np.all(np.isfinite(tail)):
+        return None
+    level = float(np.median(tail))
+    if float(np.std(tail)) > STUCK_RTOL * abs(level):
+        return None
+    head = loss[t.warmup_steps:n - w]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rolling = np.nanmedian(sliding_window_view(head, k), axis=1)
+    if not np.isfinite(rolling).any():
+        return None
+    best = float(np.nanmin(rolling))
+    if not (best > 0 and level > t.spike_ratio * best and level - best > t.spike_min_rise * initial_level):
+        return None
+    # where it entered the level: after the last step below the midpoint (in log space)
+    mid = float(np.sqrt(best * level))
+    below = np.flatnonzero(~(loss[: n - w] >= mid))
+    step = int(below[-1]) + 1 if below.size else 0
+    rel = float(np.std(tail) / level)
+    return Finding(
+        check=NAME, kind="spike_no_recovery", step=step, value=level, limit=t.spike_ratio * best,
+        message=(f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
+                 f"{t.spike_ratio:g}x) by step {step} and stayed flat there (relative std {rel:.1e} over the last "
+                 f"{w} steps): training collapsed to a constant"),
+        evidence={"start": step, "end": step, "ratio": level / best, "zscore": None, "trailing_median": best,
+                  "recovered": False, "stuck": True, "level_shift": False, "collapse": True,
+                  "initial_loss": initial_level,
+                  "min_loss_before": float(np.nanmin(loss[:step])) if step else None},
+    )
 
 
 def _events(flag: np.ndarray, gap: int) -> list[tuple[int, int]]:
@@ -168,8 +259,9 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         stuck = bool(
             recovered is False
             and tail.size >= 10
-            and float(np.std(tail[-min(tail.size, t.spike_window):])) <= 1e-3 * max(abs(float(np.median(tail))), 1e-12)
+            and float(np.std(tail[-min(tail.size, t.spike_window):])) <= STUCK_RTOL * max(abs(float(np.median(tail))), 1e-12)
         )
+        shifted = bool(sc["shift"][seg].any())
         kind = "spike" if recovered is not False else "spike_no_recovery"
         if sc["log_space"]:
             what = (f"loss {loss[peak]:.4g} at step {peak} is {ratio[peak]:.1f}x its trailing median "
@@ -177,6 +269,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         else:
             what = (f"loss {loss[peak]:.4g} at step {peak} is {z[peak]:.1f} robust deviations above its trailing "
                     f"median {baseline[peak]:.4g} (limit {t.spike_zscore:g})")
+        if shifted:
+            what += f"; a level shift: the next {max(5, t.spike_window // 5)} steps all stayed above the recent range"
         if recovered is None:
             what += "; too few steps after it to tell whether it recovers"
         elif not recovered:
@@ -197,11 +291,17 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                     "trailing_median": base,
                     "recovered": recovered,
                     "stuck": stuck,
+                    "level_shift": shifted,
                     "initial_loss": sc["initial_level"],
                     "min_loss_before": float(np.nanmin(loss[:start])) if start else None,
                 },
             )
         )
+    collapse = _collapse(loss, t, sc["log_space"], sc["initial_level"])
+    if collapse is not None and not any(f.evidence["start"] <= collapse.step <= f.evidence["end"] + t.spike_window
+                                        for f in findings):
+        findings.append(collapse)
+        findings.sort(key=lambda f: f.step)
     if len(findings) >= 3:
         starts = np.array([f.evidence["start"] for f in findings])
         gaps = np.diff(starts)

@@ -129,7 +129,7 @@ class RunReport:
                 lines.append(f"  {label:<9} {line}  steps {a}-{b}")
             if f.cause:
                 conf = f" ({f.confidence})" if f.confidence else ""
-                lines.append(f"  likely cause{conf}: {f.cause}")
+                lines.append(f"  cause{conf}: {f.cause}")
             if f.fix:
                 lines.append(f"  fix to try: {f.fix}")
         if len(self.findings) > 5:

@@ -340,6 +340,25 @@ class InstrumentedTrainer:
         self._chunk_fns[check_inputs] = fn
         return fn
 
+    def bn_gap_fn(self) -> Any:
+        """Loss of one batch in training mode (batch statistics) and in inference
+        mode (moving statistics), through ``stateless_call`` so that neither
+        call updates the BatchNorm statistics or anything else."""
+        if getattr(self, "_bn_gap_fn", None) is not None:
+            return self._bn_gap_fn
+        tf, model = self.tf, self.model
+
+        def gap(x: Any, y: Any, w: Any) -> Any:
+            trainable = [v.value for v in model.trainable_variables]
+            frozen = [v.value for v in model.non_trainable_variables]
+            y_train, _ = model.stateless_call(trainable, frozen, x, training=True)
+            y_infer, _ = model.stateless_call(trainable, frozen, x, training=False)
+            return (tf.cast(self._compute_loss(x, y, y_train, w, False), tf.float32),
+                    tf.cast(self._compute_loss(x, y, y_infer, w, False), tf.float32))
+
+        self._bn_gap_fn = tf.function(gap)
+        return self._bn_gap_fn
+
     def val_fn(self) -> Any:
         if self._val_fn is not None:
             return self._val_fn
@@ -408,9 +427,18 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
     started = time.perf_counter()
     with tf.device(device):
         iterator = iter(ds)
-        if evaluate is not None:
-            val_steps.append(0)
+        gap_batch = _first_batch(val_ds) if val_ds is not None else data.first_batch
+        measure_gap = trainer.bn_gap_fn() if _count_batchnorm(model) else None
+        gaps: list[float] = []
+
+        def validate() -> None:
+            val_steps.append(done)
             val_losses.append(float(evaluate(val_ds).numpy()))
+            if measure_gap is not None:
+                gaps.append(_relative_gap(*measure_gap(*gap_batch)))
+
+        if evaluate is not None:
+            validate()
         first_call = True
         while done < steps:
             boundary = min(steps, (done // spec.readback_every + 1) * spec.readback_every)
@@ -445,8 +473,9 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
             if bool(stop.numpy()):
                 break
             if evaluate is not None and (done % spec.validate_every == 0 or done == steps):
-                val_steps.append(done)
-                val_losses.append(float(evaluate(val_ds).numpy()))
+                validate()
+        if measure_gap is not None and evaluate is None and done:
+            gaps.append(_relative_gap(*measure_gap(*gap_batch)))
     wall = time.perf_counter() - started
 
     if exhausted_at is not None:
@@ -471,6 +500,11 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
         steps_planned=steps,
         info=model_info(model, trainer),
     )
+    if gaps:
+        finite_gaps = [g for g in gaps if np.isfinite(g)]
+        trace.info["bn_train_infer_gap"] = max(finite_gaps) if finite_gaps else None
+        trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
+        trace.info["bn_gap_batch"] = "validation" if val_ds is not None else "training"
     stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
     bad = np.flatnonzero(flag_arr & stop_bits)
     if bad.size:
@@ -486,6 +520,24 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
         except Exception:  # metrics are informational only
             pass
     return RunResult(trace, placed, wall, data.kind, exhausted_at, metrics), trainer
+
+
+def _first_batch(ds: Any) -> Any:
+    for batch in ds.take(1):
+        return batch
+    return None  # pragma: no cover - make_validation_data rejects empty data
+
+
+def _count_batchnorm(model: Any) -> int:
+    return sum(type(layer).__name__ == "BatchNormalization" for layer in model._flatten_layers(include_self=False))
+
+
+def _relative_gap(train_loss: Any, infer_loss: Any) -> float:
+    """|inference - training| / training loss of the same batch (NaN when undefined)."""
+    a, b = float(train_loss.numpy()), float(infer_loss.numpy())
+    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+        return float("nan")
+    return abs(b - a) / a
 
 
 def _short(exc: BaseException, limit: int = 600) -> str:

@@ -18,7 +18,8 @@ from benchmarks import scenarios as S  # noqa: E402
 
 
 @pytest.mark.parametrize("name, seed", [
-    ("lr_too_high", 0), ("log_zero", 0), ("nan_in_data", 0), ("deep_explosion", 0),
+    ("lr_too_high", 0), ("log_zero", 0), ("nan_in_data", 0), ("rnn_explosion", 0), ("seg_dice_collapse", 1),
+    ("adam_collapse", 2), ("bn_small_batch", 0),
 ])
 def test_pathology_detected_with_cause(name, seed):
     sc = S.PATHOLOGIES[name](seed)
@@ -31,7 +32,7 @@ def test_pathology_detected_with_cause(name, seed):
         assert mine[0].step == sc.expected_step
 
 
-@pytest.mark.parametrize("name", ["lr_fixed", "log_zero_fixed", "deep_fixed", "noisy_small_batch"])
+@pytest.mark.parametrize("name", ["lr_fixed", "log_zero_fixed", "rnn_fixed", "seg_dice_fixed", "noisy_small_batch"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_healthy_control_passes(name, seed):
     o = S.run_scenario(S.HEALTHY_SCENARIOS[name](seed), seed)

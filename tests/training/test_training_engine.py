@@ -132,3 +132,46 @@ def test_model(stability):
     assert rep.trace.info["optimizer"] == "Adam" and rep.trace.info["optimizer_config"]["epsilon"] == 1e-7
 ''')
     result.assert_outcomes(passed=1)
+
+
+def test_batchnorm_train_inference_gap_measured_without_touching_statistics(pytester, tiny_problem):
+    result = run(pytester, tiny_problem + '''
+def build_bn(momentum):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(momentum=momentum),
+                              keras.layers.ReLU(), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(3e-2), loss="binary_crossentropy")
+    return model
+
+@pytest.mark.stable_training(steps=40, validate_every=10)
+def test_gap(stability):
+    lagging = stability.train(build_bn(0.999), X, Y, validation_data=(XV, YV), batch_size=4, check=False)
+    # Moving statistics that barely moved from their init (momentum 0.999, 40 steps) do not
+    # match the batch statistics: the same batch's loss differs between the two modes.
+    gap = lagging.trace.info["bn_train_infer_gap"]
+    assert 0.1 < gap < 100 and gap >= lagging.trace.info["bn_train_infer_gap_last"]
+    assert lagging.trace.info["bn_gap_batch"] == "validation"
+    # the validation-loss diagnosis quotes the measured gap
+    from pytest_stability.checks.base import Finding
+    from pytest_stability.diagnosis import diagnose
+    f = Finding(check="val_loss", kind="rise", step=40, value=1.0, limit=0.5, message="", evidence={"best": 0.4})
+    assert "between training and inference mode" in diagnose([f], lagging.trace)[0].cause
+
+@pytest.mark.stable_training(steps=20)
+def test_gap_does_not_update_statistics(stability):
+    from pytest_stability.training import engine
+    model = build_bn(0.99)
+    report = stability.train(model, X, Y, check=False)
+    assert report.trace.info["bn_gap_batch"] == "training"
+    bn = model.layers[1]
+    before = [v.numpy().copy() for v in model.non_trainable_variables]
+    trainer = engine.InstrumentedTrainer(model, diagnostics=False, jit_compile=False)
+    tf = trainer.tf
+    train_loss, infer_loss = trainer.bn_gap_fn()(tf.constant(X[:4]), tf.constant(Y[:4]), None)
+    assert float(train_loss) != float(infer_loss)
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(before, model.non_trainable_variables)), bn.name
+
+@pytest.mark.stable_training(steps=20)
+def test_no_batchnorm_no_gap(stability):
+    assert "bn_train_infer_gap" not in stability.train(build(), X, Y).trace.info
+''')
+    result.assert_outcomes(passed=3)

@@ -74,6 +74,46 @@ def test_spike_all_nan_long_trace_has_no_findings():
     assert r.findings == ()
 
 
+def test_spike_level_shift_after_noisy_steps_is_caught():
+    # A noisy loss (log spread too wide for the z-score) jumps ~8x to a flat level and stays.
+    rng = np.random.default_rng(3)
+    loss = np.concatenate([0.12 * np.exp(0.5 * rng.normal(size=100)), np.full(100, 0.958)])
+    loss[100:] += 0.003 * rng.normal(size=100)
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.failed, r.stats
+    f = r.findings[0]
+    assert 95 <= f.step <= 105 and f.kind == "spike_no_recovery"
+    assert f.evidence["level_shift"] is True and f.evidence["stuck"] is True
+    assert "level shift" in f.message
+
+
+def test_spike_level_shift_needs_every_next_step_high():
+    # Half the following steps high, half at the old level: noise, not a new level.
+    rng = np.random.default_rng(4)
+    loss = 0.12 * np.exp(0.5 * rng.normal(size=200))
+    loss[100::2] = 0.9
+    r = check_loss_spike(Trace(loss=loss))
+    assert not any(f.evidence["level_shift"] for f in r.findings)
+
+
+def test_collapse_to_a_constant_after_a_gradual_rise_is_caught():
+    # Falls to ~0.05, drifts up, noisily, over 150 steps (no step is a spike, no jump a level
+    # shift), then sits flat at 0.96.
+    rng = np.random.default_rng(5)
+    loss = np.concatenate([np.geomspace(0.8, 0.05, 60) * np.exp(0.3 * rng.normal(size=60)),
+                           np.geomspace(0.05, 0.96, 150) * np.exp(0.3 * rng.normal(size=150)),
+                           0.96 * (1 + 0.004 * rng.normal(size=100))])
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.failed
+    assert [f.evidence.get("collapse", False) for f in r.findings] == [True]
+    f = r.findings[0]
+    assert f.kind == "spike_no_recovery" and f.evidence["stuck"] is True
+    assert 60 <= f.step <= 210 and "collapsed to a constant" in f.message
+    # the same curve without the flat end (still noisy at 0.96) is not a collapse
+    loss[210:] = 0.96 * np.exp(0.3 * rng.normal(size=100))
+    assert not any(f.evidence.get("collapse") for f in check_loss_spike(Trace(loss=loss)).findings)
+
+
 def test_spike_no_recovery_and_stuck():
     loss = np.concatenate([np.exp(-np.linspace(0, 3, 150)), np.full(150, 3.0)])
     r = check_loss_spike(Trace(loss=loss))
@@ -158,6 +198,30 @@ def test_grad_norm_missing_is_skipped():
 
 def test_grad_norm_zero_reference_skipped():
     assert check_grad_norm(Trace(loss=np.ones(100), grad_norm=np.zeros(100))).status == "skipped"
+
+
+def test_grad_norm_explosion_inside_warmup_caught_at_its_step():
+    # lr far too high: the norm explodes at step 2, then the dead network has near-zero
+    # gradients, so the post-warmup reference alone would never see it.
+    g = np.concatenate([[1.0, 1.2, 5e3], np.full(297, 1e-6)])
+    r = check_grad_norm(Trace(loss=np.ones(300), grad_norm=g))
+    assert r.failed
+    f = r.findings[0]
+    assert f.step == 2 and f.limit == pytest.approx(100.0)
+    assert "warmup step" in f.message and f.evidence["reference"] == pytest.approx(1.0)
+
+
+def test_grad_norm_reference_not_fooled_by_fading_early_gradients():
+    # The norms fade to ~0 right after the warmup (a saturated output), then return to
+    # their initial level: not 100x growth of anything but a vanishing reference.
+    g = np.concatenate([np.full(10, 0.2), np.full(50, 1e-6), np.full(240, 0.5)])
+    r = check_grad_norm(Trace(loss=np.ones(300), grad_norm=g))
+    assert r.status == "passed", r.findings
+    assert r.stats["reference"] == pytest.approx(0.2)
+    # ...while a real explosion in the same run still fails against that reference
+    g[200] = 50.0
+    r = check_grad_norm(Trace(loss=np.ones(300), grad_norm=g))
+    assert r.failed and r.findings[0].step == 200
 
 
 # -- val_loss --------------------------------------------------------------------

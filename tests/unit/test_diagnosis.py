@@ -119,3 +119,31 @@ def test_diagnose_rejects_bad_input():
         diagnose(["nope"], Trace(loss=np.ones(3)))
     with pytest.raises(TypeError, match="Trace"):
         diagnose([], np.ones(3))
+
+
+def test_repeated_adam_spikes_named_without_slot_statistics():
+    # No diagnostics recorded (no opt_stats), the loss fell ~30x (not "near zero"), but
+    # spike after spike once it flattened: Adam's repeated-spike signature.
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.geomspace(1.0, 0.03, 200), 0.03 * np.exp(0.05 * rng.normal(size=800))])
+    for k in (300, 480, 650, 830):
+        loss[k] = 1.0
+    trace = Trace(loss=loss, grad_norm=np.ones(loss.size),
+                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7}})
+    f = next(f for f in _diag(trace) if f.check == "loss_spike")
+    assert f.evidence["n_events"] == 4
+    assert f.evidence["cause_key"] == "adam_second_moment" and f.confidence == "uncertain"
+    assert f.evidence["diagnosis"]["repeated_spikes"] is True
+    assert "4 spikes about every" in f.cause
+
+
+def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
+    # After the jump the loss varies with the batch (3 %, too much to count as flat) but
+    # the gradients are exactly zero.
+    rng = np.random.default_rng(1)
+    loss = np.concatenate([0.1 * np.exp(0.4 * rng.normal(size=100)), 0.95 * (1 + 0.03 * rng.normal(size=200))])
+    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=100)), np.zeros(200)])
+    f = next(f for f in _diag(Trace(loss=loss, grad_norm=g, info={"optimizer": "SGD"})) if f.check == "loss_spike")
+    assert f.evidence["cause_key"] == "collapse_constant"
+    assert f.evidence["stuck"] is False  # the check's flat-loss test alone says no
+    assert "clipnorm=" in f.fix
