@@ -40,6 +40,13 @@ def blobs_segmentation(n: int = 256, size: int = 16, seed: int = 0) -> tuple[np.
     return x, m
 
 
+def _compile_classifier(model: keras.Model, lr: float) -> keras.Model:
+    """Adam and a from-logits cross-entropy: how both classifiers train."""
+    model.compile(optimizer=keras.optimizers.Adam(lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
 def convnet_classifier(lr: float = 1e-3) -> keras.Model:
     model = keras.Sequential([
         keras.Input((16, 16, 1)),
@@ -49,9 +56,7 @@ def convnet_classifier(lr: float = 1e-3) -> keras.Model:
         layers.GlobalAveragePooling2D(),
         layers.Dense(2),
     ], name="convnet")
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    return model
+    return _compile_classifier(model, lr)
 
 
 def batchnorm_classifier(momentum: float = 0.99, lr: float = 1e-3) -> keras.Model:
@@ -67,9 +72,7 @@ def batchnorm_classifier(momentum: float = 0.99, lr: float = 1e-3) -> keras.Mode
         layers.GlobalAveragePooling2D(),
         layers.Dense(2),
     ], name="bn_convnet")
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    return model
+    return _compile_classifier(model, lr)
 
 
 def soft_jaccard_loss(y_true, y_pred, smooth: float = 1.0):

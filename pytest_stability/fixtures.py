@@ -20,6 +20,7 @@ from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec
 
 RECORD_KEY = pytest.StashKey[dict]()
 
+
 class Stability:
     """What the ``stability`` fixture gives a test.
 
@@ -207,11 +208,37 @@ def _clone_compiled(keras: Any, model: Any) -> Any:
         ) from None
 
 
+def restart_keras_auto_names() -> None:
+    """Restart Keras' automatic names (``sequential``, ``dense``, ``dense_1``, ...) for the test about to run.
+
+    Keras numbers unnamed models and layers with a process-wide counter, so the
+    variable names in findings ("largest in sequential_137/dense_4/kernel")
+    would depend on how many models the process built before: on test order,
+    and on which pytest-xdist worker ran the test, so a serial report and an
+    ``-n 2`` report would differ.  Restarted before each stability test, they
+    depend on the test alone.  Models built earlier keep their names and train
+    as before; a layer built earlier (at import, in an earlier fixture) can now
+    share its automatic name with one built in the test, which matters only if
+    both go into one functional model (Keras wants unique names there).
+
+    Only the name counter is reset.  ``keras.backend.clear_session()`` would
+    reset it too, but it also resets the global dtype policy (a mixed-precision
+    policy set at import would silently be dropped), and its garbage collection
+    took ~0.3 s per call here; ``free_memory=False`` does not exist in Keras 3.0.
+    """
+    # Private, but there since Keras 3.0: naming.reset_uids() empties the
+    # counter that keras.backend.get_uid() and automatic names draw from.
+    from keras.src.utils import naming
+
+    naming.reset_uids()
+
+
 def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple[RunSpec, dict[str, Any]]]) -> Any:
     """Generator body of the ``stability`` fixture (registered in plugin.py).
 
-    Seeds everything *before* the test body runs, so the model the test builds
-    is initialised deterministically too.
+    Seeds everything and restarts Keras' automatic names *before* the test body
+    runs, so the model the test builds is initialised and named
+    deterministically too.
     """
     from .training import engine
 
@@ -219,7 +246,8 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
     try:
         if spec.device == "gpu" and engine.resolve_device("gpu")[0] is None:
             pytest.skip("stable_training(device='gpu'): TensorFlow sees no GPU on this machine")
-        engine.seed_everything(spec.seed, spec.deterministic)
+        engine.seed_everything(spec.seed, spec.deterministic)  # first: it says what to install without TensorFlow
+        restart_keras_auto_names()
     except StabilityUsageError as exc:
         pytest.fail(str(exc), pytrace=False)
     fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
@@ -234,4 +262,4 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
         request.node.stash[RECORD_KEY] = record
 
 
-__all__ = ["RECORD_KEY", "Stability", "make_fixture"]
+__all__ = ["RECORD_KEY", "Stability", "make_fixture", "restart_keras_auto_names"]

@@ -4,29 +4,35 @@
   (:mod:`~pytest_stability.report.json_report`), rewritten atomically after
   each stability test and at the end of the run, also an interrupted one.
 * ``--stability-save-baseline=PATH`` records each test's summary metrics per
-  seed; ``--stability-baseline=PATH`` fails a test whose stability regressed
-  (:mod:`~pytest_stability.report.baseline`).  The comparison runs in the
-  process that trains the test, from the ``pytest_stability_run_finished``
+  seed, merged into the baseline already at PATH (tests that did not run keep
+  their entries); ``--stability-baseline=PATH`` fails a test whose stability
+  regressed (:mod:`~pytest_stability.report.baseline`).  The comparison runs in
+  the process that trains the test, from the ``pytest_stability_run_finished``
   hook, so the test itself fails; its builtins result rides on the teardown
-  report's ``stability`` record to the (xdist) controller.
+  report's ``stability`` record to the (xdist) controller.  Its tolerances are
+  ordinary settings (:data:`pytest_stability.options.OPTIONS`), resolved per
+  test: marker > command line > ini > default.
 * ``--stability-plots=DIR``: one PNG per test (:mod:`~pytest_stability.report.plots`).
 
-Only the controller writes files (xdist workers must not: pytest#10641).
-Every option has an ini twin; a command-line value wins over the ini value.
+The path options and ``--stability-baseline-strict`` are run-wide only, so they
+are registered here rather than in the options table.  Only the controller
+writes files (xdist workers must not: pytest#10641).  Every option has an ini
+twin; a command-line value wins over the ini value.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, NamedTuple
 
 import pytest
 
 from . import __version__
-from .options import OPTIONS_BY_NAME, Option, OptionValueError, _float, _int, parse_text
+from .marker import spec_for_node
+from .options import TOLERANCE_NAMES, RunSpec, cli_name, ini_name
 from .report import baseline as baseline_mod  # light: math only
 from .session import SESSION_KEY, is_worker
 
@@ -37,7 +43,8 @@ from .session import SESSION_KEY, is_worker
 GATING_KEY = pytest.StashKey["GatingPlugin"]()
 
 REPORT_HELP = "write the JSON stability report (strict JSON, schema-versioned, written atomically) to PATH"
-SAVE_BASELINE_HELP = "save each stability test's summary metrics (per seed) as a baseline file at PATH"
+SAVE_BASELINE_HELP = ("save each stability test's summary metrics (per seed) as a baseline file at PATH; an "
+                      "existing baseline there is updated: tests not run keep their entries")
 BASELINE_HELP = ("compare each stability test with the baseline file at PATH and fail it when its stability "
                  "regressed beyond the baseline_* tolerances")
 BASELINE_STRICT_HELP = ("with --stability-baseline: fail a stability test (or seed) that is not in the baseline "
@@ -54,54 +61,27 @@ PATH_SETTINGS = (
     ("plots", "DIR", PLOTS_HELP),
 )
 
-#: The baseline tolerances, in the form of :data:`pytest_stability.options.OPTIONS` entries.  Once
-#: options.OPTIONS holds entries of these names they become marker keywords too, and are read from
-#: each test's resolved settings (marker > CLI > ini > default); until then they are registered here
-#: as CLI + ini settings only.
-TOLERANCE_OPTIONS: tuple[Option, ...] = (
-    Option("baseline_grad_factor", _float(1, strict=False), baseline_mod.TOLERANCE_DEFAULTS["baseline_grad_factor"],
-           "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's"),
-    Option("baseline_val_tolerance", _float(0, strict=False),
-           baseline_mod.TOLERANCE_DEFAULTS["baseline_val_tolerance"],
-           "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than "
-           "this fraction of it"),
-    Option("baseline_extra_spikes", _int(0), baseline_mod.TOLERANCE_DEFAULTS["baseline_extra_spikes"],
-           "baseline: loss spikes allowed beyond the baseline's count"),
-)
-
-
-def _own_tolerance_options() -> tuple[Option, ...]:
-    """The tolerance options this module registers: those options.OPTIONS does not (yet) hold."""
-    return tuple(opt for opt in TOLERANCE_OPTIONS if opt.name not in OPTIONS_BY_NAME)
-
 
 def addoption(parser: pytest.Parser, group: Any) -> None:
-    """Register the report / baseline / plot options and their ini twins."""
+    """Register the report / baseline / plot options and their ini twins (the tolerances are in OPTIONS)."""
     for name, metavar, help_text in PATH_SETTINGS:
-        group.addoption("--stability-" + name.replace("_", "-"), dest="stability_" + name, default=None,
-                        metavar=metavar, help=f"{help_text} (ini: stability_{name})")
-        parser.addini("stability_" + name, help=help_text + " (a relative path is relative to the rootdir)",
-                      default=None)
-    group.addoption("--stability-baseline-strict", dest="stability_baseline_strict", action="store_true",
-                    default=None, help=f"{BASELINE_STRICT_HELP} (ini: stability_baseline_strict)")
-    parser.addini("stability_baseline_strict", help=BASELINE_STRICT_HELP, type="bool", default=False)
-    for opt in _own_tolerance_options():
-        group.addoption(opt.cli, dest="stability_" + opt.name, default=None, metavar=opt.name.upper(),
-                        help=f"{opt.help}; {opt.expects} (default: {opt.default}; ini: {opt.ini})")
-        parser.addini(opt.ini, help=f"{opt.help} (default: {opt.default})", default=None)
+        group.addoption(cli_name(name), dest="stability_" + name, default=None, metavar=metavar,
+                        help=f"{help_text} (ini: {ini_name(name)})")
+        parser.addini(ini_name(name), help=help_text + " (a relative path is relative to the rootdir)", default=None)
+    group.addoption(cli_name("baseline_strict"), dest="stability_baseline_strict", action="store_true",
+                    default=None, help=f"{BASELINE_STRICT_HELP} (ini: {ini_name('baseline_strict')})")
+    parser.addini(ini_name("baseline_strict"), help=BASELINE_STRICT_HELP, type="bool", default=False)
 
 
 @dataclass(frozen=True)
 class GatingSettings:
-    """The resolved gating settings of a run (paths absolute)."""
+    """The resolved run-wide gating settings (paths absolute)."""
 
     report: Path | None = None
     save_baseline: Path | None = None
     baseline: Path | None = None
     baseline_strict: bool = False
     plots: Path | None = None
-    #: run-wide tolerance values (CLI > ini > default) of the options registered here
-    tolerances: Mapping[str, Any] = field(default_factory=dict)
 
 
 def resolve_settings(config: pytest.Config) -> tuple[GatingSettings, list[str]]:
@@ -109,47 +89,29 @@ def resolve_settings(config: pytest.Config) -> tuple[GatingSettings, list[str]]:
     problems: list[str] = []
     paths: dict[str, Path | None] = {}
     for name, _, _ in PATH_SETTINGS:
-        cli, ini = config.getoption("stability_" + name), config.getini("stability_" + name)
+        cli, ini = config.getoption("stability_" + name), config.getini(ini_name(name))
+        paths[name] = None
         if cli is not None:
             if not str(cli).strip():
-                problems.append(f"--stability-{name.replace('_', '-')}: expected a path, received an empty string")
-                paths[name] = None
+                problems.append(f"{cli_name(name)}: expected a path, received an empty string")
             else:
                 paths[name] = Path(config.invocation_params.dir, os.path.expanduser(cli))
         elif ini not in (None, ""):
             paths[name] = Path(config.rootpath, os.path.expanduser(str(ini)))
-        else:
-            paths[name] = None
     strict = config.getoption("stability_baseline_strict")
     if strict is None:
-        strict = bool(config.getini("stability_baseline_strict"))
-    tolerances: dict[str, Any] = {}
-    for opt in _own_tolerance_options():
-        value = opt.default
-        raw_ini = config.getini(opt.ini)
-        if raw_ini not in (None, ""):
-            try:
-                value = parse_text(opt, str(raw_ini))
-            except OptionValueError as exc:
-                problems.append(f"ini {opt.ini}: expected {exc}")
-        raw_cli = config.getoption("stability_" + opt.name)
-        if raw_cli is not None:
-            try:
-                value = parse_text(opt, str(raw_cli))
-            except OptionValueError as exc:
-                problems.append(f"{opt.cli}: expected {exc}")
-        tolerances[opt.name] = value
+        strict = bool(config.getini(ini_name("baseline_strict")))
     settings = GatingSettings(report=paths["report"], save_baseline=paths["save_baseline"],
-                              baseline=paths["baseline"], baseline_strict=bool(strict), plots=paths["plots"],
-                              tolerances=tolerances)
+                              baseline=paths["baseline"], baseline_strict=bool(strict), plots=paths["plots"])
     for name in ("report", "save_baseline"):
         path = getattr(settings, name)
         if path is not None and path.is_dir():
-            problems.append(f"--stability-{name.replace('_', '-')}: {path} is a directory; give a file path")
+            problems.append(f"{cli_name(name)}: {path} is a directory; give a file path")
     if settings.plots is not None and settings.plots.exists() and not settings.plots.is_dir():
-        problems.append(f"--stability-plots: {settings.plots} exists and is not a directory")
+        problems.append(f"{cli_name('plots')}: {settings.plots} exists and is not a directory")
     if settings.baseline_strict and settings.baseline is None:
-        problems.append("--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)")
+        problems.append(f"{cli_name('baseline_strict')} needs {cli_name('baseline')}=PATH "
+                        f"(or ini {ini_name('baseline')})")
     return settings, problems
 
 
@@ -172,32 +134,50 @@ def load_baseline(path: Path) -> dict[str, Any]:
     return baseline_mod.validate_baseline(document, str(path))
 
 
-def configure(config: pytest.Config) -> None:
-    """Resolve and check the gating settings, then register the run's :class:`GatingPlugin`.
+class Prepared(NamedTuple):
+    """What :func:`prepare` found: the settings, the baseline files they name, and every problem."""
 
-    Raises:
-        pytest.UsageError: listing every bad setting (exit 4): a bad value, an
-            unreadable or invalid baseline, --stability-plots without matplotlib.
+    settings: GatingSettings
+    #: the --stability-baseline document
+    baseline: dict[str, Any] | None
+    #: the baseline already at the --stability-save-baseline path, which saving updates
+    previous: dict[str, Any] | None
+    problems: list[str]
+
+
+def prepare(config: pytest.Config) -> Prepared:
+    """Resolve the gating settings and read the baseline files; every problem is returned, none raised.
+
+    Problems: a bad value, an unreadable or invalid baseline (also one already
+    at the save path: saving merges into it), --stability-plots without matplotlib.
     """
     settings, problems = resolve_settings(config)
-    baseline = None
+    baseline = previous = None
     if settings.baseline is not None:
         try:
             baseline = load_baseline(settings.baseline)
         except baseline_mod.BaselineFileError as exc:
-            problems.append(f"--stability-baseline: {exc}")
+            problems.append(f"{cli_name('baseline')}: {exc}")
+    if settings.save_baseline is not None and settings.save_baseline.is_file() and not is_worker(config):
+        try:
+            previous = load_baseline(settings.save_baseline)
+        except baseline_mod.BaselineFileError as exc:
+            problems.append(f"{cli_name('save_baseline')}: {exc.problem}; saving updates the baseline already "
+                            "at PATH, so remove that file (or give another PATH) to start a new baseline")
     if settings.plots is not None and not is_worker(config):
         try:
             import matplotlib  # noqa: F401  (checked now, so a run does not fail only at its end)
         except ImportError:
             problems.append(PLOTS_MISSING_MESSAGE)
-    if problems:
-        if problems == [PLOTS_MISSING_MESSAGE]:
-            raise pytest.UsageError(PLOTS_MISSING_MESSAGE)
-        raise pytest.UsageError("pytest-stability: invalid settings:\n  " + "\n  ".join(problems))
-    plugin = GatingPlugin(config, settings, baseline)
+    return Prepared(settings, baseline, previous, problems)
+
+
+def register(config: pytest.Config, prepared: Prepared, defaults: RunSpec) -> "GatingPlugin":
+    """Register the run's :class:`GatingPlugin` (after :func:`prepare` found no problem)."""
+    plugin = GatingPlugin(config, prepared.settings, prepared.baseline, defaults=defaults, previous=prepared.previous)
     config.stash[GATING_KEY] = plugin
     config.pluginmanager.register(plugin, "stability-gating")
+    return plugin
 
 
 def _run_inputs(report: Any) -> list[dict[str, Any]]:
@@ -209,10 +189,15 @@ def _run_inputs(report: Any) -> list[dict[str, Any]]:
 class GatingPlugin:
     """Registered for the run: baseline comparison (in the process that trains) and the default JSON hook."""
 
-    def __init__(self, config: pytest.Config, settings: GatingSettings, baseline: dict[str, Any] | None) -> None:
+    def __init__(self, config: pytest.Config, settings: GatingSettings, baseline: dict[str, Any] | None = None, *,
+                 defaults: RunSpec | None = None, previous: dict[str, Any] | None = None) -> None:
         self.config = config
         self.settings = settings
         self.baseline = baseline
+        #: the run-wide settings (CLI > ini > default); a test's marker is laid over them
+        self.defaults = defaults
+        #: the baseline already at the --stability-save-baseline path (updated, not replaced)
+        self.previous = previous
         #: nodeid -> the baseline comparison of each train() call of the running test
         self._comparisons: dict[str, list[dict[str, Any]]] = {}
         self._items: dict[str, pytest.Item] = {}
@@ -232,11 +217,12 @@ class GatingPlugin:
         if s.report:
             lines.append(f"stability JSON report: {s.report}")
         if s.baseline:
-            tol = ", ".join(f"{k}={v}" for k, v in sorted(s.tolerances.items()))
+            tol = ", ".join(f"{k}={v}" for k, v in sorted(self.tolerances_for(None).items()))
             lines.append(f"stability baseline: {s.baseline}" + (" (strict)" if s.baseline_strict else "")
-                         + (f"; {tol}" if tol else ""))
+                         + f"; {tol}")
         if s.save_baseline:
-            lines.append(f"stability baseline to save: {s.save_baseline}")
+            lines.append(f"stability baseline to save: {s.save_baseline}"
+                         + (" (updated: tests not run keep their entries)" if self.previous is not None else ""))
         if s.plots:
             lines.append(f"stability plots: {s.plots}")
         return lines
@@ -248,14 +234,18 @@ class GatingPlugin:
         self._comparisons.pop(item.nodeid, None)
         self._items[item.nodeid] = item
 
-    def tolerances_for(self, nodeid: str) -> dict[str, Any]:
-        """The test's tolerances: its resolved settings when options.OPTIONS holds them, else run-wide."""
-        item = self._items.get(nodeid)
-        fixture = getattr(item, "funcargs", {}).get("stability") if item is not None else None
-        values = getattr(getattr(fixture, "spec", None), "values", {}) or {}
-        return {opt.name: values[opt.name] if opt.name in values else self.settings.tolerances[opt.name]
-                for opt in TOLERANCE_OPTIONS}
+    def tolerances_for(self, nodeid: str | None) -> dict[str, Any]:
+        """The baseline tolerances of a test (marker > CLI > ini > default); run-wide for None or an unknown id."""
+        defaults = self.defaults
+        item = self._items.get(nodeid) if nodeid is not None else None
+        if defaults is None:
+            values: Any = baseline_mod.TOLERANCE_DEFAULTS
+        else:
+            # markers were validated at collection, so this does not raise
+            values = (spec_for_node(item, defaults) if item is not None else defaults).values
+        return {name: values[name] for name in TOLERANCE_NAMES}
 
+    @pytest.hookimpl(trylast=True)  # a user's implementation sees every run, also one failed here
     def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
         __tracebackhide__ = True
         if self.baseline is None:
@@ -328,7 +318,7 @@ class GatingPlugin:
             hook.pytest_stability_update_json(config=self.config, document=document)
             text = json_report.dumps(document)
             json_report.write_atomic(self.settings.report, text)
-        except (OSError, TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - hooks are user code; a failed write must not be an INTERNALERROR
             self.write_error = f"{type(exc).__name__}: {exc}"
             return False
         self.write_error = None
@@ -338,8 +328,6 @@ class GatingPlugin:
 
     def finish(self, records: list[dict[str, Any]], *, interrupted: bool) -> tuple[list[str], bool]:
         """Write plots, the baseline and the JSON report; returns footer lines and whether all went well."""
-        from .report import json_report
-
         s = self.settings
         footer: list[str] = []
         ok = True
@@ -360,18 +348,9 @@ class GatingPlugin:
                 footer.append(f"stability plots NOT written to {s.plots}: {type(exc).__name__}: {exc}")
                 ok = False
         if s.save_baseline is not None:
-            if interrupted:
-                footer.append(f"stability baseline NOT saved to {s.save_baseline}: the run was interrupted")
-            else:
-                doc = baseline_mod.build_baseline(records, meta={
-                    "plugin_version": __version__, "environment": json_report.environment(),
-                    "created_at": json_report.iso_time(time.time())})
-                try:
-                    json_report.write_atomic(s.save_baseline, json_report.dumps(doc))
-                    footer.append(f"stability baseline saved to {s.save_baseline} ({len(doc['tests'])} tests)")
-                except (OSError, TypeError, ValueError) as exc:
-                    footer.append(f"stability baseline NOT saved to {s.save_baseline}: {type(exc).__name__}: {exc}")
-                    ok = False
+            line, saved = self._save_baseline(records, interrupted=interrupted)
+            footer.append(line)
+            ok = ok and (saved or interrupted)
         if s.report is not None:
             if self.write_json(records, final=True):
                 footer.append(f"stability JSON written to {s.report}")
@@ -380,6 +359,31 @@ class GatingPlugin:
                 ok = False
         return footer, ok
 
+    def _save_baseline(self, records: list[dict[str, Any]], *, interrupted: bool) -> tuple[str, bool]:
+        """Write the baseline, updating the one already there; returns the footer line and whether it was saved.
 
-__all__ = ["GATING_KEY", "GatingPlugin", "GatingSettings", "TOLERANCE_OPTIONS",
-           "addoption", "configure", "load_baseline", "resolve_settings"]
+        Not after an interrupted run: its last test may have stopped half-way.
+        """
+        from .report import json_report
+
+        path = self.settings.save_baseline
+        if interrupted:
+            return f"stability baseline NOT saved to {path}: the run was interrupted", False
+        doc = baseline_mod.build_baseline(records, meta={
+            "plugin_version": __version__, "environment": json_report.environment(),
+            "created_at": json_report.iso_time(time.time())})
+        what = f"{len(doc['tests'])} tests"
+        if self.previous is not None:
+            doc, counts = baseline_mod.merge_baseline(self.previous, doc)
+            what = (f"{len(doc['tests'])} tests: {counts['updated']} updated, {counts['added']} added, "
+                    f"{counts['kept']} kept")
+        try:
+            # indented: a baseline is committed, and its changes are reviewed as diffs
+            json_report.write_atomic(path, json_report.dumps(doc, indent=1))
+        except (OSError, TypeError, ValueError) as exc:
+            return f"stability baseline NOT saved to {path}: {type(exc).__name__}: {exc}", False
+        return f"stability baseline saved to {path} ({what})", True
+
+
+__all__ = ["GATING_KEY", "GatingPlugin", "GatingSettings", "Prepared", "addoption", "load_baseline", "prepare",
+           "register", "resolve_settings"]

@@ -13,17 +13,30 @@ import pytest
 
 @pytest.hookspec
 def pytest_stability_run_finished(nodeid: str, report: Any) -> None:
-    """Called after each ``stability.train()`` call, before its verdict is raised.
+    """Called after each ``stability.train()`` call that trained, before its verdict is raised.
+
+    Called once per ``train()`` call, after every seed of it has trained, stable
+    or not (also with ``check=False``), and before ``train()`` raises for an
+    unstable run; not called when ``train()`` rejected its model or data.  It
+    runs in the process that trains the test: under pytest-xdist, a worker.
+    Raising fails the test.  The built-in baseline comparison
+    (``--stability-baseline``) is an implementation of this hook that fails a
+    test that regressed; it is registered ``trylast``, so your implementation
+    sees every run, also one that regressed.
 
     Args:
         nodeid: the test's node id.
         report: the :class:`~pytest_stability.report.StabilityReport`
-            (trace as numpy arrays, findings, summary).
+            (one run per seed: trace as numpy arrays, findings, summary).
+
+    Returns:
+        Nothing; return values are ignored.
 
     Example (conftest.py)::
 
         def pytest_stability_run_finished(nodeid, report):
-            np.save(f"traces/{nodeid.replace('/', '_')}.npy", report.trace.loss)
+            for run in report.runs:
+                np.save(f"traces/{nodeid.replace('/', '_')}-{run.seed}.npy", run.trace.loss)
     """
 
 
@@ -31,14 +44,56 @@ def pytest_stability_run_finished(nodeid: str, report: Any) -> None:
 def pytest_stability_generate_json(config: pytest.Config, records: list) -> dict | None:
     """Build the JSON report document from the per-test records.
 
-    Return a dict to replace the default document; the first non-None result
-    wins.  The default implementation is registered ``trylast``.
+    Called only with ``--stability-report`` (or ini ``stability_report``), and
+    only in the controller process (never in a pytest-xdist worker), each time
+    the report is written:
+
+    * while the run goes on, after the result of a stability test arrives (its
+      teardown, or its setup when it was skipped or errored); such a write is
+      skipped when the previous one was recent relative to what writing costs,
+      so that writing takes at most ~10% of the run's time.  The default
+      document then has ``"complete": false`` and ``"finished_at"`` and
+      ``"exitstatus"`` null;
+    * once at the end of the session, also after Ctrl-C (``"interrupted":
+      true``): ``"complete": true``.
+
+    Args:
+        config: the pytest config.
+        records: one builtins-only dict per stability test so far, sorted by
+            node id (``nodeid``, ``outcome``, ``verdict``, ``error``,
+            ``settings``, ``calls``, ...).
+
+    Returns:
+        A dict to write instead of the default document (the first non-None
+        result wins; the default implementation is registered ``trylast``),
+        or None.  ``pytest_stability_update_json`` then sees that dict.
+
+    Example (conftest.py)::
+
+        def pytest_stability_generate_json(config, records):
+            return {"verdicts": {r["nodeid"]: r["verdict"] for r in records}}
     """
 
 
 @pytest.hookspec
 def pytest_stability_update_json(config: pytest.Config, document: dict) -> None:
     """Mutate the JSON report document in place before it is written.
+
+    Called right after ``pytest_stability_generate_json``, every time the
+    report is written (see there: after stability tests with
+    ``document["complete"] == False``, and at the end of the session with
+    ``document["complete"] == True``).  numpy scalars and NaN/Inf you add are
+    encoded like the plugin's own values (NaN as ``"nan"``).  A value JSON
+    cannot hold, or an exception raised here, leaves the file as it was (it
+    is written atomically) and, at the end, fails the run with a message
+    naming the problem.
+
+    Args:
+        config: the pytest config.
+        document: the document about to be written.
+
+    Returns:
+        Nothing; change ``document`` in place.
 
     Example (conftest.py)::
 

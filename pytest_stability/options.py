@@ -7,8 +7,11 @@ help string and one validator.  Values resolve with the precedence
     marker  >  command line  >  ini  >  built-in default
 
 :func:`resolve_config_defaults` does the CLI/ini/default part once per run
-(raising one :class:`pytest.UsageError` that lists every bad value) and
-:func:`merge_marker` lays a test's marker keywords on top.
+(raising one :class:`OptionValueError` that lists every bad value, which the
+plugin reports as one :class:`pytest.UsageError` with :func:`usage_message`) and
+:func:`merge_marker` lays a test's marker keywords on top.  The report, baseline
+and plot paths (:mod:`~pytest_stability.gating`) are run-wide only, but are
+named (:func:`cli_name`, :func:`ini_name`) and reported the same way.
 
 This module imports nothing heavy: it runs on every pytest invocation.
 """
@@ -20,6 +23,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .report.baseline import TOLERANCE_DEFAULTS  # light: math only
 from .thresholds import Thresholds
 
 CHECK_NAMES = ("loss_spike", "nonfinite", "grad_norm", "val_loss")
@@ -160,6 +164,25 @@ def _from_text(parse: Callable[[Any], Any], text: str) -> Any:
         raise OptionValueError(f"{expects}, received {text!r}") from None
 
 
+def cli_name(name: str) -> str:
+    """The command-line option of a setting: ``baseline_grad_factor`` -> ``--stability-baseline-grad-factor``."""
+    return "--stability-" + name.replace("_", "-")
+
+
+def ini_name(name: str) -> str:
+    """The ini key of a setting: ``baseline_grad_factor`` -> ``stability_baseline_grad_factor``."""
+    return "stability_" + name
+
+
+#: The first line of the usage error that lists every bad setting of a run.
+USAGE_ERROR_HEADING = "pytest-stability: invalid settings:"
+
+
+def usage_message(problems: list[str]) -> str:
+    """One message for every bad setting of a run (one per line, each naming where it came from)."""
+    return USAGE_ERROR_HEADING + "\n  " + "\n  ".join(problems)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: a marker keyword, a ``--stability-*`` option and an ini key."""
@@ -173,11 +196,11 @@ class Option:
 
     @property
     def cli(self) -> str:
-        return "--stability-" + self.name.replace("_", "-")
+        return cli_name(self.name)
 
     @property
     def ini(self) -> str:
-        return "stability_" + self.name
+        return ini_name(self.name)
 
     @property
     def expects(self) -> str:
@@ -212,9 +235,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("val_smoothing", _float(0, strict=False, max_value=1), _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)"),
     Option("val_tolerance", _float(0, strict=False), _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative"),
     Option("val_min_delta", _float(0, strict=False), _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above its best, absolute"),
+    # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
+    Option("baseline_grad_factor", _float(1, strict=False), TOLERANCE_DEFAULTS["baseline_grad_factor"],
+           "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's"),
+    Option("baseline_val_tolerance", _float(0, strict=False), TOLERANCE_DEFAULTS["baseline_val_tolerance"],
+           "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
+           "fraction of it"),
+    Option("baseline_extra_spikes", _int(0), TOLERANCE_DEFAULTS["baseline_extra_spikes"],
+           "baseline: loss spikes allowed beyond the baseline's count"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+#: The names of the baseline tolerances (the options the comparison with --stability-baseline reads).
+TOLERANCE_NAMES: tuple[str, ...] = tuple(TOLERANCE_DEFAULTS)
 
 #: The marker signature shown by ``pytest --markers``.
 MARKER_SIGNATURE = "stable_training(steps=200, *, " + ", ".join(
@@ -319,7 +353,12 @@ __all__ = [
     "Option",
     "OptionValueError",
     "RunSpec",
+    "TOLERANCE_NAMES",
+    "USAGE_ERROR_HEADING",
+    "cli_name",
+    "ini_name",
     "merge_marker",
     "parse_text",
     "resolve_config_defaults",
+    "usage_message",
 ]

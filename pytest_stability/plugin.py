@@ -15,7 +15,7 @@ from . import hookspecs
 from . import gating
 from .fixtures import RECORD_KEY, make_fixture
 from .marker import MARKER_NAME, spec_for_node, validate_markers
-from .options import MARKER_SIGNATURE, OPTIONS, OptionValueError, resolve_config_defaults
+from .options import MARKER_SIGNATURE, OPTIONS, OptionValueError, resolve_config_defaults, usage_message
 from .report.junit import junit_properties
 from .session import SESSION_KEY, StabilitySession
 
@@ -58,16 +58,25 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     cli_raw = {opt.name: config.getoption("stability_" + opt.name) for opt in OPTIONS}
+    problems: list[str] = []
     try:
         defaults = resolve_config_defaults(lambda name: cli_raw[name], config.getini)
     except OptionValueError as exc:
-        raise pytest.UsageError("pytest-stability: invalid settings:\n  " + str(exc).replace("\n", "\n  ")) from None
+        defaults = None
+        problems.extend(str(exc).splitlines())
+    prepared = gating.prepare(config)
+    problems.extend(prepared.problems)
+    # One usage error (exit 4) for every bad setting of the run.
+    if problems == [gating.PLOTS_MISSING_MESSAGE]:
+        raise pytest.UsageError(gating.PLOTS_MISSING_MESSAGE)
+    if problems:
+        raise pytest.UsageError(usage_message(problems))
     config.stash[DEFAULTS_KEY] = defaults
     config.stash[CLI_VALUES_KEY] = {name: defaults.values[name] for name, raw in cli_raw.items() if raw is not None}
     session = StabilitySession(config)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "stability-session")
-    gating.configure(config)
+    gating.register(config, prepared, defaults)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

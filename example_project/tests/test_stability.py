@@ -32,9 +32,16 @@ def jump_schedule(peak):
     return keras.optimizers.schedules.PiecewiseConstantDecay([150], [1e-3, peak])
 
 
-@pytest.mark.stable_training(steps=300)
+# After the jump the run is chaotic: how many spikes follow, and how large the gradient norms
+# get, can change with the CPU or library version.  Looser baseline tolerances for this test
+# alone; the baseline still fails it if it goes unstable differently (a new kind of finding).
+@pytest.mark.stable_training(steps=300, baseline_grad_factor=10.0, baseline_extra_spikes=5)
 def test_known_unstable_schedule_is_detected(stability):
-    """A known-unstable configuration, kept as a regression test of the detector."""
+    """A known-unstable configuration, kept as a regression test of the detector.
+
+    check=False: the run is expected to be unstable, so the test asserts that it is (and where),
+    instead of failing on it.
+    """
     model = convnet_classifier()
     model.compile(optimizer=keras.optimizers.SGD(jump_schedule(20.0), momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

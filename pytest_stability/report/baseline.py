@@ -14,6 +14,10 @@ names every regression beyond the tolerances:
 
 A non-finite value where the baseline had a finite one is a regression.
 
+Saving into an existing baseline merges (:func:`merge_baseline`): the tests
+that trained in this run replace their entries, the others are kept, so
+``pytest -k one_test --stability-save-baseline=PATH`` updates one entry.
+
 Pure builtins/numpy; no pytest, no TensorFlow.  Baseline documents are
 builtins-only dicts: :func:`pytest_stability.report.json_report.dumps` writes them.
 """
@@ -44,7 +48,14 @@ OK, REGRESSED, MISSING = "ok", "regressed", "missing"
 
 
 class BaselineFileError(ValueError):
-    """A baseline file is not a pytest-stability baseline; the message says why."""
+    """A baseline file is not a pytest-stability baseline; the message says why and what to do.
+
+    ``problem`` is the message without the advice, for callers that give their own.
+    """
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+        self.problem = problem
 
 
 # -- building -------------------------------------------------------------------
@@ -78,15 +89,33 @@ def build_baseline(records: Iterable[Mapping[str, Any]], *, meta: Mapping[str, A
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, **dict(meta), "tests": tests}
 
 
+def merge_baseline(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The baseline to save when ``previous`` (a valid baseline, or None) is already at the path.
+
+    Each test of ``current`` replaces its whole entry (every call and seed);
+    the entries of tests that did not train in this run are kept as they were.
+
+    Returns:
+        The merged document (``current``'s metadata, tests sorted by node id)
+        and the counts ``{"updated", "added", "kept"}``.
+    """
+    old = dict((previous or {}).get("tests") or {})
+    new = current["tests"]
+    counts = {"updated": sum(n in old for n in new), "added": sum(n not in old for n in new),
+              "kept": sum(n not in new for n in old)}
+    old.update(new)
+    return dict(current, tests={n: old[n] for n in sorted(old)}), counts
+
+
 def validate_baseline(document: Any, where: str) -> dict[str, Any]:
     """Check a loaded baseline document's shape; raise :class:`BaselineFileError` naming the problem."""
     if not isinstance(document, dict) or document.get("kind") != BASELINE_KIND:
-        raise BaselineFileError(f"{where} is not a pytest-stability baseline (no \"kind\": \"{BASELINE_KIND}\"); "
+        raise BaselineFileError(f"{where} is not a pytest-stability baseline (no \"kind\": \"{BASELINE_KIND}\")",
                                 "write one with --stability-save-baseline=PATH")
     version = document.get("schema_version")
     if version != BASELINE_SCHEMA_VERSION:
-        raise BaselineFileError(f"{where} has baseline schema_version {version!r}; this pytest-stability reads "
-                                f"version {BASELINE_SCHEMA_VERSION}: save the baseline again")
+        raise BaselineFileError(f"{where} has baseline schema_version {version!r}, and this pytest-stability reads "
+                                f"version {BASELINE_SCHEMA_VERSION}", "save the baseline again")
     tests = document.get("tests")
     if not isinstance(tests, dict):
         raise BaselineFileError(f"{where}: \"tests\" must be an object mapping node ids to entries")
@@ -273,5 +302,6 @@ __all__ = [
     "compare_call",
     "compare_run",
     "explain_regression",
+    "merge_baseline",
     "validate_baseline",
 ]

@@ -191,9 +191,14 @@ def _strict(obj: Any, where: str) -> Any:
     raise TypeError(f"{where} is a {type(obj).__name__}, which JSON cannot hold: {obj!r:.80}")
 
 
-def dumps(document: Any) -> str:
-    """Strict JSON text (``allow_nan=False``, sorted keys) with a final newline."""
-    return json.dumps(strict(document), allow_nan=False, sort_keys=True, separators=(",", ":")) + "\n"
+def dumps(document: Any, *, indent: int | None = None) -> str:
+    """Strict JSON text (``allow_nan=False``, sorted keys) with a final newline.
+
+    Compact by default; ``indent`` for files that are committed and reviewed as diffs (baselines).
+    """
+    separators = (",", ":") if indent is None else (",", ": ")
+    return json.dumps(strict(document), allow_nan=False, sort_keys=True, separators=separators,
+                      indent=indent) + "\n"
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:

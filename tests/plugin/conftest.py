@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -25,19 +25,11 @@ except ImportError:  # the plot tests skip themselves
 #: Timing fields: the only ones allowed to differ between two runs of the same tests.
 TIMING_KEYS = frozenset({"wall_time", "duration", "started_at", "finished_at", "created_at"})
 
-#: Named layers and models, so variable names do not depend on how many models
-#: the process built before (they appear in findings and in the report).
-NAMED_PROBLEM = '''
-import numpy as np
-import keras
-import pytest
-
-rng = np.random.default_rng(0)
-X = rng.normal(size=(256, 8)).astype("float32")
-Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype("float32")
-XV = rng.normal(size=(64, 8)).astype("float32")
-YV = (XV[:, 0] + 0.5 * XV[:, 1] > 0).astype("float32")
-
+#: Named layers and models, appended to tests/conftest.py's TINY_PROBLEM (this build() replaces
+#: its build(); both train on its X, Y, XV, YV).  Names make findings readable ("first variable
+#: affected: mlp_nan/hidden/kernel"); unnamed models get the same names in every process too
+#: (test_auto_names.py).
+NAMED_MODELS = '''
 
 def build(lr=1e-2, name="mlp"):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="hidden"),
@@ -47,12 +39,74 @@ def build(lr=1e-2, name="mlp"):
 
 
 def build_diverging(name="mlp_nan"):
-    """SGD(10) on targets x100: the loss overflows within a few steps (a nonfinite finding)."""
+    """SGD(10) on targets x100: the gradient norm explodes at step 1 (a grad_norm finding) and the
+    loss overflows at step 2, where training stops (a nonfinite finding)."""
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="hidden"),
                               keras.layers.Dense(1, name="out")], name=name)
     model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
     return model
 '''
+
+
+#: Stability tests that several modules' pytester runs are built from (after named_problem), by name;
+#: see the ``scenario`` fixture.  Each is what its name says, at 40 steps or fewer.
+SCENARIO_TESTS = {
+    "healthy": '''
+
+@pytest.mark.stable_training(steps=40, validate_every=20)
+def test_healthy(stability):
+    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
+''',
+    # findings: grad_norm at step 1, then nonfinite at step 2 (3 steps run), naming mlp_nan/... variables
+    "diverges": '''
+
+@pytest.mark.stable_training(steps=40)
+def test_diverges(stability):
+    stability.train(build_diverging(), X, Y * 100, batch_size=16)
+''',
+    "crashes": '''
+
+@pytest.mark.stable_training(steps=40)
+def test_crashes(stability):
+    stability.train(build(name="mlp_crash"), X, Y, batch_size=16)
+    raise RuntimeError("the test body crashed")
+''',
+    "setup_error": '''
+
+@pytest.fixture
+def broken_data():
+    raise RuntimeError("the data fixture is broken")
+
+
+@pytest.mark.stable_training(steps=40)
+def test_setup_error(broken_data, stability):
+    stability.train(build(), X, Y)
+''',
+    "skipped": '''
+
+@pytest.mark.skip(reason="not today")
+@pytest.mark.stable_training(steps=40)
+def test_skipped(stability):
+    stability.train(build(), X, Y)
+''',
+    "never_trains": '''
+
+@pytest.mark.stable_training(steps=40)
+def test_never_trains(stability):
+    pass
+''',
+    "one": '''
+
+@pytest.mark.stable_training(steps=20)
+def test_one(stability):
+    stability.train(build(), X, Y, batch_size=16)
+''',
+    "plain": '''
+
+def test_plain():
+    pass
+''',
+}
 
 
 def _reject_constant(token: str) -> Any:
@@ -78,9 +132,23 @@ def tests_by_id(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def named_problem() -> str:
+def named_problem(tiny_problem: str) -> str:
     """Source text defining X, Y, XV, YV, build() and build_diverging() with named layers."""
-    return NAMED_PROBLEM
+    return tiny_problem + NAMED_MODELS
+
+
+@pytest.fixture
+def scenario(pytester: pytest.Pytester, named_problem: str) -> Callable[..., Path]:
+    """Write a pytester test module: named_problem, then the :data:`SCENARIO_TESTS` named, then ``extra``.
+
+    ``scenario("healthy", "diverges", module="test_x")`` writes test_x.py (default: the test's own name).
+    """
+
+    def write(*names: str, module: str | None = None, extra: str = "") -> Path:
+        source = named_problem + "".join(SCENARIO_TESTS[name] for name in names) + extra
+        return pytester.makepyfile(**{module: source}) if module else pytester.makepyfile(source)
+
+    return write
 
 
 @pytest.fixture

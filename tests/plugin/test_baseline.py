@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
-from pytest_stability.options import OPTIONS_BY_NAME
+from pytest_stability.gating import load_baseline
 from pytest_stability.report import baseline as baseline_mod
 from pytest_stability.report.render import fmt
 
@@ -39,6 +41,14 @@ NEW_TEST = '''
 @pytest.mark.stable_training(steps=30)
 def test_c(stability):
     stability.train(build(name="mlp_c"), X, Y, batch_size=16)
+'''
+
+#: Records every pytest_stability_run_finished call: the built-in comparison is trylast, so this
+#: conftest sees also the runs the comparison fails.
+RUN_FINISHED_CONFTEST = '''
+def pytest_stability_run_finished(nodeid, report):
+    with open("run_finished.txt", "a") as out:
+        out.write(f"{nodeid} {report.verdict}\\n")
 '''
 
 RUN = ("-p", "no:cacheprovider")
@@ -167,12 +177,15 @@ def test_validation_loss_regression(pytester, named_problem, saved):
 
 def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, named_problem, saved):
     _write(pytester, named_problem, variant="nan")
+    pytester.makeconftest(RUN_FINISHED_CONFTEST)
     result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
     result.assert_outcomes(passed=1, failed=1)
+    assert (pytester.path / "run_finished.txt").read_text().splitlines() == [
+        "test_gate.py::test_a unstable", "test_gate.py::test_b stable"]
     result.stdout.fnmatch_lines([
         "test_gate.py::test_a: training stability regressed against the baseline */base.json:",
         "  seed 0: new finding [[]nonfinite[]] training at step 2 (not in the baseline): non-finite *",
-        "*test_gate.py::test_a: stable_training: 1 of * checks failed (nonfinite) - seed 0, 3/60 steps on CPU",
+        "*test_gate.py::test_a: stable_training: * checks failed (*nonfinite*) - seed 0, 3/60 steps on CPU",
         "*replay: pytest test_gate.py::test_a --stability-replay=0",
     ])
 
@@ -244,9 +257,18 @@ def test_bad_baseline_settings_are_one_usage_error(pytester):
     result.stderr.fnmatch_lines(
         ["*--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)"])
 
+    # saving updates the baseline at the path, so what is there must be one (not, say, the report)
+    result = pytester.runpytest("--stability-save-baseline=report.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(['*--stability-save-baseline: */report.json is not a pytest-stability baseline '
+                                 '(no "kind": "pytest-stability-baseline"); saving updates the baseline already at '
+                                 'PATH, so remove that file (or give another PATH) to start a new baseline'])
+    assert json.loads((pytester.path / "report.json").read_text()) == {"schema_version": 1, "tests": []}
+
 
 def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem):
-    (pytester.path / "base.json").write_text("previous baseline")
+    previous = json.dumps({"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "tests": {}})
+    (pytester.path / "base.json").write_text(previous)
     pytester.makepyfile(named_problem + '''
 @pytest.mark.stable_training(steps=20)
 def test_one(stability):
@@ -256,7 +278,7 @@ def test_one(stability):
     result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*stability baseline NOT saved to */base.json: the run was interrupted*"])
-    assert (pytester.path / "base.json").read_text() == "previous baseline"
+    assert (pytester.path / "base.json").read_text() == previous
 
 
 # -- the comparison itself (pure) ---------------------------------------------------------------
@@ -305,12 +327,74 @@ def test_compare_run_new_findings_only():
         "new finding [grad_norm] growth at step 70 (not in the baseline): gradient norm grew 150x"]
 
 
-@pytest.mark.skipif("baseline_grad_factor" not in OPTIONS_BY_NAME,
-                    reason="per-marker tolerances need the baseline_* entries in options.OPTIONS")
-def test_marker_tolerance_overrides_cli(pytester, named_problem, saved):
-    _write(pytester, named_problem, variant="grad")
+def test_marker_tolerance_overrides_cli_and_ini(pytester, named_problem, saved, gating):
+    _write(pytester, named_problem, variant="grad")  # test_a regresses: see the test above
     src = (pytester.path / "test_gate.py").read_text().replace(
         "val_tolerance=5.0)", "val_tolerance=5.0, baseline_grad_factor=100.0, baseline_val_tolerance=5.0)")
     (pytester.path / "test_gate.py").write_text(src)
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5")
+    pytester.makeini("[pytest]\nstability_baseline_grad_factor = 1.2\nstability_baseline_extra_spikes = 2\n")
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5",
+                                "--stability-report=now.json")
     result.assert_outcomes(passed=2)
+    # the header shows the run-wide values (command line > ini > default)
+    result.stdout.fnmatch_lines(["stability baseline: */base.json; baseline_extra_spikes=2, baseline_grad_factor=1.5, "
+                                 "baseline_val_tolerance=0.1"])
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
+    a, b = tests["test_gate.py::test_a"], tests["test_gate.py::test_b"]
+    # each test was compared with its own resolved values: marker > command line > ini > default
+    assert a["calls"][0]["baseline"]["tolerances"] == {
+        "baseline_grad_factor": 100.0, "baseline_val_tolerance": 5.0, "baseline_extra_spikes": 2}
+    assert b["calls"][0]["baseline"]["tolerances"] == {
+        "baseline_grad_factor": 1.5, "baseline_val_tolerance": 0.1, "baseline_extra_spikes": 2}
+    assert a["settings"]["baseline_grad_factor"] == 100.0 and b["settings"]["baseline_grad_factor"] == 1.5
+    metrics = a["calls"][0]["baseline"]["seeds"]["0"]["metrics"]
+    assert metrics["p99_grad_norm"]["now"] > 2 * metrics["p99_grad_norm"]["baseline"]  # it did regress
+
+
+def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_problem, saved, gating):
+    # test_b now trains two seeds and test_c is new; only they run: test_a's entry must survive as it was.
+    _write(pytester, named_problem, seeds_b=2, extra=NEW_TEST)
+    result = pytester.runpytest(*RUN, "-k", "test_b or test_c", "--stability-save-baseline=base.json")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "stability baseline to save: */base.json (updated: tests not run keep their entries)",
+        "*- stability baseline saved to */base.json (3 tests: 1 updated, 1 added, 1 kept) -*",
+    ])
+    merged = gating.load_strict(pytester.path / "base.json")
+    assert sorted(merged["tests"]) == ["test_gate.py::test_a", "test_gate.py::test_b", "test_gate.py::test_c"]
+    assert merged["tests"]["test_gate.py::test_a"] == saved["tests"]["test_gate.py::test_a"]
+    assert sorted(merged["tests"]["test_gate.py::test_b"]["calls"][0]["runs"]) == ["0", "1"]  # replaced, not mixed
+    assert merged["tests"]["test_gate.py::test_b"]["calls"][0]["runs"]["0"] == (
+        saved["tests"]["test_gate.py::test_b"]["calls"][0]["runs"]["0"])  # the same seed trains the same
+    assert merged["created_at"] >= saved["created_at"]
+
+    # the merged baseline gates a full run: every test is compared
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*- stability baseline */base.json: 3 compared, 0 regressed, 0 not in the baseline -*"])
+
+
+def test_merge_baseline():
+    def doc(tests, created):
+        return {"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "created_at": created, "tests": tests}
+
+    previous = doc({"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["old b"]}}, "then")
+    merged, counts = baseline_mod.merge_baseline(previous, doc({"t::b": {"calls": ["new b"]},
+                                                                "t::c": {"calls": ["new c"]}}, "now"))
+    assert merged == doc({"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["new b"]}, "t::c": {"calls": ["new c"]}},
+                         "now")
+    assert counts == {"updated": 1, "added": 1, "kept": 1}
+    assert previous["tests"]["t::b"] == {"calls": ["old b"]}  # not modified
+    assert baseline_mod.merge_baseline(None, doc({}, "now")) == (doc({}, "now"), {"updated": 0, "added": 0, "kept": 0})
+
+
+def test_example_project_baseline_is_valid_and_covers_its_tests():
+    """The committed baseline loads, and has an entry for every stability test of the example project."""
+    root = Path(__file__).resolve().parents[2] / "example_project"
+    doc = load_baseline(root / "stability-baseline.json")
+    names = re.findall(r"^def (test_\w+)\(stability\)", (root / "tests/test_stability.py").read_text(), re.M)
+    assert len(names) == 5
+    assert sorted(doc["tests"]) == sorted(f"tests/test_stability.py::{name}" for name in names)
+    assert {n.split("::")[1]: t["verdict"] for n, t in doc["tests"].items()} == {
+        name: "unstable" if "known_unstable" in name else "stable" for name in names}
+    assert "stability_baseline = stability-baseline.json" in (root / "pytest.ini").read_text()

@@ -12,43 +12,8 @@ import pytest
 import pytest_stability
 from pytest_stability.report import json_report
 
-SCENARIO = '''
-
-@pytest.fixture
-def broken_data():
-    raise RuntimeError("the data fixture is broken")
-
-
-@pytest.mark.stable_training(steps=60, validate_every=20)
-def test_healthy(stability):
-    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_diverges(stability):
-    stability.train(build_diverging(), X, Y * 100, batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_crashes_after_training(stability):
-    stability.train(build(name="mlp_crash"), X, Y, batch_size=16)
-    raise RuntimeError("the test body crashed")
-
-
-@pytest.mark.stable_training(steps=40)
-def test_setup_error(broken_data, stability):
-    stability.train(build(), X, Y)
-
-
-@pytest.mark.skip(reason="not today")
-@pytest.mark.stable_training(steps=40)
-def test_skipped(stability):
-    stability.train(build(), X, Y)
-
-
-def test_plain():
-    pass
-'''
+#: The tests of the schema test: every outcome a stability test can have.
+SCENARIO = ("healthy", "diverges", "crashes", "setup_error", "skipped", "plain")
 
 TOP_KEYS = {"schema_version", "plugin", "environment", "devices", "started_at", "finished_at", "duration",
             "complete", "interrupted", "exitstatus", "counts", "tests"}
@@ -68,8 +33,8 @@ def _tf_version() -> tuple[str, str]:
     raise AssertionError("no TensorFlow distribution installed")
 
 
-def test_report_schema_and_content(pytester, named_problem, gating):
-    pytester.makepyfile(test_scenario=named_problem + SCENARIO)
+def test_report_schema_and_content(pytester, scenario, gating):
+    scenario(*SCENARIO, module="test_scenario")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=reports/stability.json")
     result.assert_outcomes(passed=2, failed=2, errors=1, skipped=1)
     result.stdout.fnmatch_lines(["*- stability JSON written to *reports/stability.json -*",
@@ -95,44 +60,47 @@ def test_report_schema_and_content(pytester, named_problem, gating):
     tests = gating.tests_by_id(doc)
     assert [t["nodeid"] for t in doc["tests"]] == sorted(tests)  # sorted; the plain test is not a stability test
     assert sorted(tests) == [f"test_scenario.py::test_{n}" for n in
-                             ("crashes_after_training", "diverges", "healthy", "setup_error", "skipped")]
+                             ("crashes", "diverges", "healthy", "setup_error", "skipped")]
     for t in doc["tests"]:
         assert set(t) == TEST_KEYS, t["nodeid"]
 
     healthy = tests["test_scenario.py::test_healthy"]
     assert (healthy["outcome"], healthy["verdict"], healthy["error"]) == ("passed", "stable", None)
     assert (healthy["seeds"], healthy["failed_seeds"], healthy["device"]) == ([0], [], "CPU")
-    assert (healthy["steps_planned"], healthy["steps_run"]) == (60, 60)
+    assert (healthy["steps_planned"], healthy["steps_run"]) == (40, 40)
     assert healthy["wall_time"] > 0 and healthy["findings"] == []
-    assert healthy["settings"]["steps"] == 60 and healthy["settings"]["validate_every"] == 20
+    assert healthy["settings"]["steps"] == 40 and healthy["settings"]["validate_every"] == 20
     (call,) = healthy["calls"]
     (run,) = call["runs"]
-    assert (run["seed"], run["verdict"], run["steps_run"]) == (0, "stable", 60)
+    assert (run["seed"], run["verdict"], run["steps_run"]) == (0, "stable", 40)
     assert run["replay"] == "pytest test_scenario.py::test_healthy --stability-replay=0"
     assert set(run["summary"]) == SUMMARY_KEYS
     s = run["summary"]
     assert all(isinstance(s[k], float) for k in ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm",
                                                   "val_trend", "final_val_loss"))
     assert s["p99_grad_norm"] <= s["max_grad_norm"] and s["val_trend"] < 0 and s["spikes"] == 0
-    assert run["curves"]["loss"]["step"] == list(range(60))
-    assert len(run["curves"]["grad_norm"]["value"]) == 60
-    assert run["curves"]["val_loss"]["step"] == [0, 20, 40, 60]
+    assert run["curves"]["loss"]["step"] == list(range(40))
+    assert len(run["curves"]["grad_norm"]["value"]) == 40
+    assert run["curves"]["val_loss"]["step"] == [0, 20, 40]
 
     diverges = tests["test_scenario.py::test_diverges"]
     assert (diverges["outcome"], diverges["verdict"], diverges["failed_seeds"]) == ("failed", "unstable", [0])
     assert diverges["steps_planned"] == 40 and diverges["steps_run"] < 40
-    (finding,) = diverges["findings"]
-    assert set(finding) == FINDING_KEYS | {"call", "seed"}
-    assert (finding["check"], finding["call"], finding["seed"]) == ("nonfinite", 0, 0)
-    assert finding["step"] == diverges["steps_run"] - 1
-    assert finding["cause"] and finding["fix"] and "first variable affected: mlp_nan/" in finding["message"]
+    findings = {f["check"]: f for f in diverges["findings"]}
+    assert set(findings) == {"grad_norm", "nonfinite"}  # the gradient norm explodes, then the loss overflows
+    for finding in diverges["findings"]:
+        assert set(finding) == FINDING_KEYS | {"call", "seed"}
+        assert (finding["call"], finding["seed"]) == (0, 0) and finding["cause"] and finding["fix"]
+    finding = findings["nonfinite"]
+    assert finding["step"] == diverges["steps_run"] - 1  # training stops at the non-finite step
+    assert "first variable affected: mlp_nan/" in finding["message"]
     (run,) = diverges["calls"][0]["runs"]
-    assert run["findings"] == [{k: v for k, v in finding.items() if k not in ("call", "seed")}]
+    assert run["findings"] == [{k: v for k, v in f.items() if k not in ("call", "seed")} for f in diverges["findings"]]
     # the non-finite gradient norm is encoded, not written as a NaN/Infinity token
     assert run["curves"]["grad_norm"]["value"][-1] in ("nan", "inf")
     assert all(isinstance(v, float) for v in run["curves"]["grad_norm"]["value"][:-1])
 
-    crashed = tests["test_scenario.py::test_crashes_after_training"]
+    crashed = tests["test_scenario.py::test_crashes"]
     assert (crashed["outcome"], crashed["verdict"], crashed["steps_run"]) == ("failed", "stable", 40)
 
     setup_error = tests["test_scenario.py::test_setup_error"]
@@ -160,12 +128,8 @@ def test_long(stability):
         assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 698
 
 
-def test_ini_twin_and_no_report_without_option(pytester, named_problem, gating):
-    pytester.makepyfile(named_problem + '''
-@pytest.mark.stable_training(steps=20)
-def test_short(stability):
-    stability.train(build(), X, Y, batch_size=16)
-''')
+def test_ini_twin_and_no_report_without_option(pytester, scenario, gating):
+    scenario("one")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*stability JSON*")
@@ -190,26 +154,29 @@ def test_report_path_that_is_a_directory_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--stability-report: */reports is a directory; give a file path*"])
 
 
-def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, named_problem):
-    # The second test reads the report while the run is still going: the first
-    # test is already in it, and the document says it is not complete.
-    pytester.makepyfile(named_problem + '''
-import json
-
-
-@pytest.mark.stable_training(steps=20)
-def test_first(stability):
-    stability.train(build(), X, Y, batch_size=16)
-
+def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, scenario):
+    # test_reads_partial_report reads the report while the run is still going: test_one is
+    # already in it, and the document says it is not complete.  The JSON hooks run for each
+    # write, as hookspecs.py says: complete False after the stability test, True at the end.
+    pytester.makeconftest('''
+def pytest_stability_update_json(document):
+    with open("update_json_calls.txt", "a") as out:
+        out.write(f"complete={document['complete']} tests={len(document['tests'])}\\n")
+''')
+    scenario("one", extra='''
 
 def test_reads_partial_report():
+    import json
+
     doc = json.load(open("partial.json"))
     assert doc["complete"] is False and doc["exitstatus"] is None and doc["finished_at"] is None
     assert [(t["nodeid"], t["verdict"], t["outcome"]) for t in doc["tests"]] == [
-        ("test_written_after_each_test_so_a_killed_run_leaves_what_ran.py::test_first", "stable", "passed")]
+        ("test_written_after_each_test_so_a_killed_run_leaves_what_ran.py::test_one", "stable", "passed")]
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=partial.json")
     result.assert_outcomes(passed=2)
+    assert (pytester.path / "update_json_calls.txt").read_text().splitlines() == [
+        "complete=False tests=1", "complete=True tests=1"]
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -248,13 +215,9 @@ def pytest_stability_update_json(config, document):
 '''
 
 
-def test_update_json_hook_and_strictness(pytester, named_problem, gating):
+def test_update_json_hook_and_strictness(pytester, scenario, gating):
     pytester.makeconftest(HOOKS_CONFTEST)
-    pytester.makepyfile(named_problem + '''
-@pytest.mark.stable_training(steps=20)
-def test_diverges(stability):
-    stability.train(build_diverging(), X, Y * 100, batch_size=16)
-''')
+    scenario("diverges")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(failed=1)
     text = (pytester.path / "r.json").read_text()
@@ -264,17 +227,13 @@ def test_diverges(stability):
     assert doc["tests"][0]["verdict"] == "unstable"
 
 
-def test_generate_json_hook_replaces_the_document(pytester, named_problem, gating):
+def test_generate_json_hook_replaces_the_document(pytester, scenario, gating):
     pytester.makeconftest(HOOKS_CONFTEST + '''
 
 def pytest_stability_generate_json(config, records):
     return {"custom": True, "nodeids": [r["nodeid"] for r in records]}
 ''')
-    pytester.makepyfile(named_problem + '''
-@pytest.mark.stable_training(steps=20)
-def test_one(stability):
-    stability.train(build(), X, Y, batch_size=16)
-''')
+    scenario("one")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert gating.load_strict(pytester.path / "r.json") == {
@@ -282,16 +241,12 @@ def test_one(stability):
         "commit": "abc123", "nan_from_hook": "nan", "numpy_from_hook": 2.5}
 
 
-def test_unwritable_document_fails_the_run_with_a_message(pytester, named_problem):
+def test_unwritable_document_fails_the_run_with_a_message(pytester, scenario):
     pytester.makeconftest('''
 def pytest_stability_update_json(document):
     document["bad"] = object()
 ''')
-    pytester.makepyfile(named_problem + '''
-@pytest.mark.stable_training(steps=20)
-def test_one(stability):
-    stability.train(build(), X, Y, batch_size=16)
-''')
+    scenario("one")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -4,27 +4,6 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-SCENARIO = '''
-
-@pytest.mark.stable_training(steps=40, validate_every=20)
-def test_healthy(stability):
-    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_diverges(stability):
-    stability.train(build_diverging(), X, Y * 100, batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_never_trains(stability):
-    pass
-
-
-def test_plain():
-    pass
-'''
-
 
 def _properties(path):
     out = {}
@@ -34,8 +13,8 @@ def _properties(path):
     return out
 
 
-def test_verdict_and_metrics_are_junit_properties(pytester, named_problem, gating):
-    pytester.makepyfile(test_junit_scenario=named_problem + SCENARIO)
+def test_verdict_and_metrics_are_junit_properties(pytester, scenario, gating):
+    scenario("healthy", "diverges", "never_trains", "plain", module="test_junit_scenario")
     result = pytester.runpytest("-p", "no:cacheprovider", "--junitxml=junit.xml", "--stability-report=r.json")
     result.assert_outcomes(passed=2, failed=2)
     props = _properties(pytester.path / "junit.xml")
@@ -54,7 +33,8 @@ def test_verdict_and_metrics_are_junit_properties(pytester, named_problem, gatin
 
     diverges = props["test_diverges"]
     assert diverges["stability_verdict"] == "unstable"
-    assert diverges["stability_finding"].startswith("nonfinite at step 2: non-finite ")
+    first = tests["test_junit_scenario.py::test_diverges"]["findings"][0]
+    assert diverges["stability_finding"] == f"{first['check']} at step {first['step']}: {first['message']}"
     assert int(diverges["stability_steps_run"]) < 40
 
     never = props["test_never_trains"]
@@ -63,12 +43,8 @@ def test_verdict_and_metrics_are_junit_properties(pytester, named_problem, gatin
     assert props["test_plain"] == {}
 
 
-def test_baseline_status_is_a_junit_property(pytester, named_problem):
-    pytester.makepyfile(test_junit_baseline=named_problem + '''
-@pytest.mark.stable_training(steps=20)
-def test_one(stability):
-    stability.train(build(), X, Y, batch_size=16)
-''')
+def test_baseline_status_is_a_junit_property(pytester, scenario):
+    scenario("one", module="test_junit_baseline")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json")
     result.assert_outcomes(passed=1)
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-baseline=base.json", "--junitxml=junit.xml")

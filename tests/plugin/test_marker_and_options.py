@@ -9,7 +9,8 @@ pytestmark = []
 
 def test_markers_lists_full_signature(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.stable_training(steps=200, *, batch_size=32, seed=0, *"])
+    result.stdout.fnmatch_lines(["@pytest.mark.stable_training(steps=200, *, batch_size=32, seed=0, *"
+                                 "baseline_grad_factor=2.0, baseline_val_tolerance=0.1, baseline_extra_spikes=0)*"])
     assert result.ret == 0
 
 
@@ -43,6 +44,9 @@ def test_ok(stability):
         ("checks=['loss_spike', 'nan']", "stable_training: checks must be a list of check names from *, received unknown check 'nan'"),
         ("spike_ratio=1", "stable_training: spike_ratio must be a finite number > 1, received 1"),
         ("batch_size=2.5", "stable_training: batch_size must be an int >= 1, received 2.5 (float)"),
+        ("baseline_grad_factor=0.5", "stable_training: baseline_grad_factor must be a finite number >= 1, received 0.5"),
+        ("baseline_extra_spikes=1.5",
+         "stable_training: baseline_extra_spikes must be an int >= 0, received 1.5 (float)"),
     ],
 )
 def test_bad_marker_argument_fails_collection_with_message(pytester, marker, expected):

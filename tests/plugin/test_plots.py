@@ -11,32 +11,13 @@ from pytest_stability.report.plots import plot_filename
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-PLOTTED = '''
-
-@pytest.mark.stable_training(steps=40, validate_every=10)
-def test_healthy(stability):
-    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_diverges(stability):
-    stability.train(build_diverging(), X, Y * 100, batch_size=16)
-
-
-@pytest.mark.skip(reason="no plot for a test that did not train")
-@pytest.mark.stable_training(steps=40)
-def test_skipped(stability):
-    pass
-
+#: A parametrized test: its node id ("test_param[0.01]") becomes a file name.
+PARAMETRIZED = '''
 
 @pytest.mark.parametrize("lr", [1e-2])
 @pytest.mark.stable_training(steps=20)
 def test_param(stability, lr):
     stability.train(build(lr), X, Y, batch_size=16)
-
-
-def test_plain():
-    pass
 '''
 
 
@@ -47,9 +28,9 @@ def _red_pixels(path) -> int:
     return int(((r > 0.9) & (g < 0.15) & (b < 0.15)).sum())
 
 
-def test_one_png_per_test_with_findings_marked(pytester, named_problem):
+def test_one_png_per_test_with_findings_marked(pytester, scenario):
     pytest.importorskip("matplotlib")
-    pytester.makepyfile(test_plotted=named_problem + PLOTTED)
+    scenario("healthy", "diverges", "skipped", "plain", module="test_plotted", extra=PARAMETRIZED)
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots/run1")
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*- stability plots: 3 PNG files written to */plots/run1 -*"])
@@ -64,14 +45,10 @@ def test_one_png_per_test_with_findings_marked(pytester, named_problem):
     assert _red_pixels(pytester.path / "plots/run1/test_plotted.py__test_healthy.png") == 0
 
 
-def test_plots_ini_twin(pytester, named_problem):
+def test_plots_ini_twin(pytester, scenario):
     pytest.importorskip("matplotlib")
     pytester.makeini("[pytest]\nstability_plots = figures\n")
-    pytester.makepyfile(named_problem + '''
-@pytest.mark.stable_training(steps=20)
-def test_one(stability):
-    stability.train(build(), X, Y, batch_size=16)
-''')
+    scenario("one")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert [p.name for p in (pytester.path / "figures").iterdir()] == ["test_plots_ini_twin.py__test_one.png"]

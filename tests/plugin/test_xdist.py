@@ -6,27 +6,18 @@ import pytest
 
 pytest.importorskip("xdist")
 
-# STABILITY_VARIANT=grad (set for the compared runs) makes test_regresses' gradient
-# norms ~10x those of the baseline run, so the baseline comparison fails it.
-SCENARIO = '''
+#: Every outcome a stability test can have, from tests/plugin/conftest.py's SCENARIO_TESTS ...
+SHARED = ("healthy", "diverges", "crashes", "setup_error", "skipped", "plain")
+
+# ... and these.  STABILITY_VARIANT=grad (set for the compared runs) makes test_regresses'
+# gradient norms ~10x those of the baseline run, so the baseline comparison fails it.
+# test_unnamed names nothing: Keras' automatic names (in the report as the model name and in
+# the finding's "first variable affected") must not depend on what else the process ran.
+OWN = '''
+
 import os
 
 XS = 10.0 if os.environ.get("STABILITY_VARIANT") == "grad" else 1.0
-
-
-@pytest.fixture
-def broken_data():
-    raise RuntimeError("the data fixture is broken")
-
-
-@pytest.mark.stable_training(steps=40, validate_every=20)
-def test_healthy(stability):
-    stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_diverges(stability):
-    stability.train(build_diverging(), X, Y * 100, batch_size=16)
 
 
 @pytest.mark.stable_training(steps=30, seeds=2)
@@ -39,25 +30,13 @@ def test_regresses(stability):
     stability.train(build(name="mlp_r"), X * XS, Y, batch_size=16)
 
 
-@pytest.mark.stable_training(steps=40)
-def test_crashes(stability):
-    stability.train(build(name="mlp_c"), X, Y, batch_size=16)
-    raise RuntimeError("the test body crashed")
-
-
-@pytest.mark.stable_training(steps=40)
-def test_setup_error(broken_data, stability):
-    stability.train(build(), X, Y)
-
-
-@pytest.mark.skip(reason="not today")
-@pytest.mark.stable_training(steps=40)
-def test_skipped(stability):
-    pass
-
-
-def test_plain():
-    pass
+@pytest.mark.stable_training(steps=20)
+def test_unnamed(stability):
+    keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
+    report = stability.train(model, X, Y * 100, batch_size=16, check=False)
+    assert report.verdict == "unstable"
 '''
 
 NEW_TEST = '''
@@ -68,26 +47,26 @@ def test_not_in_baseline(stability):
 '''
 
 
-def test_xdist_report_equals_serial_report(pytester, named_problem, gating, monkeypatch):
-    pytester.makepyfile(test_dist=named_problem + SCENARIO)
+def test_xdist_report_equals_serial_report(pytester, scenario, gating, monkeypatch):
+    scenario(*SHARED, module="test_dist", extra=OWN)
     # the baseline, from a serial run of the original code
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json")
-    result.assert_outcomes(passed=4, failed=2, errors=1, skipped=1)
+    result.assert_outcomes(passed=5, failed=2, errors=1, skipped=1)
 
-    pytester.makepyfile(test_dist=named_problem + SCENARIO + NEW_TEST)
+    scenario(*SHARED, module="test_dist", extra=OWN + NEW_TEST)
     monkeypatch.setenv("STABILITY_VARIANT", "grad")
     common = ("-p", "no:cacheprovider", "--stability-baseline=base.json")
     serial = pytester.runpytest(*common, "--stability-report=serial.json", "--stability-save-baseline=serial_base.json")
-    serial.assert_outcomes(passed=4, failed=3, errors=1, skipped=1)
+    serial.assert_outcomes(passed=5, failed=3, errors=1, skipped=1)
 
     dist = pytester.runpytest_subprocess(*common, "-n", "2", "--stability-report=xdist.json",
                                          "--stability-save-baseline=xdist_base.json", "--stability-plots=plots")
-    dist.assert_outcomes(passed=4, failed=3, errors=1, skipped=1)
+    dist.assert_outcomes(passed=5, failed=3, errors=1, skipped=1)
     dist.stdout.no_fnmatch_line("*INTERNALERROR*")
 
     # The controller alone prints the section, once, with every row and the footer.
     out = dist.stdout.str()
-    assert out.count("stability report: 8 tests, 1 unstable, 1 error, 1 regressed against the baseline") == 1
+    assert out.count("stability report: 9 tests, 2 unstable, 1 error, 1 regressed against the baseline") == 1
     dist.stdout.fnmatch_lines_random([
         "PASS  test_dist.py::test_healthy  steps=40/40 seed=0 CPU *",
         "FAIL  test_dist.py::test_diverges  steps=3/40 seed=0 CPU *",
@@ -98,10 +77,11 @@ def test_xdist_report_equals_serial_report(pytester, named_problem, gating, monk
         "      baseline: test not in the baseline (not compared)",
         "ERROR test_dist.py::test_setup_error  the test errored before the stability fixture was set up",
         "SKIP  test_dist.py::test_skipped  Skipped: not today",
+        "FAIL  test_dist.py::test_unnamed  steps=*/20 seed=0 CPU *",
         "test_dist.py::test_regresses: training stability regressed against the baseline */base.json:",
         "  seed 0: 99th-percentile gradient norm: baseline *, now * (tolerance: x2, limit *)",
-        "*- stability baseline */base.json: 5 compared, 1 regressed, 1 not in the baseline -*",
-        "*- stability plots: 6 PNG files written to */plots -*",
+        "*- stability baseline */base.json: 6 compared, 1 regressed, 1 not in the baseline -*",
+        "*- stability plots: 7 PNG files written to */plots -*",
         "*- stability JSON written to */xdist.json -*",
     ])
     # once, as its own line (pytest's short summary may repeat it after "FAILED ... - " on a wide terminal)
@@ -110,11 +90,16 @@ def test_xdist_report_equals_serial_report(pytester, named_problem, gating, monk
 
     serial_doc = gating.load_strict(pytester.path / "serial.json")
     dist_doc = gating.load_strict(pytester.path / "xdist.json")
-    assert dist_doc["counts"] == {"tests": 8, "stable": 5, "unstable": 1, "error": 1, "skipped": 1}
+    assert dist_doc["counts"] == {"tests": 9, "stable": 5, "unstable": 2, "error": 1, "skipped": 1}
     assert [t["outcome"] for t in dist_doc["tests"]] == [
-        "failed", "failed", "passed", "passed", "failed", "error", "skipped", "passed"]
+        "failed", "failed", "passed", "passed", "failed", "error", "skipped", "passed", "passed"]
     assert [t["baseline"] for t in dist_doc["tests"]] == [
-        "ok", "ok", "ok", "missing", "regressed", None, None, "ok"]
+        "ok", "ok", "ok", "missing", "regressed", None, None, "ok", "ok"]
+    # automatic names start afresh in each test: the same in this process (which has built many
+    # models before) as in a worker
+    unnamed = gating.tests_by_id(serial_doc)["test_dist.py::test_unnamed"]
+    assert unnamed["calls"][0]["runs"][0]["model"]["model"] == "sequential_1"
+    assert "sequential_1/dense_1/kernel" in " ".join(f["message"] for f in unnamed["findings"])
     assert gating.without_timings(dist_doc) == gating.without_timings(serial_doc)
     # timings exist in both (they are the only difference allowed)
     assert all(t["wall_time"] > 0 for t in dist_doc["tests"] if t["calls"])
@@ -125,5 +110,5 @@ def test_xdist_report_equals_serial_report(pytester, named_problem, gating, monk
     # plots, drawn by the controller from the records the workers sent
     plots = sorted(p.name for p in (pytester.path / "plots").iterdir())
     assert plots == [f"test_dist.py__test_{n}.png" for n in
-                     ("crashes", "diverges", "healthy", "not_in_baseline", "regresses", "two_seeds")]
+                     ("crashes", "diverges", "healthy", "not_in_baseline", "regresses", "two_seeds", "unnamed")]
     assert all((pytester.path / "plots" / p).stat().st_size > 10_000 for p in plots)
