@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks import scenarios as S  # noqa: E402
+from benchmarks._results import write_results  # noqa: E402
 from pytest_stability.checks import CHECKS, Thresholds  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "detection.md"
+RESULTS = "detection.md"
 
 
 def _score_pathology(o: S.Outcome) -> tuple[bool, bool, bool | None]:
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     md = _table(rows, fp, n_healthy, worst, worst_at, t, wall, fp_runs, float(np.mean(healthy_secs)))
     print(md)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(md)
-    tmp.replace(RESULTS)  # atomic: a half-written table never replaces a whole one
+    write_results(RESULTS, md)
     return 0
 
 

@@ -83,6 +83,15 @@ class Scenario:
 # -- shared pieces ---------------------------------------------------------------
 
 
+def _scenario(name: str, pathology: str, build: Callable[[], Any], x: Any, y: Any, *, check: str,
+              cause: str, **kw: Any) -> Scenario:
+    """A :class:`Scenario` that expects ``check`` to fail with ``cause``, unless it is a healthy control."""
+    sick = pathology != HEALTHY
+    return Scenario(name, pathology, build, x, y, expected_check=check if sick else None,
+                    expected_cause=cause if sick else None, **kw)
+
+
+
 def _keras() -> Any:
     import keras
 
@@ -125,11 +134,8 @@ def _adam_collapse(seed: int, *, width: int = 32, lr: float = 1e-2, epsilon: flo
         m.compile(optimizer=keras.optimizers.Adam(lr, epsilon=epsilon, amsgrad=amsgrad), loss="mse")
         return m
 
-    sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, steps=3000, batch_size=64,
-                    spec_overrides={"diagnostics": True, "readback_every": 500},
-                    expected_check="loss_spike" if sick else None,
-                    expected_cause="adam_second_moment" if sick else None)
+    return _scenario(name, pathology, build, x, y, check="loss_spike", cause="adam_second_moment", steps=3000,
+                     batch_size=64, spec_overrides={"diagnostics": True, "readback_every": 500})
 
 
 def adam_collapse(seed: int) -> Scenario:
@@ -167,11 +173,8 @@ def _lr_scenario(seed: int, lr: float, name: str, pathology: str) -> Scenario:
         m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
         return m
 
-    sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, steps=300, batch_size=32,
-                    spec_overrides={"readback_every": 100},
-                    expected_check="nonfinite" if sick else None,
-                    expected_cause="lr_too_high" if sick else None)
+    return _scenario(name, pathology, build, x, y, check="nonfinite", cause="lr_too_high",
+                     steps=300, batch_size=32, spec_overrides={"readback_every": 100})
 
 
 def lr_too_high(seed: int) -> Scenario:
@@ -202,11 +205,8 @@ def _log_scenario(seed: int, safe: bool, name: str, pathology: str) -> Scenario:
                   loss="binary_crossentropy" if safe else _unsafe_bce)
         return m
 
-    sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, steps=600, batch_size=32,
-                    spec_overrides={"readback_every": 200},
-                    expected_check="nonfinite" if sick else None,
-                    expected_cause="unsafe_loss_op" if sick else None)
+    return _scenario(name, pathology, build, x, y, check="nonfinite", cause="unsafe_loss_op",
+                     steps=600, batch_size=32, spec_overrides={"readback_every": 200})
 
 
 def log_zero(seed: int) -> Scenario:
@@ -260,11 +260,8 @@ def _rnn_scenario(seed: int, peak: float, clipnorm: float | None, name: str, pat
         m.compile(optimizer=keras.optimizers.SGD(_warmup(peak), momentum=0.9, clipnorm=clipnorm), loss="mse")
         return m
 
-    sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, steps=300, batch_size=32,
-                    spec_overrides={"readback_every": 100},
-                    expected_check="grad_norm" if sick else None,
-                    expected_cause="gradient_explosion" if sick else None)
+    return _scenario(name, pathology, build, x, y, check="grad_norm", cause="gradient_explosion",
+                     steps=300, batch_size=32, spec_overrides={"readback_every": 100})
 
 
 def rnn_explosion(seed: int) -> Scenario:
@@ -312,15 +309,12 @@ def _seg_scenario(seed: int, peak: float, clipnorm: float | None, name: str, pat
             keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
             keras.layers.Conv2D(1, 1, activation="sigmoid"),
         ])
-        m.compile(optimizer=keras.optimizers.SGD(_warmup(peak, warmup_steps), momentum=0.99, nesterov=True, clipnorm=clipnorm),
-                  loss=_soft_dice)
+        opt = keras.optimizers.SGD(_warmup(peak, warmup_steps), momentum=0.99, nesterov=True, clipnorm=clipnorm)
+        m.compile(optimizer=opt, loss=_soft_dice)
         return m
 
-    sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, steps=400, batch_size=8,
-                    spec_overrides={"readback_every": 100},
-                    expected_check="loss_spike" if sick else None,
-                    expected_cause="collapse_constant" if sick else None)
+    return _scenario(name, pathology, build, x, y, check="loss_spike", cause="collapse_constant",
+                     steps=400, batch_size=8, spec_overrides={"readback_every": 100})
 
 
 def seg_dice_collapse(seed: int) -> Scenario:
@@ -350,11 +344,9 @@ def _bn_scenario(seed: int, batch_size: int, momentum: float, lr: float, name: s
         m.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
         return m
 
-    sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, validation_data=(xv, yv), steps=300, batch_size=batch_size,
-                    spec_overrides={"readback_every": 10, "validate_every": 10},
-                    expected_check="val_loss" if sick else None,
-                    expected_cause="batchnorm_mismatch" if sick else None)
+    return _scenario(name, pathology, build, x, y, check="val_loss", cause="batchnorm_mismatch",
+                     validation_data=(xv, yv), steps=300, batch_size=batch_size,
+                     spec_overrides={"readback_every": 10, "validate_every": 10})
 
 
 def bn_small_batch(seed: int) -> Scenario:

@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checks.base import Finding
-from .checks.spikes import STUCK_RTOL as _SPIKE_STUCK_RTOL
+from .checks.spikes import STUCK_RTOL  # "stuck" means the same flatness in the check and here
 from .trace import Trace
 
 #: cause key -> short title (used by reports and the detection benchmark).
@@ -86,8 +86,6 @@ GROWTH_BEFORE_NAN = 10.0
 EXPLOSION_FACTOR = 10.0
 #: relative train/inference loss gap of one batch that confirms a BatchNorm mismatch.
 BN_GAP = 0.10
-#: relative std of the loss after an event below which it is "stuck".
-STUCK_RTOL = _SPIKE_STUCK_RTOL
 #: gradient norm after an event / 90th percentile before it below which the gradients "vanished".
 VANISHED = 1e-3
 

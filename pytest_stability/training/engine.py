@@ -175,6 +175,7 @@ class InstrumentedTrainer:
         self.inner = self.optimizer.inner_optimizer if self.is_loss_scaled else self.optimizer
         self._chunk_fns: dict[bool, Any] = {}
         self._val_fn = None
+        self._bn_gap_fn = None
 
     # -- building ------------------------------------------------------------
 
@@ -344,7 +345,7 @@ class InstrumentedTrainer:
         """Loss of one batch in training mode (batch statistics) and in inference
         mode (moving statistics), through ``stateless_call`` so that neither
         call updates the BatchNorm statistics or anything else."""
-        if getattr(self, "_bn_gap_fn", None) is not None:
+        if self._bn_gap_fn is not None:
             return self._bn_gap_fn
         tf, model = self.tf, self.model
 
@@ -428,7 +429,7 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
     with tf.device(device):
         iterator = iter(ds)
         gap_batch = _first_batch(val_ds) if val_ds is not None else data.first_batch
-        measure_gap = trainer.bn_gap_fn() if _count_batchnorm(model) else None
+        measure_gap = trainer.bn_gap_fn() if _batchnorm_layers(model) else None
         gaps: list[float] = []
 
         def validate() -> None:
@@ -528,8 +529,9 @@ def _first_batch(ds: Any) -> Any:
     return None  # pragma: no cover - make_validation_data rejects empty data
 
 
-def _count_batchnorm(model: Any) -> int:
-    return sum(type(layer).__name__ == "BatchNormalization" for layer in model._flatten_layers(include_self=False))
+def _batchnorm_layers(model: Any) -> list[Any]:
+    layers = model._flatten_layers(include_self=False)
+    return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
 
 
 def _relative_gap(train_loss: Any, infer_loss: Any) -> float:
@@ -581,7 +583,7 @@ def model_info(model: Any, trainer: InstrumentedTrainer) -> dict[str, Any]:
             v = config[k]
             opt_cfg[k] = v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)[:80]
     layers = [type(layer).__name__ for layer in model._flatten_layers(include_self=False)]
-    bn = [layer for layer in model._flatten_layers(include_self=False) if type(layer).__name__ == "BatchNormalization"]
+    bn = _batchnorm_layers(model)
     return {
         "model": model.name,
         "model_class": type(model).__name__,
