@@ -12,7 +12,12 @@ Every diagnosed finding gets
 * ``confidence``: ``"likely"`` when the evidence is specific to the cause,
   ``"uncertain"`` when it is only consistent with it;
 * ``evidence["cause_key"]``: a machine-readable key from :data:`CAUSES`, and
-  ``evidence["diagnosis"]``: the numbers the rule used.
+  ``evidence["diagnosis"]``: the numbers the rule used;
+* ``evidence["fix_configs"]``: the fixes as optimizer settings, in the order
+  the message gives them (``[{"clipnorm": 2.3}, {"learning_rate_factor": 0.1}]``,
+  ``[{"epsilon": 1e-3}, {"amsgrad": True}, ...]``), empty when the fix is
+  not an optimizer change (data, loss, BatchNorm); the what-if replay
+  (:mod:`pytest_stability.training.whatif`) applies them.
 
 The rules, in the order they are tried:
 
@@ -51,7 +56,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checks.base import Finding
-from .checks.spikes import STUCK_RTOL  # "stuck" means the same flatness in the check and here
+from .checks.spikes import stuck_after  # "stuck" means the same in the check and here
 from .trace import Trace
 
 #: cause key -> short title (used by reports and the detection benchmark).
@@ -86,8 +91,10 @@ GROWTH_BEFORE_NAN = 10.0
 EXPLOSION_FACTOR = 10.0
 #: relative train/inference loss gap of one batch that confirms a BatchNorm mismatch.
 BN_GAP = 0.10
-#: gradient norm after an event / 90th percentile before it below which the gradients "vanished".
-VANISHED = 1e-3
+#: gradient norms within this factor of the first window's median are "healthy" (the clipnorm suggested).
+HEALTHY_GROWTH = 10.0
+#: steps after an event over which "stuck" is judged when the finding does not say (the default spike_window).
+_STUCK_STEPS = 50
 
 
 def diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
@@ -116,7 +123,8 @@ def diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
             raise TypeError(f"diagnose() expects Finding objects, received {type(f).__name__}")
         rule = _RULES.get(f.check, _unknown)
         key, cause, fix, confidence, numbers = rule(f, trace)
-        evidence = {**dict(f.evidence), "cause_key": key, "diagnosis": _clean(numbers)}
+        fix_configs = list(numbers.pop("fix_configs", ()))
+        evidence = {**dict(f.evidence), "cause_key": key, "diagnosis": _clean(numbers), "fix_configs": fix_configs}
         out.append(dataclasses.replace(f, cause=cause, fix=fix, confidence=confidence, evidence=evidence))
     return out
 
@@ -189,41 +197,58 @@ def _p90_before(trace: Trace, step: int, warmup: int = 0) -> float:
     return float(np.percentile(g, 90)) if g.size else math.nan
 
 
-def _clip_fix(p90: float, what: str) -> str:
-    if math.isfinite(p90) and p90 > 0:
-        return (f"clipnorm={_round_clip(p90)} on the optimizer (the 90th percentile of this run's gradient "
-                f"norms {what})")
+def _healthy_p90(trace: Trace, step: int) -> float:
+    """The clipnorm to suggest: the 90th percentile of the *healthy* gradient norms before ``step``.
+
+    Healthy: within :data:`HEALTHY_GROWTH` x the median norm of the first
+    window, so the norms of an explosion already under way (a learning rate
+    too high from step 1) do not make the suggested clipnorm as large as the
+    explosion itself.
+    """
+    if trace.grad_norm is None:
+        return math.nan
+    g = _finite(trace.grad_norm[:step])
+    if not g.size:
+        return math.nan
+    early = _median(g[: _window(trace)])
+    healthy = g[g <= HEALTHY_GROWTH * early] if early > 0 else g
+    return float(np.percentile(healthy if healthy.size else g, 90))
+
+
+def _clip_fix(clip: float, what: str) -> str:
+    if math.isfinite(clip) and clip > 0:
+        return (f"clipnorm={_round_clip(clip)} on the optimizer (the 90th percentile of this run's healthy "
+                f"gradient norms {what})")
     return "clipnorm on the optimizer (about the 90th percentile of the healthy gradient norms)"
+
+
+def _clip_configs(clip: float) -> list[dict[str, Any]]:
+    """``clipnorm=clip`` as optimizer settings (what the what-if replay applies), when there is a value."""
+    return [{"clipnorm": float(_round_clip(clip))}] if math.isfinite(clip) and clip > 0 else []
+
+
+def _clip_or_lower(clip: float) -> list[dict[str, Any]]:
+    """The fixes of an explosion, in the order the message gives them: clipnorm, then a 10x lower rate."""
+    return _clip_configs(clip) + [{"learning_rate_factor": 0.1}]
 
 
 def _lower_lr(lr: float, factor: float = 10.0) -> str:
     return f"learning_rate={lr / factor:.2g} (now {lr:.2g})" if math.isfinite(lr) and lr > 0 else "a lower learning rate"
 
 
-def _stuck_after(trace: Trace, step: int) -> tuple[bool, float, float, int]:
-    """Whether training is stuck from ``step + 5`` on: (stuck, level, rel_std, n_steps).
+def _stuck_after(trace: Trace, step: int, f: Finding | None = None) -> tuple[bool, float, float, int]:
+    """Whether training is stuck after ``step``: (stuck, level, rel_std, n_steps).
 
-    Stuck: the loss is flat (relative std at most :data:`STUCK_RTOL`), or the
-    gradients vanished (median norm after at most :data:`VANISHED` x the 90th
-    percentile before) while the loss stayed above its best level before.
+    The check's definition (:func:`~pytest_stability.checks.spikes.stuck_after`):
+    a flat loss, or gradients that vanished while the loss stayed up.  A
+    ``loss_spike`` finding has already judged it (``evidence["stuck"]``); its
+    verdict wins, so the message and the diagnosis never disagree.
     """
-    tail = _finite(trace.loss[step + 5:])
-    if tail.size < 10:
-        return False, math.nan, math.nan, int(tail.size)
-    tail = tail[-min(tail.size, 200):]
-    level = float(np.median(tail))
-    rel = float(np.std(tail) / max(abs(level), 1e-12))
-    if rel <= STUCK_RTOL:
-        return True, level, rel, int(tail.size)
-    vanished = False
-    if trace.grad_norm is not None:
-        g_after = _finite(trace.grad_norm[step + 5:])
-        p90 = _p90_before(trace, step)
-        best = _finite(trace.loss[:step])
-        vanished = bool(g_after.size >= 10 and math.isfinite(p90) and p90 > 0
-                        and float(np.median(g_after)) <= VANISHED * p90
-                        and best.size and level > 2 * float(np.min(best)))
-    return vanished, level, rel, int(tail.size)
+    st = stuck_after(trace.loss, trace.grad_norm, step, _STUCK_STEPS)
+    stuck = st["stuck"]
+    if f is not None and isinstance(f.evidence.get("stuck"), bool):
+        stuck = f.evidence["stuck"]
+    return stuck, st["level"], st["rel_std"], st["n"]
 
 
 # -- rules ---------------------------------------------------------------------
@@ -260,7 +285,7 @@ def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
                 "with a finite input batch: a learning rate far too high, a bad initialisation, or an unsafe op "
                 "(log(0), 0/0) in the loss",
                 f"try {_lower_lr(lr)}; guard log/division in custom losses with an epsilon",
-                UNCERTAIN, numbers)
+                UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 0.1}] if step > 0 else []})
     ref_loss = float(np.min(finite_loss[: max(3, finite_loss.size - 5)]))
     last = finite_loss[-5:]
     loss_growth = float(np.max(last) / ref_loss) if ref_loss > 0 else math.nan
@@ -273,7 +298,8 @@ def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
             grad_growth = float(np.max(glast) / gref)
     numbers.update(loss_growth=loss_growth, grad_growth=grad_growth, last_finite_loss=float(finite_loss[-1]),
                    initial_loss=_initial_loss(trace))
-    p90 = _p90_before(trace, max(step - 5, 1))
+    clip = _healthy_p90(trace, max(step - 5, 1))
+    numbers["clipnorm_suggested"] = clip
     diverged = (math.isfinite(loss_growth) and loss_growth >= GROWTH_BEFORE_NAN) or (
         math.isfinite(grad_growth) and grad_growth >= GROWTH_BEFORE_NAN)
     if diverged:
@@ -281,8 +307,8 @@ def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
                 f"training diverged before the NaN at step {step}: in the last 5 steps the loss reached "
                 f"{_g(loss_growth)}x its lowest earlier value and the gradient norm {_g(grad_growth)}x its early "
                 f"median, at learning rate {_g(lr)}",
-                f"{_lower_lr(lr)}, or {_clip_fix(p90, 'before the divergence')}",
-                LIKELY, numbers)
+                f"{_lower_lr(lr)}, or {_clip_fix(clip, 'before the divergence')}",
+                LIKELY, {**numbers, "fix_configs": [{"learning_rate_factor": 0.1}] + _clip_configs(clip)})
     src = (trace.first_nonfinite or {}).get("source")
     numbers["source"] = src
     return ("unsafe_loss_op",
@@ -335,14 +361,16 @@ def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
     before = _finite(trace.loss[:start])
     min_before = float(np.min(before)) if before.size else math.nan
     fell = l0 / min_before if min_before > 0 and math.isfinite(l0) else math.nan
-    stuck, level, rel_std, n_tail = _stuck_after(trace, step)
+    stuck, level, rel_std, n_tail = _stuck_after(trace, step, f)
     p90 = _p90_before(trace, start, warmup=_window(trace) // 5)
+    clip = _healthy_p90(trace, start)
     gn_spike = math.nan
     if trace.grad_norm is not None:
         seg = _finite(trace.grad_norm[max(0, start - 3):step + 1])
         gn_spike = float(np.max(seg)) if seg.size else math.nan
     numbers: dict[str, Any] = {"initial_loss": l0, "min_loss_before": min_before, "loss_fell": fell,
-                               "learning_rate": lr, "grad_norm_p90_before": p90, "grad_norm_at_spike": gn_spike,
+                               "learning_rate": lr, "grad_norm_p90_before": p90, "clipnorm_suggested": clip,
+                               "grad_norm_at_spike": gn_spike,
                                "stuck": stuck, "stuck_level": level if stuck else math.nan}
     periodic = ""
     if f.evidence.get("n_events"):
@@ -375,14 +403,19 @@ def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
                      + f"{periodic}; a tiny v makes m/(sqrt(v)+epsilon) explode (epsilon={eps})")
             if stuck:
                 cause += f"; afterwards the loss is stuck at {_g(level)} (dead units)"
-            fixes = []
+            fixes, configs = [], []
             if not (isinstance(eps, (int, float)) and eps >= 1e-3):
                 fixes.append(f"{opt}(epsilon=1e-3) (now {eps})")
+                configs.append({"epsilon": 1e-3})
             if not amsgrad and opt in ("Adam", "AdamW"):
                 fixes.append(f"{opt}(amsgrad=True)")
+                configs.append({"amsgrad": True})
             if isinstance(beta_2, (int, float)) and beta_2 > 0.99:
                 fixes.append(f"beta_2=0.99 (now {beta_2})")
+                configs.append({"beta_2": 0.99})
             fixes.append(_lower_lr(lr))
+            configs.append({"learning_rate_factor": 0.1})
+            numbers["fix_configs"] = configs
             confident = near_zero and state and "g2_over_v_jump" in ad
             return ("adam_second_moment", cause, ", or ".join(fixes), LIKELY if confident else UNCERTAIN, numbers)
     if stuck:
@@ -390,20 +423,20 @@ def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
                 f"the loss jumped to {_g(f.value)} at step {step} and then stayed at {_g(level)} (relative std "
                 f"{rel_std:.1e} over {n_tail} steps): an explosion pushed units dead or outputs into saturation"
                 f" (gradient norm {_g(gn_spike)} vs a 90th percentile of {_g(p90)} before)",
-                f"{_clip_fix(p90, 'before the spike')} or clipvalue, or {_lower_lr(lr)}",
-                LIKELY, numbers)
+                f"{_clip_fix(clip, 'before the spike')} or clipvalue, or {_lower_lr(lr)}",
+                LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
     if _ok(gn_spike, 0.0) and _ok(p90, 1e-30) and gn_spike >= EXPLOSION_FACTOR * p90:
         return ("gradient_explosion",
                 f"the gradient norm reached {_g(gn_spike)} at the spike, {_g(gn_spike / p90)}x the 90th "
                 f"percentile {_g(p90)} of the norms before it{periodic}",
-                f"{_clip_fix(p90, 'before the spike')}, or {_lower_lr(lr)}",
-                LIKELY, numbers)
+                f"{_clip_fix(clip, 'before the spike')}, or {_lower_lr(lr)}",
+                LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
     return ("lr_too_high",
             f"the loss jumped to {_g(f.value)} at step {step}{periodic} without a matching gradient explosion "
             f"(gradient norm {_g(gn_spike)}, 90th percentile before {_g(p90)}): a learning rate of {_g(lr)} may be "
             "too high for this point of training, or the batch was unusual",
-            f"{_lower_lr(lr, 3)} or a decaying schedule; {_clip_fix(p90, 'before the spike')}",
-            UNCERTAIN, numbers)
+            f"{_lower_lr(lr, 3)} or a decaying schedule; {_clip_fix(clip, 'before the spike')}",
+            UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 1 / 3}] + _clip_configs(clip)})
 
 
 def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
@@ -411,10 +444,12 @@ def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
     step = int(f.step)
     lr = _lr(trace, step, cfg)
     p90 = _p90_before(trace, step, warmup=_window(trace) // 5)
+    clip = _healthy_p90(trace, step)
     ref = f.evidence.get("reference")
     growth = f.value / ref if isinstance(ref, (int, float)) and ref and ref > 0 else math.nan
     stuck, level, rel_std, n_tail = _stuck_after(trace, step)
-    numbers = {"learning_rate": lr, "grad_norm_p90_before": p90, "growth": growth, "stuck": stuck,
+    numbers = {"learning_rate": lr, "grad_norm_p90_before": p90, "clipnorm_suggested": clip, "growth": growth,
+               "stuck": stuck,
                "stuck_level": level if stuck else math.nan}
     var = f.evidence.get("variable")
     where = f" (largest in {var})" if var else ""
@@ -423,13 +458,13 @@ def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
                 f"the gradient norm exploded to {_g(f.value)} at step {step} ({_g(growth)}x its early-training reference)"
                 f"{where}, then the loss stayed at {_g(level)} (relative std {rel_std:.1e} over {n_tail} steps): "
                 "units died or outputs saturated",
-                f"{_clip_fix(p90, 'before the explosion')} or clipvalue, or {_lower_lr(lr)}",
-                LIKELY, numbers)
+                f"{_clip_fix(clip, 'before the explosion')} or clipvalue, or {_lower_lr(lr)}",
+                LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
     return ("gradient_explosion",
             f"the gradient norm grew to {_g(f.value)} at step {step}, {_g(growth)}x its early-training reference"
             f"{where}",
-            f"{_clip_fix(p90, 'before the explosion')}, or {_lower_lr(lr)}",
-            LIKELY if _ok(growth, 100.0) else UNCERTAIN, numbers)
+            f"{_clip_fix(clip, 'before the explosion')}, or {_lower_lr(lr)}",
+            LIKELY if _ok(growth, 100.0) else UNCERTAIN, {**numbers, "fix_configs": _clip_or_lower(clip)})
 
 
 def _val_loss(f: Finding, trace: Trace) -> Diagnosis:

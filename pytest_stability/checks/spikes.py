@@ -27,19 +27,21 @@ as a *level shift* when the median of the next ``spike_window // 5`` steps
 those steps stands above the 90th percentile of the trailing window, and the
 rise clears ``LEVEL_SHIFT_MIN_RISE * L0`` (10 % of the initial loss).
 
-A run that ends flat at a level ``spike_ratio`` x above its best (a rise too
-gradual or too early for either rule) is reported as a collapse to a constant
-(see :func:`_collapse`).
+A run that ends stuck (a flat loss, or gradients that vanished) at a level
+``spike_ratio`` x above its best (a rise too gradual, too early or too noisy
+for either rule) is reported as a collapse (see :func:`_collapse`).
 
 Consecutive spike steps less than one window apart form one *event*.  An event
 whose following window keeps a median above ``spike_ratio`` x the pre-spike
-level did not recover (``kind="spike_no_recovery"``); if the loss is then also
-flat, it is ``stuck`` at a constant (dead units, saturated outputs).
+level did not recover (``kind="spike_no_recovery"``); if training is then
+also stuck (see :func:`stuck_after`: a flat loss, or gradients that vanished),
+it is ``stuck`` (dead units, saturated outputs).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -55,6 +57,9 @@ _LOG_SCALE_FLOOR = float(np.log(1.01))
 LEVEL_SHIFT_MIN_RISE = 0.10
 #: relative std of the loss after an unrecovered spike at or below which it is "stuck" at a constant.
 STUCK_RTOL = 0.01
+#: median gradient norm after an event / 90th percentile before it at or below which the gradients "vanished"
+#: (dead ReLUs or a saturated sigmoid give exactly 0; the loss can still vary from batch to batch).
+VANISHED = 1e-3
 
 
 def _trailing_windows(values: np.ndarray, window: int) -> np.ndarray:
@@ -161,13 +166,58 @@ def _level_shift(values: np.ndarray, med: np.ndarray, window: int, log_space: bo
     return out
 
 
-def _collapse(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: float) -> Finding | None:
-    """A run that ends flat at a level ``spike_ratio`` x above its best: collapsed to a constant.
+def stuck_after(loss: np.ndarray, grad_norm: np.ndarray | None, step: int, window: int) -> dict[str, Any]:
+    """Whether training is stuck after ``step``: the one definition the check and the diagnosis share.
 
-    Catches the rise that is too gradual, or too early, for a spike: the last
-    ``spike_window`` steps have a relative std of at most :data:`STUCK_RTOL`
-    and a median more than ``spike_ratio`` x the best rolling median before
-    them (rolling over ``spike_window // 5`` steps), by more than
+    Over the last ``window`` finite steps from ``step + 5`` on, training is
+
+    * ``flat`` when the loss's relative std is at most :data:`STUCK_RTOL`
+      (stuck at a constant), or
+    * ``vanished`` when the median gradient norm is at most :data:`VANISHED` x
+      the 90th percentile of the norms before ``step`` while the loss stays
+      above twice its lowest value before ``step`` (dead units: the loss still
+      varies from batch to batch, but nothing learns).
+
+    Returns a dict with ``stuck``, ``flat``, ``vanished``, ``level`` (median
+    loss), ``rel_std`` and ``n`` (steps judged); ``stuck`` is False with fewer
+    than 10 steps to judge.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    tail = loss[step + 5:]
+    tail = tail[np.isfinite(tail)][-max(int(window), 10):]
+    out: dict[str, Any] = {"stuck": False, "flat": False, "vanished": False, "level": float("nan"),
+                           "rel_std": float("nan"), "n": int(tail.size)}
+    if tail.size < 10:
+        return out
+    level = float(np.median(tail))
+    rel = float(np.std(tail) / max(abs(level), 1e-12))
+    out.update(level=level, rel_std=rel, flat=rel <= STUCK_RTOL)
+    if grad_norm is not None:
+        g = np.asarray(grad_norm, dtype=np.float64)
+        after = g[step + 5:]
+        after = after[np.isfinite(after)][-max(int(window), 10):]
+        before = g[:step]
+        before = before[np.isfinite(before)]
+        best = loss[:step]
+        best = best[np.isfinite(best)]
+        if after.size >= 10 and before.size and best.size:
+            p90 = float(np.percentile(before, 90))
+            out["vanished"] = bool(p90 > 0 and float(np.median(after)) <= VANISHED * p90
+                                   and level > 2.0 * float(np.min(best)))
+    out["stuck"] = bool(out["flat"] or out["vanished"])
+    return out
+
+
+def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log_space: bool,
+              initial_level: float) -> Finding | None:
+    """A run that ends stuck at a level ``spike_ratio`` x above its best: collapsed.
+
+    Catches the rise that is too gradual, too early or too noisy for a spike:
+    the last ``spike_window`` steps are flat (relative std at most
+    :data:`STUCK_RTOL`) or their gradients vanished (median norm at most
+    :data:`VANISHED` x the 90th percentile of the norms before them), and
+    their median loss is more than ``spike_ratio`` x the best rolling median
+    before them (rolling over ``spike_window // 5`` steps), by more than
     ``spike_min_rise * L0``.
     """
     n, w = loss.shape[0], t.spike_window
@@ -178,7 +228,19 @@ def _collapse(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: f
     if not np.all(np.isfinite(tail)):
         return None
     level = float(np.median(tail))
-    if float(np.std(tail)) > STUCK_RTOL * abs(level):
+    flat = float(np.std(tail)) <= STUCK_RTOL * abs(level)
+    dead_from = None
+    if grad_norm is not None:
+        g = np.asarray(grad_norm, dtype=np.float64)
+        before = g[t.warmup_steps:n - w]
+        before = before[np.isfinite(before)]
+        g_tail = g[n - w:]
+        if before.size and np.all(np.isfinite(g_tail)):
+            limit = VANISHED * float(np.percentile(before, 90))
+            if limit > 0 and float(np.median(g_tail)) <= limit:
+                alive = np.flatnonzero(~(g[: n - w] <= limit))
+                dead_from = int(alive[-1]) + 1 if alive.size else 0
+    if not flat and dead_from is None:
         return None
     head = loss[t.warmup_steps:n - w]
     with warnings.catch_warnings():
@@ -189,19 +251,26 @@ def _collapse(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: f
     best = float(np.nanmin(rolling))
     if not (best > 0 and level > t.spike_ratio * best and level - best > t.spike_min_rise * initial_level):
         return None
-    # where it entered the level: after the last step below the midpoint (in log space)
-    mid = float(np.sqrt(best * level))
-    below = np.flatnonzero(~(loss[: n - w] >= mid))
-    step = int(below[-1]) + 1 if below.size else 0
-    rel = float(np.std(tail) / level)
+    if dead_from is not None:
+        step = dead_from
+        rel = float(np.std(tail) / level)
+        how = (f"and training stopped: from step {step} the gradient norm stayed at or below {VANISHED:g}x its "
+               f"90th percentile before (median {float(np.median(g[n - w:])):.3g} over the last {w} steps): "
+               "dead units or saturated outputs")
+    else:
+        # where it entered the level: after the last step below the midpoint (in log space)
+        mid = float(np.sqrt(best * level))
+        below = np.flatnonzero(~(loss[: n - w] >= mid))
+        step = int(below[-1]) + 1 if below.size else 0
+        rel = float(np.std(tail) / level)
+        how = f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a constant"
     return Finding(
         check=NAME, kind="spike_no_recovery", step=step, value=level, limit=t.spike_ratio * best,
         message=(f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
-                 f"{t.spike_ratio:g}x) by step {step} and stayed flat there (relative std {rel:.1e} over the last "
-                 f"{w} steps): training collapsed to a constant"),
+                 f"{t.spike_ratio:g}x) by step {step} {how}"),
         evidence={"start": step, "end": step, "ratio": level / best, "zscore": None, "trailing_median": best,
-                  "recovered": False, "stuck": True, "level_shift": False, "collapse": True,
-                  "initial_loss": initial_level,
+                  "recovered": False, "stuck": True, "flat": flat, "vanished": dead_from is not None,
+                  "level_shift": False, "collapse": True, "initial_loss": initial_level,
                   "min_loss_before": float(np.nanmin(loss[:step])) if step else None},
     )
 
@@ -257,13 +326,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         else:
             after_med = float(np.median(after))
             recovered = after_med <= base * t.spike_ratio if sc["log_space"] else after_med <= base + (loss[peak] - base) / 2
-        tail = loss[start:]
-        tail = tail[np.isfinite(tail)]
-        stuck = bool(
-            recovered is False
-            and tail.size >= 10
-            and float(np.std(tail[-min(tail.size, t.spike_window):])) <= STUCK_RTOL * max(abs(float(np.median(tail))), 1e-12)
-        )
+        state = stuck_after(loss, trace.grad_norm, int(peak), t.spike_window)
+        stuck = bool(recovered is False and state["stuck"])
         shifted = bool(sc["shift"][seg].any())
         kind = "spike" if recovered is not False else "spike_no_recovery"
         if sc["log_space"]:
@@ -277,7 +341,9 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         if recovered is None:
             what += "; too few steps after it to tell whether it recovers"
         elif not recovered:
-            what += "; the loss did not recover" + (" and is stuck at a constant" if stuck else "")
+            what += "; the loss did not recover" + (
+                "" if not stuck else " and is stuck at a constant" if state["flat"]
+                else " and the gradients vanished (training stopped)")
         findings.append(
             Finding(
                 check=NAME,
@@ -294,13 +360,15 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                     "trailing_median": base,
                     "recovered": recovered,
                     "stuck": stuck,
+                    "flat": bool(stuck and state["flat"]),
+                    "vanished": bool(stuck and state["vanished"]),
                     "level_shift": shifted,
                     "initial_loss": sc["initial_level"],
                     "min_loss_before": float(np.nanmin(loss[:start])) if start else None,
                 },
             )
         )
-    collapse = _collapse(loss, t, sc["log_space"], sc["initial_level"])
+    collapse = _collapse(loss, trace.grad_norm, t, sc["log_space"], sc["initial_level"])
     if collapse is not None and not any(f.evidence["start"] <= collapse.step <= f.evidence["end"] + t.spike_window
                                         for f in findings):
         findings.append(collapse)

@@ -231,6 +231,51 @@ def _val(v):
     return Trace(loss=np.ones(10), val_steps=np.arange(v.size) * 10, val_loss=v)
 
 
+def _rnn_like(clip_cfg):
+    """Two variables; at step 150 one variable's raw gradient norm jumps 500x (a SimpleRNN through time)."""
+    rng = np.random.default_rng(0)
+    v = np.exp(0.2 * rng.normal(size=(300, 2)))
+    v[150, 0] = 500.0
+    g = np.sqrt(np.sum(v ** 2, axis=1))
+    return Trace(loss=np.exp(-np.arange(300) / 300), grad_norm=g, var_grad_norms=v, var_names=("rnn/kernel", "dense/kernel"),
+                 info={"optimizer": "SGD", "optimizer_config": clip_cfg})
+
+
+def test_grad_norm_judged_after_the_optimizers_norm_clipping():
+    raw = check_grad_norm(_rnn_like({}))
+    assert raw.failed and raw.findings[0].step == 150
+    for cfg, by in (({"clipnorm": 1.0}, "clipnorm=1"), ({"global_clipnorm": 2.0}, "global_clipnorm=2")):
+        r = check_grad_norm(_rnn_like(cfg))
+        assert r.status == "passed", r.findings
+        assert r.stats["clipped_by"] == by and r.stats["max"] == pytest.approx(500.0, rel=0.01)  # raw max kept
+    # an absolute max_grad_norm is about the raw norm, clipping or not
+    r = check_grad_norm(_rnn_like({"clipnorm": 1.0}), Thresholds(max_grad_norm=100.0))
+    assert r.failed and r.findings[0].step == 150
+
+
+def test_grad_norm_clipped_growth_still_fails_when_clipping_is_loose():
+    r = check_grad_norm(_rnn_like({"clipnorm": 400.0}), Thresholds(grad_growth=50.0))
+    assert r.failed and "after clipnorm=400" in r.findings[0].message
+    assert r.findings[0].evidence["clipped_by"] == "clipnorm=400"
+
+
+def test_collapse_with_vanished_gradients_and_a_wobbling_loss():
+    # The drift of test_collapse_to_a_constant_after_a_gradual_rise_is_caught, but the end is not
+    # flat: the loss varies 5 % from batch to batch while the gradients are exactly zero (dead units).
+    rng = np.random.default_rng(5)
+    loss = np.concatenate([np.geomspace(0.8, 0.05, 60) * np.exp(0.3 * rng.normal(size=60)),
+                           np.geomspace(0.05, 0.96, 150) * np.exp(0.3 * rng.normal(size=150)),
+                           0.96 * (1 + 0.05 * rng.normal(size=100))])
+    g = np.concatenate([0.1 * np.exp(0.3 * rng.normal(size=200)), np.zeros(110)])
+    r = check_loss_spike(Trace(loss=loss, grad_norm=g))
+    assert [f.evidence.get("collapse", False) for f in r.findings] == [True]
+    f = r.findings[0]
+    assert f.evidence["vanished"] is True and f.evidence["flat"] is False and f.evidence["stuck"] is True
+    assert f.step == 200 and "training stopped: from step 200 the gradient norm" in f.message
+    # without gradient norms nothing says training stopped: not a collapse
+    assert not any(x.evidence.get("collapse") for x in check_loss_spike(Trace(loss=loss)).findings)
+
+
 def test_val_falling_passes():
     assert check_val_loss(_val([1.0, 0.8, 0.6, 0.5])).status == "passed"
 

@@ -145,5 +145,21 @@ def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=100)), np.zeros(200)])
     f = next(f for f in _diag(Trace(loss=loss, grad_norm=g, info={"optimizer": "SGD"})) if f.check == "loss_spike")
     assert f.evidence["cause_key"] == "collapse_constant"
-    assert f.evidence["stuck"] is False  # the check's flat-loss test alone says no
-    assert "clipnorm=" in f.fix
+    # one definition of "stuck" in the check and the diagnosis: vanished gradients count
+    assert f.evidence["stuck"] is True and f.evidence["vanished"] is True and f.evidence["flat"] is False
+    assert "gradients vanished" in f.message
+    assert "clipnorm=" in f.fix and f.evidence["fix_configs"][0].keys() == {"clipnorm"}
+
+
+def test_suggested_clipnorm_comes_from_the_healthy_norms_only():
+    # the norm is ~1 for 50 steps, then ramps up 10,000x over 50 steps: the 90th percentile of all the
+    # norms before the grad_norm finding is the ramp itself, which would clip nothing
+    rng = np.random.default_rng(0)
+    g = np.concatenate([np.exp(0.1 * rng.normal(size=50)), np.geomspace(1, 1e4, 50)])
+    loss = np.exp(-np.arange(100) / 100)
+    f = next(f for f in _diag(Trace(loss=loss, grad_norm=g, info={"optimizer": "SGD"})) if f.check == "grad_norm")
+    clip = f.evidence["fix_configs"][0]["clipnorm"]
+    assert f.evidence["fix_configs"][1] == {"learning_rate_factor": 0.1}
+    assert 1.0 <= clip <= 10.0, clip  # within 10x of the early median
+    assert f.evidence["diagnosis"]["grad_norm_p90_before"] > 5 * clip
+    assert f"clipnorm={clip:g} on the optimizer (the 90th percentile of this run's healthy gradient norms" in f.fix
