@@ -2,14 +2,19 @@
 
 Usage::
 
-    python benchmarks/detection.py [--seeds N] [--healthy-seeds N] [--quick]
+    python benchmarks/detection.py [--seeds N] [--healthy-seeds N] [--quick] [--no-whatif]
 
 For each pathology: the share of runs where the expected check failed, the
-share where its first finding named the expected cause (``cause_key``), and,
-for NaN scenarios, whether the finding named the exact step.  For healthy
-runs: the false-positive rate of every check, with counts, and the largest
-statistic seen per check (the numbers the default thresholds are calibrated
-against).  The table is printed and written to ``benchmarks/results/detection.md``.
+share where its first finding named the expected cause (``cause_key``), for
+NaN scenarios whether the finding named the exact step, and how often the
+what-if replay of the suggested fix made the run pass.  For healthy runs: the
+false-positive rate of every check, with counts, and the largest statistic
+seen per check.  Then a threshold sweep over the same recorded traces (the
+checks are pure functions of a trace, so no retraining): for each threshold
+moved away from its default, the detection rate of the pathologies its check
+must catch and the number of healthy runs that fail -- the evidence the
+defaults were chosen from.  The tables are printed and written to
+``benchmarks/results/detection.md``.
 """
 
 from __future__ import annotations
@@ -27,9 +32,21 @@ import numpy as np  # noqa: E402
 
 from benchmarks import scenarios as S  # noqa: E402
 from benchmarks._results import write_results  # noqa: E402
-from pytest_stability.checks import CHECKS, Thresholds  # noqa: E402
+from pytest_stability.checks import CHECKS, Thresholds, run_checks  # noqa: E402
 
 RESULTS = "detection.md"
+
+#: thresholds swept (one at a time, the others at their defaults) over the recorded traces.
+SWEEP = {
+    "spike_zscore": (4.0, 6.0, 8.0, 12.0, 16.0),
+    "spike_ratio": (2.0, 3.0, 5.0, 10.0),
+    "spike_min_rise": (0.0, 0.001, 0.01, 0.1),
+    "grad_growth": (10.0, 30.0, 100.0, 300.0, 1000.0),
+    "val_tolerance": (0.02, 0.05, 0.1, 0.2),
+}
+#: the check each swept threshold belongs to.
+SWEEP_CHECK = {"spike_zscore": "loss_spike", "spike_ratio": "loss_spike", "spike_min_rise": "loss_spike",
+               "grad_growth": "grad_norm", "val_tolerance": "val_loss"}
 
 
 def _score_pathology(o: S.Outcome) -> tuple[bool, bool, bool | None]:
@@ -50,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=20, help="seeds per pathology (default 20)")
     ap.add_argument("--healthy-seeds", type=int, default=12, help="seeds per healthy scenario (default 12)")
     ap.add_argument("--quick", action="store_true", help="3 seeds per pathology, 2 per healthy scenario")
+    ap.add_argument("--no-whatif", action="store_true", help="skip the what-if replay of the suggested fixes")
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.healthy_seeds < 1:
         ap.error(f"--seeds and --healthy-seeds must be >= 1, received {args.seeds} and {args.healthy_seeds}")
@@ -57,15 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     t = Thresholds()
     started = time.perf_counter()
     rows = []
+    recorded: list[tuple[str | None, object]] = []  # (expected check or None for healthy, trace)
     for name, builder in S.PATHOLOGIES.items():
         det = cause = 0
         steps_ok, steps_n, secs, causes = 0, 0, [], {}
+        fixed = [0, 0]  # replays that resolved the run, replays done
         for seed in range(n_p):
-            o = S.run_scenario(builder(seed), seed, t)
+            o = S.run_scenario(builder(seed), seed, t, whatif=not args.no_whatif)
+            recorded.append((o.scenario.expected_check, o.trace))
             d, c, s = _score_pathology(o)
             det += d
             cause += c
             secs.append(o.seconds)
+            if o.whatif is not None and o.whatif.get("resolved") is not None:
+                fixed[0] += bool(o.whatif["resolved"])
+                fixed[1] += 1
             if s is not None:
                 steps_n += 1
                 steps_ok += s
@@ -75,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} seed {seed}: detected={d} cause={key} ({o.seconds:.1f}s)", file=sys.stderr)
         sc = builder(0)
         rows.append((name, sc.expected_check, sc.expected_cause, det, cause, n_p,
-                     f"{steps_ok}/{steps_n}" if steps_n else "", float(np.mean(secs)), causes))
+                     f"{steps_ok}/{steps_n}" if steps_n else "", float(np.mean(secs)), causes,
+                     _pct(*fixed) if fixed[1] else "-"))
     fp = {name: 0 for name in CHECKS}
     worst = {"max_zscore": 0.0, "max_ratio": 0.0, "grad_growth": 0.0, "val_rise": 0.0}
     worst_at = dict.fromkeys(worst, "")
@@ -84,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, builder in S.HEALTHY_SCENARIOS.items():
         for seed in range(n_h):
             o = S.run_scenario(builder(seed), seed, t)
+            recorded.append((None, o.trace))
             n_healthy += 1
             healthy_secs.append(o.seconds)
             for r in o.results:
@@ -94,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             vals = {
                 "max_zscore": st["loss_spike"].get("max_zscore"),
                 "max_ratio": st["loss_spike"].get("max_ratio"),
-                "grad_growth": (st["grad_norm"]["max"] / st["grad_norm"]["reference"])
+                "grad_growth": (st["grad_norm"]["max_judged"] / st["grad_norm"]["reference"])
                 if st["grad_norm"].get("reference") else None,
                 "val_rise": st["val_loss"].get("max_rise"),
             }
@@ -105,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
     wall = time.perf_counter() - started
     md = _table(rows, fp, n_healthy, worst, worst_at, t, wall, fp_runs, float(np.mean(healthy_secs)))
+    md += "\n" + _sweep(recorded)
     print(md)
     write_results(RESULTS, md)
     return 0
@@ -116,11 +143,13 @@ def _pct(a: int, n: int) -> str:
 
 def _table(rows, fp, n_healthy, worst, worst_at, t, wall, fp_runs, healthy_mean) -> str:  # noqa: ANN001
     out = ["## Detection benchmark", "",
-           "| pathology | check | detected | cause named | expected cause | exact NaN step | s/run |",
-           "|---|---|---|---|---|---|---|"]
-    for name, check, cause, det, ok, n, steps, secs, causes in rows:
+           "| pathology | check | detected | cause named | expected cause | exact NaN step | fix passes in replay "
+           "| s/run |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, check, cause, det, ok, n, steps, secs, causes, fixed in rows:
         got = ", ".join(f"{k}: {v}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1]))
-        out.append(f"| {name} | {check} | {_pct(det, n)} | {_pct(ok, n)} | {cause} (got {got}) | {steps} | {secs:.1f} |")
+        out.append(f"| {name} | {check} | {_pct(det, n)} | {_pct(ok, n)} | {cause} (got {got}) | {steps} | {fixed} "
+                   f"| {secs:.1f} |")
     out += ["", f"Healthy runs: {n_healthy} ({len(S.HEALTHY_SCENARIOS)} scenarios, {healthy_mean:.1f} s/run).", "",
             "| check | false positives | largest healthy statistic |", "|---|---|---|"]
     stat = {"loss_spike": f"z {worst['max_zscore']:.2f} ({worst_at['max_zscore']}), ratio {worst['max_ratio']:.2f} "
@@ -134,6 +163,27 @@ def _table(rows, fp, n_healthy, worst, worst_at, t, wall, fp_runs, healthy_mean)
             f"Total wall time {wall:.0f} s (2 CPU cores)."]
     if fp_runs:
         out += ["", "False positives:"] + [f"- {r}" for r in fp_runs]
+    return "\n".join(out) + "\n"
+
+
+def _sweep(recorded: list[tuple[str | None, object]]) -> str:
+    """Detection and healthy failures for each swept threshold value (see :data:`SWEEP`)."""
+    out = ["## Threshold sweep (same traces, no retraining)", "",
+           "One threshold moved at a time, the others at their defaults. *detected*: runs of the pathologies "
+           "that this check must catch in which it fails; *healthy failing*: healthy runs in which any check "
+           "fails.", "",
+           "| threshold | value | detected | healthy failing |", "|---|---|---|---|"]
+    default = Thresholds()
+    for name, values in SWEEP.items():
+        check = SWEEP_CHECK[name]
+        mine = [tr for c, tr in recorded if c == check]
+        healthy = [tr for c, tr in recorded if c is None]
+        for value in values:
+            t = Thresholds(**{**default.to_dict(), name: value})
+            det = sum(any(r.failed for r in run_checks(tr, t, (check,))) for tr in mine)
+            bad = sum(any(r.failed for r in run_checks(tr, t)) for tr in healthy)
+            mark = " (default)" if value == getattr(default, name) else ""
+            out.append(f"| {name} | {value:g}{mark} | {_pct(det, len(mine))} | {_pct(bad, len(healthy))} |")
     return "\n".join(out) + "\n"
 
 

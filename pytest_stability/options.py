@@ -222,6 +222,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("deterministic", _bool, True, "enable TensorFlow op determinism so the same seed gives the same trace"),
     Option("jit_compile", _bool, False, "compile the training step with XLA"),
     Option("shuffle", _bool, True, "shuffle array inputs each pass (seeded)"),
+    Option("whatif", _bool, False, "on failure, replay the steps around it from a snapshot with the suggested optimizer fix and report whether the instability goes away (keeps up to 16 host copies of the model and optimizer state)"),
     # -- loss_spike
     Option("spike_window", _int(5), _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
     Option("spike_zscore", _float(0, strict=True), _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike"),
@@ -230,7 +231,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("warmup_steps", _int(0), _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged (initial transients)"),
     # -- grad_norm
     Option("max_grad_norm", _optional(_float(0, strict=True)), _T.max_grad_norm, "grad_norm: absolute limit on the global gradient norm (default: relative to early training)"),
-    Option("grad_growth", _float(1, strict=True), _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training median"),
+    Option("grad_growth", _float(1, strict=True), _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training reference"),
     # -- val_loss
     Option("val_smoothing", _float(0, strict=False, max_value=1), _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)"),
     Option("val_tolerance", _float(0, strict=False), _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative"),

@@ -132,6 +132,9 @@ class RunReport:
                 lines.append(f"  cause{conf}: {f.cause}")
             if f.fix:
                 lines.append(f"  fix to try: {f.fix}")
+            whatif = f.evidence.get("whatif")
+            if isinstance(whatif, dict) and whatif.get("text"):
+                lines.append(f"  what-if: {whatif['text']}")
         if len(self.findings) > 5:
             lines.append(f"... and {len(self.findings) - 5} more finding(s)")
         if self.replay:

@@ -54,12 +54,34 @@ def _import_tf() -> tuple[Any, Any]:
 
     if not keras.__version__.startswith("3"):
         raise StabilityUsageError(f"pytest-stability needs Keras 3; found keras {keras.__version__}")
+    _quiet_own_retracing()
     if keras.backend.backend() != "tensorflow":
         raise StabilityUsageError(
             "pytest-stability trains with the TensorFlow backend of Keras 3; "
             f"KERAS_BACKEND is {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
         )
     return tf, keras
+
+
+class _OwnRetracingFilter:
+    """Drops TensorFlow's "N out of the last M calls to ... triggered tf.function retracing" warning
+    for this engine's own functions: each trained model gets fresh compiled functions by design
+    (one per model), which that heuristic counts as retracing.  Other functions' warnings pass."""
+
+    def filter(self, record: Any) -> bool:
+        msg = str(record.getMessage())
+        return not ("triggered tf.function retracing" in msg and "InstrumentedTrainer." in msg)
+
+
+_FILTER = _OwnRetracingFilter()
+
+
+def _quiet_own_retracing() -> None:
+    import logging
+
+    logger = logging.getLogger("tensorflow")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -149,6 +171,53 @@ def validate_model(model: Any) -> None:
 
 
 @dataclass
+class Snapshot:
+    """The training state after ``step`` optimizer steps, copied to the host.
+
+    ``model`` holds every model variable (weights, BatchNorm statistics,
+    dropout seed state) in ``model.variables`` order; ``optimizer`` maps each
+    optimizer variable's name (``iteration``, ``dense_kernel_momentum``...) to
+    its value.
+    """
+
+    step: int
+    model: list[np.ndarray]
+    optimizer: dict[str, np.ndarray]
+
+
+#: snapshots kept per run for the what-if replay; beyond this, every other one is dropped.
+MAX_SNAPSHOTS = 16
+
+
+def take_snapshot(model: Any, optimizer: Any, step: int) -> Snapshot:
+    return Snapshot(step, [np.array(v.numpy()) for v in model.variables],
+                    {v.name: np.array(v.numpy()) for v in optimizer.variables})
+
+
+def restore_model(model: Any, snapshot: Snapshot) -> None:
+    for v, value in zip(model.variables, snapshot.model):
+        v.assign(value)
+
+
+class _Snapshots:
+    """Snapshots at read-back boundaries, thinned to at most :data:`MAX_SNAPSHOTS` evenly spaced ones."""
+
+    def __init__(self, model: Any, optimizer: Any) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.kept: list[Snapshot] = []
+        self._stride = 1
+        self._boundaries = 0
+
+    def boundary(self, step: int) -> None:
+        if self._boundaries % self._stride == 0:
+            self.kept.append(take_snapshot(self.model, self.optimizer, step))
+            if len(self.kept) > MAX_SNAPSHOTS:
+                self.kept = self.kept[::2]
+                self._stride *= 2
+        self._boundaries += 1
+
+
+@dataclass
 class RunResult:
     trace: Trace
     device: str
@@ -156,6 +225,8 @@ class RunResult:
     data_kind: str
     exhausted_at: int | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
+    #: training states before the first step and at read-back boundaries (``snapshots=True``)
+    snapshots: list[Snapshot] = field(default_factory=list)
 
 
 class InstrumentedTrainer:
@@ -164,13 +235,14 @@ class InstrumentedTrainer:
     Reused across seeds of the same model so tracing is paid once.
     """
 
-    def __init__(self, model: Any, *, diagnostics: bool, jit_compile: bool) -> None:
+    def __init__(self, model: Any, *, diagnostics: bool, jit_compile: bool, optimizer: Any = None) -> None:
         tf, keras = _import_tf()
         self.tf, self.keras = tf, keras
         self.model = model
         self.diagnostics = diagnostics
         self.jit_compile = jit_compile
-        self.optimizer = model.optimizer
+        # ``optimizer`` trains with another optimizer than the compiled one (the what-if replay).
+        self.optimizer = model.optimizer if optimizer is None else optimizer
         self.is_loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.inner = self.optimizer.inner_optimizer if self.is_loss_scaled else self.optimizer
         self._chunk_fns: dict[bool, Any] = {}
@@ -394,8 +466,12 @@ def _describe(obj: Any) -> str:
 
 def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_data: Any,
           steps: int, batch_size: int, batch_size_explicit: bool, seed: int, spec: Any,
-          trainer: InstrumentedTrainer | None = None) -> tuple[RunResult, InstrumentedTrainer]:
+          trainer: InstrumentedTrainer | None = None, snapshots: bool = False) -> tuple[RunResult, InstrumentedTrainer]:
     """Train ``model`` for exactly ``steps`` optimizer steps and record a Trace.
+
+    With ``snapshots``, the training state is copied to the host before the
+    first step and at read-back boundaries (see :class:`Snapshot`), for the
+    what-if replay.
 
     Returns:
         (result, trainer): the trainer can be passed back for another seed of
@@ -440,12 +516,15 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
 
         if evaluate is not None:
             validate()
+        kept = _Snapshots(model, trainer.optimizer) if snapshots else None
         first_call = True
         while done < steps:
             boundary = min(steps, (done // spec.readback_every + 1) * spec.readback_every)
             if evaluate is not None:
                 boundary = min(boundary, (done // spec.validate_every + 1) * spec.validate_every)
             n = boundary - done
+            if kept is not None and done % spec.readback_every == 0:
+                kept.boundary(done)
             try:
                 count, stop, ran_out, stacked = chunk(iterator, tf.constant(n, tf.int32))
                 count = int(count.numpy())  # the one host sync per chunk
@@ -520,7 +599,8 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
                 metrics[m.name] = float(result)
         except Exception:  # metrics are informational only
             pass
-    return RunResult(trace, placed, wall, data.kind, exhausted_at, metrics), trainer
+    return RunResult(trace, placed, wall, data.kind, exhausted_at, metrics,
+                     kept.kept if kept is not None else []), trainer
 
 
 def _first_batch(ds: Any) -> Any:
