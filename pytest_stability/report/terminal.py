@@ -48,6 +48,9 @@ def _row(record: dict[str, Any]) -> tuple[str, dict[str, bool], str]:
         if run["findings"]:
             f = run["findings"][0]
             text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"
+            whatif = (f.get("evidence") or {}).get("whatif")
+            if isinstance(whatif, dict) and whatif.get("text"):
+                text += f"\n      what-if: {whatif['text']}"
         if "baseline" in call:
             # baseline against now, one line per seed (report.baseline.compare_call)
             for line in call["baseline"].get("lines", []):

@@ -494,8 +494,7 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
     evaluate = trainer.val_fn() if val_ds is not None else None
     n_diag = 2 if trainer.velocities is not None else 0
 
-    losses, gnorms, vnorms, lrs, flags = [], [], [], [], []
-    diags: list[list[np.ndarray]] = [[] for _ in range(n_diag)]
+    rec = ChunkRecorder(n_diag)
     val_steps: list[int] = []
     val_losses: list[float] = []
     placed = label
@@ -538,14 +537,7 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
             if first_call:
                 placed = _verified_placement(stacked[0], trainer.tvars[0])
                 first_call = False
-            arrays = [a.numpy() for a in stacked]
-            losses.append(arrays[0][:count])
-            gnorms.append(arrays[1][:count])
-            vnorms.append(arrays[2][:count])
-            lrs.append(arrays[3][:count])
-            flags.append(arrays[4][:count])
-            for k in range(n_diag):
-                diags[k].append(arrays[5 + k][:count])
+            rec.add(stacked, count)
             done += count
             if bool(ran_out.numpy()):
                 exhausted_at = done
@@ -565,18 +557,16 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
             f"or a zero-argument function returning a fresh generator, or lower steps to <= {exhausted_at}."
         )
 
-    cat = lambda parts, dt=np.float64: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-    flag_arr = cat(flags, np.int32)
     trace = Trace(
-        loss=cat(losses),
-        grad_norm=cat(gnorms),
-        var_grad_norms=np.concatenate(vnorms).astype(np.float64) if vnorms else np.zeros((0, len(trainer.tvars))),
+        loss=rec.column(0),
+        grad_norm=rec.column(1),
+        var_grad_norms=rec.column(2) if rec.parts[2] else np.zeros((0, len(trainer.tvars))),
         var_names=trainer.var_names,
-        nonfinite=flag_arr,
-        lr=cat(lrs),
+        nonfinite=rec.column(4, np.int32),
+        lr=rec.column(3),
         val_steps=np.asarray(val_steps, dtype=np.int64) if evaluate is not None else None,
         val_loss=np.asarray(val_losses, dtype=np.float64) if evaluate is not None else None,
-        opt_stats={name: cat(diags[k]) for k, name in enumerate(("g2_over_v_max", "v_rms")[:n_diag])},
+        opt_stats={name: rec.column(5 + k) for k, name in enumerate(("g2_over_v_max", "v_rms")[:n_diag])},
         steps_planned=steps,
         info=model_info(model, trainer),
     )
@@ -586,7 +576,7 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
         trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
         trace.info["bn_gap_batch"] = "validation" if val_ds is not None else "training"
     stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-    bad = np.flatnonzero(flag_arr & stop_bits)
+    bad = np.flatnonzero(trace.nonfinite & stop_bits)
     if bad.size:
         trace.first_nonfinite = _locate_nonfinite(trainer, trace, int(bad[0]))
     metrics = {}
@@ -601,6 +591,27 @@ def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_d
             pass
     return RunResult(trace, placed, wall, data.kind, exhausted_at, metrics,
                      kept.kept if kept is not None else []), trainer
+
+
+class ChunkRecorder:
+    """Collects the per-step arrays a chunk returns (read back once per chunk) and joins them.
+
+    Columns, in the chunk's output order: 0 loss, 1 global gradient norm,
+    2 per-variable norms, 3 learning rate, 4 flags, then the diagnostics.
+    """
+
+    def __init__(self, n_diag: int = 0) -> None:
+        self.parts: list[list[np.ndarray]] = [[] for _ in range(5 + n_diag)]
+
+    def add(self, stacked: Any, count: int) -> np.ndarray:
+        """Append the first ``count`` steps of a chunk's outputs; returns their flags."""
+        for column, tensor in zip(self.parts, stacked):
+            column.append(tensor.numpy()[:count])
+        return self.parts[4][-1]
+
+    def column(self, k: int, dtype: Any = np.float64) -> np.ndarray:
+        parts = self.parts[k]
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
 def _first_batch(ds: Any) -> Any:

@@ -160,7 +160,7 @@ def replay(model: Any, result: engine.RunResult, trainer: engine.InstrumentedTra
         raise NotReplayable(f"a {data.kind} can be read only once, so its batches cannot be replayed")
     device, _ = engine.resolve_device(spec.device)
     new_opt = fixed_optimizer(keras, trainer.inner, fix)
-    losses, gnorms, vnorms, lrs, flags = [], [], [], [], []
+    rec = engine.ChunkRecorder()
     try:
         with tf.device(device):
             engine.restore_model(model, snap)
@@ -177,19 +177,17 @@ def replay(model: Any, result: engine.RunResult, trainer: engine.InstrumentedTra
                 n = min(spec.readback_every, until - done)
                 count, stop, _, stacked = chunk(iterator, tf.constant(n, tf.int32))
                 count = int(count.numpy())
-                arrays = [a.numpy() for a in stacked]
-                losses.append(arrays[0][:count])
-                gnorms.append(arrays[1][:count])
-                vnorms.append(arrays[2][:count])
-                lrs.append(arrays[3][:count])
-                flags.append(arrays[4][:count])
+                flags = rec.add(stacked, count)
                 done += count
-                if count == 0 or bool(stop.numpy()) or (arrays[4][:count] & stop_bits).any():
+                if count == 0 or bool(stop.numpy()) or (flags & stop_bits).any():
                     break
     finally:
         engine.restore_model(model, final)
     s = snap.step
-    cat = lambda head, parts, dt: np.concatenate([head[:s].astype(dt)] + [p.astype(dt) for p in parts])  # noqa: E731
+
+    def cat(head: np.ndarray, k: int, dtype: Any = np.float64) -> np.ndarray:
+        return np.concatenate([head[:s].astype(dtype), rec.column(k, dtype).reshape((-1,) + head.shape[1:])])
+
     info = dict(trace.info or {})
     # the checks judge the replayed steps with the optimizer they ran with (clipnorm: the clipped norm)
     config = dict(info.get("optimizer_config") or {})
@@ -199,17 +197,16 @@ def replay(model: Any, result: engine.RunResult, trainer: engine.InstrumentedTra
     info["optimizer_config"] = config
     has_vars = trace.var_grad_norms is not None and trace.var_grad_norms.shape[0] >= s
     spliced = Trace(
-        loss=cat(trace.loss, losses, np.float64),
-        grad_norm=cat(trace.grad_norm, gnorms, np.float64) if trace.grad_norm is not None else None,
-        var_grad_norms=cat(trace.var_grad_norms, vnorms, np.float64) if has_vars else None,
+        loss=cat(trace.loss, 0),
+        grad_norm=cat(trace.grad_norm, 1) if trace.grad_norm is not None else None,
+        var_grad_norms=cat(trace.var_grad_norms, 2) if has_vars else None,
         var_names=trace.var_names if has_vars else (),
-        nonfinite=cat(trace.nonfinite, flags, np.int32) if trace.nonfinite is not None else None,
-        lr=cat(trace.lr, lrs, np.float64) if trace.lr is not None else None,
+        nonfinite=cat(trace.nonfinite, 4, np.int32) if trace.nonfinite is not None else None,
+        lr=cat(trace.lr, 3) if trace.lr is not None else None,
         steps_planned=trace.steps_planned,
         info=info,
     )
-    return Replay(dict(fix), describe_fix(type(trainer.inner).__name__, fix), s, s + sum(len(p) for p in losses),
-                  spliced)
+    return Replay(dict(fix), describe_fix(type(trainer.inner).__name__, fix), s, s + len(rec.column(0)), spliced)
 
 
 def verdict(rep: Replay, check_results: list[Any]) -> dict[str, Any]:
@@ -263,6 +260,10 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult, trai
                          spec=spec, **data)
         except NotReplayable as exc:
             attempts.append({"fix": fix, "resolved": None, "text": f"not replayed with {fix}: {exc}"})
+            continue
+        except Exception as exc:  # the replay is advice: a failure in it must not fail or hide the run's verdict
+            attempts.append({"fix": fix, "resolved": None,
+                             "text": f"the replay with {fix} failed: {type(exc).__name__}: {str(exc)[:300]}"})
             continue
         # val_loss needs validation during the replay, which it does not run
         names = tuple(c for c in spec.checks if c != "val_loss")
