@@ -35,19 +35,22 @@ def jump_schedule(peak):
 # After the jump the run is chaotic: how many spikes follow, and how large the gradient norms
 # get, can change with the CPU or library version.  Looser baseline tolerances for this test
 # alone; the baseline still fails it if it goes unstable differently (a new kind of finding).
-@pytest.mark.stable_training(steps=300, baseline_grad_factor=10.0, baseline_extra_spikes=5)
+@pytest.mark.stable_training(steps=300, whatif=True, baseline_grad_factor=10.0, baseline_extra_spikes=5)
 def test_known_unstable_schedule_is_detected(stability):
     """A known-unstable configuration, kept as a regression test of the detector.
 
     check=False: the run is expected to be unstable, so the test asserts that it is (and where),
-    instead of failing on it.
+    instead of failing on it.  whatif=True: the suggested fix is replayed from a snapshot before the
+    failure, and the report says whether it works.
     """
     model = convnet_classifier()
-    model.compile(optimizer=keras.optimizers.SGD(jump_schedule(20.0), momentum=0.9),
+    model.compile(optimizer=keras.optimizers.SGD(jump_schedule(5.0), momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     report = stability.train(model, X, Y, batch_size=32, check=False)
     assert report.verdict == "unstable"
-    assert report.findings[0].step > 150
+    first = report.findings[0]
+    assert first.step > 150
+    assert first.evidence["whatif"]["resolved"] is True, first.evidence["whatif"]["text"]
 
 
 @pytest.mark.stable_training(steps=300)
