@@ -64,7 +64,7 @@ def describe_fix(optimizer_name: str, fix: dict[str, Any]) -> str:
     parts = []
     for k, v in fix.items():
         if k == "learning_rate_factor":
-            parts.append(f"learning_rate x {v:g}")
+            parts.append(f"learning_rate x {v:.3g}")
         else:
             parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
     return f"{optimizer_name}({', '.join(parts)})"
