@@ -169,14 +169,15 @@ def _level_shift(values: np.ndarray, med: np.ndarray, window: int, log_space: bo
 def stuck_after(loss: np.ndarray, grad_norm: np.ndarray | None, step: int, window: int) -> dict[str, Any]:
     """Whether training is stuck after ``step``: the one definition the check and the diagnosis share.
 
-    Over the last ``window`` finite steps from ``step + 5`` on, training is
+    Over the last ``window`` finite steps from ``step + 5`` on, while the loss
+    stays above twice its lowest value before ``step`` (a run that came back
+    down is not stuck), training is
 
     * ``flat`` when the loss's relative std is at most :data:`STUCK_RTOL`
       (stuck at a constant), or
     * ``vanished`` when the median gradient norm is at most :data:`VANISHED` x
-      the 90th percentile of the norms before ``step`` while the loss stays
-      above twice its lowest value before ``step`` (dead units: the loss still
-      varies from batch to batch, but nothing learns).
+      the 90th percentile of the norms before ``step`` (dead units: the loss
+      still varies from batch to batch, but nothing learns).
 
     Returns a dict with ``stuck``, ``flat``, ``vanished``, ``level`` (median
     loss), ``rel_std`` and ``n`` (steps judged); ``stuck`` is False with fewer
@@ -191,19 +192,23 @@ def stuck_after(loss: np.ndarray, grad_norm: np.ndarray | None, step: int, windo
         return out
     level = float(np.median(tail))
     rel = float(np.std(tail) / max(abs(level), 1e-12))
-    out.update(level=level, rel_std=rel, flat=rel <= STUCK_RTOL)
+    out.update(level=level, rel_std=rel)
+    best = loss[:step]
+    best = best[np.isfinite(best)]
+    if best.size:
+        low = float(np.min(best))
+        if not level > low + max(abs(low), 1e-12):
+            return out
+    out["flat"] = rel <= STUCK_RTOL
     if grad_norm is not None:
         g = np.asarray(grad_norm, dtype=np.float64)
         after = g[step + 5:]
         after = after[np.isfinite(after)][-max(int(window), 10):]
         before = g[:step]
         before = before[np.isfinite(before)]
-        best = loss[:step]
-        best = best[np.isfinite(best)]
-        if after.size >= 10 and before.size and best.size:
+        if after.size >= 10 and before.size:
             p90 = float(np.percentile(before, 90))
-            out["vanished"] = bool(p90 > 0 and float(np.median(after)) <= VANISHED * p90
-                                   and level > 2.0 * float(np.min(best)))
+            out["vanished"] = bool(p90 > 0 and float(np.median(after)) <= VANISHED * p90)
     out["stuck"] = bool(out["flat"] or out["vanished"])
     return out
 

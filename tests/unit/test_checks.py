@@ -308,3 +308,11 @@ def test_val_nan_reported_by_nonfinite():
 def test_run_checks_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown check"):
         run_checks(Trace(loss=np.ones(5)), checks=["loss_spikes"])
+
+
+def test_a_run_that_comes_back_down_and_ends_flat_is_not_stuck():
+    # Adam-like: ~1e-9, a jump to 1e-2 for 60 steps, then back down to ~1e-12 and flat there.
+    loss = np.concatenate([np.geomspace(1.0, 1e-9, 300), np.full(60, 1e-2), np.full(240, 1e-12)])
+    f = check_loss_spike(Trace(loss=loss)).findings[0]
+    assert f.step == 300 and f.evidence["recovered"] is False
+    assert f.evidence["stuck"] is False and "stuck" not in f.message
