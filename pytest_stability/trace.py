@@ -69,6 +69,10 @@ class Trace:
             ``{"v_median": ..., "g2_over_v_max": ...}`` for Adam.
         first_nonfinite: where non-finite values first appeared, when they did:
             ``{"step": k, "source": "weights", "variable": "dense/kernel"}``.
+        update_ratio: per step, the global relative update ``|w_after - w_before| / |w_before|``
+            over all trainable variables (0 when the step applied no update).
+        var_update_ratio: the same per variable, shape ``(steps, n_vars)``, columns as
+            ``var_grad_norms``.
         steps_planned: how many steps training was asked to run.
         info: facts about the run (optimizer name and config, model layers,
             device...), builtins only.
@@ -84,6 +88,8 @@ class Trace:
     val_loss: np.ndarray | None = None
     opt_stats: dict[str, np.ndarray] = field(default_factory=dict)
     first_nonfinite: dict[str, Any] | None = None
+    update_ratio: np.ndarray | None = None
+    var_update_ratio: np.ndarray | None = None
     steps_planned: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +121,12 @@ class Trace:
         if self.lr is not None:
             self.lr = _array(self.lr, np.float64, "lr")
             self._same_length("lr", self.lr, n)
+        if self.update_ratio is not None:
+            self.update_ratio = _array(self.update_ratio, np.float64, "update_ratio")
+            self._same_length("update_ratio", self.update_ratio, n)
+        if self.var_update_ratio is not None:
+            self.var_update_ratio = _array(self.var_update_ratio, np.float64, "var_update_ratio", ndim=2)
+            self._same_length("var_update_ratio", self.var_update_ratio, n)
         if (self.val_steps is None) != (self.val_loss is None):
             raise ValueError("Trace.val_steps and Trace.val_loss must be given together")
         if self.val_steps is not None:
