@@ -44,25 +44,25 @@ class Stability:
 
     # -- public API -----------------------------------------------------------
 
-    def train(self, model: Any, x: Any = None, y: Any = None, *, validation_data: Any = None,
-              batch_size: int | None = None, steps: int | None = None, seed: int | None = None,
-              check: bool = True, sample_weight: Any = None) -> Any:
-        """Train ``model`` for ``steps`` optimizer steps and check its stability.
+    def fit(self, model: Any, x: Any = None, y: Any = None, *, steps: int | None = None, seed: int | None = None,
+            check: bool = True, **fit_kwargs: Any) -> Any:
+        """Train ``model`` with its own ``model.fit`` for ``steps`` optimizer steps and check its stability.
 
         Args:
-            model: a compiled ``keras.Model``, or a zero-argument function that
-                builds and compiles one (called once per seed, after seeding:
-                the way to vary the initialisation with ``seeds=K``).
-            x, y: numpy arrays (or lists/dicts of them), or ``x`` alone as a
-                ``tf.data.Dataset`` / ``keras.utils.PyDataset`` / generator of
-                ``(x, y[, sample_weight])`` batches.  Cycled when shorter than
-                ``steps``; a generator that runs out is an error.
-            validation_data: ``(x_val, y_val)``, a finite ``tf.data.Dataset`` or a
-                ``PyDataset``; its loss is measured every ``validate_every``
-                steps on the same batches, in inference mode.
-            batch_size, steps, seed: override the marker / command line / ini.
+            model: a compiled ``keras.Model`` (its own ``train_step`` too), or a
+                zero-argument function that builds and compiles one (called once
+                per seed, after seeding: the way to vary the initialisation with
+                ``seeds=K``).
+            x, y: whatever ``model.fit`` takes: arrays, lists / tuples / dicts of
+                them, a ``tf.data.Dataset``, a ``keras.utils.PyDataset``, a
+                generator, a torch ``DataLoader`` on the torch backend.
+            steps, seed: override the marker / command line / ini.
             check: when False, return the report without raising.
-            sample_weight: per-sample weights for array inputs.
+            **fit_kwargs: passed to ``model.fit`` as they are (``batch_size``,
+                ``callbacks``, ``class_weight``, ``sample_weight``,
+                ``validation_data``, ``validation_split``, ``shuffle``,
+                ``epochs``, ``steps_per_epoch``...).  ``batch_size`` defaults to
+                the marker's for array inputs.
 
         Returns:
             A :class:`~pytest_stability.report.StabilityReport`.
@@ -72,17 +72,35 @@ class Stability:
                 ``check`` is true; its message is the explanation.
         """
         __tracebackhide__ = True
+        return self._call("fit", model, x, y, steps=steps, seed=seed, check=check, fit_kwargs=fit_kwargs)
+
+    def _call(self, entry: str, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, check: bool,
+              fit_kwargs: dict[str, Any]) -> Any:
+        __tracebackhide__ = True
+        failure = None
         try:
-            report = self._train(model, x, y, validation_data=validation_data, batch_size=batch_size,
-                                 steps=steps, seed=seed, sample_weight=sample_weight)
+            report = self._train(model, x, y, steps=steps, seed=seed, fit_kwargs=fit_kwargs)
         except StabilityUsageError as exc:
             self.error = str(exc)
-            pytest.fail(f"stability.train(): {exc}", pytrace=False)
+            failure = f"stability.{entry}(): {exc}"
+        if failure is not None:  # outside the except block: the message is printed once, unchained
+            pytest.fail(failure, pytrace=False)
         self.reports.append(report)
         self._config.hook.pytest_stability_run_finished(nodeid=self.nodeid, report=report)
         if check and not report.ok:
             raise StabilityError(report.explain(), report)
         return report
+
+    def train(self, model: Any, x: Any = None, y: Any = None, *, validation_data: Any = None,
+              batch_size: int | None = None, steps: int | None = None, seed: int | None = None,
+              check: bool = True, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
+        """The same as :meth:`fit` (kept for the keywords it always had)."""
+        __tracebackhide__ = True
+        for name, value in (("validation_data", validation_data), ("batch_size", batch_size),
+                            ("sample_weight", sample_weight)):
+            if value is not None:
+                fit_kwargs[name] = value
+        return self._call("train", model, x, y, steps=steps, seed=seed, check=check, fit_kwargs=fit_kwargs)
 
     # -- internals ------------------------------------------------------------
 
@@ -100,16 +118,15 @@ class Stability:
             return [int(replay)]
         return [base_seed + i for i in range(self.spec.seeds)]
 
-    def _train(self, model: Any, x: Any, y: Any, *, validation_data: Any, batch_size: Any, steps: Any,
-               seed: Any, sample_weight: Any) -> Any:
+    def _train(self, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, fit_kwargs: dict[str, Any]) -> Any:
         from .checks import Thresholds, run_checks
         from .diagnosis import diagnose
         from .report import RunReport, StabilityReport
         from .training import engine
 
         steps = self._override("steps", steps)
-        batch_size_explicit = batch_size is not None
-        batch_size = self._override("batch_size", batch_size)
+        if "batch_size" in fit_kwargs and fit_kwargs["batch_size"] is not None:
+            fit_kwargs["batch_size"] = self._override("batch_size", fit_kwargs["batch_size"])
         base_seed = self._override("seed", seed)
         spec = self.spec
         thresholds = Thresholds.from_mapping(spec.values)
@@ -118,11 +135,14 @@ class Stability:
             # Each seed trains a distinct model (the user's instance for the
             # first seed, a fresh build or clone for the others).
             run_model = self._model_for_seed(model, s, first=(s == base_seed))
-            result, trainer = engine.train(
-                run_model, x, y, sample_weight=sample_weight, validation_data=validation_data, steps=steps,
-                batch_size=batch_size, batch_size_explicit=batch_size_explicit, seed=s, spec=spec,
-                snapshots=spec.whatif,
-            )
+            progress = self._progress(steps)
+            try:
+                result = engine.train(run_model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=s, spec=spec,
+                                      progress=progress.update if progress is not None else None,
+                                      keep_initial_state=spec.whatif)
+            finally:
+                if progress is not None:
+                    progress.close()
             results = run_checks(result.trace, thresholds, spec.checks)
             results = [
                 type(r)(r.name, r.status, tuple(diagnose(r.findings, result.trace)), r.detail, r.stats)
@@ -131,9 +151,8 @@ class Stability:
             if spec.whatif and any(r.findings for r in results):
                 from .training.whatif import attach_whatif
 
-                results = attach_whatif(results, run_model, result, trainer, thresholds, spec, x=x, y=y,
-                                        sample_weight=sample_weight, batch_size=batch_size,
-                                        batch_size_explicit=batch_size_explicit, seed=s)
+                results = attach_whatif(results, run_model, result, thresholds, spec, x=x, y=y,
+                                        fit_kwargs=fit_kwargs, batch_size=None, seed=s)
             runs.append(RunReport(
                 seed=s, trace=result.trace, results=results, device=result.device,
                 wall_time=result.wall_time, replay=self.replay_command(s), data_kind=result.data_kind,
@@ -141,11 +160,19 @@ class Stability:
             ))
         return StabilityReport(self.nodeid, runs)
 
+    def _progress(self, steps: int) -> Any:
+        """A progress line for long runs (pytest_stability.progress), when that module is present."""
+        try:
+            from .progress import Progress
+        except ImportError:
+            return None
+        return Progress(self._config, self.nodeid, steps)
+
     def _model_for_seed(self, model: Any, seed: int, first: bool) -> Any:
         """The model to train under ``seed``: a fresh build, the user's instance, or a clone."""
         from .training import engine
 
-        tf, keras = engine._import_tf()
+        keras = engine.import_keras()
         if not isinstance(model, keras.Model) and callable(model):
             engine.seed_everything(seed, self.spec.deterministic)
             built = model()
@@ -263,13 +290,20 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
     from .training import engine
 
     spec, cli_values = spec_for(request.node)
+    skip = None
     try:
+        engine.seed_everything(spec.seed, spec.deterministic)  # first: it says what to install without Keras
         if spec.device == "gpu" and engine.resolve_device("gpu")[0] is None:
-            pytest.skip("stable_training(device='gpu'): TensorFlow sees no GPU on this machine")
-        engine.seed_everything(spec.seed, spec.deterministic)  # first: it says what to install without TensorFlow
+            skip = f"stable_training(device='gpu'): the {engine.import_keras().backend.backend()} backend sees no GPU"
         restart_keras_auto_names()
     except StabilityUsageError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    else:
+        message = None
+    if message is not None:
+        pytest.fail(message, pytrace=False)
+    if skip is not None:
+        pytest.skip(skip)
     fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
     try:
         yield fixture

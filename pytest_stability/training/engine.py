@@ -1,76 +1,78 @@
-"""The instrumented training loop: Keras' own train step, plus recording.
+"""Train with Keras' own ``model.fit``, instrumented, on the backend Keras runs on.
 
-What runs per optimizer step, inside one compiled ``tf.function`` chunk of up
-to ``readback_every`` steps (a ``tf.while_loop``, like Keras'
-``steps_per_execution``):
+:func:`train` calls the user's ``model.fit`` with the user's arguments and
+callbacks, plus the plugin's :class:`Readback` callback, for exactly ``steps``
+optimizer steps, while a :class:`~pytest_stability.training.recorder.Recorder`
+records per-step data on the device (see that module).  It returns a
+:class:`RunResult` whose :class:`~pytest_stability.trace.Trace` the checks
+judge.
 
-* the forward pass and loss exactly as ``keras.Model.train_step`` computes
-  them (``model._compute_loss``, regularisation losses, loss scaling), the
-  gradients, and ``optimizer.apply`` -- so the compiled optimizer's
-  clipnorm / clipvalue / global_clipnorm and a ``LossScaleOptimizer`` act as in
-  ``model.fit``; compiled metrics are updated too;
-* recorded into ``TensorArray``s on the device, with no host sync: the raw
-  minibatch loss (not Keras' running mean), the global and per-variable
-  gradient norms *before* clipping and unscaled, the learning rate, and a
-  bitmask saying whether loss, gradients, weights, optimizer state and the
-  input batch were finite (numpy inputs are checked once on the host
-  instead); a mixed-precision loss-scale overflow is flagged OVERFLOW, not
-  as a non-finite gradient;
-* the loop stops at the first non-finite step.
+Per backend (``keras.backend.backend()``, chosen the Keras way:
+``KERAS_BACKEND`` or ``keras.json``):
 
-With ``jit_compile`` XLA compiles the step; the loop around it stays a plain
-graph because the dataset iterator has no XLA kernel (as in Keras' own
-``jit_compile=True``).
+* TensorFlow: ``steps_per_execution = readback_every`` (one compiled
+  ``tf.function`` call runs a chunk), recording in the optimizer's ``apply``;
+  op determinism is enabled when ``deterministic``.
+* JAX: the same chunking; recording in ``stateless_apply``, its buffers
+  threaded through ``fit`` as optimizer state and read from the trainer's
+  state at each chunk boundary.
+* PyTorch: Keras' ``fit`` refuses ``steps_per_execution > 1``, so each step
+  runs eagerly; the buffers are still read back once per chunk.
 
-The host reads the arrays back once per chunk (one sync), evaluates the
-validation loss at ``validate_every`` boundaries, and assembles a
-:class:`~pytest_stability.trace.Trace`.
+The plugin measures the validation loss itself, every ``validate_every``
+steps (at the first chunk boundary at or after it), on the same fixed batches,
+in inference mode and without touching any metric; Keras' own per-epoch
+validation still runs when the user passes ``validation_data`` or
+``validation_split``, so their callbacks see ``val_loss`` as in their training.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import StabilityUsageError
-from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, OVERFLOW, WEIGHTS, Trace
-from .data import make_train_data, make_validation_data
+from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
+from .recorder import COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags
 
 _DETERMINISM_ENABLED = False
+BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def _import_tf() -> tuple[Any, Any]:
+def import_keras() -> Any:
+    """Keras 3 on a supported backend, or a usage error saying what to install."""
     try:
-        import tensorflow as tf
+        import keras
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise StabilityUsageError(
-            "pytest-stability needs TensorFlow to train: pip install 'pytest-stability[cpu]' "
-            "(tensorflow-cpu) or 'pytest-stability[tensorflow]'. Import failed with: " + str(exc)
+            "pytest-stability needs Keras 3 and a backend to train: pip install 'pytest-stability[cpu]' "
+            "(TensorFlow), 'pytest-stability[jax]' or 'pytest-stability[torch]'. Import failed with: " + str(exc)
         ) from None
-    import keras
-
     if not keras.__version__.startswith("3"):
         raise StabilityUsageError(f"pytest-stability needs Keras 3; found keras {keras.__version__}")
-    _quiet_own_retracing()
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
         raise StabilityUsageError(
-            "pytest-stability trains with the TensorFlow backend of Keras 3; "
-            f"KERAS_BACKEND is {keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow."
+            f"pytest-stability trains on the TensorFlow, JAX or PyTorch backend of Keras 3; "
+            f"KERAS_BACKEND is {backend!r}"
         )
-    return tf, keras
+    if backend == "tensorflow":
+        _quiet_own_retracing()
+    return keras
 
 
 class _OwnRetracingFilter:
-    """Drops TensorFlow's "N out of the last M calls to ... triggered tf.function retracing" warning
-    for this engine's own functions: each trained model gets fresh compiled functions by design
-    (one per model), which that heuristic counts as retracing.  Other functions' warnings pass."""
+    """Drops TensorFlow's "triggered tf.function retracing" warning for Keras' train functions: each
+    stability run makes fresh ones by design (one per instrumented fit).  Other warnings pass."""
 
     def filter(self, record: Any) -> bool:
         msg = str(record.getMessage())
-        return not ("triggered tf.function retracing" in msg and "InstrumentedTrainer." in msg)
+        return not ("triggered tf.function retracing" in msg and "function" in msg and "multi_step" in msg)
 
 
 _FILTER = _OwnRetracingFilter()
@@ -85,136 +87,70 @@ def _quiet_own_retracing() -> None:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, numpy, TensorFlow and Keras; optionally enable op determinism.
-
-    Op determinism is process-wide in TensorFlow and cannot be switched off
-    again, so it is enabled once, by the first stability test that asks for it.
-    """
+    """Seed Python, numpy and the backend (``keras.utils.set_random_seed``); with
+    ``deterministic`` on TensorFlow, enable op determinism (process-wide, once)."""
     global _DETERMINISM_ENABLED
-    tf, keras = _import_tf()
+    keras = import_keras()
     keras.utils.set_random_seed(int(seed))
-    if deterministic and not _DETERMINISM_ENABLED:
+    if deterministic and not _DETERMINISM_ENABLED and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
         _DETERMINISM_ENABLED = True
 
 
+def has_gpu() -> bool:
+    """Whether the current Keras backend sees a GPU."""
+    keras = import_keras()
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def resolve_device(requested: str) -> tuple[str | None, str]:
-    """Map ``auto`` / ``cpu`` / ``gpu`` to a TF device string and a label.
+    """Map ``auto`` / ``cpu`` / ``gpu`` to a Keras device name (``keras.device``) and a label.
 
-    Returns (tf_device, label); tf_device None means "no GPU for device='gpu'".
+    Returns (device, label); device None for ``auto`` (the backend's default
+    placement: its accelerator when it sees one), and ``(None, "no GPU")`` for
+    ``gpu`` without one.
     """
-    tf, _ = _import_tf()
-    gpus = tf.config.list_physical_devices("GPU")
     if requested == "cpu":
-        return "/CPU:0", "CPU"
-    if requested == "gpu" and not gpus:
-        return None, "no GPU"
-    if gpus:
-        return "/GPU:0", "GPU"
-    return "/CPU:0", "CPU"
-
-
-def _placed_on(tensor: Any) -> str:
-    dev = getattr(tensor, "device", "") or ""
-    if "GPU" in dev.upper():
-        return "GPU:" + dev.rsplit(":", 1)[-1]
-    return "CPU"
-
-
-def _verified_placement(recorded: Any, variable: Any) -> str:
-    """Where training actually ran: the device of the recorded loss and of the weights.
-
-    Read from the tensors, not from what was asked for: a model built before
-    ``train()`` keeps its weights where they were created.  Untested on a GPU
-    here (no GPU in the development environment).
-    """
-    ran = _placed_on(recorded)
-    stored = _placed_on(getattr(variable, "value", variable))
-    return ran if ran == stored else f"{ran} (weights on {stored})"
-
-
-def _is_float(t: Any) -> bool:
-    """True for float tensors and variables (Keras variables give dtype as a string)."""
-    dtype = getattr(t, "dtype", None)
-    name = getattr(dtype, "name", dtype)
-    return isinstance(name, str) and ("float" in name or name == "bfloat16")
-
-
-def _var_name(v: Any) -> str:
-    return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
+        return "cpu:0", "CPU"
+    gpu = has_gpu()
+    if requested == "gpu":
+        return ("gpu:0", "GPU") if gpu else (None, "no GPU")
+    return None, "GPU" if gpu else "CPU"
 
 
 def validate_model(model: Any) -> None:
-    """Reject what the engine cannot train faithfully, naming what was received."""
-    tf, keras = _import_tf()
+    """Reject what ``fit`` cannot train, naming what was received."""
+    keras = import_keras()
     if not isinstance(model, keras.Model):
         raise StabilityUsageError(
-            f"stability.train() expects a compiled keras.Model (or a zero-argument callable returning one); "
+            f"the model must be a compiled keras.Model (or a zero-argument callable returning one); "
             f"received {type(model).__name__}"
         )
     if not getattr(model, "compiled", False) or model.optimizer is None:
         raise StabilityUsageError(
             f"the model {model.name!r} is not compiled: call model.compile(optimizer=..., loss=...) "
-            "before stability.train(); the optimizer and loss it is compiled with are the ones trained"
+            "before stability.fit(); the optimizer and loss it is compiled with are the ones trained"
         )
-    if getattr(model, "_compile_loss", None) is None and type(model).compute_loss is keras.Model.compute_loss:
+    custom_step = type(model).train_step is not keras.Model.train_step
+    custom_loss = type(model).compute_loss is not keras.Model.compute_loss
+    if getattr(model, "_compile_loss", None) is None and not custom_loss and not custom_step:
         raise StabilityUsageError(
-            f"the model {model.name!r} was compiled without a loss (and does not override compute_loss); "
-            "pass loss=... to model.compile()"
+            f"the model {model.name!r} was compiled without a loss (and overrides neither compute_loss "
+            "nor train_step); pass loss=... to model.compile()"
         )
-    if type(model).train_step is not keras.Model.train_step:
-        raise StabilityUsageError(
-            f"{type(model).__name__} overrides train_step; pytest-stability trains with its own instrumented "
-            "copy of Keras' default train_step and would silently ignore yours. Move custom logic into "
-            "compute_loss(), or record your own trace and use pytest_stability.run_checks()."
-        )
-
-
-@dataclass
-class Snapshot:
-    """The training state after ``step`` optimizer steps, copied to the host.
-
-    ``model`` holds every model variable (weights, BatchNorm statistics,
-    dropout seed state) in ``model.variables`` order; ``optimizer`` maps each
-    optimizer variable's name (``iteration``, ``dense_kernel_momentum``...) to
-    its value.
-    """
-
-    step: int
-    model: list[np.ndarray]
-    optimizer: dict[str, np.ndarray]
-
-
-#: snapshots kept per run for the what-if replay; beyond this, every other one is dropped.
-MAX_SNAPSHOTS = 16
-
-
-def take_snapshot(model: Any, optimizer: Any, step: int) -> Snapshot:
-    return Snapshot(step, [np.array(v.numpy()) for v in model.variables],
-                    {v.name: np.array(v.numpy()) for v in optimizer.variables})
-
-
-def restore_model(model: Any, snapshot: Snapshot) -> None:
-    for v, value in zip(model.variables, snapshot.model):
-        v.assign(value)
-
-
-class _Snapshots:
-    """Snapshots at read-back boundaries, thinned to at most :data:`MAX_SNAPSHOTS` evenly spaced ones."""
-
-    def __init__(self, model: Any, optimizer: Any) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.kept: list[Snapshot] = []
-        self._stride = 1
-        self._boundaries = 0
-
-    def boundary(self, step: int) -> None:
-        if self._boundaries % self._stride == 0:
-            self.kept.append(take_snapshot(self.model, self.optimizer, step))
-            if len(self.kept) > MAX_SNAPSHOTS:
-                self.kept = self.kept[::2]
-                self._stride *= 2
-        self._boundaries += 1
 
 
 @dataclass
@@ -223,401 +159,299 @@ class RunResult:
     device: str
     wall_time: float
     data_kind: str
-    exhausted_at: int | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
-    #: training states before the first step and at read-back boundaries (``snapshots=True``)
-    snapshots: list[Snapshot] = field(default_factory=list)
+    backend: str = "tensorflow"
+    notes: list[str] = field(default_factory=list)
+    #: (model variable values, optimizer variable values) before the first step (``keep_initial_state``)
+    initial_state: Any = None
 
 
-class InstrumentedTrainer:
-    """Compiles the instrumented chunk and validation functions for one model.
+def take_state(model: Any, rec: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Host copies of every model variable and of the optimizer's own variables (not the recorder's)."""
+    import keras
 
-    Reused across seeds of the same model so tracing is paid once.
-    """
+    mine = set()
+    if rec is not None and rec.built:
+        mine = {id(v) for v in (rec.buf, rec.count, rec.halt, rec.limit_var)}
+    opt_vars = [v for v in model.optimizer.variables if id(v) not in mine]
+    return ([np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables],
+            [np.array(keras.ops.convert_to_numpy(v.value)) for v in opt_vars])
 
-    def __init__(self, model: Any, *, diagnostics: bool, jit_compile: bool, optimizer: Any = None) -> None:
-        tf, keras = _import_tf()
-        self.tf, self.keras = tf, keras
-        self.model = model
-        self.diagnostics = diagnostics
-        self.jit_compile = jit_compile
-        # ``optimizer`` trains with another optimizer than the compiled one (the what-if replay).
-        self.optimizer = model.optimizer if optimizer is None else optimizer
-        self.is_loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        self.inner = self.optimizer.inner_optimizer if self.is_loss_scaled else self.optimizer
-        self._chunk_fns: dict[bool, Any] = {}
-        self._val_fn = None
-        self._bn_gap_fn = None
 
-    # -- building ------------------------------------------------------------
+def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    """Inverse of :func:`take_state`."""
+    model_values, opt_values = state
+    for v, value in zip(model.variables, model_values):
+        v.assign(value)
+    for v, value in zip(model.optimizer.variables, opt_values):
+        v.assign(value)
 
-    def build(self, first_batch: Any) -> None:
-        """Build model, compiled loss/metrics and optimizer from one batch."""
-        model = self.model
-        x, y, w = first_batch
-        try:
-            if hasattr(model, "_symbolic_build"):
-                model._symbolic_build(data_batch=first_batch)
-            else:  # pragma: no cover - older Keras 3
-                model(x)
-            if not self.optimizer.built:
-                self.optimizer.build(model.trainable_variables)
-        except Exception as exc:
+
+#: fit() arguments the plugin sets itself; passing them is a usage error naming the plugin's keyword.
+_OWNED = {"steps_per_execution": "readback_every (a compile() argument; the plugin chunks by readback_every)"}
+
+
+def fit_parameters(keras: Any) -> set[str]:
+    return {p for p in inspect.signature(keras.Model.fit).parameters if p != "self"}
+
+
+def check_fit_kwargs(keras: Any, fit_kwargs: dict[str, Any]) -> None:
+    allowed = fit_parameters(keras)
+    for name in fit_kwargs:
+        if name in _OWNED:
+            raise StabilityUsageError(f"{name} is not a fit() argument; use {_OWNED[name]}")
+        if name not in allowed:
             raise StabilityUsageError(
-                f"the model {model.name!r} could not be built on the first training batch "
-                f"(x: {_describe(x)}, y: {_describe(y)}): {type(exc).__name__}: {exc}"
-            ) from exc
-        if not model.trainable_variables:
-            raise StabilityUsageError(f"the model {model.name!r} has no trainable weights: nothing to train")
-        self.tvars = list(model.trainable_variables)
-        self.var_names = tuple(_var_name(v) for v in self.tvars)
-        self.opt_vars = [v for v in self.optimizer.variables if _is_float(v)]
-        self.velocities = None
-        if self.diagnostics and hasattr(self.inner, "_velocities"):
-            self.velocities = [self.inner._velocities[self.inner._get_variable_index(v)] for v in self.tvars]
-
-    def _compute_loss(self, x: Any, y: Any, y_pred: Any, w: Any, training: bool) -> Any:
-        model = self.model
-        if hasattr(model, "_compute_loss"):
-            return model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=training)
-        return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w)  # pragma: no cover
-
-    def _nonfinite_any(self, tensors: list[Any]) -> Any:
-        """True when any element of any float tensor is NaN/Inf.
-
-        Uses one sum per tensor (cheaper than is_finite + reduce_all): a sum is
-        non-finite iff an element is, or the sum overflows float32 (|values|
-        around 1e38/size), itself a sign of divergence.
-        """
-        tf = self.tf
-        sums = [tf.reduce_sum(tf.cast(t, tf.float32)) for t in tensors
-                if t is not None and _is_float(t)]
-        if not sums:
-            return tf.constant(False)
-        return tf.logical_not(tf.math.is_finite(tf.add_n(sums)))
-
-    def _step(self, batch: Any, check_inputs: bool = True) -> tuple[Any, ...]:
-        tf = self.tf
-        model, opt = self.model, self.optimizer
-        x, y, w = batch
-        input_bad = self._nonfinite_any(tf.nest.flatten(x) + tf.nest.flatten(y)) if check_inputs else None
-        with tf.GradientTape() as tape:
-            y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
-            loss = self._compute_loss(x, y, y_pred, w, True)
-            scaled = opt.scale_loss(loss)
-        tracker = getattr(model, "_loss_tracker", None)
-        if tracker is not None:  # keep model.metrics' "loss" as model.fit would
-            tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
-        grads = tape.gradient(scaled, self.tvars)
-        unscale = 1.0 / tf.cast(opt.dynamic_scale, tf.float32) if self.is_loss_scaled else 1.0
-        sq = [tf.constant(0.0) if g is None else tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads]
-        var_norms = tf.sqrt(tf.stack(sq)) * unscale
-        grad_norm = tf.sqrt(tf.add_n(sq)) * unscale
-        lr = tf.cast(opt.learning_rate, tf.float32)
-        diag = []
-        if self.velocities is not None:
-            eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
-            # Before the update: how far today's g^2 stands above Adam's running v.
-            ratios = [tf.reduce_max(tf.square(tf.cast(g, tf.float32) * unscale) / (v + eps * eps))
-                      for g, v in zip(grads, self.velocities) if g is not None]
-            diag.append(tf.reduce_max(tf.stack(ratios)))
-        opt.apply(grads, self.tvars)
-        if self.velocities is not None:
-            total = sum(int(np.prod(v.shape)) for v in self.velocities)
-            diag.append(tf.sqrt(tf.add_n([tf.reduce_sum(v) for v in self.velocities]) / total))
-        loss_bad = tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32)))
-        grads_bad = tf.logical_not(tf.math.is_finite(grad_norm))
-        flags = tf.where(loss_bad, LOSS, 0)
-        if self.is_loss_scaled:
-            # Non-finite *scaled* gradients with a finite loss: the loss scale
-            # overflowed; the optimizer skipped the update and lowered the scale.
-            overflow = tf.logical_and(grads_bad, tf.logical_not(loss_bad))
-            flags += tf.where(overflow, OVERFLOW, 0) + tf.where(tf.logical_and(grads_bad, loss_bad), GRADS, 0)
-        else:
-            flags += tf.where(grads_bad, GRADS, 0)
-        # Weights and optimizer state are checked every step, so a NaN weight is
-        # reported at the step it first appears (an update can go non-finite
-        # with finite gradients: a NaN learning rate, an overflowing moment).
-        # One combined test; which of the two went bad is worked out only then.
-        state_bad = self._nonfinite_any(self.tvars + self.opt_vars)
-        flags += tf.cond(
-            state_bad,
-            lambda: (tf.where(self._nonfinite_any(self.tvars), WEIGHTS, 0)
-                     + tf.where(self._nonfinite_any(self.opt_vars), OPTIMIZER, 0)),
-            lambda: tf.constant(0))
-        if input_bad is not None:
-            flags += tf.where(input_bad, INPUT, 0)
-        if getattr(model, "_compile_metrics", None) is not None:
-            model.compute_metrics(x, y, y_pred, sample_weight=w)
-        return tf.cast(loss, tf.float32), grad_norm, var_norms, lr, flags, diag
-
-    def chunk_fn(self, check_inputs: bool = True) -> Any:
-        """The compiled chunk: up to ``n`` steps in one ``tf.while_loop``.
-
-        Args:
-            check_inputs: test each batch for NaN/Inf on the device.  False for
-                numpy arrays, which :func:`make_train_data` checked on the host
-                before training (batching and shuffling cannot create a NaN).
-        """
-        if check_inputs in self._chunk_fns:
-            return self._chunk_fns[check_inputs]
-        tf = self.tf
-        if self.jit_compile:
-            # XLA compiles the step, not the loop around it: the dataset
-            # iterator ops have no XLA kernel.  Keras' own jit_compile=True
-            # does the same (a jit-compiled one_step_on_data in a plain loop).
-            step = tf.function(lambda batch: self._step(batch, check_inputs), jit_compile=True,
-                               reduce_retracing=True)
-        else:
-            step = lambda batch: self._step(batch, check_inputs)  # noqa: E731
-        n_vars = len(self.tvars)
-        n_diag = 2 if self.velocities is not None else 0
-        stop_mask = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-
-        def chunk(iterator: Any, n: Any) -> Any:
-            tas = [tf.TensorArray(tf.float32, size=n, element_shape=[]),       # loss
-                   tf.TensorArray(tf.float32, size=n, element_shape=[]),       # grad norm
-                   tf.TensorArray(tf.float32, size=n, element_shape=[n_vars]),  # per-variable norms
-                   tf.TensorArray(tf.float32, size=n, element_shape=[]),       # lr
-                   tf.TensorArray(tf.int32, size=n, element_shape=[])]         # flags
-            tas += [tf.TensorArray(tf.float32, size=n, element_shape=[]) for _ in range(n_diag)]
-
-            def cond(i: Any, stop: Any, exhausted: Any, *_: Any) -> Any:
-                return tf.logical_and(i < n, tf.logical_not(tf.logical_or(stop, exhausted)))
-
-            def body(i: Any, stop: Any, exhausted: Any, *arrays: Any) -> Any:
-                optional = iterator.get_next_as_optional()
-
-                def run() -> Any:
-                    loss, gn, vn, lr, flags, diag = step(optional.get_value())
-                    return (loss, gn, vn, lr, flags, *diag, tf.constant(False))
-
-                def empty() -> Any:
-                    return (tf.constant(np.nan, tf.float32), tf.constant(np.nan, tf.float32),
-                            tf.fill([n_vars], np.nan), tf.constant(np.nan, tf.float32), tf.constant(0),
-                            *[tf.constant(np.nan, tf.float32)] * n_diag, tf.constant(True))
-
-                values = tf.cond(optional.has_value(), run, empty)
-                *row, ran_out = values
-                arrays = tuple(ta.write(i, v) for ta, v in zip(arrays, row))
-                now_stop = tf.not_equal(tf.bitwise.bitwise_and(row[4], stop_mask), 0)
-                return (i + tf.where(ran_out, 0, 1), now_stop, ran_out, *arrays)
-
-            out = tf.while_loop(cond, body, (tf.constant(0), tf.constant(False), tf.constant(False), *tas),
-                                maximum_iterations=n)
-            count, stop, exhausted = out[:3]
-            stacked = [ta.stack() for ta in out[3:]]
-            return count, stop, exhausted, stacked
-
-        fn = tf.function(chunk, reduce_retracing=True)
-        self._chunk_fns[check_inputs] = fn
-        return fn
-
-    def bn_gap_fn(self) -> Any:
-        """Loss of one batch in training mode (batch statistics) and in inference
-        mode (moving statistics), through ``stateless_call`` so that neither
-        call updates the BatchNorm statistics or anything else."""
-        if self._bn_gap_fn is not None:
-            return self._bn_gap_fn
-        tf, model = self.tf, self.model
-
-        def gap(x: Any, y: Any, w: Any) -> Any:
-            trainable = [v.value for v in model.trainable_variables]
-            frozen = [v.value for v in model.non_trainable_variables]
-            y_train, _ = model.stateless_call(trainable, frozen, x, training=True)
-            y_infer, _ = model.stateless_call(trainable, frozen, x, training=False)
-            return (tf.cast(self._compute_loss(x, y, y_train, w, False), tf.float32),
-                    tf.cast(self._compute_loss(x, y, y_infer, w, False), tf.float32))
-
-        self._bn_gap_fn = tf.function(gap)
-        return self._bn_gap_fn
-
-    def val_fn(self) -> Any:
-        if self._val_fn is not None:
-            return self._val_fn
-        tf, model = self.tf, self.model
-
-        def evaluate(ds: Any) -> Any:
-            def add(state: Any, batch: Any) -> Any:
-                x, y, w = batch
-                # Inference mode: BatchNorm uses (and does not update) its moving statistics.
-                y_pred = model(x, training=False) if model._call_has_training_arg else model(x)
-                loss = tf.cast(self._compute_loss(x, y, y_pred, w, False), tf.float32)
-                size = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
-                return state[0] + loss * size, state[1] + size
-
-            total, count = ds.reduce((tf.constant(0.0), tf.constant(0.0)), add)
-            return total / count
-
-        self._val_fn = tf.function(evaluate)
-        return self._val_fn
+                f"model.fit() has no argument {name!r}; it accepts {', '.join(sorted(allowed - {'x', 'y'}))}, "
+                "and stability.fit() also takes steps, seed and check"
+            )
 
 
-def _describe(obj: Any) -> str:
+def _leaves(obj: Any) -> list[Any]:
     if obj is None:
-        return "None"
-    try:
-        import tensorflow as tf
+        return []
+    if isinstance(obj, dict):
+        return [leaf for v in obj.values() for leaf in _leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [leaf for v in obj for leaf in _leaves(v)]
+    return [obj]
 
-        return ", ".join(f"{tuple(t.shape)} {t.dtype.name}" for t in tf.nest.flatten(obj))
-    except Exception:  # pragma: no cover - description only
-        return type(obj).__name__
+
+def _is_arrays(obj: Any) -> bool:
+    leaves = _leaves(obj)
+    return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not hasattr(leaf, "element_spec")
+                                for leaf in leaves)
 
 
-def train(model: Any, x: Any, y: Any, *, sample_weight: Any = None, validation_data: Any,
-          steps: int, batch_size: int, batch_size_explicit: bool, seed: int, spec: Any,
-          trainer: InstrumentedTrainer | None = None, snapshots: bool = False) -> tuple[RunResult, InstrumentedTrainer]:
-    """Train ``model`` for exactly ``steps`` optimizer steps and record a Trace.
+def data_kind(keras: Any, x: Any) -> str:
+    if x is None:
+        return "none"
+    if _is_arrays(x):
+        return "arrays"
+    if isinstance(x, keras.utils.PyDataset):
+        return "pydataset"
+    name = type(x).__module__ + "." + type(x).__name__
+    if "tensorflow" in name and hasattr(x, "element_spec"):
+        return "dataset"
+    if "torch.utils.data" in name:
+        return "dataloader"
+    if inspect.isgenerator(x) or (hasattr(x, "__next__") and hasattr(x, "__iter__")):
+        return "generator"
+    if hasattr(x, "__iter__") and hasattr(x, "__len__"):
+        return "iterable"
+    return type(x).__name__
 
-    With ``snapshots``, the training state is copied to the host before the
-    first step and at read-back boundaries (see :class:`Snapshot`), for the
-    what-if replay.
 
-    Returns:
-        (result, trainer): the trainer can be passed back for another seed of
-        the same model so the compiled functions are reused.
-    """
-    tf, keras = _import_tf()
-    validate_model(model)
-    device, label = resolve_device(spec.device)
-    seed_everything(seed, spec.deterministic)
-    data = make_train_data(x, y, sample_weight, batch_size=batch_size,
-                           batch_size_explicit=batch_size_explicit, seed=seed, shuffle=spec.shuffle)
-    val_ds = make_validation_data(validation_data, batch_size=batch_size) if validation_data is not None else None
-    ds = data.dataset if data.one_shot else data.dataset.repeat()
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    if trainer is None:
-        trainer = InstrumentedTrainer(model, diagnostics=spec.diagnostics, jit_compile=spec.jit_compile)
-        with tf.device(device):
-            trainer.build(data.first_batch)
-    chunk = trainer.chunk_fn(check_inputs=data.kind != "arrays")
-    evaluate = trainer.val_fn() if val_ds is not None else None
-    n_diag = 2 if trainer.velocities is not None else 0
+def check_finite(name: str, obj: Any) -> None:
+    """Reject NaN/Inf already in the data (it would be reported as the model's instability)."""
+    leaves = _leaves(obj)
+    for i, leaf in enumerate(leaves):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and arr.size and not np.all(np.isfinite(arr)):
+            flat = np.argwhere(~np.isfinite(arr))[0]
+            where = name + (f" (input {i})" if len(leaves) > 1 else "")
+            kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
+            count = int(np.count_nonzero(~np.isfinite(arr)))
+            raise StabilityUsageError(
+                f"{where} holds {count} non-finite value(s) before training starts: the first is "
+                f"{kind} at index {tuple(int(v) for v in flat)}. Training on it would report a "
+                "NaN that the model did not cause; clean the data (np.nan_to_num, drop the rows) first."
+            )
 
-    rec = ChunkRecorder(n_diag)
-    val_steps: list[int] = []
-    val_losses: list[float] = []
-    placed = label
-    done = 0
-    exhausted_at = None
-    started = time.perf_counter()
-    with tf.device(device):
-        iterator = iter(ds)
-        gap_batch = _first_batch(val_ds) if val_ds is not None else data.first_batch
-        measure_gap = trainer.bn_gap_fn() if _batchnorm_layers(model) else None
-        gaps: list[float] = []
 
-        def validate() -> None:
-            val_steps.append(done)
-            val_losses.append(float(evaluate(val_ds).numpy()))
-            if measure_gap is not None:
-                gaps.append(_relative_gap(*measure_gap(*gap_batch)))
+def _n_samples(obj: Any) -> int | None:
+    leaves = _leaves(obj)
+    if not leaves:
+        return None
+    return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else None
 
-        if evaluate is not None:
-            validate()
-        kept = _Snapshots(model, trainer.optimizer) if snapshots else None
-        first_call = True
-        while done < steps:
-            boundary = min(steps, (done // spec.readback_every + 1) * spec.readback_every)
-            if evaluate is not None:
-                boundary = min(boundary, (done // spec.validate_every + 1) * spec.validate_every)
-            n = boundary - done
-            if kept is not None and done % spec.readback_every == 0:
-                kept.boundary(done)
-            try:
-                count, stop, ran_out, stacked = chunk(iterator, tf.constant(n, tf.int32))
-                count = int(count.numpy())  # the one host sync per chunk
-            except Exception as exc:
-                if not first_call:
-                    raise
-                raise StabilityUsageError(
-                    f"the training step failed on the first batch (x: {_describe(data.first_batch[0])}, "
-                    f"y: {_describe(data.first_batch[1])}): {type(exc).__name__}: {_short(exc)}"
-                ) from exc
-            if first_call:
-                placed = _verified_placement(stacked[0], trainer.tvars[0])
-                first_call = False
-            rec.add(stacked, count)
-            done += count
-            if bool(ran_out.numpy()):
-                exhausted_at = done
-                break
-            if bool(stop.numpy()):
-                break
-            if evaluate is not None and (done % spec.validate_every == 0 or done == steps):
-                validate()
-        if measure_gap is not None and evaluate is None and done:
-            gaps.append(_relative_gap(*measure_gap(*gap_batch)))
-    wall = time.perf_counter() - started
 
-    if exhausted_at is not None:
-        raise StabilityUsageError(
-            f"the training data ran out after {exhausted_at} batches, but steps={steps} needs {steps}: "
-            f"a {data.kind} can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
-            f"or a zero-argument function returning a fresh generator, or lower steps to <= {exhausted_at}."
-        )
-
-    trace = Trace(
-        loss=rec.column(0),
-        grad_norm=rec.column(1),
-        var_grad_norms=rec.column(2) if rec.parts[2] else np.zeros((0, len(trainer.tvars))),
-        var_names=trainer.var_names,
-        nonfinite=rec.column(4, np.int32),
-        lr=rec.column(3),
-        val_steps=np.asarray(val_steps, dtype=np.int64) if evaluate is not None else None,
-        val_loss=np.asarray(val_losses, dtype=np.float64) if evaluate is not None else None,
-        opt_stats={name: rec.column(5 + k) for k, name in enumerate(("g2_over_v_max", "v_rms")[:n_diag])},
-        steps_planned=steps,
-        info=model_info(model, trainer),
-    )
-    if gaps:
-        finite_gaps = [g for g in gaps if np.isfinite(g)]
-        trace.info["bn_train_infer_gap"] = max(finite_gaps) if finite_gaps else None
-        trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
-        trace.info["bn_gap_batch"] = "validation" if val_ds is not None else "training"
-    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-    bad = np.flatnonzero(trace.nonfinite & stop_bits)
-    if bad.size:
-        trace.first_nonfinite = _locate_nonfinite(trainer, trace, int(bad[0]))
-    metrics = {}
-    for m in model.metrics:
+def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
+    """Optimizer steps in one pass over the training data, when knowable without reading it."""
+    if fit_kwargs.get("steps_per_epoch") is not None:
+        return int(fit_kwargs["steps_per_epoch"])
+    if kind == "arrays":
+        n = _n_samples(x) or 0
+        split = float(fit_kwargs.get("validation_split") or 0.0)
+        if split:
+            n = int(math.floor(n * (1.0 - split)))
+        return max(1, math.ceil(n / batch_size)) if n else None
+    if kind == "dataset":
+        card = int(x.cardinality().numpy())
+        return card if card > 0 else None
+    if kind in ("pydataset", "dataloader", "iterable"):
         try:
-            result = m.result()
-            if isinstance(result, dict):
-                metrics.update({k: float(v) for k, v in result.items()})
-            else:
-                metrics[m.name] = float(result)
-        except Exception:  # metrics are informational only
-            pass
-    return RunResult(trace, placed, wall, data.kind, exhausted_at, metrics,
-                     kept.kept if kept is not None else []), trainer
+            n = len(x)
+        except Exception:
+            return None
+        return n or None
+    return None
 
 
-class ChunkRecorder:
-    """Collects the per-step arrays a chunk returns (read back once per chunk) and joins them.
-
-    Columns, in the chunk's output order: 0 loss, 1 global gradient norm,
-    2 per-variable norms, 3 learning rate, 4 flags, then the diagnostics.
-    """
-
-    def __init__(self, n_diag: int = 0) -> None:
-        self.parts: list[list[np.ndarray]] = [[] for _ in range(5 + n_diag)]
-
-    def add(self, stacked: Any, count: int) -> np.ndarray:
-        """Append the first ``count`` steps of a chunk's outputs; returns their flags."""
-        for column, tensor in zip(self.parts, stacked):
-            column.append(tensor.numpy()[:count])
-        return self.parts[4][-1]
-
-    def column(self, k: int, dtype: Any = np.float64) -> np.ndarray:
-        parts = self.parts[k]
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+class Readback(object):
+    """Placeholder replaced by :func:`_readback_class` (a keras.callbacks.Callback subclass)."""
 
 
-def _first_batch(ds: Any) -> Any:
-    for batch in ds.take(1):
-        return batch
-    return None  # pragma: no cover - make_validation_data rejects empty data
+def _readback_class(keras: Any) -> Any:
+    class _Readback(keras.callbacks.Callback):
+        """Reads the recorder's buffers at execution boundaries, stops, validates, reports progress."""
+
+        def __init__(self, rec: Recorder, *, steps: int, chunk: int, every_call: bool,
+                     validate: Callable[[], None] | None, validate_every: int,
+                     progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None) -> None:
+            super().__init__()
+            self.rec = rec
+            self.rows = ChunkRows()
+            self.steps = steps
+            self.chunk = chunk
+            self.every_call = every_call
+            self.validate = validate
+            self.validate_every = validate_every
+            self.progress = progress
+            self.on_boundary = on_boundary
+            self.calls = 0
+            self.last_val = 0
+            self.device = None
+            self.stopped_nonfinite = False
+            self.initial_state: Any = None
+            self.want_initial_state = False
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            if self.want_initial_state:
+                self.initial_state = take_state(self.model, self.rec)
+
+        def on_test_begin(self, logs: Any = None) -> None:
+            self.rec.recording_loss = False
+
+        def on_test_end(self, logs: Any = None) -> None:
+            self.rec.recording_loss = True
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.calls += 1
+            if not self.every_call and self.calls % self.chunk:
+                return
+            self.read()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.read()
+
+        def read(self) -> None:
+            if self.stopped_nonfinite or not self.rec.built:
+                return
+            snap = self.rec.read()
+            if self.device is None:
+                self.device = self.rec.device_of_buffer()
+            before = self.rows.done
+            rows = self.rows.take(snap, self.chunk)
+            if self.rows.done == before:
+                return
+            loss = self.rows.losses[-1] if self.rows.losses else None
+            flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
+                               self.rec.is_loss_scaled)
+            done = self.rows.done
+            if self.on_boundary is not None:
+                self.on_boundary(done)
+            if (flags & (LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT)).any() or snap["halt"]:
+                self.stopped_nonfinite = True
+                self.model.stop_training = True
+            elif done >= self.steps:
+                self.model.stop_training = True
+            if self.validate is not None and not self.stopped_nonfinite and (
+                    done // self.validate_every > self.last_val // self.validate_every or done >= self.steps):
+                if done != self.last_val:
+                    self.last_val = done
+                    self.validate()
+            if self.progress is not None:
+                self.progress(done)
+
+    return _Readback
+
+
+_KIND_NAMES = {"dataset": "a tf.data.Dataset", "pydataset": "a keras.utils.PyDataset", "generator": "a generator",
+               "dataloader": "a torch DataLoader", "iterable": "an iterable of batches"}
+
+
+def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
+    def describe(obj: Any) -> str:
+        shapes = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
+        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+
+    lengths = {name: {int(np.shape(leaf)[0]) for leaf in _leaves(obj) if np.ndim(leaf)}
+               for name, obj in (("x", x), ("y", y), ("sample_weight", sample_weight))}
+    for name, found in lengths.items():
+        if len(found) > 1:
+            raise StabilityUsageError(f"the arrays in {name} have different numbers of samples: {sorted(found)}")
+    nx = next(iter(lengths["x"]), None)
+    for name, obj in (("y", y), ("sample_weight", sample_weight)):
+        n = next(iter(lengths[name]), None)
+        if nx is not None and n is not None and n != nx:
+            raise StabilityUsageError(
+                f"x and {name} have different numbers of samples: x has {nx} (shape {describe(x)}), "
+                f"{name} has {n} (shape {describe(obj)})")
+
+
+def _short(exc: BaseException, limit: int = 600) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
+    return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {_short(exc)}")
+
+
+def _is_keras_input_error(exc: BaseException) -> bool:
+    if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
+        return True
+    # PyTorch reports bad targets and shapes as RuntimeError; only on the first step is that the data's fault
+    return type(exc).__name__ in ("InvalidArgumentError", "UnimplementedError", "RuntimeError")
+
+
+def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any],
+                       batch_size: int) -> list[tuple[Any, Any, Any]] | None:
+    """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
+    from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils, get_data_adapter
+
+    vd = fit_kwargs.get("validation_data")
+    split = fit_kwargs.get("validation_split")
+    if vd is None and not split:
+        return None
+    if vd is None:
+        (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
+            (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split))
+    elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
+        raise StabilityUsageError(
+            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset "
+            f"or a keras.utils.PyDataset; received {type(vd).__name__}")
+    elif isinstance(vd, (tuple, list)):
+        if len(vd) not in (2, 3):
+            raise StabilityUsageError(
+                f"validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val); received a "
+                f"{type(vd).__name__} of length {len(vd)}")
+        vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
+    else:
+        vx, vy, vw = vd, None, None
+    if _is_arrays(vx):
+        check_finite("validation x", vx)
+        check_finite("validation y", vy)
+    size = fit_kwargs.get("validation_batch_size") or batch_size
+    try:
+        adapter = get_data_adapter(vx, vy, vw, batch_size=size, shuffle=False,
+                                   steps_per_epoch=fit_kwargs.get("validation_steps"))
+        batches = []
+        for batch in adapter.get_numpy_iterator():
+            batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
+            if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
+                break
+    except StabilityUsageError:
+        raise
+    except Exception as exc:
+        raise StabilityUsageError(f"validation_data could not be read: {type(exc).__name__}: {_short(exc)}") from None
+    if not batches:
+        raise StabilityUsageError("validation_data is empty")
+    return batches
 
 
 def _batchnorm_layers(model: Any) -> list[Any]:
@@ -625,43 +459,300 @@ def _batchnorm_layers(model: Any) -> list[Any]:
     return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
 
 
-def _relative_gap(train_loss: Any, infer_loss: Any) -> float:
+def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
+    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics)."""
+    from keras.src.backend.common.stateless_scope import StatelessScope
+
+    with StatelessScope():
+        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
+        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
+    return float(keras.ops.convert_to_numpy(loss))
+
+
+def _sync(model: Any) -> None:
+    """Under JAX, ``fit`` holds the state and empties the variables: put the values back (the trainer
+    picks them up again before the next step; Keras' way for callbacks that read variables)."""
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | None = None, steps: int,
+          seed: int, spec: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+          fix_at: tuple[int, Callable[[Any], None]] | None = None, stop_after: int | None = None,
+          keep_initial_state: bool = False) -> RunResult:
+    """Train ``model`` with its own ``fit`` for ``steps`` optimizer steps and record a Trace.
+
+    Args:
+        fit_kwargs: anything ``keras.Model.fit`` accepts (callbacks, class_weight,
+            sample_weight, validation_data, validation_split, epochs, ...).
+        batch_size: used for array inputs when ``fit_kwargs`` has none.
+        progress: called with the steps done at each read-back.
+        fix_at: ``(step, apply)``: at the first read-back at or after ``step``,
+            call ``apply(model)`` (the what-if replay changes the optimizer there).
+        stop_after: stop after this many steps (the replay's horizon); the
+            trace still says ``steps`` were planned.
+        keep_initial_state: copy the model's and optimizer's variables to the
+            host before the first step (``RunResult.initial_state``), so that
+            the what-if replay can re-run the same training from the start.
+    """
+    keras = import_keras()
+    backend = keras.backend.backend()
+    validate_model(model)
+    fit_kwargs = dict(fit_kwargs or {})
+    check_fit_kwargs(keras, fit_kwargs)
+    device, label = resolve_device(spec.device)
+    seed_everything(seed, spec.deterministic)
+    kind = data_kind(keras, x)
+    if kind == "none":
+        raise StabilityUsageError("training data is required: received x=None")
+    if kind == "arrays":
+        check_finite("x", x)
+        check_finite("y", y)
+        check_finite("sample_weight", fit_kwargs.get("sample_weight"))
+        _same_lengths(x, y, fit_kwargs.get("sample_weight"))
+        if _n_samples(x) == 0:
+            raise StabilityUsageError("x is empty: there is nothing to train on")
+        fit_kwargs.setdefault("batch_size", batch_size if batch_size is not None else spec.batch_size)
+        fit_kwargs.setdefault("shuffle", spec.shuffle)
+    else:
+        what = _KIND_NAMES.get(kind, kind)
+        if y is not None:
+            raise StabilityUsageError(
+                f"y must be None when x is {what} (it yields (x, y) itself); received y of type {type(y).__name__}")
+        if fit_kwargs.get("batch_size") is not None:
+            raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
+    run_steps = int(stop_after) if stop_after is not None else int(steps)
+    bs = int(fit_kwargs.get("batch_size") or spec.batch_size)
+    per_epoch = epoch_length(keras, kind, x, fit_kwargs, bs)
+    initial_epoch = int(fit_kwargs.get("initial_epoch") or 0)
+    user_epochs = fit_kwargs.get("epochs")
+    if per_epoch is None:
+        fit_kwargs["steps_per_epoch"] = run_steps if user_epochs is None else fit_kwargs.get("steps_per_epoch")
+        per_epoch = fit_kwargs["steps_per_epoch"]
+    if user_epochs is None:
+        fit_kwargs["epochs"] = initial_epoch + max(1, math.ceil(run_steps / max(1, per_epoch or run_steps)))
+    fit_kwargs.setdefault("verbose", 0)
+    val_batches = validation_batches(keras, model, x, y, fit_kwargs, bs)
+
+    # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call
+    user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
+    distributed = _under_strategy(keras, model)
+    chunk = max(int(spec.readback_every), user_spe)
+    spe = 1 if backend == "torch" or distributed else chunk
+    if user_spe > 1 and backend != "torch":
+        spe = user_spe
+    # Keras' fit reads a chunk's callbacks once; the recorder's buffer holds `chunk` steps
+    chunk = max(chunk, spe)
+
+    rec = Recorder(model, chunk=chunk, limit=run_steps, diagnostics=spec.diagnostics)
+    val_steps: list[int] = []
+    val_losses: list[float] = []
+    gaps: list[float] = []
+    bn = bool(_batchnorm_layers(model))
+    gap_batch = val_batches[0] if val_batches else None
+    if gap_batch is None and bn and kind == "arrays":
+        yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
+        gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
+    notes: list[str] = []
+    val_ok = [True]
+
+    def validate() -> None:
+        if not val_ok[0]:
+            return
+        _sync(model)
+        done = cb.rows.done if cb is not None else 0
+        try:
+            total, count = 0.0, 0
+            for bx, by, bw in val_batches:
+                n = _n_samples(bx) or 1
+                total += _loss_of(keras, model, bx, by, bw, False) * n
+                count += n
+            val_steps.append(done)
+            val_losses.append(total / max(count, 1))
+            if bn and gap_batch is not None:
+                gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
+                                          _loss_of(keras, model, *gap_batch, False)))
+        except Exception as exc:
+            val_ok[0] = False
+            notes.append(f"the validation loss could not be computed with the model's compute_loss "
+                         f"({type(exc).__name__}: {_short(exc, 200)}); val_loss is not judged")
+
+    def on_boundary(done: int) -> None:
+        if fix_at is not None and done >= fix_at[0] and not applied[0]:
+            applied[0] = True
+            _sync(model)
+            fix_at[1](model)
+            model.make_train_function(force=True)
+
+    applied = [False]
+    cb = None
+    cb_class = _readback_class(keras)
+    cb = cb_class(rec, steps=run_steps, chunk=chunk, every_call=backend != "torch",
+                  validate=validate if val_batches else None, validate_every=int(spec.validate_every),
+                  progress=progress, on_boundary=on_boundary if fix_at is not None else None)
+    cb.want_initial_state = keep_initial_state
+    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    if not isinstance(callbacks, list):
+        callbacks = list(callbacks)
+    saved_spe = getattr(model, "steps_per_execution", 1)
+    started = time.perf_counter()
+    try:
+        rec.install()
+        model.steps_per_execution = spe
+        model.train_function = None
+        model.test_function = None
+        if val_batches:
+            # the validation loss before the first step
+            validate()
+        with _device_scope(keras, device):
+            try:
+                model.fit(x, y, callbacks=callbacks + [cb], **fit_kwargs)
+            except StabilityUsageError:
+                raise
+            except Exception as exc:
+                if cb.rows.done == 0 and _is_keras_input_error(exc):
+                    raise _usage_from_keras(exc) from None
+                raise
+        cb.read()
+        _sync(model)
+    finally:
+        wall = time.perf_counter() - started
+        rec.uninstall()
+        model.steps_per_execution = saved_spe
+        model.train_function = None
+        model.test_function = None
+        model.predict_function = None
+
+    rows, loss = cb.rows.arrays(rec.width if rec.built else N_FIXED)
+    done = rows.shape[0]
+    if done < run_steps and not cb.stopped_nonfinite:
+        if kind == "generator":
+            raise StabilityUsageError(
+                f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
+                "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
+                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}.")
+        if user_epochs is not None:
+            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={user_epochs} ended it")
+        elif done == 0:
+            raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
+    loss_recorded = loss is not None and not cb.rows.loss_mismatch and loss.shape[0] == done
+    if not loss_recorded:
+        loss = np.full(done, np.nan)
+        notes.append("the raw loss was not recorded: this model's train_step does not update the model's "
+                     "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
+                     "gradient norms, non-finite values and updates are")
+    n_vars = rec.n_vars if rec.built else 0
+    trace = Trace(
+        loss=loss,
+        grad_norm=rows[:, COL_GNORM],
+        var_grad_norms=rows[:, N_FIXED:N_FIXED + n_vars],
+        var_names=rec.var_names if rec.built else (),
+        nonfinite=host_flags(rows, loss if loss_recorded else None, rec.is_loss_scaled),
+        lr=rows[:, COL_LR],
+        val_steps=np.asarray(val_steps, dtype=np.int64) if val_batches and val_ok[0] else None,
+        val_loss=np.asarray(val_losses, dtype=np.float64) if val_batches and val_ok[0] else None,
+        opt_stats={name: rows[:, N_FIXED + 2 * n_vars + k]
+                   for k, name in enumerate(("g2_over_v_max", "v_rms")[:rec.n_diag if rec.built else 0])},
+        update_ratio=rows[:, COL_UPDATE],
+        var_update_ratio=rows[:, N_FIXED + n_vars:N_FIXED + 2 * n_vars],
+        steps_planned=int(steps),
+        info=model_info(keras, model, rec, backend=backend, spe=spe, kind=kind, distributed=distributed),
+    )
+    trace.info["loss_recorded"] = loss_recorded
+    if notes:
+        trace.info["notes"] = list(notes)
+    if gaps:
+        finite_gaps = [g for g in gaps if np.isfinite(g)]
+        trace.info["bn_train_infer_gap"] = max(finite_gaps) if finite_gaps else None
+        trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
+        trace.info["bn_gap_batch"] = "validation" if val_batches else "training"
+    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
+    bad = np.flatnonzero(trace.nonfinite & stop_bits)
+    if bad.size:
+        trace.first_nonfinite = _locate_nonfinite(keras, model, rec, trace, int(bad[0]))
+    placed = cb.device or label
+    return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state)
+
+
+def _under_strategy(keras: Any, model: Any) -> bool:
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None) or tf.distribute.get_strategy()
+    return type(strategy).__name__ not in ("_DefaultDistributionStrategy", "DefaultDistributionStrategy")
+
+
+class _NullScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _device_scope(keras: Any, device: str | None) -> Any:
+    if device is None:
+        return _NullScope()
+    return keras.device(device)
+
+
+def _relative_gap(train_loss: float, infer_loss: float) -> float:
     """|inference - training| / training loss of the same batch (NaN when undefined)."""
-    a, b = float(train_loss.numpy()), float(infer_loss.numpy())
-    if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+    if not (np.isfinite(train_loss) and np.isfinite(infer_loss)) or train_loss <= 0:
         return float("nan")
-    return abs(b - a) / a
+    return abs(infer_loss - train_loss) / train_loss
 
 
-def _short(exc: BaseException, limit: int = 600) -> str:
-    text = str(exc).strip()
-    return text if len(text) <= limit else text[:limit] + " ..."
+def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in model.metrics:
+        try:
+            result = m.result()
+            if isinstance(result, dict):
+                out.update({k: float(keras.ops.convert_to_numpy(v)) for k, v in result.items()})
+            else:
+                out[m.name] = float(keras.ops.convert_to_numpy(result))
+        except Exception:  # metrics are informational only
+            pass
+    return out
 
 
-def _locate_nonfinite(trainer: InstrumentedTrainer, trace: Trace, step: int) -> dict[str, Any]:
-    """Name the first quantity / variable that went non-finite at ``step``."""
+def _var_name(v: Any) -> str:
+    return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
+
+
+def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step: int) -> dict[str, Any]:
+    """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
     flags = int(trace.nonfinite[step])
     out: dict[str, Any] = {"step": step}
     if flags & LOSS and not flags & GRADS:
         out.update(source="loss", variable=None)
         return out
-    if flags & GRADS and trace.var_grad_norms is not None:
+    if flags & GRADS and trace.var_grad_norms is not None and trace.var_grad_norms.shape[1]:
         row = trace.var_grad_norms[step]
         k = int(np.argmax(~np.isfinite(row))) if (~np.isfinite(row)).any() else None
-        out.update(source="gradients" if not flags & LOSS else "loss", variable=None if k is None else trace.var_names[k])
+        out.update(source="gradients" if not flags & LOSS else "loss",
+                   variable=None if k is None else trace.var_names[k])
         return out
-    for source, variables in (("weights", trainer.tvars), ("optimizer state", trainer.optimizer.variables)):
+    for source, variables in (("weights", model.trainable_variables), ("optimizer state", rec.opt.variables)):
         for v in variables:
-            if _is_float(v) and not np.all(np.isfinite(np.asarray(v.numpy(), dtype=np.float64))):
+            try:
+                value = np.asarray(keras.ops.convert_to_numpy(v.value), dtype=np.float64)
+            except Exception:
+                continue
+            if not np.all(np.isfinite(value)):
                 out.update(source=source, variable=_var_name(v))
                 return out
     out.update(source="input batch" if flags & INPUT else "loss", variable=None)
     return out
 
 
-def model_info(model: Any, trainer: InstrumentedTrainer) -> dict[str, Any]:
+def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int, kind: str,
+               distributed: bool) -> dict[str, Any]:
     """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
-    inner = trainer.inner
+    inner = rec.inner
     try:
         config = inner.get_config()
     except Exception:  # pragma: no cover - exotic optimizers
@@ -678,14 +769,22 @@ def model_info(model: Any, trainer: InstrumentedTrainer) -> dict[str, Any]:
     return {
         "model": model.name,
         "model_class": type(model).__name__,
+        "custom_train_step": type(model).train_step is not keras.Model.train_step,
         "parameters": int(sum(int(np.prod(v.shape)) for v in model.trainable_variables)),
         "optimizer": type(inner).__name__,
         "optimizer_config": opt_cfg,
-        "loss_scale": trainer.is_loss_scaled,
+        "loss_scale": rec.is_loss_scaled,
         "dtype_policy": str(getattr(getattr(model, "dtype_policy", None), "name", "")),
         "layers": sorted(set(layers)),
         "batchnorm_layers": len(bn),
         "batchnorm_momentum": [float(layer.momentum) for layer in bn][:5],
-        "jit_compile": trainer.jit_compile,
-        "diagnostics": trainer.velocities is not None,
+        "jit_compile": bool(getattr(model, "jit_compile", False)),
+        "diagnostics": rec.built and rec.velocities is not None,
+        "backend": backend,
+        "steps_per_execution": int(spe),
+        "data": kind,
+        "distributed": distributed,
     }
+
+
+__all__ = ["RunResult", "train", "seed_everything", "resolve_device", "validate_model", "import_keras", "has_gpu"]

@@ -36,7 +36,6 @@ import numpy as np
 
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import engine
-from .data import make_train_data
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
 AFTER_WINDOWS = 4
@@ -75,41 +74,33 @@ def replay_window(failure_step: int, steps_planned: int, window: int) -> int:
     return min(steps_planned, failure_step + AFTER_WINDOWS * max(int(window), 1) + 1)
 
 
-def pick_snapshot(snapshots: list[engine.Snapshot], failure_step: int, window: int) -> engine.Snapshot:
-    """The latest snapshot at least ``window`` steps before the failure (else the first one, step 0)."""
-    if not snapshots:
-        raise NotReplayable("no snapshot was taken")
-    before = [s for s in snapshots if s.step <= max(0, failure_step - window)]
-    return before[-1] if before else snapshots[0]
+def apply_fix(keras: Any, model: Any, fix: dict[str, Any]) -> None:
+    """Change the model's optimizer *in place* as ``fix`` says (mid-``fit``; the caller recompiles the step).
 
-
-def fixed_optimizer(keras: Any, optimizer: Any, fix: dict[str, Any]) -> Any:
-    """A fresh optimizer of ``optimizer``'s class with ``fix`` applied to its config."""
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise NotReplayable("the replay does not rebuild a LossScaleOptimizer (mixed precision)")
-    config = optimizer.get_config()
-    factor = None
+    Raises:
+        NotReplayable: a fix that needs new optimizer state (``amsgrad``), or a
+            setting the optimizer does not have.
+    """
+    opt = model.optimizer
+    inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
     for key, value in fix.items():
         if key == "learning_rate_factor":
             factor = float(value)
-        elif key not in config:
-            raise NotReplayable(f"{type(optimizer).__name__} has no {key!r} setting")
+            schedule = getattr(inner, "_learning_rate", None)
+            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+                inner._learning_rate = _scaled_schedule(keras, schedule, factor)
+            else:
+                current = float(keras.ops.convert_to_numpy(inner.learning_rate))
+                inner.learning_rate = current * factor
+        elif key == "amsgrad":
+            raise NotReplayable("amsgrad=True needs optimizer state the run did not have (the maximum of v)")
+        elif not hasattr(inner, key):
+            raise NotReplayable(f"{type(inner).__name__} has no {key!r} setting")
         else:
-            config[key] = value
+            setattr(inner, key, value)
             if key == "clipnorm":  # Keras allows one of clipnorm / global_clipnorm / clipvalue
-                config["global_clipnorm"] = None
-                config["clipvalue"] = None
-    try:
-        new = type(optimizer).from_config(config)
-    except Exception as exc:
-        raise NotReplayable(f"could not rebuild {type(optimizer).__name__} with {fix}: {exc}") from None
-    if factor is not None:
-        schedule = getattr(optimizer, "_learning_rate", None)
-        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            new.learning_rate = _scaled_schedule(keras, schedule, factor)
-        else:
-            new.learning_rate = float(optimizer.learning_rate.numpy()) * factor
-    return new
+                inner.global_clipnorm = None
+                inner.clipvalue = None
 
 
 def _scaled_schedule(keras: Any, schedule: Any, factor: float) -> Any:
@@ -123,71 +114,51 @@ def _scaled_schedule(keras: Any, schedule: Any, factor: float) -> Any:
     return Scaled()
 
 
-def _carry_state(new: Any, snapshot: engine.Snapshot) -> None:
-    """Assign the snapshot's optimizer state to ``new`` by variable name (not the learning rate: the fix may set it)."""
-    saved = snapshot.optimizer
-    for v in new.variables:
-        name = v.name
-        if name == "learning_rate":
-            continue
-        value = saved.get(name)
-        if value is None and name.endswith("_velocity_hat"):
-            value = saved.get(name[: -len("_hat")])  # AMSGrad switched on: max(v) starts at v
-        if value is not None and tuple(value.shape) == tuple(v.shape):
-            v.assign(value)
+def _fixable(keras: Any, model: Any, fix: dict[str, Any]) -> None:
+    opt = model.optimizer
+    inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
+    for key in fix:
+        if key == "amsgrad":
+            raise NotReplayable("amsgrad=True needs optimizer state the run did not have (the maximum of v)")
+        if key != "learning_rate_factor" and not hasattr(inner, key):
+            raise NotReplayable(f"{type(inner).__name__} has no {key!r} setting")
 
 
-def replay(model: Any, result: engine.RunResult, trainer: engine.InstrumentedTrainer, *, fix: dict[str, Any],
-           failure_step: int, window: int, x: Any, y: Any, sample_weight: Any, batch_size: int,
-           batch_size_explicit: bool, seed: int, spec: Any) -> Replay:
-    """Replay the steps around ``failure_step`` with ``fix`` (see the module docstring).
+def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure_step: int, window: int,
+           x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int | None, seed: int, spec: Any) -> Replay:
+    """Re-run the same training from its first step, with ``fix`` applied from ``window`` steps before the failure.
+
+    The model and optimizer are put back to their state before the original
+    run's first step, the seed is set again, and the user's ``fit`` runs with
+    the same arguments: a deterministic run retraces the same steps, so the
+    replay differs from the original only from the step the fix is applied
+    (an empty fix reproduces the run bit for bit, tested).  The model ends in
+    the state it had after the original run.
 
     Raises:
-        NotReplayable: one-shot data, a loss-scaled optimizer, a fix the
-            optimizer has no setting for.
+        NotReplayable: one-shot data, no initial state, a fix the optimizer has no setting for.
     """
-    tf, keras = engine._import_tf()
+    keras = engine.import_keras()
     trace = result.trace
-    snap = pick_snapshot(result.snapshots, failure_step, window)
+    if result.initial_state is None:
+        raise NotReplayable("the state before the first step was not kept")
+    if result.data_kind == "generator":
+        raise NotReplayable("a generator can be read only once, so its batches cannot be replayed")
+    _fixable(keras, model, fix)
+    start = max(0, failure_step - window)
     until = replay_window(failure_step, trace.steps_planned or trace.steps, window)
-    if until <= snap.step:
-        raise NotReplayable(f"nothing to replay after step {snap.step}")
-    final = engine.take_snapshot(model, trainer.optimizer, trace.steps)
-    engine.seed_everything(seed, spec.deterministic)
-    data = make_train_data(x, y, sample_weight, batch_size=batch_size, batch_size_explicit=batch_size_explicit,
-                           seed=seed, shuffle=spec.shuffle)
-    if data.one_shot:
-        raise NotReplayable(f"a {data.kind} can be read only once, so its batches cannot be replayed")
-    device, _ = engine.resolve_device(spec.device)
-    new_opt = fixed_optimizer(keras, trainer.inner, fix)
-    rec = engine.ChunkRecorder()
+    final = engine.take_state(model)
+    saved_config = _optimizer_settings(keras, model)
     try:
-        with tf.device(device):
-            engine.restore_model(model, snap)
-            new_opt.build(trainer.tvars)
-            _carry_state(new_opt, snap)
-            fixed = engine.InstrumentedTrainer(model, diagnostics=False, jit_compile=spec.jit_compile,
-                                               optimizer=new_opt)
-            fixed.build(data.first_batch)
-            chunk = fixed.chunk_fn(check_inputs=data.kind != "arrays")
-            iterator = iter(data.dataset.repeat().skip(snap.step).prefetch(tf.data.AUTOTUNE))
-            done = snap.step
-            stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-            while done < until:
-                n = min(spec.readback_every, until - done)
-                count, stop, _, stacked = chunk(iterator, tf.constant(n, tf.int32))
-                count = int(count.numpy())
-                flags = rec.add(stacked, count)
-                done += count
-                if count == 0 or bool(stop.numpy()) or (flags & stop_bits).any():
-                    break
+        engine.restore_state(model, result.initial_state)
+        kwargs = dict(fit_kwargs)
+        rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
+                             spec=spec, batch_size=batch_size, stop_after=until,
+                             fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
     finally:
-        engine.restore_model(model, final)
-    s = snap.step
-
-    def cat(head: np.ndarray, k: int, dtype: Any = np.float64) -> np.ndarray:
-        return np.concatenate([head[:s].astype(dtype), rec.column(k, dtype).reshape((-1,) + head.shape[1:])])
-
+        _restore_optimizer_settings(model, saved_config)
+        engine.restore_state(model, final)
+    new = rerun.trace
     info = dict(trace.info or {})
     # the checks judge the replayed steps with the optimizer they ran with (clipnorm: the clipped norm)
     config = dict(info.get("optimizer_config") or {})
@@ -195,18 +166,26 @@ def replay(model: Any, result: engine.RunResult, trainer: engine.InstrumentedTra
     if "clipnorm" in fix:
         config["global_clipnorm"] = None
     info["optimizer_config"] = config
-    has_vars = trace.var_grad_norms is not None and trace.var_grad_norms.shape[0] >= s
-    spliced = Trace(
-        loss=cat(trace.loss, 0),
-        grad_norm=cat(trace.grad_norm, 1) if trace.grad_norm is not None else None,
-        var_grad_norms=cat(trace.var_grad_norms, 2) if has_vars else None,
-        var_names=trace.var_names if has_vars else (),
-        nonfinite=cat(trace.nonfinite, 4, np.int32) if trace.nonfinite is not None else None,
-        lr=cat(trace.lr, 3) if trace.lr is not None else None,
-        steps_planned=trace.steps_planned,
-        info=info,
-    )
-    return Replay(dict(fix), describe_fix(type(trainer.inner).__name__, fix), s, s + len(rec.column(0)), spliced)
+    new.info = info
+    actual_start = _first_boundary_at_or_after(new, start)
+    return Replay(dict(fix), describe_fix(info.get("optimizer", "optimizer"), fix), actual_start, new.steps, new)
+
+
+def _first_boundary_at_or_after(trace: Trace, start: int) -> int:
+    return min(start, trace.steps)
+
+
+def _optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+    opt = model.optimizer
+    inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
+    keys = ("epsilon", "beta_2", "clipnorm", "global_clipnorm", "clipvalue", "_learning_rate")
+    return inner, {k: getattr(inner, k) for k in keys if hasattr(inner, k)}
+
+
+def _restore_optimizer_settings(model: Any, saved: tuple[Any, dict[str, Any]]) -> None:
+    inner, values = saved
+    for k, v in values.items():
+        object.__setattr__(inner, k, v) if k == "_learning_rate" else setattr(inner, k, v)
 
 
 def verdict(rep: Replay, check_results: list[Any]) -> dict[str, Any]:
@@ -227,7 +206,7 @@ def verdict(rep: Replay, check_results: list[Any]) -> dict[str, Any]:
             "final_loss": float(loss[-1]) if loss.size else math.nan, "text": text}
 
 
-def attach_whatif(results: list[Any], model: Any, result: engine.RunResult, trainer: engine.InstrumentedTrainer,
+def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
                   thresholds: Any, spec: Any, **data: Any) -> list[Any]:
     """Replay the suggested optimizer fixes; attach the outcome to the first finding as ``evidence["whatif"]``.
 
@@ -256,7 +235,7 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult, trai
     attempts: list[dict[str, Any]] = []
     for fix, start in tries[:MAX_ATTEMPTS]:
         try:
-            rep = replay(model, result, trainer, fix=fix, failure_step=start, window=thresholds.spike_window,
+            rep = replay(model, result, fix=fix, failure_step=start, window=thresholds.spike_window,
                          spec=spec, **data)
         except NotReplayable as exc:
             attempts.append({"fix": fix, "resolved": None, "text": f"not replayed with {fix}: {exc}"})

@@ -1,0 +1,443 @@
+"""Record what every Keras trainer already passes through: the optimizer and the loss tracker.
+
+Keras' ``fit`` runs the user's ``train_step`` on the chosen backend; every
+trainer (TensorFlow, JAX, PyTorch, and the custom ``train_step`` of Keras'
+"customizing fit()" guides) hands its gradients to ``model.optimizer`` and its
+unscaled loss to the model's loss tracker.  So this module instruments those
+two objects *on the instance*, for the duration of one ``fit`` call, and puts
+them back afterwards:
+
+* the optimizer's ``apply`` (TensorFlow, PyTorch) or ``stateless_apply``
+  (JAX, where the optimizer's variables are threaded through ``fit`` as state,
+  the way ``LossScaleOptimizer`` threads its loss scale) computes, per step and
+  on the device: the global and per-variable gradient norms before clipping
+  (unscaled under loss scaling), the learning rate in effect, finiteness of the
+  gradients, of the weights and of the optimizer state after the update, the
+  relative update ``|w_after - w_before| / |w_before|`` per variable and
+  overall, and (``diagnostics``) Adam's slot statistics; and writes them into
+  one row of a ``(chunk, width)`` buffer;
+* the loss tracker's ``update_state`` writes the raw minibatch loss (not the
+  running mean ``logs["loss"]`` shows) into a ``(chunk,)`` buffer.
+
+A :class:`Readback` callback reads both buffers at execution boundaries
+(``steps_per_execution``), once per chunk.  Once a step went non-finite, or the
+planned number of steps is reached, later steps apply no update (a ``cond`` on
+the device), so the weights and the report are those of the failing step; the
+callback then stops ``fit``.
+
+Buffers are Keras variables.  Under JAX they are appended to the optimizer's
+and the loss tracker's variable lists so that ``fit`` threads them as state;
+on the other backends they stand alone.  :meth:`Recorder.uninstall` removes
+every trace of the instrumentation: the user's optimizer and tracker, no extra
+variables, nothing that ``model.save`` would write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..trace import GRADS, LOSS, OPTIMIZER, OVERFLOW, WEIGHTS
+
+#: columns of the optimizer-side buffer before the per-variable blocks
+COL_GNORM, COL_LR, COL_FLAGS, COL_UPDATE = 0, 1, 2, 3
+N_FIXED = 4
+#: device-side stop rule: these bits stop the run (the update of that step is kept)
+STOP_BITS = GRADS | WEIGHTS | OPTIMIZER
+
+
+def _float_name(v: Any) -> bool:
+    dtype = getattr(v, "dtype", None)
+    name = getattr(dtype, "name", dtype)
+    return isinstance(name, str) and ("float" in name or name == "bfloat16")
+
+
+class Recorder:
+    """Instruments ``model.optimizer`` and ``model._loss_tracker`` for one ``fit`` call.
+
+    Args:
+        model: the compiled model (its optimizer may be built or not yet).
+        chunk: rows in the device buffers; ``fit`` must read back at least every
+            ``chunk`` steps (``steps_per_execution <= chunk``).
+        limit: optimizer steps after which no further update is applied.
+        diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
+    """
+
+    def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool) -> None:
+        import keras
+
+        self.keras = keras
+        self.ops = keras.ops
+        self.backend = keras.backend.backend()
+        self.stateless = self.backend == "jax"
+        self.model = model
+        self.opt = model.optimizer
+        self.is_loss_scaled = isinstance(self.opt, keras.optimizers.LossScaleOptimizer)
+        self.inner = self.opt.inner_optimizer if self.is_loss_scaled else self.opt
+        self.chunk = int(chunk)
+        self.limit = int(limit)
+        self.diagnostics = diagnostics
+        self.tracker = getattr(model, "_loss_tracker", None)
+        #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
+        self.recording_loss = True
+        self._patched: list[tuple[Any, str]] = []
+        self._added: list[tuple[list, Any]] = []
+        self.built = False
+
+    # -- install / uninstall ---------------------------------------------------
+
+    def install(self) -> None:
+        opt = self.opt
+        if opt.built:
+            self._build_buffers(list(opt._trainable_variables))
+        else:
+            original_build = opt.build
+
+            def build(variables: Any, *args: Any, **kwargs: Any) -> Any:
+                out = original_build(variables, *args, **kwargs)
+                if not self.built:
+                    self._build_buffers(list(opt._trainable_variables))
+                return out
+
+            self._patch(opt, "build", build)
+        self._build_loss_buffers()
+
+    def uninstall(self) -> None:
+        for obj, name in reversed(self._patched):
+            try:
+                delattr(obj, name)
+            except AttributeError:  # pragma: no cover - already gone
+                pass
+        self._patched.clear()
+        for container, var in self._added:
+            for i, v in enumerate(container):
+                if v is var:
+                    del container[i]
+                    break
+        self._added.clear()
+
+    def _patch(self, obj: Any, name: str, fn: Callable[..., Any]) -> None:
+        object.__setattr__(obj, name, fn)
+        self._patched.append((obj, name))
+
+    def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
+        var = self.keras.Variable(value, dtype=dtype, trainable=False, name=name)
+        if owner_list is not None:  # JAX: threaded through fit as the owner's state
+            owner_list.append(var)
+            self._added.append((owner_list, var))
+        return var
+
+    def _build_buffers(self, tvars: list[Any]) -> None:
+        keras, ops = self.keras, self.ops
+        self.tvars = tvars
+        self.n_vars = len(tvars)
+        self.var_names = tuple(str(getattr(v, "path", None) or getattr(v, "name", "variable")) for v in tvars)
+        self.velocities = None
+        if self.diagnostics and hasattr(self.inner, "_velocities") and self.inner._velocities:
+            self.velocities = list(self.inner._velocities)
+        self.n_diag = 2 if self.velocities is not None else 0
+        self.width = N_FIXED + 2 * self.n_vars + self.n_diag
+        own = self.opt._variables if self.stateless else None
+        self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32",
+                                  "stability_record", own)
+        self.count = self._variable(0, "int32", "stability_count", own)
+        self.halt = self._variable(0, "int32", "stability_halt", own)
+        self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
+        mine = {id(v) for v in (self.buf, self.count, self.halt, self.limit_var)}
+        self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
+        if self.stateless:
+            self._patch(self.opt, "stateless_apply", self._stateless_apply(self.opt.stateless_apply))
+        else:
+            self._patch(self.opt, "apply", self._stateful_apply(self.opt.apply))
+        self.built = True
+        del keras, ops
+
+    def _build_loss_buffers(self) -> None:
+        if self.tracker is None:
+            self.lbuf = self.lcount = None
+            return
+        own = self.tracker._variables if self.stateless else None
+        self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", own)
+        self.lcount = self._variable(0, "int32", "stability_loss_count", own)
+        # TensorFlow, PyTorch: the optimizer reads it, so a non-finite loss stops the next update even when
+        # its gradients stay finite (an overflowing MSE).  Under JAX the tracker's state is not the
+        # optimizer's: the host stops at the chunk's end instead.
+        self.loss_bad = None if self.stateless else self._variable(0, "int32", "stability_loss_bad", None)
+        original = self.tracker.update_state
+        ops = self.ops
+
+        def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
+            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            if self.recording_loss:
+                value = ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,))
+                slot = ops.mod(self.lcount.value, self.chunk)
+                self.lbuf.assign(ops.slice_update(self.lbuf.value, ops.reshape(slot, (1,)), value))
+                self.lcount.assign(self.lcount.value + 1)
+                if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
+                    first = ops.logical_and(ops.equal(self.loss_bad.value, 0), ops.logical_not(ops.isfinite(value[0])))
+                    self.loss_bad.assign(ops.where(first, self.lcount.value, self.loss_bad.value))
+            return out
+
+        self._patch(self.tracker, "update_state", update_state)
+
+    # -- the per-step statistics (backend-neutral keras.ops) --------------------
+
+    def _row(self, grads: list[Any], index: list[int], before: list[Any], after: list[Any],
+             state_after: list[Any], lr: Any, scale: Any, velocities: list[Any] | None,
+             velocities_after: list[Any] | None) -> tuple[Any, Any]:
+        """One buffer row and the device-side stop flag for one step."""
+        ops = self.ops
+        f32 = "float32"
+        zero = ops.convert_to_tensor(0.0, f32)
+        inv_scale = None if scale is None else 1.0 / ops.cast(scale, f32)
+        g_sq = [zero] * self.n_vars
+        d_sq = [zero] * self.n_vars
+        w_sq = [zero] * self.n_vars
+        for g, k, b, a in zip(grads, index, before, after):
+            bf = ops.cast(b, f32)
+            w_sq[k] = ops.sum(ops.square(bf))
+            d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
+            if g is not None:
+                gf = ops.cast(g, f32)
+                g_sq[k] = ops.sum(ops.square(gf))
+        g_sq_t = ops.stack(g_sq)
+        if inv_scale is not None:
+            g_sq_t = g_sq_t * ops.square(inv_scale)
+        var_gnorm = ops.sqrt(g_sq_t)
+        gnorm = ops.sqrt(ops.sum(g_sq_t))
+        w_sq_t, d_sq_t = ops.stack(w_sq), ops.stack(d_sq)
+        tiny = 1e-30
+        var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
+        upd = ops.sqrt(ops.sum(d_sq_t)) / ops.sqrt(ops.sum(w_sq_t) + tiny)
+        grads_bad = ops.logical_not(ops.isfinite(gnorm))
+        weights_bad = ops.logical_not(ops.isfinite(_sum_all(ops, after)))
+        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, state_after)))
+        flags = (ops.cast(grads_bad, "int32") * GRADS + ops.cast(weights_bad, "int32") * WEIGHTS
+                 + ops.cast(state_bad, "int32") * OPTIMIZER)
+        # Under loss scaling a non-finite *scaled* gradient is an overflow the
+        # optimizer skips: not a reason to stop (the host tells the two apart
+        # with the loss, which it reads from the tracker).
+        stop_mask = (WEIGHTS | OPTIMIZER) if self.is_loss_scaled else STOP_BITS
+        stop = ops.not_equal(ops.bitwise_and(flags, stop_mask), 0)
+        parts = [ops.reshape(gnorm, (1,)), ops.reshape(ops.cast(lr, f32), (1,)),
+                 ops.reshape(ops.cast(flags, f32), (1,)), ops.reshape(upd, (1,)), var_gnorm, var_upd]
+        if velocities is not None:
+            eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
+            ratios = []
+            for g, k in zip(grads, index):
+                if g is None:
+                    continue
+                gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
+                ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
+            total = float(sum(int(np.prod(v.shape)) for v in velocities_after))
+            v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
+            parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / total), (1,))]
+        return ops.concatenate(parts, axis=0), stop
+
+    # -- stateful backends (TensorFlow, PyTorch) ------------------------------
+
+    def _stateful_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        ops = self.ops
+        opt = self.opt
+
+        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            grads = list(grads)
+            tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
+            index = [opt._get_variable_index(v) for v in tvars]
+            go = ops.logical_and(ops.equal(self.halt.value, 0), ops.less(self.count.value, self.limit_var.value))
+            loss_bad = getattr(self, "loss_bad", None)
+            if loss_bad is not None and not self.is_loss_scaled:
+                # the tracker saw this step's loss first (Keras' trainers) or the previous one's (a custom
+                # train_step that updates metrics after applying): either way no update after a bad loss
+                bad_at = loss_bad.value
+                go = ops.logical_and(go, ops.logical_or(ops.equal(bad_at, 0), ops.greater(bad_at, self.count.value)))
+
+            def run() -> Any:
+                lr = opt.learning_rate
+                scale = opt.dynamic_scale.value if self.is_loss_scaled else None
+                before = [ops.copy(v.value) for v in tvars]
+                vel = [ops.copy(v.value) for v in self.velocities] if self.velocities is not None else None
+                original(grads, trainable_variables)
+                after = [v.value for v in tvars]
+                state = [v.value for v in self.state_vars]
+                vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
+                row, stop = self._row(grads, index, before, after, state, lr, scale, vel, vel_after)
+                slot = ops.mod(self.count.value, self.chunk)
+                self.buf.assign(ops.slice_update(self.buf.value, ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
+                                                 ops.reshape(row, (1, self.width))))
+                if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
+                    stop = ops.logical_or(stop, ops.equal(loss_bad.value, self.count.value + 1))
+                self.count.assign(self.count.value + 1)
+                self.halt.assign(ops.cast(stop, "int32"))
+                return ops.convert_to_tensor(0, "int32")
+
+            def skip() -> Any:
+                return ops.convert_to_tensor(0, "int32")
+
+            ops.cond(go, run, skip)
+
+        return apply
+
+    # -- JAX: stateless_apply, the recorder's variables threaded as state -------
+
+    def _stateless_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        ops = self.ops
+        opt = self.opt
+        keras = self.keras
+        from keras.src.backend.common.stateless_scope import StatelessScope
+
+        def stateless_apply(optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
+            ov = list(optimizer_variables)
+            tv = list(trainable_variables)
+            grads = list(grads)
+            pos = {id(v): i for i, v in enumerate(opt.variables)}
+            p_buf, p_count, p_halt, p_limit = (pos[id(self.buf)], pos[id(self.count)], pos[id(self.halt)],
+                                               pos[id(self.limit_var)])
+            go = ops.logical_and(ops.equal(ov[p_halt], 0), ops.less(ov[p_count], ov[p_limit]))
+            with StatelessScope(state_mapping=list(zip(opt.variables, ov))):
+                lr = ops.convert_to_tensor(opt.learning_rate)
+                scale = ops.convert_to_tensor(opt.dynamic_scale) if self.is_loss_scaled else None
+            vel_pos = [pos[id(v)] for v in self.velocities] if self.velocities is not None else None
+
+            def run() -> Any:
+                new_t, new_o = original(ov, grads, tv)
+                return list(new_t), list(new_o)
+
+            def skip() -> Any:
+                return list(tv), list(ov)
+
+            new_t, new_o = ops.cond(go, run, skip)
+            state_after = [new_o[pos[id(v)]] for v in self.state_vars]
+            vel = [ov[p] for p in vel_pos] if vel_pos is not None else None
+            vel_after = [new_o[p] for p in vel_pos] if vel_pos is not None else None
+            row, stop = self._row(grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after)
+            slot = ops.mod(ov[p_count], self.chunk)
+            written = ops.slice_update(ov[p_buf], ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
+                                       ops.reshape(row, (1, self.width)))
+            new_o[p_buf] = ops.where(go, written, ov[p_buf])
+            new_o[p_count] = ov[p_count] + ops.cast(go, "int32")
+            new_o[p_halt] = ops.cast(ops.logical_and(go, stop), "int32")
+            new_o[p_limit] = ov[p_limit]
+            return new_t, new_o
+
+        del keras
+        return stateless_apply
+
+    # -- read back ---------------------------------------------------------------
+
+    def read(self) -> dict[str, np.ndarray | int]:
+        """Current buffer contents and counters, as numpy (the one host sync per chunk)."""
+        ops = self.ops
+        jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
+        if jax_state:
+            ovals = jax_state["optimizer_variables"]
+            mvals = jax_state["metrics_variables"]
+            opos = {id(v): i for i, v in enumerate(self.opt.variables)}
+            mpos = {id(v): i for i, v in enumerate(self.model.metrics_variables)}
+            tracked = self.lbuf is not None and id(self.lbuf) in mpos
+
+            def value(v: Any, vals: Any, where: dict) -> np.ndarray:
+                return np.asarray(vals[where[id(v)]])
+
+            out = {"buf": value(self.buf, ovals, opos), "count": int(value(self.count, ovals, opos)),
+                   "halt": int(value(self.halt, ovals, opos))}
+            if tracked:  # a model whose metrics leave out the loss tracker records no loss
+                out["lbuf"] = value(self.lbuf, mvals, mpos)
+                out["lcount"] = int(value(self.lcount, mvals, mpos))
+            return out
+        out = {"buf": ops.convert_to_numpy(self.buf.value), "count": int(ops.convert_to_numpy(self.count.value)),
+               "halt": int(ops.convert_to_numpy(self.halt.value))}
+        if self.lbuf is not None:
+            out["lbuf"] = ops.convert_to_numpy(self.lbuf.value)
+            out["lcount"] = int(ops.convert_to_numpy(self.lcount.value))
+        return out
+
+    def device_of_buffer(self) -> str:
+        """Where the recorded buffer lives (read from the tensor, not from what was asked)."""
+        jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
+        try:
+            if jax_state:
+                opos = {id(v): i for i, v in enumerate(self.opt.variables)}
+                arr = jax_state["optimizer_variables"][opos[id(self.buf)]]
+                dev = str(next(iter(arr.devices())))
+            else:
+                value = self.buf.value
+                dev = str(getattr(value, "device", "") or "")
+        except Exception:  # pragma: no cover - informational only
+            return "unknown"
+        return _device_label(dev)
+
+
+def _sum_all(ops: Any, tensors: list[Any]) -> Any:
+    """One sum over every float tensor: non-finite iff an element is (or the sum overflows float32,
+    itself a sign of divergence); far cheaper than an elementwise isfinite per tensor."""
+    sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None and _float_name(t)]
+    if not sums:
+        return ops.convert_to_tensor(0.0, "float32")
+    return ops.sum(ops.stack(sums))
+
+
+def _device_label(dev: str) -> str:
+    up = dev.upper()
+    if "GPU" in up or "CUDA" in up:
+        digits = "".join(ch for ch in dev.rsplit(":", 1)[-1] if ch.isdigit())
+        return "GPU:" + (digits or "0")
+    if "TPU" in up:
+        return "TPU"
+    return "CPU"
+
+
+class ChunkRows:
+    """Host-side accumulation of the rows read back, chunk by chunk, in step order."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.losses: list[np.ndarray] = []
+        self.done = 0
+        self.loss_done = 0
+        self.loss_mismatch = False
+
+    def take(self, snap: dict[str, Any], chunk: int) -> np.ndarray:
+        """Append the steps recorded since the last read; returns their rows."""
+        count = int(snap["count"])
+        new = count - self.done
+        if new > chunk:  # pragma: no cover - steps_per_execution is capped at chunk
+            raise RuntimeError(f"{new} steps between two read-backs, more than the buffer's {chunk}")
+        slots = [(self.done + k) % chunk for k in range(new)]
+        rows = snap["buf"][slots] if new else snap["buf"][:0]
+        self.rows.append(np.array(rows))
+        if "lbuf" in snap:
+            lcount = int(snap["lcount"])
+            # the tracker may run a few steps past the optimizer after it halted
+            take = max(0, min(count, lcount) - self.loss_done)
+            if lcount - self.loss_done > chunk:
+                self.loss_mismatch = True
+            lslots = [(self.loss_done + k) % chunk for k in range(take)]
+            self.losses.append(np.array(snap["lbuf"][lslots]))
+            self.loss_done += take
+            if lcount < count:
+                self.loss_mismatch = True
+        self.done = count
+        return rows
+
+    def arrays(self, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, width), np.float32)
+        loss = np.concatenate(self.losses) if self.losses else None
+        return rows.astype(np.float64), None if loss is None else loss.astype(np.float64)
+
+
+def host_flags(rows: np.ndarray, loss: np.ndarray | None, loss_scaled: bool) -> np.ndarray:
+    """Per-step non-finite bitmask from the device flags and the recorded loss."""
+    flags = rows[:, COL_FLAGS].astype(np.int64) if rows.size else np.zeros(0, np.int64)
+    if loss is None or loss.shape[0] != flags.shape[0]:
+        return flags.astype(np.int32)
+    loss_bad = ~np.isfinite(loss)
+    flags = flags | np.where(loss_bad, LOSS, 0)
+    if loss_scaled:
+        overflow = ((flags & GRADS) != 0) & ~loss_bad
+        flags = np.where(overflow, (flags & ~GRADS) | OVERFLOW, flags)
+    return flags.astype(np.int32)
+
+
+__all__ = ["ChunkRows", "Recorder", "host_flags", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]

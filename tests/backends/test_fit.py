@@ -1,0 +1,354 @@
+"""stability.fit() trains with Keras' own fit on whichever backend Keras runs (KERAS_BACKEND).
+
+Backend-neutral on purpose: CI runs this directory once per backend
+(TensorFlow, JAX, PyTorch); each test file below is one pytester run of a real
+stability test, trained for real.
+"""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+BACKEND = keras.backend.backend()
+
+PROBLEM = '''
+import numpy as np
+import keras
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype("float32")
+XV = rng.normal(size=(64, 8)).astype("float32")
+YV = (XV[:, 0] + 0.5 * XV[:, 1] > 0).astype("float32")
+
+
+def build(lr=1e-2, optimizer=None):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(lr), loss="binary_crossentropy")
+    return model
+'''
+
+
+def run(pytester, body: str, *args: str):
+    pytester.makepyfile(PROBLEM + body)
+    return pytester.runpytest("-p", "no:cacheprovider", *args)
+
+
+def test_list_inputs_and_outputs_with_per_output_losses_and_sample_weight(pytester):
+    """The setup of a real report: two outputs, loss=[custom] * 2, sample_weight, Adam."""
+    result = run(pytester, '''
+def custom_loss(y_true, y_pred):
+    return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
+
+
+@pytest.mark.stable_training(steps=30, validate_every=10)
+def test_model(stability):
+    a = keras.Input((8,), name="a")
+    b = keras.Input((3,), name="b")
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], [keras.layers.Dense(1, name="o1")(h), keras.layers.Dense(2, name="o2")(h)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=[custom_loss] * 2)
+    xb = rng.normal(size=(256, 3)).astype("float32")
+    y2 = np.stack([Y, 1 - Y], axis=1)
+    rep = stability.fit(model, [X, xb], [Y[:, None], y2], sample_weight=np.linspace(0.5, 1.5, 256).astype("float32"),
+                        validation_data=([XV, xb[:64]], [YV[:, None], np.stack([YV, 1 - YV], 1)]), batch_size=32)
+    assert rep.trace.steps == 30
+    assert np.all(np.isfinite(rep.trace.loss)) and rep.trace.loss[-1] < rep.trace.loss[0]
+    assert rep.trace.var_grad_norms.shape == (30, len(model.trainable_variables))
+    assert list(rep.trace.val_steps) == [0, 10, 20, 30] or rep.trace.val_steps[-1] == 30
+''')
+    result.assert_outcomes(passed=1)
+
+
+def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester):
+    result = run(pytester, '''
+@pytest.mark.stable_training(steps=8, shuffle=False)
+def test_model(stability):
+    model = build(optimizer=keras.optimizers.SGD(0.1))
+    model.build((None, 8))
+    w0 = [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
+    rep = stability.fit(model, X, Y, batch_size=32)
+    check = build(optimizer=keras.optimizers.SGD(0.1))
+    check.build((None, 8))
+    for v, w in zip(check.trainable_variables, w0):
+        v.assign(w)
+    expected = float(keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(Y[:32, None], check(X[:32]))).mean())
+    assert rep.trace.loss[0] == pytest.approx(expected, rel=1e-5)
+    # SGD: the update is lr * gradient, so the first update's size gives the first gradient norm
+    w1 = [keras.ops.convert_to_numpy(v.value) for v in check.trainable_variables]
+    delta = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(w0, w1)))
+    assert delta == 0.0  # check was not trained
+    assert rep.trace.update_ratio[0] * np.sqrt(sum(float(np.sum(w ** 2)) for w in w0)) == pytest.approx(
+        0.1 * rep.trace.grad_norm[0], rel=1e-4)
+    # a running mean would be smooth: raw minibatch losses jump when the data cycles (8 batches/epoch)
+    assert rep.trace.loss[7] != pytest.approx(np.mean(rep.trace.loss[:8]), rel=1e-3)
+''')
+    result.assert_outcomes(passed=1)
+
+
+def test_class_weight_validation_split_callbacks_and_lr_schedule(pytester):
+    result = run(pytester, '''
+class Counting(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+        self.epochs = 0
+        self.val = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs += 1
+        self.val.append(logs.get("val_loss"))
+
+
+@pytest.mark.stable_training(steps=40, readback_every=10)
+def test_model(stability):
+    counting = Counting()
+    halve = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.5 ** epoch)
+    rep = stability.fit(build(), X, Y, batch_size=32, validation_split=0.25, class_weight={0: 1.0, 1: 3.0},
+                        callbacks=[counting, halve])
+    # 192 training samples / 32 = 6 steps per epoch: 7 epochs, the last cut at 40 steps
+    assert rep.trace.steps == 40
+    assert counting.epochs >= 6 and counting.batches >= 4
+    assert all(v is not None for v in counting.val[:6])  # Keras' own validation ran for the user's callbacks
+    lr = rep.trace.lr
+    assert lr[0] == pytest.approx(0.01) and lr[6] == pytest.approx(0.005) and lr[39] == pytest.approx(0.01 * 0.5 ** 6)
+    assert rep.trace.has_validation and rep.trace.val_steps[0] == 0
+
+
+@pytest.mark.stable_training(steps=30, readback_every=5)
+def test_reduce_lr_on_plateau_lowers_the_recorded_rate(stability):
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=10.0)
+    rep = stability.fit(build(), X, Y, batch_size=32, callbacks=[plateau])
+    assert rep.trace.lr[0] == pytest.approx(0.01)
+    assert rep.trace.lr[-1] < 0.01 / 4
+''')
+    result.assert_outcomes(passed=2)
+
+
+CUSTOM_TRAIN_STEP = {
+    "tensorflow": '''
+    def train_step(self, data):
+        import tensorflow as tf
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(y=y, y_pred=y_pred)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
+''',
+    "jax": '''
+    def compute_loss_and_updates(self, trainable_variables, non_trainable_variables, x, y, training=False):
+        y_pred, non_trainable_variables = self.stateless_call(
+            trainable_variables, non_trainable_variables, x, training=training)
+        loss = self.compute_loss(x, y, y_pred)
+        return loss, (y_pred, non_trainable_variables)
+
+    def train_step(self, state, data):
+        import jax
+        trainable_variables, non_trainable_variables, optimizer_variables, metrics_variables = state
+        x, y = data
+        grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
+        (loss, (y_pred, non_trainable_variables)), grads = grad_fn(
+            trainable_variables, non_trainable_variables, x, y, training=True)
+        trainable_variables, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, grads, trainable_variables)
+        new_metrics_vars, logs = [], {}
+        for metric in self.metrics:
+            this = metrics_variables[len(new_metrics_vars):len(new_metrics_vars) + len(metric.variables)]
+            if metric.name == "loss":
+                this = metric.stateless_update_state(this, loss)
+            else:
+                this = metric.stateless_update_state(this, y, y_pred)
+            logs[metric.name] = metric.stateless_result(this)
+            new_metrics_vars += this
+        return logs, (trainable_variables, non_trainable_variables, optimizer_variables, new_metrics_vars)
+''',
+    "torch": '''
+    def train_step(self, data):
+        import torch
+        x, y = data
+        self.zero_grad()
+        y_pred = self(x, training=True)
+        loss = self.compute_loss(y=y, y_pred=y_pred)
+        loss.backward()
+        trainable_weights = [v for v in self.trainable_weights]
+        gradients = [v.value.grad for v in trainable_weights]
+        with torch.no_grad():
+            self.optimizer.apply(gradients, trainable_weights)
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss)
+            else:
+                metric.update_state(y, y_pred)
+        return {m.name: m.result() for m in self.metrics}
+''',
+}
+
+
+def test_custom_train_step_from_the_keras_guide_is_trained_and_recorded(pytester):
+    result = run(pytester, f'''
+class CustomModel(keras.Model):
+{CUSTOM_TRAIN_STEP[BACKEND]}
+
+
+def custom():
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    model = CustomModel(inputs, keras.layers.Dense(1)(h))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+@pytest.mark.stable_training(steps=24, readback_every=8)
+def test_model(stability):
+    rep = stability.fit(custom(), X, Y[:, None], batch_size=32)
+    tr = rep.trace
+    assert tr.steps == 24 and tr.info["custom_train_step"] and tr.info["loss_recorded"]
+    assert np.all(tr.grad_norm > 0) and np.all(np.isfinite(tr.loss))
+    assert tr.var_grad_norms.shape == (24, 4) and np.all(tr.var_grad_norms > 0)
+    assert tr.loss[-1] < tr.loss[0]
+
+
+class OwnLoss(CustomModel):
+    """A train_step that tracks its loss in its own metric: no raw loss to record."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.my_loss = keras.metrics.Mean(name="my_loss")
+
+    @property
+    def metrics(self):
+        return [self.my_loss]
+
+
+@pytest.mark.stable_training(steps=8)
+def test_own_loss_metric_is_said_not_invented(stability):
+    inputs = keras.Input((8,))
+    model = OwnLoss(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    rep = stability.fit(model, X, Y[:, None], batch_size=32)
+    assert not rep.trace.info["loss_recorded"]
+    assert np.all(np.isnan(rep.trace.loss)) and np.all(rep.trace.grad_norm > 0)
+    assert any("loss was not recorded" in note for note in rep.trace.info["notes"])
+''')
+    result.assert_outcomes(passed=2)
+
+
+def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester):
+    result = run(pytester, '''
+TRACES = []
+
+
+@pytest.mark.stable_training(steps=200, readback_every=50)
+def test_diverges(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
+    rep = stability.fit(model, X, Y * 1e3, batch_size=32, check=False)
+    tr = rep.trace
+    assert not rep.ok and tr.steps < 50  # stopped at the failing step, not at the end of the chunk
+    bad = np.flatnonzero(tr.nonfinite)
+    # TensorFlow, PyTorch: no step after the first non-finite one; JAX: a loss that overflows while its
+    # gradients stay finite is seen on the host, at the end of the chunk (here an 8-step epoch)
+    assert bad.size and (bad[0] == tr.steps - 1 or keras.backend.backend() == "jax")
+    failed = {r.name for r in rep.runs[0].results if r.findings}
+    assert "nonfinite" in failed
+    # no update after the failing step: the weights are those of the failing step
+    w = [keras.ops.convert_to_numpy(v.value) for v in model.trainable_variables]
+    assert not all(np.all(np.isfinite(a)) for a in w) or tr.first_nonfinite["source"] in ("loss", "gradients")
+
+
+@pytest.mark.parametrize("seed", [3, 3, 4])
+@pytest.mark.stable_training(steps=30)
+def test_seeded(stability, seed):
+    rep = stability.fit(build(), X, Y, seed=seed, batch_size=16)
+    TRACES.append((seed, rep.trace.loss.copy(), rep.trace.grad_norm.copy()))
+
+
+def test_compare():
+    (s1, l1, g1), (s2, l2, g2), (s3, l3, _) = TRACES
+    assert s1 == s2 == 3 and s3 == 4
+    assert np.array_equal(l1, l2) and np.array_equal(g1, g2)
+    assert not np.array_equal(l1, l3)
+''')
+    result.assert_outcomes(passed=5)
+
+
+def test_the_model_is_given_back_untouched(pytester):
+    """After the test: the user's optimizer, no extra variables, and plain fit / save work."""
+    result = run(pytester, '''
+@pytest.mark.stable_training(steps=12)
+def test_model(stability, tmp_path):
+    model = build()
+    stability.fit(model, X, Y, batch_size=32)
+    names = [v.name for v in model.optimizer.variables]
+    assert not any(n.startswith("stability_") for n in names)
+    assert not any(v.name.startswith("stability_") for v in model.metrics_variables)
+    assert "apply" not in vars(model.optimizer) and "stateless_apply" not in vars(model.optimizer)
+    before = model.optimizer.iterations
+    model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert len(again.optimizer.variables) == len(model.optimizer.variables)
+''')
+    result.assert_outcomes(passed=1)
+
+
+def test_data_kinds(pytester):
+    result = run(pytester, '''
+class Seq(keras.utils.PyDataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return X[i * 32:(i + 1) * 32], Y[i * 32:(i + 1) * 32]
+
+
+@pytest.mark.stable_training(steps=20)
+def test_pydataset(stability):
+    rep = stability.fit(build(), Seq(), validation_data=Seq())
+    assert rep.trace.steps == 20 and rep.runs[0].data_kind == "pydataset"
+
+
+@pytest.mark.stable_training(steps=20)
+def test_dict_inputs(stability):
+    inp = keras.Input((8,), name="features")
+    model = keras.Model({"features": inp}, keras.layers.Dense(1, activation="sigmoid")(inp))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    rep = stability.fit(model, {"features": X}, Y, batch_size=32)
+    assert rep.trace.steps == 20
+
+
+@pytest.mark.stable_training(steps=20)
+def test_generator_that_runs_out(stability):
+    gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 256, 32))
+    stability.fit(build(), gen)
+''')
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*the training data ran out after 8 batches, but steps=20 needs 20*"])
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="a torch DataLoader is a PyTorch-backend input")
+def test_torch_dataloader(pytester):
+    result = run(pytester, '''
+import torch
+
+
+@pytest.mark.stable_training(steps=20)
+def test_model(stability):
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(Y))
+    rep = stability.fit(build(), torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True))
+    assert rep.trace.steps == 20 and rep.runs[0].data_kind == "dataloader"
+''')
+    result.assert_outcomes(passed=1)
