@@ -27,12 +27,48 @@ def test_spike_healthy_noisy_loss_passes():
 
 
 def test_spike_detected_at_its_step():
+    # a real spike: the loss stays up (~10x) for the next steps while the model recovers
     loss = _noisy_decay()
     loss[200] = 5.0
+    loss[201:210] *= 10.0
     r = check_loss_spike(Trace(loss=loss))
     assert r.status == "failed"
     assert r.findings[0].step == 200
     assert r.findings[0].evidence["ratio"] > 3
+    assert r.findings[0].evidence["confirmed_by"] == "elevated" and r.findings[0].evidence["after_ratio"] > 5
+
+
+def test_spike_lone_hard_batch_passes():
+    # one step 5x its trailing median at a small batch size, the next steps back to normal: not instability
+    rng = np.random.default_rng(0)
+    loss = 0.4 * np.exp(0.05 * rng.normal(size=300))
+    loss[200] = 2.0
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.status == "passed" and r.stats["outliers"] == [200]
+    assert r.stats["max_ratio"] > 4.5 and r.stats["max_zscore"] > Thresholds().spike_zscore  # it *was* flagged
+
+
+def test_spike_followed_by_elevated_loss_fails_but_a_lone_one_of_the_same_size_does_not():
+    rng = np.random.default_rng(1)
+    base = 0.4 * np.exp(0.05 * rng.normal(size=300))
+    lone = base.copy()
+    lone[150] = 2.0
+    real = lone.copy()
+    real[151:156] = [1.5, 1.2, 1.0, 0.9, 0.8]  # the update changed the model: 2-4x for five steps
+    assert check_loss_spike(Trace(loss=lone)).status == "passed"
+    r = check_loss_spike(Trace(loss=real))
+    assert r.failed and r.findings[0].step == 150 and r.findings[0].evidence["recovered"] is True
+
+
+def test_spike_on_the_last_steps_fails_only_when_extreme():
+    loss = 0.4 * np.exp(0.05 * np.random.default_rng(2).normal(size=300))
+    mild = loss.copy()
+    mild[-2] = 2.0  # 5x, one step after it, back to normal: unconfirmable, not extreme
+    assert check_loss_spike(Trace(loss=mild)).status == "passed"
+    extreme = loss.copy()
+    extreme[-2] = 40.0  # 100x
+    r = check_loss_spike(Trace(loss=extreme))
+    assert r.failed and r.findings[0].evidence["confirmed_by"] == "extreme"
 
 
 def test_spike_on_last_step_detected():
@@ -59,6 +95,7 @@ def test_spike_negative_losses_use_linear_space():
     rng = np.random.default_rng(1)
     loss = -1.0 + 0.01 * rng.normal(size=200)
     loss[150] = 2.0
+    loss[151:156] = 1.0  # stays up
     r = check_loss_spike(Trace(loss=loss))
     assert r.failed and r.findings[0].step == 150
     assert r.stats["max_ratio"] is None

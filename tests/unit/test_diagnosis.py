@@ -17,7 +17,7 @@ def _diag(trace):
 def _adam_trace(opt="Adam", eps=1e-7):
     n = 400
     loss = np.concatenate([np.exp(-np.linspace(0, 12, 300)), np.full(100, 1e-5)])
-    loss[350] = 0.5
+    loss[350:356] = np.geomspace(0.5, 1e-3, 6)  # Adam recovers over several steps
     g = np.concatenate([np.full(60, 1.0), np.geomspace(1.0, 1e-4, 340)])
     g2v = np.ones(n)
     g2v[345:351] = 1e6
@@ -127,7 +127,7 @@ def test_repeated_adam_spikes_named_without_slot_statistics():
     rng = np.random.default_rng(0)
     loss = np.concatenate([np.geomspace(1.0, 0.03, 200), 0.03 * np.exp(0.05 * rng.normal(size=800))])
     for k in (300, 480, 650, 830):
-        loss[k] = 1.0
+        loss[k:k + 6] = np.geomspace(1.0, 0.1, 6)  # each spike decays over a few steps
     trace = Trace(loss=loss, grad_norm=np.ones(loss.size),
                   info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7}})
     f = next(f for f in _diag(trace) if f.check == "loss_spike")
