@@ -413,3 +413,95 @@ def test_val_small_transient_is_noted_not_failed():
 def test_val_batchnorm_small_batch_curve_still_fails():
     r = check_val_loss(_val(_bn_seed0_val()))
     assert r.failed and r.findings[0].step >= 260
+
+
+# -- stuck: dead from the first step, and variables that never learn (issue 10) -----
+
+from pytest_stability.checks.stuck import check_stuck  # noqa: E402
+
+
+def test_stuck_dead_from_the_start_fails_without_validation_data():
+    # dead ReLUs from step 0: the loss varies with the batch around its initial level, the gradients are exactly 0
+    rng = np.random.default_rng(0)
+    loss = 0.9 * (1 + 0.05 * rng.normal(size=200))
+    r = check_stuck(Trace(loss=loss, grad_norm=np.zeros(200)))
+    assert r.failed
+    (f,) = r.findings
+    assert f.kind == "stuck" and f.step == 0 and f.evidence["zero_grad"] is True
+    assert "exactly 0 from step 0" in f.message
+    # and the whole run fails on it, with no validation data
+    assert [x.name for x in run_checks(Trace(loss=loss, grad_norm=np.zeros(200))) if x.failed] == ["stuck"]
+
+
+def test_stuck_collapsed_constant_output_from_the_start():
+    # a segmentation net whose sigmoid saturated at init: constant loss, tiny but non-zero gradients
+    loss = np.full(300, 0.97) + 1e-5 * np.random.default_rng(1).normal(size=300)
+    g = np.full(300, 1e-9)
+    r = check_stuck(Trace(loss=loss, grad_norm=g))
+    assert r.failed and r.findings[0].kind == "collapsed" and r.findings[0].step == 0
+    assert "collapsed to a constant loss" in r.findings[0].message
+
+
+def test_stuck_gradients_vanish_before_the_loss_ever_falls():
+    rng = np.random.default_rng(2)
+    loss = 0.7 * np.exp(0.05 * rng.normal(size=300))
+    g = np.concatenate([0.5 * np.exp(0.2 * rng.normal(size=100)), np.full(200, 1e-6)])
+    (f,) = check_stuck(Trace(loss=loss, grad_norm=g)).findings
+    assert f.kind == "stuck" and f.evidence["vanished"] is True and f.step == 100
+
+
+def test_stuck_healthy_run_converging_to_zero_with_tiny_gradients_passes():
+    # full batch: the loss falls to ~1e-8, flat, and the gradients fall 1e6x: converged, not stuck
+    loss = np.geomspace(1.0, 1e-8, 400)
+    loss[300:] = 1e-8
+    g = np.geomspace(1.0, 1e-6, 400)
+    r = check_stuck(Trace(loss=loss, grad_norm=g, update_ratio=np.geomspace(1e-2, 1e-9, 400)))
+    assert r.status == "passed", r.findings
+
+
+def test_stuck_noisy_healthy_minibatch_run_passes():
+    rng = np.random.default_rng(3)
+    loss = 0.69 * np.exp(-np.linspace(0, 0.4, 300)) * np.exp(0.2 * rng.normal(size=300))  # fell only ~33 %
+    g = np.exp(0.3 * rng.normal(size=300))
+    assert check_stuck(Trace(loss=loss, grad_norm=g, update_ratio=np.full(300, 1e-3))).status == "passed"
+
+
+def test_stuck_updates_too_small():
+    rng = np.random.default_rng(4)
+    loss = 0.7 * np.exp(0.05 * rng.normal(size=200))
+    r = check_stuck(Trace(loss=loss, grad_norm=np.exp(0.2 * rng.normal(size=200)), update_ratio=np.full(200, 1e-8)))
+    assert r.failed and r.findings[0].evidence["slow_updates"] is True and "too small" in r.findings[0].message
+
+
+def _vars(n=100, grad_zero=(), update_zero=()):
+    rng = np.random.default_rng(5)
+    vg = np.exp(0.2 * rng.normal(size=(n, 3)))
+    vu = np.full((n, 3), 1e-3)
+    for i in grad_zero:
+        vg[:, i] = 0.0
+        vu[:, i] = 0.0
+    for i in update_zero:
+        vu[:, i] = 0.0
+    return Trace(loss=np.geomspace(1.0, 0.1, n), grad_norm=np.sqrt((vg ** 2).sum(1)), var_grad_norms=vg,
+                 var_names=("dense/kernel", "unused/kernel", "head/bias"), var_update_ratio=vu)
+
+
+def test_a_variable_that_never_gets_a_gradient_is_a_finding():
+    r = check_stuck(_vars(grad_zero=(1,)))
+    assert r.failed
+    (f,) = r.findings
+    assert f.kind == "no_gradient" and f.evidence["variables"] == ["unused/kernel"]
+    assert "unused/kernel" in f.message and "1 of 3" in f.message
+
+
+def test_a_variable_that_never_changes_is_a_finding():
+    (f,) = check_stuck(_vars(update_zero=(2,))).findings
+    assert f.kind == "no_update" and f.evidence["variables"] == ["head/bias"]
+
+
+def test_a_variable_with_some_zero_gradients_is_fine_and_missing_arrays_are_skipped():
+    t = _vars()
+    t.var_grad_norms[:50, 1] = 0.0  # dead for a while, then learning
+    assert check_stuck(t).status == "passed"
+    # a user's own trace without per-variable arrays: no coverage judgement, no error
+    assert check_stuck(Trace(loss=np.geomspace(1.0, 0.1, 100))).status == "passed"
