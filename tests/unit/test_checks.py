@@ -1,4 +1,4 @@
-"""Adversarial unit tests of the four numeric checks (no TensorFlow)."""
+"""Adversarial unit tests of the numeric checks (no TensorFlow)."""
 
 from __future__ import annotations
 
