@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/detection.py [--seeds N] [--healthy-seeds N] [--quick] [--no-whatif]
+    python benchmarks/detection.py [--seeds N] [--healthy-seeds N (>= 15 for 300 healthy runs)] [--quick] [--no-whatif]
 
 For each pathology: the share of runs where the expected check failed, the
 share where its first finding named the expected cause (``cause_key``), for
@@ -65,7 +65,8 @@ def _score_pathology(o: S.Outcome) -> tuple[bool, bool, bool | None]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20, help="seeds per pathology (default 20)")
-    ap.add_argument("--healthy-seeds", type=int, default=12, help="seeds per healthy scenario (default 12)")
+    ap.add_argument("--healthy-seeds", type=int, default=16,
+                    help="seeds per healthy scenario (default 16: 20 healthy families x 16 = 320 runs)")
     ap.add_argument("--quick", action="store_true", help="3 seeds per pathology, 2 per healthy scenario")
     ap.add_argument("--no-whatif", action="store_true", help="skip the what-if replay of the suggested fixes")
     args = ap.parse_args(argv)
@@ -158,7 +159,7 @@ def _table(rows, fp, n_healthy, worst, worst_at, t, wall, fp_runs, healthy_mean)
             "grad_norm": f"growth {worst['grad_growth']:.1f}x ({worst_at['grad_growth']})",
             "val_loss": f"rise {worst['val_rise']:.3f} ({worst_at['val_rise']})"}
     for name, k in fp.items():
-        out.append(f"| {name} | {_pct(k, n_healthy)} | {stat[name]} |")
+        out.append(f"| {name} | {_pct(k, n_healthy)} | {stat.get(name, '-')} |")
     out += ["", "Thresholds: " + ", ".join(f"{k}={v}" for k, v in t.to_dict().items()) + ".",
             f"Total wall time {wall:.0f} s (2 CPU cores)."]
     if fp_runs:

@@ -384,6 +384,204 @@ def noisy_small_batch(seed: int) -> Scenario:
                     batch_size=8, spec_overrides={"readback_every": 100, "validate_every": 25})
 
 
+# -- issue 10: dead from the start, slingshot, a lone hard batch, more healthy families -------------
+
+
+def dead_start(seed: int) -> Scenario:
+    """ReLU units dead from step 0 (hidden biases initialised to -10): no gradient reaches the hidden layers."""
+    keras = _keras()
+    x, y = _regression_data(seed, n=512)
+
+    def build() -> Any:
+        dead = keras.initializers.Constant(-10.0)
+        m = _mlp(4, (32, 32), "relu", keras.layers.Dense(1, use_bias=False), bias_initializer=dead)
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        return m
+
+    return _scenario("dead_start", "dead_start", build, x, y, check="stuck", cause="vanished_gradients",
+                     steps=300, batch_size=32, spec_overrides={"readback_every": 100})
+
+
+def slingshot(seed: int) -> Scenario:
+    """Adam (epsilon 1e-8) at minibatch size 16 on noiseless regression: a long fall, then a slingshot spike."""
+    keras = _keras()
+    x, y = _regression_data(seed, n=256)
+
+    def build() -> Any:
+        m = _mlp(4, (32, 32), "relu", keras.layers.Dense(1))
+        m.compile(optimizer=keras.optimizers.Adam(3e-3, epsilon=1e-8), loss="mse")
+        return m
+
+    return _scenario("slingshot", "slingshot", build, x, y, check="loss_spike", cause="adam_second_moment",
+                     steps=4000, batch_size=16, spec_overrides={"readback_every": 500})
+
+
+def _healthy(name: str, build: Callable[[], Any], x: Any, y: Any, **kw: Any) -> Scenario:
+    return Scenario(name, HEALTHY, build, x, y, **kw)
+
+
+def hard_batch(seed: int) -> Scenario:
+    """HEALTHY: one sample with a 30x target, seen once (one epoch at batch 4): one hard batch, not instability."""
+    keras = _keras()
+    x, y = _regression_data(seed, n=1200)
+    y[int(np.random.default_rng(seed).integers(400, 1100))] *= 30.0
+
+    def build() -> Any:
+        m = _mlp(4, (32,), "relu", keras.layers.Dense(1))
+        m.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+        return m
+
+    return _healthy("hard_batch", build, x, y, steps=300, batch_size=4, spec_overrides={"shuffle": False})
+
+
+def _clf(seed: int, n: int, n_val: int, noise: float = 0.5) -> tuple[Any, Any, Any]:
+    x, y = _classification_data(seed, n + n_val, noise=noise)
+    return x[:n], y[:n], (x[n:], y[n:])
+
+
+def _clf_mlp(lr: float = 1e-3, dropout: float = 0.0, schedule: Any = None) -> Callable[[], Any]:
+    def build() -> Any:
+        keras = _keras()
+        layers = [keras.Input((8,)), keras.layers.Dense(32, activation="relu")]
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+        layers += [keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+        m = keras.Sequential(layers)
+        m.compile(optimizer=keras.optimizers.Adam(schedule if schedule is not None else lr), loss="binary_crossentropy")
+        return m
+    return build
+
+
+def small_val_set(seed: int) -> Scenario:
+    """HEALTHY: a validation set of 32-64 samples (its loss wiggles 13-33 %)."""
+    x, y, val = _clf(seed, 2048, 32 + 32 * (seed % 2))
+    return _healthy("small_val_set", _clf_mlp(), x, y, validation_data=val, steps=300, batch_size=16,
+                    spec_overrides={"validate_every": 25})
+
+
+def tiny_batches(seed: int) -> Scenario:
+    """HEALTHY: batch sizes 2, 4 and 8 (by seed)."""
+    x, y, val = _clf(seed, 2048, 256)
+    return _healthy("tiny_batches", _clf_mlp(3e-4), x, y, validation_data=val, steps=400,
+                    batch_size=(2, 4, 8)[seed % 3], spec_overrides={"validate_every": 50})
+
+
+def bn_small_batch_right(seed: int) -> Scenario:
+    """HEALTHY: BatchNorm at batch 8 done right (momentum 0.9, lr 1e-3)."""
+    sc = _bn_scenario(seed, 8, 0.9, 1e-3, "bn_small_batch_right", HEALTHY)
+    return sc
+
+
+def dropout_half(seed: int) -> Scenario:
+    """HEALTHY: Dropout(0.5) (noisier training loss than validation)."""
+    x, y, val = _clf(seed, 2048, 256)
+    return _healthy("dropout_half", _clf_mlp(dropout=0.5), x, y, validation_data=val, steps=400, batch_size=32,
+                    spec_overrides={"validate_every": 25})
+
+
+def warmup_cosine(seed: int) -> Scenario:
+    """HEALTHY: linear warm-up to 3e-3 over 50 steps, then cosine decay to 0 over 400."""
+    x, y, val = _clf(seed, 2048, 256)
+    sched = _keras().optimizers.schedules.CosineDecay(1e-5, decay_steps=400, warmup_target=3e-3, warmup_steps=50)
+    return _healthy("warmup_cosine", _clf_mlp(schedule=sched), x, y, validation_data=val, steps=450, batch_size=32,
+                    spec_overrides={"validate_every": 25})
+
+
+def label_noise(seed: int) -> Scenario:
+    """HEALTHY: 20 % of the training labels flipped (the loss falls little)."""
+    x, y, val = _clf(seed, 2048, 256)
+    flip = np.random.default_rng(seed + 1).random(y.shape[0]) < 0.2
+    y = np.where(flip[:, None], 1.0 - y, y).astype("float32")
+    return _healthy("label_noise", _clf_mlp(), x, y, validation_data=val, steps=400, batch_size=32,
+                    spec_overrides={"validate_every": 25})
+
+
+def small_cnn(seed: int) -> Scenario:
+    """HEALTHY: a small CNN classifying disc vs no disc in 16x16 images."""
+    keras = _keras()
+    x, m = _seg_data(seed, n=512)
+    y = (m.sum(axis=(1, 2, 3)) > 30).astype("float32")[:, None]
+
+    def build() -> Any:
+        net = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                                keras.layers.MaxPooling2D(), keras.layers.Conv2D(16, 3, activation="relu"),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")])
+        net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+        return net
+
+    return _healthy("small_cnn", build, x[:448], y[:448], validation_data=(x[448:], y[448:]), steps=300,
+                    batch_size=16, spec_overrides={"validate_every": 25})
+
+
+def small_rnn(seed: int) -> Scenario:
+    """HEALTHY: an LSTM summing the first 5 of 20 steps."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(512, 20, 1)).astype("float32")
+    y = x[:, :5, 0].sum(axis=1, keepdims=True).astype("float32")
+
+    def build() -> Any:
+        m = keras.Sequential([keras.Input((20, 1)), keras.layers.LSTM(16), keras.layers.Dense(1)])
+        m.compile(optimizer=keras.optimizers.Adam(3e-3, clipnorm=1.0), loss="mse")
+        return m
+
+    return _healthy("small_rnn", build, x, y, steps=300, batch_size=32)
+
+
+def tiny_unet(seed: int) -> Scenario:
+    """HEALTHY: a two-level U-Net (skip connection) on the disc masks, binary cross-entropy."""
+    keras = _keras()
+    x, y = _seg_data(seed, n=128)
+
+    def build() -> Any:
+        L = keras.layers
+        inp = keras.Input((16, 16, 1))
+        c1 = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+        d = L.MaxPooling2D()(c1)
+        c2 = L.Conv2D(16, 3, padding="same", activation="relu")(d)
+        u = L.UpSampling2D()(c2)
+        out = L.Conv2D(1, 1, activation="sigmoid")(L.Concatenate()([u, c1]))
+        m = keras.Model(inp, out)
+        m.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+        return m
+
+    return _healthy("tiny_unet", build, x[:112], y[:112], validation_data=(x[112:], y[112:]), steps=300,
+                    batch_size=8, spec_overrides={"validate_every": 25})
+
+
+def small_transformer(seed: int) -> Scenario:
+    """HEALTHY: one pre-norm transformer block (4-head attention + MLP) classifying 16-token sequences."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(1024, 16, 8)).astype("float32")
+    y = (x[:, :, 0].mean(axis=1) > 0).astype("float32")[:, None]
+
+    def build() -> Any:
+        L = keras.layers
+        inp = keras.Input((16, 8))
+        h = L.Dense(32)(inp)
+        a = L.MultiHeadAttention(4, 8)(L.LayerNormalization()(h), L.LayerNormalization()(h))
+        h = h + a
+        h = h + L.Dense(32)(L.Dense(64, activation="gelu")(L.LayerNormalization()(h)))
+        out = L.Dense(1, activation="sigmoid")(L.GlobalAveragePooling1D()(h))
+        m = keras.Model(inp, out)
+        m.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
+        return m
+
+    return _healthy("small_transformer", build, x[:896], y[:896], validation_data=(x[896:], y[896:]), steps=300,
+                    batch_size=32, spec_overrides={"validate_every": 25})
+
+
+#: the scenarios added for issue 10 (dead start, slingshot; a lone hard batch and 10 more healthy families).
+NEW_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"dead_start": dead_start, "slingshot": slingshot}
+NEW_HEALTHY: dict[str, Callable[[int], Scenario]] = {
+    "hard_batch": hard_batch, "small_val_set": small_val_set, "tiny_batches": tiny_batches,
+    "bn_small_batch_right": bn_small_batch_right, "dropout_half": dropout_half, "warmup_cosine": warmup_cosine,
+    "label_noise": label_noise, "small_cnn": small_cnn, "small_rnn": small_rnn, "tiny_unet": tiny_unet,
+    "small_transformer": small_transformer,
+}
+
+
 PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "adam_collapse": adam_collapse,
     "lr_too_high": lr_too_high,
@@ -393,6 +591,7 @@ PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "rnn_explosion": rnn_explosion,
     "seg_dice_collapse": seg_dice_collapse,
     "bn_small_batch": bn_small_batch,
+    **NEW_PATHOLOGIES,
 }
 
 HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
@@ -405,6 +604,7 @@ HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "seg_dice_fixed": seg_dice_fixed,
     "bn_fixed": bn_fixed,
     "noisy_small_batch": noisy_small_batch,
+    **NEW_HEALTHY,
 }
 
 

@@ -41,10 +41,27 @@ The rules, in the order they are tried:
 ``grad_norm``
     the loss is stuck at a constant after the explosion ->
     ``collapse_constant``; otherwise ``gradient_explosion``.
+``grad_norm`` (Adam family)
+    the loss and gradient norm fell by orders of magnitude before the burst
+    -> ``adam_second_moment`` (the burst is v's collapse, not a clipnorm case).
+``stuck``
+    ``no_gradient`` / ``no_update`` variables; updates <= 1e-6 of the weights
+    -> ``updates_too_small``; a flat loss -> ``collapsed_output``; vanished or
+    zero gradients -> ``vanished_gradients``.
+``nonfinite`` at step 0
+    -> ``nonfinite_at_start`` (op, data or initialisation; never the learning rate).
 ``val_loss``
+    the training loss rose :data:`TRAIN_RISE` x between the validation best and
+    the rise -> ``training_loss_rise`` (not overfitting);
     BatchNorm layers and an erratic validation curve (or a measured
     train/inference gap ``trace.info["bn_train_infer_gap"]`` of at least
     :data:`BN_GAP`) -> ``batchnorm_mismatch``; otherwise ``overfitting``.
+
+A spike whose median update ``|dw|/|w|`` (``trace.update_ratio``) around it is
+above :data:`UPDATE_TOO_FAST` says so, and makes ``lr_too_high`` likely.
+
+:func:`rank_findings` (and :func:`primary_finding`) choose one primary cause
+per run across all checks: the earliest root event.
 """
 
 from __future__ import annotations
@@ -69,6 +86,13 @@ CAUSES = {
     "nan_in_data": "NaN/Inf in the input data",
     "batchnorm_mismatch": "BatchNorm train/inference mismatch",
     "overfitting": "overfitting or late-training drift",
+    "nonfinite_at_start": "NaN/Inf from the first step: an op, the data or the initialisation",
+    "training_loss_rise": "validation rise that follows a rising training loss (not overfitting)",
+    "collapsed_output": "collapsed to a constant output",
+    "vanished_gradients": "gradients vanished (dead units, saturated outputs)",
+    "updates_too_small": "updates too small to learn (learning rate too low)",
+    "no_gradient": "a variable never receives a gradient",
+    "no_update": "a variable never changes",
     "unknown": "unknown",
 }
 
@@ -93,6 +117,12 @@ EXPLOSION_FACTOR = 10.0
 BN_GAP = 0.10
 #: gradient norms within this factor of the first window's median are "healthy" (the clipnorm suggested).
 HEALTHY_GROWTH = 10.0
+#: median global |dw|/|w| per step around a spike above which the updates are too large for the weights.
+UPDATE_TOO_FAST = 1e-1
+#: the training loss grew at least this much between the validation best and the rise: not overfitting.
+TRAIN_RISE = 1.5
+#: findings this many steps apart or closer are one event when ranking (the earliest root event leads).
+EVENT_GAP = 10
 #: steps after an event over which "stuck" is judged when the finding does not say (the default spike_window).
 _STUCK_STEPS = 50
 
@@ -279,6 +309,16 @@ def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
     finite_loss = _finite(loss)
     w = _window(trace)
     numbers: dict[str, Any] = {"step": step, "learning_rate": lr}
+    if step == 0:
+        what = ", ".join((f.evidence or {}).get("quantities") or []) or "a training quantity"
+        return ("nonfinite_at_start",
+                f"{what} was NaN/Inf at step 0, before any update: the learning rate cannot have caused it; "
+                "the forward pass or the loss produced it from the initial weights and the first batch",
+                "check the initialisation (a custom initializer, weights loaded from a file), the data "
+                "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
+                "(log(0), 0/0, sqrt of a negative) in the model or the loss",
+                LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
+                {"step": step, "learning_rate": lr})
     if finite_loss.size < 3:
         return ("lr_too_high" if step > 0 else "unsafe_loss_op",
                 f"the loss became NaN/Inf at step {step}, only {finite_loss.size} finite steps after the start "
@@ -352,6 +392,13 @@ def _ok(x: Any, limit: float) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x >= limit
 
 
+def _update_ratio_around(trace: Trace, start: int, end: int) -> float:
+    """Median global |dw|/|w| over ``[start - 2, end + 3)`` (NaN when the trace has no update ratios)."""
+    if trace.update_ratio is None:
+        return math.nan
+    return _median(trace.update_ratio[max(0, start - 2):end + 3])
+
+
 def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
     opt, cfg = _optimizer(trace)
     start = int(f.evidence.get("start", f.step))
@@ -372,6 +419,11 @@ def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
                                "learning_rate": lr, "grad_norm_p90_before": p90, "clipnorm_suggested": clip,
                                "grad_norm_at_spike": gn_spike,
                                "stuck": stuck, "stuck_level": level if stuck else math.nan}
+    upd = _update_ratio_around(trace, start, int(f.evidence.get("end", step)))
+    numbers["update_ratio"] = upd
+    too_fast = _ok(upd, UPDATE_TOO_FAST)
+    fast_note = (f"; the updates were {_g(upd)} of the weights per step (median |dw|/|w|, above {UPDATE_TOO_FAST:g}): "
+                 "the learning rate is too high for these weights") if too_fast else ""
     periodic = ""
     if f.evidence.get("n_events"):
         periodic = (f"; {f.evidence['n_events']} spikes about every {_g(f.evidence.get('mean_interval'))} steps "
@@ -428,20 +480,31 @@ def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
     if _ok(gn_spike, 0.0) and _ok(p90, 1e-30) and gn_spike >= EXPLOSION_FACTOR * p90:
         return ("gradient_explosion",
                 f"the gradient norm reached {_g(gn_spike)} at the spike, {_g(gn_spike / p90)}x the 90th "
-                f"percentile {_g(p90)} of the norms before it{periodic}",
+                f"percentile {_g(p90)} of the norms before it{periodic}{fast_note}",
                 f"{_clip_fix(clip, 'before the spike')}, or {_lower_lr(lr)}",
                 LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
     return ("lr_too_high",
             f"the loss jumped to {_g(f.value)} at step {step}{periodic} without a matching gradient explosion "
             f"(gradient norm {_g(gn_spike)}, 90th percentile before {_g(p90)}): a learning rate of {_g(lr)} may be "
-            "too high for this point of training, or the batch was unusual",
+            f"too high for this point of training, or the batch was unusual{fast_note}",
             f"{_lower_lr(lr, 3)} or a decaying schedule; {_clip_fix(clip, 'before the spike')}",
-            UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 1 / 3}] + _clip_configs(clip)})
+            LIKELY if too_fast else UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 1 / 3}] + _clip_configs(clip)})
 
 
 def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
-    _, cfg = _optimizer(trace)
+    opt, cfg = _optimizer(trace)
     step = int(f.step)
+    if opt in ADAM_FAMILY:
+        # A burst of the gradient norm after the loss and the norm fell by orders of magnitude is Adam's v
+        # collapsing (the burst is its consequence), not an explosion that clipnorm would fix.
+        as_spike = dataclasses.replace(f, evidence={**dict(f.evidence), "start": step, "end": step})
+        d = _loss_spike(as_spike, trace)
+        if d[0] == "adam_second_moment":
+            key, cause, fix, conf, numbers = d
+            loss_at = trace.loss[step] if step < trace.steps else math.nan
+            cause = cause.replace(f"before jumping to {_g(f.value)}", f"before the gradient norm burst to {_g(f.value)} "
+                                  f"(loss {_g(float(loss_at))})")
+            return key, cause, fix, conf, numbers
     lr = _lr(trace, step, cfg)
     p90 = _p90_before(trace, step, warmup=_window(trace) // 5)
     clip = _healthy_p90(trace, step)
@@ -488,6 +551,19 @@ def _val_loss(f: Finding, trace: Trace) -> Diagnosis:
     numbers = {"batchnorm_layers": n_bn, "val_reversals": reversals, "train_loss_trend": train_trend,
                "bn_train_infer_gap": gap if isinstance(gap, (int, float)) else None}
     rise = f"the smoothed validation loss rose to {_g(f.value)} from its best {_g(f.evidence.get('best'))}"
+    best_step = int(f.evidence.get("best_step", 0) or 0)
+    w = max(5, _window(trace) // 2)
+    at_best = _median(trace.loss[max(0, best_step - w):best_step + w])
+    at_rise = _median(trace.loss[max(0, int(f.step) - w):int(f.step) + 1])
+    train_rise = at_rise / at_best if at_best > 0 else math.nan
+    numbers["train_loss_rise"] = train_rise
+    if _ok(train_rise, TRAIN_RISE):
+        return ("training_loss_rise",
+                f"{rise}, but the training loss rose too, {_g(train_rise)}x (median {_g(at_best)} around step "
+                f"{best_step} -> {_g(at_rise)} around step {int(f.step)}): training itself went wrong; this is not "
+                "overfitting. See the training-side finding (spike, explosion, collapse) for the cause",
+                "fix the training instability first (see the other findings); then re-check validation",
+                LIKELY, numbers)
     if n_bn:
         moms = info.get("batchnorm_momentum") or []
         mom = f" (now {moms[0]:g})" if moms else ""
@@ -511,9 +587,149 @@ def _val_loss(f: Finding, trace: Trace) -> Diagnosis:
             LIKELY if _ok(-train_trend + 1, 0.5) else UNCERTAIN, numbers)
 
 
+def _stuck(f: Finding, trace: Trace) -> Diagnosis:
+    _, cfg = _optimizer(trace)
+    ev = f.evidence
+    lr = _lr(trace, max(int(f.step), 1), cfg)
+    numbers: dict[str, Any] = {"learning_rate": lr, "update_ratio": ev.get("update_ratio_tail")}
+    if f.kind == "no_gradient":
+        names = ", ".join(ev.get("variables", [])[:5])
+        return ("no_gradient",
+                f"{names} never received a gradient: not connected to the loss (a layer built but not used in call(), "
+                "an output without a loss), or fed only by dead units (all-zero activations)",
+                "check that the layer is used on the path to the loss (model.summary(), keras.utils.plot_model); "
+                "if its inputs are dead ReLUs, use LeakyReLU/GELU or he_normal initialisation; if it is meant to be "
+                "fixed, set layer.trainable = False",
+                LIKELY, numbers)
+    if f.kind == "no_update":
+        names = ", ".join(ev.get("variables", [])[:5])
+        return ("no_update",
+                f"{names} received gradients but never changed: a learning rate of 0 (now {_g(lr)}), a schedule at 0, "
+                "or an optimizer/train_step that skips these variables",
+                "check the learning rate and schedule, and that the optimizer is given all trainable variables",
+                LIKELY, numbers)
+    if ev.get("slow_updates") and not (ev.get("zero_grad") or ev.get("vanished")):
+        return ("updates_too_small",
+                f"the weights hardly move: median |dw|/|w| {_g(ev.get('update_ratio_tail'))} per step while the "
+                f"loss stays at {_g(f.value)} (initially {_g(ev.get('initial_loss'))}): the learning rate "
+                f"{_g(lr)} is too low for this model",
+                f"a larger learning rate: learning_rate={lr * 10:.2g} (now {lr:.2g})" if _ok(lr, 1e-30)
+                else "a larger learning rate",
+                LIKELY, {**numbers, "fix_configs": [{"learning_rate_factor": 10.0}]})
+    if f.kind == "collapsed":
+        return ("collapsed_output",
+                f"the loss sits at {_g(f.value)} (relative std {_g(ev.get('rel_std'))}) from step {f.step}, "
+                f"never below {100 * (1 - 0.5):.0f} % of its initial {_g(ev.get('initial_loss'))}: the model outputs "
+                "a constant (a saturated sigmoid/softmax, dead units, or a loss that rewards a constant such as an "
+                "empty segmentation mask)",
+                "pair the output and the loss (from_logits=True with a linear last layer), initialise the last "
+                "layer's bias near the label prior, scale the inputs to ~unit range, and lower the learning rate if "
+                "it collapsed after a blow-up",
+                LIKELY if ev.get("zero_grad") or ev.get("vanished") else UNCERTAIN, numbers)
+    return ("vanished_gradients",
+            f"the gradients {'are exactly 0' if ev.get('zero_grad') else 'vanished'} from step {f.step} while the loss "
+            f"stays at {_g(f.value)} (initially {_g(ev.get('initial_loss'))}): dead ReLUs or saturated outputs, "
+            "nothing learns",
+            "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers, normalised inputs, a lower learning "
+            "rate (a blow-up kills units), from_logits=True instead of a saturated sigmoid/softmax",
+            LIKELY, numbers)
+
+
 def _unknown(f: Finding, trace: Trace) -> Diagnosis:
     del trace
     return ("unknown", f"no diagnosis rule for check {f.check!r}", "", UNCERTAIN, {})
 
 
-_RULES = {"nonfinite": _nonfinite, "loss_spike": _loss_spike, "grad_norm": _grad_norm, "val_loss": _val_loss}
+_RULES = {"nonfinite": _nonfinite, "loss_spike": _loss_spike, "grad_norm": _grad_norm, "val_loss": _val_loss,
+          "stuck": _stuck}
+
+
+
+# -- one primary cause per run -------------------------------------------------
+
+#: within one event, which check's finding leads (lower first): the data, then divergence to NaN, then the
+#: loss, the gradient, a stuck run, variables that never learn, and validation last.
+_CHECK_ORDER = {"nonfinite": 0, "loss_spike": 1, "grad_norm": 2, "stuck": 3, "val_loss": 5}
+#: findings about the model's structure, not an event of training: they lead only when nothing else happened.
+_STRUCTURAL = ("no_gradient", "no_update")
+
+
+def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
+    """Order a run's findings so the first one is its primary cause: the earliest root event.
+
+    Args:
+        findings: :class:`Finding` objects, or :class:`~pytest_stability.checks.CheckResult` objects
+            (their findings are used); diagnosed or not (undiagnosed ones are diagnosed here).
+        trace: the trace they were found in.
+
+    Returns:
+        The diagnosed findings, primary first, each with ``evidence["rank"]`` (0 = primary),
+        ``evidence["primary"]``, and, on findings that are consequences of an earlier root event,
+        ``evidence["consequence_of"]`` (``"loss_spike@148"``).  The primary also carries
+        ``evidence["alternative_causes"]``: the other cause keys named for the same event (empty when the
+        findings agree); its ``confidence`` says whether the cause is certain.
+
+    The rules:
+
+    * training events (``nonfinite``, ``loss_spike``, ``grad_norm``, a ``stuck`` run) are roots, ordered
+      by step; findings within :data:`EVENT_GAP` steps of the earliest are the same event, and the one
+      whose cause is ``likely`` leads it (then the earliest, then the check earlier in ``nonfinite,
+      loss_spike, grad_norm, stuck``);
+    * a ``val_loss`` finding measured at or after a training event is its consequence (a blow-up
+      outranks the validation rise it causes); one measured before every training event is a root;
+    * variables that never learn (``no_gradient``, ``no_update``) lead only when nothing else was found.
+
+    Example:
+        >>> primary = rank_findings(run_checks(trace), trace)[0]
+        >>> primary.check, primary.evidence["cause_key"], primary.confidence
+        ('loss_spike', 'adam_second_moment', 'likely')
+    """
+    flat: list[Finding] = []
+    for item in findings:
+        if isinstance(item, Finding):
+            flat.append(item)
+        elif hasattr(item, "findings"):
+            flat.extend(item.findings)
+        else:
+            raise TypeError(f"rank_findings() expects Finding or CheckResult objects, received {type(item).__name__}")
+    todo = [f for f in flat if "cause_key" not in f.evidence]
+    done = iter(diagnose(todo, trace)) if todo else iter(())
+    flat = [next(done) if "cause_key" not in f.evidence else f for f in flat]
+    if not flat:
+        return []
+
+    def order(f: Finding) -> tuple[int, int]:
+        return (0 if f.confidence == LIKELY else 1, _CHECK_ORDER.get(f.check, 4))
+
+    training = sorted((f for f in flat if f.check != "val_loss" and f.kind not in _STRUCTURAL),
+                      key=lambda f: (f.step, order(f)))
+    first = training[0].step if training else math.inf
+    val = [f for f in flat if f.check == "val_loss"]
+    roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (f.step, order(f)))
+    structural = [f for f in flat if f.kind in _STRUCTURAL]
+    if not roots:
+        roots, structural = structural, []
+    event = [f for f in roots if f.step <= roots[0].step + EVENT_GAP]
+    primary = min(event, key=lambda f: (order(f)[0], f.step, order(f)[1]))
+    rest = [f for f in roots if f is not primary] + structural + [f for f in val if f not in roots]
+    alternatives = sorted({f.evidence["cause_key"] for f in event if f is not primary}
+                          - {primary.evidence["cause_key"]})
+    out = []
+    for rank, f in enumerate([primary] + rest):
+        ev = {**dict(f.evidence), "rank": rank, "primary": rank == 0}
+        if rank == 0:
+            ev["alternative_causes"] = alternatives
+        elif f.check == "val_loss" and training and f.step >= first:
+            root = training[0] if training[0] in event else min(training, key=lambda x: x.step)
+            ev["consequence_of"] = f"{primary.check}@{primary.step}" if primary in training else \
+                f"{root.check}@{root.step}"
+        elif f in event:
+            ev["consequence_of"] = f"{primary.check}@{primary.step}"
+        out.append(dataclasses.replace(f, evidence=ev))
+    return out
+
+
+def primary_finding(findings: Sequence[Any], trace: Trace) -> Finding | None:
+    """The run's primary finding (the headline), or None when there is none; see :func:`rank_findings`."""
+    ranked = rank_findings(findings, trace)
+    return ranked[0] if ranked else None

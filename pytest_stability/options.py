@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 from .report.baseline import TOLERANCE_DEFAULTS  # light: math only
 from .thresholds import Thresholds
 
-CHECK_NAMES = ("loss_spike", "nonfinite", "grad_norm", "val_loss")
+CHECK_NAMES = ("loss_spike", "nonfinite", "grad_norm", "val_loss", "stuck")
 #: Threshold defaults live on checks.base.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")

@@ -1,11 +1,11 @@
-"""The four stability checks: pure numpy functions over a :class:`~pytest_stability.trace.Trace`.
+"""The five stability checks: pure numpy functions over a :class:`~pytest_stability.trace.Trace`.
 
 >>> import numpy as np
 >>> from pytest_stability.checks import run_checks
 >>> from pytest_stability.trace import Trace
->>> loss = np.exp(-np.linspace(0, 3, 200)); loss[150] = 10.0
+>>> loss = np.exp(-np.linspace(0, 3, 200)); loss[150:156] = 10.0
 >>> [r.status for r in run_checks(Trace(loss=loss))]
-['failed', 'passed', 'skipped', 'skipped']
+['failed', 'passed', 'skipped', 'skipped', 'passed']
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 from .gradients import check_grad_norm
 from .nonfinite import check_nonfinite
 from .spikes import check_loss_spike, spike_scores
+from .stuck import check_stuck
 from .validation import check_val_loss, smooth
 
 CheckFn = Callable[[Trace, Thresholds], CheckResult]
@@ -28,6 +29,7 @@ CHECKS: dict[str, CheckFn] = {
     "nonfinite": check_nonfinite,
     "grad_norm": check_grad_norm,
     "val_loss": check_val_loss,
+    "stuck": check_stuck,
 }
 
 
@@ -36,7 +38,7 @@ def run_checks(trace: Trace, thresholds: Thresholds | None = None,
     """Run the named checks (all by default) over ``trace``.
 
     Checks not selected are returned as skipped ("not selected") so reports
-    always list all four.  When training stopped early at a non-finite value,
+    always list all of them.  When training stopped early at a non-finite value,
     the other checks judge only the steps before it.
     """
     thresholds = thresholds or Thresholds()
@@ -55,6 +57,6 @@ def run_checks(trace: Trace, thresholds: Thresholds | None = None,
 
 __all__ = [
     "CHECKS", "FAILED", "PASSED", "SKIPPED", "CheckResult", "Finding", "Thresholds",
-    "check_grad_norm", "check_loss_spike", "check_nonfinite", "check_val_loss",
+    "check_grad_norm", "check_loss_spike", "check_nonfinite", "check_stuck", "check_val_loss",
     "run_checks", "smooth", "spike_scores",
 ]

@@ -31,6 +31,19 @@ A run that ends stuck (a flat loss, or gradients that vanished) at a level
 ``spike_ratio`` x above its best (a rise too gradual, too early or too noisy
 for either rule) is reported as a collapse (see :func:`_collapse`).
 
+A spike must show that the model changed: a single hard batch at a small batch
+size (one step far above its median, the next steps back to normal) is not
+instability.  An event (below) starting at step ``t`` is *confirmed* when the
+median of ``loss[t+1 : t+1+CONFIRM_STEPS]`` stays elevated: more than
+``CONFIRM_RATIO`` x the trailing median and more than ``CONFIRM_Z`` robust
+deviations above it (in log space; in linear space the z condition alone).
+With fewer than ``CONFIRM_STEPS`` steps after it (a spike on the very last
+steps), an event is confirmed when every step that follows is elevated, or
+when it is *extreme*: ratio at least ``EXTREME_FACTOR`` x ``spike_ratio``
+(30x by default) and z at least twice ``spike_zscore``.  Unconfirmed events
+are not findings; ``stats["outliers"]`` lists their steps.  A level shift
+is confirmed by construction (its next steps are all high).
+
 Consecutive spike steps less than one window apart form one *event*.  An event
 whose following window keeps a median above ``spike_ratio`` x the pre-spike
 level did not recover (``kind="spike_no_recovery"``); if training is then
@@ -60,6 +73,14 @@ STUCK_RTOL = 0.01
 #: median gradient norm after an event / 90th percentile before it at or below which the gradients "vanished"
 #: (dead ReLUs or a saturated sigmoid give exactly 0; the loss can still vary from batch to batch).
 VANISHED = 1e-3
+#: steps after a spike whose median must stay elevated for the spike to count (the model changed).
+CONFIRM_STEPS = 5
+#: ...by this factor over the trailing median,
+CONFIRM_RATIO = 1.5
+#: ...and this many robust deviations (a single hard batch at batch size 2-8 comes straight back).
+CONFIRM_Z = 3.0
+#: a spike with too few steps after it to confirm fails when its ratio is this x spike_ratio (and z 2x the limit).
+EXTREME_FACTOR = 10.0
 
 
 def _trailing_windows(values: np.ndarray, window: int) -> np.ndarray:
@@ -134,6 +155,9 @@ def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> dict[str, np.ndarr
         "shift": shift,
         "log_space": log_space,
         "initial_level": initial_level,
+        "median": med,
+        "scale": scale,
+        "values": values,
     }
 
 
@@ -280,6 +304,39 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
     )
 
 
+def _confirm(sc: dict[str, Any], start: int, peak: int, t: Thresholds) -> dict[str, Any]:
+    """Whether the loss stayed up after the event starting at ``start`` (see the module docstring)."""
+    values, med, scale = sc["values"], sc["median"], sc["scale"]
+    m, sd = float(med[start]), float(scale[start])
+    nxt = values[start + 1:start + 1 + CONFIRM_STEPS]
+    nxt = nxt[np.isfinite(nxt)]
+    log_space = sc["log_space"]
+
+    def elevated(x: np.ndarray | float) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        up = (x - m) / sd > CONFIRM_Z
+        return up & (x - m > np.log(CONFIRM_RATIO)) if log_space else up
+
+    out: dict[str, Any] = {"confirmed": False, "how": None, "after_ratio": None, "after_z": None}
+    if nxt.size:
+        mid = float(np.median(nxt))
+        out["after_z"] = (mid - m) / sd
+        out["after_ratio"] = float(np.exp(mid - m)) if log_space else None
+    if nxt.size >= CONFIRM_STEPS:
+        if bool(elevated(float(np.median(nxt)))):
+            out.update(confirmed=True, how="elevated")
+        return out
+    # too few steps after it to tell: every one of them elevated, or an extreme spike
+    if nxt.size and bool(np.all(elevated(nxt))):
+        out.update(confirmed=True, how="elevated")
+        return out
+    z, ratio = float(sc["z"][peak]), float(sc["ratio"][peak])
+    extreme = z >= 2 * t.spike_zscore and (not log_space or ratio >= EXTREME_FACTOR * t.spike_ratio)
+    if extreme:
+        out.update(confirmed=True, how="extreme")
+    return out
+
+
 def _events(flag: np.ndarray, gap: int) -> list[tuple[int, int]]:
     """Group flagged steps into (start, end) events separated by more than ``gap``."""
     steps = np.flatnonzero(flag)
@@ -320,9 +377,14 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     max_ratio = float(np.nanmax(np.where(judged, ratio, np.nan))) if judged.any() and sc["log_space"] else None
     max_z = float(np.nanmax(np.where(judged, z, np.nan))) if judged.any() else None
     findings = []
+    outliers = []
     for start, end in _events(flag, t.spike_window):
         seg = slice(start, end + 1)
         peak = start + int(np.nanargmax(np.where(flag[seg], loss[seg], -np.inf)))
+        confirm = _confirm(sc, start, peak, t)
+        if not (confirm["confirmed"] or bool(sc["shift"][seg].any())):
+            outliers.append(int(peak))
+            continue
         base = float(baseline[start])
         after = loss[end + 1:end + 1 + t.spike_window]
         after = after[np.isfinite(after)]
@@ -370,6 +432,9 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                     "level_shift": shifted,
                     "initial_loss": sc["initial_level"],
                     "min_loss_before": float(np.nanmin(loss[:start])) if start else None,
+                    "confirmed_by": confirm["how"],
+                    "after_ratio": confirm["after_ratio"],
+                    "after_z": confirm["after_z"],
                 },
             )
         )
@@ -386,5 +451,5 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             ev = dict(f.evidence)
             ev.update(n_events=len(findings), mean_interval=float(np.mean(gaps)), interval_cv=cv)
             findings[i] = Finding(**{**f.__dict__, "evidence": ev})
-    stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings)}
+    stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings), "outliers": outliers}
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)

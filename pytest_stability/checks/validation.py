@@ -7,7 +7,24 @@ when
 
     s_j - best_j > max(val_min_delta, val_tolerance * |best_j|)
 
-i.e. like Keras ``EarlyStopping``'s ``min_delta`` plus a relative tolerance.
+i.e. like Keras ``EarlyStopping``'s ``min_delta`` plus a relative tolerance,
+and, on top of both, by more than the curve's own noise: ``best_j x
+(exp(VAL_NOISE_K x sigma) - 1)``, where ``sigma`` is the robust noise of one
+measurement of ``log(v)``, from its second differences (1.4826 x their MAD /
+sqrt(6), which a U-shaped trend does not inflate; 0 with fewer than
+``VAL_NOISE_MIN`` = 8 measurements or a non-positive loss).  A small validation set (32-64 samples)
+makes the curve wiggle 13-33 %, which the relative tolerance alone mistook for
+a rise.
+
+A rise over that limit fails only when it **persists** (``VAL_PERSIST``
+consecutive measurements over it) or is **unmistakable** (``VAL_JUMP`` x the
+limit, caught at once, even on the last measurement).  A shorter, smaller
+excursion that comes back is not a failure; it is reported in ``stats``
+(``transient``: after how many steps, how far).  A failure that came back
+down afterwards (a BatchNorm pit, a late recovery) is ``kind="excursion"``,
+one that did not is ``kind="rise"``.  The step reported is the first
+measurement of the stretch over the limit.
+
 Without validation data the check is *skipped*, never passed.
 """
 
@@ -19,6 +36,30 @@ from ..trace import Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 
 NAME = "val_loss"
+#: a rise must exceed this many noise sigmas (of one log-measurement) above the best smoothed value.
+VAL_NOISE_K = 2.5
+#: consecutive measurements over the limit that make a rise persistent.
+VAL_PERSIST = 3
+#: a rise this many times the limit fails without waiting for persistence.
+VAL_JUMP = 2.0
+#: fewer measurements than this: the noise cannot be measured (the jumps would be their own noise).
+VAL_NOISE_MIN = 8
+
+
+def noise_sigma(values: np.ndarray) -> float:
+    """Robust noise of one measurement of a positive curve, in log space (0 when it cannot be measured).
+
+    From the second differences of ``log(values)``: a falling-then-rising
+    (U-shaped) trend has second differences near 0 except at its bend, so
+    only the wiggles count as noise.  For independent noise of std ``sigma``
+    a second difference has std ``sqrt(6) sigma``: ``sigma = 1.4826 x MAD /
+    sqrt(6)``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape[0] < VAL_NOISE_MIN or not np.all(v > 0):
+        return 0.0
+    dd = np.diff(np.log(v), n=2)
+    return float(1.4826 * np.median(np.abs(dd - np.median(dd))) / np.sqrt(6.0))
 
 
 def smooth(values: np.ndarray, smoothing: float) -> np.ndarray:
@@ -49,23 +90,53 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
         return CheckResult(NAME, SKIPPED, detail="fewer than 2 finite validation measurements")
     s = smooth(v, t.val_smoothing)
     best = np.minimum.accumulate(s)
-    allowed = np.maximum(t.val_min_delta, t.val_tolerance * np.abs(best))
+    sigma = noise_sigma(v)
+    noise = np.abs(best) * np.expm1(VAL_NOISE_K * sigma)
+    allowed = np.maximum(np.maximum(t.val_min_delta, t.val_tolerance * np.abs(best)), noise)
     rise = s - best
     trend = float((s[-1] - s[0]) / abs(s[0])) if s[0] != 0 else None
     stats = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
-             "max_rise": float(np.max(rise / np.maximum(np.abs(best), 1e-12)))}
+             "max_rise": float(np.max(rise / np.maximum(np.abs(best), 1e-12))), "noise_sigma": sigma,
+             "transient": []}
     over = rise > allowed
-    if not over.any():
+    n = v.shape[0]
+    j = None
+    i = 0
+    while i < n:
+        if not over[i]:
+            i += 1
+            continue
+        k = i
+        while k < n and over[k]:
+            k += 1
+        if k - i >= VAL_PERSIST or bool(np.any(rise[i:k] > VAL_JUMP * allowed[i:k])):
+            j = i
+            break
+        stats["transient"].append({"step": int(steps[i]), "steps": int(steps[k - 1] - steps[i]),
+                                   "rise": float(np.max(rise[i:k]) / max(abs(float(best[i])), 1e-12)),
+                                   "recovered": k < n})
+        i = k
+    if j is None:
         return CheckResult(NAME, PASSED, stats=stats)
-    j = int(np.argmax(over))
+    k = j
+    while k < n and over[k]:
+        k += 1
     jb = int(np.argmin(s[:j + 1]))
-    peak_j = j + int(np.argmax(s[j:]))
+    peak_j = j + int(np.argmax(s[j:k]))
+    recovered = k < n and bool(s[-1] - best[-1] <= allowed[-1])
+    persisted = k - j >= VAL_PERSIST
+    why = (f"for {k - j} consecutive measurements" if persisted
+           else f"by more than {VAL_JUMP:g}x the limit")
     msg = (f"smoothed validation loss {s[j]:.4g} after {int(steps[j])} steps rose "
-           f"{rise[j]:.4g} above its best {best[j]:.4g} (after {int(steps[jb])} steps); "
-           f"limit {allowed[j]:.4g} (val_tolerance={t.val_tolerance:g}, val_min_delta={t.val_min_delta:g})")
+           f"{rise[j]:.4g} above its best {best[j]:.4g} (after {int(steps[jb])} steps) and stayed over the limit "
+           f"{allowed[j]:.4g} {why}, peaking at {s[peak_j]:.4g} (limit: the largest of val_tolerance={t.val_tolerance:g} "
+           f"x best, val_min_delta={t.val_min_delta:g}, and {VAL_NOISE_K:g} noise sigmas of the curve, "
+           f"sigma {sigma:.3g} in log space)")
+    if recovered:
+        msg += "; it came back down afterwards (a pit that recovered)"
     finding = Finding(
         check=NAME,
-        kind="rise",
+        kind="excursion" if recovered else "rise",
         step=int(steps[j]),
         value=float(s[j]),
         limit=float(best[j] + allowed[j]),
@@ -76,7 +147,11 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
             "raw": float(v[j]),
             "peak_smoothed": float(s[peak_j]),
             "final_smoothed": float(s[-1]),
-            "recovered": bool(s[-1] - best[-1] <= allowed[-1]),
+            "recovered": recovered,
+            "persisted": persisted,
+            "measurements_over": int(k - j),
+            "noise_sigma": sigma,
+            "noise_limit": float(noise[j]),
         },
     )
     return CheckResult(NAME, FAILED, (finding,), stats=stats)

@@ -1,4 +1,4 @@
-"""Adversarial unit tests of the four numeric checks (no TensorFlow)."""
+"""Adversarial unit tests of the numeric checks (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -27,12 +27,48 @@ def test_spike_healthy_noisy_loss_passes():
 
 
 def test_spike_detected_at_its_step():
+    # a real spike: the loss stays up (~10x) for the next steps while the model recovers
     loss = _noisy_decay()
     loss[200] = 5.0
+    loss[201:210] *= 10.0
     r = check_loss_spike(Trace(loss=loss))
     assert r.status == "failed"
     assert r.findings[0].step == 200
     assert r.findings[0].evidence["ratio"] > 3
+    assert r.findings[0].evidence["confirmed_by"] == "elevated" and r.findings[0].evidence["after_ratio"] > 5
+
+
+def test_spike_lone_hard_batch_passes():
+    # one step 5x its trailing median at a small batch size, the next steps back to normal: not instability
+    rng = np.random.default_rng(0)
+    loss = 0.4 * np.exp(0.05 * rng.normal(size=300))
+    loss[200] = 2.0
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.status == "passed" and r.stats["outliers"] == [200]
+    assert r.stats["max_ratio"] > 4.5 and r.stats["max_zscore"] > Thresholds().spike_zscore  # it *was* flagged
+
+
+def test_spike_followed_by_elevated_loss_fails_but_a_lone_one_of_the_same_size_does_not():
+    rng = np.random.default_rng(1)
+    base = 0.4 * np.exp(0.05 * rng.normal(size=300))
+    lone = base.copy()
+    lone[150] = 2.0
+    real = lone.copy()
+    real[151:156] = [1.5, 1.2, 1.0, 0.9, 0.8]  # the update changed the model: 2-4x for five steps
+    assert check_loss_spike(Trace(loss=lone)).status == "passed"
+    r = check_loss_spike(Trace(loss=real))
+    assert r.failed and r.findings[0].step == 150 and r.findings[0].evidence["recovered"] is True
+
+
+def test_spike_on_the_last_steps_fails_only_when_extreme():
+    loss = 0.4 * np.exp(0.05 * np.random.default_rng(2).normal(size=300))
+    mild = loss.copy()
+    mild[-2] = 2.0  # 5x, one step after it, back to normal: unconfirmable, not extreme
+    assert check_loss_spike(Trace(loss=mild)).status == "passed"
+    extreme = loss.copy()
+    extreme[-2] = 40.0  # 100x
+    r = check_loss_spike(Trace(loss=extreme))
+    assert r.failed and r.findings[0].evidence["confirmed_by"] == "extreme"
 
 
 def test_spike_on_last_step_detected():
@@ -59,6 +95,7 @@ def test_spike_negative_losses_use_linear_space():
     rng = np.random.default_rng(1)
     loss = -1.0 + 0.01 * rng.normal(size=200)
     loss[150] = 2.0
+    loss[151:156] = 1.0  # stays up
     r = check_loss_spike(Trace(loss=loss))
     assert r.failed and r.findings[0].step == 150
     assert r.stats["max_ratio"] is None
@@ -316,3 +353,155 @@ def test_a_run_that_comes_back_down_and_ends_flat_is_not_stuck():
     f = check_loss_spike(Trace(loss=loss)).findings[0]
     assert f.step == 300 and f.evidence["recovered"] is False
     assert f.evidence["stuck"] is False and "stuck" not in f.message
+
+
+# -- val_loss judged against its own noise (issue 10) ---------------------------
+
+def _bn_seed0_val():
+    # the raw validation curve of benchmarks/scenarios.py bn_small_batch, seed 0 (measured with this worktree's
+    # engine): BatchNorm at batch 2 wanders, then ends 40-65 % above its best for five measurements
+    return [0.739, 0.787, 0.823, 0.782, 0.660, 0.585, 0.535, 0.548, 0.511, 0.453, 0.501, 0.481, 0.471, 0.548, 0.632,
+            0.524, 0.489, 0.495, 0.517, 0.488, 0.445, 0.394, 0.394, 0.465, 0.392, 0.404, 0.561, 0.579, 0.656, 0.509,
+            0.655]
+
+
+def test_val_noisy_flat_small_validation_set_passes():
+    # 13 measurements wiggling ~15 % (i.i.d. in log space) around a flat or falling level, 20 seeds: the
+    # smoothed curve rises 13-33 % above its running best in most of them, which the old rule failed
+    judged = passed = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        v = np.linspace(0.6, 0.6 if seed % 2 else 0.45, 13) * np.exp(0.15 * rng.normal(size=13))
+        r = check_val_loss(_val(v))
+        if r.stats["max_rise"] > Thresholds().val_tolerance:  # the old fixed-tolerance rule fails these
+            judged += 1
+            passed += r.status == "passed"
+            assert r.stats["noise_sigma"] > 0.05
+    assert judged >= 12 and passed >= judged - 1, (judged, passed)
+
+
+def test_val_real_climb_fails_early_and_names_its_start():
+    # falls, then climbs steadily 8 % per measurement with 2 % noise: overfitting
+    rng = np.random.default_rng(0)
+    v = np.concatenate([np.geomspace(1.0, 0.5, 8), 0.5 * 1.08 ** np.arange(1, 9)]) * np.exp(0.02 * rng.normal(size=16))
+    r = check_val_loss(_val(v))
+    assert r.failed and r.findings[0].kind == "rise"
+    f = r.findings[0]
+    # the first measurement over the limit is two or three climbs after the bottom (steps 90-110)
+    assert 80 <= f.step <= 110, f.step
+    assert f.evidence["persisted"] is True and f.evidence["recovered"] is False
+
+
+def test_val_recovering_pit_is_reported_as_excursion():
+    # a flat, quiet curve with one large pit-and-peak (3x for two measurements) that comes back
+    v = [0.5] * 6 + [1.5, 1.5] + [0.5] * 8
+    r = check_val_loss(_val(v))
+    assert r.failed and r.findings[0].kind == "excursion"
+    assert r.findings[0].evidence["recovered"] is True and r.findings[0].step == 60
+    assert "came back down" in r.findings[0].message
+
+
+def test_val_small_transient_is_noted_not_failed():
+    # a 20 % bump for two measurements on a quiet curve: over the tolerance once, not persistent, not a jump
+    v = [0.5, 0.49, 0.5, 0.5, 0.49, 0.5, 0.6, 0.6, 0.5, 0.5, 0.49, 0.5]
+    r = check_val_loss(_val(v))
+    assert r.status == "passed"
+    (tr,) = r.stats["transient"]
+    assert tr["step"] == 70 and tr["recovered"] is True and tr["rise"] > 0.1
+
+
+def test_val_batchnorm_small_batch_curve_still_fails():
+    r = check_val_loss(_val(_bn_seed0_val()))
+    assert r.failed and r.findings[0].step >= 260
+
+
+# -- stuck: dead from the first step, and variables that never learn (issue 10) -----
+
+from pytest_stability.checks.stuck import check_stuck  # noqa: E402
+
+
+def test_stuck_dead_from_the_start_fails_without_validation_data():
+    # dead ReLUs from step 0: the loss varies with the batch around its initial level, the gradients are exactly 0
+    rng = np.random.default_rng(0)
+    loss = 0.9 * (1 + 0.05 * rng.normal(size=200))
+    r = check_stuck(Trace(loss=loss, grad_norm=np.zeros(200)))
+    assert r.failed
+    (f,) = r.findings
+    assert f.kind == "stuck" and f.step == 0 and f.evidence["zero_grad"] is True
+    assert "exactly 0 from step 0" in f.message
+    # and the whole run fails on it, with no validation data
+    assert [x.name for x in run_checks(Trace(loss=loss, grad_norm=np.zeros(200))) if x.failed] == ["stuck"]
+
+
+def test_stuck_collapsed_constant_output_from_the_start():
+    # a segmentation net whose sigmoid saturated at init: constant loss, tiny but non-zero gradients
+    loss = np.full(300, 0.97) + 1e-5 * np.random.default_rng(1).normal(size=300)
+    g = np.full(300, 1e-9)
+    r = check_stuck(Trace(loss=loss, grad_norm=g))
+    assert r.failed and r.findings[0].kind == "collapsed" and r.findings[0].step == 0
+    assert "collapsed to a constant loss" in r.findings[0].message
+
+
+def test_stuck_gradients_vanish_before_the_loss_ever_falls():
+    rng = np.random.default_rng(2)
+    loss = 0.7 * np.exp(0.05 * rng.normal(size=300))
+    g = np.concatenate([0.5 * np.exp(0.2 * rng.normal(size=100)), np.full(200, 1e-6)])
+    (f,) = check_stuck(Trace(loss=loss, grad_norm=g)).findings
+    assert f.kind == "stuck" and f.evidence["vanished"] is True and f.step == 100
+
+
+def test_stuck_healthy_run_converging_to_zero_with_tiny_gradients_passes():
+    # full batch: the loss falls to ~1e-8, flat, and the gradients fall 1e6x: converged, not stuck
+    loss = np.geomspace(1.0, 1e-8, 400)
+    loss[300:] = 1e-8
+    g = np.geomspace(1.0, 1e-6, 400)
+    r = check_stuck(Trace(loss=loss, grad_norm=g, update_ratio=np.geomspace(1e-2, 1e-9, 400)))
+    assert r.status == "passed", r.findings
+
+
+def test_stuck_noisy_healthy_minibatch_run_passes():
+    rng = np.random.default_rng(3)
+    loss = 0.69 * np.exp(-np.linspace(0, 0.4, 300)) * np.exp(0.2 * rng.normal(size=300))  # fell only ~33 %
+    g = np.exp(0.3 * rng.normal(size=300))
+    assert check_stuck(Trace(loss=loss, grad_norm=g, update_ratio=np.full(300, 1e-3))).status == "passed"
+
+
+def test_stuck_updates_too_small():
+    rng = np.random.default_rng(4)
+    loss = 0.7 * np.exp(0.05 * rng.normal(size=200))
+    r = check_stuck(Trace(loss=loss, grad_norm=np.exp(0.2 * rng.normal(size=200)), update_ratio=np.full(200, 1e-8)))
+    assert r.failed and r.findings[0].evidence["slow_updates"] is True and "too small" in r.findings[0].message
+
+
+def _vars(n=100, grad_zero=(), update_zero=()):
+    rng = np.random.default_rng(5)
+    vg = np.exp(0.2 * rng.normal(size=(n, 3)))
+    vu = np.full((n, 3), 1e-3)
+    for i in grad_zero:
+        vg[:, i] = 0.0
+        vu[:, i] = 0.0
+    for i in update_zero:
+        vu[:, i] = 0.0
+    return Trace(loss=np.geomspace(1.0, 0.1, n), grad_norm=np.sqrt((vg ** 2).sum(1)), var_grad_norms=vg,
+                 var_names=("dense/kernel", "unused/kernel", "head/bias"), var_update_ratio=vu)
+
+
+def test_a_variable_that_never_gets_a_gradient_is_a_finding():
+    r = check_stuck(_vars(grad_zero=(1,)))
+    assert r.failed
+    (f,) = r.findings
+    assert f.kind == "no_gradient" and f.evidence["variables"] == ["unused/kernel"]
+    assert "unused/kernel" in f.message and "1 of 3" in f.message
+
+
+def test_a_variable_that_never_changes_is_a_finding():
+    (f,) = check_stuck(_vars(update_zero=(2,))).findings
+    assert f.kind == "no_update" and f.evidence["variables"] == ["head/bias"]
+
+
+def test_a_variable_with_some_zero_gradients_is_fine_and_missing_arrays_are_skipped():
+    t = _vars()
+    t.var_grad_norms[:50, 1] = 0.0  # dead for a while, then learning
+    assert check_stuck(t).status == "passed"
+    # a user's own trace without per-variable arrays: no coverage judgement, no error
+    assert check_stuck(Trace(loss=np.geomspace(1.0, 0.1, 100))).status == "passed"

@@ -1,0 +1,179 @@
+"""``stuck``: training that never got going, or stopped, from the first step on; and parts of the model that never learn.
+
+Judged on the last ``spike_window`` finite steps (the *tail*; at least 10, at
+most half the run) against the initial level ``L0`` (the median loss of the
+first ``warmup_steps``, at least 5 steps).  The run is stuck when the loss
+has **not fallen** by more than ``STUCK_MIN_FALL`` (50 %) of ``L0``
+(``median(tail) > (1 - STUCK_MIN_FALL) x L0``; a loss that converged far
+below its start, however small its gradients, is never stuck) **and** one of:
+
+* ``collapsed``: the tail is flat (relative std <= ``STUCK_RTOL``, 1 %) and
+  not falling (its linear trend loses < 1 % across it): a constant output;
+* ``stuck``: the gradients vanished: the tail's median norm is at most
+  ``VANISHED`` (1e-3) x the 90th percentile of the norms before it, or exactly
+  0 (a net dead from step 0 has no earlier norm to compare with);
+* ``stuck``: the updates are too small to move anything: the tail's median
+  global ``|dw|/|w|`` (``trace.update_ratio``) is at most ``UPDATE_TOO_SLOW``
+  (1e-6).
+
+The finding's step is where the stuck stretch began (0 for a run dead from
+the start).  Needs ``warmup_steps + 20`` steps.
+
+Coverage, per trainable variable (only when the trace has the arrays; traces
+from a user's own loop without them are not judged): a variable whose gradient
+norm is exactly 0 at every finite step never receives a gradient
+(``kind="no_gradient"``: disconnected from the loss, or fed only by dead
+units); one whose ``var_update_ratio`` is exactly 0 at every step never
+changes (``kind="no_update"``: a learning rate of 0, an optimizer that skips
+it).  One finding per kind, naming the variables.  Needs 10 steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..trace import Trace
+from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
+from .spikes import STUCK_RTOL, VANISHED
+
+NAME = "stuck"
+#: the loss must have fallen by more than this fraction of its initial level to be "going somewhere".
+STUCK_MIN_FALL = 0.5
+#: median global |dw|/|w| per step at or below which training does not move.
+UPDATE_TOO_SLOW = 1e-6
+#: steps needed for the per-variable coverage rule.
+COVERAGE_MIN_STEPS = 10
+
+
+def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
+    loss = trace.loss
+    n = loss.shape[0]
+    if n < t.warmup_steps + 20:
+        return None
+    w = max(10, min(int(t.spike_window), n // 2))
+    tail_idx = np.arange(n - w, n)
+    tail = loss[tail_idx]
+    if not np.all(np.isfinite(tail)):
+        return None  # the nonfinite check owns that
+    head = loss[: max(5, int(t.warmup_steps))]
+    head = head[np.isfinite(head)]
+    if not head.size:
+        return None
+    l0 = float(np.median(head))
+    level = float(np.median(tail))
+    if not level > l0 - STUCK_MIN_FALL * abs(l0):
+        return None
+    scale = max(abs(level), 1e-12)
+    rel_std = float(np.std(tail) / scale)
+    slope = float(np.polyfit(np.arange(w), tail, 1)[0])
+    flat = rel_std <= STUCK_RTOL and -slope * w <= STUCK_RTOL * scale
+    ev: dict[str, Any] = {"initial_loss": l0, "level": level, "rel_std": rel_std, "tail_steps": w,
+                          "flat": flat, "vanished": False, "zero_grad": False, "slow_updates": False}
+    start = None
+    how = []
+    g = trace.grad_norm
+    if g is not None:
+        g_tail = g[tail_idx]
+        g_before = g[: n - w]
+        g_before = g_before[np.isfinite(g_before)]
+        if np.all(np.isfinite(g_tail)):
+            med = float(np.median(g_tail))
+            ev["grad_norm_tail"] = med
+            if np.all(g_tail == 0):
+                ev["zero_grad"] = True
+                alive = np.flatnonzero(~(g[: n - w] == 0))
+                start = int(alive[-1]) + 1 if alive.size else 0
+                how.append(f"the gradient norm is exactly 0 from step {start} on")
+            elif g_before.size:
+                p90 = float(np.percentile(g_before, 90))
+                ev["grad_norm_p90_before"] = p90
+                if p90 > 0 and med <= VANISHED * p90:
+                    ev["vanished"] = True
+                    alive = np.flatnonzero(~(g[: n - w] <= VANISHED * p90))
+                    start = int(alive[-1]) + 1 if alive.size else 0
+                    how.append(f"the gradients vanished: median norm {med:.3g} over the last {w} steps, "
+                               f"<= {VANISHED:g}x their earlier 90th percentile {p90:.3g}")
+    u = trace.update_ratio
+    if u is not None:
+        u_tail = u[tail_idx]
+        u_tail = u_tail[np.isfinite(u_tail)]
+        if u_tail.size:
+            um = float(np.median(u_tail))
+            ev["update_ratio_tail"] = um
+            if um <= UPDATE_TOO_SLOW:
+                ev["slow_updates"] = True
+                fast = np.flatnonzero(~(u[: n - w] <= UPDATE_TOO_SLOW))
+                s = int(fast[-1]) + 1 if fast.size else 0
+                start = s if start is None else min(start, s)
+                how.append(f"the updates are too small to move the weights: median |dw|/|w| {um:.2g} per step "
+                           f"(<= {UPDATE_TOO_SLOW:g})")
+    if flat:
+        far = np.flatnonzero(~(np.abs(loss[: n - w] - level) <= max(3 * STUCK_RTOL * scale, 3 * float(np.std(tail)))))
+        s = int(far[-1]) + 1 if far.size else 0
+        start = s if start is None else min(start, s)
+        how.insert(0, f"the loss is flat at {level:.4g} (relative std {rel_std:.1e} over the last {w} steps)")
+    if not how:
+        return None
+    kind = "collapsed" if flat else "stuck"
+    fell = (l0 - level) / abs(l0) if l0 else 0.0
+    what = ("training collapsed to a constant loss" if flat else "training is stuck")
+    msg = (f"{what} from step {start}: " + "; ".join(how)
+           + f"; the loss {level:.4g} is {'above' if fell < 0 else f'only {fell:.0%} below'} its initial level "
+           f"{l0:.4g} (stuck unless it fell more than {STUCK_MIN_FALL:.0%})")
+    ev["fell"] = fell
+    ev["start"] = start
+    return Finding(check=NAME, kind=kind, step=int(start), value=level,
+                   limit=float(l0 - STUCK_MIN_FALL * abs(l0)), message=msg, evidence=ev)
+
+
+def _coverage(trace: Trace) -> list[Finding]:
+    out = []
+    names = list(trace.var_names)
+    for kind, arr, what in (("no_gradient", trace.var_grad_norms, "never received a gradient (norm exactly 0 at every step)"),
+                            ("no_update", trace.var_update_ratio, "never changed (|dw|/|w| exactly 0 at every step)")):
+        if arr is None or arr.shape[0] < COVERAGE_MIN_STEPS or arr.shape[1] == 0:
+            continue
+        finite = np.isfinite(arr)
+        zero = np.all(np.where(finite, arr == 0, True), axis=0) & np.any(finite, axis=0)
+        if kind == "no_update" and trace.var_grad_norms is not None and trace.var_grad_norms.shape == arr.shape:
+            # a variable without gradient is already reported as such
+            g = trace.var_grad_norms
+            zero &= ~np.all(np.where(np.isfinite(g), g == 0, True), axis=0)
+        idx = np.flatnonzero(zero)
+        if not idx.size:
+            continue
+        vars_ = [names[i] if i < len(names) else f"var{i}" for i in idx]
+        shown = ", ".join(vars_[:5]) + (f" and {len(vars_) - 5} more" if len(vars_) > 5 else "")
+        out.append(Finding(
+            check=NAME, kind=kind, step=0, value=float(len(vars_)), limit=0.0,
+            message=f"{len(vars_)} of {arr.shape[1]} trainable variables {what} over {arr.shape[0]} steps: {shown}",
+            evidence={"variables": vars_, "n_variables": int(arr.shape[1]), "steps": int(arr.shape[0])},
+        ))
+    return out
+
+
+def check_stuck(trace: Trace, thresholds: Thresholds | None = None) -> CheckResult:
+    """Fail when training is stuck or collapsed (even from step 0), or a variable never learns.
+
+    Returns:
+        Findings in step order: ``collapsed`` / ``stuck`` (the run) and
+        ``no_gradient`` / ``no_update`` (variables); ``skipped`` when the
+        trace is too short for both rules.
+    """
+    t = thresholds or Thresholds()
+    n = trace.steps
+    has_vars = trace.var_grad_norms is not None or trace.var_update_ratio is not None
+    if n < t.warmup_steps + 20 and not (has_vars and n >= COVERAGE_MIN_STEPS):
+        return CheckResult(NAME, SKIPPED, detail=f"needs at least {t.warmup_steps + 20} steps, ran {n}")
+    findings = []
+    run = _stuck_run(trace, t)
+    if run is not None:
+        findings.append(run)
+    findings += _coverage(trace)
+    findings.sort(key=lambda f: f.step)
+    stats: dict[str, Any] = {"n_findings": len(findings)}
+    if trace.update_ratio is not None and np.isfinite(trace.update_ratio).any():
+        stats["update_ratio_median"] = float(np.nanmedian(trace.update_ratio))
+    return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)
