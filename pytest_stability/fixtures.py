@@ -4,8 +4,9 @@ Thin on purpose: settings come from :mod:`~pytest_stability.marker`, training
 from :mod:`~pytest_stability.training.engine` (imported lazily: only tests that
 train pay for TensorFlow), verdicts from :mod:`~pytest_stability.checks` and
 :mod:`~pytest_stability.diagnosis`.  After the test, a builtins-only record of
-what happened goes into ``item.stash`` for the session (terminal report, JSON,
-baselines), also when the test crashed.
+what happened (a :class:`~pytest_stability.record.StabilityRecord`) goes into
+``item.stash[RECORD_KEY]`` for the session (terminal report, JSON, baselines),
+also when the test crashed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 
 from .errors import StabilityError, StabilityUsageError
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec
-
-RECORD_KEY = pytest.StashKey[dict]()
+from .record import StabilityRecord
+from .session import RECORD_KEY
 
 
 class Stability:
@@ -77,7 +78,10 @@ class Stability:
                                  steps=steps, seed=seed, sample_weight=sample_weight)
         except StabilityUsageError as exc:
             self.error = str(exc)
-            pytest.fail(f"stability.train(): {exc}", pytrace=False)
+        if self.error is not None:
+            # Failed outside the except block: inside it, pytest would print the usage error twice
+            # ("During handling of the above exception, another exception occurred").
+            pytest.fail(f"stability.train(): {self.error}", pytrace=False)
         self.reports.append(report)
         self._config.hook.pytest_stability_run_finished(nodeid=self.nodeid, report=report)
         if check and not report.ok:
@@ -171,22 +175,10 @@ class Stability:
             parts.append(f"{opt.cli}={text}")
         return " ".join(shlex.quote(p) for p in parts)
 
-    def record(self) -> dict[str, Any]:
-        """Builtins-only summary of this test's stability runs (for the session)."""
-        if self.error is not None:
-            verdict = "error"
-        elif not self.reports:
-            verdict = "error"
-        else:
-            verdict = "stable" if all(r.ok for r in self.reports) else "unstable"
-        return {
-            "nodeid": self.nodeid,
-            "verdict": verdict,
-            "error": self.error if self.error is not None else (
-                None if self.reports else "the test did not complete a stability.train() call"),
-            "settings": _builtins_spec(self.spec),
-            "calls": [r.to_dict() for r in self.reports],
-        }
+    def record(self) -> StabilityRecord:
+        """This test's stability runs so far, as the record the session collects."""
+        return StabilityRecord.trained(self.nodeid, settings=_builtins_spec(self.spec),
+                                       calls=[r.to_dict() for r in self.reports], error=self.error)
 
 
 def _builtins_spec(spec: RunSpec) -> dict[str, Any]:
@@ -263,13 +255,16 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
     from .training import engine
 
     spec, cli_values = spec_for(request.node)
+    problem = None
     try:
         if spec.device == "gpu" and engine.resolve_device("gpu")[0] is None:
             pytest.skip("stable_training(device='gpu'): TensorFlow sees no GPU on this machine")
         engine.seed_everything(spec.seed, spec.deterministic)  # first: it says what to install without TensorFlow
         restart_keras_auto_names()
     except StabilityUsageError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)  # outside the except block: the message once, not chained
     fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
     try:
         yield fixture
@@ -277,8 +272,8 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
         try:
             record = fixture.record()
         except Exception as exc:  # never lose the test's entry in the report
-            record = {"nodeid": fixture.nodeid, "verdict": "error", "calls": [], "settings": {},
-                      "error": f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}"}
+            record = StabilityRecord.errored(
+                fixture.nodeid, f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}")
         request.node.stash[RECORD_KEY] = record
 
 
