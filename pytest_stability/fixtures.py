@@ -4,8 +4,9 @@ Thin on purpose: settings come from :mod:`~pytest_stability.marker`, training
 from :mod:`~pytest_stability.training.engine` (imported lazily: only tests that
 train pay for TensorFlow), verdicts from :mod:`~pytest_stability.checks` and
 :mod:`~pytest_stability.diagnosis`.  After the test, a builtins-only record of
-what happened goes into ``item.stash`` for the session (terminal report, JSON,
-baselines), also when the test crashed.
+what happened (a :class:`~pytest_stability.record.StabilityRecord`) goes into
+``item.stash[RECORD_KEY]`` for the session (terminal report, JSON, baselines),
+also when the test crashed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pytest
 
 from .errors import StabilityError, StabilityUsageError
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec
-
-RECORD_KEY = pytest.StashKey[dict]()
+from .record import StabilityRecord
+from .session import RECORD_KEY
 
 
 class Stability:
@@ -198,22 +199,10 @@ class Stability:
             parts.append(f"{opt.cli}={text}")
         return " ".join(shlex.quote(p) for p in parts)
 
-    def record(self) -> dict[str, Any]:
-        """Builtins-only summary of this test's stability runs (for the session)."""
-        if self.error is not None:
-            verdict = "error"
-        elif not self.reports:
-            verdict = "error"
-        else:
-            verdict = "stable" if all(r.ok for r in self.reports) else "unstable"
-        return {
-            "nodeid": self.nodeid,
-            "verdict": verdict,
-            "error": self.error if self.error is not None else (
-                None if self.reports else "the test did not complete a stability.train() call"),
-            "settings": _builtins_spec(self.spec),
-            "calls": [r.to_dict() for r in self.reports],
-        }
+    def record(self) -> StabilityRecord:
+        """This test's stability runs so far, as the record the session collects."""
+        return StabilityRecord.trained(self.nodeid, settings=_builtins_spec(self.spec),
+                                       calls=[r.to_dict() for r in self.reports], error=self.error)
 
 
 def _builtins_spec(spec: RunSpec) -> dict[str, Any]:
@@ -311,8 +300,8 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
         try:
             record = fixture.record()
         except Exception as exc:  # never lose the test's entry in the report
-            record = {"nodeid": fixture.nodeid, "verdict": "error", "calls": [], "settings": {},
-                      "error": f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}"}
+            record = StabilityRecord.errored(
+                fixture.nodeid, f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}")
         request.node.stash[RECORD_KEY] = record
 
 

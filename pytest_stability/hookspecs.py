@@ -60,8 +60,9 @@ def pytest_stability_generate_json(config: pytest.Config, records: list) -> dict
     Args:
         config: the pytest config.
         records: one builtins-only dict per stability test so far, sorted by
-            node id (``nodeid``, ``outcome``, ``verdict``, ``error``,
-            ``settings``, ``calls``, ...).
+            node id: :meth:`pytest_stability.record.StabilityRecord.to_dict`
+            (``nodeid``, ``verdict``, ``outcome``, ``error``, ``skip_reason``,
+            ``settings``, ``calls``, ``worker``).
 
     Returns:
         A dict to write instead of the default document (the first non-None

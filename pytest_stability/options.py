@@ -10,23 +10,24 @@ help string and one validator.  Values resolve with the precedence
 (raising one :class:`OptionValueError` that lists every bad value, which the
 plugin reports as one :class:`pytest.UsageError` with :func:`usage_message`) and
 :func:`merge_marker` lays a test's marker keywords on top.  The report, baseline
-and plot paths (:mod:`~pytest_stability.gating`) are run-wide only, but are
-named (:func:`cli_name`, :func:`ini_name`) and reported the same way.
+and plot paths (:class:`RunFiles`, :func:`resolve_run_files`) are run-wide only,
+but are named (:func:`cli_name`, :func:`ini_name`) and reported the same way.
 
 This module imports nothing heavy: it runs on every pytest invocation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .report.baseline import TOLERANCE_DEFAULTS  # light: math only
-from .thresholds import Thresholds
-
-CHECK_NAMES = ("loss_spike", "nonfinite", "grad_norm", "val_loss", "stuck")
+from .thresholds import CHECK_NAMES, Thresholds
 #: Threshold defaults live on checks.base.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")
@@ -135,33 +136,56 @@ def _checks(value: Any) -> tuple[str, ...]:
 _checks.expects = "a list of check names from " + ", ".join(CHECK_NAMES)  # type: ignore[attr-defined]
 
 
-# -- string parsing for command line / ini values -----------------------------
+# -- text parsers: a command-line or ini string -> the value its validator takes ------
+# Each option names its text parser explicitly (Option.text); the validator then
+# checks the converted value exactly as it checks a marker keyword.
 
 
-def _from_text(parse: Callable[[Any], Any], text: str) -> Any:
-    """Convert a command-line or ini string, then validate it with ``parse``."""
-    raw = text.strip()
-    expects = getattr(parse, "expects", "")
-    if raw.lower() in ("none", "") and expects.startswith("None"):
-        return parse(None)
-    if expects.startswith("True"):
-        low = raw.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise OptionValueError(f"true or false, received {text!r}")
-    if "check names" in expects or expects.startswith("one of"):
-        return parse(raw)
-    if "int" in expects:
+def _number_text(parse: Callable[[Any], Any], convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``convert`` the stripped string (``int`` or ``float``), then validate it with ``parse``.
+
+    Either failing says what is expected and quotes the string as given.
+    """
+
+    def from_text(text: str) -> Any:
         try:
-            return parse(int(raw))
-        except ValueError:
-            raise OptionValueError(f"{expects}, received {text!r}") from None
-    try:
-        return parse(float(raw))
-    except ValueError:
-        raise OptionValueError(f"{expects}, received {text!r}") from None
+            return parse(convert(text.strip()))
+        except ValueError:  # OptionValueError too: quote the text, not the converted number
+            raise OptionValueError(f"{parse.expects}, received {text!r}") from None  # type: ignore[attr-defined]
+
+    return from_text
+
+
+def _word_text(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """The stripped string itself goes to ``parse`` (choices, check lists)."""
+
+    def from_text(text: str) -> Any:
+        return parse(text.strip())
+
+    return from_text
+
+
+def _bool_text(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise OptionValueError(f"true or false, received {text!r}")
+
+
+def _optional_text(inner: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``none`` or an empty string is None; anything else goes to ``inner``."""
+
+    def from_text(text: str) -> Any:
+        if text.strip().lower() in ("none", ""):
+            return None
+        try:
+            return inner(text)
+        except OptionValueError as exc:
+            raise OptionValueError(f"None or {exc}") from None
+
+    return from_text
 
 
 def cli_name(name: str) -> str:
@@ -188,11 +212,12 @@ class Option:
     """One setting: a marker keyword, a ``--stability-*`` option and an ini key."""
 
     name: str
+    #: validates a Python value (a marker keyword, or what ``text`` converted)
     parse: Callable[[Any], Any]
+    #: converts and validates a command-line / ini string
+    text: Callable[[str], Any]
     default: Any
     help: str
-    #: False for settings that only make sense per test (no CLI / ini twin).
-    global_: bool = True
 
     @property
     def cli(self) -> str:
@@ -207,43 +232,64 @@ class Option:
         return getattr(self.parse, "expects", "")
 
 
+def _int_option(name: str, min_value: int, default: int, help: str) -> Option:
+    parse = _int(min_value)
+    return Option(name, parse, _number_text(parse, int), default, help)
+
+
+def _float_option(name: str, default: float | None, help: str, min_value: float, *, strict: bool,
+                  max_value: float | None = None, optional: bool = False) -> Option:
+    parse = _float(min_value, strict=strict, max_value=max_value)
+    text = _number_text(parse, float)
+    if optional:
+        return Option(name, _optional(parse), _optional_text(text), default, help)
+    return Option(name, parse, text, default, help)
+
+
+def _bool_option(name: str, default: bool, help: str) -> Option:
+    return Option(name, _bool, _bool_text, default, help)
+
+
 # Threshold defaults come from the calibration described in README.md
 # ("How the thresholds were chosen"); benchmarks/detection.py reproduces it.
 OPTIONS: tuple[Option, ...] = (
-    Option("steps", _int(1), 200, "optimizer steps to train each stability test for"),
-    Option("batch_size", _int(1), 32, "batch size for array inputs (datasets bring their own)"),
-    Option("seed", _int(0), 0, "random seed (weights, data order, dropout); replay a failure with it"),
-    Option("seeds", _int(1), 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
-    Option("device", _choice(*DEVICES), "auto", "where to train: auto (GPU when TensorFlow sees one), cpu, or gpu (skip without one)"),
-    Option("validate_every", _int(1), 25, "evaluate the validation loss every N optimizer steps"),
-    Option("readback_every", _int(1), 50, "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps"),
-    Option("checks", _checks, CHECK_NAMES, "comma-separated checks to run: " + ",".join(CHECK_NAMES)),
-    Option("diagnostics", _bool, False, "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed"),
-    Option("deterministic", _bool, True, "enable TensorFlow op determinism so the same seed gives the same trace"),
-    Option("jit_compile", _bool, False, "compile the training step with XLA"),
-    Option("shuffle", _bool, True, "shuffle array inputs each pass (seeded)"),
-    Option("whatif", _bool, False, "on failure, replay the steps around it from a snapshot with the suggested optimizer fix and report whether the instability goes away (keeps up to 16 host copies of the model and optimizer state)"),
+    _int_option("steps", 1, 200, "optimizer steps to train each stability test for"),
+    _int_option("batch_size", 1, 32, "batch size for array inputs (datasets bring their own)"),
+    _int_option("seed", 0, 0, "random seed (weights, data order, dropout); replay a failure with it"),
+    _int_option("seeds", 1, 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
+    Option("device", _choice(*DEVICES), _word_text(_choice(*DEVICES)), "auto",
+           "where to train: auto (GPU when TensorFlow sees one), cpu, or gpu (skip without one)"),
+    _int_option("validate_every", 1, 25, "evaluate the validation loss every N optimizer steps"),
+    _int_option("readback_every", 1, 50, "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps"),
+    Option("checks", _checks, _word_text(_checks), CHECK_NAMES,
+           "comma-separated checks to run: " + ",".join(CHECK_NAMES)),
+    _bool_option("diagnostics", False, "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed"),
+    _bool_option("deterministic", True, "enable TensorFlow op determinism so the same seed gives the same trace"),
+    _bool_option("jit_compile", False, "compile the training step with XLA"),
+    _bool_option("shuffle", True, "shuffle array inputs each pass (seeded)"),
+    _bool_option("whatif", False, "on failure, replay the steps around it from a snapshot with the suggested optimizer fix and report whether the instability goes away (keeps up to 16 host copies of the model and optimizer state)"),
     # -- loss_spike
-    Option("spike_window", _int(5), _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
-    Option("spike_zscore", _float(0, strict=True), _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike"),
-    Option("spike_ratio", _float(1, strict=True), _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike"),
-    Option("spike_min_rise", _float(0, strict=False), _T.spike_min_rise, "loss_spike: minimum absolute rise, as a fraction of the initial loss, for a spike"),
-    Option("warmup_steps", _int(0), _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged (initial transients)"),
+    _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
+    _float_option("spike_zscore", _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike", 0, strict=True),
+    _float_option("spike_ratio", _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1, strict=True),
+    _float_option("spike_min_rise", _T.spike_min_rise, "loss_spike: minimum absolute rise, as a fraction of the initial loss, for a spike", 0, strict=False),
+    _int_option("warmup_steps", 0, _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged (initial transients)"),
     # -- grad_norm
-    Option("max_grad_norm", _optional(_float(0, strict=True)), _T.max_grad_norm, "grad_norm: absolute limit on the global gradient norm (default: relative to early training)"),
-    Option("grad_growth", _float(1, strict=True), _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training reference"),
+    _float_option("max_grad_norm", _T.max_grad_norm, "grad_norm: absolute limit on the global gradient norm (default: relative to early training)", 0, strict=True, optional=True),
+    _float_option("grad_growth", _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training reference", 1, strict=True),
     # -- val_loss
-    Option("val_smoothing", _float(0, strict=False, max_value=1), _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)"),
-    Option("val_tolerance", _float(0, strict=False), _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative"),
-    Option("val_min_delta", _float(0, strict=False), _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above its best, absolute"),
+    _float_option("val_smoothing", _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)", 0, strict=False, max_value=1),
+    _float_option("val_tolerance", _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative", 0, strict=False),
+    _float_option("val_min_delta", _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above its best, absolute", 0, strict=False),
     # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
-    Option("baseline_grad_factor", _float(1, strict=False), TOLERANCE_DEFAULTS["baseline_grad_factor"],
-           "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's"),
-    Option("baseline_val_tolerance", _float(0, strict=False), TOLERANCE_DEFAULTS["baseline_val_tolerance"],
-           "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
-           "fraction of it"),
-    Option("baseline_extra_spikes", _int(0), TOLERANCE_DEFAULTS["baseline_extra_spikes"],
-           "baseline: loss spikes allowed beyond the baseline's count"),
+    _float_option("baseline_grad_factor", TOLERANCE_DEFAULTS["baseline_grad_factor"],
+                  "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
+                  1, strict=False),
+    _float_option("baseline_val_tolerance", TOLERANCE_DEFAULTS["baseline_val_tolerance"],
+                  "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
+                  "fraction of it", 0, strict=False),
+    _int_option("baseline_extra_spikes", 0, TOLERANCE_DEFAULTS["baseline_extra_spikes"],
+                "baseline: loss spikes allowed beyond the baseline's count"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -259,27 +305,79 @@ MARKER_SIGNATURE = "stable_training(steps=200, *, " + ", ".join(
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The fully resolved settings for one stability test (all options)."""
+    """The fully resolved settings of one stability test: one attribute per option in :data:`OPTIONS`.
 
-    values: Mapping[str, Any] = field(default_factory=dict)
-    #: names whose value came from the test's marker (not CLI/ini/default)
-    from_marker: frozenset[str] = frozenset()
+    Frozen; :meth:`replace` makes a changed copy.  ``spec.values`` is the same
+    settings as a ``{name: value}`` dict (for code that iterates over them, e.g.
+    ``Thresholds.from_mapping(spec.values)``).  The fields are checked against
+    :data:`OPTIONS` when this module is imported, so the two cannot drift apart.
+    """
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    steps: int = 200
+    batch_size: int = 32
+    seed: int = 0
+    seeds: int = 1
+    device: str = "auto"
+    validate_every: int = 25
+    readback_every: int = 50
+    checks: tuple[str, ...] = CHECK_NAMES
+    diagnostics: bool = False
+    deterministic: bool = True
+    jit_compile: bool = False
+    shuffle: bool = True
+    whatif: bool = False
+    spike_window: int = _T.spike_window
+    spike_zscore: float = _T.spike_zscore
+    spike_ratio: float = _T.spike_ratio
+    spike_min_rise: float = _T.spike_min_rise
+    warmup_steps: int = _T.warmup_steps
+    max_grad_norm: float | None = _T.max_grad_norm
+    grad_growth: float = _T.grad_growth
+    val_smoothing: float = _T.val_smoothing
+    val_tolerance: float = _T.val_tolerance
+    val_min_delta: float = _T.val_min_delta
+    baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
+    baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
+    baseline_extra_spikes: int = TOLERANCE_DEFAULTS["baseline_extra_spikes"]
+    #: names whose value came from the test's marker (not CLI/ini/default); not a setting
+    from_marker: frozenset[str] = field(default=frozenset(), compare=True)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Every setting as ``{name: value}``, in :data:`OPTIONS` order (a fresh dict)."""
+        return {opt.name: getattr(self, opt.name) for opt in OPTIONS}
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], from_marker: frozenset[str] = frozenset()) -> "RunSpec":
+        """A spec from ``{name: value}`` (names must be option names; missing ones take their defaults)."""
+        return cls(**dict(values), from_marker=frozenset(from_marker))
 
     def replace(self, **changes: Any) -> "RunSpec":
-        vals = dict(self.values)
-        vals.update(changes)
-        return RunSpec(vals, self.from_marker)
+        """A copy with ``changes`` (option names only)."""
+        unknown = set(changes) - set(OPTIONS_BY_NAME)
+        if unknown:
+            raise TypeError(f"RunSpec.replace: unknown setting(s) {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+def _check_runspec_fields() -> None:
+    # One source for the setting names: OPTIONS.  RunSpec spells its fields out for
+    # type checkers and readers; this keeps both in step (and the defaults too).
+    names = [f.name for f in fields(RunSpec) if f.name != "from_marker"]
+    if names != [o.name for o in OPTIONS]:
+        raise RuntimeError(f"RunSpec fields {names} differ from OPTIONS {[o.name for o in OPTIONS]}")
+    defaults = RunSpec()
+    wrong = [o.name for o in OPTIONS if getattr(defaults, o.name) != o.default]
+    if wrong:
+        raise RuntimeError(f"RunSpec defaults differ from OPTIONS for {wrong}")
+
+
+_check_runspec_fields()
 
 
 def parse_text(option: Option, text: str) -> Any:
     """Parse a command-line or ini string for ``option`` (raises OptionValueError)."""
-    return _from_text(option.parse, text)
+    return option.text(text)
 
 
 def resolve_config_defaults(get_cli: Callable[[str], Any], get_ini: Callable[[str], Any]) -> RunSpec:
@@ -311,7 +409,7 @@ def resolve_config_defaults(get_cli: Callable[[str], Any], get_ini: Callable[[st
         values[opt.name] = value
     if problems:
         raise OptionValueError("\n".join(problems))
-    return RunSpec(values)
+    return RunSpec.from_values(values)
 
 
 def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> RunSpec:
@@ -342,7 +440,96 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
             values[key] = opt.parse(value)
         except OptionValueError as exc:
             raise OptionValueError(f"{key} must be {exc}") from None
-    return RunSpec(values, frozenset(kwargs))
+    return RunSpec.from_values(values, frozenset(kwargs))
+
+
+# -- run-wide files: the JSON report, baselines, plots ---------------------------------
+# No marker keyword (they name files of the whole run), so they are not in OPTIONS;
+# each is a --stability-NAME option with an ini twin all the same.
+
+REPORT_HELP = "write the JSON stability report (strict JSON, schema-versioned, written atomically) to PATH"
+SAVE_BASELINE_HELP = ("save each stability test's summary metrics (per seed) as a baseline file at PATH; an "
+                      "existing baseline there is updated: tests not run keep their entries")
+BASELINE_HELP = ("compare each stability test with the baseline file at PATH and fail it when its stability "
+                 "regressed beyond the baseline_* tolerances")
+BASELINE_STRICT_HELP = ("with --stability-baseline: fail a stability test (or seed) that is not in the baseline "
+                        "(default: report it)")
+PLOTS_HELP = ("write one PNG per stability test (loss, gradient norm, validation loss, findings) into DIR; "
+              "needs matplotlib")
+REPLAY_HELP = "re-run stability tests with exactly this seed's run (printed in each failure)"
+
+#: (name, metavar, help) of the path settings: --stability-NAME and ini stability_NAME.
+PATH_SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("report", "PATH", REPORT_HELP),
+    ("save_baseline", "PATH", SAVE_BASELINE_HELP),
+    ("baseline", "PATH", BASELINE_HELP),
+    ("plots", "DIR", PLOTS_HELP),
+)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The resolved run-wide file settings (paths absolute; None when not given)."""
+
+    report: Path | None = None
+    save_baseline: Path | None = None
+    baseline: Path | None = None
+    baseline_strict: bool = False
+    plots: Path | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(p is not None for p in (self.report, self.save_baseline, self.baseline, self.plots))
+
+
+def resolve_run_files(get_cli: Callable[[str], Any], get_ini: Callable[[str], Any], *, invocation_dir: Path,
+                      rootdir: Path) -> tuple[RunFiles, list[str]]:
+    """CLI > ini > default for the file settings; returns them and every problem found (none raised).
+
+    Args:
+        get_cli: the raw command-line value of a setting name (``report``...), or None.
+        get_ini: the raw ini value of an ini key, or None / "".
+        invocation_dir: a relative command-line path is relative to it.
+        rootdir: a relative ini path is relative to it.
+    """
+    problems: list[str] = []
+    paths: dict[str, Path | None] = {}
+    for name, _, _ in PATH_SETTINGS:
+        cli, ini = get_cli(name), get_ini(ini_name(name))
+        paths[name] = None
+        if cli is not None:
+            if not str(cli).strip():
+                problems.append(f"{cli_name(name)}: expected a path, received an empty string")
+            else:
+                paths[name] = Path(invocation_dir, os.path.expanduser(cli))
+        elif ini not in (None, ""):
+            paths[name] = Path(rootdir, os.path.expanduser(str(ini)))
+    strict = get_cli("baseline_strict")
+    if strict is None:
+        strict = bool(get_ini(ini_name("baseline_strict")))
+    files = RunFiles(report=paths["report"], save_baseline=paths["save_baseline"], baseline=paths["baseline"],
+                     baseline_strict=bool(strict), plots=paths["plots"])
+    for name in ("report", "save_baseline"):
+        path = getattr(files, name)
+        if path is not None and path.is_dir():
+            problems.append(f"{cli_name(name)}: {path} is a directory; give a file path")
+    if files.plots is not None and files.plots.exists() and not files.plots.is_dir():
+        problems.append(f"{cli_name('plots')}: {files.plots} exists and is not a directory")
+    if files.baseline_strict and files.baseline is None:
+        problems.append(f"{cli_name('baseline_strict')} needs {cli_name('baseline')}=PATH "
+                        f"(or ini {ini_name('baseline')})")
+    return files, problems
+
+
+def parse_replay(text: str) -> int:
+    """``--stability-replay``'s value: a seed, an int >= 0 (raises OptionValueError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise OptionValueError(f"--stability-replay expects a seed (an int >= 0), received {text!r}")
+    return value
 
 
 __all__ = [
@@ -353,13 +540,17 @@ __all__ = [
     "OPTIONS_BY_NAME",
     "Option",
     "OptionValueError",
+    "PATH_SETTINGS",
+    "RunFiles",
     "RunSpec",
     "TOLERANCE_NAMES",
     "USAGE_ERROR_HEADING",
     "cli_name",
     "ini_name",
     "merge_marker",
+    "parse_replay",
     "parse_text",
+    "resolve_run_files",
     "resolve_config_defaults",
     "usage_message",
 ]

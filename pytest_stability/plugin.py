@@ -11,16 +11,22 @@ from typing import Any
 
 import pytest
 
-from . import hookspecs
-from . import gating
-from .fixtures import RECORD_KEY, make_fixture
+from . import baseline_gate, hookspecs
+from .fixtures import make_fixture
 from .marker import MARKER_NAME, spec_for_node, validate_markers
-from .options import MARKER_SIGNATURE, OPTIONS, OptionValueError, resolve_config_defaults, usage_message
+from .options import (MARKER_SIGNATURE, OPTIONS, PATH_SETTINGS, BASELINE_STRICT_HELP, REPLAY_HELP,
+                      OptionValueError, cli_name, ini_name, parse_replay, resolve_config_defaults,
+                      resolve_run_files, usage_message)
+from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord
 from .report.junit import junit_properties
-from .session import SESSION_KEY, StabilitySession
+from .session import (PLOTS_MISSING_MESSAGE, RECORD_KEY, SESSION_KEY, StabilitySession, check_outputs,
+                      is_stability_item, is_worker)
 
 DEFAULTS_KEY = pytest.StashKey[Any]()
 CLI_VALUES_KEY = pytest.StashKey[dict]()
+#: "ExceptionType: message" of a stability test's failed call phase (for its record's ``error``)
+CALL_FAILURE_KEY = pytest.StashKey[str]()
+NEVER_TRAINED = "is marked stable_training but never called stability.train(model, x, y)"
 
 MARKER_HELP = (
     MARKER_SIGNATURE + ": train a Keras model through the `stability` fixture for `steps` optimizer steps "
@@ -29,14 +35,13 @@ MARKER_HELP = (
 )
 
 
-def _nonneg_int(text: str) -> int:
+def _replay(text: str) -> int:
+    problem = None
     try:
-        value = int(text)
-    except ValueError:
-        raise pytest.UsageError(f"--stability-replay expects a seed (an int >= 0), received {text!r}") from None
-    if value < 0:
-        raise pytest.UsageError(f"--stability-replay expects a seed (an int >= 0), received {text!r}")
-    return value
+        return parse_replay(text)
+    except OptionValueError as exc:
+        problem = str(exc)
+    raise pytest.UsageError(problem)  # outside the except block: the message once, not chained
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,9 +51,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(opt.cli, dest="stability_" + opt.name, default=None, metavar=opt.name.upper(),
                         help=f"{opt.help}; {opt.expects} (default: {default}; ini: {opt.ini})")
         parser.addini(opt.ini, help=f"{opt.help} (default: {default})", default=None)
-    gating.addoption(parser, group)
-    group.addoption("--stability-replay", dest="stability_replay", type=_nonneg_int, default=None, metavar="SEED",
-                    help="re-run stability tests with exactly this seed's run (printed in each failure)")
+    for name, metavar, help_text in PATH_SETTINGS:
+        group.addoption(cli_name(name), dest="stability_" + name, default=None, metavar=metavar,
+                        help=f"{help_text} (ini: {ini_name(name)})")
+        parser.addini(ini_name(name), help=help_text + " (a relative path is relative to the rootdir)", default=None)
+    group.addoption(cli_name("baseline_strict"), dest="stability_baseline_strict", action="store_true",
+                    default=None, help=f"{BASELINE_STRICT_HELP} (ini: {ini_name('baseline_strict')})")
+    parser.addini(ini_name("baseline_strict"), help=BASELINE_STRICT_HELP, type="bool", default=False)
+    group.addoption("--stability-replay", dest="stability_replay", type=_replay, default=None, metavar="SEED",
+                    help=REPLAY_HELP)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -64,25 +75,34 @@ def pytest_configure(config: pytest.Config) -> None:
     except OptionValueError as exc:
         defaults = None
         problems.extend(str(exc).splitlines())
-    prepared = gating.prepare(config)
-    problems.extend(prepared.problems)
+    files, found = resolve_run_files(lambda name: config.getoption("stability_" + name), config.getini,
+                                     invocation_dir=config.invocation_params.dir, rootdir=config.rootpath)
+    problems.extend(found)
+    baseline, found = baseline_gate.load_for(files)
+    problems.extend(found)
+    previous, found = check_outputs(files, worker=is_worker(config))
+    problems.extend(found)
     # One usage error (exit 4) for every bad setting of the run.
-    if problems == [gating.PLOTS_MISSING_MESSAGE]:
-        raise pytest.UsageError(gating.PLOTS_MISSING_MESSAGE)
+    if problems == [PLOTS_MISSING_MESSAGE]:
+        raise pytest.UsageError(PLOTS_MISSING_MESSAGE)
     if problems:
         raise pytest.UsageError(usage_message(problems))
     config.stash[DEFAULTS_KEY] = defaults
-    config.stash[CLI_VALUES_KEY] = {name: defaults.values[name] for name, raw in cli_raw.items() if raw is not None}
-    session = StabilitySession(config)
+    config.stash[CLI_VALUES_KEY] = {name: getattr(defaults, name) for name, raw in cli_raw.items() if raw is not None}
+    session = StabilitySession(config, files, previous)
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "stability-session")
-    gating.register(config, prepared, defaults)
+    if baseline is not None:
+        gate = baseline_gate.BaselineGate(baseline, files, defaults)
+        config.stash[baseline_gate.GATE_KEY] = gate
+        config.pluginmanager.register(gate, "stability-baseline-gate")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    session = config.stash.get(SESSION_KEY, None)
-    if session is not None and config.pluginmanager.is_registered(session):
-        config.pluginmanager.unregister(session)
+    for key in (SESSION_KEY, baseline_gate.GATE_KEY):
+        plugin = config.stash.get(key, None)
+        if plugin is not None and config.pluginmanager.is_registered(plugin):
+            config.pluginmanager.unregister(plugin)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -129,20 +149,55 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     if item.get_closest_marker(MARKER_NAME) is not None:
         fixture = getattr(item, "funcargs", {}).get("stability")
         if fixture is not None and not fixture.reports and fixture.error is None:
-            pytest.fail(f"{item.nodeid} is marked stable_training but never called stability.train(model, x, y)",
-                        pytrace=False)
+            pytest.fail(f"{item.nodeid} {NEVER_TRAINED}", pytrace=False)
     return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """The plugin's one report wrapper: the test's record rides on its teardown report.
+
+    Worker side (or a plain run); the session collects on the controller from
+    ``pytest_runtest_logreport``.  Every report of a stability test is flagged
+    (the xdist controller collects no items), and the teardown report gets the
+    record the fixture left, completed with the baseline comparisons and with
+    what failed the test when its training was stable.
+    """
     report = yield
+    if not is_stability_item(item):
+        return report
+    # A builtin: it travels with the report to the xdist controller.
+    report.stability_marked = True
+    if call.when == "call" and report.failed and call.excinfo is not None:
+        failure = call.excinfo.exconly()
+        if not failure.endswith(NEVER_TRAINED):  # the record says so already
+            item.stash[CALL_FAILURE_KEY] = failure
     if call.when == "teardown":
         record = item.stash.get(RECORD_KEY, None)
         if record is not None:
-            # A builtins-only attribute on the report travels to the xdist
-            # controller with it (TestReport keeps extra attributes).
-            report.stability = record
+            record = _complete(item, record)
+            item.stash[RECORD_KEY] = record
+            # Builtins on the report travel to the xdist controller with it (TestReport keeps extra attributes).
+            report.stability = record.to_dict()
             # Flat key metrics as test properties, so --junitxml shows them.
             report.user_properties.extend(junit_properties(record))
+            if any("baseline" in c for c in record.calls):
+                statuses = [c["baseline"]["status"] for c in record.calls if "baseline" in c]
+                worst = next((s for s in ("regressed", "missing") if s in statuses), "ok")
+                report.user_properties.append(("stability_baseline", worst))
     return report
+
+
+def _complete(item: pytest.Item, record: StabilityRecord) -> StabilityRecord:
+    """The fixture's record plus the baseline comparisons and what failed a test whose training was stable."""
+    gate = item.config.stash.get(baseline_gate.GATE_KEY, None)
+    comparisons = gate.pop_comparisons(item.nodeid) if gate is not None else []
+    if comparisons:
+        calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons)]
+        record = record.with_(calls=calls + record.calls[len(calls):])
+    failure = item.stash.get(CALL_FAILURE_KEY, None)
+    if failure is not None and record.error is None and record.verdict == STABLE and not record.regressed:
+        record = record.with_(error=f"{FAILED_AFTER}: {failure}")
+    elif failure is not None and record.error == NO_TRAIN:
+        record = record.with_(error=f"{NO_TRAIN}: {failure}")
+    return record

@@ -1,22 +1,49 @@
-"""Run-level state: collects every stability test's record; owns files and the summary.
+"""Run-level state on the controller: collect every stability test's record; write files; print the summary.
 
-Records arrive on teardown reports (``report.stability``, builtins only), so
-the same code aggregates a plain run and a pytest-xdist run on the controller.
+Records (:class:`~pytest_stability.record.StabilityRecord`) arrive on teardown
+reports as builtins (``report.stability``), so the same code aggregates a plain
+run and a pytest-xdist run.  The session owns every controller-side side
+effect:
+
+* ``--stability-report=PATH``: the JSON document
+  (:mod:`~pytest_stability.report.json_report`), built through the
+  ``pytest_stability_generate_json`` / ``pytest_stability_update_json`` hooks
+  (the default implementation of the first is here, ``trylast``) and written
+  atomically after each stability test (throttled) and at the end of the run,
+  also an interrupted one;
+* ``--stability-plots=DIR``: one PNG per test (:mod:`~pytest_stability.report.plots`);
+* ``--stability-save-baseline=PATH``: the baseline, merged into the one
+  already at PATH (:mod:`~pytest_stability.report.baseline`);
+* the ``stability report`` terminal section (:mod:`~pytest_stability.report.terminal`).
+
 Only the controller writes files and prints (xdist workers must not: their
-stdout carries execnet traffic, and N workers would write N times).
+stdout carries execnet traffic, and N workers would write N times: pytest#10641).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import pytest
 
-from .fixtures import RECORD_KEY
+from . import __version__
+from .errors import StabilityWarning
 from .marker import MARKER_NAME
+from .options import RunFiles, cli_name
+from .record import SETUP_ERROR, StabilityRecord
+from .report import baseline as baseline_mod  # light: math only
+
+# report.json_report (json, tempfile, platform, importlib.metadata), report.plots
+# (matplotlib) and report.terminal (numpy) are imported where used: this module is
+# on the plugin's load path, which every pytest run pays for.
 
 SESSION_KEY = pytest.StashKey["StabilitySession"]()
+#: The record the ``stability`` fixture leaves on its test item (set in its teardown).
+RECORD_KEY = pytest.StashKey[StabilityRecord]()
+
+PLOTS_MISSING_MESSAGE = "--stability-plots needs matplotlib: pip install 'pytest-stability[plots]'"
 
 
 def is_worker(config: pytest.Config) -> bool:
@@ -24,50 +51,89 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def check_outputs(files: RunFiles, *, worker: bool) -> tuple[dict[str, Any] | None, list[str]]:
+    """Before the run: the baseline already at the save path (saving updates it), and every problem found.
+
+    Problems: an invalid baseline at the save path, ``--stability-plots`` without
+    matplotlib.  Workers write nothing, so they check nothing.
+    """
+    problems: list[str] = []
+    previous = None
+    if worker:
+        return None, problems
+    if files.save_baseline is not None and files.save_baseline.is_file():
+        try:
+            previous = baseline_mod.load_baseline(files.save_baseline)
+        except baseline_mod.BaselineFileError as exc:
+            problems.append(f"{cli_name('save_baseline')}: {exc.problem}; saving updates the baseline already "
+                            "at PATH, so remove that file (or give another PATH) to start a new baseline")
+    if files.plots is not None:
+        try:
+            import matplotlib  # noqa: F401  (checked now, so a run does not fail only at its end)
+        except ImportError:
+            problems.append(PLOTS_MISSING_MESSAGE)
+    return previous, problems
+
+
+def is_stability_item(item: pytest.Item) -> bool:
+    """A stability test: marked ``stable_training`` or using the ``stability`` fixture."""
+    return item.get_closest_marker(MARKER_NAME) is not None or "stability" in getattr(item, "fixturenames", ())
+
+
 class StabilitySession:
     """Registered as a plugin for the run; see the module docstring."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, files: RunFiles | None = None,
+                 previous: dict[str, Any] | None = None) -> None:
         self.config = config
-        #: nodeid -> record (builtins), in arrival order
-        self.records: dict[str, dict[str, Any]] = {}
-        #: nodeids of collected stable_training tests, for tests that never ran the fixture
-        self.marked: dict[str, str] = {}
-        self._outcome: dict[str, str] = {}
-        self.footer: list[str] = []
-        #: the collected stability items (serial runs and workers; the xdist controller collects none)
+        self.files = files or RunFiles()
+        #: the baseline already at the --stability-save-baseline path (updated, not replaced)
+        self.previous = previous
+        #: nodeid -> record, in arrival order
+        self.records: dict[str, StabilityRecord] = {}
+        #: nodeids of collected stability tests (serial runs and workers; the xdist controller collects none)
         self._items: dict[str, pytest.Item] = {}
         #: node ids known to be stability tests from their reports (the xdist controller's view)
         self._seen_marked: set[str] = set()
         #: node ids started and not finished (what an interrupted run was running)
         self._running: set[str] = set()
+        self._outcome: dict[str, str] = {}
+        self.footer: list[str] = []
         self.started: float | None = None
         self.finished: float | None = None
         self.exitstatus: int | None = None
         self.interrupted = False
+        self._last_write = 0.0
+        self._write_cost = 0.0
+        self.write_error: str | None = None
 
     def _is_stability_test(self, nodeid: str) -> bool:
-        return nodeid in self.marked or nodeid in self._seen_marked
+        return nodeid in self._items or nodeid in self._seen_marked
+
+    # -- collecting ------------------------------------------------------------------
 
     def pytest_sessionstart(self) -> None:
         self.started = time.time()
 
+    def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
+        f = self.files
+        if config.get_verbosity() < 0 or not (f.report or f.save_baseline or f.plots):
+            return None
+        lines = []
+        if f.report:
+            lines.append(f"stability JSON report: {f.report}")
+        if f.save_baseline:
+            lines.append(f"stability baseline to save: {f.save_baseline}"
+                         + (" (updated: tests not run keep their entries)" if self.previous is not None else ""))
+        if f.plots:
+            lines.append(f"stability plots: {f.plots}")
+        return lines
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
-            if item.get_closest_marker(MARKER_NAME) is not None or "stability" in getattr(item, "fixturenames", ()):
-                self.marked[item.nodeid] = item.nodeid
+            if is_stability_item(item):
                 self._items[item.nodeid] = item
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-        report = yield
-        # Under xdist the controller does not collect: this flag (a builtin, it
-        # travels with the report) tells it which tests are stability tests,
-        # for the records of tests skipped or errored before the fixture ran.
-        if item.nodeid in self.marked:
-            report.stability_marked = True
-        return report
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self._running.add(nodeid)
@@ -79,10 +145,10 @@ class StabilitySession:
         nodeid = report.nodeid
         if getattr(report, "stability_marked", False):
             self._seen_marked.add(nodeid)
-        before = len(self.records), self.records.get(nodeid)
+        before = self.records.get(nodeid)
         self._collect(report)
-        if (len(self.records), self.records.get(nodeid)) != before and not is_worker(self.config):
-            self._write_partial()
+        if self.records.get(nodeid) is not before and not is_worker(self.config):
+            self.write_json(final=False)
 
     def _collect(self, report: pytest.TestReport) -> None:
         nodeid = report.nodeid
@@ -92,36 +158,26 @@ class StabilitySession:
             self._outcome[nodeid] = "skipped"
         elif report.when == "call" and nodeid not in self._outcome:
             self._outcome[nodeid] = "passed"
-        record = getattr(report, "stability", None)
+        data = getattr(report, "stability", None)
+        if data is None and not self._is_stability_test(nodeid):
+            return
         if report.when == "teardown":
-            if record is not None:
-                record = dict(record)
-                record["outcome"] = self._outcome.get(nodeid, "passed")
-                record["worker"] = getattr(report, "worker_id", None)
-                self.records[nodeid] = record
-            elif self._is_stability_test(nodeid) and nodeid not in self.records:
-                self.records[nodeid] = {"nodeid": nodeid, "verdict": "error", "outcome": self._outcome.get(nodeid, "error"),
-                                        "error": "the test errored before the stability fixture was set up",
-                                        "calls": [], "settings": {}}
-        # Skips happen in setup; a skipped test's teardown has no record.
-        if report.when not in ("setup", "call", "teardown") and report.failed and self._is_stability_test(nodeid):
-            # pytest-xdist reports a test whose worker crashed with when="???" and no teardown.
-            self.records[nodeid] = {"nodeid": nodeid, "verdict": "error", "outcome": "error", "calls": [],
-                                    "settings": {}, "error": "the test crashed its pytest-xdist worker"}
-        if report.when == "setup" and report.skipped and self._is_stability_test(nodeid):
+            if data is not None:
+                self.records[nodeid] = StabilityRecord.from_dict(data).with_(
+                    outcome=self._outcome.get(nodeid, "passed"), worker=getattr(report, "worker_id", None))
+            elif nodeid not in self.records:
+                self.records[nodeid] = StabilityRecord.errored(nodeid, SETUP_ERROR,
+                                                               outcome=self._outcome.get(nodeid, "error"))
+        elif report.when == "setup" and report.skipped:
+            # Skips happen in setup; a skipped test's teardown has no record.
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            self.records[nodeid] = {"nodeid": nodeid, "verdict": "skipped", "outcome": "skipped", "error": None,
-                                    "skip_reason": reason, "calls": [], "settings": {}}
+            self.records[nodeid] = StabilityRecord.skipped(nodeid, reason)
+        elif report.when not in ("setup", "call") and report.failed:
+            # pytest-xdist reports a test whose worker crashed with when="???" and no teardown.
+            self.records[nodeid] = StabilityRecord.crashed(nodeid)
 
-    def sorted_records(self) -> list[dict[str, Any]]:
+    def sorted_records(self) -> list[StabilityRecord]:
         return [self.records[k] for k in sorted(self.records)]
-
-    def _write_partial(self) -> None:
-        from .gating import GATING_KEY
-
-        gating = self.config.stash.get(GATING_KEY, None)
-        if gating is not None:
-            gating.write_json(self.sorted_records(), final=False)
 
     def _add_interrupted(self) -> None:
         """Records for the stability tests an interrupted run was running."""
@@ -130,11 +186,119 @@ class StabilitySession:
                 continue
             item = self._items.get(nodeid)
             stored = item.stash.get(RECORD_KEY, None) if item is not None else None
-            record = dict(stored) if stored is not None else {
-                "nodeid": nodeid, "verdict": "error", "calls": [], "settings": {},
-                "error": "the run was interrupted while this test was running"}
-            record["outcome"] = "interrupted"
-            self.records[nodeid] = record
+            self.records[nodeid] = StabilityRecord.interrupted(nodeid, stored)
+
+    # -- the JSON document (default implementation of the hook) ------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_stability_generate_json(self, config: pytest.Config, records: list) -> dict | None:
+        from .report import json_report
+
+        return json_report.build_document(
+            records, plugin_version=__version__, started=self.started, finished=self.finished, now=time.time(),
+            exitstatus=self.exitstatus, interrupted=self.interrupted, complete=self.finished is not None,
+        )
+
+    # -- controller-side writing ---------------------------------------------------
+
+    def write_json(self, *, final: bool) -> bool:
+        """Build the document through the hooks and write it atomically; False if it failed.
+
+        While tests still run (``final`` False), writes are skipped when the
+        last one was recent relative to its cost, so large reports cost at
+        most ~10% extra time; a killed run still leaves what had run.
+        """
+        if self.files.report is None:
+            return True
+        from .report import json_report
+
+        now = time.monotonic()
+        if not final and now - self._last_write < 10 * self._write_cost:
+            return True
+        hook = self.config.hook
+        records = [r.to_dict() for r in self.sorted_records()]
+        try:
+            document = hook.pytest_stability_generate_json(config=self.config, records=records)
+            if not isinstance(document, dict):
+                raise TypeError(f"pytest_stability_generate_json returned {type(document).__name__}, not a dict")
+            hook.pytest_stability_update_json(config=self.config, document=document)
+            text = json_report.dumps(document)
+            json_report.write_atomic(self.files.report, text)
+        except Exception as exc:  # noqa: BLE001 - hooks are user code; a failed write must not be an INTERNALERROR
+            self.write_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.write_error = None
+        self._last_write = time.monotonic()
+        self._write_cost = self._last_write - now
+        return True
+
+    def _write_plots(self) -> tuple[str, bool]:
+        """One PNG per test; a test whose plot fails is named in a warning, and the others are still written."""
+        from .report.plots import write_plots
+
+        directory = self.files.plots
+        try:
+            written, failures = write_plots([r.to_dict() for r in self.sorted_records()], directory)
+        except OSError as exc:  # e.g. the directory cannot be created
+            return f"stability plots NOT written to {directory}: {type(exc).__name__}: {exc}", False
+        for nodeid, error in failures:
+            warnings.warn(StabilityWarning(f"stability plot of {nodeid} NOT written: {error}"), stacklevel=1)
+        line = f"stability plots: {len(written)} PNG file{'s' if len(written) != 1 else ''} written to {directory}"
+        if failures:
+            line += f" ({len(failures)} NOT written: {', '.join(n for n, _ in failures)})"
+        return line, True
+
+    def _save_baseline(self, *, interrupted: bool) -> tuple[str, bool]:
+        """Write the baseline, updating the one already there; returns the footer line and whether it was saved.
+
+        Not after an interrupted run: its last test may have stopped half-way.
+        """
+        from .report import json_report
+
+        path = self.files.save_baseline
+        if interrupted:
+            return f"stability baseline NOT saved to {path}: the run was interrupted", False
+        doc = baseline_mod.build_baseline([r.to_dict() for r in self.sorted_records()], meta={
+            "plugin_version": __version__, "environment": json_report.environment(),
+            "created_at": json_report.iso_time(time.time())})
+        what = f"{len(doc['tests'])} tests"
+        if self.previous is not None:
+            doc, counts = baseline_mod.merge_baseline(self.previous, doc)
+            what = (f"{len(doc['tests'])} tests: {counts['updated']} updated, {counts['added']} added, "
+                    f"{counts['kept']} kept")
+        try:
+            # indented: a baseline is committed, and its changes are reviewed as diffs
+            json_report.write_atomic(path, json_report.dumps(doc, indent=1))
+        except (OSError, TypeError, ValueError) as exc:
+            return f"stability baseline NOT saved to {path}: {type(exc).__name__}: {exc}", False
+        return f"stability baseline saved to {path} ({what})", True
+
+    def _finish(self) -> tuple[list[str], bool]:
+        """Write plots, the baseline and the JSON report; returns footer lines and whether all went well."""
+        f = self.files
+        footer: list[str] = []
+        ok = True
+        if f.baseline is not None:
+            compared = [c["baseline"] for r in self.records.values() for c in r.calls if "baseline" in c]
+            regressed = sum(c["status"] == "regressed" for c in compared)
+            missing = sum(c["status"] == "missing" for c in compared)
+            footer.append(f"stability baseline {f.baseline}: {len(compared) - missing} compared, "
+                          f"{regressed} regressed, {missing} not in the baseline")
+        if f.plots is not None:
+            line, written = self._write_plots()
+            footer.append(line)
+            ok = ok and written
+        if f.save_baseline is not None:
+            line, saved = self._save_baseline(interrupted=self.interrupted)
+            footer.append(line)
+            ok = ok and (saved or self.interrupted)
+        if f.report is not None:
+            if self.write_json(final=True):
+                footer.append(f"stability JSON written to {f.report}")
+            else:
+                footer.append(f"stability JSON NOT written to {f.report}: {self.write_error}")
+                ok = False
+        return footer, ok
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -143,17 +307,12 @@ class StabilitySession:
         # Runs on KeyboardInterrupt too, so an interrupted run still writes.
         if is_worker(self.config):
             return
-        from .gating import GATING_KEY
-
         self.finished = time.time()
         self.exitstatus = int(exitstatus)
         self.interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
         if self.interrupted:
             self._add_interrupted()
-        gating = self.config.stash.get(GATING_KEY, None)
-        if gating is None:
-            return
-        footer, ok = gating.finish(self.sorted_records(), interrupted=self.interrupted)
+        footer, ok = self._finish()
         self.footer.extend(footer)
         if not ok and session.exitstatus == pytest.ExitCode.OK:
             # A session-level failure fails the run, never the summary (pytest-cov).
@@ -167,3 +326,11 @@ class StabilitySession:
         from .report.terminal import write_summary
 
         write_summary(terminalreporter, self.sorted_records(), self.footer)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if config.pluginmanager.is_registered(self):
+            config.pluginmanager.unregister(self)
+
+
+__all__ = ["PLOTS_MISSING_MESSAGE", "RECORD_KEY", "SESSION_KEY", "StabilitySession", "check_outputs",
+           "is_stability_item", "is_worker"]

@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+#: The four checks, in report order: the one list of their names (options, marker ``checks=``,
+#: messages, JSON).  ``pytest_stability.checks.CHECKS`` maps these names to their functions.
+CHECK_NAMES: tuple[str, ...] = ("loss_spike", "nonfinite", "grad_norm", "val_loss", "stuck")
+
 
 @dataclass(frozen=True)
 class Thresholds:

@@ -1,4 +1,4 @@
-"""The recorded training trajectory: plain numpy arrays, and their builtins form.
+"""The recorded training trajectory: plain numpy arrays.
 
 A :class:`Trace` is what the training engine records and what every check
 reads.  It knows nothing of TensorFlow or pytest, so a trace from your own
@@ -17,11 +17,11 @@ k-th update.  ``val_steps[j]`` is the number of updates done when
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from ._floats import decode_float, encode_float  # noqa: F401  (re-exported)
+from ._floats import decode_float, encode_float  # noqa: F401  (re-exported: checks and reports use them)
 
 # Bits of Trace.nonfinite: which quantity was NaN/Inf at a step.
 LOSS = 1
@@ -151,54 +151,6 @@ class Trace:
     @property
     def has_validation(self) -> bool:
         return self.val_loss is not None and self.val_loss.shape[0] > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Builtins-only form (lists, floats, None for NaN is NOT used: see encode_float)."""
-        def floats(arr: np.ndarray | None) -> list[Any] | None:
-            return None if arr is None else [encode_float(v) for v in arr.tolist()]
-
-        return {
-            "loss": floats(self.loss),
-            "grad_norm": floats(self.grad_norm),
-            "var_grad_norms": None
-            if self.var_grad_norms is None
-            else [[encode_float(v) for v in row] for row in self.var_grad_norms.tolist()],
-            "var_names": list(self.var_names),
-            "nonfinite": None if self.nonfinite is None else self.nonfinite.tolist(),
-            "lr": floats(self.lr),
-            "val_steps": None if self.val_steps is None else self.val_steps.tolist(),
-            "val_loss": floats(self.val_loss),
-            "opt_stats": {k: floats(v) for k, v in self.opt_stats.items()},
-            "first_nonfinite": self.first_nonfinite,
-            "steps_planned": self.steps_planned,
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Trace":
-        """Inverse of :meth:`to_dict`."""
-        def floats(v: Any) -> np.ndarray | None:
-            if v is None:
-                return None
-            return np.asarray([decode_float(x) for x in v], dtype=np.float64)
-
-        vg = data.get("var_grad_norms")
-        return cls(
-            loss=floats(data["loss"]),
-            grad_norm=floats(data.get("grad_norm")),
-            var_grad_norms=None if vg is None else np.asarray(
-                [[decode_float(x) for x in row] for row in vg], dtype=np.float64
-            ).reshape(len(vg), -1),
-            var_names=tuple(data.get("var_names") or ()),
-            nonfinite=data.get("nonfinite"),
-            lr=floats(data.get("lr")),
-            val_steps=data.get("val_steps"),
-            val_loss=floats(data.get("val_loss")),
-            opt_stats={k: floats(v) for k, v in (data.get("opt_stats") or {}).items()},
-            first_nonfinite=data.get("first_nonfinite"),
-            steps_planned=data.get("steps_planned"),
-            info=dict(data.get("info") or {}),
-        )
 
 
 def describe_flags(mask: int) -> list[str]:

@@ -1,21 +1,15 @@
-"""Shared test setup.
+"""Shared test setup; imports no TensorFlow, Keras or numpy, so ``pytest tests/unit`` is a fast tier.
 
-numpy and keras are imported here, at the top, on purpose: pytester's
+The pytester suites (tests/plugin, tests/training) import numpy, keras and
+tensorflow at the top of their own conftest.py: pytester's
 in-process runs restore ``sys.modules`` after each run, and numpy 2 refuses to
 be loaded twice in one process ("cannot load module more than once").
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402,F401
-import numpy  # noqa: E402,F401
-import tensorflow  # noqa: E402,F401
-
 pytest_plugins = ["pytester"]
 
 import pytest  # noqa: E402
+
 
 #: A tiny, fast, healthy training problem that pytester test files start with.
 TINY_PROBLEM = '''

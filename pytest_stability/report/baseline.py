@@ -25,6 +25,7 @@ builtins-only dicts: :func:`pytest_stability.report.json_report.dumps` writes th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .._floats import decode_float, encode_float
@@ -125,6 +126,25 @@ def validate_baseline(document: Any, where: str) -> dict[str, Any]:
                                                   for c in calls):
             raise BaselineFileError(f"{where}: the entry of {nodeid!r} has no valid \"calls\" list")
     return document
+
+
+def load_baseline(path: str | Path) -> dict[str, Any]:
+    """Read and validate a baseline file; raises :class:`BaselineFileError` with a message naming the problem."""
+    import json
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BaselineFileError(f"cannot read the baseline {path}: {exc.strerror or exc}") from None
+
+    def no_constants(token: str) -> Any:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    try:
+        document = json.loads(text, parse_constant=no_constants)
+    except ValueError as exc:
+        raise BaselineFileError(f"the baseline {path} is not valid JSON: {exc}") from None
+    return validate_baseline(document, str(path))
 
 
 # -- comparing ------------------------------------------------------------------
@@ -302,6 +322,7 @@ __all__ = [
     "compare_call",
     "compare_run",
     "explain_regression",
+    "load_baseline",
     "merge_baseline",
     "validate_baseline",
 ]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from ..record import StabilityRecord
 
 _KEYS = ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm", "val_trend", "steps_run")
 
 
-def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
+def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
     """``stability_verdict``, the seed(s), finding checks and the headline metrics of the first call."""
-    props = [("stability_verdict", record.get("verdict", "error"))]
-    calls = record.get("calls") or []
+    props = [("stability_verdict", record.verdict)]
+    calls = record.calls
     if calls:
         call = calls[0]
         runs = call["runs"]
@@ -24,6 +24,6 @@ def junit_properties(record: dict[str, Any]) -> list[tuple[str, str]]:
         if run["findings"]:
             f = run["findings"][0]
             props.append(("stability_finding", f"{f['check']} at step {f['step']}: {f['message']}"))
-    elif record.get("error"):
-        props.append(("stability_error", str(record["error"])))
+    if record.error:
+        props.append(("stability_error", str(record.error)))
     return props

@@ -1,4 +1,6 @@
-"""One PNG per stability test: loss (log scale), gradient norm and validation loss against the step.
+"""One PNG per stability test: loss, gradient norm and validation loss against the step.
+
+Each panel is log-scaled when its data is positive (some finite value, all finite values > 0), else linear.
 
 Drawn on the controller from the downsampled curves in the session records,
 so it works the same under pytest-xdist.  Each finding is marked where it
@@ -62,30 +64,35 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     runs = [(i, run) for i, call in enumerate(calls) for run in call["runs"]]
     multi_call = len(calls) > 1
     for ax, (key, title) in zip(axes, _PANELS):
-        drawn = False
-        positive = True
+        series = []
         for i, run in runs:
             steps, values = _series(run.get("curves", {}).get(key))
-            if not steps:
-                continue
+            if steps:
+                series.append((i, run, steps, values))
+        # Log scale only for data that can take it: some finite value, and every finite value > 0
+        # (a loss that is NaN or <= 0 from step 0 used to abort every plot: "Data cannot be log-scaled").
+        finite = [v for _, _, _, values in series for v in values if not math.isnan(v)]
+        log = bool(finite) and all(v > 0 for v in finite)
+        for i, run, steps, values in series:
             label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
             ax.plot(steps, values, lw=1.0, marker="o" if key == "val_loss" else None, ms=3, label=label)
-            drawn = True
-            positive = positive and all(v > 0 for v in values if not math.isnan(v))
             bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]))
                    if not math.isfinite(v)]
             if bad:
                 ax.axvline(bad[0], color="black", lw=0.8, ls=":")
                 ax.annotate("non-finite", xy=(bad[0], 0.5), xycoords=("data", "axes fraction"), fontsize=7,
                             rotation=90, va="center", ha="right")
-        if drawn and positive and key in ("loss", "grad_norm"):
+        if log:
             ax.set_yscale("log")
-        if not drawn:
+        if not series:
             ax.text(0.5, 0.5, f"no {title} recorded", transform=ax.transAxes, ha="center", va="center",
                     color="gray")
-        ax.set_ylabel(title + (" (log)" if drawn and positive and key in ("loss", "grad_norm") else ""))
+        elif not finite:
+            ax.text(0.5, 0.5, f"no finite {title}", transform=ax.transAxes, ha="center", va="center",
+                    color="gray")
+        ax.set_ylabel(title + (" (log)" if log else ""))
         ax.grid(True, alpha=0.3)
-        if drawn and len(runs) > 1:
+        if series and len(runs) > 1:
             ax.legend(fontsize=7, loc="best")
     # Findings: a dashed line across all panels; a labelled marker on the panel of its quantity.
     panel = dict(zip((k for k, _ in _PANELS), axes))
@@ -111,18 +118,34 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def write_plots(records: Iterable[Mapping[str, Any]], directory: str | Path) -> list[Path]:
-    """Write one PNG per test that trained; returns the paths, in node id order."""
+def write_plots(records: Iterable[Mapping[str, Any]], directory: str | Path
+                ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Write one PNG per test that trained, in node id order.
+
+    A test whose figure cannot be drawn or written does not stop the others.
+
+    Returns:
+        The paths written, and ``(nodeid, "ExceptionType: message")`` for each test whose plot failed.
+
+    Raises:
+        OSError: when ``directory`` cannot be created.
+    """
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    written = []
+    written: list[Path] = []
+    failures: list[tuple[str, str]] = []
     for record in sorted(records, key=lambda r: r["nodeid"]):
         if not record.get("calls"):
             continue
         path = directory / plot_filename(record["nodeid"], taken)
-        write_atomic(path, render_png(record))
+        try:
+            write_atomic(path, render_png(record))
+        except Exception as exc:  # noqa: BLE001 - one bad figure must not cost the others theirs
+            failures.append((record["nodeid"], f"{type(exc).__name__}: {exc}"))
+            continue
         written.append(path)
-    return written
+    return written, failures
 
 
 __all__ = ["PLOTS_INSTALL_HINT", "plot_filename", "render_png", "write_plots"]

@@ -1,10 +1,17 @@
-"""The ``stability report`` section of pytest's terminal summary."""
+"""The ``stability report`` section of pytest's terminal summary.
+
+One row per stability test, labelled by its stability verdict (PASS / FAIL /
+ERROR / SKIP), except: REGR when it regressed against ``--stability-baseline``,
+and FAIL / ERROR when its training was stable but the test itself then failed
+(the row then ends with ``test failed after training: <exception>``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .._floats import decode_float
+from ..record import FAILED_AFTER, StabilityRecord
 from .render import fmt, sparkline
 
 _VERDICT_STYLE = {
@@ -20,20 +27,17 @@ def _curve(call: dict[str, Any], name: str) -> list[float]:
     return [decode_float(v) for v in curve["value"]] if curve else []
 
 
-def _regressed(record: dict[str, Any]) -> bool:
-    """Whether the test failed its --stability-baseline comparison."""
-    return any(c.get("baseline", {}).get("failed") for c in record.get("calls") or [])
-
-
-def _row(record: dict[str, Any]) -> tuple[str, dict[str, bool], str]:
-    verdict = record.get("verdict", "error")
+def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
+    verdict = record.verdict
     label, style = _VERDICT_STYLE.get(verdict, ("?", {}))
-    if verdict == "stable" and _regressed(record):
+    if verdict == "stable" and record.regressed:
         label, style = "REGR", {"red": True, "bold": True}
-    calls = record.get("calls") or []
+    elif record.failed_otherwise:
+        label, style = ("FAIL" if record.outcome == "failed" else "ERROR"), {"red": True, "bold": True}
+    calls = record.calls
     if not calls:
-        reason = record.get("error") or record.get("skip_reason") or ""
-        return label, style, f"{record['nodeid']}  {reason}"
+        reason = record.error or record.skip_reason or ""
+        return label, style, f"{record.nodeid}  {reason}"
     parts = []
     for call in calls:
         runs = call["runs"]
@@ -56,27 +60,34 @@ def _row(record: dict[str, Any]) -> tuple[str, dict[str, bool], str]:
             for line in call["baseline"].get("lines", []):
                 text += "\n      " + line
         parts.append(text)
-    if record.get("outcome") == "interrupted":
+    if record.outcome == "interrupted":
         parts[-1] += "  (interrupted)"
-    return label, style, f"{record['nodeid']}  " + "\n    ".join(parts)
+    if record.failed_otherwise and record.error:
+        # the first line of the exception: the test's own failure section has the rest
+        what = record.error.removeprefix(FAILED_AFTER + ": ").splitlines()[0]
+        parts[-1] += f"\n      test failed after training: {what}"
+    return label, style, f"{record.nodeid}  " + "\n    ".join(parts)
 
 
-def write_summary(tr: Any, records: list[dict[str, Any]], footer: list[str]) -> None:
+def write_summary(tr: Any, records: list[StabilityRecord], footer: list[str]) -> None:
     """Write the section: one heading, sorted rows, red/green, file paths last."""
     if not records:
         _write_footer(tr, footer)  # e.g. the JSON report of a run without stability tests
         return
-    unstable = sum(r.get("verdict") == "unstable" for r in records)
-    errors = sum(r.get("verdict") == "error" for r in records)
+    unstable = sum(r.verdict == "unstable" for r in records)
+    errors = sum(r.verdict == "error" for r in records)
     title = f"stability report: {len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
     if errors:
         title += f", {errors} error{'s' if errors != 1 else ''}"
-    regressed = sum(_regressed(r) for r in records)
+    regressed = sum(r.regressed for r in records)
     if regressed:
         title += f", {regressed} regressed against the baseline"
-    bad = bool(unstable or errors or regressed)
+    failed_after = sum(r.failed_otherwise for r in records)
+    if failed_after:
+        title += f", {failed_after} failed after training"
+    bad = bool(unstable or errors or regressed or failed_after)
     tr.write_sep("=", title, red=bad, green=not bad)
-    for record in sorted(records, key=lambda r: r["nodeid"]):
+    for record in sorted(records, key=lambda r: r.nodeid):
         label, style, text = _row(record)
         tr.write(f"{label:<5} ", **style)
         tr.write_line(text)

@@ -1,18 +1,26 @@
-"""Helpers for the CI-gating tests (JSON report, baselines, seeds, xdist, plots, JUnit).
+"""Helpers for the plugin tests (JSON report, baselines, seeds, xdist, plots, JUnit).
 
-matplotlib is imported here, at the top, for the same reason tests/conftest.py
-imports numpy and keras: pytester's in-process runs restore ``sys.modules``,
-and a plot test's run must not leave a half-imported matplotlib behind.
+numpy, keras, tensorflow and matplotlib are imported here, at the top:
+pytester's in-process runs restore ``sys.modules`` after each run, numpy 2
+refuses to be loaded twice in one process, and a plot test's run must not leave
+a half-imported matplotlib behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import types
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402,F401
+import numpy  # noqa: E402,F401
+import tensorflow  # noqa: E402,F401
 
 try:
     import matplotlib  # noqa: F401

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_stability.gating import load_baseline
 from pytest_stability.report import baseline as baseline_mod
+from pytest_stability.report.baseline import load_baseline
 from pytest_stability.report.render import fmt
 
 # test_a's training and validation data are switched by VARIANT: "grad" scales

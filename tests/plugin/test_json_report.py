@@ -307,11 +307,11 @@ def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
     import pluggy
 
     from pytest_stability import hookspecs
-    from pytest_stability.gating import GatingPlugin, GatingSettings
-    from pytest_stability.session import SESSION_KEY
+    from pytest_stability.session import StabilitySession
 
     config = types.SimpleNamespace(stash=pytest.Stash())
-    config.stash[SESSION_KEY] = types.SimpleNamespace(started=0.0, finished=1.0, exitstatus=0, interrupted=False)
+    session = StabilitySession(config)
+    session.started, session.finished, session.exitstatus = 0.0, 1.0, 0
 
     class UserPlugin:
         @pluggy.HookimplMarker("pytest")
@@ -322,7 +322,7 @@ def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
     pm.add_hookspecs(hookspecs)
     user = UserPlugin()
     pm.register(user)
-    pm.register(GatingPlugin(config, GatingSettings(), None))  # registered later: called first, were it not trylast
+    pm.register(session)  # registered later: called first, were it not trylast
     assert pm.hook.pytest_stability_generate_json(config=config, records=[{}]) == {"user": 1}
     pm.unregister(user)
     default = pm.hook.pytest_stability_generate_json(config=config, records=[])

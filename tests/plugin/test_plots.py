@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pytest_stability.gating import PLOTS_MISSING_MESSAGE
 from pytest_stability.report.plots import plot_filename
+from pytest_stability.session import PLOTS_MISSING_MESSAGE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

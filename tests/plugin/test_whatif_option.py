@@ -39,7 +39,10 @@ def test_whatif_replays_the_suggested_fix_and_reports_the_outcome(pytester, scen
     assert off["settings"]["whatif"] is False
     first = tests["test_w.py::test_diverges"]["findings"][0]
     note = first["evidence"]["whatif"]
-    assert note["resolved"] in (True, False) and 1 <= len(note["attempts"]) <= 2
+    # at most two fixes are replayed, stopping at the first that works: here the first (seeded, deterministic)
+    assert note["resolved"] is any(a["resolved"] for a in note["attempts"])
+    assert (note["resolved"], len(note["attempts"])) == (True, 1)
+    assert (note["attempts"][0]["resolved"], note["attempts"][0]["still_failing"]) == (True, [])
     assert note["attempts"][0]["fix"].keys() == {"clipnorm"}
     assert note["attempts"][0]["start"] == 0 and note["text"].startswith("replayed steps 0-")
     assert tests["test_w.py::test_nan_data"]["findings"][0]["evidence"]["whatif"]["resolved"] is None

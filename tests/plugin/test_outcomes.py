@@ -1,0 +1,109 @@
+"""What a stability test's row and JSON entry say when the test fails for a reason other than its training,
+and how usage errors and plot failures are shown."""
+
+from __future__ import annotations
+
+import pytest
+
+#: The loss is NaN from step 0 (NaN in the first batch): its plot has nothing to log-scale.  Named to sort
+#: before test_healthy: such a plot used to abort every plot after it ("Data cannot be log-scaled").
+NAN_FROM_START = '''
+
+@pytest.mark.stable_training(steps=10)
+def test_a_nan_from_start(stability):
+    model = build()
+    model.compile(optimizer="sgd", loss=lambda y, p: keras.ops.mean(p) * np.nan)  # NaN from step 0
+    report = stability.train(model, X, Y, batch_size=16, check=False)
+    assert report.trace.steps == 1 and not np.isfinite(report.trace.loss).any()
+'''
+
+
+def test_a_test_failing_after_stable_training_is_not_shown_as_passed(pytester, scenario, gating):
+    scenario("crashes", "healthy", module="test_after")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*= stability report: 2 tests, 0 unstable, 1 failed after training =*",
+        "FAIL  test_after.py::test_crashes  steps=40/40 seed=0 CPU*",
+        "      test failed after training: RuntimeError: the test body crashed",
+        "PASS  test_after.py::test_healthy  steps=40/40*",
+    ])
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "r.json"))
+    crashed = tests["test_after.py::test_crashes"]
+    assert (crashed["outcome"], crashed["verdict"]) == ("failed", "stable")  # training was stable; the test was not
+    assert crashed["error"] == "the test failed after stability.train(): RuntimeError: the test body crashed"
+    assert tests["test_after.py::test_healthy"]["error"] is None
+
+
+def test_a_crash_before_training_names_the_exception(pytester, named_problem, gating):
+    pytester.makepyfile(named_problem + '''
+
+@pytest.mark.stable_training(steps=10)
+def test_boom(stability):
+    raise KeyError("no data today")
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(failed=1)
+    (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
+    assert (test["outcome"], test["verdict"]) == ("failed", "error")
+    assert test["error"] == "the test did not complete a stability.train() call: KeyError: 'no data today'"
+
+
+def test_a_usage_error_is_printed_once(pytester, tiny_problem):
+    pytester.makepyfile(tiny_problem + '''
+
+@pytest.mark.stable_training(steps=10)
+def test_bad_steps(stability):
+    stability.train(build(), X, Y, steps=-5)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "During handling of the above exception" not in out
+    # once in the failure section; the stability report and the short summary quote it too
+    section = out.split("= FAILURES =", 1)[1].split("= stability report", 1)[0]
+    assert section.count("steps must be an int >= 1, received -5") == 1
+    result.stdout.fnmatch_lines(["stability.train(): steps must be an int >= 1, received -5"])
+
+
+def test_a_loss_nan_from_step_0_does_not_stop_the_other_plots(pytester, scenario):
+    pytest.importorskip("matplotlib")
+    scenario("healthy", module="test_p", extra=NAN_FROM_START)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*- stability plots: 2 PNG files written to */plots -*"])
+    assert sorted(p.name for p in (pytester.path / "plots").iterdir()) == [
+        "test_p.py__test_a_nan_from_start.png", "test_p.py__test_healthy.png"]
+    result.stdout.no_fnmatch_line("*cannot be log-scaled*")
+
+
+def test_a_failing_plot_is_named_in_a_warning_and_the_others_are_written(pytester, scenario):
+    pytest.importorskip("matplotlib")
+    pytester.makeconftest('''
+import pytest_stability.report.plots as plots
+
+_render = plots.render_png
+
+
+def _broken_for_one_test(record):
+    if record["nodeid"].endswith("test_healthy"):
+        raise ValueError("drawing failed")
+    return _render(record)
+
+
+def pytest_configure(config):
+    plots.render_png = _broken_for_one_test
+
+
+def pytest_unconfigure(config):
+    plots.render_png = _render
+''')
+    scenario("healthy", "one", module="test_p")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots")
+    result.assert_outcomes(passed=2)
+    assert result.ret == 0  # a plot is a by-product: the tests passed
+    result.stdout.fnmatch_lines([
+        "*StabilityWarning: stability plot of test_p.py::test_healthy NOT written: ValueError: drawing failed",
+        "*- stability plots: 1 PNG file written to */plots (1 NOT written: test_p.py::test_healthy) -*",
+    ])
+    assert [p.name for p in (pytester.path / "plots").iterdir()] == ["test_p.py__test_one.png"]

@@ -1,0 +1,99 @@
+"""Settings: every option's explicit text parser, the typed frozen RunSpec, and the run-wide file settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pytest_stability.options import (OPTIONS, OPTIONS_BY_NAME, OptionValueError, RunSpec, merge_marker,
+                                      parse_replay, resolve_config_defaults, resolve_run_files)
+from pytest_stability.thresholds import CHECK_NAMES
+
+
+def _defaults(cli=None, ini=None) -> RunSpec:
+    cli, ini = cli or {}, ini or {}
+    return resolve_config_defaults(cli.get, lambda key: ini.get(key))
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("steps", " 7 ", 7), ("seed", "0", 0), ("spike_zscore", "6.5", 6.5), ("val_smoothing", "0", 0.0),
+    ("max_grad_norm", "none", None), ("max_grad_norm", "2", 2.0), ("device", "CPU", "cpu"),
+    ("checks", "val_loss, loss_spike", ("loss_spike", "val_loss")), ("diagnostics", "yes", True),
+    ("shuffle", "off", False), ("baseline_extra_spikes", "2", 2),
+])
+def test_text_parsers(name, text, value):
+    assert OPTIONS_BY_NAME[name].text(text) == value
+    assert getattr(_defaults(cli={name: text}), name) == value
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("steps", "3.0", "an int >= 1, received '3.0'"),
+    ("steps", "0", "an int >= 1, received '0'"),
+    ("spike_ratio", "nan", "a finite number > 1, received 'nan'"),
+    ("max_grad_norm", "x", "None or a finite number > 0, received 'x'"),
+    ("device", "tpu", "one of 'auto', 'cpu', 'gpu', received 'tpu' (str)"),
+    ("checks", "foo", "received unknown check 'foo'"),
+    ("whatif", "maybe", "true or false, received 'maybe'"),
+])
+def test_text_parser_errors_name_the_value(name, text, message):
+    with pytest.raises(OptionValueError) as info:
+        OPTIONS_BY_NAME[name].text(text)
+    assert str(info.value).endswith(message)
+
+
+def test_every_option_has_its_own_text_parser_and_a_runspec_field():
+    names = [f.name for f in dataclasses.fields(RunSpec) if f.name != "from_marker"]
+    assert names == [o.name for o in OPTIONS]
+    for opt in OPTIONS:
+        assert callable(opt.text) and callable(opt.parse), opt.name
+        # the default survives its own text form (what --help shows)
+        text = ",".join(opt.default) if isinstance(opt.default, tuple) else str(opt.default)
+        assert opt.text(text) == opt.default, opt.name
+
+
+def test_runspec_is_typed_frozen_and_keeps_values():
+    spec = _defaults(cli={"steps": "9"}, ini={"stability_seed": "3"})
+    assert (spec.steps, spec.seed, spec.checks) == (9, 3, CHECK_NAMES)
+    assert spec.values["steps"] == 9 and list(spec.values) == [o.name for o in OPTIONS]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.steps = 1  # type: ignore[misc]
+    changed = spec.replace(whatif=True)
+    assert (changed.whatif, spec.whatif, changed.steps) == (True, False, 9)
+    with pytest.raises(TypeError, match="unknown setting"):
+        spec.replace(stepz=1)
+    with pytest.raises(AttributeError):
+        spec.no_such_setting  # noqa: B018
+    marked = merge_marker(spec, (20,), {"spike_ratio": 4})
+    assert (marked.steps, marked.spike_ratio, marked.from_marker) == (20, 4.0, frozenset({"steps", "spike_ratio"}))
+
+
+def test_precedence_cli_over_ini_over_default():
+    assert _defaults().steps == 200
+    assert _defaults(ini={"stability_steps": "50"}).steps == 50
+    assert _defaults(cli={"steps": "10"}, ini={"stability_steps": "50"}).steps == 10
+
+
+def test_run_files(tmp_path):
+    cli = {"report": "out/r.json", "baseline_strict": None}
+    files, problems = resolve_run_files(cli.get, {"stability_plots": "figs"}.get, invocation_dir=tmp_path / "cwd",
+                                        rootdir=tmp_path)
+    assert problems == []
+    assert (files.report, files.plots, files.baseline, files.baseline_strict) == (
+        tmp_path / "cwd/out/r.json", tmp_path / "figs", None, False)
+    files, problems = resolve_run_files({"baseline_strict": True, "report": ""}.get, {}.get,
+                                        invocation_dir=tmp_path, rootdir=tmp_path)
+    assert problems == ["--stability-report: expected a path, received an empty string",
+                        "--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)"]
+
+
+def test_replay_seed():
+    assert parse_replay("3") == 3
+    with pytest.raises(OptionValueError, match=r"expects a seed \(an int >= 0\), received '-1'"):
+        parse_replay("-1")
+
+
+def test_check_names_have_one_source():
+    from pytest_stability.checks import CHECKS
+
+    assert tuple(CHECKS) == CHECK_NAMES == OPTIONS_BY_NAME["checks"].default

@@ -1,0 +1,68 @@
+"""Plots are drawn per test: data that cannot be log-scaled gets a linear axis, and one bad figure spares the rest."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from pytest_stability.report import plots  # noqa: E402
+
+
+def _record(nodeid: str, loss: list, val: list | None = None, grad: list | None = None) -> dict:
+    curves = {"loss": {"step": list(range(len(loss))), "value": loss}}
+    if grad is not None:
+        curves["grad_norm"] = {"step": list(range(len(grad))), "value": grad}
+    if val is not None:
+        curves["val_loss"] = {"step": [10 * i for i in range(len(val))], "value": val}
+    run = {"seed": 0, "verdict": "stable", "curves": curves, "findings": []}
+    return {"nodeid": nodeid, "verdict": "stable", "calls": [{"runs": [run]}]}
+
+
+def _scales(monkeypatch) -> list[tuple[str, str]]:
+    """(panel label, y scale) of every panel drawn, captured from the figure before it is saved."""
+    seen: list[tuple[str, str]] = []
+    from matplotlib.figure import Figure
+
+    original = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        seen.extend((ax.get_ylabel(), ax.get_yscale()) for ax in fig.axes)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+def test_nan_and_nonpositive_losses_are_drawn_linear_and_do_not_stop_the_others(tmp_path, monkeypatch):
+    scales = _scales(monkeypatch)
+    records = [
+        _record("t.py::test_a_nan_from_step_0", ["nan"] * 5, val=["nan", "nan"], grad=["nan"] * 5),
+        _record("t.py::test_b_negative", [-1.0, -2.0, 0.0], val=[-1.0, 0.5], grad=[1.0, 2.0, 3.0]),
+        _record("t.py::test_c_healthy", [1.0, 0.5, 0.25], val=[0.9, 0.4], grad=[1.0, 2.0, 3.0]),
+    ]
+    written, failures = plots.write_plots(records, tmp_path)
+    assert failures == []
+    assert [p.name for p in written] == ["t.py__test_a_nan_from_step_0.png", "t.py__test_b_negative.png",
+                                         "t.py__test_c_healthy.png"]
+    nan_run, negative, healthy = scales[0:3], scales[3:6], scales[6:9]
+    assert [s for _, s in nan_run] == ["linear", "linear", "linear"]
+    assert [s for _, s in negative] == ["linear", "log", "linear"]
+    # the validation panel is log-scaled like the loss when its data is positive
+    assert healthy == [("training loss (log)", "log"), ("gradient norm (log)", "log"),
+                       ("validation loss (log)", "log")]
+
+
+def test_a_failing_plot_names_its_test_and_the_others_are_written(tmp_path, monkeypatch):
+    render = plots.render_png
+
+    def flaky(record):
+        if record["nodeid"].endswith("bad"):
+            raise ValueError("cannot draw this one")
+        return render(record)
+
+    monkeypatch.setattr(plots, "render_png", flaky)
+    records = [_record("t.py::test_bad", [1.0, 0.5]), _record("t.py::test_good", [1.0, 0.5])]
+    written, failures = plots.write_plots(records, tmp_path)
+    assert [p.name for p in written] == ["t.py__test_good.png"]
+    assert failures == [("t.py::test_bad", "ValueError: cannot draw this one")]
