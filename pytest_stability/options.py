@@ -30,6 +30,18 @@ CHECK_NAMES = ("loss_spike", "nonfinite", "grad_norm", "val_loss")
 #: Threshold defaults live on checks.base.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")
+#: The default ceiling on ``steps`` (``max_steps``).
+DEFAULT_MAX_STEPS = 100_000
+
+
+def steps_above_ceiling(values: Mapping[str, Any]) -> str | None:
+    """The message for ``steps`` above ``max_steps``, or None; names both values and how to raise the ceiling."""
+    steps, ceiling = values.get("steps"), values.get("max_steps")
+    if steps is None or ceiling is None or steps <= ceiling:
+        return None
+    return (f"steps={steps} is above max_steps={ceiling} (a run that long is more likely a typo than a test); "
+            "lower steps, or raise the ceiling with max_steps= on the marker, --stability-max-steps or ini "
+            "stability_max_steps")
 
 
 class OptionValueError(ValueError):
@@ -211,6 +223,8 @@ class Option:
 # ("How the thresholds were chosen"); benchmarks/detection.py reproduces it.
 OPTIONS: tuple[Option, ...] = (
     Option("steps", _int(1), 200, "optimizer steps to train each stability test for"),
+    Option("max_steps", _int(1), DEFAULT_MAX_STEPS, "ceiling on steps: a larger steps value is a usage error, not a "
+           "silent hours-long run (raise it for a test that really trains that long)"),
     Option("batch_size", _int(1), 32, "batch size for array inputs (datasets bring their own)"),
     Option("seed", _int(0), 0, "random seed (weights, data order, dropout); replay a failure with it"),
     Option("seeds", _int(1), 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
@@ -309,6 +323,9 @@ def resolve_config_defaults(get_cli: Callable[[str], Any], get_ini: Callable[[st
             except OptionValueError as exc:
                 problems.append(f"{opt.cli}: expected {exc}")
         values[opt.name] = value
+    ceiling = steps_above_ceiling(values)
+    if ceiling is not None:
+        problems.append(f"--stability-steps / --stability-max-steps (or their ini keys): {ceiling}")
     if problems:
         raise OptionValueError("\n".join(problems))
     return RunSpec(values)
@@ -342,11 +359,15 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
             values[key] = opt.parse(value)
         except OptionValueError as exc:
             raise OptionValueError(f"{key} must be {exc}") from None
+    ceiling = steps_above_ceiling(values)
+    if ceiling is not None:
+        raise OptionValueError(ceiling)
     return RunSpec(values, frozenset(kwargs))
 
 
 __all__ = [
     "CHECK_NAMES",
+    "DEFAULT_MAX_STEPS",
     "DEVICES",
     "MARKER_SIGNATURE",
     "OPTIONS",
@@ -361,5 +382,6 @@ __all__ = [
     "merge_marker",
     "parse_text",
     "resolve_config_defaults",
+    "steps_above_ceiling",
     "usage_message",
 ]
