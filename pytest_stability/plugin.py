@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from . import ci
 from . import hookspecs
 from . import gating
 from .fixtures import RECORD_KEY, make_fixture
@@ -47,6 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                         help=f"{opt.help}; {opt.expects} (default: {default}; ini: {opt.ini})")
         parser.addini(opt.ini, help=f"{opt.help} (default: {default})", default=None)
     gating.addoption(parser, group)
+    ci.addoption(parser, group)
     group.addoption("--stability-replay", dest="stability_replay", type=_nonneg_int, default=None, metavar="SEED",
                     help="re-run stability tests with exactly this seed's run (printed in each failure)")
 
@@ -66,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
         problems.extend(str(exc).splitlines())
     prepared = gating.prepare(config)
     problems.extend(prepared.problems)
+    ci_settings, ci_problems = ci.prepare(config)
+    problems.extend(ci_problems)
     # One usage error (exit 4) for every bad setting of the run.
     if problems == [gating.PLOTS_MISSING_MESSAGE]:
         raise pytest.UsageError(gating.PLOTS_MISSING_MESSAGE)
@@ -77,6 +81,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION_KEY] = session
     config.pluginmanager.register(session, "stability-session")
     gating.register(config, prepared, defaults)
+    ci.register(config, ci_settings, plots_dir=prepared.settings.plots)
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Before any conftest.py is imported (one may import TensorFlow at its top):
+    # an xdist worker's GPU environment (--stability-xdist-gpus, --stability-gpu-lock).
+    ci.early_worker_setup(early_config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
