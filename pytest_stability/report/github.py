@@ -163,13 +163,15 @@ def _cell(text: str) -> str:
 
 
 def markdown(records: Iterable[Mapping[str, Any]], *, plots: Mapping[str, str] | None = None,
-             tensorboard: str | None = None) -> str:
+             tensorboard: str | None = None, link_plots: bool = True) -> str:
     """The Markdown stability report: a heading, a count line, one table row per test.
 
     Args:
         records: the session's per-test records.
-        plots: nodeid -> the plot's path or URL, shown as a link (only with ``--stability-plots``).
+        plots: nodeid -> the plot's path or URL (only with ``--stability-plots``).
         tensorboard: the TensorBoard log directory, named under the table.
+        link_plots: show plots as Markdown links; False shows their paths (a job summary cannot link to
+            a file of the job's workspace: the plots are in the uploaded artifact).
     """
     records = sorted(records, key=lambda r: r["nodeid"])
     unstable = sum(r.get("verdict") == "unstable" for r in records)
@@ -197,7 +199,10 @@ def markdown(records: Iterable[Mapping[str, Any]], *, plots: Mapping[str, str] |
             row.append(_baseline(record))
         if plots is not None:
             target = plots.get(record["nodeid"])
-            row.append(f"[png]({target.replace(' ', '%20')})" if target else "")
+            if not target:
+                row.append("")
+            else:
+                row.append(f"[png]({target.replace(' ', '%20')})" if link_plots else f"`{target}`")
         lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
     if tensorboard:
         lines += ["", f"Per-step traces for TensorBoard: `{tensorboard}` (`tensorboard --logdir {tensorboard}`)."]
@@ -251,13 +256,13 @@ class GitHubPlugin:
         session = self.config.stash.get(SESSION_KEY, None)
         return session.sorted_records() if session is not None else []
 
-    def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None) -> str:
+    def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
         plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None
         tb = None
         if self.tensorboard_dir is not None:
             tb = (os.path.relpath(self.tensorboard_dir, relative_to) if relative_to is not None
                   else str(self.tensorboard_dir))
-        return markdown(records, plots=plots, tensorboard=tb)
+        return markdown(records, plots=plots, tensorboard=tb, link_plots=link_plots)
 
     # trylast wrapper: innermost, so this runs after every plain pytest_sessionfinish (the
     # session's records are complete, also for an interrupted run) and before the terminal
@@ -272,7 +277,7 @@ class GitHubPlugin:
             summary_path = env.get("GITHUB_STEP_SUMMARY")
             if summary_path and records:
                 root = Path(env.get("GITHUB_WORKSPACE") or self.config.rootpath)
-                self._append(Path(summary_path), self._markdown(records, root), "GitHub step summary")
+                self._append(Path(summary_path), self._markdown(records, root, link_plots=False), "GitHub step summary")
         if self.markdown_path is not None:
             self._write(self.markdown_path, self._markdown(records, self.markdown_path.parent))
         return result
@@ -294,6 +299,7 @@ class GitHubPlugin:
             return
         self.footer.append(f"stability Markdown written to {path}")
 
+    @pytest.hookimpl(trylast=True)  # after the stability report section
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         # Workflow commands must start a line of stdout; they are printed whatever the verbosity.
         for line in self._annotations:
