@@ -132,13 +132,21 @@ def _ini_bool(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _cli(config: pytest.Config, dest: str) -> Any:
+    value = config.getoption(dest, None)
+    if value is None:
+        # Before pytest_configure (pytest_load_initial_conftests) only the early parse has the options.
+        value = getattr(getattr(config, "known_args_namespace", None), dest, None)
+    return value
+
+
 def read_settings(config: pytest.Config) -> tuple[str | None, bool]:
     """The raw ``--stability-xdist-gpus`` text (CLI > ini) and whether the GPU lock is on."""
-    gpus = config.getoption("stability_xdist_gpus", None)
+    gpus = _cli(config, "stability_xdist_gpus")
     if gpus is None:
         ini = config.getini("stability_xdist_gpus")
         gpus = ini if ini not in (None, "") else None
-    lock = config.getoption("stability_gpu_lock", None)
+    lock = _cli(config, "stability_gpu_lock")
     if lock is None:
         lock = _ini_bool(config.getini("stability_gpu_lock"))
     return gpus, bool(lock)
