@@ -195,14 +195,14 @@ class TensorBoardPlugin:
         self._calls[nodeid] = index + 1
         try:
             write_report(self.logdir, nodeid, report, call_index=index, per_variable=self.per_variable)
-        except OSError as exc:
-            # A full disk must not turn a stable test into a failure: warn instead.
+        except Exception as exc:  # noqa: BLE001 - logs are a side effect: a full disk must not fail a stable test
             import warnings
 
             from ..errors import StabilityWarning
 
             warnings.warn(StabilityWarning(
-                f"pytest-stability: TensorBoard events of {nodeid} NOT written to {self.logdir}: {exc}"), stacklevel=2)
+                f"pytest-stability: TensorBoard events of {nodeid} NOT written to {self.logdir}: "
+                f"{type(exc).__name__}: {exc}"), stacklevel=2)
 
 
 __all__ = ["FINDINGS_TAG", "INSTALL_HINT", "MISSING_MESSAGE", "SCALAR_TAGS", "TensorBoardPlugin", "VAR_GRAD_PREFIX",
