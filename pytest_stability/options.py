@@ -31,6 +31,18 @@ from .thresholds import CHECK_NAMES, Thresholds
 #: Threshold defaults live on checks.base.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")
+#: The default ceiling on ``steps`` (``max_steps``).
+DEFAULT_MAX_STEPS = 100_000
+
+
+def steps_above_ceiling(values: Mapping[str, Any]) -> str | None:
+    """The message for ``steps`` above ``max_steps``, or None; names both values and how to raise the ceiling."""
+    steps, ceiling = values.get("steps"), values.get("max_steps")
+    if steps is None or ceiling is None or steps <= ceiling:
+        return None
+    return (f"steps={steps} is above max_steps={ceiling} (a run that long is more likely a typo than a test); "
+            "lower steps, or raise the ceiling with max_steps= on the marker, --stability-max-steps or ini "
+            "stability_max_steps")
 
 
 class OptionValueError(ValueError):
@@ -254,20 +266,22 @@ def _bool_option(name: str, default: bool, help: str) -> Option:
 # ("How the thresholds were chosen"); benchmarks/detection.py reproduces it.
 OPTIONS: tuple[Option, ...] = (
     _int_option("steps", 1, 200, "optimizer steps to train each stability test for"),
+    _int_option("max_steps", 1, DEFAULT_MAX_STEPS, "ceiling on steps: a larger steps value is a usage error, not a "
+                "silent hours-long run (raise it for a test that really trains that long)"),
     _int_option("batch_size", 1, 32, "batch size for array inputs (datasets bring their own)"),
     _int_option("seed", 0, 0, "random seed (weights, data order, dropout); replay a failure with it"),
     _int_option("seeds", 1, 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
     Option("device", _choice(*DEVICES), _word_text(_choice(*DEVICES)), "auto",
-           "where to train: auto (GPU when TensorFlow sees one), cpu, or gpu (skip without one)"),
+           "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu (skip without one)"),
     _int_option("validate_every", 1, 25, "evaluate the validation loss every N optimizer steps"),
     _int_option("readback_every", 1, 50, "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps"),
     Option("checks", _checks, _word_text(_checks), CHECK_NAMES,
            "comma-separated checks to run: " + ",".join(CHECK_NAMES)),
     _bool_option("diagnostics", False, "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed"),
-    _bool_option("deterministic", True, "enable TensorFlow op determinism so the same seed gives the same trace"),
-    _bool_option("jit_compile", False, "compile the training step with XLA"),
+    _bool_option("deterministic", True, "seed everything and enable TensorFlow op determinism so the same seed gives the same trace"),
+    _bool_option("jit_compile", False, "unused since training runs model.fit: the model's own compile(jit_compile=...) decides (kept so existing settings stay valid)"),
     _bool_option("shuffle", True, "shuffle array inputs each pass (seeded)"),
-    _bool_option("whatif", False, "on failure, replay the steps around it from a snapshot with the suggested optimizer fix and report whether the instability goes away (keeps up to 16 host copies of the model and optimizer state)"),
+    _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix applied before the failure and report whether the instability goes away (keeps one host copy of the initial model and optimizer state)"),
     # -- loss_spike
     _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
     _float_option("spike_zscore", _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike", 0, strict=True),
@@ -314,6 +328,7 @@ class RunSpec:
     """
 
     steps: int = 200
+    max_steps: int = DEFAULT_MAX_STEPS
     batch_size: int = 32
     seed: int = 0
     seeds: int = 1
@@ -407,6 +422,9 @@ def resolve_config_defaults(get_cli: Callable[[str], Any], get_ini: Callable[[st
             except OptionValueError as exc:
                 problems.append(f"{opt.cli}: expected {exc}")
         values[opt.name] = value
+    ceiling = steps_above_ceiling(values)
+    if ceiling is not None:
+        problems.append(f"--stability-steps / --stability-max-steps (or their ini keys): {ceiling}")
     if problems:
         raise OptionValueError("\n".join(problems))
     return RunSpec.from_values(values)
@@ -440,6 +458,9 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
             values[key] = opt.parse(value)
         except OptionValueError as exc:
             raise OptionValueError(f"{key} must be {exc}") from None
+    ceiling = steps_above_ceiling(values)
+    if ceiling is not None:
+        raise OptionValueError(ceiling)
     return RunSpec.from_values(values, frozenset(kwargs))
 
 
@@ -534,6 +555,7 @@ def parse_replay(text: str) -> int:
 
 __all__ = [
     "CHECK_NAMES",
+    "DEFAULT_MAX_STEPS",
     "DEVICES",
     "MARKER_SIGNATURE",
     "OPTIONS",
@@ -552,5 +574,6 @@ __all__ = [
     "parse_text",
     "resolve_run_files",
     "resolve_config_defaults",
+    "steps_above_ceiling",
     "usage_message",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from . import baseline_gate, hookspecs
+from . import baseline_gate, ci, hookspecs
 from .fixtures import make_fixture
 from .marker import MARKER_NAME, spec_for_node, validate_markers
 from .options import (MARKER_SIGNATURE, OPTIONS, PATH_SETTINGS, BASELINE_STRICT_HELP, REPLAY_HELP,
@@ -60,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(ini_name("baseline_strict"), help=BASELINE_STRICT_HELP, type="bool", default=False)
     group.addoption("--stability-replay", dest="stability_replay", type=_replay, default=None, metavar="SEED",
                     help=REPLAY_HELP)
+    ci.addoption(parser, group)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -82,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
     problems.extend(found)
     previous, found = check_outputs(files, worker=is_worker(config))
     problems.extend(found)
+    ci_settings, ci_problems = ci.prepare(config)
+    problems.extend(ci_problems)
     # One usage error (exit 4) for every bad setting of the run.
     if problems == [PLOTS_MISSING_MESSAGE]:
         raise pytest.UsageError(PLOTS_MISSING_MESSAGE)
@@ -96,6 +99,13 @@ def pytest_configure(config: pytest.Config) -> None:
         gate = baseline_gate.BaselineGate(baseline, files, defaults)
         config.stash[baseline_gate.GATE_KEY] = gate
         config.pluginmanager.register(gate, "stability-baseline-gate")
+    ci.register(config, ci_settings, plots_dir=files.plots)
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Before any conftest.py is imported (one may import TensorFlow at its top):
+    # an xdist worker's GPU environment (--stability-xdist-gpus, --stability-gpu-lock).
+    ci.early_worker_setup(early_config)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,0 +1,313 @@
+"""Where CI users look on GitHub: error annotations at the test, and a Markdown stability report.
+
+* When ``GITHUB_ACTIONS=true``, each unstable test (and each test that regressed
+  against ``--stability-baseline``) gets one ``::error file=...,line=...,title=...::``
+  workflow command, printed by the controller at the end of the run, so GitHub
+  shows its headline finding on the test function in the pull request's diff.
+* The Markdown report (one row per stability test: verdict, node id, steps,
+  headline finding, baseline delta, plot) is appended to
+  ``$GITHUB_STEP_SUMMARY`` under GitHub Actions, and written to
+  ``--stability-markdown=PATH`` (ini ``stability_markdown``) anywhere.
+
+Built from the controller's per-test records (builtins, the same under
+pytest-xdist) and the tests' locations from their reports.  Pure string
+building apart from :class:`GitHubPlugin`, which owns the side effects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pytest
+
+_VERDICT = {"stable": "✅ stable", "unstable": "❌ unstable", "error": "⚠️ error", "skipped": "⏭️ skipped"}
+
+
+def in_github_actions(env: Mapping[str, str] | None = None) -> bool:
+    """True when running in a GitHub Actions job (``GITHUB_ACTIONS=true``)."""
+    env = os.environ if env is None else env
+    return env.get("GITHUB_ACTIONS", "").lower() == "true"
+
+
+# -- what a record says ---------------------------------------------------------
+
+
+def regressed(record: Mapping[str, Any]) -> bool:
+    """Whether the test failed its --stability-baseline comparison."""
+    return any((c.get("baseline") or {}).get("failed") for c in record.get("calls") or [])
+
+
+def headline(record: Mapping[str, Any]) -> str:
+    """The one line that says why a test is not stable (its first finding), or '' for a stable one."""
+    for call in record.get("calls") or []:
+        for run in call.get("runs") or []:
+            if run.get("findings"):
+                f = run["findings"][0]
+                seed = f"seed {run['seed']}: " if len(call["runs"]) > 1 else ""
+                return f"{seed}[{f['check']}] step {f['step']}: {f['message']}"
+    for call in record.get("calls") or []:
+        baseline = call.get("baseline") or {}
+        if baseline.get("failed") and baseline.get("regressions"):
+            return "baseline regression: " + "; ".join(baseline["regressions"])
+    if record.get("verdict") in ("error", "skipped"):
+        return record.get("error") or record.get("skip_reason") or ""
+    return ""
+
+
+def _steps(record: Mapping[str, Any]) -> str:
+    parts = []
+    for call in record.get("calls") or []:
+        runs = call.get("runs") or []
+        if runs:
+            run = next((r for r in runs if r.get("verdict") != "stable"), runs[0])
+            parts.append(f"{run['steps_run']}/{run['steps_planned']}")
+    return ", ".join(parts)
+
+
+def _baseline(record: Mapping[str, Any]) -> str:
+    lines = [line for c in record.get("calls") or [] for line in (c.get("baseline") or {}).get("lines", [])]
+    return "<br>".join(lines)
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    verdict = record.get("verdict", "error")
+    if verdict == "stable" and regressed(record):
+        return "❌ regressed"
+    return _VERDICT.get(verdict, verdict)
+
+
+# -- GitHub workflow commands ------------------------------------------------------
+
+
+def _escape_data(text: str) -> str:
+    # https://docs.github.com/actions/reference/workflow-commands-for-github-actions (toolkit's escapeData)
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def error_command(file: str, line: int, title: str, message: str) -> str:
+    """One ``::error`` workflow command (GitHub shows it as an annotation on ``file:line``)."""
+    return (f"::error file={_escape_property(file)},line={int(line)},title={_escape_property(title)}"
+            f"::{_escape_data(message)}")
+
+
+def def_line(path: Path, lineno0: int, domain: str) -> int:
+    """The 1-based line of ``def <test>`` at or after pytest's 0-based ``lineno0``.
+
+    pytest's location of a decorated function is its first decorator; the
+    annotation reads better on the ``def`` line.  Falls back to ``lineno0 + 1``.
+    """
+    name = domain.split("[", 1)[0].rsplit(".", 1)[-1]
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return lineno0 + 1
+    pattern = re.compile(rf"\s*(async\s+)?def\s+{re.escape(name)}\s*\(")
+    for i in range(max(lineno0, 0), min(len(lines), lineno0 + 60)):
+        if pattern.match(lines[i]):
+            return i + 1
+    return lineno0 + 1
+
+
+def annotation_file(rootpath: Path, relpath: str, env: Mapping[str, str] | None = None) -> str:
+    """The test file, relative to the repository (``$GITHUB_WORKSPACE``) when it is inside it, else to the rootdir."""
+    env = os.environ if env is None else env
+    absolute = Path(rootpath, relpath).resolve()
+    workspace = env.get("GITHUB_WORKSPACE")
+    if workspace:
+        try:
+            return absolute.relative_to(Path(workspace).resolve()).as_posix()
+        except ValueError:
+            pass
+    return Path(relpath).as_posix()
+
+
+def annotations(records: Iterable[Mapping[str, Any]], locations: Mapping[str, tuple[str, int, str]],
+                rootpath: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """One ``::error`` command per unstable or regressed test, in node id order.
+
+    Args:
+        records: the session's per-test records.
+        locations: nodeid -> pytest's ``report.location`` (file relative to the rootdir, 0-based line, domain).
+        rootpath: the rootdir.
+        env: the environment (``GITHUB_WORKSPACE``).
+    """
+    out = []
+    for record in sorted(records, key=lambda r: r["nodeid"]):
+        if record.get("verdict") != "unstable" and not regressed(record):
+            continue
+        nodeid = record["nodeid"]
+        where = locations.get(nodeid)
+        if where is None:
+            relpath, line = nodeid.split("::", 1)[0], 1
+        else:
+            relpath, line = where[0], def_line(Path(rootpath, where[0]), where[1], where[2])
+        kind = "unstable training" if record.get("verdict") == "unstable" else "training stability regressed"
+        title = f"{kind}: {nodeid.split('::', 1)[-1]}"
+        message = headline(record) or kind
+        out.append(error_command(annotation_file(rootpath, relpath, env), line, title, message))
+    return out
+
+
+# -- Markdown ------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def markdown(records: Iterable[Mapping[str, Any]], *, plots: Mapping[str, str] | None = None,
+             tensorboard: str | None = None, link_plots: bool = True) -> str:
+    """The Markdown stability report: a heading, a count line, one table row per test.
+
+    Args:
+        records: the session's per-test records.
+        plots: nodeid -> the plot's path or URL (only with ``--stability-plots``).
+        tensorboard: the TensorBoard log directory, named under the table.
+        link_plots: show plots as Markdown links; False shows their paths (a job summary cannot link to
+            a file of the job's workspace: the plots are in the uploaded artifact).
+    """
+    records = sorted(records, key=lambda r: r["nodeid"])
+    unstable = sum(r.get("verdict") == "unstable" for r in records)
+    errors = sum(r.get("verdict") == "error" for r in records)
+    regressions = sum(regressed(r) for r in records)
+    with_baseline = any("baseline" in c for r in records for c in r.get("calls") or [])
+    summary = f"{len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
+    if errors:
+        summary += f", {errors} error{'s' if errors != 1 else ''}"
+    if with_baseline:
+        summary += f", {regressions} regressed against the baseline"
+    lines = ["## Training stability", "", summary, ""]
+    if not records:
+        return "\n".join(lines[:2] + ["No stability tests ran.", ""])
+    header = ["verdict", "test", "steps", "headline finding"]
+    if with_baseline:
+        header.append("baseline -> now")
+    if plots is not None:
+        header.append("plot")
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for record in records:
+        row = [_label(record), f"`{record['nodeid']}`", _steps(record), headline(record)]
+        if with_baseline:
+            row.append(_baseline(record))
+        if plots is not None:
+            target = plots.get(record["nodeid"])
+            if not target:
+                row.append("")
+            else:
+                row.append(f"[png]({target.replace(' ', '%20')})" if link_plots else f"`{target}`")
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    if tensorboard:
+        lines += ["", f"Per-step traces for TensorBoard: `{tensorboard}` (`tensorboard --logdir {tensorboard}`)."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot_links(records: Iterable[Mapping[str, Any]], plots_dir: Path, relative_to: Path | None) -> dict[str, str]:
+    """nodeid -> the path of its plot, named the way :func:`~pytest_stability.report.plots.write_plots` names it.
+
+    Relative to ``relative_to`` (the Markdown file's folder) when given, so the link works
+    where the file is viewed; else the absolute path.
+    """
+    from .plots import plot_filename
+
+    taken: set[str] = set()
+    out = {}
+    for record in sorted(records, key=lambda r: r["nodeid"]):
+        if not record.get("calls"):
+            continue
+        path = plots_dir / plot_filename(record["nodeid"], taken)
+        if relative_to is not None:
+            out[record["nodeid"]] = Path(os.path.relpath(path, relative_to)).as_posix()
+        else:
+            out[record["nodeid"]] = str(path)
+    return out
+
+
+class GitHubPlugin:
+    """Registered on the controller: remembers test locations; writes the Markdown and prints the annotations."""
+
+    def __init__(self, config: pytest.Config, markdown_path: Path | None, *, plots_dir: Path | None = None,
+                 tensorboard_dir: Path | None = None) -> None:
+        self.config = config
+        self.markdown_path = markdown_path
+        self.plots_dir = plots_dir
+        self.tensorboard_dir = tensorboard_dir
+        #: nodeid -> report.location (the controller has the reports, also under xdist)
+        self.locations: dict[str, tuple[str, int, str]] = {}
+        self.footer: list[str] = []
+        self._annotations: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.nodeid not in self.locations:
+            fspath, lineno, domain = report.location
+            self.locations[report.nodeid] = (fspath, -1 if lineno is None else int(lineno), domain)
+
+    def _records(self) -> list[dict[str, Any]]:
+        from ..session import SESSION_KEY
+
+        session = self.config.stash.get(SESSION_KEY, None)
+        return session.sorted_records() if session is not None else []
+
+    def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
+        plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None
+        tb = None
+        if self.tensorboard_dir is not None:
+            tb = (os.path.relpath(self.tensorboard_dir, relative_to) if relative_to is not None
+                  else str(self.tensorboard_dir))
+        return markdown(records, plots=plots, tensorboard=tb, link_plots=link_plots)
+
+    # trylast wrapper: innermost, so this runs after every plain pytest_sessionfinish (the
+    # session's records are complete, also for an interrupted run) and before the terminal
+    # reporter's wrapper prints the summary.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        result = yield
+        records = self._records()
+        env = os.environ
+        if in_github_actions(env):
+            self._annotations = annotations(records, self.locations, self.config.rootpath, env)
+            summary_path = env.get("GITHUB_STEP_SUMMARY")
+            if summary_path and records:
+                root = Path(env.get("GITHUB_WORKSPACE") or self.config.rootpath)
+                self._append(Path(summary_path), self._markdown(records, root, link_plots=False), "GitHub step summary")
+        if self.markdown_path is not None:
+            self._write(self.markdown_path, self._markdown(records, self.markdown_path.parent))
+        return result
+
+    def _append(self, path: Path, text: str, what: str) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        except OSError as exc:
+            self.footer.append(f"stability Markdown NOT appended to the {what} {path}: {exc}")
+
+    def _write(self, path: Path, text: str) -> None:
+        from .json_report import write_atomic
+
+        try:
+            write_atomic(path, text)
+        except (OSError, TypeError) as exc:
+            self.footer.append(f"stability Markdown NOT written to {path}: {type(exc).__name__}: {exc}")
+            return
+        self.footer.append(f"stability Markdown written to {path}")
+
+    @pytest.hookimpl(trylast=True)  # after the stability report section
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        # Workflow commands must start a line of stdout; they are printed whatever the verbosity.
+        for line in self._annotations:
+            terminalreporter.write_line(line)
+        if self.config.get_verbosity() >= -1:
+            for line in self.footer:
+                terminalreporter.write_sep("-", line, **({"red": True, "bold": True} if " NOT " in line else {}))
+
+
+__all__ = ["GitHubPlugin", "annotation_file", "annotations", "def_line", "error_command",
+           "headline", "in_github_actions", "markdown", "plot_links", "regressed"]

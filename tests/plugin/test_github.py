@@ -1,0 +1,122 @@
+"""GitHub Actions: ::error annotations at unstable tests, the Markdown report in $GITHUB_STEP_SUMMARY
+and --stability-markdown; printed and written by the controller only, also under pytest-xdist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_stability.report import github
+
+
+def _def_line(path: Path, name: str) -> int:
+    lines = path.read_text().splitlines()
+    return next(i + 1 for i, line in enumerate(lines) if line.startswith(f"def {name}("))
+
+
+def _annotations(result: pytest.RunResult) -> list[str]:
+    return [line for line in result.stdout.lines if line.startswith("::")]
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and "`" in line:
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows[cells[1].strip("`")] = cells
+    return rows
+
+
+def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monkeypatch):
+    path = scenario("healthy", "diverges", "plain", module="test_gh")
+    summary = pytester.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path.parent))  # the repository holds the project in a folder
+    line = _def_line(path, "test_diverges")
+    expected = (f"::error file={pytester.path.name}/test_gh.py,line={line},"
+                f"title=unstable training%3A test_diverges::[grad_norm] step 1: ")
+
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json",
+                                "--stability-markdown=out/report.md")
+    result.assert_outcomes(passed=2, failed=1)
+    found = _annotations(result)
+    assert len(found) == 1 and found[0].startswith(expected), found
+    assert "%0A" not in found[0] or found[0].count("::") == 2  # one line: newlines escaped
+    text = summary.read_text()
+    assert text.startswith("## Training stability\n\n2 tests, 1 unstable\n")
+    rows = _table_rows(text)
+    assert rows["test_gh.py::test_healthy"][:4] == ["✅ stable", "`test_gh.py::test_healthy`", "40/40", ""]
+    assert rows["test_gh.py::test_diverges"][:3] == ["❌ unstable", "`test_gh.py::test_diverges`", "3/40"]
+    assert rows["test_gh.py::test_diverges"][3].startswith("[grad_norm] step 1: ")
+    # the same Markdown, then a blank line
+    assert (pytester.path / "out" / "report.md").read_text() + "\n" == text
+    result.stdout.fnmatch_lines(["*stability Markdown written to *report.md*"])
+
+    # -n 2, compared with the baseline, with plots: one annotation per test, from the controller only
+    summary.unlink()
+    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--stability-baseline=base.json",
+                                "--stability-plots=plots", "--stability-markdown=out/report.md")
+    result.assert_outcomes(passed=2, failed=1)
+    found = _annotations(result)
+    assert len(found) == 1 and found[0].startswith(expected), found
+    text = summary.read_text()
+    assert "2 tests, 1 unstable, 0 regressed against the baseline" in text
+    assert "| verdict | test | steps | headline finding | baseline -> now | plot |" in text
+    rows = _table_rows(text)
+    assert rows["test_gh.py::test_healthy"][4].startswith("baseline -> now: ")
+    # the job summary names the plot's path (in the uploaded artifact); the Markdown file links it
+    assert rows["test_gh.py::test_healthy"][5] == f"`{pytester.path.name}/plots/test_gh.py__test_healthy.png`"
+    md_rows = _table_rows((pytester.path / "out" / "report.md").read_text())
+    link = md_rows["test_gh.py::test_healthy"][5]
+    assert link.startswith("[png](../plots/")  # relative to the Markdown file
+    assert (pytester.path / "out" / link[len("[png]("):-1]).is_file()
+
+
+def test_nothing_outside_github_actions(pytester, scenario, monkeypatch):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary.md"))
+    scenario("diverges", module="test_gh")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    assert _annotations(result) == []
+    assert not (pytester.path / "summary.md").exists()
+
+
+def test_markdown_without_stability_tests(pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    pytester.makeini("[pytest]\nstability_markdown = report.md\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "report.md").read_text() == "## Training stability\n\nNo stability tests ran.\n"
+
+
+def test_error_command_escapes_newlines_and_property_separators():
+    cmd = github.error_command("a,b.py", 7, "unstable: x", "50% worse\nsecond line")
+    assert cmd == "::error file=a%2Cb.py,line=7,title=unstable%3A x::50%25 worse%0Asecond line"
+
+
+def test_def_line_skips_decorators(tmp_path):
+    path = tmp_path / "t.py"
+    path.write_text("import pytest\n\n@pytest.mark.stable_training(steps=5)\n@pytest.mark.slow\ndef test_a(stability):\n"
+                    "    pass\n\nclass TestB:\n    @pytest.mark.x\n    async def test_b(self):\n        pass\n")
+    assert github.def_line(path, 2, "test_a") == 5
+    assert github.def_line(path, 8, "TestB.test_b[param-1]") == 10
+    assert github.def_line(path, 2, "test_missing") == 3
+    assert github.def_line(tmp_path / "gone.py", 4, "test_a") == 5
+
+
+def test_annotation_file_relative_to_workspace_or_rootdir(tmp_path):
+    root = tmp_path / "repo" / "project"
+    assert github.annotation_file(root, "tests/t.py", {"GITHUB_WORKSPACE": str(tmp_path / "repo")}) == "project/tests/t.py"
+    assert github.annotation_file(root, "tests/t.py", {"GITHUB_WORKSPACE": str(tmp_path / "elsewhere")}) == "tests/t.py"
+    assert github.annotation_file(root, "tests/t.py", {}) == "tests/t.py"
+
+
+def test_markdown_cells_escape_pipes_and_newlines():
+    record = {"nodeid": "t.py::test_a[x|y]", "verdict": "unstable", "calls": [{"runs": [{
+        "seed": 0, "verdict": "unstable", "steps_run": 3, "steps_planned": 9,
+        "findings": [{"check": "loss_spike", "step": 2, "message": "a | b\nc"}]}]}]}
+    text = github.markdown([record])
+    assert "| ❌ unstable | `t.py::test_a[x\\|y]` | 3/9 | [loss_spike] step 2: a \\| b<br>c |" in text
