@@ -629,11 +629,10 @@ def run_scenario(sc: Scenario, seed: int, thresholds: Any = None, whatif: bool =
     """
     import time
 
-    from pytest_stability.checks import Thresholds, run_checks
-    from pytest_stability.diagnosis import diagnose
+    from pytest_stability import pipeline
+    from pytest_stability.checks import Thresholds
     from pytest_stability.options import resolve_config_defaults
     from pytest_stability.training import engine
-    from pytest_stability.training.whatif import attach_whatif
 
     thresholds = thresholds or Thresholds()
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(whatif=whatif)
@@ -641,17 +640,14 @@ def run_scenario(sc: Scenario, seed: int, thresholds: Any = None, whatif: bool =
         spec = spec.replace(**sc.spec_overrides)
     engine.seed_everything(seed, True)
     model = sc.build()
+    fit_kwargs = {"validation_data": sc.validation_data} if sc.validation_data is not None else {}
     started = time.perf_counter()
-    res, trainer = engine.train(model, sc.x, sc.y, validation_data=sc.validation_data, steps=sc.steps,
-                                batch_size=sc.batch_size, batch_size_explicit=sc.y is not None, seed=seed,
-                                spec=spec, snapshots=whatif)
-    seconds = time.perf_counter() - started
-    results = [type(r)(r.name, r.status, tuple(diagnose(r.findings, res.trace)), r.detail, r.stats)
-               if r.findings else r for r in run_checks(res.trace, thresholds)]
+    out = pipeline.run(model, sc.x, sc.y, fit_kwargs=fit_kwargs, steps=sc.steps, seed=seed, spec=spec,
+                       thresholds=thresholds, batch_size=sc.batch_size if sc.y is not None else None)
+    seconds = time.perf_counter() - started  # includes a what-if replay when one ran
+    res, results = out.result, out.results
     note = None
     if whatif and any(r.findings for r in results):
-        results = attach_whatif(results, model, res, trainer, thresholds, spec, x=sc.x, y=sc.y, sample_weight=None,
-                                batch_size=sc.batch_size, batch_size_explicit=sc.y is not None, seed=seed)
-        note = next(f.evidence["whatif"] for r in results for f in r.findings if "whatif" in f.evidence)
+        note = next((f.evidence["whatif"] for r in results for f in r.findings if "whatif" in f.evidence), None)
     findings = [f for r in results for f in r.findings]
     return Outcome(sc, seed, res.trace, results, findings, seconds, note)

@@ -120,12 +120,16 @@ class Stability:
         return [base_seed + i for i in range(self.spec.seeds)]
 
     def _train(self, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, fit_kwargs: dict[str, Any]) -> Any:
-        from .checks import Thresholds, run_checks
-        from .diagnosis import diagnose
+        from . import pipeline
+        from .checks import Thresholds
         from .report import RunReport, StabilityReport
-        from .training import engine
 
         steps = self._override("steps", steps)
+        if steps > self.spec.max_steps:
+            raise StabilityUsageError(
+                f"steps={steps} is above the ceiling max_steps={self.spec.max_steps}: raise max_steps "
+                "(marker keyword, --stability-max-steps or the stability_max_steps ini key) for a test that "
+                "really trains that long")
         if "batch_size" in fit_kwargs and fit_kwargs["batch_size"] is not None:
             fit_kwargs["batch_size"] = self._override("batch_size", fit_kwargs["batch_size"])
         base_seed = self._override("seed", seed)
@@ -138,22 +142,13 @@ class Stability:
             run_model = self._model_for_seed(model, s, first=(s == base_seed))
             progress = self._progress(steps)
             try:
-                result = engine.train(run_model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=s, spec=spec,
-                                      progress=progress.update if progress is not None else None,
-                                      keep_initial_state=spec.whatif)
+                outcome = pipeline.run(run_model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=s, spec=spec,
+                                       thresholds=thresholds,
+                                       progress=progress.update if progress is not None else None)
             finally:
                 if progress is not None:
                     progress.close()
-            results = run_checks(result.trace, thresholds, spec.checks)
-            results = [
-                type(r)(r.name, r.status, tuple(diagnose(r.findings, result.trace)), r.detail, r.stats)
-                if r.findings else r for r in results
-            ]
-            if spec.whatif and any(r.findings for r in results):
-                from .training.whatif import attach_whatif
-
-                results = attach_whatif(results, run_model, result, thresholds, spec, x=x, y=y,
-                                        fit_kwargs=fit_kwargs, batch_size=None, seed=s)
+            result, results = outcome.result, outcome.results
             runs.append(RunReport(
                 seed=s, trace=result.trace, results=results, device=result.device,
                 wall_time=result.wall_time, replay=self.replay_command(s), data_kind=result.data_kind,

@@ -114,8 +114,6 @@ def test_bad_threshold_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--stability-progress-after: expected a number of seconds >= 0, received '-1'"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: the training loop calls progress.Progress at each read-back (the "
-                                       "lead's change in pytest_stability/training); remove this mark with it")
 def test_real_stability_run_shows_progress(pytester, scenario):
     scenario("healthy", module="test_long")
     verbose = pytester.runpytest("-p", "no:cacheprovider", "-v", "--stability-progress-after=0")

@@ -1,6 +1,5 @@
-"""What-if replay: snapshots, an exact replay, a fix that helps and one that does not, and its limits.
-
-Real Keras training throughout (seconds each on a CPU).
+"""What-if replay: the same fit re-run from its start, exact without a fix; a fix that helps, one that
+does not; its limits.  Real Keras training throughout (seconds each on a CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import keras  # noqa: E402
 
 from benchmarks import scenarios as S  # noqa: E402
 from pytest_stability.checks import Thresholds, run_checks  # noqa: E402
-from pytest_stability.diagnosis import diagnose  # noqa: E402
+from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.options import resolve_config_defaults  # noqa: E402
 from pytest_stability.training import engine, whatif  # noqa: E402
 
@@ -27,45 +26,35 @@ def _spec(**kw):
     return resolve_config_defaults(lambda n: None, lambda n: None).replace(whatif=True, **kw)
 
 
+def _fit_kwargs(sc):
+    return {"validation_data": sc.validation_data} if sc.validation_data is not None else {}
+
+
 def _train(sc, seed, **spec_kw):
     spec = _spec(**{**sc.spec_overrides, **spec_kw})
     engine.seed_everything(seed, True)
     model = sc.build()
-    res, trainer = engine.train(model, sc.x, sc.y, validation_data=sc.validation_data, steps=sc.steps,
-                                batch_size=sc.batch_size, batch_size_explicit=sc.y is not None, seed=seed,
-                                spec=spec, snapshots=True)
-    return model, res, trainer, spec
+    res = engine.train(model, sc.x, sc.y, fit_kwargs=_fit_kwargs(sc), steps=sc.steps, batch_size=sc.batch_size,
+                       seed=seed, spec=spec, keep_initial_state=True)
+    return model, res, spec
 
 
-def _replay(sc, seed, model, res, trainer, spec, fix, failure_step):
-    return whatif.replay(model, res, trainer, fix=fix, failure_step=failure_step, window=50, x=sc.x, y=sc.y,
-                         sample_weight=None, batch_size=sc.batch_size, batch_size_explicit=sc.y is not None,
-                         seed=seed, spec=spec)
+def _replay(sc, seed, model, res, spec, fix, failure_step):
+    return whatif.replay(model, res, fix=fix, failure_step=failure_step, window=50, x=sc.x, y=sc.y,
+                         fit_kwargs=_fit_kwargs(sc), batch_size=sc.batch_size, seed=seed, spec=spec)
 
 
 def _diagnosed(res):
-    results = run_checks(res.trace, Thresholds())
-    return [type(r)(r.name, r.status, tuple(diagnose(r.findings, res.trace)), r.detail, r.stats) for r in results]
-
-
-def test_snapshots_at_readback_boundaries_thinned_to_the_limit():
-    sc = S.noisy_small_batch(0)
-    sc.steps = 400
-    _, res, _, _ = _train(sc, 0, readback_every=10, validate_every=25)
-    steps = [s.step for s in res.snapshots]
-    assert steps[0] == 0 and len(steps) <= engine.MAX_SNAPSHOTS
-    assert all(s % 10 == 0 for s in steps) and steps == sorted(steps)
-    assert steps[-1] >= 400 - 4 * 10 * 2, steps  # thinned evenly, not cut off at the start
-    assert len(set(np.diff(steps))) == 1, steps
+    return judge(res.trace, Thresholds())
 
 
 def test_replay_without_a_fix_reproduces_the_run_exactly_and_restores_the_model():
     sc = S.noisy_small_batch(0)
     sc.steps = 200
-    model, res, trainer, spec = _train(sc, 0, readback_every=20)
+    model, res, spec = _train(sc, 0, readback_every=20)
     before = [v.numpy().copy() for v in model.variables]
-    rep = _replay(sc, 0, model, res, trainer, spec, fix={}, failure_step=130)
-    assert rep.start == 80  # the latest snapshot at least one spike window (50) before step 130
+    rep = _replay(sc, 0, model, res, spec, fix={}, failure_step=130)
+    assert rep.start == 80  # one spike window (50) before step 130
     assert rep.end == 200   # 4 windows past the failure, capped at the steps run
     np.testing.assert_array_equal(rep.trace.loss, res.trace.loss)
     np.testing.assert_array_equal(rep.trace.grad_norm, res.trace.grad_norm)
@@ -75,12 +64,12 @@ def test_replay_without_a_fix_reproduces_the_run_exactly_and_restores_the_model(
 
 def test_lower_learning_rate_replay_resolves_a_nan_run():
     sc = S.lr_too_high(1)
-    model, res, trainer, spec = _train(sc, 1)
+    model, res, spec = _train(sc, 1)
     results = _diagnosed(res)
     finding = next(f for r in results for f in r.findings if f.check == "nonfinite")
     assert finding.evidence["fix_configs"][0] == {"learning_rate_factor": 0.1}
-    out = whatif.attach_whatif(results, model, res, trainer, Thresholds(), spec, x=sc.x, y=sc.y,
-                               sample_weight=None, batch_size=sc.batch_size, batch_size_explicit=True, seed=1)
+    out = whatif.attach_whatif(results, model, res, Thresholds(), spec, x=sc.x, y=sc.y, fit_kwargs=_fit_kwargs(sc),
+                               batch_size=sc.batch_size, seed=1)
     notes = [f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence]
     assert len(notes) == 1, notes
     note = notes[0]
@@ -92,7 +81,7 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
     assert first["text"].startswith(f"replayed steps 0-{first['end']} with SGD(clipnorm=") and "no finding" in first["text"]
     assert len(note["attempts"]) == 1 and np.isfinite(first["final_loss"])
     # the nonfinite finding's own fix, a lower learning rate, resolves it too
-    rep = _replay(sc, 1, model, res, trainer, spec, fix=finding.evidence["fix_configs"][0],
+    rep = _replay(sc, 1, model, res, spec, fix=finding.evidence["fix_configs"][0],
                   failure_step=finding.step)
     assert rep.fix_text == "SGD(learning_rate x 0.1)"
     assert whatif.verdict(rep, run_checks(rep.trace, Thresholds(), ("loss_spike", "nonfinite", "grad_norm")))["resolved"]
@@ -101,10 +90,10 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
 def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
     # clipnorm at the healthy 90th percentile does not tame a warm-up to lr 0.3; a 10x lower rate does
     sc = S.rnn_explosion(0)
-    model, res, trainer, spec = _train(sc, 0)
+    model, res, spec = _train(sc, 0)
     results = _diagnosed(res)
-    out = whatif.attach_whatif(results, model, res, trainer, Thresholds(), spec, x=sc.x, y=sc.y,
-                               sample_weight=None, batch_size=sc.batch_size, batch_size_explicit=True, seed=0)
+    out = whatif.attach_whatif(results, model, res, Thresholds(), spec, x=sc.x, y=sc.y, fit_kwargs=_fit_kwargs(sc),
+                               batch_size=sc.batch_size, seed=0)
     note = next(f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence)
     first, second = note["attempts"]
     assert first["fix"].keys() == {"clipnorm"} and first["resolved"] is False and first["still_failing"], first
@@ -115,55 +104,18 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
 
 def test_adam_epsilon_fix_replayed_from_a_snapshot_before_the_collapse():
     sc = S.adam_collapse(2)
-    model, res, trainer, spec = _train(sc, 2)
+    model, res, spec = _train(sc, 2)
     first = min((f for r in _diagnosed(res) for f in r.findings), key=lambda f: f.step)
     assert first.evidence["cause_key"] == "adam_second_moment"
     start = first.evidence["start"]
-    rep = _replay(sc, 2, model, res, trainer, spec, fix=first.evidence["fix_configs"][0], failure_step=start)
+    rep = _replay(sc, 2, model, res, spec, fix=first.evidence["fix_configs"][0], failure_step=start)
     assert rep.fix_text == "Adam(epsilon=0.001)"
-    assert 0 < rep.start <= start - 50 and rep.end > start
+    assert rep.start == max(0, start - 50) and rep.end > start
     # the steps before the snapshot are the original run's; after it, the fix changes the trajectory
     np.testing.assert_array_equal(rep.trace.loss[:rep.start], res.trace.loss[:rep.start])
     assert not np.array_equal(rep.trace.loss[rep.start:rep.end], res.trace.loss[rep.start:rep.end])
     note = whatif.verdict(rep, run_checks(rep.trace, Thresholds(), ("loss_spike", "nonfinite", "grad_norm")))
     assert note["resolved"] is True, note["text"]
-
-
-def test_amsgrad_fix_starts_its_max_from_the_current_second_moment():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    opt = keras.optimizers.Adam(1e-2)
-    model.compile(opt, "mse")
-    opt.build(model.trainable_variables)
-    for v in opt.variables:
-        if v.name.endswith("_velocity"):
-            v.assign(np.full(v.shape, 0.25, "float32"))
-    snap = engine.take_snapshot(model, opt, 0)
-    new = whatif.fixed_optimizer(keras, opt, {"amsgrad": True})
-    new.build(model.trainable_variables)
-    whatif._carry_state(new, snap)
-    hats = [v for v in new.variables if v.name.endswith("_velocity_hat")]
-    assert hats and all(np.all(v.numpy() == 0.25) for v in hats)
-    assert new.amsgrad is True and new.learning_rate.numpy() == pytest.approx(1e-2)
-
-
-def test_learning_rate_factor_scales_a_schedule():
-    schedule = keras.optimizers.schedules.ExponentialDecay(0.5, decay_steps=10, decay_rate=0.5)
-    opt = keras.optimizers.SGD(schedule, clipnorm=None, global_clipnorm=2.0)
-    new = whatif.fixed_optimizer(keras, opt, {"learning_rate_factor": 0.1})
-    assert float(new._learning_rate(10)) == pytest.approx(0.1 * float(schedule(10)))
-    clipped = whatif.fixed_optimizer(keras, opt, {"clipnorm": 1.0})
-    assert clipped.clipnorm == 1.0 and clipped.global_clipnorm is None
-
-
-def test_unreplayable_cases_say_why():
-    opt = keras.optimizers.SGD(0.1)
-    with pytest.raises(whatif.NotReplayable, match="SGD has no 'epsilon' setting"):
-        whatif.fixed_optimizer(keras, opt, {"epsilon": 1e-3})
-    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam())
-    with pytest.raises(whatif.NotReplayable, match="LossScaleOptimizer"):
-        whatif.fixed_optimizer(keras, scaled, {"epsilon": 1e-3})
-    with pytest.raises(whatif.NotReplayable, match="no snapshot"):
-        whatif.pick_snapshot([], 10, 50)
 
 
 def test_one_shot_generator_cannot_be_replayed():
@@ -179,9 +131,27 @@ def test_one_shot_generator_cannot_be_replayed():
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
     spec = _spec(readback_every=10)
-    res, trainer = engine.train(model, batches(), None, validation_data=None, steps=30, batch_size=16,
-                                batch_size_explicit=False, seed=0, spec=spec, snapshots=True)
+    res = engine.train(model, batches(), None, steps=30, seed=0, spec=spec, keep_initial_state=True)
     with pytest.raises(whatif.NotReplayable, match="can be read only once"):
-        whatif.replay(model, res, trainer, fix={"learning_rate_factor": 0.1}, failure_step=20, window=5,
-                      x=batches(), y=None, sample_weight=None, batch_size=16, batch_size_explicit=False, seed=0,
-                      spec=spec)
+        whatif.replay(model, res, fix={"learning_rate_factor": 0.1}, failure_step=20, window=5,
+                      x=batches(), y=None, fit_kwargs={}, batch_size=None, seed=0, spec=spec)
+
+
+def test_amsgrad_and_unknown_settings_are_not_replayed_and_say_why():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    with pytest.raises(whatif.NotReplayable, match="SGD has no 'epsilon' setting"):
+        whatif._fixable(keras, model, {"epsilon": 1e-3})
+    model.compile(keras.optimizers.Adam(), "mse")
+    with pytest.raises(whatif.NotReplayable, match="amsgrad=True needs optimizer state"):
+        whatif._fixable(keras, model, {"amsgrad": True})
+
+
+def test_learning_rate_factor_scales_a_schedule_in_place():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.5, decay_steps=10, decay_rate=0.5)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(schedule, global_clipnorm=2.0), "mse")
+    whatif.apply_fix(keras, model, {"learning_rate_factor": 0.1, "clipnorm": 1.0})
+    opt = model.optimizer
+    assert float(opt._learning_rate(10)) == pytest.approx(0.1 * float(schedule(10)))
+    assert opt.clipnorm == 1.0 and opt.global_clipnorm is None
