@@ -1,57 +1,55 @@
-"""Overhead of the stability instrumentation against plain ``model.fit``.
+"""Overhead of stability.fit against plain ``model.fit`` of the same model, data, seed and steps, per backend.
 
-For each model (an MLP, a small convnet, a BatchNorm convnet) this trains the
-same number of steps, on the same data with the same seed, batch size and
-per-pass shuffling, once with plain ``model.fit`` (numpy arrays, no callbacks,
-``verbose=0``) and once through the engine behind the ``stability`` fixture,
-with the default checks and with ``diagnostics=True``.  The three variants
-are interleaved, in a rotating order, over several repetitions; the table
-reports medians.
+Variants, interleaved in a rotating order over ``--reps`` repetitions (medians reported):
 
-Two timings per variant and repetition:
+* ``fit``: plain ``model.fit`` as compiled (``steps_per_execution=1``);
+* ``fit_spe``: plain ``model.fit`` with ``steps_per_execution=readback_every`` (what the recording
+  chunks by; on PyTorch, whose fit refuses ``steps_per_execution > 1``, the same as ``fit``);
+* ``stability``: the engine behind ``stability.fit`` (default recording);
+* ``stability_diag``: the same with ``diagnostics=True`` (Adam slot statistics).
 
-* *incl. compile*: a fresh model, the first call (tracing and graph
-  optimisation included) -- what one stability test pays;
-* *steady*: a second call of the same length on the same, already traced
-  model (``model.fit`` reuses ``model.train_function``; the engine reuses its
-  ``InstrumentedTrainer``) -- the per-step cost.
+Two timings per run, both on a fresh model (what one stability test pays):
 
-Both sides are timed around the whole call (pipeline creation, trace
-assembly), both compile with ``jit_compile=False`` unless ``--jit``, and
-neither evaluates validation data.  ``steps`` is rounded to a whole number
-of passes over the data so ``model.fit`` does exactly that many steps.
+* *cold*: the whole call, tracing and compilation included;
+* *steady*: the epochs after the first (a timing callback, passed to every variant alike), i.e. the
+  per-step cost once compiled.
+
+Ratios are stability / fit_spe (the cost of the recording) and stability / fit (against default fit).
 
 Usage::
 
-    python benchmarks/overhead.py [--steps 512] [--reps 5] [--models mlp,conv,bnconv] [--jit]
+    python benchmarks/overhead.py                      # every installed backend, one subprocess each
+    python benchmarks/overhead.py --backend jax        # one backend, in this process
+    python benchmarks/overhead.py --steps 512 --reps 5 --models mlp,conv
 
-Writes the table to ``benchmarks/results/overhead.md`` as well.
+Writes ``benchmarks/results/overhead.md`` (all backends) unless ``--no-write``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-
-from benchmarks._results import write_results  # noqa: E402
-
-RESULTS = "overhead.md"
 BATCH = 32
-N_SAMPLES = 2048  # 64 batches of 32: a pass is a whole number of steps
+N_SAMPLES = 2048  # 64 batches of 32: an epoch is 64 steps
+VARIANTS = ("fit", "fit_spe", "stability", "stability_diag")
 
 
-def _data(kind: str) -> tuple[np.ndarray, np.ndarray]:
+def _data(kind: str):
+    import numpy as np
+
     rng = np.random.default_rng(0)
     if kind == "mlp":
         x = rng.normal(size=(N_SAMPLES, 32)).astype("float32")
@@ -62,7 +60,7 @@ def _data(kind: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _build(kind: str, jit: bool, steps_per_execution: int = 1):
+def _build(kind: str, steps_per_execution: int = 1):
     import keras
     from keras import layers
 
@@ -81,127 +79,136 @@ def _build(kind: str, jit: bool, steps_per_execution: int = 1):
         stack += [layers.GlobalAveragePooling2D(), layers.Dense(10)]
         model = keras.Sequential(stack)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"], jit_compile=jit,
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"],
                   steps_per_execution=steps_per_execution)
     return model
 
 
-def _time_plain(kind, x, y, steps, seed, spec, steps_per_execution=1):
-    from pytest_stability.training import engine
-
-    engine.seed_everything(seed, spec.deterministic)
-    model = _build(kind, spec.jit_compile, steps_per_execution)
-    per_pass = len(x) // BATCH
-    kwargs = dict(batch_size=BATCH, epochs=steps // per_pass, steps_per_epoch=per_pass,
-                  shuffle=True, verbose=0)
-    t0 = time.perf_counter()
-    model.fit(x, y, **kwargs)
-    first = time.perf_counter() - t0
-    engine.seed_everything(seed, spec.deterministic)
-    t0 = time.perf_counter()
-    model.fit(x, y, **kwargs)
-    return first, time.perf_counter() - t0
-
-
-def _time_stability(kind, x, y, steps, seed, spec):
-    from pytest_stability.training import engine
-
-    engine.seed_everything(seed, spec.deterministic)
-    model = _build(kind, spec.jit_compile)
-    kwargs = dict(validation_data=None, steps=steps, batch_size=BATCH, batch_size_explicit=True,
-                  seed=seed, spec=spec)
-    t0 = time.perf_counter()
-    result, trainer = engine.train(model, x, y, **kwargs)
-    first = time.perf_counter() - t0
-    assert result.trace.steps == steps, (result.trace.steps, steps)
-    t0 = time.perf_counter()
-    result, _ = engine.train(model, x, y, trainer=trainer, **kwargs)
-    second = time.perf_counter() - t0
-    assert result.trace.steps == steps, (result.trace.steps, steps)
-    return first, second
-
-
-def measure(models: list[str], steps: int, reps: int, jit: bool) -> list[dict]:
-    from pytest_stability.options import resolve_config_defaults
-
-    base = resolve_config_defaults(lambda n: None, lambda n: None).replace(jit_compile=jit)
-    variants = {
-        "plain": lambda k, x, y: _time_plain(k, x, y, steps, 0, base),
-        "fit_spe": lambda k, x, y: _time_plain(k, x, y, steps, 0, base, base.readback_every),
-        "default": lambda k, x, y: _time_stability(k, x, y, steps, 0, base),
-        "diagnostics": lambda k, x, y: _time_stability(k, x, y, steps, 0, base.replace(diagnostics=True)),
-    }
-    names = list(variants)
-    rows = []
-    for kind in models:
-        x, y = _data(kind)
-        times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-        for rep in range(reps):
-            order = names[rep % len(names):] + names[:rep % len(names)]  # rotate so drift hits every variant
-            for name in order:
-                times[name].append(variants[name](kind, x, y))
-            print(f"  {kind} rep {rep + 1}/{reps}: " + ", ".join(
-                f"{n} {times[n][-1][0]:.2f}/{times[n][-1][1]:.2f}s" for n in names), file=sys.stderr)
-        row = {"model": kind}
-        for n in names:
-            row[n + "_compile"] = statistics.median(t[0] for t in times[n])
-            row[n + "_steady"] = statistics.median(t[1] for t in times[n])
-        for n in ("default", "diagnostics"):
-            # Median of per-repetition ratios: each ratio pairs runs taken close in time.
-            for base_name in ("plain", "fit_spe"):
-                for i, phase in enumerate(("compile", "steady")):
-                    row[f"ratio_{n}_{base_name}_{phase}"] = statistics.median(
-                        a[i] / b[i] for a, b in zip(times[n], times[base_name]))
-        rows.append(row)
-    return rows
-
-
-def render(rows: list[dict], steps: int, reps: int, jit: bool) -> str:
+def _timer():
     import keras
-    import tensorflow as tf
 
-    lines = [
-        f"Steps per run: {steps}, batch {BATCH}, repetitions: {reps} (interleaved), medians; "
-        f"jit_compile={jit}. TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"{platform.machine()} CPU x{os.cpu_count()}, {'GPU' if tf.config.list_physical_devices('GPU') else 'no GPU'}.",
-        "",
-        "Ratios are stability time / plain time, the median of per-repetition ratios; "
-        "the bracketed ratio is against `model.fit` with `steps_per_execution` equal to the engine's "
-        "chunk (`readback_every`), which isolates the cost of the recording itself.",
-        "",
-        "| model | phase | plain fit (s) | fit spe=chunk (s) | stability (s) | ratio default | "
-        "diagnostics (s) | ratio diagnostics |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        for phase, label in (("steady", "steady-state"), ("compile", "incl. compile")):
-            lines.append(
-                f"| {r['model']} | {label} | {r['plain_' + phase]:.3f} | {r['fit_spe_' + phase]:.3f} | "
-                f"{r['default_' + phase]:.3f} | {r['ratio_default_plain_' + phase]:.3f}x "
-                f"({r['ratio_default_fit_spe_' + phase]:.3f}x) | {r['diagnostics_' + phase]:.3f} | "
-                f"{r['ratio_diagnostics_plain_' + phase]:.3f}x ({r['ratio_diagnostics_fit_spe_' + phase]:.3f}x) |")
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.marks = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.marks.append(time.perf_counter())
+
+    return EpochTimer()
+
+
+def _run(variant: str, kind: str, steps: int, readback: int, seed: int) -> tuple[float, float, str]:
+    import keras
+
+    from pytest_stability.options import resolve_config_defaults
+    from pytest_stability.training import engine
+
+    x, y = _data(kind)
+    backend = keras.backend.backend()
+    spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(
+        readback_every=readback, diagnostics=variant == "stability_diag")
+    engine.seed_everything(seed, spec.deterministic)
+    spe = readback if variant == "fit_spe" and backend != "torch" else 1
+    model = _build(kind, spe)
+    timer = _timer()
+    device = "?"
+    t0 = time.perf_counter()
+    if variant.startswith("fit"):
+        model.fit(x, y, batch_size=BATCH, epochs=steps // (N_SAMPLES // BATCH), shuffle=True, verbose=0,
+                  callbacks=[timer])
+    else:
+        result = engine.train(model, x, y, fit_kwargs={"callbacks": [timer], "shuffle": True}, steps=steps,
+                              batch_size=BATCH, seed=seed, spec=spec)
+        assert result.trace.steps == steps, (result.trace.steps, steps)
+        device = result.device
+    end = time.perf_counter()
+    return end - t0, end - timer.marks[0], device
+
+
+def one_backend(args) -> dict:
+    import keras
+
+    backend = keras.backend.backend()
+    models = args.models.split(",")
+    times = {(m, v, phase): [] for m in models for v in VARIANTS for phase in ("cold", "steady")}
+    device = "?"
+    for rep in range(args.reps):
+        for m in models:
+            order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[:rep % len(VARIANTS)]
+            for v in order:
+                cold, steady, dev = _run(v, m, args.steps, args.readback, seed=rep)
+                device = dev if dev != "?" else device
+                times[(m, v, "cold")].append(cold)
+                times[(m, v, "steady")].append(steady)
+        print(f"[{backend}] repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
+    rows = []
+    for m in models:
+        for phase in ("steady", "cold"):
+            med = {v: statistics.median(times[(m, v, phase)]) for v in VARIANTS}
+            rows.append({"backend": backend, "device": device, "model": m, "phase": phase, **med,
+                         "ratio_spe": med["stability"] / med["fit_spe"], "ratio_fit": med["stability"] / med["fit"],
+                         "ratio_diag_spe": med["stability_diag"] / med["fit_spe"]})
+    return {"backend": backend, "keras": keras.__version__, "rows": rows}
+
+
+def table(results: list[dict], args) -> str:
+    lines = [f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} --readback {args.readback}` "
+             f"on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of "
+             f"{args.reps} interleaved repetitions; fresh model per run; *steady* = epochs 2.. "
+             f"(64 steps each), *cold* = the whole call incl. compilation.", "",
+             "| backend | device | model | phase | fit (s) | fit spe (s) | stability (s) | stability / fit spe | "
+             "stability / fit | diagnostics / fit spe |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for res in results:
+        for r in res["rows"]:
+            lines.append(f"| {r['backend']} | {r['device']} | {r['model']} | {r['phase']} | {r['fit']:.3f} | "
+                         f"{r['fit_spe']:.3f} | {r['stability']:.3f} | {r['ratio_spe']:.2f}x | "
+                         f"{r['ratio_fit']:.2f}x | {r['ratio_diag_spe']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=512, help="steps per run (rounded to whole passes of 64)")
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
-    parser.add_argument("--models", default="mlp,conv,bnconv", help="comma-separated: mlp, conv, bnconv")
-    parser.add_argument("--jit", action="store_true", help="compile both sides with XLA (jit_compile=True)")
-    parser.add_argument("--no-write", action="store_true", help=f"do not write results/{RESULTS}")
-    args = parser.parse_args(argv)
-    per_pass = N_SAMPLES // BATCH
-    steps = max(per_pass, args.steps // per_pass * per_pass)
-    models = [m for m in args.models.split(",") if m]
-    rows = measure(models, steps, args.reps, args.jit)
-    table = render(rows, steps, args.reps, args.jit)
-    print(table)
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
+    parser.add_argument("--steps", type=int, default=512)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--readback", type=int, default=64)
+    parser.add_argument("--models", default="mlp,conv")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.steps % (N_SAMPLES // BATCH):
+        parser.error(f"--steps must be a multiple of {N_SAMPLES // BATCH} (one epoch)")
+    if args.backend is not None:
+        os.environ["KERAS_BACKEND"] = args.backend
+        result = one_backend(args)
+        if args.json:
+            print("RESULT " + json.dumps(result))
+        else:
+            print(table([result], args))
+        return 0
+    results = []
+    for backend, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
+        if importlib.util.find_spec(module) is None:
+            print(f"[{backend}] not installed: skipped", file=sys.stderr)
+            continue
+        cmd = [sys.executable, __file__, "--backend", backend, "--json", "--steps", str(args.steps),
+               "--reps", str(args.reps), "--readback", str(args.readback), "--models", args.models]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"[{backend}] failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        results.append(json.loads(line[len("RESULT "):]))
+    text = table(results, args)
+    print(text)
     if not args.no_write:
-        write_results(RESULTS, "# Instrumentation overhead\n\nGenerated by `python benchmarks/overhead.py`.\n\n"
-                      + table)
+        from benchmarks._results import write_results
+
+        write_results("overhead.md", "# Overhead: stability.fit vs plain model.fit\n\n" + text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

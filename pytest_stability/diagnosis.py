@@ -322,8 +322,9 @@ def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
     if finite_loss.size < 3:
         return ("lr_too_high" if step > 0 else "unsafe_loss_op",
                 f"the loss became NaN/Inf at step {step}, only {finite_loss.size} finite steps after the start "
-                "with a finite input batch: a learning rate far too high, a bad initialisation, or an unsafe op "
-                "(log(0), 0/0) in the loss",
+                + ("with a finite input batch: " if (trace.info or {}).get("inputs_checked", True)
+                   else "(the input batches were not inspected): NaN/Inf in the data, ")
+                + "a learning rate far too high, a bad initialisation, or an unsafe op (log(0), 0/0) in the loss",
                 f"try {_lower_lr(lr)}; guard log/division in custom losses with an epsilon",
                 UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 0.1}] if step > 0 else []})
     ref_loss = float(np.min(finite_loss[: max(3, finite_loss.size - 5)]))

@@ -14,17 +14,17 @@ XSV, MSV = blobs_segmentation(64, seed=1)
 
 @pytest.mark.stable_training(steps=300)
 def test_convnet_trains_stably(stability):
-    stability.train(convnet_classifier(), X, Y, validation_data=(XV, YV), batch_size=32)
+    stability.fit(convnet_classifier(), X, Y, validation_data=(XV, YV), batch_size=32)
 
 
 @pytest.mark.stable_training(steps=300)
 def test_batchnorm_convnet_trains_stably(stability):
-    stability.train(batchnorm_classifier(momentum=0.9), X, Y, validation_data=(XV, YV), batch_size=32)
+    stability.fit(batchnorm_classifier(momentum=0.9), X, Y, validation_data=(XV, YV), batch_size=32)
 
 
 @pytest.mark.stable_training(steps=300)
 def test_unet_soft_jaccard_trains_stably(stability):
-    stability.train(small_unet(keras.optimizers.Adam(3e-3)), XS, MS, validation_data=(XSV, MSV), batch_size=16)
+    stability.fit(small_unet(keras.optimizers.Adam(3e-3)), XS, MS, validation_data=(XSV, MSV), batch_size=16)
 
 
 def jump_schedule(peak):
@@ -40,13 +40,13 @@ def test_known_unstable_schedule_is_detected(stability):
     """A known-unstable configuration, kept as a regression test of the detector.
 
     check=False: the run is expected to be unstable, so the test asserts that it is (and where),
-    instead of failing on it.  whatif=True: the suggested fix is replayed from a snapshot before the
+    instead of failing on it.  whatif=True: the same fit is re-run with the suggested fix applied before the
     failure, and the report says whether it works.
     """
     model = convnet_classifier()
     model.compile(optimizer=keras.optimizers.SGD(jump_schedule(5.0), momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    report = stability.train(model, X, Y, batch_size=32, check=False)
+    report = stability.fit(model, X, Y, batch_size=32, check=False)
     assert report.verdict == "unstable"
     first = report.findings[0]
     assert first.step > 150
@@ -59,4 +59,4 @@ def test_fixed_schedule_is_stable(stability):
     model = convnet_classifier()
     model.compile(optimizer=keras.optimizers.SGD(jump_schedule(3e-2), momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    stability.train(model, X, Y, validation_data=(XV, YV), batch_size=32)
+    stability.fit(model, X, Y, validation_data=(XV, YV), batch_size=32)

@@ -43,10 +43,14 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
         parts = [f"non-finite {', '.join(what)} at step {step}"]
         if variable:
             parts.append(f"first variable affected: {variable}")
-        parts.append(
-            "the input batch itself held NaN/Inf" if input_bad
-            else "the input batch was finite (the NaN/Inf was produced by training)"
-        )
+        inspected = (trace.info or {}).get("inputs_checked", True)
+        if input_bad:
+            parts.append("the input batch itself held NaN/Inf")
+        elif inspected:
+            parts.append("the input batch was finite (the NaN/Inf was produced by training)")
+        else:
+            parts.append(f"the input batches were not inspected (x is a {(trace.info or {}).get('data', 'pipeline')}:"
+                         " check it for NaN/Inf too)")
         last_finite = np.flatnonzero(np.isfinite(trace.loss[:step]))
         evidence = {
             "quantities": what,

@@ -254,7 +254,7 @@ class GitHubPlugin:
         from ..session import SESSION_KEY
 
         session = self.config.stash.get(SESSION_KEY, None)
-        return session.sorted_records() if session is not None else []
+        return [r.to_dict() for r in session.sorted_records()] if session is not None else []
 
     def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
         plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None

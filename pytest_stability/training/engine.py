@@ -181,6 +181,9 @@ def take_state(model: Any, rec: Any = None) -> tuple[list[np.ndarray], list[np.n
 def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
     """Inverse of :func:`take_state`."""
     model_values, opt_values = state
+    if len(model_values) != len(model.variables) or len(opt_values) != len(model.optimizer.variables):
+        raise RuntimeError(f"the saved state has {len(model_values)} model and {len(opt_values)} optimizer "
+                           f"variables, the model now {len(model.variables)} and {len(model.optimizer.variables)}")
     for v, value in zip(model.variables, model_values):
         v.assign(value)
     for v, value in zip(model.optimizer.variables, opt_values):
@@ -319,6 +322,8 @@ def _readback_class(keras: Any) -> Any:
         def on_train_begin(self, logs: Any = None) -> None:
             if self.want_initial_state:
                 self.initial_state = take_state(self.model, self.rec)
+            if self.on_boundary is not None:
+                self.on_boundary(0)
 
         def on_test_begin(self, logs: Any = None) -> None:
             self.rec.recording_loss = False
@@ -349,7 +354,7 @@ def _readback_class(keras: Any) -> Any:
             flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
                                self.rec.is_loss_scaled)
             done = self.rows.done
-            if self.on_boundary is not None:
+            if self.on_boundary is not None:  # the device's own step count (Keras' batch index can run ahead)
                 self.on_boundary(done)
             if (flags & (LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT)).any() or snap["halt"]:
                 self.stopped_nonfinite = True
@@ -539,6 +544,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
     distributed = _under_strategy(keras, model)
     chunk = max(int(spec.readback_every), user_spe)
+    if val_batches:  # validation happens at read-backs: read back at least every validate_every steps
+        chunk = max(min(chunk, int(spec.validate_every)), user_spe)
     spe = 1 if backend == "torch" or distributed else chunk
     if user_spe > 1 and backend != "torch":
         spe = user_spe
@@ -579,13 +586,19 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                          f"({type(exc).__name__}: {_short(exc, 200)}); val_loss is not judged")
 
     def on_boundary(done: int) -> None:
-        if fix_at is not None and done >= fix_at[0] and not applied[0]:
+        # at the latest execution boundary at or before the fix step: the next one could be past it
+        to_next = chunk if backend == "torch" else spe  # at most this many steps to the next read-back
+        if fix_at is not None and not applied[0] and done + to_next > fix_at[0]:
             applied[0] = True
-            _sync(model)
+            notes_fix.append(done)
+            if done:
+                _sync(model)
             fix_at[1](model)
-            model.make_train_function(force=True)
+            if done:
+                model.make_train_function(force=True)
 
     applied = [False]
+    notes_fix: list[int] = []
     cb = None
     cb_class = _readback_class(keras)
     cb = cb_class(rec, steps=run_steps, chunk=chunk, every_call=backend != "torch",
@@ -597,6 +610,10 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         callbacks = list(callbacks)
     saved_spe = getattr(model, "steps_per_execution", 1)
     started = time.perf_counter()
+    if keep_initial_state and not model.optimizer.built and model.built:
+        # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
+        # step), so that the state taken before the first step holds every slot variable
+        model.optimizer.build(model.trainable_variables)
     try:
         rec.install()
         model.steps_per_execution = spe
@@ -616,6 +633,13 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 raise
         cb.read()
         _sync(model)
+        if bn and not val_batches and gap_batch is not None and cb.rows.done:
+            # without validation data, the gap is measured once, at the end, on the first training batch
+            try:
+                gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
+                                          _loss_of(keras, model, *gap_batch, False)))
+            except Exception as exc:  # informational: never fail the run on it
+                notes.append(f"the BatchNorm train/inference gap could not be measured ({type(exc).__name__})")
     finally:
         wall = time.perf_counter() - started
         rec.uninstall()
@@ -660,6 +684,10 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         info=model_info(keras, model, rec, backend=backend, spe=spe, kind=kind, distributed=distributed),
     )
     trace.info["loss_recorded"] = loss_recorded
+    if notes_fix:
+        trace.info["fix_applied_at"] = notes_fix[0]
+    # array inputs are checked for NaN/Inf on the host before training; other pipelines' batches are not
+    trace.info["inputs_checked"] = kind == "arrays"
     if notes:
         trace.info["notes"] = list(notes)
     if gaps:

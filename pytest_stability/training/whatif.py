@@ -152,6 +152,9 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
     try:
         engine.restore_state(model, result.initial_state)
         kwargs = dict(fit_kwargs)
+        # shorter chunks, so that an execution boundary falls close before `start`: the fix goes in at the
+        # last one at or before it (chunking does not change the numbers: same steps, same order)
+        spec = spec.replace(readback_every=max(1, min(int(spec.readback_every), max(1, window // 2))))
         rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
                              spec=spec, batch_size=batch_size, stop_after=until,
                              fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
@@ -160,6 +163,7 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
         engine.restore_state(model, final)
     new = rerun.trace
     info = dict(trace.info or {})
+    info.update({k: v for k, v in (new.info or {}).items() if k == "fix_applied_at"})
     # the checks judge the replayed steps with the optimizer they ran with (clipnorm: the clipped norm)
     config = dict(info.get("optimizer_config") or {})
     config.update({k: v for k, v in fix.items() if k != "learning_rate_factor"})
@@ -167,12 +171,11 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
         config["global_clipnorm"] = None
     info["optimizer_config"] = config
     new.info = info
-    actual_start = _first_boundary_at_or_after(new, start)
-    return Replay(dict(fix), describe_fix(info.get("optimizer", "optimizer"), fix), actual_start, new.steps, new)
-
-
-def _first_boundary_at_or_after(trace: Trace, start: int) -> int:
-    return min(start, trace.steps)
+    # the fix goes in at the latest read-back at or before `start` (a chunk boundary)
+    applied_at = int(rerun.trace.info.get("fix_applied_at", start)) if fix else start
+    new.info["fix_applied_at"] = applied_at
+    return Replay(dict(fix), describe_fix(info.get("optimizer", "optimizer"), fix), min(applied_at, new.steps),
+                  new.steps, new)
 
 
 def _optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:

@@ -1,0 +1,85 @@
+"""A model built under a distribution strategy trains under it: two logical CPU devices.
+
+TensorFlow: ``tf.distribute.MirroredStrategy`` over two logical CPUs
+(``tf.config.set_logical_device_configuration``).  JAX:
+``keras.distribution.DataParallel`` over two host devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=2``).  Both are
+process-wide settings made before the framework starts, hence a subprocess.
+"""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+BACKEND = keras.backend.backend()
+
+TF_TEST = '''
+import numpy as np
+import pytest
+import tensorflow as tf
+
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+Y = (X[:, 0] > 0).astype("float32")[:, None]
+
+
+@pytest.mark.stable_training(steps=24, validate_every=8)
+def test_mirrored(stability):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(X[:64], Y[:64]))
+    tr = rep.trace
+    assert tr.steps == 24 and tr.info["distributed"] and tr.info["steps_per_execution"] == 1
+    assert np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
+    assert tr.loss[-1] < tr.loss[0] and tr.has_validation
+    assert type(model.distribute_strategy).__name__ == "MirroredStrategy"
+'''
+
+JAX_TEST = '''
+import numpy as np
+import pytest
+import jax
+import keras
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+Y = (X[:, 0] > 0).astype("float32")[:, None]
+
+
+@pytest.mark.stable_training(steps=24, validate_every=8)
+def test_data_parallel(stability):
+    devices = jax.devices("cpu")
+    assert len(devices) == 2
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    try:
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+        rep = stability.fit(model, X, Y, batch_size=32, validation_data=(X[:64], Y[:64]))
+    finally:
+        keras.distribution.set_distribution(None)
+    tr = rep.trace
+    assert tr.steps == 24 and np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
+    assert tr.loss[-1] < tr.loss[0] and tr.has_validation
+'''
+
+
+@pytest.mark.skipif(BACKEND not in ("tensorflow", "jax"), reason="MirroredStrategy (TensorFlow), DataParallel (JAX)")
+def test_trains_under_two_logical_devices(pytester, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", BACKEND)
+    if BACKEND == "jax":
+        monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+        monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    pytester.makepyfile(TF_TEST if BACKEND == "tensorflow" else JAX_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
