@@ -552,7 +552,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     # Keras' fit reads a chunk's callbacks once; the recorder's buffer holds `chunk` steps
     chunk = max(chunk, spe)
 
-    rec = Recorder(model, chunk=chunk, limit=run_steps, diagnostics=spec.diagnostics)
+    rec = Recorder(model, chunk=chunk, limit=run_steps, diagnostics=spec.diagnostics, distributed=distributed)
     val_steps: list[int] = []
     val_losses: list[float] = []
     gaps: list[float] = []

@@ -64,7 +64,7 @@ class Recorder:
         diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
     """
 
-    def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool) -> None:
+    def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False) -> None:
         import keras
 
         self.keras = keras
@@ -78,6 +78,9 @@ class Recorder:
         self.chunk = int(chunk)
         self.limit = int(limit)
         self.diagnostics = diagnostics
+        #: under tf.distribute.MirroredStrategy: the optimizer's apply synchronises replicas (merge_call), which
+        #: no cond may wrap; fit runs one step per call there, so the host stops training after each step instead
+        self.distributed = distributed
         self.tracker = getattr(model, "_loss_tracker", None)
         #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
         self.recording_loss = True
@@ -122,6 +125,10 @@ class Recorder:
         self._patched.append((obj, name))
 
     def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
+        if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
+            with self.model.distribute_strategy.scope():
+                return self.keras.Variable(value, dtype=dtype, trainable=False, name=name,
+                                           aggregation="only_first_replica")
         var = self.keras.Variable(value, dtype=dtype, trainable=False, name=name)
         if owner_list is not None:  # JAX: threaded through fit as the owner's state
             owner_list.append(var)
@@ -275,7 +282,10 @@ class Recorder:
             def skip() -> Any:
                 return ops.convert_to_tensor(0, "int32")
 
-            ops.cond(go, run, skip)
+            if self.distributed:
+                run()
+            else:
+                ops.cond(go, run, skip)
 
         return apply
 

@@ -37,9 +37,23 @@ def test_mirrored(stability):
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                                   keras.layers.Dense(1, activation="sigmoid")])
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
-    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(X[:64], Y[:64]))
+    w0 = model.get_weights()
+    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(X[:64], Y[:64]), shuffle=False)
     tr = rep.trace
     assert tr.steps == 24 and tr.info["distributed"] and tr.info["steps_per_execution"] == 1
+    # what the README says is recorded: replica 0's gradient (its 16 of the 32 samples) of its loss divided
+    # by the 2 replicas, and replica 0's own minibatch loss
+    ws = [tf.Variable(w) for w in w0]  # the same network by hand: dense relu, dense sigmoid, cross-entropy
+    with tf.GradientTape() as tape:
+        p = tf.sigmoid(tf.matmul(tf.nn.relu(tf.matmul(tf.constant(X[:16]), ws[0]) + ws[1]), ws[2]) + ws[3])
+        p = tf.clip_by_value(p, 1e-7, 1 - 1e-7)
+        y16 = tf.constant(Y[:16])
+        loss = -tf.reduce_mean(y16 * tf.math.log(p) + (1 - y16) * tf.math.log(1 - p))
+        per_replica = loss / 2  # Keras divides each replica's loss by the number of replicas
+    grads = tape.gradient(per_replica, ws)
+    norm = float(tf.sqrt(sum(tf.reduce_sum(g * g) for g in grads)))
+    assert tr.grad_norm[0] == pytest.approx(norm, rel=1e-4)
+    assert tr.loss[0] == pytest.approx(float(loss), rel=1e-5)
     assert np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
     assert tr.loss[-1] < tr.loss[0] and tr.has_validation
     assert type(model.distribute_strategy).__name__ == "MirroredStrategy"
