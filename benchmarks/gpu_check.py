@@ -63,6 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=512, help="overhead benchmark steps (a multiple of 64)")
     parser.add_argument("--backends", default="jax,torch")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per step")
     args = parser.parse_args()
@@ -73,6 +74,9 @@ def main() -> int:
         smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
     except FileNotFoundError:
         smi = "(no nvidia-smi)"
+    # Keras defaults to the TensorFlow backend, whose import needs TensorFlow: pick one that is installed
+    os.environ.setdefault("KERAS_BACKEND", next((b for b in args.backends.split(",")
+                                                 if importlib.util.find_spec(b) is not None), "tensorflow"))
     import keras  # noqa: F401  (the wheel must import without TensorFlow)
 
     has_tf = importlib.util.find_spec("tensorflow") is not None
@@ -104,7 +108,8 @@ def main() -> int:
                              f"{float(t.get('wall_time') or 0):.1f} s training")
         lines.append("")
         code, text, secs = sh([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--backend", backend,
-                               "--reps", str(args.reps), "--no-write"], benv, ROOT, args.timeout)
+                               "--reps", str(args.reps), "--steps", str(args.steps), "--no-write"], benv, ROOT,
+                              args.timeout)
         lines += [f"overhead benchmark: exit {code} in {secs:.1f} s", "",
                   *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-16:], ""]
         print("\n".join(lines), flush=True)
