@@ -63,8 +63,8 @@ def _run(bad_step: int | None, steps: int, readback: int) -> tuple[int, int | No
     model.compile(optimizer=keras.optimizers.Adam(_schedule(bad_step)), loss="binary_crossentropy")
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(readback_every=readback)
     t0 = time.perf_counter()
-    result, _ = engine.train(model, x, y, validation_data=(x[:256], y[:256]), steps=steps, batch_size=32,
-                             batch_size_explicit=True, seed=0, spec=spec)
+    result = engine.train(model, x, y, fit_kwargs={"validation_data": (x[:256], y[:256])}, steps=steps,
+                          batch_size=32, seed=0, spec=spec)
     wall = time.perf_counter() - t0
     first = result.trace.first_nonfinite
     return result.trace.steps, None if first is None else first["step"], wall

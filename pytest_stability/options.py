@@ -281,6 +281,13 @@ OPTIONS: tuple[Option, ...] = (
     _bool_option("deterministic", True, "seed everything and enable TensorFlow op determinism so the same seed gives the same trace"),
     _bool_option("jit_compile", False, "unused since training runs model.fit: the model's own compile(jit_compile=...) decides (kept so existing settings stay valid)"),
     _bool_option("shuffle", True, "shuffle array inputs each pass (seeded)"),
+    _bool_option("margin", False, "after a stable run, search its learning-rate stability margin: continue the same fit "
+                 "from its end state with the learning rate x 2, 4, 8... (then bisected) and report the largest factor "
+                 "that stays stable"),
+    _int_option("margin_steps", 1, 50, "margin: steps each learning-rate probe trains"),
+    _float_option("margin_max_factor", 16.0, "margin: the largest learning-rate factor searched", 1, strict=True),
+    _float_option("min_margin", None, "margin: fail the test when its learning-rate margin is below this factor "
+                  "(needs margin=True)", 0, strict=True, optional=True),
     _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix applied before the failure and report whether the instability goes away (keeps one host copy of the initial model and optimizer state)"),
     # -- loss_spike
     _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
@@ -304,6 +311,9 @@ OPTIONS: tuple[Option, ...] = (
                   "fraction of it", 0, strict=False),
     _int_option("baseline_extra_spikes", 0, TOLERANCE_DEFAULTS["baseline_extra_spikes"],
                 "baseline: loss spikes allowed beyond the baseline's count"),
+    _float_option("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"],
+                  "baseline: fail when the learning-rate margin shrank by more than this factor against the baseline's",
+                  1, strict=False),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -340,6 +350,10 @@ class RunSpec:
     deterministic: bool = True
     jit_compile: bool = False
     shuffle: bool = True
+    margin: bool = False
+    margin_steps: int = 50
+    margin_max_factor: float = 16.0
+    min_margin: float | None = None
     whatif: bool = False
     spike_window: int = _T.spike_window
     spike_zscore: float = _T.spike_zscore
@@ -354,6 +368,7 @@ class RunSpec:
     baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
     baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
     baseline_extra_spikes: int = TOLERANCE_DEFAULTS["baseline_extra_spikes"]
+    baseline_margin_factor: float = TOLERANCE_DEFAULTS["baseline_margin_factor"]
     #: names whose value came from the test's marker (not CLI/ini/default); not a setting
     from_marker: frozenset[str] = field(default=frozenset(), compare=True)
 

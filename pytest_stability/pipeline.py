@@ -43,7 +43,35 @@ def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, s
 
         results = attach_whatif(results, model, result, thresholds, spec, x=x, y=y, fit_kwargs=fit_kwargs,
                                 batch_size=batch_size, seed=seed)
+    if getattr(spec, "margin", False):
+        from .training.margin import lr_margin
+
+        ok = not any(r.findings for r in results)
+        margin = lr_margin(model, result, x=x, y=y, fit_kwargs=fit_kwargs, spec=spec, thresholds=thresholds,
+                           seed=seed, ok=ok)
+        result.trace.info["margin"] = margin
+        results = results + [margin_result(margin, getattr(spec, "min_margin", None), result.trace.steps)]
     return Outcome(result, results)
+
+
+def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) -> Any:
+    """The ``margin`` check: failed when the learning-rate margin is below ``min_margin`` (skipped without one)."""
+    from .checks.base import CheckResult, Finding
+
+    if min_margin is None:
+        return CheckResult("margin", "skipped", (), f"{margin['text']} (no min_margin set)", {"lr_margin": margin["value"]})
+    value = float(margin["value"])
+    if value >= float(min_margin):
+        return CheckResult("margin", "passed", (), margin["text"], {"lr_margin": value})
+    finding = Finding(check="margin", kind="below_min", step=max(0, steps - 1), value=value, limit=float(min_margin),
+                      message=f"learning-rate stability margin {value:.3g}x is below min_margin {float(min_margin):g}x: "
+                              f"{margin['text']}",
+                      evidence={k: v for k, v in margin.items() if k != "probes"},
+                      cause="the run trains close to the edge: a somewhat larger learning rate (or a sharper region "
+                            "of the loss later in training) makes it unstable",
+                      fix="lower the learning rate or add warm-up / a decaying schedule, or clipnorm; then re-measure",
+                      confidence="likely")
+    return CheckResult("margin", "failed", (finding,), margin["text"], {"lr_margin": value})
 
 
 __all__ = ["Outcome", "judge", "run"]

@@ -36,13 +36,14 @@ BASELINE_KIND = "pytest-stability-baseline"
 
 #: The summary metrics kept per seed (the keys of RunReport.summary()).
 BASELINE_METRICS = ("steps_run", "steps_planned", "final_loss", "min_loss", "largest_spike", "spikes",
-                    "max_grad_norm", "p99_grad_norm", "val_trend", "final_val_loss", "findings")
+                    "max_grad_norm", "p99_grad_norm", "val_trend", "final_val_loss", "findings", "lr_margin")
 
 #: Tolerance names (also the option names) and their built-in defaults.
 TOLERANCE_DEFAULTS: dict[str, float | int] = {
     "baseline_grad_factor": 2.0,
     "baseline_val_tolerance": 0.10,
     "baseline_extra_spikes": 0,
+    "baseline_margin_factor": 2.0,
 }
 
 OK, REGRESSED, MISSING = "ok", "regressed", "missing"
@@ -223,6 +224,16 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
         if bad:
             regressions.append(f"final smoothed validation loss: baseline {fmt(b_v, 4)}, now {fmt(n_v, 4)} "
                                f"(tolerance: +{_pct(tol)}, limit {fmt(limit, 4)})")
+    # Learning-rate stability margin (margin=True): fail when it shrank by more than the factor.
+    mfactor = float(tolerances.get("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"]))
+    b_m, n_m = _num(bsum.get("lr_margin")), _num(now_summary.get("lr_margin"))
+    if b_m is not None and n_m is not None:
+        limit = b_m / mfactor if math.isfinite(b_m) else None
+        bad = limit is not None and not (n_m >= limit)
+        metrics["lr_margin"] = {"baseline": b_m, "now": n_m, "limit": limit, "regressed": bad}
+        if bad:
+            regressions.append(f"learning-rate stability margin: baseline {fmt(b_m, 3)}x, now {fmt(n_m, 3)}x "
+                               f"(tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)")
     # Builtins with NaN/Inf encoded, like every other record value (strict JSON, xdist).
     metrics = {k: {kk: encode_float(v) if isinstance(v, float) else v for kk, v in m.items()}
                for k, m in metrics.items()}
@@ -231,7 +242,8 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
 
 def _metrics_line(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     parts = []
-    labels = (("spikes", "spikes"), ("p99_grad_norm", "p99|g|"), ("final_val_loss", "val"), ("findings", "findings"))
+    labels = (("spikes", "spikes"), ("p99_grad_norm", "p99|g|"), ("final_val_loss", "val"), ("lr_margin", "margin"),
+              ("findings", "findings"))
     for key, label in labels:
         m = metrics.get(key)
         if m is None:

@@ -103,6 +103,9 @@ class RunReport:
             "final_val_loss": val.get("final_smoothed"),
             "findings": len(self.findings),
         }
+        margin = (t.info or {}).get("margin")
+        if margin is not None:
+            out["lr_margin"] = float(margin["value"])
         return {k: (encode_float(v) if isinstance(v, float) else v) for k, v in out.items()}
 
     def explain(self, nodeid: str = "") -> str:

@@ -49,6 +49,8 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         text = (f"steps={s['steps_run']}/{s['steps_planned']}{seeds} {run['device']}  "
                 f"loss {fmt(s['final_loss'], 3)} {sparkline(_curve(run, 'loss'), 16)}  "
                 f"spike x{fmt(s['largest_spike'], 3)}  |g|max {fmt(s['max_grad_norm'], 3)}  {val}")
+        if s.get("lr_margin") is not None:
+            text += f"  margin {fmt(s['lr_margin'], 3)}x"
         if run["findings"]:
             f = run["findings"][0]
             text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"

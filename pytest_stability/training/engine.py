@@ -299,7 +299,7 @@ def _readback_class(keras: Any) -> Any:
     class _Readback(keras.callbacks.Callback):
         """Reads the recorder's buffers at execution boundaries, stops, validates, reports progress."""
 
-        def __init__(self, rec: Recorder, *, steps: int, chunk: int, every_call: bool,
+        def __init__(self, rec: Recorder, *, steps: int, chunk: int, steps_per_call: int,
                      validate: Callable[[], None] | None, validate_every: int,
                      progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None) -> None:
             super().__init__()
@@ -307,7 +307,9 @@ def _readback_class(keras: Any) -> Any:
             self.rows = ChunkRows()
             self.steps = steps
             self.chunk = chunk
-            self.every_call = every_call
+            # Each call of fit's train function runs at most steps_per_call steps (steps_per_execution, or a
+            # shorter epoch), so reading every chunk // steps_per_call calls never lets the buffers wrap
+            self.read_every = max(1, chunk // max(1, steps_per_call))
             self.validate = validate
             self.validate_every = validate_every
             self.progress = progress
@@ -333,11 +335,8 @@ def _readback_class(keras: Any) -> Any:
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.calls += 1
-            if not self.every_call and self.calls % self.chunk:
+            if self.calls % self.read_every:
                 return
-            self.read()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             self.read()
 
         def read(self) -> None:
@@ -601,7 +600,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     notes_fix: list[int] = []
     cb = None
     cb_class = _readback_class(keras)
-    cb = cb_class(rec, steps=run_steps, chunk=chunk, every_call=backend != "torch",
+    steps_per_call = spe if not per_epoch else max(1, min(spe, int(per_epoch)))
+    cb = cb_class(rec, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
                   validate=validate if val_batches else None, validate_every=int(spec.validate_every),
                   progress=progress, on_boundary=on_boundary if fix_at is not None else None)
     cb.want_initial_state = keep_initial_state
@@ -698,9 +698,37 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
     bad = np.flatnonzero(trace.nonfinite & stop_bits)
     if bad.size:
-        trace.first_nonfinite = _locate_nonfinite(keras, model, rec, trace, int(bad[0]))
+        step = int(bad[0])
+        verdict = _reread_batch_finite(keras, kind, x, step)
+        if verdict is not None:  # the batch of that step, read again from the pipeline after training
+            trace.info["inputs_checked"] = True
+            trace.info["input_batch_reread"] = step
+            if not verdict:
+                trace.nonfinite[step] |= INPUT
+        trace.first_nonfinite = _locate_nonfinite(keras, model, rec, trace, step)
     placed = cb.device or label
     return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state)
+
+
+def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int) -> bool | None:
+    """Whether the batch trained at ``step`` was finite, read again from a re-readable pipeline after training
+    (no per-step cost: only once a step went non-finite).  None when it cannot be read again (a generator, a
+    loader) or the data are arrays (checked before training).  Assumes the pipeline yields the same batches
+    when read again (a ``shuffle(reshuffle_each_iteration=True)`` inside it breaks that)."""
+    try:
+        if kind == "dataset":
+            card = int(x.cardinality().numpy())
+            index = step % card if card > 0 else step
+            batch = next(iter(x.skip(index).take(1)))
+        elif kind == "pydataset":
+            batch = x[step % len(x)]
+        else:
+            return None
+    except Exception:
+        return None
+    leaves = [np.asarray(keras.ops.convert_to_numpy(leaf)) for leaf in _leaves(list(batch) if isinstance(batch, tuple)
+                                                                            else batch)]
+    return all(np.all(np.isfinite(a)) for a in leaves if a.dtype.kind in "fc")
 
 
 def _under_strategy(keras: Any, model: Any) -> bool:
