@@ -141,7 +141,12 @@ def _adam_collapse(seed: int, *, width: int = 32, lr: float = 1e-2, epsilon: flo
         m.compile(optimizer=keras.optimizers.Adam(lr, epsilon=epsilon, amsgrad=amsgrad), loss="mse")
         return m
 
-    return _scenario(name, pathology, build, x, y, check="loss_spike", cause="adam_second_moment", steps=3000,
+    # Full batch as one repeated batch: with arrays, Keras' fit would run 3000 one-step epochs (and pay
+    # its per-epoch cost 3000 times); this is the same training, one epoch of 3000 steps
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+    return _scenario(name, pathology, build, ds, None, check="loss_spike", cause="adam_second_moment", steps=3000,
                      batch_size=64, spec_overrides={"diagnostics": True, "readback_every": 500})
 
 

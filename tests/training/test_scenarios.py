@@ -19,7 +19,9 @@ from benchmarks import scenarios as S  # noqa: E402
 
 @pytest.mark.parametrize("name, seed", [
     ("lr_too_high", 0), ("log_zero", 0), ("nan_in_data", 0), ("rnn_explosion", 0), ("seg_dice_collapse", 0),
-    ("adam_collapse", 2), ("bn_small_batch", 0),
+    # bn_small_batch seed 0 is no longer flagged: its validation rise (17 %) is within 2.5 sigmas of its own
+    # noise under the issue-10 val_loss rule; seeds 1-3 are (how often, over many seeds: benchmarks/detection.py)
+    ("adam_collapse", 2), ("bn_small_batch", 1),
 ])
 def test_pathology_detected_with_cause(name, seed):
     sc = S.PATHOLOGIES[name](seed)
