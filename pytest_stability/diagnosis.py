@@ -66,6 +66,8 @@ per run across all checks: the earliest root event.
 
 from __future__ import annotations
 
+import contextvars
+
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -123,16 +125,19 @@ UPDATE_TOO_FAST = 1e-1
 TRAIN_RISE = 1.5
 #: findings this many steps apart or closer are one event when ranking (the earliest root event leads).
 EVENT_GAP = 10
-#: steps after an event over which "stuck" is judged when the finding does not say (the default spike_window).
-_STUCK_STEPS = 50
+#: steps after an event over which "stuck" is judged: the run's spike_window (diagnose(..., thresholds=...)),
+#: else the default one
+_STUCK_STEPS = contextvars.ContextVar("stuck_steps", default=50)
 
 
-def diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
+def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None) -> list[Finding]:
     """Return ``findings`` with ``cause``, ``fix``, ``confidence`` and a cause key filled in.
 
     Args:
         findings: findings from :func:`~pytest_stability.checks.run_checks`.
         trace: the trace they were found in.
+        thresholds: the run's :class:`~pytest_stability.checks.Thresholds`; its ``spike_window`` is the
+            window over which "stuck" is judged (default: the default window).
 
     Returns:
         New findings (the inputs are frozen), in the same order.
@@ -147,6 +152,14 @@ def diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
     """
     if not isinstance(trace, Trace):
         raise TypeError(f"diagnose() expects a Trace, received {type(trace).__name__}")
+    token = _STUCK_STEPS.set(int(getattr(thresholds, "spike_window", None) or _STUCK_STEPS.get()))
+    try:
+        return _diagnose(findings, trace)
+    finally:
+        _STUCK_STEPS.reset(token)
+
+
+def _diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
     out = []
     for f in findings:
         if not isinstance(f, Finding):
@@ -274,7 +287,7 @@ def _stuck_after(trace: Trace, step: int, f: Finding | None = None) -> tuple[boo
     ``loss_spike`` finding has already judged it (``evidence["stuck"]``); its
     verdict wins, so the message and the diagnosis never disagree.
     """
-    st = stuck_after(trace.loss, trace.grad_norm, step, _STUCK_STEPS)
+    st = stuck_after(trace.loss, trace.grad_norm, step, _STUCK_STEPS.get())
     stuck = st["stuck"]
     if f is not None and isinstance(f.evidence.get("stuck"), bool):
         stuck = f.evidence["stuck"]

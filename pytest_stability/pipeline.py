@@ -25,8 +25,8 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     from .diagnosis import diagnose
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
-    return [type(r)(r.name, r.status, tuple(diagnose(r.findings, trace)), r.detail, r.stats) if r.findings else r
-            for r in results]
+    return [type(r)(r.name, r.status, tuple(diagnose(r.findings, trace, thresholds)), r.detail, r.stats)
+            if r.findings else r for r in results]
 
 
 def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, seed: int, spec: Any,

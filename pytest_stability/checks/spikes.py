@@ -296,7 +296,7 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
     return Finding(
         check=NAME, kind="spike_no_recovery", step=step, value=level, limit=t.spike_ratio * best,
         message=(f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
-                 f"{t.spike_ratio:g}x) by step {step} {how}"),
+                 f"{t.spike_ratio:g}x = {t.spike_ratio * best:.4g}) by step {step} {how}"),
         evidence={"start": step, "end": step, "ratio": level / best, "zscore": None, "trailing_median": best,
                   "recovered": False, "stuck": True, "flat": flat, "vanished": dead_from is not None,
                   "level_shift": False, "collapse": True, "initial_loss": initial_level,
@@ -399,7 +399,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         kind = "spike" if recovered is not False else "spike_no_recovery"
         if sc["log_space"]:
             what = (f"loss {loss[peak]:.4g} at step {peak} is {ratio[peak]:.1f}x its trailing median "
-                    f"{baseline[peak]:.4g} (limit {t.spike_ratio:g}x; robust z {z[peak]:.1f}, limit {t.spike_zscore:g})")
+                    f"{baseline[peak]:.4g} (limit {t.spike_ratio:g}x = {baseline[peak] * t.spike_ratio:.4g}; "
+                    f"robust z {z[peak]:.1f}, limit {t.spike_zscore:g})")
         else:
             what = (f"loss {loss[peak]:.4g} at step {peak} is {z[peak]:.1f} robust deviations above its trailing "
                     f"median {baseline[peak]:.4g} (limit {t.spike_zscore:g})")
@@ -417,7 +418,7 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                 kind=kind,
                 step=int(peak),
                 value=float(loss[peak]),
-                limit=float(base * t.spike_ratio) if sc["log_space"] else float(base),
+                limit=float(baseline[peak] * t.spike_ratio) if sc["log_space"] else float(base),
                 message=what,
                 evidence={
                     "start": int(start),

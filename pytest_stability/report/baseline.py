@@ -67,7 +67,7 @@ def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
     summary = run.get("summary") or {}
     return {
         "verdict": run.get("verdict"),
-        "summary": {k: summary.get(k) for k in BASELINE_METRICS},
+        "summary": {k: summary.get(k) for k in BASELINE_METRICS if k in summary},  # lr_margin only with margin
         "findings": [{"check": f["check"], "kind": f["kind"], "step": f["step"]} for f in run.get("findings") or ()],
     }
 

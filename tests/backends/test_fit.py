@@ -12,34 +12,17 @@ import pytest
 
 BACKEND = keras.backend.backend()
 
-PROBLEM = '''
-import numpy as np
-import keras
-import pytest
-
-rng = np.random.default_rng(0)
-X = rng.normal(size=(256, 8)).astype("float32")
-Y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype("float32")
-XV = rng.normal(size=(64, 8)).astype("float32")
-YV = (XV[:, 0] + 0.5 * XV[:, 1] > 0).astype("float32")
 
 
-def build(lr=1e-2, optimizer=None):
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=optimizer or keras.optimizers.Adam(lr), loss="binary_crossentropy")
-    return model
-'''
-
-
-def run(pytester, body: str, *args: str):
-    pytester.makepyfile(PROBLEM + body)
+def run(pytester, problem: str, body: str, *args: str):
+    """``problem``: tests/conftest.py's tiny, backend-neutral problem (X, Y, XV, YV, build())."""
+    pytester.makepyfile(problem + body)
     return pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
-def test_list_inputs_and_outputs_with_per_output_losses_and_sample_weight(pytester):
+def test_list_inputs_and_outputs_with_per_output_losses_and_sample_weight(pytester, tiny_problem):
     """The setup of a real report: two outputs, loss=[custom] * 2, sample_weight, Adam."""
-    result = run(pytester, '''
+    result = run(pytester, tiny_problem, '''
 def custom_loss(y_true, y_pred):
     return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
 
@@ -63,8 +46,8 @@ def test_model(stability):
     result.assert_outcomes(passed=1)
 
 
-def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester):
-    result = run(pytester, '''
+def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, '''
 @pytest.mark.stable_training(steps=8, shuffle=False)
 def test_model(stability):
     model = build(optimizer=keras.optimizers.SGD(0.1))
@@ -89,8 +72,8 @@ def test_model(stability):
     result.assert_outcomes(passed=1)
 
 
-def test_class_weight_validation_split_callbacks_and_lr_schedule(pytester):
-    result = run(pytester, '''
+def test_class_weight_validation_split_callbacks_and_lr_schedule(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, '''
 class Counting(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -197,8 +180,8 @@ CUSTOM_TRAIN_STEP = {
 }
 
 
-def test_custom_train_step_from_the_keras_guide_is_trained_and_recorded(pytester):
-    result = run(pytester, f'''
+def test_custom_train_step_from_the_keras_guide_is_trained_and_recorded(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, f'''
 class CustomModel(keras.Model):
 {CUSTOM_TRAIN_STEP[BACKEND]}
 
@@ -246,8 +229,8 @@ def test_own_loss_metric_is_said_not_invented(stability):
     result.assert_outcomes(passed=2)
 
 
-def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester):
-    result = run(pytester, '''
+def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, '''
 TRACES = []
 
 
@@ -285,9 +268,9 @@ def test_compare():
     result.assert_outcomes(passed=5)
 
 
-def test_the_model_is_given_back_untouched(pytester):
+def test_the_model_is_given_back_untouched(pytester, tiny_problem):
     """After the test: the user's optimizer, no extra variables, and plain fit / save work."""
-    result = run(pytester, '''
+    result = run(pytester, tiny_problem, '''
 @pytest.mark.stable_training(steps=12)
 def test_model(stability, tmp_path):
     model = build()
@@ -305,8 +288,8 @@ def test_model(stability, tmp_path):
     result.assert_outcomes(passed=1)
 
 
-def test_data_kinds(pytester):
-    result = run(pytester, '''
+def test_data_kinds(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, '''
 class Seq(keras.utils.PyDataset):
     def __len__(self):
         return 8
@@ -340,8 +323,8 @@ def test_generator_that_runs_out(stability):
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch DataLoader is a PyTorch-backend input")
-def test_torch_dataloader(pytester):
-    result = run(pytester, '''
+def test_torch_dataloader(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, '''
 import torch
 
 

@@ -92,7 +92,9 @@ def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
         assert list(call["runs"]) == ["0"]
         run = call["runs"]["0"]
         (reported,) = report[f"test_gate.py::{name}"]["calls"][0]["runs"]
-        assert run["summary"] == {k: reported["summary"][k] for k in baseline_mod.BASELINE_METRICS}
+        assert run["summary"] == {k: reported["summary"][k] for k in baseline_mod.BASELINE_METRICS
+                                  if k in reported["summary"]}
+        assert "lr_margin" not in run["summary"]  # measured only with margin=True
         assert (run["verdict"], run["findings"]) == ("stable", [])
 
 
@@ -103,7 +105,7 @@ def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_pro
     result.stdout.fnmatch_lines([
         "stability JSON report: */now.json",
         "stability baseline: */base.json; baseline_extra_spikes=0, baseline_grad_factor=2.0, "
-        "baseline_val_tolerance=0.1",
+        "baseline_margin_factor=2.0, baseline_val_tolerance=0.1",
         "*stability report: 2 tests, 0 unstable*",
         "PASS  test_gate.py::test_a  *",
         f"      baseline -> now: spikes 0 -> 0, p99|g| {fmt(a['p99_grad_norm'], 3)} -> {fmt(a['p99_grad_norm'], 3)}, "
@@ -338,14 +340,16 @@ def test_marker_tolerance_overrides_cli_and_ini(pytester, named_problem, saved, 
     result.assert_outcomes(passed=2)
     # the header shows the run-wide values (command line > ini > default)
     result.stdout.fnmatch_lines(["stability baseline: */base.json; baseline_extra_spikes=2, baseline_grad_factor=1.5, "
-                                 "baseline_val_tolerance=0.1"])
+                                 "baseline_margin_factor=2.0, baseline_val_tolerance=0.1"])
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
     a, b = tests["test_gate.py::test_a"], tests["test_gate.py::test_b"]
     # each test was compared with its own resolved values: marker > command line > ini > default
     assert a["calls"][0]["baseline"]["tolerances"] == {
-        "baseline_grad_factor": 100.0, "baseline_val_tolerance": 5.0, "baseline_extra_spikes": 2}
+        "baseline_grad_factor": 100.0, "baseline_val_tolerance": 5.0, "baseline_extra_spikes": 2,
+        "baseline_margin_factor": 2.0}
     assert b["calls"][0]["baseline"]["tolerances"] == {
-        "baseline_grad_factor": 1.5, "baseline_val_tolerance": 0.1, "baseline_extra_spikes": 2}
+        "baseline_grad_factor": 1.5, "baseline_val_tolerance": 0.1, "baseline_extra_spikes": 2,
+        "baseline_margin_factor": 2.0}
     assert a["settings"]["baseline_grad_factor"] == 100.0 and b["settings"]["baseline_grad_factor"] == 1.5
     metrics = a["calls"][0]["baseline"]["seeds"]["0"]["metrics"]
     assert metrics["p99_grad_norm"]["now"] > 2 * metrics["p99_grad_norm"]["baseline"]  # it did regress

@@ -10,7 +10,8 @@ pytestmark = []
 def test_markers_lists_full_signature(pytester):
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.stable_training(steps=200, *, batch_size=32, seed=0, *"
-                                 "baseline_grad_factor=2.0, baseline_val_tolerance=0.1, baseline_extra_spikes=0)*"])
+                                 "baseline_grad_factor=2.0, baseline_val_tolerance=0.1, baseline_extra_spikes=0, "
+                                 "baseline_margin_factor=2.0)*"])
     assert result.ret == 0
 
 

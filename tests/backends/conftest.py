@@ -1,0 +1,13 @@
+"""Backend-neutral tests (run in CI once per Keras backend: KERAS_BACKEND=tensorflow, jax, torch).
+
+numpy and keras (and with it the chosen backend) are imported here, at the top, for the same reason as in
+tests/training/conftest.py: pytester's in-process runs restore ``sys.modules`` after each run, and numpy 2
+refuses to be loaded twice in one process.  No TensorFlow import: these tests must run without it.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402,F401
+import numpy  # noqa: E402,F401
