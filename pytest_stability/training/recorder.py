@@ -218,7 +218,8 @@ class Recorder:
         var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
         upd = ops.sqrt(ops.sum(d_sq_t)) / ops.sqrt(ops.sum(w_sq_t) + tiny)
         grads_bad = ops.logical_not(ops.isfinite(gnorm))
-        weights_bad = ops.logical_not(ops.isfinite(_sum_all(ops, after)))
+        # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
+        weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
         state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, state_after)))
         flags = (ops.cast(grads_bad, "int32") * GRADS + ops.cast(weights_bad, "int32") * WEIGHTS
                  + ops.cast(state_bad, "int32") * OPTIMIZER)
