@@ -40,7 +40,11 @@ deviations above it (in log space; in linear space the z condition alone).
 With fewer than ``CONFIRM_STEPS`` steps after it (a spike on the very last
 steps), an event is confirmed when every step that follows is elevated, or
 when it is *extreme*: ratio at least ``EXTREME_FACTOR`` x ``spike_ratio``
-(30x by default) and z at least twice ``spike_zscore``.  Unconfirmed events
+(30x by default) and z at least twice ``spike_zscore``.  An event whose next
+``CONFIRM_STEPS`` are mixed is still confirmed when the median of the next
+``spike_window`` steps stays ``CONFIRM_WINDOW_RATIO`` x (and ``CONFIRM_Z``
+deviations) above the trailing median: the run did not settle (spike after
+spike, as after a learning rate jump).  Unconfirmed events
 are not findings; ``stats["outliers"]`` lists their steps.  A level shift
 is confirmed by construction (its next steps are all high).
 
@@ -79,6 +83,8 @@ CONFIRM_STEPS = 5
 CONFIRM_RATIO = 1.5
 #: ...and this many robust deviations (a single hard batch at batch size 2-8 comes straight back).
 CONFIRM_Z = 3.0
+#: ... or the median over the next spike_window steps is this x the trailing median (a run that stays chaotic)
+CONFIRM_WINDOW_RATIO = 1.3
 #: a spike with too few steps after it to confirm fails when its ratio is this x spike_ratio (and z 2x the limit).
 EXTREME_FACTOR = 10.0
 
@@ -325,6 +331,16 @@ def _confirm(sc: dict[str, Any], start: int, peak: int, t: Thresholds) -> dict[s
     if nxt.size >= CONFIRM_STEPS:
         if bool(elevated(float(np.median(nxt)))):
             out.update(confirmed=True, how="elevated")
+            return out
+        # Chaotic after the spike (more spikes, no settling): the median over the next window stays up
+        # by CONFIRM_WINDOW_RATIO, far beyond the pre-spike noise.  A lone hard batch leaves it where it was.
+        win = values[start + 1:start + 1 + max(CONFIRM_STEPS, int(t.spike_window))]
+        win = win[np.isfinite(win)]
+        if win.size >= 2 * CONFIRM_STEPS:
+            wmid = float(np.median(win))
+            up = (wmid - m) / sd > CONFIRM_Z
+            if (up and wmid - m > np.log(CONFIRM_WINDOW_RATIO)) if log_space else up:
+                out.update(confirmed=True, how="unsettled", window_ratio=float(np.exp(wmid - m)) if log_space else None)
         return out
     # too few steps after it to tell: every one of them elevated, or an extreme spike
     if nxt.size and bool(np.all(elevated(nxt))):

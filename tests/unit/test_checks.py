@@ -505,3 +505,22 @@ def test_a_variable_with_some_zero_gradients_is_fine_and_missing_arrays_are_skip
     assert check_stuck(t).status == "passed"
     # a user's own trace without per-variable arrays: no coverage judgement, no error
     assert check_stuck(Trace(loss=np.geomspace(1.0, 0.1, 100))).status == "passed"
+
+
+def test_spike_followed_by_a_run_that_never_settles_fails():
+    """A learning-rate jump: one big spike, then spike after spike with normal steps in between; the next
+    five steps are mixed (median below 1.5x) but the next window's median stays ~2x: the model changed."""
+    rng = np.random.default_rng(3)
+    loss = 0.68 * np.exp(0.03 * rng.normal(size=300))
+    loss[155] = 4.3
+    after = np.array([0.91, 1.58, 0.60, 0.97, 3.5, 1.76, 0.70, 1.15, 0.74, 1.34])
+    loss[156:166] = after
+    loss[166:300] = 0.68 * np.exp(0.6 + 0.4 * rng.normal(size=134))
+    (result,) = [r for r in run_checks(Trace(loss=loss), checks=["loss_spike"]) if r.name == "loss_spike"]
+    assert result.status == "failed"
+    assert result.findings[0].step == 155
+    # the same spike with the run settling right back is a lone outlier (a hard batch)
+    calm = 0.68 * np.exp(0.03 * rng.normal(size=300))
+    calm[155] = 4.3
+    (calm_result,) = [r for r in run_checks(Trace(loss=calm), checks=["loss_spike"]) if r.name == "loss_spike"]
+    assert calm_result.status == "passed" and calm_result.stats["outliers"] == [155]
