@@ -22,11 +22,18 @@ class Outcome:
 def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     """Run the checks on ``trace`` and diagnose every finding (pure: no framework)."""
     from .checks import run_checks
-    from .diagnosis import diagnose
+    from .diagnosis import diagnose, rank_findings
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
-    return [type(r)(r.name, r.status, tuple(diagnose(r.findings, trace, thresholds)), r.detail, r.stats)
-            if r.findings else r for r in results]
+    results = [type(r)(r.name, r.status, tuple(diagnose(r.findings, trace, thresholds)), r.detail, r.stats)
+               if r.findings else r for r in results]
+    # one primary cause per run: every finding gets evidence["rank"] (0 = the headline), see rank_findings
+    failed = [r for r in results if r.status == "failed" and r.findings]
+    if not failed:
+        return results
+    ranked = {(f.check, f.kind, f.step): f for f in rank_findings(failed, trace)}
+    return [type(r)(r.name, r.status, tuple(ranked.get((f.check, f.kind, f.step), f) for f in r.findings),
+                    r.detail, r.stats) if r in failed else r for r in results]
 
 
 def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, seed: int, spec: Any,

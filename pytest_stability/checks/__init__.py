@@ -17,6 +17,7 @@ from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 from .gradients import check_grad_norm
 from .nonfinite import check_nonfinite
 from .spikes import check_loss_spike, spike_scores
+from ..thresholds import CHECK_NAMES
 from .stuck import check_stuck
 from .validation import check_val_loss, smooth
 
@@ -24,13 +25,15 @@ CheckFn = Callable[[Trace, Thresholds], CheckResult]
 
 #: name -> function, in report order.  Names are used everywhere (messages,
 #: JSON, marker ``checks=``) and never change.
-CHECKS: dict[str, CheckFn] = {
+_FUNCTIONS: dict[str, CheckFn] = {
     "loss_spike": check_loss_spike,
     "nonfinite": check_nonfinite,
     "grad_norm": check_grad_norm,
     "val_loss": check_val_loss,
     "stuck": check_stuck,
 }
+#: in thresholds.CHECK_NAMES' order: the one list of check names (a name without a function fails here, at import)
+CHECKS: dict[str, CheckFn] = {name: _FUNCTIONS[name] for name in CHECK_NAMES}
 
 
 def run_checks(trace: Trace, thresholds: Thresholds | None = None,

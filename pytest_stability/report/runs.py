@@ -64,9 +64,10 @@ class RunReport:
 
     @property
     def findings(self) -> list[Finding]:
-        """Findings of the failed checks, in step order."""
+        """Findings of the failed checks, the primary cause first (``evidence["rank"]``, see
+        :func:`~pytest_stability.diagnosis.rank_findings`), then in step order."""
         found = [f for r in self.results if r.status == FAILED for f in r.findings]
-        return sorted(found, key=lambda f: f.step)
+        return sorted(found, key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,45 @@
+"""Issue 10 on real training: a dead start is caught without validation data, and an Adam late blow-up is
+headlined as second-moment collapse (epsilon / amsgrad), not as a gradient explosion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dead_relus_from_the_first_step_fail_as_stuck_without_validation_data(pytester, tiny_problem):
+    pytester.makepyfile(tiny_problem + '''
+@pytest.mark.stable_training(steps=120)
+def test_dead(stability):
+    model = keras.Sequential([keras.Input((8,)),
+                              keras.layers.Dense(16, activation="relu", bias_initializer=keras.initializers.Constant(-10.0)),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    stability.fit(model, X, Y, batch_size=32)
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*[[]stuck] step *", "*fix to try: *"])
+    result.stdout.no_fnmatch_line("*[[]val_loss]*")
+
+
+def test_adam_late_blow_up_is_headlined_as_second_moment_collapse(pytester):
+    pytester.makepyfile(f'''
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import pytest
+from benchmarks import scenarios as S
+
+
+@pytest.mark.stable_training(steps=3000, readback_every=500, diagnostics=True)
+def test_adam(stability):
+    sc = S.adam_collapse(2)
+    rep = stability.fit(sc.build(), sc.x, sc.y, check=False)
+    head = rep.findings[0]
+    assert head.evidence["rank"] == 0 and head.evidence["primary"]
+    assert head.evidence["cause_key"] == "adam_second_moment", head.cause
+    assert "epsilon" in head.fix and "clipnorm" not in head.fix.split(",")[0]
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
