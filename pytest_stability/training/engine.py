@@ -492,8 +492,10 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             sample_weight, validation_data, validation_split, epochs, ...).
         batch_size: used for array inputs when ``fit_kwargs`` has none.
         progress: called with the steps done at each read-back.
-        fix_at: ``(step, apply)``: at the first read-back at or after ``step``,
-            call ``apply(model)`` (the what-if replay changes the optimizer there).
+        fix_at: ``(step, apply)``: at the last read-back at or before ``step``
+            (before the first step when none is), call ``apply(model)``: the
+            what-if replay changes the optimizer there; ``trace.info["fix_applied_at"]``
+            says at which step.
         stop_after: stop after this many steps (the replay's horizon); the
             trace still says ``steps`` were planned.
         keep_initial_state: copy the model's and optimizer's variables to the
@@ -586,8 +588,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
 
     def on_boundary(done: int) -> None:
         # at the latest execution boundary at or before the fix step: the next one could be past it
-        to_next = chunk if backend == "torch" else spe  # at most this many steps to the next read-back
-        if fix_at is not None and not applied[0] and done + to_next > fix_at[0]:
+        # read-backs are at most `chunk` steps apart (the buffer's size): the next one could be past the step
+        if fix_at is not None and not applied[0] and done + chunk > fix_at[0]:
             applied[0] = True
             notes_fix.append(done)
             if done:
