@@ -143,11 +143,9 @@ class Stability:
             progress = self._progress(steps)
             try:
                 outcome = pipeline.run(run_model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=s, spec=spec,
-                                       thresholds=thresholds,
-                                       progress=progress.update if progress is not None else None)
+                                       thresholds=thresholds, progress=progress.update)
             finally:
-                if progress is not None:
-                    progress.close()
+                progress.close()
             result, results = outcome.result, outcome.results
             runs.append(RunReport(
                 seed=s, trace=result.trace, results=results, device=result.device,
@@ -157,11 +155,9 @@ class Stability:
         return StabilityReport(self.nodeid, runs)
 
     def _progress(self, steps: int) -> Any:
-        """A progress line for long runs (pytest_stability.progress), when that module is present."""
-        try:
-            from .progress import Progress
-        except ImportError:
-            return None
+        """The progress line of a long run (steps done, steps/s, ETA; see :mod:`pytest_stability.progress`)."""
+        from .progress import Progress
+
         return Progress(self._config, self.nodeid, steps)
 
     def _model_for_seed(self, model: Any, seed: int, first: bool) -> Any:
