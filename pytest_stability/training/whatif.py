@@ -1,25 +1,24 @@
-"""What-if replay: re-run the steps around a failure from a snapshot, with the suggested fix applied.
+"""What-if replay: re-run the same fit with the suggested fix applied before the failure.
 
 When a check fails, the diagnosis names fixes and, where a fix is a change
 to the optimizer, a machine-readable form of it (``evidence["fix_configs"]``,
 see :mod:`pytest_stability.diagnosis`):
 
-* ``{"epsilon": 1e-3}``, ``{"amsgrad": True}``, ``{"beta_2": 0.99}``,
-  ``{"clipnorm": 0.33}``: the same keyword on the optimizer's config;
+* ``{"epsilon": 1e-3}``, ``{"beta_2": 0.99}``, ``{"clipnorm": 0.33}``: the same
+  setting on the optimizer (``{"amsgrad": True}`` is not replayed: it needs
+  optimizer state the run did not have);
 * ``{"learning_rate_factor": 0.1}``: the learning rate (or the schedule) x 0.1.
 
-:func:`replay` restores the model and optimizer state of the latest snapshot
-taken at least ``spike_window`` steps before the failure (the engine takes
-them at read-back boundaries when ``whatif`` is on), builds a fresh optimizer
-of the same class from the modified config, carries the optimizer state over
-(``iteration``, moments; a new AMSGrad ``velocity_hat`` starts from ``v``),
-and trains the same batches, in the same order, from that step on: the data
-pipeline is rebuilt with the same seed and skips the steps already done.
-The model ends in the state it had after the original run.  The checks then
-run on the original trace up to the snapshot followed by the replayed steps.
+:func:`replay` puts the model and optimizer back to their state before the
+run's first step (kept by the engine with ``keep_initial_state``), sets the
+same seed and runs the same ``fit`` again (same data, arguments, callbacks).
+At the last read-back at or before ``spike_window`` steps before the failure
+it changes the optimizer in place (:func:`apply_fix`) and recompiles the step;
+it stops ``4 x spike_window`` steps past the failure.  The model ends in the
+state it had after the original run.  The checks judge the replayed trace.
 
-A replay with an empty fix reproduces the original steps exactly (tested);
-that is what makes "no spike after the fix" evidence rather than noise.
+A replay with an empty fix reproduces the original run exactly (tested): that
+is what makes "no spike after the fix" evidence rather than noise.
 :func:`attach_whatif` tries the findings' fixes, one of each kind, in step
 order and in the order the message gives them (at most :data:`MAX_ATTEMPTS`),
 and stops at the first that resolves the run.
