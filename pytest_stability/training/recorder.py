@@ -136,7 +136,6 @@ class Recorder:
         return var
 
     def _build_buffers(self, tvars: list[Any]) -> None:
-        keras, ops = self.keras, self.ops
         self.tvars = tvars
         self.n_vars = len(tvars)
         self.var_names = tuple(str(getattr(v, "path", None) or getattr(v, "name", "variable")) for v in tvars)
@@ -158,7 +157,6 @@ class Recorder:
         else:
             self._patch(self.opt, "apply", self._stateful_apply(self.opt.apply))
         self.built = True
-        del keras, ops
 
     def _build_loss_buffers(self) -> None:
         if self.tracker is None:
@@ -295,7 +293,6 @@ class Recorder:
     def _stateless_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
         ops = self.ops
         opt = self.opt
-        keras = self.keras
         from keras.src.backend.common.stateless_scope import StatelessScope
 
         def stateless_apply(optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
@@ -332,7 +329,6 @@ class Recorder:
             new_o[p_limit] = ov[p_limit]
             return new_t, new_o
 
-        del keras
         return stateless_apply
 
     # -- read back ---------------------------------------------------------------
