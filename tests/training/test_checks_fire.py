@@ -66,7 +66,7 @@ def test_model(stability):
 ''')
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*checks failed (loss_spike, grad_norm)*",
-                                 "*[[]loss_spike] step *: loss * is *x its trailing median * (limit 3x; robust z *",
+                                 "*[[]loss_spike] step *: loss * is *x its trailing median * (limit 3x = *; robust z *",
                                  "*[[]grad_norm] step *: gradient norm * exceeds * (100x the early-training reference *"])
 
 
