@@ -32,8 +32,9 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     if not failed:
         return results
     ranked = {(f.check, f.kind, f.step): f for f in rank_findings(failed, trace)}
+    failed_ids = {id(r) for r in failed}
     return [type(r)(r.name, r.status, tuple(ranked.get((f.check, f.kind, f.step), f) for f in r.findings),
-                    r.detail, r.stats) if r in failed else r for r in results]
+                    r.detail, r.stats) if id(r) in failed_ids else r for r in results]
 
 
 def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, seed: int, spec: Any,

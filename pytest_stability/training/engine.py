@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
-from .recorder import COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags
+from .recorder import COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags, var_name
 
 _DETERMINISM_ENABLED = False
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -289,10 +289,6 @@ def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batc
             return None
         return n or None
     return None
-
-
-class Readback(object):
-    """Placeholder replaced by :func:`_readback_class` (a keras.callbacks.Callback subclass)."""
 
 
 def _readback_class(keras: Any) -> Any:
@@ -777,10 +773,6 @@ def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
     return out
 
 
-def _var_name(v: Any) -> str:
-    return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
-
-
 def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step: int) -> dict[str, Any]:
     """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
     flags = int(trace.nonfinite[step])
@@ -801,7 +793,7 @@ def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step:
             except Exception:
                 continue
             if not np.all(np.isfinite(value)):
-                out.update(source=source, variable=_var_name(v))
+                out.update(source=source, variable=var_name(v))
                 return out
     out.update(source="input batch" if flags & INPUT else "loss", variable=None)
     return out

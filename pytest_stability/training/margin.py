@@ -29,7 +29,7 @@ import numpy as np
 
 from ..trace import Trace
 from . import engine
-from .whatif import apply_fix
+from .whatif import apply_fix, optimizer_settings, restore_optimizer_settings
 
 #: geometric bisection steps between the last stable and the first unstable factor
 BISECTIONS = 2
@@ -79,7 +79,7 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
             apply_fix(keras, model, {"learning_rate_factor": factor})
             run = engine.train(model, x, y, fit_kwargs=dict(kwargs), steps=steps, seed=seed, spec=probe_spec)
         finally:
-            _restore_lr(keras, model, saved)
+            restore_optimizer_settings(model, saved)
             engine.restore_state(model, final)
         joined, k = _tail_plus(trace, run.trace, window)
         findings = sorted((f for r in run_checks(joined, thresholds, PROBE_CHECKS) for f in r.findings
@@ -90,7 +90,7 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
                        "step": (trace.steps + first.step - k) if first else None})
         return first is None
 
-    saved = _save_lr(keras, model)
+    saved = optimizer_settings(keras, model)
     good, bad = 1.0, None
     factor = 2.0
     while factor <= float(spec.margin_max_factor) + 1e-9:
@@ -118,24 +118,6 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
     return {"value": float(value), "stable_at_1x": True, "upper": float(bad) if bad is not None else None,
             "capped": bad is None, "probes": probes, "seconds": float(seconds), "steps_per_probe": steps,
             "text": f"{text}; {len(probes)} probes of {steps} steps in {seconds:.1f} s"}
-
-
-def _save_lr(keras: Any, model: Any) -> tuple[Any, Any, float | None]:
-    opt = model.optimizer
-    inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
-    schedule = getattr(inner, "_learning_rate", None)
-    value = None
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        value = float(keras.ops.convert_to_numpy(inner.learning_rate))
-    return inner, schedule, value
-
-
-def _restore_lr(keras: Any, model: Any, saved: tuple[Any, Any, float | None]) -> None:
-    inner, schedule, value = saved
-    if value is None:
-        object.__setattr__(inner, "_learning_rate", schedule)
-    else:
-        inner.learning_rate = value
 
 
 __all__ = ["lr_margin", "BISECTIONS", "PROBE_CHECKS"]

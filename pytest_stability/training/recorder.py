@@ -86,6 +86,7 @@ class Recorder:
         self.recording_loss = True
         self._patched: list[tuple[Any, str]] = []
         self._added: list[tuple[list, Any]] = []
+        self.loss_bad = None
         self.built = False
 
     # -- install / uninstall ---------------------------------------------------
@@ -136,9 +137,8 @@ class Recorder:
         return var
 
     def _build_buffers(self, tvars: list[Any]) -> None:
-        self.tvars = tvars
         self.n_vars = len(tvars)
-        self.var_names = tuple(str(getattr(v, "path", None) or getattr(v, "name", "variable")) for v in tvars)
+        self.var_names = tuple(var_name(v) for v in tvars)
         self.velocities = None
         if self.diagnostics and hasattr(self.inner, "_velocities") and self.inner._velocities:
             self.velocities = list(self.inner._velocities)
@@ -252,7 +252,7 @@ class Recorder:
             tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
             index = [opt._get_variable_index(v) for v in tvars]
             go = ops.logical_and(ops.equal(self.halt.value, 0), ops.less(self.count.value, self.limit_var.value))
-            loss_bad = getattr(self, "loss_bad", None)
+            loss_bad = self.loss_bad
             if loss_bad is not None and not self.is_loss_scaled:
                 # the tracker saw this step's loss first (Keras' trainers) or the previous one's (a custom
                 # train_step that updates metrics after applying): either way no update after a bad loss
@@ -374,6 +374,11 @@ class Recorder:
         except Exception:  # pragma: no cover - informational only
             return "unknown"
         return _device_label(dev)
+
+
+def var_name(v: Any) -> str:
+    """A variable's name as findings show it (``sequential/dense/kernel``)."""
+    return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
 
 
 def _sum_all(ops: Any, tensors: list[Any]) -> Any:

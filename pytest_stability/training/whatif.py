@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
+from ..trace import Trace
 from . import engine
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
@@ -147,7 +147,7 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
     start = max(0, failure_step - window)
     until = replay_window(failure_step, trace.steps_planned or trace.steps, window)
     final = engine.take_state(model)
-    saved_config = _optimizer_settings(keras, model)
+    saved_config = optimizer_settings(keras, model)
     try:
         engine.restore_state(model, result.initial_state)
         kwargs = dict(fit_kwargs)
@@ -158,7 +158,7 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
                              spec=spec, batch_size=batch_size, stop_after=until,
                              fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
     finally:
-        _restore_optimizer_settings(model, saved_config)
+        restore_optimizer_settings(model, saved_config)
         engine.restore_state(model, final)
     new = rerun.trace
     info = dict(trace.info or {})
@@ -177,14 +177,16 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
                   new.steps, new)
 
 
-def _optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+def optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+    """The optimizer settings :func:`apply_fix` may change (the learning-rate schedule object included), to put
+    back with :func:`restore_optimizer_settings`; variable values (the learning rate) go back with the state."""
     opt = model.optimizer
     inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
     keys = ("epsilon", "beta_2", "clipnorm", "global_clipnorm", "clipvalue", "_learning_rate")
     return inner, {k: getattr(inner, k) for k in keys if hasattr(inner, k)}
 
 
-def _restore_optimizer_settings(model: Any, saved: tuple[Any, dict[str, Any]]) -> None:
+def restore_optimizer_settings(model: Any, saved: tuple[Any, dict[str, Any]]) -> None:
     inner, values = saved
     for k, v in values.items():
         object.__setattr__(inner, k, v) if k == "_learning_rate" else setattr(inner, k, v)

@@ -41,7 +41,7 @@ def test_model(stability):
     assert rep.trace.steps == 30
     assert np.all(np.isfinite(rep.trace.loss)) and rep.trace.loss[-1] < rep.trace.loss[0]
     assert rep.trace.var_grad_norms.shape == (30, len(model.trainable_variables))
-    assert list(rep.trace.val_steps) == [0, 10, 20, 30] or rep.trace.val_steps[-1] == 30
+    assert rep.trace.val_steps[0] == 0 and rep.trace.val_steps[-1] == 30
 ''')
     result.assert_outcomes(passed=1)
 
@@ -61,9 +61,6 @@ def test_model(stability):
     expected = float(keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(Y[:32, None], check(X[:32]))).mean())
     assert rep.trace.loss[0] == pytest.approx(expected, rel=1e-5)
     # SGD: the update is lr * gradient, so the first update's size gives the first gradient norm
-    w1 = [keras.ops.convert_to_numpy(v.value) for v in check.trainable_variables]
-    delta = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in zip(w0, w1)))
-    assert delta == 0.0  # check was not trained
     assert rep.trace.update_ratio[0] * np.sqrt(sum(float(np.sum(w ** 2)) for w in w0)) == pytest.approx(
         0.1 * rep.trace.grad_norm[0], rel=1e-4)
     # a running mean would be smooth: raw minibatch losses jump when the data cycles (8 batches/epoch)
@@ -279,7 +276,6 @@ def test_model(stability, tmp_path):
     assert not any(n.startswith("stability_") for n in names)
     assert not any(v.name.startswith("stability_") for v in model.metrics_variables)
     assert "apply" not in vars(model.optimizer) and "stateless_apply" not in vars(model.optimizer)
-    before = model.optimizer.iterations
     model.fit(X, Y, epochs=1, batch_size=32, verbose=0)
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
