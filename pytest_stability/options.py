@@ -288,6 +288,18 @@ OPTIONS: tuple[Option, ...] = (
     _float_option("margin_max_factor", 16.0, "margin: the largest learning-rate factor searched", 1, strict=True),
     _float_option("min_margin", None, "margin: fail the test when its learning-rate margin is below this factor "
                   "(needs margin=True)", 0, strict=True, optional=True),
+    _bool_option("curvature", False, "measure the sharpness (the loss Hessian's top eigenvalue on a fixed batch; "
+                 "preconditioned for Adam/RMSprop) at curvature_points read-backs and its edge-of-stability ratio "
+                 "against the optimizer's limit (2/lr for SGD); reported, and gated by max_eos_ratio"),
+    _int_option("curvature_points", 1, 4, "curvature: measurements per run, at the first read-backs at or after "
+                "evenly spaced steps (the last at the end)"),
+    _int_option("curvature_iterations", 2, 20, "curvature: Lanczos iterations (Hessian-vector products) at most per "
+                "measurement; it stops earlier once the top eigenvalue changes by < 0.1%"),
+    Option("curvature_batch_size", _optional(_int(1)), _optional_text(_number_text(_int(1), int)), None,
+           "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)"),
+    _float_option("max_eos_ratio", None, "curvature: fail the test when its edge-of-stability ratio (sharpness / "
+                  "the optimizer's limit) exceeds this at any measurement (needs curvature=True)", 0, strict=True,
+                  optional=True),
     _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix applied before the failure and report whether the instability goes away (keeps one host copy of the initial model and optimizer state)"),
     # -- loss_spike
     _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
@@ -312,7 +324,8 @@ OPTIONS: tuple[Option, ...] = (
     _int_option("baseline_extra_spikes", 0, TOLERANCE_DEFAULTS["baseline_extra_spikes"],
                 "baseline: loss spikes allowed beyond the baseline's count"),
     _float_option("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"],
-                  "baseline: fail when the learning-rate margin shrank by more than this factor against the baseline's",
+                  "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
+                  "factor against the baseline's",
                   1, strict=False),
 )
 
@@ -354,6 +367,11 @@ class RunSpec:
     margin_steps: int = 50
     margin_max_factor: float = 16.0
     min_margin: float | None = None
+    curvature: bool = False
+    curvature_points: int = 4
+    curvature_iterations: int = 20
+    curvature_batch_size: int | None = None
+    max_eos_ratio: float | None = None
     whatif: bool = False
     spike_window: int = _T.spike_window
     spike_zscore: float = _T.spike_zscore

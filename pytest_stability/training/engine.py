@@ -297,7 +297,8 @@ def _readback_class(keras: Any) -> Any:
 
         def __init__(self, rec: Recorder, *, steps: int, chunk: int, steps_per_call: int,
                      validate: Callable[[], None] | None, validate_every: int,
-                     progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None) -> None:
+                     progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
+                     measure: Callable[[int], None] | None = None) -> None:
             super().__init__()
             self.rec = rec
             self.rows = ChunkRows()
@@ -310,6 +311,7 @@ def _readback_class(keras: Any) -> Any:
             self.validate_every = validate_every
             self.progress = progress
             self.on_boundary = on_boundary
+            self.measure = measure
             self.calls = 0
             self.last_val = 0
             self.device = None
@@ -361,6 +363,8 @@ def _readback_class(keras: Any) -> Any:
                 if done != self.last_val:
                     self.last_val = done
                     self.validate()
+            if self.measure is not None and not self.stopped_nonfinite:
+                self.measure(done)
             if self.progress is not None:
                 self.progress(done)
 
@@ -560,6 +564,19 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
     notes: list[str] = []
     val_ok = [True]
+    meter, no_meter = _curvature_meter(keras, model, spec, kind=kind, x=x, y=y, fit_kwargs=fit_kwargs,
+                                       batch_size=bs, steps=run_steps, seed=seed, distributed=distributed)
+
+    def measure(done: int) -> None:
+        # at a read-back, like validate(): under JAX the variables hold the state only after _sync
+        if meter is None or not meter.due(done):
+            return
+        _sync(model)
+        rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
+        try:
+            meter.measure(done)
+        finally:
+            rec.recording_loss = True
 
     def validate() -> None:
         if not val_ok[0]:
@@ -601,7 +618,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     steps_per_call = spe if not per_epoch else max(1, min(spe, int(per_epoch)))
     cb = cb_class(rec, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
                   validate=validate if val_batches else None, validate_every=int(spec.validate_every),
-                  progress=progress, on_boundary=on_boundary if fix_at is not None else None)
+                  progress=progress, on_boundary=on_boundary if fix_at is not None else None,
+                  measure=measure if meter is not None else None)
     cb.want_initial_state = keep_initial_state
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if not isinstance(callbacks, list):
@@ -631,6 +649,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 raise
         cb.read()
         _sync(model)
+        if meter is not None and not cb.stopped_nonfinite and cb.rows.done:
+            meter.targets = [min(t, cb.rows.done) for t in meter.targets]  # a run ended early: measure its end
+            measure(cb.rows.done)
         if bn and not val_batches and gap_batch is not None and cb.rows.done:
             # without validation data, the gap is measured once, at the end, on the first training batch
             try:
@@ -684,6 +705,13 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     trace.info["loss_recorded"] = loss_recorded
     if notes_fix:
         trace.info["fix_applied_at"] = notes_fix[0]
+    if meter is not None:
+        trace.info["curvature"] = meter.summary(trace.lr)
+    elif no_meter:
+        from .curvature import Rule, summarize
+
+        trace.info["curvature"] = summarize([], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None,
+                                            notes=[no_meter])
     # array inputs are checked for NaN/Inf on the host before training; other pipelines' batches are not
     trace.info["inputs_checked"] = kind == "arrays"
     if notes:
@@ -706,6 +734,27 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         trace.first_nonfinite = _locate_nonfinite(keras, model, rec, trace, step)
     placed = cb.device or label
     return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state)
+
+
+def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y: Any, fit_kwargs: dict[str, Any],
+                     batch_size: int, steps: int, seed: int, distributed: bool) -> tuple[Any, str]:
+    """``(meter, "")`` for a run with ``spec.curvature`` (see :mod:`.curvature`); ``(None, why)`` when it cannot
+    be measured; ``(None, "")`` without ``spec.curvature``."""
+    if not getattr(spec, "curvature", False):
+        return None, ""
+    from . import curvature
+
+    if distributed:
+        return None, "the curvature is not measured under a tf.distribute strategy"
+    size = int(spec.curvature_batch_size or batch_size)
+    try:
+        batch, why = curvature.fixed_batch(keras, kind, x, y, fit_kwargs, size)
+    except Exception as exc:
+        batch, why = None, f"the fixed batch for the curvature could not be read ({type(exc).__name__}: {_short(exc, 200)})"
+    if batch is None:
+        return None, why
+    return curvature.Meter(keras, model, batch, targets=curvature.measurement_steps(steps, spec.curvature_points),
+                           iterations=int(spec.curvature_iterations), seed=seed), ""
 
 
 def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int) -> bool | None:

@@ -68,7 +68,7 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
               if k not in ("validation_data", "validation_split", "validation_freq", "validation_steps",
                            "validation_batch_size", "callbacks", "epochs", "initial_epoch")}
     steps = int(spec.margin_steps)
-    probe_spec = spec.replace(whatif=False, margin=False)
+    probe_spec = spec.replace(whatif=False, margin=False, curvature=False)
     window = int(thresholds.spike_window)
     final = engine.take_state(model)
     probes: list[dict[str, Any]] = []

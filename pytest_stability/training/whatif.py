@@ -153,7 +153,7 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
         kwargs = dict(fit_kwargs)
         # shorter chunks, so that an execution boundary falls close before `start`: the fix goes in at the
         # last one at or before it (chunking does not change the numbers: same steps, same order)
-        spec = spec.replace(readback_every=max(1, min(int(spec.readback_every), max(1, window // 2))))
+        spec = spec.replace(readback_every=max(1, min(int(spec.readback_every), max(1, window // 2))), curvature=False)
         rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
                              spec=spec, batch_size=batch_size, stop_after=until,
                              fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
