@@ -59,6 +59,9 @@ def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, s
                            seed=seed, ok=ok)
         result.trace.info["margin"] = margin
         results = results + [margin_result(margin, getattr(spec, "min_margin", None), result.trace.steps)]
+    curvature = (result.trace.info or {}).get("curvature")
+    if curvature is not None:
+        results = results + [curvature_result(curvature, getattr(spec, "max_eos_ratio", None))]
     return Outcome(result, results)
 
 
@@ -82,4 +85,34 @@ def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) 
     return CheckResult("margin", "failed", (finding,), margin["text"], {"lr_margin": value})
 
 
-__all__ = ["Outcome", "judge", "run"]
+def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> Any:
+    """The ``curvature`` check: failed when the edge-of-stability ratio (``trace.info["curvature"]``, see
+    :mod:`pytest_stability.training.curvature`) exceeds ``max_eos_ratio`` at a measurement; skipped without
+    one, or when no ratio was measured (an optimizer without a known limit, a run it could not be measured on)."""
+    from .checks.base import CheckResult, Finding
+
+    ratio = curvature.get("max_ratio")
+    stats = {"eos_ratio": ratio, "curvature_margin": curvature.get("margin")}
+    if ratio is None:
+        return CheckResult("curvature", "skipped", (), curvature["text"], stats)
+    if max_eos_ratio is None:
+        return CheckResult("curvature", "skipped", (), f"{curvature['text']} (no max_eos_ratio set)", stats)
+    if ratio <= float(max_eos_ratio):
+        return CheckResult("curvature", "passed", (), curvature["text"], stats)
+    step = int(curvature["max_ratio_step"])
+    what = "preconditioned sharpness" if curvature.get("kind") == "preconditioned" else "sharpness"
+    finding = Finding(check="curvature", kind="above_max", step=max(0, step - 1), value=float(ratio),
+                      limit=float(max_eos_ratio),
+                      message=f"edge-of-stability ratio {ratio:.3g} after {step} steps is above max_eos_ratio "
+                              f"{float(max_eos_ratio):g}: {curvature['text']}",
+                      evidence={k: v for k, v in curvature.items() if k != "text"},
+                      cause=f"the loss's {what} has reached the largest curvature the optimizer is stable at with "
+                            "this learning rate: training runs at the edge of stability, where a little more "
+                            "sharpening (or a larger learning rate) makes it oscillate or diverge",
+                      fix="lower the learning rate (the ratio scales with it), or add warm-up / a decaying schedule; "
+                          "then re-measure",
+                      confidence="likely")
+    return CheckResult("curvature", "failed", (finding,), curvature["text"], stats)
+
+
+__all__ = ["Outcome", "curvature_result", "judge", "margin_result", "run"]

@@ -10,7 +10,9 @@ names every regression beyond the tolerances:
 * more loss spikes than the baseline's count plus ``baseline_extra_spikes``;
 * a 99th-percentile gradient norm above ``baseline_grad_factor`` x the baseline's;
 * a final smoothed validation loss above the baseline's by more than
-  ``baseline_val_tolerance`` (relative: ``now > base + tol * |base|``).
+  ``baseline_val_tolerance`` (relative: ``now > base + tol * |base|``);
+* a learning-rate margin (``margin=True``) or a curvature margin (``curvature=True``: 1 / the
+  edge-of-stability ratio) below the baseline's divided by ``baseline_margin_factor``.
 
 A non-finite value where the baseline had a finite one is a regression.
 
@@ -36,7 +38,8 @@ BASELINE_KIND = "pytest-stability-baseline"
 
 #: The summary metrics kept per seed (the keys of RunReport.summary()).
 BASELINE_METRICS = ("steps_run", "steps_planned", "final_loss", "min_loss", "largest_spike", "spikes",
-                    "max_grad_norm", "p99_grad_norm", "val_trend", "final_val_loss", "findings", "lr_margin")
+                    "max_grad_norm", "p99_grad_norm", "val_trend", "final_val_loss", "findings", "lr_margin",
+                    "eos_ratio", "curvature_margin")
 
 #: Tolerance names (also the option names) and their built-in defaults.
 TOLERANCE_DEFAULTS: dict[str, float | int] = {
@@ -67,7 +70,7 @@ def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
     summary = run.get("summary") or {}
     return {
         "verdict": run.get("verdict"),
-        "summary": {k: summary.get(k) for k in BASELINE_METRICS if k in summary},  # lr_margin only with margin
+        "summary": {k: summary.get(k) for k in BASELINE_METRICS if k in summary},  # margins only when measured
         "findings": [{"check": f["check"], "kind": f["kind"], "step": f["step"]} for f in run.get("findings") or ()],
     }
 
@@ -234,6 +237,15 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
         if bad:
             regressions.append(f"learning-rate stability margin: baseline {fmt(b_m, 3)}x, now {fmt(n_m, 3)}x "
                                f"(tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)")
+    # Curvature margin (curvature=True): 1 / the edge-of-stability ratio; the same factor.
+    b_c, n_c = _num(bsum.get("curvature_margin")), _num(now_summary.get("curvature_margin"))
+    if b_c is not None and n_c is not None:
+        limit = b_c / mfactor if math.isfinite(b_c) else None
+        bad = limit is not None and not (n_c >= limit)
+        metrics["curvature_margin"] = {"baseline": b_c, "now": n_c, "limit": limit, "regressed": bad}
+        if bad:
+            regressions.append(f"curvature margin (1 / edge-of-stability ratio): baseline {fmt(b_c, 3)}x, now "
+                               f"{fmt(n_c, 3)}x (tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)")
     # Builtins with NaN/Inf encoded, like every other record value (strict JSON, xdist).
     metrics = {k: {kk: encode_float(v) if isinstance(v, float) else v for kk, v in m.items()}
                for k, m in metrics.items()}
@@ -243,6 +255,7 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
 def _metrics_line(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     parts = []
     labels = (("spikes", "spikes"), ("p99_grad_norm", "p99|g|"), ("final_val_loss", "val"), ("lr_margin", "margin"),
+              ("curvature_margin", "curv. margin"),
               ("findings", "findings"))
     for key, label in labels:
         m = metrics.get(key)

@@ -1,4 +1,5 @@
-"""One PNG per stability test: loss, gradient norm and validation loss against the step.
+"""One PNG per stability test: loss, gradient norm and validation loss against the step (and, for a test
+with ``curvature=True``, the edge-of-stability ratio at its measurements, with the limit 1 drawn).
 
 Each panel is log-scaled when its data is positive (some finite value, all finite values > 0), else linear.
 
@@ -28,8 +29,13 @@ from .json_report import write_atomic
 PLOTS_INSTALL_HINT = "pip install 'pytest-stability[plots]'"
 
 _PANELS = (("loss", "training loss"), ("grad_norm", "gradient norm"), ("val_loss", "validation loss"))
+#: drawn only when some run measured it (curvature=True)
+_EOS_PANEL = ("eos_ratio", "edge-of-stability ratio")
 #: which panel a finding of each check is drawn on
-_PANEL_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "grad_norm": "grad_norm", "val_loss": "val_loss"}
+_PANEL_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "grad_norm": "grad_norm", "val_loss": "val_loss",
+                   "curvature": "eos_ratio"}
+#: panels whose points are measurements at a few steps (drawn with markers)
+_POINT_PANELS = ("val_loss", "eos_ratio")
 
 
 def plot_filename(nodeid: str, taken: set[str]) -> str:
@@ -57,13 +63,14 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 7.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(_PANELS), 1, sharex=True)
     calls = record.get("calls") or []
     runs = [(i, run) for i, call in enumerate(calls) for run in call["runs"]]
+    panels = _PANELS + ((_EOS_PANEL,) if any(_EOS_PANEL[0] in run.get("curves", {}) for _, run in runs) else ())
+    fig = Figure(figsize=(8, 2.5 * len(panels)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True)
     multi_call = len(calls) > 1
-    for ax, (key, title) in zip(axes, _PANELS):
+    for ax, (key, title) in zip(axes, panels):
         series = []
         for i, run in runs:
             steps, values = _series(run.get("curves", {}).get(key))
@@ -75,7 +82,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         log = bool(finite) and all(v > 0 for v in finite)
         for i, run, steps, values in series:
             label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
-            ax.plot(steps, values, lw=1.0, marker="o" if key == "val_loss" else None, ms=3, label=label)
+            ax.plot(steps, values, lw=1.0, marker="o" if key in _POINT_PANELS else None, ms=3, label=label)
             bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]))
                    if not math.isfinite(v)]
             if bad:
@@ -84,6 +91,10 @@ def render_png(record: Mapping[str, Any]) -> bytes:
                             rotation=90, va="center", ha="right")
         if log:
             ax.set_yscale("log")
+        if key == _EOS_PANEL[0]:
+            ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+            ax.annotate("edge (ratio 1)", xy=(0.01, 1.0), xycoords=("axes fraction", "data"), fontsize=7,
+                        color="gray", va="bottom")
         if not series:
             ax.text(0.5, 0.5, f"no {title} recorded", transform=ax.transAxes, ha="center", va="center",
                     color="gray")
@@ -95,12 +106,12 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         if series and len(runs) > 1:
             ax.legend(fontsize=7, loc="best")
     # Findings: a dashed line across all panels; a labelled marker on the panel of its quantity.
-    panel = dict(zip((k for k, _ in _PANELS), axes))
+    panel = dict(zip((k for k, _ in panels), axes))
     for _, run in runs:
         for f in run.get("findings") or ():
             for ax in axes:
                 ax.axvline(f["step"], color="red", lw=0.8, ls="--", alpha=0.7)
-            ax = panel[_PANEL_OF_CHECK.get(f["check"], "loss")]
+            ax = panel.get(_PANEL_OF_CHECK.get(f["check"], "loss"), panel["loss"])
             value = decode_float(f.get("value"))
             if math.isfinite(value) and (value > 0 or ax.get_yscale() != "log"):
                 ax.plot([f["step"]], [value], marker="v", color="red", ms=8)

@@ -107,6 +107,11 @@ class RunReport:
         margin = (t.info or {}).get("margin")
         if margin is not None:
             out["lr_margin"] = float(margin["value"])
+        curvature = (t.info or {}).get("curvature")
+        if curvature is not None and curvature.get("max_ratio") is not None:
+            out["eos_ratio"] = float(curvature["max_ratio"])
+            if curvature.get("margin") is not None:
+                out["curvature_margin"] = float(curvature["margin"])
         return {k: (encode_float(v) if isinstance(v, float) else v) for k, v in out.items()}
 
     def explain(self, nodeid: str = "") -> str:
@@ -158,6 +163,10 @@ class RunReport:
         if t.has_validation:
             s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
             curves["val_loss"] = {"step": s, "value": v}
+        curvature = (t.info or {}).get("curvature")
+        if curvature is not None and any(r is not None for r in curvature.get("ratio") or ()):
+            curves["eos_ratio"] = {"step": list(curvature["steps"]),
+                                   "value": ["nan" if r is None else float(r) for r in curvature["ratio"]]}
         return {
             "seed": int(self.seed),
             "verdict": self.verdict,

@@ -51,6 +51,8 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
                 f"spike x{fmt(s['largest_spike'], 3)}  |g|max {fmt(s['max_grad_norm'], 3)}  {val}")
         if s.get("lr_margin") is not None:
             text += f"  margin {fmt(s['lr_margin'], 3)}x"
+        if s.get("eos_ratio") is not None:
+            text += f"  eos ratio {fmt(s['eos_ratio'], 2)}"
         if run["findings"]:
             f = run["findings"][0]
             text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"

@@ -66,3 +66,27 @@ def test_a_failing_plot_names_its_test_and_the_others_are_written(tmp_path, monk
     written, failures = plots.write_plots(records, tmp_path)
     assert [p.name for p in written] == ["t.py__test_good.png"]
     assert failures == [("t.py::test_bad", "ValueError: cannot draw this one")]
+
+
+def test_a_run_with_curvature_gets_an_edge_of_stability_panel_and_its_finding_is_drawn_there(tmp_path, monkeypatch):
+    scales = _scales(monkeypatch)
+    record = _record("t.py::test_curvature", [1.0, 0.5, 0.25, 0.2], grad=[1.0, 2.0, 3.0, 3.0])
+    run = record["calls"][0]["runs"][0]
+    run["curves"]["eos_ratio"] = {"step": [2, 4], "value": [0.4, 1.2]}
+    run["findings"] = [{"check": "curvature", "kind": "above_max", "step": 3, "value": 1.2, "limit": 1.0}]
+    labels: list[str] = []
+    from matplotlib.axes import Axes
+
+    original = Axes.annotate
+
+    def annotate(ax, text, *args, **kwargs):
+        labels.append((ax.get_ylabel() or "?") + ": " + text)
+        return original(ax, text, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "annotate", annotate)
+    written, failures = plots.write_plots([record, _record("t.py::test_plain", [1.0, 0.5])], tmp_path)
+    assert failures == [] and len(written) == 2
+    assert [label for label, _ in scales[:4]] == ["training loss (log)", "gradient norm (log)", "validation loss",
+                                                  "edge-of-stability ratio (log)"]
+    assert len(scales) == 4 + 3  # the run without curvature keeps its three panels
+    assert "edge-of-stability ratio (log): curvature @ 3" in labels
