@@ -294,7 +294,7 @@ OPTIONS: tuple[Option, ...] = (
     _int_option("curvature_points", 1, 4, "curvature: measurements per run, at the first read-backs at or after "
                 "evenly spaced steps (the last at the end)"),
     _int_option("curvature_iterations", 2, 20, "curvature: Lanczos iterations (Hessian-vector products) at most per "
-                "measurement; it stops earlier once the residual bound puts the estimate within 0.1% of an eigenvalue"),
+                "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) of an eigenvalue"),
     Option("curvature_batch_size", _optional(_int(1)), _optional_text(_number_text(_int(1), int)), None,
            "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)"),
     _float_option("max_eos_ratio", None, "curvature: fail the test when its edge-of-stability ratio (sharpness / "

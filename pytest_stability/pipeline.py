@@ -99,11 +99,13 @@ def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> 
         return CheckResult("curvature", "skipped", (), f"{curvature['text']} (no max_eos_ratio set)", stats)
     if ratio <= float(max_eos_ratio):
         return CheckResult("curvature", "passed", (), curvature["text"], stats)
-    step = int(curvature["max_ratio_step"])
+    # the first measurement above the limit (the summary's text names the largest ratio)
+    first, step = next((r, s) for r, s in zip(curvature["ratio"], curvature["steps"])
+                       if r is not None and r > float(max_eos_ratio))
     what = "preconditioned sharpness" if curvature.get("kind") == "preconditioned" else "sharpness"
-    finding = Finding(check="curvature", kind="above_max", step=max(0, step - 1), value=float(ratio),
+    finding = Finding(check="curvature", kind="above_max", step=max(0, int(step) - 1), value=float(first),
                       limit=float(max_eos_ratio),
-                      message=f"edge-of-stability ratio {ratio:.3g} after {step} steps is above max_eos_ratio "
+                      message=f"edge-of-stability ratio {first:.3g} after {step} steps is above max_eos_ratio "
                               f"{float(max_eos_ratio):g}: {curvature['text']}",
                       evidence={k: v for k, v in curvature.items() if k != "text"},
                       cause=f"the loss's {what} has reached the largest curvature the optimizer is stable at with "

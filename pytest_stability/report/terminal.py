@@ -52,7 +52,7 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         if s.get("lr_margin") is not None:
             text += f"  margin {fmt(s['lr_margin'], 3)}x"
         if s.get("eos_ratio") is not None:
-            text += f"  eos ratio {fmt(s['eos_ratio'], 2)}"
+            text += f"  eos ratio {fmt(s['eos_ratio'], 3)}"
         if run["findings"]:
             f = run["findings"][0]
             text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"

@@ -228,8 +228,9 @@ def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: 
     ratio = [s / lim if s is not None and lim else None for s, lim in zip(sharp, limits)]
     bratio = [s / lim if s is not None and lim else None for s, lim in zip(bsharp, limits)]
     seconds = [float(p.get("seconds", 0.0)) for p in points]
-    known = [(r, s) for r, s in zip(ratio, steps) if r is not None]
-    max_ratio, at = max(known) if known else (None, None)
+    known = [(r, -s) for r, s in zip(ratio, steps) if r is not None]
+    max_ratio, at = max(known) if known else (None, None)  # the earliest of equal ratios
+    at = -at if at is not None else None
     margin = 1.0 / max_ratio if max_ratio is not None and max_ratio > 0 else None
     what = "preconditioned sharpness" if rule.preconditioned else "sharpness"
     total = float(sum(seconds))

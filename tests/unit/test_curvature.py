@@ -145,6 +145,9 @@ def test_summary_uses_the_learning_rate_of_the_step_just_taken():
     assert info["limit"] == [20.0, 20.0, 40.0, 40.0]
     assert info["ratio"] == [0.5, 0.6, 0.4, None]  # a non-finite sharpness has no ratio (and is not NaN in JSON)
     assert info["max_ratio"] == 0.6 and info["max_ratio_step"] == 100 and info["margin"] == pytest.approx(1 / 0.6)
+    # equal ratios: the earliest step is named
+    flat = summarize(_points(10.0, 10.0, 10.0), np.full(150, 0.1), rule_for("SGD", {}), batch_size=32)
+    assert flat["max_ratio_step"] == 50
     assert info["seconds_total"] == 1.0 and info["kind"] == "hessian" and info["batch_size"] == 32
     assert info["text"].startswith("edge-of-stability ratio 0.6 at step 100 (sharpness 12 vs limit 20 = 2/η at "
                                    "lr 0.1); curvature margin 1.67x; 4 points in 1.0 s")
@@ -167,9 +170,11 @@ def test_the_check_is_skipped_without_max_eos_ratio_and_fails_above_it():
     assert curvature_result(info, 0.95).status == "passed"
     failed = curvature_result(info, 0.5)
     assert failed.status == "failed"
-    (f,) = failed.findings
+    (f,) = failed.findings  # at the first measurement above the limit; the text names the largest
     assert (f.check, f.kind, f.step, f.value, f.limit) == ("curvature", "above_max", 99, 0.95, 0.5)
     assert f.message.startswith("edge-of-stability ratio 0.95 after 100 steps is above max_eos_ratio 0.5: ")
+    (early,) = curvature_result(info, 0.4).findings
+    assert (early.step, early.value) == (49, 0.5) and "ratio 0.95 at step 100" in early.message
     assert "lower the learning rate" in f.fix
     json.dumps(f.to_dict(), allow_nan=False)
     unknown = summarize(_points(10.0), np.full(50, 0.1), rule_for("Lion", {}), batch_size=32)
