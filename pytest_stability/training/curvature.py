@@ -28,7 +28,8 @@ are not modelled.
 
 ``λ_max`` comes from Lanczos iterations (:func:`lanczos_top`, a fixed seed,
 at most ``curvature_iterations`` Hessian-vector products, stopped once the
-residual bound puts an eigenvalue within 0.1% of the top Ritz value) on backend-native
+residual bound puts an eigenvalue within 0.1% of the top Ritz value; every measurement after the first
+starts from the previous one's top Ritz vector, plus 5% of the seeded random start) on backend-native
 Hessian-vector products of the model's own training loss (``model(x,
 training=True)`` then ``model.compute_loss``, regularisation and ``add_loss``
 losses included, BatchNorm in training mode; updates of BatchNorm statistics,
@@ -80,10 +81,16 @@ class TopEigen(NamedTuple):
     #: ``|A s - value s| / |value|`` for the Ritz vector ``s``: some eigenvalue lies within
     #: ``residual * |value|`` of ``value`` (0 when exact)
     residual: float
+    #: the Ritz vector (unit length), to start the next measurement from; None when the basis was not kept
+    vector: Any = None
+
+
+#: the weight of the random part of a warm start (the rest is the previous Ritz vector)
+WARM_NOISE = 0.05
 
 
 def lanczos_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, *, iterations: int = 20, tol: float = TOL,
-                seed: int = 0) -> TopEigen:
+                seed: int = 0, start: np.ndarray | None = None) -> TopEigen:
     """The largest (algebraic) eigenvalue of a symmetric operator, by Lanczos iteration.
 
     Lanczos rather than power iteration: the same number of products gives the top eigenvalue far more
@@ -100,15 +107,24 @@ def lanczos_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, *, iteration
             the Ritz value between iterations would be cheaper and is not safe: it stalls for a few
             iterations while still 0.2% short (seen on a least-squares Hessian under Adam).
         seed: of the random start vector.
+        start: a warm start (the previous measurement's Ritz vector): the start vector is it plus
+            :data:`WARM_NOISE` of the seeded random one, so every direction stays in the Krylov space.
 
     Raises:
-        ValueError: for ``n < 1`` or ``iterations < 1``.
+        ValueError: for ``n < 1`` or ``iterations < 1``, or a ``start`` of another length.
     """
     if n < 1 or iterations < 1:
         raise ValueError(f"lanczos_top needs n >= 1 and iterations >= 1, received n={n}, iterations={iterations}")
     rng = np.random.default_rng(seed)
     q = rng.standard_normal(n)
     q /= np.linalg.norm(q)
+    if start is not None:
+        start = np.asarray(start, dtype=np.float64).reshape(-1)
+        if start.shape != (n,):
+            raise ValueError(f"lanczos_top: start has {start.size} entries, the operator's dimension is {n}")
+        if np.all(np.isfinite(start)) and np.linalg.norm(start) > 0:
+            q = start / np.linalg.norm(start) + WARM_NOISE * q
+            q /= np.linalg.norm(q)
     keep = n * (min(iterations, n) + 1) <= REORTH_MAX_FLOATS
     basis = [q] if keep else []
     alphas: list[float] = []
@@ -116,6 +132,10 @@ def lanczos_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, *, iteration
     q_prev = np.zeros(n)
     beta = 0.0
     top = math.nan
+
+    def ritz_vector(s: np.ndarray) -> np.ndarray | None:
+        return np.stack(basis[:len(s)], axis=1) @ s if keep else None
+
     for k in range(min(iterations, n)):
         w = np.asarray(matvec(q), dtype=np.float64).reshape(n)
         if not np.all(np.isfinite(w)):
@@ -132,15 +152,15 @@ def lanczos_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, *, iteration
         beta = float(np.linalg.norm(w))
         residual = beta * abs(float(vectors[-1, -1])) / max(abs(top), 1e-300)
         scale = max(abs(top), max(abs(a) for a in alphas), 1e-300)
-        if beta <= 1e-10 * scale or k + 1 == n:
-            return TopEigen(top, k + 1, True, 0.0)  # invariant subspace: the Ritz values are eigenvalues
+        if beta <= 1e-10 * scale or k + 1 == n:  # invariant subspace: the Ritz values are eigenvalues
+            return TopEigen(top, k + 1, True, 0.0, ritz_vector(vectors[:, -1]))
         if residual <= tol:
-            return TopEigen(top, k + 1, True, residual)
+            return TopEigen(top, k + 1, True, residual, ritz_vector(vectors[:, -1]))
         betas.append(beta)
         q_prev, q = q, w / beta
         if keep:
             basis.append(q)
-    return TopEigen(top, min(iterations, n), False, residual)
+    return TopEigen(top, min(iterations, n), False, residual, ritz_vector(vectors[:, -1]))
 
 
 @dataclass(frozen=True)
@@ -458,8 +478,8 @@ def preconditioner(keras: Any, model: Any, rule: Rule) -> np.ndarray | None:
 
 
 def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule | None = None,
-              iterations: int = 20, tol: float = TOL, seed: int = 0, products: _Products | None = None
-              ) -> dict[str, Any]:
+              iterations: int = 20, tol: float = TOL, seed: int = 0, products: _Products | None = None,
+              start: np.ndarray | None = None) -> dict[str, Any]:
     """Measure the (preconditioned) sharpness of ``model``'s training loss on ``batch`` at its current weights.
 
     Args:
@@ -468,7 +488,10 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
             from the optimizer's slots.
 
     Returns:
-        ``{"sharpness", "batch_sharpness", "loss", "iterations", "converged", "seconds"}`` (floats may be NaN).
+        ``{"sharpness", "batch_sharpness", "loss", "iterations", "converged", "residual", "seconds", "vector"}``
+        (floats may be NaN; ``vector`` is the top Ritz vector, in the ``P^-1/2``-scaled basis when
+        preconditioned, or None).
+        ``start``: a warm start for Lanczos (the previous measurement's ``vector``).
     """
     started = time.perf_counter()
     rule = rule if rule is not None else optimizer_rule(keras, model)
@@ -477,14 +500,15 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
     p = preconditioner(keras, model, rule)
     d = None if p is None else 1.0 / np.sqrt(p)
     matvec = session.hvp if d is None else (lambda u: d * session.hvp(d * u))
-    top = lanczos_top(matvec, products.n, iterations=iterations, tol=tol, seed=seed)
+    top = lanczos_top(matvec, products.n, iterations=iterations, tol=tol, seed=seed, start=start)
     # batch sharpness: the Rayleigh quotient at the (preconditioned) gradient, one more product
     direction = session.grad if d is None else d * session.grad
     gnorm2 = float(direction @ direction)
     batch_sharp = float(direction @ matvec(direction)) / gnorm2 if gnorm2 > 0 and np.isfinite(gnorm2) else math.nan
     loss = session.loss
     return {"sharpness": top.value, "batch_sharpness": batch_sharp, "loss": loss, "iterations": top.products,
-            "converged": top.converged, "residual": top.residual, "seconds": time.perf_counter() - started}
+            "converged": top.converged, "residual": top.residual, "seconds": time.perf_counter() - started,
+            "vector": top.vector}
 
 
 class _kept_random_state:
@@ -544,6 +568,7 @@ class Meter:
         self.notes: list[str] = []
         self.failed = False
         self._products: _Products | None = None
+        self._start: np.ndarray | None = None
 
     def due(self, done: int) -> bool:
         return (not self.failed and done > 0 and any(t <= done for t in self.targets)
@@ -557,12 +582,14 @@ class Meter:
                 if self._products is None:
                     self._products = _Products(self.keras, self.model)
                 point = sharpness(self.keras, self.model, self.batch, rule=self.rule, iterations=self.iterations,
-                                  seed=self.seed, products=self._products)
+                                  seed=self.seed, products=self._products, start=self._start)
         except Exception as exc:  # informational: never fail the run on it
             self.failed = True
             self.notes.append(f"the curvature could not be measured with the model's compute_loss "
                               f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
             return
+        # the top eigenvector moves little between read-backs: the next measurement starts from it
+        self._start = point.pop("vector", None)
         point["step"] = int(done)
         self.points.append(point)
 
