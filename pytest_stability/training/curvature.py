@@ -410,11 +410,11 @@ class _Products:
         session.grad = self.join([None if g is None else g.detach() for g in grads])
 
         def hvp(flat: np.ndarray) -> np.ndarray:
-            terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat))
-                     if g is not None and g.requires_grad]
-            if not terms:  # the loss is linear in every weight
-                return np.zeros(self.n)
-            with torch.enable_grad():
+            with torch.enable_grad():  # callbacks may run under no_grad
+                terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat))
+                         if g is not None and g.requires_grad]
+                if not terms:  # the loss is linear in every weight
+                    return np.zeros(self.n)
                 hv = torch.autograd.grad(sum(terms), params, retain_graph=True, allow_unused=True)
             return self.join(hv)
 
