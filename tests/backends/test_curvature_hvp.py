@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 
+#: Runs inside pytester like every test here: importing pytest_stability.training in this (outer) process
+#: would keep the package across pytester's sys.modules restores, and with it a stale ``engine`` attribute
+#: whose Trace is not the next run's Trace.
+CLOSED_FORM = '''
 import keras
 import numpy as np
 import pytest
@@ -64,6 +68,12 @@ def test_preconditioned_sharpness_matches_the_closed_form_with_adams_own_second_
     assert int(keras.ops.convert_to_numpy(opt.iterations)) == t
     assert out["sharpness"] == pytest.approx(exact, rel=1e-3), (BACKEND, out)
     assert out["sharpness"] > 2 * np.linalg.eigvalsh(hessian)[-1]  # the preconditioner matters here
+'''
+
+
+def test_sharpness_and_preconditioned_sharpness_match_the_closed_form_hessian(pytester):
+    pytester.makepyfile(CLOSED_FORM)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 PROBLEM = '''
