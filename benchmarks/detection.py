@@ -139,7 +139,7 @@ def _report(records: list[dict], t: Thresholds, wall: float, trained: bool) -> s
                      f"{steps_ok}/{steps_n}" if steps_n else "", float(np.mean([r["seconds"] for r in mine])),
                      causes, _pct(*fixed) if fixed[1] else "-"))
     fp = {name: 0 for name in CHECKS}
-    worst = {"max_zscore": 0.0, "max_ratio": 0.0, "grad_growth": 0.0, "val_rise": 0.0}
+    worst = {"max_zscore": 0.0, "max_ratio": 0.0, "slow_rise": 0.0, "grad_growth": 0.0, "val_rise": 0.0}
     worst_at = dict.fromkeys(worst, "")
     healthy = [r for r in records if r["group"] == "healthy"]
     fp_runs = []
@@ -155,6 +155,7 @@ def _report(records: list[dict], t: Thresholds, wall: float, trained: bool) -> s
         vals = {
             "max_zscore": st["loss_spike"].get("max_zscore"),
             "max_ratio": st["loss_spike"].get("max_ratio"),
+            "slow_rise": st["loss_spike"].get("max_slow_rise"),
             "grad_growth": (st["grad_norm"]["max_judged"] / st["grad_norm"]["reference"])
             if st["grad_norm"].get("reference") else None,
             "val_rise": st["val_loss"].get("max_rise"),
@@ -184,7 +185,7 @@ def _table(rows, fp, n_healthy, worst, worst_at, t, wall, fp_runs, healthy_mean,
     out += ["", f"Healthy runs: {n_healthy} ({n_families} scenarios, {healthy_mean:.1f} s/run).", "",
             "| check | false positives | largest healthy statistic |", "|---|---|---|"]
     stat = {"loss_spike": f"z {worst['max_zscore']:.2f} ({worst_at['max_zscore']}), ratio {worst['max_ratio']:.2f} "
-                          f"({worst_at['max_ratio']})",
+                          f"({worst_at['max_ratio']}), slow rise {worst['slow_rise']:.1f}x ({worst_at['slow_rise']})",
             "nonfinite": "-",
             "grad_norm": f"growth {worst['grad_growth']:.1f}x ({worst_at['grad_growth']})",
             "val_loss": f"rise {worst['val_rise']:.3f} ({worst_at['val_rise']})"}
