@@ -77,6 +77,7 @@ import numpy as np
 from .checks.base import Finding
 from .checks.spikes import stuck_after  # "stuck" means the same in the check and here
 from .trace import Trace
+from .checks.validation import BN_GAP  # one threshold: the check waives the noise allowance, the diagnosis names it
 
 #: cause key -> short title (used by reports and the detection benchmark).
 CAUSES = {
@@ -116,7 +117,6 @@ GROWTH_BEFORE_NAN = 10.0
 #: gradient norm at a spike / 90th percentile before it that means explosion.
 EXPLOSION_FACTOR = 10.0
 #: relative train/inference loss gap of one batch that confirms a BatchNorm mismatch.
-BN_GAP = 0.10
 #: gradient norms within this factor of the first window's median are "healthy" (the clipnorm suggested).
 HEALTHY_GROWTH = 10.0
 #: median global |dw|/|w| per step around a spike above which the updates are too large for the weights.

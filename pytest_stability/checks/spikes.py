@@ -31,6 +31,13 @@ A run that ends stuck (a flat loss, or gradients that vanished) at a level
 ``spike_ratio`` x above its best (a rise too gradual, too early or too noisy
 for either rule) is reported as a collapse (see :func:`_collapse`).
 
+A loss that climbs back **slowly**, over tens or hundreds of steps, by orders
+of magnitude (Adam's slingshot at minibatch size: the per-step noise hides the
+climb from the z-score, and the trailing median follows it) is caught as a
+*slow rise* (see :func:`_resurgence`): the rolling median over ``spike_window``
+steps rises ``RESURGE_RATIO`` x (10x) above its best earlier value, by more
+than ``RESURGE_MIN_RISE`` (1 %) of the initial loss.
+
 A spike must show that the model changed: a single hard batch at a small batch
 size (one step far above its median, the next steps back to normal) is not
 instability.  An event (below) starting at step ``t`` is *confirmed* when the
@@ -87,6 +94,10 @@ CONFIRM_Z = 3.0
 CONFIRM_WINDOW_RATIO = 1.3
 #: a spike with too few steps after it to confirm fails when its ratio is this x spike_ratio (and z 2x the limit).
 EXTREME_FACTOR = 10.0
+#: a slow rise: the rolling median loss (over spike_window steps) climbs this x above its best rolling median...
+RESURGE_RATIO = 10.0
+#: ...by more than this fraction of the initial loss level (a climb from 1e-9 to 1e-7 is harmless).
+RESURGE_MIN_RISE = 0.01
 
 
 def _trailing_windows(values: np.ndarray, window: int) -> np.ndarray:
@@ -310,6 +321,69 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
     )
 
 
+def rolling_rise(loss: np.ndarray, window: int, warmup: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Log of the rolling median loss over ``window`` steps and of its running best.
+
+    Returns ``(roll, best, end)``: ``roll[i]`` is the median of ``log(loss[i:i+window])``
+    (NaN-aware; windows starting before ``warmup`` are left out), ``best[i]`` the
+    smallest ``roll`` up to ``i`` and ``end[i] = i + window - 1`` the window's last step.
+    """
+    loss = np.asarray(loss, dtype=np.float64)
+    n = loss.shape[0]
+    if n < warmup + window:
+        empty = np.zeros(0)
+        return empty, empty, empty.astype(np.int64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        vals = np.where(np.isfinite(loss) & (loss > 0), np.log(np.where(loss > 0, loss, 1.0)), np.nan)
+        roll = np.nanmedian(sliding_window_view(vals[warmup:], window), axis=1)
+    best = np.fmin.accumulate(roll)
+    return roll, best, np.arange(roll.shape[0]) + warmup + window - 1
+
+
+def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: float) -> Finding | None:
+    """A slow climb back: the rolling median rises ``RESURGE_RATIO`` x above its best (see the module docstring).
+
+    The step reported is the middle of the first window whose median passed the
+    geometric midpoint between the best level and the level that failed.
+    """
+    w = int(t.spike_window)
+    if not log_space or not np.isfinite(initial_level):
+        return None
+    roll, best, end = rolling_rise(loss, w, int(t.warmup_steps))
+    if roll.size == 0:
+        return None
+    with np.errstate(all="ignore"):
+        over = (roll - best > np.log(RESURGE_RATIO)) & (np.exp(roll) - np.exp(best) > RESURGE_MIN_RISE * initial_level)
+    hits = np.flatnonzero(over)
+    if hits.size == 0:
+        return None
+    i = int(hits[0])
+    jb = int(np.nanargmin(roll[:i + 1]))
+    low, level = float(np.exp(best[i])), float(np.exp(roll[i]))
+    mid = 0.5 * (float(best[i]) + float(roll[i]))
+    crossed = np.flatnonzero(roll[jb:i + 1] > mid)
+    step = int(jb + (crossed[0] if crossed.size else i - jb) + t.warmup_steps + w // 2)
+    later = roll[i:]
+    recovered = bool(np.any(later - best[i] <= np.log(t.spike_ratio))) if later.size > w else None
+    peak = i + int(np.nanargmax(later))
+    peak_level = float(np.exp(roll[peak]))
+    msg = (f"the loss climbed back slowly: its median over {w} steps rose from its best {low:.4g} (steps "
+           f"{int(end[jb]) - w + 1}-{int(end[jb])}) to {level:.4g} by step {int(end[i])} ({level / low:.0f}x, limit "
+           f"{RESURGE_RATIO:g}x = {RESURGE_RATIO * low:.4g}), peaking at {peak_level:.4g}; the climb is too gradual "
+           "and too noisy for a single-step spike")
+    if recovered:
+        msg += "; it came back down afterwards"
+    return Finding(
+        check=NAME, kind="spike" if recovered is not False else "spike_no_recovery", step=step, value=level,
+        limit=RESURGE_RATIO * low, message=msg,
+        evidence={"start": step, "end": int(end[i]), "ratio": level / low, "zscore": None, "trailing_median": low,
+                  "recovered": recovered, "stuck": False, "flat": False, "vanished": False, "level_shift": False,
+                  "slow_rise": True, "initial_loss": initial_level,
+                  "min_loss_before": float(np.nanmin(loss[:step])) if step else None},
+    )
+
+
 def _confirm(sc: dict[str, Any], start: int, peak: int, t: Thresholds) -> dict[str, Any]:
     """Whether the loss stayed up after the event starting at ``start`` (see the module docstring)."""
     values, med, scale = sc["values"], sc["median"], sc["scale"]
@@ -460,6 +534,13 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                                         for f in findings):
         findings.append(collapse)
         findings.sort(key=lambda f: f.step)
+    slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"])
+    # the same event as a finding near it, or the climb into a collapse (which names it already)
+    if slow is not None and not any(f.evidence.get("collapse") or
+                                    f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
+                                    for f in findings):
+        findings.append(slow)
+        findings.sort(key=lambda f: f.step)
     if len(findings) >= 3:
         starts = np.array([f.evidence["start"] for f in findings])
         gaps = np.diff(starts)
@@ -468,5 +549,9 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             ev = dict(f.evidence)
             ev.update(n_events=len(findings), mean_interval=float(np.mean(gaps)), interval_cv=cv)
             findings[i] = Finding(**{**f.__dict__, "evidence": ev})
-    stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings), "outliers": outliers}
+    roll, best, _ = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
+    with np.errstate(all="ignore"):
+        rise = np.where(np.exp(roll) - np.exp(best) > RESURGE_MIN_RISE * sc["initial_level"], roll - best, 0.0)
+    stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings), "outliers": outliers,
+             "max_slow_rise": float(np.exp(np.nanmax(rise))) if rise.size and np.isfinite(rise).any() else None}
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)

@@ -524,3 +524,71 @@ def test_spike_followed_by_a_run_that_never_settles_fails():
     calm[155] = 4.3
     (calm_result,) = [r for r in run_checks(Trace(loss=calm), checks=["loss_spike"]) if r.name == "loss_spike"]
     assert calm_result.status == "passed" and calm_result.stats["outliers"] == [155]
+
+
+def _slingshot_like(seed: int, climb: float) -> np.ndarray:
+    """Falls from ~0.5 to ~1e-7 over 1000 steps with a decade of per-step noise, then climbs ``climb``
+    decades over 150 steps, holds 100 steps and falls again (Adam's slingshot at minibatch size)."""
+    rng = np.random.default_rng(seed)
+    level = np.concatenate([np.linspace(np.log10(0.5), -7, 1000), np.linspace(-7, -7 + climb, 150),
+                            np.full(100, -7 + climb), np.linspace(-7 + climb, -7, 150), np.full(400, -7.0)])
+    return 10 ** (level + rng.normal(0, 0.5, level.size))
+
+
+def test_slow_climb_by_orders_of_magnitude_is_a_spike_finding_with_its_start():
+    loss = _slingshot_like(0, climb=5.0)
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.status == "failed"
+    slow = [f for f in r.findings if f.evidence.get("slow_rise")]
+    assert len(slow) == 1, r.findings
+    f = slow[0]
+    # the climb starts at step 1000 and passes its geometric midpoint (1e-4.5) around step 1075
+    assert 1000 <= f.step <= 1150
+    assert f.evidence["ratio"] > 10 and f.evidence["recovered"] is True
+    assert "climbed back slowly" in f.message and f.limit == pytest.approx(10 * f.evidence["trailing_median"])
+    # the z-score rule alone misses it: every step is within the noise of its trailing window
+    assert r.stats["max_zscore"] < Thresholds().spike_zscore
+
+
+def test_slow_climb_that_stays_tiny_in_absolute_terms_passes():
+    # 1e-7 -> 1e-5: a 100x climb, but 0.002 % of the initial loss: harmless once the model has fit
+    r = check_loss_spike(Trace(loss=_slingshot_like(1, climb=2.0)))
+    assert r.status == "passed", r.findings
+    assert r.stats["max_slow_rise"] is None or r.stats["max_slow_rise"] < 10
+
+
+def test_slow_climb_needs_the_rise_to_be_large_relative_to_the_best():
+    # a healthy noisy plateau at 0.3 wobbling 2x over hundreds of steps is no climb
+    rng = np.random.default_rng(2)
+    loss = 0.3 * np.exp(0.7 * np.sin(np.arange(2000) / 150.0)) * np.exp(0.3 * rng.normal(size=2000))
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.status == "passed", r.findings
+    assert 2 < r.stats["max_slow_rise"] < 10
+
+
+def _bn_val(v, gap):
+    tr = _val(v)
+    tr.info["bn_train_infer_gap"] = gap
+    return tr
+
+
+def test_val_batchnorm_pit_fails_when_the_train_inference_gap_is_large():
+    # bn_small_batch seed 4 of the detection benchmark: one measurement 12 % above the best, then back
+    v = [0.79, 0.60, 0.52, 0.51, 0.55, 0.48, 0.47, 0.48, 0.55, 0.58, 0.57, 0.50, 0.49, 0.52, 0.58, 0.51, 0.53,
+         0.51, 0.53, 0.51, 0.53, 0.48, 0.49, 0.51, 0.49, 0.54, 0.47, 0.42, 0.37, 0.39, 0.39]
+    assert check_val_loss(_val(v)).status == "passed"  # without a measured gap: noise, not a failure
+    assert check_val_loss(_bn_val(v, 0.05)).status == "passed"  # a small gap: BatchNorm is not the cause
+    r = check_val_loss(_bn_val(v, 1.18))
+    assert r.failed and r.findings[0].kind == "excursion"
+    f = r.findings[0]
+    assert f.evidence["noise_waived"] == "batchnorm_gap" and f.evidence["recovered"] is True
+    assert "BatchNorm pit (train/inference gap 118%)" in f.message
+
+
+def test_val_batchnorm_model_with_a_gap_still_passes_a_healthy_wobble():
+    # a healthy BatchNorm curve (batch 8 done right): falls, then wobbles within 7 % of its best
+    rng = np.random.default_rng(3)
+    v = np.concatenate([np.geomspace(0.7, 0.3, 10), 0.3 * (1 + 0.03 * np.abs(rng.normal(size=20)))])
+    r = check_val_loss(_bn_val(v, 1.4))
+    assert r.status == "passed" and r.stats["noise_waived"] == "batchnorm_gap"
+    assert r.stats["max_rise"] < Thresholds().val_tolerance
