@@ -511,7 +511,7 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
             "vector": top.vector}
 
 
-class _kept_random_state:
+class kept_random_state:
     """Puts the global random states back after a measurement: PyTorch's unseeded ``Dropout`` draws its mask
     from torch's global generator (Keras' "fast path"), so one training-mode forward would change every later
     mask of the run.  Python's and numpy's global states are kept too."""
@@ -578,7 +578,7 @@ class Meter:
         """Measure at ``done`` steps (the model's variables must hold the current values: ``_sync`` first)."""
         self.targets = [t for t in self.targets if t > done]
         try:
-            with _kept_random_state(self.keras):
+            with kept_random_state(self.keras):
                 if self._products is None:
                     self._products = _Products(self.keras, self.model)
                 point = sharpness(self.keras, self.model, self.batch, rule=self.rule, iterations=self.iterations,

@@ -592,8 +592,12 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             val_steps.append(done)
             val_losses.append(total / max(count, 1))
             if bn and gap_batch is not None:
-                gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
-                                          _loss_of(keras, model, *gap_batch, False)))
+                from .curvature import kept_random_state
+
+                # a training-mode forward draws Dropout masks from the global generator (PyTorch): put it back
+                with kept_random_state(keras):
+                    gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
+                                              _loss_of(keras, model, *gap_batch, False)))
         except Exception as exc:
             val_ok[0] = False
             notes.append(f"the validation loss could not be computed with the model's compute_loss "

@@ -265,6 +265,38 @@ def test_compare():
     result.assert_outcomes(passed=5)
 
 
+def test_validation_and_the_batchnorm_gap_do_not_change_the_training_trajectory(pytester, tiny_problem):
+    """Validating (with the BatchNorm train/inference gap, a training-mode forward through Dropout) at every
+    read-back must leave the training run exactly as it is without validation data: on PyTorch, Dropout
+    draws its masks from torch's global generator, which the measurement puts back."""
+    result = run(pytester, tiny_problem, '''
+TRACES = []
+
+
+def net():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Dropout(0.3), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+@pytest.mark.parametrize("validate", [False, True])
+@pytest.mark.stable_training(steps=40, readback_every=10, validate_every=10)
+def test_run(stability, validate):
+    kw = {"validation_data": (XV, YV)} if validate else {}
+    rep = stability.fit(net(), X, Y, batch_size=16, **kw)
+    TRACES.append((rep.trace.loss.copy(), rep.trace.info.get("bn_train_infer_gap"), rep.trace.val_loss))
+
+
+def test_compare():
+    (l0, gap0, v0), (l1, gap1, v1) = TRACES
+    assert v0 is None and v1 is not None and v1.size == 5  # validated before the first step and at 4 read-backs
+    assert gap1 is not None  # the gap was measured during training
+    np.testing.assert_array_equal(l0, l1)
+''')
+    result.assert_outcomes(passed=3)
+
+
 def test_the_model_is_given_back_untouched(pytester, tiny_problem):
     """After the test: the user's optimizer, no extra variables, and plain fit / save work."""
     result = run(pytester, tiny_problem, '''
