@@ -25,6 +25,11 @@ planned number of steps is reached, later steps apply no update (a ``cond`` on
 the device), so the weights and the report are those of the failing step; the
 callback then stops ``fit``.
 
+The statistics are written once in backend-neutral ``keras.ops`` (:meth:`Recorder._row`), which
+TensorFlow and JAX compile into the step; PyTorch runs every step eagerly, where each ``keras.ops`` call
+costs its Python dispatch per step, so it computes the same quantities with torch's own multi-tensor ops
+(:meth:`Recorder._torch_row`).
+
 Buffers are Keras variables.  Under JAX they are appended to the optimizer's
 and the loss tracker's variable lists so that ``fit`` threads them as state;
 on the other backends they stand alone.  :meth:`Recorder.uninstall` removes
@@ -380,7 +385,8 @@ class Recorder:
                  + (~torch.isfinite(state_sum)).int() * OPTIMIZER)
         stop_mask = (WEIGHTS | OPTIMIZER) if self.is_loss_scaled else STOP_BITS
         stop = (flags & stop_mask) != 0
-        parts = [gnorm.reshape(1), lr.to(dev, f32).reshape(1), flags.to(f32).reshape(1), upd.reshape(1), var_gnorm, var_upd]
+        parts = [gnorm.reshape(1), lr.to(dev, f32).reshape(1), flags.to(f32).reshape(1), upd.reshape(1),
+                 var_gnorm, var_upd]
         if velocities is not None and velocities_after is not None:
             eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
             gs = [g for g, _ in have]
