@@ -371,6 +371,30 @@ def _readback_class(keras: Any) -> Any:
     return _Readback
 
 
+def _reseed_class(keras: Any) -> Any:
+    class _Reseed(keras.callbacks.Callback):
+        """Seeds again when ``fit`` starts training, after its set-up and before the first batch is drawn.
+
+        The first ``fit`` of a model builds its compiled loss and metrics first (Keras'
+        ``_symbolic_build``), opening the training data once to peek at a batch: a shuffled array
+        iterator draws a permutation from numpy's global RNG (JAX), a torch ``DataLoader`` draws its
+        base seed from torch's global generator (PyTorch).  A later ``fit`` of the same, now built, model
+        (the what-if replay) skips that, so its data order (and, on PyTorch, unseeded dropout masks, drawn
+        from the global generator) would differ from step 0.  Seeding here makes the random state at the
+        first batch the seed's alone, whether or not ``fit`` had to build the model (first in the callback
+        list, so every callback sees it too).
+        """
+
+        def __init__(self, reseed: Callable[[], None]) -> None:
+            super().__init__()
+            self.reseed = reseed
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.reseed()
+
+    return _Reseed
+
+
 _KIND_NAMES = {"dataset": "a tf.data.Dataset", "pydataset": "a keras.utils.PyDataset", "generator": "a generator",
                "dataloader": "a torch DataLoader", "iterable": "an iterable of batches"}
 
@@ -625,6 +649,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                   progress=progress, on_boundary=on_boundary if fix_at is not None else None,
                   measure=measure if meter is not None else None)
     cb.want_initial_state = keep_initial_state
+    reseed = _reseed_class(keras)(lambda: seed_everything(seed, spec.deterministic))
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if not isinstance(callbacks, list):
         callbacks = list(callbacks)
@@ -644,7 +669,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             validate()
         with _device_scope(keras, device):
             try:
-                model.fit(x, y, callbacks=callbacks + [cb], **fit_kwargs)
+                model.fit(x, y, callbacks=[reseed] + callbacks + [cb], **fit_kwargs)
             except StabilityUsageError:
                 raise
             except Exception as exc:

@@ -25,6 +25,11 @@ planned number of steps is reached, later steps apply no update (a ``cond`` on
 the device), so the weights and the report are those of the failing step; the
 callback then stops ``fit``.
 
+The statistics are written once in backend-neutral ``keras.ops`` (:meth:`Recorder._row`), which
+TensorFlow and JAX compile into the step; PyTorch runs every step eagerly, where each ``keras.ops`` call
+costs its Python dispatch per step, so it computes the same quantities with torch's own multi-tensor ops
+(:meth:`Recorder._torch_row`).
+
 Buffers are Keras variables.  Under JAX they are appended to the optimizer's
 and the loss tracker's variable lists so that ``fit`` threads them as state;
 on the other backends they stand alone.  :meth:`Recorder.uninstall` removes
@@ -154,6 +159,8 @@ class Recorder:
         self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
         if self.stateless:
             self._patch(self.opt, "stateless_apply", self._stateless_apply(self.opt.stateless_apply))
+        elif self.backend == "torch":
+            self._patch(self.opt, "apply", self._torch_apply(self.opt.apply))
         else:
             self._patch(self.opt, "apply", self._stateful_apply(self.opt.apply))
         self.built = True
@@ -171,6 +178,9 @@ class Recorder:
         self.loss_bad = None if self.stateless else self._variable(0, "int32", "stability_loss_bad", None)
         original = self.tracker.update_state
         ops = self.ops
+        if self.backend == "torch":
+            self._patch(self.tracker, "update_state", self._torch_update_state(original))
+            return
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, sample_weight=sample_weight, *args, **kwargs)
@@ -194,31 +204,30 @@ class Recorder:
         """One buffer row and the device-side stop flag for one step."""
         ops = self.ops
         f32 = "float32"
-        zero = ops.convert_to_tensor(0.0, f32)
         inv_scale = None if scale is None else 1.0 / ops.cast(scale, f32)
-        g_sq = [zero] * self.n_vars
-        d_sq = [zero] * self.n_vars
-        w_sq = [zero] * self.n_vars
-        for g, k, b, a in zip(grads, index, before, after):
-            bf = ops.cast(b, f32)
-            w_sq[k] = ops.sum(ops.square(bf))
-            d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
-            if g is not None:
-                gf = ops.cast(g, f32)
-                g_sq[k] = ops.sum(ops.square(gf))
-        g_sq_t = ops.stack(g_sq)
+        have = [(g, k) for g, k in zip(grads, index) if g is not None]
+        bf = [ops.cast(b, f32) for b in before]
+        state = [ops.cast(t, f32) for t in state_after if t is not None and _float_name(t)]
+        # every sum this row needs, in one vector: sum(g^2) per gradient, sum(w^2) and sum(dw^2) per
+        # variable, then sum(s) per optimizer state tensor (finite iff all of it is)
+        sums = _sums(ops, [ops.square(ops.cast(g, f32)) for g, _ in have] + [ops.square(b) for b in bf]
+                     + [ops.square(ops.cast(a, f32) - b) for a, b in zip(after, bf)] + state)
+        ng, nb = len(have), len(bf)
+        g_sq_t = _per_var(ops, sums[:ng], [k for _, k in have], self.n_vars)
+        w_sq_t = _per_var(ops, sums[ng:ng + nb], list(index), self.n_vars)
+        d_sq_t = _per_var(ops, sums[ng + nb:ng + 2 * nb], list(index), self.n_vars)
+        state_sum = ops.sum(sums[ng + 2 * nb:]) if state else ops.convert_to_tensor(0.0, f32)
         if inv_scale is not None:
             g_sq_t = g_sq_t * ops.square(inv_scale)
         var_gnorm = ops.sqrt(g_sq_t)
         gnorm = ops.sqrt(ops.sum(g_sq_t))
-        w_sq_t, d_sq_t = ops.stack(w_sq), ops.stack(d_sq)
         tiny = 1e-30
         var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
         upd = ops.sqrt(ops.sum(d_sq_t)) / ops.sqrt(ops.sum(w_sq_t) + tiny)
         grads_bad = ops.logical_not(ops.isfinite(gnorm))
         # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
         weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
-        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, state_after)))
+        state_bad = ops.logical_not(ops.isfinite(state_sum))
         flags = (ops.cast(grads_bad, "int32") * GRADS + ops.cast(weights_bad, "int32") * WEIGHTS
                  + ops.cast(state_bad, "int32") * OPTIMIZER)
         # Under loss scaling a non-finite *scaled* gradient is an overflow the
@@ -237,7 +246,7 @@ class Recorder:
                 gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
             total = float(sum(int(np.prod(v.shape)) for v in velocities_after))
-            v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
+            v_sum = ops.sum(_sums(ops, [ops.cast(v, f32) for v in velocities_after]))
             parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / total), (1,))]
         return ops.concatenate(parts, axis=0), stop
 
@@ -287,6 +296,128 @@ class Recorder:
                 ops.cond(go, run, skip)
 
         return apply
+
+    # -- PyTorch: the same statistics in torch's own ops ----------------------------
+    #
+    # PyTorch runs every step eagerly, so each keras.ops call above costs its Python dispatch on every
+    # step (about 100 of them per step for a small model: more than the step itself).  These do the same
+    # with torch's multi-tensor kernels (one norm call per list of tensors) and in-place buffer writes.
+
+    def _torch_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        import torch
+
+        opt = self.opt
+        f32 = torch.float32
+
+        def value(v: Any) -> Any:
+            return v.value if hasattr(v, "value") else torch.as_tensor(v)
+
+        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            grads = list(grads)
+            tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
+            count, loss_bad = self.count.value, self.loss_bad
+            with torch.no_grad():
+                go = (self.halt.value == 0) & (count < self.limit_var.value)
+                if loss_bad is not None and not self.is_loss_scaled:  # see _stateful_apply
+                    go = go & ((loss_bad.value == 0) | (loss_bad.value > count))
+                # the host reads the flag (as keras.ops.cond does on PyTorch)
+                if not bool(go):
+                    return
+                # the rate and the loss scale this step is applied with (both may change in the update)
+                lr = value(opt.learning_rate).detach().clone()
+                scale = self.opt.dynamic_scale.value.detach().clone() if self.is_loss_scaled else None
+                before = [v.value.detach().clone() for v in tvars]
+                vel = [v.value.detach().clone() for v in self.velocities] if self.velocities is not None else None
+            original(grads, trainable_variables)
+            with torch.no_grad():
+                index = [opt._get_variable_index(v) for v in tvars]
+                after = [v.value.detach() for v in tvars]
+                state = [v.value for v in self.state_vars]
+                vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
+                row, stop = self._torch_row(grads, index, before, after, state, lr, scale, vel, vel_after)
+                if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
+                    stop = stop | (loss_bad.value == count + 1)
+                slot = torch.remainder(count, self.chunk).reshape(1).long()
+                self.buf.value.index_copy_(0, slot, row.reshape(1, self.width).to(f32))
+                count.add_(1)
+                self.halt.value.copy_(stop.to(self.halt.value.dtype))
+
+        return apply
+
+    def _torch_row(self, grads: list[Any], index: list[int], before: list[Any], after: list[Any],
+                   state_after: list[Any], lr: Any, scale: Any, velocities: list[Any] | None,
+                   velocities_after: list[Any] | None) -> tuple[Any, Any]:
+        """:meth:`_row` in torch ops: the same quantities (norms rather than sums of squares: equal up to
+        rounding), the same flags and stop rule."""
+        import torch
+
+        f32 = torch.float32
+        dev = self.buf.value.device
+        zero = torch.zeros((), dtype=f32, device=dev)
+
+        def f(ts: list[Any]) -> list[Any]:
+            return [t if t.dtype == f32 else t.to(f32) for t in ts]
+
+        def per_var(ks: list[int], norms: Any) -> Any:
+            if ks == list(range(self.n_vars)):
+                return torch.stack(norms)
+            out = [zero] * self.n_vars
+            for k, n in zip(ks, norms):
+                out[k] = n
+            return torch.stack(out)
+
+        have = [(g, k) for g, k in zip(grads, index) if g is not None]
+        g_n = per_var([k for _, k in have], torch._foreach_norm([g for g, _ in have], 2, dtype=f32)) if have \
+            else torch.zeros(self.n_vars, dtype=f32, device=dev)
+        bf = f(before)
+        w_n = per_var(index, torch._foreach_norm(bf, 2, dtype=f32))
+        d_n = per_var(index, torch._foreach_norm(torch._foreach_sub(f(after), bf), 2, dtype=f32))
+        inv_scale = None if scale is None else 1.0 / scale.to(f32)
+        var_gnorm = g_n if inv_scale is None else g_n * inv_scale
+        gnorm = torch.linalg.vector_norm(var_gnorm)
+        tiny = 1e-30
+        w_sq, d_sq = torch.sum(w_n * w_n), torch.sum(d_n * d_n)
+        var_upd = d_n / torch.sqrt(w_n * w_n + tiny)
+        upd = torch.sqrt(d_sq) / torch.sqrt(w_sq + tiny)
+        floats = [t for t in state_after if t is not None and t.is_floating_point()]
+        state_sum = torch.sum(torch.stack(torch._foreach_norm(floats, 1, dtype=f32))) if floats else zero
+        flags = ((~torch.isfinite(gnorm)).int() * GRADS + (~torch.isfinite(w_sq + d_sq)).int() * WEIGHTS
+                 + (~torch.isfinite(state_sum)).int() * OPTIMIZER)
+        stop_mask = (WEIGHTS | OPTIMIZER) if self.is_loss_scaled else STOP_BITS
+        stop = (flags & stop_mask) != 0
+        parts = [gnorm.reshape(1), lr.to(dev, f32).reshape(1), flags.to(f32).reshape(1), upd.reshape(1),
+                 var_gnorm, var_upd]
+        if velocities is not None and velocities_after is not None:
+            eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
+            gs = [g for g, _ in have]
+            vs = f([velocities[k] for _, k in have])
+            if inv_scale is not None:
+                gs = torch._foreach_mul(f(gs), inv_scale)
+            ratios = torch._foreach_div(torch._foreach_mul(f(gs), f(gs)), torch._foreach_add(vs, eps * eps))
+            total = float(sum(int(np.prod(v.shape)) for v in velocities_after))
+            v_sum = torch.sum(torch.stack(torch._foreach_norm(velocities_after, 1, dtype=f32)))  # v >= 0
+            parts += [torch.max(torch.stack(torch._foreach_max(ratios))).reshape(1),
+                      torch.sqrt(v_sum / total).reshape(1)]
+        return torch.cat(parts), stop
+
+    def _torch_update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        import torch
+
+        def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
+            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            if self.recording_loss:
+                with torch.no_grad():
+                    lbuf, lcount = self.lbuf.value, self.lcount.value
+                    value = torch.as_tensor(values).detach().to(torch.float32).mean().reshape(1).to(lbuf.device)
+                    lbuf.index_copy_(0, torch.remainder(lcount, self.chunk).reshape(1).long(), value)
+                    lcount.add_(1)
+                    if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
+                        bad = self.loss_bad.value
+                        first = (bad == 0) & ~torch.isfinite(value[0])
+                        bad.copy_(torch.where(first, lcount, bad))
+            return out
+
+        return update_state
 
     # -- JAX: stateless_apply, the recorder's variables threaded as state -------
 
@@ -381,13 +512,43 @@ def var_name(v: Any) -> str:
     return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
 
 
-def _sum_all(ops: Any, tensors: list[Any]) -> Any:
-    """One sum over every float tensor: non-finite iff an element is (or the sum overflows float32,
-    itself a sign of divergence); far cheaper than an elementwise isfinite per tensor."""
-    sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None and _float_name(t)]
-    if not sums:
-        return ops.convert_to_tensor(0.0, "float32")
-    return ops.sum(ops.stack(sums))
+def _sums(ops: Any, tensors: list[Any]) -> Any:
+    """The sum of each tensor, as one vector in their order.  Tensors of one shape are stacked and
+    reduced together, so a step runs one reduction per distinct shape rather than one per tensor (each
+    a kernel launch: most of the recording's cost on a small model).  A sum over one tensor's elements
+    is non-finite iff an element is (or the sum overflows float32, itself a sign of divergence)."""
+    if not tensors:
+        return ops.zeros((0,), "float32")
+    groups: dict[Any, list[int]] = {}
+    for i, t in enumerate(tensors):
+        shape = tuple(t.shape)
+        groups.setdefault(shape if all(d is not None for d in shape) else ("unknown", i), []).append(i)
+    parts, order = [], []
+    for shape, idx in groups.items():
+        if len(idx) == 1:
+            parts.append(ops.reshape(ops.sum(tensors[idx[0]]), (1,)))
+        else:
+            stacked = ops.stack([tensors[i] for i in idx])
+            parts.append(ops.sum(stacked, axis=tuple(range(1, len(stacked.shape)))) if len(stacked.shape) > 1
+                         else stacked)
+        order += idx
+    flat = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    if order == list(range(len(tensors))):
+        return flat
+    where = np.empty(len(order), np.int32)
+    where[order] = np.arange(len(order), dtype=np.int32)
+    return ops.take(flat, ops.convert_to_tensor(where), axis=0)
+
+
+def _per_var(ops: Any, sums: Any, index: list[int], n: int) -> Any:
+    """``sums[j]`` placed at ``index[j]`` of a length-``n`` vector, 0 where no entry (a variable without
+    a gradient)."""
+    if index == list(range(n)):
+        return sums
+    where = np.zeros(n, np.int32)
+    where[np.asarray(index, dtype=np.int64)] = np.arange(1, len(index) + 1, dtype=np.int32)
+    padded = ops.concatenate([ops.zeros((1,), "float32"), sums], axis=0)
+    return ops.take(padded, ops.convert_to_tensor(where), axis=0)
 
 
 def _device_label(dev: str) -> str:

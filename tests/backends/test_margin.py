@@ -2,7 +2,7 @@
 
 The problem is least squares on standardised features with plain SGD: gradient descent on it diverges
 once the learning rate passes 2 / (the largest curvature), so how close a learning rate sits to that
-edge is known in advance.
+edge is known in advance.  Backend-neutral: CI runs it once per Keras backend.
 """
 
 from __future__ import annotations
