@@ -281,16 +281,19 @@ def net():
 
 
 @pytest.mark.parametrize("validate", [False, True])
-@pytest.mark.stable_training(steps=40, readback_every=10, validate_every=10)
+@pytest.mark.stable_training(steps=30, readback_every=10, validate_every=10)
 def test_run(stability, validate):
+    # within one epoch (32 batches of 8): Keras' own end-of-epoch evaluation of validation_data opens a data
+    # iterator, which on PyTorch draws from torch's global generator and so changes the next epoch's order
+    # with or without the plugin
     kw = {"validation_data": (XV, YV)} if validate else {}
-    rep = stability.fit(net(), X, Y, batch_size=16, **kw)
+    rep = stability.fit(net(), X, Y, batch_size=8, **kw)
     TRACES.append((rep.trace.loss.copy(), rep.trace.info.get("bn_train_infer_gap"), rep.trace.val_loss))
 
 
 def test_compare():
     (l0, gap0, v0), (l1, gap1, v1) = TRACES
-    assert v0 is None and v1 is not None and v1.size == 5  # validated before the first step and at 4 read-backs
+    assert v0 is None and v1 is not None and v1.size == 4  # validated before the first step and at 3 read-backs
     assert gap1 is not None  # the gap was measured during training
     np.testing.assert_array_equal(l0, l1)
 ''')
