@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The device run behind benchmarks/results/gpu_check.md, on a GPU machine with JAX and PyTorch but no
+# TensorFlow: Keras (and its pure-Python needs) from wheels in .whl/, this checkout on PYTHONPATH with its
+# pytest11 entry point registered, then gpu_check.py and the GPU-relevant backend tests under JAX and PyTorch.
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+d=/tmp/site/pytest_stability-0.0.dist-info
+mkdir -p "$d"
+printf 'Metadata-Version: 2.1\nName: pytest-stability\nVersion: 0.0\n' > "$d/METADATA"
+printf '[pytest11]\nstability = pytest_stability.plugin\n' > "$d/entry_points.txt"
+nvidia-smi -L
+python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends jax,torch
+for b in jax torch; do
+  echo "== tests/backends/test_curvature_hvp.py and test_replay.py on the GPU, KERAS_BACKEND=$b"
+  KERAS_BACKEND=$b timeout 150 python3 -m pytest tests/backends/test_curvature_hvp.py tests/backends/test_replay.py \
+    -q -p no:cacheprovider 2>&1 | tail -15
+done
