@@ -227,25 +227,20 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
         if bad:
             regressions.append(f"final smoothed validation loss: baseline {fmt(b_v, 4)}, now {fmt(n_v, 4)} "
                                f"(tolerance: +{_pct(tol)}, limit {fmt(limit, 4)})")
-    # Learning-rate stability margin (margin=True): fail when it shrank by more than the factor.
+    # The stability margins (margin=True: learning rate; curvature=True: 1 / the edge-of-stability ratio):
+    # fail when one shrank by more than the factor.
     mfactor = float(tolerances.get("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"]))
-    b_m, n_m = _num(bsum.get("lr_margin")), _num(now_summary.get("lr_margin"))
-    if b_m is not None and n_m is not None:
+    for key, what in (("lr_margin", "learning-rate stability margin"),
+                      ("curvature_margin", "curvature margin (1 / edge-of-stability ratio)")):
+        b_m, n_m = _num(bsum.get(key)), _num(now_summary.get(key))
+        if b_m is None or n_m is None:
+            continue
         limit = b_m / mfactor if math.isfinite(b_m) else None
         bad = limit is not None and not (n_m >= limit)
-        metrics["lr_margin"] = {"baseline": b_m, "now": n_m, "limit": limit, "regressed": bad}
+        metrics[key] = {"baseline": b_m, "now": n_m, "limit": limit, "regressed": bad}
         if bad:
-            regressions.append(f"learning-rate stability margin: baseline {fmt(b_m, 3)}x, now {fmt(n_m, 3)}x "
+            regressions.append(f"{what}: baseline {fmt(b_m, 3)}x, now {fmt(n_m, 3)}x "
                                f"(tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)")
-    # Curvature margin (curvature=True): 1 / the edge-of-stability ratio; the same factor.
-    b_c, n_c = _num(bsum.get("curvature_margin")), _num(now_summary.get("curvature_margin"))
-    if b_c is not None and n_c is not None:
-        limit = b_c / mfactor if math.isfinite(b_c) else None
-        bad = limit is not None and not (n_c >= limit)
-        metrics["curvature_margin"] = {"baseline": b_c, "now": n_c, "limit": limit, "regressed": bad}
-        if bad:
-            regressions.append(f"curvature margin (1 / edge-of-stability ratio): baseline {fmt(b_c, 3)}x, now "
-                               f"{fmt(n_c, 3)}x (tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)")
     # Builtins with NaN/Inf encoded, like every other record value (strict JSON, xdist).
     metrics = {k: {kk: encode_float(v) if isinstance(v, float) else v for kk, v in m.items()}
                for k, m in metrics.items()}
