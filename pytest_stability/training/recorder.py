@@ -204,30 +204,31 @@ class Recorder:
         """One buffer row and the device-side stop flag for one step."""
         ops = self.ops
         f32 = "float32"
+        zero = ops.convert_to_tensor(0.0, f32)
         inv_scale = None if scale is None else 1.0 / ops.cast(scale, f32)
-        have = [(g, k) for g, k in zip(grads, index) if g is not None]
-        bf = [ops.cast(b, f32) for b in before]
-        state = [ops.cast(t, f32) for t in state_after if t is not None and _float_name(t)]
-        # every sum this row needs, in one vector: sum(g^2) per gradient, sum(w^2) and sum(dw^2) per
-        # variable, then sum(s) per optimizer state tensor (finite iff all of it is)
-        sums = _sums(ops, [ops.square(ops.cast(g, f32)) for g, _ in have] + [ops.square(b) for b in bf]
-                     + [ops.square(ops.cast(a, f32) - b) for a, b in zip(after, bf)] + state)
-        ng, nb = len(have), len(bf)
-        g_sq_t = _per_var(ops, sums[:ng], [k for _, k in have], self.n_vars)
-        w_sq_t = _per_var(ops, sums[ng:ng + nb], list(index), self.n_vars)
-        d_sq_t = _per_var(ops, sums[ng + nb:ng + 2 * nb], list(index), self.n_vars)
-        state_sum = ops.sum(sums[ng + 2 * nb:]) if state else ops.convert_to_tensor(0.0, f32)
+        g_sq = [zero] * self.n_vars
+        d_sq = [zero] * self.n_vars
+        w_sq = [zero] * self.n_vars
+        for g, k, b, a in zip(grads, index, before, after):
+            bf = ops.cast(b, f32)
+            w_sq[k] = ops.sum(ops.square(bf))
+            d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
+            if g is not None:
+                gf = ops.cast(g, f32)
+                g_sq[k] = ops.sum(ops.square(gf))
+        g_sq_t = ops.stack(g_sq)
         if inv_scale is not None:
             g_sq_t = g_sq_t * ops.square(inv_scale)
         var_gnorm = ops.sqrt(g_sq_t)
         gnorm = ops.sqrt(ops.sum(g_sq_t))
+        w_sq_t, d_sq_t = ops.stack(w_sq), ops.stack(d_sq)
         tiny = 1e-30
         var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
         upd = ops.sqrt(ops.sum(d_sq_t)) / ops.sqrt(ops.sum(w_sq_t) + tiny)
         grads_bad = ops.logical_not(ops.isfinite(gnorm))
         # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
         weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
-        state_bad = ops.logical_not(ops.isfinite(state_sum))
+        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, state_after)))
         flags = (ops.cast(grads_bad, "int32") * GRADS + ops.cast(weights_bad, "int32") * WEIGHTS
                  + ops.cast(state_bad, "int32") * OPTIMIZER)
         # Under loss scaling a non-finite *scaled* gradient is an overflow the
@@ -246,7 +247,7 @@ class Recorder:
                 gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
             total = float(sum(int(np.prod(v.shape)) for v in velocities_after))
-            v_sum = ops.sum(_sums(ops, [ops.cast(v, f32) for v in velocities_after]))
+            v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
             parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / total), (1,))]
         return ops.concatenate(parts, axis=0), stop
 
@@ -512,43 +513,13 @@ def var_name(v: Any) -> str:
     return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
 
 
-def _sums(ops: Any, tensors: list[Any]) -> Any:
-    """The sum of each tensor, as one vector in their order.  Tensors of one shape are stacked and
-    reduced together, so a step runs one reduction per distinct shape rather than one per tensor (each
-    a kernel launch: most of the recording's cost on a small model).  A sum over one tensor's elements
-    is non-finite iff an element is (or the sum overflows float32, itself a sign of divergence)."""
-    if not tensors:
-        return ops.zeros((0,), "float32")
-    groups: dict[Any, list[int]] = {}
-    for i, t in enumerate(tensors):
-        shape = tuple(t.shape)
-        groups.setdefault(shape if all(d is not None for d in shape) else ("unknown", i), []).append(i)
-    parts, order = [], []
-    for shape, idx in groups.items():
-        if len(idx) == 1:
-            parts.append(ops.reshape(ops.sum(tensors[idx[0]]), (1,)))
-        else:
-            stacked = ops.stack([tensors[i] for i in idx])
-            parts.append(ops.sum(stacked, axis=tuple(range(1, len(stacked.shape)))) if len(stacked.shape) > 1
-                         else stacked)
-        order += idx
-    flat = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-    if order == list(range(len(tensors))):
-        return flat
-    where = np.empty(len(order), np.int32)
-    where[order] = np.arange(len(order), dtype=np.int32)
-    return ops.take(flat, ops.convert_to_tensor(where), axis=0)
-
-
-def _per_var(ops: Any, sums: Any, index: list[int], n: int) -> Any:
-    """``sums[j]`` placed at ``index[j]`` of a length-``n`` vector, 0 where no entry (a variable without
-    a gradient)."""
-    if index == list(range(n)):
-        return sums
-    where = np.zeros(n, np.int32)
-    where[np.asarray(index, dtype=np.int64)] = np.arange(1, len(index) + 1, dtype=np.int32)
-    padded = ops.concatenate([ops.zeros((1,), "float32"), sums], axis=0)
-    return ops.take(padded, ops.convert_to_tensor(where), axis=0)
+def _sum_all(ops: Any, tensors: list[Any]) -> Any:
+    """One sum over every float tensor: non-finite iff an element is (or the sum overflows float32,
+    itself a sign of divergence); far cheaper than an elementwise isfinite per tensor."""
+    sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None and _float_name(t)]
+    if not sums:
+        return ops.convert_to_tensor(0.0, "float32")
+    return ops.sum(ops.stack(sums))
 
 
 def _device_label(dev: str) -> str:
