@@ -117,11 +117,8 @@ def _train(sc: S.Scenario, seed: int, steps: int, **spec_kw: Any) -> tuple[Any, 
 
 def _eos(trace: Any) -> float | None:
     """The largest edge-of-stability ratio measured in the short run (None without the curvature margin)."""
-    curv = (trace.info or {}).get("curvature")
-    if not curv:
-        return None
-    ratios = [r for r in (curv.get("ratio") or []) if r is not None and np.isfinite(r)]
-    return float(max(ratios)) if ratios else None
+    ratio = ((trace.info or {}).get("curvature") or {}).get("max_ratio")
+    return float(ratio) if ratio is not None and np.isfinite(ratio) else None
 
 
 def auc(scores: list[float], labels: list[bool]) -> float | None:

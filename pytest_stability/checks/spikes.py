@@ -341,16 +341,17 @@ def rolling_rise(loss: np.ndarray, window: int, warmup: int) -> tuple[np.ndarray
     return roll, best, np.arange(roll.shape[0]) + warmup + window - 1
 
 
-def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: float) -> Finding | None:
+def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: float,
+                rolling: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Finding | None:
     """A slow climb back: the rolling median rises ``RESURGE_RATIO`` x above its best (see the module docstring).
 
-    The step reported is the middle of the first window whose median passed the
-    geometric midpoint between the best level and the level that failed.
+    ``rolling`` is :func:`rolling_rise` of ``loss``.  The step reported is the middle of the first window
+    whose median passed the geometric midpoint between the best level and the level that failed.
     """
     w = int(t.spike_window)
     if not log_space or not np.isfinite(initial_level):
         return None
-    roll, best, end = rolling_rise(loss, w, int(t.warmup_steps))
+    roll, best, end = rolling
     if roll.size == 0:
         return None
     with np.errstate(all="ignore"):
@@ -534,7 +535,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                                         for f in findings):
         findings.append(collapse)
         findings.sort(key=lambda f: f.step)
-    slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"])
+    rolling = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
+    slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"], rolling)
     # the same event as a finding near it, or the climb into a collapse (which names it already)
     if slow is not None and not any(f.evidence.get("collapse") or
                                     f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
@@ -549,7 +551,7 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             ev = dict(f.evidence)
             ev.update(n_events=len(findings), mean_interval=float(np.mean(gaps)), interval_cv=cv)
             findings[i] = Finding(**{**f.__dict__, "evidence": ev})
-    roll, best, _ = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
+    roll, best, _ = rolling
     with np.errstate(all="ignore"):
         rise = np.where(np.exp(roll) - np.exp(best) > RESURGE_MIN_RISE * sc["initial_level"], roll - best, 0.0)
     stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings), "outliers": outliers,

@@ -488,10 +488,13 @@ def _batchnorm_layers(model: Any) -> list[Any]:
 
 
 def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
-    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics)."""
+    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
+    random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
     from keras.src.backend.common.stateless_scope import StatelessScope
 
-    with StatelessScope():
+    from .curvature import kept_random_state
+
+    with StatelessScope(), kept_random_state(keras):
         y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
     return float(keras.ops.convert_to_numpy(loss))
@@ -616,12 +619,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             val_steps.append(done)
             val_losses.append(total / max(count, 1))
             if bn and gap_batch is not None:
-                from .curvature import kept_random_state
-
-                # a training-mode forward draws Dropout masks from the global generator (PyTorch): put it back
-                with kept_random_state(keras):
-                    gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
-                                              _loss_of(keras, model, *gap_batch, False)))
+                gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
+                                          _loss_of(keras, model, *gap_batch, False)))
         except Exception as exc:
             val_ok[0] = False
             notes.append(f"the validation loss could not be computed with the model's compute_loss "

@@ -147,6 +147,8 @@ class Recorder:
         self.velocities = None
         if self.diagnostics and hasattr(self.inner, "_velocities") and self.inner._velocities:
             self.velocities = list(self.inner._velocities)
+        #: the number of second-moment entries (sqrt(mean v) divides by it)
+        self.v_size = float(sum(int(np.prod(v.shape)) for v in self.velocities)) if self.velocities else 1.0
         self.n_diag = 2 if self.velocities is not None else 0
         self.width = N_FIXED + 2 * self.n_vars + self.n_diag
         own = self.opt._variables if self.stateless else None
@@ -246,9 +248,8 @@ class Recorder:
                     continue
                 gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
-            total = float(sum(int(np.prod(v.shape)) for v in velocities_after))
             v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
-            parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / total), (1,))]
+            parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
         return ops.concatenate(parts, axis=0), stop
 
     # -- stateful backends (TensorFlow, PyTorch) ------------------------------
@@ -395,10 +396,9 @@ class Recorder:
             if inv_scale is not None:
                 gs = torch._foreach_mul(f(gs), inv_scale)
             ratios = torch._foreach_div(torch._foreach_mul(f(gs), f(gs)), torch._foreach_add(vs, eps * eps))
-            total = float(sum(int(np.prod(v.shape)) for v in velocities_after))
             v_sum = torch.sum(torch.stack(torch._foreach_norm(velocities_after, 1, dtype=f32)))  # v >= 0
             parts += [torch.max(torch.stack(torch._foreach_max(ratios))).reshape(1),
-                      torch.sqrt(v_sum / total).reshape(1)]
+                      torch.sqrt(v_sum / self.v_size).reshape(1)]
         return torch.cat(parts), stop
 
     def _torch_update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
