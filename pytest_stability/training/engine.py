@@ -430,6 +430,18 @@ def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
     return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {_short(exc)}")
 
 
+def _failure_step(rec: Recorder, cb: Any) -> tuple[int, bool]:
+    """After ``fit`` raised: the step it failed in (the steps applied so far, read from the device) and whether
+    that step's input batch held NaN/Inf (the train_step wrapper flags it before the step runs)."""
+    try:
+        done = int(rec.read()["count"]) if rec.built else 0
+        bad = rec.input_bad is not None and not rec.stateless and bool(
+            rec.ops.convert_to_numpy(rec.input_bad.value))
+        return done, bad
+    except Exception:  # the state may be half-updated: fall back on what the host has read
+        return cb.rows.done, False
+
+
 def _is_keras_input_error(exc: BaseException) -> bool:
     if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
         return True
@@ -580,7 +592,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     # Keras' fit reads a chunk's callbacks once; the recorder's buffer holds `chunk` steps
     chunk = max(chunk, spe)
 
-    rec = Recorder(model, chunk=chunk, limit=run_steps, diagnostics=spec.diagnostics, distributed=distributed)
+    rec = Recorder(model, chunk=chunk, limit=run_steps, diagnostics=spec.diagnostics, distributed=distributed,
+                   check_inputs=kind != "arrays")
     val_steps: list[int] = []
     val_losses: list[float] = []
     gaps: list[float] = []
@@ -672,7 +685,13 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             except StabilityUsageError:
                 raise
             except Exception as exc:
-                if cb.rows.done == 0 and _is_keras_input_error(exc):
+                failed_at, input_bad = _failure_step(rec, cb)
+                if input_bad:  # an eager backend (PyTorch) may raise on it: a BCE refuses NaN probabilities
+                    raise StabilityUsageError(
+                        f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
+                        f"{type(exc).__name__}: {_short(exc, 300)}. Clean the data pipeline first: a NaN in the "
+                        "data would be reported as the model's instability") from None
+                if failed_at == 0 and _is_keras_input_error(exc):
                     raise _usage_from_keras(exc) from None
                 raise
         cb.read()
@@ -740,8 +759,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
 
         trace.info["curvature"] = summarize([], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None,
                                             notes=[no_meter])
-    # array inputs are checked for NaN/Inf on the host before training; other pipelines' batches are not
-    trace.info["inputs_checked"] = kind == "arrays"
+    # array inputs are checked for NaN/Inf on the host before training, other pipelines' batches on the device
+    # in every step (not under a distribution strategy: there the failing step's batch is read again below)
+    trace.info["inputs_checked"] = kind == "arrays" or rec.check_inputs
     if notes:
         trace.info["notes"] = list(notes)
     if gaps:
@@ -753,7 +773,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     bad = np.flatnonzero(trace.nonfinite & stop_bits)
     if bad.size:
         step = int(bad[0])
-        verdict = _reread_batch_finite(keras, kind, x, step)
+        verdict = None if rec.check_inputs else _reread_batch_finite(keras, kind, x, step,
+                                                                      shuffled=fit_kwargs.get("shuffle", True))
         if verdict is not None:  # the batch of that step, read again from the pipeline after training
             trace.info["inputs_checked"] = True
             trace.info["input_batch_reread"] = step
@@ -785,17 +806,18 @@ def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y:
                            iterations=int(spec.curvature_iterations), seed=seed), ""
 
 
-def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int) -> bool | None:
-    """Whether the batch trained at ``step`` was finite, read again from a re-readable pipeline after training
-    (no per-step cost: only once a step went non-finite).  None when it cannot be read again (a generator, a
-    loader) or the data are arrays (checked before training).  Assumes the pipeline yields the same batches
-    when read again (a ``shuffle(reshuffle_each_iteration=True)`` inside it breaks that)."""
+def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any = True) -> bool | None:
+    """Whether the batch trained at ``step`` was finite, read again from a re-readable pipeline after training:
+    the fallback where the batches are not checked in the step (under a distribution strategy).  None when it
+    cannot be read again (a generator, a loader, a PyDataset that ``fit`` shuffled) or the data are arrays
+    (checked before training).  Assumes a tf.data pipeline yields the same batches when read again (a
+    ``shuffle(reshuffle_each_iteration=True)`` inside it breaks that)."""
     try:
         if kind == "dataset":
             card = int(x.cardinality().numpy())
             index = step % card if card > 0 else step
             batch = next(iter(x.skip(index).take(1)))
-        elif kind == "pydataset":
+        elif kind == "pydataset" and shuffled is False:
             batch = x[step % len(x)]
         else:
             return None

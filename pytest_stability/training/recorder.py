@@ -43,13 +43,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..trace import GRADS, LOSS, OPTIMIZER, OVERFLOW, WEIGHTS
+from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, OVERFLOW, WEIGHTS
 
 #: columns of the optimizer-side buffer before the per-variable blocks
 COL_GNORM, COL_LR, COL_FLAGS, COL_UPDATE = 0, 1, 2, 3
 N_FIXED = 4
 #: device-side stop rule: these bits stop the run (the update of that step is kept)
-STOP_BITS = GRADS | WEIGHTS | OPTIMIZER
+STOP_BITS = GRADS | WEIGHTS | OPTIMIZER | INPUT
+
+
+#: Keras optimizers whose whole update of the weights (weight decay included) is proportional to the learning
+#: rate in effect, so that a zero rate applies none; SGD and RMSprop only without momentum, whose buffer
+#: carries earlier rates into the update.  Matched by exact class: a subclass may update otherwise.
+_RATE_LINEAR = frozenset({"Adam", "AdamW", "Adamax", "Nadam", "Adagrad", "Lion", "Lamb"})
+_RATE_LINEAR_WITHOUT_MOMENTUM = frozenset({"SGD", "RMSprop"})
 
 
 def _float_name(v: Any) -> bool:
@@ -69,7 +76,8 @@ class Recorder:
         diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
     """
 
-    def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False) -> None:
+    def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False,
+                 check_inputs: bool = False) -> None:
         import keras
 
         self.keras = keras
@@ -92,7 +100,36 @@ class Recorder:
         self._patched: list[tuple[Any, str]] = []
         self._added: list[tuple[list, Any]] = []
         self.loss_bad = None
+        #: check every input batch for NaN/Inf on the device, in the step (pipelines: arrays are checked
+        #: on the host before training); not under a distribution strategy, where each replica sees a shard
+        self.check_inputs = bool(check_inputs) and not distributed
+        self.input_bad = None
         self.built = False
+        self.rate = self._rate_variable()
+
+    def _rate_variable(self) -> Any:
+        """The learning-rate variable through which a step is made a no-op, or None.
+
+        After the planned steps, or after a non-finite step, the rest of a chunk must apply no update.
+        Where the optimizer's update is proportional to its learning rate (see ``_RATE_LINEAR``), the
+        recorder feeds it a rate of 0 for those steps: one scalar select.  Otherwise it keeps the update
+        out with a ``cond`` (TensorFlow), a select of every variable (JAX) or a host check (PyTorch),
+        which on a small model costs as much as the step itself.  With a zero rate the weights stay
+        those of the last step that counts, the optimizer's moment estimates still take in the gradients
+        of the skipped steps (their learning rate is 0, their buffers are not the weights).
+        """
+        inner = self.inner
+        cls = type(inner)
+        if cls.__module__.split(".")[0] != "keras":
+            return None
+        name = cls.__name__
+        if name not in _RATE_LINEAR and not (name in _RATE_LINEAR_WITHOUT_MOMENTUM
+                                             and not getattr(inner, "momentum", 0)):
+            return None
+        if getattr(inner, "use_ema", False):  # the moving average would overwrite the weights
+            return None
+        rate = getattr(inner, "_learning_rate", None)
+        return rate if isinstance(rate, self.keras.Variable) else None  # a schedule is not settable
 
     # -- install / uninstall ---------------------------------------------------
 
@@ -110,12 +147,19 @@ class Recorder:
                 return out
 
             self._patch(opt, "build", build)
+        if self.check_inputs and not self.stateless:  # under JAX: an optimizer variable (see _build_buffers)
+            self.input_bad = self._variable(0, "int32", "stability_input_bad", None)
         self._build_loss_buffers()
+        if self.check_inputs or self.stateless:
+            self._patch_train_step()
 
     def uninstall(self) -> None:
-        for obj, name in reversed(self._patched):
+        for obj, name, previous in reversed(self._patched):
             try:
-                delattr(obj, name)
+                if previous is _ABSENT:
+                    delattr(obj, name)
+                else:
+                    object.__setattr__(obj, name, previous)
             except AttributeError:  # pragma: no cover - already gone
                 pass
         self._patched.clear()
@@ -127,8 +171,68 @@ class Recorder:
         self._added.clear()
 
     def _patch(self, obj: Any, name: str, fn: Callable[..., Any]) -> None:
+        previous = vars(obj).get(name, _ABSENT)  # an attribute of the instance itself is put back after
         object.__setattr__(obj, name, fn)
-        self._patched.append((obj, name))
+        self._patched.append((obj, name, previous))
+
+    def _patch_train_step(self) -> None:
+        """Wraps the model's ``train_step`` (Keras' or the user's own) on the instance, around the step:
+
+        * before it, checks the input batch for NaN/Inf on the device (every pipeline: tf.data,
+          PyDataset, generators, DataLoader) into a flag the optimizer's apply reads;
+        * after it, under JAX, carries a non-finite loss into the optimizer's halt flag: the loss
+          tracker sees the loss after the optimizer applied the step, in state the optimizer does not
+          get, so without this the steps after it would still be applied until the chunk's end.
+        """
+        model = self.model
+        original = model.train_step
+        ops = self.ops
+        standardize = self.keras.backend.standardize_dtype
+
+        def inputs_bad(data: Any) -> Any:
+            leaves = []
+            for t in self.keras.tree.flatten(data):
+                try:
+                    if t is not None and "float" in standardize(getattr(t, "dtype", None)):
+                        leaves.append(t)
+                except (TypeError, ValueError):  # not a tensor (a string, an object): nothing to check
+                    continue
+            if not leaves:
+                return None
+            return ops.logical_not(ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves])))
+
+        if not self.stateless:
+            def train_step(data: Any) -> Any:
+                bad = inputs_bad(data)
+                if bad is not None:
+                    self.input_bad.assign(ops.cast(bad, "int32"))
+                return original(data)
+
+            self._patch(model, "train_step", train_step)
+            return
+
+        def stateless_train_step(state: Any, data: Any) -> Any:
+            four = isinstance(state, (tuple, list)) and len(state) == 4 and self.built
+            if four and self.input_bad is not None:
+                bad = inputs_bad(data)
+                if bad is not None:
+                    trainable, non_trainable, ov, mv = state
+                    ov = list(ov)
+                    ov[_index_of(self.opt.variables, self.input_bad)] = ops.cast(bad, "int32")
+                    state = (trainable, non_trainable, ov, mv)
+            logs, new_state = original(state, data)
+            lb = self.loss_bad
+            if four and lb is not None and isinstance(new_state, (tuple, list)) and len(new_state) == 4:
+                p_lb = _index_of(model.metrics_variables, lb)
+                if p_lb is not None:  # a model whose metrics leave out the loss tracker records no loss
+                    trainable, non_trainable, ov, mv = new_state
+                    ov = list(ov)
+                    p_halt = _index_of(self.opt.variables, self.halt)
+                    ov[p_halt] = ops.where(ops.not_equal(mv[p_lb], 0), ops.ones_like(ov[p_halt]), ov[p_halt])
+                    new_state = (trainable, non_trainable, ov, mv)
+            return logs, new_state
+
+        self._patch(model, "train_step", stateless_train_step)
 
     def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
@@ -157,8 +261,27 @@ class Recorder:
         self.count = self._variable(0, "int32", "stability_count", own)
         self.halt = self._variable(0, "int32", "stability_halt", own)
         self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
-        mine = {id(v) for v in (self.buf, self.count, self.halt, self.limit_var)}
+        if self.check_inputs and self.stateless:
+            self.input_bad = self._variable(0, "int32", "stability_input_bad", own)
+        mine = {id(v) for v in (self.buf, self.count, self.halt, self.limit_var, self.input_bad)}
         self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
+        # The optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's m and
+        # v of each variable) are shared out among the variables of that shape, whichever owns which (the
+        # check is of all the state at once); the rest (the step counter, scalars) is summed on its own
+        by_shape: dict[tuple, list[int]] = {}
+        for k, v in enumerate(tvars):
+            by_shape.setdefault(tuple(v.shape), []).append(k)
+        self.slots = [[] for _ in tvars]
+        self.other_state: list[int] = []
+        turn: dict[tuple, int] = {}
+        for j, v in enumerate(self.state_vars):
+            owners = by_shape.get(tuple(v.shape))
+            if not owners:
+                self.other_state.append(j)
+                continue
+            i = turn.get(tuple(v.shape), 0)
+            self.slots[owners[i % len(owners)]].append(j)
+            turn[tuple(v.shape)] = i + 1
         if self.stateless:
             self._patch(self.opt, "stateless_apply", self._stateless_apply(self.opt.stateless_apply))
         elif self.backend == "torch":
@@ -175,9 +298,9 @@ class Recorder:
         self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", own)
         self.lcount = self._variable(0, "int32", "stability_loss_count", own)
         # TensorFlow, PyTorch: the optimizer reads it, so a non-finite loss stops the next update even when
-        # its gradients stay finite (an overflowing MSE).  Under JAX the tracker's state is not the
-        # optimizer's: the host stops at the chunk's end instead.
-        self.loss_bad = None if self.stateless else self._variable(0, "int32", "stability_loss_bad", None)
+        # its gradients stay finite (an overflowing MSE).  Under JAX it is the tracker's state, which the
+        # train_step wrapper carries into the optimizer's halt flag after each step.
+        self.loss_bad = None if self.is_loss_scaled else self._variable(0, "int32", "stability_loss_bad", own)
         original = self.tracker.update_state
         ops = self.ops
         if self.backend == "torch":
@@ -202,7 +325,7 @@ class Recorder:
 
     def _row(self, grads: list[Any], index: list[int], before: list[Any], after: list[Any],
              state_after: list[Any], lr: Any, scale: Any, velocities: list[Any] | None,
-             velocities_after: list[Any] | None) -> tuple[Any, Any]:
+             velocities_after: list[Any] | None, input_bad: Any = None) -> tuple[Any, Any]:
         """One buffer row and the device-side stop flag for one step."""
         ops = self.ops
         f32 = "float32"
@@ -211,13 +334,25 @@ class Recorder:
         g_sq = [zero] * self.n_vars
         d_sq = [zero] * self.n_vars
         w_sq = [zero] * self.n_vars
+        state_sums = []
+        checked = set()
         for g, k, b, a in zip(grads, index, before, after):
+            # One reduction per variable (XLA compiles each reduction into a kernel of its own, and on the
+            # CPU each costs about a microsecond per step): the sums of squares of the weights, the update
+            # and the gradient, and the plain sum of the variable's optimizer slots (finite iff they are)
             bf = ops.cast(b, f32)
-            w_sq[k] = ops.sum(ops.square(bf))
-            d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
+            rows = [ops.square(bf), ops.square(ops.cast(a, f32) - bf)]
             if g is not None:
-                gf = ops.cast(g, f32)
-                g_sq[k] = ops.sum(ops.square(gf))
+                rows.append(ops.square(ops.cast(g, f32)))
+            slots = [state_after[j] for j in self.slots[k]] if len(state_after) == len(self.state_vars) else []
+            rows += [ops.cast(t, f32) for t in slots]
+            sums = ops.sum(ops.stack([ops.reshape(t, (-1,)) for t in rows]), axis=1)
+            w_sq[k], d_sq[k] = sums[0], sums[1]
+            if g is not None:
+                g_sq[k] = sums[2]
+            if slots:
+                state_sums.append(ops.sum(sums[len(rows) - len(slots):]))
+                checked.update(self.slots[k])
         g_sq_t = ops.stack(g_sq)
         if inv_scale is not None:
             g_sq_t = g_sq_t * ops.square(inv_scale)
@@ -230,13 +365,16 @@ class Recorder:
         grads_bad = ops.logical_not(ops.isfinite(gnorm))
         # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
         weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
-        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, state_after)))
+        rest = [t for j, t in enumerate(state_after) if j not in checked]
+        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, rest) + sum(state_sums, zero)))
         flags = (ops.cast(grads_bad, "int32") * GRADS + ops.cast(weights_bad, "int32") * WEIGHTS
                  + ops.cast(state_bad, "int32") * OPTIMIZER)
+        if input_bad is not None:
+            flags = flags + ops.cast(input_bad, "int32") * INPUT
         # Under loss scaling a non-finite *scaled* gradient is an overflow the
         # optimizer skips: not a reason to stop (the host tells the two apart
         # with the loss, which it reads from the tracker).
-        stop_mask = (WEIGHTS | OPTIMIZER) if self.is_loss_scaled else STOP_BITS
+        stop_mask = (WEIGHTS | OPTIMIZER | INPUT) if self.is_loss_scaled else STOP_BITS
         stop = ops.not_equal(ops.bitwise_and(flags, stop_mask), 0)
         parts = [ops.reshape(gnorm, (1,)), ops.reshape(ops.cast(lr, f32), (1,)),
                  ops.reshape(ops.cast(flags, f32), (1,)), ops.reshape(upd, (1,)), var_gnorm, var_upd]
@@ -270,29 +408,47 @@ class Recorder:
                 bad_at = loss_bad.value
                 go = ops.logical_and(go, ops.logical_or(ops.equal(bad_at, 0), ops.greater(bad_at, self.count.value)))
 
+            use_rate = self.rate is not None and not self.distributed
+            masked = use_rate or self.distributed
+
             def run() -> Any:
-                lr = opt.learning_rate
+                lr = ops.copy(ops.convert_to_tensor(opt.learning_rate)) if masked else opt.learning_rate
                 scale = opt.dynamic_scale.value if self.is_loss_scaled else None
                 before = [ops.copy(v.value) for v in tvars]
                 vel = [ops.copy(v.value) for v in self.velocities] if self.velocities is not None else None
-                original(grads, trainable_variables)
+                if use_rate:  # a step that must not count is applied with a zero rate
+                    rate = ops.copy(self.rate.value)
+                    self.rate.assign(ops.where(go, rate, ops.zeros_like(rate)))
+                    original(grads, trainable_variables)
+                    self.rate.assign(rate)
+                else:
+                    original(grads, trainable_variables)
                 after = [v.value for v in tvars]
                 state = [v.value for v in self.state_vars]
                 vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
-                row, stop = self._row(grads, index, before, after, state, lr, scale, vel, vel_after)
+                in_bad = None if self.input_bad is None else ops.not_equal(self.input_bad.value, 0)
+                row, stop = self._row(grads, index, before, after, state, lr, scale, vel, vel_after, in_bad)
                 slot = ops.mod(self.count.value, self.chunk)
-                self.buf.assign(ops.slice_update(self.buf.value, ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
-                                                 ops.reshape(row, (1, self.width))))
+                written = ops.slice_update(self.buf.value, ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
+                                           ops.reshape(row, (1, self.width)))
                 if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
                     stop = ops.logical_or(stop, ops.equal(loss_bad.value, self.count.value + 1))
-                self.count.assign(self.count.value + 1)
-                self.halt.assign(ops.cast(stop, "int32"))
+                if masked:  # the row, the count and the halt flag of a step that counts, only
+                    self.buf.assign(ops.where(go, written, self.buf.value))
+                    self.halt.assign(ops.where(go, ops.cast(stop, "int32"), self.halt.value))
+                    self.count.assign(self.count.value + ops.cast(go, "int32"))
+                else:
+                    self.buf.assign(written)
+                    self.halt.assign(ops.cast(stop, "int32"))
+                    self.count.assign(self.count.value + 1)
                 return ops.convert_to_tensor(0, "int32")
 
             def skip() -> Any:
                 return ops.convert_to_tensor(0, "int32")
 
-            if self.distributed:
+            if masked:
+                # under MirroredStrategy no cond may wrap the apply (it synchronises replicas); the host
+                # stops after every step there, so only the rate keeps a halted step out
                 run()
             else:
                 ops.cond(go, run, skip)
@@ -322,33 +478,46 @@ class Recorder:
                 go = (self.halt.value == 0) & (count < self.limit_var.value)
                 if loss_bad is not None and not self.is_loss_scaled:  # see _stateful_apply
                     go = go & ((loss_bad.value == 0) | (loss_bad.value > count))
-                # the host reads the flag (as keras.ops.cond does on PyTorch)
-                if not bool(go):
+                use_rate = self.rate is not None and not self.distributed
+                # without a rate to zero, the host reads the flag (as keras.ops.cond does on PyTorch): a
+                # device sync per step on a GPU
+                if not use_rate and not bool(go):
                     return
                 # the rate and the loss scale this step is applied with (both may change in the update)
                 lr = value(opt.learning_rate).detach().clone()
                 scale = self.opt.dynamic_scale.value.detach().clone() if self.is_loss_scaled else None
                 before = [v.value.detach().clone() for v in tvars]
                 vel = [v.value.detach().clone() for v in self.velocities] if self.velocities is not None else None
-            original(grads, trainable_variables)
+                if use_rate:  # a step that must not count is applied with a zero rate
+                    self.rate.value.copy_(torch.where(go, lr.to(self.rate.value.dtype), 0.0))
+            try:
+                original(grads, trainable_variables)
+            finally:
+                if use_rate:
+                    with torch.no_grad():
+                        self.rate.value.copy_(lr)
             with torch.no_grad():
                 index = [opt._get_variable_index(v) for v in tvars]
                 after = [v.value.detach() for v in tvars]
                 state = [v.value for v in self.state_vars]
                 vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
-                row, stop = self._torch_row(grads, index, before, after, state, lr, scale, vel, vel_after)
+                in_bad = None if self.input_bad is None else self.input_bad.value != 0
+                row, stop = self._torch_row(grads, index, before, after, state, lr, scale, vel, vel_after, in_bad)
                 if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
                     stop = stop | (loss_bad.value == count + 1)
                 slot = torch.remainder(count, self.chunk).reshape(1).long()
+                if use_rate:  # the row, the count and the halt flag of a step that counts, only
+                    row = torch.where(go, row.to(f32), self.buf.value[slot[0]])
+                    stop = go & stop | (self.halt.value != 0)
                 self.buf.value.index_copy_(0, slot, row.reshape(1, self.width).to(f32))
-                count.add_(1)
+                count.add_(go.to(count.dtype) if use_rate else 1)
                 self.halt.value.copy_(stop.to(self.halt.value.dtype))
 
         return apply
 
     def _torch_row(self, grads: list[Any], index: list[int], before: list[Any], after: list[Any],
                    state_after: list[Any], lr: Any, scale: Any, velocities: list[Any] | None,
-                   velocities_after: list[Any] | None) -> tuple[Any, Any]:
+                   velocities_after: list[Any] | None, input_bad: Any = None) -> tuple[Any, Any]:
         """:meth:`_row` in torch ops: the same quantities (norms rather than sums of squares: equal up to
         rounding), the same flags and stop rule."""
         import torch
@@ -385,7 +554,9 @@ class Recorder:
         state_sum = torch.sum(torch.stack(torch._foreach_norm(floats, 1, dtype=f32))) if floats else zero
         flags = ((~torch.isfinite(gnorm)).int() * GRADS + (~torch.isfinite(w_sq + d_sq)).int() * WEIGHTS
                  + (~torch.isfinite(state_sum)).int() * OPTIMIZER)
-        stop_mask = (WEIGHTS | OPTIMIZER) if self.is_loss_scaled else STOP_BITS
+        if input_bad is not None:
+            flags = flags + input_bad.int() * INPUT
+        stop_mask = (WEIGHTS | OPTIMIZER | INPUT) if self.is_loss_scaled else STOP_BITS
         stop = (flags & stop_mask) != 0
         parts = [gnorm.reshape(1), lr.to(dev, f32).reshape(1), flags.to(f32).reshape(1), upd.reshape(1),
                  var_gnorm, var_upd]
@@ -440,24 +611,30 @@ class Recorder:
                 scale = ops.convert_to_tensor(opt.dynamic_scale) if self.is_loss_scaled else None
             vel_pos = [pos[id(v)] for v in self.velocities] if self.velocities is not None else None
 
-            def run() -> Any:
+            p_rate = pos.get(id(self.rate)) if self.rate is not None else None
+            if p_rate is not None:  # the update is applied with a zero rate when it must not count
+                fed = list(ov)
+                fed[p_rate] = ops.where(go, ov[p_rate], ops.zeros_like(ov[p_rate]))
+                new_t, new_o = (list(t) for t in original(fed, grads, tv))
+                new_o[p_rate] = ov[p_rate]
+            else:
+                # A select of every variable (a `cond` costs about the same on the CPU and makes the GPU
+                # read its predicate back): for optimizers whose update does not scale with the rate
                 new_t, new_o = original(ov, grads, tv)
-                return list(new_t), list(new_o)
-
-            def skip() -> Any:
-                return list(tv), list(ov)
-
-            new_t, new_o = ops.cond(go, run, skip)
+                new_t = [ops.where(go, n, o) for n, o in zip(new_t, tv)]
+                new_o = [ops.where(go, n, o) for n, o in zip(new_o, ov)]
             state_after = [new_o[pos[id(v)]] for v in self.state_vars]
             vel = [ov[p] for p in vel_pos] if vel_pos is not None else None
             vel_after = [new_o[p] for p in vel_pos] if vel_pos is not None else None
-            row, stop = self._row(grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after)
+            in_bad = None if self.input_bad is None else ops.not_equal(ov[pos[id(self.input_bad)]], 0)
+            row, stop = self._row(grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after,
+                                  in_bad)
             slot = ops.mod(ov[p_count], self.chunk)
             written = ops.slice_update(ov[p_buf], ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
                                        ops.reshape(row, (1, self.width)))
             new_o[p_buf] = ops.where(go, written, ov[p_buf])
             new_o[p_count] = ov[p_count] + ops.cast(go, "int32")
-            new_o[p_halt] = ops.cast(ops.logical_and(go, stop), "int32")
+            new_o[p_halt] = ops.where(go, ops.cast(stop, "int32"), ov[p_halt])  # once halted, it stays so
             new_o[p_limit] = ov[p_limit]
             return new_t, new_o
 
@@ -506,6 +683,16 @@ class Recorder:
         except Exception:  # pragma: no cover - informational only
             return "unknown"
         return _device_label(dev)
+
+
+_ABSENT = object()
+
+
+def _index_of(variables: Any, var: Any) -> int | None:
+    for i, v in enumerate(variables):
+        if v is var:
+            return i
+    return None
 
 
 def var_name(v: Any) -> str:
