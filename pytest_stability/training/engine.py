@@ -172,7 +172,7 @@ def take_state(model: Any, rec: Any = None) -> tuple[list[np.ndarray], list[np.n
 
     mine = set()
     if rec is not None and rec.built:
-        mine = {id(v) for v in (rec.buf, rec.count, rec.halt, rec.limit_var)}
+        mine = rec.own_ids()
     opt_vars = [v for v in model.optimizer.variables if id(v) not in mine]
     return ([np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables],
             [np.array(keras.ops.convert_to_numpy(v.value)) for v in opt_vars])
@@ -649,6 +649,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 _sync(model)
             fix_at[1](model)
             if done:
+                rec.retrace()
                 model.make_train_function(force=True)
 
     applied = [False]

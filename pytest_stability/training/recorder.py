@@ -184,8 +184,18 @@ class Recorder:
           tracker sees the loss after the optimizer applied the step, in state the optimizer does not
           get, so without this the steps after it would still be applied until the chunk's end.
         """
+        self._train_step = self.model.train_step
+        self._patch(self.model, "train_step", self._train_step_wrapper(self._train_step))
+
+    def retrace(self) -> None:
+        """Before ``make_train_function(force=True)`` (the what-if replay changed a setting the step reads
+        when it is traced, such as Adam's epsilon): a new wrapper function, because ``jax.jit`` keeps the
+        traces of a function object it has seen, so a new jit of the same wrapper would run the old trace."""
+        if getattr(self, "_train_step", None) is not None:
+            object.__setattr__(self.model, "train_step", self._train_step_wrapper(self._train_step))
+
+    def _train_step_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         model = self.model
-        original = model.train_step
         ops = self.ops
         standardize = self.keras.backend.standardize_dtype
 
@@ -208,8 +218,7 @@ class Recorder:
                     self.input_bad.assign(ops.cast(bad, "int32"))
                 return original(data)
 
-            self._patch(model, "train_step", train_step)
-            return
+            return train_step
 
         def stateless_train_step(state: Any, data: Any) -> Any:
             four = isinstance(state, (tuple, list)) and len(state) == 4 and self.built
@@ -232,7 +241,7 @@ class Recorder:
                     new_state = (trainable, non_trainable, ov, mv)
             return logs, new_state
 
-        self._patch(model, "train_step", stateless_train_step)
+        return stateless_train_step
 
     def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
@@ -263,7 +272,7 @@ class Recorder:
         self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
         if self.check_inputs and self.stateless:
             self.input_bad = self._variable(0, "int32", "stability_input_bad", own)
-        mine = {id(v) for v in (self.buf, self.count, self.halt, self.limit_var, self.input_bad)}
+        mine = self.own_ids()
         self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
         # The optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's m and
         # v of each variable) are shared out among the variables of that shape, whichever owns which (the
@@ -289,6 +298,11 @@ class Recorder:
         else:
             self._patch(self.opt, "apply", self._stateful_apply(self.opt.apply))
         self.built = True
+
+    def own_ids(self) -> set[int]:
+        """``id``s of the recorder's variables among the optimizer's (none of the user's state)."""
+        return {id(v) for v in (getattr(self, "buf", None), getattr(self, "count", None), getattr(self, "halt", None),
+                                getattr(self, "limit_var", None), self.input_bad) if v is not None}
 
     def _build_loss_buffers(self) -> None:
         if self.tracker is None:

@@ -85,3 +85,18 @@ def test_two_fresh_runs_with_the_same_seed_give_the_same_trace():
     for name in SERIES:
         np.testing.assert_array_equal(getattr(a.trace, name), getattr(b.trace, name), err_msg=name)
     assert not np.array_equal(a.trace.loss, c.trace.loss)
+
+
+def test_a_fix_read_when_the_step_is_compiled_takes_effect_mid_run():
+    """Adam's epsilon is a Python number the compiled step holds as a constant: the replay makes a new train
+    function after applying it. Under JAX, ``jax.jit`` keeps the traces of a function it has seen, so without
+    a new step function the replay silently ran the old epsilon (the trace came out identical)."""
+    model, res = _fresh_run(0)
+    rep = _replay(model, res, {"epsilon": 1.0})  # large enough to change every update from the fix step on
+    k = rep.start
+    assert 0 < k <= FAILURE - WINDOW and rep.end == STEPS
+    old, new = res.trace, rep.trace
+    np.testing.assert_array_equal(new.loss[:k + 1], old.loss[:k + 1])
+    assert new.update_ratio[k] < 0.5 * old.update_ratio[k]  # sqrt(v) + 1 divides the step now
+    assert np.all(new.loss[k + 1:] != old.loss[k + 1:])
+    assert model.optimizer.epsilon == 1e-7  # the user's setting is put back
