@@ -21,9 +21,12 @@ them back afterwards:
 
 A :class:`Readback` callback reads both buffers at execution boundaries
 (``steps_per_execution``), once per chunk.  Once a step went non-finite, or the
-planned number of steps is reached, later steps apply no update (a ``cond`` on
-the device), so the weights and the report are those of the failing step; the
-callback then stops ``fit``.
+planned number of steps is reached, later steps apply no update to the weights
+(on the device: a zero learning rate where the optimizer's update scales with
+it, else a ``cond`` or a select; see :meth:`Recorder._rate_variable`), so the
+weights and the report are those of the failing step; the callback then stops
+``fit``.  A wrapper around the model's ``train_step`` checks pipeline batches for
+NaN/Inf in the step and, under JAX, carries a non-finite loss into the halt flag.
 
 The statistics are written once in backend-neutral ``keras.ops`` (:meth:`Recorder._row`), which
 TensorFlow and JAX compile into the step; PyTorch runs every step eagerly, where each ``keras.ops`` call
@@ -274,19 +277,17 @@ class Recorder:
             self.input_bad = self._variable(0, "int32", "stability_input_bad", own)
         mine = self.own_ids()
         self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
-        # The optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's m and
-        # v of each variable) are shared out among the variables of that shape, whichever owns which (the
-        # check is of all the state at once); the rest (the step counter, scalars) is summed on its own
+        # JAX: the optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's
+        # m and v of each variable) are shared out among the variables of that shape, whichever owns which
+        # (the check is of all the state at once); the rest (the step counter, scalars) is summed on its own
         by_shape: dict[tuple, list[int]] = {}
         for k, v in enumerate(tvars):
             by_shape.setdefault(tuple(v.shape), []).append(k)
-        self.slots = [[] for _ in tvars]
-        self.other_state: list[int] = []
+        self.slots: list[list[int]] = [[] for _ in tvars]
         turn: dict[tuple, int] = {}
         for j, v in enumerate(self.state_vars):
             owners = by_shape.get(tuple(v.shape))
             if not owners:
-                self.other_state.append(j)
                 continue
             i = turn.get(tuple(v.shape), 0)
             self.slots[owners[i % len(owners)]].append(j)
@@ -351,10 +352,18 @@ class Recorder:
         state_sums = []
         checked = set()
         for g, k, b, a in zip(grads, index, before, after):
-            # One reduction per variable (XLA compiles each reduction into a kernel of its own, and on the
+            bf = ops.cast(b, f32)
+            if not self.stateless:
+                # TensorFlow runs the step's graph op by op: the fewest ops win (measured: stacking the
+                # reductions below cost +0.1x on a small model's step and its first call)
+                w_sq[k] = ops.sum(ops.square(bf))
+                d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
+                if g is not None:
+                    g_sq[k] = ops.sum(ops.square(ops.cast(g, f32)))
+                continue
+            # JAX: one reduction per variable (XLA compiles each reduction into a kernel of its own, and on the
             # CPU each costs about a microsecond per step): the sums of squares of the weights, the update
             # and the gradient, and the plain sum of the variable's optimizer slots (finite iff they are)
-            bf = ops.cast(b, f32)
             rows = [ops.square(bf), ops.square(ops.cast(a, f32) - bf)]
             if g is not None:
                 rows.append(ops.square(ops.cast(g, f32)))
@@ -632,8 +641,8 @@ class Recorder:
                 new_t, new_o = (list(t) for t in original(fed, grads, tv))
                 new_o[p_rate] = ov[p_rate]
             else:
-                # A select of every variable (a `cond` costs about the same on the CPU and makes the GPU
-                # read its predicate back): for optimizers whose update does not scale with the rate
+                # a select of every variable (measured on the CPU: a `cond` around the update costs about
+                # the same): for optimizers whose update does not scale with the rate
                 new_t, new_o = original(ov, grads, tv)
                 new_t = [ops.where(go, n, o) for n, o in zip(new_t, tv)]
                 new_o = [ops.where(go, n, o) for n, o in zip(new_o, ov)]
