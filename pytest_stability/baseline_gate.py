@@ -39,8 +39,8 @@ def load_for(files: RunFiles) -> tuple[dict[str, Any] | None, list[str]]:
 
 def _run_inputs(report: Any) -> list[dict[str, Any]]:
     """What the baseline comparison reads of a StabilityReport's runs (builtins)."""
-    return [{"seed": int(r.seed), "summary": r.summary(), "findings": [f.to_dict() for f in r.findings]}
-            for r in report.runs]
+    return [{"seed": int(r.seed), "summary": r.summary(), "findings": [f.to_dict() for f in r.findings],
+             "backend": (r.trace.info or {}).get("backend")} for r in report.runs]
 
 
 class BaselineGate:

@@ -70,6 +70,8 @@ def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
     summary = run.get("summary") or {}
     return {
         "verdict": run.get("verdict"),
+        # the Keras backend it trained on: another backend's numerics give another trajectory
+        "backend": (run.get("model") or {}).get("backend"),
         "summary": {k: summary.get(k) for k in BASELINE_METRICS if k in summary},  # margins only when measured
         "findings": [{"check": f["check"], "kind": f["kind"], "step": f["step"]} for f in run.get("findings") or ()],
     }
@@ -305,6 +307,22 @@ def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterabl
             if strict:
                 out["failed"] = True
                 out["regressions"].append(f"seed {seed} not in the baseline (--stability-baseline-strict)")
+            continue
+        base_backend, now_backend = base.get("backend"), run.get("backend")
+        if base_backend and now_backend and base_backend != now_backend:
+            # not comparable: the same model and seed train along another trajectory on another backend
+            out["seeds"][seed] = {"status": MISSING, "backend": {"baseline": base_backend, "now": now_backend}}
+            if out["status"] == OK:
+                out["status"] = MISSING
+            out["lines"].append(f"baseline: {prefix}recorded on the {base_backend} backend, this run trains on "
+                                f"{now_backend}: not comparable"
+                                + (" (failed: --stability-baseline-strict)" if strict else " (not compared; save "
+                                   "a baseline per backend, e.g. --stability-save-baseline=stability-baseline-"
+                                   f"{now_backend}.json)"))
+            if strict:
+                out["failed"] = True
+                out["regressions"].append(f"seed {seed}: the baseline was recorded on the {base_backend} backend, "
+                                          f"this run trains on {now_backend} (--stability-baseline-strict)")
             continue
         result = compare_run(base, run.get("summary") or {}, run.get("findings") or (), tolerances)
         out["seeds"][seed] = result

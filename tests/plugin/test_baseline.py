@@ -96,6 +96,7 @@ def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
                                   if k in reported["summary"]}
         assert "lr_margin" not in run["summary"]  # measured only with margin=True
         assert (run["verdict"], run["findings"]) == ("stable", [])
+        assert run["backend"] == reported["model"]["backend"] and run["backend"]
 
 
 def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_problem, saved, gating):
@@ -227,6 +228,35 @@ def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, n
     pytester.makeini("[pytest]\nstability_baseline_strict = true\nstability_baseline = base.json\n")
     result = pytester.runpytest(*RUN)
     result.assert_outcomes(passed=1, failed=2)
+
+
+def test_a_baseline_from_another_backend_is_not_compared_and_says_so(pytester, named_problem, saved, gating):
+    """Another Keras backend trains the same model and seed along another trajectory: its numbers are not a
+    baseline for this one (the example project's TensorFlow baseline failed its JAX run on val loss)."""
+    doc = json.loads((pytester.path / "base.json").read_text())
+    run = doc["tests"]["test_gate.py::test_a"]["calls"][0]["runs"]["0"]
+    here = run["backend"]
+    run["backend"] = other = "jax" if here != "jax" else "torch"
+    run["summary"]["final_val_loss"] = 1e-9  # would be a regression if it were compared
+    (pytester.path / "base.json").write_text(json.dumps(doc))
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([
+        "PASS  test_gate.py::test_a  *",
+        f"      baseline: recorded on the {other} backend, this run trains on {here}: not comparable (not compared; "
+        f"save a baseline per backend, e.g. --stability-save-baseline=stability-baseline-{here}.json)",
+        "PASS  test_gate.py::test_b  *",
+        "      baseline -> now: *  ok",
+        "*- stability baseline */base.json: 1 compared, 0 regressed, 1 not in the baseline -*",
+    ])
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
+    comparison = tests["test_gate.py::test_a"]["calls"][0]["baseline"]
+    assert comparison["seeds"]["0"] == {"status": "missing", "backend": {"baseline": other, "now": here}}
+
+    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([f"  seed 0: the baseline was recorded on the {other} backend, this run trains on "
+                                 f"{here} (--stability-baseline-strict)"])
 
 
 def test_bad_baseline_settings_are_one_usage_error(pytester):
