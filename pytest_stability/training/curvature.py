@@ -60,6 +60,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from .recorder import host_numpy
+
 #: the relative residual bound of the top Ritz value that ends a measurement (an eigenvalue within 0.1%)
 TOL = 1e-3
 #: the Lanczos basis is kept (full reorthogonalisation) while it holds at most this many float64 numbers
@@ -301,7 +303,7 @@ def _host(keras: Any, value: Any) -> np.ndarray:
     value = getattr(value, "value", value)
     if keras.backend.backend() == "torch":
         return value.detach().cpu().double().numpy()
-    return np.asarray(keras.ops.convert_to_numpy(value), np.float64)
+    return np.asarray(host_numpy(value), np.float64)
 
 
 def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
@@ -616,7 +618,7 @@ def fixed_batch(keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, 
     for batch in source:
         bx, by, bw = data_adapter_utils.unpack_x_y_sample_weight(batch if isinstance(batch, tuple) else (batch,))
         part = tuple(None if p is None else keras.tree.map_structure(
-            lambda a: np.asarray(keras.ops.convert_to_numpy(a)), p) for p in (bx, by, bw))
+            lambda a: host_numpy(a), p) for p in (bx, by, bw))
         batches.append(part)
         leaves = keras.tree.flatten(part[0])
         count += int(np.shape(leaves[0])[0]) if leaves else 0

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
-from .recorder import COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags, var_name
+from .recorder import COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags, host_numpy, var_name
 
 _DETERMINISM_ENABLED = False
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -168,14 +168,12 @@ class RunResult:
 
 def take_state(model: Any, rec: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Host copies of every model variable and of the optimizer's own variables (not the recorder's)."""
-    import keras
-
     mine = set()
     if rec is not None and rec.built:
         mine = rec.own_ids()
     opt_vars = [v for v in model.optimizer.variables if id(v) not in mine]
-    return ([np.array(keras.ops.convert_to_numpy(v.value)) for v in model.variables],
-            [np.array(keras.ops.convert_to_numpy(v.value)) for v in opt_vars])
+    return ([np.array(host_numpy(v.value)) for v in model.variables],
+            [np.array(host_numpy(v.value)) for v in opt_vars])
 
 
 def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
@@ -436,7 +434,7 @@ def _failure_step(rec: Recorder, cb: Any) -> tuple[int, bool]:
     try:
         done = int(rec.read()["count"]) if rec.built else 0
         bad = rec.input_bad is not None and not rec.stateless and bool(
-            rec.ops.convert_to_numpy(rec.input_bad.value))
+            host_numpy(rec.input_bad.value))
         return done, bad
     except Exception:  # the state may be half-updated: fall back on what the host has read
         return cb.rows.done, False
@@ -509,7 +507,7 @@ def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> 
     with StatelessScope(), kept_random_state(keras):
         y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
-    return float(keras.ops.convert_to_numpy(loss))
+    return float(host_numpy(loss))
 
 
 def _sync(model: Any) -> None:
@@ -824,7 +822,7 @@ def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any
             return None
     except Exception:
         return None
-    leaves = [np.asarray(keras.ops.convert_to_numpy(leaf)) for leaf in _leaves(list(batch) if isinstance(batch, tuple)
+    leaves = [host_numpy(leaf) for leaf in _leaves(list(batch) if isinstance(batch, tuple)
                                                                             else batch)]
     return all(np.all(np.isfinite(a)) for a in leaves if a.dtype.kind in "fc")
 
@@ -865,9 +863,9 @@ def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
         try:
             result = m.result()
             if isinstance(result, dict):
-                out.update({k: float(keras.ops.convert_to_numpy(v)) for k, v in result.items()})
+                out.update({k: float(host_numpy(v)) for k, v in result.items()})
             else:
-                out[m.name] = float(keras.ops.convert_to_numpy(result))
+                out[m.name] = float(host_numpy(result))
         except Exception:  # metrics are informational only
             pass
     return out
@@ -892,7 +890,7 @@ def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step:
     for source, variables in (("weights", model.trainable_variables), ("optimizer state", rec.opt.variables)):
         for v in variables:
             try:
-                value = np.asarray(keras.ops.convert_to_numpy(v.value), dtype=np.float64)
+                value = np.asarray(host_numpy(v.value), dtype=np.float64)
             except Exception:
                 continue
             if not np.all(np.isfinite(value)):

@@ -667,7 +667,6 @@ class Recorder:
 
     def read(self) -> dict[str, np.ndarray | int]:
         """Current buffer contents and counters, as numpy (the one host sync per chunk)."""
-        ops = self.ops
         jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
         if jax_state:
             ovals = jax_state["optimizer_variables"]
@@ -685,11 +684,11 @@ class Recorder:
                 out["lbuf"] = value(self.lbuf, mvals, mpos)
                 out["lcount"] = int(value(self.lcount, mvals, mpos))
             return out
-        out = {"buf": ops.convert_to_numpy(self.buf.value), "count": int(ops.convert_to_numpy(self.count.value)),
-               "halt": int(ops.convert_to_numpy(self.halt.value))}
+        out = {"buf": host_numpy(self.buf.value), "count": int(host_numpy(self.count.value)),
+               "halt": int(host_numpy(self.halt.value))}
         if self.lbuf is not None:
-            out["lbuf"] = ops.convert_to_numpy(self.lbuf.value)
-            out["lcount"] = int(ops.convert_to_numpy(self.lcount.value))
+            out["lbuf"] = host_numpy(self.lbuf.value)
+            out["lcount"] = int(host_numpy(self.lcount.value))
         return out
 
     def device_of_buffer(self) -> str:
@@ -709,6 +708,32 @@ class Recorder:
 
 
 _ABSENT = object()
+
+
+def host_numpy(x: Any) -> np.ndarray:
+    """``keras.ops.convert_to_numpy`` without a DeprecationWarning per call: numpy 2 passes ``copy`` to
+    ``__array__``, which TensorFlow's tensors (and this PyTorch's) do not take, so Keras' ``np.array(tensor)``
+    warns (the example project's run printed ~670 of them on TensorFlow and ~4800 on PyTorch, all from the
+    plugin's read-backs).  The tensor's own conversion makes the same copy without it."""
+    import keras
+
+    backend = keras.backend.backend()
+    if isinstance(x, keras.Variable):  # its __array__ takes no `copy` either
+        x = x.value
+    if backend == "tensorflow":
+        own = getattr(x, "numpy", None)
+        if callable(own):
+            try:
+                return np.asarray(own())
+            except Exception:  # pragma: no cover - not an eager tensor: Keras' own conversion below
+                pass
+    elif backend == "torch":
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu()
+            return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def _index_of(variables: Any, var: Any) -> int | None:
@@ -794,4 +819,4 @@ def host_flags(rows: np.ndarray, loss: np.ndarray | None, loss_scaled: bool) -> 
     return flags.astype(np.int32)
 
 
-__all__ = ["ChunkRows", "Recorder", "host_flags", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]
+__all__ = ["ChunkRows", "Recorder", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]

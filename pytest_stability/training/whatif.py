@@ -35,6 +35,7 @@ import numpy as np
 
 from ..trace import Trace
 from . import engine
+from .recorder import host_numpy
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
 AFTER_WINDOWS = 4
@@ -89,7 +90,7 @@ def apply_fix(keras: Any, model: Any, fix: dict[str, Any]) -> None:
             if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
                 inner._learning_rate = _scaled_schedule(keras, schedule, factor)
             else:
-                current = float(keras.ops.convert_to_numpy(inner.learning_rate))
+                current = float(host_numpy(inner.learning_rate))
                 inner.learning_rate = current * factor
         elif key == "amsgrad":
             raise NotReplayable("amsgrad=True needs optimizer state the run did not have (the maximum of v)")

@@ -463,3 +463,22 @@ def test_stops_at_the_planned_step(stability, optimizer):
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= 37
 ''')
     result.assert_outcomes(passed=4)
+
+
+def test_read_backs_convert_without_numpy_2_deprecation_warnings():
+    """numpy 2 passes ``copy`` to ``__array__``, which TensorFlow's (and this PyTorch's) tensors do not take, so
+    ``keras.ops.convert_to_numpy`` warns once per call: the example project's run showed ~670 such warnings
+    on TensorFlow, all from the plugin's read-backs.  The plugin converts with the tensor's own method."""
+    import warnings
+
+    import numpy as np
+
+    from pytest_stability.training.recorder import host_numpy
+
+    var = keras.Variable(np.arange(6, dtype="float32").reshape(2, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for x in (var, var.value, keras.ops.ones((4,)), keras.ops.cast(keras.ops.ones((2,)), "bfloat16")):
+            out = host_numpy(x)
+            assert isinstance(out, np.ndarray)
+        np.testing.assert_array_equal(host_numpy(var), np.arange(6).reshape(2, 3))
