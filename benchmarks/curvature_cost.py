@@ -18,12 +18,10 @@ Writes ``benchmarks/results/curvature_cost.md`` unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -108,19 +106,9 @@ def main() -> int:
         result = one_backend(args)
         print("RESULT " + json.dumps(result) if args.json else table([result], args))
         return 0
-    results = []
-    for backend, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
-        if importlib.util.find_spec(module) is None:
-            print(f"[{backend}] not installed: skipped", file=sys.stderr)
-            continue
-        cmd = [sys.executable, __file__, "--backend", backend, "--json", "--steps", str(args.steps),
-               "--reps", str(args.reps), "--models", args.models]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"[{backend}] failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(line[len("RESULT "):]))
+    from benchmarks._results import run_per_backend
+
+    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps), "--models", args.models])
     text = table(results, args)
     print(text)
     if not args.no_write:

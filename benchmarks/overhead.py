@@ -28,12 +28,10 @@ Writes ``benchmarks/results/overhead.md`` (all backends) unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -188,19 +186,10 @@ def main() -> int:
         else:
             print(table([result], args))
         return 0
-    results = []
-    for backend, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
-        if importlib.util.find_spec(module) is None:
-            print(f"[{backend}] not installed: skipped", file=sys.stderr)
-            continue
-        cmd = [sys.executable, __file__, "--backend", backend, "--json", "--steps", str(args.steps),
-               "--reps", str(args.reps), "--readback", str(args.readback), "--models", args.models]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"[{backend}] failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(line[len("RESULT "):]))
+    from benchmarks._results import run_per_backend
+
+    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps),
+                                         "--readback", str(args.readback), "--models", args.models])
     text = table(results, args)
     print(text)
     if not args.no_write:

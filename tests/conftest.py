@@ -33,6 +33,32 @@ def build(lr=1e-2, optimizer=None, loss="binary_crossentropy", compile=True):
 '''
 
 
+#: Least squares on standardised features with one Dense unit and plain SGD: gradient descent on it diverges
+#: once the learning rate passes 2 / (the largest curvature), so how close a learning rate sits to that edge is
+#: known in advance (tests/backends/test_margin.py, tests/training/test_curvature.py).
+LEAST_SQUARES = '''
+import numpy as np
+import keras
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+Y = (X @ rng.normal(size=(8, 1))).astype("float32")
+
+
+def linear(lr):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    return model
+'''
+
+
+@pytest.fixture
+def least_squares() -> str:
+    """Source text defining X, Y and linear(lr): prepend it to a pytester test file."""
+    return LEAST_SQUARES
+
+
 @pytest.fixture
 def tiny_problem() -> str:
     """Source text defining X, Y, XV, YV and build(): prepend it to a pytester test file."""

@@ -712,8 +712,8 @@ _ABSENT = object()
 
 def host_numpy(x: Any) -> np.ndarray:
     """``keras.ops.convert_to_numpy`` without a DeprecationWarning per call: numpy 2 passes ``copy`` to
-    ``__array__``, which TensorFlow's tensors (and this PyTorch's) do not take, so Keras' ``np.array(tensor)``
-    warns (the example project's run printed ~670 of them on TensorFlow and ~4800 on PyTorch, all from the
+    ``__array__``, which TensorFlow's variables, this PyTorch's tensors and Keras' variables do not take, so
+    Keras' ``np.array(x)`` warns (the example project's run printed ~670 of them on TensorFlow, from the
     plugin's read-backs).  The tensor's own conversion makes the same copy without it."""
     import keras
 

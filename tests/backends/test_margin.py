@@ -11,25 +11,9 @@ import json
 
 import pytest
 
-PROBLEM = '''
-import numpy as np
-import keras
-import pytest
 
-rng = np.random.default_rng(0)
-X = rng.normal(size=(256, 8)).astype("float32")
-Y = (X @ rng.normal(size=(8, 1))).astype("float32")
-
-
-def linear(lr):
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
-    return model
-'''
-
-
-def run(pytester, body, *args):
-    pytester.makepyfile(test_lr_margin=PROBLEM + body)
+def run(pytester, problem, body, *args):
+    pytester.makepyfile(test_lr_margin=problem + body)
     return pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
@@ -62,8 +46,8 @@ def test_already_unstable(stability):
 '''
 
 
-def test_marginal_configuration_has_a_smaller_margin_than_its_fixed_twin(pytester):
-    result = run(pytester, MARKED, "--stability-report=report.json")
+def test_marginal_configuration_has_a_smaller_margin_than_its_fixed_twin(pytester, least_squares):
+    result = run(pytester, least_squares, MARKED, "--stability-report=report.json")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["PASS  test_lr_margin.py::test_fixed_twin  * margin 16x",
                                  "PASS  test_lr_margin.py::test_near_the_edge  * margin 1.*x"])
@@ -72,8 +56,8 @@ def test_marginal_configuration_has_a_smaller_margin_than_its_fixed_twin(pyteste
     assert margins["test_fixed_twin"] >= 16 > 2 > margins["test_near_the_edge"] >= 1 > margins["test_already_unstable"]
 
 
-def test_min_margin_fails_a_run_that_trains_too_close_to_the_edge(pytester):
-    result = run(pytester, '''
+def test_min_margin_fails_a_run_that_trains_too_close_to_the_edge(pytester, least_squares):
+    result = run(pytester, least_squares, '''
 @pytest.mark.stable_training(steps=60, margin=True, margin_steps=30, min_margin=4)
 def test_near_the_edge(stability):
     stability.fit(linear(0.5), X, Y, batch_size=32)
@@ -82,7 +66,7 @@ def test_near_the_edge(stability):
     result.stdout.fnmatch_lines(["*[[]margin] step 59: learning-rate stability margin 1.* is below min_margin 4x*"])
 
 
-def test_baseline_fails_when_the_margin_shrinks(pytester):
+def test_baseline_fails_when_the_margin_shrinks(pytester, least_squares):
     body = '''
 LR = {lr}
 
@@ -91,12 +75,12 @@ LR = {lr}
 def test_model(stability):
     stability.fit(linear(LR), X, Y, batch_size=32)
 '''
-    saved = run(pytester, body.format(lr=0.01), "--stability-save-baseline=base.json")
+    saved = run(pytester, least_squares, body.format(lr=0.01), "--stability-save-baseline=base.json")
     saved.assert_outcomes(passed=1)
     entry = json.loads((pytester.path / "base.json").read_text())
     assert "lr_margin" in json.dumps(entry)
     # the same test, now with a learning rate 50x higher: still stable, but its margin collapsed
-    result = run(pytester, body.format(lr=0.5), "--stability-baseline=base.json")
+    result = run(pytester, least_squares, body.format(lr=0.5), "--stability-baseline=base.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*learning-rate stability margin: baseline 16x, now 1.*x (tolerance: /2, limit 8x)*"])
 

@@ -14,32 +14,20 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-PROBLEM = '''
-import numpy as np
-import keras
-import pytest
-
-rng = np.random.default_rng(0)
-X = rng.normal(size=(256, 8)).astype("float32")
-Y = (X @ rng.normal(size=(8, 1))).astype("float32")
+#: the sharpness of the fixed batch (the first 32 samples), appended to tests/conftest.py's least squares
+FIXED_BATCH = '''
 A = np.concatenate([X[:32], np.ones((32, 1), "float32")], 1).astype(np.float64)
 SHARPNESS = float(np.linalg.eigvalsh(2 / 32 * A.T @ A)[-1])  # the first batch of 32: the fixed batch
-
-
-def linear(lr):
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
-    return model
 '''
 
 
-def run(pytester, body, *args):
-    pytester.makepyfile(test_curv=PROBLEM + body)
+def run(pytester, problem, body, *args):
+    pytester.makepyfile(test_curv=problem + body)
     return pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
-def test_a_marginal_configuration_sits_near_the_edge_and_its_fixed_twin_far_below(pytester):
-    result = run(pytester, '''
+def test_a_marginal_configuration_sits_near_the_edge_and_its_fixed_twin_far_below(pytester, least_squares):
+    result = run(pytester, least_squares + FIXED_BATCH, '''
 @pytest.mark.stable_training(steps=100, curvature=True)
 def test_near_the_edge(stability):
     rep = stability.fit(linear(0.5), X, Y, batch_size=32)
@@ -77,8 +65,8 @@ def test_fixed_twin(stability):
     assert 1.0 < float(props["stability_eos_ratio"]) < 1.1 and "stability_curvature_margin" in props
 
 
-def test_max_eos_ratio_fails_a_run_at_the_edge_and_passes_its_twin(pytester):
-    result = run(pytester, '''
+def test_max_eos_ratio_fails_a_run_at_the_edge_and_passes_its_twin(pytester, least_squares):
+    result = run(pytester, least_squares + FIXED_BATCH, '''
 @pytest.mark.stable_training(steps=100, curvature=True, max_eos_ratio=0.5)
 def test_near_the_edge(stability):
     stability.fit(linear(0.5), X, Y, batch_size=32)
@@ -96,28 +84,29 @@ def test_fixed_twin(stability):
     ])
 
 
-def test_baseline_fails_when_the_curvature_margin_shrinks(pytester):
+def test_baseline_fails_when_the_curvature_margin_shrinks(pytester, least_squares):
     body = '''
 @pytest.mark.stable_training(steps=100, curvature=True)
 def test_model(stability):
     stability.fit(linear({lr}), X, Y, batch_size=32)
 '''
-    saved = run(pytester, body.format(lr=0.05), "--stability-save-baseline=base.json")
+    saved = run(pytester, least_squares + FIXED_BATCH, body.format(lr=0.05), "--stability-save-baseline=base.json")
     saved.assert_outcomes(passed=1)
     base = json.loads((pytester.path / "base.json").read_text())
     summary = base["tests"]["test_curv.py::test_model"]["calls"][0]["runs"]["0"]["summary"]
     assert summary["curvature_margin"] == pytest.approx(9.56, rel=1e-3) and summary["eos_ratio"] < 0.11
     # 4x the learning rate: still stable, ratio still < 1, but the curvature margin shrank 4x (> the factor 2)
-    result = run(pytester, body.format(lr=0.2), "--stability-baseline=base.json")
+    result = run(pytester, least_squares + FIXED_BATCH, body.format(lr=0.2), "--stability-baseline=base.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*curvature margin (1 / edge-of-stability ratio): baseline 9.56x, now 2.39x "
                                  "(tolerance: /2, limit 4.78x)*"])
     # within the factor: 1.5x the learning rate passes
-    run(pytester, body.format(lr=0.075), "--stability-baseline=base.json").assert_outcomes(passed=1)
+    again = run(pytester, least_squares + FIXED_BATCH, body.format(lr=0.075), "--stability-baseline=base.json")
+    again.assert_outcomes(passed=1)
 
 
-def test_fixed_batch_from_a_dataset_and_none_from_a_generator(pytester):
-    result = run(pytester, '''
+def test_fixed_batch_from_a_dataset_and_none_from_a_generator(pytester, least_squares):
+    result = run(pytester, least_squares + FIXED_BATCH, '''
 import tensorflow as tf
 
 
