@@ -329,7 +329,8 @@ def _readback_class(keras: Any) -> Any:
         def on_test_end(self, logs: Any = None) -> None:
             self.rec.recording_loss = True
 
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        def after_call(self) -> None:
+            """After each call of fit's train function (``steps_per_execution`` steps)."""
             self.calls += 1
             if self.calls % self.read_every:
                 return
@@ -366,7 +367,37 @@ def _readback_class(keras: Any) -> Any:
             if self.progress is not None:
                 self.progress(done)
 
-    return _Readback
+    class _ReadbackAtBatchEnd(_Readback):
+        # A callback that overrides on_train_batch_end makes Keras convert the logs to Python floats after
+        # every call of the train function, in fit's own thread (without one, JAX and PyTorch hand that
+        # to a worker thread): once per chunk on TensorFlow and JAX, which run a chunk per call; PyTorch
+        # runs one step per call, so there the train function itself is wrapped (see train)
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.after_call()
+
+    return _Readback if keras.backend.backend() == "torch" else _ReadbackAtBatchEnd
+
+
+def _read_after_each_call(rec: Recorder, model: Any, cb: Any) -> None:
+    """PyTorch: ``cb.after_call()`` right after each step, from inside fit's train function, so that the
+    read-backs need no per-step batch-end callback (which would make Keras read the logs back to the host
+    after every step: a device sync per step on a GPU).  Put back by ``rec.uninstall()``."""
+    original = model.make_train_function
+
+    def make_train_function(force: bool = False) -> Any:
+        out = original(force)
+        step = model.train_function
+        if step is not None and not getattr(step, "_stability_reads", False):
+            def train_function(data: Any) -> Any:
+                logs = step(data)
+                cb.after_call()
+                return logs
+
+            train_function._stability_reads = True
+            model.train_function = train_function
+        return out
+
+    rec._patch(model, "make_train_function", make_train_function)
 
 
 def _reseed_class(keras: Any) -> Any:
@@ -672,6 +703,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         model.optimizer.build(model.trainable_variables)
     try:
         rec.install()
+        if backend == "torch":
+            _read_after_each_call(rec, model, cb)
         model.steps_per_execution = spe
         model.train_function = None
         model.test_function = None

@@ -29,13 +29,14 @@ weights and the report are those of the failing step; the callback then stops
 NaN/Inf in the step and, under JAX, carries a non-finite loss into the halt flag.
 
 The statistics are written once in backend-neutral ``keras.ops`` (:meth:`Recorder._row`), which
-TensorFlow and JAX compile into the step; PyTorch runs every step eagerly, where each ``keras.ops`` call
-costs its Python dispatch per step, so it computes the same quantities with torch's own multi-tensor ops
-(:meth:`Recorder._torch_row`).
+TensorFlow and JAX compile into the step.  PyTorch runs every step eagerly, where each tensor op costs its
+dispatch on every step: there a step stacks a few raw values (norms, one sum, the rate) with torch's own
+multi-tensor ops into a vector kept on the device, and the host derives the same row from them at read-back
+(:meth:`Recorder._torch_apply`, :meth:`Recorder._torch_read`).
 
-Buffers are Keras variables.  Under JAX they are appended to the optimizer's
-and the loss tracker's variable lists so that ``fit`` threads them as state;
-on the other backends they stand alone.  :meth:`Recorder.uninstall` removes
+Buffers are Keras variables (PyTorch: Python lists of device tensors).  Under JAX they are appended to the
+optimizer's and the loss tracker's variable lists so that ``fit`` threads them as state; on TensorFlow
+they stand alone.  :meth:`Recorder.uninstall` removes
 every trace of the instrumentation: the user's optimizer and tracker, no extra
 variables, nothing that ``model.save`` would write.
 """
@@ -138,6 +139,8 @@ class Recorder:
 
     def install(self) -> None:
         opt = self.opt
+        if self.backend == "torch":
+            self._torch_init()
         if opt.built:
             self._build_buffers(list(opt._trainable_variables))
         else:
@@ -268,11 +271,12 @@ class Recorder:
         self.n_diag = 2 if self.velocities is not None else 0
         self.width = N_FIXED + 2 * self.n_vars + self.n_diag
         own = self.opt._variables if self.stateless else None
-        self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32",
-                                  "stability_record", own)
-        self.count = self._variable(0, "int32", "stability_count", own)
-        self.halt = self._variable(0, "int32", "stability_halt", own)
-        self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
+        if self.backend != "torch":  # PyTorch keeps its raw values in a list, the count on the host
+            self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32",
+                                      "stability_record", own)
+            self.count = self._variable(0, "int32", "stability_count", own)
+            self.halt = self._variable(0, "int32", "stability_halt", own)
+            self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
         if self.check_inputs and self.stateless:
             self.input_bad = self._variable(0, "int32", "stability_input_bad", own)
         mine = self.own_ids()
@@ -309,6 +313,10 @@ class Recorder:
         if self.tracker is None:
             self.lbuf = self.lcount = None
             return
+        if self.backend == "torch":  # the losses go to a list (see _torch_update_state)
+            self.lbuf = self.lcount = self.loss_bad = None
+            self._patch(self.tracker, "update_state", self._torch_update_state(self.tracker.update_state))
+            return
         own = self.tracker._variables if self.stateless else None
         self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", own)
         self.lcount = self._variable(0, "int32", "stability_loss_count", own)
@@ -318,9 +326,6 @@ class Recorder:
         self.loss_bad = None if self.is_loss_scaled else self._variable(0, "int32", "stability_loss_bad", own)
         original = self.tracker.update_state
         ops = self.ops
-        if self.backend == "torch":
-            self._patch(self.tracker, "update_state", self._torch_update_state(original))
-            return
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, sample_weight=sample_weight, *args, **kwargs)
@@ -478,122 +483,132 @@ class Recorder:
 
         return apply
 
-    # -- PyTorch: the same statistics in torch's own ops ----------------------------
+    # -- PyTorch: raw per-step values, derived on the host at read-back ---------------
     #
-    # PyTorch runs every step eagerly, so each keras.ops call above costs its Python dispatch on every
-    # step (about 100 of them per step for a small model: more than the step itself).  These do the same
-    # with torch's multi-tensor kernels (one norm call per list of tensors) and in-place buffer writes.
+    # PyTorch runs every step eagerly: each tensor op costs its Python dispatch (several microseconds on a
+    # CPU, a kernel launch on a GPU) on every step.  So a step records only what must be taken from that
+    # step, in a handful of ops (one multi-tensor norm call for the weights, the update and the gradients),
+    # into one vector kept on the device in a Python list; ratios, square roots, flags and the step count are
+    # derived on the host once per chunk (:meth:`_torch_read`).  The device keeps one value, the halt
+    # (0, or NaN once a step went non-finite), which zeroes the learning rate of the steps after it.  The host
+    # knows how many steps ran, so the planned number of steps needs no device counter.
+
+    def _torch_layout(self) -> None:
+        """Offsets in the raw vector: ``[w_n | d_n | state sum | g_n | lr, input, (scale) | (diag)]``."""
+        n = self.n_vars
+        self.t_w, self.t_d, self.t_s, self.t_g = 0, n, 2 * n, 2 * n + 1
+        self.t_lr = 3 * n + 1
+        # the values whose non-finiteness stops the run: weights, update, state (and gradients, unless an
+        # overflow of the scaled gradient under loss scaling, which the optimizer skips)
+        self.t_stop = 2 * n + 1 if self.is_loss_scaled else self.t_lr
+
+    def _torch_init(self) -> None:
+        self.t_raw: list[Any] = []  # one vector per step that ran, not yet read back
+        self.t_calls = 0  # steps that ran (applied, or kept out with a zero rate), since install
+        self.t_losses: list[Any] = []
+        self.t_loss_calls = 0
+        self.t_loss_pending = None  # this step's loss, when the tracker saw it before the apply (Keras' order)
 
     def _torch_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import torch
 
         opt = self.opt
         f32 = torch.float32
+        self.t_host = {"count": 0, "halt": False, "lcount": 0, "buf": np.zeros((self.chunk, self.width), np.float32),
+                       "lbuf": np.zeros((self.chunk,), np.float32), "losses": []}
+        state_floats = [v for v in self.state_vars if v.value.is_floating_point()]
+        self._torch_layout()
+        first = list(opt._trainable_variables)[:1]
+        device = first[0].value.device if first else torch.device("cpu")
+        zero = torch.zeros((), dtype=f32, device=device)
+        nan = torch.full((), float("nan"), dtype=f32, device=device)
+        #: 0 while every step was finite, NaN after (0 * a non-finite value): one add per step, no compare
+        self.t_halt = halt = torch.zeros((), dtype=f32, device=device)
+        n = self.n_vars
 
-        def value(v: Any) -> Any:
-            return v.value if hasattr(v, "value") else torch.as_tensor(v)
+        def flat(tensors: list[Any]) -> Any:  # a new tensor (a copy), never a view of a variable
+            return torch.cat([t.reshape(-1) for t in tensors])
 
         def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            if self.t_calls >= self.limit:  # the planned steps ran (the host counts them: no device read)
+                return
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
-            count, loss_bad = self.count.value, self.loss_bad
+            rate = self.rate
             with torch.no_grad():
-                go = (self.halt.value == 0) & (count < self.limit_var.value)
-                if loss_bad is not None and not self.is_loss_scaled:  # see _stateful_apply
-                    go = go & ((loss_bad.value == 0) | (loss_bad.value > count))
-                use_rate = self.rate is not None and not self.distributed
-                # without a rate to zero, the host reads the flag (as keras.ops.cond does on PyTorch): a
-                # device sync per step on a GPU
-                if not use_rate and not bool(go):
+                if rate is None and not bool(halt == 0):
+                    # without a rate to zero, the host reads the flag (as keras.ops.cond does on PyTorch): a
+                    # device sync per step on a GPU
                     return
-                # the rate and the loss scale this step is applied with (both may change in the update)
-                lr = value(opt.learning_rate).detach().clone()
-                scale = self.opt.dynamic_scale.value.detach().clone() if self.is_loss_scaled else None
-                before = [v.value.detach().clone() for v in tvars]
-                vel = [v.value.detach().clone() for v in self.velocities] if self.velocities is not None else None
-                if use_rate:  # a step that must not count is applied with a zero rate
-                    self.rate.value.copy_(torch.where(go, lr.to(self.rate.value.dtype), 0.0))
+                self.t_calls += 1
+                # the rate this step is applied with (the update may change it)
+                lr = rate if rate is not None else opt.learning_rate  # a Variable, or a schedule's tensor
+                lr = (lr.value if hasattr(lr, "value") else torch.as_tensor(lr)).detach().to(f32).clone()
+                weights = [v.value for v in tvars]
+                before = flat(weights).to(f32)
+                vel = None
+                if self.velocities is not None:
+                    vel = torch._foreach_mul([v.value for v in self.velocities], 1.0)
+                if rate is not None:  # a step that must not count is applied with a zero rate
+                    rate.value.copy_(torch.where(halt == 0, lr, zero))
             try:
                 original(grads, trainable_variables)
             finally:
-                if use_rate:
+                if rate is not None:
                     with torch.no_grad():
-                        self.rate.value.copy_(lr)
+                        rate.value.copy_(lr)
             with torch.no_grad():
+                sizes = [w.numel() for w in weights]
+                delta = flat([v.value for v in tvars]).to(f32).sub_(before)
                 index = [opt._get_variable_index(v) for v in tvars]
-                after = [v.value.detach() for v in tvars]
-                state = [v.value for v in self.state_vars]
-                vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
-                in_bad = None if self.input_bad is None else self.input_bad.value != 0
-                row, stop = self._torch_row(grads, index, before, after, state, lr, scale, vel, vel_after, in_bad)
-                if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
-                    stop = stop | (loss_bad.value == count + 1)
-                slot = torch.remainder(count, self.chunk).reshape(1).long()
-                if use_rate:  # the row, the count and the halt flag of a step that counts, only
-                    row = torch.where(go, row.to(f32), self.buf.value[slot[0]])
-                    stop = go & stop | (self.halt.value != 0)
-                self.buf.value.index_copy_(0, slot, row.reshape(1, self.width).to(f32))
-                count.add_(go.to(count.dtype) if use_rate else 1)
-                self.halt.value.copy_(stop.to(self.halt.value.dtype))
+                have = [(g, k) for g, k in zip(grads, index) if g is not None]
+                norms = torch._foreach_norm(list(torch.split(before, sizes)) + list(torch.split(delta, sizes))
+                                            + [g for g, _ in have], 2, dtype=f32)
+                m = len(tvars)
+                w_n, d_n, g_have = list(norms[:m]), list(norms[m:2 * m]), list(norms[2 * m:])
+                if len(have) == n and index == list(range(n)):
+                    g_n = g_have
+                else:  # variables without a gradient, or given in another order: by the optimizer's index
+                    g_n, w_k, d_k = [zero] * n, [zero] * n, [zero] * n
+                    for (_, k), t in zip(have, g_have):
+                        g_n[k] = t
+                    for k, a, b in zip(index, w_n, d_n):
+                        w_k[k], d_k[k] = a, b
+                    w_n, d_n = w_k, d_k
+                # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
+                s_sum = flat([v.value for v in state_floats]).sum(dtype=f32) if state_floats else zero
+                tail = [lr]
+                in_bad = None if self.input_bad is None else self.input_bad.value
+                tail.append(zero if in_bad is None else in_bad.to(f32))
+                if self.is_loss_scaled:
+                    tail.append(self.opt.dynamic_scale.value.detach().to(f32))
+                if vel is not None:
+                    tail += self._torch_diag(have, vel)
+                raw = torch.stack(w_n + d_n + [s_sum] + g_n + tail)
+                halt.add_(raw[:self.t_stop].mul(0.0).sum())  # NaN iff one of them is non-finite
+                if in_bad is not None:
+                    halt.add_(torch.where(in_bad != 0, nan, zero))
+                loss = self.t_loss_pending
+                if loss is not None:  # Keras' trainers: this step's loss, seen before its update
+                    halt.add_(loss * 0.0)
+                    self.t_loss_pending = None
+                self.t_raw.append(raw)
 
         return apply
 
-    def _torch_row(self, grads: list[Any], index: list[int], before: list[Any], after: list[Any],
-                   state_after: list[Any], lr: Any, scale: Any, velocities: list[Any] | None,
-                   velocities_after: list[Any] | None, input_bad: Any = None) -> tuple[Any, Any]:
-        """:meth:`_row` in torch ops: the same quantities (norms rather than sums of squares: equal up to
-        rounding), the same flags and stop rule."""
+    def _torch_diag(self, have: list[tuple[Any, int]], vel: list[Any]) -> list[Any]:
+        """Adam's max ``g^2/v`` (with the second moments before the step) and the sum of ``v`` after it."""
         import torch
 
         f32 = torch.float32
-        dev = self.buf.value.device
-        zero = torch.zeros((), dtype=f32, device=dev)
-
-        def f(ts: list[Any]) -> list[Any]:
-            return [t if t.dtype == f32 else t.to(f32) for t in ts]
-
-        def per_var(ks: list[int], norms: Any) -> Any:
-            if ks == list(range(self.n_vars)):
-                return torch.stack(norms)
-            out = [zero] * self.n_vars
-            for k, n in zip(ks, norms):
-                out[k] = n
-            return torch.stack(out)
-
-        have = [(g, k) for g, k in zip(grads, index) if g is not None]
-        g_n = per_var([k for _, k in have], torch._foreach_norm([g for g, _ in have], 2, dtype=f32)) if have \
-            else torch.zeros(self.n_vars, dtype=f32, device=dev)
-        bf = f(before)
-        w_n = per_var(index, torch._foreach_norm(bf, 2, dtype=f32))
-        d_n = per_var(index, torch._foreach_norm(torch._foreach_sub(f(after), bf), 2, dtype=f32))
-        inv_scale = None if scale is None else 1.0 / scale.to(f32)
-        var_gnorm = g_n if inv_scale is None else g_n * inv_scale
-        gnorm = torch.linalg.vector_norm(var_gnorm)
-        tiny = 1e-30
-        w_sq, d_sq = torch.sum(w_n * w_n), torch.sum(d_n * d_n)
-        var_upd = d_n / torch.sqrt(w_n * w_n + tiny)
-        upd = torch.sqrt(d_sq) / torch.sqrt(w_sq + tiny)
-        floats = [t for t in state_after if t is not None and t.is_floating_point()]
-        state_sum = torch.sum(torch.stack(torch._foreach_norm(floats, 1, dtype=f32))) if floats else zero
-        flags = ((~torch.isfinite(gnorm)).int() * GRADS + (~torch.isfinite(w_sq + d_sq)).int() * WEIGHTS
-                 + (~torch.isfinite(state_sum)).int() * OPTIMIZER)
-        if input_bad is not None:
-            flags = flags + input_bad.int() * INPUT
-        stop_mask = (WEIGHTS | OPTIMIZER | INPUT) if self.is_loss_scaled else STOP_BITS
-        stop = (flags & stop_mask) != 0
-        parts = [gnorm.reshape(1), lr.to(dev, f32).reshape(1), flags.to(f32).reshape(1), upd.reshape(1),
-                 var_gnorm, var_upd]
-        if velocities is not None and velocities_after is not None:
-            eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
-            gs = [g for g, _ in have]
-            vs = f([velocities[k] for _, k in have])
-            if inv_scale is not None:
-                gs = torch._foreach_mul(f(gs), inv_scale)
-            ratios = torch._foreach_div(torch._foreach_mul(f(gs), f(gs)), torch._foreach_add(vs, eps * eps))
-            v_sum = torch.sum(torch.stack(torch._foreach_norm(velocities_after, 1, dtype=f32)))  # v >= 0
-            parts += [torch.max(torch.stack(torch._foreach_max(ratios))).reshape(1),
-                      torch.sqrt(v_sum / self.v_size).reshape(1)]
-        return torch.cat(parts), stop
+        eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
+        gs = [g if g.dtype == f32 else g.to(f32) for g, _ in have]
+        if self.is_loss_scaled:
+            gs = torch._foreach_div(gs, self.opt.dynamic_scale.value.detach().to(f32))
+        vs = [vel[k] if vel[k].dtype == f32 else vel[k].to(f32) for _, k in have]
+        ratios = torch._foreach_div(torch._foreach_mul(gs, gs), torch._foreach_add(vs, eps * eps))
+        v_sum = torch.sum(torch.stack(torch._foreach_norm([v.value for v in self.velocities], 1, dtype=f32)))
+        return [torch.max(torch.stack(torch._foreach_max(ratios))), v_sum]
 
     def _torch_update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import torch
@@ -602,17 +617,73 @@ class Recorder:
             out = original(values, sample_weight=sample_weight, *args, **kwargs)
             if self.recording_loss:
                 with torch.no_grad():
-                    lbuf, lcount = self.lbuf.value, self.lcount.value
-                    value = torch.as_tensor(values).detach().to(torch.float32).mean().reshape(1).to(lbuf.device)
-                    lbuf.index_copy_(0, torch.remainder(lcount, self.chunk).reshape(1).long(), value)
-                    lcount.add_(1)
-                    if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
-                        bad = self.loss_bad.value
-                        first = (bad == 0) & ~torch.isfinite(value[0])
-                        bad.copy_(torch.where(first, lcount, bad))
+                    value = torch.as_tensor(values).detach()
+                    value = (value if value.dtype == torch.float32 else value.to(torch.float32)).mean()
+                    self.t_losses.append(value)
+                    self.t_loss_calls += 1
+                    if not self.is_loss_scaled and self.built:  # under loss scaling: an overflow, skipped
+                        if self.t_loss_calls > self.t_calls:  # before this step's update: the apply reads it
+                            self.t_loss_pending = value
+                        else:  # after it (a train_step that updates its metrics last): no later update
+                            self.t_halt.add_(value * 0.0)
             return out
 
         return update_state
+
+    def _torch_read(self) -> dict[str, Any]:
+        """The steps recorded since the last read: one device-to-host copy, the rows derived here, in the
+        buffer layout the other backends write on the device (the same quantities and flags)."""
+        import torch
+
+        host = self.t_host
+        if self.t_losses:  # first: a step's own loss may stop it
+            losses = torch.stack(self.t_losses).cpu().numpy()
+            self.t_losses = []
+            for v in losses:
+                host["lbuf"][host["lcount"] % self.chunk] = v
+                host["lcount"] += 1
+            host["losses"].extend(float(v) for v in losses)
+        if self.t_raw:
+            raw = torch.stack(self.t_raw).cpu().numpy().astype(np.float64)
+            self.t_raw = []
+            for r in raw:
+                if host["halt"]:  # kept out on the device (a zero rate)
+                    continue
+                row, stop = self._torch_derive(r)
+                i = host["count"]
+                if not self.is_loss_scaled and i < len(host["losses"]) and not np.isfinite(host["losses"][i]):
+                    stop = True
+                host["buf"][i % self.chunk] = row
+                host["count"] = i + 1
+                host["halt"] = stop
+        return {"buf": host["buf"], "count": host["count"], "halt": int(host["halt"]),
+                **({"lbuf": host["lbuf"], "lcount": host["lcount"]} if self.tracker is not None else {})}
+
+    def _torch_derive(self, r: np.ndarray) -> tuple[np.ndarray, bool]:
+        """One step's buffer row from its raw vector (float64), and whether it stops the run."""
+        n = self.n_vars
+        w_n, d_n = r[self.t_w:self.t_w + n], r[self.t_d:self.t_d + n]
+        s_n, g_n = r[self.t_s:self.t_g], r[self.t_g:self.t_g + n]
+        lr, input_bad = r[self.t_lr], r[self.t_lr + 1] != 0
+        with np.errstate(all="ignore"):
+            if self.is_loss_scaled:
+                g_n = g_n / r[self.t_lr + 2]
+            gnorm = np.sqrt(np.sum(g_n * g_n))
+            w_sq, d_sq = np.sum(w_n * w_n), np.sum(d_n * d_n)
+            tiny = 1e-30
+            upd = np.sqrt(d_sq) / np.sqrt(w_sq + tiny)
+            var_upd = d_n / np.sqrt(w_n * w_n + tiny)
+        grads_bad = not np.all(np.isfinite(r[self.t_g:self.t_g + n]))
+        weights_bad = not (np.all(np.isfinite(w_n)) and np.all(np.isfinite(d_n)))
+        state_bad = not np.all(np.isfinite(s_n))
+        flags = GRADS * grads_bad + WEIGHTS * weights_bad + OPTIMIZER * state_bad + INPUT * bool(input_bad)
+        stop = not np.all(np.isfinite(r[:self.t_stop])) or bool(input_bad)
+        row = [gnorm, lr, float(flags), upd, *g_n, *var_upd]
+        if self.n_diag:
+            ratio, v_sum = r[-2], r[-1]
+            row += [ratio, np.sqrt(v_sum / self.v_size)]
+        return np.asarray(row, np.float32), stop
+
 
     # -- JAX: stateless_apply, the recorder's variables threaded as state -------
 
@@ -667,6 +738,8 @@ class Recorder:
 
     def read(self) -> dict[str, np.ndarray | int]:
         """Current buffer contents and counters, as numpy (the one host sync per chunk)."""
+        if self.backend == "torch":
+            return self._torch_read() if self.built else {"buf": np.zeros((0, 0), np.float32), "count": 0, "halt": 0}
         jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
         if jax_state:
             ovals = jax_state["optimizer_variables"]
@@ -700,7 +773,7 @@ class Recorder:
                 arr = jax_state["optimizer_variables"][opos[id(self.buf)]]
                 dev = str(next(iter(arr.devices())))
             else:
-                value = self.buf.value
+                value = self.t_halt if self.backend == "torch" else self.buf.value
                 dev = str(getattr(value, "device", "") or "")
         except Exception:  # pragma: no cover - informational only
             return "unknown"

@@ -482,3 +482,38 @@ def test_read_backs_convert_without_numpy_2_deprecation_warnings():
             out = host_numpy(x)
             assert isinstance(out, np.ndarray)
         np.testing.assert_array_equal(host_numpy(var), np.arange(6).reshape(2, 3))
+
+
+def test_the_logs_are_read_back_once_a_chunk_and_never_per_step(pytester, tiny_problem):
+    """A callback with a batch-end hook makes Keras convert the step's logs to Python floats in fit's own
+    thread after each call of the train function (a device sync; without one, JAX and PyTorch do it in a
+    worker thread).  TensorFlow and JAX run a chunk per call (here an epoch of 8 steps, shorter than the
+    chunk), so the plugin may cost that once a call; PyTorch runs one step per call, so there it must not
+    cost it at all.  Counted at Keras' CallbackList, in fit's thread."""
+    result = run(pytester, tiny_problem, '''
+import threading
+
+from keras.src.callbacks.callback_list import CallbackList
+
+BACKEND = keras.backend.backend()
+
+
+@pytest.mark.stable_training(steps=64, readback_every=16)
+def test_model(stability, monkeypatch):
+    in_fit_thread = []
+    original = CallbackList._on_train_batch_end
+
+    def counted(self, batch, logs=None):
+        in_fit_thread.append(threading.current_thread() is threading.main_thread())
+        return original(self, batch, logs)
+
+    monkeypatch.setattr(CallbackList, "_on_train_batch_end", counted)
+    rep = stability.fit(build(), X, Y, batch_size=32)
+    assert rep.trace.steps == 64
+    synced = sum(in_fit_thread)
+    if BACKEND == "torch":
+        assert len(in_fit_thread) == 64 and synced == 0, (len(in_fit_thread), synced)
+    else:
+        assert 1 <= synced <= 64 // 8, synced  # 8 steps an epoch: at most one call of 8 steps each
+''')
+    result.assert_outcomes(passed=1)
