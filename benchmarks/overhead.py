@@ -151,7 +151,8 @@ def one_backend(args) -> dict:
 
 
 def table(results: list[dict], args) -> str:
-    lines = [f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} --readback {args.readback}` "
+    cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
+    lines = [f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} --readback {args.readback}{cpus}` "
              f"on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of "
              f"{args.reps} interleaved repetitions; fresh model per run; *steady* = epochs 2.. "
              f"(64 steps each), *cold* = the whole call incl. compilation.", "",
@@ -175,7 +176,12 @@ def main() -> int:
     parser.add_argument("--models", default="mlp,conv")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--cpus", default=None,
+                        help="comma-separated CPU ids to pin each run to (os.sched_setaffinity): on a shared "
+                             "machine a pinned run is steadier; written to overhead-cpus-<ids>.md")
     args = parser.parse_args()
+    if args.cpus is not None:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     if args.steps % (N_SAMPLES // BATCH):
         parser.error(f"--steps must be a multiple of {N_SAMPLES // BATCH} (one epoch)")
     if args.backend is not None:
@@ -188,14 +194,17 @@ def main() -> int:
         return 0
     from benchmarks._results import run_per_backend
 
+    extra = ["--cpus", args.cpus] if args.cpus is not None else []
     results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps),
-                                         "--readback", str(args.readback), "--models", args.models])
+                                         "--readback", str(args.readback), "--models", args.models, *extra])
     text = table(results, args)
     print(text)
     if not args.no_write:
         from benchmarks._results import write_results
 
-        write_results("overhead.md", "# Overhead: stability.fit vs plain model.fit\n\n" + text)
+        name = "overhead.md" if args.cpus is None else f"overhead-cpus-{args.cpus.replace(',', '-')}.md"
+        pinned = "" if args.cpus is None else f"Every run pinned to CPU(s) {args.cpus}.\n\n"
+        write_results(name, "# Overhead: stability.fit vs plain model.fit\n\n" + pinned + text)
     return 0
 
 

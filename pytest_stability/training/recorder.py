@@ -52,6 +52,8 @@ from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, OVERFLOW, WEIGHTS
 #: columns of the optimizer-side buffer before the per-variable blocks
 COL_GNORM, COL_LR, COL_FLAGS, COL_UPDATE = 0, 1, 2, 3
 N_FIXED = 4
+#: JAX: the optimizer-side buffer has one more row, its header, holding these (float32: exact up to 2**24)
+H_COUNT, H_HALT, H_LIMIT, H_INPUT = 0, 1, 2, 3
 #: device-side stop rule: these bits stop the run (the update of that step is kept)
 STOP_BITS = GRADS | WEIGHTS | OPTIMIZER | INPUT
 
@@ -110,6 +112,10 @@ class Recorder:
         self.input_bad = None
         self.built = False
         self.rate = self._rate_variable()
+        if self.stateless and self.limit >= 2 ** 24:  # JAX counts in the float32 buffer's header
+            from ..errors import StabilityUsageError
+
+            raise StabilityUsageError(f"steps must be below {2 ** 24} under JAX; received steps={self.limit}")
 
     def _rate_variable(self) -> Any:
         """The learning-rate variable through which a step is made a no-op, or None.
@@ -228,22 +234,26 @@ class Recorder:
 
         def stateless_train_step(state: Any, data: Any) -> Any:
             four = isinstance(state, (tuple, list)) and len(state) == 4 and self.built
-            if four and self.input_bad is not None:
+            chunk = self.chunk
+            if four and self.check_inputs:
                 bad = inputs_bad(data)
-                if bad is not None:
+                if bad is not None:  # into the header the optimizer's apply reads
                     trainable, non_trainable, ov, mv = state
                     ov = list(ov)
-                    ov[_index_of(self.opt.variables, self.input_bad)] = ops.cast(bad, "int32")
+                    p = _index_of(self.opt.variables, self.buf)
+                    ov[p] = ops.slice_update(ov[p], (chunk, H_INPUT), ops.reshape(ops.cast(bad, "float32"), (1, 1)))
                     state = (trainable, non_trainable, ov, mv)
             logs, new_state = original(state, data)
-            lb = self.loss_bad
-            if four and lb is not None and isinstance(new_state, (tuple, list)) and len(new_state) == 4:
-                p_lb = _index_of(model.metrics_variables, lb)
+            if four and self.lbuf is not None and not self.is_loss_scaled and isinstance(new_state, (tuple, list)) \
+                    and len(new_state) == 4:
+                p_lb = _index_of(model.metrics_variables, self.lbuf)
                 if p_lb is not None:  # a model whose metrics leave out the loss tracker records no loss
                     trainable, non_trainable, ov, mv = new_state
                     ov = list(ov)
-                    p_halt = _index_of(self.opt.variables, self.halt)
-                    ov[p_halt] = ops.where(ops.not_equal(mv[p_lb], 0), ops.ones_like(ov[p_halt]), ov[p_halt])
+                    p = _index_of(self.opt.variables, self.buf)
+                    halted = ov[p][chunk, H_HALT]
+                    halt = ops.where(ops.not_equal(mv[p_lb][chunk + 1], 0), ops.ones_like(halted), halted)
+                    ov[p] = ops.slice_update(ov[p], (chunk, H_HALT), ops.reshape(halt, (1, 1)))
                     new_state = (trainable, non_trainable, ov, mv)
             return logs, new_state
 
@@ -271,14 +281,19 @@ class Recorder:
         self.n_diag = 2 if self.velocities is not None else 0
         self.width = N_FIXED + 2 * self.n_vars + self.n_diag
         own = self.opt._variables if self.stateless else None
-        if self.backend != "torch":  # PyTorch keeps its raw values in a list, the count on the host
+        if self.stateless:
+            # JAX threads every variable through each step's call, and each one costs there (about a
+            # microsecond on the CPU): the counters ride in a header row under the rows, one variable in all
+            header = np.zeros((1, self.width), np.float32)
+            header[0, H_LIMIT] = self.limit
+            self.buf = self._variable(np.concatenate([np.zeros((self.chunk, self.width), np.float32), header]),
+                                      "float32", "stability_record", own)
+        elif self.backend != "torch":  # PyTorch keeps its raw values in a list, the count on the host
             self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32",
                                       "stability_record", own)
             self.count = self._variable(0, "int32", "stability_count", own)
             self.halt = self._variable(0, "int32", "stability_halt", own)
             self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
-        if self.check_inputs and self.stateless:
-            self.input_bad = self._variable(0, "int32", "stability_input_bad", own)
         mine = self.own_ids()
         self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
         # JAX: the optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's
@@ -317,7 +332,13 @@ class Recorder:
             self.lbuf = self.lcount = self.loss_bad = None
             self._patch(self.tracker, "update_state", self._torch_update_state(self.tracker.update_state))
             return
-        own = self.tracker._variables if self.stateless else None
+        if self.stateless:  # one variable: the losses, then the count and the first bad step (see above)
+            self.lbuf = self._variable(np.zeros((self.chunk + 2,), np.float32), "float32", "stability_loss",
+                                       self.tracker._variables)
+            self.lcount = self.loss_bad = None
+            self._patch(self.tracker, "update_state", self._jax_update_state(self.tracker.update_state))
+            return
+        own = None
         self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", own)
         self.lcount = self._variable(0, "int32", "stability_loss_count", own)
         # TensorFlow, PyTorch: the optimizer reads it, so a non-finite loss stops the next update even when
@@ -340,6 +361,29 @@ class Recorder:
             return out
 
         self._patch(self.tracker, "update_state", update_state)
+
+    def _jax_update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        ops = self.ops
+        chunk = self.chunk
+        stops = not self.is_loss_scaled  # under loss scaling a non-finite loss is an overflow, skipped
+
+        def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
+            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            if self.recording_loss:
+                value = ops.cast(ops.mean(ops.stop_gradient(values)), "float32")
+                lbuf = self.lbuf.value  # [losses (chunk) | count | 1-based step of the first bad loss, 0 while none]
+                count, bad = lbuf[chunk], lbuf[chunk + 1]
+                slot = ops.cast(ops.mod(count, chunk), "int32")
+                if stops:
+                    bad = ops.where(ops.logical_and(ops.equal(bad, 0), ops.logical_not(ops.isfinite(value))),
+                                    count + 1, bad)
+                at = ops.arange(chunk + 2, dtype="int32")
+                # one select over the buffer (a slot, the count, the flag)
+                self.lbuf.assign(ops.where(ops.equal(at, slot), value, ops.where(
+                    ops.equal(at, chunk), count + 1, ops.where(ops.equal(at, chunk + 1), bad, lbuf))))
+            return out
+
+        return update_state
 
     # -- the per-step statistics (backend-neutral keras.ops) --------------------
 
@@ -697,9 +741,11 @@ class Recorder:
             tv = list(trainable_variables)
             grads = list(grads)
             pos = {id(v): i for i, v in enumerate(opt.variables)}
-            p_buf, p_count, p_halt, p_limit = (pos[id(self.buf)], pos[id(self.count)], pos[id(self.halt)],
-                                               pos[id(self.limit_var)])
-            go = ops.logical_and(ops.equal(ov[p_halt], 0), ops.less(ov[p_count], ov[p_limit]))
+            p_buf = pos[id(self.buf)]
+            buf = ov[p_buf]
+            header = buf[self.chunk]
+            count, halted = header[H_COUNT], header[H_HALT]
+            go = ops.logical_and(ops.equal(halted, 0), ops.less(count, header[H_LIMIT]))
             with StatelessScope(state_mapping=list(zip(opt.variables, ov))):
                 lr = ops.convert_to_tensor(opt.learning_rate)
                 scale = ops.convert_to_tensor(opt.dynamic_scale) if self.is_loss_scaled else None
@@ -720,16 +766,19 @@ class Recorder:
             state_after = [new_o[pos[id(v)]] for v in self.state_vars]
             vel = [ov[p] for p in vel_pos] if vel_pos is not None else None
             vel_after = [new_o[p] for p in vel_pos] if vel_pos is not None else None
-            in_bad = None if self.input_bad is None else ops.not_equal(ov[pos[id(self.input_bad)]], 0)
+            in_bad = ops.not_equal(header[H_INPUT], 0) if self.check_inputs else None
             row, stop = self._row(grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after,
                                   in_bad)
-            slot = ops.mod(ov[p_count], self.chunk)
-            written = ops.slice_update(ov[p_buf], ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
-                                       ops.reshape(row, (1, self.width)))
-            new_o[p_buf] = ops.where(go, written, ov[p_buf])
-            new_o[p_count] = ov[p_count] + ops.cast(go, "int32")
-            new_o[p_halt] = ops.where(go, ops.cast(stop, "int32"), ov[p_halt])  # once halted, it stays so
-            new_o[p_limit] = ov[p_limit]
+            # the step's row in its slot (a step that counts, only) and the header, in one select
+            f32 = "float32"
+            new_header = ops.concatenate([
+                ops.reshape(count + ops.cast(go, f32), (1,)),
+                ops.reshape(ops.where(go, ops.cast(stop, f32), halted), (1,)),  # once halted, it stays so
+                header[H_LIMIT:]])
+            at = ops.expand_dims(ops.arange(self.chunk + 1, dtype="int32"), 1)
+            slot = ops.cast(ops.mod(count, self.chunk), "int32")
+            new_o[p_buf] = ops.where(ops.logical_and(ops.equal(at, slot), go), ops.expand_dims(row, 0),
+                                     ops.where(ops.equal(at, self.chunk), ops.expand_dims(new_header, 0), buf))
             return new_t, new_o
 
         return stateless_apply
@@ -740,28 +789,33 @@ class Recorder:
         """Current buffer contents and counters, as numpy (the one host sync per chunk)."""
         if self.backend == "torch":
             return self._torch_read() if self.built else {"buf": np.zeros((0, 0), np.float32), "count": 0, "halt": 0}
-        jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
-        if jax_state:
-            ovals = jax_state["optimizer_variables"]
-            mvals = jax_state["metrics_variables"]
-            opos = {id(v): i for i, v in enumerate(self.opt.variables)}
-            mpos = {id(v): i for i, v in enumerate(self.model.metrics_variables)}
-            tracked = self.lbuf is not None and id(self.lbuf) in mpos
-
-            def value(v: Any, vals: Any, where: dict) -> np.ndarray:
-                return np.asarray(vals[where[id(v)]])
-
-            out = {"buf": value(self.buf, ovals, opos), "count": int(value(self.count, ovals, opos)),
-                   "halt": int(value(self.halt, ovals, opos))}
-            if tracked:  # a model whose metrics leave out the loss tracker records no loss
-                out["lbuf"] = value(self.lbuf, mvals, mpos)
-                out["lcount"] = int(value(self.lcount, mvals, mpos))
-            return out
+        if self.stateless:
+            return self._jax_read()
         out = {"buf": host_numpy(self.buf.value), "count": int(host_numpy(self.count.value)),
                "halt": int(host_numpy(self.halt.value))}
         if self.lbuf is not None:
             out["lbuf"] = host_numpy(self.lbuf.value)
             out["lcount"] = int(host_numpy(self.lcount.value))
+        return out
+
+    def _jax_read(self) -> dict[str, np.ndarray | int]:
+        """The header row and the loss buffer's tail hold the counters (see _build_buffers)."""
+        jax_state = getattr(self.model, "_jax_state", None)
+        buf = lbuf = None
+        if jax_state:  # fit holds the state (the variables are emptied while it runs)
+            opos = {id(v): i for i, v in enumerate(self.opt.variables)}
+            mpos = {id(v): i for i, v in enumerate(self.model.metrics_variables)}
+            buf = np.asarray(jax_state["optimizer_variables"][opos[id(self.buf)]])
+            if self.lbuf is not None and id(self.lbuf) in mpos:  # a model whose metrics leave out the tracker
+                lbuf = np.asarray(jax_state["metrics_variables"][mpos[id(self.lbuf)]])
+        else:
+            buf = host_numpy(self.buf.value)
+            if self.lbuf is not None:
+                lbuf = host_numpy(self.lbuf.value)
+        out = {"buf": buf[:self.chunk], "count": int(buf[self.chunk, H_COUNT]), "halt": int(buf[self.chunk, H_HALT])}
+        if lbuf is not None:
+            out["lbuf"] = lbuf[:self.chunk]
+            out["lcount"] = int(lbuf[self.chunk])
         return out
 
     def device_of_buffer(self) -> str:
