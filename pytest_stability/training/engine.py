@@ -332,7 +332,7 @@ def _readback_class(keras: Any) -> Any:
         def after_call(self) -> None:
             """After each call of fit's train function (``steps_per_execution`` steps)."""
             self.calls += 1
-            if self.calls % self.read_every:
+            if self.calls % self.read_every and not self.rec.ran_planned_steps():
                 return
             self.read()
 

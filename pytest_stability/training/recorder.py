@@ -593,6 +593,8 @@ class Recorder:
                 vel = None
                 if self.velocities is not None:
                     vel = torch._foreach_mul([v.value for v in self.velocities], 1.0)
+                # the loss scale this step's gradients carry (the update may change it)
+                scale = self.opt.dynamic_scale.value.detach().to(f32).clone() if self.is_loss_scaled else None
                 if rate is not None:  # a step that must not count is applied with a zero rate
                     rate.value.copy_(torch.where(halt == 0, lr, zero))
             try:
@@ -624,10 +626,10 @@ class Recorder:
                 tail = [lr]
                 in_bad = None if self.input_bad is None else self.input_bad.value
                 tail.append(zero if in_bad is None else in_bad.to(f32))
-                if self.is_loss_scaled:
-                    tail.append(self.opt.dynamic_scale.value.detach().to(f32))
+                if scale is not None:
+                    tail.append(scale)
                 if vel is not None:
-                    tail += self._torch_diag(have, vel)
+                    tail += self._torch_diag(have, vel, scale)
                 raw = torch.stack(w_n + d_n + [s_sum] + g_n + tail)
                 halt.add_(raw[:self.t_stop].mul(0.0).sum())  # NaN iff one of them is non-finite
                 if in_bad is not None:
@@ -640,15 +642,15 @@ class Recorder:
 
         return apply
 
-    def _torch_diag(self, have: list[tuple[Any, int]], vel: list[Any]) -> list[Any]:
+    def _torch_diag(self, have: list[tuple[Any, int]], vel: list[Any], scale: Any) -> list[Any]:
         """Adam's max ``g^2/v`` (with the second moments before the step) and the sum of ``v`` after it."""
         import torch
 
         f32 = torch.float32
         eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
         gs = [g if g.dtype == f32 else g.to(f32) for g, _ in have]
-        if self.is_loss_scaled:
-            gs = torch._foreach_div(gs, self.opt.dynamic_scale.value.detach().to(f32))
+        if scale is not None:
+            gs = torch._foreach_div(gs, scale)
         vs = [vel[k] if vel[k].dtype == f32 else vel[k].to(f32) for _, k in have]
         ratios = torch._foreach_div(torch._foreach_mul(gs, gs), torch._foreach_add(vs, eps * eps))
         v_sum = torch.sum(torch.stack(torch._foreach_norm([v.value for v in self.velocities], 1, dtype=f32)))
@@ -673,6 +675,12 @@ class Recorder:
             return out
 
         return update_state
+
+    def ran_planned_steps(self) -> bool:
+        """PyTorch: whether the planned steps have run (the host counts them), so that the run can stop
+        right there instead of at the chunk's end: the steps after it would still run the forward pass
+        (BatchNorm statistics, metrics) with no update."""
+        return self.backend == "torch" and self.built and self.t_calls >= self.limit
 
     def _torch_read(self) -> dict[str, Any]:
         """The steps recorded since the last read: one device-to-host copy, the rows derived here, in the

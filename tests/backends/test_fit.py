@@ -517,3 +517,34 @@ def test_model(stability, monkeypatch):
         assert 1 <= synced <= 64 // 8, synced  # 8 steps an epoch: at most one call of 8 steps each
 ''')
     result.assert_outcomes(passed=1)
+
+
+def test_pytorch_runs_no_step_past_the_planned_ones(pytester, tiny_problem):
+    """PyTorch runs one step per call and counts them on the host, so it stops right at ``steps``: a step
+    past them would still run the forward pass (BatchNorm statistics, metrics) with no update.  TensorFlow
+    and JAX run whole compiled calls (here up to the end of an 8-step epoch), the steps past ``steps`` with
+    no update; the README says so."""
+    result = run(pytester, tiny_problem, '''
+BACKEND = keras.backend.backend()
+
+
+class Steps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls += 1
+
+
+@pytest.mark.stable_training(steps=37, readback_every=64)
+def test_model(stability):
+    steps = Steps()
+    rep = stability.fit(build(), X, Y, batch_size=32, shuffle=False, callbacks=[steps])
+    assert rep.trace.steps == 37
+    if BACKEND == "torch":
+        assert steps.calls == 37
+    else:  # one call per 8-step epoch: the fifth epoch's call runs steps 33 to 40
+        assert steps.calls == 5
+''')
+    result.assert_outcomes(passed=1)
