@@ -725,7 +725,14 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                         "data would be reported as the model's instability") from None
                 if failed_at == 0 and _is_keras_input_error(exc):
                     raise _usage_from_keras(exc) from None
-                raise
+                cb.read()
+                if not cb.stopped_nonfinite:
+                    raise
+                # an earlier step went non-finite and a later one raised on it (PyTorch's binary cross-entropy
+                # refuses the NaN probabilities of NaN weights): the run stopped at that step, as it would
+                # have at the read-back, and the report is of it
+                notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
+                             f"({_short(exc, 200)}), which followed from it")
         cb.read()
         _sync(model)
         if meter is not None and not cb.stopped_nonfinite and cb.rows.done:

@@ -548,3 +548,29 @@ def test_model(stability):
         assert steps.calls == 5
 ''')
     result.assert_outcomes(passed=1)
+
+
+def test_nan_weights_are_reported_at_their_step_even_when_the_next_step_raises(pytester, tiny_problem):
+    """A NaN learning rate at step 5 makes the weights NaN there (loss and gradients still finite).  The next
+    step's sigmoid gives NaN probabilities, which PyTorch's binary cross-entropy refuses with an error: the
+    run must still stop at step 5 and report it, as on the other backends, not crash with that error."""
+    result = run(pytester, tiny_problem, '''
+from pytest_stability.trace import WEIGHTS
+
+
+class NanAtStep(keras.optimizers.schedules.LearningRateSchedule):
+    def __call__(self, step):
+        return keras.ops.cast(keras.ops.where(keras.ops.equal(step, 5), np.nan, 1e-2), "float32")
+
+    def get_config(self):
+        return {}
+
+
+@pytest.mark.stable_training(steps=40, readback_every=64)
+def test_model(stability):
+    rep = stability.fit(build(optimizer=keras.optimizers.SGD(NanAtStep())), X, Y, batch_size=32, check=False)
+    tr = rep.trace
+    assert tr.steps == 6 and np.flatnonzero(tr.nonfinite).tolist() == [5] and tr.nonfinite[5] & WEIGHTS
+    assert tr.first_nonfinite["source"] == "weights"
+''')
+    result.assert_outcomes(passed=1)
