@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
-from .recorder import COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags, host_numpy, var_name
+from .recorder import COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags, host_numpy, var_name
 
 _DETERMINISM_ENABLED = False
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -471,6 +471,19 @@ def _failure_step(rec: Recorder, cb: Any) -> tuple[int, bool]:
         return cb.rows.done, False
 
 
+def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
+    """The record of a step that raised before its update: gradient norms unknown (NaN), no update, the
+    rate of the step before, flagged for its input batch."""
+    row = np.zeros(rec.width, np.float32)
+    row[COL_GNORM] = np.nan
+    row[N_FIXED:N_FIXED + rec.n_vars] = np.nan
+    row[N_FIXED + 2 * rec.n_vars:] = np.nan
+    done = [r for r in rows.rows if len(r)]
+    row[COL_LR] = done[-1][-1, COL_LR] if done else np.nan
+    row[COL_FLAGS] = INPUT
+    return row
+
+
 def _is_keras_input_error(exc: BaseException) -> bool:
     if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
         return True
@@ -718,21 +731,30 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 raise
             except Exception as exc:
                 failed_at, input_bad = _failure_step(rec, cb)
-                if input_bad:  # an eager backend (PyTorch) may raise on it: a BCE refuses NaN probabilities
+                if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
+                    raise _usage_from_keras(exc) from None
+                cb.read()
+                if input_bad and rec.built and not cb.stopped_nonfinite:
+                    # an eager backend (PyTorch) may raise on a NaN batch (its binary cross-entropy refuses NaN
+                    # probabilities) where the others compute a NaN loss: the run ends at that step the same
+                    # way, a non-finite step whose input batch held NaN/Inf (its loss and gradients: none)
+                    cb.rows.add_step(_raised_row(rec, cb.rows), np.nan)
+                    cb.stopped_nonfinite = True
+                    notes.append(f"training on the NaN/Inf input batch of step {failed_at} raised "
+                                 f"{type(exc).__name__} ({_short(exc, 200)})")
+                elif input_bad:
                     raise StabilityUsageError(
                         f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
                         f"{type(exc).__name__}: {_short(exc, 300)}. Clean the data pipeline first: a NaN in the "
                         "data would be reported as the model's instability") from None
-                if failed_at == 0 and _is_keras_input_error(exc):
-                    raise _usage_from_keras(exc) from None
-                cb.read()
-                if not cb.stopped_nonfinite:
+                elif not cb.stopped_nonfinite:
                     raise
-                # an earlier step went non-finite and a later one raised on it (PyTorch's binary cross-entropy
-                # refuses the NaN probabilities of NaN weights): the run stopped at that step, as it would
-                # have at the read-back, and the report is of it
-                notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
-                             f"({_short(exc, 200)}), which followed from it")
+                else:
+                    # an earlier step went non-finite and a later one raised on it (PyTorch's binary
+                    # cross-entropy refuses the NaN probabilities of NaN weights): the run stopped at that step,
+                    # as it would have at the read-back, and the report is of it
+                    notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
+                                 f"({_short(exc, 200)}), which followed from it")
         cb.read()
         _sync(model)
         if meter is not None and not cb.stopped_nonfinite and cb.rows.done:

@@ -935,6 +935,14 @@ class ChunkRows:
         self.done = count
         return rows
 
+    def add_step(self, row: np.ndarray, loss: float) -> None:
+        """One more step, recorded on the host (a step that raised before its update)."""
+        self.rows.append(np.asarray(row, np.float32)[None, :])
+        self.done += 1
+        if self.losses or self.loss_done:
+            self.losses.append(np.asarray([loss], np.float32))
+            self.loss_done += 1
+
     def arrays(self, width: int) -> tuple[np.ndarray, np.ndarray | None]:
         rows = np.concatenate(self.rows) if self.rows else np.zeros((0, width), np.float32)
         loss = np.concatenate(self.losses) if self.losses else None
