@@ -471,6 +471,16 @@ def _failure_step(rec: Recorder, cb: Any) -> tuple[int, bool]:
         return cb.rows.done, False
 
 
+def _read_after_failure(cb: Any) -> bool:
+    """Read back what was recorded before ``fit`` raised; False when that cannot be read (the state may be
+    half-updated, or gone: JAX donates its buffers to the step that raised)."""
+    try:
+        cb.read()
+        return True
+    except Exception:
+        return False
+
+
 def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
     """The record of a step that raised before its update: gradient norms unknown (NaN), no update, the
     rate of the step before, flagged for its input batch."""
@@ -733,7 +743,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 failed_at, input_bad = _failure_step(rec, cb)
                 if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
                     raise _usage_from_keras(exc) from None
-                cb.read()
+                if not _read_after_failure(cb):
+                    raise
                 if input_bad and rec.built and not cb.stopped_nonfinite:
                     # an eager backend (PyTorch) may raise on a NaN batch (its binary cross-entropy refuses NaN
                     # probabilities) where the others compute a NaN loss: the run ends at that step the same

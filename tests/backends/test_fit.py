@@ -570,3 +570,23 @@ def test_model(stability):
     assert tr.first_nonfinite["source"] == "weights"
 ''')
     result.assert_outcomes(passed=1)
+
+
+def test_an_error_raised_in_training_reaches_the_user_unchanged(pytester, tiny_problem):
+    """A user callback that raises mid-run, with nothing non-finite recorded: the engine reads back what was
+    recorded (a non-finite step before the error would end the run there), then lets the user's own error
+    through, unchanged."""
+    result = run(pytester, tiny_problem, '''
+class Boom(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch >= 3:
+            raise ValueError(f"boom at batch {batch}")
+
+
+@pytest.mark.stable_training(steps=40, readback_every=64)
+def test_model(stability):
+    stability.fit(build(), X, Y, batch_size=32, callbacks=[Boom()])
+''')
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["E *ValueError: boom at batch *"])
+    result.stdout.no_fnmatch_line("*has been deleted*")
