@@ -743,9 +743,14 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 failed_at, input_bad = _failure_step(rec, cb)
                 if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
                     raise _usage_from_keras(exc) from None
-                if not _read_after_failure(cb):
-                    raise
-                if input_bad and rec.built and not cb.stopped_nonfinite:
+                read = _read_after_failure(cb)
+                if read and cb.stopped_nonfinite:
+                    # an earlier step went non-finite and a later one raised on it (PyTorch's binary
+                    # cross-entropy refuses the NaN probabilities of NaN weights): the run stopped at that step,
+                    # as it would have at the read-back, and the report is of it
+                    notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
+                                 f"({_short(exc, 200)}), which followed from it")
+                elif read and input_bad and rec.built:
                     # an eager backend (PyTorch) may raise on a NaN batch (its binary cross-entropy refuses NaN
                     # probabilities) where the others compute a NaN loss: the run ends at that step the same
                     # way, a non-finite step whose input batch held NaN/Inf (its loss and gradients: none)
@@ -758,14 +763,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                         f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
                         f"{type(exc).__name__}: {_short(exc, 300)}. Clean the data pipeline first: a NaN in the "
                         "data would be reported as the model's instability") from None
-                elif not cb.stopped_nonfinite:
-                    raise
                 else:
-                    # an earlier step went non-finite and a later one raised on it (PyTorch's binary
-                    # cross-entropy refuses the NaN probabilities of NaN weights): the run stopped at that step,
-                    # as it would have at the read-back, and the report is of it
-                    notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
-                                 f"({_short(exc, 200)}), which followed from it")
+                    raise
         cb.read()
         _sync(model)
         if meter is not None and not cb.stopped_nonfinite and cb.rows.done:
