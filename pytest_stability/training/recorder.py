@@ -338,13 +338,13 @@ class Recorder:
             self.lcount = self.loss_bad = None
             self._patch(self.tracker, "update_state", self._jax_update_state(self.tracker.update_state))
             return
-        own = None
-        self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", own)
-        self.lcount = self._variable(0, "int32", "stability_loss_count", own)
-        # TensorFlow, PyTorch: the optimizer reads it, so a non-finite loss stops the next update even when
-        # its gradients stay finite (an overflowing MSE).  Under JAX it is the tracker's state, which the
-        # train_step wrapper carries into the optimizer's halt flag after each step.
-        self.loss_bad = None if self.is_loss_scaled else self._variable(0, "int32", "stability_loss_bad", own)
+        # TensorFlow
+        self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", None)
+        self.lcount = self._variable(0, "int32", "stability_loss_count", None)
+        # the optimizer reads it, so a non-finite loss stops the next update even when its gradients stay
+        # finite (an overflowing MSE); under JAX the train_step wrapper carries the loss buffer's flag into
+        # the halt, on PyTorch the apply reads the step's loss (see _torch_update_state)
+        self.loss_bad = None if self.is_loss_scaled else self._variable(0, "int32", "stability_loss_bad", None)
         original = self.tracker.update_state
         ops = self.ops
 
@@ -462,7 +462,7 @@ class Recorder:
             parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
         return ops.concatenate(parts, axis=0), stop
 
-    # -- stateful backends (TensorFlow, PyTorch) ------------------------------
+    # -- TensorFlow: apply, the statistics in the step's graph --------------------
 
     def _stateful_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
         ops = self.ops
