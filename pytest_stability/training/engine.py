@@ -316,6 +316,11 @@ def _readback_class(keras: Any) -> Any:
             self.stopped_nonfinite = False
             self.initial_state: Any = None
             self.want_initial_state = False
+            #: PyTorch, which runs one step per call: the steps a call of TensorFlow's or JAX's fit would run
+            #: (see train), so that read-backs, and with them validation points and curvature measurements,
+            #: fall at the same steps on every backend
+            self.virtual_call: int | None = None
+            self.epoch_steps = 0
 
         def on_train_begin(self, logs: Any = None) -> None:
             if self.want_initial_state:
@@ -331,10 +336,27 @@ def _readback_class(keras: Any) -> Any:
 
         def after_call(self) -> None:
             """After each call of fit's train function (``steps_per_execution`` steps)."""
+            if self.virtual_call is not None:  # PyTorch: one step per call
+                self.epoch_steps += 1
+                if self.rec.ran_planned_steps():  # stop right there (the host counts the steps)
+                    self.read()
+                    return
+                if self.epoch_steps % self.virtual_call:
+                    return
+            self._end_of_call()
+
+        def _end_of_call(self) -> None:
             self.calls += 1
-            if self.calls % self.read_every and not self.rec.ran_planned_steps():
+            if self.calls % self.read_every:
                 return
             self.read()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            # PyTorch: a call of TensorFlow's or JAX's fit is cut at an epoch's end, so one ends here too
+            if self.virtual_call is not None:
+                if self.epoch_steps % self.virtual_call:
+                    self._end_of_call()
+                self.epoch_steps = 0
 
         def read(self) -> None:
             if self.stopped_nonfinite or not self.rec.built:
@@ -709,11 +731,15 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     cb = None
     cb_class = _readback_class(keras)
     steps_per_call = spe if not per_epoch else max(1, min(spe, int(per_epoch)))
+    virtual_call = None
+    if backend == "torch":  # read back where TensorFlow's and JAX's calls of `chunk` steps would end
+        virtual_call = steps_per_call = chunk if not per_epoch else max(1, min(chunk, int(per_epoch)))
     cb = cb_class(rec, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
                   validate=validate if val_batches else None, validate_every=int(spec.validate_every),
                   progress=progress, on_boundary=on_boundary if fix_at is not None else None,
                   measure=measure if meter is not None else None)
     cb.want_initial_state = keep_initial_state
+    cb.virtual_call = virtual_call
     reseed = _reseed_class(keras)(lambda: seed_everything(seed, spec.deterministic))
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if not isinstance(callbacks, list):

@@ -590,3 +590,18 @@ def test_model(stability):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["E *ValueError: boom at batch *"])
     result.stdout.no_fnmatch_line("*has been deleted*")
+
+
+def test_validation_points_are_the_same_steps_on_every_backend(pytester, tiny_problem):
+    """Read-backs (and the validation points and curvature measurements they carry) fall where TensorFlow's
+    and JAX's compiled calls end: every chunk // min(chunk, epoch) calls, a call cut at an epoch's end.
+    PyTorch runs one step per call and reads back at the same steps."""
+    result = run(pytester, tiny_problem, '''
+@pytest.mark.stable_training(steps=40, readback_every=16, validate_every=10)
+def test_model(stability):
+    # validation every 10 steps caps the chunk at 10; 8 steps an epoch: calls of 8 steps, a read-back after
+    # each (8, 16, 24, ...), a validation at the first read-back past each multiple of 10, and at the end
+    rep = stability.fit(build(), X, Y, batch_size=32, validation_data=(XV, YV))
+    assert rep.trace.val_steps.tolist() == [0, 16, 24, 32, 40]
+''')
+    result.assert_outcomes(passed=1)
