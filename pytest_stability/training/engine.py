@@ -481,26 +481,21 @@ def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
     return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {_short(exc)}")
 
 
-def _failure_step(rec: Recorder, cb: Any) -> tuple[int, bool]:
-    """After ``fit`` raised: the step it failed in (the steps applied so far, read from the device) and whether
-    that step's input batch held NaN/Inf (the train_step wrapper flags it before the step runs)."""
-    try:
-        done = int(rec.read()["count"]) if rec.built else 0
-        bad = rec.input_bad is not None and not rec.stateless and bool(
-            host_numpy(rec.input_bad.value))
-        return done, bad
-    except Exception:  # the state may be half-updated: fall back on what the host has read
-        return cb.rows.done, False
-
-
-def _read_after_failure(cb: Any) -> bool:
-    """Read back what was recorded before ``fit`` raised; False when that cannot be read (the state may be
-    half-updated, or gone: JAX donates its buffers to the step that raised)."""
+def _read_after_failure(rec: Recorder, cb: Any) -> tuple[bool, int, bool]:
+    """After ``fit`` raised: read back what was recorded; returns whether that could be read (the state may
+    be half-updated, or gone: JAX donates its buffers to the step that raised), the step it failed in (the
+    steps recorded so far) and whether that step's input batch held NaN/Inf (the train_step wrapper flags
+    it before the step runs)."""
     try:
         cb.read()
-        return True
+        read = True
     except Exception:
-        return False
+        read = False
+    try:
+        bad = rec.input_bad is not None and not rec.stateless and bool(host_numpy(rec.input_bad.value))
+    except Exception:
+        bad = False
+    return read, cb.rows.done, bad
 
 
 def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
@@ -766,10 +761,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             except StabilityUsageError:
                 raise
             except Exception as exc:
-                failed_at, input_bad = _failure_step(rec, cb)
+                read, failed_at, input_bad = _read_after_failure(rec, cb)
                 if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
                     raise _usage_from_keras(exc) from None
-                read = _read_after_failure(cb)
                 if read and cb.stopped_nonfinite:
                     # an earlier step went non-finite and a later one raised on it (PyTorch's binary
                     # cross-entropy refuses the NaN probabilities of NaN weights): the run stopped at that step,
