@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run behind benchmarks/results/gpu_check.md, on a GPU machine with JAX and PyTorch but no
 # TensorFlow: Keras (and its pure-Python needs) from wheels in .whl/, this checkout on PYTHONPATH with its
-# pytest11 entry point registered, then gpu_check.py and the GPU-relevant backend tests under JAX and PyTorch.
+# pytest11 entry point registered, then gpu_check.py and the GPU-relevant backend tests (test_fit.py holds the per-step-sync check: the logs are converted once a chunk, never per step) under JAX and PyTorch.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
@@ -12,7 +12,8 @@ printf '[pytest11]\nstability = pytest_stability.plugin\n' > "$d/entry_points.tx
 nvidia-smi -L
 python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends jax,torch
 for b in jax torch; do
-  echo "== tests/backends/test_curvature_hvp.py and test_replay.py on the GPU, KERAS_BACKEND=$b"
-  KERAS_BACKEND=$b timeout 150 python3 -m pytest tests/backends/test_curvature_hvp.py tests/backends/test_replay.py \
+  echo "== tests/backends/test_fit.py, test_curvature_hvp.py and test_replay.py on the GPU, KERAS_BACKEND=$b"
+  KERAS_BACKEND=$b timeout 150 python3 -m pytest tests/backends/test_fit.py tests/backends/test_curvature_hvp.py \
+    tests/backends/test_replay.py -rs \
     -q -p no:cacheprovider 2>&1 | tail -15
 done
