@@ -10,8 +10,9 @@ mkdir -p "$d"
 printf 'Metadata-Version: 2.1\nName: pytest-stability\nVersion: 0.0\n' > "$d/METADATA"
 printf '[pytest11]\nstability = pytest_stability.plugin\n' > "$d/entry_points.txt"
 nvidia-smi -L
-python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends jax,torch
-for b in jax torch; do
+BACKENDS=${BACKENDS:-jax,torch}  # BACKENDS=torch bash benchmarks/gpu_run.sh: one backend
+python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends "$BACKENDS"
+for b in ${BACKENDS//,/ }; do
   echo "== tests/backends/test_fit.py, test_curvature_hvp.py and test_replay.py on the GPU, KERAS_BACKEND=$b"
   KERAS_BACKEND=$b timeout 150 python3 -m pytest tests/backends/test_fit.py tests/backends/test_curvature_hvp.py \
     tests/backends/test_replay.py -rs \

@@ -38,7 +38,8 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
-from .recorder import COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, ChunkRows, Recorder, host_flags, host_numpy, var_name
+from .recorder import (COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, BatchNotRun, ChunkRows, Recorder, host_flags,
+                       host_numpy, var_name)
 
 _DETERMINISM_ENABLED = False
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -338,7 +339,9 @@ def _readback_class(keras: Any) -> Any:
             """After each call of fit's train function (``steps_per_execution`` steps)."""
             if self.virtual_call is not None:  # PyTorch: one step per call
                 self.epoch_steps += 1
-                if self.rec.ran_planned_steps():  # stop right there (the host counts the steps)
+                # stop right there: at the planned steps (the host counts them), or after a non-finite step,
+                # before the next one's forward pass can assert on a GPU (see Recorder.torch_halted)
+                if self.rec.ran_planned_steps() or self.rec.torch_halted():
                     self.read()
                     return
                 if self.epoch_steps % self.virtual_call:
@@ -776,8 +779,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                     # way, a non-finite step whose input batch held NaN/Inf (its loss and gradients: none)
                     cb.rows.add_step(_raised_row(rec, cb.rows), np.nan)
                     cb.stopped_nonfinite = True
-                    notes.append(f"training on the NaN/Inf input batch of step {failed_at} raised "
-                                 f"{type(exc).__name__} ({_short(exc, 200)})")
+                    if not isinstance(exc, BatchNotRun):
+                        notes.append(f"training on the NaN/Inf input batch of step {failed_at} raised "
+                                     f"{type(exc).__name__} ({_short(exc, 200)})")
                 elif input_bad:
                     raise StabilityUsageError(
                         f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "

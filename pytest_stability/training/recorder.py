@@ -71,6 +71,10 @@ def _float_name(v: Any) -> bool:
     return isinstance(name, str) and ("float" in name or name == "bfloat16")
 
 
+class BatchNotRun(Exception):
+    """PyTorch: a step was not run because its input batch holds NaN/Inf (see ``torch_train_step``)."""
+
+
 class Recorder:
     """Instruments ``model.optimizer`` and ``model._loss_tracker`` for one ``fit`` call.
 
@@ -222,6 +226,29 @@ class Recorder:
             if not leaves:
                 return None
             return ops.logical_not(ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves])))
+
+        if self.backend == "torch":
+            import torch
+
+            def torch_inputs_bad(data: Any) -> bool:
+                for t in self.keras.tree.flatten(data):
+                    try:
+                        t = t if torch.is_tensor(t) else torch.as_tensor(np.asarray(t))
+                    except (TypeError, ValueError, RuntimeError):  # not numeric (strings, objects)
+                        continue
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        return True
+                return False
+
+            def torch_train_step(data: Any) -> Any:
+                # checked where the batch is (on the host for Keras' own pipelines) before the step runs:
+                # a NaN batch on a GPU can make a kernel assert, which no later step or test recovers from
+                if torch_inputs_bad(data):
+                    self.input_bad.assign(1)
+                    raise BatchNotRun("the input batch holds NaN/Inf: its step was not run")
+                return original(data)
+
+            return torch_train_step
 
         if not self.stateless:
             def train_step(data: Any) -> Any:
@@ -681,6 +708,16 @@ class Recorder:
         right there instead of at the chunk's end: the steps after it would still run the forward pass
         (BatchNorm statistics, metrics) with no update."""
         return self.backend == "torch" and self.built and self.t_calls >= self.limit
+
+    def torch_halted(self) -> bool:
+        """PyTorch, after each step: whether a step so far was non-finite.  A read of one device scalar,
+        which waits for the step to finish.  It is read so that no step runs after a non-finite one: on a
+        GPU the next step's forward pass would feed the NaN weights to kernels that assert on them (the
+        binary cross-entropy of probabilities does), and a device-side assert leaves the process's CUDA
+        context unusable, for every later test too.  Keras' own copy of each host batch to the GPU
+        waits for the step before it in the same way."""
+        halt = getattr(self, "t_halt", None)
+        return self.backend == "torch" and halt is not None and bool(halt.item() != 0)
 
     def _torch_read(self) -> dict[str, Any]:
         """The steps recorded since the last read: one device-to-host copy, the rows derived here, in the
