@@ -115,7 +115,8 @@ class Recorder:
         self.check_inputs = bool(check_inputs) and not distributed
         self.input_bad = None
         self.built = False
-        self.rate = self._rate_variable()
+        # PyTorch needs none: its host runs no step past the planned ones or after a non-finite one
+        self.rate = None if self.backend == "torch" else self._rate_variable()
         if self.stateless and self.limit >= 2 ** 24:  # JAX counts in the float32 buffer's header
             from ..errors import StabilityUsageError
 
@@ -127,8 +128,8 @@ class Recorder:
         After the planned steps, or after a non-finite step, the rest of a chunk must apply no update.
         Where the optimizer's update is proportional to its learning rate (see ``_RATE_LINEAR``), the
         recorder feeds it a rate of 0 for those steps: one scalar select.  Otherwise it keeps the update
-        out with a ``cond`` (TensorFlow), a select of every variable (JAX) or a host check (PyTorch),
-        which on a small model costs as much as the step itself.  With a zero rate the weights stay
+        out with a ``cond`` (TensorFlow) or a select of every variable (JAX), which on a small model
+        costs as much as the step itself.  (PyTorch, eager, runs no such step: see ``torch_halted``.)  With a zero rate the weights stay
         those of the last step that counts, the optimizer's moment estimates still take in the gradients
         of the skipped steps (their learning rate is 0, their buffers are not the weights).
         """
@@ -592,7 +593,6 @@ class Recorder:
         first = list(opt._trainable_variables)[:1]
         device = first[0].value.device if first else torch.device("cpu")
         zero = torch.zeros((), dtype=f32, device=device)
-        nan = torch.full((), float("nan"), dtype=f32, device=device)
         #: 0 while every step was finite, NaN after (0 * a non-finite value): one add per step, no compare
         self.t_halt = halt = torch.zeros((), dtype=f32, device=device)
         n = self.n_vars
@@ -605,15 +605,11 @@ class Recorder:
                 return
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
-            rate = self.rate
+            # no step runs after a non-finite one: the host reads the halt flag after each (torch_halted)
             with torch.no_grad():
-                if rate is None and not bool(halt == 0):
-                    # without a rate to zero, the host reads the flag (as keras.ops.cond does on PyTorch): a
-                    # device sync per step on a GPU
-                    return
                 self.t_calls += 1
                 # the rate this step is applied with (the update may change it)
-                lr = rate if rate is not None else opt.learning_rate  # a Variable, or a schedule's tensor
+                lr = opt.learning_rate  # a Variable, or a schedule's tensor
                 lr = (lr.value if hasattr(lr, "value") else torch.as_tensor(lr)).detach().to(f32).clone()
                 weights = [v.value for v in tvars]
                 before = flat(weights).to(f32)
@@ -622,14 +618,7 @@ class Recorder:
                     vel = torch._foreach_mul([v.value for v in self.velocities], 1.0)
                 # the loss scale this step's gradients carry (the update may change it)
                 scale = self.opt.dynamic_scale.value.detach().to(f32).clone() if self.is_loss_scaled else None
-                if rate is not None:  # a step that must not count is applied with a zero rate
-                    rate.value.copy_(torch.where(halt == 0, lr, zero))
-            try:
-                original(grads, trainable_variables)
-            finally:
-                if rate is not None:
-                    with torch.no_grad():
-                        rate.value.copy_(lr)
+            original(grads, trainable_variables)
             with torch.no_grad():
                 sizes = [w.numel() for w in weights]
                 delta = flat([v.value for v in tvars]).to(f32).sub_(before)
@@ -650,17 +639,14 @@ class Recorder:
                     w_n, d_n = w_k, d_k
                 # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
                 s_sum = flat([v.value for v in state_floats]).sum(dtype=f32) if state_floats else zero
-                tail = [lr]
-                in_bad = None if self.input_bad is None else self.input_bad.value
-                tail.append(zero if in_bad is None else in_bad.to(f32))
+                # the input flag's slot: 0, since a NaN/Inf pipeline batch's step is not run (torch_train_step)
+                tail = [lr, zero]
                 if scale is not None:
                     tail.append(scale)
                 if vel is not None:
                     tail += self._torch_diag(have, vel, scale)
                 raw = torch.stack(w_n + d_n + [s_sum] + g_n + tail)
                 halt.add_(raw[:self.t_stop].mul(0.0).sum())  # NaN iff one of them is non-finite
-                if in_bad is not None:
-                    halt.add_(torch.where(in_bad != 0, nan, zero))
                 loss = self.t_loss_pending
                 if loss is not None:  # Keras' trainers: this step's loss, seen before its update
                     halt.add_(loss * 0.0)

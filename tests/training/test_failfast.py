@@ -91,8 +91,14 @@ def test_nan_input_batch_stops_training_at_that_batch():
     ds = tf.data.Dataset.zip((tf.data.Dataset.range(STEPS + 10), batches)).map(poison)
     engine.seed_everything(0, True)
     result = engine.train(_model(1e-3), ds, None, steps=STEPS, seed=0, spec=_spec())
-    # the NaN reaches the gradients at that step (the clipped cross-entropy even keeps the loss itself
-    # finite), and the batch itself is checked in the step, on the device
-    _assert_stopped_at(result.trace, GRADS)
+    if keras.backend.backend() == "torch":
+        # the batch is checked before its step, which is not run: on a GPU, NaN probabilities make PyTorch's
+        # binary cross-entropy assert on the device, which no later CUDA call survives
+        _assert_stopped_at(result.trace, INPUT)
+        assert not result.trace.nonfinite[BAD_STEP] & GRADS
+    else:
+        # the NaN reaches the gradients at that step (the clipped cross-entropy even keeps the loss itself
+        # finite), and the batch itself is checked in the step, on the device
+        _assert_stopped_at(result.trace, GRADS)
     assert result.trace.nonfinite[BAD_STEP] & INPUT
     assert result.trace.first_nonfinite["source"] == "input batch"
