@@ -43,6 +43,7 @@ variables, nothing that ``model.save`` would write.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -566,20 +567,21 @@ class Recorder:
     # knows how many steps ran, so the planned number of steps needs no device counter.
 
     def _torch_layout(self) -> None:
-        """Offsets in the raw vector: ``[w_n | d_n | state sum | g_n | lr, input, (scale) | (diag)]``."""
+        """Offsets in the raw vector: ``[w_n | d_n | state sum | g_n | lr, input, loss, (scale) | (diag)]``."""
         n = self.n_vars
         self.t_w, self.t_d, self.t_s, self.t_g = 0, n, 2 * n, 2 * n + 1
         self.t_lr = 3 * n + 1
+        self.t_loss = self.t_lr + 2  # the loss the tracker saw before this step's update (else 0)
         # the values whose non-finiteness stops the run: weights, update, state (and gradients, unless an
         # overflow of the scaled gradient under loss scaling, which the optimizer skips)
-        self.t_stop = 2 * n + 1 if self.is_loss_scaled else self.t_lr
+        self.t_stop = self.t_g if self.is_loss_scaled else self.t_lr
 
     def _torch_init(self) -> None:
         self.t_raw: list[Any] = []  # one vector per step that ran, not yet read back
         self.t_calls = 0  # steps that ran (applied, or kept out with a zero rate), since install
         self.t_losses: list[Any] = []
-        self.t_loss_calls = 0
-        self.t_loss_pending = None  # this step's loss, when the tracker saw it before the apply (Keras' order)
+        self.t_raw_checked = 0  # t_raw[:this] have been checked by torch_halted
+        self.t_loss_used = 0  # t_losses[:this] are in a raw vector or have been checked
 
     def _torch_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import torch
@@ -592,13 +594,21 @@ class Recorder:
         self._torch_layout()
         first = list(opt._trainable_variables)[:1]
         device = first[0].value.device if first else torch.device("cpu")
-        zero = torch.zeros((), dtype=f32, device=device)
-        #: 0 while every step was finite, NaN after (0 * a non-finite value): one add per step, no compare
-        self.t_halt = halt = torch.zeros((), dtype=f32, device=device)
+        self.t_zero = zero = torch.zeros((), dtype=f32, device=device)
         n = self.n_vars
 
-        def flat(tensors: list[Any]) -> Any:  # a new tensor (a copy), never a view of a variable
-            return torch.cat([t.reshape(-1) for t in tensors])
+        # the stored tensors, which Keras updates in place: ``Variable.value`` asks for the device on every
+        # read (microseconds each, dozens of variables per step)
+        stored = all(isinstance(getattr(v, "_value", None), torch.Tensor)
+                     for v in [*opt._trainable_variables, *self.state_vars, *(self.velocities or [])])
+
+        def tensors(variables: list[Any]) -> list[Any]:
+            return [v._value for v in variables] if stored else [v.value for v in variables]
+
+        def copies(ts: list[Any]) -> list[Any]:
+            # a multi-tensor op on an accelerator (one launch); on the CPU, where foreach ops loop over the
+            # tensors anyway, plain clones cost half as much
+            return list(torch._foreach_mul(ts, 1.0)) if device.type != "cpu" else [t.clone() for t in ts]
 
         def apply(grads: Any, trainable_variables: Any = None) -> Any:
             if self.t_calls >= self.limit:  # the planned steps ran (the host counts them: no device read)
@@ -611,21 +621,18 @@ class Recorder:
                 # the rate this step is applied with (the update may change it)
                 lr = opt.learning_rate  # a Variable, or a schedule's tensor
                 lr = (lr.value if hasattr(lr, "value") else torch.as_tensor(lr)).detach().to(f32).clone()
-                weights = [v.value for v in tvars]
-                before = flat(weights).to(f32)
+                before = copies(tensors(tvars))  # (x * 1.0 is x, NaN and -0.0 included)
                 vel = None
                 if self.velocities is not None:
-                    vel = torch._foreach_mul([v.value for v in self.velocities], 1.0)
+                    vel = torch._foreach_mul(tensors(self.velocities), 1.0)
                 # the loss scale this step's gradients carry (the update may change it)
                 scale = self.opt.dynamic_scale.value.detach().to(f32).clone() if self.is_loss_scaled else None
             original(grads, trainable_variables)
             with torch.no_grad():
-                sizes = [w.numel() for w in weights]
-                delta = flat([v.value for v in tvars]).to(f32).sub_(before)
+                delta = list(torch._foreach_sub(tensors(tvars), before))
                 index = [opt._get_variable_index(v) for v in tvars]
                 have = [(g, k) for g, k in zip(grads, index) if g is not None]
-                norms = torch._foreach_norm(list(torch.split(before, sizes)) + list(torch.split(delta, sizes))
-                                            + [g for g, _ in have], 2, dtype=f32)
+                norms = torch._foreach_norm(before + delta + [g for g, _ in have], 2, dtype=f32)
                 m = len(tvars)
                 w_n, d_n, g_have = list(norms[:m]), list(norms[m:2 * m]), list(norms[2 * m:])
                 if len(have) == n and index == list(range(n)):
@@ -638,20 +645,15 @@ class Recorder:
                         w_k[k], d_k[k] = a, b
                     w_n, d_n = w_k, d_k
                 # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
-                s_sum = flat([v.value for v in state_floats]).sum(dtype=f32) if state_floats else zero
+                s_sum = (torch.cat([t.reshape(-1) for t in tensors(state_floats)]).sum(dtype=f32)
+                         if state_floats else zero)
                 # the input flag's slot: 0, since a NaN/Inf pipeline batch's step is not run (torch_train_step)
-                tail = [lr, zero]
+                tail = [lr, zero, self._torch_pending_loss(zero)]
                 if scale is not None:
                     tail.append(scale)
                 if vel is not None:
                     tail += self._torch_diag(have, vel, scale)
-                raw = torch.stack(w_n + d_n + [s_sum] + g_n + tail)
-                halt.add_(raw[:self.t_stop].mul(0.0).sum())  # NaN iff one of them is non-finite
-                loss = self.t_loss_pending
-                if loss is not None:  # Keras' trainers: this step's loss, seen before its update
-                    halt.add_(loss * 0.0)
-                    self.t_loss_pending = None
-                self.t_raw.append(raw)
+                self.t_raw.append(torch.stack(w_n + d_n + [s_sum] + g_n + tail))
 
         return apply
 
@@ -679,12 +681,6 @@ class Recorder:
                     value = torch.as_tensor(values).detach()
                     value = (value if value.dtype == torch.float32 else value.to(torch.float32)).mean()
                     self.t_losses.append(value)
-                    self.t_loss_calls += 1
-                    if not self.is_loss_scaled and self.built:  # under loss scaling: an overflow, skipped
-                        if self.t_loss_calls > self.t_calls:  # before this step's update: the apply reads it
-                            self.t_loss_pending = value
-                        else:  # after it (a train_step that updates its metrics last): no later update
-                            self.t_halt.add_(value * 0.0)
             return out
 
         return update_state
@@ -695,15 +691,37 @@ class Recorder:
         (BatchNorm statistics, metrics) with no update."""
         return self.backend == "torch" and self.built and self.t_calls >= self.limit
 
+    def _torch_pending_loss(self, zero: Any) -> Any:
+        """The loss the tracker saw since the last step (Keras' trainers update it before the optimizer's
+        apply), for the step's raw vector, so that torch_halted reads it in the same copy; 0 if none."""
+        import torch
+
+        pending = self.t_losses[self.t_loss_used:]
+        self.t_loss_used = len(self.t_losses)
+        if not pending:
+            return zero
+        return pending[0] if len(pending) == 1 else torch.stack(pending).sum()
+
     def torch_halted(self) -> bool:
-        """PyTorch, after each step: whether a step so far was non-finite.  A read of one device scalar,
-        which waits for the step to finish.  It is read so that no step runs after a non-finite one: on a
-        GPU the next step's forward pass would feed the NaN weights to kernels that assert on them (the
-        binary cross-entropy of probabilities does), and a device-side assert leaves the process's CUDA
-        context unusable, for every later test too.  Keras' own copy of each host batch to the GPU
-        waits for the step before it in the same way."""
-        halt = getattr(self, "t_halt", None)
-        return self.backend == "torch" and halt is not None and bool(halt.item() != 0)
+        """PyTorch, after each step: whether this step was non-finite (its statistics or its loss).  One
+        small device-to-host copy, which waits for the step to finish.  It is read so that no step runs
+        after a non-finite one: on a GPU the next step's forward pass would feed the NaN weights to kernels
+        that assert on them (the binary cross-entropy of probabilities does), and a device-side assert
+        leaves the process's CUDA context unusable, for every later test too.  Keras' own copy of each
+        host batch to the GPU waits for the step before it in the same way."""
+        if self.backend != "torch" or not self.built:
+            return False
+        import torch
+
+        raws, self.t_raw_checked = self.t_raw[self.t_raw_checked:], len(self.t_raw)
+        # losses the tracker saw after the step's update (a train_step that updates its metrics last)
+        late, self.t_loss_used = self.t_losses[self.t_loss_used:], len(self.t_losses)
+        scaled = self.is_loss_scaled  # under loss scaling a non-finite loss is an overflow, skipped
+        for r in raws:
+            r = r.tolist()  # plain floats: numpy's ufuncs cost more than the copy here, tens of microseconds
+            if not (math.isfinite(sum(r[:self.t_stop])) and (scaled or math.isfinite(r[self.t_loss]))):
+                return True
+        return not scaled and bool(late) and not bool(torch.isfinite(torch.stack(late)).all())
 
     def _torch_read(self) -> dict[str, Any]:
         """The steps recorded since the last read: one device-to-host copy, the rows derived here, in the
@@ -714,6 +732,7 @@ class Recorder:
         if self.t_losses:  # first: a step's own loss may stop it
             losses = torch.stack(self.t_losses).cpu().numpy()
             self.t_losses = []
+            self.t_loss_used = 0
             for v in losses:
                 host["lbuf"][host["lcount"] % self.chunk] = v
                 host["lcount"] += 1
@@ -721,43 +740,45 @@ class Recorder:
         if self.t_raw:
             raw = torch.stack(self.t_raw).cpu().numpy().astype(np.float64)
             self.t_raw = []
-            for r in raw:
-                if host["halt"]:  # kept out on the device (a zero rate)
-                    continue
-                row, stop = self._torch_derive(r)
+            self.t_raw_checked = 0
+            rows, stops = self._torch_derive(raw)
+            for row, stop in zip(rows, stops):
+                if host["halt"]:  # past a stop (the host runs no step after one: a guard)
+                    break
                 i = host["count"]
                 if not self.is_loss_scaled and i < len(host["losses"]) and not np.isfinite(host["losses"][i]):
                     stop = True
                 host["buf"][i % self.chunk] = row
                 host["count"] = i + 1
-                host["halt"] = stop
+                host["halt"] = bool(stop)
         return {"buf": host["buf"], "count": host["count"], "halt": int(host["halt"]),
                 **({"lbuf": host["lbuf"], "lcount": host["lcount"]} if self.tracker is not None else {})}
 
-    def _torch_derive(self, r: np.ndarray) -> tuple[np.ndarray, bool]:
-        """One step's buffer row from its raw vector (float64), and whether it stops the run."""
+    def _torch_derive(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The steps' buffer rows from their raw vectors (rows of ``r``, float64), and which stop the run:
+        all rows at once (numpy per row would cost tens of microseconds a step)."""
         n = self.n_vars
-        w_n, d_n = r[self.t_w:self.t_w + n], r[self.t_d:self.t_d + n]
-        s_n, g_n = r[self.t_s:self.t_g], r[self.t_g:self.t_g + n]
-        lr, input_bad = r[self.t_lr], r[self.t_lr + 1] != 0
+        w_n, d_n = r[:, self.t_w:self.t_w + n], r[:, self.t_d:self.t_d + n]
+        g_n = r[:, self.t_g:self.t_g + n]
+        lr, input_bad = r[:, self.t_lr], r[:, self.t_lr + 1] != 0
         with np.errstate(all="ignore"):
             if self.is_loss_scaled:
-                g_n = g_n / r[self.t_lr + 2]
-            gnorm = np.sqrt(np.sum(g_n * g_n))
-            w_sq, d_sq = np.sum(w_n * w_n), np.sum(d_n * d_n)
+                g_n = g_n / r[:, self.t_lr + 3:self.t_lr + 4]
+            gnorm = np.sqrt(np.sum(g_n * g_n, axis=1))
+            w_sq, d_sq = np.sum(w_n * w_n, axis=1), np.sum(d_n * d_n, axis=1)
             tiny = 1e-30
             upd = np.sqrt(d_sq) / np.sqrt(w_sq + tiny)
             var_upd = d_n / np.sqrt(w_n * w_n + tiny)
-        grads_bad = not np.all(np.isfinite(r[self.t_g:self.t_g + n]))
-        weights_bad = not (np.all(np.isfinite(w_n)) and np.all(np.isfinite(d_n)))
-        state_bad = not np.all(np.isfinite(s_n))
-        flags = GRADS * grads_bad + WEIGHTS * weights_bad + OPTIMIZER * state_bad + INPUT * bool(input_bad)
-        stop = not np.all(np.isfinite(r[:self.t_stop])) or bool(input_bad)
-        row = [gnorm, lr, float(flags), upd, *g_n, *var_upd]
+        finite = np.isfinite(r)
+        grads_bad = ~finite[:, self.t_g:self.t_g + n].all(axis=1)
+        weights_bad = ~(finite[:, self.t_w:self.t_w + n].all(axis=1) & finite[:, self.t_d:self.t_d + n].all(axis=1))
+        state_bad = ~finite[:, self.t_s:self.t_g].all(axis=1)
+        flags = GRADS * grads_bad + WEIGHTS * weights_bad + OPTIMIZER * state_bad + INPUT * input_bad
+        stop = ~finite[:, :self.t_stop].all(axis=1) | input_bad
+        cols = [gnorm[:, None], lr[:, None], flags[:, None].astype(np.float64), upd[:, None], g_n, var_upd]
         if self.n_diag:
-            ratio, v_sum = r[-2], r[-1]
-            row += [ratio, np.sqrt(v_sum / self.v_size)]
-        return np.asarray(row, np.float32), stop
+            cols += [r[:, -2:-1], np.sqrt(r[:, -1:] / self.v_size)]
+        return np.concatenate(cols, axis=1).astype(np.float32), stop
 
 
     # -- JAX: stateless_apply, the recorder's variables threaded as state -------
@@ -858,7 +879,7 @@ class Recorder:
                 arr = jax_state["optimizer_variables"][opos[id(self.buf)]]
                 dev = str(next(iter(arr.devices())))
             else:
-                value = self.t_halt if self.backend == "torch" else self.buf.value
+                value = self.t_zero if self.backend == "torch" else self.buf.value
                 dev = str(getattr(value, "device", "") or "")
         except Exception:  # pragma: no cover - informational only
             return "unknown"
