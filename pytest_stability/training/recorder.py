@@ -130,9 +130,10 @@ class Recorder:
         Where the optimizer's update is proportional to its learning rate (see ``_RATE_LINEAR``), the
         recorder feeds it a rate of 0 for those steps: one scalar select.  Otherwise it keeps the update
         out with a ``cond`` (TensorFlow) or a select of every variable (JAX), which on a small model
-        costs as much as the step itself.  (PyTorch, eager, runs no such step: see ``torch_halted``.)  With a zero rate the weights stay
-        those of the last step that counts, the optimizer's moment estimates still take in the gradients
-        of the skipped steps (their learning rate is 0, their buffers are not the weights).
+        costs as much as the step itself.  With a zero rate the weights stay those of the last step that
+        counts, the optimizer's moment estimates still take in the gradients of the skipped steps (their
+        learning rate is 0, their buffers are not the weights).  PyTorch, eager, runs no such step (see
+        ``torch_halted``), so it needs none.
         """
         inner = self.inner
         cls = type(inner)
@@ -578,7 +579,7 @@ class Recorder:
 
     def _torch_init(self) -> None:
         self.t_raw: list[Any] = []  # one vector per step that ran, not yet read back
-        self.t_calls = 0  # steps that ran (applied, or kept out with a zero rate), since install
+        self.t_calls = 0  # steps that ran, since install
         self.t_losses: list[Any] = []
         self.t_raw_checked = 0  # t_raw[:this] have been checked by torch_halted
         self.t_loss_used = 0  # t_losses[:this] are in a raw vector or have been checked
@@ -615,7 +616,7 @@ class Recorder:
                 return
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
-            # no step runs after a non-finite one: the host reads the halt flag after each (torch_halted)
+            # no step runs after a non-finite one: the host checks each step's raw vector (torch_halted)
             with torch.no_grad():
                 self.t_calls += 1
                 # the rate this step is applied with (the update may change it)

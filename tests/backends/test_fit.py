@@ -411,9 +411,11 @@ def test_a_loss_that_raises_on_it(stability):
     try:
         stability.fit(build(loss=bce), Seq(), shuffle=False)
     finally:
-        assert all(SEEN), SEEN
+        if keras.backend.backend() == "torch":  # (the loss is traced on the others: nothing seen)
+            assert SEEN and all(SEEN), SEEN
 ''')
-    # the same outcome on every backend: PyTorch's raise ends the run at that step as the others' NaN loss does
+    # the same outcome on every backend: PyTorch, which does not run that step, ends the run there as the
+    # others' NaN loss does
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*[[]nonfinite] step 2: non-finite *the input batch itself held NaN/Inf*"])
 
