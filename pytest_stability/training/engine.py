@@ -768,15 +768,16 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
                     raise _usage_from_keras(exc) from None
                 if read and cb.stopped_nonfinite:
-                    # an earlier step went non-finite and a later one raised on it (PyTorch's binary
-                    # cross-entropy refuses the NaN probabilities of NaN weights): the run stopped at that step,
-                    # as it would have at the read-back, and the report is of it
+                    # an earlier step went non-finite and a later one raised on it (a user's callback or
+                    # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run stopped at
+                    # that step, as it would have at the read-back, and the report is of it
                     notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
                                  f"({_short(exc, 200)}), which followed from it")
                 elif read and input_bad and rec.built:
-                    # an eager backend (PyTorch) may raise on a NaN batch (its binary cross-entropy refuses NaN
-                    # probabilities) where the others compute a NaN loss: the run ends at that step the same
-                    # way, a non-finite step whose input batch held NaN/Inf (its loss and gradients: none)
+                    # PyTorch does not run a step on a NaN batch (BatchNotRun: its binary cross-entropy would
+                    # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
+                    # the others compute a NaN loss: the run ends at that step the same way, a non-finite step
+                    # whose input batch held NaN/Inf (its loss and gradients: none)
                     cb.rows.add_step(_raised_row(rec, cb.rows), np.nan)
                     cb.stopped_nonfinite = True
                     if not isinstance(exc, BatchNotRun):

@@ -373,7 +373,7 @@ class Recorder:
         self.lcount = self._variable(0, "int32", "stability_loss_count", None)
         # the optimizer reads it, so a non-finite loss stops the next update even when its gradients stay
         # finite (an overflowing MSE); under JAX the train_step wrapper carries the loss buffer's flag into
-        # the halt, on PyTorch the apply reads the step's loss (see _torch_update_state)
+        # the halt, on PyTorch the host checks each step's loss (see torch_halted)
         self.loss_bad = None if self.is_loss_scaled else self._variable(0, "int32", "stability_loss_bad", None)
         original = self.tracker.update_state
         ops = self.ops
@@ -568,11 +568,13 @@ class Recorder:
     # knows how many steps ran, so the planned number of steps needs no device counter.
 
     def _torch_layout(self) -> None:
-        """Offsets in the raw vector: ``[w_n | d_n | state sum | g_n | lr, input, loss, (scale) | (diag)]``."""
+        """Offsets in the raw vector: ``[w_n | d_n | state sum | g_n | lr, loss, (scale) | (diag)]``.  No input
+        flag: a NaN/Inf pipeline batch's step is not run (torch_train_step)."""
         n = self.n_vars
         self.t_w, self.t_d, self.t_s, self.t_g = 0, n, 2 * n, 2 * n + 1
         self.t_lr = 3 * n + 1
-        self.t_loss = self.t_lr + 2  # the loss the tracker saw before this step's update (else 0)
+        self.t_loss = self.t_lr + 1  # the loss the tracker saw before this step's update (else 0)
+        self.t_scale = self.t_lr + 2  # under loss scaling
         # the values whose non-finiteness stops the run: weights, update, state (and gradients, unless an
         # overflow of the scaled gradient under loss scaling, which the optimizer skips)
         self.t_stop = self.t_g if self.is_loss_scaled else self.t_lr
@@ -625,7 +627,7 @@ class Recorder:
                 before = copies(tensors(tvars))  # (x * 1.0 is x, NaN and -0.0 included)
                 vel = None
                 if self.velocities is not None:
-                    vel = torch._foreach_mul(tensors(self.velocities), 1.0)
+                    vel = copies(tensors(self.velocities))
                 # the loss scale this step's gradients carry (the update may change it)
                 scale = self.opt.dynamic_scale.value.detach().to(f32).clone() if self.is_loss_scaled else None
             original(grads, trainable_variables)
@@ -648,8 +650,7 @@ class Recorder:
                 # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
                 s_sum = (torch.cat([t.reshape(-1) for t in tensors(state_floats)]).sum(dtype=f32)
                          if state_floats else zero)
-                # the input flag's slot: 0, since a NaN/Inf pipeline batch's step is not run (torch_train_step)
-                tail = [lr, zero, self._torch_pending_loss(zero)]
+                tail = [lr, self._torch_pending_loss(zero)]
                 if scale is not None:
                     tail.append(scale)
                 if vel is not None:
@@ -712,8 +713,6 @@ class Recorder:
         host batch to the GPU waits for the step before it in the same way."""
         if self.backend != "torch" or not self.built:
             return False
-        import torch
-
         raws, self.t_raw_checked = self.t_raw[self.t_raw_checked:], len(self.t_raw)
         # losses the tracker saw after the step's update (a train_step that updates its metrics last)
         late, self.t_loss_used = self.t_losses[self.t_loss_used:], len(self.t_losses)
@@ -722,7 +721,11 @@ class Recorder:
             r = r.tolist()  # plain floats: numpy's ufuncs cost more than the copy here, tens of microseconds
             if not (math.isfinite(sum(r[:self.t_stop])) and (scaled or math.isfinite(r[self.t_loss]))):
                 return True
-        return not scaled and bool(late) and not bool(torch.isfinite(torch.stack(late)).all())
+        if scaled or not late:
+            return False
+        import torch
+
+        return not bool(torch.isfinite(torch.stack(late)).all())
 
     def _torch_read(self) -> dict[str, Any]:
         """The steps recorded since the last read: one device-to-host copy, the rows derived here, in the
@@ -761,10 +764,10 @@ class Recorder:
         n = self.n_vars
         w_n, d_n = r[:, self.t_w:self.t_w + n], r[:, self.t_d:self.t_d + n]
         g_n = r[:, self.t_g:self.t_g + n]
-        lr, input_bad = r[:, self.t_lr], r[:, self.t_lr + 1] != 0
+        lr = r[:, self.t_lr]
         with np.errstate(all="ignore"):
             if self.is_loss_scaled:
-                g_n = g_n / r[:, self.t_lr + 3:self.t_lr + 4]
+                g_n = g_n / r[:, self.t_scale:self.t_scale + 1]
             gnorm = np.sqrt(np.sum(g_n * g_n, axis=1))
             w_sq, d_sq = np.sum(w_n * w_n, axis=1), np.sum(d_n * d_n, axis=1)
             tiny = 1e-30
@@ -774,8 +777,8 @@ class Recorder:
         grads_bad = ~finite[:, self.t_g:self.t_g + n].all(axis=1)
         weights_bad = ~(finite[:, self.t_w:self.t_w + n].all(axis=1) & finite[:, self.t_d:self.t_d + n].all(axis=1))
         state_bad = ~finite[:, self.t_s:self.t_g].all(axis=1)
-        flags = GRADS * grads_bad + WEIGHTS * weights_bad + OPTIMIZER * state_bad + INPUT * input_bad
-        stop = ~finite[:, :self.t_stop].all(axis=1) | input_bad
+        flags = GRADS * grads_bad + WEIGHTS * weights_bad + OPTIMIZER * state_bad
+        stop = ~finite[:, :self.t_stop].all(axis=1)
         cols = [gnorm[:, None], lr[:, None], flags[:, None].astype(np.float64), upd[:, None], g_n, var_upd]
         if self.n_diag:
             cols += [r[:, -2:-1], np.sqrt(r[:, -1:] / self.v_size)]
