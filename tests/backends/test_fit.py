@@ -222,8 +222,30 @@ def test_own_loss_metric_is_said_not_invented(stability):
     assert not rep.trace.info["loss_recorded"]
     assert np.all(np.isnan(rep.trace.loss)) and np.all(rep.trace.grad_norm > 0)
     assert any("loss was not recorded" in note for note in rep.trace.info["notes"])
+
+
+def marked_mse(y, p):
+    # +inf (no gradient) on the batch holding the marker label 2: the loss alone goes non-finite
+    inf = keras.ops.stop_gradient(keras.ops.where(keras.ops.max(y) > 1.5, np.inf, 0.0))
+    return keras.losses.mean_squared_error(keras.ops.minimum(y, 1.0), p) + inf
+
+
+@pytest.mark.stable_training(steps=40, readback_every=64)
+def test_a_non_finite_loss_its_metric_sees_after_the_update_stops_the_run_there(stability):
+    # the guide's train_step updates the loss metric after the optimizer's apply
+    Y2 = Y[:, None].copy()
+    Y2[100] = 2.0  # batch 3 (32 per batch, not shuffled)
+    model = custom()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=marked_mse)
+    began = []
+    count = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs=None: began.append(batch))
+    rep = stability.fit(model, X, Y2, batch_size=32, shuffle=False, check=False, callbacks=[count])
+    tr = rep.trace
+    assert tr.steps == 4 and np.flatnonzero(tr.nonfinite).tolist() == [3] and np.isinf(tr.loss[3])
+    if keras.backend.backend() == "torch":  # one step per call: none ran after the non-finite one
+        assert len(began) == 4, began
 ''')
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester, tiny_problem):
