@@ -430,6 +430,7 @@ class Recorder:
         w_sq = [zero] * self.n_vars
         state_sums = []
         checked = set()
+        jax_rows = []
         for g, k, b, a in zip(grads, index, before, after):
             bf = ops.cast(b, f32)
             if not self.stateless:
@@ -440,21 +441,21 @@ class Recorder:
                 if g is not None:
                     g_sq[k] = ops.sum(ops.square(ops.cast(g, f32)))
                 continue
-            # JAX: one reduction per variable (XLA compiles each reduction into a kernel of its own, and on the
-            # CPU each costs about a microsecond per step): the sums of squares of the weights, the update
-            # and the gradient, and the plain sum of the variable's optimizer slots (finite iff they are)
-            rows = [ops.square(bf), ops.square(ops.cast(a, f32) - bf)]
-            if g is not None:
-                rows.append(ops.square(ops.cast(g, f32)))
+            # JAX: four rows per variable, summed together below: the squares of the weights, of the update
+            # and of the gradient, and the plain sum of the variable's optimizer slots (finite iff they are)
+            flat = ops.reshape(bf, (-1,))
             slots = [state_after[j] for j in self.slots[k]] if len(state_after) == len(self.state_vars) else []
-            rows += [ops.cast(t, f32) for t in slots]
-            sums = ops.sum(ops.stack([ops.reshape(t, (-1,)) for t in rows]), axis=1)
-            w_sq[k], d_sq[k] = sums[0], sums[1]
-            if g is not None:
-                g_sq[k] = sums[2]
-            if slots:
-                state_sums.append(ops.sum(sums[len(rows) - len(slots):]))
-                checked.update(self.slots[k])
+            checked.update(self.slots[k] if slots else ())
+            zeros = ops.zeros_like(flat)
+            jax_rows.append((k, ops.stack([
+                ops.square(flat), ops.square(ops.reshape(ops.cast(a, f32), (-1,)) - flat),
+                ops.square(ops.reshape(ops.cast(g, f32), (-1,))) if g is not None else zeros,
+                sum(ops.reshape(ops.cast(t, f32), (-1,)) for t in slots) if slots else zeros])))
+        if jax_rows:
+            sums = _jax_row_sums([m for _, m in jax_rows])  # (4, variables)
+            for j, (k, _) in enumerate(jax_rows):
+                w_sq[k], d_sq[k], g_sq[k] = sums[0, j], sums[1, j], sums[2, j]
+            state_sums.append(ops.sum(sums[3]))
         g_sq_t = ops.stack(g_sq)
         if inv_scale is not None:
             g_sq_t = g_sq_t * ops.square(inv_scale)
@@ -929,6 +930,44 @@ def _index_of(variables: Any, var: Any) -> int | None:
 def var_name(v: Any) -> str:
     """A variable's name as findings show it (``sequential/dense/kernel``)."""
     return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
+
+
+#: JAX: the per-variable sums of a step are taken in one reduction over fixed-size blocks while the model
+#: is at most this many weights and variables (see _jax_row_sums)
+BLOCK_MAX_WEIGHTS, BLOCK_MAX_VARIABLES = 1 << 20, 128
+
+
+def _jax_row_sums(mats: list[Any]) -> Any:
+    """The row sums of each ``(rows, n_k)`` matrix (one per variable), as one ``(rows, len(mats))`` array.
+
+    XLA compiles a reduction per variable into a kernel of its own, and on a CPU each costs about a
+    microsecond per step however small the variable (``benchmarks/recording_floor.py`` measures both forms,
+    ``--form var`` and ``--form blocks``).  So on a small model every variable's rows are padded to whole
+    blocks and laid side by side, one reduction sums each block, and a product with a constant 0/1 matrix
+    adds up each variable's blocks (at full float32 precision: a GPU's default for float32 products may
+    round to TF32).  On a large model the reductions are the work itself, and the laid-out copy could cost
+    memory: one reduction per variable there.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    total = sum(int(m.shape[1]) for m in mats)
+    if total > BLOCK_MAX_WEIGHTS or len(mats) > BLOCK_MAX_VARIABLES:
+        return jnp.stack([jnp.sum(m, axis=1) for m in mats], axis=1)
+    size = 64
+    while (total // size) > 1024:  # at most ~1024 blocks (plus one per variable): a small constant matrix
+        size *= 2
+    ids: list[int] = []
+    parts = []
+    for k, m in enumerate(mats):
+        pad = (-int(m.shape[1])) % size
+        parts.append(jnp.pad(m, ((0, 0), (0, pad))) if pad else m)
+        ids += [k] * ((int(m.shape[1]) + pad) // size)
+    blocks = jnp.concatenate(parts, axis=1)
+    block_sums = jnp.sum(jnp.reshape(blocks, (blocks.shape[0], len(ids), size)), axis=2)
+    owner = np.zeros((len(ids), len(mats)), np.float32)
+    owner[np.arange(len(ids)), ids] = 1.0
+    return jnp.dot(block_sums, jnp.asarray(owner), precision=jax.lax.Precision.HIGHEST)
 
 
 def _sum_all(ops: Any, tensors: list[Any]) -> Any:
