@@ -17,7 +17,9 @@ them back afterwards:
   overall, and (``diagnostics``) Adam's slot statistics; and writes them into
   one row of a ``(chunk, width)`` buffer;
 * the loss tracker's ``update_state`` writes the raw minibatch loss (not the
-  running mean ``logs["loss"]`` shows) into a ``(chunk,)`` buffer.
+  running mean ``logs["loss"]`` shows) into a ``(chunk,)`` buffer (JAX: into a
+  ``(2,)`` one, the loss and a count, which the ``train_step`` wrapper files in
+  the step's row of the optimizer's buffer after the step).
 
 A :class:`Readback` callback reads both buffers at execution boundaries
 (``steps_per_execution``), once per chunk.  Once a step went non-finite, or the
@@ -26,7 +28,7 @@ planned number of steps is reached, later steps apply no update to the weights
 it, else a ``cond`` or a select; see :meth:`Recorder._rate_variable`), so the
 weights and the report are those of the failing step; the callback then stops
 ``fit``.  A wrapper around the model's ``train_step`` checks pipeline batches for
-NaN/Inf in the step and, under JAX, carries a non-finite loss into the halt flag.
+NaN/Inf in the step and, under JAX, files the step's loss and carries a non-finite one into the halt flag.
 
 The statistics are written once in backend-neutral ``keras.ops`` (:meth:`Recorder._row`), which
 TensorFlow and JAX compile into the step.  PyTorch runs every step eagerly, where each tensor op costs its
@@ -55,6 +57,8 @@ COL_GNORM, COL_LR, COL_FLAGS, COL_UPDATE = 0, 1, 2, 3
 N_FIXED = 4
 #: JAX: the optimizer-side buffer has one more row, its header, holding these (float32: exact up to 2**24)
 H_COUNT, H_HALT, H_LIMIT, H_INPUT = 0, 1, 2, 3
+#: JAX: and two more columns after each row: the step's loss and how many times the tracker took a loss in it
+N_LOSS_COLS = 2
 #: device-side stop rule: these bits stop the run (the update of that step is kept)
 STOP_BITS = GRADS | WEIGHTS | OPTIMIZER | INPUT
 
@@ -199,9 +203,9 @@ class Recorder:
 
         * before it, checks the input batch for NaN/Inf on the device (every pipeline: tf.data,
           PyDataset, generators, DataLoader) into a flag the optimizer's apply reads;
-        * after it, under JAX, carries a non-finite loss into the optimizer's halt flag: the loss
-          tracker sees the loss after the optimizer applied the step, in state the optimizer does not
-          get, so without this the steps after it would still be applied until the chunk's end.
+        * after it, under JAX, files the step's loss (the loss tracker keeps it in state the optimizer
+          does not get) in the two columns after the step's row, and carries a non-finite one into the
+          optimizer's halt flag, so that no later step of the chunk is applied.
         """
         self._train_step = self.model.train_step
         self._patch(self.model, "train_step", self._train_step_wrapper(self._train_step))
@@ -274,16 +278,25 @@ class Recorder:
                     ov[p] = ops.slice_update(ov[p], (chunk, H_INPUT), ops.reshape(ops.cast(bad, "float32"), (1, 1)))
                     state = (trainable, non_trainable, ov, mv)
             logs, new_state = original(state, data)
-            if four and self.lbuf is not None and not self.is_loss_scaled and isinstance(new_state, (tuple, list)) \
-                    and len(new_state) == 4:
+            if four and self.lbuf is not None and isinstance(new_state, (tuple, list)) and len(new_state) == 4:
                 p_lb = _index_of(model.metrics_variables, self.lbuf)
                 if p_lb is not None:  # a model whose metrics leave out the loss tracker records no loss
                     trainable, non_trainable, ov, mv = new_state
                     ov = list(ov)
                     p = _index_of(self.opt.variables, self.buf)
-                    halted = ov[p][chunk, H_HALT]
-                    halt = ops.where(ops.not_equal(mv[p_lb][chunk + 1], 0), ops.ones_like(halted), halted)
-                    ov[p] = ops.slice_update(ov[p], (chunk, H_HALT), ops.reshape(halt, (1, 1)))
+                    buf, width = ov[p], self.width
+                    counted = ops.greater(buf[chunk, H_COUNT], state[2][p][chunk, H_COUNT])
+                    loss, taken = mv[p_lb][0], mv[p_lb][1] - state[3][p_lb][1]
+                    # into the columns after the step's row (a step that counted, only: else the header's)
+                    at = ops.where(counted, ops.cast(ops.mod(buf[chunk, H_COUNT] - 1, chunk), "int32"), chunk)
+                    buf = ops.slice_update(buf, (at, width), ops.reshape(ops.stack([loss, taken]), (1, 2)))
+                    if not self.is_loss_scaled:  # a non-finite loss stops the next update (an overflow, scaled)
+                        bad = ops.logical_and(counted, ops.logical_and(
+                            ops.greater(taken, 0), ops.logical_not(ops.isfinite(loss))))
+                        halted = buf[chunk, H_HALT]
+                        buf = ops.slice_update(buf, (chunk, H_HALT), ops.reshape(
+                            ops.where(bad, ops.ones_like(halted), halted), (1, 1)))
+                    ov[p] = buf
                     new_state = (trainable, non_trainable, ov, mv)
             return logs, new_state
 
@@ -314,10 +327,11 @@ class Recorder:
         if self.stateless:
             # JAX threads every variable through each step's call, and each one costs there (about a
             # microsecond on the CPU): the counters ride in a header row under the rows, one variable in all
-            header = np.zeros((1, self.width), np.float32)
+            # the row's two loss columns are written after the step by the train_step wrapper
+            header = np.zeros((1, self.width + N_LOSS_COLS), np.float32)
             header[0, H_LIMIT] = self.limit
-            self.buf = self._variable(np.concatenate([np.zeros((self.chunk, self.width), np.float32), header]),
-                                      "float32", "stability_record", own)
+            self.buf = self._variable(np.concatenate([np.zeros((self.chunk, self.width + N_LOSS_COLS), np.float32),
+                                                      header]), "float32", "stability_record", own)
         elif self.backend != "torch":  # PyTorch keeps its raw values in a list, the count on the host
             self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32",
                                       "stability_record", own)
@@ -362,8 +376,8 @@ class Recorder:
             self.lbuf = self.lcount = self.loss_bad = None
             self._patch(self.tracker, "update_state", self._torch_update_state(self.tracker.update_state))
             return
-        if self.stateless:  # one variable: the losses, then the count and the first bad step (see above)
-            self.lbuf = self._variable(np.zeros((self.chunk + 2,), np.float32), "float32", "stability_loss",
+        if self.stateless:  # the step's loss, taken into the optimizer's buffer after the step (see above)
+            self.lbuf = self._variable(np.zeros((2,), np.float32), "float32", "stability_loss",
                                        self.tracker._variables)
             self.lcount = self.loss_bad = None
             self._patch(self.tracker, "update_state", self._jax_update_state(self.tracker.update_state))
@@ -394,23 +408,12 @@ class Recorder:
 
     def _jax_update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
         ops = self.ops
-        chunk = self.chunk
-        stops = not self.is_loss_scaled  # under loss scaling a non-finite loss is an overflow, skipped
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, sample_weight=sample_weight, *args, **kwargs)
-            if self.recording_loss:
+            if self.recording_loss:  # [the last raw loss | how many the tracker took]: the wrapper files it
                 value = ops.cast(ops.mean(ops.stop_gradient(values)), "float32")
-                lbuf = self.lbuf.value  # [losses (chunk) | count | 1-based step of the first bad loss, 0 while none]
-                count, bad = lbuf[chunk], lbuf[chunk + 1]
-                slot = ops.cast(ops.mod(count, chunk), "int32")
-                if stops:
-                    bad = ops.where(ops.logical_and(ops.equal(bad, 0), ops.logical_not(ops.isfinite(value))),
-                                    count + 1, bad)
-                at = ops.arange(chunk + 2, dtype="int32")
-                # one select over the buffer (a slot, the count, the flag)
-                self.lbuf.assign(ops.where(ops.equal(at, slot), value, ops.where(
-                    ops.equal(at, chunk), count + 1, ops.where(ops.equal(at, chunk + 1), bad, lbuf))))
+                self.lbuf.assign(ops.stack([value, self.lbuf.value[1] + 1]))
             return out
 
         return update_state
@@ -834,6 +837,7 @@ class Recorder:
                 header[H_LIMIT:]])
             at = ops.expand_dims(ops.arange(self.chunk + 1, dtype="int32"), 1)
             slot = ops.cast(ops.mod(count, self.chunk), "int32")
+            row = ops.concatenate([row, ops.zeros((N_LOSS_COLS,), f32)])  # the loss: see _train_step_wrapper
             new_o[p_buf] = ops.where(ops.logical_and(ops.equal(at, slot), go), ops.expand_dims(row, 0),
                                      ops.where(ops.equal(at, self.chunk), ops.expand_dims(new_header, 0), buf))
             return new_t, new_o
@@ -856,23 +860,19 @@ class Recorder:
         return out
 
     def _jax_read(self) -> dict[str, np.ndarray | int]:
-        """The header row and the loss buffer's tail hold the counters (see _build_buffers)."""
+        """The header row holds the counters, the two columns after each row its loss (see _build_buffers)."""
         jax_state = getattr(self.model, "_jax_state", None)
-        buf = lbuf = None
         if jax_state:  # fit holds the state (the variables are emptied while it runs)
-            opos = {id(v): i for i, v in enumerate(self.opt.variables)}
-            mpos = {id(v): i for i, v in enumerate(self.model.metrics_variables)}
-            buf = np.asarray(jax_state["optimizer_variables"][opos[id(self.buf)]])
-            if self.lbuf is not None and id(self.lbuf) in mpos:  # a model whose metrics leave out the tracker
-                lbuf = np.asarray(jax_state["metrics_variables"][mpos[id(self.lbuf)]])
+            buf = np.asarray(jax_state["optimizer_variables"][_index_of(self.opt.variables, self.buf)])
         else:
             buf = host_numpy(self.buf.value)
-            if self.lbuf is not None:
-                lbuf = host_numpy(self.lbuf.value)
-        out = {"buf": buf[:self.chunk], "count": int(buf[self.chunk, H_COUNT]), "halt": int(buf[self.chunk, H_HALT])}
-        if lbuf is not None:
-            out["lbuf"] = lbuf[:self.chunk]
-            out["lcount"] = int(lbuf[self.chunk])
+        # a model whose metrics leave out the loss tracker records no loss (the wrapper writes none)
+        tracked = self.lbuf is not None and _index_of(self.model.metrics_variables, self.lbuf) is not None
+        w = self.width
+        out = {"buf": buf[:self.chunk, :w], "count": int(buf[self.chunk, H_COUNT]),
+               "halt": int(buf[self.chunk, H_HALT])}
+        if tracked:  # per row: its step's loss, and how many losses the tracker took in that step
+            out["lrow"], out["ltaken"] = buf[:self.chunk, w], buf[:self.chunk, w + 1]
         return out
 
     def device_of_buffer(self) -> str:
@@ -1008,7 +1008,12 @@ class ChunkRows:
         slots = [(self.done + k) % chunk for k in range(new)]
         rows = snap["buf"][slots] if new else snap["buf"][:0]
         self.rows.append(np.array(rows))
-        if "lbuf" in snap:
+        if "lrow" in snap:  # JAX: each row's own loss; recorded only if the tracker took one loss in its step
+            self.losses.append(np.array(snap["lrow"][slots]))
+            self.loss_done += new
+            if new and np.any(snap["ltaken"][slots] != 1):
+                self.loss_mismatch = True
+        elif "lbuf" in snap:
             lcount = int(snap["lcount"])
             # the tracker may run a few steps past the optimizer after it halted
             take = max(0, min(count, lcount) - self.loss_done)

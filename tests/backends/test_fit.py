@@ -65,8 +65,28 @@ def test_model(stability):
         0.1 * rep.trace.grad_norm[0], rel=1e-4)
     # a running mean would be smooth: raw minibatch losses jump when the data cycles (8 batches/epoch)
     assert rep.trace.loss[7] != pytest.approx(np.mean(rep.trace.loss[:8]), rel=1e-3)
+
+
+@pytest.mark.stable_training(steps=11, readback_every=4, shuffle=False)
+def test_every_step(stability):
+    # each step's own loss, in its place, across read-backs and the epoch's end (8 batches), the last chunk
+    # cut short: the same model trained batch by batch, its loss taken before each step
+    model = build(optimizer=keras.optimizers.SGD(0.1))
+    model.build((None, 8))
+    w0 = [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
+    rep = stability.fit(model, X, Y, batch_size=32)
+    check = build(optimizer=keras.optimizers.SGD(0.1))
+    check.build((None, 8))
+    for v, w in zip(check.trainable_variables, w0):
+        v.assign(w)
+    expected = []
+    for step in range(11):
+        xb, yb = X[step % 8 * 32:(step % 8 + 1) * 32], Y[step % 8 * 32:(step % 8 + 1) * 32]
+        expected.append(float(keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(yb[:, None], check(xb))).mean()))
+        check.train_on_batch(xb, yb)
+    np.testing.assert_allclose(rep.trace.loss, expected, rtol=1e-5)
 ''')
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
 
 
 def test_class_weight_validation_split_callbacks_and_lr_schedule(pytester, tiny_problem):
