@@ -322,6 +322,28 @@ def _readback_class(keras: Any) -> Any:
             #: fall at the same steps on every backend
             self.virtual_call: int | None = None
             self.epoch_steps = 0
+            #: JAX, whose fit runs a call's steps in a Python loop that reads ``steps_per_execution`` when
+            #: called: the steps of an epoch (known), and the first epoch, so that the last call is cut to the
+            #: steps left (see on_train_batch_begin)
+            self.trim_per_epoch: int | None = None
+            self.initial_epoch = 0
+            self.epoch = 0
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            # JAX: a call that would run past the planned steps runs only the steps left, and is the last
+            # (TensorFlow compiles its steps_per_execution into the call: there the rest of the call runs,
+            # updating no weight; PyTorch runs one step per call)
+            if self.trim_per_epoch is None:
+                return
+            per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+            in_call = min(per_call, self.trim_per_epoch - int(batch))  # a call ends at its epoch's end
+            left = self.steps - ((self.epoch - self.initial_epoch) * self.trim_per_epoch + int(batch))
+            if 0 < left < in_call:
+                self.model.steps_per_execution = left
+                self.model.stop_training = True
 
         def on_train_begin(self, logs: Any = None) -> None:
             if self.want_initial_state:
@@ -642,11 +664,15 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     run_steps = int(stop_after) if stop_after is not None else int(steps)
     bs = int(fit_kwargs.get("batch_size") or spec.batch_size)
     per_epoch = epoch_length(keras, kind, x, fit_kwargs, bs)
+    # whether every epoch runs exactly per_epoch steps: arrays (Keras batches them the same way), or the one
+    # epoch the plugin sizes itself (a user's steps_per_epoch may outrun the data)
+    exact_epoch = per_epoch is not None and kind == "arrays" and fit_kwargs.get("steps_per_epoch") is None
     initial_epoch = int(fit_kwargs.get("initial_epoch") or 0)
     user_epochs = fit_kwargs.get("epochs")
     if per_epoch is None:
         fit_kwargs["steps_per_epoch"] = run_steps if user_epochs is None else fit_kwargs.get("steps_per_epoch")
         per_epoch = fit_kwargs["steps_per_epoch"]
+        exact_epoch = user_epochs is None
     if user_epochs is None:
         fit_kwargs["epochs"] = initial_epoch + max(1, math.ceil(run_steps / max(1, per_epoch or run_steps)))
     fit_kwargs.setdefault("verbose", 0)
@@ -738,6 +764,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                   measure=measure if meter is not None else None)
     cb.want_initial_state = keep_initial_state
     cb.virtual_call = virtual_call
+    if backend == "jax" and exact_epoch and not distributed:
+        cb.trim_per_epoch, cb.initial_epoch = int(per_epoch), initial_epoch
     reseed = _reseed_class(keras)(lambda: seed_everything(seed, spec.deterministic))
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     if not isinstance(callbacks, list):

@@ -514,9 +514,37 @@ def test_stops_at_the_planned_step(stability, optimizer):
     plain.fit(X, Y, batch_size=32, shuffle=False, epochs=4, verbose=0)
     plain.fit(X[:160], Y[:160], batch_size=32, shuffle=False, epochs=1, verbose=0)  # steps 33 to 37
     assert_same_weights(model, plain)
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) >= 37
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    # TensorFlow runs its last compiled call to its end: Adam's 3 steps past 37 run with a zero rate, which
+    # counts them (a cond keeps SGD's out); JAX cuts its last call to the steps left; PyTorch runs one step
+    # per call
+    tf_adam = keras.backend.backend() == "tensorflow" and optimizer == "adam"
+    assert iterations == (40 if tf_adam else 37), iterations
+
+
+def bn_model():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
+                              keras.layers.ReLU(), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    return model
+
+
+@pytest.mark.xfail(keras.backend.backend() == "tensorflow", strict=True,
+                   reason="TensorFlow's last compiled call runs to its end: BatchNorm sees its batches (README)")
+@pytest.mark.stable_training(steps=37, readback_every=64)
+def test_batchnorm_statistics_see_only_the_planned_batches(stability):
+    model = bn_model()
+    plain = bn_model()
+    plain.set_weights(model.get_weights())
+    stability.fit(model, X, Y, batch_size=32, shuffle=False)
+    plain.fit(X, Y, batch_size=32, shuffle=False, epochs=4, verbose=0)
+    plain.fit(X[:160], Y[:160], batch_size=32, shuffle=False, epochs=1, verbose=0)
+    assert_same_weights(model, plain)  # the moving mean and variance included
 ''')
-    result.assert_outcomes(passed=4)
+    if BACKEND == "tensorflow":
+        result.assert_outcomes(passed=4, xfailed=1)
+    else:
+        result.assert_outcomes(passed=5)
 
 
 def test_read_backs_convert_without_numpy_2_deprecation_warnings():
