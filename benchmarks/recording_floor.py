@@ -5,7 +5,7 @@ relative update ``|Δw| / |w|`` per variable, and finiteness of the loss, gradie
 state.  This script times one training step of the overhead benchmark's models (``overhead.py``: the
 32-64-64-1 MLP and the small convnet, Adam, batch 32) as Keras' own ``train_step`` runs it, with no plugin,
 and then with those statistics added to the same step *by hand*, one group at a time, in the cheapest form
-measured (``--levels`` below), each written into a row of a ``(64, width)`` buffer threaded through the
+measured (``--levels`` below; ``--form``: how JAX sums per variable, see ``_jax_stats``), each written into a row of a ``(64, width)`` buffer threaded through the
 step like the recorder's.  The last level is the plugin's own recorder (``Recorder``) around the same step.
 
 * ``plain``: Keras' ``train_step``, nothing added.
@@ -307,7 +307,7 @@ def one_backend(args) -> dict:
 def table(results: list[dict], args) -> str:
     cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
     levels = args.levels
-    lines = [f"`python benchmarks/recording_floor.py --calls {args.calls} --reps {args.reps}{cpus}` on "
+    lines = [f"`python benchmarks/recording_floor.py --calls {args.calls} --reps {args.reps} --form {args.form}{cpus}` on "
              f"{platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; microseconds per "
              f"training step (medians of {args.reps} interleaved repetitions of {args.calls} steps on one "
              f"batch of 32), and in brackets the ratio to `plain` (Keras' own `train_step`). Each level adds "
@@ -329,7 +329,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--models", default="mlp,conv")
     parser.add_argument("--levels", default=",".join(LEVELS))
-    parser.add_argument("--form", choices=("var", "blocks"), default="var",
+    parser.add_argument("--form", choices=("var", "blocks"), default="blocks",
                         help="JAX: how the per-variable sums are reduced (see _jax_stats)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
     parser.add_argument("--no-write", action="store_true")
@@ -357,7 +357,7 @@ def main() -> int:
             print(f"[{backend}] not installed: skipped", file=sys.stderr)
             continue
         cmd = [sys.executable, __file__, "--backend", backend, "--json", "--calls", str(args.calls), "--reps",
-               str(args.reps), "--models", args.models, "--levels", ",".join(levels), *extra]
+               str(args.reps), "--models", args.models, "--levels", ",".join(levels), "--form", args.form, *extra]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
