@@ -5,8 +5,9 @@ relative update ``|Δw| / |w|`` per variable, and finiteness of the loss, gradie
 state.  This script times one training step of the overhead benchmark's models (``overhead.py``: the
 32-64-64-1 MLP and the small convnet, Adam, batch 32) as Keras' own ``train_step`` runs it, with no plugin,
 and then with those statistics added to the same step *by hand*, one group at a time, in the cheapest form
-measured (``--levels`` below; ``--form``: how JAX sums per variable, see ``_jax_stats``), each written into a row of a ``(64, width)`` buffer threaded through the
-step like the recorder's.  The last level is the plugin's own recorder (``Recorder``) around the same step.
+measured (``--levels`` below; ``--form``: how JAX sums per variable, see ``_jax_stats``), each written into
+a row of a ``(64, width)`` buffer threaded through the step like the recorder's.  The last level is the
+plugin's own recorder (``Recorder``) around the same step.
 
 * ``plain``: Keras' ``train_step``, nothing added.
 * ``store``: a ``(64, width)`` row buffer threaded through the step (JAX: one more array in and out of the
@@ -307,11 +308,11 @@ def one_backend(args) -> dict:
 def table(results: list[dict], args) -> str:
     cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
     levels = args.levels
-    lines = [f"`python benchmarks/recording_floor.py --calls {args.calls} --reps {args.reps} --form {args.form}{cpus}` on "
-             f"{platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; microseconds per "
-             f"training step (medians of {args.reps} interleaved repetitions of {args.calls} steps on one "
-             f"batch of 32), and in brackets the ratio to `plain` (Keras' own `train_step`). Each level adds "
-             f"statistics to the one before; `recorder` is the plugin's own recording.", "",
+    command = f"python benchmarks/recording_floor.py --calls {args.calls} --reps {args.reps} --form {args.form}{cpus}"
+    lines = [f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; "
+             f"microseconds per training step (medians of {args.reps} interleaved repetitions of {args.calls} "
+             f"steps on one batch of 32), and in brackets the ratio to `plain` (Keras' own `train_step`). Each "
+             f"level adds statistics to the one before; `recorder` is the plugin's own recording.", "",
              "| backend | model | " + " | ".join(levels) + " |",
              "|---|---|" + "---:|" * len(levels)]
     for res in results:

@@ -332,19 +332,6 @@ def _readback_class(keras: Any) -> Any:
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.epoch = epoch
 
-        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            # JAX: a call that would run past the planned steps runs only the steps left, and is the last
-            # (TensorFlow compiles its steps_per_execution into the call: there the rest of the call runs,
-            # updating no weight; PyTorch runs one step per call)
-            if self.trim_per_epoch is None:
-                return
-            per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
-            in_call = min(per_call, self.trim_per_epoch - int(batch))  # a call ends at its epoch's end
-            left = self.steps - ((self.epoch - self.initial_epoch) * self.trim_per_epoch + int(batch))
-            if 0 < left < in_call:
-                self.model.steps_per_execution = left
-                self.model.stop_training = True
-
         def on_train_begin(self, logs: Any = None) -> None:
             if self.want_initial_state:
                 self.initial_state = take_state(self.model, self.rec)
@@ -421,6 +408,19 @@ def _readback_class(keras: Any) -> Any:
         # runs one step per call, so there the train function itself is wrapped (see train)
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
             self.after_call()
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            # JAX: a call that would run past the planned steps runs only the steps left, and is the last
+            # (TensorFlow compiles its steps_per_execution into the call: there the rest of the call runs,
+            # updating no weight; PyTorch runs one step per call, and has no such hook)
+            if self.trim_per_epoch is None:
+                return
+            per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+            in_call = min(per_call, self.trim_per_epoch - int(batch))  # a call ends at its epoch's end
+            left = self.steps - ((self.epoch - self.initial_epoch) * self.trim_per_epoch + int(batch))
+            if 0 < left < in_call:
+                self.model.steps_per_execution = left
+                self.model.stop_training = True
 
     return _Readback if keras.backend.backend() == "torch" else _ReadbackAtBatchEnd
 
