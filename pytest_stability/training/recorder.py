@@ -120,6 +120,10 @@ class Recorder:
         self.check_inputs = bool(check_inputs) and not distributed
         self.input_bad = None
         self.built = False
+        #: JAX, while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
+        #: losses the loss tracker took (see _train_step_wrapper)
+        self._jax_step: tuple | None = None
+        self._loss_calls = 0
         # PyTorch needs none: its host runs no step past the planned ones or after a non-finite one
         self.rate = None if self.backend == "torch" else self._rate_variable()
         if self.stateless and self.limit >= 2 ** 24:  # JAX counts in the float32 buffer's header
@@ -277,25 +281,29 @@ class Recorder:
                     p = _index_of(self.opt.variables, self.buf)
                     ov[p] = ops.slice_update(ov[p], (chunk, H_INPUT), ops.reshape(ops.cast(bad, "float32"), (1, 1)))
                     state = (trainable, non_trainable, ov, mv)
+            self._jax_step, self._loss_calls = None, 0  # set while `original` is traced (see below)
             logs, new_state = original(state, data)
-            if four and self.lbuf is not None and isinstance(new_state, (tuple, list)) and len(new_state) == 4:
+            step, taken = self._jax_step, self._loss_calls
+            self._jax_step = None  # no tracer kept past its trace
+            if four and step is not None and self.lbuf is not None and isinstance(new_state, (tuple, list)) \
+                    and len(new_state) == 4:
                 p_lb = _index_of(model.metrics_variables, self.lbuf)
                 if p_lb is not None:  # a model whose metrics leave out the loss tracker records no loss
+                    # the step's loss into the two columns after its row (a step that counted; else the
+                    # header's, never read), with how many losses the tracker took in the step: known when
+                    # the step is traced, so no count is kept on the device
+                    go, slot, halt = step
                     trainable, non_trainable, ov, mv = new_state
                     ov = list(ov)
                     p = _index_of(self.opt.variables, self.buf)
-                    buf, width = ov[p], self.width
-                    counted = ops.greater(buf[chunk, H_COUNT], state[2][p][chunk, H_COUNT])
-                    loss, taken = mv[p_lb][0], mv[p_lb][1] - state[3][p_lb][1]
-                    # into the columns after the step's row (a step that counted, only: else the header's)
-                    at = ops.where(counted, ops.cast(ops.mod(buf[chunk, H_COUNT] - 1, chunk), "int32"), chunk)
-                    buf = ops.slice_update(buf, (at, width), ops.reshape(ops.stack([loss, taken]), (1, 2)))
-                    if not self.is_loss_scaled:  # a non-finite loss stops the next update (an overflow, scaled)
-                        bad = ops.logical_and(counted, ops.logical_and(
-                            ops.greater(taken, 0), ops.logical_not(ops.isfinite(loss))))
-                        halted = buf[chunk, H_HALT]
+                    loss = mv[p_lb][0] if taken == 1 else ops.convert_to_tensor(float("nan"), "float32")
+                    at = ops.where(go, slot, chunk)
+                    buf = ops.slice_update(ov[p], (at, self.width), ops.reshape(
+                        ops.stack([loss, ops.convert_to_tensor(float(taken), "float32")]), (1, 2)))
+                    if taken == 1 and not self.is_loss_scaled:  # a non-finite loss stops the next update
+                        bad = ops.logical_and(go, ops.logical_not(ops.isfinite(loss)))  # (scaled: an overflow)
                         buf = ops.slice_update(buf, (chunk, H_HALT), ops.reshape(
-                            ops.where(bad, ops.ones_like(halted), halted), (1, 1)))
+                            ops.where(bad, ops.ones_like(halt), halt), (1, 1)))
                     ov[p] = buf
                     new_state = (trainable, non_trainable, ov, mv)
             return logs, new_state
@@ -377,7 +385,7 @@ class Recorder:
             self._patch(self.tracker, "update_state", self._torch_update_state(self.tracker.update_state))
             return
         if self.stateless:  # the step's loss, taken into the optimizer's buffer after the step (see above)
-            self.lbuf = self._variable(np.zeros((2,), np.float32), "float32", "stability_loss",
+            self.lbuf = self._variable(np.zeros((1,), np.float32), "float32", "stability_loss",
                                        self.tracker._variables)
             self.lcount = self.loss_bad = None
             self._patch(self.tracker, "update_state", self._jax_update_state(self.tracker.update_state))
@@ -411,9 +419,9 @@ class Recorder:
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, sample_weight=sample_weight, *args, **kwargs)
-            if self.recording_loss:  # [the last raw loss | how many the tracker took]: the wrapper files it
-                value = ops.cast(ops.mean(ops.stop_gradient(values)), "float32")
-                self.lbuf.assign(ops.stack([value, self.lbuf.value[1] + 1]))
+            if self.recording_loss:  # the step's raw loss: the train_step wrapper files it in the step's row
+                self.lbuf.assign(ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,)))
+                self._loss_calls += 1  # while the step is traced
             return out
 
         return update_state
@@ -829,17 +837,15 @@ class Recorder:
             in_bad = ops.not_equal(header[H_INPUT], 0) if self.check_inputs else None
             row, stop = self._row(grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after,
                                   in_bad)
-            # the step's row in its slot (a step that counts, only) and the header, in one select
+            # the step's row in its slot, written in place whether the step counts or not: the slot of a step
+            # that does not count is the next one's, which the host does not read until a step fills it
             f32 = "float32"
-            new_header = ops.concatenate([
-                ops.reshape(count + ops.cast(go, f32), (1,)),
-                ops.reshape(ops.where(go, ops.cast(stop, f32), halted), (1,)),  # once halted, it stays so
-                header[H_LIMIT:]])
-            at = ops.expand_dims(ops.arange(self.chunk + 1, dtype="int32"), 1)
             slot = ops.cast(ops.mod(count, self.chunk), "int32")
-            row = ops.concatenate([row, ops.zeros((N_LOSS_COLS,), f32)])  # the loss: see _train_step_wrapper
-            new_o[p_buf] = ops.where(ops.logical_and(ops.equal(at, slot), go), ops.expand_dims(row, 0),
-                                     ops.where(ops.equal(at, self.chunk), ops.expand_dims(new_header, 0), buf))
+            halt = ops.where(go, ops.cast(stop, f32), halted)  # once halted, it stays so
+            buf = ops.slice_update(buf, (slot, 0), ops.expand_dims(row, 0))
+            new_o[p_buf] = ops.slice_update(buf, (self.chunk, H_COUNT), ops.reshape(
+                ops.stack([count + ops.cast(go, f32), halt]), (1, 2)))
+            self._jax_step = (go, slot, halt)  # for the train_step wrapper, in the same trace
             return new_t, new_o
 
         return stateless_apply
