@@ -22,13 +22,14 @@ def write_results(name: str, text: str) -> Path:
     return path
 
 
-def run_per_backend(script: str, args: list[str]) -> list[dict]:
-    """Run ``script --backend B --json ARGS`` in a subprocess for each installed Keras backend (each process
-    imports one framework) and collect the ``RESULT {json}`` line each prints; a backend that is not
-    installed, or whose run fails, is said on stderr and left out."""
+def run_per_backend(script: str, args: list[str],
+                    backends: tuple[str, ...] = ("tensorflow", "jax", "torch")) -> list[dict]:
+    """Run ``script --backend B --json ARGS`` in a subprocess for each installed Keras backend of ``backends``
+    (each process imports one framework) and collect the ``RESULT {json}`` line each prints; a backend that
+    is not installed, or whose run fails, is said on stderr and left out."""
     results = []
-    for backend, module in (("tensorflow", "tensorflow"), ("jax", "jax"), ("torch", "torch")):
-        if importlib.util.find_spec(module) is None:
+    for backend in backends:
+        if importlib.util.find_spec(backend) is None:  # the module is named as the backend
             print(f"[{backend}] not installed: skipped", file=sys.stderr)
             continue
         cmd = [sys.executable, script, "--backend", backend, "--json", *args]

@@ -348,23 +348,12 @@ def main() -> int:
         result = one_backend(args)
         print("RESULT " + json.dumps(result) if args.json else table([result], args))
         return 0
-    import importlib.util
-    import subprocess
+    from benchmarks._results import run_per_backend
 
-    results = []
     extra = ["--cpus", args.cpus] if args.cpus is not None else []
-    for backend in ("jax", "torch"):
-        if importlib.util.find_spec(backend) is None:
-            print(f"[{backend}] not installed: skipped", file=sys.stderr)
-            continue
-        cmd = [sys.executable, __file__, "--backend", backend, "--json", "--calls", str(args.calls), "--reps",
-               str(args.reps), "--models", args.models, "--levels", ",".join(levels), "--form", args.form, *extra]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": backend})
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"[{backend}] failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(line[len("RESULT "):]))
+    results = run_per_backend(__file__, ["--calls", str(args.calls), "--reps", str(args.reps), "--models", args.models,
+                                         "--levels", ",".join(levels), "--form", args.form, *extra],
+                              backends=("jax", "torch"))
     text = table(results, args)
     print(text)
     if not args.no_write and results:

@@ -48,8 +48,8 @@ def test_model(stability):
 
 def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester, tiny_problem):
     result = run(pytester, tiny_problem, '''
-@pytest.mark.stable_training(steps=8, shuffle=False)
-def test_model(stability):
+def fit_and_twin(stability):
+    """stability.fit of an SGD model; a twin with its initial weights; those weights."""
     model = build(optimizer=keras.optimizers.SGD(0.1))
     model.build((None, 8))
     w0 = [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
@@ -58,6 +58,12 @@ def test_model(stability):
     check.build((None, 8))
     for v, w in zip(check.trainable_variables, w0):
         v.assign(w)
+    return rep, check, w0
+
+
+@pytest.mark.stable_training(steps=8, shuffle=False)
+def test_model(stability):
+    rep, check, w0 = fit_and_twin(stability)
     expected = float(keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(Y[:32, None], check(X[:32]))).mean())
     assert rep.trace.loss[0] == pytest.approx(expected, rel=1e-5)
     # SGD: the update is lr * gradient, so the first update's size gives the first gradient norm
@@ -71,18 +77,12 @@ def test_model(stability):
 def test_every_step(stability):
     # each step's own loss, in its place, across read-backs and the epoch's end (8 batches), the last chunk
     # cut short: the same model trained batch by batch, its loss taken before each step
-    model = build(optimizer=keras.optimizers.SGD(0.1))
-    model.build((None, 8))
-    w0 = [keras.ops.convert_to_numpy(v.value).copy() for v in model.trainable_variables]
-    rep = stability.fit(model, X, Y, batch_size=32)
-    check = build(optimizer=keras.optimizers.SGD(0.1))
-    check.build((None, 8))
-    for v, w in zip(check.trainable_variables, w0):
-        v.assign(w)
+    rep, check, _ = fit_and_twin(stability)
     expected = []
     for step in range(11):
         xb, yb = X[step % 8 * 32:(step % 8 + 1) * 32], Y[step % 8 * 32:(step % 8 + 1) * 32]
-        expected.append(float(keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(yb[:, None], check(xb))).mean()))
+        loss = keras.losses.binary_crossentropy(yb[:, None], check(xb))
+        expected.append(float(keras.ops.convert_to_numpy(loss).mean()))
         check.train_on_batch(xb, yb)
     np.testing.assert_allclose(rep.trace.loss, expected, rtol=1e-5)
 ''')
