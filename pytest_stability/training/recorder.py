@@ -18,8 +18,8 @@ them back afterwards:
   one row of a ``(chunk, width)`` buffer;
 * the loss tracker's ``update_state`` writes the raw minibatch loss (not the
   running mean ``logs["loss"]`` shows) into a ``(chunk,)`` buffer (JAX: into a
-  ``(2,)`` one, the loss and a count, which the ``train_step`` wrapper files in
-  the step's row of the optimizer's buffer after the step).
+  ``(1,)`` one, which the ``train_step`` wrapper files in the step's row of the
+  optimizer's buffer after the step).
 
 A :class:`Readback` callback reads both buffers at execution boundaries
 (``steps_per_execution``), once per chunk.  Once a step went non-finite, or the
@@ -57,7 +57,7 @@ COL_GNORM, COL_LR, COL_FLAGS, COL_UPDATE = 0, 1, 2, 3
 N_FIXED = 4
 #: JAX: the optimizer-side buffer has one more row, its header, holding these (float32: exact up to 2**24)
 H_COUNT, H_HALT, H_LIMIT, H_INPUT = 0, 1, 2, 3
-#: JAX: and two more columns after each row: the step's loss and how many times the tracker took a loss in it
+#: JAX: and two more columns after each row: the step's loss and how many losses the tracker took in it
 N_LOSS_COLS = 2
 #: device-side stop rule: these bits stop the run (the update of that step is kept)
 STOP_BITS = GRADS | WEIGHTS | OPTIMIZER | INPUT
