@@ -370,7 +370,10 @@ def _readback_class(keras: Any) -> Any:
                     self._end_of_call()
                 self.epoch_steps = 0
 
-        def read(self) -> None:
+        def read(self, *, measure: bool = True) -> None:
+            """Reads the rows recorded since the last read, stops ``fit`` on a non-finite step or at the planned
+            steps, and (``measure``) validates and measures curvature where due: not after ``fit`` raised,
+            where the run's error is re-raised or reported, not judged further."""
             if self.stopped_nonfinite or not self.rec.built:
                 return
             snap = self.rec.read()
@@ -391,12 +394,12 @@ def _readback_class(keras: Any) -> Any:
                 self.model.stop_training = True
             elif done >= self.steps:
                 self.model.stop_training = True
-            if self.validate is not None and not self.stopped_nonfinite and (
+            if measure and self.validate is not None and not self.stopped_nonfinite and (
                     done // self.validate_every > self.last_val // self.validate_every or done >= self.steps):
                 if done != self.last_val:
                     self.last_val = done
                     self.validate()
-            if self.measure is not None and not self.stopped_nonfinite:
+            if measure and self.measure is not None and not self.stopped_nonfinite:
                 self.measure(done)
             if self.progress is not None:
                 self.progress(done)
@@ -512,7 +515,7 @@ def _read_after_failure(rec: Recorder, cb: Any) -> tuple[bool, int, bool]:
     steps recorded so far) and whether that step's input batch held NaN/Inf (the train_step wrapper flags
     it before the step runs)."""
     try:
-        cb.read()
+        cb.read(measure=False)
         read = True
     except Exception:
         read = False

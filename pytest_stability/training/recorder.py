@@ -351,12 +351,12 @@ class Recorder:
         # JAX: the optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's
         # m and v of each variable) are shared out among the variables of that shape, whichever owns which
         # (the check is of all the state at once); the rest (the step counter, scalars) is summed on its own
-        by_shape: dict[tuple, list[int]] = {}
-        for k, v in enumerate(tvars):
-            by_shape.setdefault(tuple(v.shape), []).append(k)
         self.slots: list[list[int]] = [[] for _ in tvars]
+        by_shape: dict[tuple, list[int]] = {}
+        for k, v in enumerate(tvars if self.stateless else ()):
+            by_shape.setdefault(tuple(v.shape), []).append(k)
         turn: dict[tuple, int] = {}
-        for j, v in enumerate(self.state_vars):
+        for j, v in enumerate(self.state_vars if self.stateless else ()):
             owners = by_shape.get(tuple(v.shape))
             if not owners:
                 continue
