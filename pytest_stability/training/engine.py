@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -1033,7 +1034,11 @@ def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int,
     """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
     inner = rec.inner
     try:
-        config = inner.get_config()
+        with warnings.catch_warnings():
+            # Keras' get_config reads a learning-rate variable with np.array(variable), which numpy 2 warns
+            # about for JAX's variables once per call: the user did not ask for it, so it is not shown
+            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            config = inner.get_config()
     except Exception:  # pragma: no cover - exotic optimizers
         config = {}
     keep = ("learning_rate", "epsilon", "amsgrad", "beta_1", "beta_2", "momentum", "nesterov",

@@ -566,6 +566,25 @@ def test_read_backs_convert_without_numpy_2_deprecation_warnings():
         np.testing.assert_array_equal(host_numpy(var), np.arange(6).reshape(2, 3))
 
 
+def test_the_reports_model_facts_leave_no_numpy_2_deprecation_warning():
+    """Keras' get_config reads Adam's plain learning rate with np.array(variable), which numpy 2 warns about
+    for JAX's variables: the plugin reads the optimizer's config after every test, and must not pass that
+    warning on to the user's run (the example project showed one per test on JAX)."""
+    import warnings
+
+    from pytest_stability.training.engine import model_info
+    from pytest_stability.training.recorder import Recorder
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    rec = Recorder(model, chunk=8, limit=8, diagnostics=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info = model_info(keras, model, rec, backend=BACKEND, spe=1, kind="arrays", distributed=False)
+    assert info["optimizer_config"]["learning_rate"] == pytest.approx(1e-3)
+    assert not [w for w in caught if "__array__" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_the_logs_are_read_back_once_a_chunk_and_never_per_step(pytester, tiny_problem):
     """A callback with a batch-end hook makes Keras convert the step's logs to Python floats in fit's own
     thread after each call of the train function (a device sync; without one, JAX and PyTorch do it in a
