@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device run behind benchmarks/results/gpu_check.md, on a GPU machine with JAX and PyTorch but no
 # TensorFlow: Keras (and its pure-Python needs) from wheels in .whl/, this checkout on PYTHONPATH with its
-# pytest11 entry point registered, then gpu_check.py and the GPU-relevant backend tests (test_fit.py holds the per-step-sync check: the logs are converted once a chunk, never per step) under JAX and PyTorch.
+# pytest11 entry point registered, then gpu_check.py and the GPU-relevant backend tests (test_fit.py holds the per-step-sync check: the logs are converted once a chunk, never per step; test_jax_row_sums.py the block sums, whose matrix product must not round to TF32) under JAX and PyTorch.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
@@ -13,8 +13,8 @@ nvidia-smi -L
 BACKENDS=${BACKENDS:-jax,torch}  # BACKENDS=torch bash benchmarks/gpu_run.sh: one backend
 python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends "$BACKENDS"
 for b in ${BACKENDS//,/ }; do
-  echo "== tests/backends/test_fit.py, test_curvature_hvp.py and test_replay.py on the GPU, KERAS_BACKEND=$b"
+  echo "== tests/backends/test_fit.py, test_curvature_hvp.py, test_replay.py and test_jax_row_sums.py on the GPU, KERAS_BACKEND=$b"
   KERAS_BACKEND=$b timeout 150 python3 -m pytest tests/backends/test_fit.py tests/backends/test_curvature_hvp.py \
-    tests/backends/test_replay.py -rs \
+    tests/backends/test_replay.py tests/backends/test_jax_row_sums.py -rs \
     -q -p no:cacheprovider 2>&1 | tail -15
 done
