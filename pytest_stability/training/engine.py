@@ -801,8 +801,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                     raise _usage_from_keras(exc) from None
                 if read and cb.stopped_nonfinite:
                     # an earlier step went non-finite and a later one raised on it (a user's callback or
-                    # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run stopped at
-                    # that step, as it would have at the read-back, and the report is of it
+                    # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run
+                    # stopped at that step, as it would have at the read-back, and the report is of it
                     notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
                                  f"({_short(exc, 200)}), which followed from it")
                 elif read and input_bad and rec.built:

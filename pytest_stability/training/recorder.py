@@ -299,7 +299,7 @@ class Recorder:
                     loss = mv[p_lb][0] if taken == 1 else ops.convert_to_tensor(float("nan"), "float32")
                     at = ops.where(go, slot, chunk)
                     buf = ops.slice_update(ov[p], (at, self.width), ops.reshape(
-                        ops.stack([loss, ops.convert_to_tensor(float(taken), "float32")]), (1, 2)))
+                        ops.stack([loss, ops.convert_to_tensor(float(taken), "float32")]), (1, N_LOSS_COLS)))
                     if taken == 1 and not self.is_loss_scaled:  # a non-finite loss stops the next update
                         bad = ops.logical_and(go, ops.logical_not(ops.isfinite(loss)))  # (scaled: an overflow)
                         buf = ops.slice_update(buf, (chunk, H_HALT), ops.reshape(
@@ -886,8 +886,7 @@ class Recorder:
         jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
         try:
             if jax_state:
-                opos = {id(v): i for i, v in enumerate(self.opt.variables)}
-                arr = jax_state["optimizer_variables"][opos[id(self.buf)]]
+                arr = jax_state["optimizer_variables"][_index_of(self.opt.variables, self.buf)]
                 dev = str(next(iter(arr.devices())))
             else:
                 value = self.t_zero if self.backend == "torch" else self.buf.value
@@ -946,9 +945,9 @@ BLOCK_MAX_WEIGHTS, BLOCK_MAX_VARIABLES = 1 << 20, 128
 def _jax_row_sums(mats: list[Any]) -> Any:
     """The row sums of each ``(rows, n_k)`` matrix (one per variable), as one ``(rows, len(mats))`` array.
 
-    XLA compiles a reduction per variable into a kernel of its own, and on a CPU each costs about a
-    microsecond per step however small the variable (``benchmarks/recording_floor.py`` measures both forms,
-    ``--form var`` and ``--form blocks``).  So on a small model every variable's rows are padded to whole
+    XLA compiles a reduction per variable into a kernel of its own, and on a CPU each has a fixed cost per
+    step however small the variable (``benchmarks/recording_floor.py --form var`` and ``--form blocks``
+    measure both forms).  So on a small model every variable's rows are padded to whole
     blocks and laid side by side, one reduction sums each block, and a product with a constant 0/1 matrix
     adds up each variable's blocks (at full float32 precision: a GPU's default for float32 products may
     round to TF32).  On a large model the reductions are the work itself, and the laid-out copy could cost
