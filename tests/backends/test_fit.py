@@ -547,6 +547,30 @@ def test_batchnorm_statistics_see_only_the_planned_batches(stability):
         result.assert_outcomes(passed=5)
 
 
+def test_the_run_ends_at_steps_with_the_users_own_fit_arguments(pytester, tiny_problem):
+    """Where JAX cuts its last call at `steps`, the epoch arithmetic must hold with what users pass to fit:
+    a validation split (a shorter epoch), a later initial epoch, more epochs than needed, their own
+    steps_per_execution, sample weights.  Every run ends at exactly 23 steps (PyTorch and JAX: so does
+    optimizer.iterations; TensorFlow counts Adam's zero-rate steps to its last call's end)."""
+    result = run(pytester, tiny_problem, """
+CASES = {"validation_split": dict(validation_split=0.25), "initial_epoch": dict(initial_epoch=2),
+         "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32")), "spe": {}}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.stable_training(steps=23, readback_every=16)
+def test_model(stability, case):
+    model = build()
+    if case == "spe":
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", steps_per_execution=4)
+    rep = stability.fit(model, X, Y, batch_size=32, **CASES[case])
+    assert rep.trace.steps == 23
+    if keras.backend.backend() != "tensorflow":
+        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
+""")
+    result.assert_outcomes(passed=5)
+
+
 def test_read_backs_convert_without_numpy_2_deprecation_warnings():
     """numpy 2 passes ``copy`` to ``__array__``, which TensorFlow's (and this PyTorch's) tensors do not take, so
     ``keras.ops.convert_to_numpy`` warns once per call: the example project's run showed ~670 such warnings
