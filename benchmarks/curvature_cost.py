@@ -41,7 +41,7 @@ def _run(variant: str, kind: str, steps: int, seed: int) -> tuple[float, float, 
 
     x, y = _data(kind)
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(curvature=variant == "curvature")
-    engine.seed_everything(seed, spec.deterministic)
+    engine.seed_everything(seed)
     model = _build(kind)
     t0 = time.perf_counter()
     result = engine.train(model, x, y, fit_kwargs={"shuffle": True}, steps=steps, batch_size=BATCH, seed=seed,

@@ -107,7 +107,7 @@ def _train(sc: S.Scenario, seed: int, steps: int, **spec_kw: Any) -> tuple[Any, 
     from pytest_stability.training import engine
 
     spec = _spec(**{**sc.spec_overrides, **spec_kw})
-    engine.seed_everything(seed, True)
+    engine.seed_everything(seed)
     model = sc.build()
     started = time.perf_counter()
     out = pipeline.run(model, sc.x, sc.y, fit_kwargs={}, steps=steps, seed=seed, spec=spec, thresholds=Thresholds(),

@@ -111,7 +111,7 @@ def _run(variant: str, kind: str, steps: int, readback: int, seed: int) -> tuple
     backend = keras.backend.backend()
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(
         readback_every=readback, diagnostics=variant == "stability_diag")
-    engine.seed_everything(seed, spec.deterministic)
+    engine.seed_everything(seed)
     spe = readback if variant == "fit_spe" and backend != "torch" else 1
     model = _build(kind, spe)
     timer = _timer()

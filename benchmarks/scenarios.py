@@ -654,7 +654,7 @@ def run_scenario(sc: Scenario, seed: int, thresholds: Any = None, whatif: bool =
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(whatif=whatif)
     if sc.spec_overrides:
         spec = spec.replace(**sc.spec_overrides)
-    engine.seed_everything(seed, True)
+    engine.seed_everything(seed)
     model = sc.build()
     fit_kwargs = {"validation_data": sc.validation_data} if sc.validation_data is not None else {}
     started = time.perf_counter()

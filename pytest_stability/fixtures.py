@@ -143,7 +143,7 @@ class Stability:
             progress = self._progress(steps)
             try:
                 outcome = pipeline.run(run_model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=s, spec=spec,
-                                       thresholds=thresholds, progress=progress.update)
+                                       thresholds=thresholds, progress=progress.update, on_raise=self._raised)
             finally:
                 progress.close()
             result, results = outcome.result, outcome.results
@@ -153,6 +153,10 @@ class Stability:
                 final_metrics=result.final_metrics,
             ))
         return StabilityReport(self.nodeid, runs)
+
+    def _raised(self, exc: BaseException, where: str) -> None:
+        """The user's own exception from inside ``fit``: it fails the test unchanged; the report says so."""
+        self.error = f"training raised {type(exc).__name__}: {_first_line(exc)} ({where})"
 
     def _progress(self, steps: int) -> Any:
         """The progress line of a long run (steps done, steps/s, ETA; see :mod:`pytest_stability.progress`)."""
@@ -166,7 +170,7 @@ class Stability:
 
         keras = engine.import_keras()
         if not isinstance(model, keras.Model) and callable(model):
-            engine.seed_everything(seed, self.spec.deterministic)
+            engine.seed_everything(seed)
             built = model()
             if not isinstance(built, keras.Model):
                 raise StabilityUsageError(
@@ -176,7 +180,7 @@ class Stability:
             return built
         if first:
             return model
-        engine.seed_everything(seed, self.spec.deterministic)
+        engine.seed_everything(seed)
         return _clone_compiled(keras, model)
 
     def replay_command(self, seed: int) -> str:
@@ -194,6 +198,11 @@ class Stability:
         """This test's stability runs so far, as the record the session collects."""
         return StabilityRecord.trained(self.nodeid, settings=_builtins_spec(self.spec),
                                        calls=[r.to_dict() for r in self.reports], error=self.error)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def _builtins_spec(spec: RunSpec) -> dict[str, Any]:
@@ -271,8 +280,14 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
 
     spec, cli_values = spec_for(request.node)
     skip = None
+    state = None
     try:
-        engine.seed_everything(spec.seed, spec.deterministic)  # first: it says what to install without Keras
+        keras = engine.import_keras()  # first: it says what to install without Keras
+        from .training.isolation import ProcessState
+
+        # what seeding and the name restart change for the whole process, put back when the test ends
+        state = ProcessState.take(keras)
+        engine.seed_everything(spec.seed)
         if spec.device == "gpu" and engine.resolve_device("gpu")[0] is None:
             skip = f"stable_training(device='gpu'): the {engine.import_keras().backend.backend()} backend sees no GPU"
         restart_keras_auto_names()
@@ -280,20 +295,24 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
         message = str(exc)
     else:
         message = None
-    if message is not None:
-        pytest.fail(message, pytrace=False)
-    if skip is not None:
-        pytest.skip(skip)
-    fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
     try:
-        yield fixture
-    finally:
+        if message is not None:
+            pytest.fail(message, pytrace=False)
+        if skip is not None:
+            pytest.skip(skip)
+        fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
         try:
-            record = fixture.record()
-        except Exception as exc:  # never lose the test's entry in the report
-            record = StabilityRecord.errored(
-                fixture.nodeid, f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}")
-        request.node.stash[RECORD_KEY] = record
+            yield fixture
+        finally:
+            try:
+                record = fixture.record()
+            except Exception as exc:  # never lose the test's entry in the report
+                record = StabilityRecord.errored(
+                    fixture.nodeid, f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}")
+            request.node.stash[RECORD_KEY] = record
+    finally:
+        if state is not None:
+            state.restore(keras)
 
 
 __all__ = ["RECORD_KEY", "Stability", "make_fixture", "restart_keras_auto_names"]

@@ -38,13 +38,15 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
 
 
 def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, seed: int, spec: Any,
-        thresholds: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> Outcome:
+        thresholds: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
+        on_raise: Callable[[BaseException, str], None] | None = None) -> Outcome:
     """Train ``model`` with its own fit (see :func:`~pytest_stability.training.engine.train`), judge and
     diagnose the trace, and with ``spec.whatif`` replay the suggested fixes of a failing run."""
     from .training import engine
 
     result = engine.train(model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=seed, spec=spec,
-                          batch_size=batch_size, progress=progress, keep_initial_state=spec.whatif)
+                          batch_size=batch_size, progress=progress, keep_initial_state=spec.whatif,
+                          on_raise=on_raise)
     results = judge(result.trace, thresholds, spec.checks)
     if spec.whatif and any(r.findings for r in results):
         from .training.whatif import attach_whatif

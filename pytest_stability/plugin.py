@@ -115,17 +115,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             config.pluginmanager.unregister(plugin)
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Validate at collection, like pytest does for bad parametrize values:
-    # "ERROR collecting ..." with a one-line message, never an INTERNALERROR.
-    if metafunc.definition.get_closest_marker(MARKER_NAME) is None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A bad stable_training marker errors its own test at setup, with a one-line message, and every other
+    # test still runs (raised at collection, it would take the whole module down with it).
+    if item.get_closest_marker(MARKER_NAME) is None:
         return
-    problem = validate_markers(metafunc.definition, metafunc.config.stash[DEFAULTS_KEY])
-    if problem is None and "stability" not in metafunc.fixturenames:
+    problem = validate_markers(item, item.config.stash[DEFAULTS_KEY])
+    if problem is None and "stability" not in getattr(item, "fixturenames", ()):
         problem = ("is marked stable_training but does not use the `stability` fixture: add a `stability` "
-                   "argument and call stability.train(model, x, y)")
+                   "argument and call stability.fit(model, x, y)")
     if problem:
-        pytest.fail(f"{metafunc.definition.nodeid}: {problem}", pytrace=False)
+        pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
 
 
 @pytest.fixture

@@ -98,6 +98,8 @@ class StabilitySession:
         #: node ids started and not finished (what an interrupted run was running)
         self._running: set[str] = set()
         self._outcome: dict[str, str] = {}
+        #: the last line of each setup failure (a bad marker says what is wrong there), for its record
+        self._setup_failure: dict[str, list[str]] = {}
         self.footer: list[str] = []
         self.started: float | None = None
         self.finished: float | None = None
@@ -154,6 +156,8 @@ class StabilitySession:
         nodeid = report.nodeid
         if report.failed:
             self._outcome[nodeid] = "failed" if report.when == "call" else "error"
+            if report.when == "setup":
+                self._setup_failure[nodeid] = (report.longreprtext or "").strip().splitlines()[-1:]
         elif report.skipped and nodeid not in self._outcome:
             self._outcome[nodeid] = "skipped"
         elif report.when == "call" and nodeid not in self._outcome:
@@ -166,8 +170,9 @@ class StabilitySession:
                 self.records[nodeid] = StabilityRecord.from_dict(data).with_(
                     outcome=self._outcome.get(nodeid, "passed"), worker=getattr(report, "worker_id", None))
             elif nodeid not in self.records:
-                self.records[nodeid] = StabilityRecord.errored(nodeid, SETUP_ERROR,
-                                                               outcome=self._outcome.get(nodeid, "error"))
+                why = [line.removeprefix(f"{nodeid}: ") for line in self._setup_failure.pop(nodeid, [])]
+                self.records[nodeid] = StabilityRecord.errored(
+                    nodeid, SETUP_ERROR + (f": {why[0]}" if why else ""), outcome=self._outcome.get(nodeid, "error"))
         elif report.when == "setup" and report.skipped:
             # Skips happen in setup; a skipped test's teardown has no record.
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

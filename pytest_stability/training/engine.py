@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,10 +40,10 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
+from . import isolation
 from .recorder import (COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, BatchNotRun, ChunkRows, Recorder, host_flags,
                        host_numpy, var_name)
 
-_DETERMINISM_ENABLED = False
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
@@ -63,42 +64,15 @@ def import_keras() -> Any:
             f"pytest-stability trains on the TensorFlow, JAX or PyTorch backend of Keras 3; "
             f"KERAS_BACKEND is {backend!r}"
         )
-    if backend == "tensorflow":
-        _quiet_own_retracing()
     return keras
 
 
-class _OwnRetracingFilter:
-    """Drops TensorFlow's "triggered tf.function retracing" warning for Keras' train functions: each
-    stability run makes fresh ones by design (one per instrumented fit).  Other warnings pass."""
-
-    def filter(self, record: Any) -> bool:
-        msg = str(record.getMessage())
-        return not ("triggered tf.function retracing" in msg and "function" in msg and "multi_step" in msg)
-
-
-_FILTER = _OwnRetracingFilter()
-
-
-def _quiet_own_retracing() -> None:
-    import logging
-
-    logger = logging.getLogger("tensorflow")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, numpy and the backend (``keras.utils.set_random_seed``); with
-    ``deterministic`` on TensorFlow, enable op determinism (process-wide, once)."""
-    global _DETERMINISM_ENABLED
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and the backend (``keras.utils.set_random_seed``).  The stability test puts the
+    random states back when it ends (:class:`~.isolation.ProcessState`); TensorFlow's op determinism is
+    enabled around ``fit`` only (:func:`~.isolation.op_determinism`)."""
     keras = import_keras()
     keras.utils.set_random_seed(int(seed))
-    if deterministic and not _DETERMINISM_ENABLED and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-        _DETERMINISM_ENABLED = True
 
 
 def has_gpu() -> bool:
@@ -166,6 +140,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     #: (model variable values, optimizer variable values) before the first step (``keep_initial_state``)
     initial_state: Any = None
+    #: the global random states at the first batch (see :class:`~.readback.RandomStart`)
+    random_start: dict[str, Any] | None = None
 
 
 def take_state(model: Any, rec: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -291,190 +267,6 @@ def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batc
     return None
 
 
-def _readback_class(keras: Any) -> Any:
-    class _Readback(keras.callbacks.Callback):
-        """Reads the recorder's buffers at execution boundaries, stops, validates, reports progress."""
-
-        def __init__(self, rec: Recorder, *, steps: int, chunk: int, steps_per_call: int,
-                     validate: Callable[[], None] | None, validate_every: int,
-                     progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
-                     measure: Callable[[int], None] | None = None) -> None:
-            super().__init__()
-            self.rec = rec
-            self.rows = ChunkRows()
-            self.steps = steps
-            self.chunk = chunk
-            # Each call of fit's train function runs at most steps_per_call steps (steps_per_execution, or a
-            # shorter epoch), so reading every chunk // steps_per_call calls never lets the buffers wrap
-            self.read_every = max(1, chunk // max(1, steps_per_call))
-            self.validate = validate
-            self.validate_every = validate_every
-            self.progress = progress
-            self.on_boundary = on_boundary
-            self.measure = measure
-            self.calls = 0
-            self.last_val = 0
-            self.device = None
-            self.stopped_nonfinite = False
-            self.initial_state: Any = None
-            self.want_initial_state = False
-            #: PyTorch, which runs one step per call: the steps a call of TensorFlow's or JAX's fit would run
-            #: (see train), so that read-backs, and with them validation points and curvature measurements,
-            #: fall at the same steps on every backend
-            self.virtual_call: int | None = None
-            self.epoch_steps = 0
-            #: JAX, whose fit runs a call's steps in a Python loop that reads ``steps_per_execution`` when
-            #: called: the steps of an epoch (known), and the first epoch, so that the last call is cut to the
-            #: steps left (see on_train_batch_begin)
-            self.trim_per_epoch: int | None = None
-            self.initial_epoch = 0
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.epoch = epoch
-
-        def on_train_begin(self, logs: Any = None) -> None:
-            if self.want_initial_state:
-                self.initial_state = take_state(self.model, self.rec)
-            if self.on_boundary is not None:
-                self.on_boundary(0)
-
-        def on_test_begin(self, logs: Any = None) -> None:
-            self.rec.recording_loss = False
-
-        def on_test_end(self, logs: Any = None) -> None:
-            self.rec.recording_loss = True
-
-        def after_call(self) -> None:
-            """After each call of fit's train function (``steps_per_execution`` steps)."""
-            if self.virtual_call is not None:  # PyTorch: one step per call
-                self.epoch_steps += 1
-                # stop right there: at the planned steps (the host counts them), or after a non-finite step,
-                # before the next one's forward pass can assert on a GPU (see Recorder.torch_halted)
-                if self.rec.ran_planned_steps() or self.rec.torch_halted():
-                    self.read()
-                    return
-                if self.epoch_steps % self.virtual_call:
-                    return
-            self._end_of_call()
-
-        def _end_of_call(self) -> None:
-            self.calls += 1
-            if self.calls % self.read_every:
-                return
-            self.read()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            # PyTorch: a call of TensorFlow's or JAX's fit is cut at an epoch's end, so one ends here too
-            if self.virtual_call is not None:
-                if self.epoch_steps % self.virtual_call:
-                    self._end_of_call()
-                self.epoch_steps = 0
-
-        def read(self, *, measure: bool = True) -> None:
-            """Reads the rows recorded since the last read, stops ``fit`` on a non-finite step or at the planned
-            steps, and (``measure``) validates and measures curvature where due: not after ``fit`` raised,
-            where the run's error is re-raised or reported, not judged further."""
-            if self.stopped_nonfinite or not self.rec.built:
-                return
-            snap = self.rec.read()
-            if self.device is None:
-                self.device = self.rec.device_of_buffer()
-            before = self.rows.done
-            rows = self.rows.take(snap, self.chunk)
-            if self.rows.done == before:
-                return
-            loss = self.rows.losses[-1] if self.rows.losses else None
-            flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
-                               self.rec.is_loss_scaled)
-            done = self.rows.done
-            if self.on_boundary is not None:  # the device's own step count (Keras' batch index can run ahead)
-                self.on_boundary(done)
-            if (flags & (LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT)).any() or snap["halt"]:
-                self.stopped_nonfinite = True
-                self.model.stop_training = True
-            elif done >= self.steps:
-                self.model.stop_training = True
-            if measure and self.validate is not None and not self.stopped_nonfinite and (
-                    done // self.validate_every > self.last_val // self.validate_every or done >= self.steps):
-                if done != self.last_val:
-                    self.last_val = done
-                    self.validate()
-            if measure and self.measure is not None and not self.stopped_nonfinite:
-                self.measure(done)
-            if self.progress is not None:
-                self.progress(done)
-
-    class _ReadbackAtBatchEnd(_Readback):
-        # A callback that overrides on_train_batch_end makes Keras convert the logs to Python floats after
-        # every call of the train function, in fit's own thread (without one, JAX and PyTorch hand that
-        # to a worker thread): once per chunk on TensorFlow and JAX, which run a chunk per call; PyTorch
-        # runs one step per call, so there the train function itself is wrapped (see train)
-        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-            self.after_call()
-
-        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-            # JAX: a call that would run past the planned steps runs only the steps left, and is the last
-            # (TensorFlow compiles its steps_per_execution into the call: there the rest of the call runs,
-            # updating no weight; PyTorch runs one step per call, and has no such hook)
-            if self.trim_per_epoch is None:
-                return
-            per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
-            in_call = min(per_call, self.trim_per_epoch - int(batch))  # a call ends at its epoch's end
-            left = self.steps - ((self.epoch - self.initial_epoch) * self.trim_per_epoch + int(batch))
-            if 0 < left < in_call:
-                self.model.steps_per_execution = left
-                self.model.stop_training = True
-
-    return _Readback if keras.backend.backend() == "torch" else _ReadbackAtBatchEnd
-
-
-def _read_after_each_call(rec: Recorder, model: Any, cb: Any) -> None:
-    """PyTorch: ``cb.after_call()`` right after each step, from inside fit's train function, so that the
-    read-backs need no per-step batch-end callback (which would make Keras read the logs back to the host
-    after every step: a device sync per step on a GPU).  Put back by ``rec.uninstall()``."""
-    original = model.make_train_function
-
-    def make_train_function(force: bool = False) -> Any:
-        out = original(force)
-        step = model.train_function
-        if step is not None and not getattr(step, "_stability_reads", False):
-            def train_function(data: Any) -> Any:
-                logs = step(data)
-                cb.after_call()
-                return logs
-
-            train_function._stability_reads = True
-            model.train_function = train_function
-        return out
-
-    rec._patch(model, "make_train_function", make_train_function)
-
-
-def _reseed_class(keras: Any) -> Any:
-    class _Reseed(keras.callbacks.Callback):
-        """Seeds again when ``fit`` starts training, after its set-up and before the first batch is drawn.
-
-        The first ``fit`` of a model builds its compiled loss and metrics first (Keras'
-        ``_symbolic_build``), opening the training data once to peek at a batch: a shuffled array
-        iterator draws a permutation from numpy's global RNG (JAX), a torch ``DataLoader`` draws its
-        base seed from torch's global generator (PyTorch).  A later ``fit`` of the same, now built, model
-        (the what-if replay) skips that, so its data order (and, on PyTorch, unseeded dropout masks, drawn
-        from the global generator) would differ from step 0.  Seeding here makes the random state at the
-        first batch the seed's alone, whether or not ``fit`` had to build the model (first in the callback
-        list, so every callback sees it too).
-        """
-
-        def __init__(self, reseed: Callable[[], None]) -> None:
-            super().__init__()
-            self.reseed = reseed
-
-        def on_train_begin(self, logs: Any = None) -> None:
-            self.reseed()
-
-    return _Reseed
-
-
 _KIND_NAMES = {"dataset": "a tf.data.Dataset", "pydataset": "a keras.utils.PyDataset", "generator": "a generator",
                "dataloader": "a torch DataLoader", "iterable": "an iterable of batches"}
 
@@ -538,6 +330,96 @@ def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
     row[COL_LR] = done[-1][-1, COL_LR] if done else np.nan
     row[COL_FLAGS] = INPUT
     return row
+
+
+#: Callback hooks through which a callback sees single batches of training (or of Keras' own validation)
+BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
+               "on_test_batch_begin", "on_test_batch_end")
+
+
+def batch_observers(callbacks: list[Any]) -> list[str]:
+    """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook).
+
+    Keras calls the batch hooks once per call of the train function, so with ``steps_per_execution > 1`` such
+    a callback would see one batch in every chunk: a training run of the plugin keeps the model's own
+    ``steps_per_execution`` when one is there.  Keras marks the hooks it leaves as they are (``_is_default``);
+    ModelCheckpoint and BackupAndRestore count batches only with an integer ``save_freq``.
+    """
+    found = []
+    for callback in callbacks:
+        cls = type(callback)
+        if cls.__module__.startswith("keras.") and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore") \
+                and getattr(callback, "save_freq", None) == "epoch":
+            continue
+        for hook in BATCH_HOOKS:
+            method = getattr(callback, hook, None)
+            if method is not None and not getattr(method, "_is_default", False):
+                found.append(f"{cls.__name__}.{hook}")
+                break
+    return found
+
+
+def _framework_roots() -> tuple[str, ...]:
+    """Folders whose code is not the user's: the frameworks, the standard library, pytest-stability."""
+    import os
+    import sysconfig
+
+    roots = [sysconfig.get_paths()["stdlib"], os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    for name in ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy", "optree", "tree"):
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            roots.append(os.path.dirname(os.path.abspath(path)))
+    return tuple(os.path.normcase(r) + os.sep for r in roots)
+
+
+def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | None:
+    """Where the user's own code raised ``exc`` inside ``fit`` (a callback's hook, the model's code), or None
+    when it came from the frameworks (a shape Keras rejects, a NaN a kernel refuses).
+
+    A frame of one of the user's callbacks names it; else the innermost frame outside the frameworks, the
+    standard library and the plugin is the user's (a custom ``train_step``, a loss function).
+    """
+    import os
+
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    ids = {id(c) for c in callbacks}
+    for frame in reversed(frames):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in ids:
+            return f"in {type(owner).__name__}.{frame.f_code.co_name}"
+    roots = _framework_roots()
+    inner = frames[-1] if frames else None
+    if inner is not None and not os.path.normcase(os.path.abspath(inner.f_code.co_filename)).startswith(roots):
+        return f"in {inner.f_code.co_name} ({os.path.basename(inner.f_code.co_filename)}:{inner.f_lineno})"
+    return None
+
+
+def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batches: list[Any],
+                           training_batch: tuple[Any, Any] | None, fit_kwargs: dict[str, Any]) -> None:
+    """The validation loss before the first step raised: when the model takes a training batch, the
+    validation set is what it cannot take, and that is a usage error naming both shapes."""
+    if training_batch is None:
+        return
+    try:
+        _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
+    except Exception:
+        return  # the training data fails too: fit reports that itself
+    vx, vy, _ = val_batches[0]
+    source = "validation_data" if fit_kwargs.get("validation_data") is not None else "validation_split"
+
+    def shapes(obj: Any) -> str:
+        found = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
+        return str(found[0]) if len(found) == 1 else str(found)
+
+    raise StabilityUsageError(
+        f"{source} does not fit the model: its batches have x of shape {shapes(vx)} and y of shape {shapes(vy)}, "
+        f"the training batches x {shapes(training_batch[0])} and y {shapes(training_batch[1])}; the model "
+        f"raised {type(exc).__name__}: {_short(exc, 300)}") from None
 
 
 def _is_keras_input_error(exc: BaseException) -> bool:
@@ -621,7 +503,8 @@ def _sync(model: Any) -> None:
 def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | None = None, steps: int,
           seed: int, spec: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
           fix_at: tuple[int, Callable[[Any], None]] | None = None, stop_after: int | None = None,
-          keep_initial_state: bool = False) -> RunResult:
+          keep_initial_state: bool = False, random_start: dict[str, Any] | None = None,
+          on_raise: Callable[[BaseException, str], None] | None = None) -> RunResult:
     """Train ``model`` with its own ``fit`` for ``steps`` optimizer steps and record a Trace.
 
     Args:
@@ -638,6 +521,12 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         keep_initial_state: copy the model's and optimizer's variables to the
             host before the first step (``RunResult.initial_state``), so that
             the what-if replay can re-run the same training from the start.
+        random_start: the random state at the first batch of an earlier run
+            (``RunResult.random_start``), put back at this run's first batch.
+        on_raise: called with the exception and a sentence saying where it
+            was raised (the step, the callback) when ``fit`` raises an exception
+            of the user's (a callback's, the model's own code): that exception
+            then propagates unchanged, as from plain ``fit``.
     """
     keras = import_keras()
     backend = keras.backend.backend()
@@ -645,7 +534,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     fit_kwargs = dict(fit_kwargs or {})
     check_fit_kwargs(keras, fit_kwargs)
     device, label = resolve_device(spec.device)
-    seed_everything(seed, spec.deterministic)
+    seed_everything(seed)
     kind = data_kind(keras, x)
     if kind == "none":
         raise StabilityUsageError("training data is required: received x=None")
@@ -682,14 +571,18 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     fit_kwargs.setdefault("verbose", 0)
     val_batches = validation_batches(keras, model, x, y, fit_kwargs, bs)
 
-    # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call
+    # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call.  A user's
+    # callback that sees single batches (a batch-level hook) keeps the model's own steps_per_execution, so
+    # that it sees the same batches as in plain fit; the recorder still reads back once per chunk
+    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
     distributed = _under_strategy(keras, model)
+    observers = batch_observers(callbacks)
     chunk = max(int(spec.readback_every), user_spe)
     if val_batches:  # validation happens at read-backs: read back at least every validate_every steps
         chunk = max(min(chunk, int(spec.validate_every)), user_spe)
     spe = 1 if backend == "torch" or distributed else chunk
-    if user_spe > 1 and backend != "torch":
+    if (user_spe > 1 or observers) and backend != "torch":
         spe = user_spe
     # Keras' fit reads a chunk's callbacks once; the recorder's buffer holds `chunk` steps
     chunk = max(chunk, spe)
@@ -706,6 +599,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
     notes: list[str] = []
     val_ok = [True]
+    training_batch = (keras.tree.map_structure(lambda a: a[:bs], x),
+                      None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)) if kind == "arrays" else None
     meter, no_meter = _curvature_meter(keras, model, spec, kind=kind, x=x, y=y, fit_kwargs=fit_kwargs,
                                        batch_size=bs, steps=run_steps, seed=seed, distributed=distributed)
 
@@ -720,7 +615,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         finally:
             rec.recording_loss = True
 
-    def validate() -> None:
+    def validate(first: bool = False) -> None:
         if not val_ok[0]:
             return
         _sync(model)
@@ -737,6 +632,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
                                           _loss_of(keras, model, *gap_batch, False)))
         except Exception as exc:
+            if first:
+                _check_validation_fits(keras, model, exc, val_batches, training_batch, fit_kwargs)
             val_ok[0] = False
             notes.append(f"the validation loss could not be computed with the model's compute_loss "
                          f"({type(exc).__name__}: {_short(exc, 200)}); val_loss is not judged")
@@ -757,24 +654,23 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     applied = [False]
     notes_fix: list[int] = []
     cb = None
-    cb_class = _readback_class(keras)
+    from . import readback
+
     steps_per_call = spe if not per_epoch else max(1, min(spe, int(per_epoch)))
     virtual_call = None
     if backend == "torch":  # read back where TensorFlow's and JAX's calls of `chunk` steps would end
         virtual_call = steps_per_call = chunk if not per_epoch else max(1, min(chunk, int(per_epoch)))
-    cb = cb_class(rec, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
-                  validate=validate if val_batches else None, validate_every=int(spec.validate_every),
-                  progress=progress, on_boundary=on_boundary if fix_at is not None else None,
-                  measure=measure if meter is not None else None)
-    cb.want_initial_state = keep_initial_state
-    cb.virtual_call = virtual_call
-    if backend == "jax" and exact_epoch and not distributed:
-        cb.trim_per_epoch, cb.initial_epoch = int(per_epoch), initial_epoch
-    reseed = _reseed_class(keras)(lambda: seed_everything(seed, spec.deterministic))
-    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
-    if not isinstance(callbacks, list):
-        callbacks = list(callbacks)
+    cb = readback.readback_class()(
+        rec, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
+        validate=validate if val_batches else None, validate_every=int(spec.validate_every), progress=progress,
+        on_boundary=on_boundary if fix_at is not None else None, measure=measure if meter is not None else None,
+        epoch_steps=int(per_epoch) if exact_epoch and not distributed else None, virtual_call=virtual_call,
+        keep_initial_state=keep_initial_state, callbacks=callbacks)
+    start = readback.RandomStart(random_start)
     saved_spe = getattr(model, "steps_per_execution", 1)
+    if observers and spe < chunk:
+        notes.append(f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={spe} "
+                     f"(the recording still read back every {chunk} steps)")
     started = time.perf_counter()
     if keep_initial_state and not model.optimizer.built and model.built:
         # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
@@ -783,20 +679,28 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     try:
         rec.install()
         if backend == "torch":
-            _read_after_each_call(rec, model, cb)
+            readback.read_after_each_call(rec, model, cb)
         model.steps_per_execution = spe
         model.train_function = None
         model.test_function = None
         if val_batches:
-            # the validation loss before the first step
-            validate()
-        with _device_scope(keras, device):
+            # the validation loss before the first step; a validation set the model cannot take is named here
+            validate(first=True)
+        with _device_scope(keras, device), isolation.op_determinism(keras, model, spec.deterministic) as det, \
+                isolation.quiet_own_retracing(keras):
+            if det:
+                notes.append(det)
             try:
-                model.fit(x, y, callbacks=[reseed] + callbacks + [cb], **fit_kwargs)
+                model.fit(x, y, callbacks=[start] + callbacks + [cb], **fit_kwargs)
             except StabilityUsageError:
                 raise
             except Exception as exc:
                 read, failed_at, input_bad = _read_after_failure(rec, cb)
+                where = raised_where(exc, callbacks, model)
+                if where is not None:  # the user's own exception: it propagates as from plain fit
+                    if on_raise is not None:
+                        on_raise(exc, f"{where}, after {failed_at} of {run_steps} steps")
+                    raise
                 if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
                     raise _usage_from_keras(exc) from None
                 if read and cb.stopped_nonfinite:
@@ -844,7 +748,10 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
 
     rows, loss = cb.rows.arrays(rec.width if rec.built else N_FIXED)
     done = rows.shape[0]
-    if done < run_steps and not cb.stopped_nonfinite:
+    if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
+        notes.append(f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the "
+                     f"{done} steps that ran")
+    elif done < run_steps and not cb.stopped_nonfinite:
         if kind == "generator":
             raise StabilityUsageError(
                 f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
@@ -852,6 +759,12 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}.")
         if user_epochs is not None:
             notes.append(f"the run ended after {done} of {run_steps} steps: epochs={user_epochs} ended it")
+        elif done == 0 and cb.keras_steps:
+            raise StabilityUsageError(
+                f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "
+                f"optimizer (model.optimizer is {type(model.optimizer).__name__}, never applied): pytest-stability "
+                "records what an optimizer's apply() receives. Apply the gradients with a keras.optimizers "
+                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)")
         elif done == 0:
             raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
     loss_recorded = loss is not None and not cb.rows.loss_mismatch and loss.shape[0] == done
@@ -910,7 +823,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 trace.nonfinite[step] |= INPUT
         trace.first_nonfinite = _locate_nonfinite(keras, model, rec, trace, step)
     placed = cb.device or label
-    return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state)
+    return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state,
+                     start.kept)
 
 
 def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y: Any, fit_kwargs: dict[str, Any],

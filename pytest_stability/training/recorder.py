@@ -162,6 +162,8 @@ class Recorder:
         opt = self.opt
         if self.backend == "torch":
             self._torch_init()
+        #: the optimizer's own update, which the instrumented one wraps (see _build_buffers)
+        self._apply_original = opt.stateless_apply if self.stateless else opt.apply
         if opt.built:
             self._build_buffers(list(opt._trainable_variables))
         else:
@@ -174,6 +176,8 @@ class Recorder:
                 return out
 
             self._patch(opt, "build", build)
+            if not self.stateless:
+                self._patch(opt, "apply", self._lazy_apply())
         if self.check_inputs and not self.stateless:  # under JAX: an optimizer variable (see _build_buffers)
             self.input_bad = self._variable(0, "int32", "stability_input_bad", None)
         self._build_loss_buffers()
@@ -196,6 +200,23 @@ class Recorder:
                     del container[i]
                     break
         self._added.clear()
+
+    def _lazy_apply(self) -> Callable[..., Any]:
+        """An optimizer that is not built yet builds itself in its first ``apply`` (eager steps, an optimizer
+        kept on the model beside ``model.optimizer``): build it there as Keras would, and record that first
+        step too (the instrumented update replaces this one once built)."""
+        opt = self.opt
+
+        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            if not opt.built and trainable_variables is not None and len(grads):
+                with self.keras.name_scope(opt.name, caller=opt):
+                    opt.build(list(trainable_variables))
+                opt.built = True
+            if self.built:
+                return self._apply(grads, trainable_variables)
+            return self._apply_original(grads, trainable_variables)
+
+        return apply
 
     def _patch(self, obj: Any, name: str, fn: Callable[..., Any]) -> None:
         previous = vars(obj).get(name, _ABSENT)  # an attribute of the instance itself is put back after
@@ -364,11 +385,11 @@ class Recorder:
             self.slots[owners[i % len(owners)]].append(j)
             turn[tuple(v.shape)] = i + 1
         if self.stateless:
-            self._patch(self.opt, "stateless_apply", self._stateless_apply(self.opt.stateless_apply))
-        elif self.backend == "torch":
-            self._patch(self.opt, "apply", self._torch_apply(self.opt.apply))
+            self._apply = self._stateless_apply(self._apply_original)
+            self._patch(self.opt, "stateless_apply", self._apply)
         else:
-            self._patch(self.opt, "apply", self._stateful_apply(self.opt.apply))
+            self._apply = (self._torch_apply if self.backend == "torch" else self._stateful_apply)(self._apply_original)
+            self._patch(self.opt, "apply", self._apply)
         self.built = True
 
     def own_ids(self) -> set[int]:

@@ -68,7 +68,7 @@ def _assert_stopped_at(trace, bit: int) -> None:
 
 def test_nan_weights_stop_training_at_the_step_they_appear():
     x, y = _problem()
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     result = engine.train(_model(NanAtStep(BAD_STEP)), x, y, steps=STEPS, batch_size=32, seed=0, spec=_spec())
     trace = result.trace
     _assert_stopped_at(trace, WEIGHTS)
@@ -89,7 +89,7 @@ def test_nan_input_batch_stops_training_at_that_batch():
         return tf.where(bad, tf.fill(tf.shape(bx), np.nan), bx), by
 
     ds = tf.data.Dataset.zip((tf.data.Dataset.range(STEPS + 10), batches)).map(poison)
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     result = engine.train(_model(1e-3), ds, None, steps=STEPS, seed=0, spec=_spec())
     if keras.backend.backend() == "torch":
         # the batch is checked before its step, which is not run: on a GPU, NaN probabilities make PyTorch's

@@ -60,7 +60,7 @@ def _model(policy: str, *, lr: float = 1e-2, initial_scale: float | None = None,
 def _train(model, **spec_changes):
     x, y = _data()
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(**spec_changes)
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     result = engine.train(model, x, y, fit_kwargs={"validation_data": (x[:64], y[:64])}, steps=STEPS,
                           batch_size=32, seed=0, spec=spec)
     return result
@@ -72,12 +72,12 @@ def _statuses(trace) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def float32_trace():
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     return _train(_model("float32")).trace
 
 
 def test_mixed_float16_records_unscaled_loss_and_grad_norms(float32_trace):
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     model = _model("mixed_float16")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras wraps it itself
     trace = _train(model).trace
@@ -96,7 +96,7 @@ def test_mixed_float16_records_unscaled_loss_and_grad_norms(float32_trace):
 def test_loss_scale_overflow_is_flagged_overflow_not_instability():
     # An absurd initial scale overflows float16 gradients: the optimizer skips
     # those updates and halves the scale until the gradients fit.
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     trace = _train(_model("mixed_float16", initial_scale=2.0**40)).trace
     overflow = (trace.nonfinite & OVERFLOW) != 0
     assert trace.steps == STEPS, "an overflow step must not stop training"
@@ -112,7 +112,7 @@ def test_loss_scale_overflow_is_flagged_overflow_not_instability():
 
 
 def test_mixed_bfloat16_records_comparable_numbers(float32_trace):
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     trace = _train(_model("mixed_bfloat16")).trace
     assert trace.info["loss_scale"] is False
     assert trace.steps == STEPS and not trace.nonfinite.any()
@@ -123,9 +123,9 @@ def test_mixed_bfloat16_records_comparable_numbers(float32_trace):
 
 @pytest.mark.parametrize("lr", [1e-2, 1e3], ids=["healthy", "diverging"])
 def test_jit_compile_gives_the_same_trace_and_verdict(lr):
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     plain = _train(_model("float32", lr=lr)).trace
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     model = _model("float32", lr=lr, jit_compile=True)
     jitted = _train(model).trace
     # the report says what Keras resolved (it turns XLA off where the model or settings do not support it)
@@ -136,7 +136,7 @@ def test_jit_compile_gives_the_same_trace_and_verdict(lr):
 
 
 def test_jit_compile_with_mixed_float16_overflow():
-    engine.seed_everything(0, True)
+    engine.seed_everything(0)
     trace = _train(_model("mixed_float16", initial_scale=2.0**40, jit_compile=True)).trace
     assert trace.steps == STEPS
     assert trace.nonfinite[0] & OVERFLOW and not (trace.nonfinite & GRADS).any()

@@ -32,7 +32,7 @@ def _fit_kwargs(sc):
 
 def _train(sc, seed, **spec_kw):
     spec = _spec(**{**sc.spec_overrides, **spec_kw})
-    engine.seed_everything(seed, True)
+    engine.seed_everything(seed)
     model = sc.build()
     res = engine.train(model, sc.x, sc.y, fit_kwargs=_fit_kwargs(sc), steps=sc.steps, batch_size=sc.batch_size,
                        seed=seed, spec=spec, keep_initial_state=True)

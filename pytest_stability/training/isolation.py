@@ -1,0 +1,159 @@
+"""What a stability test changes in the process, confined to the test.
+
+A stability test seeds every random number generator (so that the model the
+test builds, and its training, are the seed's alone), restarts Keras'
+automatic layer names (so that findings name the same variables in every
+process), and, while ``fit`` runs, may enable TensorFlow's op determinism and
+filter one TensorFlow log line.  None of that may leak into later tests, which
+must run as if the stability test had not: :class:`ProcessState` takes what
+these touch before the test and puts it back after it; :func:`op_determinism`
+and :func:`quiet_own_retracing` are scoped to one ``fit``.
+
+Imported by the training layer only (it imports Keras and the backend).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+#: Keras' process-wide attributes (``keras.src.backend.common.global_state``) that seeding and name restarts set
+_KERAS_GLOBALS = ("global_random_seed", "global_seed_generator", "object_name_uids")
+
+
+@dataclass
+class ProcessState:
+    """Random states, Keras' global attributes and TensorFlow's determinism switch, as they were."""
+
+    python_random: Any
+    numpy_random: Any
+    keras_globals: dict[str, Any]
+    dtype_policy: Any
+    tf_seed: Any = None
+    tf_determinism: bool | None = None
+    torch_rng: Any = None
+    torch_cuda_rng: Any = None
+
+    @classmethod
+    def take(cls, keras: Any) -> "ProcessState":
+        from keras.src.backend.common import global_state
+
+        keras_globals = {}
+        for name in _KERAS_GLOBALS:
+            value = global_state.get_global_attribute(name)
+            # the name counter is a dict that Keras updates in place: keep a copy
+            keras_globals[name] = copy.copy(value) if isinstance(value, dict) else value
+        state = cls(python_random=random.getstate(), numpy_random=np.random.get_state(),
+                    keras_globals=keras_globals, dtype_policy=keras.config.dtype_policy())
+        tf = _tensorflow()
+        if tf is not None:
+            from tensorflow.python.eager import context
+            from tensorflow.python.framework import config as tf_config
+
+            state.tf_seed = context.global_seed()
+            state.tf_determinism = bool(tf_config.is_op_determinism_enabled())
+        if keras.backend.backend() == "torch":
+            import torch
+
+            state.torch_rng = torch.get_rng_state()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                state.torch_cuda_rng = torch.cuda.get_rng_state_all()
+        return state
+
+    def restore(self, keras: Any) -> None:
+        from keras.src.backend.common import global_state
+
+        random.setstate(self.python_random)
+        np.random.set_state(self.numpy_random)
+        for name, value in self.keras_globals.items():
+            global_state.set_global_attribute(name, value)
+        if keras.config.dtype_policy() is not self.dtype_policy:
+            keras.config.set_dtype_policy(self.dtype_policy)
+        tf = _tensorflow()
+        if tf is not None and self.tf_determinism is not None:
+            from tensorflow.python.framework import config as tf_config
+
+            tf.random.set_seed(self.tf_seed)
+            _set_determinism(tf_config, self.tf_determinism)
+        if self.torch_rng is not None:
+            import torch
+
+            torch.set_rng_state(self.torch_rng)
+            if self.torch_cuda_rng is not None:
+                torch.cuda.set_rng_state_all(self.torch_cuda_rng)
+
+
+def _tensorflow() -> Any:
+    """TensorFlow when this process imported it already (Keras seeds it whatever the backend), else None."""
+    import sys
+
+    return sys.modules.get("tensorflow")
+
+
+def _set_determinism(tf_config: Any, on: bool) -> None:
+    if on:
+        tf_config.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
+
+
+@contextlib.contextmanager
+def op_determinism(keras: Any, model: Any, wanted: bool) -> Iterator[str | None]:
+    """TensorFlow's op determinism, on for one ``fit`` when ``wanted``; yields a note when it cannot be.
+
+    TensorFlow runs an XLA-compiled step (``jit_compile=True``) without op determinism, and Keras turns XLA
+    off for a model compiled while determinism is on.  So determinism is enabled only around ``fit`` (never
+    while the test builds and compiles its model), and not at all for a model that trains with XLA: that
+    model trains as compiled, and the note says its run is not guaranteed to be bit-reproducible.  Other
+    backends: nothing to do (JAX is deterministic on the CPU; PyTorch is seeded).
+    """
+    if not wanted or keras.backend.backend() != "tensorflow":
+        yield None
+        return
+    from tensorflow.python.framework import config as tf_config
+
+    if bool(model.jit_compile):  # resolves "auto" now, as the first fit would, before determinism is touched
+        yield ("the model is compiled with jit_compile=True: it trains with XLA, without TensorFlow's op "
+               "determinism (XLA does not support it), so the run is not guaranteed to be bit-reproducible")
+        return
+    before = bool(tf_config.is_op_determinism_enabled())
+    if not before:
+        tf_config.enable_op_determinism()
+    try:
+        yield None
+    finally:
+        if not before:
+            tf_config.disable_op_determinism()
+
+
+class _OwnRetracingFilter(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning for Keras' train functions: each
+    stability run makes fresh ones by design (one per instrumented fit).  Other warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.getMessage())
+        return not ("triggered tf.function retracing" in msg and "function" in msg and "multi_step" in msg)
+
+
+@contextlib.contextmanager
+def quiet_own_retracing(keras: Any) -> Iterator[None]:
+    """The retracing filter on TensorFlow's logger, for one ``fit``."""
+    if keras.backend.backend() != "tensorflow":
+        yield
+        return
+    logger = logging.getLogger("tensorflow")
+    own = _OwnRetracingFilter()
+    logger.addFilter(own)
+    try:
+        yield
+    finally:
+        logger.removeFilter(own)
+
+
+__all__ = ["ProcessState", "op_determinism", "quiet_own_retracing"]

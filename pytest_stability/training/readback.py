@@ -1,0 +1,298 @@
+"""The plugin's own callbacks in the user's ``fit``: the read-back, and the random state at the first batch.
+
+:class:`Readback` goes last in the callback list.  At execution boundaries
+(``steps_per_execution``) it reads what the recorder wrote on the device, once
+per chunk, stops ``fit`` on a non-finite step or at the planned steps,
+validates, measures curvature and reports progress; before a call that would
+run past the planned steps it cuts that call to the steps left, so that ``fit``
+runs exactly ``steps`` steps, as a plain ``fit`` of that many steps would.
+
+:class:`RandomStart` goes first: it keeps the random state at the first batch,
+so that the what-if replay, a second ``fit`` of the same model, starts from it.
+
+Imports Keras: reached only from :func:`~pytest_stability.training.engine.train`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
+from .recorder import ChunkRows, Recorder, host_flags
+
+#: the bits that stop a run (a non-finite loss, gradients, weights, optimizer state, or input batch)
+STOP_BITS = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
+
+
+class Readback(keras.callbacks.Callback):
+    """Reads the recorder's buffers at execution boundaries, stops, validates, reports progress.
+
+    Args:
+        rec: the recorder of this ``fit``.
+        steps: the steps to run.
+        chunk: the rows the recorder's buffers hold: at most that many steps between two read-backs.
+        steps_per_call: the most steps one call of ``fit``'s train function runs.
+        epoch_steps: the steps of every epoch when known exactly (arrays, or the one epoch the plugin
+            sizes), else None: with it the last call is cut to the steps left.
+    """
+
+    def __init__(self, rec: Recorder, *, steps: int, chunk: int, steps_per_call: int,
+                 validate: Callable[[], None] | None, validate_every: int,
+                 progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
+                 measure: Callable[[int], None] | None = None, epoch_steps: int | None = None,
+                 virtual_call: int | None = None, keep_initial_state: bool = False,
+                 callbacks: list[Any] | None = None) -> None:
+        super().__init__()
+        self.rec = rec
+        self.user_callbacks = list(callbacks or [])
+        self.rows = ChunkRows()
+        self.steps = steps
+        self.chunk = chunk
+        # Each call of fit's train function runs at most steps_per_call steps (steps_per_execution, or a
+        # shorter epoch), so reading every chunk // steps_per_call calls never lets the buffers wrap
+        self.read_every = max(1, chunk // max(1, steps_per_call))
+        self.validate = validate
+        self.validate_every = validate_every
+        self.progress = progress
+        self.on_boundary = on_boundary
+        self.measure = measure
+        self.epoch_steps = epoch_steps
+        #: PyTorch, which runs one step per call: the steps a call of TensorFlow's or JAX's fit would run,
+        #: so that read-backs, and with them validation points and curvature measurements, fall at the same
+        #: steps on every backend
+        self.virtual_call = virtual_call
+        self.want_initial_state = keep_initial_state
+        self.calls = 0
+        self.last_val = 0
+        self.device: str | None = None
+        self.stopped_nonfinite = False
+        #: the plugin set model.stop_training (planned steps reached, or a non-finite step)
+        self.stopping = False
+        #: (steps run, "...") when something else (a callback) stopped training early
+        self.stopped_by: tuple[int, str] | None = None
+        self.initial_state: Any = None
+        #: steps of the epochs before this one, and of this one so far (from Keras' own batch indices)
+        self.steps_before_epoch = 0
+        self.in_epoch = 0
+        self.cut_at: int | None = None
+
+    # -- the state before the first step -------------------------------------------
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.want_initial_state:
+            from .engine import take_state
+
+            self.initial_state = take_state(self.model, self.rec)
+        if self.on_boundary is not None:
+            self.on_boundary(0)
+
+    def on_test_begin(self, logs: Any = None) -> None:
+        self.rec.recording_loss = False
+
+    def on_test_end(self, logs: Any = None) -> None:
+        self.rec.recording_loss = True
+
+    # -- calls, epochs, read-backs -------------------------------------------------
+
+    def after_call(self) -> None:
+        """After each call of fit's train function (``steps_per_execution`` steps)."""
+        if self.virtual_call is not None:  # PyTorch: one step per call
+            self.in_epoch += 1
+            # stop right there: at the planned steps (the host counts them), or after a non-finite step,
+            # before the next one's forward pass can assert on a GPU (see Recorder.torch_halted)
+            if self.rec.ran_planned_steps() or self.rec.torch_halted():
+                self.read()
+                return
+            if self.in_epoch % self.virtual_call:
+                return
+        self._end_of_call()
+
+    def _end_of_call(self) -> None:
+        self.calls += 1
+        if self.calls % self.read_every:
+            return
+        self.read()
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        # PyTorch: a call of TensorFlow's or JAX's fit is cut at an epoch's end, so one ends here too
+        if self.virtual_call is not None and self.in_epoch % self.virtual_call:
+            self._end_of_call()
+        self.steps_before_epoch += self.in_epoch
+        self.in_epoch = 0
+
+    @property
+    def keras_steps(self) -> int:
+        """The training steps Keras ran so far (its batch indices; a step that recorded nothing counts)."""
+        return self.steps_before_epoch + self.in_epoch
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self._stopped_by_other(self.keras_steps)
+
+    def _stopped_by_other(self, steps: int) -> None:
+        if self.model.stop_training and not self.stopping and self.stopped_by is None:
+            self.stopped_by = (steps, _who_stopped(self.user_callbacks))
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.model.stop_training = True
+
+    def read(self, *, measure: bool = True) -> None:
+        """Reads the rows recorded since the last read, stops ``fit`` on a non-finite step or at the planned
+        steps, and (``measure``) validates and measures curvature where due: not after ``fit`` raised,
+        where the run's error is re-raised or reported, not judged further."""
+        if self.stopped_nonfinite or not self.rec.built:
+            return
+        snap = self.rec.read()
+        if self.device is None:
+            self.device = self.rec.device_of_buffer()
+        before = self.rows.done
+        rows = self.rows.take(snap, self.chunk)
+        if self.rows.done == before:
+            return
+        loss = self.rows.losses[-1] if self.rows.losses else None
+        flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
+                           self.rec.is_loss_scaled)
+        done = self.rows.done
+        if self.on_boundary is not None:  # the device's own step count (Keras' batch index can run ahead)
+            self.on_boundary(done)
+        if (flags & STOP_BITS).any() or snap["halt"]:
+            self.stopped_nonfinite = True
+            self.stop()
+        elif done >= self.steps:
+            self.stop()
+        if measure and self.validate is not None and not self.stopped_nonfinite and (
+                done // self.validate_every > self.last_val // self.validate_every or done >= self.steps):
+            if done != self.last_val:
+                self.last_val = done
+                self.validate()
+        if measure and self.measure is not None and not self.stopped_nonfinite:
+            self.measure(done)
+        if self.progress is not None:
+            self.progress(done)
+
+
+class ReadbackAtBatchEnd(Readback):
+    """TensorFlow and JAX, which run a chunk of steps per call of the train function.
+
+    A callback that overrides ``on_train_batch_end`` makes Keras convert the logs to Python floats after
+    every call, in fit's own thread (without one, JAX hands that to a worker thread): once per chunk here.
+    PyTorch runs one step per call, so there the train function itself is wrapped instead
+    (:func:`read_after_each_call`), and no call is cut (each is one step).
+    """
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        # Keras' batch index is the call's nominal last step (its first + steps_per_execution - 1): an
+        # epoch's last call may run fewer
+        self.in_epoch = int(batch) + 1 if self.epoch_steps is None else min(int(batch) + 1, self.epoch_steps)
+        self.after_call()
+        self._stopped_by_other(self.keras_steps)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self._stopped_by_other(self.keras_steps)
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        # A call that would run past the planned steps runs only the steps left, and is the last: JAX's fit
+        # reads steps_per_execution at each call; TensorFlow compiles it into the call, so there the train
+        # function is made again for that call (one more trace, in the last call only)
+        if self.epoch_steps is None:
+            return
+        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        in_call = min(per_call, self.epoch_steps - int(batch))  # a call ends at its epoch's end
+        left = self.steps - (self.steps_before_epoch + int(batch))
+        if 0 < left < in_call:
+            self.model.steps_per_execution = left
+            if keras.backend.backend() == "tensorflow":
+                self.model.make_train_function(force=True)
+            self.cut_at = self.steps
+            self.stop()
+
+
+def _who_stopped(callbacks: list[Any]) -> str:
+    """What set ``model.stop_training``, as far as the callbacks say (EarlyStopping keeps ``stopped_epoch``)."""
+    for callback in callbacks:
+        stopped = getattr(callback, "stopped_epoch", 0)
+        if isinstance(stopped, int) and stopped > 0:
+            return f"{type(callback).__name__} stopped training (at epoch {stopped})"
+    return "a callback (or the model's train_step) set model.stop_training, which stopped training"
+
+
+def readback_class() -> type[Readback]:
+    return Readback if keras.backend.backend() == "torch" else ReadbackAtBatchEnd
+
+
+def read_after_each_call(rec: Recorder, model: Any, cb: Readback) -> None:
+    """PyTorch: ``cb.after_call()`` right after each step, from inside fit's train function, so that the
+    read-backs need no per-step batch-end callback (which would make Keras read the logs back to the host
+    after every step: a device sync per step on a GPU).  Put back by ``rec.uninstall()``."""
+    original = model.make_train_function
+
+    def make_train_function(force: bool = False) -> Any:
+        out = original(force)
+        step = model.train_function
+        if step is not None and not getattr(step, "_stability_reads", False):
+            def train_function(data: Any) -> Any:
+                logs = step(data)
+                cb.after_call()
+                return logs
+
+            train_function._stability_reads = True  # type: ignore[attr-defined]
+            model.train_function = train_function
+        return out
+
+    rec._patch(model, "make_train_function", make_train_function)
+
+
+class RandomStart(keras.callbacks.Callback):
+    """First in the callback list: the random state when ``fit`` starts training, kept or put back.
+
+    The first ``fit`` of a model builds its compiled loss and metrics first (Keras' ``_symbolic_build``),
+    opening the training data once to peek at a batch: a shuffled array iterator draws a permutation from
+    numpy's global RNG (JAX), a torch ``DataLoader`` draws its base seed from torch's global generator
+    (PyTorch).  A later ``fit`` of the same, now built, model (the what-if replay) skips that, so its data
+    order (and, on PyTorch, unseeded dropout masks) would differ from step 0.  The first run keeps the
+    random state at its first batch (:attr:`kept`); a replay given that state (``start``) puts it back
+    there.  A run of its own changes nothing: its random state is the one plain ``fit`` would have.
+    """
+
+    def __init__(self, start: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.start = start
+        self.kept: dict[str, Any] | None = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.start is not None:
+            set_random_state(self.start)
+        else:
+            self.kept = random_state()
+
+
+def random_state() -> dict[str, Any]:
+    """The global random states ``fit`` may draw from: Python's, numpy's and, on PyTorch, torch's."""
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
+    if keras.backend.backend() == "torch":
+        import torch
+
+        state["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "torch" in state:
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        if "torch_cuda" in state:
+            torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+__all__ = ["RandomStart", "Readback", "ReadbackAtBatchEnd", "read_after_each_call", "readback_class",
+           "random_state", "set_random_state"]
