@@ -25,7 +25,7 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     from .diagnosis import diagnose, rank_findings
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
-    results = [type(r)(r.name, r.status, tuple(diagnose(r.findings, trace, thresholds)), r.detail, r.stats)
+    results = [type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)
                if r.findings else r for r in results]
     # one primary cause per run: every finding gets evidence["rank"] (0 = the headline), see rank_findings
     failed = [r for r in results if r.status == "failed" and r.findings]
@@ -35,6 +35,34 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     failed_ids = {id(r) for r in failed}
     return [type(r)(r.name, r.status, tuple(ranked.get((f.check, f.kind, f.step), f) for f in r.findings),
                     r.detail, r.stats) if id(r) in failed_ids else r for r in results]
+
+
+def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
+    """Each finding diagnosed on the trace it was found in: a loss curve's (a GAN's ``d_loss``) or one
+    optimizer's (see :func:`~pytest_stability.checks.curve_view`), else the run's; in the same order."""
+    from dataclasses import replace
+
+    from .checks import curve_view, optimizer_view
+    from .diagnosis import diagnose
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(findings):
+        key = ("curve", f.evidence["curve"]) if "curve" in f.evidence else (
+            ("optimizer", f.evidence["optimizer"]) if "optimizer" in f.evidence else ("", ""))
+        groups.setdefault(key, []).append(i)
+    out = list(findings)
+    for (kind, label), indices in groups.items():
+        view = trace
+        if kind == "curve" and label in trace.loss_curves:
+            view = curve_view(trace, label)
+        elif kind == "optimizer" and label in trace.optimizers:
+            view = optimizer_view(trace, label)
+        named = view.info.get("optimizer_name") if view is not trace else None
+        for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds)):
+            if named and f.fix and named not in f.fix:
+                f = replace(f, fix=f"on {named}: {f.fix}")
+            out[i] = f
+    return out
 
 
 def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, seed: int, spec: Any,

@@ -74,6 +74,11 @@ class Trace:
         var_update_ratio: the same per variable, shape ``(steps, n_vars)``, columns as
             ``var_grad_norms``.
         steps_planned: how many steps training was asked to run.
+        optimizers: per optimizer, when the model's ``train_step`` applies more than one (a GAN's
+            ``d_optimizer`` and ``g_optimizer``): ``{"grad_norm": ..., "update_ratio": ..., "lr": ...}``,
+            each per step; ``grad_norm`` above is then the norm of all their gradients together.
+        curves: every other scalar the ``train_step`` reports, per step, by name (a GAN's ``d_loss`` and
+            ``g_loss``, a metric): the raw value of each step, not the running mean its logs show.
         info: facts about the run (optimizer name and config, model layers,
             device...), builtins only.
     """
@@ -91,6 +96,8 @@ class Trace:
     update_ratio: np.ndarray | None = None
     var_update_ratio: np.ndarray | None = None
     steps_planned: int | None = None
+    optimizers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +143,15 @@ class Trace:
         self.opt_stats = {
             k: self._same_length(k, _array(v, np.float64, k), n) for k, v in self.opt_stats.items()
         }
+        self.optimizers = {
+            name: {k: self._same_length(f"optimizers[{name!r}][{k!r}]", _array(v, np.float64, k), n)
+                   for k, v in stats.items()}
+            for name, stats in self.optimizers.items()
+        }
+        self.curves = {
+            name: self._same_length(f"curves[{name!r}]", _array(v, np.float64, name), n)
+            for name, v in self.curves.items()
+        }
 
     @staticmethod
     def _same_length(name: str, arr: np.ndarray, n: int) -> np.ndarray:
@@ -151,6 +167,14 @@ class Trace:
     @property
     def has_validation(self) -> bool:
         return self.val_loss is not None and self.val_loss.shape[0] > 0
+
+    @property
+    def loss_curves(self) -> dict[str, np.ndarray]:
+        """Every recorded loss, by name: ``loss`` when it was recorded, then each curve named like a loss
+        (``d_loss``, ``g_loss``, ``kl_loss``)."""
+        out = {"loss": self.loss} if self.info.get("loss_recorded", True) or not self.curves else {}
+        out.update({name: v for name, v in self.curves.items() if name != "loss" and "loss" in name})
+        return out
 
 
 def describe_flags(mask: int) -> list[str]:

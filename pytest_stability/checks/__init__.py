@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Iterable
 
 from ..trace import Trace
@@ -53,13 +54,80 @@ def run_checks(trace: Trace, thresholds: Thresholds | None = None,
     for name, fn in CHECKS.items():
         if name not in selected:
             results.append(CheckResult(name, SKIPPED, detail="not selected"))
+        elif name == "loss_spike" and set(trace.loss_curves) != {"loss"}:
+            results.append(_per_view(name, fn, [(curve, curve_view(trace, curve)) for curve in trace.loss_curves],
+                                     thresholds, "curve"))
+        elif name == "grad_norm" and len(trace.optimizers) > 1:
+            results.append(_per_view(name, fn, [(opt, optimizer_view(trace, opt)) for opt in trace.optimizers],
+                                     thresholds, "optimizer"))
         else:
             results.append(fn(trace, thresholds))
     return results
 
 
+def curve_view(trace: Trace, curve: str) -> Trace:
+    """``trace`` with the loss curve ``curve`` (``trace.loss_curves``) as its loss, and, when one optimizer's
+    name shares the curve's prefix (``d_loss`` and ``d_optimizer``), that optimizer's statistics as its own."""
+    view = replace(trace, loss=trace.loss_curves[curve], curves={})
+    if curve != "loss":
+        opt = matching_optimizer(trace, curve)
+        if opt is not None:
+            view = optimizer_view(view, opt)
+    return view
+
+
+def matching_optimizer(trace: Trace, curve: str) -> str | None:
+    """The optimizer a loss curve belongs to by name (``d_loss``: ``d_optimizer``; ``generator_loss``:
+    ``generator_optimizer``), when exactly one shares its prefix."""
+    prefix = curve[:-len("loss")].rstrip("_") if curve.endswith("loss") else curve
+    if not prefix:
+        return None
+    found = [name for name in trace.optimizers if name.startswith(prefix)]
+    return found[0] if len(found) == 1 else None
+
+
+def optimizer_view(trace: Trace, name: str) -> Trace:
+    """``trace`` with optimizer ``name``'s gradient norms, updates and learning rate (``trace.optimizers``)
+    as its own, and its variables' columns only."""
+    stats = trace.optimizers[name]
+    start, stop = (trace.info.get("optimizer_columns") or {}).get(name, (0, len(trace.var_names)))
+    cols = slice(int(start), int(stop))
+    info = dict(trace.info, optimizer=(trace.info.get("optimizers") or {}).get(name, trace.info.get("optimizer")),
+                optimizer_name=name,
+                optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name, trace.info.get("optimizer_config")))
+    return replace(trace, grad_norm=stats["grad_norm"], update_ratio=stats["update_ratio"], lr=stats["lr"],
+                   var_grad_norms=None if trace.var_grad_norms is None else trace.var_grad_norms[:, cols],
+                   var_update_ratio=None if trace.var_update_ratio is None else trace.var_update_ratio[:, cols],
+                   var_names=trace.var_names[cols], optimizers={}, info=info)
+
+
+def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds: Thresholds,
+              key: str) -> CheckResult:
+    """One check run on each view (each loss curve, each optimizer), as one result: failed when any view
+    fails, each finding naming its view (``evidence[key]``, and its message's first word)."""
+    results = [(label, fn(view, thresholds)) for label, view in views]
+    findings = []
+    for label, r in results:
+        for f in r.findings:
+            findings.append(replace(f, message=f"{label}: {f.message}", evidence={**f.evidence, key: label}))
+    findings.sort(key=lambda f: f.step)
+    ran = [(label, r) for label, r in results if r.status != SKIPPED]
+    status = FAILED if findings else (PASSED if ran else SKIPPED)
+    detail = "; ".join(f"{label}: {r.detail}" for label, r in results if r.detail)
+    stats: dict = {}
+    for label, r in ran:  # the headline statistics: the largest of the views'
+        for k, v in r.stats.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                    not isinstance(stats.get(k), (int, float)) or v > stats[k]):
+                stats[k] = v
+            else:
+                stats.setdefault(k, v)
+    stats[f"{key}s"] = [label for label, _ in views]
+    return CheckResult(name, status, tuple(findings), detail, stats)
+
+
 __all__ = [
     "CHECKS", "FAILED", "PASSED", "SKIPPED", "CheckResult", "Finding", "Thresholds",
     "check_grad_norm", "check_loss_spike", "check_nonfinite", "check_stuck", "check_val_loss",
-    "run_checks", "smooth", "spike_scores",
+    "curve_view", "matching_optimizer", "optimizer_view", "run_checks", "smooth", "spike_scores",
 ]

@@ -160,6 +160,12 @@ class RunReport:
         if t.grad_norm is not None:
             s, v = downsample(t.grad_norm, max_points=max_points)
             curves["grad_norm"] = {"step": s, "value": v}
+        for name, values in t.curves.items():  # a GAN's d_loss and g_loss, metrics
+            s, v = downsample(values, max_points=max_points)
+            curves[name] = {"step": s, "value": v}
+        for name, stats in t.optimizers.items():  # per optimizer, when the train_step applies several
+            s, v = downsample(stats["grad_norm"], max_points=max_points)
+            curves[f"grad_norm/{name}"] = {"step": s, "value": v}
         if t.has_validation:
             s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
             curves["val_loss"] = {"step": s, "value": v}

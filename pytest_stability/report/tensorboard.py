@@ -3,7 +3,9 @@
 One TensorBoard *run* per test and seed: ``DIR/<node id, sanitized>-seed<k>``
 (``-call<n>`` is added for a test's second and later ``stability.train()``
 calls).  Each run holds the per-step scalars ``loss``, ``grad_norm``, ``lr``,
-``update_ratio`` (when recorded), ``val_loss`` at the validation steps,
+``update_ratio`` (when recorded), every other scalar the ``train_step`` reports (a GAN's ``d_loss``,
+``g_loss``), per optimizer ``grad_norm/<name>``, ``lr/<name>``, ``update_ratio/<name>`` when it applies
+several, ``val_loss`` at the validation steps,
 ``bn_train_infer_gap`` (BatchNorm models), optionally one ``grad_norm/<variable>``
 per trainable variable, and each finding as a text summary (tag ``findings``)
 at its step.  ``tensorboard --logdir DIR`` shows them.
@@ -156,6 +158,11 @@ def write_run(directory: Path, run: Any, *, per_variable: bool = False) -> Path:
             series = getattr(trace, tag, None)
             if series is not None:
                 out.scalars(tag, steps, np.asarray(series).tolist(), wall)
+        for name, values in trace.curves.items():  # a GAN's d_loss and g_loss, metrics
+            out.scalars(name, steps, np.asarray(values).tolist(), wall)
+        for name, stats in trace.optimizers.items():  # per optimizer, when the train_step applies several
+            for tag in ("grad_norm", "lr", "update_ratio"):
+                out.scalars(f"{tag}/{name}", steps, np.asarray(stats[tag]).tolist(), wall)
         if trace.val_steps is not None and trace.val_loss is not None:
             out.scalars("val_loss", trace.val_steps.tolist(), trace.val_loss.tolist(), wall)
         gap = (trace.info or {}).get("bn_train_infer_gap")

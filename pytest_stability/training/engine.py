@@ -41,8 +41,8 @@ import numpy as np
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
-from .recorder import (COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, BatchNotRun, ChunkRows, Recorder, host_flags,
-                       host_numpy, var_name)
+from .recorder import (COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, BatchNotRun, ChunkRows, Recorder,
+                       find_optimizers, host_flags, host_numpy, var_name)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -144,25 +144,32 @@ class RunResult:
     random_start: dict[str, Any] | None = None
 
 
-def take_state(model: Any, rec: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Host copies of every model variable and of the optimizer's own variables (not the recorder's)."""
-    mine = set()
-    if rec is not None and rec.built:
-        mine = rec.own_ids()
-    opt_vars = [v for v in model.optimizer.variables if id(v) not in mine]
+def _optimizer_variables(model: Any, recs: Any = ()) -> list[Any]:
+    """The variables of every optimizer the model holds (see :func:`~.recorder.find_optimizers`), without
+    the recorders' own."""
+    mine: set[int] = set()
+    for rec in recs:
+        if rec.built:
+            mine |= rec.own_ids()
+    return [v for _, opt in find_optimizers(model) for v in opt.variables if id(v) not in mine]
+
+
+def take_state(model: Any, recs: Any = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Host copies of every model variable and of the optimizers' own variables (not the recorders')."""
     return ([np.array(host_numpy(v.value)) for v in model.variables],
-            [np.array(host_numpy(v.value)) for v in opt_vars])
+            [np.array(host_numpy(v.value)) for v in _optimizer_variables(model, recs)])
 
 
 def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
     """Inverse of :func:`take_state`."""
     model_values, opt_values = state
-    if len(model_values) != len(model.variables) or len(opt_values) != len(model.optimizer.variables):
+    opt_vars = _optimizer_variables(model)
+    if len(model_values) != len(model.variables) or len(opt_values) != len(opt_vars):
         raise RuntimeError(f"the saved state has {len(model_values)} model and {len(opt_values)} optimizer "
-                           f"variables, the model now {len(model.variables)} and {len(model.optimizer.variables)}")
+                           f"variables, the model now {len(model.variables)} and {len(opt_vars)}")
     for v, value in zip(model.variables, model_values):
         v.assign(value)
-    for v, value in zip(model.optimizer.variables, opt_values):
+    for v, value in zip(opt_vars, opt_values):
         v.assign(value)
 
 
@@ -562,6 +569,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     exact_epoch = per_epoch is not None and kind == "arrays" and fit_kwargs.get("steps_per_epoch") is None
     initial_epoch = int(fit_kwargs.get("initial_epoch") or 0)
     user_epochs = fit_kwargs.get("epochs")
+    user_steps_per_epoch = int(fit_kwargs.get("steps_per_epoch") or 0)
     if per_epoch is None:
         fit_kwargs["steps_per_epoch"] = run_steps if user_epochs is None else fit_kwargs.get("steps_per_epoch")
         per_epoch = fit_kwargs["steps_per_epoch"]
@@ -584,11 +592,26 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     spe = 1 if backend == "torch" or distributed else chunk
     if (user_spe > 1 or observers) and backend != "torch":
         spe = user_spe
+    elif spe > 1 and user_steps_per_epoch:
+        # Keras starts an epoch's calls every steps_per_execution steps up to the user's steps_per_epoch, and a
+        # call on data that does not end there runs all its steps: whole calls must fill the epoch exactly
+        spe = max(d for d in range(1, min(spe, user_steps_per_epoch) + 1) if user_steps_per_epoch % d == 0)
     # Keras' fit reads a chunk's callbacks once; the recorder's buffer holds `chunk` steps
     chunk = max(chunk, spe)
 
-    rec = Recorder(model, chunk=chunk, limit=run_steps, diagnostics=spec.diagnostics, distributed=distributed,
-                   check_inputs=kind != "arrays")
+    # one recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
+    # Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
+    # it has no step limit of its own (fit itself ends after exactly `steps` steps)
+    recs = [Recorder(model, optimizer=opt, name=name, chunk=chunk if opt is model.optimizer else chunk * MAX_APPLIES,
+                     limit=run_steps if opt is model.optimizer else min(run_steps * MAX_APPLIES, 2 ** 24 - 1),
+                     diagnostics=spec.diagnostics, distributed=distributed, check_inputs=kind != "arrays")
+            for name, opt in find_optimizers(model)]
+    rec = recs[0]
+    from .curves import Curves
+
+    # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
+    # distribution strategy, whose replicas would each update it
+    curves = Curves(model, chunk=chunk) if not distributed else None
     val_steps: list[int] = []
     val_losses: list[float] = []
     gaps: list[float] = []
@@ -661,11 +684,11 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     if backend == "torch":  # read back where TensorFlow's and JAX's calls of `chunk` steps would end
         virtual_call = steps_per_call = chunk if not per_epoch else max(1, min(chunk, int(per_epoch)))
     cb = readback.readback_class()(
-        rec, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
+        recs, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
         validate=validate if val_batches else None, validate_every=int(spec.validate_every), progress=progress,
         on_boundary=on_boundary if fix_at is not None else None, measure=measure if meter is not None else None,
         epoch_steps=int(per_epoch) if exact_epoch and not distributed else None, virtual_call=virtual_call,
-        keep_initial_state=keep_initial_state, callbacks=callbacks)
+        keep_initial_state=keep_initial_state, callbacks=callbacks, curves=curves)
     start = readback.RandomStart(random_start)
     saved_spe = getattr(model, "steps_per_execution", 1)
     if observers and spe < chunk:
@@ -677,7 +700,10 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         # step), so that the state taken before the first step holds every slot variable
         model.optimizer.build(model.trainable_variables)
     try:
-        rec.install()
+        for r in recs:
+            r.install()
+        if curves is not None:
+            curves.install()
         if backend == "torch":
             readback.read_after_each_call(rec, model, cb)
         model.steps_per_execution = spe
@@ -714,7 +740,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                     # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
                     # the others compute a NaN loss: the run ends at that step the same way, a non-finite step
                     # whose input batch held NaN/Inf (its loss and gradients: none)
-                    cb.rows.add_step(_raised_row(rec, cb.rows), np.nan)
+                    cb.rowsets[0].add_step(_raised_row(rec, cb.rowsets[0]), np.nan)
                     cb.stopped_nonfinite = True
                     if not isinstance(exc, BatchNotRun):
                         notes.append(f"training on the NaN/Inf input batch of step {failed_at} raised "
@@ -740,14 +766,18 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 notes.append(f"the BatchNorm train/inference gap could not be measured ({type(exc).__name__})")
     finally:
         wall = time.perf_counter() - started
-        rec.uninstall()
+        if curves is not None:
+            curves.uninstall()
+        for r in reversed(recs):
+            r.uninstall()
         model.steps_per_execution = saved_spe
         model.train_function = None
         model.test_function = None
         model.predict_function = None
 
-    rows, loss = cb.rows.arrays(rec.width if rec.built else N_FIXED)
-    done = rows.shape[0]
+    recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
+    rows, loss, done = recorded.rows, recorded.loss, recorded.steps
+    notes.extend(recorded.notes)
     if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
         notes.append(f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the "
                      f"{done} steps that ran")
@@ -767,29 +797,41 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)")
         elif done == 0:
             raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
-    loss_recorded = loss is not None and not cb.rows.loss_mismatch and loss.shape[0] == done
+    loss_recorded = loss is not None and loss.shape[0] == done
     if not loss_recorded:
         loss = np.full(done, np.nan)
         notes.append("the raw loss was not recorded: this model's train_step does not update the model's "
-                     "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
+                     "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged on it; "
                      "gradient norms, non-finite values and updates are")
-    n_vars = rec.n_vars if rec.built else 0
+    ref = recs[recorded.reference]
     trace = Trace(
         loss=loss,
-        grad_norm=rows[:, COL_GNORM],
-        var_grad_norms=rows[:, N_FIXED:N_FIXED + n_vars],
-        var_names=rec.var_names if rec.built else (),
-        nonfinite=host_flags(rows, loss if loss_recorded else None, rec.is_loss_scaled),
+        grad_norm=recorded.grad_norm,
+        var_grad_norms=recorded.var_grad_norms,
+        var_names=recorded.var_names,
+        nonfinite=recorded.flags,
         lr=rows[:, COL_LR],
         val_steps=np.asarray(val_steps, dtype=np.int64) if val_batches and val_ok[0] else None,
         val_loss=np.asarray(val_losses, dtype=np.float64) if val_batches and val_ok[0] else None,
-        opt_stats={name: rows[:, N_FIXED + 2 * n_vars + k]
-                   for k, name in enumerate(("g2_over_v_max", "v_rms")[:rec.n_diag if rec.built else 0])},
-        update_ratio=rows[:, COL_UPDATE],
-        var_update_ratio=rows[:, N_FIXED + n_vars:N_FIXED + 2 * n_vars],
+        opt_stats={name: rows[:, N_FIXED + 2 * ref.n_vars + k]
+                   for k, name in enumerate(("g2_over_v_max", "v_rms")[:ref.n_diag if ref.built else 0])},
+        update_ratio=recorded.update_ratio,
+        var_update_ratio=recorded.var_update_ratio,
         steps_planned=int(steps),
-        info=model_info(keras, model, rec, backend=backend, spe=spe, kind=kind, distributed=distributed),
+        optimizers=recorded.optimizers,
+        info=model_info(keras, model, ref, backend=backend, spe=spe, kind=kind, distributed=distributed),
     )
+    if curves is not None:
+        trace.curves, curve_notes = curves.per_step(done, max(done, cb.keras_steps))
+        notes.extend(curve_notes)
+        for name, values in trace.curves.items():
+            if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
+                trace.nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
+    if len(recorded.optimizers) > 1:
+        trace.info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
+        trace.info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
+        trace.info["optimizer_columns"] = recorded.columns
+        trace.info["optimizer_name"] = ref.name
     trace.info["loss_recorded"] = loss_recorded
     if notes_fix:
         trace.info["fix_applied_at"] = notes_fix[0]
@@ -821,10 +863,112 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             trace.info["input_batch_reread"] = step
             if not verdict:
                 trace.nonfinite[step] |= INPUT
-        trace.first_nonfinite = _locate_nonfinite(keras, model, rec, trace, step)
+        trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
     placed = cb.device or label
     return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state,
                      start.kept)
+
+
+#: the most times a step may apply an optimizer other than model.optimizer (a critic's inner loop) and
+#: still be recorded step by step (its buffers hold that many rows per step)
+MAX_APPLIES = 4
+
+
+@dataclass
+class Recorded:
+    """What the recorders recorded, one row per step (of the reference recorder; see
+    :attr:`~.readback.Readback.reference`), the optimizers' rows put side by side."""
+
+    steps: int
+    reference: int
+    rows: np.ndarray
+    loss: np.ndarray | None
+    flags: np.ndarray
+    grad_norm: np.ndarray
+    update_ratio: np.ndarray
+    var_grad_norms: np.ndarray
+    var_update_ratio: np.ndarray
+    var_names: tuple[str, ...]
+    #: per optimizer that applied, when more than one did: its own grad_norm, update_ratio and lr per step
+    optimizers: dict[str, dict[str, np.ndarray]]
+    #: (name, index into the recorders) of the optimizers that applied
+    applied: list[tuple[str, int]]
+    notes: list[str]
+    #: per optimizer that applied: its variables' columns in var_grad_norms, [start, stop)
+    columns: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _per_step(rows: np.ndarray, steps: int, k: int) -> np.ndarray:
+    """An optimizer's rows (one per apply) as one row per step: ``k`` applies a step (the rows of the steps it
+    did not reach are zeros: an optimizer that stopped at an earlier non-finite step); of a step's applies the
+    largest gradient norms and updates, every flag, the last learning rate."""
+    width = rows.shape[1]
+    out = np.zeros((steps * k, width))
+    n = min(rows.shape[0], steps * k)
+    out[:n] = rows[:n]
+    if k == 1:
+        return out
+    blocks = out.reshape(steps, k, width)
+    combined = np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=1)
+    combined[np.isinf(combined)] = np.nan
+    combined[:, COL_LR] = blocks[:, -1, COL_LR]
+    combined[:, COL_FLAGS] = np.bitwise_or.reduce(blocks[:, :, COL_FLAGS].astype(np.int64), axis=1)
+    return combined
+
+
+def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
+              multiples: dict[int, int]) -> Recorded:
+    """The trace's per-step arrays from every recorder's rows: one recorder's alone (a single optimizer, the
+    common case), or the optimizers' side by side, the global gradient norm over all their gradients."""
+    ref_rows, _ = rowsets[reference].arrays(recs[reference].width if recs[reference].built else N_FIXED)
+    steps = ref_rows.shape[0]
+    notes: list[str] = []
+    applied: list[tuple[str, int]] = []
+    parts: list[tuple[Recorder, np.ndarray, np.ndarray]] = []
+    loss = None
+    for i, (rec, rowset) in enumerate(zip(recs, rowsets)):
+        if not rec.built or not rowset.done:
+            continue
+        if rowset.overflow:
+            notes.append(f"{rec.name} applied more than {MAX_APPLIES} times in a step: its statistics are not "
+                         "recorded step by step")
+            continue
+        rows, rec_loss = rowset.arrays(rec.width)
+        k = multiples.get(i, 1) if i != reference else 1
+        if k > 1:
+            notes.append(f"{rec.name} applied {k} times a step: its gradient norms and updates are each step's "
+                         "largest")
+        per_step = _per_step(rows, steps, k)
+        if i == 0 and rec_loss is not None and not rowset.loss_mismatch and rec_loss.shape[0] >= steps and k == 1:
+            loss = rec_loss[:steps]
+        flags = host_flags(per_step, loss if i == 0 else None, rec.is_loss_scaled)
+        per_step[:, COL_FLAGS] = flags
+        applied.append((rec.name, i))
+        parts.append((rec, per_step, flags))
+    if not parts:
+        empty = np.zeros((steps, 0))
+        return Recorded(steps, reference, ref_rows, None, np.zeros(steps, np.int32), np.zeros(steps),
+                        np.zeros(steps), empty, empty, (), {}, [], notes)
+    ref_index = next(j for j, (_, i) in enumerate(applied) if i == reference) if any(
+        i == reference for _, i in applied) else 0
+    rows = parts[ref_index][1]
+    flags = np.bitwise_or.reduce(np.stack([f for _, _, f in parts]), axis=0).astype(np.int32)
+    gnorm = np.sqrt(np.sum(np.stack([p[:, COL_GNORM] ** 2 for _, p, _ in parts]), axis=0))
+    update = np.max(np.stack([p[:, COL_UPDATE] for _, p, _ in parts]), axis=0)
+    var_g = np.concatenate([p[:, N_FIXED:N_FIXED + r.n_vars] for r, p, _ in parts], axis=1)
+    var_u = np.concatenate([p[:, N_FIXED + r.n_vars:N_FIXED + 2 * r.n_vars] for r, p, _ in parts], axis=1)
+    names = tuple(n for r, _, _ in parts for n in r.var_names)
+    optimizers = {}
+    columns: dict[str, list[int]] = {}
+    if len(parts) > 1:
+        optimizers = {r.name: {"grad_norm": p[:, COL_GNORM], "update_ratio": p[:, COL_UPDATE], "lr": p[:, COL_LR]}
+                      for r, p, _ in parts}
+        start = 0
+        for r, _, _ in parts:
+            columns[r.name] = [start, start + r.n_vars]
+            start += r.n_vars
+    return Recorded(steps, reference, rows, loss, flags, gnorm, update, var_g, var_u, names, optimizers, applied,
+                    notes, columns)
 
 
 def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y: Any, fit_kwargs: dict[str, Any],
@@ -914,7 +1058,7 @@ def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
     return out
 
 
-def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step: int) -> dict[str, Any]:
+def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, step: int) -> dict[str, Any]:
     """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
     flags = int(trace.nonfinite[step])
     out: dict[str, Any] = {"step": step}
@@ -930,7 +1074,8 @@ def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step:
         out.update(source="gradients" if not flags & LOSS else "loss",
                    variable=None if k is None else trace.var_names[k])
         return out
-    for source, variables in (("weights", model.trainable_variables), ("optimizer state", rec.opt.variables)):
+    state = [v for rec in recs for v in rec.opt.variables if id(v) not in rec.own_ids()]
+    for source, variables in (("weights", model.trainable_variables), ("optimizer state", state)):
         for v in variables:
             try:
                 value = np.asarray(host_numpy(v.value), dtype=np.float64)
@@ -943,10 +1088,8 @@ def _locate_nonfinite(keras: Any, model: Any, rec: Recorder, trace: Trace, step:
     return out
 
 
-def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int, kind: str,
-               distributed: bool) -> dict[str, Any]:
-    """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
-    inner = rec.inner
+def optimizer_config(inner: Any) -> dict[str, Any]:
+    """The settings of an optimizer that diagnosis reads, builtins only."""
     try:
         with warnings.catch_warnings():
             # Keras' get_config reads a learning-rate variable with np.array(variable), which numpy 2 warns
@@ -957,11 +1100,19 @@ def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int,
         config = {}
     keep = ("learning_rate", "epsilon", "amsgrad", "beta_1", "beta_2", "momentum", "nesterov",
             "clipnorm", "clipvalue", "global_clipnorm", "weight_decay", "rho")
-    opt_cfg = {}
+    out = {}
     for k in keep:
         if k in config:
             v = config[k]
-            opt_cfg[k] = v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)[:80]
+            out[k] = v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)[:80]
+    return out
+
+
+def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int, kind: str,
+               distributed: bool) -> dict[str, Any]:
+    """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
+    inner = rec.inner
+    opt_cfg = optimizer_config(inner)
     layers = [type(layer).__name__ for layer in model._flatten_layers(include_self=False)]
     bn = _batchnorm_layers(model)
     return {

@@ -32,7 +32,7 @@ class Readback(keras.callbacks.Callback):
     """Reads the recorder's buffers at execution boundaries, stops, validates, reports progress.
 
     Args:
-        rec: the recorder of this ``fit``.
+        recs: the recorders of this ``fit``, one per optimizer, ``model.optimizer``'s first.
         steps: the steps to run.
         chunk: the rows the recorder's buffers hold: at most that many steps between two read-backs.
         steps_per_call: the most steps one call of ``fit``'s train function runs.
@@ -40,16 +40,24 @@ class Readback(keras.callbacks.Callback):
             sizes), else None: with it the last call is cut to the steps left.
     """
 
-    def __init__(self, rec: Recorder, *, steps: int, chunk: int, steps_per_call: int,
+    def __init__(self, recs: list[Recorder], *, steps: int, chunk: int, steps_per_call: int,
                  validate: Callable[[], None] | None, validate_every: int,
                  progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
                  measure: Callable[[int], None] | None = None, epoch_steps: int | None = None,
                  virtual_call: int | None = None, keep_initial_state: bool = False,
-                 callbacks: list[Any] | None = None) -> None:
+                 callbacks: list[Any] | None = None, curves: Any = None) -> None:
         super().__init__()
-        self.rec = rec
+        self.recs = list(recs)
+        #: the recorder of model.optimizer (it also records the loss)
+        self.rec = self.recs[0]
         self.user_callbacks = list(callbacks or [])
-        self.rows = ChunkRows()
+        #: the other scalars the train_step reports (see :mod:`.curves`), read with the recorders
+        self.curves = curves
+        #: what each recorder recorded, in step order
+        self.rowsets = [ChunkRows() for _ in self.recs]
+        #: how many times a step applies each recorder's optimizer, against the reference (set at the first
+        #: read-back in which they applied, before any non-finite step)
+        self.multiples: dict[int, int] = {}
         self.steps = steps
         self.chunk = chunk
         # Each call of fit's train function runs at most steps_per_call steps (steps_per_execution, or a
@@ -86,15 +94,19 @@ class Readback(keras.callbacks.Callback):
         if self.want_initial_state:
             from .engine import take_state
 
-            self.initial_state = take_state(self.model, self.rec)
+            self.initial_state = take_state(self.model, self.recs)
         if self.on_boundary is not None:
             self.on_boundary(0)
 
     def on_test_begin(self, logs: Any = None) -> None:
         self.rec.recording_loss = False
+        if self.curves is not None:
+            self.curves.recording = False
 
     def on_test_end(self, logs: Any = None) -> None:
         self.rec.recording_loss = True
+        if self.curves is not None:
+            self.curves.recording = True
 
     # -- calls, epochs, read-backs -------------------------------------------------
 
@@ -104,7 +116,7 @@ class Readback(keras.callbacks.Callback):
             self.in_epoch += 1
             # stop right there: at the planned steps (the host counts them), or after a non-finite step,
             # before the next one's forward pass can assert on a GPU (see Recorder.torch_halted)
-            if self.rec.ran_planned_steps() or self.rec.torch_halted():
+            if self.keras_steps >= self.steps or any([rec.torch_halted() for rec in self.recs]):
                 self.read()
                 return
             if self.in_epoch % self.virtual_call:
@@ -140,26 +152,54 @@ class Readback(keras.callbacks.Callback):
         self.stopping = True
         self.model.stop_training = True
 
+    @property
+    def reference(self) -> int:
+        """The recorder whose applies count the steps: of those that applied, the one that applied least
+        (``model.optimizer``'s when it ties: a GAN's two optimizers each apply once a step, a critic
+        trained several times a step applies more); 0 before any applied."""
+        applied = [i for i, rows in enumerate(self.rowsets) if rows.done]
+        return min(applied, key=lambda i: self.rowsets[i].done) if applied else 0
+
+    @property
+    def rows(self) -> ChunkRows:
+        """The reference recorder's rows."""
+        return self.rowsets[self.reference]
+
     def read(self, *, measure: bool = True) -> None:
         """Reads the rows recorded since the last read, stops ``fit`` on a non-finite step or at the planned
         steps, and (``measure``) validates and measures curvature where due: not after ``fit`` raised,
         where the run's error is re-raised or reported, not judged further."""
-        if self.stopped_nonfinite or not self.rec.built:
+        if self.stopped_nonfinite:
             return
-        snap = self.rec.read()
-        if self.device is None:
-            self.device = self.rec.device_of_buffer()
-        before = self.rows.done
-        rows = self.rows.take(snap, self.chunk)
-        if self.rows.done == before:
+        new = bad = False
+        for rec, rowset in zip(self.recs, self.rowsets):
+            if not rec.built:
+                continue
+            snap = rec.read()
+            before = rowset.done
+            rows = rowset.take(snap, rec.chunk, strict=rec.primary)
+            if rowset.done == before:
+                continue
+            new = True
+            if self.device is None:
+                self.device = rec.device_of_buffer()
+            loss = rowset.losses[-1] if rowset.losses else None
+            flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
+                               rec.is_loss_scaled)
+            bad = bad or bool((flags & STOP_BITS).any() or snap["halt"])
+        if not new:
             return
-        loss = self.rows.losses[-1] if self.rows.losses else None
-        flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
-                           self.rec.is_loss_scaled)
+        if self.curves is not None:
+            self.curves.read()
+        if not self.multiples and not bad:
+            ref = self.reference
+            base = self.rowsets[ref].done
+            self.multiples = {i: max(1, round(rows.done / base)) for i, rows in enumerate(self.rowsets)
+                              if rows.done and base}
         done = self.rows.done
         if self.on_boundary is not None:  # the device's own step count (Keras' batch index can run ahead)
             self.on_boundary(done)
-        if (flags & STOP_BITS).any() or snap["halt"]:
+        if bad:
             self.stopped_nonfinite = True
             self.stop()
         elif done >= self.steps:
@@ -188,7 +228,11 @@ class ReadbackAtBatchEnd(Readback):
         # Keras' batch index is the call's nominal last step (its first + steps_per_execution - 1): an
         # epoch's last call may run fewer
         self.in_epoch = int(batch) + 1 if self.epoch_steps is None else min(int(batch) + 1, self.epoch_steps)
-        self.after_call()
+        if self.keras_steps >= self.steps:  # the planned steps ran: read now, which stops fit right there
+            self.calls += 1
+            self.read()
+        else:
+            self.after_call()
         self._stopped_by_other(self.keras_steps)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:

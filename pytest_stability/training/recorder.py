@@ -81,18 +81,22 @@ class BatchNotRun(Exception):
 
 
 class Recorder:
-    """Instruments ``model.optimizer`` and ``model._loss_tracker`` for one ``fit`` call.
+    """Instruments one optimizer of the model (and, for ``model.optimizer``, the loss tracker and the
+    ``train_step``) for one ``fit`` call.
 
     Args:
         model: the compiled model (its optimizer may be built or not yet).
+        optimizer: the optimizer to instrument: ``model.optimizer`` (the default), or another one the model's
+            ``train_step`` applies (a GAN's ``d_optimizer``).
+        name: how findings and reports name the optimizer (its attribute on the model).
         chunk: rows in the device buffers; ``fit`` must read back at least every
-            ``chunk`` steps (``steps_per_execution <= chunk``).
+            ``chunk`` applies of the optimizer (``steps_per_execution <= chunk``).
         limit: optimizer steps after which no further update is applied.
         diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
     """
 
     def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False,
-                 check_inputs: bool = False) -> None:
+                 check_inputs: bool = False, optimizer: Any = None, name: str = "optimizer") -> None:
         import keras
 
         self.keras = keras
@@ -100,7 +104,12 @@ class Recorder:
         self.backend = keras.backend.backend()
         self.stateless = self.backend == "jax"
         self.model = model
-        self.opt = model.optimizer
+        self.opt = model.optimizer if optimizer is None else optimizer
+        self.name = name
+        #: the recorder of model.optimizer: it also records the loss and wraps the train_step
+        self.primary = self.opt is model.optimizer
+        #: suffix of the recorder's variable names (unique per optimizer)
+        self._suffix = "" if self.primary else f"_{name}"
         self.is_loss_scaled = isinstance(self.opt, keras.optimizers.LossScaleOptimizer)
         self.inner = self.opt.inner_optimizer if self.is_loss_scaled else self.opt
         self.chunk = int(chunk)
@@ -109,7 +118,7 @@ class Recorder:
         #: under tf.distribute.MirroredStrategy: the optimizer's apply synchronises replicas (merge_call), which
         #: no cond may wrap; fit runs one step per call there, so the host stops training after each step instead
         self.distributed = distributed
-        self.tracker = getattr(model, "_loss_tracker", None)
+        self.tracker = getattr(model, "_loss_tracker", None) if self.primary else None
         #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
         self.recording_loss = True
         self._patched: list[tuple[Any, str]] = []
@@ -117,7 +126,7 @@ class Recorder:
         self.loss_bad = None
         #: check every input batch for NaN/Inf on the device, in the step (pipelines: arrays are checked
         #: on the host before training); not under a distribution strategy, where each replica sees a shard
-        self.check_inputs = bool(check_inputs) and not distributed
+        self.check_inputs = bool(check_inputs) and not distributed and self.primary
         self.input_bad = None
         self.built = False
         #: JAX, while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
@@ -181,7 +190,7 @@ class Recorder:
         if self.check_inputs and not self.stateless:  # under JAX: an optimizer variable (see _build_buffers)
             self.input_bad = self._variable(0, "int32", "stability_input_bad", None)
         self._build_loss_buffers()
-        if self.check_inputs or self.stateless:
+        if self.primary and (self.check_inputs or self.stateless):
             self._patch_train_step()
 
     def uninstall(self) -> None:
@@ -332,6 +341,7 @@ class Recorder:
         return stateless_train_step
 
     def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
+        name += self._suffix
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
             with self.model.distribute_strategy.scope():
                 return self.keras.Variable(value, dtype=dtype, trainable=False, name=name,
@@ -387,10 +397,39 @@ class Recorder:
         if self.stateless:
             self._apply = self._stateless_apply(self._apply_original)
             self._patch(self.opt, "stateless_apply", self._apply)
+            self._hide_from_saving()
         else:
             self._apply = (self._torch_apply if self.backend == "torch" else self._stateful_apply)(self._apply_original)
             self._patch(self.opt, "apply", self._apply)
         self.built = True
+
+    def _hide_from_saving(self) -> None:
+        """JAX: the recorder's variables ride in the optimizer's variable list, which Keras saves as they are
+        (``save_own_variables``: a ModelCheckpoint or BackupAndRestore during ``fit``).  A checkpoint must hold
+        the user's variables alone, in their own order, so that it loads into the model as it would have."""
+        opt = self.opt
+
+        def mine() -> set[int]:
+            return self.own_ids()
+
+        def save_own_variables(store: Any) -> None:
+            own = mine()
+            for i, variable in enumerate(v for v in opt.variables if id(v) not in own):
+                store[str(i)] = variable.numpy()
+
+        original_load = opt.load_own_variables
+
+        def load_own_variables(store: Any) -> None:
+            own = mine()
+            kept = list(opt._variables)
+            opt._variables[:] = [v for v in kept if id(v) not in own]  # the user's alone while Keras loads them
+            try:
+                original_load(store)
+            finally:
+                opt._variables[:] = kept
+
+        self._patch(opt, "save_own_variables", save_own_variables)
+        self._patch(opt, "load_own_variables", load_own_variables)
 
     def own_ids(self) -> set[int]:
         """``id``s of the recorder's variables among the optimizer's (none of the user's state)."""
@@ -889,9 +928,14 @@ class Recorder:
     def _jax_read(self) -> dict[str, np.ndarray | int]:
         """The header row holds the counters, the two columns after each row its loss (see _build_buffers)."""
         jax_state = getattr(self.model, "_jax_state", None)
-        if jax_state:  # fit holds the state (the variables are emptied while it runs)
+        if jax_state and self.primary:  # fit holds the state (the variables are emptied while it runs)
             buf = np.asarray(jax_state["optimizer_variables"][_index_of(self.opt.variables, self.buf)])
         else:
+            # another optimizer's variables ride in the state where the model's own trainer puts them: its
+            # jax_state_sync puts them back in the variables (Keras' way for callbacks that read variables)
+            sync = getattr(self.model, "jax_state_sync", None) if not self.primary else None
+            if sync is not None:
+                sync()
             buf = host_numpy(self.buf.value)
         # a model whose metrics leave out the loss tracker records no loss (the wrapper writes none)
         tracked = self.lbuf is not None and _index_of(self.model.metrics_variables, self.lbuf) is not None
@@ -906,7 +950,7 @@ class Recorder:
         """Where the recorded buffer lives (read from the tensor, not from what was asked)."""
         jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
         try:
-            if jax_state:
+            if jax_state and self.primary:
                 arr = jax_state["optimizer_variables"][_index_of(self.opt.variables, self.buf)]
                 dev = str(next(iter(arr.devices())))
             else:
@@ -918,6 +962,34 @@ class Recorder:
 
 
 _ABSENT = object()
+
+
+def find_optimizers(model: Any) -> list[tuple[str, Any]]:
+    """Every Keras optimizer the model holds, named: ``model.optimizer`` first (as ``optimizer``), then each one
+    kept as an attribute of the model (a GAN's ``d_optimizer`` and ``g_optimizer``), in attribute order, or in
+    a list or dict attribute (``name[0]``, ``name['key']``).  Those are the optimizers a ``train_step`` can
+    apply; which of them it does apply shows in the recording."""
+    import keras
+
+    base = keras.optimizers.Optimizer
+    found: list[tuple[str, Any]] = []
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, base) and all(value is not other for _, other in found):
+            found.append((name, value))
+
+    add("optimizer", getattr(model, "optimizer", None))
+    for name, value in vars(model).items():
+        add(name, value)
+        if name.startswith("_"):  # private containers: the frameworks' own bookkeeping
+            continue
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                add(f"{name}[{i}]", item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                add(f"{name}[{key!r}]", item)
+    return found
 
 
 def host_numpy(x: Any) -> np.ndarray:
@@ -1024,13 +1096,21 @@ class ChunkRows:
         self.done = 0
         self.loss_done = 0
         self.loss_mismatch = False
+        #: more rows between two read-backs than the buffer holds: the rows were overwritten
+        self.overflow = False
 
-    def take(self, snap: dict[str, Any], chunk: int) -> np.ndarray:
-        """Append the steps recorded since the last read; returns their rows."""
+    def take(self, snap: dict[str, Any], chunk: int, *, strict: bool = True) -> np.ndarray:
+        """Append the steps recorded since the last read; returns their rows.  More than ``chunk`` new rows
+        means the buffer wrapped: a bug in the read-back schedule (``strict``), or (another optimizer than
+        model.optimizer) one applied more often a step than its buffer holds (see engine.MAX_APPLIES)."""
         count = int(snap["count"])
         new = count - self.done
-        if new > chunk:  # pragma: no cover - steps_per_execution is capped at chunk
-            raise RuntimeError(f"{new} steps between two read-backs, more than the buffer's {chunk}")
+        if new > chunk:
+            if strict:
+                raise RuntimeError(f"{new} steps between two read-backs, more than the buffer's {chunk}")
+            self.overflow = True
+            self.done = count
+            return snap["buf"][:0]
         slots = [(self.done + k) % chunk for k in range(new)]
         rows = snap["buf"][slots] if new else snap["buf"][:0]
         self.rows.append(np.array(rows))
@@ -1080,4 +1160,4 @@ def host_flags(rows: np.ndarray, loss: np.ndarray | None, loss_scaled: bool) -> 
     return flags.astype(np.int32)
 
 
-__all__ = ["ChunkRows", "Recorder", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]
+__all__ = ["ChunkRows", "Recorder", "find_optimizers", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]

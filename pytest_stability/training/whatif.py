@@ -156,7 +156,7 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
         # last one at or before it (chunking does not change the numbers: same steps, same order)
         spec = spec.replace(readback_every=max(1, min(int(spec.readback_every), max(1, window // 2))), curvature=False)
         rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
-                             spec=spec, batch_size=batch_size, stop_after=until,
+                             spec=spec, batch_size=batch_size, stop_after=until, random_start=result.random_start,
                              fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
     finally:
         restore_optimizer_settings(model, saved_config)

@@ -514,12 +514,9 @@ def test_stops_at_the_planned_step(stability, optimizer):
     plain.fit(X, Y, batch_size=32, shuffle=False, epochs=4, verbose=0)
     plain.fit(X[:160], Y[:160], batch_size=32, shuffle=False, epochs=1, verbose=0)  # steps 33 to 37
     assert_same_weights(model, plain)
-    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    # TensorFlow runs its last compiled call to its end: Adam's 3 steps past 37 run with a zero rate, which
-    # counts them (a cond keeps SGD's out); JAX cuts its last call to the steps left; PyTorch runs one step
-    # per call
-    tf_adam = keras.backend.backend() == "tensorflow" and optimizer == "adam"
-    assert iterations == (40 if tf_adam else 37), iterations
+    # the last call is cut to the steps left (TensorFlow: a train function made for it; JAX: its
+    # steps_per_execution, read at each call); PyTorch runs one step per call
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 37
 
 
 def bn_model():
@@ -529,8 +526,6 @@ def bn_model():
     return model
 
 
-@pytest.mark.xfail(keras.backend.backend() == "tensorflow", strict=True,
-                   reason="TensorFlow's last compiled call runs to its end: BatchNorm sees its batches (README)")
 @pytest.mark.stable_training(steps=37, readback_every=64)
 def test_batchnorm_statistics_see_only_the_planned_batches(stability):
     model = bn_model()
@@ -541,17 +536,14 @@ def test_batchnorm_statistics_see_only_the_planned_batches(stability):
     plain.fit(X[:160], Y[:160], batch_size=32, shuffle=False, epochs=1, verbose=0)
     assert_same_weights(model, plain)  # the moving mean and variance included
 ''')
-    if BACKEND == "tensorflow":
-        result.assert_outcomes(passed=4, xfailed=1)
-    else:
-        result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=5)
 
 
 def test_the_run_ends_at_steps_with_the_users_own_fit_arguments(pytester, tiny_problem):
     """Where JAX cuts its last call at `steps`, the epoch arithmetic must hold with what users pass to fit:
     a validation split (a shorter epoch), a later initial epoch, more epochs than needed, their own
-    steps_per_execution, sample weights.  Every run ends at exactly 23 steps (PyTorch and JAX: so does
-    optimizer.iterations; TensorFlow counts Adam's zero-rate steps to its last call's end)."""
+    steps_per_execution, sample weights.  Every run ends at exactly 23 steps, and so does
+    optimizer.iterations."""
     result = run(pytester, tiny_problem, """
 CASES = {"validation_split": dict(validation_split=0.25), "initial_epoch": dict(initial_epoch=2),
          "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32")), "spe": {}}
@@ -565,8 +557,7 @@ def test_model(stability, case):
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", steps_per_execution=4)
     rep = stability.fit(model, X, Y, batch_size=32, **CASES[case])
     assert rep.trace.steps == 23
-    if keras.backend.backend() != "tensorflow":
-        assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
 """)
     result.assert_outcomes(passed=5)
 
@@ -644,22 +635,18 @@ def test_model(stability, monkeypatch):
     result.assert_outcomes(passed=1)
 
 
-def test_pytorch_runs_no_step_past_the_planned_ones(pytester, tiny_problem):
-    """PyTorch runs one step per call and counts them on the host, so it stops right at ``steps``: a step
-    past them would still run the forward pass (BatchNorm statistics, metrics) with no update.  TensorFlow
-    and JAX run whole compiled calls (here up to the end of an 8-step epoch), the steps past ``steps`` with
-    no update; the README says so."""
+def test_a_callback_that_sees_single_batches_sees_every_step_and_none_past_the_planned_ones(pytester, tiny_problem):
+    """A callback that overrides a batch-level hook sees every step, as in plain fit (the run keeps the model's
+    steps_per_execution), and none past ``steps`` (the last call is cut there; PyTorch runs one step per call
+    and stops right at ``steps``)."""
     result = run(pytester, tiny_problem, '''
-BACKEND = keras.backend.backend()
-
-
 class Steps(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
-        self.calls = 0
+        self.batches = []
 
     def on_train_batch_begin(self, batch, logs=None):
-        self.calls += 1
+        self.batches.append(batch)
 
 
 @pytest.mark.stable_training(steps=37, readback_every=64)
@@ -667,10 +654,7 @@ def test_model(stability):
     steps = Steps()
     rep = stability.fit(build(), X, Y, batch_size=32, shuffle=False, callbacks=[steps])
     assert rep.trace.steps == 37
-    if BACKEND == "torch":
-        assert steps.calls == 37
-    else:  # one call per 8-step epoch: the fifth epoch's call runs steps 33 to 40
-        assert steps.calls == 5
+    assert steps.batches == list(range(8)) * 4 + list(range(5))
 ''')
     result.assert_outcomes(passed=1)
 

@@ -1,0 +1,215 @@
+"""The setups the differential test runs through plain ``model.fit`` and through ``stability.fit``.
+
+This file is copied into a pytester directory (see test_fidelity.py) and imported there: each setup is a
+function returning ``(model, x, y, fit_kwargs)``, called after seeding, so that both runs start from the same
+model and data.  Backend-neutral except the GAN's train_step (one per backend, as in Keras' guides).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+STEPS = 24  # 3 epochs of 8 batches of 8
+rng = np.random.default_rng(0)
+X = rng.normal(size=(64, 4)).astype("float32")
+Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("float32")
+
+
+def mlp(optimizer=None, **compile_kwargs):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dropout(0.1), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-2), loss="binary_crossentropy",
+                  metrics=["accuracy"], **compile_kwargs)
+    return model
+
+
+class Spy(keras.callbacks.Callback):
+    """Every hook Keras calls during fit: (hook, index, sorted log keys)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def _log(self, hook, index=None, logs=None):
+        self.calls.append((hook, index, tuple(sorted(logs or {}))))
+
+    def on_train_begin(self, logs=None):
+        self._log("train_begin", None, logs)
+
+    def on_train_end(self, logs=None):
+        self._log("train_end", None, logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._log("epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._log("epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._log("train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._log("train_batch_end", batch, logs)
+
+    def on_test_begin(self, logs=None):
+        self._log("test_begin", None, logs)
+
+    def on_test_end(self, logs=None):
+        self._log("test_end", None, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._log("test_batch_end", batch, logs)
+
+
+class EpochSpy(keras.callbacks.Callback):
+    """Only epoch-level hooks: the plugin keeps its chunked calls for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(("epoch_begin", epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(("epoch_end", epoch, tuple(sorted(logs or {}))))
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.model.stop_training = True
+
+
+class RaiseAt(keras.callbacks.Callback):
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            raise RuntimeError(f"the user's callback raised at batch {batch}")
+
+
+class Batches(keras.utils.PyDataset):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
+
+
+def batches_forever():
+    while True:
+        for i in range(8):
+            yield X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
+
+
+# -- the setups: each returns (model, x, y, fit_kwargs); fit_kwargs callbacks are made fresh per call ----------
+
+def spy():
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [Spy()], "validation_data": (X[:16], Y[:16])}
+
+
+def epoch_spy():
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()], "validation_split": 0.25}
+
+
+def stop_training():
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [Spy(), StopAt(4)]}
+
+
+def raising_callback():
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [RaiseAt(3)]}
+
+
+def early_stopping():
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [stop, EpochSpy()]}
+
+
+def reduce_lr_on_plateau():
+    cb = keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=0, min_delta=10.0, factor=0.5)
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [cb]}
+
+
+def learning_rate_scheduler():
+    cb = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-2 * 0.5 ** epoch)
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [cb, EpochSpy()]}
+
+
+def model_checkpoint(tmp):
+    cb = keras.callbacks.ModelCheckpoint(os.path.join(tmp, "ckpt_{epoch}_{batch}.weights.h5"),
+                                         save_weights_only=True, save_freq=5)
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [cb]}
+
+
+def mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = mlp()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return model, X, Y, {"batch_size": 8}
+
+
+def jit_compile():
+    return mlp(jit_compile=True), X, Y, {"batch_size": 8}
+
+
+def run_eagerly():
+    return mlp(run_eagerly=True), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()]}
+
+
+def own_steps_per_execution():
+    return mlp(steps_per_execution=4), X, Y, {"batch_size": 8, "callbacks": [Spy()]}
+
+
+def gradient_accumulation():
+    return mlp(keras.optimizers.Adam(1e-2, gradient_accumulation_steps=2)), X, Y, {"batch_size": 8}
+
+
+def class_weight():
+    return mlp(), X, Y, {"batch_size": 8, "class_weight": {0: 1.0, 1: 3.0}}
+
+
+def sample_weight():
+    return mlp(), X, Y, {"batch_size": 8, "sample_weight": np.linspace(0.5, 1.5, 64).astype("float32")}
+
+
+def validation_split():
+    return mlp(), X, Y, {"batch_size": 8, "validation_split": 0.25, "callbacks": [EpochSpy()]}
+
+
+def tf_dataset():
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((X, Y)).batch(8)
+    return mlp(), ds, None, {"callbacks": [EpochSpy()]}
+
+
+def py_dataset():
+    return mlp(), Batches(), None, {"callbacks": [EpochSpy()]}
+
+
+def generator():
+    return mlp(), batches_forever(), None, {"steps_per_epoch": 8, "epochs": 3, "callbacks": [EpochSpy()]}
+
+
+SETUPS = {name: fn for name, fn in dict(globals()).items()
+          if callable(fn) and fn.__module__ == __name__ and name in (
+              "spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
+              "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
+              "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
+              "validation_split", "tf_dataset", "py_dataset", "generator")}

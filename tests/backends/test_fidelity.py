@@ -1,0 +1,144 @@
+"""Differential: each setup of fidelity_setups.py trained through plain ``model.fit`` and through
+``stability.fit`` gives what a user can observe the same way.
+
+Compared: every call of the user's callbacks (hook, epoch or batch index, the keys of ``logs``), the exception
+(type and message), ``optimizer.iterations``, the compile settings after the run (``jit_compile``,
+``run_eagerly``, ``steps_per_execution``), checkpoints written by ModelCheckpoint, and the final weights,
+bit for bit (float32 CPU training is deterministic on every backend here).  Runs once per Keras backend in CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import pytest
+
+BACKEND = keras.backend.backend()
+HERE = Path(__file__).parent
+
+RUNNER = '''
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import fidelity_setups as S
+
+
+def observe(model, run, spies):
+    """What a user can observe of one fit."""
+    error = None
+    try:
+        run()
+    except Exception as exc:  # the user's exception must reach them unchanged
+        error = (type(exc).__name__, str(exc))
+    return {
+        "error": error,
+        "calls": [list(spy.calls) for spy in spies],
+        "iterations": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        "compile": (bool(model.jit_compile), bool(model.run_eagerly), int(model.steps_per_execution)),
+        "weights": [np.array(keras.ops.convert_to_numpy(w)) for w in model.weights],
+    }
+
+
+def steps_of(x, kw):
+    """The steps of the plain fit: its epochs (3 unless given) times the steps of an epoch."""
+    epochs = kw.get("epochs", 3)
+    if kw.get("steps_per_epoch"):
+        return epochs * kw["steps_per_epoch"]
+    if isinstance(x, np.ndarray):
+        n = int(len(x) * (1 - kw.get("validation_split", 0.0)))
+        return epochs * -(-n // kw["batch_size"])
+    return epochs * 8
+
+
+def both_ways(stability, setup, *args):
+    """The plain run: seeded, the model built, seeded again, fit (a stability run seeds right before its fit)."""
+    keras.utils.set_random_seed(0)
+    model, x, y, kw = setup(*args)
+    spies = [c for c in kw.get("callbacks", []) if hasattr(c, "calls")]
+    plain_kw = dict(kw)
+    plain_kw.setdefault("epochs", 3)
+    keras.utils.set_random_seed(0)
+    plain = observe(model, lambda: model.fit(x, y, verbose=0, **plain_kw), spies)
+
+    keras.utils.set_random_seed(0)
+    model, x, y, kw = setup(*args)
+    spies = [c for c in kw.get("callbacks", []) if hasattr(c, "calls")]
+    mine = observe(model, lambda: stability.fit(model, x, y, steps=steps_of(x, kw), seed=0, check=False, **kw),
+                   spies)
+    return plain, mine
+
+
+def same(plain, mine):
+    assert mine["error"] == plain["error"]
+    assert mine["calls"] == plain["calls"]
+    assert mine["iterations"] == plain["iterations"]
+    assert mine["compile"] == plain["compile"]
+    assert len(mine["weights"]) == len(plain["weights"])
+    for a, b in zip(plain["weights"], mine["weights"]):
+        np.testing.assert_array_equal(a, b)
+'''
+
+#: setups that do not apply on a backend (why, in the skip message)
+UNSUPPORTED = {
+    "torch": {"jit_compile": "torch.compile is no part of this comparison (it compiles for minutes on a CPU)"},
+}
+
+
+def _test_source(names: list[str]) -> str:
+    out = [RUNNER]
+    for name in names:
+        if name == "model_checkpoint":
+            out.append(f'''
+
+@pytest.mark.stable_training(readback_every=16)
+def test_{name}(stability, tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "mine").mkdir()
+    keras.utils.set_random_seed(0)
+    model, x, y, kw = S.model_checkpoint(str(tmp_path / "plain"))
+    keras.utils.set_random_seed(0)
+    plain = observe(model, lambda: model.fit(x, y, epochs=3, verbose=0, **kw), [])
+    keras.utils.set_random_seed(0)
+    model, x, y, kw = S.model_checkpoint(str(tmp_path / "mine"))
+    mine = observe(model, lambda: stability.fit(model, x, y, steps=24, seed=0, check=False, **kw), [])
+    same(plain, mine)
+    written = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "plain" / "*.h5")))
+    assert written and written == sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "mine" / "*.h5")))
+    for name in written:  # each checkpoint loads into a fresh model, with the same weights
+        loaded = []
+        for where in ("plain", "mine"):
+            fresh = S.mlp()
+            fresh.load_weights(str(tmp_path / where / name))
+            loaded.append([keras.ops.convert_to_numpy(w) for w in fresh.weights])
+        for a, b in zip(*loaded):
+            np.testing.assert_array_equal(a, b)
+''')
+        else:
+            out.append(f'''
+
+@pytest.mark.stable_training(readback_every=16)
+def test_{name}(stability):
+    plain, mine = both_ways(stability, S.{name})
+    same(plain, mine)
+''')
+    return "".join(out)
+
+
+SETUP_NAMES = ["spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
+               "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
+               "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
+               "validation_split", "tf_dataset", "py_dataset", "generator"]
+
+
+def test_plain_fit_and_stability_fit_are_observed_the_same(pytester):
+    """One pytester run, one test per setup (a failure names the setup and the difference)."""
+    names = [n for n in SETUP_NAMES if n not in UNSUPPORTED.get(BACKEND, {})]
+    pytester.makepyfile(fidelity_setups=(HERE / "fidelity_setups.py").read_text())
+    pytester.makepyfile(test_setups=_test_source(names))
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(passed=len(names))
