@@ -6,7 +6,10 @@ Variants, interleaved in a rotating order over ``--reps`` repetitions (medians r
 * ``fit_spe``: plain ``model.fit`` with ``steps_per_execution=readback_every`` (what the recording
   chunks by; on PyTorch, whose fit refuses ``steps_per_execution > 1``, the same as ``fit``);
 * ``stability``: the engine behind ``stability.fit`` (default recording);
-* ``stability_diag``: the same with ``diagnostics=True`` (Adam slot statistics).
+* ``stability_diag``: the same with ``diagnostics=True`` (Adam slot statistics);
+* ``fit_cb`` / ``stability_cb``: plain ``model.fit`` as compiled and the engine, each with a user callback
+  that overrides ``on_train_batch_end`` (it sees single batches, so the stability run keeps the model's
+  ``steps_per_execution=1`` and reads its recording back once per chunk).
 
 Two timings per run, both on a fresh model (what one stability test pays):
 
@@ -16,7 +19,8 @@ Two timings per run, both on a fresh model (what one stability test pays):
   variant alike: from the end of the first epoch to ``on_train_end``), i.e. the per-step cost once
   compiled, read-backs included.
 
-Ratios are stability / fit_spe (the cost of the recording) and stability / fit (against default fit).
+Ratios are stability / fit_spe (the cost of the recording), stability / fit (against default fit) and
+stability_cb / fit_cb (the cost of the recording for a run with a batch-level callback).
 
 Usage::
 
@@ -44,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 BATCH = 32
 N_SAMPLES = 2048  # 64 batches of 32: an epoch is 64 steps
-VARIANTS = ("fit", "fit_spe", "stability", "stability_diag")
+VARIANTS = ("fit", "fit_spe", "stability", "stability_diag", "fit_cb", "stability_cb")
 
 
 def _data(kind: str):
@@ -101,6 +105,22 @@ def _timer():
     return EpochTimer()
 
 
+def _batch_callback():
+    import keras
+
+    class EveryBatch(keras.callbacks.Callback):
+        """A user callback that sees single batches (it counts them)."""
+
+        def __init__(self):
+            super().__init__()
+            self.batches = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+    return EveryBatch()
+
+
 def _run(variant: str, kind: str, steps: int, readback: int, seed: int) -> tuple[float, float, str]:
     import keras
 
@@ -116,12 +136,13 @@ def _run(variant: str, kind: str, steps: int, readback: int, seed: int) -> tuple
     model = _build(kind, spe)
     timer = _timer()
     device = "?"
+    callbacks = [timer, _batch_callback()] if variant.endswith("_cb") else [timer]
     t0 = time.perf_counter()
     if variant.startswith("fit"):
         model.fit(x, y, batch_size=BATCH, epochs=steps // (N_SAMPLES // BATCH), shuffle=True, verbose=0,
-                  callbacks=[timer])
+                  callbacks=callbacks)
     else:
-        result = engine.train(model, x, y, fit_kwargs={"callbacks": [timer], "shuffle": True}, steps=steps,
+        result = engine.train(model, x, y, fit_kwargs={"callbacks": callbacks, "shuffle": True}, steps=steps,
                               batch_size=BATCH, seed=seed, spec=spec)
         assert result.trace.steps == steps, (result.trace.steps, steps)
         device = result.device
@@ -151,7 +172,8 @@ def one_backend(args) -> dict:
             med = {v: statistics.median(times[(m, v, phase)]) for v in VARIANTS}
             rows.append({"backend": backend, "device": device, "model": m, "phase": phase, **med,
                          "ratio_spe": med["stability"] / med["fit_spe"], "ratio_fit": med["stability"] / med["fit"],
-                         "ratio_diag_spe": med["stability_diag"] / med["fit_spe"]})
+                         "ratio_diag_spe": med["stability_diag"] / med["fit_spe"],
+                         "ratio_cb": med["stability_cb"] / med["fit_cb"]})
     return {"backend": backend, "keras": keras.__version__, "rows": rows}
 
 
@@ -163,13 +185,13 @@ def table(results: list[dict], args) -> str:
              f"(64 steps each) to the end of training, *cold* = the whole call incl. compilation (and the "
              f"report's building).", "",
              "| backend | device | model | phase | fit (s) | fit spe (s) | stability (s) | stability / fit spe | "
-             "stability / fit | diagnostics / fit spe |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "stability / fit | diagnostics / fit spe | with a batch callback: stability / fit |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         for r in res["rows"]:
             lines.append(f"| {r['backend']} | {r['device']} | {r['model']} | {r['phase']} | {r['fit']:.3f} | "
                          f"{r['fit_spe']:.3f} | {r['stability']:.3f} | {r['ratio_spe']:.2f}x | "
-                         f"{r['ratio_fit']:.2f}x | {r['ratio_diag_spe']:.2f}x |")
+                         f"{r['ratio_fit']:.2f}x | {r['ratio_diag_spe']:.2f}x | {r['ratio_cb']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 import keras
 import pytest
 
+from gan import REAL, gan
 from models import (batchnorm_classifier, blobs_segmentation, convnet_classifier, shapes_dataset,
                     small_unet)
 
@@ -65,3 +66,10 @@ def test_fixed_schedule_is_stable(stability):
     model.compile(optimizer=keras.optimizers.SGD(jump_schedule(3e-2), momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     stability.fit(model, X, Y, validation_data=(XV, YV), batch_size=32)
+
+
+@pytest.mark.stable_training(steps=300)
+def test_gan_trains_stably(stability):
+    """Two networks, two optimizers (the GAN of Keras' guides, gan.py): each optimizer's gradients and each
+    loss the train_step reports (d_loss, g_loss) are judged."""
+    stability.fit(gan(), REAL, batch_size=32)

@@ -481,6 +481,35 @@ def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[
     return batches
 
 
+#: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but
+#: float rounding: in batches of at most this many samples and bytes of input (few calls, bounded memory)
+EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2 ** 20
+
+
+def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, int]]:
+    """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
+    :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
+    with its number of samples."""
+    def cat(parts: list[Any]) -> Any:
+        if parts[0] is None:
+            return None
+        return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
+
+    x, y, w = (cat([b[i] for b in batches]) for i in range(3))
+    n = _n_samples(x) or 1
+    per_sample = max(1, sum(int(np.asarray(leaf).nbytes) for leaf in _leaves(x)) // n)
+    size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
+    size = max(size, _n_samples(batches[0][0]) or 1)  # never smaller than the batches given
+
+    def part(obj: Any, a: int, b: int) -> Any:
+        if obj is None:
+            return None
+        return keras.tree.map_structure(lambda v: keras.ops.convert_to_tensor(v[a:b]), obj)
+
+    return [(part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)),
+             min(a + size, n) - a) for a in range(0, n, size)]
+
+
 def _batchnorm_layers(model: Any) -> list[Any]:
     layers = model._flatten_layers(include_self=False)
     return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
@@ -578,7 +607,12 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         fit_kwargs["epochs"] = initial_epoch + max(1, math.ceil(run_steps / max(1, per_epoch or run_steps)))
     fit_kwargs.setdefault("verbose", 0)
     val_batches = validation_batches(keras, model, x, y, fit_kwargs, bs)
+    val_eval = eval_batches(keras, val_batches) if val_batches else []
 
+    if backend == "torch" and int(getattr(model, "steps_per_execution", 1) or 1) > 1:
+        raise StabilityUsageError(
+            f"the model {model.name!r} is compiled with steps_per_execution={model.steps_per_execution}, which Keras' "
+            "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1")
     # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call.  A user's
     # callback that sees single batches (a batch-level hook) keeps the model's own steps_per_execution, so
     # that it sees the same batches as in plain fit; the recorder still reads back once per chunk
@@ -645,8 +679,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         done = cb.rows.done if cb is not None else 0
         try:
             total, count = 0.0, 0
-            for bx, by, bw in val_batches:
-                n = _n_samples(bx) or 1
+            for bx, by, bw, n in val_eval:
                 total += _loss_of(keras, model, bx, by, bw, False) * n
                 count += n
             val_steps.append(done)
@@ -709,9 +742,6 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         model.steps_per_execution = spe
         model.train_function = None
         model.test_function = None
-        if val_batches:
-            # the validation loss before the first step; a validation set the model cannot take is named here
-            validate(first=True)
         with _device_scope(keras, device), isolation.op_determinism(keras, model, spec.deterministic) as det, \
                 isolation.quiet_own_retracing(keras):
             if det:
@@ -800,8 +830,14 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     loss_recorded = loss is not None and loss.shape[0] == done
     if not loss_recorded:
         loss = np.full(done, np.nan)
+    loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
+    if not loss_recorded and loss_curves:
+        notes.append("the raw loss was not recorded: this model's train_step does not update the model's loss "
+                     f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
+                     f"instead: {', '.join(loss_curves)}")
+    elif not loss_recorded:
         notes.append("the raw loss was not recorded: this model's train_step does not update the model's "
-                     "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged on it; "
+                     "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
                      "gradient norms, non-finite values and updates are")
     ref = recs[recorded.reference]
     trace = Trace(

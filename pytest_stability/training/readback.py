@@ -41,7 +41,7 @@ class Readback(keras.callbacks.Callback):
     """
 
     def __init__(self, recs: list[Recorder], *, steps: int, chunk: int, steps_per_call: int,
-                 validate: Callable[[], None] | None, validate_every: int,
+                 validate: Callable[..., None] | None, validate_every: int,
                  progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
                  measure: Callable[[int], None] | None = None, epoch_steps: int | None = None,
                  virtual_call: int | None = None, keep_initial_state: bool = False,
@@ -95,6 +95,11 @@ class Readback(keras.callbacks.Callback):
             from .engine import take_state
 
             self.initial_state = take_state(self.model, self.recs)
+        if self.validate is not None:
+            # the validation loss before the first step, after fit's own set-up (measured before it, the model
+            # would be built already, and fit would skip the look at a first batch that draws from the
+            # global random state: the run's data order would differ from plain fit's)
+            self.validate(first=True)
         if self.on_boundary is not None:
             self.on_boundary(0)
 

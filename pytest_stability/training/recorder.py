@@ -110,6 +110,9 @@ class Recorder:
         self.primary = self.opt is model.optimizer
         #: suffix of the recorder's variable names (unique per optimizer)
         self._suffix = "" if self.primary else f"_{name}"
+        #: JAX: fit threads model.optimizer's variables as the state's optimizer variables, in their order (Keras'
+        #: own trainer); a model that threads several optimizers' says how itself (``_get_jax_state``)
+        self.standard_state = self.stateless and self.primary and _keras_threads_model_optimizer(model)
         self.is_loss_scaled = isinstance(self.opt, keras.optimizers.LossScaleOptimizer)
         self.inner = self.opt.inner_optimizer if self.is_loss_scaled else self.opt
         self.chunk = int(chunk)
@@ -301,7 +304,7 @@ class Recorder:
             return train_step
 
         def stateless_train_step(state: Any, data: Any) -> Any:
-            four = isinstance(state, (tuple, list)) and len(state) == 4 and self.built
+            four = isinstance(state, (tuple, list)) and len(state) == 4 and self.built and self.standard_state
             chunk = self.chunk
             if four and self.check_inputs:
                 bad = inputs_bad(data)
@@ -928,12 +931,12 @@ class Recorder:
     def _jax_read(self) -> dict[str, np.ndarray | int]:
         """The header row holds the counters, the two columns after each row its loss (see _build_buffers)."""
         jax_state = getattr(self.model, "_jax_state", None)
-        if jax_state and self.primary:  # fit holds the state (the variables are emptied while it runs)
+        if jax_state and self.standard_state:  # fit holds the state (the variables are emptied while it runs)
             buf = np.asarray(jax_state["optimizer_variables"][_index_of(self.opt.variables, self.buf)])
         else:
             # another optimizer's variables ride in the state where the model's own trainer puts them: its
             # jax_state_sync puts them back in the variables (Keras' way for callbacks that read variables)
-            sync = getattr(self.model, "jax_state_sync", None) if not self.primary else None
+            sync = getattr(self.model, "jax_state_sync", None) if not self.standard_state else None
             if sync is not None:
                 sync()
             buf = host_numpy(self.buf.value)
@@ -950,7 +953,7 @@ class Recorder:
         """Where the recorded buffer lives (read from the tensor, not from what was asked)."""
         jax_state = getattr(self.model, "_jax_state", None) if self.stateless else None
         try:
-            if jax_state and self.primary:
+            if jax_state and self.standard_state:
                 arr = jax_state["optimizer_variables"][_index_of(self.opt.variables, self.buf)]
                 dev = str(next(iter(arr.devices())))
             else:
@@ -962,6 +965,14 @@ class Recorder:
 
 
 _ABSENT = object()
+
+
+def _keras_threads_model_optimizer(model: Any) -> bool:
+    """JAX: whether ``fit`` threads ``model.optimizer.variables`` as its state's optimizer variables (Keras' own
+    ``_get_jax_state``; a model trained by several optimizers overrides it to thread all of theirs)."""
+    from keras.src.backend.jax.trainer import JAXTrainer
+
+    return getattr(type(model), "_get_jax_state", None) is JAXTrainer._get_jax_state
 
 
 def find_optimizers(model: Any) -> list[tuple[str, Any]]:

@@ -2,7 +2,8 @@
 
 This file is copied into a pytester directory (see test_fidelity.py) and imported there: each setup is a
 function returning ``(model, x, y, fit_kwargs)``, called after seeding, so that both runs start from the same
-model and data.  Backend-neutral except the GAN's train_step (one per backend, as in Keras' guides).
+model and data.  Backend-neutral except the GAN's train_step (one per backend, as in Keras' guides: gan.py, copied
+from example_project/).
 """
 
 from __future__ import annotations
@@ -207,9 +208,16 @@ def generator():
     return mlp(), batches_forever(), None, {"steps_per_epoch": 8, "epochs": 3, "callbacks": [EpochSpy()]}
 
 
+def gan():
+    """The GAN of Keras' guides (example_project/gan.py): two optimizers, d_loss and g_loss."""
+    from gan import REAL, gan as build
+
+    return build(), REAL, None, {"batch_size": 32, "callbacks": [EpochSpy()]}
+
+
 SETUPS = {name: fn for name, fn in dict(globals()).items()
           if callable(fn) and fn.__module__ == __name__ and name in (
               "spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
               "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
               "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
-              "validation_split", "tf_dataset", "py_dataset", "generator")}
+              "validation_split", "tf_dataset", "py_dataset", "generator", "gan")}

@@ -241,7 +241,9 @@ def test_own_loss_metric_is_said_not_invented(stability):
     rep = stability.fit(model, X, Y[:, None], batch_size=32)
     assert not rep.trace.info["loss_recorded"]
     assert np.all(np.isnan(rep.trace.loss)) and np.all(rep.trace.grad_norm > 0)
-    assert any("loss was not recorded" in note for note in rep.trace.info["notes"])
+    # its own metric is recorded step by step, and judged as a loss: the note says both
+    assert any("loss was not recorded" in note and "my_loss" in note for note in rep.trace.info["notes"])
+    assert list(rep.trace.curves) == ["my_loss"]
 
 
 def marked_mse(y, p):
@@ -733,3 +735,17 @@ def test_model(stability):
     assert rep.trace.val_steps.tolist() == [0, 16, 24, 32, 40]
 ''')
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="Keras' fit refuses steps_per_execution > 1 on PyTorch alone")
+def test_pytorch_refuses_steps_per_execution_above_one_as_keras_does(pytester, tiny_problem):
+    result = run(pytester, tiny_problem, '''
+@pytest.mark.stable_training(steps=8)
+def test_model(stability):
+    model = build()
+    model.compile(optimizer="adam", loss="binary_crossentropy", steps_per_execution=4)
+    stability.fit(model, X, Y, batch_size=32)
+''')
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*compiled with steps_per_execution=4, which Keras' fit refuses on the PyTorch "
+                                 "backend (it must be 1)*"])

@@ -1,4 +1,4 @@
-"""Models trained by several optimizers: the GAN of Keras' guides (see gan_models.py), on every backend.
+"""Models trained by several optimizers: the GAN of Keras' guides (example_project/gan.py), on every backend.
 
 Each optimizer the train_step applies is recorded (gradient norms, updates, learning rate per optimizer), every
 scalar it reports is a per-step curve (d_loss, g_loss), the checks judge each loss curve and each optimizer, and
@@ -12,13 +12,13 @@ from pathlib import Path
 import keras
 import pytest
 
-HERE = Path(__file__).parent
+GAN_SOURCE = Path(__file__).parents[2] / "example_project" / "gan.py"
 BACKEND = keras.backend.backend()
 
 
 def run(pytester, body: str, *args: str):
-    pytester.makepyfile(gan_models=(HERE / "gan_models.py").read_text())
-    pytester.makepyfile("import keras\nimport numpy as np\nimport pytest\n\nfrom gan_models import REAL, gan\n" + body)
+    pytester.makepyfile(gan=GAN_SOURCE.read_text())
+    pytester.makepyfile("import keras\nimport numpy as np\nimport pytest\n\nfrom gan import REAL, gan\n" + body)
     return pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", *args)
 
 

@@ -1,9 +1,9 @@
-"""The GAN of Keras' "customizing what happens in fit()" guides, small, one train_step per backend.
+"""A GAN as Keras' "customizing what happens in fit()" guides write it, small, with one train_step per backend.
 
-TensorFlow and PyTorch: the guides' GAN (two optimizers kept on the model, ``train_step`` applying each,
+TensorFlow and PyTorch: the guides' GAN (two optimizers kept on the model, a ``train_step`` that applies each,
 ``d_loss`` / ``g_loss`` trackers).  JAX: the same GAN written with ``stateless_apply``; ``fit`` threads both
-optimizers' variables (the model says how: ``_get_jax_state`` / ``jax_state_sync``).  Copied into pytester
-directories by the tests that train it (test_gan.py, test_fidelity.py).
+optimizers' variables (the model says how: ``_get_jax_state`` / ``jax_state_sync``).  The plugin's own tests
+train it too (tests/backends/test_gan.py, test_fidelity.py).
 """
 
 from __future__ import annotations
