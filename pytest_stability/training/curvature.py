@@ -60,6 +60,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from .isolation import kept_random_state
 from .recorder import host_numpy
 
 #: the relative residual bound of the top Ritz value that ends a measurement (an eigenvalue within 0.1%)
@@ -513,37 +514,6 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
             "vector": top.vector}
 
 
-class kept_random_state:
-    """Puts the global random states back after a measurement: PyTorch's unseeded ``Dropout`` draws its mask
-    from torch's global generator (Keras' "fast path"), so one training-mode forward would change every later
-    mask of the run.  Python's and numpy's global states are kept too."""
-
-    def __init__(self, keras: Any) -> None:
-        self.torch = keras.backend.backend() == "torch"
-
-    def __enter__(self) -> None:
-        import random
-
-        self.states: list[Any] = [random.getstate(), np.random.get_state()]
-        if self.torch:
-            import torch
-
-            self.states.append(torch.get_rng_state())
-            self.states.append(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-    def __exit__(self, *exc: Any) -> None:
-        import random
-
-        random.setstate(self.states[0])
-        np.random.set_state(self.states[1])
-        if self.torch:
-            import torch
-
-            torch.set_rng_state(self.states[2])
-            if self.states[3] is not None:
-                torch.cuda.set_rng_state_all(self.states[3])
-
-
 class Meter:
     """Measures the sharpness at planned read-backs of one ``fit`` (see the module docstring).
 
@@ -580,7 +550,7 @@ class Meter:
         """Measure at ``done`` steps (the model's variables must hold the current values: ``_sync`` first)."""
         self.targets = [t for t in self.targets if t > done]
         try:
-            with kept_random_state(self.keras):
+            with kept_random_state():
                 if self._products is None:
                     self._products = _Products(self.keras, self.model)
                 point = sharpness(self.keras, self.model, self.batch, rule=self.rule, iterations=self.iterations,

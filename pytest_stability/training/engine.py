@@ -520,9 +520,7 @@ def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> 
     random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
     from keras.src.backend.common.stateless_scope import StatelessScope
 
-    from .curvature import kept_random_state
-
-    with StatelessScope(), kept_random_state(keras):
+    with StatelessScope(), isolation.kept_random_state():
         y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
         loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
     return float(host_numpy(loss))

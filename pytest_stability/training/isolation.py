@@ -31,14 +31,11 @@ _KERAS_GLOBALS = ("global_random_seed", "global_seed_generator", "object_name_ui
 class ProcessState:
     """Random states, Keras' global attributes and TensorFlow's determinism switch, as they were."""
 
-    python_random: Any
-    numpy_random: Any
+    rng: dict[str, Any]
     keras_globals: dict[str, Any]
     dtype_policy: Any
     tf_seed: Any = None
     tf_determinism: bool | None = None
-    torch_rng: Any = None
-    torch_cuda_rng: Any = None
 
     @classmethod
     def take(cls, keras: Any) -> "ProcessState":
@@ -49,8 +46,7 @@ class ProcessState:
             value = global_state.get_global_attribute(name)
             # the name counter is a dict that Keras updates in place: keep a copy
             keras_globals[name] = copy.copy(value) if isinstance(value, dict) else value
-        state = cls(python_random=random.getstate(), numpy_random=np.random.get_state(),
-                    keras_globals=keras_globals, dtype_policy=keras.config.dtype_policy())
+        state = cls(rng=random_state(), keras_globals=keras_globals, dtype_policy=keras.config.dtype_policy())
         tf = _tensorflow()
         if tf is not None:
             from tensorflow.python.eager import context
@@ -58,19 +54,12 @@ class ProcessState:
 
             state.tf_seed = context.global_seed()
             state.tf_determinism = bool(tf_config.is_op_determinism_enabled())
-        if keras.backend.backend() == "torch":
-            import torch
-
-            state.torch_rng = torch.get_rng_state()
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                state.torch_cuda_rng = torch.cuda.get_rng_state_all()
         return state
 
     def restore(self, keras: Any) -> None:
         from keras.src.backend.common import global_state
 
-        random.setstate(self.python_random)
-        np.random.set_state(self.numpy_random)
+        set_random_state(self.rng)
         for name, value in self.keras_globals.items():
             global_state.set_global_attribute(name, value)
         if keras.config.dtype_policy() is not self.dtype_policy:
@@ -81,12 +70,6 @@ class ProcessState:
 
             tf.random.set_seed(self.tf_seed)
             _set_determinism(tf_config, self.tf_determinism)
-        if self.torch_rng is not None:
-            import torch
-
-            torch.set_rng_state(self.torch_rng)
-            if self.torch_cuda_rng is not None:
-                torch.cuda.set_rng_state_all(self.torch_cuda_rng)
 
 
 def _tensorflow() -> Any:
@@ -156,4 +139,42 @@ def quiet_own_retracing(keras: Any) -> Iterator[None]:
         logger.removeFilter(own)
 
 
-__all__ = ["ProcessState", "op_determinism", "quiet_own_retracing"]
+def random_state() -> dict[str, Any]:
+    """The global random states ``fit`` may draw from: Python's, numpy's and, on PyTorch, torch's."""
+    import keras
+
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
+    if keras.backend.backend() == "torch":
+        import torch
+
+        state["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "torch" in state:
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        if "torch_cuda" in state:
+            torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+@contextlib.contextmanager
+def kept_random_state() -> Iterator[None]:
+    """The global random states put back after a measurement: PyTorch's unseeded ``Dropout`` draws its mask
+    from torch's global generator (Keras' "fast path"), so one training-mode forward would change every later
+    mask of the run.  Python's and numpy's global states are kept too."""
+    state = random_state()
+    try:
+        yield
+    finally:
+        set_random_state(state)
+
+
+__all__ = ["ProcessState", "kept_random_state", "op_determinism", "quiet_own_retracing", "random_state",
+           "set_random_state"]

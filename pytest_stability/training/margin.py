@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,9 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
         try:
             engine.restore_state(model, final)
             apply_fix(keras, model, {"learning_rate_factor": factor})
-            run = engine.train(model, x, y, fit_kwargs=dict(kwargs), steps=steps, seed=seed, spec=probe_spec)
+            with warnings.catch_warnings():  # the probe's warnings are the run's again (the plugin's own extra run)
+                warnings.simplefilter("ignore")
+                run = engine.train(model, x, y, fit_kwargs=dict(kwargs), steps=steps, seed=seed, spec=probe_spec)
         finally:
             restore_optimizer_settings(model, saved)
             engine.restore_state(model, final)

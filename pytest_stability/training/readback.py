@@ -15,13 +15,12 @@ Imports Keras: reached only from :func:`~pytest_stability.training.engine.train`
 
 from __future__ import annotations
 
-import random
 from typing import Any, Callable
 
 import keras
-import numpy as np
 
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
+from . import isolation
 from .recorder import ChunkRows, Recorder, host_flags
 
 #: the bits that stop a run (a non-finite loss, gradients, weights, optimizer state, or input batch)
@@ -315,33 +314,9 @@ class RandomStart(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         if self.start is not None:
-            set_random_state(self.start)
+            isolation.set_random_state(self.start)
         else:
-            self.kept = random_state()
+            self.kept = isolation.random_state()
 
 
-def random_state() -> dict[str, Any]:
-    """The global random states ``fit`` may draw from: Python's, numpy's and, on PyTorch, torch's."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
-    if keras.backend.backend() == "torch":
-        import torch
-
-        state["torch"] = torch.get_rng_state()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["torch_cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_random_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "torch" in state:
-        import torch
-
-        torch.set_rng_state(state["torch"])
-        if "torch_cuda" in state:
-            torch.cuda.set_rng_state_all(state["torch_cuda"])
-
-
-__all__ = ["RandomStart", "Readback", "ReadbackAtBatchEnd", "read_after_each_call", "readback_class",
-           "random_state", "set_random_state"]
+__all__ = ["RandomStart", "Readback", "ReadbackAtBatchEnd", "read_after_each_call", "readback_class"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,9 +156,12 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
         # shorter chunks, so that an execution boundary falls close before `start`: the fix goes in at the
         # last one at or before it (chunking does not change the numbers: same steps, same order)
         spec = spec.replace(readback_every=max(1, min(int(spec.readback_every), max(1, window // 2))), curvature=False)
-        rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
-                             spec=spec, batch_size=batch_size, stop_after=until, random_start=result.random_start,
-                             fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
+        # the replay's warnings are the original run's again: it is the plugin's own extra run, not the user's
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
+                                 spec=spec, batch_size=batch_size, stop_after=until, random_start=result.random_start,
+                                 fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
     finally:
         restore_optimizer_settings(model, saved_config)
         engine.restore_state(model, final)

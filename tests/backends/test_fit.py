@@ -548,7 +548,9 @@ def test_the_run_ends_at_steps_with_the_users_own_fit_arguments(pytester, tiny_p
     optimizer.iterations."""
     result = run(pytester, tiny_problem, """
 CASES = {"validation_split": dict(validation_split=0.25), "initial_epoch": dict(initial_epoch=2),
-         "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32")), "spe": {}}
+         "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32"))}
+if keras.backend.backend() != "torch":  # Keras' fit refuses steps_per_execution > 1 on PyTorch
+    CASES["spe"] = {}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -561,7 +563,7 @@ def test_model(stability, case):
     assert rep.trace.steps == 23
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
 """)
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=4 if BACKEND == "torch" else 5)
 
 
 def test_read_backs_convert_without_numpy_2_deprecation_warnings():
