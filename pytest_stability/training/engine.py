@@ -567,6 +567,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     validate_model(model)
     fit_kwargs = dict(fit_kwargs or {})
     check_fit_kwargs(keras, fit_kwargs)
+    user_kwargs = set(fit_kwargs)
     device, label = resolve_device(spec.device)
     seed_everything(seed)
     kind = data_kind(keras, x)
@@ -606,6 +607,33 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     fit_kwargs.setdefault("verbose", 0)
     val_batches = validation_batches(keras, model, x, y, fit_kwargs, bs)
     val_eval = eval_batches(keras, val_batches) if val_batches else []
+    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    notes: list[str] = []
+    # Short epochs: Keras' work at each epoch's end and start can cost far more than the steps (a full-batch
+    # run is one step an epoch: 20x the same steps as one long epoch).  A full-batch run whose epochs nothing of
+    # the user's observes trains the same batch as one long epoch; other short epochs stay (their batches are
+    # Keras' own permutations), and the report says they were short
+    x_fit, y_fit = x, y
+    if kind == "arrays" and per_epoch is not None and per_epoch < SHORT_EPOCH and run_steps > per_epoch:
+        watching = epoch_observers(callbacks) + batch_observers(callbacks)  # batch indices count within epochs
+        kept = [name for name in ("epochs", "initial_epoch", "steps_per_epoch", "class_weight", "validation_data",
+                                  "validation_split") if fit_kwargs.get(name) and name in user_kwargs]
+        # the order of the samples within the batch, which Keras shuffles each epoch, changes the sums only by
+        # rounding, unless something random (Dropout, noise) hits each sample by its place in the batch
+        order_free = fit_kwargs.get("shuffle") is False or not _draws_randomness(model)
+        if per_epoch == 1 and order_free and not watching and not kept and not _under_strategy(keras, model):
+            x_fit, y_fit, fit_kwargs = one_long_epoch(keras, x, y, fit_kwargs, steps=run_steps)
+            notes.append(f"full batch: the same batch was presented as one epoch of {run_steps} steps instead of "
+                         f"{fit_kwargs.pop('_epochs_of')} epochs of one step (nothing of yours observes epochs, and "
+                         "the order of the samples in the batch, which Keras shuffles each epoch, changes the sums "
+                         "only by rounding here)")
+            per_epoch, exact_epoch = run_steps, True
+        else:
+            why = watching[0] if watching else (f"{kept[0]}=" if kept else (
+                "the distribution strategy" if per_epoch == 1 and order_free else
+                "their batches (Keras' own permutations, which the model's random layers see)"))
+            notes.append(f"the epochs were short ({per_epoch} step(s) each): Keras' work at each epoch's end and "
+                         f"start may have cost more than the steps; they were kept for {why}")
 
     if backend == "torch" and int(getattr(model, "steps_per_execution", 1) or 1) > 1:
         raise StabilityUsageError(
@@ -614,7 +642,6 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call.  A user's
     # callback that sees single batches (a batch-level hook) keeps the model's own steps_per_execution, so
     # that it sees the same batches as in plain fit; the recorder still reads back once per chunk
-    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
     distributed = _under_strategy(keras, model)
     observers = batch_observers(callbacks)
@@ -652,7 +679,6 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     if gap_batch is None and bn and kind == "arrays":
         yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
         gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
-    notes: list[str] = []
     val_ok = [True]
     training_batch = (keras.tree.map_structure(lambda a: a[:bs], x),
                       None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)) if kind == "arrays" else None
@@ -719,7 +745,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         validate=validate if val_batches else None, validate_every=int(spec.validate_every), progress=progress,
         on_boundary=on_boundary if fix_at is not None else None, measure=measure if meter is not None else None,
         epoch_steps=int(per_epoch) if exact_epoch and not distributed else None, virtual_call=virtual_call,
-        keep_initial_state=keep_initial_state, callbacks=callbacks, curves=curves)
+        keep_initial_state=keep_initial_state, callbacks=callbacks, curves=curves,
+        data_ends_epochs=kind == "arrays" and x_fit is x)
     start = readback.RandomStart(random_start)
     saved_spe = getattr(model, "steps_per_execution", 1)
     if observers and spe < chunk:
@@ -745,7 +772,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             if det:
                 notes.append(det)
             try:
-                model.fit(x, y, callbacks=[start] + callbacks + [cb], **fit_kwargs)
+                model.fit(x_fit, y_fit, callbacks=[start] + callbacks + [cb], **fit_kwargs)
             except StabilityUsageError:
                 raise
             except Exception as exc:
@@ -1004,6 +1031,59 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
     return Recorded(steps, reference, rows, loss, flags, gnorm, update, var_g, var_u, names, optimizers, applied,
                     notes, columns)
 
+
+#: epochs shorter than this many steps are short: Keras' per-epoch work (callbacks, metrics, the data
+#: iterator) then costs about as much as the steps or more
+SHORT_EPOCH = 16
+
+#: the epoch-level callback hooks
+EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end")
+
+
+def epoch_observers(callbacks: list[Any]) -> list[str]:
+    """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
+    found = []
+    for callback in callbacks:
+        for hook in EPOCH_HOOKS:
+            method = getattr(callback, hook, None)
+            if method is not None and not getattr(method, "_is_default", False):
+                found.append(f"{type(callback).__name__}.{hook}")
+                break
+    return found
+
+
+def _draws_randomness(model: Any) -> bool:
+    """Whether a layer of the model draws random numbers (Dropout, noise, augmentation: each holds a seed
+    generator)."""
+    return any(getattr(layer, "_seed_generators", None) for layer in model._flatten_layers(include_self=True))
+
+
+def one_long_epoch(keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, steps: int
+                   ) -> tuple[Any, Any, dict[str, Any]]:
+    """A full batch (the whole data set, one step an epoch) presented as one epoch of ``steps`` steps: the same
+    batch every step.  TensorFlow: a ``tf.data`` pipeline; JAX and PyTorch: a generator.  Returns
+    ``(x, y, fit_kwargs)`` for ``fit``; ``fit_kwargs["_epochs_of"]`` says how many epochs it replaces (popped
+    by the caller)."""
+    kwargs = dict(fit_kwargs)
+    sample_weight = kwargs.pop("sample_weight", None)
+    kwargs.pop("batch_size", None)
+    kwargs.pop("shuffle", None)
+    data = (x, y) if sample_weight is None else (x, y, sample_weight)
+    replaced = kwargs.get("epochs")
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        source: Any = tf.data.Dataset.from_tensors(data).repeat()
+    else:
+        def batches() -> Any:
+            while True:
+                yield data
+
+        source = batches()
+    # fit shuffles neither (and would warn that it ignores shuffle=True)
+    kwargs.update(epochs=1, steps_per_epoch=int(steps), shuffle=False, _epochs_of=replaced)
+    kwargs.pop("initial_epoch", None)
+    return source, None, kwargs
 
 def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y: Any, fit_kwargs: dict[str, Any],
                      batch_size: int, steps: int, seed: int, distributed: bool) -> tuple[Any, str]:

@@ -37,6 +37,8 @@ class Readback(keras.callbacks.Callback):
         steps_per_call: the most steps one call of ``fit``'s train function runs.
         epoch_steps: the steps of every epoch when known exactly (arrays, or the one epoch the plugin
             sizes), else None: with it the last call is cut to the steps left.
+        data_ends_epochs: the data runs out at each epoch's end (arrays), so that a call ends there too;
+            else (a generator, a repeated dataset) a call runs all its steps.
     """
 
     def __init__(self, recs: list[Recorder], *, steps: int, chunk: int, steps_per_call: int,
@@ -44,7 +46,7 @@ class Readback(keras.callbacks.Callback):
                  progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
                  measure: Callable[[int], None] | None = None, epoch_steps: int | None = None,
                  virtual_call: int | None = None, keep_initial_state: bool = False,
-                 callbacks: list[Any] | None = None, curves: Any = None) -> None:
+                 callbacks: list[Any] | None = None, curves: Any = None, data_ends_epochs: bool = True) -> None:
         super().__init__()
         self.recs = list(recs)
         #: the recorder of model.optimizer (it also records the loss)
@@ -68,6 +70,7 @@ class Readback(keras.callbacks.Callback):
         self.on_boundary = on_boundary
         self.measure = measure
         self.epoch_steps = epoch_steps
+        self.data_ends_epochs = data_ends_epochs
         #: PyTorch, which runs one step per call: the steps a call of TensorFlow's or JAX's fit would run,
         #: so that read-backs, and with them validation points and curvature measurements, fall at the same
         #: steps on every backend
@@ -250,7 +253,8 @@ class ReadbackAtBatchEnd(Readback):
         if self.epoch_steps is None:
             return
         per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        in_call = min(per_call, self.epoch_steps - int(batch))  # a call ends at its epoch's end
+        # a call on arrays ends at its epoch's end; on data that goes on (a generator) it runs all its steps
+        in_call = min(per_call, self.epoch_steps - int(batch)) if self.data_ends_epochs else per_call
         left = self.steps - (self.steps_before_epoch + int(batch))
         if 0 < left < in_call:
             self.model.steps_per_execution = left

@@ -208,6 +208,22 @@ def generator():
     return mlp(), batches_forever(), None, {"steps_per_epoch": 8, "epochs": 3, "callbacks": [EpochSpy()]}
 
 
+def full_batch():
+    """The whole data set each step, a model with Dropout (each sample's mask depends on its place in the batch,
+    which Keras shuffles each epoch): the stability run keeps the epochs."""
+    return mlp(), X, Y, {"batch_size": 64, "_plain_epochs": 24}
+
+
+def full_batch_no_dropout():
+    """The whole data set each step, nothing random in the model: the stability run trains it as one long epoch
+    (nothing observes epochs), which changes the order of the samples within the batch, so the sums, by
+    rounding only."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    return model, X, Y, {"batch_size": 64, "_plain_epochs": 24}
+
+
 def gan():
     """The GAN of Keras' guides (example_project/gan.py): two optimizers, d_loss and g_loss."""
     from gan import REAL, gan as build
@@ -220,4 +236,4 @@ SETUPS = {name: fn for name, fn in dict(globals()).items()
               "spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
               "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
               "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
-              "validation_split", "tf_dataset", "py_dataset", "generator", "gan")}
+              "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout", "gan")}
