@@ -344,27 +344,33 @@ BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_tra
                "on_test_batch_begin", "on_test_batch_end")
 
 
+def _overriders(callbacks: list[Any], hooks: tuple[str, ...]) -> list[str]:
+    """``Class.hook`` of each callback that overrides one of ``hooks`` (Keras marks the hooks a callback leaves
+    as they are with ``_is_default``)."""
+    found = []
+    for callback in callbacks:
+        for hook in hooks:
+            method = getattr(callback, hook, None)
+            if method is not None and not getattr(method, "_is_default", False):
+                found.append(f"{type(callback).__name__}.{hook}")
+                break
+    return found
+
+
 def batch_observers(callbacks: list[Any]) -> list[str]:
     """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook).
 
     Keras calls the batch hooks once per call of the train function, so with ``steps_per_execution > 1`` such
     a callback would see one batch in every chunk: a training run of the plugin keeps the model's own
-    ``steps_per_execution`` when one is there.  Keras marks the hooks it leaves as they are (``_is_default``);
-    ModelCheckpoint and BackupAndRestore count batches only with an integer ``save_freq``.
+    ``steps_per_execution`` when one is there.  ModelCheckpoint and BackupAndRestore count batches only with
+    an integer ``save_freq``.
     """
-    found = []
-    for callback in callbacks:
+    def counts_batches(callback: Any) -> bool:
         cls = type(callback)
-        if cls.__module__.startswith("keras.") and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore") \
-                and getattr(callback, "save_freq", None) == "epoch":
-            continue
-        for hook in BATCH_HOOKS:
-            method = getattr(callback, hook, None)
-            if method is not None and not getattr(method, "_is_default", False):
-                found.append(f"{cls.__name__}.{hook}")
-                break
-    return found
+        return not (cls.__module__.startswith("keras.") and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore")
+                    and getattr(callback, "save_freq", None) == "epoch")
 
+    return _overriders([c for c in callbacks if counts_batches(c)], BATCH_HOOKS)
 
 def _framework_roots() -> tuple[str, ...]:
     """Folders whose code is not the user's: the frameworks, the standard library, pytest-stability."""
@@ -1042,15 +1048,7 @@ EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end")
 
 def epoch_observers(callbacks: list[Any]) -> list[str]:
     """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
-    found = []
-    for callback in callbacks:
-        for hook in EPOCH_HOOKS:
-            method = getattr(callback, hook, None)
-            if method is not None and not getattr(method, "_is_default", False):
-                found.append(f"{type(callback).__name__}.{hook}")
-                break
-    return found
-
+    return _overriders(callbacks, EPOCH_HOOKS)
 
 def _draws_randomness(model: Any) -> bool:
     """Whether a layer of the model draws random numbers (Dropout, noise, augmentation: each holds a seed
