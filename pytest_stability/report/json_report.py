@@ -31,7 +31,7 @@ Document (``schema_version`` 1; keys sorted when written)::
                       "message", "evidence", "cause", "fix", "confidence"}],
                       "summary": {"final_loss", "largest_spike", "spikes", "max_grad_norm",
                                   "p99_grad_norm", "val_trend", "final_val_loss", ...},
-                      "curves": {"loss" | "grad_norm" | "val_loss": {"step": [...], "value": [...]}},
+                      "curves": {"loss" | "grad_norm" | "lr" | "val_loss" | ...: {"step": [...], "value": [...]}},
                       ...}]}]}
       ]
     }

@@ -160,6 +160,10 @@ class RunReport:
         if t.grad_norm is not None:
             s, v = downsample(t.grad_norm, max_points=max_points)
             curves["grad_norm"] = {"step": s, "value": v}
+        if t.lr is not None and np.isfinite(t.lr).any():
+            # the learning rate in effect at each step: a jump in it is a common cause of a spike
+            s, v = downsample(t.lr, max_points=max_points)
+            curves["lr"] = {"step": s, "value": v}
         if t.has_validation:
             s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
             curves["val_loss"] = {"step": s, "value": v}
