@@ -261,11 +261,17 @@ class StabilitySession:
         doc = baseline_mod.build_baseline([r.to_dict() for r in self.sorted_records()], meta={
             "plugin_version": __version__, "environment": json_report.environment(),
             "created_at": json_report.iso_time(time.time())})
-        what = f"{len(doc['tests'])} tests"
+        written = sorted(doc["backends"])
+        n_tests = sum(len(doc["backends"][b]["tests"]) for b in written)
+        what = f"{n_tests} tests"
         if self.previous is not None:
             doc, counts = baseline_mod.merge_baseline(self.previous, doc)
-            what = (f"{len(doc['tests'])} tests: {counts['updated']} updated, {counts['added']} added, "
-                    f"{counts['kept']} kept")
+            n_tests = sum(len(doc["backends"][b]["tests"]) for b in written)
+            what = f"{n_tests} tests: {counts['updated']} updated, {counts['added']} added, {counts['kept']} kept"
+        others = sorted(set(doc["backends"]) - set(written))
+        if others:  # a file with several backends' sections: say which one this run wrote
+            what += (f", in the {', '.join(written)} section; the {', '.join(others)} "
+                     f"section{'s' if len(others) > 1 else ''} kept")
         try:
             # indented: a baseline is committed, and its changes are reviewed as diffs
             json_report.write_atomic(path, json_report.dumps(doc, indent=1))
@@ -282,8 +288,11 @@ class StabilitySession:
             compared = [c["baseline"] for r in self.records.values() for c in r.calls if "baseline" in c]
             regressed = sum(c["status"] == "regressed" for c in compared)
             missing = sum(c["status"] == "missing" for c in compared)
+            # the same word as the rows and the JSON ("missing"): not in the baseline, and why when it is the backend
+            absent = sorted({c["backend"] for c in compared if c.get("backend_in_baseline") is False})
+            why = "".join(f" ({baseline_mod.no_backend_note(b)})" for b in absent)
             footer.append(f"stability baseline {f.baseline}: {len(compared) - missing} compared, "
-                          f"{regressed} regressed, {missing} not in the baseline")
+                          f"{regressed} regressed, {missing} not in the baseline{why}")
         if f.plots is not None:
             line, written = self._write_plots()
             footer.append(line)
