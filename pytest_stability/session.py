@@ -12,6 +12,8 @@ effect:
   atomically after each stability test (throttled) and at the end of the run,
   also an interrupted one;
 * ``--stability-plots=DIR``: one PNG per test (:mod:`~pytest_stability.report.plots`);
+* ``--stability-html=PATH``: the self-contained HTML report
+  (:mod:`~pytest_stability.report.html`), written atomically at the end of the run;
 * ``--stability-save-baseline=PATH``: the baseline, merged into the one
   already at PATH (:mod:`~pytest_stability.report.baseline`);
 * the ``stability report`` terminal section (:mod:`~pytest_stability.report.terminal`).
@@ -117,7 +119,7 @@ class StabilitySession:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
         f = self.files
-        if config.get_verbosity() < 0 or not (f.report or f.save_baseline or f.plots):
+        if config.get_verbosity() < 0 or not (f.report or f.save_baseline or f.plots or f.html):
             return None
         lines = []
         if f.report:
@@ -127,6 +129,8 @@ class StabilitySession:
                          + (" (updated: tests not run keep their entries)" if self.previous is not None else ""))
         if f.plots:
             lines.append(f"stability plots: {f.plots}")
+        if f.html:
+            lines.append(f"stability HTML report: {f.html}")
         return lines
 
     @pytest.hookimpl(trylast=True)
@@ -248,6 +252,22 @@ class StabilitySession:
             line += f" ({len(failures)} NOT written: {', '.join(n for n, _ in failures)})"
         return line, True
 
+    def _write_html(self) -> tuple[str, bool]:
+        """The HTML report, written atomically; returns the footer line and whether it was written."""
+        from .report import html, json_report
+
+        path = self.files.html
+        records = [r.to_dict() for r in self.sorted_records()]
+        backends = sorted({(run.get("model") or {}).get("backend") for r in records for c in r["calls"]
+                           for run in c.get("runs") or ()} - {None})
+        meta = {"pytest-stability": __version__, "Keras backend": ", ".join(backends) or None,
+                "finished": json_report.iso_time(self.finished), "interrupted": "yes" if self.interrupted else None}
+        try:
+            json_report.write_atomic(path, html.render_report(records, meta=meta))
+        except Exception as exc:  # noqa: BLE001 - a report that cannot be written must not be an INTERNALERROR
+            return f"stability HTML NOT written to {path}: {type(exc).__name__}: {exc}", False
+        return f"stability HTML report written to {path}", True
+
     def _save_baseline(self, *, interrupted: bool) -> tuple[str, bool]:
         """Write the baseline, updating the one already there; returns the footer line and whether it was saved.
 
@@ -301,6 +321,10 @@ class StabilitySession:
             line, saved = self._save_baseline(interrupted=self.interrupted)
             footer.append(line)
             ok = ok and (saved or self.interrupted)
+        if f.html is not None:
+            line, written = self._write_html()
+            footer.append(line)
+            ok = ok and written
         if f.report is not None:
             if self.write_json(final=True):
                 footer.append(f"stability JSON written to {f.report}")

@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .._floats import decode_float
+from .html import PANELS, panels_of  # the same charts, in the same order, as the HTML report (pure, light)
 from .json_report import write_atomic
 
 PLOTS_INSTALL_HINT = "pip install 'pytest-stability[plots]'"
 
-#: The known curves and their panel titles, in drawing order; any other curve follows under its own name.
-PANELS = (("loss", "training loss"), ("grad_norm", "gradient norm"), ("lr", "learning rate"),
-          ("val_loss", "validation loss"), ("eos_ratio", "edge-of-stability ratio"))
 _EOS_PANEL = ("eos_ratio", "edge-of-stability ratio")
 #: which panel a finding of each check is drawn on
 _PANEL_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "grad_norm": "grad_norm", "val_loss": "val_loss",
@@ -62,20 +60,6 @@ def _series(curve: Mapping[str, Any] | None) -> tuple[list[int], list[float]]:
         return [], []
     values = [decode_float(v) for v in curve["value"]]
     return list(curve["step"]), [v if math.isfinite(v) else math.nan for v in values]
-
-
-def panels_of(runs: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(curve name, title) of the panels to draw for ``runs``: the curves some run recorded, known ones first.
-
-    A curve with no point (no validation data, say) gets no panel; the training loss always has one.
-    """
-    runs = list(runs)
-    present = {name for run in runs for name, curve in (run.get("curves") or {}).items()
-               if curve and curve.get("step")}
-    known = [(key, title) for key, title in PANELS if key in present or key == "loss"]
-    names = {key for key, _ in PANELS}
-    others = sorted(present - names)
-    return known + [(name, name.replace("_", " ")) for name in others]
 
 
 def render_png(record: Mapping[str, Any]) -> bytes:
