@@ -262,8 +262,8 @@ def _bool_option(name: str, default: bool, help: str) -> Option:
     return Option(name, _bool, _bool_text, default, help)
 
 
-# Threshold defaults come from the calibration described in README.md
-# ("How the thresholds were chosen"); benchmarks/detection.py reproduces it.
+# Threshold defaults come from the calibration described in docs/detection.md
+# ("How the defaults were chosen"); benchmarks/detection.py reproduces it.
 OPTIONS: tuple[Option, ...] = (
     _int_option("steps", 1, 200, "optimizer steps to train each stability test for"),
     _int_option("max_steps", 1, DEFAULT_MAX_STEPS, "ceiling on steps: a larger steps value is a usage error, not a "
