@@ -69,10 +69,10 @@ def _cell(text: str) -> str:
 
 
 def per_test_table() -> str:
-    lines = ["| marker keyword | command line | ini key | default | what it does |", "|---|---|---|---|---|"]
+    lines = ["| marker keyword<br>command line<br>ini key | default | what it does |", "|---|---|---|"]
     for s in per_test_settings():
         what = _cell(s.help) + (f" ({_cell(s.expects)})" if s.expects else "")
-        lines.append(f"| `{s.name}` | `{s.cli}` | `{s.ini}` | `{_cell(s.default)}` | {what} |")
+        lines.append(f"| `{s.name}`<br>`{s.cli}`<br>`{s.ini}` | `{_cell(s.default)}` | {what} |")
     return "\n".join(lines)
 
 

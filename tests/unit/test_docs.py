@@ -42,7 +42,7 @@ def test_the_settings_page_lists_every_setting_of_the_plugin():
     page = hook.render((ROOT / "docs" / "settings.md").read_text(encoding="utf-8"))
     assert hook.TEST_MARK not in page and hook.RUN_MARK not in page
     for option in OPTIONS:
-        assert f"| `{option.name}` | `{option.cli}` | `{option.ini}` |" in page, option.name
+        assert f"| `{option.name}`<br>`{option.cli}`<br>`{option.ini}` |" in page, option.name
     names = [name for name, _, _ in PATH_SETTINGS] + [name for name, *_ in ci.SETTINGS] + ["baseline_strict"]
     for name in names:
         assert re.search(rf"\| `--stability-{name.replace('_', '-')}(=\w+)?` \| `stability_{name}` \|", page), name
