@@ -24,7 +24,7 @@ JAX: each level's step is ``jax.jit``-compiled with its state donated and called
 device batch (what ``fit`` does per step with ``steps_per_execution > 1``: a Python loop over the jitted
 step); PyTorch: the eager step called in a loop.  Medians of ``--reps`` interleaved repetitions.  The
 ratio to ``plain`` is a lower bound on what any in-step recording of that content costs on this model and
-backend; ``benchmarks/results/recording_floor.md`` holds a run and the root README's Speed section reads it.
+backend; ``benchmarks/results/recording_floor.md`` holds a run and docs/speed.md includes it.
 
 Usage::
 

@@ -78,9 +78,13 @@ class BaselineGate:
     def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
         __tracebackhide__ = True
         done = self._comparisons.setdefault(nodeid, [])
+        runs = _run_inputs(report)
+        # the section of the backend this process trains on: another backend's runs are no baseline for it
+        backend = runs[0]["backend"] or baseline_mod.UNKNOWN_BACKEND
+        tests = baseline_mod.section_tests(self.baseline, backend)
         comparison = baseline_mod.compare_call(
-            self.baseline["tests"].get(nodeid), len(done), _run_inputs(report), self.tolerances_for(nodeid),
-            strict=self.strict,
+            (tests or {}).get(nodeid), len(done), runs, self.tolerances_for(nodeid), strict=self.strict,
+            backend=backend, backend_in_baseline=tests is not None,
         )
         comparison["path"] = str(self.path)
         done.append(comparison)

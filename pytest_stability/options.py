@@ -262,8 +262,8 @@ def _bool_option(name: str, default: bool, help: str) -> Option:
     return Option(name, _bool, _bool_text, default, help)
 
 
-# Threshold defaults come from the calibration described in README.md
-# ("How the thresholds were chosen"); benchmarks/detection.py reproduces it.
+# Threshold defaults come from the calibration described in docs/detection.md
+# ("How the defaults were chosen"); benchmarks/detection.py reproduces it.
 OPTIONS: tuple[Option, ...] = (
     _int_option("steps", 1, 200, "optimizer steps to train each stability test for"),
     _int_option("max_steps", 1, DEFAULT_MAX_STEPS, "ceiling on steps: a larger steps value is a usage error, not a "
@@ -497,7 +497,7 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     return RunSpec.from_values(values, frozenset(kwargs))
 
 
-# -- run-wide files: the JSON report, baselines, plots ---------------------------------
+# -- run-wide files: the JSON report, baselines, plots, the HTML report -----------------
 # No marker keyword (they name files of the whole run), so they are not in OPTIONS;
 # each is a --stability-NAME option with an ini twin all the same.
 
@@ -511,6 +511,8 @@ BASELINE_STRICT_HELP = ("with --stability-baseline: fail a stability test (or se
 PLOTS_HELP = ("write one PNG per stability test (loss, gradient norm, validation loss, findings) into DIR; "
               "needs matplotlib")
 REPLAY_HELP = "re-run stability tests with exactly this seed's run (printed in each failure)"
+HTML_HELP = ("write the HTML stability report to PATH: one self-contained file (no network) with a summary table "
+             "and each test's curves, findings, cause, fix, what-if, margins and baseline comparison")
 
 #: (name, metavar, help) of the path settings: --stability-NAME and ini stability_NAME.
 PATH_SETTINGS: tuple[tuple[str, str, str], ...] = (
@@ -518,6 +520,7 @@ PATH_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("save_baseline", "PATH", SAVE_BASELINE_HELP),
     ("baseline", "PATH", BASELINE_HELP),
     ("plots", "DIR", PLOTS_HELP),
+    ("html", "PATH", HTML_HELP),
 )
 
 
@@ -530,10 +533,11 @@ class RunFiles:
     baseline: Path | None = None
     baseline_strict: bool = False
     plots: Path | None = None
+    html: Path | None = None
 
     @property
     def any(self) -> bool:
-        return any(p is not None for p in (self.report, self.save_baseline, self.baseline, self.plots))
+        return any(p is not None for p in (self.report, self.save_baseline, self.baseline, self.plots, self.html))
 
 
 def resolve_run_files(get_cli: Callable[[str], Any], get_ini: Callable[[str], Any], *, invocation_dir: Path,
@@ -562,8 +566,8 @@ def resolve_run_files(get_cli: Callable[[str], Any], get_ini: Callable[[str], An
     if strict is None:
         strict = bool(get_ini(ini_name("baseline_strict")))
     files = RunFiles(report=paths["report"], save_baseline=paths["save_baseline"], baseline=paths["baseline"],
-                     baseline_strict=bool(strict), plots=paths["plots"])
-    for name in ("report", "save_baseline"):
+                     baseline_strict=bool(strict), plots=paths["plots"], html=paths["html"])
+    for name in ("report", "save_baseline", "html"):
         path = getattr(files, name)
         if path is not None and path.is_dir():
             problems.append(f"{cli_name(name)}: {path} is a directory; give a file path")

@@ -100,6 +100,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[baseline_gate.GATE_KEY] = gate
         config.pluginmanager.register(gate, "stability-baseline-gate")
     ci.register(config, ci_settings, plots_dir=files.plots)
+    if not is_worker(config) and config.pluginmanager.hasplugin("html"):
+        # pytest-html is installed: each stability test's panel goes into its report too
+        from .report import html_extras
+
+        html_extras.register(config)
 
 
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:

@@ -12,6 +12,8 @@ effect:
   atomically after each stability test (throttled) and at the end of the run,
   also an interrupted one;
 * ``--stability-plots=DIR``: one PNG per test (:mod:`~pytest_stability.report.plots`);
+* ``--stability-html=PATH``: the self-contained HTML report
+  (:mod:`~pytest_stability.report.html`), written atomically at the end of the run;
 * ``--stability-save-baseline=PATH``: the baseline, merged into the one
   already at PATH (:mod:`~pytest_stability.report.baseline`);
 * the ``stability report`` terminal section (:mod:`~pytest_stability.report.terminal`).
@@ -119,7 +121,7 @@ class StabilitySession:
 
     def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
         f = self.files
-        if config.get_verbosity() < 0 or not (f.report or f.save_baseline or f.plots):
+        if config.get_verbosity() < 0 or not (f.report or f.save_baseline or f.plots or f.html):
             return None
         lines = []
         if f.report:
@@ -129,6 +131,8 @@ class StabilitySession:
                          + (" (updated: tests not run keep their entries)" if self.previous is not None else ""))
         if f.plots:
             lines.append(f"stability plots: {f.plots}")
+        if f.html:
+            lines.append(f"stability HTML report: {f.html}")
         return lines
 
     @pytest.hookimpl(trylast=True)
@@ -253,6 +257,22 @@ class StabilitySession:
             line += f" ({len(failures)} NOT written: {', '.join(n for n, _ in failures)})"
         return line, True
 
+    def _write_html(self) -> tuple[str, bool]:
+        """The HTML report, written atomically; returns the footer line and whether it was written."""
+        from .report import html, json_report
+
+        path = self.files.html
+        records = [r.to_dict() for r in self.sorted_records()]
+        backends = sorted({(run.get("model") or {}).get("backend") for r in records for c in r["calls"]
+                           for run in c.get("runs") or ()} - {None})
+        meta = {"pytest-stability": __version__, "Keras backend": ", ".join(backends) or None,
+                "finished": json_report.iso_time(self.finished), "interrupted": "yes" if self.interrupted else None}
+        try:
+            json_report.write_atomic(path, html.render_report(records, meta=meta))
+        except Exception as exc:  # noqa: BLE001 - a report that cannot be written must not be an INTERNALERROR
+            return f"stability HTML NOT written to {path}: {type(exc).__name__}: {exc}", False
+        return f"stability HTML report written to {path}", True
+
     def _save_baseline(self, *, interrupted: bool) -> tuple[str, bool]:
         """Write the baseline, updating the one already there; returns the footer line and whether it was saved.
 
@@ -266,11 +286,17 @@ class StabilitySession:
         doc = baseline_mod.build_baseline([r.to_dict() for r in self.sorted_records()], meta={
             "plugin_version": __version__, "environment": json_report.environment(),
             "created_at": json_report.iso_time(time.time())})
-        what = f"{len(doc['tests'])} tests"
+        written = sorted(doc["backends"])
+        n_tests = sum(len(doc["backends"][b]["tests"]) for b in written)
+        what = f"{n_tests} tests"
         if self.previous is not None:
             doc, counts = baseline_mod.merge_baseline(self.previous, doc)
-            what = (f"{len(doc['tests'])} tests: {counts['updated']} updated, {counts['added']} added, "
-                    f"{counts['kept']} kept")
+            n_tests = sum(len(doc["backends"][b]["tests"]) for b in written)
+            what = f"{n_tests} tests: {counts['updated']} updated, {counts['added']} added, {counts['kept']} kept"
+        others = sorted(set(doc["backends"]) - set(written))
+        if others:  # a file with several backends' sections: say which one this run wrote
+            what += (f", in the {', '.join(written)} section; the {', '.join(others)} "
+                     f"section{'s' if len(others) > 1 else ''} kept")
         try:
             # indented: a baseline is committed, and its changes are reviewed as diffs
             json_report.write_atomic(path, json_report.dumps(doc, indent=1))
@@ -287,8 +313,11 @@ class StabilitySession:
             compared = [c["baseline"] for r in self.records.values() for c in r.calls if "baseline" in c]
             regressed = sum(c["status"] == "regressed" for c in compared)
             missing = sum(c["status"] == "missing" for c in compared)
+            # the same word as the rows and the JSON ("missing"): not in the baseline, and why when it is the backend
+            absent = sorted({c["backend"] for c in compared if c.get("backend_in_baseline") is False})
+            why = "".join(f" ({baseline_mod.no_backend_note(b)})" for b in absent)
             footer.append(f"stability baseline {f.baseline}: {len(compared) - missing} compared, "
-                          f"{regressed} regressed, {missing} not in the baseline")
+                          f"{regressed} regressed, {missing} not in the baseline{why}")
         if f.plots is not None:
             line, written = self._write_plots()
             footer.append(line)
@@ -297,6 +326,10 @@ class StabilitySession:
             line, saved = self._save_baseline(interrupted=self.interrupted)
             footer.append(line)
             ok = ok and (saved or self.interrupted)
+        if f.html is not None:
+            line, written = self._write_html()
+            footer.append(line)
+            ok = ok and written
         if f.report is not None:
             if self.write_json(final=True):
                 footer.append(f"stability JSON written to {f.report}")

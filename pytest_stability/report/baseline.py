@@ -1,10 +1,13 @@
 """Stability baselines: record each test's summary metrics, and compare a run against them.
 
-A baseline file (``--stability-save-baseline=PATH``) holds, for every test that
-trained, one entry per ``stability.train()`` call and per seed: the run's
-summary metrics and the (check, kind) of each finding.  A later run
-(``--stability-baseline=PATH``) compares each seed's run with its entry and
-names every regression beyond the tolerances:
+A baseline file (``--stability-save-baseline=PATH``) holds one section per Keras
+backend, and in it, for every test that trained on that backend, one entry per
+``stability.train()`` call and per seed: the run's summary metrics and the
+(check, kind) of each finding.  Another backend trains the same model and seed
+along another trajectory (other kernels, other random streams), so its numbers
+are no baseline for this one: a later run (``--stability-baseline=PATH``)
+compares each seed's run with its entry in the section of the backend it trains
+on, and names every regression beyond the tolerances:
 
 * a new finding: a (check, kind) the baseline run did not have;
 * more loss spikes than the baseline's count plus ``baseline_extra_spikes``;
@@ -16,9 +19,26 @@ names every regression beyond the tolerances:
 
 A non-finite value where the baseline had a finite one is a regression.
 
+A test (or seed) with no entry in its backend's section is ``missing``: reported
+as "not in the baseline", failed only under ``--stability-baseline-strict``.
+
 Saving into an existing baseline merges (:func:`merge_baseline`): the tests
-that trained in this run replace their entries, the others are kept, so
-``pytest -k one_test --stability-save-baseline=PATH`` updates one entry.
+that trained in this run replace their entries in their backend's section; the
+other tests, and the other backends' sections, are kept.  So
+``pytest -k one_test --stability-save-baseline=PATH`` updates one entry, and
+``KERAS_BACKEND=jax pytest --stability-save-baseline=PATH`` adds (or renews) the
+JAX section of a file that already holds TensorFlow's.
+
+Document (``schema_version`` 2)::
+
+    {"kind": "pytest-stability-baseline", "schema_version": 2,
+     "backends": {"tensorflow": {"created_at", "environment", "plugin_version",
+                                 "tests": {nodeid: {"verdict", "calls": [{"runs": {seed: {
+                                     "verdict", "summary": {...}, "findings": [...]}}}]}}},
+                  "jax": {...}}}
+
+A version-1 file (one ``tests`` table, each run naming its backend) is read as
+the same sections (:func:`upgrade`); saving writes version 2.
 
 Pure builtins/numpy; no pytest, no TensorFlow.  Baseline documents are
 builtins-only dicts: :func:`pytest_stability.report.json_report.dumps` writes them.
@@ -33,8 +53,10 @@ from typing import Any, Iterable, Mapping
 from .._floats import decode_float, encode_float
 from .._floats import fmt
 
-BASELINE_SCHEMA_VERSION = 1
+BASELINE_SCHEMA_VERSION = 2
 BASELINE_KIND = "pytest-stability-baseline"
+#: The section of runs whose backend was not recorded.
+UNKNOWN_BACKEND = "unknown"
 
 #: The summary metrics kept per seed (the keys of RunReport.summary()).
 BASELINE_METRICS = ("steps_run", "steps_planned", "final_loss", "min_loss", "largest_spike", "spikes",
@@ -66,12 +88,15 @@ class BaselineFileError(ValueError):
 # -- building -------------------------------------------------------------------
 
 
+def run_backend(run: Mapping[str, Any]) -> str:
+    """The Keras backend a run (a record's run dict) trained on, as its trace recorded it."""
+    return (run.get("model") or {}).get("backend") or UNKNOWN_BACKEND
+
+
 def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
     summary = run.get("summary") or {}
     return {
         "verdict": run.get("verdict"),
-        # the Keras backend it trained on: another backend's numerics give another trajectory
-        "backend": (run.get("model") or {}).get("backend"),
         "summary": {k: summary.get(k) for k in BASELINE_METRICS if k in summary},  # margins only when measured
         "findings": [{"check": f["check"], "kind": f["kind"], "step": f["step"]} for f in run.get("findings") or ()],
     }
@@ -80,50 +105,79 @@ def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
 def build_baseline(records: Iterable[Mapping[str, Any]], *, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The baseline document for a run's records (tests that never trained are left out).
 
+    Each test goes into the section of the backend it trained on (one process trains on one backend, so a
+    run's records normally fill one section).
+
     Args:
         records: the session's per-test records (builtins).
-        meta: run facts to keep alongside (plugin version, environment, time).
+        meta: run facts to keep in each section (plugin version, environment, time).
     """
-    tests: dict[str, Any] = {}
+    backends: dict[str, dict[str, Any]] = {}
     for record in records:
         calls = record.get("calls") or []
-        if not calls:
+        runs = [run for call in calls for run in call["runs"]]
+        if not runs:
             continue
-        tests[record["nodeid"]] = {
-            "verdict": record.get("verdict"),
-            "calls": [{"runs": {str(run["seed"]): _run_entry(run) for run in call["runs"]}} for call in calls],
-        }
-    return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, **dict(meta), "tests": tests}
+        for backend in sorted({run_backend(run) for run in runs}):
+            section = backends.setdefault(backend, {**dict(meta), "tests": {}})
+            section["tests"][record["nodeid"]] = {
+                "verdict": record.get("verdict"),
+                "calls": [{"runs": {str(run["seed"]): _run_entry(run) for run in call["runs"]
+                                    if run_backend(run) == backend}} for call in calls],
+            }
+    return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
+
+
+def section_tests(document: Mapping[str, Any] | None, backend: str) -> dict[str, Any] | None:
+    """The ``tests`` table of ``backend``'s section, or None when the baseline holds no run on that backend."""
+    section = ((document or {}).get("backends") or {}).get(backend)
+    return None if section is None else section["tests"]
 
 
 def merge_baseline(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     """The baseline to save when ``previous`` (a valid baseline, or None) is already at the path.
 
-    Each test of ``current`` replaces its whole entry (every call and seed);
-    the entries of tests that did not train in this run are kept as they were.
+    In each backend section of ``current``, each test replaces its whole entry
+    (every call and seed); the entries of tests that did not train in this run,
+    and the sections of the other backends, are kept as they were.
 
     Returns:
-        The merged document (``current``'s metadata, tests sorted by node id)
-        and the counts ``{"updated", "added", "kept"}``.
+        The merged document (tests sorted by node id; a section that this run
+        wrote takes this run's metadata) and the counts ``{"updated", "added",
+        "kept"}`` of the tests in the sections this run wrote.
     """
-    old = dict((previous or {}).get("tests") or {})
-    new = current["tests"]
-    counts = {"updated": sum(n in old for n in new), "added": sum(n not in old for n in new),
-              "kept": sum(n not in new for n in old)}
-    old.update(new)
-    return dict(current, tests={n: old[n] for n in sorted(old)}), counts
+    merged = {name: dict(section) for name, section in ((previous or {}).get("backends") or {}).items()}
+    counts = {"updated": 0, "added": 0, "kept": 0}
+    for backend, section in current["backends"].items():
+        old = dict((merged.get(backend) or {}).get("tests") or {})
+        new = section["tests"]
+        counts["updated"] += sum(n in old for n in new)
+        counts["added"] += sum(n not in old for n in new)
+        counts["kept"] += sum(n not in new for n in old)
+        old.update(new)
+        merged[backend] = dict(section, tests={n: old[n] for n in sorted(old)})
+    return dict(current, backends={b: merged[b] for b in sorted(merged)}), counts
 
 
-def validate_baseline(document: Any, where: str) -> dict[str, Any]:
-    """Check a loaded baseline document's shape; raise :class:`BaselineFileError` naming the problem."""
-    if not isinstance(document, dict) or document.get("kind") != BASELINE_KIND:
-        raise BaselineFileError(f"{where} is not a pytest-stability baseline (no \"kind\": \"{BASELINE_KIND}\")",
-                                "write one with --stability-save-baseline=PATH")
-    version = document.get("schema_version")
-    if version != BASELINE_SCHEMA_VERSION:
-        raise BaselineFileError(f"{where} has baseline schema_version {version!r}, and this pytest-stability reads "
-                                f"version {BASELINE_SCHEMA_VERSION}", "save the baseline again")
-    tests = document.get("tests")
+def upgrade(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-1 baseline (one ``tests`` table, each run naming its backend) as a version-2 document."""
+    meta = {k: v for k, v in document.items() if k not in ("tests", "schema_version", "kind")}
+    backends: dict[str, dict[str, Any]] = {}
+    for nodeid, entry in (document.get("tests") or {}).items():
+        calls = entry["calls"]
+        names = sorted({run.get("backend") or UNKNOWN_BACKEND for call in calls for run in call["runs"].values()})
+        for backend in names:
+            section = backends.setdefault(backend, {**meta, "tests": {}})
+            section["tests"][nodeid] = {
+                "verdict": entry.get("verdict"),
+                "calls": [{"runs": {seed: {k: v for k, v in run.items() if k != "backend"}
+                                    for seed, run in call["runs"].items()
+                                    if (run.get("backend") or UNKNOWN_BACKEND) == backend}} for call in calls],
+            }
+    return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
+
+
+def _check_tests(tests: Any, where: str) -> None:
     if not isinstance(tests, dict):
         raise BaselineFileError(f"{where}: \"tests\" must be an object mapping node ids to entries")
     for nodeid, entry in tests.items():
@@ -131,6 +185,25 @@ def validate_baseline(document: Any, where: str) -> dict[str, Any]:
         if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("runs"), dict)
                                                   for c in calls):
             raise BaselineFileError(f"{where}: the entry of {nodeid!r} has no valid \"calls\" list")
+
+
+def validate_baseline(document: Any, where: str) -> dict[str, Any]:
+    """Check a loaded baseline document's shape (a version-1 one is upgraded); raise :class:`BaselineFileError`."""
+    if not isinstance(document, dict) or document.get("kind") != BASELINE_KIND:
+        raise BaselineFileError(f"{where} is not a pytest-stability baseline (no \"kind\": \"{BASELINE_KIND}\")",
+                                "write one with --stability-save-baseline=PATH")
+    version = document.get("schema_version")
+    if version == 1:
+        _check_tests(document.get("tests"), where)
+        return upgrade(document)
+    if version != BASELINE_SCHEMA_VERSION:
+        raise BaselineFileError(f"{where} has baseline schema_version {version!r}, and this pytest-stability reads "
+                                f"versions 1 and {BASELINE_SCHEMA_VERSION}", "save the baseline again")
+    backends = document.get("backends")
+    if not isinstance(backends, dict) or not all(isinstance(s, dict) for s in backends.values()):
+        raise BaselineFileError(f"{where}: \"backends\" must be an object mapping Keras backends to sections")
+    for backend, section in backends.items():
+        _check_tests(section.get("tests"), f"{where} (backend {backend})")
     return document
 
 
@@ -263,34 +336,44 @@ def _metrics_line(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def no_backend_note(backend: str) -> str:
+    """Why nothing of a run on ``backend`` is in a baseline that holds no run on it, and how to add them."""
+    return (f"it has no runs on the {backend} backend; KERAS_BACKEND={backend} pytest "
+            "--stability-save-baseline=PATH adds them")
+
+
 def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterable[Mapping[str, Any]],
-                 tolerances: Mapping[str, Any], *, strict: bool) -> dict[str, Any]:
+                 tolerances: Mapping[str, Any], *, strict: bool, backend: str | None = None,
+                 backend_in_baseline: bool = True) -> dict[str, Any]:
     """Compare every seed's run of one ``train()`` call with the baseline.
 
     Args:
-        entry: the test's baseline entry, or None when the test is not in the baseline.
+        entry: the test's entry in the section of the backend it trains on, or None when it has none.
         call_index: which ``train()`` call of the test this is (0-based).
         runs: ``{"seed", "summary", "findings"}`` mappings, one per seed.
         tolerances: see :func:`compare_run`.
         strict: whether a missing test or seed counts as a failure.
+        backend: the Keras backend the runs trained on (recorded in the comparison).
+        backend_in_baseline: False when the baseline holds no run on ``backend`` at all (the lines say so).
 
     Returns:
         Builtins: ``status`` (ok / regressed / missing), ``failed`` (whether the
-        test must fail), ``tolerances``, ``seeds`` (per-seed comparisons),
-        ``regressions`` (messages, prefixed with the seed) and ``lines`` (for
-        the terminal: baseline against now).
+        test must fail), ``backend``, ``tolerances``, ``seeds`` (per-seed
+        comparisons), ``regressions`` (messages, prefixed with the seed) and
+        ``lines`` (for the terminal: baseline against now).
     """
     runs = list(runs)
-    out: dict[str, Any] = {"status": OK, "failed": False, "strict": strict, "tolerances": dict(tolerances),
-                           "seeds": {}, "regressions": [], "lines": []}
+    out: dict[str, Any] = {"status": OK, "failed": False, "strict": strict, "backend": backend,
+                           "tolerances": dict(tolerances), "seeds": {}, "regressions": [], "lines": []}
     calls = (entry or {}).get("calls") or []
     if entry is None or call_index >= len(calls):
         what = "test" if entry is None else f"train() call #{call_index + 1}"
-        out.update(status=MISSING, failed=strict)
+        why = "" if backend_in_baseline or backend is None else f": {no_backend_note(backend)}"
+        out.update(status=MISSING, failed=strict, backend_in_baseline=backend_in_baseline)
         out["lines"].append(f"baseline: {what} not in the baseline"
-                            + (" (failed: --stability-baseline-strict)" if strict else " (not compared)"))
+                            + (" (failed: --stability-baseline-strict)" if strict else " (not compared)") + why)
         if strict:
-            out["regressions"].append(f"{what} not in the baseline (--stability-baseline-strict)")
+            out["regressions"].append(f"{what} not in the baseline (--stability-baseline-strict){why}")
         return out
     base_runs = calls[call_index]["runs"]
     multi = len(runs) > 1
@@ -307,22 +390,6 @@ def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterabl
             if strict:
                 out["failed"] = True
                 out["regressions"].append(f"seed {seed} not in the baseline (--stability-baseline-strict)")
-            continue
-        base_backend, now_backend = base.get("backend"), run.get("backend")
-        if base_backend and now_backend and base_backend != now_backend:
-            # not comparable: the same model and seed train along another trajectory on another backend
-            out["seeds"][seed] = {"status": MISSING, "backend": {"baseline": base_backend, "now": now_backend}}
-            if out["status"] == OK:
-                out["status"] = MISSING
-            out["lines"].append(f"baseline: {prefix}recorded on the {base_backend} backend, this run trains on "
-                                f"{now_backend}: not comparable"
-                                + (" (failed: --stability-baseline-strict)" if strict else " (not compared; save "
-                                   "a baseline per backend, e.g. --stability-save-baseline=stability-baseline-"
-                                   f"{now_backend}.json)"))
-            if strict:
-                out["failed"] = True
-                out["regressions"].append(f"seed {seed}: the baseline was recorded on the {base_backend} backend, "
-                                          f"this run trains on {now_backend} (--stability-baseline-strict)")
             continue
         result = compare_run(base, run.get("summary") or {}, run.get("findings") or (), tolerances)
         out["seeds"][seed] = result
@@ -356,11 +423,16 @@ __all__ = [
     "BASELINE_SCHEMA_VERSION",
     "BaselineFileError",
     "TOLERANCE_DEFAULTS",
+    "UNKNOWN_BACKEND",
     "build_baseline",
     "compare_call",
     "compare_run",
     "explain_regression",
     "load_baseline",
     "merge_baseline",
+    "no_backend_note",
+    "run_backend",
+    "section_tests",
+    "upgrade",
     "validate_baseline",
 ]

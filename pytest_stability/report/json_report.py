@@ -6,7 +6,7 @@ Document (``schema_version`` 1; keys sorted when written)::
       "schema_version": 1,
       "plugin": {"name": "pytest-stability", "version": "0.1.0"},
       "environment": {"python", "implementation", "platform", "pytest", "numpy",
-                      "tensorflow", "tensorflow_distribution", "keras"},   # null when not installed
+                      "tensorflow", "tensorflow_distribution", "keras", "jax", "torch"},  # null: not installed
       "devices": ["CPU"],            # every device a run trained on
       "started_at", "finished_at",   # ISO 8601 UTC; finished_at null while the run goes on
       "duration": 12.3,              # seconds
@@ -31,7 +31,7 @@ Document (``schema_version`` 1; keys sorted when written)::
                       "message", "evidence", "cause", "fix", "confidence"}],
                       "summary": {"final_loss", "largest_spike", "spikes", "max_grad_norm",
                                   "p99_grad_norm", "val_trend", "final_val_loss", ...},
-                      "curves": {"loss" | "grad_norm" | "val_loss": {"step": [...], "value": [...]}},
+                      "curves": {"loss" | "grad_norm" | "lr" | "val_loss" | ...: {"step": [...], "value": [...]}},
                       ...}]}]}
       ]
     }
@@ -74,7 +74,7 @@ def _version(dist: str) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Python, pytest, numpy, TensorFlow and Keras versions, from package metadata.
+    """Python, pytest, numpy, TensorFlow, Keras, JAX and PyTorch versions, from package metadata.
 
     Reads installed distributions instead of importing TensorFlow, so a run
     with no stability test does not pay for the import.
@@ -94,6 +94,8 @@ def environment() -> dict[str, Any]:
         "tensorflow": tf_version,
         "tensorflow_distribution": tf_dist,
         "keras": _version("keras"),
+        "jax": _version("jax"),
+        "torch": _version("torch"),
     }
 
 

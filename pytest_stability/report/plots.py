@@ -1,5 +1,10 @@
-"""One PNG per stability test: loss, gradient norm and validation loss against the step (and, for a test
-with ``curvature=True``, the edge-of-stability ratio at its measurements, with the limit 1 drawn).
+"""One PNG per stability test: its curves against the step, with the findings marked.
+
+The panels, in this order, each drawn only when some run of the test recorded it: the training loss, the
+gradient norm, the learning rate in effect (a jump in it is a common cause of a spike), the validation loss,
+the edge-of-stability ratio (``curvature=True``, with the limit 1 drawn), then every other curve the record
+holds (for example the separate losses of a model trained with several losses), by name.  A test without
+validation data gets no validation panel.
 
 Each panel is log-scaled when its data is positive (some finite value, all finite values > 0), else linear.
 
@@ -24,12 +29,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .._floats import decode_float
+from .html import PANELS, panels_of  # the same charts, in the same order, as the HTML report (pure, light)
 from .json_report import write_atomic
 
 PLOTS_INSTALL_HINT = "pip install 'pytest-stability[plots]'"
 
-_PANELS = (("loss", "training loss"), ("grad_norm", "gradient norm"), ("val_loss", "validation loss"))
-#: drawn only when some run measured it (curvature=True)
 _EOS_PANEL = ("eos_ratio", "edge-of-stability ratio")
 #: which panel a finding of each check is drawn on
 _PANEL_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "grad_norm": "grad_norm", "val_loss": "val_loss",
@@ -65,10 +69,10 @@ def render_png(record: Mapping[str, Any]) -> bytes:
 
     calls = record.get("calls") or []
     runs = [(i, run) for i, call in enumerate(calls) for run in call["runs"]]
-    panels = _PANELS + ((_EOS_PANEL,) if any(_EOS_PANEL[0] in run.get("curves", {}) for _, run in runs) else ())
-    fig = Figure(figsize=(8, 2.5 * len(panels)), dpi=100, layout="constrained")
+    panels = panels_of(run for _, run in runs)
+    fig = Figure(figsize=(8, 1.2 + 2.0 * len(panels)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(panels), 1, sharex=True)
+    axes = list(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
     multi_call = len(calls) > 1
     for ax, (key, title) in zip(axes, panels):
         series = []
@@ -82,7 +86,8 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         log = bool(finite) and all(v > 0 for v in finite)
         for i, run, steps, values in series:
             label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
-            ax.plot(steps, values, lw=1.0, marker="o" if key in _POINT_PANELS else None, ms=3, label=label)
+            ax.plot(steps, values, lw=1.0, marker="o" if key in _POINT_PANELS else None, ms=3, label=label,
+                    drawstyle="steps-post" if key == "lr" else "default")
             bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]))
                    if not math.isfinite(v)]
             if bad:
@@ -111,7 +116,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         for f in run.get("findings") or ():
             for ax in axes:
                 ax.axvline(f["step"], color="red", lw=0.8, ls="--", alpha=0.7)
-            ax = panel.get(_PANEL_OF_CHECK.get(f["check"], "loss"), panel["loss"])
+            ax = panel.get(_PANEL_OF_CHECK.get(f["check"], "loss"), axes[0])
             value = decode_float(f.get("value"))
             if math.isfinite(value) and (value > 0 or ax.get_yscale() != "log"):
                 ax.plot([f["step"]], [value], marker="v", color="red", ms=8)
@@ -159,4 +164,4 @@ def write_plots(records: Iterable[Mapping[str, Any]], directory: str | Path
     return written, failures
 
 
-__all__ = ["PLOTS_INSTALL_HINT", "plot_filename", "render_png", "write_plots"]
+__all__ = ["PANELS", "PLOTS_INSTALL_HINT", "panels_of", "plot_filename", "render_png", "write_plots"]

@@ -160,6 +160,10 @@ class RunReport:
         if t.grad_norm is not None:
             s, v = downsample(t.grad_norm, max_points=max_points)
             curves["grad_norm"] = {"step": s, "value": v}
+        if t.lr is not None and np.isfinite(t.lr).any():
+            # the learning rate in effect at each step: a jump in it is a common cause of a spike
+            s, v = downsample(t.lr, max_points=max_points)
+            curves["lr"] = {"step": s, "value": v}
         for name, values in t.curves.items():  # a GAN's d_loss and g_loss, metrics
             s, v = downsample(values, max_points=max_points)
             curves[name] = {"step": s, "value": v}

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import keras
 import pytest
 
 from pytest_stability.report import baseline as baseline_mod
@@ -63,9 +64,14 @@ def _write(pytester, named_problem, variant="same", seeds_b=1, extra=""):
 _SAVED: dict[str, str] = {}
 
 
+def _section(doc):
+    """The section of the backend this suite runs on (a baseline holds one per Keras backend)."""
+    return doc["backends"][keras.backend.backend()]
+
+
 @pytest.fixture
 def saved(pytester, named_problem, gating):
-    """A baseline of the unchanged scenario in base.json (and its JSON report, saved.json); returns the baseline."""
+    """A baseline of the unchanged scenario in base.json (and its JSON report, saved.json); returns its section."""
     _write(pytester, named_problem)
     if not _SAVED:
         result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", "--stability-report=saved.json")
@@ -75,7 +81,7 @@ def saved(pytester, named_problem, gating):
     else:
         for name, text in _SAVED.items():
             (pytester.path / name).write_text(text)
-    return gating.load_strict(pytester.path / "base.json")
+    return _section(gating.load_strict(pytester.path / "base.json"))
 
 
 def _base_summary(doc, test):
@@ -83,7 +89,9 @@ def _base_summary(doc, test):
 
 
 def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
-    assert (saved["kind"], saved["schema_version"]) == ("pytest-stability-baseline", 1)
+    doc = gating.load_strict(pytester.path / "base.json")
+    assert (doc["kind"], doc["schema_version"]) == ("pytest-stability-baseline", 2)
+    assert list(doc["backends"]) == [keras.backend.backend()]  # one section: the backend the run trained on
     assert sorted(saved["tests"]) == ["test_gate.py::test_a", "test_gate.py::test_b"]
     report = gating.tests_by_id(gating.load_strict(pytester.path / "saved.json"))
     for name in ("test_a", "test_b"):
@@ -96,7 +104,7 @@ def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
                                   if k in reported["summary"]}
         assert "lr_margin" not in run["summary"]  # measured only with margin=True
         assert (run["verdict"], run["findings"]) == ("stable", [])
-        assert run["backend"] == reported["model"]["backend"] and run["backend"]
+        assert reported["model"]["backend"] == keras.backend.backend()
 
 
 def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_problem, saved, gating):
@@ -230,33 +238,45 @@ def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, n
     result.assert_outcomes(passed=1, failed=2)
 
 
-def test_a_baseline_from_another_backend_is_not_compared_and_says_so(pytester, named_problem, saved, gating):
+def test_a_baseline_without_runs_on_this_backend_reports_every_test_missing_and_says_so(pytester, named_problem,
+                                                                                       saved, gating):
     """Another Keras backend trains the same model and seed along another trajectory: its numbers are not a
-    baseline for this one (the example project's TensorFlow baseline failed its JAX run on val loss)."""
-    doc = json.loads((pytester.path / "base.json").read_text())
-    run = doc["tests"]["test_gate.py::test_a"]["calls"][0]["runs"]["0"]
-    here = run["backend"]
-    run["backend"] = other = "jax" if here != "jax" else "torch"
-    run["summary"]["final_val_loss"] = 1e-9  # would be a regression if it were compared
+    baseline for this one, so a run is compared only with its own backend's section; with none, the rows, the
+    summary line and the JSON all say the same thing: not in the baseline (missing)."""
+    doc = gating.load_strict(pytester.path / "base.json")
+    here = keras.backend.backend()
+    other = "jax" if here != "jax" else "torch"
+    doc["backends"] = {other: doc["backends"][here]}
+    doc["backends"][other]["tests"]["test_gate.py::test_a"]["calls"][0]["runs"]["0"]["summary"][
+        "final_val_loss"] = 1e-9  # would be a regression if it were compared
     (pytester.path / "base.json").write_text(json.dumps(doc))
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
-    result.assert_outcomes(passed=2)
+    note = (f"it has no runs on the {here} backend; KERAS_BACKEND={here} pytest --stability-save-baseline=PATH "
+            "adds them")
+    # test_a alone: the comparison is per test, and each run here trains only what it checks
+    result = pytester.runpytest(*RUN, "-k", "test_a", "--stability-baseline=base.json", "--stability-report=now.json")
+    result.assert_outcomes(passed=1, deselected=1)
     result.stdout.fnmatch_lines([
         "PASS  test_gate.py::test_a  *",
-        f"      baseline: recorded on the {other} backend, this run trains on {here}: not comparable (not compared; "
-        f"save a baseline per backend, e.g. --stability-save-baseline=stability-baseline-{here}.json)",
-        "PASS  test_gate.py::test_b  *",
-        "      baseline -> now: *  ok",
-        "*- stability baseline */base.json: 1 compared, 0 regressed, 1 not in the baseline -*",
+        f"      baseline: test not in the baseline (not compared): {note}",
+        f"*- stability baseline */base.json: 0 compared, 0 regressed, 1 not in the baseline ({note}) -*",
     ])
-    tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
-    comparison = tests["test_gate.py::test_a"]["calls"][0]["baseline"]
-    assert comparison["seeds"]["0"] == {"status": "missing", "backend": {"baseline": other, "now": here}}
+    (test_a,) = gating.load_strict(pytester.path / "now.json")["tests"]
+    assert test_a["baseline"] == "missing"
+    comparison = test_a["calls"][0]["baseline"]
+    assert (comparison["status"], comparison["backend"], comparison["backend_in_baseline"]) == ("missing", here, False)
 
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([f"  seed 0: the baseline was recorded on the {other} backend, this run trains on "
-                                 f"{here} (--stability-baseline-strict)"])
+    result = pytester.runpytest(*RUN, "-k", "test_a", "--stability-baseline=base.json", "--stability-baseline-strict")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines([f"  test not in the baseline (--stability-baseline-strict): {note}"])
+
+    # saving on this backend adds its section and keeps the other one
+    result = pytester.runpytest(*RUN, "-k", "test_a", "--stability-save-baseline=base.json")
+    result.stdout.fnmatch_lines([f"*- stability baseline saved to */base.json (1 tests: 0 updated, 1 added, 0 kept, "
+                                 f"in the {here} section; the {other} section kept) -*"])
+    merged = baseline_mod.load_baseline(pytester.path / "base.json")
+    assert sorted(merged["backends"]) == sorted([here, other])
+    assert merged["backends"][other] == doc["backends"][other]
+    assert list(merged["backends"][here]["tests"]) == ["test_gate.py::test_a"]
 
 
 def test_bad_baseline_settings_are_one_usage_error(pytester):
@@ -394,7 +414,7 @@ def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_pr
         "stability baseline to save: */base.json (updated: tests not run keep their entries)",
         "*- stability baseline saved to */base.json (3 tests: 1 updated, 1 added, 1 kept) -*",
     ])
-    merged = gating.load_strict(pytester.path / "base.json")
+    merged = _section(gating.load_strict(pytester.path / "base.json"))
     assert sorted(merged["tests"]) == ["test_gate.py::test_a", "test_gate.py::test_b", "test_gate.py::test_c"]
     assert merged["tests"]["test_gate.py::test_a"] == saved["tests"]["test_gate.py::test_a"]
     assert sorted(merged["tests"]["test_gate.py::test_b"]["calls"][0]["runs"]) == ["0", "1"]  # replaced, not mixed
@@ -409,17 +429,36 @@ def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_pr
 
 
 def test_merge_baseline():
-    def doc(tests, created):
-        return {"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "created_at": created, "tests": tests}
+    def doc(created, **sections):
+        return {"kind": baseline_mod.BASELINE_KIND, "schema_version": 2,
+                "backends": {b: {"created_at": created, "tests": tests} for b, tests in sections.items()}}
 
-    previous = doc({"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["old b"]}}, "then")
-    merged, counts = baseline_mod.merge_baseline(previous, doc({"t::b": {"calls": ["new b"]},
-                                                                "t::c": {"calls": ["new c"]}}, "now"))
-    assert merged == doc({"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["new b"]}, "t::c": {"calls": ["new c"]}},
-                         "now")
+    previous = doc("then", tensorflow={"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["old b"]}},
+                   jax={"t::a": {"calls": ["jax a"]}})
+    merged, counts = baseline_mod.merge_baseline(previous, doc("now", tensorflow={"t::b": {"calls": ["new b"]},
+                                                                                  "t::c": {"calls": ["new c"]}}))
+    assert merged == {"kind": baseline_mod.BASELINE_KIND, "schema_version": 2, "backends": {
+        "jax": {"created_at": "then", "tests": {"t::a": {"calls": ["jax a"]}}},  # another backend: kept as it was
+        "tensorflow": {"created_at": "now", "tests": {"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["new b"]},
+                                                      "t::c": {"calls": ["new c"]}}}}}
     assert counts == {"updated": 1, "added": 1, "kept": 1}
-    assert previous["tests"]["t::b"] == {"calls": ["old b"]}  # not modified
-    assert baseline_mod.merge_baseline(None, doc({}, "now")) == (doc({}, "now"), {"updated": 0, "added": 0, "kept": 0})
+    assert previous["backends"]["tensorflow"]["tests"]["t::b"] == {"calls": ["old b"]}  # not modified
+    assert baseline_mod.merge_baseline(None, doc("now")) == (doc("now"), {"updated": 0, "added": 0, "kept": 0})
+
+
+def test_a_version_1_baseline_is_read_as_one_section_per_recorded_backend():
+    run = {"verdict": "stable", "summary": {"spikes": 0}, "findings": []}
+    v1 = {"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "created_at": "then", "tests": {
+        "t::a": {"verdict": "stable", "calls": [{"runs": {"0": dict(run, backend="tensorflow")}}]},
+        "t::b": {"verdict": "stable", "calls": [{"runs": {"0": dict(run, backend="jax")}}]}}}
+    doc = baseline_mod.validate_baseline(v1, "old.json")
+    assert doc["schema_version"] == 2
+    assert {b: sorted(s["tests"]) for b, s in doc["backends"].items()} == {"tensorflow": ["t::a"], "jax": ["t::b"]}
+    assert doc["backends"]["jax"]["tests"]["t::b"]["calls"][0]["runs"]["0"] == run
+    assert doc["backends"]["jax"]["created_at"] == "then"
+    with pytest.raises(baseline_mod.BaselineFileError, match="schema_version 3, and this pytest-stability reads "
+                                                             "versions 1 and 2; save the baseline again"):
+        baseline_mod.validate_baseline(dict(v1, schema_version=3), "new.json")
 
 
 def test_example_project_baseline_is_valid_and_covers_its_tests():
@@ -428,7 +467,9 @@ def test_example_project_baseline_is_valid_and_covers_its_tests():
     doc = load_baseline(root / "stability-baseline.json")
     names = re.findall(r"^def (test_\w+)\(stability\)", (root / "tests/test_stability.py").read_text(), re.M)
     assert len(names) == 5
-    assert sorted(doc["tests"]) == sorted(f"tests/test_stability.py::{name}" for name in names)
-    assert {n.split("::")[1]: t["verdict"] for n, t in doc["tests"].items()} == {
-        name: "unstable" if "known_unstable" in name else "stable" for name in names}
+    assert sorted(doc["backends"]) == ["jax", "tensorflow", "torch"]  # one section per Keras backend
+    for section in doc["backends"].values():
+        assert sorted(section["tests"]) == sorted(f"tests/test_stability.py::{name}" for name in names)
+        assert {n.split("::")[1]: t["verdict"] for n, t in section["tests"].items()} == {
+            name: "unstable" if "known_unstable" in name else "stable" for name in names}
     assert "stability_baseline = stability-baseline.json" in (root / "pytest.ini").read_text()

@@ -93,7 +93,8 @@ def test_model(stability):
     saved = run(pytester, least_squares + FIXED_BATCH, body.format(lr=0.05), "--stability-save-baseline=base.json")
     saved.assert_outcomes(passed=1)
     base = json.loads((pytester.path / "base.json").read_text())
-    summary = base["tests"]["test_curv.py::test_model"]["calls"][0]["runs"]["0"]["summary"]
+    (section,) = base["backends"].values()  # the baseline's one section: the backend this run trained on
+    summary = section["tests"]["test_curv.py::test_model"]["calls"][0]["runs"]["0"]["summary"]
     assert summary["curvature_margin"] == pytest.approx(9.56, rel=1e-3) and summary["eos_ratio"] < 0.11
     # 4x the learning rate: still stable, ratio still < 1, but the curvature margin shrank 4x (> the factor 2)
     result = run(pytester, least_squares + FIXED_BATCH, body.format(lr=0.2), "--stability-baseline=base.json")

@@ -86,7 +86,7 @@ def test_a_run_with_curvature_gets_an_edge_of_stability_panel_and_its_finding_is
     monkeypatch.setattr(Axes, "annotate", annotate)
     written, failures = plots.write_plots([record, _record("t.py::test_plain", [1.0, 0.5])], tmp_path)
     assert failures == [] and len(written) == 2
-    assert [label for label, _ in scales[:4]] == ["training loss (log)", "gradient norm (log)", "validation loss",
+    assert [label for label, _ in scales[:3]] == ["training loss (log)", "gradient norm (log)",
                                                   "edge-of-stability ratio (log)"]
-    assert len(scales) == 4 + 3  # the run without curvature keeps its three panels
+    assert len(scales) == 3 + 1  # no validation data, no panel; the run with only a loss gets one panel
     assert "edge-of-stability ratio (log): curvature @ 3" in labels
