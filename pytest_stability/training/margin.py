@@ -30,6 +30,7 @@ import numpy as np
 
 from ..trace import Trace
 from . import engine
+from .state import restore_state, take_state
 from .whatif import apply_fix, optimizer_settings, restore_optimizer_settings
 
 #: geometric bisection steps between the last stable and the first unstable factor
@@ -71,19 +72,19 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
     steps = int(spec.margin_steps)
     probe_spec = spec.replace(whatif=False, margin=False, curvature=False)
     window = int(thresholds.spike_window)
-    final = engine.take_state(model)
+    final = take_state(model)
     probes: list[dict[str, Any]] = []
 
     def probe(factor: float) -> bool:
         try:
-            engine.restore_state(model, final)
+            restore_state(model, final)
             apply_fix(keras, model, {"learning_rate_factor": factor})
             with warnings.catch_warnings():  # the probe's warnings are the run's again (the plugin's own extra run)
                 warnings.simplefilter("ignore")
                 run = engine.train(model, x, y, fit_kwargs=dict(kwargs), steps=steps, seed=seed, spec=probe_spec)
         finally:
             restore_optimizer_settings(model, saved)
-            engine.restore_state(model, final)
+            restore_state(model, final)
         joined, k = _tail_plus(trace, run.trace, window)
         findings = sorted((f for r in run_checks(joined, thresholds, PROBE_CHECKS) for f in r.findings
                            if f.step >= k), key=lambda f: f.step)

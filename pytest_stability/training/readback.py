@@ -22,6 +22,7 @@ import keras
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
 from . import isolation
 from .recorder import ChunkRows, Recorder, host_flags
+from .state import take_state
 
 #: the bits that stop a run (a non-finite loss, gradients, weights, optimizer state, or input batch)
 STOP_BITS = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
@@ -94,8 +95,6 @@ class Readback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         if self.want_initial_state:
-            from .engine import take_state
-
             self.initial_state = take_state(self.model, self.recs)
         if self.validate is not None:
             # the validation loss before the first step, after fit's own set-up (measured before it, the model

@@ -37,6 +37,7 @@ import numpy as np
 from ..trace import Trace
 from . import engine
 from .recorder import host_numpy
+from .state import restore_state, take_state
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
 AFTER_WINDOWS = 4
@@ -148,10 +149,10 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
     _fixable(keras, model, fix)
     start = max(0, failure_step - window)
     until = replay_window(failure_step, trace.steps_planned or trace.steps, window)
-    final = engine.take_state(model)
+    final = take_state(model)
     saved_config = optimizer_settings(keras, model)
     try:
-        engine.restore_state(model, result.initial_state)
+        restore_state(model, result.initial_state)
         kwargs = dict(fit_kwargs)
         # shorter chunks, so that an execution boundary falls close before `start`: the fix goes in at the
         # last one at or before it (chunking does not change the numbers: same steps, same order)
@@ -164,7 +165,7 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
                                  fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
     finally:
         restore_optimizer_settings(model, saved_config)
-        engine.restore_state(model, final)
+        restore_state(model, final)
     new = rerun.trace
     info = dict(trace.info or {})
     info.update({k: v for k, v in (new.info or {}).items() if k == "fix_applied_at"})
