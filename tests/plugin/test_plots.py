@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from pytest_stability.report.plots import plot_filename
 from pytest_stability.session import PLOTS_MISSING_MESSAGE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,11 +64,3 @@ def test_without_matplotlib_the_option_is_a_usage_error(pytester, monkeypatch):
     # without the option, matplotlib is not needed
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-
-
-def test_plot_file_names_are_safe_and_unique():
-    taken: set[str] = set()
-    assert plot_filename("tests/test_a.py::TestX::test_y[a/b c]", taken) == "tests_test_a.py__TestX__test_y[a_b_c].png"
-    second = plot_filename("tests/test_a.py::TestX::test_y[a b/c]", taken)  # same sanitised stem
-    assert second.startswith("tests_test_a.py__TestX__test_y[a_b_c]-") and second.endswith(".png")
-    assert len(plot_filename("t.py::test_" + "x" * 300, taken)) < 130

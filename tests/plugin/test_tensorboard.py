@@ -101,14 +101,6 @@ def test_two(stability):
     assert all(scalar_steps(acc, t) == list(range(12)) for t in per_var)
 
 
-def test_run_dir_names_are_safe_and_distinct():
-    assert run_dir_name("tests/test_x.py::test_y[a/b c]", 3) == "tests_test_x.py__test_y[a_b_c]-seed3"
-    assert run_dir_name("t.py::test", 0, call_index=1) == "t.py__test-seed0-call1"
-    long_a, long_b = "t.py::test_" + "a" * 200 + "[1]", "t.py::test_" + "a" * 200 + "[2]"
-    assert run_dir_name(long_a, 0) != run_dir_name(long_b, 0)
-    assert len(run_dir_name(long_a, 0)) < 140
-
-
 def test_writing_needs_no_tensorflow(tmp_path):
     """The writer works on the JAX and PyTorch backends: nothing it imports pulls in TensorFlow."""
     code = textwrap.dedent(f'''
