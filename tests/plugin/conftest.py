@@ -22,6 +22,13 @@ import keras  # noqa: E402,F401
 import numpy  # noqa: E402,F401
 import tensorflow  # noqa: E402,F401
 
+# Where Hypothesis is installed, its pytest plugin imports it in each pytester run's terminal summary, and an
+# in-process run drops the modules it imported: once here, not seconds per run (CI installs no Hypothesis).
+try:
+    import hypothesis  # noqa: E402,F401
+except ImportError:
+    pass
+
 try:
     import matplotlib  # noqa: F401
     import matplotlib.backends.backend_agg  # noqa: F401
