@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
 from pytest_stability.report import baseline as baseline_mod
 from pytest_stability.report.render import fmt
-
-# test_a's training and validation data are switched by VARIANT: "grad" scales
-# the inputs (gradient norms and the validation loss grow ~10x), "val" flips 30%
-# of the validation labels (only the validation loss grows; val_tolerance=5
-# keeps the in-run val_loss check quiet), "nan" makes it diverge.
-SCENARIO = '''
-VARIANT = {variant!r}
-XS = 10.0 if VARIANT == "grad" else 1.0
-flip = np.random.default_rng(1).random(64) < 0.3
-YV_A = np.where(flip, 1 - YV, YV) if VARIANT == "val" else YV
-
-
-@pytest.mark.stable_training(steps=60, validate_every=20, val_tolerance=5.0)
-def test_a(stability):
-    if VARIANT == "nan":
-        stability.train(build_diverging(), X, Y * 100, batch_size=16)
-    else:
-        stability.train(build(), X * XS, Y, validation_data=(XV * XS, YV_A), batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40, seeds={seeds_b})
-def test_b(stability):
-    stability.train(build(name="mlp_b"), X, Y, validation_data=(XV, YV), batch_size=16)
-'''
-
-NEW_TEST = '''
-
-@pytest.mark.stable_training(steps=30)
-def test_c(stability):
-    stability.train(build(name="mlp_c"), X, Y, batch_size=16)
-'''
 
 #: Records every pytest_stability_run_finished call: the built-in comparison is trylast, so this
 #: conftest sees also the runs the comparison fails.
@@ -48,24 +18,39 @@ def pytest_stability_run_finished(nodeid, report):
         out.write(f"{nodeid} {report.verdict}\\n")
 '''
 
-RUN = ("-p", "no:cacheprovider")
+
+@pytest.fixture
+def gate(pytester, named_problem, recorded):
+    """Writes test_gate.py and runs pytest on it, replaying the training recorded for that module.
+
+    ``gate.write(variant, seeds_b, new)``: conftest.py's GATE_TESTS (test_a in ``variant``: "same", "grad", "val"
+    or "nan"; test_b with ``seeds_b`` seeds), and GATE_NEW_TEST (test_c) when ``new``.
+    ``gate.run(*args)``: ``pytester.runpytest`` with the recorded training of that variant (tests/plugin/recorded).
+    """
+    groups = ["gate"]
+
+    def write(variant="same", seeds_b=1, new=False):
+        source = recorded.GATE_TESTS.format(variant=variant, seeds_b=seeds_b)
+        pytester.makepyfile(test_gate=named_problem + source + (recorded.GATE_NEW_TEST if new else ""))
+        groups[:] = ["gate"] if variant == "same" else [f"gate_{variant}", "gate"]
+
+    def run(*args, **kwargs):
+        return pytester.runpytest("-p", "no:cacheprovider", *recorded.args(*groups), *args, **kwargs)
+
+    return types.SimpleNamespace(write=write, run=run)
 
 
-def _write(pytester, named_problem, variant="same", seeds_b=1, extra=""):
-    pytester.makepyfile(test_gate=named_problem + SCENARIO.format(variant=variant, seeds_b=seeds_b) + extra)
-
-
-#: base.json and saved.json of the unchanged scenario: made by the first test that needs them (training
-#: is deterministic, so every test would save the same baseline; once keeps the module fast).
+#: base.json and saved.json of the unchanged scenario: made by the first test that needs them (every test
+#: would save the same baseline; once keeps the module fast).
 _SAVED: dict[str, str] = {}
 
 
 @pytest.fixture
-def saved(pytester, named_problem, gating):
+def saved(pytester, gate, gating):
     """A baseline of the unchanged scenario in base.json (and its JSON report, saved.json); returns the baseline."""
-    _write(pytester, named_problem)
+    gate.write()
     if not _SAVED:
-        result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", "--stability-report=saved.json")
+        result = gate.run("--stability-save-baseline=base.json", "--stability-report=saved.json")
         result.assert_outcomes(passed=2)
         result.stdout.fnmatch_lines(["*- stability baseline saved to */base.json (2 tests) -*"])
         _SAVED.update({name: (pytester.path / name).read_text() for name in ("base.json", "saved.json")})
@@ -96,8 +81,8 @@ def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
         assert run["backend"] == reported["model"]["backend"] and run["backend"]
 
 
-def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_problem, saved, gating):
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, gate, saved, gating):
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=2)
     a = _base_summary(saved, "test_a")
     result.stdout.fnmatch_lines([
@@ -123,9 +108,9 @@ def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_pro
     assert metrics["spikes"] == {"baseline": 0, "now": 0, "limit": 0, "regressed": False}
 
 
-def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, named_problem, saved, gating):
-    _write(pytester, named_problem, variant="grad")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, gate, saved, gating):
+    gate.write("grad")
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=1, failed=1)
     a = _base_summary(saved, "test_a")
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
@@ -151,19 +136,19 @@ def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, 
     result.stdout.no_fnmatch_line("*pluggy/_*.py*")  # no traceback through the hook machinery
 
     # Tolerances from the command line, then the ini file (the command line wins).
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.no_fnmatch_line("*99th-percentile gradient norm*")
     result.stdout.fnmatch_lines(["  seed 0: final smoothed validation loss: *(tolerance: +10%*",
                                  "  tolerances: baseline_grad_factor=100, baseline_val_tolerance=0.1, *"])
     pytester.makeini("[pytest]\nstability_baseline_val_tolerance = 5\nstability_baseline_grad_factor = 1.5\n")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
     result.assert_outcomes(passed=2)
 
 
-def test_validation_loss_regression(pytester, named_problem, saved):
-    _write(pytester, named_problem, variant="val")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
+def test_validation_loss_regression(pytester, gate, saved):
+    gate.write("val")
+    result = gate.run("--stability-baseline=base.json")
     result.assert_outcomes(passed=1, failed=1)
     v_b = _base_summary(saved, "test_a")["final_val_loss"]
     result.stdout.fnmatch_lines([
@@ -175,10 +160,10 @@ def test_validation_loss_regression(pytester, named_problem, saved):
     result.stdout.no_fnmatch_line("*99th-percentile gradient norm*")
 
 
-def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, named_problem, saved):
-    _write(pytester, named_problem, variant="nan")
+def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, gate, saved):
+    gate.write("nan")
     pytester.makeconftest(RUN_FINISHED_CONFTEST)
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
+    result = gate.run("--stability-baseline=base.json")
     result.assert_outcomes(passed=1, failed=1)
     assert (pytester.path / "run_finished.txt").read_text().splitlines() == [
         "test_gate.py::test_a unstable", "test_gate.py::test_b stable"]
@@ -190,9 +175,9 @@ def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, named_p
     ])
 
 
-def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, named_problem, saved, gating):
-    _write(pytester, named_problem, seeds_b=2, extra=NEW_TEST)
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, gate, saved, gating):
+    gate.write(seeds_b=2, new=True)
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([
         "PASS  test_gate.py::test_b  *seeds=2*",
@@ -205,7 +190,7 @@ def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, n
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
     assert [tests[f"test_gate.py::test_{n}"]["baseline"] for n in "abc"] == ["ok", "missing", "missing"]
 
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines([
         "test_gate.py::test_b: missing from the baseline */base.json, and --stability-baseline-strict fails what "
@@ -223,11 +208,11 @@ def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, n
     ])
 
     pytester.makeini("[pytest]\nstability_baseline_strict = true\nstability_baseline = base.json\n")
-    result = pytester.runpytest(*RUN)
+    result = gate.run()
     result.assert_outcomes(passed=1, failed=2)
 
 
-def test_a_baseline_from_another_backend_is_not_compared_and_says_so(pytester, named_problem, saved, gating):
+def test_a_baseline_from_another_backend_is_not_compared_and_says_so(pytester, gate, saved, gating):
     """Another Keras backend trains the same model and seed along another trajectory: its numbers are not a
     baseline for this one (the example project's TensorFlow baseline failed its JAX run on val loss)."""
     doc = json.loads((pytester.path / "base.json").read_text())
@@ -236,7 +221,7 @@ def test_a_baseline_from_another_backend_is_not_compared_and_says_so(pytester, n
     run["backend"] = other = "jax" if here != "jax" else "torch"
     run["summary"]["final_val_loss"] = 1e-9  # would be a regression if it were compared
     (pytester.path / "base.json").write_text(json.dumps(doc))
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
         "PASS  test_gate.py::test_a  *",
@@ -250,7 +235,7 @@ def test_a_baseline_from_another_backend_is_not_compared_and_says_so(pytester, n
     comparison = tests["test_gate.py::test_a"]["calls"][0]["baseline"]
     assert comparison["seeds"]["0"] == {"status": "missing", "backend": {"baseline": other, "now": here}}
 
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([f"  seed 0: the baseline was recorded on the {other} backend, this run trains on "
                                  f"{here} (--stability-baseline-strict)"])
@@ -295,16 +280,18 @@ def test_bad_baseline_settings_are_one_usage_error(pytester):
     assert json.loads((pytester.path / "report.json").read_text()) == {"schema_version": 1, "tests": []}
 
 
-def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem):
+def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem, recorded):
     previous = json.dumps({"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "tests": {}})
     (pytester.path / "base.json").write_text(previous)
+    # test_one trains what the scenario "one" trains (its recording is replayed), then Ctrl-C
     pytester.makepyfile(named_problem + '''
 @pytest.mark.stable_training(steps=20)
 def test_one(stability):
     stability.train(build(), X, Y, batch_size=16)
     raise KeyboardInterrupt
 ''')
-    result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", no_reraise_ctrlc=True)
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"),
+                                "--stability-save-baseline=base.json", no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*stability baseline NOT saved to */base.json: the run was interrupted*"])
     assert (pytester.path / "base.json").read_text() == previous
@@ -313,13 +300,13 @@ def test_one(stability):
 # -- the comparison itself (pure) ---------------------------------------------------------------
 
 
-def test_marker_tolerance_overrides_cli_and_ini(pytester, named_problem, saved, gating):
-    _write(pytester, named_problem, variant="grad")  # test_a regresses: see the test above
+def test_marker_tolerance_overrides_cli_and_ini(pytester, gate, saved, gating):
+    gate.write("grad")  # test_a regresses: see the test above
     src = (pytester.path / "test_gate.py").read_text().replace(
         "val_tolerance=5.0)", "val_tolerance=5.0, baseline_grad_factor=100.0, baseline_val_tolerance=5.0)")
     (pytester.path / "test_gate.py").write_text(src)
     pytester.makeini("[pytest]\nstability_baseline_grad_factor = 1.2\nstability_baseline_extra_spikes = 2\n")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5",
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5",
                                 "--stability-report=now.json")
     result.assert_outcomes(passed=2)
     # the header shows the run-wide values (command line > ini > default)
@@ -339,10 +326,10 @@ def test_marker_tolerance_overrides_cli_and_ini(pytester, named_problem, saved, 
     assert metrics["p99_grad_norm"]["now"] > 2 * metrics["p99_grad_norm"]["baseline"]  # it did regress
 
 
-def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_problem, saved, gating):
+def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, gate, saved, gating):
     # test_b now trains two seeds and test_c is new; only they run: test_a's entry must survive as it was.
-    _write(pytester, named_problem, seeds_b=2, extra=NEW_TEST)
-    result = pytester.runpytest(*RUN, "-k", "test_b or test_c", "--stability-save-baseline=base.json")
+    gate.write(seeds_b=2, new=True)
+    result = gate.run("-k", "test_b or test_c", "--stability-save-baseline=base.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
         "stability baseline to save: */base.json (updated: tests not run keep their entries)",
@@ -357,6 +344,6 @@ def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_pr
     assert merged["created_at"] >= saved["created_at"]
 
     # the merged baseline gates a full run: every test is compared
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*- stability baseline */base.json: 3 compared, 0 regressed, 0 not in the baseline -*"])
