@@ -128,20 +128,21 @@ def test_long(stability):
         assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 698
 
 
-def test_ini_twin_and_no_report_without_option(pytester, scenario, gating):
+def test_ini_twin_and_no_report_without_option(pytester, scenario, gating, recorded):
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    run = ("-p", "no:cacheprovider", *recorded.args("scenarios"))
+    result = pytester.runpytest(*run)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*stability JSON*")
     assert not list(pytester.path.glob("*.json"))
 
     pytester.makeini("[pytest]\nstability_report = out/from_ini.json\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*run)
     result.assert_outcomes(passed=1)
     assert [t["verdict"] for t in gating.load_strict(pytester.path / "out/from_ini.json")["tests"]] == ["stable"]
     # the command line wins over the ini value
     (pytester.path / "out/from_ini.json").unlink()
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=cli.json")
+    result = pytester.runpytest(*run, "--stability-report=cli.json")
     result.assert_outcomes(passed=1)
     assert (pytester.path / "cli.json").is_file() and not (pytester.path / "out/from_ini.json").exists()
 
@@ -154,7 +155,7 @@ def test_report_path_that_is_a_directory_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--stability-report: */reports is a directory; give a file path*"])
 
 
-def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, scenario):
+def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, scenario, recorded):
     # test_reads_partial_report reads the report while the run is still going: test_one is
     # already in it, and the document says it is not complete.  The JSON hooks run for each
     # write, as hookspecs.py says: complete False after the stability test, True at the end.
@@ -173,7 +174,8 @@ def test_reads_partial_report():
     assert [(t["nodeid"], t["verdict"], t["outcome"]) for t in doc["tests"]] == [
         ("test_written_after_each_test_so_a_killed_run_leaves_what_ran.py::test_one", "stable", "passed")]
 ''')
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=partial.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"),
+                                "--stability-report=partial.json")
     result.assert_outcomes(passed=2)
     assert (pytester.path / "update_json_calls.txt").read_text().splitlines() == [
         "complete=False tests=1", "complete=True tests=1"]
@@ -190,10 +192,10 @@ def pytest_stability_update_json(config, document):
 '''
 
 
-def test_update_json_hook_and_strictness(pytester, scenario, gating):
+def test_update_json_hook_and_strictness(pytester, scenario, gating, recorded):
     pytester.makeconftest(HOOKS_CONFTEST)
     scenario("diverges")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(failed=1)
     text = (pytester.path / "r.json").read_text()
     assert '"nan_from_hook":"nan"' in text
@@ -202,27 +204,27 @@ def test_update_json_hook_and_strictness(pytester, scenario, gating):
     assert doc["tests"][0]["verdict"] == "unstable"
 
 
-def test_generate_json_hook_replaces_the_document(pytester, scenario, gating):
+def test_generate_json_hook_replaces_the_document(pytester, scenario, gating, recorded):
     pytester.makeconftest(HOOKS_CONFTEST + '''
 
 def pytest_stability_generate_json(config, records):
     return {"custom": True, "nodeids": [r["nodeid"] for r in records]}
 ''')
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert gating.load_strict(pytester.path / "r.json") == {
         "custom": True, "nodeids": ["test_generate_json_hook_replaces_the_document.py::test_one"],
         "commit": "abc123", "nan_from_hook": "nan", "numpy_from_hook": 2.5}
 
 
-def test_unwritable_document_fails_the_run_with_a_message(pytester, scenario):
+def test_unwritable_document_fails_the_run_with_a_message(pytester, scenario, recorded):
     pytester.makeconftest('''
 def pytest_stability_update_json(document):
     document["bad"] = object()
 ''')
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*stability JSON NOT written to */r.json: TypeError: document[[]'bad'[]] is a object, "
