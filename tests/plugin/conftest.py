@@ -307,7 +307,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     ``pytester.runpytest(*recorded.args("gate_grad", "gate"), ...)`` replays the recorded training of those groups
     (the first group that has a test wins; a test none has trains for real).  ``recorded.groups`` are the recorded
     modules' sources (:data:`RECORDED_GROUPS`), ``recorded.GATE_TESTS``... their templates.  PYTHONPATH is set so
-    that a subprocess run and pytest-xdist workers load the replaying plugin too.
+    that a subprocess run and its pytest-xdist workers load the replaying plugin too; a -n run that replays must
+    be a subprocess run (``runpytest_subprocess``): the workers of an in-process run take the sys.path this
+    process started with.
     """
     monkeypatch.setenv("PYTHONPATH", recorded_runs.pythonpath_with_this_directory())
     return types.SimpleNamespace(

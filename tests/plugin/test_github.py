@@ -26,7 +26,7 @@ def _table_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monkeypatch):
+def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monkeypatch, recorded):
     path = scenario("healthy", "diverges", "plain", module="test_gh")
     summary = pytester.path / "step_summary.md"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
@@ -52,10 +52,12 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     assert (pytester.path / "out" / "report.md").read_text() + "\n" == text
     result.stdout.fnmatch_lines(["*stability Markdown written to *report.md*"])
 
-    # -n 2, compared with the baseline, with plots: one annotation per test, from the controller only
+    # -n 2, compared with the baseline, with plots: one annotation per test, from the controller only.  The
+    # workers replay the recorded training of these tests (recorded/scenarios.json): the serial run above trained.
     summary.unlink()
-    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--stability-baseline=base.json",
-                                "--stability-plots=plots", "--stability-markdown=out/report.md")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *recorded.args("scenarios"), "-n", "2",
+                                           "--stability-baseline=base.json", "--stability-plots=plots",
+                                           "--stability-markdown=out/report.md")
     result.assert_outcomes(passed=2, failed=1)
     found = _annotations(result)
     assert len(found) == 1 and found[0].startswith(expected), found
@@ -72,11 +74,11 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     assert (pytester.path / "out" / link[len("[png]("):-1]).is_file()
 
 
-def test_nothing_outside_github_actions(pytester, scenario, monkeypatch):
+def test_nothing_outside_github_actions(pytester, scenario, monkeypatch, recorded):
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary.md"))
     scenario("diverges", module="test_gh")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"))
     result.assert_outcomes(failed=1)
     assert _annotations(result) == []
     assert not (pytester.path / "summary.md").exists()

@@ -10,16 +10,6 @@ from pytest_stability.session import PLOTS_MISSING_MESSAGE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-#: A parametrized test: its node id ("test_param[0.01]") becomes a file name.
-PARAMETRIZED = '''
-
-@pytest.mark.parametrize("lr", [1e-2])
-@pytest.mark.stable_training(steps=20)
-def test_param(stability, lr):
-    stability.train(build(lr), X, Y, batch_size=16)
-'''
-
-
 def _red_pixels(path) -> int:
     """Pure-red pixels: the colour findings are marked in (titles and curves use other colours)."""
     image = pytest.importorskip("matplotlib.image").imread(path)
@@ -29,7 +19,7 @@ def _red_pixels(path) -> int:
 
 def test_one_png_per_test_with_findings_marked(pytester, scenario):
     pytest.importorskip("matplotlib")
-    scenario("healthy", "diverges", "skipped", "plain", module="test_plotted", extra=PARAMETRIZED)
+    scenario("healthy", "diverges", "skipped", "plain", "param", module="test_plotted")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots/run1")
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*- stability plots: 3 PNG files written to */plots/run1 -*"])
@@ -44,11 +34,11 @@ def test_one_png_per_test_with_findings_marked(pytester, scenario):
     assert _red_pixels(pytester.path / "plots/run1/test_plotted.py__test_healthy.png") == 0
 
 
-def test_plots_ini_twin(pytester, scenario):
+def test_plots_ini_twin(pytester, scenario, recorded):
     pytest.importorskip("matplotlib")
     pytester.makeini("[pytest]\nstability_plots = figures\n")
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"))
     result.assert_outcomes(passed=1)
     assert [p.name for p in (pytester.path / "figures").iterdir()] == ["test_plots_ini_twin.py__test_one.png"]
 

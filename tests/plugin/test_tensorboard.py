@@ -82,14 +82,9 @@ def test_xdist_writes_the_same_runs(pytester, scenario):
     check_runs(pytester.path / "logs" / "tb")
 
 
-def test_per_variable_gradient_norms_and_seeds(pytester, scenario):
-    scenario(module="test_tb", extra='''
-
-@pytest.mark.stable_training(steps=12, seeds=2)
-def test_two(stability):
-    stability.train(build, X, Y, batch_size=16)
-''')
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-tensorboard=tb",
+def test_per_variable_gradient_norms_and_seeds(pytester, scenario, recorded):
+    scenario("two", module="test_tb")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-tensorboard=tb",
                                 "--stability-tensorboard-per-variable")
     result.assert_outcomes(passed=1)
     runs = sorted(p.name for p in (pytester.path / "tb").iterdir())
