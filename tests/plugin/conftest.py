@@ -9,7 +9,9 @@ a half-imported matplotlib behind.
 from __future__ import annotations
 
 import json
+import importlib
 import os
+import pkgutil
 import types
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +30,14 @@ try:
     import hypothesis  # noqa: E402,F401
 except ImportError:
     pass
+
+# The plugin's own modules, imported once here too: an in-process pytester run drops the modules it imported,
+# so each run that trains would import the training engine, the checks and the reports (and what they import
+# of Keras) again.
+import pytest_stability  # noqa: E402
+
+for _module in pkgutil.walk_packages(pytest_stability.__path__, "pytest_stability."):
+    importlib.import_module(_module.name)
 
 import recorded_runs  # noqa: E402  (this directory's helper module: pytest puts the directory on sys.path)
 
