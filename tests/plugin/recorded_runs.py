@@ -26,6 +26,8 @@ committed ones, after a change to the engine, the trace or a recorded test's sou
     STABILITY_REWRITE_RECORDINGS=1 python -m pytest tests/plugin/test_recorded_runs.py
 
 Recordings are JSON (NaN and Infinity as Python's json writes them): float64 values round-trip exactly.
+
+PYTEST_DONT_REWRITE: the test process imports this module before an in-process run loads it with ``-p``.
 """
 
 from __future__ import annotations
@@ -115,8 +117,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--recorded-runs-from", default=None, metavar="DIR",
                     help="read the recordings from DIR instead of tests/plugin/recorded")
     group.addoption("--record-runs-to", default=None, metavar="DIR",
-                    help="train for real and write each module's runs to DIR/GROUP.json (GROUP: the module's name "
-                         "without test_)")
+                    help="train for real and write the runs of each module test_recorded_GROUP.py to DIR/GROUP.json")
 
 
 class _Replay:
@@ -149,7 +150,7 @@ class _Replay:
         self.trained += 1
         result = self.real_train(model, x, y, **kwargs)
         if self.record_to is not None:
-            group = Path(str(item.path)).stem.removeprefix("test_")
+            group = Path(str(item.path)).stem.removeprefix("test_recorded_")
             calls = self.recorded.setdefault(group, {}).setdefault(item.name, [])
             while len(calls) <= self.calls:
                 calls.append({})
