@@ -12,16 +12,18 @@ returns a :class:`~pytest_stability.training.engine.RunResult`) by the recorded 
 call and seed.  Everything after it runs as in a user's run: the checks and the diagnosis of the recorded trace,
 the fixture's verdict (an unstable run fails the test), the ``pytest_stability_run_finished`` hooks (the baseline
 gate, the TensorBoard writer), the test's record, the session and every report.  Before it replays a call, the
-plugin checks that the test asked for the recorded steps and seed and built the recorded model (its name, its
-variables' names, its optimizer), and fails the test naming the difference otherwise: a test and its recording
-cannot drift apart silently.  A test that no named group recorded trains for real.  The terminal summary of a
+plugin checks that the test asked for the recorded steps and seed, built the recorded model (its name, its
+variables' names, its optimizer) and gave it the recorded data (each array's shape, dtype and mean absolute
+value, the batch size), and fails the test naming the difference otherwise: a test and its recording cannot
+drift apart silently.  A test that no named group recorded trains for real.  The terminal summary of a
 serial run says how many engine calls were replayed and trained (``recorded runs: 5 replayed, 0 trained``).
 
 A group is one pytester module of stability tests (``named_problem`` plus the sources in ``RECORDED_GROUPS``,
 tests/plugin/conftest.py); its recording holds, per test name, one entry per train() call, with one run per seed.
-``test_recorded_runs.py`` trains every group afresh, checks that replaying the fresh recordings reports what the
-training reported, and compares them with the committed recordings; with an environment variable it rewrites the
-committed ones, after a change to the engine, the trace or a recorded test's source::
+``test_recorded_runs.py`` trains the shared scenarios afresh, checks that replaying the fresh recording reports
+what the training reported, and compares it with the committed one (and the other groups' fields with a fresh
+run's); with an environment variable it does so for every group and rewrites the committed recordings, after a
+change to the engine, the trace or a recorded test's source::
 
     STABILITY_REWRITE_RECORDINGS=1 python -m pytest tests/plugin/test_recorded_runs.py
 
@@ -81,12 +83,46 @@ def result_to_dict(result: Any) -> dict[str, Any]:
 
 
 def result_from_dict(data: dict[str, Any]) -> Any:
-    """Inverse of :func:`result_to_dict`."""
+    """Inverse of :func:`result_to_dict` (a recording's ``inputs`` are not part of the result)."""
     from pytest_stability.trace import Trace
     from pytest_stability.training.engine import RunResult
 
     trace = Trace(**{k: _decode(v) for k, v in data["trace"].items()})
-    return RunResult(trace=trace, **{k: _decode(v) for k, v in data.items() if k != "trace"})
+    return RunResult(trace=trace, **{k: _decode(v) for k, v in data.items() if k not in ("trace", "inputs")})
+
+
+def _arrays(obj: Any) -> list[Any]:
+    """The numpy arrays in ``obj`` (nested tuples, lists, dicts), in order; anything else by its type's name."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [a for item in obj for a in _arrays(item)]
+    if isinstance(obj, dict):
+        return [a for key in sorted(obj) for a in _arrays(obj[key])]
+    return [] if obj is None else [type(obj).__name__]
+
+
+def describe_inputs(x: Any, y: Any, fit_kwargs: dict[str, Any] | None, batch_size: Any) -> dict[str, Any]:
+    """What a train() call was given, as far as a recording can tell it: each array's shape, dtype and mean absolute
+    value (training data, validation data, sample weights), and the batch size."""
+    fit_kwargs = fit_kwargs or {}
+    data = _arrays([x, y, fit_kwargs.get("sample_weight"), fit_kwargs.get("validation_data")])
+    return {"batch_size": fit_kwargs.get("batch_size", batch_size),
+            "arrays": [[list(a.shape), str(a.dtype), float(np.mean(np.abs(a))) if a.size else 0.0]
+                       if isinstance(a, np.ndarray) else a for a in data]}
+
+
+def same_inputs(now: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    """Shapes, dtypes and batch size equal; mean absolute values within 1 % (another numpy may draw other data)."""
+    if now["batch_size"] != recorded["batch_size"] or len(now["arrays"]) != len(recorded["arrays"]):
+        return False
+    for a, b in zip(now["arrays"], recorded["arrays"]):
+        if isinstance(a, str) or isinstance(b, str):
+            if a != b:
+                return False
+        elif a[:2] != b[:2] or not np.isclose(a[2], b[2], rtol=0.01, atol=1e-6):
+            return False
+    return True
 
 
 def load_group(name: str, directory: Path = RECORDINGS_DIR) -> dict[str, list[dict[str, Any]]]:
@@ -146,7 +182,7 @@ class _Replay:
         runs = self.lookup(item.name) if item is not None and self.record_to is None else None
         if runs is not None:
             self.replayed += 1
-            return replayed(item.name, runs, self.calls, model, **kwargs)
+            return replayed(item.name, runs, self.calls, model, x, y, **kwargs)
         self.trained += 1
         result = self.real_train(model, x, y, **kwargs)
         if self.record_to is not None:
@@ -154,7 +190,9 @@ class _Replay:
             calls = self.recorded.setdefault(group, {}).setdefault(item.name, [])
             while len(calls) <= self.calls:
                 calls.append({})
-            calls[self.calls][str(kwargs["seed"])] = result_to_dict(result)
+            entry = result_to_dict(result)
+            entry["inputs"] = describe_inputs(x, y, kwargs.get("fit_kwargs"), kwargs.get("batch_size"))
+            calls[self.calls][str(kwargs["seed"])] = entry
         return result
 
     @pytest.hookimpl(tryfirst=True)
@@ -178,22 +216,26 @@ class _Replay:
                 write_group(group, tests, self.record_to)
 
 
-def replayed(name: str, runs: list[dict[str, Any]], call: int, model: Any, *, steps: int, seed: int,
-             progress: Any = None, fix_at: Any = None, stop_after: Any = None, **_: Any) -> Any:
-    """The recorded RunResult of train() call ``call`` under ``seed``, once the model is the recorded one."""
+def replayed(name: str, runs: list[dict[str, Any]], call: int, model: Any, x: Any, y: Any, *, steps: int, seed: int,
+             fit_kwargs: Any = None, batch_size: Any = None, progress: Any = None, fix_at: Any = None,
+             stop_after: Any = None, **_: Any) -> Any:
+    """The recorded RunResult of train() call ``call`` under ``seed``, once the model and data are the recorded ones."""
     where = f"recorded run of {name}, train() call {call}, seed {seed}"
     if fix_at is not None or stop_after is not None:
         raise RuntimeError(f"{where}: a what-if replay trains from the model's state; it cannot be replayed")
     if call >= len(runs) or str(seed) not in runs[call]:
         raise RuntimeError(f"{where}: not recorded (recorded: {[sorted(c, key=int) for c in runs]})")
-    result = result_from_dict(runs[call][str(seed)])
+    entry = runs[call][str(seed)]
+    result = result_from_dict(entry)
     trace = result.trace
     info = trace.info or {}
+    inputs = describe_inputs(x, y, fit_kwargs, batch_size)
     expected = {"steps": trace.steps_planned, "model": info.get("model"), "optimizer": info.get("optimizer"),
-                "variables": list(trace.var_names)}
+                "variables": list(trace.var_names), "inputs": entry["inputs"]}
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     got = {"steps": steps, "model": model.name, "optimizer": type(optimizer).__name__,
-           "variables": [str(getattr(v, "path", v.name)) for v in model.trainable_variables]}
+           "variables": [str(getattr(v, "path", v.name)) for v in model.trainable_variables],
+           "inputs": entry["inputs"] if same_inputs(inputs, entry["inputs"]) else inputs}
     if not trace.var_names:  # nothing recorded per variable: nothing to compare
         got["variables"] = []
     if got != expected:

@@ -64,7 +64,8 @@ def _differences(fresh: Any, stored: Any, where: str) -> list[str]:
 
 
 def _runs(recording: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """test -> call -> seed -> the decoded RunResult's fields (trace fields flattened in as ``trace.NAME``)."""
+    """test -> call -> seed -> the decoded RunResult's fields (trace fields flattened in as ``trace.NAME``) and the
+    recorded inputs."""
     out: dict[str, Any] = {}
     for test, calls in recording.items():
         out[test] = []
@@ -74,6 +75,7 @@ def _runs(recording: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 result = result_from_dict(data)
                 fields = {k: v for k, v in vars(result).items() if k not in ("trace", "initial_state")}
                 fields.update({f"trace.{k}": v for k, v in vars(result.trace).items()})
+                fields["inputs"] = data["inputs"]
                 seeds[seed] = fields
             out[test].append(seeds)
     return out
