@@ -5,9 +5,26 @@ tests/training/conftest.py: pytester's in-process runs restore ``sys.modules`` a
 refuses to be loaded twice in one process.  No TensorFlow import: these tests must run without it.
 """
 
+import importlib
 import os
+import pkgutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402,F401
 import numpy  # noqa: E402,F401
+
+# Where Hypothesis is installed, its pytest plugin imports it in each pytester run's terminal summary, and an
+# in-process run drops the modules it imported: once here, not seconds per run (CI installs no Hypothesis).
+try:
+    import hypothesis  # noqa: E402,F401
+except ImportError:
+    pass
+
+# The plugin's own modules, imported once here too: an in-process pytester run drops the modules it imported,
+# so each run that trains would import the training engine, the checks and the reports (and what they import
+# of Keras) again.
+import pytest_stability  # noqa: E402
+
+for _module in pkgutil.walk_packages(pytest_stability.__path__, "pytest_stability."):
+    importlib.import_module(_module.name)

@@ -3,46 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-from pathlib import Path
+import types
 
 import keras
 import pytest
 
 from pytest_stability.report import baseline as baseline_mod
-from pytest_stability.report.baseline import load_baseline
 from pytest_stability.report.render import fmt
-
-# test_a's training and validation data are switched by VARIANT: "grad" scales
-# the inputs (gradient norms and the validation loss grow ~10x), "val" flips 30%
-# of the validation labels (only the validation loss grows; val_tolerance=5
-# keeps the in-run val_loss check quiet), "nan" makes it diverge.
-SCENARIO = '''
-VARIANT = {variant!r}
-XS = 10.0 if VARIANT == "grad" else 1.0
-flip = np.random.default_rng(1).random(64) < 0.3
-YV_A = np.where(flip, 1 - YV, YV) if VARIANT == "val" else YV
-
-
-@pytest.mark.stable_training(steps=60, validate_every=20, val_tolerance=5.0)
-def test_a(stability):
-    if VARIANT == "nan":
-        stability.train(build_diverging(), X, Y * 100, batch_size=16)
-    else:
-        stability.train(build(), X * XS, Y, validation_data=(XV * XS, YV_A), batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40, seeds={seeds_b})
-def test_b(stability):
-    stability.train(build(name="mlp_b"), X, Y, validation_data=(XV, YV), batch_size=16)
-'''
-
-NEW_TEST = '''
-
-@pytest.mark.stable_training(steps=30)
-def test_c(stability):
-    stability.train(build(name="mlp_c"), X, Y, batch_size=16)
-'''
 
 #: Records every pytest_stability_run_finished call: the built-in comparison is trylast, so this
 #: conftest sees also the runs the comparison fails.
@@ -52,15 +19,30 @@ def pytest_stability_run_finished(nodeid, report):
         out.write(f"{nodeid} {report.verdict}\\n")
 '''
 
-RUN = ("-p", "no:cacheprovider")
+
+@pytest.fixture
+def gate(pytester, named_problem, recorded):
+    """Writes test_gate.py and runs pytest on it, replaying the training recorded for that module.
+
+    ``gate.write(variant, seeds_b, new)``: conftest.py's GATE_TESTS (test_a in ``variant``: "same", "grad", "val"
+    or "nan"; test_b with ``seeds_b`` seeds), and GATE_NEW_TEST (test_c) when ``new``.
+    ``gate.run(*args)``: ``pytester.runpytest`` with the recorded training of that variant (tests/plugin/recorded).
+    """
+    groups = ["gate"]
+
+    def write(variant="same", seeds_b=1, new=False):
+        source = recorded.GATE_TESTS.format(variant=variant, seeds_b=seeds_b)
+        pytester.makepyfile(test_gate=named_problem + source + (recorded.GATE_NEW_TEST if new else ""))
+        groups[:] = ["gate"] if variant == "same" else [f"gate_{variant}", "gate"]
+
+    def run(*args, **kwargs):
+        return pytester.runpytest("-p", "no:cacheprovider", *recorded.args(*groups), *args, **kwargs)
+
+    return types.SimpleNamespace(write=write, run=run)
 
 
-def _write(pytester, named_problem, variant="same", seeds_b=1, extra=""):
-    pytester.makepyfile(test_gate=named_problem + SCENARIO.format(variant=variant, seeds_b=seeds_b) + extra)
-
-
-#: base.json and saved.json of the unchanged scenario: made by the first test that needs them (training
-#: is deterministic, so every test would save the same baseline; once keeps the module fast).
+#: base.json and saved.json of the unchanged scenario: made by the first test that needs them (every test
+#: would save the same baseline; once keeps the module fast).
 _SAVED: dict[str, str] = {}
 
 
@@ -70,11 +52,11 @@ def _section(doc):
 
 
 @pytest.fixture
-def saved(pytester, named_problem, gating):
+def saved(pytester, gate, gating):
     """A baseline of the unchanged scenario in base.json (and its JSON report, saved.json); returns its section."""
-    _write(pytester, named_problem)
+    gate.write()
     if not _SAVED:
-        result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", "--stability-report=saved.json")
+        result = gate.run("--stability-save-baseline=base.json", "--stability-report=saved.json")
         result.assert_outcomes(passed=2)
         result.stdout.fnmatch_lines(["*- stability baseline saved to */base.json (2 tests) -*"])
         _SAVED.update({name: (pytester.path / name).read_text() for name in ("base.json", "saved.json")})
@@ -107,8 +89,8 @@ def test_saved_baseline_holds_summary_metrics_per_seed(pytester, saved, gating):
         assert reported["model"]["backend"] == keras.backend.backend()
 
 
-def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_problem, saved, gating):
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, gate, saved, gating):
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=2)
     a = _base_summary(saved, "test_a")
     result.stdout.fnmatch_lines([
@@ -134,9 +116,9 @@ def test_unchanged_run_passes_and_shows_baseline_against_now(pytester, named_pro
     assert metrics["spikes"] == {"baseline": 0, "now": 0, "limit": 0, "regressed": False}
 
 
-def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, named_problem, saved, gating):
-    _write(pytester, named_problem, variant="grad")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, gate, saved, gating):
+    gate.write("grad")
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=1, failed=1)
     a = _base_summary(saved, "test_a")
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
@@ -162,19 +144,19 @@ def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, 
     result.stdout.no_fnmatch_line("*pluggy/_*.py*")  # no traceback through the hook machinery
 
     # Tolerances from the command line, then the ini file (the command line wins).
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.no_fnmatch_line("*99th-percentile gradient norm*")
     result.stdout.fnmatch_lines(["  seed 0: final smoothed validation loss: *(tolerance: +10%*",
                                  "  tolerances: baseline_grad_factor=100, baseline_val_tolerance=0.1, *"])
     pytester.makeini("[pytest]\nstability_baseline_val_tolerance = 5\nstability_baseline_grad_factor = 1.5\n")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=100")
     result.assert_outcomes(passed=2)
 
 
-def test_validation_loss_regression(pytester, named_problem, saved):
-    _write(pytester, named_problem, variant="val")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
+def test_validation_loss_regression(pytester, gate, saved):
+    gate.write("val")
+    result = gate.run("--stability-baseline=base.json")
     result.assert_outcomes(passed=1, failed=1)
     v_b = _base_summary(saved, "test_a")["final_val_loss"]
     result.stdout.fnmatch_lines([
@@ -186,10 +168,10 @@ def test_validation_loss_regression(pytester, named_problem, saved):
     result.stdout.no_fnmatch_line("*99th-percentile gradient norm*")
 
 
-def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, named_problem, saved):
-    _write(pytester, named_problem, variant="nan")
+def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, gate, saved):
+    gate.write("nan")
     pytester.makeconftest(RUN_FINISHED_CONFTEST)
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json")
+    result = gate.run("--stability-baseline=base.json")
     result.assert_outcomes(passed=1, failed=1)
     assert (pytester.path / "run_finished.txt").read_text().splitlines() == [
         "test_gate.py::test_a unstable", "test_gate.py::test_b stable"]
@@ -201,9 +183,9 @@ def test_new_finding_is_a_regression_and_keeps_the_explanation(pytester, named_p
     ])
 
 
-def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, named_problem, saved, gating):
-    _write(pytester, named_problem, seeds_b=2, extra=NEW_TEST)
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-report=now.json")
+def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, gate, saved, gating):
+    gate.write(seeds_b=2, new=True)
+    result = gate.run("--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([
         "PASS  test_gate.py::test_b  *seeds=2*",
@@ -216,7 +198,7 @@ def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, n
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "now.json"))
     assert [tests[f"test_gate.py::test_{n}"]["baseline"] for n in "abc"] == ["ok", "missing", "missing"]
 
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines([
         "test_gate.py::test_b: missing from the baseline */base.json, and --stability-baseline-strict fails what "
@@ -234,12 +216,12 @@ def test_missing_test_and_seed_are_reported_not_failed_unless_strict(pytester, n
     ])
 
     pytester.makeini("[pytest]\nstability_baseline_strict = true\nstability_baseline = base.json\n")
-    result = pytester.runpytest(*RUN)
+    result = gate.run()
     result.assert_outcomes(passed=1, failed=2)
 
 
-def test_a_baseline_without_runs_on_this_backend_reports_every_test_missing_and_says_so(pytester, named_problem,
-                                                                                       saved, gating):
+def test_a_baseline_without_runs_on_this_backend_reports_every_test_missing_and_says_so(pytester, gate, saved,
+                                                                                       gating):
     """Another Keras backend trains the same model and seed along another trajectory: its numbers are not a
     baseline for this one, so a run is compared only with its own backend's section; with none, the rows, the
     summary line and the JSON all say the same thing: not in the baseline (missing)."""
@@ -253,7 +235,7 @@ def test_a_baseline_without_runs_on_this_backend_reports_every_test_missing_and_
     note = (f"it has no runs on the {here} backend; KERAS_BACKEND={here} pytest --stability-save-baseline=PATH "
             "adds them")
     # test_a alone: the comparison is per test, and each run here trains only what it checks
-    result = pytester.runpytest(*RUN, "-k", "test_a", "--stability-baseline=base.json", "--stability-report=now.json")
+    result = gate.run("-k", "test_a", "--stability-baseline=base.json", "--stability-report=now.json")
     result.assert_outcomes(passed=1, deselected=1)
     result.stdout.fnmatch_lines([
         "PASS  test_gate.py::test_a  *",
@@ -265,12 +247,12 @@ def test_a_baseline_without_runs_on_this_backend_reports_every_test_missing_and_
     comparison = test_a["calls"][0]["baseline"]
     assert (comparison["status"], comparison["backend"], comparison["backend_in_baseline"]) == ("missing", here, False)
 
-    result = pytester.runpytest(*RUN, "-k", "test_a", "--stability-baseline=base.json", "--stability-baseline-strict")
+    result = gate.run("-k", "test_a", "--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(failed=1, deselected=1)
     result.stdout.fnmatch_lines([f"  test not in the baseline (--stability-baseline-strict): {note}"])
 
     # saving on this backend adds its section and keeps the other one
-    result = pytester.runpytest(*RUN, "-k", "test_a", "--stability-save-baseline=base.json")
+    result = gate.run("-k", "test_a", "--stability-save-baseline=base.json")
     result.stdout.fnmatch_lines([f"*- stability baseline saved to */base.json (1 tests: 0 updated, 1 added, 0 kept, "
                                  f"in the {here} section; the {other} section kept) -*"])
     merged = baseline_mod.load_baseline(pytester.path / "base.json")
@@ -318,16 +300,18 @@ def test_bad_baseline_settings_are_one_usage_error(pytester):
     assert json.loads((pytester.path / "report.json").read_text()) == {"schema_version": 1, "tests": []}
 
 
-def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem):
+def test_interrupted_run_does_not_overwrite_the_baseline(pytester, named_problem, recorded):
     previous = json.dumps({"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "tests": {}})
     (pytester.path / "base.json").write_text(previous)
+    # test_one trains what the scenario "one" trains (its recording is replayed), then Ctrl-C
     pytester.makepyfile(named_problem + '''
 @pytest.mark.stable_training(steps=20)
 def test_one(stability):
     stability.train(build(), X, Y, batch_size=16)
     raise KeyboardInterrupt
 ''')
-    result = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", no_reraise_ctrlc=True)
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"),
+                                "--stability-save-baseline=base.json", no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*stability baseline NOT saved to */base.json: the run was interrupted*"])
     assert (pytester.path / "base.json").read_text() == previous
@@ -335,57 +319,14 @@ def test_one(stability):
 
 # -- the comparison itself (pure) ---------------------------------------------------------------
 
-TOL = dict(baseline_mod.TOLERANCE_DEFAULTS)
 
-
-def _summary(**kw):
-    out = {"spikes": 0, "p99_grad_norm": 1.0, "final_val_loss": 0.5}
-    out.update(kw)
-    return out
-
-
-@pytest.mark.parametrize(
-    "now, tolerances, expected",
-    [
-        (_summary(), TOL, []),
-        (_summary(spikes=1), TOL, ["loss spikes: baseline 0, now 1 (tolerance: +0)"]),
-        (_summary(spikes=1), dict(TOL, baseline_extra_spikes=1), []),
-        (_summary(p99_grad_norm=2.0), TOL, []),  # exactly at the limit
-        (_summary(p99_grad_norm=2.01), TOL,
-         ["99th-percentile gradient norm: baseline 1, now 2.01 (tolerance: x2, limit 2)"]),
-        (_summary(p99_grad_norm="nan"), TOL,
-         ["99th-percentile gradient norm: baseline 1, now nan (tolerance: x2, limit 2)"]),
-        (_summary(final_val_loss=0.55), TOL, []),
-        (_summary(final_val_loss=0.56), TOL,
-         ["final smoothed validation loss: baseline 0.5, now 0.56 (tolerance: +10%, limit 0.55)"]),
-        (_summary(final_val_loss="inf"), TOL,
-         ["final smoothed validation loss: baseline 0.5, now inf (tolerance: +10%, limit 0.55)"]),
-        (_summary(final_val_loss=None, p99_grad_norm=None), TOL, []),  # not measured now: nothing to compare
-    ],
-)
-def test_compare_run(now, tolerances, expected):
-    result = baseline_mod.compare_run({"summary": _summary(), "findings": []}, now, [], tolerances)
-    assert result["regressions"] == expected
-    assert result["status"] == ("regressed" if expected else "ok")
-    json.dumps(result, allow_nan=False)  # builtins, NaN encoded
-
-
-def test_compare_run_new_findings_only():
-    base = {"summary": _summary(spikes=1), "findings": [{"check": "loss_spike", "kind": "spike", "step": 40}]}
-    seen = {"check": "loss_spike", "kind": "spike", "step": 55, "message": "loss spike"}
-    new = {"check": "grad_norm", "kind": "growth", "step": 70, "message": "gradient norm grew 150x"}
-    assert baseline_mod.compare_run(base, _summary(spikes=1), [seen], TOL)["regressions"] == []
-    assert baseline_mod.compare_run(base, _summary(spikes=1), [seen, new], TOL)["regressions"] == [
-        "new finding [grad_norm] growth at step 70 (not in the baseline): gradient norm grew 150x"]
-
-
-def test_marker_tolerance_overrides_cli_and_ini(pytester, named_problem, saved, gating):
-    _write(pytester, named_problem, variant="grad")  # test_a regresses: see the test above
+def test_marker_tolerance_overrides_cli_and_ini(pytester, gate, saved, gating):
+    gate.write("grad")  # test_a regresses: see the test above
     src = (pytester.path / "test_gate.py").read_text().replace(
         "val_tolerance=5.0)", "val_tolerance=5.0, baseline_grad_factor=100.0, baseline_val_tolerance=5.0)")
     (pytester.path / "test_gate.py").write_text(src)
     pytester.makeini("[pytest]\nstability_baseline_grad_factor = 1.2\nstability_baseline_extra_spikes = 2\n")
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5",
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=1.5",
                                 "--stability-report=now.json")
     result.assert_outcomes(passed=2)
     # the header shows the run-wide values (command line > ini > default)
@@ -405,10 +346,10 @@ def test_marker_tolerance_overrides_cli_and_ini(pytester, named_problem, saved, 
     assert metrics["p99_grad_norm"]["now"] > 2 * metrics["p99_grad_norm"]["baseline"]  # it did regress
 
 
-def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_problem, saved, gating):
+def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, gate, saved, gating):
     # test_b now trains two seeds and test_c is new; only they run: test_a's entry must survive as it was.
-    _write(pytester, named_problem, seeds_b=2, extra=NEW_TEST)
-    result = pytester.runpytest(*RUN, "-k", "test_b or test_c", "--stability-save-baseline=base.json")
+    gate.write(seeds_b=2, new=True)
+    result = gate.run("-k", "test_b or test_c", "--stability-save-baseline=base.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([
         "stability baseline to save: */base.json (updated: tests not run keep their entries)",
@@ -423,53 +364,6 @@ def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, named_pr
     assert merged["created_at"] >= saved["created_at"]
 
     # the merged baseline gates a full run: every test is compared
-    result = pytester.runpytest(*RUN, "--stability-baseline=base.json", "--stability-baseline-strict")
+    result = gate.run("--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*- stability baseline */base.json: 3 compared, 0 regressed, 0 not in the baseline -*"])
-
-
-def test_merge_baseline():
-    def doc(created, **sections):
-        return {"kind": baseline_mod.BASELINE_KIND, "schema_version": 2,
-                "backends": {b: {"created_at": created, "tests": tests} for b, tests in sections.items()}}
-
-    previous = doc("then", tensorflow={"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["old b"]}},
-                   jax={"t::a": {"calls": ["jax a"]}})
-    merged, counts = baseline_mod.merge_baseline(previous, doc("now", tensorflow={"t::b": {"calls": ["new b"]},
-                                                                                  "t::c": {"calls": ["new c"]}}))
-    assert merged == {"kind": baseline_mod.BASELINE_KIND, "schema_version": 2, "backends": {
-        "jax": {"created_at": "then", "tests": {"t::a": {"calls": ["jax a"]}}},  # another backend: kept as it was
-        "tensorflow": {"created_at": "now", "tests": {"t::a": {"calls": ["old a"]}, "t::b": {"calls": ["new b"]},
-                                                      "t::c": {"calls": ["new c"]}}}}}
-    assert counts == {"updated": 1, "added": 1, "kept": 1}
-    assert previous["backends"]["tensorflow"]["tests"]["t::b"] == {"calls": ["old b"]}  # not modified
-    assert baseline_mod.merge_baseline(None, doc("now")) == (doc("now"), {"updated": 0, "added": 0, "kept": 0})
-
-
-def test_a_version_1_baseline_is_read_as_one_section_per_recorded_backend():
-    run = {"verdict": "stable", "summary": {"spikes": 0}, "findings": []}
-    v1 = {"kind": baseline_mod.BASELINE_KIND, "schema_version": 1, "created_at": "then", "tests": {
-        "t::a": {"verdict": "stable", "calls": [{"runs": {"0": dict(run, backend="tensorflow")}}]},
-        "t::b": {"verdict": "stable", "calls": [{"runs": {"0": dict(run, backend="jax")}}]}}}
-    doc = baseline_mod.validate_baseline(v1, "old.json")
-    assert doc["schema_version"] == 2
-    assert {b: sorted(s["tests"]) for b, s in doc["backends"].items()} == {"tensorflow": ["t::a"], "jax": ["t::b"]}
-    assert doc["backends"]["jax"]["tests"]["t::b"]["calls"][0]["runs"]["0"] == run
-    assert doc["backends"]["jax"]["created_at"] == "then"
-    with pytest.raises(baseline_mod.BaselineFileError, match="schema_version 3, and this pytest-stability reads "
-                                                             "versions 1 and 2; save the baseline again"):
-        baseline_mod.validate_baseline(dict(v1, schema_version=3), "new.json")
-
-
-def test_example_project_baseline_is_valid_and_covers_its_tests():
-    """The committed baseline loads, and has an entry for every stability test of the example project."""
-    root = Path(__file__).resolve().parents[2] / "example_project"
-    doc = load_baseline(root / "stability-baseline.json")
-    names = re.findall(r"^def (test_\w+)\(stability\)", (root / "tests/test_stability.py").read_text(), re.M)
-    assert len(names) == 5
-    assert sorted(doc["backends"]) == ["jax", "tensorflow", "torch"]  # one section per Keras backend
-    for section in doc["backends"].values():
-        assert sorted(section["tests"]) == sorted(f"tests/test_stability.py::{name}" for name in names)
-        assert {n.split("::")[1]: t["verdict"] for n, t in section["tests"].items()} == {
-            name: "unstable" if "known_unstable" in name else "stable" for name in names}
-    assert "stability_baseline = stability-baseline.json" in (root / "pytest.ini").read_text()

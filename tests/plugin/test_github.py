@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_stability.report import github
-
 
 def _def_line(path: Path, name: str) -> int:
     lines = path.read_text().splitlines()
@@ -28,7 +26,7 @@ def _table_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monkeypatch):
+def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monkeypatch, recorded):
     path = scenario("healthy", "diverges", "plain", module="test_gh")
     summary = pytester.path / "step_summary.md"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
@@ -54,10 +52,12 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     assert (pytester.path / "out" / "report.md").read_text() + "\n" == text
     result.stdout.fnmatch_lines(["*stability Markdown written to *report.md*"])
 
-    # -n 2, compared with the baseline, with plots: one annotation per test, from the controller only
+    # -n 2, compared with the baseline, with plots: one annotation per test, from the controller only.  The
+    # workers replay the recorded training of these tests (recorded/scenarios.json): the serial run above trained.
     summary.unlink()
-    result = pytester.runpytest("-p", "no:cacheprovider", "-n", "2", "--stability-baseline=base.json",
-                                "--stability-plots=plots", "--stability-markdown=out/report.md")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *recorded.args("scenarios"), "-n", "2",
+                                           "--stability-baseline=base.json", "--stability-plots=plots",
+                                           "--stability-markdown=out/report.md")
     result.assert_outcomes(passed=2, failed=1)
     found = _annotations(result)
     assert len(found) == 1 and found[0].startswith(expected), found
@@ -74,11 +74,11 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     assert (pytester.path / "out" / link[len("[png]("):-1]).is_file()
 
 
-def test_nothing_outside_github_actions(pytester, scenario, monkeypatch):
+def test_nothing_outside_github_actions(pytester, scenario, monkeypatch, recorded):
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(pytester.path / "summary.md"))
     scenario("diverges", module="test_gh")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"))
     result.assert_outcomes(failed=1)
     assert _annotations(result) == []
     assert not (pytester.path / "summary.md").exists()
@@ -90,33 +90,3 @@ def test_markdown_without_stability_tests(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert (pytester.path / "report.md").read_text() == "## Training stability\n\nNo stability tests ran.\n"
-
-
-def test_error_command_escapes_newlines_and_property_separators():
-    cmd = github.error_command("a,b.py", 7, "unstable: x", "50% worse\nsecond line")
-    assert cmd == "::error file=a%2Cb.py,line=7,title=unstable%3A x::50%25 worse%0Asecond line"
-
-
-def test_def_line_skips_decorators(tmp_path):
-    path = tmp_path / "t.py"
-    path.write_text("import pytest\n\n@pytest.mark.stable_training(steps=5)\n@pytest.mark.slow\ndef test_a(stability):\n"
-                    "    pass\n\nclass TestB:\n    @pytest.mark.x\n    async def test_b(self):\n        pass\n")
-    assert github.def_line(path, 2, "test_a") == 5
-    assert github.def_line(path, 8, "TestB.test_b[param-1]") == 10
-    assert github.def_line(path, 2, "test_missing") == 3
-    assert github.def_line(tmp_path / "gone.py", 4, "test_a") == 5
-
-
-def test_annotation_file_relative_to_workspace_or_rootdir(tmp_path):
-    root = tmp_path / "repo" / "project"
-    assert github.annotation_file(root, "tests/t.py", {"GITHUB_WORKSPACE": str(tmp_path / "repo")}) == "project/tests/t.py"
-    assert github.annotation_file(root, "tests/t.py", {"GITHUB_WORKSPACE": str(tmp_path / "elsewhere")}) == "tests/t.py"
-    assert github.annotation_file(root, "tests/t.py", {}) == "tests/t.py"
-
-
-def test_markdown_cells_escape_pipes_and_newlines():
-    record = {"nodeid": "t.py::test_a[x|y]", "verdict": "unstable", "calls": [{"runs": [{
-        "seed": 0, "verdict": "unstable", "steps_run": 3, "steps_planned": 9,
-        "findings": [{"check": "loss_spike", "step": 2, "message": "a | b\nc"}]}]}]}
-    text = github.markdown([record])
-    assert "| ❌ unstable | `t.py::test_a[x\\|y]` | 3/9 | [loss_spike] step 2: a \\| b<br>c |" in text

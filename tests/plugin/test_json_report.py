@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from importlib import metadata
@@ -129,20 +128,21 @@ def test_long(stability):
         assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 698
 
 
-def test_ini_twin_and_no_report_without_option(pytester, scenario, gating):
+def test_ini_twin_and_no_report_without_option(pytester, scenario, gating, recorded):
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    run = ("-p", "no:cacheprovider", *recorded.args("scenarios"))
+    result = pytester.runpytest(*run)
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*stability JSON*")
     assert not list(pytester.path.glob("*.json"))
 
     pytester.makeini("[pytest]\nstability_report = out/from_ini.json\n")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest(*run)
     result.assert_outcomes(passed=1)
     assert [t["verdict"] for t in gating.load_strict(pytester.path / "out/from_ini.json")["tests"]] == ["stable"]
     # the command line wins over the ini value
     (pytester.path / "out/from_ini.json").unlink()
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=cli.json")
+    result = pytester.runpytest(*run, "--stability-report=cli.json")
     result.assert_outcomes(passed=1)
     assert (pytester.path / "cli.json").is_file() and not (pytester.path / "out/from_ini.json").exists()
 
@@ -155,7 +155,7 @@ def test_report_path_that_is_a_directory_is_a_usage_error(pytester):
     result.stderr.fnmatch_lines(["*--stability-report: */reports is a directory; give a file path*"])
 
 
-def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, scenario):
+def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, scenario, recorded):
     # test_reads_partial_report reads the report while the run is still going: test_one is
     # already in it, and the document says it is not complete.  The JSON hooks run for each
     # write, as hookspecs.py says: complete False after the stability test, True at the end.
@@ -174,35 +174,11 @@ def test_reads_partial_report():
     assert [(t["nodeid"], t["verdict"], t["outcome"]) for t in doc["tests"]] == [
         ("test_written_after_each_test_so_a_killed_run_leaves_what_ran.py::test_one", "stable", "passed")]
 ''')
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=partial.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"),
+                                "--stability-report=partial.json")
     result.assert_outcomes(passed=2)
     assert (pytester.path / "update_json_calls.txt").read_text().splitlines() == [
         "complete=False tests=1", "complete=True tests=1"]
-
-
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    target = tmp_path / "report.json"
-    json_report.write_atomic(target, '{"old": true}\n')
-
-    def broken_fsync(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="No space left"):
-        json_report.write_atomic(target, '{"new": true}\n')
-    assert target.read_text() == '{"old": true}\n'
-    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
-
-
-def test_strict_encoding_of_nonfinite_and_numpy_values():
-    np = pytest.importorskip("numpy")
-    doc = {"a": float("nan"), "b": [float("inf"), -float("inf")], "c": np.float32(1.5), "d": np.int64(3),
-           "e": (1, 2)}
-    text = json_report.dumps(doc)
-    assert json.loads(text, parse_constant=lambda t: pytest.fail(f"token {t}")) == {
-        "a": "nan", "b": ["inf", "-inf"], "c": 1.5, "d": 3, "e": [1, 2]}
-    with pytest.raises(TypeError, match=r"document\['x'\] is a object, which JSON cannot hold"):
-        json_report.dumps({"x": object()})
 
 
 HOOKS_CONFTEST = '''
@@ -216,10 +192,10 @@ def pytest_stability_update_json(config, document):
 '''
 
 
-def test_update_json_hook_and_strictness(pytester, scenario, gating):
+def test_update_json_hook_and_strictness(pytester, scenario, gating, recorded):
     pytester.makeconftest(HOOKS_CONFTEST)
     scenario("diverges")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(failed=1)
     text = (pytester.path / "r.json").read_text()
     assert '"nan_from_hook":"nan"' in text
@@ -228,27 +204,27 @@ def test_update_json_hook_and_strictness(pytester, scenario, gating):
     assert doc["tests"][0]["verdict"] == "unstable"
 
 
-def test_generate_json_hook_replaces_the_document(pytester, scenario, gating):
+def test_generate_json_hook_replaces_the_document(pytester, scenario, gating, recorded):
     pytester.makeconftest(HOOKS_CONFTEST + '''
 
 def pytest_stability_generate_json(config, records):
     return {"custom": True, "nodeids": [r["nodeid"] for r in records]}
 ''')
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert gating.load_strict(pytester.path / "r.json") == {
         "custom": True, "nodeids": ["test_generate_json_hook_replaces_the_document.py::test_one"],
         "commit": "abc123", "nan_from_hook": "nan", "numpy_from_hook": 2.5}
 
 
-def test_unwritable_document_fails_the_run_with_a_message(pytester, scenario):
+def test_unwritable_document_fails_the_run_with_a_message(pytester, scenario, recorded):
     pytester.makeconftest('''
 def pytest_stability_update_json(document):
     document["bad"] = object()
 ''')
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*stability JSON NOT written to */r.json: TypeError: document[[]'bad'[]] is a object, "
@@ -298,35 +274,6 @@ def test_interrupted_run_writes_what_ran(pytester, named_problem, gating):
     interrupted = tests["test_int.py::test_2_interrupted"]
     # it trained before Ctrl-C: that training is in the report
     assert (interrupted["outcome"], interrupted["verdict"], interrupted["steps_run"]) == ("interrupted", "stable", 20)
-
-
-def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
-    """Against a bare plugin manager: the default runs last, whatever the registration order."""
-    import types
-
-    import pluggy
-
-    from pytest_stability import hookspecs
-    from pytest_stability.session import StabilitySession
-
-    config = types.SimpleNamespace(stash=pytest.Stash())
-    session = StabilitySession(config)
-    session.started, session.finished, session.exitstatus = 0.0, 1.0, 0
-
-    class UserPlugin:
-        @pluggy.HookimplMarker("pytest")
-        def pytest_stability_generate_json(self, records):
-            return {"user": len(records)}
-
-    pm = pluggy.PluginManager("pytest")
-    pm.add_hookspecs(hookspecs)
-    user = UserPlugin()
-    pm.register(user)
-    pm.register(session)  # registered later: called first, were it not trylast
-    assert pm.hook.pytest_stability_generate_json(config=config, records=[{}]) == {"user": 1}
-    pm.unregister(user)
-    default = pm.hook.pytest_stability_generate_json(config=config, records=[])
-    assert (default["schema_version"], default["tests"], default["exitstatus"], default["complete"]) == (1, [], 0, True)
 
 
 def test_report_of_a_run_without_stability_tests_does_not_import_tensorflow(pytester, gating):

@@ -43,10 +43,11 @@ def test_verdict_and_metrics_are_junit_properties(pytester, scenario, gating):
     assert props["test_plain"] == {}
 
 
-def test_baseline_status_is_a_junit_property(pytester, scenario):
+def test_baseline_status_is_a_junit_property(pytester, scenario, recorded):
     scenario("one", module="test_junit_baseline")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json")
+    run = ("-p", "no:cacheprovider", *recorded.args("scenarios"))
+    result = pytester.runpytest(*run, "--stability-save-baseline=base.json")
     result.assert_outcomes(passed=1)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-baseline=base.json", "--junitxml=junit.xml")
+    result = pytester.runpytest(*run, "--stability-baseline=base.json", "--junitxml=junit.xml")
     result.assert_outcomes(passed=1)
     assert _properties(pytester.path / "junit.xml")["test_one"]["stability_baseline"] == "ok"

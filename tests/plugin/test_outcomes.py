@@ -5,22 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-#: The loss is NaN from step 0 (NaN in the first batch): its plot has nothing to log-scale.  Named to sort
-#: before test_healthy: such a plot used to abort every plot after it ("Data cannot be log-scaled").
-NAN_FROM_START = '''
 
-@pytest.mark.stable_training(steps=10)
-def test_a_nan_from_start(stability):
-    model = build()
-    model.compile(optimizer="sgd", loss=lambda y, p: keras.ops.mean(p) * np.nan)  # NaN from step 0
-    report = stability.train(model, X, Y, batch_size=16, check=False)
-    assert report.trace.steps == 1 and not np.isfinite(report.trace.loss).any()
-'''
-
-
-def test_a_test_failing_after_stable_training_is_not_shown_as_passed(pytester, scenario, gating):
+def test_a_test_failing_after_stable_training_is_not_shown_as_passed(pytester, scenario, gating, recorded):
     scenario("crashes", "healthy", module="test_after")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
         "*= stability report: 2 tests, 0 unstable, 1 failed after training =*",
@@ -66,10 +54,10 @@ def test_bad_steps(stability):
     result.stdout.fnmatch_lines(["stability.train(): steps must be an int >= 1, received -5"])
 
 
-def test_a_loss_nan_from_step_0_does_not_stop_the_other_plots(pytester, scenario):
+def test_a_loss_nan_from_step_0_does_not_stop_the_other_plots(pytester, scenario, recorded):
     pytest.importorskip("matplotlib")
-    scenario("healthy", module="test_p", extra=NAN_FROM_START)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots")
+    scenario("healthy", "nan_from_start", module="test_p")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-plots=plots")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*- stability plots: 2 PNG files written to */plots -*"])
     assert sorted(p.name for p in (pytester.path / "plots").iterdir()) == [
@@ -77,7 +65,7 @@ def test_a_loss_nan_from_step_0_does_not_stop_the_other_plots(pytester, scenario
     result.stdout.no_fnmatch_line("*cannot be log-scaled*")
 
 
-def test_a_failing_plot_is_named_in_a_warning_and_the_others_are_written(pytester, scenario):
+def test_a_failing_plot_is_named_in_a_warning_and_the_others_are_written(pytester, scenario, recorded):
     pytest.importorskip("matplotlib")
     pytester.makeconftest('''
 import pytest_stability.report.plots as plots
@@ -99,7 +87,7 @@ def pytest_unconfigure(config):
     plots.render_png = _render
 ''')
     scenario("healthy", "one", module="test_p")
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-plots=plots")
     result.assert_outcomes(passed=2)
     assert result.ret == 0  # a plot is a by-product: the tests passed
     result.stdout.fnmatch_lines([

@@ -6,20 +6,9 @@ import sys
 
 import pytest
 
-from pytest_stability.report.plots import plot_filename
 from pytest_stability.session import PLOTS_MISSING_MESSAGE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-#: A parametrized test: its node id ("test_param[0.01]") becomes a file name.
-PARAMETRIZED = '''
-
-@pytest.mark.parametrize("lr", [1e-2])
-@pytest.mark.stable_training(steps=20)
-def test_param(stability, lr):
-    stability.train(build(lr), X, Y, batch_size=16)
-'''
-
 
 def _red_pixels(path) -> int:
     """Pure-red pixels: the colour findings are marked in (titles and curves use other colours)."""
@@ -30,7 +19,7 @@ def _red_pixels(path) -> int:
 
 def test_one_png_per_test_with_findings_marked(pytester, scenario):
     pytest.importorskip("matplotlib")
-    scenario("healthy", "diverges", "skipped", "plain", module="test_plotted", extra=PARAMETRIZED)
+    scenario("healthy", "diverges", "skipped", "plain", "param", module="test_plotted")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-plots=plots/run1")
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*- stability plots: 3 PNG files written to */plots/run1 -*"])
@@ -45,11 +34,11 @@ def test_one_png_per_test_with_findings_marked(pytester, scenario):
     assert _red_pixels(pytester.path / "plots/run1/test_plotted.py__test_healthy.png") == 0
 
 
-def test_plots_ini_twin(pytester, scenario):
+def test_plots_ini_twin(pytester, scenario, recorded):
     pytest.importorskip("matplotlib")
     pytester.makeini("[pytest]\nstability_plots = figures\n")
     scenario("one")
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"))
     result.assert_outcomes(passed=1)
     assert [p.name for p in (pytester.path / "figures").iterdir()] == ["test_plots_ini_twin.py__test_one.png"]
 
@@ -65,11 +54,3 @@ def test_without_matplotlib_the_option_is_a_usage_error(pytester, monkeypatch):
     # without the option, matplotlib is not needed
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-
-
-def test_plot_file_names_are_safe_and_unique():
-    taken: set[str] = set()
-    assert plot_filename("tests/test_a.py::TestX::test_y[a/b c]", taken) == "tests_test_a.py__TestX__test_y[a_b_c].png"
-    second = plot_filename("tests/test_a.py::TestX::test_y[a b/c]", taken)  # same sanitised stem
-    assert second.startswith("tests_test_a.py__TestX__test_y[a_b_c]-") and second.endswith(".png")
-    assert len(plot_filename("t.py::test_" + "x" * 300, taken)) < 130

@@ -5,18 +5,9 @@ from __future__ import annotations
 import random
 
 
-# build_for_seed() runs right after the fixture seeds Python's `random` with the
-# run's seed, so its first draw decides, per seed, whether that seed diverges.
+#: conftest.py's SEEDS_TESTS: build_for_seed() builds a diverging model when the first draw of Python's `random`
+#: (seeded by the fixture with the run's seed) is below BAD_DRAW.
 BAD_DRAW = 0.5
-SEEDS_PROBLEM = '''
-import random
-
-
-def build_for_seed():
-    if random.random() < {bad_draw}:
-        return build_diverging()
-    return build()
-'''
 
 
 def _diverging_seeds(seeds):
@@ -28,15 +19,13 @@ def _diverging_seeds(seeds):
     return out
 
 
-def test_any_unstable_seed_fails_the_test_and_is_named_with_its_replay(pytester, named_problem, gating):
+def test_any_unstable_seed_fails_the_test_and_is_named_with_its_replay(pytester, named_problem, gating, recorded):
     assert _diverging_seeds([0, 1, 2]) == [1]  # the premise of this test
-    pytester.makepyfile(test_multi_seed=named_problem + SEEDS_PROBLEM.format(bad_draw=BAD_DRAW) + '''
-
-@pytest.mark.stable_training(steps=30, seeds=3)
-def test_three_seeds(stability):
-    stability.train(build_for_seed, X, Y, batch_size=16)
-''')
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    pytester.makepyfile(test_multi_seed=named_problem + recorded.SEEDS_TESTS.format(bad_draw=BAD_DRAW))
+    # the recorded training (recorded/seeds.json) is replayed seed by seed, each only if the test built the model
+    # recorded for that seed (seed 1's is the diverging one)
+    run = ("-p", "no:cacheprovider", *recorded.args("seeds"))
+    result = pytester.runpytest(*run, "--stability-report=r.json")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "E * test_multi_seed.py::test_three_seeds: stable_training: * checks failed (*nonfinite*) - seed 1, *",
@@ -58,12 +47,10 @@ def test_three_seeds(stability):
     assert call["spread"]["p99_grad_norm"]["min"] < call["spread"]["p99_grad_norm"]["max"]
 
     # the printed replay command reproduces exactly the failing seed
-    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds",
-                                "--stability-replay=1")
+    result = pytester.runpytest(*run, "test_multi_seed.py::test_three_seeds", "--stability-replay=1")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["FAIL  test_multi_seed.py::test_three_seeds  steps=*/30 seed=1 CPU *"])
-    result = pytester.runpytest("-p", "no:cacheprovider", "test_multi_seed.py::test_three_seeds",
-                                "--stability-replay=2")
+    result = pytester.runpytest(*run, "test_multi_seed.py::test_three_seeds", "--stability-replay=2")
     result.assert_outcomes(passed=1)
 
 

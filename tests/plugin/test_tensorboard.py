@@ -82,14 +82,9 @@ def test_xdist_writes_the_same_runs(pytester, scenario):
     check_runs(pytester.path / "logs" / "tb")
 
 
-def test_per_variable_gradient_norms_and_seeds(pytester, scenario):
-    scenario(module="test_tb", extra='''
-
-@pytest.mark.stable_training(steps=12, seeds=2)
-def test_two(stability):
-    stability.train(build, X, Y, batch_size=16)
-''')
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-tensorboard=tb",
+def test_per_variable_gradient_norms_and_seeds(pytester, scenario, recorded):
+    scenario("two", module="test_tb")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-tensorboard=tb",
                                 "--stability-tensorboard-per-variable")
     result.assert_outcomes(passed=1)
     runs = sorted(p.name for p in (pytester.path / "tb").iterdir())
@@ -99,14 +94,6 @@ def test_two(stability):
     assert per_var == ["grad_norm/mlp/hidden/bias", "grad_norm/mlp/hidden/kernel", "grad_norm/mlp/out/bias",
                        "grad_norm/mlp/out/kernel"]
     assert all(scalar_steps(acc, t) == list(range(12)) for t in per_var)
-
-
-def test_run_dir_names_are_safe_and_distinct():
-    assert run_dir_name("tests/test_x.py::test_y[a/b c]", 3) == "tests_test_x.py__test_y[a_b_c]-seed3"
-    assert run_dir_name("t.py::test", 0, call_index=1) == "t.py__test-seed0-call1"
-    long_a, long_b = "t.py::test_" + "a" * 200 + "[1]", "t.py::test_" + "a" * 200 + "[2]"
-    assert run_dir_name(long_a, 0) != run_dir_name(long_b, 0)
-    assert len(run_dir_name(long_a, 0)) < 140
 
 
 def test_writing_needs_no_tensorflow(tmp_path):

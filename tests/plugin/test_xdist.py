@@ -9,53 +9,21 @@ pytest.importorskip("xdist")
 #: Every outcome a stability test can have, from tests/plugin/conftest.py's SCENARIO_TESTS ...
 SHARED = ("healthy", "diverges", "crashes", "setup_error", "skipped", "plain")
 
-# ... and these.  STABILITY_VARIANT=grad (set for the compared runs) makes test_regresses'
-# gradient norms ~10x those of the baseline run, so the baseline comparison fails it.
-# test_unnamed names nothing: Keras' automatic names (in the report as the model name and in
-# the finding's "first variable affected") must not depend on what else the process ran.
-OWN = '''
-
-import os
-
-XS = 10.0 if os.environ.get("STABILITY_VARIANT") == "grad" else 1.0
+# ... and conftest.py's XDIST_TESTS (with XS=10 in the compared runs, test_regresses regresses against the
+# baseline) and XDIST_NEW_TEST.  Every run replays the training recorded for these modules (recorded/xdist*.json,
+# recorded/scenarios.json): serial and -n 2 runs get the same runs, so what differs is only how records travel.
 
 
-@pytest.mark.stable_training(steps=30, seeds=2)
-def test_two_seeds(stability):
-    stability.train(build, X, Y, batch_size=16)
-
-
-@pytest.mark.stable_training(steps=40)
-def test_regresses(stability):
-    stability.train(build(name="mlp_r"), X * XS, Y, batch_size=16)
-
-
-@pytest.mark.stable_training(steps=20)
-def test_unnamed(stability):
-    keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
-    report = stability.train(model, X, Y * 100, batch_size=16, check=False)
-    assert report.verdict == "unstable"
-'''
-
-NEW_TEST = '''
-
-@pytest.mark.stable_training(steps=20)
-def test_not_in_baseline(stability):
-    stability.train(build(name="mlp_n"), X, Y, batch_size=16)
-'''
-
-
-def test_xdist_report_equals_serial_report(pytester, scenario, gating, monkeypatch):
-    scenario(*SHARED, module="test_dist", extra=OWN)
+def test_xdist_report_equals_serial_report(pytester, scenario, gating, recorded):
+    scenario(*SHARED, module="test_dist", extra=recorded.XDIST_TESTS.format(xs=1.0))
     # the baseline, from a serial run of the original code
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json")
+    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("xdist", "scenarios"),
+                                "--stability-save-baseline=base.json")
     result.assert_outcomes(passed=5, failed=2, errors=1, skipped=1)
 
-    scenario(*SHARED, module="test_dist", extra=OWN + NEW_TEST)
-    monkeypatch.setenv("STABILITY_VARIANT", "grad")
-    common = ("-p", "no:cacheprovider", "--stability-baseline=base.json")
+    scenario(*SHARED, module="test_dist", extra=recorded.XDIST_TESTS.format(xs=10.0) + recorded.XDIST_NEW_TEST)
+    common = ("-p", "no:cacheprovider", *recorded.args("xdist_grad", "xdist", "scenarios"),
+              "--stability-baseline=base.json")
     serial = pytester.runpytest(*common, "--stability-report=serial.json", "--stability-save-baseline=serial_base.json")
     serial.assert_outcomes(passed=5, failed=3, errors=1, skipped=1)
 
@@ -96,7 +64,8 @@ def test_xdist_report_equals_serial_report(pytester, scenario, gating, monkeypat
     assert [t["baseline"] for t in dist_doc["tests"]] == [
         "ok", "ok", "ok", "missing", "regressed", None, None, "ok", "ok"]
     # automatic names start afresh in each test: the same in this process (which has built many
-    # models before) as in a worker
+    # models before) as in a worker (a replayed run is replayed only if the test built the recorded model,
+    # "sequential_1" here: else the test fails, and the outcomes above with it)
     unnamed = gating.tests_by_id(serial_doc)["test_dist.py::test_unnamed"]
     assert unnamed["calls"][0]["runs"][0]["model"]["model"] == "sequential_1"
     assert "sequential_1/dense_1/kernel" in " ".join(f["message"] for f in unnamed["findings"])

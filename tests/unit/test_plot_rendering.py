@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from pytest_stability.report import plots  # noqa: E402
+from pytest_stability.report.plots import plot_filename  # noqa: E402
 
 
 def _record(nodeid: str, loss: list, val: list | None = None, grad: list | None = None) -> dict:
@@ -90,3 +91,12 @@ def test_a_run_with_curvature_gets_an_edge_of_stability_panel_and_its_finding_is
                                                   "edge-of-stability ratio (log)"]
     assert len(scales) == 3 + 1  # no validation data, no panel; the run with only a loss gets one panel
     assert "edge-of-stability ratio (log): curvature @ 3" in labels
+
+
+def test_plot_file_names_are_safe_and_unique():
+    taken: set[str] = set()
+    assert plot_filename("tests/test_a.py::TestX::test_y[a/b c]", taken) == "tests_test_a.py__TestX__test_y[a_b_c].png"
+    second = plot_filename("tests/test_a.py::TestX::test_y[a b/c]", taken)  # same sanitised stem
+    assert second.startswith("tests_test_a.py__TestX__test_y[a_b_c]-") and second.endswith(".png")
+    assert len(plot_filename("t.py::test_" + "x" * 300, taken)) < 130
+
