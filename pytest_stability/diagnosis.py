@@ -381,7 +381,7 @@ class Quotes:
             return str(int(v))
         if kind == "series":
             a, b = q["steps"]
-            where = f"step {a}" if q["stat"] == "at" else f"{STAT_WORDS[q['stat']]} steps {a}-{b}"
+            where = f"step {a}" if q["stat"] == "at" or a == b else f"{STAT_WORDS[q['stat']]} steps {a}-{b}"
             return f"{_g(v)} ({where})"
         if kind == "val":
             what = "smoothed validation loss" if q["smoothing"] else "validation loss"
@@ -410,6 +410,8 @@ class Fix:
 
     template: str
     config: dict[str, Any] | None = None
+    #: a remark on the fixes (why one is not offered), not a fix itself
+    note: bool = False
 
 
 @dataclass
@@ -478,17 +480,20 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
         dx = rule(f, trace, q, context)
         fixes = _direction_safe(dx.fixes, trace, context)
         texts = [q.render(fx.template) for fx in fixes]
+        fix_text = ", or ".join(t for t, fx in zip(texts, fixes) if not fx.note)
+        fix_text = "; ".join([fix_text] * bool(fix_text) + [t for t, fx in zip(texts, fixes) if fx.note])
         evidence = {
             **dict(f.evidence),
             "cause_key": dx.key,
             "diagnosis": _clean({**q.numbers(), **dx.extra}),
             "quotes": q.to_dict(),
             "templates": {"cause": dx.cause, "fixes": [fx.template for fx in fixes]},
-            "fixes": [{"text": t, "config": dict(fx.config) if fx.config else None} for t, fx in zip(texts, fixes)],
+            "fixes": [{"text": t, "config": dict(fx.config) if fx.config else None, "note": fx.note}
+                      for t, fx in zip(texts, fixes)],
             "fix_configs": [dict(fx.config) for fx in fixes if fx.config],
             "settings": dict(settings),
         }
-        out.append(dataclasses.replace(f, cause=q.render(dx.cause), fix=", or ".join(texts),
+        out.append(dataclasses.replace(f, cause=q.render(dx.cause), fix=fix_text,
                                        confidence=dx.confidence, evidence=evidence))
     return out
 
@@ -667,12 +672,12 @@ def _clip_or_note(q: Quotes, trace: Trace, start: int, what: str) -> list[Fix]:
 
 
 def _no_clip_note_short() -> Fix:
-    return Fix("no clipnorm: there is no healthy stretch before it to derive a clip value from")
+    return Fix("no clipnorm: there is no healthy stretch before it to derive a clip value from", note=True)
 
 
 def _no_clip_note() -> Fix:
     return Fix("no clipnorm: only {healthy_steps} healthy steps before it (fewer than {healthy_min_steps}), "
-               "too few to derive a clip value from: lower the learning rate")
+               "too few to derive a clip value from: lower the learning rate", note=True)
 
 
 def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float) -> str:
@@ -694,16 +699,17 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float) ->
             q.derived("lr_factor_pow10", "pow10_floor", "lr_factor_raw")
             q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
             return "schedule"
-    # updates too large: bring |dw|/|w| to TARGET_UPDATE per step
+    # updates too large: bring |dw|/|w| below TARGET_UPDATE per step.  Early, the largest update before the
+    # blow-up (the first update of Adam, momentum building up under SGD); later, the updates around the event
     if trace.update_ratio is not None:
         if start < early_end(trace):
-            u = q.at("update_ratio", "update_ratio", 0)
+            u = q.over("update_ratio", "update_ratio", "max", 0, max(start - 1, 0))
         else:
             u = q.over("update_ratio", "update_ratio", "median", max(0, start - 2), end + 2)
         if _ok(u, UPDATE_TOO_FAST):
             q.const("target_update", TARGET_UPDATE)
             q.ratio("update_excess", "target_update", "update_ratio")
-            q.derived("lr_factor_pow10", "pow10", "update_excess")
+            q.derived("lr_factor_pow10", "pow10_floor", "update_excess")
             q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
             return "update"
     q.const("lr_factor", default)
@@ -716,9 +722,9 @@ def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], 
     basis = _lr_factor(q, trace, start, end, default)
     lr = _lr_now(q, trace, start, cfg, "learning_rate")
     q.product("learning_rate_suggested", "learning_rate", "lr_factor")
-    why = {"schedule": " (puts the schedule's peak {lr_peak} at half the rate of its last healthy step, "
-                       "{lr_healthy})",
-           "update": " (brings the update size |dw|/|w|, {update_ratio}, to about {target_update} per step)",
+    why = {"schedule": " (scales the schedule so that the highest rate this run reached, {lr_peak}, becomes at "
+                       "most half the rate of its last healthy step, {lr_healthy})",
+           "update": " (brings the update size |dw|/|w|, {update_ratio}, below {target_update} per step)",
            "default": ""}[basis]
     if trace.lr is not None and basis == "schedule":
         text = "the learning-rate schedule x {lr_factor}" + why

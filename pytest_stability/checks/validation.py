@@ -97,13 +97,15 @@ def smooth(values: np.ndarray, smoothing: float) -> np.ndarray:
 
 def _train_levels(trace: Trace, steps: np.ndarray, t: Thresholds) -> np.ndarray:
     """The training loss level at each validation measurement: the median raw loss over the ``spike_window``
-    steps (or the spacing of the measurements, if larger) before it (NaN when there is none)."""
+    steps (or the spacing of the measurements, if larger) before it, the first step's loss for a measurement
+    before training (NaN when there is none)."""
     loss = np.asarray(trace.loss, dtype=np.float64)
     spacing = int(np.median(np.diff(steps))) if steps.shape[0] > 1 else 0
     w = max(int(t.spike_window), spacing, 1)
     out = np.full(steps.shape[0], np.nan)
     for j, step in enumerate(steps):
-        seg = loss[max(0, int(step) - w):int(step)]
+        # before the first update (step 0) the first batch's loss is the model's
+        seg = loss[max(0, int(step) - w):max(int(step), 1)]
         seg = seg[np.isfinite(seg)]
         if seg.size:
             out[j] = float(np.median(seg))

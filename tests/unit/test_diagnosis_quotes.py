@@ -136,7 +136,7 @@ def _render(template: str, quotes: dict, finding) -> str:
             str(v) if isinstance(v, bool) or v is None else f"{float(v):.3g}")
         if q["kind"] == "series":
             a, b = q["steps"]
-            where = f"step {a}" if q["stat"] == "at" else f"{D.STAT_WORDS[q['stat']]} steps {a}-{b}"
+            where = f"step {a}" if q["stat"] == "at" or a == b else f"{D.STAT_WORDS[q['stat']]} steps {a}-{b}"
             return f"{fmt} ({where})"
         if q["kind"] == "val":
             what = "smoothed validation loss" if q["smoothing"] else "validation loss"
@@ -151,7 +151,8 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
     # 1. the text is rendered from the quotes, and the templates hold no number of their own
     assert _render(templates["cause"], quotes, f) == f.cause
     assert [_render(t, quotes, f) for t in templates["fixes"]] == [x["text"] for x in ev["fixes"]]
-    assert f.fix == ", or ".join(x["text"] for x in ev["fixes"])
+    fixes = ", or ".join(x["text"] for x in ev["fixes"] if not x["note"])
+    assert f.fix == "; ".join([fixes] * bool(fixes) + [x["text"] for x in ev["fixes"] if x["note"]])
     for t in [templates["cause"], *templates["fixes"]]:
         bare = re.sub(r"\{\w+\}", "", t)
         for word in CODE_WORDS:
@@ -384,9 +385,9 @@ def test_early_adam_blow_up_quotes_the_loss_at_step_0_and_lowers_the_rate_first(
     assert p.evidence["cause_key"] == "lr_too_high" and p.confidence == "likely"
     assert "second-moment" not in p.cause and "1.43e+03" not in p.cause
     first = p.evidence["fix_configs"][0]
-    # |dw|/|w| was 16 at the first update: 1e-2 / 16 -> a factor of 1e-3, learning_rate 0.003
-    assert first == {"learning_rate_factor": 0.001}
-    assert p.fix.startswith("learning_rate=0.003 (now 3 (step ")
+    # |dw|/|w| was 16 at the first update: 1e-2 / 16 -> a factor below that, 1e-4: learning_rate 0.0003
+    assert first == {"learning_rate_factor": 1e-4}
+    assert p.fix.startswith("learning_rate=0.0003 (now 3 (step ")
     assert "clipnorm" not in p.evidence["fix_configs"].__repr__()  # no healthy stretch to clip at
     assert "no clipnorm" in p.fix
     check_finding(p, trace, True)
@@ -402,7 +403,7 @@ def test_huge_learning_rate_sgd_gets_a_rate_from_its_first_update_and_no_clipnor
                   info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 50.0}})
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "lr_too_high" and p.confidence == "likely"
-    assert p.evidence["fix_configs"] == [{"learning_rate_factor": 1e-4}]  # 1e-2 / 220 -> 1e-4: 0.005
+    assert p.evidence["fix_configs"] == [{"learning_rate_factor": 1e-5}]  # 1e-2 / 220 -> below: 1e-5, 0.0005
     assert "clipnorm=" not in p.fix and "200000" not in p.fix
     check_finding(p, trace, True)
 
