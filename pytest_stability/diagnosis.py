@@ -75,15 +75,17 @@ The rules
     steady loss that turns NaN/Inf in one step -> ``unsafe_loss_op``.
 ``loss_spike`` and ``grad_norm``
     float16 Adam with an underflowing epsilon, early -> ``epsilon_underflow``;
-    an event in the first :data:`EARLY_FRACTION` of the steps (at least
-    :data:`EARLY_MIN_STEPS`): stuck afterwards -> ``collapse_constant``, else
-    ``lr_too_high`` (or the initialisation / input scale), whatever the
-    optimizer; an Adam-family optimizer with the *history* a second-moment
-    collapse needs (at least :data:`HISTORY_MIN_STEPS` steps before the burst,
-    over which the gradient norm fell at least :data:`TINY_GRADIENTS` x, or
-    the slot statistics show ``g^2/v`` jump :data:`G2V_JUMP` x, or, without
+    an Adam-family optimizer with the *history* a second-moment collapse needs
+    (at least :data:`HISTORY_MIN_STEPS` steps before the burst, over which the
+    gradient norm fell at least :data:`TINY_GRADIENTS` x, or
+    :data:`SMALL_GRADIENTS` x with the loss down :data:`NEAR_ZERO` x, or the
+    slot statistics show ``g^2/v`` jump :data:`G2V_JUMP` x, or, without
     gradient norms, the loss fell :data:`NEAR_ZERO` x) ->
-    ``adam_second_moment``; stuck after the event -> ``collapse_constant``; a
+    ``adam_second_moment``; otherwise an event in the first
+    :data:`EARLY_FRACTION` of the steps (at least :data:`EARLY_MIN_STEPS`):
+    stuck afterwards -> ``collapse_constant``, else ``lr_too_high`` (or the
+    initialisation / input scale), whatever the optimizer; stuck after the
+    event -> ``collapse_constant``; a
     gradient norm :data:`EXPLOSION_FACTOR` x the 90th percentile before it ->
     ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
@@ -906,17 +908,19 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list, what: str, *, ex
         _tail_quotes(q, trace, step)
         stuck_text = what + ", then the loss stayed at {stuck_level}" + (
             " with the gradients vanished" if st.get("vanished") and not st.get("flat") else "")
+    # Adam's second moment first, but only with its evidence: a history of at least HISTORY_MIN_STEPS steps
+    # of shrinking gradients (a long run's "first few percent" can hold such a history)
+    dx = _adam_dx(f, trace, q, start, what)
+    if dx is not None:
+        if st["stuck"]:
+            dx.cause += "; afterwards the loss stays at {stuck_level} (dead units)"
+        return dx
     if start < early_end(trace):
         if st["stuck"]:
             q.step("start", start)
             q.count("early_end", early_end(trace))
             return _collapse_dx(q, trace, start, end, stuck_text + ", within the first {early_end} steps")
         return _early_blowup(f, trace, q, start, end, what)
-    dx = _adam_dx(f, trace, q, start, what)
-    if dx is not None:
-        if st["stuck"]:
-            dx.cause += "; afterwards the loss stays at {stuck_level} (dead units)"
-        return dx
     if st["stuck"]:
         return _collapse_dx(q, trace, start, end, stuck_text)
     # an explosion of the gradient norm, or a jump of the loss without one
