@@ -17,6 +17,9 @@ Every diagnosed finding gets
   ``{"epsilon": 1e-3}``) or None for a change to the data, loss or model; ``evidence["fix_configs"]``:
   the configs alone, in the same order (the what-if replay,
   :mod:`pytest_stability.training.whatif`, applies them);
+* ``evidence["fix_from"]``, when the root event came before the finding's step (a run found stuck long
+  after the blow-up that killed it): the step the fix must be in place before (the what-if replay applies it
+  there);
 * ``evidence["quotes"]``, ``evidence["templates"]`` and ``evidence["diagnosis"]``: below.
 
 Every number is the trace's
@@ -45,8 +48,8 @@ Fixes: direction and magnitude
   brings its update size ``|dw|/|w|`` (the first update for an early blow-up,
   the steps around a later one) to about :data:`TARGET_UPDATE` per step, as a
   power of ten, when that update was too large (at least :data:`UPDATE_TOO_FAST`);
-  under a schedule that rose into the failure, the factor that puts the
-  schedule's peak at the rate of the run's last healthy step, halved;
+  under a schedule that rose into the failure, the factor that brings the
+  highest rate the run reached to :data:`SCHEDULE_MARGIN` x the rate it blew up at;
   otherwise the rule's default (10x, or 3x for a spike without an explosion).
 * A clipnorm is the 90th percentile of the gradient norms of the run's healthy
   stretch before the event (steps whose norm and loss stayed within
@@ -180,6 +183,8 @@ HEALTHY_GROWTH = 10.0
 HEALTHY_MIN_STEPS = 10
 #: median global |dw|/|w| per step around a spike above which the updates are too large for the weights.
 UPDATE_TOO_FAST = 1e-1
+#: a schedule that rose into a blow-up is scaled so its highest rate is at most this share of the rate it blew up at.
+SCHEDULE_MARGIN = 0.1
 #: the update size per step a lowered learning rate aims at (|dw|/|w|).
 TARGET_UPDATE = 1e-2
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
@@ -495,6 +500,8 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
             "fix_configs": [dict(fx.config) for fx in fixes if fx.config],
             "settings": dict(settings),
         }
+        if "fix_from" in dx.extra:
+            evidence["fix_from"] = int(dx.extra["fix_from"])
         out.append(dataclasses.replace(f, cause=q.render(dx.cause), fix=fix_text,
                                        confidence=dx.confidence, evidence=evidence))
     return out
@@ -686,18 +693,18 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float) ->
     """Quote the factor to lower the learning rate by (see the module docstring) and return its basis:
     ``schedule``, ``update`` or ``default``; the factor is the quote ``lr_factor``."""
     q.const("lr_default_factor", default)
-    # a schedule that rose into the failure: put its peak at the rate of the last healthy step, halved
+    # a schedule that rose into the failure: its highest rate so far brought to a tenth of the rate it blew up at
+    # (under momentum a collapse can come at a lower rate than the one it first came at: measured on seg_dice)
     if trace.lr is not None and start > 0:
         lr = trace.lr
         first = _number(lr[0])
         at = _number(lr[min(start, lr.size - 1)])
-        h = healthy_end(trace, start)
-        if math.isfinite(first) and first > 0 and math.isfinite(at) and at >= 2 * first and h >= HEALTHY_MIN_STEPS:
-            q.at("lr_healthy", "lr", h - 1)
+        if math.isfinite(first) and first > 0 and math.isfinite(at) and at >= 2 * first:
+            q.at("lr_at_event", "lr", min(start, lr.size - 1))
             q.over("lr_peak", "lr", "max", 0, lr.size - 1)
-            q.const("half", 0.5)
-            q.ratio("lr_healthy_share", "lr_healthy", "lr_peak")
-            q.product("lr_factor_raw", "lr_healthy_share", "half")
+            q.const("schedule_margin", SCHEDULE_MARGIN)
+            q.ratio("lr_event_share", "lr_at_event", "lr_peak")
+            q.product("lr_factor_raw", "lr_event_share", "schedule_margin")
             q.derived("lr_factor_pow10", "pow10_floor", "lr_factor_raw")
             q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
             return "schedule"
@@ -725,7 +732,7 @@ def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], 
     lr = _lr_now(q, trace, start, cfg, "learning_rate")
     q.product("learning_rate_suggested", "learning_rate", "lr_factor")
     why = {"schedule": " (scales the schedule so that the highest rate this run reached, {lr_peak}, becomes at "
-                       "most half the rate of its last healthy step, {lr_healthy})",
+                       "most {schedule_margin}x the rate it blew up at, {lr_at_event})",
            "update": " (brings the update size |dw|/|w|, {update_ratio}, below {target_update} per step)",
            "default": ""}[basis]
     if trace.lr is not None and basis == "schedule":
@@ -1152,7 +1159,11 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
         stop = ("the gradients are exactly zero since" if zero else "the gradients vanished since" if vanished
                 else "the loss has been flat since")
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
-        return _collapse_dx(q, trace, max(step - 1, 0), step, head)
+        # the fix must be in place before the blow-up, not where the run was found stuck
+        root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
+        dx = _collapse_dx(q, trace, root, root, head)
+        dx.extra["fix_from"] = root
+        return dx
     prior = _prior_loss(q, trace, level)
     if prior is not None and (flat or zero or vanished):
         return prior

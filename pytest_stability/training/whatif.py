@@ -238,7 +238,8 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
             kind = tuple(sorted(fix))
             if kind not in kinds:
                 kinds.add(kind)
-                tries.append((fix, int(f.evidence.get("start", f.step))))
+                # before the root event the diagnosis names (fix_from), else the finding's own start
+                tries.append((fix, int(f.evidence.get("fix_from", f.evidence.get("start", f.step)))))
     attempts: list[dict[str, Any]] = []
     for fix, start in tries[:MAX_ATTEMPTS]:
         try:
