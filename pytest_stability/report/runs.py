@@ -151,7 +151,9 @@ class RunReport:
             if f.cause:
                 conf = f" ({f.confidence})" if f.confidence else ""
                 lines.append(f"  cause{conf}: {f.cause}")
-            fixes = [x["text"] for x in f.evidence.get("fixes") or () if x.get("text")] or ([f.fix] if f.fix else [])
+            fixes = [x["text"] for x in f.evidence.get("fixes") or () if x.get("text") and not x.get("note")]
+            notes = [x["text"] for x in f.evidence.get("fixes") or () if x.get("text") and x.get("note")]
+            fixes = fixes or ([f.fix] if f.fix and not notes else [])
             if fixes and not (i > 0 and consequence):
                 lines.append(f"  fix to try: {fixes[0]}")
                 measured = FIX_SUCCESS.get(str(f.evidence.get("cause_key")))
@@ -162,6 +164,8 @@ class RunReport:
                                  "detection benchmark's what-if replays)")
                 if len(fixes) > 1:
                     lines.append("  then: " + "; or ".join(fixes[1:]))
+                for note in notes:
+                    lines.append(f"  ({note})")
             whatif = f.evidence.get("whatif")
             if isinstance(whatif, dict) and whatif.get("text"):
                 lines.append(f"  what-if: {whatif['text']}")
