@@ -45,9 +45,10 @@ Fixes: direction and magnitude
   minimum or jumped, or whose gradient norm burst (:func:`blew_up`): such a run
   that then stopped moving is a collapse, named so.
 * A lower learning rate comes with a magnitude from the run: the factor that
-  brings its update size ``|dw|/|w|`` (the first update for an early blow-up,
-  the steps around a later one) to about :data:`TARGET_UPDATE` per step, as a
-  power of ten, when that update was too large (at least :data:`UPDATE_TOO_FAST`);
+  brings its update size ``|dw|/|w|`` (the largest update before an early
+  blow-up or a collapse, the steps around a later event) below
+  :data:`TARGET_UPDATE` per step, as a power of ten, when that update was too
+  large (at least :data:`UPDATE_TOO_FAST`);
   under a schedule that rose into the failure, the factor that brings the
   highest rate the run reached to :data:`SCHEDULE_MARGIN` x the rate it blew up at;
   otherwise the rule's default (10x, or 3x for a spike without an explosion).
@@ -689,7 +690,7 @@ def _no_clip_note() -> Fix:
                "too few to derive a clip value from: lower the learning rate", note=True)
 
 
-def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float) -> str:
+def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, largest_before: bool = False) -> str:
     """Quote the factor to lower the learning rate by (see the module docstring) and return its basis:
     ``schedule``, ``update`` or ``default``; the factor is the quote ``lr_factor``."""
     q.const("lr_default_factor", default)
@@ -708,10 +709,11 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float) ->
             q.derived("lr_factor_pow10", "pow10_floor", "lr_factor_raw")
             q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
             return "schedule"
-    # updates too large: bring |dw|/|w| below TARGET_UPDATE per step.  Early, the largest update before the
-    # blow-up (the first update of Adam, momentum building up under SGD); later, the updates around the event
+    # updates too large: bring |dw|/|w| below TARGET_UPDATE per step.  Early, or before a collapse, the
+    # largest update before the blow-up (the first update of Adam, momentum building up under SGD, a near
+    # blow-up the run survived before the one that killed it); later, the updates around the event
     if trace.update_ratio is not None:
-        if start < early_end(trace):
+        if start < early_end(trace) or largest_before:
             u = q.over("update_ratio", "update_ratio", "max", 0, max(start - 1, 0))
         else:
             u = q.over("update_ratio", "update_ratio", "median", max(0, start - 2), end + 2)
@@ -725,10 +727,10 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float) ->
     return "default"
 
 
-def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], default: float = 0.1
-            ) -> tuple[Fix, str]:
+def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], default: float = 0.1,
+            largest_before: bool = False) -> tuple[Fix, str]:
     """The lower learning rate to try, with its magnitude from the run, and the basis of the magnitude."""
-    basis = _lr_factor(q, trace, start, end, default)
+    basis = _lr_factor(q, trace, start, end, default, largest_before)
     lr = _lr_now(q, trace, start, cfg, "learning_rate")
     q.product("learning_rate_suggested", "learning_rate", "lr_factor")
     why = {"schedule": " (scales the schedule so that the highest rate this run reached, {lr_peak}, becomes at "
@@ -886,11 +888,11 @@ def _stuck_state(trace: Trace, step: int, f: Finding | None = None) -> dict[str,
 def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str) -> Dx:
     """A run that blew up and then stopped: name the collapse, lower the learning rate, clip when possible."""
     _, cfg = _optimizer(trace)
-    lr_fix, basis = _lr_fix(q, trace, start, end, cfg)
+    lr_fix, basis = _lr_fix(q, trace, start, end, cfg, largest_before=True)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
     cause = head + ": the blow-up pushed units dead or outputs into saturation, and training stopped there"
     if basis == "update":
-        cause += "; the updates were {update_ratio} of the weights per step around it"
+        cause += "; the largest update before it moved the weights by {update_ratio} of their norm"
     return Dx("collapse_constant", LIKELY, cause, [lr_fix] + clips)
 
 
