@@ -629,13 +629,15 @@ NEW_HEALTHY: dict[str, Callable[[int], Scenario]] = {
 def adam_early_blowup(seed: int) -> Scenario:
     """An MLP classifier with ``Adam(learning_rate=3.0)``: the first update moves the weights ~16x their norm,
     the loss jumps ~1000x at step 1 and the gradient norm with it (a learning rate problem, not Adam's second
-    moment: there is no history yet)."""
+    moment: there is no history yet).  Logits and ``from_logits=True``: with a sigmoid output the same blow-up
+    recovered under TensorFlow but saturated the sigmoid for good under JAX and PyTorch (a collapse, another
+    verdict), in a probe run of seed 0."""
     keras = _keras()
     x, y, val = _clf(seed, 2048, 256)
 
     def build() -> Any:
-        m = _mlp(8, (32, 32), "relu", keras.layers.Dense(1, activation="sigmoid"))
-        m.compile(optimizer=keras.optimizers.Adam(3.0), loss="binary_crossentropy")
+        m = _mlp(8, (32, 32), "relu", keras.layers.Dense(1))
+        m.compile(optimizer=keras.optimizers.Adam(3.0), loss=keras.losses.BinaryCrossentropy(from_logits=True))
         return m
 
     return _scenario("adam_early_blowup", "adam_early_blowup", build, x, y, check="grad_norm", cause="lr_too_high",

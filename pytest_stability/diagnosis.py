@@ -1233,10 +1233,11 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
     rise = "the smoothed validation loss rose to {val_at} from its best {val_best}"
     training = [g for g in findings if g.check in ("loss_spike", "grad_norm", "nonfinite")
                 or (g.check == "stuck" and g.kind in ("collapsed", "stuck"))]
-    before = [g for g in training if int(g.step) <= int(f.step)]
+    # a collapse found stuck after the blow-up that caused it counts from the blow-up (fix_from)
+    before = [g for g in training if min(int(g.step), int(g.evidence.get("fix_from", g.step))) <= int(f.step)]
     if before:
-        first = min(before, key=lambda g: g.step)
-        q.step("training_step", first.step)
+        first = min(before, key=lambda g: min(int(g.step), int(g.evidence.get("fix_from", g.step))))
+        q.step("training_step", min(int(first.step), int(first.evidence.get("fix_from", first.step))))
         q.text("training_check", first.check)
         return Dx("training_loss_rise", LIKELY,
                   rise + ", after the training itself went wrong at step {training_step} (see [{training_check}]): "
@@ -1363,16 +1364,20 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
     def order(f: Finding) -> tuple[int, int]:
         return (0 if f.confidence == LIKELY else 1, _CHECK_ORDER.get(f.check, 4))
 
+    def when(f: Finding) -> int:
+        # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from)
+        return min(int(f.step), int(f.evidence.get("fix_from", f.step)))
+
     training = sorted((f for f in flat if f.check != "val_loss" and f.kind not in _STRUCTURAL),
-                      key=lambda f: (f.step, order(f)))
-    first = training[0].step if training else math.inf
+                      key=lambda f: (when(f), order(f)))
+    first = when(training[0]) if training else math.inf
     val = [f for f in flat if f.check == "val_loss"]
-    roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (f.step, order(f)))
+    roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (when(f), order(f)))
     structural = [f for f in flat if f.kind in _STRUCTURAL]
     if not roots:
         roots, structural = structural, []
-    event = [f for f in roots if f.step <= roots[0].step + EVENT_GAP]
-    primary = min(event, key=lambda f: (order(f)[0], f.step, order(f)[1]))
+    event = [f for f in roots if when(f) <= when(roots[0]) + EVENT_GAP]
+    primary = min(event, key=lambda f: (order(f)[0], when(f), order(f)[1]))
     rest = [f for f in roots if f is not primary] + structural + [f for f in val if f not in roots]
     alternatives = sorted({f.evidence["cause_key"] for f in event if f is not primary}
                           - {primary.evidence["cause_key"]})
