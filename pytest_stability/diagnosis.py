@@ -45,8 +45,9 @@ Fixes: direction and magnitude
   minimum or jumped, or whose gradient norm burst (:func:`blew_up`): such a run
   that then stopped moving is a collapse, named so.
 * A lower learning rate comes with a magnitude from the run: the factor that
-  brings its update size ``|dw|/|w|`` (the largest update before an early
-  blow-up or a collapse, the steps around a later event) below
+  brings its update size ``|dw|/|w|`` (the largest update of the healthy
+  stretch before an early blow-up or a collapse, the steps around a later
+  event) below
   :data:`TARGET_UPDATE` per step, as a power of ten, when that update was too
   large (at least :data:`UPDATE_TOO_FAST`);
   under a schedule that rose into the failure, the factor that brings the
@@ -710,11 +711,13 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, la
             q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
             return "schedule"
     # updates too large: bring |dw|/|w| below TARGET_UPDATE per step.  Early, or before a collapse, the
-    # largest update before the blow-up (the first update of Adam, momentum building up under SGD, a near
-    # blow-up the run survived before the one that killed it); later, the updates around the event
+    # largest update of the healthy stretch before the blow-up (the first update of Adam, momentum building up
+    # under SGD); later, the updates around the event
     if trace.update_ratio is not None:
         if start < early_end(trace) or largest_before:
-            u = q.over("update_ratio", "update_ratio", "max", 0, max(start - 1, 0))
+            # over the healthy stretch (and its first step): the updates of an explosion under way are its
+            # consequence, not the rate's measure
+            u = q.over("update_ratio", "update_ratio", "max", 0, max(min(healthy_end(trace, start), start) - 1, 0))
         else:
             u = q.over("update_ratio", "update_ratio", "median", max(0, start - 2), end + 2)
         if _ok(u, UPDATE_TOO_FAST):
