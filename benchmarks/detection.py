@@ -298,6 +298,27 @@ def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None)
     return out
 
 
+def _by_cause(records: list[dict], judged: dict[int, dict]) -> list[str]:
+    """First-fix success per primary cause, every backend pooled (what ``diagnosis.FIX_SUCCESS`` quotes)."""
+    per: dict[str, list[int]] = {}
+    for rec in records:
+        primary = judged[id(rec)]["primary"]
+        if rec["group"] != "pathology" or primary is None:
+            continue
+        outcome = _fix_outcome(rec, primary)
+        if outcome in ("first", "later", "no"):
+            n = per.setdefault(primary.evidence["cause_key"], [0, 0])
+            n[0] += outcome == "first"
+            n[1] += 1
+    if not per:
+        return []
+    out = ["### First suggested fix, by primary cause (every backend pooled)", "",
+           "| primary cause | first fix resolves |", "|---|---|"]
+    out += [f"| {k} | {_pct(a, n)} |" for k, (a, n) in sorted(per.items())]
+    out += ["", "As `diagnosis.FIX_SUCCESS`: `" + repr({k: tuple(v) for k, v in sorted(per.items())}) + "`"]
+    return out
+
+
 def _report(records: list[dict], t: Thresholds, wall: float, trained: bool, sweep: bool) -> str:
     for rec in records:
         rec.setdefault("backend", "tensorflow")
@@ -319,7 +340,8 @@ def _report(records: list[dict], t: Thresholds, wall: float, trained: bool, swee
     if len(backends) > 1:
         lines, agree = _agreement(records, judged, backends)
         body += lines + [""]
-    md = ["## Detection benchmark", ""] + _headline(backends, p_sum, h_sum, agree) + [""] + body
+    md = ["## Detection benchmark", ""] + _headline(backends, p_sum, h_sum, agree) + [""] + _by_cause(records, judged)
+    md += [""] + body
     md += ["Thresholds: " + ", ".join(f"{k}={v}" for k, v in t.to_dict().items()) + ".",
            (f"Total wall time {wall:.0f} s (2 CPU cores)." if trained else
             f"Judged from stored traces in {wall:.0f} s (--from-traces): no training in this run."), ""]
