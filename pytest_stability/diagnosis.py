@@ -208,8 +208,8 @@ FIX_SUCCESS: dict[str, tuple[int, int]] = {}
 EVENT_GAP = 10
 #: steps after an event over which "stuck" is judged: the run's spike_window (diagnose(..., thresholds=...)),
 #: else the default one
-_STUCK_STEPS = contextvars.ContextVar("stuck_steps", default=50)
-_VAL_SMOOTHING = contextvars.ContextVar("val_smoothing", default=0.6)
+_STUCK_STEPS: contextvars.ContextVar[int] = contextvars.ContextVar("stuck_steps", default=50)
+_VAL_SMOOTHING: contextvars.ContextVar[float] = contextvars.ContextVar("val_smoothing", default=0.6)
 
 
 # -- quoted numbers ---------------------------------------------------------------
@@ -319,7 +319,7 @@ class Quotes:
         """The validation loss measured after ``step`` steps (smoothed as the val_loss check does, or raw)."""
         t = self.trace
         v = math.nan
-        if t.has_validation:
+        if t.val_loss is not None and t.val_steps is not None:
             ok = np.isfinite(t.val_loss)
             vals, steps = t.val_loss[ok], t.val_steps[ok]
             if smoothed and vals.size:
@@ -469,10 +469,11 @@ def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None, 
             raise TypeError(f"diagnose() expects Finding objects, received {type(f).__name__}")
     window = getattr(thresholds, "spike_window", None)
     smoothing = getattr(thresholds, "val_smoothing", None)
-    settings = {"spike_window": int(window) if window else _STUCK_STEPS.get(),
-                "val_smoothing": float(smoothing) if smoothing is not None else _VAL_SMOOTHING.get()}
-    token = _STUCK_STEPS.set(settings["spike_window"])
-    token2 = _VAL_SMOOTHING.set(settings["val_smoothing"])
+    spike_window = int(window) if window else _STUCK_STEPS.get()
+    val_smoothing = float(smoothing) if smoothing is not None else _VAL_SMOOTHING.get()
+    settings: dict[str, Any] = {"spike_window": spike_window, "val_smoothing": val_smoothing}
+    token = _STUCK_STEPS.set(spike_window)
+    token2 = _VAL_SMOOTHING.set(val_smoothing)
     try:
         return _diagnose(findings, trace, list(context) if context is not None else list(findings), settings)
     finally:
@@ -959,7 +960,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list, what: str, *, ex
         q.const("update_too_fast", UPDATE_TOO_FAST)
         note = ("; the updates were {update_ratio_event} of the weights per step (median |dw|/|w|, above "
                 "{update_too_fast}): the learning rate is too high for these weights")
-    if rose:
+    if rose and trace.lr is not None:
         q.at("lr_first", "lr", 0)
         q.at("lr_at_event", "lr", min(start, trace.lr.size - 1))
         note += "; the learning-rate schedule had risen from {lr_first} to {lr_at_event} by then"
