@@ -13,7 +13,9 @@ Pathologies (``expected_check`` fails with ``expected_cause``):
   with lr 1e-3 (amsgrad alone at lr 1e-2 still spiked in 9 of 12 seeds in
   the detection run committed in e8ea4a3).
 * ``adam_periodic``: the same with a narrow net at lr 3e-2: once the loss has
-  flattened, spike after spike at roughly regular intervals.  Control:
+  flattened, spike after spike at roughly regular intervals.  Named the
+  learning rate (too high for the minimum it settled in), not Adam's second
+  moment: v does not collapse there (see :func:`adam_periodic`).  Control:
   ``amsgrad=True`` with lr 3e-3 (amsgrad alone at lr 3e-2: 9/12 seeds
   spiked in the same run; ``epsilon=1e-2`` alone spiked too, in an ad-hoc
   run not in the repo).
@@ -35,8 +37,24 @@ Pathologies (``expected_check`` fails with ``expected_cause``):
   lr 3e-2: the validation curve (inference mode, moving statistics) has pits
   and peaks.  Fix: batches of 64, momentum 0.9, lr 3e-3.
 
-Healthy controls: the same models with the fix applied, and ordinary noisy
-small-batch training.
+* ``adam_early_blowup``: an MLP classifier with ``Adam(learning_rate=3.0)``:
+  the loss jumps ~1000x at step 1 (the learning rate, not Adam's second moment).
+* ``unet_jaccard_collapse``: a small U-Net, soft-Jaccard loss, SGD Nesterov at
+  lr 2, batch 4: the loss dips, jumps above its start and stays there with zero
+  gradients (a collapse after a blow-up; a larger rate is the wrong way).
+* ``sgd_huge_lr``: SGD at learning rate 50: NaN by step 2.
+* ``float16_adam_epsilon``: float16 variables with Adam's default epsilon:
+  the first update blows up (epsilon, not the data).
+* ``random_labels``: a convnet on random 10-class labels: the loss sits at ln 10.
+* ``adam_fullbatch_late``: the full-batch Adam regression (width 64) without
+  slot statistics: a late jump after the loss fell smoothly.
+
+Healthy controls: the same models with the fix applied, ordinary noisy
+small-batch training, a noisy batch-10 classifier with noisy validation, and a
+full-batch BatchNorm U-Net (large train/inference gap, smooth validation).
+
+Every scenario runs on every Keras backend (the full-batch ones feed a
+``tf.data`` dataset, which Keras reads under JAX and PyTorch too).
 """
 
 from __future__ import annotations
@@ -130,7 +148,7 @@ def _classification_data(seed: int, n: int, d: int = 8, noise: float = 0.3) -> t
 
 
 def _adam_collapse(seed: int, *, width: int = 32, lr: float = 1e-2, epsilon: float = 1e-7, amsgrad: bool = False,
-                   name: str, pathology: str) -> Scenario:
+                   name: str, pathology: str, diagnostics: bool = True, cause: str = "adam_second_moment") -> Scenario:
     """Full-batch regression with Adam (Keras defaults but the learning rate): the loss falls to ~1e-14,
     the gradients and v with it, and then the loss shoots back up (and often stays up)."""
     keras = _keras()
@@ -146,8 +164,8 @@ def _adam_collapse(seed: int, *, width: int = 32, lr: float = 1e-2, epsilon: flo
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
-    return _scenario(name, pathology, build, ds, None, check="loss_spike", cause="adam_second_moment", steps=3000,
-                     batch_size=64, spec_overrides={"diagnostics": True, "readback_every": 500})
+    return _scenario(name, pathology, build, ds, None, check="loss_spike", cause=cause, steps=3000,
+                     batch_size=64, spec_overrides={"diagnostics": diagnostics, "readback_every": 500})
 
 
 def adam_collapse(seed: int) -> Scenario:
@@ -164,8 +182,15 @@ def adam_collapse_fixed_amsgrad(seed: int) -> Scenario:
 
 
 def adam_periodic(seed: int) -> Scenario:
-    """A narrow net (width 8) at lr 3e-2: once the loss flattens, spike after spike, roughly periodic."""
-    return _adam_collapse(seed, width=8, lr=3e-2, name="adam_periodic", pathology="adam_periodic")
+    """A narrow net (width 8) at lr 3e-2: once the loss flattens, spike after spike, roughly periodic.
+
+    Expected cause: the learning rate, not Adam's second moment.  Its slot statistics show no collapse of v
+    (sqrt(mean v) within 1.4x of its peak before the first spike, g^2/v up 1-32x, against 100x and more in
+    adam_collapse), its gradient norm fell only 2-6x before the first spike (10 of 10 TensorFlow seeds, stored
+    traces), epsilon=1e-2 and amsgrad alone did not stop the spikes (see the module docstring), and in the
+    what-if replay a lower learning rate resolved 3 of 3 seeds."""
+    return _adam_collapse(seed, width=8, lr=3e-2, name="adam_periodic", pathology="adam_periodic",
+                          cause="lr_too_high")
 
 
 def adam_periodic_fixed(seed: int) -> Scenario:
@@ -177,7 +202,7 @@ def adam_periodic_fixed(seed: int) -> Scenario:
 # -- learning rate too high -> NaN ------------------------------------------------
 
 
-def _lr_scenario(seed: int, lr: float, name: str, pathology: str) -> Scenario:
+def _lr_scenario(seed: int, lr: float, name: str, pathology: str, momentum: float = 0.9) -> Scenario:
     keras = _keras()
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(256, 8)).astype("float32")
@@ -185,7 +210,7 @@ def _lr_scenario(seed: int, lr: float, name: str, pathology: str) -> Scenario:
 
     def build() -> Any:
         m = _mlp(8, (32,), "relu", keras.layers.Dense(1))
-        m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss="mse")
+        m.compile(optimizer=keras.optimizers.SGD(lr, momentum=momentum), loss="mse")
         return m
 
     return _scenario(name, pathology, build, x, y, check="nonfinite", cause="lr_too_high",
@@ -598,6 +623,158 @@ NEW_HEALTHY: dict[str, Callable[[int], Scenario]] = {
 }
 
 
+# -- the cases a new user runs into first: early blow-ups, a collapse after one, float16, random labels ----------
+
+
+def adam_early_blowup(seed: int) -> Scenario:
+    """An MLP classifier with ``Adam(learning_rate=3.0)``: the first update moves the weights ~16x their norm,
+    the loss jumps ~1000x at step 1 and the gradient norm with it (a learning rate problem, not Adam's second
+    moment: there is no history yet).  Logits and ``from_logits=True``: with a sigmoid output the same blow-up
+    recovered under TensorFlow but saturated the sigmoid for good under JAX and PyTorch (a collapse, another
+    verdict), in a probe run of seed 0."""
+    keras = _keras()
+    x, y, val = _clf(seed, 2048, 256)
+
+    def build() -> Any:
+        m = _mlp(8, (32, 32), "relu", keras.layers.Dense(1))
+        m.compile(optimizer=keras.optimizers.Adam(3.0), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        return m
+
+    return _scenario("adam_early_blowup", "adam_early_blowup", build, x, y, check="grad_norm", cause="lr_too_high",
+                     validation_data=val, steps=300, batch_size=32, spec_overrides={"validate_every": 25})
+
+
+def _soft_jaccard(y_true: Any, y_pred: Any) -> Any:
+    ops = _keras().ops
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    union = ops.sum(y_true + y_pred, axis=(1, 2, 3)) - inter
+    return 1.0 - ops.mean((inter + 1.0) / (union + 1.0))
+
+
+def _unet(seed: int, lr: float, name: str, pathology: str) -> Scenario:
+    keras = _keras()
+    x, y = _seg_data(seed, n=128)
+
+    def build() -> Any:
+        L = keras.layers
+        inp = keras.Input((16, 16, 1))
+        c1 = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+        d = L.MaxPooling2D()(c1)
+        c2 = L.Conv2D(16, 3, padding="same", activation="relu")(d)
+        u = L.UpSampling2D()(c2)
+        out = L.Conv2D(1, 1, activation="sigmoid")(L.Concatenate()([u, c1]))
+        m = keras.Model(inp, out)
+        m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.99, nesterov=True), loss=_soft_jaccard)
+        return m
+
+    return _scenario(name, pathology, build, x, y, check="stuck", cause="collapse_constant", steps=300, batch_size=4,
+                     spec_overrides={"readback_every": 100})
+
+
+def unet_jaccard_collapse(seed: int) -> Scenario:
+    """A small U-Net, soft-Jaccard loss, SGD (Nesterov, momentum 0.99) at lr 2, batch 4: the loss dips, jumps
+    back above where it started and stays there with the gradients at zero (all-zero predictions): a collapse
+    after a blow-up, which a higher learning rate would only make worse.  At lr 0.02 the same net trains
+    (3 of 3 seeds in a probe run)."""
+    return _unet(seed, 2.0, "unet_jaccard_collapse", "unet_jaccard_collapse")
+
+
+def sgd_huge_lr(seed: int) -> Scenario:
+    """The lr_too_high regression MLP with plain SGD at learning rate 50: the first update is ~200x the weights,
+    NaN by step 2 (no healthy stretch to derive a clipnorm from)."""
+    sc = _lr_scenario(seed, 50.0, "sgd_huge_lr", "sgd_huge_lr", momentum=0.0)
+    return sc
+
+
+def float16_adam_epsilon(seed: int) -> Scenario:
+    """A float16 model (dtype policy ``float16``: variables and Adam's state in float16) with Adam's default
+    epsilon 1e-7, below float16's smallest normal number: v underflows for small gradients, the first update is
+    ~20x the weights, NaN at step 1.  Adam(epsilon=1e-4) trains it."""
+    keras = _keras()
+    x, y = _regression_data(seed, n=512)
+
+    def build() -> Any:
+        old = keras.config.dtype_policy()
+        keras.config.set_dtype_policy("float16")
+        try:
+            m = _mlp(4, (32, 32), "relu", keras.layers.Dense(1))
+            m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        finally:
+            keras.config.set_dtype_policy(old)
+        return m
+
+    return _scenario("float16_adam_epsilon", "float16_adam_epsilon", build, x, y, check="nonfinite",
+                     cause="epsilon_underflow", steps=200, batch_size=32, spec_overrides={"readback_every": 50})
+
+
+def random_labels(seed: int) -> Scenario:
+    """The commonest smoke test: a small convnet on random 10-class labels.  The loss settles at ln 10, the
+    cross-entropy of predicting the class prior, and stays flat: the labels carry no signal."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(8192, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 10, size=(8192,)).astype("int32")
+
+    def build() -> Any:
+        net = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                                keras.layers.MaxPooling2D(), keras.layers.Conv2D(16, 3, activation="relu"),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
+        net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        return net
+
+    return _scenario("random_labels", "random_labels", build, x, y, check="stuck", cause="labels_no_signal",
+                     steps=600, batch_size=32, spec_overrides={"readback_every": 100})
+
+
+def adam_fullbatch_late(seed: int) -> Scenario:
+    """The full-batch Adam regression at width 64 with the default recording (no slot statistics): the loss
+    falls smoothly for hundreds of steps, then jumps by orders of magnitude; the evidence for Adam's second
+    moment is the gradient norm's fall before the burst (epsilon / amsgrad, not clipnorm)."""
+    return _adam_collapse(seed, width=64, name="adam_fullbatch_late", pathology="adam_fullbatch_late",
+                          diagnostics=False)
+
+
+def noisy_val_batch10(seed: int) -> Scenario:
+    """HEALTHY: a classifier at batch 10 for 2800 steps (Adam 1e-2 on 20000 samples, 1.4 epochs): the training
+    loss wanders with the batch and the validation loss (200 samples, every 100 steps) wobbles with it."""
+    x, y, val = _clf(seed, 20000, 200)
+    return _healthy("noisy_val_batch10", _clf_mlp(1e-2), x, y, validation_data=val, steps=2800, batch_size=10,
+                    spec_overrides={"validate_every": 100, "readback_every": 200})
+
+
+def bn_unet_fullbatch(seed: int) -> Scenario:
+    """HEALTHY: a BatchNorm U-Net trained full-batch (32 images): inference-mode BatchNorm lags the batch
+    statistics, so the train/inference gap is large (>100 % early) while the validation loss falls smoothly."""
+    keras = _keras()
+    x, y = _seg_data(seed, n=48)
+
+    def build() -> Any:
+        L = keras.layers
+        inp = keras.Input((16, 16, 1))
+        c1 = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same")(inp)))
+        d = L.MaxPooling2D()(c1)
+        c2 = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(d)))
+        u = L.UpSampling2D()(c2)
+        out = L.Conv2D(1, 1, activation="sigmoid")(L.Concatenate()([u, c1]))
+        m = keras.Model(inp, out)
+        m.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+        return m
+
+    return _healthy("bn_unet_fullbatch", build, x[:32], y[:32], validation_data=(x[32:], y[32:]), steps=200,
+                    batch_size=32, spec_overrides={"validate_every": 25})
+
+
+#: scenario families of the cases above.
+FIRST_RUN_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
+    "adam_early_blowup": adam_early_blowup, "unet_jaccard_collapse": unet_jaccard_collapse,
+    "sgd_huge_lr": sgd_huge_lr, "float16_adam_epsilon": float16_adam_epsilon, "random_labels": random_labels,
+    "adam_fullbatch_late": adam_fullbatch_late,
+}
+FIRST_RUN_HEALTHY: dict[str, Callable[[int], Scenario]] = {
+    "noisy_val_batch10": noisy_val_batch10, "bn_unet_fullbatch": bn_unet_fullbatch,
+}
+
+
 PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "adam_collapse": adam_collapse,
     "lr_too_high": lr_too_high,
@@ -608,6 +785,7 @@ PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "seg_dice_collapse": seg_dice_collapse,
     "bn_small_batch": bn_small_batch,
     **NEW_PATHOLOGIES,
+    **FIRST_RUN_PATHOLOGIES,
 }
 
 HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
@@ -621,6 +799,7 @@ HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "bn_fixed": bn_fixed,
     "noisy_small_batch": noisy_small_batch,
     **NEW_HEALTHY,
+    **FIRST_RUN_HEALTHY,
 }
 
 

@@ -8,57 +8,105 @@ nothing of pytest or TensorFlow.
 Every diagnosed finding gets
 
 * ``cause``: one sentence naming the cause, with the numbers that point to it;
-* ``fix``: a concrete change to try (``Adam(epsilon=1e-3)``, ``clipnorm=2.3``);
+* ``fix``: the fixes to try, the one this run's evidence supports most first;
 * ``confidence``: ``"likely"`` when the evidence is specific to the cause,
   ``"uncertain"`` when it is only consistent with it;
-* ``evidence["cause_key"]``: a machine-readable key from :data:`CAUSES`, and
-  ``evidence["diagnosis"]``: the numbers the rule used;
-* ``evidence["fix_configs"]``: the fixes as optimizer settings, in the order
-  the message gives them (``[{"clipnorm": 2.3}, {"learning_rate_factor": 0.1}]``,
-  ``[{"epsilon": 1e-3}, {"amsgrad": True}, ...]``), empty when the fix is
-  not an optimizer change (data, loss, BatchNorm); the what-if replay
-  (:mod:`pytest_stability.training.whatif`) applies them.
+* ``evidence["cause_key"]``: a machine-readable key from :data:`CAUSES`;
+* ``evidence["fixes"]``: the fixes in that order, each ``{"text", "config"}``: ``config`` is the
+  change as optimizer settings (``{"clipnorm": 0.49}``, ``{"learning_rate_factor": 0.001}``,
+  ``{"epsilon": 1e-3}``) or None for a change to the data, loss or model; ``evidence["fix_configs"]``:
+  the configs alone, in the same order (the what-if replay,
+  :mod:`pytest_stability.training.whatif`, applies them);
+* ``evidence["fix_from"]``, when the root event came before the finding's step (a run found stuck long
+  after the blow-up that killed it): the step the fix must be in place before (the what-if replay applies it
+  there);
+* ``evidence["quotes"]``, ``evidence["templates"]`` and ``evidence["diagnosis"]``: below.
 
-The rules, in the order they are tried:
+Every number is the trace's
+---------------------------
+A rule never formats a number into its text: it *quotes* it.  A quote is a
+value with the recipe that computed it from the trace: a series (``loss``,
+``grad_norm``, ``update_ratio``, ``lr``, an ``opt.*`` slot statistic, the
+validation loss) at one step or reduced over a range of steps (median, lowest,
+highest, 90th percentile); a ratio or product of two quotes; a factor derived
+from quotes (``pow10``: ten to the rounded log of a ratio; ``round2``: two
+significant digits); a setting or fact from ``trace.info``; a rule's constant.
+The cause and the fixes are rendered from templates whose ``{placeholders}`` are
+quotes, and a quote of a series always names its steps in the text
+(``0.493 (median of steps 0-9)``, ``599 (step 1)``).  ``evidence["quotes"]``
+holds every quote (name -> recipe and value), ``evidence["templates"]`` the
+templates, ``evidence["diagnosis"]`` the numeric quotes by name: anyone can
+recompute each number from the trace and re-render the text
+(``tests/unit/test_diagnosis_quotes.py`` does, on generated traces).
 
+Fixes: direction and magnitude
+------------------------------
+* No fix raises the learning rate of a run whose loss rose above its early
+  minimum or jumped, or whose gradient norm burst (:func:`blew_up`): such a run
+  that then stopped moving is a collapse, named so.
+* A lower learning rate comes with a magnitude from the run: the factor that
+  brings its update size ``|dw|/|w|`` (the largest update of the healthy
+  stretch before an early blow-up or a collapse, the steps around a later
+  event) below
+  :data:`TARGET_UPDATE` per step, as a power of ten, when that update was too
+  large (at least :data:`UPDATE_TOO_FAST`);
+  under a schedule that rose into the failure, the factor that brings the
+  highest rate the run reached to :data:`SCHEDULE_MARGIN` x the rate it blew up at;
+  otherwise the rule's default (10x, or 3x for a spike without an explosion).
+* A clipnorm is the 90th percentile of the gradient norms of the run's healthy
+  stretch before the event (steps whose norm and loss stayed within
+  :data:`HEALTHY_GROWTH` x their first steps'), and is not offered when that
+  stretch is shorter than :data:`HEALTHY_MIN_STEPS` steps: the text says so and
+  offers the learning rate.
+* Ranked by evidence: a lower learning rate first for an early blow-up, for
+  updates that were too large, or under a schedule that rose into the failure;
+  clipnorm first for a lone burst of the gradient norm after a healthy stretch;
+  for Adam's second-moment collapse a larger epsilon (the fix that replays
+  most reliably), then amsgrad, beta_2 and the learning rate.
+
+The rules
+---------
 ``nonfinite``
-    input batch non-finite -> ``nan_in_data``; loss or gradient norms grew
-    at least :data:`GROWTH_BEFORE_NAN` x over their earlier level in the
-    steps before the NaN -> ``lr_too_high``; a finite, steady loss that turns
-    NaN/Inf in one step -> ``unsafe_loss_op`` (log(0), 0/0, sqrt at 0).
-``loss_spike``
-    Adam-family optimizer and any of: the loss had fallen at least
-    :data:`NEAR_ZERO` x below its initial level; Adam's state shows the
-    collapse (``g^2/v`` just before the spike :data:`G2V_JUMP` x above its
-    median, or the gradient norm had fallen :data:`GRAD_COLLAPSE` x); at least
-    :data:`PERIODIC_EVENTS` separate spikes after the loss fell
-    :data:`PERIODIC_FELL` x -> ``adam_second_moment`` ("likely" only when
-    the loss was near zero and the slot statistics confirm it);
-    loss stuck at a constant after the spike -> ``collapse_constant``;
-    gradient norm at the spike above :data:`EXPLOSION_FACTOR` x the 90th
-    percentile before it -> ``gradient_explosion``; else ``lr_too_high``
-    (uncertain).
-``grad_norm``
-    the loss is stuck at a constant after the explosion ->
-    ``collapse_constant``; otherwise ``gradient_explosion``.
-``grad_norm`` (Adam family)
-    the loss and gradient norm fell by orders of magnitude before the burst
-    -> ``adam_second_moment`` (the burst is v's collapse, not a clipnorm case).
+    input batch non-finite -> ``nan_in_data``; NaN/Inf at step 0 in the weights
+    or optimizer state only, from finite loss and gradients -> the update made
+    it: ``epsilon_underflow`` for an Adam-family optimizer on float16 variables
+    with an epsilon below float16's smallest normal number, else
+    ``update_nonfinite``; NaN/Inf in the loss or gradients at step 0 ->
+    ``nonfinite_at_start`` (op, data or initialisation; never the learning
+    rate); an early NaN of float16 Adam with such an epsilon ->
+    ``epsilon_underflow``; loss or gradient norms grew at least
+    :data:`GROWTH_BEFORE_NAN` x in the steps before the NaN, or a NaN within a
+    few steps of a first update that was too large -> ``lr_too_high``; a finite,
+    steady loss that turns NaN/Inf in one step -> ``unsafe_loss_op``.
+``loss_spike`` and ``grad_norm``
+    float16 Adam with an underflowing epsilon, early -> ``epsilon_underflow``;
+    an Adam-family optimizer with the *history* a second-moment collapse needs
+    (at least :data:`HISTORY_MIN_STEPS` steps before the burst, over which the
+    gradient norm fell at least :data:`TINY_GRADIENTS` x, or
+    :data:`SMALL_GRADIENTS` x with the loss down :data:`NEAR_ZERO` x, or the
+    slot statistics show ``g^2/v`` jump :data:`G2V_JUMP` x, or, without
+    gradient norms, the loss fell :data:`NEAR_ZERO` x) ->
+    ``adam_second_moment``; otherwise an event in the first
+    :data:`EARLY_FRACTION` of the steps (at least :data:`EARLY_MIN_STEPS`):
+    stuck afterwards -> ``collapse_constant``, else ``lr_too_high`` (or the
+    initialisation / input scale), whatever the optimizer; stuck after the
+    event -> ``collapse_constant``; a
+    gradient norm :data:`EXPLOSION_FACTOR` x the 90th percentile before it ->
+    ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
-    ``no_gradient`` / ``no_update`` variables; updates <= 1e-6 of the weights
-    -> ``updates_too_small``; a flat loss -> ``collapsed_output``; vanished or
-    zero gradients -> ``vanished_gradients``.
-``nonfinite`` at step 0
-    -> ``nonfinite_at_start`` (op, data or initialisation; never the learning rate).
+    ``no_gradient`` / ``no_update`` variables; a run that blew up
+    (:func:`blew_up`) and then stopped -> ``collapse_constant``; a loss flat at
+    ``ln K`` (the cross-entropy of predicting the class prior of K balanced
+    classes) that never fell below it -> ``labels_no_signal``; updates <= 1e-6
+    of the weights -> ``updates_too_small``; a flat loss ->
+    ``collapsed_output``; vanished or zero gradients -> ``vanished_gradients``.
 ``val_loss``
-    the training loss rose :data:`TRAIN_RISE` x between the validation best and
-    the rise -> ``training_loss_rise`` (not overfitting);
+    a training finding at or before the rise -> ``training_loss_rise`` (its
+    consequence, not overfitting); the training loss rose :data:`TRAIN_RISE` x
+    between the validation best and the rise -> ``training_loss_rise``;
     BatchNorm layers and an erratic validation curve (or a measured
     train/inference gap ``trace.info["bn_train_infer_gap"]`` of at least
     :data:`BN_GAP`) -> ``batchnorm_mismatch``; otherwise ``overfitting``.
-
-A spike whose median update ``|dw|/|w|`` (``trace.update_ratio``) around it is
-above :data:`UPDATE_TOO_FAST` says so, and makes ``lr_too_high`` likely.
 
 :func:`rank_findings` (and :func:`primary_finding`) choose one primary cause
 per run across all checks: the earliest root event.
@@ -67,17 +115,22 @@ per run across all checks: the earliest root event.
 from __future__ import annotations
 
 import contextvars
-
 import dataclasses
 import math
-from typing import Any, Sequence
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .checks.base import Finding
 from .checks.spikes import stuck_after  # "stuck" means the same in the check and here
+from .checks.validation import (  # one threshold: the check waives the noise allowance, the diagnosis names it
+    BN_GAP,
+    smooth,
+)
 from .trace import Trace
-from .checks.validation import BN_GAP  # one threshold: the check waives the noise allowance, the diagnosis names it
 
 #: cause key -> short title (used by reports and the detection benchmark).
 CAUSES = {
@@ -90,8 +143,11 @@ CAUSES = {
     "batchnorm_mismatch": "BatchNorm train/inference mismatch",
     "overfitting": "overfitting or late-training drift",
     "nonfinite_at_start": "NaN/Inf from the first step: an op, the data or the initialisation",
+    "update_nonfinite": "the optimizer's update made the weights NaN/Inf",
+    "epsilon_underflow": "Adam's epsilon underflows in float16: the update divides by ~0",
     "training_loss_rise": "validation rise that follows a rising training loss (not overfitting)",
     "collapsed_output": "collapsed to a constant output",
+    "labels_no_signal": "the labels carry no signal the model can learn (the loss of predicting the class prior)",
     "vanished_gradients": "gradients vanished (dead units, saturated outputs)",
     "updates_too_small": "updates too small to learn (learning rate too low)",
     "no_gradient": "a variable never receives a gradient",
@@ -103,12 +159,16 @@ LIKELY = "likely"
 UNCERTAIN = "uncertain"
 
 ADAM_FAMILY = ("Adam", "AdamW", "Nadam", "Adamax", "Lamb", "Lion")
-#: the loss fell this many times below its initial level: "near zero".
+#: the loss fell this many times below its initial level: "near zero" (evidence for Adam without gradient norms).
 NEAR_ZERO = 100.0
 #: g^2/v just before a spike vs its run median that signals a collapsed v.
 G2V_JUMP = 100.0
-#: early gradient norm / gradient norm before the spike that signals a collapsed v.
-GRAD_COLLAPSE = 100.0
+#: the gradient norm over the stretch before a burst fell this many times below its early level: "tiny" for Adam's v.
+TINY_GRADIENTS = 10.0
+#: ...or this many times with the loss fallen NEAR_ZERO x (both say the gradients became small).
+SMALL_GRADIENTS = 5.0
+#: steps of history before a burst that Adam's second moment needs to collapse (v averages ~1/(1-beta_2) steps).
+HISTORY_MIN_STEPS = 100
 #: spike events (with the loss fallen at least PERIODIC_FELL x) that make Adam's repeated spikes.
 PERIODIC_EVENTS = 3
 PERIODIC_FELL = 10.0
@@ -116,28 +176,280 @@ PERIODIC_FELL = 10.0
 GROWTH_BEFORE_NAN = 10.0
 #: gradient norm at a spike / 90th percentile before it that means explosion.
 EXPLOSION_FACTOR = 10.0
-#: relative train/inference loss gap of one batch that confirms a BatchNorm mismatch.
-#: gradient norms within this factor of the first window's median are "healthy" (the clipnorm suggested).
+#: an event in the first EARLY_FRACTION of the planned steps (and at least EARLY_MIN_STEPS) is an early blow-up.
+EARLY_FRACTION = 0.05
+EARLY_MIN_STEPS = 10
+#: gradient norms and losses within this factor of the run's first steps are "healthy" (the clipnorm suggested).
 HEALTHY_GROWTH = 10.0
+#: a clipnorm is derived only from a healthy stretch of at least this many steps.
+HEALTHY_MIN_STEPS = 10
 #: median global |dw|/|w| per step around a spike above which the updates are too large for the weights.
 UPDATE_TOO_FAST = 1e-1
+#: a schedule that rose into a blow-up is scaled so its highest rate is at most this share of the rate it blew up at.
+SCHEDULE_MARGIN = 0.1
+#: the update size per step a lowered learning rate aims at (|dw|/|w|).
+TARGET_UPDATE = 1e-2
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
 TRAIN_RISE = 1.5
+#: a stuck loss at least this much above its early minimum (rolling median) went up: the run blew up.
+JUMP_ABOVE_MIN = 1.1
+#: a gradient norm this many times its early median before a stuck stretch is a burst.
+BURST = 10.0
+#: a flat loss within this fraction of ln K (K = 2..MAX_CLASSES) is the loss of predicting the class prior.
+PRIOR_LOSS_RTOL = 0.01
+MAX_CLASSES = 1000
+#: the smallest normal float16 number: an epsilon below it underflows with v.
+FLOAT16_TINY = 6.1e-5
+#: cause key -> (runs whose first suggested fix resolved them, runs replayed) in the what-if replays of the
+#: detection benchmark (benchmarks/results/detection.md, every backend pooled): what the report quotes as the
+#: measured success of a first fix.  Causes whose first fix is not an optimizer setting are not here.
+FIX_SUCCESS: dict[str, tuple[int, int]] = {}
 #: findings this many steps apart or closer are one event when ranking (the earliest root event leads).
 EVENT_GAP = 10
 #: steps after an event over which "stuck" is judged: the run's spike_window (diagnose(..., thresholds=...)),
 #: else the default one
-_STUCK_STEPS = contextvars.ContextVar("stuck_steps", default=50)
+_STUCK_STEPS: contextvars.ContextVar[int] = contextvars.ContextVar("stuck_steps", default=50)
+_VAL_SMOOTHING: contextvars.ContextVar[float] = contextvars.ContextVar("val_smoothing", default=0.6)
 
 
-def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None) -> list[Finding]:
+# -- quoted numbers ---------------------------------------------------------------
+
+#: how a reduction over steps reads in the text
+STAT_WORDS = {"median": "median of", "min": "lowest in", "max": "highest in", "p90": "90th percentile of",
+              "min_median5": "lowest 5-step median in", "max_median5": "highest 5-step median in"}
+
+
+def series(trace: Trace, of: str) -> np.ndarray | None:
+    """The per-step array a quote reads: ``loss``, ``grad_norm``, ``update_ratio``, ``lr`` or ``opt.<key>``."""
+    if of.startswith("opt."):
+        return trace.opt_stats.get(of[4:])
+    if of in ("loss", "grad_norm", "update_ratio", "lr"):
+        return getattr(trace, of)
+    raise ValueError(f"unknown series {of!r}")
+
+
+def reduce(values: np.ndarray, stat: str) -> float:
+    """``stat`` of the finite ``values`` (NaN when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return math.nan
+    if stat == "median":
+        return float(np.median(v))
+    if stat == "min":
+        return float(np.min(v))
+    if stat == "max":
+        return float(np.max(v))
+    if stat == "p90":
+        return float(np.percentile(v, 90))
+    if stat in ("min_median5", "max_median5"):
+        if v.size < 5:
+            return math.nan
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        med = np.median(sliding_window_view(v, 5), axis=1)
+        return float(np.min(med) if stat == "min_median5" else np.max(med))
+    raise ValueError(f"unknown statistic {stat!r}")
+
+
+def pow10(x: float) -> float:
+    """Ten to the rounded log10 of ``x`` (a factor people can apply: 0.001, 0.01, 0.1)."""
+    return float(10.0 ** round(math.log10(x))) if x > 0 and math.isfinite(x) else math.nan
+
+
+def pow10_floor(x: float) -> float:
+    """Ten to the floor of log10 of ``x`` (a factor that is never larger than ``x``)."""
+    return float(10.0 ** math.floor(math.log10(x) + 1e-9)) if x > 0 and math.isfinite(x) else math.nan
+
+
+def round2(x: float) -> float:
+    """``x`` to two significant digits (a clipnorm people can paste)."""
+    return float(f"{x:.2g}") if math.isfinite(x) else math.nan
+
+
+def _g(x: Any) -> str:
+    if isinstance(x, bool):
+        return str(x)
+    if x is None or not math.isfinite(float(x)):
+        return "n/a"
+    return f"{float(x):.3g}"
+
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+class Quotes:
+    """The numbers one diagnosis quotes, each with the recipe that computed it from ``trace``.
+
+    Every method computes a value, records it under ``name`` (see :meth:`to_dict`) and returns it;
+    :meth:`render` fills a template's ``{name}`` placeholders.
+    """
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.q: dict[str, dict[str, Any]] = {}
+
+    def _put(self, name: str, value: Any, **recipe: Any) -> Any:
+        self.q[name] = {"value": value, **recipe}
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        return self.q[name]["value"]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.q
+
+    # series
+    def at(self, name: str, of: str, step: int) -> float:
+        arr = series(self.trace, of)
+        step = int(step)
+        v = float(arr[step]) if arr is not None and 0 <= step < arr.shape[0] else math.nan
+        return self._put(name, v, kind="series", of=of, stat="at", steps=[step, step])
+
+    def over(self, name: str, of: str, stat: str, a: int, b: int) -> float:
+        """``stat`` of series ``of`` over steps ``a..b`` (inclusive, clipped to the trace)."""
+        arr = series(self.trace, of)
+        a, b = max(int(a), 0), int(b)
+        if arr is not None:
+            b = min(b, arr.shape[0] - 1)
+        v = reduce(arr[a:b + 1], stat) if arr is not None and b >= a else math.nan
+        return self._put(name, v, kind="series", of=of, stat=stat, steps=[a, b])
+
+    def val_at(self, name: str, step: int, smoothed: bool) -> float:
+        """The validation loss measured after ``step`` steps (smoothed as the val_loss check does, or raw)."""
+        t = self.trace
+        v = math.nan
+        if t.val_loss is not None and t.val_steps is not None:
+            ok = np.isfinite(t.val_loss)
+            vals, steps = t.val_loss[ok], t.val_steps[ok]
+            if smoothed and vals.size:
+                vals = smooth(vals, _VAL_SMOOTHING.get())
+            hit = np.flatnonzero(steps == int(step))
+            if hit.size:
+                v = float(vals[hit[0]])
+        recipe: dict[str, Any] = {"kind": "val", "smoothing": _VAL_SMOOTHING.get() if smoothed else 0.0,
+                                  "steps": [int(step), int(step)]}
+        return self._put(name, v, **recipe)
+
+    # arithmetic on quotes
+    def ratio(self, name: str, num: str, den: str) -> float:
+        a, b = self[num], self[den]
+        v = a / b if math.isfinite(a) and math.isfinite(b) and b != 0 else math.nan
+        return self._put(name, v, kind="ratio", parts=[num, den])
+
+    def product(self, name: str, a: str, b: str) -> float:
+        x, y = self[a], self[b]
+        return self._put(name, x * y if math.isfinite(x) and math.isfinite(y) else math.nan, kind="product",
+                         parts=[a, b])
+
+    def derived(self, name: str, fn: str, part: str) -> float:
+        """``fn`` (``pow10``, ``pow10_floor``, ``round2``, ``exp``, ``nearest_int``, ``log``) of one quote."""
+        x = self[part]
+        fns: dict[str, Callable[[float], float]] = {
+            "pow10": pow10, "pow10_floor": pow10_floor, "round2": round2, "exp": lambda v: math.exp(v) if v < 700 else math.inf,
+            "nearest_int": lambda v: float(round(v)), "log": lambda v: math.log(v) if v > 0 else math.nan}
+        v = fns[fn](x) if math.isfinite(x) else math.nan
+        return self._put(name, v, kind="derived", fn=fn, parts=[part])
+
+    def smaller(self, name: str, a: str, b: str) -> float:
+        """The smaller of two quotes (a factor capped at a rule's default)."""
+        x, y = self[a], self[b]
+        v = min(x, y) if math.isfinite(x) and math.isfinite(y) else (y if math.isfinite(y) else x)
+        return self._put(name, v, kind="min", parts=[a, b])
+
+    # facts
+    def setting(self, name: str, key: str, value: Any) -> Any:
+        """An optimizer setting as ``trace.info["optimizer_config"]`` records it."""
+        return self._put(name, value, kind="setting", key=key)
+
+    def fact(self, name: str, key: str, value: Any, percent: bool = False) -> Any:
+        """A fact from ``trace.info`` (``dtype_policy``, ``batchnorm_layers``...); ``percent``: shown as one."""
+        return self._put(name, value, kind="fact", key=key, **({"format": "percent"} if percent else {}))
+
+    def const(self, name: str, value: Any) -> Any:
+        """A constant of the rule (a threshold, a suggested setting): not a measurement."""
+        return self._put(name, value, kind="const")
+
+    def step(self, name: str, k: int) -> int:
+        return self._put(name, int(k), kind="step")
+
+    def count(self, name: str, value: int) -> int:
+        return self._put(name, int(value), kind="count")
+
+    def text(self, name: str, value: str) -> str:
+        """Verbatim text (a variable's name, a code snippet): not a number."""
+        return self._put(name, str(value), kind="text")
+
+    # output
+    def show(self, name: str) -> str:
+        q = self.q[name]
+        kind, v = q["kind"], q["value"]
+        if kind == "text":
+            return v
+        if kind in ("step", "count"):
+            return str(int(v))
+        if kind == "series":
+            a, b = q["steps"]
+            where = f"step {a}" if q["stat"] == "at" or a == b else f"{STAT_WORDS[q['stat']]} steps {a}-{b}"
+            return f"{_g(v)} ({where})"
+        if kind == "val":
+            what = "smoothed validation loss" if q["smoothing"] else "validation loss"
+            return f"{_g(v)} ({what} after {q['steps'][0]} steps)"
+        if isinstance(v, str):
+            return v
+        if v is None:
+            return "None"
+        if q.get("format") == "percent" and math.isfinite(float(v)):
+            return f"{float(v):.0%}"
+        return _g(v)
+
+    def render(self, template: str) -> str:
+        return _FIELD.sub(lambda m: self.show(m.group(1)), template)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: dict(v) for k, v in self.q.items()}
+
+    def numbers(self) -> dict[str, Any]:
+        return {k: v["value"] for k, v in self.q.items() if v["kind"] != "text"}
+
+
+@dataclass
+class Fix:
+    """One fix: its text template and, when it is an optimizer setting, the change the replay applies."""
+
+    template: str
+    config: dict[str, Any] | None = None
+    #: a remark on the fixes (why one is not offered), not a fix itself
+    note: bool = False
+
+
+@dataclass
+class Dx:
+    """What a rule concludes: the cause key and confidence, the cause template, the fixes in rank order."""
+
+    key: str
+    confidence: str
+    cause: str
+    fixes: list[Fix]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# -- entry points ---------------------------------------------------------------------
+
+
+def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None, *,
+             context: Sequence[Finding] | None = None) -> list[Finding]:
     """Return ``findings`` with ``cause``, ``fix``, ``confidence`` and a cause key filled in.
 
     Args:
         findings: findings from :func:`~pytest_stability.checks.run_checks`.
         trace: the trace they were found in.
         thresholds: the run's :class:`~pytest_stability.checks.Thresholds`; its ``spike_window`` is the
-            window over which "stuck" is judged (default: the default window).
+            window over which "stuck" is judged, its ``val_smoothing`` the smoothing of the validation
+            losses quoted (default: the defaults).  Recorded in ``evidence["settings"]``.
+        context: every finding of the run (default: ``findings``): a validation rise after a training event
+            is named its consequence, and no fix raises the learning rate of a run that blew up.
+            :func:`rank_findings` passes the run's findings of every check.
 
     Returns:
         New findings (the inputs are frozen), in the same order.
@@ -152,23 +464,49 @@ def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None) 
     """
     if not isinstance(trace, Trace):
         raise TypeError(f"diagnose() expects a Trace, received {type(trace).__name__}")
-    token = _STUCK_STEPS.set(int(getattr(thresholds, "spike_window", None) or _STUCK_STEPS.get()))
+    for f in list(findings) + list(context or ()):
+        if not isinstance(f, Finding):
+            raise TypeError(f"diagnose() expects Finding objects, received {type(f).__name__}")
+    window = getattr(thresholds, "spike_window", None)
+    smoothing = getattr(thresholds, "val_smoothing", None)
+    spike_window = int(window) if window else _STUCK_STEPS.get()
+    val_smoothing = float(smoothing) if smoothing is not None else _VAL_SMOOTHING.get()
+    settings: dict[str, Any] = {"spike_window": spike_window, "val_smoothing": val_smoothing}
+    token = _STUCK_STEPS.set(spike_window)
+    token2 = _VAL_SMOOTHING.set(val_smoothing)
     try:
-        return _diagnose(findings, trace)
+        return _diagnose(findings, trace, list(context) if context is not None else list(findings), settings)
     finally:
+        _VAL_SMOOTHING.reset(token2)
         _STUCK_STEPS.reset(token)
 
 
-def _diagnose(findings: Sequence[Finding], trace: Trace) -> list[Finding]:
+def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding], settings: dict[str, Any]
+              ) -> list[Finding]:
     out = []
     for f in findings:
-        if not isinstance(f, Finding):
-            raise TypeError(f"diagnose() expects Finding objects, received {type(f).__name__}")
+        q = Quotes(trace)
         rule = _RULES.get(f.check, _unknown)
-        key, cause, fix, confidence, numbers = rule(f, trace)
-        fix_configs = list(numbers.pop("fix_configs", ()))
-        evidence = {**dict(f.evidence), "cause_key": key, "diagnosis": _clean(numbers), "fix_configs": fix_configs}
-        out.append(dataclasses.replace(f, cause=cause, fix=fix, confidence=confidence, evidence=evidence))
+        dx = rule(f, trace, q, context)
+        fixes = _direction_safe(dx.fixes, trace, context)
+        texts = [q.render(fx.template) for fx in fixes]
+        fix_text = ", or ".join(t for t, fx in zip(texts, fixes) if not fx.note)
+        fix_text = "; ".join([fix_text] * bool(fix_text) + [t for t, fx in zip(texts, fixes) if fx.note])
+        evidence = {
+            **dict(f.evidence),
+            "cause_key": dx.key,
+            "diagnosis": _clean({**q.numbers(), **dx.extra}),
+            "quotes": q.to_dict(),
+            "templates": {"cause": dx.cause, "fixes": [fx.template for fx in fixes]},
+            "fixes": [{"text": t, "config": dict(fx.config) if fx.config else None, "note": fx.note}
+                      for t, fx in zip(texts, fixes)],
+            "fix_configs": [dict(fx.config) for fx in fixes if fx.config],
+            "settings": dict(settings),
+        }
+        if "fix_from" in dx.extra:
+            evidence["fix_from"] = int(dx.extra["fix_from"])
+        out.append(dataclasses.replace(f, cause=q.render(dx.cause), fix=fix_text,
+                                       confidence=dx.confidence, evidence=evidence))
     return out
 
 
@@ -183,7 +521,7 @@ def _clean(numbers: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
         elif isinstance(v, (int, np.integer)):
             out[k] = int(v)
-        else:
+        elif isinstance(v, (float, np.floating)):
             v = float(v)
             out[k] = v if math.isfinite(v) else None
     return out
@@ -201,13 +539,8 @@ def _median(a: np.ndarray | None) -> float:
     return float(np.median(a)) if a.size else math.nan
 
 
-def _g(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
-
-
-def _round_clip(x: float) -> str:
-    """A clipnorm value people can paste: two significant digits."""
-    return f"{float(f'{x:.2g}'):g}"
+def _ok(x: Any, limit: float) -> bool:
+    return isinstance(x, (float, int)) and not isinstance(x, bool) and math.isfinite(x) and x >= limit
 
 
 def _optimizer(trace: Trace) -> tuple[str, dict[str, Any]]:
@@ -215,448 +548,767 @@ def _optimizer(trace: Trace) -> tuple[str, dict[str, Any]]:
     return str(info.get("optimizer") or ""), dict(info.get("optimizer_config") or {})
 
 
-def _lr(trace: Trace, step: int, cfg: dict[str, Any]) -> float:
-    if trace.lr is not None and trace.lr.size:
-        vals = _finite(trace.lr[: max(step, 1)])
-        if vals.size:
-            return float(vals[-1])
-    lr = cfg.get("learning_rate")
-    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else math.nan
+def _number(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
 def _window(trace: Trace) -> int:
     return max(10, min(50, trace.steps // 10))
 
 
-def _initial_loss(trace: Trace) -> float:
-    return _median(trace.loss[: _window(trace)])
+def early_end(trace: Trace) -> int:
+    """Events that start before this step are early blow-ups (see :data:`EARLY_FRACTION`)."""
+    planned = int(trace.steps_planned or trace.steps)
+    return max(EARLY_MIN_STEPS, math.ceil(EARLY_FRACTION * planned))
 
 
-def _p90_before(trace: Trace, step: int, warmup: int = 0) -> float:
-    """90th percentile of the finite gradient norms before ``step`` (a clipnorm to try)."""
-    if trace.grad_norm is None:
-        return math.nan
-    g = _finite(trace.grad_norm[min(warmup, max(step - 5, 0)):step])
-    return float(np.percentile(g, 90)) if g.size else math.nan
+def _lr_now(q: Quotes, trace: Trace, step: int, cfg: dict[str, Any], name: str = "learning_rate") -> float:
+    """The learning rate in effect at ``step`` (the recorded one, else the configured one)."""
+    if trace.lr is not None and 0 <= step < trace.lr.size and math.isfinite(trace.lr[step]):
+        return q.at(name, "lr", step)
+    if trace.lr is not None and step >= trace.lr.size > 0 and math.isfinite(trace.lr[-1]):
+        return q.at(name, "lr", trace.lr.size - 1)
+    return q.setting(name, "learning_rate", _number(cfg.get("learning_rate")))
 
 
-def _healthy_p90(trace: Trace, step: int) -> float:
-    """The clipnorm to suggest: the 90th percentile of the *healthy* gradient norms before ``step``.
+def healthy_end(trace: Trace, step: int) -> int:
+    """The end (exclusive) of the healthy stretch ``[0, end)`` before ``step``.
 
-    Healthy: within :data:`HEALTHY_GROWTH` x the median norm of the first
-    window, so the norms of an explosion already under way (a learning rate
-    too high from step 1) do not make the suggested clipnorm as large as the
-    explosion itself.
+    A step is healthy while its loss and gradient norm are finite and within :data:`HEALTHY_GROWTH` x the
+    median of the run's first steps (up to 5, before ``step``)."""
+    step = max(0, min(int(step), trace.steps))
+    if step == 0:
+        return 0
+    k = min(5, step)
+    bad = ~np.isfinite(trace.loss[:step])
+    loss_ref = _median(trace.loss[:k])
+    if math.isfinite(loss_ref):
+        with np.errstate(invalid="ignore"):
+            bad |= np.abs(trace.loss[:step]) > HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
+    if trace.grad_norm is not None:
+        g = trace.grad_norm[:step]
+        g_ref = _median(g[:k])
+        bad |= ~np.isfinite(g)
+        if math.isfinite(g_ref) and g_ref > 0:
+            with np.errstate(invalid="ignore"):
+                bad |= g > HEALTHY_GROWTH * g_ref
+    hit = np.flatnonzero(bad)
+    return int(hit[0]) if hit.size else step
+
+
+def _rolling_min(loss: np.ndarray, end: int, k: int = 3) -> tuple[float, int]:
+    """The lowest rolling median (over ``k`` steps) of the loss before ``end``, and the step it ends at."""
+    x = np.asarray(loss[:max(0, end)], dtype=np.float64)
+    if x.size < k:
+        f = _finite(x)
+        return (float(np.min(f)), int(np.nanargmin(np.where(np.isfinite(x), x, np.inf)))) if f.size else (math.nan, 0)
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    with np.errstate(all="ignore"):
+        w = sliding_window_view(x, k)
+        med = np.median(w, axis=1)
+    med = np.where(np.isfinite(med), med, np.inf)
+    i = int(np.argmin(med))
+    return (float(med[i]) if math.isfinite(med[i]) else math.nan), i + k - 1
+
+
+def blew_up(trace: Trace, start: int, level: float | None = None) -> dict[str, Any]:
+    """Whether the run went *up* before ``start`` or at it: its evidence.
+
+    ``jump``: the loss level after ``start`` (``level``; else the median of the steps from ``start``) is at
+    least :data:`JUMP_ABOVE_MIN` x the lowest 3-step median of the loss before it; ``burst``: the gradient
+    norm in the 10 steps up to ``start`` reached :data:`BURST` x its median over the run's first steps.
     """
+    n = trace.steps
+    start = max(0, min(int(start), n))
+    out: dict[str, Any] = {"jump": False, "burst": False}
+    if level is None:
+        level = _median(trace.loss[start:start + 20])
+    low, low_end = _rolling_min(trace.loss, start)
+    if math.isfinite(low) and low > 0 and math.isfinite(level) and level >= JUMP_ABOVE_MIN * low:
+        out.update(jump=True, low=low, low_end=low_end, level=level)
+    if trace.grad_norm is not None and start > 0:
+        k = min(_window(trace), max(1, start // 2))
+        early = _median(trace.grad_norm[:k])
+        peak_seg = _finite(trace.grad_norm[max(0, start - 10):start + 1])
+        if peak_seg.size and math.isfinite(early) and early > 0 and float(np.max(peak_seg)) >= BURST * early:
+            out.update(burst=True, g_early=early, g_peak=float(np.max(peak_seg)), g_k=k)
+    out["any"] = bool(out["jump"] or out["burst"])
+    return out
+
+
+def _direction_safe(fixes: list[Fix], trace: Trace, findings: Sequence[Finding]) -> list[Fix]:
+    """Drop any fix that raises the learning rate of a run that blew up (a spike, an explosion, a NaN, or a
+    stuck loss above its early minimum): the run's own evidence says a larger step made things worse."""
+    raising = [fx for fx in fixes if fx.config and _number(fx.config.get("learning_rate_factor")) > 1]
+    if not raising:
+        return fixes
+    event = any(f.check in ("loss_spike", "grad_norm", "nonfinite") for f in findings)
+    stuck = [f for f in findings if f.check == "stuck" and f.kind in ("collapsed", "stuck")]
+    went_up = any(blew_up(trace, int(f.step), _number(f.value))["any"] for f in stuck)
+    if event or went_up:
+        return [fx for fx in fixes if fx not in raising]
+    return fixes
+
+
+# -- fixes shared by the rules ----------------------------------------------------------
+
+
+def _clip_fix(q: Quotes, trace: Trace, start: int, what: str) -> Fix | None:
+    """``clipnorm`` at the 90th percentile of the healthy stretch's gradient norms, or None without one.
+
+    Without a healthy stretch of :data:`HEALTHY_MIN_STEPS` steps, records why (``no_clip``) so the caller
+    can say so."""
     if trace.grad_norm is None:
-        return math.nan
-    g = _finite(trace.grad_norm[:step])
-    if not g.size:
-        return math.nan
-    early = _median(g[: _window(trace)])
-    healthy = g[g <= HEALTHY_GROWTH * early] if early > 0 else g
-    return float(np.percentile(healthy if healthy.size else g, 90))
+        return None
+    h = healthy_end(trace, start)
+    q.step("healthy_before", start)
+    q.count("healthy_steps", h)
+    if h < HEALTHY_MIN_STEPS:
+        q.const("healthy_min_steps", HEALTHY_MIN_STEPS)
+        return None
+    q.over("grad_norm_p90_healthy", "grad_norm", "p90", 0, h - 1)
+    clip = q.derived("clipnorm_suggested", "round2", "grad_norm_p90_healthy")
+    if not (math.isfinite(clip) and clip > 0):
+        return None
+    return Fix(f"clipnorm={{clipnorm_suggested}} on the optimizer, from this run's healthy gradient norms {what}: "
+               "{grad_norm_p90_healthy}", {"clipnorm": clip})
 
 
-def _clip_fix(clip: float, what: str) -> str:
-    if math.isfinite(clip) and clip > 0:
-        return (f"clipnorm={_round_clip(clip)} on the optimizer (the 90th percentile of this run's healthy "
-                f"gradient norms {what})")
-    return "clipnorm on the optimizer (about the 90th percentile of the healthy gradient norms)"
+def _clip_or_note(q: Quotes, trace: Trace, start: int, what: str) -> list[Fix]:
+    """The clipnorm fix, or the note saying why there is none (nothing without gradient norms)."""
+    clip = _clip_fix(q, trace, start, what)
+    if clip is not None:
+        return [clip]
+    return [_no_clip_note()] if "healthy_steps" in q else []
 
 
-def _clip_configs(clip: float) -> list[dict[str, Any]]:
-    """``clipnorm=clip`` as optimizer settings (what the what-if replay applies), when there is a value."""
-    return [{"clipnorm": float(_round_clip(clip))}] if math.isfinite(clip) and clip > 0 else []
+def _no_clip_note_short() -> Fix:
+    return Fix("no clipnorm: there is no healthy stretch before it to derive a clip value from", note=True)
 
 
-def _clip_or_lower(clip: float) -> list[dict[str, Any]]:
-    """The fixes of an explosion, in the order the message gives them: clipnorm, then a 10x lower rate."""
-    return _clip_configs(clip) + [{"learning_rate_factor": 0.1}]
+def _no_clip_note() -> Fix:
+    return Fix("no clipnorm: only {healthy_steps} healthy steps before it (fewer than {healthy_min_steps}), "
+               "too few to derive a clip value from: lower the learning rate", note=True)
 
 
-def _lower_lr(lr: float, factor: float = 10.0) -> str:
-    return f"learning_rate={lr / factor:.2g} (now {lr:.2g})" if math.isfinite(lr) and lr > 0 else "a lower learning rate"
+def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, largest_before: bool = False) -> str:
+    """Quote the factor to lower the learning rate by (see the module docstring) and return its basis:
+    ``schedule``, ``update`` or ``default``; the factor is the quote ``lr_factor``."""
+    q.const("lr_default_factor", default)
+    # a schedule that rose into the failure: its highest rate so far brought to a tenth of the rate it blew up at
+    # (under momentum a collapse can come at a lower rate than the one it first came at: measured on seg_dice)
+    if trace.lr is not None and start > 0:
+        lr = trace.lr
+        first = _number(lr[0])
+        at = _number(lr[min(start, lr.size - 1)])
+        if math.isfinite(first) and first > 0 and math.isfinite(at) and at >= 2 * first:
+            q.at("lr_at_event", "lr", min(start, lr.size - 1))
+            q.over("lr_peak", "lr", "max", 0, lr.size - 1)
+            q.const("schedule_margin", SCHEDULE_MARGIN)
+            q.ratio("lr_event_share", "lr_at_event", "lr_peak")
+            q.product("lr_factor_raw", "lr_event_share", "schedule_margin")
+            q.derived("lr_factor_pow10", "pow10_floor", "lr_factor_raw")
+            q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
+            return "schedule"
+    # updates too large: bring |dw|/|w| below TARGET_UPDATE per step.  Early, or before a collapse, the
+    # largest update of the healthy stretch before the blow-up (the first update of Adam, momentum building up
+    # under SGD); later, the updates around the event
+    if trace.update_ratio is not None:
+        if start < early_end(trace) or largest_before:
+            # over the healthy stretch (and its first step): the updates of an explosion under way are its
+            # consequence, not the rate's measure
+            u = q.over("update_ratio", "update_ratio", "max", 0, max(min(healthy_end(trace, start), start) - 1, 0))
+        else:
+            u = q.over("update_ratio", "update_ratio", "median", max(0, start - 2), end + 2)
+        if _ok(u, UPDATE_TOO_FAST):
+            q.const("target_update", TARGET_UPDATE)
+            q.ratio("update_excess", "target_update", "update_ratio")
+            q.derived("lr_factor_pow10", "pow10_floor", "update_excess")
+            q.smaller("lr_factor", "lr_factor_pow10", "lr_default_factor")
+            return "update"
+    q.const("lr_factor", default)
+    return "default"
 
 
-def _stuck_after(trace: Trace, step: int, f: Finding | None = None) -> tuple[bool, float, float, int]:
-    """Whether training is stuck after ``step``: (stuck, level, rel_std, n_steps).
-
-    The check's definition (:func:`~pytest_stability.checks.spikes.stuck_after`):
-    a flat loss, or gradients that vanished while the loss stayed up.  A
-    ``loss_spike`` finding has already judged it (``evidence["stuck"]``); its
-    verdict wins, so the message and the diagnosis never disagree.
-    """
-    st = stuck_after(trace.loss, trace.grad_norm, step, _STUCK_STEPS.get())
-    stuck = st["stuck"]
-    if f is not None and isinstance(f.evidence.get("stuck"), bool):
-        stuck = f.evidence["stuck"]
-    return stuck, st["level"], st["rel_std"], st["n"]
+def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], default: float = 0.1,
+            largest_before: bool = False) -> tuple[Fix, str]:
+    """The lower learning rate to try, with its magnitude from the run, and the basis of the magnitude."""
+    basis = _lr_factor(q, trace, start, end, default, largest_before)
+    lr = _lr_now(q, trace, start, cfg, "learning_rate")
+    q.product("learning_rate_suggested", "learning_rate", "lr_factor")
+    why = {"schedule": " (scales the schedule so that the highest rate this run reached, {lr_peak}, becomes at "
+                       "most {schedule_margin}x the rate it blew up at, {lr_at_event})",
+           "update": " (brings the update size |dw|/|w|, {update_ratio}, below {target_update} per step)",
+           "default": ""}[basis]
+    if trace.lr is not None and basis == "schedule":
+        text = "the learning-rate schedule x {lr_factor}" + why
+    elif not math.isfinite(lr):
+        text = "a learning rate {lr_factor}x the current one" + why
+    else:
+        text = "learning_rate={learning_rate_suggested} (now {learning_rate}; x {lr_factor})" + why
+    return Fix(text, {"learning_rate_factor": q["lr_factor"]}), basis
 
 
 # -- rules ---------------------------------------------------------------------
 
-Diagnosis = tuple[str, str, str, str, dict[str, Any]]
+Rule = Callable[[Finding, Trace, Quotes, list], Dx]
 
 
-def _nonfinite(f: Finding, trace: Trace) -> Diagnosis:
+def _epsilon_underflow(f: Finding, trace: Trace, q: Quotes, start: int) -> Dx | None:
+    """Float16 variables under an Adam-family optimizer whose epsilon is below float16's smallest normal number:
+    v underflows to 0 for small gradients and m/(sqrt(v)+epsilon) divides by ~epsilon."""
+    opt, cfg = _optimizer(trace)
+    info = trace.info or {}
+    eps = _number(cfg.get("epsilon"))
+    policy = str(info.get("dtype_policy") or "")
+    if opt not in ADAM_FAMILY or policy != "float16" or not (math.isfinite(eps) and eps < FLOAT16_TINY):
+        return None
+    if start >= early_end(trace):
+        return None
+    q.text("optimizer", opt)
+    q.fact("dtype_policy", "dtype_policy", policy)
+    q.setting("epsilon", "epsilon", eps)
+    q.const("float16_tiny", FLOAT16_TINY)
+    q.const("epsilon_suggested", 1e-4)
+    _lr_now(q, trace, 0, cfg)
+    u0 = q.at("update_ratio", "update_ratio", 0) if trace.update_ratio is not None else math.nan
+    big = _ok(u0, UPDATE_TOO_FAST)
+    cause = ("{optimizer} on {dtype_policy} variables with epsilon={epsilon}, below float16's smallest normal "
+             "number {float16_tiny}: for small gradients v underflows to zero and m/(sqrt(v)+epsilon) divides by "
+             "(almost) nothing, so the update, not the data, blew up")
+    if big:
+        cause += (" (the first update moved the weights by {update_ratio} of their norm, at learning rate "
+                  "{learning_rate})")
+    fixes = [Fix("{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): an epsilon float16 can hold",
+                 {"epsilon": 1e-4}),
+             Fix("keep the variables and optimizer state in float32: the 'mixed_float16' dtype policy instead of "
+                 "'float16'")]
+    return Dx("epsilon_underflow", LIKELY if big or f.check == "nonfinite" else UNCERTAIN, cause, fixes)
+
+
+def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, what: str) -> Dx:
+    """An explosion in the first few percent of the steps: the learning rate (or the initialisation or input
+    scale), with any optimizer; never Adam's second moment (it has no history yet)."""
     _, cfg = _optimizer(trace)
-    step = int(f.step)
-    if f.kind == "input" or f.evidence.get("input_nonfinite"):
-        return ("nan_in_data",
-                f"the input batch of step {step} already held NaN/Inf before the model saw it: the data, "
-                "not training, produced it",
-                "clean the data pipeline: drop or impute non-finite rows (np.isfinite(x).all(axis=1)), or "
-                "add ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x))) / tf.debugging.check_numerics "
-                "to the tf.data pipeline",
-                LIKELY, {"step": step})
-    if f.kind == "validation":
-        return ("nan_in_data",
-                f"the validation loss became non-finite after {step} steps while every training quantity "
-                "stayed finite: most likely NaN/Inf in the validation data (or an op that only the inference "
-                "path runs)",
-                "check the validation data for NaN/Inf (np.isfinite(x_val).all())",
-                UNCERTAIN, {"step": step})
-    lr = _lr(trace, step, cfg)
-    loss = trace.loss[:step]
-    finite_loss = _finite(loss)
-    w = _window(trace)
-    numbers: dict[str, Any] = {"step": step, "learning_rate": lr}
-    if step == 0:
-        what = ", ".join((f.evidence or {}).get("quantities") or []) or "a training quantity"
-        return ("nonfinite_at_start",
-                f"{what} was NaN/Inf at step 0, before any update: the learning rate cannot have caused it; "
-                "the forward pass or the loss produced it from the initial weights and the first batch",
-                "check the initialisation (a custom initializer, weights loaded from a file), the data "
-                "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
-                "(log(0), 0/0, sqrt of a negative) in the model or the loss",
-                LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
-                {"step": step, "learning_rate": lr})
-    if finite_loss.size < 3:
-        return ("lr_too_high" if step > 0 else "unsafe_loss_op",
-                f"the loss became NaN/Inf at step {step}, only {finite_loss.size} finite steps after the start "
-                + ("with a finite input batch: " if (trace.info or {}).get("inputs_checked", True)
-                   else "(the input batches were not inspected): NaN/Inf in the data, ")
-                + "a learning rate far too high, a bad initialisation, or an unsafe op (log(0), 0/0) in the loss",
-                f"try {_lower_lr(lr)}; guard log/division in custom losses with an epsilon",
-                UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 0.1}] if step > 0 else []})
-    ref_loss = float(np.min(finite_loss[: max(3, finite_loss.size - 5)]))
-    last = finite_loss[-5:]
-    loss_growth = float(np.max(last) / ref_loss) if ref_loss > 0 else math.nan
-    grad_growth = math.nan
+    q.step("start", start)
+    q.count("early_end", early_end(trace))
+    q.at("loss_first", "loss", 0)
+    lr_fix, basis = _lr_fix(q, trace, start, end, cfg)
+    clips = _clip_or_note(q, trace, start, "before the blow-up")
+    cause = what + (", within the first {early_end} steps: a learning rate too high for this model "
+                    "from the start (or weights initialised too large, or inputs far from unit scale)")
+    if basis == "update":
+        cause += ": the first update already moved the weights by {update_ratio} of their norm"
+    fixes = [lr_fix] + clips
+    fixes.append(Fix("if a lower learning rate does not help: scale the inputs to about unit range and check "
+                     "the initialisation (he_normal / glorot_uniform)"))
+    return Dx("lr_too_high", LIKELY, cause, fixes)
+
+
+def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool, bool, list[str]]:
+    """The evidence of a collapsed Adam second moment before ``start``: (named, confident, cause parts).
+
+    Needs a history: at least :data:`HISTORY_MIN_STEPS` steps before the burst.  Then any of: the gradient
+    norm over the stretch before the burst :data:`TINY_GRADIENTS` x below its early median; ``g^2/v`` just
+    before it :data:`G2V_JUMP` x its median (slot statistics); without gradient norms, the loss fallen
+    :data:`NEAR_ZERO` x (or :data:`PERIODIC_FELL` x with :data:`PERIODIC_EVENTS` spikes)."""
+    if start < HISTORY_MIN_STEPS:
+        return False, False, []
+    q.const("history_min_steps", HISTORY_MIN_STEPS)
+    w = min(_window(trace), start // 4)
+    h0 = max(w, start - HISTORY_MIN_STEPS)
+    parts: list[str] = []
+    tiny = g2v = fell = False
+    l0 = q.over("loss_early", "loss", "median", 0, w - 1)
+    lmin = q.over("min_loss_before", "loss", "min", 0, start - 1)
+    q.ratio("loss_fell", "loss_early", "min_loss_before")
+    parts.append("the loss had fallen {loss_fell}x, from {loss_early} to {min_loss_before}")
     if trace.grad_norm is not None:
-        g = trace.grad_norm[:step]
-        gref = _median(g[: max(3, min(w, g.size - 5))])
-        glast = _finite(g[-5:])
-        if glast.size and gref > 0:
-            grad_growth = float(np.max(glast) / gref)
-    numbers.update(loss_growth=loss_growth, grad_growth=grad_growth, last_finite_loss=float(finite_loss[-1]),
-                   initial_loss=_initial_loss(trace))
-    clip = _healthy_p90(trace, max(step - 5, 1))
-    numbers["clipnorm_suggested"] = clip
-    diverged = (math.isfinite(loss_growth) and loss_growth >= GROWTH_BEFORE_NAN) or (
-        math.isfinite(grad_growth) and grad_growth >= GROWTH_BEFORE_NAN)
-    if diverged:
-        return ("lr_too_high",
-                f"training diverged before the NaN at step {step}: in the last 5 steps the loss reached "
-                f"{_g(loss_growth)}x its lowest earlier value and the gradient norm {_g(grad_growth)}x its early "
-                f"median, at learning rate {_g(lr)}",
-                f"{_lower_lr(lr)}, or {_clip_fix(clip, 'before the divergence')}",
-                LIKELY, {**numbers, "fix_configs": [{"learning_rate_factor": 0.1}] + _clip_configs(clip)})
-    src = (trace.first_nonfinite or {}).get("source")
-    numbers["source"] = src
-    return ("unsafe_loss_op",
-            f"the loss was finite and steady ({_g(float(finite_loss[-1]))}, at most {_g(loss_growth)}x its "
-            f"lowest value; gradient norm {_g(grad_growth)}x its early median) and turned NaN/Inf in one step "
-            f"({src or 'loss'} first): a numerically unsafe op such as log(0), 0/0 or sqrt(0) in the loss or "
-            "model, hit once predictions saturate",
-            "guard the op: keras.ops.log(keras.ops.clip(p, 1e-7, 1.0)) instead of log(p), add an epsilon to "
-            "denominators, or use the built-in loss with from_logits=True",
-            LIKELY if src in (None, "loss", "gradients") else UNCERTAIN, numbers)
+        q.over("grad_norm_early", "grad_norm", "median", 0, w - 1)
+        q.over("grad_norm_before", "grad_norm", "median", h0, start - 1)
+        collapse = q.ratio("grad_collapse", "grad_norm_early", "grad_norm_before")
+        tiny = _ok(collapse, TINY_GRADIENTS) or (_ok(collapse, SMALL_GRADIENTS) and _ok(q["loss_fell"], NEAR_ZERO))
+        parts.append("over the {history_steps} steps before the burst the gradient norm was {grad_collapse}x "
+                     "below its early level ({grad_norm_early} -> {grad_norm_before})"
+                     + (", so Adam's v shrank with it" if tiny else ""))
+        q.count("history_steps", start - h0)
+    g2 = trace.opt_stats.get("g2_over_v_max")
+    if g2 is not None:
+        q.over("g2_over_v_median", "opt.g2_over_v_max", "median", w, start - 1)
+        q.over("g2_over_v_before", "opt.g2_over_v_max", "max", max(0, start - 5), start)
+        jump = q.ratio("g2_over_v_jump", "g2_over_v_before", "g2_over_v_median")
+        g2v = _ok(jump, G2V_JUMP)
+        if g2v:
+            parts.append("max g^2/v just before the burst was {g2_over_v_before}, {g2_over_v_jump}x its median "
+                         "{g2_over_v_median}")
+    if trace.grad_norm is None:
+        n_events = int(f.evidence.get("n_events") or 0)
+        fell = _ok(q["loss_fell"], NEAR_ZERO) or (n_events >= PERIODIC_EVENTS and _ok(q["loss_fell"], PERIODIC_FELL))
+    named = tiny or g2v or fell
+    confident = (tiny and g2v) or (tiny and _ok(q["loss_fell"], NEAR_ZERO))
+    del l0, lmin
+    return named, confident, parts
 
 
-def _adam_numbers(trace: Trace, start: int) -> dict[str, Any]:
-    """Evidence of a collapsed Adam second moment just before ``start``."""
-    w = _window(trace)
-    out: dict[str, Any] = {}
-    g2v = trace.opt_stats.get("g2_over_v_max")
-    if g2v is not None and start > 2:
-        # Step 0 divides by v = 0: skip the first window.
-        base = _median(g2v[min(w, start // 2):start])
-        pre = _finite(g2v[max(0, start - 5):start + 1])
-        out["g2_over_v_before"] = float(np.max(pre)) if pre.size else math.nan
-        out["g2_over_v_median"] = base
-        out["g2_over_v_jump"] = out["g2_over_v_before"] / base if base > 0 else math.nan
-    v = trace.opt_stats.get("v_rms")
-    if v is not None and start > 1:
-        peak = _finite(v[:start])
-        out["v_rms_peak"] = float(np.max(peak)) if peak.size else math.nan
-        out["v_rms_before"] = float(v[start - 1])
-        out["v_decay"] = out["v_rms_peak"] / out["v_rms_before"] if out["v_rms_before"] > 0 else math.nan
-    if trace.grad_norm is not None and start > w:
-        early = _median(trace.grad_norm[:w])
-        pre = _median(trace.grad_norm[max(0, start - w):start])
-        out["grad_norm_early"] = early
-        out["grad_norm_before"] = pre
-        out["grad_collapse"] = early / pre if pre > 0 else math.nan
-    return out
+def _adam_dx(f: Finding, trace: Trace, q: Quotes, start: int, what: str) -> Dx | None:
+    opt, cfg = _optimizer(trace)
+    if opt not in ADAM_FAMILY:
+        return None
+    named, confident, parts = _adam_history(q, trace, start, f)
+    if not named:
+        return None
+    q.text("optimizer", opt)
+    eps = q.setting("epsilon", "epsilon", _number(cfg.get("epsilon")))
+    beta_2 = q.setting("beta_2", "beta_2", _number(cfg.get("beta_2")))
+    amsgrad = bool(cfg.get("amsgrad"))
+    if f.evidence.get("n_events"):
+        q.count("n_events", int(f.evidence["n_events"]))
+        parts.append("{n_events} separate spikes")
+    cause = ("Adam second-moment collapse: " + what + " after a long stretch of small gradients; "
+             + "; ".join(parts) + "; a tiny v makes m/(sqrt(v)+epsilon) explode (epsilon={epsilon})")
+    fixes: list[Fix] = []
+    if not (math.isfinite(eps) and eps >= 1e-3):
+        q.const("epsilon_suggested", 1e-3)
+        fixes.append(Fix("{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): bounds the step when v "
+                         "collapses", {"epsilon": 1e-3}))
+    if not amsgrad and opt in ("Adam", "AdamW"):
+        fixes.append(Fix("{optimizer}(amsgrad=True): v never decreases", {"amsgrad": True}))
+    if math.isfinite(beta_2) and beta_2 > 0.99:
+        q.const("beta_2_suggested", 0.99)
+        fixes.append(Fix("beta_2={beta_2_suggested} (now {beta_2})", {"beta_2": 0.99}))
+    lr_fix, _ = _lr_fix(q, trace, start, start, cfg)
+    fixes.append(lr_fix)
+    return Dx("adam_second_moment", LIKELY if confident else UNCERTAIN, cause, fixes)
 
 
-def _ok(x: Any, limit: float) -> bool:
-    return isinstance(x, float) and math.isfinite(x) and x >= limit
+def _stuck_state(trace: Trace, step: int, f: Finding | None = None) -> dict[str, Any]:
+    st = stuck_after(trace.loss, trace.grad_norm, step, _STUCK_STEPS.get())
+    if f is not None and isinstance(f.evidence.get("stuck"), bool):
+        st = {**st, "stuck": f.evidence["stuck"]}
+    return st
 
 
-def _update_ratio_around(trace: Trace, start: int, end: int) -> float:
-    """Median global |dw|/|w| over ``[start - 2, end + 3)`` (NaN when the trace has no update ratios)."""
-    if trace.update_ratio is None:
-        return math.nan
-    return _median(trace.update_ratio[max(0, start - 2):end + 3])
+def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str) -> Dx:
+    """A run that blew up and then stopped: name the collapse, lower the learning rate, clip when possible."""
+    _, cfg = _optimizer(trace)
+    lr_fix, basis = _lr_fix(q, trace, start, end, cfg, largest_before=True)
+    clips = _clip_or_note(q, trace, start, "before the blow-up")
+    cause = head + ": the blow-up pushed units dead or outputs into saturation, and training stopped there"
+    if basis == "update":
+        cause += "; the largest update before it moved the weights by {update_ratio} of their norm"
+    return Dx("collapse_constant", LIKELY, cause, [lr_fix] + clips)
 
 
-def _loss_spike(f: Finding, trace: Trace) -> Diagnosis:
+def _tail_quotes(q: Quotes, trace: Trace, step: int) -> float:
+    """The level of the loss over the steps judged stuck after ``step``."""
+    n = trace.steps
+    a = max(step + 5, n - max(int(_STUCK_STEPS.get()), 10))
+    return q.over("stuck_level", "loss", "median", a, n - 1)
+
+
+def _event(f: Finding, trace: Trace, q: Quotes, findings: list, what: str, *, explosion: bool) -> Dx:
+    """The shared decision list of ``loss_spike`` and ``grad_norm`` (see the module docstring)."""
     opt, cfg = _optimizer(trace)
     start = int(f.evidence.get("start", f.step))
+    end = int(f.evidence.get("end", f.step))
     step = int(f.step)
-    lr = _lr(trace, start, cfg)
-    l0 = _initial_loss(trace)
-    before = _finite(trace.loss[:start])
-    min_before = float(np.min(before)) if before.size else math.nan
-    fell = l0 / min_before if min_before > 0 and math.isfinite(l0) else math.nan
-    stuck, level, rel_std, n_tail = _stuck_after(trace, step, f)
-    p90 = _p90_before(trace, start, warmup=_window(trace) // 5)
-    clip = _healthy_p90(trace, start)
-    gn_spike = math.nan
-    if trace.grad_norm is not None:
-        seg = _finite(trace.grad_norm[max(0, start - 3):step + 1])
-        gn_spike = float(np.max(seg)) if seg.size else math.nan
-    numbers: dict[str, Any] = {"initial_loss": l0, "min_loss_before": min_before, "loss_fell": fell,
-                               "learning_rate": lr, "grad_norm_p90_before": p90, "clipnorm_suggested": clip,
-                               "grad_norm_at_spike": gn_spike,
-                               "stuck": stuck, "stuck_level": level if stuck else math.nan}
-    upd = _update_ratio_around(trace, start, int(f.evidence.get("end", step)))
-    numbers["update_ratio"] = upd
+    dx = _epsilon_underflow(f, trace, q, start)
+    if dx is not None:
+        return dx
+    st = _stuck_state(trace, step, f if f.check == "loss_spike" else None)
+    if st["stuck"]:
+        _tail_quotes(q, trace, step)
+        stuck_text = what + ", then the loss stayed at {stuck_level}" + (
+            " with the gradients vanished" if st.get("vanished") and not st.get("flat") else "")
+    # Adam's second moment first, but only with its evidence: a history of at least HISTORY_MIN_STEPS steps
+    # of shrinking gradients (a long run's "first few percent" can hold such a history)
+    dx = _adam_dx(f, trace, q, start, what)
+    if dx is not None:
+        if st["stuck"]:
+            dx.cause += "; afterwards the loss stays at {stuck_level} (dead units)"
+        return dx
+    if start < early_end(trace):
+        if st["stuck"]:
+            q.step("start", start)
+            q.count("early_end", early_end(trace))
+            return _collapse_dx(q, trace, start, end, stuck_text + ", within the first {early_end} steps")
+        return _early_blowup(f, trace, q, start, end, what)
+    if st["stuck"]:
+        return _collapse_dx(q, trace, start, end, stuck_text)
+    # an explosion of the gradient norm, or a jump of the loss without one
+    has_g = trace.grad_norm is not None
+    if has_g:
+        q.over("grad_norm_p90_before", "grad_norm", "p90", max(0, min(_window(trace) // 5, start - 5)), start - 1)
+        q.over("grad_norm_at_spike", "grad_norm", "max", max(0, start - 3), step)
+        ratio = q.ratio("explosion", "grad_norm_at_spike", "grad_norm_p90_before")
+    else:
+        ratio = math.nan
+    exploded = explosion or _ok(ratio, EXPLOSION_FACTOR)
+    upd = math.nan
+    if trace.update_ratio is not None:
+        upd = q.over("update_ratio_event", "update_ratio", "median", max(0, start - 2), end + 2)
     too_fast = _ok(upd, UPDATE_TOO_FAST)
-    fast_note = (f"; the updates were {_g(upd)} of the weights per step (median |dw|/|w|, above {UPDATE_TOO_FAST:g}): "
-                 "the learning rate is too high for these weights") if too_fast else ""
-    periodic = ""
-    if f.evidence.get("n_events"):
-        periodic = (f"; {f.evidence['n_events']} spikes about every {_g(f.evidence.get('mean_interval'))} steps "
-                    f"(interval CV {_g(f.evidence.get('interval_cv'))})")
-    if opt in ADAM_FAMILY:
-        ad = _adam_numbers(trace, start)
-        numbers.update(ad)
-        eps = cfg.get("epsilon")
-        beta_2 = cfg.get("beta_2")
-        amsgrad = bool(cfg.get("amsgrad"))
-        near_zero = _ok(fell, NEAR_ZERO)
-        state = _ok(ad.get("g2_over_v_jump"), G2V_JUMP) or _ok(ad.get("grad_collapse"), GRAD_COLLAPSE)
-        # Repeated spikes once the loss has flattened are Adam's signature too
-        # (each spike refills v, which then decays again until the next one).
-        repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS and _ok(fell, PERIODIC_FELL)
-        numbers["repeated_spikes"] = repeated
-        if near_zero or state or repeated:
-            parts = [f"the loss had fallen {_g(fell)}x (from {_g(l0)} to {_g(min_before)}) before jumping to "
-                     f"{_g(f.value)} at step {step}"]
-            if "grad_collapse" in ad:
-                parts.append(f"the gradient norm had fallen {_g(ad['grad_collapse'])}x "
-                             f"({_g(ad['grad_norm_early'])} -> {_g(ad['grad_norm_before'])}), so Adam's v followed")
-            if "g2_over_v_jump" in ad:
-                parts.append(f"max g^2/v just before the spike was {_g(ad['g2_over_v_before'])}, "
-                             f"{_g(ad['g2_over_v_jump'])}x its run median")
-            if "v_decay" in ad and _ok(ad["v_decay"], 3.0):
-                parts.append(f"sqrt(mean v) had decayed {_g(ad['v_decay'])}x from its peak")
-            cause = ("Adam second-moment collapse: " + "; ".join(parts)
-                     + f"{periodic}; a tiny v makes m/(sqrt(v)+epsilon) explode (epsilon={eps})")
-            if stuck:
-                cause += f"; afterwards the loss is stuck at {_g(level)} (dead units)"
-            fixes, configs = [], []
-            if not (isinstance(eps, (int, float)) and eps >= 1e-3):
-                fixes.append(f"{opt}(epsilon=1e-3) (now {eps})")
-                configs.append({"epsilon": 1e-3})
-            if not amsgrad and opt in ("Adam", "AdamW"):
-                fixes.append(f"{opt}(amsgrad=True)")
-                configs.append({"amsgrad": True})
-            if isinstance(beta_2, (int, float)) and beta_2 > 0.99:
-                fixes.append(f"beta_2=0.99 (now {beta_2})")
-                configs.append({"beta_2": 0.99})
-            fixes.append(_lower_lr(lr))
-            configs.append({"learning_rate_factor": 0.1})
-            numbers["fix_configs"] = configs
-            confident = near_zero and state and "g2_over_v_jump" in ad
-            return ("adam_second_moment", cause, ", or ".join(fixes), LIKELY if confident else UNCERTAIN, numbers)
-    if stuck:
-        return ("collapse_constant",
-                f"the loss jumped to {_g(f.value)} at step {step} and then stayed at {_g(level)} (relative std "
-                f"{rel_std:.1e} over {n_tail} steps): an explosion pushed units dead or outputs into saturation"
-                f" (gradient norm {_g(gn_spike)} vs a 90th percentile of {_g(p90)} before)",
-                f"{_clip_fix(clip, 'before the spike')} or clipvalue, or {_lower_lr(lr)}",
-                LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
-    if _ok(gn_spike, 0.0) and _ok(p90, 1e-30) and gn_spike >= EXPLOSION_FACTOR * p90:
-        return ("gradient_explosion",
-                f"the gradient norm reached {_g(gn_spike)} at the spike, {_g(gn_spike / p90)}x the 90th "
-                f"percentile {_g(p90)} of the norms before it{periodic}{fast_note}",
-                f"{_clip_fix(clip, 'before the spike')}, or {_lower_lr(lr)}",
-                LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
-    return ("lr_too_high",
-            f"the loss jumped to {_g(f.value)} at step {step}{periodic} without a matching gradient explosion "
-            f"(gradient norm {_g(gn_spike)}, 90th percentile before {_g(p90)}): a learning rate of {_g(lr)} may be "
-            f"too high for this point of training, or the batch was unusual{fast_note}",
-            f"{_lower_lr(lr, 3)} or a decaying schedule; {_clip_fix(clip, 'before the spike')}",
-            LIKELY if too_fast else UNCERTAIN, {**numbers, "fix_configs": [{"learning_rate_factor": 1 / 3}] + _clip_configs(clip)})
+    rose = (trace.lr is not None and start > 0
+            and _number(trace.lr[min(start, trace.lr.size - 1)]) >= 2 * _number(trace.lr[0]))
+    repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS
+    # a lone jump: a third of the rate; an explosion, or spike after spike: a tenth
+    lr_fix, _ = _lr_fix(q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3)
+    clip = _clip_fix(q, trace, start, "before the event")
+    note = ""
+    if too_fast:
+        q.const("update_too_fast", UPDATE_TOO_FAST)
+        note = ("; the updates were {update_ratio_event} of the weights per step (median |dw|/|w|, above "
+                "{update_too_fast}): the learning rate is too high for these weights")
+    if rose and trace.lr is not None:
+        q.at("lr_first", "lr", 0)
+        q.at("lr_at_event", "lr", min(start, trace.lr.size - 1))
+        note += "; the learning-rate schedule had risen from {lr_first} to {lr_at_event} by then"
+    if repeated:
+        q.count("n_events", int(f.evidence["n_events"]))
+        note += "; {n_events} separate spikes: the rate is too high for the minimum training settled in"
+    if opt in ADAM_FAMILY and "grad_collapse" in q:
+        q.text("optimizer", opt)
+        note += ("; with {optimizer}, but not a second-moment collapse: over the {history_steps} steps before it "
+                 "the gradient norm was only {grad_collapse}x below its early level")
+    # the learning rate first when the run's evidence points at it (updates too large, a schedule that rose
+    # into the failure, no healthy stretch to clip at); clipnorm first for a lone burst after a healthy stretch
+    lr_first = too_fast or rose or clip is None or not exploded
+    fixes: list[Fix] = [fx for fx in ([lr_fix, clip] if lr_first else [clip, lr_fix]) if fx is not None]
+    if clip is None and has_g:
+        fixes.append(_no_clip_note())
+    if exploded:
+        if f.check == "grad_norm" or not has_g:
+            cause = what + note
+        else:
+            cause = what + (", with the gradient norm at {grad_norm_at_spike}, {explosion}x the "
+                            "{grad_norm_p90_before} before it") + note
+        return Dx("gradient_explosion", LIKELY, cause, fixes)
+    if has_g:
+        cause = (what + " without a matching gradient explosion (gradient norm {grad_norm_at_spike}; "
+                 "{grad_norm_p90_before} before): a learning rate too high for this point of training, or an "
+                 "unusual batch" + note)
+    else:
+        cause = (what + " (no gradient norms recorded): a learning rate too high for this point of training, "
+                 "or an unusual batch" + note)
+    return Dx("lr_too_high", LIKELY if too_fast else UNCERTAIN, cause, fixes)
 
 
-def _grad_norm(f: Finding, trace: Trace) -> Diagnosis:
-    opt, cfg = _optimizer(trace)
-    step = int(f.step)
-    if opt in ADAM_FAMILY:
-        # A burst of the gradient norm after the loss and the norm fell by orders of magnitude is Adam's v
-        # collapsing (the burst is its consequence), not an explosion that clipnorm would fix.
-        as_spike = dataclasses.replace(f, evidence={**dict(f.evidence), "start": step, "end": step})
-        d = _loss_spike(as_spike, trace)
-        if d[0] == "adam_second_moment":
-            key, cause, fix, conf, numbers = d
-            loss_at = trace.loss[step] if step < trace.steps else math.nan
-            cause = cause.replace(f"before jumping to {_g(f.value)}", f"before the gradient norm burst to {_g(f.value)} "
-                                  f"(loss {_g(float(loss_at))})")
-            return key, cause, fix, conf, numbers
-    lr = _lr(trace, step, cfg)
-    p90 = _p90_before(trace, step, warmup=_window(trace) // 5)
-    clip = _healthy_p90(trace, step)
-    ref = f.evidence.get("reference")
-    growth = f.value / ref if isinstance(ref, (int, float)) and ref and ref > 0 else math.nan
-    stuck, level, rel_std, n_tail = _stuck_after(trace, step)
-    numbers = {"learning_rate": lr, "grad_norm_p90_before": p90, "clipnorm_suggested": clip, "growth": growth,
-               "stuck": stuck,
-               "stuck_level": level if stuck else math.nan}
+def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+    start = int(f.evidence.get("start", f.step))
+    q.step("step", f.step)
+    q.at("loss_at_spike", "loss", f.step)
+    if start > 0:
+        q.over("loss_before", "loss", "median", max(0, start - _window(trace)), start - 1)
+        what = "the loss jumped to {loss_at_spike} from {loss_before}"
+    else:
+        what = "the loss was at {loss_at_spike}"
+    return _event(f, trace, q, findings, what, explosion=False)
+
+
+def _grad_norm(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+    q.step("step", f.step)
+    if trace.grad_norm is None:
+        return Dx("gradient_explosion", UNCERTAIN, "the gradient norm crossed its limit", [])
+    q.at("grad_norm_at", "grad_norm", f.step)
+    k = min(5, max(int(f.step), 1))
+    q.over("grad_norm_first", "grad_norm", "median", 0, k - 1)
+    q.ratio("growth", "grad_norm_at", "grad_norm_first")
+    what = "the gradient norm grew to {grad_norm_at}, {growth}x its first steps' {grad_norm_first}"
     var = f.evidence.get("variable")
-    where = f" (largest in {var})" if var else ""
-    if stuck:
-        return ("collapse_constant",
-                f"the gradient norm exploded to {_g(f.value)} at step {step} ({_g(growth)}x its early-training reference)"
-                f"{where}, then the loss stayed at {_g(level)} (relative std {rel_std:.1e} over {n_tail} steps): "
-                "units died or outputs saturated",
-                f"{_clip_fix(clip, 'before the explosion')} or clipvalue, or {_lower_lr(lr)}",
-                LIKELY, {**numbers, "fix_configs": _clip_or_lower(clip)})
-    return ("gradient_explosion",
-            f"the gradient norm grew to {_g(f.value)} at step {step}, {_g(growth)}x its early-training reference"
-            f"{where}",
-            f"{_clip_fix(clip, 'before the explosion')}, or {_lower_lr(lr)}",
-            LIKELY if _ok(growth, 100.0) else UNCERTAIN, {**numbers, "fix_configs": _clip_or_lower(clip)})
+    if var:
+        q.text("variable", var)
+        what += " (largest in {variable})"
+    return _event(f, trace, q, findings, what, explosion=True)
 
 
-def _val_loss(f: Finding, trace: Trace) -> Diagnosis:
+def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+    opt, cfg = _optimizer(trace)
+    step = q.step("step", f.step)
+    if f.kind == "input" or f.evidence.get("input_nonfinite"):
+        q.text("code", "np.isfinite(x).all(axis=1)")
+        q.text("code_tf", "ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x)))")
+        return Dx("nan_in_data", LIKELY,
+                  "the input batch of step {step} already held NaN/Inf before the model saw it: the data, not "
+                  "training, produced it",
+                  [Fix("clean the data pipeline: drop or impute non-finite rows ({code}), or add {code_tf} / "
+                       "tf.debugging.check_numerics to the tf.data pipeline")])
+    if f.kind == "validation":
+        return Dx("nan_in_data", UNCERTAIN,
+                  "the validation loss became non-finite after {step} steps while every training quantity stayed "
+                  "finite: most likely NaN/Inf in the validation data (or an op that only the inference path runs)",
+                  [Fix("check the validation data for NaN/Inf (np.isfinite(x_val).all())")])
+    quantities = list((f.evidence or {}).get("quantities") or [])
+    q.text("quantities", ", ".join(quantities) or "a training quantity")
+    dx = _epsilon_underflow(f, trace, q, step)
+    if dx is not None:
+        return dx
+    if step == 0:
+        if quantities and not ({"loss", "gradients"} & set(quantities)):
+            q.at("loss_at", "loss", 0)
+            q.text("optimizer", opt or "the optimizer")
+            cause = ("the loss {loss_at} and the gradients of step {step} were finite, its update made the {quantities} "
+                     "NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the variables' dtype, a "
+                     "NaN/Inf learning rate or schedule, a custom optimizer or constraint), not the data")
+            return Dx("update_nonfinite", LIKELY, cause,
+                      [Fix("check {optimizer}'s settings: a learning rate or schedule that is finite from the first step, "
+                           "an epsilon the variables' dtype can hold; keep variables in float32 "
+                           "('mixed_float16' rather than 'float16')")])
+        return Dx("nonfinite_at_start",
+                  LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
+                  "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have caused it; "
+                  "the forward pass or the loss produced it from the initial weights and the first batch",
+                  [Fix("check the initialisation (a custom initializer, weights loaded from a file), the data "
+                       "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
+                       "(log(0), 0/0, sqrt of a negative) in the model or the loss")])
+    finite_loss = _finite(trace.loss[:step])
+    q.count("early_end", early_end(trace))
+    u0 = q.at("update_ratio_first", "update_ratio", 0) if trace.update_ratio is not None else math.nan
+    first_too_big = _ok(u0, UPDATE_TOO_FAST) and step < early_end(trace)
+    if finite_loss.size < 3:
+        # a NaN within a few steps of the start: a first update too large, or an unsafe op from the start
+        lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
+        if first_too_big:
+            return Dx("lr_too_high", LIKELY,
+                      "the {quantities} became NaN/Inf at step {step}: the first update moved the weights by "
+                      "{update_ratio_first} of their norm; a learning rate too high for this model from the start "
+                      "(or weights initialised too large, or inputs far from unit scale)",
+                      [lr_fix, _no_clip_note_short()])
+        inspected = (trace.info or {}).get("inputs_checked", True)
+        cause = ("the loss became NaN/Inf at step {step}, only a few finite steps after the start"
+                 + (" with a finite input batch: " if inspected
+                    else " (the input batches were not inspected): NaN/Inf in the data, ")
+                 + "a learning rate far too high, a bad initialisation, or an unsafe op (log(0), 0/0) in the loss")
+        return Dx("lr_too_high", UNCERTAIN, cause, [lr_fix, Fix("guard log/division in custom losses with an epsilon")])
+    diverged, src = _diverged(q, trace, step)
+    if diverged:
+        lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
+        clip = _clip_fix(q, trace, max(step - 5, 1), "before the divergence")
+        _lr_now(q, trace, step, cfg, "learning_rate")
+        cause = ("training diverged before the NaN at step {step}: the loss reached {loss_growth}x its lowest "
+                 "earlier value")
+        if "grad_growth" in q:
+            cause += " and the gradient norm {grad_growth}x its early median"
+        cause += ", at learning rate {learning_rate}"
+        if first_too_big:
+            cause += "; the first update already moved the weights by {update_ratio_first} of their norm"
+        fixes = [lr_fix] + ([clip] if clip is not None else [_no_clip_note()] if "healthy_steps" in q else [])
+        return Dx("lr_too_high", LIKELY, cause, fixes)
+    q.text("source", src or "loss")
+    q.text("guard_code", "keras.ops.log(keras.ops.clip(p, 1e-7, 1.0))")
+    return Dx("unsafe_loss_op", LIKELY if src in (None, "loss", "gradients") else UNCERTAIN,
+              "the loss was finite and steady ({last_loss}, at most {loss_growth}x its lowest earlier value) "
+              "and turned NaN/Inf in one step ({source} first): a numerically unsafe op such as log(0), 0/0 or "
+              "sqrt(0) in the loss or model, hit once predictions saturate",
+              [Fix("guard the op: {guard_code} instead of log(p), add an epsilon to "
+                   "denominators, or use the built-in loss with from_logits=True")])
+
+
+def _diverged(q: Quotes, trace: Trace, step: int) -> tuple[bool, str | None]:
+    """Quote the growth of the loss (and gradient norm) in the last 5 finite steps before the NaN at ``step``."""
+    w = _window(trace)
+    q.over("last_loss", "loss", "max", max(0, step - 5), step - 1)
+    q.over("lowest_loss", "loss", "min", 0, max(2, step - 6))
+    lg = q.ratio("loss_growth", "last_loss", "lowest_loss")
+    gg = math.nan
+    if trace.grad_norm is not None:
+        q.over("grad_norm_last", "grad_norm", "max", max(0, step - 5), step - 1)
+        q.over("grad_norm_ref", "grad_norm", "median", 0, max(2, min(w, step - 5)) - 1)
+        gg = q.ratio("grad_growth", "grad_norm_last", "grad_norm_ref")
+    src = (trace.first_nonfinite or {}).get("source")
+    return _ok(lg, GROWTH_BEFORE_NAN) or _ok(gg, GROWTH_BEFORE_NAN), src
+
+
+def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+    _, cfg = _optimizer(trace)
+    ev = f.evidence
+    step = q.step("step", f.step)
+    if f.kind == "no_gradient":
+        q.text("variables", ", ".join(ev.get("variables", [])[:5]))
+        return Dx("no_gradient", LIKELY,
+                  "{variables} never received a gradient: not connected to the loss (a layer built but not used in "
+                  "call(), an output without a loss), or fed only by dead units (all-zero activations)",
+                  [Fix("check that the layer is used on the path to the loss (model.summary(), "
+                       "keras.utils.plot_model); if its inputs are dead ReLUs, use LeakyReLU/GELU or he_normal "
+                       "initialisation; if it is meant to be fixed, set layer.trainable = False")])
+    if f.kind == "no_update":
+        q.text("variables", ", ".join(ev.get("variables", [])[:5]))
+        _lr_now(q, trace, max(int(f.step), 1), cfg)
+        return Dx("no_update", LIKELY,
+                  "{variables} received gradients but never changed: a learning rate of zero (now {learning_rate}), a "
+                  "schedule at zero, or an optimizer/train_step that skips these variables",
+                  [Fix("check the learning rate and schedule, and that the optimizer is given all trainable "
+                       "variables")])
+    n = trace.steps
+    tail = int(ev.get("tail_steps") or max(10, min(_STUCK_STEPS.get(), n // 2)))
+    level = q.over("level", "loss", "median", n - tail, n - 1)
+    k0 = max(5, int(min(10, n)))
+    q.over("initial_loss", "loss", "median", 0, k0 - 1)
+    zero = bool(ev.get("zero_grad"))
+    vanished = bool(ev.get("vanished"))
+    flat = f.kind == "collapsed"
+    if trace.grad_norm is not None:
+        q.over("grad_norm_tail", "grad_norm", "median", n - tail, n - 1)
+    up = blew_up(trace, step, level)
+    if up["any"]:
+        # the run went up, then stopped: a collapse after a blow-up, never "raise the learning rate"
+        parts = []
+        if up["jump"]:
+            q.over("low_before", "loss", "median", up["low_end"] - 2, up["low_end"])
+            q.ratio("above_low", "level", "low_before")
+            parts.append("the loss had come down to {low_before} and then jumped to {level}, {above_low}x above it")
+        if up["burst"]:
+            q.over("grad_norm_early", "grad_norm", "median", 0, up["g_k"] - 1)
+            q.over("grad_norm_burst", "grad_norm", "max", max(0, step - 10), step)
+            q.ratio("burst", "grad_norm_burst", "grad_norm_early")
+            parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
+        stop = ("the gradients are exactly zero since" if zero else "the gradients vanished since" if vanished
+                else "the loss has been flat since")
+        head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
+        # the fix must be in place before the blow-up, not where the run was found stuck
+        root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
+        dx = _collapse_dx(q, trace, root, root, head)
+        dx.extra["fix_from"] = root
+        return dx
+    prior = _prior_loss(q, trace, level)
+    if prior is not None and (flat or zero or vanished):
+        return prior
+    if ev.get("slow_updates") and not (zero or vanished):
+        q.over("update_ratio_tail", "update_ratio", "median", n - tail, n - 1)
+        lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
+        q.const("lr_raise", 10.0)
+        q.product("learning_rate_suggested", "learning_rate", "lr_raise")
+        fixes = [Fix("a larger learning rate: learning_rate={learning_rate_suggested} (now {learning_rate})",
+                     {"learning_rate_factor": 10.0})] if _ok(lr, 1e-30) else [Fix("a larger learning rate")]
+        return Dx("updates_too_small", LIKELY,
+                  "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
+                  "{level} (initially {initial_loss}, never above it): the learning rate {learning_rate} is too "
+                  "low for this model", fixes)
+    if flat:
+        return Dx("collapsed_output", LIKELY if zero or vanished else UNCERTAIN,
+                  "the loss sits at {level} from step {step} without ever having fallen much below its initial "
+                  "{initial_loss}: the model outputs a constant (a saturated sigmoid/softmax, dead units, or a loss "
+                  "that rewards a constant such as an empty segmentation mask)",
+                  [Fix("pair the output and the loss (from_logits=True with a linear last layer), initialise the "
+                       "last layer's bias near the label prior, and scale the inputs to about unit range")])
+    return Dx("vanished_gradients", LIKELY,
+              "the gradients " + ("are exactly zero" if zero else "vanished") + " from step {step} while the loss "
+              "stays at {level} (initially {initial_loss}): dead ReLUs or saturated outputs, nothing learns",
+              [Fix("LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers, normalised inputs, "
+                   "from_logits=True instead of a saturated sigmoid/softmax")])
+
+
+def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
+    """A stuck loss at ``ln K``: the cross-entropy of predicting the prior of K balanced classes (random labels,
+    labels unrelated to the inputs) -- and it never fell below that level."""
+    if not (math.isfinite(level) and math.log(2) * (1 - PRIOR_LOSS_RTOL) <= level <= math.log(MAX_CLASSES) * 1.01):
+        return None
+    q.derived("prior_exp", "exp", "level")
+    k = q.derived("classes", "nearest_int", "prior_exp")
+    if not 2 <= k <= MAX_CLASSES:
+        return None
+    q.derived("ln_classes", "log", "classes")
+    q.ratio("level_over_prior", "level", "ln_classes")
+    if abs(q["level_over_prior"] - 1) > PRIOR_LOSS_RTOL:
+        return None
+    # it never learned: its lowest 5-step median stayed within a few % of the prior's loss
+    low = q.over("lowest_median", "loss", "min_median5", 0, trace.steps - 1)
+    q.ratio("lowest_over_level", "lowest_median", "level")
+    if not (math.isfinite(low) and low >= 0.97 * level):
+        return None
+    q.text("smoke_code", "y = (x.reshape(len(x), -1).mean(axis=1) > 0).astype('int32')")
+    return Dx("labels_no_signal", LIKELY,
+              "the loss sits at {level}, the cross-entropy of predicting the class prior of {classes} balanced "
+              "classes (ln {classes} = {ln_classes}), and never fell clearly below it ({lowest_median}): the model "
+              "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels shuffled apart from their "
+              "inputs), or the inputs never reach the output",
+              [Fix("train the smoke test on labels that are a function of the inputs, e.g. {smoke_code}, or on one "
+                   "small batch the model must fit (its loss should fall far below the prior's); check that x and "
+                   "y are shuffled together")])
+
+
+def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
     info = trace.info or {}
     n_bn = int(info.get("batchnorm_layers") or 0)
+    step = q.step("step", f.step)
+    best_step = q.step("best_step", int(f.evidence.get("best_step", 0) or 0))
+    q.val_at("val_at", step, True)
+    q.val_at("val_best", best_step, True)
+    rise = "the smoothed validation loss rose to {val_at} from its best {val_best}"
+    training = [g for g in findings if g.check in ("loss_spike", "grad_norm", "nonfinite")
+                or (g.check == "stuck" and g.kind in ("collapsed", "stuck"))]
+    # a collapse found stuck after the blow-up that caused it counts from the blow-up (fix_from)
+    before = [g for g in training if min(int(g.step), int(g.evidence.get("fix_from", g.step))) <= int(f.step)]
+    if before:
+        first = min(before, key=lambda g: min(int(g.step), int(g.evidence.get("fix_from", g.step))))
+        q.step("training_step", min(int(first.step), int(first.evidence.get("fix_from", first.step))))
+        q.text("training_check", first.check)
+        return Dx("training_loss_rise", LIKELY,
+                  rise + ", after the training itself went wrong at step {training_step} (see [{training_check}]): "
+                  "a consequence of that instability, not overfitting",
+                  [Fix("fix the training instability first (see the other findings); then re-check validation")])
+    w = max(5, _window(trace) // 2)
+    at_best = q.over("train_at_best", "loss", "median", best_step - w, best_step)
+    at_rise = q.over("train_at_rise", "loss", "median", step - w, step)
+    train_rise = q.ratio("train_loss_rise", "train_at_rise", "train_at_best")
+    if _ok(train_rise, TRAIN_RISE):
+        return Dx("training_loss_rise", LIKELY,
+                  rise + ", but the training loss rose too, {train_loss_rise}x ({train_at_best} -> {train_at_rise}): "
+                  "training itself went wrong; this is not overfitting",
+                  [Fix("fix the training instability first (a lower learning rate or a decaying schedule); then "
+                       "re-check validation")])
+    del at_best, at_rise
     v = trace.val_loss if trace.val_loss is not None else np.zeros(0)
     v = v[np.isfinite(v)]
-    # Erratic curve: count direction reversals with a relative move of >= 20 %.
     reversals = 0
     if v.size >= 3:
         with np.errstate(all="ignore"):
             rel = np.diff(v) / np.maximum(np.abs(v[:-1]), 1e-12)
         big = np.sign(rel[np.abs(rel) >= 0.2])
         reversals = int(np.count_nonzero(np.diff(big) != 0)) if big.size > 1 else 0
-    train_trend = math.nan
-    loss = _finite(trace.loss)
-    if loss.size >= 20:
-        q = loss.size // 4
-        train_trend = float(np.median(loss[-q:]) / np.median(loss[:q]))
     gap = info.get("bn_train_infer_gap")
-    numbers = {"batchnorm_layers": n_bn, "val_reversals": reversals, "train_loss_trend": train_trend,
-               "bn_train_infer_gap": gap if isinstance(gap, (int, float)) else None}
-    rise = f"the smoothed validation loss rose to {_g(f.value)} from its best {_g(f.evidence.get('best'))}"
-    best_step = int(f.evidence.get("best_step", 0) or 0)
-    w = max(5, _window(trace) // 2)
-    at_best = _median(trace.loss[max(0, best_step - w):best_step + w])
-    at_rise = _median(trace.loss[max(0, int(f.step) - w):int(f.step) + 1])
-    train_rise = at_rise / at_best if at_best > 0 else math.nan
-    numbers["train_loss_rise"] = train_rise
-    if _ok(train_rise, TRAIN_RISE):
-        return ("training_loss_rise",
-                f"{rise}, but the training loss rose too, {_g(train_rise)}x (median {_g(at_best)} around step "
-                f"{best_step} -> {_g(at_rise)} around step {int(f.step)}): training itself went wrong; this is not "
-                "overfitting. See the training-side finding (spike, explosion, collapse) for the cause",
-                "fix the training instability first (see the other findings); then re-check validation",
-                LIKELY, numbers)
     if n_bn:
+        q.fact("batchnorm_layers", "batchnorm_layers", n_bn)
         moms = info.get("batchnorm_momentum") or []
-        mom = f" (now {moms[0]:g})" if moms else ""
-        fix = (f"BatchNormalization(momentum=0.9){mom} so the moving statistics keep up, and a larger batch "
-               "size (>= 32) so batch statistics are less noisy")
+        if moms:
+            q.fact("batchnorm_momentum", "batchnorm_momentum", float(moms[0]))
+        q.const("momentum_suggested", 0.9)
+        q.const("batch_suggested", 32)
+        fix = [Fix("BatchNormalization(momentum={momentum_suggested})" + (" (now {batchnorm_momentum})" if moms else "")
+                   + " so the moving statistics keep up, and a larger batch size (>= {batch_suggested}) so batch "
+                   "statistics are less noisy")]
         if isinstance(gap, (int, float)) and math.isfinite(gap):
-            conf = LIKELY if gap >= BN_GAP else UNCERTAIN
-            return ("batchnorm_mismatch",
-                    f"{rise}; the same batch's loss differs by {gap:.0%} between training and inference mode "
-                    f"across {n_bn} BatchNorm layer(s): the moving statistics do not match the batch statistics",
-                    fix, conf, numbers)
-        return ("batchnorm_mismatch",
-                f"{rise}, with {reversals} up/down swings of >= 20% in the raw validation curve, in a model with "
-                f"{n_bn} BatchNorm layer(s): pits and peaks like these come from moving statistics that do not "
-                "match the batch statistics (not measured: no train/inference gap in the trace)",
-                fix, LIKELY if reversals >= 2 else UNCERTAIN, numbers)
-    return ("overfitting",
-            f"{rise} while the training loss went to {_g(train_trend)}x its early level: overfitting, or a "
-            "learning rate too high for late training",
-            "regularisation (dropout, weight decay), more data, a decaying learning rate, or early stopping",
-            LIKELY if _ok(-train_trend + 1, 0.5) else UNCERTAIN, numbers)
+            q.fact("bn_train_infer_gap", "bn_train_infer_gap", float(gap), percent=True)
+            q.const("bn_gap_limit", BN_GAP)
+            return Dx("batchnorm_mismatch", LIKELY if gap >= BN_GAP else UNCERTAIN,
+                      rise + "; the same batch's loss differs by {bn_train_infer_gap} between training "
+                      "and inference mode across {batchnorm_layers} BatchNorm layer(s): the moving statistics do not "
+                      "match the batch statistics", fix)
+        q.count("val_reversals", reversals)
+        return Dx("batchnorm_mismatch", LIKELY if reversals >= 2 else UNCERTAIN,
+                  rise + ", with {val_reversals} up/down swings of at least a fifth in the raw validation curve, in "
+                  "a model with {batchnorm_layers} BatchNorm layer(s): pits and peaks like these come from moving "
+                  "statistics that do not match the batch statistics (not measured: no train/inference gap in the "
+                  "trace)", fix)
+    n = trace.steps
+    qn = max(n // 4, 1)
+    q.over("train_first_quarter", "loss", "median", 0, qn - 1)
+    q.over("train_last_quarter", "loss", "median", n - qn, n - 1)
+    trend = q.ratio("train_loss_trend", "train_last_quarter", "train_first_quarter")
+    return Dx("overfitting", LIKELY if _ok(1 - trend, 0.5) else UNCERTAIN,
+              rise + " while the training loss went from {train_first_quarter} to {train_last_quarter} "
+              "({train_loss_trend}x): overfitting, or a learning rate too high for late training",
+              [Fix("regularisation (dropout, weight decay), more data, a decaying learning rate, or early stopping")])
 
 
-def _stuck(f: Finding, trace: Trace) -> Diagnosis:
-    _, cfg = _optimizer(trace)
-    ev = f.evidence
-    lr = _lr(trace, max(int(f.step), 1), cfg)
-    numbers: dict[str, Any] = {"learning_rate": lr, "update_ratio": ev.get("update_ratio_tail")}
-    if f.kind == "no_gradient":
-        names = ", ".join(ev.get("variables", [])[:5])
-        return ("no_gradient",
-                f"{names} never received a gradient: not connected to the loss (a layer built but not used in call(), "
-                "an output without a loss), or fed only by dead units (all-zero activations)",
-                "check that the layer is used on the path to the loss (model.summary(), keras.utils.plot_model); "
-                "if its inputs are dead ReLUs, use LeakyReLU/GELU or he_normal initialisation; if it is meant to be "
-                "fixed, set layer.trainable = False",
-                LIKELY, numbers)
-    if f.kind == "no_update":
-        names = ", ".join(ev.get("variables", [])[:5])
-        return ("no_update",
-                f"{names} received gradients but never changed: a learning rate of 0 (now {_g(lr)}), a schedule at 0, "
-                "or an optimizer/train_step that skips these variables",
-                "check the learning rate and schedule, and that the optimizer is given all trainable variables",
-                LIKELY, numbers)
-    if ev.get("slow_updates") and not (ev.get("zero_grad") or ev.get("vanished")):
-        return ("updates_too_small",
-                f"the weights hardly move: median |dw|/|w| {_g(ev.get('update_ratio_tail'))} per step while the "
-                f"loss stays at {_g(f.value)} (initially {_g(ev.get('initial_loss'))}): the learning rate "
-                f"{_g(lr)} is too low for this model",
-                f"a larger learning rate: learning_rate={lr * 10:.2g} (now {lr:.2g})" if _ok(lr, 1e-30)
-                else "a larger learning rate",
-                LIKELY, {**numbers, "fix_configs": [{"learning_rate_factor": 10.0}]})
-    if f.kind == "collapsed":
-        return ("collapsed_output",
-                f"the loss sits at {_g(f.value)} (relative std {_g(ev.get('rel_std'))}) from step {f.step}, "
-                f"never below {100 * (1 - 0.5):.0f} % of its initial {_g(ev.get('initial_loss'))}: the model outputs "
-                "a constant (a saturated sigmoid/softmax, dead units, or a loss that rewards a constant such as an "
-                "empty segmentation mask)",
-                "pair the output and the loss (from_logits=True with a linear last layer), initialise the last "
-                "layer's bias near the label prior, scale the inputs to ~unit range, and lower the learning rate if "
-                "it collapsed after a blow-up",
-                LIKELY if ev.get("zero_grad") or ev.get("vanished") else UNCERTAIN, numbers)
-    return ("vanished_gradients",
-            f"the gradients {'are exactly 0' if ev.get('zero_grad') else 'vanished'} from step {f.step} while the loss "
-            f"stays at {_g(f.value)} (initially {_g(ev.get('initial_loss'))}): dead ReLUs or saturated outputs, "
-            "nothing learns",
-            "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers, normalised inputs, a lower learning "
-            "rate (a blow-up kills units), from_logits=True instead of a saturated sigmoid/softmax",
-            LIKELY, numbers)
+def _unknown(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+    del trace, findings
+    q.text("check", f.check)
+    return Dx("unknown", UNCERTAIN, "no diagnosis rule for check {check}", [])
 
 
-def _unknown(f: Finding, trace: Trace) -> Diagnosis:
-    del trace
-    return ("unknown", f"no diagnosis rule for check {f.check!r}", "", UNCERTAIN, {})
-
-
-_RULES = {"nonfinite": _nonfinite, "loss_spike": _loss_spike, "grad_norm": _grad_norm, "val_loss": _val_loss,
-          "stuck": _stuck}
-
+_RULES: dict[str, Rule] = {"nonfinite": _nonfinite, "loss_spike": _loss_spike, "grad_norm": _grad_norm,
+                           "val_loss": _val_loss, "stuck": _stuck}
 
 
 # -- one primary cause per run -------------------------------------------------
@@ -706,25 +1358,30 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
             flat.extend(item.findings)
         else:
             raise TypeError(f"rank_findings() expects Finding or CheckResult objects, received {type(item).__name__}")
-    todo = [f for f in flat if "cause_key" not in f.evidence]
-    done = iter(diagnose(todo, trace)) if todo else iter(())
-    flat = [next(done) if "cause_key" not in f.evidence else f for f in flat]
     if not flat:
         return []
+    # every finding diagnosed with the whole run as its context (a validation rise after a blow-up is its
+    # consequence; no fix raises the learning rate of a run that blew up), under the settings it was
+    # diagnosed with
+    flat = [_with_context(f, trace, flat) for f in flat]
 
     def order(f: Finding) -> tuple[int, int]:
         return (0 if f.confidence == LIKELY else 1, _CHECK_ORDER.get(f.check, 4))
 
+    def when(f: Finding) -> int:
+        # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from)
+        return min(int(f.step), int(f.evidence.get("fix_from", f.step)))
+
     training = sorted((f for f in flat if f.check != "val_loss" and f.kind not in _STRUCTURAL),
-                      key=lambda f: (f.step, order(f)))
-    first = training[0].step if training else math.inf
+                      key=lambda f: (when(f), order(f)))
+    first = when(training[0]) if training else math.inf
     val = [f for f in flat if f.check == "val_loss"]
-    roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (f.step, order(f)))
+    roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (when(f), order(f)))
     structural = [f for f in flat if f.kind in _STRUCTURAL]
     if not roots:
         roots, structural = structural, []
-    event = [f for f in roots if f.step <= roots[0].step + EVENT_GAP]
-    primary = min(event, key=lambda f: (order(f)[0], f.step, order(f)[1]))
+    event = [f for f in roots if when(f) <= when(roots[0]) + EVENT_GAP]
+    primary = min(event, key=lambda f: (order(f)[0], when(f), order(f)[1]))
     rest = [f for f in roots if f is not primary] + structural + [f for f in val if f not in roots]
     alternatives = sorted({f.evidence["cause_key"] for f in event if f is not primary}
                           - {primary.evidence["cause_key"]})
@@ -741,6 +1398,18 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
             ev["consequence_of"] = f"{primary.check}@{primary.step}"
         out.append(dataclasses.replace(f, evidence=ev))
     return out
+
+
+def _with_context(f: Finding, trace: Trace, context: list[Finding]) -> Finding:
+    settings = dict(f.evidence.get("settings") or {})
+    thresholds = _Settings(settings.get("spike_window"), settings.get("val_smoothing"))
+    return diagnose([f], trace, thresholds, context=context)[0]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    spike_window: int | None
+    val_smoothing: float | None
 
 
 def primary_finding(findings: Sequence[Any], trace: Trace) -> Finding | None:

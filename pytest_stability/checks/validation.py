@@ -31,10 +31,18 @@ reached ``BN_GAP`` (10 %) gets no noise allowance and no persistence
 requirement: its inference-mode curve wiggles *because* the moving statistics
 do not match the batch statistics, so the wiggle is the pathology (validation
 pits), not measurement noise, and a pit that comes back at the next
-measurement fails as an excursion.  On the detection benchmark's stored
+measurement fails as an excursion.  A pit must still rise ``BN_PIT_MIN_RISE`` (5 %) of the
+first validation loss: a 10 % rise of a validation loss that already fell tenfold (0.062 -> 0.068 on a
+healthy full-batch BatchNorm U-Net) is 1 % of where the curve started, not a pit.  On the detection benchmark's stored
 traces this took the BatchNorm-pit scenario from 3/10 to 10/10 detected with
 no new false alarm (no healthy run's smoothed validation loss rose more than
 9.6 %, under the 10 % tolerance: ``benchmarks/results/detection.md``).
+
+A stretch over the limit that **came back down** while the training loss rose at least as much (its
+median over the ``spike_window`` steps before each measurement, against its level at the best
+measurement) is the training's own noise reaching validation -- a healthy run at batch 10 whose training
+loss wandered 0.32 -> 0.54 and back -- not a generalisation problem: it is reported in ``stats["transient"]``
+(``follows_training``), and the training checks judge the training loss itself.
 
 Without validation data the check is *skipped*, never passed.
 """
@@ -57,6 +65,8 @@ VAL_JUMP = 2.0
 VAL_NOISE_MIN = 8
 #: a BatchNorm train/inference gap (relative) at or above this: the curve's wiggle is the mismatch, not noise.
 BN_GAP = 0.10
+#: with the noise allowance waived (BN_GAP), a pit must still rise this fraction of the first validation loss.
+BN_PIT_MIN_RISE = 0.05
 
 
 def noise_sigma(values: np.ndarray) -> float:
@@ -85,6 +95,38 @@ def smooth(values: np.ndarray, smoothing: float) -> np.ndarray:
     return out
 
 
+def _train_levels(trace: Trace, steps: np.ndarray, t: Thresholds) -> np.ndarray:
+    """The training loss level at each validation measurement: the median raw loss over the ``spike_window``
+    steps (or the spacing of the measurements, if larger) before it, the first step's loss for a measurement
+    before training (NaN when there is none)."""
+    loss = np.asarray(trace.loss, dtype=np.float64)
+    spacing = int(np.median(np.diff(steps))) if steps.shape[0] > 1 else 0
+    w = max(int(t.spike_window), spacing, 1)
+    out = np.full(steps.shape[0], np.nan)
+    for j, step in enumerate(steps):
+        # before the first update (step 0) the first batch's loss is the model's
+        seg = loss[max(0, int(step) - w):max(int(step), 1)]
+        seg = seg[np.isfinite(seg)]
+        if seg.size:
+            out[j] = float(np.median(seg))
+    return out
+
+
+def _follows_training(s: np.ndarray, best: np.ndarray, train: np.ndarray, i: int, k: int, n: int) -> bool:
+    """A stretch ``[i, k)`` over the limit that came back down (``k < n``) while the training loss rose at least
+    as much (relative to its level at the best measurement): training noise reaching validation, not a
+    generalisation problem.  The training checks judge the training loss itself."""
+    if k >= n:
+        return False
+    jb = int(np.argmin(s[:i + 1]))
+    base = train[jb]
+    if not (np.isfinite(base) and base > 0 and best[i] > 0):
+        return False
+    train_rise = float(np.nanmax(train[i:k])) / base if np.isfinite(train[i:k]).any() else np.nan
+    val_rise = float(np.max(s[i:k])) / float(best[i])
+    return bool(np.isfinite(train_rise) and train_rise >= val_rise)
+
+
 def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckResult:
     """Fail at the first validation measurement whose smoothed loss rose too far.
 
@@ -108,6 +150,10 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
     sigma = 0.0 if bn_mismatch else noise_sigma(v)
     noise = np.abs(best) * np.expm1(VAL_NOISE_K * sigma)
     allowed = np.maximum(np.maximum(t.val_min_delta, t.val_tolerance * np.abs(best)), noise)
+    if bn_mismatch:
+        # no noise allowance, but a pit must be large against the curve's own scale
+        allowed = np.maximum(allowed, BN_PIT_MIN_RISE * abs(float(v[0])))
+    train_level = _train_levels(trace, steps, t)
     rise = s - best
     trend = float((s[-1] - s[0]) / abs(s[0])) if s[0] != 0 else None
     stats = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
@@ -124,12 +170,14 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
         k = i
         while k < n and over[k]:
             k += 1
-        if k - i >= VAL_PERSIST or bool(np.any(rise[i:k] > VAL_JUMP * allowed[i:k])) or bn_mismatch:
+        failing = k - i >= VAL_PERSIST or bool(np.any(rise[i:k] > VAL_JUMP * allowed[i:k])) or bn_mismatch
+        follows = _follows_training(s, best, train_level, i, k, n)
+        if failing and not follows:
             j = i
             break
         stats["transient"].append({"step": int(steps[i]), "steps": int(steps[k - 1] - steps[i]),
                                    "rise": float(np.max(rise[i:k]) / max(abs(float(best[i])), 1e-12)),
-                                   "recovered": k < n})
+                                   "recovered": k < n, **({"follows_training": follows} if follows else {})})
         i = k
     if j is None:
         return CheckResult(NAME, PASSED, stats=stats)
@@ -149,7 +197,8 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
            f"x best, val_min_delta={t.val_min_delta:g}, and {VAL_NOISE_K:g} noise sigmas of the curve, "
            + (f"sigma {sigma:.3g} in log space)" if not bn_mismatch else
               f"waived: a BatchNorm train/inference gap of {gap:.0%} >= {BN_GAP:.0%} makes the wiggle the "
-              "mismatch itself, not noise)"))
+              f"mismatch itself, not noise; a pit must still rise {BN_PIT_MIN_RISE:.0%} of the first validation "
+              f"loss {float(v[0]):.4g})"))
     if recovered:
         msg += "; it came back down afterwards (a pit that recovered)"
     finding = Finding(

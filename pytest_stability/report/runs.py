@@ -115,7 +115,16 @@ class RunReport:
         return {k: (encode_float(v) if isinstance(v, float) else v) for k, v in out.items()}
 
     def explain(self, nodeid: str = "") -> str:
-        """The failure explanation: check, step, value, limit, curve, cause, fix, replay."""
+        """The failure explanation, the primary cause first.
+
+        The primary finding (:func:`~pytest_stability.diagnosis.rank_findings`): its check, step and
+        message, the curve around it, the cause with its evidence, the fixes in the order this run's
+        evidence ranks them (with the share of the detection benchmark's runs of that cause that the first
+        fix resolved in the what-if replay, where measured), then the what-if outcome when it ran.  Then
+        the other findings, each saying whose consequence it is, and the replay command.
+        """
+        from ..diagnosis import FIX_SUCCESS
+
         t = self.trace
         failed = [r for r in self.results if r.status == FAILED]
         head = (f"stable_training: {len(failed)} of {sum(r.status != SKIPPED for r in self.results)} checks "
@@ -124,7 +133,7 @@ class RunReport:
         if nodeid:
             head = f"{nodeid}: {head}"
         lines = [head]
-        for f in self.findings[:5]:
+        for i, f in enumerate(self.findings[:5]):
             lines.append("")
             lines.append(f"[{f.check}] step {f.step}: {f.message}")
             curve, label = (t.loss, "loss")
@@ -136,11 +145,27 @@ class RunReport:
             elif curve.size:
                 line, a, b = window_sparkline(curve, min(f.step, curve.size - 1))
                 lines.append(f"  {label:<9} {line}  steps {a}-{b}")
+            consequence = f.evidence.get("consequence_of")
+            if i > 0 and consequence:
+                lines.append(f"  a consequence of [{consequence.replace('@', '] at step ')}")
             if f.cause:
                 conf = f" ({f.confidence})" if f.confidence else ""
                 lines.append(f"  cause{conf}: {f.cause}")
-            if f.fix:
-                lines.append(f"  fix to try: {f.fix}")
+            fixes = [x["text"] for x in f.evidence.get("fixes") or () if x.get("text") and not x.get("note")]
+            notes = [x["text"] for x in f.evidence.get("fixes") or () if x.get("text") and x.get("note")]
+            fixes = fixes or ([f.fix] if f.fix and not notes else [])
+            if fixes and not (i > 0 and consequence):
+                lines.append(f"  fix to try: {fixes[0]}")
+                measured = FIX_SUCCESS.get(str(f.evidence.get("cause_key")))
+                configs = f.evidence.get("fix_configs") or []
+                if measured and configs and (f.evidence.get("fixes") or [{}])[0].get("config"):
+                    done, runs = measured
+                    lines.append(f"    (this first fix resolved {done} of {runs} runs with this cause in the "
+                                 "detection benchmark's what-if replays)")
+                if len(fixes) > 1:
+                    lines.append("  then: " + "; or ".join(fixes[1:]))
+                for note in notes:
+                    lines.append(f"  ({note})")
             whatif = f.evidence.get("whatif")
             if isinstance(whatif, dict) and whatif.get("text"):
                 lines.append(f"  what-if: {whatif['text']}")

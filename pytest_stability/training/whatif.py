@@ -220,7 +220,8 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
                   thresholds: Any, spec: Any, **data: Any) -> list[Any]:
     """Replay the suggested optimizer fixes; attach the outcome to the first finding as ``evidence["whatif"]``.
 
-    The findings' ``fix_configs`` are tried in step order, one per kind
+    The findings' ``fix_configs`` are tried primary finding first (``evidence["rank"]``), then in step order,
+    one per kind
     (``clipnorm``, ``learning_rate_factor``, ``epsilon``...), each from a
     snapshot before its own finding, at most :data:`MAX_ATTEMPTS` of them,
     stopping at the first that resolves the run.  ``results`` are
@@ -231,7 +232,8 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
     """
     from ..checks import run_checks
 
-    findings = sorted((f for r in results for f in r.findings), key=lambda f: f.step)
+    # the primary finding first (its first fix is the first suggested fix), then the others in step order
+    findings = sorted((f for r in results for f in r.findings), key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
     if not findings:
         return results
     tries: list[tuple[dict[str, Any], int]] = []
@@ -241,7 +243,8 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
             kind = tuple(sorted(fix))
             if kind not in kinds:
                 kinds.add(kind)
-                tries.append((fix, int(f.evidence.get("start", f.step))))
+                # before the root event the diagnosis names (fix_from), else the finding's own start
+                tries.append((fix, int(f.evidence.get("fix_from", f.evidence.get("start", f.step)))))
     attempts: list[dict[str, Any]] = []
     for fix, start in tries[:MAX_ATTEMPTS]:
         try:

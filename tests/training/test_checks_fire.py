@@ -24,11 +24,15 @@ def test_model(stability):
     stability.train(model, X, Y * 100.0)
 ''')
     result.assert_outcomes(failed=1)
+    # the primary cause first (the gradient burst that the NaN follows), with its evidence and its fix, then the
+    # NaN as its consequence
     result.stdout.fnmatch_lines([
         "*stable_training: * of * checks failed (*nonfinite*) - seed 0, */300 steps on CPU",
+        "*[[]grad_norm] step *: gradient norm *",
+        "*  cause (likely): *a learning rate too high for this model from the start*",
+        "*  fix to try: learning_rate=* (now 5 *",
         "*[[]nonfinite] step *: non-finite *; first variable affected: *; the input batch was finite (the NaN/Inf was produced by training)",
-        "*  cause (*): *",
-        "*fix to try:*",
+        "*  a consequence of [[]grad_norm] at step *",
         "*replay: pytest test_too_high_learning_rate_nan_is_caught_at_its_step.py::test_model --stability-replay=0",
     ])
 

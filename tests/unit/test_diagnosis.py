@@ -30,7 +30,7 @@ def test_adam_collapse_named_with_numbers():
     f = next(f for f in _diag(_adam_trace()) if f.check == "loss_spike")
     assert f.evidence["cause_key"] == "adam_second_moment"
     assert f.confidence == "likely"
-    assert "epsilon=1e-3" in f.fix and "amsgrad=True" in f.fix and "beta_2=0.99" in f.fix
+    assert "epsilon=0.001" in f.fix and "amsgrad=True" in f.fix and "beta_2=0.99" in f.fix
     assert f.evidence["diagnosis"]["g2_over_v_jump"] >= 1e5
 
 
@@ -121,20 +121,32 @@ def test_diagnose_rejects_bad_input():
         diagnose([], np.ones(3))
 
 
-def test_repeated_adam_spikes_named_without_slot_statistics():
-    # No diagnostics recorded (no opt_stats), the loss fell ~30x (not "near zero"), but
-    # spike after spike once it flattened: Adam's repeated-spike signature.
+def _repeated_spikes(grad_norm):
     rng = np.random.default_rng(0)
     loss = np.concatenate([np.geomspace(1.0, 0.03, 200), 0.03 * np.exp(0.05 * rng.normal(size=800))])
     for k in (300, 480, 650, 830):
         loss[k:k + 6] = np.geomspace(1.0, 0.1, 6)  # each spike decays over a few steps
-    trace = Trace(loss=loss, grad_norm=np.ones(loss.size),
-                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7}})
-    f = next(f for f in _diag(trace) if f.check == "loss_spike")
+    return Trace(loss=loss, grad_norm=grad_norm,
+                 info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7}})
+
+
+def test_repeated_adam_spikes_without_shrinking_gradients_are_the_learning_rate():
+    # Adam, no slot statistics, spike after spike once the loss flattened, but the gradient norm never
+    # shrank before them: no evidence that v collapsed, so not Adam's second moment; spike after spike at
+    # the same rate is a rate too high for the minimum (a tenth, not a third)
+    f = next(f for f in _diag(_repeated_spikes(np.ones(1000))) if f.check == "loss_spike")
     assert f.evidence["n_events"] == 4
-    assert f.evidence["cause_key"] == "adam_second_moment" and f.confidence == "uncertain"
-    assert f.evidence["diagnosis"]["repeated_spikes"] is True
-    assert "4 spikes about every" in f.cause
+    assert f.evidence["cause_key"] == "lr_too_high" and "not a second-moment collapse" in f.cause
+    assert "4 separate spikes" in f.cause and f.evidence["fix_configs"][0] == {"learning_rate_factor": 0.1}
+
+
+def test_repeated_adam_spikes_after_the_gradients_shrank_are_the_second_moment():
+    # the same spikes after the gradient norm fell 30x over the first 200 steps: v shrank with it
+    g = np.concatenate([np.geomspace(1.0, 1 / 30, 200), np.full(800, 1 / 30)])
+    f = next(f for f in _diag(_repeated_spikes(g)) if f.check == "loss_spike")
+    assert f.evidence["cause_key"] == "adam_second_moment" and f.confidence == "uncertain"  # no slot statistics
+    assert f.evidence["diagnosis"]["grad_collapse"] > 10  # the median of steps 0-49 over that of the 100 before
+    assert "4 separate spikes" in f.cause and f.evidence["fix_configs"][0] == {"epsilon": 1e-3}
 
 
 def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
@@ -148,7 +160,9 @@ def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     # one definition of "stuck" in the check and the diagnosis: vanished gradients count
     assert f.evidence["stuck"] is True and f.evidence["vanished"] is True and f.evidence["flat"] is False
     assert "gradients vanished" in f.message
-    assert "clipnorm=" in f.fix and f.evidence["fix_configs"][0].keys() == {"clipnorm"}
+    # a collapse after a blow-up: the lower learning rate first, then clipnorm from the healthy stretch
+    assert [c.keys() for c in f.evidence["fix_configs"]] == [{"learning_rate_factor"}, {"clipnorm"}]
+    assert "clipnorm=" in f.fix
 
 
 def test_suggested_clipnorm_comes_from_the_healthy_norms_only():
@@ -162,7 +176,7 @@ def test_suggested_clipnorm_comes_from_the_healthy_norms_only():
     assert f.evidence["fix_configs"][1] == {"learning_rate_factor": 0.1}
     assert 1.0 <= clip <= 10.0, clip  # within 10x of the early median
     assert f.evidence["diagnosis"]["grad_norm_p90_before"] > 5 * clip
-    assert f"clipnorm={clip:g} on the optimizer (the 90th percentile of this run's healthy gradient norms" in f.fix
+    assert f"clipnorm={clip:g} on the optimizer, from this run's healthy gradient norms before the event" in f.fix
 
 
 # -- one primary cause per run (issue 10) --------------------------------------
@@ -206,12 +220,14 @@ def test_adam_collapse_with_a_gradient_burst_is_not_clipnorm():
     results = run_checks(trace)
     assert {r.name for r in results if r.failed} >= {"grad_norm", "loss_spike"}
     gn = next(f for f in diagnose([f for r in results for f in r.findings], trace) if f.check == "grad_norm")
-    assert gn.evidence["cause_key"] == "adam_second_moment" and "epsilon=1e-3" in gn.fix
-    assert "clipnorm" not in gn.fix and "gradient norm burst to 500" in gn.cause
+    assert gn.evidence["cause_key"] == "adam_second_moment" and "epsilon=0.001" in gn.fix
+    assert "clipnorm" not in gn.fix and "gradient norm grew to 500 (step 600)" in gn.cause
     p = primary_finding(results, trace)
     # the earliest root event (the burst at 600) leads; the loss spike one step later agrees on the cause
     assert p.check == "grad_norm" and p.step == 600 and p.evidence["cause_key"] == "adam_second_moment"
-    assert p.evidence["alternative_causes"] == [] and p.confidence == "uncertain"  # no slot statistics recorded
+    # the gradient norm fell 4000x over the steps before the burst and the loss 1e11x: likely even without slot
+    # statistics
+    assert p.evidence["alternative_causes"] == [] and p.confidence == "likely"
     assert n == trace.steps
 
 

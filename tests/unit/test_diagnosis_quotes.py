@@ -1,0 +1,462 @@
+"""Every number a diagnosis quotes is the trace's, and its fixes never point the wrong way.
+
+Hypothesis generates traces of every shape the diagnosis rules handle (healthy starts, spikes, jumps that
+stay up, gradient bursts, NaNs after a divergence or out of the blue, early blow-ups, Adam runs with and
+without a history of small gradients, float16 Adam, stuck and collapsed runs, a loss flat at ln K, validation
+rises), runs the checks, diagnoses and ranks the findings, and for every finding:
+
+* re-renders its cause and fix from ``evidence["templates"]`` and ``evidence["quotes"]`` (the text is the
+  quotes', and its templates hold no number of their own);
+* recomputes every quote from the trace with the small evaluator below, written apart from the diagnosis
+  (the loss at a step, a median / lowest / highest / 90th percentile over the steps it names, ratios,
+  products, the settings in ``trace.info``);
+* checks the direction rules: no fix raises the learning rate of a run that went up; a clipnorm comes from a
+  healthy stretch of at least ``HEALTHY_MIN_STEPS`` steps before the event; Adam's second moment is named
+  only with a history of at least ``HISTORY_MIN_STEPS`` steps of shrinking gradients before the burst, and
+  never for an early blow-up.
+
+No framework is imported: this is the fast tier.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from pytest_stability import diagnosis as D  # noqa: E402
+from pytest_stability.checks import Thresholds, run_checks  # noqa: E402
+from pytest_stability.checks.validation import smooth  # noqa: E402
+from pytest_stability.pipeline import judge  # noqa: E402
+from pytest_stability.trace import GRADS, LOSS, WEIGHTS, Trace  # noqa: E402
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                    derandomize=True)
+
+# code-like words a template may spell with a digit (they are names, not numbers)
+CODE_WORDS = ("log(0)", "0/0", "sqrt(0)", "g^2/v", "float16", "float32", "mixed_float16", "beta_2", "he_normal",
+              "glorot_uniform", "1e-7")
+#: a digit that is not part of an identifier (beta_2, float16)
+BARE_DIGIT = re.compile(r"(?<![A-Za-z_])\d")
+
+
+# -- the independent evaluator ----------------------------------------------------------
+
+
+def _array(trace: Trace, of: str) -> np.ndarray | None:
+    if of.startswith("opt."):
+        return trace.opt_stats.get(of[4:])
+    return {"loss": trace.loss, "grad_norm": trace.grad_norm, "update_ratio": trace.update_ratio,
+            "lr": trace.lr}[of]
+
+
+def _stat(values: np.ndarray, stat: str) -> float:
+    v = values[np.isfinite(values)]
+    if not v.size:
+        return math.nan
+    if stat in ("min_median5", "max_median5"):
+        if v.size < 5:
+            return math.nan
+        meds = [float(np.median(v[i:i + 5])) for i in range(v.size - 4)]
+        return min(meds) if stat == "min_median5" else max(meds)
+    return {"median": lambda: float(np.median(v)), "min": lambda: float(v.min()), "max": lambda: float(v.max()),
+            "p90": lambda: float(np.percentile(v, 90))}[stat]()
+
+
+def recompute(name: str, quotes: dict, trace: Trace) -> object:
+    q = quotes[name]
+    kind = q["kind"]
+    if kind == "series":
+        a, b = q["steps"]
+        arr = _array(trace, q["of"])
+        assert arr is not None or math.isnan(q["value"]), (name, q)
+        if arr is None:
+            return math.nan
+        assert 0 <= a <= b < arr.shape[0] or math.isnan(q["value"]), (name, q, arr.shape)
+        return float(arr[a]) if q["stat"] == "at" else _stat(arr[a:b + 1], q["stat"])
+    if kind == "val":
+        step = q["steps"][0]
+        ok = np.isfinite(trace.val_loss)
+        vals, steps = trace.val_loss[ok], trace.val_steps[ok]
+        if q["smoothing"]:
+            vals = smooth(vals, q["smoothing"])
+        hit = np.flatnonzero(steps == step)
+        return float(vals[hit[0]]) if hit.size else math.nan
+    if kind in ("ratio", "product", "min"):
+        x, y = (quotes[p]["value"] for p in q["parts"])
+        if kind == "ratio":
+            return x / y if math.isfinite(x) and math.isfinite(y) and y != 0 else math.nan
+        if kind == "product":
+            return x * y
+        return min(x, y) if math.isfinite(x) and math.isfinite(y) else (y if math.isfinite(y) else x)
+    if kind == "derived":
+        x = quotes[q["parts"][0]]["value"]
+        if not math.isfinite(x):
+            return math.nan
+        return {"pow10": lambda v: 10.0 ** round(math.log10(v)) if v > 0 else math.nan,
+                "pow10_floor": lambda v: 10.0 ** math.floor(math.log10(v) + 1e-9) if v > 0 else math.nan,
+                "round2": lambda v: float(f"{v:.2g}"),
+                "exp": math.exp, "nearest_int": lambda v: float(round(v)),
+                "log": lambda v: math.log(v) if v > 0 else math.nan}[q["fn"]](x)
+    if kind == "setting":
+        value = (trace.info.get("optimizer_config") or {}).get(q["key"])
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if kind == "fact":
+        value = trace.info.get(q["key"])
+        return value[0] if isinstance(value, list) else value
+    return q["value"]  # step, count, const, text: checked by the rules' own tests
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        return a == b
+    a, b = float(a), float(b)
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
+
+
+def _render(template: str, quotes: dict, finding) -> str:
+    """The text, rendered apart from the diagnosis's own renderer: the number, and for a series where it is."""
+    def show(m: re.Match) -> str:
+        q = quotes[m.group(1)]
+        v = q["value"]
+        if q["kind"] == "text":
+            return v
+        if q["kind"] in ("step", "count"):
+            return str(int(v))
+        fmt = "n/a" if isinstance(v, float) and not math.isfinite(v) else (
+            f"{v:.0%}" if q.get("format") == "percent" else v if isinstance(v, str) else
+            str(v) if isinstance(v, bool) or v is None else f"{float(v):.3g}")
+        if q["kind"] == "series":
+            a, b = q["steps"]
+            where = f"step {a}" if q["stat"] == "at" or a == b else f"{D.STAT_WORDS[q['stat']]} steps {a}-{b}"
+            return f"{fmt} ({where})"
+        if q["kind"] == "val":
+            what = "smoothed validation loss" if q["smoothing"] else "validation loss"
+            return f"{fmt} ({what} after {q['steps'][0]} steps)"
+        return fmt
+    return re.sub(r"\{(\w+)\}", show, template)
+
+
+def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
+    ev = f.evidence
+    quotes, templates = ev["quotes"], ev["templates"]
+    # 1. the text is rendered from the quotes, and the templates hold no number of their own
+    assert _render(templates["cause"], quotes, f) == f.cause
+    assert [_render(t, quotes, f) for t in templates["fixes"]] == [x["text"] for x in ev["fixes"]]
+    fixes = ", or ".join(x["text"] for x in ev["fixes"] if not x["note"])
+    assert f.fix == "; ".join([fixes] * bool(fixes) + [x["text"] for x in ev["fixes"] if x["note"]])
+    for t in [templates["cause"], *templates["fixes"]]:
+        bare = re.sub(r"\{\w+\}", "", t)
+        for word in CODE_WORDS:
+            bare = bare.replace(word, "")
+        assert not BARE_DIGIT.search(bare), (t, f.evidence["cause_key"])
+    # 2. every quote is the trace's, at the steps it names
+    for name, q in quotes.items():
+        assert _same(recompute(name, quotes, trace), q["value"]), (name, q, f.evidence["cause_key"])
+        if q["kind"] == "series" and math.isfinite(q["value"]):
+            assert 0 <= q["steps"][0] <= q["steps"][1] < trace.steps, (name, q)
+    # 3. the fixes point the right way
+    configs = [x["config"] for x in ev["fixes"] if x["config"]]
+    assert configs == ev["fix_configs"]
+    if run_blew_up:
+        assert not any(c.get("learning_rate_factor", 0) > 1 for c in configs), (f.evidence["cause_key"], configs)
+    for c in configs:
+        if "learning_rate_factor" in c:
+            assert 0 < c["learning_rate_factor"] <= 10
+        if "clipnorm" in c:
+            h = quotes["healthy_steps"]["value"]
+            assert h >= D.HEALTHY_MIN_STEPS
+            _assert_healthy_stretch(trace, h, quotes["healthy_before"]["value"])
+            p90 = _stat(trace.grad_norm[:h], "p90")
+            assert c["clipnorm"] == float(f"{p90:.2g}")
+    if "healthy_steps" in quotes and not any("clipnorm" in c for c in configs):
+        assert quotes["healthy_steps"]["value"] < D.HEALTHY_MIN_STEPS or trace.grad_norm is None
+    # 4. Adam's second moment only with its history; never for an early blow-up
+    start = int(ev.get("start", f.step))
+    if ev["cause_key"] == "adam_second_moment":
+        assert start >= D.HISTORY_MIN_STEPS
+        _assert_adam_history(trace, start)
+    if start < min(D.early_end(trace), D.HISTORY_MIN_STEPS) and f.check in ("loss_spike", "grad_norm"):
+        assert ev["cause_key"] in ("lr_too_high", "collapse_constant", "epsilon_underflow"), ev["cause_key"]
+
+
+def _assert_healthy_stretch(trace: Trace, h: int, start: int) -> None:
+    """Steps [0, h) are healthy (finite, within HEALTHY_GROWTH x the first steps) and h is where that ended."""
+    k = min(5, start)
+    loss_ref = float(np.median(trace.loss[:k][np.isfinite(trace.loss[:k])]))
+    g_ref = float(np.median(trace.grad_norm[:k][np.isfinite(trace.grad_norm[:k])]))
+
+    def healthy(i: int) -> bool:
+        return bool(np.isfinite(trace.loss[i]) and np.isfinite(trace.grad_norm[i])
+                    and abs(trace.loss[i]) <= D.HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
+                    and (g_ref <= 0 or trace.grad_norm[i] <= D.HEALTHY_GROWTH * g_ref))
+    assert all(healthy(i) for i in range(h))
+    assert h == min(start, trace.steps) or not healthy(h)
+
+
+def _assert_adam_history(trace: Trace, start: int) -> None:
+    """A long stretch of small gradients before the burst, or the slot statistics' g^2/v jump."""
+    g = trace.grad_norm
+    w = min(max(10, min(50, trace.steps // 10)), start // 4)
+    g2v = trace.opt_stats.get("g2_over_v_max")
+    evidence = []
+    if g is not None:
+        early = float(np.median(g[:w]))
+        before = float(np.median(g[max(w, start - D.HISTORY_MIN_STEPS):start]))
+        fell = float(np.median(trace.loss[:w])) / float(np.min(trace.loss[:start]))
+        evidence.append(early >= D.TINY_GRADIENTS * before
+                        or (early >= D.SMALL_GRADIENTS * before and fell >= D.NEAR_ZERO))
+    else:
+        evidence.append(True)  # without gradient norms the loss's fall is the evidence (quoted and recomputed)
+    if g2v is not None:
+        evidence.append(float(np.max(g2v[max(0, start - 5):start + 1])) >= D.G2V_JUMP * float(np.median(g2v[w:start])))
+    assert any(evidence)
+
+
+def _judge_and_check(trace: Trace) -> list:
+    results = judge(trace, Thresholds())
+    findings = [f for r in results for f in r.findings]
+    went_up = any(f.check in ("loss_spike", "grad_norm", "nonfinite") for f in findings) or any(
+        D.blew_up(trace, f.step, f.value)["any"] for f in findings if f.check == "stuck"
+        and f.kind in ("collapsed", "stuck"))
+    for f in findings:
+        check_finding(f, trace, went_up)
+    return findings
+
+
+# -- generated traces ---------------------------------------------------------------------
+
+OPTIMIZERS = st.sampled_from([
+    ("SGD", {"learning_rate": 0.1, "momentum": 0.9}),
+    ("Adam", {"learning_rate": 1e-3, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
+    ("AdamW", {"learning_rate": 3e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
+    ("RMSprop", {"learning_rate": 1e-3}),
+])
+
+
+@st.composite
+def event_traces(draw: st.DrawFn) -> Trace:
+    """A noisy falling (or flat) loss, then an event at a drawn step: a spike that recovers, a jump that stays, a
+    gradient burst, a NaN after a divergence or from a steady loss, a collapse to a flat loss."""
+    n = draw(st.integers(60, 700))
+    seed = draw(st.integers(0, 2 ** 16))
+    rng = np.random.default_rng(seed)
+    fall = draw(st.sampled_from([0.0, 1.0, 5.0, 20.0]))  # e-folds the loss falls over the run
+    noise = draw(st.sampled_from([0.0, 0.02, 0.2]))
+    loss = np.exp(-np.linspace(0, fall, n)) * np.exp(noise * rng.normal(size=n)) * draw(st.sampled_from([0.1, 1.0, 50.0]))
+    g_fall = draw(st.sampled_from([0.0, 1.0, 4.0, 9.0]))
+    g = np.exp(-np.linspace(0, g_fall, n)) * np.exp(0.1 * rng.normal(size=n))
+    upd = np.full(n, draw(st.sampled_from([1e-4, 1e-3, 0.3, 20.0])))
+    s = draw(st.integers(1, n - 2))
+    kind = draw(st.sampled_from(["spike", "jump_stay", "burst", "nan_diverge", "nan_sudden", "flat", "none"]))
+    mask = np.zeros(n, np.int32)
+    first = None
+    if kind == "spike":
+        loss[s:s + 6] *= np.geomspace(30, 3, len(loss[s:s + 6]))
+        g[s] *= draw(st.sampled_from([2.0, 50.0, 1e4]))
+    elif kind == "jump_stay":
+        level = float(np.max(loss[:s + 1])) * draw(st.sampled_from([1.2, 3.0, 50.0]))
+        loss[s:] = level * (1 + draw(st.sampled_from([0.0, 0.001])) * rng.normal(size=n - s))
+        g[s] *= 100.0
+        g[s + 1:] = draw(st.sampled_from([0.0, 1e-9, 1.0]))
+    elif kind == "burst":
+        g[s] *= draw(st.sampled_from([200.0, 1e5]))
+    elif kind in ("nan_diverge", "nan_sudden"):
+        k = min(s, n - 1)
+        if kind == "nan_diverge":
+            m = min(8, k)
+            loss[k - m:k] *= np.geomspace(1, 1e6, m)
+            g[k - m:k] *= np.geomspace(1, 1e4, m)
+        loss[k:] = np.nan
+        g[k:] = np.nan
+        mask[k:] = LOSS | GRADS | WEIGHTS
+        loss, g, upd, mask = loss[:k + 1], g[:k + 1], upd[:k + 1], mask[:k + 1]
+        first = {"step": k, "source": draw(st.sampled_from(["loss", "gradients", "weights"]))}
+    elif kind == "flat":
+        loss[s:] = draw(st.sampled_from([float(np.log(10.0)), 0.95, 2.0 * float(loss[0])]))
+        g[s:] = draw(st.sampled_from([0.0, 0.3]))
+    opt, cfg = draw(OPTIMIZERS)
+    schedule = draw(st.sampled_from(["constant", "warmup"]))
+    m = loss.shape[0]
+    lr = np.full(m, cfg["learning_rate"]) if schedule == "constant" else np.linspace(1e-4, 30 * cfg["learning_rate"], m)
+    info = {"optimizer": opt, "optimizer_config": dict(cfg),
+            "dtype_policy": draw(st.sampled_from(["float32", "float16"]))}
+    opt_stats = {}
+    if opt.startswith("Adam") and draw(st.booleans()):
+        g2v = np.exp(0.3 * rng.normal(size=m))
+        if kind in ("spike", "burst") and draw(st.booleans()):
+            g2v[max(0, s - 2):s + 1] *= 1e4
+        opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
+    has_g = draw(st.booleans()) or kind == "burst"
+    return Trace(loss=loss, grad_norm=g if has_g else None, nonfinite=mask, lr=lr if draw(st.booleans()) else None,
+                 update_ratio=upd if draw(st.booleans()) else None, opt_stats=opt_stats, first_nonfinite=first,
+                 steps_planned=n, info=info)
+
+
+@st.composite
+def val_traces(draw: st.DrawFn) -> Trace:
+    n = draw(st.integers(100, 400))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    loss = np.geomspace(1.0, draw(st.sampled_from([0.9, 0.1])), n) * np.exp(0.1 * rng.normal(size=n))
+    if draw(st.booleans()):
+        loss[n // 2:] *= 3.0  # the training loss rose too
+    every = draw(st.sampled_from([10, 25]))
+    steps = np.arange(0, n + 1, every)
+    k = steps.size
+    val = np.concatenate([np.geomspace(1.0, 0.4, k // 2), 0.4 * draw(st.sampled_from([1.3, 2.0])) ** np.linspace(0, 1, k - k // 2)])
+    val *= np.exp(draw(st.sampled_from([0.0, 0.1])) * rng.normal(size=k))
+    bn = draw(st.sampled_from([0, 2]))
+    info = {"batchnorm_layers": bn, "batchnorm_momentum": [0.99] * bn}
+    if bn and draw(st.booleans()):
+        info["bn_train_infer_gap"] = draw(st.sampled_from([0.02, 0.5]))
+    return Trace(loss=loss, grad_norm=np.exp(0.1 * rng.normal(size=n)), val_steps=steps, val_loss=val, info=info)
+
+
+@SETTINGS
+@given(event_traces())
+def test_every_quoted_number_is_the_traces_and_fixes_point_the_right_way(trace):
+    _judge_and_check(trace)
+
+
+@SETTINGS
+@given(val_traces())
+def test_validation_diagnoses_quote_the_trace(trace):
+    for f in _judge_and_check(trace):
+        if f.check == "val_loss":
+            assert f.evidence["quotes"]["val_at"]["kind"] == "val"
+
+
+@SETTINGS
+@given(st.integers(1, D.HISTORY_MIN_STEPS - 1), st.integers(0, 2 ** 16), st.booleans())
+def test_adam_second_moment_needs_a_history_before_the_burst(burst, seed, with_stats):
+    # the loss and the gradient norm fall by orders of magnitude, then the gradient bursts: before
+    # HISTORY_MIN_STEPS steps there is no history for v to have collapsed over
+    rng = np.random.default_rng(seed)
+    n = burst + 200
+    loss = np.geomspace(1.0, 1e-9, n) * np.exp(0.05 * rng.normal(size=n))
+    g = np.geomspace(1.0, 1e-5, n)
+    loss[burst:burst + 8] = 5.0
+    g[burst] = 1e3
+    stats = {"g2_over_v_max": np.where(np.arange(n) == burst, 1e6, 1.0)} if with_stats else {}
+    trace = Trace(loss=loss, grad_norm=g, opt_stats=stats, info={"optimizer": "Adam", "optimizer_config": {
+        "learning_rate": 3.0, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}})
+    for f in _judge_and_check(trace):
+        assert f.evidence["cause_key"] != "adam_second_moment", f.cause
+
+
+@SETTINGS
+@given(st.integers(D.HISTORY_MIN_STEPS, 600), st.integers(0, 2 ** 16))
+def test_adam_second_moment_needs_small_gradients_before_the_burst(burst, seed):
+    # a long history, but the gradient norm never shrank (and no slot statistics): not Adam's second moment
+    rng = np.random.default_rng(seed)
+    n = burst + 200
+    loss = 0.3 * np.exp(0.05 * rng.normal(size=n))
+    g = np.exp(0.1 * rng.normal(size=n))
+    loss[burst:burst + 8] = 5.0
+    g[burst] = 1e3
+    trace = Trace(loss=loss, grad_norm=g, info={"optimizer": "Adam", "optimizer_config": {
+        "learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}})
+    for f in _judge_and_check(trace):
+        assert f.evidence["cause_key"] != "adam_second_moment", f.cause
+
+
+# -- the issue's runs, as traces --------------------------------------------------------------
+
+
+def test_early_adam_blow_up_quotes_the_loss_at_step_0_and_lowers_the_rate_first():
+    # Adam(learning_rate=3.0) on an MLP: the loss is 1.16 at step 0, 1.66e3 at step 1 (the recorded run)
+    rng = np.random.default_rng(0)
+    n = 300
+    loss = np.concatenate([[1.16, 1.66e3, 5e3, 1.5e3, 400.0], 0.7 * np.exp(0.05 * rng.normal(size=n - 5))])
+    g = np.concatenate([[0.5, 1.2e3, 480.0, 270.0, 120.0], 0.2 * np.exp(0.3 * rng.normal(size=n - 5))])
+    upd = np.concatenate([[16.0, 0.75, 0.43], np.full(n - 3, 1e-3)])
+    trace = Trace(loss=loss, grad_norm=g, update_ratio=upd, lr=np.full(n, 3.0), steps_planned=n,
+                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3.0, "epsilon": 1e-7,
+                                                                  "beta_2": 0.999, "amsgrad": False}})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "lr_too_high" and p.confidence == "likely"
+    assert "second-moment" not in p.cause and "1.43e+03" not in p.cause
+    first = p.evidence["fix_configs"][0]
+    # |dw|/|w| was 16 at the first update: 1e-2 / 16 -> a factor below that, 1e-4: learning_rate 0.0003
+    assert first == {"learning_rate_factor": 1e-4}
+    assert p.fix.startswith("learning_rate=0.0003 (now 3 (step ")
+    assert "clipnorm" not in p.evidence["fix_configs"].__repr__()  # no healthy stretch to clip at
+    assert "no clipnorm" in p.fix
+    check_finding(p, trace, True)
+
+
+def test_huge_learning_rate_sgd_gets_a_rate_from_its_first_update_and_no_clipnorm():
+    # SGD at learning rate 50: the first update is 220x the weights, NaN at step 2
+    n = 3
+    trace = Trace(loss=np.array([45.6, 8e9, np.nan]), grad_norm=np.array([17.0, 8.5e7, np.nan]),
+                  update_ratio=np.array([220.0, 5e6, np.nan]), lr=np.full(n, 50.0),
+                  nonfinite=np.array([0, 0, LOSS | GRADS | WEIGHTS], np.int32), steps_planned=300,
+                  first_nonfinite={"step": 2, "source": "gradients"},
+                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 50.0}})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "lr_too_high" and p.confidence == "likely"
+    assert p.evidence["fix_configs"] == [{"learning_rate_factor": 1e-5}]  # 1e-2 / 220 -> below: 1e-5, 0.0005
+    assert "clipnorm=" not in p.fix and "200000" not in p.fix
+    check_finding(p, trace, True)
+
+
+def test_a_run_that_died_after_a_jump_is_a_collapse_and_never_gets_a_higher_rate():
+    # a U-Net (soft Jaccard, SGD Nesterov, batch 4): the loss dips to 0.39, jumps to 0.96 at step 8 and stays
+    # there with zero gradients; the weights hardly move afterwards (|dw|/|w| 1e-7)
+    rng = np.random.default_rng(1)
+    n = 300
+    loss = np.concatenate([[0.88, 0.86, 0.84, 0.83, 0.79, 0.70, 0.64, 0.39], 0.958 * (1 + 0.003 * rng.normal(size=n - 8))])
+    g = np.concatenate([[0.1, 0.08, 0.07, 0.09, 0.12, 0.18, 0.39, 0.78], np.zeros(n - 8)])
+    upd = np.concatenate([[0.05, 0.06, 0.07, 0.08, 0.11, 0.16, 0.24, 0.36], np.full(n - 8, 1e-7)])
+    trace = Trace(loss=loss, grad_norm=g, update_ratio=upd, lr=np.full(n, 1.0), steps_planned=n,
+                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1.0, "momentum": 0.99}})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "collapse_constant", p.cause
+    assert all(c.get("learning_rate_factor", 0) < 1 for c in p.evidence["fix_configs"])
+    assert "jumped to" in p.cause and "collapse" in p.cause
+    check_finding(p, trace, True)
+
+
+def test_random_labels_are_named_with_a_learnable_smoke_test():
+    rng = np.random.default_rng(0)
+    n = 600
+    loss = np.concatenate([2.4 + 0.08 * rng.normal(size=30), np.log(10.0) * (1 + 0.002 * rng.normal(size=n - 30))])
+    trace = Trace(loss=loss, grad_norm=np.exp(0.3 * rng.normal(size=n)) * 0.3, update_ratio=np.full(n, 1e-3),
+                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-3}})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "labels_no_signal", p.cause
+    assert "10 balanced classes" in p.cause and "smoke test" in p.fix
+    check_finding(p, trace, False)
+
+
+def test_float16_adam_blow_up_is_the_epsilon_not_the_data():
+    # the first update of float16 Adam (epsilon 1e-7 < float16's smallest normal) moves the weights 2.4x
+    n = 200
+    loss = np.concatenate([[0.68, 9.0, 10.6, 10.4], np.full(n - 4, np.nan)])
+    g = np.concatenate([[1.4, 34.0, 52.0, 54.0], np.full(n - 4, np.nan)])
+    trace = Trace(loss=loss[:5], grad_norm=g[:5], update_ratio=np.array([2.4, 0.44, 0.3, 0.22, np.nan]),
+                  nonfinite=np.array([0, 0, 0, 0, LOSS | GRADS | WEIGHTS], np.int32), steps_planned=n,
+                  info={"optimizer": "Adam", "dtype_policy": "float16",
+                        "optimizer_config": {"learning_rate": 1e-3, "epsilon": 1e-7}})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "epsilon_underflow" and p.evidence["fix_configs"][0] == {"epsilon": 1e-4}
+    assert "not the data" in p.cause
+    check_finding(p, trace, True)
+
+
+def test_nan_weights_from_a_finite_first_step_blame_the_update():
+    trace = Trace(loss=np.array([0.7, np.nan]), grad_norm=np.array([0.5, np.nan]),
+                  nonfinite=np.array([WEIGHTS, LOSS | GRADS | WEIGHTS], np.int32),
+                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "update_nonfinite" and "before any update" not in p.cause
+    assert "the optimizer's arithmetic" in p.cause
+    check_finding(p, trace, True)
