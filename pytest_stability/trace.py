@@ -16,7 +16,7 @@ k-th update.  ``val_steps[j]`` is the number of updates done when
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,13 @@ class Trace:
     optimizers: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A trace pickled by an older version (a saved benchmark run) lacks the fields added since: their defaults.
+        for f in fields(self):
+            if f.name not in state:
+                state[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        self.__dict__.update(state)
 
     def __post_init__(self) -> None:
         self.loss = _array(self.loss, np.float64, "loss")

@@ -621,3 +621,16 @@ def test_val_batchnorm_gap_does_not_fail_a_ten_percent_rise_of_a_tiny_validation
     r = check_val_loss(_bn_val(v, 0.41))
     assert r.status == "passed" and r.stats["noise_waived"] == "batchnorm_gap"
     assert r.stats["max_rise"] > Thresholds().val_tolerance  # it did rise more than the tolerance
+
+
+def test_a_trace_pickled_before_a_field_existed_loads_with_its_default():
+    # the detection benchmark judges traces saved by earlier versions (--from-traces)
+    import pickle
+
+    trace = Trace(loss=np.ones(3))
+    state = dict(trace.__dict__)
+    del state["curves"], state["optimizers"]
+    old = Trace.__new__(Trace)
+    old.__setstate__(state)
+    assert old.curves == {} and old.optimizers == {} and old.loss_curves == {"loss": old.loss}
+    assert pickle.loads(pickle.dumps(trace)).curves == {}
