@@ -314,6 +314,7 @@ OPTIONS: tuple[Option, ...] = (
     _float_option("val_smoothing", _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)", 0, strict=False, max_value=1),
     _float_option("val_tolerance", _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative", 0, strict=False),
     _float_option("val_min_delta", _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above its best, absolute", 0, strict=False),
+    _float_option("max_skipped_fraction", _T.max_skipped_fraction, "nonfinite: largest share of the steps a loss-scale optimizer (mixed precision) may skip on overflow", 0, strict=False, max_value=1.0),
     # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
     _float_option("baseline_grad_factor", TOLERANCE_DEFAULTS["baseline_grad_factor"],
                   "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
@@ -383,6 +384,7 @@ class RunSpec:
     val_smoothing: float = _T.val_smoothing
     val_tolerance: float = _T.val_tolerance
     val_min_delta: float = _T.val_min_delta
+    max_skipped_fraction: float = _T.max_skipped_fraction
     baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
     baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
     baseline_extra_spikes: int = TOLERANCE_DEFAULTS["baseline_extra_spikes"]

@@ -15,13 +15,15 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     """Fail at the first step where a training quantity is NaN or Inf.
 
     A step flagged only as a loss-scale overflow (:data:`~pytest_stability.trace.OVERFLOW`)
-    is the mixed-precision optimizer doing its job and is not counted.  A batch
-    whose *inputs* held NaN/Inf is reported even if the loss stayed finite.
+    is the mixed-precision optimizer doing its job and is not counted, unless the optimizer skipped
+    more than ``max_skipped_fraction`` of the steps that way: then the updates mostly did not happen,
+    and the run fails with that as its cause.  A batch whose *inputs* held NaN/Inf is reported even
+    if the loss stayed finite.
 
     Returns:
         A failed result with one finding at the first bad step, else passed.
     """
-    del thresholds  # no thresholds: any non-finite value fails
+    limit = (thresholds or Thresholds()).max_skipped_fraction
     mask = np.asarray(trace.nonfinite, dtype=np.int64)
     overflow = (mask & OVERFLOW) != 0
     effective = mask & (_TRAINING_BITS | INPUT)
@@ -73,6 +75,8 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 evidence=evidence,
             )
         )
+    if overflow_steps and not findings and trace.steps and overflow_steps / trace.steps > limit:
+        findings.append(_skipped_steps(trace, overflow, limit))
     if trace.has_validation:
         vbad = ~np.isfinite(trace.val_loss)
         if vbad.any() and not findings:
@@ -91,3 +95,32 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 )
             )
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)
+
+
+def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
+    """The loss-scale optimizer skipped more than ``limit`` of the steps (each an overflow of the scaled
+    gradients): the run looks healthy and learns little.  At the step where the share of skipped steps so far
+    first passed the limit for good."""
+    n = trace.steps
+    skipped = np.flatnonzero(overflow)
+    share = np.cumsum(overflow) / np.arange(1, n + 1)
+    above = share > limit
+    step = int(n - np.argmax(~above[::-1])) if not above.all() else 0  # from here on, always above
+    step = min(step, n - 1)
+    scale = trace.opt_stats.get("loss_scale")
+    last_scale = float(scale[np.isfinite(scale)][-1]) if scale is not None and np.isfinite(scale).any() else None
+    fraction = len(skipped) / n
+    message = (f"the loss-scale optimizer skipped {len(skipped)} of {n} steps ({fraction:.0%}, limit {limit:.0%}) "
+               "on overflowing scaled gradients: those updates did not happen")
+    if last_scale is not None:
+        message += f"; the loss scale ended at {last_scale:.3g}"
+    return Finding(
+        check=NAME, kind="skipped_steps", step=step, value=fraction, limit=limit, message=message,
+        evidence={"skipped": int(len(skipped)), "steps": int(n), "first_skipped": int(skipped[0]),
+                  "last_skipped": int(skipped[-1]), "last_loss_scale": last_scale},
+        cause="the gradients overflow the float16 range at every loss scale the optimizer tries: values grow too "
+              "large in the forward or backward pass (a learning rate or initialisation that blows activations up, "
+              "a loss summed instead of averaged), or float16 cannot hold them at all",
+        fix="lower the learning rate or normalise the inputs; keep the loss a mean; train the layers that overflow "
+            "in float32 (dtype='float32' on them) or use mixed_bfloat16, whose range is float32's",
+        confidence="likely")
