@@ -17,7 +17,9 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     A step flagged only as a loss-scale overflow (:data:`~pytest_stability.trace.OVERFLOW`)
     is the mixed-precision optimizer doing its job and is not counted, unless the optimizer skipped
     more than ``max_skipped_fraction`` of the steps that way: then the updates mostly did not happen,
-    and the run fails with that as its cause.  A batch whose *inputs* held NaN/Inf is reported even
+    and the run fails with that as its cause.  The overflow steps that open the run are the dynamic loss
+    scale coming down to a scale that fits (it starts high and halves on each overflow): they are counted
+    only when the scale never comes to fit.  A batch whose *inputs* held NaN/Inf is reported even
     if the loss stayed finite.
 
     Returns:
@@ -33,7 +35,8 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     bad = effective != 0
     findings = []
     overflow_steps = int(np.count_nonzero(overflow))
-    stats = {"overflow_steps": overflow_steps}
+    calibration = _leading_run(overflow)
+    stats = {"overflow_steps": overflow_steps, "calibration_steps": calibration}
     if bad.any():
         step = int(np.argmax(bad))
         flags = int(mask[step])
@@ -75,7 +78,7 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 evidence=evidence,
             )
         )
-    if overflow_steps and not findings and trace.steps and overflow_steps / trace.steps > limit:
+    if overflow_steps and not findings and trace.steps and _skipped_share(overflow) > limit:
         findings.append(_skipped_steps(trace, overflow, limit))
     if trace.has_validation:
         vbad = ~np.isfinite(trace.val_loss)
@@ -97,21 +100,45 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)
 
 
+def _leading_run(overflow: np.ndarray) -> int:
+    """How many steps the run opens with that all overflowed."""
+    return int(overflow.size if overflow.all() else np.argmax(~overflow))
+
+
+def _skipped_share(overflow: np.ndarray) -> float:
+    """The share of skipped steps once the loss scale first fitted (1.0 when it never did)."""
+    lead = _leading_run(overflow)
+    if lead >= overflow.size:
+        return 1.0
+    return float(np.count_nonzero(overflow[lead:]) / (overflow.size - lead))
+
+
 def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
-    """The loss-scale optimizer skipped more than ``limit`` of the steps (each an overflow of the scaled
-    gradients): the run looks healthy and learns little.  At the step where the share of skipped steps so far
-    first passed the limit for good."""
+    """The loss-scale optimizer skipped more than ``limit`` of the steps after its scale first fitted (each an
+    overflow of the scaled gradients), or never found a scale that fits: the run looks healthy and learns
+    little.  At the step where the share of skipped steps so far first passed the limit for good."""
     n = trace.steps
+    lead = _leading_run(overflow)
     skipped = np.flatnonzero(overflow)
-    share = np.cumsum(overflow) / np.arange(1, n + 1)
+    counted = overflow.copy()
+    if lead < n:
+        counted[:lead] = False
+    base = lead if lead < n else 0
+    share = np.zeros(n)
+    share[base:] = np.cumsum(counted[base:]) / np.arange(1, n - base + 1)
     above = share > limit
     step = int(n - np.argmax(~above[::-1])) if not above.all() else 0  # from here on, always above
     step = min(step, n - 1)
     scale = trace.opt_stats.get("loss_scale")
     last_scale = float(scale[np.isfinite(scale)][-1]) if scale is not None and np.isfinite(scale).any() else None
-    fraction = len(skipped) / n
-    message = (f"the loss-scale optimizer skipped {len(skipped)} of {n} steps ({fraction:.0%}, limit {limit:.0%}) "
-               "on overflowing scaled gradients: those updates did not happen")
+    fraction = _skipped_share(overflow)
+    if lead >= n:
+        message = (f"the loss-scale optimizer skipped all {n} steps on overflowing scaled gradients (no loss scale "
+                   f"it tried fitted, limit {limit:.0%} of the steps): those updates did not happen")
+    else:
+        message = (f"the loss-scale optimizer skipped {int(counted.sum())} of the {n - lead} steps after its scale "
+                   f"first fitted at step {lead} ({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
+                   "gradients: those updates did not happen")
     if last_scale is not None:
         message += f"; the loss scale ended at {last_scale:.3g}"
     return Finding(
