@@ -22,6 +22,8 @@ _LAZY = {
     "StabilityError": "pytest_stability.errors",
     "StabilityUsageError": "pytest_stability.errors",
     "StabilityWarning": "pytest_stability.errors",
+    # imports Keras when asked for (a user's model.compile): a skip-step guard for any Keras optimizer
+    "SkipStepGuard": "pytest_stability.training.guard",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -301,6 +301,8 @@ OPTIONS: tuple[Option, ...] = (
                   "the optimizer's limit) exceeds this at any measurement (needs curvature=True)", 0, strict=True,
                   optional=True),
     _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix applied before the failure and report whether the instability goes away (keeps one host copy of the initial model and optimizer state)"),
+    _int_option("skip_step_window", 2, 128, "what-if: the skip-step guard's window (the latest updates whose gradient norms it weighs a step against)"),
+    _float_option("skip_step_sigmas", 6.0, "what-if: the skip-step guard skips an update whose gradient norm exceeds the window's mean by this many standard deviations", 0, strict=True),
     # -- loss_spike
     _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
     _float_option("spike_zscore", _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike", 0, strict=True),
@@ -314,6 +316,7 @@ OPTIONS: tuple[Option, ...] = (
     _float_option("val_smoothing", _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)", 0, strict=False, max_value=1),
     _float_option("val_tolerance", _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative", 0, strict=False),
     _float_option("val_min_delta", _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above its best, absolute", 0, strict=False),
+    _float_option("max_skipped_fraction", _T.max_skipped_fraction, "nonfinite: largest share of the steps a loss-scale optimizer (mixed precision) may skip on overflow", 0, strict=False, max_value=1.0),
     # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
     _float_option("baseline_grad_factor", TOLERANCE_DEFAULTS["baseline_grad_factor"],
                   "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
@@ -373,6 +376,8 @@ class RunSpec:
     curvature_batch_size: int | None = None
     max_eos_ratio: float | None = None
     whatif: bool = False
+    skip_step_window: int = 128
+    skip_step_sigmas: float = 6.0
     spike_window: int = _T.spike_window
     spike_zscore: float = _T.spike_zscore
     spike_ratio: float = _T.spike_ratio
@@ -383,6 +388,7 @@ class RunSpec:
     val_smoothing: float = _T.val_smoothing
     val_tolerance: float = _T.val_tolerance
     val_min_delta: float = _T.val_min_delta
+    max_skipped_fraction: float = _T.max_skipped_fraction
     baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
     baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
     baseline_extra_spikes: int = TOLERANCE_DEFAULTS["baseline_extra_spikes"]

@@ -59,6 +59,9 @@ def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
             view = optimizer_view(trace, label)
         named = view.info.get("optimizer_name") if view is not trace else None
         for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds)):
+            own = findings[i]
+            if own.cause and own.fix:  # a check that knows its finding's cause says it (skipped_steps)
+                f = replace(f, cause=own.cause, fix=own.fix, confidence=own.confidence or f.confidence)
             if named and f.fix and named not in f.fix:
                 f = replace(f, fix=f"on {named}: {f.fix}")
             out[i] = f

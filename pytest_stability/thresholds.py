@@ -27,6 +27,7 @@ class Thresholds:
     val_smoothing: float = 0.6
     val_tolerance: float = 0.10
     val_min_delta: float = 0.0
+    max_skipped_fraction: float = 0.25
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Thresholds":

@@ -15,13 +15,17 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     """Fail at the first step where a training quantity is NaN or Inf.
 
     A step flagged only as a loss-scale overflow (:data:`~pytest_stability.trace.OVERFLOW`)
-    is the mixed-precision optimizer doing its job and is not counted.  A batch
-    whose *inputs* held NaN/Inf is reported even if the loss stayed finite.
+    is the mixed-precision optimizer doing its job and is not counted, unless the optimizer skipped
+    more than ``max_skipped_fraction`` of the steps that way: then the updates mostly did not happen,
+    and the run fails with that as its cause.  The overflow steps that open the run are the dynamic loss
+    scale coming down to a scale that fits (it starts high and halves on each overflow): they are counted
+    only when the scale never comes to fit.  A batch whose *inputs* held NaN/Inf is reported even
+    if the loss stayed finite.
 
     Returns:
         A failed result with one finding at the first bad step, else passed.
     """
-    del thresholds  # no thresholds: any non-finite value fails
+    limit = (thresholds or Thresholds()).max_skipped_fraction
     mask = np.asarray(trace.nonfinite, dtype=np.int64)
     overflow = (mask & OVERFLOW) != 0
     effective = mask & (_TRAINING_BITS | INPUT)
@@ -31,7 +35,8 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     bad = effective != 0
     findings = []
     overflow_steps = int(np.count_nonzero(overflow))
-    stats = {"overflow_steps": overflow_steps}
+    calibration = _leading_run(overflow)
+    stats = {"overflow_steps": overflow_steps, "calibration_steps": calibration}
     if bad.any():
         step = int(np.argmax(bad))
         flags = int(mask[step])
@@ -73,6 +78,8 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 evidence=evidence,
             )
         )
+    if overflow_steps and not findings and trace.steps and _skipped_share(overflow) > limit:
+        findings.append(_skipped_steps(trace, overflow, limit))
     if trace.has_validation:
         vbad = ~np.isfinite(trace.val_loss)
         if vbad.any() and not findings:
@@ -91,3 +98,56 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 )
             )
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)
+
+
+def _leading_run(overflow: np.ndarray) -> int:
+    """How many steps the run opens with that all overflowed."""
+    return int(overflow.size if overflow.all() else np.argmax(~overflow))
+
+
+def _skipped_share(overflow: np.ndarray) -> float:
+    """The share of skipped steps once the loss scale first fitted (1.0 when it never did)."""
+    lead = _leading_run(overflow)
+    if lead >= overflow.size:
+        return 1.0
+    return float(np.count_nonzero(overflow[lead:]) / (overflow.size - lead))
+
+
+def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
+    """The loss-scale optimizer skipped more than ``limit`` of the steps after its scale first fitted (each an
+    overflow of the scaled gradients), or never found a scale that fits: the run looks healthy and learns
+    little.  At the step where the share of skipped steps so far first passed the limit for good."""
+    n = trace.steps
+    lead = _leading_run(overflow)
+    skipped = np.flatnonzero(overflow)
+    counted = overflow.copy()
+    if lead < n:
+        counted[:lead] = False
+    base = lead if lead < n else 0
+    share = np.zeros(n)
+    share[base:] = np.cumsum(counted[base:]) / np.arange(1, n - base + 1)
+    above = share > limit
+    step = int(n - np.argmax(~above[::-1])) if not above.all() else 0  # from here on, always above
+    step = min(step, n - 1)
+    scale = trace.opt_stats.get("loss_scale")
+    last_scale = float(scale[np.isfinite(scale)][-1]) if scale is not None and np.isfinite(scale).any() else None
+    fraction = _skipped_share(overflow)
+    if lead >= n:
+        message = (f"the loss-scale optimizer skipped all {n} steps on overflowing scaled gradients (no loss scale "
+                   f"it tried fitted, limit {limit:.0%} of the steps): those updates did not happen")
+    else:
+        message = (f"the loss-scale optimizer skipped {int(counted.sum())} of the {n - lead} steps after its scale "
+                   f"first fitted at step {lead} ({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
+                   "gradients: those updates did not happen")
+    if last_scale is not None:
+        message += f"; the loss scale ended at {last_scale:.3g}"
+    return Finding(
+        check=NAME, kind="skipped_steps", step=step, value=fraction, limit=limit, message=message,
+        evidence={"skipped": int(len(skipped)), "steps": int(n), "first_skipped": int(skipped[0]),
+                  "last_skipped": int(skipped[-1]), "last_loss_scale": last_scale},
+        cause="the gradients overflow the float16 range at every loss scale the optimizer tries: values grow too "
+              "large in the forward or backward pass (a learning rate or initialisation that blows activations up, "
+              "a loss summed instead of averaged), or float16 cannot hold them at all",
+        fix="lower the learning rate or normalise the inputs; keep the loss a mean; train the layers that overflow "
+            "in float32 (dtype='float32' on them) or use mixed_bfloat16, whose range is float32's",
+        confidence="likely")

@@ -192,6 +192,9 @@ class RunReport:
         for name, values in t.curves.items():  # a GAN's d_loss and g_loss, metrics
             s, v = downsample(values, max_points=max_points)
             curves[name] = {"step": s, "value": v}
+        if "loss_scale" in t.opt_stats:  # mixed precision: the loss scale each step's gradients carried
+            s, v = downsample(t.opt_stats["loss_scale"], max_points=max_points)
+            curves["loss_scale"] = {"step": s, "value": v}
         for name, stats in t.optimizers.items():  # per optimizer, when the train_step applies several
             s, v = downsample(stats["grad_norm"], max_points=max_points)
             curves[f"grad_norm/{name}"] = {"step": s, "value": v}

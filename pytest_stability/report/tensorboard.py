@@ -158,6 +158,8 @@ def write_run(directory: Path, run: Any, *, per_variable: bool = False) -> Path:
             series = getattr(trace, tag, None)
             if series is not None:
                 out.scalars(tag, steps, np.asarray(series).tolist(), wall)
+        if "loss_scale" in trace.opt_stats:  # mixed precision: the loss scale each step's gradients carried
+            out.scalars("loss_scale", steps, np.asarray(trace.opt_stats["loss_scale"]).tolist(), wall)
         for name, values in trace.curves.items():  # a GAN's d_loss and g_loss, metrics
             out.scalars(name, steps, np.asarray(values).tolist(), wall)
         for name, stats in trace.optimizers.items():  # per optimizer, when the train_step applies several

@@ -851,8 +851,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         lr=rows[:, COL_LR],
         val_steps=np.asarray(val_steps, dtype=np.int64) if val_batches and val_ok[0] else None,
         val_loss=np.asarray(val_losses, dtype=np.float64) if val_batches and val_ok[0] else None,
-        opt_stats={name: rows[:, N_FIXED + 2 * ref.n_vars + k]
-                   for k, name in enumerate(("g2_over_v_max", "v_rms")[:ref.n_diag if ref.built else 0])},
+        opt_stats=_opt_stats(ref, rows),
         update_ratio=recorded.update_ratio,
         var_update_ratio=recorded.var_update_ratio,
         steps_planned=int(steps),
@@ -1171,6 +1170,25 @@ def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace
     return out
 
 
+def _compute_dtypes(model: Any) -> dict[str, int]:
+    """How many of the model's layers that hold weights computed in each dtype."""
+    out: dict[str, int] = {}
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "_trainable_variables", None):
+            dtype = str(getattr(layer, "compute_dtype", "") or "")
+            out[dtype] = out.get(dtype, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _opt_stats(rec: Recorder, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The optimizer's extra per-step columns: Adam's slot statistics (``diagnostics``), the loss scale."""
+    if not rec.built:
+        return {}
+    start = N_FIXED + 2 * rec.n_vars
+    names = ("g2_over_v_max", "v_rms")[:rec.n_diag] + ("loss_scale",) * rec.n_scale
+    return {name: rows[:, start + k] for k, name in enumerate(names)}
+
+
 def optimizer_config(inner: Any) -> dict[str, Any]:
     """The settings of an optimizer that diagnosis reads, builtins only."""
     try:
@@ -1207,6 +1225,9 @@ def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int,
         "optimizer_config": opt_cfg,
         "loss_scale": rec.is_loss_scaled,
         "dtype_policy": str(getattr(getattr(model, "dtype_policy", None), "name", "")),
+        # what the layers with weights computed in (a mixed-precision policy set after the model was built,
+        # or layers given their own dtype, show here): {dtype: layers}
+        "compute_dtypes": _compute_dtypes(model),
         "layers": sorted(set(layers)),
         "batchnorm_layers": len(bn),
         "batchnorm_momentum": [float(layer.momentum) for layer in bn][:5],

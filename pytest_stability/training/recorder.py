@@ -364,7 +364,9 @@ class Recorder:
         #: the number of second-moment entries (sqrt(mean v) divides by it)
         self.v_size = float(sum(int(np.prod(v.shape)) for v in self.velocities)) if self.velocities else 1.0
         self.n_diag = 2 if self.velocities is not None else 0
-        self.width = N_FIXED + 2 * self.n_vars + self.n_diag
+        #: under loss scaling, one more column: the loss scale each step's gradients carried
+        self.n_scale = 1 if self.is_loss_scaled else 0
+        self.width = N_FIXED + 2 * self.n_vars + self.n_diag + self.n_scale
         own = self.opt._variables if self.stateless else None
         if self.stateless:
             # JAX threads every variable through each step's call, and each one costs there (about a
@@ -565,6 +567,8 @@ class Recorder:
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
             v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
             parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
+        if scale is not None:
+            parts.append(ops.reshape(ops.cast(scale, f32), (1,)))
         return ops.concatenate(parts, axis=0), stop
 
     # -- TensorFlow: apply, the statistics in the step's graph --------------------
@@ -590,7 +594,8 @@ class Recorder:
 
             def run() -> Any:
                 lr = ops.copy(ops.convert_to_tensor(opt.learning_rate)) if masked else opt.learning_rate
-                scale = opt.dynamic_scale.value if self.is_loss_scaled else None
+                # the scale this step's gradients carry, read before the update may change it
+                scale = ops.copy(opt.dynamic_scale.value) if self.is_loss_scaled else None
                 before = [ops.copy(v.value) for v in tvars]
                 vel = [ops.copy(v.value) for v in self.velocities] if self.velocities is not None else None
                 if use_rate:  # a step that must not count is applied with a zero rate
@@ -857,6 +862,8 @@ class Recorder:
         cols = [gnorm[:, None], lr[:, None], flags[:, None].astype(np.float64), upd[:, None], g_n, var_upd]
         if self.n_diag:
             cols += [r[:, -2:-1], np.sqrt(r[:, -1:] / self.v_size)]
+        if self.n_scale:
+            cols.append(r[:, self.t_scale:self.t_scale + 1])
         return np.concatenate(cols, axis=1).astype(np.float32), stop
 
 

@@ -271,11 +271,93 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
         note = {"resolved": any(done) if done else None, "attempts": attempts,
                 "text": "; then ".join(a["text"] for a in attempts)}
     target = findings[0]
+    fix = target.fix
+    if any(f.check in ("loss_spike", "grad_norm") for f in findings):
+        # would a skip-step guard (the rule large-model trainers run) have saved the run?
+        guard = guard_verdict(model, result, thresholds, spec, **data)
+        note["guard"] = guard
+        note["text"] += "; " + guard["text"]
+        if guard["resolved"]:
+            fix = (fix + "; or " if fix else "") + guard["fix"]
     out = []
     for r in results:
         if target in r.findings:
-            fs = tuple(dataclasses.replace(f, evidence={**f.evidence, "whatif": note}) if f is target else f
+            fs = tuple(dataclasses.replace(f, evidence={**f.evidence, "whatif": note}, fix=fix) if f is target else f
                        for f in r.findings)
             r = type(r)(r.name, r.status, fs, r.detail, r.stats)
         out.append(r)
     return out
+
+
+def guard_replay(model: Any, result: engine.RunResult, *, window: int, sigmas: float, x: Any, y: Any,
+                 fit_kwargs: dict[str, Any], batch_size: int | None, seed: int, spec: Any) -> engine.RunResult:
+    """The same run again from its first step, its optimizer wrapped in a :class:`~.guard.SkipStepGuard`.  The
+    model ends as the original run left it.
+
+    Raises:
+        NotReplayable: one-shot data, no initial state, a loss-scale optimizer (its overflows are not outliers
+            to skip), several optimizers.
+    """
+    from .guard import SkipStepGuard
+
+    keras = engine.import_keras()
+    if result.initial_state is None:
+        raise NotReplayable("the state before the first step was not kept")
+    if result.data_kind == "generator":
+        raise NotReplayable("a generator can be read only once, so its batches cannot be replayed")
+    if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+        raise NotReplayable("the optimizer is a loss-scale optimizer, whose overflows are skipped already")
+    if result.trace.optimizers:
+        raise NotReplayable("the model is trained by several optimizers")
+    trace = result.trace
+    final = take_state(model)
+    original = model.optimizer
+    try:
+        restore_state(model, result.initial_state)
+        guarded = SkipStepGuard(original, window=window, sigmas=sigmas)
+        guarded.build(model.trainable_variables)
+        model.optimizer = guarded
+        with warnings.catch_warnings():  # the plugin's own extra run: its warnings are the original's again
+            warnings.simplefilter("ignore")
+            return engine.train(model, x, y, fit_kwargs=dict(fit_kwargs), steps=trace.steps_planned or trace.steps,
+                                seed=seed, spec=spec.replace(curvature=False), batch_size=batch_size,
+                                random_start=result.random_start)
+    finally:
+        model.optimizer = original
+        model.train_function = None
+        restore_state(model, final)
+
+
+def guard_verdict(model: Any, result: engine.RunResult, thresholds: Any, spec: Any, **data: Any) -> dict[str, Any]:
+    """Whether the run passes with a skip-step guard, which steps it skipped, and the fix to offer; builtins."""
+    from ..checks import run_checks
+
+    window, sigmas = int(spec.skip_step_window), float(spec.skip_step_sigmas)
+    rule = f"a skip-step guard ({sigmas:g} standard deviations over {window} steps)"
+    try:
+        rerun = guard_replay(model, result, window=window, sigmas=sigmas, spec=spec, **data)
+    except NotReplayable as exc:
+        return {"resolved": None, "skipped": [], "text": f"not replayed with {rule}: {exc}"}
+    except Exception as exc:  # advice: never fail or hide the run's verdict
+        return {"resolved": None, "skipped": [],
+                "text": f"the replay with {rule} failed: {type(exc).__name__}: {str(exc)[:300]}"}
+    trace = rerun.trace
+    # a skipped step applied no update although its gradients were finite and not zero
+    skipped = [int(k) for k in np.flatnonzero((trace.update_ratio == 0) & np.isfinite(trace.grad_norm)
+                                              & (trace.grad_norm > 0))]
+    names = tuple(c for c in spec.checks if c != "val_loss")
+    # a finding at a step the guard skipped is the guard doing its job: that batch's loss and gradients were
+    # seen, its update was not applied
+    absorbed = set(skipped)
+    left = sorted((f for r in run_checks(trace, thresholds, names) for f in r.findings if f.step not in absorbed),
+                  key=lambda f: f.step)
+    where = ", ".join(str(k) for k in skipped[:8]) + (" ..." if len(skipped) > 8 else "")
+    head = f"with {rule} from the first step, {len(skipped)} step(s) skipped" + (f" ({where})" if skipped else "")
+    if left:
+        text = f"{head}: still unstable: [{left[0].check}] step {left[0].step}: {left[0].message}"
+    else:
+        text = f"{head}: the run passes"
+    optimizer = (result.trace.info or {}).get("optimizer", "optimizer")
+    return {"resolved": not left, "skipped": skipped, "window": window, "sigmas": sigmas, "text": text,
+            "fix": f"guard the optimizer: SkipStepGuard({optimizer}(...), window={window}, sigmas={sigmas:g}) "
+                   f"(from pytest_stability import SkipStepGuard; it skipped {len(skipped)} step(s) in the replay)"}

@@ -751,3 +751,53 @@ def test_model(stability):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*compiled with steps_per_execution=4, which Keras' fit refuses on the PyTorch "
                                  "backend (it must be 1)*"])
+
+
+def test_steps_a_loss_scale_optimizer_skips_are_counted_and_too_many_fail(pytester):
+    """Mixed precision: an overflow of the scaled gradients is the loss-scale optimizer skipping a step, not an
+    instability; a run that skips most of its steps learns nothing and fails with that as its cause.  The
+    loss scale is recorded per step, and the report says what the layers computed in."""
+    result = run(pytester, "", '''
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+
+
+def mixed(scale):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(1, dtype="float32")])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    return model, X * scale, (X[:, :1] * scale ** 2).astype("float32")
+
+
+@pytest.mark.stable_training(steps=40)
+def test_overflowing(stability):
+    model, x, y = mixed(1e4)  # the squared error overflows float16 at every scale the optimizer tries
+    rep = stability.fit(model, x, y, batch_size=32, check=False)
+    assert rep.trace.info["compute_dtypes"] == {"float16": 1, "float32": 1}
+    scale = rep.trace.opt_stats["loss_scale"]
+    assert scale[0] == 2.0 ** 15 and scale[1] == 2.0 ** 14  # halved after each overflow
+    [finding] = [f for f in rep.findings if f.check == "nonfinite"]
+    assert finding.kind == "skipped_steps" and finding.value > 0.25 and finding.limit == 0.25
+    assert "updates did not happen" in finding.message and "float32" in finding.fix
+
+
+@pytest.mark.stable_training(steps=40)
+def test_healthy(stability):
+    model, x, y = mixed(1.0)
+    rep = stability.fit(model, x, y, batch_size=32)
+    assert not any(f.check == "nonfinite" for f in rep.findings)
+''', "--stability-report=report.json")
+    result.assert_outcomes(passed=2)
+    import json
+
+    doc = json.loads((pytester.path / "report.json").read_text())
+    runs = {t["nodeid"].split("::")[1]: t["calls"][0]["runs"][0] for t in doc["tests"]}
+    assert "loss_scale" in runs["test_overflowing"]["curves"]

@@ -202,6 +202,33 @@ def test_nonfinite_overflow_alone_is_not_a_failure():
     assert r.status == "passed" and r.stats["overflow_steps"] == 1
 
 
+def _overflowing(steps):
+    flags = np.zeros(100, np.int32)
+    flags[steps] = OVERFLOW
+    return check_nonfinite(Trace(loss=np.ones(100), nonfinite=flags))
+
+
+def test_nonfinite_loss_scale_coming_down_at_the_start_is_not_counted():
+    # a scale that starts too high halves on each overflow: 40 opening steps skipped, then it fits
+    r = _overflowing(slice(0, 40))
+    assert r.status == "passed" and r.stats == {"overflow_steps": 40, "calibration_steps": 40}
+
+
+def test_nonfinite_skipping_after_the_scale_fitted_fails_past_the_limit():
+    below = _overflowing(np.r_[0:10, 11:100:5])  # 18 of the 90 steps after step 10: 20 %
+    assert below.status == "passed"
+    above = _overflowing(np.r_[0:10, 11:100:3])  # 30 of 90: 33 %
+    [finding] = above.findings
+    assert finding.kind == "skipped_steps" and finding.value == pytest.approx(30 / 90) and finding.limit == 0.25
+    assert "30 of the 90 steps after its scale first fitted at step 10" in finding.message
+
+
+def test_nonfinite_a_scale_that_never_fits_fails():
+    [finding] = _overflowing(slice(0, 100)).findings
+    assert finding.kind == "skipped_steps" and finding.value == 1.0 and finding.step == 0
+    assert "skipped all 100 steps" in finding.message
+
+
 # -- grad_norm -------------------------------------------------------------------
 
 def test_grad_norm_steady_passes():
