@@ -161,7 +161,7 @@ class StabilitySession:
         if report.failed:
             self._outcome[nodeid] = "failed" if report.when == "call" else "error"
             if report.when == "setup":
-                self._setup_failure[nodeid] = (report.longreprtext or "").strip().splitlines()[-1:]
+                self._setup_failure[nodeid] = _setup_failure_line(report)
         elif report.skipped and nodeid not in self._outcome:
             self._outcome[nodeid] = "skipped"
         elif report.when == "call" and nodeid not in self._outcome:
@@ -372,3 +372,13 @@ class StabilitySession:
 
 __all__ = ["PLOTS_MISSING_MESSAGE", "RECORD_KEY", "SESSION_KEY", "StabilitySession", "check_outputs",
            "is_stability_item", "is_worker"]
+
+
+def _setup_failure_line(report: pytest.TestReport) -> list[str]:
+    """What failed a test's setup, in one line: the exception and its message (``RuntimeError: ...``; a
+    ``pytest.fail`` its message alone), else the report's last line."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None)
+    if message:
+        return [message.strip().splitlines()[0].removeprefix("Failed: ")]  # pytest.fail's own "Failed: "
+    return (report.longreprtext or "").strip().splitlines()[-1:]

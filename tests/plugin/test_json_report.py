@@ -105,7 +105,8 @@ def test_report_schema_and_content(pytester, scenario, gating):
 
     setup_error = tests["test_scenario.py::test_setup_error"]
     assert (setup_error["outcome"], setup_error["verdict"], setup_error["calls"]) == ("error", "error", [])
-    assert setup_error["error"] == "the test errored before the stability fixture was set up"
+    assert setup_error["error"] == ("the test errored before the stability fixture was set up: "
+                                    "RuntimeError: the data fixture is broken")
 
     skipped = tests["test_scenario.py::test_skipped"]
     assert (skipped["outcome"], skipped["verdict"], skipped["calls"]) == ("skipped", "skipped", [])

@@ -43,7 +43,8 @@ def test_xdist_report_equals_serial_report(pytester, scenario, gating, recorded)
         "      baseline -> now: spikes 0 -> 0, p99|g| * -> * !, findings 0 -> 0  REGRESSED",
         "PASS  test_dist.py::test_not_in_baseline  steps=20/20 seed=0 CPU *",
         "      baseline: test not in the baseline (not compared)",
-        "ERROR test_dist.py::test_setup_error  the test errored before the stability fixture was set up",
+        "ERROR test_dist.py::test_setup_error  the test errored before the stability fixture was set up: "
+        "RuntimeError: the data fixture is broken",
         "SKIP  test_dist.py::test_skipped  Skipped: not today",
         "FAIL  test_dist.py::test_unnamed  steps=*/20 seed=0 CPU *",
         "test_dist.py::test_regresses: training stability regressed against the baseline */base.json:",
