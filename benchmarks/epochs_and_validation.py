@@ -6,7 +6,8 @@ Two measurements per backend, each a ratio of medians over ``--reps`` interleave
   steps: plain ``model.fit`` with one epoch per step (what a user writes), plain ``fit`` of the same steps as one
   long epoch (a ``tf.data`` pipeline / generator repeating the batch: the floor), and the stability run
   (``engine.train``, default settings).  Ratio: stability / one long epoch.
-* **batch 1 with validation**: one epoch at batch size 1 over 256 samples with 512 validation samples passed as
+* **batch 1 with validation**: one epoch at batch size 1 over ``--b1-samples`` samples (1024) with 512 validation
+  samples passed as
   ``validation_data``: plain ``fit`` against the stability run (which measures the validation loss itself every
   ``validate_every`` steps, in inference mode).  Ratio: stability / fit.
 
@@ -86,11 +87,11 @@ def full_batch(variant: str, steps: int, seed: int) -> float:
     return time.perf_counter() - t0
 
 
-def batch_one(variant: str, seed: int) -> float:
+def batch_one(variant: str, seed: int, samples: int) -> float:
     from pytest_stability.options import resolve_config_defaults
     from pytest_stability.training import engine
 
-    x, y = _data(256, 8, 0)
+    x, y = _data(samples, 8, 0)
     xv, yv = _data(512, 8, 1)
     engine.seed_everything(seed)
     model = _mlp(8)
@@ -99,9 +100,9 @@ def batch_one(variant: str, seed: int) -> float:
         model.fit(x, y, batch_size=1, epochs=1, validation_data=(xv, yv), verbose=0)
     else:
         spec = resolve_config_defaults(lambda n: None, lambda n: None)
-        result = engine.train(model, x, y, steps=256, seed=seed, spec=spec, batch_size=1,
+        result = engine.train(model, x, y, steps=samples, seed=seed, spec=spec, batch_size=1,
                               fit_kwargs={"validation_data": (xv, yv)})
-        assert result.trace.steps == 256 and result.trace.has_validation
+        assert result.trace.steps == samples and result.trace.has_validation
     return time.perf_counter() - t0
 
 
@@ -115,14 +116,16 @@ def one_backend(args) -> dict:
                                                                             "stability")[:rep % 3]:
             times[v].append(full_batch(v, args.steps, rep))
         for v in (("fit", "stability") if rep % 2 == 0 else ("stability", "fit")):
-            times["b1_" + v].append(batch_one(v, rep))
+            times["b1_" + v].append(batch_one(v, rep, args.b1_samples))
         print(f"[{keras.backend.backend()}] repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"backend": keras.backend.backend(), "keras": keras.__version__, **med}
 
 
 def table(results: list[dict], args) -> str:
-    lines = [f"`python benchmarks/epochs_and_validation.py --steps {args.steps} --reps {args.reps}` on "
+    command = (f"python benchmarks/epochs_and_validation.py --steps {args.steps} --reps {args.reps} "
+               f"--b1-samples {args.b1_samples}")
+    lines = [f"`{command}` on "
              f"{platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}; medians of "
              f"{args.reps} interleaved repetitions, fresh model each; whole calls, compilation included.", "",
              "| backend | full batch: fit, 1 step an epoch (s) | fit, one long epoch (s) | stability (s) | "
@@ -140,6 +143,7 @@ def main() -> int:
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--b1-samples", type=int, default=1024, help="training samples of the batch-1 epoch")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -150,7 +154,8 @@ def main() -> int:
         return 0
     from benchmarks._results import run_per_backend, write_results
 
-    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps)])
+    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps),
+                                          "--b1-samples", str(args.b1_samples)])
     text = table(results, args)
     print(text)
     if not args.no_write:

@@ -3,8 +3,9 @@ outlier is skipped.
 
 Large-model trainers guard their runs this way (OLMo-core's ``SkipStepOptimizer``, Levanter's
 ``SkipStepConfig``, MaxText's ``skip_step_on_spikes``): an update is skipped when the global gradient norm is
-above the mean plus ``sigmas`` standard deviations of the last ``window`` updates' norms (6 and 128 there),
-or not finite.  The what-if replay (:mod:`.whatif`) re-runs a failing run with the guard to say whether it
+above the mean plus ``sigmas`` standard deviations of the last ``window`` steps' norms (6 and 128 there),
+or not finite.  Every step's norm enters the window, skipped or not, so a lasting change of scale is skipped for a
+step or two, not for the rest of the run.  The what-if replay (:mod:`.whatif`) re-runs a failing run with the guard to say whether it
 would have saved it; users add it to their own optimizer in one line::
 
     from pytest_stability import SkipStepGuard
@@ -30,7 +31,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):
 
     Args:
         inner_optimizer: the optimizer that applies the updates.
-        window: how many of the latest applied updates' gradient norms the rule looks at.
+        window: how many of the latest steps' gradient norms the rule looks at (skipped steps' included).
         sigmas: an update is skipped when its gradient norm exceeds the window's mean by this many standard
             deviations.
         min_history: updates applied before the rule judges any (default: half the window).
@@ -86,8 +87,13 @@ class SkipStepGuard(keras.optimizers.Optimizer):
         return ops.logical_or(ops.logical_not(ops.isfinite(norm)), ops.logical_and(judged, above))
 
     def _remember(self, norm: Any, norms: Any, seen: Any) -> tuple[Any, Any]:
+        """The window with ``norm`` in it, whether its update is applied or skipped (as Levanter and OLMo-core keep
+        every step's): a lasting change of scale is skipped for a few steps, not for the rest of the run.  A
+        non-finite norm is not remembered."""
+        finite = ops.isfinite(norm)
         slot = ops.cast(ops.mod(seen, float(self.window)), "int32")
-        return ops.slice_update(norms, ops.reshape(slot, (1,)), ops.reshape(norm, (1,))), seen + 1.0
+        updated = ops.slice_update(norms, ops.reshape(slot, (1,)), ops.reshape(ops.where(finite, norm, 0.0), (1,)))
+        return ops.where(finite, updated, norms), ops.where(finite, seen + 1.0, seen)
 
     # -- TensorFlow and PyTorch -------------------------------------------------------
 
@@ -99,12 +105,10 @@ class SkipStepGuard(keras.optimizers.Optimizer):
             self.built = True
         norm = self._norm(grads)
         skip = self._outlier(norm, self.norms.value, self.seen.value)
+        norms, seen = self._remember(norm, self.norms.value, self.seen.value)
 
         def applied() -> Any:
             self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
-            norms, seen = self._remember(norm, self.norms.value, self.seen.value)
-            self.norms.assign(norms)
-            self.seen.assign(seen)
             return ops.convert_to_tensor(0, "int32")
 
         def skipped() -> Any:
@@ -112,6 +116,8 @@ class SkipStepGuard(keras.optimizers.Optimizer):
             return ops.convert_to_tensor(0, "int32")
 
         ops.cond(skip, skipped, applied)
+        self.norms.assign(norms)
+        self.seen.assign(seen)
 
     # -- JAX ------------------------------------------------------------------------------
 
@@ -122,16 +128,16 @@ class SkipStepGuard(keras.optimizers.Optimizer):
         norms, seen, skipped = (own[index[id(v)]] for v in (self.norms, self.seen, self.skipped))
         norm = self._norm(list(grads))
         skip = self._outlier(norm, norms, seen)
+        new_norms, new_seen = self._remember(norm, norms, seen)
+        remembered = list(own)
+        remembered[index[id(self.norms)]], remembered[index[id(self.seen)]] = new_norms, new_seen
 
         def applied() -> Any:
             new_trainable, new_inner = self.inner_optimizer.stateless_apply(inner, grads, trainable_variables)
-            new_norms, new_seen = self._remember(norm, norms, seen)
-            new_own = list(own)
-            new_own[index[id(self.norms)]], new_own[index[id(self.seen)]] = new_norms, new_seen
-            return list(new_trainable), new_own + list(new_inner)
+            return list(new_trainable), remembered + list(new_inner)
 
         def skipped_step() -> Any:
-            new_own = list(own)
+            new_own = list(remembered)
             new_own[index[id(self.skipped)]] = skipped + 1.0
             return list(trainable_variables), new_own + list(inner)
 

@@ -353,11 +353,16 @@ def guard_verdict(model: Any, result: engine.RunResult, thresholds: Any, spec: A
                   key=lambda f: f.step)
     where = ", ".join(str(k) for k in skipped[:8]) + (" ..." if len(skipped) > 8 else "")
     head = f"with {rule} from the first step, {len(skipped)} step(s) skipped" + (f" ({where})" if skipped else "")
+    # a run that passes because most of its updates were skipped did not train: not saved
+    most = len(skipped) > thresholds.max_skipped_fraction * max(trace.steps, 1)
     if left:
         text = f"{head}: still unstable: [{left[0].check}] step {left[0].step}: {left[0].message}"
+    elif most:
+        text = (f"{head}: no finding left, but more than {thresholds.max_skipped_fraction:.0%} of the "
+                f"{trace.steps} updates did not happen, so the guard does not save this run")
     else:
         text = f"{head}: the run passes"
     optimizer = (result.trace.info or {}).get("optimizer", "optimizer")
-    return {"resolved": not left, "skipped": skipped, "window": window, "sigmas": sigmas, "text": text,
+    return {"resolved": not left and not most, "skipped": skipped, "window": window, "sigmas": sigmas, "text": text,
             "fix": f"guard the optimizer: SkipStepGuard({optimizer}(...), window={window}, sigmas={sigmas:g}) "
                    f"(from pytest_stability import SkipStepGuard; it skipped {len(skipped)} step(s) in the replay)"}

@@ -42,6 +42,17 @@ def test_the_guard_skips_the_outlier_step_and_only_it():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_lasting_change_of_scale_is_skipped_once_not_for_the_rest_of_the_run():
+    # every step's norm enters the window, skipped or not (as Levanter and OLMo-core keep them)
+    x, y = _problem()
+    y = y.copy()
+    y[:200] /= 1000.0  # the first 25 batches small, the rest at full scale: the norm jumps at batch 25 for good
+    y[200:208] /= 1000.0
+    guarded = _model(True)
+    guarded.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert float(keras.ops.convert_to_numpy(guarded.optimizer.skipped)) in (1.0, 2.0)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(TypeError, match="wraps a keras.optimizers.Optimizer; received str"):
         SkipStepGuard("adam")
