@@ -60,9 +60,10 @@ Every scenario runs on every Keras backend (the full-batch ones feed a
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

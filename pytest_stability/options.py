@@ -22,12 +22,14 @@ import dataclasses
 import math
 import numbers
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .report.baseline import TOLERANCE_DEFAULTS  # light: math only
 from .thresholds import CHECK_NAMES, Thresholds
+
 #: Threshold defaults live on checks.base.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")
@@ -402,11 +404,11 @@ class RunSpec:
         return {opt.name: getattr(self, opt.name) for opt in OPTIONS}
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], from_marker: frozenset[str] = frozenset()) -> "RunSpec":
+    def from_values(cls, values: Mapping[str, Any], from_marker: frozenset[str] = frozenset()) -> RunSpec:
         """A spec from ``{name: value}`` (names must be option names; missing ones take their defaults)."""
         return cls(**dict(values), from_marker=frozenset(from_marker))
 
-    def replace(self, **changes: Any) -> "RunSpec":
+    def replace(self, **changes: Any) -> RunSpec:
         """A copy with ``changes`` (option names only)."""
         unknown = set(changes) - set(OPTIONS_BY_NAME)
         if unknown:

@@ -7,8 +7,9 @@ lazily: importing this module imports no framework.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Outcome:
 def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     """Run the checks on ``trace`` and diagnose every finding (pure: no framework)."""
     from .checks import run_checks
-    from .diagnosis import diagnose, rank_findings
+    from .diagnosis import rank_findings
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
     results = [type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)

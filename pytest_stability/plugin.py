@@ -14,13 +14,31 @@ import pytest
 from . import baseline_gate, ci, hookspecs
 from .fixtures import make_fixture
 from .marker import MARKER_NAME, spec_for_node, validate_markers
-from .options import (MARKER_SIGNATURE, OPTIONS, PATH_SETTINGS, BASELINE_STRICT_HELP, REPLAY_HELP,
-                      OptionValueError, cli_name, ini_name, parse_replay, resolve_config_defaults,
-                      resolve_run_files, usage_message)
+from .options import (
+    BASELINE_STRICT_HELP,
+    MARKER_SIGNATURE,
+    OPTIONS,
+    PATH_SETTINGS,
+    REPLAY_HELP,
+    OptionValueError,
+    cli_name,
+    ini_name,
+    parse_replay,
+    resolve_config_defaults,
+    resolve_run_files,
+    usage_message,
+)
 from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord
 from .report.junit import junit_properties
-from .session import (PLOTS_MISSING_MESSAGE, RECORD_KEY, SESSION_KEY, StabilitySession, check_outputs,
-                      is_stability_item, is_worker)
+from .session import (
+    PLOTS_MISSING_MESSAGE,
+    RECORD_KEY,
+    SESSION_KEY,
+    StabilitySession,
+    check_outputs,
+    is_stability_item,
+    is_worker,
+)
 
 DEFAULTS_KEY = pytest.StashKey[Any]()
 CLI_VALUES_KEY = pytest.StashKey[dict]()

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Seconds a run must take before its first progress line (the option's default).
 DEFAULT_AFTER = 3.0
@@ -132,7 +133,7 @@ class Progress:
         #: the lines printed so far
         self.lines: list[str] = []
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

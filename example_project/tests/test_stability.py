@@ -2,10 +2,8 @@
 
 import keras
 import pytest
-
 from gan import REAL, gan
-from models import (batchnorm_classifier, blobs_segmentation, convnet_classifier, shapes_dataset,
-                    small_unet)
+from models import batchnorm_classifier, blobs_segmentation, convnet_classifier, shapes_dataset, small_unet
 
 X, Y = shapes_dataset(512, seed=0)
 XV, YV = shapes_dataset(128, seed=1)

@@ -10,15 +10,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Callable, Iterable
 
+from ..thresholds import CHECK_NAMES
 from ..trace import Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 from .gradients import check_grad_norm
 from .nonfinite import check_nonfinite
 from .spikes import check_loss_spike, spike_scores
-from ..thresholds import CHECK_NAMES
 from .stuck import check_stuck
 from .validation import check_val_loss, smooth
 

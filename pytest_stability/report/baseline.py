@@ -47,11 +47,11 @@ builtins-only dicts: :func:`pytest_stability.report.json_report.dumps` writes th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .._floats import decode_float, encode_float
-from .._floats import fmt
+from .._floats import decode_float, encode_float, fmt
 
 BASELINE_SCHEMA_VERSION = 2
 BASELINE_KIND = "pytest-stability-baseline"

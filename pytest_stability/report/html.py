@@ -24,7 +24,8 @@ import html
 import json
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .._floats import decode_float, fmt
 

@@ -53,9 +53,10 @@ import math
 import os
 import platform
 import tempfile
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .._floats import encode_float
 

@@ -25,8 +25,9 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .._floats import decode_float
 from .html import PANELS, panels_of  # the same charts, in the same order, as the HTML report (pure, light)

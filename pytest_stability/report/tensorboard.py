@@ -32,8 +32,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 INSTALL_HINT = "pip install 'pytest-stability[tensorboard]'"
 MISSING_MESSAGE = f"--stability-tensorboard needs the tensorboard package: {INSTALL_HINT}"

@@ -55,8 +55,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -351,7 +352,7 @@ class _Products:
                  for t, size in zip(tensors, self.sizes)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def at(self, batch: tuple[Any, Any, Any]) -> "_Session":
+    def at(self, batch: tuple[Any, Any, Any]) -> _Session:
         """Products ``v -> H v`` on ``batch`` at the current weights (and the loss and gradient there)."""
         ops = self.keras.ops
         tv = [ops.convert_to_tensor(v.value) for v in self.vars]
@@ -402,7 +403,7 @@ class _Products:
         self._compiled = fn
         return fn
 
-    def _torch(self, session: "_Session", tv: list[Any], ntv: list[Any], x: Any, y: Any, w: Any) -> None:
+    def _torch(self, session: _Session, tv: list[Any], ntv: list[Any], x: Any, y: Any, w: Any) -> None:
         import torch
 
         params = [t.detach().requires_grad_(True) for t in tv]

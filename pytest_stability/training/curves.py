@@ -17,7 +17,8 @@ buffer as it is); on TensorFlow they stand alone; PyTorch keeps each step's valu
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

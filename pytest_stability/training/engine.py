@@ -33,16 +33,29 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
-from .recorder import (COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, BatchNotRun, ChunkRows, Recorder,
-                       find_optimizers, host_flags, host_numpy, var_name)
+from .recorder import (
+    COL_FLAGS,
+    COL_GNORM,
+    COL_LR,
+    COL_UPDATE,
+    N_FIXED,
+    BatchNotRun,
+    ChunkRows,
+    Recorder,
+    find_optimizers,
+    host_flags,
+    host_numpy,
+    var_name,
+)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 

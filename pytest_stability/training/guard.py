@@ -159,7 +159,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):
                 "window": self.window, "sigmas": self.sigmas, "min_history": self.min_history}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "SkipStepGuard":
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SkipStepGuard:
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

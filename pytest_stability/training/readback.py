@@ -15,7 +15,8 @@ Imports Keras: reached only from :func:`~pytest_stability.training.engine.train`
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 

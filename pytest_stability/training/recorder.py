@@ -46,7 +46,8 @@ variables, nothing that ``model.save`` would write.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -226,7 +226,8 @@ def full_batch_no_dropout():
 
 def gan():
     """The GAN of Keras' guides (example_project/gan.py): two optimizers, d_loss and g_loss."""
-    from gan import REAL, gan as build
+    from gan import REAL
+    from gan import gan as build
 
     return build(), REAL, None, {"batch_size": 32, "callbacks": [EpochSpy()]}
 

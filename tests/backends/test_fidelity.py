@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import pytest
 
 BACKEND = keras.backend.backend()
 HERE = Path(__file__).parent

@@ -8,13 +8,14 @@ a half-imported matplotlib behind.
 
 from __future__ import annotations
 
-import json
 import importlib
+import json
 import os
 import pkgutil
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -22,7 +22,6 @@ import shutil
 from typing import Any
 
 import numpy as np
-
 from recorded_runs import RECORDINGS_DIR, load_group, result_from_dict
 
 #: relative tolerance for recorded numbers (another TensorFlow version or CPU rounds differently)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-
 # Each process (controller and workers) records its environment when its conftest.py is imported:
 # the earliest point a user's code (a conftest that imports TensorFlow) could read it.
 RECORD_ENV = '''

@@ -133,7 +133,7 @@ def test_model(stability):
     assert [r.status for r in report.results] == ["passed"] * 5
 ''')
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*stability report: 1 test, 0 unstable*", "PASS  *::test_model  steps=400/400 seed={} CPU*".format(seed)])
+    result.stdout.fnmatch_lines(["*stability report: 1 test, 0 unstable*", f"PASS  *::test_model  steps=400/400 seed={seed} CPU*"])
 
 
 def test_check_false_returns_the_report_without_raising(pytester, tiny_problem):

@@ -17,8 +17,8 @@ import keras  # noqa: E402
 
 from benchmarks import scenarios as S  # noqa: E402
 from pytest_stability.checks import Thresholds, run_checks  # noqa: E402
-from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.options import resolve_config_defaults  # noqa: E402
+from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.training import engine, whatif  # noqa: E402
 
 
