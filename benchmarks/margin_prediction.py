@@ -124,8 +124,8 @@ def _eos(trace: Any) -> float | None:
 
 def auc(scores: list[float], labels: list[bool]) -> float | None:
     """ROC AUC of ``scores`` (higher = predicted unstable) for ``labels``; ties count half (Mann-Whitney)."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
     if not pos or not neg:
         return None
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)

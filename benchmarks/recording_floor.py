@@ -96,7 +96,7 @@ def _jax_stats(level: str, form: str, grads, before, after, state_after, width: 
     elif level in ("var_gnorm", "update", "state"):
         owners = _slot_owners(before, state_after) if level == "state" else None
         per_var = []
-        for k, (g, b, a) in enumerate(zip(grads, before, after)):
+        for k, (g, b, a) in enumerate(zip(grads, before, after, strict=True)):
             rows = [jnp.square(g.astype(f32)).ravel()]
             if level in ("update", "state"):
                 bf = b.astype(f32).ravel()

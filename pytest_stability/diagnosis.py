@@ -490,8 +490,8 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
         dx = rule(f, trace, q, context)
         fixes = _direction_safe(dx.fixes, trace, context)
         texts = [q.render(fx.template) for fx in fixes]
-        fix_text = ", or ".join(t for t, fx in zip(texts, fixes) if not fx.note)
-        fix_text = "; ".join([fix_text] * bool(fix_text) + [t for t, fx in zip(texts, fixes) if fx.note])
+        fix_text = ", or ".join(t for t, fx in zip(texts, fixes, strict=True) if not fx.note)
+        fix_text = "; ".join([fix_text] * bool(fix_text) + [t for t, fx in zip(texts, fixes, strict=True) if fx.note])
         evidence = {
             **dict(f.evidence),
             "cause_key": dx.key,
@@ -499,7 +499,7 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
             "quotes": q.to_dict(),
             "templates": {"cause": dx.cause, "fixes": [fx.template for fx in fixes]},
             "fixes": [{"text": t, "config": dict(fx.config) if fx.config else None, "note": fx.note}
-                      for t, fx in zip(texts, fixes)],
+                      for t, fx in zip(texts, fixes, strict=True)],
             "fix_configs": [dict(fx.config) for fx in fixes if fx.config],
             "settings": dict(settings),
         }

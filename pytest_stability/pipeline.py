@@ -59,7 +59,7 @@ def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
         elif kind == "optimizer" and label in trace.optimizers:
             view = optimizer_view(trace, label)
         named = view.info.get("optimizer_name") if view is not trace else None
-        for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds)):
+        for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds), strict=True):
             own = findings[i]
             if own.cause and own.fix:  # a check that knows its finding's cause says it (skipped_steps)
                 f = replace(f, cause=own.cause, fix=own.fix, confidence=own.confidence or f.confidence)
@@ -134,7 +134,7 @@ def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> 
     if ratio <= float(max_eos_ratio):
         return CheckResult("curvature", "passed", (), curvature["text"], stats)
     # the first measurement above the limit (the summary's text names the largest ratio)
-    first, step = next((r, s) for r, s in zip(curvature["ratio"], curvature["steps"])
+    first, step = next((r, s) for r, s in zip(curvature["ratio"], curvature["steps"], strict=True)
                        if r is not None and r > float(max_eos_ratio))
     what = "preconditioned sharpness" if curvature.get("kind") == "preconditioned" else "sharpness"
     finding = Finding(check="curvature", kind="above_max", step=max(0, int(step) - 1), value=float(first),

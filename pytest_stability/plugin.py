@@ -227,7 +227,8 @@ def _complete(item: pytest.Item, record: StabilityRecord) -> StabilityRecord:
     gate = item.config.stash.get(baseline_gate.GATE_KEY, None)
     comparisons = gate.pop_comparisons(item.nodeid) if gate is not None else []
     if comparisons:
-        calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons)]
+        # a call that ended before its run finished has no comparison: the calls past the last one are kept
+        calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons, strict=False)]
         record = record.with_(calls=calls + record.calls[len(calls):])
     failure = item.stash.get(CALL_FAILURE_KEY, None)
     if failure is not None and record.error is None and record.verdict == STABLE and not record.regressed:

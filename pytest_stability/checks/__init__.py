@@ -115,7 +115,7 @@ def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds
     status = FAILED if findings else (PASSED if ran else SKIPPED)
     detail = "; ".join(f"{label}: {r.detail}" for label, r in results if r.detail)
     stats: dict = {}
-    for label, r in ran:  # the headline statistics: the largest of the views'
+    for _label, r in ran:  # the headline statistics: the largest of the views'
         for k, v in r.stats.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and (
                     not isinstance(stats.get(k), (int, float)) or v > stats[k]):

@@ -198,10 +198,7 @@ def _level_shift(values: np.ndarray, med: np.ndarray, window: int, log_space: bo
         nxt_min = np.nanmin(nxt, axis=1)
         high = np.nanpercentile(trailing[: nxt.shape[0]], 90, axis=1)
     m = med[: nxt.shape[0]]
-    if log_space:
-        up = nxt_med - m > np.log(ratio)
-    else:
-        up = nxt_med - m > (ratio - 1.0) * max(abs(initial_level), 1e-12)
+    up = nxt_med - m > (np.log(ratio) if log_space else (ratio - 1.0) * max(abs(initial_level), 1e-12))
     ok = np.isfinite(nxt_med) & np.isfinite(m) & np.isfinite(high) & np.all(np.isfinite(nxt), axis=1)
     out[: nxt.shape[0]] = ok & up & (nxt_min > high)
     return out

@@ -347,7 +347,7 @@ def svg_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[int], 
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         segments: list[list[str]] = [[]]
         first_bad = None
-        for s, v in zip(steps, values):
+        for s, v in zip(steps, values, strict=True):
             if not math.isfinite(v) or (log and v <= 0):
                 if first_bad is None and not math.isfinite(v):
                     first_bad = s

@@ -75,7 +75,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
     multi_call = len(calls) > 1
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         series = []
         for i, run in runs:
             steps, values = _series(run.get("curves", {}).get(key))
@@ -89,7 +89,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
             label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
             ax.plot(steps, values, lw=1.0, marker="o" if key in _POINT_PANELS else None, ms=3, label=label,
                     drawstyle="steps-post" if key == "lr" else "default")
-            bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]))
+            bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]), strict=True)
                    if not math.isfinite(v)]
             if bad:
                 ax.axvline(bad[0], color="black", lw=0.8, ls=":")
@@ -112,7 +112,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         if series and len(runs) > 1:
             ax.legend(fontsize=7, loc="best")
     # Findings: a dashed line across all panels; a labelled marker on the panel of its quantity.
-    panel = dict(zip((k for k, _ in panels), axes))
+    panel = dict(zip((k for k, _ in panels), axes, strict=True))
     for _, run in runs:
         for f in run.get("findings") or ():
             for ax in axes:

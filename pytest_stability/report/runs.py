@@ -37,13 +37,10 @@ def downsample(values: np.ndarray, steps: np.ndarray | None = None, max_points: 
         return steps.tolist(), [encode_float(v) for v in values.tolist()]
     edges = np.linspace(0, values.shape[0], max_points + 1).astype(int)
     out_s, out_v = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         seg = values[a:b]
         bad = ~np.isfinite(seg)
-        if bad.any():
-            k = int(np.argmax(bad))
-        else:
-            k = int(np.argmax(np.abs(seg - np.median(seg))))
+        k = int(np.argmax(bad)) if bad.any() else int(np.argmax(np.abs(seg - np.median(seg))))
         out_s.append(int(steps[a + k]))
         out_v.append(encode_float(float(seg[k])))
     return out_s, out_v

@@ -249,10 +249,10 @@ def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: 
     bsharp = [_clean(p.get("batch_sharpness")) for p in points]
     lrs = [_clean(lr[s - 1]) if lr is not None and 1 <= s <= len(lr) else None for s in steps]
     limits = [_clean(rule.limit(v)) for v in lrs]
-    ratio = [s / lim if s is not None and lim else None for s, lim in zip(sharp, limits)]
-    bratio = [s / lim if s is not None and lim else None for s, lim in zip(bsharp, limits)]
+    ratio = [s / lim if s is not None and lim else None for s, lim in zip(sharp, limits, strict=True)]
+    bratio = [s / lim if s is not None and lim else None for s, lim in zip(bsharp, limits, strict=True)]
     seconds = [float(p.get("seconds", 0.0)) for p in points]
-    known = [(r, -s) for r, s in zip(ratio, steps) if r is not None]
+    known = [(r, -s) for r, s in zip(ratio, steps, strict=True) if r is not None]
     max_ratio, at = max(known) if known else (None, None)  # the earliest of equal ratios
     at = -at if at is not None else None
     margin = 1.0 / max_ratio if max_ratio is not None and max_ratio > 0 else None
@@ -315,7 +315,7 @@ def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
     trainable, others = list(model.trainable_variables), list(model.non_trainable_variables)
 
     def loss(tv: Sequence[Any], ntv: Sequence[Any], x: Any, y: Any, w: Any) -> Any:
-        mapping = list(zip(trainable, tv)) + list(zip(others, ntv))
+        mapping = list(zip(trainable, tv, strict=True)) + list(zip(others, ntv, strict=True))
         with StatelessScope(state_mapping=mapping, collect_losses=True):
             y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
             value = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=True)
@@ -342,14 +342,14 @@ class _Products:
     # flat host vectors <-> per-variable backend tensors
     def split(self, flat: np.ndarray) -> list[Any]:
         out, at = [], 0
-        for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes):
+        for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes, strict=True):
             out.append(self.keras.ops.convert_to_tensor(flat[at:at + size].reshape(shape).astype(dtype)))
             at += size
         return out
 
     def join(self, tensors: Sequence[Any]) -> np.ndarray:
         parts = [np.zeros(size) if t is None else _host(self.keras, t).reshape(-1)
-                 for t, size in zip(tensors, self.sizes)]
+                 for t, size in zip(tensors, self.sizes, strict=True)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def at(self, batch: tuple[Any, Any, Any]) -> _Session:
@@ -389,7 +389,7 @@ class _Products:
                         loss = loss_fn(tv, ntv, x, y, w)
                     g = inner.gradient(loss, tv, unconnected_gradients=zero)
                     gv = tf.add_n([tf.reduce_sum(tf.cast(a, tf.float32) * tf.cast(b, tf.float32))
-                                   for a, b in zip(g, vec)])
+                                   for a, b in zip(g, vec, strict=True)])
                 return loss, g, outer.gradient(gv, tv, unconnected_gradients=zero)
         else:
             import jax
@@ -415,7 +415,7 @@ class _Products:
 
         def hvp(flat: np.ndarray) -> np.ndarray:
             with torch.enable_grad():  # callbacks may run under no_grad
-                terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat))
+                terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat), strict=True)
                          if g is not None and g.requires_grad]
                 if not terms:  # the loss is linear in every weight
                     return np.zeros(self.n)

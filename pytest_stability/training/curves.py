@@ -17,6 +17,7 @@ buffer as it is); on TensorFlow they stand alone; PyTorch keeps each step's valu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -113,15 +114,14 @@ class Curves:
     def uninstall(self) -> None:
         for obj, name, previous in reversed(self._patched):
             if previous is _ABSENT:
-                try:
+                with contextlib.suppress(AttributeError):  # already gone
                     delattr(obj, name)
-                except AttributeError:  # pragma: no cover - already gone
-                    pass
             else:
                 object.__setattr__(obj, name, previous)
         self._patched.clear()
         if self.backend == "jax":
-            for (_, metric), buf in zip(self.metrics, self.bufs):
+            # after an install that stopped part-way, fewer buffers than metrics
+            for (_, metric), buf in zip(self.metrics, self.bufs, strict=False):
                 k = _index_of(metric._variables, buf)
                 if k is not None:
                     del metric._variables[k]
@@ -231,7 +231,7 @@ class Curves:
         one updated ``k`` times a step, its last value of each step."""
         out: dict[str, np.ndarray] = {}
         notes: list[str] = []
-        for name, values in zip(self.names, self.values):
+        for name, values in zip(self.names, self.values, strict=True):
             if not values and not steps:
                 continue
             k = max(1, round(len(values) / keras_steps)) if keras_steps else 1

@@ -976,7 +976,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
     applied: list[tuple[str, int]] = []
     parts: list[tuple[Recorder, np.ndarray, np.ndarray]] = []
     loss = None
-    for i, (rec, rowset) in enumerate(zip(recs, rowsets)):
+    for i, (rec, rowset) in enumerate(zip(recs, rowsets, strict=True)):
         if not rec.built or not rowset.done:
             continue
         if rowset.overflow:

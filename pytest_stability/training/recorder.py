@@ -467,7 +467,7 @@ class Recorder:
         ops = self.ops
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
                 value = ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,))
                 slot = ops.mod(self.lcount.value, self.chunk)
@@ -484,7 +484,7 @@ class Recorder:
         ops = self.ops
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:  # the step's raw loss: the train_step wrapper files it in the step's row
                 self.lbuf.assign(ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,)))
                 self._loss_calls += 1  # while the step is traced
@@ -508,7 +508,7 @@ class Recorder:
         state_sums = []
         checked = set()
         jax_rows = []
-        for g, k, b, a in zip(grads, index, before, after):
+        for g, k, b, a in zip(grads, index, before, after, strict=True):
             bf = ops.cast(b, f32)
             if not self.stateless:
                 # TensorFlow runs the step's graph op by op: the fewest ops win (measured: stacking the
@@ -561,7 +561,7 @@ class Recorder:
         if velocities is not None:
             eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
             ratios = []
-            for g, k in zip(grads, index):
+            for g, k in zip(grads, index, strict=True):
                 if g is None:
                     continue
                 gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
@@ -715,7 +715,7 @@ class Recorder:
             with torch.no_grad():
                 delta = list(torch._foreach_sub(tensors(tvars), before))
                 index = [opt._get_variable_index(v) for v in tvars]
-                have = [(g, k) for g, k in zip(grads, index) if g is not None]
+                have = [(g, k) for g, k in zip(grads, index, strict=True) if g is not None]
                 norms = torch._foreach_norm(before + delta + [g for g, _ in have], 2, dtype=f32)
                 m = len(tvars)
                 w_n, d_n, g_have = list(norms[:m]), list(norms[m:2 * m]), list(norms[2 * m:])
@@ -723,9 +723,9 @@ class Recorder:
                     g_n = g_have
                 else:  # variables without a gradient, or given in another order: by the optimizer's index
                     g_n, w_k, d_k = [zero] * n, [zero] * n, [zero] * n
-                    for (_, k), t in zip(have, g_have):
+                    for (_, k), t in zip(have, g_have, strict=True):
                         g_n[k] = t
-                    for k, a, b in zip(index, w_n, d_n):
+                    for k, a, b in zip(index, w_n, d_n, strict=True):
                         w_k[k], d_k[k] = a, b
                     w_n, d_n = w_k, d_k
                 # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
@@ -758,7 +758,7 @@ class Recorder:
         import torch
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
                 with torch.no_grad():
                     value = torch.as_tensor(values).detach()
@@ -827,7 +827,7 @@ class Recorder:
             self.t_raw = []
             self.t_raw_checked = 0
             rows, stops = self._torch_derive(raw)
-            for row, stop in zip(rows, stops):
+            for row, stop in zip(rows, stops, strict=True):
                 if host["halt"]:  # past a stop (the host runs no step after one: a guard)
                     break
                 i = host["count"]
@@ -885,7 +885,7 @@ class Recorder:
             header = buf[self.chunk]
             count, halted = header[H_COUNT], header[H_HALT]
             go = ops.logical_and(ops.equal(halted, 0), ops.less(count, header[H_LIMIT]))
-            with StatelessScope(state_mapping=list(zip(opt.variables, ov))):
+            with StatelessScope(state_mapping=list(zip(opt.variables, ov, strict=True))):
                 lr = ops.convert_to_tensor(opt.learning_rate)
                 scale = ops.convert_to_tensor(opt.dynamic_scale) if self.is_loss_scaled else None
             vel_pos = [pos[id(v)] for v in self.velocities] if self.velocities is not None else None
@@ -900,8 +900,8 @@ class Recorder:
                 # a select of every variable (measured on the CPU: a `cond` around the update costs about
                 # the same): for optimizers whose update does not scale with the rate
                 new_t, new_o = original(ov, grads, tv)
-                new_t = [ops.where(go, n, o) for n, o in zip(new_t, tv)]
-                new_o = [ops.where(go, n, o) for n, o in zip(new_o, ov)]
+                new_t = [ops.where(go, n, o) for n, o in zip(new_t, tv, strict=True)]
+                new_o = [ops.where(go, n, o) for n, o in zip(new_o, ov, strict=True)]
             state_after = [new_o[pos[id(v)]] for v in self.state_vars]
             vel = [ov[p] for p in vel_pos] if vel_pos is not None else None
             vel_after = [new_o[p] for p in vel_pos] if vel_pos is not None else None

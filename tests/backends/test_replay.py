@@ -57,7 +57,7 @@ def test_replay_without_a_fix_reproduces_the_run_bit_for_bit_and_restores_the_mo
     for name in SERIES:
         np.testing.assert_array_equal(getattr(rep.trace, name), getattr(res.trace, name), err_msg=name)
     # the model is given back in the state the original run ended in
-    for a, v in zip(after, model.variables):
+    for a, v in zip(after, model.variables, strict=True):
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(v.value))
 
 

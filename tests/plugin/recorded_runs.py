@@ -116,7 +116,7 @@ def same_inputs(now: dict[str, Any], recorded: dict[str, Any]) -> bool:
     """Shapes, dtypes and batch size equal; mean absolute values within 1 % (another numpy may draw other data)."""
     if now["batch_size"] != recorded["batch_size"] or len(now["arrays"]) != len(recorded["arrays"]):
         return False
-    for a, b in zip(now["arrays"], recorded["arrays"]):
+    for a, b in zip(now["arrays"], recorded["arrays"], strict=True):
         if isinstance(a, str) or isinstance(b, str):
             if a != b:
                 return False

@@ -58,7 +58,7 @@ def test_replay_without_a_fix_reproduces_the_run_exactly_and_restores_the_model(
     assert rep.end == 200   # 4 windows past the failure, capped at the steps run
     np.testing.assert_array_equal(rep.trace.loss, res.trace.loss)
     np.testing.assert_array_equal(rep.trace.grad_norm, res.trace.grad_norm)
-    for a, v in zip(before, model.variables):
+    for a, v in zip(before, model.variables, strict=True):
         np.testing.assert_array_equal(a, v.numpy())
 
 
