@@ -166,7 +166,8 @@ class _ControllerPlugin:
 
 
 def early_worker_setup(early_config: pytest.Config) -> None:
-    """From ``pytest_load_initial_conftests``: an xdist worker's GPU environment, before any conftest imports a framework."""
+    """From ``pytest_load_initial_conftests``: an xdist worker's GPU environment, before any conftest imports a
+    framework."""
     xdist_gpus.configure_worker_environment(early_config)
 
 

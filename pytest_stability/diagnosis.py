@@ -346,7 +346,8 @@ class Quotes:
         """``fn`` (``pow10``, ``pow10_floor``, ``round2``, ``exp``, ``nearest_int``, ``log``) of one quote."""
         x = self[part]
         fns: dict[str, Callable[[float], float]] = {
-            "pow10": pow10, "pow10_floor": pow10_floor, "round2": round2, "exp": lambda v: math.exp(v) if v < 700 else math.inf,
+            "pow10": pow10, "pow10_floor": pow10_floor, "round2": round2,
+            "exp": lambda v: math.exp(v) if v < 700 else math.inf,
             "nearest_int": lambda v: float(round(v)), "log": lambda v: math.log(v) if v > 0 else math.nan}
         v = fns[fn](x) if math.isfinite(x) else math.nan
         return self._put(name, v, kind="derived", fn=fn, parts=[part])
@@ -1047,17 +1048,18 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
         if quantities and not ({"loss", "gradients"} & set(quantities)):
             q.at("loss_at", "loss", 0)
             q.text("optimizer", opt or "the optimizer")
-            cause = ("the loss {loss_at} and the gradients of step {step} were finite, its update made the {quantities} "
-                     "NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the variables' dtype, a "
-                     "NaN/Inf learning rate or schedule, a custom optimizer or constraint), not the data")
+            cause = ("the loss {loss_at} and the gradients of step {step} were finite, its update made the "
+                     "{quantities} NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the "
+                     "variables' dtype, a NaN/Inf learning rate or schedule, a custom optimizer or constraint), not "
+                     "the data")
             return Dx("update_nonfinite", LIKELY, cause,
-                      [Fix("check {optimizer}'s settings: a learning rate or schedule that is finite from the first step, "
-                           "an epsilon the variables' dtype can hold; keep variables in float32 "
+                      [Fix("check {optimizer}'s settings: a learning rate or schedule that is finite from the "
+                           "first step, an epsilon the variables' dtype can hold; keep variables in float32 "
                            "('mixed_float16' rather than 'float16')")])
         return Dx("nonfinite_at_start",
                   LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
-                  "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have caused it; "
-                  "the forward pass or the loss produced it from the initial weights and the first batch",
+                  "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have "
+                  "caused it; the forward pass or the loss produced it from the initial weights and the first batch",
                   [Fix("check the initialisation (a custom initializer, weights loaded from a file), the data "
                        "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
                        "(log(0), 0/0, sqrt of a negative) in the model or the loss")])
@@ -1220,8 +1222,8 @@ def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
     return Dx("labels_no_signal", LIKELY,
               "the loss sits at {level}, the cross-entropy of predicting the class prior of {classes} balanced "
               "classes (ln {classes} = {ln_classes}), and never fell clearly below it ({lowest_median}): the model "
-              "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels shuffled apart from their "
-              "inputs), or the inputs never reach the output",
+              "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels "
+              "shuffled apart from their inputs), or the inputs never reach the output",
               [Fix("train the smoke test on labels that are a function of the inputs, e.g. {smoke_code}, or on one "
                    "small batch the model must fit (its loss should fall far below the prior's); check that x and "
                    "y are shuffled together")])

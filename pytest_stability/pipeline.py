@@ -104,13 +104,14 @@ def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) 
     from .checks.base import CheckResult, Finding
 
     if min_margin is None:
-        return CheckResult("margin", "skipped", (), f"{margin['text']} (no min_margin set)", {"lr_margin": margin["value"]})
+        return CheckResult("margin", "skipped", (), f"{margin['text']} (no min_margin set)",
+                           {"lr_margin": margin["value"]})
     value = float(margin["value"])
     if value >= float(min_margin):
         return CheckResult("margin", "passed", (), margin["text"], {"lr_margin": value})
     finding = Finding(check="margin", kind="below_min", step=max(0, steps - 1), value=value, limit=float(min_margin),
-                      message=f"learning-rate stability margin {value:.3g}x is below min_margin {float(min_margin):g}x: "
-                              f"{margin['text']}",
+                      message=f"learning-rate stability margin {value:.3g}x is below min_margin "
+                              f"{float(min_margin):g}x: {margin['text']}",
                       evidence={k: v for k, v in margin.items() if k != "probes"},
                       cause="the run trains close to the edge: a somewhat larger learning rate (or a sharper region "
                             "of the loss later in training) makes it unstable",

@@ -1,4 +1,5 @@
-"""GPUs under pytest-xdist: one GPU per worker (``--stability-xdist-gpus``), or one test at a time (``--stability-gpu-lock``).
+"""GPUs under pytest-xdist: one GPU per worker (``--stability-xdist-gpus``), or one test at a time
+(``--stability-gpu-lock``).
 
 Without this, every xdist worker sees every GPU, and TensorFlow (and JAX) in
 each worker reserves nearly all the memory of the first one: the second worker

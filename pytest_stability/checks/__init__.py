@@ -94,7 +94,8 @@ def optimizer_view(trace: Trace, name: str) -> Trace:
     cols = slice(int(start), int(stop))
     info = dict(trace.info, optimizer=(trace.info.get("optimizers") or {}).get(name, trace.info.get("optimizer")),
                 optimizer_name=name,
-                optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name, trace.info.get("optimizer_config")))
+                optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name,
+                                                                                 trace.info.get("optimizer_config")))
     return replace(trace, grad_norm=stats["grad_norm"], update_ratio=stats["update_ratio"], lr=stats["lr"],
                    var_grad_norms=None if trace.var_grad_norms is None else trace.var_grad_norms[:, cols],
                    var_update_ratio=None if trace.var_update_ratio is None else trace.var_update_ratio[:, cols],

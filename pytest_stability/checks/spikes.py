@@ -306,7 +306,8 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
         below = np.flatnonzero(~(loss[: n - w] >= mid))
         step = int(below[-1]) + 1 if below.size else 0
         rel = float(np.std(tail) / level)
-        how = f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a constant"
+        how = (f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a "
+               "constant")
     return Finding(
         check=NAME, kind="spike_no_recovery", step=step, value=level, limit=t.spike_ratio * best,
         message=(f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
@@ -480,7 +481,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             recovered = None
         else:
             after_med = float(np.median(after))
-            recovered = after_med <= base * t.spike_ratio if sc["log_space"] else after_med <= base + (loss[peak] - base) / 2
+            recovered = (after_med <= base * t.spike_ratio if sc["log_space"]
+                         else after_med <= base + (loss[peak] - base) / 2)
         state = stuck_after(loss, trace.grad_norm, int(peak), t.spike_window)
         stuck = bool(recovered is False and state["stuck"])
         shifted = bool(sc["shift"][seg].any())
@@ -535,9 +537,10 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     rolling = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
     slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"], rolling)
     # the same event as a finding near it, or the climb into a collapse (which names it already)
-    if slow is not None and not any(f.evidence.get("collapse") or
-                                    f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
-                                    for f in findings):
+    if slow is not None and not any(
+            f.evidence.get("collapse")
+            or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
+            for f in findings):
         findings.append(slow)
         findings.sort(key=lambda f: f.step)
     if len(findings) >= 3:

@@ -193,7 +193,8 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
            else f"for {k - j} measurement(s), a BatchNorm pit (train/inference gap {gap:.0%})")
     msg = (f"smoothed validation loss {s[j]:.4g} after {int(steps[j])} steps rose "
            f"{rise[j]:.4g} above its best {best[j]:.4g} (after {int(steps[jb])} steps) and stayed over the limit "
-           f"{best[j] + allowed[j]:.4g} (best + {allowed[j]:.4g}) {why}, peaking at {s[peak_j]:.4g} (limit: the largest of val_tolerance={t.val_tolerance:g} "
+           f"{best[j] + allowed[j]:.4g} (best + {allowed[j]:.4g}) {why}, peaking at {s[peak_j]:.4g} "
+           f"(limit: the largest of val_tolerance={t.val_tolerance:g} "
            f"x best, val_min_delta={t.val_min_delta:g}, and {VAL_NOISE_K:g} noise sigmas of the curve, "
            + (f"sigma {sigma:.3g} in log space)" if not bn_mismatch else
               f"waived: a BatchNorm train/inference gap of {gap:.0%} >= {BN_GAP:.0%} makes the wiggle the "

@@ -134,7 +134,8 @@ def section_tests(document: Mapping[str, Any] | None, backend: str) -> dict[str,
     return None if section is None else section["tests"]
 
 
-def merge_baseline(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+def merge_baseline(previous: Mapping[str, Any] | None,
+                   current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     """The baseline to save when ``previous`` (a valid baseline, or None) is already at the path.
 
     In each backend section of ``current``, each test replaces its whole entry

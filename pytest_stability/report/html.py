@@ -208,7 +208,8 @@ def headline(record: Mapping[str, Any]) -> str:
         f = run["findings"][0]
         return f"[{f['check']}] step {f['step']}: {f['message']}"
     s = run.get("summary") or {}
-    parts = [f"final loss {_metric(s.get('final_loss'), 3)}", f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
+    parts = [f"final loss {_metric(s.get('final_loss'), 3)}",
+             f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
              f"max |g| {_metric(s.get('max_grad_norm'), 3)}"]
     trend = s.get("val_trend")
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):

@@ -670,8 +670,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
         gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
     val_ok = [True]
-    training_batch = (keras.tree.map_structure(lambda a: a[:bs], x),
-                      None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)) if kind == "arrays" else None
+    training_batch = ((keras.tree.map_structure(lambda a: a[:bs], x),
+                       None if y is None else keras.tree.map_structure(lambda a: a[:bs], y))
+                      if kind == "arrays" else None)
     meter, no_meter = _curvature_meter(keras, model, spec, kind=kind, x=x, y=y, fit_kwargs=fit_kwargs,
                                        batch_size=bs, steps=run_steps, seed=seed, distributed=distributed)
 
@@ -1080,7 +1081,8 @@ def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y:
     try:
         batch, why = curvature.fixed_batch(keras, kind, x, y, fit_kwargs, size)
     except Exception as exc:
-        batch, why = None, f"the fixed batch for the curvature could not be read ({type(exc).__name__}: {_short(exc, 200)})"
+        batch, why = None, (f"the fixed batch for the curvature could not be read "
+                            f"({type(exc).__name__}: {_short(exc, 200)})")
     if batch is None:
         return None, why
     return curvature.Meter(keras, model, batch, targets=curvature.measurement_steps(steps, spec.curvature_points),

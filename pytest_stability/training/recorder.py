@@ -1179,4 +1179,5 @@ def host_flags(rows: np.ndarray, loss: np.ndarray | None, loss_scaled: bool) -> 
     return flags.astype(np.int32)
 
 
-__all__ = ["ChunkRows", "Recorder", "find_optimizers", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]
+__all__ = ["ChunkRows", "Recorder", "find_optimizers", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR",
+           "COL_FLAGS", "COL_UPDATE"]

@@ -233,7 +233,8 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
     from ..checks import run_checks
 
     # the primary finding first (its first fix is the first suggested fix), then the others in step order
-    findings = sorted((f for r in results for f in r.findings), key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
+    findings = sorted((f for r in results for f in r.findings),
+                      key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
     if not findings:
         return results
     tries: list[tuple[dict[str, Any], int]] = []
