@@ -76,7 +76,8 @@ def _adam(width: int, lr: float, epsilon: float, amsgrad: bool = False) -> Calla
     """The detection benchmark's full-batch Adam family (collapse, periodic spikes, and their fixes)."""
     def make(seed: int) -> S.Scenario:
         sc = S._adam_collapse(seed, width=width, lr=lr, epsilon=epsilon, amsgrad=amsgrad,
-                              name=f"adam_w{width}_lr{lr:g}_eps{epsilon:g}{'_ams' if amsgrad else ''}", pathology="sweep")
+                              name=f"adam_w{width}_lr{lr:g}_eps{epsilon:g}{'_ams' if amsgrad else ''}",
+                              pathology="sweep")
         sc.steps = 300
         sc.spec_overrides = {"readback_every": 100}
         return sc
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             first = min(bad, key=lambda f: f.step) if bad else None
             rows.append({"config": name, "seed": seed, "short_steps": sc.steps, "short_failed": failed_short,
                          "lr_margin": float(margin.get("value", float("nan"))), "eos": _eos(short.result.trace),
-                         "long_unstable": bool(bad), "long_first": f"{first.check} at step {first.step}" if first else "",
+                         "long_unstable": bool(bad),
+                         "long_first": f"{first.check} at step {first.step}" if first else "",
                          "seconds": t_short + t_long})
             r = rows[-1]
             print(f"  {name} seed {seed}: short {r['short_failed'] or 'passed'}, lr margin {r['lr_margin']:.3g}, "

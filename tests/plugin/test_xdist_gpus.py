@@ -1,4 +1,5 @@
-"""--stability-xdist-gpus gives each pytest-xdist worker its own GPU; --stability-gpu-lock serialises stability tests."""
+"""--stability-xdist-gpus gives each pytest-xdist worker its own GPU; --stability-gpu-lock serialises stability
+tests."""
 
 from __future__ import annotations
 
@@ -54,8 +55,10 @@ def test_each_worker_sees_its_gpu_before_conftest_import(pytester, no_gpu_env):
     assert _envs(pytester.path) == {
         "controller": {"CUDA_VISIBLE_DEVICES": None, "TF_FORCE_GPU_ALLOW_GROWTH": None,
                        "XLA_PYTHON_CLIENT_PREALLOCATE": None},
-        "gw0": {"CUDA_VISIBLE_DEVICES": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-        "gw1": {"CUDA_VISIBLE_DEVICES": "7", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        "gw0": {"CUDA_VISIBLE_DEVICES": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        "gw1": {"CUDA_VISIBLE_DEVICES": "7", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
     }
 
 

@@ -60,7 +60,8 @@ def test_fixed_twin(stability):
     assert "curvature margin 0.956x" in info["text"]
     assert info["seconds_total"] > 0 and all(info["converged"])
     assert edge["curves"]["eos_ratio"]["step"] == [48, 96, 100]
-    case = next(c for c in ET.parse(pytester.path / "junit.xml").iter("testcase") if c.get("name") == "test_near_the_edge")
+    case = next(c for c in ET.parse(pytester.path / "junit.xml").iter("testcase")
+                if c.get("name") == "test_near_the_edge")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert 1.0 < float(props["stability_eos_ratio"]) < 1.1 and "stability_curvature_margin" in props
 

@@ -82,7 +82,8 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
     # the first replay is the primary finding's first fix, and it resolves the run
     first = note["attempts"][0]
     assert first["fix"] == first_fix, first
-    assert first["text"].startswith(f"replayed steps 0-{first['end']} with SGD(learning_rate x ") and "no finding" in first["text"]
+    assert first["text"].startswith(f"replayed steps 0-{first['end']} with SGD(learning_rate x ")
+    assert "no finding" in first["text"]
     assert len(note["attempts"]) == 1 and np.isfinite(first["final_loss"])
     # the note sits on the primary finding
     assert any("whatif" in f.evidence and f.evidence.get("rank") == 0 for r in out for f in r.findings)

@@ -301,8 +301,8 @@ def _rnn_like(clip_cfg):
     v = np.exp(0.2 * rng.normal(size=(300, 2)))
     v[150, 0] = 500.0
     g = np.sqrt(np.sum(v ** 2, axis=1))
-    return Trace(loss=np.exp(-np.arange(300) / 300), grad_norm=g, var_grad_norms=v, var_names=("rnn/kernel", "dense/kernel"),
-                 info={"optimizer": "SGD", "optimizer_config": clip_cfg})
+    return Trace(loss=np.exp(-np.arange(300) / 300), grad_norm=g, var_grad_norms=v,
+                 var_names=("rnn/kernel", "dense/kernel"), info={"optimizer": "SGD", "optimizer_config": clip_cfg})
 
 
 def test_grad_norm_judged_after_the_optimizers_norm_clipping():
@@ -346,7 +346,8 @@ def test_val_falling_passes():
 
 def test_val_rise_fails_with_best():
     r = check_val_loss(_val([1.0, 0.5, 0.5, 2.0, 2.0]))
-    assert r.failed and r.findings[0].evidence["best"] == pytest.approx(0.5 * 0.6 + 0.4 * 0.5 * 0.6 + 0.4 * 0.4 * 1.0, rel=0.5)
+    assert r.failed
+    assert r.findings[0].evidence["best"] == pytest.approx(0.5 * 0.6 + 0.4 * 0.5 * 0.6 + 0.4 * 0.4 * 1.0, rel=0.5)
 
 
 def test_val_rise_on_last_measurement():
