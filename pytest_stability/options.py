@@ -346,7 +346,7 @@ OPTIONS: tuple[Option, ...] = (
     _float_option("baseline_val_tolerance", TOLERANCE_DEFAULTS["baseline_val_tolerance"],
                   "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
                   "fraction of it", 0, strict=False),
-    _int_option("baseline_extra_spikes", 0, TOLERANCE_DEFAULTS["baseline_extra_spikes"],
+    _int_option("baseline_extra_spikes", 0, int(TOLERANCE_DEFAULTS["baseline_extra_spikes"]),
                 "baseline: loss spikes allowed beyond the baseline's count"),
     _float_option("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"],
                   "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
@@ -413,7 +413,7 @@ class RunSpec:
     max_skipped_fraction: float = _T.max_skipped_fraction
     baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
     baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
-    baseline_extra_spikes: int = TOLERANCE_DEFAULTS["baseline_extra_spikes"]
+    baseline_extra_spikes: int = int(TOLERANCE_DEFAULTS["baseline_extra_spikes"])
     baseline_margin_factor: float = TOLERANCE_DEFAULTS["baseline_margin_factor"]
     #: names whose value came from the test's marker (not CLI/ini/default); not a setting
     from_marker: frozenset[str] = field(default=frozenset(), compare=True)

@@ -108,6 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(PLOTS_MISSING_MESSAGE)
     if problems:
         raise pytest.UsageError(usage_message(problems))
+    assert defaults is not None  # settings that do not parse are among the problems
     config.stash[DEFAULTS_KEY] = defaults
     config.stash[CLI_VALUES_KEY] = {name: getattr(defaults, name) for name, raw in cli_raw.items() if raw is not None}
     session = StabilitySession(config, files, previous)
@@ -132,7 +133,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for key in (SESSION_KEY, baseline_gate.GATE_KEY):
+    keys: tuple[pytest.StashKey[Any], ...] = (SESSION_KEY, baseline_gate.GATE_KEY)
+    for key in keys:
         plugin = config.stash.get(key, None)
         if plugin is not None and config.pluginmanager.is_registered(plugin):
             config.pluginmanager.unregister(plugin)

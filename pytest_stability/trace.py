@@ -104,7 +104,8 @@ class Trace:
         # A trace pickled by an older version (a saved benchmark run) lacks the fields added since: their defaults.
         for f in fields(self):
             if f.name not in state:
-                state[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+                # (typeshed types default_factory as a union with MISSING, which is not callable)
+                state[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]
         self.__dict__.update(state)
 
     def __post_init__(self) -> None:

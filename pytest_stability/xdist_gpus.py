@@ -208,12 +208,13 @@ def gpu_lock(path: Path | None = None) -> Iterator[Path]:
         try:
             import fcntl
         except ImportError:  # Windows
+            # (msvcrt's locking names exist only in the stubs for Windows: hence the type: ignores below)
             import msvcrt
 
             handle.seek(0)
             while True:
                 try:
-                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined,unused-ignore]
                     break
                 except OSError:  # LK_LOCK gives up after ~10 s: try again
                     continue
@@ -221,7 +222,7 @@ def gpu_lock(path: Path | None = None) -> Iterator[Path]:
                 yield path
             finally:
                 handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
             return
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:

@@ -65,7 +65,7 @@ it is ``stuck`` (dead units, saturated outputs).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -127,7 +127,23 @@ def _trailing_median_mad(values: np.ndarray, window: int, min_count: int) -> tup
     return med, mad, count
 
 
-def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> dict[str, np.ndarray | bool | float]:
+class SpikeScores(TypedDict):
+    """What :func:`spike_scores` returns: per-step arrays, and two facts about the whole curve."""
+
+    z: np.ndarray
+    ratio: np.ndarray
+    baseline: np.ndarray
+    rise: np.ndarray
+    flag: np.ndarray
+    shift: np.ndarray
+    log_space: bool
+    initial_level: float
+    median: np.ndarray
+    scale: np.ndarray
+    values: np.ndarray
+
+
+def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> SpikeScores:
     """Per-step spike statistics (used by the check, the diagnosis and the calibration).
 
     Returns a dict with ``z`` (robust z-score), ``ratio`` (loss / trailing
@@ -383,7 +399,7 @@ def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level:
     )
 
 
-def _confirm(sc: dict[str, Any], start: int, peak: int, t: Thresholds) -> dict[str, Any]:
+def _confirm(sc: SpikeScores, start: int, peak: int, t: Thresholds) -> dict[str, Any]:
     """Whether the loss stayed up after the event starting at ``start`` (see the module docstring)."""
     values, med, scale = sc["values"], sc["median"], sc["scale"]
     m, sd = float(med[start]), float(scale[start])

@@ -117,6 +117,7 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         how.insert(0, f"the loss is flat at {level:.4g} (relative std {rel_std:.1e} over the last {w} steps)")
     if not how:
         return None
+    assert start is not None  # each reason in ``how`` set it
     kind = "collapsed" if flat else "stuck"
     fell = (l0 - level) / abs(l0) if l0 else 0.0
     what = ("training collapsed to a constant loss" if flat else "training is stuck")

@@ -49,6 +49,8 @@ Without validation data the check is *skipped*, never passed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..trace import Trace
@@ -138,6 +140,7 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
     t = thresholds or Thresholds()
     if not trace.has_validation:
         return CheckResult(NAME, SKIPPED, detail="no validation data was given")
+    assert trace.val_loss is not None and trace.val_steps is not None  # has_validation: both are given
     finite = np.isfinite(trace.val_loss)
     steps = trace.val_steps[finite]
     v = trace.val_loss[finite]
@@ -156,7 +159,7 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
     train_level = _train_levels(trace, steps, t)
     rise = s - best
     trend = float((s[-1] - s[0]) / abs(s[0])) if s[0] != 0 else None
-    stats = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
+    stats: dict[str, Any] = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
              "max_rise": float(np.max(rise / np.maximum(np.abs(best), 1e-12))), "noise_sigma": sigma,
              "noise_waived": "batchnorm_gap" if bn_mismatch else None, "transient": []}
     over = rise > allowed

@@ -14,7 +14,8 @@ pytest-xdist) and the tests' locations from their reports.  Pure string
 building apart from :class:`GitHubPlugin`, which owns the side effects.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: it would bind the name ``annotations``, which the function of that
+# name below takes (type checkers then see two definitions).  The annotations here are valid at run time.
 
 import os
 import re

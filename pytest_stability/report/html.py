@@ -241,7 +241,7 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step - 1e-9) * step
-    out = []
+    out: list[float] = []
     v = first
     while v <= hi + step * 1e-9 and len(out) < 12:
         out.append(0.0 if abs(v) < step * 1e-9 else v)
@@ -495,7 +495,7 @@ def _verdict_class(record: Mapping[str, Any]) -> tuple[str, str]:
 
 def _facts(record: Mapping[str, Any]) -> str:
     run = _primary(record)
-    facts = []
+    facts: list[tuple[str, Any]] = []
     if run is not None:
         model = run.get("model") or {}
         facts.append(("steps", f"{run.get('steps_run')}/{run.get('steps_planned')}"))

@@ -119,6 +119,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
                 ax.axvline(f["step"], color="red", lw=0.8, ls="--", alpha=0.7)
             ax = panel.get(_PANEL_OF_CHECK.get(f["check"], "loss"), axes[0])
             value = decode_float(f.get("value"))
+            coords: str | tuple[str, str]
             if math.isfinite(value) and (value > 0 or ax.get_yscale() != "log"):
                 ax.plot([f["step"]], [value], marker="v", color="red", ms=8)
                 xy, coords = (f["step"], value), "data"

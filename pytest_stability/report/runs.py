@@ -136,7 +136,7 @@ class RunReport:
             curve, label = (t.loss, "loss")
             if f.check == "grad_norm" and t.grad_norm is not None:
                 curve, label = t.grad_norm, "grad norm"
-            if f.check == "val_loss" and t.has_validation:
+            if f.check == "val_loss" and t.val_loss is not None and t.val_steps is not None and t.has_validation:
                 lines.append(f"  val loss (smoothed)  {sparkline(smooth(t.val_loss, 0.0), 40)}  "
                              f"steps {int(t.val_steps[0])}-{int(t.val_steps[-1])}")
             elif curve.size:
@@ -195,7 +195,7 @@ class RunReport:
         for name, stats in t.optimizers.items():  # per optimizer, when the train_step applies several
             s, v = downsample(stats["grad_norm"], max_points=max_points)
             curves[f"grad_norm/{name}"] = {"step": s, "value": v}
-        if t.has_validation:
+        if t.val_loss is not None and t.has_validation:
             s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
             curves["val_loss"] = {"step": s, "value": v}
         curvature = (t.info or {}).get("curvature")

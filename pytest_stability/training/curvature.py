@@ -57,7 +57,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -266,6 +266,7 @@ def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: 
         text = (f"{what} {last:.4g} at step {steps[-1]}; {rule.text}, so no edge-of-stability ratio; {tail}"
                 if last is not None else f"{what} not finite; {tail}")
     else:
+        assert at is not None  # found with max_ratio
         k = steps.index(at)
         text = (f"edge-of-stability ratio {max_ratio:.3g} at step {at} ({what} {sharp[k]:.4g} vs limit "
                 f"{limits[k]:.4g} = {rule.text} at lr {lrs[k]:.3g}); curvature margin "
@@ -481,6 +482,11 @@ def preconditioner(keras: Any, model: Any, rule: Rule) -> np.ndarray | None:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def _scaled(hvp: Callable[[np.ndarray], np.ndarray], d: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The products of ``D H D`` (``d`` the diagonal of ``D``) from those of ``H``."""
+    return lambda u: d * hvp(d * u)
+
+
 def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule | None = None,
               iterations: int = 20, tol: float = TOL, seed: int = 0, products: _Products | None = None,
               start: np.ndarray | None = None) -> dict[str, Any]:
@@ -503,10 +509,12 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
     session = products.at(batch)
     p = preconditioner(keras, model, rule)
     d = None if p is None else 1.0 / np.sqrt(p)
-    matvec = session.hvp if d is None else (lambda u: d * session.hvp(d * u))
+    matvec = session.hvp if d is None else _scaled(session.hvp, d)
     top = lanczos_top(matvec, products.n, iterations=iterations, tol=tol, seed=seed, start=start)
     # batch sharpness: the Rayleigh quotient at the (preconditioned) gradient, one more product
-    direction = session.grad if d is None else d * session.grad
+    grad = session.grad
+    assert grad is not None  # known after the first product
+    direction = grad if d is None else d * grad
     gnorm2 = float(direction @ direction)
     batch_sharp = float(direction @ matvec(direction)) / gnorm2 if gnorm2 > 0 and np.isfinite(gnorm2) else math.nan
     loss = session.loss
@@ -529,8 +537,8 @@ class Meter:
         self.keras = keras
         self.model = model
         ops = keras.ops
-        self.batch = tuple(None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part)
-                           for part in batch)
+        self.batch = cast("tuple[Any, Any, Any]", tuple(
+            None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part) for part in batch))
         leaves = [leaf for leaf in keras.tree.flatten(batch[0]) if leaf is not None]
         self.batch_size = int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else None
         self.targets = list(targets)
@@ -588,8 +596,8 @@ def fixed_batch(keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, 
     source = iter(x) if kind == "dataset" else (x[i] for i in range(len(x)))
     for batch in source:
         bx, by, bw = data_adapter_utils.unpack_x_y_sample_weight(batch if isinstance(batch, tuple) else (batch,))
-        part = tuple(None if p is None else keras.tree.map_structure(
-            lambda a: host_numpy(a), p) for p in (bx, by, bw))
+        part = cast("tuple[Any, Any, Any]", tuple(None if p is None else keras.tree.map_structure(
+            lambda a: host_numpy(a), p) for p in (bx, by, bw)))
         batches.append(part)
         leaves = keras.tree.flatten(part[0])
         count += int(np.shape(leaves[0])[0]) if leaves else 0

@@ -212,7 +212,8 @@ class Curves:
         for j in range(len(self.names)):
             if self.backend == "jax":
                 k = _index_of(variables, self.bufs[j]) if state else None
-                buf = np.asarray(state["metrics_variables"][k] if k is not None else host_numpy(self.bufs[j].value))
+                buf = np.asarray(state["metrics_variables"][k] if state is not None and k is not None
+                                 else host_numpy(self.bufs[j].value))
                 values, count = buf[:self.chunk], int(buf[self.chunk])
             else:
                 values, count = host_numpy(self.bufs[j].value), int(host_numpy(self.counts[j].value))

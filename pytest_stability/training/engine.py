@@ -396,11 +396,11 @@ def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | 
     return None
 
 
-def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batches: list[Any],
+def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batches: list[Any] | None,
                            training_batch: tuple[Any, Any] | None, fit_kwargs: dict[str, Any]) -> None:
     """The validation loss before the first step raised: when the model takes a training batch, the
     validation set is what it cannot take, and that is a usage error naming both shapes."""
-    if training_batch is None:
+    if training_batch is None or not val_batches:
         return
     try:
         _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
@@ -436,6 +436,7 @@ def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[
     if vd is None and not split:
         return None
     if vd is None:
+        assert split is not None  # (returned above without either)
         (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
             (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split))
     elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
@@ -844,7 +845,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         elif done == 0:
             raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
     loss_recorded = loss is not None and loss.shape[0] == done
-    if not loss_recorded:
+    if loss is None or not loss_recorded:
         loss = np.full(done, np.nan)
     loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
     if not loss_recorded and loss_curves:
@@ -872,12 +873,14 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         optimizers=recorded.optimizers,
         info=model_info(keras, model, ref, backend=backend, spe=spe, kind=kind, distributed=distributed),
     )
+    nonfinite = trace.nonfinite
+    assert nonfinite is not None  # Trace derives it when not given
     if curves is not None:
         trace.curves, curve_notes = curves.per_step(done, max(done, cb.keras_steps))
         notes.extend(curve_notes)
         for name, values in trace.curves.items():
             if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
-                trace.nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
+                nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
     if len(recorded.optimizers) > 1:
         trace.info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
         trace.info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
@@ -904,7 +907,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
         trace.info["bn_gap_batch"] = "validation" if val_batches else "training"
     stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-    bad = np.flatnonzero(trace.nonfinite & stop_bits)
+    bad = np.flatnonzero(nonfinite & stop_bits)
     if bad.size:
         step = int(bad[0])
         verdict = None if rec.check_inputs else _reread_batch_finite(keras, kind, x, step,
@@ -913,7 +916,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             trace.info["inputs_checked"] = True
             trace.info["input_batch_reread"] = step
             if not verdict:
-                trace.nonfinite[step] |= INPUT
+                nonfinite[step] |= INPUT
         trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
     placed = cb.device or label
     return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state,
@@ -1157,6 +1160,7 @@ def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
 
 def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, step: int) -> dict[str, Any]:
     """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
+    assert trace.nonfinite is not None  # Trace derives it when not given
     flags = int(trace.nonfinite[step])
     out: dict[str, Any] = {"step": step}
     if flags & INPUT:  # the batch itself: whatever went non-finite after it followed from it

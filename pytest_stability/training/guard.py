@@ -39,6 +39,8 @@ class SkipStepGuard(keras.optimizers.Optimizer):
         skipped: a variable counting the updates skipped so far.
     """
 
+    built: bool  # Keras' Optimizer sets it; declared for the type checker, whose view of Keras is Any
+
     def __init__(self, inner_optimizer: Any, window: int = 128, sigmas: float = 6.0, min_history: int | None = None,
                  name: str | None = None) -> None:
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):

@@ -96,6 +96,13 @@ class Recorder:
         diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
     """
 
+    # Keras variables, or None where the recorder keeps none (the type checker sees Keras as Any)
+    lbuf: Any
+    lcount: Any
+    loss_bad: Any
+    input_bad: Any
+    rate: Any
+
     def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False,
                  check_inputs: bool = False, optimizer: Any = None, name: str = "optimizer") -> None:
         import keras
@@ -125,7 +132,7 @@ class Recorder:
         self.tracker = getattr(model, "_loss_tracker", None) if self.primary else None
         #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
         self.recording_loss = True
-        self._patched: list[tuple[Any, str]] = []
+        self._patched: list[tuple[Any, str, Any]] = []
         self._added: list[tuple[list, Any]] = []
         self.loss_bad = None
         #: check every input batch for NaN/Inf on the device, in the step (pipelines: arrays are checked
@@ -313,6 +320,7 @@ class Recorder:
                     trainable, non_trainable, ov, mv = state
                     ov = list(ov)
                     p = _index_of(self.opt.variables, self.buf)
+                    assert p is not None  # the buffer is one of the optimizer's variables once built
                     ov[p] = ops.slice_update(ov[p], (chunk, H_INPUT), ops.reshape(ops.cast(bad, "float32"), (1, 1)))
                     state = (trainable, non_trainable, ov, mv)
             self._jax_step, self._loss_calls = None, 0  # set while `original` is traced (see below)
@@ -506,7 +514,7 @@ class Recorder:
         d_sq = [zero] * self.n_vars
         w_sq = [zero] * self.n_vars
         state_sums = []
-        checked = set()
+        checked: set[int] = set()
         jax_rows = []
         for g, k, b, a in zip(grads, index, before, after, strict=True):
             bf = ops.cast(b, f32)
@@ -566,6 +574,7 @@ class Recorder:
                     continue
                 gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
+            assert velocities_after is not None  # given with velocities
             v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
             parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
         if scale is not None:
@@ -672,8 +681,9 @@ class Recorder:
 
         opt = self.opt
         f32 = torch.float32
-        self.t_host = {"count": 0, "halt": False, "lcount": 0, "buf": np.zeros((self.chunk, self.width), np.float32),
-                       "lbuf": np.zeros((self.chunk,), np.float32), "losses": []}
+        self.t_host: dict[str, Any] = {"count": 0, "halt": False, "lcount": 0,
+                                       "buf": np.zeros((self.chunk, self.width), np.float32),
+                                       "lbuf": np.zeros((self.chunk,), np.float32), "losses": []}
         state_floats = [v for v in self.state_vars if v.value.is_floating_point()]
         self._torch_layout()
         first = list(opt._trainable_variables)[:1]
@@ -751,6 +761,7 @@ class Recorder:
             gs = torch._foreach_div(gs, scale)
         vs = [vel[k] if vel[k].dtype == f32 else vel[k].to(f32) for _, k in have]
         ratios = torch._foreach_div(torch._foreach_mul(gs, gs), torch._foreach_add(vs, eps * eps))
+        assert self.velocities is not None  # vel is read from them
         v_sum = torch.sum(torch.stack(torch._foreach_norm([v.value for v in self.velocities], 1, dtype=f32)))
         return [torch.max(torch.stack(torch._foreach_max(ratios))), v_sum]
 
@@ -929,8 +940,9 @@ class Recorder:
             return self._torch_read() if self.built else {"buf": np.zeros((0, 0), np.float32), "count": 0, "halt": 0}
         if self.stateless:
             return self._jax_read()
-        out = {"buf": host_numpy(self.buf.value), "count": int(host_numpy(self.count.value)),
-               "halt": int(host_numpy(self.halt.value))}
+        out: dict[str, np.ndarray | int] = {"buf": host_numpy(self.buf.value),
+                                            "count": int(host_numpy(self.count.value)),
+                                            "halt": int(host_numpy(self.halt.value))}
         if self.lbuf is not None:
             out["lbuf"] = host_numpy(self.lbuf.value)
             out["lcount"] = int(host_numpy(self.lcount.value))
@@ -951,7 +963,7 @@ class Recorder:
         # a model whose metrics leave out the loss tracker records no loss (the wrapper writes none)
         tracked = self.lbuf is not None and _index_of(self.model.metrics_variables, self.lbuf) is not None
         w = self.width
-        out = {"buf": buf[:self.chunk, :w], "count": int(buf[self.chunk, H_COUNT]),
+        out: dict[str, np.ndarray | int] = {"buf": buf[:self.chunk, :w], "count": int(buf[self.chunk, H_COUNT]),
                "halt": int(buf[self.chunk, H_HALT])}
         if tracked:  # per row: its step's loss, and how many losses the tracker took in that step
             out["lrow"], out["ltaken"] = buf[:self.chunk, w], buf[:self.chunk, w + 1]
