@@ -276,7 +276,7 @@ def _agreement(records: list[dict], judged: dict[int, dict], backends: list[str]
 
 
 def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None) -> list[str]:
-    """The README-ready table: one row per backend."""
+    """The summary table (benchmarks/results/detection.md, shown on the docs' detection page): one row per backend."""
     out = ["## Summary (per backend)", "",
            "| backend | healthy runs failing (any check) | pathologies | lowest detection with the right cause "
            "| first suggested fix resolves (all pathologies with a replayable fix) |",

@@ -1,4 +1,4 @@
-"""Does a short run's stability margin predict that training goes unstable later?  (issue 11)
+"""Does a short run's stability margin predict that training goes unstable later?
 
 For each configuration (pathology scenarios, their fixed twins, and learning-rate sweeps of healthy
 models whose warm-up keeps raising the learning rate after the short run ends), and each seed:

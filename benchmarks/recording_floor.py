@@ -1,6 +1,6 @@
 """What the per-step statistics cost on their own, whoever computes them: the floor under the recording's overhead.
 
-The issue asks for, per optimizer step and on the device: the global and per-variable gradient norms, the
+The plugin records, per optimizer step and on the device: the global and per-variable gradient norms, the
 relative update ``|Δw| / |w|`` per variable, and finiteness of the loss, gradients, weights and optimizer
 state.  This script times one training step of the overhead benchmark's models (``overhead.py``: the
 32-64-64-1 MLP and the small convnet, Adam, batch 32) as Keras' own ``train_step`` runs it, with no plugin,

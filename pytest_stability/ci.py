@@ -1,5 +1,5 @@
 """Where CI users look: the options and wiring of TensorBoard logs, GitHub annotations and Markdown,
-GPUs under pytest-xdist, and progress lines (issue 12).
+GPUs under pytest-xdist, and progress lines.
 
 ``plugin.py`` calls :func:`addoption`, :func:`prepare` (every problem returned,
 for the run's one usage error), :func:`register` and, from

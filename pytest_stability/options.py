@@ -30,7 +30,7 @@ from typing import Any
 from .report.baseline import TOLERANCE_DEFAULTS  # light: math only
 from .thresholds import CHECK_NAMES, Thresholds
 
-#: Threshold defaults live on checks.base.Thresholds (the calibrated values).
+#: Threshold defaults live on pytest_stability.thresholds.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")
 #: The default ceiling on ``steps`` (``max_steps``).

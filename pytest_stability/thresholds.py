@@ -9,14 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-#: The four checks, in report order: the one list of their names (options, marker ``checks=``,
+#: The five checks, in report order: the one list of their names (options, marker ``checks=``,
 #: messages, JSON).  ``pytest_stability.checks.CHECKS`` maps these names to their functions.
 CHECK_NAMES: tuple[str, ...] = ("loss_spike", "nonfinite", "grad_norm", "val_loss", "stuck")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The limits the checks apply.  Defaults are the calibrated ones (README)."""
+    """The limits the checks apply.  Defaults are the calibrated ones (docs/detection.md: how they were chosen)."""
 
     spike_window: int = 50
     spike_zscore: float = 8.0

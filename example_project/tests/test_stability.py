@@ -39,10 +39,9 @@ def test_known_unstable_schedule_is_detected(stability):
     """A known-unstable configuration, kept as a regression test of the detector.
 
     check=False: the run is expected to be unstable, so the test asserts that it is (and where),
-    instead of failing on it.  The peak is 7: at 5 the jump was caught on TensorFlow but, after the
-    what-if replay was made bit-exact on JAX and PyTorch (their data order changed), the JAX run and the
-    H100 runs under JAX and PyTorch stayed just below the spike rules (largest spike 3.4-3.6x, not
-    confirmed), so the same file did not pass on every backend.  whatif=True: the same fit is re-run with the
+    instead of failing on it.  The peak is 7: at 5 the jump is caught on TensorFlow, but the JAX run and the
+    H100 runs under JAX and PyTorch stay just below the spike rules (largest spike 3.4-3.6x, not
+    confirmed), so the same file would not pass on every backend.  whatif=True: the same fit is re-run with the
     suggested fix applied before the failure, and the report says whether it works.
     """
     model = convnet_classifier()

@@ -82,7 +82,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
             if steps:
                 series.append((i, run, steps, values))
         # Log scale only for data that can take it: some finite value, and every finite value > 0
-        # (a loss that is NaN or <= 0 from step 0 used to abort every plot: "Data cannot be log-scaled").
+        # (matplotlib refuses to log-scale a loss that is NaN or <= 0 from step 0: "Data cannot be log-scaled").
         finite = [v for _, _, _, values in series for v in values if not math.isnan(v)]
         log = bool(finite) and all(v > 0 for v in finite)
         for i, run, steps, values in series:

@@ -142,7 +142,7 @@ def test_param(stability, lr):
     stability.train(build(lr), X, Y, batch_size=16)
 ''',
     # the loss is NaN from step 0 (NaN in the first batch): its plot has nothing to log-scale.  Named to sort
-    # before test_healthy: such a plot used to abort every plot after it ("Data cannot be log-scaled").
+    # before test_healthy: such a plot must not abort the plots after it ("Data cannot be log-scaled").
     "nan_from_start": '''
 
 @pytest.mark.stable_training(steps=10)

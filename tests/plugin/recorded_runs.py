@@ -1,8 +1,8 @@
 """Recorded training runs: report tests replay real training instead of training again.
 
 A report test (JSON, JUnit, GitHub, TensorBoard, plots, baseline, terminal, xdist merging) checks what the
-plugin makes of a run, not the run itself; yet each of its pytester runs used to train its models afresh, which
-was most of the suite's time.  Here the training engine's result for such a test is recorded once, from real
+plugin makes of a run, not the run itself; training its models afresh in each of its pytester runs would be
+most of the suite's time.  Here the training engine's result for such a test is recorded once, from real
 training of the very test source the test runs, committed (``recorded/GROUP.json``), and replayed::
 
     pytester.runpytest("-p", "recorded_runs", "--recorded-runs=scenarios", ...)   # recorded.args("scenarios")

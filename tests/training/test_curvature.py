@@ -51,7 +51,7 @@ def test_fixed_twin(stability):
     # read-backs every 6 epochs of 8 steps (a chunk of 50 steps never crosses more than one buffer), and at the end
     assert info["steps"] == [48, 96, 100] and info["kind"] == "hessian" and info["rule"] == "gd"
     # above 1 while the run is stable (its learning-rate margin is 1.41x): one minibatch's Hessian is sharper
-    # than the full batch's (README: the minibatch caveat)
+    # than the full batch's (docs/whatif-and-margins.md: the caveat on the minibatch Hessian)
     assert 1.0 < edge["summary"]["eos_ratio"] < 1.1
     # the same Hessian, a tenth of the learning rate: a tenth of the ratio, ten times the margin
     assert twin["summary"]["eos_ratio"] == pytest.approx(edge["summary"]["eos_ratio"] / 10, rel=1e-3)

@@ -1,4 +1,4 @@
-"""Issue 10 on real training: a dead start is caught without validation data, and an Adam late blow-up is
+"""On real training: a dead start is caught without validation data, and an Adam late blow-up is
 headlined as second-moment collapse (epsilon / amsgrad), not as a gradient explosion."""
 
 from __future__ import annotations

@@ -383,7 +383,7 @@ def test_a_run_that_comes_back_down_and_ends_flat_is_not_stuck():
     assert f.evidence["stuck"] is False and "stuck" not in f.message
 
 
-# -- val_loss judged against its own noise (issue 10) ---------------------------
+# -- val_loss judged against its own noise ---------------------------------------
 
 def _bn_seed0_val():
     # the raw validation curve of benchmarks/scenarios.py bn_small_batch, seed 0 (measured with this worktree's
@@ -443,7 +443,7 @@ def test_val_batchnorm_small_batch_curve_still_fails():
     assert r.failed and r.findings[0].step >= 260
 
 
-# -- stuck: dead from the first step, and variables that never learn (issue 10) -----
+# -- stuck: dead from the first step, and variables that never learn ---------------
 
 from pytest_stability.checks.stuck import check_stuck  # noqa: E402
 

@@ -370,7 +370,7 @@ def test_adam_second_moment_needs_small_gradients_before_the_burst(burst, seed):
         assert f.evidence["cause_key"] != "adam_second_moment", f.cause
 
 
-# -- the runs, as traces --------------------------------------------------------------
+# -- recorded runs, as traces -----------------------------------------------------------------
 
 
 def test_early_adam_blow_up_quotes_the_loss_at_step_0_and_lowers_the_rate_first():
