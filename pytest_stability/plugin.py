@@ -41,7 +41,7 @@ from .session import (
 )
 
 DEFAULTS_KEY = pytest.StashKey[Any]()
-CLI_VALUES_KEY = pytest.StashKey[dict]()
+CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
 #: "ExceptionType: message" of a stability test's failed call phase (for its record's ``error``)
 CALL_FAILURE_KEY = pytest.StashKey[str]()
 NEVER_TRAINED = "is marked stable_training but never called stability.train(model, x, y)"

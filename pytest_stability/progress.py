@@ -77,7 +77,7 @@ def shown(config: Any) -> bool:
     if config.pluginmanager.get_plugin("terminalreporter") is None:
         return False
     verbosity = config.get_verbosity()
-    not_captured = config.getoption("capture", None) == "no"
+    not_captured: bool = config.getoption("capture", None) == "no"
     return verbosity >= 1 or (not_captured and verbosity >= 0)
 
 

@@ -200,7 +200,8 @@ class StabilitySession:
     # -- the JSON document (default implementation of the hook) ------------------
 
     @pytest.hookimpl(trylast=True)
-    def pytest_stability_generate_json(self, config: pytest.Config, records: list) -> dict | None:
+    def pytest_stability_generate_json(self, config: pytest.Config,
+                                       records: list[dict[str, Any]]) -> dict[str, Any] | None:
         from .report import json_report
 
         return json_report.build_document(

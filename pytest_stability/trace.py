@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ._floats import decode_float, encode_float  # noqa: F401  (re-exported: checks and reports use them)
+# re-exported: checks and reports use them
+from ._floats import decode_float as decode_float
+from ._floats import encode_float as encode_float
 
 # Bits of Trace.nonfinite: which quantity was NaN/Inf at a step.
 LOSS = 1

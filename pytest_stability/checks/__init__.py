@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
 from ..thresholds import CHECK_NAMES
 from ..trace import Trace
@@ -115,7 +116,7 @@ def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds
     ran = [(label, r) for label, r in results if r.status != SKIPPED]
     status = FAILED if findings else (PASSED if ran else SKIPPED)
     detail = "; ".join(f"{label}: {r.detail}" for label, r in results if r.detail)
-    stats: dict = {}
+    stats: dict[str, Any] = {}
     for _label, r in ran:  # the headline statistics: the largest of the views'
         for k, v in r.stats.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and (

@@ -75,7 +75,7 @@ def _baseline(record: Mapping[str, Any]) -> str:
 
 
 def _label(record: Mapping[str, Any]) -> str:
-    verdict = record.get("verdict", "error")
+    verdict: str = record.get("verdict", "error")
     if verdict == "stable" and regressed(record):
         return "❌ regressed"
     return _VERDICT.get(verdict, verdict)

@@ -200,7 +200,8 @@ def headline(record: Mapping[str, Any]) -> str:
     for call in record.get("calls") or []:
         base = call.get("baseline") or {}
         if base.get("failed") and base.get("regressions"):
-            return "baseline: " + base["regressions"][0]
+            first: str = base["regressions"][0]
+            return "baseline: " + first
     run = _primary(record)
     if run is None:
         return ""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._floats import fmt  # noqa: F401  (re-exported)
+from .._floats import fmt as fmt  # re-exported
 
 BARS = "▁▂▃▄▅▆▇█"
 NONFINITE_MARK = "×"

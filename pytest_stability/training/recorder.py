@@ -133,7 +133,7 @@ class Recorder:
         #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
         self.recording_loss = True
         self._patched: list[tuple[Any, str, Any]] = []
-        self._added: list[tuple[list, Any]] = []
+        self._added: list[tuple[list[Any], Any]] = []
         self.loss_bad = None
         #: check every input batch for NaN/Inf on the device, in the step (pipelines: arrays are checked
         #: on the host before training); not under a distribution strategy, where each replica sees a shard
@@ -142,7 +142,7 @@ class Recorder:
         self.built = False
         #: JAX, while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
         #: losses the loss tracker took (see _train_step_wrapper)
-        self._jax_step: tuple | None = None
+        self._jax_step: tuple[Any, Any, Any] | None = None
         self._loss_calls = 0
         # PyTorch needs none: its host runs no step past the planned ones or after a non-finite one
         self.rate = None if self.backend == "torch" else self._rate_variable()
@@ -352,7 +352,7 @@ class Recorder:
 
         return stateless_train_step
 
-    def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
+    def _variable(self, value: Any, dtype: str, name: str, owner_list: list[Any] | None) -> Any:
         name += self._suffix
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
             with self.model.distribute_strategy.scope():
@@ -397,10 +397,10 @@ class Recorder:
         # m and v of each variable) are shared out among the variables of that shape, whichever owns which
         # (the check is of all the state at once); the rest (the step counter, scalars) is summed on its own
         self.slots: list[list[int]] = [[] for _ in tvars]
-        by_shape: dict[tuple, list[int]] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, v in enumerate(tvars if self.stateless else ()):
             by_shape.setdefault(tuple(v.shape), []).append(k)
-        turn: dict[tuple, int] = {}
+        turn: dict[tuple[int, ...], int] = {}
         for j, v in enumerate(self.state_vars if self.stateless else ()):
             owners = by_shape.get(tuple(v.shape))
             if not owners:
