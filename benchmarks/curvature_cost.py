@@ -4,8 +4,9 @@ The same model, data, seed and steps (the default 200 steps, read-backs every 50
 the default ``curvature_points=4``), on the models of ``overhead.py`` (an MLP and a small conv net,
 Adam), fresh per run, interleaved over ``--reps`` repetitions after one discarded warm-up run of each
 (the first run in a process pays one-time costs: PyTorch's first double backward took ~5 s); medians of
-the *cold* time (the whole ``engine.train`` call, compilation included: what one test pays).  Also the seconds the measurements
-themselves took (``trace.info["curvature"]["seconds_total"]``) and the Lanczos products per measurement.
+the *cold* time (the whole ``engine.train`` call, compilation included: what one test pays).  Also the
+seconds the measurements themselves took (``trace.info["curvature"]["seconds_total"]``) and the Lanczos
+products per measurement.
 
 Usage::
 
@@ -71,8 +72,9 @@ def one_backend(args) -> dict:
                     products.extend(iters)
             print(f"[{backend}] {kind}: repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
         med = {v: statistics.median(walls[v]) for v in VARIANTS}
-        rows.append({"backend": backend, "device": device, "model": kind, **med, "ratio": med["curvature"] / med["plain"],
-                     "measuring": statistics.median(spent), "products": f"{min(products)}-{max(products)}"})
+        rows.append({"backend": backend, "device": device, "model": kind, **med,
+                     "ratio": med["curvature"] / med["plain"], "measuring": statistics.median(spent),
+                     "products": f"{min(products)}-{max(products)}"})
     return {"backend": backend, "keras": keras.__version__, "rows": rows}
 
 

@@ -258,7 +258,7 @@ def _agreement(records: list[dict], judged: dict[int, dict], backends: list[str]
         mine = {k: v for k, v in pairs.items() if group is None or k[0] == group}
         same_fail = same_all = 0
         odd = []
-        for (g, name, seed), per in sorted(mine.items()):
+        for (_group, name, seed), per in sorted(mine.items()):
             verdicts = [_verdict(per[b]) for b in backends]
             a = len({v[0] for v in verdicts}) == 1
             b = len(set(verdicts)) == 1
@@ -266,7 +266,7 @@ def _agreement(records: list[dict], judged: dict[int, dict], backends: list[str]
             same_all += b
             if not b:
                 odd.append(f"{name}/{seed} (" + ", ".join(f"{bk}: {'fail ' + v[1] if v[0] else 'pass'}"
-                                                           for bk, v in zip(backends, verdicts)) + ")")
+                                                           for bk, v in zip(backends, verdicts, strict=True)) + ")")
         label = group or "all"
         shown = "; ".join(odd[:12]) + (f"; and {len(odd) - 12} more" if len(odd) > 12 else "")
         out.append(f"| {label} | {len(mine)} | {_pct(same_fail, len(mine))} | {_pct(same_all, len(mine))} | "
@@ -276,7 +276,7 @@ def _agreement(records: list[dict], judged: dict[int, dict], backends: list[str]
 
 
 def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None) -> list[str]:
-    """The README-ready table: one row per backend."""
+    """The summary table (benchmarks/results/detection.md, shown on the docs' detection page): one row per backend."""
     out = ["## Summary (per backend)", "",
            "| backend | healthy runs failing (any check) | pathologies | lowest detection with the right cause "
            "| first suggested fix resolves (all pathologies with a replayable fix) |",

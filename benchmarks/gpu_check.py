@@ -52,7 +52,8 @@ def plugin_args() -> list[str]:
 
 
 def gpu_seen(backend: str) -> str | None:
-    code = {"jax": "import jax; d=[x for x in jax.devices() if x.platform=='gpu']; print(d[0].device_kind if d else '')",
+    code = {"jax": "import jax; d=[x for x in jax.devices() if x.platform=='gpu']; "
+                   "print(d[0].device_kind if d else '')",
             "torch": "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"}[backend]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     name = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""

@@ -89,7 +89,7 @@ def collect_overhead(reps: int) -> tuple[float, float, float]:
             pair = [(with_plugin, base), (without, base + ["-p", "no:stability"])]
             for bucket, args in (pair if rep % 2 == 0 else pair[::-1]):
                 bucket.append(_run(args, root))
-        diffs = [(a - b) * 1000 for a, b in zip(with_plugin, without)]
+        diffs = [(a - b) * 1000 for a, b in zip(with_plugin, without, strict=True)]
         return statistics.median(with_plugin) * 1000, statistics.median(without) * 1000, statistics.median(diffs)
 
 

@@ -1,4 +1,4 @@
-"""Does a short run's stability margin predict that training goes unstable later?  (issue 11)
+"""Does a short run's stability margin predict that training goes unstable later?
 
 For each configuration (pathology scenarios, their fixed twins, and learning-rate sweeps of healthy
 models whose warm-up keeps raising the learning rate after the short run ends), and each seed:
@@ -28,8 +28,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -75,7 +76,8 @@ def _adam(width: int, lr: float, epsilon: float, amsgrad: bool = False) -> Calla
     """The detection benchmark's full-batch Adam family (collapse, periodic spikes, and their fixes)."""
     def make(seed: int) -> S.Scenario:
         sc = S._adam_collapse(seed, width=width, lr=lr, epsilon=epsilon, amsgrad=amsgrad,
-                              name=f"adam_w{width}_lr{lr:g}_eps{epsilon:g}{'_ams' if amsgrad else ''}", pathology="sweep")
+                              name=f"adam_w{width}_lr{lr:g}_eps{epsilon:g}{'_ams' if amsgrad else ''}",
+                              pathology="sweep")
         sc.steps = 300
         sc.spec_overrides = {"readback_every": 100}
         return sc
@@ -123,8 +125,8 @@ def _eos(trace: Any) -> float | None:
 
 def auc(scores: list[float], labels: list[bool]) -> float | None:
     """ROC AUC of ``scores`` (higher = predicted unstable) for ``labels``; ties count half (Mann-Whitney)."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
     if not pos or not neg:
         return None
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             first = min(bad, key=lambda f: f.step) if bad else None
             rows.append({"config": name, "seed": seed, "short_steps": sc.steps, "short_failed": failed_short,
                          "lr_margin": float(margin.get("value", float("nan"))), "eos": _eos(short.result.trace),
-                         "long_unstable": bool(bad), "long_first": f"{first.check} at step {first.step}" if first else "",
+                         "long_unstable": bool(bad),
+                         "long_first": f"{first.check} at step {first.step}" if first else "",
                          "seconds": t_short + t_long})
             r = rows[-1]
             print(f"  {name} seed {seed}: short {r['short_failed'] or 'passed'}, lr margin {r['lr_margin']:.3g}, "

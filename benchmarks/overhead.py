@@ -179,7 +179,8 @@ def one_backend(args) -> dict:
 
 def table(results: list[dict], args) -> str:
     cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
-    lines = [f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} --readback {args.readback}{cpus}` "
+    lines = [f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} "
+             f"--readback {args.readback}{cpus}` "
              f"on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of "
              f"{args.reps} interleaved repetitions; fresh model per run; *steady* = epochs 2.. "
              f"(64 steps each) to the end of training, *cold* = the whole call incl. compilation (and the "

@@ -1,6 +1,6 @@
 """What the per-step statistics cost on their own, whoever computes them: the floor under the recording's overhead.
 
-The issue asks for, per optimizer step and on the device: the global and per-variable gradient norms, the
+The plugin records, per optimizer step and on the device: the global and per-variable gradient norms, the
 relative update ``|Δw| / |w|`` per variable, and finiteness of the loss, gradients, weights and optimizer
 state.  This script times one training step of the overhead benchmark's models (``overhead.py``: the
 32-64-64-1 MLP and the small convnet, Adam, batch 32) as Keras' own ``train_step`` runs it, with no plugin,
@@ -96,7 +96,7 @@ def _jax_stats(level: str, form: str, grads, before, after, state_after, width: 
     elif level in ("var_gnorm", "update", "state"):
         owners = _slot_owners(before, state_after) if level == "state" else None
         per_var = []
-        for k, (g, b, a) in enumerate(zip(grads, before, after)):
+        for k, (g, b, a) in enumerate(zip(grads, before, after, strict=True)):
             rows = [jnp.square(g.astype(f32)).ravel()]
             if level in ("update", "state"):
                 bf = b.astype(f32).ravel()

@@ -60,9 +60,10 @@ Every scenario runs on every Keras backend (the full-batch ones feed a
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -416,7 +417,7 @@ def noisy_small_batch(seed: int) -> Scenario:
                     batch_size=8, spec_overrides={"readback_every": 100, "validate_every": 25})
 
 
-# -- issue 10: dead from the start, slingshot, a lone hard batch, more healthy families -------------
+# -- dead from the start, slingshot, a lone hard batch, more healthy families ----------------------
 
 
 def dead_start(seed: int) -> Scenario:
@@ -613,7 +614,7 @@ def small_transformer(seed: int) -> Scenario:
                     batch_size=32, spec_overrides={"validate_every": 25})
 
 
-#: the scenarios added for issue 10 (dead start, slingshot; a lone hard batch and 10 more healthy families).
+#: the second set of scenarios (dead start, slingshot; a lone hard batch and 10 more healthy families).
 NEW_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"dead_start": dead_start, "slingshot": slingshot}
 NEW_HEALTHY: dict[str, Callable[[int], Scenario]] = {
     "hard_batch": hard_batch, "small_val_set": small_val_set, "tiny_batches": tiny_batches,

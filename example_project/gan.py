@@ -63,12 +63,12 @@ if BACKEND == "tensorflow":
             with tf.GradientTape() as tape:
                 d_loss = self.loss_fn(labels, self.discriminator(combined))
             grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-            self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
+            self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights, strict=True))
             z = keras.random.normal((batch, LATENT), seed=self.seed_generator)
             with tf.GradientTape() as tape:
                 g_loss = self.loss_fn(tf.zeros((batch, 1)), self.discriminator(self.generator(z)))
             grads = tape.gradient(g_loss, self.generator.trainable_weights)
-            self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights))
+            self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights, strict=True))
             self.d_loss_tracker.update_state(d_loss)
             self.g_loss_tracker.update_state(g_loss)
             return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
@@ -136,16 +136,16 @@ else:
                                  (self.non_trainable_variables, state["non_trainable_variables"]),
                                  (self._optimizer_variables(), state["optimizer_variables"]),
                                  (self.metrics_variables, state["metrics_variables"])):
-                for ref, value in zip(refs, values):
+                for ref, value in zip(refs, values, strict=True):
                     ref.assign(value)
             self._jax_state_synced = True
 
         def _loss(self, net_values, other_values, seed_values, which, real):
             batch = real.shape[0]
             d_values, g_values = (net_values, other_values) if which == "d" else (other_values, net_values)
-            mapping = (list(zip(self.discriminator.trainable_variables, d_values))
-                       + list(zip(self.generator.trainable_variables, g_values))
-                       + list(zip(self.non_trainable_variables, seed_values)))
+            mapping = (list(zip(self.discriminator.trainable_variables, d_values, strict=True))
+                       + list(zip(self.generator.trainable_variables, g_values, strict=True))
+                       + list(zip(self.non_trainable_variables, seed_values, strict=True)))
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 z = keras.random.normal((batch, LATENT), seed=self.seed_generator)
                 if which == "d":
@@ -156,7 +156,7 @@ else:
                 else:
                     loss = self.loss_fn(keras.ops.zeros((batch, 1)), self.discriminator(self.generator(z)))
             seeds = [scope.get_current_value(v) if scope.get_current_value(v) is not None else s
-                     for v, s in zip(self.non_trainable_variables, seed_values)]
+                     for v, s in zip(self.non_trainable_variables, seed_values, strict=True)]
             return loss, seeds
 
         def train_step(self, state, real):

@@ -1,5 +1,5 @@
 """Where CI users look: the options and wiring of TensorBoard logs, GitHub annotations and Markdown,
-GPUs under pytest-xdist, and progress lines (issue 12).
+GPUs under pytest-xdist, and progress lines.
 
 ``plugin.py`` calls :func:`addoption`, :func:`prepare` (every problem returned,
 for the run's one usage error), :func:`register` and, from
@@ -166,7 +166,8 @@ class _ControllerPlugin:
 
 
 def early_worker_setup(early_config: pytest.Config) -> None:
-    """From ``pytest_load_initial_conftests``: an xdist worker's GPU environment, before any conftest imports a framework."""
+    """From ``pytest_load_initial_conftests``: an xdist worker's GPU environment, before any conftest imports a
+    framework."""
     xdist_gpus.configure_worker_environment(early_config)
 
 

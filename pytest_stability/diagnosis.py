@@ -120,7 +120,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -224,7 +224,8 @@ def series(trace: Trace, of: str) -> np.ndarray | None:
     if of.startswith("opt."):
         return trace.opt_stats.get(of[4:])
     if of in ("loss", "grad_norm", "update_ratio", "lr"):
-        return getattr(trace, of)
+        arr: np.ndarray | None = getattr(trace, of)
+        return arr
     raise ValueError(f"unknown series {of!r}")
 
 
@@ -277,6 +278,8 @@ def _g(x: Any) -> str:
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
+_V = TypeVar("_V")
+
 
 class Quotes:
     """The numbers one diagnosis quotes, each with the recipe that computed it from ``trace``.
@@ -289,7 +292,7 @@ class Quotes:
         self.trace = trace
         self.q: dict[str, dict[str, Any]] = {}
 
-    def _put(self, name: str, value: Any, **recipe: Any) -> Any:
+    def _put(self, name: str, value: _V, **recipe: Any) -> _V:
         self.q[name] = {"value": value, **recipe}
         return value
 
@@ -346,7 +349,8 @@ class Quotes:
         """``fn`` (``pow10``, ``pow10_floor``, ``round2``, ``exp``, ``nearest_int``, ``log``) of one quote."""
         x = self[part]
         fns: dict[str, Callable[[float], float]] = {
-            "pow10": pow10, "pow10_floor": pow10_floor, "round2": round2, "exp": lambda v: math.exp(v) if v < 700 else math.inf,
+            "pow10": pow10, "pow10_floor": pow10_floor, "round2": round2,
+            "exp": lambda v: math.exp(v) if v < 700 else math.inf,
             "nearest_int": lambda v: float(round(v)), "log": lambda v: math.log(v) if v > 0 else math.nan}
         v = fns[fn](x) if math.isfinite(x) else math.nan
         return self._put(name, v, kind="derived", fn=fn, parts=[part])
@@ -354,11 +358,11 @@ class Quotes:
     def smaller(self, name: str, a: str, b: str) -> float:
         """The smaller of two quotes (a factor capped at a rule's default)."""
         x, y = self[a], self[b]
-        v = min(x, y) if math.isfinite(x) and math.isfinite(y) else (y if math.isfinite(y) else x)
+        v: float = min(x, y) if math.isfinite(x) and math.isfinite(y) else (y if math.isfinite(y) else x)
         return self._put(name, v, kind="min", parts=[a, b])
 
     # facts
-    def setting(self, name: str, key: str, value: Any) -> Any:
+    def setting(self, name: str, key: str, value: _V) -> _V:
         """An optimizer setting as ``trace.info["optimizer_config"]`` records it."""
         return self._put(name, value, kind="setting", key=key)
 
@@ -385,7 +389,7 @@ class Quotes:
         q = self.q[name]
         kind, v = q["kind"], q["value"]
         if kind == "text":
-            return v
+            return str(v)
         if kind in ("step", "count"):
             return str(int(v))
         if kind == "series":
@@ -490,8 +494,8 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
         dx = rule(f, trace, q, context)
         fixes = _direction_safe(dx.fixes, trace, context)
         texts = [q.render(fx.template) for fx in fixes]
-        fix_text = ", or ".join(t for t, fx in zip(texts, fixes) if not fx.note)
-        fix_text = "; ".join([fix_text] * bool(fix_text) + [t for t, fx in zip(texts, fixes) if fx.note])
+        fix_text = ", or ".join(t for t, fx in zip(texts, fixes, strict=True) if not fx.note)
+        fix_text = "; ".join([fix_text] * bool(fix_text) + [t for t, fx in zip(texts, fixes, strict=True) if fx.note])
         evidence = {
             **dict(f.evidence),
             "cause_key": dx.key,
@@ -499,7 +503,7 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
             "quotes": q.to_dict(),
             "templates": {"cause": dx.cause, "fixes": [fx.template for fx in fixes]},
             "fixes": [{"text": t, "config": dict(fx.config) if fx.config else None, "note": fx.note}
-                      for t, fx in zip(texts, fixes)],
+                      for t, fx in zip(texts, fixes, strict=True)],
             "fix_configs": [dict(fx.config) for fx in fixes if fx.config],
             "settings": dict(settings),
         }
@@ -531,7 +535,8 @@ def _finite(a: np.ndarray | None) -> np.ndarray:
     if a is None:
         return np.zeros(0)
     a = np.asarray(a, dtype=np.float64)
-    return a[np.isfinite(a)]
+    finite: np.ndarray = a[np.isfinite(a)]
+    return finite
 
 
 def _median(a: np.ndarray | None) -> float:
@@ -752,7 +757,7 @@ def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], 
 
 # -- rules ---------------------------------------------------------------------
 
-Rule = Callable[[Finding, Trace, Quotes, list], Dx]
+Rule = Callable[[Finding, Trace, Quotes, list[Finding]], Dx]
 
 
 def _epsilon_underflow(f: Finding, trace: Trace, q: Quotes, start: int) -> Dx | None:
@@ -907,7 +912,7 @@ def _tail_quotes(q: Quotes, trace: Trace, step: int) -> float:
     return q.over("stuck_level", "loss", "median", a, n - 1)
 
 
-def _event(f: Finding, trace: Trace, q: Quotes, findings: list, what: str, *, explosion: bool) -> Dx:
+def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: str, *, explosion: bool) -> Dx:
     """The shared decision list of ``loss_spike`` and ``grad_norm`` (see the module docstring)."""
     opt, cfg = _optimizer(trace)
     start = int(f.evidence.get("start", f.step))
@@ -994,7 +999,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list, what: str, *, ex
     return Dx("lr_too_high", LIKELY if too_fast else UNCERTAIN, cause, fixes)
 
 
-def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     start = int(f.evidence.get("start", f.step))
     q.step("step", f.step)
     q.at("loss_at_spike", "loss", f.step)
@@ -1006,7 +1011,7 @@ def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
     return _event(f, trace, q, findings, what, explosion=False)
 
 
-def _grad_norm(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+def _grad_norm(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     q.step("step", f.step)
     if trace.grad_norm is None:
         return Dx("gradient_explosion", UNCERTAIN, "the gradient norm crossed its limit", [])
@@ -1022,7 +1027,7 @@ def _grad_norm(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
     return _event(f, trace, q, findings, what, explosion=True)
 
 
-def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     opt, cfg = _optimizer(trace)
     step = q.step("step", f.step)
     if f.kind == "input" or f.evidence.get("input_nonfinite"):
@@ -1047,17 +1052,18 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
         if quantities and not ({"loss", "gradients"} & set(quantities)):
             q.at("loss_at", "loss", 0)
             q.text("optimizer", opt or "the optimizer")
-            cause = ("the loss {loss_at} and the gradients of step {step} were finite, its update made the {quantities} "
-                     "NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the variables' dtype, a "
-                     "NaN/Inf learning rate or schedule, a custom optimizer or constraint), not the data")
+            cause = ("the loss {loss_at} and the gradients of step {step} were finite, its update made the "
+                     "{quantities} NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the "
+                     "variables' dtype, a NaN/Inf learning rate or schedule, a custom optimizer or constraint), not "
+                     "the data")
             return Dx("update_nonfinite", LIKELY, cause,
-                      [Fix("check {optimizer}'s settings: a learning rate or schedule that is finite from the first step, "
-                           "an epsilon the variables' dtype can hold; keep variables in float32 "
+                      [Fix("check {optimizer}'s settings: a learning rate or schedule that is finite from the "
+                           "first step, an epsilon the variables' dtype can hold; keep variables in float32 "
                            "('mixed_float16' rather than 'float16')")])
         return Dx("nonfinite_at_start",
                   LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
-                  "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have caused it; "
-                  "the forward pass or the loss produced it from the initial weights and the first batch",
+                  "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have "
+                  "caused it; the forward pass or the loss produced it from the initial weights and the first batch",
                   [Fix("check the initialisation (a custom initializer, weights loaded from a file), the data "
                        "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
                        "(log(0), 0/0, sqrt of a negative) in the model or the loss")])
@@ -1119,7 +1125,7 @@ def _diverged(q: Quotes, trace: Trace, step: int) -> tuple[bool, str | None]:
     return _ok(lg, GROWTH_BEFORE_NAN) or _ok(gg, GROWTH_BEFORE_NAN), src
 
 
-def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     _, cfg = _optimizer(trace)
     ev = f.evidence
     step = q.step("step", f.step)
@@ -1220,14 +1226,14 @@ def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
     return Dx("labels_no_signal", LIKELY,
               "the loss sits at {level}, the cross-entropy of predicting the class prior of {classes} balanced "
               "classes (ln {classes} = {ln_classes}), and never fell clearly below it ({lowest_median}): the model "
-              "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels shuffled apart from their "
-              "inputs), or the inputs never reach the output",
+              "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels "
+              "shuffled apart from their inputs), or the inputs never reach the output",
               [Fix("train the smoke test on labels that are a function of the inputs, e.g. {smoke_code}, or on one "
                    "small batch the model must fit (its loss should fall far below the prior's); check that x and "
                    "y are shuffled together")])
 
 
-def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     info = trace.info or {}
     n_bn = int(info.get("batchnorm_layers") or 0)
     step = q.step("step", f.step)
@@ -1301,7 +1307,7 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
               [Fix("regularisation (dropout, weight decay), more data, a decaying learning rate, or early stopping")])
 
 
-def _unknown(f: Finding, trace: Trace, q: Quotes, findings: list) -> Dx:
+def _unknown(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     del trace, findings
     q.text("check", f.check)
     return Dx("unknown", UNCERTAIN, "no diagnosis rule for check {check}", [])

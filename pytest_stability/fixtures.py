@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import shlex
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -281,6 +282,7 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
     spec, cli_values = spec_for(request.node)
     skip = None
     state = None
+    message: str | None
     try:
         keras = engine.import_keras()  # first: it says what to install without Keras
         from .training.isolation import ProcessState

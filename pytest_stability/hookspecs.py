@@ -41,7 +41,7 @@ def pytest_stability_run_finished(nodeid: str, report: Any) -> None:
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_stability_generate_json(config: pytest.Config, records: list) -> dict | None:
+def pytest_stability_generate_json(config: pytest.Config, records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Build the JSON report document from the per-test records.
 
     Called only with ``--stability-report`` (or ini ``stability_report``), and
@@ -77,7 +77,7 @@ def pytest_stability_generate_json(config: pytest.Config, records: list) -> dict
 
 
 @pytest.hookspec
-def pytest_stability_update_json(config: pytest.Config, document: dict) -> None:
+def pytest_stability_update_json(config: pytest.Config, document: dict[str, Any]) -> None:
     """Mutate the JSON report document in place before it is written.
 
     Called right after ``pytest_stability_generate_json``, every time the

@@ -22,13 +22,15 @@ import dataclasses
 import math
 import numbers
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .report.baseline import TOLERANCE_DEFAULTS  # light: math only
 from .thresholds import CHECK_NAMES, Thresholds
-#: Threshold defaults live on checks.base.Thresholds (the calibrated values).
+
+#: Threshold defaults live on pytest_stability.thresholds.Thresholds (the calibrated values).
 _T = Thresholds()
 DEVICES = ("auto", "cpu", "gpu")
 #: The default ceiling on ``steps`` (``max_steps``).
@@ -272,18 +274,23 @@ OPTIONS: tuple[Option, ...] = (
     _int_option("seed", 0, 0, "random seed (weights, data order, dropout); replay a failure with it"),
     _int_option("seeds", 1, 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
     Option("device", _choice(*DEVICES), _word_text(_choice(*DEVICES)), "auto",
-           "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu (skip without one)"),
+           "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu "
+           "(skip without one)"),
     _int_option("validate_every", 1, 25, "evaluate the validation loss every N optimizer steps"),
-    _int_option("readback_every", 1, 50, "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps"),
+    _int_option("readback_every", 1, 50, "steps per compiled chunk: traces are read back (and a NaN stops training) "
+                "every N steps"),
     Option("checks", _checks, _word_text(_checks), CHECK_NAMES,
            "comma-separated checks to run: " + ",".join(CHECK_NAMES)),
-    _bool_option("diagnostics", False, "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed"),
-    _bool_option("deterministic", True, "seed everything and enable TensorFlow op determinism so the same seed gives the same trace"),
-    _bool_option("jit_compile", False, "unused since training runs model.fit: the model's own compile(jit_compile=...) decides (kept so existing settings stay valid)"),
+    _bool_option("diagnostics", False, "record optimizer-state statistics (Adam second moment) for diagnosis; "
+                 "costs a little speed"),
+    _bool_option("deterministic", True, "seed everything and enable TensorFlow op determinism so the same seed "
+                 "gives the same trace"),
+    _bool_option("jit_compile", False, "unused since training runs model.fit: the model's own "
+                 "compile(jit_compile=...) decides (kept so existing settings stay valid)"),
     _bool_option("shuffle", True, "shuffle array inputs each pass (seeded)"),
-    _bool_option("margin", False, "after a stable run, search its learning-rate stability margin: continue the same fit "
-                 "from its end state with the learning rate x 2, 4, 8... (then bisected) and report the largest factor "
-                 "that stays stable"),
+    _bool_option("margin", False, "after a stable run, search its learning-rate stability margin: continue the "
+                 "same fit from its end state with the learning rate x 2, 4, 8... (then bisected) and report the "
+                 "largest factor that stays stable"),
     _int_option("margin_steps", 1, 50, "margin: steps each learning-rate probe trains"),
     _float_option("margin_max_factor", 16.0, "margin: the largest learning-rate factor searched", 1, strict=True),
     _float_option("min_margin", None, "margin: fail the test when its learning-rate margin is below this factor "
@@ -294,29 +301,44 @@ OPTIONS: tuple[Option, ...] = (
     _int_option("curvature_points", 1, 4, "curvature: measurements per run, at the first read-backs at or after "
                 "evenly spaced steps (the last at the end)"),
     _int_option("curvature_iterations", 2, 20, "curvature: Lanczos iterations (Hessian-vector products) at most per "
-                "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) of an eigenvalue"),
+                "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) "
+                "of an eigenvalue"),
     Option("curvature_batch_size", _optional(_int(1)), _optional_text(_number_text(_int(1), int)), None,
            "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)"),
     _float_option("max_eos_ratio", None, "curvature: fail the test when its edge-of-stability ratio (sharpness / "
                   "the optimizer's limit) exceeds this at any measurement (needs curvature=True)", 0, strict=True,
                   optional=True),
-    _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix applied before the failure and report whether the instability goes away (keeps one host copy of the initial model and optimizer state)"),
-    _int_option("skip_step_window", 2, 128, "what-if: the skip-step guard's window (the latest updates whose gradient norms it weighs a step against)"),
-    _float_option("skip_step_sigmas", 6.0, "what-if: the skip-step guard skips an update whose gradient norm exceeds the window's mean by this many standard deviations", 0, strict=True),
+    _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix "
+                 "applied before the failure and report whether the instability goes away (keeps one host copy of "
+                 "the initial model and optimizer state)"),
+    _int_option("skip_step_window", 2, 128, "what-if: the skip-step guard's window (the latest updates whose "
+                "gradient norms it weighs a step against)"),
+    _float_option("skip_step_sigmas", 6.0, "what-if: the skip-step guard skips an update whose gradient norm "
+                  "exceeds the window's mean by this many standard deviations", 0, strict=True),
     # -- loss_spike
     _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
-    _float_option("spike_zscore", _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike", 0, strict=True),
-    _float_option("spike_ratio", _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1, strict=True),
-    _float_option("spike_min_rise", _T.spike_min_rise, "loss_spike: minimum absolute rise, as a fraction of the initial loss, for a spike", 0, strict=False),
-    _int_option("warmup_steps", 0, _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged (initial transients)"),
+    _float_option("spike_zscore", _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing "
+                  "median that counts as a spike", 0, strict=True),
+    _float_option("spike_ratio", _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1,
+                  strict=True),
+    _float_option("spike_min_rise", _T.spike_min_rise, "loss_spike: minimum absolute rise, as a fraction of the "
+                  "initial loss, for a spike", 0, strict=False),
+    _int_option("warmup_steps", 0, _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged "
+                "(initial transients)"),
     # -- grad_norm
-    _float_option("max_grad_norm", _T.max_grad_norm, "grad_norm: absolute limit on the global gradient norm (default: relative to early training)", 0, strict=True, optional=True),
-    _float_option("grad_growth", _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training reference", 1, strict=True),
+    _float_option("max_grad_norm", _T.max_grad_norm, "grad_norm: absolute limit on the global gradient norm "
+                  "(default: relative to early training)", 0, strict=True, optional=True),
+    _float_option("grad_growth", _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training "
+                  "reference", 1, strict=True),
     # -- val_loss
-    _float_option("val_smoothing", _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)", 0, strict=False, max_value=1),
-    _float_option("val_tolerance", _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above its best, relative", 0, strict=False),
-    _float_option("val_min_delta", _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above its best, absolute", 0, strict=False),
-    _float_option("max_skipped_fraction", _T.max_skipped_fraction, "nonfinite: largest share of the steps a loss-scale optimizer (mixed precision) may skip on overflow", 0, strict=False, max_value=1.0),
+    _float_option("val_smoothing", _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value "
+                  "(0 = no smoothing)", 0, strict=False, max_value=1),
+    _float_option("val_tolerance", _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above "
+                  "its best, relative", 0, strict=False),
+    _float_option("val_min_delta", _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above "
+                  "its best, absolute", 0, strict=False),
+    _float_option("max_skipped_fraction", _T.max_skipped_fraction, "nonfinite: largest share of the steps a "
+                  "loss-scale optimizer (mixed precision) may skip on overflow", 0, strict=False, max_value=1.0),
     # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
     _float_option("baseline_grad_factor", TOLERANCE_DEFAULTS["baseline_grad_factor"],
                   "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
@@ -324,7 +346,7 @@ OPTIONS: tuple[Option, ...] = (
     _float_option("baseline_val_tolerance", TOLERANCE_DEFAULTS["baseline_val_tolerance"],
                   "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
                   "fraction of it", 0, strict=False),
-    _int_option("baseline_extra_spikes", 0, TOLERANCE_DEFAULTS["baseline_extra_spikes"],
+    _int_option("baseline_extra_spikes", 0, int(TOLERANCE_DEFAULTS["baseline_extra_spikes"]),
                 "baseline: loss spikes allowed beyond the baseline's count"),
     _float_option("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"],
                   "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
@@ -391,7 +413,7 @@ class RunSpec:
     max_skipped_fraction: float = _T.max_skipped_fraction
     baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
     baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
-    baseline_extra_spikes: int = TOLERANCE_DEFAULTS["baseline_extra_spikes"]
+    baseline_extra_spikes: int = int(TOLERANCE_DEFAULTS["baseline_extra_spikes"])
     baseline_margin_factor: float = TOLERANCE_DEFAULTS["baseline_margin_factor"]
     #: names whose value came from the test's marker (not CLI/ini/default); not a setting
     from_marker: frozenset[str] = field(default=frozenset(), compare=True)
@@ -402,11 +424,11 @@ class RunSpec:
         return {opt.name: getattr(self, opt.name) for opt in OPTIONS}
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], from_marker: frozenset[str] = frozenset()) -> "RunSpec":
+    def from_values(cls, values: Mapping[str, Any], from_marker: frozenset[str] = frozenset()) -> RunSpec:
         """A spec from ``{name: value}`` (names must be option names; missing ones take their defaults)."""
         return cls(**dict(values), from_marker=frozenset(from_marker))
 
-    def replace(self, **changes: Any) -> "RunSpec":
+    def replace(self, **changes: Any) -> RunSpec:
         """A copy with ``changes`` (option names only)."""
         unknown = set(changes) - set(OPTIONS_BY_NAME)
         if unknown:

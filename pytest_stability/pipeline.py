@@ -7,8 +7,9 @@ lazily: importing this module imports no framework.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Outcome:
 def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     """Run the checks on ``trace`` and diagnose every finding (pure: no framework)."""
     from .checks import run_checks
-    from .diagnosis import diagnose, rank_findings
+    from .diagnosis import rank_findings
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
     results = [type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)
@@ -58,7 +59,7 @@ def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
         elif kind == "optimizer" and label in trace.optimizers:
             view = optimizer_view(trace, label)
         named = view.info.get("optimizer_name") if view is not trace else None
-        for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds)):
+        for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds), strict=True):
             own = findings[i]
             if own.cause and own.fix:  # a check that knows its finding's cause says it (skipped_steps)
                 f = replace(f, cause=own.cause, fix=own.fix, confidence=own.confidence or f.confidence)
@@ -103,13 +104,14 @@ def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) 
     from .checks.base import CheckResult, Finding
 
     if min_margin is None:
-        return CheckResult("margin", "skipped", (), f"{margin['text']} (no min_margin set)", {"lr_margin": margin["value"]})
+        return CheckResult("margin", "skipped", (), f"{margin['text']} (no min_margin set)",
+                           {"lr_margin": margin["value"]})
     value = float(margin["value"])
     if value >= float(min_margin):
         return CheckResult("margin", "passed", (), margin["text"], {"lr_margin": value})
     finding = Finding(check="margin", kind="below_min", step=max(0, steps - 1), value=value, limit=float(min_margin),
-                      message=f"learning-rate stability margin {value:.3g}x is below min_margin {float(min_margin):g}x: "
-                              f"{margin['text']}",
+                      message=f"learning-rate stability margin {value:.3g}x is below min_margin "
+                              f"{float(min_margin):g}x: {margin['text']}",
                       evidence={k: v for k, v in margin.items() if k != "probes"},
                       cause="the run trains close to the edge: a somewhat larger learning rate (or a sharper region "
                             "of the loss later in training) makes it unstable",
@@ -133,7 +135,7 @@ def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> 
     if ratio <= float(max_eos_ratio):
         return CheckResult("curvature", "passed", (), curvature["text"], stats)
     # the first measurement above the limit (the summary's text names the largest ratio)
-    first, step = next((r, s) for r, s in zip(curvature["ratio"], curvature["steps"])
+    first, step = next((r, s) for r, s in zip(curvature["ratio"], curvature["steps"], strict=True)
                        if r is not None and r > float(max_eos_ratio))
     what = "preconditioned sharpness" if curvature.get("kind") == "preconditioned" else "sharpness"
     finding = Finding(check="curvature", kind="above_max", step=max(0, int(step) - 1), value=float(first),

@@ -14,16 +14,34 @@ import pytest
 from . import baseline_gate, ci, hookspecs
 from .fixtures import make_fixture
 from .marker import MARKER_NAME, spec_for_node, validate_markers
-from .options import (MARKER_SIGNATURE, OPTIONS, PATH_SETTINGS, BASELINE_STRICT_HELP, REPLAY_HELP,
-                      OptionValueError, cli_name, ini_name, parse_replay, resolve_config_defaults,
-                      resolve_run_files, usage_message)
+from .options import (
+    BASELINE_STRICT_HELP,
+    MARKER_SIGNATURE,
+    OPTIONS,
+    PATH_SETTINGS,
+    REPLAY_HELP,
+    OptionValueError,
+    cli_name,
+    ini_name,
+    parse_replay,
+    resolve_config_defaults,
+    resolve_run_files,
+    usage_message,
+)
 from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord
 from .report.junit import junit_properties
-from .session import (PLOTS_MISSING_MESSAGE, RECORD_KEY, SESSION_KEY, StabilitySession, check_outputs,
-                      is_stability_item, is_worker)
+from .session import (
+    PLOTS_MISSING_MESSAGE,
+    RECORD_KEY,
+    SESSION_KEY,
+    StabilitySession,
+    check_outputs,
+    is_stability_item,
+    is_worker,
+)
 
 DEFAULTS_KEY = pytest.StashKey[Any]()
-CLI_VALUES_KEY = pytest.StashKey[dict]()
+CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
 #: "ExceptionType: message" of a stability test's failed call phase (for its record's ``error``)
 CALL_FAILURE_KEY = pytest.StashKey[str]()
 NEVER_TRAINED = "is marked stable_training but never called stability.train(model, x, y)"
@@ -90,6 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(PLOTS_MISSING_MESSAGE)
     if problems:
         raise pytest.UsageError(usage_message(problems))
+    assert defaults is not None  # settings that do not parse are among the problems
     config.stash[DEFAULTS_KEY] = defaults
     config.stash[CLI_VALUES_KEY] = {name: getattr(defaults, name) for name, raw in cli_raw.items() if raw is not None}
     session = StabilitySession(config, files, previous)
@@ -114,7 +133,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for key in (SESSION_KEY, baseline_gate.GATE_KEY):
+    keys: tuple[pytest.StashKey[Any], ...] = (SESSION_KEY, baseline_gate.GATE_KEY)
+    for key in keys:
         plugin = config.stash.get(key, None)
         if plugin is not None and config.pluginmanager.is_registered(plugin):
             config.pluginmanager.unregister(plugin)
@@ -209,7 +229,8 @@ def _complete(item: pytest.Item, record: StabilityRecord) -> StabilityRecord:
     gate = item.config.stash.get(baseline_gate.GATE_KEY, None)
     comparisons = gate.pop_comparisons(item.nodeid) if gate is not None else []
     if comparisons:
-        calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons)]
+        # a call that ended before its run finished has no comparison: the calls past the last one are kept
+        calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons, strict=False)]
         record = record.with_(calls=calls + record.calls[len(calls):])
     failure = item.stash.get(CALL_FAILURE_KEY, None)
     if failure is not None and record.error is None and record.verdict == STABLE and not record.regressed:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: Seconds a run must take before its first progress line (the option's default).
 DEFAULT_AFTER = 3.0
@@ -76,7 +77,7 @@ def shown(config: Any) -> bool:
     if config.pluginmanager.get_plugin("terminalreporter") is None:
         return False
     verbosity = config.get_verbosity()
-    not_captured = config.getoption("capture", None) == "no"
+    not_captured: bool = config.getoption("capture", None) == "no"
     return verbosity >= 1 or (not_captured and verbosity >= 0)
 
 
@@ -132,7 +133,7 @@ class Progress:
         #: the lines printed so far
         self.lines: list[str] = []
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -26,8 +26,9 @@ Pure builtins; imports nothing heavy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any
 
 STABLE, UNSTABLE, ERROR, SKIPPED = "stable", "unstable", "error", "skipped"
 VERDICTS = (STABLE, UNSTABLE, ERROR, SKIPPED)
@@ -83,7 +84,7 @@ class StabilityRecord:
 
     @classmethod
     def trained(cls, nodeid: str, *, settings: Mapping[str, Any], calls: list[dict[str, Any]],
-                error: str | None = None) -> "StabilityRecord":
+                error: str | None = None) -> StabilityRecord:
         """The fixture's record: stable / unstable from ``calls``; error when ``error`` is set or nothing trained."""
         if error is not None:
             verdict = ERROR
@@ -94,22 +95,22 @@ class StabilityRecord:
         return cls(nodeid, verdict, error=error, settings=dict(settings), calls=list(calls))
 
     @classmethod
-    def errored(cls, nodeid: str, message: str, *, outcome: str | None = None) -> "StabilityRecord":
+    def errored(cls, nodeid: str, message: str, *, outcome: str | None = None) -> StabilityRecord:
         """No verdict: ``message`` says why (e.g. :data:`SETUP_ERROR`)."""
         return cls(nodeid, ERROR, outcome=outcome, error=message)
 
     @classmethod
-    def skipped(cls, nodeid: str, reason: str) -> "StabilityRecord":
+    def skipped(cls, nodeid: str, reason: str) -> StabilityRecord:
         """Skipped before training (a skip mark, or ``device='gpu'`` without a GPU)."""
         return cls(nodeid, SKIPPED, outcome="skipped", skip_reason=reason)
 
     @classmethod
-    def crashed(cls, nodeid: str, detail: str = "") -> "StabilityRecord":
+    def crashed(cls, nodeid: str, detail: str = "") -> StabilityRecord:
         """The test crashed its pytest-xdist worker (no teardown report ever came)."""
         return cls(nodeid, ERROR, outcome="error", error=CRASHED_WORKER + (f": {detail}" if detail else ""))
 
     @classmethod
-    def interrupted(cls, nodeid: str, partial: "StabilityRecord | None" = None) -> "StabilityRecord":
+    def interrupted(cls, nodeid: str, partial: StabilityRecord | None = None) -> StabilityRecord:
         """The run was interrupted while the test ran: what its fixture recorded, if anything."""
         if partial is not None:
             return replace(partial, outcome="interrupted")
@@ -122,12 +123,12 @@ class StabilityRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "StabilityRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> StabilityRecord:
         """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def with_(self, **changes: Any) -> "StabilityRecord":
+    def with_(self, **changes: Any) -> StabilityRecord:
         """A copy with ``changes`` (the record is frozen)."""
         return replace(self, **changes)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -200,7 +200,8 @@ class StabilitySession:
     # -- the JSON document (default implementation of the hook) ------------------
 
     @pytest.hookimpl(trylast=True)
-    def pytest_stability_generate_json(self, config: pytest.Config, records: list) -> dict | None:
+    def pytest_stability_generate_json(self, config: pytest.Config,
+                                       records: list[dict[str, Any]]) -> dict[str, Any] | None:
         from .report import json_report
 
         return json_report.build_document(
@@ -246,6 +247,7 @@ class StabilitySession:
         from .report.plots import write_plots
 
         directory = self.files.plots
+        assert directory is not None  # written only when the option is set
         try:
             written, failures = write_plots([r.to_dict() for r in self.sorted_records()], directory)
         except OSError as exc:  # e.g. the directory cannot be created
@@ -262,9 +264,10 @@ class StabilitySession:
         from .report import html, json_report
 
         path = self.files.html
+        assert path is not None  # written only when the option is set
         records = [r.to_dict() for r in self.sorted_records()]
-        backends = sorted({(run.get("model") or {}).get("backend") for r in records for c in r["calls"]
-                           for run in c.get("runs") or ()} - {None})
+        backends = sorted(cast("set[str]", {(run.get("model") or {}).get("backend") for r in records
+                                            for c in r["calls"] for run in c.get("runs") or ()} - {None}))
         meta = {"pytest-stability": __version__, "Keras backend": ", ".join(backends) or None,
                 "finished": json_report.iso_time(self.finished), "interrupted": "yes" if self.interrupted else None}
         try:
@@ -281,6 +284,7 @@ class StabilitySession:
         from .report import json_report
 
         path = self.files.save_baseline
+        assert path is not None  # saved only when the option is set
         if interrupted:
             return f"stability baseline NOT saved to {path}: the run was interrupted", False
         doc = baseline_mod.build_baseline([r.to_dict() for r in self.sorted_records()], meta={

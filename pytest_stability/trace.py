@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ._floats import decode_float, encode_float  # noqa: F401  (re-exported: checks and reports use them)
+# re-exported: checks and reports use them
+from ._floats import decode_float as decode_float
+from ._floats import encode_float as encode_float
 
 # Bits of Trace.nonfinite: which quantity was NaN/Inf at a step.
 LOSS = 1
@@ -104,7 +106,8 @@ class Trace:
         # A trace pickled by an older version (a saved benchmark run) lacks the fields added since: their defaults.
         for f in fields(self):
             if f.name not in state:
-                state[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+                # (typeshed types default_factory as a union with MISSING, which is not callable)
+                state[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[operator]
         self.__dict__.update(state)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""GPUs under pytest-xdist: one GPU per worker (``--stability-xdist-gpus``), or one test at a time (``--stability-gpu-lock``).
+"""GPUs under pytest-xdist: one GPU per worker (``--stability-xdist-gpus``), or one test at a time
+(``--stability-gpu-lock``).
 
 Without this, every xdist worker sees every GPU, and TensorFlow (and JAX) in
 each worker reserves nearly all the memory of the first one: the second worker
@@ -30,9 +31,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -206,12 +208,13 @@ def gpu_lock(path: Path | None = None) -> Iterator[Path]:
         try:
             import fcntl
         except ImportError:  # Windows
+            # (msvcrt's locking names exist only in the stubs for Windows: hence the type: ignores below)
             import msvcrt
 
             handle.seek(0)
             while True:
                 try:
-                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined,unused-ignore]
                     break
                 except OSError:  # LK_LOCK gives up after ~10 s: try again
                     continue
@@ -219,7 +222,7 @@ def gpu_lock(path: Path | None = None) -> Iterator[Path]:
                 yield path
             finally:
                 handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined,unused-ignore]
             return
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:

@@ -10,7 +10,6 @@ pytest_plugins = ["pytester"]
 
 import pytest  # noqa: E402
 
-
 #: A tiny, fast, healthy training problem that pytester test files start with.
 TINY_PROBLEM = '''
 import numpy as np

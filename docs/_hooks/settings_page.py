@@ -56,7 +56,8 @@ def run_settings() -> list[Setting]:
 
     rows = [Setting("", f"{cli_name(name)}={metavar}", ini_name(name), "none", help_text, "")
             for name, metavar, help_text in PATH_SETTINGS]
-    rows.append(Setting("", cli_name("baseline_strict"), ini_name("baseline_strict"), "False", BASELINE_STRICT_HELP, ""))
+    rows.append(Setting("", cli_name("baseline_strict"), ini_name("baseline_strict"), "False", BASELINE_STRICT_HELP,
+                        ""))
     for name, metavar, help_text, kind in ci.SETTINGS:
         option = cli_name(name) + (f"={metavar}" if metavar else "")
         rows.append(Setting("", option, ini_name(name), "False" if kind == "bool" else "none", help_text, ""))

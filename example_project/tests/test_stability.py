@@ -2,10 +2,8 @@
 
 import keras
 import pytest
-
 from gan import REAL, gan
-from models import (batchnorm_classifier, blobs_segmentation, convnet_classifier, shapes_dataset,
-                    small_unet)
+from models import batchnorm_classifier, blobs_segmentation, convnet_classifier, shapes_dataset, small_unet
 
 X, Y = shapes_dataset(512, seed=0)
 XV, YV = shapes_dataset(128, seed=1)
@@ -41,11 +39,10 @@ def test_known_unstable_schedule_is_detected(stability):
     """A known-unstable configuration, kept as a regression test of the detector.
 
     check=False: the run is expected to be unstable, so the test asserts that it is (and where),
-    instead of failing on it.  The peak is 7: at 5 the jump was caught on TensorFlow but, after the
-    what-if replay was made bit-exact on JAX and PyTorch (their data order changed), the JAX run and the
-    H100 runs under JAX and PyTorch stayed just below the spike rules (largest spike 3.4-3.6x, not
-    confirmed), so the same file did not pass on every backend.  whatif=True: the same fit is re-run with the suggested fix applied before the
-    failure, and the report says whether it works.
+    instead of failing on it.  The peak is 7: at 5 the jump is caught on TensorFlow, but the JAX run and the
+    H100 runs under JAX and PyTorch stay just below the spike rules (largest spike 3.4-3.6x, not
+    confirmed), so the same file would not pass on every backend.  whatif=True: the same fit is re-run with the
+    suggested fix applied before the failure, and the report says whether it works.
     """
     model = convnet_classifier()
     model.compile(optimizer=keras.optimizers.SGD(jump_schedule(7.0), momentum=0.9),

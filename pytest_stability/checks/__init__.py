@@ -10,15 +10,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Callable, Iterable
+from typing import Any
 
+from ..thresholds import CHECK_NAMES
 from ..trace import Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 from .gradients import check_grad_norm
 from .nonfinite import check_nonfinite
 from .spikes import check_loss_spike, spike_scores
-from ..thresholds import CHECK_NAMES
 from .stuck import check_stuck
 from .validation import check_val_loss, smooth
 
@@ -94,7 +95,8 @@ def optimizer_view(trace: Trace, name: str) -> Trace:
     cols = slice(int(start), int(stop))
     info = dict(trace.info, optimizer=(trace.info.get("optimizers") or {}).get(name, trace.info.get("optimizer")),
                 optimizer_name=name,
-                optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name, trace.info.get("optimizer_config")))
+                optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name,
+                                                                                 trace.info.get("optimizer_config")))
     return replace(trace, grad_norm=stats["grad_norm"], update_ratio=stats["update_ratio"], lr=stats["lr"],
                    var_grad_norms=None if trace.var_grad_norms is None else trace.var_grad_norms[:, cols],
                    var_update_ratio=None if trace.var_update_ratio is None else trace.var_update_ratio[:, cols],
@@ -114,8 +116,8 @@ def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds
     ran = [(label, r) for label, r in results if r.status != SKIPPED]
     status = FAILED if findings else (PASSED if ran else SKIPPED)
     detail = "; ".join(f"{label}: {r.detail}" for label, r in results if r.detail)
-    stats: dict = {}
-    for label, r in ran:  # the headline statistics: the largest of the views'
+    stats: dict[str, Any] = {}
+    for _label, r in ran:  # the headline statistics: the largest of the views'
         for k, v in r.stats.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and (
                     not isinstance(stats.get(k), (int, float)) or v > stats[k]):

@@ -7,8 +7,12 @@ fail; a user's own script can call the same functions on its own trace.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
+
+# Re-exported: the checks' limits (defined in pytest_stability/thresholds.py).
+from ..thresholds import Thresholds as Thresholds
 
 PASSED = "passed"
 FAILED = "failed"
@@ -92,6 +96,3 @@ class CheckResult:
             "stats": _builtins(dict(self.stats)),
             "findings": [f.to_dict() for f in self.findings],
         }
-
-
-from ..thresholds import Thresholds  # noqa: E402  (re-exported: the checks' limits)

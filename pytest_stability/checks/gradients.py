@@ -31,6 +31,8 @@ norms stay in ``stats`` (``max``, ``p99``) and in the report.  An absolute
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..trace import Trace
@@ -54,7 +56,7 @@ def check_grad_norm(trace: Trace, thresholds: Thresholds | None = None) -> Check
         return CheckResult(NAME, SKIPPED, detail="the trace has no gradient norms")
     g = trace.grad_norm
     finite = np.isfinite(g)
-    stats = {
+    stats: dict[str, Any] = {
         "max": float(np.max(g[finite])) if finite.any() else None,
         "p99": float(np.percentile(g[finite], 99)) if finite.any() else None,
     }

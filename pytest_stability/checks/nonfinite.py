@@ -81,6 +81,7 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     if overflow_steps and not findings and trace.steps and _skipped_share(overflow) > limit:
         findings.append(_skipped_steps(trace, overflow, limit))
     if trace.has_validation:
+        assert trace.val_loss is not None and trace.val_steps is not None  # has_validation: both are given
         vbad = ~np.isfinite(trace.val_loss)
         if vbad.any() and not findings:
             j = int(np.argmax(vbad))

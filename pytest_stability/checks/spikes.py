@@ -65,7 +65,7 @@ it is ``stuck`` (dead units, saturated outputs).
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -127,7 +127,23 @@ def _trailing_median_mad(values: np.ndarray, window: int, min_count: int) -> tup
     return med, mad, count
 
 
-def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> dict[str, np.ndarray | bool | float]:
+class SpikeScores(TypedDict):
+    """What :func:`spike_scores` returns: per-step arrays, and two facts about the whole curve."""
+
+    z: np.ndarray
+    ratio: np.ndarray
+    baseline: np.ndarray
+    rise: np.ndarray
+    flag: np.ndarray
+    shift: np.ndarray
+    log_space: bool
+    initial_level: float
+    median: np.ndarray
+    scale: np.ndarray
+    values: np.ndarray
+
+
+def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> SpikeScores:
     """Per-step spike statistics (used by the check, the diagnosis and the calibration).
 
     Returns a dict with ``z`` (robust z-score), ``ratio`` (loss / trailing
@@ -198,10 +214,7 @@ def _level_shift(values: np.ndarray, med: np.ndarray, window: int, log_space: bo
         nxt_min = np.nanmin(nxt, axis=1)
         high = np.nanpercentile(trailing[: nxt.shape[0]], 90, axis=1)
     m = med[: nxt.shape[0]]
-    if log_space:
-        up = nxt_med - m > np.log(ratio)
-    else:
-        up = nxt_med - m > (ratio - 1.0) * max(abs(initial_level), 1e-12)
+    up = nxt_med - m > (np.log(ratio) if log_space else (ratio - 1.0) * max(abs(initial_level), 1e-12))
     ok = np.isfinite(nxt_med) & np.isfinite(m) & np.isfinite(high) & np.all(np.isfinite(nxt), axis=1)
     out[: nxt.shape[0]] = ok & up & (nxt_min > high)
     return out
@@ -309,7 +322,8 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
         below = np.flatnonzero(~(loss[: n - w] >= mid))
         step = int(below[-1]) + 1 if below.size else 0
         rel = float(np.std(tail) / level)
-        how = f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a constant"
+        how = (f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a "
+               "constant")
     return Finding(
         check=NAME, kind="spike_no_recovery", step=step, value=level, limit=t.spike_ratio * best,
         message=(f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
@@ -385,7 +399,7 @@ def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level:
     )
 
 
-def _confirm(sc: dict[str, Any], start: int, peak: int, t: Thresholds) -> dict[str, Any]:
+def _confirm(sc: SpikeScores, start: int, peak: int, t: Thresholds) -> dict[str, Any]:
     """Whether the loss stayed up after the event starting at ``start`` (see the module docstring)."""
     values, med, scale = sc["values"], sc["median"], sc["scale"]
     m, sd = float(med[start]), float(scale[start])
@@ -483,7 +497,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             recovered = None
         else:
             after_med = float(np.median(after))
-            recovered = after_med <= base * t.spike_ratio if sc["log_space"] else after_med <= base + (loss[peak] - base) / 2
+            recovered = (after_med <= base * t.spike_ratio if sc["log_space"]
+                         else after_med <= base + (loss[peak] - base) / 2)
         state = stuck_after(loss, trace.grad_norm, int(peak), t.spike_window)
         stuck = bool(recovered is False and state["stuck"])
         shifted = bool(sc["shift"][seg].any())
@@ -538,9 +553,10 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     rolling = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
     slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"], rolling)
     # the same event as a finding near it, or the climb into a collapse (which names it already)
-    if slow is not None and not any(f.evidence.get("collapse") or
-                                    f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
-                                    for f in findings):
+    if slow is not None and not any(
+            f.evidence.get("collapse")
+            or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
+            for f in findings):
         findings.append(slow)
         findings.sort(key=lambda f: f.step)
     if len(findings) >= 3:

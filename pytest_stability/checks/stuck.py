@@ -1,4 +1,5 @@
-"""``stuck``: training that never got going, or stopped, from the first step on; and parts of the model that never learn.
+"""``stuck``: training that never got going, or stopped, from the first step on; and parts of the model that never
+learn.
 
 Judged on the last ``spike_window`` finite steps (the *tail*; at least 10, at
 most half the run) against the initial level ``L0`` (the median loss of the
@@ -116,6 +117,7 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         how.insert(0, f"the loss is flat at {level:.4g} (relative std {rel_std:.1e} over the last {w} steps)")
     if not how:
         return None
+    assert start is not None  # each reason in ``how`` set it
     kind = "collapsed" if flat else "stuck"
     fell = (l0 - level) / abs(l0) if l0 else 0.0
     what = ("training collapsed to a constant loss" if flat else "training is stuck")
@@ -131,7 +133,8 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
 def _coverage(trace: Trace) -> list[Finding]:
     out = []
     names = list(trace.var_names)
-    for kind, arr, what in (("no_gradient", trace.var_grad_norms, "never received a gradient (norm exactly 0 at every step)"),
+    for kind, arr, what in (("no_gradient", trace.var_grad_norms,
+                             "never received a gradient (norm exactly 0 at every step)"),
                             ("no_update", trace.var_update_ratio, "never changed (|dw|/|w| exactly 0 at every step)")):
         if arr is None or arr.shape[0] < COVERAGE_MIN_STEPS or arr.shape[1] == 0:
             continue

@@ -49,6 +49,8 @@ Without validation data the check is *skipped*, never passed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..trace import Trace
@@ -138,6 +140,7 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
     t = thresholds or Thresholds()
     if not trace.has_validation:
         return CheckResult(NAME, SKIPPED, detail="no validation data was given")
+    assert trace.val_loss is not None and trace.val_steps is not None  # has_validation: both are given
     finite = np.isfinite(trace.val_loss)
     steps = trace.val_steps[finite]
     v = trace.val_loss[finite]
@@ -156,7 +159,7 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
     train_level = _train_levels(trace, steps, t)
     rise = s - best
     trend = float((s[-1] - s[0]) / abs(s[0])) if s[0] != 0 else None
-    stats = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
+    stats: dict[str, Any] = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
              "max_rise": float(np.max(rise / np.maximum(np.abs(best), 1e-12))), "noise_sigma": sigma,
              "noise_waived": "batchnorm_gap" if bn_mismatch else None, "transient": []}
     over = rise > allowed
@@ -193,7 +196,8 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
            else f"for {k - j} measurement(s), a BatchNorm pit (train/inference gap {gap:.0%})")
     msg = (f"smoothed validation loss {s[j]:.4g} after {int(steps[j])} steps rose "
            f"{rise[j]:.4g} above its best {best[j]:.4g} (after {int(steps[jb])} steps) and stayed over the limit "
-           f"{best[j] + allowed[j]:.4g} (best + {allowed[j]:.4g}) {why}, peaking at {s[peak_j]:.4g} (limit: the largest of val_tolerance={t.val_tolerance:g} "
+           f"{best[j] + allowed[j]:.4g} (best + {allowed[j]:.4g}) {why}, peaking at {s[peak_j]:.4g} "
+           f"(limit: the largest of val_tolerance={t.val_tolerance:g} "
            f"x best, val_min_delta={t.val_min_delta:g}, and {VAL_NOISE_K:g} noise sigmas of the curve, "
            + (f"sigma {sigma:.3g} in log space)" if not bn_mismatch else
               f"waived: a BatchNorm train/inference gap of {gap:.0%} >= {BN_GAP:.0%} makes the wiggle the "

@@ -47,11 +47,11 @@ builtins-only dicts: :func:`pytest_stability.report.json_report.dumps` writes th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .._floats import decode_float, encode_float
-from .._floats import fmt
+from .._floats import decode_float, encode_float, fmt
 
 BASELINE_SCHEMA_VERSION = 2
 BASELINE_KIND = "pytest-stability-baseline"
@@ -134,7 +134,8 @@ def section_tests(document: Mapping[str, Any] | None, backend: str) -> dict[str,
     return None if section is None else section["tests"]
 
 
-def merge_baseline(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+def merge_baseline(previous: Mapping[str, Any] | None,
+                   current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
     """The baseline to save when ``previous`` (a valid baseline, or None) is already at the path.
 
     In each backend section of ``current``, each test replaces its whole entry

@@ -14,12 +14,14 @@ pytest-xdist) and the tests' locations from their reports.  Pure string
 building apart from :class:`GitHubPlugin`, which owns the side effects.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: it would bind the name ``annotations``, which the function of that
+# name below takes (type checkers then see two definitions).  The annotations here are valid at run time.
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pytest
 
@@ -73,7 +75,7 @@ def _baseline(record: Mapping[str, Any]) -> str:
 
 
 def _label(record: Mapping[str, Any]) -> str:
-    verdict = record.get("verdict", "error")
+    verdict: str = record.get("verdict", "error")
     if verdict == "stable" and regressed(record):
         return "❌ regressed"
     return _VERDICT.get(verdict, verdict)

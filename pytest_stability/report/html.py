@@ -24,7 +24,8 @@ import html
 import json
 import math
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .._floats import decode_float, fmt
 
@@ -199,7 +200,8 @@ def headline(record: Mapping[str, Any]) -> str:
     for call in record.get("calls") or []:
         base = call.get("baseline") or {}
         if base.get("failed") and base.get("regressions"):
-            return "baseline: " + base["regressions"][0]
+            first: str = base["regressions"][0]
+            return "baseline: " + first
     run = _primary(record)
     if run is None:
         return ""
@@ -207,7 +209,8 @@ def headline(record: Mapping[str, Any]) -> str:
         f = run["findings"][0]
         return f"[{f['check']}] step {f['step']}: {f['message']}"
     s = run.get("summary") or {}
-    parts = [f"final loss {_metric(s.get('final_loss'), 3)}", f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
+    parts = [f"final loss {_metric(s.get('final_loss'), 3)}",
+             f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
              f"max |g| {_metric(s.get('max_grad_norm'), 3)}"]
     trend = s.get("val_trend")
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
@@ -239,7 +242,7 @@ def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     first = math.ceil(lo / step - 1e-9) * step
-    out = []
+    out: list[float] = []
     v = first
     while v <= hi + step * 1e-9 and len(out) < 12:
         out.append(0.0 if abs(v) < step * 1e-9 else v)
@@ -346,7 +349,7 @@ def svg_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[int], 
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         segments: list[list[str]] = [[]]
         first_bad = None
-        for s, v in zip(steps, values):
+        for s, v in zip(steps, values, strict=True):
             if not math.isfinite(v) or (log and v <= 0):
                 if first_bad is None and not math.isfinite(v):
                     first_bad = s
@@ -493,7 +496,7 @@ def _verdict_class(record: Mapping[str, Any]) -> tuple[str, str]:
 
 def _facts(record: Mapping[str, Any]) -> str:
     run = _primary(record)
-    facts = []
+    facts: list[tuple[str, Any]] = []
     if run is not None:
         model = run.get("model") or {}
         facts.append(("steps", f"{run.get('steps_run')}/{run.get('steps_planned')}"))

@@ -39,7 +39,8 @@ class PytestHtmlPanels:
         if report.when != "teardown" or not isinstance(data, dict):
             return
         panel = html.render_panel(data, with_style=True, open_=True)
-        report.extras = list(getattr(report, "extras", None) or []) + [html_extra(panel)]
+        # pytest-html reads the extras from this attribute, which pytest's TestReport does not declare
+        report.extras = list(getattr(report, "extras", None) or []) + [html_extra(panel)]  # type: ignore[attr-defined]
 
 
 def register(config: pytest.Config) -> bool:

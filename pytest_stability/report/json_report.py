@@ -47,15 +47,17 @@ Pure builtins; importing this module imports neither pytest nor TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import tempfile
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .._floats import encode_float
 
@@ -221,10 +223,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

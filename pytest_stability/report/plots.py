@@ -25,8 +25,9 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .._floats import decode_float
 from .html import PANELS, panels_of  # the same charts, in the same order, as the HTML report (pure, light)
@@ -74,21 +75,21 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
     multi_call = len(calls) > 1
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         series = []
         for i, run in runs:
             steps, values = _series(run.get("curves", {}).get(key))
             if steps:
                 series.append((i, run, steps, values))
         # Log scale only for data that can take it: some finite value, and every finite value > 0
-        # (a loss that is NaN or <= 0 from step 0 used to abort every plot: "Data cannot be log-scaled").
+        # (matplotlib refuses to log-scale a loss that is NaN or <= 0 from step 0: "Data cannot be log-scaled").
         finite = [v for _, _, _, values in series for v in values if not math.isnan(v)]
         log = bool(finite) and all(v > 0 for v in finite)
         for i, run, steps, values in series:
             label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
             ax.plot(steps, values, lw=1.0, marker="o" if key in _POINT_PANELS else None, ms=3, label=label,
                     drawstyle="steps-post" if key == "lr" else "default")
-            bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]))
+            bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]), strict=True)
                    if not math.isfinite(v)]
             if bad:
                 ax.axvline(bad[0], color="black", lw=0.8, ls=":")
@@ -111,13 +112,14 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         if series and len(runs) > 1:
             ax.legend(fontsize=7, loc="best")
     # Findings: a dashed line across all panels; a labelled marker on the panel of its quantity.
-    panel = dict(zip((k for k, _ in panels), axes))
+    panel = dict(zip((k for k, _ in panels), axes, strict=True))
     for _, run in runs:
         for f in run.get("findings") or ():
             for ax in axes:
                 ax.axvline(f["step"], color="red", lw=0.8, ls="--", alpha=0.7)
             ax = panel.get(_PANEL_OF_CHECK.get(f["check"], "loss"), axes[0])
             value = decode_float(f.get("value"))
+            coords: str | tuple[str, str]
             if math.isfinite(value) and (value > 0 or ax.get_yscale() != "log"):
                 ax.plot([f["step"]], [value], marker="v", color="red", ms=8)
                 xy, coords = (f["step"], value), "data"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .._floats import fmt  # noqa: F401  (re-exported)
+from .._floats import fmt as fmt  # re-exported
 
 BARS = "▁▂▃▄▅▆▇█"
 NONFINITE_MARK = "×"
@@ -26,7 +26,7 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int = 32, *, log: boo
     n_bins = min(width, arr.size)
     edges = np.linspace(0, arr.size, n_bins + 1).astype(int)
     bins = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         chunk = arr[a:max(b, a + 1)]
         if not np.all(np.isfinite(chunk)):
             bins.append(np.nan)
@@ -39,13 +39,10 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int = 32, *, log: boo
     fv = v[finite]
     if log is None:
         log = bool(np.all(fv > 0) and fv.max() / fv.min() > 10)
-    if log:
-        fv_t = np.log10(np.where(v > 0, v, np.nan))
-    else:
-        fv_t = v
+    fv_t = np.log10(np.where(v > 0, v, np.nan)) if log else v
     lo, hi = np.nanmin(fv_t[finite]), np.nanmax(fv_t[finite])
     out = []
-    for val, ok in zip(fv_t, finite):
+    for val, ok in zip(fv_t, finite, strict=True):
         if not ok or not np.isfinite(val):
             out.append(NONFINITE_MARK)
         elif hi == lo:

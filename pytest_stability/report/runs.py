@@ -37,13 +37,10 @@ def downsample(values: np.ndarray, steps: np.ndarray | None = None, max_points: 
         return steps.tolist(), [encode_float(v) for v in values.tolist()]
     edges = np.linspace(0, values.shape[0], max_points + 1).astype(int)
     out_s, out_v = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         seg = values[a:b]
         bad = ~np.isfinite(seg)
-        if bad.any():
-            k = int(np.argmax(bad))
-        else:
-            k = int(np.argmax(np.abs(seg - np.median(seg))))
+        k = int(np.argmax(bad)) if bad.any() else int(np.argmax(np.abs(seg - np.median(seg))))
         out_s.append(int(steps[a + k]))
         out_v.append(encode_float(float(seg[k])))
     return out_s, out_v
@@ -139,7 +136,7 @@ class RunReport:
             curve, label = (t.loss, "loss")
             if f.check == "grad_norm" and t.grad_norm is not None:
                 curve, label = t.grad_norm, "grad norm"
-            if f.check == "val_loss" and t.has_validation:
+            if f.check == "val_loss" and t.val_loss is not None and t.val_steps is not None and t.has_validation:
                 lines.append(f"  val loss (smoothed)  {sparkline(smooth(t.val_loss, 0.0), 40)}  "
                              f"steps {int(t.val_steps[0])}-{int(t.val_steps[-1])}")
             elif curve.size:
@@ -198,7 +195,7 @@ class RunReport:
         for name, stats in t.optimizers.items():  # per optimizer, when the train_step applies several
             s, v = downsample(stats["grad_norm"], max_points=max_points)
             curves[f"grad_norm/{name}"] = {"step": s, "value": v}
-        if t.has_validation:
+        if t.val_loss is not None and t.has_validation:
             s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
             curves["val_loss"] = {"step": s, "value": v}
         curvature = (t.info or {}).get("curvature")

@@ -32,8 +32,9 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 INSTALL_HINT = "pip install 'pytest-stability[tensorboard]'"
 MISSING_MESSAGE = f"--stability-tensorboard needs the tensorboard package: {INSTALL_HINT}"
@@ -89,7 +90,7 @@ class _EventFile:
         # Same name scheme as TensorBoard's own writer, which its loader sorts by.
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.pytest-stability"
         self.path = directory / name
-        self._file = open(self.path, "wb")
+        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
         self._writer = RecordWriter(self._file)
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
@@ -99,7 +100,7 @@ class _EventFile:
     def scalars(self, tag: str, steps: Iterable[int], values: Iterable[Any], wall_time: float) -> int:
         """One scalar event per step (NaN/Inf are written as such: they are what the run did)."""
         n = 0
-        for step, value in zip(steps, values):
+        for step, value in zip(steps, values, strict=True):
             summary = self._summary_pb2.Summary(value=[
                 self._summary_pb2.Summary.Value(tag=tag, simple_value=_finite_or_nan(value))])
             self._write(self._event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))

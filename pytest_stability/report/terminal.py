@@ -48,7 +48,8 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         runs = call["runs"]
         run = next((r for r in runs if r["verdict"] != "stable"), runs[0])
         s = run["summary"]
-        seeds = f" seeds={len(runs)}" + (f" failed={call['failed_seeds']}" if call["failed_seeds"] else "") if len(runs) > 1 else f" seed={run['seed']}"
+        seeds = (f" seeds={len(runs)}" + (f" failed={call['failed_seeds']}" if call["failed_seeds"] else "")
+                 if len(runs) > 1 else f" seed={run['seed']}")
         trend = s.get("val_trend")
         val = f"val {trend:+.0%}" if isinstance(trend, float) else "val -"
         losses = f"loss {fmt(s['final_loss'], 3)} {sparkline(_curve(run, 'loss'), 16)}"

@@ -55,8 +55,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -248,10 +249,10 @@ def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: 
     bsharp = [_clean(p.get("batch_sharpness")) for p in points]
     lrs = [_clean(lr[s - 1]) if lr is not None and 1 <= s <= len(lr) else None for s in steps]
     limits = [_clean(rule.limit(v)) for v in lrs]
-    ratio = [s / lim if s is not None and lim else None for s, lim in zip(sharp, limits)]
-    bratio = [s / lim if s is not None and lim else None for s, lim in zip(bsharp, limits)]
+    ratio = [s / lim if s is not None and lim else None for s, lim in zip(sharp, limits, strict=True)]
+    bratio = [s / lim if s is not None and lim else None for s, lim in zip(bsharp, limits, strict=True)]
     seconds = [float(p.get("seconds", 0.0)) for p in points]
-    known = [(r, -s) for r, s in zip(ratio, steps) if r is not None]
+    known = [(r, -s) for r, s in zip(ratio, steps, strict=True) if r is not None]
     max_ratio, at = max(known) if known else (None, None)  # the earliest of equal ratios
     at = -at if at is not None else None
     margin = 1.0 / max_ratio if max_ratio is not None and max_ratio > 0 else None
@@ -265,6 +266,7 @@ def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: 
         text = (f"{what} {last:.4g} at step {steps[-1]}; {rule.text}, so no edge-of-stability ratio; {tail}"
                 if last is not None else f"{what} not finite; {tail}")
     else:
+        assert at is not None  # found with max_ratio
         k = steps.index(at)
         text = (f"edge-of-stability ratio {max_ratio:.3g} at step {at} ({what} {sharp[k]:.4g} vs limit "
                 f"{limits[k]:.4g} = {rule.text} at lr {lrs[k]:.3g}); curvature margin "
@@ -314,7 +316,7 @@ def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
     trainable, others = list(model.trainable_variables), list(model.non_trainable_variables)
 
     def loss(tv: Sequence[Any], ntv: Sequence[Any], x: Any, y: Any, w: Any) -> Any:
-        mapping = list(zip(trainable, tv)) + list(zip(others, ntv))
+        mapping = list(zip(trainable, tv, strict=True)) + list(zip(others, ntv, strict=True))
         with StatelessScope(state_mapping=mapping, collect_losses=True):
             y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
             value = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=True)
@@ -341,17 +343,17 @@ class _Products:
     # flat host vectors <-> per-variable backend tensors
     def split(self, flat: np.ndarray) -> list[Any]:
         out, at = [], 0
-        for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes):
+        for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes, strict=True):
             out.append(self.keras.ops.convert_to_tensor(flat[at:at + size].reshape(shape).astype(dtype)))
             at += size
         return out
 
     def join(self, tensors: Sequence[Any]) -> np.ndarray:
         parts = [np.zeros(size) if t is None else _host(self.keras, t).reshape(-1)
-                 for t, size in zip(tensors, self.sizes)]
+                 for t, size in zip(tensors, self.sizes, strict=True)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def at(self, batch: tuple[Any, Any, Any]) -> "_Session":
+    def at(self, batch: tuple[Any, Any, Any]) -> _Session:
         """Products ``v -> H v`` on ``batch`` at the current weights (and the loss and gradient there)."""
         ops = self.keras.ops
         tv = [ops.convert_to_tensor(v.value) for v in self.vars]
@@ -388,7 +390,7 @@ class _Products:
                         loss = loss_fn(tv, ntv, x, y, w)
                     g = inner.gradient(loss, tv, unconnected_gradients=zero)
                     gv = tf.add_n([tf.reduce_sum(tf.cast(a, tf.float32) * tf.cast(b, tf.float32))
-                                   for a, b in zip(g, vec)])
+                                   for a, b in zip(g, vec, strict=True)])
                 return loss, g, outer.gradient(gv, tv, unconnected_gradients=zero)
         else:
             import jax
@@ -402,7 +404,7 @@ class _Products:
         self._compiled = fn
         return fn
 
-    def _torch(self, session: "_Session", tv: list[Any], ntv: list[Any], x: Any, y: Any, w: Any) -> None:
+    def _torch(self, session: _Session, tv: list[Any], ntv: list[Any], x: Any, y: Any, w: Any) -> None:
         import torch
 
         params = [t.detach().requires_grad_(True) for t in tv]
@@ -414,7 +416,7 @@ class _Products:
 
         def hvp(flat: np.ndarray) -> np.ndarray:
             with torch.enable_grad():  # callbacks may run under no_grad
-                terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat))
+                terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat), strict=True)
                          if g is not None and g.requires_grad]
                 if not terms:  # the loss is linear in every weight
                     return np.zeros(self.n)
@@ -480,6 +482,11 @@ def preconditioner(keras: Any, model: Any, rule: Rule) -> np.ndarray | None:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
+def _scaled(hvp: Callable[[np.ndarray], np.ndarray], d: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The products of ``D H D`` (``d`` the diagonal of ``D``) from those of ``H``."""
+    return lambda u: d * hvp(d * u)
+
+
 def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule | None = None,
               iterations: int = 20, tol: float = TOL, seed: int = 0, products: _Products | None = None,
               start: np.ndarray | None = None) -> dict[str, Any]:
@@ -502,10 +509,12 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
     session = products.at(batch)
     p = preconditioner(keras, model, rule)
     d = None if p is None else 1.0 / np.sqrt(p)
-    matvec = session.hvp if d is None else (lambda u: d * session.hvp(d * u))
+    matvec = session.hvp if d is None else _scaled(session.hvp, d)
     top = lanczos_top(matvec, products.n, iterations=iterations, tol=tol, seed=seed, start=start)
     # batch sharpness: the Rayleigh quotient at the (preconditioned) gradient, one more product
-    direction = session.grad if d is None else d * session.grad
+    grad = session.grad
+    assert grad is not None  # known after the first product
+    direction = grad if d is None else d * grad
     gnorm2 = float(direction @ direction)
     batch_sharp = float(direction @ matvec(direction)) / gnorm2 if gnorm2 > 0 and np.isfinite(gnorm2) else math.nan
     loss = session.loss
@@ -528,8 +537,8 @@ class Meter:
         self.keras = keras
         self.model = model
         ops = keras.ops
-        self.batch = tuple(None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part)
-                           for part in batch)
+        self.batch = cast("tuple[Any, Any, Any]", tuple(
+            None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part) for part in batch))
         leaves = [leaf for leaf in keras.tree.flatten(batch[0]) if leaf is not None]
         self.batch_size = int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else None
         self.targets = list(targets)
@@ -587,8 +596,8 @@ def fixed_batch(keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, 
     source = iter(x) if kind == "dataset" else (x[i] for i in range(len(x)))
     for batch in source:
         bx, by, bw = data_adapter_utils.unpack_x_y_sample_weight(batch if isinstance(batch, tuple) else (batch,))
-        part = tuple(None if p is None else keras.tree.map_structure(
-            lambda a: host_numpy(a), p) for p in (bx, by, bw))
+        part = cast("tuple[Any, Any, Any]", tuple(None if p is None else keras.tree.map_structure(
+            lambda a: host_numpy(a), p) for p in (bx, by, bw)))
         batches.append(part)
         leaves = keras.tree.flatten(part[0])
         count += int(np.shape(leaves[0])[0]) if leaves else 0

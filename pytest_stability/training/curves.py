@@ -17,7 +17,9 @@ buffer as it is); on TensorFlow they stand alone; PyTorch keeps each step's valu
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -112,15 +114,14 @@ class Curves:
     def uninstall(self) -> None:
         for obj, name, previous in reversed(self._patched):
             if previous is _ABSENT:
-                try:
+                with contextlib.suppress(AttributeError):  # already gone
                     delattr(obj, name)
-                except AttributeError:  # pragma: no cover - already gone
-                    pass
             else:
                 object.__setattr__(obj, name, previous)
         self._patched.clear()
         if self.backend == "jax":
-            for (_, metric), buf in zip(self.metrics, self.bufs):
+            # after an install that stopped part-way, fewer buffers than metrics
+            for (_, metric), buf in zip(self.metrics, self.bufs, strict=False):
                 k = _index_of(metric._variables, buf)
                 if k is not None:
                     del metric._variables[k]
@@ -211,7 +212,8 @@ class Curves:
         for j in range(len(self.names)):
             if self.backend == "jax":
                 k = _index_of(variables, self.bufs[j]) if state else None
-                buf = np.asarray(state["metrics_variables"][k] if k is not None else host_numpy(self.bufs[j].value))
+                buf = np.asarray(state["metrics_variables"][k] if state is not None and k is not None
+                                 else host_numpy(self.bufs[j].value))
                 values, count = buf[:self.chunk], int(buf[self.chunk])
             else:
                 values, count = host_numpy(self.bufs[j].value), int(host_numpy(self.counts[j].value))
@@ -230,7 +232,7 @@ class Curves:
         one updated ``k`` times a step, its last value of each step."""
         out: dict[str, np.ndarray] = {}
         notes: list[str] = []
-        for name, values in zip(self.names, self.values):
+        for name, values in zip(self.names, self.values, strict=True):
             if not values and not steps:
                 continue
             k = max(1, round(len(values) / keras_steps)) if keras_steps else 1

@@ -33,16 +33,29 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
-from .recorder import (COL_FLAGS, COL_GNORM, COL_LR, COL_UPDATE, N_FIXED, BatchNotRun, ChunkRows, Recorder,
-                       find_optimizers, host_flags, host_numpy, var_name)
+from .recorder import (
+    COL_FLAGS,
+    COL_GNORM,
+    COL_LR,
+    COL_UPDATE,
+    N_FIXED,
+    BatchNotRun,
+    ChunkRows,
+    Recorder,
+    find_optimizers,
+    host_flags,
+    host_numpy,
+    var_name,
+)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -383,11 +396,11 @@ def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | 
     return None
 
 
-def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batches: list[Any],
+def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batches: list[Any] | None,
                            training_batch: tuple[Any, Any] | None, fit_kwargs: dict[str, Any]) -> None:
     """The validation loss before the first step raised: when the model takes a training batch, the
     validation set is what it cannot take, and that is a usage error naming both shapes."""
-    if training_batch is None:
+    if training_batch is None or not val_batches:
         return
     try:
         _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
@@ -423,6 +436,7 @@ def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[
     if vd is None and not split:
         return None
     if vd is None:
+        assert split is not None  # (returned above without either)
         (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
             (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split))
     elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
@@ -657,8 +671,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
         gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
     val_ok = [True]
-    training_batch = (keras.tree.map_structure(lambda a: a[:bs], x),
-                      None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)) if kind == "arrays" else None
+    training_batch = ((keras.tree.map_structure(lambda a: a[:bs], x),
+                       None if y is None else keras.tree.map_structure(lambda a: a[:bs], y))
+                      if kind == "arrays" else None)
     meter, no_meter = _curvature_meter(keras, model, spec, kind=kind, x=x, y=y, fit_kwargs=fit_kwargs,
                                        batch_size=bs, steps=run_steps, seed=seed, distributed=distributed)
 
@@ -830,7 +845,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         elif done == 0:
             raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
     loss_recorded = loss is not None and loss.shape[0] == done
-    if not loss_recorded:
+    if loss is None or not loss_recorded:
         loss = np.full(done, np.nan)
     loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
     if not loss_recorded and loss_curves:
@@ -858,12 +873,14 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         optimizers=recorded.optimizers,
         info=model_info(keras, model, ref, backend=backend, spe=spe, kind=kind, distributed=distributed),
     )
+    nonfinite = trace.nonfinite
+    assert nonfinite is not None  # Trace derives it when not given
     if curves is not None:
         trace.curves, curve_notes = curves.per_step(done, max(done, cb.keras_steps))
         notes.extend(curve_notes)
         for name, values in trace.curves.items():
             if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
-                trace.nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
+                nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
     if len(recorded.optimizers) > 1:
         trace.info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
         trace.info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
@@ -890,7 +907,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
         trace.info["bn_gap_batch"] = "validation" if val_batches else "training"
     stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-    bad = np.flatnonzero(trace.nonfinite & stop_bits)
+    bad = np.flatnonzero(nonfinite & stop_bits)
     if bad.size:
         step = int(bad[0])
         verdict = None if rec.check_inputs else _reread_batch_finite(keras, kind, x, step,
@@ -899,7 +916,7 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             trace.info["inputs_checked"] = True
             trace.info["input_batch_reread"] = step
             if not verdict:
-                trace.nonfinite[step] |= INPUT
+                nonfinite[step] |= INPUT
         trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
     placed = cb.device or label
     return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state,
@@ -963,7 +980,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
     applied: list[tuple[str, int]] = []
     parts: list[tuple[Recorder, np.ndarray, np.ndarray]] = []
     loss = None
-    for i, (rec, rowset) in enumerate(zip(recs, rowsets)):
+    for i, (rec, rowset) in enumerate(zip(recs, rowsets, strict=True)):
         if not rec.built or not rowset.done:
             continue
         if rowset.overflow:
@@ -1067,7 +1084,8 @@ def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y:
     try:
         batch, why = curvature.fixed_batch(keras, kind, x, y, fit_kwargs, size)
     except Exception as exc:
-        batch, why = None, f"the fixed batch for the curvature could not be read ({type(exc).__name__}: {_short(exc, 200)})"
+        batch, why = None, (f"the fixed batch for the curvature could not be read "
+                            f"({type(exc).__name__}: {_short(exc, 200)})")
     if batch is None:
         return None, why
     return curvature.Meter(keras, model, batch, targets=curvature.measurement_steps(steps, spec.curvature_points),
@@ -1142,6 +1160,7 @@ def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
 
 def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, step: int) -> dict[str, Any]:
     """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
+    assert trace.nonfinite is not None  # Trace derives it when not given
     flags = int(trace.nonfinite[step])
     out: dict[str, Any] = {"step": step}
     if flags & INPUT:  # the batch itself: whatever went non-finite after it followed from it

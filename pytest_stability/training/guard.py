@@ -40,6 +40,8 @@ class SkipStepGuard(keras.optimizers.Optimizer):
         skipped: a variable counting the updates skipped so far.
     """
 
+    built: bool  # Keras' Optimizer sets it; declared for the type checker, whose view of Keras is Any
+
     def __init__(self, inner_optimizer: Any, window: int = 128, sigmas: float = 6.0, min_history: int | None = None,
                  name: str | None = None) -> None:
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
@@ -165,7 +167,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):
                 "window": self.window, "sigmas": self.sigmas, "min_history": self.min_history}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> "SkipStepGuard":
+    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SkipStepGuard:
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

@@ -18,8 +18,9 @@ import contextlib
 import copy
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class ProcessState:
     tf_determinism: bool | None = None
 
     @classmethod
-    def take(cls, keras: Any) -> "ProcessState":
+    def take(cls, keras: Any) -> ProcessState:
         from keras.src.backend.common import global_state
 
         keras_globals = {}

@@ -49,7 +49,8 @@ def _tail_plus(trace: Trace, probe: Trace, window: int) -> tuple[Trace, int]:
         return np.concatenate([a[trace.steps - k:], b])
 
     info = dict(trace.info or {})
-    joined = Trace(loss=cat(trace.loss, probe.loss), grad_norm=cat(trace.grad_norm, probe.grad_norm),
+    joined = Trace(loss=np.concatenate([trace.loss[trace.steps - k:], probe.loss]),
+                   grad_norm=cat(trace.grad_norm, probe.grad_norm),
                    nonfinite=cat(trace.nonfinite, probe.nonfinite), lr=cat(trace.lr, probe.lr),
                    steps_planned=k + probe.steps, info=info)
     return joined, k

@@ -15,7 +15,8 @@ Imports Keras: reached only from :func:`~pytest_stability.training.engine.train`
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
@@ -178,7 +179,7 @@ class Readback(keras.callbacks.Callback):
         if self.stopped_nonfinite:
             return
         new = bad = False
-        for rec, rowset in zip(self.recs, self.rowsets):
+        for rec, rowset in zip(self.recs, self.rowsets, strict=True):
             if not rec.built:
                 continue
             snap = rec.read()
@@ -210,11 +211,10 @@ class Readback(keras.callbacks.Callback):
             self.stop()
         elif done >= self.steps:
             self.stop()
-        if measure and self.validate is not None and not self.stopped_nonfinite and (
+        if measure and self.validate is not None and not self.stopped_nonfinite and done != self.last_val and (
                 done // self.validate_every > self.last_val // self.validate_every or done >= self.steps):
-            if done != self.last_val:
-                self.last_val = done
-                self.validate()
+            self.last_val = done
+            self.validate()
         if measure and self.measure is not None and not self.stopped_nonfinite:
             self.measure(done)
         if self.progress is not None:

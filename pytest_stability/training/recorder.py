@@ -46,7 +46,8 @@ variables, nothing that ``model.save`` would write.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,13 @@ class Recorder:
         diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
     """
 
+    # Keras variables, or None where the recorder keeps none (the type checker sees Keras as Any)
+    lbuf: Any
+    lcount: Any
+    loss_bad: Any
+    input_bad: Any
+    rate: Any
+
     def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False,
                  check_inputs: bool = False, optimizer: Any = None, name: str = "optimizer") -> None:
         import keras
@@ -124,8 +132,8 @@ class Recorder:
         self.tracker = getattr(model, "_loss_tracker", None) if self.primary else None
         #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
         self.recording_loss = True
-        self._patched: list[tuple[Any, str]] = []
-        self._added: list[tuple[list, Any]] = []
+        self._patched: list[tuple[Any, str, Any]] = []
+        self._added: list[tuple[list[Any], Any]] = []
         self.loss_bad = None
         #: check every input batch for NaN/Inf on the device, in the step (pipelines: arrays are checked
         #: on the host before training); not under a distribution strategy, where each replica sees a shard
@@ -134,7 +142,7 @@ class Recorder:
         self.built = False
         #: JAX, while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
         #: losses the loss tracker took (see _train_step_wrapper)
-        self._jax_step: tuple | None = None
+        self._jax_step: tuple[Any, Any, Any] | None = None
         self._loss_calls = 0
         # PyTorch needs none: its host runs no step past the planned ones or after a non-finite one
         self.rate = None if self.backend == "torch" else self._rate_variable()
@@ -312,6 +320,7 @@ class Recorder:
                     trainable, non_trainable, ov, mv = state
                     ov = list(ov)
                     p = _index_of(self.opt.variables, self.buf)
+                    assert p is not None  # the buffer is one of the optimizer's variables once built
                     ov[p] = ops.slice_update(ov[p], (chunk, H_INPUT), ops.reshape(ops.cast(bad, "float32"), (1, 1)))
                     state = (trainable, non_trainable, ov, mv)
             self._jax_step, self._loss_calls = None, 0  # set while `original` is traced (see below)
@@ -343,7 +352,7 @@ class Recorder:
 
         return stateless_train_step
 
-    def _variable(self, value: Any, dtype: str, name: str, owner_list: list | None) -> Any:
+    def _variable(self, value: Any, dtype: str, name: str, owner_list: list[Any] | None) -> Any:
         name += self._suffix
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
             with self.model.distribute_strategy.scope():
@@ -388,10 +397,10 @@ class Recorder:
         # m and v of each variable) are shared out among the variables of that shape, whichever owns which
         # (the check is of all the state at once); the rest (the step counter, scalars) is summed on its own
         self.slots: list[list[int]] = [[] for _ in tvars]
-        by_shape: dict[tuple, list[int]] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
         for k, v in enumerate(tvars if self.stateless else ()):
             by_shape.setdefault(tuple(v.shape), []).append(k)
-        turn: dict[tuple, int] = {}
+        turn: dict[tuple[int, ...], int] = {}
         for j, v in enumerate(self.state_vars if self.stateless else ()):
             owners = by_shape.get(tuple(v.shape))
             if not owners:
@@ -466,7 +475,7 @@ class Recorder:
         ops = self.ops
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
                 value = ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,))
                 slot = ops.mod(self.lcount.value, self.chunk)
@@ -483,7 +492,7 @@ class Recorder:
         ops = self.ops
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:  # the step's raw loss: the train_step wrapper files it in the step's row
                 self.lbuf.assign(ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,)))
                 self._loss_calls += 1  # while the step is traced
@@ -505,9 +514,9 @@ class Recorder:
         d_sq = [zero] * self.n_vars
         w_sq = [zero] * self.n_vars
         state_sums = []
-        checked = set()
+        checked: set[int] = set()
         jax_rows = []
-        for g, k, b, a in zip(grads, index, before, after):
+        for g, k, b, a in zip(grads, index, before, after, strict=True):
             bf = ops.cast(b, f32)
             if not self.stateless:
                 # TensorFlow runs the step's graph op by op: the fewest ops win (measured: stacking the
@@ -560,11 +569,12 @@ class Recorder:
         if velocities is not None:
             eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
             ratios = []
-            for g, k in zip(grads, index):
+            for g, k in zip(grads, index, strict=True):
                 if g is None:
                     continue
                 gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
+            assert velocities_after is not None  # given with velocities
             v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
             parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
         if scale is not None:
@@ -671,8 +681,9 @@ class Recorder:
 
         opt = self.opt
         f32 = torch.float32
-        self.t_host = {"count": 0, "halt": False, "lcount": 0, "buf": np.zeros((self.chunk, self.width), np.float32),
-                       "lbuf": np.zeros((self.chunk,), np.float32), "losses": []}
+        self.t_host: dict[str, Any] = {"count": 0, "halt": False, "lcount": 0,
+                                       "buf": np.zeros((self.chunk, self.width), np.float32),
+                                       "lbuf": np.zeros((self.chunk,), np.float32), "losses": []}
         state_floats = [v for v in self.state_vars if v.value.is_floating_point()]
         self._torch_layout()
         first = list(opt._trainable_variables)[:1]
@@ -714,7 +725,7 @@ class Recorder:
             with torch.no_grad():
                 delta = list(torch._foreach_sub(tensors(tvars), before))
                 index = [opt._get_variable_index(v) for v in tvars]
-                have = [(g, k) for g, k in zip(grads, index) if g is not None]
+                have = [(g, k) for g, k in zip(grads, index, strict=True) if g is not None]
                 norms = torch._foreach_norm(before + delta + [g for g, _ in have], 2, dtype=f32)
                 m = len(tvars)
                 w_n, d_n, g_have = list(norms[:m]), list(norms[m:2 * m]), list(norms[2 * m:])
@@ -722,9 +733,9 @@ class Recorder:
                     g_n = g_have
                 else:  # variables without a gradient, or given in another order: by the optimizer's index
                     g_n, w_k, d_k = [zero] * n, [zero] * n, [zero] * n
-                    for (_, k), t in zip(have, g_have):
+                    for (_, k), t in zip(have, g_have, strict=True):
                         g_n[k] = t
-                    for k, a, b in zip(index, w_n, d_n):
+                    for k, a, b in zip(index, w_n, d_n, strict=True):
                         w_k[k], d_k[k] = a, b
                     w_n, d_n = w_k, d_k
                 # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
@@ -750,6 +761,7 @@ class Recorder:
             gs = torch._foreach_div(gs, scale)
         vs = [vel[k] if vel[k].dtype == f32 else vel[k].to(f32) for _, k in have]
         ratios = torch._foreach_div(torch._foreach_mul(gs, gs), torch._foreach_add(vs, eps * eps))
+        assert self.velocities is not None  # vel is read from them
         v_sum = torch.sum(torch.stack(torch._foreach_norm([v.value for v in self.velocities], 1, dtype=f32)))
         return [torch.max(torch.stack(torch._foreach_max(ratios))), v_sum]
 
@@ -757,7 +769,7 @@ class Recorder:
         import torch
 
         def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, sample_weight=sample_weight, *args, **kwargs)
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
                 with torch.no_grad():
                     value = torch.as_tensor(values).detach()
@@ -826,7 +838,7 @@ class Recorder:
             self.t_raw = []
             self.t_raw_checked = 0
             rows, stops = self._torch_derive(raw)
-            for row, stop in zip(rows, stops):
+            for row, stop in zip(rows, stops, strict=True):
                 if host["halt"]:  # past a stop (the host runs no step after one: a guard)
                     break
                 i = host["count"]
@@ -884,7 +896,7 @@ class Recorder:
             header = buf[self.chunk]
             count, halted = header[H_COUNT], header[H_HALT]
             go = ops.logical_and(ops.equal(halted, 0), ops.less(count, header[H_LIMIT]))
-            with StatelessScope(state_mapping=list(zip(opt.variables, ov))):
+            with StatelessScope(state_mapping=list(zip(opt.variables, ov, strict=True))):
                 lr = ops.convert_to_tensor(opt.learning_rate)
                 scale = ops.convert_to_tensor(opt.dynamic_scale) if self.is_loss_scaled else None
             vel_pos = [pos[id(v)] for v in self.velocities] if self.velocities is not None else None
@@ -899,8 +911,8 @@ class Recorder:
                 # a select of every variable (measured on the CPU: a `cond` around the update costs about
                 # the same): for optimizers whose update does not scale with the rate
                 new_t, new_o = original(ov, grads, tv)
-                new_t = [ops.where(go, n, o) for n, o in zip(new_t, tv)]
-                new_o = [ops.where(go, n, o) for n, o in zip(new_o, ov)]
+                new_t = [ops.where(go, n, o) for n, o in zip(new_t, tv, strict=True)]
+                new_o = [ops.where(go, n, o) for n, o in zip(new_o, ov, strict=True)]
             state_after = [new_o[pos[id(v)]] for v in self.state_vars]
             vel = [ov[p] for p in vel_pos] if vel_pos is not None else None
             vel_after = [new_o[p] for p in vel_pos] if vel_pos is not None else None
@@ -928,8 +940,9 @@ class Recorder:
             return self._torch_read() if self.built else {"buf": np.zeros((0, 0), np.float32), "count": 0, "halt": 0}
         if self.stateless:
             return self._jax_read()
-        out = {"buf": host_numpy(self.buf.value), "count": int(host_numpy(self.count.value)),
-               "halt": int(host_numpy(self.halt.value))}
+        out: dict[str, np.ndarray | int] = {"buf": host_numpy(self.buf.value),
+                                            "count": int(host_numpy(self.count.value)),
+                                            "halt": int(host_numpy(self.halt.value))}
         if self.lbuf is not None:
             out["lbuf"] = host_numpy(self.lbuf.value)
             out["lcount"] = int(host_numpy(self.lcount.value))
@@ -950,7 +963,7 @@ class Recorder:
         # a model whose metrics leave out the loss tracker records no loss (the wrapper writes none)
         tracked = self.lbuf is not None and _index_of(self.model.metrics_variables, self.lbuf) is not None
         w = self.width
-        out = {"buf": buf[:self.chunk, :w], "count": int(buf[self.chunk, H_COUNT]),
+        out: dict[str, np.ndarray | int] = {"buf": buf[:self.chunk, :w], "count": int(buf[self.chunk, H_COUNT]),
                "halt": int(buf[self.chunk, H_HALT])}
         if tracked:  # per row: its step's loss, and how many losses the tracker took in that step
             out["lrow"], out["ltaken"] = buf[:self.chunk, w], buf[:self.chunk, w + 1]
@@ -1178,4 +1191,5 @@ def host_flags(rows: np.ndarray, loss: np.ndarray | None, loss_scaled: bool) -> 
     return flags.astype(np.int32)
 
 
-__all__ = ["ChunkRows", "Recorder", "find_optimizers", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR", "COL_FLAGS", "COL_UPDATE"]
+__all__ = ["ChunkRows", "Recorder", "find_optimizers", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR",
+           "COL_FLAGS", "COL_UPDATE"]

@@ -36,9 +36,9 @@ def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) 
     if len(model_values) != len(model.variables) or len(opt_values) != len(opt_vars):
         raise RuntimeError(f"the saved state has {len(model_values)} model and {len(opt_values)} optimizer "
                            f"variables, the model now {len(model.variables)} and {len(opt_vars)}")
-    for v, value in zip(model.variables, model_values):
+    for v, value in zip(model.variables, model_values, strict=True):
         v.assign(value)
-    for v, value in zip(opt_vars, opt_values):
+    for v, value in zip(opt_vars, opt_values, strict=True):
         v.assign(value)
 
 

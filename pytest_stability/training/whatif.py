@@ -233,7 +233,8 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
     from ..checks import run_checks
 
     # the primary finding first (its first fix is the first suggested fix), then the others in step order
-    findings = sorted((f for r in results for f in r.findings), key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
+    findings = sorted((f for r in results for f in r.findings),
+                      key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
     if not findings:
         return results
     tries: list[tuple[dict[str, Any], int]] = []
@@ -343,8 +344,9 @@ def guard_verdict(model: Any, result: engine.RunResult, thresholds: Any, spec: A
                 "text": f"the replay with {rule} failed: {type(exc).__name__}: {str(exc)[:300]}"}
     trace = rerun.trace
     # a skipped step applied no update although its gradients were finite and not zero
-    skipped = [int(k) for k in np.flatnonzero((trace.update_ratio == 0) & np.isfinite(trace.grad_norm)
-                                              & (trace.grad_norm > 0))]
+    ratio, gnorm = trace.update_ratio, trace.grad_norm
+    skipped = [] if ratio is None or gnorm is None else [
+        int(k) for k in np.flatnonzero((ratio == 0) & np.isfinite(gnorm) & (gnorm > 0))]
     names = tuple(c for c in spec.checks if c != "val_loss")
     # a finding at a step the guard skipped is the guard doing its job: that batch's loss and gradients were
     # seen, its update was not applied

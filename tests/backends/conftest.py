@@ -5,6 +5,7 @@ tests/training/conftest.py: pytester's in-process runs restore ``sys.modules`` a
 refuses to be loaded twice in one process.  No TensorFlow import: these tests must run without it.
 """
 
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -16,10 +17,8 @@ import numpy  # noqa: E402,F401
 
 # Where Hypothesis is installed, its pytest plugin imports it in each pytester run's terminal summary, and an
 # in-process run drops the modules it imported: once here, not seconds per run (CI installs no Hypothesis).
-try:
-    import hypothesis  # noqa: E402,F401
-except ImportError:
-    pass
+with contextlib.suppress(ImportError):
+    import hypothesis  # noqa: F401
 
 # The plugin's own modules, imported once here too: an in-process pytester run drops the modules it imported,
 # so each run that trains would import the training engine, the checks and the reports (and what they import

@@ -226,7 +226,8 @@ def full_batch_no_dropout():
 
 def gan():
     """The GAN of Keras' guides (example_project/gan.py): two optimizers, d_loss and g_loss."""
-    from gan import REAL, gan as build
+    from gan import REAL
+    from gan import gan as build
 
     return build(), REAL, None, {"batch_size": 32, "callbacks": [EpochSpy()]}
 
@@ -236,4 +237,5 @@ SETUPS = {name: fn for name, fn in dict(globals()).items()
               "spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
               "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
               "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
-              "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout", "gan")}
+              "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout",
+              "gan")}

@@ -41,8 +41,8 @@ def test_mirrored(stability):
     rep = stability.fit(model, X, Y, batch_size=32, validation_data=(X[:64], Y[:64]), shuffle=False)
     tr = rep.trace
     assert tr.steps == 24 and tr.info["distributed"] and tr.info["steps_per_execution"] == 1
-    # what the README says is recorded: replica 0's gradient (its 16 of the 32 samples) of its loss divided
-    # by the 2 replicas, and replica 0's own minibatch loss
+    # what docs/backends.md (Distribution) says is recorded: replica 0's gradient (its 16 of the 32 samples)
+    # of its loss divided by the 2 replicas, and replica 0's own minibatch loss
     ws = [tf.Variable(w) for w in w0]  # the same network by hand: dense relu, dense sigmoid, cross-entropy
     with tf.GradientTape() as tape:
         p = tf.sigmoid(tf.matmul(tf.nn.relu(tf.matmul(tf.constant(X[:16]), ws[0]) + ws[1]), ws[2]) + ws[3])

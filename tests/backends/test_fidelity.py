@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import pytest
 
 BACKEND = keras.backend.backend()
 HERE = Path(__file__).parent
@@ -158,7 +157,8 @@ ROUNDING = {"full_batch_no_dropout": 1e-4}
 SETUP_NAMES = ["spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
                "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
                "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
-               "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout", "gan"]
+               "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout",
+               "gan"]
 
 
 def test_plain_fit_and_stability_fit_are_observed_the_same(pytester):

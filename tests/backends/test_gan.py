@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import pytest
 
 GAN_SOURCE = Path(__file__).parents[2] / "example_project" / "gan.py"
 BACKEND = keras.backend.backend()

@@ -38,7 +38,7 @@ def test_the_guard_skips_the_outlier_step_and_only_it():
     keep = np.ones(512, bool)
     keep[200:208] = False
     clean.fit(x[keep], y[keep], batch_size=8, epochs=1, shuffle=False, verbose=0)
-    for a, b in zip(guarded.get_weights(), clean.get_weights()):
+    for a, b in zip(guarded.get_weights(), clean.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -34,7 +34,7 @@ def _fresh_run(seed):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dropout(0.3), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
-    # the case that used to break: fit builds the compiled loss itself, peeking at the training data
+    # the case a replay must handle: fit builds the compiled loss itself, peeking at the training data
     assert not model._compile_loss.built
     res = engine.train(model, X, Y, steps=STEPS, seed=seed, spec=_spec(), batch_size=32, keep_initial_state=True)
     assert res.trace.steps == STEPS and np.all(np.isfinite(res.trace.loss))
@@ -57,7 +57,7 @@ def test_replay_without_a_fix_reproduces_the_run_bit_for_bit_and_restores_the_mo
     for name in SERIES:
         np.testing.assert_array_equal(getattr(rep.trace, name), getattr(res.trace, name), err_msg=name)
     # the model is given back in the state the original run ended in
-    for a, v in zip(after, model.variables):
+    for a, v in zip(after, model.variables, strict=True):
         np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(v.value))
 
 

@@ -8,13 +8,15 @@ a half-imported matplotlib behind.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import importlib
+import json
 import os
 import pkgutil
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -26,10 +28,8 @@ import tensorflow  # noqa: E402,F401
 
 # Where Hypothesis is installed, its pytest plugin imports it in each pytester run's terminal summary, and an
 # in-process run drops the modules it imported: once here, not seconds per run (CI installs no Hypothesis).
-try:
-    import hypothesis  # noqa: E402,F401
-except ImportError:
-    pass
+with contextlib.suppress(ImportError):
+    import hypothesis  # noqa: F401
 
 # The plugin's own modules, imported once here too: an in-process pytester run drops the modules it imported,
 # so each run that trains would import the training engine, the checks and the reports (and what they import
@@ -142,7 +142,7 @@ def test_param(stability, lr):
     stability.train(build(lr), X, Y, batch_size=16)
 ''',
     # the loss is NaN from step 0 (NaN in the first batch): its plot has nothing to log-scale.  Named to sort
-    # before test_healthy: such a plot used to abort every plot after it ("Data cannot be log-scaled").
+    # before test_healthy: such a plot must not abort the plots after it ("Data cannot be log-scaled").
     "nan_from_start": '''
 
 @pytest.mark.stable_training(steps=10)

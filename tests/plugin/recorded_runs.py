@@ -1,8 +1,8 @@
 """Recorded training runs: report tests replay real training instead of training again.
 
 A report test (JSON, JUnit, GitHub, TensorBoard, plots, baseline, terminal, xdist merging) checks what the
-plugin makes of a run, not the run itself; yet each of its pytester runs used to train its models afresh, which
-was most of the suite's time.  Here the training engine's result for such a test is recorded once, from real
+plugin makes of a run, not the run itself; training its models afresh in each of its pytester runs would be
+most of the suite's time.  Here the training engine's result for such a test is recorded once, from real
 training of the very test source the test runs, committed (``recorded/GROUP.json``), and replayed::
 
     pytester.runpytest("-p", "recorded_runs", "--recorded-runs=scenarios", ...)   # recorded.args("scenarios")
@@ -116,7 +116,7 @@ def same_inputs(now: dict[str, Any], recorded: dict[str, Any]) -> bool:
     """Shapes, dtypes and batch size equal; mean absolute values within 1 % (another numpy may draw other data)."""
     if now["batch_size"] != recorded["batch_size"] or len(now["arrays"]) != len(recorded["arrays"]):
         return False
-    for a, b in zip(now["arrays"], recorded["arrays"]):
+    for a, b in zip(now["arrays"], recorded["arrays"], strict=True):
         if isinstance(a, str) or isinstance(b, str):
             if a != b:
                 return False

@@ -366,4 +366,5 @@ def test_save_baseline_of_a_partial_run_keeps_the_other_tests(pytester, gate, sa
     # the merged baseline gates a full run: every test is compared
     result = gate.run("--stability-baseline=base.json", "--stability-baseline-strict")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*- stability baseline */base.json: 3 compared, 0 regressed, 0 not in the baseline -*"])
+    result.stdout.fnmatch_lines(
+        ["*- stability baseline */base.json: 3 compared, 0 regressed, 0 not in the baseline -*"])

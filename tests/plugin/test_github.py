@@ -17,6 +17,12 @@ def _annotations(result: pytest.RunResult) -> list[str]:
     return [line for line in result.stdout.lines if line.startswith("::")]
 
 
+def _message(command: str) -> str:
+    """The message of a ``::error <properties>::<message>`` workflow command, unescaped (%0D, %0A, %25)."""
+    _, message = command[len("::"):].split("::", 1)  # the properties escape their own colons
+    return message.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+
+
 def _table_rows(text: str) -> dict[str, list[str]]:
     rows = {}
     for line in text.splitlines():
@@ -41,10 +47,13 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     result.assert_outcomes(passed=2, failed=1)
     found = _annotations(result)
     assert len(found) == 1 and found[0].startswith(expected), found
-    assert "%0A" not in found[0] or found[0].count("::") == 2  # one line: newlines escaped
     text = summary.read_text()
     assert text.startswith("## Training stability\n\n2 tests, 1 unstable\n")
     rows = _table_rows(text)
+    # the annotation is one line that holds the whole headline finding (the summary's cell, where a newline
+    # is <br>): a newline of the message is escaped, not printed
+    headline = rows["test_gh.py::test_diverges"][3]
+    assert _message(found[0]).replace("\r", "").replace("\n", "<br>") == headline, (found[0], headline)
     assert rows["test_gh.py::test_healthy"][:4] == ["✅ stable", "`test_gh.py::test_healthy`", "40/40", ""]
     assert rows["test_gh.py::test_diverges"][:3] == ["❌ unstable", "`test_gh.py::test_diverges`", "3/40"]
     assert rows["test_gh.py::test_diverges"][3].startswith("[grad_norm] step 1: ")
@@ -65,6 +74,8 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     assert "2 tests, 1 unstable, 0 regressed against the baseline" in text
     assert "| verdict | test | steps | headline finding | baseline -> now | plot |" in text
     rows = _table_rows(text)
+    headline = rows["test_gh.py::test_diverges"][3]
+    assert _message(found[0]).replace("\r", "").replace("\n", "<br>") == headline, (found[0], headline)
     assert rows["test_gh.py::test_healthy"][4].startswith("baseline -> now: ")
     # the job summary names the plot's path (in the uploaded artifact); the Markdown file links it
     assert rows["test_gh.py::test_healthy"][5] == f"`{pytester.path.name}/plots/test_gh.py__test_healthy.png`"

@@ -42,10 +42,12 @@ def test_ok(stability):
         ("device='tpu'", "stable_training: device must be one of 'auto', 'cpu', 'gpu', received 'tpu' (str)"),
         ("10, steps=20", "stable_training: steps given both positionally (10) and as a keyword (20)"),
         ("max_grad_norm=-1.0", "stable_training: max_grad_norm must be None or a finite number > 0, received -1.0"),
-        ("checks=['loss_spike', 'nan']", "stable_training: checks must be a list of check names from *, received unknown check 'nan'"),
+        ("checks=['loss_spike', 'nan']",
+         "stable_training: checks must be a list of check names from *, received unknown check 'nan'"),
         ("spike_ratio=1", "stable_training: spike_ratio must be a finite number > 1, received 1"),
         ("batch_size=2.5", "stable_training: batch_size must be an int >= 1, received 2.5 (float)"),
-        ("baseline_grad_factor=0.5", "stable_training: baseline_grad_factor must be a finite number >= 1, received 0.5"),
+        ("baseline_grad_factor=0.5",
+         "stable_training: baseline_grad_factor must be a finite number >= 1, received 0.5"),
         ("baseline_extra_spikes=1.5",
          "stable_training: baseline_extra_spikes must be an int >= 0, received 1.5 (float)"),
     ],
@@ -99,7 +101,8 @@ def test_model(stability):
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*test_model is marked stable_training but never called stability.train(model, x, y)*"])
+    result.stdout.fnmatch_lines(
+        ["*test_model is marked stable_training but never called stability.train(model, x, y)*"])
 
 
 @pytest.mark.parametrize(
@@ -140,7 +143,8 @@ def test_settings(stability):
     [
         ("", ["--stability-steps=30"], "", "STEPS=30 SEED=0 DEVICE=auto"),
         ("stability_steps = 50\nstability_seed = 4\n", [], "", "STEPS=50 SEED=4 DEVICE=auto"),
-        ("stability_steps = 50\n", ["--stability-steps=70", "--stability-device=cpu"], "", "STEPS=70 SEED=0 DEVICE=cpu"),
+        ("stability_steps = 50\n", ["--stability-steps=70", "--stability-device=cpu"], "",
+         "STEPS=70 SEED=0 DEVICE=cpu"),
         ("stability_steps = 50\n", ["--stability-steps=70"], "steps=90", "STEPS=90 SEED=0 DEVICE=auto"),
         ("stability_seed = 4\n", ["--stability-seed=0"], "steps=20", "STEPS=20 SEED=0 DEVICE=auto"),
     ],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-
 DRIVEN = '''
 from pytest_stability.progress import Progress
 

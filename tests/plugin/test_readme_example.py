@@ -31,4 +31,5 @@ def test_the_first_test_passes_as_pasted_and_fails_with_a_diagnosis_at_a_learnin
     result.stdout.fnmatch_lines(["*test_stability.py::test_classifier_trains_stably: stable_training: * checks failed*",
                                  "*[[]grad_norm[]] step *: gradient norm * exceeds *",
                                  "*  cause (*): *", "*  fix to try: *",
-                                 "*replay: pytest test_stability.py::test_classifier_trains_stably --stability-replay=0"])
+                                 "*replay: pytest test_stability.py::test_classifier_trains_stably "
+                                 "--stability-replay=0"])

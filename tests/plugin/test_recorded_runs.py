@@ -22,7 +22,6 @@ import shutil
 from typing import Any
 
 import numpy as np
-
 from recorded_runs import RECORDINGS_DIR, load_group, result_from_dict
 
 #: relative tolerance for recorded numbers (another TensorFlow version or CPU rounds differently)
@@ -55,7 +54,8 @@ def _differences(fresh: Any, stored: Any, where: str) -> list[str]:
     if isinstance(stored, (list, tuple)) and isinstance(fresh, (list, tuple)):
         if len(fresh) != len(stored):
             return [f"{where}: {len(fresh)} items now, {len(stored)} recorded"]
-        return [d for i, (a, b) in enumerate(zip(fresh, stored)) for d in _differences(a, b, f"{where}[{i}]")]
+        return [d for i, (a, b) in enumerate(zip(fresh, stored, strict=True))
+                for d in _differences(a, b, f"{where}[{i}]")]
     if isinstance(stored, float) and isinstance(fresh, float) and not isinstance(stored, bool):
         same = (fresh == stored or (math.isnan(fresh) and math.isnan(stored))
                 or math.isclose(fresh, stored, rel_tol=RTOL, abs_tol=1e-12))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-
 #: conftest.py's SEEDS_TESTS: build_for_seed() builds a diverging model when the first draw of Python's `random`
 #: (seeded by the fixture with the run's seed) is below BAD_DRAW.
 BAD_DRAW = 0.5

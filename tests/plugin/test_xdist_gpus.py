@@ -1,4 +1,5 @@
-"""--stability-xdist-gpus gives each pytest-xdist worker its own GPU; --stability-gpu-lock serialises stability tests."""
+"""--stability-xdist-gpus gives each pytest-xdist worker its own GPU; --stability-gpu-lock serialises stability
+tests."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 
 # Each process (controller and workers) records its environment when its conftest.py is imported:
 # the earliest point a user's code (a conftest that imports TensorFlow) could read it.
@@ -55,8 +55,10 @@ def test_each_worker_sees_its_gpu_before_conftest_import(pytester, no_gpu_env):
     assert _envs(pytester.path) == {
         "controller": {"CUDA_VISIBLE_DEVICES": None, "TF_FORCE_GPU_ALLOW_GROWTH": None,
                        "XLA_PYTHON_CLIENT_PREALLOCATE": None},
-        "gw0": {"CUDA_VISIBLE_DEVICES": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-        "gw1": {"CUDA_VISIBLE_DEVICES": "7", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        "gw0": {"CUDA_VISIBLE_DEVICES": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        "gw1": {"CUDA_VISIBLE_DEVICES": "7", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
     }
 
 

@@ -31,7 +31,8 @@ def test_model(stability):
         "*[[]grad_norm] step *: gradient norm *",
         "*  cause (likely): *a learning rate too high for this model from the start*",
         "*  fix to try: learning_rate=* (now 5 *",
-        "*[[]nonfinite] step *: non-finite *; first variable affected: *; the input batch was finite (the NaN/Inf was produced by training)",
+        "*[[]nonfinite] step *: non-finite *; first variable affected: *; "
+        "the input batch was finite (the NaN/Inf was produced by training)",
         "*  a consequence of [[]grad_norm] at step *",
         "*replay: pytest test_too_high_learning_rate_nan_is_caught_at_its_step.py::test_model --stability-replay=0",
     ])
@@ -98,7 +99,8 @@ def test_model(stability):
 ''')
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*checks failed (val_loss)*",
-                                 "*[[]val_loss] step *: smoothed validation loss * after * steps rose * above its best *"])
+                                 "*[[]val_loss] step *: smoothed validation loss * after * steps rose * "
+                                 "above its best *"])
 
 
 def test_absolute_max_grad_norm(pytester, tiny_problem):
@@ -108,7 +110,8 @@ def test_model(stability):
     stability.train(build(), X, Y)
 ''')
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*[[]grad_norm] step 0: gradient norm * exceeds 0.0001 (max_grad_norm=0.0001); largest in sequential*"])
+    result.stdout.fnmatch_lines(["*[[]grad_norm] step 0: gradient norm * exceeds 0.0001 (max_grad_norm=0.0001); "
+                                 "largest in sequential*"])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -133,7 +136,8 @@ def test_model(stability):
     assert [r.status for r in report.results] == ["passed"] * 5
 ''')
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*stability report: 1 test, 0 unstable*", "PASS  *::test_model  steps=400/400 seed={} CPU*".format(seed)])
+    result.stdout.fnmatch_lines(["*stability report: 1 test, 0 unstable*",
+                                 f"PASS  *::test_model  steps=400/400 seed={seed} CPU*"])
 
 
 def test_check_false_returns_the_report_without_raising(pytester, tiny_problem):

@@ -51,7 +51,7 @@ def test_fixed_twin(stability):
     # read-backs every 6 epochs of 8 steps (a chunk of 50 steps never crosses more than one buffer), and at the end
     assert info["steps"] == [48, 96, 100] and info["kind"] == "hessian" and info["rule"] == "gd"
     # above 1 while the run is stable (its learning-rate margin is 1.41x): one minibatch's Hessian is sharper
-    # than the full batch's (README: the minibatch caveat)
+    # than the full batch's (docs/whatif-and-margins.md: the caveat on the minibatch Hessian)
     assert 1.0 < edge["summary"]["eos_ratio"] < 1.1
     # the same Hessian, a tenth of the learning rate: a tenth of the ratio, ten times the margin
     assert twin["summary"]["eos_ratio"] == pytest.approx(edge["summary"]["eos_ratio"] / 10, rel=1e-3)
@@ -60,7 +60,8 @@ def test_fixed_twin(stability):
     assert "curvature margin 0.956x" in info["text"]
     assert info["seconds_total"] > 0 and all(info["converged"])
     assert edge["curves"]["eos_ratio"]["step"] == [48, 96, 100]
-    case = next(c for c in ET.parse(pytester.path / "junit.xml").iter("testcase") if c.get("name") == "test_near_the_edge")
+    case = next(c for c in ET.parse(pytester.path / "junit.xml").iter("testcase")
+                if c.get("name") == "test_near_the_edge")
     props = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert 1.0 < float(props["stability_eos_ratio"]) < 1.1 and "stability_curvature_margin" in props
 

@@ -44,7 +44,7 @@ def _problem():
     return x, y
 
 
-def _model(lr) -> "keras.Model":
+def _model(lr) -> keras.Model:
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")

@@ -38,7 +38,7 @@ def _data():
 
 
 def _model(policy: str, *, lr: float = 1e-2, initial_scale: float | None = None,
-           jit_compile: bool = False) -> "keras.Model":
+           jit_compile: bool = False) -> keras.Model:
     keras.config.set_dtype_policy(policy)
     try:
         model = keras.Sequential([

@@ -47,7 +47,9 @@ def test_model(stability):
 
 
 DATA_KINDS = {
-    "tf_data": "import tensorflow as tf; rep = stability.train(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), validation_data=tf.data.Dataset.from_tensor_slices((XV, YV)).batch(32))",
+    "tf_data": "import tensorflow as tf; rep = stability.train(build(), "
+               "tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), "
+               "validation_data=tf.data.Dataset.from_tensor_slices((XV, YV)).batch(32))",
     "pydataset": '''
     class Seq(keras.utils.PyDataset):
         def __len__(self):
@@ -55,7 +57,8 @@ DATA_KINDS = {
         def __getitem__(self, i):
             return X[i * 32:(i + 1) * 32], Y[i * 32:(i + 1) * 32]
     rep = stability.train(build(), Seq(), validation_data=Seq())''',
-    "sample_weight": "rep = stability.train(build(), X, Y, sample_weight=np.ones(len(X), 'float32'), validation_data=(XV, YV, np.ones(len(XV), 'float32')))",
+    "sample_weight": "rep = stability.train(build(), X, Y, sample_weight=np.ones(len(X), 'float32'), "
+                     "validation_data=(XV, YV, np.ones(len(XV), 'float32')))",
     "dict_inputs": '''
     inp = keras.Input((8,), name="features")
     out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8, activation="relu")(inp))
@@ -86,7 +89,8 @@ def test_model(stability):
 def test_validation_does_not_update_batchnorm_statistics(pytester, tiny_problem):
     result = run(pytester, tiny_problem + '''
 def bn_model():
-    model = keras.Sequential([keras.Input((8,)), keras.layers.BatchNormalization(), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential([keras.Input((8,)), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer="adam", loss="binary_crossentropy")
     return model
 
@@ -118,7 +122,8 @@ def test_model(stability):
 '''
     result = run(pytester, source, "-s")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*SEEDS [[]10, 11, 12] [[]'pytest test_seeds_run_each_seed_and_replay_runs_one.py::test_model --stability-replay=10', *"])
+    result.stdout.fnmatch_lines(["*SEEDS [[]10, 11, 12] [[]'pytest test_seeds_run_each_seed_and_replay_runs_one.py::"
+                                 "test_model --stability-replay=10', *"])
     result = pytester.runpytest("-p", "no:cacheprovider", "-s", "--stability-replay=11")
     result.stdout.fnmatch_lines(["*SEEDS [[]11] *"])
 
@@ -141,7 +146,8 @@ def test_model(stability):
 def test_batchnorm_train_inference_gap_measured_without_touching_statistics(pytester, tiny_problem):
     result = run(pytester, tiny_problem + '''
 def build_bn(momentum):
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(momentum=momentum),
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
+                              keras.layers.BatchNormalization(momentum=momentum),
                               keras.layers.ReLU(), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(3e-2), loss="binary_crossentropy")
     return model

@@ -1,4 +1,4 @@
-"""Issue 10 on real training: a dead start is caught without validation data, and an Adam late blow-up is
+"""On real training: a dead start is caught without validation data, and an Adam late blow-up is
 headlined as second-moment collapse (epsilon / amsgrad), not as a gradient explosion."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ def test_dead_relus_from_the_first_step_fail_as_stuck_without_validation_data(py
 @pytest.mark.stable_training(steps=120)
 def test_dead(stability):
     model = keras.Sequential([keras.Input((8,)),
-                              keras.layers.Dense(16, activation="relu", bias_initializer=keras.initializers.Constant(-10.0)),
+                              keras.layers.Dense(16, activation="relu",
+                                                 bias_initializer=keras.initializers.Constant(-10.0)),
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     stability.fit(model, X, Y, batch_size=32)

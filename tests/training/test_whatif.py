@@ -17,8 +17,8 @@ import keras  # noqa: E402
 
 from benchmarks import scenarios as S  # noqa: E402
 from pytest_stability.checks import Thresholds, run_checks  # noqa: E402
-from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.options import resolve_config_defaults  # noqa: E402
+from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.training import engine, whatif  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def test_replay_without_a_fix_reproduces_the_run_exactly_and_restores_the_model(
     assert rep.end == 200   # 4 windows past the failure, capped at the steps run
     np.testing.assert_array_equal(rep.trace.loss, res.trace.loss)
     np.testing.assert_array_equal(rep.trace.grad_norm, res.trace.grad_norm)
-    for a, v in zip(before, model.variables):
+    for a, v in zip(before, model.variables, strict=True):
         np.testing.assert_array_equal(a, v.numpy())
 
 
@@ -82,7 +82,8 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
     # the first replay is the primary finding's first fix, and it resolves the run
     first = note["attempts"][0]
     assert first["fix"] == first_fix, first
-    assert first["text"].startswith(f"replayed steps 0-{first['end']} with SGD(learning_rate x ") and "no finding" in first["text"]
+    assert first["text"].startswith(f"replayed steps 0-{first['end']} with SGD(learning_rate x ")
+    assert "no finding" in first["text"]
     assert len(note["attempts"]) == 1 and np.isfinite(first["final_loss"])
     # the note sits on the primary finding
     assert any("whatif" in f.evidence and f.evidence.get("rank") == 0 for r in out for f in r.findings)

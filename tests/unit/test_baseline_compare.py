@@ -11,7 +11,6 @@ import pytest
 from pytest_stability.report import baseline as baseline_mod
 from pytest_stability.report.baseline import load_baseline
 
-
 TOL = dict(baseline_mod.TOLERANCE_DEFAULTS)
 
 

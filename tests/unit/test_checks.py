@@ -301,8 +301,8 @@ def _rnn_like(clip_cfg):
     v = np.exp(0.2 * rng.normal(size=(300, 2)))
     v[150, 0] = 500.0
     g = np.sqrt(np.sum(v ** 2, axis=1))
-    return Trace(loss=np.exp(-np.arange(300) / 300), grad_norm=g, var_grad_norms=v, var_names=("rnn/kernel", "dense/kernel"),
-                 info={"optimizer": "SGD", "optimizer_config": clip_cfg})
+    return Trace(loss=np.exp(-np.arange(300) / 300), grad_norm=g, var_grad_norms=v,
+                 var_names=("rnn/kernel", "dense/kernel"), info={"optimizer": "SGD", "optimizer_config": clip_cfg})
 
 
 def test_grad_norm_judged_after_the_optimizers_norm_clipping():
@@ -346,7 +346,8 @@ def test_val_falling_passes():
 
 def test_val_rise_fails_with_best():
     r = check_val_loss(_val([1.0, 0.5, 0.5, 2.0, 2.0]))
-    assert r.failed and r.findings[0].evidence["best"] == pytest.approx(0.5 * 0.6 + 0.4 * 0.5 * 0.6 + 0.4 * 0.4 * 1.0, rel=0.5)
+    assert r.failed
+    assert r.findings[0].evidence["best"] == pytest.approx(0.5 * 0.6 + 0.4 * 0.5 * 0.6 + 0.4 * 0.4 * 1.0, rel=0.5)
 
 
 def test_val_rise_on_last_measurement():
@@ -382,7 +383,7 @@ def test_a_run_that_comes_back_down_and_ends_flat_is_not_stuck():
     assert f.evidence["stuck"] is False and "stuck" not in f.message
 
 
-# -- val_loss judged against its own noise (issue 10) ---------------------------
+# -- val_loss judged against its own noise ---------------------------------------
 
 def _bn_seed0_val():
     # the raw validation curve of benchmarks/scenarios.py bn_small_batch, seed 0 (measured with this worktree's
@@ -442,7 +443,7 @@ def test_val_batchnorm_small_batch_curve_still_fails():
     assert r.failed and r.findings[0].step >= 260
 
 
-# -- stuck: dead from the first step, and variables that never learn (issue 10) -----
+# -- stuck: dead from the first step, and variables that never learn ---------------
 
 from pytest_stability.checks.stuck import check_stuck  # noqa: E402
 

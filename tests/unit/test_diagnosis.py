@@ -179,7 +179,7 @@ def test_suggested_clipnorm_comes_from_the_healthy_norms_only():
     assert f"clipnorm={clip:g} on the optimizer, from this run's healthy gradient norms before the event" in f.fix
 
 
-# -- one primary cause per run (issue 10) --------------------------------------
+# -- one primary cause per run ---------------------------------------------------
 
 from pytest_stability.diagnosis import primary_finding, rank_findings  # noqa: E402
 

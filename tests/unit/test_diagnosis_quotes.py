@@ -251,7 +251,8 @@ def event_traces(draw: st.DrawFn) -> Trace:
     rng = np.random.default_rng(seed)
     fall = draw(st.sampled_from([0.0, 1.0, 5.0, 20.0]))  # e-folds the loss falls over the run
     noise = draw(st.sampled_from([0.0, 0.02, 0.2]))
-    loss = np.exp(-np.linspace(0, fall, n)) * np.exp(noise * rng.normal(size=n)) * draw(st.sampled_from([0.1, 1.0, 50.0]))
+    loss = (np.exp(-np.linspace(0, fall, n)) * np.exp(noise * rng.normal(size=n))
+            * draw(st.sampled_from([0.1, 1.0, 50.0])))
     g_fall = draw(st.sampled_from([0.0, 1.0, 4.0, 9.0]))
     g = np.exp(-np.linspace(0, g_fall, n)) * np.exp(0.1 * rng.normal(size=n))
     upd = np.full(n, draw(st.sampled_from([1e-4, 1e-3, 0.3, 20.0])))
@@ -311,7 +312,8 @@ def val_traces(draw: st.DrawFn) -> Trace:
     every = draw(st.sampled_from([10, 25]))
     steps = np.arange(0, n + 1, every)
     k = steps.size
-    val = np.concatenate([np.geomspace(1.0, 0.4, k // 2), 0.4 * draw(st.sampled_from([1.3, 2.0])) ** np.linspace(0, 1, k - k // 2)])
+    val = np.concatenate([np.geomspace(1.0, 0.4, k // 2),
+                          0.4 * draw(st.sampled_from([1.3, 2.0])) ** np.linspace(0, 1, k - k // 2)])
     val *= np.exp(draw(st.sampled_from([0.0, 0.1])) * rng.normal(size=k))
     bn = draw(st.sampled_from([0, 2]))
     info = {"batchnorm_layers": bn, "batchnorm_momentum": [0.99] * bn}
@@ -368,7 +370,7 @@ def test_adam_second_moment_needs_small_gradients_before_the_burst(burst, seed):
         assert f.evidence["cause_key"] != "adam_second_moment", f.cause
 
 
-# -- the runs, as traces --------------------------------------------------------------
+# -- recorded runs, as traces -----------------------------------------------------------------
 
 
 def test_early_adam_blow_up_quotes_the_loss_at_step_0_and_lowers_the_rate_first():
@@ -413,7 +415,8 @@ def test_a_run_that_died_after_a_jump_is_a_collapse_and_never_gets_a_higher_rate
     # there with zero gradients; the weights hardly move afterwards (|dw|/|w| 1e-7)
     rng = np.random.default_rng(1)
     n = 300
-    loss = np.concatenate([[0.88, 0.86, 0.84, 0.83, 0.79, 0.70, 0.64, 0.39], 0.958 * (1 + 0.003 * rng.normal(size=n - 8))])
+    loss = np.concatenate([[0.88, 0.86, 0.84, 0.83, 0.79, 0.70, 0.64, 0.39],
+                           0.958 * (1 + 0.003 * rng.normal(size=n - 8))])
     g = np.concatenate([[0.1, 0.08, 0.07, 0.09, 0.12, 0.18, 0.39, 0.78], np.zeros(n - 8)])
     upd = np.concatenate([[0.05, 0.06, 0.07, 0.08, 0.11, 0.16, 0.24, 0.36], np.full(n - 8, 1e-7)])
     trace = Trace(loss=loss, grad_norm=g, update_ratio=upd, lr=np.full(n, 1.0), steps_planned=n,

@@ -7,7 +7,6 @@ ratio and the level it means), ``val_loss`` "over the limit 0.55 (best + 0.05)",
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pytest_stability.checks import run_checks
 from pytest_stability.trace import Trace

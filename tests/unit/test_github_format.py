@@ -13,8 +13,9 @@ def test_error_command_escapes_newlines_and_property_separators():
 
 def test_def_line_skips_decorators(tmp_path):
     path = tmp_path / "t.py"
-    path.write_text("import pytest\n\n@pytest.mark.stable_training(steps=5)\n@pytest.mark.slow\ndef test_a(stability):\n"
-                    "    pass\n\nclass TestB:\n    @pytest.mark.x\n    async def test_b(self):\n        pass\n")
+    path.write_text("import pytest\n\n@pytest.mark.stable_training(steps=5)\n@pytest.mark.slow\n"
+                    "def test_a(stability):\n    pass\n\nclass TestB:\n    @pytest.mark.x\n"
+                    "    async def test_b(self):\n        pass\n")
     assert github.def_line(path, 2, "test_a") == 5
     assert github.def_line(path, 8, "TestB.test_b[param-1]") == 10
     assert github.def_line(path, 2, "test_missing") == 3
@@ -24,8 +25,10 @@ def test_def_line_skips_decorators(tmp_path):
 
 def test_annotation_file_relative_to_workspace_or_rootdir(tmp_path):
     root = tmp_path / "repo" / "project"
-    assert github.annotation_file(root, "tests/t.py", {"GITHUB_WORKSPACE": str(tmp_path / "repo")}) == "project/tests/t.py"
-    assert github.annotation_file(root, "tests/t.py", {"GITHUB_WORKSPACE": str(tmp_path / "elsewhere")}) == "tests/t.py"
+    in_repo = {"GITHUB_WORKSPACE": str(tmp_path / "repo")}
+    elsewhere = {"GITHUB_WORKSPACE": str(tmp_path / "elsewhere")}
+    assert github.annotation_file(root, "tests/t.py", in_repo) == "project/tests/t.py"
+    assert github.annotation_file(root, "tests/t.py", elsewhere) == "tests/t.py"
     assert github.annotation_file(root, "tests/t.py", {}) == "tests/t.py"
 
 

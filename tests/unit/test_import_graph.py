@@ -1,6 +1,6 @@
 """The package's import graph has no cycle, and every module imports on its own.
 
-Data flows one way (README "Layout"): fixture -> record -> session, options and
+Data flows one way (docs/how-it-records.md, "The plugin's layout"): fixture -> record -> session, options and
 marker below them, report/* below the session.  A cycle makes a module's
 behaviour depend on which module happened to be imported first.
 """
@@ -11,8 +11,6 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pytest_stability"
 

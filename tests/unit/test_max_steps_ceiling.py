@@ -34,6 +34,7 @@ def test_marker_can_raise_its_own_ceiling():
 
 
 def test_cli_steps_above_the_cli_ceiling():
-    with pytest.raises(OptionValueError, match=r"--stability-steps / --stability-max-steps .*steps=500 is above max_steps=100"):
+    with pytest.raises(OptionValueError,
+                       match=r"--stability-steps / --stability-max-steps .*steps=500 is above max_steps=100"):
         _defaults(steps="500", max_steps="100")
 

@@ -6,8 +6,16 @@ import dataclasses
 
 import pytest
 
-from pytest_stability.options import (OPTIONS, OPTIONS_BY_NAME, OptionValueError, RunSpec, merge_marker,
-                                      parse_replay, resolve_config_defaults, resolve_run_files)
+from pytest_stability.options import (
+    OPTIONS,
+    OPTIONS_BY_NAME,
+    OptionValueError,
+    RunSpec,
+    merge_marker,
+    parse_replay,
+    resolve_config_defaults,
+    resolve_run_files,
+)
 from pytest_stability.thresholds import CHECK_NAMES
 
 

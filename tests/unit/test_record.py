@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from pytest_stability.record import (CRASHED_WORKER, INTERRUPTED, NO_TRAIN, RECORD_KEYS, SETUP_ERROR,
-                                     StabilityRecord)
+from pytest_stability.record import CRASHED_WORKER, INTERRUPTED, NO_TRAIN, RECORD_KEYS, SETUP_ERROR, StabilityRecord
 
 CALL_STABLE = {"verdict": "stable", "runs": []}
 CALL_UNSTABLE = {"verdict": "unstable", "runs": []}
