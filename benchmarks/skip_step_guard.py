@@ -75,7 +75,7 @@ def _pct(k: int, n: int) -> str:
 def table(rows: list[dict], args: argparse.Namespace, backend: str) -> str:
     out = [f"`python benchmarks/skip_step_guard.py --seeds {args.seeds}` on {backend}, {platform.machine()} "
            f"({os.cpu_count()} cores): each run trained as the detection benchmark trains it, then replayed from its "
-           "first step with `SkipStepGuard` (6 standard deviations over the last 128 updates, the settings' "
+           "first step with `SkipStepGuard` (6 standard deviations over the last 128 steps, the settings' "
            "defaults).", "",
            "| scenario | runs failing unguarded | guard saves (of the failing runs) | steps skipped (median) | "
            "replay s/run |", "|---|---|---|---|---|"]

@@ -137,6 +137,7 @@ CAUSES = {
     "adam_second_moment": "Adam second-moment collapse",
     "gradient_explosion": "gradient explosion",
     "collapse_constant": "collapse to a constant loss after an explosion",
+    "loss_scale_overflow": "mixed-precision updates skipped on overflow",
     "lr_too_high": "learning rate too high",
     "unsafe_loss_op": "numerically unsafe op in the loss or model",
     "nan_in_data": "NaN/Inf in the input data",
@@ -489,6 +490,11 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
               ) -> list[Finding]:
     out = []
     for f in findings:
+        if f.evidence.get("check_cause") and f.cause and f.fix:
+            # a check that knows its finding's cause says it (nonfinite's skipped_steps): kept as it is
+            out.append(dataclasses.replace(f, evidence={**dict(f.evidence), "cause_key": f.evidence["check_cause"],
+                                                        "settings": dict(settings)}))
+            continue
         q = Quotes(trace)
         rule = _RULES.get(f.check, _unknown)
         dx = rule(f, trace, q, context)
@@ -1409,7 +1415,33 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
 def _with_context(f: Finding, trace: Trace, context: list[Finding]) -> Finding:
     settings = dict(f.evidence.get("settings") or {})
     thresholds = _Settings(settings.get("spike_window"), settings.get("val_smoothing"))
-    return diagnose([f], trace, thresholds, context=context)[0]
+    view, named = finding_view(f, trace)
+    return with_optimizer_named(diagnose([f], view, thresholds, context=context)[0], named)
+
+
+def finding_view(f: Finding, trace: Trace) -> tuple[Trace, str | None]:
+    """The trace a finding was found in, and the optimizer it is about: one loss curve's (a GAN's ``d_loss``)
+    or one optimizer's (``evidence["curve"]`` / ``evidence["optimizer"]``, see
+    :func:`~pytest_stability.checks.curve_view`), else the run's (and no name)."""
+    from .checks import curve_view, optimizer_view
+
+    view = trace
+    if "curve" in f.evidence and f.evidence["curve"] in trace.loss_curves:
+        view = curve_view(trace, f.evidence["curve"])
+    elif "optimizer" in f.evidence and f.evidence["optimizer"] in trace.optimizers:
+        view = optimizer_view(trace, f.evidence["optimizer"])
+    named = view.info.get("optimizer_name") if view is not trace else None
+    return view, named
+
+
+def with_optimizer_named(f: Finding, named: str | None) -> Finding:
+    """``f`` with its fix saying which optimizer it is for (``on d_optimizer: ...``), when the run has several."""
+    if not named or not f.fix or f.fix.startswith(f"on {named}: "):
+        return f
+    fixes = [dict(x, text=f"on {named}: {x['text']}") if x.get("text") and not x.get("note") else x
+             for x in f.evidence.get("fixes") or ()]
+    evidence = {**dict(f.evidence), "fixes": fixes} if "fixes" in f.evidence else f.evidence
+    return dataclasses.replace(f, fix=f"on {named}: {f.fix}", evidence=evidence)
 
 
 @dataclass(frozen=True)

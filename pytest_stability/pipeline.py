@@ -41,10 +41,7 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
 def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
     """Each finding diagnosed on the trace it was found in: a loss curve's (a GAN's ``d_loss``) or one
     optimizer's (see :func:`~pytest_stability.checks.curve_view`), else the run's; in the same order."""
-    from dataclasses import replace
-
-    from .checks import curve_view, optimizer_view
-    from .diagnosis import diagnose
+    from .diagnosis import diagnose, finding_view, with_optimizer_named
 
     groups: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(findings):
@@ -52,20 +49,10 @@ def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
             ("optimizer", f.evidence["optimizer"]) if "optimizer" in f.evidence else ("", ""))
         groups.setdefault(key, []).append(i)
     out = list(findings)
-    for (kind, label), indices in groups.items():
-        view = trace
-        if kind == "curve" and label in trace.loss_curves:
-            view = curve_view(trace, label)
-        elif kind == "optimizer" and label in trace.optimizers:
-            view = optimizer_view(trace, label)
-        named = view.info.get("optimizer_name") if view is not trace else None
+    for indices in groups.values():
+        view, named = finding_view(findings[indices[0]], trace)
         for i, f in zip(indices, diagnose([findings[i] for i in indices], view, thresholds), strict=True):
-            own = findings[i]
-            if own.cause and own.fix:  # a check that knows its finding's cause says it (skipped_steps)
-                f = replace(f, cause=own.cause, fix=own.fix, confidence=own.confidence or f.confidence)
-            if named and f.fix and named not in f.fix:
-                f = replace(f, fix=f"on {named}: {f.fix}")
-            out[i] = f
+            out[i] = with_optimizer_named(f, named)
     return out
 
 

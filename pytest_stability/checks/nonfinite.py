@@ -144,7 +144,8 @@ def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
         message += f"; the loss scale ended at {last_scale:.3g}"
     return Finding(
         check=NAME, kind="skipped_steps", step=step, value=fraction, limit=limit, message=message,
-        evidence={"skipped": int(len(skipped)), "steps": int(n), "first_skipped": int(skipped[0]),
+        evidence={"check_cause": "loss_scale_overflow", "skipped": int(len(skipped)), "steps": int(n),
+                  "first_skipped": int(skipped[0]),
                   "last_skipped": int(skipped[-1]), "last_loss_scale": last_scale},
         cause="the gradients overflow the float16 range at every loss scale the optimizer tries: values grow too "
               "large in the forward or backward pass (a learning rate or initialisation that blows activations up, "

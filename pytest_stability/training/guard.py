@@ -4,9 +4,9 @@ outlier is skipped.
 Large-model trainers guard their runs this way (OLMo-core's ``SkipStepOptimizer``, Levanter's
 ``SkipStepConfig``, MaxText's ``skip_step_on_spikes``): an update is skipped when the global gradient norm is
 above the mean plus ``sigmas`` standard deviations of the last ``window`` steps' norms (6 and 128 there),
-or not finite.  Every step's norm enters the window, skipped or not, so a lasting change of scale is skipped for a
-step or two, not for the rest of the run.  The what-if replay (:mod:`.whatif`) re-runs a failing run with the guard to say whether it
-would have saved it; users add it to their own optimizer in one line::
+or not finite.  Every step's norm enters the window, skipped or not, so a lasting change of scale is skipped
+for a step or two, not for the rest of the run.  The what-if replay (:mod:`.whatif`) re-runs a failing run
+with the guard to say whether it would have saved it; users add it to their own optimizer in one line::
 
     from pytest_stability import SkipStepGuard
 

@@ -280,10 +280,13 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
         note["text"] += "; " + guard["text"]
         if guard["resolved"]:
             fix = (fix + "; or " if fix else "") + guard["fix"]
+    evidence = {**target.evidence, "whatif": note}
+    if fix != target.fix and "fixes" in evidence:  # the guard saved the run: offered after the others
+        evidence["fixes"] = [*evidence["fixes"], {"text": note["guard"]["fix"], "config": None, "note": False}]
     out = []
     for r in results:
         if target in r.findings:
-            fs = tuple(dataclasses.replace(f, evidence={**f.evidence, "whatif": note}, fix=fix) if f is target else f
+            fs = tuple(dataclasses.replace(f, evidence=evidence, fix=fix) if f is target else f
                        for f in r.findings)
             r = type(r)(r.name, r.status, fs, r.detail, r.stats)
         out.append(r)

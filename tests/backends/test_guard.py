@@ -81,6 +81,8 @@ def test_model(stability):
     guard = first.evidence["whatif"]["guard"]
     assert guard["resolved"] is True and guard["skipped"] == [50], guard
     assert "the run passes" in guard["text"] and "SkipStepGuard(SGD(...), window=32, sigmas=6)" in first.fix
+    # offered after the run's own fixes, as the terminal report lists them
+    assert first.evidence["fixes"][-1]["text"].startswith("guard the optimizer: SkipStepGuard(SGD(...)")
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=1)

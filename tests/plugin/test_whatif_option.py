@@ -28,8 +28,9 @@ def test_whatif_replays_the_suggested_fix_and_reports_the_outcome(pytester, scen
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-whatif=true", "--stability-report=r.json")
     result.assert_outcomes(failed=3)
     out = result.stdout.str()
-    # SGD(10) diverging: the first finding's fixes (clipnorm, then a lower rate) are replayed from step 0
-    result.stdout.fnmatch_lines(["*test_diverges*", "*  what-if: replayed steps 0-* with SGD(clipnorm=*"])
+    # SGD(10) blowing up at once: the primary finding's first fix (a far lower rate; no clip value can be derived
+    # from one healthy step) is replayed from step 0
+    result.stdout.fnmatch_lines(["*test_diverges*", "*  what-if: replayed steps 0-* with SGD(learning_rate x *"])
     # NaN in the data: the fix is in the data, there is nothing to replay
     assert "what-if: nothing to replay: the suggested fix is not an optimizer setting" in out
     # the marker keyword beats the command line: the run with whatif=False has no what-if line
@@ -43,7 +44,7 @@ def test_whatif_replays_the_suggested_fix_and_reports_the_outcome(pytester, scen
     assert note["resolved"] is any(a["resolved"] for a in note["attempts"])
     assert (note["resolved"], len(note["attempts"])) == (True, 1)
     assert (note["attempts"][0]["resolved"], note["attempts"][0]["still_failing"]) == (True, [])
-    assert note["attempts"][0]["fix"].keys() == {"clipnorm"}
+    assert note["attempts"][0]["fix"].keys() == {"learning_rate_factor"}
     assert note["attempts"][0]["start"] == 0 and note["text"].startswith("replayed steps 0-")
     assert tests["test_w.py::test_nan_data"]["findings"][0]["evidence"]["whatif"]["resolved"] is None
 

@@ -107,7 +107,10 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
     assert first["fix"] == {"clipnorm": 1e6} and first["resolved"] is False and first["still_failing"], first
     assert "still unstable: [" in first["text"]
     assert second["fix"] == {"learning_rate_factor": 0.01} and second["resolved"] is True, second
-    assert note["resolved"] is True and note["text"] == first["text"] + "; then " + second["text"]
+    assert note["resolved"] is True
+    # the attempts, then whether a skip-step guard would have saved the run (a spike or explosion was found)
+    assert note["text"] == first["text"] + "; then " + second["text"] + "; " + note["guard"]["text"]
+    assert note["guard"]["text"].startswith("with a skip-step guard (6 standard deviations over 128 steps)")
 
 
 def test_adam_epsilon_fix_replayed_from_a_snapshot_before_the_collapse():
