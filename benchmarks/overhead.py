@@ -26,9 +26,10 @@ Usage::
 
     python benchmarks/overhead.py                      # every installed backend, one subprocess each
     python benchmarks/overhead.py --backend jax        # one backend, in this process
-    python benchmarks/overhead.py --steps 512 --reps 5 --models mlp,conv
+    python benchmarks/overhead.py --steps 512 --reps 5 --models mlp,conv,transformer
 
-Writes ``benchmarks/results/overhead.md`` (all backends) unless ``--no-write``.
+Writes ``benchmarks/results/overhead.md`` (all backends; ``overhead-MODELS.md`` for other ``--models``) unless
+``--no-write``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def _data(kind: str):
     if kind == "mlp":
         x = rng.normal(size=(N_SAMPLES, 32)).astype("float32")
         y = (x[:, :4].sum(axis=1) > 0).astype("float32")
+    elif kind == "transformer":
+        x = rng.normal(size=(N_SAMPLES, 16, 32)).astype("float32")
+        y = rng.integers(0, 10, size=N_SAMPLES).astype("int32")
     else:
         x = rng.normal(size=(N_SAMPLES, 16, 16, 3)).astype("float32")
         y = rng.integers(0, 10, size=N_SAMPLES).astype("int32")
@@ -72,6 +76,16 @@ def _build(kind: str, steps_per_execution: int = 1):
         model = keras.Sequential([keras.Input((32,)), layers.Dense(64, activation="relu"),
                                   layers.Dense(64, activation="relu"), layers.Dense(1, activation="sigmoid")])
         loss = "binary_crossentropy"
+    elif kind == "transformer":
+        # one pre-norm transformer block over 16 tokens of width 32 (4 heads), mean-pooled, 10 classes
+        inp = keras.Input((16, 32))
+        h = layers.LayerNormalization()(inp)
+        h = inp + layers.MultiHeadAttention(num_heads=4, key_dim=8)(h, h)
+        f = layers.LayerNormalization()(h)
+        f = layers.Dense(32)(layers.Dense(128, activation="gelu")(f))
+        out = layers.Dense(10)(layers.GlobalAveragePooling1D()(h + f))
+        model = keras.Model(inp, out)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         bn = kind == "bnconv"
         stack = [keras.Input((16, 16, 3))]
@@ -231,7 +245,10 @@ def main() -> int:
     if not args.no_write:
         from benchmarks._results import write_results
 
-        name = "overhead.md" if args.cpus is None else f"overhead-cpus-{args.cpus.replace(',', '-')}.md"
+        # the default models' table is overhead.md; other models' tables sit beside it
+        models = "" if args.models == "mlp,conv" else "-" + args.models.replace(",", "-")
+        name = (f"overhead{models}.md" if args.cpus is None
+                else f"overhead{models}-cpus-{args.cpus.replace(',', '-')}.md")
         pinned = "" if args.cpus is None else f"Every run pinned to CPU(s) {args.cpus}.\n\n"
         write_results(name, "# Overhead: stability.fit vs plain model.fit\n\n" + pinned + text)
     return 0

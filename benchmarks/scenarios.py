@@ -565,20 +565,25 @@ def small_rnn(seed: int) -> Scenario:
     return _healthy("small_rnn", build, x, y, steps=300, batch_size=32)
 
 
+def _two_level_unet(keras: Any) -> Any:
+    """A two-level U-Net (one skip connection) for 16x16 one-channel masks, uncompiled."""
+    L = keras.layers
+    inp = keras.Input((16, 16, 1))
+    c1 = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    d = L.MaxPooling2D()(c1)
+    c2 = L.Conv2D(16, 3, padding="same", activation="relu")(d)
+    u = L.UpSampling2D()(c2)
+    out = L.Conv2D(1, 1, activation="sigmoid")(L.Concatenate()([u, c1]))
+    return keras.Model(inp, out)
+
+
 def tiny_unet(seed: int) -> Scenario:
     """HEALTHY: a two-level U-Net (skip connection) on the disc masks, binary cross-entropy."""
     keras = _keras()
     x, y = _seg_data(seed, n=128)
 
     def build() -> Any:
-        L = keras.layers
-        inp = keras.Input((16, 16, 1))
-        c1 = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
-        d = L.MaxPooling2D()(c1)
-        c2 = L.Conv2D(16, 3, padding="same", activation="relu")(d)
-        u = L.UpSampling2D()(c2)
-        out = L.Conv2D(1, 1, activation="sigmoid")(L.Concatenate()([u, c1]))
-        m = keras.Model(inp, out)
+        m = _two_level_unet(keras)
         m.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
         return m
 
@@ -657,14 +662,7 @@ def _unet(seed: int, lr: float, name: str, pathology: str) -> Scenario:
     x, y = _seg_data(seed, n=128)
 
     def build() -> Any:
-        L = keras.layers
-        inp = keras.Input((16, 16, 1))
-        c1 = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
-        d = L.MaxPooling2D()(c1)
-        c2 = L.Conv2D(16, 3, padding="same", activation="relu")(d)
-        u = L.UpSampling2D()(c2)
-        out = L.Conv2D(1, 1, activation="sigmoid")(L.Concatenate()([u, c1]))
-        m = keras.Model(inp, out)
+        m = _two_level_unet(keras)
         m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.99, nesterov=True), loss=_soft_jaccard)
         return m
 
