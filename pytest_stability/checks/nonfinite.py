@@ -35,7 +35,7 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     bad = effective != 0
     findings = []
     overflow_steps = int(np.count_nonzero(overflow))
-    calibration = _leading_run(overflow)
+    calibration = _calibration(trace, overflow)
     stats = {"overflow_steps": overflow_steps, "calibration_steps": calibration}
     if bad.any():
         step = int(np.argmax(bad))
@@ -78,7 +78,7 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 evidence=evidence,
             )
         )
-    if overflow_steps and not findings and trace.steps and _skipped_share(overflow) > limit:
+    if overflow_steps and not findings and trace.steps and _skipped_share(trace, overflow) > limit:
         findings.append(_skipped_steps(trace, overflow, limit))
     if trace.has_validation:
         assert trace.val_loss is not None and trace.val_steps is not None  # has_validation: both are given
@@ -101,14 +101,23 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)
 
 
-def _leading_run(overflow: np.ndarray) -> int:
-    """How many steps the run opens with that all overflowed."""
-    return int(overflow.size if overflow.all() else np.argmax(~overflow))
+def _calibration(trace: Trace, overflow: np.ndarray) -> int:
+    """How many opening steps were the loss scale coming down to one that fits: the overflow steps the run opens
+    with, when the scale that then fitted is at least 1 (the gradients themselves fit float16).  A scale that
+    had to fall below 1 means the unscaled gradients overflow: those steps are not calibration, they are the
+    model overflowing (0).  ``overflow.size`` when no scale ever fitted."""
+    lead = int(overflow.size if overflow.all() else np.argmax(~overflow))
+    if lead >= overflow.size:
+        return lead
+    scale = trace.opt_stats.get("loss_scale")
+    if scale is not None and lead < len(scale) and np.isfinite(scale[lead]) and scale[lead] < 1.0:
+        return 0
+    return lead
 
 
-def _skipped_share(overflow: np.ndarray) -> float:
+def _skipped_share(trace: Trace, overflow: np.ndarray) -> float:
     """The share of skipped steps once the loss scale first fitted (1.0 when it never did)."""
-    lead = _leading_run(overflow)
+    lead = _calibration(trace, overflow)
     if lead >= overflow.size:
         return 1.0
     return float(np.count_nonzero(overflow[lead:]) / (overflow.size - lead))
@@ -119,7 +128,7 @@ def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
     overflow of the scaled gradients), or never found a scale that fits: the run looks healthy and learns
     little.  At the step where the share of skipped steps so far first passed the limit for good."""
     n = trace.steps
-    lead = _leading_run(overflow)
+    lead = _calibration(trace, overflow)
     skipped = np.flatnonzero(overflow)
     counted = overflow.copy()
     if lead < n:
@@ -132,13 +141,14 @@ def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
     step = min(step, n - 1)
     scale = trace.opt_stats.get("loss_scale")
     last_scale = float(scale[np.isfinite(scale)][-1]) if scale is not None and np.isfinite(scale).any() else None
-    fraction = _skipped_share(overflow)
+    fraction = _skipped_share(trace, overflow)
     if lead >= n:
         message = (f"the loss-scale optimizer skipped all {n} steps on overflowing scaled gradients (no loss scale "
                    f"it tried fitted, limit {limit:.0%} of the steps): those updates did not happen")
     else:
-        message = (f"the loss-scale optimizer skipped {int(counted.sum())} of the {n - lead} steps after its scale "
-                   f"first fitted at step {lead} ({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
+        after = f" after its scale first fitted at step {lead}" if lead else ""
+        message = (f"the loss-scale optimizer skipped {int(counted.sum())} of the {n - lead} steps{after} "
+                   f"({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
                    "gradients: those updates did not happen")
     if last_scale is not None:
         message += f"; the loss scale ended at {last_scale:.3g}"

@@ -76,8 +76,8 @@ def test_model(stability):
         result.stdout.fnmatch_lines(["*checks failed (loss_spike, grad_norm)*", spike,
                                      "*[[]grad_norm] step *: gradient norm * exceeds * (100x the early-training "
                                      "reference *"])
-    else:  # with JAX's numerics the same jump kills the units instead: the loss level-shifts, gradients vanish
-        result.stdout.fnmatch_lines(["*checks failed (loss_spike)*", spike])
+    else:  # with other numerics the same jump may kill the units first: the loss level-shifts, gradients vanish
+        result.stdout.fnmatch_lines(["*checks failed (loss_spike*)*", spike])
 
 
 def test_val_loss_fires_when_validation_loss_climbs(pytester):

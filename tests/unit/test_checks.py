@@ -662,3 +662,13 @@ def test_a_trace_pickled_before_a_field_existed_loads_with_its_default():
     old.__setstate__(state)
     assert old.curves == {} and old.optimizers == {} and old.loss_curves == {"loss": old.loss}
     assert pickle.loads(pickle.dumps(trace)).curves == {}
+
+
+def test_nonfinite_a_scale_that_fits_only_below_one_is_not_calibration():
+    # the scale halved 39 times and fitted at 2**-24: the unscaled gradients overflow float16, every skip counts
+    flags = np.zeros(40, np.int32)
+    flags[:39] = OVERFLOW
+    scale = 2.0 ** (15 - np.arange(40))
+    [finding] = check_nonfinite(Trace(loss=np.ones(40), nonfinite=flags, opt_stats={"loss_scale": scale})).findings
+    assert finding.kind == "skipped_steps" and finding.value == pytest.approx(39 / 40)
+    assert "skipped 39 of the 40 steps (98%" in finding.message
