@@ -69,3 +69,14 @@ def _fixed_terminal_width(monkeypatch):
     """pytester output wraps and truncates at the terminal width: pin it so that
     tests match the same lines on every machine (CI runners differ in COLUMNS)."""
     monkeypatch.setenv("COLUMNS", "80")
+
+
+#: Set by pytest-xdist in each worker: when the suite itself runs with ``-n``, the pytest runs a test starts
+#: (pytester) must not believe they are xdist workers.
+_XDIST_WORKER_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
+
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker_inside(monkeypatch):
+    for key in _XDIST_WORKER_ENV:
+        monkeypatch.delenv(key, raising=False)
