@@ -78,8 +78,8 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
                 evidence=evidence,
             )
         )
-    if overflow_steps and not findings and trace.steps and _skipped_share(trace, overflow) > limit:
-        findings.append(_skipped_steps(trace, overflow, limit))
+    if overflow_steps and not findings and trace.steps and _skipped_share(overflow, calibration) > limit:
+        findings.append(_skipped_steps(trace, overflow, calibration, limit))
     if trace.has_validation:
         assert trace.val_loss is not None and trace.val_steps is not None  # has_validation: both are given
         vbad = ~np.isfinite(trace.val_loss)
@@ -115,39 +115,34 @@ def _calibration(trace: Trace, overflow: np.ndarray) -> int:
     return lead
 
 
-def _skipped_share(trace: Trace, overflow: np.ndarray) -> float:
-    """The share of skipped steps once the loss scale first fitted (1.0 when it never did)."""
-    lead = _calibration(trace, overflow)
+def _skipped_share(overflow: np.ndarray, lead: int) -> float:
+    """The share of skipped steps after the ``lead`` calibration steps (1.0 when the scale never fitted)."""
     if lead >= overflow.size:
         return 1.0
     return float(np.count_nonzero(overflow[lead:]) / (overflow.size - lead))
 
 
-def _skipped_steps(trace: Trace, overflow: np.ndarray, limit: float) -> Finding:
+def _skipped_steps(trace: Trace, overflow: np.ndarray, lead: int, limit: float) -> Finding:
     """The loss-scale optimizer skipped more than ``limit`` of the steps after its scale first fitted (each an
     overflow of the scaled gradients), or never found a scale that fits: the run looks healthy and learns
     little.  At the step where the share of skipped steps so far first passed the limit for good."""
     n = trace.steps
-    lead = _calibration(trace, overflow)
     skipped = np.flatnonzero(overflow)
-    counted = overflow.copy()
-    if lead < n:
-        counted[:lead] = False
-    base = lead if lead < n else 0
+    base = lead if lead < n else 0  # a scale that never fitted: every step counts
     share = np.zeros(n)
-    share[base:] = np.cumsum(counted[base:]) / np.arange(1, n - base + 1)
+    share[base:] = np.cumsum(overflow[base:]) / np.arange(1, n - base + 1)
     above = share > limit
     step = int(n - np.argmax(~above[::-1])) if not above.all() else 0  # from here on, always above
     step = min(step, n - 1)
     scale = trace.opt_stats.get("loss_scale")
     last_scale = float(scale[np.isfinite(scale)][-1]) if scale is not None and np.isfinite(scale).any() else None
-    fraction = _skipped_share(trace, overflow)
+    fraction = _skipped_share(overflow, lead)
     if lead >= n:
         message = (f"the loss-scale optimizer skipped all {n} steps on overflowing scaled gradients (no loss scale "
                    f"it tried fitted, limit {limit:.0%} of the steps): those updates did not happen")
     else:
         after = f" after its scale first fitted at step {lead}" if lead else ""
-        message = (f"the loss-scale optimizer skipped {int(counted.sum())} of the {n - lead} steps{after} "
+        message = (f"the loss-scale optimizer skipped {int(overflow[lead:].sum())} of the {n - lead} steps{after} "
                    f"({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
                    "gradients: those updates did not happen")
     if last_scale is not None:
