@@ -22,8 +22,9 @@ def write_results(name: str, text: str) -> Path:
     return path
 
 
-def run_per_backend(script: str, args: list[str],
-                    backends: tuple[str, ...] = ("tensorflow", "jax", "torch")) -> list[dict]:
+def run_per_backend(
+    script: str, args: list[str], backends: tuple[str, ...] = ("tensorflow", "jax", "torch")
+) -> list[dict]:
     """Run ``script --backend B --json ARGS`` in a subprocess for each installed Keras backend of ``backends``
     (each process imports one framework) and collect the ``RESULT {json}`` line each prints; a backend that
     is not installed, or whose run fails, is said on stderr and left out."""
@@ -38,5 +39,5 @@ def run_per_backend(script: str, args: list[str],
         if line is None:
             print(f"[{backend}] failed:\n{out.stderr[-3000:]}", file=sys.stderr)
             continue
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(json.loads(line[len("RESULT ") :]))
     return results

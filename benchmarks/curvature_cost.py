@@ -45,8 +45,9 @@ def _run(variant: str, kind: str, steps: int, seed: int) -> tuple[float, float, 
     engine.seed_everything(seed)
     model = _build(kind)
     t0 = time.perf_counter()
-    result = engine.train(model, x, y, fit_kwargs={"shuffle": True}, steps=steps, batch_size=BATCH, seed=seed,
-                          spec=spec)
+    result = engine.train(
+        model, x, y, fit_kwargs={"shuffle": True}, steps=steps, batch_size=BATCH, seed=seed, spec=spec
+    )
     wall = time.perf_counter() - t0
     info = result.trace.info.get("curvature") or {}
     return wall, float(info.get("seconds_total", 0.0)), list(info.get("iterations", [])), result.device
@@ -64,7 +65,7 @@ def one_backend(args) -> dict:
         for v in VARIANTS:  # warm-up, discarded: the process's first run pays one-time costs (PyTorch: ~5 s)
             _run(v, kind, args.steps, seed=0)
         for rep in range(args.reps):
-            for v in (VARIANTS if rep % 2 == 0 else VARIANTS[::-1]):
+            for v in VARIANTS if rep % 2 == 0 else VARIANTS[::-1]:
                 wall, seconds, iters, device = _run(v, kind, args.steps, seed=rep)
                 walls[v].append(wall)
                 if v == "curvature":
@@ -72,25 +73,38 @@ def one_backend(args) -> dict:
                     products.extend(iters)
             print(f"[{backend}] {kind}: repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
         med = {v: statistics.median(walls[v]) for v in VARIANTS}
-        rows.append({"backend": backend, "device": device, "model": kind, **med,
-                     "ratio": med["curvature"] / med["plain"], "measuring": statistics.median(spent),
-                     "products": f"{min(products)}-{max(products)}"})
+        rows.append(
+            {
+                "backend": backend,
+                "device": device,
+                "model": kind,
+                **med,
+                "ratio": med["curvature"] / med["plain"],
+                "measuring": statistics.median(spent),
+                "products": f"{min(products)}-{max(products)}",
+            }
+        )
     return {"backend": backend, "keras": keras.__version__, "rows": rows}
 
 
 def table(results: list[dict], args) -> str:
-    lines = [f"`python benchmarks/curvature_cost.py --steps {args.steps} --reps {args.reps}` on "
-             f"{platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of {args.reps} "
-             "interleaved repetitions after a discarded warm-up; fresh model per run; whole call incl. compilation "
-             "(the measurement's own compile too); default curvature settings "
-             "(4 measurements, at most 20 products each, fixed batch = one training batch of 32).", "",
-             "| backend | device | model | plain (s) | curvature=True (s) | ratio | measuring (s) | "
-             "products per measurement |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`python benchmarks/curvature_cost.py --steps {args.steps} --reps {args.reps}` on "
+        f"{platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of {args.reps} "
+        "interleaved repetitions after a discarded warm-up; fresh model per run; whole call incl. compilation "
+        "(the measurement's own compile too); default curvature settings "
+        "(4 measurements, at most 20 products each, fixed batch = one training batch of 32).",
+        "",
+        "| backend | device | model | plain (s) | curvature=True (s) | ratio | measuring (s) | "
+        "products per measurement |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         for r in res["rows"]:
-            lines.append(f"| {r['backend']} | {r['device']} | {r['model']} | {r['plain']:.2f} | {r['curvature']:.2f} | "
-                         f"{r['ratio']:.2f}x | {r['measuring']:.2f} | {r['products']} |")
+            lines.append(
+                f"| {r['backend']} | {r['device']} | {r['model']} | {r['plain']:.2f} | {r['curvature']:.2f} | "
+                f"{r['ratio']:.2f}x | {r['measuring']:.2f} | {r['products']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

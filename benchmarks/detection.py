@@ -57,15 +57,28 @@ SWEEP = {
     "val_tolerance": (0.02, 0.05, 0.1, 0.2),
 }
 #: the check each swept threshold belongs to.
-SWEEP_CHECK = {"spike_zscore": "loss_spike", "spike_ratio": "loss_spike", "spike_min_rise": "loss_spike",
-               "grad_growth": "grad_norm", "val_tolerance": "val_loss"}
+SWEEP_CHECK = {
+    "spike_zscore": "loss_spike",
+    "spike_ratio": "loss_spike",
+    "spike_min_rise": "loss_spike",
+    "grad_growth": "grad_norm",
+    "val_tolerance": "val_loss",
+}
 
 
 # -- training ----------------------------------------------------------------------
 
 
-def _collect(n_p: int, n_h: int, t: Thresholds, whatif: bool, only: str | None, names: set[str] | None,
-             backend: str, save: str | None) -> list[dict]:
+def _collect(
+    n_p: int,
+    n_h: int,
+    t: Thresholds,
+    whatif: bool,
+    only: str | None,
+    names: set[str] | None,
+    backend: str,
+    save: str | None,
+) -> list[dict]:
     """Train every scenario in this process (one backend); one record per run (the trace, not the verdict:
     that is re-judged).  With ``save``, the records so far are pickled after every scenario family."""
     from benchmarks import scenarios as S
@@ -80,11 +93,26 @@ def _collect(n_p: int, n_h: int, t: Thresholds, whatif: bool, only: str | None, 
             for seed in range(n):
                 sc = builder(seed)
                 o = S.run_scenario(sc, seed, t, whatif=whatif and group == "pathology")
-                records.append({"group": group, "name": name, "seed": seed, "check": sc.expected_check,
-                                "cause": sc.expected_cause, "step": sc.expected_step, "trace": o.trace,
-                                "seconds": o.seconds, "whatif": o.whatif, "backend": backend})
-                print(f"  [{backend}] {group} {name} seed {seed}: {[r.name for r in o.results if r.failed]} "
-                      f"({o.seconds:.1f}s)", file=sys.stderr, flush=True)
+                records.append(
+                    {
+                        "group": group,
+                        "name": name,
+                        "seed": seed,
+                        "check": sc.expected_check,
+                        "cause": sc.expected_cause,
+                        "step": sc.expected_step,
+                        "trace": o.trace,
+                        "seconds": o.seconds,
+                        "whatif": o.whatif,
+                        "backend": backend,
+                    }
+                )
+                print(
+                    f"  [{backend}] {group} {name} seed {seed}: {[r.name for r in o.results if r.failed]} "
+                    f"({o.seconds:.1f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if save:
                 _dump(records, save)
     return records
@@ -118,8 +146,12 @@ def _judged(rec: dict, t: Thresholds) -> dict:
     results = judge(rec["trace"], t)
     findings = [f for r in results for f in r.findings]
     primary = next((f for f in findings if f.evidence.get("rank") == 0), None)
-    return {"results": results, "findings": findings, "primary": primary,
-            "failed": sorted(r.name for r in results if r.failed)}
+    return {
+        "results": results,
+        "findings": findings,
+        "primary": primary,
+        "failed": sorted(r.name for r in results if r.failed),
+    }
 
 
 def _fix_outcome(rec: dict, primary: Any) -> str:
@@ -157,10 +189,13 @@ def _pct(a: int, n: int) -> str:
 
 
 def _pathology_table(backend: str, recs: list[dict], judged: dict[int, dict]) -> tuple[list[str], dict]:
-    out = [f"### {backend}: pathologies", "",
-           "| pathology | check | detected | right cause (primary finding) | expected cause (got) | exact NaN step "
-           "| first fix resolves | a later fix resolves | s/run |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"### {backend}: pathologies",
+        "",
+        "| pathology | check | detected | right cause (primary finding) | expected cause (got) | exact NaN step "
+        "| first fix resolves | a later fix resolves | s/run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     summary: dict[str, Any] = {"rows": {}}
     names = list(dict.fromkeys(r["name"] for r in recs if r["group"] == "pathology"))
     for name in names:
@@ -186,11 +221,18 @@ def _pathology_table(backend: str, recs: list[dict], judged: dict[int, dict]) ->
         if fixes["stale"]:
             first += f" ({fixes['stale']} stale)"
         later = _pct(fixes["later"], replayed) if replayed else "-"
-        out.append(f"| {name} | {mine[0]['check']} | {_pct(det, len(mine))} | {_pct(cause, len(mine))} | "
-                   f"{mine[0]['cause']} ({got}) | {f'{steps_ok}/{steps_n}' if steps_n else ''} | {first} | {later} | "
-                   f"{float(np.mean([r['seconds'] for r in mine])):.1f} |")
-        summary["rows"][name] = {"n": len(mine), "detected": det, "cause": cause, "first_fix": fixes["first"],
-                                 "replayed": replayed}
+        out.append(
+            f"| {name} | {mine[0]['check']} | {_pct(det, len(mine))} | {_pct(cause, len(mine))} | "
+            f"{mine[0]['cause']} ({got}) | {f'{steps_ok}/{steps_n}' if steps_n else ''} | {first} | {later} | "
+            f"{float(np.mean([r['seconds'] for r in mine])):.1f} |"
+        )
+        summary["rows"][name] = {
+            "n": len(mine),
+            "detected": det,
+            "cause": cause,
+            "first_fix": fixes["first"],
+            "replayed": replayed,
+        }
     return out, summary
 
 
@@ -214,7 +256,8 @@ def _healthy_table(backend: str, recs: list[dict], judged: dict[int, dict], t: T
             "max_ratio": st["loss_spike"].get("max_ratio"),
             "slow_rise": st["loss_spike"].get("max_slow_rise"),
             "grad_growth": (st["grad_norm"]["max_judged"] / st["grad_norm"]["reference"])
-            if st["grad_norm"].get("reference") else None,
+            if st["grad_norm"].get("reference")
+            else None,
             "val_rise": st["val_loss"].get("max_rise"),
         }
         for k, v in vals.items():
@@ -222,14 +265,21 @@ def _healthy_table(backend: str, recs: list[dict], judged: dict[int, dict], t: T
                 worst[k], worst_at[k] = float(v), f"{rec['name']}/{rec['seed']}"
     n = len(healthy)
     mean = float(np.mean([r["seconds"] for r in healthy])) if healthy else 0.0
-    out = [f"### {backend}: healthy runs", "",
-           f"{n} runs ({len({r['name'] for r in healthy})} scenarios, {mean:.1f} s/run); runs failing any check: "
-           f"{_pct(any_fp, n)}.", "",
-           "| check | false positives | largest healthy statistic |", "|---|---|---|"]
-    stat = {"loss_spike": f"z {worst['max_zscore']:.2f} ({worst_at['max_zscore']}), ratio {worst['max_ratio']:.2f} "
-                          f"({worst_at['max_ratio']}), slow rise {worst['slow_rise']:.1f}x ({worst_at['slow_rise']})",
-            "grad_norm": f"growth {worst['grad_growth']:.1f}x ({worst_at['grad_growth']})",
-            "val_loss": f"rise {worst['val_rise']:.3f} ({worst_at['val_rise']})"}
+    out = [
+        f"### {backend}: healthy runs",
+        "",
+        f"{n} runs ({len({r['name'] for r in healthy})} scenarios, {mean:.1f} s/run); runs failing any check: "
+        f"{_pct(any_fp, n)}.",
+        "",
+        "| check | false positives | largest healthy statistic |",
+        "|---|---|---|",
+    ]
+    stat = {
+        "loss_spike": f"z {worst['max_zscore']:.2f} ({worst_at['max_zscore']}), ratio {worst['max_ratio']:.2f} "
+        f"({worst_at['max_ratio']}), slow rise {worst['slow_rise']:.1f}x ({worst_at['slow_rise']})",
+        "grad_norm": f"growth {worst['grad_growth']:.1f}x ({worst_at['grad_growth']})",
+        "val_loss": f"rise {worst['val_rise']:.3f} ({worst_at['val_rise']})",
+    }
     for name, k in fp.items():
         out.append(f"| {name} | {_pct(k, n)} | {stat.get(name, '-')} |")
     if fp_runs:
@@ -248,11 +298,15 @@ def _agreement(records: list[dict], judged: dict[int, dict], backends: list[str]
     for rec in records:
         by.setdefault((rec["group"], rec["name"], rec["seed"]), {})[rec["backend"]] = judged[id(rec)]
     pairs = {k: v for k, v in by.items() if all(b in v for b in backends)}
-    out = ["### Agreement between backends", "",
-           f"Over the {len(pairs)} (scenario, seed) pairs run on every backend ({', '.join(backends)}): a pair agrees "
-           "when every backend gives the same verdict.", "",
-           "| group | pairs | same pass/fail | same pass/fail and primary cause | disagreeing pairs |",
-           "|---|---|---|---|---|"]
+    out = [
+        "### Agreement between backends",
+        "",
+        f"Over the {len(pairs)} (scenario, seed) pairs run on every backend ({', '.join(backends)}): a pair agrees "
+        "when every backend gives the same verdict.",
+        "",
+        "| group | pairs | same pass/fail | same pass/fail and primary cause | disagreeing pairs |",
+        "|---|---|---|---|---|",
+    ]
     stats = {}
     for group in ("pathology", "healthy", None):
         mine = {k: v for k, v in pairs.items() if group is None or k[0] == group}
@@ -265,36 +319,50 @@ def _agreement(records: list[dict], judged: dict[int, dict], backends: list[str]
             same_fail += a
             same_all += b
             if not b:
-                odd.append(f"{name}/{seed} (" + ", ".join(f"{bk}: {'fail ' + v[1] if v[0] else 'pass'}"
-                                                           for bk, v in zip(backends, verdicts, strict=True)) + ")")
+                odd.append(
+                    f"{name}/{seed} ("
+                    + ", ".join(
+                        f"{bk}: {'fail ' + v[1] if v[0] else 'pass'}" for bk, v in zip(backends, verdicts, strict=True)
+                    )
+                    + ")"
+                )
         label = group or "all"
         shown = "; ".join(odd[:12]) + (f"; and {len(odd) - 12} more" if len(odd) > 12 else "")
-        out.append(f"| {label} | {len(mine)} | {_pct(same_fail, len(mine))} | {_pct(same_all, len(mine))} | "
-                   f"{shown or '-'} |")
+        out.append(
+            f"| {label} | {len(mine)} | {_pct(same_fail, len(mine))} | {_pct(same_all, len(mine))} | {shown or '-'} |"
+        )
         stats[label] = (same_fail, same_all, len(mine))
     return out, stats
 
 
 def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None) -> list[str]:
     """The summary table (benchmarks/results/detection.md, shown on the docs' detection page): one row per backend."""
-    out = ["## Summary (per backend)", "",
-           "| backend | healthy runs failing (any check) | pathologies | lowest detection with the right cause "
-           "| first suggested fix resolves (all pathologies with a replayable fix) |",
-           "|---|---|---|---|---|"]
+    out = [
+        "## Summary (per backend)",
+        "",
+        "| backend | healthy runs failing (any check) | pathologies | lowest detection with the right cause "
+        "| first suggested fix resolves (all pathologies with a replayable fix) |",
+        "|---|---|---|---|---|",
+    ]
     for b in backends:
         rows = p_sum.get(b, {}).get("rows", {})
         worst = min(rows.items(), key=lambda kv: kv[1]["cause"] / kv[1]["n"]) if rows else None
         first = sum(r["first_fix"] for r in rows.values())
         replayed = sum(r["replayed"] for r in rows.values())
         h = h_sum.get(b, {"n": 0, "fp": 0})
-        out.append(f"| {b} | {_pct(h['fp'], h['n'])} | {len(rows)} | "
-                   + (f"{_pct(worst[1]['cause'], worst[1]['n'])} ({worst[0]})" if worst else "-")
-                   + f" | {_pct(first, replayed)} |")
+        out.append(
+            f"| {b} | {_pct(h['fp'], h['n'])} | {len(rows)} | "
+            + (f"{_pct(worst[1]['cause'], worst[1]['n'])} ({worst[0]})" if worst else "-")
+            + f" | {_pct(first, replayed)} |"
+        )
     if agree:
         a = agree.get("all")
         if a:
-            out += ["", f"Verdicts agree between backends on {_pct(a[1], a[2])} of the (scenario, seed) pairs "
-                        f"(pass/fail and primary cause; pass/fail alone: {_pct(a[0], a[2])})."]
+            out += [
+                "",
+                f"Verdicts agree between backends on {_pct(a[1], a[2])} of the (scenario, seed) pairs "
+                f"(pass/fail and primary cause; pass/fail alone: {_pct(a[0], a[2])}).",
+            ]
     return out
 
 
@@ -312,8 +380,12 @@ def _by_cause(records: list[dict], judged: dict[int, dict]) -> list[str]:
             n[1] += 1
     if not per:
         return []
-    out = ["### First suggested fix, by primary cause (every backend pooled)", "",
-           "| primary cause | first fix resolves |", "|---|---|"]
+    out = [
+        "### First suggested fix, by primary cause (every backend pooled)",
+        "",
+        "| primary cause | first fix resolves |",
+        "|---|---|",
+    ]
     out += [f"| {k} | {_pct(a, n)} |" for k, (a, n) in sorted(per.items())]
     out += ["", "As `diagnosis.FIX_SUCCESS`: `" + repr({k: tuple(v) for k, v in sorted(per.items())}) + "`"]
     return out
@@ -342,9 +414,15 @@ def _report(records: list[dict], t: Thresholds, wall: float, trained: bool, swee
         body += lines + [""]
     md = ["## Detection benchmark", ""] + _headline(backends, p_sum, h_sum, agree) + [""] + _by_cause(records, judged)
     md += [""] + body
-    md += ["Thresholds: " + ", ".join(f"{k}={v}" for k, v in t.to_dict().items()) + ".",
-           (f"Total wall time {wall:.0f} s (2 CPU cores)." if trained else
-            f"Judged from stored traces in {wall:.0f} s (--from-traces): no training in this run."), ""]
+    md += [
+        "Thresholds: " + ", ".join(f"{k}={v}" for k, v in t.to_dict().items()) + ".",
+        (
+            f"Total wall time {wall:.0f} s (2 CPU cores)."
+            if trained
+            else f"Judged from stored traces in {wall:.0f} s (--from-traces): no training in this run."
+        ),
+        "",
+    ]
     text = "\n".join(md)
     if sweep:
         text += "\n" + _sweep(records)
@@ -353,11 +431,16 @@ def _report(records: list[dict], t: Thresholds, wall: float, trained: bool, swee
 
 def _sweep(records: list[dict]) -> str:
     """Detection and healthy failures for each swept threshold value (see :data:`SWEEP`), all backends pooled."""
-    out = ["## Threshold sweep (same traces, no retraining)", "",
-           "One threshold moved at a time, the others at their defaults, every backend's runs pooled. *detected*: "
-           "runs of the pathologies that this check must catch in which it fails; *healthy failing*: healthy runs "
-           "in which any check fails.", "",
-           "| threshold | value | detected | healthy failing |", "|---|---|---|---|"]
+    out = [
+        "## Threshold sweep (same traces, no retraining)",
+        "",
+        "One threshold moved at a time, the others at their defaults, every backend's runs pooled. *detected*: "
+        "runs of the pathologies that this check must catch in which it fails; *healthy failing*: healthy runs "
+        "in which any check fails.",
+        "",
+        "| threshold | value | detected | healthy failing |",
+        "|---|---|---|---|",
+    ]
     default = Thresholds()
     healthy = [r["trace"] for r in records if r["group"] == "healthy"]
     for name, values in SWEEP.items():
@@ -375,27 +458,38 @@ def _sweep(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backends", default=None,
-                    help="comma-separated Keras backends, each trained in its own subprocess (default: "
-                         "KERAS_BACKEND, else tensorflow)")
+    ap.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated Keras backends, each trained in its own subprocess (default: "
+        "KERAS_BACKEND, else tensorflow)",
+    )
     ap.add_argument("--seeds", type=int, default=10, help="seeds per pathology (default 10)")
-    ap.add_argument("--healthy-seeds", type=int, default=16,
-                    help="seeds per healthy scenario (default 16: 22 healthy families x 16 = 352 runs)")
+    ap.add_argument(
+        "--healthy-seeds",
+        type=int,
+        default=16,
+        help="seeds per healthy scenario (default 16: 22 healthy families x 16 = 352 runs)",
+    )
     ap.add_argument("--only", choices=("pathology", "healthy"), help="train only this group")
     ap.add_argument("--scenarios", help="comma-separated scenario names to train (default: all)")
     ap.add_argument("--quick", action="store_true", help="3 seeds per pathology, 2 per healthy scenario")
     ap.add_argument("--no-whatif", action="store_true", help="skip the what-if replay of the suggested fixes")
     ap.add_argument("--no-sweep", action="store_true", help="skip the threshold sweep")
-    ap.add_argument("--save-traces", metavar="FILE",
-                    help="also pickle every run to FILE (with several backends: FILE.<backend>)")
-    ap.add_argument("--from-traces", metavar="FILE", nargs="+",
-                    help="judge the runs pickled by --save-traces instead of training (several files are merged)")
+    ap.add_argument(
+        "--save-traces", metavar="FILE", help="also pickle every run to FILE (with several backends: FILE.<backend>)"
+    )
+    ap.add_argument(
+        "--from-traces",
+        metavar="FILE",
+        nargs="+",
+        help="judge the runs pickled by --save-traces instead of training (several files are merged)",
+    )
     ap.add_argument("--collect-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.healthy_seeds < 1:
         ap.error(f"--seeds and --healthy-seeds must be >= 1, received {args.seeds} and {args.healthy_seeds}")
-    backends = (args.backends.split(",") if args.backends
-                else [os.environ.get("KERAS_BACKEND", "tensorflow")])
+    backends = args.backends.split(",") if args.backends else [os.environ.get("KERAS_BACKEND", "tensorflow")]
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         ap.error(f"--backends: unknown backend(s) {unknown}; expected names from {list(BACKENDS)}")

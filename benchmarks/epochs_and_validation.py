@@ -38,8 +38,14 @@ sys.path.insert(0, str(ROOT))
 def _mlp(n_in: int):
     import keras
 
-    model = keras.Sequential([keras.Input((n_in,)), keras.layers.Dense(64, activation="tanh"),
-                              keras.layers.Dense(64, activation="tanh"), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((n_in,)),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     return model
 
@@ -100,8 +106,9 @@ def batch_one(variant: str, seed: int, samples: int) -> float:
         model.fit(x, y, batch_size=1, epochs=1, validation_data=(xv, yv), verbose=0)
     else:
         spec = resolve_config_defaults(lambda n: None, lambda n: None)
-        result = engine.train(model, x, y, steps=samples, seed=seed, spec=spec, batch_size=1,
-                              fit_kwargs={"validation_data": (xv, yv)})
+        result = engine.train(
+            model, x, y, steps=samples, seed=seed, spec=spec, batch_size=1, fit_kwargs={"validation_data": (xv, yv)}
+        )
         assert result.trace.steps == samples and result.trace.has_validation
     return time.perf_counter() - t0
 
@@ -109,13 +116,15 @@ def batch_one(variant: str, seed: int, samples: int) -> float:
 def one_backend(args) -> dict:
     import keras
 
-    times: dict[str, list[float]] = {k: [] for k in ("fit_epochs", "fit_one_epoch", "stability",
-                                                       "b1_fit", "b1_stability")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("fit_epochs", "fit_one_epoch", "stability", "b1_fit", "b1_stability")
+    }
     for rep in range(args.reps):
-        for v in ("fit_epochs", "fit_one_epoch", "stability")[rep % 3:] + ("fit_epochs", "fit_one_epoch",
-                                                                            "stability")[:rep % 3]:
+        for v in ("fit_epochs", "fit_one_epoch", "stability")[rep % 3 :] + ("fit_epochs", "fit_one_epoch", "stability")[
+            : rep % 3
+        ]:
             times[v].append(full_batch(v, args.steps, rep))
-        for v in (("fit", "stability") if rep % 2 == 0 else ("stability", "fit")):
+        for v in ("fit", "stability") if rep % 2 == 0 else ("stability", "fit"):
             times["b1_" + v].append(batch_one(v, rep, args.b1_samples))
         print(f"[{keras.backend.backend()}] repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -123,18 +132,25 @@ def one_backend(args) -> dict:
 
 
 def table(results: list[dict], args) -> str:
-    command = (f"python benchmarks/epochs_and_validation.py --steps {args.steps} --reps {args.reps} "
-               f"--b1-samples {args.b1_samples}")
-    lines = [f"`{command}` on "
-             f"{platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}; medians of "
-             f"{args.reps} interleaved repetitions, fresh model each; whole calls, compilation included.", "",
-             "| backend | full batch: fit, 1 step an epoch (s) | fit, one long epoch (s) | stability (s) | "
-             "stability / one long epoch | batch 1 + validation: fit (s) | stability (s) | stability / fit |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    command = (
+        f"python benchmarks/epochs_and_validation.py --steps {args.steps} --reps {args.reps} "
+        f"--b1-samples {args.b1_samples}"
+    )
+    lines = [
+        f"`{command}` on "
+        f"{platform.machine()} ({os.cpu_count()} cores), Python {platform.python_version()}; medians of "
+        f"{args.reps} interleaved repetitions, fresh model each; whole calls, compilation included.",
+        "",
+        "| backend | full batch: fit, 1 step an epoch (s) | fit, one long epoch (s) | stability (s) | "
+        "stability / one long epoch | batch 1 + validation: fit (s) | stability (s) | stability / fit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| {r['backend']} | {r['fit_epochs']:.2f} | {r['fit_one_epoch']:.2f} | {r['stability']:.2f} | "
-                     f"{r['stability'] / r['fit_one_epoch']:.2f}x | {r['b1_fit']:.2f} | {r['b1_stability']:.2f} | "
-                     f"{r['b1_stability'] / r['b1_fit']:.2f}x |")
+        lines.append(
+            f"| {r['backend']} | {r['fit_epochs']:.2f} | {r['fit_one_epoch']:.2f} | {r['stability']:.2f} | "
+            f"{r['stability'] / r['fit_one_epoch']:.2f}x | {r['b1_fit']:.2f} | {r['b1_stability']:.2f} | "
+            f"{r['b1_stability'] / r['b1_fit']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -154,8 +170,9 @@ def main() -> int:
         return 0
     from benchmarks._results import run_per_backend, write_results
 
-    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps),
-                                          "--b1-samples", str(args.b1_samples)])
+    results = run_per_backend(
+        __file__, ["--steps", str(args.steps), "--reps", str(args.reps), "--b1-samples", str(args.b1_samples)]
+    )
     text = table(results, args)
     print(text)
     if not args.no_write:

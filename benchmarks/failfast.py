@@ -58,13 +58,20 @@ def _run(bad_step: int | None, steps: int, readback: int) -> tuple[int, int | No
     x = rng.normal(size=(2048, 32)).astype("float32")
     y = (x[:, :4].sum(axis=1) > 0).astype("float32")
     engine.seed_everything(0)
-    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
-                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((32,)),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(_schedule(bad_step)), loss="binary_crossentropy")
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(readback_every=readback)
     t0 = time.perf_counter()
-    result = engine.train(model, x, y, fit_kwargs={"validation_data": (x[:256], y[:256])}, steps=steps,
-                          batch_size=32, seed=0, spec=spec)
+    result = engine.train(
+        model, x, y, fit_kwargs={"validation_data": (x[:256], y[:256])}, steps=steps, batch_size=32, seed=0, spec=spec
+    )
     wall = time.perf_counter() - t0
     first = result.trace.first_nonfinite
     return result.trace.steps, None if first is None else first["step"], wall
@@ -82,23 +89,30 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[int | None, list[float]] = {k: [] for k in cases}
     stopped: dict[int | None, tuple[int, int | None]] = {}
     for rep in range(args.reps):
-        for k in (cases if rep % 2 == 0 else cases[::-1]):
+        for k in cases if rep % 2 == 0 else cases[::-1]:
             trained, first, wall = _run(k, args.steps, args.readback)
             walls[k].append(wall)
             stopped[k] = (trained, first)
     healthy = statistics.median(walls[None])
-    lines = [f"steps={args.steps}, readback_every={args.readback}, MLP, median of {args.reps} runs "
-             "(each includes tracing the chunk for a fresh model).", "",
-             "| NaN injected at step | steps trained | nonfinite reported at step | wall (s) | vs healthy run |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"steps={args.steps}, readback_every={args.readback}, MLP, median of {args.reps} runs "
+        "(each includes tracing the chunk for a fresh model).",
+        "",
+        "| NaN injected at step | steps trained | nonfinite reported at step | wall (s) | vs healthy run |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for k in cases:
         trained, first = stopped[k]
         wall = statistics.median(walls[k])
-        lines.append(f"| {'none (healthy)' if k is None else k} | {trained} | {'-' if first is None else first} | "
-                     f"{wall:.2f} | {wall / healthy:.2f}x |")
+        lines.append(
+            f"| {'none (healthy)' if k is None else k} | {trained} | {'-' if first is None else first} | "
+            f"{wall:.2f} | {wall / healthy:.2f}x |"
+        )
         if k is not None and (trained != k + 1 or first != k):
-            print(f"FAILED: NaN at step {k} but training stopped after {trained} steps "
-                  f"(finding at {first})", file=sys.stderr)
+            print(
+                f"FAILED: NaN at step {k} but training stopped after {trained} steps (finding at {first})",
+                file=sys.stderr,
+            )
             return 1
     table = "\n".join(lines) + "\n"
     print(table)

@@ -52,9 +52,10 @@ def plugin_args() -> list[str]:
 
 
 def gpu_seen(backend: str) -> str | None:
-    code = {"jax": "import jax; d=[x for x in jax.devices() if x.platform=='gpu']; "
-                   "print(d[0].device_kind if d else '')",
-            "torch": "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"}[backend]
+    code = {
+        "jax": "import jax; d=[x for x in jax.devices() if x.platform=='gpu']; print(d[0].device_kind if d else '')",
+        "torch": "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')",
+    }[backend]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     name = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
     return name or None
@@ -69,15 +70,21 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per step")
     args = parser.parse_args()
     lines = [f"# GPU check ({time.strftime('%Y-%m-%d')}, {platform.node()})", ""]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     try:
         smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
     except FileNotFoundError:
         smi = "(no nvidia-smi)"
     # Keras defaults to the TensorFlow backend, whose import needs TensorFlow: pick one that is installed
-    os.environ.setdefault("KERAS_BACKEND", next((b for b in args.backends.split(",")
-                                                 if importlib.util.find_spec(b) is not None), "tensorflow"))
+    os.environ.setdefault(
+        "KERAS_BACKEND",
+        next((b for b in args.backends.split(",") if importlib.util.find_spec(b) is not None), "tensorflow"),
+    )
     import keras  # noqa: F401  (the wheel must import without TensorFlow)
 
     has_tf = importlib.util.find_spec("tensorflow") is not None
@@ -94,25 +101,59 @@ def main() -> int:
             ini.write_text("[pytest]\nstability_seed = 0\n")  # the committed baseline is the CPU's
             report = (args.out or Path(tmp)) / f"example-report-{backend}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "pytest", "-c", str(ini), "--rootdir", str(ROOT / "example_project"),
-                   *plugin_args(), "-p", "no:cacheprovider", "-q",
-                   f"--stability-report={report}", str(ROOT / "example_project" / "tests")]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-c",
+                str(ini),
+                "--rootdir",
+                str(ROOT / "example_project"),
+                *plugin_args(),
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                f"--stability-report={report}",
+                str(ROOT / "example_project" / "tests"),
+            ]
             code, text, secs = sh(cmd, benv, ROOT / "example_project", args.timeout)
         lines.append(f"example project stability tests: exit {code} in {secs:.1f} s")
-        tail = [ln for ln in text.splitlines() if ln.startswith(("PASS", "FAIL", "ERROR", "SKIP")) or " passed" in ln
-                or " failed" in ln or "Error" in ln]
+        tail = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith(("PASS", "FAIL", "ERROR", "SKIP")) or " passed" in ln or " failed" in ln or "Error" in ln
+        ]
         lines += ["```", *tail[-20:], "```"]
         if report.exists():
             doc = json.loads(report.read_text())
             for t in doc.get("tests", []):
-                lines.append(f"- {t['nodeid'].split('::')[-1]}: {t.get('verdict')}, device {t.get('device')}, "
-                             f"{float(t.get('wall_time') or 0):.1f} s training")
+                lines.append(
+                    f"- {t['nodeid'].split('::')[-1]}: {t.get('verdict')}, device {t.get('device')}, "
+                    f"{float(t.get('wall_time') or 0):.1f} s training"
+                )
         lines.append("")
-        code, text, secs = sh([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--backend", backend,
-                               "--reps", str(args.reps), "--steps", str(args.steps), "--no-write"], benv, ROOT,
-                              args.timeout)
-        lines += [f"overhead benchmark: exit {code} in {secs:.1f} s", "",
-                  *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-16:], ""]
+        code, text, secs = sh(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "overhead.py"),
+                "--backend",
+                backend,
+                "--reps",
+                str(args.reps),
+                "--steps",
+                str(args.steps),
+                "--no-write",
+            ],
+            benv,
+            ROOT,
+            args.timeout,
+        )
+        lines += [
+            f"overhead benchmark: exit {code} in {secs:.1f} s",
+            "",
+            *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-16:],
+            "",
+        ]
         print("\n".join(lines), flush=True)
     text = "\n".join(lines) + "\n"
     print(text)

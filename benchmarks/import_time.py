@@ -33,7 +33,7 @@ from pathlib import Path
 TARGET_MS = 20.0
 HEAVY = ("tensorflow", "keras", "tf_keras", "jax", "torch")
 
-TRIVIAL_TESTS = '''
+TRIVIAL_TESTS = """
 import pytest
 
 
@@ -52,7 +52,7 @@ class TestThing:
 
     def test_b(self):
         assert [1, 2][::-1] == [2, 1]
-'''
+"""
 
 
 def _make_project(root: Path) -> None:
@@ -77,8 +77,9 @@ def collect_overhead(reps: int) -> tuple[float, float, float]:
         _make_project(root)
         base = ["--collect-only", "-q", "-p", "no:cacheprovider"]
         # The plugin must really be active in the "with" runs.
-        markers = subprocess.run([sys.executable, "-m", "pytest", "--markers"], cwd=root,
-                                 capture_output=True, text=True).stdout
+        markers = subprocess.run(
+            [sys.executable, "-m", "pytest", "--markers"], cwd=root, capture_output=True, text=True
+        ).stdout
         if "stable_training" not in markers:
             raise SystemExit("the stability plugin is not loaded (no stable_training marker): is it installed?")
         for _ in range(2):  # warm the page cache and .pyc files for both variants
@@ -87,7 +88,7 @@ def collect_overhead(reps: int) -> tuple[float, float, float]:
         with_plugin, without = [], []
         for rep in range(reps):
             pair = [(with_plugin, base), (without, base + ["-p", "no:stability"])]
-            for bucket, args in (pair if rep % 2 == 0 else pair[::-1]):
+            for bucket, args in pair if rep % 2 == 0 else pair[::-1]:
                 bucket.append(_run(args, root))
         diffs = [(a - b) * 1000 for a, b in zip(with_plugin, without, strict=True)]
         return statistics.median(with_plugin) * 1000, statistics.median(without) * 1000, statistics.median(diffs)
@@ -97,13 +98,16 @@ def import_profile() -> tuple[float, float, list[str]]:
     """(ms for pytest_stability imports, ms of that spent importing numpy, heavy modules imported)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import pytest; import pytest_stability.plugin"],
-        capture_output=True, text=True, check=True)
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     own_us = numpy_us = 0
     heavy = []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "imported package" in line:
             continue
-        body = line[len("import time:"):]
+        body = line[len("import time:") :]
         _self_us, cumulative_us, name = body.split("|", 2)
         name = name.rstrip()[1:]  # one separator space, then two per nesting level
         module = name.strip()
@@ -124,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import_ms, numpy_ms, heavy = import_profile()
-    print(f"python -X importtime: pytest_stability.* imports take {import_ms:.1f} ms after pytest, "
-          f"of which {numpy_ms:.1f} ms importing numpy")
+    print(
+        f"python -X importtime: pytest_stability.* imports take {import_ms:.1f} ms after pytest, "
+        f"of which {numpy_ms:.1f} ms importing numpy"
+    )
     print("heavy modules imported by the plugin: " + (", ".join(sorted(set(heavy))[:10]) or "none"))
 
     with_ms, without_ms, diff_ms = collect_overhead(args.reps)

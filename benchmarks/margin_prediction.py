@@ -48,6 +48,7 @@ LONG_FACTOR = 10
 
 def _mlp_warmup(peak: float) -> Callable[[int], S.Scenario]:
     """Classification MLP, SGD with momentum 0.9, learning rate warmed up over 400 steps to ``peak``."""
+
     def make(seed: int) -> S.Scenario:
         keras = S._keras()
         x, y = S._classification_data(seed, 2048)
@@ -57,30 +58,49 @@ def _mlp_warmup(peak: float) -> Callable[[int], S.Scenario]:
             m.compile(optimizer=keras.optimizers.SGD(S._warmup(peak, 400), momentum=0.9), loss="binary_crossentropy")
             return m
 
-        return S.Scenario(f"mlp_sgd_warmup_{peak:g}", "sweep", build, x, y, steps=50, batch_size=32,
-                          spec_overrides={"readback_every": 25})
+        return S.Scenario(
+            f"mlp_sgd_warmup_{peak:g}",
+            "sweep",
+            build,
+            x,
+            y,
+            steps=50,
+            batch_size=32,
+            spec_overrides={"readback_every": 25},
+        )
+
     return make
 
 
 def _rnn_warmup(peak: float) -> Callable[[int], S.Scenario]:
     """The detection benchmark's SimpleRNN (warm-up over 150 steps to ``peak``, no clipping)."""
+
     def make(seed: int) -> S.Scenario:
         sc = S._rnn_scenario(seed, peak, None, f"rnn_warmup_{peak:g}", "sweep")
         sc.steps = 50
         sc.spec_overrides = {"readback_every": 25}
         return sc
+
     return make
 
 
 def _adam(width: int, lr: float, epsilon: float, amsgrad: bool = False) -> Callable[[int], S.Scenario]:
     """The detection benchmark's full-batch Adam family (collapse, periodic spikes, and their fixes)."""
+
     def make(seed: int) -> S.Scenario:
-        sc = S._adam_collapse(seed, width=width, lr=lr, epsilon=epsilon, amsgrad=amsgrad,
-                              name=f"adam_w{width}_lr{lr:g}_eps{epsilon:g}{'_ams' if amsgrad else ''}",
-                              pathology="sweep")
+        sc = S._adam_collapse(
+            seed,
+            width=width,
+            lr=lr,
+            epsilon=epsilon,
+            amsgrad=amsgrad,
+            name=f"adam_w{width}_lr{lr:g}_eps{epsilon:g}{'_ams' if amsgrad else ''}",
+            pathology="sweep",
+        )
         sc.steps = 300
         sc.spec_overrides = {"readback_every": 100}
         return sc
+
     return make
 
 
@@ -89,8 +109,14 @@ for _p in (0.03, 0.1, 0.3, 1.0, 3.0):
     CONFIGS[f"mlp_sgd_warmup_{_p:g}"] = _mlp_warmup(_p)
 for _p in (0.01, 0.03, 0.1, 0.3):
     CONFIGS[f"rnn_warmup_{_p:g}"] = _rnn_warmup(_p)
-for _args in ((32, 1e-2, 1e-7), (32, 1e-2, 1e-2), (32, 1e-3, 1e-7, True), (8, 3e-2, 1e-7), (8, 3e-3, 1e-7, True),
-              (32, 3e-3, 1e-7)):
+for _args in (
+    (32, 1e-2, 1e-7),
+    (32, 1e-2, 1e-2),
+    (32, 1e-3, 1e-7, True),
+    (8, 3e-2, 1e-7),
+    (8, 3e-3, 1e-7, True),
+    (32, 3e-3, 1e-7),
+):
     _sc = _adam(*_args)
     CONFIGS[_sc(0).name] = _sc
 
@@ -112,8 +138,17 @@ def _train(sc: S.Scenario, seed: int, steps: int, **spec_kw: Any) -> tuple[Any, 
     engine.seed_everything(seed)
     model = sc.build()
     started = time.perf_counter()
-    out = pipeline.run(model, sc.x, sc.y, fit_kwargs={}, steps=steps, seed=seed, spec=spec, thresholds=Thresholds(),
-                       batch_size=sc.batch_size if sc.y is not None else None)
+    out = pipeline.run(
+        model,
+        sc.x,
+        sc.y,
+        fit_kwargs={},
+        steps=steps,
+        seed=seed,
+        spec=spec,
+        thresholds=Thresholds(),
+        batch_size=sc.batch_size if sc.y is not None else None,
+    )
     return out, time.perf_counter() - started
 
 
@@ -153,15 +188,26 @@ def main(argv: list[str] | None = None) -> int:
             long_, t_long = _train(sc, seed, LONG_FACTOR * sc.steps, whatif=False)
             bad = [f for r in long_.results if r.failed and r.name in LONG_CHECKS for f in r.findings]
             first = min(bad, key=lambda f: f.step) if bad else None
-            rows.append({"config": name, "seed": seed, "short_steps": sc.steps, "short_failed": failed_short,
-                         "lr_margin": float(margin.get("value", float("nan"))), "eos": _eos(short.result.trace),
-                         "long_unstable": bool(bad),
-                         "long_first": f"{first.check} at step {first.step}" if first else "",
-                         "seconds": t_short + t_long})
+            rows.append(
+                {
+                    "config": name,
+                    "seed": seed,
+                    "short_steps": sc.steps,
+                    "short_failed": failed_short,
+                    "lr_margin": float(margin.get("value", float("nan"))),
+                    "eos": _eos(short.result.trace),
+                    "long_unstable": bool(bad),
+                    "long_first": f"{first.check} at step {first.step}" if first else "",
+                    "seconds": t_short + t_long,
+                }
+            )
             r = rows[-1]
-            print(f"  {name} seed {seed}: short {r['short_failed'] or 'passed'}, lr margin {r['lr_margin']:.3g}, "
-                  f"eos {r['eos']}, long {'UNSTABLE ' + r['long_first'] if bad else 'stable'} "
-                  f"({r['seconds']:.0f}s)", file=sys.stderr)
+            print(
+                f"  {name} seed {seed}: short {r['short_failed'] or 'passed'}, lr margin {r['lr_margin']:.3g}, "
+                f"eos {r['eos']}, long {'UNSTABLE ' + r['long_first'] if bad else 'stable'} "
+                f"({r['seconds']:.0f}s)",
+                file=sys.stderr,
+            )
     md = _table(rows, time.perf_counter() - started)
     print(md)
     write_results(RESULTS, md)
@@ -173,16 +219,22 @@ def _fmt(x: float | None) -> str:
 
 
 def _table(rows: list[dict], wall: float) -> str:
-    out = ["## Does the short run's margin predict a later instability?", "",
-           f"Short run = the test's steps; long run = {LONG_FACTOR}x the steps from scratch, same seed, judged by "
-           f"{', '.join(LONG_CHECKS)}. lr margin: the largest learning-rate factor that stayed stable (0 = the short "
-           "run already failed); eos ratio: the largest edge-of-stability ratio measured in the short run.", "",
-           "| configuration | seed | short steps | short run | lr margin | eos ratio | long run |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "## Does the short run's margin predict a later instability?",
+        "",
+        f"Short run = the test's steps; long run = {LONG_FACTOR}x the steps from scratch, same seed, judged by "
+        f"{', '.join(LONG_CHECKS)}. lr margin: the largest learning-rate factor that stayed stable (0 = the short "
+        "run already failed); eos ratio: the largest edge-of-stability ratio measured in the short run.",
+        "",
+        "| configuration | seed | short steps | short run | lr margin | eos ratio | long run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['config']} | {r['seed']} | {r['short_steps']} | "
-                   f"{', '.join(r['short_failed']) or 'passed'} | {_fmt(r['lr_margin'])} | {_fmt(r['eos'])} | "
-                   f"{'unstable: ' + r['long_first'] if r['long_unstable'] else 'stable'} |")
+        out.append(
+            f"| {r['config']} | {r['seed']} | {r['short_steps']} | "
+            f"{', '.join(r['short_failed']) or 'passed'} | {_fmt(r['lr_margin'])} | {_fmt(r['eos'])} | "
+            f"{'unstable: ' + r['long_first'] if r['long_unstable'] else 'stable'} |"
+        )
     out += ["", "| runs | n (unstable later) | AUC lr margin | AUC eos ratio |", "|---|---|---|---|"]
     for label, sel in (("all", rows), ("short run passed", [r for r in rows if not r["short_failed"]])):
         ys = [r["long_unstable"] for r in sel]

@@ -73,8 +73,14 @@ def _build(kind: str, steps_per_execution: int = 1):
     from keras import layers
 
     if kind == "mlp":
-        model = keras.Sequential([keras.Input((32,)), layers.Dense(64, activation="relu"),
-                                  layers.Dense(64, activation="relu"), layers.Dense(1, activation="sigmoid")])
+        model = keras.Sequential(
+            [
+                keras.Input((32,)),
+                layers.Dense(64, activation="relu"),
+                layers.Dense(64, activation="relu"),
+                layers.Dense(1, activation="sigmoid"),
+            ]
+        )
         loss = "binary_crossentropy"
     elif kind == "transformer":
         # one pre-norm transformer block over 16 tokens of width 32 (4 heads), mean-pooled, 10 classes
@@ -97,8 +103,9 @@ def _build(kind: str, steps_per_execution: int = 1):
         stack += [layers.GlobalAveragePooling2D(), layers.Dense(10)]
         model = keras.Sequential(stack)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"], steps_per_execution=steps_per_execution
+    )
     return model
 
 
@@ -144,7 +151,8 @@ def _run(variant: str, kind: str, steps: int, readback: int, seed: int) -> tuple
     x, y = _data(kind)
     backend = keras.backend.backend()
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(
-        readback_every=readback, diagnostics=variant == "stability_diag")
+        readback_every=readback, diagnostics=variant == "stability_diag"
+    )
     engine.seed_everything(seed)
     spe = readback if variant == "fit_spe" and backend != "torch" else 1
     model = _build(kind, spe)
@@ -153,11 +161,20 @@ def _run(variant: str, kind: str, steps: int, readback: int, seed: int) -> tuple
     callbacks = [timer, _batch_callback()] if variant.endswith("_cb") else [timer]
     t0 = time.perf_counter()
     if variant.startswith("fit"):
-        model.fit(x, y, batch_size=BATCH, epochs=steps // (N_SAMPLES // BATCH), shuffle=True, verbose=0,
-                  callbacks=callbacks)
+        model.fit(
+            x, y, batch_size=BATCH, epochs=steps // (N_SAMPLES // BATCH), shuffle=True, verbose=0, callbacks=callbacks
+        )
     else:
-        result = engine.train(model, x, y, fit_kwargs={"callbacks": callbacks, "shuffle": True}, steps=steps,
-                              batch_size=BATCH, seed=seed, spec=spec)
+        result = engine.train(
+            model,
+            x,
+            y,
+            fit_kwargs={"callbacks": callbacks, "shuffle": True},
+            steps=steps,
+            batch_size=BATCH,
+            seed=seed,
+            spec=spec,
+        )
         assert result.trace.steps == steps, (result.trace.steps, steps)
         device = result.device
     end = time.perf_counter()
@@ -173,7 +190,7 @@ def one_backend(args) -> dict:
     device = "?"
     for rep in range(args.reps):
         for m in models:
-            order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[:rep % len(VARIANTS)]
+            order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
             for v in order:
                 cold, steady, dev = _run(v, m, args.steps, args.readback, seed=rep)
                 device = dev if dev != "?" else device
@@ -184,29 +201,43 @@ def one_backend(args) -> dict:
     for m in models:
         for phase in ("steady", "cold"):
             med = {v: statistics.median(times[(m, v, phase)]) for v in VARIANTS}
-            rows.append({"backend": backend, "device": device, "model": m, "phase": phase, **med,
-                         "ratio_spe": med["stability"] / med["fit_spe"], "ratio_fit": med["stability"] / med["fit"],
-                         "ratio_diag_spe": med["stability_diag"] / med["fit_spe"],
-                         "ratio_cb": med["stability_cb"] / med["fit_cb"]})
+            rows.append(
+                {
+                    "backend": backend,
+                    "device": device,
+                    "model": m,
+                    "phase": phase,
+                    **med,
+                    "ratio_spe": med["stability"] / med["fit_spe"],
+                    "ratio_fit": med["stability"] / med["fit"],
+                    "ratio_diag_spe": med["stability_diag"] / med["fit_spe"],
+                    "ratio_cb": med["stability_cb"] / med["fit_cb"],
+                }
+            )
     return {"backend": backend, "keras": keras.__version__, "rows": rows}
 
 
 def table(results: list[dict], args) -> str:
     cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
-    lines = [f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} "
-             f"--readback {args.readback}{cpus}` "
-             f"on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of "
-             f"{args.reps} interleaved repetitions; fresh model per run; *steady* = epochs 2.. "
-             f"(64 steps each) to the end of training, *cold* = the whole call incl. compilation (and the "
-             f"report's building).", "",
-             "| backend | device | model | phase | fit (s) | fit spe (s) | stability (s) | stability / fit spe | "
-             "stability / fit | diagnostics / fit spe | with a batch callback: stability / fit |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"`python benchmarks/overhead.py --steps {args.steps} --reps {args.reps} "
+        f"--readback {args.readback}{cpus}` "
+        f"on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; medians of "
+        f"{args.reps} interleaved repetitions; fresh model per run; *steady* = epochs 2.. "
+        f"(64 steps each) to the end of training, *cold* = the whole call incl. compilation (and the "
+        f"report's building).",
+        "",
+        "| backend | device | model | phase | fit (s) | fit spe (s) | stability (s) | stability / fit spe | "
+        "stability / fit | diagnostics / fit spe | with a batch callback: stability / fit |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         for r in res["rows"]:
-            lines.append(f"| {r['backend']} | {r['device']} | {r['model']} | {r['phase']} | {r['fit']:.3f} | "
-                         f"{r['fit_spe']:.3f} | {r['stability']:.3f} | {r['ratio_spe']:.2f}x | "
-                         f"{r['ratio_fit']:.2f}x | {r['ratio_diag_spe']:.2f}x | {r['ratio_cb']:.2f}x |")
+            lines.append(
+                f"| {r['backend']} | {r['device']} | {r['model']} | {r['phase']} | {r['fit']:.3f} | "
+                f"{r['fit_spe']:.3f} | {r['stability']:.3f} | {r['ratio_spe']:.2f}x | "
+                f"{r['ratio_fit']:.2f}x | {r['ratio_diag_spe']:.2f}x | {r['ratio_cb']:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -219,9 +250,12 @@ def main() -> int:
     parser.add_argument("--models", default="mlp,conv")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--cpus", default=None,
-                        help="comma-separated CPU ids to pin each run to (os.sched_setaffinity): on a shared "
-                             "machine a pinned run is steadier; written to overhead-cpus-<ids>.md")
+    parser.add_argument(
+        "--cpus",
+        default=None,
+        help="comma-separated CPU ids to pin each run to (os.sched_setaffinity): on a shared "
+        "machine a pinned run is steadier; written to overhead-cpus-<ids>.md",
+    )
     args = parser.parse_args()
     if args.cpus is not None:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
@@ -238,8 +272,20 @@ def main() -> int:
     from benchmarks._results import run_per_backend
 
     extra = ["--cpus", args.cpus] if args.cpus is not None else []
-    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps),
-                                         "--readback", str(args.readback), "--models", args.models, *extra])
+    results = run_per_backend(
+        __file__,
+        [
+            "--steps",
+            str(args.steps),
+            "--reps",
+            str(args.reps),
+            "--readback",
+            str(args.readback),
+            "--models",
+            args.models,
+            *extra,
+        ],
+    )
     text = table(results, args)
     print(text)
     if not args.no_write:
@@ -247,8 +293,9 @@ def main() -> int:
 
         # the default models' table is overhead.md; other models' tables sit beside it
         models = "" if args.models == "mlp,conv" else "-" + args.models.replace(",", "-")
-        name = (f"overhead{models}.md" if args.cpus is None
-                else f"overhead{models}-cpus-{args.cpus.replace(',', '-')}.md")
+        name = (
+            f"overhead{models}.md" if args.cpus is None else f"overhead{models}-cpus-{args.cpus.replace(',', '-')}.md"
+        )
         pinned = "" if args.cpus is None else f"Every run pinned to CPU(s) {args.cpus}.\n\n"
         write_results(name, "# Overhead: stability.fit vs plain model.fit\n\n" + pinned + text)
     return 0

@@ -56,11 +56,12 @@ def _model(kind: str):
 
     x, y = _data(kind)
     model = _build(kind, 1)
-    model.fit(x[:BATCH * 2], y[:BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)  # builds optimizer, metrics
+    model.fit(x[: BATCH * 2], y[: BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)  # builds optimizer, metrics
     return model, x[:BATCH], y[:BATCH]
 
 
 # -- JAX ----------------------------------------------------------------------------------------------------
+
 
 def _slot_owners(before, state_after) -> list[list[int]]:
     """Each optimizer slot (Adam's m and v) checked once, by one variable of its shape (as the recorder does)."""
@@ -143,8 +144,12 @@ def _jax_run(kind: str, args) -> dict[str, float]:
     original = opt.stateless_apply
 
     def state_of():
-        return ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
-                [v.value for v in opt.variables], [v.value for v in model.metrics_variables])
+        return (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in opt.variables],
+            [v.value for v in model.metrics_variables],
+        )
 
     def warm(fn, state, buf):
         """Traces and compiles (jit traces at the first call), then a few calls; own copies of the state,
@@ -157,7 +162,7 @@ def _jax_run(kind: str, args) -> dict[str, float]:
 
     def make(level: str):
         if level == "recorder":  # traced while installed; the trace is kept by jit after uninstall
-            rec = Recorder(model, chunk=CHUNK, limit=10 ** 6, diagnostics=False)
+            rec = Recorder(model, chunk=CHUNK, limit=10**6, diagnostics=False)
             rec.install()
             try:
                 fn = jax.jit(model.train_step, donate_argnums=0)
@@ -193,7 +198,7 @@ def _jax_run(kind: str, args) -> dict[str, float]:
     times: dict[str, list[float]] = {level: [] for level in args.levels}
     live = {level: (state, buf) for level, (_, state, buf) in steps.items()}
     for rep in range(args.reps):
-        order = args.levels[rep % len(args.levels):] + args.levels[:rep % len(args.levels)]
+        order = args.levels[rep % len(args.levels) :] + args.levels[: rep % len(args.levels)]
         for level in order:
             fn = steps[level][0]
             state, buf = live[level]
@@ -207,6 +212,7 @@ def _jax_run(kind: str, args) -> dict[str, float]:
 
 
 # -- PyTorch ------------------------------------------------------------------------------------------------
+
 
 def _torch_run(kind: str, args) -> dict[str, float]:
     import torch
@@ -249,7 +255,7 @@ def _torch_run(kind: str, args) -> dict[str, float]:
 
     def step_for(level: str):
         if level == "recorder":
-            rec = Recorder(model, chunk=CHUNK, limit=10 ** 9, diagnostics=False)
+            rec = Recorder(model, chunk=CHUNK, limit=10**9, diagnostics=False)
 
             def run():
                 model.train_step(data)
@@ -274,7 +280,7 @@ def _torch_run(kind: str, args) -> dict[str, float]:
     times: dict[str, list[float]] = {level: [] for level in args.levels}
     steps = {level: step_for(level) for level in args.levels}
     for rep in range(args.reps + 1):  # the first is a warm-up, not counted
-        order = args.levels[rep % len(args.levels):] + args.levels[:rep % len(args.levels)]
+        order = args.levels[rep % len(args.levels) :] + args.levels[: rep % len(args.levels)]
         for level in order:
             run, rec = steps[level]
             if rec is not None:
@@ -309,12 +315,15 @@ def table(results: list[dict], args) -> str:
     cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
     levels = args.levels
     command = f"python benchmarks/recording_floor.py --calls {args.calls} --reps {args.reps} --form {args.form}{cpus}"
-    lines = [f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; "
-             f"microseconds per training step (medians of {args.reps} interleaved repetitions of {args.calls} "
-             f"steps on one batch of 32), and in brackets the ratio to `plain` (Keras' own `train_step`). Each "
-             f"level adds statistics to the one before; `recorder` is the plugin's own recording.", "",
-             "| backend | model | " + " | ".join(levels) + " |",
-             "|---|---|" + "---:|" * len(levels)]
+    lines = [
+        f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; "
+        f"microseconds per training step (medians of {args.reps} interleaved repetitions of {args.calls} "
+        f"steps on one batch of 32), and in brackets the ratio to `plain` (Keras' own `train_step`). Each "
+        f"level adds statistics to the one before; `recorder` is the plugin's own recording.",
+        "",
+        "| backend | model | " + " | ".join(levels) + " |",
+        "|---|---|" + "---:|" * len(levels),
+    ]
     for res in results:
         for r in res["rows"]:
             base = r["us"]["plain"]
@@ -330,8 +339,12 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--models", default="mlp,conv")
     parser.add_argument("--levels", default=",".join(LEVELS))
-    parser.add_argument("--form", choices=("var", "blocks"), default="blocks",
-                        help="JAX: how the per-variable sums are reduced (see _jax_stats)")
+    parser.add_argument(
+        "--form",
+        choices=("var", "blocks"),
+        default="blocks",
+        help="JAX: how the per-variable sums are reduced (see _jax_stats)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--cpus", default=None, help="comma-separated CPU ids to pin to (os.sched_setaffinity)")
@@ -351,9 +364,23 @@ def main() -> int:
     from benchmarks._results import run_per_backend
 
     extra = ["--cpus", args.cpus] if args.cpus is not None else []
-    results = run_per_backend(__file__, ["--calls", str(args.calls), "--reps", str(args.reps), "--models", args.models,
-                                         "--levels", ",".join(levels), "--form", args.form, *extra],
-                              backends=("jax", "torch"))
+    results = run_per_backend(
+        __file__,
+        [
+            "--calls",
+            str(args.calls),
+            "--reps",
+            str(args.reps),
+            "--models",
+            args.models,
+            "--levels",
+            ",".join(levels),
+            "--form",
+            args.form,
+            *extra,
+        ],
+        backends=("jax", "torch"),
+    )
     text = table(results, args)
     print(text)
     if not args.no_write and results:

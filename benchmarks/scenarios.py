@@ -109,13 +109,21 @@ class Scenario:
 # -- shared pieces ---------------------------------------------------------------
 
 
-def _scenario(name: str, pathology: str, build: Callable[[], Any], x: Any, y: Any, *, check: str,
-              cause: str, **kw: Any) -> Scenario:
+def _scenario(
+    name: str, pathology: str, build: Callable[[], Any], x: Any, y: Any, *, check: str, cause: str, **kw: Any
+) -> Scenario:
     """A :class:`Scenario` that expects ``check`` to fail with ``cause``, unless it is a healthy control."""
     sick = pathology != HEALTHY
-    return Scenario(name, pathology, build, x, y, expected_check=check if sick else None,
-                    expected_cause=cause if sick else None, **kw)
-
+    return Scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        expected_check=check if sick else None,
+        expected_cause=cause if sick else None,
+        **kw,
+    )
 
 
 def _keras() -> Any:
@@ -148,8 +156,18 @@ def _classification_data(seed: int, n: int, d: int = 8, noise: float = 0.3) -> t
 # -- Adam second-moment collapse ------------------------------------------------
 
 
-def _adam_collapse(seed: int, *, width: int = 32, lr: float = 1e-2, epsilon: float = 1e-7, amsgrad: bool = False,
-                   name: str, pathology: str, diagnostics: bool = True, cause: str = "adam_second_moment") -> Scenario:
+def _adam_collapse(
+    seed: int,
+    *,
+    width: int = 32,
+    lr: float = 1e-2,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    name: str,
+    pathology: str,
+    diagnostics: bool = True,
+    cause: str = "adam_second_moment",
+) -> Scenario:
     """Full-batch regression with Adam (Keras defaults but the learning rate): the loss falls to ~1e-14,
     the gradients and v with it, and then the loss shoots back up (and often stays up)."""
     keras = _keras()
@@ -165,8 +183,18 @@ def _adam_collapse(seed: int, *, width: int = 32, lr: float = 1e-2, epsilon: flo
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
-    return _scenario(name, pathology, build, ds, None, check="loss_spike", cause=cause, steps=3000,
-                     batch_size=64, spec_overrides={"diagnostics": diagnostics, "readback_every": 500})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        ds,
+        None,
+        check="loss_spike",
+        cause=cause,
+        steps=3000,
+        batch_size=64,
+        spec_overrides={"diagnostics": diagnostics, "readback_every": 500},
+    )
 
 
 def adam_collapse(seed: int) -> Scenario:
@@ -190,14 +218,12 @@ def adam_periodic(seed: int) -> Scenario:
     adam_collapse), its gradient norm fell only 2-6x before the first spike (10 of 10 TensorFlow seeds, stored
     traces), epsilon=1e-2 and amsgrad alone did not stop the spikes (see the module docstring), and in the
     what-if replay a lower learning rate resolved 3 of 3 seeds."""
-    return _adam_collapse(seed, width=8, lr=3e-2, name="adam_periodic", pathology="adam_periodic",
-                          cause="lr_too_high")
+    return _adam_collapse(seed, width=8, lr=3e-2, name="adam_periodic", pathology="adam_periodic", cause="lr_too_high")
 
 
 def adam_periodic_fixed(seed: int) -> Scenario:
     # amsgrad alone at lr 3e-2 still spiked (9/12, detection run of e8ea4a3): amsgrad at lr 3e-3
-    return _adam_collapse(seed, width=8, lr=3e-3, amsgrad=True, name="adam_periodic_amsgrad_low_lr",
-                          pathology=HEALTHY)
+    return _adam_collapse(seed, width=8, lr=3e-3, amsgrad=True, name="adam_periodic_amsgrad_low_lr", pathology=HEALTHY)
 
 
 # -- learning rate too high -> NaN ------------------------------------------------
@@ -214,8 +240,18 @@ def _lr_scenario(seed: int, lr: float, name: str, pathology: str, momentum: floa
         m.compile(optimizer=keras.optimizers.SGD(lr, momentum=momentum), loss="mse")
         return m
 
-    return _scenario(name, pathology, build, x, y, check="nonfinite", cause="lr_too_high",
-                     steps=300, batch_size=32, spec_overrides={"readback_every": 100})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        check="nonfinite",
+        cause="lr_too_high",
+        steps=300,
+        batch_size=32,
+        spec_overrides={"readback_every": 100},
+    )
 
 
 def lr_too_high(seed: int) -> Scenario:
@@ -242,12 +278,21 @@ def _log_scenario(seed: int, safe: bool, name: str, pathology: str) -> Scenario:
 
     def build() -> Any:
         m = _mlp(8, (16,), "relu", keras.layers.Dense(1, activation="sigmoid"))
-        m.compile(optimizer=keras.optimizers.Adam(0.05),
-                  loss="binary_crossentropy" if safe else _unsafe_bce)
+        m.compile(optimizer=keras.optimizers.Adam(0.05), loss="binary_crossentropy" if safe else _unsafe_bce)
         return m
 
-    return _scenario(name, pathology, build, x, y, check="nonfinite", cause="unsafe_loss_op",
-                     steps=600, batch_size=32, spec_overrides={"readback_every": 200})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        check="nonfinite",
+        cause="unsafe_loss_op",
+        steps=600,
+        batch_size=32,
+        spec_overrides={"readback_every": 200},
+    )
 
 
 def log_zero(seed: int) -> Scenario:
@@ -276,9 +321,19 @@ def nan_in_data(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
         return m
 
-    return Scenario("nan_in_data", "nan_in_data", build, ds, None, steps=40, batch_size=32,
-                    spec_overrides={"readback_every": 40},
-                    expected_check="nonfinite", expected_cause="nan_in_data", expected_step=row // 32)
+    return Scenario(
+        "nan_in_data",
+        "nan_in_data",
+        build,
+        ds,
+        None,
+        steps=40,
+        batch_size=32,
+        spec_overrides={"readback_every": 40},
+        expected_check="nonfinite",
+        expected_cause="nan_in_data",
+        expected_step=row // 32,
+    )
 
 
 # -- exploding gradients in a simple RNN on long sequences -----------------------
@@ -286,8 +341,9 @@ def nan_in_data(seed: int) -> Scenario:
 
 def _warmup(peak: float, steps: int = 150) -> Any:
     """Linear learning-rate warm-up from 1e-4 to ``peak`` over ``steps``, then constant."""
-    return _keras().optimizers.schedules.CosineDecay(1e-4, decay_steps=10_000, alpha=1.0, warmup_target=peak,
-                                                     warmup_steps=steps)
+    return _keras().optimizers.schedules.CosineDecay(
+        1e-4, decay_steps=10_000, alpha=1.0, warmup_target=peak, warmup_steps=steps
+    )
 
 
 def _rnn_scenario(seed: int, peak: float, clipnorm: float | None, name: str, pathology: str) -> Scenario:
@@ -301,8 +357,18 @@ def _rnn_scenario(seed: int, peak: float, clipnorm: float | None, name: str, pat
         m.compile(optimizer=keras.optimizers.SGD(_warmup(peak), momentum=0.9, clipnorm=clipnorm), loss="mse")
         return m
 
-    return _scenario(name, pathology, build, x, y, check="grad_norm", cause="gradient_explosion",
-                     steps=300, batch_size=32, spec_overrides={"readback_every": 100})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        check="grad_norm",
+        cause="gradient_explosion",
+        steps=300,
+        batch_size=32,
+        spec_overrides={"readback_every": 100},
+    )
 
 
 def rnn_explosion(seed: int) -> Scenario:
@@ -338,24 +404,37 @@ def _seg_data(seed: int, n: int = 64, size: int = 16) -> tuple[np.ndarray, np.nd
     return x, y
 
 
-def _seg_scenario(seed: int, peak: float, clipnorm: float | None, name: str, pathology: str,
-                  warmup_steps: int = 150, steps: int = 400) -> Scenario:
+def _seg_scenario(
+    seed: int, peak: float, clipnorm: float | None, name: str, pathology: str, warmup_steps: int = 150, steps: int = 400
+) -> Scenario:
     keras = _keras()
     x, y = _seg_data(seed)
 
     def build() -> Any:
-        m = keras.Sequential([
-            keras.Input((16, 16, 1)),
-            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(1, 1, activation="sigmoid"),
-        ])
+        m = keras.Sequential(
+            [
+                keras.Input((16, 16, 1)),
+                keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                keras.layers.Conv2D(1, 1, activation="sigmoid"),
+            ]
+        )
         opt = keras.optimizers.SGD(_warmup(peak, warmup_steps), momentum=0.99, nesterov=True, clipnorm=clipnorm)
         m.compile(optimizer=opt, loss=_soft_dice)
         return m
 
-    return _scenario(name, pathology, build, x, y, check="loss_spike", cause="collapse_constant",
-                     steps=steps, batch_size=8, spec_overrides={"readback_every": 100})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        check="loss_spike",
+        cause="collapse_constant",
+        steps=steps,
+        batch_size=8,
+        spec_overrides={"readback_every": 100},
+    )
 
 
 def seg_dice_collapse(seed: int) -> Scenario:
@@ -378,18 +457,34 @@ def _bn_scenario(seed: int, batch_size: int, momentum: float, lr: float, name: s
     x, y, xv, yv = x[:8192], y[:8192], x[8192:], y[8192:]
 
     def build() -> Any:
-        m = keras.Sequential([
-            keras.Input((8,)),
-            keras.layers.Dense(32), keras.layers.BatchNormalization(momentum=momentum), keras.layers.ReLU(),
-            keras.layers.Dense(32), keras.layers.BatchNormalization(momentum=momentum), keras.layers.ReLU(),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ])
+        m = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(32),
+                keras.layers.BatchNormalization(momentum=momentum),
+                keras.layers.ReLU(),
+                keras.layers.Dense(32),
+                keras.layers.BatchNormalization(momentum=momentum),
+                keras.layers.ReLU(),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ]
+        )
         m.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
         return m
 
-    return _scenario(name, pathology, build, x, y, check="val_loss", cause="batchnorm_mismatch",
-                     validation_data=(xv, yv), steps=300, batch_size=batch_size,
-                     spec_overrides={"readback_every": 10, "validate_every": 10})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        check="val_loss",
+        cause="batchnorm_mismatch",
+        validation_data=(xv, yv),
+        steps=300,
+        batch_size=batch_size,
+        spec_overrides={"readback_every": 10, "validate_every": 10},
+    )
 
 
 def bn_small_batch(seed: int) -> Scenario:
@@ -413,8 +508,17 @@ def noisy_small_batch(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
         return m
 
-    return Scenario("noisy_small_batch", HEALTHY, build, x, y, validation_data=(xv, yv), steps=500,
-                    batch_size=8, spec_overrides={"readback_every": 100, "validate_every": 25})
+    return Scenario(
+        "noisy_small_batch",
+        HEALTHY,
+        build,
+        x,
+        y,
+        validation_data=(xv, yv),
+        steps=500,
+        batch_size=8,
+        spec_overrides={"readback_every": 100, "validate_every": 25},
+    )
 
 
 # -- dead from the start, slingshot, a lone hard batch, more healthy families ----------------------
@@ -431,8 +535,18 @@ def dead_start(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
         return m
 
-    return _scenario("dead_start", "dead_start", build, x, y, check="stuck", cause="vanished_gradients",
-                     steps=300, batch_size=32, spec_overrides={"readback_every": 100})
+    return _scenario(
+        "dead_start",
+        "dead_start",
+        build,
+        x,
+        y,
+        check="stuck",
+        cause="vanished_gradients",
+        steps=300,
+        batch_size=32,
+        spec_overrides={"readback_every": 100},
+    )
 
 
 def slingshot(seed: int) -> Scenario:
@@ -449,8 +563,18 @@ def slingshot(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
         return m
 
-    return _scenario("slingshot", "slingshot", build, x, y, check="loss_spike", cause="adam_second_moment",
-                     steps=3000, batch_size=16, spec_overrides={"readback_every": 500})
+    return _scenario(
+        "slingshot",
+        "slingshot",
+        build,
+        x,
+        y,
+        check="loss_spike",
+        cause="adam_second_moment",
+        steps=3000,
+        batch_size=16,
+        spec_overrides={"readback_every": 500},
+    )
 
 
 def _healthy(name: str, build: Callable[[], Any], x: Any, y: Any, **kw: Any) -> Scenario:
@@ -486,21 +610,38 @@ def _clf_mlp(lr: float = 1e-3, dropout: float = 0.0, schedule: Any = None) -> Ca
         m = keras.Sequential(layers)
         m.compile(optimizer=keras.optimizers.Adam(schedule if schedule is not None else lr), loss="binary_crossentropy")
         return m
+
     return build
 
 
 def small_val_set(seed: int) -> Scenario:
     """HEALTHY: a validation set of 32-64 samples (its loss wiggles 13-33 %)."""
     x, y, val = _clf(seed, 2048, 32 + 32 * (seed % 2))
-    return _healthy("small_val_set", _clf_mlp(), x, y, validation_data=val, steps=300, batch_size=16,
-                    spec_overrides={"validate_every": 25})
+    return _healthy(
+        "small_val_set",
+        _clf_mlp(),
+        x,
+        y,
+        validation_data=val,
+        steps=300,
+        batch_size=16,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def tiny_batches(seed: int) -> Scenario:
     """HEALTHY: batch sizes 2, 4 and 8 (by seed)."""
     x, y, val = _clf(seed, 2048, 256)
-    return _healthy("tiny_batches", _clf_mlp(3e-4), x, y, validation_data=val, steps=400,
-                    batch_size=(2, 4, 8)[seed % 3], spec_overrides={"validate_every": 50})
+    return _healthy(
+        "tiny_batches",
+        _clf_mlp(3e-4),
+        x,
+        y,
+        validation_data=val,
+        steps=400,
+        batch_size=(2, 4, 8)[seed % 3],
+        spec_overrides={"validate_every": 50},
+    )
 
 
 def bn_small_batch_right(seed: int) -> Scenario:
@@ -512,16 +653,32 @@ def bn_small_batch_right(seed: int) -> Scenario:
 def dropout_half(seed: int) -> Scenario:
     """HEALTHY: Dropout(0.5) (noisier training loss than validation)."""
     x, y, val = _clf(seed, 2048, 256)
-    return _healthy("dropout_half", _clf_mlp(dropout=0.5), x, y, validation_data=val, steps=400, batch_size=32,
-                    spec_overrides={"validate_every": 25})
+    return _healthy(
+        "dropout_half",
+        _clf_mlp(dropout=0.5),
+        x,
+        y,
+        validation_data=val,
+        steps=400,
+        batch_size=32,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def warmup_cosine(seed: int) -> Scenario:
     """HEALTHY: linear warm-up to 3e-3 over 50 steps, then cosine decay to 0 over 400."""
     x, y, val = _clf(seed, 2048, 256)
     sched = _keras().optimizers.schedules.CosineDecay(1e-5, decay_steps=400, warmup_target=3e-3, warmup_steps=50)
-    return _healthy("warmup_cosine", _clf_mlp(schedule=sched), x, y, validation_data=val, steps=450, batch_size=32,
-                    spec_overrides={"validate_every": 25})
+    return _healthy(
+        "warmup_cosine",
+        _clf_mlp(schedule=sched),
+        x,
+        y,
+        validation_data=val,
+        steps=450,
+        batch_size=32,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def label_noise(seed: int) -> Scenario:
@@ -529,8 +686,16 @@ def label_noise(seed: int) -> Scenario:
     x, y, val = _clf(seed, 2048, 256)
     flip = np.random.default_rng(seed + 1).random(y.shape[0]) < 0.2
     y = np.where(flip[:, None], 1.0 - y, y).astype("float32")
-    return _healthy("label_noise", _clf_mlp(), x, y, validation_data=val, steps=400, batch_size=32,
-                    spec_overrides={"validate_every": 25})
+    return _healthy(
+        "label_noise",
+        _clf_mlp(),
+        x,
+        y,
+        validation_data=val,
+        steps=400,
+        batch_size=32,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def small_cnn(seed: int) -> Scenario:
@@ -540,14 +705,29 @@ def small_cnn(seed: int) -> Scenario:
     y = (m.sum(axis=(1, 2, 3)) > 30).astype("float32")[:, None]
 
     def build() -> Any:
-        net = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
-                                keras.layers.MaxPooling2D(), keras.layers.Conv2D(16, 3, activation="relu"),
-                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")])
+        net = keras.Sequential(
+            [
+                keras.Input((16, 16, 1)),
+                keras.layers.Conv2D(8, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(16, 3, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ]
+        )
         net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
         return net
 
-    return _healthy("small_cnn", build, x[:448], y[:448], validation_data=(x[448:], y[448:]), steps=300,
-                    batch_size=16, spec_overrides={"validate_every": 25})
+    return _healthy(
+        "small_cnn",
+        build,
+        x[:448],
+        y[:448],
+        validation_data=(x[448:], y[448:]),
+        steps=300,
+        batch_size=16,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def small_rnn(seed: int) -> Scenario:
@@ -587,8 +767,16 @@ def tiny_unet(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
         return m
 
-    return _healthy("tiny_unet", build, x[:112], y[:112], validation_data=(x[112:], y[112:]), steps=300,
-                    batch_size=8, spec_overrides={"validate_every": 25})
+    return _healthy(
+        "tiny_unet",
+        build,
+        x[:112],
+        y[:112],
+        validation_data=(x[112:], y[112:]),
+        steps=300,
+        batch_size=8,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def small_transformer(seed: int) -> Scenario:
@@ -615,16 +803,31 @@ def small_transformer(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
         return m
 
-    return _healthy("small_transformer", build, x[:3968], y[:3968], validation_data=(x[3968:], y[3968:]), steps=300,
-                    batch_size=32, spec_overrides={"validate_every": 25})
+    return _healthy(
+        "small_transformer",
+        build,
+        x[:3968],
+        y[:3968],
+        validation_data=(x[3968:], y[3968:]),
+        steps=300,
+        batch_size=32,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 #: the second set of scenarios (dead start, slingshot; a lone hard batch and 10 more healthy families).
 NEW_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"dead_start": dead_start, "slingshot": slingshot}
 NEW_HEALTHY: dict[str, Callable[[int], Scenario]] = {
-    "hard_batch": hard_batch, "small_val_set": small_val_set, "tiny_batches": tiny_batches,
-    "bn_small_batch_right": bn_small_batch_right, "dropout_half": dropout_half, "warmup_cosine": warmup_cosine,
-    "label_noise": label_noise, "small_cnn": small_cnn, "small_rnn": small_rnn, "tiny_unet": tiny_unet,
+    "hard_batch": hard_batch,
+    "small_val_set": small_val_set,
+    "tiny_batches": tiny_batches,
+    "bn_small_batch_right": bn_small_batch_right,
+    "dropout_half": dropout_half,
+    "warmup_cosine": warmup_cosine,
+    "label_noise": label_noise,
+    "small_cnn": small_cnn,
+    "small_rnn": small_rnn,
+    "tiny_unet": tiny_unet,
     "small_transformer": small_transformer,
 }
 
@@ -646,8 +849,19 @@ def adam_early_blowup(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(3.0), loss=keras.losses.BinaryCrossentropy(from_logits=True))
         return m
 
-    return _scenario("adam_early_blowup", "adam_early_blowup", build, x, y, check="grad_norm", cause="lr_too_high",
-                     validation_data=val, steps=300, batch_size=32, spec_overrides={"validate_every": 25})
+    return _scenario(
+        "adam_early_blowup",
+        "adam_early_blowup",
+        build,
+        x,
+        y,
+        check="grad_norm",
+        cause="lr_too_high",
+        validation_data=val,
+        steps=300,
+        batch_size=32,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 def _soft_jaccard(y_true: Any, y_pred: Any) -> Any:
@@ -666,8 +880,18 @@ def _unet(seed: int, lr: float, name: str, pathology: str) -> Scenario:
         m.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.99, nesterov=True), loss=_soft_jaccard)
         return m
 
-    return _scenario(name, pathology, build, x, y, check="stuck", cause="collapse_constant", steps=300, batch_size=4,
-                     spec_overrides={"readback_every": 100})
+    return _scenario(
+        name,
+        pathology,
+        build,
+        x,
+        y,
+        check="stuck",
+        cause="collapse_constant",
+        steps=300,
+        batch_size=4,
+        spec_overrides={"readback_every": 100},
+    )
 
 
 def unet_jaccard_collapse(seed: int) -> Scenario:
@@ -702,8 +926,18 @@ def float16_adam_epsilon(seed: int) -> Scenario:
             keras.config.set_dtype_policy(old)
         return m
 
-    return _scenario("float16_adam_epsilon", "float16_adam_epsilon", build, x, y, check="nonfinite",
-                     cause="epsilon_underflow", steps=200, batch_size=32, spec_overrides={"readback_every": 50})
+    return _scenario(
+        "float16_adam_epsilon",
+        "float16_adam_epsilon",
+        build,
+        x,
+        y,
+        check="nonfinite",
+        cause="epsilon_underflow",
+        steps=200,
+        batch_size=32,
+        spec_overrides={"readback_every": 50},
+    )
 
 
 def random_labels(seed: int) -> Scenario:
@@ -715,30 +949,56 @@ def random_labels(seed: int) -> Scenario:
     y = rng.integers(0, 10, size=(8192,)).astype("int32")
 
     def build() -> Any:
-        net = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-                                keras.layers.MaxPooling2D(), keras.layers.Conv2D(16, 3, activation="relu"),
-                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, activation="softmax")])
+        net = keras.Sequential(
+            [
+                keras.Input((16, 16, 3)),
+                keras.layers.Conv2D(8, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(16, 3, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
         net.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
         return net
 
-    return _scenario("random_labels", "random_labels", build, x, y, check="stuck", cause="labels_no_signal",
-                     steps=600, batch_size=32, spec_overrides={"readback_every": 100})
+    return _scenario(
+        "random_labels",
+        "random_labels",
+        build,
+        x,
+        y,
+        check="stuck",
+        cause="labels_no_signal",
+        steps=600,
+        batch_size=32,
+        spec_overrides={"readback_every": 100},
+    )
 
 
 def adam_fullbatch_late(seed: int) -> Scenario:
     """The full-batch Adam regression at width 64 with the default recording (no slot statistics): the loss
     falls smoothly for hundreds of steps, then jumps by orders of magnitude; the evidence for Adam's second
     moment is the gradient norm's fall before the burst (epsilon / amsgrad, not clipnorm)."""
-    return _adam_collapse(seed, width=64, name="adam_fullbatch_late", pathology="adam_fullbatch_late",
-                          diagnostics=False)
+    return _adam_collapse(
+        seed, width=64, name="adam_fullbatch_late", pathology="adam_fullbatch_late", diagnostics=False
+    )
 
 
 def noisy_val_batch10(seed: int) -> Scenario:
     """HEALTHY: a classifier at batch 10 for 2800 steps (Adam 1e-2 on 20000 samples, 1.4 epochs): the training
     loss wanders with the batch and the validation loss (200 samples, every 100 steps) wobbles with it."""
     x, y, val = _clf(seed, 20000, 200)
-    return _healthy("noisy_val_batch10", _clf_mlp(1e-2), x, y, validation_data=val, steps=2800, batch_size=10,
-                    spec_overrides={"validate_every": 100, "readback_every": 200})
+    return _healthy(
+        "noisy_val_batch10",
+        _clf_mlp(1e-2),
+        x,
+        y,
+        validation_data=val,
+        steps=2800,
+        batch_size=10,
+        spec_overrides={"validate_every": 100, "readback_every": 200},
+    )
 
 
 def bn_unet_fullbatch(seed: int) -> Scenario:
@@ -759,18 +1019,30 @@ def bn_unet_fullbatch(seed: int) -> Scenario:
         m.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
         return m
 
-    return _healthy("bn_unet_fullbatch", build, x[:32], y[:32], validation_data=(x[32:], y[32:]), steps=200,
-                    batch_size=32, spec_overrides={"validate_every": 25})
+    return _healthy(
+        "bn_unet_fullbatch",
+        build,
+        x[:32],
+        y[:32],
+        validation_data=(x[32:], y[32:]),
+        steps=200,
+        batch_size=32,
+        spec_overrides={"validate_every": 25},
+    )
 
 
 #: scenario families of the cases above.
 FIRST_RUN_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
-    "adam_early_blowup": adam_early_blowup, "unet_jaccard_collapse": unet_jaccard_collapse,
-    "sgd_huge_lr": sgd_huge_lr, "float16_adam_epsilon": float16_adam_epsilon, "random_labels": random_labels,
+    "adam_early_blowup": adam_early_blowup,
+    "unet_jaccard_collapse": unet_jaccard_collapse,
+    "sgd_huge_lr": sgd_huge_lr,
+    "float16_adam_epsilon": float16_adam_epsilon,
+    "random_labels": random_labels,
     "adam_fullbatch_late": adam_fullbatch_late,
 }
 FIRST_RUN_HEALTHY: dict[str, Callable[[int], Scenario]] = {
-    "noisy_val_batch10": noisy_val_batch10, "bn_unet_fullbatch": bn_unet_fullbatch,
+    "noisy_val_batch10": noisy_val_batch10,
+    "bn_unet_fullbatch": bn_unet_fullbatch,
 }
 
 
@@ -836,8 +1108,17 @@ def run_scenario(sc: Scenario, seed: int, thresholds: Any = None, whatif: bool =
     model = sc.build()
     fit_kwargs = {"validation_data": sc.validation_data} if sc.validation_data is not None else {}
     started = time.perf_counter()
-    out = pipeline.run(model, sc.x, sc.y, fit_kwargs=fit_kwargs, steps=sc.steps, seed=seed, spec=spec,
-                       thresholds=thresholds, batch_size=sc.batch_size if sc.y is not None else None)
+    out = pipeline.run(
+        model,
+        sc.x,
+        sc.y,
+        fit_kwargs=fit_kwargs,
+        steps=sc.steps,
+        seed=seed,
+        spec=spec,
+        thresholds=thresholds,
+        batch_size=sc.batch_size if sc.y is not None else None,
+    )
     seconds = time.perf_counter() - started  # includes a what-if replay when one ran
     res, results = out.result, out.results
     note = None

@@ -56,16 +56,33 @@ def _one(name: str, seed: int) -> dict:
     model = sc.build()
     fit_kwargs = {"validation_data": sc.validation_data} if sc.validation_data is not None else {}
     batch_size = sc.batch_size if sc.y is not None else None
-    result = engine.train(model, sc.x, sc.y, fit_kwargs=fit_kwargs, steps=sc.steps, seed=seed, spec=spec,
-                          batch_size=batch_size, keep_initial_state=True)
+    result = engine.train(
+        model,
+        sc.x,
+        sc.y,
+        fit_kwargs=fit_kwargs,
+        steps=sc.steps,
+        seed=seed,
+        spec=spec,
+        batch_size=batch_size,
+        keep_initial_state=True,
+    )
     failed = sorted(r.name for r in pipeline.judge(result.trace, thresholds, spec.checks) if r.failed)
     t0 = time.perf_counter()
-    guard = guard_verdict(model, result, thresholds, spec, x=sc.x, y=sc.y, fit_kwargs=fit_kwargs,
-                          batch_size=batch_size, seed=seed)
+    guard = guard_verdict(
+        model, result, thresholds, spec, x=sc.x, y=sc.y, fit_kwargs=fit_kwargs, batch_size=batch_size, seed=seed
+    )
     loss = result.trace.loss
-    return {"name": name, "seed": seed, "failed": failed, "resolved": guard["resolved"],
-            "skipped": len(guard["skipped"]), "text": guard["text"], "seconds": time.perf_counter() - t0,
-            "final_loss": float(np.nanmedian(loss[-20:])) if loss.size else float("nan")}
+    return {
+        "name": name,
+        "seed": seed,
+        "failed": failed,
+        "resolved": guard["resolved"],
+        "skipped": len(guard["skipped"]),
+        "text": guard["text"],
+        "seconds": time.perf_counter() - t0,
+        "final_loss": float(np.nanmedian(loss[-20:])) if loss.size else float("nan"),
+    }
 
 
 def _pct(k: int, n: int) -> str:
@@ -73,12 +90,16 @@ def _pct(k: int, n: int) -> str:
 
 
 def table(rows: list[dict], args: argparse.Namespace, backend: str) -> str:
-    out = [f"`python benchmarks/skip_step_guard.py --seeds {args.seeds}` on {backend}, {platform.machine()} "
-           f"({os.cpu_count()} cores): each run trained as the detection benchmark trains it, then replayed from its "
-           "first step with `SkipStepGuard` (6 standard deviations over the last 128 steps, the settings' "
-           "defaults).", "",
-           "| scenario | runs failing unguarded | guard saves (of the failing runs) | steps skipped (median) | "
-           "replay s/run |", "|---|---|---|---|---|"]
+    out = [
+        f"`python benchmarks/skip_step_guard.py --seeds {args.seeds}` on {backend}, {platform.machine()} "
+        f"({os.cpu_count()} cores): each run trained as the detection benchmark trains it, then replayed from its "
+        "first step with `SkipStepGuard` (6 standard deviations over the last 128 steps, the settings' "
+        "defaults).",
+        "",
+        "| scenario | runs failing unguarded | guard saves (of the failing runs) | steps skipped (median) | "
+        "replay s/run |",
+        "|---|---|---|---|---|",
+    ]
     for name in (*SPIKES, *HEALTHY):
         mine = [r for r in rows if r["name"] == name]
         if not mine:
@@ -88,8 +109,10 @@ def table(rows: list[dict], args: argparse.Namespace, backend: str) -> str:
         skipped = statistics.median(r["skipped"] for r in mine)
         label = name if name in SPIKES else f"{name} (healthy)"
         saves = _pct(len(saved), len(failing)) if failing else "- (none failed)"
-        out.append(f"| {label} | {_pct(len(failing), len(mine))} | {saves} | {skipped:g} | "
-                   f"{statistics.median(r['seconds'] for r in mine):.1f} |")
+        out.append(
+            f"| {label} | {_pct(len(failing), len(mine))} | {saves} | {skipped:g} | "
+            f"{statistics.median(r['seconds'] for r in mine):.1f} |"
+        )
     out += ["", "Why the guard does not save a run, one line per scenario (the first such run):", ""]
     for name in SPIKES:
         lost = next((r for r in rows if r["name"] == name and r["failed"] and not r["resolved"]), None)
@@ -112,8 +135,11 @@ def main() -> int:
         for seed in range(args.seeds):
             rows.append(_one(name, seed))
             r = rows[-1]
-            print(f"  {name} seed {seed}: failed {r['failed']}, guard resolved {r['resolved']}, "
-                  f"{r['skipped']} skipped", file=sys.stderr, flush=True)
+            print(
+                f"  {name} seed {seed}: failed {r['failed']}, guard resolved {r['resolved']}, {r['skipped']} skipped",
+                file=sys.stderr,
+                flush=True,
+            )
     text = table(rows, args, keras.backend.backend())
     print(text)
     if not args.no_write:

@@ -20,10 +20,14 @@ REAL = (rng.normal(size=(512, 16)) * 0.5 + 1.0).astype("float32")
 
 
 def networks():
-    discriminator = keras.Sequential([keras.Input((16,)), layers.Dense(16), layers.LeakyReLU(negative_slope=0.2),
-                                      layers.Dense(1)], name="discriminator")
-    generator = keras.Sequential([keras.Input((LATENT,)), layers.Dense(16), layers.LeakyReLU(negative_slope=0.2),
-                                  layers.Dense(16)], name="generator")
+    discriminator = keras.Sequential(
+        [keras.Input((16,)), layers.Dense(16), layers.LeakyReLU(negative_slope=0.2), layers.Dense(1)],
+        name="discriminator",
+    )
+    generator = keras.Sequential(
+        [keras.Input((LATENT,)), layers.Dense(16), layers.LeakyReLU(negative_slope=0.2), layers.Dense(16)],
+        name="generator",
+    )
     return discriminator, generator
 
 
@@ -115,8 +119,14 @@ else:
             return self.d_optimizer.variables + self.g_optimizer.variables
 
         # fit threads `optimizer_variables` through each step: here both optimizers'
-        def _get_jax_state(self, trainable_variables=False, non_trainable_variables=False,
-                           optimizer_variables=False, metrics_variables=False, purge_model_variables=False):
+        def _get_jax_state(
+            self,
+            trainable_variables=False,
+            non_trainable_variables=False,
+            optimizer_variables=False,
+            metrics_variables=False,
+            purge_model_variables=False,
+        ):
             state = []
             if trainable_variables:
                 state.append([v.value for v in self.trainable_variables])
@@ -132,10 +142,12 @@ else:
             if not getattr(self, "_jax_state", None) or self._jax_state_synced:
                 return
             state = self._jax_state
-            for refs, values in ((self.trainable_variables, state["trainable_variables"]),
-                                 (self.non_trainable_variables, state["non_trainable_variables"]),
-                                 (self._optimizer_variables(), state["optimizer_variables"]),
-                                 (self.metrics_variables, state["metrics_variables"])):
+            for refs, values in (
+                (self.trainable_variables, state["trainable_variables"]),
+                (self.non_trainable_variables, state["non_trainable_variables"]),
+                (self._optimizer_variables(), state["optimizer_variables"]),
+                (self.metrics_variables, state["metrics_variables"]),
+            ):
                 for ref, value in zip(refs, values, strict=True):
                     ref.assign(value)
             self._jax_state_synced = True
@@ -143,9 +155,11 @@ else:
         def _loss(self, net_values, other_values, seed_values, which, real):
             batch = real.shape[0]
             d_values, g_values = (net_values, other_values) if which == "d" else (other_values, net_values)
-            mapping = (list(zip(self.discriminator.trainable_variables, d_values, strict=True))
-                       + list(zip(self.generator.trainable_variables, g_values, strict=True))
-                       + list(zip(self.non_trainable_variables, seed_values, strict=True)))
+            mapping = (
+                list(zip(self.discriminator.trainable_variables, d_values, strict=True))
+                + list(zip(self.generator.trainable_variables, g_values, strict=True))
+                + list(zip(self.non_trainable_variables, seed_values, strict=True))
+            )
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 z = keras.random.normal((batch, LATENT), seed=self.seed_generator)
                 if which == "d":
@@ -155,8 +169,10 @@ else:
                     loss = self.loss_fn(labels, self.discriminator(combined))
                 else:
                     loss = self.loss_fn(keras.ops.zeros((batch, 1)), self.discriminator(self.generator(z)))
-            seeds = [scope.get_current_value(v) if scope.get_current_value(v) is not None else s
-                     for v, s in zip(self.non_trainable_variables, seed_values, strict=True)]
+            seeds = [
+                scope.get_current_value(v) if scope.get_current_value(v) is not None else s
+                for v, s in zip(self.non_trainable_variables, seed_values, strict=True)
+            ]
             return loss, seeds
 
         def train_step(self, state, real):
@@ -168,23 +184,34 @@ else:
             d_values, g_values = trainable[:n_d], trainable[n_d:]
             d_opt, g_opt = optimizer_values[:n_dopt], optimizer_values[n_dopt:]
             (d_loss, seeds), grads = jax.value_and_grad(
-                lambda v, s: self._loss(v, g_values, s, "d", real), has_aux=True)(d_values, non_trainable)
+                lambda v, s: self._loss(v, g_values, s, "d", real), has_aux=True
+            )(d_values, non_trainable)
             d_values, d_opt = self.d_optimizer.stateless_apply(d_opt, grads, d_values)
             (g_loss, seeds), grads = jax.value_and_grad(
-                lambda v, s: self._loss(v, d_values, s, "g", real), has_aux=True)(g_values, seeds)
+                lambda v, s: self._loss(v, d_values, s, "g", real), has_aux=True
+            )(g_values, seeds)
             g_values, g_opt = self.g_optimizer.stateless_apply(g_opt, grads, g_values)
             n_m = len(self.d_loss_tracker.variables)
             d_metrics = self.d_loss_tracker.stateless_update_state(metrics_values[:n_m], d_loss)
             g_metrics = self.g_loss_tracker.stateless_update_state(metrics_values[n_m:], g_loss)
-            logs = {"d_loss": self.d_loss_tracker.stateless_result(d_metrics),
-                    "g_loss": self.g_loss_tracker.stateless_result(g_metrics)}
-            return logs, (list(d_values) + list(g_values), seeds, list(d_opt) + list(g_opt),
-                          list(d_metrics) + list(g_metrics))
+            logs = {
+                "d_loss": self.d_loss_tracker.stateless_result(d_metrics),
+                "g_loss": self.g_loss_tracker.stateless_result(g_metrics),
+            }
+            return logs, (
+                list(d_values) + list(g_values),
+                seeds,
+                list(d_opt) + list(g_opt),
+                list(d_metrics) + list(g_metrics),
+            )
 
 
 def gan(d_learning_rate=3e-4):
     discriminator, generator = networks()
     model = GAN(discriminator, generator)
-    model.compile(d_optimizer=keras.optimizers.Adam(d_learning_rate), g_optimizer=keras.optimizers.Adam(3e-4),
-                  loss_fn=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(
+        d_optimizer=keras.optimizers.Adam(d_learning_rate),
+        g_optimizer=keras.optimizers.Adam(3e-4),
+        loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
     return model

@@ -18,10 +18,10 @@ def shapes_dataset(n: int = 512, size: int = 16, seed: int = 0) -> tuple[np.ndar
     for i in range(n):
         r, c = rng.integers(3, size - 4, size=2)
         if y[i] == 0:
-            x[i, r - 2:r + 2, c - 2:c + 2, 0] += 1.0
+            x[i, r - 2 : r + 2, c - 2 : c + 2, 0] += 1.0
         else:
-            x[i, r - 2:r + 3, c, 0] += 1.0
-            x[i, r, c - 2:c + 3, 0] += 1.0
+            x[i, r - 2 : r + 3, c, 0] += 1.0
+            x[i, r, c - 2 : c + 3, 0] += 1.0
     return x, y.astype("int32")
 
 
@@ -34,7 +34,7 @@ def blobs_segmentation(n: int = 256, size: int = 16, seed: int = 0) -> tuple[np.
     for i in range(n):
         cy, cx = rng.uniform(4, size - 4, size=2)
         rad = rng.uniform(2, 4)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad ** 2
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rad**2
         m[i, ..., 0] = disc
         x[i, ..., 0] += disc
     return x, m
@@ -42,36 +42,45 @@ def blobs_segmentation(n: int = 256, size: int = 16, seed: int = 0) -> tuple[np.
 
 def _compile_classifier(model: keras.Model, lr: float) -> keras.Model:
     """Adam and a from-logits cross-entropy: how both classifiers train."""
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
 def convnet_classifier(lr: float = 1e-3) -> keras.Model:
-    model = keras.Sequential([
-        keras.Input((16, 16, 1)),
-        layers.Conv2D(8, 3, activation="relu", padding="same"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(16, 3, activation="relu", padding="same"),
-        layers.GlobalAveragePooling2D(),
-        layers.Dense(2),
-    ], name="convnet")
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            layers.Conv2D(8, 3, activation="relu", padding="same"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(16, 3, activation="relu", padding="same"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(2),
+        ],
+        name="convnet",
+    )
     return _compile_classifier(model, lr)
 
 
 def batchnorm_classifier(momentum: float = 0.99, lr: float = 1e-3) -> keras.Model:
-    model = keras.Sequential([
-        keras.Input((16, 16, 1)),
-        layers.Conv2D(8, 3, padding="same"),
-        layers.BatchNormalization(momentum=momentum),
-        layers.ReLU(),
-        layers.MaxPooling2D(),
-        layers.Conv2D(16, 3, padding="same"),
-        layers.BatchNormalization(momentum=momentum),
-        layers.ReLU(),
-        layers.GlobalAveragePooling2D(),
-        layers.Dense(2),
-    ], name="bn_convnet")
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            layers.Conv2D(8, 3, padding="same"),
+            layers.BatchNormalization(momentum=momentum),
+            layers.ReLU(),
+            layers.MaxPooling2D(),
+            layers.Conv2D(16, 3, padding="same"),
+            layers.BatchNormalization(momentum=momentum),
+            layers.ReLU(),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(2),
+        ],
+        name="bn_convnet",
+    )
     return _compile_classifier(model, lr)
 
 

@@ -28,7 +28,6 @@ def decode_float(value: Any) -> float:
     return float(value)
 
 
-
 def fmt(value: float | None, digits: int = 4) -> str:
     """Compact number: ``0.00123``, ``3.4e+05``, ``nan``, ``-``."""
     if value is None:

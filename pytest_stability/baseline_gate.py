@@ -39,8 +39,15 @@ def load_for(files: RunFiles) -> tuple[dict[str, Any] | None, list[str]]:
 
 def _run_inputs(report: Any) -> list[dict[str, Any]]:
     """What the baseline comparison reads of a StabilityReport's runs (builtins)."""
-    return [{"seed": int(r.seed), "summary": r.summary(), "findings": [f.to_dict() for f in r.findings],
-             "backend": (r.trace.info or {}).get("backend")} for r in report.runs]
+    return [
+        {
+            "seed": int(r.seed),
+            "summary": r.summary(),
+            "findings": [f.to_dict() for f in r.findings],
+            "backend": (r.trace.info or {}).get("backend"),
+        }
+        for r in report.runs
+    ]
 
 
 class BaselineGate:
@@ -83,8 +90,13 @@ class BaselineGate:
         backend = runs[0]["backend"] or baseline_mod.UNKNOWN_BACKEND
         tests = baseline_mod.section_tests(self.baseline, backend)
         comparison = baseline_mod.compare_call(
-            (tests or {}).get(nodeid), len(done), runs, self.tolerances_for(nodeid), strict=self.strict,
-            backend=backend, backend_in_baseline=tests is not None,
+            (tests or {}).get(nodeid),
+            len(done),
+            runs,
+            self.tolerances_for(nodeid),
+            strict=self.strict,
+            backend=backend,
+            backend_in_baseline=tests is not None,
         )
         comparison["path"] = str(self.path)
         done.append(comparison)

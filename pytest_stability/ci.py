@@ -28,11 +28,15 @@ from .session import is_worker
 
 CI_KEY = pytest.StashKey["CISettings"]()
 
-TENSORBOARD_HELP = ("write each stability run's full per-step trace (loss, grad_norm, lr, update_ratio, val_loss, "
-                    "BatchNorm gap, findings) as TensorBoard event files under DIR, one run per test and seed; "
-                    "needs the tensorboard package")
-MARKDOWN_HELP = ("write the stability report as Markdown (a table: verdict, test, steps, headline finding, baseline, "
-                 "plot) to PATH; under GitHub Actions it is also appended to $GITHUB_STEP_SUMMARY")
+TENSORBOARD_HELP = (
+    "write each stability run's full per-step trace (loss, grad_norm, lr, update_ratio, val_loss, "
+    "BatchNorm gap, findings) as TensorBoard event files under DIR, one run per test and seed; "
+    "needs the tensorboard package"
+)
+MARKDOWN_HELP = (
+    "write the stability report as Markdown (a table: verdict, test, steps, headline finding, baseline, "
+    "plot) to PATH; under GitHub Actions it is also appended to $GITHUB_STEP_SUMMARY"
+)
 TENSORBOARD_VARS_HELP = "with --stability-tensorboard: also write each variable's gradient norm (grad_norm/<variable>)"
 
 #: (name, metavar, help, kind) of the settings: --stability-NAME (dest stability_NAME) and ini stability_NAME.
@@ -51,12 +55,14 @@ def addoption(parser: pytest.Parser, group: Any) -> None:
     for name, metavar, help_text, kind in SETTINGS:
         cli, ini = "--stability-" + name.replace("_", "-"), "stability_" + name
         if kind == "bool":
-            group.addoption(cli, dest="stability_" + name, action="store_true", default=None,
-                            help=f"{help_text} (ini: {ini})")
+            group.addoption(
+                cli, dest="stability_" + name, action="store_true", default=None, help=f"{help_text} (ini: {ini})"
+            )
             parser.addini(ini, help=help_text, type="bool", default=False)
         else:
-            group.addoption(cli, dest="stability_" + name, default=None, metavar=metavar,
-                            help=f"{help_text} (ini: {ini})")
+            group.addoption(
+                cli, dest="stability_" + name, default=None, metavar=metavar, help=f"{help_text} (ini: {ini})"
+            )
             extra = " (a relative path is relative to the rootdir)" if kind == "path" else ""
             parser.addini(ini, help=help_text + extra, default=None)
 
@@ -109,8 +115,13 @@ def prepare(config: pytest.Config) -> tuple[CISettings, list[str]]:
     problems.extend(xdist_gpus.validate(config))
     problems.extend(progress.validate(config))
     gpus, lock = xdist_gpus.read_settings(config)
-    settings = CISettings(tensorboard=tensorboard, tensorboard_per_variable=_bool(config, "tensorboard_per_variable"),
-                          markdown=markdown, xdist_gpus=gpus, gpu_lock=lock)
+    settings = CISettings(
+        tensorboard=tensorboard,
+        tensorboard_per_variable=_bool(config, "tensorboard_per_variable"),
+        markdown=markdown,
+        xdist_gpus=gpus,
+        gpu_lock=lock,
+    )
     return settings, problems
 
 
@@ -121,8 +132,10 @@ def register(config: pytest.Config, settings: CISettings, plots_dir: Path | None
     if settings.tensorboard is not None:
         from .report.tensorboard import TensorBoardPlugin
 
-        manager.register(TensorBoardPlugin(settings.tensorboard, per_variable=settings.tensorboard_per_variable),
-                         "stability-tensorboard")
+        manager.register(
+            TensorBoardPlugin(settings.tensorboard, per_variable=settings.tensorboard_per_variable),
+            "stability-tensorboard",
+        )
     if settings.gpu_lock:
         manager.register(xdist_gpus.GpuLockPlugin(), "stability-gpu-lock")
     if is_worker(config):
@@ -132,8 +145,10 @@ def register(config: pytest.Config, settings: CISettings, plots_dir: Path | None
     if settings.markdown is not None or os.environ.get("GITHUB_ACTIONS", "").lower() == "true":
         from .report import github
 
-        manager.register(github.GitHubPlugin(config, settings.markdown, plots_dir=plots_dir,
-                                             tensorboard_dir=settings.tensorboard), "stability-github")
+        manager.register(
+            github.GitHubPlugin(config, settings.markdown, plots_dir=plots_dir, tensorboard_dir=settings.tensorboard),
+            "stability-github",
+        )
 
 
 class _ControllerPlugin:
@@ -153,8 +168,10 @@ class _ControllerPlugin:
             return None
         lines = []
         if s.tensorboard is not None:
-            lines.append(f"stability TensorBoard logs: {s.tensorboard}"
-                         + (" (with per-variable gradient norms)" if s.tensorboard_per_variable else ""))
+            lines.append(
+                f"stability TensorBoard logs: {s.tensorboard}"
+                + (" (with per-variable gradient norms)" if s.tensorboard_per_variable else "")
+            )
         if s.xdist_gpus is not None:
             gpus = xdist_gpus.parse_gpus(s.xdist_gpus)
             found = gpus if gpus is not None else xdist_gpus.detect_gpus()

@@ -216,8 +216,14 @@ _VAL_SMOOTHING: contextvars.ContextVar[float] = contextvars.ContextVar("val_smoo
 # -- quoted numbers ---------------------------------------------------------------
 
 #: how a reduction over steps reads in the text
-STAT_WORDS = {"median": "median of", "min": "lowest in", "max": "highest in", "p90": "90th percentile of",
-              "min_median5": "lowest 5-step median in", "max_median5": "highest 5-step median in"}
+STAT_WORDS = {
+    "median": "median of",
+    "min": "lowest in",
+    "max": "highest in",
+    "p90": "90th percentile of",
+    "min_median5": "lowest 5-step median in",
+    "max_median5": "highest 5-step median in",
+}
 
 
 def series(trace: Trace, of: str) -> np.ndarray | None:
@@ -316,7 +322,7 @@ class Quotes:
         a, b = max(int(a), 0), int(b)
         if arr is not None:
             b = min(b, arr.shape[0] - 1)
-        v = reduce(arr[a:b + 1], stat) if arr is not None and b >= a else math.nan
+        v = reduce(arr[a : b + 1], stat) if arr is not None and b >= a else math.nan
         return self._put(name, v, kind="series", of=of, stat=stat, steps=[a, b])
 
     def val_at(self, name: str, step: int, smoothed: bool) -> float:
@@ -331,8 +337,11 @@ class Quotes:
             hit = np.flatnonzero(steps == int(step))
             if hit.size:
                 v = float(vals[hit[0]])
-        recipe: dict[str, Any] = {"kind": "val", "smoothing": _VAL_SMOOTHING.get() if smoothed else 0.0,
-                                  "steps": [int(step), int(step)]}
+        recipe: dict[str, Any] = {
+            "kind": "val",
+            "smoothing": _VAL_SMOOTHING.get() if smoothed else 0.0,
+            "steps": [int(step), int(step)],
+        }
         return self._put(name, v, **recipe)
 
     # arithmetic on quotes
@@ -343,16 +352,21 @@ class Quotes:
 
     def product(self, name: str, a: str, b: str) -> float:
         x, y = self[a], self[b]
-        return self._put(name, x * y if math.isfinite(x) and math.isfinite(y) else math.nan, kind="product",
-                         parts=[a, b])
+        return self._put(
+            name, x * y if math.isfinite(x) and math.isfinite(y) else math.nan, kind="product", parts=[a, b]
+        )
 
     def derived(self, name: str, fn: str, part: str) -> float:
         """``fn`` (``pow10``, ``pow10_floor``, ``round2``, ``exp``, ``nearest_int``, ``log``) of one quote."""
         x = self[part]
         fns: dict[str, Callable[[float], float]] = {
-            "pow10": pow10, "pow10_floor": pow10_floor, "round2": round2,
+            "pow10": pow10,
+            "pow10_floor": pow10_floor,
+            "round2": round2,
             "exp": lambda v: math.exp(v) if v < 700 else math.inf,
-            "nearest_int": lambda v: float(round(v)), "log": lambda v: math.log(v) if v > 0 else math.nan}
+            "nearest_int": lambda v: float(round(v)),
+            "log": lambda v: math.log(v) if v > 0 else math.nan,
+        }
         v = fns[fn](x) if math.isfinite(x) else math.nan
         return self._put(name, v, kind="derived", fn=fn, parts=[part])
 
@@ -442,8 +456,9 @@ class Dx:
 # -- entry points ---------------------------------------------------------------------
 
 
-def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None, *,
-             context: Sequence[Finding] | None = None) -> list[Finding]:
+def diagnose(
+    findings: Sequence[Finding], trace: Trace, thresholds: Any = None, *, context: Sequence[Finding] | None = None
+) -> list[Finding]:
     """Return ``findings`` with ``cause``, ``fix``, ``confidence`` and a cause key filled in.
 
     Args:
@@ -486,14 +501,18 @@ def diagnose(findings: Sequence[Finding], trace: Trace, thresholds: Any = None, 
         _STUCK_STEPS.reset(token)
 
 
-def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding], settings: dict[str, Any]
-              ) -> list[Finding]:
+def _diagnose(
+    findings: Sequence[Finding], trace: Trace, context: list[Finding], settings: dict[str, Any]
+) -> list[Finding]:
     out = []
     for f in findings:
         if f.evidence.get("check_cause") and f.cause and f.fix:
             # a check that knows its finding's cause says it (nonfinite's skipped_steps): kept as it is
-            out.append(dataclasses.replace(f, evidence={**dict(f.evidence), "cause_key": f.evidence["check_cause"],
-                                                        "settings": dict(settings)}))
+            out.append(
+                dataclasses.replace(
+                    f, evidence={**dict(f.evidence), "cause_key": f.evidence["check_cause"], "settings": dict(settings)}
+                )
+            )
             continue
         q = Quotes(trace)
         rule = _RULES.get(f.check, _unknown)
@@ -508,15 +527,18 @@ def _diagnose(findings: Sequence[Finding], trace: Trace, context: list[Finding],
             "diagnosis": _clean({**q.numbers(), **dx.extra}),
             "quotes": q.to_dict(),
             "templates": {"cause": dx.cause, "fixes": [fx.template for fx in fixes]},
-            "fixes": [{"text": t, "config": dict(fx.config) if fx.config else None, "note": fx.note}
-                      for t, fx in zip(texts, fixes, strict=True)],
+            "fixes": [
+                {"text": t, "config": dict(fx.config) if fx.config else None, "note": fx.note}
+                for t, fx in zip(texts, fixes, strict=True)
+            ],
             "fix_configs": [dict(fx.config) for fx in fixes if fx.config],
             "settings": dict(settings),
         }
         if "fix_from" in dx.extra:
             evidence["fix_from"] = int(dx.extra["fix_from"])
-        out.append(dataclasses.replace(f, cause=q.render(dx.cause), fix=fix_text,
-                                       confidence=dx.confidence, evidence=evidence))
+        out.append(
+            dataclasses.replace(f, cause=q.render(dx.cause), fix=fix_text, confidence=dx.confidence, evidence=evidence)
+        )
     return out
 
 
@@ -609,7 +631,7 @@ def healthy_end(trace: Trace, step: int) -> int:
 
 def _rolling_min(loss: np.ndarray, end: int, k: int = 3) -> tuple[float, int]:
     """The lowest rolling median (over ``k`` steps) of the loss before ``end``, and the step it ends at."""
-    x = np.asarray(loss[:max(0, end)], dtype=np.float64)
+    x = np.asarray(loss[: max(0, end)], dtype=np.float64)
     if x.size < k:
         f = _finite(x)
         return (float(np.min(f)), int(np.nanargmin(np.where(np.isfinite(x), x, np.inf)))) if f.size else (math.nan, 0)
@@ -634,14 +656,14 @@ def blew_up(trace: Trace, start: int, level: float | None = None) -> dict[str, A
     start = max(0, min(int(start), n))
     out: dict[str, Any] = {"jump": False, "burst": False}
     if level is None:
-        level = _median(trace.loss[start:start + 20])
+        level = _median(trace.loss[start : start + 20])
     low, low_end = _rolling_min(trace.loss, start)
     if math.isfinite(low) and low > 0 and math.isfinite(level) and level >= JUMP_ABOVE_MIN * low:
         out.update(jump=True, low=low, low_end=low_end, level=level)
     if trace.grad_norm is not None and start > 0:
         k = min(_window(trace), max(1, start // 2))
         early = _median(trace.grad_norm[:k])
-        peak_seg = _finite(trace.grad_norm[max(0, start - 10):start + 1])
+        peak_seg = _finite(trace.grad_norm[max(0, start - 10) : start + 1])
         if peak_seg.size and math.isfinite(early) and early > 0 and float(np.max(peak_seg)) >= BURST * early:
             out.update(burst=True, g_early=early, g_peak=float(np.max(peak_seg)), g_k=k)
     out["any"] = bool(out["jump"] or out["burst"])
@@ -682,8 +704,11 @@ def _clip_fix(q: Quotes, trace: Trace, start: int, what: str) -> Fix | None:
     clip = q.derived("clipnorm_suggested", "round2", "grad_norm_p90_healthy")
     if not (math.isfinite(clip) and clip > 0):
         return None
-    return Fix(f"clipnorm={{clipnorm_suggested}} on the optimizer, from this run's healthy gradient norms {what}: "
-               "{grad_norm_p90_healthy}", {"clipnorm": clip})
+    return Fix(
+        f"clipnorm={{clipnorm_suggested}} on the optimizer, from this run's healthy gradient norms {what}: "
+        "{grad_norm_p90_healthy}",
+        {"clipnorm": clip},
+    )
 
 
 def _clip_or_note(q: Quotes, trace: Trace, start: int, what: str) -> list[Fix]:
@@ -699,8 +724,11 @@ def _no_clip_note_short() -> Fix:
 
 
 def _no_clip_note() -> Fix:
-    return Fix("no clipnorm: only {healthy_steps} healthy steps before it (fewer than {healthy_min_steps}), "
-               "too few to derive a clip value from: lower the learning rate", note=True)
+    return Fix(
+        "no clipnorm: only {healthy_steps} healthy steps before it (fewer than {healthy_min_steps}), "
+        "too few to derive a clip value from: lower the learning rate",
+        note=True,
+    )
 
 
 def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, largest_before: bool = False) -> str:
@@ -742,16 +770,25 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, la
     return "default"
 
 
-def _lr_fix(q: Quotes, trace: Trace, start: int, end: int, cfg: dict[str, Any], default: float = 0.1,
-            largest_before: bool = False) -> tuple[Fix, str]:
+def _lr_fix(
+    q: Quotes,
+    trace: Trace,
+    start: int,
+    end: int,
+    cfg: dict[str, Any],
+    default: float = 0.1,
+    largest_before: bool = False,
+) -> tuple[Fix, str]:
     """The lower learning rate to try, with its magnitude from the run, and the basis of the magnitude."""
     basis = _lr_factor(q, trace, start, end, default, largest_before)
     lr = _lr_now(q, trace, start, cfg, "learning_rate")
     q.product("learning_rate_suggested", "learning_rate", "lr_factor")
-    why = {"schedule": " (scales the schedule so that the highest rate this run reached, {lr_peak}, becomes at "
-                       "most {schedule_margin}x the rate it blew up at, {lr_at_event})",
-           "update": " (brings the update size |dw|/|w|, {update_ratio}, below {target_update} per step)",
-           "default": ""}[basis]
+    why = {
+        "schedule": " (scales the schedule so that the highest rate this run reached, {lr_peak}, becomes at "
+        "most {schedule_margin}x the rate it blew up at, {lr_at_event})",
+        "update": " (brings the update size |dw|/|w|, {update_ratio}, below {target_update} per step)",
+        "default": "",
+    }[basis]
     if trace.lr is not None and basis == "schedule":
         text = "the learning-rate schedule x {lr_factor}" + why
     elif not math.isfinite(lr):
@@ -785,16 +822,19 @@ def _epsilon_underflow(f: Finding, trace: Trace, q: Quotes, start: int) -> Dx | 
     _lr_now(q, trace, 0, cfg)
     u0 = q.at("update_ratio", "update_ratio", 0) if trace.update_ratio is not None else math.nan
     big = _ok(u0, UPDATE_TOO_FAST)
-    cause = ("{optimizer} on {dtype_policy} variables with epsilon={epsilon}, below float16's smallest normal "
-             "number {float16_tiny}: for small gradients v underflows to zero and m/(sqrt(v)+epsilon) divides by "
-             "(almost) nothing, so the update, not the data, blew up")
+    cause = (
+        "{optimizer} on {dtype_policy} variables with epsilon={epsilon}, below float16's smallest normal "
+        "number {float16_tiny}: for small gradients v underflows to zero and m/(sqrt(v)+epsilon) divides by "
+        "(almost) nothing, so the update, not the data, blew up"
+    )
     if big:
-        cause += (" (the first update moved the weights by {update_ratio} of their norm, at learning rate "
-                  "{learning_rate})")
-    fixes = [Fix("{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): an epsilon float16 can hold",
-                 {"epsilon": 1e-4}),
-             Fix("keep the variables and optimizer state in float32: the 'mixed_float16' dtype policy instead of "
-                 "'float16'")]
+        cause += (
+            " (the first update moved the weights by {update_ratio} of their norm, at learning rate {learning_rate})"
+        )
+    fixes = [
+        Fix("{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): an epsilon float16 can hold", {"epsilon": 1e-4}),
+        Fix("keep the variables and optimizer state in float32: the 'mixed_float16' dtype policy instead of 'float16'"),
+    ]
     return Dx("epsilon_underflow", LIKELY if big or f.check == "nonfinite" else UNCERTAIN, cause, fixes)
 
 
@@ -807,13 +847,19 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     q.at("loss_first", "loss", 0)
     lr_fix, basis = _lr_fix(q, trace, start, end, cfg)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
-    cause = what + (", within the first {early_end} steps: a learning rate too high for this model "
-                    "from the start (or weights initialised too large, or inputs far from unit scale)")
+    cause = what + (
+        ", within the first {early_end} steps: a learning rate too high for this model "
+        "from the start (or weights initialised too large, or inputs far from unit scale)"
+    )
     if basis == "update":
         cause += ": the first update already moved the weights by {update_ratio} of their norm"
     fixes = [lr_fix] + clips
-    fixes.append(Fix("if a lower learning rate does not help: scale the inputs to about unit range and check "
-                     "the initialisation (he_normal / glorot_uniform)"))
+    fixes.append(
+        Fix(
+            "if a lower learning rate does not help: scale the inputs to about unit range and check "
+            "the initialisation (he_normal / glorot_uniform)"
+        )
+    )
     return Dx("lr_too_high", LIKELY, cause, fixes)
 
 
@@ -840,9 +886,11 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
         q.over("grad_norm_before", "grad_norm", "median", h0, start - 1)
         collapse = q.ratio("grad_collapse", "grad_norm_early", "grad_norm_before")
         tiny = _ok(collapse, TINY_GRADIENTS) or (_ok(collapse, SMALL_GRADIENTS) and _ok(q["loss_fell"], NEAR_ZERO))
-        parts.append("over the {history_steps} steps before the burst the gradient norm was {grad_collapse}x "
-                     "below its early level ({grad_norm_early} -> {grad_norm_before})"
-                     + (", so Adam's v shrank with it" if tiny else ""))
+        parts.append(
+            "over the {history_steps} steps before the burst the gradient norm was {grad_collapse}x "
+            "below its early level ({grad_norm_early} -> {grad_norm_before})"
+            + (", so Adam's v shrank with it" if tiny else "")
+        )
         q.count("history_steps", start - h0)
     g2 = trace.opt_stats.get("g2_over_v_max")
     if g2 is not None:
@@ -851,8 +899,10 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
         jump = q.ratio("g2_over_v_jump", "g2_over_v_before", "g2_over_v_median")
         g2v = _ok(jump, G2V_JUMP)
         if g2v:
-            parts.append("max g^2/v just before the burst was {g2_over_v_before}, {g2_over_v_jump}x its median "
-                         "{g2_over_v_median}")
+            parts.append(
+                "max g^2/v just before the burst was {g2_over_v_before}, {g2_over_v_jump}x its median "
+                "{g2_over_v_median}"
+            )
     if trace.grad_norm is None:
         n_events = int(f.evidence.get("n_events") or 0)
         fell = _ok(q["loss_fell"], NEAR_ZERO) or (n_events >= PERIODIC_EVENTS and _ok(q["loss_fell"], PERIODIC_FELL))
@@ -876,13 +926,22 @@ def _adam_dx(f: Finding, trace: Trace, q: Quotes, start: int, what: str) -> Dx |
     if f.evidence.get("n_events"):
         q.count("n_events", int(f.evidence["n_events"]))
         parts.append("{n_events} separate spikes")
-    cause = ("Adam second-moment collapse: " + what + " after a long stretch of small gradients; "
-             + "; ".join(parts) + "; a tiny v makes m/(sqrt(v)+epsilon) explode (epsilon={epsilon})")
+    cause = (
+        "Adam second-moment collapse: "
+        + what
+        + " after a long stretch of small gradients; "
+        + "; ".join(parts)
+        + "; a tiny v makes m/(sqrt(v)+epsilon) explode (epsilon={epsilon})"
+    )
     fixes: list[Fix] = []
     if not (math.isfinite(eps) and eps >= 1e-3):
         q.const("epsilon_suggested", 1e-3)
-        fixes.append(Fix("{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): bounds the step when v "
-                         "collapses", {"epsilon": 1e-3}))
+        fixes.append(
+            Fix(
+                "{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): bounds the step when v collapses",
+                {"epsilon": 1e-3},
+            )
+        )
     if not amsgrad and opt in ("Adam", "AdamW"):
         fixes.append(Fix("{optimizer}(amsgrad=True): v never decreases", {"amsgrad": True}))
     if math.isfinite(beta_2) and beta_2 > 0.99:
@@ -930,8 +989,11 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     st = _stuck_state(trace, step, f if f.check == "loss_spike" else None)
     if st["stuck"]:
         _tail_quotes(q, trace, step)
-        stuck_text = what + ", then the loss stayed at {stuck_level}" + (
-            " with the gradients vanished" if st.get("vanished") and not st.get("flat") else "")
+        stuck_text = (
+            what
+            + ", then the loss stayed at {stuck_level}"
+            + (" with the gradients vanished" if st.get("vanished") and not st.get("flat") else "")
+        )
     # Adam's second moment first, but only with its evidence: a history of at least HISTORY_MIN_STEPS steps
     # of shrinking gradients (a long run's "first few percent" can hold such a history)
     dx = _adam_dx(f, trace, q, start, what)
@@ -960,8 +1022,11 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     if trace.update_ratio is not None:
         upd = q.over("update_ratio_event", "update_ratio", "median", max(0, start - 2), end + 2)
     too_fast = _ok(upd, UPDATE_TOO_FAST)
-    rose = (trace.lr is not None and start > 0
-            and _number(trace.lr[min(start, trace.lr.size - 1)]) >= 2 * _number(trace.lr[0]))
+    rose = (
+        trace.lr is not None
+        and start > 0
+        and _number(trace.lr[min(start, trace.lr.size - 1)]) >= 2 * _number(trace.lr[0])
+    )
     repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS
     # a lone jump: a third of the rate; an explosion, or spike after spike: a tenth
     lr_fix, _ = _lr_fix(q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3)
@@ -969,8 +1034,10 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     note = ""
     if too_fast:
         q.const("update_too_fast", UPDATE_TOO_FAST)
-        note = ("; the updates were {update_ratio_event} of the weights per step (median |dw|/|w|, above "
-                "{update_too_fast}): the learning rate is too high for these weights")
+        note = (
+            "; the updates were {update_ratio_event} of the weights per step (median |dw|/|w|, above "
+            "{update_too_fast}): the learning rate is too high for these weights"
+        )
     if rose and trace.lr is not None:
         q.at("lr_first", "lr", 0)
         q.at("lr_at_event", "lr", min(start, trace.lr.size - 1))
@@ -980,8 +1047,10 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         note += "; {n_events} separate spikes: the rate is too high for the minimum training settled in"
     if opt in ADAM_FAMILY and "grad_collapse" in q:
         q.text("optimizer", opt)
-        note += ("; with {optimizer}, but not a second-moment collapse: over the {history_steps} steps before it "
-                 "the gradient norm was only {grad_collapse}x below its early level")
+        note += (
+            "; with {optimizer}, but not a second-moment collapse: over the {history_steps} steps before it "
+            "the gradient norm was only {grad_collapse}x below its early level"
+        )
     # the learning rate first when the run's evidence points at it (updates too large, a schedule that rose
     # into the failure, no healthy stretch to clip at); clipnorm first for a lone burst after a healthy stretch
     lr_first = too_fast or rose or clip is None or not exploded
@@ -992,16 +1061,26 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         if f.check == "grad_norm" or not has_g:
             cause = what + note
         else:
-            cause = what + (", with the gradient norm at {grad_norm_at_spike}, {explosion}x the "
-                            "{grad_norm_p90_before} before it") + note
+            cause = (
+                what
+                + (
+                    ", with the gradient norm at {grad_norm_at_spike}, {explosion}x the "
+                    "{grad_norm_p90_before} before it"
+                )
+                + note
+            )
         return Dx("gradient_explosion", LIKELY, cause, fixes)
     if has_g:
-        cause = (what + " without a matching gradient explosion (gradient norm {grad_norm_at_spike}; "
-                 "{grad_norm_p90_before} before): a learning rate too high for this point of training, or an "
-                 "unusual batch" + note)
+        cause = (
+            what + " without a matching gradient explosion (gradient norm {grad_norm_at_spike}; "
+            "{grad_norm_p90_before} before): a learning rate too high for this point of training, or an "
+            "unusual batch" + note
+        )
     else:
-        cause = (what + " (no gradient norms recorded): a learning rate too high for this point of training, "
-                 "or an unusual batch" + note)
+        cause = (
+            what + " (no gradient norms recorded): a learning rate too high for this point of training, "
+            "or an unusual batch" + note
+        )
     return Dx("lr_too_high", LIKELY if too_fast else UNCERTAIN, cause, fixes)
 
 
@@ -1039,16 +1118,26 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
     if f.kind == "input" or f.evidence.get("input_nonfinite"):
         q.text("code", "np.isfinite(x).all(axis=1)")
         q.text("code_tf", "ds.filter(lambda x, y: tf.reduce_all(tf.math.is_finite(x)))")
-        return Dx("nan_in_data", LIKELY,
-                  "the input batch of step {step} already held NaN/Inf before the model saw it: the data, not "
-                  "training, produced it",
-                  [Fix("clean the data pipeline: drop or impute non-finite rows ({code}), or add {code_tf} / "
-                       "tf.debugging.check_numerics to the tf.data pipeline")])
+        return Dx(
+            "nan_in_data",
+            LIKELY,
+            "the input batch of step {step} already held NaN/Inf before the model saw it: the data, not "
+            "training, produced it",
+            [
+                Fix(
+                    "clean the data pipeline: drop or impute non-finite rows ({code}), or add {code_tf} / "
+                    "tf.debugging.check_numerics to the tf.data pipeline"
+                )
+            ],
+        )
     if f.kind == "validation":
-        return Dx("nan_in_data", UNCERTAIN,
-                  "the validation loss became non-finite after {step} steps while every training quantity stayed "
-                  "finite: most likely NaN/Inf in the validation data (or an op that only the inference path runs)",
-                  [Fix("check the validation data for NaN/Inf (np.isfinite(x_val).all())")])
+        return Dx(
+            "nan_in_data",
+            UNCERTAIN,
+            "the validation loss became non-finite after {step} steps while every training quantity stayed "
+            "finite: most likely NaN/Inf in the validation data (or an op that only the inference path runs)",
+            [Fix("check the validation data for NaN/Inf (np.isfinite(x_val).all())")],
+        )
     quantities = list((f.evidence or {}).get("quantities") or [])
     q.text("quantities", ", ".join(quantities) or "a training quantity")
     dx = _epsilon_underflow(f, trace, q, step)
@@ -1058,21 +1147,37 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         if quantities and not ({"loss", "gradients"} & set(quantities)):
             q.at("loss_at", "loss", 0)
             q.text("optimizer", opt or "the optimizer")
-            cause = ("the loss {loss_at} and the gradients of step {step} were finite, its update made the "
-                     "{quantities} NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the "
-                     "variables' dtype, a NaN/Inf learning rate or schedule, a custom optimizer or constraint), not "
-                     "the data")
-            return Dx("update_nonfinite", LIKELY, cause,
-                      [Fix("check {optimizer}'s settings: a learning rate or schedule that is finite from the "
-                           "first step, an epsilon the variables' dtype can hold; keep variables in float32 "
-                           "('mixed_float16' rather than 'float16')")])
-        return Dx("nonfinite_at_start",
-                  LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
-                  "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have "
-                  "caused it; the forward pass or the loss produced it from the initial weights and the first batch",
-                  [Fix("check the initialisation (a custom initializer, weights loaded from a file), the data "
-                       "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
-                       "(log(0), 0/0, sqrt of a negative) in the model or the loss")])
+            cause = (
+                "the loss {loss_at} and the gradients of step {step} were finite, its update made the "
+                "{quantities} NaN/Inf: the optimizer's arithmetic did it (an epsilon too small for the "
+                "variables' dtype, a NaN/Inf learning rate or schedule, a custom optimizer or constraint), not "
+                "the data"
+            )
+            return Dx(
+                "update_nonfinite",
+                LIKELY,
+                cause,
+                [
+                    Fix(
+                        "check {optimizer}'s settings: a learning rate or schedule that is finite from the "
+                        "first step, an epsilon the variables' dtype can hold; keep variables in float32 "
+                        "('mixed_float16' rather than 'float16')"
+                    )
+                ],
+            )
+        return Dx(
+            "nonfinite_at_start",
+            LIKELY if f.evidence.get("source") in (None, "loss", "gradients") else UNCERTAIN,
+            "{quantities} was NaN/Inf at step {step}, before any update: the learning rate cannot have "
+            "caused it; the forward pass or the loss produced it from the initial weights and the first batch",
+            [
+                Fix(
+                    "check the initialisation (a custom initializer, weights loaded from a file), the data "
+                    "(np.isfinite on inputs and targets; the input check only sees the inputs) and unsafe ops "
+                    "(log(0), 0/0, sqrt of a negative) in the model or the loss"
+                )
+            ],
+        )
     finite_loss = _finite(trace.loss[:step])
     q.count("early_end", early_end(trace))
     u0 = q.at("update_ratio_first", "update_ratio", 0) if trace.update_ratio is not None else math.nan
@@ -1081,24 +1186,33 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         # a NaN within a few steps of the start: a first update too large, or an unsafe op from the start
         lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
         if first_too_big:
-            return Dx("lr_too_high", LIKELY,
-                      "the {quantities} became NaN/Inf at step {step}: the first update moved the weights by "
-                      "{update_ratio_first} of their norm; a learning rate too high for this model from the start "
-                      "(or weights initialised too large, or inputs far from unit scale)",
-                      [lr_fix, _no_clip_note_short()])
+            return Dx(
+                "lr_too_high",
+                LIKELY,
+                "the {quantities} became NaN/Inf at step {step}: the first update moved the weights by "
+                "{update_ratio_first} of their norm; a learning rate too high for this model from the start "
+                "(or weights initialised too large, or inputs far from unit scale)",
+                [lr_fix, _no_clip_note_short()],
+            )
         inspected = (trace.info or {}).get("inputs_checked", True)
-        cause = ("the loss became NaN/Inf at step {step}, only a few finite steps after the start"
-                 + (" with a finite input batch: " if inspected
-                    else " (the input batches were not inspected): NaN/Inf in the data, ")
-                 + "a learning rate far too high, a bad initialisation, or an unsafe op (log(0), 0/0) in the loss")
+        cause = (
+            "the loss became NaN/Inf at step {step}, only a few finite steps after the start"
+            + (
+                " with a finite input batch: "
+                if inspected
+                else " (the input batches were not inspected): NaN/Inf in the data, "
+            )
+            + "a learning rate far too high, a bad initialisation, or an unsafe op (log(0), 0/0) in the loss"
+        )
         return Dx("lr_too_high", UNCERTAIN, cause, [lr_fix, Fix("guard log/division in custom losses with an epsilon")])
     diverged, src = _diverged(q, trace, step)
     if diverged:
         lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
         clip = _clip_fix(q, trace, max(step - 5, 1), "before the divergence")
         _lr_now(q, trace, step, cfg, "learning_rate")
-        cause = ("training diverged before the NaN at step {step}: the loss reached {loss_growth}x its lowest "
-                 "earlier value")
+        cause = (
+            "training diverged before the NaN at step {step}: the loss reached {loss_growth}x its lowest earlier value"
+        )
         if "grad_growth" in q:
             cause += " and the gradient norm {grad_growth}x its early median"
         cause += ", at learning rate {learning_rate}"
@@ -1108,12 +1222,19 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         return Dx("lr_too_high", LIKELY, cause, fixes)
     q.text("source", src or "loss")
     q.text("guard_code", "keras.ops.log(keras.ops.clip(p, 1e-7, 1.0))")
-    return Dx("unsafe_loss_op", LIKELY if src in (None, "loss", "gradients") else UNCERTAIN,
-              "the loss was finite and steady ({last_loss}, at most {loss_growth}x its lowest earlier value) "
-              "and turned NaN/Inf in one step ({source} first): a numerically unsafe op such as log(0), 0/0 or "
-              "sqrt(0) in the loss or model, hit once predictions saturate",
-              [Fix("guard the op: {guard_code} instead of log(p), add an epsilon to "
-                   "denominators, or use the built-in loss with from_logits=True")])
+    return Dx(
+        "unsafe_loss_op",
+        LIKELY if src in (None, "loss", "gradients") else UNCERTAIN,
+        "the loss was finite and steady ({last_loss}, at most {loss_growth}x its lowest earlier value) "
+        "and turned NaN/Inf in one step ({source} first): a numerically unsafe op such as log(0), 0/0 or "
+        "sqrt(0) in the loss or model, hit once predictions saturate",
+        [
+            Fix(
+                "guard the op: {guard_code} instead of log(p), add an epsilon to "
+                "denominators, or use the built-in loss with from_logits=True"
+            )
+        ],
+    )
 
 
 def _diverged(q: Quotes, trace: Trace, step: int) -> tuple[bool, str | None]:
@@ -1137,20 +1258,29 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     step = q.step("step", f.step)
     if f.kind == "no_gradient":
         q.text("variables", ", ".join(ev.get("variables", [])[:5]))
-        return Dx("no_gradient", LIKELY,
-                  "{variables} never received a gradient: not connected to the loss (a layer built but not used in "
-                  "call(), an output without a loss), or fed only by dead units (all-zero activations)",
-                  [Fix("check that the layer is used on the path to the loss (model.summary(), "
-                       "keras.utils.plot_model); if its inputs are dead ReLUs, use LeakyReLU/GELU or he_normal "
-                       "initialisation; if it is meant to be fixed, set layer.trainable = False")])
+        return Dx(
+            "no_gradient",
+            LIKELY,
+            "{variables} never received a gradient: not connected to the loss (a layer built but not used in "
+            "call(), an output without a loss), or fed only by dead units (all-zero activations)",
+            [
+                Fix(
+                    "check that the layer is used on the path to the loss (model.summary(), "
+                    "keras.utils.plot_model); if its inputs are dead ReLUs, use LeakyReLU/GELU or he_normal "
+                    "initialisation; if it is meant to be fixed, set layer.trainable = False"
+                )
+            ],
+        )
     if f.kind == "no_update":
         q.text("variables", ", ".join(ev.get("variables", [])[:5]))
         _lr_now(q, trace, max(int(f.step), 1), cfg)
-        return Dx("no_update", LIKELY,
-                  "{variables} received gradients but never changed: a learning rate of zero (now {learning_rate}), a "
-                  "schedule at zero, or an optimizer/train_step that skips these variables",
-                  [Fix("check the learning rate and schedule, and that the optimizer is given all trainable "
-                       "variables")])
+        return Dx(
+            "no_update",
+            LIKELY,
+            "{variables} received gradients but never changed: a learning rate of zero (now {learning_rate}), a "
+            "schedule at zero, or an optimizer/train_step that skips these variables",
+            [Fix("check the learning rate and schedule, and that the optimizer is given all trainable variables")],
+        )
     n = trace.steps
     tail = int(ev.get("tail_steps") or max(10, min(_STUCK_STEPS.get(), n // 2)))
     level = q.over("level", "loss", "median", n - tail, n - 1)
@@ -1174,8 +1304,13 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             q.over("grad_norm_burst", "grad_norm", "max", max(0, step - 10), step)
             q.ratio("burst", "grad_norm_burst", "grad_norm_early")
             parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
-        stop = ("the gradients are exactly zero since" if zero else "the gradients vanished since" if vanished
-                else "the loss has been flat since")
+        stop = (
+            "the gradients are exactly zero since"
+            if zero
+            else "the gradients vanished since"
+            if vanished
+            else "the loss has been flat since"
+        )
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
         # the fix must be in place before the blow-up, not where the run was found stuck
         root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
@@ -1190,24 +1325,50 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
         q.const("lr_raise", 10.0)
         q.product("learning_rate_suggested", "learning_rate", "lr_raise")
-        fixes = [Fix("a larger learning rate: learning_rate={learning_rate_suggested} (now {learning_rate})",
-                     {"learning_rate_factor": 10.0})] if _ok(lr, 1e-30) else [Fix("a larger learning rate")]
-        return Dx("updates_too_small", LIKELY,
-                  "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
-                  "{level} (initially {initial_loss}, never above it): the learning rate {learning_rate} is too "
-                  "low for this model", fixes)
+        fixes = (
+            [
+                Fix(
+                    "a larger learning rate: learning_rate={learning_rate_suggested} (now {learning_rate})",
+                    {"learning_rate_factor": 10.0},
+                )
+            ]
+            if _ok(lr, 1e-30)
+            else [Fix("a larger learning rate")]
+        )
+        return Dx(
+            "updates_too_small",
+            LIKELY,
+            "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
+            "{level} (initially {initial_loss}, never above it): the learning rate {learning_rate} is too "
+            "low for this model",
+            fixes,
+        )
     if flat:
-        return Dx("collapsed_output", LIKELY if zero or vanished else UNCERTAIN,
-                  "the loss sits at {level} from step {step} without ever having fallen much below its initial "
-                  "{initial_loss}: the model outputs a constant (a saturated sigmoid/softmax, dead units, or a loss "
-                  "that rewards a constant such as an empty segmentation mask)",
-                  [Fix("pair the output and the loss (from_logits=True with a linear last layer), initialise the "
-                       "last layer's bias near the label prior, and scale the inputs to about unit range")])
-    return Dx("vanished_gradients", LIKELY,
-              "the gradients " + ("are exactly zero" if zero else "vanished") + " from step {step} while the loss "
-              "stays at {level} (initially {initial_loss}): dead ReLUs or saturated outputs, nothing learns",
-              [Fix("LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers, normalised inputs, "
-                   "from_logits=True instead of a saturated sigmoid/softmax")])
+        return Dx(
+            "collapsed_output",
+            LIKELY if zero or vanished else UNCERTAIN,
+            "the loss sits at {level} from step {step} without ever having fallen much below its initial "
+            "{initial_loss}: the model outputs a constant (a saturated sigmoid/softmax, dead units, or a loss "
+            "that rewards a constant such as an empty segmentation mask)",
+            [
+                Fix(
+                    "pair the output and the loss (from_logits=True with a linear last layer), initialise the "
+                    "last layer's bias near the label prior, and scale the inputs to about unit range"
+                )
+            ],
+        )
+    return Dx(
+        "vanished_gradients",
+        LIKELY,
+        "the gradients " + ("are exactly zero" if zero else "vanished") + " from step {step} while the loss "
+        "stays at {level} (initially {initial_loss}): dead ReLUs or saturated outputs, nothing learns",
+        [
+            Fix(
+                "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers, normalised inputs, "
+                "from_logits=True instead of a saturated sigmoid/softmax"
+            )
+        ],
+    )
 
 
 def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
@@ -1229,14 +1390,21 @@ def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
     if not (math.isfinite(low) and low >= 0.97 * level):
         return None
     q.text("smoke_code", "y = (x.reshape(len(x), -1).mean(axis=1) > 0).astype('int32')")
-    return Dx("labels_no_signal", LIKELY,
-              "the loss sits at {level}, the cross-entropy of predicting the class prior of {classes} balanced "
-              "classes (ln {classes} = {ln_classes}), and never fell clearly below it ({lowest_median}): the model "
-              "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels "
-              "shuffled apart from their inputs), or the inputs never reach the output",
-              [Fix("train the smoke test on labels that are a function of the inputs, e.g. {smoke_code}, or on one "
-                   "small batch the model must fit (its loss should fall far below the prior's); check that x and "
-                   "y are shuffled together")])
+    return Dx(
+        "labels_no_signal",
+        LIKELY,
+        "the loss sits at {level}, the cross-entropy of predicting the class prior of {classes} balanced "
+        "classes (ln {classes} = {ln_classes}), and never fell clearly below it ({lowest_median}): the model "
+        "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels "
+        "shuffled apart from their inputs), or the inputs never reach the output",
+        [
+            Fix(
+                "train the smoke test on labels that are a function of the inputs, e.g. {smoke_code}, or on one "
+                "small batch the model must fit (its loss should fall far below the prior's); check that x and "
+                "y are shuffled together"
+            )
+        ],
+    )
 
 
 def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
@@ -1247,28 +1415,42 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> D
     q.val_at("val_at", step, True)
     q.val_at("val_best", best_step, True)
     rise = "the smoothed validation loss rose to {val_at} from its best {val_best}"
-    training = [g for g in findings if g.check in ("loss_spike", "grad_norm", "nonfinite")
-                or (g.check == "stuck" and g.kind in ("collapsed", "stuck"))]
+    training = [
+        g
+        for g in findings
+        if g.check in ("loss_spike", "grad_norm", "nonfinite")
+        or (g.check == "stuck" and g.kind in ("collapsed", "stuck"))
+    ]
     # a collapse found stuck after the blow-up that caused it counts from the blow-up (fix_from)
     before = [g for g in training if min(int(g.step), int(g.evidence.get("fix_from", g.step))) <= int(f.step)]
     if before:
         first = min(before, key=lambda g: min(int(g.step), int(g.evidence.get("fix_from", g.step))))
         q.step("training_step", min(int(first.step), int(first.evidence.get("fix_from", first.step))))
         q.text("training_check", first.check)
-        return Dx("training_loss_rise", LIKELY,
-                  rise + ", after the training itself went wrong at step {training_step} (see [{training_check}]): "
-                  "a consequence of that instability, not overfitting",
-                  [Fix("fix the training instability first (see the other findings); then re-check validation")])
+        return Dx(
+            "training_loss_rise",
+            LIKELY,
+            rise + ", after the training itself went wrong at step {training_step} (see [{training_check}]): "
+            "a consequence of that instability, not overfitting",
+            [Fix("fix the training instability first (see the other findings); then re-check validation")],
+        )
     w = max(5, _window(trace) // 2)
     at_best = q.over("train_at_best", "loss", "median", best_step - w, best_step)
     at_rise = q.over("train_at_rise", "loss", "median", step - w, step)
     train_rise = q.ratio("train_loss_rise", "train_at_rise", "train_at_best")
     if _ok(train_rise, TRAIN_RISE):
-        return Dx("training_loss_rise", LIKELY,
-                  rise + ", but the training loss rose too, {train_loss_rise}x ({train_at_best} -> {train_at_rise}): "
-                  "training itself went wrong; this is not overfitting",
-                  [Fix("fix the training instability first (a lower learning rate or a decaying schedule); then "
-                       "re-check validation")])
+        return Dx(
+            "training_loss_rise",
+            LIKELY,
+            rise + ", but the training loss rose too, {train_loss_rise}x ({train_at_best} -> {train_at_rise}): "
+            "training itself went wrong; this is not overfitting",
+            [
+                Fix(
+                    "fix the training instability first (a lower learning rate or a decaying schedule); then "
+                    "re-check validation"
+                )
+            ],
+        )
     del at_best, at_rise
     v = trace.val_loss if trace.val_loss is not None else np.zeros(0)
     v = v[np.isfinite(v)]
@@ -1286,31 +1468,47 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> D
             q.fact("batchnorm_momentum", "batchnorm_momentum", float(moms[0]))
         q.const("momentum_suggested", 0.9)
         q.const("batch_suggested", 32)
-        fix = [Fix("BatchNormalization(momentum={momentum_suggested})" + (" (now {batchnorm_momentum})" if moms else "")
-                   + " so the moving statistics keep up, and a larger batch size (>= {batch_suggested}) so batch "
-                   "statistics are less noisy")]
+        fix = [
+            Fix(
+                "BatchNormalization(momentum={momentum_suggested})"
+                + (" (now {batchnorm_momentum})" if moms else "")
+                + " so the moving statistics keep up, and a larger batch size (>= {batch_suggested}) so batch "
+                "statistics are less noisy"
+            )
+        ]
         if isinstance(gap, (int, float)) and math.isfinite(gap):
             q.fact("bn_train_infer_gap", "bn_train_infer_gap", float(gap), percent=True)
             q.const("bn_gap_limit", BN_GAP)
-            return Dx("batchnorm_mismatch", LIKELY if gap >= BN_GAP else UNCERTAIN,
-                      rise + "; the same batch's loss differs by {bn_train_infer_gap} between training "
-                      "and inference mode across {batchnorm_layers} BatchNorm layer(s): the moving statistics do not "
-                      "match the batch statistics", fix)
+            return Dx(
+                "batchnorm_mismatch",
+                LIKELY if gap >= BN_GAP else UNCERTAIN,
+                rise + "; the same batch's loss differs by {bn_train_infer_gap} between training "
+                "and inference mode across {batchnorm_layers} BatchNorm layer(s): the moving statistics do not "
+                "match the batch statistics",
+                fix,
+            )
         q.count("val_reversals", reversals)
-        return Dx("batchnorm_mismatch", LIKELY if reversals >= 2 else UNCERTAIN,
-                  rise + ", with {val_reversals} up/down swings of at least a fifth in the raw validation curve, in "
-                  "a model with {batchnorm_layers} BatchNorm layer(s): pits and peaks like these come from moving "
-                  "statistics that do not match the batch statistics (not measured: no train/inference gap in the "
-                  "trace)", fix)
+        return Dx(
+            "batchnorm_mismatch",
+            LIKELY if reversals >= 2 else UNCERTAIN,
+            rise + ", with {val_reversals} up/down swings of at least a fifth in the raw validation curve, in "
+            "a model with {batchnorm_layers} BatchNorm layer(s): pits and peaks like these come from moving "
+            "statistics that do not match the batch statistics (not measured: no train/inference gap in the "
+            "trace)",
+            fix,
+        )
     n = trace.steps
     qn = max(n // 4, 1)
     q.over("train_first_quarter", "loss", "median", 0, qn - 1)
     q.over("train_last_quarter", "loss", "median", n - qn, n - 1)
     trend = q.ratio("train_loss_trend", "train_last_quarter", "train_first_quarter")
-    return Dx("overfitting", LIKELY if _ok(1 - trend, 0.5) else UNCERTAIN,
-              rise + " while the training loss went from {train_first_quarter} to {train_last_quarter} "
-              "({train_loss_trend}x): overfitting, or a learning rate too high for late training",
-              [Fix("regularisation (dropout, weight decay), more data, a decaying learning rate, or early stopping")])
+    return Dx(
+        "overfitting",
+        LIKELY if _ok(1 - trend, 0.5) else UNCERTAIN,
+        rise + " while the training loss went from {train_first_quarter} to {train_last_quarter} "
+        "({train_loss_trend}x): overfitting, or a learning rate too high for late training",
+        [Fix("regularisation (dropout, weight decay), more data, a decaying learning rate, or early stopping")],
+    )
 
 
 def _unknown(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
@@ -1319,8 +1517,13 @@ def _unknown(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx
     return Dx("unknown", UNCERTAIN, "no diagnosis rule for check {check}", [])
 
 
-_RULES: dict[str, Rule] = {"nonfinite": _nonfinite, "loss_spike": _loss_spike, "grad_norm": _grad_norm,
-                           "val_loss": _val_loss, "stuck": _stuck}
+_RULES: dict[str, Rule] = {
+    "nonfinite": _nonfinite,
+    "loss_spike": _loss_spike,
+    "grad_norm": _grad_norm,
+    "val_loss": _val_loss,
+    "stuck": _stuck,
+}
 
 
 # -- one primary cause per run -------------------------------------------------
@@ -1384,8 +1587,9 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
         # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from)
         return min(int(f.step), int(f.evidence.get("fix_from", f.step)))
 
-    training = sorted((f for f in flat if f.check != "val_loss" and f.kind not in _STRUCTURAL),
-                      key=lambda f: (when(f), order(f)))
+    training = sorted(
+        (f for f in flat if f.check != "val_loss" and f.kind not in _STRUCTURAL), key=lambda f: (when(f), order(f))
+    )
     first = when(training[0]) if training else math.inf
     val = [f for f in flat if f.check == "val_loss"]
     roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (when(f), order(f)))
@@ -1395,8 +1599,9 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
     event = [f for f in roots if when(f) <= when(roots[0]) + EVENT_GAP]
     primary = min(event, key=lambda f: (order(f)[0], when(f), order(f)[1]))
     rest = [f for f in roots if f is not primary] + structural + [f for f in val if f not in roots]
-    alternatives = sorted({f.evidence["cause_key"] for f in event if f is not primary}
-                          - {primary.evidence["cause_key"]})
+    alternatives = sorted(
+        {f.evidence["cause_key"] for f in event if f is not primary} - {primary.evidence["cause_key"]}
+    )
     out = []
     for rank, f in enumerate([primary] + rest):
         ev = {**dict(f.evidence), "rank": rank, "primary": rank == 0}
@@ -1404,8 +1609,9 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
             ev["alternative_causes"] = alternatives
         elif f.check == "val_loss" and training and f.step >= first:
             root = training[0] if training[0] in event else min(training, key=lambda x: x.step)
-            ev["consequence_of"] = f"{primary.check}@{primary.step}" if primary in training else \
-                f"{root.check}@{root.step}"
+            ev["consequence_of"] = (
+                f"{primary.check}@{primary.step}" if primary in training else f"{root.check}@{root.step}"
+            )
         elif f in event:
             ev["consequence_of"] = f"{primary.check}@{primary.step}"
         out.append(dataclasses.replace(f, evidence=ev))
@@ -1438,8 +1644,10 @@ def with_optimizer_named(f: Finding, named: str | None) -> Finding:
     """``f`` with its fix saying which optimizer it is for (``on d_optimizer: ...``), when the run has several."""
     if not named or not f.fix or f.fix.startswith(f"on {named}: "):
         return f
-    fixes = [dict(x, text=f"on {named}: {x['text']}") if x.get("text") and not x.get("note") else x
-             for x in f.evidence.get("fixes") or ()]
+    fixes = [
+        dict(x, text=f"on {named}: {x['text']}") if x.get("text") and not x.get("note") else x
+        for x in f.evidence.get("fixes") or ()
+    ]
     evidence = {**dict(f.evidence), "fixes": fixes} if "fixes" in f.evidence else f.evidence
     return dataclasses.replace(f, fix=f"on {named}: {f.fix}", evidence=evidence)
 

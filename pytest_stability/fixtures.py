@@ -46,8 +46,17 @@ class Stability:
 
     # -- public API -----------------------------------------------------------
 
-    def fit(self, model: Any, x: Any = None, y: Any = None, *, steps: int | None = None, seed: int | None = None,
-            check: bool = True, **fit_kwargs: Any) -> Any:
+    def fit(
+        self,
+        model: Any,
+        x: Any = None,
+        y: Any = None,
+        *,
+        steps: int | None = None,
+        seed: int | None = None,
+        check: bool = True,
+        **fit_kwargs: Any,
+    ) -> Any:
         """Train ``model`` with its own ``model.fit`` for ``steps`` optimizer steps and check its stability.
 
         Args:
@@ -76,8 +85,9 @@ class Stability:
         __tracebackhide__ = True
         return self._call("fit", model, x, y, steps=steps, seed=seed, check=check, fit_kwargs=fit_kwargs)
 
-    def _call(self, entry: str, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, check: bool,
-              fit_kwargs: dict[str, Any]) -> Any:
+    def _call(
+        self, entry: str, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, check: bool, fit_kwargs: dict[str, Any]
+    ) -> Any:
         __tracebackhide__ = True
         failure = None
         try:
@@ -93,13 +103,27 @@ class Stability:
             raise StabilityError(report.explain(), report)
         return report
 
-    def train(self, model: Any, x: Any = None, y: Any = None, *, validation_data: Any = None,
-              batch_size: int | None = None, steps: int | None = None, seed: int | None = None,
-              check: bool = True, sample_weight: Any = None, **fit_kwargs: Any) -> Any:
+    def train(
+        self,
+        model: Any,
+        x: Any = None,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        batch_size: int | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+        check: bool = True,
+        sample_weight: Any = None,
+        **fit_kwargs: Any,
+    ) -> Any:
         """The same as :meth:`fit` (kept for the keywords it always had)."""
         __tracebackhide__ = True
-        for name, value in (("validation_data", validation_data), ("batch_size", batch_size),
-                            ("sample_weight", sample_weight)):
+        for name, value in (
+            ("validation_data", validation_data),
+            ("batch_size", batch_size),
+            ("sample_weight", sample_weight),
+        ):
             if value is not None:
                 fit_kwargs[name] = value
         return self._call("train", model, x, y, steps=steps, seed=seed, check=check, fit_kwargs=fit_kwargs)
@@ -130,7 +154,8 @@ class Stability:
             raise StabilityUsageError(
                 f"steps={steps} is above the ceiling max_steps={self.spec.max_steps}: raise max_steps "
                 "(marker keyword, --stability-max-steps or the stability_max_steps ini key) for a test that "
-                "really trains that long")
+                "really trains that long"
+            )
         if "batch_size" in fit_kwargs and fit_kwargs["batch_size"] is not None:
             fit_kwargs["batch_size"] = self._override("batch_size", fit_kwargs["batch_size"])
         base_seed = self._override("seed", seed)
@@ -143,16 +168,33 @@ class Stability:
             run_model = self._model_for_seed(model, s, first=(s == base_seed))
             progress = self._progress(steps)
             try:
-                outcome = pipeline.run(run_model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=s, spec=spec,
-                                       thresholds=thresholds, progress=progress.update, on_raise=self._raised)
+                outcome = pipeline.run(
+                    run_model,
+                    x,
+                    y,
+                    fit_kwargs=fit_kwargs,
+                    steps=steps,
+                    seed=s,
+                    spec=spec,
+                    thresholds=thresholds,
+                    progress=progress.update,
+                    on_raise=self._raised,
+                )
             finally:
                 progress.close()
             result, results = outcome.result, outcome.results
-            runs.append(RunReport(
-                seed=s, trace=result.trace, results=results, device=result.device,
-                wall_time=result.wall_time, replay=self.replay_command(s), data_kind=result.data_kind,
-                final_metrics=result.final_metrics,
-            ))
+            runs.append(
+                RunReport(
+                    seed=s,
+                    trace=result.trace,
+                    results=results,
+                    device=result.device,
+                    wall_time=result.wall_time,
+                    replay=self.replay_command(s),
+                    data_kind=result.data_kind,
+                    final_metrics=result.final_metrics,
+                )
+            )
         return StabilityReport(self.nodeid, runs)
 
     def _raised(self, exc: BaseException, where: str) -> None:
@@ -197,8 +239,9 @@ class Stability:
 
     def record(self) -> StabilityRecord:
         """This test's stability runs so far, as the record the session collects."""
-        return StabilityRecord.trained(self.nodeid, settings=_builtins_spec(self.spec),
-                                       calls=[r.to_dict() for r in self.reports], error=self.error)
+        return StabilityRecord.trained(
+            self.nodeid, settings=_builtins_spec(self.spec), calls=[r.to_dict() for r in self.reports], error=self.error
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -262,9 +305,13 @@ def restart_keras_auto_names() -> None:
     except (ImportError, AttributeError) as exc:
         if not _names_warned:
             _names_warned = True
-            warnings.warn(pytest.PytestWarning(
-                f"pytest-stability could not restart Keras' automatic layer names ({exc}); variable names in "
-                "findings may depend on test order and on the pytest-xdist worker"), stacklevel=2)
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"pytest-stability could not restart Keras' automatic layer names ({exc}); variable names in "
+                    "findings may depend on test order and on the pytest-xdist worker"
+                ),
+                stacklevel=2,
+            )
 
 
 _names_warned = False
@@ -310,7 +357,8 @@ def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple
                 record = fixture.record()
             except Exception as exc:  # never lose the test's entry in the report
                 record = StabilityRecord.errored(
-                    fixture.nodeid, f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}")
+                    fixture.nodeid, f"pytest-stability could not summarise this test: {type(exc).__name__}: {exc}"
+                )
             request.node.stash[RECORD_KEY] = record
     finally:
         if state is not None:

@@ -42,9 +42,11 @@ def steps_above_ceiling(values: Mapping[str, Any]) -> str | None:
     steps, ceiling = values.get("steps"), values.get("max_steps")
     if steps is None or ceiling is None or steps <= ceiling:
         return None
-    return (f"steps={steps} is above max_steps={ceiling} (a run that long is more likely a typo than a test); "
-            "lower steps, or raise the ceiling with max_steps= on the marker, --stability-max-steps or ini "
-            "stability_max_steps")
+    return (
+        f"steps={steps} is above max_steps={ceiling} (a run that long is more likely a typo than a test); "
+        "lower steps, or raise the ceiling with max_steps= on the marker, --stability-max-steps or ini "
+        "stability_max_steps"
+    )
 
 
 class OptionValueError(ValueError):
@@ -73,8 +75,9 @@ def _int(min_value: int) -> Callable[[Any], int]:
     return parse
 
 
-def _float(min_value: float, *, strict: bool, max_value: float | None = None,
-           max_strict: bool = True) -> Callable[[Any], float]:
+def _float(
+    min_value: float, *, strict: bool, max_value: float | None = None, max_strict: bool = True
+) -> Callable[[Any], float]:
     lo = f"> {min_value:g}" if strict else f">= {min_value:g}"
     hi = "" if max_value is None else (f" and < {max_value:g}" if max_strict else f" and <= {max_value:g}")
     expects = f"a finite number {lo}{hi}"
@@ -251,8 +254,16 @@ def _int_option(name: str, min_value: int, default: int, help: str) -> Option:
     return Option(name, parse, _number_text(parse, int), default, help)
 
 
-def _float_option(name: str, default: float | None, help: str, min_value: float, *, strict: bool,
-                  max_value: float | None = None, optional: bool = False) -> Option:
+def _float_option(
+    name: str,
+    default: float | None,
+    help: str,
+    min_value: float,
+    *,
+    strict: bool,
+    max_value: float | None = None,
+    optional: bool = False,
+) -> Option:
     parse = _float(min_value, strict=strict, max_value=max_value)
     text = _number_text(parse, float)
     if optional:
@@ -268,90 +279,228 @@ def _bool_option(name: str, default: bool, help: str) -> Option:
 # ("How the defaults were chosen"); benchmarks/detection.py reproduces it.
 OPTIONS: tuple[Option, ...] = (
     _int_option("steps", 1, 200, "optimizer steps to train each stability test for"),
-    _int_option("max_steps", 1, DEFAULT_MAX_STEPS, "ceiling on steps: a larger steps value is a usage error, not a "
-                "silent hours-long run (raise it for a test that really trains that long)"),
+    _int_option(
+        "max_steps",
+        1,
+        DEFAULT_MAX_STEPS,
+        "ceiling on steps: a larger steps value is a usage error, not a "
+        "silent hours-long run (raise it for a test that really trains that long)",
+    ),
     _int_option("batch_size", 1, 32, "batch size for array inputs (datasets bring their own)"),
     _int_option("seed", 0, 0, "random seed (weights, data order, dropout); replay a failure with it"),
     _int_option("seeds", 1, 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
-    Option("device", _choice(*DEVICES), _word_text(_choice(*DEVICES)), "auto",
-           "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu "
-           "(skip without one)"),
+    Option(
+        "device",
+        _choice(*DEVICES),
+        _word_text(_choice(*DEVICES)),
+        "auto",
+        "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu (skip without one)",
+    ),
     _int_option("validate_every", 1, 25, "evaluate the validation loss every N optimizer steps"),
-    _int_option("readback_every", 1, 50, "steps per compiled chunk: traces are read back (and a NaN stops training) "
-                "every N steps"),
-    Option("checks", _checks, _word_text(_checks), CHECK_NAMES,
-           "comma-separated checks to run: " + ",".join(CHECK_NAMES)),
-    _bool_option("diagnostics", False, "record optimizer-state statistics (Adam second moment) for diagnosis; "
-                 "costs a little speed"),
-    _bool_option("deterministic", True, "seed everything and enable TensorFlow op determinism so the same seed "
-                 "gives the same trace"),
-    _bool_option("jit_compile", False, "unused since training runs model.fit: the model's own "
-                 "compile(jit_compile=...) decides (kept so existing settings stay valid)"),
+    _int_option(
+        "readback_every",
+        1,
+        50,
+        "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps",
+    ),
+    Option(
+        "checks", _checks, _word_text(_checks), CHECK_NAMES, "comma-separated checks to run: " + ",".join(CHECK_NAMES)
+    ),
+    _bool_option(
+        "diagnostics",
+        False,
+        "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed",
+    ),
+    _bool_option(
+        "deterministic",
+        True,
+        "seed everything and enable TensorFlow op determinism so the same seed gives the same trace",
+    ),
+    _bool_option(
+        "jit_compile",
+        False,
+        "unused since training runs model.fit: the model's own "
+        "compile(jit_compile=...) decides (kept so existing settings stay valid)",
+    ),
     _bool_option("shuffle", True, "shuffle array inputs each pass (seeded)"),
-    _bool_option("margin", False, "after a stable run, search its learning-rate stability margin: continue the "
-                 "same fit from its end state with the learning rate x 2, 4, 8... (then bisected) and report the "
-                 "largest factor that stays stable"),
+    _bool_option(
+        "margin",
+        False,
+        "after a stable run, search its learning-rate stability margin: continue the "
+        "same fit from its end state with the learning rate x 2, 4, 8... (then bisected) and report the "
+        "largest factor that stays stable",
+    ),
     _int_option("margin_steps", 1, 50, "margin: steps each learning-rate probe trains"),
     _float_option("margin_max_factor", 16.0, "margin: the largest learning-rate factor searched", 1, strict=True),
-    _float_option("min_margin", None, "margin: fail the test when its learning-rate margin is below this factor "
-                  "(needs margin=True)", 0, strict=True, optional=True),
-    _bool_option("curvature", False, "measure the sharpness (the loss Hessian's top eigenvalue on a fixed batch; "
-                 "preconditioned for Adam/RMSprop) at curvature_points read-backs and its edge-of-stability ratio "
-                 "against the optimizer's limit (2/lr for SGD); reported, and gated by max_eos_ratio"),
-    _int_option("curvature_points", 1, 4, "curvature: measurements per run, at the first read-backs at or after "
-                "evenly spaced steps (the last at the end)"),
-    _int_option("curvature_iterations", 2, 20, "curvature: Lanczos iterations (Hessian-vector products) at most per "
-                "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) "
-                "of an eigenvalue"),
-    Option("curvature_batch_size", _optional(_int(1)), _optional_text(_number_text(_int(1), int)), None,
-           "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)"),
-    _float_option("max_eos_ratio", None, "curvature: fail the test when its edge-of-stability ratio (sharpness / "
-                  "the optimizer's limit) exceeds this at any measurement (needs curvature=True)", 0, strict=True,
-                  optional=True),
-    _bool_option("whatif", False, "on failure, re-run the same fit from the start with the suggested optimizer fix "
-                 "applied before the failure and report whether the instability goes away (keeps one host copy of "
-                 "the initial model and optimizer state)"),
-    _int_option("skip_step_window", 2, 128, "what-if: the skip-step guard's window (the latest updates whose "
-                "gradient norms it weighs a step against)"),
-    _float_option("skip_step_sigmas", 6.0, "what-if: the skip-step guard skips an update whose gradient norm "
-                  "exceeds the window's mean by this many standard deviations", 0, strict=True),
+    _float_option(
+        "min_margin",
+        None,
+        "margin: fail the test when its learning-rate margin is below this factor (needs margin=True)",
+        0,
+        strict=True,
+        optional=True,
+    ),
+    _bool_option(
+        "curvature",
+        False,
+        "measure the sharpness (the loss Hessian's top eigenvalue on a fixed batch; "
+        "preconditioned for Adam/RMSprop) at curvature_points read-backs and its edge-of-stability ratio "
+        "against the optimizer's limit (2/lr for SGD); reported, and gated by max_eos_ratio",
+    ),
+    _int_option(
+        "curvature_points",
+        1,
+        4,
+        "curvature: measurements per run, at the first read-backs at or after "
+        "evenly spaced steps (the last at the end)",
+    ),
+    _int_option(
+        "curvature_iterations",
+        2,
+        20,
+        "curvature: Lanczos iterations (Hessian-vector products) at most per "
+        "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) "
+        "of an eigenvalue",
+    ),
+    Option(
+        "curvature_batch_size",
+        _optional(_int(1)),
+        _optional_text(_number_text(_int(1), int)),
+        None,
+        "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)",
+    ),
+    _float_option(
+        "max_eos_ratio",
+        None,
+        "curvature: fail the test when its edge-of-stability ratio (sharpness / "
+        "the optimizer's limit) exceeds this at any measurement (needs curvature=True)",
+        0,
+        strict=True,
+        optional=True,
+    ),
+    _bool_option(
+        "whatif",
+        False,
+        "on failure, re-run the same fit from the start with the suggested optimizer fix "
+        "applied before the failure and report whether the instability goes away (keeps one host copy of "
+        "the initial model and optimizer state)",
+    ),
+    _int_option(
+        "skip_step_window",
+        2,
+        128,
+        "what-if: the skip-step guard's window (the latest updates whose gradient norms it weighs a step against)",
+    ),
+    _float_option(
+        "skip_step_sigmas",
+        6.0,
+        "what-if: the skip-step guard skips an update whose gradient norm "
+        "exceeds the window's mean by this many standard deviations",
+        0,
+        strict=True,
+    ),
     # -- loss_spike
     _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
-    _float_option("spike_zscore", _T.spike_zscore, "loss_spike: robust z-score of log-loss above the trailing "
-                  "median that counts as a spike", 0, strict=True),
-    _float_option("spike_ratio", _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1,
-                  strict=True),
-    _float_option("spike_min_rise", _T.spike_min_rise, "loss_spike: minimum absolute rise, as a fraction of the "
-                  "initial loss, for a spike", 0, strict=False),
-    _int_option("warmup_steps", 0, _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged "
-                "(initial transients)"),
+    _float_option(
+        "spike_zscore",
+        _T.spike_zscore,
+        "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike",
+        0,
+        strict=True,
+    ),
+    _float_option(
+        "spike_ratio", _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1, strict=True
+    ),
+    _float_option(
+        "spike_min_rise",
+        _T.spike_min_rise,
+        "loss_spike: minimum absolute rise, as a fraction of the initial loss, for a spike",
+        0,
+        strict=False,
+    ),
+    _int_option(
+        "warmup_steps",
+        0,
+        _T.warmup_steps,
+        "loss_spike/grad_norm: steps at the start that are not judged (initial transients)",
+    ),
     # -- grad_norm
-    _float_option("max_grad_norm", _T.max_grad_norm, "grad_norm: absolute limit on the global gradient norm "
-                  "(default: relative to early training)", 0, strict=True, optional=True),
-    _float_option("grad_growth", _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training "
-                  "reference", 1, strict=True),
+    _float_option(
+        "max_grad_norm",
+        _T.max_grad_norm,
+        "grad_norm: absolute limit on the global gradient norm (default: relative to early training)",
+        0,
+        strict=True,
+        optional=True,
+    ),
+    _float_option(
+        "grad_growth",
+        _T.grad_growth,
+        "grad_norm: limit on gradient norm growth over its early-training reference",
+        1,
+        strict=True,
+    ),
     # -- val_loss
-    _float_option("val_smoothing", _T.val_smoothing, "val_loss: EMA weight of the previous smoothed value "
-                  "(0 = no smoothing)", 0, strict=False, max_value=1),
-    _float_option("val_tolerance", _T.val_tolerance, "val_loss: allowed rise of the smoothed validation loss above "
-                  "its best, relative", 0, strict=False),
-    _float_option("val_min_delta", _T.val_min_delta, "val_loss: allowed rise of the smoothed validation loss above "
-                  "its best, absolute", 0, strict=False),
-    _float_option("max_skipped_fraction", _T.max_skipped_fraction, "nonfinite: largest share of the steps a "
-                  "loss-scale optimizer (mixed precision) may skip on overflow", 0, strict=False, max_value=1.0),
+    _float_option(
+        "val_smoothing",
+        _T.val_smoothing,
+        "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)",
+        0,
+        strict=False,
+        max_value=1,
+    ),
+    _float_option(
+        "val_tolerance",
+        _T.val_tolerance,
+        "val_loss: allowed rise of the smoothed validation loss above its best, relative",
+        0,
+        strict=False,
+    ),
+    _float_option(
+        "val_min_delta",
+        _T.val_min_delta,
+        "val_loss: allowed rise of the smoothed validation loss above its best, absolute",
+        0,
+        strict=False,
+    ),
+    _float_option(
+        "max_skipped_fraction",
+        _T.max_skipped_fraction,
+        "nonfinite: largest share of the steps a loss-scale optimizer (mixed precision) may skip on overflow",
+        0,
+        strict=False,
+        max_value=1.0,
+    ),
     # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
-    _float_option("baseline_grad_factor", TOLERANCE_DEFAULTS["baseline_grad_factor"],
-                  "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
-                  1, strict=False),
-    _float_option("baseline_val_tolerance", TOLERANCE_DEFAULTS["baseline_val_tolerance"],
-                  "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
-                  "fraction of it", 0, strict=False),
-    _int_option("baseline_extra_spikes", 0, int(TOLERANCE_DEFAULTS["baseline_extra_spikes"]),
-                "baseline: loss spikes allowed beyond the baseline's count"),
-    _float_option("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"],
-                  "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
-                  "factor against the baseline's",
-                  1, strict=False),
+    _float_option(
+        "baseline_grad_factor",
+        TOLERANCE_DEFAULTS["baseline_grad_factor"],
+        "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
+        1,
+        strict=False,
+    ),
+    _float_option(
+        "baseline_val_tolerance",
+        TOLERANCE_DEFAULTS["baseline_val_tolerance"],
+        "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
+        "fraction of it",
+        0,
+        strict=False,
+    ),
+    _int_option(
+        "baseline_extra_spikes",
+        0,
+        int(TOLERANCE_DEFAULTS["baseline_extra_spikes"]),
+        "baseline: loss spikes allowed beyond the baseline's count",
+    ),
+    _float_option(
+        "baseline_margin_factor",
+        TOLERANCE_DEFAULTS["baseline_margin_factor"],
+        "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
+        "factor against the baseline's",
+        1,
+        strict=False,
+    ),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -360,9 +509,9 @@ OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 TOLERANCE_NAMES: tuple[str, ...] = tuple(TOLERANCE_DEFAULTS)
 
 #: The marker signature shown by ``pytest --markers``.
-MARKER_SIGNATURE = "stable_training(steps=200, *, " + ", ".join(
-    f"{o.name}={o.default!r}" for o in OPTIONS if o.name != "steps"
-) + ")"
+MARKER_SIGNATURE = (
+    "stable_training(steps=200, *, " + ", ".join(f"{o.name}={o.default!r}" for o in OPTIONS if o.name != "steps") + ")"
+)
 
 
 @dataclass(frozen=True)
@@ -500,9 +649,7 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     """
     kwargs = dict(kwargs)
     if len(args) > 1:
-        raise OptionValueError(
-            f"takes at most one positional argument (steps), received {len(args)}: {args!r}"
-        )
+        raise OptionValueError(f"takes at most one positional argument (steps), received {len(args)}: {args!r}")
     if args:
         if "steps" in kwargs:
             raise OptionValueError(
@@ -530,17 +677,25 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 # each is a --stability-NAME option with an ini twin all the same.
 
 REPORT_HELP = "write the JSON stability report (strict JSON, schema-versioned, written atomically) to PATH"
-SAVE_BASELINE_HELP = ("save each stability test's summary metrics (per seed) as a baseline file at PATH; an "
-                      "existing baseline there is updated: tests not run keep their entries")
-BASELINE_HELP = ("compare each stability test with the baseline file at PATH and fail it when its stability "
-                 "regressed beyond the baseline_* tolerances")
-BASELINE_STRICT_HELP = ("with --stability-baseline: fail a stability test (or seed) that is not in the baseline "
-                        "(default: report it)")
-PLOTS_HELP = ("write one PNG per stability test (loss, gradient norm, validation loss, findings) into DIR; "
-              "needs matplotlib")
+SAVE_BASELINE_HELP = (
+    "save each stability test's summary metrics (per seed) as a baseline file at PATH; an "
+    "existing baseline there is updated: tests not run keep their entries"
+)
+BASELINE_HELP = (
+    "compare each stability test with the baseline file at PATH and fail it when its stability "
+    "regressed beyond the baseline_* tolerances"
+)
+BASELINE_STRICT_HELP = (
+    "with --stability-baseline: fail a stability test (or seed) that is not in the baseline (default: report it)"
+)
+PLOTS_HELP = (
+    "write one PNG per stability test (loss, gradient norm, validation loss, findings) into DIR; needs matplotlib"
+)
 REPLAY_HELP = "re-run stability tests with exactly this seed's run (printed in each failure)"
-HTML_HELP = ("write the HTML stability report to PATH: one self-contained file (no network) with a summary table "
-             "and each test's curves, findings, cause, fix, what-if, margins and baseline comparison")
+HTML_HELP = (
+    "write the HTML stability report to PATH: one self-contained file (no network) with a summary table "
+    "and each test's curves, findings, cause, fix, what-if, margins and baseline comparison"
+)
 
 #: (name, metavar, help) of the path settings: --stability-NAME and ini stability_NAME.
 PATH_SETTINGS: tuple[tuple[str, str, str], ...] = (
@@ -568,8 +723,9 @@ class RunFiles:
         return any(p is not None for p in (self.report, self.save_baseline, self.baseline, self.plots, self.html))
 
 
-def resolve_run_files(get_cli: Callable[[str], Any], get_ini: Callable[[str], Any], *, invocation_dir: Path,
-                      rootdir: Path) -> tuple[RunFiles, list[str]]:
+def resolve_run_files(
+    get_cli: Callable[[str], Any], get_ini: Callable[[str], Any], *, invocation_dir: Path, rootdir: Path
+) -> tuple[RunFiles, list[str]]:
     """CLI > ini > default for the file settings; returns them and every problem found (none raised).
 
     Args:
@@ -593,8 +749,14 @@ def resolve_run_files(get_cli: Callable[[str], Any], get_ini: Callable[[str], An
     strict = get_cli("baseline_strict")
     if strict is None:
         strict = bool(get_ini(ini_name("baseline_strict")))
-    files = RunFiles(report=paths["report"], save_baseline=paths["save_baseline"], baseline=paths["baseline"],
-                     baseline_strict=bool(strict), plots=paths["plots"], html=paths["html"])
+    files = RunFiles(
+        report=paths["report"],
+        save_baseline=paths["save_baseline"],
+        baseline=paths["baseline"],
+        baseline_strict=bool(strict),
+        plots=paths["plots"],
+        html=paths["html"],
+    )
     for name in ("report", "save_baseline", "html"):
         path = getattr(files, name)
         if path is not None and path.is_dir():
@@ -602,8 +764,9 @@ def resolve_run_files(get_cli: Callable[[str], Any], get_ini: Callable[[str], An
     if files.plots is not None and files.plots.exists() and not files.plots.is_dir():
         problems.append(f"{cli_name('plots')}: {files.plots} exists and is not a directory")
     if files.baseline_strict and files.baseline is None:
-        problems.append(f"{cli_name('baseline_strict')} needs {cli_name('baseline')}=PATH "
-                        f"(or ini {ini_name('baseline')})")
+        problems.append(
+            f"{cli_name('baseline_strict')} needs {cli_name('baseline')}=PATH (or ini {ini_name('baseline')})"
+        )
     return files, problems
 
 

@@ -26,16 +26,26 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     from .diagnosis import rank_findings
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
-    results = [type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)
-               if r.findings else r for r in results]
+    results = [
+        type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)
+        if r.findings
+        else r
+        for r in results
+    ]
     # one primary cause per run: every finding gets evidence["rank"] (0 = the headline), see rank_findings
     failed = [r for r in results if r.status == "failed" and r.findings]
     if not failed:
         return results
     ranked = {(f.check, f.kind, f.step): f for f in rank_findings(failed, trace)}
     failed_ids = {id(r) for r in failed}
-    return [type(r)(r.name, r.status, tuple(ranked.get((f.check, f.kind, f.step), f) for f in r.findings),
-                    r.detail, r.stats) if id(r) in failed_ids else r for r in results]
+    return [
+        type(r)(
+            r.name, r.status, tuple(ranked.get((f.check, f.kind, f.step), f) for f in r.findings), r.detail, r.stats
+        )
+        if id(r) in failed_ids
+        else r
+        for r in results
+    ]
 
 
 def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
@@ -45,8 +55,11 @@ def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
 
     groups: dict[tuple[str, str], list[int]] = {}
     for i, f in enumerate(findings):
-        key = ("curve", f.evidence["curve"]) if "curve" in f.evidence else (
-            ("optimizer", f.evidence["optimizer"]) if "optimizer" in f.evidence else ("", ""))
+        key = (
+            ("curve", f.evidence["curve"])
+            if "curve" in f.evidence
+            else (("optimizer", f.evidence["optimizer"]) if "optimizer" in f.evidence else ("", ""))
+        )
         groups.setdefault(key, []).append(i)
     out = list(findings)
     for indices in groups.values():
@@ -56,28 +69,51 @@ def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
     return out
 
 
-def run(model: Any, x: Any, y: Any, *, fit_kwargs: dict[str, Any], steps: int, seed: int, spec: Any,
-        thresholds: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
-        on_raise: Callable[[BaseException, str], None] | None = None) -> Outcome:
+def run(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    fit_kwargs: dict[str, Any],
+    steps: int,
+    seed: int,
+    spec: Any,
+    thresholds: Any,
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_raise: Callable[[BaseException, str], None] | None = None,
+) -> Outcome:
     """Train ``model`` with its own fit (see :func:`~pytest_stability.training.engine.train`), judge and
     diagnose the trace, and with ``spec.whatif`` replay the suggested fixes of a failing run."""
     from .training import engine
 
-    result = engine.train(model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=seed, spec=spec,
-                          batch_size=batch_size, progress=progress, keep_initial_state=spec.whatif,
-                          on_raise=on_raise)
+    result = engine.train(
+        model,
+        x,
+        y,
+        fit_kwargs=fit_kwargs,
+        steps=steps,
+        seed=seed,
+        spec=spec,
+        batch_size=batch_size,
+        progress=progress,
+        keep_initial_state=spec.whatif,
+        on_raise=on_raise,
+    )
     results = judge(result.trace, thresholds, spec.checks)
     if spec.whatif and any(r.findings for r in results):
         from .training.whatif import attach_whatif
 
-        results = attach_whatif(results, model, result, thresholds, spec, x=x, y=y, fit_kwargs=fit_kwargs,
-                                batch_size=batch_size, seed=seed)
+        results = attach_whatif(
+            results, model, result, thresholds, spec, x=x, y=y, fit_kwargs=fit_kwargs, batch_size=batch_size, seed=seed
+        )
     if getattr(spec, "margin", False):
         from .training.margin import lr_margin
 
         ok = not any(r.findings for r in results)
-        margin = lr_margin(model, result, x=x, y=y, fit_kwargs=fit_kwargs, spec=spec, thresholds=thresholds,
-                           seed=seed, ok=ok)
+        margin = lr_margin(
+            model, result, x=x, y=y, fit_kwargs=fit_kwargs, spec=spec, thresholds=thresholds, seed=seed, ok=ok
+        )
         result.trace.info["margin"] = margin
         results = results + [margin_result(margin, getattr(spec, "min_margin", None), result.trace.steps)]
     curvature = (result.trace.info or {}).get("curvature")
@@ -91,19 +127,26 @@ def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) 
     from .checks.base import CheckResult, Finding
 
     if min_margin is None:
-        return CheckResult("margin", "skipped", (), f"{margin['text']} (no min_margin set)",
-                           {"lr_margin": margin["value"]})
+        return CheckResult(
+            "margin", "skipped", (), f"{margin['text']} (no min_margin set)", {"lr_margin": margin["value"]}
+        )
     value = float(margin["value"])
     if value >= float(min_margin):
         return CheckResult("margin", "passed", (), margin["text"], {"lr_margin": value})
-    finding = Finding(check="margin", kind="below_min", step=max(0, steps - 1), value=value, limit=float(min_margin),
-                      message=f"learning-rate stability margin {value:.3g}x is below min_margin "
-                              f"{float(min_margin):g}x: {margin['text']}",
-                      evidence={k: v for k, v in margin.items() if k != "probes"},
-                      cause="the run trains close to the edge: a somewhat larger learning rate (or a sharper region "
-                            "of the loss later in training) makes it unstable",
-                      fix="lower the learning rate or add warm-up / a decaying schedule, or clipnorm; then re-measure",
-                      confidence="likely")
+    finding = Finding(
+        check="margin",
+        kind="below_min",
+        step=max(0, steps - 1),
+        value=value,
+        limit=float(min_margin),
+        message=f"learning-rate stability margin {value:.3g}x is below min_margin "
+        f"{float(min_margin):g}x: {margin['text']}",
+        evidence={k: v for k, v in margin.items() if k != "probes"},
+        cause="the run trains close to the edge: a somewhat larger learning rate (or a sharper region "
+        "of the loss later in training) makes it unstable",
+        fix="lower the learning rate or add warm-up / a decaying schedule, or clipnorm; then re-measure",
+        confidence="likely",
+    )
     return CheckResult("margin", "failed", (finding,), margin["text"], {"lr_margin": value})
 
 
@@ -122,20 +165,27 @@ def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> 
     if ratio <= float(max_eos_ratio):
         return CheckResult("curvature", "passed", (), curvature["text"], stats)
     # the first measurement above the limit (the summary's text names the largest ratio)
-    first, step = next((r, s) for r, s in zip(curvature["ratio"], curvature["steps"], strict=True)
-                       if r is not None and r > float(max_eos_ratio))
+    first, step = next(
+        (r, s)
+        for r, s in zip(curvature["ratio"], curvature["steps"], strict=True)
+        if r is not None and r > float(max_eos_ratio)
+    )
     what = "preconditioned sharpness" if curvature.get("kind") == "preconditioned" else "sharpness"
-    finding = Finding(check="curvature", kind="above_max", step=max(0, int(step) - 1), value=float(first),
-                      limit=float(max_eos_ratio),
-                      message=f"edge-of-stability ratio {first:.3g} after {step} steps is above max_eos_ratio "
-                              f"{float(max_eos_ratio):g}: {curvature['text']}",
-                      evidence={k: v for k, v in curvature.items() if k != "text"},
-                      cause=f"the loss's {what} has reached the largest curvature the optimizer is stable at with "
-                            "this learning rate: training runs at the edge of stability, where a little more "
-                            "sharpening (or a larger learning rate) makes it oscillate or diverge",
-                      fix="lower the learning rate (the ratio scales with it), or add warm-up / a decaying schedule; "
-                          "then re-measure",
-                      confidence="likely")
+    finding = Finding(
+        check="curvature",
+        kind="above_max",
+        step=max(0, int(step) - 1),
+        value=float(first),
+        limit=float(max_eos_ratio),
+        message=f"edge-of-stability ratio {first:.3g} after {step} steps is above max_eos_ratio "
+        f"{float(max_eos_ratio):g}: {curvature['text']}",
+        evidence={k: v for k, v in curvature.items() if k != "text"},
+        cause=f"the loss's {what} has reached the largest curvature the optimizer is stable at with "
+        "this learning rate: training runs at the edge of stability, where a little more "
+        "sharpening (or a larger learning rate) makes it oscillate or diverge",
+        fix="lower the learning rate (the ratio scales with it), or add warm-up / a decaying schedule; then re-measure",
+        confidence="likely",
+    )
     return CheckResult("curvature", "failed", (finding,), curvature["text"], stats)
 
 

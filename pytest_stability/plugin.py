@@ -66,18 +66,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stability", "training-stability checks (pytest-stability)")
     for opt in OPTIONS:
         default = ",".join(opt.default) if isinstance(opt.default, tuple) else opt.default
-        group.addoption(opt.cli, dest="stability_" + opt.name, default=None, metavar=opt.name.upper(),
-                        help=f"{opt.help}; {opt.expects} (default: {default}; ini: {opt.ini})")
+        group.addoption(
+            opt.cli,
+            dest="stability_" + opt.name,
+            default=None,
+            metavar=opt.name.upper(),
+            help=f"{opt.help}; {opt.expects} (default: {default}; ini: {opt.ini})",
+        )
         parser.addini(opt.ini, help=f"{opt.help} (default: {default})", default=None)
     for name, metavar, help_text in PATH_SETTINGS:
-        group.addoption(cli_name(name), dest="stability_" + name, default=None, metavar=metavar,
-                        help=f"{help_text} (ini: {ini_name(name)})")
+        group.addoption(
+            cli_name(name),
+            dest="stability_" + name,
+            default=None,
+            metavar=metavar,
+            help=f"{help_text} (ini: {ini_name(name)})",
+        )
         parser.addini(ini_name(name), help=help_text + " (a relative path is relative to the rootdir)", default=None)
-    group.addoption(cli_name("baseline_strict"), dest="stability_baseline_strict", action="store_true",
-                    default=None, help=f"{BASELINE_STRICT_HELP} (ini: {ini_name('baseline_strict')})")
+    group.addoption(
+        cli_name("baseline_strict"),
+        dest="stability_baseline_strict",
+        action="store_true",
+        default=None,
+        help=f"{BASELINE_STRICT_HELP} (ini: {ini_name('baseline_strict')})",
+    )
     parser.addini(ini_name("baseline_strict"), help=BASELINE_STRICT_HELP, type="bool", default=False)
-    group.addoption("--stability-replay", dest="stability_replay", type=_replay, default=None, metavar="SEED",
-                    help=REPLAY_HELP)
+    group.addoption(
+        "--stability-replay", dest="stability_replay", type=_replay, default=None, metavar="SEED", help=REPLAY_HELP
+    )
     ci.addoption(parser, group)
 
 
@@ -94,8 +110,12 @@ def pytest_configure(config: pytest.Config) -> None:
     except OptionValueError as exc:
         defaults = None
         problems.extend(str(exc).splitlines())
-    files, found = resolve_run_files(lambda name: config.getoption("stability_" + name), config.getini,
-                                     invocation_dir=config.invocation_params.dir, rootdir=config.rootpath)
+    files, found = resolve_run_files(
+        lambda name: config.getoption("stability_" + name),
+        config.getini,
+        invocation_dir=config.invocation_params.dir,
+        rootdir=config.rootpath,
+    )
     problems.extend(found)
     baseline, found = baseline_gate.load_for(files)
     problems.extend(found)
@@ -148,8 +168,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     problem = validate_markers(item, item.config.stash[DEFAULTS_KEY])
     if problem is None and "stability" not in getattr(item, "fixturenames", ()):
-        problem = ("is marked stable_training but does not use the `stability` fixture: add a `stability` "
-                   "argument and call stability.fit(model, x, y)")
+        problem = (
+            "is marked stable_training but does not use the `stability` fixture: add a `stability` "
+            "argument and call stability.fit(model, x, y)"
+        )
     if problem:
         pytest.fail(f"{item.nodeid}: {problem}", pytrace=False)
 
@@ -174,8 +196,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     defaults = config.stash.get(DEFAULTS_KEY, None)
     if defaults is None or config.get_verbosity() < 0:
         return None
-    return (f"stability: steps={defaults.steps} seed={defaults.seed} device={defaults.device} "
-            f"(replay a failure with the --stability-replay=SEED it prints)")
+    return (
+        f"stability: steps={defaults.steps} seed={defaults.seed} device={defaults.device} "
+        f"(replay a failure with the --stability-replay=SEED it prints)"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -231,7 +255,7 @@ def _complete(item: pytest.Item, record: StabilityRecord) -> StabilityRecord:
     if comparisons:
         # a call that ended before its run finished has no comparison: the calls past the last one are kept
         calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons, strict=False)]
-        record = record.with_(calls=calls + record.calls[len(calls):])
+        record = record.with_(calls=calls + record.calls[len(calls) :])
     failure = item.stash.get(CALL_FAILURE_KEY, None)
     if failure is not None and record.error is None and record.verdict == STABLE and not record.regressed:
         record = record.with_(error=f"{FAILED_AFTER}: {failure}")

@@ -34,8 +34,10 @@ DEFAULT_AFTER = 3.0
 #: Seconds between two progress lines.
 DEFAULT_EVERY = 2.0
 
-PROGRESS_AFTER_HELP = ("show a stability test's progress (steps, steps/s, ETA) once it has trained for this many "
-                       f"seconds; shown with -v or -s only (default: {DEFAULT_AFTER:g})")
+PROGRESS_AFTER_HELP = (
+    "show a stability test's progress (steps, steps/s, ETA) once it has trained for this many "
+    f"seconds; shown with -v or -s only (default: {DEFAULT_AFTER:g})"
+)
 
 
 class ProgressSettingError(ValueError):
@@ -112,9 +114,17 @@ class Progress:
         write: where lines go (default: pytest's terminal reporter, capture suspended).
     """
 
-    def __init__(self, config: Any, nodeid: str, total_steps: int, *, clock: Callable[[], float] = time.monotonic,
-                 after: float | None = None, every: float = DEFAULT_EVERY,
-                 write: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        nodeid: str,
+        total_steps: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        after: float | None = None,
+        every: float = DEFAULT_EVERY,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
         self.nodeid = nodeid
         self.total_steps = int(total_steps)
         self._clock = clock
@@ -151,14 +161,19 @@ class Progress:
         elapsed = now - self._start
         last_t, last_steps = self._last
         # The rate since the previous line predicts the rest best (the first chunk includes compiling).
-        rate = (self._done - last_steps) / (now - last_t) if now > last_t and self._done > last_steps else (
-            self._done / elapsed if elapsed > 0 else math.nan)
+        rate = (
+            (self._done - last_steps) / (now - last_t)
+            if now > last_t and self._done > last_steps
+            else (self._done / elapsed if elapsed > 0 else math.nan)
+        )
         self._last = (now, self._done)
         left = self.total_steps - self._done
         eta = left / rate if rate > 0 and math.isfinite(rate) else math.nan
         pct = f" ({self._done / self.total_steps:.0%})" if self.total_steps > 0 else ""
-        self._emit(f"stability {self.nodeid}: {self._done}/{self.total_steps} steps{pct}, "
-                   f"{format_rate(rate)} steps/s, ETA {format_duration(eta)}")
+        self._emit(
+            f"stability {self.nodeid}: {self._done}/{self.total_steps} steps{pct}, "
+            f"{format_rate(rate)} steps/s, ETA {format_duration(eta)}"
+        )
 
     def close(self) -> None:
         """A last line when progress was shown (so the final state is visible); idempotent."""
@@ -167,8 +182,10 @@ class Progress:
         self._closed = True
         elapsed = self._clock() - self._start
         rate = self._done / elapsed if elapsed > 0 else math.nan
-        self._emit(f"stability {self.nodeid}: {self._done}/{self.total_steps} steps in {format_duration(elapsed)}, "
-                   f"{format_rate(rate)} steps/s, done")
+        self._emit(
+            f"stability {self.nodeid}: {self._done}/{self.total_steps} steps in {format_duration(elapsed)}, "
+            f"{format_rate(rate)} steps/s, done"
+        )
 
     def _emit(self, line: str) -> None:
         self.lines.append(line)
@@ -190,5 +207,15 @@ class Progress:
             reporter.write_line(line)
 
 
-__all__ = ["DEFAULT_AFTER", "DEFAULT_EVERY", "PROGRESS_AFTER_HELP", "Progress", "ProgressSettingError",
-           "format_duration", "parse_after", "progress_after", "shown", "validate"]
+__all__ = [
+    "DEFAULT_AFTER",
+    "DEFAULT_EVERY",
+    "PROGRESS_AFTER_HELP",
+    "Progress",
+    "ProgressSettingError",
+    "format_duration",
+    "parse_after",
+    "progress_after",
+    "shown",
+    "validate",
+]

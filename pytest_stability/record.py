@@ -83,8 +83,9 @@ class StabilityRecord:
     # -- constructors ------------------------------------------------------------
 
     @classmethod
-    def trained(cls, nodeid: str, *, settings: Mapping[str, Any], calls: list[dict[str, Any]],
-                error: str | None = None) -> StabilityRecord:
+    def trained(
+        cls, nodeid: str, *, settings: Mapping[str, Any], calls: list[dict[str, Any]], error: str | None = None
+    ) -> StabilityRecord:
         """The fixture's record: stable / unstable from ``calls``; error when ``error`` is set or nothing trained."""
         if error is not None:
             verdict = ERROR
@@ -148,5 +149,18 @@ class StabilityRecord:
 #: The keys of :meth:`StabilityRecord.to_dict`.
 RECORD_KEYS = tuple(f.name for f in fields(StabilityRecord))
 
-__all__ = ["CRASHED_WORKER", "ERROR", "FAILED_AFTER", "INTERRUPTED", "NO_TRAIN", "OUTCOMES", "RECORD_KEYS",
-           "SETUP_ERROR", "SKIPPED", "STABLE", "StabilityRecord", "UNSTABLE", "VERDICTS"]
+__all__ = [
+    "CRASHED_WORKER",
+    "ERROR",
+    "FAILED_AFTER",
+    "INTERRUPTED",
+    "NO_TRAIN",
+    "OUTCOMES",
+    "RECORD_KEYS",
+    "SETUP_ERROR",
+    "SKIPPED",
+    "STABLE",
+    "StabilityRecord",
+    "UNSTABLE",
+    "VERDICTS",
+]

@@ -67,8 +67,10 @@ def check_outputs(files: RunFiles, *, worker: bool) -> tuple[dict[str, Any] | No
         try:
             previous = baseline_mod.load_baseline(files.save_baseline)
         except baseline_mod.BaselineFileError as exc:
-            problems.append(f"{cli_name('save_baseline')}: {exc.problem}; saving updates the baseline already "
-                            "at PATH, so remove that file (or give another PATH) to start a new baseline")
+            problems.append(
+                f"{cli_name('save_baseline')}: {exc.problem}; saving updates the baseline already "
+                "at PATH, so remove that file (or give another PATH) to start a new baseline"
+            )
     if files.plots is not None:
         try:
             import matplotlib  # noqa: F401  (checked now, so a run does not fail only at its end)
@@ -85,8 +87,9 @@ def is_stability_item(item: pytest.Item) -> bool:
 class StabilitySession:
     """Registered as a plugin for the run; see the module docstring."""
 
-    def __init__(self, config: pytest.Config, files: RunFiles | None = None,
-                 previous: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: pytest.Config, files: RunFiles | None = None, previous: dict[str, Any] | None = None
+    ) -> None:
         self.config = config
         self.files = files or RunFiles()
         #: the baseline already at the --stability-save-baseline path (updated, not replaced)
@@ -127,8 +130,10 @@ class StabilitySession:
         if f.report:
             lines.append(f"stability JSON report: {f.report}")
         if f.save_baseline:
-            lines.append(f"stability baseline to save: {f.save_baseline}"
-                         + (" (updated: tests not run keep their entries)" if self.previous is not None else ""))
+            lines.append(
+                f"stability baseline to save: {f.save_baseline}"
+                + (" (updated: tests not run keep their entries)" if self.previous is not None else "")
+            )
         if f.plots:
             lines.append(f"stability plots: {f.plots}")
         if f.html:
@@ -172,11 +177,13 @@ class StabilitySession:
         if report.when == "teardown":
             if data is not None:
                 self.records[nodeid] = StabilityRecord.from_dict(data).with_(
-                    outcome=self._outcome.get(nodeid, "passed"), worker=getattr(report, "worker_id", None))
+                    outcome=self._outcome.get(nodeid, "passed"), worker=getattr(report, "worker_id", None)
+                )
             elif nodeid not in self.records:
                 why = [line.removeprefix(f"{nodeid}: ") for line in self._setup_failure.pop(nodeid, [])]
                 self.records[nodeid] = StabilityRecord.errored(
-                    nodeid, SETUP_ERROR + (f": {why[0]}" if why else ""), outcome=self._outcome.get(nodeid, "error"))
+                    nodeid, SETUP_ERROR + (f": {why[0]}" if why else ""), outcome=self._outcome.get(nodeid, "error")
+                )
         elif report.when == "setup" and report.skipped:
             # Skips happen in setup; a skipped test's teardown has no record.
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
@@ -200,13 +207,20 @@ class StabilitySession:
     # -- the JSON document (default implementation of the hook) ------------------
 
     @pytest.hookimpl(trylast=True)
-    def pytest_stability_generate_json(self, config: pytest.Config,
-                                       records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def pytest_stability_generate_json(
+        self, config: pytest.Config, records: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
         from .report import json_report
 
         return json_report.build_document(
-            records, plugin_version=__version__, started=self.started, finished=self.finished, now=time.time(),
-            exitstatus=self.exitstatus, interrupted=self.interrupted, complete=self.finished is not None,
+            records,
+            plugin_version=__version__,
+            started=self.started,
+            finished=self.finished,
+            now=time.time(),
+            exitstatus=self.exitstatus,
+            interrupted=self.interrupted,
+            complete=self.finished is not None,
         )
 
     # -- controller-side writing ---------------------------------------------------
@@ -266,10 +280,24 @@ class StabilitySession:
         path = self.files.html
         assert path is not None  # written only when the option is set
         records = [r.to_dict() for r in self.sorted_records()]
-        backends = sorted(cast("set[str]", {(run.get("model") or {}).get("backend") for r in records
-                                            for c in r["calls"] for run in c.get("runs") or ()} - {None}))
-        meta = {"pytest-stability": __version__, "Keras backend": ", ".join(backends) or None,
-                "finished": json_report.iso_time(self.finished), "interrupted": "yes" if self.interrupted else None}
+        backends = sorted(
+            cast(
+                "set[str]",
+                {
+                    (run.get("model") or {}).get("backend")
+                    for r in records
+                    for c in r["calls"]
+                    for run in c.get("runs") or ()
+                }
+                - {None},
+            )
+        )
+        meta = {
+            "pytest-stability": __version__,
+            "Keras backend": ", ".join(backends) or None,
+            "finished": json_report.iso_time(self.finished),
+            "interrupted": "yes" if self.interrupted else None,
+        }
         try:
             json_report.write_atomic(path, html.render_report(records, meta=meta))
         except Exception as exc:  # noqa: BLE001 - a report that cannot be written must not be an INTERNALERROR
@@ -287,9 +315,14 @@ class StabilitySession:
         assert path is not None  # saved only when the option is set
         if interrupted:
             return f"stability baseline NOT saved to {path}: the run was interrupted", False
-        doc = baseline_mod.build_baseline([r.to_dict() for r in self.sorted_records()], meta={
-            "plugin_version": __version__, "environment": json_report.environment(),
-            "created_at": json_report.iso_time(time.time())})
+        doc = baseline_mod.build_baseline(
+            [r.to_dict() for r in self.sorted_records()],
+            meta={
+                "plugin_version": __version__,
+                "environment": json_report.environment(),
+                "created_at": json_report.iso_time(time.time()),
+            },
+        )
         written = sorted(doc["backends"])
         n_tests = sum(len(doc["backends"][b]["tests"]) for b in written)
         what = f"{n_tests} tests"
@@ -299,8 +332,10 @@ class StabilitySession:
             what = f"{n_tests} tests: {counts['updated']} updated, {counts['added']} added, {counts['kept']} kept"
         others = sorted(set(doc["backends"]) - set(written))
         if others:  # a file with several backends' sections: say which one this run wrote
-            what += (f", in the {', '.join(written)} section; the {', '.join(others)} "
-                     f"section{'s' if len(others) > 1 else ''} kept")
+            what += (
+                f", in the {', '.join(written)} section; the {', '.join(others)} "
+                f"section{'s' if len(others) > 1 else ''} kept"
+            )
         try:
             # indented: a baseline is committed, and its changes are reviewed as diffs
             json_report.write_atomic(path, json_report.dumps(doc, indent=1))
@@ -320,8 +355,10 @@ class StabilitySession:
             # the same word as the rows and the JSON ("missing"): not in the baseline, and why when it is the backend
             absent = sorted({c["backend"] for c in compared if c.get("backend_in_baseline") is False})
             why = "".join(f" ({baseline_mod.no_backend_note(b)})" for b in absent)
-            footer.append(f"stability baseline {f.baseline}: {len(compared) - missing} compared, "
-                          f"{regressed} regressed, {missing} not in the baseline{why}")
+            footer.append(
+                f"stability baseline {f.baseline}: {len(compared) - missing} compared, "
+                f"{regressed} regressed, {missing} not in the baseline{why}"
+            )
         if f.plots is not None:
             line, written = self._write_plots()
             footer.append(line)
@@ -374,8 +411,15 @@ class StabilitySession:
             config.pluginmanager.unregister(self)
 
 
-__all__ = ["PLOTS_MISSING_MESSAGE", "RECORD_KEY", "SESSION_KEY", "StabilitySession", "check_outputs",
-           "is_stability_item", "is_worker"]
+__all__ = [
+    "PLOTS_MISSING_MESSAGE",
+    "RECORD_KEY",
+    "SESSION_KEY",
+    "StabilitySession",
+    "check_outputs",
+    "is_stability_item",
+    "is_worker",
+]
 
 
 def _setup_failure_line(report: pytest.TestReport) -> list[str]:

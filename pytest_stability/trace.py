@@ -48,9 +48,7 @@ FLAG_NAMES = {
 def _array(value: Any, dtype: Any, name: str, ndim: int = 1) -> np.ndarray:
     arr = np.asarray(value, dtype=dtype)
     if arr.ndim != ndim:
-        raise ValueError(
-            f"Trace.{name} must be a {ndim}-d array, received shape {arr.shape}"
-        )
+        raise ValueError(f"Trace.{name} must be a {ndim}-d array, received shape {arr.shape}")
     return arr
 
 
@@ -119,9 +117,7 @@ class Trace:
         if self.var_grad_norms is not None:
             self.var_grad_norms = _array(self.var_grad_norms, np.float64, "var_grad_norms", ndim=2)
             self._same_length("var_grad_norms", self.var_grad_norms, n)
-            self.var_names = tuple(self.var_names) or tuple(
-                f"var{i}" for i in range(self.var_grad_norms.shape[1])
-            )
+            self.var_names = tuple(self.var_names) or tuple(f"var{i}" for i in range(self.var_grad_norms.shape[1]))
             if len(self.var_names) != self.var_grad_norms.shape[1]:
                 raise ValueError(
                     f"Trace.var_names has {len(self.var_names)} names but var_grad_norms "
@@ -150,12 +146,12 @@ class Trace:
             self.val_steps = _array(self.val_steps, np.int64, "val_steps")
             self.val_loss = _array(self.val_loss, np.float64, "val_loss")
             self._same_length("val_loss", self.val_loss, self.val_steps.shape[0])
-        self.opt_stats = {
-            k: self._same_length(k, _array(v, np.float64, k), n) for k, v in self.opt_stats.items()
-        }
+        self.opt_stats = {k: self._same_length(k, _array(v, np.float64, k), n) for k, v in self.opt_stats.items()}
         self.optimizers = {
-            name: {k: self._same_length(f"optimizers[{name!r}][{k!r}]", _array(v, np.float64, k), n)
-                   for k, v in stats.items()}
+            name: {
+                k: self._same_length(f"optimizers[{name!r}][{k!r}]", _array(v, np.float64, k), n)
+                for k, v in stats.items()
+            }
             for name, stats in self.optimizers.items()
         }
         self.curves = {

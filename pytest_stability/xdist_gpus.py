@@ -41,11 +41,15 @@ import pytest
 #: The environment a worker is given besides CUDA_VISIBLE_DEVICES (set only where unset).
 MEMORY_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
-XDIST_GPUS_HELP = ("give each pytest-xdist worker its own GPU: 'auto' (the GPUs CUDA_VISIBLE_DEVICES lists, else "
-                   "those nvidia-smi lists) or a comma list of GPU ids, e.g. 0,1; worker gwN gets "
-                   "CUDA_VISIBLE_DEVICES=<id N modulo the count>")
-GPU_LOCK_HELP = ("let stability tests take the GPU one at a time (a file lock around each test that uses the "
-                 "`stability` fixture; for several xdist workers on one GPU)")
+XDIST_GPUS_HELP = (
+    "give each pytest-xdist worker its own GPU: 'auto' (the GPUs CUDA_VISIBLE_DEVICES lists, else "
+    "those nvidia-smi lists) or a comma list of GPU ids, e.g. 0,1; worker gwN gets "
+    "CUDA_VISIBLE_DEVICES=<id N modulo the count>"
+)
+GPU_LOCK_HELP = (
+    "let stability tests take the GPU one at a time (a file lock around each test that uses the "
+    "`stability` fixture; for several xdist workers on one GPU)"
+)
 
 
 class GpuSpecError(ValueError):
@@ -112,8 +116,9 @@ def gpu_for_worker(worker_id: str, gpus: Sequence[str]) -> str | None:
     return gpus[index % len(gpus)]
 
 
-def worker_environment(worker_id: str, gpus: Sequence[str] | None, *, lock: bool,
-                       env: Mapping[str, str]) -> dict[str, str]:
+def worker_environment(
+    worker_id: str, gpus: Sequence[str] | None, *, lock: bool, env: Mapping[str, str]
+) -> dict[str, str]:
     """The variables to set in a worker (pure: the caller applies them).
 
     ``gpus`` None means the option is off; ``lock`` is ``--stability-gpu-lock``.
@@ -242,6 +247,20 @@ class GpuLockPlugin:
             return (yield)
 
 
-__all__ = ["GPU_LOCK_HELP", "GpuLockPlugin", "GpuSpecError", "MEMORY_ENV", "XDIST_GPUS_HELP",
-           "configure_worker_environment", "detect_gpus", "gpu_for_worker", "gpu_lock", "lock_path", "parse_gpus",
-           "read_settings", "validate", "worker_environment", "worker_index"]
+__all__ = [
+    "GPU_LOCK_HELP",
+    "GpuLockPlugin",
+    "GpuSpecError",
+    "MEMORY_ENV",
+    "XDIST_GPUS_HELP",
+    "configure_worker_environment",
+    "detect_gpus",
+    "gpu_for_worker",
+    "gpu_lock",
+    "lock_path",
+    "parse_gpus",
+    "read_settings",
+    "validate",
+    "worker_environment",
+    "worker_index",
+]

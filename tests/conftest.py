@@ -11,7 +11,7 @@ pytest_plugins = ["pytester"]
 import pytest  # noqa: E402
 
 #: A tiny, fast, healthy training problem that pytester test files start with.
-TINY_PROBLEM = '''
+TINY_PROBLEM = """
 import numpy as np
 import keras
 import pytest
@@ -29,13 +29,13 @@ def build(lr=1e-2, optimizer=None, loss="binary_crossentropy", compile=True):
     if compile:
         model.compile(optimizer=optimizer or keras.optimizers.Adam(lr), loss=loss)
     return model
-'''
+"""
 
 
 #: Least squares on standardised features with one Dense unit and plain SGD: gradient descent on it diverges
 #: once the learning rate passes 2 / (the largest curvature), so how close a learning rate sits to that edge is
 #: known in advance (tests/backends/test_margin.py, tests/training/test_curvature.py).
-LEAST_SQUARES = '''
+LEAST_SQUARES = """
 import numpy as np
 import keras
 import pytest
@@ -49,7 +49,7 @@ def linear(lr):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
     return model
-'''
+"""
 
 
 @pytest.fixture

@@ -54,10 +54,13 @@ def run_settings() -> list[Setting]:
     from pytest_stability import ci
     from pytest_stability.options import BASELINE_STRICT_HELP, PATH_SETTINGS, REPLAY_HELP, cli_name, ini_name
 
-    rows = [Setting("", f"{cli_name(name)}={metavar}", ini_name(name), "none", help_text, "")
-            for name, metavar, help_text in PATH_SETTINGS]
-    rows.append(Setting("", cli_name("baseline_strict"), ini_name("baseline_strict"), "False", BASELINE_STRICT_HELP,
-                        ""))
+    rows = [
+        Setting("", f"{cli_name(name)}={metavar}", ini_name(name), "none", help_text, "")
+        for name, metavar, help_text in PATH_SETTINGS
+    ]
+    rows.append(
+        Setting("", cli_name("baseline_strict"), ini_name("baseline_strict"), "False", BASELINE_STRICT_HELP, "")
+    )
     for name, metavar, help_text, kind in ci.SETTINGS:
         option = cli_name(name) + (f"={metavar}" if metavar else "")
         rows.append(Setting("", option, ini_name(name), "False" if kind == "bool" else "none", help_text, ""))

@@ -10,11 +10,13 @@ x_train, y_train, x_val, y_val = x[:512], y[:512], x[512:], y[512:]
 
 
 def build_model(learning_rate=0.05):
-    model = keras.Sequential([
-        keras.Input((20,)),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((20,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9), loss="binary_crossentropy")
     return model
 

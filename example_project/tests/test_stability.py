@@ -45,8 +45,10 @@ def test_known_unstable_schedule_is_detected(stability):
     suggested fix applied before the failure, and the report says whether it works.
     """
     model = convnet_classifier()
-    model.compile(optimizer=keras.optimizers.SGD(jump_schedule(7.0), momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(jump_schedule(7.0), momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     report = stability.fit(model, X, Y, batch_size=32, check=False)
     assert report.verdict == "unstable"
     first = report.findings[0]
@@ -60,8 +62,10 @@ def test_known_unstable_schedule_is_detected(stability):
 def test_fixed_schedule_is_stable(stability):
     """The fix: a peak learning rate the model can take."""
     model = convnet_classifier()
-    model.compile(optimizer=keras.optimizers.SGD(jump_schedule(3e-2), momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(jump_schedule(3e-2), momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     stability.fit(model, X, Y, validation_data=(XV, YV), batch_size=32)
 
 

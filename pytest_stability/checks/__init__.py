@@ -38,8 +38,9 @@ _FUNCTIONS: dict[str, CheckFn] = {
 CHECKS: dict[str, CheckFn] = {name: _FUNCTIONS[name] for name in CHECK_NAMES}
 
 
-def run_checks(trace: Trace, thresholds: Thresholds | None = None,
-               checks: Iterable[str] | None = None) -> list[CheckResult]:
+def run_checks(
+    trace: Trace, thresholds: Thresholds | None = None, checks: Iterable[str] | None = None
+) -> list[CheckResult]:
     """Run the named checks (all by default) over ``trace``.
 
     Checks not selected are returned as skipped ("not selected") so reports
@@ -56,11 +57,17 @@ def run_checks(trace: Trace, thresholds: Thresholds | None = None,
         if name not in selected:
             results.append(CheckResult(name, SKIPPED, detail="not selected"))
         elif name == "loss_spike" and set(trace.loss_curves) != {"loss"}:
-            results.append(_per_view(name, fn, [(curve, curve_view(trace, curve)) for curve in trace.loss_curves],
-                                     thresholds, "curve"))
+            results.append(
+                _per_view(
+                    name, fn, [(curve, curve_view(trace, curve)) for curve in trace.loss_curves], thresholds, "curve"
+                )
+            )
         elif name == "grad_norm" and len(trace.optimizers) > 1:
-            results.append(_per_view(name, fn, [(opt, optimizer_view(trace, opt)) for opt in trace.optimizers],
-                                     thresholds, "optimizer"))
+            results.append(
+                _per_view(
+                    name, fn, [(opt, optimizer_view(trace, opt)) for opt in trace.optimizers], thresholds, "optimizer"
+                )
+            )
         else:
             results.append(fn(trace, thresholds))
     return results
@@ -80,7 +87,7 @@ def curve_view(trace: Trace, curve: str) -> Trace:
 def matching_optimizer(trace: Trace, curve: str) -> str | None:
     """The optimizer a loss curve belongs to by name (``d_loss``: ``d_optimizer``; ``generator_loss``:
     ``generator_optimizer``), when exactly one shares its prefix."""
-    prefix = curve[:-len("loss")].rstrip("_") if curve.endswith("loss") else curve
+    prefix = curve[: -len("loss")].rstrip("_") if curve.endswith("loss") else curve
     if not prefix:
         return None
     found = [name for name in trace.optimizers if name.startswith(prefix)]
@@ -93,18 +100,26 @@ def optimizer_view(trace: Trace, name: str) -> Trace:
     stats = trace.optimizers[name]
     start, stop = (trace.info.get("optimizer_columns") or {}).get(name, (0, len(trace.var_names)))
     cols = slice(int(start), int(stop))
-    info = dict(trace.info, optimizer=(trace.info.get("optimizers") or {}).get(name, trace.info.get("optimizer")),
-                optimizer_name=name,
-                optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name,
-                                                                                 trace.info.get("optimizer_config")))
-    return replace(trace, grad_norm=stats["grad_norm"], update_ratio=stats["update_ratio"], lr=stats["lr"],
-                   var_grad_norms=None if trace.var_grad_norms is None else trace.var_grad_norms[:, cols],
-                   var_update_ratio=None if trace.var_update_ratio is None else trace.var_update_ratio[:, cols],
-                   var_names=trace.var_names[cols], optimizers={}, info=info)
+    info = dict(
+        trace.info,
+        optimizer=(trace.info.get("optimizers") or {}).get(name, trace.info.get("optimizer")),
+        optimizer_name=name,
+        optimizer_config=(trace.info.get("optimizer_configs") or {}).get(name, trace.info.get("optimizer_config")),
+    )
+    return replace(
+        trace,
+        grad_norm=stats["grad_norm"],
+        update_ratio=stats["update_ratio"],
+        lr=stats["lr"],
+        var_grad_norms=None if trace.var_grad_norms is None else trace.var_grad_norms[:, cols],
+        var_update_ratio=None if trace.var_update_ratio is None else trace.var_update_ratio[:, cols],
+        var_names=trace.var_names[cols],
+        optimizers={},
+        info=info,
+    )
 
 
-def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds: Thresholds,
-              key: str) -> CheckResult:
+def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds: Thresholds, key: str) -> CheckResult:
     """One check run on each view (each loss curve, each optimizer), as one result: failed when any view
     fails, each finding naming its view (``evidence[key]``, and its message's first word)."""
     results = [(label, fn(view, thresholds)) for label, view in views]
@@ -119,8 +134,11 @@ def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds
     stats: dict[str, Any] = {}
     for _label, r in ran:  # the headline statistics: the largest of the views'
         for k, v in r.stats.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                    not isinstance(stats.get(k), (int, float)) or v > stats[k]):
+            if (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (not isinstance(stats.get(k), (int, float)) or v > stats[k])
+            ):
                 stats[k] = v
             else:
                 stats.setdefault(k, v)
@@ -129,7 +147,22 @@ def _per_view(name: str, fn: CheckFn, views: list[tuple[str, Trace]], thresholds
 
 
 __all__ = [
-    "CHECKS", "FAILED", "PASSED", "SKIPPED", "CheckResult", "Finding", "Thresholds",
-    "check_grad_norm", "check_loss_spike", "check_nonfinite", "check_stuck", "check_val_loss",
-    "curve_view", "matching_optimizer", "optimizer_view", "run_checks", "smooth", "spike_scores",
+    "CHECKS",
+    "FAILED",
+    "PASSED",
+    "SKIPPED",
+    "CheckResult",
+    "Finding",
+    "Thresholds",
+    "check_grad_norm",
+    "check_loss_spike",
+    "check_nonfinite",
+    "check_stuck",
+    "check_val_loss",
+    "curve_view",
+    "matching_optimizer",
+    "optimizer_view",
+    "run_checks",
+    "smooth",
+    "spike_scores",
 ]

@@ -76,13 +76,16 @@ def check_grad_norm(trace: Trace, thresholds: Thresholds | None = None) -> Check
         ref = reference_norm(g, t)
         first = float(g[0]) if g.size and finite[0] else 0.0
         in_warmup = steps < t.warmup_steps
-        limits = np.where(in_warmup, t.grad_growth * first if first > 0 else np.inf,
-                          t.grad_growth * ref if ref else np.inf)
+        limits = np.where(
+            in_warmup, t.grad_growth * first if first > 0 else np.inf, t.grad_growth * ref if ref else np.inf
+        )
         stats.update(reference=ref, limit=float(t.grad_growth * ref) if ref else None)
         if ref is None and not (in_warmup & finite & (g > limits)).any():
-            detail = (f"needs at least {t.warmup_steps + 5} steps for an early-training reference norm "
-                      "(or set max_grad_norm)" if g.shape[0] < t.warmup_steps + 5 else
-                      "early-training gradient norms are zero; set max_grad_norm")
+            detail = (
+                f"needs at least {t.warmup_steps + 5} steps for an early-training reference norm (or set max_grad_norm)"
+                if g.shape[0] < t.warmup_steps + 5
+                else "early-training gradient norms are zero; set max_grad_norm"
+            )
             return CheckResult(NAME, SKIPPED, stats=stats, detail=detail)
     over = finite & (g > limits)
     if not over.any():
@@ -140,9 +143,14 @@ def clipped_norms(trace: Trace) -> tuple[np.ndarray, str | None]:
     glob, per_var = cfg.get("global_clipnorm"), cfg.get("clipnorm")
     if isinstance(glob, (int, float)) and not isinstance(glob, bool) and glob > 0:
         return np.minimum(g, float(glob)), f"global_clipnorm={glob:g}"
-    if (isinstance(per_var, (int, float)) and not isinstance(per_var, bool) and per_var > 0
-            and trace.var_grad_norms is not None and trace.var_grad_norms.shape == (g.shape[0], len(trace.var_names))
-            and trace.var_names):
+    if (
+        isinstance(per_var, (int, float))
+        and not isinstance(per_var, bool)
+        and per_var > 0
+        and trace.var_grad_norms is not None
+        and trace.var_grad_norms.shape == (g.shape[0], len(trace.var_names))
+        and trace.var_names
+    ):
         with np.errstate(invalid="ignore"):
             clipped = np.sqrt(np.sum(np.minimum(trace.var_grad_norms, float(per_var)) ** 2, axis=1))
         return np.where(np.isfinite(g), clipped, g), f"clipnorm={per_var:g}"
@@ -155,11 +163,11 @@ def reference_norm(g: np.ndarray, thresholds: Thresholds) -> float | None:
     """
     t = thresholds
     g = np.asarray(g, dtype=np.float64)
-    after = g[t.warmup_steps:t.warmup_steps + t.spike_window]
+    after = g[t.warmup_steps : t.warmup_steps + t.spike_window]
     after = after[np.isfinite(after)]
     if after.size < 5:
         return None
-    initial = g[:t.warmup_steps]
+    initial = g[: t.warmup_steps]
     initial = initial[np.isfinite(initial)]
     ref = max(float(np.median(after)), float(np.median(initial)) if initial.size else 0.0)
     return ref if ref > 0 else None

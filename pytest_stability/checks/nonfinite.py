@@ -54,8 +54,10 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
         elif inspected:
             parts.append("the input batch was finite (the NaN/Inf was produced by training)")
         else:
-            parts.append(f"the input batches were not inspected (x is a {(trace.info or {}).get('data', 'pipeline')}:"
-                         " check it for NaN/Inf too)")
+            parts.append(
+                f"the input batches were not inspected (x is a {(trace.info or {}).get('data', 'pipeline')}:"
+                " check it for NaN/Inf too)"
+            )
         last_finite = np.flatnonzero(np.isfinite(trace.loss[:step]))
         evidence = {
             "quantities": what,
@@ -65,7 +67,7 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
             "last_finite_loss": float(trace.loss[last_finite[-1]]) if last_finite.size else None,
             "grad_norm_before": None
             if trace.grad_norm is None or step == 0
-            else [float(v) for v in trace.grad_norm[max(0, step - 5):step]],
+            else [float(v) for v in trace.grad_norm[max(0, step - 5) : step]],
         }
         findings.append(
             Finding(
@@ -138,23 +140,38 @@ def _skipped_steps(trace: Trace, overflow: np.ndarray, lead: int, limit: float) 
     last_scale = float(scale[np.isfinite(scale)][-1]) if scale is not None and np.isfinite(scale).any() else None
     fraction = _skipped_share(overflow, lead)
     if lead >= n:
-        message = (f"the loss-scale optimizer skipped all {n} steps on overflowing scaled gradients (no loss scale "
-                   f"it tried fitted, limit {limit:.0%} of the steps): those updates did not happen")
+        message = (
+            f"the loss-scale optimizer skipped all {n} steps on overflowing scaled gradients (no loss scale "
+            f"it tried fitted, limit {limit:.0%} of the steps): those updates did not happen"
+        )
     else:
         after = f" after its scale first fitted at step {lead}" if lead else ""
-        message = (f"the loss-scale optimizer skipped {int(overflow[lead:].sum())} of the {n - lead} steps{after} "
-                   f"({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
-                   "gradients: those updates did not happen")
+        message = (
+            f"the loss-scale optimizer skipped {int(overflow[lead:].sum())} of the {n - lead} steps{after} "
+            f"({fraction:.0%}, limit {limit:.0%}) on overflowing scaled "
+            "gradients: those updates did not happen"
+        )
     if last_scale is not None:
         message += f"; the loss scale ended at {last_scale:.3g}"
     return Finding(
-        check=NAME, kind="skipped_steps", step=step, value=fraction, limit=limit, message=message,
-        evidence={"check_cause": "loss_scale_overflow", "skipped": int(len(skipped)), "steps": int(n),
-                  "first_skipped": int(skipped[0]),
-                  "last_skipped": int(skipped[-1]), "last_loss_scale": last_scale},
+        check=NAME,
+        kind="skipped_steps",
+        step=step,
+        value=fraction,
+        limit=limit,
+        message=message,
+        evidence={
+            "check_cause": "loss_scale_overflow",
+            "skipped": int(len(skipped)),
+            "steps": int(n),
+            "first_skipped": int(skipped[0]),
+            "last_skipped": int(skipped[-1]),
+            "last_loss_scale": last_scale,
+        },
         cause="the gradients overflow the float16 range at every loss scale the optimizer tries: values grow too "
-              "large in the forward or backward pass (a learning rate or initialisation that blows activations up, "
-              "a loss summed instead of averaged), or float16 cannot hold them at all",
+        "large in the forward or backward pass (a learning rate or initialisation that blows activations up, "
+        "a loss summed instead of averaged), or float16 cannot hold them at all",
         fix="lower the learning rate or normalise the inputs; keep the loss a mean; train the layers that overflow "
-            "in float32 (dtype='float32' on them) or use mixed_bfloat16, whose range is float32's",
-        confidence="likely")
+        "in float32 (dtype='float32' on them) or use mixed_bfloat16, whose range is float32's",
+        confidence="likely",
+    )

@@ -177,8 +177,11 @@ def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> SpikeScores:
         judged = finite & np.isfinite(z) & (np.arange(n) >= thresholds.warmup_steps)
         big_enough = rise > thresholds.spike_min_rise * initial_level
         flag = judged & (z > thresholds.spike_zscore) & (ratio > thresholds.spike_ratio) & big_enough
-        shift = judged & (rise > LEVEL_SHIFT_MIN_RISE * initial_level) & _level_shift(
-            values, med, window, log_space, thresholds.spike_ratio, initial_level)
+        shift = (
+            judged
+            & (rise > LEVEL_SHIFT_MIN_RISE * initial_level)
+            & _level_shift(values, med, window, log_space, thresholds.spike_ratio, initial_level)
+        )
     return {
         "z": z,
         "ratio": ratio,
@@ -194,8 +197,9 @@ def spike_scores(loss: np.ndarray, thresholds: Thresholds) -> SpikeScores:
     }
 
 
-def _level_shift(values: np.ndarray, med: np.ndarray, window: int, log_space: bool, ratio: float,
-                 initial_level: float) -> np.ndarray:
+def _level_shift(
+    values: np.ndarray, med: np.ndarray, window: int, log_space: bool, ratio: float, initial_level: float
+) -> np.ndarray:
     """Steps where the loss moves to a new level (see the module docstring).
 
     ``values`` are the (log) losses, ``med`` their trailing medians.
@@ -238,10 +242,16 @@ def stuck_after(loss: np.ndarray, grad_norm: np.ndarray | None, step: int, windo
     than 10 steps to judge.
     """
     loss = np.asarray(loss, dtype=np.float64)
-    tail = loss[step + 5:]
-    tail = tail[np.isfinite(tail)][-max(int(window), 10):]
-    out: dict[str, Any] = {"stuck": False, "flat": False, "vanished": False, "level": float("nan"),
-                           "rel_std": float("nan"), "n": int(tail.size)}
+    tail = loss[step + 5 :]
+    tail = tail[np.isfinite(tail)][-max(int(window), 10) :]
+    out: dict[str, Any] = {
+        "stuck": False,
+        "flat": False,
+        "vanished": False,
+        "level": float("nan"),
+        "rel_std": float("nan"),
+        "n": int(tail.size),
+    }
     if tail.size < 10:
         return out
     level = float(np.median(tail))
@@ -256,8 +266,8 @@ def stuck_after(loss: np.ndarray, grad_norm: np.ndarray | None, step: int, windo
     out["flat"] = rel <= STUCK_RTOL
     if grad_norm is not None:
         g = np.asarray(grad_norm, dtype=np.float64)
-        after = g[step + 5:]
-        after = after[np.isfinite(after)][-max(int(window), 10):]
+        after = g[step + 5 :]
+        after = after[np.isfinite(after)][-max(int(window), 10) :]
         before = g[:step]
         before = before[np.isfinite(before)]
         if after.size >= 10 and before.size:
@@ -267,8 +277,9 @@ def stuck_after(loss: np.ndarray, grad_norm: np.ndarray | None, step: int, windo
     return out
 
 
-def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log_space: bool,
-              initial_level: float) -> Finding | None:
+def _collapse(
+    loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log_space: bool, initial_level: float
+) -> Finding | None:
     """A run that ends stuck at a level ``spike_ratio`` x above its best: collapsed.
 
     Catches the rise that is too gradual, too early or too noisy for a spike:
@@ -283,7 +294,7 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
     k = max(5, w // 5)
     if not log_space or n < w + k + t.warmup_steps:
         return None
-    tail = loss[n - w:]
+    tail = loss[n - w :]
     if not np.all(np.isfinite(tail)):
         return None
     level = float(np.median(tail))
@@ -291,9 +302,9 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
     dead_from = None
     if grad_norm is not None:
         g = np.asarray(grad_norm, dtype=np.float64)
-        before = g[t.warmup_steps:n - w]
+        before = g[t.warmup_steps : n - w]
         before = before[np.isfinite(before)]
-        g_tail = g[n - w:]
+        g_tail = g[n - w :]
         if before.size and np.all(np.isfinite(g_tail)):
             limit = VANISHED * float(np.percentile(before, 90))
             if limit > 0 and float(np.median(g_tail)) <= limit:
@@ -301,7 +312,7 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
                 dead_from = int(alive[-1]) + 1 if alive.size else 0
     if not flat and dead_from is None:
         return None
-    head = loss[t.warmup_steps:n - w]
+    head = loss[t.warmup_steps : n - w]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rolling = np.nanmedian(sliding_window_view(head, k), axis=1)
@@ -313,25 +324,45 @@ def _collapse(loss: np.ndarray, grad_norm: np.ndarray | None, t: Thresholds, log
     if dead_from is not None:
         step = dead_from
         rel = float(np.std(tail) / level)
-        how = (f"and training stopped: from step {step} the gradient norm stayed at or below {VANISHED:g}x its "
-               f"90th percentile before (median {float(np.median(g[n - w:])):.3g} over the last {w} steps): "
-               "dead units or saturated outputs")
+        how = (
+            f"and training stopped: from step {step} the gradient norm stayed at or below {VANISHED:g}x its "
+            f"90th percentile before (median {float(np.median(g[n - w :])):.3g} over the last {w} steps): "
+            "dead units or saturated outputs"
+        )
     else:
         # where it entered the level: after the last step below the midpoint (in log space)
         mid = float(np.sqrt(best * level))
         below = np.flatnonzero(~(loss[: n - w] >= mid))
         step = int(below[-1]) + 1 if below.size else 0
         rel = float(np.std(tail) / level)
-        how = (f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a "
-               "constant")
+        how = (
+            f"and stayed flat there (relative std {rel:.1e} over the last {w} steps): training collapsed to a constant"
+        )
     return Finding(
-        check=NAME, kind="spike_no_recovery", step=step, value=level, limit=t.spike_ratio * best,
-        message=(f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
-                 f"{t.spike_ratio:g}x = {t.spike_ratio * best:.4g}) by step {step} {how}"),
-        evidence={"start": step, "end": step, "ratio": level / best, "zscore": None, "trailing_median": best,
-                  "recovered": False, "stuck": True, "flat": flat, "vanished": dead_from is not None,
-                  "level_shift": False, "collapse": True, "initial_loss": initial_level,
-                  "min_loss_before": float(np.nanmin(loss[:step])) if step else None},
+        check=NAME,
+        kind="spike_no_recovery",
+        step=step,
+        value=level,
+        limit=t.spike_ratio * best,
+        message=(
+            f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
+            f"{t.spike_ratio:g}x = {t.spike_ratio * best:.4g}) by step {step} {how}"
+        ),
+        evidence={
+            "start": step,
+            "end": step,
+            "ratio": level / best,
+            "zscore": None,
+            "trailing_median": best,
+            "recovered": False,
+            "stuck": True,
+            "flat": flat,
+            "vanished": dead_from is not None,
+            "level_shift": False,
+            "collapse": True,
+            "initial_loss": initial_level,
+            "min_loss_before": float(np.nanmin(loss[:step])) if step else None,
+        },
     )
 
 
@@ -355,8 +386,13 @@ def rolling_rise(loss: np.ndarray, window: int, warmup: int) -> tuple[np.ndarray
     return roll, best, np.arange(roll.shape[0]) + warmup + window - 1
 
 
-def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level: float,
-                rolling: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Finding | None:
+def _resurgence(
+    loss: np.ndarray,
+    t: Thresholds,
+    log_space: bool,
+    initial_level: float,
+    rolling: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Finding | None:
     """A slow climb back: the rolling median rises ``RESURGE_RATIO`` x above its best (see the module docstring).
 
     ``rolling`` is :func:`rolling_rise` of ``loss``.  The step reported is the middle of the first window
@@ -374,28 +410,45 @@ def _resurgence(loss: np.ndarray, t: Thresholds, log_space: bool, initial_level:
     if hits.size == 0:
         return None
     i = int(hits[0])
-    jb = int(np.nanargmin(roll[:i + 1]))
+    jb = int(np.nanargmin(roll[: i + 1]))
     low, level = float(np.exp(best[i])), float(np.exp(roll[i]))
     mid = 0.5 * (float(best[i]) + float(roll[i]))
-    crossed = np.flatnonzero(roll[jb:i + 1] > mid)
+    crossed = np.flatnonzero(roll[jb : i + 1] > mid)
     step = int(jb + (crossed[0] if crossed.size else i - jb) + t.warmup_steps + w // 2)
     later = roll[i:]
     recovered = bool(np.any(later - best[i] <= np.log(t.spike_ratio))) if later.size > w else None
     peak = i + int(np.nanargmax(later))
     peak_level = float(np.exp(roll[peak]))
-    msg = (f"the loss climbed back slowly: its median over {w} steps rose from its best {low:.4g} (steps "
-           f"{int(end[jb]) - w + 1}-{int(end[jb])}) to {level:.4g} by step {int(end[i])} ({level / low:.0f}x, limit "
-           f"{RESURGE_RATIO:g}x = {RESURGE_RATIO * low:.4g}), peaking at {peak_level:.4g}; the climb is too gradual "
-           "and too noisy for a single-step spike")
+    msg = (
+        f"the loss climbed back slowly: its median over {w} steps rose from its best {low:.4g} (steps "
+        f"{int(end[jb]) - w + 1}-{int(end[jb])}) to {level:.4g} by step {int(end[i])} ({level / low:.0f}x, limit "
+        f"{RESURGE_RATIO:g}x = {RESURGE_RATIO * low:.4g}), peaking at {peak_level:.4g}; the climb is too gradual "
+        "and too noisy for a single-step spike"
+    )
     if recovered:
         msg += "; it came back down afterwards"
     return Finding(
-        check=NAME, kind="spike" if recovered is not False else "spike_no_recovery", step=step, value=level,
-        limit=RESURGE_RATIO * low, message=msg,
-        evidence={"start": step, "end": int(end[i]), "ratio": level / low, "zscore": None, "trailing_median": low,
-                  "recovered": recovered, "stuck": False, "flat": False, "vanished": False, "level_shift": False,
-                  "slow_rise": True, "initial_loss": initial_level,
-                  "min_loss_before": float(np.nanmin(loss[:step])) if step else None},
+        check=NAME,
+        kind="spike" if recovered is not False else "spike_no_recovery",
+        step=step,
+        value=level,
+        limit=RESURGE_RATIO * low,
+        message=msg,
+        evidence={
+            "start": step,
+            "end": int(end[i]),
+            "ratio": level / low,
+            "zscore": None,
+            "trailing_median": low,
+            "recovered": recovered,
+            "stuck": False,
+            "flat": False,
+            "vanished": False,
+            "level_shift": False,
+            "slow_rise": True,
+            "initial_loss": initial_level,
+            "min_loss_before": float(np.nanmin(loss[:step])) if step else None,
+        },
     )
 
 
@@ -403,7 +456,7 @@ def _confirm(sc: SpikeScores, start: int, peak: int, t: Thresholds) -> dict[str,
     """Whether the loss stayed up after the event starting at ``start`` (see the module docstring)."""
     values, med, scale = sc["values"], sc["median"], sc["scale"]
     m, sd = float(med[start]), float(scale[start])
-    nxt = values[start + 1:start + 1 + CONFIRM_STEPS]
+    nxt = values[start + 1 : start + 1 + CONFIRM_STEPS]
     nxt = nxt[np.isfinite(nxt)]
     log_space = sc["log_space"]
 
@@ -423,7 +476,7 @@ def _confirm(sc: SpikeScores, start: int, peak: int, t: Thresholds) -> dict[str,
             return out
         # Chaotic after the spike (more spikes, no settling): the median over the next window stays up
         # by CONFIRM_WINDOW_RATIO, far beyond the pre-spike noise.  A lone hard batch leaves it where it was.
-        win = values[start + 1:start + 1 + max(CONFIRM_STEPS, int(t.spike_window))]
+        win = values[start + 1 : start + 1 + max(CONFIRM_STEPS, int(t.spike_window))]
         win = win[np.isfinite(win)]
         if win.size >= 2 * CONFIRM_STEPS:
             wmid = float(np.median(win))
@@ -473,7 +526,8 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     min_steps = max(5, t.spike_window // 2) + t.warmup_steps + 1
     if n < min_steps:
         return CheckResult(
-            NAME, SKIPPED,
+            NAME,
+            SKIPPED,
             detail=f"needs at least {min_steps} steps (warmup_steps + half a spike_window), ran {n}",
         )
     sc = spike_scores(loss, t)
@@ -491,33 +545,42 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             outliers.append(int(peak))
             continue
         base = float(baseline[start])
-        after = loss[end + 1:end + 1 + t.spike_window]
+        after = loss[end + 1 : end + 1 + t.spike_window]
         after = after[np.isfinite(after)]
         if after.size < max(5, t.spike_window // 5):
             recovered = None
         else:
             after_med = float(np.median(after))
-            recovered = (after_med <= base * t.spike_ratio if sc["log_space"]
-                         else after_med <= base + (loss[peak] - base) / 2)
+            recovered = (
+                after_med <= base * t.spike_ratio if sc["log_space"] else after_med <= base + (loss[peak] - base) / 2
+            )
         state = stuck_after(loss, trace.grad_norm, int(peak), t.spike_window)
         stuck = bool(recovered is False and state["stuck"])
         shifted = bool(sc["shift"][seg].any())
         kind = "spike" if recovered is not False else "spike_no_recovery"
         if sc["log_space"]:
-            what = (f"loss {loss[peak]:.4g} at step {peak} is {ratio[peak]:.1f}x its trailing median "
-                    f"{baseline[peak]:.4g} (limit {t.spike_ratio:g}x = {baseline[peak] * t.spike_ratio:.4g}; "
-                    f"robust z {z[peak]:.1f}, limit {t.spike_zscore:g})")
+            what = (
+                f"loss {loss[peak]:.4g} at step {peak} is {ratio[peak]:.1f}x its trailing median "
+                f"{baseline[peak]:.4g} (limit {t.spike_ratio:g}x = {baseline[peak] * t.spike_ratio:.4g}; "
+                f"robust z {z[peak]:.1f}, limit {t.spike_zscore:g})"
+            )
         else:
-            what = (f"loss {loss[peak]:.4g} at step {peak} is {z[peak]:.1f} robust deviations above its trailing "
-                    f"median {baseline[peak]:.4g} (limit {t.spike_zscore:g})")
+            what = (
+                f"loss {loss[peak]:.4g} at step {peak} is {z[peak]:.1f} robust deviations above its trailing "
+                f"median {baseline[peak]:.4g} (limit {t.spike_zscore:g})"
+            )
         if shifted:
             what += f"; a level shift: the next {max(5, t.spike_window // 5)} steps all stayed above the recent range"
         if recovered is None:
             what += "; too few steps after it to tell whether it recovers"
         elif not recovered:
             what += "; the loss did not recover" + (
-                "" if not stuck else " and is stuck at a constant" if state["flat"]
-                else " and the gradients vanished (training stopped)")
+                ""
+                if not stuck
+                else " and is stuck at a constant"
+                if state["flat"]
+                else " and the gradients vanished (training stopped)"
+            )
         findings.append(
             Finding(
                 check=NAME,
@@ -546,17 +609,19 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             )
         )
     collapse = _collapse(loss, trace.grad_norm, t, sc["log_space"], sc["initial_level"])
-    if collapse is not None and not any(f.evidence["start"] <= collapse.step <= f.evidence["end"] + t.spike_window
-                                        for f in findings):
+    if collapse is not None and not any(
+        f.evidence["start"] <= collapse.step <= f.evidence["end"] + t.spike_window for f in findings
+    ):
         findings.append(collapse)
         findings.sort(key=lambda f: f.step)
     rolling = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
     slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"], rolling)
     # the same event as a finding near it, or the climb into a collapse (which names it already)
     if slow is not None and not any(
-            f.evidence.get("collapse")
-            or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
-            for f in findings):
+        f.evidence.get("collapse")
+        or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
+        for f in findings
+    ):
         findings.append(slow)
         findings.sort(key=lambda f: f.step)
     if len(findings) >= 3:
@@ -570,6 +635,11 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     roll, best, _ = rolling
     with np.errstate(all="ignore"):
         rise = np.where(np.exp(roll) - np.exp(best) > RESURGE_MIN_RISE * sc["initial_level"], roll - best, 0.0)
-    stats = {"max_ratio": max_ratio, "max_zscore": max_z, "n_spikes": len(findings), "outliers": outliers,
-             "max_slow_rise": float(np.exp(np.nanmax(rise))) if rise.size and np.isfinite(rise).any() else None}
+    stats = {
+        "max_ratio": max_ratio,
+        "max_zscore": max_z,
+        "n_spikes": len(findings),
+        "outliers": outliers,
+        "max_slow_rise": float(np.exp(np.nanmax(rise))) if rise.size and np.isfinite(rise).any() else None,
+    }
     return CheckResult(NAME, FAILED if findings else PASSED, tuple(findings), stats=stats)

@@ -70,8 +70,16 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     rel_std = float(np.std(tail) / scale)
     slope = float(np.polyfit(np.arange(w), tail, 1)[0])
     flat = rel_std <= STUCK_RTOL and -slope * w <= STUCK_RTOL * scale
-    ev: dict[str, Any] = {"initial_loss": l0, "level": level, "rel_std": rel_std, "tail_steps": w,
-                          "flat": flat, "vanished": False, "zero_grad": False, "slow_updates": False}
+    ev: dict[str, Any] = {
+        "initial_loss": l0,
+        "level": level,
+        "rel_std": rel_std,
+        "tail_steps": w,
+        "flat": flat,
+        "vanished": False,
+        "zero_grad": False,
+        "slow_updates": False,
+    }
     start = None
     how = []
     g = trace.grad_norm
@@ -94,8 +102,10 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                     ev["vanished"] = True
                     alive = np.flatnonzero(~(g[: n - w] <= VANISHED * p90))
                     start = int(alive[-1]) + 1 if alive.size else 0
-                    how.append(f"the gradients vanished: median norm {med:.3g} over the last {w} steps, "
-                               f"<= {VANISHED:g}x their earlier 90th percentile {p90:.3g}")
+                    how.append(
+                        f"the gradients vanished: median norm {med:.3g} over the last {w} steps, "
+                        f"<= {VANISHED:g}x their earlier 90th percentile {p90:.3g}"
+                    )
     u = trace.update_ratio
     if u is not None:
         u_tail = u[tail_idx]
@@ -108,8 +118,10 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                 fast = np.flatnonzero(~(u[: n - w] <= UPDATE_TOO_SLOW))
                 s = int(fast[-1]) + 1 if fast.size else 0
                 start = s if start is None else min(start, s)
-                how.append(f"the updates are too small to move the weights: median |dw|/|w| {um:.2g} per step "
-                           f"(<= {UPDATE_TOO_SLOW:g})")
+                how.append(
+                    f"the updates are too small to move the weights: median |dw|/|w| {um:.2g} per step "
+                    f"(<= {UPDATE_TOO_SLOW:g})"
+                )
     if flat:
         far = np.flatnonzero(~(np.abs(loss[: n - w] - level) <= max(3 * STUCK_RTOL * scale, 3 * float(np.std(tail)))))
         s = int(far[-1]) + 1 if far.size else 0
@@ -120,22 +132,33 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     assert start is not None  # each reason in ``how`` set it
     kind = "collapsed" if flat else "stuck"
     fell = (l0 - level) / abs(l0) if l0 else 0.0
-    what = ("training collapsed to a constant loss" if flat else "training is stuck")
-    msg = (f"{what} from step {start}: " + "; ".join(how)
-           + f"; the loss {level:.4g} is {'above' if fell < 0 else f'only {fell:.0%} below'} its initial level "
-           f"{l0:.4g} (stuck unless it fell more than {STUCK_MIN_FALL:.0%})")
+    what = "training collapsed to a constant loss" if flat else "training is stuck"
+    msg = (
+        f"{what} from step {start}: "
+        + "; ".join(how)
+        + f"; the loss {level:.4g} is {'above' if fell < 0 else f'only {fell:.0%} below'} its initial level "
+        f"{l0:.4g} (stuck unless it fell more than {STUCK_MIN_FALL:.0%})"
+    )
     ev["fell"] = fell
     ev["start"] = start
-    return Finding(check=NAME, kind=kind, step=int(start), value=level,
-                   limit=float(l0 - STUCK_MIN_FALL * abs(l0)), message=msg, evidence=ev)
+    return Finding(
+        check=NAME,
+        kind=kind,
+        step=int(start),
+        value=level,
+        limit=float(l0 - STUCK_MIN_FALL * abs(l0)),
+        message=msg,
+        evidence=ev,
+    )
 
 
 def _coverage(trace: Trace) -> list[Finding]:
     out = []
     names = list(trace.var_names)
-    for kind, arr, what in (("no_gradient", trace.var_grad_norms,
-                             "never received a gradient (norm exactly 0 at every step)"),
-                            ("no_update", trace.var_update_ratio, "never changed (|dw|/|w| exactly 0 at every step)")):
+    for kind, arr, what in (
+        ("no_gradient", trace.var_grad_norms, "never received a gradient (norm exactly 0 at every step)"),
+        ("no_update", trace.var_update_ratio, "never changed (|dw|/|w| exactly 0 at every step)"),
+    ):
         if arr is None or arr.shape[0] < COVERAGE_MIN_STEPS or arr.shape[1] == 0:
             continue
         finite = np.isfinite(arr)
@@ -149,11 +172,17 @@ def _coverage(trace: Trace) -> list[Finding]:
             continue
         vars_ = [names[i] if i < len(names) else f"var{i}" for i in idx]
         shown = ", ".join(vars_[:5]) + (f" and {len(vars_) - 5} more" if len(vars_) > 5 else "")
-        out.append(Finding(
-            check=NAME, kind=kind, step=0, value=float(len(vars_)), limit=0.0,
-            message=f"{len(vars_)} of {arr.shape[1]} trainable variables {what} over {arr.shape[0]} steps: {shown}",
-            evidence={"variables": vars_, "n_variables": int(arr.shape[1]), "steps": int(arr.shape[0])},
-        ))
+        out.append(
+            Finding(
+                check=NAME,
+                kind=kind,
+                step=0,
+                value=float(len(vars_)),
+                limit=0.0,
+                message=f"{len(vars_)} of {arr.shape[1]} trainable variables {what} over {arr.shape[0]} steps: {shown}",
+                evidence={"variables": vars_, "n_variables": int(arr.shape[1]), "steps": int(arr.shape[0])},
+            )
+        )
     return out
 
 

@@ -107,7 +107,7 @@ def _train_levels(trace: Trace, steps: np.ndarray, t: Thresholds) -> np.ndarray:
     out = np.full(steps.shape[0], np.nan)
     for j, step in enumerate(steps):
         # before the first update (step 0) the first batch's loss is the model's
-        seg = loss[max(0, int(step) - w):max(int(step), 1)]
+        seg = loss[max(0, int(step) - w) : max(int(step), 1)]
         seg = seg[np.isfinite(seg)]
         if seg.size:
             out[j] = float(np.median(seg))
@@ -120,7 +120,7 @@ def _follows_training(s: np.ndarray, best: np.ndarray, train: np.ndarray, i: int
     generalisation problem.  The training checks judge the training loss itself."""
     if k >= n:
         return False
-    jb = int(np.argmin(s[:i + 1]))
+    jb = int(np.argmin(s[: i + 1]))
     base = train[jb]
     if not (np.isfinite(base) and base > 0 and best[i] > 0):
         return False
@@ -159,9 +159,15 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
     train_level = _train_levels(trace, steps, t)
     rise = s - best
     trend = float((s[-1] - s[0]) / abs(s[0])) if s[0] != 0 else None
-    stats: dict[str, Any] = {"trend": trend, "final_smoothed": float(s[-1]), "best_smoothed": float(best[-1]),
-             "max_rise": float(np.max(rise / np.maximum(np.abs(best), 1e-12))), "noise_sigma": sigma,
-             "noise_waived": "batchnorm_gap" if bn_mismatch else None, "transient": []}
+    stats: dict[str, Any] = {
+        "trend": trend,
+        "final_smoothed": float(s[-1]),
+        "best_smoothed": float(best[-1]),
+        "max_rise": float(np.max(rise / np.maximum(np.abs(best), 1e-12))),
+        "noise_sigma": sigma,
+        "noise_waived": "batchnorm_gap" if bn_mismatch else None,
+        "transient": [],
+    }
     over = rise > allowed
     n = v.shape[0]
     j = None
@@ -178,31 +184,46 @@ def check_val_loss(trace: Trace, thresholds: Thresholds | None = None) -> CheckR
         if failing and not follows:
             j = i
             break
-        stats["transient"].append({"step": int(steps[i]), "steps": int(steps[k - 1] - steps[i]),
-                                   "rise": float(np.max(rise[i:k]) / max(abs(float(best[i])), 1e-12)),
-                                   "recovered": k < n, **({"follows_training": follows} if follows else {})})
+        stats["transient"].append(
+            {
+                "step": int(steps[i]),
+                "steps": int(steps[k - 1] - steps[i]),
+                "rise": float(np.max(rise[i:k]) / max(abs(float(best[i])), 1e-12)),
+                "recovered": k < n,
+                **({"follows_training": follows} if follows else {}),
+            }
+        )
         i = k
     if j is None:
         return CheckResult(NAME, PASSED, stats=stats)
     k = j
     while k < n and over[k]:
         k += 1
-    jb = int(np.argmin(s[:j + 1]))
+    jb = int(np.argmin(s[: j + 1]))
     peak_j = j + int(np.argmax(s[j:k]))
     recovered = k < n and bool(s[-1] - best[-1] <= allowed[-1])
     persisted = k - j >= VAL_PERSIST
-    why = (f"for {k - j} consecutive measurements" if persisted
-           else f"by more than {VAL_JUMP:g}x the limit" if bool(np.any(rise[j:k] > VAL_JUMP * allowed[j:k]))
-           else f"for {k - j} measurement(s), a BatchNorm pit (train/inference gap {gap:.0%})")
-    msg = (f"smoothed validation loss {s[j]:.4g} after {int(steps[j])} steps rose "
-           f"{rise[j]:.4g} above its best {best[j]:.4g} (after {int(steps[jb])} steps) and stayed over the limit "
-           f"{best[j] + allowed[j]:.4g} (best + {allowed[j]:.4g}) {why}, peaking at {s[peak_j]:.4g} "
-           f"(limit: the largest of val_tolerance={t.val_tolerance:g} "
-           f"x best, val_min_delta={t.val_min_delta:g}, and {VAL_NOISE_K:g} noise sigmas of the curve, "
-           + (f"sigma {sigma:.3g} in log space)" if not bn_mismatch else
-              f"waived: a BatchNorm train/inference gap of {gap:.0%} >= {BN_GAP:.0%} makes the wiggle the "
-              f"mismatch itself, not noise; a pit must still rise {BN_PIT_MIN_RISE:.0%} of the first validation "
-              f"loss {float(v[0]):.4g})"))
+    why = (
+        f"for {k - j} consecutive measurements"
+        if persisted
+        else f"by more than {VAL_JUMP:g}x the limit"
+        if bool(np.any(rise[j:k] > VAL_JUMP * allowed[j:k]))
+        else f"for {k - j} measurement(s), a BatchNorm pit (train/inference gap {gap:.0%})"
+    )
+    msg = (
+        f"smoothed validation loss {s[j]:.4g} after {int(steps[j])} steps rose "
+        f"{rise[j]:.4g} above its best {best[j]:.4g} (after {int(steps[jb])} steps) and stayed over the limit "
+        f"{best[j] + allowed[j]:.4g} (best + {allowed[j]:.4g}) {why}, peaking at {s[peak_j]:.4g} "
+        f"(limit: the largest of val_tolerance={t.val_tolerance:g} "
+        f"x best, val_min_delta={t.val_min_delta:g}, and {VAL_NOISE_K:g} noise sigmas of the curve, "
+        + (
+            f"sigma {sigma:.3g} in log space)"
+            if not bn_mismatch
+            else f"waived: a BatchNorm train/inference gap of {gap:.0%} >= {BN_GAP:.0%} makes the wiggle the "
+            f"mismatch itself, not noise; a pit must still rise {BN_PIT_MIN_RISE:.0%} of the first validation "
+            f"loss {float(v[0]):.4g})"
+        )
+    )
     if recovered:
         msg += "; it came back down afterwards (a pit that recovered)"
     finding = Finding(

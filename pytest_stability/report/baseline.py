@@ -59,9 +59,22 @@ BASELINE_KIND = "pytest-stability-baseline"
 UNKNOWN_BACKEND = "unknown"
 
 #: The summary metrics kept per seed (the keys of RunReport.summary()).
-BASELINE_METRICS = ("steps_run", "steps_planned", "final_loss", "min_loss", "largest_spike", "spikes",
-                    "max_grad_norm", "p99_grad_norm", "val_trend", "final_val_loss", "findings", "lr_margin",
-                    "eos_ratio", "curvature_margin")
+BASELINE_METRICS = (
+    "steps_run",
+    "steps_planned",
+    "final_loss",
+    "min_loss",
+    "largest_spike",
+    "spikes",
+    "max_grad_norm",
+    "p99_grad_norm",
+    "val_trend",
+    "final_val_loss",
+    "findings",
+    "lr_margin",
+    "eos_ratio",
+    "curvature_margin",
+)
 
 #: Tolerance names (also the option names) and their built-in defaults.
 TOLERANCE_DEFAULTS: dict[str, float | int] = {
@@ -122,8 +135,10 @@ def build_baseline(records: Iterable[Mapping[str, Any]], *, meta: Mapping[str, A
             section = backends.setdefault(backend, {**dict(meta), "tests": {}})
             section["tests"][record["nodeid"]] = {
                 "verdict": record.get("verdict"),
-                "calls": [{"runs": {str(run["seed"]): _run_entry(run) for run in call["runs"]
-                                    if run_backend(run) == backend}} for call in calls],
+                "calls": [
+                    {"runs": {str(run["seed"]): _run_entry(run) for run in call["runs"] if run_backend(run) == backend}}
+                    for call in calls
+                ],
             }
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
 
@@ -134,8 +149,9 @@ def section_tests(document: Mapping[str, Any] | None, backend: str) -> dict[str,
     return None if section is None else section["tests"]
 
 
-def merge_baseline(previous: Mapping[str, Any] | None,
-                   current: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+def merge_baseline(
+    previous: Mapping[str, Any] | None, current: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, int]]:
     """The baseline to save when ``previous`` (a valid baseline, or None) is already at the path.
 
     In each backend section of ``current``, each test replaces its whole entry
@@ -171,38 +187,51 @@ def upgrade(document: Mapping[str, Any]) -> dict[str, Any]:
             section = backends.setdefault(backend, {**meta, "tests": {}})
             section["tests"][nodeid] = {
                 "verdict": entry.get("verdict"),
-                "calls": [{"runs": {seed: {k: v for k, v in run.items() if k != "backend"}
-                                    for seed, run in call["runs"].items()
-                                    if (run.get("backend") or UNKNOWN_BACKEND) == backend}} for call in calls],
+                "calls": [
+                    {
+                        "runs": {
+                            seed: {k: v for k, v in run.items() if k != "backend"}
+                            for seed, run in call["runs"].items()
+                            if (run.get("backend") or UNKNOWN_BACKEND) == backend
+                        }
+                    }
+                    for call in calls
+                ],
             }
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
 
 
 def _check_tests(tests: Any, where: str) -> None:
     if not isinstance(tests, dict):
-        raise BaselineFileError(f"{where}: \"tests\" must be an object mapping node ids to entries")
+        raise BaselineFileError(f'{where}: "tests" must be an object mapping node ids to entries')
     for nodeid, entry in tests.items():
         calls = entry.get("calls") if isinstance(entry, dict) else None
-        if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("runs"), dict)
-                                                  for c in calls):
-            raise BaselineFileError(f"{where}: the entry of {nodeid!r} has no valid \"calls\" list")
+        if not isinstance(calls, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("runs"), dict) for c in calls
+        ):
+            raise BaselineFileError(f'{where}: the entry of {nodeid!r} has no valid "calls" list')
 
 
 def validate_baseline(document: Any, where: str) -> dict[str, Any]:
     """Check a loaded baseline document's shape (a version-1 one is upgraded); raise :class:`BaselineFileError`."""
     if not isinstance(document, dict) or document.get("kind") != BASELINE_KIND:
-        raise BaselineFileError(f"{where} is not a pytest-stability baseline (no \"kind\": \"{BASELINE_KIND}\")",
-                                "write one with --stability-save-baseline=PATH")
+        raise BaselineFileError(
+            f'{where} is not a pytest-stability baseline (no "kind": "{BASELINE_KIND}")',
+            "write one with --stability-save-baseline=PATH",
+        )
     version = document.get("schema_version")
     if version == 1:
         _check_tests(document.get("tests"), where)
         return upgrade(document)
     if version != BASELINE_SCHEMA_VERSION:
-        raise BaselineFileError(f"{where} has baseline schema_version {version!r}, and this pytest-stability reads "
-                                f"versions 1 and {BASELINE_SCHEMA_VERSION}", "save the baseline again")
+        raise BaselineFileError(
+            f"{where} has baseline schema_version {version!r}, and this pytest-stability reads "
+            f"versions 1 and {BASELINE_SCHEMA_VERSION}",
+            "save the baseline again",
+        )
     backends = document.get("backends")
     if not isinstance(backends, dict) or not all(isinstance(s, dict) for s in backends.values()):
-        raise BaselineFileError(f"{where}: \"backends\" must be an object mapping Keras backends to sections")
+        raise BaselineFileError(f'{where}: "backends" must be an object mapping Keras backends to sections')
     for backend, section in backends.items():
         _check_tests(section.get("tests"), f"{where} (backend {backend})")
     return document
@@ -241,8 +270,12 @@ def _pct(x: float) -> str:
     return f"{x * 100:.0f}%" if x * 100 == round(x * 100) else f"{x * 100:.3g}%"
 
 
-def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_findings: Iterable[Mapping[str, Any]],
-                tolerances: Mapping[str, Any]) -> dict[str, Any]:
+def compare_run(
+    base: Mapping[str, Any],
+    now_summary: Mapping[str, Any],
+    now_findings: Iterable[Mapping[str, Any]],
+    tolerances: Mapping[str, Any],
+) -> dict[str, Any]:
     """Compare one seed's run with its baseline entry.
 
     Args:
@@ -264,15 +297,20 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
     known = {(f["check"], f["kind"]) for f in base.get("findings") or ()}
     now_findings = list(now_findings)
     new = [f for f in now_findings if (f["check"], f["kind"]) not in known]
-    metrics["findings"] = {"baseline": len(base.get("findings") or ()), "now": len(now_findings), "limit": None,
-                           "regressed": bool(new)}
+    metrics["findings"] = {
+        "baseline": len(base.get("findings") or ()),
+        "now": len(now_findings),
+        "limit": None,
+        "regressed": bool(new),
+    }
     seen: set[tuple[str, str]] = set()
     for f in new:
         if (f["check"], f["kind"]) in seen:
             continue
         seen.add((f["check"], f["kind"]))
-        regressions.append(f"new finding [{f['check']}] {f['kind']} at step {f['step']} (not in the baseline): "
-                           f"{f['message']}")
+        regressions.append(
+            f"new finding [{f['check']}] {f['kind']} at step {f['step']} (not in the baseline): {f['message']}"
+        )
 
     # Loss spikes.
     extra = int(tolerances["baseline_extra_spikes"])
@@ -290,8 +328,10 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
         bad = limit is not None and not (n_g <= limit)  # NaN now counts as worse
         metrics["p99_grad_norm"] = {"baseline": b_g, "now": n_g, "limit": limit, "regressed": bad}
         if bad:
-            regressions.append(f"99th-percentile gradient norm: baseline {fmt(b_g, 4)}, now {fmt(n_g, 4)} "
-                               f"(tolerance: x{factor:g}, limit {fmt(limit, 4)})")
+            regressions.append(
+                f"99th-percentile gradient norm: baseline {fmt(b_g, 4)}, now {fmt(n_g, 4)} "
+                f"(tolerance: x{factor:g}, limit {fmt(limit, 4)})"
+            )
 
     # Final smoothed validation loss.
     tol = float(tolerances["baseline_val_tolerance"])
@@ -301,13 +341,17 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
         bad = limit is not None and not (n_v <= limit)
         metrics["final_val_loss"] = {"baseline": b_v, "now": n_v, "limit": limit, "regressed": bad}
         if bad:
-            regressions.append(f"final smoothed validation loss: baseline {fmt(b_v, 4)}, now {fmt(n_v, 4)} "
-                               f"(tolerance: +{_pct(tol)}, limit {fmt(limit, 4)})")
+            regressions.append(
+                f"final smoothed validation loss: baseline {fmt(b_v, 4)}, now {fmt(n_v, 4)} "
+                f"(tolerance: +{_pct(tol)}, limit {fmt(limit, 4)})"
+            )
     # The stability margins (margin=True: learning rate; curvature=True: 1 / the edge-of-stability ratio):
     # fail when one shrank by more than the factor.
     mfactor = float(tolerances.get("baseline_margin_factor", TOLERANCE_DEFAULTS["baseline_margin_factor"]))
-    for key, what in (("lr_margin", "learning-rate stability margin"),
-                      ("curvature_margin", "curvature margin (1 / edge-of-stability ratio)")):
+    for key, what in (
+        ("lr_margin", "learning-rate stability margin"),
+        ("curvature_margin", "curvature margin (1 / edge-of-stability ratio)"),
+    ):
         b_m, n_m = _num(bsum.get(key)), _num(now_summary.get(key))
         if b_m is None or n_m is None:
             continue
@@ -315,19 +359,26 @@ def compare_run(base: Mapping[str, Any], now_summary: Mapping[str, Any], now_fin
         bad = limit is not None and not (n_m >= limit)
         metrics[key] = {"baseline": b_m, "now": n_m, "limit": limit, "regressed": bad}
         if bad:
-            regressions.append(f"{what}: baseline {fmt(b_m, 3)}x, now {fmt(n_m, 3)}x "
-                               f"(tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)")
+            regressions.append(
+                f"{what}: baseline {fmt(b_m, 3)}x, now {fmt(n_m, 3)}x (tolerance: /{mfactor:g}, limit {fmt(limit, 3)}x)"
+            )
     # Builtins with NaN/Inf encoded, like every other record value (strict JSON, xdist).
-    metrics = {k: {kk: encode_float(v) if isinstance(v, float) else v for kk, v in m.items()}
-               for k, m in metrics.items()}
+    metrics = {
+        k: {kk: encode_float(v) if isinstance(v, float) else v for kk, v in m.items()} for k, m in metrics.items()
+    }
     return {"status": REGRESSED if regressions else OK, "metrics": metrics, "regressions": regressions}
 
 
 def _metrics_line(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     parts = []
-    labels = (("spikes", "spikes"), ("p99_grad_norm", "p99|g|"), ("final_val_loss", "val"), ("lr_margin", "margin"),
-              ("curvature_margin", "curv. margin"),
-              ("findings", "findings"))
+    labels = (
+        ("spikes", "spikes"),
+        ("p99_grad_norm", "p99|g|"),
+        ("final_val_loss", "val"),
+        ("lr_margin", "margin"),
+        ("curvature_margin", "curv. margin"),
+        ("findings", "findings"),
+    )
     for key, label in labels:
         m = metrics.get(key)
         if m is None:
@@ -339,13 +390,22 @@ def _metrics_line(metrics: Mapping[str, Mapping[str, Any]]) -> str:
 
 def no_backend_note(backend: str) -> str:
     """Why nothing of a run on ``backend`` is in a baseline that holds no run on it, and how to add them."""
-    return (f"it has no runs on the {backend} backend; KERAS_BACKEND={backend} pytest "
-            "--stability-save-baseline=PATH adds them")
+    return (
+        f"it has no runs on the {backend} backend; KERAS_BACKEND={backend} pytest "
+        "--stability-save-baseline=PATH adds them"
+    )
 
 
-def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterable[Mapping[str, Any]],
-                 tolerances: Mapping[str, Any], *, strict: bool, backend: str | None = None,
-                 backend_in_baseline: bool = True) -> dict[str, Any]:
+def compare_call(
+    entry: Mapping[str, Any] | None,
+    call_index: int,
+    runs: Iterable[Mapping[str, Any]],
+    tolerances: Mapping[str, Any],
+    *,
+    strict: bool,
+    backend: str | None = None,
+    backend_in_baseline: bool = True,
+) -> dict[str, Any]:
     """Compare every seed's run of one ``train()`` call with the baseline.
 
     Args:
@@ -364,15 +424,26 @@ def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterabl
         ``lines`` (for the terminal: baseline against now).
     """
     runs = list(runs)
-    out: dict[str, Any] = {"status": OK, "failed": False, "strict": strict, "backend": backend,
-                           "tolerances": dict(tolerances), "seeds": {}, "regressions": [], "lines": []}
+    out: dict[str, Any] = {
+        "status": OK,
+        "failed": False,
+        "strict": strict,
+        "backend": backend,
+        "tolerances": dict(tolerances),
+        "seeds": {},
+        "regressions": [],
+        "lines": [],
+    }
     calls = (entry or {}).get("calls") or []
     if entry is None or call_index >= len(calls):
         what = "test" if entry is None else f"train() call #{call_index + 1}"
         why = "" if backend_in_baseline or backend is None else f": {no_backend_note(backend)}"
         out.update(status=MISSING, failed=strict, backend_in_baseline=backend_in_baseline)
-        out["lines"].append(f"baseline: {what} not in the baseline"
-                            + (" (failed: --stability-baseline-strict)" if strict else " (not compared)") + why)
+        out["lines"].append(
+            f"baseline: {what} not in the baseline"
+            + (" (failed: --stability-baseline-strict)" if strict else " (not compared)")
+            + why
+        )
         if strict:
             out["regressions"].append(f"{what} not in the baseline (--stability-baseline-strict){why}")
         return out
@@ -386,8 +457,10 @@ def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterabl
             out["seeds"][seed] = {"status": MISSING}
             if out["status"] == OK:
                 out["status"] = MISSING
-            out["lines"].append(f"baseline: seed {seed} not in the baseline"
-                                + (" (failed: --stability-baseline-strict)" if strict else " (not compared)"))
+            out["lines"].append(
+                f"baseline: seed {seed} not in the baseline"
+                + (" (failed: --stability-baseline-strict)" if strict else " (not compared)")
+            )
             if strict:
                 out["failed"] = True
                 out["regressions"].append(f"seed {seed} not in the baseline (--stability-baseline-strict)")
@@ -406,16 +479,20 @@ def compare_call(entry: Mapping[str, Any] | None, call_index: int, runs: Iterabl
 def explain_regression(nodeid: str, path: str, comparison: Mapping[str, Any]) -> str:
     """The failure message of a test whose stability regressed against the baseline."""
     if comparison["status"] == MISSING:
-        lines = [f"{nodeid}: missing from the baseline {path}, and --stability-baseline-strict fails what the "
-                 "baseline does not cover (save a new baseline with --stability-save-baseline=PATH):"]
+        lines = [
+            f"{nodeid}: missing from the baseline {path}, and --stability-baseline-strict fails what the "
+            "baseline does not cover (save a new baseline with --stability-save-baseline=PATH):"
+        ]
         lines.extend(f"  {r}" for r in comparison["regressions"])
         return "\n".join(lines)
     lines = [f"{nodeid}: training stability regressed against the baseline {path}:"]
     lines.extend(f"  {r}" for r in comparison["regressions"])
     tol = comparison["tolerances"]
-    lines.append(f"  tolerances: baseline_grad_factor={tol['baseline_grad_factor']:g}, "
-                 f"baseline_val_tolerance={tol['baseline_val_tolerance']:g}, "
-                 f"baseline_extra_spikes={tol['baseline_extra_spikes']}")
+    lines.append(
+        f"  tolerances: baseline_grad_factor={tol['baseline_grad_factor']:g}, "
+        f"baseline_val_tolerance={tol['baseline_val_tolerance']:g}, "
+        f"baseline_extra_spikes={tol['baseline_extra_spikes']}"
+    )
     return "\n".join(lines)
 
 

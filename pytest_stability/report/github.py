@@ -95,8 +95,10 @@ def _escape_property(text: str) -> str:
 
 def error_command(file: str, line: int, title: str, message: str) -> str:
     """One ``::error`` workflow command (GitHub shows it as an annotation on ``file:line``)."""
-    return (f"::error file={_escape_property(file)},line={int(line)},title={_escape_property(title)}"
-            f"::{_escape_data(message)}")
+    return (
+        f"::error file={_escape_property(file)},line={int(line)},title={_escape_property(title)}"
+        f"::{_escape_data(message)}"
+    )
 
 
 def def_line(path: Path, lineno0: int, domain: str) -> int:
@@ -130,8 +132,12 @@ def annotation_file(rootpath: Path, relpath: str, env: Mapping[str, str] | None 
     return Path(relpath).as_posix()
 
 
-def annotations(records: Iterable[Mapping[str, Any]], locations: Mapping[str, tuple[str, int, str]],
-                rootpath: Path, env: Mapping[str, str] | None = None) -> list[str]:
+def annotations(
+    records: Iterable[Mapping[str, Any]],
+    locations: Mapping[str, tuple[str, int, str]],
+    rootpath: Path,
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
     """One ``::error`` command per unstable or regressed test, in node id order.
 
     Args:
@@ -164,8 +170,13 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
-def markdown(records: Iterable[Mapping[str, Any]], *, plots: Mapping[str, str] | None = None,
-             tensorboard: str | None = None, link_plots: bool = True) -> str:
+def markdown(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    plots: Mapping[str, str] | None = None,
+    tensorboard: str | None = None,
+    link_plots: bool = True,
+) -> str:
     """The Markdown stability report: a heading, a count line, one table row per test.
 
     Args:
@@ -236,8 +247,14 @@ def plot_links(records: Iterable[Mapping[str, Any]], plots_dir: Path, relative_t
 class GitHubPlugin:
     """Registered on the controller: remembers test locations; writes the Markdown and prints the annotations."""
 
-    def __init__(self, config: pytest.Config, markdown_path: Path | None, *, plots_dir: Path | None = None,
-                 tensorboard_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: pytest.Config,
+        markdown_path: Path | None,
+        *,
+        plots_dir: Path | None = None,
+        tensorboard_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self.markdown_path = markdown_path
         self.plots_dir = plots_dir
@@ -262,8 +279,11 @@ class GitHubPlugin:
         plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None
         tb = None
         if self.tensorboard_dir is not None:
-            tb = (os.path.relpath(self.tensorboard_dir, relative_to) if relative_to is not None
-                  else str(self.tensorboard_dir))
+            tb = (
+                os.path.relpath(self.tensorboard_dir, relative_to)
+                if relative_to is not None
+                else str(self.tensorboard_dir)
+            )
         return markdown(records, plots=plots, tensorboard=tb, link_plots=link_plots)
 
     # trylast wrapper: innermost, so this runs after every plain pytest_sessionfinish (the
@@ -311,5 +331,15 @@ class GitHubPlugin:
                 terminalreporter.write_sep("-", line, **({"red": True, "bold": True} if " NOT " in line else {}))
 
 
-__all__ = ["GitHubPlugin", "annotation_file", "annotations", "def_line", "error_command",
-           "headline", "in_github_actions", "markdown", "plot_links", "regressed"]
+__all__ = [
+    "GitHubPlugin",
+    "annotation_file",
+    "annotations",
+    "def_line",
+    "error_command",
+    "headline",
+    "in_github_actions",
+    "markdown",
+    "plot_links",
+    "regressed",
+]

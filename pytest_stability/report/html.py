@@ -30,11 +30,22 @@ from typing import Any
 from .._floats import decode_float, fmt
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
-PANELS = (("loss", "training loss"), ("grad_norm", "gradient norm"), ("lr", "learning rate"),
-          ("val_loss", "validation loss"), ("eos_ratio", "edge-of-stability ratio"))
+PANELS = (
+    ("loss", "training loss"),
+    ("grad_norm", "gradient norm"),
+    ("lr", "learning rate"),
+    ("val_loss", "validation loss"),
+    ("eos_ratio", "edge-of-stability ratio"),
+)
 #: the chart a finding of each check is marked on (its value is a value of that curve)
-CHART_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "stuck": "loss", "grad_norm": "grad_norm",
-                  "val_loss": "val_loss", "curvature": "eos_ratio"}
+CHART_OF_CHECK = {
+    "loss_spike": "loss",
+    "nonfinite": "loss",
+    "stuck": "loss",
+    "grad_norm": "grad_norm",
+    "val_loss": "val_loss",
+    "curvature": "eos_ratio",
+}
 #: curves measured at a few steps: drawn with a dot at each measurement
 POINT_CURVES = ("val_loss", "eos_ratio")
 #: one colour per seed (or train() call) overlaid on a chart
@@ -209,9 +220,11 @@ def headline(record: Mapping[str, Any]) -> str:
         f = run["findings"][0]
         return f"[{f['check']}] step {f['step']}: {f['message']}"
     s = run.get("summary") or {}
-    parts = [f"final loss {_metric(s.get('final_loss'), 3)}",
-             f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
-             f"max |g| {_metric(s.get('max_grad_norm'), 3)}"]
+    parts = [
+        f"final loss {_metric(s.get('final_loss'), 3)}",
+        f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
+        f"max |g| {_metric(s.get('max_grad_norm'), 3)}",
+    ]
     trend = s.get("val_trend")
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
         parts.append(f"validation {trend:+.0%}")
@@ -227,8 +240,7 @@ def panels_of(runs: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
     A curve with no point gets no chart (no validation data, no validation chart); the loss always has one.
     """
     runs = list(runs)
-    present = {name for run in runs for name, curve in (run.get("curves") or {}).items()
-               if curve and curve.get("step")}
+    present = {name for run in runs for name, curve in (run.get("curves") or {}).items() if curve and curve.get("step")}
     known = [(key, title) for key, title in PANELS if key in present or key == "loss"]
     others = sorted(present - {key for key, _ in PANELS})
     return known + [(name, name.replace("_", " ")) for name in others]
@@ -267,9 +279,17 @@ def _metric(value: Any, digits: int = 4, prefix: str = "") -> str:
     return prefix + fmt(v, digits) if math.isfinite(v) else "-"
 
 
-def svg_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[int], Sequence[float]]],
-              findings: Sequence[Mapping[str, Any]], *, span: tuple[int, int], all_findings: Sequence[int] = (),
-              width: int = 560, height: int = 168) -> str:
+def svg_chart(
+    name: str,
+    title: str,
+    series: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+    findings: Sequence[Mapping[str, Any]],
+    *,
+    span: tuple[int, int],
+    all_findings: Sequence[int] = (),
+    width: int = 560,
+    height: int = 168,
+) -> str:
     """One chart as an inline ``<figure>`` with an SVG: the series against the step, the findings marked.
 
     Args:
@@ -314,9 +334,9 @@ def svg_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[int], 
     if log:
         decades = list(range(math.floor(lo), math.ceil(hi) + 1))
         step = max(1, math.ceil(len(decades) / 5))
-        yticks = [10.0 ** d for d in decades[::step]]
+        yticks = [10.0**d for d in decades[::step]]
         if len([t for t in yticks if lo <= math.log10(t) <= hi]) < 3:  # a narrow range: 1, 2, 5 per decade
-            yticks = [m * 10.0 ** d for d in decades for m in (1, 2, 5)]
+            yticks = [m * 10.0**d for d in decades for m in (1, 2, 5)]
             inside = [t for t in yticks if lo <= math.log10(t) <= hi]
             if len(inside) > 6:
                 yticks = [t for t in inside if str(_tick_label(t))[0] in "15"]
@@ -361,35 +381,43 @@ def svg_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[int], 
             segments[-1].append(f"{X(s):.1f},{Y(v):.1f}")
         for seg in segments:
             if len(seg) > 1:
-                out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.4" '
-                           f'stroke-linejoin="round" points="{" ".join(seg)}"/>')
+                out.append(
+                    f'<polyline fill="none" stroke="{colour}" stroke-width="1.4" '
+                    f'stroke-linejoin="round" points="{" ".join(seg)}"/>'
+                )
             if name in POINT_CURVES or len(seg) == 1:
-                out.extend(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.4" fill="{colour}"/>'
-                           for p in seg)
+                out.extend(
+                    f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.4" fill="{colour}"/>' for p in seg
+                )
         if first_bad is not None:
             x = X(first_bad)
             side, dx = ("start", 4) if x < (x0 + x1) / 2 else ("end", -4)
             out.append(f'<line class="ps-nonfinite" x1="{x:.1f}" x2="{x:.1f}" y1="{y0}" y2="{y1}"/>')
-            out.append(f'<text x="{x + dx:.1f}" y="{y1 - 5}" text-anchor="{side}">non-finite from step {first_bad}'
-                       "</text>")
-        tip_series.append({"name": label, "steps": list(steps),
-                           "values": [fmt(v, 4) for v in values]})
+            out.append(
+                f'<text x="{x + dx:.1f}" y="{y1 - 5}" text-anchor="{side}">non-finite from step {first_bad}</text>'
+            )
+        tip_series.append({"name": label, "steps": list(steps), "values": [fmt(v, 4) for v in values]})
     # finding markers at their value, labelled with the check
     for f in findings:
         step, value = int(f["step"]), _num(f.get("value"))
         x = X(step)
         if math.isfinite(value) and (value > 0 or not log) and lo <= (math.log10(value) if log else value) <= hi:
             y = Y(value)
-            out.append(f'<path d="M{x - 5:.1f},{y - 9:.1f} L{x + 5:.1f},{y - 9:.1f} L{x:.1f},{y - 1:.1f} Z" '
-                       f'fill="#dc2626"/>')
+            out.append(
+                f'<path d="M{x - 5:.1f},{y - 9:.1f} L{x + 5:.1f},{y - 9:.1f} L{x:.1f},{y - 1:.1f} Z" fill="#dc2626"/>'
+            )
         else:
             y = y0 + 12
         anchor_side = "end" if x > (x0 + x1) / 2 else "start"
         dx = -7 if anchor_side == "end" else 7
-        out.append(f'<text class="ps-find-label" x="{x + dx:.1f}" y="{max(y - 8, y0 + 10):.1f}" '
-                   f'text-anchor="{anchor_side}">{_e(f["check"])} @ {step}</text>')
-    out.append(f'<g class="ps-tip" visibility="hidden"><line x1="0" x2="0" y1="{y0}" y2="{y1}" stroke="#9ca3af"/>'
-               f'<text x="0" y="{y0 + 24}"></text></g>')
+        out.append(
+            f'<text class="ps-find-label" x="{x + dx:.1f}" y="{max(y - 8, y0 + 10):.1f}" '
+            f'text-anchor="{anchor_side}">{_e(f["check"])} @ {step}</text>'
+        )
+    out.append(
+        f'<g class="ps-tip" visibility="hidden"><line x1="0" x2="0" y1="{y0}" y2="{y1}" stroke="#9ca3af"/>'
+        f'<text x="0" y="{y0 + 24}"></text></g>'
+    )
     out.append("</svg>")
     spec = {"w": width, "x0": x0, "x1": x1, "s0": s0, "s1": s1, "series": tip_series}
     out[0] = out[0].replace("data-chart='{}'", f"data-chart='{_e(json.dumps(spec, separators=(',', ':')))}'")
@@ -405,8 +433,9 @@ def _series(curve: Mapping[str, Any] | None) -> tuple[list[int], list[float]]:
 def _charts(call_runs: Sequence[Mapping[str, Any]], label_of: Any) -> str:
     charts = panels_of(call_runs)
     steps_planned = max([int(r.get("steps_planned") or r.get("steps_run") or 1) for r in call_runs] + [1])
-    last_step = max([s for r in call_runs for c in (r.get("curves") or {}).values() for s in (c.get("step") or [])]
-                    + [0])
+    last_step = max(
+        [s for r in call_runs for c in (r.get("curves") or {}).values() for s in (c.get("step") or [])] + [0]
+    )
     span = (0, max(steps_planned - 1, last_step, 1))
     finding_steps = [int(f["step"]) for r in call_runs for f in r.get("findings") or ()]
     out = []
@@ -416,14 +445,20 @@ def _charts(call_runs: Sequence[Mapping[str, Any]], label_of: Any) -> str:
             steps, values = _series((run.get("curves") or {}).get(key))
             if steps:
                 series.append((label_of(run), steps, values))
-        marked = [f for r in call_runs for f in r.get("findings") or ()
-                  if CHART_OF_CHECK.get(f["check"], "loss") == key]
+        marked = [
+            f for r in call_runs for f in r.get("findings") or () if CHART_OF_CHECK.get(f["check"], "loss") == key
+        ]
         out.append(svg_chart(key, title, series, marked, span=span, all_findings=finding_steps))
     legend = ""
     if len(call_runs) > 1:
-        legend = '<div class="ps-legend">' + "".join(
-            f'<i style="background:{SERIES_COLOURS[k % len(SERIES_COLOURS)]}"></i>{_e(label_of(r))}'
-            for k, r in enumerate(call_runs)) + "</div>"
+        legend = (
+            '<div class="ps-legend">'
+            + "".join(
+                f'<i style="background:{SERIES_COLOURS[k % len(SERIES_COLOURS)]}"></i>{_e(label_of(r))}'
+                for k, r in enumerate(call_runs)
+            )
+            + "</div>"
+        )
     return legend + '<div class="ps-charts">' + "".join(out) + "</div>"
 
 
@@ -431,26 +466,36 @@ def _charts(call_runs: Sequence[Mapping[str, Any]], label_of: Any) -> str:
 
 
 def _finding_html(f: Mapping[str, Any], seed_label: str) -> str:
-    rows = [f'<h4>[{_e(f["check"])}] step {_e(f["step"])}{_e(seed_label)}</h4>', f'<p>{_e(f.get("message", ""))}</p>']
+    rows = [f"<h4>[{_e(f['check'])}] step {_e(f['step'])}{_e(seed_label)}</h4>", f"<p>{_e(f.get('message', ''))}</p>"]
     if f.get("cause"):
-        conf = f' ({_e(f["confidence"])})' if f.get("confidence") else ""
+        conf = f" ({_e(f['confidence'])})" if f.get("confidence") else ""
         rows.append(f'<p><span class="ps-k">cause{conf}</span> {_e(f["cause"])}</p>')
     if f.get("fix"):
         rows.append(f'<p><span class="ps-k">fix to try</span> {_e(f["fix"])}</p>')
     whatif = (f.get("evidence") or {}).get("whatif")
     if isinstance(whatif, Mapping) and whatif.get("text"):
         resolved = whatif.get("resolved")
-        mark = ('<span class="ps-ok">the fix worked</span>: ' if resolved is True else
-                '<span class="ps-bad">not resolved</span>: ' if resolved is False else "")
+        mark = (
+            '<span class="ps-ok">the fix worked</span>: '
+            if resolved is True
+            else '<span class="ps-bad">not resolved</span>: '
+            if resolved is False
+            else ""
+        )
         rows.append(f'<p><span class="ps-k">what-if</span> {mark}{_e(whatif["text"])}</p>')
     return '<div class="ps-finding">' + "".join(rows) + "</div>"
 
 
 def _summary_html(run: Mapping[str, Any]) -> str:
     s = run.get("summary") or {}
-    cells = [("final loss", _metric(s.get("final_loss"))), ("min loss", _metric(s.get("min_loss"))),
-             ("largest spike", _metric(s.get("largest_spike"), 3, "x")), ("spikes", s.get("spikes", "-")),
-             ("max |g|", _metric(s.get("max_grad_norm"))), ("p99 |g|", _metric(s.get("p99_grad_norm")))]
+    cells = [
+        ("final loss", _metric(s.get("final_loss"))),
+        ("min loss", _metric(s.get("min_loss"))),
+        ("largest spike", _metric(s.get("largest_spike"), 3, "x")),
+        ("spikes", s.get("spikes", "-")),
+        ("max |g|", _metric(s.get("max_grad_norm"))),
+        ("p99 |g|", _metric(s.get("p99_grad_norm"))),
+    ]
     trend = s.get("val_trend")
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
         cells.append(("validation", f"{trend:+.0%}"))
@@ -466,20 +511,26 @@ def _summary_html(run: Mapping[str, Any]) -> str:
 def _baseline_html(comparison: Mapping[str, Any]) -> str:
     status = comparison.get("status", "?")
     cls = {"ok": "ps-ok", "regressed": "ps-bad"}.get(status, "")
-    rows = [f'<h4>Baseline: <span class="{cls}">{_e(status)}</span>'
-            + (f' <span class="ps-small">({_e(comparison["path"])})</span>' if comparison.get("path") else "")
-            + "</h4>"]
+    rows = [
+        f'<h4>Baseline: <span class="{cls}">{_e(status)}</span>'
+        + (f' <span class="ps-small">({_e(comparison["path"])})</span>' if comparison.get("path") else "")
+        + "</h4>"
+    ]
     metrics_rows = []
     for seed, result in sorted((comparison.get("seeds") or {}).items()):
         for metric, m in sorted((result.get("metrics") or {}).items()):
             mark = '<span class="ps-bad">regressed</span>' if m.get("regressed") else "ok"
-            metrics_rows.append(f"<tr><td>{_e(seed)}</td><td>{_e(metric)}</td><td>{_e(fmt(_num(m.get('baseline')), 4))}"
-                                f"</td><td>{_e(fmt(_num(m.get('now')), 4))}</td>"
-                                f"<td>{_e(fmt(_num(m.get('limit')), 4)) if m.get('limit') is not None else '-'}</td>"
-                                f"<td>{mark}</td></tr>")
+            metrics_rows.append(
+                f"<tr><td>{_e(seed)}</td><td>{_e(metric)}</td><td>{_e(fmt(_num(m.get('baseline')), 4))}"
+                f"</td><td>{_e(fmt(_num(m.get('now')), 4))}</td>"
+                f"<td>{_e(fmt(_num(m.get('limit')), 4)) if m.get('limit') is not None else '-'}</td>"
+                f"<td>{mark}</td></tr>"
+            )
     if metrics_rows:
-        rows.append('<table class="ps-metrics"><tr><th>seed</th><th>metric</th><th>baseline</th><th>now</th>'
-                    "<th>limit</th><th></th></tr>" + "".join(metrics_rows) + "</table>")
+        rows.append(
+            '<table class="ps-metrics"><tr><th>seed</th><th>metric</th><th>baseline</th><th>now</th>'
+            "<th>limit</th><th></th></tr>" + "".join(metrics_rows) + "</table>"
+        )
     for line in comparison.get("regressions") or ():
         rows.append(f'<p class="ps-bad">{_e(line)}</p>')
     if not metrics_rows:
@@ -520,8 +571,9 @@ def _facts(record: Mapping[str, Any]) -> str:
     return '<div class="ps-facts">' + "".join(f"<span>{_e(k)} <b>{_e(v)}</b></span>" for k, v in facts) + "</div>"
 
 
-def render_panel(record: Mapping[str, Any], *, with_style: bool = False, open_: bool | None = None,
-                 collapse_stable: bool = False) -> str:
+def render_panel(
+    record: Mapping[str, Any], *, with_style: bool = False, open_: bool | None = None, collapse_stable: bool = False
+) -> str:
     """One test's panel: header, facts, charts, findings (cause, fix, what-if), margins, baseline, replay.
 
     Args:
@@ -559,8 +611,10 @@ def render_panel(record: Mapping[str, Any], *, with_style: bool = False, open_: 
                 if isinstance(info, Mapping) and info.get("text"):
                     notes.append(f"<p><b>{what}</b>{_e(seed_label)}: {_e(info['text'])}</p>")
             if model.get("loss_recorded") is False:
-                notes.append("<p>No loss was recorded: the model's train_step does not update its loss tracker, "
-                             "so the checks that need the loss were skipped.</p>")
+                notes.append(
+                    "<p>No loss was recorded: the model's train_step does not update its loss tracker, "
+                    "so the checks that need the loss were skipped.</p>"
+                )
             if notes:
                 body.append('<div class="ps-note">' + "".join(notes) + "</div>")
             if len(runs) > 1:
@@ -572,11 +626,13 @@ def render_panel(record: Mapping[str, Any], *, with_style: bool = False, open_: 
         if call.get("baseline"):
             body.append(_baseline_html(call["baseline"]))
     reg = "1" if regressed(record) else "0"
-    panel = (f'<details class="ps-test" id="{anchor(nodeid)}" data-verdict="{_e(record.get("verdict", ""))}" '
-             f'data-regressed="{reg}"{" open" if open_ else ""}>'
-             f'<summary><span class="ps-badge {cls}">{label}</span><span class="ps-nodeid">{_e(nodeid)}</span>'
-             f'<span class="ps-headline">{_e(headline(record))}</span></summary>'
-             f'<div class="ps-body">{"".join(body)}</div></details>')
+    panel = (
+        f'<details class="ps-test" id="{anchor(nodeid)}" data-verdict="{_e(record.get("verdict", ""))}" '
+        f'data-regressed="{reg}"{" open" if open_ else ""}>'
+        f'<summary><span class="ps-badge {cls}">{label}</span><span class="ps-nodeid">{_e(nodeid)}</span>'
+        f'<span class="ps-headline">{_e(headline(record))}</span></summary>'
+        f'<div class="ps-body">{"".join(body)}</div></details>'
+    )
     if with_style:
         return f'<div class="ps-report"><style>{CSS}</style>{panel}</div>'
     return panel
@@ -601,13 +657,20 @@ def _summary_table(records: Sequence[Mapping[str, Any]]) -> str:
             f'<td><span class="ps-badge {cls}">{label}</span></td>'
             f'<td><a href="#{anchor(record["nodeid"])}">{_e(record["nodeid"])}</a></td>'
             f'<td class="ps-num">{_e(steps)}</td><td>{_e(device)}</td><td>{_e(headline(record))}</td>'
-            f'<td class="{base_cls}">{_e(base)}</td><td class="ps-num">{wall:.1f} s</td></tr>')
-    return ('<table class="ps-table"><thead><tr><th>verdict</th><th>test</th><th>steps</th><th>device</th>'
-            '<th>headline</th><th>baseline</th><th>time</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>")
+            f'<td class="{base_cls}">{_e(base)}</td><td class="ps-num">{wall:.1f} s</td></tr>'
+        )
+    return (
+        '<table class="ps-table"><thead><tr><th>verdict</th><th>test</th><th>steps</th><th>device</th>'
+        "<th>headline</th><th>baseline</th><th>time</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
 
 
-def render_report(records: Iterable[Mapping[str, Any]], *, title: str = "pytest-stability report",
-                  meta: Mapping[str, Any] | None = None) -> str:
+def render_report(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    title: str = "pytest-stability report",
+    meta: Mapping[str, Any] | None = None,
+) -> str:
     """The whole HTML document for a run's records (sorted by node id).
 
     Args:
@@ -618,17 +681,23 @@ def render_report(records: Iterable[Mapping[str, Any]], *, title: str = "pytest-
     records = sorted(records, key=lambda r: r["nodeid"])
     counts = {v: sum(r.get("verdict") == v for r in records) for v in ("stable", "unstable", "error", "skipped")}
     n_regressed = sum(regressed(r) for r in records)
-    buttons = [("all", len(records), "tests")] + [(v, n, v) for v, n in counts.items() if n] + (
-        [("regressed", n_regressed, "regressed against the baseline")] if n_regressed else [])
-    counts_html = "".join(f'<button type="button" class="ps-count{" ps-on" if key == "all" else ""}" '
-                          f'data-filter="{key}"><b>{n}</b>{_e(what)}</button>' for key, n, what in buttons)
+    buttons = (
+        [("all", len(records), "tests")]
+        + [(v, n, v) for v, n in counts.items() if n]
+        + ([("regressed", n_regressed, "regressed against the baseline")] if n_regressed else [])
+    )
+    counts_html = "".join(
+        f'<button type="button" class="ps-count{" ps-on" if key == "all" else ""}" '
+        f'data-filter="{key}"><b>{n}</b>{_e(what)}</button>'
+        for key, n, what in buttons
+    )
     meta_html = " · ".join(f"{_e(k)}: {_e(v)}" for k, v in (meta or {}).items() if v is not None)
     # every panel open, so the curves are in view; in a run of many tests only those that did not pass
     collapse = len(records) > COLLAPSE_STABLE_ABOVE
     panels = "".join(render_panel(r, collapse_stable=collapse) for r in records) or "<p>No stability test ran.</p>"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>body{{margin:0;background:#f8fafc}}{CSS}</style></head>"
         f'<body><main class="ps-report"><h1>{_e(title)}</h1><div class="ps-meta">{meta_html}</div>'
         f'<div class="ps-counts">{counts_html}</div>{_summary_table(records)}{panels}</main>'
@@ -636,5 +705,15 @@ def render_report(records: Iterable[Mapping[str, Any]], *, title: str = "pytest-
     )
 
 
-__all__ = ["CSS", "PANELS", "anchor", "baseline_status", "headline", "panels_of", "regressed", "render_panel",
-           "render_report", "svg_chart"]
+__all__ = [
+    "CSS",
+    "PANELS",
+    "anchor",
+    "baseline_status",
+    "headline",
+    "panels_of",
+    "regressed",
+    "render_panel",
+    "render_report",
+    "svg_chart",
+]

@@ -26,8 +26,7 @@ PYTEST_HTML_PLUGIN = "html"
 
 def html_extra(content: str) -> dict[str, Any]:
     """An extra as ``pytest_html.extras.html(content)`` makes it (the same dict, without importing pytest-html)."""
-    return {"name": "pytest-stability", "format_type": "html", "content": content, "mime_type": None,
-            "extension": None}
+    return {"name": "pytest-stability", "format_type": "html", "content": content, "mime_type": None, "extension": None}
 
 
 class PytestHtmlPanels:

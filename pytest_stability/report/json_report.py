@@ -64,8 +64,15 @@ from .._floats import encode_float
 SCHEMA_VERSION = 1
 
 #: Distributions that provide ``import tensorflow``, most common first.
-TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-macos",
-                            "tensorflow-intel", "tf-nightly", "tf-nightly-cpu")
+TENSORFLOW_DISTRIBUTIONS = (
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-gpu",
+    "tensorflow-macos",
+    "tensorflow-intel",
+    "tf-nightly",
+    "tf-nightly-cpu",
+)
 
 
 def _version(dist: str) -> str | None:
@@ -130,22 +137,34 @@ def entry_for(record: Mapping[str, Any]) -> dict[str, Any]:
     entry["wall_time"] = float(sum(float(r.get("wall_time") or 0.0) for r in runs))
     statuses = [c["baseline"]["status"] for c in calls if "baseline" in c]
     entry["baseline"] = next((s for s in ("regressed", "missing", "ok") if s in statuses), None)
-    entry["findings"] = [dict(f, call=i, seed=run["seed"])
-                         for i, call in enumerate(calls) for run in call.get("runs", [])
-                         for f in run.get("findings") or ()]
+    entry["findings"] = [
+        dict(f, call=i, seed=run["seed"])
+        for i, call in enumerate(calls)
+        for run in call.get("runs", [])
+        for f in run.get("findings") or ()
+    ]
     return entry
 
 
-def build_document(records: Iterable[Mapping[str, Any]], *, plugin_version: str, started: float | None,
-                   finished: float | None, now: float, exitstatus: int | None, interrupted: bool,
-                   complete: bool) -> dict[str, Any]:
+def build_document(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    plugin_version: str,
+    started: float | None,
+    finished: float | None,
+    now: float,
+    exitstatus: int | None,
+    interrupted: bool,
+    complete: bool,
+) -> dict[str, Any]:
     """The report document (builtins) for ``records``; see the module docstring."""
     tests = sorted((entry_for(r) for r in records), key=lambda e: e["nodeid"])
     counts = {"tests": len(tests)}
     for verdict in ("stable", "unstable", "error", "skipped"):
         counts[verdict] = sum(t["verdict"] == verdict for t in tests)
-    devices = sorted({run["device"] for t in tests for call in t["calls"] for run in call.get("runs", [])
-                      if run.get("device")})
+    devices = sorted(
+        {run["device"] for t in tests for call in t["calls"] for run in call.get("runs", []) if run.get("device")}
+    )
     return {
         "schema_version": SCHEMA_VERSION,
         "plugin": {"name": "pytest-stability", "version": plugin_version},
@@ -201,8 +220,7 @@ def dumps(document: Any, *, indent: int | None = None) -> str:
     Compact by default; ``indent`` for files that are committed and reviewed as diffs (baselines).
     """
     separators = (",", ":") if indent is None else (",", ": ")
-    return json.dumps(strict(document), allow_nan=False, sort_keys=True, separators=separators,
-                      indent=indent) + "\n"
+    return json.dumps(strict(document), allow_nan=False, sort_keys=True, separators=separators, indent=indent) + "\n"
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:

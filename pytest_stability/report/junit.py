@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from ..record import StabilityRecord
 
-_KEYS = ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm", "val_trend", "steps_run", "lr_margin",
-         "eos_ratio", "curvature_margin")
+_KEYS = (
+    "final_loss",
+    "largest_spike",
+    "max_grad_norm",
+    "p99_grad_norm",
+    "val_trend",
+    "steps_run",
+    "lr_margin",
+    "eos_ratio",
+    "curvature_margin",
+)
 
 
 def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:

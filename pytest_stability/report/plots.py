@@ -37,8 +37,13 @@ PLOTS_INSTALL_HINT = "pip install 'pytest-stability[plots]'"
 
 _EOS_PANEL = ("eos_ratio", "edge-of-stability ratio")
 #: which panel a finding of each check is drawn on
-_PANEL_OF_CHECK = {"loss_spike": "loss", "nonfinite": "loss", "grad_norm": "grad_norm", "val_loss": "val_loss",
-                   "curvature": "eos_ratio"}
+_PANEL_OF_CHECK = {
+    "loss_spike": "loss",
+    "nonfinite": "loss",
+    "grad_norm": "grad_norm",
+    "val_loss": "val_loss",
+    "curvature": "eos_ratio",
+}
 #: panels whose points are measurements at a few steps (drawn with markers)
 _POINT_PANELS = ("val_loss", "eos_ratio")
 
@@ -87,26 +92,47 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         log = bool(finite) and all(v > 0 for v in finite)
         for i, run, steps, values in series:
             label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
-            ax.plot(steps, values, lw=1.0, marker="o" if key in _POINT_PANELS else None, ms=3, label=label,
-                    drawstyle="steps-post" if key == "lr" else "default")
-            bad = [s for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]), strict=True)
-                   if not math.isfinite(v)]
+            ax.plot(
+                steps,
+                values,
+                lw=1.0,
+                marker="o" if key in _POINT_PANELS else None,
+                ms=3,
+                label=label,
+                drawstyle="steps-post" if key == "lr" else "default",
+            )
+            bad = [
+                s
+                for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]), strict=True)
+                if not math.isfinite(v)
+            ]
             if bad:
                 ax.axvline(bad[0], color="black", lw=0.8, ls=":")
-                ax.annotate("non-finite", xy=(bad[0], 0.5), xycoords=("data", "axes fraction"), fontsize=7,
-                            rotation=90, va="center", ha="right")
+                ax.annotate(
+                    "non-finite",
+                    xy=(bad[0], 0.5),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    rotation=90,
+                    va="center",
+                    ha="right",
+                )
         if log:
             ax.set_yscale("log")
         if key == _EOS_PANEL[0]:
             ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-            ax.annotate("edge (ratio 1)", xy=(0.01, 1.0), xycoords=("axes fraction", "data"), fontsize=7,
-                        color="gray", va="bottom")
+            ax.annotate(
+                "edge (ratio 1)",
+                xy=(0.01, 1.0),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="gray",
+                va="bottom",
+            )
         if not series:
-            ax.text(0.5, 0.5, f"no {title} recorded", transform=ax.transAxes, ha="center", va="center",
-                    color="gray")
+            ax.text(0.5, 0.5, f"no {title} recorded", transform=ax.transAxes, ha="center", va="center", color="gray")
         elif not finite:
-            ax.text(0.5, 0.5, f"no finite {title}", transform=ax.transAxes, ha="center", va="center",
-                    color="gray")
+            ax.text(0.5, 0.5, f"no finite {title}", transform=ax.transAxes, ha="center", va="center", color="gray")
         ax.set_ylabel(title + (" (log)" if log else ""))
         ax.grid(True, alpha=0.3)
         if series and len(runs) > 1:
@@ -125,19 +151,29 @@ def render_png(record: Mapping[str, Any]) -> bytes:
                 xy, coords = (f["step"], value), "data"
             else:
                 xy, coords = (f["step"], 0.95), ("data", "axes fraction")
-            ax.annotate(f"{f['check']} @ {f['step']}", xy=xy, xycoords=coords, xytext=(-4, -12),
-                        textcoords="offset points", color="red", fontsize=8, ha="right")
+            ax.annotate(
+                f"{f['check']} @ {f['step']}",
+                xy=xy,
+                xycoords=coords,
+                xytext=(-4, -12),
+                textcoords="offset points",
+                color="red",
+                fontsize=8,
+                ha="right",
+            )
     axes[-1].set_xlabel("optimizer step")
     verdict = record.get("verdict", "?")
-    fig.suptitle(f"{record['nodeid']}  [{verdict}]", fontsize=9,
-                 color="firebrick" if verdict == "unstable" else "black")  # pure red marks findings only
+    fig.suptitle(
+        f"{record['nodeid']}  [{verdict}]", fontsize=9, color="firebrick" if verdict == "unstable" else "black"
+    )  # pure red marks findings only
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def write_plots(records: Iterable[Mapping[str, Any]], directory: str | Path
-                ) -> tuple[list[Path], list[tuple[str, str]]]:
+def write_plots(
+    records: Iterable[Mapping[str, Any]], directory: str | Path
+) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write one PNG per test that trained, in node id order.
 
     A test whose figure cannot be drawn or written does not stop the others.

@@ -27,7 +27,7 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int = 32, *, log: boo
     edges = np.linspace(0, arr.size, n_bins + 1).astype(int)
     bins = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
-        chunk = arr[a:max(b, a + 1)]
+        chunk = arr[a : max(b, a + 1)]
         if not np.all(np.isfinite(chunk)):
             bins.append(np.nan)
         else:
@@ -56,4 +56,4 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
     """Sparkline of ``values[step-radius : step+radius]``; returns (line, first, last)."""
     first = max(0, step - radius)
     last = min(values.shape[0] - 1, step + radius)
-    return sparkline(values[first:last + 1], width=width), first, last
+    return sparkline(values[first : last + 1], width=width), first, last

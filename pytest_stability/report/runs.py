@@ -24,8 +24,9 @@ SCHEMA_CURVE_POINTS = 500
 STABLE, UNSTABLE, ERROR, SKIPPED_VERDICT = "stable", "unstable", "error", "skipped"
 
 
-def downsample(values: np.ndarray, steps: np.ndarray | None = None, max_points: int = SCHEMA_CURVE_POINTS
-               ) -> tuple[list[int], list[Any]]:
+def downsample(
+    values: np.ndarray, steps: np.ndarray | None = None, max_points: int = SCHEMA_CURVE_POINTS
+) -> tuple[list[int], list[Any]]:
     """At most ``max_points`` (step, value) pairs, keeping each bin's extreme so spikes survive.
 
     Each bin contributes the point farthest (in log space for positive data)
@@ -84,7 +85,7 @@ class RunReport:
         """Headline metrics (builtins; NaN encoded as strings)."""
         t = self.trace
         loss = t.loss[np.isfinite(t.loss)]
-        tail = loss[-max(1, min(20, loss.size // 10)):] if loss.size else loss
+        tail = loss[-max(1, min(20, loss.size // 10)) :] if loss.size else loss
         g = t.grad_norm[np.isfinite(t.grad_norm)] if t.grad_norm is not None else np.zeros(0)
         spike = self.result("loss_spike").stats if any(r.name == "loss_spike" for r in self.results) else {}
         val = self.result("val_loss").stats if any(r.name == "val_loss" for r in self.results) else {}
@@ -124,9 +125,11 @@ class RunReport:
 
         t = self.trace
         failed = [r for r in self.results if r.status == FAILED]
-        head = (f"stable_training: {len(failed)} of {sum(r.status != SKIPPED for r in self.results)} checks "
-                f"failed ({', '.join(r.name for r in failed)}) - seed {self.seed}, "
-                f"{t.steps}/{t.steps_planned} steps on {self.device}")
+        head = (
+            f"stable_training: {len(failed)} of {sum(r.status != SKIPPED for r in self.results)} checks "
+            f"failed ({', '.join(r.name for r in failed)}) - seed {self.seed}, "
+            f"{t.steps}/{t.steps_planned} steps on {self.device}"
+        )
         if nodeid:
             head = f"{nodeid}: {head}"
         lines = [head]
@@ -137,8 +140,10 @@ class RunReport:
             if f.check == "grad_norm" and t.grad_norm is not None:
                 curve, label = t.grad_norm, "grad norm"
             if f.check == "val_loss" and t.val_loss is not None and t.val_steps is not None and t.has_validation:
-                lines.append(f"  val loss (smoothed)  {sparkline(smooth(t.val_loss, 0.0), 40)}  "
-                             f"steps {int(t.val_steps[0])}-{int(t.val_steps[-1])}")
+                lines.append(
+                    f"  val loss (smoothed)  {sparkline(smooth(t.val_loss, 0.0), 40)}  "
+                    f"steps {int(t.val_steps[0])}-{int(t.val_steps[-1])}"
+                )
             elif curve.size:
                 line, a, b = window_sparkline(curve, min(f.step, curve.size - 1))
                 lines.append(f"  {label:<9} {line}  steps {a}-{b}")
@@ -157,8 +162,10 @@ class RunReport:
                 configs = f.evidence.get("fix_configs") or []
                 if measured and configs and (f.evidence.get("fixes") or [{}])[0].get("config"):
                     done, runs = measured
-                    lines.append(f"    (this first fix resolved {done} of {runs} runs with this cause in the "
-                                 "detection benchmark's what-if replays)")
+                    lines.append(
+                        f"    (this first fix resolved {done} of {runs} runs with this cause in the "
+                        "detection benchmark's what-if replays)"
+                    )
                 if len(fixes) > 1:
                     lines.append("  then: " + "; or ".join(fixes[1:]))
                 for note in notes:
@@ -200,8 +207,10 @@ class RunReport:
             curves["val_loss"] = {"step": s, "value": v}
         curvature = (t.info or {}).get("curvature")
         if curvature is not None and any(r is not None for r in curvature.get("ratio") or ()):
-            curves["eos_ratio"] = {"step": list(curvature["steps"]),
-                                   "value": ["nan" if r is None else float(r) for r in curvature["ratio"]]}
+            curves["eos_ratio"] = {
+                "step": list(curvature["steps"]),
+                "value": ["nan" if r is None else float(r) for r in curvature["ratio"]],
+            }
         return {
             "seed": int(self.seed),
             "verdict": self.verdict,
@@ -296,8 +305,9 @@ class StabilityReport:
             for r in self.runs:
                 if not r.ok and r is not self.primary:
                     first = r.findings[0]
-                    extra.append(f"  seed {r.seed}: [{first.check}] step {first.step}: {first.message}"
-                                 f"  (replay: {r.replay})")
+                    extra.append(
+                        f"  seed {r.seed}: [{first.check}] step {first.step}: {first.message}  (replay: {r.replay})"
+                    )
             text += "\n" + "\n".join(extra)
         return text
 

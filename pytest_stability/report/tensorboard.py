@@ -101,8 +101,9 @@ class _EventFile:
         """One scalar event per step (NaN/Inf are written as such: they are what the run did)."""
         n = 0
         for step, value in zip(steps, values, strict=True):
-            summary = self._summary_pb2.Summary(value=[
-                self._summary_pb2.Summary.Value(tag=tag, simple_value=_finite_or_nan(value))])
+            summary = self._summary_pb2.Summary(
+                value=[self._summary_pb2.Summary.Value(tag=tag, simple_value=_finite_or_nan(value))]
+            )
             self._write(self._event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
             n += 1
         return n
@@ -112,11 +113,16 @@ class _EventFile:
         from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
         metadata = self._summary_pb2.SummaryMetadata(
-            plugin_data=self._summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
-        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
-                                        tensor_shape=tensor_shape_pb2.TensorShapeProto())
-        summary = self._summary_pb2.Summary(value=[
-            self._summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+            plugin_data=self._summary_pb2.SummaryMetadata.PluginData(plugin_name="text")
+        )
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[text.encode("utf-8")],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        )
+        summary = self._summary_pb2.Summary(
+            value=[self._summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)]
+        )
         self._write(self._event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary))
 
     def close(self) -> None:
@@ -184,11 +190,14 @@ def write_run(directory: Path, run: Any, *, per_variable: bool = False) -> Path:
     return out.path
 
 
-def write_report(logdir: Path, nodeid: str, report: Any, *, call_index: int = 0,
-                 per_variable: bool = False) -> list[Path]:
+def write_report(
+    logdir: Path, nodeid: str, report: Any, *, call_index: int = 0, per_variable: bool = False
+) -> list[Path]:
     """Write every seed's run of one ``train()`` call; returns the event files."""
-    return [write_run(Path(logdir, run_dir_name(nodeid, run.seed, call_index)), run, per_variable=per_variable)
-            for run in report.runs]
+    return [
+        write_run(Path(logdir, run_dir_name(nodeid, run.seed, call_index)), run, per_variable=per_variable)
+        for run in report.runs
+    ]
 
 
 class TensorBoardPlugin:
@@ -210,10 +219,24 @@ class TensorBoardPlugin:
 
             from ..errors import StabilityWarning
 
-            warnings.warn(StabilityWarning(
-                f"pytest-stability: TensorBoard events of {nodeid} NOT written to {self.logdir}: "
-                f"{type(exc).__name__}: {exc}"), stacklevel=2)
+            warnings.warn(
+                StabilityWarning(
+                    f"pytest-stability: TensorBoard events of {nodeid} NOT written to {self.logdir}: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+                stacklevel=2,
+            )
 
 
-__all__ = ["FINDINGS_TAG", "INSTALL_HINT", "MISSING_MESSAGE", "SCALAR_TAGS", "TensorBoardPlugin", "VAR_GRAD_PREFIX",
-           "run_dir_name", "tensorboard_available", "write_report", "write_run"]
+__all__ = [
+    "FINDINGS_TAG",
+    "INSTALL_HINT",
+    "MISSING_MESSAGE",
+    "SCALAR_TAGS",
+    "TensorBoardPlugin",
+    "VAR_GRAD_PREFIX",
+    "run_dir_name",
+    "tensorboard_available",
+    "write_report",
+    "write_run",
+]

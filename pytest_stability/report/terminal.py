@@ -48,19 +48,29 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         runs = call["runs"]
         run = next((r for r in runs if r["verdict"] != "stable"), runs[0])
         s = run["summary"]
-        seeds = (f" seeds={len(runs)}" + (f" failed={call['failed_seeds']}" if call["failed_seeds"] else "")
-                 if len(runs) > 1 else f" seed={run['seed']}")
+        seeds = (
+            f" seeds={len(runs)}" + (f" failed={call['failed_seeds']}" if call["failed_seeds"] else "")
+            if len(runs) > 1
+            else f" seed={run['seed']}"
+        )
         trend = s.get("val_trend")
         val = f"val {trend:+.0%}" if isinstance(trend, float) else "val -"
         losses = f"loss {fmt(s['final_loss'], 3)} {sparkline(_curve(run, 'loss'), 16)}"
         if s.get("final_loss") is None:  # no loss of its own (a GAN): each loss curve its train_step reports
-            named = [name for name in run.get("curves", {}) if name.endswith("loss") and name != "val_loss"
-                     and "/" not in name and name != "loss"]
+            named = [
+                name
+                for name in run.get("curves", {})
+                if name.endswith("loss") and name != "val_loss" and "/" not in name and name != "loss"
+            ]
             if named:
-                losses = "  ".join(f"{name} {fmt(_last_finite(_curve(run, name)), 3)} "
-                                   f"{sparkline(_curve(run, name), 12)}" for name in named)
-        text = (f"steps={s['steps_run']}/{s['steps_planned']}{seeds} {run['device']}  {losses}  "
-                f"spike x{fmt(s['largest_spike'], 3)}  |g|max {fmt(s['max_grad_norm'], 3)}  {val}")
+                losses = "  ".join(
+                    f"{name} {fmt(_last_finite(_curve(run, name)), 3)} {sparkline(_curve(run, name), 12)}"
+                    for name in named
+                )
+        text = (
+            f"steps={s['steps_run']}/{s['steps_planned']}{seeds} {run['device']}  {losses}  "
+            f"spike x{fmt(s['largest_spike'], 3)}  |g|max {fmt(s['max_grad_norm'], 3)}  {val}"
+        )
         if s.get("lr_margin") is not None:
             text += f"  margin {fmt(s['lr_margin'], 3)}x"
         if s.get("eos_ratio") is not None:

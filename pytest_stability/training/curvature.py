@@ -93,8 +93,15 @@ class TopEigen(NamedTuple):
 WARM_NOISE = 0.05
 
 
-def lanczos_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, *, iterations: int = 20, tol: float = TOL,
-                seed: int = 0, start: np.ndarray | None = None) -> TopEigen:
+def lanczos_top(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    iterations: int = 20,
+    tol: float = TOL,
+    seed: int = 0,
+    start: np.ndarray | None = None,
+) -> TopEigen:
     """The largest (algebraic) eigenvalue of a symmetric operator, by Lanczos iteration.
 
     Lanczos rather than power iteration: the same number of products gives the top eigenvalue far more
@@ -138,7 +145,7 @@ def lanczos_top(matvec: Callable[[np.ndarray], np.ndarray], n: int, *, iteration
     top = math.nan
 
     def ritz_vector(s: np.ndarray) -> np.ndarray | None:
-        return np.stack(basis[:len(s)], axis=1) @ s if keep else None
+        return np.stack(basis[: len(s)], axis=1) @ s if keep else None
 
     for k in range(min(iterations, n)):
         w = np.asarray(matvec(q), dtype=np.float64).reshape(n)
@@ -196,6 +203,7 @@ class Rule:
 
 def rule_for(optimizer: str, config: Mapping[str, Any]) -> Rule:
     """The :class:`Rule` of an optimizer, from its class name and ``get_config()`` (see the module docstring)."""
+
     def num(key: str, default: float = 0.0) -> float:
         value = config.get(key, default)
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
@@ -205,13 +213,25 @@ def rule_for(optimizer: str, config: Mapping[str, Any]) -> Rule:
         if beta == 0:
             return Rule(optimizer, "gd", 0.0, 2.0, False, "2/η")
         if config.get("nesterov"):
-            return Rule(optimizer, "nesterov", beta, (2 + 2 * beta) / (1 + 2 * beta), False,
-                        f"(2+2β)/((1+2β)η), β={beta:g} (Nesterov momentum)")
+            return Rule(
+                optimizer,
+                "nesterov",
+                beta,
+                (2 + 2 * beta) / (1 + 2 * beta),
+                False,
+                f"(2+2β)/((1+2β)η), β={beta:g} (Nesterov momentum)",
+            )
         return Rule(optimizer, "heavy_ball", beta, 2 * (1 + beta), False, f"2(1+β)/η, β={beta:g} (heavy-ball momentum)")
     if optimizer in ("Adam", "AdamW"):
         beta = num("beta_1", 0.9)
-        return Rule(optimizer, "adam", beta, (2 + 2 * beta) / (1 - beta), True,
-                    f"(2+2β₁)/((1-β₁)η), β₁={beta:g}, on the preconditioned sharpness")
+        return Rule(
+            optimizer,
+            "adam",
+            beta,
+            (2 + 2 * beta) / (1 - beta),
+            True,
+            f"(2+2β₁)/((1-β₁)η), β₁={beta:g}, on the preconditioned sharpness",
+        )
     if optimizer == "RMSprop":
         beta = num("momentum")
         text = "2/η" if beta == 0 else f"2(1+μ)/η, μ={beta:g}"
@@ -233,8 +253,14 @@ def _clean(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: Rule, *,
-              batch_size: int | None, notes: Sequence[str] = ()) -> dict[str, Any]:
+def summarize(
+    points: Sequence[Mapping[str, Any]],
+    lr: np.ndarray | None,
+    rule: Rule,
+    *,
+    batch_size: int | None,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
     """The builtins-only ``trace.info["curvature"]`` of a run's measurements.
 
     Args:
@@ -263,15 +289,21 @@ def summarize(points: Sequence[Mapping[str, Any]], lr: np.ndarray | None, rule: 
         text = "curvature not measured" + (f": {notes[0]}" if notes else "")
     elif max_ratio is None:
         last = next((s for s in reversed(sharp) if s is not None), None)
-        text = (f"{what} {last:.4g} at step {steps[-1]}; {rule.text}, so no edge-of-stability ratio; {tail}"
-                if last is not None else f"{what} not finite; {tail}")
+        text = (
+            f"{what} {last:.4g} at step {steps[-1]}; {rule.text}, so no edge-of-stability ratio; {tail}"
+            if last is not None
+            else f"{what} not finite; {tail}"
+        )
     else:
         assert at is not None  # found with max_ratio
         k = steps.index(at)
-        text = (f"edge-of-stability ratio {max_ratio:.3g} at step {at} ({what} {sharp[k]:.4g} vs limit "
-                f"{limits[k]:.4g} = {rule.text} at lr {lrs[k]:.3g}); curvature margin "
-                f"{margin:.3g}x; {tail}" if margin is not None else
-                f"edge-of-stability ratio {max_ratio:.3g} (no positive curvature); {tail}")
+        text = (
+            f"edge-of-stability ratio {max_ratio:.3g} at step {at} ({what} {sharp[k]:.4g} vs limit "
+            f"{limits[k]:.4g} = {rule.text} at lr {lrs[k]:.3g}); curvature margin "
+            f"{margin:.3g}x; {tail}"
+            if margin is not None
+            else f"edge-of-stability ratio {max_ratio:.3g} (no positive curvature); {tail}"
+        )
     return {
         "kind": "preconditioned" if rule.preconditioned else "hessian",
         "optimizer": rule.optimizer,
@@ -344,13 +376,15 @@ class _Products:
     def split(self, flat: np.ndarray) -> list[Any]:
         out, at = [], 0
         for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes, strict=True):
-            out.append(self.keras.ops.convert_to_tensor(flat[at:at + size].reshape(shape).astype(dtype)))
+            out.append(self.keras.ops.convert_to_tensor(flat[at : at + size].reshape(shape).astype(dtype)))
             at += size
         return out
 
     def join(self, tensors: Sequence[Any]) -> np.ndarray:
-        parts = [np.zeros(size) if t is None else _host(self.keras, t).reshape(-1)
-                 for t, size in zip(tensors, self.sizes, strict=True)]
+        parts = [
+            np.zeros(size) if t is None else _host(self.keras, t).reshape(-1)
+            for t, size in zip(tensors, self.sizes, strict=True)
+        ]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def at(self, batch: tuple[Any, Any, Any]) -> _Session:
@@ -389,8 +423,12 @@ class _Products:
                         inner.watch(tv)
                         loss = loss_fn(tv, ntv, x, y, w)
                     g = inner.gradient(loss, tv, unconnected_gradients=zero)
-                    gv = tf.add_n([tf.reduce_sum(tf.cast(a, tf.float32) * tf.cast(b, tf.float32))
-                                   for a, b in zip(g, vec, strict=True)])
+                    gv = tf.add_n(
+                        [
+                            tf.reduce_sum(tf.cast(a, tf.float32) * tf.cast(b, tf.float32))
+                            for a, b in zip(g, vec, strict=True)
+                        ]
+                    )
                 return loss, g, outer.gradient(gv, tv, unconnected_gradients=zero)
         else:
             import jax
@@ -401,6 +439,7 @@ class _Products:
             def fn(tv: Any, ntv: Any, vec: Any, x: Any, y: Any, w: Any) -> Any:
                 (loss, g), (_, hv) = jax.jvp(lambda p: value_and_grad(p, ntv, x, y, w), (list(tv),), (list(vec),))
                 return loss, g, hv
+
         self._compiled = fn
         return fn
 
@@ -416,8 +455,11 @@ class _Products:
 
         def hvp(flat: np.ndarray) -> np.ndarray:
             with torch.enable_grad():  # callbacks may run under no_grad
-                terms = [(g * v.to(g.dtype)).sum() for g, v in zip(grads, self.split(flat), strict=True)
-                         if g is not None and g.requires_grad]
+                terms = [
+                    (g * v.to(g.dtype)).sum()
+                    for g, v in zip(grads, self.split(flat), strict=True)
+                    if g is not None and g.requires_grad
+                ]
                 if not terms:  # the loss is linear in every weight
                     return np.zeros(self.n)
                 hv = torch.autograd.grad(sum(terms), params, retain_graph=True, allow_unused=True)
@@ -472,7 +514,7 @@ def preconditioner(keras: Any, model: Any, rule: Rule) -> np.ndarray | None:
             second = slot("_velocity_hats" if getattr(inner, "amsgrad", False) else "_velocities", v)
             t = float(_host(keras, inner.iterations))
             b1, b2 = float(inner.beta_1), float(inner.beta_2)
-            scale = (1 - b1 ** t) / math.sqrt(1 - b2 ** t) if t >= 1 else 1.0
+            scale = (1 - b1**t) / math.sqrt(1 - b2**t) if t >= 1 else 1.0
             parts.append(scale * (np.sqrt(np.maximum(second, 0.0)) + eps))
         else:  # RMSprop
             second = slot("_velocities", v)
@@ -487,9 +529,18 @@ def _scaled(hvp: Callable[[np.ndarray], np.ndarray], d: np.ndarray) -> Callable[
     return lambda u: d * hvp(d * u)
 
 
-def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule | None = None,
-              iterations: int = 20, tol: float = TOL, seed: int = 0, products: _Products | None = None,
-              start: np.ndarray | None = None) -> dict[str, Any]:
+def sharpness(
+    keras: Any,
+    model: Any,
+    batch: tuple[Any, Any, Any],
+    *,
+    rule: Rule | None = None,
+    iterations: int = 20,
+    tol: float = TOL,
+    seed: int = 0,
+    products: _Products | None = None,
+    start: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Measure the (preconditioned) sharpness of ``model``'s training loss on ``batch`` at its current weights.
 
     Args:
@@ -518,9 +569,16 @@ def sharpness(keras: Any, model: Any, batch: tuple[Any, Any, Any], *, rule: Rule
     gnorm2 = float(direction @ direction)
     batch_sharp = float(direction @ matvec(direction)) / gnorm2 if gnorm2 > 0 and np.isfinite(gnorm2) else math.nan
     loss = session.loss
-    return {"sharpness": top.value, "batch_sharpness": batch_sharp, "loss": loss, "iterations": top.products,
-            "converged": top.converged, "residual": top.residual, "seconds": time.perf_counter() - started,
-            "vector": top.vector}
+    return {
+        "sharpness": top.value,
+        "batch_sharpness": batch_sharp,
+        "loss": loss,
+        "iterations": top.products,
+        "converged": top.converged,
+        "residual": top.residual,
+        "seconds": time.perf_counter() - started,
+        "vector": top.vector,
+    }
 
 
 class Meter:
@@ -532,13 +590,16 @@ class Meter:
             measures once.
     """
 
-    def __init__(self, keras: Any, model: Any, batch: tuple[Any, Any, Any], *, targets: Sequence[int],
-                 iterations: int, seed: int) -> None:
+    def __init__(
+        self, keras: Any, model: Any, batch: tuple[Any, Any, Any], *, targets: Sequence[int], iterations: int, seed: int
+    ) -> None:
         self.keras = keras
         self.model = model
         ops = keras.ops
-        self.batch = cast("tuple[Any, Any, Any]", tuple(
-            None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part) for part in batch))
+        self.batch = cast(
+            "tuple[Any, Any, Any]",
+            tuple(None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part) for part in batch),
+        )
         leaves = [leaf for leaf in keras.tree.flatten(batch[0]) if leaf is not None]
         self.batch_size = int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else None
         self.targets = list(targets)
@@ -552,8 +613,12 @@ class Meter:
         self._start: np.ndarray | None = None
 
     def due(self, done: int) -> bool:
-        return (not self.failed and done > 0 and any(t <= done for t in self.targets)
-                and (not self.points or self.points[-1]["step"] != done))
+        return (
+            not self.failed
+            and done > 0
+            and any(t <= done for t in self.targets)
+            and (not self.points or self.points[-1]["step"] != done)
+        )
 
     def measure(self, done: int) -> None:
         """Measure at ``done`` steps (the model's variables must hold the current values: ``_sync`` first)."""
@@ -562,12 +627,22 @@ class Meter:
             with kept_random_state():
                 if self._products is None:
                     self._products = _Products(self.keras, self.model)
-                point = sharpness(self.keras, self.model, self.batch, rule=self.rule, iterations=self.iterations,
-                                  seed=self.seed, products=self._products, start=self._start)
+                point = sharpness(
+                    self.keras,
+                    self.model,
+                    self.batch,
+                    rule=self.rule,
+                    iterations=self.iterations,
+                    seed=self.seed,
+                    products=self._products,
+                    start=self._start,
+                )
         except Exception as exc:  # informational: never fail the run on it
             self.failed = True
-            self.notes.append(f"the curvature could not be measured with the model's compute_loss "
-                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+            self.notes.append(
+                f"the curvature could not be measured with the model's compute_loss "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            )
             return
         # the top eigenvector moves little between read-backs: the next measurement starts from it
         self._start = point.pop("vector", None)
@@ -578,17 +653,21 @@ class Meter:
         return summarize(self.points, lr, self.rule, batch_size=self.batch_size, notes=self.notes)
 
 
-def fixed_batch(keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, Any], size: int
-                ) -> tuple[tuple[Any, Any, Any] | None, str]:
+def fixed_batch(
+    keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, Any], size: int
+) -> tuple[tuple[Any, Any, Any] | None, str]:
     """The batch the curvature is measured on: the first ``size`` training samples (numpy), or None and why."""
+
     def head(obj: Any, n: int) -> Any:
         return None if obj is None else keras.tree.map_structure(lambda a: np.asarray(a)[:n], obj)
 
     if kind == "arrays":
         return (head(x, size), head(y, size), head(fit_kwargs.get("sample_weight"), size)), ""
     if kind not in ("dataset", "pydataset"):
-        return None, (f"the curvature needs a fixed batch, and the training data ({kind}) cannot be read again; "
-                      "pass arrays, a tf.data.Dataset or a keras.utils.PyDataset")
+        return None, (
+            f"the curvature needs a fixed batch, and the training data ({kind}) cannot be read again; "
+            "pass arrays, a tf.data.Dataset or a keras.utils.PyDataset"
+        )
     from keras.src.trainers.data_adapters import data_adapter_utils
 
     batches: list[tuple[Any, Any, Any]] = []
@@ -596,8 +675,10 @@ def fixed_batch(keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, 
     source = iter(x) if kind == "dataset" else (x[i] for i in range(len(x)))
     for batch in source:
         bx, by, bw = data_adapter_utils.unpack_x_y_sample_weight(batch if isinstance(batch, tuple) else (batch,))
-        part = cast("tuple[Any, Any, Any]", tuple(None if p is None else keras.tree.map_structure(
-            lambda a: host_numpy(a), p) for p in (bx, by, bw)))
+        part = cast(
+            "tuple[Any, Any, Any]",
+            tuple(None if p is None else keras.tree.map_structure(lambda a: host_numpy(a), p) for p in (bx, by, bw)),
+        )
         batches.append(part)
         leaves = keras.tree.flatten(part[0])
         count += int(np.shape(leaves[0])[0]) if leaves else 0
@@ -614,5 +695,17 @@ def fixed_batch(keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, 
     return (cat(0), cat(1), cat(2)), ""
 
 
-__all__ = ["Meter", "Rule", "TOL", "TopEigen", "fixed_batch", "lanczos_top", "measurement_steps", "optimizer_rule",
-           "preconditioner", "rule_for", "sharpness", "summarize"]
+__all__ = [
+    "Meter",
+    "Rule",
+    "TOL",
+    "TopEigen",
+    "fixed_batch",
+    "lanczos_top",
+    "measurement_steps",
+    "optimizer_rule",
+    "preconditioner",
+    "rule_for",
+    "sharpness",
+    "summarize",
+]

@@ -99,16 +99,19 @@ class Curves:
             return
         for j, (_, metric) in enumerate(self.metrics):
             if self.backend == "jax":  # the count rides in one more slot, after the values (float32: exact to 2**24)
-                buf = self.keras.Variable(np.zeros((self.chunk + 1,), np.float32), dtype="float32", trainable=False,
-                                          name="stability_curve")
+                buf = self.keras.Variable(
+                    np.zeros((self.chunk + 1,), np.float32), dtype="float32", trainable=False, name="stability_curve"
+                )
                 metric._variables.append(buf)
                 self.bufs.append(buf)
                 self._patch(metric, "reset_state", self._keep_on_reset(buf, metric.reset_state))
             elif self.backend == "tensorflow":
-                self.bufs.append(self.keras.Variable(np.zeros((self.chunk,), np.float32), dtype="float32",
-                                                     trainable=False, name="stability_curve"))
-                self.counts.append(self.keras.Variable(0, dtype="int32", trainable=False,
-                                                       name="stability_curve_count"))
+                self.bufs.append(
+                    self.keras.Variable(
+                        np.zeros((self.chunk,), np.float32), dtype="float32", trainable=False, name="stability_curve"
+                    )
+                )
+                self.counts.append(self.keras.Variable(0, dtype="int32", trainable=False, name="stability_curve_count"))
             self._patch(metric, "update_state", self._update_state(j, metric, metric.update_state))
 
     def uninstall(self) -> None:
@@ -150,8 +153,11 @@ class Curves:
         def raw(t0: Any, c0: Any) -> Any:
             dt = ops.cast(metric.total.value, f32) - t0
             dc = ops.cast(metric.count.value, f32) - c0
-            return ops.where(ops.equal(dc, 0.0), ops.full_like(dt, float("nan")), dt / ops.where(
-                ops.equal(dc, 0.0), ops.ones_like(dc), dc))
+            return ops.where(
+                ops.equal(dc, 0.0),
+                ops.full_like(dt, float("nan")),
+                dt / ops.where(ops.equal(dc, 0.0), ops.ones_like(dc), dc),
+            )
 
         if self.backend == "torch":
             import torch
@@ -212,9 +218,12 @@ class Curves:
         for j in range(len(self.names)):
             if self.backend == "jax":
                 k = _index_of(variables, self.bufs[j]) if state else None
-                buf = np.asarray(state["metrics_variables"][k] if state is not None and k is not None
-                                 else host_numpy(self.bufs[j].value))
-                values, count = buf[:self.chunk], int(buf[self.chunk])
+                buf = np.asarray(
+                    state["metrics_variables"][k]
+                    if state is not None and k is not None
+                    else host_numpy(self.bufs[j].value)
+                )
+                values, count = buf[: self.chunk], int(buf[self.chunk])
             else:
                 values, count = host_numpy(self.bufs[j].value), int(host_numpy(self.counts[j].value))
             new = count - int(self.taken[j])
@@ -236,10 +245,12 @@ class Curves:
             if not values and not steps:
                 continue
             k = max(1, round(len(values) / keras_steps)) if keras_steps else 1
-            picked = np.asarray(values[k - 1::k], dtype=np.float64)[:steps]
+            picked = np.asarray(values[k - 1 :: k], dtype=np.float64)[:steps]
             if picked.shape[0] < steps:
-                notes.append(f"{name} was not updated in every step ({len(values)} values in {keras_steps} steps): "
-                             "it is not recorded per step")
+                notes.append(
+                    f"{name} was not updated in every step ({len(values)} values in {keras_steps} steps): "
+                    "it is not recorded per step"
+                )
                 continue
             out[name] = picked
         return out, notes

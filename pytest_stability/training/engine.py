@@ -189,8 +189,9 @@ def _leaves(obj: Any) -> list[Any]:
 
 def _is_arrays(obj: Any) -> bool:
     leaves = _leaves(obj)
-    return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not hasattr(leaf, "element_spec")
-                                for leaf in leaves)
+    return bool(leaves) and all(
+        hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not hasattr(leaf, "element_spec") for leaf in leaves
+    )
 
 
 def data_kind(keras: Any, x: Any) -> str:
@@ -258,8 +259,13 @@ def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batc
     return None
 
 
-_KIND_NAMES = {"dataset": "a tf.data.Dataset", "pydataset": "a keras.utils.PyDataset", "generator": "a generator",
-               "dataloader": "a torch DataLoader", "iterable": "an iterable of batches"}
+_KIND_NAMES = {
+    "dataset": "a tf.data.Dataset",
+    "pydataset": "a keras.utils.PyDataset",
+    "generator": "a generator",
+    "dataloader": "a torch DataLoader",
+    "iterable": "an iterable of batches",
+}
 
 
 def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
@@ -267,8 +273,10 @@ def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
         shapes = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
         return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
-    lengths = {name: {int(np.shape(leaf)[0]) for leaf in _leaves(obj) if np.ndim(leaf)}
-               for name, obj in (("x", x), ("y", y), ("sample_weight", sample_weight))}
+    lengths = {
+        name: {int(np.shape(leaf)[0]) for leaf in _leaves(obj) if np.ndim(leaf)}
+        for name, obj in (("x", x), ("y", y), ("sample_weight", sample_weight))
+    }
     for name, found in lengths.items():
         if len(found) > 1:
             raise StabilityUsageError(f"the arrays in {name} have different numbers of samples: {sorted(found)}")
@@ -278,7 +286,8 @@ def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
         if nx is not None and n is not None and n != nx:
             raise StabilityUsageError(
                 f"x and {name} have different numbers of samples: x has {nx} (shape {describe(x)}), "
-                f"{name} has {n} (shape {describe(obj)})")
+                f"{name} has {n} (shape {describe(obj)})"
+            )
 
 
 def _short(exc: BaseException, limit: int = 600) -> str:
@@ -315,8 +324,8 @@ def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
     rate of the step before, flagged for its input batch."""
     row = np.zeros(rec.width, np.float32)
     row[COL_GNORM] = np.nan
-    row[N_FIXED:N_FIXED + rec.n_vars] = np.nan
-    row[N_FIXED + 2 * rec.n_vars:] = np.nan
+    row[N_FIXED : N_FIXED + rec.n_vars] = np.nan
+    row[N_FIXED + 2 * rec.n_vars :] = np.nan
     done = [r for r in rows.rows if len(r)]
     row[COL_LR] = done[-1][-1, COL_LR] if done else np.nan
     row[COL_FLAGS] = INPUT
@@ -324,8 +333,14 @@ def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
 
 
 #: Callback hooks through which a callback sees single batches of training (or of Keras' own validation)
-BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end",
-               "on_test_batch_begin", "on_test_batch_end")
+BATCH_HOOKS = (
+    "on_batch_begin",
+    "on_batch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+)
 
 
 def _overriders(callbacks: list[Any], hooks: tuple[str, ...]) -> list[str]:
@@ -349,12 +364,17 @@ def batch_observers(callbacks: list[Any]) -> list[str]:
     ``steps_per_execution`` when one is there.  ModelCheckpoint and BackupAndRestore count batches only with
     an integer ``save_freq``.
     """
+
     def counts_batches(callback: Any) -> bool:
         cls = type(callback)
-        return not (cls.__module__.startswith("keras.") and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore")
-                    and getattr(callback, "save_freq", None) == "epoch")
+        return not (
+            cls.__module__.startswith("keras.")
+            and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore")
+            and getattr(callback, "save_freq", None) == "epoch"
+        )
 
     return _overriders([c for c in callbacks if counts_batches(c)], BATCH_HOOKS)
+
 
 def _framework_roots() -> tuple[str, ...]:
     """Folders whose code is not the user's: the frameworks, the standard library, pytest-stability."""
@@ -396,8 +416,14 @@ def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | 
     return None
 
 
-def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batches: list[Any] | None,
-                           training_batch: tuple[Any, Any] | None, fit_kwargs: dict[str, Any]) -> None:
+def _check_validation_fits(
+    keras: Any,
+    model: Any,
+    exc: BaseException,
+    val_batches: list[Any] | None,
+    training_batch: tuple[Any, Any] | None,
+    fit_kwargs: dict[str, Any],
+) -> None:
     """The validation loss before the first step raised: when the model takes a training batch, the
     validation set is what it cannot take, and that is a usage error naming both shapes."""
     if training_batch is None or not val_batches:
@@ -416,7 +442,8 @@ def _check_validation_fits(keras: Any, model: Any, exc: BaseException, val_batch
     raise StabilityUsageError(
         f"{source} does not fit the model: its batches have x of shape {shapes(vx)} and y of shape {shapes(vy)}, "
         f"the training batches x {shapes(training_batch[0])} and y {shapes(training_batch[1])}; the model "
-        f"raised {type(exc).__name__}: {_short(exc, 300)}") from None
+        f"raised {type(exc).__name__}: {_short(exc, 300)}"
+    ) from None
 
 
 def _is_keras_input_error(exc: BaseException) -> bool:
@@ -426,8 +453,9 @@ def _is_keras_input_error(exc: BaseException) -> bool:
     return type(exc).__name__ in ("InvalidArgumentError", "UnimplementedError", "RuntimeError")
 
 
-def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any],
-                       batch_size: int) -> list[tuple[Any, Any, Any]] | None:
+def validation_batches(
+    keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int
+) -> list[tuple[Any, Any, Any]] | None:
     """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
     from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils, get_data_adapter
 
@@ -438,16 +466,19 @@ def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[
     if vd is None:
         assert split is not None  # (returned above without either)
         (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
-            (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split))
+            (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split)
+        )
     elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
         raise StabilityUsageError(
             "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset "
-            f"or a keras.utils.PyDataset; received {type(vd).__name__}")
+            f"or a keras.utils.PyDataset; received {type(vd).__name__}"
+        )
     elif isinstance(vd, (tuple, list)):
         if len(vd) not in (2, 3):
             raise StabilityUsageError(
                 f"validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val); received a "
-                f"{type(vd).__name__} of length {len(vd)}")
+                f"{type(vd).__name__} of length {len(vd)}"
+            )
         vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
     else:
         vx, vy, vw = vd, None, None
@@ -456,8 +487,9 @@ def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[
         check_finite("validation y", vy)
     size = fit_kwargs.get("validation_batch_size") or batch_size
     try:
-        adapter = get_data_adapter(vx, vy, vw, batch_size=size, shuffle=False,
-                                   steps_per_epoch=fit_kwargs.get("validation_steps"))
+        adapter = get_data_adapter(
+            vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
+        )
         batches = []
         for batch in adapter.get_numpy_iterator():
             batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
@@ -474,13 +506,14 @@ def validation_batches(keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[
 
 #: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but
 #: float rounding: in batches of at most this many samples and bytes of input (few calls, bounded memory)
-EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2 ** 20
+EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
 
 
 def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, int]]:
     """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
     :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
     with its number of samples."""
+
     def cat(parts: list[Any]) -> Any:
         if parts[0] is None:
             return None
@@ -497,8 +530,10 @@ def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[
             return None
         return keras.tree.map_structure(lambda v: keras.ops.convert_to_tensor(v[a:b]), obj)
 
-    return [(part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)),
-             min(a + size, n) - a) for a in range(0, n, size)]
+    return [
+        (part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)), min(a + size, n) - a)
+        for a in range(0, n, size)
+    ]
 
 
 def _batchnorm_layers(model: Any) -> list[Any]:
@@ -525,11 +560,23 @@ def _sync(model: Any) -> None:
         sync()
 
 
-def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | None = None, steps: int,
-          seed: int, spec: Any, batch_size: int | None = None, progress: Callable[[int], None] | None = None,
-          fix_at: tuple[int, Callable[[Any], None]] | None = None, stop_after: int | None = None,
-          keep_initial_state: bool = False, random_start: dict[str, Any] | None = None,
-          on_raise: Callable[[BaseException, str], None] | None = None) -> RunResult:
+def train(
+    model: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    fit_kwargs: dict[str, Any] | None = None,
+    steps: int,
+    seed: int,
+    spec: Any,
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    fix_at: tuple[int, Callable[[Any], None]] | None = None,
+    stop_after: int | None = None,
+    keep_initial_state: bool = False,
+    random_start: dict[str, Any] | None = None,
+    on_raise: Callable[[BaseException, str], None] | None = None,
+) -> RunResult:
     """Train ``model`` with its own ``fit`` for ``steps`` optimizer steps and record a Trace.
 
     Args:
@@ -577,7 +624,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         what = _KIND_NAMES.get(kind, kind)
         if y is not None:
             raise StabilityUsageError(
-                f"y must be None when x is {what} (it yields (x, y) itself); received y of type {type(y).__name__}")
+                f"y must be None when x is {what} (it yields (x, y) itself); received y of type {type(y).__name__}"
+            )
         if fit_kwargs.get("batch_size") is not None:
             raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
     run_steps = int(stop_after) if stop_after is not None else int(steps)
@@ -607,29 +655,54 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     x_fit, y_fit = x, y
     if kind == "arrays" and per_epoch is not None and per_epoch < SHORT_EPOCH and run_steps > per_epoch:
         watching = epoch_observers(callbacks) + batch_observers(callbacks)  # batch indices count within epochs
-        kept = [name for name in ("epochs", "initial_epoch", "steps_per_epoch", "class_weight", "validation_data",
-                                  "validation_split") if fit_kwargs.get(name) and name in user_kwargs]
+        kept = [
+            name
+            for name in (
+                "epochs",
+                "initial_epoch",
+                "steps_per_epoch",
+                "class_weight",
+                "validation_data",
+                "validation_split",
+            )
+            if fit_kwargs.get(name) and name in user_kwargs
+        ]
         # the order of the samples within the batch, which Keras shuffles each epoch, changes the sums only by
         # rounding, unless something random (Dropout, noise) hits each sample by its place in the batch
         order_free = fit_kwargs.get("shuffle") is False or not _draws_randomness(model)
         if per_epoch == 1 and order_free and not watching and not kept and not _under_strategy(keras, model):
             x_fit, y_fit, fit_kwargs = one_long_epoch(keras, x, y, fit_kwargs, steps=run_steps)
-            notes.append(f"full batch: the same batch was presented as one epoch of {run_steps} steps instead of "
-                         f"{fit_kwargs.pop('_epochs_of')} epochs of one step (nothing of yours observes epochs, and "
-                         "the order of the samples in the batch, which Keras shuffles each epoch, changes the sums "
-                         "only by rounding here)")
+            notes.append(
+                f"full batch: the same batch was presented as one epoch of {run_steps} steps instead of "
+                f"{fit_kwargs.pop('_epochs_of')} epochs of one step (nothing of yours observes epochs, and "
+                "the order of the samples in the batch, which Keras shuffles each epoch, changes the sums "
+                "only by rounding here)"
+            )
             per_epoch, exact_epoch = run_steps, True
         else:
-            why = watching[0] if watching else (f"{kept[0]}=" if kept else (
-                "the distribution strategy" if per_epoch == 1 and order_free else
-                "their batches (Keras' own permutations, which the model's random layers see)"))
-            notes.append(f"the epochs were short ({per_epoch} step(s) each): Keras' work at each epoch's end and "
-                         f"start may have cost more than the steps; they were kept for {why}")
+            why = (
+                watching[0]
+                if watching
+                else (
+                    f"{kept[0]}="
+                    if kept
+                    else (
+                        "the distribution strategy"
+                        if per_epoch == 1 and order_free
+                        else "their batches (Keras' own permutations, which the model's random layers see)"
+                    )
+                )
+            )
+            notes.append(
+                f"the epochs were short ({per_epoch} step(s) each): Keras' work at each epoch's end and "
+                f"start may have cost more than the steps; they were kept for {why}"
+            )
 
     if backend == "torch" and int(getattr(model, "steps_per_execution", 1) or 1) > 1:
         raise StabilityUsageError(
             f"the model {model.name!r} is compiled with steps_per_execution={model.steps_per_execution}, which Keras' "
-            "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1")
+            "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1"
+        )
     # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call.  A user's
     # callback that sees single batches (a batch-level hook) keeps the model's own steps_per_execution, so
     # that it sees the same batches as in plain fit; the recorder still reads back once per chunk
@@ -652,10 +725,19 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     # one recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
     # Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
     # it has no step limit of its own (fit itself ends after exactly `steps` steps)
-    recs = [Recorder(model, optimizer=opt, name=name, chunk=chunk if opt is model.optimizer else chunk * MAX_APPLIES,
-                     limit=run_steps if opt is model.optimizer else min(run_steps * MAX_APPLIES, 2 ** 24 - 1),
-                     diagnostics=spec.diagnostics, distributed=distributed, check_inputs=kind != "arrays")
-            for name, opt in find_optimizers(model)]
+    recs = [
+        Recorder(
+            model,
+            optimizer=opt,
+            name=name,
+            chunk=chunk if opt is model.optimizer else chunk * MAX_APPLIES,
+            limit=run_steps if opt is model.optimizer else min(run_steps * MAX_APPLIES, 2**24 - 1),
+            diagnostics=spec.diagnostics,
+            distributed=distributed,
+            check_inputs=kind != "arrays",
+        )
+        for name, opt in find_optimizers(model)
+    ]
     rec = recs[0]
     from .curves import Curves
 
@@ -671,11 +753,27 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
         gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
     val_ok = [True]
-    training_batch = ((keras.tree.map_structure(lambda a: a[:bs], x),
-                       None if y is None else keras.tree.map_structure(lambda a: a[:bs], y))
-                      if kind == "arrays" else None)
-    meter, no_meter = _curvature_meter(keras, model, spec, kind=kind, x=x, y=y, fit_kwargs=fit_kwargs,
-                                       batch_size=bs, steps=run_steps, seed=seed, distributed=distributed)
+    training_batch = (
+        (
+            keras.tree.map_structure(lambda a: a[:bs], x),
+            None if y is None else keras.tree.map_structure(lambda a: a[:bs], y),
+        )
+        if kind == "arrays"
+        else None
+    )
+    meter, no_meter = _curvature_meter(
+        keras,
+        model,
+        spec,
+        kind=kind,
+        x=x,
+        y=y,
+        fit_kwargs=fit_kwargs,
+        batch_size=bs,
+        steps=run_steps,
+        seed=seed,
+        distributed=distributed,
+    )
 
     def measure(done: int) -> None:
         # at a read-back, like validate(): under JAX the variables hold the state only after _sync
@@ -701,14 +799,17 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
             val_steps.append(done)
             val_losses.append(total / max(count, 1))
             if bn and gap_batch is not None:
-                gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
-                                          _loss_of(keras, model, *gap_batch, False)))
+                gaps.append(
+                    _relative_gap(_loss_of(keras, model, *gap_batch, True), _loss_of(keras, model, *gap_batch, False))
+                )
         except Exception as exc:
             if first:
                 _check_validation_fits(keras, model, exc, val_batches, training_batch, fit_kwargs)
             val_ok[0] = False
-            notes.append(f"the validation loss could not be computed with the model's compute_loss "
-                         f"({type(exc).__name__}: {_short(exc, 200)}); val_loss is not judged")
+            notes.append(
+                f"the validation loss could not be computed with the model's compute_loss "
+                f"({type(exc).__name__}: {_short(exc, 200)}); val_loss is not judged"
+            )
 
     def on_boundary(done: int) -> None:
         # at the latest execution boundary at or before the fix step: the next one could be past it
@@ -733,17 +834,29 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     if backend == "torch":  # read back where TensorFlow's and JAX's calls of `chunk` steps would end
         virtual_call = steps_per_call = chunk if not per_epoch else max(1, min(chunk, int(per_epoch)))
     cb = readback.readback_class()(
-        recs, steps=run_steps, chunk=chunk, steps_per_call=steps_per_call,
-        validate=validate if val_batches else None, validate_every=int(spec.validate_every), progress=progress,
-        on_boundary=on_boundary if fix_at is not None else None, measure=measure if meter is not None else None,
-        epoch_steps=int(per_epoch) if exact_epoch and not distributed else None, virtual_call=virtual_call,
-        keep_initial_state=keep_initial_state, callbacks=callbacks, curves=curves,
-        data_ends_epochs=kind == "arrays" and x_fit is x)
+        recs,
+        steps=run_steps,
+        chunk=chunk,
+        steps_per_call=steps_per_call,
+        validate=validate if val_batches else None,
+        validate_every=int(spec.validate_every),
+        progress=progress,
+        on_boundary=on_boundary if fix_at is not None else None,
+        measure=measure if meter is not None else None,
+        epoch_steps=int(per_epoch) if exact_epoch and not distributed else None,
+        virtual_call=virtual_call,
+        keep_initial_state=keep_initial_state,
+        callbacks=callbacks,
+        curves=curves,
+        data_ends_epochs=kind == "arrays" and x_fit is x,
+    )
     start = readback.RandomStart(random_start)
     saved_spe = getattr(model, "steps_per_execution", 1)
     if observers and spe < chunk:
-        notes.append(f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={spe} "
-                     f"(the recording still read back every {chunk} steps)")
+        notes.append(
+            f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={spe} "
+            f"(the recording still read back every {chunk} steps)"
+        )
     started = time.perf_counter()
     if keep_initial_state and not model.optimizer.built and model.built:
         # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
@@ -759,8 +872,11 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         model.steps_per_execution = spe
         model.train_function = None
         model.test_function = None
-        with _device_scope(keras, device), isolation.op_determinism(keras, model, spec.deterministic) as det, \
-                isolation.quiet_own_retracing(keras):
+        with (
+            _device_scope(keras, device),
+            isolation.op_determinism(keras, model, spec.deterministic) as det,
+            isolation.quiet_own_retracing(keras),
+        ):
             if det:
                 notes.append(det)
             try:
@@ -780,8 +896,10 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                     # an earlier step went non-finite and a later one raised on it (a user's callback or
                     # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run
                     # stopped at that step, as it would have at the read-back, and the report is of it
-                    notes.append(f"after the non-finite step, training raised {type(exc).__name__} "
-                                 f"({_short(exc, 200)}), which followed from it")
+                    notes.append(
+                        f"after the non-finite step, training raised {type(exc).__name__} "
+                        f"({_short(exc, 200)}), which followed from it"
+                    )
                 elif read and input_bad and rec.built:
                     # PyTorch does not run a step on a NaN batch (BatchNotRun: its binary cross-entropy would
                     # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
@@ -790,13 +908,16 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                     cb.rowsets[0].add_step(_raised_row(rec, cb.rowsets[0]), np.nan)
                     cb.stopped_nonfinite = True
                     if not isinstance(exc, BatchNotRun):
-                        notes.append(f"training on the NaN/Inf input batch of step {failed_at} raised "
-                                     f"{type(exc).__name__} ({_short(exc, 200)})")
+                        notes.append(
+                            f"training on the NaN/Inf input batch of step {failed_at} raised "
+                            f"{type(exc).__name__} ({_short(exc, 200)})"
+                        )
                 elif input_bad:
                     raise StabilityUsageError(
                         f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
                         f"{type(exc).__name__}: {_short(exc, 300)}. Clean the data pipeline first: a NaN in the "
-                        "data would be reported as the model's instability") from None
+                        "data would be reported as the model's instability"
+                    ) from None
                 else:
                     raise
         cb.read()
@@ -807,8 +928,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         if bn and not val_batches and gap_batch is not None and cb.rows.done:
             # without validation data, the gap is measured once, at the end, on the first training batch
             try:
-                gaps.append(_relative_gap(_loss_of(keras, model, *gap_batch, True),
-                                          _loss_of(keras, model, *gap_batch, False)))
+                gaps.append(
+                    _relative_gap(_loss_of(keras, model, *gap_batch, True), _loss_of(keras, model, *gap_batch, False))
+                )
             except Exception as exc:  # informational: never fail the run on it
                 notes.append(f"the BatchNorm train/inference gap could not be measured ({type(exc).__name__})")
     finally:
@@ -826,14 +948,16 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     rows, loss, done = recorded.rows, recorded.loss, recorded.steps
     notes.extend(recorded.notes)
     if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
-        notes.append(f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the "
-                     f"{done} steps that ran")
+        notes.append(
+            f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the {done} steps that ran"
+        )
     elif done < run_steps and not cb.stopped_nonfinite:
         if kind == "generator":
             raise StabilityUsageError(
                 f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
                 "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
-                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}.")
+                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
+            )
         if user_epochs is not None:
             notes.append(f"the run ended after {done} of {run_steps} steps: epochs={user_epochs} ended it")
         elif done == 0 and cb.keras_steps:
@@ -841,7 +965,8 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "
                 f"optimizer (model.optimizer is {type(model.optimizer).__name__}, never applied): pytest-stability "
                 "records what an optimizer's apply() receives. Apply the gradients with a keras.optimizers "
-                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)")
+                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)"
+            )
         elif done == 0:
             raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
     loss_recorded = loss is not None and loss.shape[0] == done
@@ -849,13 +974,17 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
         loss = np.full(done, np.nan)
     loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
     if not loss_recorded and loss_curves:
-        notes.append("the raw loss was not recorded: this model's train_step does not update the model's loss "
-                     f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
-                     f"instead: {', '.join(loss_curves)}")
+        notes.append(
+            "the raw loss was not recorded: this model's train_step does not update the model's loss "
+            f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
+            f"instead: {', '.join(loss_curves)}"
+        )
     elif not loss_recorded:
-        notes.append("the raw loss was not recorded: this model's train_step does not update the model's "
-                     "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
-                     "gradient norms, non-finite values and updates are")
+        notes.append(
+            "the raw loss was not recorded: this model's train_step does not update the model's "
+            "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
+            "gradient norms, non-finite values and updates are"
+        )
     ref = recs[recorded.reference]
     trace = Trace(
         loss=loss,
@@ -894,8 +1023,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     elif no_meter:
         from .curvature import Rule, summarize
 
-        trace.info["curvature"] = summarize([], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None,
-                                            notes=[no_meter])
+        trace.info["curvature"] = summarize(
+            [], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None, notes=[no_meter]
+        )
     # array inputs are checked for NaN/Inf on the host before training, other pipelines' batches on the device
     # in every step (not under a distribution strategy: there the failing step's batch is read again below)
     trace.info["inputs_checked"] = kind == "arrays" or rec.check_inputs
@@ -910,8 +1040,11 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
     bad = np.flatnonzero(nonfinite & stop_bits)
     if bad.size:
         step = int(bad[0])
-        verdict = None if rec.check_inputs else _reread_batch_finite(keras, kind, x, step,
-                                                                      shuffled=fit_kwargs.get("shuffle", True))
+        verdict = (
+            None
+            if rec.check_inputs
+            else _reread_batch_finite(keras, kind, x, step, shuffled=fit_kwargs.get("shuffle", True))
+        )
         if verdict is not None:  # the batch of that step, read again from the pipeline after training
             trace.info["inputs_checked"] = True
             trace.info["input_batch_reread"] = step
@@ -919,8 +1052,9 @@ def train(model: Any, x: Any, y: Any = None, *, fit_kwargs: dict[str, Any] | Non
                 nonfinite[step] |= INPUT
         trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
     placed = cb.device or label
-    return RunResult(trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state,
-                     start.kept)
+    return RunResult(
+        trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state, start.kept
+    )
 
 
 #: the most times a step may apply an optimizer other than model.optimizer (a critic's inner loop) and
@@ -970,8 +1104,7 @@ def _per_step(rows: np.ndarray, steps: int, k: int) -> np.ndarray:
     return combined
 
 
-def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
-              multiples: dict[int, int]) -> Recorded:
+def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, multiples: dict[int, int]) -> Recorded:
     """The trace's per-step arrays from every recorder's rows: one recorder's alone (a single optimizer, the
     common case), or the optimizers' side by side, the global gradient norm over all their gradients."""
     ref_rows, _ = rowsets[reference].arrays(recs[reference].width if recs[reference].built else N_FIXED)
@@ -984,14 +1117,15 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
         if not rec.built or not rowset.done:
             continue
         if rowset.overflow:
-            notes.append(f"{rec.name} applied more than {MAX_APPLIES} times in a step: its statistics are not "
-                         "recorded step by step")
+            notes.append(
+                f"{rec.name} applied more than {MAX_APPLIES} times in a step: its statistics are not "
+                "recorded step by step"
+            )
             continue
         rows, rec_loss = rowset.arrays(rec.width)
         k = multiples.get(i, 1) if i != reference else 1
         if k > 1:
-            notes.append(f"{rec.name} applied {k} times a step: its gradient norms and updates are each step's "
-                         "largest")
+            notes.append(f"{rec.name} applied {k} times a step: its gradient norms and updates are each step's largest")
         per_step = _per_step(rows, steps, k)
         if i == 0 and rec_loss is not None and not rowset.loss_mismatch and rec_loss.shape[0] >= steps and k == 1:
             loss = rec_loss[:steps]
@@ -1001,28 +1135,45 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int,
         parts.append((rec, per_step, flags))
     if not parts:
         empty = np.zeros((steps, 0))
-        return Recorded(steps, reference, ref_rows, None, np.zeros(steps, np.int32), np.zeros(steps),
-                        np.zeros(steps), empty, empty, (), {}, [], notes)
-    ref_index = next(j for j, (_, i) in enumerate(applied) if i == reference) if any(
-        i == reference for _, i in applied) else 0
+        return Recorded(
+            steps,
+            reference,
+            ref_rows,
+            None,
+            np.zeros(steps, np.int32),
+            np.zeros(steps),
+            np.zeros(steps),
+            empty,
+            empty,
+            (),
+            {},
+            [],
+            notes,
+        )
+    ref_index = (
+        next(j for j, (_, i) in enumerate(applied) if i == reference) if any(i == reference for _, i in applied) else 0
+    )
     rows = parts[ref_index][1]
     flags = np.bitwise_or.reduce(np.stack([f for _, _, f in parts]), axis=0).astype(np.int32)
     gnorm = np.sqrt(np.sum(np.stack([p[:, COL_GNORM] ** 2 for _, p, _ in parts]), axis=0))
     update = np.max(np.stack([p[:, COL_UPDATE] for _, p, _ in parts]), axis=0)
-    var_g = np.concatenate([p[:, N_FIXED:N_FIXED + r.n_vars] for r, p, _ in parts], axis=1)
-    var_u = np.concatenate([p[:, N_FIXED + r.n_vars:N_FIXED + 2 * r.n_vars] for r, p, _ in parts], axis=1)
+    var_g = np.concatenate([p[:, N_FIXED : N_FIXED + r.n_vars] for r, p, _ in parts], axis=1)
+    var_u = np.concatenate([p[:, N_FIXED + r.n_vars : N_FIXED + 2 * r.n_vars] for r, p, _ in parts], axis=1)
     names = tuple(n for r, _, _ in parts for n in r.var_names)
     optimizers = {}
     columns: dict[str, list[int]] = {}
     if len(parts) > 1:
-        optimizers = {r.name: {"grad_norm": p[:, COL_GNORM], "update_ratio": p[:, COL_UPDATE], "lr": p[:, COL_LR]}
-                      for r, p, _ in parts}
+        optimizers = {
+            r.name: {"grad_norm": p[:, COL_GNORM], "update_ratio": p[:, COL_UPDATE], "lr": p[:, COL_LR]}
+            for r, p, _ in parts
+        }
         start = 0
         for r, _, _ in parts:
             columns[r.name] = [start, start + r.n_vars]
             start += r.n_vars
-    return Recorded(steps, reference, rows, loss, flags, gnorm, update, var_g, var_u, names, optimizers, applied,
-                    notes, columns)
+    return Recorded(
+        steps, reference, rows, loss, flags, gnorm, update, var_g, var_u, names, optimizers, applied, notes, columns
+    )
 
 
 #: epochs shorter than this many steps are short: Keras' per-epoch work (callbacks, metrics, the data
@@ -1037,14 +1188,16 @@ def epoch_observers(callbacks: list[Any]) -> list[str]:
     """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
     return _overriders(callbacks, EPOCH_HOOKS)
 
+
 def _draws_randomness(model: Any) -> bool:
     """Whether a layer of the model draws random numbers (Dropout, noise, augmentation: each holds a seed
     generator)."""
     return any(getattr(layer, "_seed_generators", None) for layer in model._flatten_layers(include_self=True))
 
 
-def one_long_epoch(keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, steps: int
-                   ) -> tuple[Any, Any, dict[str, Any]]:
+def one_long_epoch(
+    keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, steps: int
+) -> tuple[Any, Any, dict[str, Any]]:
     """A full batch (the whole data set, one step an epoch) presented as one epoch of ``steps`` steps: the same
     batch every step.  TensorFlow: a ``tf.data`` pipeline; JAX and PyTorch: a generator.  Returns
     ``(x, y, fit_kwargs)`` for ``fit``; ``fit_kwargs["_epochs_of"]`` says how many epochs it replaces (popped
@@ -1060,6 +1213,7 @@ def one_long_epoch(keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, st
 
         source: Any = tf.data.Dataset.from_tensors(data).repeat()
     else:
+
         def batches() -> Any:
             while True:
                 yield data
@@ -1070,8 +1224,21 @@ def one_long_epoch(keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, st
     kwargs.pop("initial_epoch", None)
     return source, None, kwargs
 
-def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y: Any, fit_kwargs: dict[str, Any],
-                     batch_size: int, steps: int, seed: int, distributed: bool) -> tuple[Any, str]:
+
+def _curvature_meter(
+    keras: Any,
+    model: Any,
+    spec: Any,
+    *,
+    kind: str,
+    x: Any,
+    y: Any,
+    fit_kwargs: dict[str, Any],
+    batch_size: int,
+    steps: int,
+    seed: int,
+    distributed: bool,
+) -> tuple[Any, str]:
     """``(meter, "")`` for a run with ``spec.curvature`` (see :mod:`.curvature`); ``(None, why)`` when it cannot
     be measured; ``(None, "")`` without ``spec.curvature``."""
     if not getattr(spec, "curvature", False):
@@ -1084,12 +1251,20 @@ def _curvature_meter(keras: Any, model: Any, spec: Any, *, kind: str, x: Any, y:
     try:
         batch, why = curvature.fixed_batch(keras, kind, x, y, fit_kwargs, size)
     except Exception as exc:
-        batch, why = None, (f"the fixed batch for the curvature could not be read "
-                            f"({type(exc).__name__}: {_short(exc, 200)})")
+        batch, why = (
+            None,
+            (f"the fixed batch for the curvature could not be read ({type(exc).__name__}: {_short(exc, 200)})"),
+        )
     if batch is None:
         return None, why
-    return curvature.Meter(keras, model, batch, targets=curvature.measurement_steps(steps, spec.curvature_points),
-                           iterations=int(spec.curvature_iterations), seed=seed), ""
+    return curvature.Meter(
+        keras,
+        model,
+        batch,
+        targets=curvature.measurement_steps(steps, spec.curvature_points),
+        iterations=int(spec.curvature_iterations),
+        seed=seed,
+    ), ""
 
 
 def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any = True) -> bool | None:
@@ -1109,8 +1284,7 @@ def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any
             return None
     except Exception:
         return None
-    leaves = [host_numpy(leaf) for leaf in _leaves(list(batch) if isinstance(batch, tuple)
-                                                                            else batch)]
+    leaves = [host_numpy(leaf) for leaf in _leaves(list(batch) if isinstance(batch, tuple) else batch)]
     return all(np.all(np.isfinite(a)) for a in leaves if a.dtype.kind in "fc")
 
 
@@ -1172,8 +1346,9 @@ def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace
     if flags & GRADS and trace.var_grad_norms is not None and trace.var_grad_norms.shape[1]:
         row = trace.var_grad_norms[step]
         k = int(np.argmax(~np.isfinite(row))) if (~np.isfinite(row)).any() else None
-        out.update(source="gradients" if not flags & LOSS else "loss",
-                   variable=None if k is None else trace.var_names[k])
+        out.update(
+            source="gradients" if not flags & LOSS else "loss", variable=None if k is None else trace.var_names[k]
+        )
         return out
     state = [v for rec in recs for v in rec.opt.variables if id(v) not in rec.own_ids()]
     for source, variables in (("weights", model.trainable_variables), ("optimizer state", state)):
@@ -1204,7 +1379,7 @@ def _opt_stats(rec: Recorder, rows: np.ndarray) -> dict[str, np.ndarray]:
     if not rec.built:
         return {}
     start = N_FIXED + 2 * rec.n_vars
-    names = ("g2_over_v_max", "v_rms")[:rec.n_diag] + ("loss_scale",) * rec.n_scale
+    names = ("g2_over_v_max", "v_rms")[: rec.n_diag] + ("loss_scale",) * rec.n_scale
     return {name: rows[:, start + k] for k, name in enumerate(names)}
 
 
@@ -1218,8 +1393,20 @@ def optimizer_config(inner: Any) -> dict[str, Any]:
             config = inner.get_config()
     except Exception:  # pragma: no cover - exotic optimizers
         config = {}
-    keep = ("learning_rate", "epsilon", "amsgrad", "beta_1", "beta_2", "momentum", "nesterov",
-            "clipnorm", "clipvalue", "global_clipnorm", "weight_decay", "rho")
+    keep = (
+        "learning_rate",
+        "epsilon",
+        "amsgrad",
+        "beta_1",
+        "beta_2",
+        "momentum",
+        "nesterov",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "weight_decay",
+        "rho",
+    )
     out = {}
     for k in keep:
         if k in config:
@@ -1228,8 +1415,9 @@ def optimizer_config(inner: Any) -> dict[str, Any]:
     return out
 
 
-def model_info(keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int, kind: str,
-               distributed: bool) -> dict[str, Any]:
+def model_info(
+    keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int, kind: str, distributed: bool
+) -> dict[str, Any]:
     """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
     inner = rec.inner
     opt_cfg = optimizer_config(inner)

@@ -42,14 +42,22 @@ class SkipStepGuard(keras.optimizers.Optimizer):
 
     built: bool  # Keras' Optimizer sets it; declared for the type checker, whose view of Keras is Any
 
-    def __init__(self, inner_optimizer: Any, window: int = 128, sigmas: float = 6.0, min_history: int | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        inner_optimizer: Any,
+        window: int = 128,
+        sigmas: float = 6.0,
+        min_history: int | None = None,
+        name: str | None = None,
+    ) -> None:
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(f"SkipStepGuard wraps a keras.optimizers.Optimizer; received "
-                            f"{type(inner_optimizer).__name__}")
+            raise TypeError(
+                f"SkipStepGuard wraps a keras.optimizers.Optimizer; received {type(inner_optimizer).__name__}"
+            )
         if int(window) < 2 or not float(sigmas) > 0:
-            raise ValueError(f"SkipStepGuard needs window >= 2 and sigmas > 0; received window={window!r}, "
-                             f"sigmas={sigmas!r}")
+            raise ValueError(
+                f"SkipStepGuard needs window >= 2 and sigmas > 0; received window={window!r}, sigmas={sigmas!r}"
+            )
         super().__init__(learning_rate=0.0, name=name or f"skip_step_{inner_optimizer.name}")
         self.inner_optimizer = inner_optimizer
         self.window = int(window)
@@ -57,12 +65,19 @@ class SkipStepGuard(keras.optimizers.Optimizer):
         self.min_history = int(min_history) if min_history is not None else self.window // 2
 
     def build(self, var_list: Any) -> None:
-        self.norms = self.add_variable(shape=(self.window,), dtype="float32",
-                                       initializer=keras.initializers.Zeros(), aggregation="none", name="norms")
-        self.seen = self.add_variable(shape=(), dtype="float32", initializer=keras.initializers.Zeros(),
-                                      aggregation="none", name="seen")
-        self.skipped = self.add_variable(shape=(), dtype="float32", initializer=keras.initializers.Zeros(),
-                                         aggregation="none", name="skipped")
+        self.norms = self.add_variable(
+            shape=(self.window,),
+            dtype="float32",
+            initializer=keras.initializers.Zeros(),
+            aggregation="none",
+            name="norms",
+        )
+        self.seen = self.add_variable(
+            shape=(), dtype="float32", initializer=keras.initializers.Zeros(), aggregation="none", name="seen"
+        )
+        self.skipped = self.add_variable(
+            shape=(), dtype="float32", initializer=keras.initializers.Zeros(), aggregation="none", name="skipped"
+        )
         if not self.inner_optimizer.built:  # a trained optimizer keeps its state when it is guarded
             self.inner_optimizer.build(var_list)
         super().build(var_list)
@@ -124,8 +139,8 @@ class SkipStepGuard(keras.optimizers.Optimizer):
     # -- JAX ------------------------------------------------------------------------------
 
     def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
-        own = list(optimizer_variables)[:len(self._variables)]
-        inner = list(optimizer_variables)[len(self._variables):]
+        own = list(optimizer_variables)[: len(self._variables)]
+        inner = list(optimizer_variables)[len(self._variables) :]
         index = {id(v): i for i, v in enumerate(self._variables)}
         norms, seen, skipped = (own[index[id(v)]] for v in (self.norms, self.seen, self.skipped))
         norm = self._norm(list(grads))
@@ -163,8 +178,13 @@ class SkipStepGuard(keras.optimizers.Optimizer):
         self.inner_optimizer.finalize_variable_values(var_list)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-                "window": self.window, "sigmas": self.sigmas, "min_history": self.min_history}
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "window": self.window,
+            "sigmas": self.sigmas,
+            "min_history": self.min_history,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SkipStepGuard:

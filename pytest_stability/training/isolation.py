@@ -103,8 +103,10 @@ def op_determinism(keras: Any, model: Any, wanted: bool) -> Iterator[str | None]
     from tensorflow.python.framework import config as tf_config
 
     if bool(model.jit_compile):  # resolves "auto" now, as the first fit would, before determinism is touched
-        yield ("the model is compiled with jit_compile=True: it trains with XLA, without TensorFlow's op "
-               "determinism (XLA does not support it), so the run is not guaranteed to be bit-reproducible")
+        yield (
+            "the model is compiled with jit_compile=True: it trains with XLA, without TensorFlow's op "
+            "determinism (XLA does not support it), so the run is not guaranteed to be bit-reproducible"
+        )
         return
     before = bool(tf_config.is_op_determinism_enabled())
     if not before:
@@ -177,5 +179,11 @@ def kept_random_state() -> Iterator[None]:
         set_random_state(state)
 
 
-__all__ = ["ProcessState", "kept_random_state", "op_determinism", "quiet_own_retracing", "random_state",
-           "set_random_state"]
+__all__ = [
+    "ProcessState",
+    "kept_random_state",
+    "op_determinism",
+    "quiet_own_retracing",
+    "random_state",
+    "set_random_state",
+]

@@ -46,30 +46,61 @@ def _tail_plus(trace: Trace, probe: Trace, window: int) -> tuple[Trace, int]:
     def cat(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
         if a is None or b is None:
             return None
-        return np.concatenate([a[trace.steps - k:], b])
+        return np.concatenate([a[trace.steps - k :], b])
 
     info = dict(trace.info or {})
-    joined = Trace(loss=np.concatenate([trace.loss[trace.steps - k:], probe.loss]),
-                   grad_norm=cat(trace.grad_norm, probe.grad_norm),
-                   nonfinite=cat(trace.nonfinite, probe.nonfinite), lr=cat(trace.lr, probe.lr),
-                   steps_planned=k + probe.steps, info=info)
+    joined = Trace(
+        loss=np.concatenate([trace.loss[trace.steps - k :], probe.loss]),
+        grad_norm=cat(trace.grad_norm, probe.grad_norm),
+        nonfinite=cat(trace.nonfinite, probe.nonfinite),
+        lr=cat(trace.lr, probe.lr),
+        steps_planned=k + probe.steps,
+        info=info,
+    )
     return joined, k
 
 
-def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, Any], spec: Any,
-              thresholds: Any, seed: int, ok: bool) -> dict[str, Any]:
+def lr_margin(
+    model: Any,
+    result: Any,
+    *,
+    x: Any,
+    y: Any,
+    fit_kwargs: dict[str, Any],
+    spec: Any,
+    thresholds: Any,
+    seed: int,
+    ok: bool,
+) -> dict[str, Any]:
     """Search the learning-rate margin of a finished run (see the module docstring); builtins only."""
     from ..checks import run_checks
 
     started = time.perf_counter()
     trace = result.trace
     if not ok:
-        return {"value": 0.0, "stable_at_1x": False, "probes": [], "seconds": 0.0,
-                "text": "stability margin < 1x: the run is already unstable at its own learning rate"}
+        return {
+            "value": 0.0,
+            "stable_at_1x": False,
+            "probes": [],
+            "seconds": 0.0,
+            "text": "stability margin < 1x: the run is already unstable at its own learning rate",
+        }
     keras = engine.import_keras()
-    kwargs = {k: v for k, v in fit_kwargs.items()
-              if k not in ("validation_data", "validation_split", "validation_freq", "validation_steps",
-                           "validation_batch_size", "callbacks", "epochs", "initial_epoch")}
+    kwargs = {
+        k: v
+        for k, v in fit_kwargs.items()
+        if k
+        not in (
+            "validation_data",
+            "validation_split",
+            "validation_freq",
+            "validation_steps",
+            "validation_batch_size",
+            "callbacks",
+            "epochs",
+            "initial_epoch",
+        )
+    }
     steps = int(spec.margin_steps)
     probe_spec = spec.replace(whatif=False, margin=False, curvature=False)
     window = int(thresholds.spike_window)
@@ -87,12 +118,20 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
             restore_optimizer_settings(model, saved)
             restore_state(model, final)
         joined, k = _tail_plus(trace, run.trace, window)
-        findings = sorted((f for r in run_checks(joined, thresholds, PROBE_CHECKS) for f in r.findings
-                           if f.step >= k), key=lambda f: f.step)
+        findings = sorted(
+            (f for r in run_checks(joined, thresholds, PROBE_CHECKS) for f in r.findings if f.step >= k),
+            key=lambda f: f.step,
+        )
         first = findings[0] if findings else None
-        probes.append({"factor": factor, "stable": first is None, "steps": run.trace.steps,
-                       "check": first.check if first else None,
-                       "step": (trace.steps + first.step - k) if first else None})
+        probes.append(
+            {
+                "factor": factor,
+                "stable": first is None,
+                "steps": run.trace.steps,
+                "check": first.check if first else None,
+                "step": (trace.steps + first.step - k) if first else None,
+            }
+        )
         return first is None
 
     saved = optimizer_settings(keras, model)
@@ -115,14 +154,23 @@ def lr_margin(model: Any, result: Any, *, x: Any, y: Any, fit_kwargs: dict[str, 
     seconds = time.perf_counter() - started
     value = good
     if bad is None:
-        text = (f"stability margin >= {value:.3g}x (stable up to the largest factor searched, "
-                f"margin_max_factor={spec.margin_max_factor:g})")
+        text = (
+            f"stability margin >= {value:.3g}x (stable up to the largest factor searched, "
+            f"margin_max_factor={spec.margin_max_factor:g})"
+        )
     else:
         failed = next(p for p in probes if p["factor"] == bad)
-        text = (f"stability margin {value:.3g}x (at {bad:.3g}x: {failed['check']} at step {failed['step']})")
-    return {"value": float(value), "stable_at_1x": True, "upper": float(bad) if bad is not None else None,
-            "capped": bad is None, "probes": probes, "seconds": float(seconds), "steps_per_probe": steps,
-            "text": f"{text}; {len(probes)} probes of {steps} steps in {seconds:.1f} s"}
+        text = f"stability margin {value:.3g}x (at {bad:.3g}x: {failed['check']} at step {failed['step']})"
+    return {
+        "value": float(value),
+        "stable_at_1x": True,
+        "upper": float(bad) if bad is not None else None,
+        "capped": bad is None,
+        "probes": probes,
+        "seconds": float(seconds),
+        "steps_per_probe": steps,
+        "text": f"{text}; {len(probes)} probes of {steps} steps in {seconds:.1f} s",
+    }
 
 
 __all__ = ["lr_margin", "BISECTIONS", "PROBE_CHECKS"]

@@ -43,12 +43,25 @@ class Readback(keras.callbacks.Callback):
             else (a generator, a repeated dataset) a call runs all its steps.
     """
 
-    def __init__(self, recs: list[Recorder], *, steps: int, chunk: int, steps_per_call: int,
-                 validate: Callable[..., None] | None, validate_every: int,
-                 progress: Callable[[int], None] | None, on_boundary: Callable[[int], None] | None,
-                 measure: Callable[[int], None] | None = None, epoch_steps: int | None = None,
-                 virtual_call: int | None = None, keep_initial_state: bool = False,
-                 callbacks: list[Any] | None = None, curves: Any = None, data_ends_epochs: bool = True) -> None:
+    def __init__(
+        self,
+        recs: list[Recorder],
+        *,
+        steps: int,
+        chunk: int,
+        steps_per_call: int,
+        validate: Callable[..., None] | None,
+        validate_every: int,
+        progress: Callable[[int], None] | None,
+        on_boundary: Callable[[int], None] | None,
+        measure: Callable[[int], None] | None = None,
+        epoch_steps: int | None = None,
+        virtual_call: int | None = None,
+        keep_initial_state: bool = False,
+        callbacks: list[Any] | None = None,
+        curves: Any = None,
+        data_ends_epochs: bool = True,
+    ) -> None:
         super().__init__()
         self.recs = list(recs)
         #: the recorder of model.optimizer (it also records the loss)
@@ -191,8 +204,7 @@ class Readback(keras.callbacks.Callback):
             if self.device is None:
                 self.device = rec.device_of_buffer()
             loss = rowset.losses[-1] if rowset.losses else None
-            flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None,
-                               rec.is_loss_scaled)
+            flags = host_flags(rows, loss if loss is not None and len(loss) == len(rows) else None, rec.is_loss_scaled)
             bad = bad or bool((flags & STOP_BITS).any() or snap["halt"])
         if not new:
             return
@@ -201,8 +213,9 @@ class Readback(keras.callbacks.Callback):
         if not self.multiples and not bad:
             ref = self.reference
             base = self.rowsets[ref].done
-            self.multiples = {i: max(1, round(rows.done / base)) for i, rows in enumerate(self.rowsets)
-                              if rows.done and base}
+            self.multiples = {
+                i: max(1, round(rows.done / base)) for i, rows in enumerate(self.rowsets) if rows.done and base
+            }
         done = self.rows.done
         if self.on_boundary is not None:  # the device's own step count (Keras' batch index can run ahead)
             self.on_boundary(done)
@@ -211,8 +224,13 @@ class Readback(keras.callbacks.Callback):
             self.stop()
         elif done >= self.steps:
             self.stop()
-        if measure and self.validate is not None and not self.stopped_nonfinite and done != self.last_val and (
-                done // self.validate_every > self.last_val // self.validate_every or done >= self.steps):
+        if (
+            measure
+            and self.validate is not None
+            and not self.stopped_nonfinite
+            and done != self.last_val
+            and (done // self.validate_every > self.last_val // self.validate_every or done >= self.steps)
+        ):
             self.last_val = done
             self.validate()
         if measure and self.measure is not None and not self.stopped_nonfinite:
@@ -286,6 +304,7 @@ def read_after_each_call(rec: Recorder, model: Any, cb: Readback) -> None:
         out = original(force)
         step = model.train_function
         if step is not None and not getattr(step, "_stability_reads", False):
+
             def train_function(data: Any) -> Any:
                 logs = step(data)
                 cb.after_call()

@@ -103,8 +103,18 @@ class Recorder:
     input_bad: Any
     rate: Any
 
-    def __init__(self, model: Any, *, chunk: int, limit: int, diagnostics: bool, distributed: bool = False,
-                 check_inputs: bool = False, optimizer: Any = None, name: str = "optimizer") -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        chunk: int,
+        limit: int,
+        diagnostics: bool,
+        distributed: bool = False,
+        check_inputs: bool = False,
+        optimizer: Any = None,
+        name: str = "optimizer",
+    ) -> None:
         import keras
 
         self.keras = keras
@@ -146,10 +156,10 @@ class Recorder:
         self._loss_calls = 0
         # PyTorch needs none: its host runs no step past the planned ones or after a non-finite one
         self.rate = None if self.backend == "torch" else self._rate_variable()
-        if self.stateless and self.limit >= 2 ** 24:  # JAX counts in the float32 buffer's header
+        if self.stateless and self.limit >= 2**24:  # JAX counts in the float32 buffer's header
             from ..errors import StabilityUsageError
 
-            raise StabilityUsageError(f"steps must be below {2 ** 24} under JAX; received steps={self.limit}")
+            raise StabilityUsageError(f"steps must be below {2**24} under JAX; received steps={self.limit}")
 
     def _rate_variable(self) -> Any:
         """The learning-rate variable through which a step is made a no-op, or None.
@@ -168,8 +178,9 @@ class Recorder:
         if cls.__module__.split(".")[0] != "keras":
             return None
         name = cls.__name__
-        if name not in _RATE_LINEAR and not (name in _RATE_LINEAR_WITHOUT_MOMENTUM
-                                             and not getattr(inner, "momentum", 0)):
+        if name not in _RATE_LINEAR and not (
+            name in _RATE_LINEAR_WITHOUT_MOMENTUM and not getattr(inner, "momentum", 0)
+        ):
             return None
         if getattr(inner, "use_ema", False):  # the moving average would overwrite the weights
             return None
@@ -303,6 +314,7 @@ class Recorder:
             return torch_train_step
 
         if not self.stateless:
+
             def train_step(data: Any) -> Any:
                 bad = inputs_bad(data)
                 if bad is not None:
@@ -327,8 +339,13 @@ class Recorder:
             logs, new_state = original(state, data)
             step, taken = self._jax_step, self._loss_calls
             self._jax_step = None  # no tracer kept past its trace
-            if four and step is not None and self.lbuf is not None and isinstance(new_state, (tuple, list)) \
-                    and len(new_state) == 4:
+            if (
+                four
+                and step is not None
+                and self.lbuf is not None
+                and isinstance(new_state, (tuple, list))
+                and len(new_state) == 4
+            ):
                 p_lb = _index_of(model.metrics_variables, self.lbuf)
                 if p_lb is not None:  # a model whose metrics leave out the loss tracker records no loss
                     # the step's loss into the two columns after its row (a step that counted; else the
@@ -340,12 +357,18 @@ class Recorder:
                     p = _index_of(self.opt.variables, self.buf)
                     loss = mv[p_lb][0] if taken == 1 else ops.convert_to_tensor(float("nan"), "float32")
                     at = ops.where(go, slot, chunk)
-                    buf = ops.slice_update(ov[p], (at, self.width), ops.reshape(
-                        ops.stack([loss, ops.convert_to_tensor(float(taken), "float32")]), (1, N_LOSS_COLS)))
+                    buf = ops.slice_update(
+                        ov[p],
+                        (at, self.width),
+                        ops.reshape(
+                            ops.stack([loss, ops.convert_to_tensor(float(taken), "float32")]), (1, N_LOSS_COLS)
+                        ),
+                    )
                     if taken == 1 and not self.is_loss_scaled:  # a non-finite loss stops the next update
                         bad = ops.logical_and(go, ops.logical_not(ops.isfinite(loss)))  # (scaled: an overflow)
-                        buf = ops.slice_update(buf, (chunk, H_HALT), ops.reshape(
-                            ops.where(bad, ops.ones_like(halt), halt), (1, 1)))
+                        buf = ops.slice_update(
+                            buf, (chunk, H_HALT), ops.reshape(ops.where(bad, ops.ones_like(halt), halt), (1, 1))
+                        )
                     ov[p] = buf
                     new_state = (trainable, non_trainable, ov, mv)
             return logs, new_state
@@ -356,8 +379,9 @@ class Recorder:
         name += self._suffix
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
             with self.model.distribute_strategy.scope():
-                return self.keras.Variable(value, dtype=dtype, trainable=False, name=name,
-                                           aggregation="only_first_replica")
+                return self.keras.Variable(
+                    value, dtype=dtype, trainable=False, name=name, aggregation="only_first_replica"
+                )
         var = self.keras.Variable(value, dtype=dtype, trainable=False, name=name)
         if owner_list is not None:  # JAX: threaded through fit as the owner's state
             owner_list.append(var)
@@ -383,11 +407,16 @@ class Recorder:
             # the row's two loss columns are written after the step by the train_step wrapper
             header = np.zeros((1, self.width + N_LOSS_COLS), np.float32)
             header[0, H_LIMIT] = self.limit
-            self.buf = self._variable(np.concatenate([np.zeros((self.chunk, self.width + N_LOSS_COLS), np.float32),
-                                                      header]), "float32", "stability_record", own)
+            self.buf = self._variable(
+                np.concatenate([np.zeros((self.chunk, self.width + N_LOSS_COLS), np.float32), header]),
+                "float32",
+                "stability_record",
+                own,
+            )
         elif self.backend != "torch":  # PyTorch keeps its raw values in a list, the count on the host
-            self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32",
-                                      "stability_record", own)
+            self.buf = self._variable(
+                np.zeros((self.chunk, self.width), np.float32), "float32", "stability_record", own
+            )
             self.count = self._variable(0, "int32", "stability_count", own)
             self.halt = self._variable(0, "int32", "stability_halt", own)
             self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
@@ -447,8 +476,17 @@ class Recorder:
 
     def own_ids(self) -> set[int]:
         """``id``s of the recorder's variables among the optimizer's (none of the user's state)."""
-        return {id(v) for v in (getattr(self, "buf", None), getattr(self, "count", None), getattr(self, "halt", None),
-                                getattr(self, "limit_var", None), self.input_bad) if v is not None}
+        return {
+            id(v)
+            for v in (
+                getattr(self, "buf", None),
+                getattr(self, "count", None),
+                getattr(self, "halt", None),
+                getattr(self, "limit_var", None),
+                self.input_bad,
+            )
+            if v is not None
+        }
 
     def _build_loss_buffers(self) -> None:
         if self.tracker is None:
@@ -459,8 +497,7 @@ class Recorder:
             self._patch(self.tracker, "update_state", self._torch_update_state(self.tracker.update_state))
             return
         if self.stateless:  # the step's loss, taken into the optimizer's buffer after the step (see above)
-            self.lbuf = self._variable(np.zeros((1,), np.float32), "float32", "stability_loss",
-                                       self.tracker._variables)
+            self.lbuf = self._variable(np.zeros((1,), np.float32), "float32", "stability_loss", self.tracker._variables)
             self.lcount = self.loss_bad = None
             self._patch(self.tracker, "update_state", self._jax_update_state(self.tracker.update_state))
             return
@@ -502,9 +539,19 @@ class Recorder:
 
     # -- the per-step statistics (backend-neutral keras.ops) --------------------
 
-    def _row(self, grads: list[Any], index: list[int], before: list[Any], after: list[Any],
-             state_after: list[Any], lr: Any, scale: Any, velocities: list[Any] | None,
-             velocities_after: list[Any] | None, input_bad: Any = None) -> tuple[Any, Any]:
+    def _row(
+        self,
+        grads: list[Any],
+        index: list[int],
+        before: list[Any],
+        after: list[Any],
+        state_after: list[Any],
+        lr: Any,
+        scale: Any,
+        velocities: list[Any] | None,
+        velocities_after: list[Any] | None,
+        input_bad: Any = None,
+    ) -> tuple[Any, Any]:
         """One buffer row and the device-side stop flag for one step."""
         ops = self.ops
         f32 = "float32"
@@ -532,10 +579,19 @@ class Recorder:
             slots = [state_after[j] for j in self.slots[k]] if len(state_after) == len(self.state_vars) else []
             checked.update(self.slots[k] if slots else ())
             zeros = ops.zeros_like(flat)
-            jax_rows.append((k, ops.stack([
-                ops.square(flat), ops.square(ops.reshape(ops.cast(a, f32), (-1,)) - flat),
-                ops.square(ops.reshape(ops.cast(g, f32), (-1,))) if g is not None else zeros,
-                sum(ops.reshape(ops.cast(t, f32), (-1,)) for t in slots) if slots else zeros])))
+            jax_rows.append(
+                (
+                    k,
+                    ops.stack(
+                        [
+                            ops.square(flat),
+                            ops.square(ops.reshape(ops.cast(a, f32), (-1,)) - flat),
+                            ops.square(ops.reshape(ops.cast(g, f32), (-1,))) if g is not None else zeros,
+                            sum(ops.reshape(ops.cast(t, f32), (-1,)) for t in slots) if slots else zeros,
+                        ]
+                    ),
+                )
+            )
         if jax_rows:
             sums = _jax_row_sums([m for _, m in jax_rows])  # (4, variables)
             for j, (k, _) in enumerate(jax_rows):
@@ -555,8 +611,11 @@ class Recorder:
         weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
         rest = [t for j, t in enumerate(state_after) if j not in checked]
         state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, rest) + sum(state_sums, zero)))
-        flags = (ops.cast(grads_bad, "int32") * GRADS + ops.cast(weights_bad, "int32") * WEIGHTS
-                 + ops.cast(state_bad, "int32") * OPTIMIZER)
+        flags = (
+            ops.cast(grads_bad, "int32") * GRADS
+            + ops.cast(weights_bad, "int32") * WEIGHTS
+            + ops.cast(state_bad, "int32") * OPTIMIZER
+        )
         if input_bad is not None:
             flags = flags + ops.cast(input_bad, "int32") * INPUT
         # Under loss scaling a non-finite *scaled* gradient is an overflow the
@@ -564,8 +623,14 @@ class Recorder:
         # with the loss, which it reads from the tracker).
         stop_mask = (WEIGHTS | OPTIMIZER | INPUT) if self.is_loss_scaled else STOP_BITS
         stop = ops.not_equal(ops.bitwise_and(flags, stop_mask), 0)
-        parts = [ops.reshape(gnorm, (1,)), ops.reshape(ops.cast(lr, f32), (1,)),
-                 ops.reshape(ops.cast(flags, f32), (1,)), ops.reshape(upd, (1,)), var_gnorm, var_upd]
+        parts = [
+            ops.reshape(gnorm, (1,)),
+            ops.reshape(ops.cast(lr, f32), (1,)),
+            ops.reshape(ops.cast(flags, f32), (1,)),
+            ops.reshape(upd, (1,)),
+            var_gnorm,
+            var_upd,
+        ]
         if velocities is not None:
             eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
             ratios = []
@@ -621,8 +686,11 @@ class Recorder:
                 in_bad = None if self.input_bad is None else ops.not_equal(self.input_bad.value, 0)
                 row, stop = self._row(grads, index, before, after, state, lr, scale, vel, vel_after, in_bad)
                 slot = ops.mod(self.count.value, self.chunk)
-                written = ops.slice_update(self.buf.value, ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
-                                           ops.reshape(row, (1, self.width)))
+                written = ops.slice_update(
+                    self.buf.value,
+                    ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
+                    ops.reshape(row, (1, self.width)),
+                )
                 if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
                     stop = ops.logical_or(stop, ops.equal(loss_bad.value, self.count.value + 1))
                 if masked:  # the row, the count and the halt flag of a step that counts, only
@@ -681,9 +749,14 @@ class Recorder:
 
         opt = self.opt
         f32 = torch.float32
-        self.t_host: dict[str, Any] = {"count": 0, "halt": False, "lcount": 0,
-                                       "buf": np.zeros((self.chunk, self.width), np.float32),
-                                       "lbuf": np.zeros((self.chunk,), np.float32), "losses": []}
+        self.t_host: dict[str, Any] = {
+            "count": 0,
+            "halt": False,
+            "lcount": 0,
+            "buf": np.zeros((self.chunk, self.width), np.float32),
+            "lbuf": np.zeros((self.chunk,), np.float32),
+            "losses": [],
+        }
         state_floats = [v for v in self.state_vars if v.value.is_floating_point()]
         self._torch_layout()
         first = list(opt._trainable_variables)[:1]
@@ -693,8 +766,10 @@ class Recorder:
 
         # the stored tensors, which Keras updates in place: ``Variable.value`` asks for the device on every
         # read (microseconds each, dozens of variables per step)
-        stored = all(isinstance(getattr(v, "_value", None), torch.Tensor)
-                     for v in [*opt._trainable_variables, *self.state_vars, *(self.velocities or [])])
+        stored = all(
+            isinstance(getattr(v, "_value", None), torch.Tensor)
+            for v in [*opt._trainable_variables, *self.state_vars, *(self.velocities or [])]
+        )
 
         def tensors(variables: list[Any]) -> list[Any]:
             return [v._value for v in variables] if stored else [v.value for v in variables]
@@ -728,7 +803,7 @@ class Recorder:
                 have = [(g, k) for g, k in zip(grads, index, strict=True) if g is not None]
                 norms = torch._foreach_norm(before + delta + [g for g, _ in have], 2, dtype=f32)
                 m = len(tvars)
-                w_n, d_n, g_have = list(norms[:m]), list(norms[m:2 * m]), list(norms[2 * m:])
+                w_n, d_n, g_have = list(norms[:m]), list(norms[m : 2 * m]), list(norms[2 * m :])
                 if len(have) == n and index == list(range(n)):
                     g_n = g_have
                 else:  # variables without a gradient, or given in another order: by the optimizer's index
@@ -739,8 +814,9 @@ class Recorder:
                         w_k[k], d_k[k] = a, b
                     w_n, d_n = w_k, d_k
                 # the optimizer state: one sum, finite iff every entry is (or it overflows float32: divergence)
-                s_sum = (torch.cat([t.reshape(-1) for t in tensors(state_floats)]).sum(dtype=f32)
-                         if state_floats else zero)
+                s_sum = (
+                    torch.cat([t.reshape(-1) for t in tensors(state_floats)]).sum(dtype=f32) if state_floats else zero
+                )
                 tail = [lr, self._torch_pending_loss(zero)]
                 if scale is not None:
                     tail.append(scale)
@@ -790,7 +866,7 @@ class Recorder:
         apply), for the step's raw vector, so that torch_halted reads it in the same copy; 0 if none."""
         import torch
 
-        pending = self.t_losses[self.t_loss_used:]
+        pending = self.t_losses[self.t_loss_used :]
         self.t_loss_used = len(self.t_losses)
         if not pending:
             return zero
@@ -805,13 +881,13 @@ class Recorder:
         host batch to the GPU waits for the step before it in the same way."""
         if self.backend != "torch" or not self.built:
             return False
-        raws, self.t_raw_checked = self.t_raw[self.t_raw_checked:], len(self.t_raw)
+        raws, self.t_raw_checked = self.t_raw[self.t_raw_checked :], len(self.t_raw)
         # losses the tracker saw after the step's update (a train_step that updates its metrics last)
-        late, self.t_loss_used = self.t_losses[self.t_loss_used:], len(self.t_losses)
+        late, self.t_loss_used = self.t_losses[self.t_loss_used :], len(self.t_losses)
         scaled = self.is_loss_scaled  # under loss scaling a non-finite loss is an overflow, skipped
         for r in raws:
             r = r.tolist()  # plain floats: numpy's ufuncs cost more than the copy here, tens of microseconds
-            if not (math.isfinite(sum(r[:self.t_stop])) and (scaled or math.isfinite(r[self.t_loss]))):
+            if not (math.isfinite(sum(r[: self.t_stop])) and (scaled or math.isfinite(r[self.t_loss]))):
                 return True
         if scaled or not late:
             return False
@@ -847,37 +923,40 @@ class Recorder:
                 host["buf"][i % self.chunk] = row
                 host["count"] = i + 1
                 host["halt"] = bool(stop)
-        return {"buf": host["buf"], "count": host["count"], "halt": int(host["halt"]),
-                **({"lbuf": host["lbuf"], "lcount": host["lcount"]} if self.tracker is not None else {})}
+        return {
+            "buf": host["buf"],
+            "count": host["count"],
+            "halt": int(host["halt"]),
+            **({"lbuf": host["lbuf"], "lcount": host["lcount"]} if self.tracker is not None else {}),
+        }
 
     def _torch_derive(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The steps' buffer rows from their raw vectors (rows of ``r``, float64), and which stop the run:
         all rows at once (numpy per row would cost tens of microseconds a step)."""
         n = self.n_vars
-        w_n, d_n = r[:, self.t_w:self.t_w + n], r[:, self.t_d:self.t_d + n]
-        g_n = r[:, self.t_g:self.t_g + n]
+        w_n, d_n = r[:, self.t_w : self.t_w + n], r[:, self.t_d : self.t_d + n]
+        g_n = r[:, self.t_g : self.t_g + n]
         lr = r[:, self.t_lr]
         with np.errstate(all="ignore"):
             if self.is_loss_scaled:
-                g_n = g_n / r[:, self.t_scale:self.t_scale + 1]
+                g_n = g_n / r[:, self.t_scale : self.t_scale + 1]
             gnorm = np.sqrt(np.sum(g_n * g_n, axis=1))
             w_sq, d_sq = np.sum(w_n * w_n, axis=1), np.sum(d_n * d_n, axis=1)
             tiny = 1e-30
             upd = np.sqrt(d_sq) / np.sqrt(w_sq + tiny)
             var_upd = d_n / np.sqrt(w_n * w_n + tiny)
         finite = np.isfinite(r)
-        grads_bad = ~finite[:, self.t_g:self.t_g + n].all(axis=1)
-        weights_bad = ~(finite[:, self.t_w:self.t_w + n].all(axis=1) & finite[:, self.t_d:self.t_d + n].all(axis=1))
-        state_bad = ~finite[:, self.t_s:self.t_g].all(axis=1)
+        grads_bad = ~finite[:, self.t_g : self.t_g + n].all(axis=1)
+        weights_bad = ~(finite[:, self.t_w : self.t_w + n].all(axis=1) & finite[:, self.t_d : self.t_d + n].all(axis=1))
+        state_bad = ~finite[:, self.t_s : self.t_g].all(axis=1)
         flags = GRADS * grads_bad + WEIGHTS * weights_bad + OPTIMIZER * state_bad
-        stop = ~finite[:, :self.t_stop].all(axis=1)
+        stop = ~finite[:, : self.t_stop].all(axis=1)
         cols = [gnorm[:, None], lr[:, None], flags[:, None].astype(np.float64), upd[:, None], g_n, var_upd]
         if self.n_diag:
             cols += [r[:, -2:-1], np.sqrt(r[:, -1:] / self.v_size)]
         if self.n_scale:
-            cols.append(r[:, self.t_scale:self.t_scale + 1])
+            cols.append(r[:, self.t_scale : self.t_scale + 1])
         return np.concatenate(cols, axis=1).astype(np.float32), stop
-
 
     # -- JAX: stateless_apply, the recorder's variables threaded as state -------
 
@@ -917,16 +996,18 @@ class Recorder:
             vel = [ov[p] for p in vel_pos] if vel_pos is not None else None
             vel_after = [new_o[p] for p in vel_pos] if vel_pos is not None else None
             in_bad = ops.not_equal(header[H_INPUT], 0) if self.check_inputs else None
-            row, stop = self._row(grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after,
-                                  in_bad)
+            row, stop = self._row(
+                grads, list(range(len(tv))), tv, new_t, state_after, lr, scale, vel, vel_after, in_bad
+            )
             # the step's row in its slot, written in place whether the step counts or not: the slot of a step
             # that does not count is the next one's, which the host does not read until a step fills it
             f32 = "float32"
             slot = ops.cast(ops.mod(count, self.chunk), "int32")
             halt = ops.where(go, ops.cast(stop, f32), halted)  # once halted, it stays so
             buf = ops.slice_update(buf, (slot, 0), ops.expand_dims(row, 0))
-            new_o[p_buf] = ops.slice_update(buf, (self.chunk, H_COUNT), ops.reshape(
-                ops.stack([count + ops.cast(go, f32), halt]), (1, 2)))
+            new_o[p_buf] = ops.slice_update(
+                buf, (self.chunk, H_COUNT), ops.reshape(ops.stack([count + ops.cast(go, f32), halt]), (1, 2))
+            )
             self._jax_step = (go, slot, halt)  # for the train_step wrapper, in the same trace
             return new_t, new_o
 
@@ -940,9 +1021,11 @@ class Recorder:
             return self._torch_read() if self.built else {"buf": np.zeros((0, 0), np.float32), "count": 0, "halt": 0}
         if self.stateless:
             return self._jax_read()
-        out: dict[str, np.ndarray | int] = {"buf": host_numpy(self.buf.value),
-                                            "count": int(host_numpy(self.count.value)),
-                                            "halt": int(host_numpy(self.halt.value))}
+        out: dict[str, np.ndarray | int] = {
+            "buf": host_numpy(self.buf.value),
+            "count": int(host_numpy(self.count.value)),
+            "halt": int(host_numpy(self.halt.value)),
+        }
         if self.lbuf is not None:
             out["lbuf"] = host_numpy(self.lbuf.value)
             out["lcount"] = int(host_numpy(self.lcount.value))
@@ -963,10 +1046,13 @@ class Recorder:
         # a model whose metrics leave out the loss tracker records no loss (the wrapper writes none)
         tracked = self.lbuf is not None and _index_of(self.model.metrics_variables, self.lbuf) is not None
         w = self.width
-        out: dict[str, np.ndarray | int] = {"buf": buf[:self.chunk, :w], "count": int(buf[self.chunk, H_COUNT]),
-               "halt": int(buf[self.chunk, H_HALT])}
+        out: dict[str, np.ndarray | int] = {
+            "buf": buf[: self.chunk, :w],
+            "count": int(buf[self.chunk, H_COUNT]),
+            "halt": int(buf[self.chunk, H_HALT]),
+        }
         if tracked:  # per row: its step's loss, and how many losses the tracker took in that step
-            out["lrow"], out["ltaken"] = buf[:self.chunk, w], buf[:self.chunk, w + 1]
+            out["lrow"], out["ltaken"] = buf[: self.chunk, w], buf[: self.chunk, w + 1]
         return out
 
     def device_of_buffer(self) -> str:
@@ -1191,5 +1277,15 @@ def host_flags(rows: np.ndarray, loss: np.ndarray | None, loss_scaled: bool) -> 
     return flags.astype(np.int32)
 
 
-__all__ = ["ChunkRows", "Recorder", "find_optimizers", "host_flags", "host_numpy", "N_FIXED", "COL_GNORM", "COL_LR",
-           "COL_FLAGS", "COL_UPDATE"]
+__all__ = [
+    "ChunkRows",
+    "Recorder",
+    "find_optimizers",
+    "host_flags",
+    "host_numpy",
+    "N_FIXED",
+    "COL_GNORM",
+    "COL_LR",
+    "COL_FLAGS",
+    "COL_UPDATE",
+]

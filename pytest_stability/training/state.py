@@ -25,8 +25,10 @@ def _optimizer_variables(model: Any, recs: Any = ()) -> list[Any]:
 
 def take_state(model: Any, recs: Any = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Host copies of every model variable and of the optimizers' own variables (not the recorders')."""
-    return ([np.array(host_numpy(v.value)) for v in model.variables],
-            [np.array(host_numpy(v.value)) for v in _optimizer_variables(model, recs)])
+    return (
+        [np.array(host_numpy(v.value)) for v in model.variables],
+        [np.array(host_numpy(v.value)) for v in _optimizer_variables(model, recs)],
+    )
 
 
 def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
@@ -34,8 +36,10 @@ def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) 
     model_values, opt_values = state
     opt_vars = _optimizer_variables(model)
     if len(model_values) != len(model.variables) or len(opt_values) != len(opt_vars):
-        raise RuntimeError(f"the saved state has {len(model_values)} model and {len(opt_values)} optimizer "
-                           f"variables, the model now {len(model.variables)} and {len(opt_vars)}")
+        raise RuntimeError(
+            f"the saved state has {len(model_values)} model and {len(opt_values)} optimizer "
+            f"variables, the model now {len(model.variables)} and {len(opt_vars)}"
+        )
     for v, value in zip(model.variables, model_values, strict=True):
         v.assign(value)
     for v, value in zip(opt_vars, opt_values, strict=True):

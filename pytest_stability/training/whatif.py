@@ -126,8 +126,20 @@ def _fixable(keras: Any, model: Any, fix: dict[str, Any]) -> None:
             raise NotReplayable(f"{type(inner).__name__} has no {key!r} setting")
 
 
-def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure_step: int, window: int,
-           x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int | None, seed: int, spec: Any) -> Replay:
+def replay(
+    model: Any,
+    result: engine.RunResult,
+    *,
+    fix: dict[str, Any],
+    failure_step: int,
+    window: int,
+    x: Any,
+    y: Any,
+    fit_kwargs: dict[str, Any],
+    batch_size: int | None,
+    seed: int,
+    spec: Any,
+) -> Replay:
     """Re-run the same training from its first step, with ``fix`` applied from ``window`` steps before the failure.
 
     The model and optimizer are put back to their state before the original
@@ -160,9 +172,19 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
         # the replay's warnings are the original run's again: it is the plugin's own extra run, not the user's
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rerun = engine.train(model, x, y, fit_kwargs=kwargs, steps=trace.steps_planned or trace.steps, seed=seed,
-                                 spec=spec, batch_size=batch_size, stop_after=until, random_start=result.random_start,
-                                 fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None)
+            rerun = engine.train(
+                model,
+                x,
+                y,
+                fit_kwargs=kwargs,
+                steps=trace.steps_planned or trace.steps,
+                seed=seed,
+                spec=spec,
+                batch_size=batch_size,
+                stop_after=until,
+                random_start=result.random_start,
+                fix_at=(start, lambda m: apply_fix(keras, m, fix)) if fix else None,
+            )
     finally:
         restore_optimizer_settings(model, saved_config)
         restore_state(model, final)
@@ -179,8 +201,9 @@ def replay(model: Any, result: engine.RunResult, *, fix: dict[str, Any], failure
     # the fix goes in at the latest read-back at or before `start` (a chunk boundary)
     applied_at = int(rerun.trace.info.get("fix_applied_at", start)) if fix else start
     new.info["fix_applied_at"] = applied_at
-    return Replay(dict(fix), describe_fix(info.get("optimizer", "optimizer"), fix), min(applied_at, new.steps),
-                  new.steps, new)
+    return Replay(
+        dict(fix), describe_fix(info.get("optimizer", "optimizer"), fix), min(applied_at, new.steps), new.steps, new
+    )
 
 
 def optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:
@@ -209,15 +232,23 @@ def verdict(rep: Replay, check_results: list[Any]) -> dict[str, Any]:
     else:
         judged = ", ".join(r.name for r in check_results if r.status != "skipped")
         text = f"{head}: no finding ({judged} pass on the replayed steps)"
-    loss = rep.trace.loss[rep.start:rep.end]
+    loss = rep.trace.loss[rep.start : rep.end]
     loss = loss[np.isfinite(loss)]
-    return {"fix": rep.fix, "fix_text": rep.fix_text, "start": rep.start, "end": rep.end - 1,
-            "resolved": not after, "still_failing": sorted({f.check for f in after}),
-            "final_loss": float(loss[-1]) if loss.size else math.nan, "text": text}
+    return {
+        "fix": rep.fix,
+        "fix_text": rep.fix_text,
+        "start": rep.start,
+        "end": rep.end - 1,
+        "resolved": not after,
+        "still_failing": sorted({f.check for f in after}),
+        "final_loss": float(loss[-1]) if loss.size else math.nan,
+        "text": text,
+    }
 
 
-def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
-                  thresholds: Any, spec: Any, **data: Any) -> list[Any]:
+def attach_whatif(
+    results: list[Any], model: Any, result: engine.RunResult, thresholds: Any, spec: Any, **data: Any
+) -> list[Any]:
     """Replay the suggested optimizer fixes; attach the outcome to the first finding as ``evidence["whatif"]``.
 
     The findings' ``fix_configs`` are tried primary finding first (``evidence["rank"]``), then in step order,
@@ -233,8 +264,9 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
     from ..checks import run_checks
 
     # the primary finding first (its first fix is the first suggested fix), then the others in step order
-    findings = sorted((f for r in results for f in r.findings),
-                      key=lambda f: (f.evidence.get("rank", 1_000_000), f.step))
+    findings = sorted(
+        (f for r in results for f in r.findings), key=lambda f: (f.evidence.get("rank", 1_000_000), f.step)
+    )
     if not findings:
         return results
     tries: list[tuple[dict[str, Any], int]] = []
@@ -249,14 +281,18 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
     attempts: list[dict[str, Any]] = []
     for fix, start in tries[:MAX_ATTEMPTS]:
         try:
-            rep = replay(model, result, fix=fix, failure_step=start, window=thresholds.spike_window,
-                         spec=spec, **data)
+            rep = replay(model, result, fix=fix, failure_step=start, window=thresholds.spike_window, spec=spec, **data)
         except NotReplayable as exc:
             attempts.append({"fix": fix, "resolved": None, "text": f"not replayed with {fix}: {exc}"})
             continue
         except Exception as exc:  # the replay is advice: a failure in it must not fail or hide the run's verdict
-            attempts.append({"fix": fix, "resolved": None,
-                             "text": f"the replay with {fix} failed: {type(exc).__name__}: {str(exc)[:300]}"})
+            attempts.append(
+                {
+                    "fix": fix,
+                    "resolved": None,
+                    "text": f"the replay with {fix} failed: {type(exc).__name__}: {str(exc)[:300]}",
+                }
+            )
             continue
         # val_loss needs validation during the replay, which it does not run
         names = tuple(c for c in spec.checks if c != "val_loss")
@@ -264,13 +300,18 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
         if attempts[-1]["resolved"]:
             break
     if not attempts:
-        note: dict[str, Any] = {"resolved": None, "attempts": [],
-                                "text": "nothing to replay: the suggested fix is not an optimizer setting "
-                                        "(data, loss or model)"}
+        note: dict[str, Any] = {
+            "resolved": None,
+            "attempts": [],
+            "text": "nothing to replay: the suggested fix is not an optimizer setting (data, loss or model)",
+        }
     else:
         done = [a["resolved"] for a in attempts if a["resolved"] is not None]
-        note = {"resolved": any(done) if done else None, "attempts": attempts,
-                "text": "; then ".join(a["text"] for a in attempts)}
+        note = {
+            "resolved": any(done) if done else None,
+            "attempts": attempts,
+            "text": "; then ".join(a["text"] for a in attempts),
+        }
     target = findings[0]
     fix = target.fix
     if any(f.check in ("loss_spike", "grad_norm") for f in findings):
@@ -286,15 +327,25 @@ def attach_whatif(results: list[Any], model: Any, result: engine.RunResult,
     out = []
     for r in results:
         if target in r.findings:
-            fs = tuple(dataclasses.replace(f, evidence=evidence, fix=fix) if f is target else f
-                       for f in r.findings)
+            fs = tuple(dataclasses.replace(f, evidence=evidence, fix=fix) if f is target else f for f in r.findings)
             r = type(r)(r.name, r.status, fs, r.detail, r.stats)
         out.append(r)
     return out
 
 
-def guard_replay(model: Any, result: engine.RunResult, *, window: int, sigmas: float, x: Any, y: Any,
-                 fit_kwargs: dict[str, Any], batch_size: int | None, seed: int, spec: Any) -> engine.RunResult:
+def guard_replay(
+    model: Any,
+    result: engine.RunResult,
+    *,
+    window: int,
+    sigmas: float,
+    x: Any,
+    y: Any,
+    fit_kwargs: dict[str, Any],
+    batch_size: int | None,
+    seed: int,
+    spec: Any,
+) -> engine.RunResult:
     """The same run again from its first step, its optimizer wrapped in a :class:`~.guard.SkipStepGuard`.  The
     model ends as the original run left it.
 
@@ -323,9 +374,17 @@ def guard_replay(model: Any, result: engine.RunResult, *, window: int, sigmas: f
         model.optimizer = guarded
         with warnings.catch_warnings():  # the plugin's own extra run: its warnings are the original's again
             warnings.simplefilter("ignore")
-            return engine.train(model, x, y, fit_kwargs=dict(fit_kwargs), steps=trace.steps_planned or trace.steps,
-                                seed=seed, spec=spec.replace(curvature=False), batch_size=batch_size,
-                                random_start=result.random_start)
+            return engine.train(
+                model,
+                x,
+                y,
+                fit_kwargs=dict(fit_kwargs),
+                steps=trace.steps_planned or trace.steps,
+                seed=seed,
+                spec=spec.replace(curvature=False),
+                batch_size=batch_size,
+                random_start=result.random_start,
+            )
     finally:
         model.optimizer = original
         model.train_function = None
@@ -343,19 +402,27 @@ def guard_verdict(model: Any, result: engine.RunResult, thresholds: Any, spec: A
     except NotReplayable as exc:
         return {"resolved": None, "skipped": [], "text": f"not replayed with {rule}: {exc}"}
     except Exception as exc:  # advice: never fail or hide the run's verdict
-        return {"resolved": None, "skipped": [],
-                "text": f"the replay with {rule} failed: {type(exc).__name__}: {str(exc)[:300]}"}
+        return {
+            "resolved": None,
+            "skipped": [],
+            "text": f"the replay with {rule} failed: {type(exc).__name__}: {str(exc)[:300]}",
+        }
     trace = rerun.trace
     # a skipped step applied no update although its gradients were finite and not zero
     ratio, gnorm = trace.update_ratio, trace.grad_norm
-    skipped = [] if ratio is None or gnorm is None else [
-        int(k) for k in np.flatnonzero((ratio == 0) & np.isfinite(gnorm) & (gnorm > 0))]
+    skipped = (
+        []
+        if ratio is None or gnorm is None
+        else [int(k) for k in np.flatnonzero((ratio == 0) & np.isfinite(gnorm) & (gnorm > 0))]
+    )
     names = tuple(c for c in spec.checks if c != "val_loss")
     # a finding at a step the guard skipped is the guard doing its job: that batch's loss and gradients were
     # seen, its update was not applied
     absorbed = set(skipped)
-    left = sorted((f for r in run_checks(trace, thresholds, names) for f in r.findings if f.step not in absorbed),
-                  key=lambda f: f.step)
+    left = sorted(
+        (f for r in run_checks(trace, thresholds, names) for f in r.findings if f.step not in absorbed),
+        key=lambda f: f.step,
+    )
     where = ", ".join(str(k) for k in skipped[:8]) + (" ..." if len(skipped) > 8 else "")
     head = f"with {rule} from the first step, {len(skipped)} step(s) skipped" + (f" ({where})" if skipped else "")
     # a run that passes because most of its updates were skipped did not train: not saved
@@ -363,11 +430,19 @@ def guard_verdict(model: Any, result: engine.RunResult, thresholds: Any, spec: A
     if left:
         text = f"{head}: still unstable: [{left[0].check}] step {left[0].step}: {left[0].message}"
     elif most:
-        text = (f"{head}: no finding left, but more than {thresholds.max_skipped_fraction:.0%} of the "
-                f"{trace.steps} updates did not happen, so the guard does not save this run")
+        text = (
+            f"{head}: no finding left, but more than {thresholds.max_skipped_fraction:.0%} of the "
+            f"{trace.steps} updates did not happen, so the guard does not save this run"
+        )
     else:
         text = f"{head}: the run passes"
     optimizer = (result.trace.info or {}).get("optimizer", "optimizer")
-    return {"resolved": not left and not most, "skipped": skipped, "window": window, "sigmas": sigmas, "text": text,
-            "fix": f"guard the optimizer: SkipStepGuard({optimizer}(...), window={window}, sigmas={sigmas:g}) "
-                   f"(from pytest_stability import SkipStepGuard; it skipped {len(skipped)} step(s) in the replay)"}
+    return {
+        "resolved": not left and not most,
+        "skipped": skipped,
+        "window": window,
+        "sigmas": sigmas,
+        "text": text,
+        "fix": f"guard the optimizer: SkipStepGuard({optimizer}(...), window={window}, sigmas={sigmas:g}) "
+        f"(from pytest_stability import SkipStepGuard; it skipped {len(skipped)} step(s) in the replay)",
+    }

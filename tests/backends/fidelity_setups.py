@@ -21,10 +21,20 @@ Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("float32")
 
 
 def mlp(optimizer=None, **compile_kwargs):
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dropout(0.1), keras.layers.Dense(1, activation="sigmoid")])
-    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-2), loss="binary_crossentropy",
-                  metrics=["accuracy"], **compile_kwargs)
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(1e-2),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        **compile_kwargs,
+    )
     return model
 
 
@@ -108,16 +118,17 @@ class Batches(keras.utils.PyDataset):
         return 8
 
     def __getitem__(self, i):
-        return X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
+        return X[i * 8 : (i + 1) * 8], Y[i * 8 : (i + 1) * 8]
 
 
 def batches_forever():
     while True:
         for i in range(8):
-            yield X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
+            yield X[i * 8 : (i + 1) * 8], Y[i * 8 : (i + 1) * 8]
 
 
 # -- the setups: each returns (model, x, y, fit_kwargs); fit_kwargs callbacks are made fresh per call ----------
+
 
 def spy():
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [Spy()], "validation_data": (X[:16], Y[:16])}
@@ -146,13 +157,14 @@ def reduce_lr_on_plateau():
 
 
 def learning_rate_scheduler():
-    cb = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-2 * 0.5 ** epoch)
+    cb = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-2 * 0.5**epoch)
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [cb, EpochSpy()]}
 
 
 def model_checkpoint(tmp):
-    cb = keras.callbacks.ModelCheckpoint(os.path.join(tmp, "ckpt_{epoch}_{batch}.weights.h5"),
-                                         save_weights_only=True, save_freq=5)
+    cb = keras.callbacks.ModelCheckpoint(
+        os.path.join(tmp, "ckpt_{epoch}_{batch}.weights.h5"), save_weights_only=True, save_freq=5
+    )
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [cb]}
 
 
@@ -218,8 +230,9 @@ def full_batch_no_dropout():
     """The whole data set each step, nothing random in the model: the stability run trains it as one long epoch
     (nothing observes epochs), which changes the order of the samples within the batch, so the sums, by
     rounding only."""
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     return model, X, Y, {"batch_size": 64, "_plain_epochs": 24}
 
@@ -232,10 +245,34 @@ def gan():
     return build(), REAL, None, {"batch_size": 32, "callbacks": [EpochSpy()]}
 
 
-SETUPS = {name: fn for name, fn in dict(globals()).items()
-          if callable(fn) and fn.__module__ == __name__ and name in (
-              "spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
-              "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
-              "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
-              "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout",
-              "gan")}
+SETUPS = {
+    name: fn
+    for name, fn in dict(globals()).items()
+    if callable(fn)
+    and fn.__module__ == __name__
+    and name
+    in (
+        "spy",
+        "epoch_spy",
+        "stop_training",
+        "raising_callback",
+        "early_stopping",
+        "reduce_lr_on_plateau",
+        "learning_rate_scheduler",
+        "model_checkpoint",
+        "mixed_precision",
+        "jit_compile",
+        "run_eagerly",
+        "own_steps_per_execution",
+        "gradient_accumulation",
+        "class_weight",
+        "sample_weight",
+        "validation_split",
+        "tf_dataset",
+        "py_dataset",
+        "generator",
+        "full_batch",
+        "full_batch_no_dropout",
+        "gan",
+    )
+}

@@ -13,7 +13,7 @@ import json
 #: Runs inside pytester like every test here: importing pytest_stability.training in this (outer) process
 #: would keep the package across pytester's sys.modules restores, and with it a stale ``engine`` attribute
 #: whose Trace is not the next run's Trace.
-CLOSED_FORM = '''
+CLOSED_FORM = """
 import keras
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ def test_preconditioned_sharpness_matches_the_closed_form_with_adams_own_second_
     assert int(keras.ops.convert_to_numpy(opt.iterations)) == t
     assert out["sharpness"] == pytest.approx(exact, rel=1e-3), (BACKEND, out)
     assert out["sharpness"] > 2 * np.linalg.eigvalsh(hessian)[-1]  # the preconditioner matters here
-'''
+"""
 
 
 def test_sharpness_and_preconditioned_sharpness_match_the_closed_form_hessian(pytester):
@@ -76,7 +76,7 @@ def test_sharpness_and_preconditioned_sharpness_match_the_closed_form_hessian(py
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
-PROBLEM = '''
+PROBLEM = """
 import json
 import numpy as np
 import keras
@@ -94,13 +94,15 @@ def mlp(dropout):
                               keras.layers.Dropout(dropout), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     return model
-'''
+"""
 
 
 def test_measured_inside_fit_at_read_backs_without_changing_the_run(pytester):
     """Under JAX fit holds the state, so the measurement goes through _sync; a dropout MLP trained by Adam on
     shuffled minibatches gives the same trace with and without it (no variable, no random state touched)."""
-    pytester.makepyfile(PROBLEM + '''
+    pytester.makepyfile(
+        PROBLEM
+        + """
 @pytest.mark.stable_training(steps=40, readback_every=10, curvature=True, curvature_points=4)
 def test_least_squares(stability):
     lr = 1.5 / LAMBDA
@@ -127,11 +129,16 @@ def test_mlp_measured(stability):
     assert len(c["steps"]) == 3 and c["steps"][-1] == 30 and all(s >= t for s, t in zip(c["steps"], (10, 20, 30)))
     assert c["kind"] == "preconditioned" and c["optimizer"] == "Adam"
     assert all(r is not None and r > 0 for r in c["ratio"]), c
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=report.json")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["PASS  test_measured_inside_fit_at_read_backs_without_changing_the_run.py::"
-                                 "test_least_squares  * eos ratio 0.75"])
+    result.stdout.fnmatch_lines(
+        [
+            "PASS  test_measured_inside_fit_at_read_backs_without_changing_the_run.py::"
+            "test_least_squares  * eos ratio 0.75"
+        ]
+    )
     doc = json.loads((pytester.path / "report.json").read_text())
     runs = {t["nodeid"].split("::")[1]: t["calls"][0]["runs"][0] for t in doc["tests"]}
     plain, measured = runs["test_mlp_plain"], runs["test_mlp_measured"]

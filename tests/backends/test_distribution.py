@@ -14,7 +14,7 @@ import pytest
 
 BACKEND = keras.backend.backend()
 
-TF_TEST = '''
+TF_TEST = """
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -57,9 +57,9 @@ def test_mirrored(stability):
     assert np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
     assert tr.loss[-1] < tr.loss[0] and tr.has_validation
     assert type(model.distribute_strategy).__name__ == "MirroredStrategy"
-'''
+"""
 
-JAX_TEST = '''
+JAX_TEST = """
 import numpy as np
 import pytest
 import jax
@@ -85,7 +85,7 @@ def test_data_parallel(stability):
     tr = rep.trace
     assert tr.steps == 24 and np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
     assert tr.loss[-1] < tr.loss[0] and tr.has_validation
-'''
+"""
 
 
 @pytest.mark.skipif(BACKEND not in ("tensorflow", "jax"), reason="MirroredStrategy (TensorFlow), DataParallel (JAX)")

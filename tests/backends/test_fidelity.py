@@ -20,6 +20,7 @@ HERE = Path(__file__).parent
 
 try:  # tf.data serves every backend; imported here, not first inside pytester's run, which cannot re-import it
     import tensorflow  # noqa: F401
+
     HAVE_TF = True
 except ImportError:  # pragma: no cover - the suite installs it
     HAVE_TF = False
@@ -114,7 +115,7 @@ def _test_source(names: list[str]) -> str:
     out = [RUNNER]
     for name in names:
         if name == "model_checkpoint":
-            out.append(f'''
+            out.append(f"""
 
 @pytest.mark.stable_training(readback_every=16)
 def test_{name}(stability, tmp_path):
@@ -138,34 +139,55 @@ def test_{name}(stability, tmp_path):
             loaded.append([keras.ops.convert_to_numpy(w) for w in fresh.weights])
         for a, b in zip(*loaded):
             np.testing.assert_array_equal(a, b)
-''')
+""")
         else:
             rtol = ROUNDING.get(name, 0.0)
-            out.append(f'''
+            out.append(f"""
 
 @pytest.mark.stable_training(readback_every=16)
 def test_{name}(stability):
     plain, mine = both_ways(stability, S.{name})
     same(plain, mine, rtol={rtol!r})
-''')
+""")
     return "".join(out)
 
 
 #: setups whose weights may differ by float rounding (rtol): a full batch summed in another order
 ROUNDING = {"full_batch_no_dropout": 1e-4}
 
-SETUP_NAMES = ["spy", "epoch_spy", "stop_training", "raising_callback", "early_stopping", "reduce_lr_on_plateau",
-               "learning_rate_scheduler", "model_checkpoint", "mixed_precision", "jit_compile", "run_eagerly",
-               "own_steps_per_execution", "gradient_accumulation", "class_weight", "sample_weight",
-               "validation_split", "tf_dataset", "py_dataset", "generator", "full_batch", "full_batch_no_dropout",
-               "gan"]
+SETUP_NAMES = [
+    "spy",
+    "epoch_spy",
+    "stop_training",
+    "raising_callback",
+    "early_stopping",
+    "reduce_lr_on_plateau",
+    "learning_rate_scheduler",
+    "model_checkpoint",
+    "mixed_precision",
+    "jit_compile",
+    "run_eagerly",
+    "own_steps_per_execution",
+    "gradient_accumulation",
+    "class_weight",
+    "sample_weight",
+    "validation_split",
+    "tf_dataset",
+    "py_dataset",
+    "generator",
+    "full_batch",
+    "full_batch_no_dropout",
+    "gan",
+]
 
 
 def test_plain_fit_and_stability_fit_are_observed_the_same(pytester):
     """One pytester run, one test per setup (a failure names the setup and the difference)."""
     names = [n for n in SETUP_NAMES if n not in UNSUPPORTED.get(BACKEND, set()) and (HAVE_TF or n != "tf_dataset")]
-    pytester.makepyfile(fidelity_setups=(HERE / "fidelity_setups.py").read_text(),
-                        gan=(HERE.parents[1] / "example_project" / "gan.py").read_text())
+    pytester.makepyfile(
+        fidelity_setups=(HERE / "fidelity_setups.py").read_text(),
+        gan=(HERE.parents[1] / "example_project" / "gan.py").read_text(),
+    )
     pytester.makepyfile(test_setups=_test_source(names))
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=len(names))

@@ -13,7 +13,6 @@ import pytest
 BACKEND = keras.backend.backend()
 
 
-
 def run(pytester, problem: str, body: str, *args: str):
     """``problem``: tests/conftest.py's tiny, backend-neutral problem (X, Y, XV, YV, build())."""
     pytester.makepyfile(problem + body)
@@ -22,7 +21,10 @@ def run(pytester, problem: str, body: str, *args: str):
 
 def test_list_inputs_and_outputs_with_per_output_losses_and_sample_weight(pytester, tiny_problem):
     """The setup of a real report: two outputs, loss=[custom] * 2, sample_weight, Adam."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 def custom_loss(y_true, y_pred):
     return keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
 
@@ -42,12 +44,16 @@ def test_model(stability):
     assert np.all(np.isfinite(rep.trace.loss)) and rep.trace.loss[-1] < rep.trace.loss[0]
     assert rep.trace.var_grad_norms.shape == (30, len(model.trainable_variables))
     assert rep.trace.val_steps[0] == 0 and rep.trace.val_steps[-1] == 30
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        '''
 def fit_and_twin(stability):
     """stability.fit of an SGD model; a twin with its initial weights; those weights."""
     model = build(optimizer=keras.optimizers.SGD(0.1))
@@ -85,12 +91,16 @@ def test_every_step(stability):
         expected.append(float(keras.ops.convert_to_numpy(loss).mean()))
         check.train_on_batch(xb, yb)
     np.testing.assert_allclose(rep.trace.loss, expected, rtol=1e-5)
-''')
+''',
+    )
     result.assert_outcomes(passed=2)
 
 
 def test_class_weight_validation_split_callbacks_and_lr_schedule(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 class Counting(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -127,12 +137,13 @@ def test_reduce_lr_on_plateau_lowers_the_recorded_rate(stability):
     rep = stability.fit(build(), X, Y, batch_size=32, callbacks=[plateau])
     assert rep.trace.lr[0] == pytest.approx(0.01)
     assert rep.trace.lr[-1] < 0.01 / 4
-''')
+""",
+    )
     result.assert_outcomes(passed=2)
 
 
 CUSTOM_TRAIN_STEP = {
-    "tensorflow": '''
+    "tensorflow": """
     def train_step(self, data):
         import tensorflow as tf
         x, y = data
@@ -147,8 +158,8 @@ CUSTOM_TRAIN_STEP = {
             else:
                 metric.update_state(y, y_pred)
         return {m.name: m.result() for m in self.metrics}
-''',
-    "jax": '''
+""",
+    "jax": """
     def compute_loss_and_updates(self, trainable_variables, non_trainable_variables, x, y, training=False):
         y_pred, non_trainable_variables = self.stateless_call(
             trainable_variables, non_trainable_variables, x, training=training)
@@ -174,8 +185,8 @@ CUSTOM_TRAIN_STEP = {
             logs[metric.name] = metric.stateless_result(this)
             new_metrics_vars += this
         return logs, (trainable_variables, non_trainable_variables, optimizer_variables, new_metrics_vars)
-''',
-    "torch": '''
+""",
+    "torch": """
     def train_step(self, data):
         import torch
         x, y = data
@@ -193,12 +204,15 @@ CUSTOM_TRAIN_STEP = {
             else:
                 metric.update_state(y, y_pred)
         return {m.name: m.result() for m in self.metrics}
-''',
+""",
 }
 
 
 def test_custom_train_step_from_the_keras_guide_is_trained_and_recorded(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, f'''
+    result = run(
+        pytester,
+        tiny_problem,
+        f'''
 class CustomModel(keras.Model):
 {CUSTOM_TRAIN_STEP[BACKEND]}
 
@@ -266,12 +280,16 @@ def test_a_non_finite_loss_its_metric_sees_after_the_update_stops_the_run_there(
     assert tr.steps == 4 and np.flatnonzero(tr.nonfinite).tolist() == [3] and np.isinf(tr.loss[3])
     if keras.backend.backend() == "torch":  # one step per call: none ran after the non-finite one
         assert len(began) == 4, began
-''')
+''',
+    )
     result.assert_outcomes(passed=3)
 
 
 def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 TRACES = []
 
 
@@ -303,7 +321,8 @@ def test_compare():
     assert s1 == s2 == 3 and s3 == 4
     assert np.array_equal(l1, l2) and np.array_equal(g1, g2)
     assert not np.array_equal(l1, l3)
-''')
+""",
+    )
     result.assert_outcomes(passed=5)
 
 
@@ -311,7 +330,10 @@ def test_validation_and_the_batchnorm_gap_do_not_change_the_training_trajectory(
     """Validating (with the BatchNorm train/inference gap, a training-mode forward through Dropout) at every
     read-back must leave the training run exactly as it is without validation data: on PyTorch, Dropout
     draws its masks from torch's global generator, which the measurement puts back."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 TRACES = []
 
 
@@ -338,13 +360,17 @@ def test_compare():
     assert v0 is None and v1 is not None and v1.size == 4  # validated before the first step and at 3 read-backs
     assert gap1 is not None  # the gap was measured during training
     np.testing.assert_array_equal(l0, l1)
-''')
+""",
+    )
     result.assert_outcomes(passed=3)
 
 
 def test_the_model_is_given_back_untouched(pytester, tiny_problem):
     """After the test: the user's optimizer, no extra variables, and plain fit / save work."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 @pytest.mark.stable_training(steps=12)
 def test_model(stability, tmp_path):
     model = build()
@@ -358,12 +384,16 @@ def test_model(stability, tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
     assert len(again.optimizer.variables) == len(model.optimizer.variables)
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_data_kinds(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 class Seq(keras.utils.PyDataset):
     def __len__(self):
         return 8
@@ -391,14 +421,18 @@ def test_dict_inputs(stability):
 def test_generator_that_runs_out(stability):
     gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 256, 32))
     stability.fit(build(), gen)
-''')
+""",
+    )
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*the training data ran out after 8 batches, but steps=20 needs 20*"])
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch DataLoader is a PyTorch-backend input")
 def test_torch_dataloader(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 import torch
 
 
@@ -407,14 +441,18 @@ def test_model(stability):
     ds = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(Y))
     rep = stability.fit(build(), torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True))
     assert rep.trace.steps == 20 and rep.runs[0].data_kind == "dataloader"
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_nan_in_a_pipeline_batch_is_caught_on_the_device_at_its_step(pytester, tiny_problem):
     """Batches from a pipeline (here a PyDataset) are checked for NaN/Inf in the step itself, on the device:
     the run stops at that step and blames the data, with no second read of the pipeline."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 X2 = X.copy()
 X2[70] = np.nan  # sample 70: batch 2
 
@@ -457,7 +495,8 @@ def test_a_loss_that_raises_on_it(stability):
     finally:
         if keras.backend.backend() == "torch":  # (the loss is traced on the others: nothing seen)
             assert SEEN and all(SEEN), SEEN
-''')
+""",
+    )
     # the same outcome on every backend: PyTorch, which does not run that step, ends the run there as the
     # others' NaN loss does
     result.assert_outcomes(passed=1, failed=1)
@@ -468,7 +507,10 @@ def test_no_update_is_applied_after_a_non_finite_loss_or_after_the_planned_steps
     """The weights after the test are those of the last step that counts, on every backend and for both ways
     of keeping a step out (a zero learning rate for Adam, whose update scales with it; a cond, a select or a
     host check for SGD with momentum, whose buffer carries earlier rates): checked against plain fit."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 OPTIMIZERS = {"adam": lambda: keras.optimizers.Adam(1e-2),
               "sgd_momentum": lambda: keras.optimizers.SGD(1e-2, momentum=0.9)}
 
@@ -537,7 +579,8 @@ def test_batchnorm_statistics_see_only_the_planned_batches(stability):
     plain.fit(X, Y, batch_size=32, shuffle=False, epochs=4, verbose=0)
     plain.fit(X[:160], Y[:160], batch_size=32, shuffle=False, epochs=1, verbose=0)
     assert_same_weights(model, plain)  # the moving mean and variance included
-''')
+""",
+    )
     result.assert_outcomes(passed=5)
 
 
@@ -546,7 +589,10 @@ def test_the_run_ends_at_steps_with_the_users_own_fit_arguments(pytester, tiny_p
     a validation split (a shorter epoch), a later initial epoch, more epochs than needed, their own
     steps_per_execution, sample weights.  Every run ends at exactly 23 steps, and so does
     optimizer.iterations."""
-    result = run(pytester, tiny_problem, """
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 CASES = {"validation_split": dict(validation_split=0.25), "initial_epoch": dict(initial_epoch=2),
          "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32"))}
 if keras.backend.backend() != "torch":  # Keras' fit refuses steps_per_execution > 1 on PyTorch
@@ -562,7 +608,8 @@ def test_model(stability, case):
     rep = stability.fit(model, X, Y, batch_size=32, **CASES[case])
     assert rep.trace.steps == 23
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
-""")
+""",
+    )
     result.assert_outcomes(passed=4 if BACKEND == "torch" else 5)
 
 
@@ -610,7 +657,10 @@ def test_the_logs_are_read_back_once_a_chunk_and_never_per_step(pytester, tiny_p
     worker thread).  TensorFlow and JAX run a chunk per call (here an epoch of 8 steps, shorter than the
     chunk), so the plugin may cost that once a call; PyTorch runs one step per call, so there it must not
     cost it at all.  Counted at Keras' CallbackList, in fit's thread."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 import threading
 
 from keras.src.callbacks.callback_list import CallbackList
@@ -635,7 +685,8 @@ def test_model(stability, monkeypatch):
         assert len(in_fit_thread) == 64 and synced == 0, (len(in_fit_thread), synced)
     else:
         assert 1 <= synced <= 64 // 8, synced  # 8 steps an epoch: at most one call of 8 steps each
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
@@ -643,7 +694,10 @@ def test_a_callback_that_sees_single_batches_sees_every_step_and_none_past_the_p
     """A callback that overrides a batch-level hook sees every step, as in plain fit (the run keeps the model's
     steps_per_execution), and none past ``steps`` (the last call is cut there; PyTorch runs one step per call
     and stops right at ``steps``)."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 class Steps(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -659,7 +713,8 @@ def test_model(stability):
     rep = stability.fit(build(), X, Y, batch_size=32, shuffle=False, callbacks=[steps])
     assert rep.trace.steps == 37
     assert steps.batches == list(range(8)) * 4 + list(range(5))
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
@@ -669,7 +724,10 @@ def test_nan_weights_are_reported_at_their_step_and_pytorch_runs_no_step_after(p
     on the CPU, with a device-side assert on a GPU, after which no CUDA call of the process works (every
     later test fails).  So PyTorch runs no step after a non-finite one: the loss never sees a NaN.  The run
     stops at step 5 and reports it, as on the other backends."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 from pytest_stability.trace import WEIGHTS
 
 BACKEND = keras.backend.backend()
@@ -700,7 +758,8 @@ def test_model(stability):
     if BACKEND == "torch":
         assert SEEN and all(SEEN), SEEN  # (one more call than steps: Keras builds the loss on a batch first)
         assert not any("raised" in note for note in rep.trace.info.get("notes", []))
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
@@ -708,7 +767,10 @@ def test_an_error_raised_in_training_reaches_the_user_unchanged(pytester, tiny_p
     """A user callback that raises mid-run, with nothing non-finite recorded: the engine reads back what was
     recorded (a non-finite step before the error would end the run there), then lets the user's own error
     through, unchanged."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 class Boom(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch >= 3:
@@ -718,7 +780,8 @@ class Boom(keras.callbacks.Callback):
 @pytest.mark.stable_training(steps=40, readback_every=64)
 def test_model(stability):
     stability.fit(build(), X, Y, batch_size=32, callbacks=[Boom()])
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["E *ValueError: boom at batch *"])
     result.stdout.no_fnmatch_line("*has been deleted*")
@@ -728,36 +791,48 @@ def test_validation_points_are_the_same_steps_on_every_backend(pytester, tiny_pr
     """Read-backs (and the validation points and curvature measurements they carry) fall where TensorFlow's
     and JAX's compiled calls end: every chunk // min(chunk, epoch) calls, a call cut at an epoch's end.
     PyTorch runs one step per call and reads back at the same steps."""
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 @pytest.mark.stable_training(steps=40, readback_every=16, validate_every=10)
 def test_model(stability):
     # validation every 10 steps caps the chunk at 10; 8 steps an epoch: calls of 8 steps, a read-back after
     # each (8, 16, 24, ...), a validation at the first read-back past each multiple of 10, and at the end
     rep = stability.fit(build(), X, Y, batch_size=32, validation_data=(XV, YV))
     assert rep.trace.val_steps.tolist() == [0, 16, 24, 32, 40]
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="Keras' fit refuses steps_per_execution > 1 on PyTorch alone")
 def test_pytorch_refuses_steps_per_execution_above_one_as_keras_does(pytester, tiny_problem):
-    result = run(pytester, tiny_problem, '''
+    result = run(
+        pytester,
+        tiny_problem,
+        """
 @pytest.mark.stable_training(steps=8)
 def test_model(stability):
     model = build()
     model.compile(optimizer="adam", loss="binary_crossentropy", steps_per_execution=4)
     stability.fit(model, X, Y, batch_size=32)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*compiled with steps_per_execution=4, which Keras' fit refuses on the PyTorch "
-                                 "backend (it must be 1)*"])
+    result.stdout.fnmatch_lines(
+        ["*compiled with steps_per_execution=4, which Keras' fit refuses on the PyTorch backend (it must be 1)*"]
+    )
 
 
 def test_steps_a_loss_scale_optimizer_skips_are_counted_and_too_many_fail(pytester):
     """Mixed precision: an overflow of the scaled gradients is the loss-scale optimizer skipping a step, not an
     instability; a run that skips most of its steps learns nothing and fails with that as its cause.  The
     loss scale is recorded per step, and the report says what the layers computed in."""
-    result = run(pytester, "", '''
+    result = run(
+        pytester,
+        "",
+        """
 import keras
 import numpy as np
 import pytest
@@ -794,7 +869,9 @@ def test_healthy(stability):
     model, x, y = mixed(1.0)
     rep = stability.fit(model, x, y, batch_size=32)
     assert not any(f.check == "nonfinite" for f in rep.findings)
-''', "--stability-report=report.json")
+""",
+        "--stability-report=report.json",
+    )
     result.assert_outcomes(passed=2)
     import json
 

@@ -22,7 +22,9 @@ def run(pytester, body: str, *args: str):
 
 
 def test_a_healthy_gan_passes_and_records_each_loss_and_optimizer(pytester):
-    result = run(pytester, '''
+    result = run(
+        pytester,
+        '''
 class RunningMeans(keras.callbacks.Callback):
     """The d_loss logs show each step: Keras' running mean over the epoch."""
     def __init__(self):
@@ -50,7 +52,9 @@ def test_gan(stability):
     raw = [m if b == 0 else (b + 1) * m - b * prev for (b, m), (_, prev) in zip(means.means, [(0, 0.0)] + means.means)]
     np.testing.assert_allclose(trace.curves["d_loss"], raw, rtol=2e-3, atol=1e-4)
     assert report.verdict == "stable", report.explain()
-''', "--stability-report=report.json")
+''',
+        "--stability-report=report.json",
+    )
     result.assert_outcomes(passed=1)
     import json
 
@@ -60,11 +64,14 @@ def test_gan(stability):
 
 
 def test_a_discriminator_learning_rate_far_too_high_fails_naming_the_optimizer(pytester):
-    result = run(pytester, '''
+    result = run(
+        pytester,
+        """
 @pytest.mark.stable_training(steps=160)
 def test_gan(stability):
     stability.fit(gan(d_learning_rate=5.0), REAL, batch_size=32)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
     text = result.stdout.str()
     # a finding names the optimizer (or the loss curve) it is about, and its fix says which optimizer to change
@@ -73,7 +80,9 @@ def test_gan(stability):
 
 
 def test_a_train_step_that_applies_no_optimizer_is_told_so(pytester):
-    result = run(pytester, '''
+    result = run(
+        pytester,
+        """
 class NoUpdate(keras.Model):
     def __init__(self):
         super().__init__()
@@ -94,7 +103,9 @@ def test_no_update(stability):
     model = NoUpdate()
     model.compile(optimizer="adam")
     stability.fit(model, REAL[:64], batch_size=8)
-''' if BACKEND != "jax" else '''
+"""
+        if BACKEND != "jax"
+        else """
 class NoUpdate(keras.Model):
     def __init__(self):
         super().__init__()
@@ -113,7 +124,9 @@ def test_no_update(stability):
     model.compile(optimizer="adam")
     model.build((None, 16))
     stability.fit(model, REAL[:64], batch_size=8)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*model.fit() ran 8 training step(s), but the model's train_step applied no Keras "
-                                 "optimizer*"])
+    result.stdout.fnmatch_lines(
+        ["*model.fit() ran 8 training step(s), but the model's train_step applied no Keras optimizer*"]
+    )

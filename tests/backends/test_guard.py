@@ -61,7 +61,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_the_whatif_replay_says_whether_the_guard_saves_the_run(pytester):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
 import keras
 import numpy as np
 import pytest
@@ -83,6 +83,6 @@ def test_model(stability):
     assert "the run passes" in guard["text"] and "SkipStepGuard(SGD(...), window=32, sigmas=6)" in first.fix
     # offered after the run's own fixes, as the terminal report lists them
     assert first.evidence["fixes"][-1]["text"].startswith("guard the optimizer: SkipStepGuard(SGD(...)")
-''')
+""")
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=1)

@@ -20,7 +20,7 @@ SIZES = (1, 63, 64, 65, 3, 2048, 150_000, 7)
 
 def _mats():
     rng = np.random.default_rng(0)
-    return [rng.normal(size=(4, n)).astype("float32") * (10.0 ** k) for k, n in enumerate(SIZES)]
+    return [rng.normal(size=(4, n)).astype("float32") * (10.0**k) for k, n in enumerate(SIZES)]
 
 
 def _expected(mats):

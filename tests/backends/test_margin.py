@@ -17,7 +17,7 @@ def run(pytester, problem, body, *args):
     return pytester.runpytest("-p", "no:cacheprovider", *args)
 
 
-MARKED = '''
+MARKED = """
 @pytest.mark.stable_training(steps=60, margin=True, margin_steps=30)
 def test_near_the_edge(stability):
     rep = stability.fit(linear(0.5), X, Y, batch_size=32)
@@ -43,38 +43,46 @@ def test_already_unstable(stability):
     assert not rep.ok
     m = rep.trace.info["margin"]
     assert m["value"] < 1.0 and not m["stable_at_1x"] and m["probes"] == []
-'''
+"""
 
 
 def test_marginal_configuration_has_a_smaller_margin_than_its_fixed_twin(pytester, least_squares):
     result = run(pytester, least_squares, MARKED, "--stability-report=report.json")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["PASS  test_lr_margin.py::test_fixed_twin  * margin 16x",
-                                 "PASS  test_lr_margin.py::test_near_the_edge  * margin 1.*x"])
+    result.stdout.fnmatch_lines(
+        [
+            "PASS  test_lr_margin.py::test_fixed_twin  * margin 16x",
+            "PASS  test_lr_margin.py::test_near_the_edge  * margin 1.*x",
+        ]
+    )
     doc = json.loads((pytester.path / "report.json").read_text())
     margins = {t["nodeid"].split("::")[1]: t["calls"][0]["runs"][0]["summary"]["lr_margin"] for t in doc["tests"]}
     assert margins["test_fixed_twin"] >= 16 > 2 > margins["test_near_the_edge"] >= 1 > margins["test_already_unstable"]
 
 
 def test_min_margin_fails_a_run_that_trains_too_close_to_the_edge(pytester, least_squares):
-    result = run(pytester, least_squares, '''
+    result = run(
+        pytester,
+        least_squares,
+        """
 @pytest.mark.stable_training(steps=60, margin=True, margin_steps=30, min_margin=4)
 def test_near_the_edge(stability):
     stability.fit(linear(0.5), X, Y, batch_size=32)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*[[]margin] step 59: learning-rate stability margin 1.* is below min_margin 4x*"])
 
 
 def test_baseline_fails_when_the_margin_shrinks(pytester, least_squares):
-    body = '''
+    body = """
 LR = {lr}
 
 
 @pytest.mark.stable_training(steps=60, margin=True, margin_steps=30)
 def test_model(stability):
     stability.fit(linear(LR), X, Y, batch_size=32)
-'''
+"""
     saved = run(pytester, least_squares, body.format(lr=0.01), "--stability-save-baseline=base.json")
     saved.assert_outcomes(passed=1)
     entry = json.loads((pytester.path / "base.json").read_text())

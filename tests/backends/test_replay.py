@@ -31,8 +31,14 @@ def _spec():
 def _fresh_run(seed):
     """A new model, built under ``seed`` (as the fixture does), trained for STEPS steps."""
     engine.seed_everything(seed)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dropout(0.3), keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     # the case a replay must handle: fit builds the compiled loss itself, peeking at the training data
     assert not model._compile_loss.built
@@ -42,8 +48,19 @@ def _fresh_run(seed):
 
 
 def _replay(model, res, fix):
-    return whatif.replay(model, res, fix=fix, failure_step=FAILURE, window=WINDOW, x=X, y=Y, fit_kwargs={},
-                         batch_size=32, seed=0, spec=_spec())
+    return whatif.replay(
+        model,
+        res,
+        fix=fix,
+        failure_step=FAILURE,
+        window=WINDOW,
+        x=X,
+        y=Y,
+        fit_kwargs={},
+        batch_size=32,
+        seed=0,
+        spec=_spec(),
+    )
 
 
 SERIES = ("loss", "grad_norm", "var_grad_norms", "lr", "update_ratio", "var_update_ratio", "nonfinite")
@@ -72,12 +89,12 @@ def test_replay_with_a_lower_learning_rate_differs_only_from_the_fix_step_on():
     # up to the fix, the same run; step k's loss and gradients come from the weights before its update
     for name in SERIES:
         np.testing.assert_array_equal(getattr(new, name)[:k], getattr(old, name)[:k], err_msg=name)
-    np.testing.assert_array_equal(new.loss[:k + 1], old.loss[:k + 1])
-    np.testing.assert_array_equal(new.grad_norm[:k + 1], old.grad_norm[:k + 1])
+    np.testing.assert_array_equal(new.loss[: k + 1], old.loss[: k + 1])
+    np.testing.assert_array_equal(new.grad_norm[: k + 1], old.grad_norm[: k + 1])
     # from step k on: a 10x lower rate, so a 10x smaller first Adam update (same m and v), then another run
     np.testing.assert_allclose(new.lr[k:], 0.1 * old.lr[k:], rtol=1e-6)
     assert new.update_ratio[k] == pytest.approx(0.1 * old.update_ratio[k], rel=1e-3)
-    assert np.all(new.loss[k + 1:] != old.loss[k + 1:])
+    assert np.all(new.loss[k + 1 :] != old.loss[k + 1 :])
 
 
 def test_two_fresh_runs_with_the_same_seed_give_the_same_trace():
@@ -96,7 +113,7 @@ def test_a_fix_read_when_the_step_is_compiled_takes_effect_mid_run():
     k = rep.start
     assert 0 < k <= FAILURE - WINDOW and rep.end == STEPS
     old, new = res.trace, rep.trace
-    np.testing.assert_array_equal(new.loss[:k + 1], old.loss[:k + 1])
+    np.testing.assert_array_equal(new.loss[: k + 1], old.loss[: k + 1])
     assert new.update_ratio[k] < 0.5 * old.update_ratio[k]  # sqrt(v) + 1 divides the step now
-    assert np.all(new.loss[k + 1:] != old.loss[k + 1:])
+    assert np.all(new.loss[k + 1 :] != old.loss[k + 1 :])
     assert model.optimizer.epsilon == 1e-7  # the user's setting is put back

@@ -78,27 +78,27 @@ def build_diverging(name="mlp_nan"):
 #: Stability tests that several modules' pytester runs are built from (after named_problem), by name;
 #: see the ``scenario`` fixture.  Each is what its name says, at 40 steps or fewer.
 SCENARIO_TESTS = {
-    "healthy": '''
+    "healthy": """
 
 @pytest.mark.stable_training(steps=40, validate_every=20)
 def test_healthy(stability):
     stability.train(build(), X, Y, validation_data=(XV, YV), batch_size=16)
-''',
+""",
     # findings: grad_norm at step 1, then nonfinite at step 2 (3 steps run), naming mlp_nan/... variables
-    "diverges": '''
+    "diverges": """
 
 @pytest.mark.stable_training(steps=40)
 def test_diverges(stability):
     stability.train(build_diverging(), X, Y * 100, batch_size=16)
-''',
-    "crashes": '''
+""",
+    "crashes": """
 
 @pytest.mark.stable_training(steps=40)
 def test_crashes(stability):
     stability.train(build(name="mlp_crash"), X, Y, batch_size=16)
     raise RuntimeError("the test body crashed")
-''',
-    "setup_error": '''
+""",
+    "setup_error": """
 
 @pytest.fixture
 def broken_data():
@@ -108,42 +108,42 @@ def broken_data():
 @pytest.mark.stable_training(steps=40)
 def test_setup_error(broken_data, stability):
     stability.train(build(), X, Y)
-''',
-    "skipped": '''
+""",
+    "skipped": """
 
 @pytest.mark.skip(reason="not today")
 @pytest.mark.stable_training(steps=40)
 def test_skipped(stability):
     stability.train(build(), X, Y)
-''',
-    "never_trains": '''
+""",
+    "never_trains": """
 
 @pytest.mark.stable_training(steps=40)
 def test_never_trains(stability):
     pass
-''',
-    "one": '''
+""",
+    "one": """
 
 @pytest.mark.stable_training(steps=20)
 def test_one(stability):
     stability.train(build(), X, Y, batch_size=16)
-''',
-    "plain": '''
+""",
+    "plain": """
 
 def test_plain():
     pass
-''',
+""",
     # a parametrized test: its node id ("test_param[0.01]") becomes a file name
-    "param": '''
+    "param": """
 
 @pytest.mark.parametrize("lr", [1e-2])
 @pytest.mark.stable_training(steps=20)
 def test_param(stability, lr):
     stability.train(build(lr), X, Y, batch_size=16)
-''',
+""",
     # the loss is NaN from step 0 (NaN in the first batch): its plot has nothing to log-scale.  Named to sort
     # before test_healthy: such a plot must not abort the plots after it ("Data cannot be log-scaled").
-    "nan_from_start": '''
+    "nan_from_start": """
 
 @pytest.mark.stable_training(steps=10)
 def test_a_nan_from_start(stability):
@@ -151,20 +151,20 @@ def test_a_nan_from_start(stability):
     model.compile(optimizer="sgd", loss=lambda y, p: keras.ops.mean(p) * np.nan)  # NaN from step 0
     report = stability.train(model, X, Y, batch_size=16, check=False)
     assert report.trace.steps == 1 and not np.isfinite(report.trace.loss).any()
-''',
+""",
     # two seeds of a model built per seed
-    "two": '''
+    "two": """
 
 @pytest.mark.stable_training(steps=12, seeds=2)
 def test_two(stability):
     stability.train(build, X, Y, batch_size=16)
-''',
+""",
 }
 
 #: test_baseline.py's module: test_a's training and validation data are switched by VARIANT: "grad" scales the
 #: inputs (gradient norms and the validation loss grow ~10x), "val" flips 30% of the validation labels (only the
 #: validation loss grows; val_tolerance=5 keeps the in-run val_loss check quiet), "nan" makes it diverge.
-GATE_TESTS = '''
+GATE_TESTS = """
 VARIANT = {variant!r}
 XS = 10.0 if VARIANT == "grad" else 1.0
 flip = np.random.default_rng(1).random(64) < 0.3
@@ -182,21 +182,21 @@ def test_a(stability):
 @pytest.mark.stable_training(steps=40, seeds={seeds_b})
 def test_b(stability):
     stability.train(build(name="mlp_b"), X, Y, validation_data=(XV, YV), batch_size=16)
-'''
+"""
 
 #: A test that test_baseline.py adds to GATE_TESTS after its baseline was saved.
-GATE_NEW_TEST = '''
+GATE_NEW_TEST = """
 
 @pytest.mark.stable_training(steps=30)
 def test_c(stability):
     stability.train(build(name="mlp_c"), X, Y, batch_size=16)
-'''
+"""
 
 #: test_xdist.py's own tests (after every scenario).  XS=10 (the compared runs) makes test_regresses' gradient
 #: norms ~10x those of the baseline run, so the baseline comparison fails it.  test_unnamed names nothing: Keras'
 #: automatic names (in the report as the model name and in the finding's "first variable affected") must not
 #: depend on what else the process ran.
-XDIST_TESTS = '''
+XDIST_TESTS = """
 
 XS = {xs!r}
 
@@ -218,19 +218,19 @@ def test_unnamed(stability):
     model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
     report = stability.train(model, X, Y * 100, batch_size=16, check=False)
     assert report.verdict == "unstable"
-'''
+"""
 
 #: A test that test_xdist.py adds to XDIST_TESTS after its baseline was saved.
-XDIST_NEW_TEST = '''
+XDIST_NEW_TEST = """
 
 @pytest.mark.stable_training(steps=20)
 def test_not_in_baseline(stability):
     stability.train(build(name="mlp_n"), X, Y, batch_size=16)
-'''
+"""
 
 #: test_seeds.py's module: build_for_seed() runs right after the fixture seeds Python's `random` with the run's
 #: seed, so its first draw decides, per seed, whether that seed diverges (seed 1 of 0, 1, 2 does).
-SEEDS_TESTS = '''
+SEEDS_TESTS = """
 import random
 
 
@@ -243,14 +243,15 @@ def build_for_seed():
 @pytest.mark.stable_training(steps=30, seeds=3)
 def test_three_seeds(stability):
     stability.train(build_for_seed, X, Y, batch_size=16)
-'''
+"""
 
 #: The modules whose training is recorded (tests/plugin/recorded/GROUP.json; see recorded_runs.py), after
 #: named_problem.  A report test that runs (some of) these tests replays their training: recorded.args(GROUP, ...).
 #: After changing one of them, re-record: STABILITY_REWRITE_RECORDINGS=1 pytest tests/plugin/test_recorded_runs.py
 RECORDED_GROUPS = {
-    "scenarios": "".join(SCENARIO_TESTS[name] for name in ("healthy", "diverges", "crashes", "one", "param",
-                                                           "nan_from_start", "two")),
+    "scenarios": "".join(
+        SCENARIO_TESTS[name] for name in ("healthy", "diverges", "crashes", "one", "param", "nan_from_start", "two")
+    ),
     "gate": GATE_TESTS.format(variant="same", seeds_b=2) + GATE_NEW_TEST,
     "gate_grad": GATE_TESTS.format(variant="grad", seeds_b=1),
     "gate_val": GATE_TESTS.format(variant="val", seeds_b=1),
@@ -306,8 +307,9 @@ def scenario(pytester: pytest.Pytester, named_problem: str) -> Callable[..., Pat
 @pytest.fixture
 def gating() -> types.SimpleNamespace:
     """The helpers above, for test modules (a conftest is not importable by name)."""
-    return types.SimpleNamespace(load_strict=load_strict, without_timings=without_timings, tests_by_id=tests_by_id,
-                                 TIMING_KEYS=TIMING_KEYS)
+    return types.SimpleNamespace(
+        load_strict=load_strict, without_timings=without_timings, tests_by_id=tests_by_id, TIMING_KEYS=TIMING_KEYS
+    )
 
 
 @pytest.fixture
@@ -324,5 +326,10 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     monkeypatch.setenv("PYTHONPATH", recorded_runs.pythonpath_with_this_directory())
     return types.SimpleNamespace(
         args=lambda *groups: ("-p", "recorded_runs", "--recorded-runs=" + ",".join(groups)),
-        groups=RECORDED_GROUPS, GATE_TESTS=GATE_TESTS, GATE_NEW_TEST=GATE_NEW_TEST, XDIST_TESTS=XDIST_TESTS,
-        XDIST_NEW_TEST=XDIST_NEW_TEST, SEEDS_TESTS=SEEDS_TESTS)
+        groups=RECORDED_GROUPS,
+        GATE_TESTS=GATE_TESTS,
+        GATE_NEW_TEST=GATE_NEW_TEST,
+        XDIST_TESTS=XDIST_TESTS,
+        XDIST_NEW_TEST=XDIST_NEW_TEST,
+        SEEDS_TESTS=SEEDS_TESTS,
+    )

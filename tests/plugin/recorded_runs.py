@@ -76,8 +76,11 @@ def _decode(value: Any) -> Any:
 def result_to_dict(result: Any) -> dict[str, Any]:
     """A RunResult as builtins (its trace field by field); the what-if replay's initial state is not kept."""
     trace = {f.name: _encode(getattr(result.trace, f.name)) for f in dataclasses.fields(result.trace)}
-    out = {f.name: _encode(getattr(result, f.name)) for f in dataclasses.fields(result)
-           if f.name not in ("trace", "initial_state")}
+    out = {
+        f.name: _encode(getattr(result, f.name))
+        for f in dataclasses.fields(result)
+        if f.name not in ("trace", "initial_state")
+    }
     out["trace"] = trace
     return out
 
@@ -107,9 +110,15 @@ def describe_inputs(x: Any, y: Any, fit_kwargs: dict[str, Any] | None, batch_siz
     value (training data, validation data, sample weights), and the batch size."""
     fit_kwargs = fit_kwargs or {}
     data = _arrays([x, y, fit_kwargs.get("sample_weight"), fit_kwargs.get("validation_data")])
-    return {"batch_size": fit_kwargs.get("batch_size", batch_size),
-            "arrays": [[list(a.shape), str(a.dtype), float(np.mean(np.abs(a))) if a.size else 0.0]
-                       if isinstance(a, np.ndarray) else a for a in data]}
+    return {
+        "batch_size": fit_kwargs.get("batch_size", batch_size),
+        "arrays": [
+            [list(a.shape), str(a.dtype), float(np.mean(np.abs(a))) if a.size else 0.0]
+            if isinstance(a, np.ndarray)
+            else a
+            for a in data
+        ],
+    }
 
 
 def same_inputs(now: dict[str, Any], recorded: dict[str, Any]) -> bool:
@@ -136,9 +145,11 @@ def load_group(name: str, directory: Path = RECORDINGS_DIR) -> dict[str, list[di
 def write_group(name: str, tests: dict[str, list[dict[str, Any]]], directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.json"
-    doc = {"about": f"recorded by tests/plugin/test_recorded_runs.py from the tests of group {name!r} "
-                    "(tests/plugin/conftest.py RECORDED_GROUPS); see tests/plugin/recorded_runs.py",
-           "tests": {k: tests[k] for k in sorted(tests)}}
+    doc = {
+        "about": f"recorded by tests/plugin/test_recorded_runs.py from the tests of group {name!r} "
+        "(tests/plugin/conftest.py RECORDED_GROUPS); see tests/plugin/recorded_runs.py",
+        "tests": {k: tests[k] for k in sorted(tests)},
+    }
     path.write_text(json.dumps(doc, indent=None, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
@@ -148,12 +159,24 @@ def write_group(name: str, tests: dict[str, list[dict[str, Any]]], directory: Pa
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("recorded_runs", "replayed training (pytest-stability's own tests)")
-    group.addoption("--recorded-runs", default=None, metavar="GROUP[,GROUP]",
-                    help="replay the recorded training of these groups (the first that has a test wins)")
-    group.addoption("--recorded-runs-from", default=None, metavar="DIR",
-                    help="read the recordings from DIR instead of tests/plugin/recorded")
-    group.addoption("--record-runs-to", default=None, metavar="DIR",
-                    help="train for real and write the runs of each module test_recorded_GROUP.py to DIR/GROUP.json")
+    group.addoption(
+        "--recorded-runs",
+        default=None,
+        metavar="GROUP[,GROUP]",
+        help="replay the recorded training of these groups (the first that has a test wins)",
+    )
+    group.addoption(
+        "--recorded-runs-from",
+        default=None,
+        metavar="DIR",
+        help="read the recordings from DIR instead of tests/plugin/recorded",
+    )
+    group.addoption(
+        "--record-runs-to",
+        default=None,
+        metavar="DIR",
+        help="train for real and write the runs of each module test_recorded_GROUP.py to DIR/GROUP.json",
+    )
 
 
 class _Replay:
@@ -216,9 +239,23 @@ class _Replay:
                 write_group(group, tests, self.record_to)
 
 
-def replayed(name: str, runs: list[dict[str, Any]], call: int, model: Any, x: Any, y: Any, *, steps: int, seed: int,
-             fit_kwargs: Any = None, batch_size: Any = None, progress: Any = None, fix_at: Any = None,
-             stop_after: Any = None, **_: Any) -> Any:
+def replayed(
+    name: str,
+    runs: list[dict[str, Any]],
+    call: int,
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    steps: int,
+    seed: int,
+    fit_kwargs: Any = None,
+    batch_size: Any = None,
+    progress: Any = None,
+    fix_at: Any = None,
+    stop_after: Any = None,
+    **_: Any,
+) -> Any:
     """The recorded RunResult of train() call ``call`` under ``seed``, once the model and data are the recorded ones."""
     where = f"recorded run of {name}, train() call {call}, seed {seed}"
     if fix_at is not None or stop_after is not None:
@@ -230,18 +267,29 @@ def replayed(name: str, runs: list[dict[str, Any]], call: int, model: Any, x: An
     trace = result.trace
     info = trace.info or {}
     inputs = describe_inputs(x, y, fit_kwargs, batch_size)
-    expected = {"steps": trace.steps_planned, "model": info.get("model"), "optimizer": info.get("optimizer"),
-                "variables": list(trace.var_names), "inputs": entry["inputs"]}
+    expected = {
+        "steps": trace.steps_planned,
+        "model": info.get("model"),
+        "optimizer": info.get("optimizer"),
+        "variables": list(trace.var_names),
+        "inputs": entry["inputs"],
+    }
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-    got = {"steps": steps, "model": model.name, "optimizer": type(optimizer).__name__,
-           "variables": [str(getattr(v, "path", v.name)) for v in model.trainable_variables],
-           "inputs": entry["inputs"] if same_inputs(inputs, entry["inputs"]) else inputs}
+    got = {
+        "steps": steps,
+        "model": model.name,
+        "optimizer": type(optimizer).__name__,
+        "variables": [str(getattr(v, "path", v.name)) for v in model.trainable_variables],
+        "inputs": entry["inputs"] if same_inputs(inputs, entry["inputs"]) else inputs,
+    }
     if not trace.var_names:  # nothing recorded per variable: nothing to compare
         got["variables"] = []
     if got != expected:
         diff = {k: f"recorded {expected[k]!r}, this test {got[k]!r}" for k in expected if expected[k] != got[k]}
-        raise RuntimeError(f"{where}: the test does not train what was recorded ({diff}); re-record: "
-                           "STABILITY_REWRITE_RECORDINGS=1 python -m pytest tests/plugin/test_recorded_runs.py")
+        raise RuntimeError(
+            f"{where}: the test does not train what was recorded ({diff}); re-record: "
+            "STABILITY_REWRITE_RECORDINGS=1 python -m pytest tests/plugin/test_recorded_runs.py"
+        )
     if progress is not None:
         progress(trace.steps)
     return result
@@ -256,8 +304,12 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_stability.training import engine
 
     directory = config.getoption("recorded_runs_from")
-    state = _Replay([g for g in (groups or "").split(",") if g], Path(directory) if directory else RECORDINGS_DIR,
-                    Path(record_to) if record_to else None, engine.train)
+    state = _Replay(
+        [g for g in (groups or "").split(",") if g],
+        Path(directory) if directory else RECORDINGS_DIR,
+        Path(record_to) if record_to else None,
+        engine.train,
+    )
     engine.train = state.train
     config.pluginmanager.register(state, "recorded-runs")
 

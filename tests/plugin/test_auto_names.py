@@ -33,15 +33,21 @@ def test_auto_names_restart_per_test_and_a_model_built_before_trains(pytester, t
     result = pytester.runpytest("-s", "-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=2)
     # this process built many models before (earlier tests): the names start afresh all the same
-    result.stdout.fnmatch_lines(["*NAMES run=1 fresh=sequential:dense,dense_1*",
-                                 "*NAMES run=2 fresh=sequential:dense,dense_1*"])
+    result.stdout.fnmatch_lines(
+        ["*NAMES run=1 fresh=sequential:dense,dense_1*", "*NAMES run=2 fresh=sequential:dense,dense_1*"]
+    )
     tests = gating.load_strict(pytester.path / "r.json")["tests"]
-    assert [t["nodeid"] for t in tests] == [f"test_auto_names_restart_per_test_and_a_model_built_before_trains.py"
-                                            f"::test_names[{run}]" for run in (1, 2)]
+    assert [t["nodeid"] for t in tests] == [
+        f"test_auto_names_restart_per_test_and_a_model_built_before_trains.py::test_names[{run}]" for run in (1, 2)
+    ]
     for test in tests:
         assert len(test["calls"]) == 2, test["nodeid"]
         prebuilt, fresh = (call["runs"][0] for call in test["calls"])
         assert (prebuilt["verdict"], prebuilt["steps_run"], fresh["verdict"], fresh["steps_run"]) == (
-            "stable", 20, "stable", 20), test["nodeid"]
+            "stable",
+            20,
+            "stable",
+            20,
+        ), test["nodeid"]
         assert prebuilt["model"]["model"] != "sequential"  # named by the counter before the restart
         assert fresh["model"]["model"] == "sequential"

@@ -19,7 +19,7 @@ def _annotations(result: pytest.RunResult) -> list[str]:
 
 def _message(command: str) -> str:
     """The message of a ``::error <properties>::<message>`` workflow command, unescaped (%0D, %0A, %25)."""
-    _, message = command[len("::"):].split("::", 1)  # the properties escape their own colons
+    _, message = command[len("::") :].split("::", 1)  # the properties escape their own colons
     return message.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
 
 
@@ -39,11 +39,14 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     monkeypatch.setenv("GITHUB_WORKSPACE", str(pytester.path.parent))  # the repository holds the project in a folder
     line = _def_line(path, "test_diverges")
-    expected = (f"::error file={pytester.path.name}/test_gh.py,line={line},"
-                f"title=unstable training%3A test_diverges::[grad_norm] step 1: ")
+    expected = (
+        f"::error file={pytester.path.name}/test_gh.py,line={line},"
+        f"title=unstable training%3A test_diverges::[grad_norm] step 1: "
+    )
 
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-save-baseline=base.json",
-                                "--stability-markdown=out/report.md")
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--stability-save-baseline=base.json", "--stability-markdown=out/report.md"
+    )
     result.assert_outcomes(passed=2, failed=1)
     found = _annotations(result)
     assert len(found) == 1 and found[0].startswith(expected), found
@@ -64,9 +67,16 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     # -n 2, compared with the baseline, with plots: one annotation per test, from the controller only.  The
     # workers replay the recorded training of these tests (recorded/scenarios.json): the serial run above trained.
     summary.unlink()
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *recorded.args("scenarios"), "-n", "2",
-                                           "--stability-baseline=base.json", "--stability-plots=plots",
-                                           "--stability-markdown=out/report.md")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        *recorded.args("scenarios"),
+        "-n",
+        "2",
+        "--stability-baseline=base.json",
+        "--stability-plots=plots",
+        "--stability-markdown=out/report.md",
+    )
     result.assert_outcomes(passed=2, failed=1)
     found = _annotations(result)
     assert len(found) == 1 and found[0].startswith(expected), found
@@ -82,7 +92,7 @@ def test_annotations_and_step_summary_serial_then_xdist(pytester, scenario, monk
     md_rows = _table_rows((pytester.path / "out" / "report.md").read_text())
     link = md_rows["test_gh.py::test_healthy"][5]
     assert link.startswith("[png](../plots/")  # relative to the Markdown file
-    assert (pytester.path / "out" / link[len("[png]("):-1]).is_file()
+    assert (pytester.path / "out" / link[len("[png](") : -1]).is_file()
 
 
 def test_nothing_outside_github_actions(pytester, scenario, monkeypatch, recorded):

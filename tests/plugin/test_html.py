@@ -18,7 +18,7 @@ import pytest
 
 RUN = ("-p", "no:cacheprovider")
 
-TESTS = '''
+TESTS = """
 
 @pytest.mark.stable_training(steps=40, validate_every=20)
 def test_healthy(stability):
@@ -28,11 +28,21 @@ def test_healthy(stability):
 @pytest.mark.stable_training(steps=40)
 def test_diverges(stability):
     stability.train(build_diverging(), X, Y * 100, batch_size=16)
-'''
+"""
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--enable-logging=stderr", "--v=0")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+)
 
 
 def chromium() -> str:
@@ -53,8 +63,12 @@ def browse(page: Path, tmp_path: Path, *, width: int = 1280, height: int = 2000)
     console: list[str] = []
 
     def run(*args: str, profile: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / profile}", *args, url],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / profile}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         console.extend(line for line in result.stderr.splitlines() if ":CONSOLE" in line)
         return result
 
@@ -74,15 +88,18 @@ def _assert_png(path: Path) -> None:
 
 
 def test_html_report_is_self_contained_shows_curves_findings_and_baseline_and_renders_in_a_browser(
-        pytester, named_problem, gating, tmp_path):
+    pytester, named_problem, gating, tmp_path
+):
     pytester.makepyfile(test_html_report=named_problem + TESTS)
     saved = pytester.runpytest(*RUN, "--stability-save-baseline=base.json", "-k", "healthy")
     saved.assert_outcomes(passed=1, deselected=1)
-    result = pytester.runpytest(*RUN, "--stability-html=out/report.html", "--stability-report=r.json",
-                                "--stability-baseline=base.json")
+    result = pytester.runpytest(
+        *RUN, "--stability-html=out/report.html", "--stability-report=r.json", "--stability-baseline=base.json"
+    )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["stability HTML report: */out/report.html",
-                                 "*- stability HTML report written to */out/report.html -*"])
+    result.stdout.fnmatch_lines(
+        ["stability HTML report: */out/report.html", "*- stability HTML report written to */out/report.html -*"]
+    )
     page = pytester.path / "out" / "report.html"
     text = page.read_text(encoding="utf-8")
 
@@ -101,15 +118,15 @@ def test_html_report_is_self_contained_shows_curves_findings_and_baseline_and_re
 
     # the summary table: both tests, their verdicts, steps and device, the headline finding, the baseline
     assert text.count('<tr data-verdict="stable"') == 1 and text.count('<tr data-verdict="unstable"') == 1
-    assert f'{bad["steps_run"]}/40' in text and f'{run["steps_run"]}/40' in text
+    assert f"{bad['steps_run']}/40" in text and f"{run['steps_run']}/40" in text
     assert f"[{first['check']}] step {first['step']}:" in text
     # per test: a chart per recorded curve, the finding marked on its chart, cause, fix, baseline, replay
     assert text.count('<figure class="ps-chart">') == 4 + 3  # healthy: loss, |g|, lr, val; diverges: no val
     for caption in ("training loss", "gradient norm", "learning rate", "validation loss"):
         assert f"<figcaption>{caption}</figcaption>" in text
-    assert f'{first["check"]} @ {first["step"]}</text>' in text
+    assert f"{first['check']} @ {first['step']}</text>" in text
     assert html.escape(first["cause"]) in text and html.escape(first["fix"]) in text
-    assert "Baseline: <span class=\"ps-ok\">ok</span>" in text  # test_healthy against its saved baseline
+    assert 'Baseline: <span class="ps-ok">ok</span>' in text  # test_healthy against its saved baseline
     assert "test not in the baseline (not compared)" in text  # test_diverges was not saved
     assert "--stability-replay=0" in text
 
@@ -146,5 +163,5 @@ def test_pytest_html_report_gets_each_stability_tests_panel(pytester, named_prob
     assert "Uncaught" not in console, console
     panels = re.findall(r'<details class="ps-test" id="t-test_ph-py-test_(\w+)"', dom)
     assert sorted(panels) == ["diverges", "healthy"]
-    assert '<figcaption>learning rate</figcaption>' in dom
+    assert "<figcaption>learning rate</figcaption>" in dom
     _assert_png(shot)

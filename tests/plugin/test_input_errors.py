@@ -5,64 +5,93 @@ import os
 import pytest
 
 CASES = {
-    "uncompiled": ("stability.train(build(compile=False), X, Y)",
-                   "*stability.train(): the model 'sequential*' is not compiled: "
-                   "call model.compile(optimizer=..., loss=...)*"),
-    "not_a_model": ("stability.train('model', X, Y)",
-                    "*stability.train(): the model must be a compiled keras.Model "
-                    "(or a zero-argument callable returning one); received str*"),
-    "no_data": ("stability.train(build(), None, None)",
-                "*stability.train(): training data is required: received x=None*"),
-    "empty": ("stability.train(build(), X[:0], Y[:0])",
-              "*stability.train(): x is empty: there is nothing to train on*"),
-    "mismatched_lengths": ("stability.train(build(), X, Y[:100])",
-                           "*x and y have different numbers of samples: "
-                           "x has 256 (shape (256, 8)), y has 100 (shape (100,))*"),
-    "mismatched_features": ("stability.train(build(), X[:, :5], Y)",
-                            "*stability.train(): model.fit() rejected the arguments: ValueError: "
-                            "*expected axis -1 of input shape to have value 8, but received input with shape (32, 5)*"),
-    "unknown_fit_argument": ("stability.fit(build(), X, Y, epoch=3)",
-                             "*stability.fit(): model.fit() has no argument 'epoch'; it accepts *epochs*"),
-    "compile_argument": ("stability.fit(build(), X, Y, steps_per_execution=4)",
-                         "*stability.fit(): steps_per_execution is not a fit() argument; use readback_every*"),
-    "list_outputs_mismatch": ("stability.fit(build(), X, [Y, Y])",
-                              "*stability.fit(): model.fit() rejected the arguments: ValueError: *"),
-    "nan_in_x": ("X2 = X.copy(); X2[17, 3] = np.nan; stability.train(build(), X2, Y)",
-                 "*x holds 1 non-finite value(s) before training starts: the first is NaN at index (17, 3)*"),
-    "inf_in_validation": ("YV2 = YV.copy(); YV2[5] = np.inf; stability.train(build(), X, Y, validation_data=(XV, YV2))",
-                          "*validation y holds 1 non-finite value(s) before training starts: "
-                          "the first is Inf at index (5,)*"),
-    "bad_validation": ("stability.train(build(), X, Y, validation_data=XV)",
-                       "*validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val)"
-                       "*received ndarray*"),
-    "bad_steps_arg": ("stability.train(build(), X, Y, steps=-5)",
-                      "*stability.train(): steps must be an int >= 1, received -5*"),
-    "one_shot_generator": ("gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 256, 32)); "
-                           "stability.train(build(), gen, steps=20)",
-                           "*the training data ran out after 8 batches, but steps=20 needs 20: "
-                           "a generator can be read only once*"),
-    "dataset_with_y": ("import tensorflow as tf; "
-                       "stability.train(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), Y)",
-                       "*y must be None when x is a tf.data.Dataset (it yields (x, y) itself); "
-                       "received y of type ndarray*"),
-    "dataset_with_batch_size": ("import tensorflow as tf; "
-                                "stability.train(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), "
-                                "batch_size=8)",
-                                "*batch_size must not be given when x is a tf.data.Dataset: it is already batched*"),
-    "no_loss": ("m = build(compile=False); m.compile(optimizer='adam'); stability.train(m, X, Y)",
-                "*was compiled without a loss (and overrides neither compute_loss nor train_step); "
-                "pass loss=... to model.compile()*"),
+    "uncompiled": (
+        "stability.train(build(compile=False), X, Y)",
+        "*stability.train(): the model 'sequential*' is not compiled: call model.compile(optimizer=..., loss=...)*",
+    ),
+    "not_a_model": (
+        "stability.train('model', X, Y)",
+        "*stability.train(): the model must be a compiled keras.Model "
+        "(or a zero-argument callable returning one); received str*",
+    ),
+    "no_data": (
+        "stability.train(build(), None, None)",
+        "*stability.train(): training data is required: received x=None*",
+    ),
+    "empty": (
+        "stability.train(build(), X[:0], Y[:0])",
+        "*stability.train(): x is empty: there is nothing to train on*",
+    ),
+    "mismatched_lengths": (
+        "stability.train(build(), X, Y[:100])",
+        "*x and y have different numbers of samples: x has 256 (shape (256, 8)), y has 100 (shape (100,))*",
+    ),
+    "mismatched_features": (
+        "stability.train(build(), X[:, :5], Y)",
+        "*stability.train(): model.fit() rejected the arguments: ValueError: "
+        "*expected axis -1 of input shape to have value 8, but received input with shape (32, 5)*",
+    ),
+    "unknown_fit_argument": (
+        "stability.fit(build(), X, Y, epoch=3)",
+        "*stability.fit(): model.fit() has no argument 'epoch'; it accepts *epochs*",
+    ),
+    "compile_argument": (
+        "stability.fit(build(), X, Y, steps_per_execution=4)",
+        "*stability.fit(): steps_per_execution is not a fit() argument; use readback_every*",
+    ),
+    "list_outputs_mismatch": (
+        "stability.fit(build(), X, [Y, Y])",
+        "*stability.fit(): model.fit() rejected the arguments: ValueError: *",
+    ),
+    "nan_in_x": (
+        "X2 = X.copy(); X2[17, 3] = np.nan; stability.train(build(), X2, Y)",
+        "*x holds 1 non-finite value(s) before training starts: the first is NaN at index (17, 3)*",
+    ),
+    "inf_in_validation": (
+        "YV2 = YV.copy(); YV2[5] = np.inf; stability.train(build(), X, Y, validation_data=(XV, YV2))",
+        "*validation y holds 1 non-finite value(s) before training starts: the first is Inf at index (5,)*",
+    ),
+    "bad_validation": (
+        "stability.train(build(), X, Y, validation_data=XV)",
+        "*validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val)*received ndarray*",
+    ),
+    "bad_steps_arg": (
+        "stability.train(build(), X, Y, steps=-5)",
+        "*stability.train(): steps must be an int >= 1, received -5*",
+    ),
+    "one_shot_generator": (
+        "gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 256, 32)); stability.train(build(), gen, steps=20)",
+        "*the training data ran out after 8 batches, but steps=20 needs 20: a generator can be read only once*",
+    ),
+    "dataset_with_y": (
+        "import tensorflow as tf; stability.train(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), Y)",
+        "*y must be None when x is a tf.data.Dataset (it yields (x, y) itself); received y of type ndarray*",
+    ),
+    "dataset_with_batch_size": (
+        "import tensorflow as tf; "
+        "stability.train(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), "
+        "batch_size=8)",
+        "*batch_size must not be given when x is a tf.data.Dataset: it is already batched*",
+    ),
+    "no_loss": (
+        "m = build(compile=False); m.compile(optimizer='adam'); stability.train(m, X, Y)",
+        "*was compiled without a loss (and overrides neither compute_loss nor train_step); "
+        "pass loss=... to model.compile()*",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_message(pytester, tiny_problem, case):
     body, expected = CASES[case]
-    pytester.makepyfile(tiny_problem + f'''
+    pytester.makepyfile(
+        tiny_problem
+        + f"""
 @pytest.mark.stable_training(steps=20)
 def test_model(stability):
     {body}
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([expected])
@@ -74,13 +103,20 @@ def test_model(stability):
 
 
 def test_gpu_device_skips_without_gpu(pytester, tiny_problem):
-    pytester.makepyfile(tiny_problem + '''
+    pytester.makepyfile(
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=10, device="gpu")
 def test_model(stability):
     stability.train(build(), X, Y)
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(skipped=1)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    result.stdout.fnmatch_lines(["SKIP  test_gpu_device_skips_without_gpu.py::test_model*",
-                                 f"SKIPPED*stable_training(device='gpu'): the {backend} backend sees no GPU*"])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIP  test_gpu_device_skips_without_gpu.py::test_model*",
+            f"SKIPPED*stable_training(device='gpu'): the {backend} backend sees no GPU*",
+        ]
+    )

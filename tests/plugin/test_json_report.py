@@ -14,12 +14,50 @@ from pytest_stability.report import json_report
 #: The tests of the schema test: every outcome a stability test can have.
 SCENARIO = ("healthy", "diverges", "crashes", "setup_error", "skipped", "plain")
 
-TOP_KEYS = {"schema_version", "plugin", "environment", "devices", "started_at", "finished_at", "duration",
-            "complete", "interrupted", "exitstatus", "counts", "tests"}
-TEST_KEYS = {"nodeid", "outcome", "verdict", "error", "skip_reason", "seeds", "failed_seeds", "device", "wall_time",
-             "baseline", "steps_planned", "steps_run", "findings", "settings", "calls"}
-SUMMARY_KEYS = {"final_loss", "min_loss", "largest_spike", "spikes", "max_grad_norm", "p99_grad_norm", "val_trend",
-                "final_val_loss", "findings", "steps_run", "steps_planned"}
+TOP_KEYS = {
+    "schema_version",
+    "plugin",
+    "environment",
+    "devices",
+    "started_at",
+    "finished_at",
+    "duration",
+    "complete",
+    "interrupted",
+    "exitstatus",
+    "counts",
+    "tests",
+}
+TEST_KEYS = {
+    "nodeid",
+    "outcome",
+    "verdict",
+    "error",
+    "skip_reason",
+    "seeds",
+    "failed_seeds",
+    "device",
+    "wall_time",
+    "baseline",
+    "steps_planned",
+    "steps_run",
+    "findings",
+    "settings",
+    "calls",
+}
+SUMMARY_KEYS = {
+    "final_loss",
+    "min_loss",
+    "largest_spike",
+    "spikes",
+    "max_grad_norm",
+    "p99_grad_norm",
+    "val_trend",
+    "final_val_loss",
+    "findings",
+    "steps_run",
+    "steps_planned",
+}
 FINDING_KEYS = {"check", "kind", "step", "value", "limit", "message", "evidence", "cause", "fix", "confidence"}
 
 
@@ -36,8 +74,9 @@ def test_report_schema_and_content(pytester, scenario, gating):
     scenario(*SCENARIO, module="test_scenario")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=reports/stability.json")
     result.assert_outcomes(passed=2, failed=2, errors=1, skipped=1)
-    result.stdout.fnmatch_lines(["*- stability JSON written to *reports/stability.json -*",
-                                 "*short test summary info*"])
+    result.stdout.fnmatch_lines(
+        ["*- stability JSON written to *reports/stability.json -*", "*short test summary info*"]
+    )
     report_dir = pytester.path / "reports"
     assert sorted(p.name for p in report_dir.iterdir()) == ["stability.json"]  # no temp file left behind
     doc = gating.load_strict(report_dir / "stability.json")
@@ -58,8 +97,9 @@ def test_report_schema_and_content(pytester, scenario, gating):
 
     tests = gating.tests_by_id(doc)
     assert [t["nodeid"] for t in doc["tests"]] == sorted(tests)  # sorted; the plain test is not a stability test
-    assert sorted(tests) == [f"test_scenario.py::test_{n}" for n in
-                             ("crashes", "diverges", "healthy", "setup_error", "skipped")]
+    assert sorted(tests) == [
+        f"test_scenario.py::test_{n}" for n in ("crashes", "diverges", "healthy", "setup_error", "skipped")
+    ]
     for t in doc["tests"]:
         assert set(t) == TEST_KEYS, t["nodeid"]
 
@@ -75,8 +115,10 @@ def test_report_schema_and_content(pytester, scenario, gating):
     assert run["replay"] == "pytest test_scenario.py::test_healthy --stability-replay=0"
     assert set(run["summary"]) == SUMMARY_KEYS
     s = run["summary"]
-    assert all(isinstance(s[k], float) for k in ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm",
-                                                  "val_trend", "final_val_loss"))
+    assert all(
+        isinstance(s[k], float)
+        for k in ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm", "val_trend", "final_val_loss")
+    )
     assert s["p99_grad_norm"] <= s["max_grad_norm"] and s["val_trend"] < 0 and s["spikes"] == 0
     assert run["curves"]["loss"]["step"] == list(range(40))
     assert len(run["curves"]["grad_norm"]["value"]) == 40
@@ -105,8 +147,9 @@ def test_report_schema_and_content(pytester, scenario, gating):
 
     setup_error = tests["test_scenario.py::test_setup_error"]
     assert (setup_error["outcome"], setup_error["verdict"], setup_error["calls"]) == ("error", "error", [])
-    assert setup_error["error"] == ("the test errored before the stability fixture was set up: "
-                                    "RuntimeError: the data fixture is broken")
+    assert setup_error["error"] == (
+        "the test errored before the stability fixture was set up: RuntimeError: the data fixture is broken"
+    )
 
     skipped = tests["test_scenario.py::test_skipped"]
     assert (skipped["outcome"], skipped["verdict"], skipped["calls"]) == ("skipped", "skipped", [])
@@ -114,11 +157,14 @@ def test_report_schema_and_content(pytester, scenario, gating):
 
 
 def test_curves_are_downsampled_to_at_most_500_points(pytester, named_problem, gating):
-    pytester.makepyfile(named_problem + '''
+    pytester.makepyfile(
+        named_problem
+        + """
 @pytest.mark.stable_training(steps=700, readback_every=350)
 def test_long(stability):
     stability.train(build(), X, Y, batch_size=16)
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     (run,) = gating.load_strict(pytester.path / "r.json")["tests"][0]["calls"][0]["runs"]
@@ -160,12 +206,14 @@ def test_written_after_each_test_so_a_killed_run_leaves_what_ran(pytester, scena
     # test_reads_partial_report reads the report while the run is still going: test_one is
     # already in it, and the document says it is not complete.  The JSON hooks run for each
     # write, as hookspecs.py says: complete False after the stability test, True at the end.
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 def pytest_stability_update_json(document):
     with open("update_json_calls.txt", "a") as out:
         out.write(f"complete={document['complete']} tests={len(document['tests'])}\\n")
-''')
-    scenario("one", extra='''
+""")
+    scenario(
+        "one",
+        extra="""
 
 def test_reads_partial_report():
     import json
@@ -174,15 +222,19 @@ def test_reads_partial_report():
     assert doc["complete"] is False and doc["exitstatus"] is None and doc["finished_at"] is None
     assert [(t["nodeid"], t["verdict"], t["outcome"]) for t in doc["tests"]] == [
         ("test_written_after_each_test_so_a_killed_run_leaves_what_ran.py::test_one", "stable", "passed")]
-''')
-    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"),
-                                "--stability-report=partial.json")
+""",
+    )
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=partial.json"
+    )
     result.assert_outcomes(passed=2)
     assert (pytester.path / "update_json_calls.txt").read_text().splitlines() == [
-        "complete=False tests=1", "complete=True tests=1"]
+        "complete=False tests=1",
+        "complete=True tests=1",
+    ]
 
 
-HOOKS_CONFTEST = '''
+HOOKS_CONFTEST = """
 import numpy as np
 
 
@@ -190,7 +242,7 @@ def pytest_stability_update_json(config, document):
     document["commit"] = "abc123"
     document["nan_from_hook"] = float("nan")
     document["numpy_from_hook"] = np.float64(2.5)
-'''
+"""
 
 
 def test_update_json_hook_and_strictness(pytester, scenario, gating, recorded):
@@ -206,35 +258,46 @@ def test_update_json_hook_and_strictness(pytester, scenario, gating, recorded):
 
 
 def test_generate_json_hook_replaces_the_document(pytester, scenario, gating, recorded):
-    pytester.makeconftest(HOOKS_CONFTEST + '''
+    pytester.makeconftest(
+        HOOKS_CONFTEST
+        + """
 
 def pytest_stability_generate_json(config, records):
     return {"custom": True, "nodeids": [r["nodeid"] for r in records]}
-''')
+"""
+    )
     scenario("one")
     result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert gating.load_strict(pytester.path / "r.json") == {
-        "custom": True, "nodeids": ["test_generate_json_hook_replaces_the_document.py::test_one"],
-        "commit": "abc123", "nan_from_hook": "nan", "numpy_from_hook": 2.5}
+        "custom": True,
+        "nodeids": ["test_generate_json_hook_replaces_the_document.py::test_one"],
+        "commit": "abc123",
+        "nan_from_hook": "nan",
+        "numpy_from_hook": 2.5,
+    }
 
 
 def test_unwritable_document_fails_the_run_with_a_message(pytester, scenario, recorded):
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 def pytest_stability_update_json(document):
     document["bad"] = object()
-''')
+""")
     scenario("one")
     result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*stability JSON NOT written to */r.json: TypeError: document[[]'bad'[]] is a object, "
-                                 "which JSON cannot hold: <object object at *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*stability JSON NOT written to */r.json: TypeError: document[[]'bad'[]] is a object, "
+            "which JSON cannot hold: <object object at *"
+        ]
+    )
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     assert not (pytester.path / "r.json").exists()
 
 
-INTERRUPTED = '''
+INTERRUPTED = """
 import os
 import signal
 import time
@@ -255,7 +318,7 @@ def test_2_interrupted(stability):
 @pytest.mark.stable_training(steps=20)
 def test_3_never_runs(stability):
     stability.train(build(), X, Y, batch_size=16)
-'''
+"""
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt", reason="POSIX signals")
@@ -271,20 +334,22 @@ def test_interrupted_run_writes_what_ran(pytester, named_problem, gating):
     tests = gating.tests_by_id(doc)
     assert sorted(tests) == ["test_int.py::test_1_completes", "test_int.py::test_2_interrupted"]
     assert (tests["test_int.py::test_1_completes"]["outcome"], tests["test_int.py::test_1_completes"]["verdict"]) == (
-        "passed", "stable")
+        "passed",
+        "stable",
+    )
     interrupted = tests["test_int.py::test_2_interrupted"]
     # it trained before Ctrl-C: that training is in the report
     assert (interrupted["outcome"], interrupted["verdict"], interrupted["steps_run"]) == ("interrupted", "stable", 20)
 
 
 def test_report_of_a_run_without_stability_tests_does_not_import_tensorflow(pytester, gating):
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 import sys
 
 
 def pytest_stability_update_json(document):
     document["heavy_modules"] = sorted(m for m in ("tensorflow", "keras", "matplotlib") if m in sys.modules)
-''')
+""")
     pytester.makepyfile("def test_plain():\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=1)

@@ -22,11 +22,22 @@ def test_verdict_and_metrics_are_junit_properties(pytester, scenario, gating):
 
     healthy = props["test_healthy"]
     (run,) = tests["test_junit_scenario.py::test_healthy"]["calls"][0]["runs"]
-    assert set(healthy) == {"stability_verdict", "stability_seeds", "stability_device", "stability_final_loss",
-                            "stability_largest_spike", "stability_max_grad_norm", "stability_p99_grad_norm",
-                            "stability_val_trend", "stability_steps_run"}
+    assert set(healthy) == {
+        "stability_verdict",
+        "stability_seeds",
+        "stability_device",
+        "stability_final_loss",
+        "stability_largest_spike",
+        "stability_max_grad_norm",
+        "stability_p99_grad_norm",
+        "stability_val_trend",
+        "stability_steps_run",
+    }
     assert (healthy["stability_verdict"], healthy["stability_seeds"], healthy["stability_device"]) == (
-        "stable", "0", "CPU")
+        "stable",
+        "0",
+        "CPU",
+    )
     assert healthy["stability_steps_run"] == "40"
     for key in ("final_loss", "largest_spike", "max_grad_norm", "p99_grad_norm", "val_trend"):
         assert float(healthy[f"stability_{key}"]) == run["summary"][key], key  # the same numbers as the JSON
@@ -38,8 +49,10 @@ def test_verdict_and_metrics_are_junit_properties(pytester, scenario, gating):
     assert int(diverges["stability_steps_run"]) < 40
 
     never = props["test_never_trains"]
-    assert never == {"stability_verdict": "error",
-                     "stability_error": "the test did not complete a stability.train() call"}
+    assert never == {
+        "stability_verdict": "error",
+        "stability_error": "the test did not complete a stability.train() call",
+    }
     assert props["test_plain"] == {}
 
 

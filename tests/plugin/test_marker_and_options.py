@@ -9,9 +9,13 @@ pytestmark = []
 
 def test_markers_lists_full_signature(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.stable_training(steps=200, *, batch_size=32, seed=0, *"
-                                 "baseline_grad_factor=2.0, baseline_val_tolerance=0.1, baseline_extra_spikes=0, "
-                                 "baseline_margin_factor=2.0)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "@pytest.mark.stable_training(steps=200, *, batch_size=32, seed=0, *"
+            "baseline_grad_factor=2.0, baseline_val_tolerance=0.1, baseline_extra_spikes=0, "
+            "baseline_margin_factor=2.0)*"
+        ]
+    )
     assert result.ret == 0
 
 
@@ -24,11 +28,14 @@ def test_help_lists_every_option_with_ini_twin(pytester):
 
 
 def test_strict_markers_accepts_the_marker(pytester, tiny_problem):
-    pytester.makepyfile(tiny_problem + '''
+    pytester.makepyfile(
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=30)
 def test_ok(stability):
     stability.train(build(), X, Y)
-''')
+"""
+    )
     result = pytester.runpytest("--strict-markers", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
 
@@ -42,18 +49,24 @@ def test_ok(stability):
         ("device='tpu'", "stable_training: device must be one of 'auto', 'cpu', 'gpu', received 'tpu' (str)"),
         ("10, steps=20", "stable_training: steps given both positionally (10) and as a keyword (20)"),
         ("max_grad_norm=-1.0", "stable_training: max_grad_norm must be None or a finite number > 0, received -1.0"),
-        ("checks=['loss_spike', 'nan']",
-         "stable_training: checks must be a list of check names from *, received unknown check 'nan'"),
+        (
+            "checks=['loss_spike', 'nan']",
+            "stable_training: checks must be a list of check names from *, received unknown check 'nan'",
+        ),
         ("spike_ratio=1", "stable_training: spike_ratio must be a finite number > 1, received 1"),
         ("batch_size=2.5", "stable_training: batch_size must be an int >= 1, received 2.5 (float)"),
-        ("baseline_grad_factor=0.5",
-         "stable_training: baseline_grad_factor must be a finite number >= 1, received 0.5"),
-        ("baseline_extra_spikes=1.5",
-         "stable_training: baseline_extra_spikes must be an int >= 0, received 1.5 (float)"),
+        (
+            "baseline_grad_factor=0.5",
+            "stable_training: baseline_grad_factor must be a finite number >= 1, received 0.5",
+        ),
+        (
+            "baseline_extra_spikes=1.5",
+            "stable_training: baseline_extra_spikes must be an int >= 0, received 1.5 (float)",
+        ),
     ],
 )
 def test_bad_marker_argument_errors_its_test_at_setup_and_the_others_run(pytester, marker, expected):
-    pytester.makepyfile(f'''
+    pytester.makepyfile(f"""
 import pytest
 
 @pytest.mark.stable_training({marker})
@@ -63,7 +76,7 @@ def test_model(stability):
 
 def test_other():
     pass
-''')
+""")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
     name = "test_bad_marker_argument_errors_its_test_at_setup_and_the_others_run.py::test_model"
@@ -75,7 +88,7 @@ def test_other():
 
 
 def test_marker_without_fixture_errors_at_setup(pytester):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
 import pytest
 
 @pytest.mark.stable_training(steps=10)
@@ -85,24 +98,25 @@ def test_model():
 
 def test_other():
     pass
-''')
+""")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*test_model: is marked stable_training but does not use the `stability` fixture*"])
     result.assert_outcomes(passed=1, errors=1)
 
 
 def test_marked_test_that_never_trains_fails(pytester):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
 import pytest
 
 @pytest.mark.stable_training(steps=10)
 def test_model(stability):
     pass
-''')
+""")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*test_model is marked stable_training but never called stability.train(model, x, y)*"])
+        ["*test_model is marked stable_training but never called stability.train(model, x, y)*"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -126,16 +140,21 @@ def test_all_bad_settings_reported_together(pytester):
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest("--stability-steps=0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*invalid settings:*", "*--stability-steps: expected an int >= 1, received '0'*",
-                                 "*ini stability_seed: expected an int >= 0, received '-1'*"])
+    result.stderr.fnmatch_lines(
+        [
+            "*invalid settings:*",
+            "*--stability-steps: expected an int >= 1, received '0'*",
+            "*ini stability_seed: expected an int >= 0, received '-1'*",
+        ]
+    )
 
 
-PRECEDENCE_TEST = '''
+PRECEDENCE_TEST = """
 @pytest.mark.stable_training({marker})
 def test_settings(stability):
     report = stability.train(build(), X, Y, batch_size=64)
     print("STEPS=%d SEED=%d DEVICE=%s" % (report.trace.steps, report.seeds[0], stability.spec.device))
-'''
+"""
 
 
 @pytest.mark.parametrize(
@@ -143,8 +162,12 @@ def test_settings(stability):
     [
         ("", ["--stability-steps=30"], "", "STEPS=30 SEED=0 DEVICE=auto"),
         ("stability_steps = 50\nstability_seed = 4\n", [], "", "STEPS=50 SEED=4 DEVICE=auto"),
-        ("stability_steps = 50\n", ["--stability-steps=70", "--stability-device=cpu"], "",
-         "STEPS=70 SEED=0 DEVICE=cpu"),
+        (
+            "stability_steps = 50\n",
+            ["--stability-steps=70", "--stability-device=cpu"],
+            "",
+            "STEPS=70 SEED=0 DEVICE=cpu",
+        ),
         ("stability_steps = 50\n", ["--stability-steps=70"], "steps=90", "STEPS=90 SEED=0 DEVICE=auto"),
         ("stability_seed = 4\n", ["--stability-seed=0"], "steps=20", "STEPS=20 SEED=0 DEVICE=auto"),
     ],
@@ -159,7 +182,7 @@ def test_precedence_marker_cli_ini_default(pytester, tiny_problem, ini, cli, mar
 
 
 def test_class_and_function_markers_merge(pytester):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
 import pytest
 
 @pytest.mark.stable_training(steps=40, seed=3)
@@ -168,7 +191,7 @@ class TestModel:
     def test_settings(self, stability):
         print("STEPS=%d SEED=%d" % (stability.spec.steps, stability.spec.seed))
         pytest.skip("settings only")
-''')
+""")
     result = pytester.runpytest("-s", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*STEPS=40 SEED=5*"])
 

@@ -6,7 +6,7 @@ import pytest
 
 
 def test_marker_steps_beyond_ceiling_errors_that_test_at_setup(pytester):
-    pytester.makepyfile('''
+    pytester.makepyfile("""
         import pytest
 
         @pytest.mark.stable_training(steps=10**9)
@@ -16,12 +16,14 @@ def test_marker_steps_beyond_ceiling_errors_that_test_at_setup(pytester):
 
         def test_other():
             pass
-    ''')
+    """)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines([
-        "*ERROR at setup of test_forever*",
-        "*test_forever: stable_training: steps=1000000000 is above max_steps=100000*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_forever*",
+            "*test_forever: stable_training: steps=1000000000 is above max_steps=100000*",
+        ]
+    )
     result.stdout.no_fnmatch_line("*must not run*")
     result.assert_outcomes(passed=1, errors=1)  # the other tests still run
 

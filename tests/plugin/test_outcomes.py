@@ -10,12 +10,14 @@ def test_a_test_failing_after_stable_training_is_not_shown_as_passed(pytester, s
     scenario("crashes", "healthy", module="test_after")
     result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-report=r.json")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*= stability report: 2 tests, 0 unstable, 1 failed after training =*",
-        "FAIL  test_after.py::test_crashes  steps=40/40 seed=0 CPU*",
-        "      test failed after training: RuntimeError: the test body crashed",
-        "PASS  test_after.py::test_healthy  steps=40/40*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*= stability report: 2 tests, 0 unstable, 1 failed after training =*",
+            "FAIL  test_after.py::test_crashes  steps=40/40 seed=0 CPU*",
+            "      test failed after training: RuntimeError: the test body crashed",
+            "PASS  test_after.py::test_healthy  steps=40/40*",
+        ]
+    )
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "r.json"))
     crashed = tests["test_after.py::test_crashes"]
     assert (crashed["outcome"], crashed["verdict"]) == ("failed", "stable")  # training was stable; the test was not
@@ -24,12 +26,15 @@ def test_a_test_failing_after_stable_training_is_not_shown_as_passed(pytester, s
 
 
 def test_a_crash_before_training_names_the_exception(pytester, named_problem, gating):
-    pytester.makepyfile(named_problem + '''
+    pytester.makepyfile(
+        named_problem
+        + """
 
 @pytest.mark.stable_training(steps=10)
 def test_boom(stability):
     raise KeyError("no data today")
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(failed=1)
     (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
@@ -38,12 +43,15 @@ def test_boom(stability):
 
 
 def test_a_usage_error_is_printed_once(pytester, tiny_problem):
-    pytester.makepyfile(tiny_problem + '''
+    pytester.makepyfile(
+        tiny_problem
+        + """
 
 @pytest.mark.stable_training(steps=10)
 def test_bad_steps(stability):
     stability.train(build(), X, Y, steps=-5)
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
@@ -61,13 +69,15 @@ def test_a_loss_nan_from_step_0_does_not_stop_the_other_plots(pytester, scenario
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*- stability plots: 2 PNG files written to */plots -*"])
     assert sorted(p.name for p in (pytester.path / "plots").iterdir()) == [
-        "test_p.py__test_a_nan_from_start.png", "test_p.py__test_healthy.png"]
+        "test_p.py__test_a_nan_from_start.png",
+        "test_p.py__test_healthy.png",
+    ]
     result.stdout.no_fnmatch_line("*cannot be log-scaled*")
 
 
 def test_a_failing_plot_is_named_in_a_warning_and_the_others_are_written(pytester, scenario, recorded):
     pytest.importorskip("matplotlib")
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 import pytest_stability.report.plots as plots
 
 _render = plots.render_png
@@ -85,13 +95,15 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     plots.render_png = _render
-''')
+""")
     scenario("healthy", "one", module="test_p")
     result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-plots=plots")
     result.assert_outcomes(passed=2)
     assert result.ret == 0  # a plot is a by-product: the tests passed
-    result.stdout.fnmatch_lines([
-        "*StabilityWarning: stability plot of test_p.py::test_healthy NOT written: ValueError: drawing failed",
-        "*- stability plots: 1 PNG file written to */plots (1 NOT written: test_p.py::test_healthy) -*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*StabilityWarning: stability plot of test_p.py::test_healthy NOT written: ValueError: drawing failed",
+            "*- stability plots: 1 PNG file written to */plots (1 NOT written: test_p.py::test_healthy) -*",
+        ]
+    )
     assert [p.name for p in (pytester.path / "plots").iterdir()] == ["test_p.py__test_one.png"]

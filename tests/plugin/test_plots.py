@@ -10,6 +10,7 @@ from pytest_stability.session import PLOTS_MISSING_MESSAGE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
+
 def _red_pixels(path) -> int:
     """Pure-red pixels: the colour findings are marked in (titles and curves use other colours)."""
     image = pytest.importorskip("matplotlib.image").imread(path)
@@ -24,8 +25,11 @@ def test_one_png_per_test_with_findings_marked(pytester, scenario):
     result.assert_outcomes(passed=3, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*- stability plots: 3 PNG files written to */plots/run1 -*"])
     files = sorted(p.name for p in (pytester.path / "plots/run1").iterdir())
-    assert files == ["test_plotted.py__test_diverges.png", "test_plotted.py__test_healthy.png",
-                     "test_plotted.py__test_param[0.01].png"]
+    assert files == [
+        "test_plotted.py__test_diverges.png",
+        "test_plotted.py__test_healthy.png",
+        "test_plotted.py__test_param[0.01].png",
+    ]
     for name in files:
         data = (pytester.path / "plots/run1" / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000, name

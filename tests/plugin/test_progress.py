@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-DRIVEN = '''
+DRIVEN = """
 from pytest_stability.progress import Progress
 
 
@@ -14,17 +14,20 @@ def test_drives_progress(request):
     progress.update(200)
     progress.close()
     print("captured output of the test")
-'''
+"""
 
 
-@pytest.mark.parametrize(("args", "shown"), [
-    (("-v",), True),
-    (("-s",), True),
-    (("-v", "-s"), True),
-    ((), False),
-    (("-q",), False),
-    (("-q", "-s"), False),
-])
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (("-v",), True),
+        (("-s",), True),
+        (("-v", "-s"), True),
+        ((), False),
+        (("-q",), False),
+        (("-q", "-s"), False),
+    ],
+)
 def test_progress_line_on_the_terminal(pytester, args, shown):
     """Progress driven with the real config: through capture with -v, with -s; never at -q or by default."""
     pytester.makepyfile(DRIVEN)
@@ -63,8 +66,12 @@ def test_real_stability_run_shows_progress(pytester, scenario):
     scenario("healthy", module="test_long")
     verbose = pytester.runpytest("-p", "no:cacheprovider", "-v", "--stability-progress-after=0")
     verbose.assert_outcomes(passed=1)
-    verbose.stdout.fnmatch_lines(["stability test_long.py::test_healthy: */40 steps*steps/s, ETA *",
-                                  "stability test_long.py::test_healthy: 40/40 steps in *, done"])
+    verbose.stdout.fnmatch_lines(
+        [
+            "stability test_long.py::test_healthy: */40 steps*steps/s, ETA *",
+            "stability test_long.py::test_healthy: 40/40 steps in *, done",
+        ]
+    )
     quiet = pytester.runpytest("-p", "no:cacheprovider", "-q", "--stability-progress-after=0")
     quiet.assert_outcomes(passed=1)
     quiet.stdout.no_fnmatch_line("stability test_long.py::test_healthy: *")

@@ -20,16 +20,24 @@ def test_the_first_test_passes_as_pasted_and_fails_with_a_diagnosis_at_a_learnin
     pytester.makepyfile(test_stability=source)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*stability report: 1 test, 0 unstable*",
-                                 "PASS  test_stability.py::test_classifier_trains_stably  steps=200/200 seed=0 *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*stability report: 1 test, 0 unstable*",
+            "PASS  test_stability.py::test_classifier_trains_stably  steps=200/200 seed=0 *",
+        ]
+    )
 
     broken = source.replace("stability.fit(build_model(),", "stability.fit(build_model(learning_rate=50.0),")
     assert broken != source
     pytester.makepyfile(test_stability=broken)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*test_stability.py::test_classifier_trains_stably: stable_training: * checks failed*",
-                                 "*[[]grad_norm[]] step *: gradient norm * exceeds *",
-                                 "*  cause (*): *", "*  fix to try: *",
-                                 "*replay: pytest test_stability.py::test_classifier_trains_stably "
-                                 "--stability-replay=0"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_stability.py::test_classifier_trains_stably: stable_training: * checks failed*",
+            "*[[]grad_norm[]] step *: gradient norm * exceeds *",
+            "*  cause (*): *",
+            "*  fix to try: *",
+            "*replay: pytest test_stability.py::test_classifier_trains_stably --stability-replay=0",
+        ]
+    )

@@ -26,19 +26,22 @@ def test_any_unstable_seed_fails_the_test_and_is_named_with_its_replay(pytester,
     run = ("-p", "no:cacheprovider", *recorded.args("seeds"))
     result = pytester.runpytest(*run, "--stability-report=r.json")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "E * test_multi_seed.py::test_three_seeds: stable_training: * checks failed (*nonfinite*) - seed 1, *",
-        "E *replay: pytest test_multi_seed.py::test_three_seeds --stability-replay=1",
-        "E *unstable under 1 of 3 seeds: [[]1[]]",
-        "FAIL  test_multi_seed.py::test_three_seeds  steps=*/30 seeds=3 failed=[[]1[]] CPU *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "E * test_multi_seed.py::test_three_seeds: stable_training: * checks failed (*nonfinite*) - seed 1, *",
+            "E *replay: pytest test_multi_seed.py::test_three_seeds --stability-replay=1",
+            "E *unstable under 1 of 3 seeds: [[]1[]]",
+            "FAIL  test_multi_seed.py::test_three_seeds  steps=*/30 seeds=3 failed=[[]1[]] CPU *",
+        ]
+    )
     (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
     assert (test["verdict"], test["seeds"], test["failed_seeds"]) == ("unstable", [0, 1, 2], [1])
     (call,) = test["calls"]
     assert (call["seeds"], call["failed_seeds"]) == ([0, 1, 2], [1])
     assert [(r["seed"], r["verdict"]) for r in call["runs"]] == [(0, "stable"), (1, "unstable"), (2, "stable")]
     assert [r["replay"] for r in call["runs"]] == [
-        f"pytest test_multi_seed.py::test_three_seeds --stability-replay={s}" for s in (0, 1, 2)]
+        f"pytest test_multi_seed.py::test_three_seeds --stability-replay={s}" for s in (0, 1, 2)
+    ]
     # the spread across seeds: min / median / max of each summary metric
     final = [r["summary"]["steps_run"] for r in call["runs"]]
     assert call["spread"]["steps_run"] == {"min": min(final), "median": sorted(final)[1], "max": max(final)}
@@ -54,20 +57,25 @@ def test_any_unstable_seed_fails_the_test_and_is_named_with_its_replay(pytester,
 
 
 def test_seeds_from_the_command_line(pytester, named_problem, gating):
-    pytester.makepyfile(test_cli_seeds=named_problem + '''
+    pytester.makepyfile(
+        test_cli_seeds=named_problem
+        + """
 
 @pytest.mark.stable_training(steps=30)
 def test_stable(stability):
     stability.train(build, X, Y, batch_size=16)
-''')
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-seeds=2", "--stability-seed=5",
-                                "--stability-report=r.json")
+"""
+    )
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--stability-seeds=2", "--stability-seed=5", "--stability-report=r.json"
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["PASS  test_cli_seeds.py::test_stable  steps=30/30 seeds=2 CPU *"])
     (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
     assert (test["verdict"], test["seeds"], test["failed_seeds"]) == ("stable", [5, 6], [])
     runs = test["calls"][0]["runs"]
     assert [r["replay"] for r in runs] == [
-        f"pytest test_cli_seeds.py::test_stable --stability-replay={s}" for s in (5, 6)]
+        f"pytest test_cli_seeds.py::test_stable --stability-replay={s}" for s in (5, 6)
+    ]
     # different seeds, different initialisations: the runs differ
     assert runs[0]["curves"]["loss"]["value"] != runs[1]["curves"]["loss"]["value"]

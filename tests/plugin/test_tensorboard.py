@@ -84,21 +84,30 @@ def test_xdist_writes_the_same_runs(pytester, scenario):
 
 def test_per_variable_gradient_norms_and_seeds(pytester, scenario, recorded):
     scenario("two", module="test_tb")
-    result = pytester.runpytest("-p", "no:cacheprovider", *recorded.args("scenarios"), "--stability-tensorboard=tb",
-                                "--stability-tensorboard-per-variable")
+    result = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        *recorded.args("scenarios"),
+        "--stability-tensorboard=tb",
+        "--stability-tensorboard-per-variable",
+    )
     result.assert_outcomes(passed=1)
     runs = sorted(p.name for p in (pytester.path / "tb").iterdir())
     assert runs == [run_dir_name("test_tb.py::test_two", 0), run_dir_name("test_tb.py::test_two", 1)]
     acc = read_run(pytester.path / "tb" / runs[1])
     per_var = sorted(t for t in acc.Tags()["scalars"] if t.startswith("grad_norm/"))
-    assert per_var == ["grad_norm/mlp/hidden/bias", "grad_norm/mlp/hidden/kernel", "grad_norm/mlp/out/bias",
-                       "grad_norm/mlp/out/kernel"]
+    assert per_var == [
+        "grad_norm/mlp/hidden/bias",
+        "grad_norm/mlp/hidden/kernel",
+        "grad_norm/mlp/out/bias",
+        "grad_norm/mlp/out/kernel",
+    ]
     assert all(scalar_steps(acc, t) == list(range(12)) for t in per_var)
 
 
 def test_writing_needs_no_tensorflow(tmp_path):
     """The writer works on the JAX and PyTorch backends: nothing it imports pulls in TensorFlow."""
-    code = textwrap.dedent(f'''
+    code = textwrap.dedent(f"""
         import sys
         sys.modules["tensorflow"] = None  # any "import tensorflow" now raises ImportError
         import numpy as np
@@ -115,7 +124,7 @@ def test_writing_needs_no_tensorflow(tmp_path):
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "jax", "torch")
                        and sys.modules[m] is not None)
         print(len(paths), [f.check for f in run.findings], heavy)
-    ''')
+    """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "1 ['nonfinite'] []"
@@ -132,5 +141,7 @@ def test_without_the_tensorboard_package_is_a_usage_error(pytester, monkeypatch)
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-tensorboard=tb")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert ("  --stability-tensorboard needs the tensorboard package: pip install 'pytest-stability[tensorboard]'"
-            in result.stderr.lines)
+    assert (
+        "  --stability-tensorboard needs the tensorboard package: pip install 'pytest-stability[tensorboard]'"
+        in result.stderr.lines
+    )

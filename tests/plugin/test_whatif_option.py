@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-NAN_DATA = '''
+NAN_DATA = """
 
 def nan_batches():
     import tensorflow as tf
@@ -20,7 +20,7 @@ def test_nan_data_marker_off(stability):
 @pytest.mark.stable_training(steps=40, whatif=True)
 def test_nan_data(stability):
     stability.train(build(), nan_batches())
-'''
+"""
 
 
 def test_whatif_replays_the_suggested_fix_and_reports_the_outcome(pytester, scenario, gating):

@@ -10,15 +10,15 @@ import pytest
 
 # Each process (controller and workers) records its environment when its conftest.py is imported:
 # the earliest point a user's code (a conftest that imports TensorFlow) could read it.
-RECORD_ENV = '''
+RECORD_ENV = """
 import json, os
 _KEYS = ("CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE")
 _who = os.environ.get("PYTEST_XDIST_WORKER", "controller")
 with open(f"env-{_who}.json", "w") as fh:
     json.dump({k: os.environ.get(k) for k in _KEYS}, fh)
-'''
+"""
 
-TWO_TESTS = '''
+TWO_TESTS = """
 import os
 
 def test_a():
@@ -26,11 +26,11 @@ def test_a():
 
 def test_b():
     assert os.environ.get("PYTEST_XDIST_WORKER")
-'''
+"""
 
 
 def _envs(path: Path) -> dict[str, dict]:
-    return {p.stem[len("env-"):]: json.loads(p.read_text()) for p in path.glob("env-*.json")}
+    return {p.stem[len("env-") :]: json.loads(p.read_text()) for p in path.glob("env-*.json")}
 
 
 @pytest.fixture
@@ -53,12 +53,21 @@ def test_each_worker_sees_its_gpu_before_conftest_import(pytester, no_gpu_env):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["stability GPUs per xdist worker: 3,7"])
     assert _envs(pytester.path) == {
-        "controller": {"CUDA_VISIBLE_DEVICES": None, "TF_FORCE_GPU_ALLOW_GROWTH": None,
-                       "XLA_PYTHON_CLIENT_PREALLOCATE": None},
-        "gw0": {"CUDA_VISIBLE_DEVICES": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
-                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-        "gw1": {"CUDA_VISIBLE_DEVICES": "7", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
-                "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        "controller": {
+            "CUDA_VISIBLE_DEVICES": None,
+            "TF_FORCE_GPU_ALLOW_GROWTH": None,
+            "XLA_PYTHON_CLIENT_PREALLOCATE": None,
+        },
+        "gw0": {
+            "CUDA_VISIBLE_DEVICES": "3",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        },
+        "gw1": {
+            "CUDA_VISIBLE_DEVICES": "7",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+        },
     }
 
 
@@ -81,14 +90,15 @@ def test_bad_gpu_list_is_a_usage_error(pytester):
     pytester.makepyfile("def test_x():\n    pass\n")
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-xdist-gpus=first")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--stability-xdist-gpus: expected 'auto' or a comma list of GPU ids such as 0,1, "
-                                 "received 'first'"])
+    result.stderr.fnmatch_lines(
+        ["*--stability-xdist-gpus: expected 'auto' or a comma list of GPU ids such as 0,1, received 'first'"]
+    )
 
 
 def test_gpu_lock_runs_stability_tests_one_at_a_time(pytester, no_gpu_env, monkeypatch, tmp_path):
     pytest.importorskip("xdist")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # a lock file of this test's own
-    pytester.makepyfile('''
+    pytester.makepyfile("""
         import json, os, time
 
         def _body(stability, name):
@@ -102,7 +112,7 @@ def test_gpu_lock_runs_stability_tests_one_at_a_time(pytester, no_gpu_env, monke
 
         def test_b(stability):
             _body(stability, "b")
-    ''')
+    """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--stability-gpu-lock")
     result.assert_outcomes(passed=2)
     (a0, a1, wa), (b0, b1, wb) = (json.loads((pytester.path / f"interval-{n}.json").read_text()) for n in "ab")

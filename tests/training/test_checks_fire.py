@@ -16,30 +16,39 @@ def run(pytester, source, *args):
 
 
 def test_too_high_learning_rate_nan_is_caught_at_its_step(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=300)
 def test_model(stability):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(5.0), loss="mse")
     stability.train(model, X, Y * 100.0)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
     # the primary cause first (the gradient burst that the NaN follows), with its evidence and its fix, then the
     # NaN as its consequence
-    result.stdout.fnmatch_lines([
-        "*stable_training: * of * checks failed (*nonfinite*) - seed 0, */300 steps on CPU",
-        "*[[]grad_norm] step *: gradient norm *",
-        "*  cause (likely): *a learning rate too high for this model from the start*",
-        "*  fix to try: learning_rate=* (now 5 *",
-        "*[[]nonfinite] step *: non-finite *; first variable affected: *; "
-        "the input batch was finite (the NaN/Inf was produced by training)",
-        "*  a consequence of [[]grad_norm] at step *",
-        "*replay: pytest test_too_high_learning_rate_nan_is_caught_at_its_step.py::test_model --stability-replay=0",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*stable_training: * of * checks failed (*nonfinite*) - seed 0, */300 steps on CPU",
+            "*[[]grad_norm] step *: gradient norm *",
+            "*  cause (likely): *a learning rate too high for this model from the start*",
+            "*  fix to try: learning_rate=* (now 5 *",
+            "*[[]nonfinite] step *: non-finite *; first variable affected: *; "
+            "the input batch was finite (the NaN/Inf was produced by training)",
+            "*  a consequence of [[]grad_norm] at step *",
+            "*replay: pytest test_too_high_learning_rate_nan_is_caught_at_its_step.py::test_model --stability-replay=0",
+        ]
+    )
 
 
 def test_nan_in_a_tf_data_batch_is_blamed_on_the_data(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 import tensorflow as tf
 
 @pytest.mark.stable_training(steps=100)
@@ -48,14 +57,18 @@ def test_model(stability):
     X2[70] = np.nan  # sample 70 lands in batch 2
     ds = tf.data.Dataset.from_tensor_slices((X2, Y)).batch(32)
     stability.train(build(), ds)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
     # the batch of the failing step is read again from the pipeline after training (no per-step cost)
     result.stdout.fnmatch_lines(["*[[]nonfinite] step 2: non-finite *the input batch itself held NaN/Inf*"])
 
 
 def test_loss_spike_and_grad_norm_fire_on_exploding_momentum(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=200, checks=["loss_spike", "grad_norm"])
 def test_model(stability):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, activation="relu"),
@@ -69,19 +82,26 @@ def test_model(stability):
         trace = stability.reports[-1].trace
         # PiecewiseConstantDecay switches after the boundary: step 101 is the first at 30
         assert trace.lr[100] == pytest.approx(0.05, rel=1e-6) and trace.lr[101] == pytest.approx(30.0, rel=1e-6)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
     spike = "*[[]loss_spike] step *: loss * is *x its trailing median * (limit 3x = *; robust z *"
     if keras.backend.backend() == "tensorflow":
-        result.stdout.fnmatch_lines(["*checks failed (loss_spike, grad_norm)*", spike,
-                                     "*[[]grad_norm] step *: gradient norm * exceeds * (100x the early-training "
-                                     "reference *"])
+        result.stdout.fnmatch_lines(
+            [
+                "*checks failed (loss_spike, grad_norm)*",
+                spike,
+                "*[[]grad_norm] step *: gradient norm * exceeds * (100x the early-training reference *",
+            ]
+        )
     else:  # with other numerics the same jump may kill the units first: the loss level-shifts, gradients vanish
         result.stdout.fnmatch_lines(["*checks failed (loss_spike*)*", spike])
 
 
 def test_val_loss_fires_when_validation_loss_climbs(pytester):
-    result = run(pytester, '''
+    result = run(
+        pytester,
+        """
 import numpy as np, keras, pytest
 
 rng = np.random.default_rng(1)
@@ -96,27 +116,38 @@ def test_model(stability):
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     stability.train(model, X, Y, validation_data=(XV, YV), batch_size=16)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*checks failed (val_loss)*",
-                                 "*[[]val_loss] step *: smoothed validation loss * after * steps rose * "
-                                 "above its best *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*checks failed (val_loss)*",
+            "*[[]val_loss] step *: smoothed validation loss * after * steps rose * above its best *",
+        ]
+    )
 
 
 def test_absolute_max_grad_norm(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=40, max_grad_norm=1e-4)
 def test_model(stability):
     stability.train(build(), X, Y)
-''')
+""",
+    )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*[[]grad_norm] step 0: gradient norm * exceeds 0.0001 (max_grad_norm=0.0001); "
-                                 "largest in sequential*"])
+    result.stdout.fnmatch_lines(
+        ["*[[]grad_norm] step 0: gradient norm * exceeds 0.0001 (max_grad_norm=0.0001); largest in sequential*"]
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_healthy_noisy_small_batch_training_passes(pytester, seed):
-    result = run(pytester, f'''
+    result = run(
+        pytester,
+        f"""
 import numpy as np, keras, pytest
 
 rng = np.random.default_rng({seed})
@@ -134,19 +165,25 @@ def test_model(stability):
     report = stability.train(model, X, Y, validation_data=(XV, YV), batch_size=8)
     assert report.ok and report.trace.steps == 400
     assert [r.status for r in report.results] == ["passed"] * 5
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*stability report: 1 test, 0 unstable*",
-                                 f"PASS  *::test_model  steps=400/400 seed={seed} CPU*"])
+    result.stdout.fnmatch_lines(
+        ["*stability report: 1 test, 0 unstable*", f"PASS  *::test_model  steps=400/400 seed={seed} CPU*"]
+    )
 
 
 def test_check_false_returns_the_report_without_raising(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=40, max_grad_norm=1e-4)
 def test_model(stability):
     report = stability.train(build(), X, Y, check=False)
     assert not report.ok and report.verdict == "unstable"
     assert report.findings[0].check == "grad_norm" and report.findings[0].step == 0
     assert report.trace.grad_norm.shape == (40,) and report.trace.var_grad_norms.shape == (40, 4)
-''')
+""",
+    )
     result.assert_outcomes(passed=1)

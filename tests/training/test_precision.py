@@ -37,17 +37,20 @@ def _data():
     return x, y
 
 
-def _model(policy: str, *, lr: float = 1e-2, initial_scale: float | None = None,
-           jit_compile: bool = False) -> keras.Model:
+def _model(
+    policy: str, *, lr: float = 1e-2, initial_scale: float | None = None, jit_compile: bool = False
+) -> keras.Model:
     keras.config.set_dtype_policy(policy)
     try:
-        model = keras.Sequential([
-            keras.Input((8,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(32, activation="relu"),
-            # The output layer in float32, as the Keras mixed-precision guide advises.
-            keras.layers.Dense(1, activation="sigmoid", dtype="float32"),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(32, activation="relu"),
+                keras.layers.Dense(32, activation="relu"),
+                # The output layer in float32, as the Keras mixed-precision guide advises.
+                keras.layers.Dense(1, activation="sigmoid", dtype="float32"),
+            ]
+        )
         optimizer = keras.optimizers.Adam(lr)
         if initial_scale is not None:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
@@ -61,8 +64,9 @@ def _train(model, **spec_changes):
     x, y = _data()
     spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(**spec_changes)
     engine.seed_everything(0)
-    result = engine.train(model, x, y, fit_kwargs={"validation_data": (x[:64], y[:64])}, steps=STEPS,
-                          batch_size=32, seed=0, spec=spec)
+    result = engine.train(
+        model, x, y, fit_kwargs={"validation_data": (x[:64], y[:64])}, steps=STEPS, batch_size=32, seed=0, spec=spec
+    )
     return result
 
 

@@ -17,16 +17,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks import scenarios as S  # noqa: E402
 
 
-@pytest.mark.parametrize("name, seed", [
-    ("lr_too_high", 0), ("log_zero", 0), ("nan_in_data", 0), ("rnn_explosion", 0), ("seg_dice_collapse", 0),
-    # bn_small_batch seed 0 is not flagged: its validation rise (17 %) is within 2.5 sigmas of its own
-    # noise, which the val_loss rule allows; seeds 1-3 are (how often, over many seeds: benchmarks/detection.py)
-    ("adam_collapse", 2), ("bn_small_batch", 1),
-    # the first-run cases: an early Adam blow-up is the learning rate, a collapse after a blow-up is named so,
-    # SGD at lr 50 gets a rate from its first update, float16 Adam the epsilon, random labels the labels
-    ("adam_early_blowup", 0), ("unet_jaccard_collapse", 0), ("sgd_huge_lr", 0), ("float16_adam_epsilon", 0),
-    ("random_labels", 0),
-])
+@pytest.mark.parametrize(
+    "name, seed",
+    [
+        ("lr_too_high", 0),
+        ("log_zero", 0),
+        ("nan_in_data", 0),
+        ("rnn_explosion", 0),
+        ("seg_dice_collapse", 0),
+        # bn_small_batch seed 0 is not flagged: its validation rise (17 %) is within 2.5 sigmas of its own
+        # noise, which the val_loss rule allows; seeds 1-3 are (how often, over many seeds: benchmarks/detection.py)
+        ("adam_collapse", 2),
+        ("bn_small_batch", 1),
+        # the first-run cases: an early Adam blow-up is the learning rate, a collapse after a blow-up is named so,
+        # SGD at lr 50 gets a rate from its first update, float16 Adam the epsilon, random labels the labels
+        ("adam_early_blowup", 0),
+        ("unet_jaccard_collapse", 0),
+        ("sgd_huge_lr", 0),
+        ("float16_adam_epsilon", 0),
+        ("random_labels", 0),
+    ],
+)
 def test_pathology_detected_with_cause(name, seed):
     sc = S.PATHOLOGIES[name](seed)
     o = S.run_scenario(sc, seed)

@@ -9,7 +9,10 @@ def run(pytester, source, *args):
 
 
 def test_same_seed_same_trace_and_different_seed_differs(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 TRACES = {}
 
 @pytest.mark.parametrize("seed", [3, 3, 4])
@@ -21,12 +24,16 @@ def test_compare():
     a, b = TRACES[3]
     assert np.array_equal(a, b)
     assert not np.array_equal(a, TRACES[4][0])
-''')
+""",
+    )
     result.assert_outcomes(passed=4)
 
 
 def test_records_raw_minibatch_loss_not_the_running_mean(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=16, shuffle=False)
 def test_model(stability):
     model = build()
@@ -42,36 +49,40 @@ def test_model(stability):
     assert report.trace.loss[8] != pytest.approx(np.mean(report.trace.loss[:9]), rel=1e-3)
     assert report.trace.steps == 16 and report.trace.grad_norm.shape == (16,)
     assert np.all(report.trace.nonfinite == 0)
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 DATA_KINDS = {
     "tf_data": "import tensorflow as tf; rep = stability.train(build(), "
-               "tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), "
-               "validation_data=tf.data.Dataset.from_tensor_slices((XV, YV)).batch(32))",
-    "pydataset": '''
+    "tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), "
+    "validation_data=tf.data.Dataset.from_tensor_slices((XV, YV)).batch(32))",
+    "pydataset": """
     class Seq(keras.utils.PyDataset):
         def __len__(self):
             return 8
         def __getitem__(self, i):
             return X[i * 32:(i + 1) * 32], Y[i * 32:(i + 1) * 32]
-    rep = stability.train(build(), Seq(), validation_data=Seq())''',
+    rep = stability.train(build(), Seq(), validation_data=Seq())""",
     "sample_weight": "rep = stability.train(build(), X, Y, sample_weight=np.ones(len(X), 'float32'), "
-                     "validation_data=(XV, YV, np.ones(len(XV), 'float32')))",
-    "dict_inputs": '''
+    "validation_data=(XV, YV, np.ones(len(XV), 'float32')))",
+    "dict_inputs": """
     inp = keras.Input((8,), name="features")
     out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8, activation="relu")(inp))
     model = keras.Model({"features": inp}, out)
     model.compile(optimizer="adam", loss="binary_crossentropy")
-    rep = stability.train(model, {"features": X}, Y, validation_data=({"features": XV}, YV))''',
+    rep = stability.train(model, {"features": X}, Y, validation_data=({"features": XV}, YV))""",
     "factory": "rep = stability.train(build, X, Y)",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(DATA_KINDS))
 def test_data_kinds_train_for_exactly_the_steps(pytester, tiny_problem, kind):
-    result = run(pytester, tiny_problem + f'''
+    result = run(
+        pytester,
+        tiny_problem
+        + f"""
 @pytest.mark.stable_training(steps=20, validate_every=10)
 def test_model(stability):
     {DATA_KINDS[kind]}
@@ -82,12 +93,16 @@ def test_model(stability):
         # measured before the first step, at the first read-back at or after each 10 steps, and at the end
         steps = rep.trace.val_steps.tolist()
         assert steps[0] == 0 and steps[-1] == 20 and len(steps) >= 3 and steps == sorted(steps)
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_validation_does_not_update_batchnorm_statistics(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 def bn_model():
     model = keras.Sequential([keras.Input((8,)), keras.layers.BatchNormalization(),
                               keras.layers.Dense(1, activation="sigmoid")])
@@ -109,27 +124,38 @@ def test_model(stability):
     mean1, mean2 = m1.layers[0].moving_mean.numpy(), m2.layers[0].moving_mean.numpy()
     assert np.abs(mean2).max() < 1.0
     np.testing.assert_array_equal(mean1, mean2)
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_seeds_run_each_seed_and_replay_runs_one(pytester, tiny_problem):
-    source = tiny_problem + '''
+    source = (
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=30, seeds=3, seed=10)
 def test_model(stability):
     rep = stability.train(build(), X, Y)
     print("SEEDS", rep.seeds, [r.replay for r in rep.runs])
-'''
+"""
+    )
     result = run(pytester, source, "-s")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*SEEDS [[]10, 11, 12] [[]'pytest test_seeds_run_each_seed_and_replay_runs_one.py::"
-                                 "test_model --stability-replay=10', *"])
+    result.stdout.fnmatch_lines(
+        [
+            "*SEEDS [[]10, 11, 12] [[]'pytest test_seeds_run_each_seed_and_replay_runs_one.py::"
+            "test_model --stability-replay=10', *"
+        ]
+    )
     result = pytester.runpytest("-p", "no:cacheprovider", "-s", "--stability-replay=11")
     result.stdout.fnmatch_lines(["*SEEDS [[]11] *"])
 
 
 def test_train_returns_metrics_and_device(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=20, device="cpu")
 def test_model(stability):
     model = build()
@@ -139,12 +165,16 @@ def test_model(stability):
     assert 0.0 <= rep.primary.final_metrics["accuracy"] <= 1.0
     assert rep.primary.final_metrics["loss"] > 0
     assert rep.trace.info["optimizer"] == "Adam" and rep.trace.info["optimizer_config"]["epsilon"] == 1e-7
-''')
+""",
+    )
     result.assert_outcomes(passed=1)
 
 
 def test_batchnorm_train_inference_gap_measured_without_touching_statistics(pytester, tiny_problem):
-    result = run(pytester, tiny_problem + '''
+    result = run(
+        pytester,
+        tiny_problem
+        + """
 def build_bn(momentum):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16),
                               keras.layers.BatchNormalization(momentum=momentum),
@@ -182,5 +212,6 @@ def test_gap_does_not_update_statistics(stability):
 @pytest.mark.stable_training(steps=20)
 def test_no_batchnorm_no_gap(stability):
     assert "bn_train_infer_gap" not in stability.train(build(), X, Y).trace.info
-''')
+""",
+    )
     result.assert_outcomes(passed=3)

@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dead_relus_from_the_first_step_fail_as_stuck_without_validation_data(pytester, tiny_problem):
-    pytester.makepyfile(tiny_problem + '''
+    pytester.makepyfile(
+        tiny_problem
+        + """
 @pytest.mark.stable_training(steps=120)
 def test_dead(stability):
     model = keras.Sequential([keras.Input((8,)),
@@ -18,7 +20,8 @@ def test_dead(stability):
                               keras.layers.Dense(1, activation="sigmoid")])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
     stability.fit(model, X, Y, batch_size=32)
-''')
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*[[]stuck] step *", "*fix to try: *"])
@@ -26,7 +29,7 @@ def test_dead(stability):
 
 
 def test_adam_late_blow_up_is_headlined_as_second_moment_collapse(pytester):
-    pytester.makepyfile(f'''
+    pytester.makepyfile(f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 import pytest
@@ -41,6 +44,6 @@ def test_adam(stability):
     assert head.evidence["rank"] == 0 and head.evidence["primary"]
     assert head.evidence["cause_key"] == "adam_second_moment", head.cause
     assert "epsilon" in head.fix and "clipnorm" not in head.fix.split(",")[0]
-''')
+""")
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)

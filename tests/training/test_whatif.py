@@ -34,14 +34,34 @@ def _train(sc, seed, **spec_kw):
     spec = _spec(**{**sc.spec_overrides, **spec_kw})
     engine.seed_everything(seed)
     model = sc.build()
-    res = engine.train(model, sc.x, sc.y, fit_kwargs=_fit_kwargs(sc), steps=sc.steps, batch_size=sc.batch_size,
-                       seed=seed, spec=spec, keep_initial_state=True)
+    res = engine.train(
+        model,
+        sc.x,
+        sc.y,
+        fit_kwargs=_fit_kwargs(sc),
+        steps=sc.steps,
+        batch_size=sc.batch_size,
+        seed=seed,
+        spec=spec,
+        keep_initial_state=True,
+    )
     return model, res, spec
 
 
 def _replay(sc, seed, model, res, spec, fix, failure_step):
-    return whatif.replay(model, res, fix=fix, failure_step=failure_step, window=50, x=sc.x, y=sc.y,
-                         fit_kwargs=_fit_kwargs(sc), batch_size=sc.batch_size, seed=seed, spec=spec)
+    return whatif.replay(
+        model,
+        res,
+        fix=fix,
+        failure_step=failure_step,
+        window=50,
+        x=sc.x,
+        y=sc.y,
+        fit_kwargs=_fit_kwargs(sc),
+        batch_size=sc.batch_size,
+        seed=seed,
+        spec=spec,
+    )
 
 
 def _diagnosed(res):
@@ -55,7 +75,7 @@ def test_replay_without_a_fix_reproduces_the_run_exactly_and_restores_the_model(
     before = [v.numpy().copy() for v in model.variables]
     rep = _replay(sc, 0, model, res, spec, fix={}, failure_step=130)
     assert rep.start == 80  # one spike window (50) before step 130
-    assert rep.end == 200   # 4 windows past the failure, capped at the steps run
+    assert rep.end == 200  # 4 windows past the failure, capped at the steps run
     np.testing.assert_array_equal(rep.trace.loss, res.trace.loss)
     np.testing.assert_array_equal(rep.trace.grad_norm, res.trace.grad_norm)
     for a, v in zip(before, model.variables, strict=True):
@@ -73,8 +93,18 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
     assert primary.evidence["cause_key"] == "lr_too_high" and first_fix.keys() == {"learning_rate_factor"}
     assert first_fix["learning_rate_factor"] <= 0.01
     assert not any("clipnorm" in c for r in results for f in r.findings for c in f.evidence["fix_configs"])
-    out = whatif.attach_whatif(results, model, res, Thresholds(), spec, x=sc.x, y=sc.y, fit_kwargs=_fit_kwargs(sc),
-                               batch_size=sc.batch_size, seed=1)
+    out = whatif.attach_whatif(
+        results,
+        model,
+        res,
+        Thresholds(),
+        spec,
+        x=sc.x,
+        y=sc.y,
+        fit_kwargs=_fit_kwargs(sc),
+        batch_size=sc.batch_size,
+        seed=1,
+    )
     notes = [f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence]
     assert len(notes) == 1, notes
     note = notes[0]
@@ -98,10 +128,30 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
     model, res, spec = _train(sc, 0)
     results = _diagnosed(res)
     chosen = [{"clipnorm": 1e6}, {"learning_rate_factor": 0.01}]
-    results = [dataclasses.replace(r, findings=tuple(dataclasses.replace(f, evidence={**f.evidence,
-               "fix_configs": chosen if f.evidence.get("rank") == 0 else []}) for f in r.findings)) for r in results]
-    out = whatif.attach_whatif(results, model, res, Thresholds(), spec, x=sc.x, y=sc.y, fit_kwargs=_fit_kwargs(sc),
-                               batch_size=sc.batch_size, seed=0)
+    results = [
+        dataclasses.replace(
+            r,
+            findings=tuple(
+                dataclasses.replace(
+                    f, evidence={**f.evidence, "fix_configs": chosen if f.evidence.get("rank") == 0 else []}
+                )
+                for f in r.findings
+            ),
+        )
+        for r in results
+    ]
+    out = whatif.attach_whatif(
+        results,
+        model,
+        res,
+        Thresholds(),
+        spec,
+        x=sc.x,
+        y=sc.y,
+        fit_kwargs=_fit_kwargs(sc),
+        batch_size=sc.batch_size,
+        seed=0,
+    )
     note = next(f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence)
     first, second = note["attempts"]
     assert first["fix"] == {"clipnorm": 1e6} and first["resolved"] is False and first["still_failing"], first
@@ -125,8 +175,8 @@ def test_adam_epsilon_fix_replayed_from_a_snapshot_before_the_collapse():
     # window (50 steps) before the collapse
     assert start - 75 < rep.start <= start - 50 and rep.end > start
     # the steps before the snapshot are the original run's; after it, the fix changes the trajectory
-    np.testing.assert_array_equal(rep.trace.loss[:rep.start], res.trace.loss[:rep.start])
-    assert not np.array_equal(rep.trace.loss[rep.start:rep.end], res.trace.loss[rep.start:rep.end])
+    np.testing.assert_array_equal(rep.trace.loss[: rep.start], res.trace.loss[: rep.start])
+    assert not np.array_equal(rep.trace.loss[rep.start : rep.end], res.trace.loss[rep.start : rep.end])
     note = whatif.verdict(rep, run_checks(rep.trace, Thresholds(), ("loss_spike", "nonfinite", "grad_norm")))
     assert note["resolved"] is True, note["text"]
 
@@ -139,15 +189,26 @@ def test_one_shot_generator_cannot_be_replayed():
     def batches():
         for i in range(0, 64 * 10, 16):
             j = i % 64
-            yield x[j:j + 16], y[j:j + 16]
+            yield x[j : j + 16], y[j : j + 16]
 
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1, activation="sigmoid")])
     model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
     spec = _spec(readback_every=10)
     res = engine.train(model, batches(), None, steps=30, seed=0, spec=spec, keep_initial_state=True)
     with pytest.raises(whatif.NotReplayable, match="can be read only once"):
-        whatif.replay(model, res, fix={"learning_rate_factor": 0.1}, failure_step=20, window=5,
-                      x=batches(), y=None, fit_kwargs={}, batch_size=None, seed=0, spec=spec)
+        whatif.replay(
+            model,
+            res,
+            fix={"learning_rate_factor": 0.1},
+            failure_step=20,
+            window=5,
+            x=batches(),
+            y=None,
+            fit_kwargs={},
+            batch_size=None,
+            seed=0,
+            spec=spec,
+        )
 
 
 def test_amsgrad_and_unknown_settings_are_not_replayed_and_say_why():

@@ -20,6 +20,7 @@ def _noisy_decay(n: int = 300, seed: int = 0) -> np.ndarray:
 
 # -- loss_spike ------------------------------------------------------------------
 
+
 def test_spike_healthy_noisy_loss_passes():
     r = check_loss_spike(Trace(loss=_noisy_decay()))
     assert r.status == "passed"
@@ -137,9 +138,13 @@ def test_collapse_to_a_constant_after_a_gradual_rise_is_caught():
     # Falls to ~0.05, drifts up, noisily, over 150 steps (no step is a spike, no jump a level
     # shift), then sits flat at 0.96.
     rng = np.random.default_rng(5)
-    loss = np.concatenate([np.geomspace(0.8, 0.05, 60) * np.exp(0.3 * rng.normal(size=60)),
-                           np.geomspace(0.05, 0.96, 150) * np.exp(0.3 * rng.normal(size=150)),
-                           0.96 * (1 + 0.004 * rng.normal(size=100))])
+    loss = np.concatenate(
+        [
+            np.geomspace(0.8, 0.05, 60) * np.exp(0.3 * rng.normal(size=60)),
+            np.geomspace(0.05, 0.96, 150) * np.exp(0.3 * rng.normal(size=150)),
+            0.96 * (1 + 0.004 * rng.normal(size=100)),
+        ]
+    )
     r = check_loss_spike(Trace(loss=loss))
     assert r.failed
     assert [f.evidence.get("collapse", False) for f in r.findings] == [True]
@@ -159,6 +164,7 @@ def test_spike_no_recovery_and_stuck():
 
 
 # -- nonfinite -------------------------------------------------------------------
+
 
 def test_nonfinite_all_finite_passes():
     assert check_nonfinite(Trace(loss=_noisy_decay(), grad_norm=np.ones(300))).status == "passed"
@@ -231,6 +237,7 @@ def test_nonfinite_a_scale_that_never_fits_fails():
 
 # -- grad_norm -------------------------------------------------------------------
 
+
 def test_grad_norm_steady_passes():
     rng = np.random.default_rng(0)
     g = np.exp(0.3 * rng.normal(size=300))
@@ -290,6 +297,7 @@ def test_grad_norm_reference_not_fooled_by_fading_early_gradients():
 
 # -- val_loss --------------------------------------------------------------------
 
+
 def _val(v):
     v = np.asarray(v, float)
     return Trace(loss=np.ones(10), val_steps=np.arange(v.size) * 10, val_loss=v)
@@ -300,9 +308,14 @@ def _rnn_like(clip_cfg):
     rng = np.random.default_rng(0)
     v = np.exp(0.2 * rng.normal(size=(300, 2)))
     v[150, 0] = 500.0
-    g = np.sqrt(np.sum(v ** 2, axis=1))
-    return Trace(loss=np.exp(-np.arange(300) / 300), grad_norm=g, var_grad_norms=v,
-                 var_names=("rnn/kernel", "dense/kernel"), info={"optimizer": "SGD", "optimizer_config": clip_cfg})
+    g = np.sqrt(np.sum(v**2, axis=1))
+    return Trace(
+        loss=np.exp(-np.arange(300) / 300),
+        grad_norm=g,
+        var_grad_norms=v,
+        var_names=("rnn/kernel", "dense/kernel"),
+        info={"optimizer": "SGD", "optimizer_config": clip_cfg},
+    )
 
 
 def test_grad_norm_judged_after_the_optimizers_norm_clipping():
@@ -327,9 +340,13 @@ def test_collapse_with_vanished_gradients_and_a_wobbling_loss():
     # The drift of test_collapse_to_a_constant_after_a_gradual_rise_is_caught, but the end is not
     # flat: the loss varies 5 % from batch to batch while the gradients are exactly zero (dead units).
     rng = np.random.default_rng(5)
-    loss = np.concatenate([np.geomspace(0.8, 0.05, 60) * np.exp(0.3 * rng.normal(size=60)),
-                           np.geomspace(0.05, 0.96, 150) * np.exp(0.3 * rng.normal(size=150)),
-                           0.96 * (1 + 0.05 * rng.normal(size=100))])
+    loss = np.concatenate(
+        [
+            np.geomspace(0.8, 0.05, 60) * np.exp(0.3 * rng.normal(size=60)),
+            np.geomspace(0.05, 0.96, 150) * np.exp(0.3 * rng.normal(size=150)),
+            0.96 * (1 + 0.05 * rng.normal(size=100)),
+        ]
+    )
     g = np.concatenate([0.1 * np.exp(0.3 * rng.normal(size=200)), np.zeros(110)])
     r = check_loss_spike(Trace(loss=loss, grad_norm=g))
     assert [f.evidence.get("collapse", False) for f in r.findings] == [True]
@@ -385,12 +402,43 @@ def test_a_run_that_comes_back_down_and_ends_flat_is_not_stuck():
 
 # -- val_loss judged against its own noise ---------------------------------------
 
+
 def _bn_seed0_val():
     # the raw validation curve of benchmarks/scenarios.py bn_small_batch, seed 0 (measured with this worktree's
     # engine): BatchNorm at batch 2 wanders, then ends 40-65 % above its best for five measurements
-    return [0.739, 0.787, 0.823, 0.782, 0.660, 0.585, 0.535, 0.548, 0.511, 0.453, 0.501, 0.481, 0.471, 0.548, 0.632,
-            0.524, 0.489, 0.495, 0.517, 0.488, 0.445, 0.394, 0.394, 0.465, 0.392, 0.404, 0.561, 0.579, 0.656, 0.509,
-            0.655]
+    return [
+        0.739,
+        0.787,
+        0.823,
+        0.782,
+        0.660,
+        0.585,
+        0.535,
+        0.548,
+        0.511,
+        0.453,
+        0.501,
+        0.481,
+        0.471,
+        0.548,
+        0.632,
+        0.524,
+        0.489,
+        0.495,
+        0.517,
+        0.488,
+        0.445,
+        0.394,
+        0.394,
+        0.465,
+        0.392,
+        0.404,
+        0.561,
+        0.579,
+        0.656,
+        0.509,
+        0.655,
+    ]
 
 
 def test_val_noisy_flat_small_validation_set_passes():
@@ -510,8 +558,13 @@ def _vars(n=100, grad_zero=(), update_zero=()):
         vu[:, i] = 0.0
     for i in update_zero:
         vu[:, i] = 0.0
-    return Trace(loss=np.geomspace(1.0, 0.1, n), grad_norm=np.sqrt((vg ** 2).sum(1)), var_grad_norms=vg,
-                 var_names=("dense/kernel", "unused/kernel", "head/bias"), var_update_ratio=vu)
+    return Trace(
+        loss=np.geomspace(1.0, 0.1, n),
+        grad_norm=np.sqrt((vg**2).sum(1)),
+        var_grad_norms=vg,
+        var_names=("dense/kernel", "unused/kernel", "head/bias"),
+        var_update_ratio=vu,
+    )
 
 
 def test_a_variable_that_never_gets_a_gradient_is_a_finding():
@@ -558,8 +611,15 @@ def _slingshot_like(seed: int, climb: float) -> np.ndarray:
     """Falls from ~0.5 to ~1e-7 over 1000 steps with a decade of per-step noise, then climbs ``climb``
     decades over 150 steps, holds 100 steps and falls again (Adam's slingshot at minibatch size)."""
     rng = np.random.default_rng(seed)
-    level = np.concatenate([np.linspace(np.log10(0.5), -7, 1000), np.linspace(-7, -7 + climb, 150),
-                            np.full(100, -7 + climb), np.linspace(-7 + climb, -7, 150), np.full(400, -7.0)])
+    level = np.concatenate(
+        [
+            np.linspace(np.log10(0.5), -7, 1000),
+            np.linspace(-7, -7 + climb, 150),
+            np.full(100, -7 + climb),
+            np.linspace(-7 + climb, -7, 150),
+            np.full(400, -7.0),
+        ]
+    )
     return 10 ** (level + rng.normal(0, 0.5, level.size))
 
 
@@ -602,8 +662,39 @@ def _bn_val(v, gap):
 
 def test_val_batchnorm_pit_fails_when_the_train_inference_gap_is_large():
     # bn_small_batch seed 4 of the detection benchmark: one measurement 12 % above the best, then back
-    v = [0.79, 0.60, 0.52, 0.51, 0.55, 0.48, 0.47, 0.48, 0.55, 0.58, 0.57, 0.50, 0.49, 0.52, 0.58, 0.51, 0.53,
-         0.51, 0.53, 0.51, 0.53, 0.48, 0.49, 0.51, 0.49, 0.54, 0.47, 0.42, 0.37, 0.39, 0.39]
+    v = [
+        0.79,
+        0.60,
+        0.52,
+        0.51,
+        0.55,
+        0.48,
+        0.47,
+        0.48,
+        0.55,
+        0.58,
+        0.57,
+        0.50,
+        0.49,
+        0.52,
+        0.58,
+        0.51,
+        0.53,
+        0.51,
+        0.53,
+        0.51,
+        0.53,
+        0.48,
+        0.49,
+        0.51,
+        0.49,
+        0.54,
+        0.47,
+        0.42,
+        0.37,
+        0.39,
+        0.39,
+    ]
     assert check_val_loss(_val(v)).status == "passed"  # without a measured gap: noise, not a failure
     assert check_val_loss(_bn_val(v, 0.05)).status == "passed"  # a small gap: BatchNorm is not the cause
     r = check_val_loss(_bn_val(v, 1.18))

@@ -109,15 +109,18 @@ def _rmsprop(h, lr, momentum, p, steps=400):
     return abs(w)
 
 
-@pytest.mark.parametrize("name, config, run", [
-    ("SGD", {}, lambda h, lr: _sgd(h, lr)),
-    ("SGD", {"momentum": 0.9}, lambda h, lr: _sgd(h, lr, 0.9)),
-    ("SGD", {"momentum": 0.5, "nesterov": True}, lambda h, lr: _sgd(h, lr, 0.5, nesterov=True)),
-    ("Adam", {"beta_1": 0.9}, lambda h, lr: _adam(h, lr, 0.9, p=4.0)),
-    ("AdamW", {"beta_1": 0.8}, lambda h, lr: _adam(h, lr, 0.8, p=0.5)),
-    ("RMSprop", {"momentum": 0.0}, lambda h, lr: _rmsprop(h, lr, 0.0, p=2.0)),
-    ("RMSprop", {"momentum": 0.7}, lambda h, lr: _rmsprop(h, lr, 0.7, p=2.0)),
-])
+@pytest.mark.parametrize(
+    "name, config, run",
+    [
+        ("SGD", {}, lambda h, lr: _sgd(h, lr)),
+        ("SGD", {"momentum": 0.9}, lambda h, lr: _sgd(h, lr, 0.9)),
+        ("SGD", {"momentum": 0.5, "nesterov": True}, lambda h, lr: _sgd(h, lr, 0.5, nesterov=True)),
+        ("Adam", {"beta_1": 0.9}, lambda h, lr: _adam(h, lr, 0.9, p=4.0)),
+        ("AdamW", {"beta_1": 0.8}, lambda h, lr: _adam(h, lr, 0.8, p=0.5)),
+        ("RMSprop", {"momentum": 0.0}, lambda h, lr: _rmsprop(h, lr, 0.0, p=2.0)),
+        ("RMSprop", {"momentum": 0.7}, lambda h, lr: _rmsprop(h, lr, 0.7, p=2.0)),
+    ],
+)
 def test_each_limit_is_where_the_optimizers_own_update_stops_converging_on_a_quadratic(name, config, run):
     rule = rule_for(name, config)
     lr = 0.05
@@ -150,8 +153,18 @@ def test_measurement_steps_are_evenly_spaced_and_end_at_the_last_step():
 
 
 def _points(*sharp):
-    return [{"step": 50 * (i + 1), "sharpness": s, "batch_sharpness": s / 2, "iterations": 9, "converged": True,
-             "residual": 1e-4, "seconds": 0.25} for i, s in enumerate(sharp)]
+    return [
+        {
+            "step": 50 * (i + 1),
+            "sharpness": s,
+            "batch_sharpness": s / 2,
+            "iterations": 9,
+            "converged": True,
+            "residual": 1e-4,
+            "seconds": 0.25,
+        }
+        for i, s in enumerate(sharp)
+    ]
 
 
 def test_summary_uses_the_learning_rate_of_the_step_just_taken():
@@ -165,8 +178,10 @@ def test_summary_uses_the_learning_rate_of_the_step_just_taken():
     flat = summarize(_points(10.0, 10.0, 10.0), np.full(150, 0.1), rule_for("SGD", {}), batch_size=32)
     assert flat["max_ratio_step"] == 50
     assert info["seconds_total"] == 1.0 and info["kind"] == "hessian" and info["batch_size"] == 32
-    assert info["text"].startswith("edge-of-stability ratio 0.6 at step 100 (sharpness 12 vs limit 20 = 2/η at "
-                                   "lr 0.1); curvature margin 1.67x; 4 points in 1.0 s")
+    assert info["text"].startswith(
+        "edge-of-stability ratio 0.6 at step 100 (sharpness 12 vs limit 20 = 2/η at "
+        "lr 0.1); curvature margin 1.67x; 4 points in 1.0 s"
+    )
     json.dumps(info, allow_nan=False)
 
 
@@ -198,13 +213,18 @@ def test_the_check_is_skipped_without_max_eos_ratio_and_fails_above_it():
 
 
 def test_baseline_fails_a_curvature_margin_that_shrank_by_more_than_the_factor():
-    tol = {"baseline_grad_factor": 2.0, "baseline_val_tolerance": 0.1, "baseline_extra_spikes": 0,
-           "baseline_margin_factor": 2.0}
+    tol = {
+        "baseline_grad_factor": 2.0,
+        "baseline_val_tolerance": 0.1,
+        "baseline_extra_spikes": 0,
+        "baseline_margin_factor": 2.0,
+    }
     base = {"summary": {"spikes": 0, "curvature_margin": 10.0}, "findings": []}
     assert baseline_mod.compare_run(base, {"spikes": 0, "curvature_margin": 5.0}, [], tol)["regressions"] == []
     result = baseline_mod.compare_run(base, {"spikes": 0, "curvature_margin": 1.2}, [], tol)
-    assert result["regressions"] == ["curvature margin (1 / edge-of-stability ratio): baseline 10x, now 1.2x "
-                                     "(tolerance: /2, limit 5x)"]
+    assert result["regressions"] == [
+        "curvature margin (1 / edge-of-stability ratio): baseline 10x, now 1.2x (tolerance: /2, limit 5x)"
+    ]
     assert result["metrics"]["curvature_margin"]["regressed"]
     # not measured in one of the two runs: nothing to compare
     assert baseline_mod.compare_run(base, {"spikes": 0}, [], tol)["regressions"] == []

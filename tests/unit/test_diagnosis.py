@@ -21,9 +21,15 @@ def _adam_trace(opt="Adam", eps=1e-7):
     g = np.concatenate([np.full(60, 1.0), np.geomspace(1.0, 1e-4, 340)])
     g2v = np.ones(n)
     g2v[345:351] = 1e6
-    return Trace(loss=loss, grad_norm=g, opt_stats={"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, n)},
-                 info={"optimizer": opt, "optimizer_config": {"learning_rate": 1e-3, "epsilon": eps,
-                                                              "beta_2": 0.999, "amsgrad": False}})
+    return Trace(
+        loss=loss,
+        grad_norm=g,
+        opt_stats={"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, n)},
+        info={
+            "optimizer": opt,
+            "optimizer_config": {"learning_rate": 1e-3, "epsilon": eps, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
 
 
 def test_adam_collapse_named_with_numbers():
@@ -57,8 +63,11 @@ def test_divergence_before_nan_is_lr_too_high():
 
 def test_sudden_nan_from_steady_loss_is_unsafe_op():
     loss = np.concatenate([np.geomspace(1.0, 0.05, 40), [np.nan]])
-    trace = Trace(loss=loss, grad_norm=np.concatenate([np.full(40, 0.3), [np.nan]]),
-                  first_nonfinite={"step": 40, "source": "loss"})
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.concatenate([np.full(40, 0.3), [np.nan]]),
+        first_nonfinite={"step": 40, "source": "loss"},
+    )
     f = next(f for f in _diag(trace) if f.check == "nonfinite")
     assert f.evidence["cause_key"] == "unsafe_loss_op" and "log" in f.fix
 
@@ -125,9 +134,12 @@ def _repeated_spikes(grad_norm):
     rng = np.random.default_rng(0)
     loss = np.concatenate([np.geomspace(1.0, 0.03, 200), 0.03 * np.exp(0.05 * rng.normal(size=800))])
     for k in (300, 480, 650, 830):
-        loss[k:k + 6] = np.geomspace(1.0, 0.1, 6)  # each spike decays over a few steps
-    return Trace(loss=loss, grad_norm=grad_norm,
-                 info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7}})
+        loss[k : k + 6] = np.geomspace(1.0, 0.1, 6)  # each spike decays over a few steps
+    return Trace(
+        loss=loss,
+        grad_norm=grad_norm,
+        info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7}},
+    )
 
 
 def test_repeated_adam_spikes_without_shrinking_gradients_are_the_learning_rate():
@@ -215,8 +227,14 @@ def test_adam_collapse_with_a_gradient_burst_is_not_clipnorm():
     loss[601:610] = np.geomspace(1e-2, 1e-6, 9)
     g = np.concatenate([np.full(60, 1.0), np.geomspace(1.0, 1e-4, 540), np.full(200, 1e-4)])
     g[600] = 500.0
-    trace = Trace(loss=loss, grad_norm=g, info={"optimizer": "Adam", "optimizer_config": {
-        "learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
     results = run_checks(trace)
     assert {r.name for r in results if r.failed} >= {"grad_norm", "loss_spike"}
     gn = next(f for f in diagnose([f for r in results for f in r.findings], trace) if f.check == "grad_norm")
@@ -232,8 +250,12 @@ def test_adam_collapse_with_a_gradient_burst_is_not_clipnorm():
 
 
 def test_nan_at_step_zero_points_at_op_data_or_init_not_the_learning_rate():
-    trace = Trace(loss=np.array([np.nan]), grad_norm=np.array([np.nan]), lr=np.array([0.1]),
-                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}})
+    trace = Trace(
+        loss=np.array([np.nan]),
+        grad_norm=np.array([np.nan]),
+        lr=np.array([0.1]),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}},
+    )
     p = primary_finding(run_checks(trace), trace)
     assert p.check == "nonfinite" and p.evidence["cause_key"] == "nonfinite_at_start"
     assert "learning_rate" not in p.fix and "initialisation" in p.fix and "cannot have caused it" in p.cause
@@ -257,8 +279,13 @@ def test_a_never_updated_variable_alone_is_the_primary_finding():
     rng = np.random.default_rng(1)
     vg = np.exp(0.2 * rng.normal(size=(100, 2)))
     vu = np.column_stack([np.full(100, 1e-3), np.zeros(100)])
-    trace = Trace(loss=np.geomspace(1.0, 0.1, 100), grad_norm=np.sqrt((vg ** 2).sum(1)), var_grad_norms=vg,
-                  var_names=("a/kernel", "b/kernel"), var_update_ratio=vu)
+    trace = Trace(
+        loss=np.geomspace(1.0, 0.1, 100),
+        grad_norm=np.sqrt((vg**2).sum(1)),
+        var_grad_norms=vg,
+        var_names=("a/kernel", "b/kernel"),
+        var_update_ratio=vu,
+    )
     p = primary_finding(run_checks(trace), trace)
     assert p.kind == "no_update" and p.evidence["cause_key"] == "no_update" and "b/kernel" in p.cause
 
@@ -274,8 +301,9 @@ def test_updates_too_fast_make_a_spike_a_likely_learning_rate_problem():
     assert f.evidence["cause_key"] == "lr_too_high" and f.confidence == "likely"
     assert "|dw|/|w|" in f.cause and f.evidence["diagnosis"]["update_ratio"] == pytest.approx(0.5)
     # without update ratios (a user's own loop) the same spike stays uncertain
-    f2 = next(f for f in _diag(Trace(loss=loss, grad_norm=np.ones(300), info={"optimizer": "SGD"}))
-              if f.check == "loss_spike")
+    f2 = next(
+        f for f in _diag(Trace(loss=loss, grad_norm=np.ones(300), info={"optimizer": "SGD"})) if f.check == "loss_spike"
+    )
     assert f2.confidence == "uncertain"
 
 

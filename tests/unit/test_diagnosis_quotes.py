@@ -36,12 +36,22 @@ from pytest_stability.checks.validation import smooth  # noqa: E402
 from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.trace import GRADS, LOSS, WEIGHTS, Trace  # noqa: E402
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    derandomize=True)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 # code-like words a template may spell with a digit (they are names, not numbers)
-CODE_WORDS = ("log(0)", "0/0", "sqrt(0)", "g^2/v", "float16", "float32", "mixed_float16", "beta_2", "he_normal",
-              "glorot_uniform", "1e-7")
+CODE_WORDS = (
+    "log(0)",
+    "0/0",
+    "sqrt(0)",
+    "g^2/v",
+    "float16",
+    "float32",
+    "mixed_float16",
+    "beta_2",
+    "he_normal",
+    "glorot_uniform",
+    "1e-7",
+)
 #: a digit that is not part of an identifier (beta_2, float16)
 BARE_DIGIT = re.compile(r"(?<![A-Za-z_])\d")
 
@@ -52,8 +62,7 @@ BARE_DIGIT = re.compile(r"(?<![A-Za-z_])\d")
 def _array(trace: Trace, of: str) -> np.ndarray | None:
     if of.startswith("opt."):
         return trace.opt_stats.get(of[4:])
-    return {"loss": trace.loss, "grad_norm": trace.grad_norm, "update_ratio": trace.update_ratio,
-            "lr": trace.lr}[of]
+    return {"loss": trace.loss, "grad_norm": trace.grad_norm, "update_ratio": trace.update_ratio, "lr": trace.lr}[of]
 
 
 def _stat(values: np.ndarray, stat: str) -> float:
@@ -63,10 +72,14 @@ def _stat(values: np.ndarray, stat: str) -> float:
     if stat in ("min_median5", "max_median5"):
         if v.size < 5:
             return math.nan
-        meds = [float(np.median(v[i:i + 5])) for i in range(v.size - 4)]
+        meds = [float(np.median(v[i : i + 5])) for i in range(v.size - 4)]
         return min(meds) if stat == "min_median5" else max(meds)
-    return {"median": lambda: float(np.median(v)), "min": lambda: float(v.min()), "max": lambda: float(v.max()),
-            "p90": lambda: float(np.percentile(v, 90))}[stat]()
+    return {
+        "median": lambda: float(np.median(v)),
+        "min": lambda: float(v.min()),
+        "max": lambda: float(v.max()),
+        "p90": lambda: float(np.percentile(v, 90)),
+    }[stat]()
 
 
 def recompute(name: str, quotes: dict, trace: Trace) -> object:
@@ -79,7 +92,7 @@ def recompute(name: str, quotes: dict, trace: Trace) -> object:
         if arr is None:
             return math.nan
         assert 0 <= a <= b < arr.shape[0] or math.isnan(q["value"]), (name, q, arr.shape)
-        return float(arr[a]) if q["stat"] == "at" else _stat(arr[a:b + 1], q["stat"])
+        return float(arr[a]) if q["stat"] == "at" else _stat(arr[a : b + 1], q["stat"])
     if kind == "val":
         step = q["steps"][0]
         ok = np.isfinite(trace.val_loss)
@@ -99,11 +112,14 @@ def recompute(name: str, quotes: dict, trace: Trace) -> object:
         x = quotes[q["parts"][0]]["value"]
         if not math.isfinite(x):
             return math.nan
-        return {"pow10": lambda v: 10.0 ** round(math.log10(v)) if v > 0 else math.nan,
-                "pow10_floor": lambda v: 10.0 ** math.floor(math.log10(v) + 1e-9) if v > 0 else math.nan,
-                "round2": lambda v: float(f"{v:.2g}"),
-                "exp": math.exp, "nearest_int": lambda v: float(round(v)),
-                "log": lambda v: math.log(v) if v > 0 else math.nan}[q["fn"]](x)
+        return {
+            "pow10": lambda v: 10.0 ** round(math.log10(v)) if v > 0 else math.nan,
+            "pow10_floor": lambda v: 10.0 ** math.floor(math.log10(v) + 1e-9) if v > 0 else math.nan,
+            "round2": lambda v: float(f"{v:.2g}"),
+            "exp": math.exp,
+            "nearest_int": lambda v: float(round(v)),
+            "log": lambda v: math.log(v) if v > 0 else math.nan,
+        }[q["fn"]](x)
     if kind == "setting":
         value = (trace.info.get("optimizer_config") or {}).get(q["key"])
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
@@ -124,6 +140,7 @@ def _same(a: object, b: object) -> bool:
 
 def _render(template: str, quotes: dict, finding) -> str:
     """The text, rendered apart from the diagnosis's own renderer: the number, and for a series where it is."""
+
     def show(m: re.Match) -> str:
         q = quotes[m.group(1)]
         v = q["value"]
@@ -131,9 +148,19 @@ def _render(template: str, quotes: dict, finding) -> str:
             return v
         if q["kind"] in ("step", "count"):
             return str(int(v))
-        fmt = "n/a" if isinstance(v, float) and not math.isfinite(v) else (
-            f"{v:.0%}" if q.get("format") == "percent" else v if isinstance(v, str) else
-            str(v) if isinstance(v, bool) or v is None else f"{float(v):.3g}")
+        fmt = (
+            "n/a"
+            if isinstance(v, float) and not math.isfinite(v)
+            else (
+                f"{v:.0%}"
+                if q.get("format") == "percent"
+                else v
+                if isinstance(v, str)
+                else str(v)
+                if isinstance(v, bool) or v is None
+                else f"{float(v):.3g}"
+            )
+        )
         if q["kind"] == "series":
             a, b = q["steps"]
             where = f"step {a}" if q["stat"] == "at" or a == b else f"{D.STAT_WORDS[q['stat']]} steps {a}-{b}"
@@ -142,6 +169,7 @@ def _render(template: str, quotes: dict, finding) -> str:
             what = "smoothed validation loss" if q["smoothing"] else "validation loss"
             return f"{fmt} ({what} after {q['steps'][0]} steps)"
         return fmt
+
     return re.sub(r"\{(\w+)\}", show, template)
 
 
@@ -195,9 +223,13 @@ def _assert_healthy_stretch(trace: Trace, h: int, start: int) -> None:
     g_ref = float(np.median(trace.grad_norm[:k][np.isfinite(trace.grad_norm[:k])]))
 
     def healthy(i: int) -> bool:
-        return bool(np.isfinite(trace.loss[i]) and np.isfinite(trace.grad_norm[i])
-                    and abs(trace.loss[i]) <= D.HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
-                    and (g_ref <= 0 or trace.grad_norm[i] <= D.HEALTHY_GROWTH * g_ref))
+        return bool(
+            np.isfinite(trace.loss[i])
+            and np.isfinite(trace.grad_norm[i])
+            and abs(trace.loss[i]) <= D.HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
+            and (g_ref <= 0 or trace.grad_norm[i] <= D.HEALTHY_GROWTH * g_ref)
+        )
+
     assert all(healthy(i) for i in range(h))
     assert h == min(start, trace.steps) or not healthy(h)
 
@@ -210,14 +242,17 @@ def _assert_adam_history(trace: Trace, start: int) -> None:
     evidence = []
     if g is not None:
         early = float(np.median(g[:w]))
-        before = float(np.median(g[max(w, start - D.HISTORY_MIN_STEPS):start]))
+        before = float(np.median(g[max(w, start - D.HISTORY_MIN_STEPS) : start]))
         fell = float(np.median(trace.loss[:w])) / float(np.min(trace.loss[:start]))
-        evidence.append(early >= D.TINY_GRADIENTS * before
-                        or (early >= D.SMALL_GRADIENTS * before and fell >= D.NEAR_ZERO))
+        evidence.append(
+            early >= D.TINY_GRADIENTS * before or (early >= D.SMALL_GRADIENTS * before and fell >= D.NEAR_ZERO)
+        )
     else:
         evidence.append(True)  # without gradient norms the loss's fall is the evidence (quoted and recomputed)
     if g2v is not None:
-        evidence.append(float(np.max(g2v[max(0, start - 5):start + 1])) >= D.G2V_JUMP * float(np.median(g2v[w:start])))
+        evidence.append(
+            float(np.max(g2v[max(0, start - 5) : start + 1])) >= D.G2V_JUMP * float(np.median(g2v[w:start]))
+        )
     assert any(evidence)
 
 
@@ -225,8 +260,10 @@ def _judge_and_check(trace: Trace) -> list:
     results = judge(trace, Thresholds())
     findings = [f for r in results for f in r.findings]
     went_up = any(f.check in ("loss_spike", "grad_norm", "nonfinite") for f in findings) or any(
-        D.blew_up(trace, f.step, f.value)["any"] for f in findings if f.check == "stuck"
-        and f.kind in ("collapsed", "stuck"))
+        D.blew_up(trace, f.step, f.value)["any"]
+        for f in findings
+        if f.check == "stuck" and f.kind in ("collapsed", "stuck")
+    )
     for f in findings:
         check_finding(f, trace, went_up)
     return findings
@@ -234,12 +271,14 @@ def _judge_and_check(trace: Trace) -> list:
 
 # -- generated traces ---------------------------------------------------------------------
 
-OPTIMIZERS = st.sampled_from([
-    ("SGD", {"learning_rate": 0.1, "momentum": 0.9}),
-    ("Adam", {"learning_rate": 1e-3, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
-    ("AdamW", {"learning_rate": 3e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
-    ("RMSprop", {"learning_rate": 1e-3}),
-])
+OPTIMIZERS = st.sampled_from(
+    [
+        ("SGD", {"learning_rate": 0.1, "momentum": 0.9}),
+        ("Adam", {"learning_rate": 1e-3, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
+        ("AdamW", {"learning_rate": 3e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
+        ("RMSprop", {"learning_rate": 1e-3}),
+    ]
+)
 
 
 @st.composite
@@ -247,12 +286,13 @@ def event_traces(draw: st.DrawFn) -> Trace:
     """A noisy falling (or flat) loss, then an event at a drawn step: a spike that recovers, a jump that stays, a
     gradient burst, a NaN after a divergence or from a steady loss, a collapse to a flat loss."""
     n = draw(st.integers(60, 700))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     fall = draw(st.sampled_from([0.0, 1.0, 5.0, 20.0]))  # e-folds the loss falls over the run
     noise = draw(st.sampled_from([0.0, 0.02, 0.2]))
-    loss = (np.exp(-np.linspace(0, fall, n)) * np.exp(noise * rng.normal(size=n))
-            * draw(st.sampled_from([0.1, 1.0, 50.0])))
+    loss = (
+        np.exp(-np.linspace(0, fall, n)) * np.exp(noise * rng.normal(size=n)) * draw(st.sampled_from([0.1, 1.0, 50.0]))
+    )
     g_fall = draw(st.sampled_from([0.0, 1.0, 4.0, 9.0]))
     g = np.exp(-np.linspace(0, g_fall, n)) * np.exp(0.1 * rng.normal(size=n))
     upd = np.full(n, draw(st.sampled_from([1e-4, 1e-3, 0.3, 20.0])))
@@ -261,25 +301,25 @@ def event_traces(draw: st.DrawFn) -> Trace:
     mask = np.zeros(n, np.int32)
     first = None
     if kind == "spike":
-        loss[s:s + 6] *= np.geomspace(30, 3, len(loss[s:s + 6]))
+        loss[s : s + 6] *= np.geomspace(30, 3, len(loss[s : s + 6]))
         g[s] *= draw(st.sampled_from([2.0, 50.0, 1e4]))
     elif kind == "jump_stay":
-        level = float(np.max(loss[:s + 1])) * draw(st.sampled_from([1.2, 3.0, 50.0]))
+        level = float(np.max(loss[: s + 1])) * draw(st.sampled_from([1.2, 3.0, 50.0]))
         loss[s:] = level * (1 + draw(st.sampled_from([0.0, 0.001])) * rng.normal(size=n - s))
         g[s] *= 100.0
-        g[s + 1:] = draw(st.sampled_from([0.0, 1e-9, 1.0]))
+        g[s + 1 :] = draw(st.sampled_from([0.0, 1e-9, 1.0]))
     elif kind == "burst":
         g[s] *= draw(st.sampled_from([200.0, 1e5]))
     elif kind in ("nan_diverge", "nan_sudden"):
         k = min(s, n - 1)
         if kind == "nan_diverge":
             m = min(8, k)
-            loss[k - m:k] *= np.geomspace(1, 1e6, m)
-            g[k - m:k] *= np.geomspace(1, 1e4, m)
+            loss[k - m : k] *= np.geomspace(1, 1e6, m)
+            g[k - m : k] *= np.geomspace(1, 1e4, m)
         loss[k:] = np.nan
         g[k:] = np.nan
         mask[k:] = LOSS | GRADS | WEIGHTS
-        loss, g, upd, mask = loss[:k + 1], g[:k + 1], upd[:k + 1], mask[:k + 1]
+        loss, g, upd, mask = loss[: k + 1], g[: k + 1], upd[: k + 1], mask[: k + 1]
         first = {"step": k, "source": draw(st.sampled_from(["loss", "gradients", "weights"]))}
     elif kind == "flat":
         loss[s:] = draw(st.sampled_from([float(np.log(10.0)), 0.95, 2.0 * float(loss[0])]))
@@ -288,32 +328,44 @@ def event_traces(draw: st.DrawFn) -> Trace:
     schedule = draw(st.sampled_from(["constant", "warmup"]))
     m = loss.shape[0]
     lr = np.full(m, cfg["learning_rate"]) if schedule == "constant" else np.linspace(1e-4, 30 * cfg["learning_rate"], m)
-    info = {"optimizer": opt, "optimizer_config": dict(cfg),
-            "dtype_policy": draw(st.sampled_from(["float32", "float16"]))}
+    info = {
+        "optimizer": opt,
+        "optimizer_config": dict(cfg),
+        "dtype_policy": draw(st.sampled_from(["float32", "float16"])),
+    }
     opt_stats = {}
     if opt.startswith("Adam") and draw(st.booleans()):
         g2v = np.exp(0.3 * rng.normal(size=m))
         if kind in ("spike", "burst") and draw(st.booleans()):
-            g2v[max(0, s - 2):s + 1] *= 1e4
+            g2v[max(0, s - 2) : s + 1] *= 1e4
         opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
     has_g = draw(st.booleans()) or kind == "burst"
-    return Trace(loss=loss, grad_norm=g if has_g else None, nonfinite=mask, lr=lr if draw(st.booleans()) else None,
-                 update_ratio=upd if draw(st.booleans()) else None, opt_stats=opt_stats, first_nonfinite=first,
-                 steps_planned=n, info=info)
+    return Trace(
+        loss=loss,
+        grad_norm=g if has_g else None,
+        nonfinite=mask,
+        lr=lr if draw(st.booleans()) else None,
+        update_ratio=upd if draw(st.booleans()) else None,
+        opt_stats=opt_stats,
+        first_nonfinite=first,
+        steps_planned=n,
+        info=info,
+    )
 
 
 @st.composite
 def val_traces(draw: st.DrawFn) -> Trace:
     n = draw(st.integers(100, 400))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     loss = np.geomspace(1.0, draw(st.sampled_from([0.9, 0.1])), n) * np.exp(0.1 * rng.normal(size=n))
     if draw(st.booleans()):
-        loss[n // 2:] *= 3.0  # the training loss rose too
+        loss[n // 2 :] *= 3.0  # the training loss rose too
     every = draw(st.sampled_from([10, 25]))
     steps = np.arange(0, n + 1, every)
     k = steps.size
-    val = np.concatenate([np.geomspace(1.0, 0.4, k // 2),
-                          0.4 * draw(st.sampled_from([1.3, 2.0])) ** np.linspace(0, 1, k - k // 2)])
+    val = np.concatenate(
+        [np.geomspace(1.0, 0.4, k // 2), 0.4 * draw(st.sampled_from([1.3, 2.0])) ** np.linspace(0, 1, k - k // 2)]
+    )
     val *= np.exp(draw(st.sampled_from([0.0, 0.1])) * rng.normal(size=k))
     bn = draw(st.sampled_from([0, 2]))
     info = {"batchnorm_layers": bn, "batchnorm_momentum": [0.99] * bn}
@@ -337,7 +389,7 @@ def test_validation_diagnoses_quote_the_trace(trace):
 
 
 @SETTINGS
-@given(st.integers(1, D.HISTORY_MIN_STEPS - 1), st.integers(0, 2 ** 16), st.booleans())
+@given(st.integers(1, D.HISTORY_MIN_STEPS - 1), st.integers(0, 2**16), st.booleans())
 def test_adam_second_moment_needs_a_history_before_the_burst(burst, seed, with_stats):
     # the loss and the gradient norm fall by orders of magnitude, then the gradient bursts: before
     # HISTORY_MIN_STEPS steps there is no history for v to have collapsed over
@@ -345,27 +397,40 @@ def test_adam_second_moment_needs_a_history_before_the_burst(burst, seed, with_s
     n = burst + 200
     loss = np.geomspace(1.0, 1e-9, n) * np.exp(0.05 * rng.normal(size=n))
     g = np.geomspace(1.0, 1e-5, n)
-    loss[burst:burst + 8] = 5.0
+    loss[burst : burst + 8] = 5.0
     g[burst] = 1e3
     stats = {"g2_over_v_max": np.where(np.arange(n) == burst, 1e6, 1.0)} if with_stats else {}
-    trace = Trace(loss=loss, grad_norm=g, opt_stats=stats, info={"optimizer": "Adam", "optimizer_config": {
-        "learning_rate": 3.0, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        opt_stats=stats,
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 3.0, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
     for f in _judge_and_check(trace):
         assert f.evidence["cause_key"] != "adam_second_moment", f.cause
 
 
 @SETTINGS
-@given(st.integers(D.HISTORY_MIN_STEPS, 600), st.integers(0, 2 ** 16))
+@given(st.integers(D.HISTORY_MIN_STEPS, 600), st.integers(0, 2**16))
 def test_adam_second_moment_needs_small_gradients_before_the_burst(burst, seed):
     # a long history, but the gradient norm never shrank (and no slot statistics): not Adam's second moment
     rng = np.random.default_rng(seed)
     n = burst + 200
     loss = 0.3 * np.exp(0.05 * rng.normal(size=n))
     g = np.exp(0.1 * rng.normal(size=n))
-    loss[burst:burst + 8] = 5.0
+    loss[burst : burst + 8] = 5.0
     g[burst] = 1e3
-    trace = Trace(loss=loss, grad_norm=g, info={"optimizer": "Adam", "optimizer_config": {
-        "learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
     for f in _judge_and_check(trace):
         assert f.evidence["cause_key"] != "adam_second_moment", f.cause
 
@@ -380,9 +445,17 @@ def test_early_adam_blow_up_quotes_the_loss_at_step_0_and_lowers_the_rate_first(
     loss = np.concatenate([[1.16, 1.66e3, 5e3, 1.5e3, 400.0], 0.7 * np.exp(0.05 * rng.normal(size=n - 5))])
     g = np.concatenate([[0.5, 1.2e3, 480.0, 270.0, 120.0], 0.2 * np.exp(0.3 * rng.normal(size=n - 5))])
     upd = np.concatenate([[16.0, 0.75, 0.43], np.full(n - 3, 1e-3)])
-    trace = Trace(loss=loss, grad_norm=g, update_ratio=upd, lr=np.full(n, 3.0), steps_planned=n,
-                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3.0, "epsilon": 1e-7,
-                                                                  "beta_2": 0.999, "amsgrad": False}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        update_ratio=upd,
+        lr=np.full(n, 3.0),
+        steps_planned=n,
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 3.0, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "lr_too_high" and p.confidence == "likely"
     assert "second-moment" not in p.cause and "1.43e+03" not in p.cause
@@ -398,11 +471,16 @@ def test_early_adam_blow_up_quotes_the_loss_at_step_0_and_lowers_the_rate_first(
 def test_huge_learning_rate_sgd_gets_a_rate_from_its_first_update_and_no_clipnorm():
     # SGD at learning rate 50: the first update is 220x the weights, NaN at step 2
     n = 3
-    trace = Trace(loss=np.array([45.6, 8e9, np.nan]), grad_norm=np.array([17.0, 8.5e7, np.nan]),
-                  update_ratio=np.array([220.0, 5e6, np.nan]), lr=np.full(n, 50.0),
-                  nonfinite=np.array([0, 0, LOSS | GRADS | WEIGHTS], np.int32), steps_planned=300,
-                  first_nonfinite={"step": 2, "source": "gradients"},
-                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 50.0}})
+    trace = Trace(
+        loss=np.array([45.6, 8e9, np.nan]),
+        grad_norm=np.array([17.0, 8.5e7, np.nan]),
+        update_ratio=np.array([220.0, 5e6, np.nan]),
+        lr=np.full(n, 50.0),
+        nonfinite=np.array([0, 0, LOSS | GRADS | WEIGHTS], np.int32),
+        steps_planned=300,
+        first_nonfinite={"step": 2, "source": "gradients"},
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 50.0}},
+    )
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "lr_too_high" and p.confidence == "likely"
     assert p.evidence["fix_configs"] == [{"learning_rate_factor": 1e-5}]  # 1e-2 / 220 -> below: 1e-5, 0.0005
@@ -415,12 +493,19 @@ def test_a_run_that_died_after_a_jump_is_a_collapse_and_never_gets_a_higher_rate
     # there with zero gradients; the weights hardly move afterwards (|dw|/|w| 1e-7)
     rng = np.random.default_rng(1)
     n = 300
-    loss = np.concatenate([[0.88, 0.86, 0.84, 0.83, 0.79, 0.70, 0.64, 0.39],
-                           0.958 * (1 + 0.003 * rng.normal(size=n - 8))])
+    loss = np.concatenate(
+        [[0.88, 0.86, 0.84, 0.83, 0.79, 0.70, 0.64, 0.39], 0.958 * (1 + 0.003 * rng.normal(size=n - 8))]
+    )
     g = np.concatenate([[0.1, 0.08, 0.07, 0.09, 0.12, 0.18, 0.39, 0.78], np.zeros(n - 8)])
     upd = np.concatenate([[0.05, 0.06, 0.07, 0.08, 0.11, 0.16, 0.24, 0.36], np.full(n - 8, 1e-7)])
-    trace = Trace(loss=loss, grad_norm=g, update_ratio=upd, lr=np.full(n, 1.0), steps_planned=n,
-                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1.0, "momentum": 0.99}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        update_ratio=upd,
+        lr=np.full(n, 1.0),
+        steps_planned=n,
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1.0, "momentum": 0.99}},
+    )
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "collapse_constant", p.cause
     assert all(c.get("learning_rate_factor", 0) < 1 for c in p.evidence["fix_configs"])
@@ -432,8 +517,12 @@ def test_random_labels_are_named_with_a_learnable_smoke_test():
     rng = np.random.default_rng(0)
     n = 600
     loss = np.concatenate([2.4 + 0.08 * rng.normal(size=30), np.log(10.0) * (1 + 0.002 * rng.normal(size=n - 30))])
-    trace = Trace(loss=loss, grad_norm=np.exp(0.3 * rng.normal(size=n)) * 0.3, update_ratio=np.full(n, 1e-3),
-                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-3}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.exp(0.3 * rng.normal(size=n)) * 0.3,
+        update_ratio=np.full(n, 1e-3),
+        info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-3}},
+    )
     p = D.primary_finding(run_checks(trace), trace)
     assert p.check == "stuck" and p.evidence["cause_key"] == "labels_no_signal", p.cause
     assert "10 balanced classes" in p.cause and "smoke test" in p.fix
@@ -445,10 +534,18 @@ def test_float16_adam_blow_up_is_the_epsilon_not_the_data():
     n = 200
     loss = np.concatenate([[0.68, 9.0, 10.6, 10.4], np.full(n - 4, np.nan)])
     g = np.concatenate([[1.4, 34.0, 52.0, 54.0], np.full(n - 4, np.nan)])
-    trace = Trace(loss=loss[:5], grad_norm=g[:5], update_ratio=np.array([2.4, 0.44, 0.3, 0.22, np.nan]),
-                  nonfinite=np.array([0, 0, 0, 0, LOSS | GRADS | WEIGHTS], np.int32), steps_planned=n,
-                  info={"optimizer": "Adam", "dtype_policy": "float16",
-                        "optimizer_config": {"learning_rate": 1e-3, "epsilon": 1e-7}})
+    trace = Trace(
+        loss=loss[:5],
+        grad_norm=g[:5],
+        update_ratio=np.array([2.4, 0.44, 0.3, 0.22, np.nan]),
+        nonfinite=np.array([0, 0, 0, 0, LOSS | GRADS | WEIGHTS], np.int32),
+        steps_planned=n,
+        info={
+            "optimizer": "Adam",
+            "dtype_policy": "float16",
+            "optimizer_config": {"learning_rate": 1e-3, "epsilon": 1e-7},
+        },
+    )
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "epsilon_underflow" and p.evidence["fix_configs"][0] == {"epsilon": 1e-4}
     assert "not the data" in p.cause
@@ -456,9 +553,12 @@ def test_float16_adam_blow_up_is_the_epsilon_not_the_data():
 
 
 def test_nan_weights_from_a_finite_first_step_blame_the_update():
-    trace = Trace(loss=np.array([0.7, np.nan]), grad_norm=np.array([0.5, np.nan]),
-                  nonfinite=np.array([WEIGHTS, LOSS | GRADS | WEIGHTS], np.int32),
-                  info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}})
+    trace = Trace(
+        loss=np.array([0.7, np.nan]),
+        grad_norm=np.array([0.5, np.nan]),
+        nonfinite=np.array([WEIGHTS, LOSS | GRADS | WEIGHTS], np.int32),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}},
+    )
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "update_nonfinite" and "before any update" not in p.cause
     assert "the optimizer's arithmetic" in p.cause

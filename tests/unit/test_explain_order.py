@@ -24,15 +24,33 @@ def _report(whatif: dict | None = None) -> RunReport:
     upd = np.concatenate([[16.0, 0.75, 0.43], np.full(n - 3, 1e-3)])
     val_steps = np.arange(0, n + 1, 25)
     val = np.concatenate([[0.7, 12.7, 9.2], np.full(val_steps.size - 3, 0.66)])
-    trace = Trace(loss=loss, grad_norm=g, update_ratio=upd, lr=np.full(n, 3.0), steps_planned=n,
-                  val_steps=val_steps, val_loss=val,
-                  info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3.0, "epsilon": 1e-7,
-                                                                  "beta_2": 0.999, "amsgrad": False}})
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        update_ratio=upd,
+        lr=np.full(n, 3.0),
+        steps_planned=n,
+        val_steps=val_steps,
+        val_loss=val,
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 3.0, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
     results = judge(trace, Thresholds())
     if whatif is not None:
-        results = [dataclasses.replace(r, findings=tuple(
-            dataclasses.replace(f, evidence={**f.evidence, "whatif": whatif}) if f.evidence.get("rank") == 0 else f
-            for f in r.findings)) for r in results]
+        results = [
+            dataclasses.replace(
+                r,
+                findings=tuple(
+                    dataclasses.replace(f, evidence={**f.evidence, "whatif": whatif})
+                    if f.evidence.get("rank") == 0
+                    else f
+                    for f in r.findings
+                ),
+            )
+            for r in results
+        ]
     return RunReport(seed=0, trace=trace, results=results, device="CPU", wall_time=1.0, replay="pytest x --replay")
 
 
@@ -58,7 +76,7 @@ def test_the_primary_cause_leads_with_its_evidence_then_its_ranked_fixes_then_th
     # the validation rise of the same event comes after, named as a consequence, without a fix of its own
     later = [ln for ln in body[what_if:] if ln.startswith("[val_loss]")]
     if later:
-        block = body[body.index(later[0]):]
+        block = body[body.index(later[0]) :]
         assert block[2].startswith("  a consequence of [")
         assert not any(ln.startswith("  fix to try") for ln in block[:5])
 

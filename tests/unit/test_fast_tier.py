@@ -15,9 +15,25 @@ def test_unit_tier_imports_no_framework():
     # if a framework was imported, and each test here sees sys.modules as it is.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/unit", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "--deselect", "tests/unit/test_fast_tier.py::test_unit_tier_imports_no_framework"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/unit",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--deselect",
+            "tests/unit/test_fast_tier.py::test_unit_tier_imports_no_framework",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "the fast tier must not" not in proc.stderr
     assert " passed" in proc.stdout

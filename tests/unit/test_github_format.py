@@ -10,17 +10,17 @@ def test_error_command_escapes_newlines_and_property_separators():
     assert cmd == "::error file=a%2Cb.py,line=7,title=unstable%3A x::50%25 worse%0Asecond line"
 
 
-
 def test_def_line_skips_decorators(tmp_path):
     path = tmp_path / "t.py"
-    path.write_text("import pytest\n\n@pytest.mark.stable_training(steps=5)\n@pytest.mark.slow\n"
-                    "def test_a(stability):\n    pass\n\nclass TestB:\n    @pytest.mark.x\n"
-                    "    async def test_b(self):\n        pass\n")
+    path.write_text(
+        "import pytest\n\n@pytest.mark.stable_training(steps=5)\n@pytest.mark.slow\n"
+        "def test_a(stability):\n    pass\n\nclass TestB:\n    @pytest.mark.x\n"
+        "    async def test_b(self):\n        pass\n"
+    )
     assert github.def_line(path, 2, "test_a") == 5
     assert github.def_line(path, 8, "TestB.test_b[param-1]") == 10
     assert github.def_line(path, 2, "test_missing") == 3
     assert github.def_line(tmp_path / "gone.py", 4, "test_a") == 5
-
 
 
 def test_annotation_file_relative_to_workspace_or_rootdir(tmp_path):
@@ -32,11 +32,23 @@ def test_annotation_file_relative_to_workspace_or_rootdir(tmp_path):
     assert github.annotation_file(root, "tests/t.py", {}) == "tests/t.py"
 
 
-
 def test_markdown_cells_escape_pipes_and_newlines():
-    record = {"nodeid": "t.py::test_a[x|y]", "verdict": "unstable", "calls": [{"runs": [{
-        "seed": 0, "verdict": "unstable", "steps_run": 3, "steps_planned": 9,
-        "findings": [{"check": "loss_spike", "step": 2, "message": "a | b\nc"}]}]}]}
+    record = {
+        "nodeid": "t.py::test_a[x|y]",
+        "verdict": "unstable",
+        "calls": [
+            {
+                "runs": [
+                    {
+                        "seed": 0,
+                        "verdict": "unstable",
+                        "steps_run": 3,
+                        "steps_planned": 9,
+                        "findings": [{"check": "loss_spike", "step": 2, "message": "a | b\nc"}],
+                    }
+                ]
+            }
+        ],
+    }
     text = github.markdown([record])
     assert "| ❌ unstable | `t.py::test_a[x\\|y]` | 3/9 | [loss_spike] step 2: a \\| b<br>c |" in text
-

@@ -8,41 +8,77 @@ from pytest_stability.report import html
 
 
 def _run(curves: dict, findings: list | None = None, **extra) -> dict:
-    run = {"seed": 0, "verdict": "unstable" if findings else "stable", "device": "CPU", "steps_planned": 6,
-           "steps_run": 6, "wall_time": 1.5, "replay": "pytest t.py::test_x --stability-replay=0",
-           "findings": findings or [], "summary": {"final_loss": 0.5, "largest_spike": "nan", "spikes": 0},
-           "model": {"backend": "jax", "optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}},
-           "curves": {name: {"step": list(steps), "value": list(values)} for name, (steps, values) in curves.items()}}
+    run = {
+        "seed": 0,
+        "verdict": "unstable" if findings else "stable",
+        "device": "CPU",
+        "steps_planned": 6,
+        "steps_run": 6,
+        "wall_time": 1.5,
+        "replay": "pytest t.py::test_x --stability-replay=0",
+        "findings": findings or [],
+        "summary": {"final_loss": 0.5, "largest_spike": "nan", "spikes": 0},
+        "model": {"backend": "jax", "optimizer": "SGD", "optimizer_config": {"learning_rate": 0.1}},
+        "curves": {name: {"step": list(steps), "value": list(values)} for name, (steps, values) in curves.items()},
+    }
     run.update(extra)
     return run
 
 
 def _record(nodeid: str, *runs: dict, **extra) -> dict:
     verdict = "stable" if all(r["verdict"] == "stable" for r in runs) else "unstable"
-    record = {"nodeid": nodeid, "verdict": verdict, "outcome": "passed", "error": None, "skip_reason": None,
-              "settings": {}, "calls": [{"verdict": verdict, "seeds": [r["seed"] for r in runs], "runs": list(runs)}]}
+    record = {
+        "nodeid": nodeid,
+        "verdict": verdict,
+        "outcome": "passed",
+        "error": None,
+        "skip_reason": None,
+        "settings": {},
+        "calls": [{"verdict": verdict, "seeds": [r["seed"] for r in runs], "runs": list(runs)}],
+    }
     record.update(extra)
     return record
 
 
 STEPS = range(6)
-SPIKE = {"check": "loss_spike", "kind": "spike", "step": 3, "value": 3.0, "limit": 2.0,
-         "message": "loss 3 at step 3 is 5x its trailing median", "cause": "the learning rate jumped to 7",
-         "confidence": "likely", "fix": "learning_rate=0.1", "evidence": {"whatif": {
-             "resolved": True, "text": "replayed steps 0-5 with SGD(learning_rate x 0.1): no finding"}}}
+SPIKE = {
+    "check": "loss_spike",
+    "kind": "spike",
+    "step": 3,
+    "value": 3.0,
+    "limit": 2.0,
+    "message": "loss 3 at step 3 is 5x its trailing median",
+    "cause": "the learning rate jumped to 7",
+    "confidence": "likely",
+    "fix": "learning_rate=0.1",
+    "evidence": {"whatif": {"resolved": True, "text": "replayed steps 0-5 with SGD(learning_rate x 0.1): no finding"}},
+}
 
 
 def test_a_test_panel_has_a_chart_per_curve_with_its_finding_marked_and_cause_fix_whatif():
-    run = _run({"loss": (STEPS, [1.0, 0.8, 0.6, 3.0, 2.5, 2.4]), "grad_norm": (STEPS, [1, 1, 1, 5, 4, 3]),
-                "lr": (STEPS, [0.1, 0.1, 0.1, 7.0, 7.0, 7.0]), "g_loss": (STEPS, [2, 1.5, 1.2, 1.1, 1, 0.9])},
-               [SPIKE])
+    run = _run(
+        {
+            "loss": (STEPS, [1.0, 0.8, 0.6, 3.0, 2.5, 2.4]),
+            "grad_norm": (STEPS, [1, 1, 1, 5, 4, 3]),
+            "lr": (STEPS, [0.1, 0.1, 0.1, 7.0, 7.0, 7.0]),
+            "g_loss": (STEPS, [2, 1.5, 1.2, 1.1, 1, 0.9]),
+        },
+        [SPIKE],
+    )
     panel = html.render_panel(_record("t.py::test_x", run))
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", panel)
     assert captions == ["training loss", "gradient norm", "learning rate", "g loss"]  # no validation data, no chart
     assert panel.count("loss_spike @ 3</text>") == 1  # on the loss chart only
     assert panel.count('class="ps-find"') == 4  # the finding's step, dashed on every chart
-    for text in ("the learning rate jumped to 7", "learning_rate=0.1", "the fix worked", "cause (likely)",
-                 "pytest t.py::test_x --stability-replay=0", "backend <b>jax</b>", "SGD (learning rate 0.1)"):
+    for text in (
+        "the learning rate jumped to 7",
+        "learning_rate=0.1",
+        "the fix worked",
+        "cause (likely)",
+        "pytest t.py::test_x --stability-replay=0",
+        "backend <b>jax</b>",
+        "SGD (learning rate 0.1)",
+    ):
         assert text in panel, text
     assert "xnan" not in panel and "<td>-</td>" in panel  # a spike ratio that was not measured
 
@@ -67,15 +103,31 @@ def test_the_report_has_a_summary_row_and_panel_per_test_and_says_why_a_test_has
     records = [
         _record("t.py::test_b_stable", _run({"loss": (STEPS, [1, 0.9, 0.8, 0.7, 0.6, 0.5])})),
         _record("t.py::test_a_unstable", _run({"loss": (STEPS, [1.0, 0.8, 0.6, 3.0, 2.5, 2.4])}, [SPIKE])),
-        {"nodeid": "t.py::test_c_error", "verdict": "error", "outcome": "error", "calls": [],
-         "error": "the test errored before the stability fixture was set up", "skip_reason": None},
-        {"nodeid": "t.py::test_d_skipped", "verdict": "skipped", "outcome": "skipped", "calls": [], "error": None,
-         "skip_reason": "Skipped: no GPU"},
+        {
+            "nodeid": "t.py::test_c_error",
+            "verdict": "error",
+            "outcome": "error",
+            "calls": [],
+            "error": "the test errored before the stability fixture was set up",
+            "skip_reason": None,
+        },
+        {
+            "nodeid": "t.py::test_d_skipped",
+            "verdict": "skipped",
+            "outcome": "skipped",
+            "calls": [],
+            "error": None,
+            "skip_reason": "Skipped: no GPU",
+        },
     ]
     page = html.render_report(records, meta={"pytest-stability": "9.9", "finished": None})
     rows = re.findall(r'<tr data-verdict="(\w+)".*?<a href="#([\w-]+)">', page)
-    assert rows == [("unstable", "t-t-py-test_a_unstable"), ("stable", "t-t-py-test_b_stable"),
-                    ("error", "t-t-py-test_c_error"), ("skipped", "t-t-py-test_d_skipped")]
+    assert rows == [
+        ("unstable", "t-t-py-test_a_unstable"),
+        ("stable", "t-t-py-test_b_stable"),
+        ("error", "t-t-py-test_c_error"),
+        ("skipped", "t-t-py-test_d_skipped"),
+    ]
     assert [m for m in re.findall(r'<details class="ps-test" id="([\w-]+)"', page)] == [a for _, a in rows]
     assert "the test errored before the stability fixture was set up" in page and "Skipped: no GPU" in page
     buttons = re.findall(r'data-filter="(\w+)"><b>(\d+)</b>', page)
@@ -87,10 +139,18 @@ def test_seeds_are_overlaid_and_a_baseline_comparison_is_shown_with_its_status()
     runs = [_run({"loss": (STEPS, [1, 0.9, 0.8, 0.7, 0.6, 0.5])}), dict(_run({"loss": (STEPS, [1] * 6)}), seed=1)]
     record = _record("t.py::test_seeds", *runs)
     record["calls"][0]["baseline"] = {
-        "status": "regressed", "failed": True, "path": "base.json", "lines": [],
+        "status": "regressed",
+        "failed": True,
+        "path": "base.json",
+        "lines": [],
         "regressions": ["seed 1: loss spikes: baseline 0, now 2 (tolerance: +0)"],
-        "seeds": {"1": {"status": "regressed", "metrics": {"spikes": {"baseline": 0, "now": 2, "limit": 0,
-                                                                      "regressed": True}}}}}
+        "seeds": {
+            "1": {
+                "status": "regressed",
+                "metrics": {"spikes": {"baseline": 0, "now": 2, "limit": 0, "regressed": True}},
+            }
+        },
+    }
     page = html.render_report([record])
     assert page.count("<polyline") == 2 and "seed 0" in page and "seed 1" in page
     assert '<span class="ps-badge ps-regressed">REGR</span>' in page

@@ -57,7 +57,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -103,7 +103,8 @@ for name in sys.argv[1:]:
         failed.append(f"{name}: {type(exc).__name__}: {exc}")
 print("\\n".join(failed))
 """
-    proc = subprocess.run([sys.executable, "-c", code, *MODULES], capture_output=True, text=True, timeout=300,
-                          cwd=PACKAGE.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *MODULES], capture_output=True, text=True, timeout=300, cwd=PACKAGE.parent
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == ""

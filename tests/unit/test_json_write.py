@@ -24,17 +24,19 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
-
 def test_strict_encoding_of_nonfinite_and_numpy_values():
     np = pytest.importorskip("numpy")
-    doc = {"a": float("nan"), "b": [float("inf"), -float("inf")], "c": np.float32(1.5), "d": np.int64(3),
-           "e": (1, 2)}
+    doc = {"a": float("nan"), "b": [float("inf"), -float("inf")], "c": np.float32(1.5), "d": np.int64(3), "e": (1, 2)}
     text = json_report.dumps(doc)
     assert json.loads(text, parse_constant=lambda t: pytest.fail(f"token {t}")) == {
-        "a": "nan", "b": ["inf", "-inf"], "c": 1.5, "d": 3, "e": [1, 2]}
+        "a": "nan",
+        "b": ["inf", "-inf"],
+        "c": 1.5,
+        "d": 3,
+        "e": [1, 2],
+    }
     with pytest.raises(TypeError, match=r"document\['x'\] is a object, which JSON cannot hold"):
         json_report.dumps({"x": object()})
-
 
 
 def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
@@ -64,4 +66,3 @@ def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
     pm.unregister(user)
     default = pm.hook.pytest_stability_generate_json(config=config, records=[])
     assert (default["schema_version"], default["tests"], default["exitstatus"], default["complete"]) == (1, [], 0, True)
-

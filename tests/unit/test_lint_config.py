@@ -26,8 +26,10 @@ def test_ruff_and_mypy_target_the_oldest_supported_python():
 
 
 def test_the_dev_extra_brings_ruff_and_mypy():
-    names = {req.split(">")[0].split("=")[0].split("<")[0].strip()
-             for req in _pyproject()["project"]["optional-dependencies"]["dev"]}
+    names = {
+        req.split(">")[0].split("=")[0].split("<")[0].strip()
+        for req in _pyproject()["project"]["optional-dependencies"]["dev"]
+    }
     assert {"ruff", "mypy"} <= names
 
 
@@ -36,6 +38,6 @@ def test_ci_runs_ruff_and_mypy_before_the_tests():
     ruff = lines.index(".venv/bin/python -m ruff check pytest_stability tests benchmarks example_project docs")
     mypy = lines.index(".venv/bin/python -m mypy pytest_stability")
     first_pytest = next(i for i, line in enumerate(lines) if " -m pytest " in line)
-    dev_install = next(i for i, line in enumerate(lines) if 'pip install' in line and '".[dev]"' in line)
+    dev_install = next(i for i, line in enumerate(lines) if "pip install" in line and '".[dev]"' in line)
     assert dev_install < ruff < first_pytest
     assert dev_install < mypy < first_pytest

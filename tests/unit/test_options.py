@@ -24,26 +24,39 @@ def _defaults(cli=None, ini=None) -> RunSpec:
     return resolve_config_defaults(cli.get, lambda key: ini.get(key))
 
 
-@pytest.mark.parametrize("name, text, value", [
-    ("steps", " 7 ", 7), ("seed", "0", 0), ("spike_zscore", "6.5", 6.5), ("val_smoothing", "0", 0.0),
-    ("max_grad_norm", "none", None), ("max_grad_norm", "2", 2.0), ("device", "CPU", "cpu"),
-    ("checks", "val_loss, loss_spike", ("loss_spike", "val_loss")), ("diagnostics", "yes", True),
-    ("shuffle", "off", False), ("baseline_extra_spikes", "2", 2),
-])
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("steps", " 7 ", 7),
+        ("seed", "0", 0),
+        ("spike_zscore", "6.5", 6.5),
+        ("val_smoothing", "0", 0.0),
+        ("max_grad_norm", "none", None),
+        ("max_grad_norm", "2", 2.0),
+        ("device", "CPU", "cpu"),
+        ("checks", "val_loss, loss_spike", ("loss_spike", "val_loss")),
+        ("diagnostics", "yes", True),
+        ("shuffle", "off", False),
+        ("baseline_extra_spikes", "2", 2),
+    ],
+)
 def test_text_parsers(name, text, value):
     assert OPTIONS_BY_NAME[name].text(text) == value
     assert getattr(_defaults(cli={name: text}), name) == value
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("steps", "3.0", "an int >= 1, received '3.0'"),
-    ("steps", "0", "an int >= 1, received '0'"),
-    ("spike_ratio", "nan", "a finite number > 1, received 'nan'"),
-    ("max_grad_norm", "x", "None or a finite number > 0, received 'x'"),
-    ("device", "tpu", "one of 'auto', 'cpu', 'gpu', received 'tpu' (str)"),
-    ("checks", "foo", "received unknown check 'foo'"),
-    ("whatif", "maybe", "true or false, received 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("steps", "3.0", "an int >= 1, received '3.0'"),
+        ("steps", "0", "an int >= 1, received '0'"),
+        ("spike_ratio", "nan", "a finite number > 1, received 'nan'"),
+        ("max_grad_norm", "x", "None or a finite number > 0, received 'x'"),
+        ("device", "tpu", "one of 'auto', 'cpu', 'gpu', received 'tpu' (str)"),
+        ("checks", "foo", "received unknown check 'foo'"),
+        ("whatif", "maybe", "true or false, received 'maybe'"),
+    ],
+)
 def test_text_parser_errors_name_the_value(name, text, message):
     with pytest.raises(OptionValueError) as info:
         OPTIONS_BY_NAME[name].text(text)
@@ -84,15 +97,23 @@ def test_precedence_cli_over_ini_over_default():
 
 def test_run_files(tmp_path):
     cli = {"report": "out/r.json", "baseline_strict": None}
-    files, problems = resolve_run_files(cli.get, {"stability_plots": "figs"}.get, invocation_dir=tmp_path / "cwd",
-                                        rootdir=tmp_path)
+    files, problems = resolve_run_files(
+        cli.get, {"stability_plots": "figs"}.get, invocation_dir=tmp_path / "cwd", rootdir=tmp_path
+    )
     assert problems == []
     assert (files.report, files.plots, files.baseline, files.baseline_strict) == (
-        tmp_path / "cwd/out/r.json", tmp_path / "figs", None, False)
-    files, problems = resolve_run_files({"baseline_strict": True, "report": ""}.get, {}.get,
-                                        invocation_dir=tmp_path, rootdir=tmp_path)
-    assert problems == ["--stability-report: expected a path, received an empty string",
-                        "--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)"]
+        tmp_path / "cwd/out/r.json",
+        tmp_path / "figs",
+        None,
+        False,
+    )
+    files, problems = resolve_run_files(
+        {"baseline_strict": True, "report": ""}.get, {}.get, invocation_dir=tmp_path, rootdir=tmp_path
+    )
+    assert problems == [
+        "--stability-report: expected a path, received an empty string",
+        "--stability-baseline-strict needs --stability-baseline=PATH (or ini stability_baseline)",
+    ]
 
 
 def test_replay_seed():

@@ -10,8 +10,12 @@ from pytest_stability.report import plots  # noqa: E402
 
 
 def _run(curves: dict, findings: list | None = None) -> dict:
-    return {"seed": 0, "verdict": "unstable" if findings else "stable", "findings": findings or [],
-            "curves": {name: {"step": list(steps), "value": list(values)} for name, (steps, values) in curves.items()}}
+    return {
+        "seed": 0,
+        "verdict": "unstable" if findings else "stable",
+        "findings": findings or [],
+        "curves": {name: {"step": list(steps), "value": list(values)} for name, (steps, values) in curves.items()},
+    }
 
 
 def _record(nodeid: str, *runs: dict) -> dict:
@@ -50,18 +54,32 @@ def test_the_learning_rate_gets_a_panel_and_a_run_without_validation_gets_no_val
 
 def test_validation_and_curvature_panels_appear_when_measured_in_their_order(tmp_path, monkeypatch):
     seen = _panels(monkeypatch)
-    run = _run({"loss": LOSS, "grad_norm": GRAD, "lr": LR, "val_loss": ([0, 5], [1.0, 0.5]),
-                "eos_ratio": ([2, 5], [0.5, 0.8])})
+    run = _run(
+        {"loss": LOSS, "grad_norm": GRAD, "lr": LR, "val_loss": ([0, 5], [1.0, 0.5]), "eos_ratio": ([2, 5], [0.5, 0.8])}
+    )
     plots.write_plots([_record("t.py::test_all", run)], tmp_path)
-    assert seen == [["training loss (log)", "gradient norm (log)", "learning rate (log)", "validation loss (log)",
-                     "edge-of-stability ratio (log)"]]
+    assert seen == [
+        [
+            "training loss (log)",
+            "gradient norm (log)",
+            "learning rate (log)",
+            "validation loss (log)",
+            "edge-of-stability ratio (log)",
+        ]
+    ]
 
 
 def test_every_other_recorded_curve_gets_its_own_panel_by_name(tmp_path, monkeypatch):
     """A GAN's generator and discriminator losses, recorded as curves of their own, are drawn after the known ones."""
     seen = _panels(monkeypatch)
-    run = _run({"loss": LOSS, "g_loss": (STEPS, [2.0, 1.5, 1.2, 1.1, 1.0, 0.9]),
-                "d_loss": (STEPS, [0.7, 0.69, 0.68, 0.7, 0.71, 0.69]), "empty": ([], [])})
+    run = _run(
+        {
+            "loss": LOSS,
+            "g_loss": (STEPS, [2.0, 1.5, 1.2, 1.1, 1.0, 0.9]),
+            "d_loss": (STEPS, [0.7, 0.69, 0.68, 0.7, 0.71, 0.69]),
+            "empty": ([], []),
+        }
+    )
     plots.write_plots([_record("t.py::test_gan", run)], tmp_path)
     assert seen == [["training loss (log)", "d loss (log)", "g loss (log)"]]
 

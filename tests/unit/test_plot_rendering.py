@@ -44,14 +44,16 @@ def test_nan_and_nonpositive_losses_are_drawn_linear_and_do_not_stop_the_others(
     ]
     written, failures = plots.write_plots(records, tmp_path)
     assert failures == []
-    assert [p.name for p in written] == ["t.py__test_a_nan_from_step_0.png", "t.py__test_b_negative.png",
-                                         "t.py__test_c_healthy.png"]
+    assert [p.name for p in written] == [
+        "t.py__test_a_nan_from_step_0.png",
+        "t.py__test_b_negative.png",
+        "t.py__test_c_healthy.png",
+    ]
     nan_run, negative, healthy = scales[0:3], scales[3:6], scales[6:9]
     assert [s for _, s in nan_run] == ["linear", "linear", "linear"]
     assert [s for _, s in negative] == ["linear", "log", "linear"]
     # the validation panel is log-scaled like the loss when its data is positive
-    assert healthy == [("training loss (log)", "log"), ("gradient norm (log)", "log"),
-                       ("validation loss (log)", "log")]
+    assert healthy == [("training loss (log)", "log"), ("gradient norm (log)", "log"), ("validation loss (log)", "log")]
 
 
 def test_a_failing_plot_names_its_test_and_the_others_are_written(tmp_path, monkeypatch):
@@ -87,8 +89,11 @@ def test_a_run_with_curvature_gets_an_edge_of_stability_panel_and_its_finding_is
     monkeypatch.setattr(Axes, "annotate", annotate)
     written, failures = plots.write_plots([record, _record("t.py::test_plain", [1.0, 0.5])], tmp_path)
     assert failures == [] and len(written) == 2
-    assert [label for label, _ in scales[:3]] == ["training loss (log)", "gradient norm (log)",
-                                                  "edge-of-stability ratio (log)"]
+    assert [label for label, _ in scales[:3]] == [
+        "training loss (log)",
+        "gradient norm (log)",
+        "edge-of-stability ratio (log)",
+    ]
     assert len(scales) == 3 + 1  # no validation data, no panel; the run with only a loss gets one panel
     assert "edge-of-stability ratio (log): curvature @ 3" in labels
 
@@ -99,4 +104,3 @@ def test_plot_file_names_are_safe_and_unique():
     second = plot_filename("tests/test_a.py::TestX::test_y[a b/c]", taken)  # same sanitised stem
     assert second.startswith("tests_test_a.py__TestX__test_y[a_b_c]-") and second.endswith(".png")
     assert len(plot_filename("t.py::test_" + "x" * 300, taken)) < 130
-

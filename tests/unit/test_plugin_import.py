@@ -8,10 +8,10 @@ import sys
 HEAVY = ("tensorflow", "keras", "jax", "torch")
 
 
-
 def _imported_modules(code: str) -> list[str]:
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                          check=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     names = []
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
@@ -20,10 +20,8 @@ def _imported_modules(code: str) -> list[str]:
     return names
 
 
-
 def test_importing_the_package_and_plugin_imports_no_framework():
     names = _imported_modules("import pytest_stability, pytest_stability.plugin")
     assert "pytest_stability.plugin" in names
     heavy = [n for n in names if n.split(".")[0] in HEAVY]
     assert heavy == []
-

@@ -16,7 +16,6 @@ class FakeClock:
         return self.now
 
 
-
 def test_throttled_lines_with_rate_and_eta():
     clock, lines = FakeClock(), []
     progress = Progress(None, "t.py::test_long", 1000, clock=clock, after=3.0, every=2.0, write=lines.append)
@@ -41,14 +40,12 @@ def test_throttled_lines_with_rate_and_eta():
     assert len(lines) == 4
 
 
-
 def test_short_run_prints_nothing_not_even_on_close():
     clock, lines = FakeClock(), []
     with Progress(None, "t.py::test_short", 100, clock=clock, after=3.0, write=lines.append) as progress:
         clock.now += 1.0
         progress.update(100)
     assert lines == []
-
 
 
 def test_without_a_config_or_writer_it_is_silent():
@@ -58,8 +55,12 @@ def test_without_a_config_or_writer_it_is_silent():
     assert progress.enabled is False and progress.lines == []
 
 
-
 def test_format_duration():
-    assert [format_duration(s) for s in (0, 9.4, 59.6, 125, 3725, float("nan"))] == ["0s", "9s", "1m00s", "2m05s",
-                                                                                       "1h02m", "?"]
-
+    assert [format_duration(s) for s in (0, 9.4, 59.6, 125, 3725, float("nan"))] == [
+        "0s",
+        "9s",
+        "1m00s",
+        "2m05s",
+        "1h02m",
+        "?",
+    ]

@@ -24,8 +24,15 @@ def test_trained_verdicts():
 
 def test_other_constructors():
     assert StabilityRecord.errored("t", SETUP_ERROR, outcome="error").to_dict() == {
-        "nodeid": "t", "verdict": "error", "outcome": "error", "error": SETUP_ERROR, "skip_reason": None,
-        "settings": {}, "calls": [], "worker": None}
+        "nodeid": "t",
+        "verdict": "error",
+        "outcome": "error",
+        "error": SETUP_ERROR,
+        "skip_reason": None,
+        "settings": {},
+        "calls": [],
+        "worker": None,
+    }
     skipped = StabilityRecord.skipped("t", "Skipped: not today")
     assert (skipped.verdict, skipped.outcome, skipped.skip_reason) == ("skipped", "skipped", "Skipped: not today")
     crashed = StabilityRecord.crashed("t")
@@ -39,7 +46,8 @@ def test_other_constructors():
 
 def test_builtins_round_trip_with_every_key():
     record = StabilityRecord.trained("t::x", settings={"checks": ["loss_spike"]}, calls=[CALL_STABLE]).with_(
-        outcome="passed", worker="gw0")
+        outcome="passed", worker="gw0"
+    )
     data = record.to_dict()
     assert tuple(data) == RECORD_KEYS
     assert json.loads(json.dumps(data)) == data  # builtins only: xdist's execnet can send it
@@ -64,5 +72,4 @@ def test_regressed_and_failed_otherwise():
     stable = StabilityRecord.trained("t", settings={}, calls=[CALL_STABLE])
     assert not stable.regressed and not stable.with_(outcome="passed").failed_otherwise
     assert stable.with_(outcome="failed").failed_otherwise and stable.with_(outcome="error").failed_otherwise
-    assert not StabilityRecord.trained("t", settings={}, calls=[CALL_UNSTABLE]).with_(
-        outcome="failed").failed_otherwise
+    assert not StabilityRecord.trained("t", settings={}, calls=[CALL_UNSTABLE]).with_(outcome="failed").failed_otherwise

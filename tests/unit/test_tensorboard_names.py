@@ -11,4 +11,3 @@ def test_run_dir_names_are_safe_and_distinct():
     long_a, long_b = "t.py::test_" + "a" * 200 + "[1]", "t.py::test_" + "a" * 200 + "[2]"
     assert run_dir_name(long_a, 0) != run_dir_name(long_b, 0)
     assert len(run_dir_name(long_a, 0)) < 140
-

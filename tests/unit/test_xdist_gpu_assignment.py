@@ -24,14 +24,12 @@ def test_parse_gpus():
             xg.parse_gpus(bad)
 
 
-
 def test_worker_gets_gpu_n_modulo_count():
     gpus = ["0", "1", "2"]
     assert [xg.gpu_for_worker(f"gw{n}", gpus) for n in range(7)] == ["0", "1", "2", "0", "1", "2", "0"]
     assert xg.gpu_for_worker("gw1", ["5"]) == "5"
     assert xg.gpu_for_worker("gw0", []) is None
     assert xg.gpu_for_worker("master", gpus) is None
-
 
 
 def test_worker_environment_keeps_memory_settings_the_user_made():
@@ -41,13 +39,11 @@ def test_worker_environment_keeps_memory_settings_the_user_made():
     assert xg.worker_environment("gw0", None, lock=False, env={}) == {}
 
 
-
 def _fake_nvidia_smi(tmp_path: Path, lines: list[str]) -> str:
     exe = tmp_path / "nvidia-smi"
     exe.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in lines))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     return str(exe)
-
 
 
 @pytest.mark.skipif(os.name != "posix", reason="a shell script stands in for nvidia-smi")
@@ -61,11 +57,9 @@ def test_detect_gpus(tmp_path):
     assert xg.detect_gpus({}, nvidia_smi=str(tmp_path / "missing")) == []
 
 
-
 def test_gpu_lock_context_manager_is_reentrant_across_calls(tmp_path):
     path = tmp_path / "gpu.lock"
     with xg.gpu_lock(path) as held:
         assert held == path
     with xg.gpu_lock(path):
         pass
-
