@@ -337,7 +337,7 @@ def _host(keras: Any, value: Any) -> np.ndarray:
     """A backend tensor (or variable) as a float64 numpy array (torch directly: Keras' np.array(tensor) warns)."""
     value = getattr(value, "value", value)
     if keras.backend.backend() == "torch":
-        return value.detach().cpu().double().numpy()
+        return np.asarray(value.detach().cpu().double().numpy())
     return np.asarray(host_numpy(value), np.float64)
 
 
@@ -415,7 +415,7 @@ class _Products:
 
             zero = tf.UnconnectedGradients.ZERO
 
-            @tf.function(reduce_retracing=True)
+            @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
             def fn(tv: Any, ntv: Any, vec: Any, x: Any, y: Any, w: Any) -> Any:
                 with tf.GradientTape() as outer:
                     outer.watch(tv)
@@ -435,7 +435,7 @@ class _Products:
 
             value_and_grad = jax.value_and_grad(loss_fn)
 
-            @jax.jit
+            @jax.jit  # type: ignore[untyped-decorator]
             def fn(tv: Any, ntv: Any, vec: Any, x: Any, y: Any, w: Any) -> Any:
                 (loss, g), (_, hv) = jax.jvp(lambda p: value_and_grad(p, ntv, x, y, w), (list(tv),), (list(vec),))
                 return loss, g, hv

@@ -1097,7 +1097,7 @@ def _per_step(rows: np.ndarray, steps: int, k: int) -> np.ndarray:
     if k == 1:
         return out
     blocks = out.reshape(steps, k, width)
-    combined = np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=1)
+    combined: np.ndarray = np.asarray(np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=1))
     combined[np.isinf(combined)] = np.nan
     combined[:, COL_LR] = blocks[:, -1, COL_LR]
     combined[:, COL_FLAGS] = np.bitwise_or.reduce(blocks[:, :, COL_FLAGS].astype(np.int64), axis=1)

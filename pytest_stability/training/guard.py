@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 
-class SkipStepGuard(keras.optimizers.Optimizer):
+class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras is untyped
     """Wraps ``inner_optimizer``; skips an update whose gradient norm is an outlier of the recent ones.
 
     Args:
@@ -84,7 +84,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):
 
     @property
     def variables(self) -> list[Any]:
-        return self._variables + self.inner_optimizer.variables
+        return list(self._variables) + list(self.inner_optimizer.variables)
 
     # -- the rule ------------------------------------------------------------------
 

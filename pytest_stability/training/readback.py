@@ -29,7 +29,7 @@ from .state import take_state
 STOP_BITS = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
 
 
-class Readback(keras.callbacks.Callback):
+class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     """Reads the recorder's buffers at execution boundaries, stops, validates, reports progress.
 
     Args:
@@ -317,7 +317,7 @@ def read_after_each_call(rec: Recorder, model: Any, cb: Readback) -> None:
     rec._patch(model, "make_train_function", make_train_function)
 
 
-class RandomStart(keras.callbacks.Callback):
+class RandomStart(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped
     """First in the callback list: the random state when ``fit`` starts training, kept or put back.
 
     The first ``fit`` of a model builds its compiled loss and metrics first (Keras' ``_symbolic_build``),

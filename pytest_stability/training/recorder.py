@@ -1131,7 +1131,7 @@ def host_numpy(x: Any) -> np.ndarray:
 
         if isinstance(x, torch.Tensor):
             t = x.detach().cpu()
-            return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+            return np.asarray((t.float() if t.dtype == torch.bfloat16 else t).numpy())
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
@@ -1227,9 +1227,9 @@ class ChunkRows:
                 raise RuntimeError(f"{new} steps between two read-backs, more than the buffer's {chunk}")
             self.overflow = True
             self.done = count
-            return snap["buf"][:0]
+            return np.asarray(snap["buf"][:0])
         slots = [(self.done + k) % chunk for k in range(new)]
-        rows = snap["buf"][slots] if new else snap["buf"][:0]
+        rows = np.asarray(snap["buf"][slots] if new else snap["buf"][:0])
         self.rows.append(np.array(rows))
         if "lrow" in snap:  # JAX: each row's own loss; recorded only if the tracker took one loss in its step
             self.losses.append(np.array(snap["lrow"][slots]))

@@ -106,7 +106,7 @@ def apply_fix(keras: Any, model: Any, fix: dict[str, Any]) -> None:
 
 
 def _scaled_schedule(keras: Any, schedule: Any, factor: float) -> Any:
-    class Scaled(keras.optimizers.schedules.LearningRateSchedule):
+    class Scaled(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]  # Keras is untyped
         def __call__(self, step: Any) -> Any:
             return schedule(step) * factor
 
