@@ -11,6 +11,7 @@ also when the test crashed.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import warnings
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import pytest
 from .errors import StabilityError, StabilityUsageError
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec
 from .record import StabilityRecord
-from .session import RECORD_KEY
+from .session import RECORD_KEY, SESSION_KEY
 
 
 class Stability:
@@ -183,6 +184,7 @@ class Stability:
             finally:
                 progress.close()
             result, results = outcome.result, outcome.results
+            results = self._save_batches(results, result, x, y, fit_kwargs, s)
             runs.append(
                 RunReport(
                     seed=s,
@@ -196,6 +198,43 @@ class Stability:
                 )
             )
         return StabilityReport(self.nodeid, runs)
+
+    def _save_batches(
+        self, results: list[Any], result: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], seed: int
+    ) -> list[Any]:
+        """Save the batch of each finding that names one with its samples (``evidence["batch"]["indices"]``)
+        as an ``.npz`` in the batches directory (:attr:`~.options.RunFiles.batches_dir`); its path goes into
+        ``evidence["batch"]["file"]``.  Never fails the test: a batch that cannot be written says why."""
+        session = self._config.stash.get(SESSION_KEY, None)
+        directory = session.files.batches_dir if session is not None else None
+        if directory is None or result.data_kind != "arrays":
+            return results
+        import dataclasses
+
+        from .report.plots import plot_filename
+        from .training import engine
+        from .training.batches import batch_arrays
+
+        keras = engine.import_keras()
+        out = []
+        for r in results:
+            findings = list(r.findings)
+            for i, f in enumerate(findings):
+                where = f.evidence.get("batch")
+                if not where or "indices" not in where:
+                    continue
+                stem = plot_filename(self.nodeid, set())[: -len(".png")]
+                path = directory / f"{stem}-seed{seed}-step{where['step']}.npz"
+                try:
+                    arrays = batch_arrays(keras, x, y, fit_kwargs.get("sample_weight"), where["indices"])
+                    directory.mkdir(parents=True, exist_ok=True)
+                    _write_npz(path, arrays, where, loss=float(result.trace.loss[where["step"]]), seed=seed)
+                    saved = {**where, "file": str(path)}
+                except Exception as exc:
+                    saved = {**where, "not_saved": f"{type(exc).__name__}: {exc}"}
+                findings[i] = dataclasses.replace(f, evidence={**f.evidence, "batch": saved})
+            out.append(type(r)(r.name, r.status, tuple(findings), r.detail, r.stats) if findings else r)
+        return out
 
     def _raised(self, exc: BaseException, where: str) -> None:
         """The user's own exception from inside ``fit``: it fails the test unchanged; the report says so."""
@@ -242,6 +281,27 @@ class Stability:
         return StabilityRecord.trained(
             self.nodeid, settings=_builtins_spec(self.spec), calls=[r.to_dict() for r in self.reports], error=self.error
         )
+
+
+def _write_npz(path: Any, arrays: dict[str, Any], where: dict[str, Any], *, loss: float, seed: int) -> None:
+    """The batch's arrays, its ``indices``, ``step``, ``epoch``/``batch`` when known, the ``loss`` recorded at
+    the step and the ``seed``; written atomically (a temporary file renamed)."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    meta = {"indices": np.asarray(where["indices"], dtype=np.int64), "step": where["step"], "loss": loss, "seed": seed}
+    meta.update({k: where[k] for k in ("epoch", "batch") if where.get(k) is not None})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays, **meta)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _first_line(exc: BaseException) -> str:

@@ -691,6 +691,10 @@ BASELINE_STRICT_HELP = (
 PLOTS_HELP = (
     "write one PNG per stability test (loss, gradient norm, validation loss, findings) into DIR; needs matplotlib"
 )
+BATCHES_HELP = (
+    "save the batch of each loss spike or non-finite loss (array inputs) as an .npz file in DIR (default: "
+    "stability-batches/ beside the JSON or HTML report, when one is written)"
+)
 REPLAY_HELP = "re-run stability tests with exactly this seed's run (printed in each failure)"
 HTML_HELP = (
     "write the HTML stability report to PATH: one self-contained file (no network) with a summary table "
@@ -704,6 +708,7 @@ PATH_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("baseline", "PATH", BASELINE_HELP),
     ("plots", "DIR", PLOTS_HELP),
     ("html", "PATH", HTML_HELP),
+    ("batches", "DIR", BATCHES_HELP),
 )
 
 
@@ -717,6 +722,16 @@ class RunFiles:
     baseline_strict: bool = False
     plots: Path | None = None
     html: Path | None = None
+    batches: Path | None = None
+
+    @property
+    def batches_dir(self) -> Path | None:
+        """Where offending batches are saved: ``batches``, else ``stability-batches/`` beside the JSON or HTML
+        report, else nowhere."""
+        if self.batches is not None:
+            return self.batches
+        beside = self.report or self.html
+        return beside.parent / "stability-batches" if beside is not None else None
 
     @property
     def any(self) -> bool:
@@ -756,13 +771,16 @@ def resolve_run_files(
         baseline_strict=bool(strict),
         plots=paths["plots"],
         html=paths["html"],
+        batches=paths["batches"],
     )
     for name in ("report", "save_baseline", "html"):
         path = getattr(files, name)
         if path is not None and path.is_dir():
             problems.append(f"{cli_name(name)}: {path} is a directory; give a file path")
-    if files.plots is not None and files.plots.exists() and not files.plots.is_dir():
-        problems.append(f"{cli_name('plots')}: {files.plots} exists and is not a directory")
+    for name in ("plots", "batches"):
+        path = getattr(files, name)
+        if path is not None and path.exists() and not path.is_dir():
+            problems.append(f"{cli_name(name)}: {path} exists and is not a directory")
     if files.baseline_strict and files.baseline is None:
         problems.append(
             f"{cli_name('baseline_strict')} needs {cli_name('baseline')}=PATH (or ini {ini_name('baseline')})"

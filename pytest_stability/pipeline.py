@@ -101,6 +101,8 @@ def run(
         on_raise=on_raise,
     )
     results = judge(result.trace, thresholds, spec.checks)
+    if result.batches is not None:
+        results = with_batches(results, result.batches)
     if spec.whatif and any(r.findings for r in results):
         from .training.whatif import attach_whatif
 
@@ -120,6 +122,36 @@ def run(
     if curvature is not None:
         results = results + [curvature_result(curvature, getattr(spec, "max_eos_ratio", None))]
     return Outcome(result, results)
+
+
+#: the findings whose step's batch is named (evidence["batch"]): a loss that spiked or went non-finite there
+BATCH_FINDINGS = {
+    ("loss_spike", "spike"),
+    ("loss_spike", "spike_no_recovery"),
+    ("nonfinite", "training"),
+    ("nonfinite", "input"),
+}
+
+
+def with_batches(results: list[Any], plan: Any) -> list[Any]:
+    """Each spike and non-finite finding with ``evidence["batch"]``: the batch its step trained on (see
+    :func:`~pytest_stability.training.batches.locate`)."""
+    import dataclasses
+
+    from .training.batches import locate
+
+    out = []
+    for r in results:
+        if r.status == "failed" and any((f.check, f.kind) in BATCH_FINDINGS for f in r.findings):
+            findings = tuple(
+                dataclasses.replace(f, evidence={**f.evidence, "batch": locate(plan, f.step)})
+                if (f.check, f.kind) in BATCH_FINDINGS
+                else f
+                for f in r.findings
+            )
+            r = type(r)(r.name, r.status, findings, r.detail, r.stats)
+        out.append(r)
+    return out
 
 
 def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) -> Any:

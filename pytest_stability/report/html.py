@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._floats import decode_float, fmt
+from .render import batch_text
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
 PANELS = (
@@ -467,6 +468,9 @@ def _charts(call_runs: Sequence[Mapping[str, Any]], label_of: Any) -> str:
 
 def _finding_html(f: Mapping[str, Any], seed_label: str) -> str:
     rows = [f"<h4>[{_e(f['check'])}] step {_e(f['step'])}{_e(seed_label)}</h4>", f"<p>{_e(f.get('message', ''))}</p>"]
+    where = (f.get("evidence") or {}).get("batch")
+    if isinstance(where, Mapping):
+        rows.append(f'<p class="ps-small">{_e(batch_text(where))}</p>')
     if f.get("cause"):
         conf = f" ({_e(f['confidence'])})" if f.get("confidence") else ""
         rows.append(f'<p><span class="ps-k">cause{conf}</span> {_e(f["cause"])}</p>')

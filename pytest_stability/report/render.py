@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,3 +58,30 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
     first = max(0, step - radius)
     last = min(values.shape[0] - 1, step + radius)
     return sparkline(values[first : last + 1], width=width), first, last
+
+
+def batch_text(where: Mapping[str, Any], max_indices: int = 12) -> str:
+    """One line naming the batch a finding's step trained on (``evidence["batch"]``, see
+    :func:`~pytest_stability.training.batches.locate`) and where it was saved."""
+    step = int(where["step"])
+    if where.get("full_batch"):
+        text = f"batch: every step trained on the full batch ({len(where.get('indices') or ())} samples)"
+    elif where.get("batches_per_epoch"):
+        text = (
+            f"batch: step {step} trained on batch {where['batch']} of {where['batches_per_epoch']} "
+            f"(from 0) in epoch {where['epoch']}"
+        )
+    else:
+        text = f"batch: step {step} trained on batch {where['batch']} of the data pipeline (from 0)"
+    indices = where.get("indices")
+    if indices is not None and not where.get("full_batch"):
+        shown = ", ".join(str(i) for i in indices[:max_indices])
+        more = f", ... {len(indices)} in all" if len(indices) > max_indices else ""
+        text += f": samples [{shown}{more}]"
+    elif where.get("why"):
+        text += f" ({where['why']})"
+    if where.get("file"):
+        text += f"; saved to {where['file']}"
+    elif where.get("not_saved"):
+        text += f"; not saved: {where['not_saved']}"
+    return text

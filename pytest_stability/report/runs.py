@@ -17,7 +17,7 @@ import numpy as np
 from ..checks import FAILED, SKIPPED, CheckResult, Finding
 from ..checks.validation import smooth
 from ..trace import Trace, encode_float
-from .render import fmt, sparkline, window_sparkline
+from .render import batch_text, fmt, sparkline, window_sparkline
 
 SCHEMA_CURVE_POINTS = 500
 
@@ -147,6 +147,9 @@ class RunReport:
             elif curve.size:
                 line, a, b = window_sparkline(curve, min(f.step, curve.size - 1))
                 lines.append(f"  {label:<9} {line}  steps {a}-{b}")
+            where = f.evidence.get("batch")
+            if isinstance(where, dict):
+                lines.append(f"  {batch_text(where)}")
             consequence = f.evidence.get("consequence_of")
             if i > 0 and consequence:
                 lines.append(f"  a consequence of [{consequence.replace('@', '] at step ')}")

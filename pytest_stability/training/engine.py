@@ -155,6 +155,9 @@ class RunResult:
     initial_state: Any = None
     #: the global random states at the first batch (see :class:`~.readback.RandomStart`)
     random_start: dict[str, Any] | None = None
+    #: how the steps map to batches of the data (:func:`.batches.locate` names a step's batch); None under a
+    #: distribution strategy
+    batches: Any = None
 
 
 #: fit() arguments the plugin sets itself; passing them is a usage error naming the plugin's keyword.
@@ -237,15 +240,20 @@ def _n_samples(obj: Any) -> int | None:
     return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else None
 
 
+def _train_samples(x: Any, fit_kwargs: dict[str, Any]) -> int | None:
+    """The samples ``fit`` trains on from array inputs: those before a ``validation_split`` (Keras splits
+    off the last ones, unshuffled)."""
+    n = _n_samples(x)
+    split = float(fit_kwargs.get("validation_split") or 0.0)
+    return int(math.floor(n * (1.0 - split))) if n and split else n
+
+
 def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
     """Optimizer steps in one pass over the training data, when knowable without reading it."""
     if fit_kwargs.get("steps_per_epoch") is not None:
         return int(fit_kwargs["steps_per_epoch"])
     if kind == "arrays":
-        n = _n_samples(x) or 0
-        split = float(fit_kwargs.get("validation_split") or 0.0)
-        if split:
-            n = int(math.floor(n * (1.0 - split)))
+        n = _train_samples(x, fit_kwargs) or 0
         return max(1, math.ceil(n / batch_size)) if n else None
     if kind == "dataset":
         card = int(x.cardinality().numpy())
@@ -851,6 +859,22 @@ def train(
         data_ends_epochs=kind == "arrays" and x_fit is x,
     )
     start = readback.RandomStart(random_start)
+    plan = None
+    if not distributed:
+        from .batches import BatchPlan, EpochStates
+
+        plan = BatchPlan(
+            backend,
+            kind,
+            int(seed),
+            bs,
+            n=_train_samples(x, fit_kwargs) if kind == "arrays" else None,
+            shuffle=fit_kwargs.get("shuffle", True) if kind == "arrays" else False,
+            per_epoch=int(per_epoch) if exact_epoch and per_epoch else None,
+            initial_epoch=initial_epoch,
+            full_batch=kind == "arrays" and x_fit is not x,
+        )
+    tail = [EpochStates(plan)] if plan is not None and plan.needs_epoch_states else []
     saved_spe = getattr(model, "steps_per_execution", 1)
     if observers and spe < chunk:
         notes.append(
@@ -880,7 +904,7 @@ def train(
             if det:
                 notes.append(det)
             try:
-                model.fit(x_fit, y_fit, callbacks=[start] + callbacks + [cb], **fit_kwargs)
+                model.fit(x_fit, y_fit, callbacks=[start] + callbacks + [cb] + tail, **fit_kwargs)
             except StabilityUsageError:
                 raise
             except Exception as exc:
@@ -1053,7 +1077,7 @@ def train(
         trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
     placed = cb.device or label
     return RunResult(
-        trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state, start.kept
+        trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state, start.kept, plan
     )
 
 

@@ -161,3 +161,26 @@ def test_seeds_are_overlaid_and_a_baseline_comparison_is_shown_with_its_status()
 def test_a_panel_for_pytest_html_carries_its_own_styles():
     panel = html.render_panel(_record("t.py::test_x", _run({"loss": (STEPS, [1] * 6)})), with_style=True)
     assert panel.startswith('<div class="ps-report"><style>') and "<script" not in panel
+
+
+def test_the_offending_batch_is_named_in_words():
+    from pytest_stability.report.render import batch_text
+
+    where = {"step": 93, "batch": 5, "epoch": 3, "batches_per_epoch": 25, "indices": list(range(20)), "file": "b.npz"}
+    assert batch_text(where) == (
+        "batch: step 93 trained on batch 5 of 25 (from 0) in epoch 3: samples [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, "
+        "... 20 in all]; saved to b.npz"
+    )
+    stream = {"step": 7, "batch": 7}
+    assert batch_text(stream) == "batch: step 7 trained on batch 7 of the data pipeline (from 0)"
+    lost = {"step": 7, "batch": 1, "epoch": 0, "batches_per_epoch": 4, "why": "its epoch's random state was not kept"}
+    assert batch_text(lost).endswith("in epoch 0 (its epoch's random state was not kept)")
+    full = {"step": 7, "batch": 7, "full_batch": True, "indices": [0, 1, 2], "not_saved": "OSError: disk full"}
+    assert batch_text(full) == "batch: every step trained on the full batch (3 samples); not saved: OSError: disk full"
+    assert "batch: step 93" in render_finding_html(where)
+
+
+def render_finding_html(where):
+    from pytest_stability.report.html import _finding_html
+
+    return _finding_html({"check": "loss_spike", "step": 93, "message": "m", "evidence": {"batch": where}}, "")

@@ -1,0 +1,120 @@
+"""The batch a step trained on, found again after training, is the batch ``fit`` gave it: on every backend
+(CI runs this directory once per backend), for shuffled, unshuffled and batch-shuffled array inputs, with a
+validation split, over several epochs of several chunks each.
+
+The model records what it trains on: the first input column holds each sample's index, and its
+``train_step`` (run eagerly) writes down the indices of every batch.  The plugin never sees that record.
+Then a sample with an absurd target makes the loss spike wherever it is trained: the spike finding names
+that sample's batch, and the ``.npz`` saved beside the report holds it.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pytest_stability.options import resolve_config_defaults
+from pytest_stability.training import batches, engine
+
+N, BS = 100, 8  # 13 batches an epoch, the last one short
+
+
+#: the indices of every batch the model trained on (a module global: a list set on a Keras layer is tracked as a
+#: copy)
+SEEN: list[list[int]] = []
+
+
+class Recording(keras.Model):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = keras.layers.Dense(1)
+
+    def call(self, x):  # noqa: ANN001, ANN201 - Keras' signature
+        return self.dense(x)
+
+    def train_step(self, *args):  # noqa: ANN002, ANN201 - JAX passes (state, data), the others (data)
+        x = args[-1][0]
+        SEEN.append(np.asarray(keras.ops.convert_to_numpy(x))[:, 0].astype(int).tolist())
+        return super().train_step(*args)
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.arange(N, dtype="float32")[:, None], rng.normal(size=(N, 3)).astype("float32")], axis=1)
+    return x, rng.normal(size=(N, 1)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    ("shuffle", "split", "readback_every"),
+    [(True, 0.0, 5), (True, 0.2, 4), (False, 0.0, 5), ("batch", 0.0, 7)],
+    ids=["shuffled", "validation_split", "unshuffled", "batch_shuffled"],
+)
+def test_every_step_names_the_batch_fit_gave_it(shuffle, split, readback_every):
+    x, y = _data()
+    SEEN.clear()
+    engine.seed_everything(3)
+    model = Recording()
+    model.compile(optimizer=keras.optimizers.SGD(1e-7), loss="mse", run_eagerly=True)  # the index column is large
+    spec = resolve_config_defaults(lambda n: None, lambda n: None).replace(readback_every=readback_every)
+    fit_kwargs = {"shuffle": shuffle, "validation_split": split} if split else {"shuffle": shuffle}
+    steps = 40
+    res = engine.train(model, x, y, fit_kwargs=fit_kwargs, steps=steps, seed=3, spec=spec, batch_size=BS)
+    assert res.trace.steps == steps
+    # fit may peek at a batch before training (to build the loss): the steps are the last `steps` batches
+    trained = SEEN[-steps:]
+    n_train = int(N * (1 - split))
+    assert res.batches.n == n_train and res.batches.per_epoch == -(-n_train // BS)
+    for step in range(steps):
+        where = batches.locate(res.batches, step)
+        assert where["indices"] == trained[step], (step, where)
+        assert where["epoch"] == step // res.batches.per_epoch and where["batch"] == step % res.batches.per_epoch
+    if shuffle is True:  # the order really was shuffled
+        assert trained[0] != list(range(BS))
+        if keras.backend.backend() != "tensorflow":  # (TensorFlow: plain fit under a global seed repeats it)
+            assert trained[0] != trained[res.batches.per_epoch]
+
+
+BAD_SAMPLES = """
+import numpy as np
+import keras
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(4000, 8)).astype("float32")
+Y = (X @ rng.normal(size=(8, 1)) * 0.1).astype("float32")
+Y[BAD] = 300.0  # an absurd target: the step that trains it blows the weights away for a while
+
+
+@pytest.mark.stable_training(steps=120, batch_size=16, readback_every=20)
+def test_bad_sample(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    # in order, so that the bad sample comes once the loss has settled (which batch a shuffled step trained on
+    # is tested above)
+    stability.fit(model, X, Y, shuffle=False)
+"""
+
+
+def test_a_spike_names_the_bad_sample_and_saves_its_batch(pytester):
+    bad = 1500  # trained at step 93 (batches of 16, in order)
+    pytester.makepyfile(test_bad=f"import pytest\nBAD = {bad}\n" + BAD_SAMPLES)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--stability-report=out/report.json")
+    result.assert_outcomes(failed=1)
+    import json
+
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    findings = [f for call in report["tests"][0]["calls"] for run in call["runs"] for f in run["findings"]]
+    spikes = [f for f in findings if f["check"] == "loss_spike"]
+    assert spikes, findings
+    where = spikes[0]["evidence"]["batch"]
+    assert where["step"] == spikes[0]["step"] == 93 and where["indices"] == list(range(1488, 1504))
+    saved = np.load(where["file"])
+    assert saved["indices"].tolist() == where["indices"]
+    assert saved["x"].shape == (16, 8) and saved["y"].shape == (16, 1) and float(saved["y"].max()) == 300.0
+    assert int(saved["step"]) == where["step"] and int(saved["seed"]) == 0
+    result.stdout.fnmatch_lines(
+        [
+            "*batch: step 93 trained on batch 93 of 250 (from 0) in epoch 0: samples [[]1488, 1489, *, ... 16 in all]; "
+            "saved to *test_bad.py__test_bad_sample-seed0-step93.npz"
+        ]
+    )
