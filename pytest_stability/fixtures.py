@@ -180,6 +180,7 @@ class Stability:
                     thresholds=thresholds,
                     progress=progress.update,
                     on_raise=self._raised,
+                    replay_batch=self._config.getoption("stability_replay_batch", None),
                 )
             finally:
                 progress.close()

@@ -696,6 +696,10 @@ BATCHES_HELP = (
     "stability-batches/ beside the JSON or HTML report, when one is written)"
 )
 REPLAY_HELP = "re-run stability tests with exactly this seed's run (printed in each failure)"
+REPLAY_BATCH_HELP = (
+    "with --stability-replay: train up to step STEP and measure the batch it trained on (array inputs) before "
+    "and after its update, against the previous batch: a bad sample or a bad update (printed with each spike)"
+)
 HTML_HELP = (
     "write the HTML stability report to PATH: one self-contained file (no network) with a summary table "
     "and each test's curves, findings, cause, fix, what-if, margins and baseline comparison"
@@ -788,14 +792,15 @@ def resolve_run_files(
     return files, problems
 
 
-def parse_replay(text: str) -> int:
-    """``--stability-replay``'s value: a seed, an int >= 0 (raises OptionValueError)."""
+def parse_replay(text: str, option: str = "--stability-replay", what: str = "a seed") -> int:
+    """``--stability-replay``'s value: a seed, an int >= 0 (raises OptionValueError); ``option`` and ``what``
+    name another such option (``--stability-replay-batch``: a step)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
     if value < 0:
-        raise OptionValueError(f"--stability-replay expects a seed (an int >= 0), received {text!r}")
+        raise OptionValueError(f"{option} expects {what} (an int >= 0), received {text!r}")
     return value
 
 

@@ -82,10 +82,31 @@ def run(
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_raise: Callable[[BaseException, str], None] | None = None,
+    replay_batch: int | None = None,
 ) -> Outcome:
     """Train ``model`` with its own fit (see :func:`~pytest_stability.training.engine.train`), judge and
-    diagnose the trace, and with ``spec.whatif`` replay the suggested fixes of a failing run."""
+    diagnose the trace, and with ``spec.whatif`` replay the suggested fixes of a failing run.
+
+    With ``replay_batch`` (a step), train up to that step only and measure its batch around its update
+    (:func:`~pytest_stability.training.batch_replay.probe`, in ``trace.info["batch_replay"]``); the run is
+    judged on the steps before it."""
     from .training import engine
+
+    if replay_batch is not None:
+        return _replay_batch(
+            model,
+            x,
+            y,
+            fit_kwargs=fit_kwargs,
+            step=int(replay_batch),
+            steps=steps,
+            seed=seed,
+            spec=spec,
+            thresholds=thresholds,
+            batch_size=batch_size,
+            progress=progress,
+            on_raise=on_raise,
+        )
 
     result = engine.train(
         model,
@@ -152,6 +173,56 @@ def with_batches(results: list[Any], plan: Any) -> list[Any]:
             r = type(r)(r.name, r.status, findings, r.detail, r.stats)
         out.append(r)
     return out
+
+
+def _replay_batch(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    fit_kwargs: dict[str, Any],
+    step: int,
+    steps: int,
+    seed: int,
+    spec: Any,
+    thresholds: Any,
+    batch_size: int | None,
+    progress: Callable[[int], None] | None,
+    on_raise: Callable[[BaseException, str], None] | None,
+) -> Outcome:
+    from .errors import StabilityUsageError
+    from .training import batch_replay, engine
+
+    if not 1 <= step < steps:
+        raise StabilityUsageError(
+            f"--stability-replay-batch expects a step from 1 to {steps - 1} (this test trains {steps} steps), "
+            f"received {step}"
+        )
+    result = engine.train(
+        model,
+        x,
+        y,
+        fit_kwargs=fit_kwargs,
+        steps=steps,
+        seed=seed,
+        spec=spec,
+        batch_size=batch_size,
+        progress=progress,
+        stop_after=step,
+        on_raise=on_raise,
+    )
+    if result.trace.steps < step:
+        raise StabilityUsageError(
+            f"--stability-replay-batch={step}: the run ended after {result.trace.steps} steps, before that step"
+        )
+    if result.data_kind != "arrays" or result.batches is None:
+        raise StabilityUsageError(
+            f"--stability-replay-batch replays a batch of array inputs; this test trains on {result.data_kind}"
+            + (" under a distribution strategy" if result.batches is None else "")
+        )
+    keras = engine.import_keras()
+    result.trace.info["batch_replay"] = batch_replay.probe(keras, model, result.batches, x, y, fit_kwargs, step)
+    return Outcome(result, judge(result.trace, thresholds, spec.checks))
 
 
 def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) -> Any:

@@ -19,6 +19,7 @@ from .options import (
     MARKER_SIGNATURE,
     OPTIONS,
     PATH_SETTINGS,
+    REPLAY_BATCH_HELP,
     REPLAY_HELP,
     OptionValueError,
     cli_name,
@@ -62,6 +63,15 @@ def _replay(text: str) -> int:
     raise pytest.UsageError(problem)  # outside the except block: the message once, not chained
 
 
+def _replay_batch(text: str) -> int:
+    problem = None
+    try:
+        return parse_replay(text, "--stability-replay-batch", "a step")
+    except OptionValueError as exc:
+        problem = str(exc)
+    raise pytest.UsageError(problem)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("stability", "training-stability checks (pytest-stability)")
     for opt in OPTIONS:
@@ -93,6 +103,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(ini_name("baseline_strict"), help=BASELINE_STRICT_HELP, type="bool", default=False)
     group.addoption(
         "--stability-replay", dest="stability_replay", type=_replay, default=None, metavar="SEED", help=REPLAY_HELP
+    )
+    group.addoption(
+        "--stability-replay-batch",
+        dest="stability_replay_batch",
+        type=_replay_batch,
+        default=None,
+        metavar="STEP",
+        help=REPLAY_BATCH_HELP,
     )
     ci.addoption(parser, group)
 

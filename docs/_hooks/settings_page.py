@@ -52,7 +52,14 @@ def per_test_settings() -> list[Setting]:
 def run_settings() -> list[Setting]:
     """The run-wide options (no marker keyword): files, CI integrations, replay."""
     from pytest_stability import ci
-    from pytest_stability.options import BASELINE_STRICT_HELP, PATH_SETTINGS, REPLAY_HELP, cli_name, ini_name
+    from pytest_stability.options import (
+        BASELINE_STRICT_HELP,
+        PATH_SETTINGS,
+        REPLAY_BATCH_HELP,
+        REPLAY_HELP,
+        cli_name,
+        ini_name,
+    )
 
     rows = [
         Setting("", f"{cli_name(name)}={metavar}", ini_name(name), "none", help_text, "")
@@ -65,6 +72,7 @@ def run_settings() -> list[Setting]:
         option = cli_name(name) + (f"={metavar}" if metavar else "")
         rows.append(Setting("", option, ini_name(name), "False" if kind == "bool" else "none", help_text, ""))
     rows.append(Setting("", "--stability-replay=SEED", "", "none", REPLAY_HELP, ""))
+    rows.append(Setting("", "--stability-replay-batch=STEP", "", "none", REPLAY_BATCH_HELP, ""))
     return rows
 
 

@@ -181,6 +181,17 @@ class RunReport:
         if self.replay:
             lines.append("")
             lines.append(f"replay: {self.replay}")
+            # the first finding whose batch is known by its samples (a spike, a non-finite loss)
+            where = next(
+                (
+                    b
+                    for b in (f.evidence.get("batch") for f in self.findings)
+                    if isinstance(b, dict) and b.get("indices") and not b.get("full_batch")
+                ),
+                None,
+            )
+            if where is not None and where["step"]:
+                lines.append(f"a bad sample or a bad update? {self.replay} --stability-replay-batch={where['step']}")
         return "\n".join(lines)
 
     def to_dict(self, max_points: int = SCHEMA_CURVE_POINTS) -> dict[str, Any]:

@@ -81,6 +81,10 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
             whatif = (f.get("evidence") or {}).get("whatif")
             if isinstance(whatif, dict) and whatif.get("text"):
                 text += f"\n      what-if: {whatif['text']}"
+        probe = (run.get("model") or {}).get("batch_replay")
+        if isinstance(probe, dict):
+            for line in probe.get("text") or ():
+                text += f"\n      batch replay: {line}"
         if "baseline" in call:
             # baseline against now, one line per seed (report.baseline.compare_call)
             for line in call["baseline"].get("lines", []):

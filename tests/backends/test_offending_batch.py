@@ -118,3 +118,58 @@ def test_a_spike_names_the_bad_sample_and_saves_its_batch(pytester):
             "saved to *test_bad.py__test_bad_sample-seed0-step93.npz"
         ]
     )
+
+
+def test_the_batch_replay_tells_a_bad_sample(pytester):
+    pytester.makepyfile(test_bad="import pytest\nBAD = 1500\n" + BAD_SAMPLES)
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--stability-replay=0", "--stability-replay-batch=93", "-rA"
+    )
+    result.assert_outcomes(passed=1)  # judged on the 93 steps before the bad sample: stable
+    result.stdout.fnmatch_lines(
+        [
+            "*batch replay: the batch of step 93 (samples [[]1488, 1489, *]): loss *, gradient norm * at the weights "
+            "step 93 started from; after its update loss *",
+            "*batch replay: the batch of step 92, at the same weights: loss *; after the update of step 93: *",
+            "*batch replay: -> a bad sample: at the same weights this batch's loss is *x the previous batch's*",
+            "*batch replay: -> its update damaged the model*",
+        ]
+    )
+
+
+LR_JUMP = """
+import numpy as np
+import keras
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X @ rng.normal(size=(8, 1))).astype("float32")
+
+
+@pytest.mark.stable_training(steps=120, batch_size=16, readback_every=20)
+def test_lr_jump(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    lr = keras.optimizers.schedules.PiecewiseConstantDecay([60], [0.05, 1.2])  # far too high from step 60
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    stability.fit(model, X, Y)
+"""
+
+
+def test_the_batch_replay_tells_a_bad_update(pytester):
+    pytester.makepyfile(test_jump=LR_JUMP)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    command = next(line for line in text.splitlines() if "a bad sample or a bad update? pytest" in line)
+    step = int(command.rsplit("=", 1)[1])
+    assert step > 60, command
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--stability-replay=0", f"--stability-replay-batch={step}"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"*batch replay: -> not this batch: the previous batch's loss is as high at these "
+            f"weights, so the updates before step {step} did it*"
+        ]
+    )

@@ -1,0 +1,155 @@
+"""A bad sample or a bad update? One batch's loss and gradient norm before and after its step.
+
+``--stability-replay=SEED --stability-replay-batch=STEP`` trains the run again (same seed, same data order)
+up to the weights step ``STEP`` started from, then :func:`probe` takes the batch that step trained on
+(:func:`.batches.locate`) and the batch of the step before, and measures, for each, the training loss and
+the gradient norm at those weights; then it takes step ``STEP`` itself (``model.train_on_batch`` on that
+batch: the model's own ``train_step`` and optimizer, its state as it was) and measures both again.
+
+* The step's batch far above the previous batch at the same weights (``BAD_SAMPLE_RATIO`` x): the batch is
+  the cause (a mislabeled or extreme sample), not the weights.
+* Both high at those weights: the weights are; the updates before the step did it.
+* The previous batch's loss far higher after the step than before it: the step's update damaged the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .batches import batch_arrays, locate
+
+#: the step's batch counts as the cause when its loss is this many times the previous batch's at the same weights
+BAD_SAMPLE_RATIO = 3.0
+#: the step's update counts as damaging when the previous batch's loss grew this many times across it
+DAMAGE_RATIO = 3.0
+
+
+def loss_and_grad_norm(keras: Any, model: Any, batch: tuple[Any, Any, Any]) -> tuple[float, float]:
+    """The model's training loss on ``batch`` at its current weights and the global norm of its gradient
+    (no variable changes)."""
+    from .curvature import _loss_fn
+
+    loss_fn = _loss_fn(keras, model)
+    tv = [keras.ops.convert_to_tensor(v.value) for v in model.trainable_variables]
+    ntv = [keras.ops.convert_to_tensor(v.value) for v in model.non_trainable_variables]
+    x, y, w = (None if p is None else keras.tree.map_structure(keras.ops.convert_to_tensor, p) for p in batch)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(tv)
+            loss = loss_fn(tv, ntv, x, y, w)
+        grads = tape.gradient(loss, tv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    elif backend == "jax":
+        import jax
+
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(p, ntv, x, y, w))(list(tv))
+    else:
+        import torch
+
+        params = [t.detach().requires_grad_(True) for t in tv]
+        with torch.enable_grad():
+            loss = loss_fn(params, [t.detach() for t in ntv], x, y, w)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        loss = loss.detach()
+        grads = [None if g is None else g.detach() for g in grads]
+    total = 0.0
+    for g in grads:
+        if g is not None:
+            a = np.asarray(keras.ops.convert_to_numpy(g), dtype=np.float64)
+            total += float(np.sum(a * a))
+    return float(np.asarray(keras.ops.convert_to_numpy(loss), dtype=np.float64)), float(np.sqrt(total))
+
+
+def probe(keras: Any, model: Any, plan: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], step: int) -> dict[str, Any]:
+    """Measure the batch of ``step`` (and of the step before) around the update of ``step``; the model must
+    hold the weights ``step`` started from.  Returns builtins: ``batch`` (:func:`.batches.locate`),
+    ``before``/``after`` (``loss``, ``grad_norm`` of the step's batch), ``previous_before``/``previous_after``
+    (of the previous step's batch), ``verdict`` (``bad_sample``, ``bad_weights`` or ``unclear``), ``damaged``
+    and ``text`` (lines)."""
+    where = locate(plan, step)
+    if "indices" not in where:
+        why = where.get("why") or "its samples are known for array inputs only"
+        return {"batch": where, "verdict": "unknown", "text": [f"the batch of step {step} cannot be replayed: {why}"]}
+    sample_weight = fit_kwargs.get("sample_weight")
+
+    def batch_of(indices: list[int]) -> tuple[Any, Any, Any]:
+        arrays = batch_arrays(keras, x, y, sample_weight, indices)
+        return _restructure(x, arrays, "x"), _restructure(y, arrays, "y"), arrays.get("sample_weight")
+
+    this = batch_of(where["indices"])
+    previous = batch_of(locate(plan, step - 1)["indices"]) if step > 0 else None
+    before = loss_and_grad_norm(keras, model, this)
+    prev_before = loss_and_grad_norm(keras, model, previous) if previous is not None else None
+    model.train_on_batch(this[0], this[1], sample_weight=this[2], class_weight=fit_kwargs.get("class_weight"))
+    after = loss_and_grad_norm(keras, model, this)
+    prev_after = loss_and_grad_norm(keras, model, previous) if previous is not None else None
+    out: dict[str, Any] = {
+        "batch": where,
+        "before": {"loss": before[0], "grad_norm": before[1]},
+        "after": {"loss": after[0], "grad_norm": after[1]},
+    }
+    lines = [
+        f"the batch of step {step} (samples {_short(where['indices'])}): loss {before[0]:.4g}, gradient norm "
+        f"{before[1]:.4g} at the weights step {step} started from; after its update loss {after[0]:.4g}, gradient "
+        f"norm {after[1]:.4g}"
+    ]
+    verdict, damaged = "unclear", False
+    if prev_before is not None and prev_after is not None:
+        out["previous_before"] = {"loss": prev_before[0], "grad_norm": prev_before[1]}
+        out["previous_after"] = {"loss": prev_after[0], "grad_norm": prev_after[1]}
+        lines.append(
+            f"the batch of step {step - 1}, at the same weights: loss {prev_before[0]:.4g}; after the update of step "
+            f"{step}: {prev_after[0]:.4g}"
+        )
+        if _ratio(before[0], prev_before[0]) >= BAD_SAMPLE_RATIO:
+            verdict = "bad_sample"
+            lines.append(
+                f"-> a bad sample: at the same weights this batch's loss is {_ratio(before[0], prev_before[0]):.3g}x "
+                "the previous batch's, so the batch itself (a mislabeled or extreme sample) caused the jump, not the "
+                "weights; look at its samples"
+            )
+        else:
+            verdict = "bad_weights"
+            lines.append(
+                "-> not this batch: the previous batch's loss is as high at these weights, so the updates before "
+                f"step {step} did it"
+            )
+        damaged = _ratio(prev_after[0], prev_before[0]) >= DAMAGE_RATIO
+        if damaged:
+            lines.append(
+                f"-> its update damaged the model: the previous batch's loss grew "
+                f"{_ratio(prev_after[0], prev_before[0]):.3g}x across step {step} (clipnorm or a robust loss "
+                "limits what one batch can do)"
+            )
+    out.update(verdict=verdict, damaged=damaged, text=lines)
+    return out
+
+
+def _ratio(a: float, b: float) -> float:
+    if not np.isfinite(a):
+        return float("inf")
+    return a / b if b > 0 and np.isfinite(b) else (float("inf") if a > 0 else 1.0)
+
+
+def _short(indices: list[int], n: int = 8) -> str:
+    shown = ", ".join(str(i) for i in indices[:n])
+    return f"[{shown}{', ...' if len(indices) > n else ''}]"
+
+
+def _restructure(template: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
+    """The entries :func:`.batches.batch_arrays` wrote for ``template`` (an array, dict or list of them), put
+    back in its structure."""
+    if template is None:
+        return None
+    if isinstance(template, dict):
+        return {k: _restructure(v, arrays, f"{prefix}_{k}") for k, v in template.items()}
+    if isinstance(template, (list, tuple)):
+        return type(template)(_restructure(v, arrays, f"{prefix}_{i}") for i, v in enumerate(template))
+    return arrays[prefix]
+
+
+__all__ = ["BAD_SAMPLE_RATIO", "DAMAGE_RATIO", "loss_and_grad_norm", "probe"]
