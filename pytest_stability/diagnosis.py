@@ -153,6 +153,8 @@ CAUSES = {
     "updates_too_small": "updates too small to learn (learning rate too low)",
     "no_gradient": "a variable never receives a gradient",
     "no_update": "a variable never changes",
+    "replica_disagree": "the replicas of a distributed run do not train alike",
+    "replica_drift": "the replicas' copies of the weights drifted apart",
     "unknown": "unknown",
 }
 

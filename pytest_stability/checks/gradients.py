@@ -27,6 +27,15 @@ instability; a loss that suffers anyway still fails ``loss_spike``.  Keras'
 ``sqrt(sum(min(norm_i, clipnorm)^2))`` over the per-variable norms.  The raw
 norms stay in ``stats`` (``max``, ``p99``) and in the report.  An absolute
 ``max_grad_norm`` is always compared with the raw norm.
+
+Under a distribution strategy (TensorFlow's ``MirroredStrategy``) each replica's own gradient norm, before
+the all-reduce, is in ``trace.curves`` (``grad_norm/replica_<i>``): the replicas train one model on shards
+of the same batches, so their norms agree up to the shards' noise.  Replicas whose largest and smallest
+norms differ more than ``REPLICA_FACTOR`` x in most steps after the warmup (``REPLICA_SHARE``) disagree (kind
+``replica_disagree``, naming the replica farthest from the others' median: an unbalanced shard, a
+replica-dependent ``train_step``); replicas whose copies of the
+weights differ after training (``trace.info["replica_weight_drift"]`` above ``REPLICA_WEIGHT_RTOL``) drifted
+apart (kind ``replica_drift``: an update applied on one replica only).
 """
 
 from __future__ import annotations
@@ -39,9 +48,96 @@ from ..trace import Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 
 NAME = "grad_norm"
+#: the replicas' largest gradient norm this many times their smallest...
+REPLICA_FACTOR = 10.0
+#: ...over at least this share of the steps after the warmup drifts
+REPLICA_SHARE = 0.5
+#: the replicas' copies of a weight may differ by this much relative to its largest value (mirrored: equal)
+REPLICA_WEIGHT_RTOL = 1e-4
+
+
+def replica_findings(trace: Trace, thresholds: Thresholds | None = None) -> list[Finding]:
+    """The replicas' findings (see the module docstring): ``replica_disagree``, ``replica_drift``."""
+    t = thresholds or Thresholds()
+    findings = []
+    names = sorted(
+        (n for n in trace.curves if n.startswith("grad_norm/replica_")), key=lambda n: int(n.rsplit("_", 1)[1])
+    )
+    if len(names) > 1:
+        g = np.stack([np.asarray(trace.curves[n], np.float64) for n in names], axis=1)[t.warmup_steps :]
+        usable = np.all(np.isfinite(g) & (g > 0), axis=1)
+        g = g[usable]
+        steps = np.flatnonzero(usable) + t.warmup_steps
+        if g.shape[0]:
+            spread = g.max(axis=1) / g.min(axis=1)
+            off = spread > REPLICA_FACTOR
+            share = float(off.mean())
+            if share >= REPLICA_SHARE:
+                step = int(steps[int(np.argmax(off))])
+                typical = float(np.median(spread))
+                # the replica farthest from the others' median (of two, the one with the larger norm)
+                log_g = np.log(g)
+                others = np.stack([np.median(np.delete(log_g, i, axis=1), axis=1) for i in range(g.shape[1])], axis=1)
+                worst = int(np.argmax(np.median(log_g - others, axis=0) ** 2 + 1e-9 * np.arange(g.shape[1])))
+                findings.append(
+                    Finding(
+                        check=NAME,
+                        kind="replica_disagree",
+                        step=step,
+                        value=typical,
+                        limit=REPLICA_FACTOR,
+                        message=f"the replicas' gradient norms differ {typical:.3g}x (largest / smallest, median over "
+                        f"steps {int(steps[0])}-{int(steps[-1])}), beyond {REPLICA_FACTOR:g}x in {share:.0%} of "
+                        f"those steps; replica {worst} is the farthest from the others: the replicas do not train "
+                        "alike",
+                        evidence={
+                            "replica": worst,
+                            "share": share,
+                            "replicas": len(names),
+                            "check_cause": "replica_disagree",
+                        },
+                        cause=f"replica {worst}'s gradients are not like the others': its shard of each batch differs "
+                        "(data sharded unevenly, sorted data) or the train_step depends on the replica",
+                        fix="shuffle the data before sharding it, or make the train_step the same on every replica",
+                        confidence="likely",
+                    )
+                )
+    drift = (trace.info or {}).get("replica_weight_drift")
+    if isinstance(drift, dict) and float(drift.get("value") or 0.0) > REPLICA_WEIGHT_RTOL:
+        step = max(0, trace.steps - 1)
+        findings.append(
+            Finding(
+                check=NAME,
+                kind="replica_drift",
+                step=step,
+                value=float(drift["value"]),
+                limit=REPLICA_WEIGHT_RTOL,
+                message=f"the replicas' copies of {drift.get('variable')} differ by {float(drift['value']):.3g} of its "
+                f"largest value after training (limit {REPLICA_WEIGHT_RTOL:g}): the replicas drifted apart",
+                evidence={**drift, "check_cause": "replica_drift"},
+                cause="an update reached some replicas only (a variable created outside the strategy's scope, a "
+                "train_step that assigns per replica)",
+                fix="create the model and optimizer inside strategy.scope() and update variables through the optimizer",
+                confidence="likely",
+            )
+        )
+    return findings
 
 
 def check_grad_norm(trace: Trace, thresholds: Thresholds | None = None) -> CheckResult:
+    """Fail at the first step whose gradient norm crosses the limit, or when replicas disagree.
+
+    The norm's result (:func:`check_norms`), with the replicas' findings (:func:`replica_findings`) after its
+    own: failed when either has one.
+    """
+    result = check_norms(trace, thresholds)
+    extra = replica_findings(trace, thresholds)
+    if not extra:
+        return result
+    return CheckResult(NAME, FAILED, tuple(result.findings) + tuple(extra), result.detail, result.stats)
+
+
+def check_norms(trace: Trace, thresholds: Thresholds | None = None) -> CheckResult:
     """Fail at the first step whose gradient norm crosses the limit.
 
     Returns:

@@ -1040,6 +1040,16 @@ def train(
         trace.info["optimizer_columns"] = recorded.columns
         trace.info["optimizer_name"] = ref.name
     trace.info["loss_recorded"] = loss_recorded
+    if distributed:
+        replicas = cb.rowsets[recorded.reference].replicas
+        if replicas:
+            per_step = np.concatenate(replicas)[:done]
+            if per_step.shape[1] > 1:  # each replica's own gradient norm, before the all-reduce
+                trace.curves = {
+                    **trace.curves,
+                    **{f"grad_norm/replica_{i}": per_step[:, i].copy() for i in range(per_step.shape[1])},
+                }
+        trace.info["replica_weight_drift"] = _replica_weight_drift(model)
     if notes_fix:
         trace.info["fix_applied_at"] = notes_fix[0]
     if meter is not None:
@@ -1310,6 +1320,24 @@ def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any
         return None
     leaves = [host_numpy(leaf) for leaf in _leaves(list(batch) if isinstance(batch, tuple) else batch)]
     return all(np.all(np.isfinite(a)) for a in leaves if a.dtype.kind in "fc")
+
+
+def _replica_weight_drift(model: Any) -> dict[str, Any] | None:
+    """How far the replicas' copies of the trainable weights differ after training (a mirrored variable's
+    copies must stay equal): the largest difference relative to the variable's largest value, and where."""
+    from .recorder import keras_internals_tf_variable
+
+    strategy = model.distribute_strategy
+    worst: dict[str, Any] | None = None
+    for v in model.trainable_variables:
+        copies = [host_numpy(c) for c in strategy.experimental_local_results(keras_internals_tf_variable(v))]
+        if len(copies) < 2:
+            continue
+        scale = max(float(np.max(np.abs(copies[0]))) if copies[0].size else 0.0, 1e-12)
+        diff = max(float(np.max(np.abs(c - copies[0]))) if c.size else 0.0 for c in copies[1:]) / scale
+        if worst is None or diff > worst["value"]:
+            worst = {"value": diff, "variable": var_name(v), "replicas": len(copies)}
+    return worst
 
 
 def _under_strategy(keras: Any, model: Any) -> bool:

@@ -149,6 +149,8 @@ class Recorder:
         #: on the host before training); not under a distribution strategy, where each replica sees a shard
         self.check_inputs = bool(check_inputs) and not distributed and self.primary
         self.input_bad = None
+        #: TensorFlow under a distribution strategy: each replica's gradient norm of the step (see _build_buffers)
+        self.replica_norm: Any = None
         self.built = False
         #: JAX, while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
         #: losses the loss tracker took (see _train_step_wrapper)
@@ -420,6 +422,18 @@ class Recorder:
             self.count = self._variable(0, "int32", "stability_count", own)
             self.halt = self._variable(0, "int32", "stability_halt", own)
             self.limit_var = self._variable(self.limit, "int32", "stability_limit", own)
+            if self.distributed:
+                # each replica's own gradient norm (before the all-reduce), in the step's slot: a buffer each
+                # replica keeps a copy of, read per replica at the read-back
+                with self.model.distribute_strategy.scope():
+                    self.replica_norm = self.keras.Variable(
+                        np.zeros((self.chunk,), np.float32),
+                        dtype="float32",
+                        trainable=False,
+                        name="stability_replica_norm" + self._suffix,
+                        synchronization="on_read",
+                        aggregation="sum",
+                    )
         mine = self.own_ids()
         self.state_vars = [v for v in self.opt.variables if id(v) not in mine and _float_name(v)]
         # JAX: the optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's
@@ -483,6 +497,7 @@ class Recorder:
                 getattr(self, "count", None),
                 getattr(self, "halt", None),
                 getattr(self, "limit_var", None),
+                getattr(self, "replica_norm", None),
                 self.input_bad,
             )
             if v is not None
@@ -685,6 +700,16 @@ class Recorder:
                 vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
                 in_bad = None if self.input_bad is None else ops.not_equal(self.input_bad.value, 0)
                 row, stop = self._row(grads, index, before, after, state, lr, scale, vel, vel_after, in_bad)
+                if self.replica_norm is not None:  # this replica's gradients, before the all-reduce
+                    squares = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads if g is not None]
+                    norm = ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.convert_to_tensor(0.0)
+                    self.replica_norm.assign(
+                        ops.slice_update(
+                            self.replica_norm.value,
+                            ops.reshape(ops.mod(self.count.value, self.chunk), (1,)),
+                            ops.reshape(norm, (1,)),
+                        )
+                    )
                 slot = ops.mod(self.count.value, self.chunk)
                 written = ops.slice_update(
                     self.buf.value,
@@ -1029,6 +1054,11 @@ class Recorder:
         if self.lbuf is not None:
             out["lbuf"] = host_numpy(self.lbuf.value)
             out["lcount"] = int(host_numpy(self.lcount.value))
+        if self.replica_norm is not None:
+            local = self.model.distribute_strategy.experimental_local_results(
+                keras_internals_tf_variable(self.replica_norm)
+            )
+            out["replicas"] = np.stack([np.asarray(host_numpy(v), np.float64) for v in local], axis=1)  # (chunk, R)
         return out
 
     def _jax_read(self) -> dict[str, np.ndarray | int]:
@@ -1204,11 +1234,19 @@ def _device_label(dev: str) -> str:
     return "CPU"
 
 
+def keras_internals_tf_variable(variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras variable (Keras' TensorFlow ``Variable`` keeps it in ``_value``):
+    a distribution strategy's per-replica copies are read from it."""
+    return getattr(variable, "_value", variable)
+
+
 class ChunkRows:
     """Host-side accumulation of the rows read back, chunk by chunk, in step order."""
 
     def __init__(self) -> None:
         self.rows: list[np.ndarray] = []
+        #: under a distribution strategy: each step's per-replica gradient norms
+        self.replicas: list[np.ndarray] = []
         self.losses: list[np.ndarray] = []
         self.done = 0
         self.loss_done = 0
@@ -1231,6 +1269,8 @@ class ChunkRows:
         slots = [(self.done + k) % chunk for k in range(new)]
         rows = np.asarray(snap["buf"][slots] if new else snap["buf"][:0])
         self.rows.append(np.array(rows))
+        if "replicas" in snap and new:  # each step's slot, as the rows
+            self.replicas.append(np.array(np.asarray(snap["replicas"])[slots]))
         if "lrow" in snap:  # JAX: each row's own loss; recorded only if the tracker took one loss in its step
             self.losses.append(np.array(snap["lrow"][slots]))
             self.loss_done += new

@@ -27,11 +27,13 @@ import keras
 rng = np.random.default_rng(0)
 X = rng.normal(size=(256, 8)).astype("float32")
 Y = (X[:, 0] > 0).astype("float32")[:, None]
+# one strategy for the module: two MirroredStrategy objects in one process can mix up their collective ops
+STRATEGY = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 @pytest.mark.stable_training(steps=24, validate_every=8)
 def test_mirrored(stability):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = STRATEGY
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
@@ -57,6 +59,28 @@ def test_mirrored(stability):
     assert np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
     assert tr.loss[-1] < tr.loss[0] and tr.has_validation
     assert type(model.distribute_strategy).__name__ == "MirroredStrategy"
+    # each replica's own gradient norm (replica 0's is the one recorded above), and weight copies that agree
+    r0, r1 = tr.curves["grad_norm/replica_0"], tr.curves["grad_norm/replica_1"]
+    assert np.allclose(r0, tr.grad_norm, rtol=1e-5) and np.all(r1 > 0) and not np.allclose(r0, r1)
+    assert tr.info["replica_weight_drift"]["value"] == 0.0 and tr.info["replica_weight_drift"]["replicas"] == 2
+    assert not [f for f in rep.findings if f.kind.startswith("replica")]
+
+
+@pytest.mark.stable_training(steps=40)
+def test_unbalanced_shards(stability):
+    # in order, batches of 32: replica 0 trains on rows 0-15 of each batch, replica 1 on rows 16-31, which
+    # are 30x larger: its gradients are ~900x replica 0's
+    strategy = STRATEGY
+    x = X.copy()
+    x[np.arange(len(x)) % 32 >= 16] *= 30.0
+    y = x @ np.linspace(-1, 1, 8).astype("float32")[:, None]
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(1e-5), loss="mse")
+    rep = stability.fit(model, x, y, batch_size=32, shuffle=False, check=False)
+    (f,) = [f for f in rep.findings if f.check == "grad_norm"]
+    assert f.kind == "replica_disagree" and f.evidence["replica"] == 1 and f.value > 100, f.message
+    assert "shard" in f.cause and f.evidence["cause_key"] == "replica_disagree"
 """
 
 JAX_TEST = """
@@ -96,4 +120,4 @@ def test_trains_under_two_logical_devices(pytester, monkeypatch):
         monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     pytester.makepyfile(TF_TEST if BACKEND == "tensorflow" else JAX_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2 if BACKEND == "tensorflow" else 1)
