@@ -52,6 +52,8 @@ HERE = str(Path(__file__).resolve().parent)
 
 
 def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # the BatchPlan
+        return {"dataclass": type(value).__name__, "fields": _encode(dataclasses.asdict(value))}
     if isinstance(value, np.ndarray):
         return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
     if isinstance(value, dict):
@@ -65,6 +67,10 @@ def _encode(value: Any) -> Any:
 
 def _decode(value: Any) -> Any:
     if isinstance(value, dict):
+        if set(value) == {"dataclass", "fields"} and value["dataclass"] == "BatchPlan":
+            from pytest_stability.training.batches import BatchPlan
+
+            return BatchPlan(**_decode(value["fields"]))
         if set(value) == {"ndarray", "dtype"}:
             return np.asarray(value["ndarray"], dtype=value["dtype"])
         return {k: _decode(v) for k, v in value.items()}

@@ -78,7 +78,11 @@ def test_report_schema_and_content(pytester, scenario, gating):
         ["*- stability JSON written to *reports/stability.json -*", "*short test summary info*"]
     )
     report_dir = pytester.path / "reports"
-    assert sorted(p.name for p in report_dir.iterdir()) == ["stability.json"]  # no temp file left behind
+    # no temp file left behind; the diverging test's batch beside the report
+    assert sorted(p.name for p in report_dir.iterdir()) == ["stability-batches", "stability.json"]
+    assert [p.name for p in (report_dir / "stability-batches").iterdir()] == [
+        "test_scenario.py__test_diverges-seed0-step2.npz"
+    ]
     doc = gating.load_strict(report_dir / "stability.json")
 
     assert set(doc) == TOP_KEYS
