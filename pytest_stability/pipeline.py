@@ -92,35 +92,18 @@ def run(
     judged on the steps before it."""
     from .training import engine
 
-    if replay_batch is not None:
-        return _replay_batch(
-            model,
-            x,
-            y,
-            fit_kwargs=fit_kwargs,
-            step=int(replay_batch),
-            steps=steps,
-            seed=seed,
-            spec=spec,
-            thresholds=thresholds,
-            batch_size=batch_size,
-            progress=progress,
-            on_raise=on_raise,
-        )
-
-    result = engine.train(
-        model,
-        x,
-        y,
+    train_kwargs: dict[str, Any] = dict(
         fit_kwargs=fit_kwargs,
         steps=steps,
         seed=seed,
         spec=spec,
         batch_size=batch_size,
         progress=progress,
-        keep_initial_state=spec.whatif,
         on_raise=on_raise,
     )
+    if replay_batch is not None:
+        return _replay_batch(model, x, y, step=int(replay_batch), thresholds=thresholds, **train_kwargs)
+    result = engine.train(model, x, y, keep_initial_state=spec.whatif, **train_kwargs)
     results = judge(result.trace, thresholds, spec.checks)
     if result.batches is not None:
         results = with_batches(results, result.batches)
@@ -175,42 +158,17 @@ def with_batches(results: list[Any], plan: Any) -> list[Any]:
     return out
 
 
-def _replay_batch(
-    model: Any,
-    x: Any,
-    y: Any,
-    *,
-    fit_kwargs: dict[str, Any],
-    step: int,
-    steps: int,
-    seed: int,
-    spec: Any,
-    thresholds: Any,
-    batch_size: int | None,
-    progress: Callable[[int], None] | None,
-    on_raise: Callable[[BaseException, str], None] | None,
-) -> Outcome:
+def _replay_batch(model: Any, x: Any, y: Any, *, step: int, thresholds: Any, **train_kwargs: Any) -> Outcome:
     from .errors import StabilityUsageError
     from .training import batch_replay, engine
 
+    steps, spec, fit_kwargs = train_kwargs["steps"], train_kwargs["spec"], train_kwargs["fit_kwargs"]
     if not 1 <= step < steps:
         raise StabilityUsageError(
             f"--stability-replay-batch expects a step from 1 to {steps - 1} (this test trains {steps} steps), "
             f"received {step}"
         )
-    result = engine.train(
-        model,
-        x,
-        y,
-        fit_kwargs=fit_kwargs,
-        steps=steps,
-        seed=seed,
-        spec=spec,
-        batch_size=batch_size,
-        progress=progress,
-        stop_after=step,
-        on_raise=on_raise,
-    )
+    result = engine.train(model, x, y, stop_after=step, **train_kwargs)
     if result.trace.steps < step:
         raise StabilityUsageError(
             f"--stability-replay-batch={step}: the run ended after {result.trace.steps} steps, before that step"
