@@ -360,9 +360,9 @@ def restart_keras_auto_names() -> None:
     # later Keras moves it, training still works: say so once, do not fail.
     global _names_warned
     try:
-        from keras.src.utils import naming
+        from .training.keras_internals import load
 
-        naming.reset_uids()
+        load("naming").reset_uids()
     except (ImportError, AttributeError) as exc:
         if not _names_warned:
             _names_warned = True

@@ -14,8 +14,7 @@ For JAX and PyTorch, :class:`EpochStates` keeps that random state at each epoch'
 callback's ``on_epoch_begin``; a few kilobytes an epoch, nothing on the device); nothing is kept on
 TensorFlow.  Pipelines the plugin cannot read again (generators, loaders) are named by their batch number.
 
-The Keras internal this depends on, ``keras.src.trainers.data_adapters.array_data_adapter.ArrayDataAdapter``,
-is imported by :func:`_adapter` alone.
+The Keras internal this depends on, ``ArrayDataAdapter``, is listed in :mod:`.keras_internals`.
 """
 
 from __future__ import annotations
@@ -149,9 +148,9 @@ def _tf_indices(plan: BatchPlan, epoch: int, batch: int) -> np.ndarray:
 
 def _adapter(n: int, batch_size: int, shuffle: Any) -> Any:
     """Keras' own array pipeline over the sample indices (an internal class: there since Keras 3.0)."""
-    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+    from .keras_internals import load
 
-    return ArrayDataAdapter(np.arange(n, dtype=np.int64), batch_size=batch_size, shuffle=shuffle)
+    return load("ArrayDataAdapter")(np.arange(n, dtype=np.int64), batch_size=batch_size, shuffle=shuffle)
 
 
 def batch_arrays(keras_mod: Any, x: Any, y: Any, sample_weight: Any, indices: list[int]) -> dict[str, np.ndarray]:

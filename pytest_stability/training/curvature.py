@@ -343,7 +343,9 @@ def _host(keras: Any, value: Any) -> np.ndarray:
 
 def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
     """The model's training loss as a function of its variables' values (no variable is changed)."""
-    from keras.src.backend.common.stateless_scope import StatelessScope
+    from .keras_internals import load
+
+    StatelessScope = load("StatelessScope")
 
     trainable, others = list(model.trainable_variables), list(model.non_trainable_variables)
 
@@ -668,7 +670,9 @@ def fixed_batch(
             f"the curvature needs a fixed batch, and the training data ({kind}) cannot be read again; "
             "pass arrays, a tf.data.Dataset or a keras.utils.PyDataset"
         )
-    from keras.src.trainers.data_adapters import data_adapter_utils
+    from .keras_internals import load
+
+    data_adapter_utils = load("data_adapter_utils")
 
     batches: list[tuple[Any, Any, Any]] = []
     count = 0

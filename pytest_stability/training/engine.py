@@ -465,7 +465,10 @@ def validation_batches(
     keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int
 ) -> list[tuple[Any, Any, Any]] | None:
     """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
-    from keras.src.trainers.data_adapters import array_slicing, data_adapter_utils, get_data_adapter
+    from .keras_internals import load
+
+    array_slicing, data_adapter_utils = load("array_slicing"), load("data_adapter_utils")
+    get_data_adapter = load("get_data_adapter")
 
     vd = fit_kwargs.get("validation_data")
     split = fit_kwargs.get("validation_split")
@@ -552,7 +555,9 @@ def _batchnorm_layers(model: Any) -> list[Any]:
 def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
     """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
     random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
-    from keras.src.backend.common.stateless_scope import StatelessScope
+    from .keras_internals import load
+
+    StatelessScope = load("StatelessScope")
 
     with StatelessScope(), isolation.kept_random_state():
         y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
@@ -1325,12 +1330,12 @@ def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any
 def _replica_weight_drift(model: Any) -> dict[str, Any] | None:
     """How far the replicas' copies of the trainable weights differ after training (a mirrored variable's
     copies must stay equal): the largest difference relative to the variable's largest value, and where."""
-    from .recorder import keras_internals_tf_variable
+    from .keras_internals import tf_variable
 
     strategy = model.distribute_strategy
     worst: dict[str, Any] | None = None
     for v in model.trainable_variables:
-        copies = [host_numpy(c) for c in strategy.experimental_local_results(keras_internals_tf_variable(v))]
+        copies = [host_numpy(c) for c in strategy.experimental_local_results(tf_variable(v))]
         if len(copies) < 2:
             continue
         scale = max(float(np.max(np.abs(copies[0]))) if copies[0].size else 0.0, 1e-12)

@@ -40,7 +40,9 @@ class ProcessState:
 
     @classmethod
     def take(cls, keras: Any) -> ProcessState:
-        from keras.src.backend.common import global_state
+        from .keras_internals import load
+
+        global_state = load("global_state")
 
         keras_globals = {}
         for name in _KERAS_GLOBALS:
@@ -58,7 +60,9 @@ class ProcessState:
         return state
 
     def restore(self, keras: Any) -> None:
-        from keras.src.backend.common import global_state
+        from .keras_internals import load
+
+        global_state = load("global_state")
 
         set_random_state(self.rng)
         for name, value in self.keras_globals.items():

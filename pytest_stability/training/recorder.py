@@ -988,7 +988,9 @@ class Recorder:
     def _stateless_apply(self, original: Callable[..., Any]) -> Callable[..., Any]:
         ops = self.ops
         opt = self.opt
-        from keras.src.backend.common.stateless_scope import StatelessScope
+        from .keras_internals import load
+
+        StatelessScope = load("StatelessScope")
 
         def stateless_apply(optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
             ov = list(optimizer_variables)
@@ -1055,9 +1057,9 @@ class Recorder:
             out["lbuf"] = host_numpy(self.lbuf.value)
             out["lcount"] = int(host_numpy(self.lcount.value))
         if self.replica_norm is not None:
-            local = self.model.distribute_strategy.experimental_local_results(
-                keras_internals_tf_variable(self.replica_norm)
-            )
+            from .keras_internals import tf_variable
+
+            local = self.model.distribute_strategy.experimental_local_results(tf_variable(self.replica_norm))
             out["replicas"] = np.stack([np.asarray(host_numpy(v), np.float64) for v in local], axis=1)  # (chunk, R)
         return out
 
@@ -1106,7 +1108,9 @@ _ABSENT = object()
 def _keras_threads_model_optimizer(model: Any) -> bool:
     """JAX: whether ``fit`` threads ``model.optimizer.variables`` as its state's optimizer variables (Keras' own
     ``_get_jax_state``; a model trained by several optimizers overrides it to thread all of theirs)."""
-    from keras.src.backend.jax.trainer import JAXTrainer
+    from .keras_internals import load
+
+    JAXTrainer = load("JAXTrainer")
 
     return getattr(type(model), "_get_jax_state", None) is JAXTrainer._get_jax_state
 
@@ -1232,12 +1236,6 @@ def _device_label(dev: str) -> str:
     if "TPU" in up:
         return "TPU"
     return "CPU"
-
-
-def keras_internals_tf_variable(variable: Any) -> Any:
-    """The ``tf.Variable`` behind a Keras variable (Keras' TensorFlow ``Variable`` keeps it in ``_value``):
-    a distribution strategy's per-replica copies are read from it."""
-    return getattr(variable, "_value", variable)
 
 
 class ChunkRows:

@@ -1,0 +1,117 @@
+"""The Keras internals pytest-stability depends on, in one place.
+
+The plugin instruments Keras' own ``fit``; a few of the things it must reach are not public API.  Each module
+path it imports from ``keras.src`` is in :data:`IMPORTS` (and imported through :func:`load`), each private
+attribute it reads on a Keras object in :data:`ATTRIBUTES`.  :func:`missing` checks them all against the
+installed Keras on the current backend; ``tests/backends/test_keras_internals.py`` runs it on every backend CI
+installs, so a Keras release that moves one fails there, with its name, rather than inside a user's test.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: name -> (module, attribute) of everything imported from ``keras.src``, and what for
+IMPORTS: dict[str, tuple[str, str, str]] = {
+    "StatelessScope": (
+        "keras.src.backend.common.stateless_scope",
+        "StatelessScope",
+        "the loss as a function of variable values (curvature, the batch replay, the JAX recorder)",
+    ),
+    "data_adapter_utils": (
+        "keras.src.trainers.data_adapters",
+        "data_adapter_utils",
+        "unpacking (x, y, sample_weight) batches of a pipeline",
+    ),
+    "array_slicing": (
+        "keras.src.trainers.data_adapters",
+        "array_slicing",
+        "the validation data, batched as fit batches it",
+    ),
+    "get_data_adapter": (
+        "keras.src.trainers.data_adapters",
+        "get_data_adapter",
+        "the validation data, batched as fit batches it",
+    ),
+    "ArrayDataAdapter": (
+        "keras.src.trainers.data_adapters.array_data_adapter",
+        "ArrayDataAdapter",
+        "the batch a step trained on, found again over the sample indices (training/batches.py)",
+    ),
+    "global_state": (
+        "keras.src.backend.common",
+        "global_state",
+        "Keras' process-wide seed and name counters, put back after each test (training/isolation.py)",
+    ),
+    "naming": ("keras.src.utils", "naming", "restarting Keras' automatic layer names for each test"),
+    "JAXTrainer": ("keras.src.backend.jax.trainer", "JAXTrainer", "the JAX trainer's state handling (JAX only)"),
+}
+
+#: (owner, attribute, what for): private attributes the plugin reads on Keras objects
+ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
+    ("Model", "_compile_loss", "whether fit has built the loss (the what-if replay's data order)"),
+    ("Model", "_compile_config", "recompiling a clone for another seed"),
+    ("Model", "_call_has_training_arg", "calling the model in training mode outside fit"),
+    ("Model", "_compute_loss", "the training loss outside fit"),
+    ("Model", "_flatten_layers", "finding BatchNormalization layers and random layers"),
+    ("Model", "_loss_tracker", "the raw per-step loss"),
+    ("Layer", "_seed_generators", "whether a layer draws random numbers (Dropout)"),
+    ("Optimizer", "_variables", "the optimizer's own variables (the recorder's buffers ride in them on JAX)"),
+    ("Optimizer", "_trainable_variables", "the variables an apply() updates"),
+    ("Optimizer", "_get_variable_index", "a variable's slot in the optimizer"),
+    ("Optimizer", "_learning_rate", "the learning-rate schedule the what-if replay scales"),
+    ("Adam", "_velocities", "Adam's second moments (the epsilon diagnosis)"),
+    ("Metric", "_variables", "the loss tracker's total and count"),
+    ("Variable", "_value", "TensorFlow: the tf.Variable behind a Keras variable (a strategy's per-replica copies)"),
+)
+
+
+def tf_variable(variable: Any) -> Any:
+    """The ``tf.Variable`` behind a Keras variable (Keras' TensorFlow ``Variable`` keeps it in ``_value``): a
+    distribution strategy's per-replica copies are read from it."""
+    return getattr(variable, "_value", variable)
+
+
+def load(name: str) -> Any:
+    """The ``keras.src`` object :data:`IMPORTS` names ``name``."""
+    module, attribute, _ = IMPORTS[name]
+    return getattr(importlib.import_module(module), attribute)
+
+
+def missing(keras: Any) -> list[str]:
+    """Every internal of :data:`IMPORTS` and :data:`ATTRIBUTES` the installed Keras lacks on the current
+    backend (``JAXTrainer`` on JAX only), checked on a small compiled model trained for one step."""
+    import numpy as np
+
+    backend = keras.backend.backend()
+    out = []
+    for name, (module, attribute, _) in IMPORTS.items():
+        if name == "JAXTrainer" and backend != "jax":
+            continue
+        try:
+            load(name)
+        except (ImportError, AttributeError) as exc:
+            out.append(f"{module}.{attribute} ({type(exc).__name__}: {exc})")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.1), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.fit(np.zeros((8, 4), "float32"), np.zeros((8, 1), "float32"), batch_size=8, epochs=1, verbose=0)
+    dropout = model.layers[0]
+    owners = {
+        "Model": model,
+        "Layer": dropout,
+        "Optimizer": model.optimizer,
+        "Adam": model.optimizer,
+        "Metric": model._loss_tracker if hasattr(model, "_loss_tracker") else None,
+        "Variable": model.trainable_variables[0],
+    }
+    for owner, attribute, _ in ATTRIBUTES:
+        if owner == "Variable" and backend != "tensorflow":
+            continue
+        obj = owners[owner]
+        if obj is None or not hasattr(obj, attribute):
+            out.append(f"{owner}.{attribute}")
+    return out
+
+
+__all__ = ["ATTRIBUTES", "IMPORTS", "load", "missing", "tf_variable"]
