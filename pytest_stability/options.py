@@ -1,6 +1,6 @@
-"""Every setting of pytest-stability, in one table.
+"""Every setting of pytest-stability, declared once: the fields of :class:`RunSpec`.
 
-Each :class:`Option` is at once a marker keyword (``steps=...``), a command-line
+Each field carries an :class:`Option` (in its metadata), which is at once a marker keyword (``steps=...``), a command-line
 option (``--stability-steps``) and an ini key (``stability_steps``), sharing one
 help string and one validator.  Values resolve with the precedence
 
@@ -249,13 +249,19 @@ class Option:
         return getattr(self.parse, "expects", "")
 
 
-def _int_option(name: str, min_value: int, default: int, help: str) -> Option:
+# The builders make an Option without its name: a RunSpec field's name is its setting's (see _setting).
+
+
+def _option(parse: Callable[[Any], Any], text: Callable[[str], Any], default: Any, help: str) -> Option:
+    return Option("", parse, text, default, help)
+
+
+def _int_option(min_value: int, default: int, help: str) -> Option:
     parse = _int(min_value)
-    return Option(name, parse, _number_text(parse, int), default, help)
+    return Option("", parse, _number_text(parse, int), default, help)
 
 
 def _float_option(
-    name: str,
     default: float | None,
     help: str,
     min_value: float,
@@ -267,303 +273,281 @@ def _float_option(
     parse = _float(min_value, strict=strict, max_value=max_value)
     text = _number_text(parse, float)
     if optional:
-        return Option(name, _optional(parse), _optional_text(text), default, help)
-    return Option(name, parse, text, default, help)
+        return Option("", _optional(parse), _optional_text(text), default, help)
+    return Option("", parse, text, default, help)
 
 
-def _bool_option(name: str, default: bool, help: str) -> Option:
-    return Option(name, _bool, _bool_text, default, help)
+def _bool_option(default: bool, help: str) -> Option:
+    return Option("", _bool, _bool_text, default, help)
 
 
-# Threshold defaults come from the calibration described in docs/detection.md
-# ("How the defaults were chosen"); benchmarks/detection.py reproduces it.
-OPTIONS: tuple[Option, ...] = (
-    _int_option("steps", 1, 200, "optimizer steps to train each stability test for"),
-    _int_option(
-        "max_steps",
-        1,
-        DEFAULT_MAX_STEPS,
-        "ceiling on steps: a larger steps value is a usage error, not a "
-        "silent hours-long run (raise it for a test that really trains that long)",
-    ),
-    _int_option("batch_size", 1, 32, "batch size for array inputs (datasets bring their own)"),
-    _int_option("seed", 0, 0, "random seed (weights, data order, dropout); replay a failure with it"),
-    _int_option("seeds", 1, 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable"),
-    Option(
-        "device",
-        _choice(*DEVICES),
-        _word_text(_choice(*DEVICES)),
-        "auto",
-        "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu (skip without one)",
-    ),
-    _int_option("validate_every", 1, 25, "evaluate the validation loss every N optimizer steps"),
-    _int_option(
-        "readback_every",
-        1,
-        50,
-        "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps",
-    ),
-    Option(
-        "checks", _checks, _word_text(_checks), CHECK_NAMES, "comma-separated checks to run: " + ",".join(CHECK_NAMES)
-    ),
-    _bool_option(
-        "diagnostics",
-        False,
-        "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed",
-    ),
-    _bool_option(
-        "deterministic",
-        True,
-        "seed everything and enable TensorFlow op determinism so the same seed gives the same trace",
-    ),
-    _bool_option(
-        "jit_compile",
-        False,
-        "unused since training runs model.fit: the model's own "
-        "compile(jit_compile=...) decides (kept so existing settings stay valid)",
-    ),
-    _bool_option("shuffle", True, "shuffle array inputs each pass (seeded)"),
-    _bool_option(
-        "margin",
-        False,
-        "after a stable run, search its learning-rate stability margin: continue the "
-        "same fit from its end state with the learning rate x 2, 4, 8... (then bisected) and report the "
-        "largest factor that stays stable",
-    ),
-    _int_option("margin_steps", 1, 50, "margin: steps each learning-rate probe trains"),
-    _float_option("margin_max_factor", 16.0, "margin: the largest learning-rate factor searched", 1, strict=True),
-    _float_option(
-        "min_margin",
-        None,
-        "margin: fail the test when its learning-rate margin is below this factor (needs margin=True)",
-        0,
-        strict=True,
-        optional=True,
-    ),
-    _bool_option(
-        "curvature",
-        False,
-        "measure the sharpness (the loss Hessian's top eigenvalue on a fixed batch; "
-        "preconditioned for Adam/RMSprop) at curvature_points read-backs and its edge-of-stability ratio "
-        "against the optimizer's limit (2/lr for SGD); reported, and gated by max_eos_ratio",
-    ),
-    _int_option(
-        "curvature_points",
-        1,
-        4,
-        "curvature: measurements per run, at the first read-backs at or after "
-        "evenly spaced steps (the last at the end)",
-    ),
-    _int_option(
-        "curvature_iterations",
-        2,
-        20,
-        "curvature: Lanczos iterations (Hessian-vector products) at most per "
-        "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) "
-        "of an eigenvalue",
-    ),
-    Option(
-        "curvature_batch_size",
-        _optional(_int(1)),
-        _optional_text(_number_text(_int(1), int)),
-        None,
-        "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)",
-    ),
-    _float_option(
-        "max_eos_ratio",
-        None,
-        "curvature: fail the test when its edge-of-stability ratio (sharpness / "
-        "the optimizer's limit) exceeds this at any measurement (needs curvature=True)",
-        0,
-        strict=True,
-        optional=True,
-    ),
-    _bool_option(
-        "whatif",
-        False,
-        "on failure, re-run the same fit from the start with the suggested optimizer fix "
-        "applied before the failure and report whether the instability goes away (keeps one host copy of "
-        "the initial model and optimizer state)",
-    ),
-    _int_option(
-        "skip_step_window",
-        2,
-        128,
-        "what-if: the skip-step guard's window (the latest updates whose gradient norms it weighs a step against)",
-    ),
-    _float_option(
-        "skip_step_sigmas",
-        6.0,
-        "what-if: the skip-step guard skips an update whose gradient norm "
-        "exceeds the window's mean by this many standard deviations",
-        0,
-        strict=True,
-    ),
-    # -- loss_spike
-    _int_option("spike_window", 5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against"),
-    _float_option(
-        "spike_zscore",
-        _T.spike_zscore,
-        "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike",
-        0,
-        strict=True,
-    ),
-    _float_option(
-        "spike_ratio", _T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1, strict=True
-    ),
-    _float_option(
-        "spike_min_rise",
-        _T.spike_min_rise,
-        "loss_spike: minimum absolute rise, as a fraction of the initial loss, for a spike",
-        0,
-        strict=False,
-    ),
-    _int_option(
-        "warmup_steps",
-        0,
-        _T.warmup_steps,
-        "loss_spike/grad_norm: steps at the start that are not judged (initial transients)",
-    ),
-    # -- grad_norm
-    _float_option(
-        "max_grad_norm",
-        _T.max_grad_norm,
-        "grad_norm: absolute limit on the global gradient norm (default: relative to early training)",
-        0,
-        strict=True,
-        optional=True,
-    ),
-    _float_option(
-        "grad_growth",
-        _T.grad_growth,
-        "grad_norm: limit on gradient norm growth over its early-training reference",
-        1,
-        strict=True,
-    ),
-    # -- val_loss
-    _float_option(
-        "val_smoothing",
-        _T.val_smoothing,
-        "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)",
-        0,
-        strict=False,
-        max_value=1,
-    ),
-    _float_option(
-        "val_tolerance",
-        _T.val_tolerance,
-        "val_loss: allowed rise of the smoothed validation loss above its best, relative",
-        0,
-        strict=False,
-    ),
-    _float_option(
-        "val_min_delta",
-        _T.val_min_delta,
-        "val_loss: allowed rise of the smoothed validation loss above its best, absolute",
-        0,
-        strict=False,
-    ),
-    _float_option(
-        "max_skipped_fraction",
-        _T.max_skipped_fraction,
-        "nonfinite: largest share of the steps a loss-scale optimizer (mixed precision) may skip on overflow",
-        0,
-        strict=False,
-        max_value=1.0,
-    ),
-    # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
-    _float_option(
-        "baseline_grad_factor",
-        TOLERANCE_DEFAULTS["baseline_grad_factor"],
-        "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
-        1,
-        strict=False,
-    ),
-    _float_option(
-        "baseline_val_tolerance",
-        TOLERANCE_DEFAULTS["baseline_val_tolerance"],
-        "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
-        "fraction of it",
-        0,
-        strict=False,
-    ),
-    _int_option(
-        "baseline_extra_spikes",
-        0,
-        int(TOLERANCE_DEFAULTS["baseline_extra_spikes"]),
-        "baseline: loss spikes allowed beyond the baseline's count",
-    ),
-    _float_option(
-        "baseline_margin_factor",
-        TOLERANCE_DEFAULTS["baseline_margin_factor"],
-        "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
-        "factor against the baseline's",
-        1,
-        strict=False,
-    ),
-)
-
-OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
-
-#: The names of the baseline tolerances (the options the comparison with --stability-baseline reads).
-TOLERANCE_NAMES: tuple[str, ...] = tuple(TOLERANCE_DEFAULTS)
-
-#: The marker signature shown by ``pytest --markers``.
-MARKER_SIGNATURE = (
-    "stable_training(steps=200, *, " + ", ".join(f"{o.name}={o.default!r}" for o in OPTIONS if o.name != "steps") + ")"
-)
+def _setting(option: Option) -> Any:
+    """A :class:`RunSpec` field for ``option``: its default, and the option in the field's metadata."""
+    return field(default=option.default, metadata={"option": option})
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The fully resolved settings of one stability test: one attribute per option in :data:`OPTIONS`.
+    """Every setting of pytest-stability, and the resolved settings of one stability test.
+
+    Each field is one setting: its name, type and default, and in its metadata the :class:`Option` that
+    validates it and says what it does.  :data:`OPTIONS` (the marker keywords, ``--stability-*`` options,
+    ini keys and the docs' settings page) is built from these fields: the settings are declared once.
 
     Frozen; :meth:`replace` makes a changed copy.  ``spec.values`` is the same
     settings as a ``{name: value}`` dict (for code that iterates over them, e.g.
-    ``Thresholds.from_mapping(spec.values)``).  The fields are checked against
-    :data:`OPTIONS` when this module is imported, so the two cannot drift apart.
+    ``Thresholds.from_mapping(spec.values)``).
+
+    Threshold defaults come from the calibration described in docs/detection.md ("How the defaults were
+    chosen"); benchmarks/detection.py reproduces it.
     """
 
-    steps: int = 200
-    max_steps: int = DEFAULT_MAX_STEPS
-    batch_size: int = 32
-    seed: int = 0
-    seeds: int = 1
-    device: str = "auto"
-    validate_every: int = 25
-    readback_every: int = 50
-    checks: tuple[str, ...] = CHECK_NAMES
-    diagnostics: bool = False
-    deterministic: bool = True
-    jit_compile: bool = False
-    shuffle: bool = True
-    margin: bool = False
-    margin_steps: int = 50
-    margin_max_factor: float = 16.0
-    min_margin: float | None = None
-    curvature: bool = False
-    curvature_points: int = 4
-    curvature_iterations: int = 20
-    curvature_batch_size: int | None = None
-    max_eos_ratio: float | None = None
-    whatif: bool = False
-    skip_step_window: int = 128
-    skip_step_sigmas: float = 6.0
-    spike_window: int = _T.spike_window
-    spike_zscore: float = _T.spike_zscore
-    spike_ratio: float = _T.spike_ratio
-    spike_min_rise: float = _T.spike_min_rise
-    warmup_steps: int = _T.warmup_steps
-    max_grad_norm: float | None = _T.max_grad_norm
-    grad_growth: float = _T.grad_growth
-    val_smoothing: float = _T.val_smoothing
-    val_tolerance: float = _T.val_tolerance
-    val_min_delta: float = _T.val_min_delta
-    max_skipped_fraction: float = _T.max_skipped_fraction
-    baseline_grad_factor: float = TOLERANCE_DEFAULTS["baseline_grad_factor"]
-    baseline_val_tolerance: float = TOLERANCE_DEFAULTS["baseline_val_tolerance"]
-    baseline_extra_spikes: int = int(TOLERANCE_DEFAULTS["baseline_extra_spikes"])
-    baseline_margin_factor: float = TOLERANCE_DEFAULTS["baseline_margin_factor"]
+    steps: int = _setting(_int_option(1, 200, "optimizer steps to train each stability test for"))
+    max_steps: int = _setting(
+        _int_option(
+            1,
+            DEFAULT_MAX_STEPS,
+            "ceiling on steps: a larger steps value is a usage error, not a "
+            "silent hours-long run (raise it for a test that really trains that long)",
+        )
+    )
+    batch_size: int = _setting(_int_option(1, 32, "batch size for array inputs (datasets bring their own)"))
+    seed: int = _setting(_int_option(0, 0, "random seed (weights, data order, dropout); replay a failure with it"))
+    seeds: int = _setting(
+        _int_option(1, 1, "train each test under this many seeds (seed, seed+1, ...); fail if any is unstable")
+    )
+    device: str = _setting(
+        _option(
+            _choice(*DEVICES),
+            _word_text(_choice(*DEVICES)),
+            "auto",
+            "where to train: auto (the accelerator the Keras backend sees, else the CPU), cpu, or gpu "
+            "(skip without one)",
+        )
+    )
+    validate_every: int = _setting(_int_option(1, 25, "evaluate the validation loss every N optimizer steps"))
+    readback_every: int = _setting(
+        _int_option(1, 50, "steps per compiled chunk: traces are read back (and a NaN stops training) every N steps")
+    )
+    checks: tuple[str, ...] = _setting(
+        _option(_checks, _word_text(_checks), CHECK_NAMES, "comma-separated checks to run: " + ",".join(CHECK_NAMES))
+    )
+    diagnostics: bool = _setting(
+        _bool_option(
+            False, "record optimizer-state statistics (Adam second moment) for diagnosis; costs a little speed"
+        )
+    )
+    deterministic: bool = _setting(
+        _bool_option(True, "seed everything and enable TensorFlow op determinism so the same seed gives the same trace")
+    )
+    jit_compile: bool = _setting(
+        _bool_option(
+            False,
+            "unused since training runs model.fit: the model's own "
+            "compile(jit_compile=...) decides (kept so existing settings stay valid)",
+        )
+    )
+    shuffle: bool = _setting(_bool_option(True, "shuffle array inputs each pass (seeded)"))
+    margin: bool = _setting(
+        _bool_option(
+            False,
+            "after a stable run, search its learning-rate stability margin: continue the "
+            "same fit from its end state with the learning rate x 2, 4, 8... (then bisected) and report the "
+            "largest factor that stays stable",
+        )
+    )
+    margin_steps: int = _setting(_int_option(1, 50, "margin: steps each learning-rate probe trains"))
+    margin_max_factor: float = _setting(
+        _float_option(16.0, "margin: the largest learning-rate factor searched", 1, strict=True)
+    )
+    min_margin: float | None = _setting(
+        _float_option(
+            None,
+            "margin: fail the test when its learning-rate margin is below this factor (needs margin=True)",
+            0,
+            strict=True,
+            optional=True,
+        )
+    )
+    curvature: bool = _setting(
+        _bool_option(
+            False,
+            "measure the sharpness (the loss Hessian's top eigenvalue on a fixed batch; "
+            "preconditioned for Adam/RMSprop) at curvature_points read-backs and its edge-of-stability ratio "
+            "against the optimizer's limit (2/lr for SGD); reported, and gated by max_eos_ratio",
+        )
+    )
+    curvature_points: int = _setting(
+        _int_option(
+            1,
+            4,
+            "curvature: measurements per run, at the first read-backs at or after "
+            "evenly spaced steps (the last at the end)",
+        )
+    )
+    curvature_iterations: int = _setting(
+        _int_option(
+            2,
+            20,
+            "curvature: Lanczos iterations (Hessian-vector products) at most per "
+            "measurement; it stops earlier once the residual bound puts the estimate within 1e-3 (relative) "
+            "of an eigenvalue",
+        )
+    )
+    curvature_batch_size: int | None = _setting(
+        _option(
+            _optional(_int(1)),
+            _optional_text(_number_text(_int(1), int)),
+            None,
+            "curvature: samples in the fixed batch the Hessian is taken on (default: the training batch size)",
+        )
+    )
+    max_eos_ratio: float | None = _setting(
+        _float_option(
+            None,
+            "curvature: fail the test when its edge-of-stability ratio (sharpness / "
+            "the optimizer's limit) exceeds this at any measurement (needs curvature=True)",
+            0,
+            strict=True,
+            optional=True,
+        )
+    )
+    whatif: bool = _setting(
+        _bool_option(
+            False,
+            "on failure, re-run the same fit from the start with the suggested optimizer fix "
+            "applied before the failure and report whether the instability goes away (keeps one host copy of "
+            "the initial model and optimizer state)",
+        )
+    )
+    skip_step_window: int = _setting(
+        _int_option(
+            2,
+            128,
+            "what-if: the skip-step guard's window (the latest updates whose gradient norms it weighs a step against)",
+        )
+    )
+    skip_step_sigmas: float = _setting(
+        _float_option(
+            6.0,
+            "what-if: the skip-step guard skips an update whose gradient norm "
+            "exceeds the window's mean by this many standard deviations",
+            0,
+            strict=True,
+        )
+    )
+    # -- loss_spike
+    spike_window: int = _setting(
+        _int_option(5, _T.spike_window, "loss_spike: trailing window (steps) the loss is compared against")
+    )
+    spike_zscore: float = _setting(
+        _float_option(
+            _T.spike_zscore,
+            "loss_spike: robust z-score of log-loss above the trailing median that counts as a spike",
+            0,
+            strict=True,
+        )
+    )
+    spike_ratio: float = _setting(
+        _float_option(_T.spike_ratio, "loss_spike: minimum loss / trailing-median ratio for a spike", 1, strict=True)
+    )
+    spike_min_rise: float = _setting(
+        _float_option(
+            _T.spike_min_rise,
+            "loss_spike: minimum absolute rise, as a fraction of the initial loss, for a spike",
+            0,
+            strict=False,
+        )
+    )
+    warmup_steps: int = _setting(
+        _int_option(
+            0, _T.warmup_steps, "loss_spike/grad_norm: steps at the start that are not judged (initial transients)"
+        )
+    )
+    # -- grad_norm
+    max_grad_norm: float | None = _setting(
+        _float_option(
+            _T.max_grad_norm,
+            "grad_norm: absolute limit on the global gradient norm (default: relative to early training)",
+            0,
+            strict=True,
+            optional=True,
+        )
+    )
+    grad_growth: float = _setting(
+        _float_option(
+            _T.grad_growth, "grad_norm: limit on gradient norm growth over its early-training reference", 1, strict=True
+        )
+    )
+    # -- val_loss
+    val_smoothing: float = _setting(
+        _float_option(
+            _T.val_smoothing,
+            "val_loss: EMA weight of the previous smoothed value (0 = no smoothing)",
+            0,
+            strict=False,
+            max_value=1,
+        )
+    )
+    val_tolerance: float = _setting(
+        _float_option(
+            _T.val_tolerance,
+            "val_loss: allowed rise of the smoothed validation loss above its best, relative",
+            0,
+            strict=False,
+        )
+    )
+    val_min_delta: float = _setting(
+        _float_option(
+            _T.val_min_delta,
+            "val_loss: allowed rise of the smoothed validation loss above its best, absolute",
+            0,
+            strict=False,
+        )
+    )
+    max_skipped_fraction: float = _setting(
+        _float_option(
+            _T.max_skipped_fraction,
+            "nonfinite: largest share of the steps a loss-scale optimizer (mixed precision) may skip on overflow",
+            0,
+            strict=False,
+            max_value=1.0,
+        )
+    )
+    # -- baseline comparison (--stability-baseline); defaults live with the comparison in report/baseline.py
+    baseline_grad_factor: float = _setting(
+        _float_option(
+            TOLERANCE_DEFAULTS["baseline_grad_factor"],
+            "baseline: fail when the 99th-percentile gradient norm exceeds this multiple of the baseline's",
+            1,
+            strict=False,
+        )
+    )
+    baseline_val_tolerance: float = _setting(
+        _float_option(
+            TOLERANCE_DEFAULTS["baseline_val_tolerance"],
+            "baseline: fail when the final smoothed validation loss exceeds the baseline's by more than this "
+            "fraction of it",
+            0,
+            strict=False,
+        )
+    )
+    baseline_extra_spikes: int = _setting(
+        _int_option(
+            0,
+            int(TOLERANCE_DEFAULTS["baseline_extra_spikes"]),
+            "baseline: loss spikes allowed beyond the baseline's count",
+        )
+    )
+    baseline_margin_factor: float = _setting(
+        _float_option(
+            TOLERANCE_DEFAULTS["baseline_margin_factor"],
+            "baseline: fail when the learning-rate margin or the curvature margin shrank by more than this "
+            "factor against the baseline's",
+            1,
+            strict=False,
+        )
+    )
     #: names whose value came from the test's marker (not CLI/ini/default); not a setting
     from_marker: frozenset[str] = field(default=frozenset(), compare=True)
 
@@ -585,19 +569,19 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
 
-def _check_runspec_fields() -> None:
-    # One source for the setting names: OPTIONS.  RunSpec spells its fields out for
-    # type checkers and readers; this keeps both in step (and the defaults too).
-    names = [f.name for f in fields(RunSpec) if f.name != "from_marker"]
-    if names != [o.name for o in OPTIONS]:
-        raise RuntimeError(f"RunSpec fields {names} differ from OPTIONS {[o.name for o in OPTIONS]}")
-    defaults = RunSpec()
-    wrong = [o.name for o in OPTIONS if getattr(defaults, o.name) != o.default]
-    if wrong:
-        raise RuntimeError(f"RunSpec defaults differ from OPTIONS for {wrong}")
+#: Every setting, in RunSpec's field order: each field's option (its metadata), named by the field.
+OPTIONS: tuple[Option, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], name=f.name) for f in fields(RunSpec) if "option" in f.metadata
+)
+OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
+#: The names of the baseline tolerances (the options the comparison with --stability-baseline reads).
+TOLERANCE_NAMES: tuple[str, ...] = tuple(TOLERANCE_DEFAULTS)
 
-_check_runspec_fields()
+#: The marker signature shown by ``pytest --markers``.
+MARKER_SIGNATURE = (
+    "stable_training(steps=200, *, " + ", ".join(f"{o.name}={o.default!r}" for o in OPTIONS if o.name != "steps") + ")"
+)
 
 
 def parse_text(option: Option, text: str) -> Any:
