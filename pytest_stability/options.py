@@ -1,8 +1,8 @@
 """Every setting of pytest-stability, declared once: the fields of :class:`RunSpec`.
 
-Each field carries an :class:`Option` (in its metadata), which is at once a marker keyword (``steps=...``), a command-line
-option (``--stability-steps``) and an ini key (``stability_steps``), sharing one
-help string and one validator.  Values resolve with the precedence
+Each field carries an :class:`Option` (in its metadata), which is at once a marker keyword
+(``steps=...``), a command-line option (``--stability-steps``) and an ini key (``stability_steps``),
+sharing one help string and one validator.  Values resolve with the precedence
 
     marker  >  command line  >  ini  >  built-in default
 

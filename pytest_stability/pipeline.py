@@ -128,13 +128,14 @@ def run(
     return Outcome(result, results)
 
 
-#: the findings whose step's batch is named (evidence["batch"]): a loss that spiked or went non-finite there
-BATCH_FINDINGS = {
-    ("loss_spike", "spike"),
-    ("loss_spike", "spike_no_recovery"),
-    ("nonfinite", "training"),
-    ("nonfinite", "input"),
-}
+def names_batch(f: Any) -> bool:
+    """Whether ``f``'s step is named by its batch (``evidence["batch"]``): a loss spike, a non-finite loss,
+    a non-finite input batch."""
+    if f.check == "loss_spike":
+        return f.kind in ("spike", "spike_no_recovery")
+    if f.check == "nonfinite":
+        return f.kind == "input" or (f.kind == "training" and "loss" in (f.evidence.get("quantities") or ()))
+    return False
 
 
 def with_batches(results: list[Any], plan: Any) -> list[Any]:
@@ -146,11 +147,9 @@ def with_batches(results: list[Any], plan: Any) -> list[Any]:
 
     out = []
     for r in results:
-        if r.status == "failed" and any((f.check, f.kind) in BATCH_FINDINGS for f in r.findings):
+        if r.status == "failed" and any(names_batch(f) for f in r.findings):
             findings = tuple(
-                dataclasses.replace(f, evidence={**f.evidence, "batch": locate(plan, f.step)})
-                if (f.check, f.kind) in BATCH_FINDINGS
-                else f
+                dataclasses.replace(f, evidence={**f.evidence, "batch": locate(plan, f.step)}) if names_batch(f) else f
                 for f in r.findings
             )
             r = type(r)(r.name, r.status, findings, r.detail, r.stats)
