@@ -1095,7 +1095,43 @@ def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) ->
         what = "the loss jumped to {loss_at_spike} from {loss_before}"
     else:
         what = "the loss was at {loss_at_spike}"
-    return _event(f, trace, q, findings, what, explosion=False)
+    dx = _event(f, trace, q, findings, what, explosion=False)
+    note = _one_batch_note(trace, q, start)
+    if note is not None:
+        dx.fixes.append(note)
+    return dx
+
+
+#: a spike at least this many times the loss before it...
+ONE_BATCH_JUMP = 10.0
+#: ...after an update at most this many times the run's median update may be its batch's doing
+ONE_BATCH_UPDATE = 3.0
+
+
+def _one_batch_note(trace: Trace, q: Quotes, start: int) -> Fix | None:
+    """A note when a spike followed an ordinary update: the weights hardly changed into the step, so the
+    step's batch may have caused the jump (a bad sample); the batch replay tells.  A note, not a cause: a full
+    batch (every step the same samples) or a subtle weight change can look the same in the trace."""
+    if trace.update_ratio is None or start < 3:
+        return None
+    u = trace.update_ratio
+    before = _finite(u[max(0, start - _window(trace)) : start - 1])
+    prev = float(u[start - 1])
+    if before.size < 2 or not math.isfinite(prev) or float(np.median(before)) <= 0:
+        return None
+    jump = float(trace.loss[start]) / float(np.median(_finite(trace.loss[max(0, start - _window(trace)) : start])))
+    if not (math.isfinite(jump) and jump >= ONE_BATCH_JUMP and prev <= ONE_BATCH_UPDATE * float(np.median(before))):
+        return None
+    q.step("spike_start", start)
+    q.at("update_before", "update_ratio", start - 1)
+    q.over("update_median", "update_ratio", "median", max(0, start - _window(trace)), start - 2)
+    return Fix(
+        "the update into step {spike_start} was ordinary ({update_before} of the weights; {update_median} "
+        "before it), so the batch of step {spike_start} itself may have caused the jump: the "
+        "failure names its samples, and --stability-replay-batch={spike_start} tells a bad sample from a bad "
+        "update",
+        note=True,
+    )
 
 
 def _grad_norm(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:

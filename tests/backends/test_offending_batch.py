@@ -118,6 +118,13 @@ def test_a_spike_names_the_bad_sample_and_saves_its_batch(pytester):
             "saved to *test_bad.py__test_bad_sample-seed0-step93.npz"
         ]
     )
+    # the update into the spike was ordinary: the diagnosis points at the batch, and at the batch replay
+    result.stdout.fnmatch_lines(
+        [
+            "*(the update into step 93 was ordinary (*), so the batch of step 93 itself may have caused the jump*"
+            "--stability-replay-batch=93 tells a bad sample from a bad update)"
+        ]
+    )
 
 
 def test_the_batch_replay_tells_a_bad_sample(pytester):
@@ -160,6 +167,7 @@ def test_the_batch_replay_tells_a_bad_update(pytester):
     pytester.makepyfile(test_jump=LR_JUMP)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
+    result.stdout.no_fnmatch_line("*was ordinary*")  # the updates before the spike were not
     text = result.stdout.str()
     command = next(line for line in text.splitlines() if "a bad sample or a bad update? pytest" in line)
     step = int(command.rsplit("=", 1)[1])
