@@ -3,10 +3,11 @@ GPUs under pytest-xdist, and progress lines.
 
 ``plugin.py`` calls :func:`addoption`, :func:`prepare` (every problem returned,
 for the run's one usage error), :func:`register` and, from
-``pytest_load_initial_conftests``, :func:`early_worker_setup`.  The features
-live in their own modules: :mod:`~pytest_stability.report.tensorboard`,
-:mod:`~pytest_stability.report.github`, :mod:`~pytest_stability.xdist_gpus`,
-:mod:`~pytest_stability.progress`.  All of them are run-wide settings (no
+``pytest_load_initial_conftests``, :func:`early_worker_setup`.  The pytest plugins that write the
+TensorBoard logs and the GitHub annotations and Markdown are here (:class:`TensorBoardPlugin`,
+:class:`GitHubPlugin`); what they write is rendered by :mod:`~pytest_stability.report.tensorboard` and
+:mod:`~pytest_stability.report.github` (``report/`` holds renderers only), the GPUs and progress lines by
+:mod:`~pytest_stability.xdist_gpus` and :mod:`~pytest_stability.progress`.  All of them are run-wide settings (no
 marker keyword); each has an ini twin, and a command-line value wins.  A
 relative path from the command line is relative to the invocation directory,
 one from the ini file to the rootdir (as for ``--stability-report``).
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from . import progress, xdist_gpus
-from .session import is_worker
+from .session import SESSION_KEY, is_worker
 
 CI_KEY = pytest.StashKey["CISettings"]()
 
@@ -130,8 +131,6 @@ def register(config: pytest.Config, settings: CISettings, plots_dir: Path | None
     config.stash[CI_KEY] = settings
     manager = config.pluginmanager
     if settings.tensorboard is not None:
-        from .report.tensorboard import TensorBoardPlugin
-
         manager.register(
             TensorBoardPlugin(settings.tensorboard, per_variable=settings.tensorboard_per_variable),
             "stability-tensorboard",
@@ -143,10 +142,8 @@ def register(config: pytest.Config, settings: CISettings, plots_dir: Path | None
     manager.register(_ControllerPlugin(settings), "stability-ci-controller")
     # GitHub annotations and step summary, and the Markdown file; imported only when wanted.
     if settings.markdown is not None or os.environ.get("GITHUB_ACTIONS", "").lower() == "true":
-        from .report import github
-
         manager.register(
-            github.GitHubPlugin(config, settings.markdown, plots_dir=plots_dir, tensorboard_dir=settings.tensorboard),
+            GitHubPlugin(config, settings.markdown, plots_dir=plots_dir, tensorboard_dir=settings.tensorboard),
             "stability-github",
         )
 
@@ -182,10 +179,142 @@ class _ControllerPlugin:
         return lines or None
 
 
+# -- the plugins the settings register (their renderers are in report/) ----------------------------------
+
+
+class TensorBoardPlugin:
+    """Registered with ``--stability-tensorboard``: writes each run's event files where it trained."""
+
+    def __init__(self, logdir: Path, *, per_variable: bool = False) -> None:
+        self.logdir = Path(logdir)
+        self.per_variable = per_variable
+        #: nodeid -> train() calls written so far (a test may train more than once)
+        self._calls: dict[str, int] = {}
+
+    def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
+        index = self._calls.get(nodeid, 0)
+        self._calls[nodeid] = index + 1
+        from .report.tensorboard import write_report
+
+        try:
+            write_report(self.logdir, nodeid, report, call_index=index, per_variable=self.per_variable)
+        except Exception as exc:  # noqa: BLE001 - logs are a side effect: a full disk must not fail a stable test
+            import warnings
+
+            from .errors import StabilityWarning
+
+            warnings.warn(
+                StabilityWarning(
+                    f"pytest-stability: TensorBoard events of {nodeid} NOT written to {self.logdir}: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+                stacklevel=2,
+            )
+
+
+class GitHubPlugin:
+    """Registered on the controller: remembers test locations; writes the Markdown and prints the annotations."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        markdown_path: Path | None,
+        *,
+        plots_dir: Path | None = None,
+        tensorboard_dir: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.markdown_path = markdown_path
+        self.plots_dir = plots_dir
+        self.tensorboard_dir = tensorboard_dir
+        #: nodeid -> report.location (the controller has the reports, also under xdist)
+        self.locations: dict[str, tuple[str, int, str]] = {}
+        self.footer: list[str] = []
+        self._annotations: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.nodeid not in self.locations:
+            fspath, lineno, domain = report.location
+            self.locations[report.nodeid] = (fspath, -1 if lineno is None else int(lineno), domain)
+
+    def _records(self) -> list[dict[str, Any]]:
+        session = self.config.stash.get(SESSION_KEY, None)
+        return [r.to_dict() for r in session.sorted_records()] if session is not None else []
+
+    def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
+        from .report.github import markdown, plot_links
+
+        plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None
+        tb = None
+        if self.tensorboard_dir is not None:
+            tb = (
+                os.path.relpath(self.tensorboard_dir, relative_to)
+                if relative_to is not None
+                else str(self.tensorboard_dir)
+            )
+        return markdown(records, plots=plots, tensorboard=tb, link_plots=link_plots)
+
+    # trylast wrapper: innermost, so this runs after every plain pytest_sessionfinish (the
+    # session's records are complete, also for an interrupted run) and before the terminal
+    # reporter's wrapper prints the summary.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+        result = yield
+        from .report.github import annotations, in_github_actions
+
+        records = self._records()
+        env = os.environ
+        if in_github_actions(env):
+            self._annotations = annotations(records, self.locations, self.config.rootpath, env)
+            summary_path = env.get("GITHUB_STEP_SUMMARY")
+            if summary_path and records:
+                root = Path(env.get("GITHUB_WORKSPACE") or self.config.rootpath)
+                self._append(Path(summary_path), self._markdown(records, root, link_plots=False), "GitHub step summary")
+        if self.markdown_path is not None:
+            self._write(self.markdown_path, self._markdown(records, self.markdown_path.parent))
+        return result
+
+    def _append(self, path: Path, text: str, what: str) -> None:
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        except OSError as exc:
+            self.footer.append(f"stability Markdown NOT appended to the {what} {path}: {exc}")
+
+    def _write(self, path: Path, text: str) -> None:
+        from .report.json_report import write_atomic
+
+        try:
+            write_atomic(path, text)
+        except (OSError, TypeError) as exc:
+            self.footer.append(f"stability Markdown NOT written to {path}: {type(exc).__name__}: {exc}")
+            return
+        self.footer.append(f"stability Markdown written to {path}")
+
+    @pytest.hookimpl(trylast=True)  # after the stability report section
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        # Workflow commands must start a line of stdout; they are printed whatever the verbosity.
+        for line in self._annotations:
+            terminalreporter.write_line(line)
+        if self.config.get_verbosity() >= -1:
+            for line in self.footer:
+                terminalreporter.write_sep("-", line, **({"red": True, "bold": True} if " NOT " in line else {}))
+
+
 def early_worker_setup(early_config: pytest.Config) -> None:
     """From ``pytest_load_initial_conftests``: an xdist worker's GPU environment, before any conftest imports a
     framework."""
     xdist_gpus.configure_worker_environment(early_config)
 
 
-__all__ = ["CI_KEY", "CISettings", "SETTINGS", "addoption", "early_worker_setup", "prepare", "register"]
+__all__ = [
+    "CI_KEY",
+    "CISettings",
+    "GitHubPlugin",
+    "SETTINGS",
+    "TensorBoardPlugin",
+    "addoption",
+    "early_worker_setup",
+    "prepare",
+    "register",
+]

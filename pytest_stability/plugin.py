@@ -159,9 +159,9 @@ def pytest_configure(config: pytest.Config) -> None:
     ci.register(config, ci_settings, plots_dir=files.plots)
     if not is_worker(config) and config.pluginmanager.hasplugin("html"):
         # pytest-html is installed: each stability test's panel goes into its report too
-        from .report import html_extras
+        from . import html_panels
 
-        html_extras.register(config)
+        html_panels.register(config)
 
 
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:

@@ -11,7 +11,8 @@
 
 Built from the controller's per-test records (builtins, the same under
 pytest-xdist) and the tests' locations from their reports.  Pure string
-building apart from :class:`GitHubPlugin`, which owns the side effects.
+building: the pytest plugin that writes and prints them, ``GitHubPlugin``, is in
+:mod:`pytest_stability.ci`.
 """
 
 # No ``from __future__ import annotations``: it would bind the name ``annotations``, which the function of that
@@ -22,8 +23,6 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 _VERDICT = {"stable": "✅ stable", "unstable": "❌ unstable", "error": "⚠️ error", "skipped": "⏭️ skipped"}
 
@@ -244,95 +243,7 @@ def plot_links(records: Iterable[Mapping[str, Any]], plots_dir: Path, relative_t
     return out
 
 
-class GitHubPlugin:
-    """Registered on the controller: remembers test locations; writes the Markdown and prints the annotations."""
-
-    def __init__(
-        self,
-        config: pytest.Config,
-        markdown_path: Path | None,
-        *,
-        plots_dir: Path | None = None,
-        tensorboard_dir: Path | None = None,
-    ) -> None:
-        self.config = config
-        self.markdown_path = markdown_path
-        self.plots_dir = plots_dir
-        self.tensorboard_dir = tensorboard_dir
-        #: nodeid -> report.location (the controller has the reports, also under xdist)
-        self.locations: dict[str, tuple[str, int, str]] = {}
-        self.footer: list[str] = []
-        self._annotations: list[str] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call" or report.nodeid not in self.locations:
-            fspath, lineno, domain = report.location
-            self.locations[report.nodeid] = (fspath, -1 if lineno is None else int(lineno), domain)
-
-    def _records(self) -> list[dict[str, Any]]:
-        from ..session import SESSION_KEY
-
-        session = self.config.stash.get(SESSION_KEY, None)
-        return [r.to_dict() for r in session.sorted_records()] if session is not None else []
-
-    def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
-        plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None
-        tb = None
-        if self.tensorboard_dir is not None:
-            tb = (
-                os.path.relpath(self.tensorboard_dir, relative_to)
-                if relative_to is not None
-                else str(self.tensorboard_dir)
-            )
-        return markdown(records, plots=plots, tensorboard=tb, link_plots=link_plots)
-
-    # trylast wrapper: innermost, so this runs after every plain pytest_sessionfinish (the
-    # session's records are complete, also for an interrupted run) and before the terminal
-    # reporter's wrapper prints the summary.
-    @pytest.hookimpl(wrapper=True, trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
-        result = yield
-        records = self._records()
-        env = os.environ
-        if in_github_actions(env):
-            self._annotations = annotations(records, self.locations, self.config.rootpath, env)
-            summary_path = env.get("GITHUB_STEP_SUMMARY")
-            if summary_path and records:
-                root = Path(env.get("GITHUB_WORKSPACE") or self.config.rootpath)
-                self._append(Path(summary_path), self._markdown(records, root, link_plots=False), "GitHub step summary")
-        if self.markdown_path is not None:
-            self._write(self.markdown_path, self._markdown(records, self.markdown_path.parent))
-        return result
-
-    def _append(self, path: Path, text: str, what: str) -> None:
-        try:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-        except OSError as exc:
-            self.footer.append(f"stability Markdown NOT appended to the {what} {path}: {exc}")
-
-    def _write(self, path: Path, text: str) -> None:
-        from .json_report import write_atomic
-
-        try:
-            write_atomic(path, text)
-        except (OSError, TypeError) as exc:
-            self.footer.append(f"stability Markdown NOT written to {path}: {type(exc).__name__}: {exc}")
-            return
-        self.footer.append(f"stability Markdown written to {path}")
-
-    @pytest.hookimpl(trylast=True)  # after the stability report section
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        # Workflow commands must start a line of stdout; they are printed whatever the verbosity.
-        for line in self._annotations:
-            terminalreporter.write_line(line)
-        if self.config.get_verbosity() >= -1:
-            for line in self.footer:
-                terminalreporter.write_sep("-", line, **({"red": True, "bold": True} if " NOT " in line else {}))
-
-
 __all__ = [
-    "GitHubPlugin",
     "annotation_file",
     "annotations",
     "def_line",

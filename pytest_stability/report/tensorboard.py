@@ -200,40 +200,11 @@ def write_report(
     ]
 
 
-class TensorBoardPlugin:
-    """Registered with ``--stability-tensorboard``: writes each run's event files where it trained."""
-
-    def __init__(self, logdir: Path, *, per_variable: bool = False) -> None:
-        self.logdir = Path(logdir)
-        self.per_variable = per_variable
-        #: nodeid -> train() calls written so far (a test may train more than once)
-        self._calls: dict[str, int] = {}
-
-    def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
-        index = self._calls.get(nodeid, 0)
-        self._calls[nodeid] = index + 1
-        try:
-            write_report(self.logdir, nodeid, report, call_index=index, per_variable=self.per_variable)
-        except Exception as exc:  # noqa: BLE001 - logs are a side effect: a full disk must not fail a stable test
-            import warnings
-
-            from ..errors import StabilityWarning
-
-            warnings.warn(
-                StabilityWarning(
-                    f"pytest-stability: TensorBoard events of {nodeid} NOT written to {self.logdir}: "
-                    f"{type(exc).__name__}: {exc}"
-                ),
-                stacklevel=2,
-            )
-
-
 __all__ = [
     "FINDINGS_TAG",
     "INSTALL_HINT",
     "MISSING_MESSAGE",
     "SCALAR_TAGS",
-    "TensorBoardPlugin",
     "VAR_GRAD_PREFIX",
     "run_dir_name",
     "tensorboard_available",

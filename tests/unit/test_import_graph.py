@@ -108,3 +108,19 @@ print("\\n".join(failed))
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == ""
+
+
+def test_report_holds_renderers_only():
+    """The report package renders; the pytest plugins that write its output live outside it (ci.py,
+    html_panels.py, session.py): no module of report/ imports pytest or the session, or defines a hook."""
+    for name, path in MODULES.items():
+        if not name.startswith("pytest_stability.report"):
+            continue
+        imported = _imports(name, path)
+        assert "pytest_stability.session" not in imported, name
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(alias.name != "pytest" for alias in node.names), f"{name} imports pytest"
+            if isinstance(node, ast.FunctionDef):
+                assert not node.name.startswith("pytest_"), f"{name} defines the hook {node.name}"
