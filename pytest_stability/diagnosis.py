@@ -206,7 +206,13 @@ FLOAT16_TINY = 6.1e-5
 #: cause key -> (runs whose first suggested fix resolved them, runs replayed) in the what-if replays of the
 #: detection benchmark (benchmarks/results/detection.md, every backend pooled): what the report quotes as the
 #: measured success of a first fix.  Causes whose first fix is not an optimizer setting are not here.
-FIX_SUCCESS: dict[str, tuple[int, int]] = {}
+FIX_SUCCESS: dict[str, tuple[int, int]] = {
+    "adam_second_moment": (27, 33),
+    "collapse_constant": (23, 24),
+    "epsilon_underflow": (9, 9),
+    "gradient_explosion": (17, 17),
+    "lr_too_high": (49, 49),
+}
 #: findings this many steps apart or closer are one event when ranking (the earliest root event leads).
 EVENT_GAP = 10
 #: steps after an event over which "stuck" is judged: the run's spike_window (diagnose(..., thresholds=...)),

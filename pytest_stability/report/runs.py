@@ -166,8 +166,8 @@ class RunReport:
                 if measured and configs and (f.evidence.get("fixes") or [{}])[0].get("config"):
                     done, runs = measured
                     lines.append(
-                        f"    (this first fix resolved {done} of {runs} runs with this cause in the "
-                        "detection benchmark's what-if replays)"
+                        f"    (this first fix resolved {done} of {runs} runs with this cause when the detection "
+                        "benchmark replayed them with it)"
                     )
                 if len(fixes) > 1:
                     lines.append("  then: " + "; or ".join(fixes[1:]))
