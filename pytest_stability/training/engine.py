@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
+from .plan import chunking, epochs_for
 from .recorder import (
     COL_FLAGS,
     COL_GNORM,
@@ -655,7 +656,7 @@ def train(
         per_epoch = fit_kwargs["steps_per_epoch"]
         exact_epoch = user_epochs is None
     if user_epochs is None:
-        fit_kwargs["epochs"] = initial_epoch + max(1, math.ceil(run_steps / max(1, per_epoch or run_steps)))
+        fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch)
     fit_kwargs.setdefault("verbose", 0)
     val_batches = validation_batches(keras, model, x, y, fit_kwargs, bs)
     val_eval = eval_batches(keras, val_batches) if val_batches else []
@@ -716,24 +717,22 @@ def train(
             f"the model {model.name!r} is compiled with steps_per_execution={model.steps_per_execution}, which Keras' "
             "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1"
         )
-    # chunking: one compiled call runs `chunk` steps (TF, JAX); PyTorch runs one step per call.  A user's
-    # callback that sees single batches (a batch-level hook) keeps the model's own steps_per_execution, so
-    # that it sees the same batches as in plain fit; the recorder still reads back once per chunk
+    # the steps per call and between read-backs (plan.chunking)
     user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
     distributed = _under_strategy(keras, model)
     observers = batch_observers(callbacks)
-    chunk = max(int(spec.readback_every), user_spe)
-    if val_batches:  # validation happens at read-backs: read back at least every validate_every steps
-        chunk = max(min(chunk, int(spec.validate_every)), user_spe)
-    spe = 1 if backend == "torch" or distributed else chunk
-    if (user_spe > 1 or observers) and backend != "torch":
-        spe = user_spe
-    elif spe > 1 and user_steps_per_epoch:
-        # Keras starts an epoch's calls every steps_per_execution steps up to the user's steps_per_epoch, and a
-        # call on data that does not end there runs all its steps: whole calls must fill the epoch exactly
-        spe = max(d for d in range(1, min(spe, user_steps_per_epoch) + 1) if user_steps_per_epoch % d == 0)
-    # Keras' fit reads a chunk's callbacks once; the recorder's buffer holds `chunk` steps
-    chunk = max(chunk, spe)
+    grouping = chunking(
+        backend=backend,
+        readback_every=int(spec.readback_every),
+        validate_every=int(spec.validate_every),
+        validates=bool(val_batches),
+        user_spe=user_spe,
+        batch_observers=bool(observers),
+        distributed=distributed,
+        user_steps_per_epoch=user_steps_per_epoch,
+        per_epoch=int(per_epoch) if per_epoch else None,
+    )
+    chunk, spe = grouping.chunk, grouping.spe
 
     # one recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
     # Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
@@ -842,10 +841,7 @@ def train(
     cb = None
     from . import readback
 
-    steps_per_call = spe if not per_epoch else max(1, min(spe, int(per_epoch)))
-    virtual_call = None
-    if backend == "torch":  # read back where TensorFlow's and JAX's calls of `chunk` steps would end
-        virtual_call = steps_per_call = chunk if not per_epoch else max(1, min(chunk, int(per_epoch)))
+    steps_per_call, virtual_call = grouping.steps_per_call, grouping.virtual_call
     cb = readback.readback_class()(
         recs,
         steps=run_steps,
