@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from .errors import StabilityError, StabilityUsageError
-from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec
+from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec, steps_above_ceiling
 from .record import StabilityRecord
 from .session import RECORD_KEY, SESSION_KEY
 
@@ -151,12 +151,9 @@ class Stability:
         from .report import RunReport, StabilityReport
 
         steps = self._override("steps", steps)
-        if steps > self.spec.max_steps:
-            raise StabilityUsageError(
-                f"steps={steps} is above the ceiling max_steps={self.spec.max_steps}: raise max_steps "
-                "(marker keyword, --stability-max-steps or the stability_max_steps ini key) for a test that "
-                "really trains that long"
-            )
+        above = steps_above_ceiling({"steps": steps, "max_steps": self.spec.max_steps})
+        if above is not None:  # the same rule and words as for the marker's and the command line's steps
+            raise StabilityUsageError(above)
         if "batch_size" in fit_kwargs and fit_kwargs["batch_size"] is not None:
             fit_kwargs["batch_size"] = self._override("batch_size", fit_kwargs["batch_size"])
         base_seed = self._override("seed", seed)

@@ -34,3 +34,17 @@ def test_cli_steps_beyond_ini_ceiling_is_a_usage_error(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "--stability-steps=5000")
     result.stderr.fnmatch_lines(["*steps=5000 is above max_steps=1000*"])
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_fit_steps_beyond_the_ceiling_are_refused_in_the_same_words(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.stable_training(steps=50, max_steps=100)
+        def test_long(stability):
+            stability.fit(lambda: 1 / 0, None, steps=500)  # refused before anything is built or trained
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(["*stability.fit(): steps=500 is above max_steps=100 *--stability-max-steps*"])
+    result.stdout.no_fnmatch_line("*ZeroDivisionError*")
+    result.assert_outcomes(failed=1)
