@@ -26,7 +26,7 @@ Pure builtins; imports nothing heavy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -149,7 +149,22 @@ class StabilityRecord:
 #: The keys of :meth:`StabilityRecord.to_dict`.
 RECORD_KEYS = tuple(f.name for f in fields(StabilityRecord))
 
+
+def primary_run(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The run a report shows for several (one per seed): the first that is not stable, else the first; None
+    for none.  The one rule every report uses (the terminal row and GitHub per ``train()`` call, the JSON and
+    HTML reports over all of a test's runs, JUnit's properties over its first call)."""
+    return next((r for r in runs if r.get("verdict") != "stable"), runs[0] if runs else None)
+
+
+def all_runs(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every run of a record (as builtins), call after call."""
+    return [run for call in record.get("calls") or [] for run in call.get("runs") or []]
+
+
 __all__ = [
+    "all_runs",
+    "primary_run",
     "CRASHED_WORKER",
     "ERROR",
     "FAILED_AFTER",

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..record import primary_run
+
 _VERDICT = {"stable": "✅ stable", "unstable": "❌ unstable", "error": "⚠️ error", "skipped": "⏭️ skipped"}
 
 
@@ -63,7 +65,7 @@ def _steps(record: Mapping[str, Any]) -> str:
     for call in record.get("calls") or []:
         runs = call.get("runs") or []
         if runs:
-            run = next((r for r in runs if r.get("verdict") != "stable"), runs[0])
+            run = primary_run(runs) or runs[0]
             parts.append(f"{run['steps_run']}/{run['steps_planned']}")
     return ", ".join(parts)
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._floats import decode_float, fmt
+from ..record import all_runs, primary_run
 from .render import batch_text
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
@@ -188,8 +189,7 @@ def _runs(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
 
 
 def _primary(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    runs = [run for _, run in _runs(record)]
-    return next((r for r in runs if r.get("verdict") != "stable"), runs[0] if runs else None)
+    return primary_run(all_runs(record))
 
 
 def regressed(record: Mapping[str, Any]) -> bool:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from .._floats import encode_float
+from ..record import primary_run
 
 SCHEMA_VERSION = 1
 
@@ -114,10 +115,6 @@ def iso_time(timestamp: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _primary(runs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    return next((r for r in runs if r.get("verdict") != "stable"), runs[0] if runs else None)
-
-
 def entry_for(record: Mapping[str, Any]) -> dict[str, Any]:
     """One test's entry: the session record plus flattened per-test facts (see the module docstring)."""
     entry = {k: v for k, v in record.items() if k != "worker"}  # which xdist worker ran it is not a result
@@ -130,7 +127,7 @@ def entry_for(record: Mapping[str, Any]) -> dict[str, Any]:
     runs = [run for call in calls for run in call.get("runs", [])]
     entry["seeds"] = sorted({int(r["seed"]) for r in runs})
     entry["failed_seeds"] = sorted({int(r["seed"]) for r in runs if r.get("verdict") != "stable"})
-    primary = _primary(runs)
+    primary = primary_run(runs)
     entry["device"] = primary.get("device") if primary else None
     entry["steps_planned"] = primary.get("steps_planned") if primary else None
     entry["steps_run"] = primary.get("steps_run") if primary else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..record import StabilityRecord
+from ..record import StabilityRecord, primary_run
 
 _KEYS = (
     "final_loss",
@@ -24,7 +24,7 @@ def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
     if calls:
         call = calls[0]
         runs = call["runs"]
-        run = next((r for r in runs if r["verdict"] != "stable"), runs[0])
+        run = primary_run(runs) or runs[0]
         props.append(("stability_seeds", ",".join(str(s) for s in call["seeds"])))
         props.append(("stability_device", run["device"]))
         for key in _KEYS:

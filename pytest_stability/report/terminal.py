@@ -8,10 +8,11 @@ and FAIL / ERROR when its training was stable but the test itself then failed
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .._floats import decode_float
-from ..record import FAILED_AFTER, StabilityRecord
+from ..record import FAILED_AFTER, StabilityRecord, primary_run
 from .render import fmt, sparkline
 
 _VERDICT_STYLE = {
@@ -22,7 +23,7 @@ _VERDICT_STYLE = {
 }
 
 
-def _curve(call: dict[str, Any], name: str) -> list[float]:
+def _curve(call: Mapping[str, Any], name: str) -> list[float]:
     curve = call.get("curves", {}).get(name)
     return [decode_float(v) for v in curve["value"]] if curve else []
 
@@ -46,7 +47,7 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
     parts = []
     for call in calls:
         runs = call["runs"]
-        run = next((r for r in runs if r["verdict"] != "stable"), runs[0])
+        run = primary_run(runs) or runs[0]
         s = run["summary"]
         seeds = (
             f" seeds={len(runs)}" + (f" failed={call['failed_seeds']}" if call["failed_seeds"] else "")
