@@ -29,7 +29,7 @@ from .options import (
     resolve_run_files,
     usage_message,
 )
-from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord
+from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord, worst_baseline
 from .report.junit import junit_properties
 from .session import (
     PLOTS_MISSING_MESSAGE,
@@ -259,9 +259,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.stability = record.to_dict()
             # Flat key metrics as test properties, so --junitxml shows them.
             report.user_properties.extend(junit_properties(record))
-            if any("baseline" in c for c in record.calls):
-                statuses = [c["baseline"]["status"] for c in record.calls if "baseline" in c]
-                worst = next((s for s in ("regressed", "missing") if s in statuses), "ok")
+            worst = worst_baseline(report.stability)
+            if worst is not None:
                 report.user_properties.append(("stability_baseline", worst))
     return report
 

@@ -162,9 +162,17 @@ def all_runs(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [run for call in record.get("calls") or [] for run in call.get("runs") or []]
 
 
+def worst_baseline(record: Mapping[str, Any]) -> str | None:
+    """The worst ``--stability-baseline`` status of a record's calls (``regressed`` > ``missing`` > ``ok``), None
+    when no call was compared.  The one rule the JSON, HTML and JUnit reports use."""
+    statuses = [c["baseline"]["status"] for c in record.get("calls") or [] if c.get("baseline")]
+    return next((s for s in ("regressed", "missing", "ok") if s in statuses), None)
+
+
 __all__ = [
     "all_runs",
     "primary_run",
+    "worst_baseline",
     "CRASHED_WORKER",
     "ERROR",
     "FAILED_AFTER",

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._floats import decode_float, fmt
-from ..record import all_runs, primary_run
+from ..record import all_runs, primary_run, worst_baseline
 from .render import batch_text
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
@@ -199,8 +199,7 @@ def regressed(record: Mapping[str, Any]) -> bool:
 
 def baseline_status(record: Mapping[str, Any]) -> str | None:
     """The worst baseline status of the test's calls (regressed > missing > ok), as in the JSON report."""
-    statuses = [c["baseline"]["status"] for c in record.get("calls") or [] if c.get("baseline")]
-    return next((s for s in ("regressed", "missing", "ok") if s in statuses), None)
+    return worst_baseline(record)
 
 
 def headline(record: Mapping[str, Any]) -> str:

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from .._floats import encode_float
-from ..record import primary_run
+from ..record import primary_run, worst_baseline
 
 SCHEMA_VERSION = 1
 
@@ -132,8 +132,7 @@ def entry_for(record: Mapping[str, Any]) -> dict[str, Any]:
     entry["steps_planned"] = primary.get("steps_planned") if primary else None
     entry["steps_run"] = primary.get("steps_run") if primary else None
     entry["wall_time"] = float(sum(float(r.get("wall_time") or 0.0) for r in runs))
-    statuses = [c["baseline"]["status"] for c in calls if "baseline" in c]
-    entry["baseline"] = next((s for s in ("regressed", "missing", "ok") if s in statuses), None)
+    entry["baseline"] = worst_baseline(entry)
     entry["findings"] = [
         dict(f, call=i, seed=run["seed"])
         for i, call in enumerate(calls)
