@@ -150,6 +150,10 @@ class StabilityRecord:
 RECORD_KEYS = tuple(f.name for f in fields(StabilityRecord))
 
 
+#: the label every report gives a verdict (the terminal row, the HTML report; REGR for a regressed baseline)
+VERDICT_LABELS: dict[str, str] = {"stable": "PASS", "unstable": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+
+
 def primary_run(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The run a report shows for several (one per seed): the first that is not stable, else the first; None
     for none.  The one rule every report uses (the terminal row and GitHub per ``train()`` call, the JSON and
@@ -170,6 +174,7 @@ def worst_baseline(record: Mapping[str, Any]) -> str | None:
 
 
 __all__ = [
+    "VERDICT_LABELS",
     "all_runs",
     "primary_run",
     "worst_baseline",

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .._floats import decode_float, fmt
-from ..record import all_runs, primary_run, worst_baseline
+from ..record import VERDICT_LABELS, all_runs, primary_run, worst_baseline
 from .render import batch_text
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
@@ -56,7 +56,7 @@ SERIES_COLOURS = ("#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b
 #: above this many tests, the panels of stable tests start collapsed
 COLLAPSE_STABLE_ABOVE = 12
 
-_VERDICT_LABEL = {"stable": "PASS", "unstable": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+_VERDICT_LABEL = VERDICT_LABELS
 
 CSS = """
 .ps-report{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2937;

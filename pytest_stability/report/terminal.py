@@ -12,15 +12,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._floats import decode_float
-from ..record import FAILED_AFTER, StabilityRecord, primary_run
+from ..record import FAILED_AFTER, VERDICT_LABELS, StabilityRecord, primary_run
 from .render import fmt, sparkline
 
-_VERDICT_STYLE = {
-    "stable": ("PASS", {"green": True}),
-    "unstable": ("FAIL", {"red": True, "bold": True}),
-    "error": ("ERROR", {"red": True}),
-    "skipped": ("SKIP", {"yellow": True}),
+_STYLE: dict[str, dict[str, bool]] = {
+    "stable": {"green": True},
+    "unstable": {"red": True, "bold": True},
+    "error": {"red": True},
+    "skipped": {"yellow": True},
 }
+_VERDICT_STYLE = {verdict: (label, _STYLE[verdict]) for verdict, label in VERDICT_LABELS.items()}
 
 
 def _curve(call: Mapping[str, Any], name: str) -> list[float]:
