@@ -1579,7 +1579,7 @@ _CHECK_ORDER = {"nonfinite": 0, "loss_spike": 1, "grad_norm": 2, "stuck": 3, "va
 _STRUCTURAL = ("no_gradient", "no_update")
 
 
-def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
+def rank_findings(findings: Sequence[Any], trace: Trace, thresholds: Any = None) -> list[Finding]:
     """Order a run's findings so the first one is its primary cause: the earliest root event.
 
     Args:
@@ -1622,7 +1622,7 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
     # every finding diagnosed with the whole run as its context (a validation rise after a blow-up is its
     # consequence; no fix raises the learning rate of a run that blew up), under the settings it was
     # diagnosed with
-    flat = [_with_context(f, trace, flat) for f in flat]
+    flat = [_with_context(f, trace, flat, thresholds) for f in flat]
 
     def order(f: Finding) -> tuple[int, int]:
         return (0 if f.confidence == LIKELY else 1, _CHECK_ORDER.get(f.check, 4))
@@ -1662,9 +1662,12 @@ def rank_findings(findings: Sequence[Any], trace: Trace) -> list[Finding]:
     return out
 
 
-def _with_context(f: Finding, trace: Trace, context: list[Finding]) -> Finding:
-    settings = dict(f.evidence.get("settings") or {})
-    thresholds = _Settings(settings.get("spike_window"), settings.get("val_smoothing"))
+def _with_context(f: Finding, trace: Trace, context: list[Finding], thresholds: Any = None) -> Finding:
+    """``f`` diagnosed on its view of the trace, with the run's findings as context, under ``thresholds`` (else
+    the settings it was diagnosed with before, else the defaults)."""
+    if thresholds is None:
+        settings = dict(f.evidence.get("settings") or {})
+        thresholds = _Settings(settings.get("spike_window"), settings.get("val_smoothing"))
     view, named = finding_view(f, trace)
     return with_optimizer_named(diagnose([f], view, thresholds, context=context)[0], named)
 

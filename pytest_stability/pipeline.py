@@ -26,23 +26,18 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     from .diagnosis import rank_findings
 
     results = run_checks(trace, thresholds, checks) if checks is not None else run_checks(trace, thresholds)
-    results = [
-        type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)
-        if r.findings
-        else r
-        for r in results
-    ]
-    # one primary cause per run: every finding gets evidence["rank"] (0 = the headline), see rank_findings
+    # one primary cause per run: the failed checks' findings are diagnosed once, with each other as context,
+    # and ranked (evidence["rank"], 0 = the headline; see rank_findings); any other finding on its own
     failed = [r for r in results if r.status == "failed" and r.findings]
-    if not failed:
-        return results
-    ranked = {(f.check, f.kind, f.step): f for f in rank_findings(failed, trace)}
+    ranked = {(f.check, f.kind, f.step): f for f in rank_findings(failed, trace, thresholds)} if failed else {}
     failed_ids = {id(r) for r in failed}
     return [
         type(r)(
             r.name, r.status, tuple(ranked.get((f.check, f.kind, f.step), f) for f in r.findings), r.detail, r.stats
         )
         if id(r) in failed_ids
+        else type(r)(r.name, r.status, tuple(_diagnosed(r.findings, trace, thresholds)), r.detail, r.stats)
+        if r.findings
         else r
         for r in results
     ]
