@@ -114,11 +114,10 @@ per run across all checks: the earliest root event.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -217,8 +216,9 @@ FIX_SUCCESS: dict[str, tuple[int, int]] = {
 EVENT_GAP = 10
 #: steps after an event over which "stuck" is judged: the run's spike_window (diagnose(..., thresholds=...)),
 #: else the default one
-_STUCK_STEPS: contextvars.ContextVar[int] = contextvars.ContextVar("stuck_steps", default=50)
-_VAL_SMOOTHING: contextvars.ContextVar[float] = contextvars.ContextVar("val_smoothing", default=0.6)
+#: the settings a diagnosis reads when it is given no thresholds: the defaults of spike_window (the steps over
+#: which "stuck" is judged) and val_smoothing (the smoothing of the validation losses quoted)
+DEFAULT_SETTINGS: dict[str, Any] = {"spike_window": 50, "val_smoothing": 0.6}
 
 
 # -- quoted numbers ---------------------------------------------------------------
@@ -303,8 +303,10 @@ class Quotes:
     :meth:`render` fills a template's ``{name}`` placeholders.
     """
 
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, settings: Mapping[str, Any] | None = None) -> None:
         self.trace = trace
+        #: the run's spike_window and val_smoothing (see DEFAULT_SETTINGS)
+        self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, **(settings or {})}
         self.q: dict[str, dict[str, Any]] = {}
 
     def _put(self, name: str, value: _V, **recipe: Any) -> _V:
@@ -341,13 +343,13 @@ class Quotes:
             ok = np.isfinite(t.val_loss)
             vals, steps = t.val_loss[ok], t.val_steps[ok]
             if smoothed and vals.size:
-                vals = smooth(vals, _VAL_SMOOTHING.get())
+                vals = smooth(vals, float(self.settings["val_smoothing"]))
             hit = np.flatnonzero(steps == int(step))
             if hit.size:
                 v = float(vals[hit[0]])
         recipe: dict[str, Any] = {
             "kind": "val",
-            "smoothing": _VAL_SMOOTHING.get() if smoothed else 0.0,
+            "smoothing": float(self.settings["val_smoothing"]) if smoothed else 0.0,
             "steps": [int(step), int(step)],
         }
         return self._put(name, v, **recipe)
@@ -497,16 +499,11 @@ def diagnose(
             raise TypeError(f"diagnose() expects Finding objects, received {type(f).__name__}")
     window = getattr(thresholds, "spike_window", None)
     smoothing = getattr(thresholds, "val_smoothing", None)
-    spike_window = int(window) if window else _STUCK_STEPS.get()
-    val_smoothing = float(smoothing) if smoothing is not None else _VAL_SMOOTHING.get()
-    settings: dict[str, Any] = {"spike_window": spike_window, "val_smoothing": val_smoothing}
-    token = _STUCK_STEPS.set(spike_window)
-    token2 = _VAL_SMOOTHING.set(val_smoothing)
-    try:
-        return _diagnose(findings, trace, list(context) if context is not None else list(findings), settings)
-    finally:
-        _VAL_SMOOTHING.reset(token2)
-        _STUCK_STEPS.reset(token)
+    settings: dict[str, Any] = {
+        "spike_window": int(window) if window else DEFAULT_SETTINGS["spike_window"],
+        "val_smoothing": float(smoothing) if smoothing is not None else DEFAULT_SETTINGS["val_smoothing"],
+    }
+    return _diagnose(findings, trace, list(context) if context is not None else list(findings), settings)
 
 
 def _diagnose(
@@ -522,7 +519,7 @@ def _diagnose(
                 )
             )
             continue
-        q = Quotes(trace)
+        q = Quotes(trace, settings)
         rule = _RULES.get(f.check, _unknown)
         dx = rule(f, trace, q, context)
         fixes = _direction_safe(dx.fixes, trace, context)
@@ -960,8 +957,8 @@ def _adam_dx(f: Finding, trace: Trace, q: Quotes, start: int, what: str) -> Dx |
     return Dx("adam_second_moment", LIKELY if confident else UNCERTAIN, cause, fixes)
 
 
-def _stuck_state(trace: Trace, step: int, f: Finding | None = None) -> dict[str, Any]:
-    st = stuck_after(trace.loss, trace.grad_norm, step, _STUCK_STEPS.get())
+def _stuck_state(trace: Trace, step: int, window: int, f: Finding | None = None) -> dict[str, Any]:
+    st = stuck_after(trace.loss, trace.grad_norm, step, window)
     if f is not None and isinstance(f.evidence.get("stuck"), bool):
         st = {**st, "stuck": f.evidence["stuck"]}
     return st
@@ -981,7 +978,7 @@ def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str) -> Dx
 def _tail_quotes(q: Quotes, trace: Trace, step: int) -> float:
     """The level of the loss over the steps judged stuck after ``step``."""
     n = trace.steps
-    a = max(step + 5, n - max(int(_STUCK_STEPS.get()), 10))
+    a = max(step + 5, n - max(int(q.settings["spike_window"]), 10))
     return q.over("stuck_level", "loss", "median", a, n - 1)
 
 
@@ -994,7 +991,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     dx = _epsilon_underflow(f, trace, q, start)
     if dx is not None:
         return dx
-    st = _stuck_state(trace, step, f if f.check == "loss_spike" else None)
+    st = _stuck_state(trace, step, int(q.settings["spike_window"]), f if f.check == "loss_spike" else None)
     if st["stuck"]:
         _tail_quotes(q, trace, step)
         stuck_text = (
@@ -1326,7 +1323,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             [Fix("check the learning rate and schedule, and that the optimizer is given all trainable variables")],
         )
     n = trace.steps
-    tail = int(ev.get("tail_steps") or max(10, min(_STUCK_STEPS.get(), n // 2)))
+    tail = int(ev.get("tail_steps") or max(10, min(int(q.settings["spike_window"]), n // 2)))
     level = q.over("level", "loss", "median", n - tail, n - 1)
     k0 = max(5, int(min(10, n)))
     q.over("initial_loss", "loss", "median", 0, k0 - 1)
