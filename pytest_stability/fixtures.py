@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from .errors import StabilityError, StabilityUsageError
+from .integrations.session import RECORD_KEY, SESSION_KEY
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec, steps_above_ceiling
 from .record import StabilityRecord
-from .session import RECORD_KEY, SESSION_KEY
 
 
 class Stability:
@@ -239,8 +239,9 @@ class Stability:
         self.error = f"training raised {type(exc).__name__}: {_first_line(exc)} ({where})"
 
     def _progress(self, steps: int) -> Any:
-        """The progress line of a long run (steps done, steps/s, ETA; see :mod:`pytest_stability.progress`)."""
-        from .progress import Progress
+        """The progress line of a long run (steps done, steps/s, ETA; see
+        :mod:`pytest_stability.integrations.progress`)."""
+        from .integrations.progress import Progress
 
         return Progress(self._config, self.nodeid, steps)
 

@@ -11,8 +11,18 @@ from typing import Any
 
 import pytest
 
-from . import baseline_gate, ci, hookspecs
+from . import hookspecs
 from .fixtures import make_fixture
+from .integrations import baseline_gate, ci
+from .integrations.session import (
+    PLOTS_MISSING_MESSAGE,
+    RECORD_KEY,
+    SESSION_KEY,
+    StabilitySession,
+    check_outputs,
+    is_stability_item,
+    is_worker,
+)
 from .marker import MARKER_NAME, spec_for_node, validate_markers
 from .options import (
     BASELINE_STRICT_HELP,
@@ -31,15 +41,6 @@ from .options import (
 )
 from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord, worst_baseline
 from .report.junit import junit_properties
-from .session import (
-    PLOTS_MISSING_MESSAGE,
-    RECORD_KEY,
-    SESSION_KEY,
-    StabilitySession,
-    check_outputs,
-    is_stability_item,
-    is_worker,
-)
 
 DEFAULTS_KEY = pytest.StashKey[Any]()
 CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
@@ -159,7 +160,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ci.register(config, ci_settings, plots_dir=files.plots)
     if not is_worker(config) and config.pluginmanager.hasplugin("html"):
         # pytest-html is installed: each stability test's panel goes into its report too
-        from . import html_panels
+        from .integrations import html_panels
 
         html_panels.register(config)
 

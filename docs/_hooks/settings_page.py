@@ -51,7 +51,7 @@ def per_test_settings() -> list[Setting]:
 
 def run_settings() -> list[Setting]:
     """The run-wide options (no marker keyword): files, CI integrations, replay."""
-    from pytest_stability import ci
+    from pytest_stability.integrations import ci
     from pytest_stability.options import (
         BASELINE_STRICT_HELP,
         PATH_SETTINGS,

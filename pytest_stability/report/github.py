@@ -12,7 +12,7 @@
 Built from the controller's per-test records (builtins, the same under
 pytest-xdist) and the tests' locations from their reports.  Pure string
 building: the pytest plugin that writes and prints them, ``GitHubPlugin``, is in
-:mod:`pytest_stability.ci`.
+:mod:`pytest_stability.integrations.ci`.
 """
 
 # No ``from __future__ import annotations``: it would bind the name ``annotations``, which the function of that

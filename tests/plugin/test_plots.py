@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pytest_stability.session import PLOTS_MISSING_MESSAGE
+from pytest_stability.integrations.session import PLOTS_MISSING_MESSAGE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

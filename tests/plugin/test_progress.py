@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 DRIVEN = """
-from pytest_stability.progress import Progress
+from pytest_stability.integrations.progress import Progress
 
 
 def test_drives_progress(request):

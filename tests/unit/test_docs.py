@@ -35,7 +35,7 @@ def _hook():
 
 
 def test_the_settings_page_lists_every_setting_of_the_plugin():
-    from pytest_stability import ci
+    from pytest_stability.integrations import ci
     from pytest_stability.options import OPTIONS, PATH_SETTINGS
 
     hook = _hook()

@@ -75,16 +75,18 @@ def test_cycle_finder_finds_a_cycle():
 
 
 def test_the_import_graph_has_no_cycle():
-    assert {"pytest_stability.plugin", "pytest_stability.session", "pytest_stability.record"} <= set(MODULES)
+    assert {"pytest_stability.plugin", "pytest_stability.integrations.session", "pytest_stability.record"} <= set(
+        MODULES
+    )
     graph = {name: _imports(name, path) for name, path in MODULES.items()}
-    assert graph["pytest_stability.plugin"] >= {"pytest_stability.session", "pytest_stability.fixtures"}
+    assert graph["pytest_stability.plugin"] >= {"pytest_stability.integrations.session", "pytest_stability.fixtures"}
     assert _cycles(graph) == []
 
 
 def test_the_session_does_not_import_the_layers_above_it():
     graph = {name: _imports(name, path) for name, path in MODULES.items()}
-    above = {"pytest_stability.plugin", "pytest_stability.fixtures", "pytest_stability.baseline_gate"}
-    assert graph["pytest_stability.session"] & above == set()
+    above = {"pytest_stability.plugin", "pytest_stability.fixtures", "pytest_stability.integrations.baseline_gate"}
+    assert graph["pytest_stability.integrations.session"] & above == set()
     assert graph["pytest_stability.record"] == set()
 
 
@@ -117,7 +119,7 @@ def test_report_holds_renderers_only():
         if not name.startswith("pytest_stability.report"):
             continue
         imported = _imports(name, path)
-        assert "pytest_stability.session" not in imported, name
+        assert "pytest_stability.integrations.session" not in imported, name
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

@@ -46,7 +46,7 @@ def test_default_generate_json_is_trylast_so_a_user_implementation_wins():
     import pluggy
 
     from pytest_stability import hookspecs
-    from pytest_stability.session import StabilitySession
+    from pytest_stability.integrations.session import StabilitySession
 
     config = types.SimpleNamespace(stash=pytest.Stash())
     session = StabilitySession(config)

@@ -5,7 +5,7 @@ What a pytest run shows with -v / -s / -q is in tests/plugin/test_progress.py.
 
 from __future__ import annotations
 
-from pytest_stability.progress import Progress, format_duration
+from pytest_stability.integrations.progress import Progress, format_duration
 
 
 class FakeClock:

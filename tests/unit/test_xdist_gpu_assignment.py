@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_stability import xdist_gpus as xg
+from pytest_stability.integrations import xdist_gpus as xg
 
 
 def test_parse_gpus():

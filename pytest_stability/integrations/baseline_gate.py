@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from .marker import spec_for_node
-from .options import TOLERANCE_NAMES, RunFiles, RunSpec, cli_name
-from .report import baseline as baseline_mod  # light: math only
+from ..marker import spec_for_node
+from ..options import TOLERANCE_NAMES, RunFiles, RunSpec, cli_name
+from ..report import baseline as baseline_mod  # light: math only
 
 GATE_KEY = pytest.StashKey["BaselineGate"]()
 

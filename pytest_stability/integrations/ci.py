@@ -1,16 +1,15 @@
-"""Where CI users look: the options and wiring of TensorBoard logs, GitHub annotations and Markdown,
-GPUs under pytest-xdist, and progress lines.
+"""Where CI users look: the options and wiring of TensorBoard logs, GitHub annotations and Markdown, GPUs under
+pytest-xdist, and progress lines.
 
-``plugin.py`` calls :func:`addoption`, :func:`prepare` (every problem returned,
-for the run's one usage error), :func:`register` and, from
-``pytest_load_initial_conftests``, :func:`early_worker_setup`.  The pytest plugins that write the
-TensorBoard logs and the GitHub annotations and Markdown are here (:class:`TensorBoardPlugin`,
-:class:`GitHubPlugin`); what they write is rendered by :mod:`~pytest_stability.report.tensorboard` and
-:mod:`~pytest_stability.report.github` (``report/`` holds renderers only), the GPUs and progress lines by
-:mod:`~pytest_stability.xdist_gpus` and :mod:`~pytest_stability.progress`.  All of them are run-wide settings (no
-marker keyword); each has an ini twin, and a command-line value wins.  A
-relative path from the command line is relative to the invocation directory,
-one from the ini file to the rootdir (as for ``--stability-report``).
+``plugin.py`` calls :func:`addoption`, :func:`prepare` (every problem returned, for the run's one usage
+error), :func:`register` and, from ``pytest_load_initial_conftests``, :func:`early_worker_setup`. The pytest
+plugins that write the TensorBoard logs and the GitHub annotations and Markdown are here
+(:class:`TensorBoardPlugin`, :class:`GitHubPlugin`); what they write is rendered by
+:mod:`~pytest_stability.report.tensorboard` and :mod:`~pytest_stability.report.github` (``report/`` holds
+renderers only), the GPUs and progress lines by :mod:`~pytest_stability.integrations.xdist_gpus` and
+:mod:`~pytest_stability.integrations.progress`. All of them are run-wide settings (no marker keyword); each
+has an ini twin, and a command-line value wins. A relative path from the command line is relative to the
+invocation directory, one from the ini file to the rootdir (as for ``--stability-report``).
 
 Nothing heavy is imported here: this module is on the plugin's load path.
 """
@@ -105,7 +104,7 @@ def prepare(config: pytest.Config) -> tuple[CISettings, list[str]]:
         tensorboard = Path(workerinput["stability_tensorboard"])
     markdown = _path(config, "markdown", problems)
     if tensorboard is not None:
-        from .report.tensorboard import MISSING_MESSAGE, tensorboard_available
+        from ..report.tensorboard import MISSING_MESSAGE, tensorboard_available
 
         if tensorboard.exists() and not tensorboard.is_dir():
             problems.append(f"--stability-tensorboard: {tensorboard} exists and is not a directory")
@@ -194,14 +193,14 @@ class TensorBoardPlugin:
     def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
         index = self._calls.get(nodeid, 0)
         self._calls[nodeid] = index + 1
-        from .report.tensorboard import write_report
+        from ..report.tensorboard import write_report
 
         try:
             write_report(self.logdir, nodeid, report, call_index=index, per_variable=self.per_variable)
         except Exception as exc:  # noqa: BLE001 - logs are a side effect: a full disk must not fail a stable test
             import warnings
 
-            from .errors import StabilityWarning
+            from ..errors import StabilityWarning
 
             warnings.warn(
                 StabilityWarning(
@@ -242,7 +241,7 @@ class GitHubPlugin:
         return [r.to_dict() for r in session.sorted_records()] if session is not None else []
 
     def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
-        from .report.github import markdown, plot_links
+        from ..report.github import markdown, plot_links
 
         plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None
         tb = None
@@ -260,7 +259,7 @@ class GitHubPlugin:
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
         result = yield
-        from .report.github import annotations, in_github_actions
+        from ..report.github import annotations, in_github_actions
 
         records = self._records()
         env = os.environ
@@ -282,7 +281,7 @@ class GitHubPlugin:
             self.footer.append(f"stability Markdown NOT appended to the {what} {path}: {exc}")
 
     def _write(self, path: Path, text: str) -> None:
-        from .report.json_report import write_atomic
+        from ..report.json_report import write_atomic
 
         try:
             write_atomic(path, text)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .report import html
+from ..report import html
 
 #: pytest-html's name for its plugin (its pytest11 entry point).
 PYTEST_HTML_PLUGIN = "html"

@@ -30,12 +30,12 @@ from typing import Any, cast
 
 import pytest
 
-from . import __version__
-from .errors import StabilityWarning
-from .marker import MARKER_NAME
-from .options import RunFiles, cli_name
-from .record import SETUP_ERROR, StabilityRecord
-from .report import baseline as baseline_mod  # light: math only
+from .. import __version__
+from ..errors import StabilityWarning
+from ..marker import MARKER_NAME
+from ..options import RunFiles, cli_name
+from ..record import SETUP_ERROR, StabilityRecord
+from ..report import baseline as baseline_mod  # light: math only
 
 # report.json_report (json, tempfile, platform, importlib.metadata), report.plots
 # (matplotlib) and report.terminal (numpy) are imported where used: this module is
@@ -210,7 +210,7 @@ class StabilitySession:
     def pytest_stability_generate_json(
         self, config: pytest.Config, records: list[dict[str, Any]]
     ) -> dict[str, Any] | None:
-        from .report import json_report
+        from ..report import json_report
 
         return json_report.build_document(
             records,
@@ -234,7 +234,7 @@ class StabilitySession:
         """
         if self.files.report is None:
             return True
-        from .report import json_report
+        from ..report import json_report
 
         now = time.monotonic()
         if not final and now - self._last_write < 10 * self._write_cost:
@@ -258,7 +258,7 @@ class StabilitySession:
 
     def _write_plots(self) -> tuple[str, bool]:
         """One PNG per test; a test whose plot fails is named in a warning, and the others are still written."""
-        from .report.plots import write_plots
+        from ..report.plots import write_plots
 
         directory = self.files.plots
         assert directory is not None  # written only when the option is set
@@ -275,7 +275,7 @@ class StabilitySession:
 
     def _write_html(self) -> tuple[str, bool]:
         """The HTML report, written atomically; returns the footer line and whether it was written."""
-        from .report import html, json_report
+        from ..report import html, json_report
 
         path = self.files.html
         assert path is not None  # written only when the option is set
@@ -309,7 +309,7 @@ class StabilitySession:
 
         Not after an interrupted run: its last test may have stopped half-way.
         """
-        from .report import json_report
+        from ..report import json_report
 
         path = self.files.save_baseline
         assert path is not None  # saved only when the option is set
@@ -402,7 +402,7 @@ class StabilitySession:
             return
         if not self.records and not self.footer:
             return  # a run without stability tests pays nothing (render imports numpy)
-        from .report.terminal import write_summary
+        from ..report.terminal import write_summary
 
         write_summary(terminalreporter, self.sorted_records(), self.footer)
 
