@@ -126,3 +126,31 @@ def test_check_names_have_one_source():
     from pytest_stability.checks import CHECKS
 
     assert tuple(CHECKS) == CHECK_NAMES == OPTIONS_BY_NAME["checks"].default
+
+
+def test_offending_batches_go_to_their_dir_else_beside_a_report(tmp_path):
+    from pytest_stability.options import RunFiles, resolve_run_files
+
+    assert RunFiles().batches_dir is None  # no report written: nothing saved
+    assert RunFiles(report=tmp_path / "out" / "r.json").batches_dir == tmp_path / "out" / "stability-batches"
+    assert RunFiles(html=tmp_path / "h.html").batches_dir == tmp_path / "stability-batches"
+    assert RunFiles(report=tmp_path / "r.json", batches=tmp_path / "b").batches_dir == tmp_path / "b"
+    (tmp_path / "afile").write_text("x")
+    files, problems = resolve_run_files(
+        lambda name: "afile" if name == "batches" else None, lambda key: None, invocation_dir=tmp_path, rootdir=tmp_path
+    )
+    assert problems == [f"--stability-batches: {tmp_path / 'afile'} exists and is not a directory"]
+
+
+def test_the_findings_that_name_their_batch():
+    from pytest_stability.checks.base import Finding
+    from pytest_stability.pipeline import names_batch
+
+    def finding(check, kind, **evidence):
+        return Finding(check, kind, 5, 1.0, 1.0, "m", evidence)
+
+    assert names_batch(finding("loss_spike", "spike")) and names_batch(finding("loss_spike", "spike_no_recovery"))
+    assert names_batch(finding("nonfinite", "input"))
+    assert names_batch(finding("nonfinite", "training", quantities=["loss", "gradients"]))
+    assert not names_batch(finding("nonfinite", "training", quantities=["weights"]))  # the update's, not the batch's
+    assert not names_batch(finding("grad_norm", "growth")) and not names_batch(finding("val_loss", "rise"))
