@@ -626,6 +626,11 @@ def render_panel(
                 body.append(_summary_html(run))
             if run.get("replay") and run.get("verdict") != "stable":
                 body.append(f'<p class="ps-small">replay: <span class="ps-code">{_e(run["replay"])}</span></p>')
+            probe = (run.get("model") or {}).get("batch_replay")
+            if isinstance(probe, Mapping):  # --stability-replay-batch: a bad sample or a bad update
+                body.append(
+                    "".join(f'<p class="ps-small">batch replay: {_e(line)}</p>' for line in probe.get("text") or ())
+                )
         if call.get("baseline"):
             body.append(_baseline_html(call["baseline"]))
     reg = "1" if regressed(record) else "0"

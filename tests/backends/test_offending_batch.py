@@ -130,9 +130,21 @@ def test_a_spike_names_the_bad_sample_and_saves_its_batch(pytester):
 def test_the_batch_replay_tells_a_bad_sample(pytester):
     pytester.makepyfile(test_bad="import pytest\nBAD = 1500\n" + BAD_SAMPLES)
     result = pytester.runpytest_inprocess(
-        "-p", "no:cacheprovider", "--stability-replay=0", "--stability-replay-batch=93", "-rA"
+        "-p",
+        "no:cacheprovider",
+        "--stability-replay=0",
+        "--stability-replay-batch=93",
+        "--stability-report=r.json",
+        "--stability-html=r.html",
     )
     result.assert_outcomes(passed=1)  # judged on the 93 steps before the bad sample: stable
+    import json
+
+    (run,) = json.loads((pytester.path / "r.json").read_text())["tests"][0]["calls"][0]["runs"]
+    probe = run["model"]["batch_replay"]
+    assert (probe["verdict"], probe["damaged"], probe["batch"]["indices"][0]) == ("bad_sample", True, 1488)
+    assert probe["before"]["loss"] > 1e3 > 1e-3 > probe["previous_before"]["loss"]
+    assert "batch replay: -&gt; a bad sample" in (pytester.path / "r.html").read_text()
     result.stdout.fnmatch_lines(
         [
             "*batch replay: the batch of step 93 (samples [[]1488, 1489, *]): loss *, gradient norm * at the weights "
