@@ -31,11 +31,11 @@ norms stay in ``stats`` (``max``, ``p99``) and in the report.  An absolute
 Under a distribution strategy (TensorFlow's ``MirroredStrategy``) each replica's own gradient norm, before
 the all-reduce, is in ``trace.curves`` (``grad_norm/replica_<i>``): the replicas train one model on shards
 of the same batches, so their norms agree up to the shards' noise.  Replicas whose largest and smallest
-norms differ more than ``REPLICA_FACTOR`` x in most steps after the warmup (``REPLICA_SHARE``) disagree (kind
-``replica_disagree``, naming the replica farthest from the others' median: an unbalanced shard, a
-replica-dependent ``train_step``); replicas whose copies of the
-weights differ after training (``trace.info["replica_weight_drift"]`` above ``REPLICA_WEIGHT_RTOL``) drifted
-apart (kind ``replica_drift``: an update applied on one replica only).
+norms differ more than ``REPLICA_FACTOR`` x in most steps after the warmup (``REPLICA_SHARE``) disagree
+(kind ``replica_disagree``, naming the replica farthest from the others' median, of two the larger: an
+unbalanced shard, a replica-dependent ``train_step``); replicas whose copies of the weights differ after
+training (``trace.info["replica_weight_drift"]`` above ``REPLICA_WEIGHT_RTOL``) drifted apart (kind
+``replica_drift``: an update applied on one replica only).
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def replica_findings(trace: Trace, thresholds: Thresholds | None = None) -> list
                 # the replica farthest from the others' median (of two, the one with the larger norm)
                 log_g = np.log(g)
                 others = np.stack([np.median(np.delete(log_g, i, axis=1), axis=1) for i in range(g.shape[1])], axis=1)
-                worst = int(np.argmax(np.median(log_g - others, axis=0) ** 2 + 1e-9 * np.arange(g.shape[1])))
+                dev = np.median(log_g - others, axis=0)
+                worst = max(range(g.shape[1]), key=lambda i: (round(float(dev[i]) ** 2, 9), float(dev[i])))
                 findings.append(
                     Finding(
                         check=NAME,

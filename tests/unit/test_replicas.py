@@ -33,6 +33,16 @@ def test_a_replica_far_from_the_others_is_a_finding():
     (f,) = replica_findings(_trace(40.0))
     assert f.kind == "replica_disagree" and f.evidence["replica"] == 1 and f.step == 10  # the first after warmup
     assert f.limit == REPLICA_FACTOR and 25 < f.value < 60  # the replicas' spread, ~40x
+    (f,) = replica_findings(_trace(1 / 40))  # of two replicas, the one with the larger norm is named
+    assert f.evidence["replica"] == 0
+
+
+def test_of_three_replicas_the_odd_one_is_named():
+    trace = _trace(1.0)
+    rng = np.random.default_rng(1)
+    trace.curves["grad_norm/replica_2"] = np.exp(rng.normal(0, 0.3, trace.steps)) / 50
+    (f,) = replica_findings(trace)
+    assert f.evidence["replica"] == 2 and f.evidence["replicas"] == 3
     grad = next(r for r in run_checks(_trace(40.0)) if r.name == "grad_norm")
     assert grad.status == "failed" and [x.kind for x in grad.findings] == ["replica_disagree"]
 
