@@ -13,7 +13,7 @@ from typing import Any
 
 from .._floats import decode_float
 from ..record import FAILED_AFTER, VERDICT_LABELS, StabilityRecord, primary_run
-from .render import fmt, sparkline
+from .render import batch_text, fmt, sparkline
 
 _STYLE: dict[str, dict[str, bool]] = {
     "stable": {"green": True},
@@ -80,6 +80,9 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         if run["findings"]:
             f = run["findings"][0]
             text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"
+            where = (f.get("evidence") or {}).get("batch")
+            if isinstance(where, dict):
+                text += f"\n      {batch_text(where)}"
             whatif = (f.get("evidence") or {}).get("whatif")
             if isinstance(whatif, dict) and whatif.get("text"):
                 text += f"\n      what-if: {whatif['text']}"

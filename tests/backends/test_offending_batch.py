@@ -118,6 +118,14 @@ def test_a_spike_names_the_bad_sample_and_saves_its_batch(pytester):
             "saved to *test_bad.py__test_bad_sample-seed0-step93.npz"
         ]
     )
+    # the stability report's row names it too
+    result.stdout.fnmatch_lines(
+        [
+            "FAIL  test_bad.py::test_bad_sample  *",
+            "      [[]loss_spike] step 93: *",
+            "      batch: step 93 trained on batch 93 of 250 (from 0) in epoch 0: samples [[]1488, *",
+        ]
+    )
     # the update into the spike was ordinary: the diagnosis points at the batch, and at the batch replay
     result.stdout.fnmatch_lines(
         [
