@@ -35,9 +35,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where a run builds one: batches.py imports Keras
+    from .batches import BatchPlan
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
@@ -158,7 +161,7 @@ class RunResult:
     random_start: dict[str, Any] | None = None
     #: how the steps map to batches of the data (:func:`.batches.locate` names a step's batch); None under a
     #: distribution strategy
-    batches: Any = None
+    batches: BatchPlan | None = None
 
 
 #: fit() arguments the plugin sets itself; passing them is a usage error naming the plugin's keyword.
