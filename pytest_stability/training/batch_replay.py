@@ -28,40 +28,14 @@ DAMAGE_RATIO = 3.0
 
 def loss_and_grad_norm(keras: Any, model: Any, batch: tuple[Any, Any, Any]) -> tuple[float, float]:
     """The model's training loss on ``batch`` at its current weights and the global norm of its gradient
-    (no variable changes)."""
-    from .curvature import _loss_fn
+    (no variable changes): the curvature meter's loss and gradient (:class:`.curvature._Products`)."""
+    from .curvature import _Products
 
-    loss_fn = _loss_fn(keras, model)
-    tv = [keras.ops.convert_to_tensor(v.value) for v in model.trainable_variables]
-    ntv = [keras.ops.convert_to_tensor(v.value) for v in model.non_trainable_variables]
-    x, y, w = (None if p is None else keras.tree.map_structure(keras.ops.convert_to_tensor, p) for p in batch)
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            tape.watch(tv)
-            loss = loss_fn(tv, ntv, x, y, w)
-        grads = tape.gradient(loss, tv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    elif backend == "jax":
-        import jax
-
-        loss, grads = jax.value_and_grad(lambda p: loss_fn(p, ntv, x, y, w))(list(tv))
-    else:
-        import torch
-
-        params = [t.detach().requires_grad_(True) for t in tv]
-        with torch.enable_grad():
-            loss = loss_fn(params, [t.detach() for t in ntv], x, y, w)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        loss = loss.detach()
-        grads = [None if g is None else g.detach() for g in grads]
-    total = 0.0
-    for g in grads:
-        if g is not None:
-            a = np.asarray(keras.ops.convert_to_numpy(g), dtype=np.float64)
-            total += float(np.sum(a * a))
-    return float(np.asarray(keras.ops.convert_to_numpy(loss), dtype=np.float64)), float(np.sqrt(total))
+    session = _Products(keras, model).at(batch)
+    if session.grad is None:  # TensorFlow and JAX compute them with the first product
+        session.hvp(np.zeros(session.n))
+    assert session.loss is not None and session.grad is not None
+    return float(session.loss), float(np.linalg.norm(session.grad))
 
 
 def probe(keras: Any, model: Any, plan: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], step: int) -> dict[str, Any]:
