@@ -83,7 +83,8 @@ The rules
     an Adam-family optimizer with the *history* a second-moment collapse needs
     (at least :data:`HISTORY_MIN_STEPS` steps before the burst, over which the
     gradient norm fell at least :data:`TINY_GRADIENTS` x, or
-    :data:`SMALL_GRADIENTS` x with the loss down :data:`NEAR_ZERO` x, or the
+    :data:`SMALL_GRADIENTS` x with the loss down :data:`SMALL_GRADIENTS_FELL` x
+    and ``g^2/v`` up :data:`G2V_SUPPORT` x where measured, or the
     slot statistics show ``g^2/v`` jump :data:`G2V_JUMP` x, or, without
     gradient norms, the loss fell :data:`NEAR_ZERO` x) ->
     ``adam_second_moment``; otherwise an event in the first
@@ -167,8 +168,13 @@ NEAR_ZERO = 100.0
 G2V_JUMP = 100.0
 #: the gradient norm over the stretch before a burst fell this many times below its early level: "tiny" for Adam's v.
 TINY_GRADIENTS = 10.0
-#: ...or this many times with the loss fallen NEAR_ZERO x (both say the gradients became small).
+#: ...or this many times with the loss fallen SMALL_GRADIENTS_FELL x and, where the slot statistics are recorded,
+#: g^2/v just before the burst at least G2V_SUPPORT x its median: a 5-10x smaller gradient shrinks v only 25-100x, so
+#: the collapse needs a loss near its floor and a v that lagged the incoming gradients (g^2/v near 1 says v kept up:
+#: the step size bounced out of a sharp minimum, a learning rate too high for it)
 SMALL_GRADIENTS = 5.0
+SMALL_GRADIENTS_FELL = 1000.0
+G2V_SUPPORT = 5.0
 #: steps of history before a burst that Adam's second moment needs to collapse (v averages ~1/(1-beta_2) steps).
 HISTORY_MIN_STEPS = 100
 #: spike events (with the loss fallen at least PERIODIC_FELL x) that make Adam's repeated spikes.
@@ -872,7 +878,9 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
     """The evidence of a collapsed Adam second moment before ``start``: (named, confident, cause parts).
 
     Needs a history: at least :data:`HISTORY_MIN_STEPS` steps before the burst.  Then any of: the gradient
-    norm over the stretch before the burst :data:`TINY_GRADIENTS` x below its early median; ``g^2/v`` just
+    norm over the stretch before the burst :data:`TINY_GRADIENTS` x below its early median (or
+    :data:`SMALL_GRADIENTS` x with the loss fallen :data:`SMALL_GRADIENTS_FELL` x and ``g^2/v`` up
+    :data:`G2V_SUPPORT` x where the slot statistics measure it); ``g^2/v`` just
     before it :data:`G2V_JUMP` x its median (slot statistics); without gradient norms, the loss fallen
     :data:`NEAR_ZERO` x (or :data:`PERIODIC_FELL` x with :data:`PERIODIC_EVENTS` spikes)."""
     if start < HISTORY_MIN_STEPS:
@@ -889,25 +897,33 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
     if trace.grad_norm is not None:
         q.over("grad_norm_early", "grad_norm", "median", 0, w - 1)
         q.over("grad_norm_before", "grad_norm", "median", h0, start - 1)
+    g2 = trace.opt_stats.get("g2_over_v_max")
+    jump = math.nan  # not measured: no slot statistics, or a median of 0
+    if g2 is not None:
+        q.over("g2_over_v_median", "opt.g2_over_v_max", "median", w, start - 1)
+        q.over("g2_over_v_before", "opt.g2_over_v_max", "max", max(0, start - 5), start)
+        jump = q.ratio("g2_over_v_jump", "g2_over_v_before", "g2_over_v_median")
+        g2v = _ok(jump, G2V_JUMP)
+    if trace.grad_norm is not None:
+        q.over("grad_norm_early", "grad_norm", "median", 0, w - 1)
+        q.over("grad_norm_before", "grad_norm", "median", h0, start - 1)
         collapse = q.ratio("grad_collapse", "grad_norm_early", "grad_norm_before")
-        tiny = _ok(collapse, TINY_GRADIENTS) or (_ok(collapse, SMALL_GRADIENTS) and _ok(q["loss_fell"], NEAR_ZERO))
+        small = (
+            _ok(collapse, SMALL_GRADIENTS)
+            and _ok(q["loss_fell"], SMALL_GRADIENTS_FELL)
+            and (not math.isfinite(jump) or _ok(jump, G2V_SUPPORT))
+        )
+        tiny = _ok(collapse, TINY_GRADIENTS) or small
         parts.append(
             "over the {history_steps} steps before the burst the gradient norm was {grad_collapse}x "
             "below its early level ({grad_norm_early} -> {grad_norm_before})"
             + (", so Adam's v shrank with it" if tiny else "")
         )
         q.count("history_steps", start - h0)
-    g2 = trace.opt_stats.get("g2_over_v_max")
-    if g2 is not None:
-        q.over("g2_over_v_median", "opt.g2_over_v_max", "median", w, start - 1)
-        q.over("g2_over_v_before", "opt.g2_over_v_max", "max", max(0, start - 5), start)
-        jump = q.ratio("g2_over_v_jump", "g2_over_v_before", "g2_over_v_median")
-        g2v = _ok(jump, G2V_JUMP)
-        if g2v:
-            parts.append(
-                "max g^2/v just before the burst was {g2_over_v_before}, {g2_over_v_jump}x its median "
-                "{g2_over_v_median}"
-            )
+    if g2v:
+        parts.append(
+            "max g^2/v just before the burst was {g2_over_v_before}, {g2_over_v_jump}x its median {g2_over_v_median}"
+        )
     if trace.grad_norm is None:
         n_events = int(f.evidence.get("n_events") or 0)
         fell = _ok(q["loss_fell"], NEAR_ZERO) or (n_events >= PERIODIC_EVENTS and _ok(q["loss_fell"], PERIODIC_FELL))

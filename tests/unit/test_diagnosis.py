@@ -161,6 +161,38 @@ def test_repeated_adam_spikes_after_the_gradients_shrank_are_the_second_moment()
     assert "4 separate spikes" in f.cause and f.evidence["fix_configs"][0] == {"epsilon": 1e-3}
 
 
+def _small_gradients_spike(fell, g2v_jump):
+    # Adam with slot statistics: the gradient norm shrank 6x (between SMALL_GRADIENTS and TINY_GRADIENTS) over
+    # a long fall of the loss, then one spike at step 800
+    n = 1000
+    loss = np.concatenate([np.geomspace(1.0, 1.0 / fell, 700), np.full(300, 1.0 / fell)])
+    loss[800:806] = np.geomspace(100.0 / fell, 2.0 / fell, 6)
+    g = np.concatenate([np.full(50, 1.0), np.geomspace(1.0, 1 / 6, 650), np.full(300, 1 / 6)])
+    g2v = np.ones(n)
+    g2v[796:801] = g2v_jump
+    return Trace(
+        loss=loss,
+        grad_norm=g,
+        opt_stats={"g2_over_v_max": g2v},
+        info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 3e-2, "epsilon": 1e-7, "beta_2": 0.999}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("fell", "g2v_jump", "cause"),
+    [
+        (5000.0, 20.0, "adam_second_moment"),  # near the floor and v lagged the gradients
+        (400.0, 20.0, "lr_too_high"),  # the loss not near its floor: a 6x smaller gradient is not a collapse
+        (5000.0, 1.0, "lr_too_high"),  # g^2/v flat: v kept up with the gradients
+    ],
+)
+def test_a_modest_gradient_shrink_names_adam_only_with_a_loss_near_its_floor_and_a_lagging_v(fell, g2v_jump, cause):
+    f = next(f for f in _diag(_small_gradients_spike(fell, g2v_jump)) if f.check == "loss_spike")
+    d = f.evidence["diagnosis"]
+    assert 5 <= d["grad_collapse"] < 10
+    assert f.evidence["cause_key"] == cause, (f.cause, d)
+
+
 def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     # After the jump the loss varies with the batch (3 %, too much to count as flat) but
     # the gradients are exactly zero.
