@@ -120,11 +120,11 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from .checks.base import Finding
+from .checks.base import CheckResult, Finding
 from .checks.spikes import stuck_after  # "stuck" means the same in the check and here
 from .checks.validation import (  # one threshold: the check waives the noise allowance, the diagnosis names it
     BN_GAP,
@@ -469,11 +469,26 @@ class Dx:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+class DiagnosisSettings(Protocol):
+    """What the diagnosis reads of a run's settings: a :class:`~pytest_stability.thresholds.Thresholds`, or the
+    settings a finding was diagnosed with before (``None``: the default)."""
+
+    @property
+    def spike_window(self) -> int | None: ...
+
+    @property
+    def val_smoothing(self) -> float | None: ...
+
+
 # -- entry points ---------------------------------------------------------------------
 
 
 def diagnose(
-    findings: Sequence[Finding], trace: Trace, thresholds: Any = None, *, context: Sequence[Finding] | None = None
+    findings: Sequence[Finding],
+    trace: Trace,
+    thresholds: DiagnosisSettings | None = None,
+    *,
+    context: Sequence[Finding] | None = None,
 ) -> list[Finding]:
     """Return ``findings`` with ``cause``, ``fix``, ``confidence`` and a cause key filled in.
 
@@ -1592,7 +1607,9 @@ _CHECK_ORDER = {"nonfinite": 0, "loss_spike": 1, "grad_norm": 2, "stuck": 3, "va
 _STRUCTURAL = ("no_gradient", "no_update")
 
 
-def rank_findings(findings: Sequence[Any], trace: Trace, thresholds: Any = None) -> list[Finding]:
+def rank_findings(
+    findings: Sequence[Finding | CheckResult], trace: Trace, thresholds: DiagnosisSettings | None = None
+) -> list[Finding]:
     """Order a run's findings so the first one is its primary cause: the earliest root event.
 
     Args:
@@ -1675,7 +1692,9 @@ def rank_findings(findings: Sequence[Any], trace: Trace, thresholds: Any = None)
     return out
 
 
-def _with_context(f: Finding, trace: Trace, context: list[Finding], thresholds: Any = None) -> Finding:
+def _with_context(
+    f: Finding, trace: Trace, context: list[Finding], thresholds: DiagnosisSettings | None = None
+) -> Finding:
     """``f`` diagnosed on its view of the trace, with the run's findings as context, under ``thresholds`` (else
     the settings it was diagnosed with before, else the defaults)."""
     if thresholds is None:
@@ -1718,7 +1737,7 @@ class _Settings:
     val_smoothing: float | None
 
 
-def primary_finding(findings: Sequence[Any], trace: Trace) -> Finding | None:
+def primary_finding(findings: Sequence[Finding | CheckResult], trace: Trace) -> Finding | None:
     """The run's primary finding (the headline), or None when there is none; see :func:`rank_findings`."""
     ranked = rank_findings(findings, trace)
     return ranked[0] if ranked else None
