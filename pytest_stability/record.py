@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 STABLE, UNSTABLE, ERROR, SKIPPED = "stable", "unstable", "error", "skipped"
 VERDICTS = (STABLE, UNSTABLE, ERROR, SKIPPED)
@@ -63,8 +63,10 @@ FAILED_AFTER = "the test failed after stability.train()"
 #: (strict JSON; :func:`pytest_stability._floats.decode_float` reads it back).
 Encoded = float | str
 
+_T = TypeVar("_T")
 
-def _copy(value: Any) -> Any:
+
+def _copy(value: _T) -> _T:
     """A deep copy of an open-ended builtins value (the dict form never shares state with the record)."""
     return copy.deepcopy(value)
 
@@ -76,7 +78,7 @@ class Curve:
     step: tuple[int, ...] = ()
     value: tuple[Encoded, ...] = ()
 
-    def to_dict(self) -> dict[str, list[Any]]:
+    def to_dict(self) -> dict[str, list[int] | list[Encoded]]:
         return {"step": list(self.step), "value": list(self.value)}
 
     @classmethod

@@ -9,8 +9,8 @@
   ``$GITHUB_STEP_SUMMARY`` under GitHub Actions, and written to
   ``--stability-markdown=PATH`` (ini ``stability_markdown``) anywhere.
 
-Built from the controller's per-test records (builtins, the same under
-pytest-xdist) and the tests' locations from their reports.  Pure string
+Built from the controller's per-test records (:class:`~pytest_stability.record.StabilityRecord`, the
+same under pytest-xdist) and the tests' locations from their reports.  Pure string
 building: the pytest plugin that writes and prints them, ``GitHubPlugin``, is in
 :mod:`pytest_stability.integrations.ci`.
 """

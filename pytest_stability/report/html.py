@@ -477,7 +477,7 @@ def _finding_html(f: FindingRecord, seed_label: str) -> str:
 
 def _summary_html(run: RunRecord) -> str:
     s = run.summary
-    cells: list[tuple[str, Any]] = [
+    cells: list[tuple[str, str | int]] = [
         ("final loss", _metric(s.final_loss)),
         ("min loss", _metric(s.min_loss)),
         ("largest spike", _metric(s.largest_spike, 3, "x")),
