@@ -235,7 +235,7 @@ class RunReport:
             replay=self.replay,
             checks=tuple(CheckRecord.from_dict(r.to_dict()) for r in self.results),
             findings=tuple(FindingRecord.from_dict(f.to_dict()) for f in self.findings),
-            summary=RunSummary.from_dict(self.summary()),
+            summary=RunSummary(**self.summary()),  # every key a field: a new metric cannot be left out silently
             metrics={k: encode_float(v) for k, v in self.final_metrics.items()},
             first_nonfinite=copy.deepcopy(t.first_nonfinite),
             model=copy.deepcopy(t.info),

@@ -130,6 +130,8 @@ def test_the_dict_form_is_the_reports_own():
     report = _report("test_three_seeds", tests["test_three_seeds"][0])
     assert report.to_record().to_dict() == report.to_dict()
     assert [r.to_record() for r in report.runs] == list(report.to_record().runs)
+    for run in report.runs:
+        assert run.to_record().summary.to_dict() == run.summary()
     assert list(report.to_dict()) == ["verdict", "seeds", "failed_seeds", "runs", "spread"]
 
 
