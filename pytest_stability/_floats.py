@@ -28,7 +28,7 @@ def decode_float(value: Any) -> float:
     return float(value)
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
+def fmt(value: float | str | None, digits: int = 4) -> str:
     """Compact number: ``0.00123``, ``3.4e+05``, ``nan``, ``-``."""
     if value is None:
         return "-"

@@ -278,7 +278,10 @@ class Stability:
     def record(self) -> StabilityRecord:
         """This test's stability runs so far, as the record the session collects."""
         return StabilityRecord.trained(
-            self.nodeid, settings=_builtins_spec(self.spec), calls=[r.to_dict() for r in self.reports], error=self.error
+            self.nodeid,
+            settings=_builtins_spec(self.spec),
+            calls=[r.to_record() for r in self.reports],
+            error=self.error,
         )
 
 

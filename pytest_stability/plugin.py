@@ -7,6 +7,7 @@ fixture, and only by a test that uses it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -39,7 +40,7 @@ from .options import (
     resolve_run_files,
     usage_message,
 )
-from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord, worst_baseline
+from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord
 from .report.junit import junit_properties
 
 DEFAULTS_KEY = pytest.StashKey[Any]()
@@ -260,7 +261,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.stability = record.to_dict()
             # Flat key metrics as test properties, so --junitxml shows them.
             report.user_properties.extend(junit_properties(record))
-            worst = worst_baseline(report.stability)
+            worst = record.worst_baseline
             if worst is not None:
                 report.user_properties.append(("stability_baseline", worst))
     return report
@@ -272,7 +273,7 @@ def _complete(item: pytest.Item, record: StabilityRecord) -> StabilityRecord:
     comparisons = gate.pop_comparisons(item.nodeid) if gate is not None else []
     if comparisons:
         # a call that ended before its run finished has no comparison: the calls past the last one are kept
-        calls = [dict(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons, strict=False)]
+        calls = tuple(replace(c, baseline=cmp) for c, cmp in zip(record.calls, comparisons, strict=False))
         record = record.with_(calls=calls + record.calls[len(calls) :])
     failure = item.stash.get(CALL_FAILURE_KEY, None)
     if failure is not None and record.error is None and record.verdict == STABLE and not record.regressed:

@@ -22,6 +22,7 @@ import pytest
 
 from ..marker import spec_for_node
 from ..options import TOLERANCE_NAMES, RunFiles, RunSpec, cli_name
+from ..record import BaselineComparison
 from ..report import baseline as baseline_mod  # light: math only
 
 GATE_KEY = pytest.StashKey["BaselineGate"]()
@@ -60,7 +61,7 @@ class BaselineGate:
         #: the run-wide settings (CLI > ini > default); a test's marker is laid over them
         self.defaults = defaults
         #: nodeid -> the comparison of each train() call of the running test
-        self._comparisons: dict[str, list[dict[str, Any]]] = {}
+        self._comparisons: dict[str, list[BaselineComparison]] = {}
         self._items: dict[str, pytest.Item] = {}
 
     def pytest_report_header(self, config: pytest.Config) -> list[str] | None:
@@ -97,10 +98,10 @@ class BaselineGate:
             strict=self.strict,
             backend=backend,
             backend_in_baseline=tests is not None,
+            path=str(self.path),
         )
-        comparison["path"] = str(self.path)
         done.append(comparison)
-        if comparison["failed"]:
+        if comparison.failed:
             message = baseline_mod.explain_regression(nodeid, str(self.path), comparison)
             if not report.ok:
                 message += "\n\n" + report.explain()
@@ -108,7 +109,7 @@ class BaselineGate:
             # only show pluggy's frames between train() and this hook.
             pytest.fail(message, pytrace=False)
 
-    def pop_comparisons(self, nodeid: str) -> list[dict[str, Any]]:
+    def pop_comparisons(self, nodeid: str) -> list[BaselineComparison]:
         """The comparisons of a finished test's train() calls, in call order (forgotten here)."""
         self._items.pop(nodeid, None)
         return self._comparisons.pop(nodeid, None) or []

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ..record import StabilityRecord
 from . import progress, xdist_gpus
 from .session import SESSION_KEY, is_worker
 
@@ -236,11 +237,11 @@ class GitHubPlugin:
             fspath, lineno, domain = report.location
             self.locations[report.nodeid] = (fspath, -1 if lineno is None else int(lineno), domain)
 
-    def _records(self) -> list[dict[str, Any]]:
+    def _records(self) -> list[StabilityRecord]:
         session = self.config.stash.get(SESSION_KEY, None)
-        return [r.to_dict() for r in session.sorted_records()] if session is not None else []
+        return session.sorted_records() if session is not None else []
 
-    def _markdown(self, records: list[dict[str, Any]], relative_to: Path | None, *, link_plots: bool = True) -> str:
+    def _markdown(self, records: list[StabilityRecord], relative_to: Path | None, *, link_plots: bool = True) -> str:
         from ..report.github import markdown, plot_links
 
         plots = plot_links(records, self.plots_dir, relative_to) if self.plots_dir is not None else None

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ..record import StabilityRecord
 from ..report import html
 
 #: pytest-html's name for its plugin (its pytest11 entry point).
@@ -37,7 +38,7 @@ class PytestHtmlPanels:
         data = getattr(report, "stability", None)
         if report.when != "teardown" or not isinstance(data, dict):
             return
-        panel = html.render_panel(data, with_style=True, open_=True)
+        panel = html.render_panel(StabilityRecord.from_dict(data), with_style=True, open_=True)
         # pytest-html reads the extras from this attribute, which pytest's TestReport does not declare
         report.extras = list(getattr(report, "extras", None) or []) + [html_extra(panel)]  # type: ignore[attr-defined]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -212,8 +212,9 @@ class StabilitySession:
     ) -> dict[str, Any] | None:
         from ..report import json_report
 
+        # the hook passes the records' builtins (its documented form); the document is built from typed records
         return json_report.build_document(
-            records,
+            [StabilityRecord.from_dict(r) for r in records],
             plugin_version=__version__,
             started=self.started,
             finished=self.finished,
@@ -263,7 +264,7 @@ class StabilitySession:
         directory = self.files.plots
         assert directory is not None  # written only when the option is set
         try:
-            written, failures = write_plots([r.to_dict() for r in self.sorted_records()], directory)
+            written, failures = write_plots(self.sorted_records(), directory)
         except OSError as exc:  # e.g. the directory cannot be created
             return f"stability plots NOT written to {directory}: {type(exc).__name__}: {exc}", False
         for nodeid, error in failures:
@@ -279,19 +280,8 @@ class StabilitySession:
 
         path = self.files.html
         assert path is not None  # written only when the option is set
-        records = [r.to_dict() for r in self.sorted_records()]
-        backends = sorted(
-            cast(
-                "set[str]",
-                {
-                    (run.get("model") or {}).get("backend")
-                    for r in records
-                    for c in r["calls"]
-                    for run in c.get("runs") or ()
-                }
-                - {None},
-            )
-        )
+        records = self.sorted_records()
+        backends = sorted({run.backend for r in records for run in r.runs if run.backend is not None})
         meta = {
             "pytest-stability": __version__,
             "Keras backend": ", ".join(backends) or None,
@@ -316,7 +306,7 @@ class StabilitySession:
         if interrupted:
             return f"stability baseline NOT saved to {path}: the run was interrupted", False
         doc = baseline_mod.build_baseline(
-            [r.to_dict() for r in self.sorted_records()],
+            self.sorted_records(),
             meta={
                 "plugin_version": __version__,
                 "environment": json_report.environment(),
@@ -349,11 +339,11 @@ class StabilitySession:
         footer: list[str] = []
         ok = True
         if f.baseline is not None:
-            compared = [c["baseline"] for r in self.records.values() for c in r.calls if "baseline" in c]
-            regressed = sum(c["status"] == "regressed" for c in compared)
-            missing = sum(c["status"] == "missing" for c in compared)
+            compared = [c.baseline for r in self.records.values() for c in r.calls if c.baseline is not None]
+            regressed = sum(c.status == "regressed" for c in compared)
+            missing = sum(c.status == "missing" for c in compared)
             # the same word as the rows and the JSON ("missing"): not in the baseline, and why when it is the backend
-            absent = sorted({c["backend"] for c in compared if c.get("backend_in_baseline") is False})
+            absent = sorted({str(c.backend) for c in compared if c.backend_in_baseline is False})
             why = "".join(f" ({baseline_mod.no_backend_note(b)})" for b in absent)
             footer.append(
                 f"stability baseline {f.baseline}: {len(compared) - missing} compared, "

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .._floats import decode_float, encode_float, fmt
+from ..record import BaselineComparison, RunRecord, StabilityRecord
 
 BASELINE_SCHEMA_VERSION = 2
 BASELINE_KIND = "pytest-stability-baseline"
@@ -101,43 +102,42 @@ class BaselineFileError(ValueError):
 # -- building -------------------------------------------------------------------
 
 
-def run_backend(run: Mapping[str, Any]) -> str:
-    """The Keras backend a run (a record's run dict) trained on, as its trace recorded it."""
-    return (run.get("model") or {}).get("backend") or UNKNOWN_BACKEND
+def run_backend(run: RunRecord) -> str:
+    """The Keras backend a run (of a record) trained on, as its trace recorded it."""
+    return run.backend or UNKNOWN_BACKEND
 
 
-def _run_entry(run: Mapping[str, Any]) -> dict[str, Any]:
-    summary = run.get("summary") or {}
+def _run_entry(run: RunRecord) -> dict[str, Any]:
+    summary = run.summary.to_dict()
     return {
-        "verdict": run.get("verdict"),
-        "summary": {k: summary.get(k) for k in BASELINE_METRICS if k in summary},  # margins only when measured
-        "findings": [{"check": f["check"], "kind": f["kind"], "step": f["step"]} for f in run.get("findings") or ()],
+        "verdict": run.verdict,
+        "summary": {k: summary[k] for k in BASELINE_METRICS if k in summary},  # margins only when measured
+        "findings": [{"check": f.check, "kind": f.kind, "step": f.step} for f in run.findings],
     }
 
 
-def build_baseline(records: Iterable[Mapping[str, Any]], *, meta: Mapping[str, Any]) -> dict[str, Any]:
+def build_baseline(records: Iterable[StabilityRecord], *, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The baseline document for a run's records (tests that never trained are left out).
 
     Each test goes into the section of the backend it trained on (one process trains on one backend, so a
     run's records normally fill one section).
 
     Args:
-        records: the session's per-test records (builtins).
+        records: the session's per-test records.
         meta: run facts to keep in each section (plugin version, environment, time).
     """
     backends: dict[str, dict[str, Any]] = {}
     for record in records:
-        calls = record.get("calls") or []
-        runs = [run for call in calls for run in call["runs"]]
+        runs = record.runs
         if not runs:
             continue
         for backend in sorted({run_backend(run) for run in runs}):
             section = backends.setdefault(backend, {**dict(meta), "tests": {}})
-            section["tests"][record["nodeid"]] = {
-                "verdict": record.get("verdict"),
+            section["tests"][record.nodeid] = {
+                "verdict": record.verdict,
                 "calls": [
-                    {"runs": {str(run["seed"]): _run_entry(run) for run in call["runs"] if run_backend(run) == backend}}
-                    for call in calls
+                    {"runs": {str(run.seed): _run_entry(run) for run in call.runs if run_backend(run) == backend}}
+                    for call in record.calls
                 ],
             }
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
@@ -405,7 +405,8 @@ def compare_call(
     strict: bool,
     backend: str | None = None,
     backend_in_baseline: bool = True,
-) -> dict[str, Any]:
+    path: str | None = None,
+) -> BaselineComparison:
     """Compare every seed's run of one ``train()`` call with the baseline.
 
     Args:
@@ -416,9 +417,10 @@ def compare_call(
         strict: whether a missing test or seed counts as a failure.
         backend: the Keras backend the runs trained on (recorded in the comparison).
         backend_in_baseline: False when the baseline holds no run on ``backend`` at all (the lines say so).
+        path: the baseline file (recorded in the comparison).
 
     Returns:
-        Builtins: ``status`` (ok / regressed / missing), ``failed`` (whether the
+        The comparison: ``status`` (ok / regressed / missing), ``failed`` (whether the
         test must fail), ``backend``, ``tolerances``, ``seeds`` (per-seed
         comparisons), ``regressions`` (messages, prefixed with the seed) and
         ``lines`` (for the terminal: baseline against now).
@@ -446,7 +448,7 @@ def compare_call(
         )
         if strict:
             out["regressions"].append(f"{what} not in the baseline (--stability-baseline-strict){why}")
-        return out
+        return BaselineComparison.from_dict(dict(out, path=path))
     base_runs = calls[call_index]["runs"]
     multi = len(runs) > 1
     for run in runs:
@@ -473,21 +475,21 @@ def compare_call(
             out["status"] = REGRESSED
             out["failed"] = True
             out["regressions"].extend(f"seed {seed}: {r}" for r in result["regressions"])
-    return out
+    return BaselineComparison.from_dict(dict(out, path=path))
 
 
-def explain_regression(nodeid: str, path: str, comparison: Mapping[str, Any]) -> str:
+def explain_regression(nodeid: str, path: str, comparison: BaselineComparison) -> str:
     """The failure message of a test whose stability regressed against the baseline."""
-    if comparison["status"] == MISSING:
+    if comparison.status == MISSING:
         lines = [
             f"{nodeid}: missing from the baseline {path}, and --stability-baseline-strict fails what the "
             "baseline does not cover (save a new baseline with --stability-save-baseline=PATH):"
         ]
-        lines.extend(f"  {r}" for r in comparison["regressions"])
+        lines.extend(f"  {r}" for r in comparison.regressions)
         return "\n".join(lines)
     lines = [f"{nodeid}: training stability regressed against the baseline {path}:"]
-    lines.extend(f"  {r}" for r in comparison["regressions"])
-    tol = comparison["tolerances"]
+    lines.extend(f"  {r}" for r in comparison.regressions)
+    tol = comparison.tolerances
     lines.append(
         f"  tolerances: baseline_grad_factor={tol['baseline_grad_factor']:g}, "
         f"baseline_val_tolerance={tol['baseline_val_tolerance']:g}, "

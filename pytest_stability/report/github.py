@@ -9,8 +9,8 @@
   ``$GITHUB_STEP_SUMMARY`` under GitHub Actions, and written to
   ``--stability-markdown=PATH`` (ini ``stability_markdown``) anywhere.
 
-Built from the controller's per-test records (builtins, the same under
-pytest-xdist) and the tests' locations from their reports.  Pure string
+Built from the controller's per-test records (:class:`~pytest_stability.record.StabilityRecord`, the
+same under pytest-xdist) and the tests' locations from their reports.  Pure string
 building: the pytest plugin that writes and prints them, ``GitHubPlugin``, is in
 :mod:`pytest_stability.integrations.ci`.
 """
@@ -22,9 +22,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-from ..record import primary_run
+from ..record import StabilityRecord
 
 _VERDICT = {"stable": "✅ stable", "unstable": "❌ unstable", "error": "⚠️ error", "skipped": "⏭️ skipped"}
 
@@ -38,46 +37,45 @@ def in_github_actions(env: Mapping[str, str] | None = None) -> bool:
 # -- what a record says ---------------------------------------------------------
 
 
-def regressed(record: Mapping[str, Any]) -> bool:
+def regressed(record: StabilityRecord) -> bool:
     """Whether the test failed its --stability-baseline comparison."""
-    return any((c.get("baseline") or {}).get("failed") for c in record.get("calls") or [])
+    return record.regressed
 
 
-def headline(record: Mapping[str, Any]) -> str:
+def headline(record: StabilityRecord) -> str:
     """The one line that says why a test is not stable (its first finding), or '' for a stable one."""
-    for call in record.get("calls") or []:
-        for run in call.get("runs") or []:
-            if run.get("findings"):
-                f = run["findings"][0]
-                seed = f"seed {run['seed']}: " if len(call["runs"]) > 1 else ""
-                return f"{seed}[{f['check']}] step {f['step']}: {f['message']}"
-    for call in record.get("calls") or []:
-        baseline = call.get("baseline") or {}
-        if baseline.get("failed") and baseline.get("regressions"):
-            return "baseline regression: " + "; ".join(baseline["regressions"])
-    if record.get("verdict") in ("error", "skipped"):
-        return record.get("error") or record.get("skip_reason") or ""
+    for call in record.calls:
+        for run in call.runs:
+            if run.findings:
+                f = run.findings[0]
+                seed = f"seed {run.seed}: " if len(call.runs) > 1 else ""
+                return f"{seed}[{f.check}] step {f.step}: {f.message}"
+    for call in record.calls:
+        baseline = call.baseline
+        if baseline is not None and baseline.failed and baseline.regressions:
+            return "baseline regression: " + "; ".join(baseline.regressions)
+    if record.verdict in ("error", "skipped"):
+        return record.error or record.skip_reason or ""
     return ""
 
 
-def _steps(record: Mapping[str, Any]) -> str:
+def _steps(record: StabilityRecord) -> str:
     parts = []
-    for call in record.get("calls") or []:
-        runs = call.get("runs") or []
-        if runs:
-            run = primary_run(runs) or runs[0]
-            parts.append(f"{run['steps_run']}/{run['steps_planned']}")
+    for call in record.calls:
+        if call.runs:
+            run = call.primary
+            parts.append(f"{run.steps_run}/{run.steps_planned}")
     return ", ".join(parts)
 
 
-def _baseline(record: Mapping[str, Any]) -> str:
-    lines = [line for c in record.get("calls") or [] for line in (c.get("baseline") or {}).get("lines", [])]
+def _baseline(record: StabilityRecord) -> str:
+    lines = [line for c in record.calls if c.baseline is not None for line in c.baseline.lines]
     return "<br>".join(lines)
 
 
-def _label(record: Mapping[str, Any]) -> str:
-    verdict: str = record.get("verdict", "error")
-    if verdict == "stable" and regressed(record):
+def _label(record: StabilityRecord) -> str:
+    verdict = record.verdict
+    if verdict == "stable" and record.regressed:
         return "❌ regressed"
     return _VERDICT.get(verdict, verdict)
 
@@ -134,7 +132,7 @@ def annotation_file(rootpath: Path, relpath: str, env: Mapping[str, str] | None 
 
 
 def annotations(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[StabilityRecord],
     locations: Mapping[str, tuple[str, int, str]],
     rootpath: Path,
     env: Mapping[str, str] | None = None,
@@ -148,16 +146,16 @@ def annotations(
         env: the environment (``GITHUB_WORKSPACE``).
     """
     out = []
-    for record in sorted(records, key=lambda r: r["nodeid"]):
-        if record.get("verdict") != "unstable" and not regressed(record):
+    for record in sorted(records, key=lambda r: r.nodeid):
+        if record.verdict != "unstable" and not record.regressed:
             continue
-        nodeid = record["nodeid"]
+        nodeid = record.nodeid
         where = locations.get(nodeid)
         if where is None:
             relpath, line = nodeid.split("::", 1)[0], 1
         else:
             relpath, line = where[0], def_line(Path(rootpath, where[0]), where[1], where[2])
-        kind = "unstable training" if record.get("verdict") == "unstable" else "training stability regressed"
+        kind = "unstable training" if record.verdict == "unstable" else "training stability regressed"
         title = f"{kind}: {nodeid.split('::', 1)[-1]}"
         message = headline(record) or kind
         out.append(error_command(annotation_file(rootpath, relpath, env), line, title, message))
@@ -172,7 +170,7 @@ def _cell(text: str) -> str:
 
 
 def markdown(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[StabilityRecord],
     *,
     plots: Mapping[str, str] | None = None,
     tensorboard: str | None = None,
@@ -187,11 +185,11 @@ def markdown(
         link_plots: show plots as Markdown links; False shows their paths (a job summary cannot link to
             a file of the job's workspace: the plots are in the uploaded artifact).
     """
-    records = sorted(records, key=lambda r: r["nodeid"])
-    unstable = sum(r.get("verdict") == "unstable" for r in records)
-    errors = sum(r.get("verdict") == "error" for r in records)
-    regressions = sum(regressed(r) for r in records)
-    with_baseline = any("baseline" in c for r in records for c in r.get("calls") or [])
+    records = sorted(records, key=lambda r: r.nodeid)
+    unstable = sum(r.verdict == "unstable" for r in records)
+    errors = sum(r.verdict == "error" for r in records)
+    regressions = sum(r.regressed for r in records)
+    with_baseline = any(c.baseline is not None for r in records for c in r.calls)
     summary = f"{len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
     if errors:
         summary += f", {errors} error{'s' if errors != 1 else ''}"
@@ -208,11 +206,11 @@ def markdown(
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for record in records:
-        row = [_label(record), f"`{record['nodeid']}`", _steps(record), headline(record)]
+        row = [_label(record), f"`{record.nodeid}`", _steps(record), headline(record)]
         if with_baseline:
             row.append(_baseline(record))
         if plots is not None:
-            target = plots.get(record["nodeid"])
+            target = plots.get(record.nodeid)
             if not target:
                 row.append("")
             else:
@@ -224,7 +222,7 @@ def markdown(
     return "\n".join(lines)
 
 
-def plot_links(records: Iterable[Mapping[str, Any]], plots_dir: Path, relative_to: Path | None) -> dict[str, str]:
+def plot_links(records: Iterable[StabilityRecord], plots_dir: Path, relative_to: Path | None) -> dict[str, str]:
     """nodeid -> the path of its plot, named the way :func:`~pytest_stability.report.plots.write_plots` names it.
 
     Relative to ``relative_to`` (the Markdown file's folder) when given, so the link works
@@ -234,14 +232,14 @@ def plot_links(records: Iterable[Mapping[str, Any]], plots_dir: Path, relative_t
 
     taken: set[str] = set()
     out = {}
-    for record in sorted(records, key=lambda r: r["nodeid"]):
-        if not record.get("calls"):
+    for record in sorted(records, key=lambda r: r.nodeid):
+        if not record.calls:
             continue
-        path = plots_dir / plot_filename(record["nodeid"], taken)
+        path = plots_dir / plot_filename(record.nodeid, taken)
         if relative_to is not None:
-            out[record["nodeid"]] = Path(os.path.relpath(path, relative_to)).as_posix()
+            out[record.nodeid] = Path(os.path.relpath(path, relative_to)).as_posix()
         else:
-            out[record["nodeid"]] = str(path)
+            out[record.nodeid] = str(path)
     return out
 
 

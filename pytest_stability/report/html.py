@@ -13,9 +13,8 @@ reads fine with scripts off.
 the pytest-html integration (:mod:`~pytest_stability.report.pytest_html`) puts
 into pytest-html's report.
 
-Pure builtins: it reads the session's records (:meth:`StabilityRecord.to_dict
-<pytest_stability.record.StabilityRecord.to_dict>` form) and imports no
-framework, no numpy and no matplotlib.
+Pure builtins: it reads the session's records (:class:`~pytest_stability.record.StabilityRecord`)
+and imports no framework, no numpy and no matplotlib.
 """
 
 from __future__ import annotations
@@ -24,11 +23,11 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._floats import decode_float, fmt
-from ..record import VERDICT_LABELS, all_runs, primary_run, worst_baseline
+from ..record import VERDICT_LABELS, BaselineComparison, Curve, FindingRecord, RunRecord, StabilityRecord
 from .render import batch_text
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
@@ -184,48 +183,39 @@ def anchor(nodeid: str) -> str:
 # -- reading a record ---------------------------------------------------------------------------------------
 
 
-def _runs(record: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
-    return [(i, run) for i, call in enumerate(record.get("calls") or []) for run in call.get("runs") or []]
-
-
-def _primary(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    return primary_run(all_runs(record))
-
-
-def regressed(record: Mapping[str, Any]) -> bool:
+def regressed(record: StabilityRecord) -> bool:
     """Whether a ``train()`` call of the test failed its ``--stability-baseline`` comparison."""
-    return any((c.get("baseline") or {}).get("failed") for c in record.get("calls") or [])
+    return record.regressed
 
 
-def baseline_status(record: Mapping[str, Any]) -> str | None:
+def baseline_status(record: StabilityRecord) -> str | None:
     """The worst baseline status of the test's calls (regressed > missing > ok), as in the JSON report."""
-    return worst_baseline(record)
+    return record.worst_baseline
 
 
-def headline(record: Mapping[str, Any]) -> str:
+def headline(record: StabilityRecord) -> str:
     """One line saying how the test went: its first finding, its regression, its error, or its key numbers."""
-    if record.get("error"):
-        return str(record["error"]).splitlines()[0]
-    if record.get("skip_reason"):
-        return str(record["skip_reason"])
-    for call in record.get("calls") or []:
-        base = call.get("baseline") or {}
-        if base.get("failed") and base.get("regressions"):
-            first: str = base["regressions"][0]
-            return "baseline: " + first
-    run = _primary(record)
+    if record.error:
+        return str(record.error).splitlines()[0]
+    if record.skip_reason:
+        return str(record.skip_reason)
+    for call in record.calls:
+        base = call.baseline
+        if base is not None and base.failed and base.regressions:
+            return "baseline: " + base.regressions[0]
+    run = record.primary
     if run is None:
         return ""
-    if run.get("findings"):
-        f = run["findings"][0]
-        return f"[{f['check']}] step {f['step']}: {f['message']}"
-    s = run.get("summary") or {}
+    if run.findings:
+        f = run.findings[0]
+        return f"[{f.check}] step {f.step}: {f.message}"
+    s = run.summary
     parts = [
-        f"final loss {_metric(s.get('final_loss'), 3)}",
-        f"largest spike {_metric(s.get('largest_spike'), 3, 'x')}",
-        f"max |g| {_metric(s.get('max_grad_norm'), 3)}",
+        f"final loss {_metric(s.final_loss, 3)}",
+        f"largest spike {_metric(s.largest_spike, 3, 'x')}",
+        f"max |g| {_metric(s.max_grad_norm, 3)}",
     ]
-    trend = s.get("val_trend")
+    trend = s.val_trend
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
         parts.append(f"validation {trend:+.0%}")
     return ", ".join(parts)
@@ -234,13 +224,13 @@ def headline(record: Mapping[str, Any]) -> str:
 # -- charts -------------------------------------------------------------------------------------------------
 
 
-def panels_of(runs: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+def panels_of(runs: Iterable[RunRecord]) -> list[tuple[str, str]]:
     """(curve, title) of the charts for ``runs``: every curve some run recorded, known ones first.
 
     A curve with no point gets no chart (no validation data, no validation chart); the loss always has one.
     """
     runs = list(runs)
-    present = {name for run in runs for name, curve in (run.get("curves") or {}).items() if curve and curve.get("step")}
+    present = {name for run in runs for name, curve in run.curves.items() if curve.step}
     known = [(key, title) for key, title in PANELS if key in present or key == "loss"]
     others = sorted(present - {key for key, _ in PANELS})
     return known + [(name, name.replace("_", " ")) for name in others]
@@ -283,7 +273,7 @@ def svg_chart(
     name: str,
     title: str,
     series: Sequence[tuple[str, Sequence[int], Sequence[float]]],
-    findings: Sequence[Mapping[str, Any]],
+    findings: Sequence[FindingRecord],
     *,
     span: tuple[int, int],
     all_findings: Sequence[int] = (),
@@ -399,7 +389,7 @@ def svg_chart(
         tip_series.append({"name": label, "steps": list(steps), "values": [fmt(v, 4) for v in values]})
     # finding markers at their value, labelled with the check
     for f in findings:
-        step, value = int(f["step"]), _num(f.get("value"))
+        step, value = int(f.step), _num(f.value)
         x = X(step)
         if math.isfinite(value) and (value > 0 or not log) and lo <= (math.log10(value) if log else value) <= hi:
             y = Y(value)
@@ -412,7 +402,7 @@ def svg_chart(
         dx = -7 if anchor_side == "end" else 7
         out.append(
             f'<text class="ps-find-label" x="{x + dx:.1f}" y="{max(y - 8, y0 + 10):.1f}" '
-            f'text-anchor="{anchor_side}">{_e(f["check"])} @ {step}</text>'
+            f'text-anchor="{anchor_side}">{_e(f.check)} @ {step}</text>'
         )
     out.append(
         f'<g class="ps-tip" visibility="hidden"><line x1="0" x2="0" y1="{y0}" y2="{y1}" stroke="#9ca3af"/>'
@@ -424,30 +414,26 @@ def svg_chart(
     return f'<figure class="ps-chart"><figcaption>{_e(title)}</figcaption>{"".join(out)}</figure>'
 
 
-def _series(curve: Mapping[str, Any] | None) -> tuple[list[int], list[float]]:
-    if not curve:
+def _series(curve: Curve | None) -> tuple[list[int], list[float]]:
+    if curve is None:
         return [], []
-    return [int(s) for s in curve.get("step") or []], [_num(v) for v in curve.get("value") or []]
+    return [int(s) for s in curve.step], [_num(v) for v in curve.value]
 
 
-def _charts(call_runs: Sequence[Mapping[str, Any]], label_of: Any) -> str:
+def _charts(call_runs: Sequence[RunRecord], label_of: Callable[[RunRecord], str]) -> str:
     charts = panels_of(call_runs)
-    steps_planned = max([int(r.get("steps_planned") or r.get("steps_run") or 1) for r in call_runs] + [1])
-    last_step = max(
-        [s for r in call_runs for c in (r.get("curves") or {}).values() for s in (c.get("step") or [])] + [0]
-    )
+    steps_planned = max([int(r.steps_planned or r.steps_run or 1) for r in call_runs] + [1])
+    last_step = max([s for r in call_runs for c in r.curves.values() for s in c.step] + [0])
     span = (0, max(steps_planned - 1, last_step, 1))
-    finding_steps = [int(f["step"]) for r in call_runs for f in r.get("findings") or ()]
+    finding_steps = [int(f.step) for r in call_runs for f in r.findings]
     out = []
     for key, title in charts:
         series = []
         for run in call_runs:
-            steps, values = _series((run.get("curves") or {}).get(key))
+            steps, values = _series(run.curves.get(key))
             if steps:
                 series.append((label_of(run), steps, values))
-        marked = [
-            f for r in call_runs for f in r.get("findings") or () if CHART_OF_CHECK.get(f["check"], "loss") == key
-        ]
+        marked = [f for r in call_runs for f in r.findings if CHART_OF_CHECK.get(f.check, "loss") == key]
         out.append(svg_chart(key, title, series, marked, span=span, all_findings=finding_steps))
     legend = ""
     if len(call_runs) > 1:
@@ -465,17 +451,17 @@ def _charts(call_runs: Sequence[Mapping[str, Any]], label_of: Any) -> str:
 # -- the panel of one test ------------------------------------------------------------------------------
 
 
-def _finding_html(f: Mapping[str, Any], seed_label: str) -> str:
-    rows = [f"<h4>[{_e(f['check'])}] step {_e(f['step'])}{_e(seed_label)}</h4>", f"<p>{_e(f.get('message', ''))}</p>"]
-    where = (f.get("evidence") or {}).get("batch")
+def _finding_html(f: FindingRecord, seed_label: str) -> str:
+    rows = [f"<h4>[{_e(f.check)}] step {_e(f.step)}{_e(seed_label)}</h4>", f"<p>{_e(f.message)}</p>"]
+    where = f.evidence.get("batch")
     if isinstance(where, Mapping):
         rows.append(f'<p class="ps-small">{_e(batch_text(where))}</p>')
-    if f.get("cause"):
-        conf = f" ({_e(f['confidence'])})" if f.get("confidence") else ""
-        rows.append(f'<p><span class="ps-k">cause{conf}</span> {_e(f["cause"])}</p>')
-    if f.get("fix"):
-        rows.append(f'<p><span class="ps-k">fix to try</span> {_e(f["fix"])}</p>')
-    whatif = (f.get("evidence") or {}).get("whatif")
+    if f.cause:
+        conf = f" ({_e(f.confidence)})" if f.confidence else ""
+        rows.append(f'<p><span class="ps-k">cause{conf}</span> {_e(f.cause)}</p>')
+    if f.fix:
+        rows.append(f'<p><span class="ps-k">fix to try</span> {_e(f.fix)}</p>')
+    whatif = f.evidence.get("whatif")
     if isinstance(whatif, Mapping) and whatif.get("text"):
         resolved = whatif.get("resolved")
         mark = (
@@ -489,44 +475,44 @@ def _finding_html(f: Mapping[str, Any], seed_label: str) -> str:
     return '<div class="ps-finding">' + "".join(rows) + "</div>"
 
 
-def _summary_html(run: Mapping[str, Any]) -> str:
-    s = run.get("summary") or {}
-    cells = [
-        ("final loss", _metric(s.get("final_loss"))),
-        ("min loss", _metric(s.get("min_loss"))),
-        ("largest spike", _metric(s.get("largest_spike"), 3, "x")),
-        ("spikes", s.get("spikes", "-")),
-        ("max |g|", _metric(s.get("max_grad_norm"))),
-        ("p99 |g|", _metric(s.get("p99_grad_norm"))),
+def _summary_html(run: RunRecord) -> str:
+    s = run.summary
+    cells: list[tuple[str, str | int]] = [
+        ("final loss", _metric(s.final_loss)),
+        ("min loss", _metric(s.min_loss)),
+        ("largest spike", _metric(s.largest_spike, 3, "x")),
+        ("spikes", s.spikes),
+        ("max |g|", _metric(s.max_grad_norm)),
+        ("p99 |g|", _metric(s.p99_grad_norm)),
     ]
-    trend = s.get("val_trend")
+    trend = s.val_trend
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
         cells.append(("validation", f"{trend:+.0%}"))
-    if s.get("lr_margin") is not None:
-        cells.append(("lr margin", fmt(_num(s["lr_margin"]), 3) + "x"))
-    if s.get("eos_ratio") is not None:
-        cells.append(("eos ratio", fmt(_num(s["eos_ratio"]), 3)))
+    if s.lr_margin is not None:
+        cells.append(("lr margin", fmt(_num(s.lr_margin), 3) + "x"))
+    if s.eos_ratio is not None:
+        cells.append(("eos ratio", fmt(_num(s.eos_ratio), 3)))
     head = "".join(f"<th>{_e(k)}</th>" for k, _ in cells)
     body = "".join(f"<td>{_e(v)}</td>" for _, v in cells)
     return f'<table class="ps-metrics"><tr>{head}</tr><tr>{body}</tr></table>'
 
 
-def _baseline_html(comparison: Mapping[str, Any]) -> str:
-    status = comparison.get("status", "?")
+def _baseline_html(comparison: BaselineComparison) -> str:
+    status = comparison.status
     cls = {"ok": "ps-ok", "regressed": "ps-bad"}.get(status, "")
     rows = [
         f'<h4>Baseline: <span class="{cls}">{_e(status)}</span>'
-        + (f' <span class="ps-small">({_e(comparison["path"])})</span>' if comparison.get("path") else "")
+        + (f' <span class="ps-small">({_e(comparison.path)})</span>' if comparison.path else "")
         + "</h4>"
     ]
     metrics_rows = []
-    for seed, result in sorted((comparison.get("seeds") or {}).items()):
-        for metric, m in sorted((result.get("metrics") or {}).items()):
-            mark = '<span class="ps-bad">regressed</span>' if m.get("regressed") else "ok"
+    for seed, result in sorted(comparison.seeds.items()):
+        for metric, m in sorted((result.metrics or {}).items()):
+            mark = '<span class="ps-bad">regressed</span>' if m.regressed else "ok"
             metrics_rows.append(
-                f"<tr><td>{_e(seed)}</td><td>{_e(metric)}</td><td>{_e(fmt(_num(m.get('baseline')), 4))}"
-                f"</td><td>{_e(fmt(_num(m.get('now')), 4))}</td>"
-                f"<td>{_e(fmt(_num(m.get('limit')), 4)) if m.get('limit') is not None else '-'}</td>"
+                f"<tr><td>{_e(seed)}</td><td>{_e(metric)}</td><td>{_e(fmt(_num(m.baseline), 4))}"
+                f"</td><td>{_e(fmt(_num(m.now), 4))}</td>"
+                f"<td>{_e(fmt(_num(m.limit), 4)) if m.limit is not None else '-'}</td>"
                 f"<td>{mark}</td></tr>"
             )
     if metrics_rows:
@@ -534,29 +520,29 @@ def _baseline_html(comparison: Mapping[str, Any]) -> str:
             '<table class="ps-metrics"><tr><th>seed</th><th>metric</th><th>baseline</th><th>now</th>'
             "<th>limit</th><th></th></tr>" + "".join(metrics_rows) + "</table>"
         )
-    for line in comparison.get("regressions") or ():
+    for line in comparison.regressions:
         rows.append(f'<p class="ps-bad">{_e(line)}</p>')
     if not metrics_rows:
-        rows.extend(f'<p class="ps-small">{_e(line)}</p>' for line in comparison.get("lines") or ())
+        rows.extend(f'<p class="ps-small">{_e(line)}</p>' for line in comparison.lines)
     return '<div class="ps-note">' + "".join(rows) + "</div>"
 
 
-def _verdict_class(record: Mapping[str, Any]) -> tuple[str, str]:
-    verdict = record.get("verdict", "error")
-    if verdict == "stable" and regressed(record):
+def _verdict_class(record: StabilityRecord) -> tuple[str, str]:
+    verdict = record.verdict
+    if verdict == "stable" and record.regressed:
         return "REGR", "ps-regressed"
     return _VERDICT_LABEL.get(verdict, "?"), f"ps-{verdict}" if verdict in _VERDICT_LABEL else "ps-error"
 
 
-def _facts(record: Mapping[str, Any]) -> str:
-    run = _primary(record)
+def _facts(record: StabilityRecord) -> str:
+    run = record.primary
     facts: list[tuple[str, Any]] = []
     if run is not None:
-        model = run.get("model") or {}
-        facts.append(("steps", f"{run.get('steps_run')}/{run.get('steps_planned')}"))
-        seeds = sorted({int(r["seed"]) for _, r in _runs(record)})
+        model = run.model or {}
+        facts.append(("steps", f"{run.steps_run}/{run.steps_planned}"))
+        seeds = sorted({int(r.seed) for r in record.runs})
         facts.append(("seed" if len(seeds) == 1 else "seeds", ", ".join(map(str, seeds))))
-        facts.append(("device", run.get("device")))
+        facts.append(("device", run.device))
         if model.get("backend"):
             facts.append(("backend", model["backend"]))
         if model.get("model"):
@@ -565,49 +551,48 @@ def _facts(record: Mapping[str, Any]) -> str:
             lr = (model.get("optimizer_config") or {}).get("learning_rate")
             opt = model["optimizer"] + (f" (learning rate {fmt(_num(lr), 3)})" if isinstance(lr, (int, float)) else "")
             facts.append(("optimizer", opt))
-        if run.get("data"):
-            facts.append(("data", run["data"]))
-        wall = sum(float(r.get("wall_time") or 0.0) for _, r in _runs(record))
+        if run.data:
+            facts.append(("data", run.data))
+        wall = sum(float(r.wall_time or 0.0) for r in record.runs)
         facts.append(("time", f"{wall:.1f} s"))
-    if record.get("outcome"):
-        facts.append(("pytest outcome", record["outcome"]))
+    if record.outcome:
+        facts.append(("pytest outcome", record.outcome))
     return '<div class="ps-facts">' + "".join(f"<span>{_e(k)} <b>{_e(v)}</b></span>" for k, v in facts) + "</div>"
 
 
 def render_panel(
-    record: Mapping[str, Any], *, with_style: bool = False, open_: bool | None = None, collapse_stable: bool = False
+    record: StabilityRecord, *, with_style: bool = False, open_: bool | None = None, collapse_stable: bool = False
 ) -> str:
     """One test's panel: header, facts, charts, findings (cause, fix, what-if), margins, baseline, replay.
 
     Args:
-        record: the test's record (builtins).
+        record: the test's record.
         with_style: include the styles (for a panel shown outside :func:`render_report`, e.g. in pytest-html).
         open_: whether the panel starts expanded (default: yes, unless ``collapse_stable`` and the test is
             stable and did not regress).
         collapse_stable: start the panels of stable tests collapsed (a long run's report).
     """
     label, cls = _verdict_class(record)
-    nodeid = record.get("nodeid", "?")
+    nodeid = record.nodeid
     if open_ is None:
         open_ = cls != "ps-stable" or not collapse_stable
-    calls = record.get("calls") or []
+    calls = record.calls
     body = [_facts(record)]
-    if record.get("error"):
-        body.append(f'<div class="ps-finding"><h4>error</h4><p>{_e(record["error"])}</p></div>')
-    if record.get("skip_reason"):
-        body.append(f'<div class="ps-note">skipped: {_e(record["skip_reason"])}</div>')
+    if record.error:
+        body.append(f'<div class="ps-finding"><h4>error</h4><p>{_e(record.error)}</p></div>')
+    if record.skip_reason:
+        body.append(f'<div class="ps-note">skipped: {_e(record.skip_reason)}</div>')
     for i, call in enumerate(calls):
-        runs = call.get("runs") or []
+        runs = call.runs
         if not runs:
             continue
         if len(calls) > 1:
-            body.append(f"<h3>train() call {i + 1}: {_e(call.get('verdict', ''))}</h3>")
-        body.append(_charts(runs, lambda r: f"seed {r['seed']}"))
+            body.append(f"<h3>train() call {i + 1}: {_e(call.verdict)}</h3>")
+        body.append(_charts(runs, lambda r: f"seed {r.seed}"))
         for run in runs:
-            seed_label = f" (seed {run['seed']})" if len(runs) > 1 else ""
-            findings = run.get("findings") or []
-            body.extend(_finding_html(f, seed_label) for f in findings)
-            model = run.get("model") or {}
+            seed_label = f" (seed {run.seed})" if len(runs) > 1 else ""
+            body.extend(_finding_html(f, seed_label) for f in run.findings)
+            model = run.model or {}
             notes = []
             for key, what in (("margin", "Learning-rate margin"), ("curvature", "Curvature margin")):
                 info = model.get(key)
@@ -621,21 +606,21 @@ def render_panel(
             if notes:
                 body.append('<div class="ps-note">' + "".join(notes) + "</div>")
             if len(runs) > 1:
-                body.append(f'<div class="ps-small">seed {_e(run["seed"])}: {_summary_html(run)}</div>')
+                body.append(f'<div class="ps-small">seed {_e(run.seed)}: {_summary_html(run)}</div>')
             else:
                 body.append(_summary_html(run))
-            if run.get("replay") and run.get("verdict") != "stable":
-                body.append(f'<p class="ps-small">replay: <span class="ps-code">{_e(run["replay"])}</span></p>')
-            probe = (run.get("model") or {}).get("batch_replay")
+            if run.replay and run.verdict != "stable":
+                body.append(f'<p class="ps-small">replay: <span class="ps-code">{_e(run.replay)}</span></p>')
+            probe = model.get("batch_replay")
             if isinstance(probe, Mapping):  # --stability-replay-batch: a bad sample or a bad update
                 body.append(
                     "".join(f'<p class="ps-small">batch replay: {_e(line)}</p>' for line in probe.get("text") or ())
                 )
-        if call.get("baseline"):
-            body.append(_baseline_html(call["baseline"]))
-    reg = "1" if regressed(record) else "0"
+        if call.baseline is not None:
+            body.append(_baseline_html(call.baseline))
+    reg = "1" if record.regressed else "0"
     panel = (
-        f'<details class="ps-test" id="{anchor(nodeid)}" data-verdict="{_e(record.get("verdict", ""))}" '
+        f'<details class="ps-test" id="{anchor(nodeid)}" data-verdict="{_e(record.verdict)}" '
         f'data-regressed="{reg}"{" open" if open_ else ""}>'
         f'<summary><span class="ps-badge {cls}">{label}</span><span class="ps-nodeid">{_e(nodeid)}</span>'
         f'<span class="ps-headline">{_e(headline(record))}</span></summary>'
@@ -649,21 +634,21 @@ def render_panel(
 # -- the whole document -------------------------------------------------------------------------------------
 
 
-def _summary_table(records: Sequence[Mapping[str, Any]]) -> str:
+def _summary_table(records: Sequence[StabilityRecord]) -> str:
     rows = []
     for record in records:
         label, cls = _verdict_class(record)
-        run = _primary(record)
-        steps = f"{run.get('steps_run')}/{run.get('steps_planned')}" if run else "-"
-        device = run.get("device") if run else "-"
-        base = baseline_status(record) or ""
+        run = record.primary
+        steps = f"{run.steps_run}/{run.steps_planned}" if run else "-"
+        device = run.device if run else "-"
+        base = record.worst_baseline or ""
         base_cls = {"regressed": "ps-bad", "ok": "ps-ok"}.get(base, "")
-        wall = sum(float(r.get("wall_time") or 0.0) for _, r in _runs(record))
-        reg = "1" if regressed(record) else "0"
+        wall = sum(float(r.wall_time or 0.0) for r in record.runs)
+        reg = "1" if record.regressed else "0"
         rows.append(
-            f'<tr data-verdict="{_e(record.get("verdict", ""))}" data-regressed="{reg}">'
+            f'<tr data-verdict="{_e(record.verdict)}" data-regressed="{reg}">'
             f'<td><span class="ps-badge {cls}">{label}</span></td>'
-            f'<td><a href="#{anchor(record["nodeid"])}">{_e(record["nodeid"])}</a></td>'
+            f'<td><a href="#{anchor(record.nodeid)}">{_e(record.nodeid)}</a></td>'
             f'<td class="ps-num">{_e(steps)}</td><td>{_e(device)}</td><td>{_e(headline(record))}</td>'
             f'<td class="{base_cls}">{_e(base)}</td><td class="ps-num">{wall:.1f} s</td></tr>'
         )
@@ -674,7 +659,7 @@ def _summary_table(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def render_report(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[StabilityRecord],
     *,
     title: str = "pytest-stability report",
     meta: Mapping[str, Any] | None = None,
@@ -682,13 +667,13 @@ def render_report(
     """The whole HTML document for a run's records (sorted by node id).
 
     Args:
-        records: the session's records (builtins).
+        records: the session's records.
         title: the page title.
         meta: facts shown under the title (``{"plugin": "pytest-stability 0.1.0", "finished": "..."}``).
     """
-    records = sorted(records, key=lambda r: r["nodeid"])
-    counts = {v: sum(r.get("verdict") == v for r in records) for v in ("stable", "unstable", "error", "skipped")}
-    n_regressed = sum(regressed(r) for r in records)
+    records = sorted(records, key=lambda r: r.nodeid)
+    counts = {v: sum(r.verdict == v for r in records) for v in ("stable", "unstable", "error", "skipped")}
+    n_regressed = sum(r.regressed for r in records)
     buttons = (
         [("all", len(records), "tests")]
         + [(v, n, v) for v, n in counts.items() if n]

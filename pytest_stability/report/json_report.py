@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from .._floats import encode_float
-from ..record import primary_run, worst_baseline
+from ..record import StabilityRecord
 
 SCHEMA_VERSION = 1
 
@@ -115,35 +115,30 @@ def iso_time(timestamp: float | None) -> str | None:
     return _dt.datetime.fromtimestamp(timestamp, _dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def entry_for(record: Mapping[str, Any]) -> dict[str, Any]:
+def entry_for(record: StabilityRecord) -> dict[str, Any]:
     """One test's entry: the session record plus flattened per-test facts (see the module docstring)."""
-    entry = {k: v for k, v in record.items() if k != "worker"}  # which xdist worker ran it is not a result
-    entry.setdefault("outcome", None)
-    entry.setdefault("error", None)
-    entry.setdefault("skip_reason", None)
-    entry.setdefault("settings", {})
-    calls = list(entry.get("calls") or [])
-    entry["calls"] = calls
-    runs = [run for call in calls for run in call.get("runs", [])]
-    entry["seeds"] = sorted({int(r["seed"]) for r in runs})
-    entry["failed_seeds"] = sorted({int(r["seed"]) for r in runs if r.get("verdict") != "stable"})
-    primary = primary_run(runs)
-    entry["device"] = primary.get("device") if primary else None
-    entry["steps_planned"] = primary.get("steps_planned") if primary else None
-    entry["steps_run"] = primary.get("steps_run") if primary else None
-    entry["wall_time"] = float(sum(float(r.get("wall_time") or 0.0) for r in runs))
-    entry["baseline"] = worst_baseline(entry)
+    entry = record.to_dict()
+    del entry["worker"]  # which xdist worker ran it is not a result
+    runs = record.runs
+    entry["seeds"] = sorted({int(r.seed) for r in runs})
+    entry["failed_seeds"] = sorted({int(r.seed) for r in runs if r.verdict != "stable"})
+    primary = record.primary
+    entry["device"] = primary.device if primary else None
+    entry["steps_planned"] = primary.steps_planned if primary else None
+    entry["steps_run"] = primary.steps_run if primary else None
+    entry["wall_time"] = float(sum(float(r.wall_time or 0.0) for r in runs))
+    entry["baseline"] = record.worst_baseline
     entry["findings"] = [
-        dict(f, call=i, seed=run["seed"])
-        for i, call in enumerate(calls)
-        for run in call.get("runs", [])
-        for f in run.get("findings") or ()
+        dict(f.to_dict(), call=i, seed=run.seed)
+        for i, call in enumerate(record.calls)
+        for run in call.runs
+        for f in run.findings
     ]
     return entry
 
 
 def build_document(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[StabilityRecord],
     *,
     plugin_version: str,
     started: float | None,
@@ -154,13 +149,12 @@ def build_document(
     complete: bool,
 ) -> dict[str, Any]:
     """The report document (builtins) for ``records``; see the module docstring."""
+    records = list(records)
     tests = sorted((entry_for(r) for r in records), key=lambda e: e["nodeid"])
     counts = {"tests": len(tests)}
     for verdict in ("stable", "unstable", "error", "skipped"):
         counts[verdict] = sum(t["verdict"] == verdict for t in tests)
-    devices = sorted(
-        {run["device"] for t in tests for call in t["calls"] for run in call.get("runs", []) if run.get("device")}
-    )
+    devices = sorted({run.device for r in records for run in r.runs if run.device})
     return {
         "schema_version": SCHEMA_VERSION,
         "plugin": {"name": "pytest-stability", "version": plugin_version},

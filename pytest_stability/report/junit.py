@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..record import StabilityRecord, primary_run
+from ..record import StabilityRecord
 
 _KEYS = (
     "final_loss",
@@ -23,17 +23,16 @@ def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
     calls = record.calls
     if calls:
         call = calls[0]
-        runs = call["runs"]
-        run = primary_run(runs) or runs[0]
-        props.append(("stability_seeds", ",".join(str(s) for s in call["seeds"])))
-        props.append(("stability_device", run["device"]))
+        run = call.primary
+        props.append(("stability_seeds", ",".join(str(s) for s in call.seeds)))
+        props.append(("stability_device", run.device))
         for key in _KEYS:
-            value = run["summary"].get(key)
+            value = getattr(run.summary, key)
             if value is not None:
                 props.append((f"stability_{key}", str(value)))
-        if run["findings"]:
-            f = run["findings"][0]
-            props.append(("stability_finding", f"{f['check']} at step {f['step']}: {f['message']}"))
+        if run.findings:
+            f = run.findings[0]
+            props.append(("stability_finding", f"{f.check} at step {f.step}: {f.message}"))
     if record.error:
         props.append(("stability_error", str(record.error)))
     return props

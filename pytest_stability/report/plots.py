@@ -25,11 +25,11 @@ import hashlib
 import io
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from .._floats import decode_float
+from ..record import Curve, StabilityRecord
 from .html import PANELS, panels_of  # the same charts, in the same order, as the HTML report (pure, light)
 from .json_report import write_atomic
 
@@ -61,20 +61,20 @@ def plot_filename(nodeid: str, taken: set[str]) -> str:
     return name
 
 
-def _series(curve: Mapping[str, Any] | None) -> tuple[list[int], list[float]]:
-    if not curve:
+def _series(curve: Curve | None) -> tuple[list[int], list[float]]:
+    if curve is None:
         return [], []
-    values = [decode_float(v) for v in curve["value"]]
-    return list(curve["step"]), [v if math.isfinite(v) else math.nan for v in values]
+    values = [decode_float(v) for v in curve.value]
+    return list(curve.step), [v if math.isfinite(v) else math.nan for v in values]
 
 
-def render_png(record: Mapping[str, Any]) -> bytes:
+def render_png(record: StabilityRecord) -> bytes:
     """The PNG bytes of one test's figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    calls = record.get("calls") or []
-    runs = [(i, run) for i, call in enumerate(calls) for run in call["runs"]]
+    calls = record.calls
+    runs = [(i, run) for i, call in enumerate(calls) for run in call.runs]
     panels = panels_of(run for _, run in runs)
     fig = Figure(figsize=(8, 1.2 + 2.0 * len(panels)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -83,7 +83,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     for ax, (key, title) in zip(axes, panels, strict=True):
         series = []
         for i, run in runs:
-            steps, values = _series(run.get("curves", {}).get(key))
+            steps, values = _series(run.curves.get(key))
             if steps:
                 series.append((i, run, steps, values))
         # Log scale only for data that can take it: some finite value, and every finite value > 0
@@ -91,7 +91,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
         finite = [v for _, _, _, values in series for v in values if not math.isnan(v)]
         log = bool(finite) and all(v > 0 for v in finite)
         for i, run, steps, values in series:
-            label = (f"call {i + 1} " if multi_call else "") + f"seed {run['seed']}"
+            label = (f"call {i + 1} " if multi_call else "") + f"seed {run.seed}"
             ax.plot(
                 steps,
                 values,
@@ -103,7 +103,7 @@ def render_png(record: Mapping[str, Any]) -> bytes:
             )
             bad = [
                 s
-                for s, v in zip(steps, (decode_float(x) for x in run["curves"][key]["value"]), strict=True)
+                for s, v in zip(steps, (decode_float(x) for x in run.curves[key].value), strict=True)
                 if not math.isfinite(v)
             ]
             if bad:
@@ -140,19 +140,19 @@ def render_png(record: Mapping[str, Any]) -> bytes:
     # Findings: a dashed line across all panels; a labelled marker on the panel of its quantity.
     panel = dict(zip((k for k, _ in panels), axes, strict=True))
     for _, run in runs:
-        for f in run.get("findings") or ():
+        for f in run.findings:
             for ax in axes:
-                ax.axvline(f["step"], color="red", lw=0.8, ls="--", alpha=0.7)
-            ax = panel.get(_PANEL_OF_CHECK.get(f["check"], "loss"), axes[0])
-            value = decode_float(f.get("value"))
+                ax.axvline(f.step, color="red", lw=0.8, ls="--", alpha=0.7)
+            ax = panel.get(_PANEL_OF_CHECK.get(f.check, "loss"), axes[0])
+            value = decode_float(f.value)
             coords: str | tuple[str, str]
             if math.isfinite(value) and (value > 0 or ax.get_yscale() != "log"):
-                ax.plot([f["step"]], [value], marker="v", color="red", ms=8)
-                xy, coords = (f["step"], value), "data"
+                ax.plot([f.step], [value], marker="v", color="red", ms=8)
+                xy, coords = (f.step, value), "data"
             else:
-                xy, coords = (f["step"], 0.95), ("data", "axes fraction")
+                xy, coords = (f.step, 0.95), ("data", "axes fraction")
             ax.annotate(
-                f"{f['check']} @ {f['step']}",
+                f"{f.check} @ {f.step}",
                 xy=xy,
                 xycoords=coords,
                 xytext=(-4, -12),
@@ -162,18 +162,16 @@ def render_png(record: Mapping[str, Any]) -> bytes:
                 ha="right",
             )
     axes[-1].set_xlabel("optimizer step")
-    verdict = record.get("verdict", "?")
+    verdict = record.verdict
     fig.suptitle(
-        f"{record['nodeid']}  [{verdict}]", fontsize=9, color="firebrick" if verdict == "unstable" else "black"
+        f"{record.nodeid}  [{verdict}]", fontsize=9, color="firebrick" if verdict == "unstable" else "black"
     )  # pure red marks findings only
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
-def write_plots(
-    records: Iterable[Mapping[str, Any]], directory: str | Path
-) -> tuple[list[Path], list[tuple[str, str]]]:
+def write_plots(records: Iterable[StabilityRecord], directory: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write one PNG per test that trained, in node id order.
 
     A test whose figure cannot be drawn or written does not stop the others.
@@ -189,14 +187,14 @@ def write_plots(
     taken: set[str] = set()
     written: list[Path] = []
     failures: list[tuple[str, str]] = []
-    for record in sorted(records, key=lambda r: r["nodeid"]):
-        if not record.get("calls"):
+    for record in sorted(records, key=lambda r: r.nodeid):
+        if not record.calls:
             continue
-        path = directory / plot_filename(record["nodeid"], taken)
+        path = directory / plot_filename(record.nodeid, taken)
         try:
             write_atomic(path, render_png(record))
         except Exception as exc:  # noqa: BLE001 - one bad figure must not cost the others theirs
-            failures.append((record["nodeid"], f"{type(exc).__name__}: {exc}"))
+            failures.append((record.nodeid, f"{type(exc).__name__}: {exc}"))
             continue
         written.append(path)
     return written, failures

@@ -9,6 +9,7 @@ Pure numpy: importing this module does not import TensorFlow.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..checks import FAILED, SKIPPED, CheckResult, Finding
 from ..checks.validation import smooth
+from ..record import CallRecord, CheckRecord, Curve, FindingRecord, RunRecord, RunSummary
 from ..trace import Trace, encode_float
 from .render import batch_text, fmt, sparkline, window_sparkline
 
@@ -194,54 +196,55 @@ class RunReport:
                 lines.append(f"a bad sample or a bad update? {self.replay} --stability-replay-batch={where['step']}")
         return "\n".join(lines)
 
-    def to_dict(self, max_points: int = SCHEMA_CURVE_POINTS) -> dict[str, Any]:
-        """Builtins-only form for the JSON report and xdist (curves downsampled)."""
+    def to_record(self, max_points: int = SCHEMA_CURVE_POINTS) -> RunRecord:
+        """The run as the test's record holds it (builtins, typed; curves downsampled to ``max_points``)."""
         t = self.trace
-        curves: dict[str, Any] = {}
-        s, v = downsample(t.loss, max_points=max_points)
-        curves["loss"] = {"step": s, "value": v}
+        curves: dict[str, Curve] = {}
+
+        def add(name: str, values: np.ndarray, steps: np.ndarray | None = None) -> None:
+            s, v = downsample(values, steps, max_points=max_points)
+            curves[name] = Curve(tuple(s), tuple(v))
+
+        add("loss", t.loss)
         if t.grad_norm is not None:
-            s, v = downsample(t.grad_norm, max_points=max_points)
-            curves["grad_norm"] = {"step": s, "value": v}
+            add("grad_norm", t.grad_norm)
         if t.lr is not None and np.isfinite(t.lr).any():
             # the learning rate in effect at each step: a jump in it is a common cause of a spike
-            s, v = downsample(t.lr, max_points=max_points)
-            curves["lr"] = {"step": s, "value": v}
+            add("lr", t.lr)
         for name, values in t.curves.items():  # a GAN's d_loss and g_loss, metrics
-            s, v = downsample(values, max_points=max_points)
-            curves[name] = {"step": s, "value": v}
+            add(name, values)
         if "loss_scale" in t.opt_stats:  # mixed precision: the loss scale each step's gradients carried
-            s, v = downsample(t.opt_stats["loss_scale"], max_points=max_points)
-            curves["loss_scale"] = {"step": s, "value": v}
+            add("loss_scale", t.opt_stats["loss_scale"])
         for name, stats in t.optimizers.items():  # per optimizer, when the train_step applies several
-            s, v = downsample(stats["grad_norm"], max_points=max_points)
-            curves[f"grad_norm/{name}"] = {"step": s, "value": v}
+            add(f"grad_norm/{name}", stats["grad_norm"])
         if t.val_loss is not None and t.has_validation:
-            s, v = downsample(t.val_loss, t.val_steps, max_points=max_points)
-            curves["val_loss"] = {"step": s, "value": v}
+            add("val_loss", t.val_loss, t.val_steps)
         curvature = (t.info or {}).get("curvature")
         if curvature is not None and any(r is not None for r in curvature.get("ratio") or ()):
-            curves["eos_ratio"] = {
-                "step": list(curvature["steps"]),
-                "value": ["nan" if r is None else float(r) for r in curvature["ratio"]],
-            }
-        return {
-            "seed": int(self.seed),
-            "verdict": self.verdict,
-            "device": self.device,
-            "wall_time": float(self.wall_time),
-            "steps_planned": t.steps_planned,
-            "steps_run": t.steps,
-            "data": self.data_kind,
-            "replay": self.replay,
-            "checks": [r.to_dict() for r in self.results],
-            "findings": [f.to_dict() for f in self.findings],
-            "summary": self.summary(),
-            "metrics": {k: encode_float(v) for k, v in self.final_metrics.items()},
-            "first_nonfinite": t.first_nonfinite,
-            "model": t.info,
-            "curves": curves,
-        }
+            curves["eos_ratio"] = Curve(
+                tuple(curvature["steps"]), tuple("nan" if r is None else float(r) for r in curvature["ratio"])
+            )
+        return RunRecord(
+            seed=int(self.seed),
+            verdict=self.verdict,
+            device=self.device,
+            wall_time=float(self.wall_time),
+            steps_planned=t.steps_planned,
+            steps_run=t.steps,
+            data=self.data_kind,
+            replay=self.replay,
+            checks=tuple(CheckRecord.from_dict(r.to_dict()) for r in self.results),
+            findings=tuple(FindingRecord.from_dict(f.to_dict()) for f in self.findings),
+            summary=RunSummary(**self.summary()),  # every key a field: a new metric cannot be left out silently
+            metrics={k: encode_float(v) for k, v in self.final_metrics.items()},
+            first_nonfinite=copy.deepcopy(t.first_nonfinite),
+            model=copy.deepcopy(t.info),
+            curves=curves,
+        )
+
+    def to_dict(self, max_points: int = SCHEMA_CURVE_POINTS) -> dict[str, Any]:
+        """Builtins-only form for the JSON report and xdist (curves downsampled): :meth:`to_record`'s dict."""
+        return self.to_record(max_points).to_dict()
 
 
 @dataclass
@@ -325,14 +328,19 @@ class StabilityReport:
             text += "\n" + "\n".join(extra)
         return text
 
+    def to_record(self) -> CallRecord:
+        """The call as the test's record holds it (builtins, typed; no baseline comparison yet)."""
+        return CallRecord(
+            verdict=self.verdict,
+            seeds=tuple(self.seeds),
+            failed_seeds=tuple(self.failed_seeds),
+            runs=tuple(r.to_record() for r in self.runs),
+            spread=self.spread() if len(self.runs) > 1 else {},
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "seeds": self.seeds,
-            "failed_seeds": self.failed_seeds,
-            "runs": [r.to_dict() for r in self.runs],
-            "spread": self.spread() if len(self.runs) > 1 else {},
-        }
+        """Builtins: :meth:`to_record`'s dict."""
+        return self.to_record().to_dict()
 
 
 __all__ = ["RunReport", "StabilityReport", "downsample", "fmt", "sparkline"]

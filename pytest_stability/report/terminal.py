@@ -8,11 +8,10 @@ and FAIL / ERROR when its training was stable but the test itself then failed
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from .._floats import decode_float
-from ..record import FAILED_AFTER, VERDICT_LABELS, StabilityRecord, primary_run
+from ..record import FAILED_AFTER, VERDICT_LABELS, RunRecord, StabilityRecord
 from .render import batch_text, fmt, sparkline
 
 _STYLE: dict[str, dict[str, bool]] = {
@@ -24,9 +23,9 @@ _STYLE: dict[str, dict[str, bool]] = {
 _VERDICT_STYLE = {verdict: (label, _STYLE[verdict]) for verdict, label in VERDICT_LABELS.items()}
 
 
-def _curve(call: Mapping[str, Any], name: str) -> list[float]:
-    curve = call.get("curves", {}).get(name)
-    return [decode_float(v) for v in curve["value"]] if curve else []
+def _curve(run: RunRecord, name: str) -> list[float]:
+    curve = run.curves.get(name)
+    return [decode_float(v) for v in curve.value] if curve else []
 
 
 def _last_finite(values: list[float]) -> float | None:
@@ -47,21 +46,21 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         return label, style, f"{record.nodeid}  {reason}"
     parts = []
     for call in calls:
-        runs = call["runs"]
-        run = primary_run(runs) or runs[0]
-        s = run["summary"]
+        runs = call.runs
+        run = call.primary
+        s = run.summary
         seeds = (
-            f" seeds={len(runs)}" + (f" failed={call['failed_seeds']}" if call["failed_seeds"] else "")
+            f" seeds={len(runs)}" + (f" failed={list(call.failed_seeds)}" if call.failed_seeds else "")
             if len(runs) > 1
-            else f" seed={run['seed']}"
+            else f" seed={run.seed}"
         )
-        trend = s.get("val_trend")
+        trend = s.val_trend
         val = f"val {trend:+.0%}" if isinstance(trend, float) else "val -"
-        losses = f"loss {fmt(s['final_loss'], 3)} {sparkline(_curve(run, 'loss'), 16)}"
-        if s.get("final_loss") is None:  # no loss of its own (a GAN): each loss curve its train_step reports
+        losses = f"loss {fmt(s.final_loss, 3)} {sparkline(_curve(run, 'loss'), 16)}"
+        if s.final_loss is None:  # no loss of its own (a GAN): each loss curve its train_step reports
             named = [
                 name
-                for name in run.get("curves", {})
+                for name in run.curves
                 if name.endswith("loss") and name != "val_loss" and "/" not in name and name != "loss"
             ]
             if named:
@@ -70,29 +69,29 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
                     for name in named
                 )
         text = (
-            f"steps={s['steps_run']}/{s['steps_planned']}{seeds} {run['device']}  {losses}  "
-            f"spike x{fmt(s['largest_spike'], 3)}  |g|max {fmt(s['max_grad_norm'], 3)}  {val}"
+            f"steps={s.steps_run}/{s.steps_planned}{seeds} {run.device}  {losses}  "
+            f"spike x{fmt(s.largest_spike, 3)}  |g|max {fmt(s.max_grad_norm, 3)}  {val}"
         )
-        if s.get("lr_margin") is not None:
-            text += f"  margin {fmt(s['lr_margin'], 3)}x"
-        if s.get("eos_ratio") is not None:
-            text += f"  eos ratio {fmt(s['eos_ratio'], 3)}"
-        if run["findings"]:
-            f = run["findings"][0]
-            text += f"\n      [{f['check']}] step {f['step']}: {f['message']}"
-            where = (f.get("evidence") or {}).get("batch")
+        if s.lr_margin is not None:
+            text += f"  margin {fmt(s.lr_margin, 3)}x"
+        if s.eos_ratio is not None:
+            text += f"  eos ratio {fmt(s.eos_ratio, 3)}"
+        if run.findings:
+            f = run.findings[0]
+            text += f"\n      [{f.check}] step {f.step}: {f.message}"
+            where = f.evidence.get("batch")
             if isinstance(where, dict):
                 text += f"\n      {batch_text(where)}"
-            whatif = (f.get("evidence") or {}).get("whatif")
+            whatif = f.evidence.get("whatif")
             if isinstance(whatif, dict) and whatif.get("text"):
                 text += f"\n      what-if: {whatif['text']}"
-        probe = (run.get("model") or {}).get("batch_replay")
+        probe = (run.model or {}).get("batch_replay")
         if isinstance(probe, dict):
             for line in probe.get("text") or ():
                 text += f"\n      batch replay: {line}"
-        if "baseline" in call:
+        if call.baseline is not None:
             # baseline against now, one line per seed (report.baseline.compare_call)
-            for line in call["baseline"].get("lines", []):
+            for line in call.baseline.lines:
                 text += "\n      " + line
         parts.append(text)
     if record.outcome == "interrupted":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pytest_stability.record import StabilityRecord
 from pytest_stability.report import github
 
 
@@ -38,6 +39,7 @@ def test_markdown_cells_escape_pipes_and_newlines():
         "verdict": "unstable",
         "calls": [
             {
+                "verdict": "unstable",
                 "runs": [
                     {
                         "seed": 0,
@@ -46,9 +48,9 @@ def test_markdown_cells_escape_pipes_and_newlines():
                         "steps_planned": 9,
                         "findings": [{"check": "loss_spike", "step": 2, "message": "a | b\nc"}],
                     }
-                ]
+                ],
             }
         ],
     }
-    text = github.markdown([record])
+    text = github.markdown([StabilityRecord.from_dict(record)])
     assert "| ❌ unstable | `t.py::test_a[x\\|y]` | 3/9 | [loss_spike] step 2: a \\| b<br>c |" in text

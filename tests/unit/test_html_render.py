@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
+from pytest_stability.record import BaselineComparison, FindingRecord, StabilityRecord
 from pytest_stability.report import html
 
 
@@ -25,7 +27,7 @@ def _run(curves: dict, findings: list | None = None, **extra) -> dict:
     return run
 
 
-def _record(nodeid: str, *runs: dict, **extra) -> dict:
+def _record(nodeid: str, *runs: dict, **extra) -> StabilityRecord:
     verdict = "stable" if all(r["verdict"] == "stable" for r in runs) else "unstable"
     record = {
         "nodeid": nodeid,
@@ -37,7 +39,7 @@ def _record(nodeid: str, *runs: dict, **extra) -> dict:
         "calls": [{"verdict": verdict, "seeds": [r["seed"] for r in runs], "runs": list(runs)}],
     }
     record.update(extra)
-    return record
+    return StabilityRecord.from_dict(record)
 
 
 STEPS = range(6)
@@ -103,22 +105,13 @@ def test_the_report_has_a_summary_row_and_panel_per_test_and_says_why_a_test_has
     records = [
         _record("t.py::test_b_stable", _run({"loss": (STEPS, [1, 0.9, 0.8, 0.7, 0.6, 0.5])})),
         _record("t.py::test_a_unstable", _run({"loss": (STEPS, [1.0, 0.8, 0.6, 3.0, 2.5, 2.4])}, [SPIKE])),
-        {
-            "nodeid": "t.py::test_c_error",
-            "verdict": "error",
-            "outcome": "error",
-            "calls": [],
-            "error": "the test errored before the stability fixture was set up",
-            "skip_reason": None,
-        },
-        {
-            "nodeid": "t.py::test_d_skipped",
-            "verdict": "skipped",
-            "outcome": "skipped",
-            "calls": [],
-            "error": None,
-            "skip_reason": "Skipped: no GPU",
-        },
+        StabilityRecord(
+            "t.py::test_c_error",
+            "error",
+            outcome="error",
+            error="the test errored before the stability fixture was set up",
+        ),
+        StabilityRecord("t.py::test_d_skipped", "skipped", outcome="skipped", skip_reason="Skipped: no GPU"),
     ]
     page = html.render_report(records, meta={"pytest-stability": "9.9", "finished": None})
     rows = re.findall(r'<tr data-verdict="(\w+)".*?<a href="#([\w-]+)">', page)
@@ -138,19 +131,22 @@ def test_the_report_has_a_summary_row_and_panel_per_test_and_says_why_a_test_has
 def test_seeds_are_overlaid_and_a_baseline_comparison_is_shown_with_its_status():
     runs = [_run({"loss": (STEPS, [1, 0.9, 0.8, 0.7, 0.6, 0.5])}), dict(_run({"loss": (STEPS, [1] * 6)}), seed=1)]
     record = _record("t.py::test_seeds", *runs)
-    record["calls"][0]["baseline"] = {
-        "status": "regressed",
-        "failed": True,
-        "path": "base.json",
-        "lines": [],
-        "regressions": ["seed 1: loss spikes: baseline 0, now 2 (tolerance: +0)"],
-        "seeds": {
-            "1": {
-                "status": "regressed",
-                "metrics": {"spikes": {"baseline": 0, "now": 2, "limit": 0, "regressed": True}},
-            }
-        },
-    }
+    baseline = BaselineComparison.from_dict(
+        {
+            "status": "regressed",
+            "failed": True,
+            "path": "base.json",
+            "lines": [],
+            "regressions": ["seed 1: loss spikes: baseline 0, now 2 (tolerance: +0)"],
+            "seeds": {
+                "1": {
+                    "status": "regressed",
+                    "metrics": {"spikes": {"baseline": 0, "now": 2, "limit": 0, "regressed": True}},
+                }
+            },
+        }
+    )
+    record = record.with_(calls=(dataclasses.replace(record.calls[0], baseline=baseline),))
     page = html.render_report([record])
     assert page.count("<polyline") == 2 and "seed 0" in page and "seed 1" in page
     assert '<span class="ps-badge ps-regressed">REGR</span>' in page
@@ -183,4 +179,5 @@ def test_the_offending_batch_is_named_in_words():
 def render_finding_html(where):
     from pytest_stability.report.html import _finding_html
 
-    return _finding_html({"check": "loss_spike", "step": 93, "message": "m", "evidence": {"batch": where}}, "")
+    finding = FindingRecord.from_dict({"check": "loss_spike", "step": 93, "message": "m", "evidence": {"batch": where}})
+    return _finding_html(finding, "")

@@ -6,20 +6,23 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from pytest_stability.record import CallRecord, RunRecord, StabilityRecord  # noqa: E402
 from pytest_stability.report import plots  # noqa: E402
 
 
-def _run(curves: dict, findings: list | None = None) -> dict:
-    return {
-        "seed": 0,
-        "verdict": "unstable" if findings else "stable",
-        "findings": findings or [],
-        "curves": {name: {"step": list(steps), "value": list(values)} for name, (steps, values) in curves.items()},
-    }
+def _run(curves: dict, findings: list | None = None) -> RunRecord:
+    return RunRecord.from_dict(
+        {
+            "seed": 0,
+            "verdict": "unstable" if findings else "stable",
+            "findings": findings or [],
+            "curves": {name: {"step": list(steps), "value": list(values)} for name, (steps, values) in curves.items()},
+        }
+    )
 
 
-def _record(nodeid: str, *runs: dict) -> dict:
-    return {"nodeid": nodeid, "verdict": runs[0]["verdict"], "calls": [{"runs": list(runs)}]}
+def _record(nodeid: str, *runs: RunRecord) -> StabilityRecord:
+    return StabilityRecord(nodeid, runs[0].verdict, calls=(CallRecord(runs[0].verdict, runs=runs),))
 
 
 def _panels(monkeypatch) -> list[list[str]]:

@@ -6,18 +6,23 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from pytest_stability.record import StabilityRecord  # noqa: E402
 from pytest_stability.report import plots  # noqa: E402
 from pytest_stability.report.plots import plot_filename  # noqa: E402
 
 
-def _record(nodeid: str, loss: list, val: list | None = None, grad: list | None = None) -> dict:
+def _data(nodeid: str, loss: list, val: list | None = None, grad: list | None = None) -> dict:
     curves = {"loss": {"step": list(range(len(loss))), "value": loss}}
     if grad is not None:
         curves["grad_norm"] = {"step": list(range(len(grad))), "value": grad}
     if val is not None:
         curves["val_loss"] = {"step": [10 * i for i in range(len(val))], "value": val}
     run = {"seed": 0, "verdict": "stable", "curves": curves, "findings": []}
-    return {"nodeid": nodeid, "verdict": "stable", "calls": [{"runs": [run]}]}
+    return {"nodeid": nodeid, "verdict": "stable", "calls": [{"verdict": "stable", "runs": [run]}]}
+
+
+def _record(nodeid: str, loss: list, val: list | None = None, grad: list | None = None) -> StabilityRecord:
+    return StabilityRecord.from_dict(_data(nodeid, loss, val, grad))
 
 
 def _scales(monkeypatch) -> list[tuple[str, str]]:
@@ -60,7 +65,7 @@ def test_a_failing_plot_names_its_test_and_the_others_are_written(tmp_path, monk
     render = plots.render_png
 
     def flaky(record):
-        if record["nodeid"].endswith("bad"):
+        if record.nodeid.endswith("bad"):
             raise ValueError("cannot draw this one")
         return render(record)
 
@@ -73,10 +78,11 @@ def test_a_failing_plot_names_its_test_and_the_others_are_written(tmp_path, monk
 
 def test_a_run_with_curvature_gets_an_edge_of_stability_panel_and_its_finding_is_drawn_there(tmp_path, monkeypatch):
     scales = _scales(monkeypatch)
-    record = _record("t.py::test_curvature", [1.0, 0.5, 0.25, 0.2], grad=[1.0, 2.0, 3.0, 3.0])
-    run = record["calls"][0]["runs"][0]
+    data = _data("t.py::test_curvature", [1.0, 0.5, 0.25, 0.2], grad=[1.0, 2.0, 3.0, 3.0])
+    run = data["calls"][0]["runs"][0]
     run["curves"]["eos_ratio"] = {"step": [2, 4], "value": [0.4, 1.2]}
     run["findings"] = [{"check": "curvature", "kind": "above_max", "step": 3, "value": 1.2, "limit": 1.0}]
+    record = StabilityRecord.from_dict(data)
     labels: list[str] = []
     from matplotlib.axes import Axes
 

@@ -7,10 +7,19 @@ import json
 
 import pytest
 
-from pytest_stability.record import CRASHED_WORKER, INTERRUPTED, NO_TRAIN, RECORD_KEYS, SETUP_ERROR, StabilityRecord
+from pytest_stability.record import (
+    CRASHED_WORKER,
+    INTERRUPTED,
+    NO_TRAIN,
+    RECORD_KEYS,
+    SETUP_ERROR,
+    BaselineComparison,
+    CallRecord,
+    StabilityRecord,
+)
 
-CALL_STABLE = {"verdict": "stable", "runs": []}
-CALL_UNSTABLE = {"verdict": "unstable", "runs": []}
+CALL_STABLE = CallRecord("stable")
+CALL_UNSTABLE = CallRecord("unstable")
 
 
 def test_trained_verdicts():
@@ -41,7 +50,7 @@ def test_other_constructors():
     assert (bare.verdict, bare.outcome, bare.error) == ("error", "interrupted", INTERRUPTED)
     partial = StabilityRecord.trained("t", settings={}, calls=[CALL_STABLE])
     kept = StabilityRecord.interrupted("t", partial)
-    assert (kept.verdict, kept.outcome, kept.calls) == ("stable", "interrupted", [CALL_STABLE])
+    assert (kept.verdict, kept.outcome, kept.calls) == ("stable", "interrupted", (CALL_STABLE,))
 
 
 def test_builtins_round_trip_with_every_key():
@@ -66,7 +75,8 @@ def test_frozen_and_validated():
 
 
 def test_regressed_and_failed_otherwise():
-    regressed = StabilityRecord.trained("t", settings={}, calls=[dict(CALL_STABLE, baseline={"failed": True})])
+    failed = BaselineComparison("regressed", failed=True)
+    regressed = StabilityRecord.trained("t", settings={}, calls=[dataclasses.replace(CALL_STABLE, baseline=failed)])
     assert regressed.regressed
     assert not regressed.with_(outcome="failed").failed_otherwise  # a regression is not "failed otherwise"
     stable = StabilityRecord.trained("t", settings={}, calls=[CALL_STABLE])

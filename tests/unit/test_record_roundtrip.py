@@ -1,0 +1,155 @@
+"""The typed record and its builtins form: ``from_dict(to_dict())`` gives the same record and the same dict.
+
+Built from the committed recordings of real training (tests/plugin/recorded/*.json, see
+tests/plugin/recorded_runs.py): each recorded run's trace is judged and diagnosed as the fixture does it, and
+its report's records go through the xdist / JSON boundary.  Framework-free: only the traces are decoded (the
+batch plans, which name a finding's batch, need the training layer and are left out here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pytest_stability import pipeline
+from pytest_stability.checks import Thresholds
+from pytest_stability.record import BaselineComparison, CallRecord, RunRecord, StabilityRecord
+from pytest_stability.report import RunReport, StabilityReport
+from pytest_stability.report import baseline as baseline_mod
+from pytest_stability.trace import Trace
+
+RECORDINGS = sorted((Path(__file__).resolve().parents[1] / "plugin" / "recorded").glob("*.json"))
+
+
+def _decode(value: Any) -> Any:
+    """A recording's value: numpy arrays from their ``{"ndarray", "dtype"}`` form, the rest as it is."""
+    if isinstance(value, dict):
+        if set(value) == {"ndarray", "dtype"}:
+            return np.asarray(value["ndarray"], dtype=value["dtype"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _report(name: str, seeds: dict[str, Any]) -> StabilityReport:
+    runs = []
+    for seed in sorted(seeds, key=int):
+        entry = seeds[seed]
+        trace = Trace(**{k: _decode(v) for k, v in entry["trace"].items()})
+        runs.append(
+            RunReport(
+                seed=int(seed),
+                trace=trace,
+                results=pipeline.judge(trace, Thresholds.from_mapping({})),
+                device=entry["device"],
+                wall_time=float(entry["wall_time"]),
+                replay=f"pytest t.py::{name} --stability-replay={seed}",
+                data_kind=entry["data_kind"],
+                final_metrics=dict(entry["final_metrics"]),
+            )
+        )
+    return StabilityReport(f"t.py::{name}", runs)
+
+
+def _records(path: Path) -> list[StabilityRecord]:
+    tests = json.loads(path.read_text(encoding="utf-8"))["tests"]
+    out = []
+    for name in sorted(tests):
+        calls = [_report(name, seeds).to_record() for seeds in tests[name]]
+        record = StabilityRecord.trained(f"t.py::{name}", settings={"steps": 5, "checks": ["loss_spike"]}, calls=calls)
+        out.append(record.with_(outcome="passed" if record.verdict == "stable" else "failed", worker="gw1"))
+    return out
+
+
+def _with_baselines(records: list[StabilityRecord]) -> list[StabilityRecord]:
+    """Each record compared with a baseline of the same runs (ok) and, for its last call, with none (missing)."""
+    document = baseline_mod.build_baseline(records, meta={})
+    out = []
+    for record in records:
+        calls = []
+        for i, call in enumerate(record.calls):
+            backend = baseline_mod.run_backend(call.runs[0])
+            tests = baseline_mod.section_tests(document, backend)
+            entry = None if i == len(record.calls) - 1 and i > 0 else (tests or {}).get(record.nodeid)
+            runs = [
+                {"seed": r.seed, "summary": r.summary.to_dict(), "findings": [f.to_dict() for f in r.findings]}
+                for r in call.runs
+            ]
+            comparison = baseline_mod.compare_call(
+                entry, i, runs, baseline_mod.TOLERANCE_DEFAULTS, strict=False, backend=backend, path="base.json"
+            )
+            calls.append(dataclasses.replace(call, baseline=comparison))
+        out.append(record.with_(calls=tuple(calls)))
+    return out
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
+def test_records_of_recorded_runs_round_trip_through_builtins(path):
+    records = _records(path)
+    assert records and all(r.calls for r in records)
+    for record in records + _with_baselines(records):
+        data = record.to_dict()
+        back = StabilityRecord.from_dict(data)
+        assert back == record
+        assert back.to_dict() == data
+        # builtins only: the JSON report (NaN encoded) and xdist's execnet carry them unchanged
+        assert StabilityRecord.from_dict(json.loads(json.dumps(data, allow_nan=False))) == record
+        for call, call_data in zip(record.calls, data["calls"], strict=True):
+            assert CallRecord.from_dict(call_data) == call
+            for run, run_data in zip(call.runs, call_data["runs"], strict=True):
+                assert RunRecord.from_dict(run_data) == run
+                assert list(run_data) == [
+                    "seed",
+                    "verdict",
+                    "device",
+                    "wall_time",
+                    "steps_planned",
+                    "steps_run",
+                    "data",
+                    "replay",
+                    "checks",
+                    "findings",
+                    "summary",
+                    "metrics",
+                    "first_nonfinite",
+                    "model",
+                    "curves",
+                ]
+
+
+def test_the_dict_form_is_the_reports_own():
+    """A report's record gives the dict the report gives (one conversion, in one place)."""
+    path = next(p for p in RECORDINGS if p.stem == "seeds")
+    tests = json.loads(path.read_text(encoding="utf-8"))["tests"]
+    report = _report("test_three_seeds", tests["test_three_seeds"][0])
+    assert report.to_record().to_dict() == report.to_dict()
+    assert [r.to_record() for r in report.runs] == list(report.to_record().runs)
+    for run in report.runs:
+        assert run.to_record().summary.to_dict() == run.summary()
+    assert list(report.to_dict()) == ["verdict", "seeds", "failed_seeds", "runs", "spread"]
+
+
+def test_the_primary_run_and_the_worst_baseline_are_the_reports_rules():
+    unstable = RunRecord(seed=1, verdict="unstable")
+    first, later = RunRecord(seed=0, verdict="stable"), RunRecord(seed=2, verdict="unstable")
+    stable_call = CallRecord("stable", seeds=(0,), runs=(first,))
+    mixed = CallRecord("unstable", seeds=(0, 1, 2), failed_seeds=(1, 2), runs=(first, unstable, later))
+    assert stable_call.primary is first and mixed.primary is unstable
+    record = StabilityRecord.trained("t", settings={}, calls=[stable_call, mixed])
+    assert record.primary is unstable and record.runs == (first, first, unstable, later)
+    assert StabilityRecord.skipped("t", "why").primary is None
+    assert record.worst_baseline is None and not record.regressed
+    ok, missing = BaselineComparison("ok"), BaselineComparison("missing")
+    compared = record.with_(
+        calls=(dataclasses.replace(stable_call, baseline=ok), dataclasses.replace(mixed, baseline=missing))
+    )
+    assert compared.worst_baseline == "missing" and not compared.regressed
+    regressed = BaselineComparison("regressed", failed=True)
+    worse = compared.with_(calls=(compared.calls[0], dataclasses.replace(mixed, baseline=regressed)))
+    assert worse.worst_baseline == "regressed" and worse.regressed
