@@ -134,7 +134,7 @@ def _jax_run(kind: str, args) -> dict[str, float]:
     import jax.numpy as jnp
     from jax import lax
 
-    from pytest_stability.training.recorder import Recorder
+    from pytest_stability.training.recorders import make_recorder
 
     model, xb, yb = _model(kind)
     opt = model.optimizer
@@ -162,7 +162,7 @@ def _jax_run(kind: str, args) -> dict[str, float]:
 
     def make(level: str):
         if level == "recorder":  # traced while installed; the trace is kept by jit after uninstall
-            rec = Recorder(model, chunk=CHUNK, limit=10**6, diagnostics=False)
+            rec = make_recorder("jax", model, chunk=CHUNK, limit=10**6, diagnostics=False)
             rec.install()
             try:
                 fn = jax.jit(model.train_step, donate_argnums=0)
@@ -217,7 +217,7 @@ def _jax_run(kind: str, args) -> dict[str, float]:
 def _torch_run(kind: str, args) -> dict[str, float]:
     import torch
 
-    from pytest_stability.training.recorder import Recorder
+    from pytest_stability.training.recorders import make_recorder
 
     model, xb, yb = _model(kind)
     opt = model.optimizer
@@ -255,11 +255,11 @@ def _torch_run(kind: str, args) -> dict[str, float]:
 
     def step_for(level: str):
         if level == "recorder":
-            rec = Recorder(model, chunk=CHUNK, limit=10**9, diagnostics=False)
+            rec = make_recorder("torch", model, chunk=CHUNK, limit=10**9, diagnostics=False)
 
             def run():
                 model.train_step(data)
-                rec.torch_halted()  # the per-step host check the engine makes after each step
+                rec.last_step_nonfinite()  # the per-step host check the engine makes after each step
                 if len(rec.t_raw) >= CHUNK:
                     rec.read()
 

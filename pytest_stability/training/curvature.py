@@ -62,7 +62,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from .isolation import kept_random_state
-from .recorder import host_numpy
+from .recorders import host_numpy
 
 #: the relative residual bound of the top Ritz value that ends a measurement (an eigenvalue within 0.1%)
 TOL = 1e-3

@@ -6,7 +6,7 @@ one in the loss.  Each such metric (one with a ``total`` and a ``count``: ``kera
 metrics' ``MeanMetricWrapper``, the per-output loss trackers) gets its ``update_state`` wrapped on the instance:
 the step's raw value is what the update added to the total over what it added to the count, written on the
 device into a ``(chunk, curves)`` buffer and read back with the recorder's buffers, once per chunk.  The model's
-own loss tracker is the recorder's (see :mod:`.recorder`), not a curve.
+own loss tracker is the recorder's (see :mod:`.recorders`), not a curve.
 
 Under JAX each metric's buffer rides in the state ``fit`` threads through each step as one of that metric's own
 variables (so that a ``train_step`` that updates each metric in a scope of its own, ``stateless_update_state``,
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .recorder import _ABSENT, _index_of, host_numpy
+from .recorders.common import ABSENT, host_numpy, index_of
 
 
 def curve_metrics(model: Any) -> list[tuple[str, Any]]:
@@ -116,7 +116,7 @@ class Curves:
 
     def uninstall(self) -> None:
         for obj, name, previous in reversed(self._patched):
-            if previous is _ABSENT:
+            if previous is ABSENT:
                 with contextlib.suppress(AttributeError):  # already gone
                     delattr(obj, name)
             else:
@@ -125,12 +125,12 @@ class Curves:
         if self.backend == "jax":
             # after an install that stopped part-way, fewer buffers than metrics
             for (_, metric), buf in zip(self.metrics, self.bufs, strict=False):
-                k = _index_of(metric._variables, buf)
+                k = index_of(metric._variables, buf)
                 if k is not None:
                     del metric._variables[k]
 
     def _patch(self, obj: Any, name: str, fn: Callable[..., Any]) -> None:
-        previous = vars(obj).get(name, _ABSENT)
+        previous = vars(obj).get(name, ABSENT)
         object.__setattr__(obj, name, fn)
         self._patched.append((obj, name, previous))
 
@@ -217,7 +217,7 @@ class Curves:
         variables = self.model.metrics_variables if state else []
         for j in range(len(self.names)):
             if self.backend == "jax":
-                k = _index_of(variables, self.bufs[j]) if state else None
+                k = index_of(variables, self.bufs[j]) if state else None
                 buf = np.asarray(
                     state["metrics_variables"][k]
                     if state is not None and k is not None

@@ -2,7 +2,7 @@
 
 :func:`train` calls the user's ``model.fit`` with the user's arguments and
 callbacks, plus the plugin's :class:`Readback` callback, for exactly ``steps``
-optimizer steps, while a :class:`~pytest_stability.training.recorder.Recorder`
+optimizer steps, while a :class:`~pytest_stability.training.recorders.Recorder`
 records per-step data on the device (see that module).  It returns a
 :class:`RunResult` whose :class:`~pytest_stability.trace.Trace` the checks
 judge.
@@ -46,18 +46,15 @@ from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
 from .plan import chunking, epochs_for
-from .recorder import (
-    COL_FLAGS,
-    COL_GNORM,
-    COL_LR,
-    COL_UPDATE,
-    N_FIXED,
+from .recorders import (
     BatchNotRun,
     ChunkRows,
     Recorder,
+    RowLayout,
     find_optimizers,
     host_flags,
     host_numpy,
+    make_recorder,
     var_name,
 )
 
@@ -325,7 +322,7 @@ def _read_after_failure(rec: Recorder, cb: Any) -> tuple[bool, int, bool]:
     except Exception:
         read = False
     try:
-        bad = rec.input_bad is not None and not rec.stateless and bool(host_numpy(rec.input_bad.value))
+        bad = rec.input_was_bad()
     except Exception:
         bad = False
     return read, cb.rows.done, bad
@@ -334,13 +331,14 @@ def _read_after_failure(rec: Recorder, cb: Any) -> tuple[bool, int, bool]:
 def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
     """The record of a step that raised before its update: gradient norms unknown (NaN), no update, the
     rate of the step before, flagged for its input batch."""
-    row = np.zeros(rec.width, np.float32)
-    row[COL_GNORM] = np.nan
-    row[N_FIXED : N_FIXED + rec.n_vars] = np.nan
-    row[N_FIXED + 2 * rec.n_vars :] = np.nan
+    layout = rec.layout
+    row = np.zeros(layout.width, np.float32)
+    row[layout.GNORM] = np.nan
+    row[layout.var_gnorm] = np.nan
+    row[layout.extras] = np.nan
     done = [r for r in rows.rows if len(r)]
-    row[COL_LR] = done[-1][-1, COL_LR] if done else np.nan
-    row[COL_FLAGS] = INPUT
+    row[layout.LR] = done[-1][-1, layout.LR] if done else np.nan
+    row[layout.FLAGS] = INPUT
     return row
 
 
@@ -741,7 +739,8 @@ def train(
     # Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
     # it has no step limit of its own (fit itself ends after exactly `steps` steps)
     recs = [
-        Recorder(
+        make_recorder(
+            backend,
             model,
             optimizer=opt,
             name=name,
@@ -1020,7 +1019,7 @@ def train(
         var_grad_norms=recorded.var_grad_norms,
         var_names=recorded.var_names,
         nonfinite=recorded.flags,
-        lr=rows[:, COL_LR],
+        lr=rows[:, RowLayout.LR],
         val_steps=np.asarray(val_steps, dtype=np.int64) if val_batches and val_ok[0] else None,
         val_loss=np.asarray(val_losses, dtype=np.float64) if val_batches and val_ok[0] else None,
         opt_stats=_opt_stats(ref, rows),
@@ -1137,15 +1136,15 @@ def _per_step(rows: np.ndarray, steps: int, k: int) -> np.ndarray:
     blocks = out.reshape(steps, k, width)
     combined: np.ndarray = np.asarray(np.nanmax(np.where(np.isnan(blocks), -np.inf, blocks), axis=1))
     combined[np.isinf(combined)] = np.nan
-    combined[:, COL_LR] = blocks[:, -1, COL_LR]
-    combined[:, COL_FLAGS] = np.bitwise_or.reduce(blocks[:, :, COL_FLAGS].astype(np.int64), axis=1)
+    combined[:, RowLayout.LR] = blocks[:, -1, RowLayout.LR]
+    combined[:, RowLayout.FLAGS] = np.bitwise_or.reduce(blocks[:, :, RowLayout.FLAGS].astype(np.int64), axis=1)
     return combined
 
 
 def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, multiples: dict[int, int]) -> Recorded:
     """The trace's per-step arrays from every recorder's rows: one recorder's alone (a single optimizer, the
     common case), or the optimizers' side by side, the global gradient norm over all their gradients."""
-    ref_rows, _ = rowsets[reference].arrays(recs[reference].width if recs[reference].built else N_FIXED)
+    ref_rows, _ = rowsets[reference].arrays(recs[reference].layout.width)
     steps = ref_rows.shape[0]
     notes: list[str] = []
     applied: list[tuple[str, int]] = []
@@ -1160,7 +1159,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
                 "recorded step by step"
             )
             continue
-        rows, rec_loss = rowset.arrays(rec.width)
+        rows, rec_loss = rowset.arrays(rec.layout.width)
         k = multiples.get(i, 1) if i != reference else 1
         if k > 1:
             notes.append(f"{rec.name} applied {k} times a step: its gradient norms and updates are each step's largest")
@@ -1168,7 +1167,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
         if i == 0 and rec_loss is not None and not rowset.loss_mismatch and rec_loss.shape[0] >= steps and k == 1:
             loss = rec_loss[:steps]
         flags = host_flags(per_step, loss if i == 0 else None, rec.is_loss_scaled)
-        per_step[:, COL_FLAGS] = flags
+        per_step[:, RowLayout.FLAGS] = flags
         applied.append((rec.name, i))
         parts.append((rec, per_step, flags))
     if not parts:
@@ -1193,22 +1192,26 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
     )
     rows = parts[ref_index][1]
     flags = np.bitwise_or.reduce(np.stack([f for _, _, f in parts]), axis=0).astype(np.int32)
-    gnorm = np.sqrt(np.sum(np.stack([p[:, COL_GNORM] ** 2 for _, p, _ in parts]), axis=0))
-    update = np.max(np.stack([p[:, COL_UPDATE] for _, p, _ in parts]), axis=0)
-    var_g = np.concatenate([p[:, N_FIXED : N_FIXED + r.n_vars] for r, p, _ in parts], axis=1)
-    var_u = np.concatenate([p[:, N_FIXED + r.n_vars : N_FIXED + 2 * r.n_vars] for r, p, _ in parts], axis=1)
+    gnorm = np.sqrt(np.sum(np.stack([p[:, RowLayout.GNORM] ** 2 for _, p, _ in parts]), axis=0))
+    update = np.max(np.stack([p[:, RowLayout.UPDATE] for _, p, _ in parts]), axis=0)
+    var_g = np.concatenate([p[:, r.layout.var_gnorm] for r, p, _ in parts], axis=1)
+    var_u = np.concatenate([p[:, r.layout.var_update] for r, p, _ in parts], axis=1)
     names = tuple(n for r, _, _ in parts for n in r.var_names)
     optimizers = {}
     columns: dict[str, list[int]] = {}
     if len(parts) > 1:
         optimizers = {
-            r.name: {"grad_norm": p[:, COL_GNORM], "update_ratio": p[:, COL_UPDATE], "lr": p[:, COL_LR]}
+            r.name: {
+                "grad_norm": p[:, RowLayout.GNORM],
+                "update_ratio": p[:, RowLayout.UPDATE],
+                "lr": p[:, RowLayout.LR],
+            }
             for r, p, _ in parts
         }
         start = 0
         for r, _, _ in parts:
-            columns[r.name] = [start, start + r.n_vars]
-            start += r.n_vars
+            columns[r.name] = [start, start + r.layout.n_vars]
+            start += r.layout.n_vars
     return Recorded(
         steps, reference, rows, loss, flags, gnorm, update, var_g, var_u, names, optimizers, applied, notes, columns
     )
@@ -1434,9 +1437,7 @@ def _opt_stats(rec: Recorder, rows: np.ndarray) -> dict[str, np.ndarray]:
     """The optimizer's extra per-step columns: Adam's slot statistics (``diagnostics``), the loss scale."""
     if not rec.built:
         return {}
-    start = N_FIXED + 2 * rec.n_vars
-    names = ("g2_over_v_max", "v_rms")[: rec.n_diag] + ("loss_scale",) * rec.n_scale
-    return {name: rows[:, start + k] for k, name in enumerate(names)}
+    return rec.layout.extra_columns(rows)
 
 
 def optimizer_config(inner: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import keras
 
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
 from . import isolation
-from .recorder import ChunkRows, Recorder, host_flags
+from .recorders import ChunkRows, Recorder, host_flags
 from .state import take_state
 
 #: the bits that stop a run (a non-finite loss, gradients, weights, optimizer state, or input batch)
@@ -135,8 +135,8 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         if self.virtual_call is not None:  # PyTorch: one step per call
             self.in_epoch += 1
             # stop right there: at the planned steps (the host counts them), or after a non-finite step,
-            # before the next one's forward pass can assert on a GPU (see Recorder.torch_halted)
-            if self.keras_steps >= self.steps or any([rec.torch_halted() for rec in self.recs]):
+            # before the next one's forward pass can assert on a GPU (see TorchRecorder.last_step_nonfinite)
+            if self.keras_steps >= self.steps or any([rec.last_step_nonfinite() for rec in self.recs]):
                 self.read()
                 return
             if self.in_epoch % self.virtual_call:
@@ -314,7 +314,7 @@ def read_after_each_call(rec: Recorder, model: Any, cb: Readback) -> None:
             model.train_function = train_function
         return out
 
-    rec._patch(model, "make_train_function", make_train_function)
+    rec.patch(model, "make_train_function", make_train_function)
 
 
 class RandomStart(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is untyped

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .recorder import find_optimizers, host_numpy
+from .recorders import find_optimizers, host_numpy
 
 
 def _optimizer_variables(model: Any, recs: Any = ()) -> list[Any]:
-    """The variables of every optimizer the model holds (see :func:`~.recorder.find_optimizers`), without
+    """The variables of every optimizer the model holds (see :func:`~.recorders.find_optimizers`), without
     the recorders' own."""
     mine: set[int] = set()
     for rec in recs:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..trace import Trace
 from . import engine
-from .recorder import host_numpy
+from .recorders import host_numpy
 from .state import restore_state, take_state
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.

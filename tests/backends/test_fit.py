@@ -621,7 +621,7 @@ def test_read_backs_convert_without_numpy_2_deprecation_warnings():
 
     import numpy as np
 
-    from pytest_stability.training.recorder import host_numpy
+    from pytest_stability.training.recorders import host_numpy
 
     var = keras.Variable(np.arange(6, dtype="float32").reshape(2, 3))
     with warnings.catch_warnings():
@@ -639,11 +639,11 @@ def test_the_reports_model_facts_leave_no_numpy_2_deprecation_warning():
     import warnings
 
     from pytest_stability.training.engine import model_info
-    from pytest_stability.training.recorder import Recorder
+    from pytest_stability.training.recorders import make_recorder
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    rec = Recorder(model, chunk=8, limit=8, diagnostics=False)
+    rec = make_recorder(BACKEND, model, chunk=8, limit=8, diagnostics=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         info = model_info(keras, model, rec, backend=BACKEND, spe=1, kind="arrays", distributed=False)

@@ -1,5 +1,5 @@
 """The JAX recording's per-variable sums: one reduction over blocks on a small model, one per variable on a
-large one (recorder._jax_row_sums).  Both must give each variable's own sums, whatever its size."""
+large one (recorders.jax._jax_row_sums).  Both must give each variable's own sums, whatever its size."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if keras.backend.backend() != "jax":
 
 import jax.numpy as jnp  # noqa: E402
 
-from pytest_stability.training import recorder  # noqa: E402
+from pytest_stability.training.recorders import jax as recorder  # noqa: E402
 
 # sizes around the block (64) and a large one that makes the blocks grow (at most ~1024 of them)
 SIZES = (1, 63, 64, 65, 3, 2048, 150_000, 7)

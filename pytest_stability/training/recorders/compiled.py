@@ -1,0 +1,156 @@
+"""The statistics of a step written once in backend-neutral ``keras.ops``, which TensorFlow and JAX compile
+into the step (:class:`CompiledRecorder`, the base of :mod:`.tensorflow` and :mod:`.jax`); and the learning
+rate through which a step that must not count is applied as a no-op."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...trace import GRADS, INPUT, OPTIMIZER, WEIGHTS
+from .base import Recorder
+from .common import float_name
+from .layout import STOP_BITS
+
+#: Keras optimizers whose whole update of the weights (weight decay included) is proportional to the learning
+#: rate in effect, so that a zero rate applies none; SGD and RMSprop only without momentum, whose buffer
+#: carries earlier rates into the update.  Matched by exact class: a subclass may update otherwise.
+_RATE_LINEAR = frozenset({"Adam", "AdamW", "Adamax", "Nadam", "Adagrad", "Lion", "Lamb"})
+_RATE_LINEAR_WITHOUT_MOMENTUM = frozenset({"SGD", "RMSprop"})
+
+
+def _sum_all(ops: Any, tensors: list[Any]) -> Any:
+    """One sum over every float tensor: non-finite iff an element is (or the sum overflows float32,
+    itself a sign of divergence); far cheaper than an elementwise isfinite per tensor."""
+    sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None and float_name(t)]
+    if not sums:
+        return ops.convert_to_tensor(0.0, "float32")
+    return ops.sum(ops.stack(sums))
+
+
+class CompiledRecorder(Recorder):
+    """A recorder whose statistics are computed on the device, in the step (:meth:`_row`); a backend gives
+    the per-variable sums of squares its compiler runs fastest (:meth:`_squared_sums`)."""
+
+    def __init__(self, model: Any, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.rate = self._rate_variable()
+
+    def _rate_variable(self) -> Any:
+        """The learning-rate variable through which a step is made a no-op, or None.
+
+        After the planned steps, or after a non-finite step, the rest of a chunk must apply no update.
+        Where the optimizer's update is proportional to its learning rate (see ``_RATE_LINEAR``), the
+        recorder feeds it a rate of 0 for those steps: one scalar select.  Otherwise it keeps the update
+        out with a ``cond`` (TensorFlow) or a select of every variable (JAX), which on a small model
+        costs as much as the step itself.  With a zero rate the weights stay those of the last step that
+        counts, the optimizer's moment estimates still take in the gradients of the skipped steps (their
+        learning rate is 0, their buffers are not the weights).  PyTorch, eager, runs no such step (see
+        ``TorchRecorder.last_step_nonfinite``), so it needs none.
+        """
+        inner = self.inner
+        cls = type(inner)
+        if cls.__module__.split(".")[0] != "keras":
+            return None
+        name = cls.__name__
+        if name not in _RATE_LINEAR and not (
+            name in _RATE_LINEAR_WITHOUT_MOMENTUM and not getattr(inner, "momentum", 0)
+        ):
+            return None
+        if getattr(inner, "use_ema", False):  # the moving average would overwrite the weights
+            return None
+        rate = getattr(inner, "_learning_rate", None)
+        return rate if isinstance(rate, self.keras.Variable) else None  # a schedule is not settable
+
+    def _inputs_bad(self, data: Any) -> Any:
+        """Whether the batch holds NaN/Inf, as a device boolean; None if it holds no float tensor."""
+        ops = self.ops
+        standardize = self.keras.backend.standardize_dtype
+        leaves = []
+        for t in self.keras.tree.flatten(data):
+            try:
+                if t is not None and "float" in standardize(getattr(t, "dtype", None)):
+                    leaves.append(t)
+            except (TypeError, ValueError):  # not a tensor (a string, an object): nothing to check
+                continue
+        if not leaves:
+            return None
+        return ops.logical_not(ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves])))
+
+    def _squared_sums(
+        self, grads: list[Any], index: list[int], before: list[Any], after: list[Any], state_after: list[Any], zero: Any
+    ) -> tuple[list[Any], list[Any], list[Any], list[Any], set[int]]:
+        """Per variable (by the optimizer's index): the sums of squares of the gradient, of the update and of
+        the weights before it; sums of optimizer state already taken in them, and the indices (into
+        ``state_after``) of the state they cover."""
+        raise NotImplementedError
+
+    def _row(
+        self,
+        grads: list[Any],
+        index: list[int],
+        before: list[Any],
+        after: list[Any],
+        state_after: list[Any],
+        lr: Any,
+        scale: Any,
+        velocities: list[Any] | None,
+        velocities_after: list[Any] | None,
+        input_bad: Any = None,
+    ) -> tuple[Any, Any]:
+        """One buffer row (see :class:`.RowLayout`) and the device-side stop flag for one step."""
+        ops = self.ops
+        f32 = "float32"
+        zero = ops.convert_to_tensor(0.0, f32)
+        inv_scale = None if scale is None else 1.0 / ops.cast(scale, f32)
+        g_sq, d_sq, w_sq, state_sums, checked = self._squared_sums(grads, index, before, after, state_after, zero)
+        g_sq_t = ops.stack(g_sq)
+        if inv_scale is not None:
+            g_sq_t = g_sq_t * ops.square(inv_scale)
+        var_gnorm = ops.sqrt(g_sq_t)
+        gnorm = ops.sqrt(ops.sum(g_sq_t))
+        w_sq_t, d_sq_t = ops.stack(w_sq), ops.stack(d_sq)
+        tiny = 1e-30
+        var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
+        upd = ops.sqrt(ops.sum(d_sq_t)) / ops.sqrt(ops.sum(w_sq_t) + tiny)
+        grads_bad = ops.logical_not(ops.isfinite(gnorm))
+        # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
+        weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
+        rest = [t for j, t in enumerate(state_after) if j not in checked]
+        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, rest) + sum(state_sums, zero)))
+        flags = (
+            ops.cast(grads_bad, "int32") * GRADS
+            + ops.cast(weights_bad, "int32") * WEIGHTS
+            + ops.cast(state_bad, "int32") * OPTIMIZER
+        )
+        if input_bad is not None:
+            flags = flags + ops.cast(input_bad, "int32") * INPUT
+        # Under loss scaling a non-finite *scaled* gradient is an overflow the
+        # optimizer skips: not a reason to stop (the host tells the two apart
+        # with the loss, which it reads from the tracker).
+        stop_mask = (WEIGHTS | OPTIMIZER | INPUT) if self.is_loss_scaled else STOP_BITS
+        stop = ops.not_equal(ops.bitwise_and(flags, stop_mask), 0)
+        parts = [
+            ops.reshape(gnorm, (1,)),
+            ops.reshape(ops.cast(lr, f32), (1,)),
+            ops.reshape(ops.cast(flags, f32), (1,)),
+            ops.reshape(upd, (1,)),
+            var_gnorm,
+            var_upd,
+        ]
+        if velocities is not None:
+            eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
+            ratios = []
+            for g, k in zip(grads, index, strict=True):
+                if g is None:
+                    continue
+                gf = ops.cast(g, f32) if inv_scale is None else ops.cast(g, f32) * inv_scale
+                ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
+            assert velocities_after is not None  # given with velocities
+            v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
+            parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
+        if scale is not None:
+            parts.append(ops.reshape(ops.cast(scale, f32), (1,)))
+        return ops.concatenate(parts, axis=0), stop
+
+
+__all__ = ["CompiledRecorder"]
