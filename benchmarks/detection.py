@@ -28,6 +28,7 @@ not counted.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pickle
 import subprocess
@@ -188,6 +189,30 @@ def _pct(a: int, n: int) -> str:
     return f"{100.0 * a / n:.0f} % ({a}/{n})" if n else "n/a"
 
 
+def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
+    """The one-sided Clopper-Pearson upper bound on a rate seen ``k`` times in ``n`` runs: the largest rate p at
+    which seeing at most ``k`` still has probability ``1 - confidence`` (k = 0: ``1 - (1 - confidence) ** (1/n)``,
+    about 3/n)."""
+    if n <= 0:
+        return 1.0
+    if k >= n:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        return sum(math.comb(n, i) * p**i * (1.0 - p) ** (n - i) for i in range(k + 1))
+
+    lo, hi = k / n, 1.0
+    for _ in range(100):  # cdf falls as p rises: bisect for cdf(p) = 1 - confidence
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 1.0 - confidence else (lo, mid)
+    return hi
+
+
+def _fp(k: int, n: int) -> str:
+    """A false-positive rate with its 95 % upper bound."""
+    return f"{_pct(k, n)}, at most {100.0 * upper_bound(k, n):.1f} % (95 % bound)" if n else "n/a"
+
+
 def _pathology_table(backend: str, recs: list[dict], judged: dict[int, dict]) -> tuple[list[str], dict]:
     out = [
         f"### {backend}: pathologies",
@@ -269,7 +294,7 @@ def _healthy_table(backend: str, recs: list[dict], judged: dict[int, dict], t: T
         f"### {backend}: healthy runs",
         "",
         f"{n} runs ({len({r['name'] for r in healthy})} scenarios, {mean:.1f} s/run); runs failing any check: "
-        f"{_pct(any_fp, n)}.",
+        f"{_fp(any_fp, n)}.",
         "",
         "| check | false positives | largest healthy statistic |",
         "|---|---|---|",
@@ -340,7 +365,8 @@ def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None)
     out = [
         "## Summary (per backend)",
         "",
-        "| backend | healthy runs failing (any check) | pathologies | lowest detection with the right cause "
+        "| backend | healthy runs failing (any check; one-sided 95 % Clopper-Pearson bound) | pathologies "
+        "| lowest detection with the right cause "
         "| first suggested fix resolves (all pathologies with a replayable fix) |",
         "|---|---|---|---|---|",
     ]
@@ -351,7 +377,7 @@ def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None)
         replayed = sum(r["replayed"] for r in rows.values())
         h = h_sum.get(b, {"n": 0, "fp": 0})
         out.append(
-            f"| {b} | {_pct(h['fp'], h['n'])} | {len(rows)} | "
+            f"| {b} | {_fp(h['fp'], h['n'])} | {len(rows)} | "
             + (f"{_pct(worst[1]['cause'], worst[1]['n'])} ({worst[0]})" if worst else "-")
             + f" | {_pct(first, replayed)} |"
         )
