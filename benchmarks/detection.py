@@ -79,6 +79,7 @@ def _collect(
     names: set[str] | None,
     backend: str,
     save: str | None,
+    first_seed: int = 0,
 ) -> list[dict]:
     """Train every scenario in this process (one backend); one record per run (the trace, not the verdict:
     that is re-judged).  With ``save``, the records so far are pickled after every scenario family."""
@@ -91,7 +92,7 @@ def _collect(
         for name, builder in table.items():
             if names and name not in names:
                 continue
-            for seed in range(n):
+            for seed in range(first_seed, first_seed + n):
                 sc = builder(seed)
                 o = S.run_scenario(sc, seed, t, whatif=whatif and group == "pathology")
                 records.append(
@@ -497,6 +498,12 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="seeds per healthy scenario (default 16: 22 healthy families x 16 = 352 runs)",
     )
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="train seeds FIRST.. (default 0): more seeds of a set already saved, merged with --from-traces",
+    )
     ap.add_argument("--only", choices=("pathology", "healthy"), help="train only this group")
     ap.add_argument("--scenarios", help="comma-separated scenario names to train (default: all)")
     ap.add_argument("--quick", action="store_true", help="3 seeds per pathology, 2 per healthy scenario")
@@ -515,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.healthy_seeds < 1:
         ap.error(f"--seeds and --healthy-seeds must be >= 1, received {args.seeds} and {args.healthy_seeds}")
+    if args.first_seed < 0:
+        ap.error(f"--first-seed must be >= 0, received {args.first_seed}")
     backends = args.backends.split(",") if args.backends else [os.environ.get("KERAS_BACKEND", "tensorflow")]
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
@@ -529,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             with open(path, "rb") as fh:
                 records += pickle.load(fh)
     elif len(backends) == 1 and os.environ.get("KERAS_BACKEND", "tensorflow") == backends[0]:
-        records = _collect(n_p, n_h, t, not args.no_whatif, args.only, names, backends[0], args.save_traces)
+        records = _collect(
+            n_p, n_h, t, not args.no_whatif, args.only, names, backends[0], args.save_traces, args.first_seed
+        )
         if args.save_traces:
             _dump(records, args.save_traces)
     else:
