@@ -41,7 +41,7 @@ from .state import restore_state, take_state
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
 AFTER_WINDOWS = 4
-#: distinct fixes replayed at most, per run.
+#: distinct fixes replayed at most, per run (a fix that cannot be replayed is reported and not counted).
 MAX_ATTEMPTS = 2
 
 
@@ -279,13 +279,17 @@ def attach_whatif(
                 # before the root event the diagnosis names (fix_from), else the finding's own start
                 tries.append((fix, int(f.evidence.get("fix_from", f.evidence.get("start", f.step)))))
     attempts: list[dict[str, Any]] = []
-    for fix, start in tries[:MAX_ATTEMPTS]:
+    replayed = 0
+    for fix, start in tries:
+        if replayed == MAX_ATTEMPTS:
+            break
         try:
             rep = replay(model, result, fix=fix, failure_step=start, window=thresholds.spike_window, spec=spec, **data)
         except NotReplayable as exc:
             attempts.append({"fix": fix, "resolved": None, "text": f"not replayed with {fix}: {exc}"})
             continue
         except Exception as exc:  # the replay is advice: a failure in it must not fail or hide the run's verdict
+            replayed += 1
             attempts.append(
                 {
                     "fix": fix,
@@ -294,6 +298,7 @@ def attach_whatif(
                 }
             )
             continue
+        replayed += 1
         # val_loss needs validation during the replay, which it does not run
         names = tuple(c for c in spec.checks if c != "val_loss")
         attempts.append(verdict(rep, run_checks(rep.trace, thresholds, names)))

@@ -127,7 +127,8 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
     sc = S.rnn_explosion(0)
     model, res, spec = _train(sc, 0)
     results = _diagnosed(res)
-    chosen = [{"clipnorm": 1e6}, {"learning_rate_factor": 0.01}]
+    # amsgrad cannot be replayed: it is reported and does not use up one of the MAX_ATTEMPTS replays
+    chosen = [{"clipnorm": 1e6}, {"amsgrad": True}, {"learning_rate_factor": 0.01}]
     results = [
         dataclasses.replace(
             r,
@@ -153,13 +154,15 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
         seed=0,
     )
     note = next(f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence)
-    first, second = note["attempts"]
+    first, skipped, second = note["attempts"]
     assert first["fix"] == {"clipnorm": 1e6} and first["resolved"] is False and first["still_failing"], first
     assert "still unstable: [" in first["text"]
+    assert skipped["resolved"] is None and skipped["text"].startswith("not replayed with {'amsgrad': True}")
     assert second["fix"] == {"learning_rate_factor": 0.01} and second["resolved"] is True, second
     assert note["resolved"] is True
     # the attempts, then whether a skip-step guard would have saved the run (a spike or explosion was found)
-    assert note["text"] == first["text"] + "; then " + second["text"] + "; " + note["guard"]["text"]
+    texts = [a["text"] for a in (first, skipped, second)]
+    assert note["text"] == "; then ".join(texts) + "; " + note["guard"]["text"]
     assert note["guard"]["text"].startswith("with a skip-step guard (6 standard deviations over 128 steps)")
 
 

@@ -193,6 +193,37 @@ def test_a_modest_gradient_shrink_names_adam_only_with_a_loss_near_its_floor_and
     assert f.evidence["cause_key"] == cause, (f.cause, d)
 
 
+def _slingshot(climb_to):
+    # Adam: the loss falls 1e5x while the gradient norm shrinks 1000x, then (climb_to) climbs back over 150
+    # steps and comes down again: a slow climb, no one-step spike
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.geomspace(1.0, 1e-5, 600), np.full(400, 1e-5)])
+    loss[600:750] = np.geomspace(1e-5, climb_to, 150)
+    loss[750:850] = np.geomspace(climb_to, 1e-5, 100)
+    g = np.concatenate([np.full(50, 1.0), np.geomspace(1.0, 1e-3, 550), np.full(400, 1e-3)])
+    return Trace(
+        loss=loss * np.exp(0.1 * rng.normal(size=1000)),
+        grad_norm=g,
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
+
+
+def test_a_slow_climb_after_the_gradients_shrank_lowers_the_learning_rate_first():
+    # the slingshot: Adam's second moment, but a larger epsilon bounds one-step bursts only (measured:
+    # benchmarks/results/fix_from_start.md), so the learning rate comes first; a one-step burst keeps epsilon
+    (f,) = [f for f in _diag(_slingshot(0.05)) if f.check == "loss_spike"]
+    assert f.evidence["slow_rise"] is True and f.evidence["cause_key"] == "adam_second_moment"
+    assert f.evidence["fix_configs"][:2] == [{"learning_rate_factor": 0.1}, {"epsilon": 1e-3}]
+    assert "climbed back over many steps" in f.cause and "a larger epsilon (now 1e-07) bounds only" in f.cause
+    assert f.fix.startswith("learning_rate=0.001 (now 0.01; x 0.1)")
+    burst = next(f for f in _diag(_adam_trace()) if f.check == "loss_spike")
+    assert not burst.evidence.get("slow_rise") and burst.evidence["fix_configs"][0] == {"epsilon": 1e-3}
+    assert "climbed back over many steps" not in burst.cause
+
+
 def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     # After the jump the loss varies with the batch (3 %, too much to count as flat) but
     # the gradients are exactly zero.
