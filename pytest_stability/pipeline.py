@@ -7,20 +7,28 @@ lazily: importing this module imports no framework.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the training layer imports Keras: at run time it is imported where it is used
+    from .checks.base import CheckResult, Finding
+    from .options import RunSpec
+    from .thresholds import Thresholds
+    from .trace import Trace
+    from .training.batches import BatchPlan
+    from .training.engine import RunResult
 
 
 @dataclass
 class Outcome:
     """A trained run and its diagnosed check results."""
 
-    result: Any  # training.engine.RunResult
-    results: list[Any]  # checks.base.CheckResult, with diagnosed findings (and the what-if note)
+    result: RunResult
+    results: list[CheckResult]  # with diagnosed findings (and the what-if note)
 
 
-def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
+def judge(trace: Trace, thresholds: Thresholds, checks: Sequence[str] | None = None) -> list[CheckResult]:
     """Run the checks on ``trace`` and diagnose every finding (pure: no framework)."""
     from .checks import run_checks
     from .diagnosis import rank_findings
@@ -43,7 +51,7 @@ def judge(trace: Any, thresholds: Any, checks: Any = None) -> list[Any]:
     ]
 
 
-def _diagnosed(findings: Any, trace: Any, thresholds: Any) -> list[Any]:
+def _diagnosed(findings: Sequence[Finding], trace: Trace, thresholds: Thresholds) -> list[Finding]:
     """Each finding diagnosed on the trace it was found in: a loss curve's (a GAN's ``d_loss``) or one
     optimizer's (see :func:`~pytest_stability.checks.curve_view`), else the run's; in the same order."""
     from .diagnosis import diagnose, finding_view, with_optimizer_named
@@ -72,8 +80,8 @@ def run(
     fit_kwargs: dict[str, Any],
     steps: int,
     seed: int,
-    spec: Any,
-    thresholds: Any,
+    spec: RunSpec,
+    thresholds: Thresholds,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_raise: Callable[[BaseException, str], None] | None = None,
@@ -123,7 +131,7 @@ def run(
     return Outcome(result, results)
 
 
-def names_batch(f: Any) -> bool:
+def names_batch(f: Finding) -> bool:
     """Whether ``f``'s step is named by its batch (``evidence["batch"]``): a loss spike, a non-finite loss,
     a non-finite input batch."""
     if f.check == "loss_spike":
@@ -133,7 +141,7 @@ def names_batch(f: Any) -> bool:
     return False
 
 
-def with_batches(results: list[Any], plan: Any) -> list[Any]:
+def with_batches(results: list[CheckResult], plan: BatchPlan) -> list[CheckResult]:
     """Each spike and non-finite finding with ``evidence["batch"]``: the batch its step trained on (see
     :func:`~pytest_stability.training.batches.locate`)."""
     import dataclasses
@@ -152,7 +160,7 @@ def with_batches(results: list[Any], plan: Any) -> list[Any]:
     return out
 
 
-def _replay_batch(model: Any, x: Any, y: Any, *, step: int, thresholds: Any, **train_kwargs: Any) -> Outcome:
+def _replay_batch(model: Any, x: Any, y: Any, *, step: int, thresholds: Thresholds, **train_kwargs: Any) -> Outcome:
     from .errors import StabilityUsageError
     from .training import batch_replay, engine
 
@@ -177,7 +185,7 @@ def _replay_batch(model: Any, x: Any, y: Any, *, step: int, thresholds: Any, **t
     return Outcome(result, judge(result.trace, thresholds, spec.checks))
 
 
-def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) -> Any:
+def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) -> CheckResult:
     """The ``margin`` check: failed when the learning-rate margin is below ``min_margin`` (skipped without one)."""
     from .checks.base import CheckResult, Finding
 
@@ -205,7 +213,7 @@ def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) 
     return CheckResult("margin", "failed", (finding,), margin["text"], {"lr_margin": value})
 
 
-def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> Any:
+def curvature_result(curvature: dict[str, Any], max_eos_ratio: float | None) -> CheckResult:
     """The ``curvature`` check: failed when the edge-of-stability ratio (``trace.info["curvature"]``, see
     :mod:`pytest_stability.training.curvature`) exceeds ``max_eos_ratio`` at a measurement; skipped without
     one, or when no ratio was measured (an optimizer without a known limit, a run it could not be measured on)."""

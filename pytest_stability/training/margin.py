@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,11 @@ from ..trace import Trace
 from . import engine
 from .state import restore_state, take_state
 from .whatif import apply_fix, optimizer_settings, restore_optimizer_settings
+
+if TYPE_CHECKING:
+    from ..options import RunSpec
+    from ..thresholds import Thresholds
+    from .engine import RunResult
 
 #: geometric bisection steps between the last stable and the first unstable factor
 BISECTIONS = 2
@@ -62,13 +67,13 @@ def _tail_plus(trace: Trace, probe: Trace, window: int) -> tuple[Trace, int]:
 
 def lr_margin(
     model: Any,
-    result: Any,
+    result: RunResult,
     *,
     x: Any,
     y: Any,
     fit_kwargs: dict[str, Any],
-    spec: Any,
-    thresholds: Any,
+    spec: RunSpec,
+    thresholds: Thresholds,
     seed: int,
     ok: bool,
 ) -> dict[str, Any]:

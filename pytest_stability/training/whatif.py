@@ -30,7 +30,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,11 @@ from ..trace import Trace
 from . import engine
 from .recorders import host_numpy
 from .state import restore_state, take_state
+
+if TYPE_CHECKING:
+    from ..checks.base import CheckResult
+    from ..options import RunSpec
+    from ..thresholds import Thresholds
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
 AFTER_WINDOWS = 4
@@ -138,7 +143,7 @@ def replay(
     fit_kwargs: dict[str, Any],
     batch_size: int | None,
     seed: int,
-    spec: Any,
+    spec: RunSpec,
 ) -> Replay:
     """Re-run the same training from its first step, with ``fix`` applied from ``window`` steps before the failure.
 
@@ -221,7 +226,7 @@ def restore_optimizer_settings(model: Any, saved: tuple[Any, dict[str, Any]]) ->
         object.__setattr__(inner, k, v) if k == "_learning_rate" else setattr(inner, k, v)
 
 
-def verdict(rep: Replay, check_results: list[Any]) -> dict[str, Any]:
+def verdict(rep: Replay, check_results: list[CheckResult]) -> dict[str, Any]:
     """Builtins summary of a replay judged by ``check_results`` (run on ``rep.trace``)."""
     after = [f for r in check_results for f in r.findings if f.step >= rep.start]
     after.sort(key=lambda f: f.step)
@@ -247,8 +252,13 @@ def verdict(rep: Replay, check_results: list[Any]) -> dict[str, Any]:
 
 
 def attach_whatif(
-    results: list[Any], model: Any, result: engine.RunResult, thresholds: Any, spec: Any, **data: Any
-) -> list[Any]:
+    results: list[CheckResult],
+    model: Any,
+    result: engine.RunResult,
+    thresholds: Thresholds,
+    spec: RunSpec,
+    **data: Any,
+) -> list[CheckResult]:
     """Replay the suggested optimizer fixes; attach the outcome to the first finding as ``evidence["whatif"]``.
 
     The findings' ``fix_configs`` are tried primary finding first (``evidence["rank"]``), then in step order,
@@ -349,7 +359,7 @@ def guard_replay(
     fit_kwargs: dict[str, Any],
     batch_size: int | None,
     seed: int,
-    spec: Any,
+    spec: RunSpec,
 ) -> engine.RunResult:
     """The same run again from its first step, its optimizer wrapped in a :class:`~.guard.SkipStepGuard`.  The
     model ends as the original run left it.
@@ -396,7 +406,9 @@ def guard_replay(
         restore_state(model, final)
 
 
-def guard_verdict(model: Any, result: engine.RunResult, thresholds: Any, spec: Any, **data: Any) -> dict[str, Any]:
+def guard_verdict(
+    model: Any, result: engine.RunResult, thresholds: Thresholds, spec: RunSpec, **data: Any
+) -> dict[str, Any]:
     """Whether the run passes with a skip-step guard, which steps it skipped, and the fix to offer; builtins."""
     from ..checks import run_checks
 
