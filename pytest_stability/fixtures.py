@@ -15,7 +15,7 @@ import contextlib
 import shlex
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +23,10 @@ from .errors import StabilityError, StabilityUsageError
 from .integrations.session import RECORD_KEY, SESSION_KEY
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec, steps_above_ceiling
 from .record import StabilityRecord
+
+if TYPE_CHECKING:
+    from .checks.base import CheckResult
+    from .training.engine import RunResult
 
 
 class Stability:
@@ -198,8 +202,8 @@ class Stability:
         return StabilityReport(self.nodeid, runs)
 
     def _save_batches(
-        self, results: list[Any], result: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], seed: int
-    ) -> list[Any]:
+        self, results: list[CheckResult], result: RunResult, x: Any, y: Any, fit_kwargs: dict[str, Any], seed: int
+    ) -> list[CheckResult]:
         """Save the batch of each finding that names one with its samples (``evidence["batch"]["indices"]``)
         as an ``.npz`` in the batches directory (:attr:`~.options.RunFiles.batches_dir`); its path goes into
         ``evidence["batch"]["file"]``.  Never fails the test: a batch that cannot be written says why."""
