@@ -45,13 +45,10 @@ from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
 from .fitsetup import (
-    _is_arrays,
     _leaves,
-    _n_samples,
     _train_samples,
     _under_strategy,
     batch_observers,
-    check_finite,
     full_batch_as_one_epoch,
     prepare_fit,
     short_message,
@@ -68,6 +65,8 @@ from .recorders import (
     make_recorder,
     var_name,
 )
+from .state import sync_variables
+from .validation import ValidationProbe, _batchnorm_layers, _loss_of  # noqa: F401 (engine._loss_of: tests measure with it)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -267,155 +266,11 @@ def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | 
     return None
 
 
-def _check_validation_fits(
-    keras: Any,
-    model: Any,
-    exc: BaseException,
-    val_batches: list[Any] | None,
-    training_batch: tuple[Any, Any] | None,
-    fit_kwargs: dict[str, Any],
-) -> None:
-    """The validation loss before the first step raised: when the model takes a training batch, the
-    validation set is what it cannot take, and that is a usage error naming both shapes."""
-    if training_batch is None or not val_batches:
-        return
-    try:
-        _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
-    except Exception:
-        return  # the training data fails too: fit reports that itself
-    vx, vy, _ = val_batches[0]
-    source = "validation_data" if fit_kwargs.get("validation_data") is not None else "validation_split"
-
-    def shapes(obj: Any) -> str:
-        found = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
-        return str(found[0]) if len(found) == 1 else str(found)
-
-    raise StabilityUsageError(
-        f"{source} does not fit the model: its batches have x of shape {shapes(vx)} and y of shape {shapes(vy)}, "
-        f"the training batches x {shapes(training_batch[0])} and y {shapes(training_batch[1])}; the model "
-        f"raised {type(exc).__name__}: {short_message(exc, 300)}"
-    ) from None
-
-
 def _is_keras_input_error(exc: BaseException) -> bool:
     if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
         return True
     # PyTorch reports bad targets and shapes as RuntimeError; only on the first step is that the data's fault
     return type(exc).__name__ in ("InvalidArgumentError", "UnimplementedError", "RuntimeError")
-
-
-def validation_batches(
-    keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int
-) -> list[tuple[Any, Any, Any]] | None:
-    """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
-    from .keras_internals import load
-
-    array_slicing, data_adapter_utils = load("array_slicing"), load("data_adapter_utils")
-    get_data_adapter = load("get_data_adapter")
-
-    vd = fit_kwargs.get("validation_data")
-    split = fit_kwargs.get("validation_split")
-    if vd is None and not split:
-        return None
-    if vd is None:
-        assert split is not None  # (returned above without either)
-        (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
-            (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split)
-        )
-    elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
-        raise StabilityUsageError(
-            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset "
-            f"or a keras.utils.PyDataset; received {type(vd).__name__}"
-        )
-    elif isinstance(vd, (tuple, list)):
-        if len(vd) not in (2, 3):
-            raise StabilityUsageError(
-                f"validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val); received a "
-                f"{type(vd).__name__} of length {len(vd)}"
-            )
-        vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
-    else:
-        vx, vy, vw = vd, None, None
-    if _is_arrays(vx):
-        check_finite("validation x", vx)
-        check_finite("validation y", vy)
-    size = fit_kwargs.get("validation_batch_size") or batch_size
-    try:
-        adapter = get_data_adapter(
-            vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
-        )
-        batches = []
-        for batch in adapter.get_numpy_iterator():
-            batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
-            if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
-                break
-    except StabilityUsageError:
-        raise
-    except Exception as exc:
-        raise StabilityUsageError(
-            f"validation_data could not be read: {type(exc).__name__}: {short_message(exc)}"
-        ) from None
-    if not batches:
-        raise StabilityUsageError("validation_data is empty")
-    return batches
-
-
-#: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but
-#: float rounding: in batches of at most this many samples and bytes of input (few calls, bounded memory)
-EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
-
-
-def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, int]]:
-    """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
-    :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
-    with its number of samples."""
-
-    def cat(parts: list[Any]) -> Any:
-        if parts[0] is None:
-            return None
-        return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
-
-    x, y, w = (cat([b[i] for b in batches]) for i in range(3))
-    n = _n_samples(x) or 1
-    per_sample = max(1, sum(int(np.asarray(leaf).nbytes) for leaf in _leaves(x)) // n)
-    size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
-    size = max(size, _n_samples(batches[0][0]) or 1)  # never smaller than the batches given
-
-    def part(obj: Any, a: int, b: int) -> Any:
-        if obj is None:
-            return None
-        return keras.tree.map_structure(lambda v: keras.ops.convert_to_tensor(v[a:b]), obj)
-
-    return [
-        (part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)), min(a + size, n) - a)
-        for a in range(0, n, size)
-    ]
-
-
-def _batchnorm_layers(model: Any) -> list[Any]:
-    layers = model._flatten_layers(include_self=False)
-    return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
-
-
-def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
-    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
-    random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
-    from .keras_internals import load
-
-    StatelessScope = load("StatelessScope")
-
-    with StatelessScope(), isolation.kept_random_state():
-        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
-        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
-    return float(host_numpy(loss))
-
-
-def _sync(model: Any) -> None:
-    """Under JAX, ``fit`` holds the state and empties the variables: put the values back (the trainer
-    picks them up again before the next step; Keras' way for callbacks that read variables)."""
-    sync = getattr(model, "jax_state_sync", None)
-    if sync is not None:
-        sync()
 
 
 def train(
@@ -468,10 +323,10 @@ def train(
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     run_steps, kind, bs = setup.run_steps, setup.kind, setup.batch_size
     user_epochs, initial_epoch = setup.user_epochs, setup.initial_epoch
-    val_batches = validation_batches(keras, model, x, y, setup.fit_kwargs, bs)
-    val_eval = eval_batches(keras, val_batches) if val_batches else []
-    callbacks = setup.callbacks
     notes: list[str] = []
+    validation = ValidationProbe(keras, model, x, y, kind=kind, fit_kwargs=setup.fit_kwargs, batch_size=bs, notes=notes)
+    val_batches = validation.batches
+    callbacks = setup.callbacks
     x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes)
     fit_kwargs, per_epoch, exact_epoch = setup.fit_kwargs, setup.per_epoch, setup.exact_epoch
 
@@ -520,23 +375,6 @@ def train(
     # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
     # distribution strategy, whose replicas would each update it
     curves = Curves(model, chunk=chunk) if not distributed else None
-    val_steps: list[int] = []
-    val_losses: list[float] = []
-    gaps: list[float] = []
-    bn = bool(_batchnorm_layers(model))
-    gap_batch = val_batches[0] if val_batches else None
-    if gap_batch is None and bn and kind == "arrays":
-        yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
-        gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
-    val_ok = [True]
-    training_batch = (
-        (
-            keras.tree.map_structure(lambda a: a[:bs], x),
-            None if y is None else keras.tree.map_structure(lambda a: a[:bs], y),
-        )
-        if kind == "arrays"
-        else None
-    )
     meter, no_meter = _curvature_meter(
         keras,
         model,
@@ -555,37 +393,12 @@ def train(
         # at a read-back, like validate(): under JAX the variables hold the state only after _sync
         if meter is None or not meter.due(done):
             return
-        _sync(model)
+        sync_variables(model)
         rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
         try:
             meter.measure(done)
         finally:
             rec.recording_loss = True
-
-    def validate(first: bool = False) -> None:
-        if not val_ok[0]:
-            return
-        _sync(model)
-        done = cb.rows.done if cb is not None else 0
-        try:
-            total, count = 0.0, 0
-            for bx, by, bw, n in val_eval:
-                total += _loss_of(keras, model, bx, by, bw, False) * n
-                count += n
-            val_steps.append(done)
-            val_losses.append(total / max(count, 1))
-            if bn and gap_batch is not None:
-                gaps.append(
-                    _relative_gap(_loss_of(keras, model, *gap_batch, True), _loss_of(keras, model, *gap_batch, False))
-                )
-        except Exception as exc:
-            if first:
-                _check_validation_fits(keras, model, exc, val_batches, training_batch, fit_kwargs)
-            val_ok[0] = False
-            notes.append(
-                f"the validation loss could not be computed with the model's compute_loss "
-                f"({type(exc).__name__}: {short_message(exc, 200)}); val_loss is not judged"
-            )
 
     def on_boundary(done: int) -> None:
         # at the latest execution boundary at or before the fix step: the next one could be past it
@@ -594,7 +407,7 @@ def train(
             applied[0] = True
             notes_fix.append(done)
             if done:
-                _sync(model)
+                sync_variables(model)
             fix_at[1](model)
             if done:
                 rec.retrace()
@@ -611,7 +424,7 @@ def train(
         steps=run_steps,
         chunk=chunk,
         steps_per_call=steps_per_call,
-        validate=validate if val_batches else None,
+        validate=validation if val_batches else None,
         validate_every=int(spec.validate_every),
         progress=progress,
         on_boundary=on_boundary if fix_at is not None else None,
@@ -623,6 +436,7 @@ def train(
         curves=curves,
         data_ends_epochs=kind == "arrays" and x_fit is x,
     )
+    validation.readback = cb
     start = readback.RandomStart(random_start)
     plan = None
     if not distributed:
@@ -710,18 +524,11 @@ def train(
                 else:
                     raise
         cb.read()
-        _sync(model)
+        sync_variables(model)
         if meter is not None and not cb.stopped_nonfinite and cb.rows.done:
             meter.targets = [min(t, cb.rows.done) for t in meter.targets]  # a run ended early: measure its end
             measure(cb.rows.done)
-        if bn and not val_batches and gap_batch is not None and cb.rows.done:
-            # without validation data, the gap is measured once, at the end, on the first training batch
-            try:
-                gaps.append(
-                    _relative_gap(_loss_of(keras, model, *gap_batch, True), _loss_of(keras, model, *gap_batch, False))
-                )
-            except Exception as exc:  # informational: never fail the run on it
-                notes.append(f"the BatchNorm train/inference gap could not be measured ({type(exc).__name__})")
+        validation.at_end(cb.rows.done)
     finally:
         wall = time.perf_counter() - started
         if curves is not None:
@@ -775,6 +582,7 @@ def train(
             "gradient norms, non-finite values and updates are"
         )
     ref = recs[recorded.reference]
+    val_steps, val_loss = validation.val_loss()
     trace = Trace(
         loss=loss,
         grad_norm=recorded.grad_norm,
@@ -782,8 +590,8 @@ def train(
         var_names=recorded.var_names,
         nonfinite=recorded.flags,
         lr=rows[:, RowLayout.LR],
-        val_steps=np.asarray(val_steps, dtype=np.int64) if val_batches and val_ok[0] else None,
-        val_loss=np.asarray(val_losses, dtype=np.float64) if val_batches and val_ok[0] else None,
+        val_steps=val_steps,
+        val_loss=val_loss,
         opt_stats=_opt_stats(ref, rows),
         update_ratio=recorded.update_ratio,
         var_update_ratio=recorded.var_update_ratio,
@@ -830,11 +638,7 @@ def train(
     trace.info["inputs_checked"] = kind == "arrays" or rec.check_inputs
     if notes:
         trace.info["notes"] = list(notes)
-    if gaps:
-        finite_gaps = [g for g in gaps if np.isfinite(g)]
-        trace.info["bn_train_infer_gap"] = max(finite_gaps) if finite_gaps else None
-        trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
-        trace.info["bn_gap_batch"] = "validation" if val_batches else "training"
+    validation.record_gap(trace.info)
     stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
     bad = np.flatnonzero(nonfinite & stop_bits)
     if bad.size:
@@ -1072,13 +876,6 @@ def _device_scope(keras: Any, device: str | None) -> Any:
     if device is None:
         return _NullScope()
     return keras.device(device)
-
-
-def _relative_gap(train_loss: float, infer_loss: float) -> float:
-    """|inference - training| / training loss of the same batch (NaN when undefined)."""
-    if not (np.isfinite(train_loss) and np.isfinite(infer_loss)) or train_loss <= 0:
-        return float("nan")
-    return abs(infer_loss - train_loss) / train_loss
 
 
 def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
