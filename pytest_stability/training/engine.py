@@ -389,33 +389,8 @@ def train(
         distributed=distributed,
     )
 
-    def measure(done: int) -> None:
-        # at a read-back, like validate(): under JAX the variables hold the state only after _sync
-        if meter is None or not meter.due(done):
-            return
-        sync_variables(model)
-        rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
-        try:
-            meter.measure(done)
-        finally:
-            rec.recording_loss = True
-
-    def on_boundary(done: int) -> None:
-        # at the latest execution boundary at or before the fix step: the next one could be past it
-        # read-backs are at most `chunk` steps apart (the buffer's size): the next one could be past the step
-        if fix_at is not None and not applied[0] and done + chunk > fix_at[0]:
-            applied[0] = True
-            notes_fix.append(done)
-            if done:
-                sync_variables(model)
-            fix_at[1](model)
-            if done:
-                rec.retrace()
-                model.make_train_function(force=True)
-
-    applied = [False]
-    notes_fix: list[int] = []
-    cb = None
+    curvature = CurvatureAtReadbacks(meter, model, rec) if meter is not None else None
+    fix = FixAt(*fix_at, chunk=chunk, model=model, rec=rec) if fix_at is not None else None
     from . import readback
 
     steps_per_call, virtual_call = grouping.steps_per_call, grouping.virtual_call
@@ -427,8 +402,8 @@ def train(
         validate=validation if val_batches else None,
         validate_every=int(spec.validate_every),
         progress=progress,
-        on_boundary=on_boundary if fix_at is not None else None,
-        measure=measure if meter is not None else None,
+        on_boundary=fix,
+        measure=curvature,
         epoch_steps=int(per_epoch) if exact_epoch and per_epoch is not None and not distributed else None,
         virtual_call=virtual_call,
         keep_initial_state=keep_initial_state,
@@ -525,9 +500,8 @@ def train(
                     raise
         cb.read()
         sync_variables(model)
-        if meter is not None and not cb.stopped_nonfinite and cb.rows.done:
-            meter.targets = [min(t, cb.rows.done) for t in meter.targets]  # a run ended early: measure its end
-            measure(cb.rows.done)
+        if curvature is not None and not cb.stopped_nonfinite and cb.rows.done:
+            curvature.at_end(cb.rows.done)
         validation.at_end(cb.rows.done)
     finally:
         wall = time.perf_counter() - started
@@ -623,8 +597,8 @@ def train(
                     **{f"grad_norm/replica_{i}": per_step[:, i].copy() for i in range(per_step.shape[1])},
                 }
         trace.info["replica_weight_drift"] = _replica_weight_drift(model)
-    if notes_fix:
-        trace.info["fix_applied_at"] = notes_fix[0]
+    if fix is not None and fix.applied_at is not None:
+        trace.info["fix_applied_at"] = fix.applied_at
     if meter is not None:
         trace.info["curvature"] = meter.summary(trace.lr)
     elif no_meter:
@@ -823,6 +797,51 @@ def _curvature_meter(
         iterations=int(spec.curvature_iterations),
         seed=seed,
     ), ""
+
+
+class CurvatureAtReadbacks:
+    """The curvature meter (see :mod:`.curvature`) run at the read-backs where a measurement is due."""
+
+    def __init__(self, meter: Any, model: Any, rec: Recorder) -> None:
+        self.meter, self.model, self.rec = meter, model, rec
+
+    def __call__(self, done: int) -> None:
+        # at a read-back, like the validation: under JAX the variables hold the state only after sync_variables
+        if not self.meter.due(done):
+            return
+        sync_variables(self.model)
+        self.rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
+        try:
+            self.meter.measure(done)
+        finally:
+            self.rec.recording_loss = True
+
+    def at_end(self, done: int) -> None:
+        """After ``fit``, ``done`` steps done: a run that ended early is measured at its end."""
+        self.meter.targets = [min(t, done) for t in self.meter.targets]
+        self(done)
+
+
+class FixAt:
+    """The what-if replay's change of the optimizer (``train(fix_at=(step, apply))``): ``apply(model)`` at the
+    last read-back at or before ``step`` (before the first step when none is), then the step compiled again."""
+
+    def __init__(self, step: int, apply: Callable[[Any], None], *, chunk: int, model: Any, rec: Recorder) -> None:
+        self.step, self.apply, self.chunk, self.model, self.rec = step, apply, chunk, model, rec
+        #: the steps done when the change was applied, None until it is
+        self.applied_at: int | None = None
+
+    def __call__(self, done: int) -> None:
+        # at the latest execution boundary at or before the fix step: read-backs are at most `chunk` steps apart
+        # (the buffer's size), so the next one could be past the step
+        if self.applied_at is None and done + self.chunk > self.step:
+            self.applied_at = done
+            if done:
+                sync_variables(self.model)
+            self.apply(self.model)
+            if done:
+                self.rec.retrace()
+                self.model.make_train_function(force=True)
 
 
 def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any = True) -> bool | None:
