@@ -38,13 +38,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported where a run builds one: batches.py imports Keras
+if TYPE_CHECKING:  # imported where a run builds them: these modules import Keras
     from .batches import BatchPlan
+    from .curves import Curves
+    from .readback import RandomStart, Readback
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
 from .fitsetup import (
+    FitSetup,
     _leaves,
     _train_samples,
     _under_strategy,
@@ -53,7 +56,7 @@ from .fitsetup import (
     prepare_fit,
     short_message,
 )
-from .plan import chunking
+from .plan import Chunking, chunking
 from .recorders import (
     BatchNotRun,
     ChunkRows,
@@ -322,7 +325,7 @@ def train(
     seed_everything(seed)
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     run_steps, kind, bs = setup.run_steps, setup.kind, setup.batch_size
-    user_epochs, initial_epoch = setup.user_epochs, setup.initial_epoch
+    user_epochs = setup.user_epochs
     notes: list[str] = []
     validation = ValidationProbe(keras, model, x, y, kind=kind, fit_kwargs=setup.fit_kwargs, batch_size=bs, notes=notes)
     val_batches = validation.batches
@@ -330,45 +333,10 @@ def train(
     x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes)
     fit_kwargs, per_epoch, exact_epoch = setup.fit_kwargs, setup.per_epoch, setup.exact_epoch
 
-    if backend == "torch" and int(getattr(model, "steps_per_execution", 1) or 1) > 1:
-        raise StabilityUsageError(
-            f"the model {model.name!r} is compiled with steps_per_execution={model.steps_per_execution}, which Keras' "
-            "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1"
-        )
-    # the steps per call and between read-backs (plan.chunking)
-    user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
     distributed = _under_strategy(keras, model)
-    observers = batch_observers(callbacks)
-    grouping = chunking(
-        backend=backend,
-        readback_every=int(spec.readback_every),
-        validate_every=int(spec.validate_every),
-        validates=bool(val_batches),
-        user_spe=user_spe,
-        batch_observers=bool(observers),
-        distributed=distributed,
-        user_steps_per_epoch=setup.user_steps_per_epoch,
-        per_epoch=int(per_epoch) if per_epoch else None,
-    )
+    grouping = _chunking(backend, model, spec, setup, validates=bool(val_batches), distributed=distributed)
     chunk, spe = grouping.chunk, grouping.spe
-
-    # one recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
-    # Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
-    # it has no step limit of its own (fit itself ends after exactly `steps` steps)
-    recs = [
-        make_recorder(
-            backend,
-            model,
-            optimizer=opt,
-            name=name,
-            chunk=chunk if opt is model.optimizer else chunk * MAX_APPLIES,
-            limit=run_steps if opt is model.optimizer else min(run_steps * MAX_APPLIES, 2**24 - 1),
-            diagnostics=spec.diagnostics,
-            distributed=distributed,
-            check_inputs=kind != "arrays",
-        )
-        for name, opt in find_optimizers(model)
-    ]
+    recs = _recorders(backend, model, spec, setup, chunk=chunk, distributed=distributed)
     rec = recs[0]
     from .curves import Curves
 
@@ -388,131 +356,51 @@ def train(
         seed=seed,
         distributed=distributed,
     )
-
     curvature = CurvatureAtReadbacks(meter, model, rec) if meter is not None else None
     fix = FixAt(*fix_at, chunk=chunk, model=model, rec=rec) if fix_at is not None else None
     from . import readback
 
-    steps_per_call, virtual_call = grouping.steps_per_call, grouping.virtual_call
     cb = readback.readback_class()(
         recs,
         steps=run_steps,
         chunk=chunk,
-        steps_per_call=steps_per_call,
+        steps_per_call=grouping.steps_per_call,
         validate=validation if val_batches else None,
         validate_every=int(spec.validate_every),
         progress=progress,
         on_boundary=fix,
         measure=curvature,
         epoch_steps=int(per_epoch) if exact_epoch and per_epoch is not None and not distributed else None,
-        virtual_call=virtual_call,
+        virtual_call=grouping.virtual_call,
         keep_initial_state=keep_initial_state,
         callbacks=callbacks,
         curves=curves,
-        data_ends_epochs=kind == "arrays" and x_fit is x,
+        data_ends_epochs=kind == "arrays" and not setup.full_batch,
     )
     validation.readback = cb
     start = readback.RandomStart(random_start)
-    plan = None
-    if not distributed:
-        from .batches import BatchPlan, EpochStates
-
-        plan = BatchPlan(
-            backend,
-            kind,
-            int(seed),
-            bs,
-            n=_train_samples(x, fit_kwargs) if kind == "arrays" else None,
-            shuffle=fit_kwargs.get("shuffle", True) if kind == "arrays" else False,
-            per_epoch=int(per_epoch) if exact_epoch and per_epoch else None,
-            initial_epoch=initial_epoch,
-            full_batch=kind == "arrays" and x_fit is not x,
-        )
-    tail = [EpochStates(plan)] if plan is not None and plan.needs_epoch_states else []
-    saved_spe = getattr(model, "steps_per_execution", 1)
+    plan, tail = _batch_plan(backend, x, setup, seed=seed, distributed=distributed)
+    observers = batch_observers(callbacks)
     if observers and spe < chunk:
         notes.append(
             f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={spe} "
             f"(the recording still read back every {chunk} steps)"
         )
-    started = time.perf_counter()
-    if keep_initial_state and not model.optimizer.built and model.built:
-        # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
-        # step), so that the state taken before the first step holds every slot variable
-        model.optimizer.build(model.trainable_variables)
-    try:
-        for r in recs:
-            r.install()
-        if curves is not None:
-            curves.install()
-        if backend == "torch":
-            readback.read_after_each_call(rec, model, cb)
-        model.steps_per_execution = spe
-        model.train_function = None
-        model.test_function = None
-        with (
-            _device_scope(keras, device),
-            isolation.op_determinism(keras, model, spec.deterministic) as det,
-            isolation.quiet_own_retracing(keras),
-        ):
-            if det:
-                notes.append(det)
-            try:
-                model.fit(x_fit, y_fit, callbacks=[start] + callbacks + [cb] + tail, **fit_kwargs)
-            except StabilityUsageError:
-                raise
-            except Exception as exc:
-                read, failed_at, input_bad = _read_after_failure(rec, cb)
-                where = raised_where(exc, callbacks, model)
-                if where is not None:  # the user's own exception: it propagates as from plain fit
-                    if on_raise is not None:
-                        on_raise(exc, f"{where}, after {failed_at} of {run_steps} steps")
-                    raise
-                if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
-                    raise _usage_from_keras(exc) from None
-                if read and cb.stopped_nonfinite:
-                    # an earlier step went non-finite and a later one raised on it (a user's callback or
-                    # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run
-                    # stopped at that step, as it would have at the read-back, and the report is of it
-                    notes.append(
-                        f"after the non-finite step, training raised {type(exc).__name__} "
-                        f"({short_message(exc, 200)}), which followed from it"
-                    )
-                elif read and input_bad and rec.built:
-                    # PyTorch does not run a step on a NaN batch (BatchNotRun: its binary cross-entropy would
-                    # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
-                    # the others compute a NaN loss: the run ends at that step the same way, a non-finite step
-                    # whose input batch held NaN/Inf (its loss and gradients: none)
-                    cb.rowsets[0].add_step(_raised_row(rec, cb.rowsets[0]), np.nan)
-                    cb.stopped_nonfinite = True
-                    if not isinstance(exc, BatchNotRun):
-                        notes.append(
-                            f"training on the NaN/Inf input batch of step {failed_at} raised "
-                            f"{type(exc).__name__} ({short_message(exc, 200)})"
-                        )
-                elif input_bad:
-                    raise StabilityUsageError(
-                        f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
-                        f"{type(exc).__name__}: {short_message(exc, 300)}. Clean the data pipeline first: a NaN in the "
-                        "data would be reported as the model's instability"
-                    ) from None
-                else:
-                    raise
-        cb.read()
-        sync_variables(model)
-        if curvature is not None and not cb.stopped_nonfinite and cb.rows.done:
-            curvature.at_end(cb.rows.done)
-        validation.at_end(cb.rows.done)
-    finally:
-        wall = time.perf_counter() - started
-        if curves is not None:
-            curves.uninstall()
-        for r in reversed(recs):
-            r.uninstall()
-        model.steps_per_execution = saved_spe
-        model.train_function = None
-        model.test_function = None
-        model.predict_function = None
+    parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
+    wall = _run_fit(
+        keras,
+        model,
+        x_fit,
+        y_fit,
+        setup,
+        parts,
+        spe=spe,
+        device=device,
+        deterministic=spec.deterministic,
+        keep_initial_state=keep_initial_state,
+        on_raise=on_raise,
+        notes=notes,
+    )
 
     recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
     rows, loss, done = recorded.rows, recorded.loss, recorded.steps
@@ -632,6 +520,223 @@ def train(
     return RunResult(
         trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state, start.kept, plan
     )
+
+
+def _chunking(backend: str, model: Any, spec: Any, setup: FitSetup, *, validates: bool, distributed: bool) -> Chunking:
+    """The steps per call of ``fit``'s train function and between read-backs (:func:`.plan.chunking`).
+
+    Raises:
+        StabilityUsageError: a model compiled with ``steps_per_execution > 1`` on PyTorch (Keras' fit refuses it).
+    """
+    if backend == "torch" and int(getattr(model, "steps_per_execution", 1) or 1) > 1:
+        raise StabilityUsageError(
+            f"the model {model.name!r} is compiled with steps_per_execution={model.steps_per_execution}, which Keras' "
+            "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1"
+        )
+    per_epoch = setup.per_epoch
+    return chunking(
+        backend=backend,
+        readback_every=int(spec.readback_every),
+        validate_every=int(spec.validate_every),
+        validates=validates,
+        user_spe=int(getattr(model, "steps_per_execution", 1) or 1),
+        batch_observers=bool(batch_observers(setup.callbacks)),
+        distributed=distributed,
+        user_steps_per_epoch=setup.user_steps_per_epoch,
+        per_epoch=int(per_epoch) if per_epoch else None,
+    )
+
+
+def _recorders(
+    backend: str, model: Any, spec: Any, setup: FitSetup, *, chunk: int, distributed: bool
+) -> list[Recorder]:
+    """One recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
+
+    Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
+    it has no step limit of its own (fit itself ends after exactly ``run_steps`` steps)."""
+    run_steps = setup.run_steps
+    return [
+        make_recorder(
+            backend,
+            model,
+            optimizer=opt,
+            name=name,
+            chunk=chunk if opt is model.optimizer else chunk * MAX_APPLIES,
+            limit=run_steps if opt is model.optimizer else min(run_steps * MAX_APPLIES, 2**24 - 1),
+            diagnostics=spec.diagnostics,
+            distributed=distributed,
+            check_inputs=setup.kind != "arrays",
+        )
+        for name, opt in find_optimizers(model)
+    ]
+
+
+def _batch_plan(
+    backend: str, x: Any, setup: FitSetup, *, seed: int, distributed: bool
+) -> tuple[BatchPlan | None, list[Any]]:
+    """How the steps map to batches of the data (None under a distribution strategy), and the callbacks that
+    plan needs after the read-back's (the epochs' shuffling states)."""
+    if distributed:
+        return None, []
+    from .batches import BatchPlan, EpochStates
+
+    kind, fit_kwargs, per_epoch = setup.kind, setup.fit_kwargs, setup.per_epoch
+    plan = BatchPlan(
+        backend,
+        kind,
+        int(seed),
+        setup.batch_size,
+        n=_train_samples(x, fit_kwargs) if kind == "arrays" else None,
+        shuffle=fit_kwargs.get("shuffle", True) if kind == "arrays" else False,
+        per_epoch=int(per_epoch) if setup.exact_epoch and per_epoch else None,
+        initial_epoch=setup.initial_epoch,
+        full_batch=kind == "arrays" and setup.full_batch,
+    )
+    return plan, [EpochStates(plan)] if plan.needs_epoch_states else []
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """What the plugin adds to the user's ``fit``: a recorder in each optimizer, the curves in the metrics, its
+    callbacks around the user's, and what it measures at the read-backs and after ``fit``."""
+
+    recs: list[Recorder]
+    curves: Curves | None
+    readback: Readback
+    start: RandomStart
+    #: callbacks after the read-back's (:class:`.batches.EpochStates`)
+    tail: list[Any]
+    validation: ValidationProbe
+    curvature: CurvatureAtReadbacks | None
+
+
+def _run_fit(
+    keras: Any,
+    model: Any,
+    x_fit: Any,
+    y_fit: Any,
+    setup: FitSetup,
+    parts: Instruments,
+    *,
+    spe: int,
+    device: str | None,
+    deterministic: Any,
+    keep_initial_state: bool,
+    on_raise: Callable[[BaseException, str], None] | None,
+    notes: list[str],
+) -> float:
+    """Run the user's ``fit`` with the recorders installed and the plugin's callbacks around the user's, read the
+    last rows and take the measurements after it, and put the model back as it was, whatever happened.  Returns
+    the wall time.  An exception of ``fit`` propagates, or ends the run with a note (see :func:`_ended_by`)."""
+    backend = keras.backend.backend()
+    recs, curves, cb = parts.recs, parts.curves, parts.readback
+    rec = recs[0]
+    saved_spe = getattr(model, "steps_per_execution", 1)
+    started = time.perf_counter()
+    if keep_initial_state and not model.optimizer.built and model.built:
+        # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
+        # step), so that the state taken before the first step holds every slot variable
+        model.optimizer.build(model.trainable_variables)
+    try:
+        for r in recs:
+            r.install()
+        if curves is not None:
+            curves.install()
+        if backend == "torch":
+            from . import readback
+
+            readback.read_after_each_call(rec, model, cb)
+        model.steps_per_execution = spe
+        model.train_function = None
+        model.test_function = None
+        with (
+            _device_scope(keras, device),
+            isolation.op_determinism(keras, model, deterministic) as det,
+            isolation.quiet_own_retracing(keras),
+        ):
+            if det:
+                notes.append(det)
+            try:
+                model.fit(
+                    x_fit, y_fit, callbacks=[parts.start] + setup.callbacks + [cb] + parts.tail, **setup.fit_kwargs
+                )
+            except StabilityUsageError:
+                raise
+            except Exception as exc:
+                if not _ended_by(exc, model, rec, cb, setup, on_raise=on_raise, notes=notes):
+                    raise
+        cb.read()
+        sync_variables(model)
+        if parts.curvature is not None and not cb.stopped_nonfinite and cb.rows.done:
+            parts.curvature.at_end(cb.rows.done)
+        parts.validation.at_end(cb.rows.done)
+    finally:
+        wall = time.perf_counter() - started
+        if curves is not None:
+            curves.uninstall()
+        for r in reversed(recs):
+            r.uninstall()
+        model.steps_per_execution = saved_spe
+        model.train_function = None
+        model.test_function = None
+        model.predict_function = None
+    return wall
+
+
+def _ended_by(
+    exc: Exception,
+    model: Any,
+    rec: Recorder,
+    cb: Readback,
+    setup: FitSetup,
+    *,
+    on_raise: Callable[[BaseException, str], None] | None,
+    notes: list[str],
+) -> bool:
+    """``fit`` raised ``exc``: True when the run ends there and is reported on the steps recorded (a step that
+    went non-finite, or whose input batch held NaN/Inf, and what followed from it), with a note; False when
+    ``exc`` propagates unchanged, as from plain ``fit`` (the user's own exception: ``on_raise`` is told where).
+
+    Raises:
+        StabilityUsageError: ``fit`` rejected the arguments at the first step, or a NaN/Inf input batch raised.
+    """
+    read, failed_at, input_bad = _read_after_failure(rec, cb)
+    where = raised_where(exc, setup.callbacks, model)
+    if where is not None:  # the user's own exception: it propagates as from plain fit
+        if on_raise is not None:
+            on_raise(exc, f"{where}, after {failed_at} of {setup.run_steps} steps")
+        return False
+    if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
+        raise _usage_from_keras(exc) from None
+    if read and cb.stopped_nonfinite:
+        # an earlier step went non-finite and a later one raised on it (a user's callback or
+        # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run
+        # stopped at that step, as it would have at the read-back, and the report is of it
+        notes.append(
+            f"after the non-finite step, training raised {type(exc).__name__} "
+            f"({short_message(exc, 200)}), which followed from it"
+        )
+    elif read and input_bad and rec.built:
+        # PyTorch does not run a step on a NaN batch (BatchNotRun: its binary cross-entropy would
+        # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
+        # the others compute a NaN loss: the run ends at that step the same way, a non-finite step
+        # whose input batch held NaN/Inf (its loss and gradients: none)
+        cb.rowsets[0].add_step(_raised_row(rec, cb.rowsets[0]), np.nan)
+        cb.stopped_nonfinite = True
+        if not isinstance(exc, BatchNotRun):
+            notes.append(
+                f"training on the NaN/Inf input batch of step {failed_at} raised "
+                f"{type(exc).__name__} ({short_message(exc, 200)})"
+            )
+    elif input_bad:
+        raise StabilityUsageError(
+            f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
+            f"{type(exc).__name__}: {short_message(exc, 300)}. Clean the data pipeline first: a NaN in the "
+            "data would be reported as the model's instability"
+        ) from None
+    else:
+        return False
+    return True
 
 
 #: the most times a step may apply an optimizer other than model.optimizer (a critic's inner loop) and
