@@ -323,202 +323,83 @@ def train(
     check_fit_kwargs(keras, fit_kwargs)
     device, label = resolve_device(spec.device)
     seed_everything(seed)
+    # the inputs: checked, fit's arguments completed, the validation batches read, the short-epoch decision
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
-    run_steps, kind, bs = setup.run_steps, setup.kind, setup.batch_size
-    user_epochs = setup.user_epochs
     notes: list[str] = []
-    validation = ValidationProbe(keras, model, x, y, kind=kind, fit_kwargs=setup.fit_kwargs, batch_size=bs, notes=notes)
-    val_batches = validation.batches
-    callbacks = setup.callbacks
+    validation = ValidationProbe(
+        keras, model, x, y, kind=setup.kind, fit_kwargs=setup.fit_kwargs, batch_size=setup.batch_size, notes=notes
+    )
     x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes)
-    fit_kwargs, per_epoch, exact_epoch = setup.fit_kwargs, setup.per_epoch, setup.exact_epoch
 
+    # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)
-    grouping = _chunking(backend, model, spec, setup, validates=bool(val_batches), distributed=distributed)
-    chunk, spe = grouping.chunk, grouping.spe
-    recs = _recorders(backend, model, spec, setup, chunk=chunk, distributed=distributed)
-    rec = recs[0]
+    grouping = _chunking(backend, model, spec, setup, validates=bool(validation.batches), distributed=distributed)
+    recs = _recorders(backend, model, spec, setup, chunk=grouping.chunk, distributed=distributed)
     from .curves import Curves
 
     # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
     # distribution strategy, whose replicas would each update it
-    curves = Curves(model, chunk=chunk) if not distributed else None
-    meter, no_meter = _curvature_meter(
-        keras,
-        model,
-        spec,
-        kind=kind,
-        x=x,
-        y=y,
-        fit_kwargs=fit_kwargs,
-        batch_size=bs,
-        steps=run_steps,
-        seed=seed,
-        distributed=distributed,
+    curves = Curves(model, chunk=grouping.chunk) if not distributed else None
+    meter, no_meter = _curvature_meter(keras, model, spec, setup, x, y, seed=seed, distributed=distributed)
+    curvature = CurvatureAtReadbacks(meter, model, recs[0]) if meter is not None else None
+    fix = FixAt(*fix_at, chunk=grouping.chunk, model=model, rec=recs[0]) if fix_at is not None else None
+    cb = _readback(
+        recs, setup, grouping, spec, validation, curvature, fix, curves, progress, keep_initial_state, distributed
     )
-    curvature = CurvatureAtReadbacks(meter, model, rec) if meter is not None else None
-    fix = FixAt(*fix_at, chunk=chunk, model=model, rec=rec) if fix_at is not None else None
-    from . import readback
+    from .readback import RandomStart
 
-    cb = readback.readback_class()(
-        recs,
-        steps=run_steps,
-        chunk=chunk,
-        steps_per_call=grouping.steps_per_call,
-        validate=validation if val_batches else None,
-        validate_every=int(spec.validate_every),
-        progress=progress,
-        on_boundary=fix,
-        measure=curvature,
-        epoch_steps=int(per_epoch) if exact_epoch and per_epoch is not None and not distributed else None,
-        virtual_call=grouping.virtual_call,
-        keep_initial_state=keep_initial_state,
-        callbacks=callbacks,
-        curves=curves,
-        data_ends_epochs=kind == "arrays" and not setup.full_batch,
-    )
-    validation.readback = cb
-    start = readback.RandomStart(random_start)
+    start = RandomStart(random_start)
     plan, tail = _batch_plan(backend, x, setup, seed=seed, distributed=distributed)
-    observers = batch_observers(callbacks)
-    if observers and spe < chunk:
-        notes.append(
-            f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={spe} "
-            f"(the recording still read back every {chunk} steps)"
-        )
+    _note_single_batches(setup.callbacks, grouping, notes)
+
+    # the run
     parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
     wall = _run_fit(
+        keras, model, x_fit, y_fit, setup, parts, grouping.spe, device, spec, keep_initial_state, on_raise, notes
+    )
+
+    # the trace, from what was recorded
+    recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
+    notes.extend(recorded.notes)
+    _check_steps_ran(model, setup, cb, recorded.steps, notes)
+    loss, loss_recorded = _loss_or_nan(recorded, curves, notes)
+    info = model_info(
         keras,
         model,
-        x_fit,
-        y_fit,
-        setup,
-        parts,
-        spe=spe,
-        device=device,
-        deterministic=spec.deterministic,
-        keep_initial_state=keep_initial_state,
-        on_raise=on_raise,
-        notes=notes,
+        recs[recorded.reference],
+        backend=backend,
+        spe=grouping.spe,
+        kind=setup.kind,
+        distributed=distributed,
     )
-
-    recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
-    rows, loss, done = recorded.rows, recorded.loss, recorded.steps
-    notes.extend(recorded.notes)
-    if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
-        notes.append(
-            f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the {done} steps that ran"
-        )
-    elif done < run_steps and not cb.stopped_nonfinite:
-        if kind == "generator":
-            raise StabilityUsageError(
-                f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
-                "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
-                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
-            )
-        if user_epochs is not None:
-            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={user_epochs} ended it")
-        elif done == 0 and cb.keras_steps:
-            raise StabilityUsageError(
-                f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "
-                f"optimizer (model.optimizer is {type(model.optimizer).__name__}, never applied): pytest-stability "
-                "records what an optimizer's apply() receives. Apply the gradients with a keras.optimizers "
-                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)"
-            )
-        elif done == 0:
-            raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
-    loss_recorded = loss is not None and loss.shape[0] == done
-    if loss is None or not loss_recorded:
-        loss = np.full(done, np.nan)
-    loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
-    if not loss_recorded and loss_curves:
-        notes.append(
-            "the raw loss was not recorded: this model's train_step does not update the model's loss "
-            f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
-            f"instead: {', '.join(loss_curves)}"
-        )
-    elif not loss_recorded:
-        notes.append(
-            "the raw loss was not recorded: this model's train_step does not update the model's "
-            "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
-            "gradient norms, non-finite values and updates are"
-        )
-    ref = recs[recorded.reference]
-    val_steps, val_loss = validation.val_loss()
-    trace = Trace(
-        loss=loss,
-        grad_norm=recorded.grad_norm,
-        var_grad_norms=recorded.var_grad_norms,
-        var_names=recorded.var_names,
-        nonfinite=recorded.flags,
-        lr=rows[:, RowLayout.LR],
-        val_steps=val_steps,
-        val_loss=val_loss,
-        opt_stats=_opt_stats(ref, rows),
-        update_ratio=recorded.update_ratio,
-        var_update_ratio=recorded.var_update_ratio,
-        steps_planned=int(steps),
-        optimizers=recorded.optimizers,
-        info=model_info(keras, model, ref, backend=backend, spe=spe, kind=kind, distributed=distributed),
-    )
-    nonfinite = trace.nonfinite
-    assert nonfinite is not None  # Trace derives it when not given
+    trace = _trace(recs, recorded, loss, validation, steps=steps, info=info)
     if curves is not None:
-        trace.curves, curve_notes = curves.per_step(done, max(done, cb.keras_steps))
-        notes.extend(curve_notes)
-        for name, values in trace.curves.items():
-            if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
-                nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
-    if len(recorded.optimizers) > 1:
-        trace.info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
-        trace.info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
-        trace.info["optimizer_columns"] = recorded.columns
-        trace.info["optimizer_name"] = ref.name
+        _add_curves(trace, curves, recorded.steps, cb.keras_steps, notes)
+    _optimizer_facts(trace.info, recs, recorded)
     trace.info["loss_recorded"] = loss_recorded
     if distributed:
-        replicas = cb.rowsets[recorded.reference].replicas
-        if replicas:
-            per_step = np.concatenate(replicas)[:done]
-            if per_step.shape[1] > 1:  # each replica's own gradient norm, before the all-reduce
-                trace.curves = {
-                    **trace.curves,
-                    **{f"grad_norm/replica_{i}": per_step[:, i].copy() for i in range(per_step.shape[1])},
-                }
-        trace.info["replica_weight_drift"] = _replica_weight_drift(model)
+        _replica_facts(trace, model, cb.rowsets[recorded.reference].replicas, recorded.steps)
     if fix is not None and fix.applied_at is not None:
         trace.info["fix_applied_at"] = fix.applied_at
-    if meter is not None:
-        trace.info["curvature"] = meter.summary(trace.lr)
-    elif no_meter:
-        from .curvature import Rule, summarize
-
-        trace.info["curvature"] = summarize(
-            [], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None, notes=[no_meter]
-        )
+    _curvature_facts(trace, meter, no_meter)
     # array inputs are checked for NaN/Inf on the host before training, other pipelines' batches on the device
     # in every step (not under a distribution strategy: there the failing step's batch is read again below)
-    trace.info["inputs_checked"] = kind == "arrays" or rec.check_inputs
+    trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
     if notes:
         trace.info["notes"] = list(notes)
     validation.record_gap(trace.info)
-    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-    bad = np.flatnonzero(nonfinite & stop_bits)
-    if bad.size:
-        step = int(bad[0])
-        verdict = (
-            None
-            if rec.check_inputs
-            else _reread_batch_finite(keras, kind, x, step, shuffled=fit_kwargs.get("shuffle", True))
-        )
-        if verdict is not None:  # the batch of that step, read again from the pipeline after training
-            trace.info["inputs_checked"] = True
-            trace.info["input_batch_reread"] = step
-            if not verdict:
-                nonfinite[step] |= INPUT
-        trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
-    placed = cb.device or label
+    _first_nonfinite(keras, model, recs, trace, x, setup)
     return RunResult(
-        trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state, start.kept, plan
+        trace,
+        cb.device or label,
+        wall,
+        setup.kind,
+        _final_metrics(keras, model),
+        backend,
+        notes,
+        cb.initial_state,
+        start.kept,
+        plan,
     )
 
 
@@ -617,10 +498,9 @@ def _run_fit(
     y_fit: Any,
     setup: FitSetup,
     parts: Instruments,
-    *,
     spe: int,
     device: str | None,
-    deterministic: Any,
+    spec: Any,
     keep_initial_state: bool,
     on_raise: Callable[[BaseException, str], None] | None,
     notes: list[str],
@@ -651,7 +531,7 @@ def _run_fit(
         model.test_function = None
         with (
             _device_scope(keras, device),
-            isolation.op_determinism(keras, model, deterministic) as det,
+            isolation.op_determinism(keras, model, spec.deterministic) as det,
             isolation.quiet_own_retracing(keras),
         ):
             if det:
@@ -863,21 +743,11 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
 
 
 def _curvature_meter(
-    keras: Any,
-    model: Any,
-    spec: Any,
-    *,
-    kind: str,
-    x: Any,
-    y: Any,
-    fit_kwargs: dict[str, Any],
-    batch_size: int,
-    steps: int,
-    seed: int,
-    distributed: bool,
+    keras: Any, model: Any, spec: Any, setup: FitSetup, x: Any, y: Any, *, seed: int, distributed: bool
 ) -> tuple[Any, str]:
     """``(meter, "")`` for a run with ``spec.curvature`` (see :mod:`.curvature`); ``(None, why)`` when it cannot
     be measured; ``(None, "")`` without ``spec.curvature``."""
+    kind, fit_kwargs, batch_size, steps = setup.kind, setup.fit_kwargs, setup.batch_size, setup.run_steps
     if not getattr(spec, "curvature", False):
         return None, ""
     from . import curvature
@@ -902,6 +772,210 @@ def _curvature_meter(
         iterations=int(spec.curvature_iterations),
         seed=seed,
     ), ""
+
+
+def _readback(
+    recs: list[Recorder],
+    setup: FitSetup,
+    grouping: Chunking,
+    spec: Any,
+    validation: ValidationProbe,
+    curvature: CurvatureAtReadbacks | None,
+    fix: FixAt | None,
+    curves: Curves | None,
+    progress: Callable[[int], None] | None,
+    keep_initial_state: bool,
+    distributed: bool,
+) -> Readback:
+    """The read-back callback (:mod:`.readback`): it reads the recorders every ``grouping.chunk`` steps, stops
+    ``fit`` after ``setup.run_steps``, and runs the validation, the curvature and the fix at read-backs.  It
+    is the validation's step counter (``validation.readback``)."""
+    from . import readback
+
+    per_epoch = setup.per_epoch
+    cb = readback.readback_class()(
+        recs,
+        steps=setup.run_steps,
+        chunk=grouping.chunk,
+        steps_per_call=grouping.steps_per_call,
+        validate=validation if validation.batches else None,
+        validate_every=int(spec.validate_every),
+        progress=progress,
+        on_boundary=fix,
+        measure=curvature,
+        epoch_steps=int(per_epoch) if setup.exact_epoch and per_epoch is not None and not distributed else None,
+        virtual_call=grouping.virtual_call,
+        keep_initial_state=keep_initial_state,
+        callbacks=setup.callbacks,
+        curves=curves,
+        data_ends_epochs=setup.kind == "arrays" and not setup.full_batch,
+    )
+    validation.readback = cb
+    return cb
+
+
+def _note_single_batches(callbacks: list[Any], grouping: Chunking, notes: list[str]) -> None:
+    """A callback of the user's that sees single batches keeps fit at the model's own steps_per_execution: say so."""
+    observers = batch_observers(callbacks)
+    if observers and grouping.spe < grouping.chunk:
+        notes.append(
+            f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={grouping.spe} "
+            f"(the recording still read back every {grouping.chunk} steps)"
+        )
+
+
+def _trace(
+    recs: list[Recorder],
+    recorded: Recorded,
+    loss: np.ndarray,
+    validation: ValidationProbe,
+    *,
+    steps: int,
+    info: dict[str, Any],
+) -> Trace:
+    """The trace of what the recorders recorded, with the validation loss and the model's facts."""
+    ref = recs[recorded.reference]
+    val_steps, val_loss = validation.val_loss()
+    return Trace(
+        loss=loss,
+        grad_norm=recorded.grad_norm,
+        var_grad_norms=recorded.var_grad_norms,
+        var_names=recorded.var_names,
+        nonfinite=recorded.flags,
+        lr=recorded.rows[:, RowLayout.LR],
+        val_steps=val_steps,
+        val_loss=val_loss,
+        opt_stats=_opt_stats(ref, recorded.rows),
+        update_ratio=recorded.update_ratio,
+        var_update_ratio=recorded.var_update_ratio,
+        steps_planned=int(steps),
+        optimizers=recorded.optimizers,
+        info=info,
+    )
+
+
+def _check_steps_ran(model: Any, setup: FitSetup, cb: Readback, done: int, notes: list[str]) -> None:
+    """After ``fit``: a run that ran fewer steps than planned, and not for a non-finite step, is judged on the
+    steps it ran, with a note (a callback stopped it, the user's ``epochs`` ended it), or is a usage error (a
+    generator ran out, no optimizer applied, no batch).
+
+    Raises:
+        StabilityUsageError: as said.
+    """
+    run_steps = setup.run_steps
+    if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
+        notes.append(
+            f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the {done} steps that ran"
+        )
+    elif done < run_steps and not cb.stopped_nonfinite:
+        if setup.kind == "generator":
+            raise StabilityUsageError(
+                f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
+                "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
+                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
+            )
+        if setup.user_epochs is not None:
+            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={setup.user_epochs} ended it")
+        elif done == 0 and cb.keras_steps:
+            raise StabilityUsageError(
+                f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "
+                f"optimizer (model.optimizer is {type(model.optimizer).__name__}, never applied): pytest-stability "
+                "records what an optimizer's apply() receives. Apply the gradients with a keras.optimizers "
+                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)"
+            )
+        elif done == 0:
+            raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
+
+
+def _loss_or_nan(recorded: Recorded, curves: Curves | None, notes: list[str]) -> tuple[np.ndarray, bool]:
+    """The raw loss per step and whether it was recorded (NaN per step, with a note, when the train_step does
+    not update the model's loss tracker)."""
+    done, loss = recorded.steps, recorded.loss
+    loss_recorded = loss is not None and loss.shape[0] == done
+    if loss is None or not loss_recorded:
+        loss = np.full(done, np.nan)
+    loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
+    if not loss_recorded and loss_curves:
+        notes.append(
+            "the raw loss was not recorded: this model's train_step does not update the model's loss "
+            f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
+            f"instead: {', '.join(loss_curves)}"
+        )
+    elif not loss_recorded:
+        notes.append(
+            "the raw loss was not recorded: this model's train_step does not update the model's "
+            "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
+            "gradient norms, non-finite values and updates are"
+        )
+    return loss, loss_recorded
+
+
+def _add_curves(trace: Trace, curves: Curves, done: int, keras_steps: int, notes: list[str]) -> None:
+    """The train_step's other scalars per step in ``trace.curves``; a loss among them that went NaN/Inf flags
+    its step as a non-finite loss."""
+    nonfinite = trace.nonfinite
+    assert nonfinite is not None  # Trace derives it when not given
+    trace.curves, curve_notes = curves.per_step(done, max(done, keras_steps))
+    notes.extend(curve_notes)
+    for name, values in trace.curves.items():
+        if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
+            nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
+
+
+def _optimizer_facts(info: dict[str, Any], recs: list[Recorder], recorded: Recorded) -> None:
+    """With more than one optimizer applied: each one's class, settings and columns, and the reference's name."""
+    if len(recorded.optimizers) > 1:
+        info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
+        info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
+        info["optimizer_columns"] = recorded.columns
+        info["optimizer_name"] = recs[recorded.reference].name
+
+
+def _replica_facts(trace: Trace, model: Any, replicas: list[np.ndarray], done: int) -> None:
+    """Under a distribution strategy: each replica's own gradient norm per step (before the all-reduce), and
+    how far the replicas' weights drifted apart."""
+    if replicas:
+        per_step = np.concatenate(replicas)[:done]
+        if per_step.shape[1] > 1:  # each replica's own gradient norm, before the all-reduce
+            trace.curves = {
+                **trace.curves,
+                **{f"grad_norm/replica_{i}": per_step[:, i].copy() for i in range(per_step.shape[1])},
+            }
+    trace.info["replica_weight_drift"] = _replica_weight_drift(model)
+
+
+def _curvature_facts(trace: Trace, meter: Any, no_meter: str) -> None:
+    """The curvature's summary in ``trace.info["curvature"]``, or why it could not be measured."""
+    if meter is not None:
+        trace.info["curvature"] = meter.summary(trace.lr)
+    elif no_meter:
+        from .curvature import Rule, summarize
+
+        trace.info["curvature"] = summarize(
+            [], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None, notes=[no_meter]
+        )
+
+
+def _first_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, x: Any, setup: FitSetup) -> None:
+    """Where the first non-finite step went non-finite (``trace.first_nonfinite``); where the batches were not
+    checked in the step, that step's batch read again from the pipeline (an INPUT flag when it holds NaN/Inf)."""
+    nonfinite = trace.nonfinite
+    assert nonfinite is not None  # Trace derives it when not given
+    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
+    bad = np.flatnonzero(nonfinite & stop_bits)
+    if bad.size:
+        step = int(bad[0])
+        verdict = (
+            None
+            if recs[0].check_inputs
+            else _reread_batch_finite(keras, setup.kind, x, step, shuffled=setup.fit_kwargs.get("shuffle", True))
+        )
+        if verdict is not None:  # the batch of that step, read again from the pipeline after training
+            trace.info["inputs_checked"] = True
+            trace.info["input_batch_reread"] = step
+            if not verdict:
+                nonfinite[step] |= INPUT
+        trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
 
 
 class CurvatureAtReadbacks:
