@@ -19,6 +19,12 @@ Per backend (``keras.backend.backend()``, chosen the Keras way:
 * PyTorch: Keras' ``fit`` refuses ``steps_per_execution > 1``, so each step
   runs eagerly; the buffers are still read back once per chunk.
 
+:func:`train` reads as the phases of a run: the inputs (:mod:`.fitsetup`: the data checked, ``fit``'s
+arguments completed, the short-epoch decision); what the plugin adds to ``fit`` (the recorders, the curves, the
+read-back callback, and what it runs at read-backs: :class:`~.validation.ValidationProbe`,
+:class:`CurvatureAtReadbacks`, :class:`FixAt`); the run (:func:`_run_fit`, whose exceptions :func:`_ended_by`
+sorts); and the trace assembled from what was recorded.
+
 The plugin measures the validation loss itself, every ``validate_every``
 steps (at the first chunk boundary at or after it), on the same fixed batches,
 in inference mode and without touching any metric; Keras' own per-epoch
