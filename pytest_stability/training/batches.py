@@ -31,7 +31,7 @@ class BatchPlan:
     """How the steps of one ``fit`` map to batches of the data (see :func:`locate`)."""
 
     backend: str
-    kind: str  # engine.data_kind: "arrays", "dataset", "pydataset", "generator", ...
+    kind: str  # fitsetup.data_kind: "arrays", "dataset", "pydataset", "generator", ...
     seed: int
     batch_size: int
     #: array inputs: the training samples (the part before a validation_split), else None

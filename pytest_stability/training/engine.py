@@ -19,6 +19,12 @@ Per backend (``keras.backend.backend()``, chosen the Keras way:
 * PyTorch: Keras' ``fit`` refuses ``steps_per_execution > 1``, so each step
   runs eagerly; the buffers are still read back once per chunk.
 
+:func:`train` reads as the phases of a run: the inputs (:mod:`.fitsetup`: the data checked, ``fit``'s
+arguments completed, the short-epoch decision); what the plugin adds to ``fit`` (the recorders, the curves, the
+read-back callback, and what it runs at read-backs: :class:`~.validation.ValidationProbe`,
+:class:`CurvatureAtReadbacks`, :class:`FixAt`); the run (:func:`_run_fit`, whose exceptions :func:`_ended_by`
+sorts); and the trace assembled from what was recorded.
+
 The plugin measures the validation loss itself, every ``validate_every``
 steps (at the first chunk boundary at or after it), on the same fixed batches,
 in inference mode and without touching any metric; Keras' own per-epoch
@@ -29,7 +35,6 @@ validation still runs when the user passes ``validation_data`` or
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 import time
 import warnings
@@ -39,13 +44,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported where a run builds one: batches.py imports Keras
+if TYPE_CHECKING:  # imported where a run builds them: these modules import Keras
     from .batches import BatchPlan
+    from .curves import Curves
+    from .readback import RandomStart, Readback
 
 from ..errors import StabilityUsageError
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
-from .plan import chunking, epochs_for
+from .fitsetup import (
+    FitSetup,
+    _leaves,
+    _train_samples,
+    _under_strategy,
+    batch_observers,
+    full_batch_as_one_epoch,
+    prepare_fit,
+    short_message,
+)
+from .plan import Chunking, chunking
 from .recorders import (
     BatchNotRun,
     ChunkRows,
@@ -57,6 +74,8 @@ from .recorders import (
     make_recorder,
     var_name,
 )
+from .state import sync_variables
+from .validation import ValidationProbe, _batchnorm_layers, _loss_of  # noqa: F401 (engine._loss_of: tests measure with it)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -181,134 +200,8 @@ def check_fit_kwargs(keras: Any, fit_kwargs: dict[str, Any]) -> None:
             )
 
 
-def _leaves(obj: Any) -> list[Any]:
-    if obj is None:
-        return []
-    if isinstance(obj, dict):
-        return [leaf for v in obj.values() for leaf in _leaves(v)]
-    if isinstance(obj, (list, tuple)):
-        return [leaf for v in obj for leaf in _leaves(v)]
-    return [obj]
-
-
-def _is_arrays(obj: Any) -> bool:
-    leaves = _leaves(obj)
-    return bool(leaves) and all(
-        hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not hasattr(leaf, "element_spec") for leaf in leaves
-    )
-
-
-def data_kind(keras: Any, x: Any) -> str:
-    if x is None:
-        return "none"
-    if _is_arrays(x):
-        return "arrays"
-    if isinstance(x, keras.utils.PyDataset):
-        return "pydataset"
-    name = type(x).__module__ + "." + type(x).__name__
-    if "tensorflow" in name and hasattr(x, "element_spec"):
-        return "dataset"
-    if "torch.utils.data" in name:
-        return "dataloader"
-    if inspect.isgenerator(x) or (hasattr(x, "__next__") and hasattr(x, "__iter__")):
-        return "generator"
-    if hasattr(x, "__iter__") and hasattr(x, "__len__"):
-        return "iterable"
-    return type(x).__name__
-
-
-def check_finite(name: str, obj: Any) -> None:
-    """Reject NaN/Inf already in the data (it would be reported as the model's instability)."""
-    leaves = _leaves(obj)
-    for i, leaf in enumerate(leaves):
-        arr = np.asarray(leaf)
-        if arr.dtype.kind in "fc" and arr.size and not np.all(np.isfinite(arr)):
-            flat = np.argwhere(~np.isfinite(arr))[0]
-            where = name + (f" (input {i})" if len(leaves) > 1 else "")
-            kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
-            count = int(np.count_nonzero(~np.isfinite(arr)))
-            raise StabilityUsageError(
-                f"{where} holds {count} non-finite value(s) before training starts: the first is "
-                f"{kind} at index {tuple(int(v) for v in flat)}. Training on it would report a "
-                "NaN that the model did not cause; clean the data (np.nan_to_num, drop the rows) first."
-            )
-
-
-def _n_samples(obj: Any) -> int | None:
-    leaves = _leaves(obj)
-    if not leaves:
-        return None
-    return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else None
-
-
-def _train_samples(x: Any, fit_kwargs: dict[str, Any]) -> int | None:
-    """The samples ``fit`` trains on from array inputs: those before a ``validation_split`` (Keras splits
-    off the last ones, unshuffled)."""
-    n = _n_samples(x)
-    split = float(fit_kwargs.get("validation_split") or 0.0)
-    return int(math.floor(n * (1.0 - split))) if n and split else n
-
-
-def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
-    """Optimizer steps in one pass over the training data, when knowable without reading it."""
-    if fit_kwargs.get("steps_per_epoch") is not None:
-        return int(fit_kwargs["steps_per_epoch"])
-    if kind == "arrays":
-        n = _train_samples(x, fit_kwargs) or 0
-        return max(1, math.ceil(n / batch_size)) if n else None
-    if kind == "dataset":
-        card = int(x.cardinality().numpy())
-        return card if card > 0 else None
-    if kind in ("pydataset", "dataloader", "iterable"):
-        try:
-            n = len(x)
-        except Exception:
-            return None
-        return n or None
-    return None
-
-
-_KIND_NAMES = {
-    "dataset": "a tf.data.Dataset",
-    "pydataset": "a keras.utils.PyDataset",
-    "generator": "a generator",
-    "dataloader": "a torch DataLoader",
-    "iterable": "an iterable of batches",
-}
-
-
-def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
-    def describe(obj: Any) -> str:
-        shapes = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
-        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
-
-    lengths = {
-        name: {int(np.shape(leaf)[0]) for leaf in _leaves(obj) if np.ndim(leaf)}
-        for name, obj in (("x", x), ("y", y), ("sample_weight", sample_weight))
-    }
-    for name, found in lengths.items():
-        if len(found) > 1:
-            raise StabilityUsageError(f"the arrays in {name} have different numbers of samples: {sorted(found)}")
-    nx = next(iter(lengths["x"]), None)
-    for name, obj in (("y", y), ("sample_weight", sample_weight)):
-        n = next(iter(lengths[name]), None)
-        if nx is not None and n is not None and n != nx:
-            raise StabilityUsageError(
-                f"x and {name} have different numbers of samples: x has {nx} (shape {describe(x)}), "
-                f"{name} has {n} (shape {describe(obj)})"
-            )
-
-
-def _short(exc: BaseException, limit: int = 600) -> str:
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
 def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
-    return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {_short(exc)}")
+    return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {short_message(exc)}")
 
 
 def _read_after_failure(rec: Recorder, cb: Any) -> tuple[bool, int, bool]:
@@ -340,50 +233,6 @@ def _raised_row(rec: Recorder, rows: ChunkRows) -> np.ndarray:
     row[layout.LR] = done[-1][-1, layout.LR] if done else np.nan
     row[layout.FLAGS] = INPUT
     return row
-
-
-#: Callback hooks through which a callback sees single batches of training (or of Keras' own validation)
-BATCH_HOOKS = (
-    "on_batch_begin",
-    "on_batch_end",
-    "on_train_batch_begin",
-    "on_train_batch_end",
-    "on_test_batch_begin",
-    "on_test_batch_end",
-)
-
-
-def _overriders(callbacks: list[Any], hooks: tuple[str, ...]) -> list[str]:
-    """``Class.hook`` of each callback that overrides one of ``hooks`` (Keras marks the hooks a callback leaves
-    as they are with ``_is_default``)."""
-    found = []
-    for callback in callbacks:
-        for hook in hooks:
-            method = getattr(callback, hook, None)
-            if method is not None and not getattr(method, "_is_default", False):
-                found.append(f"{type(callback).__name__}.{hook}")
-                break
-    return found
-
-
-def batch_observers(callbacks: list[Any]) -> list[str]:
-    """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook).
-
-    Keras calls the batch hooks once per call of the train function, so with ``steps_per_execution > 1`` such
-    a callback would see one batch in every chunk: a training run of the plugin keeps the model's own
-    ``steps_per_execution`` when one is there.  ModelCheckpoint and BackupAndRestore count batches only with
-    an integer ``save_freq``.
-    """
-
-    def counts_batches(callback: Any) -> bool:
-        cls = type(callback)
-        return not (
-            cls.__module__.startswith("keras.")
-            and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore")
-            and getattr(callback, "save_freq", None) == "epoch"
-        )
-
-    return _overriders([c for c in callbacks if counts_batches(c)], BATCH_HOOKS)
 
 
 def _framework_roots() -> tuple[str, ...]:
@@ -426,153 +275,11 @@ def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | 
     return None
 
 
-def _check_validation_fits(
-    keras: Any,
-    model: Any,
-    exc: BaseException,
-    val_batches: list[Any] | None,
-    training_batch: tuple[Any, Any] | None,
-    fit_kwargs: dict[str, Any],
-) -> None:
-    """The validation loss before the first step raised: when the model takes a training batch, the
-    validation set is what it cannot take, and that is a usage error naming both shapes."""
-    if training_batch is None or not val_batches:
-        return
-    try:
-        _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
-    except Exception:
-        return  # the training data fails too: fit reports that itself
-    vx, vy, _ = val_batches[0]
-    source = "validation_data" if fit_kwargs.get("validation_data") is not None else "validation_split"
-
-    def shapes(obj: Any) -> str:
-        found = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
-        return str(found[0]) if len(found) == 1 else str(found)
-
-    raise StabilityUsageError(
-        f"{source} does not fit the model: its batches have x of shape {shapes(vx)} and y of shape {shapes(vy)}, "
-        f"the training batches x {shapes(training_batch[0])} and y {shapes(training_batch[1])}; the model "
-        f"raised {type(exc).__name__}: {_short(exc, 300)}"
-    ) from None
-
-
 def _is_keras_input_error(exc: BaseException) -> bool:
     if isinstance(exc, (ValueError, TypeError, KeyError, IndexError)):
         return True
     # PyTorch reports bad targets and shapes as RuntimeError; only on the first step is that the data's fault
     return type(exc).__name__ in ("InvalidArgumentError", "UnimplementedError", "RuntimeError")
-
-
-def validation_batches(
-    keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int
-) -> list[tuple[Any, Any, Any]] | None:
-    """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
-    from .keras_internals import load
-
-    array_slicing, data_adapter_utils = load("array_slicing"), load("data_adapter_utils")
-    get_data_adapter = load("get_data_adapter")
-
-    vd = fit_kwargs.get("validation_data")
-    split = fit_kwargs.get("validation_split")
-    if vd is None and not split:
-        return None
-    if vd is None:
-        assert split is not None  # (returned above without either)
-        (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
-            (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split)
-        )
-    elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
-        raise StabilityUsageError(
-            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset "
-            f"or a keras.utils.PyDataset; received {type(vd).__name__}"
-        )
-    elif isinstance(vd, (tuple, list)):
-        if len(vd) not in (2, 3):
-            raise StabilityUsageError(
-                f"validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val); received a "
-                f"{type(vd).__name__} of length {len(vd)}"
-            )
-        vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
-    else:
-        vx, vy, vw = vd, None, None
-    if _is_arrays(vx):
-        check_finite("validation x", vx)
-        check_finite("validation y", vy)
-    size = fit_kwargs.get("validation_batch_size") or batch_size
-    try:
-        adapter = get_data_adapter(
-            vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
-        )
-        batches = []
-        for batch in adapter.get_numpy_iterator():
-            batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
-            if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
-                break
-    except StabilityUsageError:
-        raise
-    except Exception as exc:
-        raise StabilityUsageError(f"validation_data could not be read: {type(exc).__name__}: {_short(exc)}") from None
-    if not batches:
-        raise StabilityUsageError("validation_data is empty")
-    return batches
-
-
-#: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but
-#: float rounding: in batches of at most this many samples and bytes of input (few calls, bounded memory)
-EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
-
-
-def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, int]]:
-    """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
-    :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
-    with its number of samples."""
-
-    def cat(parts: list[Any]) -> Any:
-        if parts[0] is None:
-            return None
-        return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
-
-    x, y, w = (cat([b[i] for b in batches]) for i in range(3))
-    n = _n_samples(x) or 1
-    per_sample = max(1, sum(int(np.asarray(leaf).nbytes) for leaf in _leaves(x)) // n)
-    size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
-    size = max(size, _n_samples(batches[0][0]) or 1)  # never smaller than the batches given
-
-    def part(obj: Any, a: int, b: int) -> Any:
-        if obj is None:
-            return None
-        return keras.tree.map_structure(lambda v: keras.ops.convert_to_tensor(v[a:b]), obj)
-
-    return [
-        (part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)), min(a + size, n) - a)
-        for a in range(0, n, size)
-    ]
-
-
-def _batchnorm_layers(model: Any) -> list[Any]:
-    layers = model._flatten_layers(include_self=False)
-    return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
-
-
-def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
-    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
-    random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
-    from .keras_internals import load
-
-    StatelessScope = load("StatelessScope")
-
-    with StatelessScope(), isolation.kept_random_state():
-        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
-        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
-    return float(host_numpy(loss))
-
-
-def _sync(model: Any) -> None:
-    """Under JAX, ``fit`` holds the state and empties the variables: put the values back (the trainer
-    picks them up again before the next step; Keras' way for callbacks that read variables)."""
-    sync = getattr(model, "jax_state_sync", None)
-    if sync is not None:
-        sync()
 
 
 def train(
@@ -620,125 +327,122 @@ def train(
     validate_model(model)
     fit_kwargs = dict(fit_kwargs or {})
     check_fit_kwargs(keras, fit_kwargs)
-    user_kwargs = set(fit_kwargs)
     device, label = resolve_device(spec.device)
     seed_everything(seed)
-    kind = data_kind(keras, x)
-    if kind == "none":
-        raise StabilityUsageError("training data is required: received x=None")
-    if kind == "arrays":
-        check_finite("x", x)
-        check_finite("y", y)
-        check_finite("sample_weight", fit_kwargs.get("sample_weight"))
-        _same_lengths(x, y, fit_kwargs.get("sample_weight"))
-        if _n_samples(x) == 0:
-            raise StabilityUsageError("x is empty: there is nothing to train on")
-        fit_kwargs.setdefault("batch_size", batch_size if batch_size is not None else spec.batch_size)
-        fit_kwargs.setdefault("shuffle", spec.shuffle)
-    else:
-        what = _KIND_NAMES.get(kind, kind)
-        if y is not None:
-            raise StabilityUsageError(
-                f"y must be None when x is {what} (it yields (x, y) itself); received y of type {type(y).__name__}"
-            )
-        if fit_kwargs.get("batch_size") is not None:
-            raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
-    run_steps = int(stop_after) if stop_after is not None else int(steps)
-    bs = int(fit_kwargs.get("batch_size") or spec.batch_size)
-    per_epoch = epoch_length(keras, kind, x, fit_kwargs, bs)
-    # whether every epoch runs exactly per_epoch steps: arrays (Keras batches them the same way), or the one
-    # epoch the plugin sizes itself (a user's steps_per_epoch may outrun the data)
-    exact_epoch = per_epoch is not None and kind == "arrays" and fit_kwargs.get("steps_per_epoch") is None
-    initial_epoch = int(fit_kwargs.get("initial_epoch") or 0)
-    user_epochs = fit_kwargs.get("epochs")
-    user_steps_per_epoch = int(fit_kwargs.get("steps_per_epoch") or 0)
-    if per_epoch is None:
-        fit_kwargs["steps_per_epoch"] = run_steps if user_epochs is None else fit_kwargs.get("steps_per_epoch")
-        per_epoch = fit_kwargs["steps_per_epoch"]
-        exact_epoch = user_epochs is None
-    if user_epochs is None:
-        fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch)
-    fit_kwargs.setdefault("verbose", 0)
-    val_batches = validation_batches(keras, model, x, y, fit_kwargs, bs)
-    val_eval = eval_batches(keras, val_batches) if val_batches else []
-    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    # the inputs: checked, fit's arguments completed, the validation batches read, the short-epoch decision
+    setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     notes: list[str] = []
-    # Short epochs: Keras' work at each epoch's end and start can cost far more than the steps (a full-batch
-    # run is one step an epoch: 20x the same steps as one long epoch).  A full-batch run whose epochs nothing of
-    # the user's observes trains the same batch as one long epoch; other short epochs stay (their batches are
-    # Keras' own permutations), and the report says they were short
-    x_fit, y_fit = x, y
-    if kind == "arrays" and per_epoch is not None and per_epoch < SHORT_EPOCH and run_steps > per_epoch:
-        watching = epoch_observers(callbacks) + batch_observers(callbacks)  # batch indices count within epochs
-        kept = [
-            name
-            for name in (
-                "epochs",
-                "initial_epoch",
-                "steps_per_epoch",
-                "class_weight",
-                "validation_data",
-                "validation_split",
-            )
-            if fit_kwargs.get(name) and name in user_kwargs
-        ]
-        # the order of the samples within the batch, which Keras shuffles each epoch, changes the sums only by
-        # rounding, unless something random (Dropout, noise) hits each sample by its place in the batch
-        order_free = fit_kwargs.get("shuffle") is False or not _draws_randomness(model)
-        if per_epoch == 1 and order_free and not watching and not kept and not _under_strategy(keras, model):
-            x_fit, y_fit, fit_kwargs = one_long_epoch(keras, x, y, fit_kwargs, steps=run_steps)
-            notes.append(
-                f"full batch: the same batch was presented as one epoch of {run_steps} steps instead of "
-                f"{fit_kwargs.pop('_epochs_of')} epochs of one step (nothing of yours observes epochs, and "
-                "the order of the samples in the batch, which Keras shuffles each epoch, changes the sums "
-                "only by rounding here)"
-            )
-            per_epoch, exact_epoch = run_steps, True
-        else:
-            why = (
-                watching[0]
-                if watching
-                else (
-                    f"{kept[0]}="
-                    if kept
-                    else (
-                        "the distribution strategy"
-                        if per_epoch == 1 and order_free
-                        else "their batches (Keras' own permutations, which the model's random layers see)"
-                    )
-                )
-            )
-            notes.append(
-                f"the epochs were short ({per_epoch} step(s) each): Keras' work at each epoch's end and "
-                f"start may have cost more than the steps; they were kept for {why}"
-            )
+    validation = ValidationProbe(
+        keras, model, x, y, kind=setup.kind, fit_kwargs=setup.fit_kwargs, batch_size=setup.batch_size, notes=notes
+    )
+    x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes)
 
+    # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
+    distributed = _under_strategy(keras, model)
+    grouping = _chunking(backend, model, spec, setup, validates=bool(validation.batches), distributed=distributed)
+    recs = _recorders(backend, model, spec, setup, chunk=grouping.chunk, distributed=distributed)
+    from .curves import Curves
+
+    # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
+    # distribution strategy, whose replicas would each update it
+    curves = Curves(model, chunk=grouping.chunk) if not distributed else None
+    meter, no_meter = _curvature_meter(keras, model, spec, setup, x, y, seed=seed, distributed=distributed)
+    curvature = CurvatureAtReadbacks(meter, model, recs[0]) if meter is not None else None
+    fix = FixAt(*fix_at, chunk=grouping.chunk, model=model, rec=recs[0]) if fix_at is not None else None
+    cb = _readback(
+        recs, setup, grouping, spec, validation, curvature, fix, curves, progress, keep_initial_state, distributed
+    )
+    from .readback import RandomStart
+
+    start = RandomStart(random_start)
+    plan, tail = _batch_plan(backend, x, setup, seed=seed, distributed=distributed)
+    _note_single_batches(setup.callbacks, grouping, notes)
+
+    # the run
+    parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
+    wall = _run_fit(
+        keras, model, x_fit, y_fit, setup, parts, grouping.spe, device, spec, keep_initial_state, on_raise, notes
+    )
+
+    # the trace, from what was recorded
+    recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
+    notes.extend(recorded.notes)
+    _check_steps_ran(model, setup, cb, recorded.steps, notes)
+    loss, loss_recorded = _loss_or_nan(recorded, curves, notes)
+    info = model_info(
+        keras,
+        model,
+        recs[recorded.reference],
+        backend=backend,
+        spe=grouping.spe,
+        kind=setup.kind,
+        distributed=distributed,
+    )
+    trace = _trace(recs, recorded, loss, validation, steps=steps, info=info)
+    if curves is not None:
+        _add_curves(trace, curves, recorded.steps, cb.keras_steps, notes)
+    _optimizer_facts(trace.info, recs, recorded)
+    trace.info["loss_recorded"] = loss_recorded
+    if distributed:
+        _replica_facts(trace, model, cb.rowsets[recorded.reference].replicas, recorded.steps)
+    if fix is not None and fix.applied_at is not None:
+        trace.info["fix_applied_at"] = fix.applied_at
+    _curvature_facts(trace, meter, no_meter)
+    # array inputs are checked for NaN/Inf on the host before training, other pipelines' batches on the device
+    # in every step (not under a distribution strategy: there the failing step's batch is read again below)
+    trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
+    if notes:
+        trace.info["notes"] = list(notes)
+    validation.record_gap(trace.info)
+    _first_nonfinite(keras, model, recs, trace, x, setup)
+    return RunResult(
+        trace,
+        cb.device or label,
+        wall,
+        setup.kind,
+        _final_metrics(keras, model),
+        backend,
+        notes,
+        cb.initial_state,
+        start.kept,
+        plan,
+    )
+
+
+def _chunking(backend: str, model: Any, spec: Any, setup: FitSetup, *, validates: bool, distributed: bool) -> Chunking:
+    """The steps per call of ``fit``'s train function and between read-backs (:func:`.plan.chunking`).
+
+    Raises:
+        StabilityUsageError: a model compiled with ``steps_per_execution > 1`` on PyTorch (Keras' fit refuses it).
+    """
     if backend == "torch" and int(getattr(model, "steps_per_execution", 1) or 1) > 1:
         raise StabilityUsageError(
             f"the model {model.name!r} is compiled with steps_per_execution={model.steps_per_execution}, which Keras' "
             "fit refuses on the PyTorch backend (it must be 1): compile it with steps_per_execution=1"
         )
-    # the steps per call and between read-backs (plan.chunking)
-    user_spe = int(getattr(model, "steps_per_execution", 1) or 1)
-    distributed = _under_strategy(keras, model)
-    observers = batch_observers(callbacks)
-    grouping = chunking(
+    per_epoch = setup.per_epoch
+    return chunking(
         backend=backend,
         readback_every=int(spec.readback_every),
         validate_every=int(spec.validate_every),
-        validates=bool(val_batches),
-        user_spe=user_spe,
-        batch_observers=bool(observers),
+        validates=validates,
+        user_spe=int(getattr(model, "steps_per_execution", 1) or 1),
+        batch_observers=bool(batch_observers(setup.callbacks)),
         distributed=distributed,
-        user_steps_per_epoch=user_steps_per_epoch,
+        user_steps_per_epoch=setup.user_steps_per_epoch,
         per_epoch=int(per_epoch) if per_epoch else None,
     )
-    chunk, spe = grouping.chunk, grouping.spe
 
-    # one recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
-    # Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
-    # it has no step limit of its own (fit itself ends after exactly `steps` steps)
-    recs = [
+
+def _recorders(
+    backend: str, model: Any, spec: Any, setup: FitSetup, *, chunk: int, distributed: bool
+) -> list[Recorder]:
+    """One recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
+
+    Another optimizer may apply several times a step (a critic's inner loop): its buffers hold more rows, and
+    it has no step limit of its own (fit itself ends after exactly ``run_steps`` steps)."""
+    run_steps = setup.run_steps
+    return [
         make_recorder(
             backend,
             model,
@@ -748,142 +452,72 @@ def train(
             limit=run_steps if opt is model.optimizer else min(run_steps * MAX_APPLIES, 2**24 - 1),
             diagnostics=spec.diagnostics,
             distributed=distributed,
-            check_inputs=kind != "arrays",
+            check_inputs=setup.kind != "arrays",
         )
         for name, opt in find_optimizers(model)
     ]
+
+
+def _batch_plan(
+    backend: str, x: Any, setup: FitSetup, *, seed: int, distributed: bool
+) -> tuple[BatchPlan | None, list[Any]]:
+    """How the steps map to batches of the data (None under a distribution strategy), and the callbacks that
+    plan needs after the read-back's (the epochs' shuffling states)."""
+    if distributed:
+        return None, []
+    from .batches import BatchPlan, EpochStates
+
+    kind, fit_kwargs, per_epoch = setup.kind, setup.fit_kwargs, setup.per_epoch
+    plan = BatchPlan(
+        backend,
+        kind,
+        int(seed),
+        setup.batch_size,
+        n=_train_samples(x, fit_kwargs) if kind == "arrays" else None,
+        shuffle=fit_kwargs.get("shuffle", True) if kind == "arrays" else False,
+        per_epoch=int(per_epoch) if setup.exact_epoch and per_epoch else None,
+        initial_epoch=setup.initial_epoch,
+        full_batch=kind == "arrays" and setup.full_batch,
+    )
+    return plan, [EpochStates(plan)] if plan.needs_epoch_states else []
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """What the plugin adds to the user's ``fit``: a recorder in each optimizer, the curves in the metrics, its
+    callbacks around the user's, and what it measures at the read-backs and after ``fit``."""
+
+    recs: list[Recorder]
+    curves: Curves | None
+    readback: Readback
+    start: RandomStart
+    #: callbacks after the read-back's (:class:`.batches.EpochStates`)
+    tail: list[Any]
+    validation: ValidationProbe
+    curvature: CurvatureAtReadbacks | None
+
+
+def _run_fit(
+    keras: Any,
+    model: Any,
+    x_fit: Any,
+    y_fit: Any,
+    setup: FitSetup,
+    parts: Instruments,
+    spe: int,
+    device: str | None,
+    spec: Any,
+    keep_initial_state: bool,
+    on_raise: Callable[[BaseException, str], None] | None,
+    notes: list[str],
+) -> float:
+    """Run the user's ``fit`` with the recorders installed and the plugin's callbacks around the user's, read the
+    last rows and take the measurements after it, and put the model back as it was, whatever happened.  Returns
+    the wall time.  An exception of ``fit`` propagates, or ends the run with a note (see :func:`_ended_by`)."""
+    backend = keras.backend.backend()
+    recs, curves, cb = parts.recs, parts.curves, parts.readback
     rec = recs[0]
-    from .curves import Curves
-
-    # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
-    # distribution strategy, whose replicas would each update it
-    curves = Curves(model, chunk=chunk) if not distributed else None
-    val_steps: list[int] = []
-    val_losses: list[float] = []
-    gaps: list[float] = []
-    bn = bool(_batchnorm_layers(model))
-    gap_batch = val_batches[0] if val_batches else None
-    if gap_batch is None and bn and kind == "arrays":
-        yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
-        gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
-    val_ok = [True]
-    training_batch = (
-        (
-            keras.tree.map_structure(lambda a: a[:bs], x),
-            None if y is None else keras.tree.map_structure(lambda a: a[:bs], y),
-        )
-        if kind == "arrays"
-        else None
-    )
-    meter, no_meter = _curvature_meter(
-        keras,
-        model,
-        spec,
-        kind=kind,
-        x=x,
-        y=y,
-        fit_kwargs=fit_kwargs,
-        batch_size=bs,
-        steps=run_steps,
-        seed=seed,
-        distributed=distributed,
-    )
-
-    def measure(done: int) -> None:
-        # at a read-back, like validate(): under JAX the variables hold the state only after _sync
-        if meter is None or not meter.due(done):
-            return
-        _sync(model)
-        rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
-        try:
-            meter.measure(done)
-        finally:
-            rec.recording_loss = True
-
-    def validate(first: bool = False) -> None:
-        if not val_ok[0]:
-            return
-        _sync(model)
-        done = cb.rows.done if cb is not None else 0
-        try:
-            total, count = 0.0, 0
-            for bx, by, bw, n in val_eval:
-                total += _loss_of(keras, model, bx, by, bw, False) * n
-                count += n
-            val_steps.append(done)
-            val_losses.append(total / max(count, 1))
-            if bn and gap_batch is not None:
-                gaps.append(
-                    _relative_gap(_loss_of(keras, model, *gap_batch, True), _loss_of(keras, model, *gap_batch, False))
-                )
-        except Exception as exc:
-            if first:
-                _check_validation_fits(keras, model, exc, val_batches, training_batch, fit_kwargs)
-            val_ok[0] = False
-            notes.append(
-                f"the validation loss could not be computed with the model's compute_loss "
-                f"({type(exc).__name__}: {_short(exc, 200)}); val_loss is not judged"
-            )
-
-    def on_boundary(done: int) -> None:
-        # at the latest execution boundary at or before the fix step: the next one could be past it
-        # read-backs are at most `chunk` steps apart (the buffer's size): the next one could be past the step
-        if fix_at is not None and not applied[0] and done + chunk > fix_at[0]:
-            applied[0] = True
-            notes_fix.append(done)
-            if done:
-                _sync(model)
-            fix_at[1](model)
-            if done:
-                rec.retrace()
-                model.make_train_function(force=True)
-
-    applied = [False]
-    notes_fix: list[int] = []
-    cb = None
-    from . import readback
-
-    steps_per_call, virtual_call = grouping.steps_per_call, grouping.virtual_call
-    cb = readback.readback_class()(
-        recs,
-        steps=run_steps,
-        chunk=chunk,
-        steps_per_call=steps_per_call,
-        validate=validate if val_batches else None,
-        validate_every=int(spec.validate_every),
-        progress=progress,
-        on_boundary=on_boundary if fix_at is not None else None,
-        measure=measure if meter is not None else None,
-        epoch_steps=int(per_epoch) if exact_epoch and not distributed else None,
-        virtual_call=virtual_call,
-        keep_initial_state=keep_initial_state,
-        callbacks=callbacks,
-        curves=curves,
-        data_ends_epochs=kind == "arrays" and x_fit is x,
-    )
-    start = readback.RandomStart(random_start)
-    plan = None
-    if not distributed:
-        from .batches import BatchPlan, EpochStates
-
-        plan = BatchPlan(
-            backend,
-            kind,
-            int(seed),
-            bs,
-            n=_train_samples(x, fit_kwargs) if kind == "arrays" else None,
-            shuffle=fit_kwargs.get("shuffle", True) if kind == "arrays" else False,
-            per_epoch=int(per_epoch) if exact_epoch and per_epoch else None,
-            initial_epoch=initial_epoch,
-            full_batch=kind == "arrays" and x_fit is not x,
-        )
-    tail = [EpochStates(plan)] if plan is not None and plan.needs_epoch_states else []
     saved_spe = getattr(model, "steps_per_execution", 1)
-    if observers and spe < chunk:
-        notes.append(
-            f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={spe} "
-            f"(the recording still read back every {chunk} steps)"
-        )
     started = time.perf_counter()
     if keep_initial_state and not model.optimizer.built and model.built:
         # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
@@ -895,6 +529,8 @@ def train(
         if curves is not None:
             curves.install()
         if backend == "torch":
+            from . import readback
+
             readback.read_after_each_call(rec, model, cb)
         model.steps_per_execution = spe
         model.train_function = None
@@ -907,59 +543,19 @@ def train(
             if det:
                 notes.append(det)
             try:
-                model.fit(x_fit, y_fit, callbacks=[start] + callbacks + [cb] + tail, **fit_kwargs)
+                model.fit(
+                    x_fit, y_fit, callbacks=[parts.start] + setup.callbacks + [cb] + parts.tail, **setup.fit_kwargs
+                )
             except StabilityUsageError:
                 raise
             except Exception as exc:
-                read, failed_at, input_bad = _read_after_failure(rec, cb)
-                where = raised_where(exc, callbacks, model)
-                if where is not None:  # the user's own exception: it propagates as from plain fit
-                    if on_raise is not None:
-                        on_raise(exc, f"{where}, after {failed_at} of {run_steps} steps")
-                    raise
-                if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
-                    raise _usage_from_keras(exc) from None
-                if read and cb.stopped_nonfinite:
-                    # an earlier step went non-finite and a later one raised on it (a user's callback or
-                    # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run
-                    # stopped at that step, as it would have at the read-back, and the report is of it
-                    notes.append(
-                        f"after the non-finite step, training raised {type(exc).__name__} "
-                        f"({_short(exc, 200)}), which followed from it"
-                    )
-                elif read and input_bad and rec.built:
-                    # PyTorch does not run a step on a NaN batch (BatchNotRun: its binary cross-entropy would
-                    # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
-                    # the others compute a NaN loss: the run ends at that step the same way, a non-finite step
-                    # whose input batch held NaN/Inf (its loss and gradients: none)
-                    cb.rowsets[0].add_step(_raised_row(rec, cb.rowsets[0]), np.nan)
-                    cb.stopped_nonfinite = True
-                    if not isinstance(exc, BatchNotRun):
-                        notes.append(
-                            f"training on the NaN/Inf input batch of step {failed_at} raised "
-                            f"{type(exc).__name__} ({_short(exc, 200)})"
-                        )
-                elif input_bad:
-                    raise StabilityUsageError(
-                        f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
-                        f"{type(exc).__name__}: {_short(exc, 300)}. Clean the data pipeline first: a NaN in the "
-                        "data would be reported as the model's instability"
-                    ) from None
-                else:
+                if not _ended_by(exc, model, rec, cb, setup, on_raise=on_raise, notes=notes):
                     raise
         cb.read()
-        _sync(model)
-        if meter is not None and not cb.stopped_nonfinite and cb.rows.done:
-            meter.targets = [min(t, cb.rows.done) for t in meter.targets]  # a run ended early: measure its end
-            measure(cb.rows.done)
-        if bn and not val_batches and gap_batch is not None and cb.rows.done:
-            # without validation data, the gap is measured once, at the end, on the first training batch
-            try:
-                gaps.append(
-                    _relative_gap(_loss_of(keras, model, *gap_batch, True), _loss_of(keras, model, *gap_batch, False))
-                )
-            except Exception as exc:  # informational: never fail the run on it
-                notes.append(f"the BatchNorm train/inference gap could not be measured ({type(exc).__name__})")
+        sync_variables(model)
+        if parts.curvature is not None and not cb.stopped_nonfinite and cb.rows.done:
+            parts.curvature.at_end(cb.rows.done)
+        parts.validation.at_end(cb.rows.done)
     finally:
         wall = time.perf_counter() - started
         if curves is not None:
@@ -970,128 +566,63 @@ def train(
         model.train_function = None
         model.test_function = None
         model.predict_function = None
+    return wall
 
-    recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
-    rows, loss, done = recorded.rows, recorded.loss, recorded.steps
-    notes.extend(recorded.notes)
-    if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
-        notes.append(
-            f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the {done} steps that ran"
-        )
-    elif done < run_steps and not cb.stopped_nonfinite:
-        if kind == "generator":
-            raise StabilityUsageError(
-                f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
-                "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
-                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
-            )
-        if user_epochs is not None:
-            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={user_epochs} ended it")
-        elif done == 0 and cb.keras_steps:
-            raise StabilityUsageError(
-                f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "
-                f"optimizer (model.optimizer is {type(model.optimizer).__name__}, never applied): pytest-stability "
-                "records what an optimizer's apply() receives. Apply the gradients with a keras.optimizers "
-                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)"
-            )
-        elif done == 0:
-            raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
-    loss_recorded = loss is not None and loss.shape[0] == done
-    if loss is None or not loss_recorded:
-        loss = np.full(done, np.nan)
-    loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
-    if not loss_recorded and loss_curves:
-        notes.append(
-            "the raw loss was not recorded: this model's train_step does not update the model's loss "
-            f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
-            f"instead: {', '.join(loss_curves)}"
-        )
-    elif not loss_recorded:
-        notes.append(
-            "the raw loss was not recorded: this model's train_step does not update the model's "
-            "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
-            "gradient norms, non-finite values and updates are"
-        )
-    ref = recs[recorded.reference]
-    trace = Trace(
-        loss=loss,
-        grad_norm=recorded.grad_norm,
-        var_grad_norms=recorded.var_grad_norms,
-        var_names=recorded.var_names,
-        nonfinite=recorded.flags,
-        lr=rows[:, RowLayout.LR],
-        val_steps=np.asarray(val_steps, dtype=np.int64) if val_batches and val_ok[0] else None,
-        val_loss=np.asarray(val_losses, dtype=np.float64) if val_batches and val_ok[0] else None,
-        opt_stats=_opt_stats(ref, rows),
-        update_ratio=recorded.update_ratio,
-        var_update_ratio=recorded.var_update_ratio,
-        steps_planned=int(steps),
-        optimizers=recorded.optimizers,
-        info=model_info(keras, model, ref, backend=backend, spe=spe, kind=kind, distributed=distributed),
-    )
-    nonfinite = trace.nonfinite
-    assert nonfinite is not None  # Trace derives it when not given
-    if curves is not None:
-        trace.curves, curve_notes = curves.per_step(done, max(done, cb.keras_steps))
-        notes.extend(curve_notes)
-        for name, values in trace.curves.items():
-            if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
-                nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
-    if len(recorded.optimizers) > 1:
-        trace.info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
-        trace.info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
-        trace.info["optimizer_columns"] = recorded.columns
-        trace.info["optimizer_name"] = ref.name
-    trace.info["loss_recorded"] = loss_recorded
-    if distributed:
-        replicas = cb.rowsets[recorded.reference].replicas
-        if replicas:
-            per_step = np.concatenate(replicas)[:done]
-            if per_step.shape[1] > 1:  # each replica's own gradient norm, before the all-reduce
-                trace.curves = {
-                    **trace.curves,
-                    **{f"grad_norm/replica_{i}": per_step[:, i].copy() for i in range(per_step.shape[1])},
-                }
-        trace.info["replica_weight_drift"] = _replica_weight_drift(model)
-    if notes_fix:
-        trace.info["fix_applied_at"] = notes_fix[0]
-    if meter is not None:
-        trace.info["curvature"] = meter.summary(trace.lr)
-    elif no_meter:
-        from .curvature import Rule, summarize
 
-        trace.info["curvature"] = summarize(
-            [], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None, notes=[no_meter]
+def _ended_by(
+    exc: Exception,
+    model: Any,
+    rec: Recorder,
+    cb: Readback,
+    setup: FitSetup,
+    *,
+    on_raise: Callable[[BaseException, str], None] | None,
+    notes: list[str],
+) -> bool:
+    """``fit`` raised ``exc``: True when the run ends there and is reported on the steps recorded (a step that
+    went non-finite, or whose input batch held NaN/Inf, and what followed from it), with a note; False when
+    ``exc`` propagates unchanged, as from plain ``fit`` (the user's own exception: ``on_raise`` is told where).
+
+    Raises:
+        StabilityUsageError: ``fit`` rejected the arguments at the first step, or a NaN/Inf input batch raised.
+    """
+    read, failed_at, input_bad = _read_after_failure(rec, cb)
+    where = raised_where(exc, setup.callbacks, model)
+    if where is not None:  # the user's own exception: it propagates as from plain fit
+        if on_raise is not None:
+            on_raise(exc, f"{where}, after {failed_at} of {setup.run_steps} steps")
+        return False
+    if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
+        raise _usage_from_keras(exc) from None
+    if read and cb.stopped_nonfinite:
+        # an earlier step went non-finite and a later one raised on it (a user's callback or
+        # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run
+        # stopped at that step, as it would have at the read-back, and the report is of it
+        notes.append(
+            f"after the non-finite step, training raised {type(exc).__name__} "
+            f"({short_message(exc, 200)}), which followed from it"
         )
-    # array inputs are checked for NaN/Inf on the host before training, other pipelines' batches on the device
-    # in every step (not under a distribution strategy: there the failing step's batch is read again below)
-    trace.info["inputs_checked"] = kind == "arrays" or rec.check_inputs
-    if notes:
-        trace.info["notes"] = list(notes)
-    if gaps:
-        finite_gaps = [g for g in gaps if np.isfinite(g)]
-        trace.info["bn_train_infer_gap"] = max(finite_gaps) if finite_gaps else None
-        trace.info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
-        trace.info["bn_gap_batch"] = "validation" if val_batches else "training"
-    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
-    bad = np.flatnonzero(nonfinite & stop_bits)
-    if bad.size:
-        step = int(bad[0])
-        verdict = (
-            None
-            if rec.check_inputs
-            else _reread_batch_finite(keras, kind, x, step, shuffled=fit_kwargs.get("shuffle", True))
-        )
-        if verdict is not None:  # the batch of that step, read again from the pipeline after training
-            trace.info["inputs_checked"] = True
-            trace.info["input_batch_reread"] = step
-            if not verdict:
-                nonfinite[step] |= INPUT
-        trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
-    placed = cb.device or label
-    return RunResult(
-        trace, placed, wall, kind, _final_metrics(keras, model), backend, notes, cb.initial_state, start.kept, plan
-    )
+    elif read and input_bad and rec.built:
+        # PyTorch does not run a step on a NaN batch (BatchNotRun: its binary cross-entropy would
+        # refuse the NaN probabilities, on a GPU with an assert), and a loss may raise on one where
+        # the others compute a NaN loss: the run ends at that step the same way, a non-finite step
+        # whose input batch held NaN/Inf (its loss and gradients: none)
+        cb.rowsets[0].add_step(_raised_row(rec, cb.rowsets[0]), np.nan)
+        cb.stopped_nonfinite = True
+        if not isinstance(exc, BatchNotRun):
+            notes.append(
+                f"training on the NaN/Inf input batch of step {failed_at} raised "
+                f"{type(exc).__name__} ({short_message(exc, 200)})"
+            )
+    elif input_bad:
+        raise StabilityUsageError(
+            f"the input batch of step {failed_at} holds NaN/Inf, and training on it raised "
+            f"{type(exc).__name__}: {short_message(exc, 300)}. Clean the data pipeline first: a NaN in the "
+            "data would be reported as the model's instability"
+        ) from None
+    else:
+        return False
+    return True
 
 
 #: the most times a step may apply an optimizer other than model.optimizer (a critic's inner loop) and
@@ -1217,71 +748,12 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
     )
 
 
-#: epochs shorter than this many steps are short: Keras' per-epoch work (callbacks, metrics, the data
-#: iterator) then costs about as much as the steps or more
-SHORT_EPOCH = 16
-
-#: the epoch-level callback hooks
-EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end")
-
-
-def epoch_observers(callbacks: list[Any]) -> list[str]:
-    """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
-    return _overriders(callbacks, EPOCH_HOOKS)
-
-
-def _draws_randomness(model: Any) -> bool:
-    """Whether a layer of the model draws random numbers (Dropout, noise, augmentation: each holds a seed
-    generator)."""
-    return any(getattr(layer, "_seed_generators", None) for layer in model._flatten_layers(include_self=True))
-
-
-def one_long_epoch(
-    keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, steps: int
-) -> tuple[Any, Any, dict[str, Any]]:
-    """A full batch (the whole data set, one step an epoch) presented as one epoch of ``steps`` steps: the same
-    batch every step.  TensorFlow: a ``tf.data`` pipeline; JAX and PyTorch: a generator.  Returns
-    ``(x, y, fit_kwargs)`` for ``fit``; ``fit_kwargs["_epochs_of"]`` says how many epochs it replaces (popped
-    by the caller)."""
-    kwargs = dict(fit_kwargs)
-    sample_weight = kwargs.pop("sample_weight", None)
-    kwargs.pop("batch_size", None)
-    kwargs.pop("shuffle", None)
-    data = (x, y) if sample_weight is None else (x, y, sample_weight)
-    replaced = kwargs.get("epochs")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        source: Any = tf.data.Dataset.from_tensors(data).repeat()
-    else:
-
-        def batches() -> Any:
-            while True:
-                yield data
-
-        source = batches()
-    # fit shuffles neither (and would warn that it ignores shuffle=True)
-    kwargs.update(epochs=1, steps_per_epoch=int(steps), shuffle=False, _epochs_of=replaced)
-    kwargs.pop("initial_epoch", None)
-    return source, None, kwargs
-
-
 def _curvature_meter(
-    keras: Any,
-    model: Any,
-    spec: Any,
-    *,
-    kind: str,
-    x: Any,
-    y: Any,
-    fit_kwargs: dict[str, Any],
-    batch_size: int,
-    steps: int,
-    seed: int,
-    distributed: bool,
+    keras: Any, model: Any, spec: Any, setup: FitSetup, x: Any, y: Any, *, seed: int, distributed: bool
 ) -> tuple[Any, str]:
     """``(meter, "")`` for a run with ``spec.curvature`` (see :mod:`.curvature`); ``(None, why)`` when it cannot
     be measured; ``(None, "")`` without ``spec.curvature``."""
+    kind, fit_kwargs, batch_size, steps = setup.kind, setup.fit_kwargs, setup.batch_size, setup.run_steps
     if not getattr(spec, "curvature", False):
         return None, ""
     from . import curvature
@@ -1294,7 +766,7 @@ def _curvature_meter(
     except Exception as exc:
         batch, why = (
             None,
-            (f"the fixed batch for the curvature could not be read ({type(exc).__name__}: {_short(exc, 200)})"),
+            (f"the fixed batch for the curvature could not be read ({type(exc).__name__}: {short_message(exc, 200)})"),
         )
     if batch is None:
         return None, why
@@ -1306,6 +778,255 @@ def _curvature_meter(
         iterations=int(spec.curvature_iterations),
         seed=seed,
     ), ""
+
+
+def _readback(
+    recs: list[Recorder],
+    setup: FitSetup,
+    grouping: Chunking,
+    spec: Any,
+    validation: ValidationProbe,
+    curvature: CurvatureAtReadbacks | None,
+    fix: FixAt | None,
+    curves: Curves | None,
+    progress: Callable[[int], None] | None,
+    keep_initial_state: bool,
+    distributed: bool,
+) -> Readback:
+    """The read-back callback (:mod:`.readback`): it reads the recorders every ``grouping.chunk`` steps, stops
+    ``fit`` after ``setup.run_steps``, and runs the validation, the curvature and the fix at read-backs.  It
+    is the validation's step counter (``validation.readback``)."""
+    from . import readback
+
+    per_epoch = setup.per_epoch
+    cb = readback.readback_class()(
+        recs,
+        steps=setup.run_steps,
+        chunk=grouping.chunk,
+        steps_per_call=grouping.steps_per_call,
+        validate=validation if validation.batches else None,
+        validate_every=int(spec.validate_every),
+        progress=progress,
+        on_boundary=fix,
+        measure=curvature,
+        epoch_steps=int(per_epoch) if setup.exact_epoch and per_epoch is not None and not distributed else None,
+        virtual_call=grouping.virtual_call,
+        keep_initial_state=keep_initial_state,
+        callbacks=setup.callbacks,
+        curves=curves,
+        data_ends_epochs=setup.kind == "arrays" and not setup.full_batch,
+    )
+    validation.readback = cb
+    return cb
+
+
+def _note_single_batches(callbacks: list[Any], grouping: Chunking, notes: list[str]) -> None:
+    """A callback of the user's that sees single batches keeps fit at the model's own steps_per_execution: say so."""
+    observers = batch_observers(callbacks)
+    if observers and grouping.spe < grouping.chunk:
+        notes.append(
+            f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={grouping.spe} "
+            f"(the recording still read back every {grouping.chunk} steps)"
+        )
+
+
+def _trace(
+    recs: list[Recorder],
+    recorded: Recorded,
+    loss: np.ndarray,
+    validation: ValidationProbe,
+    *,
+    steps: int,
+    info: dict[str, Any],
+) -> Trace:
+    """The trace of what the recorders recorded, with the validation loss and the model's facts."""
+    ref = recs[recorded.reference]
+    val_steps, val_loss = validation.val_loss()
+    return Trace(
+        loss=loss,
+        grad_norm=recorded.grad_norm,
+        var_grad_norms=recorded.var_grad_norms,
+        var_names=recorded.var_names,
+        nonfinite=recorded.flags,
+        lr=recorded.rows[:, RowLayout.LR],
+        val_steps=val_steps,
+        val_loss=val_loss,
+        opt_stats=_opt_stats(ref, recorded.rows),
+        update_ratio=recorded.update_ratio,
+        var_update_ratio=recorded.var_update_ratio,
+        steps_planned=int(steps),
+        optimizers=recorded.optimizers,
+        info=info,
+    )
+
+
+def _check_steps_ran(model: Any, setup: FitSetup, cb: Readback, done: int, notes: list[str]) -> None:
+    """After ``fit``: a run that ran fewer steps than planned, and not for a non-finite step, is judged on the
+    steps it ran, with a note (a callback stopped it, the user's ``epochs`` ended it), or is a usage error (a
+    generator ran out, no optimizer applied, no batch).
+
+    Raises:
+        StabilityUsageError: as said.
+    """
+    run_steps = setup.run_steps
+    if cb.stopped_by is not None and not cb.stopped_nonfinite and done < run_steps:
+        notes.append(
+            f"{cb.stopped_by[1]} after step {cb.stopped_by[0]}: the run is judged on the {done} steps that ran"
+        )
+    elif done < run_steps and not cb.stopped_nonfinite:
+        if setup.kind == "generator":
+            raise StabilityUsageError(
+                f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
+                "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
+                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
+            )
+        if setup.user_epochs is not None:
+            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={setup.user_epochs} ended it")
+        elif done == 0 and cb.keras_steps:
+            raise StabilityUsageError(
+                f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "
+                f"optimizer (model.optimizer is {type(model.optimizer).__name__}, never applied): pytest-stability "
+                "records what an optimizer's apply() receives. Apply the gradients with a keras.optimizers "
+                "optimizer (model.optimizer.apply(grads, variables), or one kept on the model as an attribute)"
+            )
+        elif done == 0:
+            raise StabilityUsageError("model.fit() ran no optimizer step: the training data yielded no batch")
+
+
+def _loss_or_nan(recorded: Recorded, curves: Curves | None, notes: list[str]) -> tuple[np.ndarray, bool]:
+    """The raw loss per step and whether it was recorded (NaN per step, with a note, when the train_step does
+    not update the model's loss tracker)."""
+    done, loss = recorded.steps, recorded.loss
+    loss_recorded = loss is not None and loss.shape[0] == done
+    if loss is None or not loss_recorded:
+        loss = np.full(done, np.nan)
+    loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
+    if not loss_recorded and loss_curves:
+        notes.append(
+            "the raw loss was not recorded: this model's train_step does not update the model's loss "
+            f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
+            f"instead: {', '.join(loss_curves)}"
+        )
+    elif not loss_recorded:
+        notes.append(
+            "the raw loss was not recorded: this model's train_step does not update the model's "
+            "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
+            "gradient norms, non-finite values and updates are"
+        )
+    return loss, loss_recorded
+
+
+def _add_curves(trace: Trace, curves: Curves, done: int, keras_steps: int, notes: list[str]) -> None:
+    """The train_step's other scalars per step in ``trace.curves``; a loss among them that went NaN/Inf flags
+    its step as a non-finite loss."""
+    nonfinite = trace.nonfinite
+    assert nonfinite is not None  # Trace derives it when not given
+    trace.curves, curve_notes = curves.per_step(done, max(done, keras_steps))
+    notes.extend(curve_notes)
+    for name, values in trace.curves.items():
+        if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
+            nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
+
+
+def _optimizer_facts(info: dict[str, Any], recs: list[Recorder], recorded: Recorded) -> None:
+    """With more than one optimizer applied: each one's class, settings and columns, and the reference's name."""
+    if len(recorded.optimizers) > 1:
+        info["optimizers"] = {name: type(recs[i].inner).__name__ for name, i in recorded.applied}
+        info["optimizer_configs"] = {name: optimizer_config(recs[i].inner) for name, i in recorded.applied}
+        info["optimizer_columns"] = recorded.columns
+        info["optimizer_name"] = recs[recorded.reference].name
+
+
+def _replica_facts(trace: Trace, model: Any, replicas: list[np.ndarray], done: int) -> None:
+    """Under a distribution strategy: each replica's own gradient norm per step (before the all-reduce), and
+    how far the replicas' weights drifted apart."""
+    if replicas:
+        per_step = np.concatenate(replicas)[:done]
+        if per_step.shape[1] > 1:  # each replica's own gradient norm, before the all-reduce
+            trace.curves = {
+                **trace.curves,
+                **{f"grad_norm/replica_{i}": per_step[:, i].copy() for i in range(per_step.shape[1])},
+            }
+    trace.info["replica_weight_drift"] = _replica_weight_drift(model)
+
+
+def _curvature_facts(trace: Trace, meter: Any, no_meter: str) -> None:
+    """The curvature's summary in ``trace.info["curvature"]``, or why it could not be measured."""
+    if meter is not None:
+        trace.info["curvature"] = meter.summary(trace.lr)
+    elif no_meter:
+        from .curvature import Rule, summarize
+
+        trace.info["curvature"] = summarize(
+            [], None, Rule("", "unknown", 0.0, None, False, ""), batch_size=None, notes=[no_meter]
+        )
+
+
+def _first_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, x: Any, setup: FitSetup) -> None:
+    """Where the first non-finite step went non-finite (``trace.first_nonfinite``); where the batches were not
+    checked in the step, that step's batch read again from the pipeline (an INPUT flag when it holds NaN/Inf)."""
+    nonfinite = trace.nonfinite
+    assert nonfinite is not None  # Trace derives it when not given
+    stop_bits = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
+    bad = np.flatnonzero(nonfinite & stop_bits)
+    if bad.size:
+        step = int(bad[0])
+        verdict = (
+            None
+            if recs[0].check_inputs
+            else _reread_batch_finite(keras, setup.kind, x, step, shuffled=setup.fit_kwargs.get("shuffle", True))
+        )
+        if verdict is not None:  # the batch of that step, read again from the pipeline after training
+            trace.info["inputs_checked"] = True
+            trace.info["input_batch_reread"] = step
+            if not verdict:
+                nonfinite[step] |= INPUT
+        trace.first_nonfinite = _locate_nonfinite(keras, model, recs, trace, step)
+
+
+class CurvatureAtReadbacks:
+    """The curvature meter (see :mod:`.curvature`) run at the read-backs where a measurement is due."""
+
+    def __init__(self, meter: Any, model: Any, rec: Recorder) -> None:
+        self.meter, self.model, self.rec = meter, model, rec
+
+    def __call__(self, done: int) -> None:
+        # at a read-back, like the validation: under JAX the variables hold the state only after sync_variables
+        if not self.meter.due(done):
+            return
+        sync_variables(self.model)
+        self.rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
+        try:
+            self.meter.measure(done)
+        finally:
+            self.rec.recording_loss = True
+
+    def at_end(self, done: int) -> None:
+        """After ``fit``, ``done`` steps done: a run that ended early is measured at its end."""
+        self.meter.targets = [min(t, done) for t in self.meter.targets]
+        self(done)
+
+
+class FixAt:
+    """The what-if replay's change of the optimizer (``train(fix_at=(step, apply))``): ``apply(model)`` at the
+    last read-back at or before ``step`` (before the first step when none is), then the step compiled again."""
+
+    def __init__(self, step: int, apply: Callable[[Any], None], *, chunk: int, model: Any, rec: Recorder) -> None:
+        self.step, self.apply, self.chunk, self.model, self.rec = step, apply, chunk, model, rec
+        #: the steps done when the change was applied, None until it is
+        self.applied_at: int | None = None
+
+    def __call__(self, done: int) -> None:
+        # at the latest execution boundary at or before the fix step: read-backs are at most `chunk` steps apart
+        # (the buffer's size), so the next one could be past the step
+        if self.applied_at is None and done + self.chunk > self.step:
+            self.applied_at = done
+            if done:
+                sync_variables(self.model)
+            self.apply(self.model)
+            if done:
+                self.rec.retrace()
+                self.model.make_train_function(force=True)
 
 
 def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any = True) -> bool | None:
@@ -1347,15 +1068,6 @@ def _replica_weight_drift(model: Any) -> dict[str, Any] | None:
     return worst
 
 
-def _under_strategy(keras: Any, model: Any) -> bool:
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    strategy = getattr(model, "_distribute_strategy", None) or tf.distribute.get_strategy()
-    return type(strategy).__name__ not in ("_DefaultDistributionStrategy", "DefaultDistributionStrategy")
-
-
 class _NullScope:
     def __enter__(self) -> None:
         return None
@@ -1368,13 +1080,6 @@ def _device_scope(keras: Any, device: str | None) -> Any:
     if device is None:
         return _NullScope()
     return keras.device(device)
-
-
-def _relative_gap(train_loss: float, infer_loss: float) -> float:
-    """|inference - training| / training loss of the same batch (NaN when undefined)."""
-    if not (np.isfinite(train_loss) and np.isfinite(infer_loss)) or train_loss <= 0:
-        return float("nan")
-    return abs(infer_loss - train_loss) / train_loss
 
 
 def _final_metrics(keras: Any, model: Any) -> dict[str, float]:

@@ -46,4 +46,12 @@ def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) 
         v.assign(value)
 
 
-__all__ = ["restore_state", "take_state"]
+def sync_variables(model: Any) -> None:
+    """Under JAX, ``fit`` holds the state and empties the variables: put the values back (the trainer
+    picks them up again before the next step; Keras' way for callbacks that read variables)."""
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+__all__ = ["restore_state", "sync_variables", "take_state"]

@@ -1,0 +1,435 @@
+"""What ``fit`` is given: the user's data and ``fit`` arguments checked, and the run's arithmetic.
+
+:func:`prepare_fit` rejects what would make a run report the data's fault as the model's (NaN/Inf in array
+inputs, lengths that differ, arguments that do not fit the kind of data) and returns a :class:`FitSetup`: the
+``fit`` arguments the plugin completes (``batch_size``, ``shuffle``, ``epochs``, ``steps_per_epoch``), the steps
+to run and how they fall into epochs.  :func:`full_batch_as_one_epoch` then decides about short epochs: a
+full-batch run whose epochs nothing of the user's observes trains the same batch as one long epoch.
+
+Imports no framework at module level; Keras is passed in by the engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import StabilityUsageError
+from .plan import epochs_for
+
+
+def _leaves(obj: Any) -> list[Any]:
+    if obj is None:
+        return []
+    if isinstance(obj, dict):
+        return [leaf for v in obj.values() for leaf in _leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [leaf for v in obj for leaf in _leaves(v)]
+    return [obj]
+
+
+def _is_arrays(obj: Any) -> bool:
+    leaves = _leaves(obj)
+    return bool(leaves) and all(
+        hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not hasattr(leaf, "element_spec") for leaf in leaves
+    )
+
+
+def data_kind(keras: Any, x: Any) -> str:
+    if x is None:
+        return "none"
+    if _is_arrays(x):
+        return "arrays"
+    if isinstance(x, keras.utils.PyDataset):
+        return "pydataset"
+    name = type(x).__module__ + "." + type(x).__name__
+    if "tensorflow" in name and hasattr(x, "element_spec"):
+        return "dataset"
+    if "torch.utils.data" in name:
+        return "dataloader"
+    if inspect.isgenerator(x) or (hasattr(x, "__next__") and hasattr(x, "__iter__")):
+        return "generator"
+    if hasattr(x, "__iter__") and hasattr(x, "__len__"):
+        return "iterable"
+    return type(x).__name__
+
+
+def check_finite(name: str, obj: Any) -> None:
+    """Reject NaN/Inf already in the data (it would be reported as the model's instability)."""
+    leaves = _leaves(obj)
+    for i, leaf in enumerate(leaves):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind in "fc" and arr.size and not np.all(np.isfinite(arr)):
+            flat = np.argwhere(~np.isfinite(arr))[0]
+            where = name + (f" (input {i})" if len(leaves) > 1 else "")
+            kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
+            count = int(np.count_nonzero(~np.isfinite(arr)))
+            raise StabilityUsageError(
+                f"{where} holds {count} non-finite value(s) before training starts: the first is "
+                f"{kind} at index {tuple(int(v) for v in flat)}. Training on it would report a "
+                "NaN that the model did not cause; clean the data (np.nan_to_num, drop the rows) first."
+            )
+
+
+def _n_samples(obj: Any) -> int | None:
+    leaves = _leaves(obj)
+    if not leaves:
+        return None
+    return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else None
+
+
+def _train_samples(x: Any, fit_kwargs: dict[str, Any]) -> int | None:
+    """The samples ``fit`` trains on from array inputs: those before a ``validation_split`` (Keras splits
+    off the last ones, unshuffled)."""
+    n = _n_samples(x)
+    split = float(fit_kwargs.get("validation_split") or 0.0)
+    return int(math.floor(n * (1.0 - split))) if n and split else n
+
+
+def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
+    """Optimizer steps in one pass over the training data, when knowable without reading it."""
+    if fit_kwargs.get("steps_per_epoch") is not None:
+        return int(fit_kwargs["steps_per_epoch"])
+    if kind == "arrays":
+        n = _train_samples(x, fit_kwargs) or 0
+        return max(1, math.ceil(n / batch_size)) if n else None
+    if kind == "dataset":
+        card = int(x.cardinality().numpy())
+        return card if card > 0 else None
+    if kind in ("pydataset", "dataloader", "iterable"):
+        try:
+            n = len(x)
+        except Exception:
+            return None
+        return n or None
+    return None
+
+
+_KIND_NAMES = {
+    "dataset": "a tf.data.Dataset",
+    "pydataset": "a keras.utils.PyDataset",
+    "generator": "a generator",
+    "dataloader": "a torch DataLoader",
+    "iterable": "an iterable of batches",
+}
+
+
+def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
+    def describe(obj: Any) -> str:
+        shapes = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
+        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+
+    lengths = {
+        name: {int(np.shape(leaf)[0]) for leaf in _leaves(obj) if np.ndim(leaf)}
+        for name, obj in (("x", x), ("y", y), ("sample_weight", sample_weight))
+    }
+    for name, found in lengths.items():
+        if len(found) > 1:
+            raise StabilityUsageError(f"the arrays in {name} have different numbers of samples: {sorted(found)}")
+    nx = next(iter(lengths["x"]), None)
+    for name, obj in (("y", y), ("sample_weight", sample_weight)):
+        n = next(iter(lengths[name]), None)
+        if nx is not None and n is not None and n != nx:
+            raise StabilityUsageError(
+                f"x and {name} have different numbers of samples: x has {nx} (shape {describe(x)}), "
+                f"{name} has {n} (shape {describe(obj)})"
+            )
+
+
+def short_message(exc: BaseException, limit: int = 600) -> str:
+    """An exception's text on one line (colour codes dropped), cut at ``limit`` characters."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+#: Callback hooks through which a callback sees single batches of training (or of Keras' own validation)
+BATCH_HOOKS = (
+    "on_batch_begin",
+    "on_batch_end",
+    "on_train_batch_begin",
+    "on_train_batch_end",
+    "on_test_batch_begin",
+    "on_test_batch_end",
+)
+
+
+def _overriders(callbacks: list[Any], hooks: tuple[str, ...]) -> list[str]:
+    """``Class.hook`` of each callback that overrides one of ``hooks`` (Keras marks the hooks a callback leaves
+    as they are with ``_is_default``)."""
+    found = []
+    for callback in callbacks:
+        for hook in hooks:
+            method = getattr(callback, hook, None)
+            if method is not None and not getattr(method, "_is_default", False):
+                found.append(f"{type(callback).__name__}.{hook}")
+                break
+    return found
+
+
+def batch_observers(callbacks: list[Any]) -> list[str]:
+    """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook).
+
+    Keras calls the batch hooks once per call of the train function, so with ``steps_per_execution > 1`` such
+    a callback would see one batch in every chunk: a training run of the plugin keeps the model's own
+    ``steps_per_execution`` when one is there.  ModelCheckpoint and BackupAndRestore count batches only with
+    an integer ``save_freq``.
+    """
+
+    def counts_batches(callback: Any) -> bool:
+        cls = type(callback)
+        return not (
+            cls.__module__.startswith("keras.")
+            and cls.__name__ in ("ModelCheckpoint", "BackupAndRestore")
+            and getattr(callback, "save_freq", None) == "epoch"
+        )
+
+    return _overriders([c for c in callbacks if counts_batches(c)], BATCH_HOOKS)
+
+
+#: epochs shorter than this many steps are short: Keras' per-epoch work (callbacks, metrics, the data
+#: iterator) then costs about as much as the steps or more
+SHORT_EPOCH = 16
+
+
+#: the epoch-level callback hooks
+EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end")
+
+
+def epoch_observers(callbacks: list[Any]) -> list[str]:
+    """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
+    return _overriders(callbacks, EPOCH_HOOKS)
+
+
+def _draws_randomness(model: Any) -> bool:
+    """Whether a layer of the model draws random numbers (Dropout, noise, augmentation: each holds a seed
+    generator)."""
+    return any(getattr(layer, "_seed_generators", None) for layer in model._flatten_layers(include_self=True))
+
+
+def one_long_epoch(
+    keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, steps: int
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A full batch (the whole data set, one step an epoch) presented as one epoch of ``steps`` steps: the same
+    batch every step.  TensorFlow: a ``tf.data`` pipeline; JAX and PyTorch: a generator.  Returns
+    ``(x, y, fit_kwargs)`` for ``fit``; ``fit_kwargs["_epochs_of"]`` says how many epochs it replaces (popped
+    by the caller)."""
+    kwargs = dict(fit_kwargs)
+    sample_weight = kwargs.pop("sample_weight", None)
+    kwargs.pop("batch_size", None)
+    kwargs.pop("shuffle", None)
+    data = (x, y) if sample_weight is None else (x, y, sample_weight)
+    replaced = kwargs.get("epochs")
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        source: Any = tf.data.Dataset.from_tensors(data).repeat()
+    else:
+
+        def batches() -> Any:
+            while True:
+                yield data
+
+        source = batches()
+    # fit shuffles neither (and would warn that it ignores shuffle=True)
+    kwargs.update(epochs=1, steps_per_epoch=int(steps), shuffle=False, _epochs_of=replaced)
+    kwargs.pop("initial_epoch", None)
+    return source, None, kwargs
+
+
+def _under_strategy(keras: Any, model: Any) -> bool:
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    strategy = getattr(model, "_distribute_strategy", None) or tf.distribute.get_strategy()
+    return type(strategy).__name__ not in ("_DefaultDistributionStrategy", "DefaultDistributionStrategy")
+
+
+@dataclass(frozen=True)
+class FitSetup:
+    """The checked inputs of a run and its arithmetic (see :func:`prepare_fit`).
+
+    Attributes:
+        kind: the kind of training data (:func:`data_kind`: ``"arrays"``, ``"dataset"``, ``"generator"``, ...).
+        run_steps: the steps this run trains (``stop_after`` when given, else ``steps``).
+        batch_size: the batch size of array inputs (the plugin's default for other data).
+        per_epoch: steps an epoch of ``fit``, when known.
+        exact_epoch: whether every epoch runs exactly ``per_epoch`` steps (arrays, which Keras batches the same
+            way every epoch, or the one epoch the plugin sizes itself).
+        initial_epoch: the user's ``initial_epoch`` (0 without one).
+        user_epochs: the user's ``epochs``, None when the plugin sets them.
+        user_steps_per_epoch: the user's ``steps_per_epoch``, 0 without one.
+        user_kwargs: the names of the ``fit`` arguments the user passed.
+        fit_kwargs: the arguments ``fit`` is called with, without ``callbacks``.
+        callbacks: the user's callbacks.
+        full_batch: the full batch is presented as one long epoch (:func:`full_batch_as_one_epoch`).
+    """
+
+    kind: str
+    run_steps: int
+    batch_size: int
+    per_epoch: int | None
+    exact_epoch: bool
+    initial_epoch: int
+    user_epochs: int | None
+    user_steps_per_epoch: int
+    user_kwargs: frozenset[str]
+    fit_kwargs: dict[str, Any]
+    callbacks: list[Any]
+    full_batch: bool = False
+
+
+def prepare_fit(
+    keras: Any,
+    x: Any,
+    y: Any,
+    fit_kwargs: dict[str, Any],
+    *,
+    spec: Any,
+    steps: int,
+    stop_after: int | None,
+    batch_size: int | None,
+) -> FitSetup:
+    """Check the training data against the ``fit`` arguments and complete those (in place: ``fit_kwargs`` is
+    the engine's own copy): the batch size and shuffling of array inputs, the epochs that hold the steps.
+
+    Raises:
+        StabilityUsageError: no data, NaN/Inf or differing lengths in array inputs, empty arrays, ``y`` or
+            ``batch_size`` with data that is already batched.
+    """
+    user_kwargs = frozenset(fit_kwargs)
+    kind = data_kind(keras, x)
+    if kind == "none":
+        raise StabilityUsageError("training data is required: received x=None")
+    if kind == "arrays":
+        check_finite("x", x)
+        check_finite("y", y)
+        check_finite("sample_weight", fit_kwargs.get("sample_weight"))
+        _same_lengths(x, y, fit_kwargs.get("sample_weight"))
+        if _n_samples(x) == 0:
+            raise StabilityUsageError("x is empty: there is nothing to train on")
+        fit_kwargs.setdefault("batch_size", batch_size if batch_size is not None else spec.batch_size)
+        fit_kwargs.setdefault("shuffle", spec.shuffle)
+    else:
+        what = _KIND_NAMES.get(kind, kind)
+        if y is not None:
+            raise StabilityUsageError(
+                f"y must be None when x is {what} (it yields (x, y) itself); received y of type {type(y).__name__}"
+            )
+        if fit_kwargs.get("batch_size") is not None:
+            raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
+    run_steps = int(stop_after) if stop_after is not None else int(steps)
+    bs = int(fit_kwargs.get("batch_size") or spec.batch_size)
+    per_epoch = epoch_length(keras, kind, x, fit_kwargs, bs)
+    # whether every epoch runs exactly per_epoch steps: arrays (Keras batches them the same way), or the one
+    # epoch the plugin sizes itself (a user's steps_per_epoch may outrun the data)
+    exact_epoch = per_epoch is not None and kind == "arrays" and fit_kwargs.get("steps_per_epoch") is None
+    initial_epoch = int(fit_kwargs.get("initial_epoch") or 0)
+    user_epochs = fit_kwargs.get("epochs")
+    user_steps_per_epoch = int(fit_kwargs.get("steps_per_epoch") or 0)
+    if per_epoch is None:
+        fit_kwargs["steps_per_epoch"] = run_steps if user_epochs is None else fit_kwargs.get("steps_per_epoch")
+        per_epoch = fit_kwargs["steps_per_epoch"]
+        exact_epoch = user_epochs is None
+    if user_epochs is None:
+        fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch)
+    fit_kwargs.setdefault("verbose", 0)
+    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    return FitSetup(
+        kind=kind,
+        run_steps=run_steps,
+        batch_size=bs,
+        per_epoch=per_epoch,
+        exact_epoch=exact_epoch,
+        initial_epoch=initial_epoch,
+        user_epochs=user_epochs,
+        user_steps_per_epoch=user_steps_per_epoch,
+        user_kwargs=user_kwargs,
+        fit_kwargs=fit_kwargs,
+        callbacks=callbacks,
+    )
+
+
+def full_batch_as_one_epoch(
+    keras: Any, model: Any, x: Any, y: Any, setup: FitSetup, notes: list[str]
+) -> tuple[Any, Any, FitSetup]:
+    """The data ``fit`` trains on, ``(x, y, setup)``: a full-batch run whose epochs nothing of the user's
+    observes as one long epoch of the same batch (:func:`one_long_epoch`), else the data as given; a note in
+    ``notes`` when the epochs are short either way.
+
+    Short epochs: Keras' work at each epoch's end and start can cost far more than the steps (a full-batch run
+    is one step an epoch: 20x the same steps as one long epoch).  Other short epochs stay (their batches are
+    Keras' own permutations), and the report says they were short.
+    """
+    per_epoch, run_steps, fit_kwargs = setup.per_epoch, setup.run_steps, setup.fit_kwargs
+    if not (setup.kind == "arrays" and per_epoch is not None and per_epoch < SHORT_EPOCH and run_steps > per_epoch):
+        return x, y, setup
+    callbacks = setup.callbacks
+    watching = epoch_observers(callbacks) + batch_observers(callbacks)  # batch indices count within epochs
+    kept = [
+        name
+        for name in (
+            "epochs",
+            "initial_epoch",
+            "steps_per_epoch",
+            "class_weight",
+            "validation_data",
+            "validation_split",
+        )
+        if fit_kwargs.get(name) and name in setup.user_kwargs
+    ]
+    # the order of the samples within the batch, which Keras shuffles each epoch, changes the sums only by
+    # rounding, unless something random (Dropout, noise) hits each sample by its place in the batch
+    order_free = fit_kwargs.get("shuffle") is False or not _draws_randomness(model)
+    if per_epoch == 1 and order_free and not watching and not kept and not _under_strategy(keras, model):
+        x_fit, y_fit, one_epoch = one_long_epoch(keras, x, y, fit_kwargs, steps=run_steps)
+        notes.append(
+            f"full batch: the same batch was presented as one epoch of {run_steps} steps instead of "
+            f"{one_epoch.pop('_epochs_of')} epochs of one step (nothing of yours observes epochs, and "
+            "the order of the samples in the batch, which Keras shuffles each epoch, changes the sums "
+            "only by rounding here)"
+        )
+        return (
+            x_fit,
+            y_fit,
+            replace(setup, fit_kwargs=one_epoch, per_epoch=run_steps, exact_epoch=True, full_batch=True),
+        )
+    why = (
+        watching[0]
+        if watching
+        else (
+            f"{kept[0]}="
+            if kept
+            else (
+                "the distribution strategy"
+                if per_epoch == 1 and order_free
+                else "their batches (Keras' own permutations, which the model's random layers see)"
+            )
+        )
+    )
+    notes.append(
+        f"the epochs were short ({per_epoch} step(s) each): Keras' work at each epoch's end and "
+        f"start may have cost more than the steps; they were kept for {why}"
+    )
+    return x, y, setup
+
+
+__all__ = [
+    "FitSetup",
+    "batch_observers",
+    "check_finite",
+    "data_kind",
+    "epoch_length",
+    "epoch_observers",
+    "full_batch_as_one_epoch",
+    "one_long_epoch",
+    "prepare_fit",
+    "short_message",
+]

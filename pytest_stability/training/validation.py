@@ -1,0 +1,280 @@
+"""The plugin's own validation loss, and the BatchNorm train/inference gap, measured during a run.
+
+:func:`validation_batches` reads the fixed validation batches once, from ``validation_data`` or
+``validation_split``; :class:`ValidationProbe` measures the loss on them at read-backs, in inference mode and
+with nothing updated (:func:`_loss_of`), and with BatchNorm layers the gap between the training-mode and the
+inference-mode loss of one batch.  Keras' own per-epoch validation still runs when the user asks for it.
+
+Imports Keras' internals lazily: reached only from :func:`~pytest_stability.training.engine.train`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import StabilityUsageError
+from . import isolation
+from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, short_message
+from .recorders import host_numpy
+from .state import sync_variables
+
+
+def _check_validation_fits(
+    keras: Any,
+    model: Any,
+    exc: BaseException,
+    val_batches: list[Any] | None,
+    training_batch: tuple[Any, Any] | None,
+    fit_kwargs: dict[str, Any],
+) -> None:
+    """The validation loss before the first step raised: when the model takes a training batch, the
+    validation set is what it cannot take, and that is a usage error naming both shapes."""
+    if training_batch is None or not val_batches:
+        return
+    try:
+        _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
+    except Exception:
+        return  # the training data fails too: fit reports that itself
+    vx, vy, _ = val_batches[0]
+    source = "validation_data" if fit_kwargs.get("validation_data") is not None else "validation_split"
+
+    def shapes(obj: Any) -> str:
+        found = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
+        return str(found[0]) if len(found) == 1 else str(found)
+
+    raise StabilityUsageError(
+        f"{source} does not fit the model: its batches have x of shape {shapes(vx)} and y of shape {shapes(vy)}, "
+        f"the training batches x {shapes(training_batch[0])} and y {shapes(training_batch[1])}; the model "
+        f"raised {type(exc).__name__}: {short_message(exc, 300)}"
+    ) from None
+
+
+def validation_batches(
+    keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int
+) -> list[tuple[Any, Any, Any]] | None:
+    """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
+    from .keras_internals import load
+
+    array_slicing, data_adapter_utils = load("array_slicing"), load("data_adapter_utils")
+    get_data_adapter = load("get_data_adapter")
+
+    vd = fit_kwargs.get("validation_data")
+    split = fit_kwargs.get("validation_split")
+    if vd is None and not split:
+        return None
+    if vd is None:
+        assert split is not None  # (returned above without either)
+        (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
+            (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split)
+        )
+    elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
+        raise StabilityUsageError(
+            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset "
+            f"or a keras.utils.PyDataset; received {type(vd).__name__}"
+        )
+    elif isinstance(vd, (tuple, list)):
+        if len(vd) not in (2, 3):
+            raise StabilityUsageError(
+                f"validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val); received a "
+                f"{type(vd).__name__} of length {len(vd)}"
+            )
+        vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
+    else:
+        vx, vy, vw = vd, None, None
+    if _is_arrays(vx):
+        check_finite("validation x", vx)
+        check_finite("validation y", vy)
+    size = fit_kwargs.get("validation_batch_size") or batch_size
+    try:
+        adapter = get_data_adapter(
+            vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
+        )
+        batches = []
+        for batch in adapter.get_numpy_iterator():
+            batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
+            if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
+                break
+    except StabilityUsageError:
+        raise
+    except Exception as exc:
+        raise StabilityUsageError(
+            f"validation_data could not be read: {type(exc).__name__}: {short_message(exc)}"
+        ) from None
+    if not batches:
+        raise StabilityUsageError("validation_data is empty")
+    return batches
+
+
+#: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but
+#: float rounding: in batches of at most this many samples and bytes of input (few calls, bounded memory)
+EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
+
+
+def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, int]]:
+    """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
+    :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
+    with its number of samples."""
+
+    def cat(parts: list[Any]) -> Any:
+        if parts[0] is None:
+            return None
+        return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
+
+    x, y, w = (cat([b[i] for b in batches]) for i in range(3))
+    n = _n_samples(x) or 1
+    per_sample = max(1, sum(int(np.asarray(leaf).nbytes) for leaf in _leaves(x)) // n)
+    size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
+    size = max(size, _n_samples(batches[0][0]) or 1)  # never smaller than the batches given
+
+    def part(obj: Any, a: int, b: int) -> Any:
+        if obj is None:
+            return None
+        return keras.tree.map_structure(lambda v: keras.ops.convert_to_tensor(v[a:b]), obj)
+
+    return [
+        (part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)), min(a + size, n) - a)
+        for a in range(0, n, size)
+    ]
+
+
+def _batchnorm_layers(model: Any) -> list[Any]:
+    layers = model._flatten_layers(include_self=False)
+    return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
+
+
+def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
+    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
+    random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
+    from .keras_internals import load
+
+    StatelessScope = load("StatelessScope")
+
+    with StatelessScope(), isolation.kept_random_state():
+        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
+        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
+    return float(host_numpy(loss))
+
+
+def _relative_gap(train_loss: float, infer_loss: float) -> float:
+    """|inference - training| / training loss of the same batch (NaN when undefined)."""
+    if not (np.isfinite(train_loss) and np.isfinite(infer_loss)) or train_loss <= 0:
+        return float("nan")
+    return abs(infer_loss - train_loss) / train_loss
+
+
+class ValidationProbe:
+    """The validation loss at read-backs and the BatchNorm train/inference gap, for one run.
+
+    The read-back callback calls it (``validate``) at the first read-back and every ``validate_every`` steps;
+    the engine calls :meth:`at_end` after ``fit``.  A loss that cannot be computed ends the measurements with
+    a note (``val_loss`` is then not judged); before the first step, when the model takes a training batch but
+    not the validation batches, that is a usage error.
+
+    Attributes:
+        batches: the fixed validation batches (numpy), None without validation data.
+        steps: the steps done at each measurement.
+        losses: the validation loss at each measurement.
+        gaps: the relative BatchNorm gap at each measurement (at the end only, without validation data).
+        ok: whether every measurement so far could be computed.
+        readback: the read-back callback, whose rows count the steps done (set once it exists).
+    """
+
+    def __init__(
+        self,
+        keras: Any,
+        model: Any,
+        x: Any,
+        y: Any,
+        *,
+        kind: str,
+        fit_kwargs: dict[str, Any],
+        batch_size: int,
+        notes: list[str],
+    ) -> None:
+        self.keras, self.model = keras, model
+        self.batches = validation_batches(keras, model, x, y, fit_kwargs, batch_size)
+        self._eval = eval_batches(keras, self.batches) if self.batches else []
+        self._fit_kwargs = fit_kwargs
+        self._notes = notes
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.gaps: list[float] = []
+        self.ok = True
+        self.readback: Any = None
+        self._bn = bool(_batchnorm_layers(model))
+        bs = batch_size
+        # the gap's batch: the first validation batch, else (arrays) the first training batch
+        self._gap_batch: tuple[Any, Any, Any] | None = self.batches[0] if self.batches else None
+        if self._gap_batch is None and self._bn and kind == "arrays":
+            yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
+            self._gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)
+        self._training_batch = (
+            (
+                keras.tree.map_structure(lambda a: a[:bs], x),
+                None if y is None else keras.tree.map_structure(lambda a: a[:bs], y),
+            )
+            if kind == "arrays"
+            else None
+        )
+
+    def __call__(self, first: bool = False) -> None:
+        """Measure at a read-back (``first``: the one before the first step)."""
+        if not self.ok:
+            return
+        keras, model = self.keras, self.model
+        sync_variables(model)
+        done = self.readback.rows.done if self.readback is not None else 0
+        try:
+            total, count = 0.0, 0
+            for bx, by, bw, n in self._eval:
+                total += _loss_of(keras, model, bx, by, bw, False) * n
+                count += n
+            self.steps.append(done)
+            self.losses.append(total / max(count, 1))
+            if self._bn and self._gap_batch is not None:
+                self.gaps.append(self._gap())
+        except Exception as exc:
+            if first:
+                _check_validation_fits(keras, model, exc, self.batches, self._training_batch, self._fit_kwargs)
+            self.ok = False
+            self._notes.append(
+                f"the validation loss could not be computed with the model's compute_loss "
+                f"({type(exc).__name__}: {short_message(exc, 200)}); val_loss is not judged"
+            )
+
+    def _gap(self) -> float:
+        assert self._gap_batch is not None
+        keras, model = self.keras, self.model
+        return _relative_gap(
+            _loss_of(keras, model, *self._gap_batch, True), _loss_of(keras, model, *self._gap_batch, False)
+        )
+
+    def at_end(self, done: int) -> None:
+        """After ``fit`` (``done`` steps): without validation data, the gap is measured once, at the end, on the
+        first training batch."""
+        if self._bn and not self.batches and self._gap_batch is not None and done:
+            try:
+                self.gaps.append(self._gap())
+            except Exception as exc:  # informational: never fail the run on it
+                self._notes.append(f"the BatchNorm train/inference gap could not be measured ({type(exc).__name__})")
+
+    def val_loss(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(val_steps, val_loss)`` for the trace; ``(None, None)`` without validation data or when a
+        measurement failed."""
+        if self.batches and self.ok:
+            return np.asarray(self.steps, dtype=np.int64), np.asarray(self.losses, dtype=np.float64)
+        return None, None
+
+    def record_gap(self, info: dict[str, Any]) -> None:
+        """The BatchNorm gap's facts in ``info``: the largest finite gap, the last, and which batch it was."""
+        gaps = self.gaps
+        if gaps:
+            finite_gaps = [g for g in gaps if np.isfinite(g)]
+            info["bn_train_infer_gap"] = max(finite_gaps) if finite_gaps else None
+            info["bn_train_infer_gap_last"] = gaps[-1] if np.isfinite(gaps[-1]) else None
+            info["bn_gap_batch"] = "validation" if self.batches else "training"
+
+
+__all__ = ["ValidationProbe", "eval_batches", "validation_batches"]
