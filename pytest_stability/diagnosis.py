@@ -212,11 +212,11 @@ FLOAT16_TINY = 6.1e-5
 #: detection benchmark (benchmarks/results/detection.md, every backend pooled): what the report quotes as the
 #: measured success of a first fix.  Causes whose first fix is not an optimizer setting are not here.
 FIX_SUCCESS: dict[str, tuple[int, int]] = {
-    "adam_second_moment": (44, 51),
+    "adam_second_moment": (57, 58),
     "collapse_constant": (36, 38),
     "epsilon_underflow": (16, 16),
     "gradient_explosion": (24, 24),
-    "lr_too_high": (80, 80),
+    "lr_too_high": (86, 86),
 }
 #: findings this many steps apart or closer are one event when ranking (the earliest root event leads).
 EVENT_GAP = 10
