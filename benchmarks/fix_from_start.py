@@ -4,13 +4,14 @@ the first step, as a user changes their code, and judged over the whole run.
 Usage::
 
     KERAS_BACKEND=jax python benchmarks/fix_from_start.py [--family slingshot] [--seeds 10]
-                                                          [--fixes "epsilon=1e-3;epsilon=1e-2;lr=0.1"]
+                                              [--fixes "epsilon=1e-3;epsilon=1e-2;learning_rate_factor=0.1"]
 
 The detection benchmark's what-if replay applies the suggested fix shortly before the failure and judges a
 few hundred steps after it: cheap, and the run differs from the original only from that step.  A fix can pass
 that horizon and still fail later in the run.  Here each fix is compiled into the family's own optimizer
-(``lr=F`` multiplies its learning rate by F; any other ``name=value`` is an optimizer argument, e.g.
-``epsilon=1e-3``, ``amsgrad=True``) and the same seeds are trained for the family's full length; a run
+(the fixes' names are the diagnosis' ``fix_configs``: ``learning_rate_factor=F`` multiplies its learning rate
+by F; any other ``name=value`` is an optimizer argument, e.g. ``epsilon=1e-3``, ``amsgrad=True``, which the
+what-if replay cannot apply mid-run) and the same seeds are trained for the family's full length; a run
 passes when no check fails.  Printed and written to ``benchmarks/results/fix_from_start-<family>-<backend>.md``.
 """
 
@@ -34,8 +35,8 @@ from benchmarks._results import write_results  # noqa: E402
 
 
 def parse_fix(text: str) -> dict[str, Any]:
-    """``"epsilon=1e-3,amsgrad=True"`` -> ``{"epsilon": 0.001, "amsgrad": True}``; ``lr=0.1`` is the learning
-    rate's factor; an empty text is no fix (the family as it is)."""
+    """``"epsilon=1e-3,amsgrad=True"`` -> ``{"epsilon": 0.001, "amsgrad": True}``; an empty text is no fix (the
+    family as it is)."""
     fix: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
@@ -46,15 +47,16 @@ def parse_fix(text: str) -> dict[str, Any]:
 
 
 def with_fix(build: Any, fix: dict[str, Any]) -> Any:
-    """A ``build`` whose model is compiled again with the same loss and its optimizer changed by ``fix``."""
+    """A ``build`` whose model trains with its optimizer changed by ``fix`` (a new optimizer of the same class
+    and config, before the first step; the model's other compile settings stay)."""
 
     def fixed() -> Any:
         model = build()
         opt = model.optimizer
         config = opt.get_config()
-        config["learning_rate"] = float(config["learning_rate"]) * float(fix.get("lr", 1.0))
-        config.update({k: v for k, v in fix.items() if k != "lr"})
-        model.compile(optimizer=type(opt).from_config(config), loss=model.loss)
+        config["learning_rate"] = float(config["learning_rate"]) * float(fix.get("learning_rate_factor", 1.0))
+        config.update({k: v for k, v in fix.items() if k != "learning_rate_factor"})
+        model.optimizer = type(opt).from_config(config)
         return model
 
     return fixed
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument(
         "--fixes",
-        default=";epsilon=1e-3;epsilon=1e-2;lr=0.1",
+        default=";epsilon=1e-3;epsilon=1e-2;learning_rate_factor=0.1",
         help="semicolon-separated fixes (an empty one: the family unchanged)",
     )
     args = ap.parse_args(argv)
