@@ -103,11 +103,13 @@ The rules
     ``collapsed_output``; vanished or zero gradients -> ``vanished_gradients``.
 ``val_loss``
     a training finding at or before the rise -> ``training_loss_rise`` (its
-    consequence, not overfitting); the training loss rose :data:`TRAIN_RISE` x
-    between the validation best and the rise -> ``training_loss_rise``;
-    BatchNorm layers and an erratic validation curve (or a measured
+    consequence, not overfitting); BatchNorm layers with a measured
     train/inference gap ``trace.info["bn_train_infer_gap"]`` of at least
-    :data:`BN_GAP`) -> ``batchnorm_mismatch``; otherwise ``overfitting``.
+    :data:`BN_GAP` -> ``batchnorm_mismatch`` (a training-mode loss that rose
+    without a training finding follows the same noisy batch statistics); the
+    training loss rose :data:`TRAIN_RISE` x between the validation best and
+    the rise -> ``training_loss_rise``; BatchNorm layers and an erratic
+    validation curve -> ``batchnorm_mismatch``; otherwise ``overfitting``.
 
 :func:`rank_findings` (and :func:`primary_finding`) choose one primary cause
 per run across all checks: the earliest root event.
@@ -1524,7 +1526,12 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> D
     at_best = q.over("train_at_best", "loss", "median", best_step - w, best_step)
     at_rise = q.over("train_at_rise", "loss", "median", step - w, step)
     train_rise = q.ratio("train_loss_rise", "train_at_rise", "train_at_best")
-    if _ok(train_rise, TRAIN_RISE):
+    gap = info.get("bn_train_infer_gap")
+    # A measured BatchNorm train/inference gap outranks a training-loss rise that no training check flagged:
+    # the training-mode loss of a model with that gap follows noisy batch statistics, so its rise is a symptom
+    # of the same mismatch (a training instability large enough to matter is a finding, handled above).
+    measured_bn = bool(n_bn) and isinstance(gap, (int, float)) and math.isfinite(gap) and gap >= BN_GAP
+    if _ok(train_rise, TRAIN_RISE) and not measured_bn:
         return Dx(
             "training_loss_rise",
             LIKELY,
@@ -1546,7 +1553,6 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> D
             rel = np.diff(v) / np.maximum(np.abs(v[:-1]), 1e-12)
         big = np.sign(rel[np.abs(rel) >= 0.2])
         reversals = int(np.count_nonzero(np.diff(big) != 0)) if big.size > 1 else 0
-    gap = info.get("bn_train_infer_gap")
     if n_bn:
         q.fact("batchnorm_layers", "batchnorm_layers", n_bn)
         moms = info.get("batchnorm_momentum") or []
@@ -1565,12 +1571,18 @@ def _val_loss(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> D
         if isinstance(gap, (int, float)) and math.isfinite(gap):
             q.fact("bn_train_infer_gap", "bn_train_infer_gap", float(gap), percent=True)
             q.const("bn_gap_limit", BN_GAP)
+            also = (
+                " (the training-mode loss rose {train_loss_rise}x meanwhile, {train_at_best} -> {train_at_rise}: "
+                "it follows the same noisy batch statistics)"
+                if _ok(train_rise, TRAIN_RISE)
+                else ""
+            )
             return Dx(
                 "batchnorm_mismatch",
                 LIKELY if gap >= BN_GAP else UNCERTAIN,
                 rise + "; the same batch's loss differs by {bn_train_infer_gap} between training "
                 "and inference mode across {batchnorm_layers} BatchNorm layer(s): the moving statistics do not "
-                "match the batch statistics",
+                "match the batch statistics" + also,
                 fix,
             )
         q.count("val_reversals", reversals)

@@ -374,3 +374,28 @@ def test_rank_findings_empty_and_bad_input():
     assert rank_findings([], Trace(loss=np.ones(3))) == [] and primary_finding([], Trace(loss=np.ones(3))) is None
     with pytest.raises(TypeError, match="rank_findings"):
         rank_findings(["nope"], Trace(loss=np.ones(3)))
+
+
+def _bn_val_trace_with_training_rise(bn, gap):
+    """Validation rises after its best at step 60 while the (training-mode) loss rose 1.8x at step 85: below
+    every training check's limit, so no training finding."""
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.full(85, 0.4), np.full(75, 0.72)]) * np.exp(0.02 * rng.normal(size=160))
+    info = {"batchnorm_layers": bn, "batchnorm_momentum": [0.99] * bn}
+    if gap is not None:
+        info["bn_train_infer_gap"] = gap
+    val = np.array([0.9, 0.7, 0.6, 0.5, 0.45, 0.9, 1.2, 1.4])
+    return Trace(loss=loss, grad_norm=np.ones(160), val_steps=np.arange(8) * 20, val_loss=val, info=info)
+
+
+def test_a_measured_batchnorm_gap_outranks_a_training_mode_loss_rise():
+    f = next(f for f in _diag(_bn_val_trace_with_training_rise(2, 0.9)) if f.check == "val_loss")
+    assert f.evidence["cause_key"] == "batchnorm_mismatch" and "90%" in f.cause
+    rise = f.evidence["quotes"]["train_loss_rise"]["value"]
+    assert rise > 1.5 and f"rose {rise:.3g}x" in f.cause and "momentum=0.9" in f.fix
+
+
+@pytest.mark.parametrize("bn, gap", [(0, None), (2, None), (2, 0.05)])
+def test_without_a_measured_gap_the_training_loss_rise_comes_first(bn, gap):
+    f = next(f for f in _diag(_bn_val_trace_with_training_rise(bn, gap)) if f.check == "val_loss")
+    assert f.evidence["cause_key"] == "training_loss_rise" and "not overfitting" in f.cause
