@@ -226,7 +226,7 @@ class Stability:
         return StabilityReport(self.nodeid, runs)
 
     def _save_batches(
-        self, results: list[CheckResult], result: RunResult, x: Any, y: Any, fit_kwargs: dict[str, Any], seed: int
+        self, results: list[CheckResult], result: RunResult, x: Data, y: Data, fit_kwargs: dict[str, Any], seed: int
     ) -> list[CheckResult]:
         """Save the batch of each finding that names one with its samples (``evidence["batch"]["indices"]``)
         as an ``.npz`` in the batches directory (:attr:`~.options.RunFiles.batches_dir`); its path goes into

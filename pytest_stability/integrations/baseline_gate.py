@@ -41,7 +41,7 @@ def load_for(files: RunFiles) -> tuple[dict[str, Any] | None, list[str]]:
         return None, [f"{cli_name('baseline')}: {exc}"]
 
 
-def _run_inputs(report: Any) -> list[dict[str, Any]]:
+def _run_inputs(report: StabilityReport) -> list[dict[str, Any]]:
     """What the baseline comparison reads of a StabilityReport's runs (builtins)."""
     return [
         {
