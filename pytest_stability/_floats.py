@@ -6,7 +6,6 @@ Imported on the plugin's load path (JSON report, baselines), so kept numpy-free.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 
 def encode_float(value: float) -> float | str:
@@ -19,7 +18,7 @@ def encode_float(value: float) -> float | str:
     return value
 
 
-def decode_float(value: Any) -> float:
+def decode_float(value: float | str | None) -> float:
     """Inverse of :func:`encode_float`."""
     if isinstance(value, str):
         return float(value)  # float("nan"), float("inf"), float("-inf")

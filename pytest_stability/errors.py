@@ -6,9 +6,12 @@ plugin can import them without pulling in TensorFlow.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .report.runs import StabilityReport
 
 
 class StabilityError(AssertionError):
@@ -22,7 +25,7 @@ class StabilityError(AssertionError):
             failing run (findings, trace, summary).
     """
 
-    def __init__(self, message: str, report: Any = None) -> None:
+    def __init__(self, message: str, report: StabilityReport | None = None) -> None:
         super().__init__(message)
         self.report = report
 

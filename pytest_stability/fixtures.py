@@ -14,18 +14,24 @@ from __future__ import annotations
 import contextlib
 import shlex
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .errors import StabilityError, StabilityUsageError
+from .framework_types import Data, Model
 from .integrations.session import RECORD_KEY, SESSION_KEY
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec, steps_above_ceiling
 from .record import StabilityRecord
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .checks.base import CheckResult
+    from .integrations.progress import Progress
+    from .report.runs import StabilityReport
     from .training.engine import RunResult
 
 
@@ -46,22 +52,22 @@ class Stability:
         self._config = config
         self._cli_values = cli_values
         #: every StabilityReport returned by train() in this test
-        self.reports: list[Any] = []
+        self.reports: list[StabilityReport] = []
         self.error: str | None = None
 
     # -- public API -----------------------------------------------------------
 
     def fit(
         self,
-        model: Any,
-        x: Any = None,
-        y: Any = None,
+        model: Model | Callable[[], Model],
+        x: Data = None,
+        y: Data = None,
         *,
         steps: int | None = None,
         seed: int | None = None,
         check: bool = True,
         **fit_kwargs: Any,
-    ) -> Any:
+    ) -> StabilityReport:
         """Train ``model`` with its own ``model.fit`` for ``steps`` optimizer steps and check its stability.
 
         Args:
@@ -91,8 +97,17 @@ class Stability:
         return self._call("fit", model, x, y, steps=steps, seed=seed, check=check, fit_kwargs=fit_kwargs)
 
     def _call(
-        self, entry: str, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, check: bool, fit_kwargs: dict[str, Any]
-    ) -> Any:
+        self,
+        entry: str,
+        model: Model | Callable[[], Model],
+        x: Data,
+        y: Data,
+        *,
+        steps: int | None,
+        seed: int | None,
+        check: bool,
+        fit_kwargs: dict[str, Any],
+    ) -> StabilityReport:
         __tracebackhide__ = True
         failure = None
         try:
@@ -110,18 +125,18 @@ class Stability:
 
     def train(
         self,
-        model: Any,
-        x: Any = None,
-        y: Any = None,
+        model: Model | Callable[[], Model],
+        x: Data = None,
+        y: Data = None,
         *,
-        validation_data: Any = None,
+        validation_data: Data = None,
         batch_size: int | None = None,
         steps: int | None = None,
         seed: int | None = None,
         check: bool = True,
-        sample_weight: Any = None,
+        sample_weight: Data = None,
         **fit_kwargs: Any,
-    ) -> Any:
+    ) -> StabilityReport:
         """The same as :meth:`fit` (kept for the keywords it always had)."""
         __tracebackhide__ = True
         for name, value in (
@@ -149,7 +164,16 @@ class Stability:
             return [int(replay)]
         return [base_seed + i for i in range(self.spec.seeds)]
 
-    def _train(self, model: Any, x: Any, y: Any, *, steps: Any, seed: Any, fit_kwargs: dict[str, Any]) -> Any:
+    def _train(
+        self,
+        model: Model | Callable[[], Model],
+        x: Data,
+        y: Data,
+        *,
+        steps: int | None,
+        seed: int | None,
+        fit_kwargs: dict[str, Any],
+    ) -> StabilityReport:
         from . import pipeline
         from .checks import Thresholds
         from .report import RunReport, StabilityReport
@@ -202,7 +226,7 @@ class Stability:
         return StabilityReport(self.nodeid, runs)
 
     def _save_batches(
-        self, results: list[CheckResult], result: RunResult, x: Any, y: Any, fit_kwargs: dict[str, Any], seed: int
+        self, results: list[CheckResult], result: RunResult, x: Data, y: Data, fit_kwargs: dict[str, Any], seed: int
     ) -> list[CheckResult]:
         """Save the batch of each finding that names one with its samples (``evidence["batch"]["indices"]``)
         as an ``.npz`` in the batches directory (:attr:`~.options.RunFiles.batches_dir`); its path goes into
@@ -242,14 +266,14 @@ class Stability:
         """The user's own exception from inside ``fit``: it fails the test unchanged; the report says so."""
         self.error = f"training raised {type(exc).__name__}: {_first_line(exc)} ({where})"
 
-    def _progress(self, steps: int) -> Any:
+    def _progress(self, steps: int) -> Progress:
         """The progress line of a long run (steps done, steps/s, ETA; see
         :mod:`pytest_stability.integrations.progress`)."""
         from .integrations.progress import Progress
 
         return Progress(self._config, self.nodeid, steps)
 
-    def _model_for_seed(self, model: Any, seed: int, first: bool) -> Any:
+    def _model_for_seed(self, model: Model | Callable[[], Model], seed: int, first: bool) -> Model:
         """The model to train under ``seed``: a fresh build, the user's instance, or a clone."""
         from .training import engine
 
@@ -289,7 +313,7 @@ class Stability:
         )
 
 
-def _write_npz(path: Any, arrays: dict[str, Any], where: dict[str, Any], *, loss: float, seed: int) -> None:
+def _write_npz(path: Path, arrays: dict[str, Any], where: dict[str, Any], *, loss: float, seed: int) -> None:
     """The batch's arrays, its ``indices``, ``step``, ``epoch``/``batch`` when known, the ``loss`` recorded at
     the step and the ``seed``; written atomically (a temporary file renamed)."""
     import os
@@ -319,7 +343,7 @@ def _builtins_spec(spec: RunSpec) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.values.items()}
 
 
-def _clone_compiled(keras: Any, model: Any) -> Any:
+def _clone_compiled(keras: ModuleType, model: Model) -> Model:
     """A freshly initialised, identically compiled copy of ``model`` (for extra seeds)."""
     try:
         clone = keras.models.clone_model(model)
@@ -383,7 +407,9 @@ def restart_keras_auto_names() -> None:
 _names_warned = False
 
 
-def make_fixture(request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple[RunSpec, dict[str, Any]]]) -> Any:
+def make_fixture(
+    request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple[RunSpec, dict[str, Any]]]
+) -> Iterator[Stability]:
     """Generator body of the ``stability`` fixture (registered in plugin.py).
 
     Seeds everything and restarts Keras' automatic names *before* the test body

@@ -6,13 +6,16 @@ keyword arguments; an implementation may accept fewer arguments than the spec.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:
+    from .report.runs import StabilityReport
+
 
 @pytest.hookspec
-def pytest_stability_run_finished(nodeid: str, report: Any) -> None:
+def pytest_stability_run_finished(nodeid: str, report: StabilityReport) -> None:
     """Called after each ``stability.train()`` call that trained, before its verdict is raised.
 
     Called once per ``train()`` call, after every seed of it has trained, stable

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .framework_types import Data, Model
+
 if TYPE_CHECKING:  # the training layer imports Keras: at run time it is imported where it is used
     from .checks.base import CheckResult, Finding
     from .options import RunSpec
@@ -73,9 +75,9 @@ def _diagnosed(findings: Sequence[Finding], trace: Trace, thresholds: Thresholds
 
 
 def run(
-    model: Any,
-    x: Any,
-    y: Any,
+    model: Model,
+    x: Data,
+    y: Data,
     *,
     fit_kwargs: dict[str, Any],
     steps: int,
@@ -160,7 +162,7 @@ def with_batches(results: list[CheckResult], plan: BatchPlan) -> list[CheckResul
     return out
 
 
-def _replay_batch(model: Any, x: Any, y: Any, *, step: int, thresholds: Thresholds, **train_kwargs: Any) -> Outcome:
+def _replay_batch(model: Model, x: Data, y: Data, *, step: int, thresholds: Thresholds, **train_kwargs: Any) -> Outcome:
     from .errors import StabilityUsageError
     from .training import batch_replay, engine
 

@@ -7,8 +7,9 @@ fixture, and only by a test that uses it.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -33,6 +34,7 @@ from .options import (
     REPLAY_BATCH_HELP,
     REPLAY_HELP,
     OptionValueError,
+    RunSpec,
     cli_name,
     ini_name,
     parse_replay,
@@ -43,7 +45,10 @@ from .options import (
 from .record import FAILED_AFTER, NO_TRAIN, STABLE, StabilityRecord
 from .report.junit import junit_properties
 
-DEFAULTS_KEY = pytest.StashKey[Any]()
+if TYPE_CHECKING:
+    from .fixtures import Stability
+
+DEFAULTS_KEY = pytest.StashKey[RunSpec]()
 CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
 #: "ExceptionType: message" of a stability test's failed call phase (for its record's ``error``)
 CALL_FAILURE_KEY = pytest.StashKey[str]()
@@ -197,7 +202,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture
-def stability(request: pytest.FixtureRequest) -> Any:
+def stability(request: pytest.FixtureRequest) -> Iterator[Stability]:
     """Train a compiled Keras model and fail the test if training is unstable.
 
     ``stability.train(model, x, y, validation_data=(xv, yv))`` trains for the
@@ -206,7 +211,7 @@ def stability(request: pytest.FixtureRequest) -> Any:
     """
     config = request.config
 
-    def spec_for(node: Any) -> Any:
+    def spec_for(node: Any) -> tuple[RunSpec, dict[str, Any]]:
         return spec_for_node(node, config.stash[DEFAULTS_KEY]), config.stash[CLI_VALUES_KEY]
 
     yield from make_fixture(request, spec_for)
@@ -223,7 +228,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Any:
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     result = yield
     # Reached only when the test body returned normally.
     if item.get_closest_marker(MARKER_NAME) is not None:

@@ -17,9 +17,12 @@ k-th update.  ``val_steps[j]`` is the number of updates done when
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 # re-exported: checks and reports use them
 from ._floats import decode_float as decode_float
@@ -45,7 +48,7 @@ FLAG_NAMES = {
 }
 
 
-def _array(value: Any, dtype: Any, name: str, ndim: int = 1) -> np.ndarray:
+def _array(value: Any, dtype: npt.DTypeLike, name: str, ndim: int = 1) -> np.ndarray:
     arr = np.asarray(value, dtype=dtype)
     if arr.ndim != ndim:
         raise ValueError(f"Trace.{name} must be a {ndim}-d array, received shape {arr.shape}")

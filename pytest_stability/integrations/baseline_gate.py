@@ -16,7 +16,7 @@ no file.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +24,9 @@ from ..marker import spec_for_node
 from ..options import TOLERANCE_NAMES, RunFiles, RunSpec, cli_name
 from ..record import BaselineComparison
 from ..report import baseline as baseline_mod  # light: math only
+
+if TYPE_CHECKING:
+    from ..report.runs import StabilityReport
 
 GATE_KEY = pytest.StashKey["BaselineGate"]()
 
@@ -38,7 +41,7 @@ def load_for(files: RunFiles) -> tuple[dict[str, Any] | None, list[str]]:
         return None, [f"{cli_name('baseline')}: {exc}"]
 
 
-def _run_inputs(report: Any) -> list[dict[str, Any]]:
+def _run_inputs(report: StabilityReport) -> list[dict[str, Any]]:
     """What the baseline comparison reads of a StabilityReport's runs (builtins)."""
     return [
         {
@@ -83,7 +86,7 @@ class BaselineGate:
         return {name: getattr(spec, name) for name in TOLERANCE_NAMES}
 
     @pytest.hookimpl(trylast=True)  # a user's implementation sees every run, also one failed here
-    def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
+    def pytest_stability_run_finished(self, nodeid: str, report: StabilityReport) -> None:
         __tracebackhide__ = True
         done = self._comparisons.setdefault(nodeid, [])
         runs = _run_inputs(report)

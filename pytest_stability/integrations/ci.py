@@ -17,15 +17,19 @@ Nothing heavy is imported here: this module is on the plugin's load path.
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..record import StabilityRecord
 from . import progress, xdist_gpus
 from .session import SESSION_KEY, is_worker
+
+if TYPE_CHECKING:
+    from ..report.runs import StabilityReport
 
 CI_KEY = pytest.StashKey["CISettings"]()
 
@@ -51,7 +55,7 @@ SETTINGS = (
 )
 
 
-def addoption(parser: pytest.Parser, group: Any) -> None:
+def addoption(parser: pytest.Parser, group: pytest.OptionGroup) -> None:
     """Register the options and their ini twins."""
     for name, metavar, help_text, kind in SETTINGS:
         cli, ini = "--stability-" + name.replace("_", "-"), "stability_" + name
@@ -191,7 +195,7 @@ class TensorBoardPlugin:
         #: nodeid -> train() calls written so far (a test may train more than once)
         self._calls: dict[str, int] = {}
 
-    def pytest_stability_run_finished(self, nodeid: str, report: Any) -> None:
+    def pytest_stability_run_finished(self, nodeid: str, report: StabilityReport) -> None:
         index = self._calls.get(nodeid, 0)
         self._calls[nodeid] = index + 1
         from ..report.tensorboard import write_report
@@ -258,7 +262,7 @@ class GitHubPlugin:
     # session's records are complete, also for an interrupted run) and before the terminal
     # reporter's wrapper prints the summary.
     @pytest.hookimpl(wrapper=True, trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Generator[None, object, object]:
         result = yield
         from ..report.github import annotations, in_github_actions
 
@@ -292,7 +296,7 @@ class GitHubPlugin:
         self.footer.append(f"stability Markdown written to {path}")
 
     @pytest.hookimpl(trylast=True)  # after the stability report section
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         # Workflow commands must start a line of stdout; they are printed whatever the verbosity.
         for line in self._annotations:
             terminalreporter.write_line(line)

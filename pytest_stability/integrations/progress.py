@@ -27,7 +27,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
 
 #: Seconds a run must take before its first progress line (the option's default).
 DEFAULT_AFTER = 3.0
@@ -55,7 +58,7 @@ def parse_after(text: Any) -> float:
     return value
 
 
-def progress_after(config: Any) -> float:
+def progress_after(config: pytest.Config) -> float:
     """The resolved threshold: command line > ini > :data:`DEFAULT_AFTER` (validated at configure)."""
     raw = config.getoption("stability_progress_after", None)
     if raw is None:
@@ -63,7 +66,7 @@ def progress_after(config: Any) -> float:
     return DEFAULT_AFTER if raw is None else parse_after(raw)
 
 
-def validate(config: Any) -> list[str]:
+def validate(config: pytest.Config) -> list[str]:
     """Problems with the progress setting (for the run's one usage error)."""
     try:
         progress_after(config)
@@ -72,7 +75,7 @@ def validate(config: Any) -> list[str]:
     return []
 
 
-def shown(config: Any) -> bool:
+def shown(config: pytest.Config | None) -> bool:
     """Whether progress lines are shown in this process: ``-v``, or ``-s`` without ``-q``; never in a worker."""
     if config is None or hasattr(config, "workerinput"):
         return False

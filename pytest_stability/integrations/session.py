@@ -387,7 +387,7 @@ class StabilitySession:
             # A session-level failure fails the run, never the summary (pytest-cov).
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if is_worker(self.config) or self.config.get_verbosity() < -1:
             return
         if not self.records and not self.footer:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -240,7 +240,7 @@ class GpuLockPlugin:
     """Registered with ``--stability-gpu-lock``: runs the body of each ``stability`` test under :func:`gpu_lock`."""
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         if "stability" not in getattr(item, "fixturenames", ()):
             return (yield)
         with gpu_lock():

@@ -8,7 +8,14 @@ served lazily.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what mypy sees; at run time __getattr__ imports them on first use
+    from .render import fmt as fmt
+    from .render import sparkline as sparkline
+    from .runs import RunReport as RunReport
+    from .runs import StabilityReport as StabilityReport
+    from .runs import downsample as downsample
 
 _LAZY = {
     "RunReport": "runs",

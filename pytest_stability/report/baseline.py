@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .._floats import decode_float, encode_float, fmt
 from ..record import BaselineComparison, RunRecord, StabilityRecord
@@ -246,7 +246,7 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise BaselineFileError(f"cannot read the baseline {path}: {exc.strerror or exc}") from None
 
-    def no_constants(token: str) -> Any:
+    def no_constants(token: str) -> NoReturn:
         raise ValueError(f"non-standard JSON token {token}")
 
     try:

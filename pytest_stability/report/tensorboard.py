@@ -34,7 +34,11 @@ import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..checks.base import Finding
+    from .runs import RunReport, StabilityReport
 
 INSTALL_HINT = "pip install 'pytest-stability[tensorboard]'"
 MISSING_MESSAGE = f"--stability-tensorboard needs the tensorboard package: {INSTALL_HINT}"
@@ -97,7 +101,7 @@ class _EventFile:
     def _write(self, event: Any) -> None:
         self._writer.write(event.SerializeToString())
 
-    def scalars(self, tag: str, steps: Iterable[int], values: Iterable[Any], wall_time: float) -> int:
+    def scalars(self, tag: str, steps: Iterable[int], values: Iterable[float], wall_time: float) -> int:
         """One scalar event per step (NaN/Inf are written as such: they are what the run did)."""
         n = 0
         for step, value in zip(steps, values, strict=True):
@@ -130,7 +134,7 @@ class _EventFile:
         self._file.close()
 
 
-def _finding_text(finding: Any) -> str:
+def _finding_text(finding: Finding) -> str:
     lines = [f"**[{finding.check}] step {finding.step}**: {finding.message}"]
     if getattr(finding, "cause", ""):
         conf = f" ({finding.confidence})" if getattr(finding, "confidence", "") else ""
@@ -140,7 +144,7 @@ def _finding_text(finding: Any) -> str:
     return "\n\n".join(lines)
 
 
-def write_run(directory: Path, run: Any, *, per_variable: bool = False) -> Path:
+def write_run(directory: Path, run: RunReport, *, per_variable: bool = False) -> Path:
     """Write one seed's run (a :class:`~pytest_stability.report.RunReport`) into ``directory``.
 
     Event files a previous run of the same test left there are removed first,
@@ -191,7 +195,7 @@ def write_run(directory: Path, run: Any, *, per_variable: bool = False) -> Path:
 
 
 def write_report(
-    logdir: Path, nodeid: str, report: Any, *, call_index: int = 0, per_variable: bool = False
+    logdir: Path, nodeid: str, report: StabilityReport, *, call_index: int = 0, per_variable: bool = False
 ) -> list[Path]:
     """Write every seed's run of one ``train()`` call; returns the event files."""
     return [

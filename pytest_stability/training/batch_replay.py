@@ -14,11 +14,13 @@ batch: the model's own ``train_step`` and optimizer, its state as it was) and me
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .batches import batch_arrays, locate
+from ..framework_types import Data, Model
+from .batches import BatchPlan, batch_arrays, locate
 
 #: the step's batch counts as the cause when its loss is this many times the previous batch's at the same weights
 BAD_SAMPLE_RATIO = 3.0
@@ -26,7 +28,7 @@ BAD_SAMPLE_RATIO = 3.0
 DAMAGE_RATIO = 3.0
 
 
-def loss_and_grad_norm(keras: Any, model: Any, batch: tuple[Any, Any, Any]) -> tuple[float, float]:
+def loss_and_grad_norm(keras: ModuleType, model: Model, batch: tuple[Data, Data, Data]) -> tuple[float, float]:
     """The model's training loss on ``batch`` at its current weights and the global norm of its gradient
     (no variable changes): the curvature meter's loss and gradient (:class:`.curvature._Products`)."""
     from .curvature import _Products
@@ -38,7 +40,9 @@ def loss_and_grad_norm(keras: Any, model: Any, batch: tuple[Any, Any, Any]) -> t
     return float(session.loss), float(np.linalg.norm(session.grad))
 
 
-def probe(keras: Any, model: Any, plan: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], step: int) -> dict[str, Any]:
+def probe(
+    keras: ModuleType, model: Model, plan: BatchPlan, x: Data, y: Data, fit_kwargs: dict[str, Any], step: int
+) -> dict[str, Any]:
     """Measure the batch of ``step`` (and of the step before) around the update of ``step``; the model must
     hold the weights ``step`` started from.  Returns builtins: ``batch`` (:func:`.batches.locate`),
     ``before``/``after`` (``loss``, ``grad_norm`` of the step's batch), ``previous_before``/``previous_after``
@@ -50,7 +54,7 @@ def probe(keras: Any, model: Any, plan: Any, x: Any, y: Any, fit_kwargs: dict[st
         return {"batch": where, "verdict": "unknown", "text": [f"the batch of step {step} cannot be replayed: {why}"]}
     sample_weight = fit_kwargs.get("sample_weight")
 
-    def batch_of(indices: list[int]) -> tuple[Any, Any, Any]:
+    def batch_of(indices: list[int]) -> tuple[Data, Data, Data]:
         arrays = batch_arrays(keras, x, y, sample_weight, indices)
         return _restructure(x, arrays, "x"), _restructure(y, arrays, "y"), arrays.get("sample_weight")
 
@@ -114,7 +118,7 @@ def _short(indices: list[int], n: int = 8) -> str:
     return f"[{shown}{', ...' if len(indices) > n else ''}]"
 
 
-def _restructure(template: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
+def _restructure(template: Data, arrays: dict[str, np.ndarray], prefix: str) -> Data:
     """The entries :func:`.batches.batch_arrays` wrote for ``template`` (an array, dict or list of them), put
     back in its structure."""
     if template is None:

@@ -20,10 +20,13 @@ The Keras internal this depends on, ``ArrayDataAdapter``, is listed in :mod:`.ke
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import keras
 import numpy as np
+
+from ..framework_types import Data
 
 
 @dataclass
@@ -37,7 +40,7 @@ class BatchPlan:
     #: array inputs: the training samples (the part before a validation_split), else None
     n: int | None = None
     #: Keras' shuffle argument for array inputs (True, False or "batch")
-    shuffle: Any = True
+    shuffle: bool | str = True
     #: steps in each epoch when every epoch is one full pass over the data, else None
     per_epoch: int | None = None
     initial_epoch: int = 0
@@ -58,7 +61,7 @@ class EpochStates(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is u
         super().__init__()
         self.plan = plan
 
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.plan.backend == "torch":
             import torch
 
@@ -146,20 +149,22 @@ def _tf_indices(plan: BatchPlan, epoch: int, batch: int) -> np.ndarray:
     raise IndexError(f"batch {batch} is past the end of epoch {epoch}")
 
 
-def _adapter(n: int, batch_size: int, shuffle: Any) -> Any:
+def _adapter(n: int, batch_size: int, shuffle: bool | str) -> Any:
     """Keras' own array pipeline over the sample indices (an internal class: there since Keras 3.0)."""
     from .keras_internals import load
 
     return load("ArrayDataAdapter")(np.arange(n, dtype=np.int64), batch_size=batch_size, shuffle=shuffle)
 
 
-def batch_arrays(keras_mod: Any, x: Any, y: Any, sample_weight: Any, indices: list[int]) -> dict[str, np.ndarray]:
+def batch_arrays(
+    keras_mod: ModuleType, x: Data, y: Data, sample_weight: Data, indices: list[int]
+) -> dict[str, np.ndarray]:
     """The samples at ``indices`` of the arrays, as ``.npz`` entries: ``x`` (or ``x_<key>`` / ``x_<i>`` for a
     dict or list of inputs), ``y`` likewise, ``sample_weight``."""
     take = np.asarray(indices, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
 
-    def put(prefix: str, obj: Any) -> None:
+    def put(prefix: str, obj: Data) -> None:
         if obj is None:
             return
         if isinstance(obj, dict):

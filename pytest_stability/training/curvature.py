@@ -57,10 +57,12 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from ..framework_types import Data, Model, Optimizer, Tensor, Variable
 from .isolation import kept_random_state
 from .recorders import host_numpy
 
@@ -86,7 +88,7 @@ class TopEigen(NamedTuple):
     #: ``residual * |value|`` of ``value`` (0 when exact)
     residual: float
     #: the Ritz vector (unit length), to start the next measurement from; None when the basis was not kept
-    vector: Any = None
+    vector: np.ndarray | None = None
 
 
 #: the weight of the random part of a warm start (the rest is the previous Ritz vector)
@@ -245,7 +247,7 @@ def measurement_steps(steps: int, points: int) -> list[int]:
     return sorted({max(1, math.ceil(k * steps / points)) for k in range(1, points + 1)})
 
 
-def _clean(value: Any) -> float | None:
+def _clean(value: float | None) -> float | None:
     """A finite float, else None (trace.info is builtins and strict JSON)."""
     if value is None:
         return None
@@ -333,7 +335,7 @@ def summarize(
 # -- the measurement (framework code: imports stay inside the functions) ----------------------------------
 
 
-def _host(keras: Any, value: Any) -> np.ndarray:
+def _host(keras: ModuleType, value: Tensor) -> np.ndarray:
     """A backend tensor (or variable) as a float64 numpy array (torch directly: Keras' np.array(tensor) warns)."""
     value = getattr(value, "value", value)
     if keras.backend.backend() == "torch":
@@ -341,7 +343,9 @@ def _host(keras: Any, value: Any) -> np.ndarray:
     return np.asarray(host_numpy(value), np.float64)
 
 
-def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
+def _loss_fn(
+    keras: ModuleType, model: Model
+) -> Callable[[Sequence[Tensor], Sequence[Tensor], Data, Data, Data], Tensor]:
     """The model's training loss as a function of its variables' values (no variable is changed)."""
     from .keras_internals import load
 
@@ -349,7 +353,7 @@ def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
 
     trainable, others = list(model.trainable_variables), list(model.non_trainable_variables)
 
-    def loss(tv: Sequence[Any], ntv: Sequence[Any], x: Any, y: Any, w: Any) -> Any:
+    def loss(tv: Sequence[Tensor], ntv: Sequence[Tensor], x: Data, y: Data, w: Data) -> Tensor:
         mapping = list(zip(trainable, tv, strict=True)) + list(zip(others, ntv, strict=True))
         with StatelessScope(state_mapping=mapping, collect_losses=True):
             y_pred = model(x, training=True) if model._call_has_training_arg else model(x)
@@ -362,7 +366,7 @@ def _loss_fn(keras: Any, model: Any) -> Callable[..., Any]:
 class _Products:
     """Hessian-vector products of the training loss on one batch at the model's current weights (host float64)."""
 
-    def __init__(self, keras: Any, model: Any) -> None:
+    def __init__(self, keras: ModuleType, model: Model) -> None:
         self.keras = keras
         self.model = model
         self.backend = keras.backend.backend()
@@ -371,25 +375,25 @@ class _Products:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.dtypes = [str(v.dtype) for v in self.vars]
         self.n = int(sum(self.sizes))
-        self._compiled: Any = None
+        self._compiled: Callable[..., tuple[Tensor, list[Tensor], list[Tensor]]] | None = None
         self._loss = _loss_fn(keras, model)
 
     # flat host vectors <-> per-variable backend tensors
-    def split(self, flat: np.ndarray) -> list[Any]:
+    def split(self, flat: np.ndarray) -> list[Tensor]:
         out, at = [], 0
         for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes, strict=True):
             out.append(self.keras.ops.convert_to_tensor(flat[at : at + size].reshape(shape).astype(dtype)))
             at += size
         return out
 
-    def join(self, tensors: Sequence[Any]) -> np.ndarray:
+    def join(self, tensors: Sequence[Tensor | None]) -> np.ndarray:
         parts = [
             np.zeros(size) if t is None else _host(self.keras, t).reshape(-1)
             for t, size in zip(tensors, self.sizes, strict=True)
         ]
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def at(self, batch: tuple[Any, Any, Any]) -> _Session:
+    def at(self, batch: tuple[Data, Data, Data]) -> _Session:
         """Products ``v -> H v`` on ``batch`` at the current weights (and the loss and gradient there)."""
         ops = self.keras.ops
         tv = [ops.convert_to_tensor(v.value) for v in self.vars]
@@ -418,7 +422,9 @@ class _Products:
             zero = tf.UnconnectedGradients.ZERO
 
             @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
-            def fn(tv: Any, ntv: Any, vec: Any, x: Any, y: Any, w: Any) -> Any:
+            def fn(
+                tv: list[Tensor], ntv: list[Tensor], vec: list[Tensor], x: Data, y: Data, w: Data
+            ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
                 with tf.GradientTape() as outer:
                     outer.watch(tv)
                     with tf.GradientTape() as inner:
@@ -438,14 +444,16 @@ class _Products:
             value_and_grad = jax.value_and_grad(loss_fn)
 
             @jax.jit  # type: ignore[untyped-decorator]
-            def fn(tv: Any, ntv: Any, vec: Any, x: Any, y: Any, w: Any) -> Any:
+            def fn(
+                tv: list[Tensor], ntv: list[Tensor], vec: list[Tensor], x: Data, y: Data, w: Data
+            ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
                 (loss, g), (_, hv) = jax.jvp(lambda p: value_and_grad(p, ntv, x, y, w), (list(tv),), (list(vec),))
                 return loss, g, hv
 
         self._compiled = fn
         return fn
 
-    def _torch(self, session: _Session, tv: list[Any], ntv: list[Any], x: Any, y: Any, w: Any) -> None:
+    def _torch(self, session: _Session, tv: list[Tensor], ntv: list[Tensor], x: Data, y: Data, w: Data) -> None:
         import torch
 
         params = [t.detach().requires_grad_(True) for t in tv]
@@ -480,12 +488,12 @@ class _Session:
         self.hvp: Callable[[np.ndarray], np.ndarray] = lambda v: v
 
 
-def _optimizer(keras: Any, model: Any) -> Any:
+def _optimizer(keras: ModuleType, model: Model) -> Optimizer:
     opt = model.optimizer
     return opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
 
 
-def optimizer_rule(keras: Any, model: Any) -> Rule:
+def optimizer_rule(keras: ModuleType, model: Model) -> Rule:
     """The :class:`Rule` of the model's optimizer (its exact class: a subclass may change the update)."""
     inner = _optimizer(keras, model)
     known = {getattr(keras.optimizers, name, None): name for name in ("SGD", "Adam", "AdamW", "RMSprop")}
@@ -499,13 +507,13 @@ def optimizer_rule(keras: Any, model: Any) -> Rule:
     return rule_for(name, config)
 
 
-def preconditioner(keras: Any, model: Any, rule: Rule) -> np.ndarray | None:
+def preconditioner(keras: ModuleType, model: Model, rule: Rule) -> np.ndarray | None:
     """The diagonal of ``P`` (flat, in trainable-variable order) the optimizer's last step divided by, or None."""
     if not rule.preconditioned:
         return None
     inner = _optimizer(keras, model)
 
-    def slot(name: str, v: Any) -> np.ndarray:
+    def slot(name: str, v: Variable) -> np.ndarray:
         values = getattr(inner, name)
         return _host(keras, values[inner._get_variable_index(v)]).reshape(-1)
 
@@ -532,9 +540,9 @@ def _scaled(hvp: Callable[[np.ndarray], np.ndarray], d: np.ndarray) -> Callable[
 
 
 def sharpness(
-    keras: Any,
-    model: Any,
-    batch: tuple[Any, Any, Any],
+    keras: ModuleType,
+    model: Model,
+    batch: tuple[Data, Data, Data],
     *,
     rule: Rule | None = None,
     iterations: int = 20,
@@ -593,13 +601,20 @@ class Meter:
     """
 
     def __init__(
-        self, keras: Any, model: Any, batch: tuple[Any, Any, Any], *, targets: Sequence[int], iterations: int, seed: int
+        self,
+        keras: ModuleType,
+        model: Model,
+        batch: tuple[Data, Data, Data],
+        *,
+        targets: Sequence[int],
+        iterations: int,
+        seed: int,
     ) -> None:
         self.keras = keras
         self.model = model
         ops = keras.ops
         self.batch = cast(
-            "tuple[Any, Any, Any]",
+            "tuple[Data, Data, Data]",
             tuple(None if part is None else keras.tree.map_structure(ops.convert_to_tensor, part) for part in batch),
         )
         leaves = [leaf for leaf in keras.tree.flatten(batch[0]) if leaf is not None]
@@ -656,11 +671,11 @@ class Meter:
 
 
 def fixed_batch(
-    keras: Any, kind: str, x: Any, y: Any, fit_kwargs: Mapping[str, Any], size: int
-) -> tuple[tuple[Any, Any, Any] | None, str]:
+    keras: ModuleType, kind: str, x: Data, y: Data, fit_kwargs: Mapping[str, Any], size: int
+) -> tuple[tuple[Data, Data, Data] | None, str]:
     """The batch the curvature is measured on: the first ``size`` training samples (numpy), or None and why."""
 
-    def head(obj: Any, n: int) -> Any:
+    def head(obj: Data, n: int) -> Data:
         return None if obj is None else keras.tree.map_structure(lambda a: np.asarray(a)[:n], obj)
 
     if kind == "arrays":
@@ -674,13 +689,13 @@ def fixed_batch(
 
     data_adapter_utils = load("data_adapter_utils")
 
-    batches: list[tuple[Any, Any, Any]] = []
+    batches: list[tuple[Data, Data, Data]] = []
     count = 0
     source = iter(x) if kind == "dataset" else (x[i] for i in range(len(x)))
     for batch in source:
         bx, by, bw = data_adapter_utils.unpack_x_y_sample_weight(batch if isinstance(batch, tuple) else (batch,))
         part = cast(
-            "tuple[Any, Any, Any]",
+            "tuple[Data, Data, Data]",
             tuple(None if p is None else keras.tree.map_structure(lambda a: host_numpy(a), p) for p in (bx, by, bw)),
         )
         batches.append(part)
@@ -691,7 +706,7 @@ def fixed_batch(
     if not batches:
         return None, "the curvature needs a fixed batch, and the training data yielded none"
 
-    def cat(i: int) -> Any:
+    def cat(i: int) -> Data:
         if batches[0][i] is None:
             return None
         return head(keras.tree.map_structure(lambda *a: np.concatenate(a), *[b[i] for b in batches]), size)

@@ -23,20 +23,21 @@ from typing import Any
 
 import numpy as np
 
+from ..framework_types import Metric, Model, Tensor, Variable
 from .recorders.common import ABSENT, host_numpy, index_of
 
 
-def curve_metrics(model: Any) -> list[tuple[str, Any]]:
+def curve_metrics(model: Model) -> list[tuple[str, Metric]]:
     """``(name, metric)`` of each metric of the model whose per-step value can be recorded, the model's own loss
     tracker aside: metrics with a ``total`` and a ``count`` (``keras.metrics.Mean`` and its kin), those inside
     the compiled metrics container too."""
     import keras
 
     tracker = getattr(model, "_loss_tracker", None)
-    found: list[tuple[str, Any]] = []
+    found: list[tuple[str, Metric]] = []
     seen: set[int] = set()
 
-    def visit(metric: Any) -> None:
+    def visit(metric: Metric) -> None:
         if metric is tracker or id(metric) in seen:
             return
         seen.add(id(metric))
@@ -72,7 +73,7 @@ class Curves:
         chunk: rows the buffer holds: ``fit`` reads back at least every ``chunk`` steps.
     """
 
-    def __init__(self, model: Any, *, chunk: int) -> None:
+    def __init__(self, model: Model, *, chunk: int) -> None:
         import keras
 
         self.keras = keras
@@ -84,13 +85,13 @@ class Curves:
         self.names = tuple(name for name, _ in self.metrics)
         #: switched off while Keras evaluates (its test step updates the same metrics)
         self.recording = True
-        self._patched: list[tuple[Any, str, Any]] = []
+        self._patched: list[tuple[object, str, object]] = []
         #: per metric: its buffer (JAX: its count in one more row) and, on TensorFlow, its count
-        self.bufs: list[Any] = []
-        self.counts: list[Any] = []
+        self.bufs: list[Variable] = []
+        self.counts: list[Variable] = []
         self.taken = np.zeros(len(self.names), np.int64)
         self.values: list[list[float]] = [[] for _ in self.names]
-        self.t_values: list[list[Any]] = [[] for _ in self.names]
+        self.t_values: list[list[Tensor]] = [[] for _ in self.names]
 
     # -- install / uninstall ---------------------------------------------------------
 
@@ -129,13 +130,13 @@ class Curves:
                 if k is not None:
                     del metric._variables[k]
 
-    def _patch(self, obj: Any, name: str, fn: Callable[..., Any]) -> None:
+    def _patch(self, obj: object, name: str, fn: Callable[..., Any]) -> None:
         previous = vars(obj).get(name, ABSENT)
         object.__setattr__(obj, name, fn)
         self._patched.append((obj, name, previous))
 
     @staticmethod
-    def _keep_on_reset(buf: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _keep_on_reset(buf: Variable, original: Callable[..., Any]) -> Callable[..., Any]:
         def reset_state() -> Any:
             kept = buf.value
             out = original()
@@ -146,11 +147,11 @@ class Curves:
 
     # -- the step's value ------------------------------------------------------------
 
-    def _update_state(self, j: int, metric: Any, original: Callable[..., Any]) -> Callable[..., Any]:
+    def _update_state(self, j: int, metric: Metric, original: Callable[..., Any]) -> Callable[..., Any]:
         ops = self.ops
         f32 = "float32"
 
-        def raw(t0: Any, c0: Any) -> Any:
+        def raw(t0: Tensor, c0: Tensor) -> Tensor:
             dt = ops.cast(metric.total.value, f32) - t0
             dc = ops.cast(metric.count.value, f32) - c0
             return ops.where(

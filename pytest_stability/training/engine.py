@@ -40,16 +40,20 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:  # imported where a run builds them: these modules import Keras
+    from ..options import RunSpec
     from .batches import BatchPlan
+    from .curvature import Meter
     from .curves import Curves
     from .readback import RandomStart, Readback
 
 from ..errors import StabilityUsageError
+from ..framework_types import Callback, Data, Model, Optimizer
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
 from .fitsetup import (
@@ -140,7 +144,7 @@ def resolve_device(requested: str) -> tuple[str | None, str]:
     return None, "GPU" if gpu else "CPU"
 
 
-def validate_model(model: Any) -> None:
+def validate_model(model: Model) -> None:
     """Reject what ``fit`` cannot train, naming what was received."""
     keras = import_keras()
     if not isinstance(model, keras.Model):
@@ -172,7 +176,7 @@ class RunResult:
     backend: str = "tensorflow"
     notes: list[str] = field(default_factory=list)
     #: (model variable values, optimizer variable values) before the first step (``keep_initial_state``)
-    initial_state: Any = None
+    initial_state: tuple[list[np.ndarray], list[np.ndarray]] | None = None
     #: the global random states at the first batch (see :class:`~.readback.RandomStart`)
     random_start: dict[str, Any] | None = None
     #: how the steps map to batches of the data (:func:`.batches.locate` names a step's batch); None under a
@@ -184,11 +188,11 @@ class RunResult:
 _OWNED = {"steps_per_execution": "readback_every (a compile() argument; the plugin chunks by readback_every)"}
 
 
-def fit_parameters(keras: Any) -> set[str]:
+def fit_parameters(keras: ModuleType) -> set[str]:
     return {p for p in inspect.signature(keras.Model.fit).parameters if p != "self"}
 
 
-def check_fit_kwargs(keras: Any, fit_kwargs: dict[str, Any]) -> None:
+def check_fit_kwargs(keras: ModuleType, fit_kwargs: dict[str, Any]) -> None:
     allowed = fit_parameters(keras)
     for name in fit_kwargs:
         if name in _OWNED:
@@ -204,7 +208,7 @@ def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
     return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {short_message(exc)}")
 
 
-def _read_after_failure(rec: Recorder, cb: Any) -> tuple[bool, int, bool]:
+def _read_after_failure(rec: Recorder, cb: Readback) -> tuple[bool, int, bool]:
     """After ``fit`` raised: read back what was recorded; returns whether that could be read (the state may
     be half-updated, or gone: JAX donates its buffers to the step that raised), the step it failed in (the
     steps recorded so far) and whether that step's input batch held NaN/Inf (the train_step wrapper flags
@@ -249,7 +253,7 @@ def _framework_roots() -> tuple[str, ...]:
     return tuple(os.path.normcase(r) + os.sep for r in roots)
 
 
-def raised_where(exc: BaseException, callbacks: list[Any], model: Any) -> str | None:
+def raised_where(exc: BaseException, callbacks: list[Callback], model: Model) -> str | None:
     """Where the user's own code raised ``exc`` inside ``fit`` (a callback's hook, the model's code), or None
     when it came from the frameworks (a shape Keras rejects, a NaN a kernel refuses).
 
@@ -283,17 +287,17 @@ def _is_keras_input_error(exc: BaseException) -> bool:
 
 
 def train(
-    model: Any,
-    x: Any,
-    y: Any = None,
+    model: Model,
+    x: Data,
+    y: Data = None,
     *,
     fit_kwargs: dict[str, Any] | None = None,
     steps: int,
     seed: int,
-    spec: Any,
+    spec: RunSpec,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
-    fix_at: tuple[int, Callable[[Any], None]] | None = None,
+    fix_at: tuple[int, Callable[[Model], None]] | None = None,
     stop_after: int | None = None,
     keep_initial_state: bool = False,
     random_start: dict[str, Any] | None = None,
@@ -409,7 +413,9 @@ def train(
     )
 
 
-def _chunking(backend: str, model: Any, spec: Any, setup: FitSetup, *, validates: bool, distributed: bool) -> Chunking:
+def _chunking(
+    backend: str, model: Model, spec: RunSpec, setup: FitSetup, *, validates: bool, distributed: bool
+) -> Chunking:
     """The steps per call of ``fit``'s train function and between read-backs (:func:`.plan.chunking`).
 
     Raises:
@@ -435,7 +441,7 @@ def _chunking(backend: str, model: Any, spec: Any, setup: FitSetup, *, validates
 
 
 def _recorders(
-    backend: str, model: Any, spec: Any, setup: FitSetup, *, chunk: int, distributed: bool
+    backend: str, model: Model, spec: RunSpec, setup: FitSetup, *, chunk: int, distributed: bool
 ) -> list[Recorder]:
     """One recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
 
@@ -459,8 +465,8 @@ def _recorders(
 
 
 def _batch_plan(
-    backend: str, x: Any, setup: FitSetup, *, seed: int, distributed: bool
-) -> tuple[BatchPlan | None, list[Any]]:
+    backend: str, x: Data, setup: FitSetup, *, seed: int, distributed: bool
+) -> tuple[BatchPlan | None, list[Callback]]:
     """How the steps map to batches of the data (None under a distribution strategy), and the callbacks that
     plan needs after the read-back's (the epochs' shuffling states)."""
     if distributed:
@@ -492,21 +498,21 @@ class Instruments:
     readback: Readback
     start: RandomStart
     #: callbacks after the read-back's (:class:`.batches.EpochStates`)
-    tail: list[Any]
+    tail: list[Callback]
     validation: ValidationProbe
     curvature: CurvatureAtReadbacks | None
 
 
 def _run_fit(
-    keras: Any,
-    model: Any,
-    x_fit: Any,
-    y_fit: Any,
+    keras: ModuleType,
+    model: Model,
+    x_fit: Data,
+    y_fit: Data,
     setup: FitSetup,
     parts: Instruments,
     spe: int,
     device: str | None,
-    spec: Any,
+    spec: RunSpec,
     keep_initial_state: bool,
     on_raise: Callable[[BaseException, str], None] | None,
     notes: list[str],
@@ -571,7 +577,7 @@ def _run_fit(
 
 def _ended_by(
     exc: Exception,
-    model: Any,
+    model: Model,
     rec: Recorder,
     cb: Readback,
     setup: FitSetup,
@@ -749,8 +755,8 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
 
 
 def _curvature_meter(
-    keras: Any, model: Any, spec: Any, setup: FitSetup, x: Any, y: Any, *, seed: int, distributed: bool
-) -> tuple[Any, str]:
+    keras: ModuleType, model: Model, spec: RunSpec, setup: FitSetup, x: Data, y: Data, *, seed: int, distributed: bool
+) -> tuple[Meter | None, str]:
     """``(meter, "")`` for a run with ``spec.curvature`` (see :mod:`.curvature`); ``(None, why)`` when it cannot
     be measured; ``(None, "")`` without ``spec.curvature``."""
     kind, fit_kwargs, batch_size, steps = setup.kind, setup.fit_kwargs, setup.batch_size, setup.run_steps
@@ -784,7 +790,7 @@ def _readback(
     recs: list[Recorder],
     setup: FitSetup,
     grouping: Chunking,
-    spec: Any,
+    spec: RunSpec,
     validation: ValidationProbe,
     curvature: CurvatureAtReadbacks | None,
     fix: FixAt | None,
@@ -820,7 +826,7 @@ def _readback(
     return cb
 
 
-def _note_single_batches(callbacks: list[Any], grouping: Chunking, notes: list[str]) -> None:
+def _note_single_batches(callbacks: list[Callback], grouping: Chunking, notes: list[str]) -> None:
     """A callback of the user's that sees single batches keeps fit at the model's own steps_per_execution: say so."""
     observers = batch_observers(callbacks)
     if observers and grouping.spe < grouping.chunk:
@@ -860,7 +866,7 @@ def _trace(
     )
 
 
-def _check_steps_ran(model: Any, setup: FitSetup, cb: Readback, done: int, notes: list[str]) -> None:
+def _check_steps_ran(model: Model, setup: FitSetup, cb: Readback, done: int, notes: list[str]) -> None:
     """After ``fit``: a run that ran fewer steps than planned, and not for a non-finite step, is judged on the
     steps it ran, with a note (a callback stopped it, the user's ``epochs`` ended it), or is a usage error (a
     generator ran out, no optimizer applied, no batch).
@@ -937,7 +943,7 @@ def _optimizer_facts(info: dict[str, Any], recs: list[Recorder], recorded: Recor
         info["optimizer_name"] = recs[recorded.reference].name
 
 
-def _replica_facts(trace: Trace, model: Any, replicas: list[np.ndarray], done: int) -> None:
+def _replica_facts(trace: Trace, model: Model, replicas: list[np.ndarray], done: int) -> None:
     """Under a distribution strategy: each replica's own gradient norm per step (before the all-reduce), and
     how far the replicas' weights drifted apart."""
     if replicas:
@@ -950,7 +956,7 @@ def _replica_facts(trace: Trace, model: Any, replicas: list[np.ndarray], done: i
     trace.info["replica_weight_drift"] = _replica_weight_drift(model)
 
 
-def _curvature_facts(trace: Trace, meter: Any, no_meter: str) -> None:
+def _curvature_facts(trace: Trace, meter: Meter | None, no_meter: str) -> None:
     """The curvature's summary in ``trace.info["curvature"]``, or why it could not be measured."""
     if meter is not None:
         trace.info["curvature"] = meter.summary(trace.lr)
@@ -962,7 +968,9 @@ def _curvature_facts(trace: Trace, meter: Any, no_meter: str) -> None:
         )
 
 
-def _first_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, x: Any, setup: FitSetup) -> None:
+def _first_nonfinite(
+    keras: ModuleType, model: Model, recs: list[Recorder], trace: Trace, x: Data, setup: FitSetup
+) -> None:
     """Where the first non-finite step went non-finite (``trace.first_nonfinite``); where the batches were not
     checked in the step, that step's batch read again from the pipeline (an INPUT flag when it holds NaN/Inf)."""
     nonfinite = trace.nonfinite
@@ -987,7 +995,7 @@ def _first_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace,
 class CurvatureAtReadbacks:
     """The curvature meter (see :mod:`.curvature`) run at the read-backs where a measurement is due."""
 
-    def __init__(self, meter: Any, model: Any, rec: Recorder) -> None:
+    def __init__(self, meter: Meter, model: Model, rec: Recorder) -> None:
         self.meter, self.model, self.rec = meter, model, rec
 
     def __call__(self, done: int) -> None:
@@ -1011,7 +1019,7 @@ class FixAt:
     """The what-if replay's change of the optimizer (``train(fix_at=(step, apply))``): ``apply(model)`` at the
     last read-back at or before ``step`` (before the first step when none is), then the step compiled again."""
 
-    def __init__(self, step: int, apply: Callable[[Any], None], *, chunk: int, model: Any, rec: Recorder) -> None:
+    def __init__(self, step: int, apply: Callable[[Model], None], *, chunk: int, model: Model, rec: Recorder) -> None:
         self.step, self.apply, self.chunk, self.model, self.rec = step, apply, chunk, model, rec
         #: the steps done when the change was applied, None until it is
         self.applied_at: int | None = None
@@ -1029,7 +1037,7 @@ class FixAt:
                 self.model.make_train_function(force=True)
 
 
-def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any = True) -> bool | None:
+def _reread_batch_finite(keras: ModuleType, kind: str, x: Data, step: int, shuffled: bool | str = True) -> bool | None:
     """Whether the batch trained at ``step`` was finite, read again from a re-readable pipeline after training:
     the fallback where the batches are not checked in the step (under a distribution strategy).  None when it
     cannot be read again (a generator, a loader, a PyDataset that ``fit`` shuffled) or the data are arrays
@@ -1050,7 +1058,7 @@ def _reread_batch_finite(keras: Any, kind: str, x: Any, step: int, shuffled: Any
     return all(np.all(np.isfinite(a)) for a in leaves if a.dtype.kind in "fc")
 
 
-def _replica_weight_drift(model: Any) -> dict[str, Any] | None:
+def _replica_weight_drift(model: Model) -> dict[str, Any] | None:
     """How far the replicas' copies of the trainable weights differ after training (a mirrored variable's
     copies must stay equal): the largest difference relative to the variable's largest value, and where."""
     from .keras_internals import tf_variable
@@ -1076,13 +1084,13 @@ class _NullScope:
         return None
 
 
-def _device_scope(keras: Any, device: str | None) -> Any:
+def _device_scope(keras: ModuleType, device: str | None) -> Any:
     if device is None:
         return _NullScope()
     return keras.device(device)
 
 
-def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
+def _final_metrics(keras: ModuleType, model: Model) -> dict[str, float]:
     out: dict[str, float] = {}
     for m in model.metrics:
         try:
@@ -1096,7 +1104,7 @@ def _final_metrics(keras: Any, model: Any) -> dict[str, float]:
     return out
 
 
-def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace, step: int) -> dict[str, Any]:
+def _locate_nonfinite(keras: ModuleType, model: Model, recs: list[Recorder], trace: Trace, step: int) -> dict[str, Any]:
     """Name the first quantity / variable that went non-finite at ``step`` (the model is in that step's state)."""
     assert trace.nonfinite is not None  # Trace derives it when not given
     flags = int(trace.nonfinite[step])
@@ -1128,7 +1136,7 @@ def _locate_nonfinite(keras: Any, model: Any, recs: list[Recorder], trace: Trace
     return out
 
 
-def _compute_dtypes(model: Any) -> dict[str, int]:
+def _compute_dtypes(model: Model) -> dict[str, int]:
     """How many of the model's layers that hold weights computed in each dtype."""
     out: dict[str, int] = {}
     for layer in model._flatten_layers(include_self=False):
@@ -1145,7 +1153,7 @@ def _opt_stats(rec: Recorder, rows: np.ndarray) -> dict[str, np.ndarray]:
     return rec.layout.extra_columns(rows)
 
 
-def optimizer_config(inner: Any) -> dict[str, Any]:
+def optimizer_config(inner: Optimizer) -> dict[str, Any]:
     """The settings of an optimizer that diagnosis reads, builtins only."""
     try:
         with warnings.catch_warnings():
@@ -1178,7 +1186,7 @@ def optimizer_config(inner: Any) -> dict[str, Any]:
 
 
 def model_info(
-    keras: Any, model: Any, rec: Recorder, *, backend: str, spe: int, kind: str, distributed: bool
+    keras: ModuleType, model: Model, rec: Recorder, *, backend: str, spe: int, kind: str, distributed: bool
 ) -> dict[str, Any]:
     """Builtins-only facts about the model and optimizer, for diagnosis and reports."""
     inner = rec.inner

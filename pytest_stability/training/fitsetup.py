@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import StabilityUsageError
+from ..framework_types import Callback, Data, Model, Tensor
 from .plan import epochs_for
 
+if TYPE_CHECKING:
+    from ..options import RunSpec
 
-def _leaves(obj: Any) -> list[Any]:
+
+def _leaves(obj: Data) -> list[Tensor]:
     if obj is None:
         return []
     if isinstance(obj, dict):
@@ -32,14 +38,14 @@ def _leaves(obj: Any) -> list[Any]:
     return [obj]
 
 
-def _is_arrays(obj: Any) -> bool:
+def _is_arrays(obj: Data) -> bool:
     leaves = _leaves(obj)
     return bool(leaves) and all(
         hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not hasattr(leaf, "element_spec") for leaf in leaves
     )
 
 
-def data_kind(keras: Any, x: Any) -> str:
+def data_kind(keras: ModuleType, x: Data) -> str:
     if x is None:
         return "none"
     if _is_arrays(x):
@@ -58,7 +64,7 @@ def data_kind(keras: Any, x: Any) -> str:
     return type(x).__name__
 
 
-def check_finite(name: str, obj: Any) -> None:
+def check_finite(name: str, obj: Data) -> None:
     """Reject NaN/Inf already in the data (it would be reported as the model's instability)."""
     leaves = _leaves(obj)
     for i, leaf in enumerate(leaves):
@@ -75,14 +81,14 @@ def check_finite(name: str, obj: Any) -> None:
             )
 
 
-def _n_samples(obj: Any) -> int | None:
+def _n_samples(obj: Data) -> int | None:
     leaves = _leaves(obj)
     if not leaves:
         return None
     return int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else None
 
 
-def _train_samples(x: Any, fit_kwargs: dict[str, Any]) -> int | None:
+def _train_samples(x: Data, fit_kwargs: dict[str, Any]) -> int | None:
     """The samples ``fit`` trains on from array inputs: those before a ``validation_split`` (Keras splits
     off the last ones, unshuffled)."""
     n = _n_samples(x)
@@ -90,7 +96,7 @@ def _train_samples(x: Any, fit_kwargs: dict[str, Any]) -> int | None:
     return int(math.floor(n * (1.0 - split))) if n and split else n
 
 
-def epoch_length(keras: Any, kind: str, x: Any, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
+def epoch_length(keras: ModuleType, kind: str, x: Data, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
     """Optimizer steps in one pass over the training data, when knowable without reading it."""
     if fit_kwargs.get("steps_per_epoch") is not None:
         return int(fit_kwargs["steps_per_epoch"])
@@ -118,8 +124,8 @@ _KIND_NAMES = {
 }
 
 
-def _same_lengths(x: Any, y: Any, sample_weight: Any) -> None:
-    def describe(obj: Any) -> str:
+def _same_lengths(x: Data, y: Data, sample_weight: Data) -> None:
+    def describe(obj: Data) -> str:
         shapes = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
         return str(shapes[0]) if len(shapes) == 1 else str(shapes)
 
@@ -160,7 +166,7 @@ BATCH_HOOKS = (
 )
 
 
-def _overriders(callbacks: list[Any], hooks: tuple[str, ...]) -> list[str]:
+def _overriders(callbacks: list[Callback], hooks: tuple[str, ...]) -> list[str]:
     """``Class.hook`` of each callback that overrides one of ``hooks`` (Keras marks the hooks a callback leaves
     as they are with ``_is_default``)."""
     found = []
@@ -173,7 +179,7 @@ def _overriders(callbacks: list[Any], hooks: tuple[str, ...]) -> list[str]:
     return found
 
 
-def batch_observers(callbacks: list[Any]) -> list[str]:
+def batch_observers(callbacks: list[Callback]) -> list[str]:
     """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook).
 
     Keras calls the batch hooks once per call of the train function, so with ``steps_per_execution > 1`` such
@@ -182,7 +188,7 @@ def batch_observers(callbacks: list[Any]) -> list[str]:
     an integer ``save_freq``.
     """
 
-    def counts_batches(callback: Any) -> bool:
+    def counts_batches(callback: Callback) -> bool:
         cls = type(callback)
         return not (
             cls.__module__.startswith("keras.")
@@ -202,20 +208,20 @@ SHORT_EPOCH = 16
 EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end")
 
 
-def epoch_observers(callbacks: list[Any]) -> list[str]:
+def epoch_observers(callbacks: list[Callback]) -> list[str]:
     """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
     return _overriders(callbacks, EPOCH_HOOKS)
 
 
-def _draws_randomness(model: Any) -> bool:
+def _draws_randomness(model: Model) -> bool:
     """Whether a layer of the model draws random numbers (Dropout, noise, augmentation: each holds a seed
     generator)."""
     return any(getattr(layer, "_seed_generators", None) for layer in model._flatten_layers(include_self=True))
 
 
 def one_long_epoch(
-    keras: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], *, steps: int
-) -> tuple[Any, Any, dict[str, Any]]:
+    keras: ModuleType, x: Data, y: Data, fit_kwargs: dict[str, Any], *, steps: int
+) -> tuple[Data, None, dict[str, Any]]:
     """A full batch (the whole data set, one step an epoch) presented as one epoch of ``steps`` steps: the same
     batch every step.  TensorFlow: a ``tf.data`` pipeline; JAX and PyTorch: a generator.  Returns
     ``(x, y, fit_kwargs)`` for ``fit``; ``fit_kwargs["_epochs_of"]`` says how many epochs it replaces (popped
@@ -229,10 +235,10 @@ def one_long_epoch(
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        source: Any = tf.data.Dataset.from_tensors(data).repeat()
+        source: Data = tf.data.Dataset.from_tensors(data).repeat()
     else:
 
-        def batches() -> Any:
+        def batches() -> Iterator[tuple[Data, ...]]:
             while True:
                 yield data
 
@@ -243,7 +249,7 @@ def one_long_epoch(
     return source, None, kwargs
 
 
-def _under_strategy(keras: Any, model: Any) -> bool:
+def _under_strategy(keras: ModuleType, model: Model) -> bool:
     if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
@@ -282,17 +288,17 @@ class FitSetup:
     user_steps_per_epoch: int
     user_kwargs: frozenset[str]
     fit_kwargs: dict[str, Any]
-    callbacks: list[Any]
+    callbacks: list[Callback]
     full_batch: bool = False
 
 
 def prepare_fit(
-    keras: Any,
-    x: Any,
-    y: Any,
+    keras: ModuleType,
+    x: Data,
+    y: Data,
     fit_kwargs: dict[str, Any],
     *,
-    spec: Any,
+    spec: RunSpec,
     steps: int,
     stop_after: int | None,
     batch_size: int | None,
@@ -358,8 +364,8 @@ def prepare_fit(
 
 
 def full_batch_as_one_epoch(
-    keras: Any, model: Any, x: Any, y: Any, setup: FitSetup, notes: list[str]
-) -> tuple[Any, Any, FitSetup]:
+    keras: ModuleType, model: Model, x: Data, y: Data, setup: FitSetup, notes: list[str]
+) -> tuple[Data, Data, FitSetup]:
     """The data ``fit`` trains on, ``(x, y, setup)``: a full-batch run whose epochs nothing of the user's
     observes as one long epoch of the same batch (:func:`one_long_epoch`), else the data as given; a note in
     ``notes`` when the epochs are short either way.

@@ -20,10 +20,13 @@ under TensorFlow, JAX and PyTorch alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 from keras import ops
+
+from ..framework_types import Optimizer, Tensor, Variable
 
 
 class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras is untyped
@@ -44,7 +47,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
 
     def __init__(
         self,
-        inner_optimizer: Any,
+        inner_optimizer: Optimizer,
         window: int = 128,
         sigmas: float = 6.0,
         min_history: int | None = None,
@@ -64,7 +67,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         self.sigmas = float(sigmas)
         self.min_history = int(min_history) if min_history is not None else self.window // 2
 
-    def build(self, var_list: Any) -> None:
+    def build(self, var_list: Sequence[Variable] | None) -> None:
         self.norms = self.add_variable(
             shape=(self.window,),
             dtype="float32",
@@ -83,16 +86,16 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         super().build(var_list)
 
     @property
-    def variables(self) -> list[Any]:
+    def variables(self) -> list[Variable]:
         return list(self._variables) + list(self.inner_optimizer.variables)
 
     # -- the rule ------------------------------------------------------------------
 
-    def _norm(self, grads: list[Any]) -> Any:
+    def _norm(self, grads: list[Tensor]) -> Tensor:
         squares = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads if g is not None]
         return ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.convert_to_tensor(0.0, "float32")
 
-    def _outlier(self, norm: Any, norms: Any, seen: Any) -> Any:
+    def _outlier(self, norm: Tensor, norms: Tensor, seen: Tensor) -> Tensor:
         """Whether ``norm`` is to be skipped, given the window's norms and how many updates it has seen."""
         n = ops.minimum(seen, float(self.window))
         filled = ops.cast(ops.arange(self.window), "float32") < n
@@ -103,7 +106,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         above = ops.greater(norm, mean + self.sigmas * ops.sqrt(var))
         return ops.logical_or(ops.logical_not(ops.isfinite(norm)), ops.logical_and(judged, above))
 
-    def _remember(self, norm: Any, norms: Any, seen: Any) -> tuple[Any, Any]:
+    def _remember(self, norm: Tensor, norms: Tensor, seen: Tensor) -> tuple[Tensor, Tensor]:
         """The window with ``norm`` in it, whether its update is applied or skipped (as Levanter and OLMo-core keep
         every step's): a lasting change of scale is skipped for a few steps, not for the rest of the run.  A
         non-finite norm is not remembered."""
@@ -114,7 +117,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
 
     # -- TensorFlow and PyTorch -------------------------------------------------------
 
-    def apply(self, grads: Any, trainable_variables: Any = None) -> None:
+    def apply(self, grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> None:
         grads = list(grads)
         if not self.built:
             with keras.name_scope(self.name, caller=self):
@@ -124,11 +127,11 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         skip = self._outlier(norm, self.norms.value, self.seen.value)
         norms, seen = self._remember(norm, self.norms.value, self.seen.value)
 
-        def applied() -> Any:
+        def applied() -> Tensor:
             self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
             return ops.convert_to_tensor(0, "int32")
 
-        def skipped() -> Any:
+        def skipped() -> Tensor:
             self.skipped.assign(self.skipped.value + 1.0)
             return ops.convert_to_tensor(0, "int32")
 
@@ -138,7 +141,9 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
 
     # -- JAX ------------------------------------------------------------------------------
 
-    def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
+    def stateless_apply(
+        self, optimizer_variables: Sequence[Tensor], grads: Sequence[Tensor], trainable_variables: Sequence[Tensor]
+    ) -> Any:
         own = list(optimizer_variables)[: len(self._variables)]
         inner = list(optimizer_variables)[len(self._variables) :]
         index = {id(v): i for i, v in enumerate(self._variables)}
@@ -149,11 +154,11 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         remembered = list(own)
         remembered[index[id(self.norms)]], remembered[index[id(self.seen)]] = new_norms, new_seen
 
-        def applied() -> Any:
+        def applied() -> tuple[list[Tensor], list[Tensor]]:
             new_trainable, new_inner = self.inner_optimizer.stateless_apply(inner, grads, trainable_variables)
             return list(new_trainable), remembered + list(new_inner)
 
-        def skipped_step() -> Any:
+        def skipped_step() -> tuple[list[Tensor], list[Tensor]]:
             new_own = list(remembered)
             new_own[index[id(self.skipped)]] = skipped + 1.0
             return list(trainable_variables), new_own + list(inner)
@@ -171,10 +176,10 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         self.inner_optimizer.learning_rate = learning_rate
 
     @property
-    def iterations(self) -> Any:
+    def iterations(self) -> Variable:
         return self.inner_optimizer.iterations
 
-    def finalize_variable_values(self, var_list: Any) -> None:
+    def finalize_variable_values(self, var_list: list[Variable]) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)
 
     def get_config(self) -> dict[str, Any]:
@@ -187,7 +192,7 @@ class SkipStepGuard(keras.optimizers.Optimizer):  # type: ignore[misc]  # Keras 
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: Any = None) -> SkipStepGuard:
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> SkipStepGuard:
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

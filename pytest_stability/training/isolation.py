@@ -20,9 +20,12 @@ import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from ..framework_types import Model
 
 #: Keras' process-wide attributes (``keras.src.backend.common.global_state``) that seeding and name restarts set
 _KERAS_GLOBALS = ("global_random_seed", "global_seed_generator", "object_name_uids")
@@ -35,11 +38,11 @@ class ProcessState:
     rng: dict[str, Any]
     keras_globals: dict[str, Any]
     dtype_policy: Any
-    tf_seed: Any = None
+    tf_seed: int | None = None
     tf_determinism: bool | None = None
 
     @classmethod
-    def take(cls, keras: Any) -> ProcessState:
+    def take(cls, keras: ModuleType) -> ProcessState:
         from .keras_internals import load
 
         global_state = load("global_state")
@@ -59,7 +62,7 @@ class ProcessState:
             state.tf_determinism = bool(tf_config.is_op_determinism_enabled())
         return state
 
-    def restore(self, keras: Any) -> None:
+    def restore(self, keras: ModuleType) -> None:
         from .keras_internals import load
 
         global_state = load("global_state")
@@ -77,14 +80,14 @@ class ProcessState:
             _set_determinism(tf_config, self.tf_determinism)
 
 
-def _tensorflow() -> Any:
+def _tensorflow() -> ModuleType | None:
     """TensorFlow when this process imported it already (Keras seeds it whatever the backend), else None."""
     import sys
 
     return sys.modules.get("tensorflow")
 
 
-def _set_determinism(tf_config: Any, on: bool) -> None:
+def _set_determinism(tf_config: ModuleType, on: bool) -> None:
     if on:
         tf_config.enable_op_determinism()
     else:
@@ -92,7 +95,7 @@ def _set_determinism(tf_config: Any, on: bool) -> None:
 
 
 @contextlib.contextmanager
-def op_determinism(keras: Any, model: Any, wanted: bool) -> Iterator[str | None]:
+def op_determinism(keras: ModuleType, model: Model, wanted: bool) -> Iterator[str | None]:
     """TensorFlow's op determinism, on for one ``fit`` when ``wanted``; yields a note when it cannot be.
 
     TensorFlow runs an XLA-compiled step (``jit_compile=True``) without op determinism, and Keras turns XLA
@@ -132,7 +135,7 @@ class _OwnRetracingFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_own_retracing(keras: Any) -> Iterator[None]:
+def quiet_own_retracing(keras: ModuleType) -> Iterator[None]:
     """The retracing filter on TensorFlow's logger, for one ``fit``."""
     if keras.backend.backend() != "tensorflow":
         yield

@@ -10,7 +10,10 @@ installs, so a Keras release that moves one fails there, with its name, rather t
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
+
+from ..framework_types import Variable
 
 #: name -> (module, attribute) of everything imported from ``keras.src``, and what for
 IMPORTS: dict[str, tuple[str, str, str]] = {
@@ -67,7 +70,7 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def tf_variable(variable: Any) -> Any:
+def tf_variable(variable: Variable) -> Any:
     """The ``tf.Variable`` behind a Keras variable (Keras' TensorFlow ``Variable`` keeps it in ``_value``): a
     distribution strategy's per-replica copies are read from it."""
     return getattr(variable, "_value", variable)
@@ -79,7 +82,7 @@ def load(name: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def missing(keras: Any) -> list[str]:
+def missing(keras: ModuleType) -> list[str]:
     """Every internal of :data:`IMPORTS` and :data:`ATTRIBUTES` the installed Keras lacks on the current
     backend (``JAXTrainer`` on JAX only), checked on a small compiled model trained for one step."""
     import numpy as np

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..framework_types import Data, Model
 from ..trace import Trace
 from . import engine
 from .state import restore_state, take_state
@@ -66,11 +67,11 @@ def _tail_plus(trace: Trace, probe: Trace, window: int) -> tuple[Trace, int]:
 
 
 def lr_margin(
-    model: Any,
+    model: Model,
     result: RunResult,
     *,
-    x: Any,
-    y: Any,
+    x: Data,
+    y: Data,
     fit_kwargs: dict[str, Any],
     spec: RunSpec,
     thresholds: Thresholds,

@@ -16,14 +16,20 @@ Imports Keras: reached only from :func:`~pytest_stability.training.engine.train`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
+from ..framework_types import Callback, Data, Model
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
 from . import isolation
 from .recorders import ChunkRows, Recorder, host_flags
 from .state import take_state
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .curves import Curves
 
 #: the bits that stop a run (a non-finite loss, gradients, weights, optimizer state, or input batch)
 STOP_BITS = LOSS | GRADS | WEIGHTS | OPTIMIZER | INPUT
@@ -58,8 +64,8 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         epoch_steps: int | None = None,
         virtual_call: int | None = None,
         keep_initial_state: bool = False,
-        callbacks: list[Any] | None = None,
-        curves: Any = None,
+        callbacks: list[Callback] | None = None,
+        curves: Curves | None = None,
         data_ends_epochs: bool = True,
     ) -> None:
         super().__init__()
@@ -99,7 +105,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         self.stopping = False
         #: (steps run, "...") when something else (a callback) stopped training early
         self.stopped_by: tuple[int, str] | None = None
-        self.initial_state: Any = None
+        self.initial_state: tuple[list[np.ndarray], list[np.ndarray]] | None = None
         #: steps of the epochs before this one, and of this one so far (from Keras' own batch indices)
         self.steps_before_epoch = 0
         self.in_epoch = 0
@@ -107,7 +113,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
 
     # -- the state before the first step -------------------------------------------
 
-    def on_train_begin(self, logs: Any = None) -> None:
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.want_initial_state:
             self.initial_state = take_state(self.model, self.recs)
         if self.validate is not None:
@@ -118,12 +124,12 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         if self.on_boundary is not None:
             self.on_boundary(0)
 
-    def on_test_begin(self, logs: Any = None) -> None:
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.rec.recording_loss = False
         if self.curves is not None:
             self.curves.recording = False
 
-    def on_test_end(self, logs: Any = None) -> None:
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
         self.rec.recording_loss = True
         if self.curves is not None:
             self.curves.recording = True
@@ -149,7 +155,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
             return
         self.read()
 
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # PyTorch: a call of TensorFlow's or JAX's fit is cut at an epoch's end, so one ends here too
         if self.virtual_call is not None and self.in_epoch % self.virtual_call:
             self._end_of_call()
@@ -161,7 +167,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         """The training steps Keras ran so far (its batch indices; a step that recorded nothing counts)."""
         return self.steps_before_epoch + self.in_epoch
 
-    def on_train_end(self, logs: Any = None) -> None:
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._stopped_by_other(self.keras_steps)
 
     def _stopped_by_other(self, steps: int) -> None:
@@ -248,7 +254,7 @@ class ReadbackAtBatchEnd(Readback):
     (:func:`read_after_each_call`), and no call is cut (each is one step).
     """
 
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # Keras' batch index is the call's nominal last step (its first + steps_per_execution - 1): an
         # epoch's last call may run fewer
         self.in_epoch = int(batch) + 1 if self.epoch_steps is None else min(int(batch) + 1, self.epoch_steps)
@@ -259,11 +265,11 @@ class ReadbackAtBatchEnd(Readback):
             self.after_call()
         self._stopped_by_other(self.keras_steps)
 
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_end(epoch, logs)
         self._stopped_by_other(self.keras_steps)
 
-    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # A call that would run past the planned steps runs only the steps left, and is the last: JAX's fit
         # reads steps_per_execution at each call; TensorFlow compiles it into the call, so there the train
         # function is made again for that call (one more trace, in the last call only)
@@ -281,7 +287,7 @@ class ReadbackAtBatchEnd(Readback):
             self.stop()
 
 
-def _who_stopped(callbacks: list[Any]) -> str:
+def _who_stopped(callbacks: list[Callback]) -> str:
     """What set ``model.stop_training``, as far as the callbacks say (EarlyStopping keeps ``stopped_epoch``)."""
     for callback in callbacks:
         stopped = getattr(callback, "stopped_epoch", 0)
@@ -294,7 +300,7 @@ def readback_class() -> type[Readback]:
     return Readback if keras.backend.backend() == "torch" else ReadbackAtBatchEnd
 
 
-def read_after_each_call(rec: Recorder, model: Any, cb: Readback) -> None:
+def read_after_each_call(rec: Recorder, model: Model, cb: Readback) -> None:
     """PyTorch: ``cb.after_call()`` right after each step, from inside fit's train function, so that the
     read-backs need no per-step batch-end callback (which would make Keras read the logs back to the host
     after every step: a device sync per step on a GPU).  Put back by ``rec.uninstall()``."""
@@ -305,7 +311,7 @@ def read_after_each_call(rec: Recorder, model: Any, cb: Readback) -> None:
         step = model.train_function
         if step is not None and not getattr(step, "_stability_reads", False):
 
-            def train_function(data: Any) -> Any:
+            def train_function(data: Data) -> Any:
                 logs = step(data)
                 cb.after_call()
                 return logs
@@ -334,7 +340,7 @@ class RandomStart(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is u
         self.start = start
         self.kept: dict[str, Any] | None = None
 
-    def on_train_begin(self, logs: Any = None) -> None:
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.start is not None:
             isolation.set_random_state(self.start)
         else:

@@ -6,14 +6,15 @@ Imports the training layer's recorder module (Keras): reached only from a test t
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
-from .recorders import find_optimizers, host_numpy
+from ..framework_types import Model, Variable
+from .recorders import Recorder, find_optimizers, host_numpy
 
 
-def _optimizer_variables(model: Any, recs: Any = ()) -> list[Any]:
+def _optimizer_variables(model: Model, recs: Iterable[Recorder] = ()) -> list[Variable]:
     """The variables of every optimizer the model holds (see :func:`~.recorders.find_optimizers`), without
     the recorders' own."""
     mine: set[int] = set()
@@ -23,7 +24,7 @@ def _optimizer_variables(model: Any, recs: Any = ()) -> list[Any]:
     return [v for _, opt in find_optimizers(model) for v in opt.variables if id(v) not in mine]
 
 
-def take_state(model: Any, recs: Any = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def take_state(model: Model, recs: Iterable[Recorder] = ()) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Host copies of every model variable and of the optimizers' own variables (not the recorders')."""
     return (
         [np.array(host_numpy(v.value)) for v in model.variables],
@@ -31,7 +32,7 @@ def take_state(model: Any, recs: Any = ()) -> tuple[list[np.ndarray], list[np.nd
     )
 
 
-def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+def restore_state(model: Model, state: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
     """Inverse of :func:`take_state`."""
     model_values, opt_values = state
     opt_vars = _optimizer_variables(model)
@@ -46,7 +47,7 @@ def restore_state(model: Any, state: tuple[list[np.ndarray], list[np.ndarray]]) 
         v.assign(value)
 
 
-def sync_variables(model: Any) -> None:
+def sync_variables(model: Model) -> None:
     """Under JAX, ``fit`` holds the state and empties the variables: put the values back (the trainer
     picks them up again before the next step; Keras' way for callbacks that read variables)."""
     sync = getattr(model, "jax_state_sync", None)

@@ -10,23 +10,28 @@ Imports Keras' internals lazily: reached only from :func:`~pytest_stability.trai
 
 from __future__ import annotations
 
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import StabilityUsageError
+from ..framework_types import Data, Layer, Model
 from . import isolation
 from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, short_message
 from .recorders import host_numpy
 from .state import sync_variables
 
+if TYPE_CHECKING:  # the read-back callback subclasses a Keras class
+    from .readback import Readback
+
 
 def _check_validation_fits(
-    keras: Any,
-    model: Any,
+    keras: ModuleType,
+    model: Model,
     exc: BaseException,
-    val_batches: list[Any] | None,
-    training_batch: tuple[Any, Any] | None,
+    val_batches: list[tuple[Data, Data, Data]] | None,
+    training_batch: tuple[Data, Data] | None,
     fit_kwargs: dict[str, Any],
 ) -> None:
     """The validation loss before the first step raised: when the model takes a training batch, the
@@ -40,7 +45,7 @@ def _check_validation_fits(
     vx, vy, _ = val_batches[0]
     source = "validation_data" if fit_kwargs.get("validation_data") is not None else "validation_split"
 
-    def shapes(obj: Any) -> str:
+    def shapes(obj: Data) -> str:
         found = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
         return str(found[0]) if len(found) == 1 else str(found)
 
@@ -52,8 +57,8 @@ def _check_validation_fits(
 
 
 def validation_batches(
-    keras: Any, model: Any, x: Any, y: Any, fit_kwargs: dict[str, Any], batch_size: int
-) -> list[tuple[Any, Any, Any]] | None:
+    keras: ModuleType, model: Model, x: Data, y: Data, fit_kwargs: dict[str, Any], batch_size: int
+) -> list[tuple[Data, Data, Data]] | None:
     """The fixed validation batches (numpy), from ``validation_data`` or ``validation_split``."""
     from .keras_internals import load
 
@@ -112,12 +117,12 @@ def validation_batches(
 EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
 
 
-def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[Any, Any, Any, int]]:
+def eval_batches(keras: ModuleType, batches: list[tuple[Data, Data, Data]]) -> list[tuple[Data, Data, Data, int]]:
     """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
     :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
     with its number of samples."""
 
-    def cat(parts: list[Any]) -> Any:
+    def cat(parts: list[Data]) -> Data:
         if parts[0] is None:
             return None
         return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
@@ -128,7 +133,7 @@ def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[
     size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
     size = max(size, _n_samples(batches[0][0]) or 1)  # never smaller than the batches given
 
-    def part(obj: Any, a: int, b: int) -> Any:
+    def part(obj: Data, a: int, b: int) -> Data:
         if obj is None:
             return None
         return keras.tree.map_structure(lambda v: keras.ops.convert_to_tensor(v[a:b]), obj)
@@ -139,12 +144,12 @@ def eval_batches(keras: Any, batches: list[tuple[Any, Any, Any]]) -> list[tuple[
     ]
 
 
-def _batchnorm_layers(model: Any) -> list[Any]:
+def _batchnorm_layers(model: Model) -> list[Layer]:
     layers = model._flatten_layers(include_self=False)
     return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
 
 
-def _loss_of(keras: Any, model: Any, x: Any, y: Any, w: Any, training: bool) -> float:
+def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, training: bool) -> float:
     """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
     random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
     from .keras_internals import load
@@ -183,10 +188,10 @@ class ValidationProbe:
 
     def __init__(
         self,
-        keras: Any,
-        model: Any,
-        x: Any,
-        y: Any,
+        keras: ModuleType,
+        model: Model,
+        x: Data,
+        y: Data,
         *,
         kind: str,
         fit_kwargs: dict[str, Any],
@@ -202,11 +207,11 @@ class ValidationProbe:
         self.losses: list[float] = []
         self.gaps: list[float] = []
         self.ok = True
-        self.readback: Any = None
+        self.readback: Readback | None = None
         self._bn = bool(_batchnorm_layers(model))
         bs = batch_size
         # the gap's batch: the first validation batch, else (arrays) the first training batch
-        self._gap_batch: tuple[Any, Any, Any] | None = self.batches[0] if self.batches else None
+        self._gap_batch: tuple[Data, Data, Data] | None = self.batches[0] if self.batches else None
         if self._gap_batch is None and self._bn and kind == "arrays":
             yy = None if y is None else keras.tree.map_structure(lambda a: a[:bs], y)
             self._gap_batch = (keras.tree.map_structure(lambda a: a[:bs], x), yy, None)

@@ -29,11 +29,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..framework_types import Data, Model, Optimizer, Tensor
 from ..trace import Trace
 from . import engine
 from .recorders import host_numpy
@@ -81,7 +84,7 @@ def replay_window(failure_step: int, steps_planned: int, window: int) -> int:
     return min(steps_planned, failure_step + AFTER_WINDOWS * max(int(window), 1) + 1)
 
 
-def apply_fix(keras: Any, model: Any, fix: dict[str, Any]) -> None:
+def apply_fix(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
     """Change the model's optimizer *in place* as ``fix`` says (mid-``fit``; the caller recompiles the step).
 
     Raises:
@@ -110,9 +113,9 @@ def apply_fix(keras: Any, model: Any, fix: dict[str, Any]) -> None:
                 inner.clipvalue = None
 
 
-def _scaled_schedule(keras: Any, schedule: Any, factor: float) -> Any:
+def _scaled_schedule(keras: Any, schedule: Callable[[Tensor], Tensor], factor: float) -> Callable[[Tensor], Tensor]:
     class Scaled(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]  # Keras is untyped
-        def __call__(self, step: Any) -> Any:
+        def __call__(self, step: Tensor) -> Tensor:
             return schedule(step) * factor
 
         def get_config(self) -> dict[str, Any]:  # pragma: no cover - never serialised
@@ -121,7 +124,7 @@ def _scaled_schedule(keras: Any, schedule: Any, factor: float) -> Any:
     return Scaled()
 
 
-def _fixable(keras: Any, model: Any, fix: dict[str, Any]) -> None:
+def _fixable(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
     opt = model.optimizer
     inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
     for key in fix:
@@ -132,14 +135,14 @@ def _fixable(keras: Any, model: Any, fix: dict[str, Any]) -> None:
 
 
 def replay(
-    model: Any,
+    model: Model,
     result: engine.RunResult,
     *,
     fix: dict[str, Any],
     failure_step: int,
     window: int,
-    x: Any,
-    y: Any,
+    x: Data,
+    y: Data,
     fit_kwargs: dict[str, Any],
     batch_size: int | None,
     seed: int,
@@ -211,7 +214,7 @@ def replay(
     )
 
 
-def optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:
+def optimizer_settings(keras: ModuleType, model: Model) -> tuple[Optimizer, dict[str, Any]]:
     """The optimizer settings :func:`apply_fix` may change (the learning-rate schedule object included), to put
     back with :func:`restore_optimizer_settings`; variable values (the learning rate) go back with the state."""
     opt = model.optimizer
@@ -220,7 +223,7 @@ def optimizer_settings(keras: Any, model: Any) -> tuple[Any, dict[str, Any]]:
     return inner, {k: getattr(inner, k) for k in keys if hasattr(inner, k)}
 
 
-def restore_optimizer_settings(model: Any, saved: tuple[Any, dict[str, Any]]) -> None:
+def restore_optimizer_settings(model: Model, saved: tuple[Optimizer, dict[str, Any]]) -> None:
     inner, values = saved
     for k, v in values.items():
         object.__setattr__(inner, k, v) if k == "_learning_rate" else setattr(inner, k, v)
@@ -253,7 +256,7 @@ def verdict(rep: Replay, check_results: list[CheckResult]) -> dict[str, Any]:
 
 def attach_whatif(
     results: list[CheckResult],
-    model: Any,
+    model: Model,
     result: engine.RunResult,
     thresholds: Thresholds,
     spec: RunSpec,
@@ -349,13 +352,13 @@ def attach_whatif(
 
 
 def guard_replay(
-    model: Any,
+    model: Model,
     result: engine.RunResult,
     *,
     window: int,
     sigmas: float,
-    x: Any,
-    y: Any,
+    x: Data,
+    y: Data,
     fit_kwargs: dict[str, Any],
     batch_size: int | None,
     seed: int,
@@ -407,7 +410,7 @@ def guard_replay(
 
 
 def guard_verdict(
-    model: Any, result: engine.RunResult, thresholds: Thresholds, spec: RunSpec, **data: Any
+    model: Model, result: engine.RunResult, thresholds: Thresholds, spec: RunSpec, **data: Any
 ) -> dict[str, Any]:
     """Whether the run passes with a skip-step guard, which steps it skipped, and the fix to offer; builtins."""
     from ..checks import run_checks

@@ -90,6 +90,12 @@ def test_the_session_does_not_import_the_layers_above_it():
     assert graph["pytest_stability.record"] == set()
 
 
+def test_the_framework_type_names_are_the_bottom_layer():
+    # framework_types names the framework objects for every layer, the pure checks and the training alike
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    assert graph["pytest_stability.framework_types"] == set()
+
+
 def test_every_module_imports_on_its_own():
     # A fresh interpreter; before each import every pytest_stability module is dropped from sys.modules,
     # so each one is imported first, the way a user's `import pytest_stability.x` would.

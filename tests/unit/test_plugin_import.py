@@ -25,3 +25,10 @@ def test_importing_the_package_and_plugin_imports_no_framework():
     assert "pytest_stability.plugin" in names
     heavy = [n for n in names if n.split(".")[0] in HEAVY]
     assert heavy == []
+
+
+def test_the_framework_type_names_import_no_framework():
+    # the names of the framework objects (Model, Tensor, ...) are imported by modules of every layer
+    names = _imported_modules("import pytest_stability.framework_types")
+    assert "pytest_stability.framework_types" in names
+    assert [n for n in names if n.split(".")[0] in HEAVY] == []

@@ -65,12 +65,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...framework_types import Model
 from .base import BatchNotRun, Recorder
 from .common import find_optimizers, host_numpy, var_name
 from .layout import STOP_BITS, ChunkRows, RowLayout, host_flags
 
 
-def make_recorder(backend: str, model: Any, **kwargs: Any) -> Recorder:
+def make_recorder(backend: str, model: Model, **kwargs: Any) -> Recorder:
     """The recorder of ``backend`` (``keras.backend.backend()``) for one optimizer of ``model``; ``kwargs`` as
     :class:`Recorder` takes them."""
     if backend == "tensorflow":

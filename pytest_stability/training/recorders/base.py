@@ -10,11 +10,12 @@ update (:meth:`Recorder._instrumented`), the loss tracker's (:meth:`Recorder._in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ...framework_types import Metric, Model, Optimizer, Tensor, Variable
 from .common import ABSENT, device_label, float_name, host_numpy, var_name
 from .layout import RowLayout
 
@@ -47,23 +48,23 @@ class Recorder:
     WRAPS_TRAIN_STEP: ClassVar[bool] = False
 
     # Keras variables, or None where the recorder keeps none (the type checker sees Keras as Any)
-    buf: Any
-    lbuf: Any
-    lcount: Any
-    loss_bad: Any
-    input_bad: Any
-    rate: Any
+    buf: Variable
+    lbuf: Variable
+    lcount: Variable
+    loss_bad: Variable
+    input_bad: Variable
+    rate: Variable
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         *,
         chunk: int,
         limit: int,
         diagnostics: bool,
         distributed: bool = False,
         check_inputs: bool = False,
-        optimizer: Any = None,
+        optimizer: Optimizer | None = None,
         name: str = "optimizer",
     ) -> None:
         import keras
@@ -88,15 +89,15 @@ class Recorder:
         self.tracker = getattr(model, "_loss_tracker", None) if self.primary else None
         #: Python-side switch: the tracker records only while ``fit`` trains (not in ``evaluate``)
         self.recording_loss = True
-        self._patched: list[tuple[Any, str, Any]] = []
-        self._added: list[tuple[list[Any], Any]] = []
+        self._patched: list[tuple[object, str, object]] = []
+        self._added: list[tuple[list[Variable], Variable]] = []
         self.loss_bad = None
         #: check every input batch for NaN/Inf on the device, in the step (pipelines: arrays are checked
         #: on the host before training); not under a distribution strategy, where each replica sees a shard
         self.check_inputs = bool(check_inputs) and not distributed and self.primary
         self.input_bad = None
         #: TensorFlow under a distribution strategy: each replica's gradient norm of the step (see _build_buffers)
-        self.replica_norm: Any = None
+        self.replica_norm: Variable | None = None
         self.built = False
         #: the columns of the rows :meth:`read` returns (the fixed ones alone until built)
         self.layout = RowLayout()
@@ -125,7 +126,7 @@ class Recorder:
         else:
             original_build = opt.build
 
-            def build(variables: Any, *args: Any, **kwargs: Any) -> Any:
+            def build(variables: list[Variable], *args: Any, **kwargs: Any) -> Any:
                 out = original_build(variables, *args, **kwargs)
                 if not self.built:
                     self._build_buffers(list(opt._trainable_variables))
@@ -165,7 +166,7 @@ class Recorder:
         step too (the instrumented update replaces this one once built)."""
         opt = self.opt
 
-        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+        def apply(grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> Any:
             if not opt.built and trainable_variables is not None and len(grads):
                 with self.keras.name_scope(opt.name, caller=opt):
                     opt.build(list(trainable_variables))
@@ -176,7 +177,7 @@ class Recorder:
 
         return apply
 
-    def patch(self, obj: Any, name: str, fn: Callable[..., Any]) -> None:
+    def patch(self, obj: object, name: str, fn: Callable[..., Any]) -> None:
         """Set ``obj.name`` to ``fn`` on the instance; :meth:`uninstall` puts back what was there."""
         previous = vars(obj).get(name, ABSENT)  # an attribute of the instance itself is put back after
         object.__setattr__(obj, name, fn)
@@ -207,7 +208,7 @@ class Recorder:
 
     # -- the recorder's variables ---------------------------------------------------
 
-    def _variable(self, value: Any, dtype: str, name: str, owner_list: list[Any] | None) -> Any:
+    def _variable(self, value: np.ndarray | int, dtype: str, name: str, owner_list: list[Variable] | None) -> Variable:
         name += self._suffix
         if self.distributed:  # a MirroredVariable that replicas may write: replica 0's value is kept
             with self.model.distribute_strategy.scope():
@@ -220,7 +221,7 @@ class Recorder:
             self._added.append((owner_list, var))
         return var
 
-    def _build_buffers(self, tvars: list[Any]) -> None:
+    def _build_buffers(self, tvars: list[Variable]) -> None:
         velocities = None
         if self.diagnostics and hasattr(self.inner, "_velocities") and self.inner._velocities:
             velocities = list(self.inner._velocities)
@@ -242,7 +243,7 @@ class Recorder:
         """The buffers the instrumented update writes (:attr:`layout` is set)."""
         raise NotImplementedError
 
-    def _instrument_apply(self, tvars: list[Any]) -> None:
+    def _instrument_apply(self, tvars: list[Variable]) -> None:
         """Once the buffers are built: the optimizer's :attr:`APPLY` replaced by the instrumented one."""
         self._apply = self._instrumented(self._apply_original)
         self.patch(self.opt, self.APPLY, self._apply)
@@ -277,7 +278,7 @@ class Recorder:
             return
         self._instrument_tracker(self.tracker)
 
-    def _instrument_tracker(self, tracker: Any) -> None:
+    def _instrument_tracker(self, tracker: Metric) -> None:
         """The loss tracker's ``update_state`` replaced by one that records each step's raw loss."""
         raise NotImplementedError
 

@@ -3,22 +3,24 @@ variable, copying a tensor to the host, patching an attribute so that it can be 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
+
+from ...framework_types import Model, Optimizer, Tensor, Variable
 
 #: marks an attribute that was not on the instance before it was patched (see :meth:`.Recorder.patch`)
 ABSENT = object()
 
 
-def float_name(v: Any) -> bool:
+def float_name(v: Tensor) -> bool:
     """Whether ``v``'s dtype is a floating-point one."""
     dtype = getattr(v, "dtype", None)
     name = getattr(dtype, "name", dtype)
     return isinstance(name, str) and ("float" in name or name == "bfloat16")
 
 
-def find_optimizers(model: Any) -> list[tuple[str, Any]]:
+def find_optimizers(model: Model) -> list[tuple[str, Optimizer]]:
     """Every Keras optimizer the model holds, named: ``model.optimizer`` first (as ``optimizer``), then each one
     kept as an attribute of the model (a GAN's ``d_optimizer`` and ``g_optimizer``), in attribute order, or in
     a list or dict attribute (``name[0]``, ``name['key']``).  Those are the optimizers a ``train_step`` can
@@ -26,9 +28,9 @@ def find_optimizers(model: Any) -> list[tuple[str, Any]]:
     import keras
 
     base = keras.optimizers.Optimizer
-    found: list[tuple[str, Any]] = []
+    found: list[tuple[str, Optimizer]] = []
 
-    def add(name: str, value: Any) -> None:
+    def add(name: str, value: object) -> None:
         if isinstance(value, base) and all(value is not other for _, other in found):
             found.append((name, value))
 
@@ -46,7 +48,7 @@ def find_optimizers(model: Any) -> list[tuple[str, Any]]:
     return found
 
 
-def host_numpy(x: Any) -> np.ndarray:
+def host_numpy(x: Tensor) -> np.ndarray:
     """``keras.ops.convert_to_numpy`` without a DeprecationWarning per call: numpy 2 passes ``copy`` to
     ``__array__``, which TensorFlow's variables, this PyTorch's tensors and Keras' variables do not take, so
     Keras' ``np.array(x)`` warns (the example project's run printed ~670 of them on TensorFlow, from the
@@ -72,14 +74,14 @@ def host_numpy(x: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-def index_of(variables: Any, var: Any) -> int | None:
+def index_of(variables: Iterable[Variable], var: Variable) -> int | None:
     for i, v in enumerate(variables):
         if v is var:
             return i
     return None
 
 
-def var_name(v: Any) -> str:
+def var_name(v: Variable) -> str:
     """A variable's name as findings show it (``sequential/dense/kernel``)."""
     return str(getattr(v, "path", None) or getattr(v, "name", "variable"))
 

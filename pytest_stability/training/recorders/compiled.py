@@ -4,8 +4,10 @@ rate through which a step that must not count is applied as a no-op."""
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
+from ...framework_types import Data, Model, Tensor, Variable
 from ...trace import GRADS, INPUT, OPTIMIZER, WEIGHTS
 from .base import Recorder
 from .common import float_name
@@ -18,7 +20,7 @@ _RATE_LINEAR = frozenset({"Adam", "AdamW", "Adamax", "Nadam", "Adagrad", "Lion",
 _RATE_LINEAR_WITHOUT_MOMENTUM = frozenset({"SGD", "RMSprop"})
 
 
-def _sum_all(ops: Any, tensors: list[Any]) -> Any:
+def _sum_all(ops: ModuleType, tensors: list[Tensor]) -> Tensor:
     """One sum over every float tensor: non-finite iff an element is (or the sum overflows float32,
     itself a sign of divergence); far cheaper than an elementwise isfinite per tensor."""
     sums = [ops.sum(ops.cast(t, "float32")) for t in tensors if t is not None and float_name(t)]
@@ -31,11 +33,11 @@ class CompiledRecorder(Recorder):
     """A recorder whose statistics are computed on the device, in the step (:meth:`_row`); a backend gives
     the per-variable sums of squares its compiler runs fastest (:meth:`_squared_sums`)."""
 
-    def __init__(self, model: Any, **kwargs: Any) -> None:
+    def __init__(self, model: Model, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.rate = self._rate_variable()
 
-    def _rate_variable(self) -> Any:
+    def _rate_variable(self) -> Variable | None:
         """The learning-rate variable through which a step is made a no-op, or None.
 
         After the planned steps, or after a non-finite step, the rest of a chunk must apply no update.
@@ -61,7 +63,7 @@ class CompiledRecorder(Recorder):
         rate = getattr(inner, "_learning_rate", None)
         return rate if isinstance(rate, self.keras.Variable) else None  # a schedule is not settable
 
-    def _inputs_bad(self, data: Any) -> Any:
+    def _inputs_bad(self, data: Data) -> Tensor | None:
         """Whether the batch holds NaN/Inf, as a device boolean; None if it holds no float tensor."""
         ops = self.ops
         standardize = self.keras.backend.standardize_dtype
@@ -77,8 +79,14 @@ class CompiledRecorder(Recorder):
         return ops.logical_not(ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves])))
 
     def _squared_sums(
-        self, grads: list[Any], index: list[int], before: list[Any], after: list[Any], state_after: list[Any], zero: Any
-    ) -> tuple[list[Any], list[Any], list[Any], list[Any], set[int]]:
+        self,
+        grads: list[Tensor],
+        index: list[int],
+        before: list[Tensor],
+        after: list[Tensor],
+        state_after: list[Tensor],
+        zero: Tensor,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], set[int]]:
         """Per variable (by the optimizer's index): the sums of squares of the gradient, of the update and of
         the weights before it; sums of optimizer state already taken in them, and the indices (into
         ``state_after``) of the state they cover."""
@@ -86,17 +94,17 @@ class CompiledRecorder(Recorder):
 
     def _row(
         self,
-        grads: list[Any],
+        grads: list[Tensor],
         index: list[int],
-        before: list[Any],
-        after: list[Any],
-        state_after: list[Any],
-        lr: Any,
-        scale: Any,
-        velocities: list[Any] | None,
-        velocities_after: list[Any] | None,
-        input_bad: Any = None,
-    ) -> tuple[Any, Any]:
+        before: list[Tensor],
+        after: list[Tensor],
+        state_after: list[Tensor],
+        lr: Tensor,
+        scale: Tensor | None,
+        velocities: list[Tensor] | None,
+        velocities_after: list[Tensor] | None,
+        input_bad: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """One buffer row (see :class:`.RowLayout`) and the device-side stop flag for one step."""
         ops = self.ops
         f32 = "float32"

@@ -4,11 +4,12 @@ loss in the step's row after the step."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ...framework_types import Data, Metric, Model, Tensor, Variable
 from .common import host_numpy, index_of
 from .compiled import CompiledRecorder
 
@@ -22,7 +23,7 @@ N_LOSS_COLS = 2
 BLOCK_MAX_WEIGHTS, BLOCK_MAX_VARIABLES = 1 << 20, 128
 
 
-def _keras_threads_model_optimizer(model: Any) -> bool:
+def _keras_threads_model_optimizer(model: Model) -> bool:
     """Whether ``fit`` threads ``model.optimizer.variables`` as its state's optimizer variables (Keras' own
     ``_get_jax_state``; a model trained by several optimizers overrides it to thread all of theirs)."""
     from ..keras_internals import load
@@ -32,7 +33,7 @@ def _keras_threads_model_optimizer(model: Any) -> bool:
     return getattr(type(model), "_get_jax_state", None) is JAXTrainer._get_jax_state
 
 
-def _jax_row_sums(mats: list[Any]) -> Any:
+def _jax_row_sums(mats: list[Tensor]) -> Tensor:
     """The row sums of each ``(rows, n_k)`` matrix (one per variable), as one ``(rows, len(mats))`` array.
 
     XLA compiles a reduction per variable into a kernel of its own, and on a CPU each has a fixed cost per
@@ -77,14 +78,14 @@ class JaxRecorder(CompiledRecorder):
     LAZY_APPLY = False
     WRAPS_TRAIN_STEP = True
 
-    def __init__(self, model: Any, **kwargs: Any) -> None:
+    def __init__(self, model: Model, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         #: fit threads model.optimizer's variables as the state's optimizer variables, in their order (Keras'
         #: own trainer); a model that threads several optimizers' says how itself (``_get_jax_state``)
         self.standard_state = self.primary and _keras_threads_model_optimizer(model)
         #: while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
         #: losses the loss tracker took (see _train_step_wrapper)
-        self._jax_step: tuple[Any, Any, Any] | None = None
+        self._jax_step: tuple[Tensor, Tensor, Tensor] | None = None
         self._loss_calls = 0
         if self.limit >= 2**24:  # JAX counts in the float32 buffer's header
             from ...errors import StabilityUsageError
@@ -105,7 +106,7 @@ class JaxRecorder(CompiledRecorder):
             self.opt._variables,
         )
 
-    def _instrument_apply(self, tvars: list[Any]) -> None:
+    def _instrument_apply(self, tvars: list[Variable]) -> None:
         # the optimizer state is checked in the variables' own reductions: the slots of a shape (Adam's m and
         # v of each variable) are shared out among the variables of that shape, whichever owns which (the
         # check is of all the state at once); the rest (the step counter, scalars) is summed on its own
@@ -152,14 +153,14 @@ class JaxRecorder(CompiledRecorder):
         self.patch(opt, "save_own_variables", save_own_variables)
         self.patch(opt, "load_own_variables", load_own_variables)
 
-    def _instrument_tracker(self, tracker: Any) -> None:
+    def _instrument_tracker(self, tracker: Metric) -> None:
         # the step's loss, taken into the optimizer's buffer after the step (see _train_step_wrapper)
         self.lbuf = self._variable(np.zeros((1,), np.float32), "float32", "stability_loss", tracker._variables)
         self.lcount = self.loss_bad = None
         original = tracker.update_state
         ops = self.ops
 
-        def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
+        def update_state(values: Tensor, sample_weight: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:  # the step's raw loss: the train_step wrapper files it in the step's row
                 self.lbuf.assign(ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,)))
@@ -172,7 +173,7 @@ class JaxRecorder(CompiledRecorder):
         model = self.model
         ops = self.ops
 
-        def stateless_train_step(state: Any, data: Any) -> Any:
+        def stateless_train_step(state: Any, data: Data) -> Any:
             four = isinstance(state, (tuple, list)) and len(state) == 4 and self.built and self.standard_state
             chunk = self.chunk
             if four and self.check_inputs:
@@ -225,8 +226,14 @@ class JaxRecorder(CompiledRecorder):
         return stateless_train_step
 
     def _squared_sums(
-        self, grads: list[Any], index: list[int], before: list[Any], after: list[Any], state_after: list[Any], zero: Any
-    ) -> tuple[list[Any], list[Any], list[Any], list[Any], set[int]]:
+        self,
+        grads: list[Tensor],
+        index: list[int],
+        before: list[Tensor],
+        after: list[Tensor],
+        state_after: list[Tensor],
+        zero: Tensor,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], set[int]]:
         ops = self.ops
         f32 = "float32"
         g_sq = [zero] * self.n_vars
@@ -272,7 +279,9 @@ class JaxRecorder(CompiledRecorder):
 
         StatelessScope = load("StatelessScope")
 
-        def stateless_apply(optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
+        def stateless_apply(
+            optimizer_variables: Sequence[Tensor], grads: Sequence[Tensor], trainable_variables: Sequence[Tensor]
+        ) -> tuple[list[Tensor], list[Tensor]]:
             ov = list(optimizer_variables)
             tv = list(trainable_variables)
             grads = list(grads)

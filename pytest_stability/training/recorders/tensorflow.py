@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ...framework_types import Data, Metric, Tensor, Variable
 from .common import host_numpy
 from .compiled import CompiledRecorder
 
@@ -36,7 +37,7 @@ class TensorFlowRecorder(CompiledRecorder):
     def _train_step_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         ops = self.ops
 
-        def train_step(data: Any) -> Any:
+        def train_step(data: Data) -> Any:
             bad = self._inputs_bad(data)
             if bad is not None:
                 self.input_bad.assign(ops.cast(bad, "int32"))
@@ -44,7 +45,7 @@ class TensorFlowRecorder(CompiledRecorder):
 
         return train_step
 
-    def _instrument_tracker(self, tracker: Any) -> None:
+    def _instrument_tracker(self, tracker: Metric) -> None:
         self.lbuf = self._variable(np.zeros((self.chunk,), np.float32), "float32", "stability_loss", None)
         self.lcount = self._variable(0, "int32", "stability_loss_count", None)
         # the optimizer reads it, so a non-finite loss stops the next update even when its gradients stay
@@ -54,7 +55,7 @@ class TensorFlowRecorder(CompiledRecorder):
         original = tracker.update_state
         ops = self.ops
 
-        def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
+        def update_state(values: Tensor, sample_weight: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
                 value = ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,))
@@ -69,8 +70,14 @@ class TensorFlowRecorder(CompiledRecorder):
         self.patch(tracker, "update_state", update_state)
 
     def _squared_sums(
-        self, grads: list[Any], index: list[int], before: list[Any], after: list[Any], state_after: list[Any], zero: Any
-    ) -> tuple[list[Any], list[Any], list[Any], list[Any], set[int]]:
+        self,
+        grads: list[Tensor],
+        index: list[int],
+        before: list[Tensor],
+        after: list[Tensor],
+        state_after: list[Tensor],
+        zero: Tensor,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], set[int]]:
         # TensorFlow runs the step's graph op by op: the fewest ops win (measured: stacking the reductions
         # cost +0.1x on a small model's step and its first call); the optimizer state is summed on its own
         ops = self.ops
@@ -92,7 +99,7 @@ class TensorFlowRecorder(CompiledRecorder):
         ops = self.ops
         opt = self.opt
 
-        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+        def apply(grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> None:
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
             index = [opt._get_variable_index(v) for v in tvars]
@@ -107,7 +114,7 @@ class TensorFlowRecorder(CompiledRecorder):
             use_rate = self.rate is not None and not self.distributed
             masked = use_rate or self.distributed
 
-            def run() -> Any:
+            def run() -> Tensor:
                 lr = ops.copy(ops.convert_to_tensor(opt.learning_rate)) if masked else opt.learning_rate
                 # the scale this step's gradients carry, read before the update may change it
                 scale = ops.copy(opt.dynamic_scale.value) if self.is_loss_scaled else None
@@ -153,7 +160,7 @@ class TensorFlowRecorder(CompiledRecorder):
                     self.count.assign(self.count.value + 1)
                 return ops.convert_to_tensor(0, "int32")
 
-            def skip() -> Any:
+            def skip() -> Tensor:
                 return ops.convert_to_tensor(0, "int32")
 
             if masked:

@@ -12,11 +12,12 @@ non-finite one, and it knows how many steps ran, so the planned number of steps 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ...framework_types import Data, Metric, Tensor, Variable
 from ...trace import GRADS, OPTIMIZER, WEIGHTS
 from .base import BatchNotRun, Recorder
 
@@ -38,9 +39,9 @@ class TorchRecorder(Recorder):
         self.t_stop = self.t_g if self.is_loss_scaled else self.t_lr
 
     def _start(self) -> None:
-        self.t_raw: list[Any] = []  # one vector per step that ran, not yet read back
+        self.t_raw: list[Tensor] = []  # one vector per step that ran, not yet read back
         self.t_calls = 0  # steps that ran, since install
-        self.t_losses: list[Any] = []
+        self.t_losses: list[Tensor] = []
         self.t_raw_checked = 0  # t_raw[:this] have been checked by last_step_nonfinite
         self.t_loss_used = 0  # t_losses[:this] are in a raw vector or have been checked
 
@@ -50,7 +51,7 @@ class TorchRecorder(Recorder):
     def _train_step_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import torch
 
-        def torch_inputs_bad(data: Any) -> bool:
+        def torch_inputs_bad(data: Data) -> bool:
             for t in self.keras.tree.flatten(data):
                 try:
                     t = t if torch.is_tensor(t) else torch.as_tensor(np.asarray(t))
@@ -60,7 +61,7 @@ class TorchRecorder(Recorder):
                     return True
             return False
 
-        def torch_train_step(data: Any) -> Any:
+        def torch_train_step(data: Data) -> Any:
             # checked where the batch is (on the host for Keras' own pipelines) before the step runs:
             # a NaN batch on a GPU can make a kernel assert, which no later step or test recovers from
             if torch_inputs_bad(data):
@@ -70,7 +71,7 @@ class TorchRecorder(Recorder):
 
         return torch_train_step
 
-    def _instrument_tracker(self, tracker: Any) -> None:
+    def _instrument_tracker(self, tracker: Metric) -> None:
         # the losses go to a list (see _update_state)
         self.lbuf = self.lcount = self.loss_bad = None
         self.patch(tracker, "update_state", self._update_state(tracker.update_state))
@@ -102,15 +103,15 @@ class TorchRecorder(Recorder):
             for v in [*opt._trainable_variables, *self.state_vars, *(self.velocities or [])]
         )
 
-        def tensors(variables: list[Any]) -> list[Any]:
+        def tensors(variables: list[Variable]) -> list[Tensor]:
             return [v._value for v in variables] if stored else [v.value for v in variables]
 
-        def copies(ts: list[Any]) -> list[Any]:
+        def copies(ts: list[Tensor]) -> list[Tensor]:
             # a multi-tensor op on an accelerator (one launch); on the CPU, where foreach ops loop over the
             # tensors anyway, plain clones cost half as much
             return list(torch._foreach_mul(ts, 1.0)) if device.type != "cpu" else [t.clone() for t in ts]
 
-        def apply(grads: Any, trainable_variables: Any = None) -> Any:
+        def apply(grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> None:
             if self.t_calls >= self.limit:  # the planned steps ran (the host counts them: no device read)
                 return
             grads = list(grads)
@@ -157,7 +158,7 @@ class TorchRecorder(Recorder):
 
         return apply
 
-    def _diag(self, have: list[tuple[Any, int]], vel: list[Any], scale: Any) -> list[Any]:
+    def _diag(self, have: list[tuple[Tensor, int]], vel: list[Tensor], scale: Tensor | None) -> list[Tensor]:
         """Adam's max ``g^2/v`` (with the second moments before the step) and the sum of ``v`` after it."""
         import torch
 
@@ -175,7 +176,7 @@ class TorchRecorder(Recorder):
     def _update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import torch
 
-        def update_state(values: Any, sample_weight: Any = None, *args: Any, **kwargs: Any) -> Any:
+        def update_state(values: Tensor, sample_weight: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
                 with torch.no_grad():
@@ -192,7 +193,7 @@ class TorchRecorder(Recorder):
         statistics, metrics) with no update."""
         return self.built and self.t_calls >= self.limit
 
-    def _pending_loss(self, zero: Any) -> Any:
+    def _pending_loss(self, zero: Tensor) -> Tensor:
         """The loss the tracker saw since the last step (Keras' trainers update it before the optimizer's
         apply), for the step's raw vector, so that last_step_nonfinite reads it in the same copy; 0 if none."""
         import torch
