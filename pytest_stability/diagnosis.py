@@ -291,7 +291,7 @@ def round2(x: float) -> float:
     return float(f"{x:.2g}") if math.isfinite(x) else math.nan
 
 
-def _g(x: Any) -> str:
+def _g(x: float | bool | None) -> str:
     if isinstance(x, bool):
         return str(x)
     if x is None or not math.isfinite(float(x)):
@@ -399,11 +399,11 @@ class Quotes:
         """An optimizer setting as ``trace.info["optimizer_config"]`` records it."""
         return self._put(name, value, kind="setting", key=key)
 
-    def fact(self, name: str, key: str, value: Any, percent: bool = False) -> Any:
+    def fact(self, name: str, key: str, value: _V, percent: bool = False) -> _V:
         """A fact from ``trace.info`` (``dtype_policy``, ``batchnorm_layers``...); ``percent``: shown as one."""
         return self._put(name, value, kind="fact", key=key, **({"format": "percent"} if percent else {}))
 
-    def const(self, name: str, value: Any) -> Any:
+    def const(self, name: str, value: _V) -> _V:
         """A constant of the rule (a threshold, a suggested setting): not a measurement."""
         return self._put(name, value, kind="const")
 
@@ -600,7 +600,7 @@ def _median(a: np.ndarray | None) -> float:
     return float(np.median(a)) if a.size else math.nan
 
 
-def _ok(x: Any, limit: float) -> bool:
+def _ok(x: object, limit: float) -> bool:
     return isinstance(x, (float, int)) and not isinstance(x, bool) and math.isfinite(x) and x >= limit
 
 
@@ -609,7 +609,7 @@ def _optimizer(trace: Trace) -> tuple[str, dict[str, Any]]:
     return str(info.get("optimizer") or ""), dict(info.get("optimizer_config") or {})
 
 
-def _number(x: Any) -> float:
+def _number(x: object) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 

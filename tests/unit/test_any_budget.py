@@ -15,7 +15,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "pytest_stability"
 
 #: the counts this package has now; lower one when an annotation gets its type, never raise it
-CEILING = {".": 64, "checks": 2, "integrations": 5, "report": 18, "training": 53}
+CEILING = {".": 57, "checks": 2, "integrations": 5, "report": 18, "training": 53}
 
 JSON_LIKE = {"dict", "Mapping", "MutableMapping"}
 
