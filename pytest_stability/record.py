@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 STABLE, UNSTABLE, ERROR, SKIPPED = "stable", "unstable", "error", "skipped"
 VERDICTS = (STABLE, UNSTABLE, ERROR, SKIPPED)
@@ -384,9 +384,17 @@ class BaselineComparison:
         )
 
 
-def _primary(runs: Sequence[RunRecord]) -> RunRecord | None:
+class _Judged(Protocol):
+    @property
+    def verdict(self) -> str: ...
+
+
+_Run = TypeVar("_Run", bound=_Judged)
+
+
+def primary_run(runs: Sequence[_Run]) -> _Run | None:
     """The run a report shows for several (one per seed): the first that is not stable, else the first; None
-    for none.  The one rule every report uses."""
+    for none.  The one rule every report uses, on records and on the live report alike."""
     return next((r for r in runs if r.verdict != STABLE), runs[0] if runs else None)
 
 
@@ -406,7 +414,7 @@ class CallRecord:
     @property
     def primary(self) -> RunRecord:
         """The run the terminal row and GitHub show for this call: the first unstable run, else the first."""
-        run = _primary(self.runs)
+        run = primary_run(self.runs)
         if run is None:
             raise IndexError("a train() call without runs has no primary run")
         return run
@@ -550,7 +558,7 @@ class StabilityRecord:
     def primary(self) -> RunRecord | None:
         """The run the JSON and HTML reports show for the test: the first unstable run over all its calls, else
         the first run; None when it never trained."""
-        return _primary(self.runs)
+        return primary_run(self.runs)
 
     @property
     def regressed(self) -> bool:

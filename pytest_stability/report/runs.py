@@ -17,7 +17,7 @@ import numpy as np
 
 from ..checks import FAILED, SKIPPED, CheckResult, Finding
 from ..checks.validation import smooth
-from ..record import CallRecord, CheckRecord, Curve, FindingRecord, RunRecord, RunSummary
+from ..record import CallRecord, CheckRecord, Curve, FindingRecord, RunRecord, RunSummary, primary_run
 from ..trace import Trace, encode_float
 from .render import batch_text, fmt, sparkline, window_sparkline
 
@@ -276,10 +276,10 @@ class StabilityReport:
 
     @property
     def primary(self) -> RunReport:
-        for r in self.runs:
-            if not r.ok:
-                return r
-        return self.runs[0]
+        run = primary_run(self.runs)
+        if run is None:
+            raise IndexError("a train() call without runs has no primary run")
+        return run
 
     @property
     def trace(self) -> Trace:
