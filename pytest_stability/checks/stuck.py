@@ -5,8 +5,8 @@ Judged on the last ``spike_window`` finite steps (the *tail*; at least 10, at
 most half the run) against the initial level ``L0`` (the median loss of the
 first ``warmup_steps``, at least 5 steps).  The run is stuck when the loss
 has **not fallen** by more than ``STUCK_MIN_FALL`` (50 %) of ``L0``
-(``median(tail) > (1 - STUCK_MIN_FALL) x L0``; a loss that converged far
-below its start, however small its gradients, is never stuck) **and** one of:
+(``median(tail) > (1 - STUCK_MIN_FALL) x L0``; but see the network that
+died after learning, below) **and** one of:
 
 * ``collapsed``: the tail is flat (relative std <= ``STUCK_RTOL``, 1 %) and
   not falling (its linear trend loses < 1 % across it): a constant output;
@@ -16,6 +16,15 @@ below its start, however small its gradients, is never stuck) **and** one of:
 * ``stuck``: the updates are too small to move anything: the tail's median
   global ``|dw|/|w|`` (``trace.update_ratio``) is at most ``UPDATE_TOO_SLOW``
   (1e-6).
+
+A loss that fell more than half is still stuck when the network *died* after it
+had learned (a collapse after a jump: dead ReLUs, a saturated output): the
+tail's level is at least ``DEAD_MIN_LEVEL`` (5 %) of ``L0`` (not converged to
+zero) and either the gradients are exactly 0 on most of the tail's steps (its
+median norm is 0), or they vanished (as above) while the level is at least
+``DEAD_RISE`` (1.5x) the lowest 10-step median of the loss before the tail (it
+went back up).  A run
+converging to zero, or at its best level with small gradients, is not stuck.
 
 The finding's step is where the stuck stretch began (0 for a run dead from
 the start).  Needs ``warmup_steps + 20`` steps.
@@ -31,6 +40,7 @@ it).  One finding per kind, naming the variables.  Needs 10 steps.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,6 +56,13 @@ STUCK_MIN_FALL = 0.5
 UPDATE_TOO_SLOW = 1e-6
 #: steps needed for the per-variable coverage rule.
 COVERAGE_MIN_STEPS = 10
+#: a loss that fell more than STUCK_MIN_FALL but sits at least this fraction of its initial level, with gradients
+#: that died, is a network that died after learning (a loss near zero with tiny gradients has converged).
+DEAD_MIN_LEVEL = 0.05
+#: ...and, when the gradients vanished rather than being exactly 0, at least this many times the lowest
+#: ``DEAD_BEST_STEPS``-step median of the loss before the tail: it went back up.
+DEAD_RISE = 1.5
+DEAD_BEST_STEPS = 10
 
 
 def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
@@ -64,7 +81,9 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         return None
     l0 = float(np.median(head))
     level = float(np.median(tail))
-    if not level > l0 - STUCK_MIN_FALL * abs(l0):
+    # a loss that fell more than half is stuck only when the network died after learning (see the module doc)
+    fell_far = not level > l0 - STUCK_MIN_FALL * abs(l0)
+    if fell_far and not level >= DEAD_MIN_LEVEL * abs(l0):
         return None
     scale = max(abs(level), 1e-12)
     rel_std = float(np.std(tail) / scale)
@@ -106,8 +125,25 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                         f"the gradients vanished: median norm {med:.3g} over the last {w} steps, "
                         f"<= {VANISHED:g}x their earlier 90th percentile {p90:.3g}"
                     )
+    if fell_far:
+        best = _best_before(loss, n - w)
+        ev["best_before"] = best
+        went_back_up = math.isfinite(best) and best > 0 and level >= DEAD_RISE * best
+        # exactly 0 on most steps (the median) is a dead network wherever its loss sits; merely small
+        # gradients are, when the loss went back up from its best
+        mostly_zero = ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0
+        if not (mostly_zero or (ev["vanished"] and went_back_up)):
+            return None
+        # the gradients died after the run had learned: the only reasons that count here
+        how.append(
+            f"the loss had come down to {best:.4g} (lowest {DEAD_BEST_STEPS}-step median before the last {w} steps)"
+            + (f" and went back up to {level:.4g}" if went_back_up else "")
+        )
+        flat = False
+        ev["flat"] = False
+        ev["died"] = True
     u = trace.update_ratio
-    if u is not None:
+    if u is not None and not fell_far:
         u_tail = u[tail_idx]
         u_tail = u_tail[np.isfinite(u_tail)]
         if u_tail.size:
@@ -133,12 +169,20 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     kind = "collapsed" if flat else "stuck"
     fell = (l0 - level) / abs(l0) if l0 else 0.0
     what = "training collapsed to a constant loss" if flat else "training is stuck"
-    msg = (
-        f"{what} from step {start}: "
-        + "; ".join(how)
-        + f"; the loss {level:.4g} is {'above' if fell < 0 else f'only {fell:.0%} below'} its initial level "
-        f"{l0:.4g} (stuck unless it fell more than {STUCK_MIN_FALL:.0%})"
-    )
+    if fell_far:
+        # the loss is below half its start: the network died after learning, still far from converged
+        limit = float(DEAD_MIN_LEVEL * abs(l0))
+        tail_note = (
+            f"; the loss {level:.4g} is {fell:.0%} below its initial level {l0:.4g} but not near zero "
+            f"(at least {DEAD_MIN_LEVEL:.0%} of it), and nothing learns any more"
+        )
+    else:
+        limit = float(l0 - STUCK_MIN_FALL * abs(l0))
+        tail_note = (
+            f"; the loss {level:.4g} is {'above' if fell < 0 else f'only {fell:.0%} below'} its initial level "
+            f"{l0:.4g} (stuck unless it fell more than {STUCK_MIN_FALL:.0%})"
+        )
+    msg = f"{what} from step {start}: " + "; ".join(how) + tail_note
     ev["fell"] = fell
     ev["start"] = start
     return Finding(
@@ -146,10 +190,23 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         kind=kind,
         step=int(start),
         value=level,
-        limit=float(l0 - STUCK_MIN_FALL * abs(l0)),
+        limit=limit,
         message=msg,
         evidence=ev,
     )
+
+
+def _best_before(loss: np.ndarray, end: int) -> float:
+    """The lowest ``DEAD_BEST_STEPS``-step median of the finite loss before ``end`` (nan without enough steps)."""
+    x = np.asarray(loss[:end], dtype=np.float64)
+    if x.size < DEAD_BEST_STEPS:
+        return math.nan
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    with np.errstate(all="ignore"):
+        med = np.median(sliding_window_view(x, DEAD_BEST_STEPS), axis=1)
+    med = med[np.isfinite(med)]
+    return float(np.min(med)) if med.size else math.nan
 
 
 def _coverage(trace: Trace) -> list[Finding]:

@@ -542,6 +542,50 @@ def test_stuck_noisy_healthy_minibatch_run_passes():
     assert check_stuck(Trace(loss=loss, grad_norm=g, update_ratio=np.full(300, 1e-3))).status == "passed"
 
 
+def _learned_then_died(tail_grad: np.ndarray, after: float, seed: int = 6) -> Trace:
+    """A U-Net-like run: the loss falls from ~0.8 to ~0.1 in 50 steps, then sits at ``after`` (batch noise)
+    while the gradients are ``tail_grad`` for the remaining 250 steps."""
+    rng = np.random.default_rng(seed)
+    loss = np.concatenate(
+        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), after * np.exp(0.2 * rng.normal(size=250))]
+    )
+    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), tail_grad])
+    return Trace(loss=loss, grad_norm=g)
+
+
+def test_stuck_a_network_that_died_after_learning_and_went_back_up():
+    # the loss fell more than half, then rose 3x from its best while the gradients vanished (not exactly 0):
+    # a collapse after a jump, not convergence
+    t = _learned_then_died(np.full(250, 1e-9), after=0.3)
+    (f,) = check_stuck(t).findings
+    assert f.kind == "stuck" and f.evidence["died"] is True and f.evidence["vanished"] is True
+    assert f.step == 50 and f.evidence["fell"] > 0.5
+    assert 0.08 < f.evidence["best_before"] < 0.15  # the lowest 10-step median before the tail
+    assert "went back up to" in f.message and "nothing learns any more" in f.message
+    assert f.limit == pytest.approx(0.05 * f.evidence["initial_loss"])
+
+
+def test_stuck_gradients_exactly_zero_on_most_steps_after_learning():
+    # no rise from the best level needed when the gradient is exactly 0 on most steps: nothing can learn
+    tail = np.zeros(250)
+    tail[::7] = 1e-4  # a few batches still reach a live unit
+    (f,) = check_stuck(_learned_then_died(tail, after=0.1)).findings
+    assert f.evidence["died"] is True and f.evidence["grad_norm_tail"] == 0.0 and f.evidence["vanished"] is True
+    assert "went back up" not in f.message
+
+
+@pytest.mark.parametrize(
+    "tail, after, why",
+    [
+        (np.full(250, 1e-9), 0.1, "at its best level with small gradients: converged as far as it goes"),
+        (np.zeros(250), 0.02, "exactly zero gradients at 2.5 % of the initial loss: converged"),
+        (np.full(250, 1e-2), 0.3, "a rise with live gradients is the spike check's, not a dead network"),
+    ],
+)
+def test_stuck_a_run_that_fell_far_is_not_stuck_without_a_dead_network(tail, after, why):
+    assert check_stuck(_learned_then_died(tail, after=after)).status == "passed", why
+
+
 def test_stuck_updates_too_small():
     rng = np.random.default_rng(4)
     loss = 0.7 * np.exp(0.05 * rng.normal(size=200))

@@ -240,6 +240,23 @@ def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     assert "clipnorm=" in f.fix
 
 
+def test_a_network_that_died_after_learning_is_a_collapse_with_a_lower_learning_rate():
+    # the loss fell from 0.8 to ~0.1, jumped back to ~0.3 and the gradients died: the stuck check's "died"
+    # finding is a collapse after a blow-up; no fix raises the learning rate, and the fix goes in before the jump
+    rng = np.random.default_rng(7)
+    loss = np.concatenate(
+        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), 0.3 * np.exp(0.2 * rng.normal(size=250))]
+    )
+    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), np.full(250, 1e-9)])
+    info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 2.0}}
+    (f,) = [f for f in _diag(Trace(loss=loss, grad_norm=g, info=info)) if f.check == "stuck"]
+    assert f.evidence["died"] is True and f.evidence["cause_key"] == "collapse_constant"
+    assert "a collapse after a blow-up" in f.cause
+    assert f.evidence["fix_configs"][0] == {"learning_rate_factor": 0.1}
+    assert all(c.get("learning_rate_factor", 1.0) <= 1.0 for c in f.evidence["fix_configs"])
+    assert f.evidence["fix_from"] < 50 <= f.step
+
+
 def test_suggested_clipnorm_comes_from_the_healthy_norms_only():
     # the norm is ~1 for 50 steps, then ramps up 10,000x over 50 steps: the 90th percentile of all the
     # norms before the grad_norm finding is the ramp itself, which would clip nothing
