@@ -23,8 +23,8 @@ tail's level is at least ``DEAD_MIN_LEVEL`` (5 %) of ``L0`` (not converged to
 zero) and either the gradients are exactly 0 on most of the tail's steps (its
 median norm is 0), or they vanished (as above) while the level is at least
 ``DEAD_RISE`` (1.5x) the lowest 10-step median of the loss before the tail (it
-went back up).  A run
-converging to zero, or at its best level with small gradients, is not stuck.
+went back up).  A run converging to zero, or at its best level with small
+gradients, is not stuck.
 
 The finding's step is where the stuck stretch began (0 for a run dead from
 the start).  Needs ``warmup_steps + 20`` steps.
