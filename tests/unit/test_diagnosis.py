@@ -416,3 +416,16 @@ def test_a_measured_batchnorm_gap_outranks_a_training_mode_loss_rise():
 def test_without_a_measured_gap_the_training_loss_rise_comes_first(bn, gap):
     f = next(f for f in _diag(_bn_val_trace_with_training_rise(bn, gap)) if f.check == "val_loss")
     assert f.evidence["cause_key"] == "training_loss_rise" and "not overfitting" in f.cause
+
+
+def test_the_measured_first_fix_success_is_the_detection_benchmarks():
+    # what the report quotes as a first fix's measured success is the benchmark's result file, not a copy that
+    # drifted from it
+    import ast
+    from pathlib import Path
+
+    from pytest_stability.diagnosis import FIX_SUCCESS
+
+    text = (Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "detection.md").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("As `diagnosis.FIX_SUCCESS`"))
+    assert ast.literal_eval(line.rsplit(": `", 1)[1].rstrip("`")) == FIX_SUCCESS

@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 
 from pytest_stability.checks import Thresholds
+from pytest_stability.diagnosis import FIX_SUCCESS
 from pytest_stability.pipeline import judge
 from pytest_stability.report.runs import RunReport
 from pytest_stability.trace import Trace
@@ -73,6 +74,12 @@ def test_the_primary_cause_leads_with_its_evidence_then_its_ranked_fixes_then_th
     # the first fix is the primary's first ranked fix, the learning rate with its magnitude from the run
     assert body[fix] == "  fix to try: " + primary.evidence["fixes"][0]["text"]
     assert body[fix].startswith("  fix to try: learning_rate=0.0003 (now 3 ")
+    # with the share of the detection benchmark's runs of this cause that the first fix resolved
+    done, runs = FIX_SUCCESS["lr_too_high"]
+    assert body[fix + 1] == (
+        f"    (this first fix resolved {done} of {runs} runs with this cause when the detection benchmark "
+        "replayed them with it)"
+    )
     # the validation rise of the same event comes after, named as a consequence, without a fix of its own
     later = [ln for ln in body[what_if:] if ln.startswith("[val_loss]")]
     if later:
