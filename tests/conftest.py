@@ -80,3 +80,21 @@ _XDIST_WORKER_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST
 def _not_an_xdist_worker_inside(monkeypatch):
     for key in _XDIST_WORKER_ENV:
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_traced_graphs_kept():
+    """The suite's own plain ``model.fit`` calls and direct ``train()`` calls, like a stability test, leave no
+    ``tf.custom_gradient`` registration behind (``pytest_stability.training.isolation.drop_gradient_registrations``):
+    each would keep its train function's graphs alive, and every full garbage collection of the worker would walk
+    them again, to the end of the run."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        yield
+        return
+    from pytest_stability.training.isolation import drop_gradient_registrations, gradient_registrations
+
+    before = gradient_registrations()
+    yield
+    drop_gradient_registrations(before)

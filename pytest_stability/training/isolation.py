@@ -7,7 +7,10 @@ process), and, while ``fit`` runs, may enable TensorFlow's op determinism and
 filter one TensorFlow log line.  None of that may leak into later tests, which
 must run as if the stability test had not: :class:`ProcessState` takes what
 these touch before the test and puts it back after it; :func:`op_determinism`
-and :func:`quiet_own_retracing` are scoped to one ``fit``.
+and :func:`quiet_own_retracing` are scoped to one ``fit``.  On TensorFlow it also
+drops the gradient registrations the test's tracing left in TensorFlow's
+process-wide registry (:func:`drop_gradient_registrations`), which would
+otherwise keep every graph the test traced alive for the rest of the process.
 
 Imported by the training layer only (it imports Keras and the backend).
 """
@@ -40,6 +43,7 @@ class ProcessState:
     dtype_policy: Any
     tf_seed: int | None = None
     tf_determinism: bool | None = None
+    tf_gradients: frozenset[str] | None = None
 
     @classmethod
     def take(cls, keras: ModuleType) -> ProcessState:
@@ -60,6 +64,7 @@ class ProcessState:
 
             state.tf_seed = context.global_seed()
             state.tf_determinism = bool(tf_config.is_op_determinism_enabled())
+        state.tf_gradients = gradient_registrations()
         return state
 
     def restore(self, keras: ModuleType) -> None:
@@ -78,6 +83,7 @@ class ProcessState:
 
             tf.random.set_seed(self.tf_seed)
             _set_determinism(tf_config, self.tf_determinism)
+        drop_gradient_registrations(self.tf_gradients)
 
 
 def _tensorflow() -> ModuleType | None:
@@ -85,6 +91,51 @@ def _tensorflow() -> ModuleType | None:
     import sys
 
     return sys.modules.get("tensorflow")
+
+
+#: the names TensorFlow registers ``tf.custom_gradient`` gradients under in graph mode (``CustomGradient-<uid>``)
+_CUSTOM_GRADIENT = "CustomGradient-"
+
+
+def _gradient_registry() -> dict[str, Any] | None:
+    """TensorFlow's process-wide table of gradient functions (``ops._gradient_registry``), when TensorFlow is
+    imported and keeps it where this reads it, else None."""
+    if _tensorflow() is None:
+        return None
+    from tensorflow.python.framework import ops
+
+    table = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    return table if isinstance(table, dict) else None
+
+
+def gradient_registrations() -> frozenset[str] | None:
+    """The names in TensorFlow's gradient registry now (None when TensorFlow is not imported yet): what
+    :func:`drop_gradient_registrations` compares against."""
+    table = _gradient_registry()
+    return frozenset(table) if table is not None else None
+
+
+def drop_gradient_registrations(before: frozenset[str] | None) -> int:
+    """Remove the ``tf.custom_gradient`` registrations made since ``before`` was taken; return how many.
+
+    Tracing a ``tf.custom_gradient`` function in graph mode registers its gradient function under a fresh
+    name in a process-wide registry that TensorFlow never empties (tensorflow/tensorflow#27492, #97697), and
+    that function's closure holds the traced graph.  Keras' TensorFlow optimizer traces one in every train
+    function (the all-reduce of the gradients, also without a distribution strategy), so every train function
+    a process traces stays alive with its graphs until the process ends: after a few dozen stability tests,
+    hundreds of thousands of graph objects that each of Python's full garbage collections walks again.  A
+    registration is only read while the gradient of its graph is built, which Keras does as it traces its
+    train step; so at the end of a test the ones made during it are dropped, and its graphs are freed with
+    its models.  Registrations under other names (``tf.RegisterGradient`` of a user's own op) stay.
+    """
+    table = _gradient_registry()
+    if table is None:
+        return 0
+    # None: TensorFlow was imported after ``before`` was taken, and tracing alone registers these
+    new = [name for name in table if name.startswith(_CUSTOM_GRADIENT) and name not in (before or ())]
+    for name in new:
+        del table[name]
+    return len(new)
 
 
 def _set_determinism(tf_config: ModuleType, on: bool) -> None:
@@ -188,6 +239,8 @@ def kept_random_state() -> Iterator[None]:
 
 __all__ = [
     "ProcessState",
+    "drop_gradient_registrations",
+    "gradient_registrations",
     "kept_random_state",
     "op_determinism",
     "quiet_own_retracing",

@@ -29,6 +29,44 @@ def test_compare():
     result.assert_outcomes(passed=4)
 
 
+def test_a_stability_test_leaves_none_of_its_graphs_alive(pytester, tiny_problem):
+    """TensorFlow keeps a registration per traced ``tf.custom_gradient`` for good, and Keras' optimizer traces
+    one in every train function: without the plugin dropping them when the test ends, every graph the test
+    traced would stay alive (and walked by each full garbage collection) for the rest of the process."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's gradient registry")
+    result = run(
+        pytester,
+        tiny_problem
+        + """
+import gc
+from tensorflow.python.framework import func_graph
+from pytest_stability.training.isolation import gradient_registrations
+
+SEEN = {}
+
+def live_graphs():
+    gc.collect()
+    return sum(isinstance(o, func_graph.FuncGraph) for o in gc.get_objects())
+
+def test_model(stability):
+    SEEN["graphs"] = live_graphs()
+    before = gradient_registrations()
+    stability.train(build(), X, Y, steps=20, validation_data=(XV, YV))
+    SEEN["made"] = sorted(gradient_registrations() - before)
+    SEEN["traced"] = live_graphs() - SEEN["graphs"]
+
+def test_after():
+    assert SEEN["made"] and SEEN["traced"] > 0  # the test registered gradients and traced graphs: they are gone
+    assert not set(SEEN["made"]) & gradient_registrations()
+    assert live_graphs() <= SEEN["graphs"]
+""",
+    )
+    result.assert_outcomes(passed=2)
+
+
 def test_records_raw_minibatch_loss_not_the_running_mean(pytester, tiny_problem):
     result = run(
         pytester,
