@@ -97,7 +97,7 @@ def _tensorflow() -> ModuleType | None:
 _CUSTOM_GRADIENT = "CustomGradient-"
 
 
-def _gradient_registry() -> dict[str, Any] | None:
+def _gradient_registry() -> dict[str, object] | None:
     """TensorFlow's process-wide table of gradient functions (``ops._gradient_registry``), when TensorFlow is
     imported and keeps it where this reads it, else None."""
     if _tensorflow() is None:

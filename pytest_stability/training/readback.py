@@ -15,6 +15,7 @@ Imports Keras: reached only from :func:`~pytest_stability.training.engine.train`
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ import keras
 from ..framework_types import Callback, Data, Model
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
 from . import isolation
+from .keras_internals import fit_epoch_iterator
 from .recorders import ChunkRows, Recorder, host_flags
 from .state import take_state
 
@@ -110,10 +112,13 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         self.steps_before_epoch = 0
         self.in_epoch = 0
         self.cut_at: int | None = None
+        #: fit's epoch iterator, closed when fit returns (:func:`.keras_internals.fit_epoch_iterator`)
+        self.epoch_iterator: weakref.ref[object] | None = None
 
     # -- the state before the first step -------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_iterator = fit_epoch_iterator()
         if self.want_initial_state:
             self.initial_state = take_state(self.model, self.recs)
         if self.validate is not None:

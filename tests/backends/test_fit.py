@@ -49,6 +49,36 @@ def test_model(stability):
     result.assert_outcomes(passed=1)
 
 
+def test_fits_epoch_iterator_stopped_at_the_planned_step_is_freed_when_fit_returns(pytester, tiny_problem):
+    """Stopped at the planned step in the middle of an epoch, Keras' epoch iterator sits in a reference cycle (its
+    suspended generator holds it): left to a later garbage collection, TensorFlow's destructor of its tf.data
+    iterator can wait up to a minute there.  The plugin closes it when fit returns: no collection is needed."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+import gc
+from pytest_stability.training.keras_internals import fit_epoch_iterator
+
+class Find(keras.callbacks.Callback):
+    ref = None
+    def on_train_begin(self, logs=None):
+        Find.ref = fit_epoch_iterator()
+
+def test_model(stability):
+    gc.disable()  # anything freed below is freed by its reference count
+    try:
+        rep = stability.fit(build(), X, Y, batch_size=32, steps=20, callbacks=[Find()])  # 8 steps an epoch
+        assert rep.trace.steps == 20
+        assert Find.ref is not None  # found while fit ran
+        assert Find.ref() is None  # and freed once it returned
+    finally:
+        gc.enable()
+""",
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester, tiny_problem):
     result = run(
         pytester,
