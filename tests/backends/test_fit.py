@@ -49,7 +49,16 @@ def test_model(stability):
     result.assert_outcomes(passed=1)
 
 
-def test_fits_epoch_iterator_stopped_at_the_planned_step_is_freed_when_fit_returns(pytester, tiny_problem):
+@pytest.mark.parametrize(
+    "data",
+    [
+        "X, Y, batch_size=32",
+        "X, Y, batch_size=32, validation_data=(XV, YV), shuffle=False",
+        "Seq()",
+    ],
+    ids=["arrays", "validation", "pydataset"],
+)
+def test_fits_epoch_iterator_stopped_at_the_planned_step_is_freed_when_fit_returns(pytester, tiny_problem, data):
     """Stopped at the planned step in the middle of an epoch, Keras' epoch iterator sits in a reference cycle (its
     suspended generator holds it): left to a later garbage collection, TensorFlow's destructor of its tf.data
     iterator can wait up to a minute there.  The plugin closes it when fit returns: no collection is needed."""
@@ -65,16 +74,22 @@ class Find(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         Find.ref = fit_epoch_iterator()
 
+class Seq(keras.utils.PyDataset):
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        return X[32 * i : 32 * (i + 1)], Y[32 * i : 32 * (i + 1)]
+
 def test_model(stability):
     gc.disable()  # anything freed below is freed by its reference count
     try:
-        rep = stability.fit(build(), X, Y, batch_size=32, steps=20, callbacks=[Find()])  # 8 steps an epoch
+        rep = stability.fit(build(), DATA, steps=20, callbacks=[Find()])  # 8 steps an epoch
         assert rep.trace.steps == 20
         assert Find.ref is not None  # found while fit ran
         assert Find.ref() is None  # and freed once it returned
     finally:
         gc.enable()
-""",
+""".replace("DATA", data),
     )
     result.assert_outcomes(passed=1)
 
