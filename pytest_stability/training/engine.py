@@ -525,6 +525,7 @@ def _run_fit(
     recs, curves, cb = parts.recs, parts.curves, parts.readback
     rec = recs[0]
     saved_spe = getattr(model, "steps_per_execution", 1)
+    gradients_before = isolation.gradient_registrations()
     started = time.perf_counter()
     if keep_initial_state and not model.optimizer.built and model.built:
         # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
@@ -576,6 +577,9 @@ def _run_fit(
         model.train_function = None
         model.test_function = None
         model.predict_function = None
+        # TensorFlow keeps a gradient registration per tf.custom_gradient traced, which holds its graph: the
+        # ones this fit's train function traced are read by nothing now that the function is discarded
+        isolation.drop_gradient_registrations(gradients_before)
     return wall
 
 

@@ -7,10 +7,11 @@ process), and, while ``fit`` runs, may enable TensorFlow's op determinism and
 filter one TensorFlow log line.  None of that may leak into later tests, which
 must run as if the stability test had not: :class:`ProcessState` takes what
 these touch before the test and puts it back after it; :func:`op_determinism`
-and :func:`quiet_own_retracing` are scoped to one ``fit``.  On TensorFlow it also
-drops the gradient registrations the test's tracing left in TensorFlow's
-process-wide registry (:func:`drop_gradient_registrations`), which would
-otherwise keep every graph the test traced alive for the rest of the process.
+and :func:`quiet_own_retracing` are scoped to one ``fit``.  On TensorFlow the
+engine also drops the gradient registrations that its ``fit`` left in
+TensorFlow's process-wide registry (:func:`drop_gradient_registrations`), which
+would otherwise keep every graph that ``fit`` traced alive for the rest of the
+process; registrations made by the test's own code stay.
 
 Imported by the training layer only (it imports Keras and the backend).
 """
@@ -43,7 +44,6 @@ class ProcessState:
     dtype_policy: Any
     tf_seed: int | None = None
     tf_determinism: bool | None = None
-    tf_gradients: frozenset[str] | None = None
 
     @classmethod
     def take(cls, keras: ModuleType) -> ProcessState:
@@ -64,7 +64,6 @@ class ProcessState:
 
             state.tf_seed = context.global_seed()
             state.tf_determinism = bool(tf_config.is_op_determinism_enabled())
-        state.tf_gradients = gradient_registrations()
         return state
 
     def restore(self, keras: ModuleType) -> None:
@@ -83,7 +82,6 @@ class ProcessState:
 
             tf.random.set_seed(self.tf_seed)
             _set_determinism(tf_config, self.tf_determinism)
-        drop_gradient_registrations(self.tf_gradients)
 
 
 def _tensorflow() -> ModuleType | None:
@@ -125,8 +123,11 @@ def drop_gradient_registrations(before: frozenset[str] | None) -> int:
     a process traces stays alive with its graphs until the process ends: after a few dozen stability tests,
     hundreds of thousands of graph objects that each of Python's full garbage collections walks again.  A
     registration is only read while the gradient of its graph is built, which Keras does as it traces its
-    train step; so at the end of a test the ones made during it are dropped, and its graphs are freed with
-    its models.  Registrations under other names (``tf.RegisterGradient`` of a user's own op) stay.
+    train step, and the engine discards the train function its ``fit`` traced when ``fit`` returns; so the
+    registrations made during the plugin's ``fit`` are dropped then, and its graphs are freed with its train
+    function.  Those made outside it stay: a ``tf.custom_gradient`` function that the user's own code traced
+    may be differentiated later, which needs its registration.  So do registrations under other names
+    (``tf.RegisterGradient`` of a user's own op).
     """
     table = _gradient_registry()
     if table is None:

@@ -31,7 +31,7 @@ def test_compare():
 
 def test_a_stability_test_leaves_none_of_its_graphs_alive(pytester, tiny_problem):
     """TensorFlow keeps a registration per traced ``tf.custom_gradient`` for good, and Keras' optimizer traces
-    one in every train function: without the plugin dropping them when the test ends, every graph the test
+    one in every train function: without the plugin dropping them when its ``fit`` returns, every graph that ``fit``
     traced would stay alive (and walked by each full garbage collection) for the rest of the process."""
     import keras
 
@@ -51,17 +51,59 @@ def live_graphs():
     gc.collect()
     return sum(isinstance(o, func_graph.FuncGraph) for o in gc.get_objects())
 
+class Seen(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):  # inside fit: its train function is traced by now
+        SEEN["made"] = sorted(gradient_registrations() - SEEN["before"])
+        SEEN["traced"] = live_graphs() - SEEN["graphs"]
+
 def test_model(stability):
     SEEN["graphs"] = live_graphs()
-    before = gradient_registrations()
-    stability.train(build(), X, Y, steps=20, validation_data=(XV, YV))
-    SEEN["made"] = sorted(gradient_registrations() - before)
-    SEEN["traced"] = live_graphs() - SEEN["graphs"]
+    SEEN["before"] = gradient_registrations()
+    stability.train(build(), X, Y, steps=20, validation_data=(XV, YV), callbacks=[Seen()])
+    assert SEEN["made"] and not set(SEEN["made"]) & gradient_registrations()  # dropped when fit returned
 
 def test_after():
-    assert SEEN["made"] and SEEN["traced"] > 0  # the test registered gradients and traced graphs: they are gone
+    assert SEEN["made"] and SEEN["traced"] > 0  # fit registered gradients and traced graphs: they are gone
     assert not set(SEEN["made"]) & gradient_registrations()
     assert live_graphs() <= SEEN["graphs"]
+""",
+    )
+    result.assert_outcomes(passed=2)
+
+
+def test_the_users_own_custom_gradients_traced_in_a_stability_test_stay_registered(pytester, tiny_problem):
+    """Only what the plugin's ``fit`` traced is dropped from TensorFlow's gradient registry: a ``tf.custom_gradient``
+    function the user's code traced during the test (outside the plugin's ``fit``) is still differentiable in a
+    later test, as it would be without the plugin."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's gradient registry")
+    result = run(
+        pytester,
+        tiny_problem
+        + """
+import tensorflow as tf
+
+@tf.custom_gradient
+def times_three_backward(x):
+    return tf.identity(x), lambda dy: 3.0 * dy
+
+@tf.function
+def f(x):
+    return times_three_backward(x)
+
+def test_model(stability):
+    f(tf.constant(1.0))  # traced in graph mode here: registers a CustomGradient-* name
+    stability.train(build(), X, Y, steps=8)
+    f(tf.constant(2.0))
+
+def test_after():
+    x = tf.constant(2.0)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = f(x)  # the function traced in test_model, differentiated now
+    assert float(tape.gradient(y, x)) == 3.0
 """,
     )
     result.assert_outcomes(passed=2)
