@@ -6,7 +6,10 @@ its wheel).  For each backend that sees a GPU it:
 1. runs ``example_project/tests`` with ``KERAS_BACKEND=<backend>`` and a JSON
    report (the committed baseline is CPU/TensorFlow's, so it is not compared),
    and prints each test's verdict and the device read from the tensors;
-2. runs ``benchmarks/overhead.py --backend <backend>`` and prints its table.
+2. runs ``benchmarks/overhead.py --backend <backend>`` (the MLP, the convnet and the small
+   transformer block) and prints its table;
+3. runs ``benchmarks/epochs_and_validation.py --backend <backend>`` (a full-batch run and a
+   batch-1 epoch with validation) and prints its table.
 
 Usage::
 
@@ -67,6 +70,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=512, help="overhead benchmark steps (a multiple of 64)")
     parser.add_argument("--backends", default="jax,torch")
+    parser.add_argument("--models", default="mlp,conv,transformer", help="overhead benchmark models")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per step")
     args = parser.parse_args()
     lines = [f"# GPU check ({time.strftime('%Y-%m-%d')}, {platform.node()})", ""]
@@ -142,6 +146,8 @@ def main() -> int:
                 str(args.reps),
                 "--steps",
                 str(args.steps),
+                "--models",
+                args.models,
                 "--no-write",
             ],
             benv,
@@ -152,6 +158,26 @@ def main() -> int:
             f"overhead benchmark: exit {code} in {secs:.1f} s",
             "",
             *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-16:],
+            "",
+        ]
+        code, text, secs = sh(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "epochs_and_validation.py"),
+                "--backend",
+                backend,
+                "--reps",
+                str(args.reps),
+                "--no-write",
+            ],
+            benv,
+            ROOT,
+            args.timeout,
+        )
+        lines += [
+            f"short epochs and batch-1 validation benchmark: exit {code} in {secs:.1f} s",
+            "",
+            *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-8:],
             "",
         ]
         print("\n".join(lines), flush=True)
