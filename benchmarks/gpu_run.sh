@@ -11,10 +11,10 @@ printf 'Metadata-Version: 2.1\nName: pytest-stability\nVersion: 0.0\n' > "$d/MET
 printf '[pytest11]\nstability = pytest_stability.plugin\n' > "$d/entry_points.txt"
 nvidia-smi -L
 BACKENDS=${BACKENDS:-jax,torch}  # BACKENDS=torch bash benchmarks/gpu_run.sh: one backend
-python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends "$BACKENDS"
+python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends "$BACKENDS" --timeout 300
+# TESTS="..." bash benchmarks/gpu_run.sh: other test files (test_fidelity.py: the differential checks on the GPU)
+TESTS=${TESTS:-tests/backends/test_fit.py tests/backends/test_curvature_hvp.py tests/backends/test_replay.py tests/backends/test_jax_row_sums.py}
 for b in ${BACKENDS//,/ }; do
-  echo "== tests/backends/test_fit.py, test_curvature_hvp.py, test_replay.py and test_jax_row_sums.py on the GPU, KERAS_BACKEND=$b"
-  KERAS_BACKEND=$b timeout 150 python3 -m pytest tests/backends/test_fit.py tests/backends/test_curvature_hvp.py \
-    tests/backends/test_replay.py tests/backends/test_jax_row_sums.py -rs \
-    -q -p no:cacheprovider 2>&1 | tail -15
+  echo "== $TESTS on the GPU, KERAS_BACKEND=$b"
+  KERAS_BACKEND=$b timeout ${TESTS_TIMEOUT:-150} python3 -m pytest $TESTS -rs -q -p no:cacheprovider --durations=5 2>&1 | tail -25
 done
