@@ -86,8 +86,9 @@ elif BACKEND == "torch":
                 real = real[0]
             batch = real.shape[0]
             z = keras.random.normal((batch, LATENT), seed=self.seed_generator)
-            combined = torch.concat([self.generator(z), torch.as_tensor(real)], axis=0)
-            labels = torch.concat([torch.ones((batch, 1)), torch.zeros((batch, 1))], axis=0)
+            # keras.ops create and convert on Keras' device (the GPU when there is one); torch.ones would not
+            combined = torch.concat([self.generator(z), keras.ops.convert_to_tensor(real)], axis=0)
+            labels = keras.ops.concatenate([keras.ops.ones((batch, 1)), keras.ops.zeros((batch, 1))], axis=0)
             labels = labels + 0.05 * keras.random.uniform(labels.shape, seed=self.seed_generator)
             self.zero_grad()
             d_loss = self.loss_fn(labels, self.discriminator(combined))
@@ -97,7 +98,7 @@ elif BACKEND == "torch":
                 self.d_optimizer.apply(grads, self.discriminator.trainable_weights)
             z = keras.random.normal((batch, LATENT), seed=self.seed_generator)
             self.zero_grad()
-            g_loss = self.loss_fn(torch.zeros((batch, 1)), self.discriminator(self.generator(z)))
+            g_loss = self.loss_fn(keras.ops.zeros((batch, 1)), self.discriminator(self.generator(z)))
             g_loss.backward()
             grads = [v.value.grad for v in self.generator.trainable_weights]
             with torch.no_grad():
