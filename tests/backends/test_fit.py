@@ -80,13 +80,19 @@ class Seq(keras.utils.PyDataset):
     def __getitem__(self, i):
         return X[32 * i : 32 * (i + 1)], Y[32 * i : 32 * (i + 1)]
 
+def holders(obj):  # what refers to obj, two levels up (for the failure message)
+    def name(o):
+        return type(o).__name__ + (":" + o.f_code.co_name if hasattr(o, "f_code") else "")
+    return [(name(r), [name(q) for q in gc.get_referrers(r)][:6]) for r in gc.get_referrers(obj)]
+
 def test_model(stability):
     gc.disable()  # anything freed below is freed by its reference count
     try:
         rep = stability.fit(build(), DATA, steps=20, callbacks=[Find()])  # 8 steps an epoch
         assert rep.trace.steps == 20
         assert Find.ref is not None  # found while fit ran
-        assert Find.ref() is None  # and freed once it returned
+        left = Find.ref()
+        assert left is None, f"the epoch iterator outlived fit, held by {holders(left)}"  # freed once fit returned
     finally:
         gc.enable()
 """.replace("DATA", data),
