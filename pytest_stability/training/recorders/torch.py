@@ -21,6 +21,9 @@ from ...framework_types import Data, Metric, Tensor, Variable
 from ...trace import GRADS, OPTIMIZER, WEIGHTS
 from .base import BatchNotRun, Recorder
 
+#: what a step's record takes before the update: the learning rate, the weights, Adam's velocities, the loss scale
+_Taken = tuple[Tensor, list[Tensor], list[Tensor] | None, Tensor | None]
+
 
 class TorchRecorder(Recorder):
     """The recorder of the PyTorch backend (see :class:`~.base.Recorder`).  It needs no rate variable: its
@@ -37,6 +40,11 @@ class TorchRecorder(Recorder):
         # the values whose non-finiteness stops the run: weights, update, state (and gradients, unless an
         # overflow of the scaled gradient under loss scaling, which the optimizer skips)
         self.t_stop = self.t_g if self.is_loss_scaled else self.t_lr
+
+    @property
+    def compiled(self) -> bool:
+        """Whether Keras compiles this model's step with torch.compile (``jit_compile=True``)."""
+        return bool(getattr(self.model, "jit_compile", False))
 
     def _start(self) -> None:
         self.t_raw: list[Tensor] = []  # one vector per step that ran, not yet read back
@@ -111,11 +119,11 @@ class TorchRecorder(Recorder):
             # tensors anyway, plain clones cost half as much
             return list(torch._foreach_mul(ts, 1.0)) if device.type != "cpu" else [t.clone() for t in ts]
 
-        def apply(grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> None:
-            if self.t_calls >= self.limit:  # the planned steps ran (the host counts them: no device read)
-                return
-            grads = list(grads)
-            tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
+        def before_update(tvars: list[Variable]) -> _Taken | None:
+            """What the step's record needs from before the update (None once the planned steps ran: the host
+            counts them, no device read)."""
+            if self.t_calls >= self.limit:
+                return None
             # no step runs after a non-finite one: the host checks each step's raw vector (last_step_nonfinite)
             with torch.no_grad():
                 self.t_calls += 1
@@ -128,7 +136,14 @@ class TorchRecorder(Recorder):
                     vel = copies(tensors(self.velocities))
                 # the loss scale this step's gradients carry (the update may change it)
                 scale = self.opt.dynamic_scale.value.detach().to(f32).clone() if self.is_loss_scaled else None
-            original(grads, trainable_variables)
+            return lr, before, vel, scale
+
+        def after_update(
+            grads: list[Tensor],
+            tvars: list[Variable],
+            taken: _Taken,
+        ) -> None:
+            lr, before, vel, scale = taken
             with torch.no_grad():
                 delta = list(torch._foreach_sub(tensors(tvars), before))
                 index = [opt._get_variable_index(v) for v in tvars]
@@ -156,6 +171,22 @@ class TorchRecorder(Recorder):
                     tail += self._diag(have, vel, scale)
                 self.t_raw.append(torch.stack(w_n + d_n + [s_sum] + g_n + tail))
 
+        if self.compiled:
+            # under torch.compile (jit_compile=True) the recording runs eagerly, outside the compiled graphs:
+            # traced, its host-side count and lists would fail dynamo's guards at every step, and each step
+            # would compile the user's update again until dynamo gave up compiling it at all
+            before_update = torch.compiler.disable(before_update)
+            after_update = torch.compiler.disable(after_update)
+
+        def apply(grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> None:
+            grads = list(grads)
+            tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
+            taken = before_update(tvars)
+            if taken is None:
+                return
+            original(grads, trainable_variables)
+            after_update(grads, tvars, taken)
+
         return apply
 
     def _diag(self, have: list[tuple[Tensor, int]], vel: list[Tensor], scale: Tensor | None) -> list[Tensor]:
@@ -176,13 +207,19 @@ class TorchRecorder(Recorder):
     def _update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import torch
 
-        def update_state(values: Tensor, sample_weight: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
-            out = original(values, *args, sample_weight=sample_weight, **kwargs)
+        def record(values: Tensor) -> None:
             if self.recording_loss:
                 with torch.no_grad():
                     value = torch.as_tensor(values).detach()
                     value = (value if value.dtype == torch.float32 else value.to(torch.float32)).mean()
                     self.t_losses.append(value)
+
+        if self.compiled:  # eagerly, outside torch.compile's graphs (see _instrumented)
+            record = torch.compiler.disable(record)
+
+        def update_state(values: Tensor, sample_weight: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+            out = original(values, *args, sample_weight=sample_weight, **kwargs)
+            record(values)
             return out
 
         return update_state
