@@ -10,6 +10,7 @@ installs, so a Keras release that moves one fails there, with its name, rather t
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import weakref
 from types import FrameType, ModuleType
@@ -75,6 +76,11 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Metric", "_variables", "the loss tracker's total and count"),
     ("Variable", "_value", "TensorFlow: the tf.Variable behind a Keras variable (a strategy's per-replica copies)"),
     ("EpochIterator", "_epoch_iterator", "the generator of fit's epoch iterator, closed when fit returns"),
+    (
+        "EpochIterator",
+        "_current_iterator",
+        "the epoch's data iterator, closed with it when it is a generator (JAX's look-ahead on a GPU)",
+    ),
 )
 
 
@@ -102,13 +108,19 @@ def fit_epoch_iterator() -> weakref.ref[object] | None:
 
 
 def close_epoch_iterator(ref: weakref.ref[object] | None) -> None:
-    """Close the generator of the epoch iterator :func:`fit_epoch_iterator` found, once ``fit`` has returned:
-    the cycle is broken, and the iterator and its ``tf.data`` iterator are freed now."""
+    """Close the generators of the epoch iterator :func:`fit_epoch_iterator` found, once ``fit`` has returned:
+    the cycles are broken, and the iterator and its ``tf.data`` iterator are freed now.
+
+    Its own generator holds it; so does the epoch's data iterator when that is a generator method of it, as
+    Keras' JAX one-batch-ahead iterator on a GPU is (found on an H200: ``benchmarks/results/gpu_check.md``).
+    A generator closed here is one that Keras would not resume (``fit`` made the epoch iterator and has
+    returned), and that a garbage collection would close later."""
     iterator = ref() if ref is not None else None
-    generator = getattr(iterator, "_epoch_iterator", None)
+    generators = [getattr(iterator, name, None) for name in ("_epoch_iterator", "_current_iterator")]
     del iterator
-    if generator is not None:
-        generator.close()
+    for generator in generators:
+        if inspect.isgenerator(generator):
+            generator.close()
 
 
 def tf_variable(variable: Variable) -> Any:
