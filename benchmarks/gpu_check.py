@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,15 @@ def sh(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float) -> tuple[
     except subprocess.TimeoutExpired as exc:
         text = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return 124, text + f"\n(timed out after {timeout:.0f} s)", time.perf_counter() - started
+
+
+def benchmark(title: str, script: str, argv: list[str], keep: int, env: dict[str, str], args: Any) -> list[str]:
+    """Run ``benchmarks/<script>`` (its result file left as it is) and return its table's lines."""
+    code, text, secs = sh(
+        [sys.executable, str(ROOT / "benchmarks" / script), *argv, "--no-write"], env, ROOT, args.timeout
+    )
+    table = [ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-keep:]
+    return [f"{title}: exit {code} in {secs:.1f} s", "", *table, ""]
 
 
 def plugin_args() -> list[str]:
@@ -136,50 +146,12 @@ def main() -> int:
                     f"{float(t.get('wall_time') or 0):.1f} s training"
                 )
         lines.append("")
-        code, text, secs = sh(
-            [
-                sys.executable,
-                str(ROOT / "benchmarks" / "overhead.py"),
-                "--backend",
-                backend,
-                "--reps",
-                str(args.reps),
-                "--steps",
-                str(args.steps),
-                "--models",
-                args.models,
-                "--no-write",
-            ],
-            benv,
-            ROOT,
-            args.timeout,
-        )
-        lines += [
-            f"overhead benchmark: exit {code} in {secs:.1f} s",
-            "",
-            *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-16:],
-            "",
-        ]
-        code, text, secs = sh(
-            [
-                sys.executable,
-                str(ROOT / "benchmarks" / "epochs_and_validation.py"),
-                "--backend",
-                backend,
-                "--reps",
-                str(args.reps),
-                "--no-write",
-            ],
-            benv,
-            ROOT,
-            args.timeout,
-        )
-        lines += [
-            f"short epochs and batch-1 validation benchmark: exit {code} in {secs:.1f} s",
-            "",
-            *[ln for ln in text.splitlines() if ln.startswith(("|", "`")) or "Error" in ln][-8:],
-            "",
-        ]
+        for title, script, extra, keep in (
+            ("overhead benchmark", "overhead.py", ["--steps", str(args.steps), "--models", args.models], 16),
+            ("short epochs and batch-1 validation benchmark", "epochs_and_validation.py", [], 8),
+        ):
+            argv = [*extra, "--backend", backend, "--reps", str(args.reps)]
+            lines += benchmark(title, script, argv, keep, benv, args)
         print("\n".join(lines), flush=True)
     text = "\n".join(lines) + "\n"
     print(text)

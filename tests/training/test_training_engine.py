@@ -29,14 +29,18 @@ def test_compare():
     result.assert_outcomes(passed=4)
 
 
-def test_a_stability_test_leaves_none_of_its_graphs_alive(pytester, tiny_problem):
-    """TensorFlow keeps a registration per traced ``tf.custom_gradient`` for good, and Keras' optimizer traces
-    one in every train function: without the plugin dropping them when its ``fit`` returns, every graph that ``fit``
-    traced would stay alive (and walked by each full garbage collection) for the rest of the process."""
+def _on_tensorflow_only():
     import keras
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TensorFlow's gradient registry")
+
+
+def test_a_stability_test_leaves_none_of_its_graphs_alive(pytester, tiny_problem):
+    """TensorFlow keeps a registration per traced ``tf.custom_gradient`` for good, and Keras' optimizer traces
+    one in every train function: without the plugin dropping them when its ``fit`` returns, every graph that ``fit``
+    traced would stay alive (and walked by each full garbage collection) for the rest of the process."""
+    _on_tensorflow_only()
     result = run(
         pytester,
         tiny_problem
@@ -75,10 +79,7 @@ def test_the_users_own_custom_gradients_traced_in_a_stability_test_stay_register
     """Only what the plugin's ``fit`` traced is dropped from TensorFlow's gradient registry: a ``tf.custom_gradient``
     function the user's code traced during the test (outside the plugin's ``fit``) is still differentiable in a
     later test, as it would be without the plugin."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TensorFlow's gradient registry")
+    _on_tensorflow_only()
     result = run(
         pytester,
         tiny_problem
