@@ -559,9 +559,11 @@ def _run_fit(
             except Exception as exc:
                 if not _ended_by(exc, model, rec, cb, setup, on_raise=on_raise, notes=notes):
                     raise
-            # stopped at the planned step, fit's epoch iterator sits in a reference cycle: freed now, not by a
-            # garbage collection that may wait up to a minute in TensorFlow's iterator destructor then
-            close_epoch_iterator(cb.epoch_iterator)
+            finally:
+                # stopped at the planned step (or by an exception), fit's epoch iterator sits in a reference
+                # cycle: freed now, not by a garbage collection that may wait up to a minute in TensorFlow's
+                # iterator destructor then
+                close_epoch_iterator(cb.epoch_iterator)
         cb.read()
         sync_variables(model)
         if parts.curvature is not None and not cb.stopped_nonfinite and cb.rows.done:

@@ -61,7 +61,8 @@ def test_model(stability):
 def test_fits_epoch_iterator_stopped_at_the_planned_step_is_freed_when_fit_returns(pytester, tiny_problem, data):
     """Stopped at the planned step in the middle of an epoch, Keras' epoch iterator sits in a reference cycle (its
     suspended generator holds it): left to a later garbage collection, TensorFlow's destructor of its tf.data
-    iterator can wait up to a minute there.  The plugin closes it when fit returns: no collection is needed."""
+    iterator can wait up to a minute there.  The plugin closes it when fit returns, also when fit raised: no
+    collection is needed."""
     result = run(
         pytester,
         tiny_problem,
@@ -85,19 +86,40 @@ def holders(obj):  # what refers to obj, two levels up (for the failure message)
         return type(o).__name__ + (":" + o.f_code.co_name if hasattr(o, "f_code") else "")
     return [(name(r), [name(q) for q in gc.get_referrers(r)][:6]) for r in gc.get_referrers(obj)]
 
+class Boom(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 3:
+            raise RuntimeError("boom")
+
+def freed():
+    assert Find.ref is not None  # found while fit ran
+    left = Find.ref()
+    assert left is None, f"the epoch iterator outlived fit, held by {holders(left)}"  # freed once fit returned
+
 def test_model(stability):
     gc.disable()  # anything freed below is freed by its reference count
     try:
         rep = stability.fit(build(), DATA, steps=20, callbacks=[Find()])  # 8 steps an epoch
         assert rep.trace.steps == 20
-        assert Find.ref is not None  # found while fit ran
-        left = Find.ref()
-        assert left is None, f"the epoch iterator outlived fit, held by {holders(left)}"  # freed once fit returned
+        freed()
+    finally:
+        gc.enable()
+
+def test_fit_that_raises(stability):
+    gc.disable()
+    try:
+        try:
+            stability.fit(build(), DATA, steps=20, callbacks=[Find(), Boom()])
+        except RuntimeError as exc:
+            assert str(exc) == "boom"
+        else:
+            raise AssertionError("fit did not raise")
+        freed()
     finally:
         gc.enable()
 """.replace("DATA", data),
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
 
 
 def test_recorded_loss_and_gradient_norm_match_an_independent_computation(pytester, tiny_problem):
