@@ -84,10 +84,10 @@ def _not_an_xdist_worker_inside(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _no_traced_graphs_kept():
-    """The suite's own plain ``model.fit`` calls and direct ``train()`` calls, like a stability test, leave no
-    ``tf.custom_gradient`` registration behind (``pytest_stability.training.isolation.drop_gradient_registrations``):
-    each would keep its train function's graphs alive, and every full garbage collection of the worker would walk
-    them again, to the end of the run."""
+    """The suite's own plain ``model.fit`` calls leave no ``tf.custom_gradient`` registration behind, as the
+    plugin's ``fit`` does not (``pytest_stability.training.isolation.drop_gradient_registrations``): each would
+    keep its train function's graphs alive, and every full garbage collection of the worker would walk them
+    again, to the end of the run."""
     import sys
 
     if "tensorflow" not in sys.modules:
