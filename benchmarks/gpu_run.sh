@@ -11,7 +11,10 @@ printf 'Metadata-Version: 2.1\nName: pytest-stability\nVersion: 0.0\n' > "$d/MET
 printf '[pytest11]\nstability = pytest_stability.plugin\n' > "$d/entry_points.txt"
 nvidia-smi -L
 BACKENDS=${BACKENDS:-jax,torch}  # BACKENDS=torch bash benchmarks/gpu_run.sh: one backend
-python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends "$BACKENDS" --timeout 300
+# BENCH=0 bash benchmarks/gpu_run.sh: the tests only, not gpu_check.py (the example project and the benchmarks)
+if [ "${BENCH:-1}" != 0 ]; then
+  python3 benchmarks/gpu_check.py --out "${OUT:-/tmp/gpu_out}" --reps 3 --backends "$BACKENDS" --timeout 300
+fi
 # TESTS="..." bash benchmarks/gpu_run.sh: other test files (test_fidelity.py: the differential checks on the GPU)
 TESTS=${TESTS:-tests/backends/test_fit.py tests/backends/test_curvature_hvp.py tests/backends/test_replay.py tests/backends/test_jax_row_sums.py}
 for b in ${BACKENDS//,/ }; do

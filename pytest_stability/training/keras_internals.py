@@ -114,13 +114,22 @@ def close_epoch_iterator(ref: weakref.ref[object] | None) -> None:
     Its own generator holds it; so does the epoch's data iterator when that is a generator method of it, as
     Keras' JAX one-batch-ahead iterator on a GPU is (found on an H200: ``benchmarks/results/gpu_check.md``).
     A generator closed here is one that Keras would not resume (``fit`` made the epoch iterator and has
-    returned), and that a garbage collection would close later."""
+    returned), and that a garbage collection would close later.
+
+    The iterator's references to them are dropped too, as its own ``reset()`` drops them (without calling the
+    data's ``on_epoch_end``): on CPython 3.12.0 to 3.12.3, ``close()`` leaves a generator's locals alive
+    (CPython gh-118272, fixed in 3.12.4), so a closed generator would still hold the iterator in its cycle
+    (found on the GPU machine's Python 3.12.3, under JAX and PyTorch alike)."""
     iterator = ref() if ref is not None else None
-    generators = [getattr(iterator, name, None) for name in ("_epoch_iterator", "_current_iterator")]
-    del iterator
-    for generator in generators:
+    if iterator is None:
+        return
+    for name in ("_epoch_iterator", "_current_iterator"):
+        generator = getattr(iterator, name, None)
         if inspect.isgenerator(generator):
             generator.close()
+            setattr(iterator, name, None)
+        del generator
+    del iterator
 
 
 def tf_variable(variable: Variable) -> Any:

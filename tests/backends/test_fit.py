@@ -83,7 +83,8 @@ class Seq(keras.utils.PyDataset):
 
 def holders(obj):  # what refers to obj, two levels up (for the failure message)
     def name(o):
-        return type(o).__name__ + (":" + o.f_code.co_name if hasattr(o, "f_code") else "")
+        code = getattr(o, "f_code", None) or getattr(o, "gi_code", None)
+        return type(o).__name__ + (":" + code.co_name if code is not None else "")
     return [(name(r), [name(q) for q in gc.get_referrers(r)][:6]) for r in gc.get_referrers(obj)]
 
 class Boom(keras.callbacks.Callback):
