@@ -107,6 +107,8 @@ import numpy as np, keras, pytest
 rng = np.random.default_rng(1)
 X = rng.normal(size=(48, 20)).astype("float32")
 Y = rng.integers(0, 2, size=48).astype("float32")       # random labels: pure memorisation
+# the same 48 samples 8 times over: 24 steps an epoch, not 3 (fit's per-epoch validation, 17 times not 133)
+X, Y = np.tile(X, (8, 1)), np.tile(Y, 8)
 XV = rng.normal(size=(256, 20)).astype("float32")
 YV = rng.integers(0, 2, size=256).astype("float32")
 
