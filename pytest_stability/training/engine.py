@@ -11,8 +11,9 @@ Per backend (``keras.backend.backend()``, chosen the Keras way:
 ``KERAS_BACKEND`` or ``keras.json``):
 
 * TensorFlow: ``steps_per_execution = readback_every`` (one compiled
-  ``tf.function`` call runs a chunk), recording in the optimizer's ``apply``;
-  op determinism is enabled when ``deterministic``.
+  ``tf.function`` call runs a chunk; shorter calls where that saves a second
+  trace for a last call cut short, :func:`.plan.chunking`), recording in the
+  optimizer's ``apply``; op determinism is enabled when ``deterministic``.
 * JAX: the same chunking; recording in ``stateless_apply``, its buffers
   threaded through ``fit`` as optimizer state and read from the trainer's
   state at each chunk boundary.
@@ -438,7 +439,15 @@ def _chunking(
         distributed=distributed,
         user_steps_per_epoch=setup.user_steps_per_epoch,
         per_epoch=int(per_epoch) if per_epoch else None,
+        # the last call is cut to the steps left only where the epochs' steps are known exactly (_readback)
+        run_steps=setup.run_steps if setup.exact_epoch and per_epoch is not None and not distributed else 0,
+        data_ends_epochs=_data_ends_epochs(setup),
     )
+
+
+def _data_ends_epochs(setup: FitSetup) -> bool:
+    """The data runs out at each epoch's end (arrays), so that a call of the train function ends there too."""
+    return setup.kind == "arrays" and not setup.full_batch
 
 
 def _recorders(
@@ -830,7 +839,8 @@ def _readback(
         keep_initial_state=keep_initial_state,
         callbacks=setup.callbacks,
         curves=curves,
-        data_ends_epochs=setup.kind == "arrays" and not setup.full_batch,
+        data_ends_epochs=_data_ends_epochs(setup),
+        read_every=grouping.read_every or None,
     )
     validation.readback = cb
     return cb

@@ -6,6 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: The most calls of the train function that aligning the last call may add (:func:`chunking`): a call costs
+#: about a millisecond on TensorFlow, the retrace it saves 0.35 s on the smallest model and seconds on large ones.
+ALIGN_MAX_EXTRA_CALLS = 200
+
 
 def epochs_for(run_steps: int, per_epoch: int | None, initial_epoch: int = 0) -> int:
     """The ``epochs`` to give ``fit`` so that it runs at least ``run_steps`` steps of ``per_epoch`` each (the
@@ -23,12 +27,15 @@ class Chunking:
         steps_per_call: steps one call of the train function runs (an epoch's end cuts a call short).
         virtual_call: PyTorch (one step a call): read back where TensorFlow's and JAX's calls of ``chunk``
             steps would end, else None.
+        read_every: calls between two read-backs when the last call was aligned (see :func:`chunking`), else
+            0: ``chunk // steps_per_call``.
     """
 
     chunk: int
     spe: int
     steps_per_call: int
     virtual_call: int | None
+    read_every: int = 0
 
 
 def chunking(
@@ -42,6 +49,8 @@ def chunking(
     distributed: bool = False,
     user_steps_per_epoch: int = 0,
     per_epoch: int | None = None,
+    run_steps: int = 0,
+    data_ends_epochs: bool = True,
 ) -> Chunking:
     """The chunking of one ``fit``.
 
@@ -50,6 +59,14 @@ def chunking(
     so that it sees the same batches as in plain fit; the recorder still reads back once per chunk.  With
     validation (``validates``), read-backs come at least every ``validate_every`` steps.  Under a distribution
     strategy ``fit`` runs one step a call.
+
+    On TensorFlow, where the number of steps of a call is compiled into the train function, a run whose
+    ``run_steps`` end inside a call would trace the step again for a shorter last call (0.35 s on a tiny model,
+    seconds on a large one).  When every call runs the same number of steps (an epoch is one call, or whole
+    calls fill it) and ``per_epoch`` is known, the calls are made shorter instead, by a divisor of their length
+    that the last call's end falls on; every earlier call boundary stays one, and the read-backs (with them the
+    validation points) fall at the same steps, because ``read_every`` counts the shorter calls.  Only when that
+    adds at most :data:`ALIGN_MAX_EXTRA_CALLS` calls.
     """
     chunk = max(int(readback_every), user_spe)
     if validates:
@@ -66,7 +83,32 @@ def chunking(
     virtual_call = None
     if backend == "torch":
         virtual_call = steps_per_call = chunk if not per_epoch else max(1, min(chunk, int(per_epoch)))
+    aligned = None
+    if backend == "tensorflow" and not distributed and not (user_spe > 1 or batch_observers):
+        aligned = _aligned_call(spe, int(per_epoch or 0), int(run_steps), data_ends_epochs)
+    if aligned is not None:
+        return Chunking(chunk, aligned, aligned, None, (chunk // steps_per_call) * (steps_per_call // aligned))
     return Chunking(chunk, spe, steps_per_call, virtual_call)
 
 
-__all__ = ["Chunking", "chunking", "epochs_for"]
+def _aligned_call(spe: int, per_epoch: int, run_steps: int, data_ends_epochs: bool) -> int | None:
+    """The shorter call length on which the run's last call ends, or None (no shorter call needed, or none
+    that keeps the calls equal and adds at most ``ALIGN_MAX_EXTRA_CALLS``); see :func:`chunking`."""
+    if spe <= 1 or per_epoch <= 0 or run_steps <= 0:
+        return None
+    if data_ends_epochs and per_epoch <= spe:
+        length = per_epoch  # an epoch is one call
+    elif per_epoch % spe == 0:
+        length = spe  # whole calls fill an epoch
+    else:
+        return None  # an epoch's last call is shorter than the others
+    last = run_steps - ((run_steps - 1) // per_epoch) * per_epoch  # where the run ends in its epoch, 1..per_epoch
+    if last % length == 0:
+        return None  # it ends on a call's end already
+    shorter = math.gcd(last, length)
+    if run_steps // shorter - run_steps // length > ALIGN_MAX_EXTRA_CALLS:
+        return None
+    return shorter
+
+
+__all__ = ["ALIGN_MAX_EXTRA_CALLS", "Chunking", "chunking", "epochs_for"]

@@ -49,6 +49,8 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
             sizes), else None: with it the last call is cut to the steps left.
         data_ends_epochs: the data runs out at each epoch's end (arrays), so that a call ends there too;
             else (a generator, a repeated dataset) a call runs all its steps.
+        read_every: calls between two read-backs, when the plan shortened the calls
+            (:func:`.plan.chunking`); else ``chunk // steps_per_call``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         callbacks: list[Callback] | None = None,
         curves: Curves | None = None,
         data_ends_epochs: bool = True,
+        read_every: int | None = None,
     ) -> None:
         super().__init__()
         self.recs = list(recs)
@@ -86,7 +89,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         self.chunk = chunk
         # Each call of fit's train function runs at most steps_per_call steps (steps_per_execution, or a
         # shorter epoch), so reading every chunk // steps_per_call calls never lets the buffers wrap
-        self.read_every = max(1, chunk // max(1, steps_per_call))
+        self.read_every = read_every or max(1, chunk // max(1, steps_per_call))
         self.validate = validate
         self.validate_every = validate_every
         self.progress = progress

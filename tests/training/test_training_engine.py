@@ -296,3 +296,29 @@ def test_no_batchnorm_no_gap(stability):
 """,
     )
     result.assert_outcomes(passed=3)
+
+
+def test_a_run_ending_inside_an_epoch_traces_its_step_once_on_tensorflow(pytester, tiny_problem):
+    """60 steps of 8-step epochs end 4 steps into the last epoch.  TensorFlow compiles a call's steps into the
+    train function, so a last call cut to 4 steps was a second trace of the whole step (0.35 s on this model,
+    seconds on a large one); the calls are 4 steps long instead, and the recorded run is the same."""
+    _on_tensorflow_only()
+    result = run(
+        pytester,
+        tiny_problem
+        + """
+def test_model(stability):
+    model = build()
+    made = []
+    make = model.make_train_function
+    def counted(force=False):
+        made.append(force)
+        return make(force=force)
+    model.make_train_function = counted
+    rep = stability.train(model, X, Y, steps=60, batch_size=32)
+    assert rep.trace.steps == 60 and int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 60
+    assert True not in made, made  # never made again for a shorter last call
+    assert rep.trace.info["steps_per_execution"] == 4
+""",
+    )
+    result.assert_outcomes(passed=1)

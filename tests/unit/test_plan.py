@@ -50,3 +50,57 @@ def test_a_users_steps_per_epoch_is_filled_by_whole_calls():
 def test_a_distribution_strategy_runs_a_step_a_call():
     c = chunking(backend="tensorflow", readback_every=50, validate_every=25, validates=False, distributed=True)
     assert (c.spe, c.chunk, c.steps_per_call) == (1, 50, 1)
+
+
+def _call_ends(c: Chunking, per_epoch: int, run_steps: int) -> list[int]:
+    """The steps at which TensorFlow's calls end when each epoch is ``per_epoch`` steps of arrays (a call ends at
+    an epoch's end too), up to the first end at or past ``run_steps``."""
+    ends, step = [], 0
+    while step < run_steps:
+        step += min(c.spe, per_epoch - step % per_epoch)
+        ends.append(step)
+    return ends
+
+
+def _read_backs(c: Chunking, ends: list[int]) -> list[int]:
+    """The steps after which the read-back callback reads: every ``read_every`` calls."""
+    every = c.read_every or max(1, c.chunk // c.steps_per_call)
+    return [end for i, end in enumerate(ends, 1) if i % every == 0]
+
+
+@pytest.mark.parametrize(
+    ("per_epoch", "run_steps", "readback", "spe"),
+    [
+        (8, 60, 64, 4),  # an epoch is one call of 8; the run ends 4 steps into its last epoch
+        (8, 23, 16, 1),  # 7 steps in: only single steps end there (21 more calls)
+        (6, 45, 50, 3),  # a validation split's shorter epoch
+        (40, 110, 20, 10),  # whole calls of 20 fill an epoch of 40; the run ends 30 steps into its last
+    ],
+)
+def test_tensorflow_shortens_the_calls_so_that_the_last_ends_at_the_planned_step(per_epoch, run_steps, readback, spe):
+    """A last call that would run past the planned steps is traced again on TensorFlow (its steps are compiled
+    in): the calls are made shorter instead, the run's end falls on a call's end, every earlier call boundary
+    stays one, and the read-backs (the validation points) fall at the same steps."""
+    kw = dict(backend="tensorflow", readback_every=readback, validate_every=readback, validates=False)
+    before = chunking(per_epoch=per_epoch, **kw)
+    after = chunking(per_epoch=per_epoch, run_steps=run_steps, **kw)
+    assert (after.spe, after.steps_per_call, after.chunk) == (spe, spe, before.chunk)
+    old, new = _call_ends(before, per_epoch, run_steps), _call_ends(after, per_epoch, run_steps)
+    assert run_steps not in old and new[-1] == run_steps  # before, the last call ran past the planned steps
+    assert set(old[:-1]) <= set(new)
+    assert [r for r in _read_backs(after, new) if r < run_steps] == [
+        r for r in _read_backs(before, old) if r < run_steps
+    ]
+
+
+def test_calls_are_not_shortened_where_no_retrace_is_saved_or_it_costs_too_many_calls():
+    kw = dict(readback_every=64, validate_every=64, validates=False)
+    assert chunking(backend="tensorflow", per_epoch=8, run_steps=64, **kw).spe == 64  # ends on an epoch's end
+    assert chunking(backend="jax", per_epoch=8, run_steps=60, **kw).spe == 64  # JAX does not trace again
+    # the user's own steps_per_execution, kept for a callback that sees single batches
+    assert chunking(backend="tensorflow", per_epoch=8, run_steps=60, batch_observers=True, **kw).spe == 1
+    # an epoch whose last call is shorter than the others: shorter calls would move the read-backs
+    assert chunking(backend="tensorflow", per_epoch=7, run_steps=60, **{**kw, "readback_every": 4}).spe == 4
+    # 4004 steps in calls of 4 instead of 8: 501 more calls, more than the retrace costs
+    assert chunking(backend="tensorflow", per_epoch=8, run_steps=4004, **kw).spe == 64
+    assert chunking(backend="tensorflow", per_epoch=8, run_steps=1596, **kw).spe == 4  # 200 more: shortened
