@@ -29,11 +29,11 @@ def test_compare():
     result.assert_outcomes(passed=4)
 
 
-def _on_tensorflow_only():
+def _on_tensorflow_only(why="TensorFlow's gradient registry"):
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        pytest.skip("TensorFlow's gradient registry")
+        pytest.skip(why)
 
 
 def test_a_stability_test_leaves_none_of_its_graphs_alive(pytester, tiny_problem):
@@ -301,8 +301,9 @@ def test_no_batchnorm_no_gap(stability):
 def test_a_run_ending_inside_an_epoch_traces_its_step_once_on_tensorflow(pytester, tiny_problem):
     """60 steps of 8-step epochs end 4 steps into the last epoch.  TensorFlow compiles a call's steps into the
     train function, so a last call cut to 4 steps was a second trace of the whole step (0.35 s on this model,
-    seconds on a large one); the calls are 4 steps long instead, and the recorded run is the same."""
-    _on_tensorflow_only()
+    seconds on a large one); the calls are 4 steps long instead (the recorded numbers are the same: the
+    recordings of tests/plugin/recorded/ changed only in their steps_per_execution)."""
+    _on_tensorflow_only("TensorFlow compiles a call's steps into its train function")
     result = run(
         pytester,
         tiny_problem
