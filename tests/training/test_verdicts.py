@@ -36,7 +36,9 @@ import pytest
 from benchmarks import scenarios as S
 
 
-@pytest.mark.stable_training(steps=3000, readback_every=500, diagnostics=True)
+# the scenario's 3000 steps cut to 1000: its first spike comes at about step 550 (TensorFlow), after the long
+# fall that is the second moment's evidence (PyTorch: 21 s -> 5 s)
+@pytest.mark.stable_training(steps=1000, readback_every=500, diagnostics=True)
 def test_adam(stability):
     sc = S.adam_collapse(2)
     rep = stability.fit(sc.build(), sc.x, sc.y, check=False)
