@@ -440,9 +440,16 @@ def _chunking(
         user_steps_per_epoch=setup.user_steps_per_epoch,
         per_epoch=int(per_epoch) if per_epoch else None,
         # the last call is cut to the steps left only where the epochs' steps are known exactly (_readback)
-        run_steps=setup.run_steps if setup.exact_epoch and per_epoch is not None and not distributed else 0,
+        run_steps=setup.run_steps if _exact_epoch_steps(setup, distributed) is not None else 0,
         data_ends_epochs=_data_ends_epochs(setup),
     )
+
+
+def _exact_epoch_steps(setup: FitSetup, distributed: bool) -> int | None:
+    """The steps of every epoch when known exactly (arrays, or the one epoch the plugin sizes), else None: the
+    read-back cuts the last call to the steps left only then, and the plan shortens the calls only then."""
+    per_epoch = setup.per_epoch
+    return int(per_epoch) if setup.exact_epoch and per_epoch is not None and not distributed else None
 
 
 def _data_ends_epochs(setup: FitSetup) -> bool:
@@ -823,7 +830,6 @@ def _readback(
     is the validation's step counter (``validation.readback``)."""
     from . import readback
 
-    per_epoch = setup.per_epoch
     cb = readback.readback_class()(
         recs,
         steps=setup.run_steps,
@@ -834,7 +840,7 @@ def _readback(
         progress=progress,
         on_boundary=fix,
         measure=curvature,
-        epoch_steps=int(per_epoch) if setup.exact_epoch and per_epoch is not None and not distributed else None,
+        epoch_steps=_exact_epoch_steps(setup, distributed),
         virtual_call=grouping.virtual_call,
         keep_initial_state=keep_initial_state,
         callbacks=setup.callbacks,
