@@ -8,7 +8,29 @@ be loaded twice in one process ("cannot load module more than once").
 
 pytest_plugins = ["pytester"]
 
+import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+#: Under JAX, XLA compiles the same small programs again and again (the same model and data shapes in many
+#: tests, and in each of the differential test's setups): the suite keeps them in JAX's persistent
+#: compilation cache, one directory for the run, which the xdist workers and pytester's subprocesses inherit
+#: and the process that made it removes at the end.  A hit returns the executable XLA made for the same
+#: program and options, so nothing a test checks depends on it; the tracing and lowering still run.
+_JAX_CACHE_DIR = None
+if os.environ.get("KERAS_BACKEND") == "jax" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE_DIR = tempfile.mkdtemp(prefix="pytest-stability-suite-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE_DIR
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tiny programs too (the default is 1 s)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _JAX_CACHE_DIR is not None:
+        shutil.rmtree(_JAX_CACHE_DIR, ignore_errors=True)
+
 
 #: A tiny, fast, healthy training problem that pytester test files start with.
 TINY_PROBLEM = """
