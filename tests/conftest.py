@@ -16,13 +16,20 @@ import pytest  # noqa: E402
 
 #: Under JAX, XLA compiles the same small programs again and again (the same model and data shapes in many
 #: tests, and in each of the differential test's setups): the suite keeps them in JAX's persistent
-#: compilation cache, one directory for the run, which the xdist workers and pytester's subprocesses inherit
-#: and the process that made it removes at the end.  A hit returns the executable XLA made for the same
-#: program and options, so nothing a test checks depends on it; the tracing and lowering still run.
+#: compilation cache.  One directory per process that loads this file (each xdist worker, made afresh and
+#: removed at the end), never shared by two at once: JAX writes an entry in place, and another process
+#: reading it half written would get a warning and compile again.  pytester's subprocesses inherit their
+#: worker's, which waits for them.  A hit returns the executable XLA made for the same program and options,
+#: so nothing a test checks depends on it; the tracing and lowering still run.  A cache directory of your own
+#: (``JAX_COMPILATION_CACHE_DIR`` set before the run) is left as it is.
+_SUITE_JAX_CACHE = "PYTEST_STABILITY_SUITE_JAX_CACHE"
 _JAX_CACHE_DIR = None
-if os.environ.get("KERAS_BACKEND") == "jax" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+if os.environ.get("KERAS_BACKEND") == "jax" and (
+    "JAX_COMPILATION_CACHE_DIR" not in os.environ or os.environ.get(_SUITE_JAX_CACHE)
+):
     _JAX_CACHE_DIR = tempfile.mkdtemp(prefix="pytest-stability-suite-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE_DIR
+    os.environ[_SUITE_JAX_CACHE] = "1"
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # tiny programs too (the default is 1 s)
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
