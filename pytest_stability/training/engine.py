@@ -834,7 +834,6 @@ def _readback(
         recs,
         steps=setup.run_steps,
         chunk=grouping.chunk,
-        steps_per_call=grouping.steps_per_call,
         validate=validation if validation.batches else None,
         validate_every=int(spec.validate_every),
         progress=progress,
@@ -846,7 +845,7 @@ def _readback(
         callbacks=setup.callbacks,
         curves=curves,
         data_ends_epochs=_data_ends_epochs(setup),
-        read_every=grouping.read_every or None,
+        read_every=grouping.read_every,
     )
     validation.readback = cb
     return cb

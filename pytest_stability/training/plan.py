@@ -27,8 +27,9 @@ class Chunking:
         steps_per_call: steps one call of the train function runs (an epoch's end cuts a call short).
         virtual_call: PyTorch (one step a call): read back where TensorFlow's and JAX's calls of ``chunk``
             steps would end, else None.
-        read_every: calls between two read-backs when the last call was aligned (see :func:`chunking`), else
-            0: ``chunk // steps_per_call``.
+        read_every: calls of the train function between two read-backs: ``chunk // steps_per_call`` (a call
+            runs at most ``steps_per_call`` steps, so the buffers never wrap), or more when the calls were
+            shortened (see :func:`chunking`).  Left at 0, it is the former.
     """
 
     chunk: int
@@ -36,6 +37,10 @@ class Chunking:
     steps_per_call: int
     virtual_call: int | None
     read_every: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.read_every:
+            object.__setattr__(self, "read_every", max(1, self.chunk // max(1, self.steps_per_call)))
 
 
 def chunking(

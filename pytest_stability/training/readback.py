@@ -44,13 +44,11 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         recs: the recorders of this ``fit``, one per optimizer, ``model.optimizer``'s first.
         steps: the steps to run.
         chunk: the rows the recorder's buffers hold: at most that many steps between two read-backs.
-        steps_per_call: the most steps one call of ``fit``'s train function runs.
         epoch_steps: the steps of every epoch when known exactly (arrays, or the one epoch the plugin
             sizes), else None: with it the last call is cut to the steps left.
         data_ends_epochs: the data runs out at each epoch's end (arrays), so that a call ends there too;
             else (a generator, a repeated dataset) a call runs all its steps.
-        read_every: calls between two read-backs, when the plan shortened the calls
-            (:func:`.plan.chunking`); else ``chunk // steps_per_call``.
+        read_every: calls of the train function between two read-backs (:attr:`.plan.Chunking.read_every`).
     """
 
     def __init__(
@@ -59,7 +57,6 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         *,
         steps: int,
         chunk: int,
-        steps_per_call: int,
         validate: Callable[..., None] | None,
         validate_every: int,
         progress: Callable[[int], None] | None,
@@ -71,7 +68,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         callbacks: list[Callback] | None = None,
         curves: Curves | None = None,
         data_ends_epochs: bool = True,
-        read_every: int | None = None,
+        read_every: int = 1,
     ) -> None:
         super().__init__()
         self.recs = list(recs)
@@ -87,9 +84,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         self.multiples: dict[int, int] = {}
         self.steps = steps
         self.chunk = chunk
-        # Each call of fit's train function runs at most steps_per_call steps (steps_per_execution, or a
-        # shorter epoch), so reading every chunk // steps_per_call calls never lets the buffers wrap
-        self.read_every = read_every or max(1, chunk // max(1, steps_per_call))
+        self.read_every = read_every
         self.validate = validate
         self.validate_every = validate_every
         self.progress = progress

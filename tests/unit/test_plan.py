@@ -64,8 +64,7 @@ def _call_ends(c: Chunking, per_epoch: int, run_steps: int) -> list[int]:
 
 def _read_backs(c: Chunking, ends: list[int]) -> list[int]:
     """The steps after which the read-back callback reads: every ``read_every`` calls."""
-    every = c.read_every or max(1, c.chunk // c.steps_per_call)
-    return [end for i, end in enumerate(ends, 1) if i % every == 0]
+    return [end for i, end in enumerate(ends, 1) if i % c.read_every == 0]
 
 
 @pytest.mark.parametrize(
