@@ -27,7 +27,7 @@ import numpy  # noqa: E402,F401
 import tensorflow  # noqa: E402,F401
 
 # Where Hypothesis is installed, its pytest plugin imports it in each pytester run's terminal summary, and an
-# in-process run drops the modules it imported: once here, not seconds per run (CI installs no Hypothesis).
+# in-process run drops the modules it imported: once here, not seconds per run (`[test]` installs it).
 with contextlib.suppress(ImportError):
     import hypothesis  # noqa: F401
 
