@@ -396,15 +396,20 @@ def _headline(backends: list[str], p_sum: dict, h_sum: dict, agree: dict | None)
 def _by_cause(records: list[dict], judged: dict[int, dict]) -> list[str]:
     """First-fix success per primary cause, every backend pooled (what ``diagnosis.FIX_SUCCESS`` quotes)."""
     per: dict[str, list[int]] = {}
+    kinds: dict[str, list[int]] = {}  # by the first fix's setting(s): learning_rate_factor, learning_rate_cap...
     for rec in records:
         primary = judged[id(rec)]["primary"]
         if rec["group"] != "pathology" or primary is None:
             continue
         outcome = _fix_outcome(rec, primary)
         if outcome in ("first", "later", "no"):
-            n = per.setdefault(primary.evidence["cause_key"], [0, 0])
-            n[0] += outcome == "first"
-            n[1] += 1
+            for table, key in (
+                (per, primary.evidence["cause_key"]),
+                (kinds, "+".join(sorted(primary.evidence["fix_configs"][0]))),
+            ):
+                n = table.setdefault(key, [0, 0])
+                n[0] += outcome == "first"
+                n[1] += 1
     if not per:
         return []
     out = [
@@ -415,6 +420,7 @@ def _by_cause(records: list[dict], judged: dict[int, dict]) -> list[str]:
     ]
     out += [f"| {k} | {_pct(a, n)} |" for k, (a, n) in sorted(per.items())]
     out += ["", "As `diagnosis.FIX_SUCCESS`: `" + repr({k: tuple(v) for k, v in sorted(per.items())}) + "`"]
+    out += ["", "By the first fix's setting: `" + repr({k: tuple(v) for k, v in sorted(kinds.items())}) + "`"]
     return out
 
 
@@ -518,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="judge the runs pickled by --save-traces instead of training (several files are merged)",
     )
+    ap.add_argument(
+        "--out",
+        default=RESULTS,
+        help=f"the results file in benchmarks/results (default {RESULTS}; another name for a run of a few "
+        "scenarios, which would not replace the full tables)",
+    )
     ap.add_argument("--collect-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.healthy_seeds < 1:
@@ -556,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     md = _report(records, t, time.perf_counter() - started, trained=not args.from_traces, sweep=not args.no_sweep)
     print(md)
-    write_results(RESULTS, md)
+    write_results(args.out, md)
     return 0
 
 

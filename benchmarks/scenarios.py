@@ -1046,6 +1046,56 @@ FIRST_RUN_HEALTHY: dict[str, Callable[[int], Scenario]] = {
 }
 
 
+def schedule_jump(seed: int) -> Scenario:
+    """A small convnet classifier under SGD (momentum 0.9) whose step schedule jumps from 1e-3 to 7 after 150
+    steps (``PiecewiseConstantDecay([150], [1e-3, 7.0])``, a mis-typed peak: the example project's known-unstable
+    test): the loss spikes soon after the jump.  The learning rate, capped near the rates the run trained at (a
+    tenth of the schedule, a peak of 0.7, still spiked in the example project's what-if replay on TensorFlow)."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    n = 512
+    y = rng.integers(0, 2, size=n).astype("int32")
+    x = rng.normal(scale=0.3, size=(n, 16, 16, 1))
+    for i in np.flatnonzero(y == 1):  # class 1: a bright 6x6 square somewhere in the image
+        r, c = rng.integers(0, 11, size=2)
+        x[i, r : r + 6, c : c + 6, 0] += 1.0
+
+    def build() -> Any:
+        L = keras.layers
+        m = keras.Sequential(
+            [
+                keras.Input((16, 16, 1)),
+                L.Conv2D(8, 3, activation="relu", padding="same"),
+                L.MaxPooling2D(),
+                L.Conv2D(16, 3, activation="relu", padding="same"),
+                L.GlobalAveragePooling2D(),
+                L.Dense(2),
+            ]
+        )
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([150], [1e-3, 7.0])
+        m.compile(
+            optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        return m
+
+    return _scenario(
+        "schedule_jump",
+        "schedule_jump",
+        build,
+        x.astype("float32"),
+        y,
+        check="loss_spike",
+        cause="lr_too_high",
+        steps=300,
+        batch_size=32,
+    )
+
+
+#: a step schedule whose rate jumps (its first fix is a cap, not a scaled schedule).
+SCHEDULE_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"schedule_jump": schedule_jump}
+
+
 PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "adam_collapse": adam_collapse,
     "lr_too_high": lr_too_high,
@@ -1057,6 +1107,7 @@ PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "bn_small_batch": bn_small_batch,
     **NEW_PATHOLOGIES,
     **FIRST_RUN_PATHOLOGIES,
+    **SCHEDULE_PATHOLOGIES,
 }
 
 HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {

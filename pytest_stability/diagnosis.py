@@ -14,8 +14,8 @@ Every diagnosed finding gets
 * ``evidence["cause_key"]``: a machine-readable key from :data:`CAUSES`;
 * ``evidence["fixes"]``: the fixes in that order, each ``{"text", "config"}``: ``config`` is the
   change as optimizer settings (``{"clipnorm": 0.49}``, ``{"learning_rate_factor": 0.001}``,
-  ``{"epsilon": 1e-3}``) or None for a change to the data, loss or model; ``evidence["fix_configs"]``:
-  the configs alone, in the same order (the what-if replay,
+  ``{"learning_rate_cap": 0.01}``, ``{"epsilon": 1e-3}``) or None for a change to the data, loss or
+  model; ``evidence["fix_configs"]``: the configs alone, in the same order (the what-if replay,
   :mod:`pytest_stability.training.whatif`, applies them);
 * ``evidence["fix_from"]``, when the root event came before the finding's step (a run found stuck long
   after the blow-up that killed it): the step the fix must be in place before (the what-if replay applies it
@@ -53,6 +53,11 @@ Fixes: direction and magnitude
   under a schedule that rose into the failure, the factor that brings the
   highest rate the run reached to :data:`SCHEDULE_MARGIN` x the rate it blew up at;
   otherwise the rule's default (10x, or 3x for a spike without an explosion).
+  A rate that *jumped* (:func:`lr_jump`: :data:`LR_JUMP` x above every earlier
+  rate in one step, after a healthy stretch) is capped instead
+  (``{"learning_rate_cap": c}``): at :data:`JUMP_CAP` x the highest rate the
+  run trained at before the jump, and at most :data:`SCHEDULE_MARGIN` x the
+  rate it blew up at; the steps before the jump keep their rates.
 * A clipnorm is the 90th percentile of the gradient norms of the run's healthy
   stretch before the event (steps whose norm and loss stayed within
   :data:`HEALTHY_GROWTH` x their first steps'), and is not offered when that
@@ -91,7 +96,8 @@ The rules
     :data:`EARLY_FRACTION` of the steps (at least :data:`EARLY_MIN_STEPS`):
     stuck afterwards -> ``collapse_constant``, else ``lr_too_high`` (or the
     initialisation / input scale), whatever the optimizer; stuck after the
-    event -> ``collapse_constant``; a
+    event -> ``collapse_constant``; a learning rate that jumped before the event
+    (:func:`lr_jump`) -> ``lr_too_high`` (likely), its explosion included; a
     gradient norm :data:`EXPLOSION_FACTOR` x the 90th percentile before it ->
     ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
@@ -197,6 +203,11 @@ HEALTHY_MIN_STEPS = 10
 UPDATE_TOO_FAST = 1e-1
 #: a schedule that rose into a blow-up is scaled so its highest rate is at most this share of the rate it blew up at.
 SCHEDULE_MARGIN = 0.1
+#: a learning rate that rose at least this much in one step, after at least HEALTHY_MIN_STEPS healthy steps,
+#: jumped (a step schedule's mis-typed peak): the run showed the rates before the jump train.
+LR_JUMP = 10.0
+#: after such a jump, the rate is capped at this many times the highest rate the run trained at before it.
+JUMP_CAP = 10.0
 #: the update size per step a lowered learning rate aims at (|dw|/|w|).
 TARGET_UPDATE = 1e-2
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
@@ -221,6 +232,23 @@ FIX_SUCCESS: dict[str, tuple[int, int]] = {
     "gradient_explosion": (31, 31),
     "lr_too_high": (124, 124),
 }
+#: the same by the first fix's setting, for first fixes those runs never got: a cap of a rate that jumped
+#: (benchmarks/results/detection-schedule-jump.md, every backend pooled, "By the first fix's setting").
+FIX_SUCCESS_BY_SETTING: dict[str, tuple[int, int]] = {"learning_rate_cap": (28, 28)}
+
+
+def measured_first_fix(cause_key: str, config: Mapping[str, Any] | None) -> tuple[int, int, str] | None:
+    """How often the detection benchmark's what-if replay found a first fix like this one resolve its run:
+    ``(resolved, runs, of_what)``, ``of_what`` naming the runs counted; None where not measured."""
+    if config:
+        setting = "+".join(sorted(config))
+        if setting in FIX_SUCCESS_BY_SETTING:
+            return (*FIX_SUCCESS_BY_SETTING[setting], f"runs whose first fix was {setting}")
+    if cause_key in FIX_SUCCESS:
+        return (*FIX_SUCCESS[cause_key], "runs with this cause")
+    return None
+
+
 #: findings this many steps apart or closer are one event when ranking (the earliest root event leads).
 EVENT_GAP = 10
 #: steps after an event over which "stuck" is judged: the run's spike_window (diagnose(..., thresholds=...)),
@@ -799,6 +827,49 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, la
     return "default"
 
 
+def lr_jump(trace: Trace, start: int) -> int | None:
+    """The step at which the recorded learning rate jumped :data:`LR_JUMP` x or more above every earlier
+    rate (the largest such jump), with the run healthy up to it for at least :data:`HEALTHY_MIN_STEPS` steps
+    and the event at ``start`` at or after it; None without one.  A warm-up that rises over many steps
+    jumps nowhere (its largest one-step rise comes in its first steps, before the run showed anything)."""
+    lr = trace.lr
+    if lr is None or start <= HEALTHY_MIN_STEPS:
+        return None
+    seg = np.asarray(lr[: min(int(start), lr.size - 1) + 1], dtype=np.float64)
+    if seg.size <= HEALTHY_MIN_STEPS or not np.all(np.isfinite(seg)) or np.any(seg <= 0):
+        return None
+    rise = seg[1:] / np.maximum.accumulate(seg)[:-1]  # rise[k - 1]: lr[k] over the highest rate before k
+    rise[: HEALTHY_MIN_STEPS - 1] = 0.0  # at least HEALTHY_MIN_STEPS steps ran before the jump
+    k = int(np.argmax(rise)) + 1
+    if rise[k - 1] < LR_JUMP or healthy_end(trace, start) < k:
+        return None
+    return k
+
+
+def _lr_cap_fix(q: Quotes, trace: Trace, until: int, k: int) -> Fix:
+    """After a jump of the rate at step ``k`` (before the event at ``until``): a cap at :data:`JUMP_CAP` x the
+    highest rate the run trained at before it, and at most :data:`SCHEDULE_MARGIN` x the highest rate from the
+    jump to the event.  Scaling the whole schedule would also slow the steps before the jump, which trained
+    well."""
+    q.step("lr_jump_step", k)
+    q.over("lr_before_jump", "lr", "max", 0, k - 1)
+    q.at("lr_after_jump", "lr", k)
+    q.ratio("lr_jump", "lr_after_jump", "lr_before_jump")
+    q.over("lr_blew_up_at", "lr", "max", k, until)
+    q.const("jump_cap", JUMP_CAP)
+    q.const("schedule_margin", SCHEDULE_MARGIN)
+    q.product("lr_cap_trained", "lr_before_jump", "jump_cap")
+    q.product("lr_cap_event", "lr_blew_up_at", "schedule_margin")
+    q.smaller("lr_cap_raw", "lr_cap_trained", "lr_cap_event")
+    q.derived("lr_cap", "round2", "lr_cap_raw")
+    return Fix(
+        "a learning rate capped at {lr_cap} (lower the schedule's peak): the rate jumped {lr_jump}x at step "
+        "{lr_jump_step}, from {lr_before_jump} to {lr_after_jump}; the cap is {jump_cap}x the highest rate the "
+        "run trained at before the jump, and at most {schedule_margin}x the rate it blew up at, {lr_blew_up_at}",
+        {"learning_rate_cap": q["lr_cap"]},
+    )
+
+
 def _lr_fix(
     q: Quotes,
     trace: Trace,
@@ -807,8 +878,15 @@ def _lr_fix(
     cfg: dict[str, Any],
     default: float = 0.1,
     largest_before: bool = False,
+    jump_until: int | None = None,
 ) -> tuple[Fix, str]:
-    """The lower learning rate to try, with its magnitude from the run, and the basis of the magnitude."""
+    """The lower learning rate to try, with its magnitude from the run, and the basis of the magnitude
+    (``jump``: a cap after the rate jumped before ``start``, or before ``jump_until`` when given: see
+    :func:`lr_jump`)."""
+    until = start if jump_until is None else max(start, int(jump_until))
+    k = lr_jump(trace, until)
+    if k is not None:
+        return _lr_cap_fix(q, trace, until, k), "jump"
     basis = _lr_factor(q, trace, start, end, default, largest_before)
     lr = _lr_now(q, trace, start, cfg, "learning_rate")
     q.product("learning_rate_suggested", "learning_rate", "lr_factor")
@@ -1012,10 +1090,11 @@ def _stuck_state(trace: Trace, step: int, window: int, f: Finding | None = None)
     return st
 
 
-def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str) -> Dx:
-    """A run that blew up and then stopped: name the collapse, lower the learning rate, clip when possible."""
+def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str, until: int | None = None) -> Dx:
+    """A run that blew up and then stopped: name the collapse, lower the learning rate (capped when the rate
+    jumped between ``start`` and ``until``, where the run was found stuck), clip when possible."""
     _, cfg = _optimizer(trace)
-    lr_fix, basis = _lr_fix(q, trace, start, end, cfg, largest_before=True)
+    lr_fix, basis = _lr_fix(q, trace, start, end, cfg, largest_before=True, jump_until=until)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
     cause = head + ": the blow-up pushed units dead or outputs into saturation, and training stopped there"
     if basis == "update":
@@ -1081,6 +1160,8 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         and _number(trace.lr[min(start, trace.lr.size - 1)]) >= 2 * _number(trace.lr[0])
     )
     repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS
+    # a rate that jumped before the event (a step schedule's peak): the rate, even when the gradients exploded
+    jumped = lr_jump(trace, start) is not None
     # a lone jump: a third of the rate; an explosion, or spike after spike: a tenth
     lr_fix, _ = _lr_fix(q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3)
     clip = _clip_fix(q, trace, start, "before the event")
@@ -1111,18 +1192,14 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     if clip is None and has_g:
         fixes.append(_no_clip_note())
     if exploded:
-        if f.check == "grad_norm" or not has_g:
-            cause = what + note
-        else:
-            cause = (
-                what
-                + (
-                    ", with the gradient norm at {grad_norm_at_spike}, {explosion}x the "
-                    "{grad_norm_p90_before} before it"
-                )
-                + note
+        cause = what
+        if f.check != "grad_norm" and has_g:
+            cause += (
+                ", with the gradient norm at {grad_norm_at_spike}, {explosion}x the {grad_norm_p90_before} before it"
             )
-        return Dx("gradient_explosion", LIKELY, cause, fixes)
+        if jumped:  # the explosion followed the rate's jump
+            return Dx("lr_too_high", LIKELY, cause + ": a learning rate too high, which jumped before it" + note, fixes)
+        return Dx("gradient_explosion", LIKELY, cause + note, fixes)
     if has_g:
         cause = (
             what + " without a matching gradient explosion (gradient norm {grad_norm_at_spike}; "
@@ -1134,7 +1211,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
             what + " (no gradient norms recorded): a learning rate too high for this point of training, "
             "or an unusual batch" + note
         )
-    return Dx("lr_too_high", LIKELY if too_fast else UNCERTAIN, cause, fixes)
+    return Dx("lr_too_high", LIKELY if too_fast or jumped else UNCERTAIN, cause, fixes)
 
 
 def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
@@ -1403,7 +1480,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
         # the fix must be in place before the blow-up, not where the run was found stuck
         root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
-        dx = _collapse_dx(q, trace, root, root, head)
+        dx = _collapse_dx(q, trace, root, root, head, until=step)
         dx.extra["fix_from"] = root
         return dx
     prior = _prior_loss(q, trace, level)

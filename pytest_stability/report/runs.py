@@ -123,7 +123,7 @@ class RunReport:
         fix resolved in the what-if replay, where measured), then the what-if outcome when it ran.  Then
         the other findings, each saying whose consequence it is, and the replay command.
         """
-        from ..diagnosis import FIX_SUCCESS
+        from ..diagnosis import measured_first_fix
 
         t = self.trace
         failed = [r for r in self.results if r.status == FAILED]
@@ -163,12 +163,12 @@ class RunReport:
             fixes = fixes or ([f.fix] if f.fix and not notes else [])
             if fixes and not (i > 0 and consequence):
                 lines.append(f"  fix to try: {fixes[0]}")
-                measured = FIX_SUCCESS.get(str(f.evidence.get("cause_key")))
-                configs = f.evidence.get("fix_configs") or []
-                if measured and configs and (f.evidence.get("fixes") or [{}])[0].get("config"):
-                    done, runs = measured
+                first_config = (f.evidence.get("fixes") or [{}])[0].get("config")
+                measured = measured_first_fix(str(f.evidence.get("cause_key")), first_config)
+                if measured and first_config:
+                    done, runs, of_what = measured
                     lines.append(
-                        f"    (this first fix resolved {done} of {runs} runs with this cause when the detection "
+                        f"    (this first fix resolved {done} of {runs} {of_what} when the detection "
                         "benchmark replayed them with it)"
                     )
                 if len(fixes) > 1:

@@ -7,7 +7,8 @@ see :mod:`pytest_stability.diagnosis`):
 * ``{"epsilon": 1e-3}``, ``{"beta_2": 0.99}``, ``{"clipnorm": 0.33}``: the same
   setting on the optimizer (``{"amsgrad": True}`` is not replayed: it needs
   optimizer state the run did not have);
-* ``{"learning_rate_factor": 0.1}``: the learning rate (or the schedule) x 0.1.
+* ``{"learning_rate_factor": 0.1}``: the learning rate (or the schedule) x 0.1;
+* ``{"learning_rate_cap": 0.01}``: the learning rate (or the schedule) at most 0.01.
 
 :func:`replay` puts the model and optimizer back to their state before the
 run's first step (kept by the engine with ``keep_initial_state``), sets the
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 
 #: steps replayed after the failure (in units of spike_window), so a spike that is only delayed still shows.
 AFTER_WINDOWS = 4
+#: fixes that change the learning rate (or its schedule), not a setting of the same name
+LEARNING_RATE_KEYS = frozenset({"learning_rate_factor", "learning_rate_cap"})
 #: distinct fixes replayed at most, per run (a fix that cannot be replayed is reported and not counted).
 MAX_ATTEMPTS = 2
 
@@ -74,6 +77,8 @@ def describe_fix(optimizer_name: str, fix: dict[str, Any]) -> str:
     for k, v in fix.items():
         if k == "learning_rate_factor":
             parts.append(f"learning_rate x {v:.3g}")
+        elif k == "learning_rate_cap":
+            parts.append(f"learning_rate at most {v:.3g}")
         else:
             parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
     return f"{optimizer_name}({', '.join(parts)})"
@@ -98,10 +103,18 @@ def apply_fix(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
             factor = float(value)
             schedule = getattr(inner, "_learning_rate", None)
             if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-                inner._learning_rate = _scaled_schedule(keras, schedule, factor)
+                inner._learning_rate = _changed_schedule(keras, schedule, factor=factor)
             else:
                 current = float(host_numpy(inner.learning_rate))
                 inner.learning_rate = current * factor
+        elif key == "learning_rate_cap":
+            cap = float(value)
+            schedule = getattr(inner, "_learning_rate", None)
+            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+                inner._learning_rate = _changed_schedule(keras, schedule, cap=cap)
+            else:
+                current = float(host_numpy(inner.learning_rate))
+                inner.learning_rate = min(current, cap)
         elif key == "amsgrad":
             raise NotReplayable("amsgrad=True needs optimizer state the run did not have (the maximum of v)")
         elif not hasattr(inner, key):
@@ -113,15 +126,20 @@ def apply_fix(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
                 inner.clipvalue = None
 
 
-def _scaled_schedule(keras: Any, schedule: Callable[[Tensor], Tensor], factor: float) -> Callable[[Tensor], Tensor]:
-    class Scaled(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]  # Keras is untyped
+def _changed_schedule(
+    keras: Any, schedule: Callable[[Tensor], Tensor], factor: float = 1.0, cap: float | None = None
+) -> Callable[[Tensor], Tensor]:
+    """``schedule`` x ``factor``, at most ``cap``."""
+
+    class Changed(keras.optimizers.schedules.LearningRateSchedule):  # type: ignore[misc]  # Keras is untyped
         def __call__(self, step: Tensor) -> Tensor:
-            return schedule(step) * factor
+            rate = schedule(step) * factor if factor != 1.0 else schedule(step)
+            return rate if cap is None else keras.ops.minimum(rate, cap)
 
         def get_config(self) -> dict[str, Any]:  # pragma: no cover - never serialised
-            return {"factor": factor}
+            return {"factor": factor, "cap": cap}
 
-    return Scaled()
+    return Changed()
 
 
 def _fixable(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
@@ -130,7 +148,7 @@ def _fixable(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
     for key in fix:
         if key == "amsgrad":
             raise NotReplayable("amsgrad=True needs optimizer state the run did not have (the maximum of v)")
-        if key != "learning_rate_factor" and not hasattr(inner, key):
+        if key not in LEARNING_RATE_KEYS and not hasattr(inner, key):
             raise NotReplayable(f"{type(inner).__name__} has no {key!r} setting")
 
 
@@ -201,7 +219,7 @@ def replay(
     info.update({k: v for k, v in (new.info or {}).items() if k == "fix_applied_at"})
     # the checks judge the replayed steps with the optimizer they ran with (clipnorm: the clipped norm)
     config = dict(info.get("optimizer_config") or {})
-    config.update({k: v for k, v in fix.items() if k != "learning_rate_factor"})
+    config.update({k: v for k, v in fix.items() if k not in LEARNING_RATE_KEYS})
     if "clipnorm" in fix:
         config["global_clipnorm"] = None
     info["optimizer_config"] = config

@@ -187,6 +187,21 @@ def test_adam_epsilon_fix_replayed_from_a_snapshot_before_the_collapse():
     assert note["resolved"] is True, note["text"]
 
 
+def test_a_rate_that_jumped_is_capped_and_the_cap_resolves_the_run():
+    # the example project's mis-typed step schedule (1e-3, then 7 after step 150): a tenth of the schedule, the
+    # fix before the cap, still spiked; the cap at 10x the rate before the jump resolves it
+    sc = S.schedule_jump(0)
+    model, res, spec = _train(sc, 0)
+    primary = next(f for r in _diagnosed(res) for f in r.findings if f.evidence.get("rank") == 0)
+    assert primary.evidence["cause_key"] == "lr_too_high", primary.cause
+    assert primary.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}, primary.fix
+    start = primary.evidence["start"]
+    rep = _replay(sc, 0, model, res, spec, fix=primary.evidence["fix_configs"][0], failure_step=start)
+    assert rep.fix_text == "SGD(learning_rate at most 0.01)" and rep.start < 151
+    note = whatif.verdict(rep, run_checks(rep.trace, Thresholds(), ("loss_spike", "nonfinite", "grad_norm")))
+    assert note["resolved"] is True, note["text"]
+
+
 def test_one_shot_generator_cannot_be_replayed():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
@@ -235,3 +250,20 @@ def test_learning_rate_factor_scales_a_schedule_in_place():
     opt = model.optimizer
     assert float(opt._learning_rate(10)) == pytest.approx(0.1 * float(schedule(10)))
     assert opt.clipnorm == 1.0 and opt.global_clipnorm is None
+
+
+def test_learning_rate_cap_caps_a_schedule_or_a_rate_in_place():
+    # the example project's mis-typed step schedule: 1e-3, then 7 after step 150; capped at 0.01, the steps
+    # before the jump keep their rate
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([150], [1e-3, 7.0])
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(schedule, momentum=0.9), "mse")
+    whatif.apply_fix(keras, model, {"learning_rate_cap": 0.01})
+    rates = [float(keras.ops.convert_to_numpy(model.optimizer._learning_rate(k))) for k in (0, 150, 151, 299)]
+    assert rates == pytest.approx([1e-3, 1e-3, 0.01, 0.01])
+    assert whatif.describe_fix("SGD", {"learning_rate_cap": 0.01}) == "SGD(learning_rate at most 0.01)"
+    # a constant rate: lowered to the cap, never raised to it
+    for lr, capped in ((0.5, 0.01), (1e-3, 1e-3)):
+        model.compile(keras.optimizers.SGD(lr), "mse")
+        whatif.apply_fix(keras, model, {"learning_rate_cap": 0.01})
+        assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(capped)

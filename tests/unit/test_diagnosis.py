@@ -271,6 +271,73 @@ def test_suggested_clipnorm_comes_from_the_healthy_norms_only():
     assert f"clipnorm={clip:g} on the optimizer, from this run's healthy gradient norms before the event" in f.fix
 
 
+def _schedule_spike(lr):
+    """A run that trains well for 150 steps, then spikes at step 166 and stays noisy (the example project's
+    mis-typed step schedule): SGD under the rates ``lr``."""
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.geomspace(2.3, 0.7, 150), 0.7 * np.exp(0.02 * rng.normal(size=150))])
+    loss[166:175] = np.geomspace(3.1, 1.0, 9)
+    g = np.exp(0.1 * rng.normal(size=300)) * 0.2
+    g[166:175] = 1.4
+    return Trace(loss=loss, grad_norm=g, lr=lr, info={"optimizer": "SGD", "optimizer_config": {"momentum": 0.9}})
+
+
+def test_a_rate_that_jumped_is_capped_near_the_rates_the_run_trained_at():
+    # 1e-3 for 151 steps, then 7 (PiecewiseConstantDecay([150], [1e-3, 7.0])): a tenth of the schedule
+    # would still be 700x the rate the run trained at (measured: the loss still spikes at 0.7); the cap is
+    # 10x the rate before the jump, and the steps before it keep theirs
+    lr = np.where(np.arange(300) <= 150, 1e-3, 7.0)
+    f = next(f for f in _diag(_schedule_spike(lr)) if f.check == "loss_spike")
+    assert f.evidence["cause_key"] == "lr_too_high"
+    assert f.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}
+    d = f.evidence["diagnosis"]
+    assert d["lr_jump_step"] == 151 and d["lr_before_jump"] == pytest.approx(1e-3) and d["lr_after_jump"] == 7.0
+    assert f.fix.startswith(
+        "a learning rate capped at 0.01 (lower the schedule's peak): the rate jumped 7e+03x at step 151, from "
+        "0.001 (highest in steps 0-150) to 7 (step 151); the cap is 10x the highest rate the run trained at "
+        "before the jump, and at most 0.1x the rate it blew up at, 7 (highest in steps 151-"
+    )
+    # a smaller jump: the cap is at most a tenth of the rate it blew up at
+    small = next(
+        f for f in _diag(_schedule_spike(np.where(np.arange(300) <= 150, 1e-3, 0.05))) if f.check == "loss_spike"
+    )
+    assert small.evidence["fix_configs"][0] == {"learning_rate_cap": 0.005}
+    # the gradients exploded with it: still the rate that jumped into it, not clipping first
+    trace = _schedule_spike(lr)
+    trace.grad_norm[166:175] = 50.0
+    f = next(f for f in _diag(trace) if f.check == "loss_spike")
+    assert f.evidence["cause_key"] == "lr_too_high" and f.confidence == "likely"
+    assert (
+        "222x the 0.226 (90th percentile of steps 6-165) before it: a learning rate too high, which jumped before it;"
+        in f.cause
+    ), f.cause
+    assert list(f.evidence["fix_configs"][0]) == ["learning_rate_cap"]
+
+
+def test_a_collapse_after_a_jump_of_the_rate_caps_it_from_before_the_blow_up():
+    # the loss settles near 0.67 by step 80, the rate jumps 1e-3 -> 7 at step 151, the loss bursts at 153 and
+    # stays at 2.4 with zero gradients (a JAX run of benchmarks/scenarios.py's schedule_jump, seed 7)
+    rng = np.random.default_rng(7)
+    loss = np.concatenate([np.geomspace(0.75, 0.67, 80), 0.67 * np.exp(0.01 * rng.normal(size=73))])
+    loss = np.concatenate([loss, [17.2, 11.2, 76.2, 4.5, 95.4], np.full(142, 2.38)])
+    g = np.concatenate([0.3 * np.exp(0.1 * rng.normal(size=153)), [5.0, 8.0, 20.0, 3.0, 9.0], np.zeros(142)])
+    lr = np.where(np.arange(300) <= 150, 1e-3, 7.0)
+    trace = Trace(loss=loss, grad_norm=g, lr=lr, info={"optimizer": "SGD", "optimizer_config": {"momentum": 0.9}})
+    p = primary_finding([f for r in run_checks(trace) for f in r.findings], trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "collapse_constant", p.cause
+    assert p.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}, p.fix
+    assert p.evidence["diagnosis"]["lr_jump_step"] == 151
+
+
+def test_a_warm_up_is_scaled_not_capped():
+    # a linear warm-up from 1e-4 to 7: its largest one-step rise comes at its first step, before the run
+    # trained at all: no jump, the schedule is scaled as before
+    lr = np.concatenate([np.linspace(1e-4, 7.0, 155), np.full(145, 7.0)])
+    f = next(f for f in _diag(_schedule_spike(lr)) if f.check == "loss_spike")
+    assert "lr_jump_step" not in f.evidence["diagnosis"]
+    assert list(f.evidence["fix_configs"][0]) == ["learning_rate_factor"]
+
+
 # -- one primary cause per run ---------------------------------------------------
 
 from pytest_stability.diagnosis import primary_finding, rank_findings  # noqa: E402
@@ -426,6 +493,22 @@ def test_the_measured_first_fix_success_is_the_detection_benchmarks():
 
     from pytest_stability.diagnosis import FIX_SUCCESS
 
-    text = (Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "detection.md").read_text()
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    text = (results / "detection.md").read_text()
     line = next(ln for ln in text.splitlines() if ln.startswith("As `diagnosis.FIX_SUCCESS`"))
     assert ast.literal_eval(line.rsplit(": `", 1)[1].rstrip("`")) == FIX_SUCCESS
+    # a cap of a rate that jumped: the runs of the schedule_jump scenario, by the first fix's setting
+    from pytest_stability.diagnosis import FIX_SUCCESS_BY_SETTING, measured_first_fix
+
+    text = (results / "detection-schedule-jump.md").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("By the first fix's setting"))
+    by_setting = ast.literal_eval(line.rsplit(": `", 1)[1].rstrip("`"))
+    assert {"learning_rate_cap": by_setting["learning_rate_cap"]} == FIX_SUCCESS_BY_SETTING
+    assert measured_first_fix("lr_too_high", {"learning_rate_cap": 0.01}) == (
+        *by_setting["learning_rate_cap"],
+        "runs whose first fix was learning_rate_cap",
+    )
+    assert measured_first_fix("lr_too_high", {"learning_rate_factor": 0.1}) == (
+        *FIX_SUCCESS["lr_too_high"],
+        "runs with this cause",
+    )

@@ -199,6 +199,12 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
     for c in configs:
         if "learning_rate_factor" in c:
             assert 0 < c["learning_rate_factor"] <= 10
+        if "learning_rate_cap" in c:  # only after a jump, below the rate it blew up at
+            k = quotes["lr_jump_step"]["value"]
+            before = float(np.max(trace.lr[:k]))
+            assert k >= D.HEALTHY_MIN_STEPS and trace.lr[k] >= D.LR_JUMP * before, (k, trace.lr[: k + 1])
+            assert 0 < c["learning_rate_cap"] <= 1.05 * D.JUMP_CAP * before  # round2 may round up by < 5 %
+            assert c["learning_rate_cap"] < quotes["lr_at_event"]["value"]
         if "clipnorm" in c:
             h = quotes["healthy_steps"]["value"]
             assert h >= D.HEALTHY_MIN_STEPS
@@ -325,9 +331,12 @@ def event_traces(draw: st.DrawFn) -> Trace:
         loss[s:] = draw(st.sampled_from([float(np.log(10.0)), 0.95, 2.0 * float(loss[0])]))
         g[s:] = draw(st.sampled_from([0.0, 0.3]))
     opt, cfg = draw(OPTIMIZERS)
-    schedule = draw(st.sampled_from(["constant", "warmup"]))
+    schedule = draw(st.sampled_from(["constant", "warmup", "jump"]))
     m = loss.shape[0]
     lr = np.full(m, cfg["learning_rate"]) if schedule == "constant" else np.linspace(1e-4, 30 * cfg["learning_rate"], m)
+    if schedule == "jump":  # a step schedule that rises 3x to 1000x at or before the event
+        j = int(np.clip(s - draw(st.sampled_from([0, 5, 30])), 1, m - 1))
+        lr[j:] *= draw(st.sampled_from([3.0, 30.0, 1000.0]))
     info = {
         "optimizer": opt,
         "optimizer_config": dict(cfg),
@@ -386,6 +395,42 @@ def test_validation_diagnoses_quote_the_trace(trace):
     for f in _judge_and_check(trace):
         if f.check == "val_loss":
             assert f.evidence["quotes"]["val_at"]["kind"] == "val"
+
+
+@SETTINGS
+@given(
+    st.integers(30, 250),
+    st.sampled_from([D.LR_JUMP, 30.0, 7000.0]),
+    st.integers(0, 30),
+    st.sampled_from(["SGD", "Adam"]),
+    st.integers(0, 2**16),
+)
+def test_a_rate_that_jumped_before_a_blow_up_is_capped_near_the_rates_the_run_trained_at(j, jump, delay, opt, seed):
+    # a step schedule: 1e-3 for j steps, then jump x that, the loss jumping `delay` steps later (a spike that
+    # stays up, or NaN): the first fix caps the rate, never above JUMP_CAP x 1e-3 nor the rate it blew up at
+    rng = np.random.default_rng(seed)
+    n = 400
+    loss = np.exp(-np.linspace(0, 2, n)) * np.exp(0.02 * rng.normal(size=n))
+    g = np.exp(0.1 * rng.normal(size=n))
+    s = j + delay
+    loss[s:] *= 30.0
+    g[s : s + 3] *= 50.0
+    lr = np.where(np.arange(n) < j, 1e-3, 1e-3 * jump)
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        lr=lr,
+        steps_planned=n,
+        info={"optimizer": opt, "optimizer_config": {"learning_rate": 1e-3}},
+    )
+    findings = _judge_and_check(trace)
+    primary = D.primary_finding(findings, trace)
+    assert primary is not None and primary.check in ("loss_spike", "grad_norm")
+    assert primary.evidence["cause_key"] == "lr_too_high", primary.cause
+    first = primary.evidence["fix_configs"][0]
+    assert list(first) == ["learning_rate_cap"], (primary.evidence["cause_key"], primary.evidence["fix_configs"])
+    assert 0 < first["learning_rate_cap"] <= 1.05 * D.JUMP_CAP * 1e-3
+    assert first["learning_rate_cap"] < 1e-3 * jump
 
 
 @SETTINGS
