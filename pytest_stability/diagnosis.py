@@ -836,9 +836,11 @@ def lr_jump(trace: Trace, start: int) -> int | None:
     if lr is None or start <= HEALTHY_MIN_STEPS:
         return None
     seg = np.asarray(lr[: min(int(start), lr.size - 1) + 1], dtype=np.float64)
-    if seg.size <= HEALTHY_MIN_STEPS or not np.all(np.isfinite(seg)) or np.any(seg <= 0):
+    if seg.size <= HEALTHY_MIN_STEPS or not np.all(np.isfinite(seg)) or np.any(seg < 0):
         return None
-    rise = seg[1:] / np.maximum.accumulate(seg)[:-1]  # rise[k - 1]: lr[k] over the highest rate before k
+    before = np.maximum.accumulate(seg)[:-1]
+    # rise[k - 1]: lr[k] over the highest rate before k (none over a rate of 0: a warm-up from 0 jumps nowhere)
+    rise = np.divide(seg[1:], before, out=np.zeros_like(before), where=before > 0)
     rise[: HEALTHY_MIN_STEPS - 1] = 0.0  # at least HEALTHY_MIN_STEPS steps ran before the jump
     k = int(np.argmax(rise)) + 1
     if rise[k - 1] < LR_JUMP or healthy_end(trace, start) < k:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pytest_stability.checks import run_checks
-from pytest_stability.diagnosis import CAUSES, diagnose
+from pytest_stability.diagnosis import CAUSES, diagnose, lr_jump
 from pytest_stability.trace import INPUT, Trace
 
 
@@ -327,6 +327,16 @@ def test_a_collapse_after_a_jump_of_the_rate_caps_it_from_before_the_blow_up():
     assert p.check == "stuck" and p.evidence["cause_key"] == "collapse_constant", p.cause
     assert p.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}, p.fix
     assert p.evidence["diagnosis"]["lr_jump_step"] == 151
+
+
+def test_a_jump_after_a_warm_up_from_zero_is_capped_and_the_warm_up_alone_is_not_a_jump():
+    # a linear warm-up from 0 to 1e-3 over 50 steps, then 7 from step 151: the jump is found (the rate of 0 at
+    # step 0 is no rate to jump from); without the jump, the warm-up alone is none
+    lr = np.concatenate([np.linspace(0.0, 1e-3, 50), np.full(101, 1e-3), np.full(149, 7.0)])
+    f = next(f for f in _diag(_schedule_spike(lr)) if f.check == "loss_spike")
+    assert f.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}
+    warm = np.concatenate([np.linspace(0.0, 1e-3, 50), np.full(250, 1e-3)])
+    assert lr_jump(_schedule_spike(warm), 166) is None
 
 
 def test_a_warm_up_is_scaled_not_capped():
