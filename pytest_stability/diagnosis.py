@@ -1193,6 +1193,12 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     fixes: list[Fix] = [fx for fx in ([lr_fix, clip] if lr_first else [clip, lr_fix]) if fx is not None]
     if clip is None and has_g:
         fixes.append(_no_clip_note())
+    # a rate that jumped before it is the likelier culprit than the batch
+    culprit = (
+        "a learning rate too high, which jumped before it"
+        if jumped
+        else "a learning rate too high for this point of training, or an unusual batch"
+    )
     if exploded:
         cause = what
         if f.check != "grad_norm" and has_g:
@@ -1200,19 +1206,15 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
                 ", with the gradient norm at {grad_norm_at_spike}, {explosion}x the {grad_norm_p90_before} before it"
             )
         if jumped:  # the explosion followed the rate's jump
-            return Dx("lr_too_high", LIKELY, cause + ": a learning rate too high, which jumped before it" + note, fixes)
+            return Dx("lr_too_high", LIKELY, cause + ": " + culprit + note, fixes)
         return Dx("gradient_explosion", LIKELY, cause + note, fixes)
     if has_g:
         cause = (
             what + " without a matching gradient explosion (gradient norm {grad_norm_at_spike}; "
-            "{grad_norm_p90_before} before): a learning rate too high for this point of training, or an "
-            "unusual batch" + note
+            "{grad_norm_p90_before} before): " + culprit + note
         )
     else:
-        cause = (
-            what + " (no gradient norms recorded): a learning rate too high for this point of training, "
-            "or an unusual batch" + note
-        )
+        cause = what + " (no gradient norms recorded): " + culprit + note
     return Dx("lr_too_high", LIKELY if too_fast or jumped else UNCERTAIN, cause, fixes)
 
 

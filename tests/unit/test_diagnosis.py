@@ -288,7 +288,8 @@ def test_a_rate_that_jumped_is_capped_near_the_rates_the_run_trained_at():
     # 10x the rate before the jump, and the steps before it keep theirs
     lr = np.where(np.arange(300) <= 150, 1e-3, 7.0)
     f = next(f for f in _diag(_schedule_spike(lr)) if f.check == "loss_spike")
-    assert f.evidence["cause_key"] == "lr_too_high"
+    assert f.evidence["cause_key"] == "lr_too_high" and f.confidence == "likely"
+    assert "a learning rate too high, which jumped before it" in f.cause and "unusual batch" not in f.cause
     assert f.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}
     d = f.evidence["diagnosis"]
     assert d["lr_jump_step"] == 151 and d["lr_before_jump"] == pytest.approx(1e-3) and d["lr_after_jump"] == 7.0
