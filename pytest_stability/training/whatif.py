@@ -99,22 +99,16 @@ def apply_fix(keras: ModuleType, model: Model, fix: dict[str, Any]) -> None:
     opt = model.optimizer
     inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
     for key, value in fix.items():
-        if key == "learning_rate_factor":
-            factor = float(value)
+        if key in LEARNING_RATE_KEYS:
+            # x factor, or at most cap: a schedule through a wrapper, a constant rate now
+            factor = float(value) if key == "learning_rate_factor" else 1.0
+            cap = float(value) if key == "learning_rate_cap" else None
             schedule = getattr(inner, "_learning_rate", None)
             if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-                inner._learning_rate = _changed_schedule(keras, schedule, factor=factor)
+                inner._learning_rate = _changed_schedule(keras, schedule, factor=factor, cap=cap)
             else:
-                current = float(host_numpy(inner.learning_rate))
-                inner.learning_rate = current * factor
-        elif key == "learning_rate_cap":
-            cap = float(value)
-            schedule = getattr(inner, "_learning_rate", None)
-            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-                inner._learning_rate = _changed_schedule(keras, schedule, cap=cap)
-            else:
-                current = float(host_numpy(inner.learning_rate))
-                inner.learning_rate = min(current, cap)
+                rate = float(host_numpy(inner.learning_rate)) * factor
+                inner.learning_rate = rate if cap is None else min(rate, cap)
         elif key == "amsgrad":
             raise NotReplayable("amsgrad=True needs optimizer state the run did not have (the maximum of v)")
         elif not hasattr(inner, key):
