@@ -36,7 +36,14 @@ from pytest_stability.checks.validation import smooth  # noqa: E402
 from pytest_stability.pipeline import judge  # noqa: E402
 from pytest_stability.trace import GRADS, LOSS, WEIGHTS, Trace  # noqa: E402
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# derandomize: the same examples every run (a failure replays as it was); no example database written to disk
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+    database=None,
+)
 
 # code-like words a template may spell with a digit (they are names, not numbers)
 CODE_WORDS = (
