@@ -211,7 +211,7 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
             before = float(np.max(trace.lr[:k]))
             assert k >= D.HEALTHY_MIN_STEPS and trace.lr[k] >= D.LR_JUMP * before, (k, trace.lr[: k + 1])
             assert 0 < c["learning_rate_cap"] <= 1.05 * D.JUMP_CAP * before  # round2 may round up by < 5 %
-            assert c["learning_rate_cap"] < quotes["lr_at_event"]["value"]
+            assert c["learning_rate_cap"] < quotes["lr_blew_up_at"]["value"]
         if "clipnorm" in c:
             h = quotes["healthy_steps"]["value"]
             assert h >= D.HEALTHY_MIN_STEPS
@@ -413,8 +413,9 @@ def test_validation_diagnoses_quote_the_trace(trace):
     st.integers(0, 2**16),
 )
 def test_a_rate_that_jumped_before_a_blow_up_is_capped_near_the_rates_the_run_trained_at(j, jump, delay, opt, seed):
-    # a step schedule: 1e-3 for j steps, then jump x that, the loss jumping `delay` steps later (a spike that
-    # stays up, or NaN): the first fix caps the rate, never above JUMP_CAP x 1e-3 nor the rate it blew up at
+    # a step schedule: 1e-3 for j steps, then jump x that, the loss jumping 30x `delay` steps later and staying
+    # up, the gradients bursting with it: the first fix caps the rate, never above JUMP_CAP x 1e-3 nor the rate
+    # it blew up at
     rng = np.random.default_rng(seed)
     n = 400
     loss = np.exp(-np.linspace(0, 2, n)) * np.exp(0.02 * rng.normal(size=n))
