@@ -410,12 +410,15 @@ def test_validation_diagnoses_quote_the_trace(trace):
     st.sampled_from([D.LR_JUMP, 30.0, 7000.0]),
     st.integers(0, 30),
     st.sampled_from(["SGD", "Adam"]),
+    st.booleans(),
     st.integers(0, 2**16),
 )
-def test_a_rate_that_jumped_before_a_blow_up_is_capped_near_the_rates_the_run_trained_at(j, jump, delay, opt, seed):
+def test_a_rate_that_jumped_before_a_blow_up_is_capped_near_the_rates_the_run_trained_at(
+    j, jump, delay, opt, died, seed
+):
     # a step schedule: 1e-3 for j steps, then jump x that, the loss jumping 30x `delay` steps later and staying
-    # up, the gradients bursting with it: the first fix caps the rate, never above JUMP_CAP x 1e-3 nor the rate
-    # it blew up at
+    # up, the gradients bursting with it (and dying after it, a collapse, or not): the first fix caps the rate,
+    # never above JUMP_CAP x 1e-3 nor the rate it blew up at
     rng = np.random.default_rng(seed)
     n = 400
     loss = np.exp(-np.linspace(0, 2, n)) * np.exp(0.02 * rng.normal(size=n))
@@ -423,6 +426,9 @@ def test_a_rate_that_jumped_before_a_blow_up_is_capped_near_the_rates_the_run_tr
     s = j + delay
     loss[s:] *= 30.0
     g[s : s + 3] *= 50.0
+    if died:  # the network died in the blow-up: a flat loss, zero gradients (a collapse)
+        loss[s + 3 :] = loss[s + 3]
+        g[s + 3 :] = 0.0
     lr = np.where(np.arange(n) < j, 1e-3, 1e-3 * jump)
     trace = Trace(
         loss=loss,
@@ -433,8 +439,8 @@ def test_a_rate_that_jumped_before_a_blow_up_is_capped_near_the_rates_the_run_tr
     )
     findings = _judge_and_check(trace)
     primary = D.primary_finding(findings, trace)
-    assert primary is not None and primary.check in ("loss_spike", "grad_norm")
-    assert primary.evidence["cause_key"] == "lr_too_high", primary.cause
+    assert primary is not None and primary.check in ("loss_spike", "grad_norm", "stuck")
+    assert primary.evidence["cause_key"] in ("lr_too_high", "collapse_constant"), primary.cause
     first = primary.evidence["fix_configs"][0]
     assert list(first) == ["learning_rate_cap"], (primary.evidence["cause_key"], primary.evidence["fix_configs"])
     assert 0 < first["learning_rate_cap"] <= 1.05 * D.JUMP_CAP * 1e-3
