@@ -89,6 +89,7 @@ The rules
     (at least :data:`HISTORY_MIN_STEPS` steps before the burst, over which the
     gradient norm fell at least :data:`TINY_GRADIENTS` x, or
     :data:`SMALL_GRADIENTS` x with the loss down :data:`SMALL_GRADIENTS_FELL` x
+    (:data:`SLOW_CLIMB_GRADIENTS` x and :data:`SLOW_CLIMB_FELL` x for a slow climb back)
     and ``g^2/v`` up :data:`G2V_SUPPORT` x where measured, or the
     slot statistics show ``g^2/v`` jump :data:`G2V_JUMP` x, or, without
     gradient norms, the loss fell :data:`NEAR_ZERO` x) ->
@@ -183,6 +184,12 @@ TINY_GRADIENTS = 10.0
 SMALL_GRADIENTS = 5.0
 SMALL_GRADIENTS_FELL = 1000.0
 G2V_SUPPORT = 5.0
+#: ...or, for a loss that climbed back slowly (the slingshot: Adam's normalised step, about the learning rate per
+#: weight however small the gradient, overshoots the sharp minimum the run reached), this many times with the
+#: loss fallen SLOW_CLIMB_FELL x (and g^2/v up G2V_SUPPORT x where measured): a slow climb is no spike of the
+#: rate (those burst in a step), and it comes only after the loss fell that far.
+SLOW_CLIMB_GRADIENTS = 4.0
+SLOW_CLIMB_FELL = 100.0
 #: steps of history before a burst that Adam's second moment needs to collapse (v averages ~1/(1-beta_2) steps).
 HISTORY_MIN_STEPS = 100
 #: spike events (with the loss fallen at least PERIODIC_FELL x) that make Adam's repeated spikes.
@@ -226,11 +233,11 @@ FLOAT16_TINY = 6.1e-5
 #: included): what the report quotes as the measured success of a first fix.  Causes whose first fix is not an
 #: optimizer setting are not here.
 FIX_SUCCESS: dict[str, tuple[int, int]] = {
-    "adam_second_moment": (68, 69),
+    "adam_second_moment": (74, 75),
     "collapse_constant": (57, 59),
     "epsilon_underflow": (30, 30),
     "gradient_explosion": (31, 31),
-    "lr_too_high": (124, 124),
+    "lr_too_high": (125, 125),
 }
 #: the same by the first fix's setting, for first fixes those runs never got: a cap of a rate that jumped
 #: (benchmarks/results/detection-schedule-jump.md, every backend pooled, "By the first fix's setting").
@@ -977,7 +984,8 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
 
     Needs a history: at least :data:`HISTORY_MIN_STEPS` steps before the burst.  Then any of: the gradient
     norm over the stretch before the burst :data:`TINY_GRADIENTS` x below its early median (or
-    :data:`SMALL_GRADIENTS` x with the loss fallen :data:`SMALL_GRADIENTS_FELL` x and ``g^2/v`` up
+    :data:`SMALL_GRADIENTS` x with the loss fallen :data:`SMALL_GRADIENTS_FELL` x, or for a slow climb back
+    :data:`SLOW_CLIMB_GRADIENTS` x with the loss fallen :data:`SLOW_CLIMB_FELL` x, each with ``g^2/v`` up
     :data:`G2V_SUPPORT` x where the slot statistics measure it); ``g^2/v`` just
     before it :data:`G2V_JUMP` x its median (slot statistics); without gradient norms, the loss fallen
     :data:`NEAR_ZERO` x (or :data:`PERIODIC_FELL` x with :data:`PERIODIC_EVENTS` spikes)."""
@@ -1006,12 +1014,15 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
         q.over("grad_norm_early", "grad_norm", "median", 0, w - 1)
         q.over("grad_norm_before", "grad_norm", "median", h0, start - 1)
         collapse = q.ratio("grad_collapse", "grad_norm_early", "grad_norm_before")
-        small = (
-            _ok(collapse, SMALL_GRADIENTS)
-            and _ok(q["loss_fell"], SMALL_GRADIENTS_FELL)
-            and (not math.isfinite(jump) or _ok(jump, G2V_SUPPORT))
+        supported = not math.isfinite(jump) or _ok(jump, G2V_SUPPORT)
+        small = _ok(collapse, SMALL_GRADIENTS) and _ok(q["loss_fell"], SMALL_GRADIENTS_FELL) and supported
+        slow_climb = (
+            bool(f.evidence.get("slow_rise"))
+            and _ok(collapse, SLOW_CLIMB_GRADIENTS)
+            and _ok(q["loss_fell"], SLOW_CLIMB_FELL)
+            and supported
         )
-        tiny = _ok(collapse, TINY_GRADIENTS) or small
+        tiny = _ok(collapse, TINY_GRADIENTS) or small or slow_climb
         parts.append(
             "over the {history_steps} steps before the burst the gradient norm was {grad_collapse}x "
             "below its early level ({grad_norm_early} -> {grad_norm_before})"

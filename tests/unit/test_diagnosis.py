@@ -224,6 +224,40 @@ def test_a_slow_climb_after_the_gradients_shrank_lowers_the_learning_rate_first(
     assert "climbed back over many steps" not in burst.cause
 
 
+def _modest_slingshot(fall, gradient_fall):
+    # Adam: the loss falls `fall` x while the gradient norm shrinks only `gradient_fall` x, then climbs back 30x
+    # over 150 steps and comes down again (the PyTorch slingshot runs of seeds 7 and 8: 540x and 5-6x)
+    rng = np.random.default_rng(1)
+    low = 0.1 / fall
+    loss = np.concatenate([np.geomspace(0.1, low, 600), np.full(400, low)])
+    loss[600:750] = np.geomspace(low, 30 * low, 150)
+    loss[750:850] = np.geomspace(30 * low, low, 100)
+    g = np.concatenate([np.full(50, 1.0), np.geomspace(1.0, 1 / gradient_fall, 550), np.full(400, 1 / gradient_fall)])
+    return Trace(
+        loss=loss * np.exp(0.05 * rng.normal(size=1000)),
+        grad_norm=g * np.exp(0.05 * rng.normal(size=1000)),
+        info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("fall", "gradient_fall", "cause"),
+    [
+        (500.0, 5.0, "adam_second_moment"),  # a slow climb after a fall of orders of magnitude: the slingshot
+        (50.0, 5.0, "lr_too_high"),  # the loss had not fallen far enough to reach the sharp minimum it needs
+        (500.0, 2.0, "lr_too_high"),  # v kept up with the gradients
+    ],
+)
+def test_a_slow_climb_back_names_adams_second_moment_only_after_a_fall_of_orders_of_magnitude(
+    fall, gradient_fall, cause
+):
+    (f,) = [f for f in _diag(_modest_slingshot(fall, gradient_fall)) if f.check == "loss_spike"]
+    assert f.evidence["slow_rise"] is True
+    assert f.evidence["cause_key"] == cause, f.cause
+    # either way the first fix is a lower learning rate
+    assert list(f.evidence["fix_configs"][0]) == ["learning_rate_factor"]
+
+
 def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     # After the jump the loss varies with the batch (3 %, too much to count as flat) but
     # the gradients are exactly zero.

@@ -224,7 +224,7 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
     start = int(ev.get("start", f.step))
     if ev["cause_key"] == "adam_second_moment":
         assert start >= D.HISTORY_MIN_STEPS
-        _assert_adam_history(trace, start)
+        _assert_adam_history(trace, start, slow=bool(ev.get("slow_rise")))
     if start < min(D.early_end(trace), D.HISTORY_MIN_STEPS) and f.check in ("loss_spike", "grad_norm"):
         assert ev["cause_key"] in ("lr_too_high", "collapse_constant", "epsilon_underflow"), ev["cause_key"]
 
@@ -247,8 +247,9 @@ def _assert_healthy_stretch(trace: Trace, h: int, start: int) -> None:
     assert h == min(start, trace.steps) or not healthy(h)
 
 
-def _assert_adam_history(trace: Trace, start: int) -> None:
-    """A long stretch of small gradients before the burst, or the slot statistics' g^2/v jump."""
+def _assert_adam_history(trace: Trace, start: int, slow: bool = False) -> None:
+    """A long stretch of small gradients before the burst (smaller ones before a slow climb back, after a fall of
+    the loss of orders of magnitude), or the slot statistics' g^2/v jump."""
     g = trace.grad_norm
     w = min(max(10, min(50, trace.steps // 10)), start // 4)
     g2v = trace.opt_stats.get("g2_over_v_max")
@@ -258,7 +259,9 @@ def _assert_adam_history(trace: Trace, start: int) -> None:
         before = float(np.median(g[max(w, start - D.HISTORY_MIN_STEPS) : start]))
         fell = float(np.median(trace.loss[:w])) / float(np.min(trace.loss[:start]))
         evidence.append(
-            early >= D.TINY_GRADIENTS * before or (early >= D.SMALL_GRADIENTS * before and fell >= D.NEAR_ZERO)
+            early >= D.TINY_GRADIENTS * before
+            or (early >= D.SMALL_GRADIENTS * before and fell >= D.NEAR_ZERO)
+            or (slow and early >= D.SLOW_CLIMB_GRADIENTS * before and fell >= D.SLOW_CLIMB_FELL)
         )
     else:
         evidence.append(True)  # without gradient norms the loss's fall is the evidence (quoted and recomputed)
