@@ -266,6 +266,29 @@ def verdict(rep: Replay, check_results: list[CheckResult]) -> dict[str, Any]:
     }
 
 
+def rate_not_held(rep: Replay, original: Trace) -> tuple[int, float] | None:
+    """The first replayed step at which a learning-rate fix did not hold, with the rate that step ran at: above
+    the cap, or (a factor) the original run's own rate again, as a callback that sets the rate each epoch
+    (``LearningRateScheduler``) or the ``train_step`` makes it; None when it held, or for another fix."""
+    lr = rep.trace.lr
+    if lr is None or not set(rep.fix) & LEARNING_RATE_KEYS:
+        return None
+    a, b = rep.start, min(rep.end, lr.shape[0])
+    with np.errstate(invalid="ignore"):
+        if "learning_rate_cap" in rep.fix:
+            bad = np.flatnonzero(lr[a:b] > float(rep.fix["learning_rate_cap"]) * (1 + 1e-5))
+        else:
+            if original.lr is None:
+                return None
+            b = min(b, original.lr.shape[0])
+            own, factor = original.lr[a:b], float(rep.fix["learning_rate_factor"])
+            bad = np.flatnonzero(np.isclose(lr[a:b], own, rtol=1e-5) & ~np.isclose(own * factor, own, rtol=1e-5))
+    if not bad.size:
+        return None
+    k = a + int(bad[0])
+    return k, float(lr[k])
+
+
 def attach_whatif(
     results: list[CheckResult],
     model: Model,
@@ -324,6 +347,18 @@ def attach_whatif(
             )
             continue
         replayed += 1
+        overwritten = rate_not_held(rep, result.trace)
+        if overwritten is not None:  # the replay did not run the fix: no verdict on it either way
+            step, rate = overwritten
+            attempts.append(
+                {
+                    "fix": fix,
+                    "resolved": None,
+                    "text": f"not judged with {rep.fix_text}: the learning rate was {rate:.3g} again at step {step} "
+                    "of the replay (a callback or the train_step sets it): apply the fix there",
+                }
+            )
+            continue
         # val_loss needs validation during the replay, which it does not run
         names = tuple(c for c in spec.checks if c != "val_loss")
         attempts.append(verdict(rep, run_checks(rep.trace, thresholds, names)))

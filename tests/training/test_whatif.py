@@ -202,6 +202,49 @@ def test_a_rate_that_jumped_is_capped_and_the_cap_resolves_the_run():
     assert note["resolved"] is True, note["text"]
 
 
+def test_a_rate_fix_that_a_callback_overwrites_is_not_judged():
+    # the same jump set by a LearningRateScheduler callback each epoch (16 steps): the replay caps the rate, and
+    # at the next epoch the callback sets 7 again; judging that replay would call the cap useless
+    sc = S.schedule_jump(0)
+    model = sc.build()
+    model.compile(
+        optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    jump = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-3 if epoch < 10 else 7.0)
+    spec = _spec()
+    engine.seed_everything(0)
+    kw = {"callbacks": [jump]}
+    res = engine.train(
+        model, sc.x, sc.y, fit_kwargs=kw, steps=200, batch_size=32, seed=0, spec=spec, keep_initial_state=True
+    )
+    results = _diagnosed(res)
+    primary = next(f for r in results for f in r.findings if f.evidence.get("rank") == 0)
+    assert primary.evidence["fix_configs"][0] == {"learning_rate_cap": 0.01}, primary.fix
+    rep = whatif.replay(
+        model,
+        res,
+        fix={"learning_rate_cap": 0.01},
+        failure_step=primary.evidence.get("fix_from", primary.evidence.get("start", primary.step)),
+        window=50,
+        x=sc.x,
+        y=sc.y,
+        fit_kwargs=kw,
+        batch_size=32,
+        seed=0,
+        spec=spec,
+    )
+    assert rep.start < 160 and whatif.rate_not_held(rep, res.trace) == (160, 7.0)
+    out = whatif.attach_whatif(
+        results, model, res, Thresholds(), spec, x=sc.x, y=sc.y, fit_kwargs=kw, batch_size=32, seed=0
+    )
+    note = next(f for r in out for f in r.findings if "whatif" in f.evidence).evidence["whatif"]
+    first = note["attempts"][0]
+    assert first["resolved"] is None and first["text"].startswith(
+        "not judged with SGD(learning_rate at most 0.01): the learning rate was 7 again at step 160 of the replay"
+    ), first["text"]
+
+
 def test_one_shot_generator_cannot_be_replayed():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
