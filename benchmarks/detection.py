@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks._results import write_results  # noqa: E402
 from pytest_stability.checks import CHECKS, Thresholds, run_checks  # noqa: E402
+from pytest_stability.diagnosis import fix_setting  # noqa: E402
 
 RESULTS = "detection.md"
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -405,7 +406,7 @@ def _by_cause(records: list[dict], judged: dict[int, dict]) -> list[str]:
         if outcome in ("first", "later", "no"):
             for table, key in (
                 (per, primary.evidence["cause_key"]),
-                (kinds, "+".join(sorted(primary.evidence["fix_configs"][0]))),
+                (kinds, fix_setting(primary.evidence["fix_configs"][0])),
             ):
                 n = table.setdefault(key, [0, 0])
                 n[0] += outcome == "first"

@@ -244,11 +244,17 @@ FIX_SUCCESS: dict[str, tuple[int, int]] = {
 FIX_SUCCESS_BY_SETTING: dict[str, tuple[int, int]] = {"learning_rate_cap": (28, 28)}
 
 
+def fix_setting(config: Mapping[str, Any]) -> str:
+    """The setting(s) a fix config changes, as :data:`FIX_SUCCESS_BY_SETTING` (and the detection benchmark)
+    key them: ``learning_rate_cap``, ``clipnorm``..."""
+    return "+".join(sorted(config))
+
+
 def measured_first_fix(cause_key: str, config: Mapping[str, Any] | None) -> tuple[int, int, str] | None:
     """How often the detection benchmark's what-if replay found a first fix like this one resolve its run:
     ``(resolved, runs, of_what)``, ``of_what`` naming the runs counted; None where not measured."""
     if config:
-        setting = "+".join(sorted(config))
+        setting = fix_setting(config)
         if setting in FIX_SUCCESS_BY_SETTING:
             return (*FIX_SUCCESS_BY_SETTING[setting], f"runs whose first fix was {setting}")
     if cause_key in FIX_SUCCESS:
@@ -1173,10 +1179,10 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         and _number(trace.lr[min(start, trace.lr.size - 1)]) >= 2 * _number(trace.lr[0])
     )
     repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS
-    # a rate that jumped before the event (a step schedule's peak): the rate, even when the gradients exploded
-    jumped = lr_jump(trace, start) is not None
     # a lone jump: a third of the rate; an explosion, or spike after spike: a tenth
-    lr_fix, _ = _lr_fix(q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3)
+    lr_fix, basis = _lr_fix(q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3)
+    # a rate that jumped before the event (a step schedule's peak): the rate, even when the gradients exploded
+    jumped = basis == "jump"
     clip = _clip_fix(q, trace, start, "before the event")
     note = ""
     if too_fast:
