@@ -54,9 +54,9 @@ CRASHED_WORKER = "the test crashed its pytest-xdist worker"
 #: ``error`` of a test interrupted before its fixture finished.
 INTERRUPTED = "the run was interrupted while this test was running"
 #: ``error`` of a test that never completed a ``train()`` call.
-NO_TRAIN = "the test did not complete a stability.train() call"
+NO_TRAIN = "the test did not complete a stability.fit() call"
 #: prefix of ``error`` when the test failed after its training was judged stable.
-FAILED_AFTER = "the test failed after stability.train()"
+FAILED_AFTER = "the test failed after stability.fit()"
 
 
 #: A float as records hold it: NaN and the infinities encoded as the strings ``"nan"``, ``"inf"``, ``"-inf"``

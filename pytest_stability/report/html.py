@@ -28,7 +28,7 @@ from typing import Any
 
 from .._floats import decode_float, fmt
 from ..record import VERDICT_LABELS, BaselineComparison, Curve, FindingRecord, RunRecord, StabilityRecord
-from .render import batch_text
+from .render import batch_text, run_notes
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
 PANELS = (
@@ -587,7 +587,7 @@ def render_panel(
         if not runs:
             continue
         if len(calls) > 1:
-            body.append(f"<h3>train() call {i + 1}: {_e(call.verdict)}</h3>")
+            body.append(f"<h3>stability.fit() call {i + 1}: {_e(call.verdict)}</h3>")
         body.append(_charts(runs, lambda r: f"seed {r.seed}"))
         for run in runs:
             seed_label = f" (seed {run.seed})" if len(runs) > 1 else ""
@@ -598,11 +598,7 @@ def render_panel(
                 info = model.get(key)
                 if isinstance(info, Mapping) and info.get("text"):
                     notes.append(f"<p><b>{what}</b>{_e(seed_label)}: {_e(info['text'])}</p>")
-            if model.get("loss_recorded") is False:
-                notes.append(
-                    "<p>No loss was recorded: the model's train_step does not update its loss tracker, "
-                    "so the checks that need the loss were skipped.</p>"
-                )
+            notes.extend(f"<p><b>Note</b>{_e(seed_label)}: {_e(note)}</p>" for note in run_notes(run))
             if notes:
                 body.append('<div class="ps-note">' + "".join(notes) + "</div>")
             if len(runs) > 1:

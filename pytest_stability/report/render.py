@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .._floats import fmt as fmt  # re-exported
+from ..record import RunRecord
 
 BARS = "▁▂▃▄▅▆▇█"
 NONFINITE_MARK = "×"
@@ -58,6 +59,12 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
     first = max(0, step - radius)
     last = min(values.shape[0] - 1, step + radius)
     return sparkline(values[first : last + 1], width=width), first, last
+
+
+def run_notes(run: RunRecord) -> list[str]:
+    """The notes that qualify a run's verdict (``RunRecord.model["notes"]``, written by the training: a check
+    not judged and why, a run that ended before its planned steps, how the epochs were presented), in order."""
+    return [str(note) for note in (run.model or {}).get("notes") or ()]
 
 
 def batch_text(where: Mapping[str, Any], max_indices: int = 12) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._floats import decode_float
 from ..record import FAILED_AFTER, VERDICT_LABELS, RunRecord, StabilityRecord
-from .render import batch_text, fmt, sparkline
+from .render import batch_text, fmt, run_notes, sparkline
 
 _STYLE: dict[str, dict[str, bool]] = {
     "stable": {"green": True},
@@ -89,6 +89,10 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
         if isinstance(probe, dict):
             for line in probe.get("text") or ():
                 text += f"\n      batch replay: {line}"
+        # what qualifies the verdict (a check not judged, a run that ended early, how the epochs were
+        # presented): shown with a pass too, where a green row would otherwise hide it
+        for note in run_notes(run):
+            text += f"\n      note: {note}"
         if call.baseline is not None:
             # baseline against now, one line per seed (report.baseline.compare_call)
             for line in call.baseline.lines:

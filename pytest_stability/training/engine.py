@@ -934,9 +934,8 @@ def _loss_or_nan(recorded: Recorded, curves: Curves | None, notes: list[str]) ->
     loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
     if not loss_recorded and loss_curves:
         notes.append(
-            "the raw loss was not recorded: this model's train_step does not update the model's loss "
-            f"tracker (self._loss_tracker / the 'loss' metric); loss_spike judges the losses it reports "
-            f"instead: {', '.join(loss_curves)}"
+            f"loss_spike judges the losses this model's train_step reports, step by step: {', '.join(loss_curves)} "
+            "(it does not update the model's own loss tracker, self._loss_tracker / the 'loss' metric)"
         )
     elif not loss_recorded:
         notes.append(

@@ -363,6 +363,14 @@ def prepare_fit(
     )
 
 
+def _kept_for(name: str, value: object) -> str:
+    """Why the epochs the user's ``fit`` argument ``name`` asked for were kept, in words."""
+    if name in ("validation_data", "validation_split"):
+        shown = f"={value!r}" if name == "validation_split" else ""
+        return f"Keras' validation at each epoch's end ({name}{shown})"
+    return f"your {name}={value!r}" if isinstance(value, (int, float)) else f"your {name}"
+
+
 def full_batch_as_one_epoch(
     keras: ModuleType, model: Model, x: Data, y: Data, setup: FitSetup, notes: list[str]
 ) -> tuple[Data, Data, FitSetup]:
@@ -408,10 +416,10 @@ def full_batch_as_one_epoch(
             replace(setup, fit_kwargs=one_epoch, per_epoch=run_steps, exact_epoch=True, full_batch=True),
         )
     why = (
-        watching[0]
+        f"{watching[0]}, which sees them"
         if watching
         else (
-            f"{kept[0]}="
+            _kept_for(kept[0], fit_kwargs[kept[0]])
             if kept
             else (
                 "the distribution strategy"

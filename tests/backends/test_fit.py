@@ -330,7 +330,7 @@ def test_own_loss_metric_is_said_not_invented(stability):
     assert not rep.trace.info["loss_recorded"]
     assert np.all(np.isnan(rep.trace.loss)) and np.all(rep.trace.grad_norm > 0)
     # its own metric is recorded step by step, and judged as a loss: the note says both
-    assert any("loss was not recorded" in note and "my_loss" in note for note in rep.trace.info["notes"])
+    assert any("loss_spike judges" in note and "my_loss" in note for note in rep.trace.info["notes"])
     assert list(rep.trace.curves) == ["my_loss"]
 
 
@@ -1004,3 +1004,25 @@ def test_the_recorders_variables_are_made_eagerly_when_the_optimizer_is_built_in
     # the optimizer was built in the trace, as in plain fit: the path this test is about
     assert any(inside for name, inside in made.items() if not name.startswith("stability_")), made
     assert int(rec.read()["count"]) == 4
+
+
+def test_short_epochs_kept_for_keras_validation_are_said_in_the_report_row(pytester, tiny_problem):
+    # 128 training samples at batch 32: four steps an epoch, kept because Keras validates at each epoch's end
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+@pytest.mark.stable_training(steps=12)
+def test_model(stability):
+    rep = stability.fit(build(), X, Y, batch_size=32, validation_split=0.5)
+    assert rep.trace.steps == 12
+""",
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "PASS  test_short_epochs_kept_*.py::test_model  steps=12/12 *",
+            "      note: the epochs were short (4 step(s) each): * they were kept for Keras' validation at each "
+            "epoch's end (validation_split=0.5)",
+        ]
+    )

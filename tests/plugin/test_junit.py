@@ -51,7 +51,7 @@ def test_verdict_and_metrics_are_junit_properties(pytester, scenario, gating):
     never = props["test_never_trains"]
     assert never == {
         "stability_verdict": "error",
-        "stability_error": "the test did not complete a stability.train() call",
+        "stability_error": "the test did not complete a stability.fit() call",
     }
     assert props["test_plain"] == {}
 

@@ -21,7 +21,7 @@ def test_a_test_failing_after_stable_training_is_not_shown_as_passed(pytester, s
     tests = gating.tests_by_id(gating.load_strict(pytester.path / "r.json"))
     crashed = tests["test_after.py::test_crashes"]
     assert (crashed["outcome"], crashed["verdict"]) == ("failed", "stable")  # training was stable; the test was not
-    assert crashed["error"] == "the test failed after stability.train(): RuntimeError: the test body crashed"
+    assert crashed["error"] == "the test failed after stability.fit(): RuntimeError: the test body crashed"
     assert tests["test_after.py::test_healthy"]["error"] is None
 
 
@@ -39,7 +39,7 @@ def test_boom(stability):
     result.assert_outcomes(failed=1)
     (test,) = gating.load_strict(pytester.path / "r.json")["tests"]
     assert (test["outcome"], test["verdict"]) == ("failed", "error")
-    assert test["error"] == "the test did not complete a stability.train() call: KeyError: 'no data today'"
+    assert test["error"] == "the test did not complete a stability.fit() call: KeyError: 'no data today'"
 
 
 def test_a_usage_error_is_printed_once(pytester, tiny_problem):

@@ -181,3 +181,26 @@ def render_finding_html(where):
 
     finding = FindingRecord.from_dict({"check": "loss_spike", "step": 93, "message": "m", "evidence": {"batch": where}})
     return _finding_html(finding, "")
+
+
+def test_a_passing_runs_notes_are_shown_in_the_panel_and_the_terminal_row():
+    # a check not judged, a run that ended before its planned steps: a green row must not hide either
+    from pytest_stability.report.terminal import _row
+
+    notes = [
+        "the raw loss was not recorded: this model's train_step does not update the model's loss tracker "
+        "(self._loss_tracker / the 'loss' metric), so loss_spike is not judged; gradient norms, non-finite "
+        "values and updates are",
+        "the run ended after 80 of 200 steps: epochs=5 ended it",
+    ]
+    model = {"backend": "tensorflow", "optimizer": "Adam", "notes": notes}
+    record = _record("t.py::test_x", _run({"grad_norm": (STEPS, [1.0] * 6)}, model=model))
+    label, _, text = _row(record)
+    assert label == "PASS"
+    assert [line.strip() for line in text.splitlines()[1:]] == [f"note: {n}" for n in notes]
+    page = html.render_report([record])
+    for note in notes:
+        assert html._e(note) in page
+    # a run without notes gets no note line
+    label, _, text = _row(_record("t.py::test_y", _run({"loss": (STEPS, [1.0] * 6)})))
+    assert "note:" not in text and "Note</b>" not in html.render_report([_record("t.py::test_y", _run({}))])
