@@ -215,6 +215,10 @@ SCHEDULE_MARGIN = 0.1
 LR_JUMP = 10.0
 #: after such a jump, the rate is capped at this many times the highest rate the run trained at before it.
 JUMP_CAP = 10.0
+#: a loss at step 0 at least this large is far above where a loss on unit-scale targets starts (cross-entropy
+#: ~log(classes), a mean squared error ~var(y)): targets or inputs far from unit scale, or a loss summed over
+#: very many values (a VAE's reconstruction of a large image).
+LARGE_INITIAL_LOSS = 1e4
 #: the update size per step a lowered learning rate aims at (|dw|/|w|).
 TARGET_UPDATE = 1e-2
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
@@ -960,28 +964,53 @@ def _epsilon_underflow(f: Finding, trace: Trace, q: Quotes, start: int) -> Dx | 
     return Dx("epsilon_underflow", LIKELY if big or f.check == "nonfinite" else UNCERTAIN, cause, fixes)
 
 
+#: the cause of an early blow-up, unless the loss started far above unit scale
+HIGH_FROM_THE_START = (
+    "a learning rate too high for this model from the start (or weights initialised too large, or inputs far "
+    "from unit scale)"
+)
+#: the fix for a loss that starts far above unit scale
+STANDARDISE = Fix(
+    "standardise the targets, (y - mean) / std over the training set (undone on the predictions), and the "
+    "inputs: the learning rate that suits unit-scale data then applies"
+)
+
+
+def _far_from_unit_scale(q: Quotes, loss_first: float) -> str:
+    """A loss at step 0 of at least :data:`LARGE_INITIAL_LOSS`: the targets (or inputs) are far from unit scale,
+    and the gradients with them: the cause's clause that says so (quoting ``loss_first``), else ``""``."""
+    if not _ok(loss_first, LARGE_INITIAL_LOSS):
+        return ""
+    q.const("large_initial_loss", LARGE_INITIAL_LOSS)
+    return (
+        "the loss started at {loss_first}, at least {large_initial_loss}: the targets (or the inputs) are far "
+        "from unit scale, and the gradients with them, so a learning rate that suits unit-scale data is too high"
+    )
+
+
 def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, what: str) -> Dx:
     """An explosion in the first few percent of the steps: the learning rate (or the initialisation or input
     scale), with any optimizer; never Adam's second moment (it has no history yet)."""
     _, cfg = _optimizer(trace)
     q.step("start", start)
     q.count("early_end", early_end(trace))
-    q.at("loss_first", "loss", 0)
+    loss_first = q.at("loss_first", "loss", 0)
     lr_fix, basis = _lr_fix(q, trace, start, end, cfg)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
-    cause = what + (
-        ", within the first {early_end} steps: a learning rate too high for this model "
-        "from the start (or weights initialised too large, or inputs far from unit scale)"
-    )
+    scale = _far_from_unit_scale(q, loss_first)
+    cause = what + ", within the first {early_end} steps: " + (scale or HIGH_FROM_THE_START)
     if basis == "update":
         cause += ": the first update already moved the weights by {update_ratio} of their norm"
     fixes = [lr_fix] + clips
-    fixes.append(
-        Fix(
-            "if a lower learning rate does not help: scale the inputs to about unit range and check "
-            "the initialisation (he_normal / glorot_uniform)"
+    if scale:
+        fixes.append(STANDARDISE)
+    else:
+        fixes.append(
+            Fix(
+                "if a lower learning rate does not help: scale the inputs to about unit range and check "
+                "the initialisation (he_normal / glorot_uniform)"
+            )
         )
-    )
     return Dx("lr_too_high", LIKELY, cause, fixes)
 
 
@@ -1373,13 +1402,13 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         # a NaN within a few steps of the start: a first update too large, or an unsafe op from the start
         lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
         if first_too_big:
+            scale = _far_from_unit_scale(q, q.at("loss_first", "loss", 0))
             return Dx(
                 "lr_too_high",
                 LIKELY,
                 "the {quantities} became NaN/Inf at step {step}: the first update moved the weights by "
-                "{update_ratio_first} of their norm; a learning rate too high for this model from the start "
-                "(or weights initialised too large, or inputs far from unit scale)",
-                [lr_fix, _no_clip_note_short()],
+                "{update_ratio_first} of their norm; " + (scale or HIGH_FROM_THE_START),
+                [lr_fix, _no_clip_note_short()] + ([STANDARDISE] if scale else []),
             )
         inspected = (trace.info or {}).get("inputs_checked", True)
         cause = (
