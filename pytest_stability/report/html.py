@@ -227,11 +227,13 @@ def headline(record: StabilityRecord) -> str:
 def panels_of(runs: Iterable[RunRecord]) -> list[tuple[str, str]]:
     """(curve, title) of the charts for ``runs``: every curve some run recorded, known ones first.
 
-    A curve with no point gets no chart (no validation data, no validation chart); the loss always has one.
+    A curve with no point gets no chart (no validation data, no validation chart); the loss always has one,
+    unless no run recorded it (a ``train_step`` that does not update the model's loss tracker).
     """
     runs = list(runs)
     present = {name for run in runs for name, curve in run.curves.items() if curve.step}
-    known = [(key, title) for key, title in PANELS if key in present or key == "loss"]
+    unrecorded = any((run.model or {}).get("loss_recorded") is False for run in runs) and "loss" not in present
+    known = [(key, title) for key, title in PANELS if key in present or (key == "loss" and not unrecorded)]
     others = sorted(present - {key for key, _ in PANELS})
     return known + [(name, name.replace("_", " ")) for name in others]
 

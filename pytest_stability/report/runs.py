@@ -205,7 +205,8 @@ class RunReport:
             s, v = downsample(values, steps, max_points=max_points)
             curves[name] = Curve(tuple(s), tuple(v))
 
-        add("loss", t.loss)
+        if (t.info or {}).get("loss_recorded", True):  # a loss never recorded is no curve of NaN
+            add("loss", t.loss)
         if t.grad_norm is not None:
             add("grad_norm", t.grad_norm)
         if t.lr is not None and np.isfinite(t.lr).any():

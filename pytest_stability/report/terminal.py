@@ -68,6 +68,8 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
                     f"{name} {fmt(_last_finite(_curve(run, name)), 3)} {sparkline(_curve(run, name), 12)}"
                     for name in named
                 )
+            elif (run.model or {}).get("loss_recorded") is False:
+                losses = "loss not recorded"
         text = (
             f"steps={s.steps_run}/{s.steps_planned}{seeds} {run.device}  {losses}  "
             f"spike x{fmt(s.largest_spike, 3)}  |g|max {fmt(s.max_grad_norm, 3)}  {val}"

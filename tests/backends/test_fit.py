@@ -332,6 +332,9 @@ def test_own_loss_metric_is_said_not_invented(stability):
     # its own metric is recorded step by step, and judged as a loss: the note says both
     assert any("loss_spike judges" in note and "my_loss" in note for note in rep.trace.info["notes"])
     assert list(rep.trace.curves) == ["my_loss"]
+    # the report draws what was recorded: my_loss, and no curve of NaN for the loss it never recorded
+    curves = rep.runs[0].to_record().curves
+    assert "my_loss" in curves and "loss" not in curves
 
 
 def marked_mse(y, p):

@@ -204,3 +204,20 @@ def test_a_passing_runs_notes_are_shown_in_the_panel_and_the_terminal_row():
     # a run without notes gets no note line
     label, _, text = _row(_record("t.py::test_y", _run({"loss": (STEPS, [1.0] * 6)})))
     assert "note:" not in text and "Note</b>" not in html.render_report([_record("t.py::test_y", _run({}))])
+
+
+def test_a_loss_that_was_never_recorded_gets_no_chart_and_the_row_says_so():
+    # a train_step that does not update the loss tracker: its record holds no loss curve, and no chart of NaN
+    # ("non-finite from step 0") or row of x marks suggests the loss went NaN
+    from pytest_stability.report.terminal import _row
+
+    model = {"backend": "tensorflow", "optimizer": "Adam", "loss_recorded": False, "notes": ["the raw loss ..."]}
+    summary = {"final_loss": None, "largest_spike": None, "spikes": 0}
+    record = _record("t.py::test_x", _run({"grad_norm": (STEPS, [1.0] * 6)}, model=model, summary=summary))
+    assert html.panels_of(record.calls[0].runs)[0] == ("grad_norm", "gradient norm")
+    page = html.render_report([record])
+    assert "training loss" not in page and "non-finite from step" not in page
+    assert "loss not recorded" in _row(record)[2]
+    # a recorded loss, or a run that recorded nothing yet, keeps its loss chart
+    recorded = _record("t.py::test_y", _run({"grad_norm": (STEPS, [1.0] * 6)}))
+    assert html.panels_of(recorded.calls[0].runs)[0] == ("loss", "training loss")
