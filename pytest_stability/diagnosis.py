@@ -219,6 +219,9 @@ JUMP_CAP = 10.0
 #: ~log(classes), a mean squared error ~var(y)): targets or inputs far from unit scale, or a loss summed over
 #: very many values (a VAE's reconstruction of a large image).
 LARGE_INITIAL_LOSS = 1e4
+#: array inputs or targets whose root mean square is at least this are far from unit scale (pixel values in
+#: 0-255 are ~100; standardised data ~1).
+FAR_FROM_UNIT = 100.0
 #: the update size per step a lowered learning rate aims at (|dw|/|w|).
 TARGET_UPDATE = 1e-2
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
@@ -964,27 +967,59 @@ def _epsilon_underflow(f: Finding, trace: Trace, q: Quotes, start: int) -> Dx | 
     return Dx("epsilon_underflow", LIKELY if big or f.check == "nonfinite" else UNCERTAIN, cause, fixes)
 
 
-#: the cause of an early blow-up, unless the loss started far above unit scale
+#: the cause of an early blow-up, unless the data is measured far from unit scale
 HIGH_FROM_THE_START = (
     "a learning rate too high for this model from the start (or weights initialised too large, or inputs far "
     "from unit scale)"
 )
-#: the fix for a loss that starts far above unit scale
-STANDARDISE = Fix(
-    "standardise the targets, (y - mean) / std over the training set (undone on the predictions), and the "
-    "inputs: the learning rate that suits unit-scale data then applies"
+#: the fixes for targets, and for inputs, far from unit scale
+STANDARDISE_TARGETS = Fix(
+    "standardise the targets, (y - mean) / std over the training set (undone on the predictions): the learning "
+    "rate that suits unit-scale data then applies"
+)
+STANDARDISE_INPUTS = Fix(
+    "standardise the inputs, (x - mean) / std per feature over the training set (pixel values: divide by 255), "
+    "or put a keras.layers.Normalization() adapted to them first: the learning rate that suits unit-scale data "
+    "then applies"
 )
 
 
-def _far_from_unit_scale(q: Quotes, loss_first: float) -> str:
-    """A loss at step 0 of at least :data:`LARGE_INITIAL_LOSS`: the targets (or inputs) are far from unit scale,
-    and the gradients with them: the cause's clause that says so (quoting ``loss_first``), else ``""``."""
-    if not _ok(loss_first, LARGE_INITIAL_LOSS):
-        return ""
-    q.const("large_initial_loss", LARGE_INITIAL_LOSS)
+def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[str, list[Fix]]:
+    """The evidence that the data is far from unit scale, and the gradients with it: the root mean square of
+    the array inputs (``input_rms``) or targets (``target_rms``) at least :data:`FAR_FROM_UNIT`; where the data
+    was not measured (a dataset, a generator), a loss at step 0 of at least :data:`LARGE_INITIAL_LOSS`.
+    ``(clause, fixes)`` for the cause, quoting each number; else ``("", [])``."""
+    info = trace.info or {}
+    parts: list[str] = []
+    fixes: list[Fix] = []
+    target_rms, input_rms = info.get("target_rms"), info.get("input_rms")
+    if _ok(target_rms, FAR_FROM_UNIT):
+        q.fact("target_rms", "target_rms", target_rms)
+        parts.append("the targets' root mean square is {target_rms}")
+        fixes.append(STANDARDISE_TARGETS)
+    if _ok(input_rms, FAR_FROM_UNIT):
+        q.fact("input_rms", "input_rms", input_rms)
+        parts.append("the inputs' root mean square is {input_rms}")
+        fixes.append(STANDARDISE_INPUTS)
+    measured = "target_rms" in info or "input_rms" in info
+    large_loss = _ok(loss_first, LARGE_INITIAL_LOSS)
+    if not fixes and (measured or not large_loss):
+        # measured near unit scale (a huge first loss then has another cause: the initialisation, a loss
+        # summed over very many values), or no evidence at all
+        return "", []
+    if large_loss:
+        q.const("large_initial_loss", LARGE_INITIAL_LOSS)
+        parts.append("the loss started at {loss_first}, at least {large_initial_loss}")
+    if fixes:
+        targets, inputs = STANDARDISE_TARGETS in fixes, STANDARDISE_INPUTS in fixes
+        what = "the data is" if targets and inputs else ("the targets are" if targets else "the inputs are")
+    else:  # not measured: a loss that large comes from the targets most often
+        what = "the targets (or the inputs) are"
+        fixes.append(STANDARDISE_TARGETS)
     return (
-        "the loss started at {loss_first}, at least {large_initial_loss}: the targets (or the inputs) are far "
-        "from unit scale, and the gradients with them, so a learning rate that suits unit-scale data is too high"
+        f"{what} far from unit scale ({'; '.join(parts)}), and the gradients with them, so a learning rate that "
+        "suits unit-scale data is too high",
+        fixes,
     )
 
 
@@ -997,13 +1032,13 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     loss_first = q.at("loss_first", "loss", 0)
     lr_fix, basis = _lr_fix(q, trace, start, end, cfg)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
-    scale = _far_from_unit_scale(q, loss_first)
+    scale, scale_fixes = _far_from_unit_scale(q, trace, loss_first)
     cause = what + ", within the first {early_end} steps: " + (scale or HIGH_FROM_THE_START)
     if basis == "update":
         cause += ": the first update already moved the weights by {update_ratio} of their norm"
     fixes = [lr_fix] + clips
-    if scale:
-        fixes.append(STANDARDISE)
+    if scale_fixes:
+        fixes.extend(scale_fixes)
     else:
         fixes.append(
             Fix(
@@ -1402,13 +1437,13 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         # a NaN within a few steps of the start: a first update too large, or an unsafe op from the start
         lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
         if first_too_big:
-            scale = _far_from_unit_scale(q, q.at("loss_first", "loss", 0))
+            scale, scale_fixes = _far_from_unit_scale(q, trace, q.at("loss_first", "loss", 0))
             return Dx(
                 "lr_too_high",
                 LIKELY,
                 "the {quantities} became NaN/Inf at step {step}: the first update moved the weights by "
                 "{update_ratio_first} of their norm; " + (scale or HIGH_FROM_THE_START),
-                [lr_fix, _no_clip_note_short()] + ([STANDARDISE] if scale else []),
+                [lr_fix, _no_clip_note_short()] + scale_fixes,
             )
         inspected = (trace.info or {}).get("inputs_checked", True)
         cause = (

@@ -397,6 +397,7 @@ def train(
     # array inputs are checked for NaN/Inf on the host before training, other pipelines' batches on the device
     # in every step (not under a distribution strategy: there the failing step's batch is read again below)
     trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
+    trace.info.update(setup.data_rms)  # how far array data is from unit scale (input_rms, target_rms)
     if notes:
         trace.info["notes"] = list(notes)
     validation.record_gap(trace.info)

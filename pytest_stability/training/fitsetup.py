@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,20 @@ def check_finite(name: str, obj: Data) -> None:
                 f"{kind} at index {tuple(int(v) for v in flat)}. Training on it would report a "
                 "NaN that the model did not cause; clean the data (np.nan_to_num, drop the rows) first."
             )
+
+
+def data_rms(obj: Data) -> float | None:
+    """The largest root mean square over the floating-point arrays of ``obj``; None without one (integer labels,
+    token ids: their scale means nothing)."""
+    best: float | None = None
+    for leaf in _leaves(obj):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind != "f" or not arr.size:
+            continue
+        flat = np.ascontiguousarray(arr, dtype=np.float32 if arr.itemsize < 4 else arr.dtype).reshape(-1)
+        rms = float(np.linalg.norm(flat)) / math.sqrt(flat.size)  # BLAS nrm2: one pass, no float64 copy
+        best = rms if best is None else max(best, rms)
+    return best
 
 
 def _n_samples(obj: Data) -> int | None:
@@ -276,6 +290,9 @@ class FitSetup:
         fit_kwargs: the arguments ``fit`` is called with, without ``callbacks``.
         callbacks: the user's callbacks.
         full_batch: the full batch is presented as one long epoch (:func:`full_batch_as_one_epoch`).
+        data_rms: ``{"input_rms": ..., "target_rms": ...}``, the largest root mean square over the floating-point
+            arrays of ``x`` and of ``y`` (array inputs only; a side without one is left out): how far the data is
+            from unit scale, which the diagnosis quotes.
     """
 
     kind: str
@@ -290,6 +307,7 @@ class FitSetup:
     fit_kwargs: dict[str, Any]
     callbacks: list[Callback]
     full_batch: bool = False
+    data_rms: dict[str, float] = field(default_factory=dict)
 
 
 def prepare_fit(
@@ -348,7 +366,9 @@ def prepare_fit(
         fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch)
     fit_kwargs.setdefault("verbose", 0)
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    rms = {"input_rms": data_rms(x), "target_rms": data_rms(y)} if kind == "arrays" else {}
     return FitSetup(
+        data_rms={k: v for k, v in rms.items() if v is not None},
         kind=kind,
         run_steps=run_steps,
         batch_size=bs,

@@ -49,3 +49,44 @@ def test_adam(stability):
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_regression_targets_in_the_thousands_are_named_as_the_scale_that_blew_up(pytester):
+    # a user's regression on unscaled targets (around 5000): SGD at a rate that suits unit-scale data blows up at
+    # once; the cause quotes the targets' root mean square, measured on the arrays before training, and after
+    # the lower rate the fixes offer standardising them (integer labels or unit-scale inputs are never named)
+    pytester.makepyfile("""
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (5000 + 1000 * X[:, :1] + 300 * X[:, 1:2]).astype("float32")
+
+
+@pytest.mark.stable_training(steps=100)
+def test_prices(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    rep = stability.fit(model, X, Y, batch_size=64, check=False)
+    info = rep.trace.info
+    assert info["target_rms"] == pytest.approx(float(np.sqrt(np.mean(Y.astype("float64") ** 2))), rel=1e-4)
+    assert info["input_rms"] == pytest.approx(float(np.sqrt(np.mean(X.astype("float64") ** 2))), rel=1e-4)
+    head = rep.findings[0]
+    assert head.evidence["cause_key"] == "lr_too_high", head.cause
+    assert f"the targets' root mean square is {info['target_rms']:.3g}" in head.cause
+    assert "inputs' root mean square" not in head.cause
+    assert head.fix.startswith("learning_rate=")
+    assert any(x["text"].startswith("standardise the targets") for x in head.evidence["fixes"])
+
+
+@pytest.mark.stable_training(steps=20)
+def test_labels(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rep = stability.fit(model, X, (X[:, 0] > 0).astype("int32"), batch_size=64)
+    assert "target_rms" not in rep.trace.info  # integer labels have no scale to quote
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

@@ -579,3 +579,36 @@ def test_an_early_blow_up_from_a_huge_loss_names_the_targets_scale(loss_first, s
     else:
         assert "targets" not in f.cause and "a learning rate too high for this model from the start" in f.cause
         assert not any("standardise" in t for t in texts)
+
+
+@pytest.mark.parametrize(
+    "info, says, fixes",
+    [
+        ({"target_rms": 5100.0, "input_rms": 1.0}, "the targets are far from unit scale", ["standardise the targets"]),
+        ({"input_rms": 9800.0}, "the inputs are far from unit scale", ["standardise the inputs"]),
+        (
+            {"input_rms": 130.0, "target_rms": 300.0},
+            "the data is far from unit scale",
+            ["standardise the targets", "standardise the inputs"],
+        ),
+        ({"input_rms": 1.0, "target_rms": 0.7}, None, []),  # measured near unit scale: not the data
+    ],
+)
+def test_an_early_blow_up_quotes_how_far_the_measured_data_is_from_unit_scale(info, says, fixes):
+    # array data is measured before training (input_rms, target_rms): the cause quotes it, and offers
+    # standardising what is far from unit scale after the lower learning rate
+    loss = np.concatenate([np.full(3, 5.0), 5.0 * np.geomspace(2.0, 1e6, 5)])
+    g = np.concatenate([np.full(3, 1.0), np.geomspace(2.0, 1e6, 5)])
+    trace = Trace(loss=loss, grad_norm=g, lr=np.full(8, 1e-3), info={"optimizer": "SGD", **info})
+    trace.steps_planned = 300
+    f = _diag(trace)[0]
+    assert f.evidence["cause_key"] == "lr_too_high" and f.fix.startswith("learning_rate=")
+    offered = [x["text"] for x in f.evidence["fixes"] if x["text"].startswith("standardise")]
+    assert [text.split(",")[0] for text in offered] == fixes
+    if says is None:
+        assert "unit scale (" not in f.cause and "a learning rate too high for this model from the start" in f.cause
+    else:
+        assert says in f.cause
+        for value in info.values():
+            if value >= 100:
+                assert f"root mean square is {value:.3g}" in f.cause
