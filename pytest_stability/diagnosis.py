@@ -1023,6 +1023,16 @@ def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[st
     )
 
 
+def _inputs_far(q: Quotes, trace: Trace) -> str:
+    """The cause's clause when the array inputs were measured at least :data:`FAR_FROM_UNIT` from unit scale
+    (units they feed saturate or die), quoting ``input_rms``; else ``""``."""
+    input_rms = (trace.info or {}).get("input_rms")
+    if not _ok(input_rms, FAR_FROM_UNIT):
+        return ""
+    q.fact("input_rms", "input_rms", input_rms)
+    return "; the inputs' root mean square is {input_rms}, far from unit scale: they drive units into saturation"
+
+
 def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, what: str) -> Dx:
     """An explosion in the first few percent of the steps: the learning rate (or the initialisation or input
     scale), with any optimizer; never Adam's second moment (it has no history yet)."""
@@ -1567,6 +1577,10 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
         dx = _collapse_dx(q, trace, root, root, head, until=step)
         dx.extra["fix_from"] = root
+        far = _inputs_far(q, trace)
+        if far:
+            dx.cause += far
+            dx.fixes.append(STANDARDISE_INPUTS)
         return dx
     prior = _prior_loss(q, trace, level)
     if prior is not None and (flat or zero or vanished):
@@ -1594,17 +1608,20 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             "low for this model",
             fixes,
         )
+    far = _inputs_far(q, trace)  # inputs far from unit scale saturate the units first: standardising them leads
     if flat:
         return Dx(
             "collapsed_output",
             LIKELY if zero or vanished else UNCERTAIN,
             "the loss sits at {level} from step {step} without ever having fallen much below its initial "
             "{initial_loss}: the model outputs a constant (a saturated sigmoid/softmax, dead units, or a loss "
-            "that rewards a constant such as an empty segmentation mask)",
-            [
+            "that rewards a constant such as an empty segmentation mask)" + far,
+            ([STANDARDISE_INPUTS] if far else [])
+            + [
                 Fix(
                     "pair the output and the loss (from_logits=True with a linear last layer), initialise the "
-                    "last layer's bias near the label prior, and scale the inputs to about unit range"
+                    "last layer's bias near the label prior"
+                    + ("" if far else ", and scale the inputs to about unit range")
                 )
             ],
         )
@@ -1612,11 +1629,13 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         "vanished_gradients",
         LIKELY,
         "the gradients " + ("are exactly zero" if zero else "vanished") + " from step {step} while the loss "
-        "stays at {level} (initially {initial_loss}): dead ReLUs or saturated outputs, nothing learns",
-        [
+        "stays at {level} (initially {initial_loss}): dead ReLUs or saturated outputs, nothing learns" + far,
+        ([STANDARDISE_INPUTS] if far else [])
+        + [
             Fix(
-                "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers, normalised inputs, "
-                "from_logits=True instead of a saturated sigmoid/softmax"
+                "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers"
+                + ("" if far else ", normalised inputs")
+                + ", from_logits=True instead of a saturated sigmoid/softmax"
             )
         ],
     )

@@ -612,3 +612,31 @@ def test_an_early_blow_up_quotes_how_far_the_measured_data_is_from_unit_scale(in
         for value in info.values():
             if value >= 100:
                 assert f"root mean square is {value:.3g}" in f.cause
+
+
+@pytest.mark.parametrize("input_rms", [9800.0, 1.0, None])
+def test_units_saturated_by_inputs_far_from_unit_scale_are_told_to_standardise_them(input_rms):
+    # inputs around 1e4 saturate a sigmoid output or kill ReLUs: the gradients go to zero. Measured, the inputs'
+    # scale is quoted and standardising them leads the fixes of a dead start; after a blow-up it follows the
+    # lower learning rate and the clipnorm. Unmeasured or unit-scale inputs get the general advice only.
+    info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 2.0}}
+    if input_rms is not None:
+        info["input_rms"] = input_rms
+    far = input_rms is not None and input_rms >= 100
+    rng = np.random.default_rng(7)
+    died = np.concatenate(
+        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), 0.3 * np.exp(0.2 * rng.normal(size=250))]
+    )
+    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), np.full(250, 1e-9)])
+    (collapse,) = [f for f in _diag(Trace(loss=died, grad_norm=g, info=dict(info))) if f.check == "stuck"]
+    flat = Trace(loss=0.9 * (1 + 0.05 * rng.normal(size=200)), grad_norm=np.zeros(200), info=dict(info))
+    dead = rank_findings(run_checks(flat), flat)[0]
+    assert collapse.evidence["cause_key"] == "collapse_constant" and dead.evidence["cause_key"] == "vanished_gradients"
+    for f in (collapse, dead):
+        texts = [x["text"] for x in f.evidence["fixes"]]
+        assert ("the inputs' root mean square is" in f.cause) is far
+        assert not far or f"the inputs' root mean square is {input_rms:.3g}" in f.cause
+        assert any(t.startswith("standardise the inputs") for t in texts) is far
+    assert collapse.evidence["fix_configs"][0] == {"learning_rate_factor": 0.1}  # the measured fix stays first
+    assert dead.fix.startswith("standardise the inputs") is far
+    assert ("normalised inputs" in dead.fix) is not far
