@@ -984,6 +984,13 @@ STANDARDISE_INPUTS = Fix(
 )
 
 
+def _input_rms(trace: Trace) -> float | None:
+    """The array inputs' root mean square, unless the model rescales them before its first layer with weights
+    (``inputs_rescaled_by``: a ``Rescaling(1/255)``, a ``Normalization``): then their raw scale does not train."""
+    info = trace.info or {}
+    return None if info.get("inputs_rescaled_by") else info.get("input_rms")
+
+
 def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[str, list[Fix]]:
     """The evidence that the data is far from unit scale, and the gradients with it: the root mean square of
     the array inputs (``input_rms``) or targets (``target_rms``) at least :data:`FAR_FROM_UNIT`; where the data
@@ -992,7 +999,7 @@ def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[st
     info = trace.info or {}
     parts: list[str] = []
     fixes: list[Fix] = []
-    target_rms, input_rms = info.get("target_rms"), info.get("input_rms")
+    target_rms, input_rms = info.get("target_rms"), _input_rms(trace)
     if _ok(target_rms, FAR_FROM_UNIT):
         q.fact("target_rms", "target_rms", target_rms)
         parts.append("the targets' root mean square is {target_rms}")
@@ -1026,7 +1033,7 @@ def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[st
 def _inputs_far(q: Quotes, trace: Trace) -> str:
     """The cause's clause when the array inputs were measured at least :data:`FAR_FROM_UNIT` from unit scale
     (units they feed saturate or die), quoting ``input_rms``; else ``""``."""
-    input_rms = (trace.info or {}).get("input_rms")
+    input_rms = _input_rms(trace)
     if not _ok(input_rms, FAR_FROM_UNIT):
         return ""
     q.fact("input_rms", "input_rms", input_rms)

@@ -64,6 +64,7 @@ from .fitsetup import (
     _under_strategy,
     batch_observers,
     full_batch_as_one_epoch,
+    input_rescaler,
     prepare_fit,
     short_message,
 )
@@ -398,6 +399,10 @@ def train(
     # in every step (not under a distribution strategy: there the failing step's batch is read again below)
     trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
     trace.info.update(setup.data_rms)  # how far array data is from unit scale (input_rms, target_rms)
+    if "input_rms" in setup.data_rms:
+        rescaler = input_rescaler(model)
+        if rescaler is not None:  # the model rescales its inputs first: their raw scale is not what trains
+            trace.info["inputs_rescaled_by"] = rescaler
     if notes:
         trace.info["notes"] = list(notes)
     validation.record_gap(trace.info)

@@ -95,6 +95,44 @@ def data_rms(obj: Data) -> float | None:
     return best
 
 
+#: layers that bring the inputs to unit scale inside the model: the raw inputs' scale does not reach the weights
+RESCALING_LAYERS = frozenset(
+    {
+        "Rescaling",
+        "Normalization",
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+    }
+)
+
+
+def input_rescaler(model: Model) -> str | None:
+    """``"Class 'name'"`` of a layer that rescales the inputs before the first layer with weights (a
+    ``Rescaling(1/255)`` first, a ``Normalization`` adapted to the data), looked for in the model's layers in
+    order, nested models (an augmentation ``Sequential``) included; None without one."""
+
+    def walk(layers: list[Any]) -> Iterator[Any]:
+        for layer in layers:
+            inner = getattr(layer, "layers", None)
+            if isinstance(inner, list) and inner:
+                yield from walk(inner)
+            else:
+                yield layer
+
+    try:
+        layers = list(model.layers)
+    except Exception:  # a model whose layers cannot be listed: nothing to say
+        return None
+    for layer in walk(layers):
+        if type(layer).__name__ in RESCALING_LAYERS:
+            return f"{type(layer).__name__} {layer.name!r}"
+        if getattr(layer, "weights", None):
+            return None
+    return None
+
+
 def _n_samples(obj: Data) -> int | None:
     leaves = _leaves(obj)
     if not leaves:

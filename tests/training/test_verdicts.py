@@ -90,3 +90,43 @@ def test_labels(stability):
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_raw_pixels_are_named_only_when_the_model_does_not_rescale_them(pytester):
+    # pixel values in 0-255 (root mean square ~150) blowing up a convnet: named as the inputs' scale, with
+    # standardising as a fix; the same net with Rescaling(1/255) first (behind an augmentation Sequential, as
+    # Keras' image tutorials write it) never sees that scale, and is not told to standardise
+    pytester.makepyfile("""
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.integers(0, 256, size=(256, 8, 8, 1)).astype("float32")
+Y = (X[:, :4].mean(axis=(1, 2, 3)) > X[:, 4:].mean(axis=(1, 2, 3))).astype("float32")
+
+
+def net(lr, *front):
+    model = keras.Sequential([keras.Input((8, 8, 1)), *front, keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="binary_crossentropy")
+    return model
+
+
+@pytest.mark.stable_training(steps=60)
+@pytest.mark.parametrize("rescaled", [False, True])
+def test_pixels(stability, rescaled):
+    front = [keras.Sequential([keras.layers.RandomFlip("horizontal")]), keras.layers.Rescaling(1 / 255)]
+    rep = stability.fit(net(300.0, *front) if rescaled else net(1.0), X, Y, batch_size=32, check=False)
+    info = rep.trace.info
+    assert info["input_rms"] == pytest.approx(float(np.sqrt(np.mean(X.astype("float64") ** 2))), rel=1e-4)
+    assert ("inputs_rescaled_by" in info) is rescaled
+    if rescaled:
+        assert info["inputs_rescaled_by"].startswith("Rescaling ")
+    for finding in rep.findings:
+        assert ("inputs' root mean square" in finding.cause) is not rescaled, finding.cause
+        assert any(x["text"].startswith("standardise the inputs") for x in finding.evidence["fixes"]) is not rescaled
+    assert rep.findings, rescaled  # both blow up: the raw pixels at a learning rate of 1, the rescaled at 300
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
