@@ -600,7 +600,7 @@ def render_panel(
                 info = model.get(key)
                 if isinstance(info, Mapping) and info.get("text"):
                     notes.append(f"<p><b>{what}</b>{_e(seed_label)}: {_e(info['text'])}</p>")
-            notes.extend(f"<p><b>Note</b>{_e(seed_label)}: {_e(note)}</p>" for note in run_notes(run))
+            notes.extend(f"<p><b>Note</b>{_e(seed_label)}: {_e(note)}</p>" for note in run_notes(run, speed=True))
             if notes:
                 body.append('<div class="ps-note">' + "".join(notes) + "</div>")
             if len(runs) > 1:

@@ -61,10 +61,15 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
     return sparkline(values[first : last + 1], width=width), first, last
 
 
-def run_notes(run: RunRecord) -> list[str]:
+def run_notes(run: RunRecord, *, speed: bool = False) -> list[str]:
     """The notes that qualify a run's verdict (``RunRecord.model["notes"]``, written by the training: a check
-    not judged and why, a run that ended before its planned steps, how the epochs were presented), in order."""
-    return [str(note) for note in (run.model or {}).get("notes") or ()]
+    not judged and why, a run that ended before its planned steps, how the epochs were presented), in order;
+    with ``speed``, then what made it slower than it could be (``speed_notes``: short epochs or single batches
+    kept for what observes them)."""
+    model = run.model or {}
+    return [str(n) for n in model.get("notes") or ()] + (
+        [str(n) for n in model.get("speed_notes") or ()] if speed else []
+    )
 
 
 def batch_text(where: Mapping[str, Any], max_indices: int = 12) -> str:

@@ -33,7 +33,7 @@ def _last_finite(values: list[float]) -> float | None:
     return finite[-1] if finite else None
 
 
-def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
+def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[str, bool], str]:
     verdict = record.verdict
     label, style = _VERDICT_STYLE.get(verdict, ("?", {}))
     if verdict == "stable" and record.regressed:
@@ -92,8 +92,9 @@ def _row(record: StabilityRecord) -> tuple[str, dict[str, bool], str]:
             for line in probe.get("text") or ():
                 text += f"\n      batch replay: {line}"
         # what qualifies the verdict (a check not judged, a run that ended early, how the epochs were
-        # presented): shown with a pass too, where a green row would otherwise hide it
-        for note in run_notes(run):
+        # presented): shown with a pass too, where a green row would otherwise hide it; with -v, also what made
+        # the run slower than it could be
+        for note in run_notes(run, speed=verbose):
             text += f"\n      note: {note}"
         if call.baseline is not None:
             # baseline against now, one line per seed (report.baseline.compare_call)
@@ -127,8 +128,9 @@ def write_summary(tr: Any, records: list[StabilityRecord], footer: list[str]) ->
         title += f", {failed_after} failed after training"
     bad = bool(unstable or errors or regressed or failed_after)
     tr.write_sep("=", title, red=bad, green=not bad)
+    verbose = getattr(tr, "verbosity", 0) > 0
     for record in sorted(records, key=lambda r: r.nodeid):
-        label, style, text = _row(record)
+        label, style, text = _row(record, verbose=verbose)
         tr.write(f"{label:<5} ", **style)
         tr.write_line(text)
     _write_footer(tr, footer)

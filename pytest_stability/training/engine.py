@@ -339,10 +339,13 @@ def train(
     # the inputs: checked, fit's arguments completed, the validation batches read, the short-epoch decision
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     notes: list[str] = []
+    # what made the run slower than it could be (short epochs, single batches kept for a callback): the report
+    # shows these apart from the notes that qualify the verdict
+    speed_notes: list[str] = []
     validation = ValidationProbe(
         keras, model, x, y, kind=setup.kind, fit_kwargs=setup.fit_kwargs, batch_size=setup.batch_size, notes=notes
     )
-    x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes)
+    x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes, speed_notes)
 
     # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)
@@ -363,7 +366,7 @@ def train(
 
     start = RandomStart(random_start)
     plan, tail = _batch_plan(backend, x, setup, seed=seed, distributed=distributed)
-    _note_single_batches(setup.callbacks, grouping, notes)
+    _note_single_batches(setup.callbacks, grouping, speed_notes)
 
     # the run
     parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
@@ -405,6 +408,8 @@ def train(
             trace.info["inputs_rescaled_by"] = rescaler
     if notes:
         trace.info["notes"] = list(notes)
+    if speed_notes:
+        trace.info["speed_notes"] = list(speed_notes)
     validation.record_gap(trace.info)
     _first_nonfinite(keras, model, recs, trace, x, setup)
     return RunResult(
@@ -862,8 +867,8 @@ def _note_single_batches(callbacks: list[Callback], grouping: Chunking, notes: l
     observers = batch_observers(callbacks)
     if observers and grouping.spe < grouping.chunk:
         notes.append(
-            f"{observers[0]} sees single batches, so fit ran at the model's steps_per_execution={grouping.spe} "
-            f"(the recording still read back every {grouping.chunk} steps)"
+            f"steps_per_execution={grouping.spe} kept for {observers[0]}, which sees single batches (the recording "
+            f"still read back every {grouping.chunk} steps)"
         )
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StabilityUsageError
-from ..framework_types import Callback, Data, Model, Tensor
+from ..framework_types import Callback, Data, Layer, Model, Tensor
 from .plan import epochs_for
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def input_rescaler(model: Model) -> str | None:
     ``Rescaling(1/255)`` first, a ``Normalization`` adapted to the data), looked for in the model's layers in
     order, nested models (an augmentation ``Sequential``) included; None without one."""
 
-    def walk(layers: list[Any]) -> Iterator[Any]:
+    def walk(layers: list[Layer]) -> Iterator[Layer]:
         for layer in layers:
             inner = getattr(layer, "layers", None)
             if isinstance(inner, list) and inner:
@@ -430,11 +430,17 @@ def _kept_for(name: str, value: object) -> str:
 
 
 def full_batch_as_one_epoch(
-    keras: ModuleType, model: Model, x: Data, y: Data, setup: FitSetup, notes: list[str]
+    keras: ModuleType,
+    model: Model,
+    x: Data,
+    y: Data,
+    setup: FitSetup,
+    notes: list[str],
+    speed_notes: list[str],
 ) -> tuple[Data, Data, FitSetup]:
     """The data ``fit`` trains on, ``(x, y, setup)``: a full-batch run whose epochs nothing of the user's
-    observes as one long epoch of the same batch (:func:`one_long_epoch`), else the data as given; a note in
-    ``notes`` when the epochs are short either way.
+    observes as one long epoch of the same batch (:func:`one_long_epoch`, said in ``notes``), else the data as
+    given (short epochs kept: said in ``speed_notes``).
 
     Short epochs: Keras' work at each epoch's end and start can cost far more than the steps (a full-batch run
     is one step an epoch: 20x the same steps as one long epoch).  Other short epochs stay (their batches are
@@ -486,9 +492,9 @@ def full_batch_as_one_epoch(
             )
         )
     )
-    notes.append(
-        f"the epochs were short ({per_epoch} step(s) each): Keras' work at each epoch's end and "
-        f"start may have cost more than the steps; they were kept for {why}"
+    speed_notes.append(
+        f"short epochs ({per_epoch} step(s) each) kept for {why}: Keras' work at each epoch's end and start may "
+        "cost more than the steps"
     )
     return x, y, setup
 

@@ -1009,8 +1009,9 @@ def test_the_recorders_variables_are_made_eagerly_when_the_optimizer_is_built_in
     assert int(rec.read()["count"]) == 4
 
 
-def test_short_epochs_kept_for_keras_validation_are_said_in_the_report_row(pytester, tiny_problem):
-    # 128 training samples at batch 32: four steps an epoch, kept because Keras validates at each epoch's end
+def test_short_epochs_kept_for_keras_validation_are_said_in_the_report_row_with_v(pytester, tiny_problem):
+    # 128 training samples at batch 32: four steps an epoch, kept because Keras validates at each epoch's end;
+    # a note on speed, not on the verdict: in the row with -v (and in the JSON and HTML reports)
     result = run(
         pytester,
         tiny_problem,
@@ -1019,13 +1020,19 @@ def test_short_epochs_kept_for_keras_validation_are_said_in_the_report_row(pytes
 def test_model(stability):
     rep = stability.fit(build(), X, Y, batch_size=32, validation_split=0.5)
     assert rep.trace.steps == 12
+    assert rep.trace.info["speed_notes"] == [
+        "short epochs (4 step(s) each) kept for Keras' validation at each epoch's end (validation_split=0.5): "
+        "Keras' work at each epoch's end and start may cost more than the steps"
+    ]
+    assert "notes" not in rep.trace.info
 """,
+        "-v",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
             "PASS  test_short_epochs_kept_*.py::test_model  steps=12/12 *",
-            "      note: the epochs were short (4 step(s) each): * they were kept for Keras' validation at each "
-            "epoch's end (validation_split=0.5)",
+            "      note: short epochs (4 step(s) each) kept for Keras' validation at each epoch's end "
+            "(validation_split=0.5): *",
         ]
     )

@@ -201,6 +201,12 @@ def test_a_passing_runs_notes_are_shown_in_the_panel_and_the_terminal_row():
     page = html.render_report([record])
     for note in notes:
         assert html._e(note) in page
+    # what made the run slower (short epochs kept for a callback): in the row with -v only, and in the panel
+    speed = "short epochs (13 step(s) each) kept for TensorBoard.on_epoch_begin, which sees them: ..."
+    slow = _record("t.py::test_s", _run({"grad_norm": (STEPS, [1.0] * 6)}, model={**model, "speed_notes": [speed]}))
+    assert f"note: {speed}" not in _row(slow)[2] and f"note: {speed}" in _row(slow, verbose=True)[2]
+    assert _row(slow, verbose=True)[2].index(notes[-1]) < _row(slow, verbose=True)[2].index(speed)
+    assert html._e(speed) in html.render_report([slow])
     # a run without notes gets no note line
     label, _, text = _row(_record("t.py::test_y", _run({"loss": (STEPS, [1.0] * 6)})))
     assert "note:" not in text and "Note</b>" not in html.render_report([_record("t.py::test_y", _run({}))])
