@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..record import StabilityRecord
+from .render import run_notes
 
 _KEYS = (
     "final_loss",
@@ -18,7 +19,7 @@ _KEYS = (
 
 
 def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
-    """``stability_verdict``, the seed(s), finding checks and the headline metrics of the first call."""
+    """``stability_verdict``, the seed(s), finding checks, the headline metrics and the notes of the first call."""
     props = [("stability_verdict", record.verdict)]
     calls = record.calls
     if calls:
@@ -33,6 +34,8 @@ def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
         if run.findings:
             f = run.findings[0]
             props.append(("stability_finding", f"{f.check} at step {f.step}: {f.message}"))
+        # what qualifies the verdict (a check not judged, a run that ended early): one property per note
+        props.extend(("stability_note", note) for note in run_notes(run))
     if record.error:
         props.append(("stability_error", str(record.error)))
     return props

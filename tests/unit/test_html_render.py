@@ -183,7 +183,7 @@ def render_finding_html(where):
     return _finding_html(finding, "")
 
 
-def test_a_passing_runs_notes_are_shown_in_the_panel_and_the_terminal_row():
+def test_a_passing_runs_notes_are_shown_in_the_panel_the_terminal_row_and_junit():
     # a check not judged, a run that ended before its planned steps: a green row must not hide either
     from pytest_stability.report.terminal import _row
 
@@ -201,6 +201,10 @@ def test_a_passing_runs_notes_are_shown_in_the_panel_and_the_terminal_row():
     page = html.render_report([record])
     for note in notes:
         assert html._e(note) in page
+    # and in JUnit, one property per note (a CI dashboard shows why a green test judged less)
+    from pytest_stability.report.junit import junit_properties
+
+    assert [v for k, v in junit_properties(record) if k == "stability_note"] == notes
     # what made the run slower (short epochs kept for a callback): in the row with -v only, and in the panel
     speed = "short epochs (13 step(s) each) kept for TensorBoard.on_epoch_begin, which sees them: ..."
     slow = _record("t.py::test_s", _run({"grad_norm": (STEPS, [1.0] * 6)}, model={**model, "speed_notes": [speed]}))
