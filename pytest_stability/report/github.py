@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..record import StabilityRecord
+from .render import run_notes
 
 _VERDICT = {"stable": "✅ stable", "unstable": "❌ unstable", "error": "⚠️ error", "skipped": "⏭️ skipped"}
 
@@ -56,6 +57,17 @@ def headline(record: StabilityRecord) -> str:
             return "baseline regression: " + "; ".join(baseline.regressions)
     if record.verdict in ("error", "skipped"):
         return record.error or record.skip_reason or ""
+    return ""
+
+
+def _first_note(record: StabilityRecord) -> str:
+    """``note: ...``, the first note that qualifies the verdict of a run of the test (a check not judged, a run
+    that ended early), or ''."""
+    for call in record.calls:
+        for run in call.runs:
+            notes = run_notes(run)
+            if notes:
+                return f"note: {notes[0]}"
     return ""
 
 
@@ -206,7 +218,8 @@ def markdown(
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for record in records:
-        row = [_label(record), f"`{record.nodeid}`", _steps(record), headline(record)]
+        # a stable test's cell: the first note, where one qualifies its verdict (a check not judged)
+        row = [_label(record), f"`{record.nodeid}`", _steps(record), headline(record) or _first_note(record)]
         if with_baseline:
             row.append(_baseline(record))
         if plots is not None:

@@ -54,3 +54,18 @@ def test_markdown_cells_escape_pipes_and_newlines():
     }
     text = github.markdown([StabilityRecord.from_dict(record)])
     assert "| ❌ unstable | `t.py::test_a[x\\|y]` | 3/9 | [loss_spike] step 2: a \\| b<br>c |" in text
+
+
+def test_a_stable_tests_cell_shows_its_first_note_and_a_stable_test_without_one_stays_empty():
+    def record(nodeid, notes):
+        run = {"seed": 0, "verdict": "stable", "steps_run": 80, "steps_planned": 200, "model": {"notes": notes}}
+        return {"nodeid": nodeid, "verdict": "stable", "calls": [{"verdict": "stable", "runs": [run]}]}
+
+    note = "the run ended after 80 of 200 steps: epochs=5 ended it"
+    records = [
+        StabilityRecord.from_dict(record("t.py::test_a", [note])),
+        StabilityRecord.from_dict(record("t.py::test_b", [])),
+    ]
+    text = github.markdown(records)
+    assert f"| ✅ stable | `t.py::test_a` | 80/200 | note: {note} |" in text
+    assert "| ✅ stable | `t.py::test_b` | 80/200 |  |" in text
