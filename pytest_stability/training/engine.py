@@ -339,13 +339,13 @@ def train(
     # the inputs: checked, fit's arguments completed, the validation batches read, the short-epoch decision
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     notes: list[str] = []
-    # what made the run slower than it could be (short epochs, single batches kept for a callback): the report
-    # shows these apart from the notes that qualify the verdict
+    # how the epochs and batches were presented for speed (a full batch as one long epoch; short epochs or single
+    # batches kept for what observes them): the report shows these apart from the notes that qualify the verdict
     speed_notes: list[str] = []
     validation = ValidationProbe(
         keras, model, x, y, kind=setup.kind, fit_kwargs=setup.fit_kwargs, batch_size=setup.batch_size, notes=notes
     )
-    x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, notes, speed_notes)
+    x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, speed_notes)
 
     # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)

@@ -435,12 +435,11 @@ def full_batch_as_one_epoch(
     x: Data,
     y: Data,
     setup: FitSetup,
-    notes: list[str],
     speed_notes: list[str],
 ) -> tuple[Data, Data, FitSetup]:
     """The data ``fit`` trains on, ``(x, y, setup)``: a full-batch run whose epochs nothing of the user's
-    observes as one long epoch of the same batch (:func:`one_long_epoch`, said in ``notes``), else the data as
-    given (short epochs kept: said in ``speed_notes``).
+    observes as one long epoch of the same batch (:func:`one_long_epoch`), else the data as given; either way,
+    said in ``speed_notes`` (what made the run faster or slower, not what qualifies its verdict).
 
     Short epochs: Keras' work at each epoch's end and start can cost far more than the steps (a full-batch run
     is one step an epoch: 20x the same steps as one long epoch).  Other short epochs stay (their batches are
@@ -468,7 +467,7 @@ def full_batch_as_one_epoch(
     order_free = fit_kwargs.get("shuffle") is False or not _draws_randomness(model)
     if per_epoch == 1 and order_free and not watching and not kept and not _under_strategy(keras, model):
         x_fit, y_fit, one_epoch = one_long_epoch(keras, x, y, fit_kwargs, steps=run_steps)
-        notes.append(
+        speed_notes.append(
             f"full batch: the same batch was presented as one epoch of {run_steps} steps instead of "
             f"{one_epoch.pop('_epochs_of')} epochs of one step (nothing of yours observes epochs, and "
             "the order of the samples in the batch, which Keras shuffles each epoch, changes the sums "

@@ -1036,3 +1036,38 @@ def test_model(stability):
             "(validation_split=0.5): *",
         ]
     )
+
+
+def test_a_full_batch_is_one_long_epoch_unless_something_observes_epochs_and_the_speed_note_says_which(
+    pytester, tiny_problem
+):
+    # the whole training set as one batch: one step an epoch. Nothing of the user's observes epochs, so the run
+    # presents the batch as one long epoch; a callback with an epoch-level hook keeps the epochs short
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+class EpochCounter(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs = epoch + 1
+
+
+@pytest.mark.stable_training(steps=30)
+def test_model(stability):
+    rep = stability.fit(build(), X, Y, batch_size=256)
+    assert rep.trace.steps == 30
+    assert rep.trace.info["speed_notes"] == [
+        "full batch: the same batch was presented as one epoch of 30 steps instead of 30 epochs of one step "
+        "(nothing of yours observes epochs, and the order of the samples in the batch, which Keras shuffles each "
+        "epoch, changes the sums only by rounding here)"
+    ]
+    counter = EpochCounter()
+    rep = stability.fit(build(), X, Y, batch_size=256, callbacks=[counter])
+    assert rep.trace.steps == 30 and counter.epochs == 30
+    assert rep.trace.info["speed_notes"][0].startswith(
+        "short epochs (1 step(s) each) kept for EpochCounter.on_epoch_end, which sees them: "
+    )
+    assert "notes" not in rep.trace.info  # neither qualifies the verdict
+""",
+    )
+    result.assert_outcomes(passed=1)
