@@ -63,9 +63,9 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
 
 def run_notes(run: RunRecord, *, speed: bool = False) -> list[str]:
     """The notes that qualify a run's verdict (``RunRecord.model["notes"]``, written by the training: a check
-    not judged and why, a run that ended before its planned steps, how the epochs were presented), in order;
-    with ``speed``, then what made it slower than it could be (``speed_notes``: short epochs or single batches
-    kept for what observes them)."""
+    not judged and why, a run that ended before its planned steps), in order; with ``speed``, then how its
+    epochs and batches were presented for speed (``speed_notes``: a full batch as one long epoch, short epochs
+    or single batches kept for what observes them)."""
     model = run.model or {}
     return [str(n) for n in model.get("notes") or ()] + (
         [str(n) for n in model.get("speed_notes") or ()] if speed else []

@@ -91,9 +91,8 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
         if isinstance(probe, dict):
             for line in probe.get("text") or ():
                 text += f"\n      batch replay: {line}"
-        # what qualifies the verdict (a check not judged, a run that ended early, how the epochs were
-        # presented): shown with a pass too, where a green row would otherwise hide it; with -v, also what made
-        # the run slower than it could be
+        # what qualifies the verdict (a check not judged, a run that ended early): shown with a pass too, where a
+        # green row would otherwise hide it; with -v, also how the epochs were presented for speed
         for note in run_notes(run, speed=verbose):
             text += f"\n      note: {note}"
         if call.baseline is not None:
