@@ -991,6 +991,13 @@ def _input_rms(trace: Trace) -> float | None:
     return None if info.get("inputs_rescaled_by") else info.get("input_rms")
 
 
+def _target_rms(trace: Trace) -> float | None:
+    """The array targets' root mean square, unless the model brings its outputs to their scale after its last
+    layer with weights (``targets_rescaled_by``: a ``Normalization(invert=True)``, a ``Rescaling``)."""
+    info = trace.info or {}
+    return None if info.get("targets_rescaled_by") else info.get("target_rms")
+
+
 def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[str, list[Fix]]:
     """The evidence that the data is far from unit scale, and the gradients with it: the root mean square of
     the array inputs (``input_rms``) or targets (``target_rms``) at least :data:`FAR_FROM_UNIT`; where the data
@@ -999,7 +1006,7 @@ def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[st
     info = trace.info or {}
     parts: list[str] = []
     fixes: list[Fix] = []
-    target_rms, input_rms = info.get("target_rms"), _input_rms(trace)
+    target_rms, input_rms = _target_rms(trace), _input_rms(trace)
     if _ok(target_rms, FAR_FROM_UNIT):
         q.fact("target_rms", "target_rms", target_rms)
         parts.append("the targets' root mean square is {target_rms}")

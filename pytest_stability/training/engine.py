@@ -65,6 +65,7 @@ from .fitsetup import (
     batch_observers,
     full_batch_as_one_epoch,
     input_rescaler,
+    output_rescaler,
     prepare_fit,
     short_message,
 )
@@ -402,10 +403,14 @@ def train(
     # in every step (not under a distribution strategy: there the failing step's batch is read again below)
     trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
     trace.info.update(setup.data_rms)  # how far array data is from unit scale (input_rms, target_rms)
-    if "input_rms" in setup.data_rms:
-        rescaler = input_rescaler(model)
-        if rescaler is not None:  # the model rescales its inputs first: their raw scale is not what trains
-            trace.info["inputs_rescaled_by"] = rescaler
+    # a model that rescales its inputs first, or its outputs last: the raw scale on that side is not what trains
+    for side, key, find in (
+        ("input_rms", "inputs_rescaled_by", input_rescaler),
+        ("target_rms", "targets_rescaled_by", output_rescaler),
+    ):
+        rescaler = find(model) if side in setup.data_rms else None
+        if rescaler is not None:
+            trace.info[key] = rescaler
     if notes:
         trace.info["notes"] = list(notes)
     if speed_notes:

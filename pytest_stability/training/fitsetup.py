@@ -108,13 +108,12 @@ RESCALING_LAYERS = frozenset(
 )
 
 
-def input_rescaler(model: Model) -> str | None:
-    """``"Class 'name'"`` of a layer that rescales the inputs before the first layer with weights (a
-    ``Rescaling(1/255)`` first, a ``Normalization`` adapted to the data), looked for in the model's layers in
-    order, nested models (an augmentation ``Sequential``) included; None without one."""
+def _rescaler(model: Model, names: frozenset[str], *, from_the_end: bool) -> str | None:
+    """``"Class 'name'"`` of the first layer of a class in ``names`` met before any layer with weights, walking
+    the model's layers in order (or from the end), nested models included; None without one."""
 
     def walk(layers: list[Layer]) -> Iterator[Layer]:
-        for layer in layers:
+        for layer in reversed(layers) if from_the_end else layers:
             inner = getattr(layer, "layers", None)
             if isinstance(inner, list) and inner:
                 yield from walk(inner)
@@ -126,11 +125,23 @@ def input_rescaler(model: Model) -> str | None:
     except Exception:  # a model whose layers cannot be listed: nothing to say
         return None
     for layer in walk(layers):
-        if type(layer).__name__ in RESCALING_LAYERS:
+        if type(layer).__name__ in names:
             return f"{type(layer).__name__} {layer.name!r}"
         if getattr(layer, "weights", None):
             return None
     return None
+
+
+def input_rescaler(model: Model) -> str | None:
+    """The layer that rescales the inputs before the first layer with weights (a ``Rescaling(1/255)`` first, a
+    ``Normalization`` adapted to the data, also behind an augmentation ``Sequential``); None without one."""
+    return _rescaler(model, RESCALING_LAYERS, from_the_end=False)
+
+
+def output_rescaler(model: Model) -> str | None:
+    """The layer that brings the outputs to the targets' scale after the last layer with weights (a
+    ``Normalization(invert=True)`` adapted to the targets, a ``Rescaling(scale, offset)``); None without one."""
+    return _rescaler(model, frozenset({"Rescaling", "Normalization"}), from_the_end=True)
 
 
 def _n_samples(obj: Data) -> int | None:

@@ -54,7 +54,8 @@ def test_adam(stability):
 def test_regression_targets_in_the_thousands_are_named_as_the_scale_that_blew_up(pytester):
     # a user's regression on unscaled targets (around 5000): SGD at a rate that suits unit-scale data blows up at
     # once; the cause quotes the targets' root mean square, measured on the arrays before training, and after
-    # the lower rate the fixes offer standardising them (integer labels or unit-scale inputs are never named)
+    # the lower rate the fixes offer standardising them (integer labels or unit-scale inputs are never named,
+    # nor targets the model's own Normalization(invert=True) brings its outputs to)
     pytester.makepyfile("""
 import keras
 import numpy as np
@@ -81,6 +82,21 @@ def test_prices(stability):
     assert any(x["text"].startswith("standardise the targets") for x in head.evidence["fixes"])
 
 
+@pytest.mark.stable_training(steps=100)
+def test_prices_destandardised_by_the_model(stability):
+    # Keras' own pattern: Normalization(invert=True), adapted to the targets, brings the outputs to their scale
+    out = keras.layers.Normalization(invert=True)
+    out.adapt(Y)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1), out])
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    rep = stability.fit(model, X, Y, batch_size=64, check=False)
+    assert rep.trace.info["targets_rescaled_by"].startswith("Normalization ")
+    assert rep.findings, "SGD at 1.0 blows up"
+    for finding in rep.findings:
+        assert "targets' root mean square" not in finding.cause, finding.cause
+        assert not any(x["text"].startswith("standardise the targets") for x in finding.evidence["fixes"])
+
+
 @pytest.mark.stable_training(steps=20)
 def test_labels(stability):
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, activation="softmax")])
@@ -89,7 +105,7 @@ def test_labels(stability):
     assert "target_rms" not in rep.trace.info  # integer labels have no scale to quote
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 def test_raw_pixels_are_named_only_when_the_model_does_not_rescale_them(pytester):

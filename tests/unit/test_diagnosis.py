@@ -594,6 +594,8 @@ def test_an_early_blow_up_from_a_huge_loss_names_the_targets_scale(loss_first, s
         ({"input_rms": 1.0, "target_rms": 0.7}, None, []),  # measured near unit scale: not the data
         # the model rescales its inputs first (Rescaling(1/255)): their raw scale does not train
         ({"input_rms": 9800.0, "inputs_rescaled_by": "Rescaling 'rescaling'"}, None, []),
+        # ... or its outputs last (Normalization(invert=True) adapted to the targets)
+        ({"target_rms": 5100.0, "input_rms": 1.0, "targets_rescaled_by": "Normalization 'norm'"}, None, []),
     ],
 )
 def test_an_early_blow_up_quotes_how_far_the_measured_data_is_from_unit_scale(info, says, fixes):
