@@ -563,11 +563,10 @@ def test_the_measured_first_fix_success_is_the_detection_benchmarks():
 def test_an_early_blow_up_from_a_huge_loss_names_the_targets_scale(loss_first, scale):
     # regression targets around 5000 give a mean squared error of ~2e7 at step 0, and gradients as large: the
     # learning rate is too high for *that* scale, and standardising the targets is what lets a normal one work
-    n = 300
-    loss = np.concatenate([np.full(3, loss_first), loss_first * np.geomspace(2.0, 1e6, 5), np.full(n - 8, np.nan)])
-    g = np.concatenate([np.full(3, 1e4), np.geomspace(2e4, 1e10, 5), np.full(n - 8, np.nan)])
-    trace = Trace(loss=loss[:8], grad_norm=g[:8], lr=np.full(8, 1e-3), info={"optimizer": "SGD"})
-    trace.steps_planned = n
+    loss = np.concatenate([np.full(3, loss_first), loss_first * np.geomspace(2.0, 1e6, 5)])
+    g = np.concatenate([np.full(3, 1e4), np.geomspace(2e4, 1e10, 5)])
+    trace = Trace(loss=loss, grad_norm=g, lr=np.full(8, 1e-3), info={"optimizer": "SGD"})
+    trace.steps_planned = 300  # eight steps of a planned 300: the blow-up is early
     f = _diag(trace)[0]
     assert f.evidence["cause_key"] == "lr_too_high"
     assert f.fix.startswith("learning_rate=")  # the measured fix stays first
