@@ -178,10 +178,16 @@ class Trace:
         return self.val_loss is not None and self.val_loss.shape[0] > 0
 
     @property
+    def loss_recorded(self) -> bool:
+        """Whether :attr:`loss` holds the raw loss of each step (False when the ``train_step`` does not update the
+        model's loss tracker: then it is NaN throughout)."""
+        return bool((self.info or {}).get("loss_recorded", True))
+
+    @property
     def loss_curves(self) -> dict[str, np.ndarray]:
         """Every recorded loss, by name: ``loss`` when it was recorded, then each curve named like a loss
         (``d_loss``, ``g_loss``, ``kl_loss``)."""
-        out = {"loss": self.loss} if self.info.get("loss_recorded", True) or not self.curves else {}
+        out = {"loss": self.loss} if self.loss_recorded or not self.curves else {}
         out.update({name: v for name, v in self.curves.items() if name != "loss" and "loss" in name})
         return out
 

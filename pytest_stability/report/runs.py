@@ -205,7 +205,7 @@ class RunReport:
             s, v = downsample(values, steps, max_points=max_points)
             curves[name] = Curve(tuple(s), tuple(v))
 
-        if (t.info or {}).get("loss_recorded", True):  # a loss never recorded is no curve of NaN
+        if t.loss_recorded:  # a loss never recorded is no curve of NaN
             add("loss", t.loss)
         if t.grad_norm is not None:
             add("grad_norm", t.grad_norm)

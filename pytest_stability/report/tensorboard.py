@@ -164,7 +164,7 @@ def write_run(directory: Path, run: RunReport, *, per_variable: bool = False) ->
     steps = np.arange(trace.steps)
     out = _EventFile(directory)
     try:
-        if (trace.info or {}).get("loss_recorded", True):  # a loss never recorded is no scalar of NaN
+        if trace.loss_recorded:  # a loss never recorded is no scalar of NaN
             out.scalars("loss", steps, trace.loss.tolist(), wall)
         for tag in ("grad_norm", "lr", "update_ratio"):
             series = getattr(trace, tag, None)

@@ -867,11 +867,11 @@ def _readback(
     return cb
 
 
-def _note_single_batches(callbacks: list[Callback], grouping: Chunking, notes: list[str]) -> None:
+def _note_single_batches(callbacks: list[Callback], grouping: Chunking, speed_notes: list[str]) -> None:
     """A callback of the user's that sees single batches keeps fit at the model's own steps_per_execution: say so."""
     observers = batch_observers(callbacks)
     if observers and grouping.spe < grouping.chunk:
-        notes.append(
+        speed_notes.append(
             f"steps_per_execution={grouping.spe} kept for {observers[0]}, which sees single batches (the recording "
             f"still read back every {grouping.chunk} steps)"
         )

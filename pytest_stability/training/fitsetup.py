@@ -64,12 +64,26 @@ def data_kind(keras: ModuleType, x: Data) -> str:
     return type(x).__name__
 
 
-def check_finite(name: str, obj: Data) -> None:
-    """Reject NaN/Inf already in the data (it would be reported as the model's instability)."""
+def check_finite(name: str, obj: Data) -> float | None:
+    """Reject NaN/Inf already in the data (it would be reported as the model's instability); return the largest
+    root mean square over its floating-point arrays, how far the data is from unit scale (None without one:
+    integer labels, token ids, whose scale means nothing).
+
+    One pass over each array: its sum of squares, which is finite only when every value is (a sum that
+    overflows is searched as well, finds nothing, and gives no scale)."""
     leaves = _leaves(obj)
+    best: float | None = None
     for i, leaf in enumerate(leaves):
         arr = np.asarray(leaf)
-        if arr.dtype.kind in "fc" and arr.size and not np.all(np.isfinite(arr)):
+        if arr.dtype.kind not in "fc" or not arr.size:
+            continue
+        if arr.dtype.kind == "f":
+            flat = np.ascontiguousarray(arr, dtype=np.float32 if arr.itemsize < 4 else arr.dtype).reshape(-1)
+            rms = math.sqrt(float(np.dot(flat, flat)) / flat.size)  # BLAS, no float64 copy
+            if math.isfinite(rms):
+                best = rms if best is None else max(best, rms)
+                continue
+        if not np.all(np.isfinite(arr)):
             flat = np.argwhere(~np.isfinite(arr))[0]
             where = name + (f" (input {i})" if len(leaves) > 1 else "")
             kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
@@ -79,19 +93,6 @@ def check_finite(name: str, obj: Data) -> None:
                 f"{kind} at index {tuple(int(v) for v in flat)}. Training on it would report a "
                 "NaN that the model did not cause; clean the data (np.nan_to_num, drop the rows) first."
             )
-
-
-def data_rms(obj: Data) -> float | None:
-    """The largest root mean square over the floating-point arrays of ``obj``; None without one (integer labels,
-    token ids: their scale means nothing)."""
-    best: float | None = None
-    for leaf in _leaves(obj):
-        arr = np.asarray(leaf)
-        if arr.dtype.kind != "f" or not arr.size:
-            continue
-        flat = np.ascontiguousarray(arr, dtype=np.float32 if arr.itemsize < 4 else arr.dtype).reshape(-1)
-        rms = math.sqrt(float(np.dot(flat, flat)) / flat.size)  # one pass (BLAS), no float64 copy
-        best = rms if best is None else max(best, rms)
     return best
 
 
@@ -381,9 +382,10 @@ def prepare_fit(
     kind = data_kind(keras, x)
     if kind == "none":
         raise StabilityUsageError("training data is required: received x=None")
+    rms: dict[str, float | None] = {}
     if kind == "arrays":
-        check_finite("x", x)
-        check_finite("y", y)
+        # the data's scale, for the diagnosis, from the same pass that rejects NaN/Inf
+        rms = {"input_rms": check_finite("x", x), "target_rms": check_finite("y", y)}
         check_finite("sample_weight", fit_kwargs.get("sample_weight"))
         _same_lengths(x, y, fit_kwargs.get("sample_weight"))
         if _n_samples(x) == 0:
@@ -415,7 +417,6 @@ def prepare_fit(
         fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch)
     fit_kwargs.setdefault("verbose", 0)
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
-    rms = {"input_rms": data_rms(x), "target_rms": data_rms(y)} if kind == "arrays" else {}
     return FitSetup(
         kind=kind,
         run_steps=run_steps,
