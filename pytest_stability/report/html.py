@@ -228,7 +228,8 @@ def panels_of(runs: Iterable[RunRecord]) -> list[tuple[str, str]]:
     """(curve, title) of the charts for ``runs``: every curve some run recorded, known ones first.
 
     A curve with no point gets no chart (no validation data, no validation chart); the loss always has one,
-    unless no run recorded it (a ``train_step`` that does not update the model's loss tracker).
+    unless no run recorded it (a ``train_step`` that neither updates the model's loss tracker nor returns a
+    loss).
     """
     runs = list(runs)
     present = {name for run in runs for name, curve in run.curves.items() if curve.step}

@@ -351,12 +351,20 @@ def train(
     # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)
     grouping = _chunking(backend, model, spec, setup, validates=bool(validation.batches), distributed=distributed)
-    recs = _recorders(backend, model, spec, setup, chunk=grouping.chunk, distributed=distributed)
     from .curves import Curves
 
     # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
     # distribution strategy, whose replicas would each update it
     curves = Curves(model, chunk=grouping.chunk) if not distributed else None
+    recs = _recorders(
+        backend,
+        model,
+        spec,
+        setup,
+        chunk=grouping.chunk,
+        distributed=distributed,
+        loss_from_logs=_loss_from_logs(keras, model, curves),
+    )
     meter, no_meter = _curvature_meter(keras, model, spec, setup, x, y, seed=seed, distributed=distributed)
     curvature = CurvatureAtReadbacks(meter, model, recs[0]) if meter is not None else None
     fix = FixAt(*fix_at, chunk=grouping.chunk, model=model, rec=recs[0]) if fix_at is not None else None
@@ -380,6 +388,11 @@ def train(
     notes.extend(recorded.notes)
     _check_steps_ran(model, setup, cb, recorded.steps, notes)
     loss, loss_recorded = _loss_or_nan(recorded, curves, notes)
+    if loss_recorded and recs[recorded.reference].loss_taken_from_logs:
+        notes.append(
+            "the raw loss is the 'loss' this model's train_step returns (it leaves the model's loss tracker "
+            "alone): return each step's own loss there, not a running mean, or loss_spike cannot see a spike"
+        )
     info = model_info(
         keras,
         model,
@@ -473,8 +486,24 @@ def _data_ends_epochs(setup: FitSetup) -> bool:
     return setup.kind == "arrays" and not setup.full_batch
 
 
+def _loss_from_logs(keras: ModuleType, model: Model, curves: Curves | None) -> bool:
+    """Whether a step that leaves the loss tracker alone has its raw loss read from the ``"loss"`` it returns: a
+    ``train_step`` of the user's own, with no ``Mean`` of its own named ``loss`` (whose running mean such a step
+    returns as ``"loss"``, as Keras' guide to a custom ``train_step`` does; that metric is a curve instead)."""
+    if curves is None or type(model).train_step is keras.Model.train_step:
+        return False
+    return "loss" not in curves.names
+
+
 def _recorders(
-    backend: str, model: Model, spec: RunSpec, setup: FitSetup, *, chunk: int, distributed: bool
+    backend: str,
+    model: Model,
+    spec: RunSpec,
+    setup: FitSetup,
+    *,
+    chunk: int,
+    distributed: bool,
+    loss_from_logs: bool = False,
 ) -> list[Recorder]:
     """One recorder per optimizer the model holds (model.optimizer's first): a GAN's train_step applies two.
 
@@ -492,6 +521,7 @@ def _recorders(
             diagnostics=spec.diagnostics,
             distributed=distributed,
             check_inputs=setup.kind != "arrays",
+            loss_from_logs=loss_from_logs,
         )
         for name, opt in find_optimizers(model)
     ]
@@ -955,9 +985,9 @@ def _loss_or_nan(recorded: Recorded, curves: Curves | None, notes: list[str]) ->
         )
     elif not loss_recorded:
         notes.append(
-            "the raw loss was not recorded: this model's train_step does not update the model's "
-            "loss tracker (self._loss_tracker / the 'loss' metric), so loss_spike is not judged; "
-            "gradient norms, non-finite values and updates are"
+            "the raw loss was not recorded: this model's train_step neither updates the model's loss "
+            "tracker (self._loss_tracker / the 'loss' metric) nor returns a 'loss', so loss_spike is not "
+            "judged; gradient norms, non-finite values and updates are"
         )
     return loss, loss_recorded
 

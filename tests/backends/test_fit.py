@@ -281,6 +281,18 @@ CUSTOM_TRAIN_STEP = {
 """,
 }
 
+#: the same train_step, returning the step's own loss (``return {"loss": loss}``) and updating no metric
+RAW_LOSS_STEP = {
+    name: (
+        source.split("        new_metrics_vars, logs = [], {}")[0]
+        + '        return {"loss": loss}, (trainable_variables, non_trainable_variables, optimizer_variables, '
+        "metrics_variables)\n"
+        if name == "jax"
+        else source.split("        for metric in self.metrics:")[0] + '        return {"loss": loss}\n'
+    )
+    for name, source in CUSTOM_TRAIN_STEP.items()
+}
+
 
 def test_custom_train_step_from_the_keras_guide_is_trained_and_recorded(pytester, tiny_problem):
     result = run(
@@ -307,6 +319,35 @@ def test_model(stability):
     assert np.all(tr.grad_norm > 0) and np.all(np.isfinite(tr.loss))
     assert tr.var_grad_norms.shape == (24, 4) and np.all(tr.var_grad_norms > 0)
     assert tr.loss[-1] < tr.loss[0]
+
+
+class RawLoss(keras.Model):
+{RAW_LOSS_STEP[BACKEND]}
+
+
+def raw_loss_model():
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu")(inputs)
+    model = RawLoss(inputs, keras.layers.Dense(1)(h))
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model
+
+
+@pytest.mark.stable_training(steps=40, readback_every=8)
+def test_a_loss_the_train_step_only_returns_is_recorded_and_judged(stability):
+    # the loss tracker is left alone: the raw loss is the "loss" each step returns, and a spike in it fails
+    X5, Y5 = np.concatenate([X] * 5), np.concatenate([Y[:, None]] * 5)
+    Y5[960:992] = 30.0  # batch 30 of the one epoch the 40 steps take (32 per batch, not shuffled)
+    model = raw_loss_model()
+    first = np.mean((keras.ops.convert_to_numpy(keras.ops.stop_gradient(model(X5[:32]))) - Y5[:32]) ** 2)
+    rep = stability.fit(model, X5, Y5, batch_size=32, shuffle=False, check=False)
+    tr = rep.trace
+    assert tr.info["loss_recorded"] and np.all(np.isfinite(tr.loss)) and tr.loss.shape == (40,)
+    np.testing.assert_allclose(tr.loss[0], first, rtol=1e-5)
+    assert tr.loss[30] > 20 * np.max(tr.loss[20:30])
+    assert any("the raw loss is the 'loss' this model's train_step returns" in note for note in tr.info["notes"])
+    failed = {{r.name: r.findings for r in rep.runs[0].results if r.findings}}
+    assert "loss_spike" in failed and failed["loss_spike"][0].step == 30, (failed, tr.loss)
 
 
 class OwnLoss(CustomModel):
@@ -359,7 +400,7 @@ def test_a_non_finite_loss_its_metric_sees_after_the_update_stops_the_run_there(
         assert len(began) == 4, began
 ''',
     )
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
 
 
 def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester, tiny_problem):

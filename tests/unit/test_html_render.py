@@ -188,9 +188,9 @@ def test_a_passing_runs_notes_are_shown_in_the_panel_the_terminal_row_and_junit(
     from pytest_stability.report.terminal import _row
 
     notes = [
-        "the raw loss was not recorded: this model's train_step does not update the model's loss tracker "
-        "(self._loss_tracker / the 'loss' metric), so loss_spike is not judged; gradient norms, non-finite "
-        "values and updates are",
+        "the raw loss was not recorded: this model's train_step neither updates the model's loss tracker "
+        "(self._loss_tracker / the 'loss' metric) nor returns a 'loss', so loss_spike is not judged; gradient "
+        "norms, non-finite values and updates are",
         "the run ended after 80 of 200 steps: epochs=5 ended it",
     ]
     model = {"backend": "tensorflow", "optimizer": "Adam", "notes": notes}

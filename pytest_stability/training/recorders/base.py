@@ -38,6 +38,8 @@ class Recorder:
             ``chunk`` applies of the optimizer (``steps_per_execution <= chunk``).
         limit: optimizer steps after which no further update is applied.
         diagnostics: also record Adam's max ``g^2/v`` and ``sqrt(mean v)``.
+        loss_from_logs: a ``train_step`` of the user's own: when a step leaves the loss tracker alone, its
+            raw loss is the ``"loss"`` that step returns (see :meth:`_patch_train_step`).
     """
 
     #: the optimizer method the recorder wraps: ``apply``, or ``stateless_apply`` (JAX)
@@ -66,6 +68,7 @@ class Recorder:
         check_inputs: bool = False,
         optimizer: Optimizer | None = None,
         name: str = "optimizer",
+        loss_from_logs: bool = False,
     ) -> None:
         import keras
 
@@ -96,6 +99,12 @@ class Recorder:
         #: on the host before training); not under a distribution strategy, where each replica sees a shard
         self.check_inputs = bool(check_inputs) and not distributed and self.primary
         self.input_bad = None
+        #: file the ``"loss"`` a step returns as its raw loss when the step leaves the loss tracker alone
+        self.loss_from_logs = bool(loss_from_logs) and not distributed and self.primary
+        #: whether some step's loss came from what it returned (see _patch_train_step)
+        self.loss_taken_from_logs = False
+        #: losses the loss tracker took, counted on the host (TensorFlow and JAX: while the step is traced)
+        self._losses_taken = 0
         #: TensorFlow under a distribution strategy: each replica's gradient norm of the step (see _build_buffers)
         self.replica_norm: Variable | None = None
         self.built = False
@@ -137,7 +146,7 @@ class Recorder:
                 self.patch(opt, "apply", self._lazy_apply())
         self._build_input_flag()
         self._build_loss_buffers()
-        if self.primary and (self.check_inputs or self.WRAPS_TRAIN_STEP):
+        if self.primary and (self.check_inputs or self.WRAPS_TRAIN_STEP or self.loss_from_logs):
             self._patch_train_step()
 
     def uninstall(self) -> None:
@@ -190,7 +199,11 @@ class Recorder:
           PyDataset, generators, DataLoader) into a flag the optimizer's apply reads;
         * after it, under JAX, files the step's loss (the loss tracker keeps it in state the optimizer
           does not get) in the two columns after the step's row, and carries a non-finite one into the
-          optimizer's halt flag, so that no later step of the chunk is applied.
+          optimizer's halt flag, so that no later step of the chunk is applied;
+        * after it, for a ``train_step`` of the user's own (:attr:`loss_from_logs`) that did not update the
+          loss tracker, files the ``"loss"`` the step returned as its raw loss, as the tracker would have
+          (``return {"loss": loss}``; a loss kept in a ``Mean`` of the user's own is a curve instead,
+          see :mod:`..curves`).
         """
         self._train_step = self.model.train_step
         self.patch(self.model, "train_step", self._train_step_wrapper(self._train_step))

@@ -48,6 +48,25 @@ def find_optimizers(model: Model) -> list[tuple[str, Optimizer]]:
     return found
 
 
+def returned_loss(logs: object) -> Tensor | None:
+    """The ``"loss"`` a ``train_step`` returned (``return {"loss": loss}``), as float32, averaged when it is a
+    tensor of per-sample losses; None when the logs hold none, or a value that is no number."""
+    import keras
+
+    value = logs.get("loss") if isinstance(logs, dict) else None
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        value = keras.ops.convert_to_tensor(value)
+    except (TypeError, ValueError):
+        return None
+    dtype = keras.backend.standardize_dtype(value.dtype)
+    if not ("float" in dtype or "int" in dtype):
+        return None
+    ops = keras.ops
+    return ops.cast(ops.mean(ops.stop_gradient(value)), "float32")
+
+
 def host_numpy(x: Tensor) -> np.ndarray:
     """``keras.ops.convert_to_numpy`` without a DeprecationWarning per call: numpy 2 passes ``copy`` to
     ``__array__``, which TensorFlow's variables, this PyTorch's tensors and Keras' variables do not take, so

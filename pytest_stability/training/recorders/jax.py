@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...framework_types import Data, Metric, Model, Tensor, Variable
-from .common import host_numpy, index_of
+from .common import host_numpy, index_of, returned_loss
 from .compiled import CompiledRecorder
 
 #: the optimizer-side buffer has one more row, its header, holding these (float32: exact up to 2**24)
@@ -86,7 +86,6 @@ class JaxRecorder(CompiledRecorder):
         #: while a step is traced: what its optimizer apply left for the train_step wrapper, and how many
         #: losses the loss tracker took (see _train_step_wrapper)
         self._jax_step: tuple[Tensor, Tensor, Tensor] | None = None
-        self._loss_calls = 0
         if self.limit >= 2**24:  # JAX counts in the float32 buffer's header
             from ...errors import StabilityUsageError
 
@@ -164,7 +163,7 @@ class JaxRecorder(CompiledRecorder):
             out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:  # the step's raw loss: the train_step wrapper files it in the step's row
                 self.lbuf.assign(ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,)))
-                self._loss_calls += 1  # while the step is traced
+                self._losses_taken += 1  # while the step is traced
             return out
 
         self.patch(tracker, "update_state", update_state)
@@ -185,9 +184,9 @@ class JaxRecorder(CompiledRecorder):
                     assert p is not None  # the buffer is one of the optimizer's variables once built
                     ov[p] = ops.slice_update(ov[p], (chunk, H_INPUT), ops.reshape(ops.cast(bad, "float32"), (1, 1)))
                     state = (trainable, non_trainable, ov, mv)
-            self._jax_step, self._loss_calls = None, 0  # set while `original` is traced (see below)
+            self._jax_step, self._losses_taken = None, 0  # set while `original` is traced (see below)
             logs, new_state = original(state, data)
-            step, taken = self._jax_step, self._loss_calls
+            step, taken = self._jax_step, self._losses_taken
             self._jax_step = None  # no tracer kept past its trace
             if (
                 four
@@ -197,7 +196,15 @@ class JaxRecorder(CompiledRecorder):
                 and len(new_state) == 4
             ):
                 p_lb = index_of(model.metrics_variables, self.lbuf)
-                if p_lb is not None:  # a model whose metrics leave out the loss tracker records no loss
+                # a step that left the loss tracker alone: the loss it returned, for a train_step of the
+                # user's own (see Recorder._patch_train_step)
+                returned = returned_loss(logs) if taken == 0 and self.loss_from_logs else None
+                if returned is not None:
+                    self.loss_taken_from_logs = True
+                    taken = 1
+                if p_lb is not None or returned is not None:
+                    # (a model whose metrics leave out the loss tracker, and whose step returns no loss,
+                    # records no loss)
                     # the step's loss into the two columns after its row (a step that counted; else the
                     # header's, never read), with how many losses the tracker took in the step: known when
                     # the step is traced, so no count is kept on the device
@@ -205,7 +212,12 @@ class JaxRecorder(CompiledRecorder):
                     trainable, non_trainable, ov, mv = new_state
                     ov = list(ov)
                     p = index_of(self.opt.variables, self.buf)
-                    loss = mv[p_lb][0] if taken == 1 else ops.convert_to_tensor(float("nan"), "float32")
+                    if returned is not None:
+                        loss = returned
+                    elif taken == 1 and p_lb is not None:
+                        loss = mv[p_lb][0]
+                    else:
+                        loss = ops.convert_to_tensor(float("nan"), "float32")
                     at = ops.where(go, slot, chunk)
                     buf = ops.slice_update(
                         ov[p],

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ...framework_types import Data, Metric, Tensor, Variable
-from .common import host_numpy
+from .common import host_numpy, returned_loss
 from .compiled import CompiledRecorder
 
 
@@ -48,10 +48,18 @@ class TensorFlowRecorder(CompiledRecorder):
         ops = self.ops
 
         def train_step(data: Data) -> Any:
-            bad = self._inputs_bad(data)
-            if bad is not None:
-                self.input_bad.assign(ops.cast(bad, "int32"))
-            return original(data)
+            if self.check_inputs:
+                bad = self._inputs_bad(data)
+                if bad is not None:
+                    self.input_bad.assign(ops.cast(bad, "int32"))
+            took = self._losses_taken  # counted while the step is traced (or run, eagerly)
+            logs = original(data)
+            if self.loss_from_logs and self._losses_taken == took and self.lbuf is not None:
+                value = returned_loss(logs)
+                if value is not None:
+                    self.loss_taken_from_logs = True
+                    self._file_loss(value)
+            return logs
 
         return train_step
 
@@ -68,16 +76,23 @@ class TensorFlowRecorder(CompiledRecorder):
         def update_state(values: Tensor, sample_weight: Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
             out = original(values, *args, sample_weight=sample_weight, **kwargs)
             if self.recording_loss:
-                value = ops.reshape(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"), (1,))
-                slot = ops.mod(self.lcount.value, self.chunk)
-                self.lbuf.assign(ops.slice_update(self.lbuf.value, ops.reshape(slot, (1,)), value))
-                self.lcount.assign(self.lcount.value + 1)
-                if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
-                    first = ops.logical_and(ops.equal(self.loss_bad.value, 0), ops.logical_not(ops.isfinite(value[0])))
-                    self.loss_bad.assign(ops.where(first, self.lcount.value, self.loss_bad.value))
+                self._losses_taken += 1
+                self._file_loss(ops.cast(ops.mean(ops.stop_gradient(values)), "float32"))
             return out
 
         self.patch(tracker, "update_state", update_state)
+
+    def _file_loss(self, loss: Tensor) -> None:
+        """The step's raw loss (a float32 scalar) into the ring of losses, and a non-finite one into the flag
+        the optimizer reads."""
+        ops = self.ops
+        value = ops.reshape(loss, (1,))
+        slot = ops.mod(self.lcount.value, self.chunk)
+        self.lbuf.assign(ops.slice_update(self.lbuf.value, ops.reshape(slot, (1,)), value))
+        self.lcount.assign(self.lcount.value + 1)
+        if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
+            first = ops.logical_and(ops.equal(self.loss_bad.value, 0), ops.logical_not(ops.isfinite(value[0])))
+            self.loss_bad.assign(ops.where(first, self.lcount.value, self.loss_bad.value))
 
     def _squared_sums(
         self,

@@ -20,6 +20,7 @@ import numpy as np
 from ...framework_types import Data, Metric, Tensor, Variable
 from ...trace import GRADS, OPTIMIZER, WEIGHTS
 from .base import BatchNotRun, Recorder
+from .common import returned_loss
 
 #: what a step's record takes before the update: the learning rate, the weights, Adam's velocities, the loss scale
 _Taken = tuple[Tensor, list[Tensor], list[Tensor] | None, Tensor | None]
@@ -69,13 +70,33 @@ class TorchRecorder(Recorder):
                     return True
             return False
 
+        def losses_so_far() -> int:
+            return self._losses_taken
+
+        def file_returned_loss(logs: object, took: int) -> None:
+            """A step that left the loss tracker alone: the loss it returned, as the tracker would take it."""
+            if self._losses_taken == took and self.tracker is not None:
+                value = returned_loss(logs)
+                if value is not None:
+                    self.loss_taken_from_logs = True
+                    self._record_loss(value)
+
+        if self.compiled:  # eagerly, outside torch.compile's graphs, as the tracker's record (see _update_state)
+            losses_so_far = torch.compiler.disable(losses_so_far)
+            file_returned_loss = torch.compiler.disable(file_returned_loss)
+
         def torch_train_step(data: Data) -> Any:
             # checked where the batch is (on the host for Keras' own pipelines) before the step runs:
             # a NaN batch on a GPU can make a kernel assert, which no later step or test recovers from
-            if torch_inputs_bad(data):
+            if self.check_inputs and torch_inputs_bad(data):
                 self.input_bad.assign(1)
                 raise BatchNotRun("the input batch holds NaN/Inf: its step was not run")
-            return original(data)
+            if not self.loss_from_logs:
+                return original(data)
+            took = losses_so_far()
+            logs = original(data)
+            file_returned_loss(logs, took)
+            return logs
 
         return torch_train_step
 
@@ -211,8 +232,7 @@ class TorchRecorder(Recorder):
             if self.recording_loss:
                 with torch.no_grad():
                     value = torch.as_tensor(values).detach()
-                    value = (value if value.dtype == torch.float32 else value.to(torch.float32)).mean()
-                    self.t_losses.append(value)
+                    self._record_loss((value if value.dtype == torch.float32 else value.to(torch.float32)).mean())
 
         if self.compiled:  # eagerly, outside torch.compile's graphs (see _instrumented)
             record = torch.compiler.disable(record)
@@ -223,6 +243,11 @@ class TorchRecorder(Recorder):
             return out
 
         return update_state
+
+    def _record_loss(self, value: Tensor) -> None:
+        """The step's raw loss (a float32 scalar on the device), kept until the read-back."""
+        self._losses_taken += 1
+        self.t_losses.append(value)
 
     def ran_planned_steps(self) -> bool:
         """Whether the planned steps have run (the host counts them), so that the run can stop right there
