@@ -202,9 +202,8 @@ class JaxRecorder(CompiledRecorder):
                 if returned is not None:
                     self.loss_taken_from_logs = True
                     taken = 1
-                if p_lb is not None or returned is not None:
-                    # (a model whose metrics leave out the loss tracker, and whose step returns no loss,
-                    # records no loss)
+                if p_lb is not None or returned is not None:  # (else: the tracker is left out of the
+                    # model's metrics and the step returns no loss, so no loss is recorded)
                     # the step's loss into the two columns after its row (a step that counted; else the
                     # header's, never read), with how many losses the tracker took in the step: known when
                     # the step is traced, so no count is kept on the device
