@@ -1,12 +1,14 @@
-"""Where the benchmarks write their measured tables."""
+"""Where the benchmarks write their measured tables, and the driver the per-backend benchmarks share."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -41,3 +43,41 @@ def run_per_backend(
             continue
         results.append(json.loads(line[len("RESULT ") :]))
     return results
+
+
+def main_per_backend(
+    parser: argparse.ArgumentParser,
+    *,
+    script: str,
+    one_backend: Callable[[argparse.Namespace], dict],
+    table: Callable[[list[dict], argparse.Namespace], str],
+    written: Callable[[argparse.Namespace], tuple[str, str]],
+    backends: tuple[str, ...] = ("tensorflow", "jax", "torch"),
+    validate: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+) -> int:
+    """The ``main`` of a benchmark measured once per Keras backend, each in a process of its own.
+
+    ``parser`` holds the benchmark's own options; this adds ``--backend`` (measure that backend here),
+    ``--json`` (print the result as one ``RESULT {json}`` line, for the driver) and ``--no-write``.  Without
+    ``--backend``, the script runs itself once per installed backend of ``backends`` with the same arguments,
+    prints ``table`` of the results and writes it to ``results/NAME`` under its heading, ``written(args)``
+    giving ``(NAME, heading)``.  ``validate(parser, args)`` checks the options (``parser.error``) and applies
+    those that act in every process (CPU pinning)."""
+    parser.add_argument("--backend", choices=backends, default=None, help="measure this backend, in this process")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if validate is not None:
+        validate(parser, args)
+    if args.backend is not None:
+        os.environ["KERAS_BACKEND"] = args.backend
+        result = one_backend(args)
+        print("RESULT " + json.dumps(result) if args.json else table([result], args))
+        return 0
+    results = run_per_backend(script, sys.argv[1:], backends=backends)
+    text = table(results, args)
+    print(text)
+    if not args.no_write and results:
+        name, heading = written(args)
+        print(f"written to {write_results(name, heading + text)}")
+    return 0

@@ -26,7 +26,6 @@ Writes ``benchmarks/results/cold_parts.md`` unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._results import main_per_backend  # noqa: E402
 
 VARIANTS = ("fit_spe", "stability", "structure")
 
@@ -97,30 +98,24 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("tensorflow", "jax"), default=None)
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--readback", type=int, default=64)
     parser.add_argument("--models", default="mlp,conv")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    if args.reps < 1:
-        parser.error(f"--reps must be >= 1, received {args.reps}")
-    if args.backend is not None:
-        os.environ["KERAS_BACKEND"] = args.backend
-        result = one_backend(args)
-        print("RESULT " + json.dumps(result) if args.json else table([result], args))
-        return 0
-    from benchmarks._results import run_per_backend, write_results
 
-    common = ["--steps", str(args.steps), "--reps", str(args.reps), "--readback", str(args.readback)]
-    results = run_per_backend(__file__, [*common, "--models", args.models], backends=("tensorflow", "jax"))
-    text = table(results, args)
-    print(text)
-    if not args.no_write:
-        write_results("cold_parts.md", "# Where a stability run's extra time goes\n\n" + text)
-    return 0
+    def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.reps < 1:
+            parser.error(f"--reps must be >= 1, received {args.reps}")
+
+    return main_per_backend(
+        parser,
+        script=__file__,
+        one_backend=one_backend,
+        table=table,
+        written=lambda args: ("cold_parts.md", "# Where a stability run's extra time goes\n\n"),
+        backends=("tensorflow", "jax"),
+        validate=validate,
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Writes ``benchmarks/results/curvature_cost.md`` unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import main_per_backend  # noqa: E402
 from benchmarks.overhead import BATCH, _build, _data  # noqa: E402
 
 VARIANTS = ("plain", "curvature")
@@ -110,28 +110,16 @@ def table(results: list[dict], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--models", default="mlp,conv")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    if args.backend is not None:
-        os.environ["KERAS_BACKEND"] = args.backend
-        result = one_backend(args)
-        print("RESULT " + json.dumps(result) if args.json else table([result], args))
-        return 0
-    from benchmarks._results import run_per_backend
-
-    results = run_per_backend(__file__, ["--steps", str(args.steps), "--reps", str(args.reps), "--models", args.models])
-    text = table(results, args)
-    print(text)
-    if not args.no_write:
-        from benchmarks._results import write_results
-
-        print(f"written to {write_results('curvature_cost.md', '# Cost of curvature=True' + chr(10) * 2 + text)}")
-    return 0
+    return main_per_backend(
+        parser,
+        script=__file__,
+        one_backend=one_backend,
+        table=table,
+        written=lambda args: ("curvature_cost.md", "# Cost of curvature=True\n\n"),
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Writes ``benchmarks/results/epochs_and_validation.md`` unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import main_per_backend  # noqa: E402
 
 
 def _mlp(n_in: int):
@@ -156,28 +157,16 @@ def table(results: list[dict], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--b1-samples", type=int, default=1024, help="training samples of the batch-1 epoch")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
-    if args.backend is not None:
-        os.environ["KERAS_BACKEND"] = args.backend
-        result = one_backend(args)
-        print("RESULT " + json.dumps(result) if args.json else table([result], args))
-        return 0
-    from benchmarks._results import run_per_backend, write_results
-
-    results = run_per_backend(
-        __file__, ["--steps", str(args.steps), "--reps", str(args.reps), "--b1-samples", str(args.b1_samples)]
+    return main_per_backend(
+        parser,
+        script=__file__,
+        one_backend=one_backend,
+        table=table,
+        written=lambda args: ("epochs_and_validation.md", "# Short epochs and small-batch validation\n\n"),
     )
-    text = table(results, args)
-    print(text)
-    if not args.no_write:
-        write_results("epochs_and_validation.md", "# Short epochs and small-batch validation\n\n" + text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Writes ``benchmarks/results/overhead.md`` (all backends; ``overhead-MODELS.md`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import main_per_backend  # noqa: E402
 
 BATCH = 32
 N_SAMPLES = 2048  # 64 batches of 32: an epoch is 64 steps
@@ -243,62 +244,36 @@ def table(results: list[dict], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     parser.add_argument("--steps", type=int, default=512)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--readback", type=int, default=64)
     parser.add_argument("--models", default="mlp,conv")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
         "--cpus",
         default=None,
         help="comma-separated CPU ids to pin each run to (os.sched_setaffinity): on a shared "
         "machine a pinned run is steadier; written to overhead-cpus-<ids>.md",
     )
-    args = parser.parse_args()
-    if args.cpus is not None:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
-    if args.steps % (N_SAMPLES // BATCH):
-        parser.error(f"--steps must be a multiple of {N_SAMPLES // BATCH} (one epoch)")
-    if args.backend is not None:
-        os.environ["KERAS_BACKEND"] = args.backend
-        result = one_backend(args)
-        if args.json:
-            print("RESULT " + json.dumps(result))
-        else:
-            print(table([result], args))
-        return 0
-    from benchmarks._results import run_per_backend
 
-    extra = ["--cpus", args.cpus] if args.cpus is not None else []
-    results = run_per_backend(
-        __file__,
-        [
-            "--steps",
-            str(args.steps),
-            "--reps",
-            str(args.reps),
-            "--readback",
-            str(args.readback),
-            "--models",
-            args.models,
-            *extra,
-        ],
-    )
-    text = table(results, args)
-    print(text)
-    if not args.no_write:
-        from benchmarks._results import write_results
+    def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        if args.steps % (N_SAMPLES // BATCH):
+            parser.error(f"--steps must be a multiple of {N_SAMPLES // BATCH} (one epoch)")
+        if args.cpus is not None:
+            os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
+    def written(args: argparse.Namespace) -> tuple[str, str]:
         # the default models' table is overhead.md; other models' tables sit beside it
         models = "" if args.models == "mlp,conv" else "-" + args.models.replace(",", "-")
-        name = (
-            f"overhead{models}.md" if args.cpus is None else f"overhead{models}-cpus-{args.cpus.replace(',', '-')}.md"
+        if args.cpus is None:
+            return f"overhead{models}.md", "# Overhead: stability.fit vs plain model.fit\n\n"
+        return (
+            f"overhead{models}-cpus-{args.cpus.replace(',', '-')}.md",
+            f"# Overhead: stability.fit vs plain model.fit\n\nEvery run pinned to CPU(s) {args.cpus}.\n\n",
         )
-        pinned = "" if args.cpus is None else f"Every run pinned to CPU(s) {args.cpus}.\n\n"
-        write_results(name, "# Overhead: stability.fit vs plain model.fit\n\n" + pinned + text)
-    return 0
+
+    return main_per_backend(
+        parser, script=__file__, one_backend=one_backend, table=table, written=written, validate=validate
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import main_per_backend  # noqa: E402
 
 LEVELS = ("plain", "store", "gnorm", "var_gnorm", "update", "state", "recorder")
 CHUNK = 64
@@ -334,7 +335,6 @@ def table(results: list[dict], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("jax", "torch"), default=None)
     parser.add_argument("--calls", type=int, default=400, help="steps timed per repetition")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--models", default="mlp,conv")
@@ -345,50 +345,30 @@ def main() -> int:
         default="blocks",
         help="JAX: how the per-variable sums are reduced (see _jax_stats)",
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON (used by the driver)")
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--cpus", default=None, help="comma-separated CPU ids to pin to (os.sched_setaffinity)")
-    args = parser.parse_args()
-    levels = tuple(args.levels.split(","))
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    if unknown or "plain" not in levels:
-        parser.error(f"--levels must include plain and name only {', '.join(LEVELS)}; received {args.levels!r}")
-    args.levels = levels
-    if args.cpus is not None:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
-    if args.backend is not None:
-        os.environ["KERAS_BACKEND"] = args.backend
-        result = one_backend(args)
-        print("RESULT " + json.dumps(result) if args.json else table([result], args))
-        return 0
-    from benchmarks._results import run_per_backend
 
-    extra = ["--cpus", args.cpus] if args.cpus is not None else []
-    results = run_per_backend(
-        __file__,
-        [
-            "--calls",
-            str(args.calls),
-            "--reps",
-            str(args.reps),
-            "--models",
-            args.models,
-            "--levels",
-            ",".join(levels),
-            "--form",
-            args.form,
-            *extra,
-        ],
-        backends=("jax", "torch"),
-    )
-    text = table(results, args)
-    print(text)
-    if not args.no_write and results:
-        from benchmarks._results import write_results
+    def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        levels = tuple(args.levels.split(","))
+        unknown = [lv for lv in levels if lv not in LEVELS]
+        if unknown or "plain" not in levels:
+            parser.error(f"--levels must include plain and name only {', '.join(LEVELS)}; received {args.levels!r}")
+        args.levels = levels
+        if args.cpus is not None:
+            os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
+    def written(args: argparse.Namespace) -> tuple[str, str]:
         pinned = "" if args.cpus is None else f"Every run pinned to CPU(s) {args.cpus}.\n\n"
-        write_results("recording_floor.md", "# The floor under the recording's overhead\n\n" + pinned + text)
-    return 0
+        return "recording_floor.md", "# The floor under the recording's overhead\n\n" + pinned
+
+    return main_per_backend(
+        parser,
+        script=__file__,
+        one_backend=one_backend,
+        table=table,
+        written=written,
+        backends=("jax", "torch"),
+        validate=validate,
+    )
 
 
 if __name__ == "__main__":
