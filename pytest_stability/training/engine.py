@@ -405,6 +405,7 @@ def train(
     trace = _trace(recs, recorded, loss, validation, steps=steps, info=info)
     if curves is not None:
         _add_curves(trace, curves, recorded.steps, cb.keras_steps, notes)
+        loss_recorded = loss_recorded or _own_loss_metric(trace)
     _optimizer_facts(trace.info, recs, recorded)
     trace.info["loss_recorded"] = loss_recorded
     if distributed:
@@ -978,6 +979,8 @@ def _loss_or_nan(recorded: Recorded, curves: Curves | None, notes: list[str]) ->
     if loss is None or not loss_recorded:
         loss = np.full(done, np.nan)
     loss_curves = [name for name in (curves.names if curves is not None else ()) if "loss" in name]
+    if not loss_recorded and "loss" in loss_curves:
+        return loss, loss_recorded  # a Mean of the train_step's own named "loss" is the loss: _own_loss_metric
     if not loss_recorded and loss_curves:
         notes.append(
             f"loss_spike judges the losses this model's train_step reports, step by step: {', '.join(loss_curves)} "
@@ -1002,6 +1005,18 @@ def _add_curves(trace: Trace, curves: Curves, done: int, keras_steps: int, notes
     for name, values in trace.curves.items():
         if "loss" in name:  # a loss that went NaN/Inf is a non-finite loss, whichever it is
             nonfinite |= np.where(np.isfinite(values), 0, LOSS).astype(np.int32)
+
+
+def _own_loss_metric(trace: Trace) -> bool:
+    """A ``train_step`` that keeps its loss in a ``Mean`` of its own named ``loss`` and leaves the model's loss
+    tracker alone (Keras' guide to a lower-level ``train_step``): that metric's per-step value is the step's raw
+    loss, so it becomes the trace's loss instead of a curve beside a loss of NaN.  Whether it did."""
+    own = trace.curves.get("loss")
+    if own is None or own.shape != trace.loss.shape:
+        return False
+    trace.loss = np.asarray(own, np.float64)
+    trace.curves = {name: values for name, values in trace.curves.items() if name != "loss"}
+    return True
 
 
 def _optimizer_facts(info: dict[str, Any], recs: list[Recorder], recorded: Recorded) -> None:
