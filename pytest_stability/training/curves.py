@@ -1,12 +1,18 @@
-"""Every other scalar a ``train_step`` reports, recorded per step: a GAN's ``d_loss`` and ``g_loss``, the
-per-output losses of a model with several outputs, compiled metrics.
+"""Every other scalar a ``train_step`` reports through metrics of the model's own, recorded per step: a GAN's
+``d_loss`` and ``g_loss``, a VAE's ``kl_loss``.
 
 ``logs`` show each as a running mean over the epoch (Keras' ``Mean`` metrics), which hides a spike as it hides
-one in the loss.  Each such metric (one with a ``total`` and a ``count``: ``keras.metrics.Mean``, the compiled
-metrics' ``MeanMetricWrapper``, the per-output loss trackers) gets its ``update_state`` wrapped on the instance:
+one in the loss.  Each such metric (one with a ``total`` and a ``count``: ``keras.metrics.Mean`` and its kin)
+gets its ``update_state`` wrapped on the instance:
 the step's raw value is what the update added to the total over what it added to the count, written on the
 device into a ``(chunk, curves)`` buffer and read back with the recorder's buffers, once per chunk.  The model's
 own loss tracker is the recorder's (see :mod:`.recorders`), not a curve.
+
+What ``compile`` set up is no curve: the compiled metrics (``metrics=["accuracy"]``) and the per-output loss
+trackers of a model with several outputs.  ``fit`` builds those when it starts, after the curves are installed, so
+a model's first run could not record them while a later one (the what-if replay, a model fit before) would: its
+verdict would then judge per-output losses its first run did not.  The total loss, which they add up to, is
+recorded and judged either way.
 
 Under JAX each metric's buffer rides in the state ``fit`` threads through each step as one of that metric's own
 variables (so that a ``train_step`` that updates each metric in a scope of its own, ``stateless_update_state``,
@@ -28,24 +34,20 @@ from .recorders.common import ABSENT, host_numpy, index_of
 
 
 def curve_metrics(model: Model) -> list[tuple[str, Metric]]:
-    """``(name, metric)`` of each metric of the model whose per-step value can be recorded, the model's own loss
-    tracker aside: metrics with a ``total`` and a ``count`` (``keras.metrics.Mean`` and its kin), those inside
-    the compiled metrics container too."""
+    """``(name, metric)`` of each metric of the model whose per-step value can be recorded: metrics with a
+    ``total`` and a ``count`` (``keras.metrics.Mean`` and its kin), but the model's own loss tracker and what
+    ``compile`` set up (the compiled metrics, the per-output loss trackers; see the module's docstring)."""
     import keras
 
     tracker = getattr(model, "_loss_tracker", None)
     found: list[tuple[str, Metric]] = []
-    seen: set[int] = set()
+    # the per-output loss trackers, once fit has built them
+    seen: set[int] = {id(m) for m in getattr(getattr(model, "_compile_loss", None), "metrics", None) or ()}
 
     def visit(metric: Metric) -> None:
-        if metric is tracker or id(metric) in seen:
+        if metric is tracker or id(metric) in seen or type(metric).__name__ == "CompileMetrics":
             return
         seen.add(id(metric))
-        inner = getattr(metric, "metrics", None) if type(metric).__name__ == "CompileMetrics" else None
-        if inner is not None:
-            for m in inner:
-                visit(m)
-            return
         total, count = getattr(metric, "total", None), getattr(metric, "count", None)
         if isinstance(total, keras.Variable) and isinstance(count, keras.Variable):
             name = str(metric.name)
