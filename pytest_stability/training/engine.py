@@ -489,11 +489,12 @@ def _data_ends_epochs(setup: FitSetup) -> bool:
 
 def _loss_from_logs(keras: ModuleType, model: Model, curves: Curves | None) -> bool:
     """Whether a step that leaves the loss tracker alone has its raw loss read from the ``"loss"`` it returns: a
-    ``train_step`` of the user's own, with no ``Mean`` of its own named ``loss`` (whose running mean such a step
-    returns as ``"loss"``, as Keras' guide to a custom ``train_step`` does; that metric is a curve instead)."""
+    ``train_step`` of the user's own, with no metric of its own named like a loss.  Such a step returns the
+    running mean of one as ``"loss"`` (Keras' VAE example: ``"loss": self.total_loss_tracker.result()``, and its
+    guide to a lower-level ``train_step``); its losses are recorded step by step as curves instead."""
     if curves is None or type(model).train_step is keras.Model.train_step:
         return False
-    return "loss" not in curves.names
+    return not any("loss" in name for name in curves.names)
 
 
 def _recorders(

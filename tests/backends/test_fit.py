@@ -419,6 +419,26 @@ def test_own_loss_metric_is_said_not_invented(stability):
     assert "my_loss" in curves and "loss" not in curves
 
 
+class RunningMeanAsLoss(OwnLoss):
+    """Returns its own metric's running mean as "loss" too, as Keras' VAE example does."""
+
+    def train_step(self, *args):
+        out = super().train_step(*args)
+        if isinstance(out, tuple):  # JAX: (logs, state)
+            return {{"loss": out[0]["my_loss"], **out[0]}}, out[1]
+        return {{"loss": out["my_loss"], **out}}
+
+
+@pytest.mark.stable_training(steps=8)
+def test_a_running_mean_returned_as_the_loss_is_not_taken_for_the_raw_loss(stability):
+    inputs = keras.Input((8,))
+    model = RunningMeanAsLoss(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    rep = stability.fit(model, X, Y[:, None], batch_size=32)
+    assert not rep.trace.info["loss_recorded"] and list(rep.trace.curves) == ["my_loss"]
+    assert any("loss_spike judges" in note and "my_loss" in note for note in rep.trace.info["notes"])
+
+
 def marked_mse(y, p):
     # +inf (no gradient) on the batch holding the marker label 2: the loss alone goes non-finite
     inf = keras.ops.stop_gradient(keras.ops.where(keras.ops.max(y) > 1.5, np.inf, 0.0))
@@ -441,7 +461,7 @@ def test_a_non_finite_loss_its_metric_sees_after_the_update_stops_the_run_there(
         assert len(began) == 4, began
 ''',
     )
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
 
 
 def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester, tiny_problem):
