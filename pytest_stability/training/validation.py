@@ -10,6 +10,7 @@ Imports Keras' internals lazily: reached only from :func:`~pytest_stability.trai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -76,8 +77,8 @@ def validation_batches(
         )
     elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
         raise StabilityUsageError(
-            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset "
-            f"or a keras.utils.PyDataset; received {type(vd).__name__}"
+            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset, "
+            f"a keras.utils.PyDataset or a generator; received {type(vd).__name__}"
         )
     elif isinstance(vd, (tuple, list)):
         if len(vd) not in (2, 3):
@@ -88,6 +89,11 @@ def validation_batches(
         vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
     else:
         vx, vy, vw = vd, None, None
+    # a one-shot iterator (a generator): what is read here is given back to fit, ahead of the rest (below)
+    one_shot = vd if isinstance(vd, Iterator) else None
+    taken: list[object] = []
+    if one_shot is not None:
+        vx = _tapped(one_shot, taken)
     if _is_arrays(vx):
         check_finite("validation x", vx)
         check_finite("validation y", vy)
@@ -107,9 +113,25 @@ def validation_batches(
         raise StabilityUsageError(
             f"validation_data could not be read: {type(exc).__name__}: {short_message(exc)}"
         ) from None
+    if one_shot is not None:
+        # fit's own validation (at each epoch's end, for the user's callbacks) gets the same items in the same order
+        fit_kwargs["validation_data"] = _resumed(taken, one_shot)
     if not batches:
         raise StabilityUsageError("validation_data is empty")
     return batches
+
+
+def _tapped(items: Iterator[object], taken: list[object]) -> Iterator[object]:
+    """``items``, each also kept in ``taken``."""
+    for item in items:
+        taken.append(item)
+        yield item
+
+
+def _resumed(taken: list[object], rest: Iterator[object]) -> Iterator[object]:
+    """A generator (Keras takes no other iterator) of ``taken``, then of what ``rest`` still holds."""
+    yield from taken
+    yield from rest
 
 
 #: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but

@@ -220,6 +220,12 @@ def generator():
     return mlp(), batches_forever(), None, {"steps_per_epoch": 8, "epochs": 3, "callbacks": [EpochSpy()]}
 
 
+def validation_generator():
+    """A one-shot generator as validation_data: Keras' own validation at each epoch's end still sees it."""
+    val = ((X[i : i + 16], Y[i : i + 16]) for i in range(0, 32, 16))
+    return mlp(), X, Y, {"batch_size": 8, "validation_data": val, "callbacks": [EpochSpy()]}
+
+
 def full_batch():
     """The whole data set each step, a model with Dropout (each sample's mask depends on its place in the batch,
     which Keras shuffles each epoch): the stability run keeps the epochs."""
@@ -271,6 +277,7 @@ SETUPS = {
         "tf_dataset",
         "py_dataset",
         "generator",
+        "validation_generator",
         "full_batch",
         "full_batch_no_dropout",
         "gan",

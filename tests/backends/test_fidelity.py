@@ -175,6 +175,7 @@ SETUP_NAMES = [
     "tf_dataset",
     "py_dataset",
     "generator",
+    "validation_generator",
     "full_batch",
     "full_batch_no_dropout",
     "gan",

@@ -597,12 +597,24 @@ def test_dict_inputs(stability):
 
 
 @pytest.mark.stable_training(steps=20)
+def test_validation_from_a_generator(stability):
+    # a one-shot generator: the batches the plugin reads for its own validation are given back to fit, whose own
+    # validation at each epoch's end (for the user's callbacks) sees them, as in plain fit
+    seen = []
+    logs_of = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(logs.get("val_loss")))
+    val = ((XV[i:i + 32], YV[i:i + 32]) for i in range(0, 64, 32))
+    rep = stability.fit(build(), X, Y, batch_size=32, validation_data=val, callbacks=[logs_of])
+    assert rep.trace.has_validation and len(rep.trace.val_loss) >= 2
+    assert len(seen) == 3 and seen[0] is not None and np.isfinite(seen[0]), seen
+
+
+@pytest.mark.stable_training(steps=20)
 def test_generator_that_runs_out(stability):
     gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 256, 32))
     stability.fit(build(), gen)
 """,
     )
-    result.assert_outcomes(passed=2, failed=1)
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*the training data ran out after 8 batches, but steps=20 needs 20*"])
 
 
