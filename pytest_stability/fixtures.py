@@ -43,7 +43,7 @@ class Stability:
         @pytest.mark.stable_training(steps=300)
         def test_classifier(stability):
             model = build_classifier()  # compiled keras.Model
-            stability.train(model, x, y, validation_data=(x_val, y_val), batch_size=32)
+            stability.fit(model, x, y, validation_data=(x_val, y_val), batch_size=32)
     """
 
     def __init__(self, nodeid: str, spec: RunSpec, config: pytest.Config, cli_values: dict[str, Any]) -> None:
@@ -362,7 +362,7 @@ def _clone_compiled(keras: ModuleType, model: Model) -> Model:
             f"seeds > 1 trains a fresh copy of the model per seed, but {type(model).__name__} "
             f"{model.name!r} could not be cloned and recompiled ({type(exc).__name__}: {exc}). "
             "Pass a zero-argument function that builds and compiles the model instead: "
-            "stability.train(build_model, x, y, ...)"
+            "stability.fit(build_model, x, y, ...)"
         ) from None
 
 

@@ -52,7 +52,7 @@ DEFAULTS_KEY = pytest.StashKey[RunSpec]()
 CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
 #: "ExceptionType: message" of a stability test's failed call phase (for its record's ``error``)
 CALL_FAILURE_KEY = pytest.StashKey[str]()
-NEVER_TRAINED = "is marked stable_training but never called stability.train(model, x, y)"
+NEVER_TRAINED = "is marked stable_training but never called stability.fit(model, x, y)"
 
 MARKER_HELP = (
     MARKER_SIGNATURE + ": train a Keras model through the `stability` fixture for `steps` optimizer steps "
@@ -205,7 +205,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def stability(request: pytest.FixtureRequest) -> Iterator[Stability]:
     """Train a compiled Keras model and fail the test if training is unstable.
 
-    ``stability.train(model, x, y, validation_data=(xv, yv))`` trains for the
+    ``stability.fit(model, x, y, validation_data=(xv, yv))`` trains for the
     marker's ``steps`` and returns a report; see ``pytest --markers`` for the
     settings of ``@pytest.mark.stable_training``.
     """
