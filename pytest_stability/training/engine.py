@@ -63,6 +63,7 @@ from .fitsetup import (
     _train_samples,
     _under_strategy,
     batch_observers,
+    frames_as_arrays,
     full_batch_as_one_epoch,
     input_rescaler,
     output_rescaler,
@@ -337,7 +338,9 @@ def train(
     check_fit_kwargs(keras, fit_kwargs)
     device, label = resolve_device(spec.device)
     seed_everything(seed)
-    # the inputs: checked, fit's arguments completed, the validation batches read, the short-epoch decision
+    # the inputs: pandas frames as arrays, checked, fit's arguments completed, the validation batches read, the
+    # short-epoch decision
+    x, y = frames_as_arrays(x, y, fit_kwargs)
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     notes: list[str] = []
     # how the epochs and batches were presented for speed (a full batch as one long epoch; short epochs or single

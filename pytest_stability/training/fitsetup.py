@@ -38,6 +38,34 @@ def _leaves(obj: Data) -> list[Tensor]:
     return [obj]
 
 
+def _is_pandas(obj: object) -> bool:
+    """A pandas DataFrame or Series (told by its class's module: pandas is not imported here)."""
+    return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "to_numpy")
+
+
+def frames_as_arrays(x: Data, y: Data, fit_kwargs: dict[str, Any]) -> tuple[Data, Data]:
+    """``x``, ``y``, ``sample_weight`` and ``validation_data`` with each pandas DataFrame or Series among them
+    (at any depth of lists, tuples and dicts) as its numpy array (``to_numpy()``), in place in ``fit_kwargs``.
+
+    Keras' array adapter slices a frame by position and casts its floats to ``floatx`` as it does an array's, so
+    ``fit`` trains on the same batches either way; the plugin's own reads of the data (the NaN/Inf check, the
+    batch plan, the offending batch) then need no pandas of their own."""
+
+    def convert(obj: Data) -> Data:
+        if _is_pandas(obj):
+            return obj.to_numpy()
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(convert(v) for v in obj)
+        return obj
+
+    for key in ("sample_weight", "validation_data"):
+        if fit_kwargs.get(key) is not None:
+            fit_kwargs[key] = convert(fit_kwargs[key])
+    return convert(x), convert(y)
+
+
 def _is_arrays(obj: Data) -> bool:
     leaves = _leaves(obj)
     return bool(leaves) and all(

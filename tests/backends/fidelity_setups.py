@@ -226,6 +226,14 @@ def validation_generator():
     return mlp(), X, Y, {"batch_size": 8, "validation_data": val, "callbacks": [EpochSpy()]}
 
 
+def pandas_frame():
+    """A pandas DataFrame and Series, as tabular data often comes: the plugin gives fit their arrays."""
+    import pandas as pd
+
+    frame = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    return mlp(), frame, pd.Series(Y[:, 0]), {"batch_size": 8, "validation_data": (frame[:16], pd.Series(Y[:16, 0]))}
+
+
 def full_batch():
     """The whole data set each step, a model with Dropout (each sample's mask depends on its place in the batch,
     which Keras shuffles each epoch): the stability run keeps the epochs."""
@@ -278,6 +286,7 @@ SETUPS = {
         "py_dataset",
         "generator",
         "validation_generator",
+        "pandas_frame",
         "full_batch",
         "full_batch_no_dropout",
         "gan",

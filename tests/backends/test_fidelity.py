@@ -176,6 +176,7 @@ SETUP_NAMES = [
     "py_dataset",
     "generator",
     "validation_generator",
+    "pandas_frame",
     "full_batch",
     "full_batch_no_dropout",
     "gan",

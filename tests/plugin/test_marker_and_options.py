@@ -114,9 +114,7 @@ def test_model(stability):
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["*test_model is marked stable_training but never called stability.fit(model, x, y)*"]
-    )
+    result.stdout.fnmatch_lines(["*test_model is marked stable_training but never called stability.fit(model, x, y)*"])
 
 
 @pytest.mark.parametrize(
