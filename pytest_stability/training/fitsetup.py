@@ -52,12 +52,17 @@ def frames_as_arrays(x: Data, y: Data, fit_kwargs: dict[str, Any]) -> tuple[Data
     batch plan, the offending batch) then need no pandas of their own."""
 
     def convert(obj: Data) -> Data:
+        """``obj`` itself when it holds no frame (fit gets the user's own objects)."""
         if _is_pandas(obj):
             return obj.to_numpy()
         if isinstance(obj, dict):
-            return {k: convert(v) for k, v in obj.items()}
+            items = {k: convert(v) for k, v in obj.items()}
+            return obj if all(items[k] is v for k, v in obj.items()) else items
         if isinstance(obj, (list, tuple)):
-            return type(obj)(convert(v) for v in obj)
+            parts = [convert(v) for v in obj]
+            if all(a is b for a, b in zip(parts, obj, strict=True)):
+                return obj
+            return type(obj)(*parts) if hasattr(obj, "_fields") else type(obj)(parts)  # a namedtuple: by position
         return obj
 
     for key in ("sample_weight", "validation_data"):
