@@ -370,16 +370,24 @@ def test_a_loss_the_train_step_only_returns_is_recorded_and_judged(stability):
     assert any("the raw loss is the 'loss' this model's train_step returns" in note for note in tr.info["notes"])
 
 
-class OwnLossNamedLoss(CustomModel):
-    """Keras' guide to a lower-level train_step: the loss kept in a Mean of its own named "loss"."""
+class OwnLoss(CustomModel):
+    """A train_step that tracks its loss in a Mean of its own, named LOSS: no raw loss for the loss tracker."""
+
+    LOSS = "my_loss"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.own_loss = keras.metrics.Mean(name="loss")
+        self.own_loss = keras.metrics.Mean(name=self.LOSS)
 
     @property
     def metrics(self):
         return [self.own_loss]
+
+
+class OwnLossNamedLoss(OwnLoss):
+    """Keras' guide to a lower-level train_step: the loss kept in a Mean of its own named "loss"."""
+
+    LOSS = "loss"
 
 
 @pytest.mark.stable_training(steps=40, readback_every=8)
@@ -389,18 +397,6 @@ def test_a_loss_kept_in_a_mean_of_its_own_named_loss_is_the_loss(stability):
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     tr = spike_at_30_is_recorded_and_judged(stability, model)
     assert "loss" not in tr.curves and not tr.info.get("notes"), tr.info.get("notes")
-
-
-class OwnLoss(CustomModel):
-    """A train_step that tracks its loss in its own metric: no raw loss to record."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.my_loss = keras.metrics.Mean(name="my_loss")
-
-    @property
-    def metrics(self):
-        return [self.my_loss]
 
 
 @pytest.mark.stable_training(steps=8)
