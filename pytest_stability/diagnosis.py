@@ -103,7 +103,9 @@ The rules
     ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
     ``no_gradient`` / ``no_update`` variables; a run that blew up
-    (:func:`blew_up`) and then stopped -> ``collapse_constant``; a loss flat at
+    (:func:`blew_up`) and then stopped -> ``collapse_constant``; one of the first
+    updates changed the weights by :data:`WEIGHTS_REPLACED` of their norm or
+    more (Ftrl on a deep network) -> ``weights_replaced``; a loss flat at
     ``ln K`` (the cross-entropy of predicting the class prior of K balanced
     classes) that never fell below it -> ``labels_no_signal``; updates <= 1e-6
     of the weights -> ``updates_too_small``; a flat loss ->
@@ -158,6 +160,7 @@ CAUSES = {
     "training_loss_rise": "validation rise that follows a rising training loss (not overfitting)",
     "collapsed_output": "collapsed to a constant output",
     "labels_no_signal": "the labels carry no signal the model can learn (the loss of predicting the class prior)",
+    "weights_replaced": "an early update replaced the weights (Ftrl on a deep network), the output is constant since",
     "vanished_gradients": "gradients vanished (dead units, saturated outputs)",
     "updates_too_small": "updates too small to learn (learning rate too low)",
     "no_gradient": "a variable never receives a gradient",
@@ -208,6 +211,8 @@ HEALTHY_GROWTH = 10.0
 HEALTHY_MIN_STEPS = 10
 #: median global |dw|/|w| per step around a spike above which the updates are too large for the weights.
 UPDATE_TOO_FAST = 1e-1
+#: an update of at least this fraction of the weights' norm (|dw|/|w|) replaced them rather than moved them
+WEIGHTS_REPLACED = 0.5
 #: a schedule that rose into a blow-up is scaled so its highest rate is at most this share of the rate it blew up at.
 SCHEDULE_MARGIN = 0.1
 #: a learning rate that rose at least this much in one step, after at least HEALTHY_MIN_STEPS healthy steps,
@@ -1596,6 +1601,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             dx.cause += far
             dx.fixes.append(STANDARDISE_INPUTS)
         return dx
+    replaced = _weights_replaced(q, trace, cfg)
+    if replaced is not None and (flat or zero or vanished):
+        return replaced
     prior = _prior_loss(q, trace, level)
     if prior is not None and (flat or zero or vanished):
         return prior
@@ -1653,6 +1661,36 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             )
         ],
     )
+
+
+def _weights_replaced(q: Quotes, trace: Trace, cfg: dict[str, Any]) -> Dx | None:
+    """A stuck run one of whose first updates changed the weights by about their own norm: that update replaced
+    them.  Ftrl does so by design (it solves for the weights from zero at each step, as suits a wide linear
+    model), and a deep network's units then start alike and stay so; the flat loss (at the class prior's, say)
+    is not the labels' doing.  Random labels move the weights a little each step, never by their norm."""
+    if trace.update_ratio is None or trace.steps < 2:
+        return None
+    u = trace.update_ratio[: min(early_end(trace), trace.steps)]
+    finite = np.where(np.isfinite(u), u, -np.inf)
+    k = int(np.argmax(finite))
+    if not finite[k] >= WEIGHTS_REPLACED:
+        return None
+    q.step("replaced_step", k)
+    q.at("update_replaced", "update_ratio", k)
+    cause = (
+        "the update at step {replaced_step} changed the weights by {update_replaced} of their norm, so it replaced "
+        "them rather than moved them, and the loss has sat at {level} since: the model outputs a constant"
+    )
+    if (trace.info or {}).get("optimizer") == "Ftrl":
+        return Dx(
+            "weights_replaced",
+            LIKELY,
+            cause + "; Ftrl solves for the weights from zero at every step (it suits wide linear models), so "
+            "the units of a deep network start alike and stay alike",
+            [Fix("an optimizer that starts from the initialised weights, such as Adam or SGD")],
+        )
+    lr_fix, _ = _lr_fix(q, trace, k, k, cfg)
+    return Dx("weights_replaced", UNCERTAIN, cause + "; an update that large is a learning rate far too high", [lr_fix])
 
 
 def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:

@@ -591,6 +591,32 @@ def test_random_labels_are_named_with_a_learnable_smoke_test():
     check_finding(p, trace, False)
 
 
+def test_ftrl_replacing_the_weights_is_not_blamed_on_the_labels():
+    # Ftrl's first update sets a deep network's weights near zero (|dw|/|w| 0.995): the loss then sits at ln 2,
+    # as random labels' would, but random labels move the weights by 1e-3 a step (the test above)
+    rng = np.random.default_rng(0)
+    n = 200
+    loss = np.concatenate([[0.7077], np.log(2.0) * (1 + 1e-4 * rng.normal(size=n - 1))])
+    upd = np.concatenate([[0.995], np.full(n - 1, 2e-3)])
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.concatenate([[0.45], np.full(n - 1, 0.06)]),
+        update_ratio=upd,
+        info={"optimizer": "Ftrl", "optimizer_config": {"learning_rate": 1e-3}},
+    )
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "weights_replaced", p.cause
+    assert "step 0" in p.cause and "0.995" in p.cause and "Ftrl" in p.cause and "labels" not in p.cause
+    assert "Adam or SGD" in p.fix
+    check_finding(p, trace, False)
+    # another optimizer: the same update is a learning rate far too high, and the fix lowers it
+    trace.info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 5.0}}
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "weights_replaced" and p.confidence == "uncertain", p.cause
+    assert all(c.get("learning_rate_factor", 1) < 1 for c in p.evidence["fix_configs"]), p.evidence["fix_configs"]
+    check_finding(p, trace, False)
+
+
 def test_float16_adam_blow_up_is_the_epsilon_not_the_data():
     # the first update of float16 Adam (epsilon 1e-7 < float16's smallest normal) moves the weights 2.4x
     n = 200
