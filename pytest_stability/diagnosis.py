@@ -103,9 +103,9 @@ The rules
     ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
     ``no_gradient`` / ``no_update`` variables; a run that blew up
-    (:func:`blew_up`) and then stopped -> ``collapse_constant``; one of the first
-    updates changed the weights by :data:`WEIGHTS_REPLACED` of their norm or
-    more (Ftrl on a deep network) -> ``weights_replaced``; a loss flat at
+    (:func:`blew_up`) and then stopped -> ``collapse_constant``; under Ftrl, one
+    of the first updates changed the weights by :data:`WEIGHTS_REPLACED` of
+    their norm or more -> ``weights_replaced``; a loss flat at
     ``ln K`` (the cross-entropy of predicting the class prior of K balanced
     classes) that never fell below it -> ``labels_no_signal``; updates <= 1e-6
     of the weights -> ``updates_too_small``; a flat loss ->
@@ -1601,7 +1601,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             dx.cause += far
             dx.fixes.append(STANDARDISE_INPUTS)
         return dx
-    replaced = _weights_replaced(q, trace, cfg)
+    replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced
     prior = _prior_loss(q, trace, level)
@@ -1663,13 +1663,13 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     )
 
 
-def _weights_replaced(q: Quotes, trace: Trace, cfg: dict[str, Any]) -> Dx | None:
-    """A stuck run one of whose first updates changed the weights by about their own norm: that update replaced
-    them.  Ftrl does so by design (it solves for the weights from zero at each step, as suits a wide linear
+def _weights_replaced(q: Quotes, trace: Trace) -> Dx | None:
+    """A stuck Ftrl run one of whose first updates changed the weights by about their own norm: that update
+    replaced them.  Ftrl does so by design (it solves for the weights from zero at each step, as suits a wide linear
     model), and a deep network's units then start alike and stay so; the flat loss (at the class prior's, say)
     is not the labels' doing.  Random labels move the weights a little each step, never by their norm."""
-    if trace.update_ratio is None or trace.steps < 2:
-        return None
+    if trace.update_ratio is None or trace.steps < 2 or (trace.info or {}).get("optimizer") != "Ftrl":
+        return None  # (a larger first update under another optimizer is a blow-up: the rules after this one)
     u = trace.update_ratio[: min(early_end(trace), trace.steps)]
     finite = np.where(np.isfinite(u), u, -np.inf)
     k = int(np.argmax(finite))
@@ -1677,20 +1677,15 @@ def _weights_replaced(q: Quotes, trace: Trace, cfg: dict[str, Any]) -> Dx | None
         return None
     q.step("replaced_step", k)
     q.at("update_replaced", "update_ratio", k)
-    cause = (
+    return Dx(
+        "weights_replaced",
+        LIKELY,
         "the update at step {replaced_step} changed the weights by {update_replaced} of their norm, so it replaced "
-        "them rather than moved them, and the loss has sat at {level} since: the model outputs a constant"
+        "them rather than moved them, and the loss has sat at {level} since: the model outputs a constant; Ftrl "
+        "solves for the weights from zero at every step (it suits wide linear models), so the units of a deep "
+        "network start alike and stay alike",
+        [Fix("an optimizer that starts from the initialised weights, such as Adam or SGD")],
     )
-    if (trace.info or {}).get("optimizer") == "Ftrl":
-        return Dx(
-            "weights_replaced",
-            LIKELY,
-            cause + "; Ftrl solves for the weights from zero at every step (it suits wide linear models), so "
-            "the units of a deep network start alike and stay alike",
-            [Fix("an optimizer that starts from the initialised weights, such as Adam or SGD")],
-        )
-    lr_fix, _ = _lr_fix(q, trace, k, k, cfg)
-    return Dx("weights_replaced", UNCERTAIN, cause + "; an update that large is a learning rate far too high", [lr_fix])
 
 
 def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:

@@ -609,12 +609,9 @@ def test_ftrl_replacing_the_weights_is_not_blamed_on_the_labels():
     assert "step 0" in p.cause and "0.995" in p.cause and "Ftrl" in p.cause and "labels" not in p.cause
     assert "Adam or SGD" in p.fix
     check_finding(p, trace, False)
-    # another optimizer: the same update is a learning rate far too high, and the fix lowers it
+    # under another optimizer a first update that large is a blow-up, for the rules that name its cause
     trace.info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 5.0}}
-    p = D.primary_finding(run_checks(trace), trace)
-    assert p.evidence["cause_key"] == "weights_replaced" and p.confidence == "uncertain", p.cause
-    assert all(c.get("learning_rate_factor", 1) < 1 for c in p.evidence["fix_configs"]), p.evidence["fix_configs"]
-    check_finding(p, trace, False)
+    assert D.primary_finding(run_checks(trace), trace).evidence["cause_key"] != "weights_replaced"
 
 
 def test_float16_adam_blow_up_is_the_epsilon_not_the_data():
