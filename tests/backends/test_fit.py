@@ -316,12 +316,16 @@ class CustomModel(keras.Model):
 {CUSTOM_TRAIN_STEP[BACKEND]}
 
 
-def custom():
+def net(cls, optimizer):
     inputs = keras.Input((8,))
     h = keras.layers.Dense(16, activation="relu")(inputs)
-    model = CustomModel(inputs, keras.layers.Dense(1)(h))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model = cls(inputs, keras.layers.Dense(1)(h))
+    model.compile(optimizer=optimizer, loss="mse")
     return model
+
+
+def custom():
+    return net(CustomModel, keras.optimizers.Adam(1e-2))
 
 
 @pytest.mark.stable_training(steps=24, readback_every=8)
@@ -339,11 +343,7 @@ class RawLoss(keras.Model):
 
 
 def raw_loss_model():
-    inputs = keras.Input((8,))
-    h = keras.layers.Dense(16, activation="relu")(inputs)
-    model = RawLoss(inputs, keras.layers.Dense(1)(h))
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    return model
+    return net(RawLoss, keras.optimizers.SGD(0.05))
 
 
 # one epoch of 40 steps (32 per batch, not shuffled) whose batch 30 has targets far off: a spike at step 30
@@ -370,6 +370,21 @@ def test_a_loss_the_train_step_only_returns_is_recorded_and_judged(stability):
     assert any("the raw loss is the 'loss' this model's train_step returns" in note for note in tr.info["notes"])
 
 
+@pytest.mark.stable_training(steps=40, readback_every=8)
+def test_filing_the_returned_loss_changes_nothing_plain_fit_would_give(stability):
+    # the train_step wrapper that files the returned loss: the same weights and optimizer steps as plain fit
+    keras.utils.set_random_seed(0)
+    plain = raw_loss_model()
+    keras.utils.set_random_seed(0)
+    plain.fit(X5, Y5, batch_size=32, shuffle=False, epochs=1, verbose=0)
+    keras.utils.set_random_seed(0)
+    mine = raw_loss_model()
+    stability.fit(mine, X5, Y5, batch_size=32, shuffle=False, seed=0, check=False)
+    assert int(mine.optimizer.iterations) == int(plain.optimizer.iterations) == 40
+    for a, b in zip(plain.weights, mine.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
 class OwnLoss(CustomModel):
     """A train_step that tracks its loss in a Mean of its own, named LOSS: no raw loss for the loss tracker."""
 
@@ -392,10 +407,7 @@ class OwnLossNamedLoss(OwnLoss):
 
 @pytest.mark.stable_training(steps=40, readback_every=8)
 def test_a_loss_kept_in_a_mean_of_its_own_named_loss_is_the_loss(stability):
-    inputs = keras.Input((8,))
-    model = OwnLossNamedLoss(inputs, keras.layers.Dense(1)(keras.layers.Dense(16, activation="relu")(inputs)))
-    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    tr = spike_at_30_is_recorded_and_judged(stability, model)
+    tr = spike_at_30_is_recorded_and_judged(stability, net(OwnLossNamedLoss, keras.optimizers.SGD(0.05)))
     assert "loss" not in tr.curves and not tr.info.get("notes"), tr.info.get("notes")
 
 
@@ -457,7 +469,7 @@ def test_a_non_finite_loss_its_metric_sees_after_the_update_stops_the_run_there(
         assert len(began) == 4, began
 ''',
     )
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
 
 
 def test_nan_stops_training_at_its_step_and_the_same_seed_gives_the_same_trace(pytester, tiny_problem):
