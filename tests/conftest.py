@@ -34,6 +34,21 @@ if os.environ.get("KERAS_BACKEND") == "jax" and (
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 
+#: Under pytest-xdist, each worker's TensorFlow and PyTorch would size their thread pools for the whole machine:
+#: two workers on two cores run four compute threads that take turns.  Each worker gets its share of the cores
+#: instead, for the threads that split one op (TensorFlow's intra-op pool, PyTorch's OpenMP threads); the models
+#: the suite trains are too small to gain from more.  Measured on the 2-core CI machine, one process each way:
+#: the TensorFlow pass 284 s against 304 s, the PyTorch pass on two workers 95 s against 121 s on one.
+#: TensorFlow's inter-op pool is left alone (one thread can deadlock ops that wait on each other, as
+#: tensorflow/tensorflow#38969 shows).  JAX is left alone: measured, no faster.  Values of your own are kept;
+#: read when the frameworks are first imported, so set here, before any test module imports one.  Nothing a test
+#: checks depends on it: the differential tests compare two runs in the same process.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", _THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _JAX_CACHE_DIR is not None:
         shutil.rmtree(_JAX_CACHE_DIR, ignore_errors=True)
