@@ -164,11 +164,28 @@ def validate_model(model: Model) -> None:
         )
     custom_step = type(model).train_step is not keras.Model.train_step
     custom_loss = type(model).compute_loss is not keras.Model.compute_loss
-    if getattr(model, "_compile_loss", None) is None and not custom_loss and not custom_step:
+    compiled_loss = getattr(model, "_compile_loss", None) is not None
+    if not compiled_loss and not custom_loss and not custom_step and not _adds_losses(model):
         raise StabilityUsageError(
             f"the model {model.name!r} was compiled without a loss (and overrides neither compute_loss "
-            "nor train_step); pass loss=... to model.compile()"
+            "nor train_step, and none of its layers adds a loss or has a regulariser); pass loss=... to "
+            "model.compile()"
         )
+
+
+def _adds_losses(model: Model) -> bool:
+    """Whether the model may give ``fit`` a loss of its own, which ``fit`` trains on without a compiled loss:
+    a layer's ``add_loss`` (the endpoint-layer pattern), a regulariser.  A class of the user's (the model or a
+    layer) may call ``add_loss`` in ``call``, which shows only when it runs: then it may; Keras' own layers
+    add losses only through their regularisers."""
+    if model.losses:  # the regularisers of built weights
+        return True
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if type(layer).__module__.split(".")[0] != "keras":
+            return True
+        if any(value is not None for name, value in vars(layer).items() if name.endswith("_regularizer")):
+            return True
+    return False
 
 
 @dataclass

@@ -65,7 +65,7 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Model", "_compile_config", "recompiling a clone for another seed"),
     ("Model", "_call_has_training_arg", "calling the model in training mode outside fit"),
     ("Model", "_compute_loss", "the training loss outside fit"),
-    ("Model", "_flatten_layers", "finding BatchNormalization layers and random layers"),
+    ("Model", "_flatten_layers", "finding BatchNormalization layers, random layers and layers that may add a loss"),
     ("Model", "_loss_tracker", "the raw per-step loss"),
     ("Layer", "_seed_generators", "whether a layer draws random numbers (Dropout)"),
     ("Optimizer", "_variables", "the optimizer's own variables (the recorder's buffers ride in them on JAX)"),

@@ -81,9 +81,9 @@ def validation_batches(
             f"a keras.utils.PyDataset or a generator; received {type(vd).__name__}"
         )
     elif isinstance(vd, (tuple, list)):
-        if len(vd) not in (2, 3):
+        if len(vd) not in (1, 2, 3):  # (x_val,): a model whose loss needs no targets (add_loss), as fit takes it
             raise StabilityUsageError(
-                f"validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight_val); received a "
+                f"validation_data must be (x_val, y_val), (x_val, y_val, sample_weight_val) or (x_val,); received a "
                 f"{type(vd).__name__} of length {len(vd)}"
             )
         vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))

@@ -234,6 +234,25 @@ def pandas_frame():
     return mlp(), frame, pd.Series(Y[:, 0]), {"batch_size": 8, "validation_data": (frame[:16], pd.Series(Y[:16, 0]))}
 
 
+class Endpoint(keras.layers.Layer):
+    """The endpoint-layer pattern: the layer adds the loss (``add_loss``), the model is compiled with loss=None."""
+
+    def call(self, prediction, target):
+        self.add_loss(keras.ops.mean(keras.losses.binary_crossentropy(target, prediction)))
+        return prediction
+
+
+def endpoint_layer():
+    """A model whose only loss is an ``add_loss`` (compiled with ``loss=None``), validation data included: fit
+    trains it on that loss."""
+    inputs, target = keras.Input((4,)), keras.Input((1,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    prediction = keras.layers.Dense(1, activation="sigmoid")(hidden)
+    model = keras.Model([inputs, target], Endpoint()(prediction, target))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
+    return model, [X, Y], None, {"batch_size": 8, "validation_data": ([X[:16], Y[:16]],), "callbacks": [EpochSpy()]}
+
+
 def full_batch():
     """The whole data set each step, a model with Dropout (each sample's mask depends on its place in the batch,
     which Keras shuffles each epoch): the stability run keeps the epochs."""

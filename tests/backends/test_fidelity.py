@@ -177,6 +177,7 @@ SETUP_NAMES = [
     "generator",
     "validation_generator",
     "pandas_frame",
+    "endpoint_layer",
     "full_batch",
     "full_batch_no_dropout",
     "gan",

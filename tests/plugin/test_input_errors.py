@@ -75,8 +75,8 @@ CASES = {
     ),
     "no_loss": (
         "m = build(compile=False); m.compile(optimizer='adam'); stability.train(m, X, Y)",
-        "*was compiled without a loss (and overrides neither compute_loss nor train_step); "
-        "pass loss=... to model.compile()*",
+        "*was compiled without a loss (and overrides neither compute_loss nor train_step, and none of its "
+        "layers adds a loss or has a regulariser); pass loss=... to model.compile()*",
     ),
 }
 
