@@ -489,8 +489,9 @@ def _chunking(
         distributed=distributed,
         user_steps_per_epoch=setup.user_steps_per_epoch,
         per_epoch=int(per_epoch) if per_epoch else None,
-        # the last call is cut to the steps left only where the epochs' steps are known exactly (_readback)
-        run_steps=setup.run_steps if _exact_epoch_steps(setup, distributed) is not None else 0,
+        # the last call is cut to the steps left only where the epochs' steps are known exactly (_readback), and
+        # the calls shortened only where the plugin sizes the epochs (a steps_per_epoch of the user's: not)
+        run_steps=setup.run_steps if setup.exact_epoch and _exact_epoch_steps(setup, distributed) is not None else 0,
         data_ends_epochs=_data_ends_epochs(setup),
     )
 
@@ -499,7 +500,10 @@ def _exact_epoch_steps(setup: FitSetup, distributed: bool) -> int | None:
     """The steps of every epoch when known exactly (arrays, or the one epoch the plugin sizes), else None: the
     read-back cuts the last call to the steps left only then, and the plan shortens the calls only then."""
     per_epoch = setup.per_epoch
-    return int(per_epoch) if setup.exact_epoch and per_epoch is not None and not distributed else None
+    # a steps_per_epoch of the user's: over arrays it does not divide, known epoch by epoch (Readback); over a
+    # dataset that repeats forever, exactly that
+    exact = setup.exact_epoch or (setup.pass_length is not None and setup.kind == "arrays") or setup.endless
+    return int(per_epoch) if exact and per_epoch is not None and not distributed else None
 
 
 def _data_ends_epochs(setup: FitSetup) -> bool:
@@ -908,6 +912,7 @@ def _readback(
         on_boundary=fix,
         measure=curvature,
         epoch_steps=_exact_epoch_steps(setup, distributed),
+        pass_length=setup.pass_length if not distributed else None,
         virtual_call=grouping.virtual_call,
         keep_initial_state=keep_initial_state,
         callbacks=setup.callbacks,
@@ -980,7 +985,13 @@ def _check_steps_ran(model: Model, setup: FitSetup, cb: Readback, done: int, not
                 f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
             )
         if setup.user_epochs is not None:
-            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={setup.user_epochs} ended it")
+            cut = (
+                f" (Keras ends an epoch early where a pass over the data ends, every {setup.pass_length} batches, "
+                f"which steps_per_epoch={setup.user_steps_per_epoch} does not divide)"
+                if setup.pass_length
+                else ""
+            )
+            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={setup.user_epochs} ended it{cut}")
         elif done == 0 and cb.keras_steps:
             raise StabilityUsageError(
                 f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "

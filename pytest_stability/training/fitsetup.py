@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..framework_types import Callback, Data, Layer, Model, Tensor
-from .plan import epochs_for
+from .plan import epochs_for, short_epochs_at_pass_ends
 
 if TYPE_CHECKING:
     from ..options import RunSpec
@@ -369,6 +369,10 @@ class FitSetup:
         initial_epoch: the user's ``initial_epoch`` (0 without one).
         user_epochs: the user's ``epochs``, None when the plugin sets them.
         user_steps_per_epoch: the user's ``steps_per_epoch``, 0 without one.
+        pass_length: with a ``steps_per_epoch`` of the user's over finite data it does not divide, the batches of
+            one pass over the data: Keras ends an epoch early at each pass's end (:func:`.plan.epochs_for`).
+        endless: a ``steps_per_epoch`` of the user's over a ``tf.data.Dataset`` that repeats forever: every epoch
+            runs exactly that many steps.
         user_kwargs: the names of the ``fit`` arguments the user passed.
         fit_kwargs: the arguments ``fit`` is called with, without ``callbacks``.
         callbacks: the user's callbacks.
@@ -391,6 +395,8 @@ class FitSetup:
     callbacks: list[Callback]
     full_batch: bool = False
     data_rms: dict[str, float] = field(default_factory=dict)
+    pass_length: int | None = None
+    endless: bool = False
 
 
 def prepare_fit(
@@ -446,8 +452,14 @@ def prepare_fit(
         fit_kwargs["steps_per_epoch"] = run_steps if user_epochs is None else fit_kwargs.get("steps_per_epoch")
         per_epoch = fit_kwargs["steps_per_epoch"]
         exact_epoch = user_epochs is None
+    pass_length = None
+    if user_steps_per_epoch:
+        without = {k: v for k, v in fit_kwargs.items() if k != "steps_per_epoch"}
+        pass_length = epoch_length(keras, kind, x, without, bs)
+        if not short_epochs_at_pass_ends(per_epoch, pass_length):
+            pass_length = None
     if user_epochs is None:
-        fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch)
+        fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch, pass_length)
     fit_kwargs.setdefault("verbose", 0)
     callbacks = list(fit_kwargs.pop("callbacks", None) or [])
     return FitSetup(
@@ -463,7 +475,14 @@ def prepare_fit(
         fit_kwargs=fit_kwargs,
         callbacks=callbacks,
         data_rms={k: v for k, v in rms.items() if v is not None},
+        pass_length=pass_length,
+        endless=bool(user_steps_per_epoch) and kind == "dataset" and _endless(x),
     )
+
+
+def _endless(dataset: Data) -> bool:
+    """Whether a ``tf.data.Dataset`` repeats forever (its cardinality is ``tf.data.INFINITE_CARDINALITY``)."""
+    return int(dataset.cardinality().numpy()) == -1
 
 
 def _kept_for(name: str, value: object) -> str:

@@ -11,10 +11,25 @@ from dataclasses import dataclass
 ALIGN_MAX_EXTRA_CALLS = 200
 
 
-def epochs_for(run_steps: int, per_epoch: int | None, initial_epoch: int = 0) -> int:
+def epochs_for(run_steps: int, per_epoch: int | None, initial_epoch: int = 0, pass_length: int | None = None) -> int:
     """The ``epochs`` to give ``fit`` so that it runs at least ``run_steps`` steps of ``per_epoch`` each (the
-    plugin's read-back stops it after exactly ``run_steps``)."""
-    return initial_epoch + max(1, math.ceil(run_steps / max(1, per_epoch or run_steps)))
+    plugin's read-back stops it after exactly ``run_steps``).
+
+    ``pass_length``: the batches of one pass over finite data, when ``per_epoch`` is the user's
+    ``steps_per_epoch``.  Keras then carries its data iterator from one epoch into the next and ends an epoch
+    early where a pass ends ("Your input ran out of data"; the next epoch starts the next pass), so a pass of
+    ``pass_length`` batches takes ``ceil(pass_length / per_epoch)`` epochs."""
+    per_epoch = max(1, per_epoch or run_steps)
+    if not pass_length:
+        return initial_epoch + max(1, math.ceil(run_steps / per_epoch))
+    passes, rest = divmod(run_steps, pass_length)
+    return initial_epoch + max(1, passes * math.ceil(pass_length / per_epoch) + math.ceil(rest / per_epoch))
+
+
+def short_epochs_at_pass_ends(per_epoch: int | None, pass_length: int | None) -> bool:
+    """Whether a ``steps_per_epoch`` of ``per_epoch`` over finite data of ``pass_length`` batches makes Keras end
+    some epochs early (see :func:`epochs_for`)."""
+    return bool(per_epoch and pass_length and pass_length % per_epoch)
 
 
 @dataclass(frozen=True)
@@ -116,4 +131,4 @@ def _aligned_call(spe: int, per_epoch: int, run_steps: int, data_ends_epochs: bo
     return shorter
 
 
-__all__ = ["ALIGN_MAX_EXTRA_CALLS", "Chunking", "chunking", "epochs_for"]
+__all__ = ["ALIGN_MAX_EXTRA_CALLS", "Chunking", "chunking", "epochs_for", "short_epochs_at_pass_ends"]

@@ -49,6 +49,8 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         data_ends_epochs: the data runs out at each epoch's end (arrays), so that a call ends there too;
             else (a generator, a repeated dataset) a call runs all its steps.
         read_every: calls of the train function between two read-backs (:attr:`.plan.Chunking.read_every`).
+        pass_length: with ``epoch_steps`` the user's ``steps_per_epoch`` over arrays it does not divide, the
+            batches of one pass: an epoch then ends early where a pass ends (:func:`.plan.epochs_for`).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         curves: Curves | None = None,
         data_ends_epochs: bool = True,
         read_every: int = 1,
+        pass_length: int | None = None,
     ) -> None:
         super().__init__()
         self.recs = list(recs)
@@ -92,6 +95,10 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         self.measure = measure
         self.epoch_steps = epoch_steps
         self.data_ends_epochs = data_ends_epochs
+        #: the user's steps_per_epoch, and the batches of a pass and those of it read so far (``pass_length``)
+        self.full_epoch_steps = epoch_steps
+        self.pass_length = pass_length if epoch_steps is not None else None
+        self.in_pass = 0
         #: PyTorch, which runs one step per call: the steps a call of TensorFlow's or JAX's fit would run,
         #: so that read-backs, and with them validation points and curvature measurements, fall at the same
         #: steps on every backend
@@ -158,11 +165,17 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
             return
         self.read()
 
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.pass_length and self.full_epoch_steps is not None:  # this epoch ends early where the pass ends
+            self.epoch_steps = min(self.full_epoch_steps, self.pass_length - self.in_pass)
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         # PyTorch: a call of TensorFlow's or JAX's fit is cut at an epoch's end, so one ends here too
         if self.virtual_call is not None and self.in_epoch % self.virtual_call:
             self._end_of_call()
         self.steps_before_epoch += self.in_epoch
+        if self.pass_length:
+            self.in_pass = (self.in_pass + self.in_epoch) % self.pass_length
         self.in_epoch = 0
 
     @property

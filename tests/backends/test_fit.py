@@ -801,14 +801,19 @@ def test_batchnorm_statistics_see_only_the_planned_batches(stability):
 def test_the_run_ends_at_steps_with_the_users_own_fit_arguments(pytester, tiny_problem):
     """Where JAX cuts its last call at `steps`, the epoch arithmetic must hold with what users pass to fit:
     a validation split (a shorter epoch), a later initial epoch, more epochs than needed, their own
-    steps_per_execution, sample weights.  Every run ends at exactly 23 steps, and so does
-    optimizer.iterations."""
+    steps_per_execution, sample weights, a steps_per_epoch that does not divide the data, or over data that
+    repeats forever.  Every run ends at
+    exactly 23 steps, and so does optimizer.iterations; the user's own epochs that end it earlier are said."""
     result = run(
         pytester,
         tiny_problem,
         """
 CASES = {"validation_split": dict(validation_split=0.25), "initial_epoch": dict(initial_epoch=2),
-         "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32"))}
+         "epochs": dict(epochs=50), "sample_weight": dict(sample_weight=np.ones(256, "float32")),
+         # 8 batches a pass: Keras' epochs run 5, 3, 5, 3, 5, 2 steps (one ends where a pass ends)
+         "steps_per_epoch": dict(steps_per_epoch=5),
+         # a dataset that repeats forever: every epoch runs 5 steps, and the last call is cut at step 23
+         "repeated_dataset": dict(steps_per_epoch=5)}
 if keras.backend.backend() != "torch":  # Keras' fit refuses steps_per_execution > 1 on PyTorch
     CASES["spe"] = {}
 
@@ -819,12 +824,31 @@ def test_model(stability, case):
     model = build()
     if case == "spe":
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", steps_per_execution=4)
-    rep = stability.fit(model, X, Y, batch_size=32, **CASES[case])
+    x, y, kw = X, Y, dict(CASES[case], batch_size=32)
+    if case == "repeated_dataset":
+        import tensorflow as tf
+
+        x, y = tf.data.Dataset.from_tensor_slices((X, Y)).batch(kw.pop("batch_size")).repeat(), None
+    rep = stability.fit(model, x, y, **kw)
     assert rep.trace.steps == 23
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
+
+
+@pytest.mark.stable_training(steps=23, readback_every=16)
+def test_the_users_epochs_end_it_early_and_the_note_says_why(stability):
+    # the user's steps_per_epoch=5 and epochs=4 over 8 batches: 5, 3, 5, 3 steps, as in plain fit
+    model, plain = build(), build()
+    plain.set_weights(model.get_weights())
+    kw = dict(batch_size=32, shuffle=False, steps_per_epoch=5, epochs=4)
+    rep = stability.fit(model, X, Y, **kw)
+    plain.fit(X, Y, verbose=0, **kw)
+    assert rep.trace.steps == 16 == int(keras.ops.convert_to_numpy(plain.optimizer.iterations))
+    assert "every 8 batches, which steps_per_epoch=5 does not divide" in " ".join(rep.trace.info["notes"])
+    for a, b in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 """,
     )
-    result.assert_outcomes(passed=4 if BACKEND == "torch" else 5)
+    result.assert_outcomes(passed=7 if BACKEND == "torch" else 8)
 
 
 def test_read_backs_convert_without_numpy_2_deprecation_warnings():

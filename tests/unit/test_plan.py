@@ -4,13 +4,41 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_stability.training.plan import Chunking, chunking, epochs_for
+from pytest_stability.training.plan import Chunking, chunking, epochs_for, short_epochs_at_pass_ends
 
 
 def test_epochs_cover_the_steps():
     assert epochs_for(200, 8) == 25 and epochs_for(201, 8) == 26
     assert epochs_for(200, None) == 1 and epochs_for(5, 300) == 1
     assert epochs_for(10, 4, initial_epoch=3) == 6  # Keras counts epochs from initial_epoch
+
+
+def keras_epochs(run_steps: int, steps_per_epoch: int, pass_length: int) -> int:
+    """Keras' EpochIterator with a steps_per_epoch over finite data, step by step: an epoch ends after
+    steps_per_epoch steps or where a pass over the data ends, and the next epoch starts the next pass."""
+    done = epochs = seen = 0
+    while done < run_steps:
+        epochs += 1
+        for _ in range(steps_per_epoch):
+            if seen >= pass_length or done == run_steps:
+                break
+            seen, done = seen + 1, done + 1
+        if seen >= pass_length:
+            seen = 0
+    return epochs
+
+
+@pytest.mark.parametrize("pass_length", [1, 3, 7, 8, 16, 40])
+@pytest.mark.parametrize("steps_per_epoch", [1, 5, 8, 50])
+def test_epochs_cover_the_steps_when_epochs_end_where_a_pass_ends(steps_per_epoch, pass_length):
+    for run_steps in (1, 7, 23, 40, 101):
+        cut = pass_length if short_epochs_at_pass_ends(steps_per_epoch, pass_length) else None
+        assert epochs_for(run_steps, steps_per_epoch, 0, cut) == keras_epochs(run_steps, steps_per_epoch, pass_length)
+        assert epochs_for(run_steps, steps_per_epoch, 2, cut) == 2 + keras_epochs(
+            run_steps, steps_per_epoch, pass_length
+        )
+    assert short_epochs_at_pass_ends(steps_per_epoch, pass_length) == bool(pass_length % steps_per_epoch)
+    assert not short_epochs_at_pass_ends(steps_per_epoch, None) and not short_epochs_at_pass_ends(None, pass_length)
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
