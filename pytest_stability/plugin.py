@@ -52,6 +52,8 @@ DEFAULTS_KEY = pytest.StashKey[RunSpec]()
 CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
 #: "ExceptionType: message" of a stability test's failed call phase (for its record's ``error``)
 CALL_FAILURE_KEY = pytest.StashKey[str]()
+#: why the test skipped itself while it ran (``pytest.skip()``, ``pytest.importorskip()`` in its body)
+CALL_SKIP_KEY = pytest.StashKey[str]()
 NEVER_TRAINED = "is marked stable_training but never called stability.fit(model, x, y)"
 
 MARKER_HELP = (
@@ -257,6 +259,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failure = call.excinfo.exconly()
         if not failure.endswith(NEVER_TRAINED):  # the record says so already
             item.stash[CALL_FAILURE_KEY] = failure
+    if call.when == "call" and report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        item.stash[CALL_SKIP_KEY] = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
     if call.when == "teardown":
         record = item.stash.get(RECORD_KEY, None)
         if record is not None:
@@ -285,4 +290,7 @@ def _complete(item: pytest.Item, record: StabilityRecord) -> StabilityRecord:
         record = record.with_(error=f"{FAILED_AFTER}: {failure}")
     elif failure is not None and record.error == NO_TRAIN:
         record = record.with_(error=f"{NO_TRAIN}: {failure}")
+    skipped = item.stash.get(CALL_SKIP_KEY, None)
+    if skipped is not None and record.error == NO_TRAIN:  # it skipped itself before training: a skip, no error
+        record = StabilityRecord.skipped(record.nodeid, skipped).with_(settings=record.settings)
     return record

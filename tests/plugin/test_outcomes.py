@@ -42,6 +42,41 @@ def test_boom(stability):
     assert test["error"] == "the test did not complete a stability.fit() call: KeyError: 'no data today'"
 
 
+def test_a_test_that_skips_itself_before_training_is_a_skip_not_an_error(pytester, named_problem, gating):
+    """``pytest.skip()`` or ``pytest.importorskip()`` in the test's body, before any ``stability.fit()``: pytest
+    counts a skip, and so do the stability report's row and JSON entry (they said "the test did not complete a
+    stability.fit() call", an error)."""
+    pytester.makepyfile(
+        test_skips=named_problem
+        + """
+
+@pytest.mark.stable_training(steps=10)
+def test_skips(stability):
+    pytest.skip("needs a GPU")
+
+
+@pytest.mark.stable_training(steps=10)
+def test_imports(stability):
+    pytest.importorskip("a_module_nobody_has")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*= stability report: 2 tests, 0 unstable =*",
+            "SKIP  test_skips.py::test_imports  *a_module_nobody_has*",
+            "SKIP  test_skips.py::test_skips  Skipped: needs a GPU",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*did not complete a stability.fit() call*")
+    doc = gating.load_strict(pytester.path / "r.json")
+    assert doc["counts"]["skipped"] == 2 and doc["counts"]["error"] == 0
+    tests = gating.tests_by_id(doc)
+    assert [(t["outcome"], t["verdict"], t["error"]) for t in tests.values()] == [("skipped", "skipped", None)] * 2
+    assert tests["test_skips.py::test_skips"]["skip_reason"] == "Skipped: needs a GPU"
+
+
 def test_a_usage_error_is_printed_once(pytester, tiny_problem):
     pytester.makepyfile(
         tiny_problem
