@@ -1604,7 +1604,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced
-    prior = _prior_loss(q, trace, level)
+    prior = _prior_loss(q, trace, level, cfg)
     if prior is not None and (flat or zero or vanished):
         return prior
     if ev.get("slow_updates") and not (zero or vanished):
@@ -1688,9 +1688,13 @@ def _weights_replaced(q: Quotes, trace: Trace) -> Dx | None:
     )
 
 
-def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
+def _prior_loss(q: Quotes, trace: Trace, level: float, cfg: dict[str, Any]) -> Dx | None:
     """A stuck loss at ``ln K``: the cross-entropy of predicting the prior of K balanced classes (random labels,
-    labels unrelated to the inputs) -- and it never fell below that level."""
+    labels unrelated to the inputs) -- and it never fell below that level.  The trace cannot tell those labels
+    from a model that learns too slowly to leave the prior in this many steps (an embedding averaged over many
+    tokens at Adam's default rate: the weights move about as much a step as on random labels), so that is said
+    too, with a larger learning rate as the second fix: the run never went up (the collapse after a blow-up is
+    told apart before this rule), so a larger rate is not against its evidence."""
     if not (math.isfinite(level) and math.log(2) * (1 - PRIOR_LOSS_RTOL) <= level <= math.log(MAX_CLASSES) * 1.01):
         return None
     q.derived("prior_exp", "exp", "level")
@@ -1707,19 +1711,31 @@ def _prior_loss(q: Quotes, trace: Trace, level: float) -> Dx | None:
     if not (math.isfinite(low) and low >= 0.97 * level):
         return None
     q.text("smoke_code", "y = (x.reshape(len(x), -1).mean(axis=1) > 0).astype('int32')")
+    q.count("steps_run", trace.steps)
+    lr = _lr_now(q, trace, trace.steps - 1, cfg)
+    slower = Fix("more steps, or a larger learning rate")
+    if _ok(lr, 1e-30):
+        q.const("lr_raise", 10.0)
+        q.product("learning_rate_suggested", "learning_rate", "lr_raise")
+        slower = Fix(
+            "if the labels do carry signal: more steps, or a larger learning rate, learning_rate="
+            "{learning_rate_suggested} (now {learning_rate})"
+        )
     return Dx(
         "labels_no_signal",
         LIKELY,
         "the loss sits at {level}, the cross-entropy of predicting the class prior of {classes} balanced "
         "classes (ln {classes} = {ln_classes}), and never fell clearly below it ({lowest_median}): the model "
         "learned nothing from the inputs; the labels carry no signal it can learn (random labels, labels "
-        "shuffled apart from their inputs), or the inputs never reach the output",
+        "shuffled apart from their inputs), the inputs never reach the output, or it learns too slowly to leave "
+        "the prior in {steps_run} steps",
         [
             Fix(
                 "train the smoke test on labels that are a function of the inputs, e.g. {smoke_code}, or on one "
                 "small batch the model must fit (its loss should fall far below the prior's); check that x and "
                 "y are shuffled together"
-            )
+            ),
+            slower,
         ],
     )
 

@@ -515,7 +515,9 @@ def test_stuck_collapsed_constant_output_from_the_start():
     g = np.full(300, 1e-9)
     r = check_stuck(Trace(loss=loss, grad_norm=g))
     assert r.failed and r.findings[0].kind == "collapsed" and r.findings[0].step == 0
-    assert "collapsed to a constant loss" in r.findings[0].message
+    # flat from the first step: it never collapsed, it never moved
+    assert r.findings[0].message.startswith("the loss has stayed at a constant level from step 0: ")
+    assert "collapsed" not in r.findings[0].message
 
 
 def test_stuck_gradients_vanish_before_the_loss_ever_falls():

@@ -588,6 +588,12 @@ def test_random_labels_are_named_with_a_learnable_smoke_test():
     p = D.primary_finding(run_checks(trace), trace)
     assert p.check == "stuck" and p.evidence["cause_key"] == "labels_no_signal", p.cause
     assert "10 balanced classes" in p.cause and "smoke test" in p.fix
+    # the trace cannot tell random labels from a model too slow to leave the prior: both are said, the labels
+    # first, and a larger rate comes second (text only: nothing the what-if replay would change)
+    assert p.cause.endswith("or it learns too slowly to leave the prior in 600 steps")
+    texts = [x["text"] for x in p.evidence["fixes"]]
+    assert "smoke test" in texts[0] and texts[1].endswith("learning_rate=0.01 (now 0.001)")
+    assert p.evidence["fix_configs"] == []
     check_finding(p, trace, False)
 
 
