@@ -177,6 +177,11 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         if self.pass_length:
             self.in_pass = (self.in_pass + self.in_epoch) % self.pass_length
         self.in_epoch = 0
+        # a non-finite step stops the run at the end of its epoch, not at the next read-back some epochs later
+        # (whose epochs your callbacks would see, trained with no update): one scalar read, where fit reads its
+        # logs back anyway (TensorFlow, JAX; PyTorch's host checks each step)
+        if self.virtual_call is None and not self.stopped_nonfinite and any(r.built and r.halted() for r in self.recs):
+            self.read()
 
     @property
     def keras_steps(self) -> int:

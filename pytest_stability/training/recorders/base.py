@@ -328,6 +328,10 @@ class Recorder:
         """After each step (PyTorch, where the host runs each step): whether it was non-finite."""
         return False
 
+    def halted(self) -> bool:
+        """Whether a step stopped the run (the halt flag, one scalar read from the device; TensorFlow, JAX)."""
+        return False
+
     def ran_planned_steps(self) -> bool:
         """Whether the planned steps have run, known on the host (PyTorch)."""
         return False

@@ -342,19 +342,25 @@ class JaxRecorder(CompiledRecorder):
 
     # -- read back ---------------------------------------------------------------
 
+    def _device_buffer(self) -> Tensor:
+        """The buffer as the running fit holds it."""
+        jax_state = getattr(self.model, "_jax_state", None)
+        if jax_state and self.standard_state:  # fit holds the state (the variables are emptied while it runs)
+            return jax_state["optimizer_variables"][index_of(self.opt.variables, self.buf)]
+        # another optimizer's variables ride in the state where the model's own trainer puts them: its
+        # jax_state_sync puts them back in the variables (Keras' way for callbacks that read variables)
+        sync = getattr(self.model, "jax_state_sync", None) if not self.standard_state else None
+        if sync is not None:
+            sync()
+        return self.buf.value
+
+    def halted(self) -> bool:
+        return bool(float(self._device_buffer()[self.chunk, H_HALT]))  # the one element, sliced on the device
+
     def read(self) -> dict[str, np.ndarray | int]:
         """The header row holds the counters, the two columns after each row its loss (see
         _build_device_buffers)."""
-        jax_state = getattr(self.model, "_jax_state", None)
-        if jax_state and self.standard_state:  # fit holds the state (the variables are emptied while it runs)
-            buf = np.asarray(jax_state["optimizer_variables"][index_of(self.opt.variables, self.buf)])
-        else:
-            # another optimizer's variables ride in the state where the model's own trainer puts them: its
-            # jax_state_sync puts them back in the variables (Keras' way for callbacks that read variables)
-            sync = getattr(self.model, "jax_state_sync", None) if not self.standard_state else None
-            if sync is not None:
-                sync()
-            buf = host_numpy(self.buf.value)
+        buf = host_numpy(self._device_buffer())
         # a model whose metrics leave out the loss tracker records no loss (the wrapper writes none)
         tracked = self.lbuf is not None and index_of(self.model.metrics_variables, self.lbuf) is not None
         w = self.width

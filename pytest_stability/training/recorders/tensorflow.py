@@ -199,6 +199,9 @@ class TensorFlowRecorder(CompiledRecorder):
 
     # -- read back ---------------------------------------------------------------
 
+    def halted(self) -> bool:
+        return bool(int(host_numpy(self.halt.value)))
+
     def read(self) -> dict[str, np.ndarray | int]:
         out: dict[str, np.ndarray | int] = {
             "buf": host_numpy(self.buf.value),
