@@ -109,6 +109,8 @@ def run(
     if replay_batch is not None:
         return _replay_batch(model, x, y, step=int(replay_batch), thresholds=thresholds, **train_kwargs)
     result = engine.train(model, x, y, keep_initial_state=spec.whatif, **train_kwargs)
+    # Keras' History of this run: the replays and probes below run fit again, and model.history must stay the run's
+    history = getattr(model, "history", None)
     results = judge(result.trace, thresholds, spec.checks)
     if result.batches is not None:
         results = with_batches(results, result.batches)
@@ -130,6 +132,8 @@ def run(
     curvature = (result.trace.info or {}).get("curvature")
     if curvature is not None:
         results = results + [curvature_result(curvature, getattr(spec, "max_eos_ratio", None))]
+    if history is not None and getattr(model, "history", None) is not history:
+        model.history = history
     return Outcome(result, results)
 
 

@@ -496,6 +496,47 @@ def test_diverges(stability):
     assert not all(np.all(np.isfinite(a)) for a in w) or tr.first_nonfinite["source"] in ("loss", "gradients")
 
 
+class Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ended = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended.append(epoch)
+
+
+@pytest.mark.stable_training(steps=64, readback_every=64)
+def test_nan_ends_the_run_at_the_end_of_its_epoch(stability):
+    # 8 steps an epoch, a read-back every 64 steps: the non-finite step in the first epoch ends the run at that
+    # epoch's end, so your epoch callbacks see no epoch after it (they saw 8, trained with no update)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
+    epochs = Epochs()
+    rep = stability.fit(model, X, Y * 1e3, batch_size=32, check=False, callbacks=[epochs])
+    assert rep.trace.steps < 8 and np.flatnonzero(rep.trace.nonfinite)[0] == rep.trace.steps - 1
+    assert epochs.ended == [0]
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) <= 8
+
+
+class Histories(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_end(self, logs=None):
+        self.seen.append(self.model.history)
+
+
+@pytest.mark.stable_training(steps=64, whatif=True)
+def test_model_history_is_the_runs_after_the_what_if_replays(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(10.0), loss="mse")
+    histories = Histories()
+    rep = stability.fit(model, X, Y * 1e3, batch_size=32, check=False, callbacks=[histories])
+    assert rep.findings[0].evidence["whatif"]["attempts"]  # a replay ran fit again
+    assert len(histories.seen) > 1 and model.history is histories.seen[0]
+
+
 @pytest.mark.parametrize("seed", [3, 3, 4])
 @pytest.mark.stable_training(steps=30)
 def test_seeded(stability, seed):
@@ -510,7 +551,7 @@ def test_compare():
     assert not np.array_equal(l1, l3)
 """,
     )
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=7)
 
 
 def test_validation_and_the_batchnorm_gap_do_not_change_the_training_trajectory(pytester, tiny_problem):
