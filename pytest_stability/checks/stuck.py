@@ -168,9 +168,8 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     assert start is not None  # each reason in ``how`` set it
     kind = "collapsed" if flat else "stuck"
     fell = (l0 - level) / abs(l0) if l0 else 0.0
-    # a loss flat from the first step never collapsed: it never moved
-    what = "training is stuck" if not flat else "training collapsed to a constant loss"
-    if flat and start == 0:
+    what = "training collapsed to a constant loss" if flat else "training is stuck"
+    if flat and start == 0:  # flat from the first step: it never collapsed, it never moved
         what = "the loss has stayed at a constant level"
     if fell_far:
         # the loss is below half its start: the network died after learning, still far from converged
