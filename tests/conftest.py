@@ -49,6 +49,36 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
 
 
+#: The slowest tests of each pass (``--durations`` in CI's log), in that order: under pytest-xdist they start
+#: first, so that the two workers end together.  pytest-xdist hands out tests in the order collected, and
+#: PyTorch's ``torch.compile`` tests, collected last (tests/training/test_precision.py), ran alone on one worker
+#: at the end of the pass while the other had finished.  Every worker collects the same order, as xdist needs.
+SLOWEST_FIRST = (
+    "tests/backends/test_fidelity.py::",
+    "tests/training/test_precision.py::test_jit_compile_gives_the_same_trace_and_verdict[healthy]",
+    "tests/training/test_precision.py::test_jit_compile_with_mixed_float16_overflow",
+    "tests/backends/test_distribution.py::",
+    "tests/backends/test_fit.py::test_no_update_is_applied_after_a_non_finite_loss_or_after_the_planned_steps",
+    "tests/plugin/test_xdist.py::",
+    "tests/plugin/test_github.py::test_annotations_and_step_summary_serial_then_xdist",
+    "tests/plugin/test_tensorboard.py::test_xdist_writes_the_same_runs",
+    "tests/plugin/test_xdist_gpus.py::",
+    "tests/unit/test_fast_tier.py::",
+)
+
+
+def _slowness(item: pytest.Item) -> int:
+    for rank, prefix in enumerate(SLOWEST_FIRST):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(SLOWEST_FIRST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_slowness)  # stable: the rest keep their order
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _JAX_CACHE_DIR is not None:
         shutil.rmtree(_JAX_CACHE_DIR, ignore_errors=True)
