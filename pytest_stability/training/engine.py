@@ -500,15 +500,16 @@ def _exact_epoch_steps(setup: FitSetup, distributed: bool) -> int | None:
     """The steps of every epoch when known exactly (arrays, or the one epoch the plugin sizes), else None: the
     read-back cuts the last call to the steps left only then, and the plan shortens the calls only then."""
     per_epoch = setup.per_epoch
-    # a steps_per_epoch of the user's: over arrays it does not divide, known epoch by epoch (Readback); over a
-    # dataset that repeats forever, exactly that
-    exact = setup.exact_epoch or (setup.pass_length is not None and setup.kind == "arrays") or setup.endless
+    # a steps_per_epoch of the user's: over finite data it does not divide, known epoch by epoch (Readback); over
+    # a dataset that repeats forever, exactly that
+    exact = setup.exact_epoch or setup.pass_length is not None or setup.endless
     return int(per_epoch) if exact and per_epoch is not None and not distributed else None
 
 
 def _data_ends_epochs(setup: FitSetup) -> bool:
-    """The data runs out at each epoch's end (arrays), so that a call of the train function ends there too."""
-    return setup.kind == "arrays" and not setup.full_batch
+    """The data runs out at each epoch's end (arrays; finite data where a steps_per_epoch of the user's ends
+    some epochs early at a pass's end), so that a call of the train function ends there too."""
+    return (setup.kind == "arrays" or setup.pass_length is not None) and not setup.full_batch
 
 
 def _loss_from_logs(keras: ModuleType, model: Model, curves: Curves | None) -> bool:

@@ -842,8 +842,8 @@ def test_batchnorm_statistics_see_only_the_planned_batches(stability):
 def test_the_run_ends_at_steps_with_the_users_own_fit_arguments(pytester, tiny_problem):
     """Where JAX cuts its last call at `steps`, the epoch arithmetic must hold with what users pass to fit:
     a validation split (a shorter epoch), a later initial epoch, more epochs than needed, their own
-    steps_per_execution, sample weights, a steps_per_epoch that does not divide the data, or over data that
-    repeats forever.  Every run ends at
+    steps_per_execution, sample weights, a steps_per_epoch that does not divide the data (arrays, a finite
+    dataset, a PyDataset), or over data that repeats forever.  Every run ends at
     exactly 23 steps, and so does optimizer.iterations; the user's own epochs that end it earlier are said."""
     result = run(
         pytester,
@@ -854,7 +854,17 @@ CASES = {"validation_split": dict(validation_split=0.25), "initial_epoch": dict(
          # 8 batches a pass: Keras' epochs run 5, 3, 5, 3, 5, 2 steps (one ends where a pass ends)
          "steps_per_epoch": dict(steps_per_epoch=5),
          # a dataset that repeats forever: every epoch runs 5 steps, and the last call is cut at step 23
-         "repeated_dataset": dict(steps_per_epoch=5)}
+         "repeated_dataset": dict(steps_per_epoch=5),
+         # a finite dataset and a PyDataset of 8 batches: as the arrays
+         "finite_dataset": dict(steps_per_epoch=5), "py_dataset": dict(steps_per_epoch=5)}
+
+
+class Batches(keras.utils.PyDataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return X[i * 32 : (i + 1) * 32], Y[i * 32 : (i + 1) * 32]
 if keras.backend.backend() != "torch":  # Keras' fit refuses steps_per_execution > 1 on PyTorch
     CASES["spe"] = {}
 
@@ -866,10 +876,14 @@ def test_model(stability, case):
     if case == "spe":
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", steps_per_execution=4)
     x, y, kw = X, Y, dict(CASES[case], batch_size=32)
-    if case == "repeated_dataset":
+    if case in ("repeated_dataset", "finite_dataset"):
         import tensorflow as tf
 
-        x, y = tf.data.Dataset.from_tensor_slices((X, Y)).batch(kw.pop("batch_size")).repeat(), None
+        x, y = tf.data.Dataset.from_tensor_slices((X, Y)).batch(kw.pop("batch_size")), None
+        x = x.repeat() if case == "repeated_dataset" else x
+    elif case == "py_dataset":
+        x, y = Batches(), None
+        kw.pop("batch_size")
     rep = stability.fit(model, x, y, **kw)
     assert rep.trace.steps == 23
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 23
@@ -889,7 +903,7 @@ def test_the_users_epochs_end_it_early_and_the_note_says_why(stability):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 """,
     )
-    result.assert_outcomes(passed=7 if BACKEND == "torch" else 8)
+    result.assert_outcomes(passed=9 if BACKEND == "torch" else 10)
 
 
 def test_read_backs_convert_without_numpy_2_deprecation_warnings():
