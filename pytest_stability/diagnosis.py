@@ -1713,7 +1713,7 @@ def _prior_loss(q: Quotes, trace: Trace, level: float, cfg: dict[str, Any]) -> D
     q.text("smoke_code", "y = (x.reshape(len(x), -1).mean(axis=1) > 0).astype('int32')")
     q.count("steps_run", trace.steps)
     lr = _lr_now(q, trace, trace.steps - 1, cfg)
-    slower = Fix("more steps, or a larger learning rate")
+    slower = Fix("if the labels do carry signal: more steps, or a larger learning rate")
     if _ok(lr, 1e-30):
         q.const("lr_raise", 10.0)
         q.product("learning_rate_suggested", "learning_rate", "lr_raise")
