@@ -992,7 +992,10 @@ def _check_steps_ran(model: Model, setup: FitSetup, cb: Readback, done: int, not
                 if setup.pass_length
                 else ""
             )
-            notes.append(f"the run ended after {done} of {run_steps} steps: epochs={setup.user_epochs} ended it{cut}")
+            since = f" (from initial_epoch={setup.initial_epoch})" if setup.initial_epoch else ""
+            notes.append(
+                f"the run ended after {done} of {run_steps} steps: epochs={setup.user_epochs}{since} ended it{cut}"
+            )
         elif done == 0 and cb.keras_steps:
             raise StabilityUsageError(
                 f"model.fit() ran {cb.keras_steps} training step(s), but the model's train_step applied no Keras "

@@ -901,9 +901,17 @@ def test_the_users_epochs_end_it_early_and_the_note_says_why(stability):
     assert "every 8 batches, which steps_per_epoch=5 does not divide" in " ".join(rep.trace.info["notes"])
     for a, b in zip(model.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.stable_training(steps=23, readback_every=16)
+def test_the_note_counts_the_users_epochs_from_their_initial_epoch(stability):
+    # epochs=3 from initial_epoch=1: two epochs of 8 steps, as plain fit runs
+    rep = stability.fit(build(), X, Y, batch_size=32, epochs=3, initial_epoch=1)
+    assert rep.trace.steps == 16
+    assert "after 16 of 23 steps: epochs=3 (from initial_epoch=1) ended it" in " ".join(rep.trace.info["notes"])
 """,
     )
-    result.assert_outcomes(passed=9 if BACKEND == "torch" else 10)
+    result.assert_outcomes(passed=10 if BACKEND == "torch" else 11)
 
 
 def test_read_backs_convert_without_numpy_2_deprecation_warnings():
