@@ -193,6 +193,13 @@ def gradient_accumulation():
     return mlp(keras.optimizers.Adam(1e-2, gradient_accumulation_steps=2)), X, Y, {"batch_size": 8}
 
 
+def moving_average():
+    """Adam with ``use_ema``: the moving average overwrites the weights every 5 steps, and fit writes it into
+    them once more at its end (``finalize_variable_values``), which a run cut into several fits would repeat."""
+    optimizer = keras.optimizers.Adam(1e-2, use_ema=True, ema_overwrite_frequency=5)
+    return mlp(optimizer), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()]}
+
+
 def class_weight():
     return mlp(), X, Y, {"batch_size": 8, "class_weight": {0: 1.0, 1: 3.0}}
 
@@ -298,6 +305,7 @@ SETUPS = {
         "run_eagerly",
         "own_steps_per_execution",
         "gradient_accumulation",
+        "moving_average",
         "class_weight",
         "sample_weight",
         "validation_split",

@@ -141,7 +141,7 @@ def test_{name}(stability, tmp_path):
             np.testing.assert_array_equal(a, b)
 """)
         else:
-            rtol = ROUNDING.get(name, 0.0)
+            rtol = ROUNDING.get(name, ROUNDING_ON.get(BACKEND, {}).get(name, 0.0))
             out.append(f"""
 
 @pytest.mark.stable_training(readback_every=16)
@@ -154,6 +154,9 @@ def test_{name}(stability):
 
 #: setups whose weights may differ by float rounding (rtol): a full batch summed in another order
 ROUNDING = {"full_batch_no_dropout": 1e-4}
+#: ... on one backend: on JAX, the moving average's weights differ from plain fit's in the last bits (2e-6 at
+#: most), where XLA fuses the average's update with the step that the plugin's instrumentation surrounds
+ROUNDING_ON = {"jax": {"moving_average": 1e-5}}
 
 SETUP_NAMES = [
     "spy",
@@ -169,6 +172,7 @@ SETUP_NAMES = [
     "run_eagerly",
     "own_steps_per_execution",
     "gradient_accumulation",
+    "moving_average",
     "class_weight",
     "sample_weight",
     "validation_split",
