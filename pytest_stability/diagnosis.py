@@ -167,6 +167,7 @@ CAUSES = {
     "no_update": "a variable never changes",
     "replica_disagree": "the replicas of a distributed run do not train alike",
     "replica_drift": "the replicas' copies of the weights drifted apart",
+    "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
     "unknown": "unknown",
 }
 
@@ -598,7 +599,8 @@ def _diagnose(
             continue
         q = Quotes(trace, settings)
         rule = _RULES.get(f.check, _unknown)
-        dx = rule(f, trace, q, context)
+        event = rule(f, trace, q, context)
+        dx = _unbounded_output_first(event, trace, q)
         fixes = _direction_safe(dx.fixes, trace, context)
         texts = [q.render(fx.template) for fx in fixes]
         fix_text = ", or ".join(t for t, fx in zip(texts, fixes, strict=True) if not fx.note)
@@ -618,10 +620,59 @@ def _diagnose(
         }
         if "fix_from" in dx.extra:
             evidence["fix_from"] = int(dx.extra["fix_from"])
+        if dx is not event:  # the event's own cause, which the output layer's comes before
+            evidence["event_cause_key"] = event.key
         out.append(
             dataclasses.replace(f, cause=q.render(dx.cause), fix=fix_text, confidence=dx.confidence, evidence=evidence)
         )
     return out
+
+
+#: the causes of a training event that a loss fed unbounded outputs explains first (not the data's NaN, a
+#: float16 epsilon, a variable outside the loss, the replicas of a distributed run)
+_FROM_THE_OUTPUT = frozenset(
+    {
+        "adam_second_moment",
+        "gradient_explosion",
+        "collapse_constant",
+        "lr_too_high",
+        "overfitting",
+        "training_loss_rise",
+        "collapsed_output",
+        "labels_no_signal",
+        "vanished_gradients",
+        "updates_too_small",
+        "unknown",
+    }
+)
+#: Keras' clip of the probabilities a cross-entropy takes (``backend.epsilon()``)
+CLIP_EPSILON = 1e-7
+
+
+def _unbounded_output_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
+    """A loss that takes probabilities on an output layer that makes none (``trace.info["probabilities_from"]``,
+    from :func:`pytest_stability.training.model_facts.probabilities_from_unbounded_output`) comes first: the
+    event's own cause and fixes follow, as what the checks saw."""
+    fact = (trace.info or {}).get("probabilities_from")
+    if not isinstance(fact, Mapping) or dx.key not in _FROM_THE_OUTPUT:
+        return dx
+    for name in ("loss", "loss_class", "layer", "activation", "expects"):
+        q.text(f"output_{name}", str(fact.get(name, "")))
+    q.const("clip_epsilon", CLIP_EPSILON)
+    q.const("clip_gradient", 1 / CLIP_EPSILON)
+    cause = (
+        "the loss {output_loss} takes probabilities (from_logits=False), but the model's output comes from "
+        "{output_layer} with activation {output_activation}: Keras clips the outputs inside the loss, {clip_epsilon} "
+        "away from zero and one, so an output beyond gets no gradient, and near the edges the loss's gradient "
+        "reaches {clip_gradient}; what the checks saw: " + dx.cause
+    )
+    fix = Fix(
+        "give {output_layer} activation='{output_expects}', or compile with "
+        "keras.losses.{output_loss_class}(from_logits=True): the loss then sees what it expects"
+    )
+    return dataclasses.replace(
+        dx, key="probabilities_from_unbounded", confidence=LIKELY, cause=cause, fixes=[fix, *dx.fixes]
+    )
 
 
 # -- helpers -------------------------------------------------------------------
@@ -798,7 +849,9 @@ def _clip_or_note(q: Quotes, trace: Trace, start: int, what: str) -> list[Fix]:
     clip = _clip_fix(q, trace, start, what)
     if clip is not None:
         return [clip]
-    return [_no_clip_note()] if "healthy_steps" in q else []
+    if "healthy_steps" not in q:
+        return []
+    return [_no_clip_note_short() if q["healthy_steps"] == 0 else _no_clip_note()]
 
 
 def _no_clip_note_short() -> Fix:

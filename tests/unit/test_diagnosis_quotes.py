@@ -218,15 +218,21 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
             _assert_healthy_stretch(trace, h, quotes["healthy_before"]["value"])
             p90 = _stat(trace.grad_norm[:h], "p90")
             assert c["clipnorm"] == float(f"{p90:.2g}")
+    # a loss fed unbounded outputs leads only with its fact, and its own fix first
+    fact = (trace.info or {}).get("probabilities_from")
+    if ev["cause_key"] == "probabilities_from_unbounded":
+        assert fact and quotes["output_layer"]["value"] == fact["layer"] and ev["event_cause_key"] in D.CAUSES
+        assert templates["fixes"][0].startswith("give {output_layer} activation='{output_expects}'")
     if "healthy_steps" in quotes and not any("clipnorm" in c for c in configs):
         assert quotes["healthy_steps"]["value"] < D.HEALTHY_MIN_STEPS or trace.grad_norm is None
     # 4. Adam's second moment only with its history; never for an early blow-up
     start = int(ev.get("start", f.step))
-    if ev["cause_key"] == "adam_second_moment":
+    key = ev.get("event_cause_key", ev["cause_key"])  # under a loss fed unbounded outputs, the event's own
+    if key == "adam_second_moment":
         assert start >= D.HISTORY_MIN_STEPS
         _assert_adam_history(trace, start, slow=bool(ev.get("slow_rise")))
     if start < min(D.early_end(trace), D.HISTORY_MIN_STEPS) and f.check in ("loss_spike", "grad_norm"):
-        assert ev["cause_key"] in ("lr_too_high", "collapse_constant", "epsilon_underflow"), ev["cause_key"]
+        assert key in ("lr_too_high", "collapse_constant", "epsilon_underflow"), key
 
 
 def _assert_healthy_stretch(trace: Trace, h: int, start: int) -> None:
@@ -297,6 +303,16 @@ OPTIMIZERS = st.sampled_from(
 )
 
 
+#: ``trace.info["probabilities_from"]`` as the engine records it (model_facts.probabilities_from_unbounded_output)
+PROBABILITIES_FROM = {
+    "loss": "binary_crossentropy",
+    "loss_class": "BinaryCrossentropy",
+    "layer": "Dense 'out'",
+    "activation": "linear",
+    "expects": "sigmoid",
+}
+
+
 @st.composite
 def event_traces(draw: st.DrawFn) -> Trace:
     """A noisy falling (or flat) loss, then an event at a drawn step: a spike that recovers, a jump that stays, a
@@ -359,6 +375,8 @@ def event_traces(draw: st.DrawFn) -> Trace:
             g2v[max(0, s - 2) : s + 1] *= 1e4
         opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
     has_g = draw(st.booleans()) or kind == "burst"
+    if draw(st.integers(0, 3)) == 0:  # a loss on probabilities, fed a linear output layer
+        info["probabilities_from"] = dict(PROBABILITIES_FROM)
     return Trace(
         loss=loss,
         grad_norm=g if has_g else None,
@@ -653,4 +671,29 @@ def test_nan_weights_from_a_finite_first_step_blame_the_update():
     p = D.primary_finding(run_checks(trace), trace)
     assert p.evidence["cause_key"] == "update_nonfinite" and "before any update" not in p.cause
     assert "the optimizer's arithmetic" in p.cause
+    check_finding(p, trace, True)
+
+
+def test_a_loss_on_probabilities_fed_a_linear_output_is_named_first_and_its_event_follows():
+    # a linear Dense under binary_crossentropy (from_logits=False): Keras clips the outputs in the loss; here
+    # the gradient norm bursts at step 101, and the learning-rate fix of that burst comes second
+    rng = np.random.default_rng(0)
+    n = 300
+    g = np.exp(0.1 * rng.normal(size=n))
+    g[101:103] *= 300.0
+    info = {"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-3, "epsilon": 1e-7}}
+    trace = Trace(loss=0.7 * np.exp(0.05 * rng.normal(size=n)), grad_norm=g, info=dict(info))
+    without = D.primary_finding(run_checks(trace), trace)
+    assert without.check == "grad_norm" and without.evidence["cause_key"] != "probabilities_from_unbounded"
+    trace.info["probabilities_from"] = dict(PROBABILITIES_FROM)
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "grad_norm" and p.evidence["cause_key"] == "probabilities_from_unbounded"
+    assert p.cause.startswith("the loss binary_crossentropy takes probabilities (from_logits=False)")
+    assert p.cause.endswith(without.cause)  # what the checks saw, as the event's own rule says it
+    texts = [x["text"] for x in p.evidence["fixes"]]
+    assert texts[0] == (
+        "give Dense 'out' activation='sigmoid', or compile with keras.losses.BinaryCrossentropy(from_logits=True): "
+        "the loss then sees what it expects"
+    )
+    assert texts[1:] == [x["text"] for x in without.evidence["fixes"]]
     check_finding(p, trace, True)

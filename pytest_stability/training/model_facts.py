@@ -1,0 +1,170 @@
+"""Facts about the user's compiled model that the report and the diagnosis read.
+
+:func:`probabilities_from_unbounded_output` finds the commonest wiring bug of a Keras classifier: a loss that
+takes probabilities (a cross-entropy with ``from_logits=False``, Keras' default) on an output layer without a
+sigmoid or softmax.  Keras then clips the outputs to [1e-7, 1 - 1e-7] inside the loss: an output beyond gets no
+gradient, and near the edges the gradient of ``-log(p)`` reaches 1e7.  Training runs, often badly: the loss
+stalls, or the gradient norm bursts, and a learning-rate fix would treat the symptom.
+
+Imports no framework: the model is read through its attributes (``loss``, ``layers``, ``outputs``).
+"""
+
+from __future__ import annotations
+
+from ..framework_types import Layer, Model
+
+#: Keras' losses that take probabilities unless ``from_logits=True``: the name ``compile`` takes -> the class,
+#: and the activation whose outputs they take
+PROBABILITY_LOSSES = {
+    "binary_crossentropy": ("BinaryCrossentropy", "sigmoid"),
+    "binary_focal_crossentropy": ("BinaryFocalCrossentropy", "sigmoid"),
+    "categorical_crossentropy": ("CategoricalCrossentropy", "softmax"),
+    "categorical_focal_crossentropy": ("CategoricalFocalCrossentropy", "softmax"),
+    "sparse_categorical_crossentropy": ("SparseCategoricalCrossentropy", "softmax"),
+}
+_BY_CLASS = {cls: name for name, (cls, _) in PROBABILITY_LOSSES.items()}
+
+#: activations known to leave [0, 1] (a user's own function is not judged)
+UNBOUNDED = frozenset(
+    {
+        "linear",
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "elu",
+        "selu",
+        "celu",
+        "gelu",
+        "glu",
+        "silu",
+        "swish",
+        "hard_silu",
+        "hard_swish",
+        "mish",
+        "softplus",
+        "softsign",
+        "sparse_plus",
+        "squareplus",
+        "tanh",
+        "hard_tanh",
+        "tanh_shrink",
+        "exponential",
+        "log_softmax",
+        "log_sigmoid",
+    }
+)
+
+#: layers that only reshape, crop or drop values: the layer before them made the output
+PASSTHROUGH = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Permute",
+        "Identity",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+    }
+)
+
+
+def _probability_loss(loss: object) -> tuple[str, str, str] | None:
+    """``(name, class, activation)`` of a compiled loss that takes probabilities; None for any other loss, several
+    losses, or ``from_logits=True``."""
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        loss = loss[0]
+    elif isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    if isinstance(loss, str):
+        name = loss
+    elif type(loss).__name__ in _BY_CLASS:  # keras.losses.BinaryCrossentropy(...)
+        try:
+            if getattr(loss, "get_config")().get("from_logits"):  # noqa: B009 - loss is any object
+                return None
+        except Exception:  # a loss whose config cannot be read: nothing to say
+            return None
+        name = _BY_CLASS[type(loss).__name__]
+    elif callable(loss) and str(getattr(loss, "__module__", "")).startswith("keras"):  # keras.losses.binary_...
+        name = getattr(loss, "__name__", "")
+    else:
+        return None
+    if name not in PROBABILITY_LOSSES:
+        return None
+    cls, activation = PROBABILITY_LOSSES[name]
+    return name, cls, activation
+
+
+def _activation(layer: Layer) -> str | None:
+    """The name of the activation that makes ``layer``'s output, None when it is not known."""
+    if type(layer).__name__ == "Softmax":
+        return "softmax"
+    fn = getattr(layer, "activation", None)
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else None
+
+
+def _output_layer(model: Model) -> Layer | None:
+    """The layer that makes a single-output model's output, past reshapes and dropout; None where it cannot be
+    told (several outputs, a subclassed model's ``call``)."""
+    if type(model).__name__ == "Sequential":
+        layers = list(getattr(model, "layers", None) or [])
+        for layer in reversed(layers):
+            if type(layer).__name__ == "Sequential" or type(layer).__name__ == "Functional":
+                return _output_layer(layer)
+            if type(layer).__name__ not in PASSTHROUGH:
+                return layer
+        return None
+    try:
+        outputs = list(model.outputs)
+    except Exception:  # a subclassed model: its call() makes the output
+        return None
+    if len(outputs) != 1:
+        return None
+    tensor = outputs[0]
+    for _ in range(16):
+        layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+        if layer is None or type(layer).__name__ not in PASSTHROUGH:
+            return layer
+        tensor = getattr(layer, "input", None)
+    return None
+
+
+def probabilities_from_unbounded_output(model: Model) -> dict[str, str] | None:
+    """The loss takes probabilities, and the layer that makes the model's output has an activation known to
+    leave [0, 1] (``linear`` when none was given): ``{"loss", "loss_class", "layer", "activation", "expects"}``.
+    None otherwise, and wherever it cannot be told."""
+    try:
+        loss = _probability_loss(getattr(model, "loss", None))
+        layer = _output_layer(model) if loss is not None else None
+    except Exception:  # reading a model must never fail a run
+        return None
+    if loss is None or layer is None:
+        return None
+    activation = _activation(layer)
+    if activation not in UNBOUNDED:
+        return None
+    name, cls, expects = loss
+    return {
+        "loss": name,
+        "loss_class": cls,
+        "layer": f"{type(layer).__name__} {layer.name!r}",
+        "activation": activation,
+        "expects": expects,
+    }
+
+
+def probabilities_note(fact: dict[str, str]) -> str:
+    """The report's note on :func:`probabilities_from_unbounded_output`'s finding."""
+    return (
+        f"the loss {fact['loss']} takes probabilities (from_logits=False), but the model's output comes from "
+        f"{fact['layer']} with activation {fact['activation']!r}: Keras clips the outputs to [1e-07, 1 - 1e-07], "
+        "so an output beyond gets no gradient; give that layer "
+        f"activation={fact['expects']!r}, or compile with keras.losses.{fact['loss_class']}(from_logits=True)"
+    )

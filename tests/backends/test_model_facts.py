@@ -1,0 +1,152 @@
+"""A loss that takes probabilities on an output layer that makes none (a linear Dense under binary_crossentropy,
+Keras' default ``from_logits=False``): told from real Keras models, said in the report's note, and named first
+when a check fails (on every backend)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pytest_stability.training.model_facts import probabilities_from_unbounded_output
+
+
+def _dense_stack(*tail, **compile_kw):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), *tail])
+    model.compile(optimizer="adam", **compile_kw)
+    return model
+
+
+def _functional(outputs_act, loss):
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    out = keras.layers.Dense(3, activation=outputs_act, name="logits")(hidden)
+    model = keras.Model(inputs, out)
+    model.compile(optimizer="adam", loss=loss)
+    return model
+
+
+def _two_outputs():
+    inputs = keras.Input((4,))
+    a = keras.layers.Dense(1, name="a")(inputs)
+    b = keras.layers.Dense(1, name="b")(inputs)
+    model = keras.Model(inputs, [a, b])
+    model.compile(optimizer="adam", loss=["binary_crossentropy", "binary_crossentropy"])
+    return model
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.out = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.out(x)
+
+
+def _subclassed():
+    model = _Subclassed()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model(np.zeros((1, 4), "float32"))
+    return model
+
+
+CASES = {
+    # (model, the activation named, or None where nothing is wrong or nothing can be told)
+    "linear_dense_bce_string": (lambda: _dense_stack(keras.layers.Dense(1), loss="binary_crossentropy"), "linear"),
+    "relu_dense_bce_class": (
+        lambda: _dense_stack(keras.layers.Dense(1, activation="relu"), loss=keras.losses.BinaryCrossentropy()),
+        "relu",
+    ),
+    "linear_dense_bce_function": (
+        lambda: _dense_stack(keras.layers.Dense(1), loss=keras.losses.binary_crossentropy),
+        "linear",
+    ),
+    "sparse_cce_on_logits": (lambda: _functional(None, "sparse_categorical_crossentropy"), "linear"),
+    "past_a_reshape": (
+        lambda: _dense_stack(keras.layers.Dense(1), keras.layers.Reshape((1,)), loss="binary_crossentropy"),
+        "linear",
+    ),
+    "sigmoid_dense": (
+        lambda: _dense_stack(keras.layers.Dense(1, activation="sigmoid"), loss="binary_crossentropy"),
+        None,
+    ),
+    "softmax_output": (lambda: _functional("softmax", "sparse_categorical_crossentropy"), None),
+    "activation_layer_last": (
+        lambda: _dense_stack(keras.layers.Dense(1), keras.layers.Activation("sigmoid"), loss="binary_crossentropy"),
+        None,
+    ),
+    "softmax_layer_last": (
+        lambda: _dense_stack(keras.layers.Dense(3), keras.layers.Softmax(), loss="categorical_crossentropy"),
+        None,
+    ),
+    "from_logits_true": (
+        lambda: _dense_stack(keras.layers.Dense(1), loss=keras.losses.BinaryCrossentropy(from_logits=True)),
+        None,
+    ),
+    "mse": (lambda: _dense_stack(keras.layers.Dense(1), loss="mse"), None),
+    "two_outputs": (_two_outputs, None),
+    "subclassed": (_subclassed, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_loss_on_probabilities_fed_an_unbounded_output_is_told_from_the_model(case):
+    build, activation = CASES[case]
+    fact = probabilities_from_unbounded_output(build())
+    if activation is None:
+        assert fact is None, fact
+    else:
+        assert fact is not None and fact["activation"] == activation, fact
+        assert fact["layer"].startswith("Dense '")
+        assert fact["expects"] == ("softmax" if "cce" in case else "sigmoid")
+
+
+def test_the_report_says_it_and_a_failure_names_it_first(pytester):
+    """The note says what is wrong on any run, and a failure's cause and first fix name the output layer."""
+    pytester.makepyfile(
+        """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X @ rng.normal(size=(8, 1)) > 0).astype("float32")
+
+
+def build():
+    hidden = keras.layers.Dense(32, activation="relu")
+    model = keras.Sequential([keras.Input((8,)), hidden, keras.layers.Dense(1, name="out")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    return model
+
+
+@pytest.mark.stable_training(steps=40)
+def test_note(stability):
+    rep = stability.fit(build(), X, Y, batch_size=32, check=False)
+    notes = " ".join(rep.trace.info["notes"])
+    assert "the loss binary_crossentropy takes probabilities (from_logits=False)" in notes
+    assert "Dense 'out' with activation 'linear'" in notes
+    assert "keras.losses.BinaryCrossentropy(from_logits=True)" in notes
+
+
+@pytest.mark.stable_training(steps=60)
+def test_failure(stability):
+    # a ReLU on the output, its units off from the start: every output is 0, clipped to 1e-7 in the loss, so
+    # no gradient reaches the model and the loss stays where it started
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(1, activation="relu", bias_initializer=keras.initializers.Constant(-100.0), name="out"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y, batch_size=32, check=False)
+    first = rep.findings[0]
+    assert first.check == "stuck" and first.evidence["cause_key"] == "probabilities_from_unbounded", first.cause
+    assert "Dense 'out' with activation relu" in first.cause
+    assert first.evidence["fixes"][0]["text"].startswith("give Dense 'out' activation='sigmoid'")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(passed=2)
