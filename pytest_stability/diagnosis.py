@@ -168,6 +168,7 @@ CAUSES = {
     "replica_disagree": "the replicas of a distributed run do not train alike",
     "replica_drift": "the replicas' copies of the weights drifted apart",
     "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
+    "softmax_one_unit": "the output is a softmax over a single unit, always 1",
     "unknown": "unknown",
 }
 
@@ -600,7 +601,7 @@ def _diagnose(
         q = Quotes(trace, settings)
         rule = _RULES.get(f.check, _unknown)
         event = rule(f, trace, q, context)
-        dx = _unbounded_output_first(event, trace, q)
+        dx = _output_wiring_first(event, trace, q)
         fixes = _direction_safe(dx.fixes, trace, context)
         texts = [q.render(fx.template) for fx in fixes]
         fix_text = ", or ".join(t for t, fx in zip(texts, fixes, strict=True) if not fx.note)
@@ -628,7 +629,7 @@ def _diagnose(
     return out
 
 
-#: the causes of a training event that a loss fed unbounded outputs explains first (not the data's NaN, a
+#: the causes of a training event that a wiring bug of the model's output explains first (not the data's NaN, a
 #: float16 epsilon, a variable outside the loss, the replicas of a distributed run)
 _FROM_THE_OUTPUT = frozenset(
     {
@@ -649,29 +650,41 @@ _FROM_THE_OUTPUT = frozenset(
 CLIP_EPSILON = 1e-7
 
 
-def _unbounded_output_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
-    """A loss that takes probabilities on an output layer that makes none (``trace.info["probabilities_from"]``,
-    from :func:`pytest_stability.training.model_facts.probabilities_from_unbounded_output`) comes first: the
-    event's own cause and fixes follow, as what the checks saw."""
-    fact = (trace.info or {}).get("probabilities_from")
+def _output_wiring_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
+    """A wiring bug of the model's output (``trace.info["output_wiring"]``, from
+    :func:`pytest_stability.training.model_facts.output_wiring`) comes first: a loss that takes probabilities on
+    an output layer that makes none, or a softmax over one unit.  The event's own cause and fixes follow, as
+    what the checks saw."""
+    fact = (trace.info or {}).get("output_wiring")
     if not isinstance(fact, Mapping) or dx.key not in _FROM_THE_OUTPUT:
         return dx
+    key = fact.get("key")
     for name in ("loss", "loss_class", "layer", "activation", "expects"):
-        q.text(f"output_{name}", str(fact.get(name, "")))
-    q.const("clip_epsilon", CLIP_EPSILON)
-    q.const("clip_gradient", 1 / CLIP_EPSILON)
-    cause = (
-        "the loss {output_loss} takes probabilities (from_logits=False), but the model's output comes from "
-        "{output_layer} with activation {output_activation}: Keras clips the outputs inside the loss, {clip_epsilon} "
-        "away from zero and one, so an output beyond gets no gradient, and near the edges the loss's gradient "
-        "reaches {clip_gradient}; what the checks saw: " + dx.cause
-    )
-    fix = Fix(
-        "give {output_layer} activation='{output_expects}', or compile with "
-        "keras.losses.{output_loss_class}(from_logits=True): the loss then sees what it expects"
-    )
+        if name in fact:
+            q.text(f"output_{name}", str(fact[name]))
+    if key == "probabilities_from_unbounded":
+        q.const("clip_epsilon", CLIP_EPSILON)
+        q.const("clip_gradient", 1 / CLIP_EPSILON)
+        cause = (
+            "the loss {output_loss} takes probabilities (from_logits=False), but the model's output comes from "
+            "{output_layer} with activation {output_activation}: Keras clips the outputs inside the loss, "
+            "{clip_epsilon} away from zero and one, so an output beyond gets no gradient, and near the edges the "
+            "loss's gradient reaches {clip_gradient}"
+        )
+        fix = Fix(
+            "give {output_layer} activation='{output_expects}', or compile with "
+            "keras.losses.{output_loss_class}(from_logits=True): the loss then sees what it expects"
+        )
+    elif key == "softmax_one_unit":
+        cause = (
+            "the model's output comes from {output_layer}, a softmax over a single unit: it is one whatever its "
+            "input, so no gradient reaches the model"
+        )
+        fix = Fix("give {output_layer} activation='sigmoid' (one unit), or one unit per class under its softmax")
+    else:
+        return dx
     return dataclasses.replace(
-        dx, key="probabilities_from_unbounded", confidence=LIKELY, cause=cause, fixes=[fix, *dx.fixes]
+        dx, key=key, confidence=LIKELY, cause=cause + "; what the checks saw: " + dx.cause, fixes=[fix, *dx.fixes]
     )
 
 

@@ -71,7 +71,7 @@ from .fitsetup import (
     short_message,
 )
 from .keras_internals import close_epoch_iterator
-from .model_facts import probabilities_from_unbounded_output, probabilities_note
+from .model_facts import output_wiring, wiring_note
 from .plan import Chunking, chunking
 from .recorders import (
     BatchNotRun,
@@ -446,10 +446,10 @@ def train(
         rescaler = find(model) if side in setup.data_rms else None
         if rescaler is not None:
             trace.info[key] = rescaler
-    probabilities = probabilities_from_unbounded_output(model)
-    if probabilities is not None:  # the loss takes probabilities that the output layer does not make
-        trace.info["probabilities_from"] = probabilities
-        notes.append(probabilities_note(probabilities))
+    wiring = output_wiring(model)
+    if wiring is not None:  # a loss on probabilities that the output layer does not make, a softmax of one unit
+        trace.info["output_wiring"] = wiring
+        notes.append(wiring_note(wiring))
     if notes:
         trace.info["notes"] = list(notes)
     if speed_notes:

@@ -1,10 +1,15 @@
 """Facts about the user's compiled model that the report and the diagnosis read.
 
-:func:`probabilities_from_unbounded_output` finds the commonest wiring bug of a Keras classifier: a loss that
-takes probabilities (a cross-entropy with ``from_logits=False``, Keras' default) on an output layer without a
-sigmoid or softmax.  Keras then clips the outputs to [1e-7, 1 - 1e-7] inside the loss: an output beyond gets no
-gradient, and near the edges the gradient of ``-log(p)`` reaches 1e7.  Training runs, often badly: the loss
-stalls, or the gradient norm bursts, and a learning-rate fix would treat the symptom.
+:func:`output_wiring` finds the commonest wiring bugs of a Keras classifier's output, which training survives,
+badly, and which a learning-rate fix would only treat the symptoms of:
+
+* a loss that takes probabilities (a cross-entropy with ``from_logits=False``, Keras' default) on an output
+  layer without a sigmoid or softmax (:func:`probabilities_from_unbounded_output`).  Keras then clips the
+  outputs to [1e-7, 1 - 1e-7] inside the loss: an output beyond gets no gradient, and near the edges the
+  gradient of ``-log(p)`` reaches 1e7;
+* a softmax over a single unit (:func:`softmax_over_one_unit`): it is 1 whatever its input, so no gradient
+  reaches the model.  On TensorFlow, Keras' ``binary_crossentropy`` computes from the logits under a softmax or
+  sigmoid, so the same model trains there as if the activation were a sigmoid, and not on JAX or PyTorch.
 
 Imports no framework: the model is read through its attributes (``loss``, ``layers``, ``outputs``).
 """
@@ -160,8 +165,41 @@ def probabilities_from_unbounded_output(model: Model) -> dict[str, str] | None:
     }
 
 
-def probabilities_note(fact: dict[str, str]) -> str:
-    """The report's note on :func:`probabilities_from_unbounded_output`'s finding."""
+def softmax_over_one_unit(model: Model) -> dict[str, str] | None:
+    """The layer that makes the model's single output is a softmax over one unit: ``{"layer"}``; else None."""
+    try:
+        layer = _output_layer(model)
+        if layer is None or _activation(layer) != "softmax":
+            return None
+        units = getattr(layer, "units", None)
+        if units is None:  # a Softmax or Activation layer: the width of what it normalises
+            units = tuple(model.outputs[0].shape)[-1]
+    except Exception:  # reading a model must never fail a run
+        return None
+    return {"layer": f"{type(layer).__name__} {layer.name!r}"} if units == 1 else None
+
+
+def output_wiring(model: Model) -> dict[str, str] | None:
+    """The wiring bug of the model's output (see the module docstring), as ``trace.info["output_wiring"]``
+    records it: ``key`` (the diagnosis' cause key) and the facts its note and cause quote; None without one."""
+    fact = softmax_over_one_unit(model)
+    if fact is not None:
+        return {"key": "softmax_one_unit", **fact}
+    fact = probabilities_from_unbounded_output(model)
+    if fact is not None:
+        return {"key": "probabilities_from_unbounded", **fact}
+    return None
+
+
+def wiring_note(fact: dict[str, str]) -> str:
+    """The report's note on :func:`output_wiring`'s finding."""
+    if fact["key"] == "softmax_one_unit":
+        return (
+            f"the model's output comes from {fact['layer']}, a softmax over a single unit: it is 1 whatever its "
+            "input, so no gradient reaches the model (TensorFlow's binary_crossentropy computes from the logits "
+            "under it, so there the model trains as with a sigmoid, and not on JAX or PyTorch); use "
+            "activation='sigmoid' for one unit, or one unit per class under a softmax"
+        )
     return (
         f"the loss {fact['loss']} takes probabilities (from_logits=False), but the model's output comes from "
         f"{fact['layer']} with activation {fact['activation']!r}: Keras clips the outputs to [1e-07, 1 - 1e-07], "

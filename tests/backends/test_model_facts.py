@@ -1,6 +1,6 @@
-"""A loss that takes probabilities on an output layer that makes none (a linear Dense under binary_crossentropy,
-Keras' default ``from_logits=False``): told from real Keras models, said in the report's note, and named first
-when a check fails (on every backend)."""
+"""Wiring bugs of a model's output: a loss that takes probabilities on an output layer that makes none (a linear
+Dense under binary_crossentropy, Keras' default ``from_logits=False``), a softmax over one unit.  Told from real
+Keras models, said in the report's note, and named first when a check fails (on every backend)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from pytest_stability.training.model_facts import probabilities_from_unbounded_output
+from pytest_stability.training.model_facts import output_wiring
 
 
 def _dense_stack(*tail, **compile_kw):
@@ -87,18 +87,29 @@ CASES = {
     "mse": (lambda: _dense_stack(keras.layers.Dense(1), loss="mse"), None),
     "two_outputs": (_two_outputs, None),
     "subclassed": (_subclassed, None),
+    # a softmax over one unit, whatever the loss
+    "softmax_dense_one_unit": (
+        lambda: _dense_stack(keras.layers.Dense(1, activation="softmax"), loss="binary_crossentropy"),
+        "softmax_one_unit",
+    ),
+    "softmax_layer_one_unit": (
+        lambda: _dense_stack(keras.layers.Dense(1), keras.layers.Softmax(), loss="mse"),
+        "softmax_one_unit",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_loss_on_probabilities_fed_an_unbounded_output_is_told_from_the_model(case):
-    build, activation = CASES[case]
-    fact = probabilities_from_unbounded_output(build())
-    if activation is None:
+def test_a_wiring_bug_of_the_output_is_told_from_the_model(case):
+    build, expected = CASES[case]
+    fact = output_wiring(build())
+    if expected is None:
         assert fact is None, fact
+    elif expected == "softmax_one_unit":
+        assert fact is not None and fact["key"] == expected and fact["layer"].split()[0] in ("Dense", "Softmax")
     else:
-        assert fact is not None and fact["activation"] == activation, fact
-        assert fact["layer"].startswith("Dense '")
+        assert fact is not None and fact["key"] == "probabilities_from_unbounded", fact
+        assert fact["activation"] == expected and fact["layer"].startswith("Dense '")
         assert fact["expects"] == ("softmax" if "cce" in case else "sigmoid")
 
 
@@ -146,7 +157,23 @@ def test_failure(stability):
     assert first.check == "stuck" and first.evidence["cause_key"] == "probabilities_from_unbounded", first.cause
     assert "Dense 'out' with activation relu" in first.cause
     assert first.evidence["fixes"][0]["text"].startswith("give Dense 'out' activation='sigmoid'")
+
+
+@pytest.mark.stable_training(steps=60)
+def test_softmax_over_one_unit(stability):
+    # 1 whatever its input: nothing learns on JAX and PyTorch; TensorFlow's binary_crossentropy computes from
+    # the logits under it, so there it trains as with a sigmoid
+    hidden = keras.layers.Dense(32, activation="relu")
+    model = keras.Sequential([keras.Input((8,)), hidden, keras.layers.Dense(1, activation="softmax", name="out")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y, batch_size=32, check=False)
+    assert "Dense 'out', a softmax over a single unit" in " ".join(rep.trace.info["notes"])
+    if keras.backend.backend() == "tensorflow":
+        assert not rep.findings
+    else:
+        first = rep.findings[0]
+        assert first.check == "stuck" and first.evidence["cause_key"] == "softmax_one_unit", first.cause
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)

@@ -218,11 +218,12 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
             _assert_healthy_stretch(trace, h, quotes["healthy_before"]["value"])
             p90 = _stat(trace.grad_norm[:h], "p90")
             assert c["clipnorm"] == float(f"{p90:.2g}")
-    # a loss fed unbounded outputs leads only with its fact, and its own fix first
-    fact = (trace.info or {}).get("probabilities_from")
-    if ev["cause_key"] == "probabilities_from_unbounded":
-        assert fact and quotes["output_layer"]["value"] == fact["layer"] and ev["event_cause_key"] in D.CAUSES
-        assert templates["fixes"][0].startswith("give {output_layer} activation='{output_expects}'")
+    # a wiring bug of the output leads only with its fact, and its own fix first
+    fact = (trace.info or {}).get("output_wiring")
+    if ev["cause_key"] in ("probabilities_from_unbounded", "softmax_one_unit"):
+        assert fact and fact["key"] == ev["cause_key"] and quotes["output_layer"]["value"] == fact["layer"]
+        assert ev["event_cause_key"] in D.CAUSES
+        assert templates["fixes"][0].startswith("give {output_layer} activation=")
     if "healthy_steps" in quotes and not any("clipnorm" in c for c in configs):
         assert quotes["healthy_steps"]["value"] < D.HEALTHY_MIN_STEPS or trace.grad_norm is None
     # 4. Adam's second moment only with its history; never for an early blow-up
@@ -303,8 +304,10 @@ OPTIMIZERS = st.sampled_from(
 )
 
 
-#: ``trace.info["probabilities_from"]`` as the engine records it (model_facts.probabilities_from_unbounded_output)
+#: ``trace.info["output_wiring"]`` as the engine records it (model_facts.output_wiring)
+SOFTMAX_ONE_UNIT = {"key": "softmax_one_unit", "layer": "Dense 'out'"}
 PROBABILITIES_FROM = {
+    "key": "probabilities_from_unbounded",
     "loss": "binary_crossentropy",
     "loss_class": "BinaryCrossentropy",
     "layer": "Dense 'out'",
@@ -375,8 +378,9 @@ def event_traces(draw: st.DrawFn) -> Trace:
             g2v[max(0, s - 2) : s + 1] *= 1e4
         opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
     has_g = draw(st.booleans()) or kind == "burst"
-    if draw(st.integers(0, 3)) == 0:  # a loss on probabilities, fed a linear output layer
-        info["probabilities_from"] = dict(PROBABILITIES_FROM)
+    wiring = draw(st.sampled_from([None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT]))
+    if wiring is not None:  # a loss on probabilities fed a linear output layer; a softmax over one unit
+        info["output_wiring"] = dict(wiring)
     return Trace(
         loss=loss,
         grad_norm=g if has_g else None,
@@ -685,7 +689,7 @@ def test_a_loss_on_probabilities_fed_a_linear_output_is_named_first_and_its_even
     trace = Trace(loss=0.7 * np.exp(0.05 * rng.normal(size=n)), grad_norm=g, info=dict(info))
     without = D.primary_finding(run_checks(trace), trace)
     assert without.check == "grad_norm" and without.evidence["cause_key"] != "probabilities_from_unbounded"
-    trace.info["probabilities_from"] = dict(PROBABILITIES_FROM)
+    trace.info["output_wiring"] = dict(PROBABILITIES_FROM)
     p = D.primary_finding(run_checks(trace), trace)
     assert p.check == "grad_norm" and p.evidence["cause_key"] == "probabilities_from_unbounded"
     assert p.cause.startswith("the loss binary_crossentropy takes probabilities (from_logits=False)")
@@ -697,3 +701,20 @@ def test_a_loss_on_probabilities_fed_a_linear_output_is_named_first_and_its_even
     )
     assert texts[1:] == [x["text"] for x in without.evidence["fixes"]]
     check_finding(p, trace, True)
+
+
+def test_a_softmax_over_one_unit_is_named_first_when_nothing_learns():
+    # softmax(1) is 1 whatever its input: the gradients are exactly 0 from step 0, the loss stays where it began
+    rng = np.random.default_rng(0)
+    n = 100
+    trace = Trace(
+        loss=8.5 * np.exp(0.05 * rng.normal(size=n)),
+        grad_norm=np.zeros(n),
+        update_ratio=np.zeros(n),
+        info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-3}, "output_wiring": SOFTMAX_ONE_UNIT},
+    )
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "softmax_one_unit", p.cause
+    assert p.cause.startswith("the model's output comes from Dense 'out', a softmax over a single unit")
+    assert p.evidence["fixes"][0]["text"].startswith("give Dense 'out' activation='sigmoid' (one unit)")
+    check_finding(p, trace, False)
