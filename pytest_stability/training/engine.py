@@ -71,7 +71,7 @@ from .fitsetup import (
     short_message,
 )
 from .keras_internals import close_epoch_iterator
-from .model_facts import output_wiring, wiring_note
+from .model_facts import label_range_error, output_wiring, wiring_note
 from .plan import Chunking, chunking
 from .recorders import (
     BatchNotRun,
@@ -360,6 +360,13 @@ def train(
     # short-epoch decision
     x, y = frames_as_arrays(x, y, fit_kwargs)
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
+    if setup.kind == "arrays":  # integer labels the loss cannot take (on JAX, silently dropped)
+        val = setup.fit_kwargs.get("validation_data")
+        val_y = val[1] if isinstance(val, (tuple, list)) and len(val) > 1 else None
+        for what, labels in (("y", y), ("validation y", val_y)):
+            problem = label_range_error(model, labels, what)
+            if problem is not None:
+                raise StabilityUsageError(problem)
     notes: list[str] = []
     # how the epochs and batches were presented for speed (a full batch as one long epoch; short epochs or single
     # batches kept for what observes them): the report shows these apart from the notes that qualify the verdict

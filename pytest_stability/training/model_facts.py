@@ -16,6 +16,8 @@ Imports no framework: the model is read through its attributes (``loss``, ``laye
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..framework_types import Layer, Model
 
 #: Keras' losses that take probabilities unless ``from_logits=True``: the name ``compile`` takes -> the class,
@@ -205,4 +207,59 @@ def wiring_note(fact: dict[str, str]) -> str:
         f"{fact['layer']} with activation {fact['activation']!r}: Keras clips the outputs to [1e-07, 1 - 1e-07], "
         "so an output beyond gets no gradient; give that layer "
         f"activation={fact['expects']!r}, or compile with keras.losses.{fact['loss_class']}(from_logits=True)"
+    )
+
+
+def _sparse_loss(loss: object) -> tuple[str, int | None] | None:
+    """``(name, ignore_class)`` when the compiled loss is Keras' sparse categorical cross-entropy (one loss)."""
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        loss = loss[0]
+    elif isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
+    name = "sparse_categorical_crossentropy"
+    if loss == name or (callable(loss) and getattr(loss, "__name__", "") == name):
+        return name, None
+    if type(loss).__name__ == "SparseCategoricalCrossentropy":
+        try:
+            ignore = getattr(loss, "get_config")().get("ignore_class")  # noqa: B009 - loss is any object
+        except Exception:  # a loss whose config cannot be read: nothing to say
+            return None
+        return name, None if ignore is None else int(ignore)
+    return None
+
+
+def label_range_error(model: Model, y: object, what: str = "y") -> str | None:
+    """Why integer labels ``y`` (an array) do not fit a model compiled with ``sparse_categorical_crossentropy``:
+    a label below 0, or at or above its output's number of units.  TensorFlow and PyTorch raise deep inside
+    training; on JAX, Keras' one-hot of such a label is all zeros, and the sample silently stops counting.
+    None when the labels fit, or where nothing can be told (another loss, several outputs, not an array)."""
+    try:
+        loss = _sparse_loss(getattr(model, "loss", None))
+        if loss is None or not isinstance(y, np.ndarray) or y.size == 0:
+            return None
+        outputs = list(model.outputs)
+        if len(outputs) != 1:
+            return None
+        units = tuple(outputs[0].shape)[-1]
+    except Exception:  # a subclassed model (no outputs), a loss of its own: nothing to say
+        return None
+    if not isinstance(units, int) or units < 1:
+        return None
+    labels = y[y != loss[1]] if loss[1] is not None else y
+    if labels.size == 0:
+        return None
+    low, high = labels.min(), labels.max()
+    if not np.all(np.isfinite([low, high])) or (low >= 0 and high < units):
+        return None
+    name = loss[0]
+    if low > 0 and high - low < units:
+        hint = f"they start at {low:g}: shift them to start at 0 ({what} - {low:g})"
+    elif low >= 0:
+        hint = f"give the output layer {int(high) + 1} units, one per class, or map the labels to 0 .. {units - 1}"
+    else:
+        hint = f"map the labels to 0 .. {units - 1}, or name the negative one ignore_class in the loss"
+    return (
+        f"{what} holds labels from {low:g} to {high:g}, but {name} takes labels 0 to {units - 1} for the model's "
+        f"{units} output units: a label out of that range fails inside training on TensorFlow and PyTorch, and on "
+        f"JAX silently counts for nothing (its one-hot is all zeros); {hint}"
     )

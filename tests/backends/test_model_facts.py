@@ -177,3 +177,73 @@ def test_softmax_over_one_unit(stability):
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=3)
+
+
+def _classifier(loss="sparse_categorical_crossentropy", units=4):
+    return _dense_stack(keras.layers.Dense(units, activation="softmax"), loss=loss)
+
+
+@pytest.mark.parametrize(
+    ("labels", "loss", "says"),
+    [
+        ([1, 2, 3, 4], "sparse_categorical_crossentropy", "they start at 1: shift them to start at 0 (y - 1)"),
+        ([0, 2, 5], keras.losses.SparseCategoricalCrossentropy(), "give the output layer 6 units, one per class"),
+        ([-1, 0, 3], keras.losses.sparse_categorical_crossentropy, "name the negative one ignore_class"),
+        ([0, 1, 2, 3], "sparse_categorical_crossentropy", None),
+        ([-1, 0, 3], keras.losses.SparseCategoricalCrossentropy(ignore_class=-1), None),
+        ([1, 2, 3, 4], "categorical_crossentropy", None),  # not labels: nothing to say
+    ],
+)
+def test_labels_a_sparse_cross_entropy_cannot_take_are_told(labels, loss, says):
+    from pytest_stability.training.model_facts import label_range_error
+
+    y = np.array(labels * 4, dtype="int32")
+    problem = label_range_error(_classifier(loss), y)
+    if says is None:
+        assert problem is None, problem
+    else:
+        assert problem is not None and problem.startswith(f"y holds labels from {min(labels)} to {max(labels)}")
+        assert "takes labels 0 to 3 for the model's 4 output units" in problem and says in problem, problem
+
+
+def test_labels_out_of_range_are_refused_before_training_on_every_backend(pytester):
+    """On JAX a label out of range trains silently (it counts for nothing); on TensorFlow and PyTorch it fails
+    deep inside training. Either way the run is refused first, with what to change, for y and the validation
+    data's y alike."""
+    pytester.makepyfile(
+        """
+import keras
+import numpy as np
+import pytest
+
+X = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+LABELS = np.arange(64) % 4
+
+
+def build():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.stable_training(steps=8)
+def test_from_one(stability):
+    stability.fit(build(), X, LABELS + 1, batch_size=16)
+
+
+@pytest.mark.stable_training(steps=8)
+def test_validation(stability):
+    stability.fit(build(), X, LABELS, batch_size=16, validation_data=(X[:8], np.arange(8) % 5))
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*stability.fit(): y holds labels from 1 to 4, but sparse_categorical_crossentropy takes labels 0 to 3 "
+            "for the model's 4 output units*shift them to start at 0 (y - 1)*",
+            "*stability.fit(): validation y holds labels from 0 to 4*give the output layer 5 units*",
+        ],
+        consecutive=False,
+    )
+    assert "Traceback" not in result.stdout.str()
