@@ -90,7 +90,7 @@ def _probability_loss(loss: object) -> tuple[str, str, str] | None:
     elif isinstance(loss, dict) and len(loss) == 1:
         loss = next(iter(loss.values()))
     if isinstance(loss, str):
-        name = loss
+        name = _BY_CLASS.get(loss, loss)  # compile takes the class's name too: "BinaryCrossentropy"
     elif type(loss).__name__ in _BY_CLASS:  # keras.losses.BinaryCrossentropy(...)
         try:
             if getattr(loss, "get_config")().get("from_logits"):  # noqa: B009 - loss is any object
@@ -217,7 +217,7 @@ def _sparse_loss(loss: object) -> tuple[str, int | None] | None:
     elif isinstance(loss, dict) and len(loss) == 1:
         loss = next(iter(loss.values()))
     name = "sparse_categorical_crossentropy"
-    if loss == name or (callable(loss) and getattr(loss, "__name__", "") == name):
+    if loss in (name, "SparseCategoricalCrossentropy") or (callable(loss) and getattr(loss, "__name__", "") == name):
         return name, None
     if type(loss).__name__ == "SparseCategoricalCrossentropy":
         try:

@@ -58,6 +58,7 @@ CASES = {
         lambda: _dense_stack(keras.layers.Dense(1, activation="relu"), loss=keras.losses.BinaryCrossentropy()),
         "relu",
     ),
+    "linear_dense_bce_class_name": (lambda: _dense_stack(keras.layers.Dense(1), loss="BinaryCrossentropy"), "linear"),
     "linear_dense_bce_function": (
         lambda: _dense_stack(keras.layers.Dense(1), loss=keras.losses.binary_crossentropy),
         "linear",
