@@ -163,6 +163,7 @@ def validate_model(model: Model) -> None:
             f"the model {model.name!r} is not compiled: call model.compile(optimizer=..., loss=...) "
             "before stability.fit(); the optimizer and loss it is compiled with are the ones trained"
         )
+    _refuse_multi_optimizer(keras, model)
     custom_step = type(model).train_step is not keras.Model.train_step
     custom_loss = type(model).compute_loss is not keras.Model.compute_loss
     compiled_loss = getattr(model, "_compile_loss", None) is not None
@@ -172,6 +173,26 @@ def validate_model(model: Model) -> None:
             "nor train_step, and none of its layers adds a loss or has a regulariser); pass loss=... to "
             "model.compile()"
         )
+
+
+def _refuse_multi_optimizer(keras: ModuleType, model: Model) -> None:
+    """A ``keras.optimizers.MultiOptimizer`` (Keras 3.15: several optimizers, each over its own variables) is
+    not recorded yet: the recorder reads one learning rate per optimizer, which it has none of (reading it
+    raises), and the what-if replay sets one.  Refused before training, rather than failing inside it."""
+    multi = getattr(keras.optimizers, "MultiOptimizer", None)
+    if multi is None:
+        return
+    held = [model.optimizer, *(v for v in vars(model).values() if isinstance(v, keras.optimizers.Optimizer))]
+    for opt in held:
+        opt = getattr(opt, "inner_optimizer", opt)  # under a LossScaleOptimizer
+        if isinstance(opt, multi):
+            inner = ", ".join(f"{type(o).__name__}" for o in getattr(opt, "optimizers", [])) or "none built yet"
+            raise StabilityUsageError(
+                f"the model {model.name!r} is compiled with a keras.optimizers.MultiOptimizer (its optimizers: "
+                f"{inner}), which pytest-stability does not record yet: it records each optimizer's learning "
+                "rate, and a MultiOptimizer has none of its own. Test with one optimizer, or apply each part's "
+                "optimizer in a train_step of your own, as a GAN does (each is then recorded on its own)"
+            )
 
 
 def _adds_losses(model: Model) -> bool:
