@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -501,7 +502,9 @@ def optimizer_rule(keras: ModuleType, model: Model) -> Rule:
     if name not in ("SGD", "Adam", "AdamW", "RMSprop") and type(inner).__name__ in ("SGD", "Adam", "AdamW", "RMSprop"):
         name = f"{type(inner).__module__}.{type(inner).__name__}"  # a subclass or lookalike: its update is unknown
     try:
-        config = inner.get_config()
+        with warnings.catch_warnings():  # the plugin's own read: nothing it warns about is the user's
+            warnings.simplefilter("ignore")
+            config = inner.get_config()
     except Exception:  # pragma: no cover - exotic optimizers
         config = {}
     return rule_for(name, config)

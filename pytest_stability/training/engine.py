@@ -1311,9 +1311,10 @@ def optimizer_config(inner: Optimizer) -> dict[str, Any]:
     """The settings of an optimizer that diagnosis reads, builtins only."""
     try:
         with warnings.catch_warnings():
-            # Keras' get_config reads a learning-rate variable with np.array(variable), which numpy 2 warns
-            # about for JAX's variables once per call: the user did not ask for it, so it is not shown
-            warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+            # the user did not ask for this read, so nothing it warns about is shown: Keras' get_config reads a
+            # learning-rate variable with np.array(variable), which numpy 2 warns about for JAX's variables,
+            # and it serialises a learning rate given as a lambda with a warning that it is unsafe
+            warnings.simplefilter("ignore")
             config = inner.get_config()
     except Exception:  # pragma: no cover - exotic optimizers
         config = {}

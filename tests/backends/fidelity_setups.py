@@ -200,6 +200,12 @@ def moving_average():
     return mlp(optimizer), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()]}
 
 
+def callable_learning_rate():
+    """A learning rate given as a function (Keras calls it at each step): the plugin reads the optimizer's
+    config, which serialises the function with a warning plain fit never gives."""
+    return mlp(keras.optimizers.Adam(learning_rate=lambda: 0.01)), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()]}
+
+
 def class_weight():
     return mlp(), X, Y, {"batch_size": 8, "class_weight": {0: 1.0, 1: 3.0}}
 
@@ -306,6 +312,7 @@ SETUPS = {
         "own_steps_per_execution",
         "gradient_accumulation",
         "moving_average",
+        "callable_learning_rate",
         "class_weight",
         "sample_weight",
         "validation_split",

@@ -173,6 +173,7 @@ SETUP_NAMES = [
     "own_steps_per_execution",
     "gradient_accumulation",
     "moving_average",
+    "callable_learning_rate",
     "class_weight",
     "sample_weight",
     "validation_split",
