@@ -139,10 +139,24 @@ def _resumed(taken: list[object], rest: Iterator[object]) -> Iterator[object]:
 EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
 
 
-def eval_batches(keras: ModuleType, batches: list[tuple[Data, Data, Data]]) -> list[tuple[Data, Data, Data, int]]:
+def fixed_batch_size(model: Model) -> int | None:
+    """The batch size the model's inputs are declared with (``keras.Input(batch_shape=(8, ...))``, which a
+    stateful RNN needs), None where it takes any."""
+    try:
+        sizes = {tuple(t.shape)[0] for t in model.inputs}
+    except Exception:  # a subclassed model, or one not built from Inputs: any batch size
+        return None
+    size = sizes.pop() if len(sizes) == 1 else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def eval_batches(
+    keras: ModuleType, batches: list[tuple[Data, Data, Data]], fixed: int | None = None
+) -> list[tuple[Data, Data, Data, int]]:
     """The validation batches joined into batches as large as :data:`EVAL_MAX_SAMPLES` and
     :data:`EVAL_MAX_BYTES` allow, as the backend's tensors (converted once, not at every measurement), each
-    with its number of samples."""
+    with its number of samples.  A model that takes only batches of ``fixed`` samples gets those, the samples
+    left over after the last whole batch out."""
 
     def cat(parts: list[Data]) -> Data:
         if parts[0] is None:
@@ -154,6 +168,8 @@ def eval_batches(keras: ModuleType, batches: list[tuple[Data, Data, Data]]) -> l
     per_sample = max(1, sum(int(np.asarray(leaf).nbytes) for leaf in _leaves(x)) // n)
     size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
     size = max(size, _n_samples(batches[0][0]) or 1)  # never smaller than the batches given
+    if fixed is not None:
+        size, n = fixed, n - n % fixed
 
     def part(obj: Data, a: int, b: int) -> Data:
         if obj is None:
@@ -222,7 +238,22 @@ class ValidationProbe:
     ) -> None:
         self.keras, self.model = keras, model
         self.batches = validation_batches(keras, model, x, y, fit_kwargs, batch_size)
-        self._eval = eval_batches(keras, self.batches) if self.batches else []
+        fixed = fixed_batch_size(model)
+        self._eval = eval_batches(keras, self.batches, fixed) if self.batches else []
+        if self.batches and fixed is not None:
+            left = sum(self._eval[i][3] for i in range(len(self._eval)))
+            total = sum(_n_samples(b[0]) or 0 for b in self.batches)
+            if not self._eval:
+                self.batches, self._eval = None, []
+                notes.append(
+                    f"the model takes batches of exactly {fixed} samples (its Input's batch_shape), more than the "
+                    f"{total} validation samples: its validation loss is not measured, and val_loss is not judged"
+                )
+            elif left < total:
+                notes.append(
+                    f"the model takes batches of exactly {fixed} samples (its Input's batch_shape): the validation "
+                    f"loss is measured on {left} of the {total} validation samples, in whole batches"
+                )
         self._fit_kwargs = fit_kwargs
         self._notes = notes
         self.steps: list[int] = []

@@ -206,6 +206,20 @@ def callable_learning_rate():
     return mlp(keras.optimizers.Adam(learning_rate=lambda: 0.01)), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()]}
 
 
+SEQ = np.random.default_rng(1).normal(size=(64, 5, 1)).astype("float32")
+
+
+def stateful_rnn():
+    """A stateful LSTM (its Input's batch size fixed): the plugin's own validation, in whole batches of that
+    size, leaves the LSTM's state as plain fit's validation does."""
+    lstm = keras.layers.LSTM(4, stateful=True)
+    model = keras.Sequential([keras.Input(batch_shape=(8, 5, 1)), lstm, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    y = SEQ.sum(axis=1)
+    kw = {"batch_size": 8, "shuffle": False, "validation_data": (SEQ[:24], y[:24]), "callbacks": [EpochSpy()]}
+    return model, SEQ, y, kw
+
+
 def class_weight():
     return mlp(), X, Y, {"batch_size": 8, "class_weight": {0: 1.0, 1: 3.0}}
 
@@ -313,6 +327,7 @@ SETUPS = {
         "gradient_accumulation",
         "moving_average",
         "callable_learning_rate",
+        "stateful_rnn",
         "class_weight",
         "sample_weight",
         "validation_split",

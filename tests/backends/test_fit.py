@@ -1280,3 +1280,45 @@ def test_model(stability):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
+    """A stateful LSTM takes batches of exactly its Input's batch size: the plugin's own validation, which joins
+    the validation batches into larger ones, measures in whole batches of that size (it had refused the run,
+    blaming validation data that plain fit takes), and says which samples it left out."""
+    if BACKEND == "torch":
+        pytest.skip("Keras' own fit of a stateful LSTM fails on PyTorch (a tensor modified in place in backprop)")
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+SEQ = np.random.default_rng(1).normal(size=(64, 5, 1)).astype("float32")
+SEQ_Y = SEQ.sum(axis=1)
+
+
+def stateful():
+    lstm = keras.layers.LSTM(4, stateful=True)
+    model = keras.Sequential([keras.Input(batch_shape=(8, 5, 1)), lstm, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+@pytest.mark.stable_training(steps=16, readback_every=4)
+def test_whole(stability):
+    rep = stability.fit(stateful(), SEQ, SEQ_Y, batch_size=8, shuffle=False, validation_data=(SEQ[:24], SEQ_Y[:24]))
+    assert len(rep.trace.val_loss) >= 2 and np.all(np.isfinite(rep.trace.val_loss))
+    assert "validation" not in " ".join(rep.trace.info.get("notes", []))
+
+
+# one epoch with validation_freq=2: Keras' own validation, which a partial batch fails, never runs
+@pytest.mark.stable_training(steps=6, readback_every=2)
+def test_left_over(stability):
+    val = (SEQ[:20], SEQ_Y[:20])
+    rep = stability.fit(stateful(), SEQ, SEQ_Y, batch_size=8, shuffle=False, validation_data=val, validation_freq=2)
+    assert len(rep.trace.val_loss) >= 2 and np.all(np.isfinite(rep.trace.val_loss))
+    assert "the validation loss is measured on 16 of the 20 validation samples, in whole batches" in " ".join(
+        rep.trace.info["notes"]
+    )
+""",
+    )
+    result.assert_outcomes(passed=2)
