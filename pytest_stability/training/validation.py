@@ -241,7 +241,7 @@ class ValidationProbe:
         fixed = fixed_batch_size(model)
         self._eval = eval_batches(keras, self.batches, fixed) if self.batches else []
         if self.batches and fixed is not None:
-            left = sum(self._eval[i][3] for i in range(len(self._eval)))
+            left = sum(part[3] for part in self._eval)
             total = sum(_n_samples(b[0]) or 0 for b in self.batches)
             if not self._eval:
                 self.batches, self._eval = None, []
