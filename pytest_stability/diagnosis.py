@@ -169,6 +169,7 @@ CAUSES = {
     "replica_drift": "the replicas' copies of the weights drifted apart",
     "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
+    "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "unknown": "unknown",
 }
 
@@ -648,15 +649,39 @@ _FROM_THE_OUTPUT = frozenset(
 )
 #: Keras' clip of the probabilities a cross-entropy takes (``backend.epsilon()``)
 CLIP_EPSILON = 1e-7
+#: the batch size offered to a BatchNorm trained on batches of one sample (statistics of a few samples are noisy)
+BN_MIN_BATCH = 16
 
 
 def _output_wiring_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
-    """A wiring bug of the model's output (``trace.info["output_wiring"]``, from
-    :func:`pytest_stability.training.model_facts.output_wiring`) comes first: a loss that takes probabilities on
-    an output layer that makes none, or a softmax over one unit.  The event's own cause and fixes follow, as
-    what the checks saw."""
-    fact = (trace.info or {}).get("output_wiring")
-    if not isinstance(fact, Mapping) or dx.key not in _FROM_THE_OUTPUT:
+    """A wiring bug the model's facts show comes first (:mod:`pytest_stability.training.model_facts`): a
+    BatchNorm over features trained on batches of one sample (``trace.info["batchnorm_one_sample"]``); a loss
+    that takes probabilities on an output layer that makes none, or a softmax over one unit
+    (``trace.info["output_wiring"]``).  The event's own cause and fixes follow, as what the checks saw."""
+    info = trace.info or {}
+    if dx.key not in _FROM_THE_OUTPUT:
+        return dx
+    one = info.get("batchnorm_one_sample")
+    if isinstance(one, Mapping):
+        q.text("bn_layer", str(one.get("layer", "")))
+        q.const("bn_batch_size", BN_MIN_BATCH)
+        return dataclasses.replace(
+            dx,
+            key="batchnorm_one_sample",
+            confidence=LIKELY,
+            cause="the model trains on batches of one sample through {bn_layer}, which normalises each feature over "
+            "the batch: one sample has no spread, so every feature becomes the layer's beta and no gradient reaches "
+            "the layers before it; what the checks saw: " + dx.cause,
+            fixes=[
+                Fix(
+                    "train with a batch_size of {bn_batch_size} or more (BatchNormalization needs a batch to "
+                    "normalise over), or replace {bn_layer} with keras.layers.LayerNormalization()"
+                ),
+                *dx.fixes,
+            ],
+        )
+    fact = info.get("output_wiring")
+    if not isinstance(fact, Mapping):
         return dx
     key = fact.get("key")
     for name in ("loss", "loss_class", "layer", "activation", "expects"):

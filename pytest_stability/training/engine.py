@@ -71,7 +71,13 @@ from .fitsetup import (
     short_message,
 )
 from .keras_internals import close_epoch_iterator
-from .model_facts import label_range_error, output_wiring, wiring_note
+from .model_facts import (
+    batchnorm_note,
+    batchnorm_over_one_sample,
+    label_range_error,
+    output_wiring,
+    wiring_note,
+)
 from .plan import Chunking, chunking
 from .recorders import (
     BatchNotRun,
@@ -478,6 +484,10 @@ def train(
     if wiring is not None:  # a loss on probabilities that the output layer does not make, a softmax of one unit
         trace.info["output_wiring"] = wiring
         notes.append(wiring_note(wiring))
+    one = batchnorm_over_one_sample(model, setup.batch_size if setup.kind == "arrays" else None)
+    if one is not None:  # BatchNorm over features, in batches of one sample
+        trace.info["batchnorm_one_sample"] = one
+        notes.append(batchnorm_note(one))
     if notes:
         trace.info["notes"] = list(notes)
     if speed_notes:

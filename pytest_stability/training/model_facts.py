@@ -263,3 +263,29 @@ def label_range_error(model: Model, y: object, what: str = "y") -> str | None:
         f"{units} output units: a label out of that range fails inside training on TensorFlow and PyTorch, and on "
         f"JAX silently counts for nothing (its one-hot is all zeros); {hint}"
     )
+
+
+def batchnorm_over_one_sample(model: Model, batch_size: int | None) -> dict[str, str] | None:
+    """A ``BatchNormalization`` over features alone (a rank-2 input, after a ``Dense``), trained on batches of
+    one sample: in training it normalises each feature over the batch, and one sample has no spread, so every
+    feature becomes the layer's ``beta`` and no gradient reaches the layers before it.  ``{"layer"}`` of the
+    first such layer; None otherwise (over images or sequences, the batch's positions give the spread)."""
+    if batch_size != 1:
+        return None
+    try:
+        layers = model._flatten_layers(include_self=False)
+        for layer in layers:
+            if type(layer).__name__ == "BatchNormalization" and len(tuple(layer.input.shape)) == 2:
+                return {"layer": f"{type(layer).__name__} {layer.name!r}"}
+    except Exception:  # reading a model must never fail a run
+        return None
+    return None
+
+
+def batchnorm_note(fact: dict[str, str]) -> str:
+    """The report's note on :func:`batchnorm_over_one_sample`'s finding."""
+    return (
+        f"{fact['layer']} normalises each feature over the batch, and the batches hold one sample (batch_size=1): "
+        "with no spread, every feature becomes the layer's beta and no gradient reaches the layers before it; "
+        "train with batches of 16 or more, or use LayerNormalization"
+    )

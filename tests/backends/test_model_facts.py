@@ -248,3 +248,45 @@ def test_validation(stability):
         consecutive=False,
     )
     assert "Traceback" not in result.stdout.str()
+
+
+def test_batchnorm_over_features_in_batches_of_one_sample_is_told_from_the_model():
+    from pytest_stability.training.model_facts import batchnorm_over_one_sample
+
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.BatchNormalization(name="bn")])
+    conv = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3), keras.layers.BatchNormalization()])
+    assert batchnorm_over_one_sample(dense, 1) == {"layer": "BatchNormalization 'bn'"}
+    assert batchnorm_over_one_sample(dense, 2) is None  # two samples have a spread
+    assert batchnorm_over_one_sample(conv, 1) is None  # over an image, its positions give the spread
+    assert batchnorm_over_one_sample(_dense_stack(keras.layers.Dense(1), loss="mse"), 1) is None
+
+
+def test_batchnorm_in_batches_of_one_sample_is_said_and_named_first(pytester):
+    """Every feature becomes the layer's beta: nothing before it learns, and the loss sits at ln 2, which
+    without the model's facts reads as labels with no signal."""
+    pytester.makepyfile(
+        """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8)).astype("float32")
+Y = (X @ rng.normal(size=(8, 1)) > 0).astype("float32")
+
+
+@pytest.mark.stable_training(steps=200)
+def test_batch_of_one(stability):
+    bn = keras.layers.BatchNormalization(name="bn")
+    head = keras.layers.Dense(1, activation="sigmoid")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), bn, keras.layers.Activation("relu"), head])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y, batch_size=1, check=False)
+    assert "BatchNormalization 'bn' normalises each feature over the batch" in " ".join(rep.trace.info["notes"])
+    first = rep.findings[0]
+    assert first.check == "stuck" and first.evidence["cause_key"] == "batchnorm_one_sample", first.cause
+    assert first.evidence["fixes"][0]["text"].startswith("train with a batch_size of 16 or more")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(passed=1)

@@ -224,6 +224,11 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
         assert fact and fact["key"] == ev["cause_key"] and quotes["output_layer"]["value"] == fact["layer"]
         assert ev["event_cause_key"] in D.CAUSES
         assert templates["fixes"][0].startswith("give {output_layer} activation=")
+    if ev["cause_key"] == "batchnorm_one_sample":
+        assert quotes["bn_layer"]["value"] == trace.info["batchnorm_one_sample"]["layer"]
+        assert templates["fixes"][0].startswith("train with a batch_size of {bn_batch_size} or more")
+    elif "batchnorm_one_sample" in (trace.info or {}):  # it leads whenever it can explain the event
+        assert ev["cause_key"] not in D._FROM_THE_OUTPUT, ev["cause_key"]
     if "healthy_steps" in quotes and not any("clipnorm" in c for c in configs):
         assert quotes["healthy_steps"]["value"] < D.HEALTHY_MIN_STEPS or trace.grad_norm is None
     # 4. Adam's second moment only with its history; never for an early blow-up
@@ -306,6 +311,8 @@ OPTIMIZERS = st.sampled_from(
 
 #: ``trace.info["output_wiring"]`` as the engine records it (model_facts.output_wiring)
 SOFTMAX_ONE_UNIT = {"key": "softmax_one_unit", "layer": "Dense 'out'"}
+#: ``trace.info["batchnorm_one_sample"]`` (model_facts.batchnorm_over_one_sample)
+BATCHNORM_ONE_SAMPLE = {"layer": "BatchNormalization 'bn'"}
 PROBABILITIES_FROM = {
     "key": "probabilities_from_unbounded",
     "loss": "binary_crossentropy",
@@ -378,8 +385,10 @@ def event_traces(draw: st.DrawFn) -> Trace:
             g2v[max(0, s - 2) : s + 1] *= 1e4
         opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
     has_g = draw(st.booleans()) or kind == "burst"
-    wiring = draw(st.sampled_from([None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT]))
-    if wiring is not None:  # a loss on probabilities fed a linear output layer; a softmax over one unit
+    wiring = draw(st.sampled_from([None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT, BATCHNORM_ONE_SAMPLE]))
+    if wiring is BATCHNORM_ONE_SAMPLE:  # BatchNorm over features in batches of one sample
+        info["batchnorm_one_sample"] = dict(wiring)
+    elif wiring is not None:  # a loss on probabilities fed a linear output layer; a softmax over one unit
         info["output_wiring"] = dict(wiring)
     return Trace(
         loss=loss,
@@ -717,4 +726,29 @@ def test_a_softmax_over_one_unit_is_named_first_when_nothing_learns():
     assert p.check == "stuck" and p.evidence["cause_key"] == "softmax_one_unit", p.cause
     assert p.cause.startswith("the model's output comes from Dense 'out', a softmax over a single unit")
     assert p.evidence["fixes"][0]["text"].startswith("give Dense 'out' activation='sigmoid' (one unit)")
+    check_finding(p, trace, False)
+
+
+def test_batchnorm_over_one_sample_is_named_first_when_nothing_before_it_learns():
+    # BatchNorm over features in batches of one sample: every feature becomes beta, the loss sits at ln 2
+    rng = np.random.default_rng(0)
+    n = 200
+    trace = Trace(
+        loss=np.log(2.0) * (1 + 2e-3 * rng.normal(size=n)),
+        grad_norm=np.abs(0.05 * rng.normal(size=n)),
+        update_ratio=np.full(n, 1e-3),
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 1e-3},
+            "batchnorm_one_sample": BATCHNORM_ONE_SAMPLE,
+        },
+    )
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "batchnorm_one_sample", p.cause
+    assert p.evidence["event_cause_key"] == "labels_no_signal"
+    assert p.cause.startswith("the model trains on batches of one sample through BatchNormalization 'bn'")
+    assert p.evidence["fixes"][0]["text"] == (
+        "train with a batch_size of 16 or more (BatchNormalization needs a batch to normalise over), or replace "
+        "BatchNormalization 'bn' with keras.layers.LayerNormalization()"
+    )
     check_finding(p, trace, False)
