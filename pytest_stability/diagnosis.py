@@ -170,6 +170,7 @@ CAUSES = {
     "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
+    "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
     "unknown": "unknown",
 }
 
@@ -644,6 +645,7 @@ _FROM_THE_OUTPUT = frozenset(
         "labels_no_signal",
         "vanished_gradients",
         "updates_too_small",
+        "weight_decay_too_strong",
         "unknown",
     }
 )
@@ -651,6 +653,9 @@ _FROM_THE_OUTPUT = frozenset(
 CLIP_EPSILON = 1e-7
 #: the batch size offered to a BatchNorm trained on batches of one sample (statistics of a few samples are noisy)
 BN_MIN_BATCH = 16
+#: decoupled weight decay that shrinks every weight by this much of itself a step (a weight halves in 70 steps
+#: without a gradient) sets the weights by itself; the fix brings it to WD_TARGET a step
+WD_SHRINK, WD_TARGET = 1e-2, 1e-4
 
 
 def _output_wiring_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
@@ -1692,6 +1697,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             dx.cause += far
             dx.fixes.append(STANDARDISE_INPUTS)
         return dx
+    decay = _weight_decay_shrinks(q, trace, cfg, level)
+    if decay is not None and (flat or zero or vanished):
+        return decay
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced
@@ -1749,6 +1757,38 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
                 "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers"
                 + ("" if far else ", normalised inputs")
                 + ", from_logits=True instead of a saturated sigmoid/softmax"
+            )
+        ],
+    )
+
+
+def _weight_decay_shrinks(q: Quotes, trace: Trace, cfg: dict[str, Any], level: float) -> Dx | None:
+    """A stuck run whose optimizer's weight decay shrinks every weight by at least :data:`WD_SHRINK` of itself a
+    step (Keras decouples it: ``w -= learning_rate * weight_decay * w`` each step, whatever the gradients): the
+    weights decay towards zero and the model outputs a constant, the loss at the class prior's or a constant's.
+    Neither the labels nor too low a learning rate (which would shrink them faster still)."""
+    wd = _number(cfg.get("weight_decay"))
+    if not (math.isfinite(wd) and wd > 0):
+        return None
+    lr = _lr_now(q, trace, max(trace.steps - 1, 0), cfg)
+    if not (math.isfinite(lr) and lr > 0 and lr * wd >= WD_SHRINK):
+        return None
+    q.setting("weight_decay", "weight_decay", wd)
+    q.product("decay_per_step", "learning_rate", "weight_decay")
+    q.const("decay_target", WD_TARGET)
+    q.ratio("weight_decay_suggested", "decay_target", "learning_rate")
+    q.text("optimizer_name", _optimizer(trace)[0] or "the optimizer")
+    return Dx(
+        "weight_decay_too_strong",
+        LIKELY,
+        "{optimizer_name}'s weight_decay={weight_decay} at learning rate {learning_rate} shrinks every weight by "
+        "{decay_per_step} of itself each step (learning_rate x weight_decay, whatever the gradients), faster than "
+        "the gradients move them: the weights decay towards zero and the model outputs a constant, the loss at "
+        "{level}",
+        [
+            Fix(
+                "weight_decay={weight_decay_suggested} (now {weight_decay}): it shrinks each weight by "
+                "{decay_target} of itself a step at this learning rate"
             )
         ],
     )

@@ -224,6 +224,9 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
         assert fact and fact["key"] == ev["cause_key"] and quotes["output_layer"]["value"] == fact["layer"]
         assert ev["event_cause_key"] in D.CAUSES
         assert templates["fixes"][0].startswith("give {output_layer} activation=")
+    if ev.get("event_cause_key", ev["cause_key"]) == "weight_decay_too_strong":
+        wd = trace.info["optimizer_config"]["weight_decay"]
+        assert quotes["weight_decay"]["value"] == wd and quotes["decay_per_step"]["value"] >= D.WD_SHRINK
     if ev["cause_key"] == "batchnorm_one_sample":
         assert quotes["bn_layer"]["value"] == trace.info["batchnorm_one_sample"]["layer"]
         assert templates["fixes"][0].startswith("train with a batch_size of {bn_batch_size} or more")
@@ -304,6 +307,7 @@ OPTIMIZERS = st.sampled_from(
         ("SGD", {"learning_rate": 0.1, "momentum": 0.9}),
         ("Adam", {"learning_rate": 1e-3, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
         ("AdamW", {"learning_rate": 3e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}),
+        ("AdamW", {"learning_rate": 3e-2, "epsilon": 1e-7, "weight_decay": 5.0}),
         ("RMSprop", {"learning_rate": 1e-3}),
     ]
 )
@@ -752,3 +756,27 @@ def test_batchnorm_over_one_sample_is_named_first_when_nothing_before_it_learns(
         "BatchNormalization 'bn' with keras.layers.LayerNormalization()"
     )
     check_finding(p, trace, False)
+
+
+def test_weight_decay_that_shrinks_the_weights_faster_than_they_learn_is_named_not_the_labels():
+    # AdamW's weight_decay=50 at learning rate 0.01: every weight loses half of itself a step, the output is
+    # constant and the loss sits at ln 2; a larger learning rate (the labels rule's second fix) would shrink faster
+    rng = np.random.default_rng(0)
+    n = 300
+    loss = np.concatenate([[0.69, 0.68], np.log(2.0) * (1 + 2e-3 * rng.normal(size=n - 2))])
+    config = {"learning_rate": 0.01, "weight_decay": 50.0}
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.abs(0.02 * rng.normal(size=n)),
+        update_ratio=np.full(n, 0.5),
+        lr=np.full(n, 0.01),
+        info={"optimizer": "AdamW", "optimizer_config": config},
+    )
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "weight_decay_too_strong", p.cause
+    assert p.cause.startswith("AdamW's weight_decay=50 at learning rate 0.01 (step 299) shrinks every weight by 0.5")
+    assert p.evidence["fixes"][0]["text"].startswith("weight_decay=0.01 (now 50)")
+    check_finding(p, trace, False)
+    # Keras' default decay (0.004) at that rate shrinks a weight by 4e-5 a step: not this rule's
+    trace.info["optimizer_config"] = {"learning_rate": 0.01, "weight_decay": 0.004}
+    assert D.primary_finding(run_checks(trace), trace).evidence["cause_key"] != "weight_decay_too_strong"
