@@ -171,6 +171,8 @@ CAUSES = {
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
+    "clip_too_small": "a gradient clip far below the gradients holds every update back",
+    "schedule_decayed": "the learning-rate schedule decayed too fast: the updates stopped",
     "unknown": "unknown",
 }
 
@@ -646,6 +648,8 @@ _FROM_THE_OUTPUT = frozenset(
         "vanished_gradients",
         "updates_too_small",
         "weight_decay_too_strong",
+        "clip_too_small",
+        "schedule_decayed",
         "unknown",
     }
 )
@@ -656,6 +660,10 @@ BN_MIN_BATCH = 16
 #: decoupled weight decay that shrinks every weight by this much of itself a step (a weight halves in 70 steps
 #: without a gradient) sets the weights by itself; the fix brings it to WD_TARGET a step
 WD_SHRINK, WD_TARGET = 1e-2, 1e-4
+#: a stuck run's gradient norm this x the most its clipped gradient can be: the clip, not the rate, holds it back
+CLIP_BINDS = 10.0
+#: a stuck run's learning rate this x below its schedule's peak: the schedule decayed too fast
+LR_DECAYED = 100.0
 
 
 def _output_wiring_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
@@ -1703,12 +1711,17 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced
+    slow = bool(ev.get("slow_updates")) and not (zero or vanished)
+    if slow:  # before the labels: a clip or the schedule that holds the updates back is in the run's settings
+        q.over("update_ratio_tail", "update_ratio", "median", n - tail, n - 1)
+        lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
+        held_back = _clip_binds(q, trace, cfg, n) or _schedule_decayed(q, trace, tail, n)
+        if held_back is not None:  # the rate is not what is too low: a clip or the schedule holds it back
+            return held_back
     prior = _prior_loss(q, trace, level, cfg)
     if prior is not None and (flat or zero or vanished):
         return prior
-    if ev.get("slow_updates") and not (zero or vanished):
-        q.over("update_ratio_tail", "update_ratio", "median", n - tail, n - 1)
-        lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
+    if slow:
         q.const("lr_raise", 10.0)
         q.product("learning_rate_suggested", "learning_rate", "lr_raise")
         fixes = (
@@ -1757,6 +1770,71 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
                 "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers"
                 + ("" if far else ", normalised inputs")
                 + ", from_logits=True instead of a saturated sigmoid/softmax"
+            )
+        ],
+    )
+
+
+def _clip_binds(q: Quotes, trace: Trace, cfg: dict[str, Any], n: int) -> Dx | None:
+    """Updates too small because the optimizer's gradient clip is far below the gradients: the run's gradient
+    norm (recorded before the clip) is at least :data:`CLIP_BINDS` x the most the clipped gradient can be:
+    ``global_clipnorm``, or ``clipnorm`` (per variable) x the number of variables.  The learning rate is not
+    what is too low; a clip of the order of the run's own gradient norms is the fix (replayable)."""
+    if trace.grad_norm is None or "grad_norm_tail" not in q:
+        return None
+    global_clip, clip = _number(cfg.get("global_clipnorm")), _number(cfg.get("clipnorm"))
+    if math.isfinite(global_clip) and global_clip > 0:
+        q.setting("clip_setting", "global_clipnorm", global_clip)
+        q.text("clip_name", "global_clipnorm")
+        bound = q.const("clip_bound_factor", 1)
+        what = "the whole gradient's norm to {clip_setting}"
+    elif math.isfinite(clip) and clip > 0 and trace.var_names:
+        q.setting("clip_setting", "clipnorm", clip)
+        q.text("clip_name", "clipnorm")
+        bound = q.count("clip_bound_factor", len(trace.var_names))
+        what = "each of the {clip_bound_factor} variables' gradients to a norm of {clip_setting}"
+    else:
+        return None
+    limit = q.product("clip_bound", "clip_setting", "clip_bound_factor")
+    if not (math.isfinite(limit) and bound > 0 and q["grad_norm_tail"] >= CLIP_BINDS * limit):
+        return None
+    q.ratio("clip_shrink", "grad_norm_tail", "clip_bound")
+    fixes = _clip_or_note(q, trace, n, "over the whole run")
+    return Dx(
+        "clip_too_small",
+        LIKELY,
+        "{clip_name}={clip_setting} clips " + what + ", while the gradient norm is {grad_norm_tail}, at least "
+        "{clip_shrink}x the clipped gradient's (at most {clip_bound}): every update is that much smaller than the "
+        "learning rate {learning_rate} makes it, so the weights hardly move (median |dw|/|w| {update_ratio_tail} "
+        "per step) and the loss stays at {level}",
+        [fx for fx in fixes if not fx.note] or [Fix("a clip of the order of the run's gradient norms, or none")],
+    )
+
+
+def _schedule_decayed(q: Quotes, trace: Trace, tail: int, n: int) -> Dx | None:
+    """Updates too small because the learning-rate schedule decayed at least :data:`LR_DECAYED` x from its peak
+    before the run's last stretch: the schedule, not the rate the run began with, is too low."""
+    if trace.lr is None:
+        return None
+    peak = q.over("lr_peak", "lr", "max", 0, n - 1)
+    now = q.over("lr_tail", "lr", "median", n - tail, n - 1)
+    if not (math.isfinite(peak) and math.isfinite(now) and peak > 0 and now * LR_DECAYED <= peak):
+        return None
+    q.count("steps_run", n)
+    fell = "to zero"
+    if now > 0:
+        q.ratio("lr_fell", "lr_peak", "lr_tail")
+        fell = "to {lr_tail}, {lr_fell}x lower"
+    return Dx(
+        "schedule_decayed",
+        LIKELY,
+        "the learning-rate schedule fell from {lr_peak} " + fell + ": the weights hardly move (median |dw|/|w| "
+        "{update_ratio_tail} per step) and the loss stays at {level} (initially {initial_loss}): the schedule "
+        "decays too fast for a run of {steps_run} steps",
+        [
+            Fix(
+                "a schedule that decays over the run's {steps_run} steps (decay_steps of that order), or a constant "
+                "learning rate of {lr_peak} to compare"
             )
         ],
     )

@@ -780,3 +780,47 @@ def test_weight_decay_that_shrinks_the_weights_faster_than_they_learn_is_named_n
     # Keras' default decay (0.004) at that rate shrinks a weight by 4e-5 a step: not this rule's
     trace.info["optimizer_config"] = {"learning_rate": 0.01, "weight_decay": 0.004}
     assert D.primary_finding(run_checks(trace), trace).evidence["cause_key"] != "weight_decay_too_strong"
+
+
+def _slow_trace(lr: np.ndarray, config: dict, var_names: tuple = ()) -> Trace:
+    """A run whose weights hardly move (|dw|/|w| 4e-9 a step), its loss flat near its start."""
+    rng = np.random.default_rng(0)
+    n = lr.shape[0]
+    return Trace(
+        loss=0.9 * (1 + 1e-3 * rng.normal(size=n)),
+        grad_norm=0.5 * np.exp(0.1 * rng.normal(size=n)),
+        update_ratio=np.full(n, 4e-9),
+        lr=lr,
+        var_names=var_names,
+        info={"optimizer": "SGD", "optimizer_config": config},
+    )
+
+
+def test_updates_held_back_by_a_tiny_clip_name_the_clip_not_the_learning_rate():
+    config = {"learning_rate": 0.01, "clipnorm": 1e-6}
+    trace = _slow_trace(np.full(300, 0.01), config, ("d/kernel", "d/bias", "o/kernel", "o/bias"))
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "clip_too_small", p.cause
+    assert p.cause.startswith("clipnorm=1e-06 clips each of the 4 variables' gradients to a norm of 1e-06")
+    assert p.evidence["fix_configs"] == [{"clipnorm": p.evidence["quotes"]["clipnorm_suggested"]["value"]}]
+    assert not any("learning_rate" in c for c in p.evidence["fix_configs"])
+    check_finding(p, trace, False)
+    # without the clip, the same run's rate is what is too low
+    trace.info["optimizer_config"] = {"learning_rate": 0.01}
+    assert D.primary_finding(run_checks(trace), trace).evidence["cause_key"] == "updates_too_small"
+    # a classifier held at ln 2 by the clip: the clip, before the labels' rule (which would raise the rate)
+    trace.info["optimizer_config"] = config
+    trace.loss = np.log(2.0) * (1 + 1e-3 * np.random.default_rng(1).normal(size=300))
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "clip_too_small", p.cause
+    check_finding(p, trace, False)
+
+
+def test_updates_stopped_by_a_schedule_that_decayed_name_the_schedule():
+    lr = 1e-3 * 0.01 ** (np.arange(300) / 5.0)  # ExponentialDecay(1e-3, decay_steps=5, decay_rate=0.01)
+    trace = _slow_trace(lr, {"learning_rate": 1e-3})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "schedule_decayed", p.cause
+    assert p.cause.startswith("the learning-rate schedule fell from 0.001 (highest in steps 0-299) to")
+    assert p.evidence["fixes"][0]["text"].startswith("a schedule that decays over the run's 300 steps")
+    check_finding(p, trace, False)
