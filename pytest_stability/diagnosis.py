@@ -633,10 +633,13 @@ def _diagnose(
     return out
 
 
-#: the causes of a training event that a wiring bug of the model's output explains first (not the data's NaN, a
-#: float16 epsilon, a variable outside the loss, the replicas of a distributed run)
+#: the causes of a training event that a wiring bug the model's facts show explains first (not the data's NaN, a
+#: float16 epsilon, a variable that never changes, the replicas of a distributed run); variables that never
+#: receive a gradient are what a softmax over one unit, or a BatchNorm over one sample, makes of the layers
+#: before it
 _FROM_THE_OUTPUT = frozenset(
     {
+        "no_gradient",
         "adam_second_moment",
         "gradient_explosion",
         "collapse_constant",
@@ -1854,7 +1857,8 @@ def _weight_decay_shrinks(q: Quotes, trace: Trace, cfg: dict[str, Any], level: f
     q.setting("weight_decay", "weight_decay", wd)
     q.product("decay_per_step", "learning_rate", "weight_decay")
     q.const("decay_target", WD_TARGET)
-    q.ratio("weight_decay_suggested", "decay_target", "learning_rate")
+    q.ratio("weight_decay_exact", "decay_target", "learning_rate")
+    q.derived("weight_decay_suggested", "round2", "weight_decay_exact")
     q.text("optimizer_name", _optimizer(trace)[0] or "the optimizer")
     return Dx(
         "weight_decay_too_strong",
@@ -1866,7 +1870,8 @@ def _weight_decay_shrinks(q: Quotes, trace: Trace, cfg: dict[str, Any], level: f
         [
             Fix(
                 "weight_decay={weight_decay_suggested} (now {weight_decay}): it shrinks each weight by "
-                "{decay_target} of itself a step at this learning rate"
+                "{decay_target} of itself a step at this learning rate",
+                {"weight_decay": q["weight_decay_suggested"]},
             )
         ],
     )

@@ -231,7 +231,7 @@ def optimizer_settings(keras: ModuleType, model: Model) -> tuple[Optimizer, dict
     back with :func:`restore_optimizer_settings`; variable values (the learning rate) go back with the state."""
     opt = model.optimizer
     inner = opt.inner_optimizer if isinstance(opt, keras.optimizers.LossScaleOptimizer) else opt
-    keys = ("epsilon", "beta_2", "clipnorm", "global_clipnorm", "clipvalue", "_learning_rate")
+    keys = ("epsilon", "beta_2", "clipnorm", "global_clipnorm", "clipvalue", "weight_decay", "_learning_rate")
     return inner, {k: getattr(inner, k) for k in keys if hasattr(inner, k)}
 
 

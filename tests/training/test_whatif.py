@@ -119,6 +119,33 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
     assert any("whatif" in f.evidence and f.evidence.get("rank") == 0 for r in out for f in r.findings)
 
 
+def test_a_smaller_weight_decay_resolves_a_run_it_held_at_the_prior_and_the_users_setting_is_put_back():
+    sc = S.weight_decay_huge(0)  # AdamW(1e-2, weight_decay=50): every weight loses half of itself a step
+    sc.steps = 300
+    model, res, spec = _train(sc, 0)
+    results = _diagnosed(res)
+    primary = next(f for r in results for f in r.findings if f.evidence.get("rank") == 0)
+    assert primary.evidence["cause_key"] == "weight_decay_too_strong", primary.cause
+    assert primary.evidence["fix_configs"][0] == {"weight_decay": 0.01}
+    out = whatif.attach_whatif(
+        results,
+        model,
+        res,
+        Thresholds(),
+        spec,
+        x=sc.x,
+        y=sc.y,
+        fit_kwargs=_fit_kwargs(sc),
+        batch_size=sc.batch_size,
+        seed=0,
+    )
+    note = next(f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence)
+    assert note["resolved"] is True, note["text"]
+    assert note["attempts"][0]["text"].startswith("replayed steps 0-")
+    assert "AdamW(weight_decay=0.01)" in note["attempts"][0]["text"]
+    assert model.optimizer.weight_decay == 50.0  # the replay changed it on the model; it is the user's again
+
+
 def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
     # the replay's mechanics, with fixes chosen here: a clipnorm far above the norms (it clips nothing) does not
     # tame Adam at learning rate 3; a 100x lower rate does (an MLP: seconds on every backend, where the RNN
