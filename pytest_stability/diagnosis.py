@@ -1678,6 +1678,21 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     flat = f.kind == "collapsed"
     if trace.grad_norm is not None:
         q.over("grad_norm_tail", "grad_norm", "median", n - tail, n - 1)
+    decay = _weight_decay_shrinks(q, trace, cfg, level)
+    if decay is not None and (flat or zero or vanished):
+        # before the blow-up's rule: a decay that takes 1 % of every weight a step ends any run at a constant,
+        # and the rise of the loss as the weights shrink reads as a jump
+        return decay
+    slow = bool(ev.get("slow_updates")) and not (zero or vanished)
+    if slow:
+        # a clip or the schedule that holds the updates back is in the run's settings: before the blow-up's rule
+        # (once the weights stop moving, a loss that sits 10 % above its early low is the batches' noise) and
+        # before the labels' (which would raise the rate)
+        q.over("update_ratio_tail", "update_ratio", "median", n - tail, n - 1)
+        lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
+        held_back = _clip_binds(q, trace, cfg, n) or _schedule_decayed(q, trace, tail, n)
+        if held_back is not None:  # the rate is not what is too low: a clip or the schedule holds it back
+            return held_back
     up = blew_up(trace, step, level)
     if up["any"]:
         # the run went up, then stopped: a collapse after a blow-up, never "raise the learning rate"
@@ -1708,19 +1723,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             dx.cause += far
             dx.fixes.append(STANDARDISE_INPUTS)
         return dx
-    decay = _weight_decay_shrinks(q, trace, cfg, level)
-    if decay is not None and (flat or zero or vanished):
-        return decay
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced
-    slow = bool(ev.get("slow_updates")) and not (zero or vanished)
-    if slow:  # before the labels: a clip or the schedule that holds the updates back is in the run's settings
-        q.over("update_ratio_tail", "update_ratio", "median", n - tail, n - 1)
-        lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
-        held_back = _clip_binds(q, trace, cfg, n) or _schedule_decayed(q, trace, tail, n)
-        if held_back is not None:  # the rate is not what is too low: a clip or the schedule holds it back
-            return held_back
     prior = _prior_loss(q, trace, level, cfg)
     if prior is not None and (flat or zero or vanished):
         return prior
