@@ -1057,6 +1057,138 @@ FIRST_RUN_HEALTHY: dict[str, Callable[[int], Scenario]] = {
 }
 
 
+# -- setup bugs that the run's settings show ------------------------------------------------------------------
+#
+# Each is a classifier that training survives, stuck, for a reason in its settings that a learning-rate fix
+# would only treat the symptoms of (the diagnosis had named the labels or too low a rate); each healthy twin is
+# the same run with the setting a practitioner would use.
+
+
+def _setup_classifier(
+    seed: int,
+    name: str,
+    pathology: str,
+    optimizer: Callable[[], Any],
+    *,
+    cause: str,
+    steps: int,
+    batch_size: int = 32,
+    batchnorm: bool = False,
+) -> Scenario:
+    keras = _keras()
+    x, y = _classification_data(seed, 512)
+
+    def build() -> Any:
+        hidden = [keras.layers.Dense(32)] + ([keras.layers.BatchNormalization()] if batchnorm else [])
+        layers = [keras.Input((8,)), *hidden, keras.layers.Activation("relu")]
+        m = keras.Sequential(layers + [keras.layers.Dense(1, activation="sigmoid")])
+        m.compile(optimizer=optimizer(), loss="binary_crossentropy")
+        return m
+
+    return _scenario(name, pathology, build, x, y, check="stuck", cause=cause, steps=steps, batch_size=batch_size)
+
+
+def weight_decay_huge(seed: int) -> Scenario:
+    """AdamW's weight_decay=50 at lr 1e-2: every weight loses half of itself a step, the output is constant."""
+    return _setup_classifier(
+        seed,
+        "weight_decay_huge",
+        "weight_decay_huge",
+        lambda: _keras().optimizers.AdamW(1e-2, weight_decay=50.0),
+        cause="weight_decay_too_strong",
+        steps=600,
+    )
+
+
+def weight_decay_default(seed: int) -> Scenario:
+    """HEALTHY twin: AdamW's default weight_decay (0.004)."""
+    return _setup_classifier(
+        seed, "weight_decay_default", HEALTHY, lambda: _keras().optimizers.AdamW(1e-2), cause="", steps=600
+    )
+
+
+def tiny_clipnorm(seed: int) -> Scenario:
+    """SGD with clipnorm=1e-6: every update is a millionth of what the rate makes it."""
+    return _setup_classifier(
+        seed,
+        "tiny_clipnorm",
+        "tiny_clipnorm",
+        lambda: _keras().optimizers.SGD(0.05, clipnorm=1e-6),
+        cause="clip_too_small",
+        steps=300,
+    )
+
+
+def clipnorm_one(seed: int) -> Scenario:
+    """HEALTHY twin: clipnorm=1."""
+    return _setup_classifier(
+        seed, "clipnorm_one", HEALTHY, lambda: _keras().optimizers.SGD(0.05, clipnorm=1.0), cause="", steps=300
+    )
+
+
+def schedule_to_zero(seed: int) -> Scenario:
+    """Adam under an exponential decay that takes its rate 100x down every 5 steps: after 20 steps it is ~0."""
+
+    def opt() -> Any:
+        keras = _keras()
+        return keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-3, 5, 0.01))
+
+    return _setup_classifier(seed, "schedule_to_zero", "schedule_to_zero", opt, cause="schedule_decayed", steps=300)
+
+
+def schedule_over_the_run(seed: int) -> Scenario:
+    """HEALTHY twin: the same schedule halving the rate over the run's 300 steps."""
+
+    def opt() -> Any:
+        keras = _keras()
+        return keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-2, 300, 0.5))
+
+    return _setup_classifier(seed, "schedule_over_the_run", HEALTHY, opt, cause="", steps=300)
+
+
+def bn_batch_one(seed: int) -> Scenario:
+    """BatchNorm after a Dense, trained in batches of one sample: every feature becomes beta, nothing before it
+    learns."""
+    return _setup_classifier(
+        seed,
+        "bn_batch_one",
+        "bn_batch_one",
+        lambda: _keras().optimizers.Adam(1e-3),
+        cause="batchnorm_one_sample",
+        steps=200,
+        batch_size=1,
+        batchnorm=True,
+    )
+
+
+def bn_batch_sixteen(seed: int) -> Scenario:
+    """HEALTHY twin: the same in batches of 16."""
+    return _setup_classifier(
+        seed,
+        "bn_batch_sixteen",
+        HEALTHY,
+        lambda: _keras().optimizers.Adam(1e-3),
+        cause="",
+        steps=200,
+        batch_size=16,
+        batchnorm=True,
+    )
+
+
+SETUP_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
+    "weight_decay_huge": weight_decay_huge,
+    "tiny_clipnorm": tiny_clipnorm,
+    "schedule_to_zero": schedule_to_zero,
+    "bn_batch_one": bn_batch_one,
+}
+SETUP_HEALTHY: dict[str, Callable[[int], Scenario]] = {
+    "weight_decay_default": weight_decay_default,
+    "clipnorm_one": clipnorm_one,
+    "schedule_over_the_run": schedule_over_the_run,
+    "bn_batch_sixteen": bn_batch_sixteen,
+}
+
+
 def schedule_jump(seed: int) -> Scenario:
     """A small convnet classifier under SGD (momentum 0.9) whose step schedule jumps from 1e-3 to 7 after 150
     steps (``PiecewiseConstantDecay([150], [1e-3, 7.0])``, a mis-typed peak: the example project's known-unstable
@@ -1119,6 +1251,7 @@ PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     **NEW_PATHOLOGIES,
     **FIRST_RUN_PATHOLOGIES,
     **SCHEDULE_PATHOLOGIES,
+    **SETUP_PATHOLOGIES,
 }
 
 HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
@@ -1133,6 +1266,7 @@ HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "noisy_small_batch": noisy_small_batch,
     **NEW_HEALTHY,
     **FIRST_RUN_HEALTHY,
+    **SETUP_HEALTHY,
 }
 
 

@@ -248,14 +248,16 @@ MAX_CLASSES = 1000
 FLOAT16_TINY = 6.1e-5
 #: cause key -> (runs whose first suggested fix resolved them, runs replayed) in the what-if replays of the
 #: detection benchmark (benchmarks/results/detection.md, every backend pooled, its "More seeds" section
-#: included): what the report quotes as the measured success of a first fix.  Causes whose first fix is not an
-#: optimizer setting are not here.
+#: included; and benchmarks/results/detection-setup.md for the setup bugs' causes): what the report quotes as
+#: the measured success of a first fix.  Causes whose first fix is not an optimizer setting are not here.
 FIX_SUCCESS: dict[str, tuple[int, int]] = {
     "adam_second_moment": (74, 75),
     "collapse_constant": (57, 59),
     "epsilon_underflow": (30, 30),
     "gradient_explosion": (31, 31),
     "lr_too_high": (125, 125),
+    "clip_too_small": (30, 30),
+    "weight_decay_too_strong": (30, 30),
 }
 #: the same by the first fix's setting, for first fixes those runs never got: a cap of a rate that jumped
 #: (benchmarks/results/detection-schedule-jump.md, every backend pooled, "By the first fix's setting").
