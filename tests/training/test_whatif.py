@@ -64,6 +64,22 @@ def _replay(sc, seed, model, res, spec, fix, failure_step):
     )
 
 
+def _attach(results, model, res, spec, sc, seed):
+    """The what-if replays of a diagnosed run, as the plugin attaches them."""
+    return whatif.attach_whatif(
+        results,
+        model,
+        res,
+        Thresholds(),
+        spec,
+        x=sc.x,
+        y=sc.y,
+        fit_kwargs=_fit_kwargs(sc),
+        batch_size=sc.batch_size,
+        seed=seed,
+    )
+
+
 def _diagnosed(res):
     return judge(res.trace, Thresholds())
 
@@ -93,18 +109,7 @@ def test_lower_learning_rate_replay_resolves_a_nan_run():
     assert primary.evidence["cause_key"] == "lr_too_high" and first_fix.keys() == {"learning_rate_factor"}
     assert first_fix["learning_rate_factor"] <= 0.01
     assert not any("clipnorm" in c for r in results for f in r.findings for c in f.evidence["fix_configs"])
-    out = whatif.attach_whatif(
-        results,
-        model,
-        res,
-        Thresholds(),
-        spec,
-        x=sc.x,
-        y=sc.y,
-        fit_kwargs=_fit_kwargs(sc),
-        batch_size=sc.batch_size,
-        seed=1,
-    )
+    out = _attach(results, model, res, spec, sc, seed=1)
     notes = [f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence]
     assert len(notes) == 1, notes
     note = notes[0]
@@ -127,18 +132,7 @@ def test_a_smaller_weight_decay_resolves_a_run_it_held_at_the_prior_and_the_user
     primary = next(f for r in results for f in r.findings if f.evidence.get("rank") == 0)
     assert primary.evidence["cause_key"] == "weight_decay_too_strong", primary.cause
     assert primary.evidence["fix_configs"][0] == {"weight_decay": 0.01}
-    out = whatif.attach_whatif(
-        results,
-        model,
-        res,
-        Thresholds(),
-        spec,
-        x=sc.x,
-        y=sc.y,
-        fit_kwargs=_fit_kwargs(sc),
-        batch_size=sc.batch_size,
-        seed=0,
-    )
+    out = _attach(results, model, res, spec, sc, seed=0)
     note = next(f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence)
     assert note["resolved"] is True, note["text"]
     assert note["attempts"][0]["text"].startswith("replayed steps 0-")
@@ -170,18 +164,7 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
         )
         for r in results
     ]
-    out = whatif.attach_whatif(
-        results,
-        model,
-        res,
-        Thresholds(),
-        spec,
-        x=sc.x,
-        y=sc.y,
-        fit_kwargs=_fit_kwargs(sc),
-        batch_size=sc.batch_size,
-        seed=0,
-    )
+    out = _attach(results, model, res, spec, sc, seed=0)
     note = next(f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence)
     first, skipped, second = note["attempts"]
     assert first["fix"] == {"clipnorm": 1e6} and first["resolved"] is False and first["still_failing"], first
