@@ -210,10 +210,11 @@ SEQ = np.random.default_rng(1).normal(size=(64, 5, 1)).astype("float32")
 
 
 def stateful_rnn():
-    """A stateful LSTM (its Input's batch size fixed): the plugin's own validation, in whole batches of that
-    size, leaves the LSTM's state as plain fit's validation does."""
-    lstm = keras.layers.LSTM(4, stateful=True)
-    model = keras.Sequential([keras.Input(batch_shape=(8, 5, 1)), lstm, keras.layers.Dense(1)])
+    """A stateful RNN (its Input's batch size fixed): the plugin's own validation, in whole batches of that
+    size, leaves the RNN's state as plain fit's validation does.  (A SimpleRNN: Keras' own fit of a stateful
+    LSTM fails on PyTorch, a tensor modified in place in backprop.)"""
+    rnn = keras.layers.SimpleRNN(4, stateful=True)
+    model = keras.Sequential([keras.Input(batch_shape=(8, 5, 1)), rnn, keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     y = SEQ.sum(axis=1)
     kw = {"batch_size": 8, "shuffle": False, "validation_data": (SEQ[:24], y[:24]), "callbacks": [EpochSpy()]}

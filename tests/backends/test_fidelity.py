@@ -106,9 +106,8 @@ def same(plain, mine, rtol=0.0):
 #: setups that do not apply on a backend
 UNSUPPORTED = {
     # torch.compile is no part of this comparison (it compiles for minutes on a CPU); Keras' fit refuses
-    # steps_per_execution > 1 on PyTorch (a stability run says so before training: test_input_errors.py); and
-    # Keras' own fit of a stateful LSTM fails on PyTorch (a tensor modified in place in backprop)
-    "torch": {"jit_compile", "own_steps_per_execution", "stateful_rnn"},
+    # steps_per_execution > 1 on PyTorch (a stability run says so before training: test_input_errors.py)
+    "torch": {"jit_compile", "own_steps_per_execution"},
 }
 
 

@@ -1283,12 +1283,10 @@ def test_model(stability):
 
 
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
-    """A stateful LSTM takes batches of exactly its Input's batch size: the plugin's own validation, which joins
+    """A stateful RNN takes batches of exactly its Input's batch size: the plugin's own validation, which joins
     the validation batches into larger ones, measures in whole batches of that size (it had refused the run,
     blaming validation data that plain fit takes), and says which samples it left out (whole batches alone:
     test_fidelity.py's stateful_rnn setup, the same weights as plain fit)."""
-    if BACKEND == "torch":
-        pytest.skip("Keras' own fit of a stateful LSTM fails on PyTorch (a tensor modified in place in backprop)")
     result = run(
         pytester,
         tiny_problem,
@@ -1298,8 +1296,8 @@ SEQ_Y = SEQ.sum(axis=1)
 
 
 def stateful():
-    lstm = keras.layers.LSTM(4, stateful=True)
-    model = keras.Sequential([keras.Input(batch_shape=(8, 5, 1)), lstm, keras.layers.Dense(1)])
+    rnn = keras.layers.SimpleRNN(4, stateful=True)
+    model = keras.Sequential([keras.Input(batch_shape=(8, 5, 1)), rnn, keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     return model
 
