@@ -237,10 +237,15 @@ def label_range_error(model: Model, y: object, what: str = "y") -> str | None:
         loss = _sparse_loss(getattr(model, "loss", None))
         if loss is None or not isinstance(y, np.ndarray) or y.size == 0:
             return None
-        outputs = list(model.outputs)
-        if len(outputs) != 1:
-            return None
-        units = tuple(outputs[0].shape)[-1]
+        try:
+            outputs = list(model.outputs)
+        except Exception:  # a Sequential without an Input, not built before fit: its last layer's units
+            layer = _output_layer(model) if type(model).__name__ == "Sequential" else None
+            units = getattr(layer, "units", None)
+        else:
+            if len(outputs) != 1:
+                return None
+            units = tuple(outputs[0].shape)[-1]
     except Exception:  # a subclassed model (no outputs), a loss of its own: nothing to say
         return None
     if not isinstance(units, int) or units < 1:

@@ -193,13 +193,22 @@ def _classifier(loss="sparse_categorical_crossentropy", units=4):
         ([0, 1, 2, 3], "sparse_categorical_crossentropy", None),
         ([-1, 0, 3], keras.losses.SparseCategoricalCrossentropy(ignore_class=-1), None),
         ([1, 2, 3, 4], "categorical_crossentropy", None),  # not labels: nothing to say
+        # a Sequential without an Input, not built before fit: its last Dense's units
+        ([1, 2, 3, 4], "unbuilt", "they start at 1: shift them to start at 0 (y - 1)"),
     ],
 )
 def test_labels_a_sparse_cross_entropy_cannot_take_are_told(labels, loss, says):
     from pytest_stability.training.model_facts import label_range_error
 
     y = np.array(labels * 4, dtype="int32")
-    problem = label_range_error(_classifier(loss), y)
+    if loss == "unbuilt":
+        model = keras.Sequential(
+            [keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4, activation="softmax")]
+        )
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    else:
+        model = _classifier(loss)
+    problem = label_range_error(model, y)
     if says is None:
         assert problem is None, problem
     else:
