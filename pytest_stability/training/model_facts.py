@@ -82,13 +82,19 @@ PASSTHROUGH = frozenset(
 )
 
 
+def _single_loss(loss: object) -> object:
+    """The one loss ``compile`` was given, also as a list or dict of one; several losses are returned as given."""
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        return loss[0]
+    if isinstance(loss, dict) and len(loss) == 1:
+        return next(iter(loss.values()))
+    return loss
+
+
 def _probability_loss(loss: object) -> tuple[str, str, str] | None:
     """``(name, class, activation)`` of a compiled loss that takes probabilities; None for any other loss, several
     losses, or ``from_logits=True``."""
-    if isinstance(loss, (list, tuple)) and len(loss) == 1:
-        loss = loss[0]
-    elif isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
+    loss = _single_loss(loss)
     if isinstance(loss, str):
         name = _BY_CLASS.get(loss, loss)  # compile takes the class's name too: "BinaryCrossentropy"
     elif type(loss).__name__ in _BY_CLASS:  # keras.losses.BinaryCrossentropy(...)
@@ -123,7 +129,7 @@ def _output_layer(model: Model) -> Layer | None:
     if type(model).__name__ == "Sequential":
         layers = list(getattr(model, "layers", None) or [])
         for layer in reversed(layers):
-            if type(layer).__name__ == "Sequential" or type(layer).__name__ == "Functional":
+            if type(layer).__name__ in ("Sequential", "Functional"):
                 return _output_layer(layer)
             if type(layer).__name__ not in PASSTHROUGH:
                 return layer
@@ -212,10 +218,7 @@ def wiring_note(fact: dict[str, str]) -> str:
 
 def _sparse_loss(loss: object) -> tuple[str, int | None] | None:
     """``(name, ignore_class)`` when the compiled loss is Keras' sparse categorical cross-entropy (one loss)."""
-    if isinstance(loss, (list, tuple)) and len(loss) == 1:
-        loss = loss[0]
-    elif isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
+    loss = _single_loss(loss)
     name = "sparse_categorical_crossentropy"
     if loss in (name, "SparseCategoricalCrossentropy") or (callable(loss) and getattr(loss, "__name__", "") == name):
         return name, None
