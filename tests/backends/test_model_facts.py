@@ -299,3 +299,20 @@ def test_batch_of_one(stability):
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=1)
+
+
+def test_a_multi_optimizer_is_refused_before_training_on_every_backend():
+    """Keras 3.15's MultiOptimizer has no learning rate of its own, which the recorder reads: it had failed inside
+    the recorder on every backend; it is refused first, with what to do instead."""
+    from pytest_stability.errors import StabilityUsageError
+    from pytest_stability.training.engine import validate_model
+
+    if not hasattr(keras.optimizers, "MultiOptimizer"):
+        pytest.skip("this Keras has no MultiOptimizer")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, name="head")])
+    chooser = keras.optimizers.OptimizerMap(keras.optimizers.SGD(0.1), {".*head.*": keras.optimizers.Adam()})
+    model.compile(optimizer=keras.optimizers.MultiOptimizer(chooser), loss="mse")
+    with pytest.raises(
+        StabilityUsageError, match=r"MultiOptimizer \(its optimizers: Adam, SGD\), which pytest-stability"
+    ):
+        validate_model(model)
