@@ -493,6 +493,16 @@ def _kept_for(name: str, value: object) -> str:
     return f"your {name}={value!r}" if isinstance(value, (int, float)) else f"your {name}"
 
 
+def _given(value: object) -> bool:
+    """Whether a ``fit`` argument is set: not None, and not a zero or an empty container; arrays (validation
+    data given as x_val alone) are set whatever their values (their truth value is ambiguous)."""
+    if value is None:
+        return False
+    if isinstance(value, (bool, int, float, str, dict, list, tuple)):
+        return bool(value)
+    return True
+
+
 def full_batch_as_one_epoch(
     keras: ModuleType,
     model: Model,
@@ -524,7 +534,7 @@ def full_batch_as_one_epoch(
             "validation_data",
             "validation_split",
         )
-        if fit_kwargs.get(name) and name in setup.user_kwargs
+        if name in setup.user_kwargs and _given(fit_kwargs.get(name))
     ]
     # the order of the samples within the batch, which Keras shuffles each epoch, changes the sums only by
     # rounding, unless something random (Dropout, noise) hits each sample by its place in the batch

@@ -75,11 +75,6 @@ def validation_batches(
         (_, _, _), (vx, vy, vw) = array_slicing.train_validation_split(
             (x, y, fit_kwargs.get("sample_weight")), validation_split=float(split)
         )
-    elif _is_arrays(vd) and not isinstance(vd, (tuple, list)):
-        raise StabilityUsageError(
-            "validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val), a tf.data.Dataset, "
-            f"a keras.utils.PyDataset or a generator; received {type(vd).__name__}"
-        )
     elif isinstance(vd, (tuple, list)):
         if len(vd) not in (1, 2, 3):  # (x_val,): a model whose loss needs no targets (add_loss), as fit takes it
             raise StabilityUsageError(
@@ -87,8 +82,10 @@ def validation_batches(
                 f"{type(vd).__name__} of length {len(vd)}"
             )
         vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
-    else:
+    else:  # a dataset, a generator, or arrays alone: fit reads bare arrays (or a dict of them) as x_val
         vx, vy, vw = vd, None, None
+    if vy is None and _is_arrays(vx):
+        _refuse_missing_targets(keras, model, vd)
     # a one-shot iterator (a generator): what is read here is given back to fit, ahead of the rest (below)
     one_shot = vd if isinstance(vd, Iterator) else None
     taken: list[object] = []
@@ -119,6 +116,24 @@ def validation_batches(
     if not batches:
         raise StabilityUsageError("validation_data is empty")
     return batches
+
+
+def _refuse_missing_targets(keras: ModuleType, model: Model, vd: object) -> None:
+    """Validation arrays without targets, for a model whose compiled loss needs them: ``fit`` reads them as
+    ``x_val`` alone (right for a model whose loss needs no targets, ``add_loss``) and then fails inside its
+    loss, on each backend with another message (``None values not supported``, ``Invalid dtype: object``)."""
+    default_loss = type(model).compute_loss is keras.Model.compute_loss
+    default_step = type(model).test_step is keras.Model.test_step
+    if getattr(model, "_compile_loss", None) is None or not default_loss or not default_step:
+        return
+    given = (
+        f", a {type(vd).__name__} of length 1," if isinstance(vd, (tuple, list)) else f" of type {type(vd).__name__}"
+    )
+    raise StabilityUsageError(
+        f"validation_data{given} is read by fit as x_val alone, with no targets, but the model "
+        f"{model.name!r} is compiled with a loss that needs them: pass validation_data=(x_val, y_val) (x_val "
+        "alone suits a model whose loss needs no targets, one that adds its loss with add_loss)"
+    )
 
 
 def _tapped(items: Iterator[object], taken: list[object]) -> Iterator[object]:

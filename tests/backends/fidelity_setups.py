@@ -281,6 +281,24 @@ def endpoint_layer():
     return model, [X, Y], None, {"batch_size": 8, "validation_data": ([X[:16], Y[:16]],), "callbacks": [EpochSpy()]}
 
 
+class Reconstruction(keras.layers.Layer):
+    """An autoencoder's loss as ``add_loss``: how far the reconstruction is from the input."""
+
+    def call(self, inputs, reconstruction):
+        self.add_loss(keras.ops.mean(keras.ops.square(inputs - reconstruction)))
+        return reconstruction
+
+
+def add_loss_bare_validation():
+    """An autoencoder whose only loss is an ``add_loss``, validated on a bare array, which fit reads as x_val
+    alone (the plugin once refused it as not a tuple)."""
+    inputs = keras.Input((4,))
+    reconstruction = keras.layers.Dense(4)(keras.layers.Dense(2, activation="relu")(inputs))
+    model = keras.Model(inputs, Reconstruction()(inputs, reconstruction))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
+    return model, X, None, {"batch_size": 8, "validation_data": X[:16], "callbacks": [EpochSpy()]}
+
+
 def full_batch():
     """The whole data set each step, a model with Dropout (each sample's mask depends on its place in the batch,
     which Keras shuffles each epoch): the stability run keeps the epochs."""

@@ -184,6 +184,7 @@ SETUP_NAMES = [
     "validation_generator",
     "pandas_frame",
     "endpoint_layer",
+    "add_loss_bare_validation",
     "full_batch",
     "full_batch_no_dropout",
     "gan",

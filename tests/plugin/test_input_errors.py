@@ -53,7 +53,12 @@ CASES = {
     ),
     "bad_validation": (
         "stability.train(build(), X, Y, validation_data=XV)",
-        "*validation_data must be a tuple (x_val, y_val) or (x_val, y_val, sample_weight_val)*received ndarray*",
+        "*validation_data of type ndarray is read by fit as x_val alone, with no targets, but the model*"
+        "*is compiled with a loss that needs them: pass validation_data=(x_val, y_val)*",
+    ),
+    "validation_without_targets": (
+        "stability.train(build(), X, Y, validation_data=(XV,))",
+        "*validation_data, a tuple of length 1, is read by fit as x_val alone*pass validation_data=(x_val, y_val)*",
     ),
     "bad_steps_arg": (
         "stability.train(build(), X, Y, steps=-5)",
