@@ -1072,7 +1072,7 @@ def _epsilon_underflow(f: Finding, trace: Trace, q: Quotes, start: int) -> Dx | 
     )
     if big:
         cause += (
-            " (the first update moved the weights by {update_ratio} of their norm, at learning rate {learning_rate})"
+            " (the first update moved the weights {update_ratio} times their norm, at learning rate {learning_rate})"
         )
     fixes = [
         Fix("{optimizer}(epsilon={epsilon_suggested}) (now {epsilon}): an epsilon float16 can hold", {"epsilon": 1e-4}),
@@ -1173,7 +1173,7 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     scale, scale_fixes = _far_from_unit_scale(q, trace, loss_first)
     cause = what + ", within the first {early_end} steps: " + (scale or HIGH_FROM_THE_START)
     if basis == "update":
-        cause += ": the first update already moved the weights by {update_ratio} of their norm"
+        cause += ": the first update already moved the weights {update_ratio} times their norm"
     fixes = [lr_fix] + clips
     if scale_fixes:
         fixes.extend(scale_fixes)
@@ -1319,7 +1319,7 @@ def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str, until
     clips = _clip_or_note(q, trace, start, "before the blow-up")
     cause = head + ": the blow-up pushed units dead or outputs into saturation, and training stopped there"
     if basis == "update":
-        cause += "; the largest update before it moved the weights by {update_ratio} of their norm"
+        cause += "; the largest update before it moved the weights {update_ratio} times their norm"
     return Dx("collapse_constant", LIKELY, cause, [lr_fix] + clips)
 
 
@@ -1579,8 +1579,8 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
             return Dx(
                 "lr_too_high",
                 LIKELY,
-                "the {quantities} became NaN/Inf at step {step}: the first update moved the weights by "
-                "{update_ratio_first} of their norm; " + (scale or HIGH_FROM_THE_START),
+                "the {quantities} became NaN/Inf at step {step}: the first update moved the weights "
+                "{update_ratio_first} times their norm; " + (scale or HIGH_FROM_THE_START),
                 [lr_fix, _no_clip_note_short()] + scale_fixes,
             )
         inspected = (trace.info or {}).get("inputs_checked", True)
@@ -1606,7 +1606,7 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
             cause += " and the gradient norm {grad_growth}x its early median"
         cause += ", at learning rate {learning_rate}"
         if first_too_big:
-            cause += "; the first update already moved the weights by {update_ratio_first} of their norm"
+            cause += "; the first update already moved the weights {update_ratio_first} times their norm"
         fixes = [lr_fix] + ([clip] if clip is not None else [_no_clip_note()] if "healthy_steps" in q else [])
         return Dx("lr_too_high", LIKELY, cause, fixes)
     q.text("source", src or "loss")
@@ -1901,7 +1901,7 @@ def _weights_replaced(q: Quotes, trace: Trace) -> Dx | None:
     return Dx(
         "weights_replaced",
         LIKELY,
-        "the update at step {replaced_step} changed the weights by {update_replaced} of their norm, so it replaced "
+        "the update at step {replaced_step} changed the weights {update_replaced} times their norm, so it replaced "
         "them rather than moved them, and the loss has sat at {level} since: the model outputs a constant; Ftrl "
         "solves for the weights from zero at every step (it suits wide linear models), so the units of a deep "
         "network start alike and stay alike",
