@@ -38,6 +38,14 @@ climb from the z-score, and the trailing median follows it) is caught as a
 steps rises ``RESURGE_RATIO`` x (10x) above its best earlier value, by more
 than ``RESURGE_MIN_RISE`` (1 %) of the initial loss.
 
+A blow-up within the ``warmup_steps``, which the rules above do not judge (their trailing window would be
+the blown-up steps themselves: a run chaotic from its first update calibrates every relative limit on its own
+chaos), is caught as an *early blow-up* (see :func:`_early_blow_up`): an update among the warmup steps moved
+the weights at least ``EARLY_UPDATE`` x (1x) their own norm (``trace.update_ratio``: the model changed, not
+the batch), and the median loss over the ``spike_window`` steps after it stayed ``spike_ratio`` x above the
+loss before it.  A large first update after which the loss falls (Adam's first step at a high but workable
+rate) is not one; neither is a small-batch run whose first batch happened to be easy (its updates are small).
+
 A spike must show that the model changed: a single hard batch at a small batch
 size (one step far above its median, the next steps back to normal) is not
 instability.  An event (below) starting at step ``t`` is *confirmed* when the
@@ -70,7 +78,7 @@ from typing import Any, TypedDict
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..trace import Trace
+from ..trace import OVERFLOW, Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
 
 NAME = "loss_spike"
@@ -94,6 +102,9 @@ CONFIRM_Z = 3.0
 CONFIRM_WINDOW_RATIO = 1.3
 #: a spike with too few steps after it to confirm fails when its ratio is this x spike_ratio (and z 2x the limit).
 EXTREME_FACTOR = 10.0
+#: an early blow-up: an update among the warmup steps moved the weights at least this x their own norm
+#: (healthy training moves them by 1e-4 to 1e-1 of it a step; Adam at learning rate 3 moves an MLP's 14x)
+EARLY_UPDATE = 1.0
 #: a slow rise: the rolling median loss (over spike_window steps) climbs this x above its best rolling median...
 RESURGE_RATIO = 10.0
 #: ...by more than this fraction of the initial loss level (a climb from 1e-9 to 1e-7 is harmless).
@@ -495,6 +506,81 @@ def _confirm(sc: SpikeScores, start: int, peak: int, t: Thresholds) -> dict[str,
     return out
 
 
+def _early_blow_up(trace: Trace, t: Thresholds, initial_level: float) -> Finding | None:
+    """The loss blown up by an update among the warmup steps (see the module docstring), or None.  Levels are
+    compared as ratios to a positive loss before the update, so a loss that reaches 0 exactly afterwards (a
+    cross-entropy of logits blown up to +-1e3) is judged too.  A run that went NaN/Inf by the end of the window
+    is the nonfinite check's (its diagnosis tells the divergence before it)."""
+    loss, update_ratio = np.asarray(trace.loss, dtype=np.float64), trace.update_ratio
+    warm = max(int(t.warmup_steps), 1)
+    if update_ratio is None:
+        return None
+    upd = np.asarray(update_ratio[:warm], dtype=np.float64)
+    large = np.flatnonzero(np.isfinite(upd) & (upd >= EARLY_UPDATE))
+    if large.size == 0:
+        return None
+    u = int(large[0])  # the update made at step u; the loss from step u + 1 on shows it
+    head = loss[: u + 1]
+    head = head[np.isfinite(head)]
+    w = int(t.spike_window)
+    after = loss[u + 1 : u + 1 + w]
+    flags = trace.nonfinite[: u + 1 + w] if trace.nonfinite is not None else np.zeros(0, dtype=np.int64)
+    went_nonfinite = bool(np.any(np.asarray(flags, dtype=np.int64) & ~OVERFLOW)) or not np.isfinite(after).all()
+    if head.size == 0 or went_nonfinite or after.size < max(5, w // 5):
+        return None  # a NaN is the nonfinite check's; too few steps to tell a level
+    before = float(np.median(head))
+    level = float(np.median(after))
+    if not (before > 0 and level > t.spike_ratio * before):
+        return None
+    jump = u + 1 + int(np.flatnonzero(after > t.spike_ratio * before)[0])
+    later = loss[u + 1 + w : u + 1 + 2 * w]
+    later = later[np.isfinite(later)]
+    recovered = bool(np.median(later) <= t.spike_ratio * before) if later.size >= max(5, w // 5) else None
+    msg = (
+        f"an early blow-up: the update at step {u} moved the weights {upd[u]:.3g}x their own norm (limit "
+        f"{EARLY_UPDATE:g}x), the loss jumped from {before:.4g} to {loss[jump]:.4g} at step {jump}, and its median "
+        f"over the next {after.size} steps, {level:.4g}, stayed {level / before:.1f}x above {before:.4g} (limit "
+        f"{t.spike_ratio:g}x = {t.spike_ratio * before:.4g}); within the {warm} warmup steps that the other spike "
+        "rules do not judge"
+        + (
+            ""
+            if recovered is None
+            else "; it came back down over the next steps"
+            if recovered
+            else "; it had not come back down 2 windows later"
+        )
+    )
+    return Finding(
+        check=NAME,
+        kind="spike" if recovered is not False else "spike_no_recovery",
+        step=jump,
+        value=float(loss[jump]),
+        limit=float(t.spike_ratio * before),
+        message=msg,
+        evidence={
+            "start": jump,
+            "end": jump,
+            "ratio": float(loss[jump] / before),
+            "zscore": None,
+            "trailing_median": before,
+            "recovered": recovered,
+            "stuck": False,
+            "flat": False,
+            "vanished": False,
+            "level_shift": False,
+            "initial_loss": initial_level,
+            "min_loss_before": float(np.min(head)),
+            "confirmed_by": "early",
+            "after_ratio": level / before,
+            "after_z": None,
+            "early": True,
+            "update_step": u,
+            "update_ratio": float(upd[u]),
+            "level_after": level,
+        },
+    )
+
+
 def _events(flag: np.ndarray, gap: int) -> list[tuple[int, int]]:
     """Group flagged steps into (start, end) events separated by more than ``gap``."""
     steps = np.flatnonzero(flag)
@@ -608,6 +694,10 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
                 },
             )
         )
+    early = _early_blow_up(trace, t, sc["initial_level"])
+    if early is not None:  # the same event as the findings in the window after it (judged against its chaos)
+        findings = [f for f in findings if f.evidence["start"] > early.step + t.spike_window]
+        findings.insert(0, early)
     collapse = _collapse(loss, trace.grad_norm, t, sc["log_space"], sc["initial_level"])
     if collapse is not None and not any(
         f.evidence["start"] <= collapse.step <= f.evidence["end"] + t.spike_window for f in findings

@@ -146,3 +146,37 @@ def test_pixels(stability, rescaled):
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_a_run_chaotic_from_its_first_update_fails_as_an_early_blow_up(pytester):
+    """Adam at learning rate 3 on a one-hidden-layer classifier: the first update moves the weights 14x their
+    norm and the loss swings between 0 and hundreds for the rest of the run.  The gradient norm grows only 20x
+    (under grad_norm's 100x) and every relative spike limit was calibrated on the chaos itself: it passed.
+    At 0.3 the first update is still 1.4x the weights' norm, and the loss falls after it: that passes."""
+    pytester.makepyfile("""
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
+
+
+@pytest.mark.stable_training(steps=120)
+@pytest.mark.parametrize("lr", [3.0, 0.3])
+def test_adam(stability, lr):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(2)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    report = stability.fit(model, X, Y, batch_size=32, check=False)
+    assert report.verdict == ("unstable" if lr == 3.0 else "stable"), [f.message for f in report.findings]
+    if lr == 3.0:
+        first = report.findings[0]
+        assert first.check == "loss_spike" and first.evidence["early"] and first.step < 10, first.message
+        assert first.evidence["update_ratio"] > 10
+        assert first.evidence["cause_key"] == "lr_too_high", first.cause
+        assert "lower" in first.fix or "learning_rate=" in first.fix
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

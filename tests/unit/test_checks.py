@@ -809,3 +809,63 @@ def test_nonfinite_a_scale_that_fits_only_below_one_is_not_calibration():
     [finding] = check_nonfinite(Trace(loss=np.ones(40), nonfinite=flags, opt_stats={"loss_scale": scale})).findings
     assert finding.kind == "skipped_steps" and finding.value == pytest.approx(39 / 40)
     assert "skipped 39 of the 40 steps (98%" in finding.message
+
+
+# -- an early blow-up, within the warmup steps -------------------------------------------------------------
+
+
+def _early_blow_up(first_update: float, level: float = 200.0, n: int = 200, seed: int = 0) -> Trace:
+    """An MLP at a learning rate far too high: 0.9 before the first update, then chaos around ``level`` x
+    that (a decade of noise each way, as a cross-entropy of blown-up logits swings), with the update made at
+    step 0 ``first_update`` x the weights' norm and 1 % of it afterwards."""
+    rng = np.random.default_rng(seed)
+    loss = np.empty(n)
+    loss[0] = 0.9
+    loss[1:] = 0.9 * level * 10 ** rng.uniform(-1.5, 0.5, n - 1)
+    update = np.full(n, 0.01)
+    update[0] = first_update
+    return Trace(loss=loss, update_ratio=update)
+
+
+def test_early_blow_up_is_caught_at_its_jump_with_the_traces_numbers():
+    tr = _early_blow_up(14.0)
+    # the rules that compare a step with its trailing window judge the chaos against itself and pass it
+    assert check_loss_spike(Trace(loss=tr.loss)).status == "passed"
+    r = check_loss_spike(tr)
+    assert r.status == "failed"
+    f = r.findings[0]
+    assert f.evidence["early"] is True and f.evidence["update_step"] == 0
+    assert f.step == 1 + int(np.flatnonzero(tr.loss[1:] > 3 * 0.9)[0])
+    assert f.value == tr.loss[f.step] and f.limit == pytest.approx(3 * 0.9)
+    assert f.evidence["update_ratio"] == 14.0
+    assert f.evidence["level_after"] == pytest.approx(float(np.median(tr.loss[1:51])))
+    assert "moved the weights 14x their own norm" in f.message and "stayed" in f.message
+    # one event: nothing in the window after it is reported again against the blown-up steps
+    assert all(g.step > f.step + Thresholds().spike_window for g in r.findings[1:])
+
+
+def test_early_blow_up_is_judged_when_the_loss_reaches_zero_exactly():
+    tr = _early_blow_up(14.0)
+    tr.loss[5::7] = 0.0  # logits so large that some batches' cross-entropy rounds to 0: not log space
+    r = check_loss_spike(tr)
+    assert r.status == "failed" and r.findings[0].evidence["early"] is True
+
+
+def test_an_easy_first_batch_is_no_early_blow_up_when_the_updates_are_small():
+    # the same losses with ordinary updates: a small batch whose first batch was easy, not a blow-up
+    r = check_loss_spike(_early_blow_up(0.05))
+    assert not any(f.evidence.get("early") for f in r.findings)
+
+
+def test_a_large_first_update_after_which_the_loss_falls_is_no_early_blow_up():
+    # Adam's first step at a high but workable rate moves the weights 1.4x their norm; the loss then falls
+    tr = _early_blow_up(1.4, level=0.3)
+    r = check_loss_spike(tr)
+    assert r.status == "passed", r.findings
+
+
+def test_an_early_blow_up_into_nan_is_left_to_the_nonfinite_check():
+    tr = _early_blow_up(14.0)
+    tr.loss[20] = np.nan
+    r = check_loss_spike(tr)
+    assert not any(f.evidence.get("early") for f in r.findings)
