@@ -1673,9 +1673,12 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     n = trace.steps
     tail = int(ev.get("tail_steps") or max(10, min(int(q.settings["spike_window"]), n // 2)))
     level = q.over("level", "loss", "median", n - tail, n - 1)
-    k0 = max(5, int(min(10, n)))
+    k0 = int(ev.get("initial_steps") or max(5, min(10, n)))  # the check's L0: up to an early blow-up's update
     q.over("initial_loss", "loss", "median", 0, k0 - 1)
-    zero = bool(ev.get("zero_grad"))
+    dead = bool(ev.get("dead_network"))  # dead but for its biases: exactly zero gradients but theirs
+    if dead:
+        q.text("live_variables", ", ".join(ev.get("live_variables") or []) or "none")
+    zero = bool(ev.get("zero_grad")) or dead
     vanished = bool(ev.get("vanished"))
     flat = f.kind == "collapsed"
     if trace.grad_norm is not None:
@@ -1695,6 +1698,33 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         held_back = _clip_binds(q, trace, cfg, n) or _schedule_decayed(q, trace, tail, n)
         if held_back is not None:  # the rate is not what is too low: a clip or the schedule holds it back
             return held_back
+    stop = (
+        "every weight but {live_variables} has had a zero gradient since"
+        if dead
+        else "the gradients are exactly zero since"
+        if zero
+        else "the gradients vanished since"
+        if vanished
+        else "the loss has been flat since"
+    )
+    early = ev.get("early_update_step")
+    if early is not None and (flat or zero or vanished):
+        # an update among the first steps moved the weights their own norm or more: the blow-up that killed the
+        # network is there, however noisy the loss was between it and the stuck stretch
+        u = q.step("update_step", int(early))
+        q.at("loss_before_update", "loss", u)
+        q.over("loss_peak_after", "loss", "max", u + 1, min(n - 1, u + int(q.settings["spike_window"])))
+        head = (
+            "after the update at step {update_step} the loss went from {loss_before_update} up to "
+            "{loss_peak_after}, and " + stop + " step {step}: a collapse after a blow-up"
+        )
+        dx = _collapse_dx(q, trace, u, u, head, until=step)
+        dx.extra["fix_from"] = u
+        far = _inputs_far(q, trace)
+        if far:
+            dx.cause += far
+            dx.fixes.append(STANDARDISE_INPUTS)
+        return dx
     up = blew_up(trace, step, level)
     if up["any"]:
         # the run went up, then stopped: a collapse after a blow-up, never "raise the learning rate"
@@ -1708,13 +1738,6 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             q.over("grad_norm_burst", "grad_norm", "max", max(0, step - 10), step)
             q.ratio("burst", "grad_norm_burst", "grad_norm_early")
             parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
-        stop = (
-            "the gradients are exactly zero since"
-            if zero
-            else "the gradients vanished since"
-            if vanished
-            else "the loss has been flat since"
-        )
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
         # the fix must be in place before the blow-up, not where the run was found stuck
         root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
@@ -1729,7 +1752,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     if replaced is not None and (flat or zero or vanished):
         return replaced
     prior = _prior_loss(q, trace, level, cfg)
-    if prior is not None and (flat or zero or vanished):
+    if prior is not None and (flat or zero or vanished) and not dead:  # a network that died had learned something
         return prior
     if slow:
         q.const("lr_raise", 10.0)
@@ -1769,11 +1792,18 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
                 )
             ],
         )
+    what = (
+        "every weight but {live_variables} has a zero gradient"
+        if dead
+        else "the gradients are exactly zero"
+        if zero
+        else "the gradients vanished"
+    )
     return Dx(
         "vanished_gradients",
         LIKELY,
-        "the gradients " + ("are exactly zero" if zero else "vanished") + " from step {step} while the loss "
-        "stays at {level} (initially {initial_loss}): dead ReLUs or saturated outputs, nothing learns" + far,
+        what + " from step {step} while the loss stays at {level} (initially {initial_loss}): dead ReLUs or "
+        "saturated outputs, nothing learns" + (": the output no longer depends on the input" if dead else "") + far,
         ([STANDARDISE_INPUTS] if far else [])
         + [
             Fix(
@@ -2149,8 +2179,16 @@ def rank_findings(
     def order(f: Finding) -> tuple[int, int]:
         return (0 if f.confidence == LIKELY else 1, _CHECK_ORDER.get(f.check, 4))
 
+    events = any(f.check in ("nonfinite", "loss_spike", "grad_norm") for f in flat)
+
     def when(f: Finding) -> int:
-        # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from)
+        # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from); but a
+        # network found stuck only as dead but for its biases, where another check found a spike or an
+        # explosion, is that event's consequence: the event, which names its cause, leads
+        ev = f.evidence
+        only_dead = ev.get("dead_network") and not any(ev.get(k) for k in ("flat", "vanished", "slow_updates", "died"))
+        if f.check == "stuck" and only_dead and events:
+            return int(f.step)
         return min(int(f.step), int(f.evidence.get("fix_from", f.step)))
 
     training = sorted(

@@ -3,7 +3,8 @@ learn.
 
 Judged on the last ``spike_window`` finite steps (the *tail*; at least 10, at
 most half the run) against the initial level ``L0`` (the median loss of the
-first ``warmup_steps``, at least 5 steps).  The run is stuck when the loss
+first ``warmup_steps``, at least 5 steps; of the steps up to an early blow-up's
+update when one of them made one, :func:`initial_steps`).  The run is stuck when the loss
 has **not fallen** by more than ``STUCK_MIN_FALL`` (50 %) of ``L0``
 (``median(tail) > (1 - STUCK_MIN_FALL) x L0``; but see the network that
 died after learning, below) **and** one of:
@@ -17,13 +18,20 @@ died after learning, below) **and** one of:
   global ``|dw|/|w|`` (``trace.update_ratio``) is at most ``UPDATE_TOO_SLOW``
   (1e-6).
 
+* ``stuck``: the network is dead but for its biases: every variable that is not a bias (``.../bias``,
+  ``.../beta``) has had a gradient of exactly 0 on most of the tail's steps, after receiving gradients
+  before (``trace.var_grad_norms``), and at least one of them did (``dead_network``).  Dead ReLUs pass no
+  gradient, so only the output's bias still learns: the model outputs the targets' mean (a classifier the
+  class prior), its loss varies with each batch's labels, and the global gradient norm, the output bias's,
+  neither vanishes nor is 0 (Adam at a learning rate of 1 on a small convnet, a warm-up to 3).
+
 A loss that fell more than half is still stuck when the network *died* after it
 had learned (a collapse after a jump: dead ReLUs, a saturated output): the
 tail's level is at least ``DEAD_MIN_LEVEL`` (5 %) of ``L0`` (not converged to
 zero) and either the gradients are exactly 0 on most of the tail's steps (its
-median norm is 0), or they vanished (as above) while the level is at least
-``DEAD_RISE`` (1.5x) the lowest 10-step median of the loss before the tail (it
-went back up).  A run converging to zero, or at its best level with small
+median norm is 0, or the network is dead but for its biases), or they vanished
+(as above) while the level is at least ``DEAD_RISE`` (1.5x) the lowest 10-step
+median of the loss before the tail (it went back up).  A run converging to zero, or at its best level with small
 gradients, is not stuck.
 
 The finding's step is where the stuck stretch began (0 for a run dead from
@@ -47,7 +55,7 @@ import numpy as np
 
 from ..trace import Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
-from .spikes import STUCK_RTOL, VANISHED
+from .spikes import EARLY_UPDATE, STUCK_RTOL, VANISHED
 
 NAME = "stuck"
 #: the loss must have fallen by more than this fraction of its initial level to be "going somewhere".
@@ -63,6 +71,61 @@ DEAD_MIN_LEVEL = 0.05
 #: ``DEAD_BEST_STEPS``-step median of the loss before the tail: it went back up.
 DEAD_RISE = 1.5
 DEAD_BEST_STEPS = 10
+#: the last part of a variable's path that names a bias (Keras' Dense/Conv ``bias``, BatchNormalization's ``beta``)
+BIAS_NAMES = ("bias", "beta")
+#: steps of the rolling window in which the dead variables' gradients must be mostly 0 for their death to start
+DEAD_WINDOW = 10
+
+
+def initial_steps(trace: Trace, t: Thresholds) -> int:
+    """How many steps from the start make the initial level ``L0``: the ``warmup_steps`` (at least 5), or,
+    when one of their updates blew the loss up (at least ``EARLY_UPDATE`` x the weights' norm, the early
+    blow-up of ``loss_spike``), the steps up to that update: the level of the blown-up steps after it is not
+    where training started (a convnet at 0.8 whose loss jumped to 541 and sits at the class prior 0.7
+    afterwards has not fallen by half)."""
+    u = early_update(trace, t)
+    return max(5, int(t.warmup_steps)) if u is None else u + 1
+
+
+def early_update(trace: Trace, t: Thresholds) -> int | None:
+    """The first of the ``warmup_steps`` whose update moved the weights at least ``EARLY_UPDATE`` x their norm
+    (``trace.update_ratio``), or None."""
+    if trace.update_ratio is None:
+        return None
+    head = np.asarray(trace.update_ratio[: max(int(t.warmup_steps), 1)], dtype=np.float64)
+    large = np.flatnonzero(np.isfinite(head) & (head >= EARLY_UPDATE))
+    return int(large[0]) if large.size else None
+
+
+def _is_bias(name: str) -> bool:
+    return name.rsplit("/", 1)[-1] in BIAS_NAMES
+
+
+def _dead_network(trace: Trace, n: int, w: int) -> dict[str, Any] | None:
+    """The variables that died (a gradient of exactly 0 on most of the last ``w`` steps, after gradients before)
+    when every variable still learning is a bias, and at least one that died is not: the network is dead but
+    for its biases (see the module docstring); None otherwise, or without per-variable norms."""
+    vg, names = trace.var_grad_norms, list(trace.var_names)
+    if vg is None or vg.ndim != 2 or vg.shape[1] == 0 or len(names) != vg.shape[1] or n - w < DEAD_WINDOW:
+        return None
+    tail, before = np.asarray(vg[n - w : n], dtype=np.float64), np.asarray(vg[: n - w], dtype=np.float64)
+    if not np.isfinite(tail).all():
+        return None
+    zero = np.median(tail, axis=0) == 0
+    died = zero & np.any(before > 0, axis=0)
+    live = np.flatnonzero(~zero)
+    if not any(not _is_bias(names[i]) for i in np.flatnonzero(died)) or any(not _is_bias(names[i]) for i in live):
+        return None
+    # where the death began: after the last 10-step window in which they mostly had gradients (it may lie in
+    # the tail's first steps: most of the tail is dead, not all of it)
+    alive = np.any(np.asarray(vg[:n, died], dtype=np.float64) > 0, axis=1).astype(np.float64)
+    share = np.convolve(alive, np.ones(DEAD_WINDOW) / DEAD_WINDOW, mode="valid")
+    mostly = np.flatnonzero(share > 0.5)
+    return {
+        "died": [names[i] for i in np.flatnonzero(died)],
+        "live": [names[i] for i in live],
+        "start": int(mostly[-1]) + DEAD_WINDOW if mostly.size else 0,
+    }
 
 
 def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
@@ -75,7 +138,7 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     tail = loss[tail_idx]
     if not np.all(np.isfinite(tail)):
         return None  # the nonfinite check owns that
-    head = loss[: max(5, int(t.warmup_steps))]
+    head = loss[: initial_steps(trace, t)]
     head = head[np.isfinite(head)]
     if not head.size:
         return None
@@ -91,6 +154,8 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     flat = rel_std <= STUCK_RTOL and -slope * w <= STUCK_RTOL * scale
     ev: dict[str, Any] = {
         "initial_loss": l0,
+        "initial_steps": initial_steps(trace, t),
+        "early_update_step": early_update(trace, t),
         "level": level,
         "rel_std": rel_std,
         "tail_steps": w,
@@ -125,13 +190,29 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                         f"the gradients vanished: median norm {med:.3g} over the last {w} steps, "
                         f"<= {VANISHED:g}x their earlier 90th percentile {p90:.3g}"
                     )
+    # a global norm that is 0 on most steps is the rules' above (vanished, or a network that died after learning)
+    dead = None if ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0 else _dead_network(trace, n, w)
+    if dead is not None:
+        ev.update(dead_network=True, dead_variables=dead["died"], live_variables=dead["live"])
+        start = dead["start"] if start is None else min(start, dead["start"])
+        shown = ", ".join(dead["died"][:4]) + (f" and {len(dead['died']) - 4} more" if len(dead["died"]) > 4 else "")
+        how.append(
+            f"the network is dead but for its biases: {len(dead['died'])} of {len(trace.var_names)} variables "
+            f"({shown}) have had a gradient of exactly 0 on most of the last {w} steps, after gradients before, "
+            + (
+                f"and only {', '.join(dead['live'])} still learn{'s' if len(dead['live']) == 1 else ''}"
+                if dead["live"]
+                else "and none learns any more"
+            )
+            + ": the output no longer depends on the input"
+        )
     if fell_far:
         best = _best_before(loss, n - w)
         ev["best_before"] = best
         went_back_up = math.isfinite(best) and best > 0 and level >= DEAD_RISE * best
         # exactly 0 on most steps (the median) is a dead network wherever its loss sits; merely small
         # gradients are, when the loss went back up from its best
-        mostly_zero = ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0
+        mostly_zero = ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0 or dead is not None
         if not (mostly_zero or (ev["vanished"] and went_back_up)):
             return None
         # the gradients died after the run had learned: the only reasons that count here

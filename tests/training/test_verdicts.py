@@ -180,3 +180,37 @@ def test_adam(stability, lr):
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_a_network_dead_but_for_its_output_bias_fails_as_a_collapse(pytester):
+    """Adam warmed up to a learning rate of 3 over 50 steps: the ReLUs die and the classifier sits at the class
+    prior, ln 2, for the rest of the run. Its loss varies with each batch's labels (not flat) and the output's
+    bias still gets a gradient (the global norm neither vanishes nor is 0): it passed every check."""
+    pytester.makepyfile("""
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
+
+
+@pytest.mark.stable_training(steps=200)
+def test_warm_up_to_3(stability):
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((8,)), layers.Dense(32, activation="relu"), layers.Dense(32, activation="relu"), layers.Dense(2)]
+    )
+    schedule = keras.optimizers.schedules.CosineDecay(1e-4, 150, warmup_target=3.0, warmup_steps=50)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    report = stability.fit(model, X, Y, batch_size=32, check=False)
+    stuck = [f for f in report.findings if f.check == "stuck"]
+    assert stuck and stuck[0].evidence["dead_network"], [f.message for f in report.findings]
+    assert stuck[0].evidence["live_variables"] == [model.layers[-1].bias.path], stuck[0].message
+    assert stuck[0].evidence["cause_key"] in ("collapse_constant", "vanished_gradients"), stuck[0].cause
+    assert "labels" not in stuck[0].cause
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

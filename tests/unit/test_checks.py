@@ -869,3 +869,59 @@ def test_an_early_blow_up_into_nan_is_left_to_the_nonfinite_check():
     tr.loss[20] = np.nan
     r = check_loss_spike(tr)
     assert not any(f.evidence.get("early") for f in r.findings)
+
+
+# -- a network dead but for its biases ----------------------------------------------------------------------
+
+
+def _dead_but_the_output_bias(first_update: float = 0.01, kernel_alive: bool = False, n: int = 200) -> Trace:
+    """A binary classifier whose ReLUs died at step 60: its loss sits at the class prior (ln 2, varying 5 %
+    with each batch's labels), its kernels' gradients are exactly 0 from then on (``kernel_alive``: one keeps
+    a gradient), and the output's bias still learns, so the global norm neither vanishes nor is 0."""
+    rng = np.random.default_rng(3)
+    loss = np.concatenate([0.72 * np.exp(0.1 * rng.normal(size=60)), 0.693 * np.exp(0.05 * rng.normal(size=n - 60))])
+    names = ("seq/dense/kernel", "seq/dense/bias", "seq/out/kernel", "seq/out/bias")
+    vg = np.abs(rng.normal(0.3, 0.1, size=(n, 4)))
+    vg[60:, :3] = 0.0
+    vg[60::9, :3] = 0.05  # a unit firing now and then: zero on most steps, not all
+    if kernel_alive:
+        vg[60:, 2] = 0.2
+    update = np.full(n, 0.01)
+    update[0] = first_update
+    return Trace(
+        loss=loss, grad_norm=np.sqrt((vg**2).sum(axis=1)), var_grad_norms=vg, var_names=names, update_ratio=update
+    )
+
+
+def test_stuck_a_network_dead_but_for_the_output_bias_is_stuck_from_where_it_died():
+    tr = _dead_but_the_output_bias()
+    # neither flat (5 % batch noise) nor vanished (the bias's gradient): the other rules pass it
+    assert np.std(tr.loss[-50:]) / np.median(tr.loss[-50:]) > 0.01
+    r = check_stuck(tr)
+    assert r.status == "failed", r.findings
+    f = r.findings[0]
+    assert f.kind == "stuck" and f.evidence["dead_network"] is True
+    assert f.evidence["live_variables"] == ["seq/out/bias"]
+    assert f.evidence["dead_variables"] == ["seq/dense/kernel", "seq/dense/bias", "seq/out/kernel"]
+    assert 55 <= f.step <= 70, f.step
+    assert "only seq/out/bias still learns" in f.message
+
+
+def test_stuck_a_kernel_that_still_learns_is_no_dead_network():
+    r = check_stuck(_dead_but_the_output_bias(kernel_alive=True))
+    assert r.status == "passed", r.findings
+
+
+def test_stuck_initial_level_is_the_loss_before_an_early_blow_up():
+    # a convnet at 0.8 whose first update (17x the weights' norm) threw the loss to hundreds, then died at
+    # the class prior 0.7: against the blown-up first steps' median, 0.7 would have "fallen far"
+    tr = _dead_but_the_output_bias(first_update=17.0)
+    tr.loss[0] = 0.8
+    tr.loss[1:10] = [541.0, 16.0, 15.0, 101.0, 40.0, 30.0, 14.4, 15.0, 22.3]
+    r = check_stuck(tr)
+    assert r.status == "failed", r.findings
+    f = r.findings[0]
+    assert f.evidence["initial_steps"] == 1 and f.evidence["early_update_step"] == 0
+    assert f.evidence["initial_loss"] == 0.8
+    tr.update_ratio[0] = 0.01  # without it: the first 10 steps' median, 19, and 0.69 is under 5 % of that
+    assert check_stuck(tr).status == "passed"

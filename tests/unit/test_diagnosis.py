@@ -648,3 +648,28 @@ def test_units_saturated_by_inputs_far_from_unit_scale_are_told_to_standardise_t
     assert collapse.evidence["fix_configs"][0] == {"learning_rate_factor": 0.1}  # the measured fix stays first
     assert dead.fix.startswith("standardise the inputs") is far
     assert ("normalised inputs" in dead.fix) is not far
+
+
+def test_a_network_dead_but_for_its_output_bias_after_an_early_blow_up_is_a_collapse_from_that_update():
+    from test_checks import _dead_but_the_output_bias
+
+    tr = _dead_but_the_output_bias(first_update=17.0)
+    tr.loss[0] = 0.8
+    tr.loss[1:10] = [541.0, 16.0, 15.0, 101.0, 40.0, 30.0, 14.4, 15.0, 22.3]
+    tr.info["optimizer"] = "Adam"
+    tr.info["optimizer_config"] = {"learning_rate": 1.0}
+    stuck = [f for f in _diag(tr) if f.check == "stuck"][0]
+    assert stuck.evidence["cause_key"] == "collapse_constant", stuck.cause
+    assert "after the update at step 0 the loss went from 0.8" in stuck.cause
+    assert "every weight but seq/out/bias has had a zero gradient since" in stuck.cause
+    assert "labels" not in stuck.cause
+    assert stuck.evidence["fix_configs"][0]["learning_rate_factor"] < 1
+
+
+def test_a_network_dead_but_for_its_output_bias_is_not_blamed_on_the_labels():
+    from test_checks import _dead_but_the_output_bias
+
+    tr = _dead_but_the_output_bias()
+    stuck = [f for f in _diag(tr) if f.check == "stuck"][0]
+    assert "labels" not in stuck.cause and "no signal" not in stuck.cause, stuck.cause
+    assert "every weight but seq/out/bias" in stuck.cause, stuck.cause
