@@ -1641,6 +1641,18 @@ def _diverged(q: Quotes, trace: Trace, step: int) -> tuple[bool, str | None]:
     return _ok(lg, GROWTH_BEFORE_NAN) or _ok(gg, GROWTH_BEFORE_NAN), src
 
 
+#: an early update blew the loss up when the loss rose above this x its level at that step within a window
+EARLY_RISE = 3.0
+
+
+def _went_up_after(trace: Trace, u: int, q: Quotes) -> bool:
+    """Whether the loss rose above :data:`EARLY_RISE` x its level at step ``u`` within a window after it: the
+    update made there blew it up."""
+    before = _number(trace.loss[u]) if u < trace.steps else math.nan
+    after = _finite(trace.loss[u + 1 : u + 1 + int(q.settings["spike_window"])])
+    return bool(math.isfinite(before) and before > 0 and after.size and float(np.max(after)) > EARLY_RISE * before)
+
+
 def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     _, cfg = _optimizer(trace)
     ev = f.evidence
@@ -1708,7 +1720,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         else "the loss has been flat since"
     )
     early = ev.get("early_update_step")
-    if early is not None and (flat or zero or vanished):
+    if early is not None and (flat or zero or vanished) and _went_up_after(trace, int(early), q):
         # an update among the first steps moved the weights their own norm or more: the blow-up that killed the
         # network is there, however noisy the loss was between it and the stuck stretch
         u = q.step("update_step", int(early))

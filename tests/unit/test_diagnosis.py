@@ -673,3 +673,13 @@ def test_a_network_dead_but_for_its_output_bias_is_not_blamed_on_the_labels():
     stuck = [f for f in _diag(tr) if f.check == "stuck"][0]
     assert "labels" not in stuck.cause and "no signal" not in stuck.cause, stuck.cause
     assert "every weight but seq/out/bias" in stuck.cause, stuck.cause
+
+
+def test_a_large_first_update_after_which_the_loss_did_not_rise_is_not_called_a_blow_up():
+    from test_checks import _dead_but_the_output_bias
+
+    # the first update was 17x the weights' norm, but the loss never rose above its start: whatever killed
+    # the network, "the loss went up after the update" would not be the trace's
+    tr = _dead_but_the_output_bias(first_update=17.0)
+    stuck = [f for f in _diag(tr) if f.check == "stuck"][0]
+    assert "after the update at step 0" not in stuck.cause, stuck.cause
