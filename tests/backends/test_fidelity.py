@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import pytest
 
 BACKEND = keras.backend.backend()
 HERE = Path(__file__).parent
@@ -191,9 +192,16 @@ SETUP_NAMES = [
 ]
 
 
-def test_plain_fit_and_stability_fit_are_observed_the_same(pytester):
-    """One pytester run, one test per setup (a failure names the setup and the difference)."""
+#: the setups in this many pytester runs, one test each: the suite's pytest-xdist workers share them (one run of
+#: all 29 took 60-73 s on TensorFlow, on one worker, at the end of the suite as often as not)
+PARTS = 3
+
+
+@pytest.mark.parametrize("part", range(PARTS))
+def test_plain_fit_and_stability_fit_are_observed_the_same(pytester, part):
+    """One pytester run per part, one test per setup (a failure names the setup and the difference)."""
     names = [n for n in SETUP_NAMES if n not in UNSUPPORTED.get(BACKEND, set()) and (HAVE_TF or n != "tf_dataset")]
+    names = names[part::PARTS]
     pytester.makepyfile(
         fidelity_setups=(HERE / "fidelity_setups.py").read_text(),
         gan=(HERE.parents[1] / "example_project" / "gan.py").read_text(),
