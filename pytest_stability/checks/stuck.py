@@ -55,7 +55,7 @@ import numpy as np
 
 from ..trace import Trace
 from .base import FAILED, PASSED, SKIPPED, CheckResult, Finding, Thresholds
-from .spikes import EARLY_UPDATE, STUCK_RTOL, VANISHED
+from .spikes import STUCK_RTOL, VANISHED, early_update, initial_steps
 
 NAME = "stuck"
 #: the loss must have fallen by more than this fraction of its initial level to be "going somewhere".
@@ -75,26 +75,6 @@ DEAD_BEST_STEPS = 10
 BIAS_NAMES = ("bias", "beta")
 #: steps of the rolling window in which the dead variables' gradients must be mostly 0 for their death to start
 DEAD_WINDOW = 10
-
-
-def initial_steps(trace: Trace, t: Thresholds) -> int:
-    """How many steps from the start make the initial level ``L0``: the ``warmup_steps`` (at least 5), or,
-    when one of their updates blew the loss up (at least ``EARLY_UPDATE`` x the weights' norm, the early
-    blow-up of ``loss_spike``), the steps up to that update: the level of the blown-up steps after it is not
-    where training started (a convnet at 0.8 whose loss jumped to 541 and sits at the class prior 0.7
-    afterwards has not fallen by half)."""
-    u = early_update(trace, t)
-    return max(5, int(t.warmup_steps)) if u is None else u + 1
-
-
-def early_update(trace: Trace, t: Thresholds) -> int | None:
-    """The first of the ``warmup_steps`` whose update moved the weights at least ``EARLY_UPDATE`` x their norm
-    (``trace.update_ratio``), or None."""
-    if trace.update_ratio is None:
-        return None
-    head = np.asarray(trace.update_ratio[: max(int(t.warmup_steps), 1)], dtype=np.float64)
-    large = np.flatnonzero(np.isfinite(head) & (head >= EARLY_UPDATE))
-    return int(large[0]) if large.size else None
 
 
 def _is_bias(name: str) -> bool:

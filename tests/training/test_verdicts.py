@@ -214,3 +214,35 @@ def test_warm_up_to_3(stability):
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_loss_that_ended_far_above_its_start_fails(pytester):
+    """SGD with momentum at a learning rate of 3 on a tanh classifier: the loss climbs from 0.8 to about 8 within
+    the warm-up steps and stays there, every step within its trailing window's noise; no update is as large as
+    the weights (the early blow-up's evidence), and tanh units do not die. It passed every check."""
+    pytester.makepyfile("""
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
+
+
+@pytest.mark.stable_training(steps=200)
+def test_tanh(stability):
+    layers = keras.layers
+    model = keras.Sequential(
+        [keras.Input((8,)), layers.Dense(32, activation="tanh"), layers.Dense(32, activation="tanh"), layers.Dense(2)]
+    )
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.SGD(3.0, momentum=0.9), loss=loss)
+    report = stability.fit(model, X, Y, batch_size=32, check=False)
+    assert report.verdict == "unstable", report.trace.loss[-50:]
+    first = report.findings[0]
+    assert first.check == "loss_spike", [f.message for f in report.findings]
+    assert first.evidence["cause_key"] == "lr_too_high", first.cause
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

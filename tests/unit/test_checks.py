@@ -829,8 +829,10 @@ def _early_blow_up(first_update: float, level: float = 200.0, n: int = 200, seed
 
 def test_early_blow_up_is_caught_at_its_jump_with_the_traces_numbers():
     tr = _early_blow_up(14.0)
-    # the rules that compare a step with its trailing window judge the chaos against itself and pass it
-    assert check_loss_spike(Trace(loss=tr.loss)).status == "passed"
+    # the rules that compare a step with its trailing window judge the chaos against itself: without the
+    # update's size, only the rule on the level the run ended at (200x its start) fails it
+    alone = check_loss_spike(Trace(loss=tr.loss))
+    assert [f.evidence.get("ended_above_start") for f in alone.findings] == [True], alone.findings
     r = check_loss_spike(tr)
     assert r.status == "failed"
     f = r.findings[0]
@@ -925,3 +927,39 @@ def test_stuck_initial_level_is_the_loss_before_an_early_blow_up():
     assert f.evidence["initial_loss"] == 0.8
     tr.update_ratio[0] = 0.01  # without it: the first 10 steps' median, 19, and 0.69 is under 5 % of that
     assert check_stuck(tr).status == "passed"
+
+
+# -- a loss that ended far above where it started ------------------------------------------------------------
+
+
+def _climb(end: float, seed: int = 4, n: int = 300) -> np.ndarray:
+    """0.78 for the first steps, then a climb to ``end`` x that over 100 steps, held, with 0.5 decades of noise:
+    each step within its trailing window's noise, so no spike rule singles one out."""
+    rng = np.random.default_rng(seed)
+    level = np.concatenate([np.zeros(5), np.linspace(0, np.log10(end), 100), np.full(n - 105, np.log10(end))])
+    loss = 0.78 * 10 ** (level + rng.normal(0, 0.25, n))
+    loss[:3] = [0.78, 0.8, 0.75]
+    return loss
+
+
+def test_a_loss_that_ended_far_above_its_start_fails_with_the_traces_numbers():
+    loss = _climb(10.0)
+    r = check_loss_spike(Trace(loss=loss))
+    assert r.status == "failed"
+    (f,) = r.findings
+    assert f.evidence["ended_above_start"] is True and f.kind == "spike_no_recovery"
+    assert f.value == pytest.approx(float(np.median(loss[-50:])))
+    assert f.limit == pytest.approx(3 * 0.78)
+    assert f.evidence["ratio"] == pytest.approx(f.value / 0.78)
+    assert loss[f.step] > f.limit and 5 <= f.step <= 105, f.step
+    assert f"ended {f.value / 0.78:.1f}x above where it started" in f.message
+
+
+def test_a_loss_that_ended_less_than_3x_above_its_start_passes():
+    assert check_loss_spike(Trace(loss=_climb(2.0))).status == "passed"
+
+
+def test_a_run_that_ended_above_its_start_in_nan_is_left_to_the_nonfinite_check():
+    loss = _climb(10.0)
+    loss[-1] = np.nan
+    assert not any(f.evidence.get("ended_above_start") for f in check_loss_spike(Trace(loss=loss)).findings)
