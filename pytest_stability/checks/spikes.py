@@ -614,8 +614,9 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
     """The loss ended ``spike_ratio`` x above where it started and stayed there (see the module docstring), or
     None: its median over the last ``spike_window`` steps against its level at the start (the median of its
     first ``START_STEPS``, or fewer: up to an early blow-up's update, :func:`initial_steps`; a blow-up inside
-    the warm-up must not raise the start it is compared with).  Training made the loss worse, whatever the path: a climb too gradual for the spike
-    rules, inside their warm-up, or from a level they had already taken as the norm."""
+    the warm-up must not raise the start it is compared with).  Training made the loss worse, whatever the
+    path: a climb too gradual for the spike rules, inside their warm-up, or from a level they had already taken
+    as the norm."""
     loss = np.asarray(trace.loss, dtype=np.float64)
     n, w = loss.shape[0], int(t.spike_window)
     k = min(START_STEPS, initial_steps(trace, t))
