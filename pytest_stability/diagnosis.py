@@ -2193,13 +2193,16 @@ def rank_findings(
 
     events = any(f.check in ("nonfinite", "loss_spike", "grad_norm") for f in flat)
 
-    def when(f: Finding) -> int:
-        # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from); but a
-        # network found stuck only as dead but for its biases, where another check found a spike or an
-        # explosion, is that event's consequence: the event, which names its cause, leads
+    def only_dead(f: Finding) -> bool:
+        """A run found stuck only as a network dead but for its biases, where another check found a spike, an
+        explosion or a NaN: that event's consequence, which the event, naming its cause, leads."""
         ev = f.evidence
-        only_dead = ev.get("dead_network") and not any(ev.get(k) for k in ("flat", "vanished", "slow_updates", "died"))
-        if f.check == "stuck" and only_dead and events:
+        others = ("flat", "vanished", "slow_updates", "died")
+        return bool(f.check == "stuck" and ev.get("dead_network") and events and not any(ev.get(k) for k in others))
+
+    def when(f: Finding) -> int:
+        # a collapse found stuck long after the blow-up that caused it happened at the blow-up (fix_from)
+        if only_dead(f):
             return int(f.step)
         return min(int(f.step), int(f.evidence.get("fix_from", f.step)))
 
@@ -2213,7 +2216,7 @@ def rank_findings(
     if not roots:
         roots, structural = structural, []
     event = [f for f in roots if when(f) <= when(roots[0]) + EVENT_GAP]
-    primary = min(event, key=lambda f: (order(f)[0], when(f), order(f)[1]))
+    primary = min(event, key=lambda f: (only_dead(f), order(f)[0], when(f), order(f)[1]))
     rest = [f for f in roots if f is not primary] + structural + [f for f in val if f not in roots]
     alternatives = sorted(
         {f.evidence["cause_key"] for f in event if f is not primary} - {primary.evidence["cause_key"]}

@@ -683,3 +683,18 @@ def test_a_large_first_update_after_which_the_loss_did_not_rise_is_not_called_a_
     tr = _dead_but_the_output_bias(first_update=17.0)
     stuck = [f for f in _diag(tr) if f.check == "stuck"][0]
     assert "after the update at step 0" not in stuck.cause, stuck.cause
+
+
+def test_a_spike_that_killed_the_network_leads_the_collapse_it_caused():
+    from test_checks import _dead_but_the_output_bias
+
+    from pytest_stability.diagnosis import rank_findings
+
+    tr = _dead_but_the_output_bias()  # dead but for the output bias from about step 60
+    tr.loss[66:74] *= 12.0  # the spike of that event, found by loss_spike a few steps after the death began
+    ranked = rank_findings(run_checks(tr), tr)
+    checks = [(f.check, f.step) for f in ranked]
+    assert [c for c, _ in checks[:2]] == ["loss_spike", "stuck"], checks
+    stuck = ranked[1]
+    assert stuck.evidence["dead_network"] and stuck.step < ranked[0].step  # found earlier, led all the same
+    assert stuck.evidence["consequence_of"] == f"loss_spike@{ranked[0].step}"
