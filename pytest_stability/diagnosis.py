@@ -905,9 +905,19 @@ def _clip_or_note(q: Quotes, trace: Trace, start: int, what: str) -> list[Fix]:
     clip = _clip_fix(q, trace, start, what)
     if clip is not None:
         return [clip]
-    if "healthy_steps" not in q:
-        return []
-    return [_no_clip_note_short() if q["healthy_steps"] == 0 else _no_clip_note()]
+    return [_why_no_clip(q)] if "healthy_steps" in q else []
+
+
+def _why_no_clip(q: Quotes) -> Fix:
+    """The note on why :func:`_clip_fix` gave no clipnorm: no healthy stretch, one too short, or one whose
+    gradient norms give no clip value (all 0)."""
+    if "healthy_min_steps" not in q:
+        return Fix(
+            "no clipnorm: the gradient norms of the healthy steps before it, {grad_norm_p90_healthy} at their "
+            "90th percentile, give no clip value: lower the learning rate",
+            note=True,
+        )
+    return _no_clip_note_short() if q["healthy_steps"] == 0 else _no_clip_note()
 
 
 def _no_clip_note_short() -> Fix:
@@ -1411,7 +1421,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     lr_first = too_fast or rose or clip is None or not exploded
     fixes: list[Fix] = [fx for fx in ([lr_fix, clip] if lr_first else [clip, lr_fix]) if fx is not None]
     if clip is None and has_g:
-        fixes.append(_no_clip_note())
+        fixes.append(_why_no_clip(q))
     # a rate that jumped before it is the likelier culprit than the batch
     culprit = (
         "a learning rate too high, which jumped before it"
@@ -1607,7 +1617,7 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         cause += ", at learning rate {learning_rate}"
         if first_too_big:
             cause += "; the first update already moved the weights {update_ratio_first} times their norm"
-        fixes = [lr_fix] + ([clip] if clip is not None else [_no_clip_note()] if "healthy_steps" in q else [])
+        fixes = [lr_fix] + ([clip] if clip is not None else [_why_no_clip(q)] if "healthy_steps" in q else [])
         return Dx("lr_too_high", LIKELY, cause, fixes)
     q.text("source", src or "loss")
     q.text("guard_code", "keras.ops.log(keras.ops.clip(p, 1e-7, 1.0))")
@@ -1643,6 +1653,18 @@ def _diverged(q: Quotes, trace: Trace, step: int) -> tuple[bool, str | None]:
 
 #: an early update blew the loss up when the loss rose above this x its level at that step within a window
 EARLY_RISE = 3.0
+
+
+def _collapse_from(q: Quotes, trace: Trace, root: int, head: str, step: int) -> Dx:
+    """A run found stuck at ``step`` after a blow-up at ``root``: the collapse's diagnosis, its fix in place
+    from ``root`` (before the blow-up, not where the run was found stuck), inputs far from unit scale named."""
+    dx = _collapse_dx(q, trace, root, root, head, until=step)
+    dx.extra["fix_from"] = root
+    far = _inputs_far(q, trace)
+    if far:
+        dx.cause += far
+        dx.fixes.append(STANDARDISE_INPUTS)
+    return dx
 
 
 def _went_up_after(trace: Trace, u: int, q: Quotes) -> bool:
@@ -1730,13 +1752,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             "after the update at step {update_step} the loss went from {loss_before_update} up to "
             "{loss_peak_after}, and " + stop + " step {step}: a collapse after a blow-up"
         )
-        dx = _collapse_dx(q, trace, u, u, head, until=step)
-        dx.extra["fix_from"] = u
-        far = _inputs_far(q, trace)
-        if far:
-            dx.cause += far
-            dx.fixes.append(STANDARDISE_INPUTS)
-        return dx
+        return _collapse_from(q, trace, u, head, step)
     up = blew_up(trace, step, level)
     if up["any"]:
         # the run went up, then stopped: a collapse after a blow-up, never "raise the learning rate"
@@ -1751,15 +1767,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             q.ratio("burst", "grad_norm_burst", "grad_norm_early")
             parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
-        # the fix must be in place before the blow-up, not where the run was found stuck
-        root = int(up["low_end"]) if up["jump"] else max(step - 1, 0)
-        dx = _collapse_dx(q, trace, root, root, head, until=step)
-        dx.extra["fix_from"] = root
-        far = _inputs_far(q, trace)
-        if far:
-            dx.cause += far
-            dx.fixes.append(STANDARDISE_INPUTS)
-        return dx
+        return _collapse_from(q, trace, int(up["low_end"]) if up["jump"] else max(step - 1, 0), head, step)
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced

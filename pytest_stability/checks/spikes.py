@@ -52,6 +52,8 @@ an early blow-up's update when there was one: :func:`initial_steps`), fails too 
 training made the loss worse and it stayed there, over a climb too gradual, too early or too noisy for the
 rules above (SGD with momentum at 3 on a tanh classifier: 0.78 at the start, 8 at the end).  A healthy run
 ends below where it started: over the detection benchmark's 347 healthy runs the largest ratio is 1.16.
+After an early update as large as the weights (an early blow-up's evidence), a loss that never came back
+below where it started fails at 1x (Adam at 1 on a tanh classifier: 0.78 at the start, 1.29 at the end).
 
 A spike must show that the model changed: a single hard batch at a small batch
 size (one step far above its median, the next steps back to normal) is not
@@ -625,7 +627,11 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
     if head.size == 0 or tail.size < max(5, w // 5) or not np.isfinite(tail).all():
         return None  # too short to tell; a NaN is the nonfinite check's
     start, level = float(np.median(head)), float(np.median(tail))
-    limit = t.spike_ratio * start
+    # after an update as large as the weights (the early blow-up's evidence; no healthy run of the detection
+    # benchmark came within 5x of it), a loss that never came back below where it started is enough
+    blown = early_update(trace, t)
+    factor = 1.0 if blown is not None else float(t.spike_ratio)
+    limit = factor * start
     if not (start > 0 and level > limit):
         return None
     # where it went above for good: after the last rolling median (over spike_window // 5 steps) at or below it
@@ -636,7 +642,9 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
     below = np.flatnonzero(~(roll > limit))
     s0 = int(below[-1]) + 1 if below.size else 0
     over = np.flatnonzero(loss[s0:] > limit)
-    step = min(s0 + (int(over[0]) if over.size else 0), n - 1)
+    above = min(s0 + (int(over[0]) if over.size else 0), n - 1)
+    # after an early update as large as the weights, the event is that update (its step is the first it shows in)
+    step = above if blown is None else min(blown + 1, n - 1)
     return Finding(
         check=NAME,
         kind="spike_no_recovery",
@@ -645,8 +653,9 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
         limit=float(limit),
         message=(
             f"the loss ended {level / start:.1f}x above where it started: its median over the last {tail.size} "
-            f"steps, {level:.4g}, against {start:.4g} over the first {head.size} (limit {t.spike_ratio:g}x = "
-            f"{limit:.4g}); above the limit since step {step}: training made the loss worse, over a climb the "
+            f"steps, {level:.4g}, against {start:.4g} over the first {head.size} (limit {factor:g}x = {limit:.4g}"
+            + ("" if blown is None else f", as the update at step {blown} moved the weights their own norm or more")
+            + f"); above the limit for good since step {above}: training made the loss worse, over a climb the "
             "spike rules did not single out"
         ),
         evidence={

@@ -6,6 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: a linearly separable two-class problem, for the tests below that train a small classifier too hard
+CLASSIFIER = """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
+"""
 
 
 def test_dead_relus_from_the_first_step_fail_as_stuck_without_validation_data(pytester, tiny_problem):
@@ -153,15 +163,9 @@ def test_a_run_chaotic_from_its_first_update_fails_as_an_early_blow_up(pytester)
     norm and the loss swings between 0 and hundreds for the rest of the run.  The gradient norm grows only 20x
     (under grad_norm's 100x) and every relative spike limit was calibrated on the chaos itself: it passed.
     At 0.3 the first update is still 1.4x the weights' norm, and the loss falls after it: that passes."""
-    pytester.makepyfile("""
-import keras
-import numpy as np
-import pytest
-
-rng = np.random.default_rng(0)
-X = rng.normal(size=(512, 8)).astype("float32")
-Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
-
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
 
 @pytest.mark.stable_training(steps=120)
 @pytest.mark.parametrize("lr", [3.0, 0.3])
@@ -177,7 +181,8 @@ def test_adam(stability, lr):
         assert first.evidence["update_ratio"] > 10
         assert first.evidence["cause_key"] == "lr_too_high", first.cause
         assert "lower" in first.fix or "learning_rate=" in first.fix
-""")
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
 
@@ -186,15 +191,9 @@ def test_a_network_dead_but_for_its_output_bias_fails_as_a_collapse(pytester):
     """Adam warmed up to a learning rate of 3 over 50 steps: the ReLUs die and the classifier sits at the class
     prior, ln 2, for the rest of the run. Its loss varies with each batch's labels (not flat) and the output's
     bias still gets a gradient (the global norm neither vanishes nor is 0): it passed every check."""
-    pytester.makepyfile("""
-import keras
-import numpy as np
-import pytest
-
-rng = np.random.default_rng(0)
-X = rng.normal(size=(512, 8)).astype("float32")
-Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
-
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
 
 @pytest.mark.stable_training(steps=200)
 def test_warm_up_to_3(stability):
@@ -211,38 +210,38 @@ def test_warm_up_to_3(stability):
     assert stuck[0].evidence["live_variables"] == [model.layers[-1].bias.path], stuck[0].message
     assert stuck[0].evidence["cause_key"] in ("collapse_constant", "vanished_gradients"), stuck[0].cause
     assert "labels" not in stuck[0].cause
-""")
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
 
 
 def test_a_loss_that_ended_far_above_its_start_fails(pytester):
-    """SGD with momentum at a learning rate of 3 on a tanh classifier: the loss climbs from 0.8 to about 8 within
-    the warm-up steps and stays there, every step within its trailing window's noise; no update is as large as
-    the weights (the early blow-up's evidence), and tanh units do not die. It passed every check."""
-    pytester.makepyfile("""
-import keras
-import numpy as np
-import pytest
-
-rng = np.random.default_rng(0)
-X = rng.normal(size=(512, 8)).astype("float32")
-Y = (X[:, :1] + 0.5 * X[:, 1:2] > 0).astype("int32").ravel()
-
+    """On a tanh classifier, SGD with momentum at a learning rate of 3: the loss climbs from 0.8 to about 8 within
+    the warm-up steps and stays there, every step within its trailing window's noise, no update as large as the
+    weights (the early blow-up's evidence), and tanh units do not die; Adam at 1: a first update of 5x the
+    weights' norm, and the loss ends at 1.3, above where it started, under the 3x limit. Both passed every
+    check."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
 
 @pytest.mark.stable_training(steps=200)
-def test_tanh(stability):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_tanh(stability, optimizer):
     layers = keras.layers
     model = keras.Sequential(
         [keras.Input((8,)), layers.Dense(32, activation="tanh"), layers.Dense(32, activation="tanh"), layers.Dense(2)]
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=keras.optimizers.SGD(3.0, momentum=0.9), loss=loss)
+    opt = keras.optimizers.SGD(3.0, momentum=0.9) if optimizer == "sgd" else keras.optimizers.Adam(1.0)
+    model.compile(optimizer=opt, loss=loss)
     report = stability.fit(model, X, Y, batch_size=32, check=False)
     assert report.verdict == "unstable", report.trace.loss[-50:]
     first = report.findings[0]
     assert first.check == "loss_spike", [f.message for f in report.findings]
     assert first.evidence["cause_key"] == "lr_too_high", first.cause
-""")
+"""
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)

@@ -952,7 +952,7 @@ def test_a_loss_that_ended_far_above_its_start_fails_with_the_traces_numbers():
     assert f.limit == pytest.approx(3 * 0.78)
     assert f.evidence["ratio"] == pytest.approx(f.value / 0.78)
     assert loss[f.step] > f.limit and 5 <= f.step <= 105, f.step
-    assert f"ended {f.value / 0.78:.1f}x above where it started" in f.message
+    assert f"ended {f.value / 0.78:.1f}x above where it started" in f.message and f"since step {f.step}" in f.message
 
 
 def test_a_loss_that_ended_less_than_3x_above_its_start_passes():
@@ -963,3 +963,16 @@ def test_a_run_that_ended_above_its_start_in_nan_is_left_to_the_nonfinite_check(
     loss = _climb(10.0)
     loss[-1] = np.nan
     assert not any(f.evidence.get("ended_above_start") for f in check_loss_spike(Trace(loss=loss)).findings)
+
+
+def test_after_an_update_as_large_as_the_weights_a_loss_above_its_start_fails_at_1x():
+    # 1.65x its start: under the 3x limit, unless an early update moved the weights their own norm or more
+    loss = _climb(1.65)
+    assert check_loss_spike(Trace(loss=loss)).status == "passed"
+    update = np.full(loss.size, 0.01)
+    update[0] = 5.4
+    r = check_loss_spike(Trace(loss=loss, update_ratio=update))
+    (f,) = r.findings
+    assert f.evidence["ended_above_start"] and f.limit == pytest.approx(loss[0])  # the loss before that update
+    assert f.step == 1  # the event is that update: its step is the first it shows in
+    assert "as the update at step 0 moved the weights their own norm or more" in f.message

@@ -698,3 +698,19 @@ def test_a_spike_that_killed_the_network_leads_the_collapse_it_caused():
     stuck = ranked[1]
     assert stuck.evidence["dead_network"] and stuck.step < ranked[0].step  # found earlier, led all the same
     assert stuck.evidence["consequence_of"] == f"loss_spike@{ranked[0].step}"
+
+
+def test_a_healthy_stretch_whose_gradient_norms_are_all_zero_gives_no_clip_and_says_why():
+    # a network dead since its first steps (zero gradients, a healthy-looking stretch), then a jump: the
+    # clipnorm from those norms would be 0; the note said "fewer than {healthy_min_steps}" with that quote unset
+    rng = np.random.default_rng(0)
+    n = 200
+    loss = 0.7 * np.exp(0.05 * rng.normal(size=n))
+    loss[100:] *= 8.0
+    g = np.zeros(n)
+    g[100:] = 0.5
+    found = [f for r in run_checks(Trace(loss=loss, grad_norm=g)) for f in r.findings]
+    assert found, "the jump is a finding"
+    for f in diagnose(found, Trace(loss=loss, grad_norm=g)):
+        if "clipnorm" in f.fix:
+            assert "give no clip value" in f.fix or "clipnorm=" in f.fix, f.fix
