@@ -76,7 +76,7 @@ def run_checks(
 def curve_view(trace: Trace, curve: str) -> Trace:
     """``trace`` with the loss curve ``curve`` (``trace.loss_curves``) as its loss, and, when one optimizer's
     name shares the curve's prefix (``d_loss`` and ``d_optimizer``), that optimizer's statistics as its own."""
-    view = replace(trace, loss=trace.loss_curves[curve], curves={})
+    view = replace(trace, loss=trace.loss_curves[curve], curves={}, info={**trace.info, "loss_curve": curve})
     if curve != "loss":
         opt = matching_optimizer(trace, curve)
         if opt is not None:

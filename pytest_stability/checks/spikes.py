@@ -54,6 +54,8 @@ rules above (SGD with momentum at 3 on a tanh classifier: 0.78 at the start, 8 a
 ends below where it started: over the detection benchmark's 347 healthy runs the largest ratio is 1.16.
 After an early update as large as the weights (an early blow-up's evidence), a loss that never came back
 below where it started fails at 1x (Adam at 1 on a tanh classifier: 0.78 at the start, 1.29 at the end).
+Only the model's loss is judged so: a ``train_step``'s other loss curves may rise by design (a GAN's generator
+loss as its discriminator improves, a VAE's KL term from near 0).
 
 A spike must show that the model changed: a single hard batch at a small batch
 size (one step far above its median, the next steps back to normal) is not
@@ -812,7 +814,9 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     ):
         findings.append(slow)
         findings.sort(key=lambda f: f.step)
-    if not findings:  # the other rules name any spike, climb or collapse that ended the run above its start
+    # the other rules name any spike, climb or collapse that ended the run above its start; a loss curve of a
+    # train_step's own other than "loss" may rise by design (a GAN's generator loss, a VAE's KL term)
+    if not findings and (trace.info or {}).get("loss_curve", "loss") == "loss":
         ended = _ended_above_start(trace, t)
         if ended is not None:
             findings.append(ended)

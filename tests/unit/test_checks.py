@@ -976,3 +976,22 @@ def test_after_an_update_as_large_as_the_weights_a_loss_above_its_start_fails_at
     assert f.evidence["ended_above_start"] and f.limit == pytest.approx(loss[0])  # the loss before that update
     assert f.step == 1  # the event is that update: its step is the first it shows in
     assert "as the update at step 0 moved the weights their own norm or more" in f.message
+
+
+def test_a_train_steps_own_loss_curve_that_rises_is_not_judged_by_where_it_started():
+    from pytest_stability.checks import run_checks
+
+    # a VAE's KL term rises from near 0 as the latents come into use; its total loss falls: a healthy run
+    n = 300
+    rising = _climb(10.0)
+    falling = np.geomspace(1.0, 0.3, n)
+    tr = Trace(
+        loss=np.full(n, np.nan),  # the train_step leaves the model's loss tracker alone, as Keras' VAE example does
+        curves={"kl_loss": rising, "total_loss": falling + rising},
+        info={"loss_recorded": False},
+    )
+    assert set(tr.loss_curves) == {"kl_loss", "total_loss"}, tr.loss_curves
+    spike = next(r for r in run_checks(tr) if r.name == "loss_spike")
+    assert not any(f.evidence.get("ended_above_start") for f in spike.findings), spike.findings
+    # the same curve as the model's own loss fails
+    assert check_loss_spike(Trace(loss=rising)).status == "failed"
