@@ -913,8 +913,8 @@ def _why_no_clip(q: Quotes) -> Fix:
     gradient norms give no clip value (all 0)."""
     if "healthy_min_steps" not in q:
         return Fix(
-            "no clipnorm: the gradient norms of the healthy steps before it, {grad_norm_p90_healthy} at their "
-            "90th percentile, give no clip value: lower the learning rate",
+            "no clipnorm: the gradient norms of the healthy steps before it, {grad_norm_p90_healthy}, give no "
+            "clip value: lower the learning rate",
             note=True,
         )
     return _no_clip_note_short() if q["healthy_steps"] == 0 else _no_clip_note()

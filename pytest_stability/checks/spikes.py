@@ -374,22 +374,50 @@ def _collapse(
             f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
             f"{t.spike_ratio:g}x = {t.spike_ratio * best:.4g}) by step {step} {how}"
         ),
-        evidence={
-            "start": step,
-            "end": step,
-            "ratio": level / best,
-            "zscore": None,
-            "trailing_median": best,
-            "recovered": False,
-            "stuck": True,
-            "flat": flat,
-            "vanished": dead_from is not None,
-            "level_shift": False,
-            "collapse": True,
-            "initial_loss": initial_level,
-            "min_loss_before": float(np.nanmin(loss[:step])) if step else None,
-        },
+        evidence=_level_evidence(
+            step,
+            step,
+            level / best,
+            best,
+            False,
+            initial_level,
+            float(np.nanmin(loss[:step])) if step else None,
+            stuck=True,
+            flat=flat,
+            vanished=dead_from is not None,
+            collapse=True,
+        ),
     )
+
+
+def _level_evidence(
+    start: int,
+    end: int,
+    ratio: float,
+    trailing: float,
+    recovered: bool | None,
+    initial_level: float,
+    min_before: float | None,
+    **kind: Any,
+) -> dict[str, Any]:
+    """The evidence of a finding that compares loss *levels* (a collapse, a slow rise, an early blow-up, an end
+    above the start), not one step against its trailing window: no z-score, no level shift; ``kind`` adds the
+    rule's own keys (and overrides ``stuck``, ``flat`` and ``vanished`` for a collapse)."""
+    base: dict[str, Any] = {
+        "start": start,
+        "end": end,
+        "ratio": ratio,
+        "zscore": None,
+        "trailing_median": trailing,
+        "recovered": recovered,
+        "stuck": False,
+        "flat": False,
+        "vanished": False,
+        "level_shift": False,
+        "initial_loss": initial_level,
+        "min_loss_before": min_before,
+    }
+    return {**base, **kind}
 
 
 def rolling_rise(loss: np.ndarray, window: int, warmup: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -460,21 +488,16 @@ def _resurgence(
         value=level,
         limit=RESURGE_RATIO * low,
         message=msg,
-        evidence={
-            "start": step,
-            "end": int(end[i]),
-            "ratio": level / low,
-            "zscore": None,
-            "trailing_median": low,
-            "recovered": recovered,
-            "stuck": False,
-            "flat": False,
-            "vanished": False,
-            "level_shift": False,
-            "slow_rise": True,
-            "initial_loss": initial_level,
-            "min_loss_before": float(np.nanmin(loss[:step])) if step else None,
-        },
+        evidence=_level_evidence(
+            step,
+            int(end[i]),
+            level / low,
+            low,
+            recovered,
+            initial_level,
+            float(np.nanmin(loss[:step])) if step else None,
+            slow_rise=True,
+        ),
     )
 
 
@@ -548,11 +571,10 @@ def _early_blow_up(trace: Trace, t: Thresholds, initial_level: float) -> Finding
     is the nonfinite check's (its diagnosis tells the divergence before it)."""
     loss = np.asarray(trace.loss, dtype=np.float64)
     warm = max(int(t.warmup_steps), 1)
-    found = early_update(trace, t)
-    if found is None or trace.update_ratio is None:
+    u = early_update(trace, t)  # the update made at step u; the loss from step u + 1 on shows it
+    if u is None or trace.update_ratio is None:
         return None
-    u = found  # the update made at step u; the loss from step u + 1 on shows it
-    upd = np.asarray(trace.update_ratio[:warm], dtype=np.float64)
+    moved = float(trace.update_ratio[u])
     head = loss[: u + 1]
     head = head[np.isfinite(head)]
     w = int(t.spike_window)
@@ -570,7 +592,7 @@ def _early_blow_up(trace: Trace, t: Thresholds, initial_level: float) -> Finding
     later = later[np.isfinite(later)]
     recovered = bool(np.median(later) <= t.spike_ratio * before) if later.size >= max(5, w // 5) else None
     msg = (
-        f"an early blow-up: the update at step {u} moved the weights {upd[u]:.3g}x their own norm (limit "
+        f"an early blow-up: the update at step {u} moved the weights {moved:.3g}x their own norm (limit "
         f"{EARLY_UPDATE:g}x), the loss jumped from {before:.4g} to {loss[jump]:.4g} at step {jump}, and its median "
         f"over the next {after.size} steps, {level:.4g}, stayed {level / before:.1f}x above {before:.4g} (limit "
         f"{t.spike_ratio:g}x = {t.spike_ratio * before:.4g}); within the {warm} warmup steps that the other spike "
@@ -590,27 +612,22 @@ def _early_blow_up(trace: Trace, t: Thresholds, initial_level: float) -> Finding
         value=float(loss[jump]),
         limit=float(t.spike_ratio * before),
         message=msg,
-        evidence={
-            "start": jump,
-            "end": jump,
-            "ratio": float(loss[jump] / before),
-            "zscore": None,
-            "trailing_median": before,
-            "recovered": recovered,
-            "stuck": False,
-            "flat": False,
-            "vanished": False,
-            "level_shift": False,
-            "initial_loss": initial_level,
-            "min_loss_before": float(np.min(head)),
-            "confirmed_by": "early",
-            "after_ratio": level / before,
-            "after_z": None,
-            "early": True,
-            "update_step": u,
-            "update_ratio": float(upd[u]),
-            "level_after": level,
-        },
+        evidence=_level_evidence(
+            jump,
+            jump,
+            float(loss[jump] / before),
+            before,
+            recovered,
+            initial_level,
+            float(np.min(head)),
+            confirmed_by="early",
+            after_ratio=level / before,
+            after_z=None,
+            early=True,
+            update_step=u,
+            update_ratio=moved,
+            level_after=level,
+        ),
     )
 
 
@@ -660,24 +677,19 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
             + f"); above the limit for good since step {above}: training made the loss worse, over a climb the "
             "spike rules did not single out"
         ),
-        evidence={
-            "start": step,
-            "end": step,
-            "ratio": level / start,
-            "zscore": None,
-            "trailing_median": start,
-            "recovered": False,
-            "stuck": False,
-            "flat": False,
-            "vanished": False,
-            "level_shift": False,
-            "initial_loss": start,
-            "min_loss_before": float(np.nanmin(loss[: max(step, 1)])),
-            "confirmed_by": "ended_above_start",
-            "after_ratio": level / start,
-            "after_z": None,
-            "ended_above_start": True,
-        },
+        evidence=_level_evidence(
+            step,
+            step,
+            level / start,
+            start,
+            False,
+            start,
+            float(np.nanmin(loss[: max(step, 1)])),
+            confirmed_by="ended_above_start",
+            after_ratio=level / start,
+            after_z=None,
+            ended_above_start=True,
+        ),
     )
 
 

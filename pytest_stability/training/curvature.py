@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -65,6 +64,7 @@ import numpy as np
 
 from ..framework_types import Data, Model, Optimizer, Tensor, Variable
 from .isolation import kept_random_state
+from .model_facts import optimizer_config_silently
 from .recorders import host_numpy
 
 #: the relative residual bound of the top Ritz value that ends a measurement (an eigenvalue within 0.1%)
@@ -501,13 +501,7 @@ def optimizer_rule(keras: ModuleType, model: Model) -> Rule:
     name = known.get(type(inner), type(inner).__name__)
     if name not in ("SGD", "Adam", "AdamW", "RMSprop") and type(inner).__name__ in ("SGD", "Adam", "AdamW", "RMSprop"):
         name = f"{type(inner).__module__}.{type(inner).__name__}"  # a subclass or lookalike: its update is unknown
-    try:
-        with warnings.catch_warnings():  # the plugin's own read: nothing it warns about is the user's
-            warnings.simplefilter("ignore")
-            config = inner.get_config()
-    except Exception:  # pragma: no cover - exotic optimizers
-        config = {}
-    return rule_for(name, config)
+    return rule_for(name, optimizer_config_silently(inner))
 
 
 def preconditioner(keras: ModuleType, model: Model, rule: Rule) -> np.ndarray | None:

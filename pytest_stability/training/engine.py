@@ -38,7 +38,6 @@ from __future__ import annotations
 import inspect
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -75,6 +74,7 @@ from .model_facts import (
     batchnorm_note,
     batchnorm_over_one_sample,
     label_range_error,
+    optimizer_config_silently,
     output_wiring,
     wiring_note,
 )
@@ -1319,15 +1319,7 @@ def _opt_stats(rec: Recorder, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 def optimizer_config(inner: Optimizer) -> dict[str, Any]:
     """The settings of an optimizer that diagnosis reads, builtins only."""
-    try:
-        with warnings.catch_warnings():
-            # the user did not ask for this read, so nothing it warns about is shown: Keras' get_config reads a
-            # learning-rate variable with np.array(variable), which numpy 2 warns about for JAX's variables,
-            # and it serialises a learning rate given as a lambda with a warning that it is unsafe
-            warnings.simplefilter("ignore")
-            config = inner.get_config()
-    except Exception:  # pragma: no cover - exotic optimizers
-        config = {}
+    config = optimizer_config_silently(inner)
     keep = (
         "learning_rate",
         "epsilon",

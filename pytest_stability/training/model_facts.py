@@ -16,6 +16,9 @@ Imports no framework: the model is read through its attributes (``loss``, ``laye
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import numpy as np
 
 from ..framework_types import Layer, Model
@@ -80,6 +83,20 @@ PASSTHROUGH = frozenset(
         "Cropping3D",
     }
 )
+
+
+def optimizer_config_silently(optimizer: object) -> dict[str, Any]:
+    """``optimizer.get_config()``, read without showing a warning ({} when it cannot be read): the user did not
+    ask for the plugin's read, and nothing it warns about is theirs.  Keras' ``get_config`` reads a learning-rate
+    variable with ``np.array(variable)``, which numpy 2 warns about for JAX's variables, and serialises a
+    learning rate given as a lambda with a warning that it is unsafe."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = optimizer.get_config()  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - exotic optimizers
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _single_loss(loss: object) -> object:
