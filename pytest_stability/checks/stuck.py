@@ -41,9 +41,11 @@ Coverage, per trainable variable (only when the trace has the arrays; traces
 from a user's own loop without them are not judged): a variable whose gradient
 norm is exactly 0 at every finite step never receives a gradient
 (``kind="no_gradient"``: disconnected from the loss, or fed only by dead
-units); one whose ``var_update_ratio`` is exactly 0 at every step never
-changes (``kind="no_update"``: a learning rate of 0, an optimizer that skips
-it).  One finding per kind, naming the variables.  Needs 10 steps.
+units), except a bias whose layer's other variables receive gradients (the loss
+does not depend on it: a Wasserstein critic's output bias); one whose
+``var_update_ratio`` is exactly 0 at every step never changes
+(``kind="no_update"``: a learning rate of 0, an optimizer that skips it).
+One finding per kind, naming the variables.  Needs 10 steps.
 """
 
 from __future__ import annotations
@@ -272,6 +274,26 @@ def _best_before(loss: np.ndarray, end: int) -> float:
     return float(np.min(med)) if med.size else math.nan
 
 
+def _invariant_biases(grad_norms: np.ndarray, names: list[str], zero: np.ndarray) -> np.ndarray:
+    """Which of the variables ``zero`` marks (a gradient of exactly 0 at every step) are biases whose layer's
+    other variables did receive gradients: the loss does not depend on them, so they have nothing to learn.
+
+    A bias's gradient is the sum of the gradients of its layer's outputs, which no input to the layer can make 0;
+    when that sum is exactly 0 at every step while the layer's kernel gets gradients, shifting the layer's outputs
+    changes nothing: a Wasserstein critic's output bias (``mean(D(fake)) - mean(D(real))``), a bias that a
+    normalisation subtracts again.  A layer cut off from the loss, or fed only by dead units, has a kernel without
+    gradient too.
+    """
+    out = np.zeros(zero.shape, dtype=bool)
+    live = np.any(np.isfinite(grad_norms) & (grad_norms != 0), axis=0)
+    for i in np.flatnonzero(zero):
+        if i >= len(names) or not _is_bias(names[i]) or "/" not in names[i]:
+            continue
+        layer = names[i].rsplit("/", 1)[0] + "/"
+        out[i] = any(live[j] for j, other in enumerate(names[: live.shape[0]]) if j != i and other.startswith(layer))
+    return out
+
+
 def _coverage(trace: Trace) -> list[Finding]:
     out = []
     names = list(trace.var_names)
@@ -287,6 +309,8 @@ def _coverage(trace: Trace) -> list[Finding]:
             # a variable without gradient is already reported as such
             g = trace.var_grad_norms
             zero &= ~np.all(np.where(np.isfinite(g), g == 0, True), axis=0)
+        if kind == "no_gradient":
+            zero &= ~_invariant_biases(arr, names, zero)
         idx = np.flatnonzero(zero)
         if not idx.size:
             continue

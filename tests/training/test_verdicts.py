@@ -245,3 +245,43 @@ def test_tanh(stability, optimizer):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_a_bias_the_loss_cannot_see_passes_and_a_head_without_a_loss_is_named(pytester):
+    """A pairwise ranker scores both items with one network and compares the scores: the scorer's output bias
+    cancels from ``score(a) - score(b)``, so its gradient is exactly 0 at every step on every backend (it was a
+    "never received a gradient" failure).  A head compiled without a loss still is one, bias and kernel."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
+B = rng.normal(size=(512, 8)).astype("float32")
+PREFERRED = ((X - B) @ rng.normal(size=8) > 0).astype("float32")
+
+
+@pytest.mark.stable_training(steps=100)
+def test_ranker(stability):
+    scorer = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    a, b = keras.Input((8,)), keras.Input((8,))
+    model = keras.Model([a, b], keras.layers.Activation("sigmoid")(keras.layers.Subtract()([scorer(a), scorer(b)])))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    stability.fit(model, [X, B], PREFERRED, batch_size=32)
+
+
+@pytest.mark.stable_training(steps=100)
+def test_head_without_loss(stability):
+    x = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu")(x)
+    model = keras.Model(x, {"y": keras.layers.Dense(1, activation="sigmoid", name="y")(h),
+                            "aux": keras.layers.Dense(3, name="aux")(h)})
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss={"y": "binary_crossentropy", "aux": None})
+    stability.fit(model, X, {"y": Y.astype("float32"), "aux": np.zeros((512, 3), "float32")}, batch_size=32)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::UserWarning")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*[[]stuck] step 0: 2 of 6 trainable variables never received a gradient * aux/kernel, aux/bias",
+            "PASS  *::test_ranker  steps=100/100*",
+        ]
+    )

@@ -621,6 +621,30 @@ def test_a_variable_that_never_gets_a_gradient_is_a_finding():
     assert "unused/kernel" in f.message and "1 of 3" in f.message
 
 
+def _layers(zero):
+    """A critic's two layers and a layer cut off from the loss; ``zero`` names the columns with no gradient."""
+    names = ("critic/dense/kernel", "critic/dense/bias", "critic/out/kernel", "critic/out/bias")
+    names += ("cut/kernel", "cut/bias")
+    vg = np.exp(0.2 * np.random.default_rng(5).normal(size=(100, len(names))))
+    for name in zero:
+        vg[:, names.index(name)] = 0.0
+    loss = np.geomspace(1.0, 0.1, 100)
+    return Trace(loss=loss, grad_norm=np.sqrt((vg**2).sum(1)), var_grad_norms=vg, var_names=names)
+
+
+def test_a_bias_the_loss_does_not_depend_on_is_not_a_finding_but_a_cut_off_layer_is():
+    """A Wasserstein critic's output bias (``mean(D(fake)) - mean(D(real))``) gets exactly 0 while its kernel
+    learns: nothing to learn, not a disconnection.  A layer whose kernel gets nothing is cut off, bias and all."""
+    assert check_stuck(_layers(["critic/out/bias"])).status == "passed"
+    (f,) = check_stuck(_layers(["critic/out/bias", "cut/kernel", "cut/bias"])).findings
+    assert f.kind == "no_gradient" and f.evidence["variables"] == ["cut/kernel", "cut/bias"]
+    # a bias whose layer has no other variable has nothing to say it is connected
+    t = _layers(["critic/out/bias"])
+    t.var_names = ("critic/dense/kernel", "critic/dense/bias", "critic/out/kernel", "bias", "cut/kernel", "cut/bias")
+    (f,) = check_stuck(t).findings
+    assert f.evidence["variables"] == ["bias"]
+
+
 def test_a_variable_that_never_changes_is_a_finding():
     (f,) = check_stuck(_vars(update_zero=(2,))).findings
     assert f.kind == "no_update" and f.evidence["variables"] == ["head/bias"]
