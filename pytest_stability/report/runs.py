@@ -114,6 +114,15 @@ class RunReport:
                 out["curvature_margin"] = float(curvature["margin"])
         return {k: (encode_float(v) if isinstance(v, float) else v) for k, v in out.items()}
 
+    def _loss_curve(self, f: Finding) -> tuple[np.ndarray, str]:
+        """The loss curve shown around a finding: the one it judged (a GAN's ``d_loss``), else the model's own
+        loss, else (a ``train_step`` that reports other losses and leaves its own NaN) the first it reports."""
+        curves = self.trace.loss_curves
+        name = f.evidence.get("curve")
+        if not (isinstance(name, str) and name in curves):
+            name = "loss" if "loss" in curves or not curves else next(iter(curves))
+        return (curves[name], name) if name in curves else (self.trace.loss, "loss")
+
     def explain(self, nodeid: str = "") -> str:
         """The failure explanation, the primary cause first.
 
@@ -138,7 +147,7 @@ class RunReport:
         for i, f in enumerate(self.findings[:5]):
             lines.append("")
             lines.append(f"[{f.check}] step {f.step}: {f.message}")
-            curve, label = (t.loss, "loss")
+            curve, label = self._loss_curve(f)
             if f.check == "grad_norm" and t.grad_norm is not None:
                 curve, label = t.grad_norm, "grad norm"
             if f.check == "val_loss" and t.val_loss is not None and t.val_steps is not None and t.has_validation:

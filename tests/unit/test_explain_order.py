@@ -91,3 +91,26 @@ def test_the_primary_cause_leads_with_its_evidence_then_its_ranked_fixes_then_th
 def test_without_a_what_if_the_explanation_ends_with_the_replay_command():
     text = _report().explain()
     assert "what-if" not in text and text.splitlines()[-1] == "replay: pytest x --replay"
+
+
+def test_a_train_step_that_leaves_its_own_loss_nan_is_shown_by_the_curve_each_finding_judged():
+    """A GAN whose ``train_step`` reports ``d_loss`` and ``g_loss`` and never updates the model's loss tracker:
+    the curve under a finding is the one it judged, never the all-NaN ``loss`` (which read as ``××××``)."""
+    n = 120
+    calm = np.exp(0.05 * np.random.default_rng(1).normal(size=n))
+    d_loss = calm.copy()
+    d_loss[80:] *= 50.0  # jumps and stays
+    trace = Trace(
+        loss=np.full(n, np.nan),
+        nonfinite=np.zeros(n, dtype=np.int32),  # as the engine records it: the loss was never taken
+        grad_norm=calm,
+        steps_planned=n,
+        curves={"d_loss": d_loss, "g_loss": 2.0 * calm},
+        info={"loss_recorded": False},
+    )
+    results = judge(trace, Thresholds())
+    report = RunReport(seed=0, trace=trace, results=results, device="CPU", wall_time=1.0, replay="pytest x")
+    lines = report.explain().splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("[loss_spike] step 80: d_loss"))
+    assert lines[head + 1].startswith("  d_loss    ") and "×" not in lines[head + 1]
+    assert not any(line.startswith("  loss ") for line in lines)
