@@ -74,7 +74,9 @@ spike, as after a learning rate jump).  Unconfirmed events
 are not findings; ``stats["outliers"]`` lists their steps.  A level shift
 is confirmed by construction (its next steps are all high).
 
-Consecutive spike steps less than one window apart form one *event*.  An event
+Consecutive spike steps less than one window apart form one *event*.  Its step is where it happened: the
+first spike step at least halfway (geometrically) from the level before it to its peak (a jump that stays up
+is reported where it jumped; the message adds the peak when it came later).  An event
 whose following window keeps a median above ``spike_ratio`` x the pre-spike
 level did not recover (``kind="spike_no_recovery"``); if training is then
 also stuck (see :func:`stuck_after`: a flat loss, or gradients that vanished),
@@ -83,6 +85,7 @@ it is ``stuck`` (dead units, saturated outputs).
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, TypedDict
 
@@ -120,6 +123,8 @@ EARLY_UPDATE = 1.0
 #: first steps (over the detection benchmark's 347 healthy runs, the largest end / start ratio is 1.16 with 3
 #: steps, 1.33 with step 0 alone)
 START_STEPS = 3
+#: an event's message names its peak when the peak came after its step and is at least this x its loss there
+PEAK_SHOWN = 1.5
 #: a slow rise: the rolling median loss (over spike_window steps) climbs this x above its best rolling median...
 RESURGE_RATIO = 10.0
 #: ...by more than this fraction of the initial loss level (a climb from 1e-9 to 1e-7 is harmless).
@@ -693,6 +698,19 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
     )
 
 
+def _onset(loss: np.ndarray, flag: np.ndarray, base: float, start: int, peak: int, log_space: bool) -> int:
+    """The step an event happened: its first flagged step whose loss is at least halfway from the level before
+    it (``base``, the trailing median at its start) to its peak, geometrically in log space.  A jump that stays
+    up is reported where it jumped, not at the highest of the noisy steps on its plateau (up to a window later);
+    a spike that builds over a few steps, at its top."""
+    top = float(loss[peak])
+    mid = math.sqrt(base * top) if log_space and base > 0 and top > 0 else base + (top - base) / 2
+    for s in range(start, peak):
+        if flag[s] and np.isfinite(loss[s]) and loss[s] >= mid:
+            return s
+    return peak
+
+
 def _events(flag: np.ndarray, gap: int) -> list[tuple[int, int]]:
     """Group flagged steps into (start, end) events separated by more than ``gap``."""
     steps = np.flatnonzero(flag)
@@ -752,21 +770,24 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             recovered = (
                 after_med <= base * t.spike_ratio if sc["log_space"] else after_med <= base + (loss[peak] - base) / 2
             )
+        step = _onset(loss, flag, base, start, peak, sc["log_space"])
         state = stuck_after(loss, trace.grad_norm, int(peak), t.spike_window)
         stuck = bool(recovered is False and state["stuck"])
         shifted = bool(sc["shift"][seg].any())
         kind = "spike" if recovered is not False else "spike_no_recovery"
         if sc["log_space"]:
             what = (
-                f"loss {loss[peak]:.4g} at step {peak} is {ratio[peak]:.1f}x its trailing median "
-                f"{baseline[peak]:.4g} (limit {t.spike_ratio:g}x = {baseline[peak] * t.spike_ratio:.4g}; "
-                f"robust z {z[peak]:.1f}, limit {t.spike_zscore:g})"
+                f"loss {loss[step]:.4g} at step {step} is {ratio[step]:.1f}x its trailing median "
+                f"{baseline[step]:.4g} (limit {t.spike_ratio:g}x = {baseline[step] * t.spike_ratio:.4g}; "
+                f"robust z {z[step]:.1f}, limit {t.spike_zscore:g})"
             )
         else:
             what = (
-                f"loss {loss[peak]:.4g} at step {peak} is {z[peak]:.1f} robust deviations above its trailing "
-                f"median {baseline[peak]:.4g} (limit {t.spike_zscore:g})"
+                f"loss {loss[step]:.4g} at step {step} is {z[step]:.1f} robust deviations above its trailing "
+                f"median {baseline[step]:.4g} (limit {t.spike_zscore:g})"
             )
+        if peak != step and (loss[peak] >= PEAK_SHOWN * loss[step] if sc["log_space"] else loss[peak] > loss[step]):
+            what += f", and peaked at {loss[peak]:.4g} (step {peak})"
         if shifted:
             what += f"; a level shift: the next {max(5, t.spike_window // 5)} steps all stayed above the recent range"
         if recovered is None:
@@ -783,15 +804,16 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
             Finding(
                 check=NAME,
                 kind=kind,
-                step=int(peak),
-                value=float(loss[peak]),
-                limit=float(baseline[peak] * t.spike_ratio) if sc["log_space"] else float(base),
+                step=int(step),
+                value=float(loss[step]),
+                limit=float(baseline[step] * t.spike_ratio) if sc["log_space"] else float(base),
                 message=what,
                 evidence={
                     "start": int(start),
                     "end": int(end),
-                    "ratio": float(ratio[peak]) if sc["log_space"] else None,
-                    "zscore": float(z[peak]),
+                    "peak": int(peak),
+                    "ratio": float(ratio[step]) if sc["log_space"] else None,
+                    "zscore": float(z[step]),
                     "trailing_median": base,
                     "recovered": recovered,
                     "stuck": stuck,

@@ -125,6 +125,29 @@ def test_spike_level_shift_after_noisy_steps_is_caught():
     assert "level shift" in f.message
 
 
+def test_a_jump_that_stays_up_is_reported_where_it_jumped_and_a_later_peak_is_named():
+    """The loss jumps 50x at step 80 and stays, noisily: the event is flagged until the trailing median catches up
+    (about half a window), and its noisiest step came up to 24 steps later.  The finding is step 80, with the
+    numbers of step 80; a spike that builds over steps names its peak."""
+    calm = np.exp(0.05 * np.random.default_rng(1).normal(size=120))
+    for jump in (40, 60, 80):
+        loss = calm.copy()
+        loss[jump:] *= 50.0
+        (f,) = check_loss_spike(Trace(loss=loss)).findings
+        assert f.step == jump and f.value == loss[jump] and f.evidence["peak"] > jump
+        assert f.evidence["ratio"] > 40
+        assert f"loss {loss[jump]:.4g} at step {jump} is {f.evidence['ratio']:.1f}x" in f.message
+        assert "peaked" not in f.message  # its plateau's noise, not a peak
+    loss = calm.copy()
+    loss[80:] *= 50.0
+    loss[81:84] *= [3.0, 6.0, 9.0]  # then climbs to 9x that within three steps
+    (f,) = check_loss_spike(Trace(loss=loss)).findings
+    assert f.step == 80 and f.evidence["peak"] == 83 and f"and peaked at {loss[83]:.4g} (step 83)" in f.message
+    loss = calm.copy()
+    loss[80:] *= np.r_[[2.0, 4.0], np.full(38, 50.0)]  # builds over two steps: reported where it passed halfway
+    assert check_loss_spike(Trace(loss=loss)).findings[0].step == 82
+
+
 def test_spike_level_shift_needs_every_next_step_high():
     # Half the following steps high, half at the old level: noise, not a new level.
     rng = np.random.default_rng(4)
