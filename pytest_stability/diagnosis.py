@@ -169,6 +169,7 @@ CAUSES = {
     "replica_drift": "the replicas' copies of the weights drifted apart",
     "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
+    "targets_out_of_range": "a regression's targets lie outside the range of its bounded output (a sigmoid, a tanh)",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
     "clip_too_small": "a gradient clip far below the gradients holds every update back",
@@ -462,7 +463,8 @@ class Quotes:
         return self._put(name, value, kind="setting", key=key)
 
     def fact(self, name: str, key: str, value: _V, percent: bool = False) -> _V:
-        """A fact from ``trace.info`` (``dtype_policy``, ``batchnorm_layers``...); ``percent``: shown as one."""
+        """A fact from ``trace.info`` (``dtype_policy``, ``batchnorm_layers``...; ``output_wiring.outside``: a key of
+        a dict in it); ``percent``: shown as one."""
         return self._put(name, value, kind="fact", key=key, **({"format": "percent"} if percent else {}))
 
     def const(self, name: str, value: _V) -> _V:
@@ -1717,6 +1719,33 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     flat = f.kind == "collapsed"
     if trace.grad_norm is not None:
         q.over("grad_norm_tail", "grad_norm", "median", n - tail, n - 1)
+    reach = (trace.info or {}).get("output_wiring")
+    if ev.get("targets_out_of_range") and isinstance(reach, Mapping):
+        # the output cannot reach the targets: no learning rate, clip or initialisation fixes that
+        q.text("output_layer", str(reach.get("layer", "")))
+        q.text("output_activation", str(reach.get("activation", "")))
+        for name, key in (
+            ("targets_outside", "outside"),
+            ("target_min", "target_min"),
+            ("target_max", "target_max"),
+            ("output_low", "low"),
+            ("output_high", "high"),
+        ):
+            q.fact(name, f"output_wiring.{key}", float(reach.get(key, math.nan)), percent=key == "outside")
+        return Dx(
+            "targets_out_of_range",
+            LIKELY,
+            "the model's output comes from {output_layer} with activation {output_activation}, whose values stay "
+            "within ({output_low}, {output_high}), but {targets_outside} of the targets (from {target_min} to "
+            "{target_max}) lie outside it: the model cannot reach them, the activation saturates chasing them, "
+            "and the loss stays at {level} (initially {initial_loss})",
+            [
+                Fix(
+                    "give {output_layer} no activation (a linear output) for a regression, or scale the targets "
+                    "into ({output_low}, {output_high}) (and back for predictions)"
+                )
+            ],
+        )
     decay = _weight_decay_shrinks(q, trace, cfg, level)
     if decay is not None and (flat or zero or vanished):
         # before the blow-up's rule: a decay that takes 1 % of every weight a step ends any run at a constant,

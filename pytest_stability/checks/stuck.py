@@ -18,6 +18,10 @@ died after learning, below) **and** one of:
   global ``|dw|/|w|`` (``trace.update_ratio``) is at most ``UPDATE_TOO_SLOW``
   (1e-6).
 
+* ``stuck``: the model's output cannot reach the targets: a regression loss on an output activation that
+  bounds it (a sigmoid, a tanh), with at least 10 % of the (array) targets outside its range, as the engine
+  records it (``trace.info["output_wiring"]``, key ``targets_out_of_range``).
+
 * ``stuck``: the network is dead but for its biases: every variable that is not a bias (``.../bias``,
   ``.../beta``) has had a gradient of exactly 0 on most of the tail's steps, after receiving gradients
   before (``trace.var_grad_norms``), and at least one of them did (``dead_network``).  Dead ReLUs pass no
@@ -221,6 +225,15 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                     f"the updates are too small to move the weights: median |dw|/|w| {um:.2g} per step "
                     f"(<= {UPDATE_TOO_SLOW:g})"
                 )
+    reach = (trace.info or {}).get("output_wiring")
+    if not fell_far and isinstance(reach, dict) and reach.get("key") == "targets_out_of_range":
+        # the model's bounded output cannot reach the targets: it never got going, whatever its gradients do
+        ev["targets_out_of_range"] = True
+        start = 0
+        how.append(
+            f"{reach['outside']:.0%} of the targets lie outside ({reach['low']:g}, {reach['high']:g}), the range of "
+            f"the model's {reach['activation']} output"
+        )
     if flat:
         far = np.flatnonzero(~(np.abs(loss[: n - w] - level) <= max(3 * STUCK_RTOL * scale, 3 * float(np.std(tail)))))
         s = int(far[-1]) + 1 if far.size else 0

@@ -480,8 +480,10 @@ def train(
         rescaler = find(model) if side in setup.data_rms else None
         if rescaler is not None:
             trace.info[key] = rescaler
-    wiring = output_wiring(model)
-    if wiring is not None:  # a loss on probabilities that the output layer does not make, a softmax of one unit
+    # a loss on probabilities that the output layer does not make, a softmax of one unit, targets a bounded output
+    # cannot reach
+    wiring = output_wiring(model, y if setup.kind == "arrays" else None)
+    if wiring is not None:
         trace.info["output_wiring"] = wiring
         notes.append(wiring_note(wiring))
     one = batchnorm_over_one_sample(model, setup.batch_size if setup.kind == "arrays" else None)

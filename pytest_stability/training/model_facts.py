@@ -9,7 +9,10 @@ badly, and which a learning-rate fix would only treat the symptoms of:
   gradient of ``-log(p)`` reaches 1e7;
 * a softmax over a single unit (:func:`softmax_over_one_unit`): it is 1 whatever its input, so no gradient
   reaches the model.  On TensorFlow, Keras' ``binary_crossentropy`` computes from the logits under a softmax or
-  sigmoid, so the same model trains there as if the activation were a sigmoid, and not on JAX or PyTorch.
+  sigmoid, so the same model trains there as if the activation were a sigmoid, and not on JAX or PyTorch;
+* a regression loss on an output whose activation bounds it (a sigmoid's (0, 1), a tanh's (-1, 1)), with targets
+  outside that range (:func:`bounded_output_misses_targets`): the model cannot reach them, and chasing them
+  saturates the activation (the model outputs its bound and the loss barely moves).
 
 Imports no framework: the model is read through its attributes (``loss``, ``layers``, ``outputs``).
 """
@@ -63,6 +66,31 @@ UNBOUNDED = frozenset(
         "log_sigmoid",
     }
 )
+
+#: output activations whose values stay within a range: (low, high)
+BOUNDED = {
+    "sigmoid": (0.0, 1.0),
+    "hard_sigmoid": (0.0, 1.0),
+    "softmax": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "hard_tanh": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0),
+}
+#: Keras' regression losses: the name ``compile`` takes -> the class
+REGRESSION_LOSSES = {
+    "mse": "MeanSquaredError",
+    "mean_squared_error": "MeanSquaredError",
+    "mae": "MeanAbsoluteError",
+    "mean_absolute_error": "MeanAbsoluteError",
+    "huber": "Huber",
+    "log_cosh": "LogCosh",
+    "mape": "MeanAbsolutePercentageError",
+    "mean_absolute_percentage_error": "MeanAbsolutePercentageError",
+    "msle": "MeanSquaredLogarithmicError",
+    "mean_squared_logarithmic_error": "MeanSquaredLogarithmicError",
+}
+#: the fraction of the targets outside a bounded output's range from which the model is said not to reach them
+OUT_OF_RANGE = 0.1
 
 #: layers that only reshape, crop or drop values: the layer before them made the output
 PASSTHROUGH = frozenset(
@@ -204,20 +232,75 @@ def softmax_over_one_unit(model: Model) -> dict[str, str] | None:
     return {"layer": f"{type(layer).__name__} {layer.name!r}"} if units == 1 else None
 
 
-def output_wiring(model: Model) -> dict[str, str] | None:
+def _regression_loss(loss: object) -> str | None:
+    """The name of ``loss`` when it is one of Keras' regression losses (:data:`REGRESSION_LOSSES`), else None."""
+    loss = _single_loss(loss)
+    if isinstance(loss, str):
+        return loss if loss in REGRESSION_LOSSES else None
+    cls = type(loss).__name__
+    return cls if cls in REGRESSION_LOSSES.values() else None
+
+
+def bounded_output_misses_targets(model: Model, y: object) -> dict[str, Any] | None:
+    """A regression loss on an output layer whose activation bounds its values (a sigmoid's (0, 1), a tanh's
+    (-1, 1)), with at least :data:`OUT_OF_RANGE` of the targets ``y`` (an array) outside that range: the model
+    cannot reach them, and chasing them saturates the activation.  ``{"layer", "activation", "low", "high",
+    "outside", "target_min", "target_max", "loss"}``; None otherwise, and wherever it cannot be told."""
+    if not isinstance(y, np.ndarray) or not np.issubdtype(y.dtype, np.number):
+        return None
+    try:
+        loss = _regression_loss(getattr(model, "loss", None))
+        layer = _output_layer(model) if loss is not None else None
+        activation = _activation(layer) if layer is not None else None
+        if layer is None or activation not in BOUNDED:
+            return None
+        low, high = BOUNDED[activation]
+        values = np.asarray(y, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+    except Exception:  # reading a model must never fail a run
+        return None
+    if not values.size:
+        return None
+    outside = float(np.mean((values < low) | (values > high)))
+    if outside < OUT_OF_RANGE:
+        return None
+    return {
+        "layer": f"{type(layer).__name__} {layer.name!r}",
+        "activation": activation,
+        "low": low,
+        "high": high,
+        "outside": outside,
+        "target_min": float(values.min()),
+        "target_max": float(values.max()),
+        "loss": loss,
+    }
+
+
+def output_wiring(model: Model, y: object = None) -> dict[str, Any] | None:
     """The wiring bug of the model's output (see the module docstring), as ``trace.info["output_wiring"]``
-    records it: ``key`` (the diagnosis' cause key) and the facts its note and cause quote; None without one."""
-    fact = softmax_over_one_unit(model)
+    records it: ``key`` (the diagnosis' cause key) and the facts its note and cause quote; None without one.
+    ``y``: the training targets, when they are an array (for :func:`bounded_output_misses_targets`)."""
+    fact: dict[str, Any] | None = softmax_over_one_unit(model)
     if fact is not None:
         return {"key": "softmax_one_unit", **fact}
     fact = probabilities_from_unbounded_output(model)
     if fact is not None:
         return {"key": "probabilities_from_unbounded", **fact}
+    fact = bounded_output_misses_targets(model, y)
+    if fact is not None:
+        return {"key": "targets_out_of_range", **fact}
     return None
 
 
-def wiring_note(fact: dict[str, str]) -> str:
+def wiring_note(fact: dict[str, Any]) -> str:
     """The report's note on :func:`output_wiring`'s finding."""
+    if fact["key"] == "targets_out_of_range":
+        return (
+            f"the model's output comes from {fact['layer']} with activation {fact['activation']!r}, which stays "
+            f"within ({fact['low']:g}, {fact['high']:g}), but {fact['outside']:.0%} of the targets (from "
+            f"{fact['target_min']:.4g} to {fact['target_max']:.4g}) lie outside it: the model cannot reach them; "
+            "give that layer no activation (linear), or scale the targets into its range"
+        )
     if fact["key"] == "softmax_one_unit":
         return (
             f"the model's output comes from {fact['layer']}, a softmax over a single unit: it is 1 whatever its "

@@ -301,6 +301,70 @@ def test_batch_of_one(stability):
     result.assert_outcomes(passed=1)
 
 
+REGRESSION = np.linspace(-3.0, 60.0, 100, dtype="float32")[:, None]  # 2 of 100 in [0, 1], 3 in [-1, 1]
+
+
+@pytest.mark.parametrize(
+    "activation, loss, y, outside",
+    [
+        ("sigmoid", "mse", REGRESSION, 0.98),
+        ("tanh", keras.losses.MeanAbsoluteError(), REGRESSION, 0.97),
+        ("sigmoid", "huber", np.linspace(0.0, 1.05, 100, dtype="float32"), None),  # 5 %: a fit that mostly reaches
+        ("sigmoid", "mse", np.linspace(0.0, 1.0, 100, dtype="float32"), None),  # targets scaled into (0, 1)
+        (None, "mse", REGRESSION, None),  # a linear output reaches anything
+        ("sigmoid", "binary_crossentropy", REGRESSION, None),  # not a regression loss: not this rule's
+    ],
+)
+def test_targets_a_bounded_output_cannot_reach_are_told_from_the_model_and_the_data(activation, loss, y, outside):
+    model = _dense_stack(keras.layers.Dense(1, activation=activation, name="out"), loss=loss)
+    fact = output_wiring(model, y)
+    if outside is None:
+        assert fact is None or fact["key"] != "targets_out_of_range", fact
+        return
+    assert fact is not None and fact["key"] == "targets_out_of_range", fact
+    assert fact["layer"] == "Dense 'out'" and fact["activation"] == activation
+    assert fact["outside"] == pytest.approx(outside) and (fact["target_min"], fact["target_max"]) == (-3.0, 60.0)
+    assert output_wiring(model) is None and output_wiring(model, [1.0, 50.0]) is None  # no array: nothing told
+
+
+def test_a_regression_through_a_sigmoid_that_cannot_reach_its_targets_fails_as_stuck(pytester):
+    """Targets around 50 and a sigmoid output: the output saturates at 1, and the loss barely moves (2 %) for the
+    whole run while the batches keep it noisy and the gradients alive, so no other rule of stuck's sees it.  It
+    passed as stable; it fails with the output and the targets named, and the fix a linear output."""
+    pytester.makepyfile(
+        """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+T = (X @ rng.normal(size=8) * 10 + 50).astype("float32")
+
+
+@pytest.mark.stable_training(steps=200)
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_regression(stability, activation):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(1, activation=activation, name="out")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    stability.fit(model, X, T, batch_size=32)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*[[]stuck] step 0: training is stuck from step 0: 99% of the targets lie outside (0, 1), the range of "
+            "the model's sigmoid output; *",
+            "*cause (likely): the model's output comes from Dense 'out' with activation sigmoid, whose values stay "
+            "within (0, 1), but 99% of the targets (from * to *) lie outside it*",
+            "*fix to try: give Dense 'out' no activation (a linear output) for a regression*",
+            "PASS  *test_regression[[]None]*",
+        ]
+    )
+
+
 def test_a_multi_optimizer_is_refused_before_training_on_every_backend():
     """Keras 3.15's MultiOptimizer has no learning rate of its own, which the recorder reads: it had failed inside
     the recorder on every backend; it is refused first, with what to do instead."""

@@ -131,7 +131,9 @@ def recompute(name: str, quotes: dict, trace: Trace) -> object:
         value = (trace.info.get("optimizer_config") or {}).get(q["key"])
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     if kind == "fact":
-        value = trace.info.get(q["key"])
+        value = trace.info
+        for key in q["key"].split("."):  # "output_wiring.outside": a key of a dict in trace.info
+            value = value.get(key) if isinstance(value, dict) else None
         return value[0] if isinstance(value, list) else value
     return q["value"]  # step, count, const, text: checked by the rules' own tests
 
@@ -227,6 +229,11 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
     if ev.get("event_cause_key", ev["cause_key"]) == "weight_decay_too_strong":
         wd = trace.info["optimizer_config"]["weight_decay"]
         assert quotes["weight_decay"]["value"] == wd and quotes["decay_per_step"]["value"] >= D.WD_SHRINK
+    if ev["cause_key"] == "targets_out_of_range":  # only for a stuck run, with the output's range and the targets'
+        assert f.check == "stuck" and ev["targets_out_of_range"] and fact["key"] == "targets_out_of_range"
+        assert templates["fixes"][0].startswith("give {output_layer} no activation (a linear output)")
+    elif ev.get("targets_out_of_range"):
+        raise AssertionError(f"a stuck run whose targets the output cannot reach named {ev['cause_key']}")
     if ev["cause_key"] == "batchnorm_one_sample":
         assert quotes["bn_layer"]["value"] == trace.info["batchnorm_one_sample"]["layer"]
         assert templates["fixes"][0].startswith("train with a batch_size of {bn_batch_size} or more")
@@ -317,6 +324,17 @@ OPTIMIZERS = st.sampled_from(
 SOFTMAX_ONE_UNIT = {"key": "softmax_one_unit", "layer": "Dense 'out'"}
 #: ``trace.info["batchnorm_one_sample"]`` (model_facts.batchnorm_over_one_sample)
 BATCHNORM_ONE_SAMPLE = {"layer": "BatchNormalization 'bn'"}
+TARGETS_OUT_OF_RANGE = {
+    "key": "targets_out_of_range",
+    "layer": "Dense 'out'",
+    "activation": "sigmoid",
+    "low": 0.0,
+    "high": 1.0,
+    "outside": 0.99,
+    "target_min": -59.5,
+    "target_max": 139.0,
+    "loss": "mse",
+}
 PROBABILITIES_FROM = {
     "key": "probabilities_from_unbounded",
     "loss": "binary_crossentropy",
@@ -389,7 +407,9 @@ def event_traces(draw: st.DrawFn) -> Trace:
             g2v[max(0, s - 2) : s + 1] *= 1e4
         opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
     has_g = draw(st.booleans()) or kind == "burst"
-    wiring = draw(st.sampled_from([None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT, BATCHNORM_ONE_SAMPLE]))
+    wiring = draw(
+        st.sampled_from([None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT, BATCHNORM_ONE_SAMPLE, TARGETS_OUT_OF_RANGE])
+    )
     if wiring is BATCHNORM_ONE_SAMPLE:  # BatchNorm over features in batches of one sample
         info["batchnorm_one_sample"] = dict(wiring)
     elif wiring is not None:  # a loss on probabilities fed a linear output layer; a softmax over one unit
@@ -731,6 +751,30 @@ def test_a_softmax_over_one_unit_is_named_first_when_nothing_learns():
     assert p.cause.startswith("the model's output comes from Dense 'out', a softmax over a single unit")
     assert p.evidence["fixes"][0]["text"].startswith("give Dense 'out' activation='sigmoid' (one unit)")
     check_finding(p, trace, False)
+
+
+def test_targets_the_output_cannot_reach_fail_a_run_that_barely_moved_and_are_its_cause():
+    """A sigmoid output on targets around 50: the loss stays within a few percent of its start, noisy with the
+    batches, the gradients alive.  Without the model's facts nothing fails; with them stuck fails from step 0 and
+    names the output and the targets.  A run whose loss fell far is not judged so (it reaches enough of them)."""
+    rng = np.random.default_rng(0)
+    n = 300
+    info = {"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-2}}
+    loss = 3300 * np.exp(0.02 * rng.normal(size=n))
+    g = np.geomspace(30.0, 1.3, n) * np.exp(0.1 * rng.normal(size=n))
+    trace = Trace(loss=loss, grad_norm=g, update_ratio=np.geomspace(3e-2, 1e-3, n), info=dict(info))
+    assert not any(r.findings for r in run_checks(trace))
+    trace.info["output_wiring"] = dict(TARGETS_OUT_OF_RANGE)
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.step == 0 and p.evidence["cause_key"] == "targets_out_of_range", p.cause
+    assert "99% of the targets lie outside (0, 1), the range of the model's sigmoid output" in p.message
+    assert p.cause.startswith(
+        "the model's output comes from Dense 'out' with activation sigmoid, whose values stay within (0, 1), but 99% "
+        "of the targets (from -59.5 to 139) lie outside it"
+    )
+    check_finding(p, trace, False)
+    fell = Trace(loss=np.geomspace(3300, 30, n), grad_norm=g, info={**info, "output_wiring": TARGETS_OUT_OF_RANGE})
+    assert not any(f.evidence.get("targets_out_of_range") for r in run_checks(fell) for f in r.findings)
 
 
 def test_batchnorm_over_one_sample_is_named_first_when_nothing_before_it_learns():
