@@ -19,7 +19,7 @@ died after learning, below) **and** one of:
   (1e-6).
 
 * ``stuck``: the model's output cannot reach the targets: a regression loss on an output activation that
-  bounds it (a sigmoid, a tanh), with at least 10 % of the (array) targets outside its range, as the engine
+  bounds it (a sigmoid, a tanh), with at least half of the (array) targets outside its range, as the engine
   records it (``trace.info["output_wiring"]``, key ``targets_out_of_range``).
 
 * ``stuck``: the network is dead but for its biases: every variable that is not a bias (``.../bias``,
@@ -77,6 +77,10 @@ DEAD_MIN_LEVEL = 0.05
 #: ``DEAD_BEST_STEPS``-step median of the loss before the tail: it went back up.
 DEAD_RISE = 1.5
 DEAD_BEST_STEPS = 10
+#: the fraction of the targets outside a bounded output's range from which a run that did not fall by half is
+#: stuck for it (the note says so from 10 %; a tanh on standardised targets leaves 32 % of them outside, by a
+#: little: such a model still fits most of their variance, and a noisy regression may not halve its loss)
+OUT_OF_REACH = 0.5
 #: the last part of a variable's path that names a bias (Keras' Dense/Conv ``bias``, BatchNormalization's ``beta``)
 BIAS_NAMES = ("bias", "beta")
 #: steps of the rolling window in which the dead variables' gradients must be mostly 0 for their death to start
@@ -226,7 +230,12 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                     f"(<= {UPDATE_TOO_SLOW:g})"
                 )
     reach = (trace.info or {}).get("output_wiring")
-    if not fell_far and isinstance(reach, dict) and reach.get("key") == "targets_out_of_range":
+    if (
+        not fell_far
+        and isinstance(reach, dict)
+        and reach.get("key") == "targets_out_of_range"
+        and float(reach.get("outside", 0.0)) >= OUT_OF_REACH
+    ):
         # the model's bounded output cannot reach the targets: it never got going, whatever its gradients do
         ev["targets_out_of_range"] = True
         start = 0

@@ -775,6 +775,9 @@ def test_targets_the_output_cannot_reach_fail_a_run_that_barely_moved_and_are_it
     check_finding(p, trace, False)
     fell = Trace(loss=np.geomspace(3300, 30, n), grad_norm=g, info={**info, "output_wiring": TARGETS_OUT_OF_RANGE})
     assert not any(f.evidence.get("targets_out_of_range") for r in run_checks(fell) for f in r.findings)
+    # a tanh on standardised targets leaves a third of them outside, by a little: a note, not a failure
+    trace.info["output_wiring"] = {**TARGETS_OUT_OF_RANGE, "activation": "tanh", "low": -1.0, "outside": 0.32}
+    assert not any(r.findings for r in run_checks(trace))
 
 
 def test_batchnorm_over_one_sample_is_named_first_when_nothing_before_it_learns():
