@@ -1168,7 +1168,7 @@ class CurvatureAtReadbacks:
         # at a read-back, like the validation: under JAX the variables hold the state only after sync_variables
         if not self.meter.due(done):
             return
-        sync_variables(self.model)
+        sync_variables(self.model, read_only=True)
         self.rec.recording_loss = False  # a compute_loss that updates the loss tracker must not write a row
         try:
             self.meter.measure(done)

@@ -191,13 +191,24 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._stopped_by_other(self.keras_steps)
 
+    @property
+    def trained(self) -> Model:
+        """The model ``fit`` trains, for its Python attributes (``stop_training``, ``steps_per_execution``).
+
+        Not :attr:`model`: under JAX, Keras' ``Callback.model`` puts the state ``fit`` holds back into the
+        variables (``jax_state_sync``) at every access, and the next step then reads the variables again.  Read
+        at every batch's end, that made every step pick up what a callback of the user's had assigned to a
+        variable in between (a learning rate set per batch), which plain ``fit`` drops until the epoch's end.
+        """
+        return self._model
+
     def _stopped_by_other(self, steps: int) -> None:
-        if self.model.stop_training and not self.stopping and self.stopped_by is None:
+        if self.trained.stop_training and not self.stopping and self.stopped_by is None:
             self.stopped_by = (steps, _who_stopped(self.user_callbacks))
 
     def stop(self) -> None:
         self.stopping = True
-        self.model.stop_training = True
+        self.trained.stop_training = True
 
     @property
     def reference(self) -> int:
@@ -296,14 +307,14 @@ class ReadbackAtBatchEnd(Readback):
         # function is made again for that call (one more trace, in the last call only)
         if self.epoch_steps is None:
             return
-        per_call = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        per_call = int(getattr(self.trained, "steps_per_execution", 1) or 1)
         # a call on arrays ends at its epoch's end; on data that goes on (a generator) it runs all its steps
         in_call = min(per_call, self.epoch_steps - int(batch)) if self.data_ends_epochs else per_call
         left = self.steps - (self.steps_before_epoch + int(batch))
         if 0 < left < in_call:
-            self.model.steps_per_execution = left
+            self.trained.steps_per_execution = left
             if keras.backend.backend() == "tensorflow":
-                self.model.make_train_function(force=True)
+                self.trained.make_train_function(force=True)
             self.cut_at = self.steps
             self.stop()
 

@@ -297,7 +297,7 @@ class ValidationProbe:
         if not self.ok:
             return
         keras, model = self.keras, self.model
-        sync_variables(model)
+        sync_variables(model, read_only=True)
         done = self.readback.rows.done if self.readback is not None else 0
         try:
             total, count = 0.0, 0

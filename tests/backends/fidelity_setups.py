@@ -161,6 +161,20 @@ def learning_rate_scheduler():
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [cb, EpochSpy()]}
 
 
+def rate_set_per_batch():
+    """A callback that sets the learning rate before each batch through the model it closes over (not
+    ``self.model``).  On JAX, plain fit holds the optimizer's state through an epoch and drops such an assignment
+    until the epoch's end, unless something reads the variables (``Callback.model`` syncs them): the plugin's
+    own reads must not, at each batch's end or at a validation mid-epoch."""
+    model = mlp(keras.optimizers.SGD(0.1))
+
+    def set_rate(batch, logs):
+        model.optimizer.learning_rate.assign(0.1 / (1 + batch))
+
+    callbacks = [keras.callbacks.LambdaCallback(on_train_batch_begin=set_rate), Spy()]
+    return model, X, Y, {"batch_size": 8, "callbacks": callbacks, "validation_data": (X[:16], Y[:16])}
+
+
 def model_checkpoint(tmp):
     cb = keras.callbacks.ModelCheckpoint(
         os.path.join(tmp, "ckpt_{epoch}_{batch}.weights.h5"), save_weights_only=True, save_freq=5

@@ -145,7 +145,7 @@ def test_{name}(stability, tmp_path):
             rtol = ROUNDING.get(name, ROUNDING_ON.get(BACKEND, {}).get(name, 0.0))
             out.append(f"""
 
-@pytest.mark.stable_training(readback_every=16)
+@pytest.mark.stable_training({MARKER.get(name, "readback_every=16")})
 def test_{name}(stability):
     plain, mine = both_ways(stability, S.{name})
     same(plain, mine, rtol={rtol!r})
@@ -153,6 +153,9 @@ def test_{name}(stability):
     return "".join(out)
 
 
+#: setups that need other settings of the stability run: read-backs and validations inside an epoch (an epoch is
+#: 8 steps; read every 16, they fall on epochs' ends)
+MARKER = {"rate_set_per_batch": "readback_every=4, validate_every=4"}
 #: setups whose weights may differ by float rounding (rtol): a full batch summed in another order
 ROUNDING = {"full_batch_no_dropout": 1e-4}
 #: ... on one backend: on JAX, the moving average's weights differ from plain fit's in the last bits (2e-6 at
@@ -167,6 +170,7 @@ SETUP_NAMES = [
     "early_stopping",
     "reduce_lr_on_plateau",
     "learning_rate_scheduler",
+    "rate_set_per_batch",
     "model_checkpoint",
     "mixed_precision",
     "jit_compile",

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...framework_types import Data, Metric, Model, Tensor, Variable
+from ..state import sync_variables
 from .common import host_numpy, index_of, returned_loss
 from .compiled import CompiledRecorder
 
@@ -348,10 +349,10 @@ class JaxRecorder(CompiledRecorder):
         if jax_state and self.standard_state:  # fit holds the state (the variables are emptied while it runs)
             return jax_state["optimizer_variables"][index_of(self.opt.variables, self.buf)]
         # another optimizer's variables ride in the state where the model's own trainer puts them: its
-        # jax_state_sync puts them back in the variables (Keras' way for callbacks that read variables)
-        sync = getattr(self.model, "jax_state_sync", None) if not self.standard_state else None
-        if sync is not None:
-            sync()
+        # jax_state_sync puts them back in the variables (Keras' way for callbacks that read variables), and fit
+        # goes on from the state it holds (a read, see sync_variables)
+        if not self.standard_state:
+            sync_variables(self.model, read_only=True)
         return self.buf.value
 
     def halted(self) -> bool:
