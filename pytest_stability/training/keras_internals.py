@@ -16,7 +16,7 @@ import weakref
 from types import FrameType, ModuleType
 from typing import Any
 
-from ..framework_types import Callback, Variable
+from ..framework_types import Callback, Model, Variable
 
 #: name -> (module, attribute) of everything imported from ``keras.src``, and what for
 IMPORTS: dict[str, tuple[str, str, str]] = {
@@ -74,6 +74,9 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Optimizer", "_learning_rate", "the learning-rate schedule the what-if replay scales"),
     ("Adam", "_velocities", "Adam's second moments (the epsilon diagnosis)"),
     ("Metric", "_variables", "the loss tracker's total and count"),
+    ("Callback", "_model", "the model fit trains, read without Callback.model (which syncs JAX's state)"),
+    ("JAXModel", "_jax_state_synced", "JAX: whether fit's state is in the variables (sync_variables)"),
+    ("JAXModel", "jax_state_sync", "JAX: fit's state put into the variables (sync_variables)"),
     ("Variable", "_value", "TensorFlow: the tf.Variable behind a Keras variable (a strategy's per-replica copies)"),
     ("EpochIterator", "_epoch_iterator", "the generator of fit's epoch iterator, closed when fit returns"),
     (
@@ -161,6 +164,7 @@ def missing(keras: ModuleType) -> list[str]:
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.1), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     found: list[object] = []
+    synced: list[object] = []
 
     callback: Callback = keras.callbacks.Callback
 
@@ -169,13 +173,18 @@ def missing(keras: ModuleType) -> list[str]:
             ref = fit_epoch_iterator()
             found.append(ref() if ref is not None else None)
 
+        def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+            # JAX: fit holds its state now; its flag says whether the variables have it
+            synced.append(getattr(self._model, "_jax_state_synced", None))
+
+    finder = FindEpochIterator()
     model.fit(
         np.zeros((8, 4), "float32"),
         np.zeros((8, 1), "float32"),
         batch_size=8,
         epochs=1,
         verbose=0,
-        callbacks=[FindEpochIterator()],
+        callbacks=[finder],
     )
     dropout = model.layers[0]
     owners = {
@@ -186,9 +195,14 @@ def missing(keras: ModuleType) -> list[str]:
         "Metric": model._loss_tracker if hasattr(model, "_loss_tracker") else None,
         "Variable": model.trainable_variables[0],
         "EpochIterator": found[0] if found else None,
+        "Callback": finder,
+        "JAXModel": model,
     }
     for owner, attribute, _ in ATTRIBUTES:
-        if owner == "Variable" and backend != "tensorflow":
+        if (owner == "Variable" and backend != "tensorflow") or (owner == "JAXModel" and backend != "jax"):
+            continue
+        if owner == "JAXModel" and attribute == "_jax_state_synced" and synced != [False]:
+            out.append(f"JAXModel._jax_state_synced (False while fit holds its state; read {synced})")
             continue
         obj = owners[owner]
         if obj is None or not hasattr(obj, attribute):
@@ -196,4 +210,32 @@ def missing(keras: ModuleType) -> list[str]:
     return out
 
 
-__all__ = ["ATTRIBUTES", "IMPORTS", "close_epoch_iterator", "fit_epoch_iterator", "load", "missing", "tf_variable"]
+def sync_variables(model: Model, *, read_only: bool = False) -> None:
+    """Under JAX, ``fit`` holds the state and empties the variables: put the values back (Keras' way for
+    callbacks that read variables).  The trainer then reads the variables again before the next step, and
+    with them whatever was assigned to them in between (the what-if's fix).
+
+    ``read_only``: the caller only reads the variables (a validation loss, a curvature measurement), and ``fit``
+    goes on from the state it holds, as it would have without this read.  Read again, the variables would bring
+    in what a callback of the user's assigned to one of them since (a learning rate set per batch through the
+    model itself, not ``self.model``), which plain ``fit`` drops until the epoch's end.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is None:
+        return
+    held = getattr(model, "_jax_state_synced", None) is False  # fit holds a state the variables lack
+    sync()
+    if read_only and held:
+        model._jax_state_synced = False
+
+
+__all__ = [
+    "ATTRIBUTES",
+    "IMPORTS",
+    "close_epoch_iterator",
+    "fit_epoch_iterator",
+    "load",
+    "missing",
+    "sync_variables",
+    "tf_variable",
+]

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..framework_types import Model, Variable
+from .keras_internals import sync_variables
 from .recorders import Recorder, find_optimizers, host_numpy
 
 
@@ -45,25 +46,6 @@ def restore_state(model: Model, state: tuple[list[np.ndarray], list[np.ndarray]]
         v.assign(value)
     for v, value in zip(opt_vars, opt_values, strict=True):
         v.assign(value)
-
-
-def sync_variables(model: Model, *, read_only: bool = False) -> None:
-    """Under JAX, ``fit`` holds the state and empties the variables: put the values back (Keras' way for
-    callbacks that read variables).  The trainer then reads the variables again before the next step, and
-    with them whatever was assigned to them in between (the what-if's fix).
-
-    ``read_only``: the caller only reads the variables (a validation loss, a curvature measurement), and ``fit``
-    goes on from the state it holds, as it would have without this read.  Read again, the variables would bring
-    in what a callback of the user's assigned to one of them since (a learning rate set per batch through the
-    model itself, not ``self.model``), which plain ``fit`` drops until the epoch's end.
-    """
-    sync = getattr(model, "jax_state_sync", None)
-    if sync is None:
-        return
-    held = getattr(model, "_jax_state_synced", None) is False  # fit holds a state the variables lack
-    sync()
-    if read_only and held:
-        model._jax_state_synced = False
 
 
 __all__ = ["restore_state", "sync_variables", "take_state"]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...framework_types import Data, Metric, Model, Tensor, Variable
-from ..state import sync_variables
+from ..keras_internals import sync_variables
 from .common import host_numpy, index_of, returned_loss
 from .compiled import CompiledRecorder
 
