@@ -169,6 +169,7 @@ CAUSES = {
     "replica_drift": "the replicas' copies of the weights drifted apart",
     "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
+    "gradients_out_of_scale": "gradients out of scale from the first step (weights initialised too large)",
     "targets_out_of_range": "a regression's targets lie outside the range of its bounded output (a sigmoid, a tanh)",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
@@ -236,6 +237,9 @@ LARGE_INITIAL_LOSS = 1e4
 FAR_FROM_UNIT = 100.0
 #: the update size per step a lowered learning rate aims at (|dw|/|w|).
 TARGET_UPDATE = 1e-2
+#: a lowered learning rate below this trains nothing in a test's few hundred steps: where the first update asks for
+#: one (an SGD rate of 0.01 cut 1e7x), the gradients themselves are out of scale from the first step
+LR_IMPLAUSIBLE = 1e-6
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
 TRAIN_RISE = 1.5
 #: a stuck loss at least this much above its early minimum (rolling median) went up: the run blew up.
@@ -644,6 +648,7 @@ def _diagnose(
 _FROM_THE_OUTPUT = frozenset(
     {
         "no_gradient",
+        "gradients_out_of_scale",
         "adam_second_moment",
         "gradient_explosion",
         "collapse_constant",
@@ -1173,6 +1178,49 @@ def _inputs_far(q: Quotes, trace: Trace) -> str:
     return "; the inputs' root mean square is {input_rms}, far from unit scale: they drive units into saturation"
 
 
+def _out_of_scale(q: Quotes, trace: Trace, what: str, clips: list[Fix]) -> Dx | None:
+    """The first update moved the weights so far that the learning rate it asks for (``learning_rate_suggested``,
+    from :func:`_lr_fix`'s update basis) is below :data:`LR_IMPLAUSIBLE`, with the data not measured far from
+    unit scale: no learning rate that trains is low enough, so the gradients are out of scale from the first
+    step (weights initialised too large for the network's depth, activations that grow layer by layer).  The
+    cause names the rate it would take and the first gradient norm; the fix is the initialisation, not a rate
+    that means nothing.  None otherwise."""
+    suggested = q["learning_rate_suggested"] if "learning_rate_suggested" in q else math.nan  # noqa: SIM401
+    if "target_update" not in q or not (_ok(suggested, 0.0) and suggested < LR_IMPLAUSIBLE):
+        return None
+    q.const("lr_implausible", LR_IMPLAUSIBLE)
+    if trace.grad_norm is not None:
+        q.at("grad_norm_at_start", "grad_norm", 0)
+    rms = _input_rms(trace)
+    if _ok(rms, 0.0):
+        q.fact("input_rms", "input_rms", rms)
+        data = " with the inputs near unit scale (root mean square {input_rms})"
+    elif (trace.info or {}).get("inputs_rescaled_by"):
+        data = " with the inputs rescaled by the model"
+    else:
+        data = " (the inputs' scale was not measured: a dataset or a generator; standardise them if they are not)"
+    return Dx(
+        "gradients_out_of_scale",
+        LIKELY,
+        what + ": the first update moved the weights {update_ratio} times their norm at learning rate "
+        "{learning_rate}, which would have to fall to {learning_rate_suggested} to keep the updates below "
+        "{target_update} of the weights: no learning rate that trains is that low (below {lr_implausible}), so "
+        "the gradients are out of scale from the first step"
+        + (" (gradient norm {grad_norm_at_start})" if "grad_norm_at_start" in q else "")
+        + data
+        + ": weights initialised too large for this network's depth (its activations grow layer by layer), or a "
+        "loss summed over very many values",
+        [
+            Fix(
+                "initialise the layers so their outputs keep the scale of their inputs: kernel_initializer="
+                "'he_normal' for ReLU layers, 'glorot_uniform' (Keras' default) otherwise, no custom initializer "
+                "with a large stddev; or put BatchNormalization / LayerNormalization between the layers"
+            ),
+            *[c for c in clips if c.note],
+        ],
+    )
+
+
 def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, what: str) -> Dx:
     """An explosion in the first few percent of the steps: the learning rate (or the initialisation or input
     scale), with any optimizer; never Adam's second moment (it has no history yet)."""
@@ -1183,6 +1231,13 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     lr_fix, basis = _lr_fix(q, trace, start, end, cfg)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
     scale, scale_fixes = _far_from_unit_scale(q, trace, loss_first)
+    out = (
+        None
+        if scale or basis != "update"
+        else _out_of_scale(q, trace, what + ", within the first {early_end} steps", clips)
+    )
+    if out is not None:
+        return out
     cause = what + ", within the first {early_end} steps: " + (scale or HIGH_FROM_THE_START)
     if basis == "update":
         cause += ": the first update already moved the weights {update_ratio} times their norm"
@@ -1585,9 +1640,13 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
     first_too_big = _ok(u0, UPDATE_TOO_FAST) and step < early_end(trace)
     if finite_loss.size < 3:
         # a NaN within a few steps of the start: a first update too large, or an unsafe op from the start
-        lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
+        lr_fix, basis = _lr_fix(q, trace, step, step, cfg)
         if first_too_big:
             scale, scale_fixes = _far_from_unit_scale(q, trace, q.at("loss_first", "loss", 0))
+            if not scale and basis == "update":
+                out = _out_of_scale(q, trace, "the {quantities} became NaN/Inf at step {step}", [_no_clip_note_short()])
+                if out is not None:
+                    return out
             return Dx(
                 "lr_too_high",
                 LIKELY,

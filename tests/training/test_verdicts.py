@@ -285,3 +285,28 @@ def test_head_without_loss(stability):
             "PASS  *::test_ranker  steps=100/100*",
         ]
     )
+
+
+def test_a_deep_network_initialised_too_large_is_told_to_fix_its_initialisation(pytester):
+    """Twenty ReLU layers initialised with a stddev of 0.5 multiply their activations about 2.8x each: SGD at
+    0.01, a rate that trains most models, moves the weights thousands of times their norm at the first update
+    and the run is NaN at step 1.  The fix is the initialisation; a learning rate of 1e-9 would mean nothing."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
+@pytest.mark.stable_training(steps=100)
+def test_deep(stability):
+    init = keras.initializers.RandomNormal(stddev=0.5)
+    hidden = [keras.layers.Dense(32, activation="relu", kernel_initializer=init) for _ in range(20)]
+    model = keras.Sequential([keras.Input((8,)), *hidden, keras.layers.Dense(1)])
+    loss = keras.losses.BinaryCrossentropy(from_logits=True)  # a sigmoid saturates first on JAX and PyTorch
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=loss)
+    rep = stability.fit(model, X, Y.astype("float32"), batch_size=32, check=False)
+    head = rep.findings[0]
+    assert head.evidence["cause_key"] == "gradients_out_of_scale", head.cause
+    assert "no learning rate that trains is that low" in head.cause
+    assert head.fix.startswith("initialise the layers so their outputs keep the scale of their inputs")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

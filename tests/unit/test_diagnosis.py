@@ -714,3 +714,60 @@ def test_a_healthy_stretch_whose_gradient_norms_are_all_zero_gives_no_clip_and_s
     fixes = [f.fix for f in diagnose(found, Trace(loss=loss, grad_norm=g))]
     assert any("no clipnorm: the gradient norms of the healthy steps before it, 0 " in x for x in fixes), fixes
     assert not any("clipnorm=" in x for x in fixes), fixes
+
+
+@pytest.mark.parametrize(
+    "optimizer, lr, first_update, info, expected",
+    [
+        # a 20-layer ReLU net initialised with stddev 0.5: SGD at 0.01 moves its weights 3.6e4x their norm at once;
+        # the rate would have to be 1e-9
+        ("SGD", 1e-2, 3.6e4, {"input_rms": 1.0}, "gradients_out_of_scale"),
+        ("SGD", 1e-2, 3.6e4, {}, "gradients_out_of_scale"),  # a dataset: the inputs' scale not measured
+        # Adam at 3 moves an MLP's weights 14x: a rate of 3e-4 trains, so the rate is the cause
+        ("Adam", 3.0, 14.0, {"input_rms": 1.0}, "lr_too_high"),
+        # pixel values at 0-255: the data's scale is the cause, whatever rate it would take
+        ("SGD", 1e-2, 3.6e4, {"input_rms": 120.0}, "lr_too_high"),
+    ],
+)
+def test_a_first_update_too_large_for_any_trainable_rate_names_the_initialisation(
+    optimizer, lr, first_update, info, expected
+):
+    """A first update so large that the rate it asks for (to move the weights 1 % a step) is below 1e-6 says the
+    gradients are out of scale from the start: the fix is the initialisation, not 'learning_rate=1e-09'."""
+    loss = np.array([0.9, np.nan])
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.array([2.6e8, np.nan]),
+        update_ratio=np.array([first_update, np.nan]),
+        lr=np.full(2, lr),
+        steps_planned=300,
+        info={"optimizer": optimizer, "optimizer_config": {"learning_rate": lr}, **info},
+    )
+    f = _diag(trace)[0]
+    assert f.check == "nonfinite" and f.evidence["cause_key"] == expected, f.cause
+    texts = [x["text"] for x in f.evidence["fixes"]]
+    if expected == "gradients_out_of_scale":
+        assert f"the first update moved the weights {first_update:.3g} (step 0) times their norm" in f.cause
+        assert "would have to fall to 1e-09" in f.cause and "gradient norm 2.6e+08 (step 0)" in f.cause
+        assert ("root mean square 1" in f.cause) == ("input_rms" in info)
+        assert texts[0].startswith("initialise the layers so their outputs keep the scale of their inputs")
+        assert not any(t.startswith("learning_rate=") for t in texts)  # no rate that means nothing
+    else:
+        assert any(t.startswith(("learning_rate=", "a learning rate")) for t in texts)
+
+
+def test_a_finite_blow_up_from_such_a_first_update_names_the_initialisation_too():
+    # the same first update, the loss and gradients growing but finite: the early blow-up's rule says the same
+    n = 40
+    trace = Trace(
+        loss=np.r_[0.9, np.geomspace(50, 5e4, n - 1)],
+        grad_norm=np.r_[2.6e8, np.geomspace(3e9, 1e12, n - 1)],
+        update_ratio=np.r_[3.6e4, np.full(n - 1, 0.5)],
+        lr=np.full(n, 1e-2),
+        steps_planned=300,
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1e-2}, "input_rms": 1.0},
+    )
+    f = rank_findings(run_checks(trace), trace)[0]
+    assert f.evidence["cause_key"] == "gradients_out_of_scale", f.cause
+    assert f.cause.startswith("the loss jumped to 50 (step 1) from 0.9 (step 0), within the first 15 steps: the first")
+    assert f.fix.startswith("initialise the layers")
