@@ -129,6 +129,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -237,6 +238,9 @@ LARGE_INITIAL_LOSS = 1e4
 FAR_FROM_UNIT = 100.0
 #: the update size per step a lowered learning rate aims at (|dw|/|w|).
 TARGET_UPDATE = 1e-2
+#: variables that never changed, with gradients at most this share of the largest variable's (medians over the
+#: run): their gradients vanished through the layers (float32 rounds such updates away), not a rate of zero
+VANISHING_SHARE = 1e-4
 #: a lowered learning rate below this trains nothing in a test's few hundred steps: where the first update asks for
 #: one (an SGD rate of 0.01 cut 1e7x), the gradients themselves are out of scale from the first step
 LR_IMPLAUSIBLE = 1e-6
@@ -310,9 +314,15 @@ STAT_WORDS = {
 
 
 def series(trace: Trace, of: str) -> np.ndarray | None:
-    """The per-step array a quote reads: ``loss``, ``grad_norm``, ``update_ratio``, ``lr`` or ``opt.<key>``."""
+    """The per-step array a quote reads: ``loss``, ``grad_norm``, ``update_ratio``, ``lr``, ``opt.<key>`` or
+    ``var_grad.<variable>`` (one variable's gradient norm)."""
     if of.startswith("opt."):
         return trace.opt_stats.get(of[4:])
+    if of.startswith("var_grad."):
+        name = of[len("var_grad.") :]
+        if trace.var_grad_norms is None or name not in trace.var_names:
+            return None
+        return trace.var_grad_norms[:, list(trace.var_names).index(name)]
     if of in ("loss", "grad_norm", "update_ratio", "lr"):
         arr: np.ndarray | None = getattr(trace, of)
         return arr
@@ -1736,6 +1746,48 @@ def _went_up_after(trace: Trace, u: int, q: Quotes) -> bool:
     return bool(math.isfinite(before) and before > 0 and after.size and float(np.max(after)) > EARLY_RISE * before)
 
 
+def _vanishing_with_depth(q: Quotes, trace: Trace, frozen: list[str], lr: float) -> Dx | None:
+    """Variables that never changed although they received gradients, at a learning rate above 0: when their
+    gradients are at most :data:`VANISHING_SHARE` of the largest variable's (medians over the run), the
+    gradients vanished on their way back through the layers (a deep stack of sigmoids: 1e-13 at the first
+    layer, 0.15 at the last), and an update that small rounds away on a float32 weight.  Not a learning rate of
+    zero, nor an optimizer that skips them.  None otherwise (or without per-variable gradient norms)."""
+    g = trace.var_grad_norms
+    names = list(trace.var_names)
+    if g is None or not frozen or not _ok(lr, 1e-30) or any(v not in names for v in frozen):
+        return None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        medians = np.nanmedian(np.where(np.isfinite(g), g, np.nan), axis=0)
+    if not np.isfinite(medians).any():
+        return None
+    top = names[int(np.nanargmax(medians))]
+    worst = max(frozen, key=lambda v: medians[names.index(v)])  # the frozen variable nearest to learning
+    low = q.over("frozen_grad", f"var_grad.{worst}", "median", 0, trace.steps - 1)
+    high = q.over("largest_grad", f"var_grad.{top}", "median", 0, trace.steps - 1)
+    if not (_ok(low, 1e-45) and _ok(high, 1e-45)) or low > VANISHING_SHARE * high:
+        return None
+    q.text("frozen_variable", worst)
+    q.text("largest_variable", top)
+    q.ratio("vanishing", "largest_grad", "frozen_grad")
+    return Dx(
+        "vanished_gradients",
+        LIKELY,
+        "{variables} received gradients but never changed: their gradients vanished on the way back through the "
+        "layers ({frozen_variable}'s gradient norm is {frozen_grad}, {vanishing}x below {largest_variable}'s "
+        "{largest_grad}), so at learning rate {learning_rate} their updates are too small to change a float32 "
+        "weight and round away: the layers nearest the input do not learn (saturating activations such as "
+        "sigmoid or tanh, or a deep stack without normalisation, shrink the gradients layer by layer)",
+        [
+            Fix(
+                "ReLU-family activations (relu, gelu) with kernel_initializer='he_normal', BatchNormalization "
+                "between the layers, or residual connections: the gradients then reach the first layers; a larger "
+                "learning rate would not reach them evenly"
+            )
+        ],
+    )
+
+
 def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     _, cfg = _optimizer(trace)
     ev = f.evidence
@@ -1757,7 +1809,10 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         )
     if f.kind == "no_update":
         q.text("variables", ", ".join(ev.get("variables", [])[:5]))
-        _lr_now(q, trace, max(int(f.step), 1), cfg)
+        lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
+        vanishing = _vanishing_with_depth(q, trace, list(ev.get("variables", [])), lr)
+        if vanishing is not None:
+            return vanishing
         return Dx(
             "no_update",
             LIKELY,

@@ -310,3 +310,27 @@ def test_deep(stability):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_layers_whose_gradients_vanished_through_a_deep_sigmoid_stack_are_named_as_such(pytester):
+    """Twenty sigmoid layers: the gradients shrink about 4x a layer on their way back (0.15 at the last layer,
+    1e-13 at the first), and SGD's updates of the first layers' kernels round away on float32 weights, so they
+    never change.  That was diagnosed as "a learning rate of zero, or an optimizer that skips these variables"."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
+@pytest.mark.stable_training(steps=60)
+def test_deep_sigmoid(stability):
+    hidden = [keras.layers.Dense(32, activation="sigmoid") for _ in range(20)]
+    model = keras.Sequential([keras.Input((8,)), *hidden, keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y.astype("float32"), batch_size=32, check=False)
+    (frozen,) = [f for f in rep.findings if f.kind == "no_update"]
+    assert frozen.evidence["variables"][0].endswith("dense/kernel")  # the first layer's
+    assert frozen.evidence["cause_key"] == "vanished_gradients", frozen.cause
+    assert "their gradients vanished on the way back through the layers" in frozen.cause
+    assert "learning rate of zero" not in frozen.cause and frozen.fix.startswith("ReLU-family activations")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

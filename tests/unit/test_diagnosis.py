@@ -771,3 +771,30 @@ def test_a_finite_blow_up_from_such_a_first_update_names_the_initialisation_too(
     assert f.evidence["cause_key"] == "gradients_out_of_scale", f.cause
     assert f.cause.startswith("the loss jumped to 50 (step 1) from 0.9 (step 0), within the first 15 steps: the first")
     assert f.fix.startswith("initialise the layers")
+
+
+def test_variables_whose_gradients_vanished_through_the_layers_are_not_a_rate_of_zero():
+    """The first layers' kernels never changed, with gradients 1e-12 of the last layer's: vanishing gradients.
+    The same frozen kernels with gradients like the others' are what the rule said before (a rate of zero, or
+    an optimizer that skips them)."""
+    n = 60
+    names = ("net/first/kernel", "net/first/bias", "net/last/kernel", "net/last/bias")
+    scale = np.array([1e-13, 1e-14, 0.15, 0.05])
+    updates = np.tile([0.0, 1e-2, 1e-3, 1e-2], (n, 1))
+    for grads, key in ((scale, "vanished_gradients"), (np.array([0.1, 0.01, 0.15, 0.05]), "no_update")):
+        trace = Trace(
+            loss=np.geomspace(0.7, 0.3, n),
+            grad_norm=np.full(n, 0.16),
+            var_names=names,
+            var_grad_norms=np.tile(grads, (n, 1)),
+            var_update_ratio=updates,
+            lr=np.full(n, 0.01),
+            info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.01}},
+        )
+        (f,) = [f for f in _diag(trace) if f.kind == "no_update"]
+        assert f.evidence["variables"] == ["net/first/kernel"] and f.evidence["cause_key"] == key, f.cause
+        if key == "vanished_gradients":
+            assert "net/first/kernel's gradient norm is 1e-13 (median of steps 0-59), 1.5e+12x below" in f.cause
+            assert "net/last/kernel's 0.15 (median of steps 0-59)" in f.cause
+        else:
+            assert "a learning rate of zero" in f.cause

@@ -69,6 +69,8 @@ BARE_DIGIT = re.compile(r"(?<![A-Za-z_])\d")
 def _array(trace: Trace, of: str) -> np.ndarray | None:
     if of.startswith("opt."):
         return trace.opt_stats.get(of[4:])
+    if of.startswith("var_grad."):  # one variable's gradient norm
+        return trace.var_grad_norms[:, list(trace.var_names).index(of[len("var_grad.") :])]
     return {"loss": trace.loss, "grad_norm": trace.grad_norm, "update_ratio": trace.update_ratio, "lr": trace.lr}[of]
 
 
