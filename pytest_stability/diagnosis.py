@@ -1204,7 +1204,7 @@ def _out_of_scale(q: Quotes, trace: Trace, what: str, clips: list[Fix]) -> Dx | 
     rms = _input_rms(trace)
     if _ok(rms, 0.0):
         q.fact("input_rms", "input_rms", rms)
-        data = " with the inputs near unit scale (root mean square {input_rms})"
+        data = " with the inputs not far from unit scale (root mean square {input_rms})"
     elif (trace.info or {}).get("inputs_rescaled_by"):
         data = " with the inputs rescaled by the model"
     else:
