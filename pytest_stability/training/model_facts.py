@@ -233,12 +233,17 @@ def softmax_over_one_unit(model: Model) -> dict[str, str] | None:
 
 
 def _regression_loss(loss: object) -> str | None:
-    """The name of ``loss`` when it is one of Keras' regression losses (:data:`REGRESSION_LOSSES`), else None."""
+    """The name of ``loss`` when it is one of Keras' regression losses (:data:`REGRESSION_LOSSES`), as ``compile``
+    takes it (its name, its class's name, an instance, the function ``keras.losses.mean_squared_error``), else
+    None."""
     loss = _single_loss(loss)
     if isinstance(loss, str):
-        return loss if loss in REGRESSION_LOSSES else None
-    cls = type(loss).__name__
-    return cls if cls in REGRESSION_LOSSES.values() else None
+        name = loss
+    elif callable(loss) and str(getattr(loss, "__module__", "")).startswith("keras") and hasattr(loss, "__name__"):
+        name = loss.__name__  # keras.losses.mean_squared_error (a class is callable too: its name is the class's)
+    else:
+        name = type(loss).__name__
+    return name if name in REGRESSION_LOSSES or name in REGRESSION_LOSSES.values() else None
 
 
 def bounded_output_misses_targets(model: Model, y: object) -> dict[str, Any] | None:

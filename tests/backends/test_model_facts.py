@@ -309,6 +309,8 @@ REGRESSION = np.linspace(-3.0, 60.0, 100, dtype="float32")[:, None]  # 2 of 100 
     [
         ("sigmoid", "mse", REGRESSION, 0.98),
         ("tanh", keras.losses.MeanAbsoluteError(), REGRESSION, 0.97),
+        ("sigmoid", "MeanSquaredError", REGRESSION, 0.98),  # compile takes the class's name
+        ("sigmoid", keras.losses.mean_squared_error, REGRESSION, 0.98),  # ... and Keras' function
         ("sigmoid", "huber", np.linspace(0.0, 1.05, 100, dtype="float32"), None),  # 5 %: a fit that mostly reaches
         ("sigmoid", "mse", np.linspace(0.0, 1.0, 100, dtype="float32"), None),  # targets scaled into (0, 1)
         (None, "mse", REGRESSION, None),  # a linear output reaches anything
