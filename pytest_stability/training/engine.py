@@ -69,7 +69,7 @@ from .fitsetup import (
     prepare_fit,
     short_message,
 )
-from .keras_internals import close_epoch_iterator
+from .keras_internals import close_epoch_iterator, sync_variables
 from .model_facts import (
     batchnorm_note,
     batchnorm_over_one_sample,
@@ -90,7 +90,6 @@ from .recorders import (
     make_recorder,
     var_name,
 )
-from .state import sync_variables
 from .validation import ValidationProbe, _batchnorm_layers, _loss_of  # noqa: F401 (engine._loss_of: tests measure with it)
 
 BACKENDS = ("tensorflow", "jax", "torch")

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..framework_types import Model, Variable
-from .keras_internals import sync_variables
 from .recorders import Recorder, find_optimizers, host_numpy
 
 
@@ -48,4 +47,4 @@ def restore_state(model: Model, state: tuple[list[np.ndarray], list[np.ndarray]]
         v.assign(value)
 
 
-__all__ = ["restore_state", "sync_variables", "take_state"]
+__all__ = ["restore_state", "take_state"]

@@ -20,8 +20,8 @@ from ..errors import StabilityUsageError
 from ..framework_types import Data, Layer, Model
 from . import isolation
 from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, short_message
+from .keras_internals import sync_variables
 from .recorders import host_numpy
-from .state import sync_variables
 
 if TYPE_CHECKING:  # the read-back callback subclasses a Keras class
     from .readback import Readback
