@@ -65,7 +65,11 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Model", "_compile_config", "recompiling a clone for another seed"),
     ("Model", "_call_has_training_arg", "calling the model in training mode outside fit"),
     ("Model", "_compute_loss", "the training loss outside fit"),
-    ("Model", "_flatten_layers", "finding BatchNormalization layers, random layers and layers that may add a loss"),
+    (
+        "Model",
+        "_flatten_layers",
+        "finding BatchNormalization layers, random layers, layers that may add a loss, layers not built yet",
+    ),
     ("Model", "_loss_tracker", "the raw per-step loss"),
     ("Layer", "_seed_generators", "whether a layer draws random numbers (Dropout)"),
     ("Optimizer", "_variables", "the optimizer's own variables (the recorder's buffers ride in them on JAX)"),
@@ -239,3 +243,36 @@ __all__ = [
     "sync_variables",
     "tf_variable",
 ]
+
+
+def build_optimizer_before_first_trace(model: Model) -> None:
+    """TensorFlow: build the optimizer right before the first call of the train function, as that call's trace
+    would build it, so that the step is traced once.
+
+    Keras' TensorFlow trainer (without a distribution strategy) leaves the optimizer to build itself in the first
+    trace of the train step, where ``apply`` finds it unbuilt; a ``tf.function`` whose first trace made variables
+    is traced again, so every run traced its step twice (0.1 to 0.2 s each for a tiny model on a 2-core CPU, the
+    recorder's operations included, more for a larger one).  Called from the plugin's callback at the first
+    ``on_train_batch_begin``, after the user's callbacks' ``on_train_begin``, ``on_epoch_begin`` and
+    ``on_train_batch_begin`` (one may freeze layers), right before the call that traces: built by the same call
+    that ``apply`` makes, with the variables Keras' own ``train_step`` applies (the model's trainable weights,
+    read now), in the optimizer's name scope, so the same variables with the same paths and the same zeros.
+    Keras builds it so itself on JAX and PyTorch (``_symbolic_build``) and after loading a model.  Left to the
+    trace where it might apply other variables: a ``train_step`` of the user's own (a GAN's applies a part of
+    the model), or layers not built yet (built in the trace)."""
+    import keras
+
+    opt = model.optimizer
+    if (
+        keras.backend.backend() != "tensorflow"
+        or opt is None
+        or opt.built
+        or model.run_eagerly
+        or type(model).train_step is not keras.Model.train_step
+        or not all(layer.built for layer in model._flatten_layers())
+        or not model.trainable_weights
+    ):
+        return
+    with keras.name_scope(opt.name, caller=opt):
+        opt.build(model.trainable_weights)
+    opt.built = True

@@ -175,6 +175,20 @@ def rate_set_per_batch():
     return model, X, Y, {"batch_size": 8, "callbacks": callbacks, "validation_data": (X[:16], Y[:16])}
 
 
+class FreezeFirstLayer(keras.callbacks.Callback):
+    """Freezes the first layer before the first step (a fine-tuning schedule's first epoch)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:
+            self.model.layers[0].trainable = False
+
+
+def frozen_at_first_epoch():
+    """A layer frozen by a callback after fit began: on TensorFlow, plain fit builds the optimizer in its first
+    step, for the variables still trainable then (JAX and PyTorch build it before the callbacks run)."""
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": [FreezeFirstLayer(), Spy()]}
+
+
 def model_checkpoint(tmp):
     cb = keras.callbacks.ModelCheckpoint(
         os.path.join(tmp, "ckpt_{epoch}_{batch}.weights.h5"), save_weights_only=True, save_freq=5

@@ -2,11 +2,11 @@
 ``stability.fit`` gives what a user can observe the same way.
 
 Compared: every call of the user's callbacks (hook, epoch or batch index, the keys of ``logs``), the exception
-(type and message), ``optimizer.iterations``, the compile settings after the run (``jit_compile``,
-``run_eagerly``, ``steps_per_execution``), the warnings (the same ones; no more deprecation warnings than plain
-fit's), checkpoints written by ModelCheckpoint, and the final weights: bit for bit (float32 CPU training is
-deterministic on every backend here), but for a full batch trained as one long epoch, up to rounding.  Runs
-once per Keras backend in CI.
+(type and message), ``optimizer.iterations``, the variables each optimizer built (paths and shapes), the
+compile settings after the run (``jit_compile``, ``run_eagerly``, ``steps_per_execution``), the warnings (the
+same ones; no more deprecation warnings than plain fit's), checkpoints written by ModelCheckpoint, and the
+final weights: bit for bit (float32 CPU training is deterministic on every backend here), but for a full batch
+trained as one long epoch, up to rounding. Runs once per Keras backend in CI.
 """
 
 from __future__ import annotations
@@ -54,11 +54,32 @@ def observe(model, run, spies):
         "warnings": sorted({(w.category.__name__, str(w.message)) for w in caught if w not in deprecations}),
         "deprecations": len(deprecations),
         "calls": [list(spy.calls) for spy in spies],
-        "iterations": [int(keras.ops.convert_to_numpy(opt.iterations)) for opt in [model.optimizer] + [
-            v for v in vars(model).values() if isinstance(v, keras.optimizers.Optimizer) and v is not model.optimizer]],
+        "iterations": [int(keras.ops.convert_to_numpy(opt.iterations)) for opt in optimizers(model)],
         "compile": (bool(model.jit_compile), bool(model.run_eagerly), int(model.steps_per_execution)),
+        "optimizers": [slots(model, opt) for opt in optimizers(model)],
         "weights": [np.array(keras.ops.convert_to_numpy(w)) for w in model.weights],
     }
+
+
+def optimizers(model):
+    """model.optimizer, then the optimizers a train_step of the user's own keeps on the model (a GAN's)."""
+    return [model.optimizer] + [
+        v for v in vars(model).values() if isinstance(v, keras.optimizers.Optimizer) and v is not model.optimizer]
+
+
+def slots(model, opt):
+    """What the optimizer built, whenever it built it: its variables' paths and shapes, the names that Keras
+    numbers per process (the optimizer's, the model's variables' in a slot's name) replaced by what they name."""
+    names = [(o.name, f"<{i}>") for i, o in enumerate([opt, getattr(opt, "inner_optimizer", None)]) if o is not None]
+    refs = sorted(((v.path.replace("/", "_"), f"<var {i}>") for i, v in enumerate(model.variables)),
+                  key=lambda pair: -len(pair[0]))
+    out = []
+    for v in opt.variables:
+        scope, _, name = v.path.rpartition("/")
+        scope = "/".join(dict(names).get(part, part) for part in scope.split("/"))
+        name = next((tag + name[len(ref):] for ref, tag in refs if name.startswith(ref + "_")), name)
+        out.append((scope, name, tuple(v.shape)))
+    return out
 
 
 def steps_of(x, kw):
@@ -99,6 +120,7 @@ def same(plain, mine, rtol=0.0):
     assert mine["calls"] == plain["calls"]
     assert mine["iterations"] == plain["iterations"]
     assert mine["compile"] == plain["compile"]
+    assert mine["optimizers"] == plain["optimizers"]
     assert len(mine["weights"]) == len(plain["weights"])
     for a, b in zip(plain["weights"], mine["weights"]):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2)
@@ -109,6 +131,9 @@ UNSUPPORTED = {
     # torch.compile is no part of this comparison (it compiles for minutes on a CPU); Keras' fit refuses
     # steps_per_execution > 1 on PyTorch (a stability run says so before training: test_input_errors.py)
     "torch": {"jit_compile", "own_steps_per_execution"},
+    # Keras' JAX fit builds the optimizer for every trainable variable before the callbacks run, and its first
+    # step then refuses a layer a callback froze (ValueError: ... built with 4 variables)
+    "jax": {"frozen_at_first_epoch"},
 }
 
 
@@ -171,6 +196,7 @@ SETUP_NAMES = [
     "reduce_lr_on_plateau",
     "learning_rate_scheduler",
     "rate_set_per_batch",
+    "frozen_at_first_epoch",
     "model_checkpoint",
     "mixed_precision",
     "jit_compile",
