@@ -16,7 +16,7 @@ import weakref
 from types import FrameType, ModuleType
 from typing import Any
 
-from ..framework_types import Callback, Model, Variable
+from ..framework_types import Callback, Data, Model, Variable
 
 #: name -> (module, attribute) of everything imported from ``keras.src``, and what for
 IMPORTS: dict[str, tuple[str, str, str]] = {
@@ -52,6 +52,11 @@ IMPORTS: dict[str, tuple[str, str, str]] = {
     ),
     "naming": ("keras.src.utils", "naming", "restarting Keras' automatic layer names for each test"),
     "JAXTrainer": ("keras.src.backend.jax.trainer", "JAXTrainer", "the JAX trainer's state handling (JAX only)"),
+    "Functional": (
+        "keras.src.models.functional",
+        "Functional",
+        "a functional model's own call, whose outputs its graph gives (:func:`build_before_first_trace`)",
+    ),
     "EpochIterator": (
         "keras.src.trainers.epoch_iterator",
         "EpochIterator",
@@ -82,6 +87,10 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("JAXModel", "_jax_state_synced", "JAX: whether fit's state is in the variables (sync_variables)"),
     ("JAXModel", "jax_state_sync", "JAX: fit's state put into the variables (sync_variables)"),
     ("Variable", "_value", "TensorFlow: the tf.Variable behind a Keras variable (a strategy's per-replica copies)"),
+    ("Model", "_compile_metrics", "TensorFlow: the compiled metrics, built before the first trace"),
+    ("Sequential", "_functional", "TensorFlow: a sequential model's graph, whose outputs build the metrics"),
+    ("Functional", "_outputs_struct", "TensorFlow: a functional model's outputs, which build the metrics"),
+    ("EpochIterator", "_distributed_dataset", "TensorFlow: the dataset fit iterates, whose targets build the metrics"),
     ("EpochIterator", "_epoch_iterator", "the generator of fit's epoch iterator, closed when fit returns"),
     (
         "EpochIterator",
@@ -201,9 +210,14 @@ def missing(keras: ModuleType) -> list[str]:
         "EpochIterator": found[0] if found else None,
         "Callback": finder,
         "JAXModel": model,
+        "Sequential": model,
+        "Functional": getattr(model, "_functional", None),
     }
+    tensorflow_only = {("Variable", "_value"), ("EpochIterator", "_distributed_dataset")}
     for owner, attribute, _ in ATTRIBUTES:
-        if (owner == "Variable" and backend != "tensorflow") or (owner == "JAXModel" and backend != "jax"):
+        if ((owner, attribute) in tensorflow_only and backend != "tensorflow") or (
+            owner == "JAXModel" and backend != "jax"
+        ):
             continue
         if owner == "JAXModel" and attribute == "_jax_state_synced" and synced != [False]:
             out.append(f"JAXModel._jax_state_synced (False while fit holds its state; read {synced})")
@@ -245,34 +259,77 @@ __all__ = [
 ]
 
 
-def build_optimizer_before_first_trace(model: Model) -> None:
-    """TensorFlow: build the optimizer right before the first call of the train function, as that call's trace
-    would build it, so that the step is traced once.
+def build_before_first_trace(model: Model, epoch_iterator: weakref.ref[object] | None) -> None:
+    """TensorFlow: build what the first trace of the train step would build, right before the first call of the
+    train function, as that trace would build it, so that the step is traced once.
 
-    Keras' TensorFlow trainer (without a distribution strategy) leaves the optimizer to build itself in the first
-    trace of the train step, where ``apply`` finds it unbuilt; a ``tf.function`` whose first trace made variables
-    is traced again, so every run traced its step twice (0.1 to 0.2 s each for a tiny model on a 2-core CPU, the
-    recorder's operations included, more for a larger one).  Called from the plugin's callback at the first
-    ``on_train_batch_begin``, after the user's callbacks' ``on_train_begin``, ``on_epoch_begin`` and
-    ``on_train_batch_begin`` (one may freeze layers), right before the call that traces: built by the same call
-    that ``apply`` makes, with the variables Keras' own ``train_step`` applies (the model's trainable weights,
-    read now), in the optimizer's name scope, so the same variables with the same paths and the same zeros.
-    Keras builds it so itself on JAX and PyTorch (``_symbolic_build``) and after loading a model.  Left to the
-    trace where it might apply other variables: a ``train_step`` of the user's own (a GAN's applies a part of
-    the model), or layers not built yet (built in the trace)."""
+    Keras' TensorFlow trainer (without a distribution strategy) leaves the optimizer and the compiled metrics to
+    build themselves in the first trace of the train step, where ``apply`` and ``update_state`` find them
+    unbuilt; a ``tf.function`` whose first trace made variables is traced again, so every run traced its step
+    twice (0.1 to 0.3 s each for a small model on a 2-core CPU, the recorder's operations included, more for a
+    larger one).  Called from the plugin's callback at the first ``on_train_batch_begin``, after the user's
+    callbacks' ``on_train_begin``, ``on_epoch_begin`` and ``on_train_batch_begin`` (one may freeze layers), right
+    before the call that traces.  Keras builds both before the first step itself on JAX and PyTorch
+    (``_symbolic_build``).  Only for Keras' own ``train_step`` on a model whose layers are all built; left to the
+    trace otherwise, as anything below that cannot be known without calling the model.
+
+    * The optimizer: by the same call that ``apply`` makes, with the variables Keras' ``train_step`` applies
+      (the model's trainable weights, read now), in the optimizer's name scope: the same variables with the same
+      paths and zeros.
+    * The compiled metrics: by the same ``build(y_true, y_pred)`` that their ``update_state`` calls, which reads
+      only the structure, shapes and dtypes of the targets and outputs (to pick binary, sparse or categorical
+      accuracy, and a metric per output), given exactly what the trace would see: the targets' spec of the
+      dataset the train function iterates, and the outputs of the model's graph (a functional or sequential
+      model with Keras' own ``call``, whose outputs have a rank of 2 or more, so that their last dimension is not
+      the batch's).  Nothing of the model is called.  (A multi-output model's compiled loss makes its per-output
+      trackers in the trace too; it is left there: its ``call`` rearranges the targets before it builds.)
+    """
     import keras
 
-    opt = model.optimizer
-    if (
-        keras.backend.backend() != "tensorflow"
-        or opt is None
-        or opt.built
-        or model.run_eagerly
-        or type(model).train_step is not keras.Model.train_step
-        or not all(layer.built for layer in model._flatten_layers())
-        or not model.trainable_weights
+    if keras.backend.backend() != "tensorflow" or model.run_eagerly:
+        return
+    if type(model).train_step is not keras.Model.train_step or not all(
+        layer.built for layer in model._flatten_layers()
     ):
         return
-    with keras.name_scope(opt.name, caller=opt):
-        opt.build(model.trainable_weights)
-    opt.built = True
+    opt = model.optimizer
+    if opt is not None and not opt.built and model.trainable_weights:
+        with keras.name_scope(opt.name, caller=opt):
+            opt.build(model.trainable_weights)
+        opt.built = True
+    metrics = model._compile_metrics
+    if metrics is not None and not metrics.built:
+        seen = _first_trace_targets_and_outputs(keras, model, epoch_iterator)
+        if seen is not None:
+            metrics.build(*seen)
+
+
+def _first_trace_targets_and_outputs(
+    keras: ModuleType, model: Model, epoch_iterator: weakref.ref[object] | None
+) -> tuple[Data, Data] | None:
+    """``(y_true, y_pred)`` as the first trace of Keras' ``train_step`` sees them, as Keras tensors (see
+    :func:`build_before_first_trace`); None when they cannot be known without calling the model."""
+    import tensorflow as tf
+
+    functional = load("Functional")
+    if type(model).call is keras.Sequential.call:
+        graph = getattr(model, "_functional", None)
+    elif type(model).call is functional.call:
+        graph = model
+    else:
+        return None
+    outputs = getattr(graph, "_outputs_struct", None)
+    iterator = epoch_iterator() if epoch_iterator is not None else None
+    dataset = getattr(iterator, "_distributed_dataset", None)
+    if outputs is None or not isinstance(dataset, tf.data.Dataset):
+        return None
+    flat = keras.tree.flatten(outputs)
+    if not flat or any(len(o.shape) < 2 for o in flat):
+        return None
+    spec = dataset.element_spec
+    if not all(isinstance(s, tf.TensorSpec) for s in keras.tree.flatten(spec)):  # ragged, sparse, optional
+        return None
+    _, y, _ = load("data_adapter_utils").unpack_x_y_sample_weight(spec)
+    if y is None:
+        return None
+    return keras.tree.map_structure(lambda s: keras.KerasTensor(s.shape, s.dtype.name), y), outputs

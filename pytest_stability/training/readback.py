@@ -24,7 +24,7 @@ import keras
 from ..framework_types import Callback, Data, Model
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
 from . import isolation
-from .keras_internals import build_optimizer_before_first_trace, fit_epoch_iterator
+from .keras_internals import build_before_first_trace, fit_epoch_iterator
 from .recorders import ChunkRows, Recorder, host_flags
 from .state import take_state
 
@@ -305,7 +305,7 @@ class ReadbackAtBatchEnd(Readback):
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if not self.calls_began:  # the first call traces the step: traced once (TensorFlow)
             self.calls_began = True
-            build_optimizer_before_first_trace(self.trained)
+            build_before_first_trace(self.trained, self.epoch_iterator)
         # A call that would run past the planned steps runs only the steps left, and is the last: JAX's fit
         # reads steps_per_execution at each call; TensorFlow compiles it into the call, so there the train
         # function is made again for that call (one more trace, in the last call only)

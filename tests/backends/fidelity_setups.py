@@ -189,6 +189,29 @@ def frozen_at_first_epoch():
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [FreezeFirstLayer(), Spy()]}
 
 
+def sparse_labels_two_outputs():
+    """Integer labels for a softmax head beside a sigmoid head, each with "accuracy" (resolved from the data's and
+    the outputs' shapes to sparse categorical and binary accuracy) and a weighted metric: on TensorFlow, plain fit
+    builds the metrics in its first step."""
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    model = keras.Model(
+        inputs,
+        {
+            "kind": keras.layers.Dense(3, activation="softmax")(h),
+            "flag": keras.layers.Dense(1, activation="sigmoid")(h),
+        },
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss={"kind": "sparse_categorical_crossentropy", "flag": "binary_crossentropy"},
+        metrics={"kind": ["accuracy"], "flag": ["accuracy", "mae"]},
+        weighted_metrics={"kind": ["accuracy"], "flag": []},
+    )
+    kinds = (X[:, 0] > 0).astype("int32") + (X[:, 1] > 0).astype("int32")
+    return model, X, {"kind": kinds, "flag": Y}, {"batch_size": 8, "callbacks": [Spy()]}
+
+
 def model_checkpoint(tmp):
     cb = keras.callbacks.ModelCheckpoint(
         os.path.join(tmp, "ckpt_{epoch}_{batch}.weights.h5"), save_weights_only=True, save_freq=5
