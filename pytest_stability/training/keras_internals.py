@@ -247,18 +247,6 @@ def sync_variables(model: Model, *, read_only: bool = False) -> None:
         model._jax_state_synced = False
 
 
-__all__ = [
-    "ATTRIBUTES",
-    "IMPORTS",
-    "close_epoch_iterator",
-    "fit_epoch_iterator",
-    "load",
-    "missing",
-    "sync_variables",
-    "tf_variable",
-]
-
-
 def build_before_first_trace(model: Model, epoch_iterator: weakref.ref[object] | None) -> None:
     """TensorFlow: build what the first trace of the train step would build, right before the first call of the
     train function, as that trace would build it, so that the step is traced once.
@@ -333,3 +321,16 @@ def _first_trace_targets_and_outputs(
     if y is None:
         return None
     return keras.tree.map_structure(lambda s: keras.KerasTensor(s.shape, s.dtype.name), y), outputs
+
+
+__all__ = [
+    "ATTRIBUTES",
+    "IMPORTS",
+    "build_before_first_trace",
+    "close_epoch_iterator",
+    "fit_epoch_iterator",
+    "load",
+    "missing",
+    "sync_variables",
+    "tf_variable",
+]
