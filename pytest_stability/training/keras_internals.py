@@ -16,7 +16,7 @@ import weakref
 from types import FrameType, ModuleType
 from typing import Any
 
-from ..framework_types import Callback, Data, Model, Variable
+from ..framework_types import Callback, Data, Model, Optimizer, Variable
 
 #: name -> (module, attribute) of everything imported from ``keras.src``, and what for
 IMPORTS: dict[str, tuple[str, str, str]] = {
@@ -247,6 +247,16 @@ def sync_variables(model: Model, *, read_only: bool = False) -> None:
         model._jax_state_synced = False
 
 
+def build_optimizer(opt: Optimizer, variables: list[Variable]) -> None:
+    """Build an optimizer for ``variables`` as its own ``apply`` does when it finds itself unbuilt: in its name
+    scope, then marked built."""
+    import keras
+
+    with keras.name_scope(opt.name, caller=opt):
+        opt.build(list(variables))
+    opt.built = True
+
+
 def build_before_first_trace(model: Model, epoch_iterator: weakref.ref[object] | None) -> None:
     """TensorFlow: build what the first trace of the train step would build, right before the first call of the
     train function, as that trace would build it, so that the step is traced once.
@@ -282,9 +292,7 @@ def build_before_first_trace(model: Model, epoch_iterator: weakref.ref[object] |
         return
     opt = model.optimizer
     if opt is not None and not opt.built and model.trainable_weights:
-        with keras.name_scope(opt.name, caller=opt):
-            opt.build(model.trainable_weights)
-        opt.built = True
+        build_optimizer(opt, model.trainable_weights)
     metrics = model._compile_metrics
     if metrics is not None and not metrics.built:
         seen = _first_trace_targets_and_outputs(keras, model, epoch_iterator)
@@ -327,6 +335,7 @@ __all__ = [
     "ATTRIBUTES",
     "IMPORTS",
     "build_before_first_trace",
+    "build_optimizer",
     "close_epoch_iterator",
     "fit_epoch_iterator",
     "load",

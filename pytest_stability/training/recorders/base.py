@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...framework_types import Metric, Model, Optimizer, Tensor, Variable
+from ..keras_internals import build_optimizer
 from .common import ABSENT, device_label, float_name, host_numpy, var_name
 from .layout import RowLayout
 
@@ -177,9 +178,7 @@ class Recorder:
 
         def apply(grads: Sequence[Tensor], trainable_variables: Sequence[Variable] | None = None) -> Any:
             if not opt.built and trainable_variables is not None and len(grads):
-                with self.keras.name_scope(opt.name, caller=opt):
-                    opt.build(list(trainable_variables))
-                opt.built = True
+                build_optimizer(opt, list(trainable_variables))
             if self.built:
                 return self._apply(grads, trainable_variables)
             return self._apply_original(grads, trainable_variables)
