@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # imported where a run builds them: these modules import Kera
     from .curvature import Meter
     from .curves import Curves
     from .readback import RandomStart, Readback
+    from .state import State
 
 from ..errors import StabilityUsageError
 from ..framework_types import Callback, Data, Model, Optimizer
@@ -224,8 +225,8 @@ class RunResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     backend: str = "tensorflow"
     notes: list[str] = field(default_factory=list)
-    #: (model variable values, optimizer variable values) before the first step (``keep_initial_state``)
-    initial_state: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+    #: the model's and optimizers' variables before the first step (``keep_initial_state``)
+    initial_state: State | None = None
     #: the global random states at the first batch (see :class:`~.readback.RandomStart`)
     random_start: dict[str, Any] | None = None
     #: how the steps map to batches of the data (:func:`.batches.locate` names a step's batch); None under a
@@ -433,9 +434,7 @@ def train(
 
     # the run
     parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
-    wall = _run_fit(
-        keras, model, x_fit, y_fit, setup, parts, grouping.spe, device, spec, keep_initial_state, on_raise, notes
-    )
+    wall = _run_fit(keras, model, x_fit, y_fit, setup, parts, grouping.spe, device, spec, on_raise, notes)
 
     # the trace, from what was recorded
     recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
@@ -647,7 +646,6 @@ def _run_fit(
     spe: int,
     device: str | None,
     spec: RunSpec,
-    keep_initial_state: bool,
     on_raise: Callable[[BaseException, str], None] | None,
     notes: list[str],
 ) -> float:
@@ -660,10 +658,6 @@ def _run_fit(
     saved_spe = getattr(model, "steps_per_execution", 1)
     gradients_before = isolation.gradient_registrations()
     started = time.perf_counter()
-    if keep_initial_state and not model.optimizer.built and model.built:
-        # the what-if replay restores the optimizer's state too: build it now (as fit would on its first
-        # step), so that the state taken before the first step holds every slot variable
-        model.optimizer.build(model.trainable_variables)
     try:
         for r in recs:
             r.install()

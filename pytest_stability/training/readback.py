@@ -26,11 +26,9 @@ from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS
 from . import isolation
 from .keras_internals import build_before_first_trace, fit_epoch_iterator
 from .recorders import ChunkRows, Recorder, host_flags
-from .state import take_state
+from .state import State, take_state
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from .curves import Curves
 
 #: the bits that stop a run (a non-finite loss, gradients, weights, optimizer state, or input batch)
@@ -113,7 +111,7 @@ class Readback(keras.callbacks.Callback):  # type: ignore[misc]  # Keras is unty
         self.stopping = False
         #: (steps run, "...") when something else (a callback) stopped training early
         self.stopped_by: tuple[int, str] | None = None
-        self.initial_state: tuple[list[np.ndarray], list[np.ndarray]] | None = None
+        self.initial_state: State | None = None
         #: steps of the epochs before this one, and of this one so far (from Keras' own batch indices)
         self.steps_before_epoch = 0
         self.in_epoch = 0

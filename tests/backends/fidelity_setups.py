@@ -375,6 +375,19 @@ def gan():
     return build(), REAL, None, {"batch_size": 32, "callbacks": [EpochSpy()]}
 
 
+def gan_whatif():
+    """The GAN with the what-if on, which keeps the state before the first step: ``model.optimizer``, which the
+    GAN's ``train_step`` never applies, stays unbuilt as in plain fit on TensorFlow (the state was once taken by
+    building it first)."""
+    return gan()
+
+
+def frozen_whatif():
+    """A layer frozen by a callback after fit began, with the what-if on: the optimizer is built for the variables
+    still trainable at the first step, as in plain fit, not before the callbacks run."""
+    return frozen_at_first_epoch()
+
+
 SETUPS = {
     name: fn
     for name, fn in dict(globals()).items()

@@ -138,7 +138,7 @@ UNSUPPORTED = {
     "torch": {"jit_compile", "own_steps_per_execution"},
     # Keras' JAX fit builds the optimizer for every trainable variable before the callbacks run, and its first
     # step then refuses a layer a callback froze (ValueError: ... built with 4 variables)
-    "jax": {"frozen_at_first_epoch"},
+    "jax": {"frozen_at_first_epoch", "frozen_whatif"},
 }
 
 
@@ -191,6 +191,10 @@ MARKER = {
     # way than plain fit does without it, equal up to the last bits (6e-8 after 24 steps): compared bit for bit
     # without it (docs/fidelity.md, Determinism)
     "sparse_labels_two_outputs": "readback_every=16, deterministic=False",
+    # the what-if keeps the state before the first step (to replay a failing run from it) without building
+    # anything plain fit does not
+    "gan_whatif": "readback_every=16, whatif=True",
+    "frozen_whatif": "readback_every=16, whatif=True",
 }
 #: setups whose weights may differ by float rounding (rtol): a full batch summed in another order
 ROUNDING = {"full_batch_no_dropout": 1e-4}
@@ -231,6 +235,8 @@ SETUP_NAMES = [
     "full_batch",
     "full_batch_no_dropout",
     "gan",
+    "gan_whatif",
+    "frozen_whatif",
 ]
 
 

@@ -9,6 +9,9 @@ when training starts so that the two see the same data order and dropout masks.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -117,3 +120,33 @@ def test_a_fix_read_when_the_step_is_compiled_takes_effect_mid_run():
     assert new.update_ratio[k] < 0.5 * old.update_ratio[k]  # sqrt(v) + 1 divides the step now
     assert np.all(new.loss[k + 1 :] != old.loss[k + 1 :])
     assert model.optimizer.epsilon == 1e-7  # the user's setting is put back
+
+
+def test_a_gan_is_replayed_bit_for_bit_with_its_optimizers_built_inside_the_first_step():
+    """The GAN of Keras' guides (example_project/gan.py) applies two optimizers of its own, which TensorFlow and
+    PyTorch build inside the first step, after the state before it was taken: the replay puts their slots back at
+    the values they were built with. (It once raised "the saved state has ... optimizer variables" instead.)"""
+    where = Path(__file__).parents[2] / "example_project" / "gan.py"
+    spec = importlib.util.spec_from_file_location("example_gan", where)
+    assert spec is not None and spec.loader is not None
+    gan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gan)
+    engine.seed_everything(0)
+    model = gan.gan(d_learning_rate=1e-3)
+    res = engine.train(model, gan.REAL, None, steps=STEPS, seed=0, spec=_spec(), batch_size=32, keep_initial_state=True)
+    rep = whatif.replay(
+        model,
+        res,
+        fix={},
+        failure_step=FAILURE,
+        window=WINDOW,
+        x=gan.REAL,
+        y=None,
+        fit_kwargs={},
+        batch_size=32,
+        seed=0,
+        spec=_spec(),
+    )
+    assert (rep.start, rep.end) == (FAILURE - WINDOW, STEPS)
+    for name in SERIES:
+        np.testing.assert_array_equal(getattr(rep.trace, name), getattr(res.trace, name), err_msg=name)
