@@ -1677,7 +1677,9 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
         return Dx("lr_too_high", UNCERTAIN, cause, [lr_fix, Fix("guard log/division in custom losses with an epsilon")])
     diverged, src = _diverged(q, trace, step)
     if diverged:
-        lr_fix, _ = _lr_fix(q, trace, step, step, cfg)
+        # the rate measured on the updates before the divergence: those of the divergence are its consequence
+        # (SGD at a rate of 50 moved the weights 6x their norm at its first update, 8,650x in its last steps)
+        lr_fix, _ = _lr_fix(q, trace, step, step, cfg, largest_before=True)
         clip = _clip_fix(q, trace, max(step - 5, 1), "before the divergence")
         _lr_now(q, trace, step, cfg, "learning_rate")
         cause = (
@@ -2366,7 +2368,7 @@ def rank_findings(
     structural = [f for f in flat if f.kind in _STRUCTURAL]
     if not roots:
         roots, structural = structural, []
-    event = [f for f in roots if when(f) <= when(roots[0]) + EVENT_GAP]
+    event = [f for f in roots if when(f) <= when(roots[0]) + EVENT_GAP or _ends_the_blow_up(f, trace, when(roots[0]))]
     primary = min(event, key=lambda f: (only_dead(f), order(f)[0], when(f), order(f)[1]))
     rest = [f for f in roots if f is not primary] + structural + [f for f in val if f not in roots]
     alternatives = sorted(
@@ -2386,6 +2388,37 @@ def rank_findings(
             ev["consequence_of"] = f"{primary.check}@{primary.step}"
         out.append(dataclasses.replace(f, evidence=ev))
     return out
+
+
+def _ends_the_blow_up(f: Finding, trace: Trace, start: int) -> bool:
+    """Whether ``f`` is a NaN/Inf produced by training that ends the blow-up which began at ``start``: the run was
+    never healthy again between them (no :data:`HEALTHY_MIN_STEPS` steps in a row with the loss and gradient
+    norm finite and within :data:`HEALTHY_GROWTH` x their medians before ``start``).  Such a NaN is that event's
+    consequence, however many steps later it came (SGD at a rate of 50: an explosion at step 1, NaN weights at
+    step 18, the gradient norm back to its initial level on a few steps between)."""
+    if f.check != "nonfinite" or f.kind in ("input", "validation") or f.evidence.get("input_nonfinite"):
+        return False
+    view, _ = finding_view(f, trace)
+    end = min(int(f.step), view.steps)
+    if end <= start:
+        return False
+    ref = slice(0, max(int(start), 1))
+    healthy = np.ones(end - start, dtype=bool)
+    for series in (view.loss, view.grad_norm):
+        if series is None:
+            continue
+        x = np.asarray(series[:end], dtype=np.float64)
+        level = _median(x[ref])
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(x) & (
+                np.abs(x) <= HEALTHY_GROWTH * max(abs(level), 1e-12) if math.isfinite(level) else True
+            )
+        healthy &= ok[start:end]
+    run = longest = 0
+    for h in healthy:
+        run = run + 1 if h else 0
+        longest = max(longest, run)
+    return longest < HEALTHY_MIN_STEPS
 
 
 def _with_context(

@@ -7,7 +7,7 @@ import pytest
 
 from pytest_stability.checks import run_checks
 from pytest_stability.diagnosis import CAUSES, diagnose, lr_jump
-from pytest_stability.trace import INPUT, Trace
+from pytest_stability.trace import INPUT, WEIGHTS, Trace
 
 
 def _diag(trace):
@@ -401,6 +401,109 @@ def test_training_blowup_outranks_the_validation_rise_it_causes():
     assert v.evidence["consequence_of"] == f"loss_spike@{ranked[0].step}"
     # a validation rise while the training loss also rises is not "overfitting"
     assert v.evidence["cause_key"] == "training_loss_rise" and "not overfitting" in v.cause
+
+
+#: SGD at a learning rate of 50 on a small MLP classifier (TensorFlow, seed 0; the first 19 steps of a 200-step
+#: run): the gradient norm explodes at step 1, is back near its initial level on a few steps between, and the
+#: weights go NaN at step 18
+SGD50_LOSS = [
+    1.13,
+    464.5,
+    1.476e9,
+    2.833e12,
+    1.572e4,
+    900.6,
+    13.97,
+    11.11,
+    14.01,
+    8.269,
+    6.534e9,
+    8.627,
+    20.44,
+    2.387e4,
+    12.48,
+    1.835e4,
+    1.355e20,
+    7.058e12,
+    1.201e18,
+    np.nan,
+]
+SGD50_GRADS = [
+    1.205,
+    164.1,
+    4.154e6,
+    1.179e10,
+    2.759e5,
+    2.556e4,
+    0.5796,
+    0.7552,
+    0.4656,
+    0.7175,
+    4.407e9,
+    0.7552,
+    0.5946,
+    3.438e5,
+    0.9132,
+    9.433e5,
+    2.178e14,
+    4.408e13,
+    6.102e17,
+    np.nan,
+]
+
+
+def _sgd50(recovered: int = 0) -> Trace:
+    """The SGD run above; with ``recovered`` healthy steps (the loss and gradient norm at their initial level)
+    inserted before its second blow-up at step 10."""
+    loss, g = np.array(SGD50_LOSS), np.array(SGD50_GRADS)
+    loss = np.concatenate([loss[:10], np.full(recovered, 1.0), loss[10:]])
+    g = np.concatenate([g[:10], np.full(recovered, 1.0), g[10:]])
+    n = loss.size
+    flags = np.zeros(n, np.int32)
+    flags[-1] = WEIGHTS
+    upd = np.full(n, 0.01)
+    upd[:2] = [6.08, 134.9]
+    return Trace(
+        loss=loss,
+        grad_norm=g,
+        update_ratio=upd,
+        nonfinite=flags,
+        lr=np.full(n, 50.0),
+        steps_planned=200,
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 50.0}},
+    )
+
+
+def test_a_nan_that_ends_an_early_blow_up_is_its_consequence_with_one_fix():
+    """The NaN 17 steps after the explosion, never healthy in between, is the same event: the report gives the
+    explosion's fix (the rate measured on the first update) and no second one (it once added x 1e-06, measured
+    on the updates of the divergence itself)."""
+    ranked = rank_findings(run_checks(_sgd50()), _sgd50())
+    assert [(f.check, f.step) for f in ranked] == [("grad_norm", 1), ("nonfinite", 19)]
+    assert ranked[0].evidence["cause_key"] == "lr_too_high"
+    assert ranked[0].evidence["fix_configs"][0] == {"learning_rate_factor": 0.001}
+    assert ranked[1].evidence["consequence_of"] == "grad_norm@1"
+
+
+def test_a_divergence_to_nan_is_measured_on_the_updates_before_it():
+    """The learning rate's fix for a run that diverged to NaN comes from the updates while the loss was healthy
+    (within 10x of its start: up to step 31, 1.5 of the weights' norm per step, a thousandth of the rate brings
+    them below 0.01), not from those of the divergence, its consequence (up to 1e4: it once gave a millionth)."""
+    loss = np.concatenate([np.full(30, 1.0), np.geomspace(1.0, 1e8, 10), [np.nan]])
+    upd = np.concatenate([np.full(30, 0.5), np.geomspace(0.5, 1e4, 10), [np.nan]])
+    trace = Trace(loss=loss, update_ratio=upd, lr=np.full(41, 0.5), info={"optimizer": "SGD"})
+    (f,) = [f for f in _diag(trace) if f.check == "nonfinite"]
+    assert f.evidence["cause_key"] == "lr_too_high" and "diverged" in f.cause
+    assert f.evidence["fix_configs"][0] == {"learning_rate_factor": 0.001}
+    assert f.evidence["diagnosis"]["update_ratio"] == pytest.approx(upd[:32].max())
+    assert loss[31] < 10 < loss[32]
+
+
+def test_a_nan_after_the_run_recovered_from_a_blow_up_is_an_event_of_its_own():
+    trace = _sgd50(recovered=12)
+    ranked = rank_findings(run_checks(trace), trace)
+    nan = next(f for f in ranked if f.check == "nonfinite")
+    assert nan.step == 31 and "consequence_of" not in nan.evidence
 
 
 def test_overfitting_alone_is_the_primary():
