@@ -255,7 +255,12 @@ def check_fit_kwargs(keras: ModuleType, fit_kwargs: dict[str, Any]) -> None:
 
 
 def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
-    return StabilityUsageError(f"model.fit() rejected the arguments: {type(exc).__name__}: {short_message(exc)}")
+    """Keras' own error at the first step, before any update: mostly the data or arguments (shapes, targets), but
+    not always (under JAX, a layer a callback froze after fit built the optimizer), so the message says where it
+    came from, not why."""
+    return StabilityUsageError(
+        f"model.fit() raised at its first step, before any update: {type(exc).__name__}: {short_message(exc)}"
+    )
 
 
 def _read_after_failure(rec: Recorder, cb: Readback) -> tuple[bool, int, bool]:
@@ -727,7 +732,7 @@ def _ended_by(
     ``exc`` propagates unchanged, as from plain ``fit`` (the user's own exception: ``on_raise`` is told where).
 
     Raises:
-        StabilityUsageError: ``fit`` rejected the arguments at the first step, or a NaN/Inf input batch raised.
+        StabilityUsageError: ``fit`` raised at the first step (Keras' own error), or a NaN/Inf input batch raised.
     """
     read, failed_at, input_bad = _read_after_failure(rec, cb)
     where = raised_where(exc, setup.callbacks, model)
@@ -868,9 +873,12 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
     flags = np.bitwise_or.reduce(np.stack([f for _, _, f in parts]), axis=0).astype(np.int32)
     gnorm = np.sqrt(np.sum(np.stack([p[:, RowLayout.GNORM] ** 2 for _, p, _ in parts]), axis=0))
     update = np.max(np.stack([p[:, RowLayout.UPDATE] for _, p, _ in parts]), axis=0)
-    var_g = np.concatenate([p[:, r.layout.var_gnorm] for r, p, _ in parts], axis=1)
-    var_u = np.concatenate([p[:, r.layout.var_update] for r, p, _ in parts], axis=1)
-    names = tuple(n for r, _, _ in parts for n in r.var_names)
+    # per variable: the columns of the variables some apply was given (a layer frozen before the first step is
+    # left out, as if the optimizer had been built without it, as TensorFlow's is)
+    kept = [[j for j in range(r.layout.n_vars) if j not in r.unapplied()] for r, _, _ in parts]
+    var_g = np.concatenate([p[:, r.layout.var_gnorm][:, c] for (r, p, _), c in zip(parts, kept, strict=True)], axis=1)
+    var_u = np.concatenate([p[:, r.layout.var_update][:, c] for (r, p, _), c in zip(parts, kept, strict=True)], axis=1)
+    names = tuple(r.var_names[j] for (r, _, _), c in zip(parts, kept, strict=True) for j in c)
     optimizers = {}
     columns: dict[str, list[int]] = {}
     if len(parts) > 1:
@@ -883,9 +891,9 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
             for r, p, _ in parts
         }
         start = 0
-        for r, _, _ in parts:
-            columns[r.name] = [start, start + r.layout.n_vars]
-            start += r.layout.n_vars
+        for (r, _, _), c in zip(parts, kept, strict=True):
+            columns[r.name] = [start, start + len(c)]
+            start += len(c)
     return Recorded(
         steps, reference, rows, loss, flags, gnorm, update, var_g, var_u, names, optimizers, applied, notes, columns
     )

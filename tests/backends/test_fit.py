@@ -1314,3 +1314,34 @@ def test_left_over(stability):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_layer_a_callback_freezes_when_fit_begins(pytester, tiny_problem):
+    """TensorFlow and PyTorch build the optimizer for what is trainable at the first step: the frozen layer's
+    weights never change, as in plain fit (the differential test compares the rest). Keras' JAX fit built it
+    before the callbacks ran, and its first step refuses the change; plain fit raises that ValueError, a
+    stability run fails with it, quoted, saying where it came from (it once said "model.fit() rejected the
+    arguments", which these are not)."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+class Freeze(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.layers[0].trainable = False
+
+def test_freeze(stability):
+    model = build()
+    first = [w.copy() for w in model.layers[0].get_weights()]
+    stability.fit(model, X, Y, steps=12, batch_size=32, callbacks=[Freeze()])
+    for a, b in zip(first, model.layers[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+""",
+    )
+    if BACKEND == "jax":
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            ["*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *"]
+        )
+    else:
+        result.assert_outcomes(passed=1)

@@ -28,7 +28,7 @@ CASES = {
     ),
     "mismatched_features": (
         "stability.train(build(), X[:, :5], Y)",
-        "*stability.train(): model.fit() rejected the arguments: ValueError: "
+        "*stability.train(): model.fit() raised at its first step, before any update: ValueError: "
         "*expected axis -1 of input shape to have value 8, but received input with shape (32, 5)*",
     ),
     "unknown_fit_argument": (
@@ -41,7 +41,7 @@ CASES = {
     ),
     "list_outputs_mismatch": (
         "stability.fit(build(), X, [Y, Y])",
-        "*stability.fit(): model.fit() rejected the arguments: ValueError: *",
+        "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *",
     ),
     "nan_in_x": (
         "X2 = X.copy(); X2[17, 3] = np.nan; stability.train(build(), X2, Y)",

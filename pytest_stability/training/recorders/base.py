@@ -269,6 +269,12 @@ class Recorder:
         if self.check_inputs:
             self.input_bad = self._variable(0, "int32", "stability_input_bad", None)
 
+    def unapplied(self) -> set[int]:
+        """The columns (indices into :attr:`var_names`) of variables the optimizer was built for but that no
+        ``apply`` was given: none, but under PyTorch, where Keras builds the optimizer before the callbacks run
+        and one may freeze a layer (see :class:`~.torch.TorchRecorder`)."""
+        return set()
+
     def own_ids(self) -> set[int]:
         """``id``s of the recorder's variables among the optimizer's (none of the user's state)."""
         return {

@@ -34,6 +34,8 @@ class TorchRecorder(Recorder):
         """Offsets in the raw vector: ``[w_n | d_n | state sum | g_n | lr, loss, (scale) | (diag)]``.  No input
         flag: a NaN/Inf pipeline batch's step is not run (torch_train_step)."""
         n = self.n_vars
+        #: the columns some apply was given (None: every one; see unapplied)
+        self.t_applied: set[int] | None = set()
         self.t_w, self.t_d, self.t_s, self.t_g = 0, n, 2 * n, 2 * n + 1
         self.t_lr = 3 * n + 1
         self.t_loss = self.t_lr + 1  # the loss the tracker saw before this step's update (else 0)
@@ -168,6 +170,8 @@ class TorchRecorder(Recorder):
             with torch.no_grad():
                 delta = list(torch._foreach_sub(tensors(tvars), before))
                 index = [opt._get_variable_index(v) for v in tvars]
+                if self.t_applied is not None:  # until one apply was given every variable
+                    self.t_applied = None if len(index) == n else self.t_applied | set(index)
                 have = [(g, k) for g, k in zip(grads, index, strict=True) if g is not None]
                 norms = torch._foreach_norm(before + delta + [g for g, _ in have], 2, dtype=f32)
                 m = len(tvars)
@@ -209,6 +213,12 @@ class TorchRecorder(Recorder):
             after_update(grads, tvars, taken)
 
         return apply
+
+    def unapplied(self) -> set[int]:
+        """Keras' PyTorch ``fit`` builds the optimizer for the variables trainable before the callbacks run; a
+        layer a callback froze then is never given to ``apply``: its columns hold no gradient, not a zero one."""
+        applied = getattr(self, "t_applied", None)
+        return set() if applied is None else set(range(self.n_vars)) - applied
 
     def _diag(self, have: list[tuple[Tensor, int]], vel: list[Tensor], scale: Tensor | None) -> list[Tensor]:
         """Adam's max ``g^2/v`` (with the second moments before the step) and the sum of ``v`` after it."""
