@@ -875,7 +875,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
     update = np.max(np.stack([p[:, RowLayout.UPDATE] for _, p, _ in parts]), axis=0)
     # per variable: the columns of the variables some apply was given (a layer frozen before the first step is
     # left out, as if the optimizer had been built without it, as TensorFlow's is)
-    kept = [[j for j in range(r.layout.n_vars) if j not in r.unapplied()] for r, _, _ in parts]
+    kept = [[j for j in range(r.layout.n_vars) if j not in skip] for r, _, _ in parts for skip in [r.unapplied()]]
     var_g = np.concatenate([p[:, r.layout.var_gnorm][:, c] for (r, p, _), c in zip(parts, kept, strict=True)], axis=1)
     var_u = np.concatenate([p[:, r.layout.var_update][:, c] for (r, p, _), c in zip(parts, kept, strict=True)], axis=1)
     names = tuple(r.var_names[j] for (r, _, _), c in zip(parts, kept, strict=True) for j in c)

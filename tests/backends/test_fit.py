@@ -1317,11 +1317,12 @@ def test_left_over(stability):
 
 
 def test_a_layer_a_callback_freezes_when_fit_begins(pytester, tiny_problem):
-    """TensorFlow and PyTorch build the optimizer for what is trainable at the first step: the frozen layer's
-    weights never change, as in plain fit (the differential test compares the rest). Keras' JAX fit built it
-    before the callbacks ran, and its first step refuses the change; plain fit raises that ValueError, a
-    stability run fails with it, quoted, saying where it came from (it once said "model.fit() rejected the
-    arguments", which these are not)."""
+    """On TensorFlow and PyTorch the frozen layer's weights never change, as in plain fit (the differential test
+    compares the rest), and no check takes it for a layer that cannot learn: Keras' PyTorch fit built the
+    optimizer for it before the callbacks ran, and the run once failed `stuck` ("never received a gradient ...
+    set layer.trainable = False"). Keras' JAX fit built it before them too, and its first step refuses the
+    change: plain fit raises that ValueError, a stability run fails with it, quoted, saying where it came from
+    (it once said "model.fit() rejected the arguments", which these are not)."""
     result = run(
         pytester,
         tiny_problem,
