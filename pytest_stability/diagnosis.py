@@ -810,6 +810,24 @@ def _lr_now(q: Quotes, trace: Trace, step: int, cfg: dict[str, Any], name: str =
     return q.setting(name, "learning_rate", _number(cfg.get("learning_rate")))
 
 
+def _unhealthy(trace: Trace, end: int, ref_end: int) -> np.ndarray:
+    """Per step in ``[0, end)``: whether its loss or gradient norm is non-finite, or above :data:`HEALTHY_GROWTH`
+    x its median over ``[0, ref_end)`` (a zero or non-finite median judges nothing)."""
+    bad: np.ndarray = ~np.isfinite(trace.loss[:end])
+    loss_ref = _median(trace.loss[:ref_end])
+    if math.isfinite(loss_ref):
+        with np.errstate(invalid="ignore"):
+            bad |= np.abs(trace.loss[:end]) > HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
+    if trace.grad_norm is not None:
+        g = trace.grad_norm[:end]
+        g_ref = _median(g[:ref_end])
+        bad |= ~np.isfinite(g)
+        if math.isfinite(g_ref) and g_ref > 0:
+            with np.errstate(invalid="ignore"):
+                bad |= g > HEALTHY_GROWTH * g_ref
+    return bad
+
+
 def healthy_end(trace: Trace, step: int) -> int:
     """The end (exclusive) of the healthy stretch ``[0, end)`` before ``step``.
 
@@ -818,20 +836,7 @@ def healthy_end(trace: Trace, step: int) -> int:
     step = max(0, min(int(step), trace.steps))
     if step == 0:
         return 0
-    k = min(5, step)
-    bad = ~np.isfinite(trace.loss[:step])
-    loss_ref = _median(trace.loss[:k])
-    if math.isfinite(loss_ref):
-        with np.errstate(invalid="ignore"):
-            bad |= np.abs(trace.loss[:step]) > HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
-    if trace.grad_norm is not None:
-        g = trace.grad_norm[:step]
-        g_ref = _median(g[:k])
-        bad |= ~np.isfinite(g)
-        if math.isfinite(g_ref) and g_ref > 0:
-            with np.errstate(invalid="ignore"):
-                bad |= g > HEALTHY_GROWTH * g_ref
-    hit = np.flatnonzero(bad)
+    hit = np.flatnonzero(_unhealthy(trace, step, min(5, step)))
     return int(hit[0]) if hit.size else step
 
 
@@ -2402,18 +2407,7 @@ def _ends_the_blow_up(f: Finding, trace: Trace, start: int) -> bool:
     end = min(int(f.step), view.steps)
     if end <= start:
         return False
-    ref = slice(0, max(int(start), 1))
-    healthy = np.ones(end - start, dtype=bool)
-    for series in (view.loss, view.grad_norm):
-        if series is None:
-            continue
-        x = np.asarray(series[:end], dtype=np.float64)
-        level = _median(x[ref])
-        with np.errstate(invalid="ignore"):
-            ok = np.isfinite(x) & (
-                np.abs(x) <= HEALTHY_GROWTH * max(abs(level), 1e-12) if math.isfinite(level) else True
-            )
-        healthy &= ok[start:end]
+    healthy = ~_unhealthy(view, end, max(int(start), 1))[start:]
     run = longest = 0
     for h in healthy:
         run = run + 1 if h else 0
