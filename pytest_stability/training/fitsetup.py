@@ -38,6 +38,21 @@ def _leaves(obj: Data) -> list[Tensor]:
     return [obj]
 
 
+def refuse_python_values(name: str, obj: Data) -> None:
+    """Reject Python numbers or strings in a list, tuple or dict of data (``y.tolist()``, a list of rows), where
+    ``fit`` takes arrays: Keras refuses them ("Unrecognized data type", with the whole list printed), and the
+    plugin's own reads of the data would fail on them first."""
+    if not isinstance(obj, (list, tuple, dict)):
+        return
+    for leaf in _leaves(obj):
+        if isinstance(leaf, (bool, int, float, complex, str, bytes)):
+            raise StabilityUsageError(
+                f"{name} is a Python {type(obj).__name__} holding {type(leaf).__name__} values (the first: {leaf!r}), "
+                "where model.fit() takes arrays (numpy arrays or tensors, one per input) or a dataset: "
+                f"convert it with np.asarray({name.split()[-1]})"
+            )
+
+
 def _is_pandas(obj: object) -> bool:
     """A pandas DataFrame or Series (told by its class's module: pandas is not imported here)."""
     return type(obj).__module__.split(".")[0] == "pandas" and hasattr(obj, "to_numpy")
@@ -224,7 +239,11 @@ _KIND_NAMES = {
 def _same_lengths(x: Data, y: Data, sample_weight: Data) -> None:
     def describe(obj: Data) -> str:
         shapes = [tuple(np.shape(leaf)) for leaf in _leaves(obj)]
-        return str(shapes[0]) if len(shapes) == 1 else str(shapes)
+        if len(shapes) <= 4:
+            return f"shape {shapes[0] if len(shapes) == 1 else shapes}"
+        kinds = list(dict.fromkeys(shapes))  # a list of many arrays: each shape once, in order
+        listed = ", ".join(map(str, kinds[:3])) + (", ..." if len(kinds) > 3 else "")
+        return f"{len(shapes)} arrays of shape{'s' if len(kinds) > 1 else ''} {listed}"
 
     lengths = {
         name: {int(np.shape(leaf)[0]) for leaf in _leaves(obj) if np.ndim(leaf)}
@@ -237,9 +256,16 @@ def _same_lengths(x: Data, y: Data, sample_weight: Data) -> None:
     for name, obj in (("y", y), ("sample_weight", sample_weight)):
         n = next(iter(lengths[name]), None)
         if nx is not None and n is not None and n != nx:
+            many = isinstance(x, (list, tuple)) and len(x) == n
             raise StabilityUsageError(
-                f"x and {name} have different numbers of samples: x has {nx} (shape {describe(x)}), "
-                f"{name} has {n} (shape {describe(obj)})"
+                f"x and {name} have different numbers of samples: x has {nx} ({describe(x)}), "
+                f"{name} has {n} ({describe(obj)})"
+                + (
+                    f"; fit reads a {type(x).__name__} of {n} arrays as {n} inputs: to pass {n} samples, stack "
+                    "them (np.stack(x))"
+                    if many
+                    else ""
+                )
             )
 
 
@@ -418,6 +444,8 @@ def prepare_fit(
             ``batch_size`` with data that is already batched.
     """
     user_kwargs = frozenset(fit_kwargs)
+    for name, obj in (("x", x), ("y", y), ("sample_weight", fit_kwargs.get("sample_weight"))):
+        refuse_python_values(name, obj)
     kind = data_kind(keras, x)
     if kind == "none":
         raise StabilityUsageError("training data is required: received x=None")

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import StabilityUsageError
 from ..framework_types import Data, Layer, Model
 from . import isolation
-from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, short_message
+from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, refuse_python_values, short_message
 from .keras_internals import sync_variables
 from .recorders import host_numpy
 
@@ -84,6 +84,8 @@ def validation_batches(
         vx, vy, vw = data_adapter_utils.unpack_x_y_sample_weight(tuple(vd))
     else:  # a dataset, a generator, or arrays alone: fit reads bare arrays (or a dict of them) as x_val
         vx, vy, vw = vd, None, None
+    for name, part in (("validation x_val", vx), ("validation y_val", vy), ("validation sample_weight_val", vw)):
+        refuse_python_values(name, part)
     if vy is None and _is_arrays(vx):
         _refuse_missing_targets(keras, model, vd)
     # a one-shot iterator (a generator): what is read here is given back to fit, ahead of the rest (below)

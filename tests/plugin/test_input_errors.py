@@ -43,6 +43,20 @@ CASES = {
         "stability.fit(build(), X, [Y, Y])",
         "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *",
     ),
+    "python_list": (
+        "stability.train(build(), X, Y.tolist())",
+        "*stability.train(): y is a Python list holding float values (the first: *), where model.fit() takes "
+        "arrays*convert it with np.asarray(y)*",
+    ),
+    "python_list_validation": (
+        "stability.train(build(), X, Y, validation_data=(XV.tolist(), YV))",
+        "*validation x_val is a Python list holding float values*convert it with np.asarray(x_val)*",
+    ),
+    "list_of_samples": (
+        "stability.train(build(), list(X), Y)",
+        "*x has 8 (256 arrays of shape (8,)), y has 256 (shape (256,)); fit reads a list of 256 arrays as 256 "
+        "inputs: to pass 256 samples, stack them (np.stack(x))*",
+    ),
     "nan_in_x": (
         "X2 = X.copy(); X2[17, 3] = np.nan; stability.train(build(), X2, Y)",
         "*x holds 1 non-finite value(s) before training starts: the first is NaN at index (17, 3)*",

@@ -1,0 +1,52 @@
+"""Data that ``fit`` would refuse, refused before the plugin reads it, with a message that says what to pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pytest_stability.errors import StabilityUsageError
+from pytest_stability.training.fitsetup import _same_lengths, refuse_python_values
+
+
+@pytest.mark.parametrize(
+    ("name", "obj", "said"),
+    [
+        ("y", [0.0, 1.0, 1.0], "y is a Python list holding float values (the first: 0.0)"),
+        ("x", [[1, 2], [3, 4]], "x is a Python list holding int values (the first: 1)"),
+        ("x", {"text": ["a cat", "a dog"]}, "x is a Python dict holding str values (the first: 'a cat')"),
+        ("validation y_val", (np.zeros(3), [True]), "validation y_val is a Python tuple holding bool values"),
+    ],
+)
+def test_python_values_are_refused_with_what_to_pass(name, obj, said):
+    with pytest.raises(StabilityUsageError) as info:
+        refuse_python_values(name, obj)
+    message = str(info.value)
+    assert message.startswith(said), message
+    assert message.endswith(f"convert it with np.asarray({name.split()[-1]})"), message
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [None, np.zeros((3, 2)), [np.zeros(3), np.ones(3)], {"a": np.zeros(3), "b": (np.ones(3), None)}, "not a list"],
+)
+def test_arrays_and_what_is_not_a_structure_pass(obj):
+    refuse_python_values("x", obj)  # a bare string or object is data_kind's to judge, not this check's
+
+
+def test_a_list_of_samples_is_told_to_stack_them():
+    x, y = list(np.zeros((512, 10), np.float32)), np.zeros(512)
+    with pytest.raises(StabilityUsageError) as info:
+        _same_lengths(x, y, None)
+    assert str(info.value) == (
+        "x and y have different numbers of samples: x has 10 (512 arrays of shape (10,)), y has 512 (shape (512,)); "
+        "fit reads a list of 512 arrays as 512 inputs: to pass 512 samples, stack them (np.stack(x))"
+    )
+
+
+def test_a_few_inputs_keep_their_shapes_listed():
+    with pytest.raises(StabilityUsageError) as info:
+        _same_lengths([np.zeros((8, 2)), np.zeros((8, 3))], np.zeros(5), None)
+    assert str(info.value) == (
+        "x and y have different numbers of samples: x has 8 (shape [(8, 2), (8, 3)]), y has 5 (shape (5,))"
+    )
