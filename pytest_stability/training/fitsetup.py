@@ -42,10 +42,20 @@ def refuse_python_values(name: str, obj: Data) -> None:
     """Reject Python numbers or strings in a list, tuple or dict of data (``y.tolist()``, a list of rows), where
     ``fit`` takes arrays: Keras refuses them ("Unrecognized data type", with the whole list printed), and the
     plugin's own reads of the data would fail on them first."""
-    if not isinstance(obj, (list, tuple, dict)):
-        return
-    for leaf in _leaves(obj):
-        if isinstance(leaf, (bool, int, float, complex, str, bytes)):
+
+    def first_python_value(obj: Data) -> object:
+        """Depth first, stopping at the first one (a list of a million rows is not walked)."""
+        if isinstance(obj, (bool, int, float, complex, str, bytes)):
+            return obj
+        for part in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ():
+            found = first_python_value(part)
+            if found is not None:
+                return found
+        return None
+
+    if isinstance(obj, (list, tuple, dict)):
+        leaf = first_python_value(obj)
+        if leaf is not None:
             raise StabilityUsageError(
                 f"{name} is a Python {type(obj).__name__} holding {type(leaf).__name__} values (the first: {leaf!r}), "
                 "where model.fit() takes arrays (numpy arrays or tensors, one per input) or a dataset: "
