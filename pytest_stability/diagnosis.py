@@ -1484,16 +1484,25 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         note += "; {n_events} separate spikes: the rate is too high for the minimum training settled in"
     if opt in ADAM_FAMILY and "grad_collapse" in q:
         q.text("optimizer", opt)
-        note += (
-            "; with {optimizer}, but not a second-moment collapse: over the {history_steps} steps before it "
-            "the gradient norm was only {grad_collapse}x below its early level"
+        note += "; with {optimizer}, but not a second-moment collapse: over the {history_steps} steps before it " + (
+            "the gradient norm had risen from its early level ({grad_norm_early} -> {grad_norm_before}), not fallen"
+            if q["grad_collapse"] < 1
+            else "the gradient norm was only {grad_collapse}x below its early level"
         )
+    scale_fixes: list[Fix] = []
+    if exploded and has_g:
+        # gradients that grow with outputs climbing towards targets (or inputs) far from unit scale: the data's
+        # scale is the cause to fix; the clip and the rate stay first, as their success is measured
+        scale, scale_fixes = _far_from_unit_scale(q, trace, q.at("loss_first", "loss", 0))
+        if scale:
+            note += "; " + scale
     # the learning rate first when the run's evidence points at it (updates too large, a schedule that rose
     # into the failure, no healthy stretch to clip at); clipnorm first for a lone burst after a healthy stretch
     lr_first = too_fast or rose or clip is None or not exploded
     fixes: list[Fix] = [fx for fx in ([lr_fix, clip] if lr_first else [clip, lr_fix]) if fx is not None]
     if clip is None and has_g:
         fixes.append(_why_no_clip(q))
+    fixes.extend(scale_fixes)
     # a rate that jumped before it is the likelier culprit than the batch
     culprit = (
         "a learning rate too high, which jumped before it"

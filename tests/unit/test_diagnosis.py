@@ -901,3 +901,37 @@ def test_variables_whose_gradients_vanished_through_the_layers_are_not_a_rate_of
             assert "net/last/kernel's 0.15 (median of steps 0-59)" in f.cause
         else:
             assert "a learning rate of zero" in f.cause
+
+
+@pytest.mark.parametrize(
+    ("info", "standardise"),
+    [
+        ({"target_rms": 2.1e5, "input_rms": 1.0}, ["standardise the targets"]),
+        ({"target_rms": 0.7, "input_rms": 1.0}, []),  # measured near unit scale: not the data
+        ({"target_rms": 2.1e5, "input_rms": 1.0, "targets_rescaled_by": "Normalization 'norm'"}, []),
+    ],
+)
+def test_gradients_that_grow_with_targets_far_from_unit_scale_are_told_to_standardise_them(info, standardise):
+    # regression on raw house prices with Adam: the loss falls from 4e10 while the gradient norm grows 200x, as
+    # the outputs climb towards targets of 2e5 (tried as a new user would). The clip and the rate stay first
+    # (their success is measured); standardising the targets comes after them, with the targets' scale in the cause
+    rng = np.random.default_rng(0)
+    n = 600
+    loss = 4.4e10 * np.geomspace(1.0, 0.3, n) * np.exp(0.05 * rng.normal(size=n))
+    g = 1e6 * np.geomspace(1.0, 300.0, n) * np.exp(0.1 * rng.normal(size=n))
+    cfg = {"learning_rate": 1e-3, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False}
+    trace = Trace(
+        loss=loss, grad_norm=g, lr=np.full(n, 1e-3), info={"optimizer": "Adam", "optimizer_config": cfg, **info}
+    )
+    f = next(f for f in _diag(trace) if f.check == "grad_norm")
+    assert f.evidence["cause_key"] == "gradient_explosion" and f.fix.startswith("clipnorm=")
+    texts = [x["text"] for x in f.evidence["fixes"]]
+    assert [t.split(",")[0] for t in texts if t.startswith("standardise")] == standardise
+    assert texts[0].startswith("clipnorm=") and texts[1].startswith("learning_rate=")
+    d = f.evidence["diagnosis"]
+    # the gradients rose before the event: said as a rise, not as a fall by a factor below 1
+    assert d["grad_collapse"] < 1 and "had risen from its early level" in f.cause and "x below" not in f.cause
+    if standardise:
+        assert "the targets' root mean square is 2.1e+05" in f.cause
+    else:
+        assert "unit scale" not in f.cause
