@@ -338,7 +338,9 @@ class StabilitySession:
         f = self.files
         footer: list[str] = []
         ok = True
-        if f.baseline is not None:
+        # pytest --collect-only runs no test: nothing to compare with the baseline, nothing to save in it
+        collect_only = bool(self.config.getoption("collectonly", False))
+        if f.baseline is not None and not collect_only:
             compared = [c.baseline for r in self.records.values() for c in r.calls if c.baseline is not None]
             regressed = sum(c.status == "regressed" for c in compared)
             missing = sum(c.status == "missing" for c in compared)
@@ -353,7 +355,9 @@ class StabilitySession:
             line, written = self._write_plots()
             footer.append(line)
             ok = ok and written
-        if f.save_baseline is not None:
+        if f.save_baseline is not None and collect_only:
+            footer.append(f"stability baseline not saved to {f.save_baseline}: --collect-only ran no test")
+        elif f.save_baseline is not None:
             line, saved = self._save_baseline(interrupted=self.interrupted)
             footer.append(line)
             ok = ok and (saved or self.interrupted)

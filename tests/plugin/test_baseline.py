@@ -372,6 +372,17 @@ def test_one(stability):
     assert (pytester.path / "base.json").read_text() == previous
 
 
+def test_collect_only_neither_compares_with_nor_saves_the_baseline(pytester, gate, saved):
+    # pytest --co runs no test: no "0 compared" footer, and the baseline file is left as it was (it had been
+    # written again with "0 tests ... in the  section", no backend having run)
+    before = (pytester.path / "base.json").read_text()
+    result = gate.run("--co", "--stability-baseline=base.json", "--stability-save-baseline=base.json")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*stability baseline not saved to */base.json: --collect-only ran no test*"])
+    result.stdout.no_fnmatch_line("*compared*")
+    assert (pytester.path / "base.json").read_text() == before
+
+
 # -- the comparison itself (pure) ---------------------------------------------------------------
 
 
