@@ -56,10 +56,13 @@ def refuse_python_values(name: str, obj: Data) -> None:
     if isinstance(obj, (list, tuple, dict)):
         leaf = first_python_value(obj)
         if leaf is not None:
+            # a list of numbers or of rows is one array; a dict or a tuple of inputs holds lists among arrays
+            whole = isinstance(obj, list) and bool(obj) and isinstance(obj[0], (bool, int, float, str, list))
+            convert = f"np.asarray({name.split()[-1]})" if whole else "np.asarray on each list in it"
             raise StabilityUsageError(
                 f"{name} is a Python {type(obj).__name__} holding {type(leaf).__name__} values (the first: {leaf!r}), "
                 "where model.fit() takes arrays (numpy arrays or tensors, one per input) or a dataset: "
-                f"convert it with np.asarray({name.split()[-1]})"
+                f"convert it with {convert}"
             )
 
 

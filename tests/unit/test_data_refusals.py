@@ -10,20 +10,31 @@ from pytest_stability.training.fitsetup import _same_lengths, refuse_python_valu
 
 
 @pytest.mark.parametrize(
-    ("name", "obj", "said"),
+    ("name", "obj", "said", "convert"),
     [
-        ("y", [0.0, 1.0, 1.0], "y is a Python list holding float values (the first: 0.0)"),
-        ("x", [[1, 2], [3, 4]], "x is a Python list holding int values (the first: 1)"),
-        ("x", {"text": ["a cat", "a dog"]}, "x is a Python dict holding str values (the first: 'a cat')"),
-        ("validation y_val", (np.zeros(3), [True]), "validation y_val is a Python tuple holding bool values"),
+        ("y", [0.0, 1.0, 1.0], "y is a Python list holding float values (the first: 0.0)", "np.asarray(y)"),
+        ("x", [[1, 2], [3, 4]], "x is a Python list holding int values (the first: 1)", "np.asarray(x)"),
+        # inputs by name, or a tuple of inputs: the lists among them are converted, not the structure
+        (
+            "x",
+            {"text": ["a cat", "a dog"]},
+            "x is a Python dict holding str values (the first: 'a cat')",
+            "np.asarray on each list in it",
+        ),
+        (
+            "validation y_val",
+            (np.zeros(3), [True]),
+            "validation y_val is a Python tuple holding bool values",
+            "np.asarray on each list in it",
+        ),
     ],
 )
-def test_python_values_are_refused_with_what_to_pass(name, obj, said):
+def test_python_values_are_refused_with_what_to_pass(name, obj, said, convert):
     with pytest.raises(StabilityUsageError) as info:
         refuse_python_values(name, obj)
     message = str(info.value)
     assert message.startswith(said), message
-    assert message.endswith(f"convert it with np.asarray({name.split()[-1]})"), message
+    assert message.endswith(f"convert it with {convert}"), message
 
 
 @pytest.mark.parametrize(
