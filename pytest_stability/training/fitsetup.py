@@ -28,33 +28,32 @@ if TYPE_CHECKING:
     from ..options import RunSpec
 
 
-def _leaves(obj: Data) -> list[Tensor]:
+def _iter_leaves(obj: Data) -> Iterator[Tensor]:
+    """The leaves of a structure of dicts, lists and tuples, depth first (None has none)."""
     if obj is None:
-        return []
+        return
     if isinstance(obj, dict):
-        return [leaf for v in obj.values() for leaf in _leaves(v)]
-    if isinstance(obj, (list, tuple)):
-        return [leaf for v in obj for leaf in _leaves(v)]
-    return [obj]
+        for v in obj.values():
+            yield from _iter_leaves(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _iter_leaves(v)
+    else:
+        yield obj
+
+
+def _leaves(obj: Data) -> list[Tensor]:
+    return list(_iter_leaves(obj))
 
 
 def refuse_python_values(name: str, obj: Data) -> None:
     """Reject Python numbers or strings in a list, tuple or dict of data (``y.tolist()``, a list of rows), where
     ``fit`` takes arrays: Keras refuses them ("Unrecognized data type", with the whole list printed), and the
     plugin's own reads of the data would fail on them first."""
-
-    def first_python_value(obj: Data) -> object:
-        """Depth first, stopping at the first one (a list of a million rows is not walked)."""
-        if isinstance(obj, (bool, int, float, complex, str, bytes)):
-            return obj
-        for part in obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ():
-            found = first_python_value(part)
-            if found is not None:
-                return found
-        return None
-
     if isinstance(obj, (list, tuple, dict)):
-        leaf = first_python_value(obj)
+        # the first one found ends the walk: a list of a million rows is not walked
+        python = (v for v in _iter_leaves(obj) if isinstance(v, (bool, int, float, complex, str, bytes)))
+        leaf = next(python, None)
         if leaf is not None:
             # a list of numbers or of rows is one array; a dict or a tuple of inputs holds lists among arrays
             whole = isinstance(obj, list) and bool(obj) and isinstance(obj[0], (bool, int, float, str, list))
