@@ -45,12 +45,14 @@ def regressed(record: StabilityRecord) -> bool:
 
 def headline(record: StabilityRecord) -> str:
     """The one line that says why a test is not stable (its first finding), or '' for a stable one."""
-    for call in record.calls:
+    calls = record.calls
+    for k, call in enumerate(calls, 1):
         for run in call.runs:
             if run.findings:
                 f = run.findings[0]
+                which = f"call {k} of {len(calls)}: " if len(calls) > 1 else ""
                 seed = f"seed {run.seed}: " if len(call.runs) > 1 else ""
-                return f"{seed}[{f.check}] step {f.step}: {f.message}"
+                return f"{which}{seed}[{f.check}] step {f.step}: {f.message}"
     for call in record.calls:
         baseline = call.baseline
         if baseline is not None and baseline.failed and baseline.regressions:

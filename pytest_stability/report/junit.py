@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..record import StabilityRecord
+from ..record import StabilityRecord, primary_run
 from .render import run_notes
 
 _KEYS = (
@@ -19,12 +19,16 @@ _KEYS = (
 
 
 def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
-    """``stability_verdict``, the seed(s), finding checks, the headline metrics and the notes of the first call."""
+    """``stability_verdict``, the seed(s), finding checks, the headline metrics and the notes of the call the
+    verdict comes from: the first that is not stable, else the first (``stability_call`` says which, of a test's
+    several ``stability.fit()`` calls)."""
     props = [("stability_verdict", record.verdict)]
     calls = record.calls
-    if calls:
-        call = calls[0]
+    call = primary_run(calls)
+    if call is not None:
         run = call.primary
+        if len(calls) > 1:
+            props.append(("stability_call", f"{[c is call for c in calls].index(True) + 1} of {len(calls)}"))
         props.append(("stability_seeds", ",".join(str(s) for s in call.seeds)))
         props.append(("stability_device", run.device))
         for key in _KEYS:

@@ -45,7 +45,7 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
         reason = record.error or record.skip_reason or ""
         return label, style, f"{record.nodeid}  {reason}"
     parts = []
-    for call in calls:
+    for k, call in enumerate(calls, 1):
         runs = call.runs
         run = call.primary
         s = run.summary
@@ -71,7 +71,9 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
             elif (run.model or {}).get("loss_recorded") is False:
                 losses = "loss not recorded"
         text = (
-            f"steps={s.steps_run}/{s.steps_planned}{seeds} {run.device}  {losses}  "
+            # several stability.fit() calls in one test: each row says which call it is
+            (f"call {k} of {len(calls)}: " if len(calls) > 1 else "")
+            + f"steps={s.steps_run}/{s.steps_planned}{seeds} {run.device}  {losses}  "
             f"spike x{fmt(s.largest_spike, 3)}  |g|max {fmt(s.max_grad_norm, 3)}  {val}"
         )
         if s.lr_margin is not None:

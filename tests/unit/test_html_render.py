@@ -231,3 +231,29 @@ def test_a_loss_that_was_never_recorded_gets_no_chart_and_the_row_says_so():
     # a recorded loss, or a run that recorded nothing yet, keeps its loss chart
     recorded = _record("t.py::test_y", _run({"grad_norm": (STEPS, [1.0] * 6)}))
     assert html.panels_of(recorded.calls[0].runs)[0] == ("loss", "training loss")
+
+
+def test_a_test_with_several_fit_calls_names_each_row_and_junit_reports_the_failing_call():
+    # two stability.fit() calls in one test (two learning rates, say): the second row must not be anonymous,
+    # and JUnit's finding is the failing call's, not the first call's (which passed)
+    from pytest_stability.report.junit import junit_properties
+    from pytest_stability.report.terminal import _row
+
+    good = _record("t.py::test_x", _run({"loss": (STEPS, [1.0] * 6)})).calls[0]
+    bad = _record("t.py::test_x", _run({"loss": (STEPS, [1.0] * 6)}, [SPIKE])).calls[0]
+    record = StabilityRecord.trained("t.py::test_x", settings={}, calls=[good, bad])
+    label, _, text = _row(record)
+    assert label == "FAIL"
+    rows = [line for line in text.splitlines() if "steps=" in line]
+    assert [row.split("steps=")[0].strip() for row in rows] == ["t.py::test_x  call 1 of 2:", "call 2 of 2:"]
+    props = junit_properties(record)
+    assert ("stability_call", "2 of 2") in props
+    # and GitHub's annotation / step summary line
+    from pytest_stability.report.github import headline
+
+    assert headline(record) == f"call 2 of 2: [loss_spike] step 3: {SPIKE['message']}"
+    assert ("stability_finding", f"loss_spike at step 3: {SPIKE['message']}") in props
+    # one call: no call label, no stability_call
+    one = StabilityRecord.trained("t.py::test_y", settings={}, calls=[bad])
+    assert "call 1" not in _row(one)[2] and "stability_call" not in dict(junit_properties(one))
+    assert headline(one).startswith("[loss_spike]")
