@@ -55,6 +55,9 @@ CALL_FAILURE_KEY = pytest.StashKey[str]()
 #: why the test skipped itself while it ran (``pytest.skip()``, ``pytest.importorskip()`` in its body)
 CALL_SKIP_KEY = pytest.StashKey[str]()
 NEVER_TRAINED = "is marked stable_training but never called stability.fit(model, x, y)"
+NEVER_TRAINED_UNMARKED = "uses the `stability` fixture but never called stability.fit(model, x, y)"
+#: a test that uses the `stability` fixture and was not marked: the marker was added at collection
+AUTO_MARKED_KEY = pytest.StashKey[bool]()
 
 MARKER_HELP = (
     MARKER_SIGNATURE + ": train a Keras model through the `stability` fixture for `steps` optimizer steps "
@@ -188,6 +191,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``stable_training`` each test that uses the `stability` fixture without the marker, before pytest's
+    own selection by marker: ``-m stable_training`` then selects every stability test, and ``-m "not
+    stable_training"`` leaves every one out (a quick local run), marked or not.  The marker added has no settings:
+    the test runs with the defaults as before."""
+    for item in items:
+        if item.get_closest_marker(MARKER_NAME) is None and "stability" in getattr(item, "fixturenames", ()):
+            item.add_marker(MARKER_NAME)
+            item.stash[AUTO_MARKED_KEY] = True
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # A bad stable_training marker errors its own test at setup, with a one-line message, and every other
     # test still runs (raised at collection, it would take the whole module down with it).
@@ -236,7 +251,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if item.get_closest_marker(MARKER_NAME) is not None:
         fixture = getattr(item, "funcargs", {}).get("stability")
         if fixture is not None and not fixture.reports and fixture.error is None:
-            pytest.fail(f"{item.nodeid} {NEVER_TRAINED}", pytrace=False)
+            never = NEVER_TRAINED_UNMARKED if item.stash.get(AUTO_MARKED_KEY, False) else NEVER_TRAINED
+            pytest.fail(f"{item.nodeid} {never}", pytrace=False)
     return result
 
 

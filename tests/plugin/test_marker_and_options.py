@@ -117,6 +117,41 @@ def test_model(stability):
     result.stdout.fnmatch_lines(["*test_model is marked stable_training but never called stability.fit(model, x, y)*"])
 
 
+def test_every_stability_test_is_selected_by_the_marker_whether_marked_or_using_the_fixture(pytester):
+    # `-m "not stable_training"` is how a quick local run leaves the training tests out: a test that uses the
+    # `stability` fixture without the marker (it runs with the defaults) must be left out too
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.stable_training(steps=10)
+def test_marked(stability):
+    pass
+
+def test_fixture_only(stability):
+    pass
+
+@pytest.fixture
+def trained(stability):
+    return stability
+
+def test_through_a_fixture(trained):
+    pass
+
+def test_plain():
+    pass
+""")
+    selected = pytester.runpytest("-p", "no:cacheprovider", "--collect-only", "-q", "-m", "stable_training")
+    selected.stdout.fnmatch_lines(["*::test_marked", "*::test_fixture_only", "*::test_through_a_fixture"])
+    selected.stdout.no_fnmatch_line("*test_plain*")
+    left_out = pytester.runpytest("-p", "no:cacheprovider", "-m", "not stable_training")
+    left_out.assert_outcomes(passed=1, deselected=3)
+    # the marker added carries no settings, and a test that asks for the fixture without training fails as a
+    # marked one does, in its own words
+    ran = pytester.runpytest("-p", "no:cacheprovider", "-k", "fixture_only")
+    ran.assert_outcomes(failed=1, deselected=3)
+    ran.stdout.fnmatch_lines(["*test_fixture_only uses the `stability` fixture but never called stability.fit(*"])
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

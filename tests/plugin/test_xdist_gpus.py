@@ -101,15 +101,24 @@ def test_gpu_lock_runs_stability_tests_one_at_a_time(pytester, no_gpu_env, monke
     pytester.makepyfile("""
         import json, os, time
 
+        import keras
+        import numpy as np
+        import pytest
+
         def _body(stability, name):
             start = time.time()
+            model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+            model.compile(optimizer="sgd", loss="mse")
+            stability.fit(model, np.ones((8, 2), "float32"), np.ones((8, 1), "float32"), batch_size=4)
             time.sleep(1.5)
             with open(f"interval-{name}.json", "w") as fh:
                 json.dump([start, time.time(), os.environ.get("PYTEST_XDIST_WORKER")], fh)
 
+        @pytest.mark.stable_training(steps=2)
         def test_a(stability):
             _body(stability, "a")
 
+        @pytest.mark.stable_training(steps=2)
         def test_b(stability):
             _body(stability, "b")
     """)
