@@ -28,7 +28,8 @@ def junit_properties(record: StabilityRecord) -> list[tuple[str, str]]:
     if call is not None:
         run = call.primary
         if len(calls) > 1:
-            props.append(("stability_call", f"{[c is call for c in calls].index(True) + 1} of {len(calls)}"))
+            which = next(k for k, c in enumerate(calls, 1) if c is call)
+            props.append(("stability_call", f"{which} of {len(calls)}"))
         props.append(("stability_seeds", ",".join(str(s) for s in call.seeds)))
         props.append(("stability_device", run.device))
         for key in _KEYS:
