@@ -314,6 +314,10 @@ class StabilitySession:
             },
         )
         written = sorted(doc["backends"])
+        if not written:  # -m "not stable_training", -k, or every stability test skipped or erroring before it trained
+            if self.previous is not None:
+                return f"stability baseline {path} left as it was: no stability test trained in this run", True
+            return f"stability baseline not saved to {path}: no stability test trained in this run", True
         n_tests = sum(len(doc["backends"][b]["tests"]) for b in written)
         what = f"{n_tests} tests"
         if self.previous is not None:

@@ -383,6 +383,20 @@ def test_collect_only_neither_compares_with_nor_saves_the_baseline(pytester, gat
     assert (pytester.path / "base.json").read_text() == before
 
 
+def test_a_run_that_trains_no_stability_test_neither_writes_nor_rewrites_a_baseline(pytester, gate, saved):
+    # `-m "not stable_training"` (a quick local run) with the save option left in a script or an ini file: no new
+    # file of 0 tests (a later comparison against it would find every test missing), and one already there is
+    # left as it was
+    before = (pytester.path / "base.json").read_text()
+    result = gate.run("-m", "not stable_training", "--stability-save-baseline=new.json")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED  # every test of the module deselected
+    result.stdout.fnmatch_lines(["*stability baseline not saved to */new.json: no stability test trained in this run*"])
+    assert not (pytester.path / "new.json").exists()
+    result = gate.run("-m", "not stable_training", "--stability-save-baseline=base.json")
+    result.stdout.fnmatch_lines(["*stability baseline */base.json left as it was: no stability test trained*"])
+    assert (pytester.path / "base.json").read_text() == before
+
+
 # -- the comparison itself (pure) ---------------------------------------------------------------
 
 
