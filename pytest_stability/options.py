@@ -624,6 +624,31 @@ def resolve_config_defaults(get_cli: Callable[[str], Any], get_ini: Callable[[st
     return RunSpec.from_values(values)
 
 
+#: keywords of ``model.fit`` that a marker may be given by mistake: they go to ``stability.fit()``
+_FIT_KEYWORDS = frozenset(
+    {"epochs", "steps_per_epoch", "initial_epoch", "callbacks", "validation_data", "validation_split",
+     "validation_steps", "validation_batch_size", "validation_freq", "class_weight", "sample_weight", "verbose"}
+)  # fmt: skip
+#: what the model's optimizer holds, not the run
+_OPTIMIZER_KEYWORDS = frozenset({"lr", "learning_rate", "optimizer", "clipnorm", "clipvalue", "global_clipnorm"})
+
+
+def _unknown_argument(key: str, value: Any) -> str:
+    """The message for a marker keyword that is no setting: the closest setting's name when one is close, or
+    where the keyword belongs (``stability.fit()``, the model's optimizer), then every setting's name."""
+    import difflib
+
+    names = [o.name for o in OPTIONS]
+    if key in _FIT_KEYWORDS:
+        hint = f" ({key} is an argument of model.fit: pass it to stability.fit(), which passes it on)"
+    elif key in _OPTIMIZER_KEYWORDS:
+        hint = f" ({key} belongs to the model's optimizer: set it where you compile the model)"
+    else:
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown argument {key}={value!r}{hint}; known arguments: {', '.join(names)}"
+
+
 def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> RunSpec:
     """Lay a ``stable_training`` marker's arguments over the resolved defaults.
 
@@ -644,8 +669,7 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     for key, value in kwargs.items():
         opt = OPTIONS_BY_NAME.get(key)
         if opt is None:
-            known = ", ".join(o.name for o in OPTIONS)
-            raise OptionValueError(f"unknown argument {key}={value!r}; known arguments: {known}")
+            raise OptionValueError(_unknown_argument(key, value))
         try:
             values[key] = opt.parse(value)
         except OptionValueError as exc:

@@ -45,7 +45,7 @@ def test_ok(stability):
     [
         ("steps='ten'", "stable_training: steps must be an int >= 1, received 'ten' (str)"),
         ("steps=0", "stable_training: steps must be an int >= 1, received 0"),
-        ("stepz=10", "stable_training: unknown argument stepz=10; known arguments: steps, *"),
+        ("stepz=10", "stable_training: unknown argument stepz=10 (did you mean steps?); known arguments: steps, *"),
         ("device='tpu'", "stable_training: device must be one of 'auto', 'cpu', 'gpu', received 'tpu' (str)"),
         ("10, steps=20", "stable_training: steps given both positionally (10) and as a keyword (20)"),
         ("max_grad_norm=-1.0", "stable_training: max_grad_norm must be None or a finite number > 0, received -1.0"),

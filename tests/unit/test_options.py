@@ -89,6 +89,25 @@ def test_runspec_is_typed_frozen_and_keeps_values():
     assert (marked.steps, marked.spike_ratio, marked.from_marker) == (20, 4.0, frozenset({"steps", "spike_ratio"}))
 
 
+@pytest.mark.parametrize(
+    "kwargs, hint",
+    [
+        ({"step": 100}, " (did you mean steps?);"),
+        ({"val_tolerence": 0.2}, " (did you mean val_tolerance?);"),
+        ({"epochs": 3}, " (epochs is an argument of model.fit: pass it to stability.fit(), which passes it on);"),
+        ({"lr": 0.1}, " (lr belongs to the model's optimizer: set it where you compile the model);"),
+        ({"colour": "red"}, ";"),  # nothing close: the list alone
+    ],
+)
+def test_an_unknown_marker_keyword_is_told_where_it_belongs(kwargs, hint):
+    ((key, value),) = kwargs.items()
+    with pytest.raises(OptionValueError) as info:
+        merge_marker(_defaults(), (), kwargs)
+    message = str(info.value)
+    assert message.startswith(f"unknown argument {key}={value!r}{hint} known arguments: steps, max_steps, ")
+    assert message.endswith(", ".join(o.name for o in OPTIONS[-2:]))
+
+
 def test_precedence_cli_over_ini_over_default():
     assert _defaults().steps == 200
     assert _defaults(ini={"stability_steps": "50"}).steps == 50
