@@ -633,7 +633,15 @@ _FIT_KEYWORDS = frozenset(
 _OPTIMIZER_KEYWORDS = frozenset({"lr", "learning_rate", "optimizer", "clipnorm", "clipvalue", "global_clipnorm"})
 
 
-def _unknown_argument(key: str, value: Any) -> str:
+def optimizer_keyword_hint(name: str) -> str:
+    """`` (lr belongs to the model's optimizer: ...)`` for a keyword the optimizer holds, given to the marker or
+    to ``stability.fit()``; else ''."""
+    if name not in _OPTIMIZER_KEYWORDS:
+        return ""
+    return f" ({name} belongs to the model's optimizer: set it where you compile the model)"
+
+
+def _unknown_argument(key: str, value: object) -> str:
     """The message for a marker keyword that is no setting: the closest setting's name when one is close, or
     where the keyword belongs (``stability.fit()``, the model's optimizer), then every setting's name."""
     import difflib
@@ -641,8 +649,8 @@ def _unknown_argument(key: str, value: Any) -> str:
     names = [o.name for o in OPTIONS]
     if key in _FIT_KEYWORDS:
         hint = f" ({key} is an argument of model.fit: pass it to stability.fit(), which passes it on)"
-    elif key in _OPTIMIZER_KEYWORDS:
-        hint = f" ({key} belongs to the model's optimizer: set it where you compile the model)"
+    elif optimizer_keyword_hint(key):
+        hint = optimizer_keyword_hint(key)
     else:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -829,6 +837,7 @@ __all__ = [
     "cli_name",
     "ini_name",
     "merge_marker",
+    "optimizer_keyword_hint",
     "parse_replay",
     "parse_text",
     "resolve_run_files",

@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # imported where a run builds them: these modules import Kera
 
 from ..errors import StabilityUsageError
 from ..framework_types import Callback, Data, Model, Optimizer
+from ..options import OPTIONS_BY_NAME, cli_name, optimizer_keyword_hint
 from ..trace import GRADS, INPUT, LOSS, OPTIMIZER, WEIGHTS, Trace
 from . import isolation
 from .fitsetup import (
@@ -249,9 +250,25 @@ def check_fit_kwargs(keras: ModuleType, fit_kwargs: dict[str, Any]) -> None:
             raise StabilityUsageError(f"{name} is not a fit() argument; use {_OWNED[name]}")
         if name not in allowed:
             raise StabilityUsageError(
-                f"model.fit() has no argument {name!r}; it accepts {', '.join(sorted(allowed - {'x', 'y'}))}, "
-                "and stability.fit() also takes steps, seed and check"
+                f"model.fit() has no argument {name!r}{_belongs(name, allowed)}; it accepts "
+                f"{', '.join(sorted(allowed - {'x', 'y'}))}, and stability.fit() also takes steps, seed and check"
             )
+
+
+def _belongs(name: str, allowed: set[str]) -> str:
+    """Where a keyword that fit() does not take belongs: a setting of the run goes in the marker, a near miss of
+    a fit() argument is named, the learning rate and clipping are the optimizer's; else ''."""
+    import difflib
+
+    if name in OPTIONS_BY_NAME:
+        return (
+            f" ({name} is a setting of the run: @pytest.mark.stable_training({name}=...) or "
+            f"{cli_name(name)}=..., not a fit() argument)"
+        )
+    if optimizer_keyword_hint(name):
+        return optimizer_keyword_hint(name)
+    close = difflib.get_close_matches(name, sorted(allowed | {"steps", "seed", "check"}), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _usage_from_keras(exc: BaseException) -> StabilityUsageError:

@@ -33,7 +33,17 @@ CASES = {
     ),
     "unknown_fit_argument": (
         "stability.fit(build(), X, Y, epoch=3)",
-        "*stability.fit(): model.fit() has no argument 'epoch'; it accepts *epochs*",
+        "*stability.fit(): model.fit() has no argument 'epoch' (did you mean epochs?); it accepts *epochs*",
+    ),
+    "run_setting_given_to_fit": (
+        "stability.fit(build(), X, Y, spike_ratio=4)",
+        "*stability.fit(): model.fit() has no argument 'spike_ratio' (spike_ratio is a setting of the run: "
+        "@pytest.mark.stable_training(spike_ratio=...) or --stability-spike-ratio=..., not a fit() argument)*",
+    ),
+    "optimizer_setting_given_to_fit": (
+        "stability.fit(build(), X, Y, learning_rate=0.1)",
+        "*model.fit() has no argument 'learning_rate' (learning_rate belongs to the model's optimizer: set it "
+        "where you compile the model)*",
     ),
     "compile_argument": (
         "stability.fit(build(), X, Y, steps_per_execution=4)",
