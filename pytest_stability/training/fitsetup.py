@@ -479,6 +479,12 @@ def prepare_fit(
             )
         if fit_kwargs.get("batch_size") is not None:
             raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
+        if fit_kwargs.get("validation_split"):
+            # as Keras' fit refuses it (a ValueError of its array slicing): it splits arrays only
+            raise StabilityUsageError(
+                f"validation_split={fit_kwargs['validation_split']!r} needs x as arrays, which fit splits; x is "
+                f"{what}: pass validation_data=(x_val, y_val) (or a validation dataset) instead"
+            )
     run_steps = int(stop_after) if stop_after is not None else int(steps)
     bs = int(fit_kwargs.get("batch_size") or spec.batch_size)
     per_epoch = epoch_length(keras, kind, x, fit_kwargs, bs)

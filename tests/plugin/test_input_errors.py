@@ -49,6 +49,12 @@ CASES = {
         "stability.fit(build(), X, Y, steps_per_execution=4)",
         "*stability.fit(): steps_per_execution is not a fit() argument; use readback_every*",
     ),
+    "validation_split_of_a_dataset": (
+        "import tensorflow as tf; "
+        "stability.fit(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), validation_split=0.2)",
+        "*stability.fit(): validation_split=0.2 needs x as arrays, which fit splits; x is a tf.data.Dataset: pass "
+        "validation_data=(x_val, y_val) (or a validation dataset) instead*",
+    ),
     "list_outputs_mismatch": (
         "stability.fit(build(), X, [Y, Y])",
         "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *",
