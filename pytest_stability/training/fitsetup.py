@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from types import ModuleType
@@ -461,6 +462,13 @@ def prepare_fit(
     kind = data_kind(keras, x)
     if kind == "none":
         raise StabilityUsageError("training data is required: received x=None")
+    split = fit_kwargs.get("validation_split")
+    if split and not (isinstance(split, numbers.Real) and not isinstance(split, bool) and 0 < float(split) < 1):
+        # Keras' fit slices at floor(n * (1 - split)) without a word: 1.5 holds out the last half, -0.5 nothing
+        raise StabilityUsageError(
+            f"validation_split must be a number between 0 and 1, the fraction of the samples held out for "
+            f"validation; received {split!r}"
+        )
     rms: dict[str, float | None] = {}
     if kind == "arrays":
         # the data's scale, for the diagnosis, from the same pass that rejects NaN/Inf

@@ -49,6 +49,11 @@ CASES = {
         "stability.fit(build(), X, Y, steps_per_execution=4)",
         "*stability.fit(): steps_per_execution is not a fit() argument; use readback_every*",
     ),
+    "validation_split_out_of_range": (
+        "stability.fit(build(), X, Y, validation_split=1.5)",
+        "*stability.fit(): validation_split must be a number between 0 and 1, the fraction of the samples held "
+        "out for validation; received 1.5*",
+    ),
     "validation_split_of_a_dataset": (
         "import tensorflow as tf; "
         "stability.fit(build(), tf.data.Dataset.from_tensor_slices((X, Y)).batch(32), validation_split=0.2)",
