@@ -36,6 +36,7 @@ validation still runs when the user passes ``validation_data`` or
 from __future__ import annotations
 
 import inspect
+import numbers
 import sys
 import time
 from collections.abc import Callable
@@ -243,6 +244,19 @@ def fit_parameters(keras: ModuleType) -> set[str]:
     return {p for p in inspect.signature(keras.Model.fit).parameters if p != "self"}
 
 
+#: fit() arguments that are counts, and their least value: Keras takes others without a check, then trains
+#: nothing (epochs=0), a few steps (steps_per_epoch=0) or fails after an epoch (validation_freq=0)
+_FIT_COUNTS = {"epochs": 1, "initial_epoch": 0, "steps_per_epoch": 1, "validation_steps": 1, "validation_batch_size": 1}
+
+
+def _count_problem(name: str, value: object, least: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return f"{name} must be an int >= {least}, received {value!r} ({type(value).__name__})"
+    if value < least:
+        return f"{name} must be an int >= {least}, received {value!r}"
+    return None
+
+
 def check_fit_kwargs(keras: ModuleType, fit_kwargs: dict[str, Any]) -> None:
     allowed = fit_parameters(keras)
     for name in fit_kwargs:
@@ -253,6 +267,25 @@ def check_fit_kwargs(keras: ModuleType, fit_kwargs: dict[str, Any]) -> None:
                 f"model.fit() has no argument {name!r}{_belongs(name, allowed)}; it accepts "
                 f"{', '.join(sorted(allowed - {'x', 'y'}))}, and stability.fit() also takes steps, seed and check"
             )
+    for name, least in _FIT_COUNTS.items():
+        value = fit_kwargs.get(name)
+        problem = None if value is None else _count_problem(name, value, least)
+        if problem:
+            raise StabilityUsageError(problem)
+    freq = fit_kwargs.get("validation_freq")
+    if freq is not None:
+        problems = [_count_problem("validation_freq", f, 1) for f in (freq if isinstance(freq, list) else [freq])]
+        if any(problems):
+            raise StabilityUsageError(
+                f"validation_freq must be an int >= 1 (validate every that many epochs) or a list of them (the "
+                f"epochs to validate after), received {freq!r}"
+            )
+    epochs, initial = fit_kwargs.get("epochs"), int(fit_kwargs.get("initial_epoch") or 0)
+    if epochs is not None and epochs <= initial:
+        raise StabilityUsageError(
+            f"epochs={epochs} with initial_epoch={initial} trains no epoch: fit trains from epoch initial_epoch up "
+            "to epochs (an index, not a count), so epochs must be above initial_epoch"
+        )
 
 
 def _belongs(name: str, allowed: set[str]) -> str:

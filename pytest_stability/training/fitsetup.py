@@ -515,7 +515,9 @@ def prepare_fit(
     if user_epochs is None:
         fit_kwargs["epochs"] = epochs_for(run_steps, per_epoch, initial_epoch, pass_length)
     fit_kwargs.setdefault("verbose", 0)
-    callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+    # as Keras' CallbackList takes them: a list, a tuple, or one callback alone
+    given = fit_kwargs.pop("callbacks", None)
+    callbacks = list(keras.tree.flatten(given)) if given else []
     return FitSetup(
         kind=kind,
         run_steps=run_steps,

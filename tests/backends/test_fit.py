@@ -224,9 +224,18 @@ def test_reduce_lr_on_plateau_lowers_the_recorded_rate(stability):
     rep = stability.fit(build(), X, Y, batch_size=32, callbacks=[plateau])
     assert rep.trace.lr[0] == pytest.approx(0.01)
     assert rep.trace.lr[-1] < 0.01 / 4
+
+
+@pytest.mark.stable_training(steps=30, readback_every=5)
+def test_one_callback_not_in_a_list_is_called_as_keras_calls_it(stability):
+    # Keras' fit takes callbacks=cb as [cb] (its CallbackList flattens what it is given); the plugin had
+    # failed with "TypeError: 'Counting' object is not iterable"
+    counting = Counting()
+    rep = stability.fit(build(), X, Y, batch_size=32, callbacks=counting)
+    assert rep.trace.steps == 30 and counting.batches == 30 and counting.epochs == 4
 """,
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 CUSTOM_TRAIN_STEP = {

@@ -49,6 +49,28 @@ CASES = {
         "stability.fit(build(), X, Y, steps_per_execution=4)",
         "*stability.fit(): steps_per_execution is not a fit() argument; use readback_every*",
     ),
+    "epochs_zero": (
+        "stability.fit(build(), X, Y, epochs=0)",
+        "*stability.fit(): epochs must be an int >= 1, received 0*",
+    ),
+    "epochs_not_above_initial_epoch": (
+        "stability.fit(build(), X, Y, epochs=2, initial_epoch=5)",
+        "*stability.fit(): epochs=2 with initial_epoch=5 trains no epoch: fit trains from epoch initial_epoch up "
+        "to epochs (an index, not a count), so epochs must be above initial_epoch*",
+    ),
+    "steps_per_epoch_zero": (
+        "stability.fit(build(), X, Y, steps_per_epoch=0)",
+        "*stability.fit(): steps_per_epoch must be an int >= 1, received 0*",
+    ),
+    "validation_freq_zero": (
+        "stability.fit(build(), X, Y, validation_data=(XV, YV), validation_freq=(1, 2))",
+        "*stability.fit(): validation_freq must be an int >= 1 (validate every that many epochs) or a list of them "
+        "(the epochs to validate after), received (1, 2)*",
+    ),
+    "epochs_float": (
+        "stability.fit(build(), X, Y, epochs=2.0)",
+        "*stability.fit(): epochs must be an int >= 1, received 2.0 (float)*",
+    ),
     "validation_split_out_of_range": (
         "stability.fit(build(), X, Y, validation_split=1.5)",
         "*stability.fit(): validation_split must be a number between 0 and 1, the fraction of the samples held "
