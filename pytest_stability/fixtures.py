@@ -111,6 +111,8 @@ class Stability:
         __tracebackhide__ = True
         failure = None
         try:
+            if not isinstance(check, bool):  # check="no" would check: a truthy string
+                raise StabilityUsageError(f"check must be True or False, received {check!r} ({type(check).__name__})")
             report = self._train(model, x, y, steps=steps, seed=seed, fit_kwargs=fit_kwargs)
         except StabilityUsageError as exc:
             self.error = str(exc)

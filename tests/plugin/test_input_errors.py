@@ -49,6 +49,10 @@ CASES = {
         "stability.fit(build(), X, Y, steps_per_execution=4)",
         "*stability.fit(): steps_per_execution is not a fit() argument; use readback_every*",
     ),
+    "check_not_a_bool": (
+        "stability.fit(build(), X, Y, check='no')",
+        "*stability.fit(): check must be True or False, received 'no' (str)*",
+    ),
     "epochs_zero": (
         "stability.fit(build(), X, Y, epochs=0)",
         "*stability.fit(): epochs must be an int >= 1, received 0*",
