@@ -1355,3 +1355,43 @@ def test_freeze(stability):
         )
     else:
         result.assert_outcomes(passed=1)
+
+
+FLOAT64 = """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(256, 8))
+Y = X @ rng.normal(size=(8, 1))
+
+
+@pytest.mark.stable_training(steps=40, readback_every=10)
+def test_float64(stability):
+    model = keras.Sequential([keras.Input((8,), dtype=DTYPE), keras.layers.Dense(16, activation="relu", dtype=DTYPE),
+                              keras.layers.Dense(1, dtype=DTYPE)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rep = stability.fit(model, X, Y, batch_size=32, validation_split=0.25)
+    tr = rep.trace
+    assert tr.steps == 40 and np.all(np.isfinite(tr.loss)) and np.all(tr.grad_norm > 0)
+    assert tr.loss[-5:].mean() < tr.loss[:5].mean() and tr.has_validation
+    assert {str(w.dtype) for w in model.weights} == {EXPECTED}
+"""
+
+
+def test_a_float64_model_trains_and_is_recorded(pytester):
+    # PyTorch's norm refused to narrow float64 to the float32 the recorder asked for, and the run was refused as
+    # "model.fit() raised at its first step"; layers of dtype float64 leave Keras' floatx (process-wide) alone
+    result = run(pytester, FLOAT64.replace("DTYPE", '"float64"').replace("EXPECTED", '"float64"'), "")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax_enable_x64 is JAX's")
+def test_a_float64_model_under_jax_enable_x64(pytester, monkeypatch):
+    # Under x64 a Python index is int64: the recorder's row went into its buffer at (int32 slot, int64 0), which
+    # dynamic_update_slice refuses; a process of its own, as x64 is set for the whole process
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setenv("JAX_ENABLE_X64", "1")
+    pytester.makepyfile(FLOAT64.replace("DTYPE", '"float64"').replace("EXPECTED", '"float64"'))
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)

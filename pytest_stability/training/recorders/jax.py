@@ -221,7 +221,7 @@ class JaxRecorder(CompiledRecorder):
                     at = ops.where(go, slot, chunk)
                     buf = ops.slice_update(
                         ov[p],
-                        (at, self.width),
+                        (at, ops.cast(self.width, "int32")),  # one index type (int64 under jax_enable_x64)
                         ops.reshape(
                             ops.stack([loss, ops.convert_to_tensor(float(taken), "float32")]), (1, N_LOSS_COLS)
                         ),
@@ -332,7 +332,8 @@ class JaxRecorder(CompiledRecorder):
             f32 = "float32"
             slot = ops.cast(ops.mod(count, self.chunk), "int32")
             halt = ops.where(go, ops.cast(stop, f32), halted)  # once halted, it stays so
-            buf = ops.slice_update(buf, (slot, 0), ops.expand_dims(row, 0))
+            # the start indices of one type: a Python 0 would be int64 under jax_enable_x64, beside the int32 slot
+            buf = ops.slice_update(buf, (slot, ops.zeros_like(slot)), ops.expand_dims(row, 0))
             new_o[p_buf] = ops.slice_update(
                 buf, (self.chunk, H_COUNT), ops.reshape(ops.stack([count + ops.cast(go, f32), halt]), (1, 2))
             )

@@ -137,6 +137,16 @@ class TorchRecorder(Recorder):
         def tensors(variables: list[Variable]) -> list[Tensor]:
             return [v._value for v in variables] if stored else [v.value for v in variables]
 
+        # float32 norms of every tensor; torch's norm refuses to narrow float64 to the float32 it is asked for, so
+        # a float64 model (keras.config.set_floatx("float64")) takes its norms in float64, cast after (decided
+        # once: the gradients and updates have their variables' dtypes)
+        wide = any(v.value.dtype == torch.float64 for v in [*opt._trainable_variables, *(self.velocities or [])])
+
+        def norms(ts: list[Tensor], order: int) -> list[Tensor]:
+            if not wide:
+                return list(torch._foreach_norm(ts, order, dtype=f32))
+            return [n.to(f32) for n in torch._foreach_norm([t.to(torch.float64) for t in ts], order)]
+
         def copies(ts: list[Tensor]) -> list[Tensor]:
             # a multi-tensor op on an accelerator (one launch); on the CPU, where foreach ops loop over the
             # tensors anyway, plain clones cost half as much
@@ -173,9 +183,9 @@ class TorchRecorder(Recorder):
                 if self.t_applied is not None:  # until one apply was given every variable
                     self.t_applied = None if len(index) == n else self.t_applied | set(index)
                 have = [(g, k) for g, k in zip(grads, index, strict=True) if g is not None]
-                norms = torch._foreach_norm(before + delta + [g for g, _ in have], 2, dtype=f32)
+                norms_ = norms(before + delta + [g for g, _ in have], 2)
                 m = len(tvars)
-                w_n, d_n, g_have = list(norms[:m]), list(norms[m : 2 * m]), list(norms[2 * m :])
+                w_n, d_n, g_have = list(norms_[:m]), list(norms_[m : 2 * m]), list(norms_[2 * m :])
                 if len(have) == n and index == list(range(n)):
                     g_n = g_have
                 else:  # variables without a gradient, or given in another order: by the optimizer's index
@@ -193,7 +203,7 @@ class TorchRecorder(Recorder):
                 if scale is not None:
                     tail.append(scale)
                 if vel is not None:
-                    tail += self._diag(have, vel, scale)
+                    tail += self._diag(have, vel, scale, norms)
                 self.t_raw.append(torch.stack(w_n + d_n + [s_sum] + g_n + tail))
 
         if self.compiled:
@@ -220,7 +230,13 @@ class TorchRecorder(Recorder):
         applied = getattr(self, "t_applied", None)
         return set() if applied is None else set(range(self.n_vars)) - applied
 
-    def _diag(self, have: list[tuple[Tensor, int]], vel: list[Tensor], scale: Tensor | None) -> list[Tensor]:
+    def _diag(
+        self,
+        have: list[tuple[Tensor, int]],
+        vel: list[Tensor],
+        scale: Tensor | None,
+        norms: Callable[[list[Tensor], int], list[Tensor]],
+    ) -> list[Tensor]:
         """Adam's max ``g^2/v`` (with the second moments before the step) and the sum of ``v`` after it."""
         import torch
 
@@ -232,7 +248,7 @@ class TorchRecorder(Recorder):
         vs = [vel[k] if vel[k].dtype == f32 else vel[k].to(f32) for _, k in have]
         ratios = torch._foreach_div(torch._foreach_mul(gs, gs), torch._foreach_add(vs, eps * eps))
         assert self.velocities is not None  # vel is read from them
-        v_sum = torch.sum(torch.stack(torch._foreach_norm([v.value for v in self.velocities], 1, dtype=f32)))
+        v_sum = torch.sum(torch.stack(norms([v.value for v in self.velocities], 1)))
         return [torch.max(torch.stack(torch._foreach_max(ratios))), v_sum]
 
     def _update_state(self, original: Callable[..., Any]) -> Callable[..., Any]:
