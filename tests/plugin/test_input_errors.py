@@ -66,7 +66,7 @@ CASES = {
         "stability.fit(build(), X, Y, steps_per_epoch=0)",
         "*stability.fit(): steps_per_epoch must be an int >= 1, received 0*",
     ),
-    "validation_freq_zero": (
+    "validation_freq_a_tuple": (
         "stability.fit(build(), X, Y, validation_data=(XV, YV), validation_freq=(1, 2))",
         "*stability.fit(): validation_freq must be an int >= 1 (validate every that many epochs) or a list of them "
         "(the epochs to validate after), received (1, 2)*",
