@@ -314,7 +314,9 @@ class StabilitySession:
             },
         )
         written = sorted(doc["backends"])
-        if not written:  # -m "not stable_training", -k, or every stability test skipped or erroring before it trained
+        if not written:  # -m "not stable_training", -k, --collect-only, or every stability test stopped before training
+            if self.config.getoption("collectonly", False):
+                return f"stability baseline not saved to {path}: --collect-only ran no test", True
             if self.previous is not None:
                 return f"stability baseline {path} left as it was: no stability test trained in this run", True
             return f"stability baseline not saved to {path}: no stability test trained in this run", True
@@ -342,9 +344,8 @@ class StabilitySession:
         f = self.files
         footer: list[str] = []
         ok = True
-        # pytest --collect-only runs no test: nothing to compare with the baseline, nothing to save in it
-        collect_only = bool(self.config.getoption("collectonly", False))
-        if f.baseline is not None and not collect_only:
+        # pytest --collect-only runs no test: nothing to compare with the baseline (nor to save: _save_baseline)
+        if f.baseline is not None and not self.config.getoption("collectonly", False):
             compared = [c.baseline for r in self.records.values() for c in r.calls if c.baseline is not None]
             regressed = sum(c.status == "regressed" for c in compared)
             missing = sum(c.status == "missing" for c in compared)
@@ -359,9 +360,7 @@ class StabilitySession:
             line, written = self._write_plots()
             footer.append(line)
             ok = ok and written
-        if f.save_baseline is not None and collect_only:
-            footer.append(f"stability baseline not saved to {f.save_baseline}: --collect-only ran no test")
-        elif f.save_baseline is not None:
+        if f.save_baseline is not None:
             line, saved = self._save_baseline(interrupted=self.interrupted)
             footer.append(line)
             ok = ok and (saved or self.interrupted)

@@ -280,6 +280,13 @@ def check_fit_kwargs(keras: ModuleType, fit_kwargs: dict[str, Any]) -> None:
                 f"validation_freq must be an int >= 1 (validate every that many epochs) or a list of them (the "
                 f"epochs to validate after), received {freq!r}"
             )
+    split = fit_kwargs.get("validation_split")
+    if split and not (isinstance(split, numbers.Real) and not isinstance(split, bool) and 0 < float(split) < 1):
+        # Keras' fit slices at floor(n * (1 - split)) without a word: 1.5 holds out the last half, -0.5 nothing
+        raise StabilityUsageError(
+            f"validation_split must be a number between 0 and 1, the fraction of the samples held out for "
+            f"validation; received {split!r}"
+        )
     epochs, initial = fit_kwargs.get("epochs"), int(fit_kwargs.get("initial_epoch") or 0)
     if epochs is not None and epochs <= initial:
         raise StabilityUsageError(

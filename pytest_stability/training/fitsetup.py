@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from types import ModuleType
@@ -462,13 +461,6 @@ def prepare_fit(
     kind = data_kind(keras, x)
     if kind == "none":
         raise StabilityUsageError("training data is required: received x=None")
-    split = fit_kwargs.get("validation_split")
-    if split and not (isinstance(split, numbers.Real) and not isinstance(split, bool) and 0 < float(split) < 1):
-        # Keras' fit slices at floor(n * (1 - split)) without a word: 1.5 holds out the last half, -0.5 nothing
-        raise StabilityUsageError(
-            f"validation_split must be a number between 0 and 1, the fraction of the samples held out for "
-            f"validation; received {split!r}"
-        )
     rms: dict[str, float | None] = {}
     if kind == "arrays":
         # the data's scale, for the diagnosis, from the same pass that rejects NaN/Inf
@@ -487,11 +479,11 @@ def prepare_fit(
             )
         if fit_kwargs.get("batch_size") is not None:
             raise StabilityUsageError(f"batch_size must not be given when x is {what}: it is already batched")
-        if fit_kwargs.get("validation_split"):
-            # as Keras' fit refuses it (a ValueError of its array slicing): it splits arrays only
+        split = fit_kwargs.get("validation_split")
+        if split:  # as Keras' fit refuses it (a ValueError of its array slicing): it splits arrays only
             raise StabilityUsageError(
-                f"validation_split={fit_kwargs['validation_split']!r} needs x as arrays, which fit splits; x is "
-                f"{what}: pass validation_data=(x_val, y_val) (or a validation dataset) instead"
+                f"validation_split={split!r} needs x as arrays, which fit splits; x is {what}: pass "
+                "validation_data=(x_val, y_val) (or a validation dataset) instead"
             )
     run_steps = int(stop_after) if stop_after is not None else int(steps)
     bs = int(fit_kwargs.get("batch_size") or spec.batch_size)

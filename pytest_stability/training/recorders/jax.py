@@ -333,7 +333,7 @@ class JaxRecorder(CompiledRecorder):
             slot = ops.cast(ops.mod(count, self.chunk), "int32")
             halt = ops.where(go, ops.cast(stop, f32), halted)  # once halted, it stays so
             # the start indices of one type: a Python 0 would be int64 under jax_enable_x64, beside the int32 slot
-            buf = ops.slice_update(buf, (slot, ops.zeros_like(slot)), ops.expand_dims(row, 0))
+            buf = ops.slice_update(buf, (slot, ops.cast(0, "int32")), ops.expand_dims(row, 0))
             new_o[p_buf] = ops.slice_update(
                 buf, (self.chunk, H_COUNT), ops.reshape(ops.stack([count + ops.cast(go, f32), halt]), (1, 2))
             )
