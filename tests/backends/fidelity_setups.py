@@ -134,6 +134,11 @@ def spy():
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [Spy()], "validation_data": (X[:16], Y[:16])}
 
 
+def spy_alone():
+    """One callback, not in a list: Keras' fit takes it as [callback]."""
+    return mlp(), X, Y, {"batch_size": 8, "callbacks": Spy(), "validation_data": (X[:16], Y[:16])}
+
+
 def epoch_spy():
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [EpochSpy()], "validation_split": 0.25}
 
