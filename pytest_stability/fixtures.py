@@ -190,6 +190,7 @@ class Stability:
         spec = self.spec
         thresholds = Thresholds.from_mapping(spec.values)
         runs = []
+        history = None
         for s in self.seeds_for(base_seed):
             # Each seed trains a distinct model (the user's instance for the
             # first seed, a fresh build or clone for the others).
@@ -212,6 +213,8 @@ class Stability:
             finally:
                 progress.close()
             result, results = outcome.result, outcome.results
+            if s == base_seed:  # Keras' History of the model given, which plain model.fit() returns
+                history = getattr(run_model, "history", None)
             results = self._save_batches(results, result, x, y, fit_kwargs, s)
             runs.append(
                 RunReport(
@@ -225,7 +228,7 @@ class Stability:
                     final_metrics=result.final_metrics,
                 )
             )
-        return StabilityReport(self.nodeid, runs)
+        return StabilityReport(self.nodeid, runs, history=history)
 
     def _save_batches(
         self, results: list[CheckResult], result: RunResult, x: Data, y: Data, fit_kwargs: dict[str, Any], seed: int

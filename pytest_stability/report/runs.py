@@ -262,11 +262,14 @@ class StabilityReport:
     """The result of one ``stability.train()`` call: one :class:`RunReport` per seed.
 
     Convenience properties (``trace``, ``findings``, ``summary()``...) refer to
-    the first unstable run, or to the first run when all are stable.
+    the first unstable run, or to the first run when all are stable.  ``history`` is what plain
+    ``model.fit`` returns, Keras' ``History`` of the model given (its first seed), so that
+    ``stability.fit`` stands where ``model.fit`` stood: ``report.history.history["val_loss"]``.
     """
 
     nodeid: str
     runs: list[RunReport]
+    history: object = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -544,6 +544,9 @@ def test_model_history_is_the_runs_after_the_what_if_replays(stability):
     rep = stability.fit(model, X, Y * 1e3, batch_size=32, check=False, callbacks=[histories])
     assert rep.findings[0].evidence["whatif"]["attempts"]  # a replay ran fit again
     assert len(histories.seen) > 1 and model.history is histories.seen[0]
+    # what plain model.fit() returns: the run's History, so that stability.fit() stands where model.fit() stood
+    assert rep.history is histories.seen[0] and list(rep.history.history) == ["loss"]
+    assert rep.history.epoch == list(range(len(rep.history.history["loss"])))
 
 
 @pytest.mark.parametrize("seed", [3, 3, 4])
