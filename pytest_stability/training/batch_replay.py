@@ -8,19 +8,21 @@ batch: the model's own ``train_step`` and optimizer, its state as it was) and me
 
 * The step's batch far above the previous batch at the same weights (``BAD_SAMPLE_RATIO`` x): the batch is
   the cause (a mislabeled or extreme sample), not the weights.
-* Both high at those weights: the weights are; the updates before the step did it.
+* Both high at those weights (both NaN/Inf included): the weights are; the updates before the step did it.
 * The previous batch's loss far higher after the step than before it: the step's update damaged the model.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..framework_types import Data, Model
-from .batches import BatchPlan, batch_arrays, locate
+
+if TYPE_CHECKING:  # .batches imports Keras; conclude() is a pure function, tested without it
+    from .batches import BatchPlan
 
 #: the step's batch counts as the cause when its loss is this many times the previous batch's at the same weights
 BAD_SAMPLE_RATIO = 3.0
@@ -48,6 +50,8 @@ def probe(
     ``before``/``after`` (``loss``, ``grad_norm`` of the step's batch), ``previous_before``/``previous_after``
     (of the previous step's batch), ``verdict`` (``bad_sample``, ``bad_weights`` or ``unclear``), ``damaged``
     and ``text`` (lines)."""
+    from .batches import batch_arrays, locate
+
     where = locate(plan, step)
     if "indices" not in where:
         why = where.get("why") or "its samples are known for array inputs only"
@@ -83,28 +87,56 @@ def probe(
             f"the batch of step {step - 1}, at the same weights: loss {prev_before[0]:.4g}; after the update of step "
             f"{step}: {prev_after[0]:.4g}"
         )
-        if _ratio(before[0], prev_before[0]) >= BAD_SAMPLE_RATIO:
-            verdict = "bad_sample"
-            lines.append(
-                f"-> a bad sample: at the same weights this batch's loss is {_ratio(before[0], prev_before[0]):.3g}x "
-                "the previous batch's, so the batch itself (a mislabeled or extreme sample) caused the jump, not the "
-                "weights; look at its samples"
-            )
-        else:
-            verdict = "bad_weights"
-            lines.append(
-                "-> not this batch: the previous batch's loss is as high at these weights, so the updates before "
-                f"step {step} did it"
-            )
-        damaged = _ratio(prev_after[0], prev_before[0]) >= DAMAGE_RATIO
-        if damaged:
-            lines.append(
-                f"-> its update damaged the model: the previous batch's loss grew "
-                f"{_ratio(prev_after[0], prev_before[0]):.3g}x across step {step} (clipnorm or a robust loss "
-                "limits what one batch can do)"
-            )
+        verdict, damaged, said = conclude(step, before[0], prev_before[0], prev_after[0])
+        lines += said
     out.update(verdict=verdict, damaged=damaged, text=lines)
     return out
+
+
+def conclude(step: int, loss: float, previous: float, previous_after: float) -> tuple[str, bool, list[str]]:
+    """What the losses say: ``loss`` of the step's batch and ``previous`` of the step before's, both at the
+    weights step ``step`` started from, and ``previous_after`` after the step's update.  ``(verdict, damaged,
+    lines)``: ``bad_sample`` when this batch's loss is ``BAD_SAMPLE_RATIO`` x the previous batch's (or NaN/Inf
+    where that one is finite), ``bad_weights`` when it is not (both NaN/Inf included: the weights are already
+    broken); ``damaged`` when the previous batch's loss, finite before, grew ``DAMAGE_RATIO`` x across the
+    update or became NaN/Inf."""
+    lines = []
+    if not np.isfinite(previous):
+        verdict = "bad_weights"
+        lines.append(
+            f"-> not this batch: the batch of step {step - 1} is {previous:.4g} at these weights too, so the weights "
+            f"step {step} started from are already broken (the updates before step {step}, or an op unsafe on what "
+            "they predict: log(0) of a saturated output, 0/0)"
+        )
+    elif _ratio(loss, previous) >= BAD_SAMPLE_RATIO:
+        verdict = "bad_sample"
+        how = (
+            f"{_ratio(loss, previous):.3g}x the previous batch's"
+            if np.isfinite(loss)
+            else f"{loss:.4g} where the previous batch's is {previous:.4g}"
+        )
+        lines.append(
+            f"-> a bad sample: at the same weights this batch's loss is {how}, so the batch itself (a mislabeled or "
+            "extreme sample) caused the jump, not the weights; look at its samples"
+        )
+    else:
+        verdict = "bad_weights"
+        lines.append(
+            "-> not this batch: the previous batch's loss is as high at these weights, so the updates before "
+            f"step {step} did it"
+        )
+    damaged = bool(np.isfinite(previous)) and _ratio(previous_after, previous) >= DAMAGE_RATIO
+    if damaged:
+        grew = (
+            f"grew {_ratio(previous_after, previous):.3g}x"
+            if np.isfinite(previous_after)
+            else f"went from {previous:.4g} to {previous_after:.4g}"
+        )
+        lines.append(
+            f"-> its update damaged the model: the previous batch's loss {grew} across step {step} (clipnorm or a "
+            "robust loss limits what one batch can do)"
+        )
+    return verdict, damaged, lines
 
 
 def _ratio(a: float, b: float) -> float:
