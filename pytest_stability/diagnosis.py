@@ -1804,6 +1804,27 @@ def _vanishing_with_depth(q: Quotes, trace: Trace, frozen: list[str], lr: float)
     )
 
 
+def _stuck_behind_vanishing(
+    q: Quotes, trace: Trace, findings: list[Finding], f: Finding, cfg: dict[str, Any]
+) -> Dx | None:
+    """A stuck or collapsed loss in a run whose ``no_update`` finding is the gradients' vanishing through the
+    layers (:func:`_vanishing_with_depth`): that is why it learns nothing, the cause of both findings (a 12-layer
+    sigmoid stack sits at ln 2 on labels it could learn, which read as labels with no signal).  None otherwise."""
+    frozen = next(
+        (list(g.evidence.get("variables") or []) for g in findings if g.check == f.check and g.kind == "no_update"),
+        [],
+    )
+    if not frozen:
+        return None
+    q.text("variables", ", ".join(frozen[:5]))
+    lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
+    dx = _vanishing_with_depth(q, trace, frozen, lr)
+    if dx is None:
+        return None
+    dx.cause = "the loss sits at {level} from step {step} (initially {initial_loss}) because " + dx.cause
+    return dx
+
+
 def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     _, cfg = _optimizer(trace)
     ev = f.evidence
@@ -1930,6 +1951,11 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced
+    if (flat or zero or vanished) and not dead:
+        # the first layers never changed, their gradients vanished through the layers: the labels are not to blame
+        depth = _stuck_behind_vanishing(q, trace, findings, f, cfg)
+        if depth is not None:
+            return depth
     prior = _prior_loss(q, trace, level, cfg)
     if prior is not None and (flat or zero or vanished) and not dead:  # a network that died had learned something
         return prior

@@ -312,6 +312,32 @@ def test_deep(stability):
     result.assert_outcomes(passed=1)
 
 
+def test_a_twelve_layer_sigmoid_stack_stuck_at_ln_2_is_its_vanished_gradients_on_every_backend(pytester):
+    """Twelve sigmoid layers (1e-8 at the first kernel, 0.2 at the last) on labels a linear model learns: the loss
+    sits at ln 2.  On TensorFlow the first kernels' updates round to exactly 0; on JAX and PyTorch they are
+    rounding noise of about 1e-11 a step, so nothing was found "never changed": JAX named the flat loss labels
+    with no signal (a smoke-test dataset as the fix) and PyTorch passed the run."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
+@pytest.mark.stable_training(steps=300)
+def test_deep_sigmoid(stability):
+    hidden = [keras.layers.Dense(32, activation="sigmoid") for _ in range(12)]
+    model = keras.Sequential([keras.Input((8,)), *hidden, keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y.astype("float32"), batch_size=32, check=False)
+    assert rep.verdict == "unstable"
+    (frozen,) = [f for f in rep.findings if f.kind == "no_update"]
+    assert frozen.evidence["variables"][0].endswith("dense/kernel")  # the first layer's
+    for f in rep.findings:
+        assert f.evidence["cause_key"] == "vanished_gradients", f.cause
+        assert "labels" not in f.cause + f.fix
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def test_layers_whose_gradients_vanished_through_a_deep_sigmoid_stack_are_named_as_such(pytester):
     """Twenty sigmoid layers: the gradients shrink about 4x a layer on their way back (0.15 at the last layer,
     1e-13 at the first), and SGD's updates of the first layers' kernels round away on float32 weights, so they

@@ -673,6 +673,19 @@ def test_a_variable_that_never_changes_is_a_finding():
     assert f.kind == "no_update" and f.evidence["variables"] == ["head/bias"]
 
 
+def test_a_variable_whose_updates_are_rounding_noise_never_changed_but_a_slow_learner_did():
+    """The first kernels of a 12-layer sigmoid stack on JAX and PyTorch: |dw|/|w| about 1e-11 a step, not exactly
+    0 (the backend takes the difference in another order), 3e-9 over 300 steps: they never changed, as on
+    TensorFlow where the same updates round to exactly 0.  A variable that moves 1e-5 of its norm a step learns."""
+    t = _vars(n=300)
+    t.var_update_ratio[:, 2] = np.abs(np.random.default_rng(1).normal(1e-11, 5e-12, 300))
+    (f,) = check_stuck(t).findings
+    assert f.kind == "no_update" and f.evidence["variables"] == ["head/bias"]
+    assert "never changed (|dw|/|w| added up to less than 1e-06 of their norm) over 300 steps" in f.message
+    t.var_update_ratio[:, 2] = 1e-5  # 3e-3 of its norm over the run
+    assert check_stuck(t).status == "passed"
+
+
 def test_a_variable_with_some_zero_gradients_is_fine_and_missing_arrays_are_skipped():
     t = _vars()
     t.var_grad_norms[:50, 1] = 0.0  # dead for a while, then learning

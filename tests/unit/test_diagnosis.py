@@ -903,6 +903,32 @@ def test_variables_whose_gradients_vanished_through_the_layers_are_not_a_rate_of
             assert "a learning rate of zero" in f.cause
 
 
+def test_a_loss_stuck_at_the_prior_because_the_first_layers_never_changed_is_not_blamed_on_the_labels():
+    """A 12-layer sigmoid stack on labels it could learn: its first kernels never change (gradients 1e-8 there,
+    0.2 at the last layer) and the loss sits flat at ln 2.  Both findings name the vanishing gradients; the
+    collapsed loss was told "the labels carry no signal", with a smoke-test dataset as the fix."""
+    n = 300
+    rng = np.random.default_rng(0)
+    names = ("net/first/kernel", "net/first/bias", "net/last/kernel", "net/last/bias")
+    trace = Trace(
+        loss=np.log(2) * (1 + 0.004 * rng.normal(size=n)),
+        grad_norm=np.full(n, 0.2),
+        var_names=names,
+        var_grad_norms=np.tile([2e-8, 3e-9, 0.2, 0.06], (n, 1)),
+        var_update_ratio=np.tile([6e-12, 1e-2, 3e-2, 1e-2], (n, 1)),
+        lr=np.full(n, 0.01),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.01}},
+    )
+    findings = rank_findings(run_checks(trace), trace)
+    assert {f.kind for f in findings} == {"collapsed", "no_update"}
+    for f in findings:
+        assert f.evidence["cause_key"] == "vanished_gradients", f.cause
+        assert "net/first/kernel's gradient norm is 2e-08 (median of steps 0-299), 1e+07x below" in f.cause
+    (collapsed,) = [f for f in findings if f.kind == "collapsed"]
+    assert collapsed.cause.startswith("the loss sits at 0.692 (median of steps 250-299) from step 0 (initially 0.693")
+    assert "labels" not in collapsed.cause + collapsed.fix
+
+
 @pytest.mark.parametrize(
     ("info", "standardise"),
     [
