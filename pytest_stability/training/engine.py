@@ -448,6 +448,7 @@ def train(
     # the inputs: pandas frames as arrays, checked, fit's arguments completed, the validation batches read, the
     # short-epoch decision
     x, y = frames_as_arrays(x, y, fit_kwargs)
+    asked_batch = fit_kwargs.get("batch_size") is not None or batch_size is not None
     setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
     if setup.kind == "arrays":  # integer labels the loss cannot take (on JAX, silently dropped)
         val = setup.fit_kwargs.get("validation_data")
@@ -457,6 +458,12 @@ def train(
             if problem is not None:
                 raise StabilityUsageError(problem)
     notes: list[str] = []
+    n_train = _train_samples(x, setup.fit_kwargs) if setup.kind == "arrays" else None
+    if asked_batch and n_train and setup.batch_size > n_train:  # plain fit takes every sample: said, as it was asked
+        notes.append(
+            f"batch_size={setup.batch_size} is larger than the {n_train} training samples: every step trains on "
+            f"all {n_train} (a full batch), as plain fit does"
+        )
     # how the epochs and batches were presented for speed (a full batch as one long epoch; short epochs or single
     # batches kept for what observes them): the report shows these apart from the notes that qualify the verdict
     speed_notes: list[str] = []

@@ -1289,6 +1289,12 @@ def test_model(stability):
         "short epochs (1 step(s) each) kept for EpochCounter.on_epoch_end, which sees them: "
     )
     assert "notes" not in rep.trace.info  # neither qualifies the verdict
+    # a batch_size asked for above the training samples: plain fit takes them all, and the report says so
+    rep = stability.fit(build(), X, Y, batch_size=1000)
+    assert rep.trace.steps == 30 and rep.trace.info["notes"] == [
+        "batch_size=1000 is larger than the 256 training samples: every step trains on all 256 (a full batch), "
+        "as plain fit does"
+    ]
 """,
     )
     result.assert_outcomes(passed=1)
