@@ -654,6 +654,28 @@ def test_random_labels_are_named_with_a_learnable_smoke_test():
     check_finding(p, trace, False)
 
 
+def test_a_loss_at_the_prior_behind_vanished_gradients_quotes_the_trace_and_leaves_the_labels_alone():
+    # twelve sigmoid layers: the first kernel's updates are rounding noise (6e-12 a step), its gradients 1e-7 of
+    # the last layer's, the loss flat at ln 2: both findings name the vanished gradients, from the trace's numbers
+    rng = np.random.default_rng(3)
+    n = 300
+    names = ("net/first/kernel", "net/first/bias", "net/last/kernel", "net/last/bias")
+    trace = Trace(
+        loss=np.log(2.0) * (1 + 0.004 * rng.normal(size=n)),
+        grad_norm=np.full(n, 0.2),
+        var_names=names,
+        var_grad_norms=np.tile([2e-8, 3e-9, 0.2, 0.06], (n, 1)) * np.exp(0.1 * rng.normal(size=(n, 4))),
+        var_update_ratio=np.tile([6e-12, 1e-2, 3e-2, 1e-2], (n, 1)),
+        lr=np.full(n, 0.01),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.01}},
+    )
+    findings = D.rank_findings(run_checks(trace), trace)
+    assert sorted(f.kind for f in findings) == ["collapsed", "no_update"]
+    for f in findings:
+        assert f.evidence["cause_key"] == "vanished_gradients" and "labels" not in f.cause + f.fix, f.cause
+        check_finding(f, trace, False)
+
+
 def test_ftrl_replacing_the_weights_is_not_blamed_on_the_labels():
     # Ftrl's first update sets a deep network's weights near zero (|dw|/|w| 0.995): the loss then sits at ln 2,
     # as random labels' would, but random labels move the weights by 1e-3 a step (the test above)
