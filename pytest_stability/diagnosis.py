@@ -170,6 +170,7 @@ CAUSES = {
     "replica_drift": "the replicas' copies of the weights drifted apart",
     "probabilities_from_unbounded": "the loss takes probabilities, but the output layer has no sigmoid or softmax",
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
+    "logits_from_probabilities": "the loss takes logits (from_logits=True), but the output layer makes probabilities",
     "gradients_out_of_scale": "gradients out of scale from the first step (weights initialised too large)",
     "targets_out_of_range": "a regression's targets lie outside the range of its bounded output (a sigmoid, a tanh)",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
@@ -734,6 +735,19 @@ def _output_wiring_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
         fix = Fix(
             "give {output_layer} activation='{output_expects}', or compile with "
             "keras.losses.{output_loss_class}(from_logits=True): the loss then sees what it expects"
+        )
+    elif key == "logits_from_probabilities" and info.get("backend") != "tensorflow":
+        # TensorFlow's Keras takes the logits under the sigmoid or softmax: the loss is what was meant there
+        q.fact("logit_floor", "output_wiring.floor", float(fact.get("floor", math.nan)))
+        cause = (
+            "the loss {output_loss_class}(from_logits=True) takes logits, but the model's output comes from "
+            "{output_layer} with activation {output_activation}: the loss reads its probabilities, between zero and "
+            "one, as logits, so it cannot fall below {logit_floor} however well the model predicts, and its "
+            "gradients shrink"
+        )
+        fix = Fix(
+            "give {output_layer} no activation (a linear output), or compile with "
+            "keras.losses.{output_loss_class}(from_logits=False): the loss then sees what it expects"
         )
     elif key == "softmax_one_unit":
         cause = (

@@ -552,7 +552,7 @@ def train(
     wiring = output_wiring(model, y if setup.kind == "arrays" else None)
     if wiring is not None:
         trace.info["output_wiring"] = wiring
-        notes.append(wiring_note(wiring))
+        notes.append(wiring_note(wiring, backend))
     one = batchnorm_over_one_sample(model, setup.batch_size if setup.kind == "arrays" else None)
     if one is not None:  # BatchNorm over features, in batches of one sample
         trace.info["batchnorm_one_sample"] = one

@@ -10,6 +10,11 @@ badly, and which a learning-rate fix would only treat the symptoms of:
 * a softmax over a single unit (:func:`softmax_over_one_unit`): it is 1 whatever its input, so no gradient
   reaches the model.  On TensorFlow, Keras' ``binary_crossentropy`` computes from the logits under a softmax or
   sigmoid, so the same model trains there as if the activation were a sigmoid, and not on JAX or PyTorch;
+* a loss compiled with ``from_logits=True`` on an output layer whose sigmoid or softmax makes probabilities
+  (:func:`logits_from_probabilities`): on JAX and PyTorch the loss reads the probabilities, in (0, 1), as logits,
+  so it cannot fall below a floor (over K classes under a softmax ``ln(1 + (K - 1)/e)``) and its gradients shrink;
+  TensorFlow's Keras takes the logits under the activation instead, with a warning, so the same model trains as
+  intended there and not on the other backends;
 * a regression loss on an output whose activation bounds it (a sigmoid's (0, 1), a tanh's (-1, 1)), with targets
   outside that range (:func:`bounded_output_misses_targets`): the model cannot reach them, and chasing them
   saturates the activation (the model outputs its bound and the loss barely moves).
@@ -136,6 +141,22 @@ def _single_loss(loss: object) -> object:
     return loss
 
 
+def _logits_loss(loss: object) -> tuple[str, str, str] | None:
+    """``(name, class, activation)`` of a compiled cross-entropy instance with ``from_logits=True``; None for any
+    other loss (a name or function cannot say from_logits)."""
+    loss = _single_loss(loss)
+    name = _BY_CLASS.get(type(loss).__name__)
+    if name is None or not str(type(loss).__module__).startswith("keras"):
+        return None
+    try:
+        if not getattr(loss, "get_config")().get("from_logits"):  # noqa: B009 - loss is any object
+            return None
+    except Exception:  # a loss whose config cannot be read: nothing to say
+        return None
+    cls, activation = PROBABILITY_LOSSES[name]
+    return name, cls, activation
+
+
 def _probability_loss(loss: object) -> tuple[str, str, str] | None:
     """``(name, class, activation)`` of a compiled loss that takes probabilities; None for any other loss, several
     losses, or ``from_logits=True``."""
@@ -218,6 +239,41 @@ def probabilities_from_unbounded_output(model: Model) -> dict[str, str] | None:
     }
 
 
+def logits_from_probabilities(model: Model) -> dict[str, Any] | None:
+    """The loss takes logits (``from_logits=True``), and the layer that makes the model's output is a sigmoid or a
+    softmax: ``{"loss", "loss_class", "layer", "activation", "classes", "floor"}``, ``floor`` the least the loss can
+    be when it reads probabilities as logits (a softmax over ``classes``: ``ln(1 + (classes - 1)/e)``; a sigmoid:
+    ``ln(1 + 1/e)`` for a positive, ``ln 2`` for a negative, the larger given).  None otherwise, and wherever it
+    cannot be told."""
+    try:
+        loss = _logits_loss(getattr(model, "loss", None))
+        layer = _output_layer(model) if loss is not None else None
+        activation = _activation(layer) if layer is not None else None
+        if loss is None or layer is None or activation not in ("sigmoid", "softmax"):
+            return None
+        classes = getattr(layer, "units", None)
+        if classes is None:
+            classes = tuple(model.outputs[0].shape)[-1]
+        classes = int(classes)
+    except Exception:  # reading a model must never fail a run
+        return None
+    if activation == "softmax":
+        if classes < 2:
+            return None  # softmax_over_one_unit's
+        floor = float(np.log1p((classes - 1) / np.e))
+    else:
+        floor = float(np.log(2.0))  # a negative's: ln(1 + e^0); a positive's is ln(1 + 1/e)
+    name, cls, _ = loss
+    return {
+        "loss": name,
+        "loss_class": cls,
+        "layer": f"{type(layer).__name__} {layer.name!r}",
+        "activation": activation,
+        "classes": classes,
+        "floor": floor,
+    }
+
+
 def softmax_over_one_unit(model: Model) -> dict[str, str] | None:
     """The layer that makes the model's single output is a softmax over one unit: ``{"layer"}``; else None."""
     try:
@@ -291,20 +347,44 @@ def output_wiring(model: Model, y: object = None) -> dict[str, Any] | None:
     fact = probabilities_from_unbounded_output(model)
     if fact is not None:
         return {"key": "probabilities_from_unbounded", **fact}
+    fact = logits_from_probabilities(model)
+    if fact is not None:
+        return {"key": "logits_from_probabilities", **fact}
     fact = bounded_output_misses_targets(model, y)
     if fact is not None:
         return {"key": "targets_out_of_range", **fact}
     return None
 
 
-def wiring_note(fact: dict[str, Any]) -> str:
-    """The report's note on :func:`output_wiring`'s finding."""
+def wiring_note(fact: dict[str, Any], backend: str | None = None) -> str:
+    """The report's note on :func:`output_wiring`'s finding, trained on Keras' ``backend``."""
     if fact["key"] == "targets_out_of_range":
         return (
             f"the model's output comes from {fact['layer']} with activation {fact['activation']!r}, which stays "
             f"within ({fact['low']:g}, {fact['high']:g}), but {fact['outside']:.0%} of the targets (from "
             f"{fact['target_min']:.4g} to {fact['target_max']:.4g}) lie outside it: the model cannot reach them; "
             "give that layer no activation (linear), or scale the targets into its range"
+        )
+    if fact["key"] == "logits_from_probabilities":
+        floor = (
+            f"over {fact['classes']} classes it cannot fall below ln(1 + {fact['classes'] - 1}/e) = {fact['floor']:.3g}"
+            if fact["activation"] == "softmax"
+            else f"it cannot fall below ln(1 + 1/e) = 0.313 on a positive, ln 2 = {fact['floor']:.3g} on a negative"
+        )
+        head = (
+            f"the loss {fact['loss_class']}(from_logits=True) takes logits, but the model's output comes from "
+            f"{fact['layer']} with activation {fact['activation']!r}: "
+        )
+        fix = "; give that layer no activation (linear), or compile with from_logits=False"
+        if backend == "tensorflow":
+            return (
+                head + "TensorFlow's Keras takes the logits under the activation instead (with a warning), so it "
+                "trains as intended here, but on JAX and PyTorch the loss reads the probabilities as logits and "
+                + floor
+                + fix
+            )
+        return (
+            head + f"the loss reads its probabilities, in (0, 1), as logits, so {floor}, and its gradients shrink" + fix
         )
     if fact["key"] == "softmax_one_unit":
         return (

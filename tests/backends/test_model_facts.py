@@ -97,6 +97,23 @@ CASES = {
         lambda: _dense_stack(keras.layers.Dense(1), keras.layers.Softmax(), loss="mse"),
         "softmax_one_unit",
     ),
+    # from_logits=True on an output that makes probabilities: JAX and PyTorch read them as logits
+    "sigmoid_dense_from_logits": (
+        lambda: _dense_stack(
+            keras.layers.Dense(1, activation="sigmoid"), loss=keras.losses.BinaryCrossentropy(from_logits=True)
+        ),
+        "logits_from_probabilities",
+    ),
+    "softmax_output_from_logits": (
+        lambda: _functional("softmax", keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+        "logits_from_probabilities",
+    ),
+    "softmax_layer_from_logits": (
+        lambda: _dense_stack(
+            keras.layers.Dense(3), keras.layers.Softmax(), loss=keras.losses.CategoricalCrossentropy(from_logits=True)
+        ),
+        "logits_from_probabilities",
+    ),
 }
 
 
@@ -108,6 +125,12 @@ def test_a_wiring_bug_of_the_output_is_told_from_the_model(case):
         assert fact is None, fact
     elif expected == "softmax_one_unit":
         assert fact is not None and fact["key"] == expected and fact["layer"].split()[0] in ("Dense", "Softmax")
+    elif expected == "logits_from_probabilities":
+        assert fact is not None and fact["key"] == expected, fact
+        if fact["activation"] == "softmax":  # over 3 classes the loss cannot fall below ln(1 + 2/e)
+            assert fact["classes"] == 3 and fact["floor"] == pytest.approx(np.log1p(2 / np.e))
+        else:
+            assert fact["classes"] == 1 and fact["floor"] == pytest.approx(np.log(2.0))
     else:
         assert fact is not None and fact["key"] == "probabilities_from_unbounded", fact
         assert fact["activation"] == expected and fact["layer"].startswith("Dense '")
@@ -174,10 +197,32 @@ def test_softmax_over_one_unit(stability):
     else:
         first = rep.findings[0]
         assert first.check == "stuck" and first.evidence["cause_key"] == "softmax_one_unit", first.cause
+
+
+@pytest.mark.stable_training(steps=150)
+def test_from_logits_on_a_softmax(stability):
+    # TensorFlow's Keras takes the logits under the softmax (with a warning); JAX and PyTorch read the
+    # probabilities as logits: over 3 classes the loss never falls below ln(1 + 2/e) = 0.551
+    y3 = (X[:, 0] > 0.5).astype("int32") + (X[:, 1] > 0).astype("int32")
+    hidden = keras.layers.Dense(32, activation="relu")
+    model = keras.Sequential([keras.Input((8,)), hidden, keras.layers.Dense(3, activation="softmax", name="out")])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+    rep = stability.fit(model, X, y3, batch_size=32, check=False)
+    (note,) = [n for n in rep.trace.info["notes"] if "from_logits=True" in n]
+    assert "Dense 'out' with activation 'softmax'" in note and "ln(1 + 2/e) = 0.551" in note
+    floor = np.log1p(2 / np.e)
+    if keras.backend.backend() == "tensorflow":
+        assert "it trains as intended here" in note and rep.trace.loss[-10:].max() < floor
+    else:
+        assert "the loss reads its probabilities, in (0, 1), as logits" in note
+        assert rep.trace.loss.min() >= floor * (1 - 1e-5)
 """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
-    result.assert_outcomes(passed=3)
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", "-W", "ignore::UserWarning"
+    )
+    result.assert_outcomes(passed=4)
 
 
 def _classifier(loss="sparse_categorical_crossentropy", units=4):

@@ -224,10 +224,14 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
             assert c["clipnorm"] == float(f"{p90:.2g}")
     # a wiring bug of the output leads only with its fact, and its own fix first
     fact = (trace.info or {}).get("output_wiring")
-    if ev["cause_key"] in ("probabilities_from_unbounded", "softmax_one_unit"):
+    if ev["cause_key"] in ("probabilities_from_unbounded", "softmax_one_unit", "logits_from_probabilities"):
         assert fact and fact["key"] == ev["cause_key"] and quotes["output_layer"]["value"] == fact["layer"]
         assert ev["event_cause_key"] in D.CAUSES
-        assert templates["fixes"][0].startswith("give {output_layer} activation=")
+        assert templates["fixes"][0].startswith(
+            "give {output_layer} no activation"
+            if ev["cause_key"] == "logits_from_probabilities"
+            else "give {output_layer} activation="
+        )
     if ev.get("event_cause_key", ev["cause_key"]) == "weight_decay_too_strong":
         wd = trace.info["optimizer_config"]["weight_decay"]
         assert quotes["weight_decay"]["value"] == wd and quotes["decay_per_step"]["value"] >= D.WD_SHRINK
@@ -346,6 +350,17 @@ PROBABILITIES_FROM = {
     "expects": "sigmoid",
 }
 
+#: from_logits=True on a softmax over 3 classes (model_facts.logits_from_probabilities)
+LOGITS_FROM = {
+    "key": "logits_from_probabilities",
+    "loss": "sparse_categorical_crossentropy",
+    "loss_class": "SparseCategoricalCrossentropy",
+    "layer": "Dense 'out'",
+    "activation": "softmax",
+    "classes": 3,
+    "floor": float(np.log1p(2 / np.e)),
+}
+
 
 @st.composite
 def event_traces(draw: st.DrawFn) -> Trace:
@@ -410,7 +425,9 @@ def event_traces(draw: st.DrawFn) -> Trace:
         opt_stats = {"g2_over_v_max": g2v, "v_rms": np.geomspace(1e-2, 1e-5, m)}
     has_g = draw(st.booleans()) or kind == "burst"
     wiring = draw(
-        st.sampled_from([None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT, BATCHNORM_ONE_SAMPLE, TARGETS_OUT_OF_RANGE])
+        st.sampled_from(
+            [None, None, PROBABILITIES_FROM, SOFTMAX_ONE_UNIT, BATCHNORM_ONE_SAMPLE, TARGETS_OUT_OF_RANGE, LOGITS_FROM]
+        )
     )
     if wiring is BATCHNORM_ONE_SAMPLE:  # BatchNorm over features in batches of one sample
         info["batchnorm_one_sample"] = dict(wiring)
@@ -775,6 +792,28 @@ def test_a_softmax_over_one_unit_is_named_first_when_nothing_learns():
     assert p.cause.startswith("the model's output comes from Dense 'out', a softmax over a single unit")
     assert p.evidence["fixes"][0]["text"].startswith("give Dense 'out' activation='sigmoid' (one unit)")
     check_finding(p, trace, False)
+
+
+def test_from_logits_on_a_softmax_is_named_first_with_the_floor_its_loss_cannot_pass_but_not_on_tensorflow():
+    # JAX and PyTorch read the softmax's probabilities as logits: over 3 classes the loss flattens at
+    # ln(1 + 2/e) = 0.551 and stuck fails (not fallen by half); TensorFlow's Keras takes the logits under the softmax
+    rng = np.random.default_rng(0)
+    n = 1500
+    loss = np.maximum(0.5518, 1.08 * np.exp(-np.arange(n) / 60)) * (1 + 1e-4 * rng.normal(size=n))
+    info = {"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-2}, "output_wiring": dict(LOGITS_FROM)}
+    trace = Trace(loss=loss, grad_norm=np.full(n, 0.05), update_ratio=np.full(n, 1e-3), info={**info, "backend": "jax"})
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "logits_from_probabilities", p.cause
+    assert p.cause.startswith(
+        "the loss SparseCategoricalCrossentropy(from_logits=True) takes logits, but the model's output comes from "
+        "Dense 'out' with activation softmax: the loss reads its probabilities, between zero and one, as logits, so "
+        "it cannot fall below 0.551 however well the model predicts"
+    )
+    assert p.evidence["fixes"][0]["text"].startswith("give Dense 'out' no activation (a linear output)")
+    check_finding(p, trace, False)
+    trace.info["backend"] = "tensorflow"
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] != "logits_from_probabilities", p.cause
 
 
 def test_targets_the_output_cannot_reach_fail_a_run_that_barely_moved_and_are_its_cause():
