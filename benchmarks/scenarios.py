@@ -48,6 +48,9 @@ Pathologies (``expected_check`` fails with ``expected_cause``):
 * ``random_labels``: a convnet on random 10-class labels: the loss sits at ln 10.
 * ``adam_fullbatch_late``: the full-batch Adam regression (width 64) without
   slot statistics: a late jump after the loss fell smoothly.
+* ``deep_sigmoid_stack``: twelve sigmoid layers under SGD: the gradients vanish
+  through the depth, the first layers never change, the loss sits at ln 2
+  (healthy twin: ReLU with He initialisation).
 
 Healthy controls: the same models with the fix applied, ordinary noisy
 small-batch training, a noisy batch-10 classifier with noisy validation, and a
@@ -1239,6 +1242,36 @@ def schedule_jump(seed: int) -> Scenario:
 SCHEDULE_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"schedule_jump": schedule_jump}
 
 
+def _deep_stack(seed: int, name: str, pathology: str, activation: str, initializer: str) -> Scenario:
+    keras = _keras()
+    x, y = _classification_data(seed, 512)
+
+    def build() -> Any:
+        hidden = [keras.layers.Dense(32, activation=activation, kernel_initializer=initializer) for _ in range(12)]
+        m = keras.Sequential([keras.Input((8,)), *hidden, keras.layers.Dense(1, activation="sigmoid")])
+        m.compile(optimizer=keras.optimizers.SGD(1e-2), loss="binary_crossentropy")
+        return m
+
+    return _scenario(name, pathology, build, x, y, check="stuck", cause="vanished_gradients", steps=300, batch_size=32)
+
+
+def deep_sigmoid_stack(seed: int) -> Scenario:
+    """Twelve sigmoid layers under SGD at 1e-2, on labels a linear model learns: the gradients shrink about 4x a
+    layer (1e-8 at the first kernel, 0.2 at the last), the first layers never change and the loss sits at ln 2.
+    The diagnosis had named labels with no signal on JAX, and PyTorch had passed it."""
+    return _deep_stack(seed, "deep_sigmoid_stack", "deep_sigmoid_stack", "sigmoid", "glorot_uniform")
+
+
+def deep_relu_stack(seed: int) -> Scenario:
+    """HEALTHY twin: the same stack with ReLU and He initialisation, the fix the diagnosis offers."""
+    return _deep_stack(seed, "deep_relu_stack", HEALTHY, "relu", "he_normal")
+
+
+#: an architecture whose gradients vanish through its depth (the fix is the architecture, not an optimizer knob).
+DEPTH_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"deep_sigmoid_stack": deep_sigmoid_stack}
+DEPTH_HEALTHY: dict[str, Callable[[int], Scenario]] = {"deep_relu_stack": deep_relu_stack}
+
+
 PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     "adam_collapse": adam_collapse,
     "lr_too_high": lr_too_high,
@@ -1252,6 +1285,7 @@ PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
     **FIRST_RUN_PATHOLOGIES,
     **SCHEDULE_PATHOLOGIES,
     **SETUP_PATHOLOGIES,
+    **DEPTH_PATHOLOGIES,
 }
 
 HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
@@ -1267,6 +1301,7 @@ HEALTHY_SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     **NEW_HEALTHY,
     **FIRST_RUN_HEALTHY,
     **SETUP_HEALTHY,
+    **DEPTH_HEALTHY,
 }
 
 

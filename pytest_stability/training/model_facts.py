@@ -242,9 +242,9 @@ def probabilities_from_unbounded_output(model: Model) -> dict[str, str] | None:
 def logits_from_probabilities(model: Model) -> dict[str, Any] | None:
     """The loss takes logits (``from_logits=True``), and the layer that makes the model's output is a sigmoid or a
     softmax: ``{"loss", "loss_class", "layer", "activation", "classes", "floor"}``, ``floor`` the least the loss can
-    be when it reads probabilities as logits (a softmax over ``classes``: ``ln(1 + (classes - 1)/e)``; a sigmoid:
-    ``ln(1 + 1/e)`` for a positive, ``ln 2`` for a negative, the larger given).  None otherwise, and wherever it
-    cannot be told."""
+    be on any sample when it reads probabilities as logits (a softmax over ``classes``: ``ln(1 + (classes - 1)/e)``;
+    a sigmoid: ``ln(1 + 1/e)``, a positive's, a negative's being ``ln 2``).  None otherwise, and wherever it cannot be
+    told."""
     try:
         loss = _logits_loss(getattr(model, "loss", None))
         layer = _output_layer(model) if loss is not None else None
@@ -262,7 +262,7 @@ def logits_from_probabilities(model: Model) -> dict[str, Any] | None:
             return None  # softmax_over_one_unit's
         floor = float(np.log1p((classes - 1) / np.e))
     else:
-        floor = float(np.log(2.0))  # a negative's: ln(1 + e^0); a positive's is ln(1 + 1/e)
+        floor = float(np.log1p(1 / np.e))  # a positive's: ln(1 + e^-1); a negative's is ln(1 + e^0) = ln 2
     name, cls, _ = loss
     return {
         "loss": name,
@@ -369,7 +369,7 @@ def wiring_note(fact: dict[str, Any], backend: str | None = None) -> str:
         floor = (
             f"over {fact['classes']} classes it cannot fall below ln(1 + {fact['classes'] - 1}/e) = {fact['floor']:.3g}"
             if fact["activation"] == "softmax"
-            else f"it cannot fall below ln(1 + 1/e) = 0.313 on a positive, ln 2 = {fact['floor']:.3g} on a negative"
+            else f"it cannot fall below ln(1 + 1/e) = {fact['floor']:.3g} on a positive, ln 2 = 0.693 on a negative"
         )
         head = (
             f"the loss {fact['loss_class']}(from_logits=True) takes logits, but the model's output comes from "

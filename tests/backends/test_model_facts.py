@@ -130,7 +130,7 @@ def test_a_wiring_bug_of_the_output_is_told_from_the_model(case):
         if fact["activation"] == "softmax":  # over 3 classes the loss cannot fall below ln(1 + 2/e)
             assert fact["classes"] == 3 and fact["floor"] == pytest.approx(np.log1p(2 / np.e))
         else:
-            assert fact["classes"] == 1 and fact["floor"] == pytest.approx(np.log(2.0))
+            assert fact["classes"] == 1 and fact["floor"] == pytest.approx(np.log1p(1 / np.e))
     else:
         assert fact is not None and fact["key"] == "probabilities_from_unbounded", fact
         assert fact["activation"] == expected and fact["layer"].startswith("Dense '")
