@@ -44,7 +44,7 @@ from .recorders import host_numpy
 from .state import restore_state, take_state
 
 if TYPE_CHECKING:
-    from ..checks.base import CheckResult
+    from ..checks.base import CheckResult, Finding
     from ..options import RunSpec
     from ..thresholds import Thresholds
 
@@ -261,9 +261,30 @@ def verdict(rep: Replay, check_results: list[CheckResult]) -> dict[str, Any]:
         "end": rep.end - 1,
         "resolved": not after,
         "still_failing": sorted({f.check for f in after}),
+        "first_left": [after[0].check, after[0].kind, int(after[0].step)] if after else None,
         "final_loss": float(loss[-1]) if loss.size else math.nan,
         "text": text,
     }
+
+
+#: a learning rate this many times lower that leaves the same failure at the same step did not cause it
+RATE_REFUTED = 0.1
+
+
+def rate_refuted(attempt: dict[str, Any], target: Finding) -> bool:
+    """Whether ``attempt`` (:func:`verdict`'s) lowered the learning rate :data:`RATE_REFUTED` x or more and the
+    replay still failed first with ``target``'s check and kind, no later than ``target``: a failure the rate does
+    not even delay is not the rate's (a NaN at step 1 from a loss unsafe on the saturated outputs of the first
+    batches fails at step 1 at a hundredth of the rate too)."""
+    factor = (attempt.get("fix") or {}).get("learning_rate_factor")
+    first = attempt.get("first_left")
+    return (
+        isinstance(factor, (int, float))
+        and 0 < factor <= RATE_REFUTED
+        and first is not None
+        and (first[0], first[1]) == (target.check, target.kind)
+        and first[2] <= target.step
+    )
 
 
 def rate_not_held(rep: Replay, original: Trace) -> tuple[int, float] | None:
@@ -364,6 +385,12 @@ def attach_whatif(
         attempts.append(verdict(rep, run_checks(rep.trace, thresholds, names)))
         if attempts[-1]["resolved"]:
             break
+        if rate_refuted(attempts[-1], findings[0]):
+            attempts[-1]["rate_refuted"] = True
+            attempts[-1]["text"] += (
+                f" (the same failure, no later, at {fix['learning_rate_factor']:g} x the rate: the learning rate did "
+                "not cause it; look at the data, the loss and the initialisation)"
+            )
     if not attempts:
         note: dict[str, Any] = {
             "resolved": None,

@@ -178,6 +178,44 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
     assert note["guard"]["text"].startswith("with a skip-step guard (6 standard deviations over 128 steps)")
 
 
+def test_a_rate_fix_that_leaves_the_same_failure_at_the_same_step_says_the_rate_did_not_cause_it():
+    """A hand-written log loss, and a second batch whose inputs (1e3 x the others) saturate the sigmoid: NaN at
+    step 1 whatever the rate.  Adam at 0.1 moved the weights half their norm at step 0, so the diagnosis offers a
+    lower rate first; its replay at a hundredth of the rate fails at step 1 again, and the note says the rate did
+    not cause it (it read as one more failed fix)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    x[32:64] *= 1e3
+
+    def bce(y_true, p):
+        return -keras.ops.mean(y_true * keras.ops.log(p) + (1 - y_true) * keras.ops.log(1 - p))
+
+    engine.seed_everything(0)
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss=bce)
+    spec, fit_kwargs = _spec(), {"shuffle": False}
+    res = engine.train(
+        model, x, y, fit_kwargs=fit_kwargs, steps=20, batch_size=32, seed=0, spec=spec, keep_initial_state=True
+    )
+    results = _diagnosed(res)
+    primary = next(f for r in results for f in r.findings if f.evidence.get("rank") == 0)
+    assert (primary.check, primary.step) == ("nonfinite", 1)
+    assert primary.evidence["fix_configs"][0] == {"learning_rate_factor": 0.01}, primary.evidence["fix_configs"]
+    out = whatif.attach_whatif(
+        results, model, res, Thresholds(), spec, x=x, y=y, fit_kwargs=fit_kwargs, batch_size=32, seed=0
+    )
+    (first,) = [f.evidence["whatif"] for r in out for f in r.findings if "whatif" in f.evidence][0]["attempts"]
+    assert first["resolved"] is False and first["first_left"] == ["nonfinite", "training", 1]
+    assert first["rate_refuted"] is True
+    assert first["text"].endswith(
+        "(the same failure, no later, at 0.01 x the rate: the learning rate did not cause it; look at the data, "
+        "the loss and the initialisation)"
+    )
+
+
 def test_adam_epsilon_fix_replayed_from_a_snapshot_before_the_collapse():
     sc = S.adam_collapse(2)
     sc.steps = 1000  # not 3000: the collapse comes at about step 550, after the long fall that is its evidence
