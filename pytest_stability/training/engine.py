@@ -181,6 +181,14 @@ def validate_model(model: Model) -> None:
             "nor train_step, and none of its layers adds a loss or has a regulariser); pass loss=... to "
             "model.compile()"
         )
+    if getattr(model, "built", False) and not custom_step and not model.trainable_variables:
+        # plain fit runs such a model and changes nothing: there is no training to judge
+        frozen = " (model.trainable is False)" if not model.trainable else " (every layer is frozen)"
+        raise StabilityUsageError(
+            f"the model {model.name!r} has no trainable variables{frozen}: fit would train nothing, so there is "
+            "no training stability to test; set trainable = True on the layers to train (a frozen base needs a "
+            "trainable head), and compile again"
+        )
 
 
 def _refuse_multi_optimizer(keras: ModuleType, model: Model) -> None:

@@ -9,6 +9,13 @@ CASES = {
         "stability.train(build(compile=False), X, Y)",
         "*stability.train(): the model 'sequential*' is not compiled: call model.compile(optimizer=..., loss=...)*",
     ),
+    # plain fit trains nothing and says nothing; on JAX the recording raised from inside the plugin
+    "nothing_trainable": (
+        "m = build(); m.trainable = False; m.compile(optimizer='adam', loss='binary_crossentropy'); "
+        "stability.train(m, X, Y)",
+        "*stability.train(): the model 'sequential*' has no trainable variables (model.trainable is False): fit "
+        "would train nothing*",
+    ),
     "not_a_model": (
         "stability.train('model', X, Y)",
         "*stability.train(): the model must be a compiled keras.Model "
