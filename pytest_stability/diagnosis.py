@@ -138,6 +138,7 @@ import numpy as np
 
 from .checks.base import CheckResult, Finding
 from .checks.spikes import stuck_after  # "stuck" means the same in the check and here
+from .checks.stuck import UPDATE_TOO_SLOW  # weights that hardly move: the same limit as the check's
 from .checks.validation import (  # one threshold: the check waives the noise allowance, the diagnosis names it
     BN_GAP,
     smooth,
@@ -1818,6 +1819,31 @@ def _vanishing_with_depth(q: Quotes, trace: Trace, frozen: list[str], lr: float)
     )
 
 
+def _whole_model_slow(q: Quotes, trace: Trace, lr: float) -> Dx | None:
+    """Variables that never changed in a run whose whole model hardly moves (median ``|dw|/|w|`` at most the
+    check's ``UPDATE_TOO_SLOW`` a step, at a learning rate above 0): they are the slowest part of updates too small
+    everywhere (SGD at 1e-7), not a rate of zero or an optimizer that skips them.  None otherwise."""
+    if trace.update_ratio is None or not _ok(lr, 1e-30):
+        return None
+    median = q.over("update_ratio_run", "update_ratio", "median", 0, trace.steps - 1)
+    if not (math.isfinite(median) and median <= UPDATE_TOO_SLOW):
+        return None
+    q.const("lr_raise", 10.0)
+    q.product("learning_rate_suggested", "learning_rate", "lr_raise")
+    return Dx(
+        "updates_too_small",
+        LIKELY,
+        "{variables} received gradients but never changed, and the whole model hardly moves (median |dw|/|w| "
+        "{update_ratio_run} per step): the learning rate {learning_rate} is too low for this model",
+        [
+            Fix(
+                "a larger learning rate: learning_rate={learning_rate_suggested} (now {learning_rate})",
+                {"learning_rate_factor": 10.0},
+            )
+        ],
+    )
+
+
 def _stuck_behind_vanishing(
     q: Quotes, trace: Trace, findings: list[Finding], f: Finding, cfg: dict[str, Any]
 ) -> Dx | None:
@@ -1864,6 +1890,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         vanishing = _vanishing_with_depth(q, trace, list(ev.get("variables", [])), lr)
         if vanishing is not None:
             return vanishing
+        slow = _whole_model_slow(q, trace, lr)
+        if slow is not None:
+            return slow
         return Dx(
             "no_update",
             LIKELY,

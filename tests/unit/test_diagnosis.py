@@ -903,6 +903,30 @@ def test_variables_whose_gradients_vanished_through_the_layers_are_not_a_rate_of
             assert "a learning rate of zero" in f.cause
 
 
+def test_variables_that_never_changed_in_a_model_that_hardly_moves_are_a_rate_too_low_not_a_rate_of_zero():
+    """SGD at 1e-7: every update is about 2.5e-9 of the weights, so the kernels' add up to less than 1e-6 of their
+    norm over the run.  Their finding names the rate too low, as the run's own does, not "a learning rate of
+    zero ... or an optimizer that skips these variables"."""
+    n = 300
+    rng = np.random.default_rng(0)
+    names = ("net/first/kernel", "net/first/bias", "net/last/kernel", "net/last/bias")
+    trace = Trace(
+        loss=0.72 * (1 + 0.01 * rng.normal(size=n)),
+        grad_norm=np.full(n, 0.9),
+        var_names=names,
+        var_grad_norms=np.tile([0.5, 0.1, 0.7, 0.2], (n, 1)),
+        var_update_ratio=np.tile([2.4e-9, 1e-4, 2.6e-9, 1e-4], (n, 1)),
+        update_ratio=np.full(n, 2.5e-9),
+        lr=np.full(n, 1e-7),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1e-7}},
+    )
+    (f,) = [f for f in _diag(trace) if f.kind == "no_update"]
+    assert f.evidence["variables"] == ["net/first/kernel", "net/last/kernel"]
+    assert f.evidence["cause_key"] == "updates_too_small", f.cause
+    assert "the whole model hardly moves (median |dw|/|w| 2.5e-09 (median of steps 0-299) per step)" in f.cause
+    assert "learning rate of zero" not in f.cause and f.evidence["fix_configs"] == [{"learning_rate_factor": 10.0}]
+
+
 def test_a_loss_stuck_at_the_prior_because_the_first_layers_never_changed_is_not_blamed_on_the_labels():
     """A 12-layer sigmoid stack on labels it could learn: its first kernels never change (gradients 1e-8 there,
     0.2 at the last layer) and the loss sits flat at ln 2.  Both findings name the vanishing gradients; the
