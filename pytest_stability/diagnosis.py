@@ -1890,9 +1890,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         vanishing = _vanishing_with_depth(q, trace, list(ev.get("variables", [])), lr)
         if vanishing is not None:
             return vanishing
-        slow = _whole_model_slow(q, trace, lr)
-        if slow is not None:
-            return slow
+        everywhere = _whole_model_slow(q, trace, lr)
+        if everywhere is not None:
+            return everywhere
         return Dx(
             "no_update",
             LIKELY,
