@@ -148,10 +148,15 @@ def check_finite(name: str, obj: Data) -> float | None:
             where = name + (f" (input {i})" if len(leaves) > 1 else "")
             kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
             count = int(np.count_nonzero(~np.isfinite(arr)))
+            use = (
+                "Validating on it would report a NaN validation loss"
+                if name.startswith("validation")
+                else ("Training on it would report a NaN")
+            )
             raise StabilityUsageError(
                 f"{where} holds {count} non-finite value(s) before training starts: the first is "
-                f"{kind} at index {tuple(int(v) for v in flat)}. Training on it would report a "
-                "NaN that the model did not cause; clean the data (np.nan_to_num, drop the rows) first."
+                f"{kind} at index {tuple(int(v) for v in flat)}. {use} that the model did not cause; clean the "
+                "data (np.nan_to_num, drop the rows) first."
             )
     return best
 

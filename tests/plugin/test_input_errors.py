@@ -113,11 +113,13 @@ CASES = {
     ),
     "nan_in_x": (
         "X2 = X.copy(); X2[17, 3] = np.nan; stability.train(build(), X2, Y)",
-        "*x holds 1 non-finite value(s) before training starts: the first is NaN at index (17, 3)*",
+        "*x holds 1 non-finite value(s) before training starts: the first is NaN at index (17, 3). Training on it "
+        "would report a NaN that the model did not cause*",
     ),
     "inf_in_validation": (
         "YV2 = YV.copy(); YV2[5] = np.inf; stability.train(build(), X, Y, validation_data=(XV, YV2))",
-        "*validation y holds 1 non-finite value(s) before training starts: the first is Inf at index (5,)*",
+        "*validation y holds 1 non-finite value(s) before training starts: the first is Inf at index (5,). "
+        "Validating on it would report a NaN validation loss that the model did not cause*",
     ),
     "bad_validation": (
         "stability.train(build(), X, Y, validation_data=XV)",
