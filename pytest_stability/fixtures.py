@@ -363,9 +363,15 @@ def _clone_compiled(keras: ModuleType, model: Model) -> Model:
             raise ValueError("the clone has no optimizer after compiling")
         return clone
     except Exception as exc:
+        from .training.fitsetup import short_message
+
+        # Keras' deserialization error is pages long (the whole config, twice); what went wrong is its last part
+        text = str(exc)
+        marker = "Error encountered during deserialization:"
+        reason = short_message(Exception(text.rsplit(marker, 1)[-1] if marker in text else text), limit=300)
         raise StabilityUsageError(
             f"seeds > 1 trains a fresh copy of the model per seed, but {type(model).__name__} "
-            f"{model.name!r} could not be cloned and recompiled ({type(exc).__name__}: {exc}). "
+            f"{model.name!r} could not be cloned and recompiled ({type(exc).__name__}: {reason}). "
             "Pass a zero-argument function that builds and compiles the model instead: "
             "stability.fit(build_model, x, y, ...)"
         ) from None

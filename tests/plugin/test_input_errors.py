@@ -203,3 +203,37 @@ def test_model(stability):
             f"SKIPPED*stable_training(device='gpu'): the {backend} backend sees no GPU*",
         ]
     )
+
+
+def test_a_subclassed_model_that_cannot_be_cloned_for_more_seeds_says_why_in_one_line(pytester, tiny_problem):
+    # Keras' deserialization error quotes the whole config twice; the message gives its root and the way out
+    pytester.makepyfile(
+        tiny_problem
+        + """
+class Net(keras.Model):
+    def __init__(self, width=16):  # no **kwargs: get_config()'s "trainable" cannot come back in
+        super().__init__()
+        self.h = keras.layers.Dense(width, activation="relu")
+        self.o = keras.layers.Dense(1, activation="sigmoid")
+
+    def call(self, x):
+        return self.o(self.h(x))
+
+
+@pytest.mark.stable_training(steps=10, seeds=2)
+def test_model(stability):
+    model = Net()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    stability.fit(model, X, Y)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*seeds > 1 trains a fresh copy of the model per seed, but Net 'net' could not be cloned and recompiled "
+            "(TypeError: Net.__init__() got an unexpected keyword argument 'trainable'). Pass a zero-argument "
+            "function that builds and compiles the model instead: stability.fit(build_model, x, y, ...)"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*config=*")
