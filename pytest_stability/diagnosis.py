@@ -1908,7 +1908,11 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     dead = bool(ev.get("dead_network"))  # dead but for its biases: exactly zero gradients but theirs
     if dead:
         q.text("live_variables", ", ".join(ev.get("live_variables") or []) or "none")
-    zero = bool(ev.get("zero_grad")) or dead
+    # parts of the network died and the loss sits at the class prior (the check's rule for a start a blow-up inflated)
+    prior_dead = bool(ev.get("died_at_prior"))
+    if prior_dead:
+        q.text("dead_variables", ", ".join(list(ev.get("dead_variables") or [])[:4]))
+    zero = bool(ev.get("zero_grad")) or dead or prior_dead
     vanished = bool(ev.get("vanished"))
     flat = f.kind == "collapsed"
     if trace.grad_norm is not None:
@@ -1958,6 +1962,8 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     stop = (
         "every weight but {live_variables} has had a zero gradient since"
         if dead
+        else "{dead_variables} have had a zero gradient since"
+        if prior_dead
         else "the gradients are exactly zero since"
         if zero
         else "the gradients vanished since"
@@ -2000,7 +2006,8 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         if depth is not None:
             return depth
     prior = _prior_loss(q, trace, level, cfg)
-    if prior is not None and (flat or zero or vanished) and not dead:  # a network that died had learned something
+    # a network that died had learned something (or was thrown there by a blow-up): not the labels
+    if prior is not None and (flat or zero or vanished) and not dead and not prior_dead:
         return prior
     if slow:
         q.const("lr_raise", 10.0)
@@ -2043,6 +2050,8 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     what = (
         "every weight but {live_variables} has a zero gradient"
         if dead
+        else "{dead_variables} have a zero gradient"
+        if prior_dead
         else "the gradients are exactly zero"
         if zero
         else "the gradients vanished"

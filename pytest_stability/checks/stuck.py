@@ -32,7 +32,9 @@ died after learning, below) **and** one of:
 A loss that fell more than half is still stuck when the network *died* after it
 had learned (a collapse after a jump: dead ReLUs, a saturated output): the
 tail's level is at least ``DEAD_MIN_LEVEL`` (5 %) of ``L0`` (not converged to
-zero) and either the gradients are exactly 0 on most of the tail's steps (its
+zero; any level when the network is dead but for its biases, which cannot be a
+converged fit: its output no longer depends on the input) and either the
+gradients are exactly 0 on most of the tail's steps (its
 median norm is 0, or the network is dead but for its biases), or they vanished
 (as above) while the level is at least ``DEAD_RISE`` (1.5x) the lowest 10-step
 median of the loss before the tail (it went back up).  A run converging to zero, or at its best level with small
@@ -91,6 +93,10 @@ OUT_OF_REACH = 0.5
 BIAS_NAMES = ("bias", "beta")
 #: steps of the rolling window in which the dead variables' gradients must be mostly 0 for their death to start
 DEAD_WINDOW = 10
+#: a loss within this fraction of ln K (K = 2..PRIOR_MAX_CLASSES) is the cross-entropy of predicting the prior of K
+#: balanced classes: a classifier that learned nothing from its inputs (the diagnosis' rule, the same numbers)
+PRIOR_RTOL = 0.01
+PRIOR_MAX_CLASSES = 1000
 
 
 def _is_bias(name: str) -> bool:
@@ -112,16 +118,42 @@ def _dead_network(trace: Trace, n: int, w: int) -> dict[str, Any] | None:
     live = np.flatnonzero(~zero)
     if not any(not _is_bias(names[i]) for i in np.flatnonzero(died)) or any(not _is_bias(names[i]) for i in live):
         return None
-    # where the death began: after the last 10-step window in which they mostly had gradients (it may lie in
-    # the tail's first steps: most of the tail is dead, not all of it)
-    alive = np.any(np.asarray(vg[:n, died], dtype=np.float64) > 0, axis=1).astype(np.float64)
-    share = np.convolve(alive, np.ones(DEAD_WINDOW) / DEAD_WINDOW, mode="valid")
-    mostly = np.flatnonzero(share > 0.5)
     return {
         "died": [names[i] for i in np.flatnonzero(died)],
         "live": [names[i] for i in live],
-        "start": int(mostly[-1]) + DEAD_WINDOW if mostly.size else 0,
+        "start": _death_start(trace, n, list(np.flatnonzero(died))),
     }
+
+
+def _death_start(trace: Trace, n: int, died: list[int]) -> int:
+    """Where the variables ``died`` (columns of ``trace.var_grad_norms``) died: after the last 10-step window in
+    which they mostly had gradients (it may lie in the tail's first steps: most of the tail is dead, not all of
+    it)."""
+    assert trace.var_grad_norms is not None  # the callers found the variables there
+    alive = np.any(np.asarray(trace.var_grad_norms[:n, died], dtype=np.float64) > 0, axis=1).astype(np.float64)
+    share = np.convolve(alive, np.ones(DEAD_WINDOW) / DEAD_WINDOW, mode="valid")
+    mostly = np.flatnonzero(share > 0.5)
+    return int(mostly[-1]) + DEAD_WINDOW if mostly.size else 0
+
+
+def _died(trace: Trace, n: int, w: int) -> list[str]:
+    """The variables that are not biases and have had a gradient of exactly 0 on most of the last ``w`` steps, after
+    gradients before (without per-variable norms, none)."""
+    vg, names = trace.var_grad_norms, list(trace.var_names)
+    if vg is None or vg.ndim != 2 or vg.shape[1] == 0 or len(names) != vg.shape[1] or n - w < DEAD_WINDOW:
+        return []
+    tail, before = np.asarray(vg[n - w : n], dtype=np.float64), np.asarray(vg[: n - w], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        died = (np.nanmedian(np.where(np.isfinite(tail), tail, np.nan), axis=0) == 0) & np.any(before > 0, axis=0)
+    return [names[i] for i in np.flatnonzero(died) if not _is_bias(names[i])]
+
+
+def _prior_classes(level: float) -> int | None:
+    """K when ``level`` is within ``PRIOR_RTOL`` of ln K, the loss of predicting the prior of K balanced classes."""
+    if not (math.isfinite(level) and level > 0):
+        return None
+    k = round(math.exp(min(level, 50.0)))
+    return k if 2 <= k <= PRIOR_MAX_CLASSES and abs(level / math.log(k) - 1) <= PRIOR_RTOL else None
 
 
 def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
@@ -142,8 +174,18 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     level = float(np.median(tail))
     # a loss that fell more than half is stuck only when the network died after learning (see the module doc)
     fell_far = not level > l0 - STUCK_MIN_FALL * abs(l0)
-    if fell_far and not level >= DEAD_MIN_LEVEL * abs(l0):
-        return None
+    # below DEAD_MIN_LEVEL of L0 a run may have converged (its gradients exactly 0 at a perfect, saturated fit), but
+    # not one dead but for its biases: its output no longer depends on the input (an L0 that a blow-up inflated,
+    # 35 then 1,133 on pixels of 0-255, puts the class prior's 0.69 below any share of it)
+    below_level = fell_far and not level >= DEAD_MIN_LEVEL * abs(l0)
+    # parts of the network died and the loss sits at the class prior: it learns nothing from the inputs, wherever it
+    # began (a second layer's bias can keep a few units on, so the network is not dead but for its biases, and the
+    # kernel after them still gets a gradient: for features that no longer depend on the input)
+    died = _died(trace, n, w) if fell_far else []
+    classes = _prior_classes(level) if died else None
+    died_at_prior = classes is not None
+    if below_level and not ((_dead_network(trace, n, w) or {}).get("live") or died_at_prior):
+        return None  # (every gradient 0, a bias's too: a saturated fit, which may have converged)
     scale = max(abs(level), 1e-12)
     rel_std = float(np.std(tail) / scale)
     slope = float(np.polyfit(np.arange(w), tail, 1)[0])
@@ -209,8 +251,20 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         # exactly 0 on most steps (the median) is a dead network wherever its loss sits; merely small
         # gradients are, when the loss went back up from its best
         mostly_zero = ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0 or dead is not None
-        if not (mostly_zero or (ev["vanished"] and went_back_up)):
+        if not (mostly_zero or (ev["vanished"] and went_back_up) or died_at_prior):
             return None
+        if died_at_prior and not mostly_zero:
+            assert classes is not None  # died_at_prior says so
+            ev.update(died_at_prior=True, dead_variables=died, prior_classes=classes)
+            s = _death_start(trace, n, [list(trace.var_names).index(v) for v in died])
+            start = s if start is None else min(start, s)
+            shown = ", ".join(died[:4]) + (f" and {len(died) - 4} more" if len(died) > 4 else "")
+            how.append(
+                f"{len(died)} of {len(trace.var_names)} variables ({shown}) have had a gradient of exactly 0 on most "
+                f"of the last {w} steps, after gradients before, and the loss sits at the cross-entropy of predicting "
+                f"the class prior of {classes} classes (ln {classes} = {math.log(classes):.4g}): the network died "
+                "and learns nothing from the inputs"
+            )
         # the gradients died after the run had learned: the only reasons that count here
         how.append(
             f"the loss had come down to {best:.4g} (lowest {DEAD_BEST_STEPS}-step median before the last {w} steps)"
@@ -262,7 +316,14 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     what = "training collapsed to a constant loss" if flat else "training is stuck"
     if flat and start == 0:  # flat from the first step: it never collapsed, it never moved
         what = "the loss has stayed at a constant level"
-    if fell_far:
+    if below_level:
+        # a network that died, far below an initial level that the first steps inflated
+        limit = float(DEAD_MIN_LEVEL * abs(l0))
+        tail_note = (
+            f"; the loss {level:.4g} is {fell:.1%} below its initial level {l0:.4g}, which the first steps inflated, "
+            "but a network that died has not converged: it learns nothing from the inputs any more"
+        )
+    elif fell_far:
         # the loss is below half its start: the network died after learning, still far from converged
         limit = float(DEAD_MIN_LEVEL * abs(l0))
         tail_note = (

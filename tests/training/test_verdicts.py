@@ -312,6 +312,46 @@ def test_deep(stability):
     result.assert_outcomes(passed=1)
 
 
+def test_a_convnet_on_pixels_of_0_to_255_that_dies_at_the_class_prior_fails_on_every_backend(pytester):
+    """The commonest beginner's bug: pixel values not scaled.  The first updates blow the loss up (35, then 1,133
+    on TensorFlow), the ReLUs die, and only the output's bias still learns: the loss sits at ln 2, the class prior.
+    On TensorFlow that had passed: 0.69 has fallen far below a blown-up start, under any share of it; on JAX and
+    PyTorch it failed (Keras clips the saturated softmax there, so the loss stayed high).  A network dead but for
+    its biases is stuck at any level, and the cause names the inputs' scale."""
+    pytester.makepyfile(
+        """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.integers(0, 256, size=(1024, 16, 16, 1)).astype("float32")
+Y = (X[:, :8].mean(axis=(1, 2, 3)) > X[:, 8:].mean(axis=(1, 2, 3))).astype("int32")
+
+
+@pytest.mark.stable_training(steps=300)
+def test_pixels(stability):
+    model = keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9), loss="sparse_categorical_crossentropy")
+    rep = stability.fit(model, X, Y, batch_size=32, check=False)
+    assert rep.verdict == "unstable"
+    assert any(f.check == "stuck" for f in rep.findings), [f.message for f in rep.findings]
+    head = rep.findings[0]
+    assert "the inputs' root mean square is 147" in head.cause, head.cause
+    assert any("standardise the inputs" in x["text"] for x in head.evidence["fixes"][:3]), head.fix
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def test_a_twelve_layer_sigmoid_stack_stuck_at_ln_2_is_its_vanished_gradients_on_every_backend(pytester):
     """Twelve sigmoid layers (1e-8 at the first kernel, 0.2 at the last) on labels a linear model learns: the loss
     sits at ln 2.  On TensorFlow the first kernels' updates round to exactly 0; on JAX and PyTorch they are

@@ -985,7 +985,21 @@ def test_stuck_initial_level_is_the_loss_before_an_early_blow_up():
     f = r.findings[0]
     assert f.evidence["initial_steps"] == 1 and f.evidence["early_update_step"] == 0
     assert f.evidence["initial_loss"] == 0.8
-    tr.update_ratio[0] = 0.01  # without it: the first 10 steps' median, 19, and 0.69 is under 5 % of that
+    # without it: against the first 10 steps' median, 19, 0.69 has fallen 96 %, under 5 % of it; a network dead but
+    # for its biases is stuck at any level all the same (it had passed: pixels of 0-255 blew a convnet's loss up to
+    # 1,133 at step 1, its ReLUs died, and its loss sat at the class prior on TensorFlow)
+    tr.update_ratio[0] = 0.01
+    (f,) = check_stuck(tr).findings
+    assert f.evidence["dead_network"] is True and f.evidence["initial_loss"] == pytest.approx(19.15)
+    assert "but a network that died has not converged" in f.message
+
+
+def test_stuck_a_network_that_fell_far_with_every_gradient_zero_at_a_tiny_loss_has_converged():
+    # exactly 0 everywhere at a loss near zero: a saturated perfect fit, not a dead network
+    tr = _dead_but_the_output_bias()
+    tr.loss[60:] = 1e-9
+    tr.var_grad_norms[60:, :] = 0.0
+    tr.grad_norm = np.sqrt((tr.var_grad_norms**2).sum(axis=1))
     assert check_stuck(tr).status == "passed"
 
 

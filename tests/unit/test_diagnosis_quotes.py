@@ -56,6 +56,7 @@ CODE_WORDS = (
     "mixed_float16",
     "beta_2",
     "he_normal",
+    "divide by 255",  # pixel values: a fact of 8-bit images, not a number of the trace
     "glorot_uniform",
     "1e-7",
 )
@@ -691,6 +692,38 @@ def test_a_loss_at_the_prior_behind_vanished_gradients_quotes_the_trace_and_leav
     for f in findings:
         assert f.evidence["cause_key"] == "vanished_gradients" and "labels" not in f.cause + f.fix, f.cause
         check_finding(f, trace, False)
+
+
+def test_a_network_that_died_at_the_class_prior_after_a_blow_up_is_a_collapse_however_far_its_loss_fell():
+    # a convnet on pixels of 0-255: its first update (1.02x the weights' norm) threw the loss from 38 to 1,331, its
+    # first layers died, a second layer's bias keeps a few units on (so the kernel after them gets a gradient, for
+    # features that no longer depend on the input), and the loss sits at ln 2: it had passed on TensorFlow
+    rng = np.random.default_rng(0)
+    n = 300
+    loss = np.concatenate([[38.0, 1331.0, 0.72], np.log(2.0) * (1 + 0.01 * rng.normal(size=n - 3))])
+    names = ("net/c1/kernel", "net/c1/bias", "net/c2/kernel", "net/c2/bias", "net/out/kernel", "net/out/bias")
+    vg = np.tile([0.0, 0.0, 0.0, 7e-3, 1.6e-4, 0.1], (n, 1)) * np.exp(0.1 * rng.normal(size=(n, 6)))
+    vg[:3] = [[400.0, 20.0, 900.0, 30.0, 50.0, 1.0]] * 3
+    update = np.full(n, 0.05)
+    update[0] = 1.02
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.sqrt((vg**2).sum(axis=1)),
+        var_names=names,
+        var_grad_norms=vg,
+        update_ratio=update,
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1e-2, "momentum": 0.9}, "input_rms": 147.0},
+    )
+    (f,) = [f for r in run_checks(trace) for f in r.findings if f.check == "stuck"]
+    assert f.evidence["died_at_prior"] is True and f.evidence["prior_classes"] == 2
+    assert f.evidence["dead_variables"] == ["net/c1/kernel", "net/c2/kernel"]
+    assert "which the first steps inflated, but a network that died has not converged" in f.message
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "collapse_constant", p.cause
+    assert "net/c1/kernel, net/c2/kernel have had a zero gradient since" in p.cause
+    assert "labels" not in p.cause and "the inputs' root mean square is 147" in p.cause
+    assert not any(c.get("learning_rate_factor", 0) > 1 for c in p.evidence["fix_configs"])
+    check_finding(p, trace, True)
 
 
 def test_ftrl_replacing_the_weights_is_not_blamed_on_the_labels():
