@@ -2022,14 +2022,27 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             if _ok(lr, 1e-30)
             else [Fix("a larger learning rate")]
         )
-        return Dx(
-            "updates_too_small",
-            LIKELY,
-            "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
-            "{level} (initially {initial_loss}, never above it): the learning rate {learning_rate} is too "
-            "low for this model",
-            fixes,
-        )
+        far = _inputs_far(q, trace)
+        above = level > q["initial_loss"]  # the loss went up, if a little: no larger rate (the direction rule)
+        if far:
+            # inputs far from unit scale saturate the units: almost no gradient passes, whatever the rate
+            return Dx(
+                "updates_too_small",
+                LIKELY,
+                "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
+                "{level} (initially {initial_loss})" + far + ", where almost no gradient passes, whatever the "
+                "learning rate",
+                [STANDARDISE_INPUTS] + ([] if above else fixes),
+            )
+        if not above:
+            return Dx(
+                "updates_too_small",
+                LIKELY,
+                "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
+                "{level} (initially {initial_loss}, never above it): the learning rate {learning_rate} is too "
+                "low for this model",
+                fixes,
+            )
     far = _inputs_far(q, trace)  # inputs far from unit scale saturate the units first: standardising them leads
     if flat:
         return Dx(
@@ -2055,6 +2068,8 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         else "the gradients are exactly zero"
         if zero
         else "the gradients vanished"
+        if vanished or not slow
+        else "the weights hardly move (median |dw|/|w| {update_ratio_tail} per step)"
     )
     return Dx(
         "vanished_gradients",

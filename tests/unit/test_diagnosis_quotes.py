@@ -726,6 +726,32 @@ def test_a_network_that_died_at_the_class_prior_after_a_blow_up_is_a_collapse_ho
     check_finding(p, trace, True)
 
 
+@pytest.mark.parametrize("input_rms", [147.0, 1.0])
+def test_weights_that_hardly_move_while_the_loss_rose_get_no_larger_rate_and_far_inputs_lead(input_rms):
+    # pixels of 0-255 saturate a softmax from step 0 (JAX, the loss clipped at 7 to 9): |dw|/|w| 2e-9 a step, the
+    # loss 1.2x its start.  It read "(initially 7.05, never above it): the learning rate 0.01 is too low", with
+    # learning_rate=0.1 as the fix, against a loss that rose and inputs 147 from unit scale
+    rng = np.random.default_rng(2)
+    n = 300
+    loss = np.concatenate([7.05 * (1 + 0.05 * rng.normal(size=60)), 8.56 * (1 + 0.1 * rng.normal(size=n - 60))])
+    trace = Trace(
+        loss=loss,
+        grad_norm=np.exp(0.2 * rng.normal(size=n)) * 1e-4,
+        update_ratio=np.full(n, 2.2e-9),
+        lr=np.full(n, 0.01),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.01}, "input_rms": input_rms},
+    )
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck", p.message
+    assert "never above it" not in p.cause and "too low" not in p.cause, p.cause
+    assert not any(c.get("learning_rate_factor", 0) > 1 for c in p.evidence["fix_configs"])
+    if input_rms > 100:
+        assert p.evidence["cause_key"] == "updates_too_small"
+        assert "the inputs' root mean square is 147, far from unit scale" in p.cause
+        assert p.evidence["fixes"][0]["text"].startswith("standardise the inputs")
+    check_finding(p, trace, True)
+
+
 def test_ftrl_replacing_the_weights_is_not_blamed_on_the_labels():
     # Ftrl's first update sets a deep network's weights near zero (|dw|/|w| 0.995): the loss then sits at ln 2,
     # as random labels' would, but random labels move the weights by 1e-3 a step (the test above)
