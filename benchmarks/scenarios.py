@@ -51,6 +51,9 @@ Pathologies (``expected_check`` fails with ``expected_cause``):
 * ``deep_sigmoid_stack``: twelve sigmoid layers under SGD: the gradients vanish
   through the depth, the first layers never change, the loss sits at ln 2
   (healthy twin: ReLU with He initialisation).
+* ``pixels_unscaled``: a convnet on pixels of 0-255: the first updates blow
+  the loss up, the ReLUs die, the loss sits at the class prior (or the clipped
+  softmax's level).
 
 Healthy controls: the same models with the fix applied, ordinary noisy
 small-batch training, a noisy batch-10 classifier with noisy validation, and a
@@ -1267,8 +1270,50 @@ def deep_relu_stack(seed: int) -> Scenario:
     return _deep_stack(seed, "deep_relu_stack", HEALTHY, "relu", "he_normal")
 
 
-#: an architecture whose gradients vanish through its depth (the fix is the architecture, not an optimizer knob).
-DEPTH_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {"deep_sigmoid_stack": deep_sigmoid_stack}
+def pixels_unscaled(seed: int) -> Scenario:
+    """A small convnet on pixels of 0-255 (not divided by 255), SGD with momentum: the first updates blow the loss
+    up, the ReLUs die, and the loss sits at ln 2 (TensorFlow) or at the clipped softmax's 7 to 9 (JAX, PyTorch).
+    The expected cause is the collapse after the blow-up; a network dead but for its biases (no early update
+    moved the weights their norm) is named as that, and every cause names the inputs' scale."""
+    keras = _keras()
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(1024, 16, 16, 1)).astype("float32")
+    y = (x[:, :8].mean(axis=(1, 2, 3)) > x[:, 8:].mean(axis=(1, 2, 3))).astype("int32")
+
+    def build() -> Any:
+        L = keras.layers
+        m = keras.Sequential(
+            [
+                keras.Input((16, 16, 1)),
+                L.Conv2D(16, 3, activation="relu"),
+                L.MaxPooling2D(),
+                L.Conv2D(32, 3, activation="relu"),
+                L.GlobalAveragePooling2D(),
+                L.Dense(2, activation="softmax"),
+            ]
+        )
+        m.compile(optimizer=keras.optimizers.SGD(1e-2, momentum=0.9), loss="sparse_categorical_crossentropy")
+        return m
+
+    return _scenario(
+        "pixels_unscaled",
+        "pixels_unscaled",
+        build,
+        x,
+        y,
+        check="stuck",
+        cause="collapse_constant",
+        steps=300,
+        batch_size=32,
+    )
+
+
+#: a network that learns nothing for its architecture or its inputs: gradients that vanish through the depth,
+#: pixels of 0-255 that kill it (the fix is the model or the data, not an optimizer knob).
+DEPTH_PATHOLOGIES: dict[str, Callable[[int], Scenario]] = {
+    "deep_sigmoid_stack": deep_sigmoid_stack,
+    "pixels_unscaled": pixels_unscaled,
+}
 DEPTH_HEALTHY: dict[str, Callable[[int], Scenario]] = {"deep_relu_stack": deep_relu_stack}
 
 
