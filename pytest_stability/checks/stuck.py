@@ -37,7 +37,11 @@ converged fit: its output no longer depends on the input) and either the
 gradients are exactly 0 on most of the tail's steps (its
 median norm is 0, or the network is dead but for its biases), or they vanished
 (as above) while the level is at least ``DEAD_RISE`` (1.5x) the lowest 10-step
-median of the loss before the tail (it went back up).  A run converging to zero, or at its best level with small
+median of the loss before the tail (it went back up), or weights that are not biases died (a gradient of
+exactly 0 on most of the tail, after gradients before) while the level sits within ``PRIOR_RTOL`` of ``ln K``,
+the loss of predicting the prior of K balanced classes (``died_at_prior``, at any level too: a second layer's
+bias can keep a few units on, so the network is not dead but for its biases, and the kernel after them gets a
+gradient for features that no longer depend on the input).  A run converging to zero, or at its best level with small
 gradients, is not stuck.
 
 The finding's step is where the stuck stretch began (0 for a run dead from
@@ -58,6 +62,7 @@ One finding per kind, naming the variables.  Needs 10 steps.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -143,7 +148,8 @@ def _died(trace: Trace, n: int, w: int) -> list[str]:
     if vg is None or vg.ndim != 2 or vg.shape[1] == 0 or len(names) != vg.shape[1] or n - w < DEAD_WINDOW:
         return []
     tail, before = np.asarray(vg[n - w : n], dtype=np.float64), np.asarray(vg[: n - w], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite value: no median, not dead
         died = (np.nanmedian(np.where(np.isfinite(tail), tail, np.nan), axis=0) == 0) & np.any(before > 0, axis=0)
     return [names[i] for i in np.flatnonzero(died) if not _is_bias(names[i])]
 
