@@ -180,7 +180,7 @@ def test_a_fix_that_does_not_help_is_reported_and_the_next_one_tried():
 
 def test_a_rate_fix_that_leaves_the_same_failure_at_the_same_step_says_the_rate_did_not_cause_it():
     """A hand-written log loss, and a second batch whose inputs (1e3 x the others) saturate the sigmoid: NaN at
-    step 1 whatever the rate.  Adam at 0.1 moved the weights half their norm at step 0, so the diagnosis offers a
+    step 1 whatever the rate.  Adam at 0.1 moved the weights a third of their norm at step 0, so the diagnosis offers a
     lower rate first; its replay at a hundredth of the rate fails at step 1 again, and the note says the rate did
     not cause it (it read as one more failed fix)."""
     rng = np.random.default_rng(0)
