@@ -71,6 +71,7 @@ from .fitsetup import (
     output_rescaler,
     prepare_fit,
     short_message,
+    split_one_class,
 )
 from .keras_internals import close_epoch_iterator, sync_variables
 from .model_facts import (
@@ -466,6 +467,9 @@ def train(
             if problem is not None:
                 raise StabilityUsageError(problem)
     notes: list[str] = []
+    one_class = split_one_class(y, setup.fit_kwargs) if setup.kind == "arrays" else None
+    if one_class is not None:
+        notes.append(one_class)
     n_train = _train_samples(x, setup.fit_kwargs) if setup.kind == "arrays" else None
     if asked_batch and n_train and setup.batch_size > n_train:  # plain fit takes every sample: said, as it was asked
         notes.append(

@@ -225,6 +225,27 @@ def _train_samples(x: Data, fit_kwargs: dict[str, Any]) -> int | None:
     return int(math.floor(n * (1.0 - split))) if n and split else n
 
 
+def split_one_class(y: Data, fit_kwargs: dict[str, Any]) -> str | None:
+    """A note when ``validation_split`` takes samples of a single class while the training part holds several:
+    Keras splits off the last samples before it shuffles, so labels sorted by class leave the validation set one
+    class (its loss then measures one class, not the model).  Array labels of one column only; None otherwise."""
+    split = float(fit_kwargs.get("validation_split") or 0.0)
+    if not split or not isinstance(y, np.ndarray) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1):
+        return None
+    labels = y.reshape(-1)
+    if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+        return None
+    cut = int(math.floor(labels.shape[0] * (1.0 - split)))
+    train, val = np.unique(labels[:cut]), np.unique(labels[cut:])
+    if val.size != 1 or train.size < 2 or train.size > 1000:
+        return None
+    return (
+        f"validation_split={split:g} takes the last {labels.shape[0] - cut} samples, before Keras shuffles, and "
+        f"every one of them has the label {val[0]:g}, while the training part holds {train.size} classes: the "
+        "validation loss measures one class; shuffle x and y together before fit (the labels look sorted)"
+    )
+
+
 def epoch_length(keras: ModuleType, kind: str, x: Data, fit_kwargs: dict[str, Any], batch_size: int) -> int | None:
     """Optimizer steps in one pass over the training data, when knowable without reading it."""
     if fit_kwargs.get("steps_per_epoch") is not None:
