@@ -1259,6 +1259,25 @@ def test_model(stability):
     )
 
 
+def test_a_validation_split_that_leaves_one_class_is_said_in_a_note(pytester, tiny_problem):
+    # labels sorted by class: Keras splits off the last quarter before it shuffles, so validation holds class 1 alone
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+@pytest.mark.stable_training(steps=12)
+def test_model(stability):
+    order = np.argsort(Y, kind="stable")
+    rep = stability.fit(build(), X[order], Y[order], batch_size=32, validation_split=0.25)
+    (note,) = rep.trace.info["notes"]
+    assert note.startswith("validation_split=0.25 takes the last 64 samples, before Keras shuffles, and every one")
+    rep = stability.fit(build(), X, Y, batch_size=32, validation_split=0.25)  # unsorted: both classes
+    assert "notes" not in rep.trace.info
+""",
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_a_full_batch_is_one_long_epoch_unless_something_observes_epochs_and_the_speed_note_says_which(
     pytester, tiny_problem
 ):
