@@ -268,6 +268,9 @@ def _healthy_table(backend: str, recs: list[dict], judged: dict[int, dict], t: T
     fp = {name: 0 for name in CHECKS}
     worst = {"max_zscore": 0.0, "max_ratio": 0.0, "slow_rise": 0.0, "grad_growth": 0.0, "val_rise": 0.0}
     worst_at = dict.fromkeys(worst, "")
+    # stuck's no_update margin: the least that any variable of a healthy run moved over the run (its |dw|/|w|
+    # summed), against the rule's NO_UPDATE_TOTAL
+    least_moved, least_at = math.inf, ""
     fp_runs = []
     any_fp = 0
     for rec in healthy:
@@ -290,6 +293,11 @@ def _healthy_table(backend: str, recs: list[dict], judged: dict[int, dict], t: T
         for k, v in vals.items():
             if v is not None and np.isfinite(v) and v > worst[k]:
                 worst[k], worst_at[k] = float(v), f"{rec['name']}/{rec['seed']}"
+        moved = rec["trace"].var_update_ratio
+        if moved is not None and moved.size:
+            total = float(np.min(np.nansum(np.where(np.isfinite(moved), np.abs(moved), 0.0), axis=0)))
+            if total < least_moved:
+                least_moved, least_at = total, f"{rec['name']}/{rec['seed']}"
     n = len(healthy)
     mean = float(np.mean([r["seconds"] for r in healthy])) if healthy else 0.0
     out = [
@@ -307,6 +315,8 @@ def _healthy_table(backend: str, recs: list[dict], judged: dict[int, dict], t: T
         "grad_norm": f"growth {worst['grad_growth']:.1f}x ({worst_at['grad_growth']})",
         "val_loss": f"rise {worst['val_rise']:.3f} ({worst_at['val_rise']})",
     }
+    if least_at:
+        stat["stuck"] = f"least total relative update of a variable {least_moved:.3g} ({least_at})"
     for name, k in fp.items():
         out.append(f"| {name} | {_pct(k, n)} | {stat.get(name, '-')} |")
     if fp_runs:

@@ -141,9 +141,9 @@ def _death_start(trace: Trace, n: int, died: list[int]) -> int:
     return int(mostly[-1]) + DEAD_WINDOW if mostly.size else 0
 
 
-def _died(trace: Trace, n: int, w: int) -> list[str]:
-    """The variables that are not biases and have had a gradient of exactly 0 on most of the last ``w`` steps, after
-    gradients before (without per-variable norms, none)."""
+def _died(trace: Trace, n: int, w: int) -> list[int]:
+    """The variables (their columns) that are not biases and have had a gradient of exactly 0 on most of the last
+    ``w`` steps, after gradients before (without per-variable norms, none)."""
     vg, names = trace.var_grad_norms, list(trace.var_names)
     if vg is None or vg.ndim != 2 or vg.shape[1] == 0 or len(names) != vg.shape[1] or n - w < DEAD_WINDOW:
         return []
@@ -151,7 +151,7 @@ def _died(trace: Trace, n: int, w: int) -> list[str]:
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite value: no median, not dead
         died = (np.nanmedian(np.where(np.isfinite(tail), tail, np.nan), axis=0) == 0) & np.any(before > 0, axis=0)
-    return [names[i] for i in np.flatnonzero(died) if not _is_bias(names[i])]
+    return [int(i) for i in np.flatnonzero(died) if not _is_bias(names[i])]
 
 
 def _prior_classes(level: float) -> int | None:
@@ -190,7 +190,8 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
     died = _died(trace, n, w) if fell_far else []
     classes = _prior_classes(level) if died else None
     died_at_prior = classes is not None
-    if below_level and not ((_dead_network(trace, n, w) or {}).get("live") or died_at_prior):
+    dead_but_biases = _dead_network(trace, n, w)
+    if below_level and not ((dead_but_biases or {}).get("live") or died_at_prior):
         return None  # (every gradient 0, a bias's too: a saturated fit, which may have converged)
     scale = max(abs(level), 1e-12)
     rel_std = float(np.std(tail) / scale)
@@ -235,7 +236,7 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
                         f"<= {VANISHED:g}x their earlier 90th percentile {p90:.3g}"
                     )
     # a global norm that is 0 on most steps is the rules' above (vanished, or a network that died after learning)
-    dead = None if ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0 else _dead_network(trace, n, w)
+    dead = None if ev["zero_grad"] or ev.get("grad_norm_tail") == 0.0 else dead_but_biases
     if dead is not None:
         ev.update(dead_network=True, dead_variables=dead["died"], live_variables=dead["live"])
         start = dead["start"] if start is None else min(start, dead["start"])
@@ -261,10 +262,11 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
             return None
         if died_at_prior and not mostly_zero:
             assert classes is not None  # died_at_prior says so
-            ev.update(died_at_prior=True, dead_variables=died, prior_classes=classes)
-            s = _death_start(trace, n, [list(trace.var_names).index(v) for v in died])
+            names = [trace.var_names[i] for i in died]
+            ev.update(died_at_prior=True, dead_variables=names, prior_classes=classes)
+            s = _death_start(trace, n, died)
             start = s if start is None else min(start, s)
-            shown = ", ".join(died[:4]) + (f" and {len(died) - 4} more" if len(died) > 4 else "")
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             how.append(
                 f"{len(died)} of {len(trace.var_names)} variables ({shown}) have had a gradient of exactly 0 on most "
                 f"of the last {w} steps, after gradients before, and the loss sits at the cross-entropy of predicting "

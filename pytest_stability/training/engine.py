@@ -314,8 +314,9 @@ def _belongs(name: str, allowed: set[str]) -> str:
             f" ({name} is a setting of the run: @pytest.mark.stable_training({name}=...) or "
             f"{cli_name(name)}=..., not a fit() argument)"
         )
-    if optimizer_keyword_hint(name):
-        return optimizer_keyword_hint(name)
+    hint = optimizer_keyword_hint(name)
+    if hint:
+        return hint
     close = difflib.get_close_matches(name, sorted(allowed | {"steps", "seed", "check"}), n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""
 
