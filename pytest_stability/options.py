@@ -647,11 +647,10 @@ def _unknown_argument(key: str, value: object) -> str:
     import difflib
 
     names = [o.name for o in OPTIONS]
+    hint = optimizer_keyword_hint(key)
     if key in _FIT_KEYWORDS:
         hint = f" ({key} is an argument of model.fit: pass it to stability.fit(), which passes it on)"
-    elif optimizer_keyword_hint(key):
-        hint = optimizer_keyword_hint(key)
-    else:
+    elif not hint:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown argument {key}={value!r}{hint}; known arguments: {', '.join(names)}"

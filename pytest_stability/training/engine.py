@@ -314,8 +314,7 @@ def _belongs(name: str, allowed: set[str]) -> str:
             f" ({name} is a setting of the run: @pytest.mark.stable_training({name}=...) or "
             f"{cli_name(name)}=..., not a fit() argument)"
         )
-    hint = optimizer_keyword_hint(name)
-    if hint:
+    if hint := optimizer_keyword_hint(name):
         return hint
     close = difflib.get_close_matches(name, sorted(allowed | {"steps", "seed", "check"}), n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""
