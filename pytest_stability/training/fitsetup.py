@@ -148,10 +148,11 @@ def check_finite(name: str, obj: Data) -> float | None:
             where = name + (f" (input {i})" if len(leaves) > 1 else "")
             kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
             count = int(np.count_nonzero(~np.isfinite(arr)))
+            validation = name.startswith("validation")
             use = (
                 "Validating on it would report a NaN validation loss"
-                if name.startswith("validation")
-                else ("Training on it would report a NaN")
+                if validation
+                else "Training on it would report a NaN"
             )
             raise StabilityUsageError(
                 f"{where} holds {count} non-finite value(s) before training starts: the first is "
@@ -235,7 +236,7 @@ def split_one_class(y: Data, fit_kwargs: dict[str, Any]) -> str | None:
     labels = y.reshape(-1)
     if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
         return None
-    cut = int(math.floor(labels.shape[0] * (1.0 - split)))
+    cut = _train_samples(y, fit_kwargs) or 0  # where fit splits
     train, val = np.unique(labels[:cut]), np.unique(labels[cut:])
     if val.size != 1 or train.size < 2 or train.size > 1000:
         return None
