@@ -49,7 +49,21 @@ FLAG_NAMES = {
 
 
 def _array(value: Any, dtype: npt.DTypeLike, name: str, ndim: int = 1) -> np.ndarray:
-    arr = np.asarray(value, dtype=dtype)
+    if isinstance(value, (list, tuple)):
+        # numpy reads None as NaN: a step that was not recorded would be judged as a NaN loss
+        missing = next((i for i, v in enumerate(value) if v is None), None)
+        if missing is not None:
+            raise ValueError(
+                f"Trace.{name}[{missing}] is None: give every step a number (float('nan') for a step whose "
+                "value was NaN)"
+            )
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError) as e:  # a string, a tensor that still requires grad, ...
+        raise ValueError(
+            f"Trace.{name} must be numbers, one per step (a list of floats or a numpy array; from a training "
+            f"loop, record float(loss) or loss.item()); reading it as numbers raised {type(e).__name__}: {e}"
+        ) from None
     if arr.ndim != ndim:
         raise ValueError(f"Trace.{name} must be a {ndim}-d array, received shape {arr.shape}")
     return arr

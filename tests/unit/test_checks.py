@@ -1069,3 +1069,18 @@ def test_a_train_steps_own_loss_curve_that_rises_is_not_judged_by_where_it_start
     assert not any(f.evidence.get("ended_above_start") for f in spike.findings), spike.findings
     # the same curve as the model's own loss fails
     assert check_loss_spike(Trace(loss=rising)).status == "failed"
+
+
+def test_a_trace_of_values_that_are_not_numbers_is_refused_naming_the_step_or_the_value():
+    # numpy would read None as NaN, and the loss would be judged NaN at a step that was only not recorded
+    with pytest.raises(ValueError, match=r"Trace.loss\[2\] is None: give every step a number"):
+        Trace(loss=[1.0, 0.9, None, 0.8])
+
+    class Graded:  # a framework tensor that still requires grad refuses numpy the same way (torch)
+        def __float__(self) -> float:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad")
+
+    with pytest.raises(ValueError, match=r"Trace.grad_norm must be numbers.*loss.item\(\).*RuntimeError: Can't call"):
+        Trace(loss=[1.0, 0.9], grad_norm=[Graded(), Graded()])
+    with pytest.raises(ValueError, match=r"Trace.loss must be numbers.*ValueError: could not convert string"):
+        Trace(loss=["low", "high"])
