@@ -188,7 +188,12 @@ def _score_pathology(rec: dict, j: dict) -> tuple[bool, bool, bool | None]:
 
 
 def _pct(a: int, n: int) -> str:
-    return f"{100.0 * a / n:.0f} % ({a}/{n})" if n else "n/a"
+    """``"97 % (29/30)"``; one decimal where a whole percent would read as none or all (``"0.3 % (1/312)"``)."""
+    if not n:
+        return "n/a"
+    pct = 100.0 * a / n
+    digits = 1 if (a > 0 and round(pct) == 0) or (a < n and round(pct) == 100) else 0
+    return f"{pct:.{digits}f} % ({a}/{n})"
 
 
 def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
