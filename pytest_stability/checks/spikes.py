@@ -131,6 +131,16 @@ RESURGE_RATIO = 10.0
 RESURGE_MIN_RISE = 0.01
 
 
+def _over(ratio: float, limit: float) -> str:
+    """``ratio``, over ``limit``, with the fewest decimals (up to 4) that keep it over: ``"10.01"``, not ``"10"``
+    next to a limit of 10x."""
+    for digits in range(5):
+        shown = f"{ratio:.{digits}f}"
+        if float(shown) > limit:
+            return shown
+    return shown
+
+
 def _trailing_windows(values: np.ndarray, window: int) -> np.ndarray:
     """``out[t] = values[t-window:t]`` (NaN-padded before step 0), a view of shape (n, window)."""
     padded = np.concatenate([np.full(window, np.nan), values])
@@ -480,7 +490,8 @@ def _resurgence(
     peak_level = float(np.exp(roll[peak]))
     msg = (
         f"the loss climbed back slowly: its median over {w} steps rose from its best {low:.4g} (steps "
-        f"{int(end[jb]) - w + 1}-{int(end[jb])}) to {level:.4g} by step {int(end[i])} ({level / low:.0f}x, limit "
+        f"{int(end[jb]) - w + 1}-{int(end[jb])}) to {level:.4g} by step {int(end[i])} "
+        f"({_over(level / low, RESURGE_RATIO)}x, limit "
         f"{RESURGE_RATIO:g}x = {RESURGE_RATIO * low:.4g}), peaking at {peak_level:.4g}; the climb is too gradual "
         "and too noisy for a single-step spike"
     )

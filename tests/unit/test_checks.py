@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -1084,3 +1086,18 @@ def test_a_trace_of_values_that_are_not_numbers_is_refused_naming_the_step_or_th
         Trace(loss=[1.0, 0.9], grad_norm=[Graded(), Graded()])
     with pytest.raises(ValueError, match=r"Trace.loss must be numbers.*ValueError: could not convert string"):
         Trace(loss=["low", "high"])
+
+
+def test_a_slow_climb_just_over_its_limit_is_quoted_over_it_not_rounded_onto_it():
+    # the first window over 10x is reported: 10.01x had been printed "(10x, limit 10x = ...)"
+    rng = np.random.default_rng(0)
+    level = np.concatenate(
+        [np.linspace(0, -3, 300), np.full(200, -3.0), np.linspace(-3, -2, 150), np.full(200, -2.0), np.full(200, -3.0)]
+    )
+    r = check_loss_spike(Trace(loss=10 ** (level + rng.normal(0, 0.05, level.size))))
+    (f,) = [f for f in r.findings if f.evidence.get("slow_rise")]
+    ratio = f.value / (f.limit / 10)
+    assert 10 < ratio < 10.05
+    quoted = re.search(r"\((\d+(?:\.\d+)?)x, limit 10x = ", f.message)
+    assert quoted is not None, f.message
+    assert 10 < float(quoted.group(1)) <= ratio + 0.005
