@@ -1208,6 +1208,23 @@ def _inputs_far(q: Quotes, trace: Trace) -> str:
     return "; the inputs' root mean square is {input_rms}, far from unit scale: they drive units into saturation"
 
 
+def _scale_before_rate(q: Quotes, scale: str, fixes: list[Fix], scale_fixes: list[Fix]) -> tuple[str, list[Fix]]:
+    """With the data far from unit scale (``scale``, from :func:`_far_from_unit_scale`) and a learning rate that
+    would have to fall below :data:`LR_IMPLAUSIBLE` (``learning_rate_suggested``) to tame its updates: the scale
+    fixes lead, as such a rate stops the blow-up and the training with it (SGD at 1e-7 moves a bias towards a
+    target of 2e4 by a few thousandths a step), and the cause says why.  ``(clause, fixes)``: else ``("",
+    fixes + scale_fixes)``, the measured fixes first."""
+    suggested = q["learning_rate_suggested"] if "learning_rate_suggested" in q else math.nan  # noqa: SIM401
+    if not (scale and scale_fixes and _ok(suggested, 0.0) and suggested < LR_IMPLAUSIBLE):
+        return "", fixes + scale_fixes
+    q.const("lr_implausible", LR_IMPLAUSIBLE)
+    clause = (
+        "; a learning rate low enough for these gradients ({learning_rate_suggested}) is below any that trains "
+        "({lr_implausible}): put the data on unit scale first"
+    )
+    return clause, scale_fixes + fixes
+
+
 def _out_of_scale(q: Quotes, trace: Trace, what: str, clips: list[Fix]) -> Dx | None:
     """The first update moved the weights so far that the learning rate it asks for (``learning_rate_suggested``,
     from :func:`_lr_fix`'s update basis) is below :data:`LR_IMPLAUSIBLE`, with the data not measured far from
@@ -1271,10 +1288,9 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     cause = what + ", within the first {early_end} steps: " + (scale or HIGH_FROM_THE_START)
     if basis == "update":
         cause += ": the first update already moved the weights {update_ratio} times their norm"
-    fixes = [lr_fix] + clips
-    if scale_fixes:
-        fixes.extend(scale_fixes)
-    else:
+    clause, fixes = _scale_before_rate(q, scale, [lr_fix] + clips, scale_fixes)
+    cause += clause
+    if not scale_fixes:
         fixes.append(
             Fix(
                 "if a lower learning rate does not help: scale the inputs to about unit range and check "
@@ -1504,10 +1520,11 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
             if q["grad_collapse"] < 1
             else "the gradient norm was only {grad_collapse}x below its early level"
         )
-    scale_fixes: list[Fix] = []
+    scale, scale_fixes = "", list[Fix]()
     if exploded and has_g:
         # gradients that grow with outputs climbing towards targets (or inputs) far from unit scale: the data's
-        # scale is the cause to fix; the clip and the rate stay first, as their success is measured
+        # scale is the cause to fix; the clip and the rate stay first, as their success is measured (unless the
+        # rate would have to fall below any that trains: _scale_before_rate)
         scale, scale_fixes = _far_from_unit_scale(q, trace, q.at("loss_first", "loss", 0))
         if scale:
             note += "; " + scale
@@ -1517,7 +1534,8 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     fixes: list[Fix] = [fx for fx in ([lr_fix, clip] if lr_first else [clip, lr_fix]) if fx is not None]
     if clip is None and has_g:
         fixes.append(_why_no_clip(q))
-    fixes.extend(scale_fixes)
+    clause, fixes = _scale_before_rate(q, scale, fixes, scale_fixes)
+    note += clause
     # a rate that jumped before it is the likelier culprit than the batch
     culprit = (
         "a learning rate too high, which jumped before it"
@@ -1686,12 +1704,13 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
                 out = _out_of_scale(q, trace, "the {quantities} became NaN/Inf at step {step}", [_no_clip_note_short()])
                 if out is not None:
                     return out
+            clause, fixes = _scale_before_rate(q, scale, [lr_fix, _no_clip_note_short()], scale_fixes)
             return Dx(
                 "lr_too_high",
                 LIKELY,
                 "the {quantities} became NaN/Inf at step {step}: the first update moved the weights "
-                "{update_ratio_first} times their norm; " + (scale or HIGH_FROM_THE_START),
-                [lr_fix, _no_clip_note_short()] + scale_fixes,
+                "{update_ratio_first} times their norm; " + (scale or HIGH_FROM_THE_START) + clause,
+                fixes,
             )
         inspected = (trace.info or {}).get("inputs_checked", True)
         cause = (

@@ -113,9 +113,23 @@ def test_labels(stability):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rep = stability.fit(model, X, (X[:, 0] > 0).astype("int32"), batch_size=64)
     assert "target_rms" not in rep.trace.info  # integer labels have no scale to quote
+
+
+@pytest.mark.stable_training(steps=100)
+def test_prices_too_far_for_any_rate(stability):
+    # SGD at 0.01 on targets five times larger: the rate that would tame the first update is below any that
+    # trains (SGD at 1e-7 would take millions of steps to bring a bias to 2e4), so standardising leads
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(1e-2), loss="mse")
+    rep = stability.fit(model, X, 5 * Y, batch_size=64, check=False)
+    head = rep.findings[0]
+    assert head.evidence["cause_key"] == "lr_too_high", head.cause
+    assert head.fix.startswith("standardise the targets"), head.fix
+    assert "is below any that trains (1e-06): put the data on unit scale first" in head.cause
+    assert any(x["text"].startswith("learning_rate=") for x in head.evidence["fixes"])
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
 
 
 def test_raw_pixels_are_named_only_when_the_model_does_not_rescale_them(pytester):

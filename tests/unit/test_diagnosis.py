@@ -985,3 +985,33 @@ def test_gradients_that_grow_with_targets_far_from_unit_scale_are_told_to_standa
         assert "the targets' root mean square is 2.1e+05" in f.cause
     else:
         assert "unit scale" not in f.cause
+
+
+@pytest.mark.parametrize("first_update, scale_first", [(240.0, True), (20.0, False)])
+def test_targets_far_from_unit_scale_lead_the_fixes_when_no_rate_that_trains_would_tame_them(first_update, scale_first):
+    # SGD at 0.01 on targets of 2.5e4 (tried as a new user would): the first update moved the weights 240x their
+    # norm, and the rate that would keep it below 0.01 of them is 1e-07, which stops the training with the
+    # blow-up: standardising the targets leads, the rate follows. A first update of 20x asks 1e-05: the measured
+    # rate stays first, the targets after it
+    n = 8
+    loss = np.concatenate([np.full(3, 6e8), 6e8 * np.geomspace(2.0, 1e6, 5)])
+    g = np.concatenate([np.full(3, 9e4), np.geomspace(2e5, 1e10, 5)])
+    ratio = np.concatenate([[first_update], np.full(n - 1, 3.0)])
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        lr=np.full(n, 0.01),
+        update_ratio=ratio,
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.01}, "target_rms": 2.5e4, "input_rms": 1},
+    )
+    trace.steps_planned = 300
+    f = _diag(trace)[0]
+    assert f.evidence["cause_key"] == "lr_too_high"
+    texts = [x["text"] for x in f.evidence["fixes"] if not x.get("note")]
+    rate = next(t for t in texts if t.startswith("learning_rate="))
+    suggested = float(rate.split()[0].split("=")[1])
+    assert (suggested < 1e-6) is scale_first
+    assert texts[0].startswith("standardise the targets" if scale_first else "learning_rate=")
+    assert any(t.startswith("standardise the targets") for t in texts)
+    said = f"a learning rate low enough for these gradients ({suggested:.3g}) is below any that trains (1e-06)"
+    assert (said in f.cause) is scale_first, f.cause
