@@ -188,7 +188,19 @@ def _replay_batch(model: Model, x: Data, y: Data, *, step: int, thresholds: Thre
         )
     keras = engine.import_keras()
     result.trace.info["batch_replay"] = batch_replay.probe(keras, model, result.batches, x, y, fit_kwargs, step)
+    _drop_validation_at_the_stop(result.trace, step, int(spec.validate_every))
     return Outcome(result, judge(result.trace, thresholds, spec.checks))
+
+
+def _drop_validation_at_the_stop(trace: Trace, step: int, validate_every: int) -> None:
+    """A run cut at ``step`` measures the validation loss once more at its end; the run it replays measured it
+    there only on its schedule (every ``validate_every`` steps).  Off the schedule, that measurement is dropped:
+    the replay is judged on what the original run saw before ``step`` (a 1-step replay of Adam at 0.5 had failed
+    ``val_loss`` on it, a check the original run passed at that point)."""
+    if trace.val_steps is None or trace.val_loss is None or step % validate_every == 0:
+        return
+    keep = trace.val_steps < step
+    trace.val_steps, trace.val_loss = trace.val_steps[keep], trace.val_loss[keep]
 
 
 def margin_result(margin: dict[str, Any], min_margin: float | None, steps: int) -> CheckResult:

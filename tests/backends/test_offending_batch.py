@@ -10,6 +10,8 @@ that sample's batch, and the ``.npz`` saved beside the report holds it.
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -146,8 +148,6 @@ def test_the_batch_replay_tells_a_bad_sample(pytester):
         "--stability-html=r.html",
     )
     result.assert_outcomes(passed=1)  # judged on the 93 steps before the bad sample: stable
-    import json
-
     (run,) = json.loads((pytester.path / "r.json").read_text())["tests"][0]["calls"][0]["runs"]
     probe = run["model"]["batch_replay"]
     assert (probe["verdict"], probe["damaged"], probe["batch"]["indices"][0]) == ("bad_sample", True, 1488)
@@ -201,3 +201,36 @@ def test_the_batch_replay_tells_a_bad_update(pytester):
             f"weights, so the updates before step {step} did it*"
         ]
     )
+
+
+BLOWS_UP_WITH_VALIDATION = """
+import numpy as np
+import keras
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(480, 8)).astype("float32")
+Y = (X[:, :1] > 0).astype("float32")
+
+
+@pytest.mark.stable_training(steps=100)
+def test_adam_at_half(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(0.5), loss="binary_crossentropy")
+    stability.fit(model, X[:384], Y[:384], validation_data=(X[384:], Y[384:]), batch_size=32)
+"""
+
+
+def test_the_batch_replay_is_judged_on_the_validation_the_run_it_replays_measured(pytester):
+    # the run cut at step 1 measured the validation loss once more at its end, after Adam's first update at 0.5:
+    # judged on it, the replay failed val_loss, a check the run it replays had measured only at step 0 by then
+    pytester.makepyfile(test_half=BLOWS_UP_WITH_VALIDATION)
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", "--stability-replay=0", "--stability-replay-batch=1", "--stability-report=r.json"
+    )
+    result.assert_outcomes(passed=1)
+    (run,) = json.loads((pytester.path / "r.json").read_text())["tests"][0]["calls"][0]["runs"]
+    assert [c["status"] for c in run["checks"] if c["name"] == "val_loss"] != ["failed"]
+    assert run["model"]["batch_replay"]["batch"]["step"] == 1
+    result.stdout.fnmatch_lines(["*batch replay: the batch of step 1 *"])
