@@ -173,6 +173,7 @@ CAUSES = {
     "softmax_one_unit": "the output is a softmax over a single unit, always 1",
     "logits_from_probabilities": "the loss takes logits (from_logits=True), but the output layer makes probabilities",
     "gradients_out_of_scale": "gradients out of scale from the first step (weights initialised too large)",
+    "inputs_out_of_scale": "inputs far from unit scale saturated or killed the units: the training stopped",
     "targets_out_of_range": "a regression's targets lie outside the range of its bounded output (a sigmoid, a tanh)",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
@@ -2106,6 +2107,35 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     )
 
 
+#: the mechanisms of a stuck or dead network whose root, with the inputs measured far from unit scale, is that scale
+SCALE_ROOTED = ("collapse_constant", "vanished_gradients", "collapsed_output", "updates_too_small")
+
+
+def _stuck_or_input_scale(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
+    """:func:`_stuck`; and where its mechanism is one of :data:`SCALE_ROOTED` with the array inputs measured at
+    least :data:`FAR_FROM_UNIT` from unit scale (and the model not rescaling them), the inputs' scale is the
+    cause: ``inputs_out_of_scale``, standardising them the first fix, the mechanism kept in the cause.
+
+    Which mechanism a run shows depends on the backend's numerics, not on the run: on pixels of 0-255,
+    TensorFlow's cross-entropy behind a softmax takes its logits, so the first updates blow the loss up and the
+    ReLUs die after (a collapse); JAX's and PyTorch's clip the probabilities, and a softmax saturated by the
+    first forward pass passes no gradient from step 0 (dead from the start).  A lower learning rate fixes
+    neither: the second kind never took an update."""
+    dx = _stuck(f, trace, q, findings)
+    if dx.key not in SCALE_ROOTED or not _ok(_input_rms(trace), FAR_FROM_UNIT):
+        return dx
+    far = _inputs_far(q, trace)
+    mechanism = dx.cause.replace(far, "")
+    return Dx(
+        "inputs_out_of_scale",
+        LIKELY,
+        "the inputs' root mean square is {input_rms}, far from unit scale, and the training stopped on them: "
+        + mechanism,
+        [STANDARDISE_INPUTS] + [x for x in dx.fixes if x is not STANDARDISE_INPUTS],
+        dx.extra,
+    )
+
+
 def _clip_binds(q: Quotes, trace: Trace, cfg: dict[str, Any], n: int) -> Dx | None:
     """Updates too small because the optimizer's gradient clip is far below the gradients: the run's gradient
     norm (recorded before the clip) is at least :data:`CLIP_BINDS` x the most the clipped gradient can be:
@@ -2407,7 +2437,7 @@ _RULES: dict[str, Rule] = {
     "loss_spike": _loss_spike,
     "grad_norm": _grad_norm,
     "val_loss": _val_loss,
-    "stuck": _stuck,
+    "stuck": _stuck_or_input_scale,
 }
 
 

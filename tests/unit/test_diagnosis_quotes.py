@@ -719,11 +719,17 @@ def test_a_network_that_died_at_the_class_prior_after_a_blow_up_is_a_collapse_ho
     assert f.evidence["dead_variables"] == ["net/c1/kernel", "net/c2/kernel"]
     assert "which the first steps inflated, but a network that died has not converged" in f.message
     p = D.primary_finding(run_checks(trace), trace)
-    assert p.check == "stuck" and p.evidence["cause_key"] == "collapse_constant", p.cause
-    assert "net/c1/kernel, net/c2/kernel have had a zero gradient since" in p.cause
-    assert "labels" not in p.cause and "the inputs' root mean square is 147" in p.cause
+    # the collapse is the mechanism, the inputs' scale its cause (it leads the cause and the fixes)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "inputs_out_of_scale", p.cause
+    assert p.cause.startswith("the inputs' root mean square is 147, far from unit scale, and the training stopped")
+    assert "net/c1/kernel, net/c2/kernel have had a zero gradient since" in p.cause and "a collapse after" in p.cause
+    assert "labels" not in p.cause and p.fix.startswith("standardise the inputs")
     assert not any(c.get("learning_rate_factor", 0) > 1 for c in p.evidence["fix_configs"])
     check_finding(p, trace, True)
+    # the same run on inputs near unit scale: the collapse is the cause
+    trace.info["input_rms"] = 1.0
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "collapse_constant" and "root mean square" not in p.cause, p.cause
 
 
 @pytest.mark.parametrize("input_rms", [147.0, 1.0])
@@ -746,8 +752,9 @@ def test_weights_that_hardly_move_while_the_loss_rose_get_no_larger_rate_and_far
     assert "never above it" not in p.cause and "too low" not in p.cause, p.cause
     assert not any(c.get("learning_rate_factor", 0) > 1 for c in p.evidence["fix_configs"])
     if input_rms > 100:
-        assert p.evidence["cause_key"] == "updates_too_small"
-        assert "the inputs' root mean square is 147, far from unit scale" in p.cause
+        assert p.evidence["cause_key"] == "inputs_out_of_scale"
+        assert p.cause.startswith("the inputs' root mean square is 147, far from unit scale")
+        assert "the weights hardly move" in p.cause  # the mechanism, after its cause
         assert p.evidence["fixes"][0]["text"].startswith("standardise the inputs")
     check_finding(p, trace, True)
 
