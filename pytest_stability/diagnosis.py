@@ -90,7 +90,8 @@ The rules
     gradient norm fell at least :data:`TINY_GRADIENTS` x, or
     :data:`SMALL_GRADIENTS` x with the loss down :data:`SMALL_GRADIENTS_FELL` x
     (:data:`SLOW_CLIMB_GRADIENTS` x and :data:`SLOW_CLIMB_FELL` x for a slow climb back)
-    and ``g^2/v`` up :data:`G2V_SUPPORT` x where measured, or the
+    and ``g^2/v`` up :data:`G2V_SUPPORT` x where measured, or :data:`PLATEAU_GRADIENTS` x
+    with the loss down :data:`SMALL_GRADIENTS_FELL` x and a burst that left it up, or the
     slot statistics show ``g^2/v`` jump :data:`G2V_JUMP` x, or, without
     gradient norms, the loss fell :data:`NEAR_ZERO` x) ->
     ``adam_second_moment``; otherwise an event in the first
@@ -205,6 +206,14 @@ G2V_SUPPORT = 5.0
 #: rate (those burst in a step), and it comes only after the loss fell that far.
 SLOW_CLIMB_GRADIENTS = 4.0
 SLOW_CLIMB_FELL = 100.0
+#: ...or, for a burst that left the loss up (the first loss event after the history, or the one right after it,
+#: did not recover: Adam's collapse throws the loss onto a plateau, "shoots up and plateaus", where a rate too high
+#: for the minimum bounces out and back, spike after spike), this many times with the loss fallen
+#: SMALL_GRADIENTS_FELL x.  On the stored traces of the detection benchmark (3 seeds of every family, 10 of
+#: PyTorch's adam_collapse), one of the first two events of every Adam collapse stayed up, and none of
+#: adam_periodic's did (its first that stayed up was its 6th to 14th); the collapses' gradients had fallen 4.1x
+#: and more, adam_periodic's 1.2x to 4.2x.
+PLATEAU_GRADIENTS = 3.0
 #: steps of history before a burst that Adam's second moment needs to collapse (v averages ~1/(1-beta_2) steps).
 HISTORY_MIN_STEPS = 100
 #: spike events (with the loss fallen at least PERIODIC_FELL x) that make Adam's repeated spikes.
@@ -1301,14 +1310,27 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     return Dx("lr_too_high", LIKELY, cause, fixes)
 
 
-def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool, bool, list[str]]:
+def _stayed_up(findings: Sequence[Finding], start: int) -> bool:
+    """Whether the first loss event from ``start`` on, or the one right after it, left the loss up for good
+    (``spike_no_recovery``: it did not come back down within the check's window)."""
+    events = sorted(
+        (g for g in findings if g.check == "loss_spike" and int(g.evidence.get("start", g.step)) >= start),
+        key=lambda g: int(g.evidence.get("start", g.step)),
+    )
+    return any(g.kind == "spike_no_recovery" for g in events[:2])
+
+
+def _adam_history(
+    q: Quotes, trace: Trace, start: int, f: Finding, findings: Sequence[Finding] = ()
+) -> tuple[bool, bool, list[str]]:
     """The evidence of a collapsed Adam second moment before ``start``: (named, confident, cause parts).
 
     Needs a history: at least :data:`HISTORY_MIN_STEPS` steps before the burst.  Then any of: the gradient
     norm over the stretch before the burst :data:`TINY_GRADIENTS` x below its early median (or
     :data:`SMALL_GRADIENTS` x with the loss fallen :data:`SMALL_GRADIENTS_FELL` x, or for a slow climb back
     :data:`SLOW_CLIMB_GRADIENTS` x with the loss fallen :data:`SLOW_CLIMB_FELL` x, each with ``g^2/v`` up
-    :data:`G2V_SUPPORT` x where the slot statistics measure it); ``g^2/v`` just
+    :data:`G2V_SUPPORT` x where the slot statistics measure it; or :data:`PLATEAU_GRADIENTS` x with the loss
+    fallen :data:`SMALL_GRADIENTS_FELL` x and the burst leaving it up, :func:`_stayed_up`); ``g^2/v`` just
     before it :data:`G2V_JUMP` x its median (slot statistics); without gradient norms, the loss fallen
     :data:`NEAR_ZERO` x (or :data:`PERIODIC_FELL` x with :data:`PERIODIC_EVENTS` spikes)."""
     if start < HISTORY_MIN_STEPS:
@@ -1344,12 +1366,23 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
             and _ok(q["loss_fell"], SLOW_CLIMB_FELL)
             and supported
         )
-        tiny = _ok(collapse, TINY_GRADIENTS) or small or slow_climb
+        plateau = (
+            not (_ok(collapse, TINY_GRADIENTS) or small or slow_climb)
+            and _ok(collapse, PLATEAU_GRADIENTS)
+            and _ok(q["loss_fell"], SMALL_GRADIENTS_FELL)
+            and _stayed_up(findings, start)
+        )
+        tiny = _ok(collapse, TINY_GRADIENTS) or small or slow_climb or plateau
         parts.append(
             "over the {history_steps} steps before the burst the gradient norm was {grad_collapse}x "
             "below its early level ({grad_norm_early} -> {grad_norm_before})"
             + (", so Adam's v shrank with it" if tiny else "")
         )
+        if plateau:
+            parts.append(
+                "the loss did not come back down after the burst: a collapse throws it onto a plateau, where a "
+                "learning rate too high for the minimum bounces it out and back, spike after spike"
+            )
         q.count("history_steps", start - h0)
     if g2v:
         parts.append(
@@ -1364,11 +1397,11 @@ def _adam_history(q: Quotes, trace: Trace, start: int, f: Finding) -> tuple[bool
     return named, confident, parts
 
 
-def _adam_dx(f: Finding, trace: Trace, q: Quotes, start: int, what: str) -> Dx | None:
+def _adam_dx(f: Finding, trace: Trace, q: Quotes, start: int, what: str, findings: Sequence[Finding] = ()) -> Dx | None:
     opt, cfg = _optimizer(trace)
     if opt not in ADAM_FAMILY:
         return None
-    named, confident, parts = _adam_history(q, trace, start, f)
+    named, confident, parts = _adam_history(q, trace, start, f, findings)
     if not named:
         return None
     q.text("optimizer", opt)
@@ -1463,7 +1496,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         )
     # Adam's second moment first, but only with its evidence: a history of at least HISTORY_MIN_STEPS steps
     # of shrinking gradients (a long run's "first few percent" can hold such a history)
-    dx = _adam_dx(f, trace, q, start, what)
+    dx = _adam_dx(f, trace, q, start, what, findings)
     if dx is not None:
         if st["stuck"]:
             dx.cause += "; afterwards the loss stays at {stuck_level} (dead units)"

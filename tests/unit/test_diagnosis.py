@@ -193,6 +193,51 @@ def test_a_modest_gradient_shrink_names_adam_only_with_a_loss_near_its_floor_and
     assert f.evidence["cause_key"] == cause, (f.cause, d)
 
 
+def _burst_after_a_fall(fell, stays_up):
+    # Adam with slot statistics (g^2/v up 3.6x only): the gradient norm shrank 4x (between PLATEAU_GRADIENTS and
+    # SMALL_GRADIENTS) over a long fall of the loss, then a burst at step 800 that leaves the loss on a plateau
+    # 100x up (PyTorch's adam_collapse seeds 3 and 4) or comes back down within a few steps (a bounce)
+    rng = np.random.default_rng(1)
+    n = 1400
+    loss = np.concatenate([np.geomspace(1.0, 1.0 / fell, 700), np.full(n - 700, 1.0 / fell)])
+    if stays_up:
+        loss[800:] = 100.0 / fell
+    else:
+        loss[800:806] = np.geomspace(100.0 / fell, 2.0 / fell, 6)
+    g = np.concatenate([np.full(50, 1.0), np.geomspace(1.0, 1 / 4, 650), np.full(n - 700, 1 / 4)])
+    g[800:] *= 20 if stays_up else 1
+    g2v = np.ones(n)
+    g2v[796:801] = 3.6
+    return Trace(
+        loss=loss * np.exp(0.05 * rng.normal(size=n)),
+        grad_norm=g,
+        opt_stats={"g2_over_v_max": g2v},
+        info={
+            "optimizer": "Adam",
+            "optimizer_config": {"learning_rate": 1e-2, "epsilon": 1e-7, "beta_2": 0.999, "amsgrad": False},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("fell", "stays_up", "cause"),
+    [
+        (5000.0, True, "adam_second_moment"),  # near its floor, thrown onto a plateau: "shoots up and plateaus"
+        (5000.0, False, "lr_too_high"),  # the same burst, bounced back: a rate too high for the minimum
+        (400.0, True, "lr_too_high"),  # not near its floor: a 4x smaller gradient is not a collapse
+    ],
+)
+def test_a_burst_that_left_the_loss_on_a_plateau_names_adam_with_a_modest_gradient_shrink(fell, stays_up, cause):
+    f = next(f for f in _diag(_burst_after_a_fall(fell, stays_up)) if f.check == "loss_spike")
+    d = f.evidence["diagnosis"]
+    assert 3 <= d["grad_collapse"] < 5 and d["g2_over_v_jump"] < 5, d
+    assert f.evidence["cause_key"] == cause, (f.cause, d)
+    said = "the loss did not come back down after the burst"
+    assert (said in f.cause) is (cause == "adam_second_moment")
+    if cause == "adam_second_moment":
+        assert f.evidence["fix_configs"][0] == {"epsilon": 1e-3}
+
+
 def _slingshot(climb_to):
     # Adam: the loss falls 1e5x while the gradient norm shrinks 1000x, then (climb_to) climbs back over 150
     # steps and comes down again: a slow climb, no one-step spike

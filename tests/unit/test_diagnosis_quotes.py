@@ -276,9 +276,22 @@ def _assert_healthy_stretch(trace: Trace, h: int, start: int) -> None:
     assert h == min(start, trace.steps) or not healthy(h)
 
 
+def _stayed_up(trace: Trace, start: int) -> bool:
+    """Whether one of the first two loss events from ``start`` on did not recover (recomputed from the checks)."""
+    events = [
+        f
+        for r in run_checks(trace)
+        for f in r.findings
+        if f.check == "loss_spike" and int(f.evidence.get("start", f.step)) >= start
+    ]
+    events.sort(key=lambda f: int(f.evidence.get("start", f.step)))
+    return any(f.kind == "spike_no_recovery" for f in events[:2])
+
+
 def _assert_adam_history(trace: Trace, start: int, slow: bool = False) -> None:
-    """A long stretch of small gradients before the burst (smaller ones before a slow climb back, after a fall of
-    the loss of orders of magnitude), or the slot statistics' g^2/v jump."""
+    """A long stretch of small gradients before the burst (smaller ones before a slow climb back, or before a
+    burst that left the loss up, after a fall of the loss of orders of magnitude), or the slot statistics' g^2/v
+    jump."""
     g = trace.grad_norm
     w = min(max(10, min(50, trace.steps // 10)), start // 4)
     g2v = trace.opt_stats.get("g2_over_v_max")
@@ -291,6 +304,7 @@ def _assert_adam_history(trace: Trace, start: int, slow: bool = False) -> None:
             early >= D.TINY_GRADIENTS * before
             or (early >= D.SMALL_GRADIENTS * before and fell >= D.NEAR_ZERO)
             or (slow and early >= D.SLOW_CLIMB_GRADIENTS * before and fell >= D.SLOW_CLIMB_FELL)
+            or (early >= D.PLATEAU_GRADIENTS * before and fell >= D.SMALL_GRADIENTS_FELL and _stayed_up(trace, start))
         )
     else:
         evidence.append(True)  # without gradient norms the loss's fall is the evidence (quoted and recomputed)
