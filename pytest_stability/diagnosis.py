@@ -1310,14 +1310,14 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     return Dx("lr_too_high", LIKELY, cause, fixes)
 
 
-def _stayed_up(findings: Sequence[Finding], start: int) -> bool:
-    """Whether the first loss event from ``start`` on, or the one right after it, left the loss up for good
-    (``spike_no_recovery``: it did not come back down within the check's window)."""
+def _stayed_up(findings: Sequence[Finding], start: int) -> int | None:
+    """The step of the first loss event from ``start`` on, or of the one right after it, that left the loss up
+    for good (``spike_no_recovery``: it did not come back down within the check's window); None when neither."""
     events = sorted(
         (g for g in findings if g.check == "loss_spike" and int(g.evidence.get("start", g.step)) >= start),
         key=lambda g: int(g.evidence.get("start", g.step)),
     )
-    return any(g.kind == "spike_no_recovery" for g in events[:2])
+    return next((int(g.step) for g in events[:2] if g.kind == "spike_no_recovery"), None)
 
 
 def _adam_history(
@@ -1366,11 +1366,12 @@ def _adam_history(
             and _ok(q["loss_fell"], SLOW_CLIMB_FELL)
             and supported
         )
+        up = _stayed_up(findings, start)
         plateau = (
             not (_ok(collapse, TINY_GRADIENTS) or small or slow_climb)
             and _ok(collapse, PLATEAU_GRADIENTS)
             and _ok(q["loss_fell"], SMALL_GRADIENTS_FELL)
-            and _stayed_up(findings, start)
+            and up is not None
         )
         tiny = _ok(collapse, TINY_GRADIENTS) or small or slow_climb or plateau
         parts.append(
@@ -1378,10 +1379,11 @@ def _adam_history(
             "below its early level ({grad_norm_early} -> {grad_norm_before})"
             + (", so Adam's v shrank with it" if tiny else "")
         )
-        if plateau:
+        if plateau and up is not None:
+            q.step("plateau_step", up)
             parts.append(
-                "the loss did not come back down after the burst: a collapse throws it onto a plateau, where a "
-                "learning rate too high for the minimum bounces it out and back, spike after spike"
+                "the loss did not come back down after its jump at step {plateau_step}: a collapse throws it onto "
+                "a plateau, where a learning rate too high for the minimum bounces it out and back, spike after spike"
             )
         q.count("history_steps", start - h0)
     if g2v:
