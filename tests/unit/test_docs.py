@@ -63,5 +63,11 @@ def test_every_page_of_the_docs_is_in_the_navigation_and_every_included_file_exi
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").glob("*.md")}
     assert pages == set(re.findall(r":\s+([\w-]+\.md)$", config, flags=re.M))
     for page in (ROOT / "docs").glob("*.md"):
-        for included in re.findall(r'--8<-- "([^"]+)"', page.read_text(encoding="utf-8")):
+        text = page.read_text(encoding="utf-8")
+        for included in re.findall(r'--8<-- "([^"]+)"', text):
             assert (ROOT / included).is_file(), f"{page.name} includes {included}, which does not exist"
+        # an include written otherwise is printed as it stands: getting-started.md showed its first test as
+        # '--8 < --"docs/examples/stability_first.py"', after a formatter read it as Python in its code fence
+        for line in text.splitlines():
+            if line.replace(" ", "").startswith("--8"):
+                assert re.fullmatch(r'--8<-- "[^"]+"', line.strip()), f"{page.name}: {line!r} is no snippet include"
