@@ -577,6 +577,12 @@ class StabilityRecord:
         """The test failed although its training was judged stable (and did not regress)."""
         return self.verdict == STABLE and self.outcome in ("failed", "error") and not self.regressed
 
+    @property
+    def expected_unstable(self) -> bool:
+        """The training was judged unstable and the test passed: the test judged the run itself and expected it
+        (``stability.fit(..., check=False)`` then an assertion, or ``pytest.raises(StabilityError)``)."""
+        return self.verdict == UNSTABLE and self.outcome == "passed"
+
 
 #: The keys of :meth:`StabilityRecord.to_dict`.
 RECORD_KEYS = tuple(f.name for f in fields(StabilityRecord))
@@ -584,9 +590,13 @@ RECORD_KEYS = tuple(f.name for f in fields(StabilityRecord))
 
 #: the label every report gives a verdict (the terminal row, the HTML report; REGR for a regressed baseline)
 VERDICT_LABELS: dict[str, str] = {"stable": "PASS", "unstable": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+#: the label of an unstable run whose test passed (:attr:`StabilityRecord.expected_unstable`): as pytest's xfail,
+#: a failure the test expects, not a failure of the suite
+EXPECTED_LABEL = "XFAIL"
 
 
 __all__ = [
+    "EXPECTED_LABEL",
     "VERDICT_LABELS",
     "BaselineComparison",
     "CallRecord",

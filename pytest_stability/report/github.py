@@ -91,6 +91,8 @@ def _label(record: StabilityRecord) -> str:
     verdict = record.verdict
     if verdict == "stable" and record.regressed:
         return "❌ regressed"
+    if record.expected_unstable:
+        return "☑️ unstable, as its test expects"
     return _VERDICT.get(verdict, verdict)
 
 
@@ -151,7 +153,8 @@ def annotations(
     rootpath: Path,
     env: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """One ``::error`` command per unstable or regressed test, in node id order.
+    """One ``::error`` command per unstable or regressed test, in node id order (not for an unstable run its
+    test expected and passed on: :attr:`~pytest_stability.record.StabilityRecord.expected_unstable`).
 
     Args:
         records: the session's per-test records.
@@ -161,7 +164,7 @@ def annotations(
     """
     out = []
     for record in sorted(records, key=lambda r: r.nodeid):
-        if record.verdict != "unstable" and not record.regressed:
+        if (record.verdict != "unstable" and not record.regressed) or record.expected_unstable:
             continue
         nodeid = record.nodeid
         where = locations.get(nodeid)
@@ -201,10 +204,13 @@ def markdown(
     """
     records = sorted(records, key=lambda r: r.nodeid)
     unstable = sum(r.verdict == "unstable" for r in records)
+    expected = sum(r.expected_unstable for r in records)
     errors = sum(r.verdict == "error" for r in records)
     regressions = sum(r.regressed for r in records)
     with_baseline = any(c.baseline is not None for r in records for c in r.calls)
     summary = f"{len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
+    if expected:
+        summary += f" ({expected} as {'its test expects' if expected == 1 else 'their tests expect'})"
     if errors:
         summary += f", {errors} error{'s' if errors != 1 else ''}"
     if with_baseline:

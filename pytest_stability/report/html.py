@@ -27,7 +27,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._floats import decode_float, fmt
-from ..record import VERDICT_LABELS, BaselineComparison, Curve, FindingRecord, RunRecord, StabilityRecord
+from ..record import (
+    EXPECTED_LABEL,
+    VERDICT_LABELS,
+    BaselineComparison,
+    Curve,
+    FindingRecord,
+    RunRecord,
+    StabilityRecord,
+)
 from .render import batch_text, run_notes
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
@@ -534,6 +542,8 @@ def _verdict_class(record: StabilityRecord) -> tuple[str, str]:
     verdict = record.verdict
     if verdict == "stable" and record.regressed:
         return "REGR", "ps-regressed"
+    if record.expected_unstable:
+        return EXPECTED_LABEL, "ps-skipped"
     return _VERDICT_LABEL.get(verdict, "?"), f"ps-{verdict}" if verdict in _VERDICT_LABEL else "ps-error"
 
 

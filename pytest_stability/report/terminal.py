@@ -2,8 +2,10 @@
 
 One row per stability test, labelled by its stability verdict (PASS / FAIL /
 ERROR / SKIP), except: REGR when it regressed against ``--stability-baseline``,
-and FAIL / ERROR when its training was stable but the test itself then failed
-(the row then ends with ``test failed after training: <exception>``).
+FAIL / ERROR when its training was stable but the test itself then failed
+(the row then ends with ``test failed after training: <exception>``), and XFAIL
+when its training was unstable and the test passed: it expected that
+(``check=False`` and an assertion, or ``pytest.raises(StabilityError)``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._floats import decode_float
-from ..record import FAILED_AFTER, VERDICT_LABELS, RunRecord, StabilityRecord
+from ..record import EXPECTED_LABEL, FAILED_AFTER, VERDICT_LABELS, RunRecord, StabilityRecord
 from .render import batch_text, fmt, run_notes, sparkline
 
 _STYLE: dict[str, dict[str, bool]] = {
@@ -40,6 +42,8 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
         label, style = "REGR", {"red": True, "bold": True}
     elif record.failed_otherwise:
         label, style = ("FAIL" if record.outcome == "failed" else "ERROR"), {"red": True, "bold": True}
+    elif record.expected_unstable:
+        label, style = EXPECTED_LABEL, {"yellow": True}
     calls = record.calls
     if not calls:
         reason = record.error or record.skip_reason or ""
@@ -117,8 +121,11 @@ def write_summary(tr: Any, records: list[StabilityRecord], footer: list[str]) ->
         _write_footer(tr, footer)  # e.g. the JSON report of a run without stability tests
         return
     unstable = sum(r.verdict == "unstable" for r in records)
+    expected = sum(r.expected_unstable for r in records)
     errors = sum(r.verdict == "error" for r in records)
     title = f"stability report: {len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
+    if expected:
+        title += f" ({expected} as {'its test expects' if expected == 1 else 'their tests expect'})"
     if errors:
         title += f", {errors} error{'s' if errors != 1 else ''}"
     regressed = sum(r.regressed for r in records)
@@ -127,7 +134,7 @@ def write_summary(tr: Any, records: list[StabilityRecord], footer: list[str]) ->
     failed_after = sum(r.failed_otherwise for r in records)
     if failed_after:
         title += f", {failed_after} failed after training"
-    bad = bool(unstable or errors or regressed or failed_after)
+    bad = bool(unstable - expected or errors or regressed or failed_after)
     tr.write_sep("=", title, red=bad, green=not bad)
     verbose = getattr(tr, "verbosity", 0) > 0
     for record in sorted(records, key=lambda r: r.nodeid):

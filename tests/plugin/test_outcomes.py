@@ -3,6 +3,8 @@ and how usage errors and plot failures are shown."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -142,3 +144,50 @@ def pytest_unconfigure(config):
         ]
     )
     assert [p.name for p in (pytester.path / "plots").iterdir()] == ["test_p.py__test_one.png"]
+
+
+EXPECTED_UNSTABLE = """
+
+@pytest.mark.stable_training(steps=40)
+def test_detects(stability):
+    report = stability.fit(build_diverging(), X, Y * 100, batch_size=16, check=False)
+    assert report.verdict == "unstable"
+
+
+@pytest.mark.stable_training(steps=40)
+def test_raises(stability):
+    from pytest_stability import StabilityError
+
+    with pytest.raises(StabilityError):
+        stability.fit(build_diverging(), X, Y * 100, batch_size=16)
+"""
+
+
+def test_an_unstable_run_its_test_expects_is_shown_as_expected_not_as_a_failure(pytester, scenario, monkeypatch):
+    """``check=False`` and an assertion that the run is unstable, or ``pytest.raises(StabilityError)``: the test
+    passes, and its row said FAIL in red under a red title, and GitHub got an error annotation for it, as for a
+    failing test."""
+    scenario("diverges", module="test_x", extra=EXPECTED_UNSTABLE)
+    summary = pytester.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= stability report: 3 tests, 3 unstable (2 as their tests expect) =*",
+            "XFAIL test_x.py::test_detects  steps=3/40 *",
+            "FAIL  test_x.py::test_diverges  steps=3/40 *",
+            "XFAIL test_x.py::test_raises  steps=3/40 *",
+        ]
+    )
+    errors = [line for line in result.outlines if line.startswith("::error ")]
+    assert len(errors) == 1 and "test_diverges" in errors[0], errors
+    assert summary.read_text().startswith("## Training stability\n\n3 tests, 3 unstable (2 as their tests expect)\n")
+    assert "☑️ unstable, as its test expects | `test_x.py::test_detects`" in summary.read_text()
+    # the JSON keeps the verdict and the outcome apart, as they are
+    tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
+    assert (tests["test_x.py::test_detects"]["verdict"], tests["test_x.py::test_detects"]["outcome"]) == (
+        "unstable",
+        "passed",
+    )
