@@ -320,12 +320,19 @@ def _belongs(name: str, allowed: set[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _usage_from_keras(exc: BaseException) -> StabilityUsageError:
+def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model) -> StabilityUsageError:
     """Keras' own error at the first step, before any update: mostly the data or arguments (shapes, targets), but
     not always (under JAX, a layer a callback froze after fit built the optimizer), so the message says where it
-    came from, not why."""
+    came from, not why; except for arrays given without ``y`` to a model compiled with a loss, whose error is the
+    backend's ("None values not supported", "None is not a valid value for jnp.array", "Invalid dtype: object")."""
+    hint = ""
+    if setup.no_targets and getattr(model, "loss", None) is not None:
+        hint = (
+            f" (y is None, and the model is compiled with loss={getattr(model.loss, '__name__', model.loss)!r}, "
+            "which compares its outputs with targets: pass the targets as y, or a dataset of (x, y) pairs)"
+        )
     return StabilityUsageError(
-        f"model.fit() raised at its first step, before any update: {type(exc).__name__}: {short_message(exc)}"
+        f"model.fit() raised at its first step, before any update: {type(exc).__name__}: {short_message(exc)}" + hint
     )
 
 
@@ -817,7 +824,7 @@ def _ended_by(
             on_raise(exc, f"{where}, after {failed_at} of {setup.run_steps} steps")
         return False
     if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
-        raise _usage_from_keras(exc) from None
+        raise _usage_from_keras(exc, setup, model) from None
     if read and cb.stopped_nonfinite:
         # an earlier step went non-finite and a later one raised on it (a user's callback or
         # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run

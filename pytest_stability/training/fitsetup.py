@@ -445,6 +445,8 @@ class FitSetup:
         data_rms: ``{"input_rms": ..., "target_rms": ...}``, the largest root mean square over the floating-point
             arrays of ``x`` and of ``y`` (array inputs only; a side without one is left out): how far the data is
             from unit scale, which the diagnosis quotes.
+        no_targets: array inputs given without ``y`` (a model whose loss needs targets then fails in Keras'
+            first step with a message of the backend's that does not say so).
     """
 
     kind: str
@@ -462,6 +464,7 @@ class FitSetup:
     data_rms: dict[str, float] = field(default_factory=dict)
     pass_length: int | None = None
     endless: bool = False
+    no_targets: bool = False
 
 
 def prepare_fit(
@@ -552,6 +555,7 @@ def prepare_fit(
         data_rms={k: v for k, v in rms.items() if v is not None},
         pass_length=pass_length,
         endless=bool(user_steps_per_epoch) and kind == "dataset" and _endless(x),
+        no_targets=kind == "arrays" and y is None,
     )
 
 

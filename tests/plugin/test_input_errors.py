@@ -93,6 +93,13 @@ CASES = {
         "*stability.fit(): validation_split=0.2 needs x as arrays, which fit splits; x is a tf.data.Dataset: pass "
         "validation_data=(x_val, y_val) (or a validation dataset) instead*",
     ),
+    # each backend's own message ("None values not supported", "Invalid dtype: object"...) says nothing of y
+    "no_targets": (
+        "stability.fit(build(), X)",
+        "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: * (y is None, and "
+        "the model is compiled with loss='binary_crossentropy', which compares its outputs with targets: pass the "
+        "targets as y, or a dataset of (x, y) pairs)*",
+    ),
     "list_outputs_mismatch": (
         "stability.fit(build(), X, [Y, Y])",
         "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *",
