@@ -331,6 +331,11 @@ def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model) -> Stab
             f" (y is None, and the model is compiled with loss={getattr(model.loss, '__name__', model.loss)!r}, "
             "which compares its outputs with targets: pass the targets as y, or a dataset of (x, y) pairs)"
         )
+    elif setup.string_targets is not None:
+        hint = (
+            f" (y holds strings, the first {setup.string_targets!r}: a loss takes numbers; encode the classes as "
+            "integers, e.g. classes, y = np.unique(y, return_inverse=True), or a keras.layers.StringLookup)"
+        )
     return StabilityUsageError(
         f"model.fit() raised at its first step, before any update: {type(exc).__name__}: {short_message(exc)}" + hint
     )

@@ -447,6 +447,8 @@ class FitSetup:
             from unit scale, which the diagnosis quotes.
         no_targets: array inputs given without ``y`` (a model whose loss needs targets then fails in Keras'
             first step with a message of the backend's that does not say so).
+        string_targets: the first of ``y``'s values when they are strings (class names a loss cannot take; the
+            backend's message is "Invalid dtype: str32" or the like), else None.
     """
 
     kind: str
@@ -465,6 +467,7 @@ class FitSetup:
     pass_length: int | None = None
     endless: bool = False
     no_targets: bool = False
+    string_targets: str | None = None
 
 
 def prepare_fit(
@@ -556,7 +559,16 @@ def prepare_fit(
         pass_length=pass_length,
         endless=bool(user_steps_per_epoch) and kind == "dataset" and _endless(x),
         no_targets=kind == "arrays" and y is None,
+        string_targets=_first_string(y) if kind == "arrays" else None,
     )
+
+
+def _first_string(y: Data) -> str | None:
+    """The first value of a numpy array of strings ``y`` (class names), else None."""
+    if not isinstance(y, np.ndarray) or y.dtype.kind not in "USO" or y.size == 0:
+        return None
+    first = y.reshape(-1)[0]
+    return str(first) if isinstance(first, (str, bytes, np.str_, np.bytes_)) else None
 
 
 def _endless(dataset: Data) -> bool:

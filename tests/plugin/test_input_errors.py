@@ -100,6 +100,12 @@ CASES = {
         "the model is compiled with loss='binary_crossentropy', which compares its outputs with targets: pass the "
         "targets as y, or a dataset of (x, y) pairs)*",
     ),
+    "string_targets": (
+        "stability.fit(build(), X, np.where(Y > 0.5, 'cat', 'dog'))",
+        "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: * (y holds strings, "
+        "the first 'cat': a loss takes numbers; encode the classes as integers, e.g. classes, y = np.unique(y, "
+        "return_inverse=True), or a keras.layers.StringLookup)*",
+    ),
     "list_outputs_mismatch": (
         "stability.fit(build(), X, [Y, Y])",
         "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *",
