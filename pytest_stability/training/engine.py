@@ -323,8 +323,8 @@ def _belongs(name: str, allowed: set[str]) -> str:
 def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model) -> StabilityUsageError:
     """Keras' own error at the first step, before any update: mostly the data or arguments (shapes, targets), but
     not always (under JAX, a layer a callback froze after fit built the optimizer), so the message says where it
-    came from, not why; except for arrays given without ``y`` to a model compiled with a loss, whose error is the
-    backend's ("None values not supported", "None is not a valid value for jnp.array", "Invalid dtype: object")."""
+    came from, not why; except for arrays given without ``y`` to a model compiled with a loss, or with class names
+    as ``y``, whose errors are the backend's own words ("None values not supported", "Invalid dtype: str32")."""
     hint = ""
     if setup.no_targets and getattr(model, "loss", None) is not None:
         hint = (
