@@ -31,6 +31,7 @@ SOURCES: tuple[tuple[str, bool], ...] = (
     ("detection-slingshot-bn.md", False),
     ("detection-deep-stack.md", True),
     ("detection-pixels.md", True),
+    ("detection-adam.md", False),
 )
 
 _SHARE = re.compile(r"\((\d+)/(\d+)\)")
