@@ -45,7 +45,7 @@ def test_xdist_report_equals_serial_report(pytester, scenario, gating, recorded)
 
     # The controller alone prints the section, once, with every row and the footer.
     out = dist.stdout.str()
-    assert out.count("stability report: 9 tests, 2 unstable, 1 error, 1 regressed against the baseline") == 1
+    assert out.count("stability report: 9 tests, 2 unstable (1 as its test expects), 1 error, 1 regressed against") == 1
     dist.stdout.fnmatch_lines_random(
         [
             "PASS  test_dist.py::test_healthy  steps=40/40 seed=0 CPU *",
@@ -58,7 +58,7 @@ def test_xdist_report_equals_serial_report(pytester, scenario, gating, recorded)
             "ERROR test_dist.py::test_setup_error  the test errored before the stability fixture was set up: "
             "RuntimeError: the data fixture is broken",
             "SKIP  test_dist.py::test_skipped  Skipped: not today",
-            "FAIL  test_dist.py::test_unnamed  steps=*/20 seed=0 CPU *",
+            "XFAIL test_dist.py::test_unnamed  steps=*/20 seed=0 CPU *",  # check=False: the test expects it
             "test_dist.py::test_regresses: training stability regressed against the baseline */base.json:",
             "  seed 0: 99th-percentile gradient norm: baseline *, now * (tolerance: x2, limit *)",
             "*- stability baseline */base.json: 6 compared, 1 regressed, 1 not in the baseline -*",
