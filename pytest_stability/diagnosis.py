@@ -175,6 +175,7 @@ CAUSES = {
     "logits_from_probabilities": "the loss takes logits (from_logits=True), but the output layer makes probabilities",
     "gradients_out_of_scale": "gradients out of scale from the first step (weights initialised too large)",
     "inputs_out_of_scale": "inputs far from unit scale saturated or killed the units: the training stopped",
+    "zero_loss": "the loss is exactly 0 at every step: it does not depend on the model's outputs",
     "targets_out_of_range": "a regression's targets lie outside the range of its bounded output (a sigmoid, a tanh)",
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
@@ -1954,6 +1955,21 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             "{variables} received gradients but never changed: a learning rate of zero (now {learning_rate}), a "
             "schedule at zero, or an optimizer/train_step that skips these variables",
             [Fix("check the learning rate and schedule, and that the optimizer is given all trainable variables")],
+        )
+    if ev.get("zero_loss"):
+        q.count("steps_run", trace.steps)
+        return Dx(
+            "zero_loss",
+            LIKELY,
+            "the loss is exactly 0 at each of the {steps_run} steps, so no gradient reaches the weights: the loss "
+            "does not depend on the model's outputs (every sample weight or class weight 0, targets all masked out, "
+            "or a custom loss or train_step that returns a constant)",
+            [
+                Fix(
+                    "check sample_weight / class_weight (not all 0), the targets and any mask applied to them, and "
+                    "that a custom loss is computed from y_pred"
+                )
+            ],
         )
     n = trace.steps
     tail = int(ev.get("tail_steps") or max(10, min(int(q.settings["spike_window"]), n // 2)))

@@ -178,6 +178,22 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         return None
     l0 = float(np.median(head))
     level = float(np.median(tail))
+    finite = loss[np.isfinite(loss)]
+    if finite.size == n and np.all(finite == 0) and (trace.grad_norm is None or np.all(trace.grad_norm == 0)):
+        # nothing to learn from: every sample weight 0, the targets masked out, a loss that ignores the outputs
+        return Finding(
+            check=NAME,
+            kind="stuck",
+            step=0,
+            value=0.0,
+            limit=0.0,
+            message=(
+                f"the loss is exactly 0 at every one of the {n} steps"
+                + ("" if trace.grad_norm is None else ", and so is the gradient norm")
+                + ": nothing trained; the loss does not depend on the model's outputs"
+            ),
+            evidence={"zero_loss": True, "start": 0, "level": 0.0, "initial_loss": 0.0, "tail_steps": w},
+        )
     # a loss that fell more than half is stuck only when the network died after learning (see the module doc)
     fell_far = not level > l0 - STUCK_MIN_FALL * abs(l0)
     # below DEAD_MIN_LEVEL of L0 a run may have converged (its gradients exactly 0 at a perfect, saturated fit), but
@@ -451,7 +467,9 @@ def check_stuck(trace: Trace, thresholds: Thresholds | None = None) -> CheckResu
     run = _stuck_run(trace, t)
     if run is not None:
         findings.append(run)
-    findings += _coverage(trace)
+    # a loss that is 0 at every step gives every variable a zero gradient: that finding says all there is
+    if run is None or not run.evidence.get("zero_loss"):
+        findings += _coverage(trace)
     findings.sort(key=lambda f: f.step)
     stats: dict[str, Any] = {"n_findings": len(findings)}
     if trace.update_ratio is not None and np.isfinite(trace.update_ratio).any():

@@ -1101,3 +1101,30 @@ def test_a_slow_climb_just_over_its_limit_is_quoted_over_it_not_rounded_onto_it(
     quoted = re.search(r"\((\d+(?:\.\d+)?)x, limit 10x = ", f.message)
     assert quoted is not None, f.message
     assert 10 < float(quoted.group(1)) <= ratio + 0.005
+
+
+def test_a_loss_that_is_zero_at_every_step_is_one_finding_that_says_so():
+    # every sample weight 0 (tried as a new user would): the stuck finding read "the loss 0 is 0% below its initial
+    # level 0 but not near zero", its cause "dead ReLUs or saturated outputs" for a linear model, and every variable
+    # got a second finding of its own ("not connected to the loss")
+    n = 200
+    trace = Trace(
+        loss=np.zeros(n),
+        grad_norm=np.zeros(n),
+        var_names=("dense/kernel", "dense/bias"),
+        var_grad_norms=np.zeros((n, 2)),
+        info={"optimizer": "Adam", "optimizer_config": {"learning_rate": 1e-3}},
+    )
+    (f,) = [f for r in run_checks(trace) for f in r.findings]
+    assert f.check == "stuck" and f.step == 0 and f.evidence["zero_loss"]
+    assert f.message == (
+        "the loss is exactly 0 at every one of the 200 steps, and so is the gradient norm: nothing trained; the loss "
+        "does not depend on the model's outputs"
+    )
+    from pytest_stability.diagnosis import rank_findings
+
+    (d,) = rank_findings(run_checks(trace), trace)
+    assert d.evidence["cause_key"] == "zero_loss" and "sample_weight" in d.fix and "ReLU" not in d.cause + d.fix
+    # a loss near zero that still moves, with gradients, is no such finding
+    moving = Trace(loss=np.geomspace(1.0, 1e-6, n), grad_norm=np.geomspace(1.0, 1e-3, n))
+    assert not any(f.evidence.get("zero_loss") for r in run_checks(moving) for f in r.findings)
