@@ -36,7 +36,7 @@ from ..record import (
     RunRecord,
     StabilityRecord,
 )
-from .render import batch_text, run_notes
+from .render import batch_text, run_notes, val_change
 
 #: The known curves and their titles, in drawing order (as in the PNG plots); any other curve follows by name.
 PANELS = (
@@ -223,9 +223,9 @@ def headline(record: StabilityRecord) -> str:
         f"largest spike {_metric(s.largest_spike, 3, 'x')}",
         f"max |g| {_metric(s.max_grad_norm, 3)}",
     ]
-    trend = s.val_trend
-    if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
-        parts.append(f"validation {trend:+.0%}")
+    change = val_change(s)
+    if change is not None:
+        parts.append(f"validation {change}")
     return ", ".join(parts)
 
 
@@ -496,9 +496,9 @@ def _summary_html(run: RunRecord) -> str:
         ("max |g|", _metric(s.max_grad_norm)),
         ("p99 |g|", _metric(s.p99_grad_norm)),
     ]
-    trend = s.val_trend
-    if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
-        cells.append(("validation", f"{trend:+.0%}"))
+    change = val_change(s)
+    if change is not None:
+        cells.append(("validation", change))
     if s.lr_margin is not None:
         cells.append(("lr margin", fmt(_num(s.lr_margin), 3) + "x"))
     if s.eos_ratio is not None:

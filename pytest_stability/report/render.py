@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .._floats import decode_float
 from .._floats import fmt as fmt  # re-exported
-from ..record import RunRecord
+from ..record import RunRecord, RunSummary
 
 BARS = "▁▂▃▄▅▆▇█"
 NONFINITE_MARK = "×"
@@ -59,6 +61,19 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
     first = max(0, step - radius)
     last = min(values.shape[0] - 1, step + radius)
     return sparkline(values[first : last + 1], width=width), first, last
+
+
+def val_change(summary: RunSummary) -> str | None:
+    """The validation loss's change over the run, as the reports print it: relative (``"-57%"``), or, for a loss
+    that ended at or below 0 (a cosine similarity's, a log-likelihood's), where a relative change means nothing
+    (-0.15 to -0.97 read "-547%"), its final value (``"-0.97 at the end"``); None without one."""
+    final = decode_float(summary.final_val_loss) if summary.final_val_loss is not None else math.nan
+    if math.isfinite(final) and final <= 0:
+        return f"{fmt(final, 3)} at the end"
+    trend = summary.val_trend
+    if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
+        return f"{trend:+.0%}"
+    return None
 
 
 def run_notes(run: RunRecord, *, speed: bool = False) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._floats import decode_float
 from ..record import EXPECTED_LABEL, FAILED_AFTER, VERDICT_LABELS, RunRecord, StabilityRecord
-from .render import batch_text, fmt, run_notes, sparkline
+from .render import batch_text, fmt, run_notes, sparkline, val_change
 
 _STYLE: dict[str, dict[str, bool]] = {
     "stable": {"green": True},
@@ -58,8 +58,7 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
             if len(runs) > 1
             else f" seed={run.seed}"
         )
-        trend = s.val_trend
-        val = f"val {trend:+.0%}" if isinstance(trend, float) else "val -"
+        val = f"val {val_change(s) or '-'}"
         losses = f"loss {fmt(s.final_loss, 3)} {sparkline(_curve(run, 'loss'), 16)}"
         if s.final_loss is None:  # no loss of its own (a GAN): each loss curve its train_step reports
             named = [

@@ -257,3 +257,14 @@ def test_a_test_with_several_fit_calls_names_each_row_and_junit_reports_the_fail
     one = StabilityRecord.trained("t.py::test_y", settings={}, calls=[bad])
     assert "call 1" not in _row(one)[2] and "stability_call" not in dict(junit_properties(one))
     assert headline(one).startswith("[loss_spike]")
+
+
+def test_the_validation_change_of_a_loss_at_or_below_zero_is_its_final_value_not_a_percentage():
+    from pytest_stability.record import RunSummary
+    from pytest_stability.report.render import val_change
+
+    # a cosine-similarity loss from -0.15 to -0.97 (tried as a new user would) read "val -547%"
+    assert val_change(RunSummary(val_trend=-5.47, final_val_loss=-0.97)) == "-0.97 at the end"
+    assert val_change(RunSummary(val_trend=-0.57, final_val_loss=0.31)) == "-57%"
+    assert val_change(RunSummary(val_trend="nan", final_val_loss="nan")) is None
+    assert val_change(RunSummary()) is None
