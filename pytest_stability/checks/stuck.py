@@ -178,8 +178,7 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
         return None
     l0 = float(np.median(head))
     level = float(np.median(tail))
-    finite = loss[np.isfinite(loss)]
-    if finite.size == n and np.all(finite == 0) and (trace.grad_norm is None or np.all(trace.grad_norm == 0)):
+    if np.all(loss == 0) and (trace.grad_norm is None or np.all(trace.grad_norm == 0)):
         # nothing to learn from: every sample weight 0, the targets masked out, a loss that ignores the outputs
         return Finding(
             check=NAME,

@@ -94,7 +94,12 @@ from .recorders import (
     make_recorder,
     var_name,
 )
-from .validation import ValidationProbe, _batchnorm_layers, _loss_of  # noqa: F401 (engine._loss_of: tests measure with it)
+from .validation import (  # noqa: F401 (engine._loss_of: tests measure with it)
+    ValidationProbe,
+    _batchnorm_layers,
+    _loss_of,
+    loss_needs_targets,
+)
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -320,13 +325,13 @@ def _belongs(name: str, allowed: set[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model) -> StabilityUsageError:
+def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model, keras: ModuleType) -> StabilityUsageError:
     """Keras' own error at the first step, before any update: mostly the data or arguments (shapes, targets), but
     not always (under JAX, a layer a callback froze after fit built the optimizer), so the message says where it
     came from, not why; except for arrays given without ``y`` to a model compiled with a loss, or with class names
     as ``y``, whose errors are the backend's own words ("None values not supported", "Invalid dtype: str32")."""
     hint = ""
-    if setup.no_targets and getattr(model, "loss", None) is not None:
+    if setup.no_targets and loss_needs_targets(keras, model, "train_step"):
         hint = (
             f" (y is None, and the model is compiled with loss={getattr(model.loss, '__name__', model.loss)!r}, "
             "which compares its outputs with targets: pass the targets as y, or a dataset of (x, y) pairs)"
@@ -829,7 +834,7 @@ def _ended_by(
             on_raise(exc, f"{where}, after {failed_at} of {setup.run_steps} steps")
         return False
     if failed_at == 0 and _is_keras_input_error(exc) and not input_bad:
-        raise _usage_from_keras(exc, setup, model) from None
+        raise _usage_from_keras(exc, setup, model, import_keras()) from None
     if read and cb.stopped_nonfinite:
         # an earlier step went non-finite and a later one raised on it (a user's callback or
         # check that refuses the NaN; PyTorch itself runs no step after a non-finite one): the run

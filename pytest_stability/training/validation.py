@@ -120,13 +120,20 @@ def validation_batches(
     return batches
 
 
+def loss_needs_targets(keras: ModuleType, model: Model, step: str) -> bool:
+    """Whether the model is compiled with a loss and computes it Keras' way (its own ``compute_loss`` and ``step``,
+    ``"train_step"`` or ``"test_step"``, are Keras'): then that loss compares the outputs with targets.  A custom
+    one may need none (an autoencoder's, a loss added with ``add_loss``)."""
+    default_loss = type(model).compute_loss is keras.Model.compute_loss
+    default_step = getattr(type(model), step) is getattr(keras.Model, step)
+    return getattr(model, "_compile_loss", None) is not None and default_loss and default_step
+
+
 def _refuse_missing_targets(keras: ModuleType, model: Model, vd: object) -> None:
     """Validation arrays without targets, for a model whose compiled loss needs them: ``fit`` reads them as
     ``x_val`` alone (right for a model whose loss needs no targets, ``add_loss``) and then fails inside its
     loss, on each backend with another message (``None values not supported``, ``Invalid dtype: object``)."""
-    default_loss = type(model).compute_loss is keras.Model.compute_loss
-    default_step = type(model).test_step is keras.Model.test_step
-    if getattr(model, "_compile_loss", None) is None or not default_loss or not default_step:
+    if not loss_needs_targets(keras, model, "test_step"):
         return
     given = (
         f", a {type(vd).__name__} of length 1," if isinstance(vd, (tuple, list)) else f" of type {type(vd).__name__}"
