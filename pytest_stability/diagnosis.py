@@ -139,6 +139,11 @@ import numpy as np
 
 from .checks.base import CheckResult, Finding
 from .checks.spikes import stuck_after  # "stuck" means the same in the check and here
+
+# a flat loss within this fraction of ln K (K = 2..MAX_CLASSES) is the loss of predicting the class prior: the same
+# numbers as the check's rule for a network that died at the prior
+from .checks.stuck import PRIOR_MAX_CLASSES as MAX_CLASSES
+from .checks.stuck import PRIOR_RTOL as PRIOR_LOSS_RTOL
 from .checks.stuck import UPDATE_TOO_SLOW  # weights that hardly move: the same limit as the check's
 from .checks.validation import (  # one threshold: the check waives the noise allowance, the diagnosis names it
     BN_GAP,
@@ -263,9 +268,6 @@ TRAIN_RISE = 1.5
 JUMP_ABOVE_MIN = 1.1
 #: a gradient norm this many times its early median before a stuck stretch is a burst.
 BURST = 10.0
-#: a flat loss within this fraction of ln K (K = 2..MAX_CLASSES) is the loss of predicting the class prior.
-PRIOR_LOSS_RTOL = 0.01
-MAX_CLASSES = 1000
 #: the smallest normal float16 number: an epsilon below it underflows with v.
 FLOAT16_TINY = 6.1e-5
 #: cause key -> (runs whose first suggested fix resolved them, runs replayed) in the what-if replays of the

@@ -99,7 +99,7 @@ BIAS_NAMES = ("bias", "beta")
 #: steps of the rolling window in which the dead variables' gradients must be mostly 0 for their death to start
 DEAD_WINDOW = 10
 #: a loss within this fraction of ln K (K = 2..PRIOR_MAX_CLASSES) is the cross-entropy of predicting the prior of K
-#: balanced classes: a classifier that learned nothing from its inputs (the diagnosis' rule, the same numbers)
+#: balanced classes: a classifier that learned nothing from its inputs (the diagnosis' labels rule reads these too)
 PRIOR_RTOL = 0.01
 PRIOR_MAX_CLASSES = 1000
 

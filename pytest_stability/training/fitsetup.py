@@ -148,10 +148,9 @@ def check_finite(name: str, obj: Data) -> float | None:
             where = name + (f" (input {i})" if len(leaves) > 1 else "")
             kind = "NaN" if np.isnan(arr[tuple(flat)]) else "Inf"
             count = int(np.count_nonzero(~np.isfinite(arr)))
-            validation = name.startswith("validation")
             use = (
                 "Validating on it would report a NaN validation loss"
-                if validation
+                if name.startswith("validation")
                 else "Training on it would report a NaN"
             )
             raise StabilityUsageError(
