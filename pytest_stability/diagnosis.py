@@ -1601,19 +1601,51 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
 
 
 def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
+    dx = _event(f, trace, q, findings, _loss_event(f, trace, q), explosion=False)
     start = int(f.evidence.get("start", f.step))
-    q.step("step", f.step)
-    q.at("loss_at_spike", "loss", f.step)
-    if start > 0:
-        q.over("loss_before", "loss", "median", max(0, start - _window(trace)), start - 1)
-        what = "the loss jumped to {loss_at_spike} from {loss_before}"
-    else:
-        what = "the loss was at {loss_at_spike}"
-    dx = _event(f, trace, q, findings, what, explosion=False)
     note = _one_batch_note(trace, q, start)
     if note is not None:
         dx.fixes.append(note)
     return dx
+
+
+def _loss_event(f: Finding, trace: Trace, q: Quotes) -> str:
+    """What the loss did at a ``loss_spike`` finding, in numbers that say it: a climb is quoted as the medians
+    its rule compared (one noisy step of a climb can sit below the level it climbed from), an end above the start
+    as the two levels, a jump as its step against the median before it, or its peak when that step is not
+    above it."""
+    ev = f.evidence
+    start = int(ev.get("start", f.step))
+    q.step("step", f.step)
+    loss_at = q.at("loss_at_spike", "loss", f.step)
+    if ev.get("slow_rise") and ev.get("low_steps") and ev.get("level_steps"):
+        q.count("rise_window", int(ev["level_steps"][1]) - int(ev["level_steps"][0]) + 1)
+        q.over("rise_low", "loss", "median", *ev["low_steps"])
+        q.over("rise_level", "loss", "median", *ev["level_steps"])
+        q.ratio("rise_ratio", "rise_level", "rise_low")
+        return (
+            "the loss climbed back slowly: its median over {rise_window} steps rose {rise_ratio}x, from {rise_low} "
+            "to {rise_level}"
+        )
+    if ev.get("ended_above_start") and ev.get("start_steps") and ev.get("end_steps"):
+        q.over("level_start", "loss", "median", *ev["start_steps"])
+        q.over("level_end", "loss", "median", *ev["end_steps"])
+        q.ratio("ended_ratio", "level_end", "level_start")
+        q.step("above_since", int(ev.get("above_since", f.step)))
+        return (
+            "the loss rose above where it started for good at step {above_since} and ended {ended_ratio}x above "
+            "it: {level_end} against {level_start}"
+        )
+    if start == 0:
+        return "the loss was at {loss_at_spike}"
+    before = q.over("loss_before", "loss", "median", max(0, start - _window(trace)), start - 1)
+    if loss_at > before:
+        return "the loss jumped to {loss_at_spike} from {loss_before}"
+    end = max(int(ev.get("end", f.step)), int(f.step))
+    peak = q.over("loss_peak", "loss", "max", start, end)
+    if peak > before:
+        return "the loss rose to {loss_peak} from {loss_before}"
+    return "the loss was at {loss_at_spike} ({loss_before} before it)"
 
 
 #: a spike at least this many times the loss before it...

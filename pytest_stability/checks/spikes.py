@@ -513,6 +513,9 @@ def _resurgence(
             initial_level,
             float(np.nanmin(loss[:step])) if step else None,
             slow_rise=True,
+            # the windows whose medians the message compares: the best one, and the first 10x above it
+            low_steps=[int(end[jb]) - w + 1, int(end[jb])],
+            level_steps=[int(end[i]) - w + 1, int(end[i])],
         ),
     )
 
@@ -705,6 +708,10 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
             after_ratio=level / start,
             after_z=None,
             ended_above_start=True,
+            # the steps whose medians are compared, and the step from which it stayed above the limit
+            start_steps=[0, k - 1],
+            end_steps=[n - tail.size, n - 1],
+            above_since=above,
         ),
     )
 

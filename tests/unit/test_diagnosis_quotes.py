@@ -203,6 +203,20 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
         assert _same(recompute(name, quotes, trace), q["value"]), (name, q, f.evidence["cause_key"])
         if q["kind"] == "series" and math.isfinite(q["value"]):
             assert 0 <= q["steps"][0] <= q["steps"][1] < trace.steps, (name, q)
+    # 2b. words of direction agree with their numbers: a loss that "jumped to A from B" or "rose to A from B" has
+    # A > B, one that climbed "from B to A" too, and one that "ended Rx above" has R > 1
+    cause_t = templates["cause"]
+    ups = re.findall(r"(?:jumped|rose) to \{(\w+)\} from \{(\w+)\}", cause_t)
+    ups += [
+        (a, b)
+        for b, a in re.findall(
+            r"climbed back slowly: [^{]*\{\w+\} steps rose \{\w+\}x, from \{(\w+)\} to \{(\w+)\}", cause_t
+        )
+    ]
+    for after, before in ups:
+        assert quotes[after]["value"] > quotes[before]["value"], (f.cause, after, before)
+    for ratio in re.findall(r"ended \{(\w+)\}x above", cause_t):
+        assert quotes[ratio]["value"] > 1, f.cause
     # 3. the fixes point the right way
     configs = [x["config"] for x in ev["fixes"] if x["config"]]
     assert configs == ev["fix_configs"]
@@ -393,7 +407,11 @@ def event_traces(draw: st.DrawFn) -> Trace:
     g = np.exp(-np.linspace(0, g_fall, n)) * np.exp(0.1 * rng.normal(size=n))
     upd = np.full(n, draw(st.sampled_from([1e-4, 1e-3, 0.3, 20.0])))
     s = draw(st.integers(1, n - 2))
-    kind = draw(st.sampled_from(["spike", "jump_stay", "burst", "nan_diverge", "nan_sudden", "flat", "none"]))
+    kind = draw(
+        st.sampled_from(
+            ["spike", "jump_stay", "burst", "nan_diverge", "nan_sudden", "flat", "none", "slow_climb", "ended_up"]
+        )
+    )
     mask = np.zeros(n, np.int32)
     first = None
     if kind == "spike":
@@ -417,6 +435,18 @@ def event_traces(draw: st.DrawFn) -> Trace:
         mask[k:] = LOSS | GRADS | WEIGHTS
         loss, g, upd, mask = loss[: k + 1], g[: k + 1], upd[: k + 1], mask[: k + 1]
         first = {"step": k, "source": draw(st.sampled_from(["loss", "gradients", "weights"]))}
+    elif kind == "slow_climb" and n >= 400:
+        # a climb of 30x over 100 steps and back, in per-step noise: one noisy step of it can sit below the
+        # level it climbed from (a slingshot)
+        k = int(np.clip(s, 60, n - 300))
+        shape = np.concatenate(
+            [np.linspace(0, np.log(30), 100), np.full(50, np.log(30)), np.linspace(np.log(30), 0, 100)]
+        )
+        loss[k : k + 250] *= np.exp(shape + 0.5 * rng.normal(size=250))
+    elif kind == "ended_up":
+        # an update as large as the weights at step 0, then a noisy loss that never comes back below its start
+        upd[0] = 5.0
+        loss[1:] = float(loss[0]) * draw(st.sampled_from([1.5, 4.0])) * np.exp(0.3 * rng.normal(size=n - 1))
     elif kind == "flat":
         loss[s:] = draw(st.sampled_from([float(np.log(10.0)), 0.95, 2.0 * float(loss[0])]))
         g[s:] = draw(st.sampled_from([0.0, 0.3]))
