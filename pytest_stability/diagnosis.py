@@ -262,6 +262,15 @@ VANISHING_SHARE = 1e-4
 #: a lowered learning rate below this trains nothing in a test's few hundred steps: where the first update asks for
 #: one (an SGD rate of 0.01 cut 1e7x), the gradients themselves are out of scale from the first step
 LR_IMPLAUSIBLE = 1e-6
+
+
+def _implausible(rate: float) -> bool:
+    """A suggested learning rate below :data:`LR_IMPLAUSIBLE`, not by float rounding alone: a float32 rate of
+    0.01 cut 1e4x is 9.9999998e-07, which reads 1e-06 and is that rate (it had been told "1e-06 is below any rate
+    that trains (1e-06)")."""
+    return _ok(rate, 0.0) and rate < LR_IMPLAUSIBLE * (1 - 1e-6)
+
+
 #: the training loss grew at least this much between the validation best and the rise: not overfitting.
 TRAIN_RISE = 1.5
 #: a stuck loss at least this much above its early minimum (rolling median) went up: the run blew up.
@@ -1228,7 +1237,7 @@ def _scale_before_rate(q: Quotes, scale: str, fixes: list[Fix], scale_fixes: lis
     target of 2e4 by a few thousandths a step), and the cause says why.  ``(clause, fixes)``: else ``("",
     fixes + scale_fixes)``, the measured fixes first."""
     suggested = q["learning_rate_suggested"] if "learning_rate_suggested" in q else math.nan  # noqa: SIM401
-    if not (scale and scale_fixes and _ok(suggested, 0.0) and suggested < LR_IMPLAUSIBLE):
+    if not (scale and scale_fixes and _implausible(suggested)):
         return "", fixes + scale_fixes
     q.const("lr_implausible", LR_IMPLAUSIBLE)
     clause = (
@@ -1246,7 +1255,7 @@ def _out_of_scale(q: Quotes, trace: Trace, what: str, clips: list[Fix]) -> Dx | 
     cause names the rate it would take and the first gradient norm; the fix is the initialisation, not a rate
     that means nothing.  None otherwise."""
     suggested = q["learning_rate_suggested"] if "learning_rate_suggested" in q else math.nan  # noqa: SIM401
-    if "target_update" not in q or not (_ok(suggested, 0.0) and suggested < LR_IMPLAUSIBLE):
+    if "target_update" not in q or not _implausible(suggested):
         return None
     q.const("lr_implausible", LR_IMPLAUSIBLE)
     if trace.grad_norm is not None:

@@ -1035,12 +1035,18 @@ def test_gradients_that_grow_with_targets_far_from_unit_scale_are_told_to_standa
         assert "unit scale" not in f.cause
 
 
-@pytest.mark.parametrize("first_update, scale_first", [(240.0, True), (20.0, False)])
-def test_targets_far_from_unit_scale_lead_the_fixes_when_no_rate_that_trains_would_tame_them(first_update, scale_first):
+@pytest.mark.parametrize(
+    ("first_update", "scale_first", "dtype"),
+    [(240.0, True, "float64"), (20.0, False, "float64"), (20.0, False, "float32")],
+)
+def test_targets_far_from_unit_scale_lead_the_fixes_when_no_rate_that_trains_would_tame_them(
+    first_update, scale_first, dtype
+):
     # SGD at 0.01 on targets of 2.5e4 (tried as a new user would): the first update moved the weights 240x their
     # norm, and the rate that would keep it below 0.01 of them is 1e-07, which stops the training with the
-    # blow-up: standardising the targets leads, the rate follows. A first update of 20x asks 1e-05: the measured
-    # rate stays first, the targets after it
+    # blow-up: standardising the targets leads, the rate follows. A first update of 20x asks 1e-06, the lowest
+    # rate that trains: the measured rate stays first, the targets after it; also where the rate is float32's 0.01
+    # (9.9999998e-07 after the cut, which had read "1e-06 is below any that trains (1e-06)")
     n = 8
     loss = np.concatenate([np.full(3, 6e8), 6e8 * np.geomspace(2.0, 1e6, 5)])
     g = np.concatenate([np.full(3, 9e4), np.geomspace(2e5, 1e10, 5)])
@@ -1048,9 +1054,14 @@ def test_targets_far_from_unit_scale_lead_the_fixes_when_no_rate_that_trains_wou
     trace = Trace(
         loss=loss,
         grad_norm=g,
-        lr=np.full(n, 0.01),
+        lr=np.full(n, 0.01, dtype=dtype),
         update_ratio=ratio,
-        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.01}, "target_rms": 2.5e4, "input_rms": 1},
+        info={
+            "optimizer": "SGD",
+            "optimizer_config": {"learning_rate": float(np.dtype(dtype).type(0.01))},
+            "target_rms": 2.5e4,
+            "input_rms": 1,
+        },
     )
     trace.steps_planned = 300
     f = _diag(trace)[0]
