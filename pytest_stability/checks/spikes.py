@@ -37,10 +37,10 @@ climb from the z-score, and the trailing median follows it) is caught as a
 *slow rise* (see :func:`_resurgence`): the rolling median over ``spike_window``
 steps rises ``RESURGE_RATIO`` x (10x) above its best earlier value, by more
 than ``RESURGE_MIN_RISE`` (1 %) of the initial loss.  A climb that came back
-down counts only when it peaked ``RESURGE_PEAK`` x (15x) above that best: a
-healthy run's noise can lift the median just over 10x and let it fall back
-(PyTorch ``log_zero_fixed`` seed 9 peaked at 10.3x), while every slingshot
-climb that the other rules miss peaks at 21x or more (the detection benchmark's
+down after peaking under ``RESURGE_PEAK`` x (15x) its best counts only beside
+another loss event: alone, it is within a healthy run's noise (PyTorch
+``log_zero_fixed`` seed 9 peaked at 10.3x and came back), while every slingshot
+that only this rule catches peaked at 21x or more (the detection benchmark's
 stored traces).
 
 A blow-up within the ``warmup_steps``, which the rules above do not judge (their trailing window would be
@@ -134,7 +134,8 @@ PEAK_SHOWN = 1.5
 RESURGE_RATIO = 10.0
 #: ...by more than this fraction of the initial loss level (a climb from 1e-9 to 1e-7 is harmless).
 RESURGE_MIN_RISE = 0.01
-#: ...and, when it came back down afterwards, peaked at least this x above that best (see the module docstring)
+#: ...and, when it came back down afterwards and no other loss event is beside it, peaked at least this x above
+#: that best (see the module docstring)
 RESURGE_PEAK = 15.0
 
 
@@ -495,8 +496,6 @@ def _resurgence(
     recovered = bool(np.any(later - best[i] <= np.log(t.spike_ratio))) if later.size > w else None
     peak = i + int(np.nanargmax(later))
     peak_level = float(np.exp(roll[peak]))
-    if recovered and peak_level < RESURGE_PEAK * low:
-        return None
     msg = (
         f"the loss climbed back slowly: its median over {w} steps rose from its best {low:.4g} (steps "
         f"{int(end[jb]) - w + 1}-{int(end[jb])}) to {level:.4g} by step {int(end[i])} "
@@ -522,6 +521,8 @@ def _resurgence(
             initial_level,
             float(np.nanmin(loss[:step])) if step else None,
             slow_rise=True,
+            # back down after a peak under RESURGE_PEAK: within a healthy run's noise, so not an event by itself
+            weak_climb=bool(recovered) and peak_level < RESURGE_PEAK * low,
             # the windows whose medians the message compares: the best one, and the first 10x above it
             low_steps=[int(end[jb]) - w + 1, int(end[jb])],
             level_steps=[int(end[i]) - w + 1, int(end[i])],
@@ -867,8 +868,9 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         findings.sort(key=lambda f: f.step)
     rolling = rolling_rise(loss, int(t.spike_window), int(t.warmup_steps))
     slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"], rolling)
-    # the same event as a finding near it, or the climb into a collapse (which names it already)
-    if slow is not None and not any(
+    # the same event as a finding near it, or the climb into a collapse (which names it already); a weak climb
+    # counts only beside another loss event
+    if slow is not None and not (slow.evidence["weak_climb"] and not findings) and not any(
         f.evidence.get("collapse")
         or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
         for f in findings

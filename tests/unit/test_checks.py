@@ -746,23 +746,34 @@ def test_slow_climb_by_orders_of_magnitude_is_a_spike_finding_with_its_start():
     assert r.stats["max_zscore"] < Thresholds().spike_zscore
 
 
-@pytest.mark.parametrize(("peak", "back_down", "fails"), [(1.05, True, False), (1.4, True, True), (1.05, False, True)])
-def test_a_slow_climb_that_comes_back_down_counts_only_when_it_peaked_well_over_its_limit(peak, back_down, fails):
+@pytest.mark.parametrize(
+    ("peak", "back_down", "spike", "fails"),
+    [(1.05, True, False, False), (1.4, True, False, True), (1.05, False, False, True), (1.05, True, True, True)],
+)
+def test_a_slow_climb_that_came_back_down_under_15x_counts_only_beside_another_loss_event(
+    peak, back_down, spike, fails
+):
     # PyTorch log_zero_fixed seed 9 (healthy): Adam's noise lifted the median 10.3x over 50 steps, and it came
-    # back down; every slingshot climb that only this rule catches peaks 21x or more.  A climb that stays up counts
-    # at 10x.
+    # back down; every slingshot that only this rule catches peaked at 21x or more.  A climb that stays up counts
+    # at 10x, and so does a weak one beside a one-step spike (a slingshot whose climb leads its spikes)
     rng = np.random.default_rng(3)
     parts = [np.linspace(0, -3, 300), np.full(200, -3.0), np.linspace(-3, -3 + peak, 150), np.full(150, -3 + peak)]
     if back_down:
         parts += [np.linspace(-3 + peak, -3.5, 100), np.full(300, -3.5)]
     level = np.concatenate(parts)
-    r = check_loss_spike(Trace(loss=10 ** (level + rng.normal(0, 0.05, level.size))))
+    loss = 10 ** (level + rng.normal(0, 0.05, level.size))
+    if spike:
+        loss[1000:1008] *= 100.0
+    r = check_loss_spike(Trace(loss=loss))
     slow = [f for f in r.findings if f.evidence.get("slow_rise")]
     assert r.stats["max_slow_rise"] > 10
     assert bool(slow) is fails, r.findings
     assert r.failed is fails
     if slow:
         assert slow[0].evidence["recovered"] is back_down
+        assert slow[0].evidence["weak_climb"] is (back_down and peak < 1.1)
+    if spike:
+        assert any(f.step == 1000 for f in r.findings), r.findings
 
 
 def test_slow_climb_that_stays_tiny_in_absolute_terms_passes():
