@@ -870,10 +870,14 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
     slow = _resurgence(loss, t, sc["log_space"], sc["initial_level"], rolling)
     # the same event as a finding near it, or the climb into a collapse (which names it already); a weak climb
     # counts only beside another loss event
-    if slow is not None and not (slow.evidence["weak_climb"] and not findings) and not any(
-        f.evidence.get("collapse")
-        or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
-        for f in findings
+    if (
+        slow is not None
+        and not (slow.evidence["weak_climb"] and not findings)
+        and not any(
+            f.evidence.get("collapse")
+            or f.evidence["start"] - t.spike_window <= slow.step <= f.evidence["end"] + t.spike_window
+            for f in findings
+        )
     ):
         findings.append(slow)
         findings.sort(key=lambda f: f.step)
