@@ -266,8 +266,8 @@ LR_IMPLAUSIBLE = 1e-6
 
 def _implausible(rate: float) -> bool:
     """A suggested learning rate below :data:`LR_IMPLAUSIBLE`, not by float rounding alone: a float32 rate of
-    0.01 cut 1e4x is 9.9999998e-07, which reads 1e-06 and is that rate (it had been told "1e-06 is below any rate
-    that trains (1e-06)")."""
+    0.01 cut 1e4x is 9.9999998e-07, which reads 1e-06 and is that rate (it had read "a learning rate low enough for
+    these gradients (1e-06) is below any that trains (1e-06)")."""
     return _ok(rate, 0.0) and rate < LR_IMPLAUSIBLE * (1 - 1e-6)
 
 
@@ -1643,8 +1643,8 @@ def _loss_event(f: Finding, trace: Trace, q: Quotes) -> str:
         q.ratio("ended_ratio", "level_end", "level_start")
         q.step("above_since", int(ev.get("above_since", f.step)))
         return (
-            "the loss rose above where it started for good at step {above_since} and ended {ended_ratio}x above "
-            "it: {level_end} against {level_start}"
+            "the loss ended {ended_ratio}x above where it started, {level_end} against {level_start}, above its "
+            "limit for good since step {above_since}"
         )
     if start == 0:
         return "the loss was at {loss_at_spike}"
