@@ -125,7 +125,7 @@ def test_prices_too_far_for_any_rate(stability):
     head = rep.findings[0]
     assert head.evidence["cause_key"] == "lr_too_high", head.cause
     assert head.fix.startswith("standardise the targets"), head.fix
-    assert "is too low to train (1e-06 or less): put the data on unit scale first" in head.cause
+    assert "is below any that trains (1e-06): put the data on unit scale first" in head.cause
     assert any(x["text"].startswith("learning_rate=") for x in head.evidence["fixes"])
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
