@@ -1793,7 +1793,7 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
                 "{update_ratio_first} times their norm; " + (scale or HIGH_FROM_THE_START) + clause,
                 fixes,
             )
-        inspected = (trace.info or {}).get("inputs_checked", True)
+        inspected = bool((trace.info or {}).get("inputs_checked", False))
         cause = (
             "the loss became NaN/Inf at step {step}, only a few finite steps after the start"
             + (

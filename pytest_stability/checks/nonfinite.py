@@ -48,16 +48,17 @@ def check_nonfinite(trace: Trace, thresholds: Thresholds | None = None) -> Check
         parts = [f"non-finite {', '.join(what)} at step {step}"]
         if variable:
             parts.append(f"first variable affected: {variable}")
-        inspected = (trace.info or {}).get("inputs_checked", True)
+        # a trace the plugin recorded says whether it checked the inputs; one recorded elsewhere did not
+        info = trace.info or {}
+        inspected = bool(info.get("inputs_checked", False))
         if input_bad:
             parts.append("the input batch itself held NaN/Inf")
         elif inspected:
             parts.append("the input batch was finite (the NaN/Inf was produced by training)")
+        elif "data" in info:
+            parts.append(f"the input batches were not inspected (x is a {info['data']}: check it for NaN/Inf too)")
         else:
-            parts.append(
-                f"the input batches were not inspected (x is a {(trace.info or {}).get('data', 'pipeline')}:"
-                " check it for NaN/Inf too)"
-            )
+            parts.append("the trace records no check of the input batches: check them for NaN/Inf too")
         last_finite = np.flatnonzero(np.isfinite(trace.loss[:step]))
         evidence = {
             "quantities": what,

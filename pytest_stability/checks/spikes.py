@@ -139,9 +139,17 @@ RESURGE_MIN_RISE = 0.01
 RESURGE_PEAK = 15.0
 
 
+def _times(ratio: float) -> str:
+    """A ratio as a message shows it: one decimal, or three significant digits from 1e4 on (``"9.97e+16"``,
+    not ``"99657115899597264.0"``: a loss that blew up to 1e21 from 1e4)."""
+    return f"{ratio:.3g}" if abs(ratio) >= 1e4 else f"{ratio:.1f}"
+
+
 def _over(ratio: float, limit: float) -> str:
     """``ratio``, over ``limit``, with the fewest decimals (up to 4) that keep it over: ``"10.01"``, not ``"10"``
     next to a limit of 10x."""
+    if ratio >= 1e4 and ratio > 2 * limit:
+        return _times(ratio)
     for digits in range(5):
         shown = f"{ratio:.{digits}f}"
         if float(shown) > limit:
@@ -394,7 +402,7 @@ def _collapse(
         value=level,
         limit=t.spike_ratio * best,
         message=(
-            f"the loss rose from its best level {best:.4g} to {level:.4g} ({level / best:.1f}x, limit "
+            f"the loss rose from its best level {best:.4g} to {level:.4g} ({_times(level / best)}x, limit "
             f"{t.spike_ratio:g}x = {t.spike_ratio * best:.4g}) by step {step} {how}"
         ),
         evidence=_level_evidence(
@@ -623,7 +631,7 @@ def _early_blow_up(trace: Trace, t: Thresholds, initial_level: float) -> Finding
     msg = (
         f"an early blow-up: the update at step {u} moved the weights {moved:.3g}x their own norm (limit "
         f"{EARLY_UPDATE:g}x), the loss jumped from {before:.4g} to {loss[jump]:.4g} at step {jump}, and its median "
-        f"over the next {after.size} steps, {level:.4g}, stayed {level / before:.1f}x above {before:.4g} (limit "
+        f"over the next {after.size} steps, {level:.4g}, stayed {_times(level / before)}x above {before:.4g} (limit "
         f"{t.spike_ratio:g}x = {t.spike_ratio * before:.4g}); within the {warm} warmup steps that the other spike "
         "rules do not judge"
         + (
@@ -700,7 +708,7 @@ def _ended_above_start(trace: Trace, t: Thresholds) -> Finding | None:
         value=level,
         limit=float(limit),
         message=(
-            f"the loss ended {level / start:.1f}x above where it started: its median over the last {tail.size} "
+            f"the loss ended {_times(level / start)}x above where it started: its median over the last {tail.size} "
             f"steps, {level:.4g}, against {start:.4g} over the first {head.size} (limit {factor:g}x = {limit:.4g}"
             + ("" if blown is None else f", as the update at step {blown} moved the weights their own norm or more")
             + f"); above the limit for good since step {above}: training made the loss worse, over a climb the "
@@ -805,7 +813,7 @@ def check_loss_spike(trace: Trace, thresholds: Thresholds | None = None) -> Chec
         kind = "spike" if recovered is not False else "spike_no_recovery"
         if sc["log_space"]:
             what = (
-                f"loss {loss[step]:.4g} at step {step} is {ratio[step]:.1f}x its trailing median "
+                f"loss {loss[step]:.4g} at step {step} is {_times(ratio[step])}x its trailing median "
                 f"{baseline[step]:.4g} (limit {t.spike_ratio:g}x = {baseline[step] * t.spike_ratio:.4g}; "
                 f"robust z {z[step]:.1f}, limit {t.spike_zscore:g})"
             )

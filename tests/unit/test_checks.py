@@ -1157,3 +1157,25 @@ def test_a_loss_that_is_zero_at_every_step_is_one_finding_that_says_so():
     # a loss near zero that still moves, with gradients, is no such finding
     moving = Trace(loss=np.geomspace(1.0, 1e-6, n), grad_norm=np.geomspace(1.0, 1e-3, n))
     assert not any(f.evidence.get("zero_loss") for r in run_checks(moving) for f in r.findings)
+
+
+def test_a_trace_recorded_outside_the_plugin_does_not_claim_its_inputs_were_checked():
+    # a user's own torch loop (tried as a new user would): the NaN message said "the input batch was finite", which
+    # only the plugin's recording can know
+    loss = np.concatenate([np.geomspace(1.0, 1e9, 20), [np.nan]])
+    (f,) = check_nonfinite(Trace(loss=loss)).findings
+    assert "the trace records no check of the input batches: check them for NaN/Inf too" in f.message
+    assert "was finite" not in f.message
+    (f,) = check_nonfinite(Trace(loss=loss, info={"inputs_checked": True})).findings
+    assert "the input batch was finite (the NaN/Inf was produced by training)" in f.message
+
+
+def test_a_huge_spike_ratio_is_shown_in_three_significant_digits():
+    # a loss that blew up from 1e4 to 1e21 read "is 99657115899597264.0x its trailing median"
+    rng = np.random.default_rng(0)
+    loss = 1e4 * np.exp(0.05 * rng.normal(size=120))
+    loss[100:] = 1e21 * np.exp(0.05 * rng.normal(size=20))
+    r = check_loss_spike(Trace(loss=loss))
+    f = next(f for f in r.findings if f.step == 100)
+    ratio = re.search(r"is (\S+)x its trailing median", f.message).group(1)
+    assert "e+" in ratio and float(ratio) == pytest.approx(1e17, rel=0.1), f.message
