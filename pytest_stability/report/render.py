@@ -66,13 +66,14 @@ def window_sparkline(values: np.ndarray, step: int, radius: int = 50, width: int
 def val_change(summary: RunSummary) -> str | None:
     """The validation loss's change over the run, as the reports print it: relative (``"-57%"``), or, for a loss
     that ended at or below 0 (a cosine similarity's, a log-likelihood's), where a relative change means nothing
-    (-0.15 to -0.97 read "-547%"), its final value (``"-0.97 at the end"``); None without one."""
+    (-0.15 to -0.97 read "-547%"), its final value (``"-0.97 at the end"``); a loss that ended 10x its start or
+    more, as that factor (``"x4.35e+15"``, which had read "+434561560391018240%"); None without one."""
     final = decode_float(summary.final_val_loss) if summary.final_val_loss is not None else math.nan
     if math.isfinite(final) and final <= 0:
         return f"{fmt(final, 3)} at the end"
     trend = summary.val_trend
     if isinstance(trend, (int, float)) and not isinstance(trend, bool) and math.isfinite(trend):
-        return f"{trend:+.0%}"
+        return f"x{fmt(1.0 + trend, 3)}" if trend >= 9 else f"{trend:+.0%}"
     return None
 
 

@@ -259,12 +259,15 @@ def test_a_test_with_several_fit_calls_names_each_row_and_junit_reports_the_fail
     assert headline(one).startswith("[loss_spike]")
 
 
-def test_the_validation_change_of_a_loss_at_or_below_zero_is_its_final_value_not_a_percentage():
+def test_the_validation_change_is_a_percentage_a_factor_from_10x_or_the_final_value_of_a_loss_at_or_below_0():
     from pytest_stability.record import RunSummary
     from pytest_stability.report.render import val_change
 
     # a cosine-similarity loss from -0.15 to -0.97 (tried as a new user would) read "val -547%"
     assert val_change(RunSummary(val_trend=-5.47, final_val_loss=-0.97)) == "-0.97 at the end"
     assert val_change(RunSummary(val_trend=-0.57, final_val_loss=0.31)) == "-57%"
+    assert val_change(RunSummary(val_trend=2.11, final_val_loss=3.1)) == "+211%"
+    # SGD at 2 (tried as a new user would): a loss that ended 4e15 x its start read "val +434561560391018240%"
+    assert val_change(RunSummary(val_trend=4.3456156039101824e15, final_val_loss=3.66e15)) == "x4.35e+15"
     assert val_change(RunSummary(val_trend="nan", final_val_loss="nan")) is None
     assert val_change(RunSummary()) is None
