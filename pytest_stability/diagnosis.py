@@ -2569,7 +2569,8 @@ def rank_findings(
       whose cause is ``likely`` leads it (then the earliest, then the check earlier in ``nonfinite,
       loss_spike, grad_norm, stuck``);
     * a ``val_loss`` finding measured at or after a training event is its consequence (a blow-up
-      outranks the validation rise it causes); one measured before every training event is a root;
+      outranks the validation rise it causes), and so is one before it whose training loss rose with it (a
+      divergence over many steps, which the training checks find late); any other is a root;
     * variables that never learn (``no_gradient``, ``no_update``) lead only when nothing else was found.
 
     Example:
@@ -2615,7 +2616,13 @@ def rank_findings(
     )
     first = when(training[0]) if training else math.inf
     val = [f for f in flat if f.check == "val_loss"]
-    roots = sorted(training + [f for f in val if f.step < first], key=lambda f: (when(f), order(f)))
+
+    def follows_training(f: Finding) -> bool:
+        """A validation rise after a training event, or one whose own diagnosis found the training loss rising
+        with it, where a training check found the event (after it: a divergence over many steps is found late)."""
+        return bool(training) and (f.step >= first or f.evidence.get("cause_key") == "training_loss_rise")
+
+    roots = sorted(training + [f for f in val if not follows_training(f)], key=lambda f: (when(f), order(f)))
     structural = [f for f in flat if f.kind in _STRUCTURAL]
     if not roots:
         roots, structural = structural, []
@@ -2630,7 +2637,7 @@ def rank_findings(
         ev = {**dict(f.evidence), "rank": rank, "primary": rank == 0}
         if rank == 0:
             ev["alternative_causes"] = alternatives
-        elif f.check == "val_loss" and training and f.step >= first:
+        elif f.check == "val_loss" and follows_training(f):
             root = training[0] if training[0] in event else min(training, key=lambda x: x.step)
             ev["consequence_of"] = (
                 f"{primary.check}@{primary.step}" if primary in training else f"{root.check}@{root.step}"

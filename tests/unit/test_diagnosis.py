@@ -1066,3 +1066,29 @@ def test_targets_far_from_unit_scale_lead_the_fixes_when_no_rate_that_trains_wou
     assert any(t.startswith("standardise the targets") for t in texts)
     said = f"a learning rate low enough for these gradients ({suggested:.3g}) is below any that trains (1e-06)"
     assert (said in f.cause) is scale_first, f.cause
+
+
+def test_a_validation_rise_whose_training_loss_rose_with_it_follows_the_training_event_found_later():
+    # SGD at 2 (tried as a new user would): the loss diverged over 170 steps, the validation check found the rise
+    # at step 64, the gradient-norm and loss checks only at 77 and 94 (a slow divergence passes their limits
+    # late); the run had been headlined by the validation rise, whose own cause said training went wrong
+    n = 200
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([np.geomspace(0.7, 0.5, 30), 0.5 * np.geomspace(1, 1e12, n - 30)])
+    loss *= np.exp(0.3 * rng.normal(size=n))
+    g = np.concatenate([np.full(30, 0.5), 0.5 * np.geomspace(1, 1e7, n - 30)]) * np.exp(0.3 * rng.normal(size=n))
+    steps = np.arange(0, n + 1, 16)
+    trace = Trace(
+        loss=loss,
+        grad_norm=g,
+        val_loss=np.interp(steps, np.arange(n), loss),
+        val_steps=steps,
+        update_ratio=np.full(n, 0.2),
+    )
+    ranked = rank_findings(run_checks(trace), trace)
+    val = next(f for f in ranked if f.check == "val_loss")
+    training = [f for f in ranked if f.check in ("grad_norm", "loss_spike")]
+    assert val.evidence["cause_key"] == "training_loss_rise"
+    assert training and val.step < min(f.step for f in training)  # the case: validation found it first
+    assert ranked[0].check in ("grad_norm", "loss_spike"), [(f.check, f.step) for f in ranked]
+    assert val.evidence["rank"] > 0 and val.evidence["consequence_of"] == f"{ranked[0].check}@{ranked[0].step}"
