@@ -1622,8 +1622,8 @@ def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) ->
 def _loss_event(f: Finding, trace: Trace, q: Quotes) -> str:
     """What the loss did at a ``loss_spike`` finding, in numbers that say it: a climb is quoted as the medians
     its rule compared (one noisy step of a climb can sit below the level it climbed from), an end above the start
-    as the two levels, a jump as its step against the median before it, or its peak when that step is not
-    above it."""
+    as the two levels, a collapse by the best level it rose from, a jump as its step against the median before it,
+    or its peak when that step is not above it."""
     ev = f.evidence
     start = int(ev.get("start", f.step))
     q.step("step", f.step)
@@ -1646,6 +1646,10 @@ def _loss_event(f: Finding, trace: Trace, q: Quotes) -> str:
             "the loss ended {ended_ratio}x above where it started, {level_end} against {level_start}, above its "
             "limit for good since step {above_since}"
         )
+    if ev.get("collapse") and ev.get("best_steps"):
+        # the level it rose from; the level it stayed at follows in the collapse's own words
+        q.over("collapse_best", "loss", "median", *ev["best_steps"])
+        return "the loss rose from its best {collapse_best} by step {step}"
     if start == 0:
         return "the loss was at {loss_at_spike}"
     before = q.over("loss_before", "loss", "median", max(0, start - _window(trace)), start - 1)

@@ -378,6 +378,7 @@ def _collapse(
     best = float(np.nanmin(rolling))
     if not (best > 0 and level > t.spike_ratio * best and level - best > t.spike_min_rise * initial_level):
         return None
+    jb = int(t.warmup_steps) + int(np.nanargmin(rolling))
     if dead_from is not None:
         step = dead_from
         rel = float(np.std(tail) / level)
@@ -417,6 +418,9 @@ def _collapse(
             flat=flat,
             vanished=dead_from is not None,
             collapse=True,
+            # the steps whose medians the message compares: the best window, and the last spike_window steps
+            best_steps=[jb, jb + k - 1],
+            level_steps=[n - w, n - 1],
         ),
     )
 

@@ -217,6 +217,8 @@ def check_finding(f, trace: Trace, run_blew_up: bool) -> None:
         assert quotes[after]["value"] > quotes[before]["value"], (f.cause, after, before)
     for ratio in re.findall(r"ended \{(\w+)\}x above", cause_t):
         assert quotes[ratio]["value"] > 1, f.cause
+    for best in re.findall(r"rose from its best \{(\w+)\} by step", cause_t):  # a collapse, to its level
+        assert f.check == "loss_spike" and f.evidence["collapse"] and f.value > quotes[best]["value"], f.cause
     # 3. the fixes point the right way
     configs = [x["config"] for x in ev["fixes"] if x["config"]]
     assert configs == ev["fix_configs"]
