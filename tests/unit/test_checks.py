@@ -755,7 +755,7 @@ def test_a_slow_climb_that_came_back_down_under_15x_counts_only_beside_another_l
 ):
     # PyTorch log_zero_fixed seed 9 (healthy): Adam's noise lifted the median 10.3x over 50 steps, and it came
     # back down; every slingshot that only this rule catches peaked at 21x or more.  A climb that stays up counts
-    # at 10x, and so does a weak one beside a one-step spike (a slingshot whose climb leads its spikes)
+    # at 10x, and so does a weak one beside another loss event (a slingshot whose climb leads its spikes)
     rng = np.random.default_rng(3)
     parts = [np.linspace(0, -3, 300), np.full(200, -3.0), np.linspace(-3, -3 + peak, 150), np.full(150, -3 + peak)]
     if back_down:
