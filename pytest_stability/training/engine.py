@@ -528,7 +528,7 @@ def train(
 
     start = RandomStart(random_start)
     plan, tail = _batch_plan(backend, x, setup, seed=seed, distributed=distributed)
-    _note_single_batches(setup.callbacks, grouping, speed_notes)
+    _note_single_batches(batch_observers(setup.callbacks, setup.fit_kwargs.get("verbose")), grouping, speed_notes)
 
     # the run
     parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
@@ -626,7 +626,7 @@ def _chunking(
         validate_every=int(spec.validate_every),
         validates=validates,
         user_spe=int(getattr(model, "steps_per_execution", 1) or 1),
-        batch_observers=bool(batch_observers(setup.callbacks)),
+        batch_observers=bool(batch_observers(setup.callbacks, setup.fit_kwargs.get("verbose"))),
         distributed=distributed,
         user_steps_per_epoch=setup.user_steps_per_epoch,
         per_epoch=int(per_epoch) if per_epoch else None,
@@ -1064,9 +1064,9 @@ def _readback(
     return cb
 
 
-def _note_single_batches(callbacks: list[Callback], grouping: Chunking, speed_notes: list[str]) -> None:
-    """A callback of the user's that sees single batches keeps fit at the model's own steps_per_execution: say so."""
-    observers = batch_observers(callbacks)
+def _note_single_batches(observers: list[str], grouping: Chunking, speed_notes: list[str]) -> None:
+    """A callback of the user's (or Keras' progress bar) that sees single batches keeps fit at the model's own
+    steps_per_execution: say so."""
     if observers and grouping.spe < grouping.chunk:
         speed_notes.append(
             f"steps_per_execution={grouping.spe} kept for {observers[0]}, which sees single batches (the recording "

@@ -340,8 +340,20 @@ def _overriders(callbacks: list[Callback], hooks: tuple[str, ...]) -> list[str]:
     return found
 
 
-def batch_observers(callbacks: list[Callback]) -> list[str]:
-    """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook).
+def progress_observers(verbose: object, *, batches: bool) -> list[str]:
+    """Keras' own progress output, by the ``verbose`` given to ``fit``: ``verbose=1`` (or ``"auto"``) shows a bar
+    that advances at each batch and a line per epoch, ``verbose=2`` a line per epoch.  Chunked calls would show the
+    bar at each chunk's last step (past the epoch's end where a chunk is longer: ``50/20``), and one long epoch
+    one line for the run, so it observes batches and epochs as a callback does."""
+    shown = 1 if verbose == "auto" else verbose
+    if isinstance(shown, bool) or shown not in (1, 2) or (batches and shown != 1):
+        return []
+    return [f"Keras' progress output (verbose={verbose!r})"]
+
+
+def batch_observers(callbacks: list[Callback], verbose: object = 0) -> list[str]:
+    """``Class.hook`` of each callback that sees single batches (it overrides a batch-level hook), and Keras'
+    progress bar where ``verbose`` shows one (:func:`progress_observers`).
 
     Keras calls the batch hooks once per call of the train function, so with ``steps_per_execution > 1`` such
     a callback would see one batch in every chunk: a training run of the plugin keeps the model's own
@@ -357,7 +369,9 @@ def batch_observers(callbacks: list[Callback]) -> list[str]:
             and getattr(callback, "save_freq", None) == "epoch"
         )
 
-    return _overriders([c for c in callbacks if counts_batches(c)], BATCH_HOOKS)
+    return _overriders([c for c in callbacks if counts_batches(c)], BATCH_HOOKS) + progress_observers(
+        verbose, batches=True
+    )
 
 
 #: epochs shorter than this many steps are short: Keras' per-epoch work (callbacks, metrics, the data
@@ -369,9 +383,10 @@ SHORT_EPOCH = 16
 EPOCH_HOOKS = ("on_epoch_begin", "on_epoch_end")
 
 
-def epoch_observers(callbacks: list[Callback]) -> list[str]:
-    """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook)."""
-    return _overriders(callbacks, EPOCH_HOOKS)
+def epoch_observers(callbacks: list[Callback], verbose: object = 0) -> list[str]:
+    """``Class.hook`` of each callback that sees epochs (it overrides an epoch-level hook), and Keras' progress
+    output where ``verbose`` shows one."""
+    return _overriders(callbacks, EPOCH_HOOKS) + progress_observers(verbose, batches=False)
 
 
 def _draws_randomness(model: Model) -> bool:
@@ -613,7 +628,9 @@ def full_batch_as_one_epoch(
     if not (setup.kind == "arrays" and per_epoch is not None and per_epoch < SHORT_EPOCH and run_steps > per_epoch):
         return x, y, setup
     callbacks = setup.callbacks
-    watching = epoch_observers(callbacks) + batch_observers(callbacks)  # batch indices count within epochs
+    verbose = fit_kwargs.get("verbose")
+    # batch indices count within epochs
+    watching = list(dict.fromkeys(epoch_observers(callbacks, verbose) + batch_observers(callbacks, verbose)))
     kept = [
         name
         for name in (
@@ -665,6 +682,7 @@ def full_batch_as_one_epoch(
 __all__ = [
     "FitSetup",
     "batch_observers",
+    "progress_observers",
     "check_finite",
     "data_kind",
     "epoch_length",

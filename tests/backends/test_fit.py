@@ -1319,6 +1319,49 @@ def test_model(stability):
     result.assert_outcomes(passed=1)
 
 
+def test_keras_progress_output_shows_the_batches_and_epochs_of_plain_fit(pytester, tiny_problem):
+    """verbose=1 (tried as a new user would): the chunked calls showed the bar at each chunk's last step, past
+    the epoch's end ("50/20"), and a full batch with verbose=2 was shown as one long epoch ("Epoch 1/1"). Keras'
+    progress output observes batches and epochs as a callback does: the run keeps them."""
+    result = run(
+        pytester,
+        tiny_problem,
+        r"""
+import re
+
+
+def shown(out):
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    return re.findall(r"Epoch \d+/\d+", out), [tuple(map(int, c)) for c in re.findall(r"(\d+)/(\d+) ", out)]
+
+
+@pytest.mark.stable_training(steps=40)
+def test_bar(stability, capsys):
+    build().fit(X, Y, batch_size=64, epochs=10, verbose=1)
+    plain_epochs, plain_bars = shown(capsys.readouterr().out)
+    rep = stability.fit(build(), X, Y, batch_size=64, verbose=1)
+    epochs, bars = shown(capsys.readouterr().out)
+    assert epochs == plain_epochs and len(epochs) == 10
+    assert bars and all(n <= total == 4 for n, total in bars), bars
+    assert (4, 4) in bars and (4, 4) in plain_bars
+    assert any("Keras' progress output (verbose=1)" in n for n in rep.trace.info["speed_notes"])
+
+
+@pytest.mark.stable_training(steps=30)
+def test_epoch_lines(stability, capsys):
+    build().fit(X, Y, batch_size=256, epochs=30, verbose=2)
+    plain_epochs, _ = shown(capsys.readouterr().out)
+    rep = stability.fit(build(), X, Y, batch_size=256, verbose=2)
+    epochs, _ = shown(capsys.readouterr().out)
+    assert epochs == plain_epochs and len(epochs) == 30
+    assert rep.trace.info["speed_notes"][0].startswith(
+        "short epochs (1 step(s) each) kept for Keras' progress output (verbose=2), which sees them: "
+    )
+""",
+    )
+    result.assert_outcomes(passed=2)
+
+
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
     """A stateful RNN takes batches of exactly its Input's batch size: the plugin's own validation, which joins
     the validation batches into larger ones, measures in whole batches of that size (it had refused the run,
