@@ -1335,12 +1335,17 @@ def shown(out):
     return re.findall(r"Epoch \d+/\d+", out), [tuple(map(int, c)) for c in re.findall(r"(\d+)/(\d+) ", out)]
 
 
+def plain_then_stability(stability, capsys, batch_size, epochs, verbose):
+    # what plain fit and stability.fit print, and the stability run's report
+    build().fit(X, Y, batch_size=batch_size, epochs=epochs, verbose=verbose)
+    plain = shown(capsys.readouterr().out)
+    rep = stability.fit(build(), X, Y, batch_size=batch_size, verbose=verbose)
+    return plain, shown(capsys.readouterr().out), rep
+
+
 @pytest.mark.stable_training(steps=40)
 def test_bar(stability, capsys):
-    build().fit(X, Y, batch_size=64, epochs=10, verbose=1)
-    plain_epochs, plain_bars = shown(capsys.readouterr().out)
-    rep = stability.fit(build(), X, Y, batch_size=64, verbose=1)
-    epochs, bars = shown(capsys.readouterr().out)
+    (plain_epochs, plain_bars), (epochs, bars), rep = plain_then_stability(stability, capsys, 64, 10, 1)
     assert epochs == plain_epochs and len(epochs) == 10
     assert bars and all(n <= total == 4 for n, total in bars), bars
     assert (4, 4) in bars and (4, 4) in plain_bars
@@ -1349,10 +1354,7 @@ def test_bar(stability, capsys):
 
 @pytest.mark.stable_training(steps=30)
 def test_epoch_lines(stability, capsys):
-    build().fit(X, Y, batch_size=256, epochs=30, verbose=2)
-    plain_epochs, _ = shown(capsys.readouterr().out)
-    rep = stability.fit(build(), X, Y, batch_size=256, verbose=2)
-    epochs, _ = shown(capsys.readouterr().out)
+    (plain_epochs, _), (epochs, _), rep = plain_then_stability(stability, capsys, 256, 30, 2)
     assert epochs == plain_epochs and len(epochs) == 30
     assert rep.trace.info["speed_notes"][0].startswith(
         "short epochs (1 step(s) each) kept for Keras' progress output (verbose=2), which sees them: "
