@@ -345,10 +345,14 @@ def progress_observers(verbose: object, *, batches: bool) -> list[str]:
     that advances at each batch and a line per epoch, ``verbose=2`` a line per epoch.  Chunked calls would show the
     bar at each chunk's last step (past the epoch's end where a chunk is longer: ``50/20``), and one long epoch
     one line for the run, so it observes batches and epochs as a callback does."""
-    shown = 1 if verbose == "auto" else verbose
-    if isinstance(shown, bool) or shown not in (1, 2) or (batches and shown != 1):
+    shown = 1 if verbose == "auto" else verbose  # True is 1 to Keras too
+    if shown not in (1, 2) or (batches and shown != 1):
         return []
-    return [f"Keras' progress output (verbose={verbose!r})"]
+    return [
+        f"Keras' progress output (verbose={verbose!r})"
+        if isinstance(verbose, str)
+        else f"Keras' progress output (verbose={verbose})"
+    ]
 
 
 def batch_observers(callbacks: list[Callback], verbose: object = 0) -> list[str]:

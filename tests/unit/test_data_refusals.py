@@ -61,3 +61,19 @@ def test_a_few_inputs_keep_their_shapes_listed():
     assert str(info.value) == (
         "x and y have different numbers of samples: x has 8 (shape [(8, 2), (8, 3)]), y has 5 (shape (5,))"
     )
+
+
+@pytest.mark.parametrize(
+    ("verbose", "batches", "epochs"),
+    [(0, False, False), (None, False, False), (False, False, False), (1, True, True), (True, True, True)]
+    + [("auto", True, True), (2, False, True), (np.int64(1), True, True), (3, False, False)],
+)
+def test_keras_progress_output_observes_batches_at_verbose_1_and_epochs_at_1_or_2(verbose, batches, epochs):
+    # verbose=1 had shown Keras' bar at each chunk's last step ("50/20"): the progress output observes the run
+    from pytest_stability.training.fitsetup import progress_observers
+
+    assert bool(progress_observers(verbose, batches=True)) is batches
+    assert bool(progress_observers(verbose, batches=False)) is epochs
+    if epochs:  # named as the user wrote it, a numpy integer as its number
+        (name,) = progress_observers(verbose, batches=False)
+        assert name == f"Keras' progress output (verbose={verbose!r})".replace("np.int64(1)", "1"), name
