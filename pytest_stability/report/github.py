@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..record import StabilityRecord
-from .render import run_notes
+from .render import expected_clause, run_notes
 
 _VERDICT = {"stable": "✅ stable", "unstable": "❌ unstable", "error": "⚠️ error", "skipped": "⏭️ skipped"}
 
@@ -209,8 +209,7 @@ def markdown(
     regressions = sum(r.regressed for r in records)
     with_baseline = any(c.baseline is not None for r in records for c in r.calls)
     summary = f"{len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
-    if expected:
-        summary += f" ({expected} as {'its test expects' if expected == 1 else 'their tests expect'})"
+    summary += expected_clause(expected)
     if errors:
         summary += f", {errors} error{'s' if errors != 1 else ''}"
     if with_baseline:

@@ -77,6 +77,14 @@ def val_change(summary: RunSummary) -> str | None:
     return None
 
 
+def expected_clause(expected: int) -> str:
+    """What a report's title adds for unstable runs whose tests expected them (``" (1 as its test expects)"``),
+    or nothing."""
+    if not expected:
+        return ""
+    return f" ({expected} as {'its test expects' if expected == 1 else 'their tests expect'})"
+
+
 def run_notes(run: RunRecord, *, speed: bool = False) -> list[str]:
     """The notes that qualify a run's verdict (``RunRecord.model["notes"]``, written by the training: a check
     not judged and why, a run that ended before its planned steps), in order; with ``speed``, then how its

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._floats import decode_float
 from ..record import EXPECTED_LABEL, FAILED_AFTER, VERDICT_LABELS, RunRecord, StabilityRecord
-from .render import batch_text, fmt, run_notes, sparkline, val_change
+from .render import batch_text, expected_clause, fmt, run_notes, sparkline, val_change
 
 _STYLE: dict[str, dict[str, bool]] = {
     "stable": {"green": True},
@@ -123,8 +123,7 @@ def write_summary(tr: Any, records: list[StabilityRecord], footer: list[str]) ->
     expected = sum(r.expected_unstable for r in records)
     errors = sum(r.verdict == "error" for r in records)
     title = f"stability report: {len(records)} test{'s' if len(records) != 1 else ''}, {unstable} unstable"
-    if expected:
-        title += f" ({expected} as {'its test expects' if expected == 1 else 'their tests expect'})"
+    title += expected_clause(expected)
     if errors:
         title += f", {errors} error{'s' if errors != 1 else ''}"
     regressed = sum(r.regressed for r in records)

@@ -503,7 +503,11 @@ def train(
 
     # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)
-    grouping = _chunking(backend, model, spec, setup, validates=bool(validation.batches), distributed=distributed)
+    # the user's callbacks, and Keras' progress bar, that see single batches (they keep steps_per_execution)
+    observers = batch_observers(setup.callbacks, setup.fit_kwargs.get("verbose"))
+    grouping = _chunking(
+        backend, model, spec, setup, observers, validates=bool(validation.batches), distributed=distributed
+    )
     from .curves import Curves
 
     # every other scalar the train_step reports (a GAN's d_loss, g_loss; metrics), per step; not under a
@@ -528,7 +532,7 @@ def train(
 
     start = RandomStart(random_start)
     plan, tail = _batch_plan(backend, x, setup, seed=seed, distributed=distributed)
-    _note_single_batches(batch_observers(setup.callbacks, setup.fit_kwargs.get("verbose")), grouping, speed_notes)
+    _note_single_batches(observers, grouping, speed_notes)
 
     # the run
     parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
@@ -607,7 +611,14 @@ def train(
 
 
 def _chunking(
-    backend: str, model: Model, spec: RunSpec, setup: FitSetup, *, validates: bool, distributed: bool
+    backend: str,
+    model: Model,
+    spec: RunSpec,
+    setup: FitSetup,
+    observers: list[str],
+    *,
+    validates: bool,
+    distributed: bool,
 ) -> Chunking:
     """The steps per call of ``fit``'s train function and between read-backs (:func:`.plan.chunking`).
 
@@ -626,7 +637,7 @@ def _chunking(
         validate_every=int(spec.validate_every),
         validates=validates,
         user_spe=int(getattr(model, "steps_per_execution", 1) or 1),
-        batch_observers=bool(batch_observers(setup.callbacks, setup.fit_kwargs.get("verbose"))),
+        batch_observers=bool(observers),
         distributed=distributed,
         user_steps_per_epoch=setup.user_steps_per_epoch,
         per_epoch=int(per_epoch) if per_epoch else None,

@@ -348,11 +348,7 @@ def progress_observers(verbose: object, *, batches: bool) -> list[str]:
     shown = 1 if verbose == "auto" else verbose  # True is 1 to Keras too
     if shown not in (1, 2) or (batches and shown != 1):
         return []
-    return [
-        f"Keras' progress output (verbose={verbose!r})"
-        if isinstance(verbose, str)
-        else f"Keras' progress output (verbose={verbose})"
-    ]
+    return [f"Keras' progress output (verbose={repr(verbose) if isinstance(verbose, str) else verbose})"]
 
 
 def batch_observers(callbacks: list[Callback], verbose: object = 0) -> list[str]:
