@@ -39,7 +39,7 @@ import inspect
 import numbers
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -500,6 +500,9 @@ def train(
         keras, model, x, y, kind=setup.kind, fit_kwargs=setup.fit_kwargs, batch_size=setup.batch_size, notes=notes
     )
     x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, speed_notes)
+    yielded = _YieldCount()
+    if setup.kind == "generator":  # how many batches it gave, for the error if it runs out (a generator still)
+        x_fit = yielded.counting(x_fit)
 
     # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)
@@ -541,7 +544,7 @@ def train(
     # the trace, from what was recorded
     recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
     notes.extend(recorded.notes)
-    _check_steps_ran(model, setup, cb, recorded.steps, notes)
+    _check_steps_ran(model, setup, cb, recorded.steps, notes, yielded=yielded.n)
     loss, loss_recorded = _loss_or_nan(recorded, curves, notes)
     if loss_recorded and recs[recorded.reference].loss_taken_from_logs:
         notes.append(
@@ -1115,10 +1118,26 @@ def _trace(
     )
 
 
-def _check_steps_ran(model: Model, setup: FitSetup, cb: Readback, done: int, notes: list[str]) -> None:
+class _YieldCount:
+    """Counts the batches a generator of the user's gives ``fit``."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def counting(self, batches: Iterator[object]) -> Iterator[object]:
+        for batch in batches:
+            self.n += 1
+            yield batch
+
+
+def _check_steps_ran(
+    model: Model, setup: FitSetup, cb: Readback, done: int, notes: list[str], yielded: int = 0
+) -> None:
     """After ``fit``: a run that ran fewer steps than planned, and not for a non-finite step, is judged on the
     steps it ran, with a note (a callback stopped it, the user's ``epochs`` ended it), or is a usage error (a
-    generator ran out, no optimizer applied, no batch).
+    generator ran out, no optimizer applied, no batch).  ``yielded``: the batches a generator gave; fewer than
+    the steps that ran where the user's ``steps_per_epoch`` made several epochs, in each of which, once the
+    generator is exhausted, Keras' ``fit`` trains again on the batches it read ahead of the first.
 
     Raises:
         StabilityUsageError: as said.
@@ -1130,10 +1149,17 @@ def _check_steps_ran(model: Model, setup: FitSetup, cb: Readback, done: int, not
         )
     elif done < run_steps and not cb.stopped_nonfinite:
         if setup.kind == "generator":
+            given = min(yielded, done) if yielded else done
+            again = (
+                f" (fit ran {done} steps: once a generator is exhausted, each later epoch of Keras' fit trains again "
+                "on the batches it read ahead of the first)"
+                if done > given
+                else ""
+            )
             raise StabilityUsageError(
-                f"the training data ran out after {done} batches, but steps={run_steps} needs {run_steps}: "
+                f"the training data ran out after {given} batches, but steps={run_steps} needs {run_steps}{again}: "
                 "a generator can be read only once. Pass arrays, a tf.data.Dataset, a keras.utils.PyDataset "
-                f"or a zero-argument function returning a fresh generator, or lower steps to <= {done}."
+                f"or a zero-argument function returning a fresh generator, or lower steps to <= {given}."
             )
         if setup.user_epochs is not None:
             cut = (

@@ -673,10 +673,21 @@ def test_validation_from_a_generator(stability):
 def test_generator_that_runs_out(stability):
     gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 256, 32))
     stability.fit(build(), gen)
+
+
+@pytest.mark.stable_training(steps=20)
+def test_generator_that_runs_out_in_the_users_epochs(stability):
+    # 5 batches, steps_per_epoch=5: Keras' later epochs train again on the 2 batches it read ahead of the first
+    gen = ((X[i:i + 32], Y[i:i + 32]) for i in range(0, 160, 32))
+    stability.fit(build(), gen, steps_per_epoch=5)
 """,
     )
-    result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["*the training data ran out after 8 batches, but steps=20 needs 20*"])
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["*the training data ran out after 8 batches, but steps=20 needs 20: *"])
+    # the batches the generator gave, not the steps fit ran on them
+    result.stdout.fnmatch_lines(
+        ["*the training data ran out after 5 batches, but steps=20 needs 20 (fit ran * steps: *lower steps to <= 5.*"]
+    )
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch DataLoader is a PyTorch-backend input")
