@@ -158,7 +158,7 @@ def _not_an_xdist_worker_inside(monkeypatch):
 
 #: TensorFlow's graph optimiser (Grappler) rewrites each traced function before its first call: on the suite's
 #: tiny models a third of a training run's time (0.79 s against 1.21 s for a 64-step stability run of a small MLP
-#: with validation; the TensorFlow pass 307 s against 352 s on two workers, the same tests passing).  It changes
+#: with validation; the TensorFlow pass's tests 605 worker-seconds against 666, the same tests passing).  It changes
 #: how a graph is run, not what it computes, so the tests that check what the plugin makes of a run (the checks,
 #: the diagnosis, the what-if, the reports, tests/training and tests/plugin) run without it.  tests/backends, the
 #: tests of how the plugin trains with Keras' own fit (the differential fidelity test among them), keeps it, as

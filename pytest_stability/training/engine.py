@@ -501,8 +501,8 @@ def train(
     )
     x_fit, y_fit, setup = full_batch_as_one_epoch(keras, model, x, y, setup, speed_notes)
     yielded = _YieldCount()
-    if setup.kind == "generator":  # how many batches it gave, for the error if it runs out (a generator still)
-        x_fit = yielded.counting(x_fit)
+    if inspect.isgenerator(x_fit):  # how many batches it gives, for the error if it runs out (a generator still,
+        x_fit = yielded.counting(x_fit)  # as Keras requires; an iterator of another type it refuses, as plain fit)
 
     # what the plugin adds to fit: recorders in the optimizers, curves in the metrics, its callbacks
     distributed = _under_strategy(keras, model)
