@@ -46,7 +46,8 @@ Fixes: direction and magnitude
   that then stopped moving is a collapse, named so.
 * A lower learning rate comes with a magnitude from the run: the factor that
   brings its update size ``|dw|/|w|`` (the largest update of the healthy
-  stretch before an early blow-up or a collapse, the steps around a later
+  stretch before an early blow-up, a collapse or an explosion of the gradient
+  norm, whose own updates are its consequence; the steps around another later
   event) below
   :data:`TARGET_UPDATE` per step, as a power of ten, when that update was too
   large (at least :data:`UPDATE_TOO_FAST`);
@@ -1013,7 +1014,7 @@ def _lr_factor(q: Quotes, trace: Trace, start: int, end: int, default: float, la
             return "schedule"
     # updates too large: bring |dw|/|w| below TARGET_UPDATE per step.  Early, or before a collapse, the
     # largest update of the healthy stretch before the blow-up (the first update of Adam, momentum building up
-    # under SGD); later, the updates around the event
+    # under SGD); later, the updates around the event (but before an explosion: ``largest_before``)
     if trace.update_ratio is not None:
         if start < early_end(trace) or largest_before:
             # over the healthy stretch (and its first step): the updates of an explosion under way are its
@@ -1543,8 +1544,13 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         and _number(trace.lr[min(start, trace.lr.size - 1)]) >= 2 * _number(trace.lr[0])
     )
     repeated = int(f.evidence.get("n_events") or 0) >= PERIODIC_EVENTS
-    # a lone jump: a third of the rate; an explosion, or spike after spike: a tenth
-    lr_fix, basis = _lr_fix(q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3)
+    # a lone jump: a third of the rate; an explosion, or spike after spike: a tenth.  An explosion's own updates
+    # are its consequence, not the rate's measure: the rate is measured on the updates before it (SGD at 0.05 with
+    # momentum on a regression moved the weights 46x their norm a step as its gradients exploded, which asked for
+    # a rate 10,000x lower)
+    lr_fix, basis = _lr_fix(
+        q, trace, start, end, cfg, default=0.1 if exploded or repeated else 1 / 3, largest_before=exploded
+    )
     # a rate that jumped before the event (a step schedule's peak): the rate, even when the gradients exploded
     jumped = basis == "jump"
     clip = _clip_fix(q, trace, start, "before the event")
