@@ -160,7 +160,8 @@ def _not_an_xdist_worker_inside(monkeypatch):
 #: tiny models a third of a training run's time (0.79 s against 1.21 s for a 64-step stability run of a small MLP
 #: with validation; the TensorFlow pass's tests 605 worker-seconds against 666, the same tests passing).  It changes
 #: how a graph is run, not what it computes, so the tests that check what the plugin makes of a run (the checks,
-#: the diagnosis, the what-if, the reports, tests/training and tests/plugin) run without it.  tests/backends, the
+#: the diagnosis, the what-if, the reports, tests/training and tests/plugin) run without it (in the test's own
+#: process: a pytester subprocess or nested xdist worker keeps TensorFlow's default).  tests/backends, the
 #: tests of how the plugin trains with Keras' own fit (the differential fidelity test among them), keeps it, as
 #: users' runs do; so does every test with ``PYTEST_STABILITY_SUITE_GRAPPLER=1`` set.
 _GRAPPLER_KEPT = os.environ.get("PYTEST_STABILITY_SUITE_GRAPPLER") == "1"
