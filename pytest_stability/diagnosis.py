@@ -65,7 +65,9 @@ Fixes: direction and magnitude
   stretch is shorter than :data:`HEALTHY_MIN_STEPS` steps: the text says so and
   offers the learning rate.
 * Ranked by evidence: a lower learning rate first for an early blow-up, for
-  updates that were too large, or under a schedule that rose into the failure;
+  updates that were too large (before an explosion of the gradient norm: on
+  the healthy stretch before it, the same updates the rate is measured on), or
+  under a schedule that rose into the failure;
   clipnorm first for a lone burst of the gradient norm after a healthy stretch;
   for Adam's second-moment collapse a larger epsilon (the fix that replays
   most reliably), then amsgrad, beta_2 and the learning rate.
@@ -1535,7 +1537,11 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
         ratio = math.nan
     exploded = explosion or _ok(ratio, EXPLOSION_FACTOR)
     upd = math.nan
-    if trace.update_ratio is not None:
+    if trace.update_ratio is not None and exploded:
+        # an explosion's own updates are its consequence: the updates of the healthy stretch before it (the
+        # basis of the rate's fix, see _lr_factor) say whether the rate was too high
+        upd = q.over("update_ratio", "update_ratio", "max", 0, max(min(healthy_end(trace, start), start) - 1, 0))
+    elif trace.update_ratio is not None:
         upd = q.over("update_ratio_event", "update_ratio", "median", max(0, start - 2), end + 2)
     too_fast = _ok(upd, UPDATE_TOO_FAST)
     rose = (
@@ -1555,12 +1561,13 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
     jumped = basis == "jump"
     clip = _clip_fix(q, trace, start, "before the event")
     note = ""
-    if too_fast:
+    if too_fast and not jumped:  # after a jump of the rate, the jump says it
         q.const("update_too_fast", UPDATE_TOO_FAST)
-        note = (
-            "; the updates were {update_ratio_event} of the weights per step (median |dw|/|w|, above "
-            "{update_too_fast}): the learning rate is too high for these weights"
-        )
+        if exploded:
+            note = "; before it, the updates were already up to {update_ratio} of the weights per step (|dw|/|w|"
+        else:
+            note = "; the updates were {update_ratio_event} of the weights per step (median |dw|/|w|"
+        note += ", above {update_too_fast}): the learning rate is too high for these weights"
     if rose and trace.lr is not None:
         q.at("lr_first", "lr", 0)
         q.at("lr_at_event", "lr", min(start, trace.lr.size - 1))

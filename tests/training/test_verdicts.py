@@ -176,7 +176,7 @@ def test_an_explosion_is_given_a_rate_measured_on_the_updates_before_it(pytester
     """SGD(0.05, momentum=0.9) on a linear regression: after about 15 steps the gradients explode and each
     update moves the weights tens of times their norm.  Those updates are the explosion's consequence: the
     rate to try is measured on the updates before it (a hundredth of the rate here), where it was measured on
-    them and asked for a rate 10,000x lower."""
+    them and asked for a rate 10,000x lower (and the cause said the rate was too high because of them)."""
     pytester.makepyfile(
         """
 import keras
@@ -202,6 +202,8 @@ def test_sgd(stability):
     factor = g.evidence["fix_configs"][0]["learning_rate_factor"]
     assert 1e-3 <= factor <= 0.1, g.fix
     assert "highest in steps 0-" in g.fix, g.fix
+    # the cause quotes the same updates as the fix, not the explosion's own (46x the weights a step)
+    assert "update_ratio_event" not in g.evidence["quotes"], g.cause
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
