@@ -19,6 +19,7 @@ The Keras internal this depends on, ``ArrayDataAdapter``, is listed in :mod:`.ke
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -88,7 +89,11 @@ def locate(plan: BatchPlan, step: int) -> dict[str, Any]:
     if plan.kind != "arrays" or not plan.n:
         return out
     try:
-        indices = _indices(plan, step)
+        with warnings.catch_warnings():
+            # the framework's own warnings while the plugin reads the pipeline again are not the user's: under
+            # `-W error` they lost the batch (PyTorch's loader warns of NumPy 2's `__array__` copy keyword)
+            warnings.simplefilter("ignore")
+            indices = _indices(plan, step)
     except Exception as exc:  # never fail the report on it: say why the samples are not named
         out["why"] = f"the batch's samples could not be found again ({type(exc).__name__}: {exc})"
         return out

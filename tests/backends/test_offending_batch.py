@@ -11,6 +11,7 @@ that sample's batch, and the ``.npz`` saved beside the report holds it.
 from __future__ import annotations
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -67,10 +68,14 @@ def test_every_step_names_the_batch_fit_gave_it(shuffle, split, readback_every):
     trained = SEEN[-steps:]
     n_train = int(N * (1 - split))
     assert res.batches.n == n_train and res.batches.per_epoch == -(-n_train // BS)
-    for step in range(steps):
-        where = batches.locate(res.batches, step)
-        assert where["indices"] == trained[step], (step, where)
-        assert where["epoch"] == step // res.batches.per_epoch and where["batch"] == step % res.batches.per_epoch
+    with warnings.catch_warnings():
+        # as under `pytest -W error`: Keras' own warnings while the plugin reads its pipeline again (PyTorch's
+        # loader warned of NumPy 2's `__array__` copy keyword) are not the user's and lose no sample
+        warnings.simplefilter("error")
+        for step in range(steps):
+            where = batches.locate(res.batches, step)
+            assert where["indices"] == trained[step], (step, where)
+            assert where["epoch"] == step // res.batches.per_epoch and where["batch"] == step % res.batches.per_epoch
     if shuffle is True:  # the order really was shuffled
         assert trained[0] != list(range(BS))
         if keras.backend.backend() != "tensorflow":  # (TensorFlow: plain fit under a global seed repeats it)
