@@ -107,7 +107,9 @@ The rules
     ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
     ``no_gradient`` / ``no_update`` variables; a run that blew up
-    (:func:`blew_up`) and then stopped -> ``collapse_constant``; under Ftrl, one
+    (:func:`blew_up`) and then stopped, or whose gradients became exactly zero
+    right after one of the first updates moved the weights their own norm or
+    more (whatever the loss did) -> ``collapse_constant``; under Ftrl, one
     of the first updates changed the weights by :data:`WEIGHTS_REPLACED` of
     their norm or more -> ``weights_replaced``; a loss flat at
     ``ln K`` (the cross-entropy of predicting the class prior of K balanced
@@ -1476,14 +1478,17 @@ def _stuck_state(trace: Trace, step: int, window: int, f: Finding | None = None)
     return st
 
 
-def _collapse_dx(q: Quotes, trace: Trace, start: int, end: int, head: str, until: int | None = None) -> Dx:
-    """A run that blew up and then stopped: name the collapse, lower the learning rate (capped when the rate
-    jumped between ``start`` and ``until``, where the run was found stuck), clip when possible."""
+def _collapse_dx(
+    q: Quotes, trace: Trace, start: int, end: int, head: str, until: int | None = None, by: str = "the blow-up"
+) -> Dx:
+    """A run that blew up (``by`` it) and then stopped: name the collapse, lower the learning rate (capped when
+    the rate jumped between ``start`` and ``until``, where the run was found stuck), clip when possible."""
     _, cfg = _optimizer(trace)
     lr_fix, basis = _lr_fix(q, trace, start, end, cfg, largest_before=True, jump_until=until)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
-    cause = head + ": the blow-up pushed units dead or outputs into saturation, and training stopped there"
-    if basis == "update":
+    cause = head + ": " + by + " pushed units dead or outputs into saturation, and training stopped there"
+    said = "{update_moved}" in head and q.q.get("update_moved", {}).get("value") == q["update_ratio"]
+    if basis == "update" and not said:  # (not when the head quotes the same update)
         cause += "; the largest update before it moved the weights {update_ratio} times their norm"
     return Dx("collapse_constant", LIKELY, cause, [lr_fix] + clips)
 
@@ -1874,10 +1879,10 @@ def _diverged(q: Quotes, trace: Trace, step: int) -> tuple[bool, str | None]:
 EARLY_RISE = 3.0
 
 
-def _collapse_from(q: Quotes, trace: Trace, root: int, head: str, step: int) -> Dx:
+def _collapse_from(q: Quotes, trace: Trace, root: int, head: str, step: int, by: str = "the blow-up") -> Dx:
     """A run found stuck at ``step`` after a blow-up at ``root``: the collapse's diagnosis, its fix in place
     from ``root`` (before the blow-up, not where the run was found stuck), inputs far from unit scale named."""
-    dx = _collapse_dx(q, trace, root, root, head, until=step)
+    dx = _collapse_dx(q, trace, root, root, head, until=step, by=by)
     dx.extra["fix_from"] = root
     far = _inputs_far(q, trace)
     if far:
@@ -2129,6 +2134,14 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
         return _collapse_from(q, trace, int(up["low_end"]) if up["jump"] else max(step - 1, 0), head, step)
+    if early is not None and zero and int(early) < int(f.step) <= int(early) + 2:
+        # the gradients died at that update, whatever the loss did next (Adam at 50 on inputs of scale 100: the
+        # loss, already saturated, fell 8 % and never moved again): the update killed the network, not the
+        # activations or the initialisation alone
+        u = q.step("update_step", int(early))
+        q.at("update_moved", "update_ratio", u)
+        head = "the update at step {update_step} moved the weights {update_moved} times their norm, and " + stop
+        return _collapse_from(q, trace, u, head + " step {step}: a collapse at that update", step, by="it")
     replaced = _weights_replaced(q, trace)
     if replaced is not None and (flat or zero or vanished):
         return replaced

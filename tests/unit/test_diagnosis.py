@@ -1092,3 +1092,26 @@ def test_a_validation_rise_whose_training_loss_rose_with_it_follows_the_training
     assert training and val.step < min(f.step for f in training)  # the case: validation found it first
     assert ranked[0].check in ("grad_norm", "loss_spike"), [(f.check, f.step) for f in ranked]
     assert val.evidence["rank"] > 0 and val.evidence["consequence_of"] == f"{ranked[0].check}@{ranked[0].step}"
+
+
+@pytest.mark.parametrize("dead_from", [1, 0], ids=["at_the_update", "before_it"])
+def test_gradients_that_die_at_a_huge_first_update_are_a_collapse_at_that_update(dead_from):
+    # Adam at 50 on a saturated start (JAX): the update at step 0 moved the weights 183x their norm, the loss fell
+    # 8 % and the gradients were exactly zero from step 1 on.  No loss went up, so no blow-up rule saw it, and the
+    # run was told "dead ReLUs or saturated outputs" with a fix of activations and initialisation.  Gradients
+    # already zero before that update (dead_from=0) are not its doing.
+    rng = np.random.default_rng(0)
+    n = 100
+    loss = np.concatenate([[8.73], 8.06 * np.exp(0.1 * rng.normal(size=n - 1))])
+    g = np.concatenate([np.full(dead_from, 68.0), np.zeros(n - dead_from)])
+    u = np.concatenate([[183.0], np.zeros(n - 1)])
+    info = {"optimizer": "Adam", "optimizer_config": {"learning_rate": 50.0}}
+    (f,) = _diag(Trace(loss=loss, grad_norm=g, update_ratio=u, info=info))
+    assert f.check == "stuck" and f.evidence["early_update_step"] == 0
+    if dead_from == 1:
+        assert f.evidence["cause_key"] == "collapse_constant", f.cause
+        assert f.cause.startswith("the update at step 0 moved the weights 183 (step 0) times their norm"), f.cause
+        assert f.cause.count("183") == 1, f.cause  # quoted once, not again as "the largest update before it"
+        assert f.evidence["fix_configs"][0] == {"learning_rate_factor": 1e-5}, f.fix
+    else:
+        assert "a collapse at that update" not in f.cause, f.cause
