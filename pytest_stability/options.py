@@ -680,7 +680,10 @@ def merge_marker(base: RunSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any]
         try:
             values[key] = opt.parse(value)
         except OptionValueError as exc:
-            raise OptionValueError(f"{key} must be {exc}") from None
+            hint = ""
+            if key == "seeds" and isinstance(value, (list, tuple, range, set)):
+                hint = " (a count, from seed= on: seed=5, seeds=2 trains under seeds 5 and 6)"
+            raise OptionValueError(f"{key} must be {exc}{hint}") from None
     ceiling = steps_above_ceiling(values)
     if ceiling is not None:
         raise OptionValueError(ceiling)

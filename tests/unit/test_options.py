@@ -108,6 +108,19 @@ def test_an_unknown_marker_keyword_is_told_where_it_belongs(kwargs, hint):
     assert message.endswith(", ".join(o.name for o in OPTIONS[-2:]))
 
 
+@pytest.mark.parametrize("seeds", [[0, 1], (3, 4, 5), range(3)])
+def test_seeds_given_as_a_list_is_told_it_is_a_count(seeds):
+    with pytest.raises(OptionValueError) as info:
+        merge_marker(_defaults(), (), {"seeds": seeds})
+    assert str(info.value) == (
+        f"seeds must be an int >= 1, received {seeds!r} ({type(seeds).__name__}) (a count, from seed= on: "
+        "seed=5, seeds=2 trains under seeds 5 and 6)"
+    )
+    with pytest.raises(OptionValueError) as info:  # a number that is not a count gets no such hint
+        merge_marker(_defaults(), (), {"seeds": 0})
+    assert str(info.value) == "seeds must be an int >= 1, received 0"
+
+
 def test_precedence_cli_over_ini_over_default():
     assert _defaults().steps == 200
     assert _defaults(ini={"stability_steps": "50"}).steps == 50
