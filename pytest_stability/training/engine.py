@@ -80,6 +80,8 @@ from .model_facts import (
     label_range_error,
     optimizer_config_silently,
     output_wiring,
+    outputs_without_loss,
+    outputs_without_loss_note,
     wiring_note,
 )
 from .plan import Chunking, chunking
@@ -589,6 +591,10 @@ def train(
     if wiring is not None:
         trace.info["output_wiring"] = wiring
         notes.append(wiring_note(wiring, backend))
+    lossless = outputs_without_loss(model)
+    if lossless is not None:  # outputs compiled without a loss: what feeds only them is not trained
+        trace.info["outputs_without_loss"] = lossless
+        notes.append(outputs_without_loss_note(lossless))
     one = batchnorm_over_one_sample(model, setup.batch_size if setup.kind == "arrays" else None)
     if one is not None:  # BatchNorm over features, in batches of one sample
         trace.info["batchnorm_one_sample"] = one

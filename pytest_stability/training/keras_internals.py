@@ -89,7 +89,9 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Variable", "_value", "TensorFlow: the tf.Variable behind a Keras variable (a strategy's per-replica copies)"),
     ("Model", "_compile_metrics", "TensorFlow: the compiled metrics, built before the first trace"),
     ("Sequential", "_functional", "TensorFlow: a sequential model's graph, whose outputs build the metrics"),
-    ("Functional", "_outputs_struct", "TensorFlow: a functional model's outputs, which build the metrics"),
+    ("Functional", "_outputs_struct", "a functional model's outputs (TensorFlow: they build the metrics)"),
+    ("KerasTensor", "_keras_history", "the layer that made a symbolic tensor: the output layer, the graph walked back"),
+    ("Layer", "_inbound_nodes", "a functional model's graph walked back from the outputs that have a loss"),
     ("EpochIterator", "_distributed_dataset", "TensorFlow: the dataset fit iterates, whose targets build the metrics"),
     ("EpochIterator", "_epoch_iterator", "the generator of fit's epoch iterator, closed when fit returns"),
     (
@@ -212,6 +214,7 @@ def missing(keras: ModuleType) -> list[str]:
         "JAXModel": model,
         "Sequential": model,
         "Functional": getattr(model, "_functional", None),
+        "KerasTensor": model.outputs[0],
     }
     tensorflow_only = {("Variable", "_value"), ("EpochIterator", "_distributed_dataset")}
     for owner, attribute, _ in ATTRIBUTES:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..framework_types import Layer, Model
+from ..framework_types import Layer, Model, Tensor
 
 #: Keras' losses that take probabilities unless ``from_logits=True``: the name ``compile`` takes -> the class,
 #: and the activation whose outputs they take
@@ -398,6 +398,90 @@ def wiring_note(fact: dict[str, Any], backend: str | None = None) -> str:
         f"{fact['layer']} with activation {fact['activation']!r}: Keras clips the outputs to [1e-07, 1 - 1e-07], "
         "so an output beyond gets no gradient; give that layer "
         f"activation={fact['expects']!r}, or compile with keras.losses.{fact['loss_class']}(from_logits=True)"
+    )
+
+
+def _named_outputs(model: Model) -> dict[str, Tensor] | None:
+    """A functional model's output tensors by the names ``compile``'s loss is keyed by (the keys of a dict of
+    outputs, else the output layers' names), in the order of ``model.outputs``; None without a graph."""
+    try:
+        outputs = list(model.outputs)
+        names = list(model.output_names)
+    except Exception:  # a subclassed model: its call() makes the outputs
+        return None
+    struct = getattr(model, "_outputs_struct", None)
+    if isinstance(struct, dict) and len(struct) == len(outputs):
+        return {str(k): v for k, v in struct.items()}
+    if len(names) != len(outputs):
+        return None
+    return {str(n): t for n, t in zip(names, outputs, strict=True)}
+
+
+def _upstream_variables(tensors: list[Tensor]) -> set[int] | None:
+    """The ids of the variables of every layer the (symbolic) ``tensors`` are computed from (a nested model
+    counts whole); None where the graph cannot be read."""
+    seen_ops: set[int] = set()
+    found: set[int] = set()
+    stack = list(tensors)
+    while stack:
+        history = getattr(stack.pop(), "_keras_history", None)
+        op = getattr(history, "operation", None)
+        if history is None or op is None or id(op) in seen_ops:
+            continue  # an input (or a layer already walked)
+        seen_ops.add(id(op))
+        found.update(id(v) for v in getattr(op, "variables", None) or [])
+        try:
+            node = op._inbound_nodes[int(history.node_index)]
+        except Exception:  # not a graph this reads
+            return None
+        stack.extend(getattr(node, "input_tensors", None) or [])
+    return found
+
+
+def outputs_without_loss(model: Model) -> dict[str, Any] | None:
+    """The outputs of a functional model that ``compile`` gave no loss (a dict of losses without their name, a
+    list with None in their place), and the trainable variables that feed only them: no gradient reaches those,
+    as plain ``fit`` trains the model.  ``{"outputs": [names], "variables": [paths]}``, None when every output
+    has a loss (or one loss serves them all), for a subclassed model, or when the graph cannot be read."""
+    loss = getattr(model, "loss", None)
+    named = _named_outputs(model)
+    if named is None or len(named) < 2 or loss is None or isinstance(loss, str) or callable(loss):
+        return None
+    if isinstance(loss, dict):
+        if any(str(k) not in named for k in loss):
+            return None
+        lossless = [name for name in named if loss.get(name) is None]
+    elif isinstance(loss, (list, tuple)) or type(loss).__name__ == "ListWrapper":
+        entries = list(loss)
+        if len(entries) != len(named):
+            return None
+        lossless = [name for name, entry in zip(named, entries, strict=True) if entry is None]
+    else:
+        return None
+    if not lossless or len(lossless) == len(named):
+        return None
+    trained = _upstream_variables([t for name, t in named.items() if name not in lossless])
+    if trained is None:
+        return None
+    from .recorders.common import var_name
+
+    left = [var_name(v) for v in getattr(model, "trainable_variables", None) or [] if id(v) not in trained]
+    return {"outputs": lossless, "variables": left}
+
+
+def outputs_without_loss_note(fact: dict[str, Any]) -> str:
+    """The report's note on :func:`outputs_without_loss`."""
+    outs = ", ".join(repr(o) for o in fact["outputs"])
+    plural = "s" if len(fact["outputs"]) > 1 else ""
+    variables = list(fact["variables"])
+    if not variables:
+        return f"the output{plural} {outs} ha{'ve' if plural else 's'} no loss in compile(): not trained"
+    shown = ", ".join(variables[:5]) + (f" and {len(variables) - 5} more" if len(variables) > 5 else "")
+    return (
+        f"the output{plural} {outs} ha{'ve' if plural else 's'} no loss in compile(): the {len(variables)} "
+        f"variable{'s' if len(variables) > 1 else ''} that feed only {'them' if plural else 'it'} ({shown}) are "
+        "not trained, as in plain fit, and stuck does not count them as never receiving a gradient; give "
+        f"{'them' if plural else 'it'} a loss if {'they are' if plural else 'it is'} meant to train"
     )
 
 

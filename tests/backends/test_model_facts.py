@@ -427,3 +427,72 @@ def test_a_multi_optimizer_is_refused_before_training_on_every_backend():
         StabilityUsageError, match=r"MultiOptimizer \(its optimizers: Adam, SGD\), which pytest-stability"
     ):
         validate_model(model)
+
+
+def _heads(loss):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    a = keras.layers.Dense(1, activation="sigmoid", name="a")(hidden)
+    aux = keras.layers.Dense(2, name="aux")(keras.layers.Dense(4, name="aux_hidden")(hidden))
+    model = keras.Model(inputs, {"a": a, "aux": aux})
+    model.compile(optimizer="adam", loss=loss)
+    return model
+
+
+def test_the_variables_that_feed_only_an_output_without_a_loss_are_told_from_the_model():
+    from pytest_stability.training.model_facts import outputs_without_loss
+
+    aux_only = ["aux_hidden/kernel", "aux_hidden/bias", "aux/kernel", "aux/bias"]
+    assert outputs_without_loss(_heads({"a": "binary_crossentropy"})) == {"outputs": ["aux"], "variables": aux_only}
+    assert outputs_without_loss(_heads({"a": "binary_crossentropy", "aux": None})) == {
+        "outputs": ["aux"],
+        "variables": aux_only,
+    }
+    # the shared hidden layer feeds the trained output: only what feeds aux alone is listed
+    assert outputs_without_loss(_heads({"aux": "mse"})) == {"outputs": ["a"], "variables": ["a/kernel", "a/bias"]}
+    assert outputs_without_loss(_heads({"a": "binary_crossentropy", "aux": "mse"})) is None
+    assert outputs_without_loss(_two_outputs()) is None  # a loss for each
+    assert outputs_without_loss(_subclassed()) is None  # no graph to read
+
+
+def test_an_output_without_a_loss_is_noted_and_its_variables_are_not_stuck(pytester):
+    """Plain fit trains nothing that feeds only an output compiled without a loss (Keras warns on TensorFlow that
+    their gradients do not exist): stuck failed such a model as "never received a gradient"."""
+    pytester.makepyfile(
+        """
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(512, 8)).astype("float32")
+Y = (X[:, 0] > 0).astype("float32")
+
+
+@pytest.mark.stable_training(steps=60)
+@pytest.mark.parametrize("aux_loss", [None, "cut"])
+def test_heads(stability, aux_loss):
+    inputs = keras.Input((8,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    a = keras.layers.Dense(1, activation="sigmoid", name="a")(hidden)
+    aux = keras.layers.Dense(2, name="aux")(keras.layers.Dense(4, name="aux_hidden")(hidden))
+    if aux_loss:  # the twin: an output with a loss that no gradient reaches its layers through still fails
+        aux = keras.layers.Lambda(lambda t: 0.0 * t, name="cut")(aux)
+    model = keras.Model(inputs, {"a": a, "aux": aux})
+    model.compile(optimizer="adam", loss={"a": "binary_crossentropy", **({"aux": "mse"} if aux_loss else {})})
+    targets = {"a": Y, **({"aux": np.zeros((512, 2), "float32")} if aux_loss else {})}
+    rep = stability.fit(model, X, targets, batch_size=32, check=False)
+    stuck = [f for f in rep.findings if f.check == "stuck"]
+    if aux_loss is None:
+        assert rep.verdict == "stable", [f.message for f in rep.findings]
+        assert rep.trace.info["outputs_without_loss"]["outputs"] == ["aux"]
+        assert "the output 'aux' has no loss in compile(): the 4 variables that feed only it" in " ".join(
+            rep.trace.info["notes"]
+        )
+    else:
+        assert "outputs_without_loss" not in rep.trace.info
+        assert stuck and stuck[0].kind == "no_gradient", [f.message for f in rep.findings]
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+    result.assert_outcomes(passed=2)
