@@ -438,27 +438,35 @@ def _upstream_variables(tensors: list[Tensor]) -> set[int] | None:
     return found
 
 
+def _per_output(value: object, names: list[str]) -> list[object] | None:
+    """``compile``'s ``loss`` or ``loss_weights`` per output (in the order of ``names``): a dict by name (absent:
+    None), a list in order, one value for all; None when it cannot be matched to the outputs."""
+    if isinstance(value, dict):
+        return None if any(str(k) not in names for k in value) else [value.get(n) for n in names]
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListWrapper":
+        entries = list(value)  # type: ignore[call-overload]  # a ListWrapper iterates
+        return entries if len(entries) == len(names) else None
+    return [value] * len(names)
+
+
 def outputs_without_loss(model: Model) -> dict[str, Any] | None:
     """The outputs of a functional model that ``compile`` gave no loss (a dict of losses without their name, a
-    list with None in their place), and the trainable variables that feed only them: no gradient reaches those,
-    as plain ``fit`` trains the model.  ``{"outputs": [names], "variables": [paths]}``, None when every output
-    has a loss (or one loss serves them all), for a subclassed model, or when the graph cannot be read."""
-    loss = getattr(model, "loss", None)
+    list with None in their place) or a loss weight of 0, and the trainable variables that feed only them: no
+    gradient reaches those, as plain ``fit`` trains the model.  ``{"outputs": [names], "zero_weight": [names],
+    "variables": [paths]}``, None when every output trains, for a subclassed model, or when the graph cannot be
+    read."""
     named = _named_outputs(model)
-    if named is None or len(named) < 2 or loss is None or isinstance(loss, str) or callable(loss):
+    if named is None or len(named) < 2 or getattr(model, "loss", None) is None:
         return None
-    if isinstance(loss, dict):
-        if any(str(k) not in named for k in loss):
-            return None
-        lossless = [name for name in named if loss.get(name) is None]
-    elif isinstance(loss, (list, tuple)) or type(loss).__name__ == "ListWrapper":
-        entries = list(loss)
-        if len(entries) != len(named):
-            return None
-        lossless = [name for name, entry in zip(named, entries, strict=True) if entry is None]
-    else:
+    names = list(named)
+    config = getattr(getattr(model, "_compile_config", None), "config", None)
+    losses = _per_output(model.loss, names)
+    weights = _per_output(config.get("loss_weights") if isinstance(config, dict) else None, names)
+    if losses is None or weights is None:
         return None
-    if not lossless or len(lossless) == len(named):
+    zero_weight = [n for n, lo, w in zip(names, losses, weights, strict=True) if lo is not None and w == 0]
+    lossless = [n for n, lo in zip(names, losses, strict=True) if lo is None] + zero_weight
+    if not lossless or len(lossless) == len(names):
         return None
     trained = _upstream_variables([t for name, t in named.items() if name not in lossless])
     if trained is None:
@@ -466,22 +474,27 @@ def outputs_without_loss(model: Model) -> dict[str, Any] | None:
     from .recorders.common import var_name
 
     left = [var_name(v) for v in getattr(model, "trainable_variables", None) or [] if id(v) not in trained]
-    return {"outputs": lossless, "variables": left}
+    return {"outputs": [n for n in names if n in lossless], "zero_weight": zero_weight, "variables": left}
 
 
 def outputs_without_loss_note(fact: dict[str, Any]) -> str:
     """The report's note on :func:`outputs_without_loss`."""
     outs = ", ".join(repr(o) for o in fact["outputs"])
-    plural = "s" if len(fact["outputs"]) > 1 else ""
+    plural = len(fact["outputs"]) > 1
+    zero = len(fact.get("zero_weight") or [])
+    what, give = ("no loss", "a loss") if not zero else ("a loss weight of 0", "a loss weight above 0")
+    if 0 < zero < len(fact["outputs"]):
+        what, give = "no loss or a loss weight of 0", "a loss with a weight above 0"
+    head = f"the output{'s' if plural else ''} {outs} ha{'ve' if plural else 's'} {what} in compile()"
     variables = list(fact["variables"])
     if not variables:
-        return f"the output{plural} {outs} ha{'ve' if plural else 's'} no loss in compile(): not trained"
+        return head + ": not trained"
     shown = ", ".join(variables[:5]) + (f" and {len(variables) - 5} more" if len(variables) > 5 else "")
+    them = "them" if plural else "it"
     return (
-        f"the output{plural} {outs} ha{'ve' if plural else 's'} no loss in compile(): the {len(variables)} "
-        f"variable{'s' if len(variables) > 1 else ''} that feed only {'them' if plural else 'it'} ({shown}) are "
-        "not trained, as in plain fit, and stuck does not count them as never receiving a gradient; give "
-        f"{'them' if plural else 'it'} a loss if {'they are' if plural else 'it is'} meant to train"
+        f"{head}: the {len(variables)} variable{'s' if len(variables) > 1 else ''} that feed only {them} ({shown}) "
+        "are not trained, as in plain fit, and stuck does not count them as never receiving a gradient; give "
+        f"{them} {give} if {'they are' if plural else 'it is'} meant to train"
     )
 
 

@@ -429,28 +429,35 @@ def test_a_multi_optimizer_is_refused_before_training_on_every_backend():
         validate_model(model)
 
 
-def _heads(loss):
+def _heads(loss, loss_weights=None, as_list=False):
     inputs = keras.Input((8,))
     hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
     a = keras.layers.Dense(1, activation="sigmoid", name="a")(hidden)
     aux = keras.layers.Dense(2, name="aux")(keras.layers.Dense(4, name="aux_hidden")(hidden))
-    model = keras.Model(inputs, {"a": a, "aux": aux})
-    model.compile(optimizer="adam", loss=loss)
+    model = keras.Model(inputs, [a, aux] if as_list else {"a": a, "aux": aux})
+    model.compile(optimizer="adam", loss=loss, loss_weights=loss_weights)
     return model
 
 
 def test_the_variables_that_feed_only_an_output_without_a_loss_are_told_from_the_model():
-    from pytest_stability.training.model_facts import outputs_without_loss
+    from pytest_stability.training.model_facts import outputs_without_loss, outputs_without_loss_note
 
     aux_only = ["aux_hidden/kernel", "aux_hidden/bias", "aux/kernel", "aux/bias"]
-    assert outputs_without_loss(_heads({"a": "binary_crossentropy"})) == {"outputs": ["aux"], "variables": aux_only}
-    assert outputs_without_loss(_heads({"a": "binary_crossentropy", "aux": None})) == {
-        "outputs": ["aux"],
-        "variables": aux_only,
-    }
+    no_aux = {"outputs": ["aux"], "zero_weight": [], "variables": aux_only}
+    bce = "binary_crossentropy"
+    assert outputs_without_loss(_heads({"a": bce})) == no_aux
+    assert outputs_without_loss(_heads({"a": bce, "aux": None})) == no_aux
+    assert outputs_without_loss(_heads([bce, None], as_list=True)) == no_aux
+    # a loss weight of 0 trains nothing either
+    fact = outputs_without_loss(_heads({"a": bce, "aux": "mse"}, {"a": 1.0, "aux": 0.0}))
+    assert fact == {**no_aux, "zero_weight": ["aux"]}
+    assert "has a loss weight of 0 in compile()" in outputs_without_loss_note(fact)
+    assert outputs_without_loss(_heads("mse", [1.0, 0.0], as_list=True))["zero_weight"] == ["aux"]
     # the shared hidden layer feeds the trained output: only what feeds aux alone is listed
-    assert outputs_without_loss(_heads({"aux": "mse"})) == {"outputs": ["a"], "variables": ["a/kernel", "a/bias"]}
-    assert outputs_without_loss(_heads({"a": "binary_crossentropy", "aux": "mse"})) is None
+    assert outputs_without_loss(_heads({"aux": "mse"}))["variables"] == ["a/kernel", "a/bias"]
+    assert outputs_without_loss(_heads({"a": bce, "aux": "mse"})) is None
+    assert outputs_without_loss(_heads({"a": bce, "aux": "mse"}, {"a": 1.0, "aux": 0.5})) is None
+    assert outputs_without_loss(_heads("mse")) is None  # one loss for every output
     assert outputs_without_loss(_two_outputs()) is None  # a loss for each
     assert outputs_without_loss(_subclassed()) is None  # no graph to read
 
