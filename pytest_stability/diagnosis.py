@@ -106,7 +106,9 @@ The rules
     gradient norm :data:`EXPLOSION_FACTOR` x the 90th percentile before it ->
     ``gradient_explosion``; else ``lr_too_high`` (uncertain).
 ``stuck``
-    ``no_gradient`` / ``no_update`` variables; a run that blew up
+    ``no_gradient`` / ``no_update`` variables (``no_gradient`` for certain when
+    the model's graph shows they feed only outputs without a loss: the cause
+    names them); a run that blew up
     (:func:`blew_up`) and then stopped, or whose gradients became exactly zero
     right after one of the first updates moved the weights their own norm or
     more (whatever the loss did) -> ``collapse_constant``; under Ftrl, one
@@ -1987,12 +1989,57 @@ def _stuck_behind_vanishing(
     return dx
 
 
+def _outputs_without_loss(q: Quotes, trace: Trace, variables: list[str]) -> Dx | None:
+    """Variables without a gradient that all feed only outputs ``compile`` gave no loss, or a loss weight of 0
+    (``trace.info["outputs_without_loss"]``, read from the model's graph): that is why, for certain; None when
+    any of them is not such a variable (or the model was not read)."""
+    fact = (trace.info or {}).get("outputs_without_loss")
+    if not isinstance(fact, Mapping) or not variables or not set(variables) <= set(fact.get("variables") or ()):
+        return None
+    outputs = [str(o) for o in fact.get("outputs") or []]
+    zero = set(fact.get("zero_weight") or ())
+    q.text("outputs", ", ".join(repr(o) for o in outputs))
+    why = (
+        "a loss weight of 0"
+        if zero and zero >= set(outputs)
+        else "no loss or a loss weight of 0"
+        if zero
+        else "no loss"
+    )
+    plural = len(outputs) > 1
+    return Dx(
+        "no_gradient",
+        LIKELY,
+        "{variables} feed only the output"
+        + ("s" if plural else "")
+        + " {outputs}, which "
+        + ("have " if plural else "has ")
+        + why
+        + " in compile(): nothing trains them"
+        + ("" if zero else " (Keras itself warns on TensorFlow that their gradients do not exist)"),
+        [
+            Fix(
+                "give {outputs} "
+                + ("a loss with a weight above 0" if zero else "a loss")
+                + " in compile() if "
+                + ("they are" if plural else "it is")
+                + " meant to train; if not, set trainable=False on the layers that feed only "
+                + ("them" if plural else "it")
+                + " (fit trains nothing there either way)"
+            )
+        ],
+    )
+
+
 def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     _, cfg = _optimizer(trace)
     ev = f.evidence
     step = q.step("step", f.step)
     if f.kind == "no_gradient":
         q.text("variables", ", ".join(ev.get("variables", [])[:5]))
+        headless = _outputs_without_loss(q, trace, list(ev.get("variables", [])))
+        if headless is not None:
+            return headless
         return Dx(
             "no_gradient",
             LIKELY,

@@ -52,9 +52,7 @@ from a user's own loop without them are not judged): a variable whose gradient
 norm is exactly 0 at every finite step never receives a gradient
 (``kind="no_gradient"``: disconnected from the loss, or fed only by dead
 units), except a bias whose layer's other variables receive gradients (the loss
-does not depend on it: a Wasserstein critic's output bias) and the variables that
-feed only outputs compiled without a loss (``trace.info["outputs_without_loss"]``:
-plain ``fit`` does not train them either; the report notes them); one whose
+does not depend on it: a Wasserstein critic's output bias); one whose
 ``var_update_ratio`` adds up to less than ``NO_UPDATE_TOTAL`` (1e-6) over the run never changes
 (``kind="no_update"``: a learning rate of 0, an optimizer that skips it, updates that round away on the
 weights because their gradients vanished through the layers).
@@ -432,9 +430,6 @@ def _coverage(trace: Trace) -> list[Finding]:
             zero &= ~np.all(np.where(np.isfinite(g), g == 0, True), axis=0)
         if kind == "no_gradient":
             zero &= ~_invariant_biases(arr, names, zero)
-            # the variables that feed only outputs compiled without a loss: plain fit trains them no more
-            lossless = set((trace.info.get("outputs_without_loss") or {}).get("variables") or ())
-            zero &= np.array([i >= len(names) or names[i] not in lossless for i in range(zero.shape[0])], dtype=bool)
         idx = np.flatnonzero(zero)
         if not idx.size:
             continue

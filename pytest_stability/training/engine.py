@@ -81,7 +81,6 @@ from .model_facts import (
     optimizer_config_silently,
     output_wiring,
     outputs_without_loss,
-    outputs_without_loss_note,
     wiring_note,
 )
 from .plan import Chunking, chunking
@@ -592,9 +591,8 @@ def train(
         trace.info["output_wiring"] = wiring
         notes.append(wiring_note(wiring, backend))
     lossless = outputs_without_loss(model)
-    if lossless is not None:  # outputs compiled without a loss: what feeds only them is not trained
+    if lossless is not None:  # outputs compiled without a loss: what feeds only them gets no gradient
         trace.info["outputs_without_loss"] = lossless
-        notes.append(outputs_without_loss_note(lossless))
     one = batchnorm_over_one_sample(model, setup.batch_size if setup.kind == "arrays" else None)
     if one is not None:  # BatchNorm over features, in batches of one sample
         trace.info["batchnorm_one_sample"] = one

@@ -477,27 +477,6 @@ def outputs_without_loss(model: Model) -> dict[str, Any] | None:
     return {"outputs": [n for n in names if n in lossless], "zero_weight": zero_weight, "variables": left}
 
 
-def outputs_without_loss_note(fact: dict[str, Any]) -> str:
-    """The report's note on :func:`outputs_without_loss`."""
-    outs = ", ".join(repr(o) for o in fact["outputs"])
-    plural = len(fact["outputs"]) > 1
-    zero = len(fact.get("zero_weight") or [])
-    what, give = ("no loss", "a loss") if not zero else ("a loss weight of 0", "a loss weight above 0")
-    if 0 < zero < len(fact["outputs"]):
-        what, give = "no loss or a loss weight of 0", "a loss with a weight above 0"
-    head = f"the output{'s' if plural else ''} {outs} ha{'ve' if plural else 's'} {what} in compile()"
-    variables = list(fact["variables"])
-    if not variables:
-        return head + ": not trained"
-    shown = ", ".join(variables[:5]) + (f" and {len(variables) - 5} more" if len(variables) > 5 else "")
-    them = "them" if plural else "it"
-    return (
-        f"{head}: the {len(variables)} variable{'s' if len(variables) > 1 else ''} that feed only {them} ({shown}) "
-        "are not trained, as in plain fit, and stuck does not count them as never receiving a gradient; give "
-        f"{them} {give} if {'they are' if plural else 'it is'} meant to train"
-    )
-
-
 def _sparse_loss(loss: object) -> tuple[str, int | None] | None:
     """``(name, ignore_class)`` when the compiled loss is Keras' sparse categorical cross-entropy (one loss)."""
     loss = _single_loss(loss)

@@ -440,7 +440,7 @@ def _heads(loss, loss_weights=None, as_list=False):
 
 
 def test_the_variables_that_feed_only_an_output_without_a_loss_are_told_from_the_model():
-    from pytest_stability.training.model_facts import outputs_without_loss, outputs_without_loss_note
+    from pytest_stability.training.model_facts import outputs_without_loss
 
     aux_only = ["aux_hidden/kernel", "aux_hidden/bias", "aux/kernel", "aux/bias"]
     no_aux = {"outputs": ["aux"], "zero_weight": [], "variables": aux_only}
@@ -449,9 +449,10 @@ def test_the_variables_that_feed_only_an_output_without_a_loss_are_told_from_the
     assert outputs_without_loss(_heads({"a": bce, "aux": None})) == no_aux
     assert outputs_without_loss(_heads([bce, None], as_list=True)) == no_aux
     # a loss weight of 0 trains nothing either
-    fact = outputs_without_loss(_heads({"a": bce, "aux": "mse"}, {"a": 1.0, "aux": 0.0}))
-    assert fact == {**no_aux, "zero_weight": ["aux"]}
-    assert "has a loss weight of 0 in compile()" in outputs_without_loss_note(fact)
+    assert outputs_without_loss(_heads({"a": bce, "aux": "mse"}, {"a": 1.0, "aux": 0.0})) == {
+        **no_aux,
+        "zero_weight": ["aux"],
+    }
     assert outputs_without_loss(_heads("mse", [1.0, 0.0], as_list=True))["zero_weight"] == ["aux"]
     # the shared hidden layer feeds the trained output: only what feeds aux alone is listed
     assert outputs_without_loss(_heads({"aux": "mse"}))["variables"] == ["a/kernel", "a/bias"]
@@ -462,9 +463,10 @@ def test_the_variables_that_feed_only_an_output_without_a_loss_are_told_from_the
     assert outputs_without_loss(_subclassed()) is None  # no graph to read
 
 
-def test_an_output_without_a_loss_is_noted_and_its_variables_are_not_stuck(pytester):
+def test_a_head_without_a_loss_is_named_as_the_cause_of_its_missing_gradients(pytester):
     """Plain fit trains nothing that feeds only an output compiled without a loss (Keras warns on TensorFlow that
-    their gradients do not exist): stuck failed such a model as "never received a gradient"."""
+    their gradients do not exist, "did you forget to provide a loss?"): stuck fails them, and the cause, read
+    from the model's graph, says which output and why, where it listed every possible reason."""
     pytester.makepyfile(
         """
 import keras
@@ -483,22 +485,25 @@ def test_heads(stability, aux_loss):
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
     a = keras.layers.Dense(1, activation="sigmoid", name="a")(hidden)
     aux = keras.layers.Dense(2, name="aux")(keras.layers.Dense(4, name="aux_hidden")(hidden))
-    if aux_loss:  # the twin: an output with a loss that no gradient reaches its layers through still fails
+    if aux_loss:  # the twin: an output with a loss that no gradient reaches its layers through
         aux = keras.layers.Lambda(lambda t: 0.0 * t, name="cut")(aux)
     model = keras.Model(inputs, {"a": a, "aux": aux})
     model.compile(optimizer="adam", loss={"a": "binary_crossentropy", **({"aux": "mse"} if aux_loss else {})})
     targets = {"a": Y, **({"aux": np.zeros((512, 2), "float32")} if aux_loss else {})}
     rep = stability.fit(model, X, targets, batch_size=32, check=False)
-    stuck = [f for f in rep.findings if f.check == "stuck"]
+    (stuck,) = [f for f in rep.findings if f.check == "stuck"]
+    assert stuck.kind == "no_gradient", stuck.message
+    assert stuck.evidence["variables"] == ["aux_hidden/kernel", "aux_hidden/bias", "aux/kernel", "aux/bias"]
     if aux_loss is None:
-        assert rep.verdict == "stable", [f.message for f in rep.findings]
         assert rep.trace.info["outputs_without_loss"]["outputs"] == ["aux"]
-        assert "the output 'aux' has no loss in compile(): the 4 variables that feed only it" in " ".join(
-            rep.trace.info["notes"]
-        )
+        assert stuck.cause.startswith(
+            "aux_hidden/kernel, aux_hidden/bias, aux/kernel, aux/bias feed only the output 'aux', which has no loss "
+            "in compile(): nothing trains them"
+        ), stuck.cause
+        assert stuck.fix.startswith("give 'aux' a loss in compile() if it is meant to train"), stuck.fix
     else:
         assert "outputs_without_loss" not in rep.trace.info
-        assert stuck and stuck[0].kind == "no_gradient", [f.message for f in rep.findings]
+        assert "not connected to the loss" in stuck.cause, stuck.cause
 """
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")

@@ -646,18 +646,6 @@ def test_a_variable_that_never_gets_a_gradient_is_a_finding():
     assert "unused/kernel" in f.message and "1 of 3" in f.message
 
 
-def test_the_variables_of_an_output_without_a_loss_are_not_a_finding_the_others_are():
-    """``trace.info["outputs_without_loss"]`` (from the model: an output compiled without a loss) lists what plain
-    fit does not train: not "never received a gradient"; a variable cut off elsewhere still is."""
-    t = _vars(grad_zero=(1,))
-    t.info = {"outputs_without_loss": {"outputs": ["aux"], "variables": ["unused/kernel"]}}
-    assert check_stuck(t).status == "passed"
-    t = _vars(grad_zero=(0, 1))
-    t.info = {"outputs_without_loss": {"outputs": ["aux"], "variables": ["unused/kernel"]}}
-    (f,) = check_stuck(t).findings
-    assert f.kind == "no_gradient" and f.evidence["variables"] == ["dense/kernel"]
-
-
 def _layers(zero):
     """A critic's two layers and a layer cut off from the loss; ``zero`` names the columns with no gradient."""
     names = ("critic/dense/kernel", "critic/dense/bias", "critic/out/kernel", "critic/out/bias")

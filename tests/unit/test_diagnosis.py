@@ -1115,3 +1115,31 @@ def test_gradients_that_die_at_a_huge_first_update_are_a_collapse_at_that_update
         assert f.evidence["fix_configs"][0] == {"learning_rate_factor": 1e-5}, f.fix
     else:
         assert "a collapse at that update" not in f.cause, f.cause
+
+
+@pytest.mark.parametrize(
+    ("listed", "zero_weight", "says"),
+    [
+        (["aux/kernel", "aux/bias"], [], "feed only the output 'aux', which has no loss in compile()"),
+        (["aux/kernel", "aux/bias"], ["aux"], "feed only the output 'aux', which has a loss weight of 0 in compile()"),
+        (["aux/kernel"], [], None),  # aux/bias is not among them: the general cause
+    ],
+)
+def test_variables_without_gradient_that_feed_only_an_output_without_loss_are_told_so(listed, zero_weight, says):
+    rng = np.random.default_rng(0)
+    n = 60
+    vg = np.exp(0.2 * rng.normal(size=(n, 4)))
+    vg[:, 2:] = 0.0
+    names = ("dense/kernel", "dense/bias", "aux/kernel", "aux/bias")
+    info = {"outputs_without_loss": {"outputs": ["aux"], "zero_weight": zero_weight, "variables": listed}}
+    trace = Trace(
+        loss=np.geomspace(1.0, 0.1, n), grad_norm=np.sqrt((vg**2).sum(1)), var_grad_norms=vg, var_names=names, info=info
+    )
+    (f,) = [f for f in _diag(trace) if f.check == "stuck"]
+    assert f.kind == "no_gradient" and f.evidence["cause_key"] == "no_gradient"
+    if says:
+        assert f.cause.startswith("aux/kernel, aux/bias " + says + ": nothing trains them"), f.cause
+        weight = " with a weight above 0" if zero_weight else ""
+        assert f.fix.startswith(f"give 'aux' a loss{weight} in compile() if it is meant to train"), f.fix
+    else:
+        assert "not connected to the loss" in f.cause, f.cause
