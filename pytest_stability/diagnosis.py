@@ -1632,8 +1632,7 @@ def _event(f: Finding, trace: Trace, q: Quotes, findings: list[Finding], what: s
 
 def _loss_spike(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
     dx = _event(f, trace, q, findings, _loss_event(f, trace, q), explosion=False)
-    start = int(f.evidence.get("start", f.step))
-    note = _one_batch_note(trace, q, start)
+    note = _one_batch_note(trace, q, int(f.evidence.get("start", f.step)), named=int(f.step))
     if note is not None:
         dx.fixes.append(note)
     return dx
@@ -1688,10 +1687,12 @@ ONE_BATCH_JUMP = 10.0
 ONE_BATCH_UPDATE = 3.0
 
 
-def _one_batch_note(trace: Trace, q: Quotes, start: int) -> Fix | None:
+def _one_batch_note(trace: Trace, q: Quotes, start: int, named: int | None = None) -> Fix | None:
     """A note when a spike followed an ordinary update: the weights hardly changed into the step, so the
     step's batch may have caused the jump (a bad sample); the batch replay tells.  A note, not a cause: a full
-    batch (every step the same samples) or a subtle weight change can look the same in the trace."""
+    batch (every step the same samples) or a subtle weight change can look the same in the trace.  ``start``:
+    where the event began; ``named``: the step whose batch the failure names (an event that merged spikes names
+    a later one: a bad sample at step 34, then the blow-up it led to, named at step 104)."""
     if trace.update_ratio is None or start < 3:
         return None
     u = trace.update_ratio
@@ -1705,11 +1706,12 @@ def _one_batch_note(trace: Trace, q: Quotes, start: int) -> Fix | None:
     q.step("spike_start", start)
     q.at("update_before", "update_ratio", start - 1)
     q.over("update_median", "update_ratio", "median", max(0, start - _window(trace)), start - 2)
+    names = "the failure names its samples, and " if named is None or named == start else ""
     return Fix(
         "the update into step {spike_start} was ordinary ({update_before} of the weights; {update_median} "
-        "before it), so the batch of step {spike_start} itself may have caused the jump: the "
-        "failure names its samples, and --stability-replay-batch={spike_start} tells a bad sample from a bad "
-        "update",
+        "before it), so the batch of step {spike_start} itself may have caused the jump: "
+        + names
+        + "--stability-replay-batch={spike_start} tells a bad sample from a bad update",
         note=True,
     )
 

@@ -1143,3 +1143,23 @@ def test_variables_without_gradient_that_feed_only_an_output_without_loss_are_to
         assert f.fix.startswith(f"give 'aux' a loss{weight} in compile() if it is meant to train"), f.fix
     else:
         assert "not connected to the loss" in f.cause, f.cause
+
+
+@pytest.mark.parametrize("named", [50, 80])
+def test_the_one_batch_note_says_the_failure_names_its_samples_only_when_it_does(named):
+    # a jump at step 50 after an ordinary update: its batch may have caused it.  When the finding names the batch
+    # of a later step (an event that merged that jump with the blow-up it led to), the note still points the
+    # batch replay at step 50 but does not say that the failure lists that step's samples
+    from pytest_stability.diagnosis import Quotes, _one_batch_note
+
+    rng = np.random.default_rng(0)
+    loss = np.exp(0.05 * rng.normal(size=100))
+    loss[50] = 30.0
+    u = np.full(100, 1e-3)
+    trace = Trace(loss=loss, grad_norm=np.ones(100), update_ratio=u)
+    q = Quotes(trace)
+    note = _one_batch_note(trace, q, 50, named=named)
+    assert note is not None and note.note
+    text = q.render(note.template)
+    assert "--stability-replay-batch=50 tells a bad sample from a bad update" in text
+    assert ("the failure names its samples" in text) is (named == 50), text
