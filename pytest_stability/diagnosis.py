@@ -1198,14 +1198,22 @@ def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[st
     parts: list[str] = []
     fixes: list[Fix] = []
     target_rms, input_rms = _target_rms(trace), _input_rms(trace)
-    if _ok(target_rms, FAR_FROM_UNIT):
-        q.fact("target_rms", "target_rms", target_rms)
-        parts.append("the targets' root mean square is {target_rms}")
-        fixes.append(STANDARDISE_TARGETS)
-    if _ok(input_rms, FAR_FROM_UNIT):
-        q.fact("input_rms", "input_rms", input_rms)
-        parts.append("the inputs' root mean square is {input_rms}")
-        fixes.append(STANDARDISE_INPUTS)
+    few_sides: list[str] = []
+    for side, rms, standardise in (
+        ("target", target_rms, STANDARDISE_TARGETS),
+        ("input", input_rms, STANDARDISE_INPUTS),
+    ):
+        if not _ok(rms, FAR_FROM_UNIT):
+            continue
+        q.fact(f"{side}_rms", f"{side}_rms", rms)
+        parts.append(f"the {side}s' root mean square is {{{side}_rms}}")
+        few = _few_samples(q, info, side)
+        if few is None:
+            fixes.append(standardise)
+        else:  # a few samples far out: standardising would keep them so (and squeeze every other sample)
+            parts[-1] += few[0]
+            fixes.append(few[1])
+            few_sides.append(side)
     measured = "target_rms" in info or "input_rms" in info
     large_loss = _ok(loss_first, LARGE_INITIAL_LOSS)
     if not fixes and (measured or not large_loss):
@@ -1216,16 +1224,49 @@ def _far_from_unit_scale(q: Quotes, trace: Trace, loss_first: float) -> tuple[st
         q.const("large_initial_loss", LARGE_INITIAL_LOSS)
         parts.append("the loss started at {loss_first}, at least {large_initial_loss}")
     if fixes:
-        targets, inputs = STANDARDISE_TARGETS in fixes, STANDARDISE_INPUTS in fixes
+        targets = STANDARDISE_TARGETS in fixes or "target" in few_sides
+        inputs = STANDARDISE_INPUTS in fixes or "input" in few_sides
         what = "the data is" if targets and inputs else ("the targets are" if targets else "the inputs are")
     else:  # not measured: a loss that large comes from the targets most often
         what = "the targets (or the inputs) are"
         fixes.append(STANDARDISE_TARGETS)
+    if few_sides and len(few_sides) == len(fixes):  # only a few samples are far out
+        return (
+            f"{what} far from unit scale ({'; '.join(parts)}): a batch that holds one of those samples gets "
+            "gradients far larger than the others, so a learning rate that suits the rest is too high for it",
+            fixes,
+        )
     return (
         f"{what} far from unit scale ({'; '.join(parts)}), and the gradients with them, so a learning rate that "
         "suits unit-scale data is too high",
         fixes,
     )
+
+
+def _few_samples(q: Quotes, info: Mapping[str, Any], side: str) -> tuple[str, Fix] | None:
+    """When a few samples make the ``side``'s ("target" or "input") root mean square far from unit scale
+    (``trace.info["target_outliers"]``, from :func:`~pytest_stability.training.fitsetup.few_samples_far`): the
+    clause that names them, and the fix to check them; None otherwise."""
+    few = info.get(f"{side}_outliers")
+    if not isinstance(few, Mapping) or not few.get("samples"):
+        return None
+    shown = ", ".join(f"{int(i)} ({float(v):.4g})" for i, v in zip(few["samples"], few["values"], strict=False))
+    more = int(few.get("count") or 0) - len(few["samples"])
+    q.text(
+        f"{side}_outliers",
+        ("sample " if len(few["samples"]) == 1 else "samples ") + shown + (f" and {more} more" if more > 0 else ""),
+    )
+    q.count(f"{side}_outlier_count", int(few.get("count") or len(few["samples"])))
+    q.fact(f"{side}_rms_rest", f"{side}_outliers.rms_rest", float(few["rms_rest"]))
+    one = int(few.get("count") or 0) <= 1
+    q.count(f"{side}_samples", int(few.get("n") or 0))
+    made_by = "one sample" if one else f"{{{side}_outlier_count}} of the {{{side}_samples}} samples"
+    clause = f", made by {made_by}: {{{side}_outliers}}; the others' is {{{side}_rms_rest}}"
+    fix = Fix(
+        f"check the {side}s of {{{side}_outliers}}: far outside the others' range, a wrong value, a unit mix-up or a "
+        "sentinel for a missing value (-9999); correct or drop them (standardising would leave them as far out)"
+    )
+    return clause, fix
 
 
 def _inputs_far(q: Quotes, trace: Trace) -> str:

@@ -576,6 +576,7 @@ def train(
     # in every step (not under a distribution strategy: there the failing step's batch is read again below)
     trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
     trace.info.update(setup.data_rms)  # how far array data is from unit scale (input_rms, target_rms)
+    trace.info.update(setup.data_outliers)  # the few samples that make it so, where a few do
     # a model that rescales its inputs first, or its outputs last: the raw scale on that side is not what trains
     for side, key, find in (
         ("input_rms", "inputs_rescaled_by", input_rescaler),

@@ -161,6 +161,50 @@ def check_finite(name: str, obj: Data) -> float | None:
     return best
 
 
+#: a root mean square from this far up is far from unit scale (the diagnosis' FAR_FROM_UNIT): only then are the
+#: samples that make it looked for (:func:`few_samples_far`)
+FAR_SCALE = 100.0
+#: the share of samples (at least one) whose removal :func:`few_samples_far` tries
+FEW_SHARE = 0.01
+
+
+def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
+    """When the data's root mean square (``rms``, from :func:`check_finite`) is far from unit scale because of a
+    few samples: at most :data:`FEW_SHARE` of them (at least one), whose removal leaves a root mean square 10x
+    smaller and below :data:`FAR_SCALE` (a target of 1e4 among targets of about 1: a wrong value, a sentinel for
+    "missing", a unit mix-up).  ``{"samples": [the largest, up to 5], "values": [their largest |value|],
+    "count": how many samples reach 10x the rest's root mean square, "rms_rest", "n"}``; None otherwise (data
+    that is far from unit scale as a whole is :func:`check_finite`'s ``rms`` alone)."""
+    if rms is None or not rms >= FAR_SCALE:
+        return None
+    for leaf in _leaves(obj):
+        arr = np.asarray(leaf)
+        if arr.dtype.kind != "f" or arr.ndim == 0 or arr.shape[0] < 2:
+            continue
+        per = arr.reshape(arr.shape[0], -1)  # a view: a dataset of unscaled pixels is not copied
+        sq = np.einsum("ij,ij->i", per, per).astype(np.float64)
+        if not math.isclose(math.sqrt(float(sq.sum()) / per.size), rms, rel_tol=1e-2):
+            continue  # not the leaf whose scale was quoted
+        n = per.shape[0]
+        k = max(1, int(n * FEW_SHARE))
+        top = np.argpartition(sq, n - k)[n - k :]
+        rest = np.delete(sq, top)
+        rms_rest = math.sqrt(float(rest.sum()) / (rest.size * per.shape[1]))
+        if not (rms_rest * 10 <= rms and rms_rest < FAR_SCALE):
+            return None
+        peak = np.maximum(per.max(axis=1), -per.min(axis=1)).astype(np.float64)
+        far = top[peak[top] >= 10 * rms_rest]
+        order = far[np.argsort(-peak[far])][:5]
+        return {
+            "samples": [int(i) for i in order],
+            "values": [float(per[i][np.argmax(np.abs(per[i]))]) for i in order],
+            "count": int(np.count_nonzero(peak >= 10 * rms_rest)),
+            "rms_rest": rms_rest,
+            "n": int(n),
+        }
+    return None
+
+
 #: layers that bring the inputs to unit scale inside the model: the raw inputs' scale does not reach the weights
 RESCALING_LAYERS = frozenset(
     {
@@ -459,6 +503,8 @@ class FitSetup:
         data_rms: ``{"input_rms": ..., "target_rms": ...}``, the largest root mean square over the floating-point
             arrays of ``x`` and of ``y`` (array inputs only; a side without one is left out): how far the data is
             from unit scale, which the diagnosis quotes.
+        data_outliers: ``{"input_outliers": ..., "target_outliers": ...}``, the few samples that make a side's
+            root mean square far from unit scale (:func:`few_samples_far`), where a few do.
         no_targets: array inputs given without ``y`` (a model whose loss needs targets then fails in Keras'
             first step with a message of the backend's that does not say so).
         string_targets: the first of ``y``'s values when they are strings (class names a loss cannot take; the
@@ -478,6 +524,7 @@ class FitSetup:
     callbacks: list[Callback]
     full_batch: bool = False
     data_rms: dict[str, float] = field(default_factory=dict)
+    data_outliers: dict[str, dict[str, Any]] = field(default_factory=dict)
     pass_length: int | None = None
     endless: bool = False
     no_targets: bool = False
@@ -509,9 +556,14 @@ def prepare_fit(
     if kind == "none":
         raise StabilityUsageError("training data is required: received x=None")
     rms: dict[str, float | None] = {}
+    outliers: dict[str, dict[str, Any]] = {}
     if kind == "arrays":
         # the data's scale, for the diagnosis, from the same pass that rejects NaN/Inf
         rms = {"input_rms": check_finite("x", x), "target_rms": check_finite("y", y)}
+        for side, obj in (("input", x), ("target", y)):
+            few = few_samples_far(obj, rms[f"{side}_rms"])
+            if few is not None:
+                outliers[f"{side}_outliers"] = few
         check_finite("sample_weight", fit_kwargs.get("sample_weight"))
         _same_lengths(x, y, fit_kwargs.get("sample_weight"))
         if _n_samples(x) == 0:
@@ -570,6 +622,7 @@ def prepare_fit(
         fit_kwargs=fit_kwargs,
         callbacks=callbacks,
         data_rms={k: v for k, v in rms.items() if v is not None},
+        data_outliers=outliers,
         pass_length=pass_length,
         endless=bool(user_steps_per_epoch) and kind == "dataset" and _endless(x),
         no_targets=kind == "arrays" and y is None,

@@ -466,3 +466,33 @@ def test_deep_sigmoid(stability):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_one_wrong_target_that_blows_the_gradients_up_is_named_by_its_sample(pytester):
+    """A regression whose sample 77 has a target of 1e4 among targets of about 2 (a wrong value, a unit mix-up):
+    the targets' root mean square is 442, and the cause said that the targets are far from unit scale, with
+    standardising them as the fix, which would leave that sample 5000 standard deviations out.  It names the
+    sample, and the fix is to check it."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
+T = (2 * X[:, :1]).astype("float32")
+T[77] = 1e4
+
+
+@pytest.mark.stable_training(steps=60)
+def test_regression(stability):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse")
+    report = stability.fit(model, X, T, batch_size=16, check=False)
+    assert report.verdict == "unstable"
+    assert report.trace.info["target_outliers"]["samples"] == [77]
+    first = report.findings[0]
+    assert "the targets' root mean square is 442, made by one sample: sample 77 (1e+04)" in first.cause, first.cause
+    texts = [x["text"] for x in first.evidence["fixes"]]
+    assert any(t.startswith("check the targets of sample 77 (1e+04)") for t in texts), texts
+    assert not any(t.startswith("standardise the targets") for t in texts), texts
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

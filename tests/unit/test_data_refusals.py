@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pytest_stability.errors import StabilityUsageError
-from pytest_stability.training.fitsetup import _same_lengths, refuse_python_values
+from pytest_stability.training.fitsetup import _same_lengths, check_finite, few_samples_far, refuse_python_values
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,22 @@ def test_keras_progress_output_observes_batches_at_verbose_1_and_epochs_at_1_or_
     if epochs:  # named as the user wrote it, a numpy integer as its number
         (name,) = progress_observers(verbose, batches=False)
         assert name == f"Keras' progress output (verbose={verbose!r})".replace("np.int64(1)", "1"), name
+
+
+def test_the_few_samples_that_make_data_far_from_unit_scale_are_found():
+    rng = np.random.default_rng(0)
+    y = (2 * rng.normal(size=(512, 1))).astype("float32")
+    y[77] = 1e4  # one wrong target
+    few = few_samples_far(y, check_finite("y", y))
+    assert few is not None and (few["samples"], few["values"], few["count"], few["n"]) == ([77], [1e4], 1, 512)
+    assert 1.5 < few["rms_rest"] < 2.5
+    x = rng.normal(size=(512, 8)).astype("float32")
+    x[5, 3], x[9, 0] = -9999.0, 5000.0  # a sentinel for "missing", a unit mix-up
+    few = few_samples_far({"features": x}, check_finite("x", {"features": x}))
+    assert few is not None and (few["samples"], few["values"]) == ([5, 9], [-9999.0, 5000.0])
+    # data far from unit scale as a whole (prices, raw pixels) is not a few samples' doing
+    prices = (1e5 * rng.lognormal(size=(512, 1))).astype("float32")
+    pixels = rng.integers(0, 256, size=(64, 8, 8)).astype("float32")
+    assert few_samples_far(prices, check_finite("y", prices)) is None
+    assert few_samples_far(pixels, check_finite("x", pixels)) is None
+    assert few_samples_far(y, 50.0) is None  # near unit scale: not looked for

@@ -762,6 +762,37 @@ def test_an_early_blow_up_quotes_how_far_the_measured_data_is_from_unit_scale(in
                 assert f"root mean square is {value:.3g}" in f.cause
 
 
+@pytest.mark.parametrize(
+    ("outliers", "made_by", "checked"),
+    [
+        (
+            {"samples": [77], "values": [1e4], "count": 1, "rms_rest": 1.81, "n": 512},
+            "made by one sample: sample 77 (1e+04); the others' is 1.81",
+            "check the targets of sample 77 (1e+04)",
+        ),
+        (
+            {"samples": [5, 9], "values": [-9999.0, 5000.0], "count": 7, "rms_rest": 0.99, "n": 512},
+            "made by 7 of the 512 samples: samples 5 (-9999), 9 (5000) and 5 more; the others' is 0.99",
+            "check the targets of samples 5 (-9999), 9 (5000) and 5 more",
+        ),
+    ],
+)
+def test_targets_far_from_unit_scale_because_of_a_few_samples_name_them(outliers, made_by, checked):
+    # one target of 1e4 among targets of about 1 makes their root mean square 442: standardising them would leave
+    # that sample 5000 standard deviations out; the fix is the sample (a wrong value, a -9999 for "missing")
+    loss = np.concatenate([np.full(3, 5.0), 5.0 * np.geomspace(2.0, 1e6, 5)])
+    g = np.concatenate([np.full(3, 1.0), np.geomspace(2.0, 1e6, 5)])
+    info = {"optimizer": "SGD", "target_rms": 442.0, "input_rms": 1.0, "target_outliers": outliers}
+    trace = Trace(loss=loss, grad_norm=g, lr=np.full(8, 1e-3), info=info)
+    trace.steps_planned = 300
+    f = _diag(trace)[0]
+    assert "the targets' root mean square is 442, " + made_by in f.cause, f.cause
+    assert "a batch that holds one of those samples gets gradients far larger than the others" in f.cause
+    texts = [x["text"] for x in f.evidence["fixes"]]
+    assert any(t.startswith(checked + ": far outside the others' range") for t in texts), texts
+    assert not any(t.startswith("standardise the targets") for t in texts), texts
+
+
 @pytest.mark.parametrize("input_rms", [9800.0, 1.0, None])
 def test_units_saturated_by_inputs_far_from_unit_scale_are_told_to_standardise_them(input_rms):
     # inputs around 1e4 saturate a sigmoid output or kill ReLUs: the gradients go to zero. Measured, the inputs'
