@@ -201,8 +201,18 @@ class RunReport:
                 ),
                 None,
             )
-            if where is not None and where["step"]:
-                lines.append(f"a bad sample or a bad update? {self.replay} --stability-replay-batch={where['step']}")
+            # ... or the step a spike's note suspects of a bad sample, where the event it began was named later
+            suspect = next(
+                (
+                    int(q["spike_start"]["value"])
+                    for q in (f.evidence.get("quotes") for f in self.findings)
+                    if isinstance(q, dict) and isinstance(q.get("spike_start"), dict)
+                ),
+                None,
+            )
+            step = suspect if suspect else (where["step"] if where is not None else None)
+            if step:
+                lines.append(f"a bad sample or a bad update? {self.replay} --stability-replay-batch={step}")
         return "\n".join(lines)
 
     def to_record(self, max_points: int = SCHEMA_CURVE_POINTS) -> RunRecord:

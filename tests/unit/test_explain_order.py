@@ -114,3 +114,40 @@ def test_a_train_step_that_leaves_its_own_loss_nan_is_shown_by_the_curve_each_fi
     head = next(i for i, line in enumerate(lines) if line.startswith("[loss_spike] step 80: d_loss"))
     assert lines[head + 1].startswith("  d_loss    ") and "×" not in lines[head + 1]
     assert not any(line.startswith("  loss ") for line in lines)
+
+
+def test_the_batch_replay_command_points_at_the_step_a_spike_note_suspects():
+    """A spike event that merged a jump after an ordinary update (step 50, a bad sample's batch) with what came of
+    it names a later step's batch (80 here): the closing command replays the batch the note suspects, as the note
+    says, not the later one."""
+    rng = np.random.default_rng(0)
+    loss = np.exp(0.05 * rng.normal(size=120))
+    loss[50:56] = 30.0
+    trace = Trace(loss=loss, grad_norm=np.ones(120), update_ratio=np.full(120, 1e-3), steps_planned=120)
+    results = judge(trace, Thresholds())
+
+    def named(f, quotes):
+        return dataclasses.replace(
+            f, evidence={**f.evidence, "batch": {"step": 80, "batch": 80, "indices": [3, 7]}, "quotes": quotes}
+        )
+
+    def command(strip):
+        changed = [
+            dataclasses.replace(
+                r,
+                findings=tuple(
+                    named(f, {k: v for k, v in f.evidence["quotes"].items() if not (strip and k == "spike_start")})
+                    if f.check == "loss_spike"
+                    else f
+                    for f in r.findings
+                ),
+            )
+            for r in results
+        ]
+        report = RunReport(seed=0, trace=trace, results=changed, device="CPU", wall_time=1.0, replay="pytest x")
+        return report.explain().splitlines()[-1]
+
+    spike = next(f for r in results for f in r.findings if f.check == "loss_spike")
+    assert spike.evidence["quotes"]["spike_start"]["value"] == 50  # the note fired
+    assert command(strip=False) == "a bad sample or a bad update? pytest x --stability-replay-batch=50"
+    assert command(strip=True) == "a bad sample or a bad update? pytest x --stability-replay-batch=80"
