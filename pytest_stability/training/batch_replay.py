@@ -66,6 +66,12 @@ def probe(
     previous = batch_of(locate(plan, step - 1)["indices"]) if step > 0 else None
     before = loss_and_grad_norm(keras, model, this)
     prev_before = loss_and_grad_norm(keras, model, previous) if previous is not None else None
+    # before the update: which of the batch's samples makes its loss (asked for below, of a bad sample only)
+    shares = (
+        _sample_shares(keras, model, this)
+        if prev_before is not None and _ratio(before[0], prev_before[0]) >= BAD_SAMPLE_RATIO
+        else None
+    )
     model.train_on_batch(this[0], this[1], sample_weight=this[2], class_weight=fit_kwargs.get("class_weight"))
     after = loss_and_grad_norm(keras, model, this)
     prev_after = loss_and_grad_norm(keras, model, previous) if previous is not None else None
@@ -89,8 +95,53 @@ def probe(
         )
         verdict, damaged, said = conclude(step, before[0], prev_before[0], prev_after[0])
         lines += said
+        if verdict == "bad_sample" and shares is not None:
+            top = int(np.argmax(shares))
+            if shares[top] >= TOP_SHARE:
+                sample = int(where["indices"][top])
+                out["worst_sample"] = {"index": sample, "share": float(shares[top])}
+                lines.append(
+                    f"-> sample {sample} makes {shares[top]:.1%} of this batch's loss at these weights: look at it "
+                    "first (its target, its inputs)"
+                )
     out.update(verdict=verdict, damaged=damaged, text=lines)
     return out
+
+
+#: a sample is named as the bad one when it makes at least this share of its batch's loss
+TOP_SHARE = 0.5
+#: the shares are measured for batches of at most this many samples (one loss evaluation each)
+SHARES_MAX_BATCH = 256
+
+
+def _sample_shares(keras: ModuleType, model: Model, batch: tuple[Data, Data, Data]) -> np.ndarray | None:
+    """Each sample's share of the batch's loss at the model's weights: the loss of the whole batch (the same
+    forward pass, BatchNormalization's statistics included) weighted to one sample at a time, as a fraction of
+    their sum; None where it cannot be told (a loss that ignores sample weights, a non-finite one) or the batch
+    is larger than :data:`SHARES_MAX_BATCH`."""
+    x, y, weights = batch
+    n = int(np.asarray(next(iter(_leaves(x)))).shape[0])
+    if n > SHARES_MAX_BATCH:
+        return None
+    base = np.ones(n, "float32") if weights is None else np.asarray(weights, "float32").reshape(n)
+    losses = []
+    for i in range(n):
+        one = np.zeros(n, "float32")
+        one[i] = base[i]
+        losses.append(loss_and_grad_norm(keras, model, (x, y, one))[0])
+    arr = np.asarray(losses, dtype=np.float64)
+    total = float(arr.sum())
+    if not np.all(np.isfinite(arr)) or not total > 0 or np.any(arr < 0):
+        return None
+    return arr / total
+
+
+def _leaves(obj: Data) -> list[Data]:
+    if isinstance(obj, dict):
+        return [leaf for v in obj.values() for leaf in _leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [leaf for v in obj for leaf in _leaves(v)]
+    return [obj]
 
 
 def conclude(step: int, loss: float, previous: float, previous_after: float) -> tuple[str, bool, list[str]]:
@@ -162,4 +213,4 @@ def _restructure(template: Data, arrays: dict[str, np.ndarray], prefix: str) -> 
     return arrays[prefix]
 
 
-__all__ = ["BAD_SAMPLE_RATIO", "DAMAGE_RATIO", "loss_and_grad_norm", "probe"]
+__all__ = ["BAD_SAMPLE_RATIO", "DAMAGE_RATIO", "TOP_SHARE", "loss_and_grad_norm", "probe"]

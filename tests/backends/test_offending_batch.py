@@ -157,6 +157,8 @@ def test_the_batch_replay_tells_a_bad_sample(pytester):
     probe = run["model"]["batch_replay"]
     assert (probe["verdict"], probe["damaged"], probe["batch"]["indices"][0]) == ("bad_sample", True, 1488)
     assert probe["before"]["loss"] > 1e3 > 1e-3 > probe["previous_before"]["loss"]
+    # and which of its 16 samples: the one with the absurd target makes nearly all of its loss
+    assert probe["worst_sample"]["index"] == 1500 and probe["worst_sample"]["share"] > 0.99
     assert "batch replay: -&gt; a bad sample" in (pytester.path / "r.html").read_text()
     result.stdout.fnmatch_lines(
         [
@@ -165,6 +167,7 @@ def test_the_batch_replay_tells_a_bad_sample(pytester):
             "*batch replay: the batch of step 92, at the same weights: loss *; after the update of step 93: *",
             "*batch replay: -> a bad sample: at the same weights this batch's loss is *x the previous batch's*",
             "*batch replay: -> its update damaged the model*",
+            "*batch replay: -> sample 1500 makes *% of this batch's loss at these weights: look at it first*",
         ]
     )
 
