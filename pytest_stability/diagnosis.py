@@ -1276,7 +1276,17 @@ def _inputs_far(q: Quotes, trace: Trace) -> str:
     if not _ok(input_rms, FAR_FROM_UNIT):
         return ""
     q.fact("input_rms", "input_rms", input_rms)
+    few = _few_samples(q, trace.info or {}, "input")
+    if few is not None:  # a few samples far out: they, not the inputs at large
+        return "; the inputs' root mean square is {input_rms}" + few[0] + ": those samples drive units into saturation"
     return "; the inputs' root mean square is {input_rms}, far from unit scale: they drive units into saturation"
+
+
+def _inputs_fix(q: Quotes, trace: Trace) -> Fix:
+    """The fix for inputs far from unit scale: check the few samples that make them so, where a few do (see
+    :func:`_few_samples`), else standardise them."""
+    few = _few_samples(q, trace.info or {}, "input")
+    return few[1] if few is not None else STANDARDISE_INPUTS
 
 
 def _scale_before_rate(q: Quotes, scale: str, fixes: list[Fix], scale_fixes: list[Fix]) -> tuple[str, list[Fix]]:
@@ -1932,7 +1942,7 @@ def _collapse_from(q: Quotes, trace: Trace, root: int, head: str, step: int, by:
     far = _inputs_far(q, trace)
     if far:
         dx.cause += far
-        dx.fixes.append(STANDARDISE_INPUTS)
+        dx.fixes.append(_inputs_fix(q, trace))
     return dx
 
 
@@ -2267,7 +2277,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
                 "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
                 "{level} (initially {initial_loss})" + far + ", where almost no gradient passes, whatever the "
                 "learning rate",
-                [STANDARDISE_INPUTS] + ([] if above else fixes),
+                [_inputs_fix(q, trace)] + ([] if above else fixes),
             )
         if not above:
             return Dx(
@@ -2286,7 +2296,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             "the loss sits at {level} from step {step} without ever having fallen much below its initial "
             "{initial_loss}: the model outputs a constant (a saturated sigmoid/softmax, dead units, or a loss "
             "that rewards a constant such as an empty segmentation mask)" + far,
-            ([STANDARDISE_INPUTS] if far else [])
+            ([_inputs_fix(q, trace)] if far else [])
             + [
                 Fix(
                     "pair the output and the loss (from_logits=True with a linear last layer), initialise the "
@@ -2311,7 +2321,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         LIKELY,
         what + " from step {step} while the loss stays at {level} (initially {initial_loss}): dead ReLUs or "
         "saturated outputs, nothing learns" + (": the output no longer depends on the input" if dead else "") + far,
-        ([STANDARDISE_INPUTS] if far else [])
+        ([_inputs_fix(q, trace)] if far else [])
         + [
             Fix(
                 "LeakyReLU/GELU or kernel_initializer='he_normal' for ReLU layers"
@@ -2341,6 +2351,15 @@ def _stuck_or_input_scale(f: Finding, trace: Trace, q: Quotes, findings: list[Fi
         return dx
     far = _inputs_far(q, trace)
     mechanism = dx.cause.replace(far, "")
+    few = _few_samples(q, trace.info or {}, "input")
+    if few is not None:  # a few samples far out: checking them comes first, standardising would keep them so
+        return Dx(
+            "inputs_out_of_scale",
+            LIKELY,
+            "the inputs' root mean square is {input_rms}" + few[0] + ", and the training stopped on them: " + mechanism,
+            [few[1]] + [x for x in dx.fixes if x.template not in (STANDARDISE_INPUTS.template, few[1].template)],
+            dx.extra,
+        )
     return Dx(
         "inputs_out_of_scale",
         LIKELY,

@@ -1194,3 +1194,28 @@ def test_the_one_batch_note_says_the_failure_names_its_samples_only_when_it_does
     text = q.render(note.template)
     assert "--stability-replay-batch=50 tells a bad sample from a bad update" in text
     assert ("the failure names its samples" in text) is (named == 50), text
+
+
+def test_inputs_far_from_unit_scale_because_of_a_few_samples_are_told_to_check_them():
+    # the stuck run of the test above, with inputs whose root mean square of 9800 is one sample's (-9999 for a
+    # missing value): that sample is named and checking it leads; standardising the inputs is not offered
+    few = {"samples": [5], "values": [-9999.0], "count": 1, "rms_rest": 0.99, "n": 512}
+    info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 2.0}, "input_rms": 9800.0, "input_outliers": few}
+    rng = np.random.default_rng(7)
+    died = np.concatenate(
+        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), 0.3 * np.exp(0.2 * rng.normal(size=250))]
+    )
+    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), np.full(250, 1e-9)])
+    (collapse,) = [f for f in _diag(Trace(loss=died, grad_norm=g, info=dict(info))) if f.check == "stuck"]
+    flat = Trace(loss=0.9 * (1 + 0.05 * rng.normal(size=200)), grad_norm=np.zeros(200), info=dict(info))
+    dead = rank_findings(run_checks(flat), flat)[0]
+    for f in (collapse, dead):
+        assert f.evidence["cause_key"] == "inputs_out_of_scale", f.cause
+        assert f.cause.startswith(
+            "the inputs' root mean square is 9.8e+03, made by one sample: sample 5 (-9999); the others' is 0.99, "
+            "and the training stopped on them: "
+        ), f.cause
+        texts = [x["text"] for x in f.evidence["fixes"]]
+        assert texts[0].startswith("check the inputs of sample 5 (-9999): far outside the others' range"), texts
+        assert sum(t.startswith("check the inputs") for t in texts) == 1, texts
+        assert not any(t.startswith("standardise the inputs") for t in texts), texts
