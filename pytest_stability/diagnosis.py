@@ -1264,7 +1264,7 @@ def _few_samples(q: Quotes, info: Mapping[str, Any], side: str) -> tuple[str, Fi
     clause = f", made by {made_by}: {{{side}_outliers}}; the others' is {{{side}_rms_rest}}"
     fix = Fix(
         f"check the {side}s of {{{side}_outliers}}: far outside the others' range, a wrong value, a unit mix-up or a "
-        "sentinel for a missing value (-9999); correct or drop them (standardising would leave them as far out)"
+        "sentinel for a missing value; correct or drop them (standardising would leave them as far out)"
     )
     return clause, fix
 
