@@ -172,9 +172,9 @@ def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
     """When the data's root mean square (``rms``, from :func:`check_finite`) is far from unit scale because of a
     few samples: at most :data:`FEW_SHARE` of them (at least one), whose removal leaves a root mean square 10x
     smaller and below :data:`FAR_SCALE` (a target of 1e4 among targets of about 1: a wrong value, a sentinel for
-    "missing", a unit mix-up).  ``{"samples": [the largest, up to 5], "values": [their largest |value|],
-    "count": how many samples reach 10x the rest's root mean square, "rms_rest", "n"}``; None otherwise (data
-    that is far from unit scale as a whole is :func:`check_finite`'s ``rms`` alone)."""
+    "missing", a unit mix-up).  ``{"samples": [the largest, up to 5], "values": [each one's value of the
+    largest magnitude], "count": how many samples reach 10x the rest's root mean square, "rms_rest", "n"}``;
+    None otherwise (data that is far from unit scale as a whole is :func:`check_finite`'s ``rms`` alone)."""
     if rms is None or not rms >= FAR_SCALE:
         return None
     for leaf in _leaves(obj):
@@ -182,6 +182,8 @@ def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
         if arr.dtype.kind != "f" or arr.ndim == 0 or arr.shape[0] < 2:
             continue
         per = arr.reshape(arr.shape[0], -1)  # a view: a dataset of unscaled pixels is not copied
+        if per.dtype.itemsize < 4:  # float16 squares overflow at 256
+            per = per.astype(np.float32)
         sq = np.einsum("ij,ij->i", per, per).astype(np.float64)
         if not math.isclose(math.sqrt(float(sq.sum()) / per.size), rms, rel_tol=1e-2):
             continue  # not the leaf whose scale was quoted
