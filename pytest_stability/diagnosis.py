@@ -1540,8 +1540,12 @@ def _collapse_dx(
     lr_fix, basis = _lr_fix(q, trace, start, end, cfg, largest_before=True, jump_until=until)
     clips = _clip_or_note(q, trace, start, "before the blow-up")
     cause = head + ": " + by + " pushed units dead or outputs into saturation, and training stopped there"
-    said = "{update_moved}" in head and q.q.get("update_moved", {}).get("value") == q["update_ratio"]
-    if basis == "update" and not said:  # (not when the head quotes the same update)
+    said = (  # the head quotes the same update
+        "{update_moved}" in head
+        and "update_ratio" in q
+        and q.q.get("update_moved", {}).get("value") == q["update_ratio"]
+    )
+    if basis == "update" and not said:
         cause += "; the largest update before it moved the weights {update_ratio} times their norm"
     return Dx("collapse_constant", LIKELY, cause, [lr_fix] + clips)
 

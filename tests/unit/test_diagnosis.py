@@ -1219,3 +1219,19 @@ def test_inputs_far_from_unit_scale_because_of_a_few_samples_are_told_to_check_t
         assert texts[0].startswith("check the inputs of sample 5 (-9999): far outside the others' range"), texts
         assert sum(t.startswith("check the inputs") for t in texts) == 1, texts
         assert not any(t.startswith("standardise the inputs") for t in texts), texts
+
+
+def test_a_collapse_at_an_early_update_under_a_schedule_that_rose_is_diagnosed():
+    # the rate rose 5000x at step 2 and that step's update killed the network: the fix is the schedule's, and the
+    # cause still names the update (it raised KeyError: the update basis it compared with was never measured)
+    rng = np.random.default_rng(0)
+    n = 100
+    loss = np.concatenate([[8.73, 8.7, 8.7], 8.06 * np.exp(0.1 * rng.normal(size=n - 3))])
+    g = np.concatenate([[68.0, 60.0, 60.0], np.zeros(n - 3)])
+    u = np.concatenate([[0.01, 0.01, 183.0], np.zeros(n - 3)])
+    lr = np.concatenate([[0.01, 0.01], np.full(n - 2, 50.0)])
+    info = {"optimizer": "Adam", "optimizer_config": {"learning_rate": 50.0}}
+    (f,) = _diag(Trace(loss=loss, grad_norm=g, update_ratio=u, lr=lr, info=info))
+    assert f.evidence["cause_key"] == "collapse_constant", f.cause
+    assert f.cause.startswith("the update at step 2 moved the weights 183 (step 2) times their norm"), f.cause
+    assert f.fix.startswith("the learning-rate schedule x "), f.fix
