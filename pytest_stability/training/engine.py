@@ -65,6 +65,7 @@ from .fitsetup import (
     _train_samples,
     _under_strategy,
     batch_observers,
+    few_samples_note,
     frames_as_arrays,
     full_batch_as_one_epoch,
     input_rescaler,
@@ -577,6 +578,10 @@ def train(
     trace.info["inputs_checked"] = setup.kind == "arrays" or recs[0].check_inputs
     trace.info.update(setup.data_rms)  # how far array data is from unit scale (input_rms, target_rms)
     trace.info.update(setup.data_outliers)  # the few samples that make it so, where a few do
+    for side in ("target", "input"):
+        few = setup.data_outliers.get(f"{side}_outliers")
+        if few is not None:
+            notes.append(few_samples_note(side, few, float(setup.data_rms[f"{side}_rms"])))
     # a model that rescales its inputs first, or its outputs last: the raw scale on that side is not what trains
     for side, key, find in (
         ("input_rms", "inputs_rescaled_by", input_rescaler),

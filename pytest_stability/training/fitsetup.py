@@ -207,6 +207,19 @@ def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
     return None
 
 
+def few_samples_note(side: str, few: dict[str, Any], rms: float) -> str:
+    """The report's note on :func:`few_samples_far`'s finding for ``side`` ("input" or "target"), whatever the
+    verdict: a data bug a stable run may have survived this time."""
+    shown = ", ".join(f"{i} ({v:.4g})" for i, v in zip(few["samples"], few["values"], strict=False))
+    more = int(few["count"]) - len(few["samples"])
+    who = ("sample " if len(few["samples"]) == 1 else "samples ") + shown + (f" and {more} more" if more > 0 else "")
+    return (
+        f"the {side}s' root mean square, {rms:.3g}, is made by {'one sample' if few['count'] <= 1 else 'a few'} of "
+        f"the {few['n']}: {who}; the others' is {few['rms_rest']:.3g}. Check {'it' if few['count'] <= 1 else 'them'} "
+        "(a wrong value, a unit mix-up, a sentinel for a missing value)"
+    )
+
+
 #: layers that bring the inputs to unit scale inside the model: the raw inputs' scale does not reach the weights
 RESCALING_LAYERS = frozenset(
     {

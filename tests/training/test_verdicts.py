@@ -487,6 +487,10 @@ def test_regression(stability):
     report = stability.fit(model, X, T, batch_size=16, check=False)
     assert report.verdict == "unstable"
     assert report.trace.info["target_outliers"]["samples"] == [77]
+    # said in the row's note too, whatever the verdict (a robust loss may survive it)
+    assert "the targets' root mean square, 442, is made by one sample of the 512: sample 77 (1e+04)" in " ".join(
+        report.trace.info["notes"]
+    )
     first = report.findings[0]
     assert "the targets' root mean square is 442, made by one sample: sample 77 (1e+04)" in first.cause, first.cause
     texts = [x["text"] for x in first.evidence["fixes"]]

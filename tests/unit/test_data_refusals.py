@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from pytest_stability.errors import StabilityUsageError
-from pytest_stability.training.fitsetup import _same_lengths, check_finite, few_samples_far, refuse_python_values
+from pytest_stability.training.fitsetup import (
+    _same_lengths,
+    check_finite,
+    few_samples_far,
+    few_samples_note,
+    refuse_python_values,
+)
 
 
 @pytest.mark.parametrize(
@@ -96,3 +102,9 @@ def test_the_few_samples_that_make_data_far_from_unit_scale_are_found():
     assert few_samples_far(prices, check_finite("y", prices)) is None
     assert few_samples_far(pixels, check_finite("x", pixels)) is None
     assert few_samples_far(y, 50.0) is None  # near unit scale: not looked for
+
+    few = {"samples": [5, 9], "values": [-9999.0, 5000.0], "count": 3, "rms_rest": 0.99, "n": 512}
+    assert few_samples_note("input", few, 156.0) == (
+        "the inputs' root mean square, 156, is made by a few of the 512: samples 5 (-9999), 9 (5000) and 1 more; "
+        "the others' is 0.99. Check them (a wrong value, a unit mix-up, a sentinel for a missing value)"
+    )
