@@ -793,6 +793,19 @@ def test_targets_far_from_unit_scale_because_of_a_few_samples_name_them(outliers
     assert not any(t.startswith("standardise the targets") for t in texts), texts
 
 
+def _collapsed_and_dead(info):
+    """The ``stuck`` findings of a classifier that learned, blew up and died (gradients 1e-9), and of one dead
+    from the start (flat loss, zero gradients), under ``info``."""
+    rng = np.random.default_rng(7)
+    died = np.concatenate(
+        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), 0.3 * np.exp(0.2 * rng.normal(size=250))]
+    )
+    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), np.full(250, 1e-9)])
+    (collapse,) = [f for f in _diag(Trace(loss=died, grad_norm=g, info=dict(info))) if f.check == "stuck"]
+    flat = Trace(loss=0.9 * (1 + 0.05 * rng.normal(size=200)), grad_norm=np.zeros(200), info=dict(info))
+    return collapse, rank_findings(run_checks(flat), flat)[0]
+
+
 @pytest.mark.parametrize("input_rms", [9800.0, 1.0, None])
 def test_units_saturated_by_inputs_far_from_unit_scale_are_told_to_standardise_them(input_rms):
     # inputs around 1e4 saturate a sigmoid output or kill ReLUs: the gradients go to zero. Measured, the inputs'
@@ -803,14 +816,7 @@ def test_units_saturated_by_inputs_far_from_unit_scale_are_told_to_standardise_t
     if input_rms is not None:
         info["input_rms"] = input_rms
     far = input_rms is not None and input_rms >= 100
-    rng = np.random.default_rng(7)
-    died = np.concatenate(
-        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), 0.3 * np.exp(0.2 * rng.normal(size=250))]
-    )
-    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), np.full(250, 1e-9)])
-    (collapse,) = [f for f in _diag(Trace(loss=died, grad_norm=g, info=dict(info))) if f.check == "stuck"]
-    flat = Trace(loss=0.9 * (1 + 0.05 * rng.normal(size=200)), grad_norm=np.zeros(200), info=dict(info))
-    dead = rank_findings(run_checks(flat), flat)[0]
+    collapse, dead = _collapsed_and_dead(info)
     keys = (collapse.evidence["cause_key"], dead.evidence["cause_key"])
     assert keys == (("inputs_out_of_scale",) * 2 if far else ("collapse_constant", "vanished_gradients"))
     for f in (collapse, dead):
@@ -1201,14 +1207,7 @@ def test_inputs_far_from_unit_scale_because_of_a_few_samples_are_told_to_check_t
     # missing value): that sample is named and checking it leads; standardising the inputs is not offered
     few = {"samples": [5], "values": [-9999.0], "count": 1, "rms_rest": 0.99, "n": 512}
     info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 2.0}, "input_rms": 9800.0, "input_outliers": few}
-    rng = np.random.default_rng(7)
-    died = np.concatenate(
-        [np.geomspace(0.8, 0.1, 50) * np.exp(0.1 * rng.normal(size=50)), 0.3 * np.exp(0.2 * rng.normal(size=250))]
-    )
-    g = np.concatenate([0.2 * np.exp(0.3 * rng.normal(size=50)), np.full(250, 1e-9)])
-    (collapse,) = [f for f in _diag(Trace(loss=died, grad_norm=g, info=dict(info))) if f.check == "stuck"]
-    flat = Trace(loss=0.9 * (1 + 0.05 * rng.normal(size=200)), grad_norm=np.zeros(200), info=dict(info))
-    dead = rank_findings(run_checks(flat), flat)[0]
+    collapse, dead = _collapsed_and_dead(info)
     for f in (collapse, dead):
         assert f.evidence["cause_key"] == "inputs_out_of_scale", f.cause
         assert f.cause.startswith(
