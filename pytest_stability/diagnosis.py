@@ -156,7 +156,7 @@ from .checks.validation import (  # one threshold: the check waives the noise al
     BN_GAP,
     smooth,
 )
-from .trace import Trace
+from .trace import Trace, describe_samples
 
 #: cause key -> short title (used by reports and the detection benchmark).
 CAUSES = {
@@ -1250,12 +1250,7 @@ def _few_samples(q: Quotes, info: Mapping[str, Any], side: str) -> tuple[str, Fi
     few = info.get(f"{side}_outliers")
     if not isinstance(few, Mapping) or not few.get("samples"):
         return None
-    shown = ", ".join(f"{int(i)} ({float(v):.4g})" for i, v in zip(few["samples"], few["values"], strict=False))
-    more = int(few.get("count") or 0) - len(few["samples"])
-    q.text(
-        f"{side}_outliers",
-        ("sample " if len(few["samples"]) == 1 else "samples ") + shown + (f" and {more} more" if more > 0 else ""),
-    )
+    q.text(f"{side}_outliers", describe_samples(few))
     q.count(f"{side}_outlier_count", int(few.get("count") or len(few["samples"])))
     q.fact(f"{side}_rms_rest", f"{side}_outliers.rms_rest", float(few["rms_rest"]))
     one = int(few.get("count") or 0) <= 1

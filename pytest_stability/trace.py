@@ -16,6 +16,7 @@ k-th update.  ``val_steps[j]`` is the number of updates done when
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -209,3 +210,13 @@ class Trace:
 def describe_flags(mask: int) -> list[str]:
     """Names of the quantities set in a :attr:`Trace.nonfinite` bitmask."""
     return [name for bit, name in FLAG_NAMES.items() if mask & bit]
+
+
+def describe_samples(few: Mapping[str, Any]) -> str:
+    """The samples of ``trace.info["target_outliers"]`` / ``["input_outliers"]`` (``samples``, ``values``,
+    ``count``), as the note and the diagnosis name them: ``sample 77 (1e+04)``, ``samples 5 (-9999), 9 (5000) and 1
+    more``."""
+    samples = list(few["samples"])
+    shown = ", ".join(f"{int(i)} ({float(v):.4g})" for i, v in zip(samples, few["values"], strict=False))
+    more = int(few.get("count") or 0) - len(samples)
+    return ("sample " if len(samples) == 1 else "samples ") + shown + (f" and {more} more" if more > 0 else "")

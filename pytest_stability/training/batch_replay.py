@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..framework_types import Data, Model
+from .fitsetup import _leaves
 
 if TYPE_CHECKING:  # .batches imports Keras; conclude() is a pure function, tested without it
     from .batches import BatchPlan
@@ -134,14 +135,6 @@ def _sample_shares(keras: ModuleType, model: Model, batch: tuple[Data, Data, Dat
     if not np.all(np.isfinite(arr)) or not total > 0 or np.any(arr < 0):
         return None
     return arr / total
-
-
-def _leaves(obj: Data) -> list[Data]:
-    if isinstance(obj, dict):
-        return [leaf for v in obj.values() for leaf in _leaves(v)]
-    if isinstance(obj, (list, tuple)):
-        return [leaf for v in obj for leaf in _leaves(v)]
-    return [obj]
 
 
 def conclude(step: int, loss: float, previous: float, previous_after: float) -> tuple[str, bool, list[str]]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import StabilityUsageError
 from ..framework_types import Callback, Data, Layer, Model, Tensor
+from ..trace import describe_samples
 from .plan import epochs_for, short_epochs_at_pass_ends
 
 if TYPE_CHECKING:
@@ -210,9 +211,7 @@ def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
 def few_samples_note(side: str, few: dict[str, Any], rms: float) -> str:
     """The report's note on :func:`few_samples_far`'s finding for ``side`` ("input" or "target"), whatever the
     verdict: a data bug a stable run may have survived this time."""
-    shown = ", ".join(f"{i} ({v:.4g})" for i, v in zip(few["samples"], few["values"], strict=False))
-    more = int(few["count"]) - len(few["samples"])
-    who = ("sample " if len(few["samples"]) == 1 else "samples ") + shown + (f" and {more} more" if more > 0 else "")
+    who = describe_samples(few)
     return (
         f"the {side}s' root mean square, {rms:.3g}, is made by {'one sample' if few['count'] <= 1 else 'a few'} of "
         f"the {few['n']}: {who}; the others' is {few['rms_rest']:.3g}. Check {'it' if few['count'] <= 1 else 'them'} "
