@@ -162,6 +162,17 @@ def test_model(stability):
     # SGD: the update is lr * gradient, so the first update's size gives the first gradient norm
     assert rep.trace.update_ratio[0] * np.sqrt(sum(float(np.sum(w ** 2)) for w in w0)) == pytest.approx(
         0.1 * rep.trace.grad_norm[0], rel=1e-4)
+    # and so per variable, each in its own column: its update over its own weights' norm, its gradient's norm
+    # (the two kernels differ in size and norm: a column given another's sums fails; the biases start at zero,
+    # so their ratio has no weights to be relative to), which add up to the total
+    w_norms = np.array([np.sqrt(float(np.sum(w ** 2))) for w in w0])
+    kernels = w_norms > 0
+    assert rep.trace.var_grad_norms.shape == (8, len(w0)) and kernels.sum() == 2
+    np.testing.assert_allclose(
+        rep.trace.var_update_ratio[0][kernels] * w_norms[kernels], 0.1 * rep.trace.var_grad_norms[0][kernels],
+        rtol=1e-4)
+    np.testing.assert_allclose(np.sqrt(np.sum(rep.trace.var_grad_norms ** 2, axis=1)), rep.trace.grad_norm, rtol=1e-5)
+    assert np.all(rep.trace.var_grad_norms[0] > 0)
     # a running mean would be smooth: raw minibatch losses jump when the data cycles (8 batches/epoch)
     assert rep.trace.loss[7] != pytest.approx(np.mean(rep.trace.loss[:8]), rel=1e-3)
 

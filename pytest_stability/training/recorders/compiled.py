@@ -86,11 +86,15 @@ class CompiledRecorder(Recorder):
         after: list[Tensor],
         state_after: list[Tensor],
         zero: Tensor,
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], set[int]]:
-        """Per variable (by the optimizer's index): the sums of squares of the gradient, of the update and of
-        the weights before it; sums of optimizer state already taken in them, and the indices (into
-        ``state_after``) of the state they cover."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, set[int]]:
+        """Per variable (by the optimizer's index, one ``(n_vars,)`` tensor each): the sums of squares of the
+        gradient, of the update and of the weights before it, and the plain sums of optimizer state taken in
+        with them (or None); and the indices (into ``state_after``) of the state those cover."""
         raise NotImplementedError
+
+    def _totals(self, *per_variable: Tensor) -> list[Tensor]:
+        """The sum of each ``(n_vars,)`` tensor."""
+        return [self.ops.sum(t) for t in per_variable]
 
     def _row(
         self,
@@ -110,21 +114,22 @@ class CompiledRecorder(Recorder):
         f32 = "float32"
         zero = ops.convert_to_tensor(0.0, f32)
         inv_scale = None if scale is None else 1.0 / ops.cast(scale, f32)
-        g_sq, d_sq, w_sq, state_sums, checked = self._squared_sums(grads, index, before, after, state_after, zero)
-        g_sq_t = ops.stack(g_sq)
+        g_sq_t, d_sq_t, w_sq_t, state_sq, checked = self._squared_sums(grads, index, before, after, state_after, zero)
         if inv_scale is not None:
             g_sq_t = g_sq_t * ops.square(inv_scale)
         var_gnorm = ops.sqrt(g_sq_t)
-        gnorm = ops.sqrt(ops.sum(g_sq_t))
-        w_sq_t, d_sq_t = ops.stack(w_sq), ops.stack(d_sq)
+        g_tot, d_tot, w_tot, *state_tot = self._totals(
+            g_sq_t, d_sq_t, w_sq_t, *([] if state_sq is None else [state_sq])
+        )
+        gnorm = ops.sqrt(g_tot)
         tiny = 1e-30
         var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
-        upd = ops.sqrt(ops.sum(d_sq_t)) / ops.sqrt(ops.sum(w_sq_t) + tiny)
+        upd = ops.sqrt(d_tot) / ops.sqrt(w_tot + tiny)
         grads_bad = ops.logical_not(ops.isfinite(gnorm))
         # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
-        weights_bad = ops.logical_not(ops.isfinite(ops.sum(w_sq_t) + ops.sum(d_sq_t)))
+        weights_bad = ops.logical_not(ops.isfinite(w_tot + d_tot))
         rest = [t for j, t in enumerate(state_after) if j not in checked]
-        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, rest) + sum(state_sums, zero)))
+        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, rest) + sum(state_tot, zero)))
         flags = (
             ops.cast(grads_bad, "int32") * GRADS
             + ops.cast(weights_bad, "int32") * WEIGHTS

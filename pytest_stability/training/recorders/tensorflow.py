@@ -102,7 +102,7 @@ class TensorFlowRecorder(CompiledRecorder):
         after: list[Tensor],
         state_after: list[Tensor],
         zero: Tensor,
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], set[int]]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, set[int]]:
         # TensorFlow runs the step's graph op by op: the fewest ops win (measured: stacking the reductions
         # cost +0.1x on a small model's step and its first call); the optimizer state is summed on its own
         ops = self.ops
@@ -116,7 +116,7 @@ class TensorFlowRecorder(CompiledRecorder):
             d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
             if g is not None:
                 g_sq[k] = ops.sum(ops.square(ops.cast(g, f32)))
-        return g_sq, d_sq, w_sq, [], set()
+        return ops.stack(g_sq), ops.stack(d_sq), ops.stack(w_sq), None, set()
 
     # -- apply: the statistics in the step's graph --------------------
 
