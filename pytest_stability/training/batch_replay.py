@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..framework_types import Data, Model
+from .curvature import _Products
 from .fitsetup import _leaves
 
 if TYPE_CHECKING:  # .batches imports Keras; conclude() is a pure function, tested without it
@@ -31,12 +32,13 @@ BAD_SAMPLE_RATIO = 3.0
 DAMAGE_RATIO = 3.0
 
 
-def loss_and_grad_norm(keras: ModuleType, model: Model, batch: tuple[Data, Data, Data]) -> tuple[float, float]:
+def loss_and_grad_norm(
+    keras: ModuleType, model: Model, batch: tuple[Data, Data, Data], products: _Products | None = None
+) -> tuple[float, float]:
     """The model's training loss on ``batch`` at its current weights and the global norm of its gradient
-    (no variable changes): the curvature meter's loss and gradient (:class:`.curvature._Products`)."""
-    from .curvature import _Products
-
-    session = _Products(keras, model).at(batch)
+    (no variable changes): the curvature meter's loss and gradient (:class:`.curvature._Products`; pass one
+    to evaluate several batches, or the same one at other weights, with one compiled function)."""
+    session = (products or _Products(keras, model)).at(batch)
     if session.grad is None:  # TensorFlow and JAX compute them with the first product
         session.hvp(np.zeros(session.n))
     assert session.loss is not None and session.grad is not None
@@ -65,17 +67,22 @@ def probe(
 
     this = batch_of(where["indices"])
     previous = batch_of(locate(plan, step - 1)["indices"]) if step > 0 else None
-    before = loss_and_grad_norm(keras, model, this)
-    prev_before = loss_and_grad_norm(keras, model, previous) if previous is not None else None
+    products = _Products(keras, model)  # its compiled functions serve every evaluation below
+
+    def measure(batch: tuple[Data, Data, Data]) -> tuple[float, float]:
+        return loss_and_grad_norm(keras, model, batch, products)
+
+    before = measure(this)
+    prev_before = measure(previous) if previous is not None else None
     # before the update: which of the batch's samples makes its loss (asked for below, of a bad sample only)
     shares = (
-        _sample_shares(keras, model, this)
+        _sample_shares(keras, model, this, products)
         if prev_before is not None and _ratio(before[0], prev_before[0]) >= BAD_SAMPLE_RATIO
         else None
     )
     model.train_on_batch(this[0], this[1], sample_weight=this[2], class_weight=fit_kwargs.get("class_weight"))
-    after = loss_and_grad_norm(keras, model, this)
-    prev_after = loss_and_grad_norm(keras, model, previous) if previous is not None else None
+    after = measure(this)
+    prev_after = measure(previous) if previous is not None else None
     out: dict[str, Any] = {
         "batch": where,
         "before": {"loss": before[0], "grad_norm": before[1]},
@@ -115,7 +122,9 @@ TOP_SHARE = 0.5
 SHARES_MAX_BATCH = 256
 
 
-def _sample_shares(keras: ModuleType, model: Model, batch: tuple[Data, Data, Data]) -> np.ndarray | None:
+def _sample_shares(
+    keras: ModuleType, model: Model, batch: tuple[Data, Data, Data], products: _Products | None = None
+) -> np.ndarray | None:
     """Each sample's share of the batch's loss at the model's weights: the loss of the whole batch (the same
     forward pass, BatchNormalization's statistics included) weighted to one sample at a time, as a fraction of
     their sum; None where it cannot be told (a loss that ignores sample weights, a non-finite one) or the batch
@@ -125,11 +134,12 @@ def _sample_shares(keras: ModuleType, model: Model, batch: tuple[Data, Data, Dat
     if n > SHARES_MAX_BATCH:
         return None
     base = np.ones(n, "float32") if weights is None else np.asarray(weights, "float32").reshape(n)
+    products = products or _Products(keras, model)  # one compiled loss for the n evaluations, no gradient
     losses = []
     for i in range(n):
         one = np.zeros(n, "float32")
         one[i] = base[i]
-        losses.append(loss_and_grad_norm(keras, model, (x, y, one))[0])
+        losses.append(products.loss_at((x, y, one)))
     arr = np.asarray(losses, dtype=np.float64)
     total = float(arr.sum())
     if not np.all(np.isfinite(arr)) or not total > 0 or np.any(arr < 0):

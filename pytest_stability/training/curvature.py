@@ -378,6 +378,7 @@ class _Products:
         self.n = int(sum(self.sizes))
         self._compiled: Callable[..., tuple[Tensor, list[Tensor], list[Tensor]]] | None = None
         self._loss = _loss_fn(keras, model)
+        self._loss_compiled: Callable[..., Tensor] | None = None
 
     # flat host vectors <-> per-variable backend tensors
     def split(self, flat: np.ndarray) -> list[Tensor]:
@@ -414,6 +415,29 @@ class _Products:
 
         session.hvp = hvp
         return session
+
+    def loss_at(self, batch: tuple[Data, Data, Data]) -> float:
+        """The training loss on ``batch`` at the current weights, without its gradient: one compiled function
+        for every batch of the same shapes (a batch replay's loss weighted to one sample at a time)."""
+        ops = self.keras.ops
+        tv = [ops.convert_to_tensor(v.value) for v in self.vars]
+        ntv = [ops.convert_to_tensor(v.value) for v in self.model.non_trainable_variables]
+        x, y, w = batch
+        if self.backend == "torch":
+            import torch
+
+            with torch.no_grad():
+                return float(self._loss(tv, ntv, x, y, w).detach().cpu())
+        if self._loss_compiled is None:
+            if self.backend == "tensorflow":
+                import tensorflow as tf
+
+                self._loss_compiled = tf.function(self._loss, reduce_retracing=True)
+            else:
+                import jax
+
+                self._loss_compiled = jax.jit(self._loss)
+        return float(_host(self.keras, self._loss_compiled(tv, ntv, x, y, w)))
 
     def _compile(self) -> Any:
         loss_fn = self._loss

@@ -242,3 +242,38 @@ def test_the_batch_replay_is_judged_on_the_validation_the_run_it_replays_measure
     assert [c["status"] for c in run["checks"] if c["name"] == "val_loss"] != ["failed"]
     assert run["model"]["batch_replay"]["batch"]["step"] == 1
     result.stdout.fnmatch_lines(["*batch replay: the batch of step 1 *"])
+
+
+def test_the_shares_of_a_batch_are_one_compiled_loss_evaluated_per_sample(monkeypatch):
+    """`--stability-replay-batch` weighs a batch's loss to one sample at a time: on TensorFlow and JAX one
+    compiled loss for them all (a compilation per sample took 15 s for 64 samples under JAX), and the sample
+    with the absurd target makes nearly all of it."""
+    from pytest_stability.training import batch_replay, curvature
+
+    traced = []
+    loss_fn = curvature._loss_fn
+
+    def counting(keras_module, model):  # noqa: ANN001, ANN202 - curvature._loss_fn's own signature
+        inner = loss_fn(keras_module, model)
+
+        def loss(*args):  # noqa: ANN002, ANN202
+            traced.append(1)
+            return inner(*args)
+
+        return loss
+
+    monkeypatch.setattr(curvature, "_loss_fn", counting)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(48, 8)).astype("float32")
+    y = np.zeros((48, 1), "float32")
+    y[5] = 300.0
+    shares = batch_replay._sample_shares(keras, model, (x, y, None))
+    assert shares is not None and shares.shape == (48,)
+    assert int(np.argmax(shares)) == 5 and shares[5] > 0.99 and shares.sum() == pytest.approx(1.0)
+    # traced once (TensorFlow may trace a function twice); PyTorch runs the loss eagerly, once a sample
+    if keras.backend.backend() == "torch":
+        assert len(traced) == 48
+    else:
+        assert 1 <= len(traced) <= 2, f"the loss was traced {len(traced)} times for 48 samples"
