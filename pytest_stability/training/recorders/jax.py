@@ -278,8 +278,7 @@ class JaxRecorder(CompiledRecorder):
         return sums[2], sums[1], sums[0], sums[3], checked
 
     def _totals(self, *per_variable: Tensor) -> list[Tensor]:
-        # in one reduction: XLA compiles each reduction into a kernel of its own (here, the rows of one
-        # (4, variables) array: the stack of its rows is taken apart again)
+        # in one reduction: XLA compiles each reduction into a kernel of its own
         return list(self.ops.unstack(self.ops.sum(self.ops.stack(per_variable), axis=1)))
 
     # -- stateless_apply, the recorder's variables threaded as state -------
