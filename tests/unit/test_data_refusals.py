@@ -102,6 +102,11 @@ def test_the_few_samples_that_make_data_far_from_unit_scale_are_found():
     assert few_samples_far(prices, check_finite("y", prices)) is None
     assert few_samples_far(pixels, check_finite("x", pixels)) is None
     assert few_samples_far(y, 50.0) is None  # near unit scale: not looked for
+    # of several arrays, the one of the largest scale, whatever rounding the quoted figure carries (check_finite
+    # sums float32 squares in one BLAS pass, these per sample)
+    both = {"scaled": rng.normal(size=(512, 4)).astype("float32"), "raw": x}
+    few = few_samples_far(both, 1.03 * check_finite("x", both))
+    assert few is not None and few["samples"] == [5, 9]
 
     few = {"samples": [5, 9], "values": [-9999.0, 5000.0], "count": 3, "rms_rest": 0.99, "n": 512}
     assert few_samples_note("input", few, 156.0) == (
