@@ -194,6 +194,36 @@ def test_every_step(stability):
     result.assert_outcomes(passed=2)
 
 
+def test_adams_recorded_second_moments_match_its_own(pytester, tiny_problem):
+    """`diagnostics=True` records Adam's `v_rms` (the root mean square of its second moments after each step) and
+    `g2_over_v_max` (the largest g^2 / (v + eps^2) of each step, v before it): the last step's `v_rms` is the
+    optimizer's own final moments', and the first step's ratio (v = 0 before it) lies between the largest
+    variable's mean square gradient and the whole gradient's squared norm, over eps^2."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+import numpy as np
+
+
+@pytest.mark.stable_training(steps=6, diagnostics=True, shuffle=False)
+def test_model(stability):
+    model = build(optimizer=keras.optimizers.Adam(0.01))
+    rep = stability.fit(model, X, Y, batch_size=32)
+    t = rep.trace
+    v = np.concatenate([keras.ops.convert_to_numpy(s.value).ravel() for s in model.optimizer._velocities])
+    assert t.opt_stats["v_rms"].shape == (6,)
+    assert t.opt_stats["v_rms"][-1] == pytest.approx(np.sqrt(np.mean(v.astype("float64"))), rel=1e-4)
+    eps2 = float(model.optimizer.epsilon) ** 2
+    sizes = np.array([np.prod(w.shape) for w in model.trainable_variables], dtype="float64")
+    low = np.max(t.var_grad_norms[0] ** 2 / sizes) / eps2
+    high = t.grad_norm[0] ** 2 / eps2
+    assert low * (1 - 1e-4) <= t.opt_stats["g2_over_v_max"][0] <= high * (1 + 1e-4)
+""",
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_class_weight_validation_split_callbacks_and_lr_schedule(pytester, tiny_problem):
     result = run(
         pytester,
