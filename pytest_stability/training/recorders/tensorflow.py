@@ -13,6 +13,23 @@ from .common import host_numpy, returned_loss
 from .compiled import CompiledRecorder
 
 
+def _put(array: Tensor, slot: Tensor, row: Tensor) -> Tensor:
+    """``array`` with ``row`` at index ``slot`` of its first axis.  A scatter: ``keras.ops.slice_update`` lowers
+    to ``XlaDynamicUpdateSlice``, which TensorFlow's graph runs as an XLA kernel, some 20 us a call on a CPU
+    against about 1 us (``benchmarks/recording_floor.py``, the TensorFlow rows)."""
+    import tensorflow as tf
+
+    return tf.tensor_scatter_nd_update(array, tf.reshape(slot, (1, 1)), tf.expand_dims(row, 0))
+
+
+def _read(variable: Variable) -> Tensor:
+    """The variable's value as one tensor: a Keras variable's ``value`` is TensorFlow's variable itself, which
+    each op that takes it reads again (the graph runs op by op, and every read is an op)."""
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(variable.value)
+
+
 class TensorFlowRecorder(CompiledRecorder):
     """The recorder of the TensorFlow backend (see :class:`~.base.Recorder`)."""
 
@@ -86,13 +103,14 @@ class TensorFlowRecorder(CompiledRecorder):
         """The step's raw loss (a float32 scalar) into the ring of losses, and a non-finite one into the flag
         the optimizer reads."""
         ops = self.ops
-        value = ops.reshape(loss, (1,))
-        slot = ops.mod(self.lcount.value, self.chunk)
-        self.lbuf.assign(ops.slice_update(self.lbuf.value, ops.reshape(slot, (1,)), value))
-        self.lcount.assign(self.lcount.value + 1)
+        taken = _read(self.lcount)
+        self.lbuf.assign(_put(self.lbuf.value, ops.mod(taken, self.chunk), loss))
+        taken = taken + 1
+        self.lcount.assign(taken)
         if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
-            first = ops.logical_and(ops.equal(self.loss_bad.value, 0), ops.logical_not(ops.isfinite(value[0])))
-            self.loss_bad.assign(ops.where(first, self.lcount.value, self.loss_bad.value))
+            bad_at = _read(self.loss_bad)
+            first = ops.logical_and(ops.equal(bad_at, 0), ops.logical_not(ops.isfinite(loss)))
+            self.loss_bad.assign(ops.where(first, taken, bad_at))
 
     def _squared_sums(
         self,
@@ -104,7 +122,11 @@ class TensorFlowRecorder(CompiledRecorder):
         zero: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, set[int]]:
         # TensorFlow runs the step's graph op by op: the fewest ops win (measured: stacking the reductions
-        # cost +0.1x on a small model's step and its first call); the optimizer state is summed on its own
+        # cost +0.1x on a small model's step and its first call).  So each sum of squares is one L2Loss op
+        # (half the sum of squares; halving and doubling are exact), not a square and a sum: three ops fewer
+        # per variable, 4 % of the small MLP's step.  The optimizer state is summed on its own.
+        import tensorflow as tf
+
         ops = self.ops
         f32 = "float32"
         g_sq = [zero] * self.n_vars
@@ -112,11 +134,11 @@ class TensorFlowRecorder(CompiledRecorder):
         w_sq = [zero] * self.n_vars
         for g, k, b, a in zip(grads, index, before, after, strict=True):
             bf = ops.cast(b, f32)
-            w_sq[k] = ops.sum(ops.square(bf))
-            d_sq[k] = ops.sum(ops.square(ops.cast(a, f32) - bf))
+            w_sq[k] = tf.nn.l2_loss(bf)
+            d_sq[k] = tf.nn.l2_loss(ops.cast(a, f32) - bf)
             if g is not None:
-                g_sq[k] = ops.sum(ops.square(ops.cast(g, f32)))
-        return ops.stack(g_sq), ops.stack(d_sq), ops.stack(w_sq), None, set()
+                g_sq[k] = tf.nn.l2_loss(ops.cast(g, f32))
+        return ops.stack(g_sq) * 2.0, ops.stack(d_sq) * 2.0, ops.stack(w_sq) * 2.0, None, set()
 
     # -- apply: the statistics in the step's graph --------------------
 
@@ -128,25 +150,31 @@ class TensorFlowRecorder(CompiledRecorder):
             grads = list(grads)
             tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
             index = [opt._get_variable_index(v) for v in tvars]
-            go = ops.logical_and(ops.equal(self.halt.value, 0), ops.less(self.count.value, self.limit_var.value))
+            count = _read(self.count)
+            halted = _read(self.halt)
+            go = ops.logical_and(ops.equal(halted, 0), ops.less(count, self.limit_var.value))
             loss_bad = self.loss_bad
+            bad_at = None
             if loss_bad is not None and not self.is_loss_scaled:
                 # the tracker saw this step's loss first (Keras' trainers) or the previous one's (a custom
                 # train_step that updates metrics after applying): either way no update after a bad loss
-                bad_at = loss_bad.value
-                go = ops.logical_and(go, ops.logical_or(ops.equal(bad_at, 0), ops.greater(bad_at, self.count.value)))
+                bad_at = _read(loss_bad)
+                go = ops.logical_and(go, ops.logical_or(ops.equal(bad_at, 0), ops.greater(bad_at, count)))
 
             use_rate = self.rate is not None and not self.distributed
             masked = use_rate or self.distributed
 
             def run() -> Tensor:
-                lr = ops.copy(ops.convert_to_tensor(opt.learning_rate)) if masked else opt.learning_rate
+                # values read before the update are what they were then: TensorFlow copies a variable's
+                # buffer before updating it in place while a tensor read from it is still in use (no
+                # ops.copy needed, an Identity op that would not copy anyway)
+                lr = ops.convert_to_tensor(opt.learning_rate) if masked else opt.learning_rate
                 # the scale this step's gradients carry, read before the update may change it
-                scale = ops.copy(opt.dynamic_scale.value) if self.is_loss_scaled else None
-                before = [ops.copy(v.value) for v in tvars]
-                vel = [ops.copy(v.value) for v in self.velocities] if self.velocities is not None else None
+                scale = _read(opt.dynamic_scale) if self.is_loss_scaled else None
+                before = [_read(v) for v in tvars]
+                vel = [_read(v) for v in self.velocities] if self.velocities is not None else None
                 if use_rate:  # a step that must not count is applied with a zero rate
-                    rate = ops.copy(self.rate.value)
+                    rate = _read(self.rate)
                     self.rate.assign(ops.where(go, rate, ops.zeros_like(rate)))
                     original(grads, trainable_variables)
                     self.rate.assign(rate)
@@ -157,32 +185,23 @@ class TensorFlowRecorder(CompiledRecorder):
                 vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
                 in_bad = None if self.input_bad is None else ops.not_equal(self.input_bad.value, 0)
                 row, stop = self._row(grads, index, before, after, state, lr, scale, vel, vel_after, in_bad)
+                slot = ops.mod(count, self.chunk)
                 if self.replica_norm is not None:  # this replica's gradients, before the all-reduce
                     squares = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads if g is not None]
                     norm = ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.convert_to_tensor(0.0)
-                    self.replica_norm.assign(
-                        ops.slice_update(
-                            self.replica_norm.value,
-                            ops.reshape(ops.mod(self.count.value, self.chunk), (1,)),
-                            ops.reshape(norm, (1,)),
-                        )
-                    )
-                slot = ops.mod(self.count.value, self.chunk)
-                written = ops.slice_update(
-                    self.buf.value,
-                    ops.stack([slot, ops.convert_to_tensor(0, "int32")]),
-                    ops.reshape(row, (1, self.width)),
-                )
-                if loss_bad is not None and not self.is_loss_scaled:  # this step's own loss was non-finite
-                    stop = ops.logical_or(stop, ops.equal(loss_bad.value, self.count.value + 1))
+                    self.replica_norm.assign(_put(self.replica_norm.value, slot, norm))
+                if bad_at is not None:  # this step's own loss was non-finite
+                    stop = ops.logical_or(stop, ops.equal(bad_at, count + 1))
+                kept = _read(self.buf)
+                written = _put(kept, slot, row)
                 if masked:  # the row, the count and the halt flag of a step that counts, only
-                    self.buf.assign(ops.where(go, written, self.buf.value))
-                    self.halt.assign(ops.where(go, ops.cast(stop, "int32"), self.halt.value))
-                    self.count.assign(self.count.value + ops.cast(go, "int32"))
+                    self.buf.assign(ops.where(go, written, kept))
+                    self.halt.assign(ops.where(go, ops.cast(stop, "int32"), halted))
+                    self.count.assign(count + ops.cast(go, "int32"))
                 else:
                     self.buf.assign(written)
                     self.halt.assign(ops.cast(stop, "int32"))
-                    self.count.assign(self.count.value + 1)
+                    self.count.assign(count + 1)
                 return ops.convert_to_tensor(0, "int32")
 
             def skip() -> Tensor:
