@@ -20,15 +20,17 @@ plugin's own recorder (``Recorder``) around the same step.
 * ``recorder``: the plugin's ``Recorder`` installed on the model, i.e. the above, the learning rate, the
   flags, the loss buffer and the stop logic (PyTorch: and its per-step host check).
 
-JAX: each level's step is ``jax.jit``-compiled with its state donated and called ``--calls`` times on one
-device batch (what ``fit`` does per step with ``steps_per_execution > 1``: a Python loop over the jitted
-step); PyTorch: the eager step called in a loop.  Medians of ``--reps`` interleaved repetitions.  The
-ratio to ``plain`` is a lower bound on what any in-step recording of that content costs on this model and
-backend; ``benchmarks/results/recording_floor.md`` holds a run and docs/speed.md includes it.
+TensorFlow: each level's step runs 64 times in a graph loop of one ``tf.function`` (what
+``fit(steps_per_execution=64)`` runs on a CPU: op by op, no XLA) on one batch, ``--calls`` steps in all,
+rounded to whole loops; JAX: each level's step is ``jax.jit``-compiled with its state donated and called
+``--calls`` times on one device batch (what ``fit`` does per step with ``steps_per_execution > 1``: a Python
+loop over the jitted step); PyTorch: the eager step called in a loop.  Medians of ``--reps`` interleaved
+repetitions.  The ratio to ``plain`` is a lower bound on what any in-step recording of that content costs on
+this model and backend; ``benchmarks/results/recording_floor.md`` holds a run and docs/speed.md includes it.
 
 Usage::
 
-    python benchmarks/recording_floor.py                    # JAX and PyTorch, one subprocess each
+    python benchmarks/recording_floor.py                    # each backend, one subprocess each
     python benchmarks/recording_floor.py --backend jax --cpus 0
 """
 
@@ -212,6 +214,110 @@ def _jax_run(kind: str, args) -> dict[str, float]:
     return {level: statistics.median(ts) for level, ts in times.items()}
 
 
+# -- TensorFlow ---------------------------------------------------------------------------------------------
+
+
+def _tf_run(kind: str, args) -> dict[str, float]:
+    """Keras' ``train_step`` in a graph loop of 64 steps per call (see ``chunk_of``); the levels' statistics
+    added to the optimizer's ``apply`` in the form the recorder uses on TensorFlow (one op per variable and
+    statistic: the graph runs op by op, and the fewest ops win), the row written into a ``(64, width)``
+    variable at the step's slot."""
+    import tensorflow as tf
+
+    from pytest_stability.training.recorders import make_recorder
+
+    model, xb, yb = _model(kind)
+    opt = model.optimizer
+    data = (tf.constant(xb), tf.constant(yb))
+    n = len(model.trainable_variables)
+    width = 4 + 2 * n + 2
+    original = opt.apply
+    state_vars = [v for v in opt.variables if "float" in v.dtype]
+
+    def stats(level: str, grads, before, after) -> tf.Tensor:
+        """The level's statistics as one row, zeros past what it computes; sums of squares as the recorder
+        takes them (one L2Loss op each, half the sum), scalars stacked into vectors as early as possible."""
+        f32 = tf.float32
+        if level == "store":
+            return tf.zeros((width,), f32)
+        g_half = [tf.nn.l2_loss(tf.cast(g, f32)) for g in grads]
+        if level == "gnorm":
+            parts = [tf.reshape(tf.sqrt(tf.add_n(g_half) * 2.0), (1,))]
+        else:
+            g_sq = tf.stack(g_half) * 2.0
+            parts = [tf.reshape(tf.sqrt(tf.reduce_sum(g_sq)), (1,)), tf.sqrt(g_sq)]
+        if level in ("update", "state"):
+            w_half = tf.stack([tf.nn.l2_loss(tf.cast(b, f32)) for b in before])
+            pairs = zip(before, after, strict=True)
+            d_half = tf.stack([tf.nn.l2_loss(tf.cast(a, f32) - tf.cast(b, f32)) for b, a in pairs])
+            parts.append(tf.sqrt(d_half) / tf.sqrt(w_half + 1e-30))  # halves: the same ratio
+        if level == "state":
+            total = tf.add_n([tf.reduce_sum(tf.cast(v.value, f32)) for v in state_vars])
+            parts.append(tf.reshape(tf.cast(tf.math.is_finite(total), f32), (1,)))
+        row = tf.concat(parts, axis=0)
+        return tf.concat([row, tf.zeros((width - row.shape[0],), f32)], axis=0)
+
+    def chunk_of(one):
+        """``CHUNK`` steps in one call, in a graph loop: what ``fit(steps_per_execution=64)`` runs."""
+
+        def chunk():
+            for _ in tf.range(CHUNK):
+                one(data)
+
+        fn = tf.function(chunk)
+        fn()  # traces
+        return fn
+
+    def step_for(level: str):
+        if level == "recorder":  # traced while installed: the graph keeps what it traced
+            rec = make_recorder("tensorflow", model, chunk=CHUNK, limit=10**9, diagnostics=False)
+            rec.install()
+            try:
+                return chunk_of(model.train_step)
+            finally:
+                rec.uninstall()
+        if level == "plain":
+            return chunk_of(model.train_step)
+        buf = tf.Variable(tf.zeros((CHUNK, width), tf.float32), trainable=False)
+
+        def apply(grads, trainable_variables=None):
+            grads = list(grads)
+            tvars = list(trainable_variables) if trainable_variables is not None else list(opt._trainable_variables)
+            # read before the update: TensorFlow copies a buffer it updates in place while a read of it is in use
+            before = [tf.convert_to_tensor(v.value) for v in tvars] if level in ("update", "state") else None
+            out = original(grads, trainable_variables)
+            after = [v.value for v in tvars] if before is not None else None
+            row = stats(level, grads, before, after)
+            slot = tf.math.floormod(tf.cast(opt.iterations.value, tf.int32), CHUNK)
+            buf.scatter_nd_update(tf.reshape(slot, (1, 1)), row[None])
+            return out
+
+        def one(batch):
+            object.__setattr__(opt, "apply", apply)  # while tracing only
+            try:
+                return model.train_step(batch)
+            finally:
+                object.__delattr__(opt, "apply")
+
+        return chunk_of(one)
+
+    steps = {level: step_for(level) for level in args.levels}
+    chunks = max(1, round(args.calls / CHUNK))
+    times: dict[str, list[float]] = {level: [] for level in args.levels}
+    for rep in range(args.reps + 1):  # the first is a warm-up, not counted
+        order = args.levels[rep % len(args.levels) :] + args.levels[: rep % len(args.levels)]
+        for level in order:
+            fn = steps[level]
+            t = time.perf_counter()
+            for _ in range(chunks):
+                fn()
+            if rep:
+                times[level].append((time.perf_counter() - t) / (chunks * CHUNK) * 1e6)
+    traced = {level: fn.experimental_get_tracing_count() for level, fn in steps.items()}
+    assert set(traced.values()) == {1}, f"a level's step was traced again: {traced}"
+    return {level: statistics.median(ts) for level, ts in times.items()}
+
+
 # -- PyTorch ------------------------------------------------------------------------------------------------
 
 
@@ -303,7 +409,7 @@ def one_backend(args) -> dict:
     import keras
 
     backend = keras.backend.backend()
-    run = {"jax": _jax_run, "torch": _torch_run}[backend]
+    run = {"tensorflow": _tf_run, "jax": _jax_run, "torch": _torch_run}[backend]
     rows = []
     for kind in args.models.split(","):
         us = run(kind, args)
@@ -335,7 +441,9 @@ def table(results: list[dict], args) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=400, help="steps timed per repetition")
+    parser.add_argument(
+        "--calls", type=int, default=400, help="steps timed per repetition (TensorFlow: whole loops of 64)"
+    )
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--models", default="mlp,conv")
     parser.add_argument("--levels", default=",".join(LEVELS))
@@ -366,7 +474,7 @@ def main() -> int:
         one_backend=one_backend,
         table=table,
         written=written,
-        backends=("jax", "torch"),
+        backends=("tensorflow", "jax", "torch"),
         validate=validate,
     )
 
