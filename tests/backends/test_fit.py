@@ -997,6 +997,45 @@ def test_read_backs_convert_without_numpy_2_deprecation_warnings():
         np.testing.assert_array_equal(host_numpy(var), np.arange(6).reshape(2, 3))
 
 
+def test_an_embeddings_gradient_norm_sums_the_rows_of_an_id_looked_up_twice(pytester, tiny_problem):
+    """TensorFlow hands the optimizer an embedding's gradient as IndexedSlices, one row per id looked up; an id
+    looked up twice has two rows, and the gradient is their sum.  The recording squared each row alone and
+    gave 0.031 for this gradient's norm of 0.047 (a 5-word vocabulary, 8 ids a sample: every batch repeats
+    ids).  The norm here is computed in numpy from the model's weights and the first batch."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+@pytest.mark.stable_training(steps=2, shuffle=False)
+def test_model(stability):
+    ids = np.random.default_rng(0).integers(0, 5, size=(64, 8))
+    target = np.random.default_rng(1).normal(size=(64, 1)).astype("float32")
+    model = keras.Sequential([
+        keras.Input((8,), dtype="int32"),
+        keras.layers.Embedding(5, 4),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(1, use_bias=False),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    table, w = (keras.ops.convert_to_numpy(v.value).astype(np.float64) for v in model.trainable_variables)
+    # MSE over a batch of 32 of mean_t(table[id_t]) @ w: d loss / d table[v] = sum over the batch and the
+    # positions holding v of 2 (pred - y) / 32 * w / 8
+    x, y = ids[:32], target[:32].astype(np.float64)
+    hidden = table[x].mean(axis=1)
+    d_pred = 2 * (hidden @ w - y) / 32
+    d_table = np.zeros_like(table)
+    np.add.at(d_table, x, (d_pred * w[:, 0] / 8)[:, None, :].repeat(8, axis=1))
+    d_w = hidden.T @ d_pred
+    rep = stability.fit(model, ids, target, batch_size=32, check=False)
+    assert len(np.unique(x)) < x.size  # ids repeat within the batch
+    np.testing.assert_allclose(
+        rep.trace.var_grad_norms[0], [np.linalg.norm(d_table), np.linalg.norm(d_w)], rtol=1e-4)
+    assert rep.trace.grad_norm[0] == pytest.approx(np.sqrt(np.sum(d_table ** 2) + np.sum(d_w ** 2)), rel=1e-4)
+""",
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_the_reports_model_facts_leave_no_numpy_2_deprecation_warning():
     """Keras' get_config reads Adam's plain learning rate with np.array(variable), which numpy 2 warns about
     for JAX's variables: the plugin reads the optimizer's config after every test, and must not pass that
