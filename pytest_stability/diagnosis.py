@@ -1163,6 +1163,12 @@ HIGH_FROM_THE_START = (
     "a learning rate too high for this model from the start (or weights initialised too large, or inputs far "
     "from unit scale)"
 )
+#: the same, for inputs that are ids (see _inputs_are_ids): they have no scale to be far from
+HIGH_FROM_THE_START_IDS = "a learning rate too high for this model from the start (or weights initialised too large)"
+#: layers that take integer ids (a token, a category) and look them up: their inputs have no scale that trains
+ID_LAYERS = frozenset(
+    {"Embedding", "IntegerLookup", "StringLookup", "Hashing", "CategoryEncoding", "TextVectorization"}
+)
 #: the fixes for targets, and for inputs, far from unit scale
 STANDARDISE_TARGETS = Fix(
     "standardise the targets, (y - mean) / std over the training set (undone on the predictions): the learning "
@@ -1173,6 +1179,19 @@ STANDARDISE_INPUTS = Fix(
     "or put a keras.layers.Normalization() adapted to them first: the learning rate that suits unit-scale data "
     "then applies"
 )
+
+
+def _inputs_are_ids(trace: Trace) -> bool:
+    """Whether the inputs are ids the model looks up (it has an Embedding or a lookup layer, ``ID_LAYERS``) and
+    no floating-point input array was measured beside them (``input_rms``): a token's id has no scale to
+    standardise, and advice to scale the inputs would point the wrong way."""
+    info = trace.info or {}
+    return "input_rms" not in info and not ID_LAYERS.isdisjoint(info.get("layers") or ())
+
+
+def _high_from_the_start(trace: Trace) -> str:
+    """:data:`HIGH_FROM_THE_START`, without the inputs' scale where the inputs are ids."""
+    return HIGH_FROM_THE_START_IDS if _inputs_are_ids(trace) else HIGH_FROM_THE_START
 
 
 def _input_rms(trace: Trace) -> float | None:
@@ -1320,6 +1339,8 @@ def _out_of_scale(q: Quotes, trace: Trace, what: str, clips: list[Fix]) -> Dx | 
         data = " with the inputs not far from unit scale (root mean square {input_rms})"
     elif (trace.info or {}).get("inputs_rescaled_by"):
         data = " with the inputs rescaled by the model"
+    elif _inputs_are_ids(trace):
+        data = " with the inputs being ids the model looks up (they have no scale to blame)"
     else:
         data = " (the inputs' scale was not measured: a dataset or a generator; standardise them if they are not)"
     return Dx(
@@ -1361,7 +1382,7 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     )
     if out is not None:
         return out
-    cause = what + ", within the first {early_end} steps: " + (scale or HIGH_FROM_THE_START)
+    cause = what + ", within the first {early_end} steps: " + (scale or _high_from_the_start(trace))
     if basis == "update":
         cause += ": the first update already moved the weights {update_ratio} times their norm"
     clause, fixes = _scale_before_rate(q, scale, [lr_fix] + clips, scale_fixes)
@@ -1369,8 +1390,9 @@ def _early_blowup(f: Finding, trace: Trace, q: Quotes, start: int, end: int, wha
     if not scale_fixes:
         fixes.append(
             Fix(
-                "if a lower learning rate does not help: scale the inputs to about unit range and check "
-                "the initialisation (he_normal / glorot_uniform)"
+                "if a lower learning rate does not help: "
+                + ("" if _inputs_are_ids(trace) else "scale the inputs to about unit range and ")
+                + "check the initialisation (he_normal / glorot_uniform)"
             )
         )
     return Dx("lr_too_high", LIKELY, cause, fixes)
@@ -1866,7 +1888,7 @@ def _nonfinite(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> 
                 "lr_too_high",
                 LIKELY,
                 "the {quantities} became NaN/Inf at step {step}: the first update moved the weights "
-                "{update_ratio_first} times their norm; " + (scale or HIGH_FROM_THE_START) + clause,
+                "{update_ratio_first} times their norm; " + (scale or _high_from_the_start(trace)) + clause,
                 fixes,
             )
         inspected = bool((trace.info or {}).get("inputs_checked", False))
@@ -2300,7 +2322,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
                 Fix(
                     "pair the output and the loss (from_logits=True with a linear last layer), initialise the "
                     "last layer's bias near the label prior"
-                    + ("" if far else ", and scale the inputs to about unit range")
+                    + ("" if far or _inputs_are_ids(trace) else ", and scale the inputs to about unit range")
                 )
             ],
         )

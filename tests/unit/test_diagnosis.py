@@ -763,6 +763,33 @@ def test_an_early_blow_up_quotes_how_far_the_measured_data_is_from_unit_scale(in
 
 
 @pytest.mark.parametrize(
+    "info, ids",
+    [
+        ({"layers": ["Embedding", "GlobalAveragePooling1D", "Dense"], "data": "arrays"}, True),
+        ({"layers": ["IntegerLookup", "Embedding", "Dense"]}, True),  # a dataset: nothing measured, ids looked up
+        # a float input measured beside the ids: its scale may be what blew up
+        ({"layers": ["Embedding", "Dense"], "input_rms": 1.0}, False),
+        ({"layers": ["Dense"], "data": "arrays"}, False),  # integer features into a Dense layer: they have a scale
+        ({}, False),  # a trace from a loop of the user's says nothing of its layers
+    ],
+)
+def test_an_early_blow_up_of_a_model_fed_ids_does_not_blame_or_scale_the_inputs(info, ids):
+    # token ids into an Embedding: "inputs far from unit scale" and "scale the inputs to about unit range" point
+    # the wrong way (an id has no scale); the learning rate and the initialisation stay
+    loss = np.concatenate([np.full(3, 0.7), 0.7 * np.geomspace(2.0, 1e6, 5)])
+    g = np.concatenate([np.full(3, 0.4), np.geomspace(2.0, 1e6, 5)])
+    trace = Trace(loss=loss, grad_norm=g, lr=np.full(8, 3e3), info={"optimizer": "SGD", **info})
+    trace.steps_planned = 300
+    f = _diag(trace)[0]
+    assert f.evidence["cause_key"] == "lr_too_high" and f.fix.startswith("learning_rate=")
+    texts = [x["text"] for x in f.evidence["fixes"]]
+    assert "a learning rate too high for this model from the start (or weights initialised too large" in f.cause
+    assert ("inputs far from unit scale" in f.cause) is not ids
+    assert any("check the initialisation" in t for t in texts)
+    assert any("scale the inputs" in t for t in texts) is not ids
+
+
+@pytest.mark.parametrize(
     ("outliers", "made_by", "checked"),
     [
         (
