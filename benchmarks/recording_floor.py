@@ -422,11 +422,13 @@ def table(results: list[dict], args) -> str:
     cpus = "" if args.cpus is None else f" --cpus {args.cpus}"
     levels = args.levels
     command = f"python benchmarks/recording_floor.py --calls {args.calls} --reps {args.reps} --form {args.form}{cpus}"
+    tf_steps = max(1, round(args.calls / CHUNK)) * CHUNK
     lines = [
         f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), {platform.python_version()}; "
         f"microseconds per training step (medians of {args.reps} interleaved repetitions of {args.calls} "
-        f"steps on one batch of 32), and in brackets the ratio to `plain` (Keras' own `train_step`). Each "
-        f"level adds statistics to the one before; `recorder` is the plugin's own recording.",
+        f"steps, TensorFlow {tf_steps} in whole graph loops of {CHUNK}, on one batch of 32), and in brackets the "
+        f"ratio to `plain` (Keras' own `train_step`). Each level adds statistics to the one before; `recorder` is "
+        f"the plugin's own recording.",
         "",
         "| backend | model | " + " | ".join(levels) + " |",
         "|---|---|" + "---:|" * len(levels),

@@ -1,5 +1,5 @@
 """The TensorFlow recording's form in the step's graph.  On a CPU, TensorFlow runs the train step's graph op by
-op (no XLA: ``jit_compile="auto"`` is off there), so each op the recording adds costs about a microsecond
+op (no XLA: ``jit_compile="auto"`` is off there), so each op the recording adds costs under a microsecond
 whatever it computes, and some cost far more: ``keras.ops.slice_update`` lowers to ``XlaDynamicUpdateSlice``,
 about 20 us a call, two of them per step before the recorder wrote its rows by scatter
 (``benchmarks/recording_floor.py``, the TensorFlow rows).  What the rows hold is checked elsewhere
