@@ -1036,6 +1036,51 @@ def test_model(stability):
     result.assert_outcomes(passed=1)
 
 
+def test_the_recorded_update_is_the_weights_change_under_every_kind_of_optimizer_state(pytester, tiny_problem):
+    """The first step's recorded update ratio, |w1 - w0| / |w0|, against the weights the step left, under the
+    optimizers whose state is least like Adam's: factored second moments (Adafactor), a sign update (Lion),
+    Ftrl's accumulators, Muon's orthogonalised update, a centred RMSprop with momentum, Nesterov momentum, loss
+    scaling, a moving average of the weights.  (All 19 of Keras' optimizers and variants matched on each
+    backend when this test was written; these cover the kinds of state.)"""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+O = keras.optimizers
+OPTIMIZERS = {
+    "adafactor": lambda: O.Adafactor(1e-3),
+    "lion": lambda: O.Lion(1e-4),
+    "ftrl": lambda: O.Ftrl(1e-2),
+    "rmsprop_centred": lambda: O.RMSprop(1e-3, momentum=0.9, centered=True),
+    "nesterov": lambda: O.SGD(0.05, momentum=0.9, nesterov=True),
+    "loss_scale": lambda: O.LossScaleOptimizer(O.Adam(1e-3)),
+    "ema": lambda: O.Adam(1e-3, use_ema=True),
+}
+if hasattr(O, "Muon"):
+    OPTIMIZERS["muon"] = lambda: O.Muon(1e-3)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.stable_training(steps=1, shuffle=False)
+def test_model(stability, name):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+    model.compile(optimizer=OPTIMIZERS[name](), loss="mse")
+    w0 = [np.array(keras.ops.convert_to_numpy(v.value), np.float64) for v in model.trainable_variables]
+    rep = stability.fit(model, x, y, batch_size=32, check=False)
+    w1 = [np.array(keras.ops.convert_to_numpy(v.value), np.float64) for v in model.trainable_variables]
+    moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(w1, w0))) / np.sqrt(sum(np.sum(b ** 2) for b in w0))
+    assert moved > 0 and np.isfinite(rep.trace.grad_norm[0]) and rep.trace.grad_norm[0] > 0
+    assert rep.trace.update_ratio[0] == pytest.approx(moved, rel=2e-3)
+""",
+        "-W",
+        "ignore::DeprecationWarning",
+    )
+    result.assert_outcomes(passed=7 + hasattr(keras.optimizers, "Muon"))
+
+
 def test_the_reports_model_facts_leave_no_numpy_2_deprecation_warning():
     """Keras' get_config reads Adam's plain learning rate with np.array(variable), which numpy 2 warns about
     for JAX's variables: the plugin reads the optimizer's config after every test, and must not pass that
