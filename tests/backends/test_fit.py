@@ -1359,7 +1359,7 @@ def test_the_recorders_variables_are_made_eagerly_when_the_optimizer_is_built_in
         finally:
             rec.uninstall()
     mine = {name: inside for name, inside in made.items() if name.startswith("stability_")}
-    assert {"stability_record", "stability_count", "stability_halt", "stability_limit"} <= set(mine), made
+    assert {"stability_record", "stability_count", "stability_halt"} <= set(mine), made
     assert not any(mine.values()), mine
     # the optimizer was built in the trace, as in plain fit: the path this test is about
     assert any(inside for name, inside in made.items() if not name.startswith("stability_")), made

@@ -283,7 +283,6 @@ class Recorder:
                 getattr(self, "buf", None),
                 getattr(self, "count", None),
                 getattr(self, "halt", None),
-                getattr(self, "limit_var", None),
                 getattr(self, "replica_norm", None),
                 self.input_bad,
             )

@@ -7,6 +7,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from ...framework_types import Data, Model, Tensor, Variable
 from ...trace import GRADS, INPUT, OPTIMIZER, WEIGHTS
 from .base import Recorder
@@ -125,16 +127,13 @@ class CompiledRecorder(Recorder):
         tiny = 1e-30
         var_upd = ops.sqrt(d_sq_t) / ops.sqrt(w_sq_t + tiny)
         upd = ops.sqrt(d_tot) / ops.sqrt(w_tot + tiny)
-        grads_bad = ops.logical_not(ops.isfinite(gnorm))
-        # after = before + delta: finite iff both sums of squares are (no second pass over the weights)
-        weights_bad = ops.logical_not(ops.isfinite(w_tot + d_tot))
+        # the flags as one vector: TensorFlow runs the step op by op, and three finiteness tests in one op
+        # are two ops fewer each.  After = before + delta: finite iff both sums of squares are (no second
+        # pass over the weights); the state not covered by the sums is summed once
         rest = [t for j, t in enumerate(state_after) if j not in checked]
-        state_bad = ops.logical_not(ops.isfinite(_sum_all(ops, rest) + sum(state_tot, zero)))
-        flags = (
-            ops.cast(grads_bad, "int32") * GRADS
-            + ops.cast(weights_bad, "int32") * WEIGHTS
-            + ops.cast(state_bad, "int32") * OPTIMIZER
-        )
+        checks = ops.stack([gnorm, w_tot + d_tot, _sum_all(ops, rest) + sum(state_tot, zero)])
+        bits = ops.convert_to_tensor(np.array([GRADS, WEIGHTS, OPTIMIZER], np.int32))
+        flags = ops.sum(ops.cast(ops.logical_not(ops.isfinite(checks)), "int32") * bits)
         if input_bad is not None:
             flags = flags + ops.cast(input_bad, "int32") * INPUT
         # Under loss scaling a non-finite *scaled* gradient is an overflow the
@@ -142,14 +141,9 @@ class CompiledRecorder(Recorder):
         # with the loss, which it reads from the tracker).
         stop_mask = (WEIGHTS | OPTIMIZER | INPUT) if self.is_loss_scaled else STOP_BITS
         stop = ops.not_equal(ops.bitwise_and(flags, stop_mask), 0)
-        parts = [
-            ops.reshape(gnorm, (1,)),
-            ops.reshape(ops.cast(lr, f32), (1,)),
-            ops.reshape(ops.cast(flags, f32), (1,)),
-            ops.reshape(upd, (1,)),
-            var_gnorm,
-            var_upd,
-        ]
+        head = ops.stack([gnorm, ops.reshape(ops.cast(lr, f32), ()), ops.cast(flags, f32), upd])
+        parts = [head, var_gnorm, var_upd]
+        tail = []
         if velocities is not None:
             eps = float(getattr(self.inner, "epsilon", 1e-7) or 1e-7)
             ratios = []
@@ -160,9 +154,11 @@ class CompiledRecorder(Recorder):
                 ratios.append(ops.max(ops.square(gf) / (ops.cast(velocities[k], f32) + eps * eps)))
             assert velocities_after is not None  # given with velocities
             v_sum = ops.sum(ops.stack([ops.sum(ops.cast(v, f32)) for v in velocities_after]))
-            parts += [ops.reshape(ops.max(ops.stack(ratios)), (1,)), ops.reshape(ops.sqrt(v_sum / self.v_size), (1,))]
+            tail += [ops.max(ops.stack(ratios)), ops.sqrt(v_sum / self.v_size)]
         if scale is not None:
-            parts.append(ops.reshape(ops.cast(scale, f32), (1,)))
+            tail.append(ops.cast(scale, f32))
+        if tail:
+            parts.append(ops.stack(tail))
         return ops.concatenate(parts, axis=0), stop
 
 

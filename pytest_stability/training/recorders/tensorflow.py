@@ -12,6 +12,9 @@ from ...framework_types import Data, Metric, Tensor, Variable
 from .common import host_numpy, returned_loss
 from .compiled import CompiledRecorder
 
+#: the flag of a non-finite loss while no loss was: above every step, so that ``bad_at > count`` lets a step run
+NO_BAD_LOSS = 2**31 - 1
+
 
 def _put(array: Tensor, slot: Tensor, row: Tensor) -> Tensor:
     """``array`` with ``row`` at index ``slot`` of its first axis.  A scatter: ``keras.ops.slice_update`` lowers
@@ -20,6 +23,17 @@ def _put(array: Tensor, slot: Tensor, row: Tensor) -> Tensor:
     import tensorflow as tf
 
     return tf.tensor_scatter_nd_update(array, tf.reshape(slot, (1, 1)), tf.expand_dims(row, 0))
+
+
+def _write(variable: Variable, slot: Tensor, row: Tensor) -> None:
+    """``row`` written into ``variable`` at index ``slot`` of its first axis, in place: one scatter into the
+    variable's buffer (``_put`` and an assign read the whole buffer, copy it and write it back: three ops more
+    a step, and two copies)."""
+    import tensorflow as tf
+
+    from ..keras_internals import tf_variable
+
+    tf_variable(variable).scatter_nd_update(tf.reshape(slot, (1, 1)), tf.expand_dims(row, 0))
 
 
 def _dense(gradient: Tensor | None) -> Tensor | None:
@@ -54,10 +68,12 @@ class TensorFlowRecorder(CompiledRecorder):
             self._make_device_buffers()
 
     def _make_device_buffers(self) -> None:
-        self.buf = self._variable(np.zeros((self.chunk, self.width), np.float32), "float32", "stability_record", None)
+        # one row more than the chunk: where a step must not count but runs (the masked form, see apply), its
+        # row goes there, a select of one index instead of one of the whole buffer; never read back
+        rows = self.chunk if self.distributed else self.chunk + 1
+        self.buf = self._variable(np.zeros((rows, self.width), np.float32), "float32", "stability_record", None)
         self.count = self._variable(0, "int32", "stability_count", None)
         self.halt = self._variable(0, "int32", "stability_halt", None)
-        self.limit_var = self._variable(self.limit, "int32", "stability_limit", None)
         if self.distributed:
             # each replica's own gradient norm (before the all-reduce), in the step's slot: a buffer each
             # replica keeps a copy of, read per replica at the read-back
@@ -96,7 +112,9 @@ class TensorFlowRecorder(CompiledRecorder):
         # the optimizer reads it, so a non-finite loss stops the next update even when its gradients stay
         # finite (an overflowing MSE); under JAX the train_step wrapper carries the loss buffer's flag into
         # the halt, on PyTorch the host checks each step's loss (see TorchRecorder.last_step_nonfinite)
-        self.loss_bad = None if self.is_loss_scaled else self._variable(0, "int32", "stability_loss_bad", None)
+        self.loss_bad = (
+            None if self.is_loss_scaled else self._variable(NO_BAD_LOSS, "int32", "stability_loss_bad", None)
+        )
         original = tracker.update_state
         ops = self.ops
 
@@ -114,13 +132,16 @@ class TensorFlowRecorder(CompiledRecorder):
         the optimizer reads."""
         ops = self.ops
         taken = _read(self.lcount)
-        self.lbuf.assign(_put(self.lbuf.value, ops.mod(taken, self.chunk), loss))
+        slot = ops.mod(taken, self.chunk)
+        if self.distributed:  # a mirrored variable takes no scatter: written whole
+            self.lbuf.assign(_put(self.lbuf.value, slot, loss))
+        else:
+            _write(self.lbuf, slot, loss)
         taken = taken + 1
         self.lcount.assign(taken)
-        if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, 0 while none
-            bad_at = _read(self.loss_bad)
-            first = ops.logical_and(ops.equal(bad_at, 0), ops.logical_not(ops.isfinite(loss)))
-            self.loss_bad.assign(ops.where(first, taken, bad_at))
+        if self.loss_bad is not None:  # the 1-based step of the first non-finite loss, NO_BAD_LOSS while none
+            here = ops.where(ops.isfinite(loss), NO_BAD_LOSS, taken)
+            self.loss_bad.assign(ops.minimum(_read(self.loss_bad), here))
 
     def _squared_sums(
         self,
@@ -163,14 +184,14 @@ class TensorFlowRecorder(CompiledRecorder):
             index = [opt._get_variable_index(v) for v in tvars]
             count = _read(self.count)
             halted = _read(self.halt)
-            go = ops.logical_and(ops.equal(halted, 0), ops.less(count, self.limit_var.value))
+            go = ops.logical_and(ops.equal(halted, 0), ops.less(count, self.limit))
             loss_bad = self.loss_bad
             bad_at = None
             if loss_bad is not None and not self.is_loss_scaled:
                 # the tracker saw this step's loss first (Keras' trainers) or the previous one's (a custom
                 # train_step that updates metrics after applying): either way no update after a bad loss
                 bad_at = _read(loss_bad)
-                go = ops.logical_and(go, ops.logical_or(ops.equal(bad_at, 0), ops.greater(bad_at, count)))
+                go = ops.logical_and(go, ops.greater(bad_at, count))
 
             use_rate = self.rate is not None and not self.distributed
             masked = use_rate or self.distributed
@@ -179,20 +200,22 @@ class TensorFlowRecorder(CompiledRecorder):
                 # values read before the update are what they were then: TensorFlow copies a variable's
                 # buffer before updating it in place while a tensor read from it is still in use (no
                 # ops.copy needed, an Identity op that would not copy anyway)
-                lr = ops.convert_to_tensor(opt.learning_rate) if masked else opt.learning_rate
+                # the step's rate; in the masked form the rate variable's value, read once (the property
+                # would read it again, and the row's reshape of a variable once more)
+                rate = _read(self.rate) if use_rate else None
+                lr = rate if use_rate else ops.convert_to_tensor(opt.learning_rate) if masked else opt.learning_rate
                 # the scale this step's gradients carry, read before the update may change it
                 scale = _read(opt.dynamic_scale) if self.is_loss_scaled else None
                 before = [_read(v) for v in tvars]
                 vel = [_read(v) for v in self.velocities] if self.velocities is not None else None
                 if use_rate:  # a step that must not count is applied with a zero rate
-                    rate = _read(self.rate)
                     self.rate.assign(ops.where(go, rate, ops.zeros_like(rate)))
                     original(grads, trainable_variables)
                     self.rate.assign(rate)
                 else:
                     original(grads, trainable_variables)
                 after = [v.value for v in tvars]
-                state = [v.value for v in self.state_vars]
+                state = [_read(v) for v in self.state_vars]  # a variable summed whole is read twice
                 vel_after = [v.value for v in self.velocities] if self.velocities is not None else None
                 in_bad = None if self.input_bad is None else ops.not_equal(self.input_bad.value, 0)
                 row, stop = self._row(dense, index, before, after, state, lr, scale, vel, vel_after, in_bad)
@@ -203,14 +226,17 @@ class TensorFlowRecorder(CompiledRecorder):
                     self.replica_norm.assign(_put(self.replica_norm.value, slot, norm))
                 if bad_at is not None:  # this step's own loss was non-finite
                     stop = ops.logical_or(stop, ops.equal(bad_at, count + 1))
-                kept = _read(self.buf)
-                written = _put(kept, slot, row)
-                if masked:  # the row, the count and the halt flag of a step that counts, only
-                    self.buf.assign(ops.where(go, written, kept))
+                if self.distributed:  # a mirrored variable takes no scatter: written whole
+                    kept = _read(self.buf)
+                    self.buf.assign(ops.where(go, _put(kept, slot, row), kept))
+                elif masked:  # the row of a step that does not count goes to the spare row
+                    _write(self.buf, ops.where(go, slot, self.chunk), row)
+                else:
+                    _write(self.buf, slot, row)
+                if masked:  # the count and the halt flag of a step that counts, only
                     self.halt.assign(ops.where(go, ops.cast(stop, "int32"), halted))
                     self.count.assign(count + ops.cast(go, "int32"))
                 else:
-                    self.buf.assign(written)
                     self.halt.assign(ops.cast(stop, "int32"))
                     self.count.assign(count + 1)
                 return ops.convert_to_tensor(0, "int32")
@@ -234,7 +260,7 @@ class TensorFlowRecorder(CompiledRecorder):
 
     def read(self) -> dict[str, np.ndarray | int]:
         out: dict[str, np.ndarray | int] = {
-            "buf": host_numpy(self.buf.value),
+            "buf": host_numpy(self.buf.value)[: self.chunk],
             "count": int(host_numpy(self.count.value)),
             "halt": int(host_numpy(self.halt.value)),
         }
