@@ -45,6 +45,25 @@ def run_per_backend(
     return results
 
 
+def fit_timing_parser(doc: str, *, reps: int, models: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time whole ``fit`` runs (overhead, cold_parts, jax_layout); check
+    them with :func:`check_fit_timing`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=512, help="optimizer steps a run")
+    parser.add_argument("--reps", type=int, default=reps, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--readback", type=int, default=64, help="readback_every (steps per compiled chunk)")
+    parser.add_argument("--models", default=models, help="comma-separated model names")
+    return parser
+
+
+def check_fit_timing(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--steps``, ``--reps`` and ``--readback`` of :func:`fit_timing_parser` are positive."""
+    for name in ("steps", "reps", "readback"):
+        value = getattr(args, name)
+        if value < 1:
+            parser.error(f"--{name} must be >= 1, received {value}")
+
+
 def main_per_backend(
     parser: argparse.ArgumentParser,
     *,

@@ -35,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._results import main_per_backend  # noqa: E402
+from benchmarks._results import check_fit_timing, fit_timing_parser, main_per_backend  # noqa: E402
 
 VARIANTS = ("fit_spe", "stability", "structure")
 
@@ -97,24 +97,14 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=512)
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--readback", type=int, default=64)
-    parser.add_argument("--models", default="mlp,conv")
-
-    def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-        if args.reps < 1:
-            parser.error(f"--reps must be >= 1, received {args.reps}")
-
     return main_per_backend(
-        parser,
+        fit_timing_parser(__doc__, reps=7, models="mlp,conv"),
         script=__file__,
         one_backend=one_backend,
         table=table,
         written=lambda args: ("cold_parts.md", "# Where a stability run's extra time goes\n\n"),
         backends=("tensorflow", "jax"),
-        validate=validate,
+        validate=check_fit_timing,
     )
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._results import main_per_backend  # noqa: E402
+from benchmarks._results import check_fit_timing, fit_timing_parser, main_per_backend  # noqa: E402
 
 VARIANTS = ("fit_spe", "shipped", "scalars", "grad_apart")
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -141,24 +141,14 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=512)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--readback", type=int, default=64)
-    parser.add_argument("--models", default="mlp,conv,transformer")
-
-    def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-        if args.reps < 1:
-            parser.error(f"--reps must be >= 1, received {args.reps}")
-
     return main_per_backend(
-        parser,
+        fit_timing_parser(__doc__, reps=3, models="mlp,conv,transformer"),
         script=__file__,
         one_backend=one_backend,
         table=table,
         written=lambda args: ("jax_layout.md", "# The JAX recording's layout: compilation and steady cost\n\n"),
         backends=("jax",),
-        validate=validate,
+        validate=check_fit_timing,
     )
 
 

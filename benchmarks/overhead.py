@@ -46,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._results import main_per_backend  # noqa: E402
+from benchmarks._results import check_fit_timing, fit_timing_parser, main_per_backend  # noqa: E402
 
 BATCH = 32
 N_SAMPLES = 2048  # 64 batches of 32: an epoch is 64 steps
@@ -243,11 +243,7 @@ def table(results: list[dict], args) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=512)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--readback", type=int, default=64)
-    parser.add_argument("--models", default="mlp,conv")
+    parser = fit_timing_parser(__doc__, reps=5, models="mlp,conv")
     parser.add_argument(
         "--cpus",
         default=None,
@@ -256,6 +252,7 @@ def main() -> int:
     )
 
     def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        check_fit_timing(parser, args)
         if args.steps % (N_SAMPLES // BATCH):
             parser.error(f"--steps must be a multiple of {N_SAMPLES // BATCH} (one epoch)")
         if args.cpus is not None:
