@@ -1342,7 +1342,10 @@ def _out_of_scale(q: Quotes, trace: Trace, what: str, clips: list[Fix]) -> Dx | 
     elif _inputs_are_ids(trace):
         data = " with the inputs being ids the model looks up (they have no scale to blame)"
     else:
-        data = " (the inputs' scale was not measured: a dataset or a generator; standardise them if they are not)"
+        data = (
+            " (the inputs' scale was not measured: a dataset, a generator, or integers the model may take as ids; "
+            "standardise them if they are values far from unit scale)"
+        )
     return Dx(
         "gradients_out_of_scale",
         LIKELY,

@@ -78,6 +78,8 @@ from .keras_internals import close_epoch_iterator, sync_variables
 from .model_facts import (
     batchnorm_note,
     batchnorm_over_one_sample,
+    integer_inputs_are_features,
+    integer_targets_are_values,
     label_range_error,
     optimizer_config_silently,
     output_wiring,
@@ -477,7 +479,18 @@ def train(
     # short-epoch decision
     x, y = frames_as_arrays(x, y, fit_kwargs)
     asked_batch = fit_kwargs.get("batch_size") is not None or batch_size is not None
-    setup = prepare_fit(keras, x, y, fit_kwargs, spec=spec, steps=steps, stop_after=stop_after, batch_size=batch_size)
+    setup = prepare_fit(
+        keras,
+        x,
+        y,
+        fit_kwargs,
+        spec=spec,
+        steps=steps,
+        stop_after=stop_after,
+        batch_size=batch_size,
+        integer_inputs=integer_inputs_are_features(model),
+        integer_targets=integer_targets_are_values(model),
+    )
     if setup.kind == "arrays":  # integer labels the loss cannot take (on JAX, silently dropped)
         val = setup.fit_kwargs.get("validation_data")
         val_y = val[1] if isinstance(val, (tuple, list)) and len(val) > 1 else None

@@ -125,10 +125,12 @@ def data_kind(keras: ModuleType, x: Data) -> str:
     return type(x).__name__
 
 
-def check_finite(name: str, obj: Data) -> float | None:
+def check_finite(name: str, obj: Data, *, integers: bool = False) -> float | None:
     """Reject NaN/Inf already in the data (it would be reported as the model's instability); return the largest
     root mean square over its floating-point arrays, how far the data is from unit scale (None without one:
-    integer labels, token ids, whose scale means nothing).
+    integer labels, token ids, whose scale means nothing).  With ``integers``, over its integer arrays too: the
+    model takes them as values (counts, years, prices in cents; see
+    :func:`~.model_facts.integer_inputs_are_features`).
 
     One pass over each array: its sum of squares, which is finite only when every value is (a sum that
     overflows is searched as well, finds nothing, and gives no scale)."""
@@ -136,6 +138,11 @@ def check_finite(name: str, obj: Data) -> float | None:
     best: float | None = None
     for i, leaf in enumerate(leaves):
         arr = np.asarray(leaf)
+        if integers and arr.dtype.kind in "iu" and arr.size:  # no NaN to look for; squares in float64
+            flat = np.asarray(arr, dtype=np.float64).reshape(-1)
+            rms = math.sqrt(float(np.dot(flat, flat)) / flat.size)
+            best = rms if best is None else max(best, rms)
+            continue
         if arr.dtype.kind not in "fc" or not arr.size:
             continue
         if arr.dtype.kind == "f":
@@ -169,13 +176,14 @@ FAR_SCALE = 100.0
 FEW_SHARE = 0.01
 
 
-def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
+def few_samples_far(obj: Data, rms: float | None, *, integers: bool = False) -> dict[str, Any] | None:
     """When the data's root mean square (``rms``, from :func:`check_finite`) is far from unit scale because of a
     few samples: at most :data:`FEW_SHARE` of them (at least one), whose removal leaves a root mean square 10x
     smaller and below :data:`FAR_SCALE` (a target of 1e4 among targets of about 1: a wrong value, a sentinel for
     "missing", a unit mix-up).  ``{"samples": [the largest, up to 5], "values": [each one's value of the
     largest magnitude], "count": how many samples reach 10x the rest's root mean square, "rms_rest", "n"}``;
-    None otherwise (data that is far from unit scale as a whole is :func:`check_finite`'s ``rms`` alone)."""
+    None otherwise (data that is far from unit scale as a whole is :func:`check_finite`'s ``rms`` alone).
+    ``integers``: integer arrays are values too, as :func:`check_finite` took them."""
     if rms is None or not rms >= FAR_SCALE:
         return None
     # the leaf whose scale was quoted: the one of the largest root mean square (check_finite's float32 sums
@@ -183,10 +191,13 @@ def few_samples_far(obj: Data, rms: float | None) -> dict[str, Any] | None:
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for leaf in _leaves(obj):
         arr = np.asarray(leaf)
-        if arr.dtype.kind != "f" or arr.ndim == 0 or arr.shape[0] < 2 or not arr.size:
+        kinds = "fiu" if integers else "f"
+        if arr.dtype.kind not in kinds or arr.ndim == 0 or arr.shape[0] < 2 or not arr.size:
             continue
         per = arr.reshape(arr.shape[0], -1)  # a view: a dataset of unscaled pixels is not copied
-        if per.dtype.itemsize < 4:  # float16 squares overflow at 256
+        if per.dtype.kind != "f":  # integers' squares overflow
+            per = per.astype(np.float64)
+        elif per.dtype.itemsize < 4:  # float16 squares overflow at 256
             per = per.astype(np.float32)
         sq = np.einsum("ij,ij->i", per, per).astype(np.float64)
         leaf_rms = math.sqrt(float(sq.sum()) / per.size)
@@ -521,8 +532,9 @@ class FitSetup:
         callbacks: the user's callbacks.
         full_batch: the full batch is presented as one long epoch (:func:`full_batch_as_one_epoch`).
         data_rms: ``{"input_rms": ..., "target_rms": ...}``, the largest root mean square over the floating-point
-            arrays of ``x`` and of ``y`` (array inputs only; a side without one is left out): how far the data is
-            from unit scale, which the diagnosis quotes.
+            arrays of ``x`` and of ``y``, and their integer arrays where the model takes those as values (array
+            inputs only; a side without one is left out): how far the data is from unit scale, which the
+            diagnosis quotes.
         data_outliers: ``{"input_outliers": ..., "target_outliers": ...}``, the few samples that make a side's
             root mean square far from unit scale (:func:`few_samples_far`), where a few do.
         no_targets: array inputs given without ``y`` (a model whose loss needs targets then fails in Keras'
@@ -561,9 +573,13 @@ def prepare_fit(
     steps: int,
     stop_after: int | None,
     batch_size: int | None,
+    integer_inputs: bool = False,
+    integer_targets: bool = False,
 ) -> FitSetup:
     """Check the training data against the ``fit`` arguments and complete those (in place: ``fit_kwargs`` is
     the engine's own copy): the batch size and shuffling of array inputs, the epochs that hold the steps.
+    ``integer_inputs`` / ``integer_targets``: the model takes integer arrays on that side as values with a scale
+    (see :mod:`.model_facts`), which the data's root mean square then includes.
 
     Raises:
         StabilityUsageError: no data, NaN/Inf or differing lengths in array inputs, empty arrays, ``y`` or
@@ -579,9 +595,12 @@ def prepare_fit(
     outliers: dict[str, dict[str, Any]] = {}
     if kind == "arrays":
         # the data's scale, for the diagnosis, from the same pass that rejects NaN/Inf
-        rms = {"input_rms": check_finite("x", x), "target_rms": check_finite("y", y)}
-        for side, obj in (("input", x), ("target", y)):
-            few = few_samples_far(obj, rms[f"{side}_rms"])
+        rms = {
+            "input_rms": check_finite("x", x, integers=integer_inputs),
+            "target_rms": check_finite("y", y, integers=integer_targets),
+        }
+        for side, obj, integers in (("input", x, integer_inputs), ("target", y, integer_targets)):
+            few = few_samples_far(obj, rms[f"{side}_rms"], integers=integers)
             if few is not None:
                 outliers[f"{side}_outliers"] = few
         check_finite("sample_weight", fit_kwargs.get("sample_weight"))

@@ -302,6 +302,34 @@ def _regression_loss(loss: object) -> str | None:
     return name if name in REGRESSION_LOSSES or name in REGRESSION_LOSSES.values() else None
 
 
+def integer_inputs_are_features(model: Model) -> bool:
+    """Whether the model takes integer input arrays as values with a scale (counts, years, prices in cents), not as
+    ids: each input it declares is floating-point (Keras casts an integer array fed to one) and no layer of it looks
+    ids up (:data:`~pytest_stability.diagnosis.ID_LAYERS`).  False where that cannot be told: a model that
+    declares no inputs (subclassed, or not built), whose integer inputs may be ids it gathers itself."""
+    from ..diagnosis import ID_LAYERS
+
+    try:
+        import keras
+
+        inputs = list(model.inputs or ())
+        if not inputs or not all("float" in keras.backend.standardize_dtype(t.dtype) for t in inputs):
+            return False
+        layers = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)}
+    except Exception:  # reading a model must never fail a run
+        return False
+    return ID_LAYERS.isdisjoint(layers)
+
+
+def integer_targets_are_values(model: Model) -> bool:
+    """Whether the model's loss takes integer targets as values with a scale (a regression loss of Keras',
+    :data:`REGRESSION_LOSSES`: prices, counts), not as class labels."""
+    try:
+        return _regression_loss(getattr(model, "loss", None)) is not None
+    except Exception:  # reading a model must never fail a run
+        return False
+
+
 def bounded_output_misses_targets(model: Model, y: object) -> dict[str, Any] | None:
     """A regression loss on an output layer whose activation bounds its values (a sigmoid's (0, 1), a tanh's
     (-1, 1)), with at least :data:`OUT_OF_RANGE` of the targets ``y`` (an array) outside that range: the model

@@ -132,6 +132,63 @@ def test_prices_too_far_for_any_rate(stability):
     result.assert_outcomes(passed=4)
 
 
+def test_integer_features_are_measured_for_scale_and_ids_are_not(pytester):
+    # tabular counts given as integer arrays (0-5000) to a model whose input is float: Keras casts them, they are
+    # values, and SGD at a rate that suits unit-scale data blows up on them.  The cause is the inputs' scale, with
+    # standardising as the fix (it was "weights initialised too large", fix he_normal: the scale of integers was
+    # not measured).  The same integers are not measured where the model declares an integer input or looks
+    # them up (ids have no scale); integer targets are measured under a regression loss only.
+    pytester.makepyfile("""
+import keras
+import numpy as np
+import pytest
+
+rng = np.random.default_rng(0)
+COUNTS = rng.integers(0, 5000, size=(512, 8))
+Y = (COUNTS[:, :1] * 0.001 + rng.normal(size=(512, 1))).astype("float32")
+RMS = float(np.sqrt(np.mean(COUNTS.astype("float64") ** 2)))
+
+
+def mlp(*front, dtype="float32", lr=1e-3):
+    model = keras.Sequential([keras.Input((8,), dtype=dtype), *front, keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    return model
+
+
+@pytest.mark.stable_training(steps=50)
+def test_counts(stability):
+    rep = stability.fit(mlp(), COUNTS, Y, batch_size=32, check=False)
+    assert rep.trace.info["input_rms"] == pytest.approx(RMS, rel=1e-6)
+    head = rep.findings[0]
+    assert f"the inputs' root mean square is {RMS:.3g}" in head.cause, head.cause
+    assert "initialised too large" not in head.cause, head.cause
+    assert head.fix.startswith("standardise the inputs"), head.fix
+
+
+@pytest.mark.stable_training(steps=10)
+@pytest.mark.parametrize("how", ["int_input", "embedding"])
+def test_ids(stability, how):
+    model = mlp(dtype="int32") if how == "int_input" else mlp(keras.layers.Embedding(5000, 4), dtype="int32")
+    rep = stability.fit(model, COUNTS, Y, batch_size=32, check=False)
+    assert "input_rms" not in rep.trace.info
+
+
+@pytest.mark.stable_training(steps=10)
+def test_integer_targets(stability):
+    x = rng.normal(size=(512, 8)).astype("float32")
+    prices = rng.integers(100_000, 500_000, size=(512, 1))  # whole dollars, under a regression loss
+    rep = stability.fit(mlp(lr=1e-9), x, prices, batch_size=32, check=False)
+    assert rep.trace.info["target_rms"] == pytest.approx(float(np.sqrt(np.mean(prices.astype("float64") ** 2))))
+    labels = keras.Sequential([keras.Input((8,)), keras.layers.Dense(5, activation="softmax")])
+    labels.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rep = stability.fit(labels, x, rng.integers(0, 5, size=(512,)), batch_size=32)
+    assert "target_rms" not in rep.trace.info  # class labels have no scale
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+
+
 def test_raw_pixels_are_named_only_when_the_model_does_not_rescale_them(pytester):
     # pixel values in 0-255 (root mean square ~150) blowing up a convnet: named as the inputs' scale, with
     # standardising as a fix; the same net with Rescaling(1/255) first (behind an augmentation Sequential, as

@@ -113,3 +113,24 @@ def test_the_few_samples_that_make_data_far_from_unit_scale_are_found():
         "the inputs' root mean square, 156, is made by a few of the 512: samples 5 (-9999), 9 (5000) and 1 more; "
         "the others' is 0.99. Check them (a wrong value, a unit mix-up, a sentinel for a missing value)"
     )
+
+
+def test_integer_arrays_are_measured_only_where_the_model_takes_them_as_values():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5000, size=(512, 8))  # int64 counts: values, or ids and labels, as the model says
+    assert check_finite("x", counts) is None
+    expected = float(np.sqrt(np.mean(counts.astype(np.float64) ** 2)))
+    assert check_finite("x", counts, integers=True) == pytest.approx(expected, rel=1e-12)
+    # squares past the integer type (int32 at 2**20), unsigned bytes: measured in float64
+    assert check_finite("x", np.full((4, 2), 2**20, np.int32), integers=True) == pytest.approx(2.0**20)
+    assert check_finite("x", np.full((4, 2), 255, np.uint8), integers=True) == pytest.approx(255.0)
+    # beside floating-point inputs: the largest of them
+    both = {"scaled": rng.normal(size=(512, 4)).astype("float32"), "counts": counts}
+    assert check_finite("x", both, integers=True) == pytest.approx(expected, rel=1e-12)
+    # a sentinel among small counts: the sample is named, as for floats
+    small = rng.integers(0, 5, size=(512, 4))
+    small[7, 1] = -9999
+    rms = check_finite("x", small, integers=True)
+    few = few_samples_far(small, rms, integers=True)
+    assert few is not None and (few["samples"], few["values"], few["count"]) == ([7], [-9999.0], 1)
+    assert few_samples_far(small, rms) is None  # integers not taken as values: not looked at
