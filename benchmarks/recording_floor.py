@@ -55,12 +55,15 @@ CHUNK = 64
 
 
 def _model(kind: str):
+    """The overhead benchmark's model of ``kind``, trained two steps (its optimizer and metrics built), one batch
+    of its data, and the width of a floor level's row: 4 scalars, 2 per variable, 2 more (the recorder's layout
+    with its diagnostic columns)."""
     from benchmarks.overhead import BATCH, _build, _data
 
     x, y = _data(kind)
     model = _build(kind, 1)
     model.fit(x[: BATCH * 2], y[: BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)  # builds optimizer, metrics
-    return model, x[:BATCH], y[:BATCH]
+    return model, x[:BATCH], y[:BATCH], 4 + 2 * len(model.trainable_variables) + 2
 
 
 # -- JAX ----------------------------------------------------------------------------------------------------
@@ -139,10 +142,8 @@ def _jax_run(kind: str, args) -> dict[str, float]:
 
     from pytest_stability.training.recorders import make_recorder
 
-    model, xb, yb = _model(kind)
+    model, xb, yb, width = _model(kind)
     opt = model.optimizer
-    n = len(model.trainable_variables)
-    width = 4 + 2 * n + 2
     data = (jnp.asarray(xb), jnp.asarray(yb))
     original = opt.stateless_apply
 
@@ -226,11 +227,9 @@ def _tf_run(kind: str, args) -> dict[str, float]:
 
     from pytest_stability.training.recorders import make_recorder
 
-    model, xb, yb = _model(kind)
+    model, xb, yb, width = _model(kind)
     opt = model.optimizer
     data = (tf.constant(xb), tf.constant(yb))
-    n = len(model.trainable_variables)
-    width = 4 + 2 * n + 2
     original = opt.apply
     state_vars = [v for v in opt.variables if "float" in v.dtype]
 
@@ -326,11 +325,9 @@ def _torch_run(kind: str, args) -> dict[str, float]:
 
     from pytest_stability.training.recorders import make_recorder
 
-    model, xb, yb = _model(kind)
+    model, xb, yb, width = _model(kind)
     opt = model.optimizer
     data = (torch.as_tensor(xb), torch.as_tensor(yb))
-    n = len(model.trainable_variables)
-    width = 4 + 2 * n + 2
     original = opt.apply
     state_floats = [v for v in opt.variables if v.value.is_floating_point()]
 
