@@ -92,6 +92,7 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Functional", "_outputs_struct", "a functional model's outputs (TensorFlow: they build the metrics)"),
     ("KerasTensor", "_keras_history", "the layer that made a symbolic tensor: the output layer, the graph walked back"),
     ("Layer", "_inbound_nodes", "a functional model's graph walked back from the outputs that have a loss"),
+    ("Layer", "_outbound_nodes", "a functional model's graph walked forward from an integer input (ids or values)"),
     ("EpochIterator", "_distributed_dataset", "TensorFlow: the dataset fit iterates, whose targets build the metrics"),
     ("EpochIterator", "_epoch_iterator", "the generator of fit's epoch iterator, closed when fit returns"),
     (

@@ -302,19 +302,81 @@ def _regression_loss(loss: object) -> str | None:
     return name if name in REGRESSION_LOSSES or name in REGRESSION_LOSSES.values() else None
 
 
+#: layers that take their inputs as values with a scale (an integer input fed to one is a count, a year, a price)
+VALUE_LAYERS = frozenset(
+    {
+        "Dense",
+        "EinsumDense",
+        "Conv1D",
+        "Conv2D",
+        "Conv3D",
+        "Conv1DTranspose",
+        "Conv2DTranspose",
+        "Conv3DTranspose",
+        "DepthwiseConv1D",
+        "DepthwiseConv2D",
+        "SeparableConv1D",
+        "SeparableConv2D",
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "Normalization",
+        "SimpleRNN",
+        "LSTM",
+        "GRU",
+    }
+)
+#: layers and ``keras.ops`` that pass values on unchanged in scale: the walk from an input goes on through them
+_SCALE_KEEPING = frozenset(
+    {"Flatten", "Reshape", "Permute", "Concatenate", "Cast", "ExpandDims", "Squeeze", "Transpose"}
+)
+
+
+def _consumed_as_values(tensor: Tensor) -> bool:
+    """Whether every path from the symbolic ``tensor`` (a model's input) reaches a layer of :data:`VALUE_LAYERS`
+    through layers and ops that keep its scale (:data:`_SCALE_KEEPING`): its values reach the model as they are.
+    False at anything else (a lookup, a ``Lambda``, a rescaling, a user's layer, a nested model), where the
+    values may be ids or the model may rescale them."""
+    seen: set[int] = set()
+    stack = [getattr(getattr(tensor, "_keras_history", None), "operation", None)]
+    while stack:
+        op = stack.pop()
+        if op is None:
+            return False
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        nodes = list(op._outbound_nodes)
+        if not nodes:
+            return False  # an input nothing takes, or an op the model ends on
+        for node in nodes:
+            name = type(node.operation).__name__
+            if name in _SCALE_KEEPING:
+                stack.append(node.operation)
+            elif name not in VALUE_LAYERS:
+                return False
+    return True
+
+
 def integer_inputs_are_features(model: Model) -> bool:
     """Whether the model takes integer input arrays as values with a scale (counts, years, prices in cents), not as
-    ids: each input it declares is floating-point (Keras casts an integer array fed to one) and no layer of it looks
-    ids up (:data:`~pytest_stability.diagnosis.ID_LAYERS`).  False where that cannot be told: a model that
-    declares no inputs (subclassed, or not built), whose integer inputs may be ids it gathers itself."""
+    ids: no layer of it looks ids up (:data:`~pytest_stability.diagnosis.ID_LAYERS`), and each input it declares is
+    floating-point (Keras casts an integer array fed to one) or, declared integer, reaches only layers that take
+    values (:data:`VALUE_LAYERS`: a ``Dense``, a convolution, a normalization), through ones that keep its scale
+    (a ``Flatten``, a ``Concatenate``, a cast).  False where that cannot be told: a model that declares no
+    inputs (subclassed, or not built), or an integer input taken by a ``Lambda`` or a layer of the user's, which
+    may gather ids itself."""
     from ..diagnosis import ID_LAYERS
 
     try:
         import keras
 
         inputs = list(model.inputs or ())
-        if not inputs or not all("float" in keras.backend.standardize_dtype(t.dtype) for t in inputs):
+        if not inputs:
             return False
+        for t in inputs:
+            if "float" not in keras.backend.standardize_dtype(t.dtype) and not _consumed_as_values(t):
+                return False
         layers = {type(layer).__name__ for layer in model._flatten_layers(include_self=False)}
     except Exception:  # reading a model must never fail a run
         return False

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from pytest_stability.training.model_facts import output_wiring
+from pytest_stability.training.model_facts import integer_inputs_are_features, output_wiring
 
 
 def _dense_stack(*tail, **compile_kw):
@@ -508,3 +508,28 @@ def test_heads(stability, aux_loss):
     )
     result = pytester.runpytest("-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=2)
+
+
+def _int_input(*front, functional=None):
+    if functional is not None:
+        inputs = keras.Input((8,), dtype="int32")
+        return keras.Model(inputs, keras.layers.Dense(1)(functional(inputs)))
+    return keras.Sequential([keras.Input((8,), dtype="int32"), *front, keras.layers.Dense(1)])
+
+
+@pytest.mark.parametrize(
+    "build, features",
+    [
+        (lambda: _int_input(), True),  # counts straight into a Dense
+        (lambda: _int_input(functional=lambda t: keras.layers.Reshape((8,))(keras.ops.cast(t, "float32"))), True),
+        (lambda: _int_input(functional=lambda t: t / 1000), False),  # the model rescales them: not measured raw
+        (lambda: _int_input(keras.layers.Rescaling(0.001)), False),
+        (lambda: _int_input(keras.layers.Embedding(100, 4), keras.layers.Flatten()), False),
+        (lambda: _int_input(keras.layers.Lambda(lambda t: keras.ops.one_hot(t % 4, 4)), keras.layers.Flatten()), False),
+        (lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)]), True),  # float: Keras casts
+        (lambda: keras.Sequential([keras.Input((8,)), keras.layers.Embedding(100, 4)]), False),
+        (_subclassed, False),  # declares no inputs: its integers may be ids it gathers itself
+    ],
+)
+def test_integer_inputs_are_taken_as_values_only_where_the_graph_shows_it(build, features):
+    assert integer_inputs_are_features(build()) is features

@@ -136,8 +136,9 @@ def test_integer_features_are_measured_for_scale_and_ids_are_not(pytester):
     # tabular counts given as integer arrays (0-5000) to a model whose input is float: Keras casts them, they are
     # values, and SGD at a rate that suits unit-scale data blows up on them.  The cause is the inputs' scale, with
     # standardising as the fix (it was "weights initialised too large", fix he_normal: the scale of integers was
-    # not measured).  The same integers are not measured where the model declares an integer input or looks
-    # them up (ids have no scale); integer targets are measured under a regression loss only.
+    # not measured).  So are they where the model declares an integer input and feeds it to a Dense layer; not
+    # where it looks them up, or gives them to a layer of its own that may (ids have no scale); integer targets
+    # are measured under a regression loss only.
     pytester.makepyfile("""
 import keras
 import numpy as np
@@ -167,10 +168,20 @@ def test_counts(stability):
 
 
 @pytest.mark.stable_training(steps=10)
-@pytest.mark.parametrize("how", ["int_input", "embedding"])
+def test_integer_input_into_dense(stability):
+    rep = stability.fit(mlp(dtype="int32"), COUNTS, Y, batch_size=32, check=False)
+    assert rep.trace.info["input_rms"] == pytest.approx(RMS, rel=1e-6)
+
+
+@pytest.mark.stable_training(steps=10)
+@pytest.mark.parametrize("how", ["own_layer", "embedding"])
 def test_ids(stability, how):
-    model = mlp(dtype="int32") if how == "int_input" else mlp(keras.layers.Embedding(5000, 4), dtype="int32")
-    rep = stability.fit(model, COUNTS, Y, batch_size=32, check=False)
+    front = (
+        keras.layers.Lambda(lambda t: keras.ops.one_hot(t % 16, 16))
+        if how == "own_layer"
+        else keras.layers.Embedding(5000, 4)
+    )
+    rep = stability.fit(mlp(front, dtype="int32"), COUNTS, Y, batch_size=32, check=False)
     assert "input_rms" not in rep.trace.info
 
 
@@ -186,7 +197,7 @@ def test_integer_targets(stability):
     assert "target_rms" not in rep.trace.info  # class labels have no scale
 """)
     result = pytester.runpytest("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
 
 
 def test_raw_pixels_are_named_only_when_the_model_does_not_rescale_them(pytester):
