@@ -24,6 +24,7 @@ from ..marker import spec_for_node
 from ..options import TOLERANCE_NAMES, RunFiles, RunSpec, cli_name
 from ..record import BaselineComparison
 from ..report import baseline as baseline_mod  # light: math only
+from ..report import json_report  # light: package metadata
 
 if TYPE_CHECKING:
     from ..report.runs import StabilityReport
@@ -105,7 +106,12 @@ class BaselineGate:
         )
         done.append(comparison)
         if comparison.failed:
-            message = baseline_mod.explain_regression(nodeid, str(self.path), comparison)
+            changed = []
+            if comparison.status == baseline_mod.REGRESSED:
+                changed = baseline_mod.environment_changes(
+                    baseline_mod.section_environment(self.baseline, backend), json_report.environment()
+                )
+            message = baseline_mod.explain_regression(nodeid, str(self.path), comparison, changed)
             if not report.ok:
                 message += "\n\n" + report.explain()
             # pytrace=False: the message is the explanation; a traceback would

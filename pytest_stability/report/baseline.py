@@ -478,8 +478,36 @@ def compare_call(
     return BaselineComparison.from_dict(dict(out, path=path))
 
 
-def explain_regression(nodeid: str, path: str, comparison: BaselineComparison) -> str:
-    """The failure message of a test whose stability regressed against the baseline."""
+#: the parts of a run's environment that move its numbers (the JSON report's ``environment``): the CPU's rounding
+#: and the libraries' kernels
+NUMERIC_ENVIRONMENT = ("cpu", "python", "numpy", "tensorflow", "keras", "jax", "torch")
+
+
+def section_environment(document: Mapping[str, Any] | None, backend: str) -> Mapping[str, Any] | None:
+    """The ``environment`` that ``backend``'s section of a baseline was saved in (None where it holds none)."""
+    section = ((document or {}).get("backends") or {}).get(backend) or {}
+    env = section.get("environment")
+    return env if isinstance(env, Mapping) else None
+
+
+def environment_changes(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
+    """What differs between the environment a baseline was saved in and this run's, among
+    :data:`NUMERIC_ENVIRONMENT` (``"cpu: 'A' -> 'B'"``, ``"tensorflow 2.20.0 -> 2.21.0"``); a part either side
+    did not record (an older baseline has no ``cpu``) is not compared."""
+    changes = []
+    for key in NUMERIC_ENVIRONMENT:
+        before, after = (saved or {}).get(key), now.get(key)
+        if before is None or after is None or before == after:
+            continue
+        changes.append(f"cpu: {before!r} -> {after!r}" if key == "cpu" else f"{key} {before} -> {after}")
+    return changes
+
+
+def explain_regression(
+    nodeid: str, path: str, comparison: BaselineComparison, environment_changed: Iterable[str] = ()
+) -> str:
+    """The failure message of a test whose stability regressed against the baseline; ``environment_changed``:
+    what differs between the environment the baseline was saved in and this run's (:func:`environment_changes`)."""
     if comparison.status == MISSING:
         lines = [
             f"{nodeid}: missing from the baseline {path}, and --stability-baseline-strict fails what the "
@@ -495,6 +523,13 @@ def explain_regression(nodeid: str, path: str, comparison: BaselineComparison) -
         f"baseline_val_tolerance={tol['baseline_val_tolerance']:g}, "
         f"baseline_extra_spikes={tol['baseline_extra_spikes']}"
     )
+    changed = list(environment_changed)
+    if changed:
+        lines.append(
+            f"  the baseline was saved in another environment ({'; '.join(changed)}): another CPU or other library "
+            "versions round differently and move every number, a chaotic run's most; if nothing else changed, "
+            "save the baseline where this runs (--stability-save-baseline=PATH)"
+        )
     return "\n".join(lines)
 
 
@@ -507,11 +542,13 @@ __all__ = [
     "build_baseline",
     "compare_call",
     "compare_run",
+    "environment_changes",
     "explain_regression",
     "load_baseline",
     "merge_baseline",
     "no_backend_note",
     "run_backend",
+    "section_environment",
     "section_tests",
     "upgrade",
     "validate_baseline",

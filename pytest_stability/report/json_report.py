@@ -5,8 +5,9 @@ Document (``schema_version`` 1; keys sorted when written)::
     {
       "schema_version": 1,
       "plugin": {"name": "pytest-stability", "version": "0.1.0"},
-      "environment": {"python", "implementation", "platform", "pytest", "numpy",
+      "environment": {"python", "implementation", "platform", "cpu", "pytest", "numpy",
                       "tensorflow", "tensorflow_distribution", "keras", "jax", "torch"},  # null: not installed
+                                     # (cpu: unknown); cpu: the model and its widest vector instructions
       "devices": ["CPU"],            # every device a run trained on
       "started_at", "finished_at",   # ISO 8601 UTC; finished_at null while the run goes on
       "duration": 12.3,              # seconds
@@ -83,8 +84,37 @@ def _version(dist: str) -> str | None:
         return None
 
 
+#: the widest vector instructions a CPU's flags (Linux's ``/proc/cpuinfo``) name, widest first: the kernels of
+#: TensorFlow, XLA and PyTorch pick their code by them, and with it the order in which they round
+_VECTOR_FLAGS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"))
+
+
+def cpu_description(cpuinfo: str | None = None) -> str | None:
+    """The CPU, as another CPU would round differently: its model and its widest vector instructions, e.g.
+    ``"AMD EPYC (x86_64, AVX2)"``, from ``cpuinfo`` (the text of Linux's ``/proc/cpuinfo``, read when None);
+    the machine alone (``"arm64"``) where there is no such file; None where nothing is known."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    model = fields.get("model name") or fields.get("cpu model") or ""
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    vector = next((name for flag, name in _VECTOR_FLAGS if flag in flags), None)
+    details = ", ".join(x for x in (platform.machine(), vector) if x)
+    if model:
+        return f"{model} ({details})" if details else model
+    return details or None
+
+
 def environment() -> dict[str, Any]:
-    """Python, pytest, numpy, TensorFlow, Keras, JAX and PyTorch versions, from package metadata.
+    """Python, pytest, numpy, TensorFlow, Keras, JAX and PyTorch versions, from package metadata, and the CPU
+    (:func:`cpu_description`).
 
     Reads installed distributions instead of importing TensorFlow, so a run
     with no stability test does not pay for the import.
@@ -99,6 +129,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "cpu": cpu_description(),
         "pytest": _version("pytest"),
         "numpy": _version("numpy"),
         "tensorflow": tf_version,
@@ -236,4 +267,13 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
         raise
 
 
-__all__ = ["SCHEMA_VERSION", "build_document", "dumps", "environment", "entry_for", "strict", "write_atomic"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "build_document",
+    "cpu_description",
+    "dumps",
+    "environment",
+    "entry_for",
+    "strict",
+    "write_atomic",
+]

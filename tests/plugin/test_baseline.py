@@ -155,6 +155,24 @@ def test_regression_fails_the_test_naming_metric_values_and_tolerance(pytester, 
         ]
     )
     result.stdout.no_fnmatch_line("*pluggy/_*.py*")  # no traceback through the hook machinery
+    result.stdout.no_fnmatch_line("*saved in another environment*")  # saved here, by this run's libraries
+
+    # A baseline saved on another CPU: the message says so (its numbers move with the CPU's rounding).
+    doc = json.loads((pytester.path / "base.json").read_text())
+    env = doc["backends"][keras.backend.backend()]["environment"]
+    here = env["cpu"]
+    assert here  # this machine's CPU is recorded
+    env["cpu"] = "Another CPU (x86_64, AVX-512)"
+    (pytester.path / "other.json").write_text(json.dumps(doc))
+    result = gate.run("--stability-baseline=other.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "  tolerances: *",
+            f"  the baseline was saved in another environment (cpu: 'Another CPU (x86_64, AVX-512)' -> {here!r}): "
+            "another CPU or other library versions round differently*",
+        ]
+    )
 
     # Tolerances from the command line, then the ini file (the command line wins).
     result = gate.run("--stability-baseline=base.json", "--stability-baseline-grad-factor=100")

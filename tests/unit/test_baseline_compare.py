@@ -136,3 +136,53 @@ def test_example_project_baseline_is_valid_and_covers_its_tests():
             name: "unstable" if "known_unstable" in name else "stable" for name in names
         }
     assert "stability_baseline = stability-baseline.json" in (root / "pytest.ini").read_text()
+
+
+_INTEL = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480C\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+_AMD = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2\nprocessor\t: 1\nmodel name\t: other\n"
+_ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, model, vector",
+    [(_INTEL, "Intel(R) Xeon(R) Platinum 8480C", "AVX-512"), (_AMD, "AMD EPYC", "AVX2"), (_ARM, None, "NEON")],
+)
+def test_the_cpu_is_described_by_its_model_and_widest_vector_instructions(cpuinfo, model, vector, monkeypatch):
+    import platform
+
+    from pytest_stability.report.json_report import cpu_description
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64" if model else "aarch64")
+    machine = platform.machine()
+    assert cpu_description(cpuinfo) == (f"{model} ({machine}, {vector})" if model else f"{machine}, {vector}")
+    assert cpu_description("") == machine  # no /proc/cpuinfo (macOS, Windows): the machine alone
+
+
+def test_a_regression_says_when_the_baseline_was_saved_in_another_environment():
+    saved = {"cpu": "Intel Xeon (x86_64, AVX-512)", "tensorflow": "2.20.0", "keras": "3.15.1", "platform": "Linux-a"}
+    now = {"cpu": "AMD EPYC (x86_64, AVX2)", "tensorflow": "2.21.0", "keras": "3.15.1", "platform": "Linux-b"}
+    changed = baseline_mod.environment_changes(saved, now)
+    # the platform string (a kernel version) moves no number; an older baseline without a cpu compares none
+    assert changed == [
+        "cpu: 'Intel Xeon (x86_64, AVX-512)' -> 'AMD EPYC (x86_64, AVX2)'",
+        "tensorflow 2.20.0 -> 2.21.0",
+    ]
+    assert baseline_mod.environment_changes({"tensorflow": "2.21.0"}, now) == []
+    assert baseline_mod.environment_changes(None, now) == []
+    doc = {"backends": {"tensorflow": {"environment": saved, "tests": {}}}}
+    assert baseline_mod.section_environment(doc, "tensorflow") == saved
+    assert baseline_mod.section_environment(doc, "jax") is None
+
+    base = {"summary": _summary(), "findings": []}
+    entry = {"calls": [{"runs": {"0": base}}]}
+    comparison = baseline_mod.compare_call(
+        entry, 0, [{"seed": 0, "summary": _summary(spikes=2), "findings": []}], TOL, strict=False, path="b.json"
+    )
+    message = baseline_mod.explain_regression("t.py::t", "b.json", comparison, changed)
+    assert message.splitlines()[-1] == (
+        "  the baseline was saved in another environment (cpu: 'Intel Xeon (x86_64, AVX-512)' -> 'AMD EPYC (x86_64, "
+        "AVX2)'; tensorflow 2.20.0 -> 2.21.0): another CPU or other library versions round differently and move "
+        "every number, a chaotic run's most; if nothing else changed, save the baseline where this runs "
+        "(--stability-save-baseline=PATH)"
+    )
+    assert "another environment" not in baseline_mod.explain_regression("t.py::t", "b.json", comparison)
