@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -112,6 +113,13 @@ def cpu_description(cpuinfo: str | None = None) -> str | None:
     return details or None
 
 
+@functools.cache
+def _this_cpu() -> str | None:
+    """:func:`cpu_description` of this machine, read once (``/proc/cpuinfo`` runs to hundreds of kB on a large
+    machine, and the report is written after every test)."""
+    return cpu_description()
+
+
 def environment() -> dict[str, Any]:
     """Python, pytest, numpy, TensorFlow, Keras, JAX and PyTorch versions, from package metadata, and the CPU
     (:func:`cpu_description`).
@@ -129,7 +137,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
-        "cpu": cpu_description(),
+        "cpu": _this_cpu(),
         "pytest": _version("pytest"),
         "numpy": _version("numpy"),
         "tensorflow": tf_version,
