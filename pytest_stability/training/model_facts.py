@@ -302,7 +302,9 @@ def _regression_loss(loss: object) -> str | None:
     return name if name in REGRESSION_LOSSES or name in REGRESSION_LOSSES.values() else None
 
 
-#: layers that take their inputs as values with a scale (an integer input fed to one is a count, a year, a price)
+#: layers that take their inputs as values with a scale (an integer input fed to one is a count, a year, a price);
+#: the rescaling ones among them (``fitsetup.RESCALING_LAYERS``) are told apart after the measurement, as for a
+#: float input
 VALUE_LAYERS = frozenset(
     {
         "Dense",
@@ -321,6 +323,8 @@ VALUE_LAYERS = frozenset(
         "LayerNormalization",
         "GroupNormalization",
         "Normalization",
+        "UnitNormalization",
+        "Rescaling",
         "SimpleRNN",
         "LSTM",
         "GRU",
@@ -335,8 +339,8 @@ _SCALE_KEEPING = frozenset(
 def _consumed_as_values(tensor: Tensor) -> bool:
     """Whether every path from the symbolic ``tensor`` (a model's input) reaches a layer of :data:`VALUE_LAYERS`
     through layers and ops that keep its scale (:data:`_SCALE_KEEPING`): its values reach the model as they are.
-    False at anything else (a lookup, a ``Lambda``, a rescaling, a user's layer, a nested model), where the
-    values may be ids or the model may rescale them."""
+    False at anything else (a lookup, a ``Lambda``, arithmetic such as ``inputs / 1000``, a user's layer, a nested
+    model), where the values may be ids or the model may rescale them unseen."""
     seen: set[int] = set()
     stack = [getattr(getattr(tensor, "_keras_history", None), "operation", None)]
     while stack:

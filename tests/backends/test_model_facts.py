@@ -523,7 +523,7 @@ def _int_input(*front, functional=None):
         (lambda: _int_input(), True),  # counts straight into a Dense
         (lambda: _int_input(functional=lambda t: keras.layers.Reshape((8,))(keras.ops.cast(t, "float32"))), True),
         (lambda: _int_input(functional=lambda t: t / 1000), False),  # the model rescales them: not measured raw
-        (lambda: _int_input(keras.layers.Rescaling(0.001)), False),
+        (lambda: _int_input(keras.layers.Rescaling(0.001)), True),  # measured, and said to be rescaled
         (lambda: _int_input(keras.layers.Embedding(100, 4), keras.layers.Flatten()), False),
         (lambda: _int_input(keras.layers.Lambda(lambda t: keras.ops.one_hot(t % 4, 4)), keras.layers.Flatten()), False),
         (lambda: keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)]), True),  # float: Keras casts
