@@ -93,7 +93,8 @@ _VECTOR_FLAGS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asi
 def cpu_description(cpuinfo: str | None = None) -> str | None:
     """The CPU, as another CPU would round differently: its model and its widest vector instructions, e.g.
     ``"AMD EPYC (x86_64, AVX2)"``, from ``cpuinfo`` (the text of Linux's ``/proc/cpuinfo``, read when None);
-    the machine alone (``"arm64"``) where there is no such file; None where nothing is known."""
+    where there is no such file, what ``platform`` knows (the model on Windows, the machine alone, ``"arm64"``, on
+    macOS); None where nothing is known."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -105,6 +106,8 @@ def cpu_description(cpuinfo: str | None = None) -> str | None:
         if sep:
             fields.setdefault(key.strip().lower(), value.strip())
     model = fields.get("model name") or fields.get("cpu model") or ""
+    if not cpuinfo.strip():  # no /proc/cpuinfo (Windows names the model here; macOS only "arm" or "i386")
+        model = platform.processor() if platform.processor() not in ("", platform.machine(), "arm", "i386") else ""
     flags = set((fields.get("flags") or fields.get("features") or "").split())
     vector = next((name for flag, name in _VECTOR_FLAGS if flag in flags), None)
     details = ", ".join(x for x in (platform.machine(), vector) if x)

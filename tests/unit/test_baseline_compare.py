@@ -153,9 +153,12 @@ def test_the_cpu_is_described_by_its_model_and_widest_vector_instructions(cpuinf
     from pytest_stability.report.json_report import cpu_description
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64" if model else "aarch64")
+    monkeypatch.setattr(platform, "processor", lambda: "")
     machine = platform.machine()
     assert cpu_description(cpuinfo) == (f"{model} ({machine}, {vector})" if model else f"{machine}, {vector}")
-    assert cpu_description("") == machine  # no /proc/cpuinfo (macOS, Windows): the machine alone
+    assert cpu_description("") == machine  # no /proc/cpuinfo (macOS): the machine alone
+    monkeypatch.setattr(platform, "processor", lambda: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel")
+    assert cpu_description("") == f"Intel64 Family 6 Model 85 Stepping 7, GenuineIntel ({machine})"  # Windows
 
 
 def test_a_regression_says_when_the_baseline_was_saved_in_another_environment():
