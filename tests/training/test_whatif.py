@@ -218,7 +218,7 @@ def test_a_rate_fix_that_leaves_the_same_failure_at_the_same_step_says_the_rate_
 
 def test_adam_epsilon_fix_replayed_from_a_snapshot_before_the_collapse():
     sc = S.adam_collapse(2)
-    # all 3000 steps: the collapse came at step 550 on one CPU and at 2493 on another (its timing is chaotic: a
+    # all 3000 steps: the collapse came at about step 550 on one CPU and at 2493 on another (its timing is chaotic: a
     # float rounding that differs with the CPU's vector width moves it), after the long fall that is its evidence
     model, res, spec = _train(sc, 2)
     first = min((f for r in _diagnosed(res) for f in r.findings), key=lambda f: f.step)
