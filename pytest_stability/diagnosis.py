@@ -1970,6 +1970,21 @@ def _collapse_from(q: Quotes, trace: Trace, root: int, head: str, step: int, by:
     return dx
 
 
+def _early_burst(trace: Trace, step: int, window: int) -> int | None:
+    """The step of a burst of the gradient norm among the first ``window`` steps before ``step``: the largest norm
+    there, at least :data:`BURST` x the median of the (at least 3) steps before it; None without one."""
+    if trace.grad_norm is None:
+        return None
+    g = np.asarray(trace.grad_norm[: max(0, min(int(step), int(window)))], dtype=np.float64)
+    if g.size < 4 or not np.isfinite(g).any():
+        return None
+    peak = int(np.argmax(np.where(np.isfinite(g), g, -np.inf)))
+    base = _median(g[:peak])
+    if peak < 3 or not (math.isfinite(base) and base > 0) or g[peak] < BURST * base:
+        return None
+    return peak
+
+
 def _went_up_after(trace: Trace, u: int, q: Quotes) -> bool:
     """Whether the loss rose above :data:`EARLY_RISE` x its level at step ``u`` within a window after it: the
     update made there blew it up."""
@@ -2258,6 +2273,19 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
         return _collapse_from(q, trace, int(up["low_end"]) if up["jump"] else max(step - 1, 0), head, step)
+    burst = _early_burst(trace, step, int(q.settings["spike_window"])) if zero or vanished else None
+    if burst is not None:
+        # the gradients burst among the first steps and died after: the blow-up killed the units, however the
+        # loss moved after it (momentum carries the weights, and the loss with them, long after the gradients died)
+        q.over("grad_norm_first", "grad_norm", "median", 0, burst - 1)
+        q.at("grad_norm_burst", "grad_norm", burst)
+        q.ratio("burst", "grad_norm_burst", "grad_norm_first")
+        head = (
+            "the gradient norm burst to {grad_norm_burst}, {burst}x its first steps' {grad_norm_first}, and "
+            + stop
+            + " step {step}: a collapse after a blow-up"
+        )
+        return _collapse_from(q, trace, burst, head, step)
     if early is not None and zero and int(early) < int(f.step) <= int(early) + 2:
         # the gradients died at that update, whatever the loss did next (Adam at 50 on inputs of scale 100: the
         # loss, already saturated, fell 8 % and never moved again): the update killed the network, not the

@@ -319,6 +319,37 @@ def test_collapse_with_vanished_gradients_is_stuck_even_if_loss_wobbles():
     assert "clipnorm=" in f.fix
 
 
+def _burst_then_vanished(burst):
+    """A U-Net under SGD at lr 2, Nesterov momentum 0.99 (benchmarks' unet_jaccard_collapse, seed 1 on an AMD EPYC):
+    the gradient norm bursts at step 5 (to ``burst``), the gradients die within a few dozen steps, and momentum
+    carries the weights, and the loss with them, from 0.88 down to 0.32 long after: no jump of the loss."""
+    rng = np.random.default_rng(3)
+    n = 300
+    g = np.concatenate([0.075 * np.exp(0.2 * rng.normal(size=5)), [burst], np.geomspace(0.3, 1e-3, 24), np.zeros(270)])
+    loss = np.concatenate(
+        [0.88 + 0.02 * rng.normal(size=80), np.linspace(0.88, 0.32, 120), 0.32 + 0.03 * rng.normal(size=100)]
+    )
+    update = np.concatenate([[0.08, 0.1, 0.11, 0.15, 0.24, 0.74], np.geomspace(0.27, 0.01, n - 6)])
+    info = {"optimizer": "SGD", "optimizer_config": {"learning_rate": 2.0}}
+    return Trace(loss=loss, grad_norm=g, update_ratio=update, lr=np.full(n, 2.0), info=info)
+
+
+def test_gradients_that_burst_early_and_then_vanished_are_a_collapse_after_a_blow_up():
+    # it was "the gradients vanished ... dead ReLUs or saturated outputs", with LeakyReLU / he_normal as the fix:
+    # the burst, 11.8x its first steps' norm, before the gradients died is the blow-up; the fix is the rate
+    (f,) = [f for f in _diag(_burst_then_vanished(0.81)) if f.check == "stuck"]
+    assert f.evidence["cause_key"] == "collapse_constant", f.cause
+    assert f.cause.startswith(
+        "the gradient norm burst to 0.81 (step 5), 11.8x its first steps' 0.0685 (median of steps 0-4)"
+    )
+    assert "a collapse after a blow-up" in f.cause
+    assert f.evidence["fix_configs"][0] == {"learning_rate_factor": 0.01}, f.fix
+    assert f.evidence["fix_from"] == 5
+    # without the burst (a norm 1.3x the first steps'), the same vanishing is the vanished gradients, as before
+    (f,) = [f for f in _diag(_burst_then_vanished(0.1)) if f.check == "stuck"]
+    assert f.evidence["cause_key"] == "vanished_gradients", f.cause
+
+
 def test_a_network_that_died_after_learning_is_a_collapse_with_a_lower_learning_rate():
     # the loss fell from 0.8 to ~0.1, jumped back to ~0.3 and the gradients died: the stuck check's "died"
     # finding is a collapse after a blow-up; no fix raises the learning rate, and the fix goes in before the jump
