@@ -2273,19 +2273,6 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             parts.append("the gradient norm burst to {grad_norm_burst}, {burst}x its early {grad_norm_early}")
         head = "; ".join(parts) + f", and {stop} step {{step}}: a collapse after a blow-up"
         return _collapse_from(q, trace, int(up["low_end"]) if up["jump"] else max(step - 1, 0), head, step)
-    burst = _early_burst(trace, step, int(q.settings["spike_window"])) if zero or vanished else None
-    if burst is not None:
-        # the gradients burst among the first steps and died after: the blow-up killed the units, however the
-        # loss moved after it (momentum carries the weights, and the loss with them, long after the gradients died)
-        q.over("grad_norm_first", "grad_norm", "median", 0, burst - 1)
-        q.at("grad_norm_burst", "grad_norm", burst)
-        q.ratio("burst", "grad_norm_burst", "grad_norm_first")
-        head = (
-            "the gradient norm burst to {grad_norm_burst}, {burst}x its first steps' {grad_norm_first}, and "
-            + stop
-            + " step {step}: a collapse after a blow-up"
-        )
-        return _collapse_from(q, trace, burst, head, step)
     if early is not None and zero and int(early) < int(f.step) <= int(early) + 2:
         # the gradients died at that update, whatever the loss did next (Adam at 50 on inputs of scale 100: the
         # loss, already saturated, fell 8 % and never moved again): the update killed the network, not the
@@ -2302,6 +2289,21 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         depth = _stuck_behind_vanishing(q, trace, findings, f, cfg)
         if depth is not None:
             return depth
+    burst = _early_burst(trace, step, int(q.settings["spike_window"])) if zero or vanished else None
+    if burst is not None:
+        # the gradients burst among the first steps and died after (the rules above found no jump of the loss, no
+        # update that killed them, no replaced weights, no vanishing through the depth): the blow-up killed the
+        # units, however the loss moved after it (momentum carries the weights, and the loss with them, long after
+        # the gradients died); before the labels' rule, which a network thrown to the class prior would meet
+        q.over("grad_norm_first", "grad_norm", "median", 0, burst - 1)
+        q.at("grad_norm_burst", "grad_norm", burst)
+        q.ratio("burst", "grad_norm_burst", "grad_norm_first")
+        head = (
+            "the gradient norm burst to {grad_norm_burst}, {burst}x its first steps' {grad_norm_first}, and "
+            + stop
+            + " step {step}: a collapse after a blow-up"
+        )
+        return _collapse_from(q, trace, burst, head, step)
     prior = _prior_loss(q, trace, level, cfg)
     # a network that died had learned something (or was thrown there by a blow-up): not the labels
     if prior is not None and (flat or zero or vanished) and not dead and not prior_dead:
