@@ -143,9 +143,15 @@ def build_baseline(records: Iterable[StabilityRecord], *, meta: Mapping[str, Any
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
 
 
+def _section(document: Mapping[str, Any] | None, backend: str) -> Mapping[str, Any] | None:
+    """``backend``'s section of a baseline document, or None when it holds none."""
+    section = ((document or {}).get("backends") or {}).get(backend)
+    return section if isinstance(section, Mapping) else None
+
+
 def section_tests(document: Mapping[str, Any] | None, backend: str) -> dict[str, Any] | None:
     """The ``tests`` table of ``backend``'s section, or None when the baseline holds no run on that backend."""
-    section = ((document or {}).get("backends") or {}).get(backend)
+    section = _section(document, backend)
     return None if section is None else section["tests"]
 
 
@@ -485,8 +491,7 @@ NUMERIC_ENVIRONMENT = ("cpu", "python", "numpy", "tensorflow", "keras", "jax", "
 
 def section_environment(document: Mapping[str, Any] | None, backend: str) -> Mapping[str, Any] | None:
     """The ``environment`` that ``backend``'s section of a baseline was saved in (None where it holds none)."""
-    section = ((document or {}).get("backends") or {}).get(backend) or {}
-    env = section.get("environment")
+    env = (_section(document, backend) or {}).get("environment")
     return env if isinstance(env, Mapping) else None
 
 

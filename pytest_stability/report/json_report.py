@@ -107,7 +107,8 @@ def cpu_description(cpuinfo: str | None = None) -> str | None:
             fields.setdefault(key.strip().lower(), value.strip())
     model = fields.get("model name") or fields.get("cpu model") or ""
     if not cpuinfo.strip():  # no /proc/cpuinfo (Windows names the model here; macOS only "arm" or "i386")
-        model = platform.processor() if platform.processor() not in ("", platform.machine(), "arm", "i386") else ""
+        processor = platform.processor()
+        model = processor if processor not in ("", platform.machine(), "arm", "i386") else ""
     flags = set((fields.get("flags") or fields.get("features") or "").split())
     vector = next((name for flag, name in _VECTOR_FLAGS if flag in flags), None)
     details = ", ".join(x for x in (platform.machine(), vector) if x)
