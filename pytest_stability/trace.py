@@ -177,6 +177,30 @@ class Trace:
             for name, v in self.curves.items()
         }
 
+    def __repr__(self) -> str:
+        # One line, not the arrays (the dataclass' own repr printed every value of every field: thousands of
+        # lines for a trace of a few hundred steps, in a REPL, a print or pytest's -vv assertion output)
+        planned = f" of {self.steps_planned}" if self.steps_planned is not None else ""
+        finite = self.loss[np.isfinite(self.loss)]
+        loss = f", loss {finite[0]:.4g} -> {finite[-1]:.4g}" if finite.size else ""
+        bad = int(np.count_nonzero(self.nonfinite)) if self.nonfinite is not None else 0
+        nonfinite = f", {bad} non-finite step{'s' if bad != 1 else ''}" if bad else ""
+        recorded = [
+            name + (f"[{value.shape[1]}]" if isinstance(value, np.ndarray) and value.ndim == 2 else "")
+            for name in ("grad_norm", "var_grad_norms", "lr", "update_ratio", "var_update_ratio", "val_loss")
+            if (value := getattr(self, name)) is not None
+        ]
+        recorded += [
+            f"{name}{{{', '.join(map(str, values))}}}"
+            for name, values in (
+                ("opt_stats", self.opt_stats),
+                ("optimizers", self.optimizers),
+                ("curves", self.curves),
+            )
+            if values
+        ]
+        return f"Trace(steps={self.steps}{planned}{loss}{nonfinite}, recorded: {', '.join(recorded) or 'loss only'})"
+
     @staticmethod
     def _same_length(name: str, arr: np.ndarray, n: int) -> np.ndarray:
         if arr.shape[0] != n:

@@ -40,7 +40,8 @@ class Finding:
     value: float
     limit: float
     message: str
-    evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: (left out of the repr: the quotes, a batch's sample indices, a window of the curve)
+    evidence: Mapping[str, Any] = field(default_factory=dict, repr=False)
     cause: str = ""
     fix: str = ""
     confidence: str = ""

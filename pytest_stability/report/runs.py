@@ -77,6 +77,15 @@ class RunReport:
     def verdict(self) -> str:
         return STABLE if self.ok else UNSTABLE
 
+    def __repr__(self) -> str:
+        # One line: the dataclass' own repr printed the whole trace and every check's statistics
+        t = self.trace
+        planned = f" of {t.steps_planned}" if t.steps_planned is not None else ""
+        found = self.findings
+        first = f": [{found[0].check}] step {found[0].step}" if found else ""
+        many = f", {len(found)} finding{'s' if len(found) != 1 else ''}{first}" if found else ""
+        return f"RunReport(seed={self.seed}, {self.verdict}, steps={t.steps}{planned}, device={self.device!r}{many})"
+
     def result(self, name: str) -> CheckResult:
         for r in self.results:
             if r.name == name:
@@ -280,6 +289,11 @@ class StabilityReport:
     nodeid: str
     runs: list[RunReport]
     history: object = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        failed = f", unstable under seeds {self.failed_seeds}" if self.failed_seeds and len(self.runs) > 1 else ""
+        runs = ", ".join(map(repr, self.runs[:3])) + (f", ... {len(self.runs) - 3} more" if len(self.runs) > 3 else "")
+        return f"StabilityReport({self.nodeid!r}, {self.verdict}, seeds={self.seeds}{failed}, runs=[{runs}])"
 
     @property
     def ok(self) -> bool:

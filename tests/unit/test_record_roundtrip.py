@@ -153,3 +153,27 @@ def test_the_primary_run_and_the_worst_baseline_are_the_reports_rules():
     regressed = BaselineComparison("regressed", failed=True)
     worse = compared.with_(calls=(compared.calls[0], dataclasses.replace(mixed, baseline=regressed)))
     assert worse.worst_baseline == "regressed" and worse.regressed
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
+def test_a_report_prints_as_one_short_line_that_names_its_verdict(path):
+    """``print(report)`` in a test, a REPL or pytest's ``-vv`` output: one line with the verdict, the seeds, the
+    steps and the first finding, not every value of the trace (the dataclasses' own repr printed thousands of
+    lines for a run of a few hundred steps)."""
+    tests = json.loads(path.read_text(encoding="utf-8"))["tests"]
+    for name in sorted(tests):
+        for seeds in tests[name]:
+            report = _report(name, seeds)
+            text = repr(report)
+            assert "\n" not in text and len(text) < 250 * len(report.runs)
+            assert text.startswith(f"StabilityReport('t.py::{name}', {report.verdict}, seeds={report.seeds}")
+            for run in report.runs[:3]:
+                t = run.trace
+                assert repr(run) in text and repr(run).startswith(f"RunReport(seed={run.seed}, {run.verdict}, ")
+                assert f"steps={t.steps} of {t.steps_planned}" in repr(run)
+                if run.findings:
+                    first = run.findings[0]
+                    assert f"[{first.check}] step {first.step}" in repr(run)
+                    assert first.message in repr(first) and "evidence" not in repr(first)
+                assert repr(t).startswith(f"Trace(steps={t.steps} of {t.steps_planned}") and "\n" not in repr(t)
+                assert ("grad_norm" in repr(t)) == (t.grad_norm is not None)
