@@ -345,6 +345,12 @@ def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model, keras: 
             f" (y holds strings, the first {setup.string_targets!r}: a loss takes numbers; encode the classes as "
             "integers, e.g. classes, y = np.unique(y, return_inverse=True), or a keras.layers.StringLookup)"
         )
+    elif setup.string_inputs is not None:
+        hint = (
+            f" (x holds text in a numpy array, the first {setup.string_inputs!r}: Keras' fit takes numpy arrays "
+            "of numbers only; give the text as a tf.data.Dataset of (text, y) pairs, which runs a "
+            "TextVectorization layer on every backend in its map, or as a tf.constant on TensorFlow)"
+        )
     return StabilityUsageError(
         f"model.fit() raised at its first step, before any update: {type(exc).__name__}: {short_message(exc)}" + hint
     )

@@ -556,6 +556,8 @@ class FitSetup:
             first step with a message of the backend's that does not say so).
         string_targets: the first of ``y``'s values when they are strings (class names a loss cannot take; the
             backend's message is "Invalid dtype: str32" or the like), else None.
+        string_inputs: likewise the first string of a numpy array in ``x`` (text for a ``TextVectorization``
+            layer: Keras' fit converts numpy arrays to tensors of numbers, and stops on text with the same message).
     """
 
     kind: str
@@ -576,6 +578,7 @@ class FitSetup:
     endless: bool = False
     no_targets: bool = False
     string_targets: str | None = None
+    string_inputs: str | None = None
 
 
 def prepare_fit(
@@ -681,6 +684,9 @@ def prepare_fit(
         endless=bool(user_steps_per_epoch) and kind == "dataset" and _endless(x),
         no_targets=kind == "arrays" and y is None,
         string_targets=_first_string(y) if kind == "arrays" else None,
+        string_inputs=next((t for leaf in _iter_leaves(x) if (t := _first_string(leaf)) is not None), None)
+        if kind == "arrays"
+        else None,
     )
 
 

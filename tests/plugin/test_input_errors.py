@@ -106,6 +106,14 @@ CASES = {
         "the first 'cat': a loss takes numbers; encode the classes as integers, e.g. classes, y = np.unique(y, "
         "return_inverse=True), or a keras.layers.StringLookup)*",
     ),
+    # text for a TextVectorization layer, in a numpy array: plain fit stops on it with the same "Invalid dtype"
+    "string_inputs": (
+        "stability.fit(build(), [np.full(X.shape, 'a review')], Y)",
+        "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: * (x holds text in a "
+        "numpy array, the first 'a review': Keras' fit takes numpy arrays of numbers only; give the text as a "
+        "tf.data.Dataset of (text, y) pairs, which runs a TextVectorization layer on every backend in its map, or as "
+        "a tf.constant on TensorFlow)*",
+    ),
     "list_outputs_mismatch": (
         "stability.fit(build(), X, [Y, Y])",
         "*stability.fit(): model.fit() raised at its first step, before any update: ValueError: *",
