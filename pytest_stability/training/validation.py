@@ -97,15 +97,19 @@ def validation_batches(
         check_finite("validation x", vx)
         check_finite("validation y", vy)
     size = fit_kwargs.get("validation_batch_size") or batch_size
+    batches = []
     try:
-        adapter = get_data_adapter(
-            vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
-        )
-        batches = []
-        for batch in adapter.get_numpy_iterator():
-            batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
-            if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
-                break
+        # the global random states put back after the read: each iterator of a torch DataLoader (Keras' own
+        # pipeline for arrays on PyTorch too) draws its base seed from torch's global generator, shuffled or not,
+        # and a PyDataset may draw from numpy's to augment; a draw here moved every later shuffle of the training
+        with isolation.kept_random_state():
+            adapter = get_data_adapter(
+                vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
+            )
+            for batch in adapter.get_numpy_iterator():
+                batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
+                if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
+                    break
     except StabilityUsageError:
         raise
     except Exception as exc:

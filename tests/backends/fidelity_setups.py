@@ -310,6 +310,33 @@ def validation_generator():
     return mlp(), X, Y, {"batch_size": 8, "validation_data": val, "callbacks": [EpochSpy()]}
 
 
+def _loader(x, y, **kwargs):
+    import torch
+
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), **kwargs
+    )
+
+
+def torch_dataloader():
+    """The PyTorch backend's own input: a DataLoader that shuffles (each epoch's permutation drawn from torch's
+    global generator when its iteration starts), and one for validation."""
+    return (
+        mlp(),
+        _loader(X, Y, batch_size=8, shuffle=True),
+        None,
+        {
+            "validation_data": _loader(X[:16], Y[:16], batch_size=8),
+            "callbacks": [EpochSpy()],
+        },
+    )
+
+
+def torch_dataloader_unobserved():
+    """The same DataLoader with nothing that observes epochs."""
+    return mlp(), _loader(X, Y, batch_size=8, shuffle=True), None, {}
+
+
 def pandas_frame():
     """A pandas DataFrame and Series, as tabular data often comes: the plugin gives fit their arrays."""
     import pandas as pd

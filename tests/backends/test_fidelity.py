@@ -131,6 +131,8 @@ def same(plain, mine, rtol=0.0):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2)
 '''
 
+#: a torch DataLoader is an input of the PyTorch backend only
+TORCH_ONLY = {"torch_dataloader", "torch_dataloader_unobserved"}
 #: setups that do not apply on a backend; spy_alone, a lone callback, differs on JAX and PyTorch, where plain fit
 #: runs its batch-end hooks on a thread pool (Keras inspects only a list when it decides that) and a stability run
 #: in order on the main thread (docs/fidelity.md, What differs)
@@ -140,7 +142,8 @@ UNSUPPORTED = {
     "torch": {"jit_compile", "own_steps_per_execution", "spy_alone"},
     # Keras' JAX fit builds the optimizer for every trainable variable before the callbacks run, and its first
     # step then refuses a layer a callback froze (ValueError: ... built with 4 variables)
-    "jax": {"frozen_at_first_epoch", "frozen_whatif", "spy_alone"},
+    "jax": {"frozen_at_first_epoch", "frozen_whatif", "spy_alone", *TORCH_ONLY},
+    "tensorflow": TORCH_ONLY,
 }
 
 
@@ -232,6 +235,8 @@ SETUP_NAMES = [
     "py_dataset",
     "generator",
     "validation_generator",
+    "torch_dataloader",
+    "torch_dataloader_unobserved",
     "pandas_frame",
     "endpoint_layer",
     "add_loss_bare_validation",
