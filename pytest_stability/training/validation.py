@@ -99,9 +99,10 @@ def validation_batches(
     size = fit_kwargs.get("validation_batch_size") or batch_size
     batches = []
     try:
-        # the global random states put back after the read: each iterator of a torch DataLoader (Keras' own
-        # pipeline for arrays on PyTorch too) draws its base seed from torch's global generator, shuffled or not,
-        # and a PyDataset may draw from numpy's to augment; a draw here moved every later shuffle of the training
+        # the global random states put back after the read: each iterator of a torch DataLoader draws its base
+        # seed from torch's global generator, shuffled or not, and a PyDataset may draw from numpy's to augment; a
+        # draw here moved every later shuffle of the training data (a DataLoader's, or that of Keras' own pipeline
+        # for arrays on PyTorch, itself a DataLoader)
         with isolation.kept_random_state():
             adapter = get_data_adapter(
                 vx, vy, vw, batch_size=size, shuffle=False, steps_per_epoch=fit_kwargs.get("validation_steps")
