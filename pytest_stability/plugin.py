@@ -58,6 +58,8 @@ NEVER_TRAINED = "is marked stable_training but never called stability.fit(model,
 NEVER_TRAINED_UNMARKED = "uses the `stability` fixture but never called stability.fit(model, x, y)"
 #: a test that uses the `stability` fixture and was not marked: the marker was added at collection
 AUTO_MARKED_KEY = pytest.StashKey[bool]()
+#: the global random states as the stability test's setup left them (see pytest_pyfunc_call)
+SEEDED_STATE_KEY = pytest.StashKey[dict[str, Any]]()
 
 MARKER_HELP = (
     MARKER_SIGNATURE + ": train a Keras model through the `stability` fixture for `steps` optimizer steps "
@@ -244,8 +246,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     )
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    if "stability" in getattr(item, "funcargs", {}):  # the random states the fixture seeded (see below)
+        from .training.isolation import random_state
+
+        item.stash[SEEDED_STATE_KEY] = random_state()
     result = yield
     # Reached only when the test body returned normally.
     if item.get_closest_marker(MARKER_NAME) is not None:
@@ -254,6 +260,24 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             never = NEVER_TRAINED_UNMARKED if item.stash.get(AUTO_MARKED_KEY, False) else NEVER_TRAINED
             pytest.fail(f"{item.nodeid} {never}", pytrace=False)
     return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, Any]:
+    """The test body starts from the random states the `stability` fixture seeded.
+
+    A plugin that reseeds the global generators for each test's call phase (pytest-randomly's
+    ``pytest_runtest_call`` seeds Python's and numpy's with its own per-session seed) would otherwise choose the
+    initial weights of the model the test builds (Keras draws an unseeded layer's seed from Python's
+    generator), and the same stability seed would train another model in each session.  The states taken when
+    the call phase began are put back right before the body runs; nothing else moves them in between."""
+    seeded = pyfuncitem.stash.get(SEEDED_STATE_KEY, None)
+    if seeded is not None:
+        from .training.isolation import set_random_state
+
+        del pyfuncitem.stash[SEEDED_STATE_KEY]
+        set_random_state(seeded)
+    return (yield)
 
 
 @pytest.hookimpl(wrapper=True)

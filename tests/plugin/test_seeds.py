@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+
+import numpy as np
 
 #: conftest.py's SEEDS_TESTS: build_for_seed() builds a diverging model when the first draw of Python's `random`
 #: (seeded by the fixture with the run's seed) is below BAD_DRAW.
@@ -79,3 +82,60 @@ def test_stable(stability):
     ]
     # different seeds, different initialisations: the runs differ
     assert runs[0]["curves"]["loss"]["value"] != runs[1]["curves"]["loss"]["value"]
+
+
+#: A plugin that reseeds Python's and numpy's generators for each test's call phase, as pytest-randomly does
+#: (its ``pytest_runtest_call``), with a seed of its own per session: here the value of RESEED.
+RESEEDING_PLUGIN = """
+import os
+import random
+
+import numpy as np
+
+
+def pytest_runtest_call(item):
+    seed = int(os.environ["RESEED"])
+    random.seed(seed)
+    np.random.seed(seed)
+"""
+
+
+def test_the_test_body_starts_from_the_stability_seed_under_a_plugin_that_reseeds_each_call(
+    pytester, tiny_problem, monkeypatch
+):
+    """The model the test builds is the stability seed's (Keras draws an unseeded layer's seed from Python's
+    generator), whatever another plugin seeds the call phase with; a fixture set up after `stability` draws
+    from the seeded states, and the body goes on from where it left them (they are put back, not reseeded)."""
+    pytester.makeconftest(RESEEDING_PLUGIN)
+    pytester.makepyfile(
+        test_reseeded=tiny_problem
+        + """
+import json
+import random
+
+
+@pytest.fixture
+def drawn(stability):
+    return random.random(), float(np.random.random())
+
+
+@pytest.mark.stable_training(steps=4, seed=3)
+def test_builds(stability, drawn):
+    body = random.random(), float(np.random.random())
+    model = build()
+    with open("drawn.json", "w") as f:
+        json.dump({"drawn": drawn, "body": body, "weights": [w.tolist() for w in model.get_weights()]}, f)
+    stability.fit(model, X, Y, batch_size=64)
+"""
+    )
+    seen = []
+    for reseed in ("1", "2"):
+        monkeypatch.setenv("RESEED", reseed)
+        result = pytester.runpytest("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        seen.append(json.loads((pytester.path / "drawn.json").read_text()))
+    assert seen[0] == seen[1]  # the same draws and the same model in both sessions
+    # the seed's streams: the fixture took the first numbers, the body the second
+    python, numpy = random.Random(3), np.random.RandomState(3)
+    assert seen[0]["drawn"] == [python.random(), numpy.random()]
+    assert seen[0]["body"] == [python.random(), numpy.random()]
