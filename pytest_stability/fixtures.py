@@ -268,8 +268,12 @@ class Stability:
         return out
 
     def _raised(self, exc: BaseException, where: str) -> None:
-        """The user's own exception from inside ``fit``: it fails the test unchanged; the report says so."""
-        self.error = f"training raised {type(exc).__name__}: {_first_line(exc)} ({where})"
+        """The user's own exception from inside ``fit``, or one that stopped it from outside (Ctrl-C,
+        pytest-timeout): it ends the test unchanged; the report says so.  A skip is a skip, not an error."""
+        if isinstance(exc, pytest.skip.Exception):
+            return
+        message = _first_line(exc)  # (Ctrl-C's KeyboardInterrupt has none)
+        self.error = f"training raised {type(exc).__name__}{': ' + message if message else ''} ({where})"
 
     def _progress(self, steps: int) -> Progress:
         """The progress line of a long run (steps done, steps/s, ETA; see

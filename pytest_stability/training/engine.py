@@ -401,6 +401,25 @@ def _framework_roots() -> tuple[str, ...]:
     return tuple(os.path.normcase(r) + os.sep for r in roots)
 
 
+def _frames(exc: BaseException) -> list[Any]:
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def _raised_in_callback(frames: list[Any], callbacks: list[Callback]) -> str | None:
+    """``in <Callback>.<hook>`` for the innermost frame of one of the user's callbacks, else None."""
+    ids = {id(c) for c in callbacks}
+    for frame in reversed(frames):
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in ids:
+            return f"in {type(owner).__name__}.{frame.f_code.co_name}"
+    return None
+
+
 def raised_where(exc: BaseException, callbacks: list[Callback], model: Model) -> str | None:
     """Where the user's own code raised ``exc`` inside ``fit`` (a callback's hook, the model's code), or None
     when it came from the frameworks (a shape Keras rejects, a NaN a kernel refuses).
@@ -410,16 +429,10 @@ def raised_where(exc: BaseException, callbacks: list[Callback], model: Model) ->
     """
     import os
 
-    frames = []
-    tb = exc.__traceback__
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    ids = {id(c) for c in callbacks}
-    for frame in reversed(frames):
-        owner = frame.f_locals.get("self")
-        if owner is not None and id(owner) in ids:
-            return f"in {type(owner).__name__}.{frame.f_code.co_name}"
+    frames = _frames(exc)
+    in_callback = _raised_in_callback(frames, callbacks)
+    if in_callback is not None:
+        return in_callback
     roots = _framework_roots()
     inner = frames[-1] if frames else None
     if inner is not None and not os.path.normcase(os.path.abspath(inner.f_code.co_filename)).startswith(roots):
@@ -827,6 +840,14 @@ def _run_fit(
             except Exception as exc:
                 if not _ended_by(exc, model, rec, cb, setup, on_raise=on_raise, notes=notes):
                     raise
+            except BaseException as exc:
+                # stopped from outside Keras' fit (Ctrl-C, pytest-timeout's signal handler, pytest.fail() or
+                # pytest.skip() in a callback): it propagates unchanged, and the report says how far training got
+                if on_raise is not None:
+                    _, done, _ = _read_after_failure(rec, cb)
+                    where = _raised_in_callback(_frames(exc), setup.callbacks) or "during fit"
+                    on_raise(exc, f"{where}, after {done} of {setup.run_steps} steps")
+                raise
             finally:
                 # stopped at the planned step (or by an exception), fit's epoch iterator sits in a reference
                 # cycle: freed now, not by a garbage collection that may wait up to a minute in TensorFlow's
