@@ -799,6 +799,11 @@ def resolve_run_files(
         path = getattr(files, name)
         if path is not None and path.is_dir():
             problems.append(f"{cli_name(name)}: {path} is a directory; give a file path")
+    for name in ("report", "save_baseline", "html", "plots", "batches"):
+        path = getattr(files, name)
+        blocking = _file_in_the_way(path) if path is not None else None
+        if blocking is not None:  # known now, not after the run has trained
+            problems.append(f"{cli_name(name)}: cannot write {path}: {blocking} is a file, not a directory")
     for name in ("plots", "batches"):
         path = getattr(files, name)
         if path is not None and path.exists() and not path.is_dir():
@@ -808,6 +813,15 @@ def resolve_run_files(
             f"{cli_name('baseline_strict')} needs {cli_name('baseline')}=PATH (or ini {ini_name('baseline')})"
         )
     return files, problems
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing folder above ``path`` that is a file instead (the run could not create ``path``), or
+    None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def parse_replay(text: str, option: str = "--stability-replay", what: str = "a seed") -> int:

@@ -186,3 +186,26 @@ def test_the_findings_that_name_their_batch():
     assert names_batch(finding("nonfinite", "training", quantities=["loss", "gradients"]))
     assert not names_batch(finding("nonfinite", "training", quantities=["weights"]))  # the update's, not the batch's
     assert not names_batch(finding("grad_norm", "growth")) and not names_batch(finding("val_loss", "rise"))
+
+
+def test_a_file_where_a_settings_folder_must_go_is_a_usage_error_before_the_run(tmp_path):
+    """A report, baseline, HTML, plots or batches path below a file cannot be written: said at the start, naming
+    the file in the way, not after the run has trained (the JSON report said "NOT written" at the end)."""
+    from pytest_stability.options import resolve_run_files
+
+    (tmp_path / "afile").write_text("x")
+    cli = {
+        "report": "afile/r.json",
+        "save_baseline": "afile/deeper/b.json",
+        "html": "ok/h.html",
+        "plots": "afile/plots",
+        "batches": "fine/batches",
+    }
+    _, problems = resolve_run_files(cli.get, lambda key: None, invocation_dir=tmp_path, rootdir=tmp_path)
+    blocked = f"{tmp_path / 'afile'} is a file, not a directory"
+    assert problems == [
+        f"--stability-report: cannot write {tmp_path / 'afile' / 'r.json'}: {blocked}",
+        f"--stability-save-baseline: cannot write {tmp_path / 'afile' / 'deeper' / 'b.json'}: {blocked}",
+        f"--stability-plots: cannot write {tmp_path / 'afile' / 'plots'}: {blocked}",
+    ]
+    assert not (tmp_path / "ok").exists() and not (tmp_path / "fine").exists()  # nothing created to find out
