@@ -59,7 +59,7 @@ NEVER_TRAINED_UNMARKED = "uses the `stability` fixture but never called stabilit
 #: a test that uses the `stability` fixture and was not marked: the marker was added at collection
 AUTO_MARKED_KEY = pytest.StashKey[bool]()
 #: the global random states as the stability test's setup left them (see pytest_pyfunc_call)
-SEEDED_STATE_KEY = pytest.StashKey[dict[str, Any]]()
+SEEDED_STATE_KEY = pytest.StashKey[dict[str, object]]()
 
 MARKER_HELP = (
     MARKER_SIGNATURE + ": train a Keras model through the `stability` fixture for `steps` optimizer steps "
@@ -263,7 +263,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, None, Any]:
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
     """The test body starts from the random states the `stability` fixture seeded.
 
     A plugin that reseeds the global generators for each test's call phase (pytest-randomly's

@@ -41,7 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -401,7 +401,7 @@ def _framework_roots() -> tuple[str, ...]:
     return tuple(os.path.normcase(r) + os.sep for r in roots)
 
 
-def _frames(exc: BaseException) -> list[Any]:
+def _frames(exc: BaseException) -> list[FrameType]:
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -410,7 +410,7 @@ def _frames(exc: BaseException) -> list[Any]:
     return frames
 
 
-def _raised_in_callback(frames: list[Any], callbacks: list[Callback]) -> str | None:
+def _raised_in_callback(frames: list[FrameType], callbacks: list[Callback]) -> str | None:
     """``in <Callback>.<hook>`` for the innermost frame of one of the user's callbacks, else None."""
     ids = {id(c) for c in callbacks}
     for frame in reversed(frames):
