@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -47,6 +47,8 @@ from .report.junit import junit_properties
 
 if TYPE_CHECKING:
     from .fixtures import Stability
+
+T = TypeVar("T")
 
 DEFAULTS_KEY = pytest.StashKey[RunSpec]()
 CLI_VALUES_KEY = pytest.StashKey[dict[str, Any]]()
@@ -204,8 +206,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.stash[AUTO_MARKED_KEY] = True
 
 
+def _forget(item: pytest.Item, key: pytest.StashKey[T]) -> None:
+    if key in item.stash:
+        del item.stash[key]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A test run again in the same session (pytest-rerunfailures' --reruns) starts from nothing of its earlier
+    # attempt: the record, the failure and the skip of that attempt would otherwise be the new one's.
+    _forget(item, RECORD_KEY)
+    _forget(item, CALL_FAILURE_KEY)
+    _forget(item, CALL_SKIP_KEY)
+    _forget(item, SEEDED_STATE_KEY)
     # A bad stable_training marker errors its own test at setup, with a one-line message, and every other
     # test still runs (raised at collection, it would take the whole module down with it).
     if item.get_closest_marker(MARKER_NAME) is None:

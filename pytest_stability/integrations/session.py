@@ -148,6 +148,11 @@ class StabilitySession:
 
     def pytest_runtest_logstart(self, nodeid: str) -> None:
         self._running.add(nodeid)
+        # each attempt of a test starts its own (pytest-rerunfailures runs a failed test again under the same
+        # node id): the record is the last attempt's, and so are its outcome and any setup failure
+        self.records.pop(nodeid, None)
+        self._outcome.pop(nodeid, None)
+        self._setup_failure.pop(nodeid, None)
 
     def pytest_runtest_logfinish(self, nodeid: str) -> None:
         self._running.discard(nodeid)

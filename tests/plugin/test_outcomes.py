@@ -4,6 +4,7 @@ and how usage errors and plot failures are shown."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -148,6 +149,72 @@ def test_a_run_stopped_from_outside_fit_says_by_what_where_and_after_how_many_st
     timed_out = tests["test_stopped.py::test_timed_out"]["error"]
     done = int(timed_out.rsplit("after ", 1)[1].split(" of ")[0])
     assert 0 < done < 100000, timed_out
+
+
+RERUN_TESTS = """
+from pathlib import Path
+
+
+def attempt(name):
+    \"\"\"1 on a test's first attempt, 2 on its rerun (pytest-rerunfailures runs the same item again).\"\"\"
+    seen = Path(f"attempts-{name}")
+    n = int(seen.read_text()) + 1 if seen.exists() else 1
+    seen.write_text(str(n))
+    return n
+
+
+@pytest.mark.stable_training(steps=40)
+def test_unstable_then_stable(stability):
+    if attempt("a") == 1:
+        stability.fit(build(optimizer=keras.optimizers.SGD(1e4)), X * 100, Y, batch_size=32)
+    stability.fit(build(), X, Y, batch_size=32)
+
+
+@pytest.fixture
+def setup_fails_on_rerun():
+    if attempt("b") == 2:
+        raise RuntimeError("the database is down")
+
+
+@pytest.mark.stable_training(steps=40)
+def test_unstable_then_setup_error(setup_fails_on_rerun, stability):
+    stability.fit(build(optimizer=keras.optimizers.SGD(1e4)), X * 100, Y, batch_size=32)
+"""
+
+
+def test_a_rerun_test_is_reported_as_its_last_attempt_ran(pytester, tiny_problem, gating):
+    """pytest-rerunfailures runs a failed test's item again: its row, JSON entry and JUnit properties are those of
+    the last attempt, nothing of the earlier one's (its failure was the passing rerun's ``error``; its record,
+    training and all, stood for a rerun that errored in setup)."""
+    pytest.importorskip("pytest_rerunfailures")
+    pytester.makepyfile(test_reruns=tiny_problem + RERUN_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--reruns=1", "--stability-report=r.json", "--junitxml=j.xml")
+    assert result.parseoutcomes() == {"passed": 1, "errors": 1, "rerun": 2}, result.stdout.str()
+    result.stdout.fnmatch_lines_random(
+        [
+            "PASS  test_reruns.py::test_unstable_then_stable  steps=40/40 *",
+            "ERROR test_reruns.py::test_unstable_then_setup_error  the test errored before the stability fixture "
+            "was set up: RuntimeError: the database is down",
+        ]
+    )
+    tests = gating.tests_by_id(gating.load_strict(pytester.path / "r.json"))
+    passed = tests["test_reruns.py::test_unstable_then_stable"]
+    assert (passed["outcome"], passed["verdict"], passed["error"], len(passed["calls"])) == (
+        "passed",
+        "stable",
+        None,
+        1,
+    )
+    errored = tests["test_reruns.py::test_unstable_then_setup_error"]
+    assert (errored["outcome"], errored["verdict"], errored["calls"]) == ("error", "error", [])
+    # JUnit: one testcase per attempt (pytest-rerunfailures' way), each with its own attempt's properties
+    attempts = [
+        {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ET.parse(pytester.path / "j.xml").getroot().iter("testcase")
+        if case.get("name") == "test_unstable_then_stable"
+    ]
+    assert [a["stability_verdict"] for a in attempts] == ["unstable", "stable"]
+    assert "stability_error" not in attempts[1]
 
 
 def test_a_usage_error_is_printed_once(pytester, tiny_problem):
