@@ -189,7 +189,8 @@ def test_a_rerun_test_is_reported_as_its_last_attempt_ran(pytester, tiny_problem
     pytest.importorskip("pytest_rerunfailures")
     pytester.makepyfile(test_reruns=tiny_problem + RERUN_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider", "--reruns=1", "--stability-report=r.json", "--junitxml=j.xml")
-    assert result.parseoutcomes() == {"passed": 1, "errors": 1, "rerun": 2}, result.stdout.str()
+    outcomes = {k: n for k, n in result.parseoutcomes().items() if k != "warnings"}  # (Keras' on PyTorch)
+    assert outcomes == {"passed": 1, "errors": 1, "rerun": 2}, result.stdout.str()
     result.stdout.fnmatch_lines_random(
         [
             "PASS  test_reruns.py::test_unstable_then_stable  steps=40/40 *",
