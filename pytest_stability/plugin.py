@@ -261,7 +261,9 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    if "stability" in getattr(item, "funcargs", {}):  # the random states the fixture seeded (see below)
+    # the random states the fixture seeded, taken before any other plugin's pytest_runtest_call runs (a wrapper's
+    # code before its yield runs before every plain hook; tryfirst: before the other wrappers' too)
+    if "stability" in getattr(item, "funcargs", {}):
         from .training.isolation import random_state
 
         item.stash[SEEDED_STATE_KEY] = random_state()
@@ -283,7 +285,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     ``pytest_runtest_call`` seeds Python's and numpy's with its own per-session seed) would otherwise choose the
     initial weights of the model the test builds (Keras draws an unseeded layer's seed from Python's
     generator), and the same stability seed would train another model in each session.  The states taken when
-    the call phase began are put back right before the body runs; nothing else moves them in between."""
+    the call phase began, before any plugin's ``pytest_runtest_call``, are put back right before the body runs."""
     seeded = pyfuncitem.stash.get(SEEDED_STATE_KEY, None)
     if seeded is not None:
         from .training.isolation import set_random_state
