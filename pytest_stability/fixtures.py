@@ -46,11 +46,21 @@ class Stability:
             stability.fit(model, x, y, validation_data=(x_val, y_val), batch_size=32)
     """
 
-    def __init__(self, nodeid: str, spec: RunSpec, config: pytest.Config, cli_values: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        nodeid: str,
+        spec: RunSpec,
+        config: pytest.Config,
+        cli_values: dict[str, Any],
+        *,
+        node_id_options: tuple[str, ...] = (),
+    ) -> None:
         self.nodeid = nodeid
         self.spec = spec
         self._config = config
         self._cli_values = cli_values
+        # other plugins' options without which the replay command's node id would not be collected
+        self._node_id_options = node_id_options
         #: every StabilityReport returned by train() in this test
         self.reports: list[StabilityReport] = []
         self.error: str | None = None
@@ -303,7 +313,7 @@ class Stability:
 
     def replay_command(self, seed: int) -> str:
         """The command that re-runs this test with exactly this seed's run."""
-        parts = ["pytest", self.nodeid, f"--stability-replay={seed}"]
+        parts = ["pytest", self.nodeid, f"--stability-replay={seed}", *self._node_id_options]
         for name, value in sorted(self._cli_values.items()):
             if name in ("seed", "seeds") or name in self.spec.from_marker:
                 continue
@@ -320,6 +330,19 @@ class Stability:
             calls=[r.to_record() for r in self.reports],
             error=self.error,
         )
+
+
+def _node_id_options(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Other plugins' command-line options that this test's node id exists under: pytest-repeat's
+    ``--count=5`` makes ``test_a[2-5]``, which ``pytest test.py::test_a[2-5]`` alone does not find (a
+    ``@pytest.mark.repeat(5)`` count is in the source, and needs nothing)."""
+    callspec = getattr(request.node, "callspec", None)  # the parametrization pytest-repeat adds
+    if callspec is None or "__pytest_repeat_step_number" not in callspec.params:
+        return ()
+    if request.node.get_closest_marker("repeat"):
+        return ()
+    count = getattr(request.config.option, "count", None)
+    return (f"--count={count}",) if isinstance(count, int) and count > 1 else ()
 
 
 def _write_npz(path: Path, arrays: dict[str, Any], where: dict[str, Any], *, loss: float, seed: int) -> None:
@@ -456,7 +479,9 @@ def make_fixture(
             pytest.fail(message, pytrace=False)
         if skip is not None:
             pytest.skip(skip)
-        fixture = Stability(request.node.nodeid, spec, request.config, cli_values)
+        fixture = Stability(
+            request.node.nodeid, spec, request.config, cli_values, node_id_options=_node_id_options(request)
+        )
         try:
             yield fixture
         finally:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 
 import numpy as np
+import pytest
 
 #: conftest.py's SEEDS_TESTS: build_for_seed() builds a diverging model when the first draw of Python's `random`
 #: (seeded by the fixture with the run's seed) is below BAD_DRAW.
@@ -139,3 +141,49 @@ def test_builds(stability, drawn):
     python, numpy = random.Random(3), np.random.RandomState(3)
     assert seen[0]["drawn"] == [python.random(), numpy.random()]
     assert seen[0]["body"] == [python.random(), numpy.random()]
+
+
+REPEATED_TESTS = """
+@pytest.mark.stable_training(steps=20)
+def test_repeated(stability):
+    stability.fit(build(optimizer=keras.optimizers.SGD(1e4)), X * 100, Y, batch_size=32)
+
+
+@pytest.mark.repeat(2)
+@pytest.mark.stable_training(steps=20)
+def test_marked(stability):
+    stability.fit(build(optimizer=keras.optimizers.SGD(1e4)), X * 100, Y, batch_size=32)
+"""
+
+
+def test_the_replay_of_a_test_repeated_by_pytest_repeat_names_the_count_its_node_id_needs(pytester, tiny_problem):
+    """``--count=3`` (pytest-repeat) makes ``test_repeated[2-3]``, a node id that exists only with that option: the
+    replay command carries it (a ``repeat`` marker's count is in the source), and the command, run as printed,
+    runs that one test and fails it the same way."""
+    pytest.importorskip("pytest_repeat")
+    pytester.makepyfile(test_repeat=tiny_problem + REPEATED_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--count=3", "--stability-report=r.json")
+    result.assert_outcomes(failed=5)
+    replays = {
+        t["nodeid"]: call["runs"][0]["replay"]
+        for t in json.loads((pytester.path / "r.json").read_text())["tests"]
+        for call in t["calls"]
+    }
+    assert replays["test_repeat.py::test_repeated[2-3]"] == (
+        "pytest 'test_repeat.py::test_repeated[2-3]' --stability-replay=0 --count=3"
+    )
+    assert (
+        replays["test_repeat.py::test_marked[1-2]"] == "pytest 'test_repeat.py::test_marked[1-2]' --stability-replay=0"
+    )
+    result.stdout.fnmatch_lines(
+        ["E *replay: pytest 'test_repeat.py::test_repeated[[]2-3[]]' --stability-replay=0 --count=3"]
+    )
+    for nodeid, failure in (
+        ("test_repeated[2-3]", "FAIL  test_repeat.py::test_repeated[[]2-3[]]  steps=*/20 *"),
+        ("test_marked[1-2]", "FAIL  test_repeat.py::test_marked[[]1-2[]]  steps=*/20 *"),
+    ):
+        command = shlex.split(replays[f"test_repeat.py::{nodeid}"])
+        assert command[0] == "pytest"
+        result = pytester.runpytest("-p", "no:cacheprovider", *command[1:])
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines([failure])
