@@ -167,6 +167,8 @@ class StabilitySession:
             self.write_json(final=False)
 
     def _collect(self, report: pytest.TestReport) -> None:
+        if _runs_no_test(self.config):
+            return  # --setup-only/--setup-plan: their setup and teardown reports are not a test that ran
         nodeid = report.nodeid
         if report.failed:
             self._outcome[nodeid] = "failed" if report.when == "call" else "error"
@@ -320,8 +322,8 @@ class StabilitySession:
         )
         written = sorted(doc["backends"])
         if not written:  # -m "not stable_training", -k, --collect-only, or every stability test stopped before training
-            if self.config.getoption("collectonly", False):
-                return f"stability baseline not saved to {path}: --collect-only ran no test", True
+            if option := _runs_no_test(self.config):
+                return f"stability baseline not saved to {path}: {option} ran no test", True
             if self.previous is not None:
                 return f"stability baseline {path} left as it was: no stability test trained in this run", True
             return f"stability baseline not saved to {path}: no stability test trained in this run", True
@@ -350,7 +352,7 @@ class StabilitySession:
         footer: list[str] = []
         ok = True
         # pytest --collect-only runs no test: nothing to compare with the baseline (nor to save: _save_baseline)
-        if f.baseline is not None and not self.config.getoption("collectonly", False):
+        if f.baseline is not None and not _runs_no_test(self.config):
             compared = [c.baseline for r in self.records.values() for c in r.calls if c.baseline is not None]
             regressed = sum(c.status == "regressed" for c in compared)
             missing = sum(c.status == "missing" for c in compared)
@@ -422,6 +424,20 @@ __all__ = [
     "is_stability_item",
     "is_worker",
 ]
+
+
+def _runs_no_test(config: pytest.Config) -> str | None:
+    """The option under which this session runs no test body (``--setup-only`` sets fixtures up and tears them
+    down, the stability fixture with them; ``--setup-plan``, which sets ``setuponly`` too, reports both phases and
+    sets nothing up), else None."""
+    for dest, option in (
+        ("collectonly", "--collect-only"),
+        ("setupplan", "--setup-plan"),
+        ("setuponly", "--setup-only"),
+    ):
+        if config.getoption(dest, False):
+            return option
+    return None
 
 
 def _setup_failure_line(report: pytest.TestReport) -> list[str]:

@@ -390,15 +390,22 @@ def test_one(stability):
     assert (pytester.path / "base.json").read_text() == previous
 
 
-def test_collect_only_neither_compares_with_nor_saves_the_baseline(pytester, gate, saved):
+@pytest.mark.parametrize("option", ["--collect-only", "--setup-only", "--setup-plan"])
+def test_a_run_of_no_test_body_neither_reports_nor_compares_with_nor_saves_the_baseline(pytester, gate, saved, option):
     # pytest --co runs no test: no "0 compared" footer, and the baseline file is left as it was (it had been
-    # written again with "0 tests ... in the  section", no backend having run)
+    # written again with "0 tests ... in the  section", no backend having run); --setup-only sets the stability
+    # fixture up and tears it down, --setup-plan reports both phases: neither is a test that errored ("the test did
+    # not complete a stability.fit() call" had been each test's row and JSON entry)
     before = (pytester.path / "base.json").read_text()
-    result = gate.run("--co", "--stability-baseline=base.json", "--stability-save-baseline=base.json")
+    result = gate.run(
+        option, "--stability-baseline=base.json", "--stability-save-baseline=base.json", "--stability-report=r.json"
+    )
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*stability baseline not saved to */base.json: --collect-only ran no test*"])
+    result.stdout.fnmatch_lines([f"*stability baseline not saved to */base.json: {option} ran no test*"])
     result.stdout.no_fnmatch_line("*compared*")
+    result.stdout.no_fnmatch_line("*ERROR*")
     assert (pytester.path / "base.json").read_text() == before
+    assert json.loads((pytester.path / "r.json").read_text())["tests"] == []
 
 
 def test_a_run_that_trains_no_stability_test_neither_writes_nor_rewrites_a_baseline(pytester, gate, saved):
