@@ -24,6 +24,7 @@ from .integrations.session import (
     check_outputs,
     is_stability_item,
     is_worker,
+    runs_no_test,
 )
 from .marker import MARKER_NAME, spec_for_node, validate_markers
 from .options import (
@@ -317,7 +318,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "call" and report.skipped and not hasattr(report, "wasxfail"):
         longrepr = report.longrepr
         item.stash[CALL_SKIP_KEY] = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
-    if call.when == "teardown":
+    if call.when == "teardown" and not runs_no_test(item.config):  # --setup-only sets the fixture up: no test ran
         record = item.stash.get(RECORD_KEY, None)
         if record is not None:
             record = _complete(item, record)

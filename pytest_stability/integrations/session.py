@@ -167,7 +167,7 @@ class StabilitySession:
             self.write_json(final=False)
 
     def _collect(self, report: pytest.TestReport) -> None:
-        if _runs_no_test(self.config):
+        if runs_no_test(self.config):
             return  # --setup-only/--setup-plan: their setup and teardown reports are not a test that ran
         nodeid = report.nodeid
         if report.failed:
@@ -322,7 +322,7 @@ class StabilitySession:
         )
         written = sorted(doc["backends"])
         if not written:  # -m "not stable_training", -k, --collect-only, or every stability test stopped before training
-            if option := _runs_no_test(self.config):
+            if option := runs_no_test(self.config):
                 return f"stability baseline not saved to {path}: {option} ran no test", True
             if self.previous is not None:
                 return f"stability baseline {path} left as it was: no stability test trained in this run", True
@@ -352,7 +352,7 @@ class StabilitySession:
         footer: list[str] = []
         ok = True
         # pytest --collect-only runs no test: nothing to compare with the baseline (nor to save: _save_baseline)
-        if f.baseline is not None and not _runs_no_test(self.config):
+        if f.baseline is not None and not runs_no_test(self.config):
             compared = [c.baseline for r in self.records.values() for c in r.calls if c.baseline is not None]
             regressed = sum(c.status == "regressed" for c in compared)
             missing = sum(c.status == "missing" for c in compared)
@@ -423,10 +423,11 @@ __all__ = [
     "check_outputs",
     "is_stability_item",
     "is_worker",
+    "runs_no_test",
 ]
 
 
-def _runs_no_test(config: pytest.Config) -> str | None:
+def runs_no_test(config: pytest.Config) -> str | None:
     """The option under which this session runs no test body (``--setup-only`` sets fixtures up and tears them
     down, the stability fixture with them; ``--setup-plan``, which sets ``setuponly`` too, reports both phases and
     sets nothing up), else None."""

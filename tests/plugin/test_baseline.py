@@ -395,10 +395,14 @@ def test_a_run_of_no_test_body_neither_reports_nor_compares_with_nor_saves_the_b
     # pytest --co runs no test: no "0 compared" footer, and the baseline file is left as it was (it had been
     # written again with "0 tests ... in the  section", no backend having run); --setup-only sets the stability
     # fixture up and tears it down, --setup-plan reports both phases: neither is a test that errored ("the test did
-    # not complete a stability.fit() call" had been each test's row and JSON entry)
+    # not complete a stability.fit() call" had been each test's row, JSON entry and JUnit properties)
     before = (pytester.path / "base.json").read_text()
     result = gate.run(
-        option, "--stability-baseline=base.json", "--stability-save-baseline=base.json", "--stability-report=r.json"
+        option,
+        "--stability-baseline=base.json",
+        "--stability-save-baseline=base.json",
+        "--stability-report=r.json",
+        "--junitxml=j.xml",
     )
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines([f"*stability baseline not saved to */base.json: {option} ran no test*"])
@@ -406,6 +410,7 @@ def test_a_run_of_no_test_body_neither_reports_nor_compares_with_nor_saves_the_b
     result.stdout.no_fnmatch_line("*ERROR*")
     assert (pytester.path / "base.json").read_text() == before
     assert json.loads((pytester.path / "r.json").read_text())["tests"] == []
+    assert "stability_" not in (pytester.path / "j.xml").read_text()  # no test case's properties
 
 
 def test_a_run_that_trains_no_stability_test_neither_writes_nor_rewrites_a_baseline(pytester, gate, saved):
