@@ -828,6 +828,7 @@ def _run_fit(
             _device_scope(keras, device),
             isolation.op_determinism(keras, model, spec.deterministic) as det,
             isolation.quiet_own_retracing(keras),
+            isolation.batch_logs_read_before_keras(setup.callbacks),
         ):
             if det:
                 notes.append(det)

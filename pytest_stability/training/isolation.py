@@ -11,7 +11,8 @@ and :func:`quiet_own_retracing` are scoped to one ``fit``.  On TensorFlow the
 engine also drops the gradient registrations that its ``fit`` left in
 TensorFlow's process-wide registry (:func:`drop_gradient_registrations`), which
 would otherwise keep every graph that ``fit`` traced alive for the rest of the
-process; registrations made by the test's own code stay.
+process; registrations made by the test's own code stay.  :func:`batch_logs_read_before_keras`, also scoped to
+one ``fit``, keeps a Ctrl-C or a timeout from being lost in Keras' handling of the batch logs.
 
 Imported by the training layer only (it imports Keras and the backend).
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..framework_types import Model
+from ..framework_types import Callback, Model
 
 #: Keras' process-wide attributes (``keras.src.backend.common.global_state``) that seeding and name restarts set
 _KERAS_GLOBALS = ("global_random_seed", "global_seed_generator", "object_name_uids")
@@ -199,6 +200,51 @@ def quiet_own_retracing(keras: ModuleType) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(own)
+
+
+@contextlib.contextmanager
+def batch_logs_read_before_keras(callbacks: list[Callback]) -> Iterator[None]:
+    """For one ``fit`` whose batch-end hooks Keras would run on a thread of its own in plain ``fit``: the
+    batch's logs read back to the host before Keras' ``CallbackList._on_train_batch_end`` takes them.
+
+    Keras turns each log value into a float inside a bare ``except: pass`` (``pythonify_logs``).  In plain
+    ``fit``, unless a callback has batch-end hooks, that runs on a worker thread (``async`` dispatch), where no
+    signal handler runs; the plugin's own batch-end hook makes Keras run it on the main thread at every
+    read-back, where reading a JAX value waits for the step to finish: a Ctrl-C or pytest-timeout's signal
+    that came then raised inside that ``except`` and was lost, and training went on to its last step.  Read
+    here, outside it (an error of the read keeps the value, for Keras' own handling), the wait is done before
+    Keras' ``except``; what the callbacks get is unchanged.  Where a callback of the user's has batch-end
+    hooks, Keras runs them on the main thread in plain ``fit`` too, and nothing is changed."""
+    try:
+        from keras.src import backend
+        from keras.src.callbacks.callback_list import CallbackList
+    except ImportError:  # a Keras laid out otherwise: no such dispatch to keep
+        yield
+        return
+    original = vars(CallbackList).get("_on_train_batch_end")
+    if original is None or not getattr(CallbackList(list(callbacks)), "_async_train", False):
+        yield
+        return
+
+    def on_host(logs: object) -> object:
+        if not isinstance(logs, dict):
+            return logs
+        out: dict[str, object] = {}
+        for key, value in logs.items():
+            try:
+                out[key] = backend.convert_to_numpy(value) if backend.is_tensor(value) else on_host(value)
+            except Exception:
+                out[key] = value
+        return out
+
+    def _on_train_batch_end(self: object, batch: int, logs: object = None) -> None:
+        original(self, batch, on_host(logs))
+
+    CallbackList._on_train_batch_end = _on_train_batch_end
+    try:
+        yield
+    finally:
+        CallbackList._on_train_batch_end = original
 
 
 def random_state() -> dict[str, Any]:

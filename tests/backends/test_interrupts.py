@@ -1,0 +1,105 @@
+"""A Ctrl-C or a timeout's signal that comes while ``fit`` waits for a step ends ``fit``, with the plugin as
+without it, on every backend (CI runs this directory once per backend).
+
+Keras turns each batch's logs into floats inside a bare ``except: pass``.  In plain ``fit``, with no batch-end
+hook among the callbacks, that runs on a thread of Keras' own; the plugin's read-back is a batch-end hook, which
+moves it onto the main thread, and under JAX reading a log value there waits for the step: a signal's handler
+that ran during that wait raised inside the ``except``, and training went on to its last step (1 of 6 timed-out
+runs under load).  The engine reads the logs before Keras does (``isolation.batch_logs_read_before_keras``).
+"""
+
+from __future__ import annotations
+
+import signal
+
+import keras
+import numpy as np
+import pytest
+
+from pytest_stability.options import resolve_config_defaults
+from pytest_stability.training import engine
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="a POSIX interval timer")
+
+STEPS, BATCH = 400, 256
+rng = np.random.default_rng(0)
+X = rng.normal(size=(BATCH * 4, 512)).astype("float32")
+Y = rng.normal(size=(BATCH * 4, 1)).astype("float32")
+
+
+class Interrupted(BaseException):
+    """What a signal's handler raises (KeyboardInterrupt, pytest-timeout's ``Failed``): not an ``Exception``."""
+
+
+class AlarmDuringABatch(keras.callbacks.Callback):
+    """At the fourth batch's start, a timer that fires while that batch trains (no batch-end hook: Keras would run
+    its batch-end work on a thread of its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batches += 1
+        if self.batches == 4:
+            signal.setitimer(signal.ITIMER_REAL, 0.002)
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    # a step of some tens of milliseconds: the timer fires while it runs
+    model = keras.Sequential(
+        [
+            keras.Input((512,)),
+            keras.layers.Dense(1024, activation="relu"),
+            keras.layers.Dense(1024),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    return model
+
+
+@pytest.fixture
+def alarm():
+    def handler(signum, frame):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        raise Interrupted("the timer")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_signal_while_a_step_trains_ends_fit_with_the_plugin_as_without_it(alarm):
+    plain = _model()
+    callback = AlarmDuringABatch()
+    with pytest.raises(Interrupted):
+        plain.fit(X, Y, batch_size=BATCH, epochs=STEPS // 4, verbose=0, callbacks=[callback])
+    assert callback.batches < STEPS
+
+    model = _model()
+    callback = AlarmDuringABatch()
+    spec = resolve_config_defaults(lambda n: None, lambda n: None)
+    raised = []
+    with pytest.raises(Interrupted):
+        engine.train(
+            model,
+            X,
+            Y,
+            fit_kwargs={"callbacks": [callback], "verbose": 0},
+            steps=STEPS,
+            seed=0,
+            spec=spec,
+            batch_size=BATCH,
+            on_raise=lambda exc, where: raised.append(where),
+        )
+    assert callback.batches < STEPS
+    assert len(raised) == 1 and raised[0].startswith("during fit, after "), raised
+    # Keras' dispatch is left as it was
+    from keras.src.callbacks.callback_list import CallbackList
+
+    assert CallbackList._on_train_batch_end.__module__ == "keras.src.callbacks.callback_list"

@@ -1,0 +1,87 @@
+"""A run stopped from outside ``fit`` (a timeout's signal, ``pytest.fail()`` or ``pytest.skip()`` in a callback),
+on each backend: the exception ends the test unchanged, and the report says how far training got (the steps done
+are read back after the exception, which JAX's donated buffers and PyTorch's read after each call make
+backend-dependent)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+STOPPED_FROM_OUTSIDE = """
+import signal
+
+
+class FailsAtEpoch1(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            pytest.fail("accuracy too low at epoch 1")
+
+
+class SkipsAtEpoch1(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            pytest.skip("no GPU memory left")
+
+
+@pytest.mark.stable_training(steps=40)
+def test_fails_in_a_callback(stability):
+    stability.fit(build(), X, Y, batch_size=32, callbacks=[FailsAtEpoch1()])
+
+
+@pytest.mark.stable_training(steps=40)
+def test_skips_in_a_callback(stability):
+    stability.fit(build(), X, Y, batch_size=32, callbacks=[SkipsAtEpoch1()])
+
+
+class ArmsTheTimer(keras.callbacks.Callback):
+    \"\"\"Starts the timer once training runs (its first epoch ended), however long tracing took.\"\"\"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+
+
+@pytest.mark.stable_training(steps=100000)
+def test_timed_out(stability):
+    # what pytest-timeout's default method does: a SIGALRM handler that fails the test wherever it runs
+    def handler(signum, frame):
+        pytest.fail("Timeout (>1.0s) from the test's timer")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        stability.fit(build(), X, Y, batch_size=32, callbacks=[ArmsTheTimer()])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="a POSIX interval timer")
+def test_a_run_stopped_from_outside_fit_says_by_what_where_and_after_how_many_steps(pytester, tiny_problem):
+    """``pytest.fail()`` in a callback, or a timeout's signal handler (pytest-timeout) while ``fit`` runs: the
+    exception ends the test unchanged, and the row and the JSON say what stopped training, where and after how
+    many of the planned steps (they said "the test did not complete a stability.fit() call"); a
+    ``pytest.skip()`` there is a skip."""
+    pytester.makepyfile(test_stopped=tiny_problem + STOPPED_FROM_OUTSIDE)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(failed=2, skipped=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR test_stopped.py::test_fails_in_a_callback  training raised Failed: accuracy too low at epoch 1 "
+            "(in FailsAtEpoch1.on_epoch_end, after 16 of 40 steps)",
+            "SKIP  test_stopped.py::test_skips_in_a_callback  Skipped: no GPU memory left",
+            "ERROR test_stopped.py::test_timed_out  training raised Failed: Timeout (>1.0s) from the test's timer "
+            "(during fit, after * of 100000 steps)",
+        ]
+    )
+    tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
+    assert [(t["outcome"], t["verdict"]) for t in tests.values()] == [
+        ("failed", "error"),
+        ("skipped", "skipped"),
+        ("failed", "error"),
+    ]
+    timed_out = tests["test_stopped.py::test_timed_out"]["error"]
+    done = int(timed_out.rsplit("after ", 1)[1].split(" of ")[0])
+    assert 8 <= done < 100000, timed_out  # (the timer starts after the first epoch's 8 steps)
