@@ -215,14 +215,14 @@ def batch_logs_read_before_keras(callbacks: list[Callback]) -> Iterator[None]:
     here, outside it (an error of the read keeps the value, for Keras' own handling), the wait is done before
     Keras' ``except``; what the callbacks get is unchanged.  Where a callback of the user's has batch-end
     hooks, Keras runs them on the main thread in plain ``fit`` too, and nothing is changed."""
-    try:
-        from keras.src import backend
-        from keras.src.callbacks.callback_list import CallbackList
-    except ImportError:  # a Keras laid out otherwise: no such dispatch to keep
-        yield
-        return
-    original = vars(CallbackList).get("_on_train_batch_end")
-    if original is None or not getattr(CallbackList(list(callbacks)), "_async_train", False):
+    import keras
+
+    from .keras_internals import callback_list
+
+    plain = callback_list(list(callbacks))  # None: a Keras laid out otherwise, with no such dispatch to keep
+    CallbackList = type(plain)  # noqa: N806  (Keras' class)
+    original = vars(CallbackList).get("_on_train_batch_end") if plain is not None else None
+    if original is None or not getattr(plain, "_async_train", False):
         yield
         return
 
@@ -232,7 +232,7 @@ def batch_logs_read_before_keras(callbacks: list[Callback]) -> Iterator[None]:
         out: dict[str, object] = {}
         for key, value in logs.items():
             try:
-                out[key] = backend.convert_to_numpy(value) if backend.is_tensor(value) else on_host(value)
+                out[key] = keras.ops.convert_to_numpy(value) if keras.ops.is_tensor(value) else on_host(value)
             except Exception:
                 out[key] = value
         return out
@@ -240,11 +240,11 @@ def batch_logs_read_before_keras(callbacks: list[Callback]) -> Iterator[None]:
     def _on_train_batch_end(self: object, batch: int, logs: object = None) -> None:
         original(self, batch, on_host(logs))
 
-    CallbackList._on_train_batch_end = _on_train_batch_end
+    setattr(CallbackList, "_on_train_batch_end", _on_train_batch_end)  # noqa: B010  (a class of Keras')
     try:
         yield
     finally:
-        CallbackList._on_train_batch_end = original
+        setattr(CallbackList, "_on_train_batch_end", original)  # noqa: B010
 
 
 def random_state() -> dict[str, Any]:

@@ -62,6 +62,11 @@ IMPORTS: dict[str, tuple[str, str, str]] = {
         "EpochIterator",
         "fit's epoch iterator, closed when fit returns (:func:`fit_epoch_iterator`)",
     ),
+    "CallbackList": (
+        "keras.src.callbacks.callback_list",
+        "CallbackList",
+        "the batch logs read before Keras' bare except takes them (isolation.batch_logs_read_before_keras)",
+    ),
 }
 
 #: (owner, attribute, what for): private attributes the plugin reads on Keras objects
@@ -95,6 +100,8 @@ ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
     ("Layer", "_outbound_nodes", "a functional model's graph walked forward from an integer input (ids or values)"),
     ("EpochIterator", "_distributed_dataset", "TensorFlow: the dataset fit iterates, whose targets build the metrics"),
     ("EpochIterator", "_epoch_iterator", "the generator of fit's epoch iterator, closed when fit returns"),
+    ("CallbackList", "_async_train", "whether plain fit would run the batch-end hooks on a thread of Keras' own"),
+    ("CallbackList", "_on_train_batch_end", "the batch-end dispatch, given logs read to the host first"),
     (
         "EpochIterator",
         "_current_iterator",
@@ -216,6 +223,7 @@ def missing(keras: ModuleType) -> list[str]:
         "Sequential": model,
         "Functional": getattr(model, "_functional", None),
         "KerasTensor": model.outputs[0],
+        "CallbackList": callback_list([]),
     }
     tensorflow_only = {("Variable", "_value"), ("EpochIterator", "_distributed_dataset")}
     for owner, attribute, _ in ATTRIBUTES:
@@ -230,6 +238,15 @@ def missing(keras: ModuleType) -> list[str]:
         if obj is None or not hasattr(obj, attribute):
             out.append(f"{owner}.{attribute}")
     return out
+
+
+def callback_list(callbacks: list[Callback]) -> object | None:
+    """A Keras ``CallbackList`` of ``callbacks`` (None where Keras has none where :data:`IMPORTS` says)."""
+    try:
+        made: object = load("CallbackList")(callbacks)
+    except (ImportError, AttributeError):
+        return None
+    return made
 
 
 def sync_variables(model: Model, *, read_only: bool = False) -> None:
@@ -340,6 +357,7 @@ __all__ = [
     "IMPORTS",
     "build_before_first_trace",
     "build_optimizer",
+    "callback_list",
     "close_epoch_iterator",
     "fit_epoch_iterator",
     "load",
