@@ -204,17 +204,17 @@ def quiet_own_retracing(keras: ModuleType) -> Iterator[None]:
 
 @contextlib.contextmanager
 def batch_logs_read_before_keras(callbacks: list[Callback]) -> Iterator[None]:
-    """For one ``fit`` whose batch-end hooks Keras would run on a thread of its own in plain ``fit``: the
-    batch's logs read back to the host before Keras' ``CallbackList._on_train_batch_end`` takes them.
+    """For one ``fit`` whose batch-end hooks Keras would run on a thread of its own in plain ``fit``: the batch's
+    logs read back to the host before Keras' ``CallbackList._on_train_batch_end`` takes them.
 
-    Keras turns each log value into a float inside a bare ``except: pass`` (``pythonify_logs``).  In plain
-    ``fit``, unless a callback has batch-end hooks, that runs on a worker thread (``async`` dispatch), where no
-    signal handler runs; the plugin's own batch-end hook makes Keras run it on the main thread at every
-    read-back, where reading a JAX value waits for the step to finish: a Ctrl-C or pytest-timeout's signal
-    that came then raised inside that ``except`` and was lost, and training went on to its last step.  Read
-    here, outside it (an error of the read keeps the value, for Keras' own handling), the wait is done before
-    Keras' ``except``; what the callbacks get is unchanged.  Where a callback of the user's has batch-end
-    hooks, Keras runs them on the main thread in plain ``fit`` too, and nothing is changed."""
+    Keras turns each log value into a float inside a bare ``except: pass`` (``pythonify_logs``).  In plain ``fit``,
+    unless a callback has batch-end hooks, that runs on a worker thread (``async`` dispatch, on the backends Keras
+    calls thread-safe: JAX and PyTorch, not TensorFlow), where no signal handler runs; the plugin's own batch-end
+    hook makes Keras run it on the main thread at every read-back, where reading a JAX value waits for the step to
+    finish: a Ctrl-C or pytest-timeout's signal that came then raised inside that ``except`` and was lost, and
+    training went on to its last step.  Read here, outside it (an error of the read keeps the value, for Keras' own
+    handling), the wait is done before Keras' ``except``; what the callbacks get is unchanged.  Where a callback of
+    the user's has batch-end hooks, Keras runs them on the main thread in plain ``fit`` too, and nothing is changed."""
     import keras
 
     from .keras_internals import callback_list
