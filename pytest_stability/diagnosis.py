@@ -984,16 +984,17 @@ def _why_no_clip(q: Quotes) -> Fix:
             "clip value: lower the learning rate",
             note=True,
         )
-    return _no_clip_note_short() if q["healthy_steps"] == 0 else _no_clip_note()
+    return _no_clip_note_short() if q["healthy_steps"] == 0 else _no_clip_note(q["healthy_steps"] == 1)
 
 
 def _no_clip_note_short() -> Fix:
     return Fix("no clipnorm: there is no healthy stretch before it to derive a clip value from", note=True)
 
 
-def _no_clip_note() -> Fix:
+def _no_clip_note(one: bool = False) -> Fix:
     return Fix(
-        "no clipnorm: only {healthy_steps} healthy steps before it (fewer than {healthy_min_steps}), "
+        f"no clipnorm: only {{healthy_steps}} healthy {'step' if one else 'steps'} before it (fewer than "
+        "{healthy_min_steps}), "
         "too few to derive a clip value from: lower the learning rate",
         note=True,
     )

@@ -954,6 +954,16 @@ def test_a_healthy_stretch_whose_gradient_norms_are_all_zero_gives_no_clip_and_s
     assert not any("clipnorm=" in x for x in fixes), fixes
 
 
+@pytest.mark.parametrize("healthy, said", [(1, "only 1 healthy step before it"), (2, "only 2 healthy steps before it")])
+def test_the_note_on_a_stretch_too_short_to_clip_from_counts_its_steps_in_words(healthy, said):
+    # gradients that blow up right after the first steps: too few healthy steps to derive a clipnorm from
+    g = np.array([1.0] * healthy + [1e3, 1e5, 1e7, 1e9])
+    loss = np.array([0.7] * healthy + [7.0, 700.0, 7e4, 7e6])
+    tr = Trace(loss=loss, grad_norm=g)
+    fixes = [f.fix for f in diagnose([f for r in run_checks(tr) for f in r.findings], tr)]
+    assert any(said + " (fewer than 10)" in x for x in fixes), fixes
+
+
 @pytest.mark.parametrize(
     "optimizer, lr, first_update, info, expected",
     [
