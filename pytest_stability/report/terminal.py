@@ -111,6 +111,10 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
         # the first line of the exception: the test's own failure section has the rest
         what = record.error.removeprefix(FAILED_AFTER + ": ").splitlines()[0]
         parts[-1] += f"\n      test failed after training: {what}"
+    elif record.verdict == "error" and record.error:
+        # a later stability.fit() call raised after earlier ones completed: the rows above are those calls', and
+        # the error (which call, where, after how many steps) is what made the test an error
+        parts[-1] += f"\n      error: {record.error.splitlines()[0]}"
     return label, style, f"{record.nodeid}  " + "\n    ".join(parts)
 
 

@@ -216,6 +216,21 @@ def test_a_passing_runs_notes_are_shown_in_the_panel_the_terminal_row_and_junit(
     assert "note:" not in text and "Note</b>" not in html.render_report([_record("t.py::test_y", _run({}))])
 
 
+def test_an_error_after_a_completed_call_is_said_in_the_row_under_that_calls_numbers():
+    # a second stability.fit() whose callback raised: the first call's numbers alone, under ERROR, read as if
+    # that run had errored; the row says the error, as the HTML panel and the JSON entry do
+    from pytest_stability.report.terminal import _row
+
+    error = "training raised RuntimeError: boom (in Boom.on_train_batch_end, after 6 of 30 steps)"
+    record = _record("t.py::test_x", _run({"loss": (STEPS, [1.0] * 6)}), verdict="error", outcome="failed", error=error)
+    label, _, text = _row(record)
+    assert label == "ERROR"
+    assert text.splitlines()[-1].strip() == f"error: {error}"
+    # without calls the error is the row itself, once
+    bare = _row(StabilityRecord.errored("t.py::test_y", error))[2]
+    assert bare == f"t.py::test_y  {error}"
+
+
 def test_a_loss_that_was_never_recorded_gets_no_chart_and_the_row_says_so():
     # a train_step that does not update the loss tracker: its record holds no loss curve, and no chart of NaN
     # ("non-finite from step 0") or row of x marks suggests the loss went NaN
