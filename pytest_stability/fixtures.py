@@ -12,6 +12,7 @@ also when the test crashed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shlex
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
     from .checks.base import CheckResult
     from .integrations.progress import Progress
-    from .report.runs import StabilityReport
-    from .training.engine import RunResult
+    from .report.runs import RunReport, StabilityReport
+    from .training.engine import RunResult, StoppedRun
 
 
 class Stability:
@@ -199,7 +200,7 @@ class Stability:
         base_seed = self._override("seed", seed)
         spec = self.spec
         thresholds = Thresholds.from_mapping(spec.values)
-        runs = []
+        runs: list[RunReport] = []
         history = None
         for s in self.seeds_for(base_seed):
             # Each seed trains a distinct model (the user's instance for the
@@ -217,7 +218,7 @@ class Stability:
                     spec=spec,
                     thresholds=thresholds,
                     progress=progress.update,
-                    on_raise=self._raised,
+                    on_raise=functools.partial(self._raised, seed=s, runs=tuple(runs)),
                     replay_batch=self._config.getoption("stability_replay_batch", None),
                 )
             finally:
@@ -277,13 +278,37 @@ class Stability:
             out.append(type(r)(r.name, r.status, tuple(findings), r.detail, r.stats) if findings else r)
         return out
 
-    def _raised(self, exc: BaseException, where: str) -> None:
+    def _raised(
+        self,
+        exc: BaseException,
+        where: str,
+        stopped: StoppedRun | None = None,
+        *,
+        seed: int | None = None,
+        runs: tuple[RunReport, ...] = (),
+    ) -> None:
         """The user's own exception from inside ``fit``, or one that stopped it from outside (Ctrl-C,
-        pytest-timeout): it ends the test unchanged; the report says so.  A skip is a skip, not an error."""
+        pytest-timeout): it ends the test unchanged; the report says so, and shows the steps recorded before it
+        (``stopped``: the curves of how far training got, which no check judged) after the call's runs of
+        earlier seeds (``runs``).  A skip is a skip, not an error."""
         if isinstance(exc, pytest.skip.Exception):
             return
         message = _first_line(exc)  # (Ctrl-C's KeyboardInterrupt has none)
         self.error = f"training raised {type(exc).__name__}{': ' + message if message else ''} ({where})"
+        if stopped is None or seed is None:
+            return
+        from .report import RunReport, StabilityReport
+
+        run = RunReport(
+            seed=seed,
+            trace=stopped.trace,
+            results=[],
+            device=stopped.device,
+            wall_time=stopped.wall_time,
+            replay=self.replay_command(seed),
+            stopped=self.error,
+        )
+        self.reports.append(StabilityReport(self.nodeid, [*runs, run]))
 
     def _progress(self, steps: int) -> Progress:
         """The progress line of a long run (steps done, steps/s, ETA; see

@@ -86,7 +86,7 @@ def run(
     thresholds: Thresholds,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
-    on_raise: Callable[[BaseException, str], None] | None = None,
+    on_raise: Callable[[BaseException, str, Trace | None], None] | None = None,
     replay_batch: int | None = None,
 ) -> Outcome:
     """Train ``model`` with its own fit (see :func:`~pytest_stability.training.engine.train`), judge and

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .._floats import decode_float, encode_float, fmt
-from ..record import BaselineComparison, RunRecord, StabilityRecord
+from ..record import ERROR, BaselineComparison, RunRecord, StabilityRecord
 
 BASELINE_SCHEMA_VERSION = 2
 BASELINE_KIND = "pytest-stability-baseline"
@@ -128,18 +128,25 @@ def build_baseline(records: Iterable[StabilityRecord], *, meta: Mapping[str, Any
     """
     backends: dict[str, dict[str, Any]] = {}
     for record in records:
-        runs = record.runs
+        # a run that an exception stopped (its verdict error) is no baseline: its steps were never judged
+        runs = [run for run in record.runs if run.verdict != ERROR]
         if not runs:
             continue
         for backend in sorted({run_backend(run) for run in runs}):
             section = backends.setdefault(backend, {**dict(meta), "tests": {}})
-            section["tests"][record.nodeid] = {
-                "verdict": record.verdict,
-                "calls": [
-                    {"runs": {str(run.seed): _run_entry(run) for run in call.runs if run_backend(run) == backend}}
-                    for call in record.calls
-                ],
-            }
+            calls = [
+                {
+                    "runs": {
+                        str(run.seed): _run_entry(run)
+                        for run in call.runs
+                        if run_backend(run) == backend and run.verdict != ERROR
+                    }
+                }
+                for call in record.calls
+            ]
+            while calls and not calls[-1]["runs"]:  # the call the exception stopped
+                calls.pop()
+            section["tests"][record.nodeid] = {"verdict": record.verdict, "calls": calls}
     return {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND, "backends": backends}
 
 

@@ -26,6 +26,7 @@ Document (``schema_version`` 1; keys sorted when written)::
          "settings": {...},          # the resolved stable_training settings
          "calls": [                  # one per stability.train() call
            {"verdict", "seeds", "failed_seeds", "spread": {metric: {min, median, max}},
+                                     # a run an exception stopped (its steps so far, no checks): verdict error
             "baseline": {...},       # with --stability-baseline
             "runs": [{"seed", "verdict", "device", "wall_time", "steps_planned", "steps_run",
                       "replay", "checks", "findings": [{"check", "kind", "step", "value", "limit",

@@ -61,6 +61,9 @@ class RunReport:
     replay: str = ""
     data_kind: str = ""
     final_metrics: dict[str, float] = field(default_factory=dict)
+    #: what stopped the run before its planned steps (the user's exception, Ctrl-C, a timeout): no check judged
+    #: the steps it recorded, and its verdict is ``error``; None for a run that ended as planned
+    stopped: str | None = None
 
     @property
     def findings(self) -> list[Finding]:
@@ -71,10 +74,12 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return not any(r.status == FAILED for r in self.results)
+        return self.stopped is None and not any(r.status == FAILED for r in self.results)
 
     @property
     def verdict(self) -> str:
+        if self.stopped is not None:
+            return ERROR
         return STABLE if self.ok else UNSTABLE
 
     def __repr__(self) -> str:
@@ -301,6 +306,8 @@ class StabilityReport:
 
     @property
     def verdict(self) -> str:
+        if any(r.stopped is not None for r in self.runs):
+            return ERROR  # an exception stopped a run: the call has no verdict of stability
         return STABLE if self.ok else UNSTABLE
 
     @property

@@ -108,6 +108,21 @@ from .validation import (  # noqa: F401 (engine._loss_of: tests measure with it)
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
+@dataclass(frozen=True)
+class StoppedRun:
+    """What a run that an exception stopped had recorded: the trace of its steps (no check judged them), the
+    device it trained on, and the seconds it trained."""
+
+    trace: Trace
+    device: str
+    wall_time: float
+
+
+#: ``engine.train``'s ``on_raise``: the exception that stopped ``fit``, where (the step, the callback), and what
+#: the run recorded before it (None when no step was)
+OnRaise = Callable[[BaseException, str, StoppedRun | None], None]
+
+
 def import_keras() -> Any:
     """Keras 3 on a supported backend, or a usage error saying what to install."""
     try:
@@ -356,6 +371,36 @@ def _usage_from_keras(exc: BaseException, setup: FitSetup, model: Model, keras: 
     )
 
 
+def _stopped_trace(
+    recs: list[Recorder], cb: Readback, validation: ValidationProbe, setup: FitSetup, *, backend: str
+) -> Trace | None:
+    """The trace of a run that an exception stopped, from what was read back before it (host arrays only: no
+    framework call while that exception is on its way): the raw loss, gradient norms, learning rate and
+    validation loss of the steps recorded, for the report to show how far training got and how.  No check
+    judges it.  None when no step was recorded, or when what was recorded cannot be put together."""
+    try:
+        recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
+        if recorded.steps == 0:
+            return None
+        loss, loss_recorded = _loss_or_nan(recorded, None, [])
+        val_steps, val_loss = validation.val_loss()
+        if val_steps is not None and val_loss is not None:
+            within = val_steps < recorded.steps
+            val_steps, val_loss = val_steps[within], val_loss[within]
+        return Trace(
+            loss=loss,
+            grad_norm=recorded.grad_norm if recorded.applied else None,
+            nonfinite=recorded.flags,
+            lr=recorded.rows[:, RowLayout.LR],
+            val_steps=val_steps,
+            val_loss=val_loss,
+            steps_planned=int(setup.run_steps),
+            info={"backend": backend, "loss_recorded": loss_recorded},
+        )
+    except Exception:  # never in the way of the exception that stopped the run
+        return None
+
+
 def _read_after_failure(rec: Recorder, cb: Readback) -> tuple[bool, int, bool]:
     """After ``fit`` raised: read back what was recorded; returns whether that could be read (the state may
     be half-updated, or gone: JAX donates its buffers to the step that raised), the step it failed in (the
@@ -462,7 +507,7 @@ def train(
     stop_after: int | None = None,
     keep_initial_state: bool = False,
     random_start: dict[str, Any] | None = None,
-    on_raise: Callable[[BaseException, str], None] | None = None,
+    on_raise: OnRaise | None = None,
 ) -> RunResult:
     """Train ``model`` with its own ``fit`` for ``steps`` optimizer steps and record a Trace.
 
@@ -482,10 +527,13 @@ def train(
             the what-if replay can re-run the same training from the start.
         random_start: the random state at the first batch of an earlier run
             (``RunResult.random_start``), put back at this run's first batch.
-        on_raise: called with the exception and a sentence saying where it
-            was raised (the step, the callback) when ``fit`` raises an exception
-            of the user's (a callback's, the model's own code): that exception
-            then propagates unchanged, as from plain ``fit``.
+        on_raise: called with the exception, a sentence saying where it
+            was raised (the step, the callback) and the trace of the steps
+            recorded before it (None when none was, or it could not be read)
+            when ``fit`` raises an exception of the user's (a callback's, the
+            model's own code) or is stopped from outside (Ctrl-C,
+            pytest-timeout): that exception then propagates unchanged, as from
+            plain ``fit``.
     """
     keras = import_keras()
     backend = keras.backend.backend()
@@ -573,7 +621,7 @@ def train(
 
     # the run
     parts = Instruments(recs, curves, cb, start, tail, validation, curvature)
-    wall = _run_fit(keras, model, x_fit, y_fit, setup, parts, grouping.spe, device, spec, on_raise, notes)
+    wall = _run_fit(keras, model, x_fit, y_fit, setup, parts, grouping.spe, device, spec, on_raise, notes, label)
 
     # the trace, from what was recorded
     recorded = _recorded(recs, cb.rowsets, cb.reference, cb.multiples)
@@ -800,8 +848,9 @@ def _run_fit(
     spe: int,
     device: str | None,
     spec: RunSpec,
-    on_raise: Callable[[BaseException, str], None] | None,
+    on_raise: OnRaise | None,
     notes: list[str],
+    label: str = "",
 ) -> float:
     """Run the user's ``fit`` with the recorders installed and the plugin's callbacks around the user's, read the
     last rows and take the measurements after it, and put the model back as it was, whatever happened.  Returns
@@ -809,6 +858,16 @@ def _run_fit(
     backend = keras.backend.backend()
     recs, curves, cb = parts.recs, parts.curves, parts.readback
     rec = recs[0]
+    raised: Callable[[BaseException, str], None] | None = None
+    if on_raise is not None:
+        tell = on_raise
+
+        def raised(exc: BaseException, where: str) -> None:
+            # the steps recorded before it (read back by _read_after_failure), for the report of the stopped run
+            trace = _stopped_trace(recs, cb, parts.validation, setup, backend=backend)
+            stopped = None if trace is None else StoppedRun(trace, cb.device or label, time.perf_counter() - started)
+            tell(exc, where, stopped)
+
     saved_spe = getattr(model, "steps_per_execution", 1)
     gradients_before = isolation.gradient_registrations()
     started = time.perf_counter()
@@ -839,15 +898,15 @@ def _run_fit(
             except StabilityUsageError:
                 raise
             except Exception as exc:
-                if not _ended_by(exc, model, rec, cb, setup, on_raise=on_raise, notes=notes):
+                if not _ended_by(exc, model, rec, cb, setup, on_raise=raised, notes=notes):
                     raise
             except BaseException as exc:
                 # stopped from outside Keras' fit (Ctrl-C, pytest-timeout's signal handler, pytest.fail() or
                 # pytest.skip() in a callback): it propagates unchanged, and the report says how far training got
-                if on_raise is not None:
+                if raised is not None:
                     _, done, _ = _read_after_failure(rec, cb)
                     where = _raised_in_callback(_frames(exc), setup.callbacks) or "during fit"
-                    on_raise(exc, f"{where}, after {done} of {setup.run_steps} steps")
+                    raised(exc, f"{where}, after {done} of {setup.run_steps} steps")
                 raise
             finally:
                 # stopped at the planned step (or by an exception), fit's epoch iterator sits in a reference
@@ -1558,4 +1617,13 @@ def model_info(
     }
 
 
-__all__ = ["RunResult", "train", "seed_everything", "resolve_device", "validate_model", "import_keras", "has_gpu"]
+__all__ = [
+    "RunResult",
+    "StoppedRun",
+    "train",
+    "seed_everything",
+    "resolve_device",
+    "validate_model",
+    "import_keras",
+    "has_gpu",
+]

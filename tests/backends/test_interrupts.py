@@ -95,10 +95,18 @@ def test_a_signal_while_a_step_trains_ends_fit_with_the_plugin_as_without_it(ala
             seed=0,
             spec=spec,
             batch_size=BATCH,
-            on_raise=lambda exc, where: raised.append(where),
+            on_raise=lambda exc, where, stopped: raised.append((where, stopped)),
         )
     assert callback.batches < STEPS
-    assert len(raised) == 1 and raised[0].startswith("during fit, after "), raised
+    assert len(raised) == 1 and raised[0][0].startswith("during fit, after "), raised
+    # with what was recorded before the signal: as many steps as it says, and their losses
+    where, stopped = raised[0]
+    done = int(where.removeprefix("during fit, after ").split(" of ")[0])
+    if done:
+        assert stopped is not None and stopped.trace.steps == done and stopped.trace.steps_planned == STEPS
+        assert np.isfinite(stopped.trace.loss).all() and stopped.wall_time > 0
+    else:
+        assert stopped is None
     # Keras' dispatch is left as it was
     from keras.src.callbacks.callback_list import CallbackList
 

@@ -1,7 +1,7 @@
 """A run stopped from outside ``fit`` (a timeout's signal, ``pytest.fail()`` or ``pytest.skip()`` in a callback),
-on each backend: the exception ends the test unchanged, and the report says how far training got (the steps done
-are read back after the exception, which JAX's donated buffers and PyTorch's read after each call make
-backend-dependent)."""
+on each backend: the exception ends the test unchanged, and the report says how far training got and shows the
+curves of the steps recorded before it (the steps done are read back after the exception, which JAX's donated
+buffers and PyTorch's read after each call make backend-dependent)."""
 
 from __future__ import annotations
 
@@ -64,20 +64,14 @@ def test_timed_out(stability):
 def test_a_run_stopped_from_outside_fit_says_by_what_where_and_after_how_many_steps(pytester, tiny_problem):
     """``pytest.fail()`` in a callback, or a timeout's signal handler (pytest-timeout) while ``fit`` runs: the
     exception ends the test unchanged, and the row and the JSON say what stopped training, where and after how
-    many of the planned steps (they said "the test did not complete a stability.fit() call"); a
+    many of the planned steps (they said "the test did not complete a stability.fit() call"), with the curves
+    of the steps recorded before it (a run no check judged: its verdict is error, and it is no baseline); a
     ``pytest.skip()`` there is a skip."""
     pytester.makepyfile(test_stopped=tiny_problem + STOPPED_FROM_OUTSIDE)
-    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
-    result.assert_outcomes(failed=2, skipped=1)
-    result.stdout.fnmatch_lines_random(
-        [
-            "ERROR test_stopped.py::test_fails_in_a_callback  training raised Failed: accuracy too low at epoch 1 "
-            "(in FailsAtEpoch1.on_epoch_end, after 16 of 40 steps)",
-            "SKIP  test_stopped.py::test_skips_in_a_callback  Skipped: no GPU memory left",
-            "ERROR test_stopped.py::test_timed_out  training raised Failed: Timeout (>1.0s) from the test's timer "
-            "(during fit, after * of 100000 steps)",
-        ]
+    result = pytester.runpytest(
+        "-p", "no:cacheprovider", "--stability-report=r.json", "--stability-save-baseline=b.json"
     )
+    result.assert_outcomes(failed=2, skipped=1)
     tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
     assert [(t["outcome"], t["verdict"]) for t in tests.values()] == [
         ("failed", "error"),
@@ -87,3 +81,28 @@ def test_a_run_stopped_from_outside_fit_says_by_what_where_and_after_how_many_st
     timed_out = tests["test_stopped.py::test_timed_out"]["error"]
     done = int(timed_out.rsplit("after ", 1)[1].split(" of ")[0])
     assert 8 <= done < 100000, timed_out  # (the timer starts after the first epoch's 8 steps)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR test_stopped.py::test_fails_in_a_callback  steps=16/40 seed=0 *  loss * |g|max *",
+            "      error: training raised Failed: accuracy too low at epoch 1 (in FailsAtEpoch1.on_epoch_end, "
+            "after 16 of 40 steps)",
+            "SKIP  test_stopped.py::test_skips_in_a_callback  Skipped: no GPU memory left",
+            f"ERROR test_stopped.py::test_timed_out  steps={done}/100000 seed=0 *",
+            "      error: training raised Failed: Timeout (>1.0s) from the test's timer "
+            f"(during fit, after {done} of 100000 steps)",
+            "*stability baseline not saved to *b.json: no stability test trained in this run*",
+        ]
+    )
+    for name, steps, planned in (("test_fails_in_a_callback", 16, 40), ("test_timed_out", done, 100000)):
+        test = tests[f"test_stopped.py::{name}"]
+        assert (test["steps_run"], test["steps_planned"], test["failed_seeds"]) == (steps, planned, [0])
+        ((call,),) = [test["calls"]]
+        ((run,),) = [call["runs"]]
+        assert (call["verdict"], run["verdict"], run["checks"], run["findings"]) == ("error", "error", [], [])
+        assert run["replay"].startswith(f"pytest test_stopped.py::{name} --stability-replay=0")
+        loss = run["curves"]["loss"]
+        # to the last step recorded (a long curve is downsampled to a few hundred points, the last within 1 %)
+        assert loss["step"][0] == 0 and 0.99 * steps - 1 <= loss["step"][-1] <= steps - 1, loss["step"][-3:]
+        assert all(isinstance(v, float) and 0 < v < 10 for v in loss["value"]), loss["value"][:5]  # finite
+        assert len(run["curves"]["grad_norm"]["step"]) == len(loss["step"])
+    assert not (pytester.path / "b.json").exists()

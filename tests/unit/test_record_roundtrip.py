@@ -155,6 +155,37 @@ def test_the_primary_run_and_the_worst_baseline_are_the_reports_rules():
     assert worse.worst_baseline == "regressed" and worse.regressed
 
 
+def test_a_run_an_exception_stopped_is_an_error_its_curves_kept_and_no_baseline():
+    """The steps a run recorded before an exception stopped it (a timeout, the user's callback): no check judged
+    them, so the run and its call are errors, not stable; the record keeps its curves and steps for the report,
+    and the baseline keeps the calls that completed only."""
+    path = next(p for p in RECORDINGS if p.stem == "seeds")
+    tests = json.loads(path.read_text(encoding="utf-8"))["tests"]
+    completed = _report("test_three_seeds", tests["test_three_seeds"][0])
+    first = completed.runs[0]
+    seen = first.trace.steps // 2
+    t = first.trace
+    partial = Trace(loss=t.loss[:seen], grad_norm=t.grad_norm[:seen], steps_planned=t.steps_planned, info=t.info)
+    error = f"training raised Failed: Timeout (>60.0s) from pytest-timeout. (during fit, after {seen} of ...)"
+    stopped = RunReport(seed=0, trace=partial, results=[], device="CPU", wall_time=60.0, stopped=error)
+    assert (stopped.verdict, stopped.ok, stopped.findings) == ("error", False, [])
+    call = StabilityReport("t.py::test_x", [stopped])
+    assert (call.verdict, call.ok, call.failed_seeds) == ("error", False, [0])
+    run = call.to_record().runs[0]
+    assert (run.verdict, run.steps_run, run.steps_planned, run.checks) == ("error", seen, t.steps_planned, ())
+    assert run.curves["loss"].step[-1] == seen - 1 and "grad_norm" in run.curves
+    # a later seed stopped after an earlier one completed: the call is an error all the same
+    assert StabilityReport("t.py::test_x", [first, stopped]).verdict == "error"
+    record = StabilityRecord.trained(
+        "t.py::test_x", settings={}, calls=[completed.to_record(), call.to_record()], error=error
+    )
+    assert record.verdict == "error" and StabilityRecord.from_dict(record.to_dict()) == record
+    tests_of = baseline_mod.section_tests(baseline_mod.build_baseline([record], meta={}), "tensorflow")
+    assert tests_of is not None and len(tests_of["t.py::test_x"]["calls"]) == 1  # the completed call alone
+    only_stopped = StabilityRecord.trained("t.py::test_y", settings={}, calls=[call.to_record()], error=error)
+    assert baseline_mod.build_baseline([only_stopped], meta={})["backends"] == {}
+
+
 @pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
 def test_a_report_prints_as_one_short_line_that_names_its_verdict(path):
     """``print(report)`` in a test, a REPL or pytest's ``-vv`` output: one line with the verdict, the seeds, the
