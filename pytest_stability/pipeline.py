@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # the training layer imports Keras: at run time it is importe
     from .thresholds import Thresholds
     from .trace import Trace
     from .training.batches import BatchPlan
-    from .training.engine import RunResult
+    from .training.engine import RunResult, StoppedRun
 
 
 @dataclass
@@ -86,7 +86,7 @@ def run(
     thresholds: Thresholds,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
-    on_raise: Callable[[BaseException, str, Trace | None], None] | None = None,
+    on_raise: Callable[[BaseException, str, StoppedRun | None], None] | None = None,
     replay_batch: int | None = None,
 ) -> Outcome:
     """Train ``model`` with its own fit (see :func:`~pytest_stability.training.engine.train`), judge and
