@@ -528,12 +528,12 @@ def train(
         random_start: the random state at the first batch of an earlier run
             (``RunResult.random_start``), put back at this run's first batch.
         on_raise: called with the exception, a sentence saying where it
-            was raised (the step, the callback) and the trace of the steps
-            recorded before it (None when none was, or it could not be read)
-            when ``fit`` raises an exception of the user's (a callback's, the
-            model's own code) or is stopped from outside (Ctrl-C,
-            pytest-timeout): that exception then propagates unchanged, as from
-            plain ``fit``.
+            was raised (the step, the callback) and what the run recorded
+            before it (a :class:`StoppedRun`; None when no step was recorded,
+            or the record could not be put together) when ``fit`` raises an
+            exception of the user's (a callback's, the model's own code) or is
+            stopped from outside (Ctrl-C, pytest-timeout): that exception then
+            propagates unchanged, as from plain ``fit``.
     """
     keras = import_keras()
     backend = keras.backend.backend()
