@@ -112,8 +112,8 @@ def _row(record: StabilityRecord, *, verbose: bool = False) -> tuple[str, dict[s
         what = record.error.removeprefix(FAILED_AFTER + ": ").splitlines()[0]
         parts[-1] += f"\n      test failed after training: {what}"
     elif record.verdict == "error" and record.error:
-        # a later stability.fit() call raised after earlier ones completed: the rows above are those calls', and
-        # the error (which call, where, after how many steps) is what made the test an error
+        # a stability.fit() call raised: the rows above are the test's calls (the last one's steps up to the
+        # exception, when it recorded any), and the error (what, where, after how many steps) made it an error
         parts[-1] += f"\n      error: {record.error.splitlines()[0]}"
     return label, style, f"{record.nodeid}  " + "\n    ".join(parts)
 
