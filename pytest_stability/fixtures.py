@@ -308,7 +308,20 @@ class Stability:
             replay=self.replay_command(seed),
             stopped=self.error,
         )
-        self.reports.append(StabilityReport(self.nodeid, [*runs, run]))
+        report = StabilityReport(self.nodeid, [*runs, run])
+        self.reports.append(report)
+        try:
+            self._config.hook.pytest_stability_run_stopped(nodeid=self.nodeid, report=report, error=self.error)
+        except Exception as hook_exc:  # noqa: BLE001 - the exception that stopped training must reach the test
+            from .errors import StabilityWarning
+
+            warnings.warn(
+                StabilityWarning(
+                    f"pytest-stability: a pytest_stability_run_stopped implementation raised "
+                    f"{type(hook_exc).__name__}: {hook_exc} (for {self.nodeid}: {self.error})"
+                ),
+                stacklevel=2,
+            )
 
     def _progress(self, steps: int) -> Progress:
         """The progress line of a long run (steps done, steps/s, ETA; see

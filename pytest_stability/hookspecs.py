@@ -43,6 +43,35 @@ def pytest_stability_run_finished(nodeid: str, report: StabilityReport) -> None:
     """
 
 
+@pytest.hookspec
+def pytest_stability_run_stopped(nodeid: str, report: StabilityReport, error: str) -> None:
+    """Called when an exception stopped a ``stability.train()`` call inside ``fit`` after it recorded steps.
+
+    The exception is the user's own (a callback's, the model's code) or one from outside ``fit``: Ctrl-C,
+    pytest-timeout, ``pytest.fail()`` in a callback (not ``pytest.skip()``, a skip).  It is called while that
+    exception is on its way to the test, which it then ends unchanged; ``pytest_stability_run_finished`` is not
+    called for such a call.  The last run of ``report`` is the stopped one: its trace holds the steps recorded
+    before the exception, no check judged them, and its verdict is ``error`` (``run.stopped`` says what stopped
+    it); the runs before it are the call's seeds that completed.  An exception raised here is shown as a
+    :class:`~pytest_stability.StabilityWarning` and does not replace the one that stopped training.  The
+    built-in TensorBoard writer (``--stability-tensorboard``) implements it.
+
+    Args:
+        nodeid: the test's node id.
+        report: the :class:`~pytest_stability.report.StabilityReport` of the call so far.
+        error: what stopped training, where and after how many steps (the report's ``error``).
+
+    Returns:
+        Nothing; return values are ignored.
+
+    Example (conftest.py)::
+
+        def pytest_stability_run_stopped(nodeid, report, error):
+            stopped = report.runs[-1]
+            print(f"{nodeid}: {error}; loss so far {stopped.trace.loss[-5:]}")
+    """
+
+
 @pytest.hookspec(firstresult=True)
 def pytest_stability_generate_json(config: pytest.Config, records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Build the JSON report document from the per-test records.

@@ -195,6 +195,10 @@ class TensorBoardPlugin:
         #: nodeid -> train() calls written so far (a test may train more than once)
         self._calls: dict[str, int] = {}
 
+    def pytest_stability_run_stopped(self, nodeid: str, report: StabilityReport) -> None:
+        """A call an exception stopped: its steps so far, as a call of its own."""
+        self.pytest_stability_run_finished(nodeid, report)
+
     def pytest_stability_run_finished(self, nodeid: str, report: StabilityReport) -> None:
         index = self._calls.get(nodeid, 0)
         self._calls[nodeid] = index + 1

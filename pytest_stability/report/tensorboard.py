@@ -12,8 +12,9 @@ at its step.  ``tensorboard --logdir DIR`` shows them.
 
 Written from the process that trains (an xdist worker, where the full trace
 lives: only downsampled curves travel to the controller), by an implementation
-of ``pytest_stability_run_finished``, so ``-n 2`` writes the same runs as a
-serial run.
+of ``pytest_stability_run_finished`` (and of ``pytest_stability_run_stopped``:
+a call an exception stopped, the steps it recorded before it), so ``-n 2``
+writes the same runs as a serial run.
 
 The writer is the ``tensorboard`` package's: its ``RecordWriter`` (TFRecord
 framing with masked crc32c) and its ``Event``/``Summary`` protocol buffers.

@@ -66,12 +66,46 @@ def test_a_run_stopped_from_outside_fit_says_by_what_where_and_after_how_many_st
     exception ends the test unchanged, and the row and the JSON say what stopped training, where and after how
     many of the planned steps (they said "the test did not complete a stability.fit() call"), with the curves
     of the steps recorded before it (a run no check judged: its verdict is error, and it is no baseline); a
-    ``pytest.skip()`` there is a skip."""
+    ``pytest.skip()`` there is a skip.  ``pytest_stability_run_stopped`` gets the stopped call (TensorBoard's
+    writer is one); an implementation that raises is a warning, and the exception that stopped training still
+    ends the test."""
     pytester.makepyfile(test_stopped=tiny_problem + STOPPED_FROM_OUTSIDE)
+    pytester.makeconftest(
+        """
+import json
+
+
+def pytest_stability_run_stopped(nodeid, report, error):
+    with open("stopped.jsonl", "a") as out:
+        out.write(json.dumps([nodeid, [r.verdict for r in report.runs], report.runs[-1].trace.steps, error]) + "\\n")
+    if nodeid.endswith("test_fails_in_a_callback"):
+        raise RuntimeError("the user's logger is down")
+"""
+    )
     result = pytester.runpytest(
-        "-p", "no:cacheprovider", "--stability-report=r.json", "--stability-save-baseline=b.json"
+        "-p",
+        "no:cacheprovider",
+        "--stability-report=r.json",
+        "--stability-save-baseline=b.json",
+        "--stability-tensorboard=tb",
     )
     result.assert_outcomes(failed=2, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*StabilityWarning: pytest-stability: a pytest_stability_run_stopped implementation raised RuntimeError: "
+            "the user's logger is down (for test_stopped.py::test_fails_in_a_callback: training raised Failed: *"
+        ]
+    )
+    stopped = [json.loads(line) for line in (pytester.path / "stopped.jsonl").read_text().splitlines()]
+    assert [(n.rsplit("::", 1)[1], v) for n, v, _, _ in stopped] == [
+        ("test_fails_in_a_callback", ["error"]),
+        ("test_timed_out", ["error"]),
+    ]
+    for (_, _, steps, error), planned in zip(stopped, (40, 100000), strict=True):
+        assert error.endswith(f"after {steps} of {planned} steps)"), (steps, error)
+    for name in ("test_fails_in_a_callback", "test_timed_out"):  # its events, as a call's that finished
+        assert list((pytester.path / "tb" / f"test_stopped.py__{name}-seed0").glob("events.out.tfevents.*")), name
+    assert not (pytester.path / "tb" / "test_stopped.py__test_skips_in_a_callback-seed0").exists()
     tests = {t["nodeid"]: t for t in json.loads((pytester.path / "r.json").read_text())["tests"]}
     assert [(t["outcome"], t["verdict"]) for t in tests.values()] == [
         ("failed", "error"),
