@@ -850,7 +850,7 @@ def _run_fit(
     spec: RunSpec,
     on_raise: OnRaise | None,
     notes: list[str],
-    label: str = "",
+    label: str,
 ) -> float:
     """Run the user's ``fit`` with the recorders installed and the plugin's callbacks around the user's, read the
     last rows and take the measurements after it, and put the model back as it was, whatever happened.  Returns
