@@ -208,8 +208,9 @@ def batch_logs_read_before_keras(callbacks: list[Callback]) -> Iterator[None]:
     logs read back to the host before Keras' ``CallbackList._on_train_batch_end`` takes them.
 
     Keras turns each log value into a float inside a bare ``except: pass`` (``pythonify_logs``).  In plain ``fit``,
-    unless a callback has batch-end hooks, that runs on a worker thread (``async`` dispatch, on the backends Keras
-    calls thread-safe: JAX and PyTorch, not TensorFlow), where no signal handler runs; the plugin's own batch-end
+    unless a callback passed to it has batch-end hooks, that runs on a worker thread (``async`` dispatch, on the
+    backends Keras calls thread-safe: JAX and PyTorch, not TensorFlow; the progress bar that ``verbose=1`` adds
+    comes after Keras decided, and runs there too), where no signal handler runs; the plugin's own batch-end
     hook makes Keras run it on the main thread at every read-back, where reading a JAX value waits for the step to
     finish: a Ctrl-C or pytest-timeout's signal that came then raised inside that ``except`` and was lost, and
     training went on to its last step.  Read here, outside it (an error of the read keeps the value, for Keras' own

@@ -111,3 +111,33 @@ def test_a_signal_while_a_step_trains_ends_fit_with_the_plugin_as_without_it(ala
     from keras.src.callbacks.callback_list import CallbackList
 
     assert CallbackList._on_train_batch_end.__module__ == "keras.src.callbacks.callback_list"
+
+
+@pytest.mark.parametrize("progbar_of_the_users", [False, True], ids=["keras_progbar", "users_progbar"])
+def test_the_dispatch_read_from_the_users_callbacks_is_plain_fits_with_its_progress_bar(
+    monkeypatch, progbar_of_the_users
+):
+    """``batch_logs_read_before_keras`` tells from the user's callbacks alone whether plain ``fit`` would run
+    batch ends on a thread of its own; with ``verbose=1`` Keras adds its progress bar (a batch-end hook) after it
+    decided, so the bar runs on that thread too, and a bar the user passes makes the dispatch synchronous."""
+    import threading
+
+    from keras.src.callbacks.progbar_logger import ProgbarLogger
+
+    from pytest_stability.training.keras_internals import callback_list
+
+    threads = []
+    original = ProgbarLogger.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):
+        threads.append(threading.current_thread() is threading.main_thread())
+        original(self, batch, logs)
+
+    monkeypatch.setattr(ProgbarLogger, "on_train_batch_end", on_train_batch_end)
+    users = [keras.callbacks.ProgbarLogger()] if progbar_of_the_users else []
+    _model().fit(X[:BATCH], Y[:BATCH], batch_size=BATCH, epochs=1, verbose=1, callbacks=users)
+    assert len(threads) == 1
+    on_a_thread = not threads[0]
+    assert getattr(callback_list(list(users)), "_async_train", False) == on_a_thread
+    # a batch-end hook of the user's runs on the main thread; so does every batch end on TensorFlow
+    assert on_a_thread == (not progbar_of_the_users and keras.backend.backend() != "tensorflow")
