@@ -6,11 +6,17 @@ hook among the callbacks, that runs on a thread of Keras' own; the plugin's read
 moves it onto the main thread, and under JAX reading a log value there waits for the step: a signal's handler
 that ran during that wait raised inside the ``except``, and training went on to its last step (1 of 6 timed-out
 runs under load).  The engine reads the logs before Keras does (``isolation.batch_logs_read_before_keras``).
+
+Keras' own step code has bare ``except`` blocks of its own that run on the main thread on every eager step
+(PyTorch's); a signal whose handler runs in one is lost in plain ``fit`` too (about 1 run in 100 under load): such
+a run is drawn again, and a signal lost anywhere else fails the test with where it landed.
 """
 
 from __future__ import annotations
 
 import signal
+import traceback
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -60,34 +66,64 @@ def _model():
     return model
 
 
+#: Keras' own code that a step runs on the main thread under a bare ``except`` (file, function): a signal whose
+#: handler runs there is lost, in plain ``fit`` as in a stability run.  The Functional model's check of its
+#: inputs' structure, and the compiled loss's packing of the targets, on every eager step (PyTorch's: 1 run in
+#: about 100 under load lost it in plain ``fit``)
+KERAS_SWALLOWS = {
+    ("models/functional.py", "_maybe_warn_inputs_struct_mismatch"),
+    ("trainers/compile_utils.py", "call"),
+}
+
+
 @pytest.fixture
 def alarm():
+    """The timer's signal raises :class:`Interrupted`; the list it yields gets, per signal, the functions the main
+    thread was in when the handler ran (file, function), innermost last."""
+    landed: list[list[tuple[str, str]]] = []
+
     def handler(signum, frame):
         signal.setitimer(signal.ITIMER_REAL, 0)
+        landed.append([("/".join(Path(f.filename).parts[-2:]), f.name) for f in traceback.extract_stack(frame)])
         raise Interrupted("the timer")
 
     previous = signal.signal(signal.SIGALRM, handler)
     try:
-        yield
+        yield landed
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
-def test_a_signal_while_a_step_trains_ends_fit_with_the_plugin_as_without_it(alarm):
-    plain = _model()
-    callback = AlarmDuringABatch()
-    with pytest.raises(Interrupted):
-        plain.fit(X, Y, batch_size=BATCH, epochs=STEPS // 4, verbose=0, callbacks=[callback])
-    assert callback.batches < STEPS
+def interrupted(run, landed, attempts=4):
+    """``run()`` (a fresh model each time) ends with the timer's :class:`Interrupted`.  A run whose signal landed
+    in :data:`KERAS_SWALLOWS` and was lost there is drawn again: Keras loses it the same way without the plugin.
+    Anywhere else, a run that goes on training fails the test, with where the signal landed."""
+    for _ in range(attempts):
+        landed.clear()
+        try:
+            run()
+        except Interrupted:
+            return
+        assert landed and KERAS_SWALLOWS & set(landed[-1]), f"the signal was lost; the handler ran in {landed}"
+    pytest.fail(f"the signal was lost in Keras' own code {attempts} times in a row: {landed}")
 
-    model = _model()
-    callback = AlarmDuringABatch()
+
+def test_a_signal_while_a_step_trains_ends_fit_with_the_plugin_as_without_it(alarm):
+    def plain():
+        callback = AlarmDuringABatch()
+        return _model().fit(X, Y, batch_size=BATCH, epochs=STEPS // 4, verbose=0, callbacks=[callback])
+
+    interrupted(plain, alarm)
+
     spec = resolve_config_defaults(lambda n: None, lambda n: None)
     raised = []
-    with pytest.raises(Interrupted):
-        engine.train(
-            model,
+
+    def mine():
+        raised.clear()
+        callback = AlarmDuringABatch()
+        return engine.train(
+            _model(),
             X,
             Y,
             fit_kwargs={"callbacks": [callback], "verbose": 0},
@@ -97,7 +133,8 @@ def test_a_signal_while_a_step_trains_ends_fit_with_the_plugin_as_without_it(ala
             batch_size=BATCH,
             on_raise=lambda exc, where, stopped: raised.append((where, stopped)),
         )
-    assert callback.batches < STEPS
+
+    interrupted(mine, alarm)
     assert len(raised) == 1 and raised[0][0].startswith("during fit, after "), raised
     # with what was recorded before the signal: as many steps as it says, and their losses
     where, stopped = raised[0]
