@@ -8,7 +8,7 @@ that ran during that wait raised inside the ``except``, and training went on to 
 runs under load).  The engine reads the logs before Keras does (``isolation.batch_logs_read_before_keras``).
 
 Keras' own step code has bare ``except`` blocks of its own that run on the main thread on every eager step
-(PyTorch's); a signal whose handler runs in one is lost in plain ``fit`` too (about 1 run in 100 under load): such
+(PyTorch's); a signal whose handler runs in one is lost in plain ``fit`` too (1 run in 100 to 400 under load): such
 a run is drawn again, and a signal lost anywhere else fails the test with where it landed.
 """
 
@@ -69,7 +69,7 @@ def _model():
 #: Keras' own code that a step runs on the main thread under a bare ``except`` (file, function): a signal whose
 #: handler runs there is lost, in plain ``fit`` as in a stability run.  The Functional model's check of its
 #: inputs' structure, and the compiled loss's packing of the targets, on every eager step (PyTorch's: 1 run in
-#: about 100 under load lost it in plain ``fit``)
+#: 100 to 400 under load lost it in plain ``fit``)
 KERAS_SWALLOWS = {
     ("models/functional.py", "_maybe_warn_inputs_struct_mismatch"),
     ("trainers/compile_utils.py", "call"),
