@@ -132,14 +132,17 @@ def import_keras() -> Any:
             "pytest-stability needs Keras 3 and a backend to train: pip install 'pytest-stability[cpu]' "
             "(TensorFlow), 'pytest-stability[jax]' or 'pytest-stability[torch]'. Import failed with: " + str(exc)
         ) from None
-    if not keras.__version__.startswith("3"):
-        raise StabilityUsageError(f"pytest-stability needs Keras 3; found keras {keras.__version__}")
-    backend = keras.backend.backend()
-    if backend not in BACKENDS:
+    backend = keras.backend.backend() if keras.__version__.startswith("3") else ""
+    if backend and backend not in BACKENDS:
         raise StabilityUsageError(
             f"pytest-stability trains on the TensorFlow, JAX or PyTorch backend of Keras 3; "
             f"KERAS_BACKEND is {backend!r}"
         )
+    from .keras_internals import unsupported
+
+    why = unsupported(keras.__version__, backend)
+    if why is not None:
+        raise StabilityUsageError(why)
     return keras
 
 

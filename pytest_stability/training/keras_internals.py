@@ -9,8 +9,10 @@ installs, so a Keras release that moves one fails there, with its name, rather t
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import re
 import sys
 import weakref
 from types import FrameType, ModuleType
@@ -170,12 +172,9 @@ def load(name: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def missing(keras: ModuleType) -> list[str]:
-    """Every internal of :data:`IMPORTS` and :data:`ATTRIBUTES` the installed Keras lacks on the current
-    backend (``JAXTrainer`` on JAX only), checked on a small compiled model trained for one step."""
-    import numpy as np
-
-    backend = keras.backend.backend()
+def missing_imports(backend: str) -> list[str]:
+    """Every import of :data:`IMPORTS` the installed Keras lacks on ``backend`` (``JAXTrainer`` on JAX only): a
+    check of modules Keras has mostly imported already, made before a test first trains."""
     out = []
     for name, (module, attribute, _) in IMPORTS.items():
         if name == "JAXTrainer" and backend != "jax":
@@ -184,6 +183,42 @@ def missing(keras: ModuleType) -> list[str]:
             load(name)
         except (ImportError, AttributeError) as exc:
             out.append(f"{module}.{attribute} ({type(exc).__name__}: {exc})")
+    return out
+
+
+#: The oldest Keras release supported (the extras in pyproject.toml require it): the backend and training tests
+#: pass on 3.13.0 and later on each backend but for Keras' own differences; on 3.12.0 a Muon optimizer's run fails
+#: on TensorFlow, before it a LossScaleOptimizer's first step (docs/backends.md, Keras versions)
+KERAS_MIN = (3, 13)
+
+
+@functools.cache
+def unsupported(version: str, backend: str) -> str | None:
+    """Why the plugin cannot train with Keras ``version`` on ``backend`` (None: it can): not Keras 3, older than
+    :data:`KERAS_MIN`, or a newer Keras that moved one of :data:`IMPORTS`.  Checked once per process."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    release = (int(found[1]), int(found[2])) if found else (0, 0)
+    if release[0] != 3:
+        return f"pytest-stability needs Keras 3; found keras {version}"
+    if release < KERAS_MIN:
+        least = ".".join(map(str, KERAS_MIN))
+        return f"pytest-stability needs Keras {least} or newer; found keras {version}: pip install 'keras>={least}'"
+    lacks = missing_imports(backend)
+    if lacks:
+        return (
+            f"keras {version} has moved internals of Keras' fit that pytest-stability reaches: {'; '.join(lacks)}. "
+            "A newer pytest-stability may know this Keras; until then, install the Keras release before it"
+        )
+    return None
+
+
+def missing(keras: ModuleType) -> list[str]:
+    """Every internal of :data:`IMPORTS` and :data:`ATTRIBUTES` the installed Keras lacks on the current
+    backend (``JAXTrainer`` on JAX only), checked on a small compiled model trained for one step."""
+    import numpy as np
+
+    backend = keras.backend.backend()
+    out = missing_imports(backend)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.1), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     found: list[object] = []
