@@ -9,8 +9,9 @@ runs under load).  The engine reads the logs before Keras does (``isolation.batc
 
 Keras' own ``fit`` has bare ``except`` blocks of its own that run on the main thread: on every eager step
 (PyTorch's), and at each epoch's end; a signal whose handler runs in one is lost in plain ``fit`` too (1 run in 100
-to 400 under load, on PyTorch): such a run is drawn again, and a signal lost anywhere else fails the test with
-where it landed.
+to 400 under load, on PyTorch: ``KERAS_BACKEND=torch pytest tests/backends/test_interrupts.py -k signal_while
+--count 400 -x`` beside a CPU-bound process, with pytest-repeat): such a run is drawn again, and a signal lost
+anywhere else fails the test with where it landed.
 """
 
 from __future__ import annotations
