@@ -192,7 +192,7 @@ CAUSES = {
     "batchnorm_one_sample": "BatchNorm over batches of one sample: every feature becomes its beta",
     "weight_decay_too_strong": "weight decay shrinks the weights to zero faster than the gradients move them",
     "clip_too_small": "a gradient clip far below the gradients holds every update back",
-    "schedule_decayed": "the learning-rate schedule decayed too fast: the updates stopped",
+    "schedule_decayed": "the learning rate fell too far (a schedule, a callback that lowers it): the updates stopped",
     "unknown": "unknown",
 }
 
@@ -718,6 +718,9 @@ WD_SHRINK, WD_TARGET = 1e-2, 1e-4
 CLIP_BINDS = 10.0
 #: a stuck run's learning rate this x below its schedule's peak: the schedule decayed too fast
 LR_DECAYED = 100.0
+#: the floor offered to a ReduceLROnPlateau that lowered the rate LR_DECAYED x or more: this share of the highest
+#: rate (LR_DECAYED x its peak is where the rule says the rate fell too far)
+MIN_LR_SHARE = 0.1
 
 
 def _output_wiring_first(dx: Dx, trace: Trace, q: Quotes) -> Dx:
@@ -2233,7 +2236,7 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
         # before the labels' (which would raise the rate)
         q.over("update_ratio_tail", "update_ratio", "median", n - tail, n - 1)
         lr = _lr_now(q, trace, max(int(f.step), 1), cfg)
-        held_back = _clip_binds(q, trace, cfg, n) or _schedule_decayed(q, trace, tail, n)
+        held_back = _clip_binds(q, trace, cfg, n) or _schedule_decayed(q, trace, cfg, tail, n)
         if held_back is not None:  # the rate is not what is too low: a clip or the schedule holds it back
             return held_back
     stop = (
@@ -2461,9 +2464,13 @@ def _clip_binds(q: Quotes, trace: Trace, cfg: dict[str, Any], n: int) -> Dx | No
     )
 
 
-def _schedule_decayed(q: Quotes, trace: Trace, tail: int, n: int) -> Dx | None:
-    """Updates too small because the learning-rate schedule decayed at least :data:`LR_DECAYED` x from its peak
-    before the run's last stretch: the schedule, not the rate the run began with, is too low."""
+def _schedule_decayed(q: Quotes, trace: Trace, cfg: dict[str, Any], tail: int, n: int) -> Dx | None:
+    """Updates too small because the learning rate fell at least :data:`LR_DECAYED` x from its peak before the
+    run's last stretch: what lowered it, not the rate the run began with, is too low.  That is the optimizer's
+    schedule, or, where its rate is a constant (``get_config`` gives a number, a schedule a dict), whatever
+    assigned the rate during the run: Keras' ``ReduceLROnPlateau`` or ``LearningRateScheduler`` among the user's
+    callbacks (``trace.info["lr_callbacks"]``), else a callback of another class or the ``train_step``; each has
+    its own fix (a ``decay_steps`` is no fix for a plateau callback)."""
     if trace.lr is None:
         return None
     peak = q.over("lr_peak", "lr", "max", 0, n - 1)
@@ -2475,18 +2482,75 @@ def _schedule_decayed(q: Quotes, trace: Trace, tail: int, n: int) -> Dx | None:
     if now > 0:
         q.ratio("lr_fell", "lr_peak", "lr_tail")
         fell = "to {lr_tail}, {lr_fell}x lower"
+    held = (
+        "the weights hardly move (median |dw|/|w| {update_ratio_tail} per step) and the loss stays at {level} "
+        "(initially {initial_loss})"
+    )
+    compare = "the constant learning rate {lr_peak} to compare"
+    rate = cfg.get("learning_rate")
+    setters = [c for c in (trace.info or {}).get("lr_callbacks") or [] if isinstance(c, dict)]
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):  # a schedule (or a rate not known)
+        return Dx(
+            "schedule_decayed",
+            LIKELY,
+            "the learning-rate schedule fell from {lr_peak} " + fell + ": " + held + ": the schedule decays too "
+            "fast for a run of {steps_run} steps",
+            [Fix("a schedule that decays over the run's {steps_run} steps (decay_steps of that order), or " + compare)],
+        )
+    if len(setters) == 1 and setters[0].get("kind") == "ReduceLROnPlateau":
+        q.text("rate_callback", str(setters[0].get("callback")))
+        said = []
+        for key in ("factor", "patience", "min_lr"):
+            quote = f"plateau_{key}"
+            if isinstance(setters[0].get(key), (int, float)):
+                q.fact(quote, f"lr_callbacks.0.{key}", setters[0][key])
+                said.append(f"{key}={{{quote}}}")
+        q.const("min_lr_share", MIN_LR_SHARE)
+        q.product("min_lr_suggested", "lr_peak", "min_lr_share")
+        patience = " a patience larger than {plateau_patience}," if "plateau_patience" in q else ""
+        return Dx(
+            "schedule_decayed",
+            LIKELY,
+            "{rate_callback} lowered the learning rate from {lr_peak} "
+            + fell
+            + (" (" + ", ".join(said) + ")" if said else "")
+            + ": "
+            + held
+            + ": it lowers the rate too far for a run of {steps_run} steps",
+            [
+                Fix(
+                    "a floor under {rate_callback}'s reductions, min_lr={min_lr_suggested} ({min_lr_share}x the "
+                    "highest rate)," + patience + " or no reduction: " + compare
+                )
+            ],
+        )
+    if len(setters) == 1 and setters[0].get("kind") == "LearningRateScheduler":
+        q.text("rate_callback", str(setters[0].get("callback")))
+        return Dx(
+            "schedule_decayed",
+            LIKELY,
+            "the {rate_callback} callback lowered the learning rate from {lr_peak} " + fell + ": " + held + ": its "
+            "schedule decays too fast for a run of {steps_run} steps",
+            [
+                Fix(
+                    "a schedule function for {rate_callback} that decays over the run's {steps_run} steps (it is "
+                    "called once an epoch, with the epoch's number), or " + compare
+                )
+            ],
+        )
+    if setters:
+        q.text("rate_callbacks", " and ".join(sorted({str(c.get("callback")) for c in setters})))
+        by = "the callbacks {rate_callbacks} lowered the learning rate"
+    else:
+        by = (
+            "the learning rate was lowered during the run, by a callback or the train_step (the optimizer's own "
+            "rate is a constant, not a schedule),"
+        )
     return Dx(
         "schedule_decayed",
         LIKELY,
-        "the learning-rate schedule fell from {lr_peak} " + fell + ": the weights hardly move (median |dw|/|w| "
-        "{update_ratio_tail} per step) and the loss stays at {level} (initially {initial_loss}): the schedule "
-        "decays too fast for a run of {steps_run} steps",
-        [
-            Fix(
-                "a schedule that decays over the run's {steps_run} steps (decay_steps of that order), or a constant "
-                "learning rate of {lr_peak} to compare"
-            )
-        ],
+        by + " from {lr_peak} " + fell + ": " + held + ": it was lowered too far for a run of {steps_run} steps",
+        [Fix("lower the rate less, or over more steps than the run's {steps_run}, or " + compare)],
     )
 
 

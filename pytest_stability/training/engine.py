@@ -84,6 +84,7 @@ from .model_facts import (
     optimizer_config_silently,
     output_wiring,
     outputs_without_loss,
+    rate_callbacks,
     wiring_note,
 )
 from .plan import Chunking, chunking
@@ -651,6 +652,9 @@ def train(
         loss_recorded = loss_recorded or _own_loss_metric(trace)
     _optimizer_facts(trace.info, recs, recorded)
     trace.info["loss_recorded"] = loss_recorded
+    setters = rate_callbacks(setup.callbacks)
+    if setters:  # what set the recorded rate, where the optimizer's own is a constant (the diagnosis names it)
+        trace.info["lr_callbacks"] = setters
     if distributed:
         _replica_facts(trace, model, cb.rowsets[recorded.reference].replicas, recorded.steps)
     if fix is not None and fix.applied_at is not None:

@@ -132,6 +132,40 @@ def optimizer_config_silently(optimizer: object) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+#: Keras' callbacks that set the optimizer's learning rate during ``fit``, and the settings of each that a
+#: diagnosis quotes
+RATE_CALLBACKS: dict[str, tuple[str, ...]] = {
+    "ReduceLROnPlateau": ("monitor", "factor", "patience", "cooldown", "min_lr"),
+    "LearningRateScheduler": (),
+}
+
+
+def rate_callbacks(callbacks: list[object]) -> list[dict[str, Any]]:
+    """The user's callbacks that set the learning rate during ``fit``: Keras' ``ReduceLROnPlateau`` and
+    ``LearningRateScheduler``, subclasses included, each as ``{"callback": its class's name, "kind": the Keras
+    class it is, and its settings of RATE_CALLBACKS}`` (builtins only).  A callback of another class that sets
+    the rate is not known here: the diagnosis says the rate was set from outside the optimizer."""
+    found: list[dict[str, Any]] = []
+    for callback in callbacks:
+        kind = next(
+            (
+                cls.__name__
+                for cls in type(callback).__mro__
+                if cls.__name__ in RATE_CALLBACKS and str(cls.__module__).startswith("keras")
+            ),
+            None,
+        )
+        if kind is None:
+            continue
+        entry: dict[str, Any] = {"callback": type(callback).__name__, "kind": kind}
+        for key in RATE_CALLBACKS[kind]:
+            value = getattr(callback, key, None)
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                entry[key] = value
+        found.append(entry)
+    return found
+
+
 def _single_loss(loss: object) -> object:
     """The one loss ``compile`` was given, also as a list or dict of one; several losses are returned as given."""
     if isinstance(loss, (list, tuple)) and len(loss) == 1:

@@ -568,3 +568,52 @@ def test_regression(stability):
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_rate_a_callback_lowered_too_far_names_the_callback_not_a_schedule(pytester):
+    """A constant learning rate that the user's ReduceLROnPlateau or LearningRateScheduler took 100x down each
+    epoch: the weights stop moving, and the run is stuck.  The cause names the callback (a plateau callback has no
+    ``decay_steps`` to lengthen), with the settings it was given and the fix in its own terms; the fact that it
+    set the rate is in the trace."""
+    pytester.makepyfile(
+        CLASSIFIER
+        + """
+class Plateau(keras.callbacks.ReduceLROnPlateau):  # a subclass, named as the user wrote it
+    pass
+
+
+def build():
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    return model
+
+
+@pytest.mark.stable_training(steps=120)
+def test_plateau(stability):
+    # min_delta=10: no epoch improves enough, so each epoch's end lowers the rate 100x
+    cut = Plateau(monitor="loss", factor=0.01, patience=0, min_delta=10.0)
+    rep = stability.fit(build(), X, Y.astype("float32"), batch_size=64, epochs=15, callbacks=[cut], check=False)
+    head = rep.findings[0]
+    assert head.check == "stuck" and head.evidence["cause_key"] == "schedule_decayed", head.cause
+    assert head.cause.startswith("Plateau lowered the learning rate from 0.001 "), head.cause
+    assert "(factor=0.01, patience=0, min_lr=0)" in head.cause, head.cause
+    floor = "a floor under Plateau's reductions, min_lr=0.0001 (0.1x the highest rate), a patience larger than 0, "
+    assert head.fix.startswith(floor), head.fix
+    assert "decay_steps" not in head.fix
+    facts = rep.trace.info["lr_callbacks"]
+    assert facts == [{"callback": "Plateau", "kind": "ReduceLROnPlateau", "monitor": "loss", "factor": 0.01,
+                      "patience": 0, "cooldown": 0, "min_lr": 0.0}], facts
+
+
+@pytest.mark.stable_training(steps=120)
+def test_scheduler(stability):
+    cut = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 1e-3 * 0.01 ** epoch)
+    rep = stability.fit(build(), X, Y.astype("float32"), batch_size=64, epochs=15, callbacks=[cut], check=False)
+    head = rep.findings[0]
+    assert head.evidence["cause_key"] == "schedule_decayed", head.cause
+    assert head.cause.startswith("the LearningRateScheduler callback lowered the learning rate from 0.001 "), head.cause
+    assert head.fix.startswith("a schedule function for LearningRateScheduler that decays over the run's 120 steps")
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

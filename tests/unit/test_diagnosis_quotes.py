@@ -135,8 +135,13 @@ def recompute(name: str, quotes: dict, trace: Trace) -> object:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     if kind == "fact":
         value = trace.info
-        for key in q["key"].split("."):  # "output_wiring.outside": a key of a dict in trace.info
-            value = value.get(key) if isinstance(value, dict) else None
+        for key in q["key"].split(
+            "."
+        ):  # "output_wiring.outside": a key of a dict in trace.info, "lr_callbacks.0.factor"
+            if isinstance(value, list) and key.isdigit():  # an item of a list in it
+                value = value[int(key)] if int(key) < len(value) else None
+            else:
+                value = value.get(key) if isinstance(value, dict) else None
         return value[0] if isinstance(value, list) else value
     return q["value"]  # step, count, const, text: checked by the rules' own tests
 
@@ -1038,11 +1043,82 @@ def test_updates_held_back_by_a_tiny_clip_name_the_clip_not_the_learning_rate():
     check_finding(p, trace, False)
 
 
+#: how the engine records a schedule as the optimizer's learning rate (``get_config``'s dict, as its repr cut short)
+SCHEDULE_CONFIG = "{'module': 'keras.optimizers.schedules', 'class_name': 'ExponentialDecay', 'conf"
+
+
 def test_updates_stopped_by_a_schedule_that_decayed_name_the_schedule():
     lr = 1e-3 * 0.01 ** (np.arange(300) / 5.0)  # ExponentialDecay(1e-3, decay_steps=5, decay_rate=0.01)
-    trace = _slow_trace(lr, {"learning_rate": 1e-3})
+    trace = _slow_trace(lr, {"learning_rate": SCHEDULE_CONFIG})
     p = D.primary_finding(run_checks(trace), trace)
     assert p.check == "stuck" and p.evidence["cause_key"] == "schedule_decayed", p.cause
     assert p.cause.startswith("the learning-rate schedule fell from 0.001 (highest in steps 0-299) to")
     assert p.evidence["fixes"][0]["text"].startswith("a schedule that decays over the run's 300 steps")
     check_finding(p, trace, False)
+    # a learning rate the optimizer's config does not give (a callable, which get_config cannot serialise): the same
+    trace.info["optimizer_config"] = {}
+    assert D.primary_finding(run_checks(trace), trace).cause == p.cause
+
+
+def _lowered_by_callbacks(callbacks: list[dict]) -> Trace:
+    """A constant-rate optimizer's run whose rate a callback took from 1e-3 to 1e-7 (ten times lower at each of
+    four plateaus), after which the weights hardly move."""
+    lr = 1e-3 * 0.1 ** np.minimum(np.arange(300) // 16, 4)
+    trace = _slow_trace(lr, {"learning_rate": 1e-7})  # get_config, after the run, reads the rate as it ended
+    if callbacks:
+        trace.info["lr_callbacks"] = callbacks
+    return trace
+
+
+def test_a_rate_lowered_by_reduce_lr_on_plateau_names_the_callback_and_offers_a_floor_not_a_decay_schedule():
+    plateau = {"callback": "ReduceLROnPlateau", "kind": "ReduceLROnPlateau", "monitor": "val_loss", "factor": 0.1}
+    trace = _lowered_by_callbacks([{**plateau, "patience": 1, "cooldown": 0, "min_lr": 0.0}])
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and p.evidence["cause_key"] == "schedule_decayed", p.cause
+    assert p.cause.startswith(
+        "ReduceLROnPlateau lowered the learning rate from 0.001 (highest in steps 0-299) to 1e-07 (median of steps "
+    ), p.cause
+    assert "(factor=0.1, patience=1, min_lr=0): the weights hardly move" in p.cause, p.cause
+    fix = p.evidence["fixes"][0]["text"]
+    assert fix.startswith("a floor under ReduceLROnPlateau's reductions, min_lr=0.0001 (0.1x the highest rate), a")
+    assert fix.endswith(
+        "rate), a patience larger than 1, or no reduction: the constant learning rate 0.001 (highest in steps 0-299) "
+        "to compare"
+    ), fix
+    assert "decay_steps" not in p.fix, p.fix
+    assert p.evidence["fix_configs"] == []  # nothing the what-if replay could set in the optimizer
+    check_finding(p, trace, False)
+    # a subclass of it is named as the user wrote it
+    trace = _lowered_by_callbacks([{**plateau, "callback": "MyPlateau", "patience": 1}])
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.cause.startswith("MyPlateau lowered the learning rate from 0.001"), p.cause
+    check_finding(p, trace, False)
+
+
+def test_a_rate_lowered_by_a_learning_rate_scheduler_names_the_callback_and_its_function():
+    trace = _lowered_by_callbacks([{"callback": "LearningRateScheduler", "kind": "LearningRateScheduler"}])
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "schedule_decayed", p.cause
+    assert p.cause.startswith("the LearningRateScheduler callback lowered the learning rate from 0.001"), p.cause
+    assert p.fix.startswith("a schedule function for LearningRateScheduler that decays over the run's 300 steps")
+    check_finding(p, trace, False)
+
+
+def test_a_rate_lowered_by_something_else_is_not_called_the_optimizers_schedule():
+    # the optimizer's rate is a constant and no callback known to set it was given: a callback of another class,
+    # or the train_step, assigned it
+    trace = _lowered_by_callbacks([])
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.evidence["cause_key"] == "schedule_decayed", p.cause
+    assert p.cause.startswith("the learning rate was lowered during the run, by a callback or the train_step"), p.cause
+    assert "schedule fell" not in p.cause and "decay_steps" not in p.fix, p.fix
+    check_finding(p, trace, False)
+    # two callbacks that set the rate: both named
+    both = [
+        {"callback": "ReduceLROnPlateau", "kind": "ReduceLROnPlateau", "patience": 1},
+        {"callback": "LearningRateScheduler", "kind": "LearningRateScheduler"},
+    ]
+    p = D.primary_finding(run_checks(_lowered_by_callbacks(both)), _lowered_by_callbacks(both))
+    assert p.cause.startswith(
+        "the callbacks LearningRateScheduler and ReduceLROnPlateau lowered the learning rate from 0.001"
+    ), p.cause
