@@ -88,7 +88,9 @@ class Trace:
         first_nonfinite: where non-finite values first appeared, when they did:
             ``{"step": k, "source": "weights", "variable": "dense/kernel"}``.
         update_ratio: per step, the global relative update ``|w_after - w_before| / |w_before|``
-            over all trainable variables (0 when the step applied no update).
+            over all trainable variables (0 when the step applied no update; NaN at a step that by design
+            applies none: under ``gradient_accumulation_steps=n`` the optimizer only accumulates the gradients of
+            the steps between its updates, and the checks judge the updates it made).
         var_update_ratio: the same per variable, shape ``(steps, n_vars)``, columns as
             ``var_grad_norms``.
         steps_planned: how many steps training was asked to run.

@@ -87,7 +87,7 @@ from .model_facts import (
     rate_callbacks,
     wiring_note,
 )
-from .plan import Chunking, chunking
+from .plan import Chunking, accumulating_steps, accumulation_steps, chunking
 from .recorders import (
     BatchNotRun,
     ChunkRows,
@@ -652,6 +652,9 @@ def train(
         loss_recorded = loss_recorded or _own_loss_metric(trace)
     _optimizer_facts(trace.info, recs, recorded)
     trace.info["loss_recorded"] = loss_recorded
+    accumulation = accumulation_steps(recs[recorded.reference].inner)
+    if accumulation > 1:  # the weights change at every n-th step only (the update ratios between are NaN)
+        trace.info["gradient_accumulation_steps"] = accumulation
     setters = rate_callbacks(setup.callbacks)
     if setters:  # what set the recorded rate, where the optimizer's own is a constant (the diagnosis names it)
         trace.info["lr_callbacks"] = setters
@@ -1044,6 +1047,17 @@ def _per_step(rows: np.ndarray, steps: int, k: int) -> np.ndarray:
     return combined
 
 
+def _mask_accumulating_steps(per_step: np.ndarray, rec: Recorder) -> None:
+    """Under gradient accumulation, the steps that only accumulated applied no update by design: their update
+    ratios (global and per variable) become NaN, "no update at this step", so that the checks and the diagnosis
+    judge the updates the optimizer made, not the zeros between them (a healthy run read as stuck, its median
+    |dw|/|w| 0)."""
+    mask = accumulating_steps(per_step[:, RowLayout.UPDATE], accumulation_steps(rec.inner))
+    if mask.any():
+        per_step[mask, RowLayout.UPDATE] = np.nan
+        per_step[np.ix_(mask, np.arange(per_step.shape[1])[rec.layout.var_update])] = np.nan
+
+
 def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, multiples: dict[int, int]) -> Recorded:
     """The trace's per-step arrays from every recorder's rows: one recorder's alone (a single optimizer, the
     common case), or the optimizers' side by side, the global gradient norm over all their gradients."""
@@ -1071,6 +1085,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
             loss = rec_loss[:steps]
         flags = host_flags(per_step, loss if i == 0 else None, rec.is_loss_scaled)
         per_step[:, RowLayout.FLAGS] = flags
+        _mask_accumulating_steps(per_step, rec)
         applied.append((rec.name, i))
         parts.append((rec, per_step, flags))
     if not parts:

@@ -145,3 +145,29 @@ def test_without_the_tensorboard_package_is_a_usage_error(pytester, monkeypatch)
         "  --stability-tensorboard needs the tensorboard package: pip install 'pytest-stability[tensorboard]'"
         in result.stderr.lines
     )
+
+
+def test_under_gradient_accumulation_the_update_ratio_is_written_at_the_updates(tmp_path):
+    """``gradient_accumulation_steps=4``: the steps between updates have no update ratio (NaN in the trace), and
+    TensorBoard gets the updates alone, not a NaN marker three steps in four; every other scalar every step."""
+    import numpy as np
+
+    from pytest_stability.checks import run_checks
+    from pytest_stability.report import RunReport, StabilityReport
+    from pytest_stability.report.tensorboard import write_report
+    from pytest_stability.trace import Trace
+
+    update = np.full(40, np.nan)
+    update[3::4] = 1e-3
+    trace = Trace(
+        loss=np.linspace(1, 0.5, 40),
+        grad_norm=np.ones(40),
+        lr=np.full(40, 1e-3),
+        update_ratio=update,
+        info={"gradient_accumulation_steps": 4},
+    )
+    run = RunReport(seed=0, trace=trace, results=run_checks(trace), device="CPU", wall_time=0.1)
+    write_report(tmp_path, "t.py::test_a", StabilityReport("t.py::test_a", [run]))
+    acc = read_run(tmp_path / "t.py__test_a-seed0")
+    assert scalar_steps(acc, "update_ratio") == list(range(3, 40, 4))
+    assert scalar_steps(acc, "loss") == scalar_steps(acc, "grad_norm") == list(range(40))

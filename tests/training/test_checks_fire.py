@@ -189,3 +189,40 @@ def test_model(stability):
 """,
     )
     result.assert_outcomes(passed=1)
+
+
+def test_gradient_accumulation_is_judged_on_the_steps_that_update_the_weights(pytester, tiny_problem):
+    """Keras' ``gradient_accumulation_steps=4`` updates the weights at every 4th step only: the three steps
+    between change nothing by design.  Their update ratios were zeros, and every healthy run failed ``stuck``
+    with "median |dw|/|w| 0 per step"; they are NaN now ("no update at this step") and the checks judge the
+    updates made.  A run whose updates are too small is still stuck, judged on those updates alone."""
+    result = run(
+        pytester,
+        tiny_problem
+        + """
+@pytest.mark.stable_training(steps=200)
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_healthy(stability, optimizer):
+    opt = (keras.optimizers.Adam(1e-3, gradient_accumulation_steps=4) if optimizer == "adam"
+           else keras.optimizers.SGD(0.05, gradient_accumulation_steps=4))
+    report = stability.train(build(optimizer=opt), X, Y, validation_data=(XV, YV), batch_size=16)
+    assert report.ok, report.findings[0].message
+    trace = report.trace
+    assert trace.info["gradient_accumulation_steps"] == 4
+    updated = np.flatnonzero(np.isfinite(trace.update_ratio))
+    assert updated.tolist() == list(range(3, 200, 4)), updated  # a fresh optimizer: its 4th, 8th, ... steps
+    assert (trace.update_ratio[updated] > 1e-5).all()
+    assert np.isnan(trace.var_update_ratio[np.isnan(trace.update_ratio)]).all()
+    assert np.isfinite(trace.grad_norm).all() and np.isfinite(trace.loss).all()  # every step's own, as before
+
+
+@pytest.mark.stable_training(steps=200)
+def test_too_slow(stability):
+    opt = keras.optimizers.SGD(1e-7, gradient_accumulation_steps=4)
+    report = stability.train(build(optimizer=opt), X, Y, batch_size=16, check=False)
+    stuck = [f for f in report.findings if f.check == "stuck"]
+    assert stuck and "the updates are too small to move the weights" in stuck[0].message, report.findings
+    assert stuck[0].evidence["update_ratio_tail"] > 0  # the median of the updates made, not of the zeros between
+""",
+    )
+    result.assert_outcomes(passed=3)

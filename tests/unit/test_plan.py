@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from pytest_stability.training.plan import Chunking, chunking, epochs_for, short_epochs_at_pass_ends
+from pytest_stability.training.plan import (
+    Chunking,
+    accumulating_steps,
+    accumulation_steps,
+    chunking,
+    epochs_for,
+    short_epochs_at_pass_ends,
+)
 
 
 def test_epochs_cover_the_steps():
@@ -131,3 +139,37 @@ def test_calls_are_not_shortened_where_no_retrace_is_saved_or_it_costs_too_many_
     # 4004 steps in calls of 4 instead of 8: 501 more calls, more than the retrace costs
     assert chunking(backend="tensorflow", per_epoch=8, run_steps=4004, **kw).spe == 64
     assert chunking(backend="tensorflow", per_epoch=8, run_steps=1596, **kw).spe == 4  # 200 more: shortened
+
+
+class _Optimizer:
+    def __init__(self, n):
+        self.gradient_accumulation_steps = n
+
+
+def test_accumulation_steps_is_the_optimizers_setting_or_one():
+    assert [accumulation_steps(_Optimizer(n)) for n in (None, 0, 1, 4)] == [1, 1, 1, 4]
+    assert accumulation_steps(object()) == 1 and accumulation_steps(_Optimizer(True)) == 1
+
+
+def test_the_steps_that_only_accumulated_are_those_off_the_updates_phase():
+    # gradient_accumulation_steps=4 from a fresh optimizer: steps 3, 7, 11 update the weights
+    update = np.zeros(12)
+    update[[3, 7, 11]] = [1e-3, 2e-3, 5e-4]
+    assert np.flatnonzero(~accumulating_steps(update, 4)).tolist() == [3, 7, 11]
+    # an optimizer that had run 2 iterations before: the phase is read from the updates, not assumed
+    shifted = np.roll(update, -2)
+    assert np.flatnonzero(~accumulating_steps(shifted, 4)).tolist() == [1, 5, 9]
+    # an update step whose update was 0 (a zero rate) is still an update step; a diverged one (NaN) too
+    update[7], update[11] = 0.0, np.nan
+    assert np.flatnonzero(~accumulating_steps(update, 4)).tolist() == [3, 7, 11]
+    # weights changed off the phase (a callback that set them) stay; the phase is the commonest one
+    update = np.zeros(12)
+    update[[3, 7, 11]], update[5] = 1e-3, 1e-4
+    assert np.flatnonzero(~accumulating_steps(update, 4)).tolist() == [3, 5, 7, 11]
+
+
+def test_nothing_is_masked_without_accumulation_or_without_any_update():
+    update = np.zeros(12)
+    assert not accumulating_steps(update, 4).any()  # weights that never moved: judged as such
+    update[3] = 1e-3
+    assert not accumulating_steps(update, 1).any()
