@@ -84,6 +84,13 @@ class Recorder:
         self._suffix = "" if self.primary else f"_{name}"
         self.is_loss_scaled = isinstance(self.opt, keras.optimizers.LossScaleOptimizer)
         self.inner = self.opt.inner_optimizer if self.is_loss_scaled else self.opt
+        #: 1 / the optimizer's static ``loss_scale_factor``, or None: Keras multiplies the loss by that factor
+        #: before taking the gradients and the optimizer divides the gradients it is given by it before the
+        #: update, so the norms (and Adam's g^2/v) are recorded of the gradients the update uses, not 1024x them
+        factor = getattr(self.opt, "loss_scale_factor", None)
+        self.grad_unscale: float | None = None
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0 and factor != 1:
+            self.grad_unscale = 1.0 / float(factor)
         self.chunk = int(chunk)
         self.limit = int(limit)
         self.diagnostics = diagnostics

@@ -116,6 +116,9 @@ class CompiledRecorder(Recorder):
         f32 = "float32"
         zero = ops.convert_to_tensor(0.0, f32)
         inv_scale = None if scale is None else 1.0 / ops.cast(scale, f32)
+        if self.grad_unscale is not None:  # a static loss_scale_factor (see Recorder.grad_unscale)
+            unscale = ops.convert_to_tensor(self.grad_unscale, f32)
+            inv_scale = unscale if inv_scale is None else inv_scale * unscale
         g_sq_t, d_sq_t, w_sq_t, state_sq, checked = self._squared_sums(grads, index, before, after, state_after, zero)
         if inv_scale is not None:
             g_sq_t = g_sq_t * ops.square(inv_scale)

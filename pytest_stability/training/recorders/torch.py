@@ -245,6 +245,8 @@ class TorchRecorder(Recorder):
         gs = [g if g.dtype == f32 else g.to(f32) for g, _ in have]
         if scale is not None:
             gs = torch._foreach_div(gs, scale)
+        if self.grad_unscale is not None:  # a static loss_scale_factor (see Recorder.grad_unscale)
+            gs = torch._foreach_mul(gs, self.grad_unscale)
         vs = [vel[k] if vel[k].dtype == f32 else vel[k].to(f32) for _, k in have]
         ratios = torch._foreach_div(torch._foreach_mul(gs, gs), torch._foreach_add(vs, eps * eps))
         assert self.velocities is not None  # vel is read from them
@@ -362,6 +364,8 @@ class TorchRecorder(Recorder):
         with np.errstate(all="ignore"):
             if self.is_loss_scaled:
                 g_n = g_n / r[:, self.t_scale : self.t_scale + 1]
+            if self.grad_unscale is not None:  # a static loss_scale_factor (see Recorder.grad_unscale)
+                g_n = g_n * self.grad_unscale
             gnorm = np.sqrt(np.sum(g_n * g_n, axis=1))
             w_sq, d_sq = np.sum(w_n * w_n, axis=1), np.sum(d_n * d_n, axis=1)
             tiny = 1e-30
