@@ -395,7 +395,7 @@ def attach_whatif(
         note: dict[str, Any] = {
             "resolved": None,
             "attempts": [],
-            "text": "nothing to replay: the suggested fix is not an optimizer setting (data, loss or model)",
+            "text": "nothing to replay: the suggested fix is not an optimizer setting (data, loss, model or callbacks)",
         }
     else:
         done = [a["resolved"] for a in attempts if a["resolved"] is not None]
