@@ -155,9 +155,6 @@ def accumulating_steps(update: np.ndarray, n: int) -> np.ndarray:
     phase = int(np.argmax(np.bincount(moved % n, minlength=n)))
     mask[(np.arange(update.shape[0]) % n != phase) & (update == 0)] = True
     return mask
-    off_phase = np.arange(update.shape[0]) % n != moved[0] % n
-    mask[off_phase & (update == 0)] = True
-    return mask
 
 
 __all__ = [
