@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "--healthy-seeds",
         type=int,
         default=16,
-        help="seeds per healthy scenario (default 16: 22 healthy families x 16 = 352 runs)",
+        help="seeds per healthy scenario (default 16: 29 healthy families x 16 = 464 runs)",
     )
     ap.add_argument(
         "--first-seed",

@@ -1134,6 +1134,21 @@ def clipnorm_one(seed: int) -> Scenario:
     )
 
 
+def gradient_accumulation(seed: int) -> Scenario:
+    """HEALTHY: Adam at 1e-3 with Keras' gradient_accumulation_steps=4 at batch 16, 200 steps: 50 updates, the loss
+    falls less than half; the weights change at every 4th step only (the update ratios between are NaN, not zeros
+    that read as stuck)."""
+    return _setup_classifier(
+        seed,
+        "gradient_accumulation",
+        HEALTHY,
+        lambda: _keras().optimizers.Adam(1e-3, gradient_accumulation_steps=4),
+        cause="",
+        steps=200,
+        batch_size=16,
+    )
+
+
 def schedule_to_zero(seed: int) -> Scenario:
     """Adam under an exponential decay that takes its rate 100x down every 5 steps: after 20 steps it is ~0."""
 
@@ -1194,6 +1209,7 @@ SETUP_HEALTHY: dict[str, Callable[[int], Scenario]] = {
     "clipnorm_one": clipnorm_one,
     "schedule_over_the_run": schedule_over_the_run,
     "bn_batch_sixteen": bn_batch_sixteen,
+    "gradient_accumulation": gradient_accumulation,
 }
 
 
