@@ -1047,15 +1047,16 @@ def _per_step(rows: np.ndarray, steps: int, k: int) -> np.ndarray:
     return combined
 
 
-def _mask_accumulating_steps(per_step: np.ndarray, rec: Recorder) -> None:
+def _mask_accumulating_steps(per_step: np.ndarray, rec: Recorder) -> np.ndarray:
     """Under gradient accumulation, the steps that only accumulated applied no update by design: their update
     ratios (global and per variable) become NaN, "no update at this step", so that the checks and the diagnosis
     judge the updates the optimizer made, not the zeros between them (a healthy run read as stuck, its median
-    |dw|/|w| 0)."""
+    |dw|/|w| 0).  Returns those steps."""
     mask = accumulating_steps(per_step[:, RowLayout.UPDATE], accumulation_steps(rec.inner))
     if mask.any():
         per_step[mask, RowLayout.UPDATE] = np.nan
         per_step[np.ix_(mask, np.arange(per_step.shape[1])[rec.layout.var_update])] = np.nan
+    return mask
 
 
 def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, multiples: dict[int, int]) -> Recorded:
@@ -1066,6 +1067,8 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
     notes: list[str] = []
     applied: list[tuple[str, int]] = []
     parts: list[tuple[Recorder, np.ndarray, np.ndarray]] = []
+    #: per part, its steps that only accumulated gradients (see _mask_accumulating_steps)
+    accumulating: list[np.ndarray] = []
     loss = None
     for i, (rec, rowset) in enumerate(zip(recs, rowsets, strict=True)):
         if not rec.built or not rowset.done:
@@ -1085,7 +1088,7 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
             loss = rec_loss[:steps]
         flags = host_flags(per_step, loss if i == 0 else None, rec.is_loss_scaled)
         per_step[:, RowLayout.FLAGS] = flags
-        _mask_accumulating_steps(per_step, rec)
+        accumulating.append(_mask_accumulating_steps(per_step, rec))
         applied.append((rec.name, i))
         parts.append((rec, per_step, flags))
     if not parts:
@@ -1111,7 +1114,11 @@ def _recorded(recs: list[Recorder], rowsets: list[ChunkRows], reference: int, mu
     rows = parts[ref_index][1]
     flags = np.bitwise_or.reduce(np.stack([f for _, _, f in parts]), axis=0).astype(np.int32)
     gnorm = np.sqrt(np.sum(np.stack([p[:, RowLayout.GNORM] ** 2 for _, p, _ in parts]), axis=0))
-    update = np.max(np.stack([p[:, RowLayout.UPDATE] for _, p, _ in parts]), axis=0)
+    # the largest update of the optimizers that made one (a step one of them only accumulated is the others'),
+    # NaN where every one only accumulated; a NaN update (weights gone non-finite) is kept
+    ups = [np.where(m, -np.inf, p[:, RowLayout.UPDATE]) for (_, p, _), m in zip(parts, accumulating, strict=True)]
+    update = np.max(np.stack(ups), axis=0)
+    update[np.isneginf(update)] = np.nan
     # per variable: the columns of the variables some apply was given (a layer frozen before the first step is
     # left out, as if the optimizer had been built without it, as TensorFlow's is)
     kept = [[j for j in range(r.layout.n_vars) if j not in skip] for r, _, _ in parts for skip in [r.unapplied()]]
