@@ -652,7 +652,7 @@ def train(
         loss_recorded = loss_recorded or _own_loss_metric(trace)
     _optimizer_facts(trace.info, recs, recorded)
     trace.info["loss_recorded"] = loss_recorded
-    accumulation = accumulation_steps(recs[recorded.reference].inner)
+    accumulation = max(accumulation_steps(rec.inner) for rec in recs)
     if accumulation > 1:  # the weights change at every n-th step only (the update ratios between are NaN)
         trace.info["gradient_accumulation_steps"] = accumulation
     setters = rate_callbacks(setup.callbacks)
