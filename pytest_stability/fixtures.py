@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shlex
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -351,7 +353,8 @@ class Stability:
 
     def replay_command(self, seed: int) -> str:
         """The command that re-runs this test with exactly this seed's run."""
-        parts = ["pytest", self.nodeid, f"--stability-replay={seed}", *self._node_id_options]
+        node = node_id_from_invocation_dir(self.nodeid, self._config)
+        parts = ["pytest", node, f"--stability-replay={seed}", *self._node_id_options]
         for name, value in sorted(self._cli_values.items()):
             if name in ("seed", "seeds") or name in self.spec.from_marker:
                 continue
@@ -368,6 +371,25 @@ class Stability:
             calls=[r.to_record() for r in self.reports],
             error=self.error,
         )
+
+
+def node_id_from_invocation_dir(nodeid: str, config: pytest.Config) -> str:
+    """``nodeid`` with its file as a path from the directory pytest was run in.  pytest's node ids are relative to
+    the rootdir (where ``pytest.ini`` or ``pyproject.toml`` is), which a run from a subdirectory
+    (``cd tests && pytest``) or with ``--rootdir`` is not: ``pytest tests/test_a.py::test_a`` typed there finds
+    no file.  (pytest's own ``Config.cwd_relative_nodeid`` does this, but its argument changed type in pytest 9.)"""
+    try:
+        here, root = Path(config.invocation_params.dir), Path(config.rootpath)
+    except AttributeError:  # pragma: no cover - a config without them
+        return nodeid
+    if here == root:
+        return nodeid
+    path, sep, rest = nodeid.partition("::")
+    try:
+        relative = os.path.relpath(root / path, here)
+    except ValueError:  # another drive (Windows): the node id is all there is
+        return nodeid
+    return Path(relative).as_posix() + sep + rest
 
 
 def _node_id_options(request: pytest.FixtureRequest) -> tuple[str, ...]:

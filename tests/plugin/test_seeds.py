@@ -187,3 +187,33 @@ def test_the_replay_of_a_test_repeated_by_pytest_repeat_names_the_count_its_node
         result = pytester.runpytest("-p", "no:cacheprovider", *command[1:])
         result.assert_outcomes(failed=1)
         result.stdout.fnmatch_lines([failure])
+
+
+def test_the_replay_command_names_the_file_from_where_pytest_was_run(pytester, tiny_problem, monkeypatch):
+    """``cd tests && pytest`` with pytest.ini above: pytest's node ids are relative to the rootdir, and
+    ``pytest tests/test_sub.py::test_model`` typed in tests/ finds no file.  The replay command names the file from
+    where pytest was run, and run there as printed it replays the test."""
+    pytester.makefile(".ini", pytest="[pytest]\n")
+    tests = pytester.mkdir("tests")
+    (tests / "test_sub.py").write_text(
+        tiny_problem
+        + """
+@pytest.mark.stable_training(steps=5, max_grad_norm=1e-4)
+def test_model(stability):
+    stability.fit(build(), X, Y, batch_size=32)
+"""
+    )
+    monkeypatch.chdir(tests)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["E *replay: pytest test_sub.py::test_model --stability-replay=0"])
+    (test,) = json.loads((tests / "r.json").read_text())["tests"]
+    assert test["nodeid"] == "tests/test_sub.py::test_model"  # the report keeps pytest's own id
+    (command,) = [r["replay"] for r in test["calls"][0]["runs"]]
+    assert command == "pytest test_sub.py::test_model --stability-replay=0"
+    replayed = pytester.runpytest("-p", "no:cacheprovider", *shlex.split(command)[1:])
+    replayed.assert_outcomes(failed=1)
+    # from the rootdir itself, the node id as pytest gives it
+    monkeypatch.chdir(pytester.path)
+    result = pytester.runpytest("-p", "no:cacheprovider", "tests")
+    result.stdout.fnmatch_lines(["E *replay: pytest tests/test_sub.py::test_model --stability-replay=0"])
