@@ -97,6 +97,14 @@ def validation_batches(
         check_finite("validation x", vx)
         check_finite("validation y", vy)
     size = fit_kwargs.get("validation_batch_size") or batch_size
+    steps = fit_kwargs.get("validation_steps")
+    endless = None if steps else _endless(vx)
+    if endless is not None:
+        raise StabilityUsageError(
+            f"validation_data is {endless}, and validation_steps is not given: fit's validation would never end "
+            "(plain fit evaluates it forever at the first epoch's end); pass validation_steps=N, the batches one "
+            "validation takes"
+        )
     batches = []
     try:
         # the global random states put back after the read: each iterator of a torch DataLoader draws its base
@@ -109,8 +117,14 @@ def validation_batches(
             )
             for batch in adapter.get_numpy_iterator():
                 batches.append(data_adapter_utils.unpack_x_y_sample_weight(batch))
-                if fit_kwargs.get("validation_steps") and len(batches) >= int(fit_kwargs["validation_steps"]):
+                if steps and len(batches) >= int(steps):
                     break
+                if not steps and len(batches) > MAX_VALIDATION_BATCHES:
+                    raise StabilityUsageError(
+                        f"validation_data gave more than {MAX_VALIDATION_BATCHES} batches and validation_steps is "
+                        "not given: if it never ends (a generator that loops), fit's validation would not either; "
+                        "pass validation_steps=N, the batches one validation takes"
+                    )
     except StabilityUsageError:
         raise
     except Exception as exc:
@@ -123,6 +137,32 @@ def validation_batches(
     if not batches:
         raise StabilityUsageError("validation_data is empty")
     return batches
+
+
+#: validation batches read without ``validation_steps`` beyond which the data is taken for endless (the plugin
+#: keeps every batch in memory: a generator that loops would fill it)
+MAX_VALIDATION_BATCHES = 100_000
+
+
+def _endless(data: Data) -> str | None:
+    """What validation data that says it never ends is: a ``tf.data.Dataset`` whose cardinality is infinite (it
+    repeats), a ``PyDataset`` with no ``num_batches``; None for any other (a generator cannot say)."""
+    cardinality = getattr(data, "cardinality", None)
+    if callable(cardinality):
+        try:
+            infinite = int(cardinality()) == -1  # tf.data.INFINITE_CARDINALITY (-2: unknown, as after filter)
+        except Exception:
+            infinite = False
+        if infinite:
+            return "a tf.data.Dataset that repeats forever (its cardinality is infinite)"
+    if any(cls.__name__ == "PyDataset" for cls in type(data).__mro__):
+        try:
+            batches = data.num_batches
+        except Exception:  # neither num_batches nor __len__: Keras' own error, when fit reads it
+            return None
+        if batches is None:
+            return f"a PyDataset ({type(data).__name__}) whose num_batches is None, which Keras takes for infinite"
+    return None
 
 
 def loss_needs_targets(keras: ModuleType, model: Model, step: str) -> bool:

@@ -169,6 +169,20 @@ CASES = {
         "batch_size=8)",
         "*batch_size must not be given when x is a tf.data.Dataset: it is already batched*",
     ),
+    # plain fit evaluates such validation data forever at the first epoch's end; the plugin read it into memory
+    "endless_validation_dataset": (
+        "import tensorflow as tf; "
+        "stability.fit(build(), X, Y, validation_data=tf.data.Dataset.from_tensor_slices((XV, YV)).batch(16).repeat())",
+        "*validation_data is a tf.data.Dataset that repeats forever (its cardinality is infinite), and "
+        "validation_steps is not given: fit's validation would never end*pass validation_steps=N*",
+    ),
+    "endless_validation_pydataset": (
+        "Endless = type('Endless', (keras.utils.PyDataset,), {'num_batches': None, "
+        "'__getitem__': lambda self, i: (XV[:16], YV[:16])}); "
+        "stability.fit(build(), X, Y, validation_data=Endless())",
+        "*validation_data is a PyDataset (Endless) whose num_batches is None, which Keras takes for infinite, and "
+        "validation_steps is not given*",
+    ),
     "multi_optimizer": (
         "m = build(compile=False); "
         "m.compile(optimizer=keras.optimizers.MultiOptimizer(keras.optimizers.OptimizerMap("
