@@ -2326,7 +2326,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             else [Fix("a larger learning rate")]
         )
         far = _inputs_far(q, trace)
-        above = level > q["initial_loss"]  # the loss went up, if a little: no larger rate (the direction rule)
+        # the loss went up, if a little, beyond what the batches' noise moves a median: no larger rate (the
+        # direction rule); within that noise, weights that hardly moved did not take it up
+        above = _rose_beyond_noise(trace, level, q["initial_loss"], k0, tail)
         if far:
             # inputs far from unit scale saturate the units: almost no gradient passes, whatever the rate
             return Dx(
@@ -2342,8 +2344,9 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
                 "updates_too_small",
                 LIKELY,
                 "the weights hardly move: median |dw|/|w| {update_ratio_tail} per step while the loss stays at "
-                "{level} (initially {initial_loss}, never above it): the learning rate {learning_rate} is too "
-                "low for this model",
+                "{level} (initially {initial_loss}, "
+                + ("never above it" if level <= q["initial_loss"] else "no higher beyond the batches' noise")
+                + "): the learning rate {learning_rate} is too low for this model",
                 fixes,
             )
     far = _inputs_far(q, trace)  # inputs far from unit scale saturate the units first: standardising them leads
@@ -2388,6 +2391,31 @@ def _stuck(f: Finding, trace: Trace, q: Quotes, findings: list[Finding]) -> Dx:
             )
         ],
     )
+
+
+#: a stuck run's loss is "above" its start when the medians differ by more than this many standard errors of their
+#: difference (the batches' noise, from the spread of the per-step losses)
+ROSE_SIGMAS = 3.0
+
+
+def _rose_beyond_noise(trace: Trace, level: float, initial: float, k0: int, tail: int) -> bool:
+    """Whether a stuck run's loss ``level`` (the median of its last ``tail`` steps) lies above its ``initial``
+    level (the median of its first ``k0``) by more than the batches' noise: :data:`ROSE_SIGMAS` standard errors of
+    the difference of the two medians (1.25 sigma / sqrt(n) each, sigma the per-step losses' spread, 1.4826 x
+    their median absolute deviation from their medians).  A run at a learning rate too low, its loss still at
+    its start, sits within that noise of it, above or below (batches of 16: 0.737 at the start, 0.742 at the
+    end): no rise that a larger rate would make worse."""
+    if not (math.isfinite(level) and math.isfinite(initial)) or level <= initial:
+        return False
+    n = trace.steps
+    head = _finite(trace.loss[: max(k0, 1)])
+    end = _finite(trace.loss[max(n - tail, 0) :])
+    if head.size < 2 or end.size < 2:
+        return True
+    deviations = np.concatenate([np.abs(head - np.median(head)), np.abs(end - np.median(end))])
+    sigma = 1.4826 * float(np.median(deviations))
+    error = 1.25 * sigma * math.sqrt(1.0 / head.size + 1.0 / end.size)
+    return level - initial > ROSE_SIGMAS * error
 
 
 #: the mechanisms of a stuck or dead network whose root, with the inputs measured far from unit scale, is that scale

@@ -305,7 +305,10 @@ def _stuck_run(trace: Trace, t: Thresholds) -> Finding | None:
             ev["update_ratio_tail"] = um
             if um <= UPDATE_TOO_SLOW:
                 ev["slow_updates"] = True
-                fast = np.flatnonzero(~(u[: n - w] <= UPDATE_TOO_SLOW))
+                # where the updates were last larger; a step without one (NaN: between the updates of gradient
+                # accumulation) says nothing either way
+                head = u[: n - w]
+                fast = np.flatnonzero(np.isfinite(head) & (head > UPDATE_TOO_SLOW))
                 s = int(fast[-1]) + 1 if fast.size else 0
                 start = s if start is None else min(start, s)
                 how.append(

@@ -223,6 +223,12 @@ def test_too_slow(stability):
     stuck = [f for f in report.findings if f.check == "stuck"]
     assert stuck and "the updates are too small to move the weights" in stuck[0].message, report.findings
     assert stuck[0].evidence["update_ratio_tail"] > 0  # the median of the updates made, not of the zeros between
+    # stuck from the start, the rate too low: the steps between updates are no evidence of faster updates before
+    # (they had made the stretch start at the tail, and the diagnosis a collapse after a blow-up, a lower rate)
+    assert stuck[0].step == 0, stuck[0].message
+    head = report.findings[0]
+    assert head.evidence["cause_key"] == "updates_too_small", head.cause
+    assert head.fix.startswith("a larger learning rate"), head.fix
 """,
     )
     result.assert_outcomes(passed=3)

@@ -1122,3 +1122,32 @@ def test_a_rate_lowered_by_something_else_is_not_called_the_optimizers_schedule(
     assert p.cause.startswith(
         "the callbacks LearningRateScheduler and ReduceLROnPlateau lowered the learning rate from 0.001"
     ), p.cause
+
+
+def test_a_rate_too_low_whose_loss_ends_within_the_batches_noise_above_its_start_is_told_to_raise_the_rate():
+    # SGD at 1e-6 on batches of 16: the weights move 1.6e-7 of themselves a step and the loss stays where it
+    # started, its tail's median 0.7 % above the first steps' (0.742 against 0.737), well within the batches'
+    # noise.  That read as a loss that went up, and the run was called dead ReLUs with no larger rate offered
+    rng = np.random.default_rng(3)
+    n = 200
+    loss = 0.74 * (1 + 0.08 * rng.normal(size=n))
+    loss[n - 50 :] += 0.74 * 0.08 * 0.25  # a tail a quarter of a batch's spread above the start
+    trace = Trace(
+        loss=loss,
+        grad_norm=0.5 * np.exp(0.1 * rng.normal(size=n)),
+        update_ratio=np.full(n, 1.6e-7),
+        lr=np.full(n, 1e-6),
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 1e-6}},
+    )
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck", p.message
+    assert p.evidence["quotes"]["level"]["value"] > p.evidence["quotes"]["initial_loss"]["value"]  # the premise
+    assert p.evidence["cause_key"] == "updates_too_small", p.cause
+    assert "no higher beyond the batches' noise): the learning rate 1e-06 (step 1) is too low" in p.cause, p.cause
+    assert p.evidence["fix_configs"] == [{"learning_rate_factor": 10.0}]
+    check_finding(p, trace, False)
+    # the same run whose loss rose far beyond that noise gets no larger rate (the direction rule)
+    trace.loss[n - 50 :] += 0.74 * 0.5
+    p = D.primary_finding(run_checks(trace), trace)
+    assert p.check == "stuck" and not any(c.get("learning_rate_factor", 0) > 1 for c in p.evidence["fix_configs"])
+    check_finding(p, trace, True)
