@@ -169,20 +169,23 @@ def write_run(directory: Path, run: RunReport, *, per_variable: bool = False) ->
             out.scalars("loss", steps, trace.loss.tolist(), wall)
         # under gradient accumulation the steps between updates have no update ratio (NaN): the updates alone
         accumulating = int((trace.info or {}).get("gradient_accumulation_steps") or 1) > 1
+
+        def optimizer_scalars(tag: str, name: str, series: Any) -> None:
+            values = np.asarray(series)
+            at = np.isfinite(values) if accumulating and tag == "update_ratio" else np.ones(len(steps), bool)
+            out.scalars(name, steps[at], values[at].tolist(), wall)
+
         for tag in ("grad_norm", "lr", "update_ratio"):
             series = getattr(trace, tag, None)
             if series is not None:
-                at = np.isfinite(series) if accumulating and tag == "update_ratio" else np.ones(len(steps), bool)
-                out.scalars(tag, steps[at], np.asarray(series)[at].tolist(), wall)
+                optimizer_scalars(tag, tag, series)
         if "loss_scale" in trace.opt_stats:  # mixed precision: the loss scale each step's gradients carried
             out.scalars("loss_scale", steps, np.asarray(trace.opt_stats["loss_scale"]).tolist(), wall)
         for name, values in trace.curves.items():  # a GAN's d_loss and g_loss, metrics
             out.scalars(name, steps, np.asarray(values).tolist(), wall)
         for name, stats in trace.optimizers.items():  # per optimizer, when the train_step applies several
             for tag in ("grad_norm", "lr", "update_ratio"):
-                values = np.asarray(stats[tag])
-                at = np.isfinite(values) if accumulating and tag == "update_ratio" else np.ones(len(steps), bool)
-                out.scalars(f"{tag}/{name}", steps[at], values[at].tolist(), wall)
+                optimizer_scalars(tag, f"{tag}/{name}", stats[tag])
         if trace.val_steps is not None and trace.val_loss is not None:
             out.scalars("val_loss", trace.val_steps.tolist(), trace.val_loss.tolist(), wall)
         gap = (trace.info or {}).get("bn_train_infer_gap")
