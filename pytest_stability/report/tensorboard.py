@@ -170,7 +170,7 @@ def write_run(directory: Path, run: RunReport, *, per_variable: bool = False) ->
         # under gradient accumulation the steps between updates have no update ratio (NaN): the updates alone
         accumulating = int((trace.info or {}).get("gradient_accumulation_steps") or 1) > 1
 
-        def optimizer_scalars(tag: str, name: str, series: Any) -> None:
+        def optimizer_scalars(tag: str, name: str, series: np.ndarray) -> None:
             values = np.asarray(series)
             at = np.isfinite(values) if accumulating and tag == "update_ratio" else np.ones(len(steps), bool)
             out.scalars(name, steps[at], values[at].tolist(), wall)
