@@ -257,15 +257,20 @@ def _batchnorm_layers(model: Model) -> list[Layer]:
 
 
 def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, training: bool) -> float:
-    """The compiled loss of one batch, with nothing updated (BatchNorm statistics, metrics, and the global
-    random states: a training-mode forward through PyTorch's Dropout draws from torch's global generator)."""
+    """The loss of one batch as ``evaluate`` computes it (the compiled loss, the losses the layers add and the
+    weights' regularization), with nothing updated (BatchNorm statistics, metrics, and the global random states:
+    a training-mode forward through PyTorch's Dropout draws from torch's global generator).
+
+    The scope collects what the layers add with ``add_loss`` (without it they are dropped) and maps each
+    regularized weight to itself: a regularizer reads its weight from the scope, and an unmapped one is None."""
     from .keras_internals import load
 
     StatelessScope = load("StatelessScope")
 
-    with StatelessScope(), isolation.kept_random_state():
+    regularized = [(v, v) for v in model.trainable_weights if getattr(v, "regularizer", None) is not None]
+    with StatelessScope(state_mapping=regularized, collect_losses=True), isolation.kept_random_state():
         y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
-        loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
+        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
     return float(host_numpy(loss))
 
 

@@ -1527,6 +1527,49 @@ def test_epoch_lines(stability, capsys):
     result.assert_outcomes(passed=2)
 
 
+def test_the_validation_loss_is_the_one_evaluate_reports_with_regularization_and_added_losses(pytester, tiny_problem):
+    """The plugin's own validation loss is ``evaluate``'s: the compiled loss, what the layers add with
+    ``add_loss`` and the weights' regularization.  A model with a ``kernel_regularizer`` once had no validation
+    loss at all (its regularizer read None for the weight in the plugin's stateless scope: "val_loss is not
+    judged"), and a model whose loss is an ``add_loss`` neither ("No loss to compute")."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+class Penalty(keras.layers.Layer):
+    def call(self, h, target):
+        self.add_loss(0.1 * keras.ops.mean(keras.ops.square(h - target)))
+        return h
+
+
+def regularized(compiled_loss):
+    # a classifier with a compiled loss, or an autoencoder whose only loss is an add_loss: both penalized
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01))(inputs)
+    if compiled_loss:
+        out = keras.layers.Dense(1, activation="sigmoid")(Penalty()(h, target=0.0))
+    else:
+        out = Penalty()(keras.layers.Dense(8)(h), inputs)
+    model = keras.Model(inputs, out)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy" if compiled_loss else None)
+    return model
+
+
+@pytest.mark.parametrize("compiled_loss", [True, False])
+@pytest.mark.stable_training(steps=20, readback_every=10, validate_every=10)
+def test_val(stability, compiled_loss):
+    model = regularized(compiled_loss)
+    targets = (XV, YV) if compiled_loss else (XV,)
+    rep = stability.fit(model, X, Y if compiled_loss else None, batch_size=32, validation_data=targets)
+    assert not [n for n in rep.trace.info.get("notes", []) if "validation" in n], rep.trace.info["notes"]
+    assert len(rep.trace.val_steps) >= 2 and rep.trace.val_steps[-1] == 20, rep.trace.val_steps
+    evaluated = model.evaluate(*targets, batch_size=len(XV), verbose=0)
+    assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
+""",
+    )
+    result.assert_outcomes(passed=2)
+
+
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
     """A stateful RNN takes batches of exactly its Input's batch size: the plugin's own validation, which joins
     the validation batches into larger ones, measures in whole batches of that size (it had refused the run,
