@@ -228,7 +228,8 @@ def test_a_static_loss_scale_factor_records_the_gradients_the_update_uses(pytest
     """``Adam(loss_scale_factor=1024)``: Keras multiplies the loss by 1024 before taking the gradients and the
     optimizer divides the gradients it is given by 1024 before the update.  The gradient norms were recorded of the
     scaled gradients (1024x: a ``max_grad_norm`` or a suggested ``clipnorm`` off by that much, Adam's g^2/v by
-    1024^2); the same run without the factor records the same numbers."""
+    1024^2); the same run without the factor records the same numbers, and so does one whose factor is on the
+    optimizer a ``LossScaleOptimizer`` wraps."""
     result = run(
         pytester,
         tiny_problem,
@@ -236,16 +237,22 @@ def test_a_static_loss_scale_factor_records_the_gradients_the_update_uses(pytest
 @pytest.mark.stable_training(steps=6, diagnostics=True, shuffle=False)
 def test_model(stability):
     traces = []
-    for factor in (None, 1024.0):
+    O = keras.optimizers
+    for make in (
+        lambda: O.Adam(1e-3),
+        lambda: O.Adam(1e-3, loss_scale_factor=1024.0),
+        # the factor on the optimizer a LossScaleOptimizer wraps: both scales are taken off
+        lambda: O.LossScaleOptimizer(O.Adam(1e-3, loss_scale_factor=1024.0)),
+    ):
         keras.utils.set_random_seed(0)
-        model = build(optimizer=keras.optimizers.Adam(1e-3, loss_scale_factor=factor))
-        traces.append(stability.fit(model, X, Y, batch_size=32).trace)
-    plain, scaled = traces
-    np.testing.assert_allclose(scaled.loss, plain.loss, rtol=1e-5)  # the loss as the model computes it
-    np.testing.assert_allclose(scaled.grad_norm, plain.grad_norm, rtol=1e-4)
-    np.testing.assert_allclose(scaled.var_grad_norms, plain.var_grad_norms, rtol=1e-4)
-    np.testing.assert_allclose(scaled.opt_stats["g2_over_v_max"], plain.opt_stats["g2_over_v_max"], rtol=1e-3)
-    np.testing.assert_allclose(scaled.update_ratio, plain.update_ratio, rtol=1e-4)
+        traces.append(stability.fit(build(optimizer=make()), X, Y, batch_size=32).trace)
+    plain = traces[0]
+    for scaled in traces[1:]:
+        np.testing.assert_allclose(scaled.loss, plain.loss, rtol=1e-5)  # the loss as the model computes it
+        np.testing.assert_allclose(scaled.grad_norm, plain.grad_norm, rtol=1e-4)
+        np.testing.assert_allclose(scaled.var_grad_norms, plain.var_grad_norms, rtol=1e-4)
+        np.testing.assert_allclose(scaled.opt_stats["g2_over_v_max"], plain.opt_stats["g2_over_v_max"], rtol=1e-3)
+        np.testing.assert_allclose(scaled.update_ratio, plain.update_ratio, rtol=1e-4)
 """,
     )
     result.assert_outcomes(passed=1)
