@@ -689,6 +689,8 @@ def train(
     lossless = outputs_without_loss(model)
     if lossless is not None:  # outputs compiled without a loss: what feeds only them gets no gradient
         trace.info["outputs_without_loss"] = lossless
+    if setup.kind == "arrays":  # the samples a step trains on (the diagnosis of BatchNorm's statistics reads it)
+        trace.info["batch_size"] = min(setup.batch_size, n_train) if n_train else setup.batch_size
     one = batchnorm_over_one_sample(model, setup.batch_size if setup.kind == "arrays" else None)
     if one is not None:  # BatchNorm over features, in batches of one sample
         trace.info["batchnorm_one_sample"] = one

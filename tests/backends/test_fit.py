@@ -1570,6 +1570,7 @@ def test_val(stability, compiled_loss):
     rep = stability.fit(model, X, Y if compiled_loss else None, batch_size=32, validation_data=targets)
     assert not [n for n in rep.trace.info.get("notes", []) if "validation" in n], rep.trace.info["notes"]
     assert len(rep.trace.val_steps) >= 2 and rep.trace.val_steps[-1] == 20, rep.trace.val_steps
+    assert rep.trace.info["batch_size"] == 32  # the samples a step trains on (the BatchNorm diagnosis reads it)
     evaluated = model.evaluate(*targets, batch_size=len(XV), verbose=0)
     assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
 """,

@@ -1302,3 +1302,35 @@ def test_a_collapse_at_an_early_update_under_a_schedule_that_rose_is_diagnosed()
     assert f.evidence["cause_key"] == "collapse_constant", f.cause
     assert f.cause.startswith("the update at step 2 moved the weights 183 (step 2) times their norm"), f.cause
     assert f.fix.startswith("the learning-rate schedule x "), f.fix
+
+
+@pytest.mark.parametrize(
+    "momentum, batch, momentum_fix, batch_fix",
+    [
+        ([0.99, 0.99], 8, "(now 0.99)", ", now 8)"),
+        ([0.9, 0.99], None, "(now 0.99)", "(>= 32)"),  # the largest momentum; a batch size not known
+        ([0.9], 64, None, None),  # both already where the fixes would put them: a lower rate is the fix
+        ([0.5], 16, None, ", now 16)"),
+    ],
+)
+def test_batchnorm_fixes_change_only_what_is_not_already_so(momentum, batch, momentum_fix, batch_fix):
+    # a ResNet at batch 32 with momentum 0.9 was told "momentum=0.9 (now 0.9) ... a larger batch size (>= 32)"
+    trace = _bn_val_trace_with_training_rise(len(momentum), 0.9)
+    trace.info["batchnorm_momentum"] = momentum
+    if batch is not None:
+        trace.info["batch_size"] = batch
+    f = next(f for f in _diag(trace) if f.check == "val_loss")
+    assert f.evidence["cause_key"] == "batchnorm_mismatch"
+    fixes = [fix["text"] for fix in f.evidence["fixes"]]
+    assert (
+        ("BatchNormalization(momentum=0.9) " + momentum_fix in fixes[0])
+        if momentum_fix
+        else not any("momentum=" in fix for fix in fixes)
+    )
+    assert (
+        any(batch_fix in fix for fix in fixes if "batch size" in fix)
+        if batch_fix
+        else not any("batch size" in fix for fix in fixes)
+    )
+    assert fixes[-1].startswith("a lower learning rate, a tenth of this one")
+    assert len(fixes) == 1 + bool(momentum_fix) + bool(batch_fix)

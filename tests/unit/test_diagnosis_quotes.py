@@ -513,10 +513,20 @@ def val_traces(draw: st.DrawFn) -> Trace:
     )
     val *= np.exp(draw(st.sampled_from([0.0, 0.1])) * rng.normal(size=k))
     bn = draw(st.sampled_from([0, 2]))
-    info = {"batchnorm_layers": bn, "batchnorm_momentum": [0.99] * bn}
+    info = {"batchnorm_layers": bn, "batchnorm_momentum": [draw(st.sampled_from([0.99, 0.9]))] * bn}
+    if draw(st.booleans()):
+        info["batch_size"] = draw(st.sampled_from([8, 32]))
     if bn and draw(st.booleans()):
         info["bn_train_infer_gap"] = draw(st.sampled_from([0.02, 0.5]))
-    return Trace(loss=loss, grad_norm=np.exp(0.1 * rng.normal(size=n)), val_steps=steps, val_loss=val, info=info)
+    update = np.exp(0.1 * rng.normal(size=n)) * draw(st.sampled_from([1e-3, 1e-2])) if draw(st.booleans()) else None
+    return Trace(
+        loss=loss,
+        grad_norm=np.exp(0.1 * rng.normal(size=n)),
+        update_ratio=update,
+        val_steps=steps,
+        val_loss=val,
+        info=info,
+    )
 
 
 @SETTINGS
