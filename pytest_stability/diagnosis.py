@@ -858,21 +858,30 @@ def _lr_now(q: Quotes, trace: Trace, step: int, cfg: dict[str, Any], name: str =
     return q.setting(name, "learning_rate", _number(cfg.get("learning_rate")))
 
 
+def _references(x: np.ndarray, end: int, ref_end: int) -> np.ndarray:
+    """Per step in ``[0, end)``: the median of ``x`` over the reference steps ``[0, ref_end)`` that came before it
+    (step 0's is its own value), so that a blow-up among the first steps is judged against the steps before it,
+    not against a median it has already raised (with two steps, their mean: an explosion at step 1 was its own
+    reference, and healthy by it)."""
+    refs = np.full(end, _median(x[:ref_end]))
+    for i in range(min(ref_end, end)):
+        refs[i] = _median(x[: max(i, 1)])
+    return refs
+
+
 def _unhealthy(trace: Trace, end: int, ref_end: int) -> np.ndarray:
     """Per step in ``[0, end)``: whether its loss or gradient norm is non-finite, or above :data:`HEALTHY_GROWTH`
-    x its median over ``[0, ref_end)`` (a zero or non-finite median judges nothing)."""
+    x its reference (see :func:`_references`; a zero or non-finite reference judges nothing)."""
     bad: np.ndarray = ~np.isfinite(trace.loss[:end])
-    loss_ref = _median(trace.loss[:ref_end])
-    if math.isfinite(loss_ref):
-        with np.errstate(invalid="ignore"):
-            bad |= np.abs(trace.loss[:end]) > HEALTHY_GROWTH * max(abs(loss_ref), 1e-12)
+    loss_ref = np.abs(_references(trace.loss, end, ref_end))
+    with np.errstate(invalid="ignore"):
+        bad |= np.isfinite(loss_ref) & (np.abs(trace.loss[:end]) > HEALTHY_GROWTH * np.maximum(loss_ref, 1e-12))
     if trace.grad_norm is not None:
         g = trace.grad_norm[:end]
-        g_ref = _median(g[:ref_end])
+        g_ref = _references(trace.grad_norm, end, ref_end)
         bad |= ~np.isfinite(g)
-        if math.isfinite(g_ref) and g_ref > 0:
-            with np.errstate(invalid="ignore"):
-                bad |= g > HEALTHY_GROWTH * g_ref
+        with np.errstate(invalid="ignore"):
+            bad |= np.isfinite(g_ref) & (g_ref > 0) & (g > HEALTHY_GROWTH * g_ref)
     return bad
 
 
@@ -880,7 +889,7 @@ def healthy_end(trace: Trace, step: int) -> int:
     """The end (exclusive) of the healthy stretch ``[0, end)`` before ``step``.
 
     A step is healthy while its loss and gradient norm are finite and within :data:`HEALTHY_GROWTH` x the
-    median of the run's first steps (up to 5, before ``step``)."""
+    median of the run's first steps (up to 5, before ``step``; among those, of the ones before it)."""
     step = max(0, min(int(step), trace.steps))
     if step == 0:
         return 0

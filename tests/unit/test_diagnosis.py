@@ -1334,3 +1334,30 @@ def test_batchnorm_fixes_change_only_what_is_not_already_so(momentum, batch, mom
     )
     assert fixes[-1].startswith("a lower learning rate, a tenth of this one")
     assert len(fixes) == 1 + bool(momentum_fix) + bool(batch_fix)
+
+
+def test_a_blow_up_at_step_1_is_not_its_own_healthy_reference():
+    # SGD at 0.5: the first update moves the weights 300x their norm, the gradient norm is 1e5x at step 1, NaN at
+    # step 2.  The NaN's diagnosis took the median of steps 0-1 (their mean, raised by the explosion) for the
+    # healthy reference, measured the rate on the explosion's own update (1e7) and blamed the initialisation
+    # (gradients_out_of_scale, a rate of 5e-10), where the explosion's diagnosis said lr_too_high, 5e-06
+    from pytest_stability.diagnosis import healthy_end
+
+    trace = Trace(
+        loss=np.array([1.0, 4.0, np.nan]),
+        grad_norm=np.array([2.0, 2e5, np.nan]),
+        update_ratio=np.array([300.0, 1e7, np.nan]),
+        lr=np.full(3, 0.5),
+        steps_planned=300,
+        info={"optimizer": "SGD", "optimizer_config": {"learning_rate": 0.5}},
+    )
+    assert healthy_end(trace, 1) == healthy_end(trace, 2) == 1
+    findings = {f.check: f for f in _diag(trace)}
+    assert set(findings) == {"grad_norm", "nonfinite"}
+    for f in findings.values():
+        assert f.evidence["cause_key"] == "lr_too_high", (f.check, f.cause)
+        assert f.evidence["quotes"]["update_ratio"]["steps"] == [0, 0]
+        assert f.evidence["fix_configs"][0] == {"learning_rate_factor": 1e-5}
+    # a healthy start is its own reference as before: steps within 10x of those before them
+    calm = Trace(loss=np.array([1.0, 0.9, 1.1, 0.8, 0.7, 0.75]), grad_norm=np.array([1.0, 3.0, 2.0, 5.0, 4.0, 3.0]))
+    assert healthy_end(calm, 6) == 6
