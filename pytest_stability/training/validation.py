@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StabilityUsageError
-from ..framework_types import Data, Layer, Model
+from ..framework_types import Data, Layer, Model, Variable
 from . import isolation
 from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, refuse_python_values, short_message
 from .keras_internals import sync_variables
@@ -262,15 +262,25 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
     a training-mode forward through PyTorch's Dropout draws from torch's global generator).
 
     The scope collects what the layers add with ``add_loss`` (without it they are dropped) and maps each
-    regularized weight to itself: a regularizer reads its weight from the scope, and an unmapped one is None."""
+    regularized weight to itself: a regularizer reads its weight from the scope, and an unmapped one is None.
+    The weights are read at each call, not once: a callback may (un)freeze layers, and a model built lazily (a
+    Sequential without an Input) creates its weights in the first forward, inside the scope and so unmapped:
+    that first forward is done again once they exist."""
     from .keras_internals import load
 
     StatelessScope = load("StatelessScope")
 
-    regularized = [(v, v) for v in model.trainable_weights if getattr(v, "regularizer", None) is not None]
-    with StatelessScope(state_mapping=regularized, collect_losses=True), isolation.kept_random_state():
-        y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
-        loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
+    def regularized() -> list[tuple[Variable, Variable]]:
+        return [(v, v) for v in model.trainable_weights if getattr(v, "regularizer", None) is not None]
+
+    for attempt in (0, 1):
+        mapping = regularized()
+        with StatelessScope(state_mapping=mapping, collect_losses=True), isolation.kept_random_state():
+            y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
+            if attempt == 0 and len(regularized()) != len(mapping):
+                continue  # the forward built regularized weights: again, with them mapped
+            loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
+        break
     return float(host_numpy(loss))
 
 

@@ -1484,6 +1484,7 @@ def test_model(stability):
         "batch_size=1000 is larger than the 256 training samples: every step trains on all 256 (a full batch), "
         "as plain fit does"
     ]
+    assert rep.trace.info["batch_size"] == 256  # the samples a step trains on, not the batch_size asked for
 """,
     )
     result.assert_outcomes(passed=1)
@@ -1573,9 +1574,22 @@ def test_val(stability, compiled_loss):
     assert rep.trace.info["batch_size"] == 32  # the samples a step trains on (the BatchNorm diagnosis reads it)
     evaluated = model.evaluate(*targets, batch_size=len(XV), verbose=0)
     assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
+
+
+# a Sequential without an Input creates its weights in the plugin's first measurement, the regularized ones then
+# unmapped: on TensorFlow that read None, and the run was refused ("validation_data does not fit the model")
+@pytest.mark.stable_training(steps=20, readback_every=10, validate_every=10)
+def test_lazy(stability):
+    dense = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01))
+    model = keras.Sequential([dense, keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(XV, YV))
+    assert "notes" not in rep.trace.info, rep.trace.info["notes"]
+    evaluated = model.evaluate(XV, YV, batch_size=len(XV), verbose=0)
+    assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
 """,
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
