@@ -204,8 +204,14 @@ def _resumed(taken: list[object], rest: Iterator[object]) -> Iterator[object]:
 
 
 #: the plugin's own validation measurements run in inference mode, where the batch size changes nothing but
-#: float rounding: in batches of at most this many samples and bytes of input (few calls, bounded memory)
+#: float rounding for a loss that is a mean over samples: in batches of at most this many samples and bytes of
+#: input (few calls, bounded memory)
 EVAL_MAX_SAMPLES, EVAL_MAX_BYTES = 4096, 16 * 2**20
+
+#: a loss that is not a mean over samples (a ``"sum"`` reduction, a Dice loss over the whole batch, in-batch
+#: negatives) changes with the batching: the first validation samples, one by one and together, tell (beyond
+#: this relative difference: float32 rounding is a few parts in 1e6; a wrong call only costs speed)
+JOIN_PROBE_SAMPLES, JOIN_RTOL = 4, 1e-4
 
 
 def fixed_batch_size(model: Model) -> int | None:
@@ -219,6 +225,18 @@ def fixed_batch_size(model: Model) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
+def _joined(keras: ModuleType, batches: list[tuple[Data, Data, Data]]) -> tuple[Data, Data, Data]:
+    """``x``, ``y`` and ``sample_weight`` of the batches, each joined into one (numpy)."""
+
+    def cat(parts: list[Data]) -> Data:
+        if parts[0] is None:
+            return None
+        return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
+
+    x, y, w = (cat([b[i] for b in batches]) for i in range(3))
+    return x, y, w
+
+
 def eval_batches(
     keras: ModuleType, batches: list[tuple[Data, Data, Data]], fixed: int | None = None
 ) -> list[tuple[Data, Data, Data, int]]:
@@ -227,12 +245,7 @@ def eval_batches(
     with its number of samples.  A model that takes only batches of ``fixed`` samples gets those, the samples
     left over after the last whole batch out."""
 
-    def cat(parts: list[Data]) -> Data:
-        if parts[0] is None:
-            return None
-        return keras.tree.map_structure(lambda *a: np.concatenate([np.asarray(v) for v in a]), *parts)
-
-    x, y, w = (cat([b[i] for b in batches]) for i in range(3))
+    x, y, w = _joined(keras, batches)
     n = _n_samples(x) or 1
     per_sample = max(1, sum(int(np.asarray(leaf).nbytes) for leaf in _leaves(x)) // n)
     size = max(1, min(EVAL_MAX_SAMPLES, EVAL_MAX_BYTES // per_sample))
@@ -249,6 +262,50 @@ def eval_batches(
         (part(x, a, min(a + size, n)), part(y, a, min(a + size, n)), part(w, a, min(a + size, n)), min(a + size, n) - a)
         for a in range(0, n, size)
     ]
+
+
+def as_given(keras: ModuleType, batches: list[tuple[Data, Data, Data]]) -> list[tuple[Data, Data, Data, int]]:
+    """The validation batches as the backend's tensors, each with its number of samples, in the batching they
+    were given (the batch size ``fit`` validates in)."""
+
+    def tensors(obj: Data) -> Data:
+        return None if obj is None else keras.tree.map_structure(keras.ops.convert_to_tensor, obj)
+
+    return [(tensors(bx), tensors(by), tensors(bw), _n_samples(bx) or 1) for bx, by, bw in batches]
+
+
+def _mean_loss(keras: ModuleType, model: Model, parts: list[tuple[Data, Data, Data, int]]) -> float:
+    """The loss over batches as ``evaluate`` averages it: each batch's loss weighted by its samples."""
+    total, count = 0.0, 0
+    for bx, by, bw, n in parts:
+        total += _loss_of(keras, model, bx, by, bw, False) * n
+        count += n
+    return total / max(count, 1)
+
+
+def depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]]) -> bool:
+    """Whether the loss of the first :data:`JOIN_PROBE_SAMPLES` validation samples changes when they are
+    batched together instead of one by one (beyond :data:`JOIN_RTOL`): then only the batching ``fit`` uses gives
+    Keras' ``val_loss``.  One sample at a time is the batching farthest from the joined one: a loss over the whole
+    batch whose batches of 32 happen to agree within 1e-4 (a Dice loss at initialisation) differs there.  A model
+    that takes no batch of one sample is taken for one that depends on it."""
+    x, y, w = _joined(keras, batches[:JOIN_PROBE_SAMPLES])
+    n = min(JOIN_PROBE_SAMPLES, _n_samples(x) or 0)
+    if n < 2:
+        return False
+
+    def take(a: int, b: int) -> tuple[Data, Data, Data]:
+        def cut(obj: Data) -> Data:
+            return None if obj is None else keras.tree.map_structure(lambda v: v[a:b], obj)
+
+        return cut(x), cut(y), cut(w)
+
+    try:
+        apart = _mean_loss(keras, model, as_given(keras, [take(i, i + 1) for i in range(n)]))
+        together = _mean_loss(keras, model, as_given(keras, [take(0, n)]))
+    except Exception:
+        return True
+    return not bool(np.isclose(together, apart, rtol=JOIN_RTOL, atol=1e-7, equal_nan=True))
 
 
 def _batchnorm_layers(model: Model) -> list[Layer]:
@@ -324,6 +381,8 @@ class ValidationProbe:
         self.batches = validation_batches(keras, model, x, y, fit_kwargs, batch_size)
         fixed = fixed_batch_size(model)
         self._eval = eval_batches(keras, self.batches, fixed) if self.batches else []
+        # joined batches are judged once, at the first measurement (a model built lazily has no weights before)
+        self._probe_joined = bool(self.batches) and fixed is None and len(self._eval) < len(self.batches or [])
         if self.batches and fixed is not None:
             left = sum(part[3] for part in self._eval)
             total = sum(_n_samples(b[0]) or 0 for b in self.batches)
@@ -369,12 +428,19 @@ class ValidationProbe:
         sync_variables(model, read_only=True)
         done = self.readback.rows.done if self.readback is not None else 0
         try:
-            total, count = 0.0, 0
-            for bx, by, bw, n in self._eval:
-                total += _loss_of(keras, model, bx, by, bw, False) * n
-                count += n
+            if self._probe_joined:
+                self._probe_joined = False
+                assert self.batches is not None  # (probed only with batches)
+                if depends_on_batching(keras, model, self.batches):
+                    self._eval = as_given(keras, self.batches)
+                    self._notes.append(
+                        "the loss changes with how the samples are batched (a sum, or a loss over the whole batch), "
+                        f"so the validation loss is measured in the {len(self.batches)} validation batches fit "
+                        "uses, as Keras' val_loss is"
+                    )
+            loss = _mean_loss(keras, model, self._eval)
             self.steps.append(done)
-            self.losses.append(total / max(count, 1))
+            self.losses.append(loss)
             if self._bn and self._gap_batch is not None:
                 self.gaps.append(self._gap())
         except Exception as exc:
@@ -419,4 +485,4 @@ class ValidationProbe:
             info["bn_gap_batch"] = "validation" if self.batches else "training"
 
 
-__all__ = ["ValidationProbe", "eval_batches", "validation_batches"]
+__all__ = ["ValidationProbe", "as_given", "depends_on_batching", "eval_batches", "validation_batches"]

@@ -1592,6 +1592,51 @@ def test_lazy(stability):
     result.assert_outcomes(passed=3)
 
 
+def test_a_loss_that_changes_with_the_batching_is_validated_in_fits_own_batches(pytester, tiny_problem):
+    """The plugin joins the validation batches into large ones, which changes nothing for a mean over samples;
+    a ``"sum"`` reduction (each batch's sum, averaged over batches) and a Dice loss (one ratio over the whole
+    batch) change with it: the sum's validation loss was twice Keras' ``val_loss`` (64 samples joined against
+    two batches of 32), the Dice loss 6e-4 off.  The first batches, apart and joined, tell the two kinds apart;
+    the second kind is measured in the batches ``fit`` validates in, and the row says why, while a mean over
+    samples is still joined and says nothing."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+SEG_X = np.random.default_rng(2).normal(size=(160, 6, 6, 1)).astype("float32")
+SEG_Y = (SEG_X > 0.3).astype("float32")
+
+LOSSES = {
+    "mean": "binary_crossentropy",
+    "sum": keras.losses.BinaryCrossentropy(reduction="sum"),
+    "dice": keras.losses.Dice(),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOSSES))
+@pytest.mark.stable_training(steps=16, readback_every=8, validate_every=8)
+def test_val(stability, kind):
+    if kind == "dice":
+        conv = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")
+        model = keras.Sequential([keras.Input((6, 6, 1)), conv])
+        x, y, val = SEG_X[:96], SEG_Y[:96], (SEG_X[96:], SEG_Y[96:])
+    else:
+        model, x, y, val = build(compile=False), X, Y, (XV, YV)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=LOSSES[kind])
+    rep = stability.fit(model, x, y, batch_size=32, validation_data=val)
+    notes = [n for n in rep.trace.info.get("notes", []) if "batched" in n]
+    assert notes == ([] if kind == "mean" else [
+        "the loss changes with how the samples are batched (a sum, or a loss over the whole batch), so the "
+        "validation loss is measured in the 2 validation batches fit uses, as Keras' val_loss is"
+    ]), notes
+    assert rep.trace.val_steps[-1] == 16, rep.trace.val_steps
+    evaluated = model.evaluate(*val, batch_size=32, verbose=0)  # the batches of fit's own validation
+    assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
+""",
+    )
+    result.assert_outcomes(passed=3)
+
+
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
     """A stateful RNN takes batches of exactly its Input's batch size: the plugin's own validation, which joins
     the validation batches into larger ones, measures in whole batches of that size (it had refused the run,
