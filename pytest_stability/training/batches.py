@@ -119,6 +119,7 @@ def _indices(plan: BatchPlan, step: int) -> np.ndarray | None:
     if epoch >= len(plan.epoch_states):
         return None
     from . import isolation
+    from .recorders import host_numpy
 
     kept = isolation.random_state()
     try:
@@ -132,7 +133,7 @@ def _indices(plan: BatchPlan, step: int) -> np.ndarray | None:
             batches = _adapter(n, bs, plan.shuffle).get_jax_iterator()
         for _ in range(batch):
             next(batches)
-        return np.asarray(keras.ops.convert_to_numpy(next(batches))).reshape(-1)
+        return host_numpy(next(batches)).reshape(-1)  # (numpy 2 warns in convert_to_numpy on torch's tensors)
     finally:
         isolation.set_random_state(kept)
 
