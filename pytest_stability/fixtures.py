@@ -16,7 +16,7 @@ import functools
 import os
 import shlex
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ import pytest
 from .errors import StabilityError, StabilityUsageError
 from .framework_types import Data, Model
 from .integrations.session import RECORD_KEY, SESSION_KEY
+from .marker import MARKER_NAME, spec_for_node
 from .options import OPTIONS_BY_NAME, OptionValueError, RunSpec, steps_above_ceiling
 from .record import StabilityRecord
 
@@ -505,6 +506,62 @@ def restart_keras_auto_names() -> None:
 _names_warned = False
 
 
+#: what a stability test's setup seeded over (the Keras module and the process' state before), put back after
+#: its teardown
+SETUP_STATE_KEY = pytest.StashKey[tuple[Any, Any]]()
+
+
+class SeededFixtures:
+    """Seeds a stability test's fixtures, not only its body.
+
+    pytest sets up a module- or session-scoped fixture before any function-scoped one, and function-scoped
+    fixtures in the order the test names them: a model built by ``@pytest.fixture(scope="module")``, or by a
+    fixture named before ``stability`` (``def test_x(model, stability)``), was initialised before the
+    `stability` fixture seeded, from whatever state Python's generator was in (Keras draws an unseeded
+    initializer's seed from it), and the same test trained another model in each session: another verdict,
+    and a replay command that did not replay.  The test's seed is now set, and Keras' automatic names
+    restarted, right before pytest sets up the first of its fixtures (after every ``pytest_runtest_setup`` but
+    pytest's own, which sets them up: after the skip markers, and after pytest-randomly's reseeding); the
+    fixture seeds again for the body, as before, and leaves the names counting on (a layer a fixture built and
+    one the body builds never share a name); the process' state is put back after the teardown."""
+
+    def __init__(self, defaults: RunSpec) -> None:
+        self._defaults = defaults  # the session's settings, under each test's marker
+        self._pending: pytest.Item | None = None
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        stability = "stability" in getattr(item, "fixturenames", ()) and item.get_closest_marker(MARKER_NAME)
+        self._pending = item if stability else None
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self) -> None:
+        item, self._pending = self._pending, None
+        if item is None:
+            return
+        from .training import engine
+        from .training.isolation import ProcessState
+
+        try:
+            keras = engine.import_keras()
+        except StabilityUsageError:
+            return  # the fixture fails the test and says what to install
+        item.stash[SETUP_STATE_KEY] = (keras, ProcessState.take(keras))
+        engine.seed_everything(spec_for_node(item, self._defaults).seed)
+        restart_keras_auto_names()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        self._pending = None
+        try:
+            return (yield)
+        finally:
+            kept = item.stash.get(SETUP_STATE_KEY, None)
+            if kept is not None:
+                del item.stash[SETUP_STATE_KEY]
+                keras, state = kept
+                state.restore(keras)
+
+
 def make_fixture(
     request: pytest.FixtureRequest, spec_for: Callable[[Any], tuple[RunSpec, dict[str, Any]]]
 ) -> Iterator[Stability]:
@@ -529,7 +586,8 @@ def make_fixture(
         engine.seed_everything(spec.seed)
         if spec.device == "gpu" and engine.resolve_device("gpu")[0] is None:
             skip = f"stable_training(device='gpu'): the {engine.import_keras().backend.backend()} backend sees no GPU"
-        restart_keras_auto_names()
+        if SETUP_STATE_KEY not in request.node.stash:  # restarted before the test's first fixture otherwise
+            restart_keras_auto_names()
     except StabilityUsageError as exc:
         message = str(exc)
     else:
@@ -557,4 +615,4 @@ def make_fixture(
             state.restore(keras)
 
 
-__all__ = ["RECORD_KEY", "Stability", "make_fixture", "restart_keras_auto_names"]
+__all__ = ["RECORD_KEY", "SeededFixtures", "Stability", "make_fixture", "restart_keras_auto_names"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from . import hookspecs
-from .fixtures import make_fixture
+from .fixtures import SeededFixtures, make_fixture
 from .integrations import baseline_gate, ci
 from .integrations.session import (
     PLOTS_MISSING_MESSAGE,
@@ -174,6 +174,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[baseline_gate.GATE_KEY] = gate
         config.pluginmanager.register(gate, "stability-baseline-gate")
     ci.register(config, ci_settings, plots_dir=files.plots)
+    config.pluginmanager.register(SeededFixtures(defaults), "stability-seeded-fixtures")
     if not is_worker(config) and config.pluginmanager.hasplugin("html"):
         # pytest-html is installed: each stability test's panel goes into its report too
         from .integrations import html_panels
@@ -193,6 +194,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         plugin = config.stash.get(key, None)
         if plugin is not None and config.pluginmanager.is_registered(plugin):
             config.pluginmanager.unregister(plugin)
+    seeded = config.pluginmanager.get_plugin("stability-seeded-fixtures")
+    if seeded is not None:
+        config.pluginmanager.unregister(seeded)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -14,7 +14,7 @@ AT_IMPORT = build()  # takes "sequential" even when this process has built no mo
 
 @pytest.fixture
 def prebuilt():
-    """Built before the stability fixture (it is set up first): before the names restart."""
+    """Built before the stability fixture (it is set up first), after the names restart."""
     return build()
 
 
@@ -23,6 +23,7 @@ def prebuilt():
 def test_names(prebuilt, stability, run):
     stability.train(prebuilt, X, Y, batch_size=16)
     fresh = build()
+    print(f"NAMES run={run} prebuilt={prebuilt.name}:{','.join(layer.name for layer in prebuilt.layers)}")
     print(f"NAMES run={run} fresh={fresh.name}:{','.join(layer.name for layer in fresh.layers)}")
     stability.train(fresh, X, Y, batch_size=16)
 '''
@@ -32,9 +33,14 @@ def test_auto_names_restart_per_test_and_a_model_built_before_trains(pytester, t
     pytester.makepyfile(tiny_problem + NAMES)
     result = pytester.runpytest("-s", "-p", "no:cacheprovider", "--stability-report=r.json")
     result.assert_outcomes(passed=2)
-    # this process built many models before (earlier tests): the names start afresh all the same
+    # this process built many models before (earlier tests): the names start afresh all the same, before the
+    # test's first fixture, and count on into the body (a fixture's layer and the body's never share a name)
     result.stdout.fnmatch_lines(
-        ["*NAMES run=1 fresh=sequential:dense,dense_1*", "*NAMES run=2 fresh=sequential:dense,dense_1*"]
+        [
+            f"*NAMES run={run} {which}"
+            for run in (1, 2)
+            for which in ("prebuilt=sequential:dense,dense_1*", "fresh=sequential_1:dense_2,dense_3*")
+        ]
     )
     tests = gating.load_strict(pytester.path / "r.json")["tests"]
     assert [t["nodeid"] for t in tests] == [
@@ -49,5 +55,4 @@ def test_auto_names_restart_per_test_and_a_model_built_before_trains(pytester, t
             "stable",
             20,
         ), test["nodeid"]
-        assert prebuilt["model"]["model"] != "sequential"  # named by the counter before the restart
-        assert fresh["model"]["model"] == "sequential"
+        assert (prebuilt["model"]["model"], fresh["model"]["model"]) == ("sequential", "sequential_1")

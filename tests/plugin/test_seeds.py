@@ -143,6 +143,57 @@ def test_builds(stability, drawn):
     assert seen[0]["body"] == [python.random(), numpy.random()]
 
 
+#: pytest-randomly's reseeding, all of it: with its per-session seed before each test's setup and call
+RESEEDING_AT_SETUP = (
+    RESEEDING_PLUGIN
+    + """
+
+def pytest_runtest_setup(item):
+    pytest_runtest_call(item)
+"""
+)
+
+
+def test_fixtures_set_up_before_stability_build_the_same_model_in_every_session(pytester, tiny_problem, monkeypatch):
+    """pytest sets up a module-scoped fixture, and a fixture the test names before ``stability``, before the
+    `stability` fixture: their models were initialised from whatever state Python's generator was in (here
+    another session's reseeding, or what the session drew before), so the same test trained another model in
+    each session and its replay command replayed nothing.  The test's seed is set before its first fixture."""
+    pytester.makeconftest(RESEEDING_AT_SETUP)
+    pytester.makepyfile(
+        test_fixture_models=tiny_problem
+        + """
+import json
+
+
+@pytest.fixture(scope="module")
+def shared():
+    return build()
+
+
+@pytest.fixture
+def named_first():
+    return build()
+
+
+@pytest.mark.stable_training(steps=4, seed=3)
+def test_fixture_models(named_first, stability, shared):
+    with open("weights.json", "w") as f:
+        models = {"first": named_first, "shared": shared}
+        json.dump({name: [w.tolist() for w in m.get_weights()] for name, m in models.items()}, f)
+    stability.fit(named_first, X, Y, batch_size=64)
+"""
+    )
+    seen = []
+    for reseed in ("1", "2"):
+        monkeypatch.setenv("RESEED", reseed)
+        result = pytester.runpytest("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1)
+        seen.append(json.loads((pytester.path / "weights.json").read_text()))
+    assert seen[0] == seen[1]
+    assert seen[0]["first"] != seen[0]["shared"]  # two models, each drawn from the seeded stream
+
+
 REPEATED_TESTS = """
 @pytest.mark.stable_training(steps=20)
 def test_repeated(stability):
