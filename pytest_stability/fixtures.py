@@ -16,6 +16,7 @@ import functools
 import os
 import shlex
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     from .integrations.progress import Progress
     from .report.runs import RunReport, StabilityReport
     from .training.engine import RunResult, StoppedRun
+
+
+#: the models stability tests trained in this session (``id(model)``: a weak reference to it, the test's node id
+#: and the steps it ran): a model that a later test trains again starts where the earlier one left it
+TRAINED_KEY = pytest.StashKey[dict[int, tuple["weakref.ref[Model]", str, int]]]()
 
 
 class Stability:
@@ -209,6 +215,7 @@ class Stability:
             # Each seed trains a distinct model (the user's instance for the
             # first seed, a fresh build or clone for the others).
             run_model = self._model_for_seed(model, s, first=(s == base_seed))
+            earlier = self._trained_by_another_test(run_model)
             progress = self._progress(steps)
             try:
                 outcome = pipeline.run(
@@ -226,7 +233,10 @@ class Stability:
                 )
             finally:
                 progress.close()
+                self._remember_trained(run_model, steps)
             result, results = outcome.result, outcome.results
+            if earlier is not None:
+                result.trace.info.setdefault("notes", []).append(earlier)
             if s == base_seed:  # Keras' History of the model given, which plain model.fit() returns
                 history = getattr(run_model, "history", None)
             results = self._save_batches(results, result, x, y, fit_kwargs, s)
@@ -332,6 +342,28 @@ class Stability:
         from .integrations.progress import Progress
 
         return Progress(self._config, self.nodeid, steps)
+
+    def _trained_by_another_test(self, model: Model) -> str | None:
+        """A note when an earlier stability test of this session trained ``model`` (a model shared through a
+        module- or session-scoped fixture, or kept at module level): this run starts where that one ended, so
+        it depends on which tests ran before it, and its replay command, which runs this test alone, trains
+        another model."""
+        entry = self._config.stash.get(TRAINED_KEY, {}).get(id(model))
+        if entry is None or entry[0]() is not model or entry[1] == self.nodeid:
+            return None
+        return (
+            f"this model was trained by an earlier stability test, {entry[1]} ({entry[2]} steps): this run starts "
+            "where that one ended, so its result depends on which tests ran before it (-k, --lf, pytest-xdist, "
+            "pytest-randomly) and its replay command, run alone, trains another model; build the model in the test "
+            "or in a function-scoped fixture, or pass stability.fit a function that builds it"
+        )
+
+    def _remember_trained(self, model: Model, steps: int) -> None:
+        trained = self._config.stash.setdefault(TRAINED_KEY, {})
+        for key in [k for k, (ref, _, _) in trained.items() if ref() is None]:  # models gone since
+            del trained[key]
+        with contextlib.suppress(TypeError):  # an object that takes no weak reference: not remembered
+            trained[id(model)] = (weakref.ref(model), self.nodeid, steps)
 
     def _model_for_seed(self, model: Model | Callable[[], Model], seed: int, first: bool) -> Model:
         """The model to train under ``seed``: a fresh build, the user's instance, or a clone."""

@@ -194,6 +194,45 @@ def test_fixture_models(named_first, stability, shared):
     assert seen[0]["first"] != seen[0]["shared"]  # two models, each drawn from the seeded stream
 
 
+def test_a_model_an_earlier_stability_test_trained_is_said_to_depend_on_the_tests_before_it(pytester, tiny_problem):
+    """A model shared through a module-scoped fixture: the second test trains it from where the first left it,
+    so its verdict depends on test selection and order, and its replay command, run alone, trains the fresh
+    model.  The row says so; the first test's row says nothing, and nor does a second call in the same test."""
+    pytester.makepyfile(
+        test_shared_model=tiny_problem
+        + """
+@pytest.fixture(scope="module")
+def model():
+    return build()
+
+
+@pytest.mark.stable_training(steps=8)
+def test_first(stability, model):
+    stability.fit(model, X, Y, batch_size=32)
+    stability.fit(model, X, Y, batch_size=32)
+
+
+@pytest.mark.stable_training(steps=8)
+def test_second(stability, model):
+    stability.fit(model, X, Y, batch_size=32)
+"""
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--stability-report=r.json")
+    result.assert_outcomes(passed=2)
+    notes = {
+        t["nodeid"]: [n for call in t["calls"] for run in call["runs"] for n in run["model"].get("notes", [])]
+        for t in json.loads((pytester.path / "r.json").read_text())["tests"]
+    }
+    assert notes["test_shared_model.py::test_first"] == []
+    assert notes["test_shared_model.py::test_second"] == [
+        "this model was trained by an earlier stability test, test_shared_model.py::test_first (8 steps): this "
+        "run starts where that one ended, so its result depends on which tests ran before it (-k, --lf, "
+        "pytest-xdist, pytest-randomly) and its replay command, run alone, trains another model; build the model "
+        "in the test or in a function-scoped fixture, or pass stability.fit a function that builds it"
+    ]
+    result.stdout.fnmatch_lines(["*note: this model was trained by an earlier stability test*"])
+
+
 REPEATED_TESTS = """
 @pytest.mark.stable_training(steps=20)
 def test_repeated(stability):
