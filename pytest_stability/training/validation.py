@@ -283,12 +283,12 @@ def _mean_loss(keras: ModuleType, model: Model, parts: list[tuple[Data, Data, Da
     return total / max(count, 1)
 
 
-def depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]]) -> bool:
+def depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]]) -> bool | None:
     """Whether the loss of the first :data:`JOIN_PROBE_SAMPLES` validation samples changes when they are
     batched together instead of one by one (beyond :data:`JOIN_RTOL`): then only the batching ``fit`` uses gives
     Keras' ``val_loss``.  One sample at a time is the batching farthest from the joined one: a loss over the whole
-    batch whose batches of 32 happen to agree within 1e-4 (a Dice loss at initialisation) differs there.  A model
-    that takes no batch of one sample is taken for one that depends on it."""
+    batch whose batches of 32 happen to agree within 1e-4 (a Dice loss at initialisation) differs there.  None
+    where it cannot tell: a model that takes no batch of one sample, or a loss that cannot be computed."""
     x, y, w = _joined(keras, batches[:JOIN_PROBE_SAMPLES])
     n = min(JOIN_PROBE_SAMPLES, _n_samples(x) or 0)
     if n < 2:
@@ -304,7 +304,7 @@ def depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Dat
         apart = _mean_loss(keras, model, as_given(keras, [take(i, i + 1) for i in range(n)]))
         together = _mean_loss(keras, model, as_given(keras, [take(0, n)]))
     except Exception:
-        return True
+        return None
     return not bool(np.isclose(together, apart, rtol=JOIN_RTOL, atol=1e-7, equal_nan=True))
 
 
@@ -336,9 +336,20 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
             y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
             if attempt == 0 and len(regularized()) != len(mapping):
                 continue  # the forward built regularized weights: again, with them mapped
+            if nothing_to_compute(keras, model):  # JAX's compute_loss gives 0.0 there, the others raise this
+                raise ValueError("No loss to compute. Provide a `loss` argument in `compile()`.")
             loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w, training=False)
         break
     return float(host_numpy(loss))
+
+
+def nothing_to_compute(keras: ModuleType, model: Model) -> bool:
+    """Whether Keras' own ``compute_loss`` has no loss to add up: none compiled, none a layer added (in the
+    stateless scope the forward ran in) and no regularizer.  A model whose ``compute_loss`` is its own may still
+    have one."""
+    if type(model).compute_loss is not keras.Model.compute_loss or getattr(model, "_compile_loss", None) is not None:
+        return False
+    return not model.losses
 
 
 def _relative_gap(train_loss: float, infer_loss: float) -> float:
@@ -399,6 +410,10 @@ class ValidationProbe:
                 )
         self._fit_kwargs = fit_kwargs
         self._notes = notes
+        # Keras' val_loss comes from the model's test_step; the plugin's measurements from compute_loss, which a
+        # test_step of the model's own may not call (the one of Keras' guide does)
+        self._own_test_step = getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None)
+        self._said_own_test_step = False
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.gaps: list[float] = []
@@ -431,8 +446,10 @@ class ValidationProbe:
             if self._probe_joined:
                 self._probe_joined = False
                 assert self.batches is not None  # (probed only with batches)
-                if depends_on_batching(keras, model, self.batches):
+                depends = depends_on_batching(keras, model, self.batches)
+                if depends is not False:  # (None: it could not tell, and fit's own batches are the safe side)
                     self._eval = as_given(keras, self.batches)
+                if depends:
                     self._notes.append(
                         "the loss changes with how the samples are batched (a sum, or a loss over the whole batch), "
                         f"so the validation loss is measured in the {len(self.batches)} validation batches fit "
@@ -441,15 +458,27 @@ class ValidationProbe:
             loss = _mean_loss(keras, model, self._eval)
             self.steps.append(done)
             self.losses.append(loss)
+            if self._own_test_step and not self._said_own_test_step:
+                self._said_own_test_step = True
+                self._notes.append(
+                    "the model has a test_step of its own: the validation loss judged is its compiled loss "
+                    "(compute_loss, in inference mode), which is Keras' val_loss only if that test_step computes "
+                    "its loss with compute_loss"
+                )
             if self._bn and self._gap_batch is not None:
                 self.gaps.append(self._gap())
         except Exception as exc:
             if first:
                 _check_validation_fits(keras, model, exc, self.batches, self._training_batch, self._fit_kwargs)
             self.ok = False
+            own = (
+                ": the model computes its validation loss in a test_step of its own, which the plugin does not run"
+                if self._own_test_step
+                else ""
+            )
             self._notes.append(
                 f"the validation loss could not be computed with the model's compute_loss "
-                f"({type(exc).__name__}: {short_message(exc, 200)}); val_loss is not judged"
+                f"({type(exc).__name__}: {short_message(exc, 200)}){own}; val_loss is not judged"
             )
 
     def _gap(self) -> float:

@@ -1637,6 +1637,61 @@ def test_val(stability, kind):
     result.assert_outcomes(passed=3)
 
 
+def test_the_batching_probe_tells_a_mean_a_sum_and_a_loss_it_cannot_compute_apart():
+    """The probe before the first measurement: a mean over samples is the same one by one and together, a sum is
+    not, and a model whose loss cannot be computed (no compiled loss: its test_step's own) is one it cannot tell,
+    which is measured in fit's batches without a note that blames the batching."""
+    import numpy as np
+
+    from pytest_stability.training.validation import depends_on_batching
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(4, 1)).astype("float32"), None)] * 2
+
+    def model(loss):
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        m.compile(optimizer="sgd", loss=loss)
+        return m
+
+    assert depends_on_batching(keras, model("mse"), batches) is False
+    assert depends_on_batching(keras, model(keras.losses.MeanSquaredError(reduction="sum")), batches) is True
+    assert depends_on_batching(keras, model(None), batches) is None
+
+
+def test_a_model_with_a_test_step_of_its_own_is_told_which_validation_loss_is_judged(pytester, tiny_problem):
+    """Keras' ``val_loss`` comes from the model's ``test_step``; the plugin's measurements from its compiled loss
+    (``compute_loss``), which a ``test_step`` of the model's own need not compute (a trial's computed an L1 error,
+    its val_loss 0.40 against the judged MSE's 0.24, and one without a compiled loss had its validation "not
+    judged" with no word of why): the row says which loss is judged.  Nothing is said for Keras' own."""
+    result = run(
+        pytester,
+        tiny_problem,
+        """
+class OwnTestStep(keras.Sequential):
+    def test_step(self, *args):
+        # the model's own (JAX's trainer passes (state, data), the others (data,)); a user's may compute any loss
+        return super().test_step(*args)
+
+
+@pytest.mark.parametrize("own", [True, False])
+@pytest.mark.stable_training(steps=16, readback_every=8, validate_every=8)
+def test_val(stability, own):
+    layers = [keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    model = OwnTestStep(layers) if own else keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(XV, YV))
+    notes = [n for n in rep.trace.info.get("notes", []) if "test_step" in n]
+    assert notes == ([
+        "the model has a test_step of its own: the validation loss judged is its compiled loss (compute_loss, in "
+        "inference mode), which is Keras' val_loss only if that test_step computes its loss with compute_loss"
+    ] if own else []), notes
+    mse = float(np.mean((keras.ops.convert_to_numpy(model(XV))[:, 0] - YV) ** 2))
+    assert abs(rep.trace.val_loss[-1] - mse) <= 1e-5 * mse, (rep.trace.val_loss, mse)
+""",
+    )
+    result.assert_outcomes(passed=2)
+
+
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
     """A stateful RNN takes batches of exactly its Input's batch size: the plugin's own validation, which joins
     the validation batches into larger ones, measures in whole batches of that size (it had refused the run,
