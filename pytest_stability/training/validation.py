@@ -40,9 +40,12 @@ def _check_validation_fits(
     if training_batch is None or not val_batches:
         return
     try:
-        _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
+        if getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None):
+            test_step_loss(keras, model, as_given(keras, [(training_batch[0], training_batch[1], None)]))
+        else:
+            _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
     except Exception:
-        return  # the training data fails too: fit reports that itself
+        return  # the training data fails too: fit reports that itself, or the measurement is what fails
     vx, vy, _ = val_batches[0]
     source = "validation_data" if fit_kwargs.get("validation_data") is not None else "validation_split"
 
@@ -343,6 +346,57 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
     return float(host_numpy(loss))
 
 
+def test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data, int]]) -> float:
+    """The validation loss as ``evaluate`` reports it for a model with a ``test_step`` of its own: that
+    ``test_step`` on each batch, from reset metrics, and its last logs' ``"loss"``, with nothing kept (the metrics'
+    and the layers' updates go to a stateless scope, or, under JAX, whose ``test_step`` is stateless, to a state
+    of their own)."""
+    from .keras_internals import load
+
+    StatelessScope = load("StatelessScope")
+    logs: Any = None
+    with isolation.kept_random_state():
+        with StatelessScope() as reset:  # the metrics' reset values, left unapplied
+            for metric in model.metrics:
+                metric.reset_state()
+        metrics_values = [
+            value if (value := reset.get_current_value(v)) is not None else v.value for v in model.metrics_variables
+        ]
+        if keras.backend.backend() == "jax":
+            state: Any = (
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                metrics_values,
+            )
+            for bx, by, bw, _ in batches:
+                logs, state = model.test_step(state, _step_data(bx, by, bw))
+        else:
+            mapping = list(zip(model.metrics_variables, metrics_values, strict=True))
+            with StatelessScope(state_mapping=mapping):
+                for bx, by, bw, _ in batches:
+                    logs = model.test_step(_step_data(bx, by, bw))
+                return _val_loss(model, logs)
+        with StatelessScope(state_mapping=list(zip(model.metrics_variables, state[2], strict=True))):
+            return _val_loss(model, logs)
+
+
+def _val_loss(model: Model, logs: object) -> float:
+    """The ``"loss"`` that ``evaluate`` reports after the last batch's ``logs``: the metrics' results where the logs
+    name the same metrics (Keras' ``_get_metrics_result_or_logs``), else the logs."""
+    pick = getattr(model, "_get_metrics_result_or_logs", None)
+    final = pick(logs) if pick is not None else logs
+    loss = final.get("loss") if isinstance(final, dict) else None
+    if loss is None:
+        given = sorted(final) if isinstance(final, dict) else repr(final)
+        raise ValueError(f"the model's test_step returned no 'loss' (its logs: {given})")
+    return float(host_numpy(loss))
+
+
+def _step_data(x: Data, y: Data, w: Data) -> tuple[Data, ...]:
+    """A batch as Keras' iterators give ``test_step`` one: ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``."""
+    return (x,) if y is None and w is None else (x, y) if w is None else (x, y, w)
+
+
 def nothing_to_compute(keras: ModuleType, model: Model) -> bool:
     """Whether Keras' own ``compute_loss`` has no loss to add up: none compiled, none a layer added (in the
     stateless scope the forward ran in) and no regularizer.  A model whose ``compute_loss`` is its own may still
@@ -410,10 +464,11 @@ class ValidationProbe:
                 )
         self._fit_kwargs = fit_kwargs
         self._notes = notes
-        # Keras' val_loss comes from the model's test_step; the plugin's measurements from compute_loss, which a
-        # test_step of the model's own may not call (the one of Keras' guide does)
+        # Keras' val_loss comes from the model's test_step: one of the model's own (which may compute any loss) is
+        # run itself, in fit's validation batches; Keras' own computes the compiled loss, measured directly
         self._own_test_step = getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None)
-        self._said_own_test_step = False
+        if self._own_test_step and self.batches:
+            self._eval, self._probe_joined = as_given(keras, self.batches), False
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.gaps: list[float] = []
@@ -455,30 +510,30 @@ class ValidationProbe:
                         f"so the validation loss is measured in the {len(self.batches)} validation batches fit "
                         "uses, as Keras' val_loss is"
                     )
-            loss = _mean_loss(keras, model, self._eval)
+            if self._own_test_step:
+                # its loss tracker's and metrics' updates are no training step's: recorded as Keras' evaluate is
+                quiet = self.readback
+                if quiet is not None:
+                    quiet.on_test_begin()
+                try:
+                    loss = test_step_loss(keras, model, self._eval)
+                finally:
+                    if quiet is not None:
+                        quiet.on_test_end()
+            else:
+                loss = _mean_loss(keras, model, self._eval)
             self.steps.append(done)
             self.losses.append(loss)
-            if self._own_test_step and not self._said_own_test_step:
-                self._said_own_test_step = True
-                self._notes.append(
-                    "the model has a test_step of its own: the validation loss judged is its compiled loss "
-                    "(compute_loss, in inference mode), which is Keras' val_loss only if that test_step computes "
-                    "its loss with compute_loss"
-                )
             if self._bn and self._gap_batch is not None:
                 self.gaps.append(self._gap())
         except Exception as exc:
             if first:
                 _check_validation_fits(keras, model, exc, self.batches, self._training_batch, self._fit_kwargs)
             self.ok = False
-            own = (
-                ": the model computes its validation loss in a test_step of its own, which the plugin does not run"
-                if self._own_test_step
-                else ""
-            )
+            how = "its own test_step" if self._own_test_step else "the model's compute_loss"
             self._notes.append(
-                f"the validation loss could not be computed with the model's compute_loss "
-                f"({type(exc).__name__}: {short_message(exc, 200)}){own}; val_loss is not judged"
+                f"the validation loss could not be computed with {how} "
+                f"({type(exc).__name__}: {short_message(exc, 200)}); val_loss is not judged"
             )
 
     def _gap(self) -> float:

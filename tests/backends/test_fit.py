@@ -1658,35 +1658,67 @@ def test_the_batching_probe_tells_a_mean_a_sum_and_a_loss_it_cannot_compute_apar
     assert depends_on_batching(keras, model(None), batches) is None
 
 
-def test_a_model_with_a_test_step_of_its_own_is_told_which_validation_loss_is_judged(pytester, tiny_problem):
-    """Keras' ``val_loss`` comes from the model's ``test_step``; the plugin's measurements from its compiled loss
-    (``compute_loss``), which a ``test_step`` of the model's own need not compute (a trial's computed an L1 error,
-    its val_loss 0.40 against the judged MSE's 0.24, and one without a compiled loss had its validation "not
-    judged" with no word of why): the row says which loss is judged.  Nothing is said for Keras' own."""
+def test_a_model_with_a_test_step_of_its_own_is_validated_with_it(pytester, tiny_problem):
+    """Keras' ``val_loss`` is what the model's ``test_step`` computes.  The plugin measured the compiled loss
+    (``compute_loss``) whatever the ``test_step``: a trial's own computed an L1 error, its val_loss 0.40 against
+    the judged MSE's 0.24, and one without a compiled loss had its validation "not judged" (on JAX, whose
+    ``compute_loss`` returns 0 without a loss, a flat 0 was judged).  A ``test_step`` of the model's own is now
+    run itself, on fit's validation batches from reset metrics, with nothing kept: here it adds 1 to the MSE,
+    the measurement is ``evaluate``'s, and the epoch's running loss in the History, which a measurement in the
+    middle of the epoch would have disturbed through the loss tracker, is the mean of the epoch's steps."""
     result = run(
         pytester,
         tiny_problem,
         """
-class OwnTestStep(keras.Sequential):
+BACKEND = keras.backend.backend()
+
+
+class PlusOne(keras.Sequential):
     def test_step(self, *args):
-        # the model's own (JAX's trainer passes (state, data), the others (data,)); a user's may compute any loss
-        return super().test_step(*args)
+        tracker = self.metrics[0]  # the loss tracker, whose variables come first in metrics_variables
+        if BACKEND == "jax":  # Keras' JAX trainer: a stateless test_step
+            (tv, ntv, mv), data = args
+            y_pred, _ = self.stateless_call(tv, ntv, data[0], training=False)
+            loss = self.compute_loss(x=data[0], y=data[1], y_pred=y_pred) + 1.0
+            n = len(tracker.variables)
+            kept = tracker.stateless_update_state(mv[:n], loss, sample_weight=keras.ops.shape(data[0])[0])
+            return {"loss": tracker.stateless_result(kept)}, (tv, ntv, list(kept) + list(mv[n:]))
+        (data,) = args
+        loss = self.compute_loss(x=data[0], y=data[1], y_pred=self(data[0], training=False)) + 1.0
+        tracker.update_state(loss, sample_weight=keras.ops.shape(data[0])[0])
+        return self.get_metrics_result()
 
 
-@pytest.mark.parametrize("own", [True, False])
-@pytest.mark.stable_training(steps=16, readback_every=8, validate_every=8)
-def test_val(stability, own):
-    layers = [keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
-    model = OwnTestStep(layers) if own else keras.Sequential(layers)
+@pytest.mark.stable_training(steps=16, readback_every=4, validate_every=4)
+def test_val(stability):
+    model = PlusOne([keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
     rep = stability.fit(model, X, Y, batch_size=32, validation_data=(XV, YV))
-    notes = [n for n in rep.trace.info.get("notes", []) if "test_step" in n]
-    assert notes == ([
-        "the model has a test_step of its own: the validation loss judged is its compiled loss (compute_loss, in "
-        "inference mode), which is Keras' val_loss only if that test_step computes its loss with compute_loss"
-    ] if own else []), notes
+    assert "notes" not in rep.trace.info, rep.trace.info["notes"]
+    assert list(rep.trace.val_steps) == [0, 4, 8, 12, 16]
+    evaluated = model.evaluate(XV, YV, batch_size=32, verbose=0)
     mse = float(np.mean((keras.ops.convert_to_numpy(model(XV))[:, 0] - YV) ** 2))
-    assert abs(rep.trace.val_loss[-1] - mse) <= 1e-5 * mse, (rep.trace.val_loss, mse)
+    assert abs(evaluated - (mse + 1.0)) <= 1e-5 * evaluated, (evaluated, mse)  # the premise: its own loss
+    assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
+    # 8 steps an epoch: the second epoch's running mean, measured in its middle (step 12) and undisturbed
+    epoch_loss = rep.history.history["loss"][-1]
+    assert abs(epoch_loss - float(np.mean(rep.trace.loss[8:16]))) <= 1e-5 * epoch_loss, rep.history.history
+
+
+@pytest.mark.stable_training(steps=8)
+def test_no_loss_in_logs(stability):
+    class NoLoss(keras.Sequential):
+        def test_step(self, *args):
+            return ({"other": 0.0}, args[0]) if BACKEND == "jax" else {"other": 0.0}
+
+    model = NoLoss([keras.Input((8,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(XV, YV))
+    assert rep.trace.val_loss is None
+    assert rep.trace.info["notes"] == [
+        "the validation loss could not be computed with its own test_step (ValueError: the model's test_step "
+        "returned no 'loss' (its logs: ['other'])); val_loss is not judged"
+    ]
 """,
     )
     result.assert_outcomes(passed=2)
