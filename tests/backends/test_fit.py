@@ -1705,6 +1705,45 @@ def test_val(stability):
     assert abs(epoch_loss - float(np.mean(rep.trace.loss[8:16]))) <= 1e-5 * epoch_loss, rep.history.history
 
 
+class TrainingPenalty(keras.layers.Layer):
+    def call(self, h, training=None):
+        if training:  # the only loss: in training mode (inference has none for compute_loss)
+            self.add_loss(keras.ops.mean(keras.ops.square(h - 1.0)))
+        return h
+
+
+class OwnSquaredError(keras.Sequential):
+    def test_step(self, *args):
+        tracker = self.metrics[0]
+        if BACKEND == "jax":
+            (tv, ntv, mv), data = args
+            y_pred, _ = self.stateless_call(tv, ntv, data[0], training=False)
+        else:
+            (data,) = args
+            y_pred = self(data[0], training=False)
+        loss = keras.ops.mean(keras.ops.square(y_pred[:, 0] - data[1]))
+        if BACKEND == "jax":
+            n = len(tracker.variables)
+            kept = tracker.stateless_update_state(mv[:n], loss)
+            return {"loss": tracker.stateless_result(kept)}, (tv, ntv, list(kept) + list(mv[n:]))
+        tracker.update_state(loss)
+        return {"loss": tracker.result()}
+
+
+# the BatchNorm gap is measured with compute_loss, which has no loss in inference mode here: it once took the
+# validation loss, which the model's own test_step computes, down with it ("val_loss is not judged")
+@pytest.mark.stable_training(steps=8, readback_every=4, validate_every=4)
+def test_batchnorm_gap_without_compute_loss(stability):
+    layers = [keras.Input((8,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), TrainingPenalty()]
+    model = OwnSquaredError([*layers, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=None)
+    rep = stability.fit(model, X, Y, batch_size=32, validation_data=(XV, YV))
+    assert list(rep.trace.val_steps) == [0, 4, 8], rep.trace.info.get("notes")
+    assert rep.trace.info["notes"] == ["the BatchNorm train/inference gap could not be measured (ValueError)"]
+    evaluated = model.evaluate(XV, YV, batch_size=32, verbose=0)
+    assert abs(rep.trace.val_loss[-1] - evaluated) <= 1e-5 * evaluated, (rep.trace.val_loss, evaluated)
+
+
 @pytest.mark.stable_training(steps=8)
 def test_no_loss_in_logs(stability):
     class NoLoss(keras.Sequential):
@@ -1721,7 +1760,7 @@ def test_no_loss_in_logs(stability):
     ]
 """,
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 def test_a_model_with_a_fixed_batch_size_is_validated_in_whole_batches_of_it(pytester, tiny_problem):
