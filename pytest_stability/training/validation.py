@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StabilityUsageError
-from ..framework_types import Data, Layer, Model, Variable
+from ..framework_types import Data, Layer, Model, Tensor, Variable
 from . import isolation
 from .fitsetup import _is_arrays, _leaves, _n_samples, check_finite, refuse_python_values, short_message
 from .keras_internals import sync_variables
@@ -354,7 +354,7 @@ def test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data, Da
     from .keras_internals import load
 
     StatelessScope = load("StatelessScope")
-    logs: Any = None
+    logs: object = None
     with isolation.kept_random_state():
         with StatelessScope() as reset:  # the metrics' reset values, left unapplied
             for metric in model.metrics:
@@ -363,7 +363,7 @@ def test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data, Da
             value if (value := reset.get_current_value(v)) is not None else v.value for v in model.metrics_variables
         ]
         if keras.backend.backend() == "jax":
-            state: Any = (
+            state: tuple[list[Tensor], list[Tensor], list[Tensor]] = (
                 [v.value for v in model.trainable_variables],
                 [v.value for v in model.non_trainable_variables],
                 metrics_values,
