@@ -590,8 +590,7 @@ class SeededFixtures:
             kept = item.stash.get(SETUP_STATE_KEY, None)
             if kept is not None:
                 del item.stash[SETUP_STATE_KEY]
-                keras, state = kept
-                state.restore(keras)
+                kept[1].restore_seeding()  # (a dtype policy a session fixture set stays set)
 
 
 def make_fixture(

@@ -84,6 +84,21 @@ class ProcessState:
             tf.random.set_seed(self.tf_seed)
             _set_determinism(tf_config, self.tf_determinism)
 
+    def restore_seeding(self) -> None:
+        """What seeding and the name restart change, alone: the random states, Keras' seeds and name counter and
+        TensorFlow's global seed (not the dtype policy or op determinism, which a fixture may set for the
+        session)."""
+        from .keras_internals import load
+
+        global_state = load("global_state")
+
+        set_random_state(self.rng)
+        for name, value in self.keras_globals.items():
+            global_state.set_global_attribute(name, value)
+        tf = _tensorflow()
+        if tf is not None and self.tf_determinism is not None:
+            tf.random.set_seed(self.tf_seed)
+
 
 def _tensorflow() -> ModuleType | None:
     """TensorFlow when this process imported it already (Keras seeds it whatever the backend), else None."""

@@ -194,6 +194,39 @@ def test_fixture_models(named_first, stability, shared):
     assert seen[0]["first"] != seen[0]["shared"]  # two models, each drawn from the seeded stream
 
 
+def test_a_dtype_policy_a_session_fixture_sets_outlives_the_first_stability_test(pytester, tiny_problem):
+    """The seeding before a stability test's first fixture is put back after its teardown, and only it: a
+    session-scoped fixture set up within that test's setup (here one that sets a mixed-precision policy for the
+    whole session) keeps what it set for the tests after."""
+    pytester.makeconftest(
+        """
+import keras
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def policy():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.config.set_dtype_policy("float32")
+"""
+    )
+    pytester.makepyfile(
+        test_policy=tiny_problem
+        + """
+@pytest.mark.stable_training(steps=4)
+def test_first(stability):
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    stability.fit(build(), X, Y, batch_size=64)
+
+
+def test_after():
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+"""
+    )
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
 def test_a_model_an_earlier_stability_test_trained_is_said_to_depend_on_the_tests_before_it(pytester, tiny_problem):
     """A model shared through a module-scoped fixture: the second test trains it from where the first left it,
     so its verdict depends on test selection and order, and its replay command, run alone, trains the fresh
