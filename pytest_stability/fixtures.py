@@ -555,7 +555,8 @@ class SeededFixtures:
     restarted, right before pytest sets up the first of its fixtures (after every ``pytest_runtest_setup`` but
     pytest's own, which sets them up: after the skip markers, and after pytest-randomly's reseeding); the
     fixture seeds again for the body, as before, and leaves the names counting on (a layer a fixture built and
-    one the body builds never share a name); the process' state is put back after the teardown."""
+    one the body builds never share a name); what the seeding changed (the random states, Keras' seeds and
+    names) is put back after the teardown."""
 
     def __init__(self, defaults: RunSpec) -> None:
         self._defaults = defaults  # the session's settings, under each test's marker

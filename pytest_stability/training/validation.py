@@ -41,7 +41,7 @@ def _check_validation_fits(
         return
     try:
         if getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None):
-            test_step_loss(keras, model, as_given(keras, [(training_batch[0], training_batch[1], None)]))
+            own_test_step_loss(keras, model, as_given(keras, [(training_batch[0], training_batch[1], None)]))
         else:
             _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
     except Exception:
@@ -346,7 +346,7 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
     return float(host_numpy(loss))
 
 
-def test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data, int]]) -> float:
+def own_test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data, int]]) -> float:
     """The validation loss as ``evaluate`` reports it for a model with a ``test_step`` of its own: that
     ``test_step`` on each batch, from reset metrics, and its last logs' ``"loss"``, with nothing kept (the metrics'
     and the layers' updates go to a stateless scope, or, under JAX, whose ``test_step`` is stateless, to a state
@@ -516,7 +516,7 @@ class ValidationProbe:
                 if quiet is not None:
                     quiet.on_test_begin()
                 try:
-                    loss = test_step_loss(keras, model, self._eval)
+                    loss = own_test_step_loss(keras, model, self._eval)
                 finally:
                     if quiet is not None:
                         quiet.on_test_end()
