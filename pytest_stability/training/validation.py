@@ -465,10 +465,13 @@ class ValidationProbe:
         self._fit_kwargs = fit_kwargs
         self._notes = notes
         # Keras' val_loss comes from the model's test_step: one of the model's own (which may compute any loss) is
-        # run itself, in fit's validation batches; Keras' own computes the compiled loss, measured directly
+        # run itself, in fit's validation batches (a model of a fixed batch size: in the whole ones above); Keras'
+        # own computes the compiled loss, measured directly
         self._own_test_step = getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None)
         if self._own_test_step and self.batches:
-            self._eval, self._probe_joined = as_given(keras, self.batches), False
+            self._probe_joined = False
+            if fixed is None:
+                self._eval = as_given(keras, self.batches)
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.gaps: list[float] = []
