@@ -59,7 +59,7 @@ def first_fix(text: str) -> str:
 def table(before: list, after: list, traces_note: str, revs: tuple[str, str]) -> str:
     same = sum(b[2] == a[2] for b, a in zip(before, after, strict=True))
     lines = [
-        "## The first steps' healthy reference: the same 69 runs judged before and after",
+        f"## The first steps' healthy reference: the same {len(after)} runs judged before and after",
         "",
         f"{traces_note}, each run's findings judged by the diagnosis at `{revs[0]}` (before) and at `{revs[1]}` "
         f"(after). {same} of {len(after)} runs give the same findings, causes and fixes; in the other "

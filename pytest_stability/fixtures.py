@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .integrations.progress import Progress
     from .report.runs import RunReport, StabilityReport
     from .training.engine import RunResult, StoppedRun
+    from .training.isolation import ProcessState  # noqa: F401 (SETUP_STATE_KEY's type, a string)
 
 
 #: the models stability tests trained in this session (``id(model)``: a weak reference to it, the test's node id
@@ -538,9 +539,8 @@ def restart_keras_auto_names() -> None:
 _names_warned = False
 
 
-#: what a stability test's setup seeded over (the Keras module and the process' state before), put back after
-#: its teardown
-SETUP_STATE_KEY = pytest.StashKey[tuple[Any, Any]]()
+#: what a stability test's setup seeded over (the process' state before), put back after its teardown
+SETUP_STATE_KEY = pytest.StashKey["ProcessState"]()
 
 
 class SeededFixtures:
@@ -578,7 +578,7 @@ class SeededFixtures:
             keras = engine.import_keras()
         except StabilityUsageError:
             return  # the fixture fails the test and says what to install
-        item.stash[SETUP_STATE_KEY] = (keras, ProcessState.take(keras))
+        item.stash[SETUP_STATE_KEY] = ProcessState.take(keras)
         engine.seed_everything(spec_for_node(item, self._defaults).seed)
         restart_keras_auto_names()
 
@@ -591,7 +591,7 @@ class SeededFixtures:
             kept = item.stash.get(SETUP_STATE_KEY, None)
             if kept is not None:
                 del item.stash[SETUP_STATE_KEY]
-                kept[1].restore_seeding()  # (a dtype policy a session fixture set stays set)
+                kept.restore_seeding()  # (a dtype policy a session fixture set stays set)
 
 
 def make_fixture(

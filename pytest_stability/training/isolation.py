@@ -68,20 +68,12 @@ class ProcessState:
         return state
 
     def restore(self, keras: ModuleType) -> None:
-        from .keras_internals import load
-
-        global_state = load("global_state")
-
-        set_random_state(self.rng)
-        for name, value in self.keras_globals.items():
-            global_state.set_global_attribute(name, value)
+        self.restore_seeding()
         if keras.config.dtype_policy() is not self.dtype_policy:
             keras.config.set_dtype_policy(self.dtype_policy)
-        tf = _tensorflow()
-        if tf is not None and self.tf_determinism is not None:
+        if _tensorflow() is not None and self.tf_determinism is not None:
             from tensorflow.python.framework import config as tf_config
 
-            tf.random.set_seed(self.tf_seed)
             _set_determinism(tf_config, self.tf_determinism)
 
     def restore_seeding(self) -> None:

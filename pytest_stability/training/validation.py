@@ -10,6 +10,7 @@ Imports Keras' internals lazily: reached only from :func:`~pytest_stability.trai
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,22 @@ if TYPE_CHECKING:  # the read-back callback subclasses a Keras class
     from .readback import Readback
 
 
+def has_own_test_step(keras: ModuleType, model: Model) -> bool:
+    """Whether the model's ``test_step``, where Keras' ``val_loss`` comes from, is its own, not Keras'."""
+    return getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None)
+
+
+def _measuring(keras: ModuleType) -> contextlib.AbstractContextManager[object]:
+    """No autograd graph for a measurement under PyTorch, as Keras' evaluate runs its ``test_step``
+    (``torch.no_grad``); nothing elsewhere."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        off: contextlib.AbstractContextManager[object] = torch.no_grad()
+        return off
+    return contextlib.nullcontext()
+
+
 def _check_validation_fits(
     keras: ModuleType,
     model: Model,
@@ -40,7 +57,7 @@ def _check_validation_fits(
     if training_batch is None or not val_batches:
         return
     try:
-        if getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None):
+        if has_own_test_step(keras, model):
             own_test_step_loss(keras, model, as_given(keras, [(training_batch[0], training_batch[1], None)]))
         else:
             _loss_of(keras, model, training_batch[0], training_batch[1], None, False)
@@ -335,7 +352,11 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
 
     for attempt in (0, 1):
         mapping = regularized()
-        with StatelessScope(state_mapping=mapping, collect_losses=True), isolation.kept_random_state():
+        with (
+            StatelessScope(state_mapping=mapping, collect_losses=True),
+            isolation.kept_random_state(),
+            _measuring(keras),
+        ):
             y_pred = model(x, training=training) if model._call_has_training_arg else model(x)
             if attempt == 0 and len(regularized()) != len(mapping):
                 continue  # the forward built regularized weights: again, with them mapped
@@ -355,7 +376,7 @@ def own_test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data
 
     StatelessScope = load("StatelessScope")
     logs: object = None
-    with isolation.kept_random_state():
+    with isolation.kept_random_state(), _measuring(keras):
         with StatelessScope() as reset:  # the metrics' reset values, left unapplied
             for metric in model.metrics:
                 metric.reset_state()
@@ -467,7 +488,7 @@ class ValidationProbe:
         # Keras' val_loss comes from the model's test_step: one of the model's own (which may compute any loss) is
         # run itself, in fit's validation batches (a model of a fixed batch size: in the whole ones above); Keras'
         # own computes the compiled loss, measured directly
-        self._own_test_step = getattr(type(model), "test_step", None) is not getattr(keras.Model, "test_step", None)
+        self._own_test_step = has_own_test_step(keras, model)
         if self._own_test_step and self.batches:
             self._probe_joined = False
             if fixed is None:
