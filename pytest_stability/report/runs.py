@@ -31,21 +31,27 @@ def downsample(
 ) -> tuple[list[int], list[Any]]:
     """At most ``max_points`` (step, value) pairs, keeping each bin's extreme so spikes survive.
 
-    Each bin contributes the point farthest (in log space for positive data)
-    from the bin median; non-finite points always win their bin.
+    The first and the last point are always kept (a curve starts at its first step and ends at its last, where
+    training stopped); between them, each bin contributes the point farthest from the bin median; non-finite
+    points always win their bin.
     """
     values = np.asarray(values, dtype=np.float64)
     steps = np.arange(values.shape[0]) if steps is None else np.asarray(steps)
     if values.shape[0] <= max_points:
         return steps.tolist(), [encode_float(v) for v in values.tolist()]
-    edges = np.linspace(0, values.shape[0], max_points + 1).astype(int)
-    out_s, out_v = [], []
+    n = values.shape[0]
+    edges = np.linspace(1, n - 1, max(max_points - 2, 1) + 1).astype(int)
+    out_s, out_v = [int(steps[0])], [encode_float(float(values[0]))]
     for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b <= a:
+            continue
         seg = values[a:b]
         bad = ~np.isfinite(seg)
         k = int(np.argmax(bad)) if bad.any() else int(np.argmax(np.abs(seg - np.median(seg))))
         out_s.append(int(steps[a + k]))
         out_v.append(encode_float(float(seg[k])))
+    out_s.append(int(steps[n - 1]))
+    out_v.append(encode_float(float(values[n - 1])))
     return out_s, out_v
 
 

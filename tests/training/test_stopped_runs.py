@@ -135,8 +135,9 @@ def pytest_stability_run_stopped(nodeid, report, error):
         assert (call["verdict"], run["verdict"], run["checks"], run["findings"]) == ("error", "error", [], [])
         assert run["replay"].startswith(f"pytest test_stopped.py::{name} --stability-replay=0")
         loss = run["curves"]["loss"]
-        # to the last step recorded (a long curve is downsampled to a few hundred points, the last within 1 %)
-        assert loss["step"][0] == 0 and 0.99 * steps - 1 <= loss["step"][-1] <= steps - 1, loss["step"][-3:]
+        # from the first step to the last recorded (a long curve is downsampled to a few hundred points, which
+        # keep both ends: the first bin's extreme was step 1 in a JAX run, and the curve then started there)
+        assert loss["step"][0] == 0 and loss["step"][-1] == steps - 1, (loss["step"][:3], loss["step"][-3:])
         assert all(isinstance(v, float) and 0 <= v < 10 for v in loss["value"]), loss["value"][:5]  # finite
         assert len(run["curves"]["grad_norm"]["step"]) == len(loss["step"])
     assert not (pytester.path / "b.json").exists()
