@@ -11,7 +11,7 @@ Imports Keras' internals lazily: reached only from :func:`~pytest_stability.trai
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,139 @@ def _measuring(keras: ModuleType) -> contextlib.AbstractContextManager[object]:
         off: contextlib.AbstractContextManager[object] = torch.no_grad()
         return off
     return contextlib.nullcontext()
+
+
+#: the measurements compiled under JAX (:class:`JaxMeasure`); ``benchmarks/validation_compile.py`` turns it off to
+#: measure them op by op, as before
+COMPILE_JAX_MEASUREMENTS = True
+
+#: the values of a list of variables, as a jitted function takes them
+Values = list[Tensor]
+#: a JAX ``test_step``'s state: the trainable, non-trainable and metrics variables' values
+State = tuple[Values, Values, Values]
+
+
+class JaxMeasure:
+    """Under JAX, the plugin's measurements compiled as Keras compiles its own ``evaluate``: one jitted function
+    per run (per training flag, and one for the batching probe), compiled once for each batch shape, the model's
+    variables passed in.
+
+    Run op by op, JAX compiles each operation of the forward and the loss for every batch shape the process has
+    not met yet: the first run of a process paid seconds for it (a stability run with validation of a small
+    transformer block 3.6x plain ``fit``'s time, 1.4x compiled), a later run of the same shapes nothing (1.3x
+    op by op, 1.5x compiled; ``benchmarks/validation_compile.py``).  The loss is Keras' own, as its
+    ``test_step`` computes it (``compute_loss_and_updates``: the forward with its added losses and the weights'
+    regularization, then ``compute_loss``), nothing of it kept.  Not used where ``fit`` itself runs eagerly
+    (``run_eagerly``, ``jit_compile=False``: the model may not trace), nor for a model with no compiled loss and
+    Keras' ``compute_loss``, whose loss may be nothing to compute (op by op, that raises as ``evaluate`` does).
+    Where a compiled measurement raises, the run measures op by op from then on: the same computation, which
+    raises its own error if it has one."""
+
+    def __init__(self, keras: ModuleType, model: Model) -> None:
+        self.keras, self.model = keras, model
+        self.usable = (
+            COMPILE_JAX_MEASUREMENTS
+            and keras.backend.backend() == "jax"
+            and not model.run_eagerly
+            and bool(model.jit_compile)
+        )
+        self._maybe_nothing = type(model).compute_loss is keras.Model.compute_loss and (
+            getattr(model, "_compile_loss", None) is None
+        )
+        self._loss_fns: dict[bool, Callable[..., Tensor]] = {}
+        self._test_step: Callable[..., tuple[object, State]] | None = None
+        self._probe: Callable[..., tuple[Tensor, Tensor]] | None = None
+
+    def _values(self, variables: list[Variable]) -> list[Tensor]:
+        return [v.value for v in variables]
+
+    def loss(self, x: Data, y: Data, w: Data, training: bool) -> float | None:
+        """The batch's loss, None where this measurement is not for the model (op by op then)."""
+        if not self.usable or self._maybe_nothing:
+            return None
+        model = self.model
+        fn = self._loss_fns.get(training)
+        if fn is None:
+            import jax
+
+            def loss_of(tv: Values, ntv: Values, mv: Values, ov: Values | None, x: Data, y: Data, w: Data) -> Tensor:
+                _, (unscaled, _, _, _) = model.compute_loss_and_updates(
+                    tv, ntv, mv, x, y, w, training=training, optimizer_variables=ov
+                )
+                return unscaled
+
+            fn = self._loss_fns[training] = jax.jit(loss_of)
+        # (a loss-scaled optimizer scales the training-mode loss with its variables; the unscaled one is kept)
+        opt = model.optimizer
+        ov = self._values(opt.variables) if training and opt is not None else None
+        try:
+            with isolation.kept_random_state():
+                out = fn(
+                    self._values(model.trainable_variables),
+                    self._values(model.non_trainable_variables),
+                    self._values(model.metrics_variables),
+                    ov,
+                    x,
+                    y,
+                    w,
+                )
+            return float(host_numpy(out))
+        except Exception:
+            self.usable = False
+            return None
+
+    def joined_and_apart(self, x: Data, y: Data, w: Data) -> tuple[float, float] | None:
+        """The loss of the samples batched together, and the mean of their losses one by one, in one compiled
+        call (the samples one by one mapped with ``jax.vmap``, each as a batch of one): None where this
+        measurement is not for the model."""
+        if not self.usable or self._maybe_nothing:
+            return None
+        if self._probe is None:
+            import jax
+            import jax.numpy as jnp
+
+            model = self.model
+            tree = self.keras.tree
+
+            def loss_of(tv: Values, ntv: Values, mv: Values, x: Data, y: Data, w: Data) -> Tensor:
+                _, (unscaled, _, _, _) = model.compute_loss_and_updates(tv, ntv, mv, x, y, w, training=False)
+                return unscaled
+
+            def both(tv: Values, ntv: Values, mv: Values, x: Data, y: Data, w: Data) -> tuple[Tensor, Tensor]:
+                def alone(xi: Data, yi: Data, wi: Data) -> Tensor:
+                    def one(part: Data) -> Data:
+                        return None if part is None else tree.map_structure(lambda a: a[None], part)
+
+                    return loss_of(tv, ntv, mv, one(xi), one(yi), one(wi))
+
+                return loss_of(tv, ntv, mv, x, y, w), jnp.mean(jax.vmap(alone)(x, y, w))
+
+            self._probe = jax.jit(both)
+        model = self.model
+        try:
+            with isolation.kept_random_state():
+                together, apart = self._probe(
+                    self._values(model.trainable_variables),
+                    self._values(model.non_trainable_variables),
+                    self._values(model.metrics_variables),
+                    x,
+                    y,
+                    w,
+                )
+            return float(host_numpy(together)), float(host_numpy(apart))
+        except Exception:
+            self.usable = False
+            return None
+
+    def test_step(self) -> Callable[..., tuple[object, State]] | None:
+        """The model's own ``test_step``, jitted as Keras' ``make_test_function`` jits it; None where not used."""
+        if not self.usable:
+            return None
+        if self._test_step is None:
+            import jax
+
+            self._test_step = jax.jit(self.model.test_step)
+        return self._test_step
 
 
 def _check_validation_fits(
@@ -294,16 +427,20 @@ def as_given(keras: ModuleType, batches: list[tuple[Data, Data, Data]]) -> list[
     return [(tensors(bx), tensors(by), tensors(bw), _n_samples(bx) or 1) for bx, by, bw in batches]
 
 
-def _mean_loss(keras: ModuleType, model: Model, parts: list[tuple[Data, Data, Data, int]]) -> float:
+def _mean_loss(
+    keras: ModuleType, model: Model, parts: list[tuple[Data, Data, Data, int]], measure: JaxMeasure | None = None
+) -> float:
     """The loss over batches as ``evaluate`` averages it: each batch's loss weighted by its samples."""
     total, count = 0.0, 0
     for bx, by, bw, n in parts:
-        total += _loss_of(keras, model, bx, by, bw, False) * n
+        total += _loss_of(keras, model, bx, by, bw, False, measure=measure) * n
         count += n
     return total / max(count, 1)
 
 
-def depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]]) -> bool | None:
+def depends_on_batching(
+    keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]], measure: JaxMeasure | None = None
+) -> bool | None:
     """Whether the loss of the first :data:`JOIN_PROBE_SAMPLES` validation samples changes when they are
     batched together instead of one by one (beyond :data:`JOIN_RTOL`): then only the batching ``fit`` uses gives
     Keras' ``val_loss``.  One sample at a time is the batching farthest from the joined one: a loss over the whole
@@ -321,8 +458,12 @@ def depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Dat
         return cut(x), cut(y), cut(w)
 
     try:
-        apart = _mean_loss(keras, model, as_given(keras, [take(i, i + 1) for i in range(n)]))
-        together = _mean_loss(keras, model, as_given(keras, [take(0, n)]))
+        compiled = None if measure is None else measure.joined_and_apart(*as_given(keras, [take(0, n)])[0][:3])
+        if compiled is not None:
+            together, apart = compiled
+        else:
+            apart = _mean_loss(keras, model, as_given(keras, [take(i, i + 1) for i in range(n)]), measure)
+            together = _mean_loss(keras, model, as_given(keras, [take(0, n)]), measure)
     except Exception:
         return None
     return not bool(np.isclose(together, apart, rtol=JOIN_RTOL, atol=1e-7, equal_nan=True))
@@ -333,7 +474,9 @@ def _batchnorm_layers(model: Model) -> list[Layer]:
     return [layer for layer in layers if type(layer).__name__ == "BatchNormalization"]
 
 
-def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, training: bool) -> float:
+def _loss_of(
+    keras: ModuleType, model: Model, x: Data, y: Data, w: Data, training: bool, *, measure: JaxMeasure | None = None
+) -> float:
     """The loss of one batch as ``evaluate`` computes it (the compiled loss, the losses the layers add and the
     weights' regularization), with nothing updated (BatchNorm statistics, metrics, and the global random states:
     a training-mode forward through PyTorch's Dropout draws from torch's global generator).
@@ -342,7 +485,13 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
     regularized weight to itself: a regularizer reads its weight from the scope, and an unmapped one is None.
     The weights are read at each call, not once: a callback may (un)freeze layers, and a model built lazily (a
     Sequential without an Input) creates its weights in the first forward, inside the scope and so unmapped:
-    that first forward is done again once they exist."""
+    that first forward is done again once they exist.
+
+    ``measure``: the run's compiled measurement under JAX (see :class:`JaxMeasure`), used where it applies."""
+    if measure is not None:
+        compiled = measure.loss(x, y, w, training)
+        if compiled is not None:
+            return compiled
     from .keras_internals import load
 
     StatelessScope = load("StatelessScope")
@@ -367,7 +516,9 @@ def _loss_of(keras: ModuleType, model: Model, x: Data, y: Data, w: Data, trainin
     return float(host_numpy(loss))
 
 
-def own_test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data, int]]) -> float:
+def own_test_step_loss(
+    keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data, int]], measure: JaxMeasure | None = None
+) -> float:
     """The validation loss as ``evaluate`` reports it for a model with a ``test_step`` of its own: that
     ``test_step`` on each batch, from reset metrics, and its last logs' ``"loss"``, with nothing kept (the metrics'
     and the layers' updates go to a stateless scope, or, under JAX, whose ``test_step`` is stateless, to a state
@@ -384,13 +535,24 @@ def own_test_step_loss(keras: ModuleType, model: Model, batches: list[tuple[Data
             value if (value := reset.get_current_value(v)) is not None else v.value for v in model.metrics_variables
         ]
         if keras.backend.backend() == "jax":
-            state: tuple[list[Tensor], list[Tensor], list[Tensor]] = (
+            state: State = (
                 [v.value for v in model.trainable_variables],
                 [v.value for v in model.non_trainable_variables],
                 metrics_values,
             )
-            for bx, by, bw, _ in batches:
-                logs, state = model.test_step(state, _step_data(bx, by, bw))
+            start = state
+            step = measure.test_step() if measure is not None else None
+            try:
+                for bx, by, bw, _ in batches:
+                    logs, state = (step or model.test_step)(state, _step_data(bx, by, bw))
+            except Exception:
+                if step is None:
+                    raise
+                assert measure is not None  # (step came from it)
+                measure.usable = False  # op by op: the same steps, which raise their own error if they have one
+                state = start
+                for bx, by, bw, _ in batches:
+                    logs, state = model.test_step(state, _step_data(bx, by, bw))
         else:
             mapping = list(zip(model.metrics_variables, metrics_values, strict=True))
             with StatelessScope(state_mapping=mapping):
@@ -489,6 +651,7 @@ class ValidationProbe:
         # run itself, in fit's validation batches (a model of a fixed batch size: in the whole ones above); Keras'
         # own computes the compiled loss, measured directly
         self._own_test_step = has_own_test_step(keras, model)
+        self._measure = JaxMeasure(keras, model)
         if self._own_test_step and self.batches:
             self._probe_joined = False
             if fixed is None:
@@ -525,7 +688,7 @@ class ValidationProbe:
             if self._probe_joined:
                 self._probe_joined = False
                 assert self.batches is not None  # (probed only with batches)
-                depends = depends_on_batching(keras, model, self.batches)
+                depends = depends_on_batching(keras, model, self.batches, self._measure)
                 if depends is not False:  # (None: it could not tell, and fit's own batches are the safe side)
                     self._eval = as_given(keras, self.batches)
                 if depends:
@@ -540,12 +703,12 @@ class ValidationProbe:
                 if quiet is not None:
                     quiet.on_test_begin()
                 try:
-                    loss = own_test_step_loss(keras, model, self._eval)
+                    loss = own_test_step_loss(keras, model, self._eval, self._measure)
                 finally:
                     if quiet is not None:
                         quiet.on_test_end()
             else:
-                loss = _mean_loss(keras, model, self._eval)
+                loss = _mean_loss(keras, model, self._eval, self._measure)
             self.steps.append(done)
             self.losses.append(loss)
         except Exception as exc:
@@ -571,7 +734,8 @@ class ValidationProbe:
         assert self._gap_batch is not None
         keras, model = self.keras, self.model
         return _relative_gap(
-            _loss_of(keras, model, *self._gap_batch, True), _loss_of(keras, model, *self._gap_batch, False)
+            _loss_of(keras, model, *self._gap_batch, True, measure=self._measure),
+            _loss_of(keras, model, *self._gap_batch, False, measure=self._measure),
         )
 
     def at_end(self, done: int) -> None:

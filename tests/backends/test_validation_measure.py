@@ -1,0 +1,78 @@
+"""Under JAX the plugin's validation measurements are compiled, one jitted function a run (``JaxMeasure``), as
+Keras compiles its own ``evaluate``: they give what the same measurements give op by op, which the other backends
+keep (an operation run on its own compiles nothing there).  Runs once per Keras backend in CI."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pytest_stability.training.validation import JaxMeasure, _loss_of, depends_on_batching
+
+BACKEND = keras.backend.backend()
+
+
+class Penalty(keras.layers.Layer):
+    def call(self, h):
+        self.add_loss(0.01 * keras.ops.mean(keras.ops.square(h)))
+        return h
+
+
+def _data(n=64):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 10)).astype("float32")
+    return x, (x[:, :1] > 0).astype("float32"), rng.uniform(0.5, 1.5, size=n).astype("float32")
+
+
+def _trained(loss="binary_crossentropy", **compile_kw):
+    """A model with every kind of loss term evaluate adds up (compiled, added, regularization), BatchNorm and
+    Dropout (which differ between training and inference mode), after one epoch."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,))
+    h = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.1))(inputs)
+    h = Penalty()(keras.layers.Dropout(0.3)(keras.layers.BatchNormalization()(h)))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, **compile_kw)
+    x, y, _ = _data()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return model
+
+
+def test_the_compiled_measurement_is_the_op_by_op_one_and_evaluates():
+    model = _trained()
+    x, y, w = _data()
+    measure = JaxMeasure(keras, model)
+    assert measure.usable is (BACKEND == "jax")  # compiled under JAX only
+    for training in (False, True):  # inference mode: validation; training mode: the BatchNorm gap's other half
+        for weights in (None, w):
+            op_by_op = _loss_of(keras, model, x, y, weights, training)
+            compiled = _loss_of(keras, model, x, y, weights, training, measure=measure)
+            assert compiled == pytest.approx(op_by_op, rel=1e-5), (training, weights is None)
+    assert measure.usable is (BACKEND == "jax"), "a compiled measurement failed and fell back to op by op"
+    assert _loss_of(keras, model, x, y, None, False, measure=measure) == pytest.approx(
+        model.evaluate(x, y, batch_size=len(x), verbose=0), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum"])
+def test_the_compiled_probe_tells_a_sum_from_a_mean_as_op_by_op(reduction):
+    # the first samples together and one by one, in one compiled call under JAX (the one by one mapped with vmap)
+    model = _trained(loss=keras.losses.BinaryCrossentropy(reduction=reduction))
+    x, y, _ = _data()
+    batches = [(x[i : i + 8], y[i : i + 8], None) for i in range(0, len(x), 8)]
+    measure = JaxMeasure(keras, model)
+    assert depends_on_batching(keras, model, batches, measure) is (reduction == "sum")
+    assert depends_on_batching(keras, model, batches) is (reduction == "sum")
+    if BACKEND == "jax":
+        together, apart = measure.joined_and_apart(*(keras.ops.convert_to_tensor(a[:4]) for a in (x, y)), None)
+        ones = [_loss_of(keras, model, x[i : i + 1], y[i : i + 1], None, False) for i in range(4)]
+        assert apart == pytest.approx(np.mean(ones), rel=1e-5)
+        assert together == pytest.approx(_loss_of(keras, model, x[:4], y[:4], None, False), rel=1e-5)
+        assert measure.usable
+
+
+def test_a_model_fit_runs_eagerly_is_measured_op_by_op():
+    # it may not trace (Python control flow on values): measured as fit runs it, op by op
+    assert not JaxMeasure(keras, _trained(run_eagerly=True)).usable
+    assert not JaxMeasure(keras, _trained(jit_compile=False)).usable
