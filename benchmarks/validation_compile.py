@@ -9,7 +9,7 @@ Each repetition starts a fresh process per model and mode, which trains the same
 validation samples as ``validation_data`` (64 steps of batch 32): plain ``fit`` (one epoch, Keras validating at
 its end), the stability run, then both again.  *first* is the first of each in the process, *again* the second.
 Ratios: stability / fit.  ``mode``: ``compiled`` (as shipped) or ``op_by_op`` (the measurements as before,
-``validation.COMPILE_JAX_MEASUREMENTS`` off).  JAX only: TensorFlow and PyTorch compile nothing for an operation
+``validation.COMPILE_MEASUREMENTS`` off).  JAX only: TensorFlow and PyTorch compile nothing for an operation
 run on its own, and measure op by op either way.
 
 Usage::
@@ -47,7 +47,7 @@ def one_process(model_kind: str, mode: str) -> dict[str, float]:
     from pytest_stability.options import resolve_config_defaults
     from pytest_stability.training import engine, validation
 
-    validation.COMPILE_JAX_MEASUREMENTS = mode == "compiled"
+    validation.COMPILE_MEASUREMENTS = mode == "compiled"
     x, y = _data(model_kind)
     xv, yv = x[:512], y[:512]
     spec = resolve_config_defaults(lambda n: None, lambda n: None)

@@ -1,6 +1,7 @@
-"""Under JAX the plugin's validation measurements are compiled, one jitted function a run (``JaxMeasure``), as
-Keras compiles its own ``evaluate``: they give what the same measurements give op by op, which the other backends
-keep (an operation run on its own compiles nothing there).  Runs once per Keras backend in CI."""
+"""The plugin's validation measurements compiled as Keras compiles its own ``evaluate`` (``CompiledMeasure``): under
+JAX all of them, one jitted function a run; under TensorFlow a model's own ``test_step``, in a ``tf.function``.
+They give what the same measurements give op by op, which PyTorch keeps (its ``evaluate`` runs eagerly too).  Runs
+once per Keras backend in CI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-from pytest_stability.training.validation import JaxMeasure, _loss_of, depends_on_batching
+from pytest_stability.training.validation import (
+    CompiledMeasure,
+    _loss_of,
+    as_given,
+    depends_on_batching,
+    own_test_step_loss,
+)
 
 BACKEND = keras.backend.backend()
 
@@ -42,7 +49,7 @@ def _trained(loss="binary_crossentropy", **compile_kw):
 def test_the_compiled_measurement_is_the_op_by_op_one_and_evaluates():
     model = _trained()
     x, y, w = _data()
-    measure = JaxMeasure(keras, model)
+    measure = CompiledMeasure(keras, model)
     assert measure.usable is (BACKEND == "jax")  # compiled under JAX only
     for training in (False, True):  # inference mode: validation; training mode: the BatchNorm gap's other half
         for weights in (None, w):
@@ -61,7 +68,7 @@ def test_the_compiled_probe_tells_a_sum_from_a_mean_as_op_by_op(reduction):
     model = _trained(loss=keras.losses.BinaryCrossentropy(reduction=reduction))
     x, y, _ = _data()
     batches = [(x[i : i + 8], y[i : i + 8], None) for i in range(0, len(x), 8)]
-    measure = JaxMeasure(keras, model)
+    measure = CompiledMeasure(keras, model)
     assert depends_on_batching(keras, model, batches, measure) is (reduction == "sum")
     assert depends_on_batching(keras, model, batches) is (reduction == "sum")
     if BACKEND == "jax":
@@ -74,5 +81,39 @@ def test_the_compiled_probe_tells_a_sum_from_a_mean_as_op_by_op(reduction):
 
 def test_a_model_fit_runs_eagerly_is_measured_op_by_op():
     # it may not trace (Python control flow on values): measured as fit runs it, op by op
-    assert not JaxMeasure(keras, _trained(run_eagerly=True)).usable
-    assert not JaxMeasure(keras, _trained(jit_compile=False)).usable
+    assert not CompiledMeasure(keras, _trained(run_eagerly=True)).usable
+    assert not CompiledMeasure(keras, _trained(jit_compile=False)).usable
+
+
+class OwnTestStep(keras.Model):
+    """A ``test_step`` of the model's own (Keras' val_loss comes from it): here Keras' own, on every backend."""
+
+    def test_step(self, *args):
+        return super().test_step(*args)
+
+
+def test_a_models_own_test_step_compiled_gives_the_eager_loss_and_evaluates():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,))
+    h = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.1))(inputs)
+    model = OwnTestStep(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.BatchNormalization()(h)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", metrics=["accuracy"])
+    x, y, _ = _data(60)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    batches = as_given(keras, [(x[i : i + 8], y[i : i + 8], None) for i in range(0, len(x), 8)])  # 7 of 8, then 4
+    measure = CompiledMeasure(keras, model)
+    compiled_where = {"jax": measure.test_step, "tensorflow": measure.tf_test_step}.get(BACKEND)
+    assert (compiled_where is not None and compiled_where() is not None) is (BACKEND != "torch")
+    before = [keras.ops.convert_to_numpy(v) for v in model.variables + model.metrics_variables]
+    # the regularized kernel: the eager measurement raised on TensorFlow and PyTorch before (its regularizer read
+    # the weight as None in the measurement's stateless scope), and the run had no validation loss
+    eager = own_test_step_loss(keras, model, batches)
+    compiled = own_test_step_loss(keras, model, batches, measure)
+    assert compiled == pytest.approx(eager, rel=1e-5)
+    assert measure.usable_test_step is (BACKEND != "torch"), "the compiled test_step failed and fell back"
+    # the seven batches of 8 in one call, a graph loop (TensorFlow) or a scan (JAX) over them: one call a batch
+    # cost a millisecond
+    assert measure._loop_ok, "the loop failed and fell back to a call a batch"
+    after = [keras.ops.convert_to_numpy(v) for v in model.variables + model.metrics_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "a measurement kept something"
+    assert compiled == pytest.approx(model.evaluate(x, y, batch_size=8, verbose=0)[0], rel=1e-5)
