@@ -186,12 +186,14 @@ def op_determinism(keras: ModuleType, model: Model, wanted: bool) -> Iterator[st
 
 
 class _OwnRetracingFilter(logging.Filter):
-    """Drops TensorFlow's "triggered tf.function retracing" warning for Keras' train functions: each
-    stability run makes fresh ones by design (one per instrumented fit).  Other warnings pass."""
+    """Drops TensorFlow's "triggered tf.function retracing" warning for Keras' train functions and the plugin's
+    compiled measurements (``validation.CompiledMeasure``): each stability run makes fresh ones by design (one per
+    instrumented fit), and after five runs in a process TensorFlow warned about each.  Other warnings pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.getMessage())
-        return not ("triggered tf.function retracing" in msg and "function" in msg and "multi_step" in msg)
+        own = "multi_step" in msg or "CompiledMeasure." in msg
+        return not ("triggered tf.function retracing" in msg and "function" in msg and own)
 
 
 @contextlib.contextmanager

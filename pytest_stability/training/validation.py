@@ -106,39 +106,41 @@ class CompiledMeasure:
         self._groups: tuple[object, list[tuple[list[tuple[Data, ...]], tuple[Data, ...] | None]]] | None = None
         self._probe: Callable[..., tuple[Tensor, Tensor]] | None = None
 
-    def _values(self, variables: list[Variable]) -> list[Tensor]:
-        return [v.value for v in variables]
+    def _state(self) -> State:
+        """The values of the model's trainable, non-trainable and metrics variables, as they are now."""
+        model = self.model
+        return (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in model.metrics_variables],
+        )
+
+    def _keras_loss(self, state: State, ov: Values | None, x: Data, y: Data, w: Data, training: bool) -> Tensor:
+        """The loss Keras' own ``test_step`` (``training=False``) or ``train_step`` computes, unscaled, nothing of
+        it kept (traced inside the jitted functions below)."""
+        _, (unscaled, _, _, _) = self.model.compute_loss_and_updates(
+            *state, x, y, w, training=training, optimizer_variables=ov
+        )
+        return unscaled
 
     def loss(self, x: Data, y: Data, w: Data, training: bool) -> float | None:
         """The batch's loss, None where this measurement is not for the model (op by op then)."""
         if not self.usable or self._maybe_nothing:
             return None
-        model = self.model
         fn = self._loss_fns.get(training)
         if fn is None:
             import jax
 
-            def loss_of(tv: Values, ntv: Values, mv: Values, ov: Values | None, x: Data, y: Data, w: Data) -> Tensor:
-                _, (unscaled, _, _, _) = model.compute_loss_and_updates(
-                    tv, ntv, mv, x, y, w, training=training, optimizer_variables=ov
-                )
-                return unscaled
+            def loss_of(state: State, ov: Values | None, x: Data, y: Data, w: Data) -> Tensor:
+                return self._keras_loss(state, ov, x, y, w, training)
 
             fn = self._loss_fns[training] = jax.jit(loss_of)
         # (a loss-scaled optimizer scales the training-mode loss with its variables; the unscaled one is kept)
-        opt = model.optimizer
-        ov = self._values(opt.variables) if training and opt is not None else None
+        opt = self.model.optimizer
+        ov = [v.value for v in opt.variables] if training and opt is not None else None
         try:
             with isolation.kept_random_state():
-                out = fn(
-                    self._values(model.trainable_variables),
-                    self._values(model.non_trainable_variables),
-                    self._values(model.metrics_variables),
-                    ov,
-                    x,
-                    y,
-                    w,
-                )
+                out = fn(self._state(), ov, x, y, w)
             return float(host_numpy(out))
         except Exception:
             self.usable = False
@@ -154,34 +156,21 @@ class CompiledMeasure:
             import jax
             import jax.numpy as jnp
 
-            model = self.model
             tree = self.keras.tree
 
-            def loss_of(tv: Values, ntv: Values, mv: Values, x: Data, y: Data, w: Data) -> Tensor:
-                _, (unscaled, _, _, _) = model.compute_loss_and_updates(tv, ntv, mv, x, y, w, training=False)
-                return unscaled
-
-            def both(tv: Values, ntv: Values, mv: Values, x: Data, y: Data, w: Data) -> tuple[Tensor, Tensor]:
+            def both(state: State, x: Data, y: Data, w: Data) -> tuple[Tensor, Tensor]:
                 def alone(xi: Data, yi: Data, wi: Data) -> Tensor:
                     def one(part: Data) -> Data:
                         return None if part is None else tree.map_structure(lambda a: a[None], part)
 
-                    return loss_of(tv, ntv, mv, one(xi), one(yi), one(wi))
+                    return self._keras_loss(state, None, one(xi), one(yi), one(wi), False)
 
-                return loss_of(tv, ntv, mv, x, y, w), jnp.mean(jax.vmap(alone)(x, y, w))
+                return self._keras_loss(state, None, x, y, w, False), jnp.mean(jax.vmap(alone)(x, y, w))
 
             self._probe = jax.jit(both)
-        model = self.model
         try:
             with isolation.kept_random_state():
-                together, apart = self._probe(
-                    self._values(model.trainable_variables),
-                    self._values(model.non_trainable_variables),
-                    self._values(model.metrics_variables),
-                    x,
-                    y,
-                    w,
-                )
+                together, apart = self._probe(self._state(), x, y, w)
             return float(host_numpy(together)), float(host_numpy(apart))
         except Exception:
             self.usable = False

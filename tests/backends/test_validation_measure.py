@@ -81,7 +81,8 @@ def test_the_compiled_probe_tells_a_sum_from_a_mean_as_op_by_op(reduction):
 
 def test_a_model_fit_runs_eagerly_is_measured_op_by_op():
     # it may not trace (Python control flow on values): measured as fit runs it, op by op
-    assert not CompiledMeasure(keras, _trained(run_eagerly=True)).usable
+    eager = CompiledMeasure(keras, _trained(run_eagerly=True))
+    assert not eager.usable and not eager.usable_test_step
     assert not CompiledMeasure(keras, _trained(jit_compile=False)).usable
 
 
