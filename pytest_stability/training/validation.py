@@ -672,13 +672,18 @@ def own_test_step_loss(
 
     StatelessScope = load("StatelessScope")
     logs: object = None
-    with isolation.kept_random_state(), _measuring(keras):
-        with StatelessScope() as reset:  # the metrics' reset values, left unapplied
+
+    def reset_values() -> Values:
+        """The metrics' reset values, left unapplied."""
+        with StatelessScope() as reset:
             for metric in model.metrics:
                 metric.reset_state()
-        metrics_values = [
+        return [
             value if (value := reset.get_current_value(v)) is not None else v.value for v in model.metrics_variables
         ]
+
+    with isolation.kept_random_state(), _measuring(keras):
+        metrics_values = reset_values()
         if keras.backend.backend() == "jax":
             state: State = (
                 [v.value for v in model.trainable_variables],
@@ -703,13 +708,16 @@ def own_test_step_loss(
                 for bx, by, bw, _ in batches:
                     logs, state = model.test_step(state, _step_data(bx, by, bw))
         else:
-            if measure is not None and measure.tf_test_step() is not None:
+            # compiled once the compiled metrics are built (by the first step's trace; before it, the measurement
+            # before the first step would build them inside its own trace, which a tf.function refuses)
+            if measure is not None and _compiled_metrics_built(model) and measure.tf_test_step() is not None:
                 try:
                     logs, values = measure.tf_run(metrics_values, batches)
                     with StatelessScope(state_mapping=list(zip(model.metrics_variables, values, strict=True))):
                         return _val_loss(model, logs)
                 except Exception:
                     measure.usable_test_step = False  # eagerly: the same steps, which raise their own error if any
+                    metrics_values = reset_values()  # (of the metrics as they are now, should the trace build any)
             # (the regularized weights mapped to themselves: else a test_step that computes the loss with its
             # regularization raised, and the run had no validation loss)
             mapping = list(zip(model.metrics_variables, metrics_values, strict=True)) + _regularized(model)
@@ -719,6 +727,14 @@ def own_test_step_loss(
                 return _val_loss(model, logs)
         with StatelessScope(state_mapping=list(zip(model.metrics_variables, state[2], strict=True))):
             return _val_loss(model, logs)
+
+
+def _compiled_metrics_built(model: Model) -> bool:
+    """Whether the metrics and the loss trackers that ``compile`` set up are built: Keras' TensorFlow trainer
+    leaves them to the first trace of a step (where the plugin builds them right before the first training step's
+    trace: ``keras_internals.build_before_first_trace``)."""
+    parts = (getattr(model, "_compile_metrics", None), getattr(model, "_compile_loss", None))
+    return all(getattr(part, "built", True) for part in parts if part is not None)
 
 
 def _val_loss(model: Model, logs: object) -> float:

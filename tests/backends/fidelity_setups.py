@@ -134,6 +134,29 @@ def spy():
     return mlp(), X, Y, {"batch_size": 8, "callbacks": [Spy()], "validation_data": (X[:16], Y[:16])}
 
 
+class OwnTestStep(keras.Sequential):
+    """A ``test_step`` of the model's own (Keras' own, called as a user's override calls it): the plugin runs it
+    itself for its validation measurements, compiled (TensorFlow: a graph loop over the batches of one shape; JAX:
+    jitted and scanned)."""
+
+    def test_step(self, *args):
+        return super().test_step(*args)
+
+
+def own_test_step():
+    """Validated by its own test_step in batches of 8, 8 and 4, a regularized weight, and a callback that sees
+    every batch (the plugin's measurements call none of its test hooks)."""
+    model = OwnTestStep(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu", kernel_regularizer=keras.regularizers.L2(0.01)),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", metrics=["accuracy"])
+    return model, X, Y, {"batch_size": 8, "callbacks": [Spy()], "validation_data": (X[:20], Y[:20])}
+
+
 def spy_alone():
     """One callback, not in a list: Keras' fit takes it as [callback]."""
     return mlp(), X, Y, {"batch_size": 8, "callbacks": Spy(), "validation_data": (X[:16], Y[:16])}

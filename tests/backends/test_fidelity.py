@@ -210,6 +210,7 @@ ROUNDING_ON = {"jax": {"moving_average": 1e-5}}
 SETUP_NAMES = [
     "spy",
     "spy_alone",
+    "own_test_step",
     "epoch_spy",
     "stop_training",
     "raising_callback",
