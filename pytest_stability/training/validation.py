@@ -581,17 +581,9 @@ def depends_on_batching(
     Keras' ``val_loss``.  One sample at a time is the batching farthest from the joined one: a loss over the whole
     batch whose batches of 32 happen to agree within 1e-4 (a Dice loss at initialisation) differs there.  None
     where it cannot tell: a model that takes no batch of one sample, or a loss that cannot be computed."""
-    x, y, w = _joined(keras, batches[:JOIN_PROBE_SAMPLES])
-    n = min(JOIN_PROBE_SAMPLES, _n_samples(x) or 0)
+    take, n = _probe_samples(keras, batches)
     if n < 2:
         return False
-
-    def take(a: int, b: int) -> tuple[Data, Data, Data]:
-        def cut(obj: Data) -> Data:
-            return None if obj is None else keras.tree.map_structure(lambda v: v[a:b], obj)
-
-        return cut(x), cut(y), cut(w)
-
     try:
         compiled = None if measure is None else measure.joined_and_apart(*as_given(keras, [take(0, n)])[0][:3])
         if compiled is not None:
@@ -602,6 +594,54 @@ def depends_on_batching(
     except Exception:
         return None
     return not bool(np.isclose(together, apart, rtol=JOIN_RTOL, atol=1e-7, equal_nan=True))
+
+
+def _probe_samples(
+    keras: ModuleType, batches: list[tuple[Data, Data, Data]]
+) -> tuple[Callable[[int, int], tuple[Data, Data, Data]], int]:
+    """The first :data:`JOIN_PROBE_SAMPLES` validation samples (numpy): a function giving samples ``a`` to ``b``
+    of them as ``(x, y, sample_weight)``, and how many there are."""
+    x, y, w = _joined(keras, batches[:JOIN_PROBE_SAMPLES])
+
+    def take(a: int, b: int) -> tuple[Data, Data, Data]:
+        def cut(obj: Data) -> Data:
+            return None if obj is None else keras.tree.map_structure(lambda v: v[a:b], obj)
+
+        return cut(x), cut(y), cut(w)
+
+    return take, min(JOIN_PROBE_SAMPLES, _n_samples(x) or 0)
+
+
+def own_depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]]) -> bool | None:
+    """For a model whose ``test_step`` is its own (run eagerly): whether the loss it reports over fit's validation
+    batches ``batches`` could change (beyond :data:`JOIN_RTOL`) were they joined into larger ones.  Probed on the
+    first :data:`JOIN_PROBE_SAMPLES` samples, in one batch, one by one, and (where fit's batches are not all of one
+    size) as one sample and then the rest.  A mean over samples gives the same all three ways.  So does, where
+    fit's batches are all of one size, a mean of each batch's mean that weighs every batch the same (a loss
+    tracker updated without ``sample_weight``, as Keras' guide writes a ``test_step``), but not as one sample and
+    then three.  A loss over the whole batch (a Dice loss), a sum, the last batch's loss alone, or a random one
+    change.  None where it cannot tell: a single sample, or a ``test_step`` that raises on these batches."""
+    take, n = _probe_samples(keras, batches)
+    if n < 2:
+        return None
+
+    def loss(parts: list[tuple[Data, Data, Data]]) -> float:
+        return own_test_step_loss(keras, model, as_given(keras, parts))
+
+    def close(a: float, b: float) -> bool:
+        return bool(np.isclose(a, b, rtol=JOIN_RTOL, atol=1e-7, equal_nan=True))
+
+    try:
+        together = loss([take(0, n)])
+        if not close(together, loss([take(i, i + 1) for i in range(n)])):
+            return True
+        if len({_n_samples(b[0]) for b in batches}) == 1:
+            return False
+        if n < 3:
+            return None
+        return not close(together, loss([take(0, 1), take(1, n)]))
+    except Exception:
+        return None
 
 
 def _batchnorm_layers(model: Model) -> list[Layer]:
@@ -826,9 +866,15 @@ class ValidationProbe:
         # own computes the compiled loss, measured directly
         self._own_test_step = has_own_test_step(keras, model)
         self._measure = CompiledMeasure(keras, model)
+        #: a model's own test_step run eagerly (PyTorch's, or where fit runs eagerly): the joined batches, used from
+        #: the first measurement on if the probe finds its loss a mean over samples (a call a batch of 512 batches
+        #: of one cost 5.7x plain fit's time on PyTorch, at each measurement); compiled, it runs in fit's batches
+        self._own_joined: list[tuple[Data, Data, Data, int]] | None = None
         if self._own_test_step and self.batches:
             self._probe_joined = False
             if fixed is None:
+                if len(self._eval) < len(self.batches) and not self._measure.usable_test_step:
+                    self._own_joined = self._eval
                 self._eval = as_given(keras, self.batches)
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -877,6 +923,11 @@ class ValidationProbe:
                 if quiet is not None:
                     quiet.on_test_begin()
                 try:
+                    if self._own_joined is not None:
+                        assert self.batches is not None  # (joined only with batches)
+                        joined, self._own_joined = self._own_joined, None
+                        if own_depends_on_batching(keras, model, self.batches) is False:
+                            self._eval = joined
                     loss = own_test_step_loss(keras, model, self._eval, self._measure)
                 finally:
                     if quiet is not None:
@@ -938,4 +989,11 @@ class ValidationProbe:
             info["bn_gap_batch"] = "validation" if self.batches else "training"
 
 
-__all__ = ["ValidationProbe", "as_given", "depends_on_batching", "eval_batches", "validation_batches"]
+__all__ = [
+    "ValidationProbe",
+    "as_given",
+    "depends_on_batching",
+    "eval_batches",
+    "own_depends_on_batching",
+    "validation_batches",
+]

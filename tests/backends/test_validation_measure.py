@@ -118,3 +118,76 @@ def test_a_models_own_test_step_compiled_gives_the_eager_loss_and_evaluates():
     after = [keras.ops.convert_to_numpy(v) for v in model.variables + model.metrics_variables]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "a measurement kept something"
     assert compiled == pytest.approx(model.evaluate(x, y, batch_size=8, verbose=0)[0], rel=1e-5)
+
+
+class WeightedPlusOne(keras.Model):
+    """Its own ``test_step`` (run eagerly here): the mean squared error plus 1, its loss tracker updated per batch
+    weighted by the batch's samples (as Keras' own ``compute_loss`` does), or ``weighted=False`` unweighted (each
+    batch counts once, whatever its size), or ``whole_batch=True`` the ratio of two sums over the batch (as a Dice
+    loss is), each batch weighted."""
+
+    def __init__(self, *args, weighted=True, whole_batch=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weighted, self.whole_batch = weighted, whole_batch
+
+    def test_step(self, *args):
+        tracker = self.metrics[0]  # the loss tracker, whose variables come first in metrics_variables
+        if BACKEND == "jax":  # Keras' JAX trainer: a stateless test_step
+            (tv, ntv, mv), data = args
+            y_pred, _ = self.stateless_call(tv, ntv, data[0], training=False)
+        else:
+            (data,) = args
+            y_pred = self(data[0], training=False)
+        err = keras.ops.square(y_pred - data[1])
+        if self.whole_batch:
+            loss = keras.ops.sum(err) / (keras.ops.sum(keras.ops.abs(y_pred)) + 1.0)
+        else:
+            loss = keras.ops.mean(err) + 1.0
+        weight = keras.ops.shape(data[0])[0] if self.weighted else None
+        if BACKEND == "jax":
+            n = len(tracker.variables)
+            kept = tracker.stateless_update_state(mv[:n], loss, sample_weight=weight)
+            return {"loss": tracker.stateless_result(kept)}, (tv, ntv, list(kept) + list(mv[n:]))
+        tracker.update_state(loss, sample_weight=weight)
+        return {"loss": tracker.result()}
+
+
+@pytest.mark.parametrize(
+    "kind, samples",
+    [("weighted", 70), ("unweighted", 70), ("unweighted", 64), ("whole_batch", 70), ("whole_batch", 64)],
+)
+def test_an_eager_own_test_step_is_joined_only_where_that_gives_fits_loss(kind, samples):
+    """A model's own ``test_step`` run eagerly (PyTorch's, or ``run_eagerly``) was run in fit's validation batches
+    at every measurement: 512 calls of a batch of one cost a batch-1 epoch 5.7x plain fit on PyTorch.  A probe
+    (four samples together, one by one, and one and three) tells the losses that joined batches leave as they are,
+    measured joined, from those that change, measured in fit's batches.  70 samples come in batches of 32, 32 and
+    6, whose unequal last batch makes an unweighted mean of the batches' losses differ from a mean over samples;
+    64 in two equal batches, where the two are the same."""
+    from pytest_stability.training.validation import ValidationProbe, own_depends_on_batching
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,))
+    out = keras.layers.Dense(1)(keras.layers.Dense(16, activation="relu")(inputs))
+    model = WeightedPlusOne(inputs, out, weighted=kind != "unweighted", whole_batch=kind == "whole_batch")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", run_eagerly=True)
+    x, y, _ = _data(samples)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    batches = [(x[i : i + 32], y[i : i + 32], None) for i in range(0, len(x), 32)]
+    joins = kind == "weighted" or (kind == "unweighted" and samples == 64)
+    assert own_depends_on_batching(keras, model, batches) is (not joins)
+    notes: list[str] = []
+    probe = ValidationProbe(
+        keras, model, x, y, kind="arrays", fit_kwargs={"validation_data": (x, y)}, batch_size=32, notes=notes
+    )
+    before = [keras.ops.convert_to_numpy(v) for v in model.variables + model.metrics_variables]
+    probe(first=True)
+    probe()
+    assert probe.ok and not notes, notes
+    after = [keras.ops.convert_to_numpy(v) for v in model.variables + model.metrics_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "a measurement kept something"
+    assert len(probe._eval) == (1 if joins else len(batches)), len(probe._eval)  # joined: one batch
+    evaluated = model.evaluate(x, y, batch_size=32, verbose=0)
+    joined = own_test_step_loss(keras, model, as_given(keras, [(x, y, None)]))
+    if not joins:  # the premise: a mean over all samples is not what evaluate reports here
+        assert abs(joined - evaluated) > 1e-3 * evaluated, (joined, evaluated)
+    assert probe.losses[-1] == pytest.approx(evaluated, rel=1e-5), (probe.losses, evaluated)
