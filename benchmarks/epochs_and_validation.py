@@ -12,9 +12,9 @@ Two measurements per backend, each a ratio of medians over ``--reps`` interleave
   ``validate_every`` steps, in inference mode).  Ratio: stability / fit.
 * **batch 1 with validation, a ``test_step`` of the model's own** (``--own-samples`` training samples, 256 by
   default, 512 validation samples): the same, for a model whose ``test_step`` is its own (it may compute any
-  loss, so the plugin runs it itself, in the batches ``fit`` validates in), and the stability run again with the
-  measurements run op by op (``validation.COMPILE_MEASUREMENTS`` off: under TensorFlow the ``test_step`` was run
-  eagerly, 512 calls a measurement).  Ratios: stability / fit, both ways.
+  loss, so the plugin runs it itself, in the batches ``fit`` validates in, or joined where a probe finds that this
+  changes nothing), and the stability run again with the measurements run op by op
+  (``validation.COMPILE_MEASUREMENTS`` off).  Ratios: stability / fit, both ways.
 
 Usage::
 

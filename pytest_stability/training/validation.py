@@ -613,7 +613,7 @@ def _probe_samples(
 
 
 def own_depends_on_batching(keras: ModuleType, model: Model, batches: list[tuple[Data, Data, Data]]) -> bool | None:
-    """For a model whose ``test_step`` is its own (run eagerly): whether the loss it reports over fit's validation
+    """For a model whose ``test_step`` is its own (run eagerly here): whether the loss it reports over fit's validation
     batches ``batches`` could change (beyond :data:`JOIN_RTOL`) were they joined into larger ones.  Probed on the
     first :data:`JOIN_PROBE_SAMPLES` samples, in one batch, one by one, and (where fit's batches are not all of one
     size) as one sample and then the rest.  A mean over samples gives the same all three ways.  So does, where
@@ -866,14 +866,17 @@ class ValidationProbe:
         # own computes the compiled loss, measured directly
         self._own_test_step = has_own_test_step(keras, model)
         self._measure = CompiledMeasure(keras, model)
-        #: a model's own test_step run eagerly (PyTorch's, or where fit runs eagerly): the joined batches, used from
-        #: the first measurement on if the probe finds its loss a mean over samples (a call a batch of 512 batches
-        #: of one cost 5.7x plain fit's time on PyTorch, at each measurement); compiled, it runs in fit's batches
+        #: a model's own test_step, run in fit's batches, in the joined ones where a probe at the first measurement
+        #: finds that this changes nothing (see own_depends_on_batching): these until then.  Run eagerly, a call a
+        #: batch of 512 batches of one cost a batch-1 epoch 5.7x plain fit's time on PyTorch; TensorFlow runs the
+        #: measurement before the first step eagerly (2.4x).  Not under JAX, which compiles it throughout (the probe
+        #: would compile it for three more shapes).
         self._own_joined: list[tuple[Data, Data, Data, int]] | None = None
         if self._own_test_step and self.batches:
             self._probe_joined = False
             if fixed is None:
-                if len(self._eval) < len(self.batches) and not self._measure.usable_test_step:
+                jax_compiled = keras.backend.backend() == "jax" and self._measure.usable_test_step
+                if len(self._eval) < len(self.batches) and not jax_compiled:
                     self._own_joined = self._eval
                 self._eval = as_given(keras, self.batches)
         self.steps: list[int] = []
