@@ -32,9 +32,9 @@ def _data(n=64):
     return x, (x[:, :1] > 0).astype("float32"), rng.uniform(0.5, 1.5, size=n).astype("float32")
 
 
-def _trained(loss="binary_crossentropy", **compile_kw):
+def _trained(loss="binary_crossentropy", epochs=1, **compile_kw):
     """A model with every kind of loss term evaluate adds up (compiled, added, regularization), BatchNorm and
-    Dropout (which differ between training and inference mode), after one epoch."""
+    Dropout (which differ between training and inference mode), after ``epochs`` epochs."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((10,))
     h = keras.layers.Dense(16, activation="relu", kernel_regularizer=keras.regularizers.L2(0.1))(inputs)
@@ -42,7 +42,8 @@ def _trained(loss="binary_crossentropy", **compile_kw):
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(h))
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss, **compile_kw)
     x, y, _ = _data()
-    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    if epochs:
+        model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
     return model
 
 
@@ -81,9 +82,10 @@ def test_the_compiled_probe_tells_a_sum_from_a_mean_as_op_by_op(reduction):
 
 def test_a_model_fit_runs_eagerly_is_measured_op_by_op():
     # it may not trace (Python control flow on values): measured as fit runs it, op by op
-    eager = CompiledMeasure(keras, _trained(run_eagerly=True))
+    # (untrained: what decides is how the model is compiled; trained op by op, the two took 7 s on JAX)
+    eager = CompiledMeasure(keras, _trained(epochs=0, run_eagerly=True))
     assert not eager.usable and not eager.usable_test_step
-    assert not CompiledMeasure(keras, _trained(jit_compile=False)).usable
+    assert not CompiledMeasure(keras, _trained(epochs=0, jit_compile=False)).usable
 
 
 class OwnTestStep(keras.Model):
