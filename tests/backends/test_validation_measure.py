@@ -11,9 +11,11 @@ import pytest
 
 from pytest_stability.training.validation import (
     CompiledMeasure,
+    ValidationProbe,
     _loss_of,
     as_given,
     depends_on_batching,
+    own_depends_on_batching,
     own_test_step_loss,
 )
 
@@ -123,7 +125,7 @@ def test_a_models_own_test_step_compiled_gives_the_eager_loss_and_evaluates():
 
 
 class WeightedPlusOne(keras.Model):
-    """Its own ``test_step`` (run eagerly here): the mean squared error plus 1, its loss tracker updated per batch
+    """Its own ``test_step``: the mean squared error plus 1, its loss tracker updated per batch
     weighted by the batch's samples (as Keras' own ``compute_loss`` does), or ``weighted=False`` unweighted (each
     batch counts once, whatever its size), or ``whole_batch=True`` the ratio of two sums over the batch (as a Dice
     loss is), each batch weighted."""
@@ -165,7 +167,7 @@ class WeightedPlusOne(keras.Model):
         ("whole_batch", 64, True),
     ],
 )
-def test_an_eager_own_test_step_is_joined_only_where_that_gives_fits_loss(kind, samples, run_eagerly):
+def test_an_own_test_step_is_run_in_joined_batches_only_where_that_gives_fits_loss(kind, samples, run_eagerly):
     """A model's own ``test_step`` was run in fit's validation batches: eagerly (PyTorch's, ``run_eagerly``, and
     under TensorFlow the measurement before the first step), 512 calls of a batch of one cost a batch-1 epoch 5.7x
     plain fit on PyTorch at every measurement, and 2.4x on TensorFlow for the first one alone.  A probe (four
@@ -174,8 +176,6 @@ def test_an_eager_own_test_step_is_joined_only_where_that_gives_fits_loss(kind, 
     unequal last batch makes an unweighted mean of the batches' losses differ from a mean over samples; 64 in two
     equal batches, where the two are the same.  Compiled (``run_eagerly=False``), JAX runs it in fit's batches
     (the probe would compile it for three more shapes)."""
-    from pytest_stability.training.validation import ValidationProbe, own_depends_on_batching
-
     keras.utils.set_random_seed(0)
     inputs = keras.Input((10,))
     out = keras.layers.Dense(1)(keras.layers.Dense(16, activation="relu")(inputs))
