@@ -733,21 +733,15 @@ def own_test_step_loss(
                 [v.value for v in model.non_trainable_variables],
                 metrics_values,
             )
-            start = state
             compiled = measure is not None and measure.test_step() is not None
-            try:
-                if compiled:
-                    assert measure is not None  # (compiled: it gave a test_step)
-                    logs, state = measure.jax_run(state, batches)
-                else:
-                    for bx, by, bw, _ in batches:
-                        logs, state = model.test_step(state, _step_data(bx, by, bw))
-            except Exception:
-                if not compiled:
-                    raise
+            if compiled:
                 assert measure is not None  # (compiled: it gave a test_step)
-                measure.usable = False  # op by op: the same steps, which raise their own error if they have one
-                state = start
+                try:
+                    logs, state = measure.jax_run(state, batches)
+                except Exception:
+                    measure.usable = False  # op by op: the same steps, which raise their own error if they have one
+                    compiled = False
+            if not compiled:
                 for bx, by, bw, _ in batches:
                     logs, state = model.test_step(state, _step_data(bx, by, bw))
         else:
